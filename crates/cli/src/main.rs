@@ -1,0 +1,203 @@
+//! `crest`: checkpoint/restore for Linux process trees, with CRIU's
+//! command-line options so tools written for CRIU can call it.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "crest",
+    version,
+    about = "Checkpoint and restore Linux process trees"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Directory of the image files.
+    #[arg(short = 'D', long = "images-dir", default_value = ".")]
+    images_dir: PathBuf,
+    /// Log file; a relative path goes into the images directory.
+    #[arg(short = 'o', long = "log-file")]
+    log_file: Option<PathBuf>,
+    /// Log verbosity, 0 (errors) to 4 (debug).
+    #[arg(short = 'v', long = "verbosity", default_value_t = 2, num_args = 0..=1, default_missing_value = "4")]
+    verbosity: u32,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint a process tree into image files.
+    Dump {
+        /// Root of the tree to dump.
+        #[arg(short = 't', long = "tree")]
+        tree: i32,
+        #[command(flatten)]
+        common: Common,
+        /// Leave the tree running after the dump.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+        /// Allow a tree attached to the shell's session and terminal.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+    },
+    /// Restore a process tree from image files.
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Return as soon as the tree runs instead of waiting for it.
+        #[arg(short = 'd', long = "restore-detached")]
+        detached: bool,
+        /// Write the pid of the restored root task to this file.
+        #[arg(long = "pidfile")]
+        pidfile: Option<PathBuf>,
+        /// Restore a job of a shell into crest's own session.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+    },
+    /// Print what an images directory holds.
+    Show {
+        /// The images directory.
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the kernel features crest relies on.
+    Check,
+    /// Start a counting workload, checkpoint it, kill it, restore it and
+    /// watch it count on.
+    Demo {
+        /// Where to put the images (a new temporary directory by default).
+        #[arg(short = 'D', long = "images-dir")]
+        images_dir: Option<PathBuf>,
+    },
+}
+
+fn init_log(c: &Common, default_name: &str) -> Result<()> {
+    let name = c
+        .log_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(default_name));
+    let path = if name.is_absolute() {
+        name
+    } else {
+        c.images_dir.join(name)
+    };
+    if c.log_file.is_none() && !c.images_dir.exists() {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open log file {}", path.display()))?;
+    crest_core::log::init(Box::new(file), c.verbosity);
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("crest: {e:#}");
+            crest_core::log::line(0, format_args!("error: {e:#}"));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Dump {
+            tree,
+            common,
+            leave_running,
+            shell_job,
+        } => {
+            std::fs::create_dir_all(&common.images_dir).with_context(|| {
+                format!("create images directory {}", common.images_dir.display())
+            })?;
+            init_log(&common, "dump.log")?;
+            let opts = crest_core::DumpOptions {
+                pid: tree,
+                dir: common.images_dir.clone(),
+                leave_running,
+                shell_job,
+            };
+            let s = crest_core::dump(&opts)?;
+            crest_core::info!(
+                "dump of {:?} done, {} bytes of pages",
+                s.pids,
+                s.pages_bytes
+            );
+            Ok(0)
+        }
+        Cmd::Restore {
+            common,
+            detached,
+            pidfile,
+            shell_job,
+        } => {
+            init_log(&common, "restore.log")?;
+            let opts = crest_core::restore::RestoreOptions {
+                dir: common.images_dir.clone(),
+                detached,
+                shell_job,
+            };
+            let restored = crest_core::restore::restore(&opts)?;
+            if let Some(p) = pidfile {
+                let p = if p.is_absolute() {
+                    p
+                } else {
+                    common.images_dir.join(p)
+                };
+                std::fs::write(&p, format!("{}", restored.root_pid))
+                    .with_context(|| format!("write pidfile {}", p.display()))?;
+            }
+            if detached {
+                return Ok(0);
+            }
+            Ok(restored.wait()?)
+        }
+        Cmd::Show { dir, json } => show(&dir, json),
+        Cmd::Check => {
+            let feats = crest_core::features::probe();
+            let mut missing = 0;
+            for f in &feats {
+                let state = match (f.ok, f.required) {
+                    (true, _) => "ok",
+                    (false, true) => {
+                        missing += 1;
+                        "MISSING"
+                    }
+                    (false, false) => "absent",
+                };
+                println!("{:<45} {:<8} {}", f.name, state, f.detail);
+            }
+            if missing > 0 {
+                bail!("{missing} required feature(s) missing");
+            }
+            println!("Looks good.");
+            Ok(0)
+        }
+        Cmd::Demo { images_dir } => demo::run(images_dir),
+    }
+}
+
+fn show(dir: &Path, json: bool) -> Result<i32> {
+    let tasks = crest_core::show::summarize(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks)?);
+    } else {
+        print!("{}", crest_core::show::render(&tasks));
+    }
+    Ok(0)
+}

@@ -1,0 +1,121 @@
+//! The errors of dump and restore: each names the task and the step.
+
+use crate::procfs::ProcError;
+use crest_images::ImageError;
+use crest_inject::InjectError;
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("pid {pid} does not exist")]
+    NoSuchProcess { pid: i32 },
+    #[error("dump pid {pid}: {step}: {source}")]
+    Proc {
+        pid: i32,
+        step: &'static str,
+        source: ProcError,
+    },
+    #[error("dump pid {pid}: {step}: {source}")]
+    Inject {
+        pid: i32,
+        step: &'static str,
+        source: InjectError,
+    },
+    #[error("dump pid {pid}: {step}: {source}")]
+    Io {
+        pid: i32,
+        step: &'static str,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("dump pid {pid}: fd {fd} is {kind}, which crest cannot dump yet")]
+    UnsupportedFd { pid: i32, fd: i32, kind: String },
+    #[error("dump pid {pid}: {what} is not supported yet")]
+    Unsupported { pid: i32, what: String },
+    #[error("the root process {pid} is not a session leader (its session is {sid}); use --shell-job to dump a job of a shell")]
+    ForeignSession { pid: i32, sid: i32 },
+    #[error("images directory {dir}: {source}")]
+    Dir { dir: String, source: io::Error },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("restore pid {pid}: {step}: {source}")]
+    Inject {
+        pid: i32,
+        step: String,
+        source: InjectError,
+    },
+    #[error("restore pid {pid}: {step}: {source}")]
+    Io {
+        pid: i32,
+        step: String,
+        source: io::Error,
+    },
+    #[error("restore pid {pid}: {step}: {source}")]
+    Proc {
+        pid: i32,
+        step: &'static str,
+        source: ProcError,
+    },
+    #[error("restore pid {pid}: pid is already in use by another process")]
+    PidTaken { pid: i32 },
+    #[error("restore pid {pid}: {file}: {what}")]
+    BadImage {
+        pid: i32,
+        file: String,
+        what: String,
+    },
+    #[error("restore pid {pid}: {what} is not supported yet")]
+    Unsupported { pid: i32, what: String },
+}
+
+/// Shorthands that attach the pid and the step to a lower error.
+pub(crate) trait DumpCtx<T> {
+    fn at(self, pid: i32, step: &'static str) -> Result<T, DumpError>;
+}
+
+impl<T> DumpCtx<T> for Result<T, ProcError> {
+    fn at(self, pid: i32, step: &'static str) -> Result<T, DumpError> {
+        self.map_err(|source| DumpError::Proc { pid, step, source })
+    }
+}
+
+impl<T> DumpCtx<T> for Result<T, InjectError> {
+    fn at(self, pid: i32, step: &'static str) -> Result<T, DumpError> {
+        self.map_err(|source| DumpError::Inject { pid, step, source })
+    }
+}
+
+impl<T> DumpCtx<T> for Result<T, io::Error> {
+    fn at(self, pid: i32, step: &'static str) -> Result<T, DumpError> {
+        self.map_err(|source| DumpError::Io { pid, step, source })
+    }
+}
+
+pub(crate) trait RestoreCtx<T> {
+    fn rat(self, pid: i32, step: impl Into<String>) -> Result<T, RestoreError>;
+}
+
+impl<T> RestoreCtx<T> for Result<T, InjectError> {
+    fn rat(self, pid: i32, step: impl Into<String>) -> Result<T, RestoreError> {
+        self.map_err(|source| RestoreError::Inject {
+            pid,
+            step: step.into(),
+            source,
+        })
+    }
+}
+
+impl<T> RestoreCtx<T> for Result<T, io::Error> {
+    fn rat(self, pid: i32, step: impl Into<String>) -> Result<T, RestoreError> {
+        self.map_err(|source| RestoreError::Io {
+            pid,
+            step: step.into(),
+            source,
+        })
+    }
+}

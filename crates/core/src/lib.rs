@@ -1,0 +1,25 @@
+//! crest-core: one module per kind of kernel object, each with its dump and
+//! restore side; `dump` and `restore` only put them in order.
+
+pub mod log;
+
+pub mod coreimg;
+pub mod creds;
+pub mod dump;
+pub mod error;
+pub mod features;
+pub mod files;
+pub mod fs;
+pub mod mm;
+pub mod procfs;
+pub mod pstree;
+pub mod regs;
+pub mod restore;
+pub mod show;
+pub mod signals;
+pub mod task;
+
+pub use dump::{dump, DumpOptions, DumpSummary};
+pub use error::{DumpError, RestoreError};
+
+pub use restore::{restore, RestoreOptions, Restored};

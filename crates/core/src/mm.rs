@@ -1,0 +1,255 @@
+//! The address space: VMAs from `/proc/PID/maps` and `smaps`, present pages
+//! from `/proc/PID/pagemap`, mm fields from `stat`, `auxv` and `exe`.
+//!
+//! Dump writes `mm-<pid>.img` (CRIU's `mm_entry` with its `vma_entry`s),
+//! `pagemap-<pid>.img` and the raw `pages-<id>.img`. Restore maps every VMA
+//! at its address in a task that has unmapped everything it inherited, fills
+//! the pages from the pages file (read by the task itself with `preadv`),
+//! puts vdso/vvar where they were and sets the mm fields with
+//! `PR_SET_MM_MAP`.
+
+use crate::error::{DumpCtx, DumpError};
+use crate::files::FileTable;
+use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
+use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
+use crest_images::{RawWriter, PE_PRESENT};
+use crest_inject::{nr, Tracee};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+mod pages;
+pub mod restore;
+
+pub const PAGE: u64 = 4096;
+
+/// CRIU's `vma_entry.status` bits.
+pub mod status {
+    pub const REGULAR: u32 = 1 << 0;
+    pub const STACK: u32 = 1 << 1;
+    pub const VSYSCALL: u32 = 1 << 2;
+    pub const VDSO: u32 = 1 << 3;
+    pub const HEAP: u32 = 1 << 5;
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    pub const FILE_SHARED: u32 = 1 << 7;
+    pub const ANON_SHARED: u32 = 1 << 8;
+    pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const VVAR: u32 = 1 << 12;
+}
+
+/// smaps VmFlags that map to an madvise() advice, stored in
+/// `vma_entry.madv` as `1 << advice` the way CRIU does.
+const MADV_FLAGS: [(&str, u32); 6] = [
+    ("hg", libc::MADV_HUGEPAGE as u32),
+    ("nh", libc::MADV_NOHUGEPAGE as u32),
+    ("dc", libc::MADV_DONTFORK as u32),
+    ("dd", libc::MADV_DONTDUMP as u32),
+    ("wf", libc::MADV_WIPEONFORK as u32),
+    ("mg", libc::MADV_MERGEABLE as u32),
+];
+
+/// What the dump of one address space produced.
+pub struct MmDump {
+    pub entry: MmEntry,
+    pub pagemap: Vec<PagemapEntry>,
+    pub pages_bytes: u64,
+}
+
+/// Which pages of a VMA hold data that the image must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PagePolicy {
+    /// No pages: the kernel or the file provides them.
+    None,
+    /// Every present or swapped page.
+    All,
+    /// Present pages that are anonymous (copied on write), or swapped.
+    Anon,
+}
+
+fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy) {
+    let mut prot = 0u32;
+    if m.read {
+        prot |= libc::PROT_READ as u32;
+    }
+    if m.write {
+        prot |= libc::PROT_WRITE as u32;
+    }
+    if m.exec {
+        prot |= libc::PROT_EXEC as u32;
+    }
+    let shmem_anon = m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("/SYSV"));
+    let anon = !m.is_file() || shmem_anon;
+    let mut flags = if m.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u32;
+    if anon {
+        flags |= libc::MAP_ANONYMOUS as u32;
+    }
+    let growsdown = m.path == "[stack]" || smaps.is_some_and(|s| s.has("gd"));
+    if growsdown {
+        flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    let mut st = status::REGULAR;
+    let policy;
+    match m.path.as_str() {
+        "[vdso]" => {
+            st |= status::VDSO;
+            policy = PagePolicy::None;
+        }
+        "[vvar]" | "[vvar_vclock]" => {
+            st |= status::VVAR;
+            policy = PagePolicy::None;
+        }
+        "[vsyscall]" => {
+            st = status::VSYSCALL;
+            policy = PagePolicy::None;
+        }
+        _ if shmem_anon => {
+            st |= status::ANON_SHARED;
+            policy = PagePolicy::All;
+        }
+        _ if anon => {
+            st |= status::ANON_PRIVATE;
+            policy = PagePolicy::All;
+        }
+        _ if m.shared => {
+            st |= status::FILE_SHARED;
+            policy = PagePolicy::None;
+        }
+        _ => {
+            st |= status::FILE_PRIVATE;
+            policy = PagePolicy::Anon;
+        }
+    }
+    if m.path == "[stack]" {
+        st |= status::STACK;
+    }
+    if m.path == "[heap]" {
+        st |= status::HEAP;
+    }
+    let madv = smaps.map_or(0, |s| {
+        MADV_FLAGS
+            .iter()
+            .filter(|(f, _)| s.has(f))
+            .fold(0u64, |acc, (_, adv)| acc | (1u64 << adv))
+    });
+    let vma = VmaEntry {
+        start: m.start,
+        end: m.end,
+        pgoff: m.offset,
+        shmid: if shmem_anon { m.inode } else { 0 },
+        prot,
+        flags,
+        status: st,
+        fd: -1,
+        madv: Some(madv),
+        fdflags: None,
+    };
+    (vma, policy)
+}
+
+/// Collects the VMAs, mm fields and present pages of `pid` (stopped and
+/// injected through `t`), streaming the pages into `pages`.
+pub fn dump(
+    t: &mut Tracee,
+    files: &mut FileTable,
+    pages: &mut RawWriter,
+) -> Result<MmDump, DumpError> {
+    let pid = t.pid();
+    let maps = procfs::read_maps(pid).at(pid, "read maps")?;
+    let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
+    let stat = procfs::read_stat(pid).at(pid, "read stat")?;
+    let auxv = procfs::read_auxv(pid).at(pid, "read auxv")?;
+    let exe = procfs::read_link(&format!("/proc/{pid}/exe")).at(pid, "read exe link")?;
+    let exe_id = files.reg_path(pid, &exe, libc::O_RDONLY as u32)?;
+    let brk = t.syscall(nr::BRK, &[0]).at(pid, "brk(0)")?;
+
+    let mut vmas = Vec::with_capacity(maps.len());
+    let mut runs: Vec<pages::Run> = Vec::new();
+    let pagemap = procfs::Pagemap::open(pid).at(pid, "open pagemap")?;
+    for m in &maps {
+        let sm = smaps.iter().find(|s| s.start == m.start);
+        let (mut vma, policy) = classify(m, sm);
+        if vma.status & status::VSYSCALL != 0 {
+            continue;
+        }
+        if m.deleted() && vma.status & status::ANON_SHARED == 0 {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "mapping {:#x}-{:#x} of deleted file {}",
+                    m.start, m.end, m.path
+                ),
+            });
+        }
+        if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+            let mode = if m.shared && m.write {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            vma.shmid = u64::from(files.reg_path(pid, &m.path, mode as u32)?);
+        }
+        if policy != PagePolicy::None {
+            let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
+            let keep = |b: PagemapBits| match policy {
+                PagePolicy::All => b.present() || b.swapped(),
+                PagePolicy::Anon => (b.present() && !b.file_or_shared_anon()) || b.swapped(),
+                PagePolicy::None => false,
+            };
+            for (addr, n) in procfs::runs(&words, m.start, keep) {
+                runs.push(pages::Run {
+                    addr,
+                    pages: n,
+                    readable: m.read,
+                });
+            }
+        }
+        vmas.push(vma);
+    }
+
+    let pages_bytes = pages::copy(pid, &runs, pages)?;
+    let pagemap_entries = runs
+        .iter()
+        .map(|r| PagemapEntry {
+            vaddr: r.addr,
+            compat_nr_pages: u32::try_from(r.pages).unwrap_or(u32::MAX),
+            in_parent: None,
+            flags: Some(PE_PRESENT),
+            nr_pages: Some(r.pages),
+        })
+        .collect();
+
+    let entry = MmEntry {
+        mm_start_code: stat.start_code,
+        mm_end_code: stat.end_code,
+        mm_start_data: stat.start_data,
+        mm_end_data: stat.end_data,
+        mm_start_stack: stat.start_stack,
+        mm_start_brk: stat.start_brk,
+        mm_brk: brk,
+        mm_arg_start: stat.arg_start,
+        mm_arg_end: stat.arg_end,
+        mm_env_start: stat.env_start,
+        mm_env_end: stat.env_end,
+        exe_file_id: exe_id,
+        mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
+        vmas,
+        dumpable: None,
+        aios: Vec::new(),
+        thp_disabled: None,
+    };
+    Ok(MmDump {
+        entry,
+        pagemap: pagemap_entries,
+        pages_bytes,
+    })
+}
+
+/// Reads pages of a VMA that `process_vm_readv` cannot (no read
+/// permission) through `/proc/PID/mem`, which may read them by force.
+fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    mem.read_exact_at(buf, addr)
+}

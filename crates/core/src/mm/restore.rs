@@ -1,0 +1,395 @@
+//! Restore of an address space inside a task that is a fork of crest:
+//! a private work area (a `syscall` gadget plus scratch memory) is mapped
+//! where the dumped task had nothing, everything else the task inherited
+//! is unmapped, every dumped VMA is mapped at its address, the task reads
+//! its own pages from the pages file with `preadv`, protections are set,
+//! vdso/vvar are placed where they were (`arch_prctl(ARCH_MAP_VDSO_64)`)
+//! and the mm fields are set with `prctl(PR_SET_MM, PR_SET_MM_MAP)`.
+
+use super::{status, PAGE};
+use crate::error::{RestoreCtx, RestoreError};
+use crate::files::restore::RestoreFiles;
+use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
+use crest_inject::{nr, Tracee};
+
+/// Size of the work area: one gadget page and the scratch memory.
+pub const WORK_AREA: u64 = 1 << 20;
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PRCTL_MM_MAP_SIZE: usize = 104;
+/// Most bytes one `preadv` call moves (below the kernel's MAX_RW_COUNT).
+const MAX_PREADV: u64 = 1 << 30;
+const IOVS_PER_CALL: usize = 1024;
+
+/// Where the work area lives in the task.
+pub struct WorkArea {
+    pub addr: u64,
+    pub len: u64,
+}
+
+fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>, RestoreError> {
+    let maps = crate::procfs::read_maps(pid).map_err(|source| RestoreError::Proc {
+        pid,
+        step: "read maps of the new task",
+        source,
+    })?;
+    Ok(maps.iter().map(|m| (m.start, m.end)).collect())
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Finds a hole for the work area that neither the dumped VMAs nor the
+/// task's current mappings use, maps it, and writes the gadget.
+pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreError> {
+    let pid = t.pid();
+    let mut used: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    used.extend(current_ranges(pid)?);
+    used.sort_unstable();
+    // Try below each used range, from high to low addresses, keeping a
+    // gap; then the low addresses above mmap_min_addr.
+    let mut candidates: Vec<u64> = used
+        .iter()
+        .filter_map(|r| r.0.checked_sub(WORK_AREA + 16 * PAGE))
+        .collect();
+    candidates.push(0x1000_0000);
+    candidates.push(0x10_0000);
+    let want = candidates
+        .into_iter()
+        .filter(|a| *a >= 0x10000)
+        .map(|a| a & !(PAGE - 1))
+        .find(|a| !used.iter().any(|r| overlaps(*r, (*a, *a + WORK_AREA))))
+        .ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: "an address space with no room for crest's work area".into(),
+        })?;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = t
+        .syscall(nr::MMAP, &[want, WORK_AREA, prot, flags, u64::MAX, 0])
+        .rat(pid, "map the work area")?;
+    if got != want {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!("work area asked at {want:#x}, got {got:#x}"),
+        });
+    }
+    // syscall; int3
+    t.write_mem(got, &[0x0f, 0x05, 0xcc])
+        .rat(pid, "write the syscall gadget")?;
+    t.set_syscall_ip(got);
+    t.adopt_scratch(got + PAGE, (WORK_AREA - PAGE) as usize);
+    Ok(WorkArea {
+        addr: got,
+        len: WORK_AREA,
+    })
+}
+
+/// Unmaps everything the task inherited from crest but the work area.
+pub fn unmap_inherited(t: &mut Tracee, work: &WorkArea) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let work_range = (work.addr, work.addr + work.len);
+    for (start, end) in current_ranges(pid)? {
+        if overlaps((start, end), work_range) {
+            continue;
+        }
+        if start >= 0xffff_ffff_ff60_0000 {
+            continue; // vsyscall cannot be unmapped
+        }
+        t.syscall(nr::MUNMAP, &[start, end - start])
+            .rat(pid, format!("munmap inherited {start:#x}-{end:#x}"))?;
+    }
+    Ok(())
+}
+
+fn is_special(v: &VmaEntry) -> bool {
+    v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0
+}
+
+/// Maps every dumped VMA but vdso/vvar, writable for now.
+pub fn map_vmas(t: &mut Tracee, mm: &MmEntry, files: &RestoreFiles) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        if v.end <= v.start || v.start % PAGE != 0 || v.end % PAGE != 0 {
+            return Err(bad_vma(pid, v, "bad bounds"));
+        }
+        let len = v.end - v.start;
+        let prot = u64::from(v.prot) | libc::PROT_WRITE as u64;
+        let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
+        let shared_file = v.status & status::FILE_SHARED != 0;
+        // A shared file mapping keeps its dumped protection: it cannot be
+        // made writable through a read-only fd, and needs no filling.
+        let prot = if shared_file { u64::from(v.prot) } else { prot };
+        if file_backed {
+            flags &= !(libc::MAP_ANONYMOUS as u64);
+            let path = files
+                .reg_path(v.shmid as u32)
+                .ok_or_else(|| bad_vma(pid, v, "names a file that is not in files.img"))?;
+            let oflags = if shared_file && v.prot & libc::PROT_WRITE as u32 != 0 {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = open_in_task(t, path, oflags)?;
+            let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+            t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
+            r.rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+        } else {
+            t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
+                .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+        }
+    }
+    Ok(())
+}
+
+fn bad_vma(pid: i32, v: &VmaEntry, what: &str) -> RestoreError {
+    RestoreError::BadImage {
+        pid,
+        file: crest_images::names::mm(pid as u32),
+        what: format!("vma {:#x}-{:#x}: {what}", v.start, v.end),
+    }
+}
+
+/// Opens `path` inside the task; returns the fd.
+pub fn open_in_task(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let mut p = path.as_bytes().to_vec();
+    p.push(0);
+    let addr = t.put(&p).rat(pid, format!("write path {path}"))?;
+    t.syscall(
+        nr::OPENAT,
+        &[
+            libc::AT_FDCWD as u64,
+            addr,
+            (flags | libc::O_CLOEXEC) as u64,
+            0,
+        ],
+    )
+    .rat(pid, format!("open {path}"))
+}
+
+/// The task reads its pages from the pages file, at most 1024 runs per
+/// `preadv`.
+pub fn fill_pages(
+    t: &mut Tracee,
+    mm: &MmEntry,
+    pagemap: &[PagemapEntry],
+    pages_path: &str,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    check_pagemap(pid, mm, pagemap)?;
+    if pagemap.is_empty() {
+        return Ok(());
+    }
+    let fd = open_in_task(t, pages_path, libc::O_RDONLY)?;
+    let mut file_off = 0u64;
+    let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOVS_PER_CALL);
+    let mut batch_bytes = 0u64;
+    for e in pagemap {
+        let mut addr = e.vaddr;
+        let mut left = nr_pages(e) * PAGE;
+        while left > 0 {
+            let take = left.min(MAX_PREADV - batch_bytes);
+            batch.push((addr, take));
+            batch_bytes += take;
+            addr += take;
+            left -= take;
+            if batch.len() == IOVS_PER_CALL || batch_bytes == MAX_PREADV {
+                file_off = preadv(t, fd, &batch, file_off, pages_path)?;
+                batch.clear();
+                batch_bytes = 0;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        preadv(t, fd, &batch, file_off, pages_path)?;
+    }
+    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pages file")?;
+    Ok(())
+}
+
+pub fn nr_pages(e: &PagemapEntry) -> u64 {
+    e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages))
+}
+
+/// Every pagemap run must lie inside a dumped, non-special VMA.
+fn check_pagemap(pid: i32, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
+    for e in pagemap {
+        let n = nr_pages(e);
+        let end = n.checked_mul(PAGE).and_then(|b| e.vaddr.checked_add(b));
+        let inside = end.is_some_and(|end| {
+            e.vaddr % PAGE == 0
+                && mm
+                    .vmas
+                    .iter()
+                    .any(|v| !is_special(v) && v.start <= e.vaddr && end <= v.end)
+        });
+        if !inside {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: crest_images::names::pagemap(pid as u32),
+                what: format!("{n} pages at {:#x} lie outside every vma", e.vaddr),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn preadv(
+    t: &mut Tracee,
+    fd: u64,
+    iovs: &[(u64, u64)],
+    mut off: u64,
+    path: &str,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let mut rest: Vec<(u64, u64)> = iovs.to_vec();
+    while !rest.is_empty() {
+        let raw: Vec<u8> = rest
+            .iter()
+            .flat_map(|(a, l)| a.to_le_bytes().into_iter().chain(l.to_le_bytes()))
+            .collect();
+        let addr = t.put(&raw).rat(pid, "write iovecs")?;
+        let n = t
+            .syscall(nr::PREADV, &[fd, addr, rest.len() as u64, off])
+            .rat(pid, format!("preadv from {path} at offset {off}"))?;
+        if n == 0 {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: path.to_string(),
+                what: format!("ends at offset {off}, before all pages were read"),
+            });
+        }
+        off += n;
+        let mut done = n;
+        while let Some(first) = rest.first_mut() {
+            if done >= first.1 {
+                done -= first.1;
+                rest.remove(0);
+            } else {
+                first.0 += done;
+                first.1 -= done;
+                break;
+            }
+        }
+    }
+    Ok(off)
+}
+
+/// Sets the final protection and madvise advice of every VMA.
+pub fn protect(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        if v.status & status::FILE_SHARED == 0 {
+            t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
+                .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
+        }
+        let madv = v.madv.unwrap_or(0);
+        for adv in 0..64u64 {
+            if madv & (1 << adv) != 0 {
+                t.syscall(nr::MADVISE, &[v.start, v.end - v.start, adv])
+                    .rat(pid, format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps vvar and vdso where the dumped task had them and switches
+/// injection to the vdso's `syscall` instruction.
+pub fn place_vdso(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let special: Vec<&VmaEntry> = mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
+        .collect();
+    let Some(start) = special.iter().map(|v| v.start).min() else {
+        return use_dumped_syscall(t, mm);
+    };
+    t.syscall(nr::ARCH_PRCTL, &[ARCH_MAP_VDSO_64, start])
+        .rat(pid, format!("arch_prctl(ARCH_MAP_VDSO_64, {start:#x})"))?;
+    let now = crate::procfs::read_maps(pid).map_err(|source| RestoreError::Proc {
+        pid,
+        step: "read maps after placing the vdso",
+        source,
+    })?;
+    for v in &special {
+        if !now.iter().any(|m| m.start == v.start && m.end == v.end) {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "a vdso/vvar layout different from this kernel's ({:#x}-{:#x} not placed)",
+                    v.start, v.end
+                ),
+            });
+        }
+    }
+    t.use_vdso_syscall().rat(pid, "find syscall in the vdso")?;
+    Ok(())
+}
+
+/// Without a vdso, injection goes through a `syscall` instruction in any
+/// dumped executable mapping.
+fn use_dumped_syscall(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for v in &mm.vmas {
+        if v.prot & libc::PROT_EXEC as u32 != 0 && v.prot & libc::PROT_READ as u32 != 0 {
+            if let Ok(ip) = t.find_syscall_insn(v.start, v.end) {
+                t.set_syscall_ip(ip);
+                return Ok(());
+            }
+        }
+    }
+    Err(RestoreError::Unsupported {
+        pid,
+        what: "an address space without a vdso or any syscall instruction".into(),
+    })
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP)` with the dumped mm fields, auxv and
+/// executable.
+pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let exe_fd = open_in_task(t, exe, libc::O_RDONLY)?;
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let mut raw = Vec::with_capacity(PRCTL_MM_MAP_SIZE + auxv.len());
+    for w in [
+        mm.mm_start_code,
+        mm.mm_end_code,
+        mm.mm_start_data,
+        mm.mm_end_data,
+        mm.mm_start_brk,
+        mm.mm_brk,
+        mm.mm_start_stack,
+        mm.mm_arg_start,
+        mm.mm_arg_end,
+        mm.mm_env_start,
+        mm.mm_env_end,
+    ] {
+        raw.extend_from_slice(&w.to_le_bytes());
+    }
+    let base = t
+        .scratch(PRCTL_MM_MAP_SIZE + auxv.len())
+        .rat(pid, "scratch")?;
+    let auxv_addr = base + PRCTL_MM_MAP_SIZE as u64;
+    raw.extend_from_slice(&auxv_addr.to_le_bytes());
+    raw.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+    raw.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    raw.extend_from_slice(&auxv);
+    t.write_mem(base, &raw).rat(pid, "write prctl_mm_map")?;
+    let r = t.syscall(
+        nr::PRCTL,
+        &[PR_SET_MM, PR_SET_MM_MAP, base, PRCTL_MM_MAP_SIZE as u64, 0],
+    );
+    t.syscall(nr::CLOSE, &[exe_fd]).rat(pid, "close exe")?;
+    r.rat(pid, "prctl(PR_SET_MM, PR_SET_MM_MAP)")?;
+    Ok(())
+}

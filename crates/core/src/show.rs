@@ -1,0 +1,96 @@
+//! `crest show`: what an images directory holds, as a process tree with a
+//! summary per task, for people and (as JSON) for machines.
+
+use crest_images::pb::{CoreEntry, MmEntry, PagemapEntry, PstreeEntry};
+use crest_images::{magic, names, ImageError, ImageReader};
+use std::path::Path;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskSummary {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    pub threads: Vec<u32>,
+    pub comm: String,
+    pub vmas: usize,
+    pub pages: u64,
+    pub fds: usize,
+    pub uid: Option<u32>,
+    pub children: Vec<u32>,
+}
+
+/// Reads the tree and a summary of every task.
+pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
+    let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
+    let mut out = Vec::with_capacity(tree.len());
+    for (i, p) in tree.iter().enumerate() {
+        let core: CoreEntry = crest_images::read_one(dir, &names::core(p.pid), magic::CORE)?;
+        let mut pm = ImageReader::open(dir, &names::pagemap(p.pid), magic::PAGEMAP)?;
+        let _head: Option<crest_images::pb::PagemapHead> = pm.next_entry()?;
+        let mut pages = 0u64;
+        while let Some(e) = pm.next_entry::<PagemapEntry>()? {
+            pages += e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+        }
+        let mm: MmEntry = crest_images::read_one(dir, &names::mm(p.pid), magic::MM)?;
+        let fds: Vec<crest_images::pb::FdinfoEntry> =
+            crest_images::read_image(dir, &names::fdinfo(i as u32 + 1), magic::FDINFO)
+                .unwrap_or_default();
+        out.push(TaskSummary {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            threads: p.threads.clone(),
+            comm: core.tc.as_ref().map(|t| t.comm.clone()).unwrap_or_default(),
+            vmas: mm.vmas.len(),
+            pages,
+            fds: fds.len(),
+            uid: core
+                .thread_core
+                .as_ref()
+                .and_then(|t| t.creds.as_ref())
+                .map(|c| c.uid),
+            children: tree
+                .iter()
+                .filter(|c| c.ppid == p.pid)
+                .map(|c| c.pid)
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// The tree as indented text.
+pub fn render(tasks: &[TaskSummary]) -> String {
+    let mut s = String::new();
+    let pids: Vec<u32> = tasks.iter().map(|t| t.pid).collect();
+    for root in tasks.iter().filter(|t| !pids.contains(&t.ppid)) {
+        render_one(tasks, root, 0, &mut s);
+    }
+    s
+}
+
+fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "{:indent$}pid {} ({}) ppid {} pgid {} sid {} threads {:?} uid {} | {} vmas, {} pages ({} KiB), {} fds",
+        "",
+        t.pid,
+        t.comm,
+        t.ppid,
+        t.pgid,
+        t.sid,
+        t.threads,
+        t.uid.map_or("?".into(), |u| u.to_string()),
+        t.vmas,
+        t.pages,
+        t.pages * 4,
+        t.fds,
+        indent = depth * 2
+    );
+    for c in tasks.iter().filter(|c| c.ppid == t.pid) {
+        render_one(tasks, c, depth + 1, s);
+    }
+}

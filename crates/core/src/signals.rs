@@ -1,0 +1,168 @@
+//! Signals: the actions of all 64 signals, the blocked mask, the pending
+//! queues (private and shared) and the alternate stack.
+//!
+//! Dump reads actions and the altstack by injecting `rt_sigaction` and
+//! `sigaltstack`, pending signals with `PTRACE_PEEKSIGINFO`. Restore sets
+//! actions and the altstack by injection, queues pending signals with
+//! `rt_tgsigqueueinfo`/`rt_sigqueueinfo` while everything is blocked, and
+//! sets the final mask from outside with `PTRACE_SETSIGMASK`.
+
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::{SaEntry, SiginfoEntry, SignalQueueEntry, ThreadSasEntry};
+use crest_inject::{nr, Tracee};
+use crest_sys::ptrace;
+
+pub const NSIG: u64 = 64;
+const KSIGACTION_SIZE: usize = 32;
+
+fn settable(sig: u64) -> bool {
+    sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64
+}
+
+/// The action of every signal but SIGKILL and SIGSTOP, in signal order.
+pub fn dump_actions(t: &mut Tracee) -> Result<Vec<SaEntry>, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(KSIGACTION_SIZE).at(pid, "scratch memory")?;
+    let mut out = Vec::with_capacity(NSIG as usize);
+    for sig in (1..=NSIG).filter(|s| settable(*s)) {
+        t.syscall(nr::RT_SIGACTION, &[sig, 0, buf, 8])
+            .at(pid, "rt_sigaction")?;
+        let mut raw = [0u8; KSIGACTION_SIZE];
+        t.read_mem(buf, &mut raw).at(pid, "read sigaction")?;
+        let w = words::<4>(&raw);
+        out.push(SaEntry {
+            sigaction: w[0],
+            flags: w[1],
+            restorer: w[2],
+            mask: w[3],
+            compat_sigaction: None,
+            ..SaEntry::default()
+        });
+    }
+    Ok(out)
+}
+
+/// Sets every signal action from the image.
+pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let sigs: Vec<u64> = (1..=NSIG).filter(|s| settable(*s)).collect();
+    if actions.len() > sigs.len() {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: crest_images::names::core(pid as u32),
+            what: format!("{} signal actions, at most {}", actions.len(), sigs.len()),
+        });
+    }
+    for (sig, sa) in sigs.iter().zip(actions) {
+        let mut raw = Vec::with_capacity(KSIGACTION_SIZE);
+        for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        let addr = t.put(&raw).rat(pid, "write sigaction")?;
+        t.syscall(nr::RT_SIGACTION, &[*sig, addr, 0, 8])
+            .rat(pid, format!("rt_sigaction({sig})"))?;
+    }
+    Ok(())
+}
+
+/// The alternate signal stack of the thread.
+pub fn dump_altstack(t: &mut Tracee) -> Result<ThreadSasEntry, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(24).at(pid, "scratch memory")?;
+    t.syscall(nr::SIGALTSTACK, &[0, buf])
+        .at(pid, "sigaltstack")?;
+    let mut raw = [0u8; 24];
+    t.read_mem(buf, &mut raw).at(pid, "read sigaltstack")?;
+    let w = words::<3>(&raw);
+    Ok(ThreadSasEntry {
+        ss_sp: w[0],
+        ss_flags: w[1] as u32,
+        ss_size: w[2],
+    })
+}
+
+/// Sets the alternate signal stack (or disables it).
+pub fn restore_altstack(t: &mut Tracee, sas: Option<&ThreadSasEntry>) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let (sp, flags, size) = match sas {
+        Some(s) if s.ss_flags & libc::SS_DISABLE as u32 == 0 => {
+            // SS_ONSTACK is a state, not a flag one can set.
+            (s.ss_sp, s.ss_flags & !(libc::SS_ONSTACK as u32), s.ss_size)
+        }
+        _ => (0, libc::SS_DISABLE as u32, 0),
+    };
+    let mut raw = Vec::with_capacity(24);
+    raw.extend_from_slice(&sp.to_le_bytes());
+    raw.extend_from_slice(&u64::from(flags).to_le_bytes());
+    raw.extend_from_slice(&size.to_le_bytes());
+    let addr = t.put(&raw).rat(pid, "write sigaltstack")?;
+    t.syscall(nr::SIGALTSTACK, &[addr, 0])
+        .rat(pid, "sigaltstack")?;
+    Ok(())
+}
+
+/// The pending signals of a thread's private queue or its process's
+/// shared queue, as raw `siginfo_t`s.
+pub fn dump_pending(pid: i32, tid: i32, shared: bool) -> Result<SignalQueueEntry, DumpError> {
+    let infos = ptrace::peek_siginfo(tid, shared).at(pid, "PTRACE_PEEKSIGINFO")?;
+    Ok(SignalQueueEntry {
+        signals: infos
+            .iter()
+            .map(|i| SiginfoEntry {
+                siginfo: i.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+/// Queues pending signals again. All signals must be blocked (they are
+/// while a tracee is injected) so none is delivered before the task runs.
+pub fn restore_pending(
+    t: &mut Tracee,
+    tid: i32,
+    queue: Option<&SignalQueueEntry>,
+    shared: bool,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let Some(q) = queue else { return Ok(()) };
+    for si in &q.signals {
+        if si.siginfo.len() != ptrace::SIGINFO_SIZE {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: crest_images::names::core(tid as u32),
+                what: format!("siginfo of {} bytes", si.siginfo.len()),
+            });
+        }
+        let signo =
+            u32::from_le_bytes([si.siginfo[0], si.siginfo[1], si.siginfo[2], si.siginfo[3]]);
+        if signo == 0 || u64::from(signo) > NSIG {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: crest_images::names::core(tid as u32),
+                what: format!("pending signal {signo}"),
+            });
+        }
+        let addr = t.put(&si.siginfo).rat(pid, "write siginfo")?;
+        if shared {
+            t.syscall(nr::RT_SIGQUEUEINFO, &[pid as u64, u64::from(signo), addr])
+                .rat(pid, format!("rt_sigqueueinfo({signo})"))?;
+        } else {
+            t.syscall(
+                nr::RT_TGSIGQUEUEINFO,
+                &[pid as u64, tid as u64, u64::from(signo), addr],
+            )
+            .rat(pid, format!("rt_tgsigqueueinfo({signo})"))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn words<const N: usize>(raw: &[u8]) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (i, chunk) in raw.chunks_exact(8).take(N).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        out[i] = u64::from_le_bytes(b);
+    }
+    out
+}

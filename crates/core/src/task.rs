@@ -1,0 +1,178 @@
+//! Per-task odds and ends that have no room of their own: resource
+//! limits, interval timers, personality, comm, rseq, the robust futex
+//! list, the clear-child-tid address and the parent-death signal.
+
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::{ItimerEntry, RlimitEntry, RseqEntry, TaskRlimitsEntry, TaskTimersEntry};
+use crest_inject::{nr, Tracee};
+use crest_sys::{misc, ptrace};
+
+/// `RLIM_NLIMITS` on Linux.
+pub const RLIM_NLIMITS: u32 = 16;
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_SET_NAME: u64 = 15;
+const PR_GET_TID_ADDRESS: u64 = 40;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+
+pub fn dump_rlimits(pid: i32) -> Result<TaskRlimitsEntry, DumpError> {
+    let mut rlimits = Vec::with_capacity(RLIM_NLIMITS as usize);
+    for r in 0..RLIM_NLIMITS {
+        let (cur, max) = misc::prlimit(pid, r, None).at(pid, "prlimit")?;
+        rlimits.push(RlimitEntry { cur, max });
+    }
+    Ok(TaskRlimitsEntry { rlimits })
+}
+
+/// Sets the limits from outside with `prlimit64`.
+pub fn restore_rlimits(pid: i32, r: Option<&TaskRlimitsEntry>) -> Result<(), RestoreError> {
+    let Some(r) = r else { return Ok(()) };
+    for (i, l) in r.rlimits.iter().enumerate().take(RLIM_NLIMITS as usize) {
+        misc::prlimit(pid, i as u32, Some((l.cur, l.max)))
+            .rat(pid, format!("prlimit({i}, {}, {})", l.cur, l.max))?;
+    }
+    Ok(())
+}
+
+pub fn dump_itimers(t: &mut Tracee) -> Result<TaskTimersEntry, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(32).at(pid, "scratch memory")?;
+    let mut get = |which: u64| -> Result<ItimerEntry, DumpError> {
+        t.syscall(nr::GETITIMER, &[which, buf])
+            .at(pid, "getitimer")?;
+        let mut raw = [0u8; 32];
+        t.read_mem(buf, &mut raw).at(pid, "read itimer")?;
+        let w = crate::signals::words::<4>(&raw);
+        Ok(ItimerEntry {
+            isec: w[0],
+            iusec: w[1],
+            vsec: w[2],
+            vusec: w[3],
+        })
+    };
+    Ok(TaskTimersEntry {
+        real: get(0)?,
+        virt: get(1)?,
+        prof: get(2)?,
+        posix: Vec::new(),
+    })
+}
+
+pub fn restore_itimers(
+    t: &mut Tracee,
+    timers: Option<&TaskTimersEntry>,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let Some(tm) = timers else { return Ok(()) };
+    for (which, it) in [(0u64, &tm.real), (1, &tm.virt), (2, &tm.prof)] {
+        if it.vsec == 0 && it.vusec == 0 {
+            continue;
+        }
+        let mut raw = Vec::with_capacity(32);
+        for w in [it.isec, it.iusec, it.vsec, it.vusec] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        let addr = t.put(&raw).rat(pid, "write itimer")?;
+        t.syscall(nr::SETITIMER, &[which, addr, 0])
+            .rat(pid, format!("setitimer({which})"))?;
+    }
+    Ok(())
+}
+
+/// The thread's `clear_child_tid` address.
+pub fn dump_tid_address(t: &mut Tracee) -> Result<u64, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(8).at(pid, "scratch memory")?;
+    t.syscall(nr::PRCTL, &[PR_GET_TID_ADDRESS, buf])
+        .at(pid, "prctl(PR_GET_TID_ADDRESS)")?;
+    let mut raw = [0u8; 8];
+    t.read_mem(buf, &mut raw).at(pid, "read tid address")?;
+    Ok(u64::from_le_bytes(raw))
+}
+
+pub fn dump_pdeathsig(t: &mut Tracee) -> Result<u32, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(4).at(pid, "scratch memory")?;
+    t.syscall(nr::PRCTL, &[PR_GET_PDEATHSIG, buf])
+        .at(pid, "prctl(PR_GET_PDEATHSIG)")?;
+    let mut raw = [0u8; 4];
+    t.read_mem(buf, &mut raw).at(pid, "read pdeath signal")?;
+    Ok(u32::from_le_bytes(raw))
+}
+
+pub fn dump_rseq(pid: i32, tid: i32) -> Result<Option<RseqEntry>, DumpError> {
+    let cfg = ptrace::get_rseq_config(tid).at(pid, "PTRACE_GET_RSEQ_CONFIGURATION")?;
+    if cfg.rseq_abi_pointer == 0 {
+        return Ok(None);
+    }
+    Ok(Some(RseqEntry {
+        rseq_abi_pointer: cfg.rseq_abi_pointer,
+        rseq_abi_size: cfg.rseq_abi_size,
+        signature: cfg.signature,
+        rseq_cs_pointer: None,
+    }))
+}
+
+/// Drops the rseq registration the restored task inherited from crest,
+/// which points into memory that is about to go away.
+pub fn unregister_inherited_rseq(t: &mut Tracee) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let cfg = ptrace::get_rseq_config(t.tid()).rat(pid, "PTRACE_GET_RSEQ_CONFIGURATION")?;
+    if cfg.rseq_abi_pointer != 0 {
+        t.syscall(
+            nr::RSEQ,
+            &[
+                cfg.rseq_abi_pointer,
+                u64::from(cfg.rseq_abi_size),
+                RSEQ_FLAG_UNREGISTER,
+                u64::from(cfg.signature),
+            ],
+        )
+        .rat(pid, "rseq unregister")?;
+    }
+    Ok(())
+}
+
+/// Restores the thread's misc state: comm, personality, rseq, robust list,
+/// clear_child_tid and the parent-death signal.
+pub struct ThreadMisc<'a> {
+    pub comm: &'a str,
+    pub personality: u32,
+    pub rseq: Option<&'a RseqEntry>,
+    pub robust_list: (u64, u64),
+    pub clear_tid: u64,
+    pub pdeath_sig: u32,
+}
+
+pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut name = m.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let addr = t.put(&name).rat(pid, "write comm")?;
+    t.syscall(nr::PRCTL, &[PR_SET_NAME, addr])
+        .rat(pid, "prctl(PR_SET_NAME)")?;
+    t.syscall(nr::PERSONALITY, &[u64::from(m.personality)])
+        .rat(pid, "personality")?;
+    if let Some(r) = m.rseq {
+        t.syscall(
+            nr::RSEQ,
+            &[
+                r.rseq_abi_pointer,
+                u64::from(r.rseq_abi_size),
+                0,
+                u64::from(r.signature),
+            ],
+        )
+        .rat(pid, "rseq register")?;
+    }
+    if m.robust_list.0 != 0 {
+        t.syscall(nr::SET_ROBUST_LIST, &[m.robust_list.0, m.robust_list.1])
+            .rat(pid, "set_robust_list")?;
+    }
+    t.syscall(nr::SET_TID_ADDRESS, &[m.clear_tid])
+        .rat(pid, "set_tid_address")?;
+    t.syscall(nr::PRCTL, &[PR_SET_PDEATHSIG, u64::from(m.pdeath_sig)])
+        .rat(pid, "prctl(PR_SET_PDEATHSIG)")?;
+    Ok(())
+}

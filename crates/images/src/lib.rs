@@ -1,0 +1,54 @@
+//! crest-images: CRIU's image format, byte-compatible with CRIU.
+//!
+//! - [`pb`]: the protobuf messages, with CRIU's field numbers (package `criu`
+//!   at the top of [`pb`], crest's own messages in [`pb::crest`]).
+//! - [`magic`]: every file magic; [`names`]: file names and [`ImageKind`].
+//! - [`ImageWriter`] / [`ImageReader`]: CRIU's framing, read defensively
+//!   (magics checked, every length bounded before allocating).
+//! - [`decode_file`] / [`recode_matches`]: decode any known image, for
+//!   `crest show` and round-trip tests.
+//!
+//! No syscalls beyond file I/O, no unsafe code.
+#![forbid(unsafe_code)]
+
+mod decode;
+mod error;
+mod framing;
+pub mod magic;
+pub mod names;
+
+pub use decode::{decode_file, recode_matches, AnyEntry, DecodedImage};
+pub use error::ImageError;
+pub use framing::{
+    create_raw, read_image, read_one, write_image, ImageReader, ImageWriter, RawWriter,
+};
+pub use names::{kind_of, ImageKind};
+
+/// Generated message types: CRIU's (package `criu`) at this level,
+/// e.g. `pb::PstreeEntry`; crest's own (package `crest`) in [`pb::crest`].
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/criu.rs"));
+
+    /// crest's own messages, stored in files with crest magics.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod crest {
+        include!(concat!(env!("OUT_DIR"), "/crest.rs"));
+    }
+}
+
+/// Largest entry (or raw payload) this crate reads or writes: 32 MiB.
+pub const MAX_ENTRY: u64 = 32 << 20;
+
+/// `inventory_entry.img_version` CRIU writes today.
+pub const INVENTORY_IMG_VERSION: u32 = 2;
+
+/// `pagemap_entry.flags`: the pages are in the parent image.
+pub const PE_PARENT: u32 = 1 << 0;
+/// `pagemap_entry.flags`: the pages are served lazily.
+pub const PE_LAZY: u32 = 1 << 1;
+/// `pagemap_entry.flags`: the pages are in this image's pages file.
+pub const PE_PRESENT: u32 = 1 << 2;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! Image file names, and which kind of image a name (or magic) denotes.
+
+use crate::magic;
+
+/// `inventory.img`
+pub const INVENTORY: &str = "inventory.img";
+/// `pstree.img`
+pub const PSTREE: &str = "pstree.img";
+/// `files.img`
+pub const FILES: &str = "files.img";
+/// `reg-files.img` (CRIU's layout before `files.img`)
+pub const REG_FILES: &str = "reg-files.img";
+/// `pipes.img` (CRIU's layout before `files.img`)
+pub const PIPES: &str = "pipes.img";
+/// Pipe data in flight: entries followed by raw bytes.
+pub const PIPES_DATA: &str = "pipes-data.img";
+/// `ns-files.img`
+pub const NS_FILES: &str = "ns-files.img";
+/// `crest-userns.img` (crest's own)
+pub const CREST_USERNS: &str = "crest-userns.img";
+
+/// `core-<tid>.img`
+pub fn core(tid: u32) -> String {
+    format!("core-{tid}.img")
+}
+/// `ids-<pid>.img`
+pub fn ids(pid: u32) -> String {
+    format!("ids-{pid}.img")
+}
+/// `mm-<pid>.img`
+pub fn mm(pid: u32) -> String {
+    format!("mm-{pid}.img")
+}
+/// `pagemap-<pid>.img`
+pub fn pagemap(pid: u32) -> String {
+    format!("pagemap-{pid}.img")
+}
+/// `pages-<pages_id>.img` (raw, no header)
+pub fn pages(pages_id: u32) -> String {
+    format!("pages-{pages_id}.img")
+}
+/// `fdinfo-<files_id>.img`
+pub fn fdinfo(files_id: u32) -> String {
+    format!("fdinfo-{files_id}.img")
+}
+/// `fs-<pid>.img`
+pub fn fs(pid: u32) -> String {
+    format!("fs-{pid}.img")
+}
+/// `sigacts-<pid>.img` (CRIU's old per-task signal actions)
+pub fn sigacts(pid: u32) -> String {
+    format!("sigacts-{pid}.img")
+}
+/// `userns-<id>.img`
+pub fn userns(id: u32) -> String {
+    format!("userns-{id}.img")
+}
+/// `utsns-<id>.img`
+pub fn utsns(id: u32) -> String {
+    format!("utsns-{id}.img")
+}
+/// `crest-thread-<tid>.img` (crest's own)
+pub fn crest_thread(tid: u32) -> String {
+    format!("crest-thread-{tid}.img")
+}
+
+/// An image this crate can read: its magic and the type of its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ImageKind {
+    /// `inventory.img`: one `InventoryEntry`.
+    Inventory,
+    /// `pstree.img`: `PstreeEntry` per process.
+    Pstree,
+    /// `core-<tid>.img`: one `CoreEntry`.
+    Core,
+    /// `ids-<pid>.img`: one `TaskKobjIdsEntry`.
+    Ids,
+    /// `mm-<pid>.img`: one `MmEntry`.
+    Mm,
+    /// `pagemap-<pid>.img`: one `PagemapHead`, then `PagemapEntry`s.
+    Pagemap,
+    /// `pages-<id>.img`: raw page contents, no framing.
+    RawPages,
+    /// `fdinfo-<files_id>.img`: `FdinfoEntry` per descriptor.
+    Fdinfo,
+    /// `files.img`: `FileEntry` per open file.
+    Files,
+    /// `reg-files.img`: `RegFileEntry`s.
+    RegFiles,
+    /// `pipes.img`: `PipeEntry`s.
+    Pipes,
+    /// `ns-files.img`: `NsFileEntry`s.
+    NsFiles,
+    /// `fs-<pid>.img`: one `FsEntry`.
+    Fs,
+    /// `sigacts-<pid>.img`: `SaEntry` per signal.
+    Sigacts,
+    /// `userns-<id>.img`: one `UsernsEntry`.
+    Userns,
+    /// `utsns-<id>.img`: one `UtsnsEntry`.
+    Utsns,
+    /// `crest-thread-<tid>.img`: one `CrestThreadExtra`.
+    CrestThread,
+    /// `crest-userns.img`: `CrestUsernsEntry` per user namespace.
+    CrestUserns,
+}
+
+impl ImageKind {
+    /// Every kind, for lookups.
+    pub const ALL: [ImageKind; 18] = [
+        ImageKind::Inventory,
+        ImageKind::Pstree,
+        ImageKind::Core,
+        ImageKind::Ids,
+        ImageKind::Mm,
+        ImageKind::Pagemap,
+        ImageKind::RawPages,
+        ImageKind::Fdinfo,
+        ImageKind::Files,
+        ImageKind::RegFiles,
+        ImageKind::Pipes,
+        ImageKind::NsFiles,
+        ImageKind::Fs,
+        ImageKind::Sigacts,
+        ImageKind::Userns,
+        ImageKind::Utsns,
+        ImageKind::CrestThread,
+        ImageKind::CrestUserns,
+    ];
+
+    /// The per-file magic of this kind ([`magic::RAW`] for raw pages).
+    pub fn magic(self) -> u32 {
+        match self {
+            ImageKind::Inventory => magic::INVENTORY,
+            ImageKind::Pstree => magic::PSTREE,
+            ImageKind::Core => magic::CORE,
+            ImageKind::Ids => magic::IDS,
+            ImageKind::Mm => magic::MM,
+            ImageKind::Pagemap => magic::PAGEMAP,
+            ImageKind::RawPages => magic::RAW,
+            ImageKind::Fdinfo => magic::FDINFO,
+            ImageKind::Files => magic::FILES,
+            ImageKind::RegFiles => magic::REG_FILES,
+            ImageKind::Pipes => magic::PIPES,
+            ImageKind::NsFiles => magic::NS_FILES,
+            ImageKind::Fs => magic::FS,
+            ImageKind::Sigacts => magic::SIGACT,
+            ImageKind::Userns => magic::USERNS,
+            ImageKind::Utsns => magic::UTSNS,
+            ImageKind::CrestThread => magic::CREST_THREAD,
+            ImageKind::CrestUserns => magic::CREST_USERNS,
+        }
+    }
+
+    /// The kind whose per-file magic is `magic` (never [`ImageKind::RawPages`]).
+    pub fn from_magic(magic: u32) -> Option<ImageKind> {
+        if magic == magic::RAW {
+            return None;
+        }
+        ImageKind::ALL.into_iter().find(|k| k.magic() == magic)
+    }
+}
+
+/// `<prefix><decimal>.img` → the number.
+fn numbered(name: &str, prefix: &str) -> Option<u32> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(".img")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The kind of image a file name denotes, for every image this crate knows.
+pub fn kind_of(file_name: &str) -> Option<ImageKind> {
+    let fixed = [
+        (INVENTORY, ImageKind::Inventory),
+        (PSTREE, ImageKind::Pstree),
+        (FILES, ImageKind::Files),
+        (REG_FILES, ImageKind::RegFiles),
+        (PIPES, ImageKind::Pipes),
+        (NS_FILES, ImageKind::NsFiles),
+        (CREST_USERNS, ImageKind::CrestUserns),
+    ];
+    if let Some((_, kind)) = fixed.iter().find(|(n, _)| *n == file_name) {
+        return Some(*kind);
+    }
+    let numbered_kinds = [
+        ("core-", ImageKind::Core),
+        ("ids-", ImageKind::Ids),
+        ("mm-", ImageKind::Mm),
+        ("pagemap-", ImageKind::Pagemap),
+        ("pages-", ImageKind::RawPages),
+        ("fdinfo-", ImageKind::Fdinfo),
+        ("fs-", ImageKind::Fs),
+        ("sigacts-", ImageKind::Sigacts),
+        ("userns-", ImageKind::Userns),
+        ("utsns-", ImageKind::Utsns),
+        ("crest-thread-", ImageKind::CrestThread),
+    ];
+    numbered_kinds
+        .iter()
+        .find(|(prefix, _)| numbered(file_name, prefix).is_some())
+        .map(|(_, kind)| *kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_back_to_their_kind() {
+        assert_eq!(kind_of(&core(42)), Some(ImageKind::Core));
+        assert_eq!(kind_of(&ids(1)), Some(ImageKind::Ids));
+        assert_eq!(kind_of(&mm(1)), Some(ImageKind::Mm));
+        assert_eq!(kind_of(&pagemap(7)), Some(ImageKind::Pagemap));
+        assert_eq!(kind_of(&pages(3)), Some(ImageKind::RawPages));
+        assert_eq!(kind_of(&fdinfo(2)), Some(ImageKind::Fdinfo));
+        assert_eq!(kind_of(&fs(9)), Some(ImageKind::Fs));
+        assert_eq!(kind_of(&sigacts(9)), Some(ImageKind::Sigacts));
+        assert_eq!(kind_of(&userns(5)), Some(ImageKind::Userns));
+        assert_eq!(kind_of(&utsns(5)), Some(ImageKind::Utsns));
+        assert_eq!(kind_of(&crest_thread(8)), Some(ImageKind::CrestThread));
+        assert_eq!(kind_of(INVENTORY), Some(ImageKind::Inventory));
+        assert_eq!(kind_of(PSTREE), Some(ImageKind::Pstree));
+        assert_eq!(kind_of(FILES), Some(ImageKind::Files));
+        assert_eq!(kind_of(CREST_USERNS), Some(ImageKind::CrestUserns));
+        assert_eq!(core(42), "core-42.img");
+        assert_eq!(fs(3), "fs-3.img");
+    }
+
+    #[test]
+    fn odd_names_are_unknown() {
+        for name in [
+            "core-.img",
+            "core-+1.img",
+            "core-1",
+            "core-1.img.bak",
+            "x.img",
+            "",
+        ] {
+            assert_eq!(kind_of(name), None, "{name}");
+        }
+        assert_eq!(kind_of("core-99999999999.img"), None);
+    }
+
+    #[test]
+    fn magics_are_distinct() {
+        for a in ImageKind::ALL {
+            assert_eq!(
+                ImageKind::from_magic(a.magic()).filter(|_| a != ImageKind::RawPages),
+                (a != ImageKind::RawPages).then_some(a)
+            );
+        }
+    }
+}

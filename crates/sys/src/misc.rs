@@ -1,0 +1,166 @@
+//! Small calls on another process: rlimits, robust list, pidfds.
+
+use crate::cvt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `prlimit64(pid, resource, new, old)` — reads a resource limit of
+/// another process and optionally sets it. Returns the old (cur, max).
+pub fn prlimit(pid: i32, resource: u32, new: Option<(u64, u64)>) -> io::Result<(u64, u64)> {
+    let newlim = new.map(|(cur, max)| libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    });
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let newp = newlim
+        .as_ref()
+        .map_or(std::ptr::null(), |l| l as *const libc::rlimit64);
+    // SAFETY: `newp` is null or points at a live rlimit64; `old` is a valid
+    // out-pointer.
+    let ret = unsafe { libc::prlimit64(pid, resource as _, newp, &mut old) };
+    cvt(ret as libc::c_long)?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `get_robust_list(tid)` — the robust futex list head and its length.
+pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the kernel to write one word.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    cvt(ret)?;
+    Ok((head, len as u64))
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = cvt(ret)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_getfd(pidfd, targetfd, 0)` — a copy of another process's fd.
+pub fn pidfd_getfd(pidfd: &impl AsRawFd, target_fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    let fd = cvt(ret)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::kill(pid, sig) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `tgkill(tgid, tid, sig)`.
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    cvt(ret).map(drop)
+}
+
+/// `tee(fd_in, fd_out, len, SPLICE_F_NONBLOCK)` — copies pipe data
+/// without consuming it.
+pub fn tee(fd_in: &impl AsRawFd, fd_out: &impl AsRawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain integer arguments on fds we hold.
+    let ret = unsafe {
+        libc::tee(
+            fd_in.as_raw_fd(),
+            fd_out.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    cvt(ret as libc::c_long).map(|n| n as usize)
+}
+
+/// `pipe2(O_CLOEXEC)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid two-int array.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    cvt(ret as libc::c_long)?;
+    // SAFETY: on success both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `ioctl(FIONREAD)` — bytes waiting in a pipe or socket.
+pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    cvt(ret as libc::c_long)?;
+    Ok(n.max(0) as usize)
+}
+
+/// `fcntl(F_GETPIPE_SZ)`.
+pub fn pipe_size(fd: &impl AsRawFd) -> io::Result<usize> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    cvt(ret as libc::c_long).map(|n| n as usize)
+}
+
+/// `ioctl(PAGEMAP_SCAN)` probe: does the kernel know the request? Runs it
+/// over an empty range of the caller's own pagemap.
+pub fn pagemap_scan_supported() -> bool {
+    #[repr(C)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    // _IOWR('f', 16, struct pm_scan_arg)
+    const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
+    let Ok(file) = std::fs::File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let page = 0x1000_0000u64;
+    let arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: page,
+        end: page,
+        walk_end: 0,
+        vec: 0,
+        vec_len: 0,
+        max_pages: 0,
+        category_inverted: 0,
+        category_mask: 0,
+        category_anyof_mask: 1, // PAGE_IS_WPALLOWED
+        return_mask: 1,
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg with no output vector.
+    let ret = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN as _, &arg) };
+    ret >= 0
+}
+
+/// `fcntl(F_SETPIPE_SZ)`.
+pub fn set_pipe_size(fd: &impl AsRawFd, size: usize) -> io::Result<usize> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    cvt(ret as libc::c_long).map(|n| n as usize)
+}

@@ -1,0 +1,87 @@
+//! Making processes: `clone3` with `set_tid`.
+
+use crate::cvt;
+use std::io;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// How the child made by [`spawn_stopped`] sets up its session and group
+/// before it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSetup {
+    /// Keep the parent's session and process group.
+    Inherit,
+    /// `setsid()`: lead a new session (and group).
+    NewSession,
+    /// `setpgid(0, 0)`: lead a new group in the parent's session.
+    NewGroup,
+}
+
+/// `clone3` with `set_tid` — creates a child with the given pid at each pid
+/// namespace level (innermost first in `set_tid`, as the kernel wants it),
+/// which attaches itself with `PTRACE_TRACEME`, sets up its session and
+/// stops with `SIGSTOP`. The caller then owns a traced, stopped child and
+/// transforms it from outside. Returns the child's pid.
+pub fn spawn_stopped(set_tid: &[i32], session: SessionSetup) -> io::Result<i32> {
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if set_tid.is_empty() {
+            0
+        } else {
+            set_tid.as_ptr() as u64
+        },
+        set_tid_size: set_tid.len() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size we pass; without
+    // CLONE_VM the child runs on a copy of our memory, like fork(). The
+    // child only makes raw syscalls below and never returns from this
+    // function, so no Rust state (locks, allocator) is touched in it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let pid = cvt(ret)?;
+    if pid == 0 {
+        child_stop(session);
+    }
+    Ok(pid as i32)
+}
+
+fn child_stop(session: SessionSetup) -> ! {
+    // SAFETY: async-signal-safe raw syscalls only, in a freshly forked child.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
+            libc::_exit(120);
+        }
+        let ok = match session {
+            SessionSetup::Inherit => 0,
+            SessionSetup::NewSession => libc::setsid(),
+            SessionSetup::NewGroup => libc::setpgid(0, 0),
+        };
+        if ok < 0 {
+            libc::_exit(121);
+        }
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+        loop {
+            libc::pause();
+        }
+    }
+}

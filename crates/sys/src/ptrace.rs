@@ -1,0 +1,328 @@
+//! ptrace requests. Every request for a tracee must come from the thread
+//! that attached it; callers keep all of them on one thread.
+
+use crate::cvt;
+use std::io;
+
+pub const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+const NT_PRSTATUS: libc::c_int = 1;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// Largest xsave area we accept from the kernel.
+pub const XSTATE_MAX: usize = 16384;
+
+/// `struct user_regs_struct` of x86-64 (NT_PRSTATUS, 27 words).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// rseq registration of a thread (`struct ptrace_rseq_configuration`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+fn req(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: the callers in this module pass for `addr`/`data` either plain
+    // integers or pointers to live buffers whose size matches the request.
+    let ret = unsafe {
+        libc::ptrace(
+            request,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    cvt(ret)
+}
+
+/// `PTRACE_SEIZE` — attaches to a thread without stopping it.
+pub fn seize(tid: i32, options: u32) -> io::Result<()> {
+    req(libc::PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+}
+
+/// `PTRACE_INTERRUPT` — asks a seized thread to stop.
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    req(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+/// `PTRACE_SETOPTIONS`.
+pub fn set_options(tid: i32, options: u32) -> io::Result<()> {
+    req(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+
+/// `PTRACE_DETACH` — lets the thread go, delivering `sig` (0 for none).
+pub fn detach(tid: i32, sig: i32) -> io::Result<()> {
+    req(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_CONT`.
+pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
+    req(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_SINGLESTEP`.
+pub fn singlestep(tid: i32, sig: i32) -> io::Result<()> {
+    req(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_GETEVENTMSG`.
+pub fn event_msg(tid: i32) -> io::Result<u64> {
+    let mut msg: u64 = 0;
+    req(
+        libc::PTRACE_GETEVENTMSG,
+        tid,
+        0,
+        &mut msg as *mut u64 as usize,
+    )?;
+    Ok(msg)
+}
+
+fn getregset(tid: i32, nt: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    req(
+        libc::PTRACE_GETREGSET,
+        tid,
+        nt as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    Ok(iov.iov_len)
+}
+
+fn setregset(tid: i32, nt: libc::c_int, buf: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    req(
+        libc::PTRACE_SETREGSET,
+        tid,
+        nt as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+    .map(drop)
+}
+
+/// `PTRACE_GETREGSET(NT_PRSTATUS)` — the general registers.
+pub fn get_regs(tid: i32) -> io::Result<UserRegs> {
+    let mut regs = UserRegs::default();
+    let size = std::mem::size_of::<UserRegs>();
+    let mut iov = libc::iovec {
+        iov_base: (&mut regs as *mut UserRegs).cast(),
+        iov_len: size,
+    };
+    req(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_PRSTATUS as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    if iov.iov_len != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("NT_PRSTATUS has {} bytes, expected {size}", iov.iov_len),
+        ));
+    }
+    Ok(regs)
+}
+
+/// `PTRACE_SETREGSET(NT_PRSTATUS)`.
+pub fn set_regs(tid: i32, regs: &UserRegs) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: (regs as *const UserRegs as *mut UserRegs).cast(),
+        iov_len: std::mem::size_of::<UserRegs>(),
+    };
+    req(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_PRSTATUS as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+    .map(drop)
+}
+
+/// `PTRACE_GETREGSET(NT_X86_XSTATE)` — the whole xsave area.
+pub fn get_xstate(tid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; XSTATE_MAX];
+    let len = getregset(tid, NT_X86_XSTATE, &mut buf)?;
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// `PTRACE_SETREGSET(NT_X86_XSTATE)`.
+pub fn set_xstate(tid: i32, area: &[u8]) -> io::Result<()> {
+    setregset(tid, NT_X86_XSTATE, area)
+}
+
+/// `PTRACE_GETSIGMASK` — the blocked-signal mask.
+pub fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    req(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
+    Ok(mask)
+}
+
+/// `PTRACE_SETSIGMASK` — sets the blocked-signal mask from outside.
+pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    req(
+        libc::PTRACE_SETSIGMASK,
+        tid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
+}
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// Size of a `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// `PTRACE_PEEKSIGINFO` — the pending signals of the private (per-thread)
+/// or shared (per-process) queue, without dequeuing them.
+pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<[u8; SIGINFO_SIZE]>> {
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; SIGINFO_SIZE]; BATCH];
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: u32::from(shared),
+            nr: BATCH as i32,
+        };
+        let n = req(
+            libc::PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const PeekSiginfoArgs as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        out.extend_from_slice(&buf[..n.min(BATCH)]);
+        if n < BATCH {
+            return Ok(out);
+        }
+        if out.len() > 1 << 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than a million pending signals",
+            ));
+        }
+    }
+}
+
+/// `PTRACE_GET_RSEQ_CONFIGURATION` — a thread's rseq registration.
+pub fn get_rseq_config(tid: i32) -> io::Result<RseqConfig> {
+    let mut cfg = RseqConfig::default();
+    let n = req(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<RseqConfig>(),
+        &mut cfg as *mut RseqConfig as usize,
+    )?;
+    if (n as usize) < 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short rseq configuration",
+        ));
+    }
+    Ok(cfg)
+}
+
+/// What `waitpid` reported for a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+    /// A ptrace stop: the signal and the event (`status >> 16`).
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
+    Other(i32),
+}
+
+/// `waitpid(tid, __WALL)` — blocks until the thread changes state.
+pub fn wait(tid: i32) -> io::Result<WaitStatus> {
+    wait_flags(tid, libc::__WALL).map(|w| w.unwrap_or(WaitStatus::Other(0)))
+}
+
+/// `waitpid(tid, __WALL | WNOHANG)` — `None` when nothing changed yet.
+pub fn try_wait(tid: i32) -> io::Result<Option<WaitStatus>> {
+    wait_flags(tid, libc::__WALL | libc::WNOHANG)
+}
+
+fn wait_flags(tid: i32, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for the duration of the call.
+        let ret = unsafe { libc::waitpid(tid, &mut status, flags) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if ret == 0 {
+            return Ok(None);
+        }
+        break;
+    }
+    let ws = if libc::WIFEXITED(status) {
+        WaitStatus::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        WaitStatus::Signaled(libc::WTERMSIG(status))
+    } else if libc::WIFSTOPPED(status) {
+        WaitStatus::Stopped {
+            sig: libc::WSTOPSIG(status),
+            event: (status >> 16) & 0xff,
+        }
+    } else {
+        WaitStatus::Other(status)
+    };
+    Ok(Some(ws))
+}

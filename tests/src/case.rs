@@ -1,0 +1,601 @@
+//! One case: a workload started through `launch`, optionally dumped and
+//! restored by crest, then told to check itself with SIGTERM.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::crest::{self, CREST_TIMEOUT};
+use crate::procs::{self, alive, exists, wait_exit, wait_until, Exit, Procs, Waited};
+use crate::{Config, Flavor, Outcome, StdioKind};
+
+/// How long a workload may take to say ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a workload may take to exit after SIGTERM.
+pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What runs a workload.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A compiled workload of `workloads/*.c`.
+    C(&'static str),
+    /// A script run by a Debian interpreter (skipped if it is missing).
+    Script {
+        /// The interpreter, e.g. `/usr/bin/python3`.
+        interp: &'static str,
+        /// The script in the workloads directory.
+        script: &'static str,
+    },
+}
+
+/// What a workload does once ready, so the harness knows when to act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// It blocks in a syscall: wait for state S (so a signal cannot arrive
+    /// before the syscall starts, and the dump catches it inside).
+    Blocked,
+    /// It spins: give it a moment.
+    Spinning,
+}
+
+/// A protocol workload and its arguments.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Case name.
+    pub name: &'static str,
+    /// What to run.
+    pub program: Program,
+    /// Arguments after the state directory.
+    pub args: Vec<String>,
+    /// See [`Settle`].
+    pub settle: Settle,
+}
+
+/// What the harness does between "ready" and SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing: validates the workload.
+    SelfCheck,
+    /// `crest dump` (the task dies), then `crest restore -d`.
+    DumpRestore,
+    /// `crest dump -R` (the task keeps running).
+    DumpLeaveRunning,
+}
+
+/// A case's directory: `state/` for the workload, `images/` for crest.
+#[derive(Debug)]
+pub struct CaseDir {
+    /// The case directory.
+    pub root: PathBuf,
+    /// The workload's state directory.
+    pub state: PathBuf,
+    /// crest's images directory.
+    pub images: PathBuf,
+}
+
+impl CaseDir {
+    /// Creates a fresh `<base>/<name>` (removing an old one).
+    pub fn create(cfg: &Config, name: &str) -> Result<CaseDir> {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let root = cfg.base.join(safe.trim_end_matches('-'));
+        if root.exists() {
+            fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
+        }
+        let dir = CaseDir {
+            state: root.join("state"),
+            images: root.join("images"),
+            root,
+        };
+        for d in [&dir.state, &dir.images] {
+            fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes the directory (after a pass).
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+
+    /// Tails of every log of the case, for a failure report.
+    pub fn diagnostics(&self) -> String {
+        let files = [
+            self.root.join("dump.stderr"),
+            self.images.join("dump.log"),
+            self.root.join("restore.stderr"),
+            self.images.join("restore.log"),
+            self.root.join("out.log"),
+            self.state.join("verdict"),
+        ];
+        let tails: Vec<String> = files.iter().filter_map(|f| crest::tail(f, 20)).collect();
+        tails.join("\n")
+    }
+}
+
+/// The display name of a case: `name[flavor,stdio]`.
+pub fn case_name(name: &str, flavor: Flavor, stdio: Option<StdioKind>) -> String {
+    match stdio {
+        Some(s) => format!("{name}[{},{}]", flavor.name(), s.name()),
+        None => format!("{name}[{}]", flavor.name()),
+    }
+}
+
+/// Runs a protocol workload in a fresh case directory, removed if it passes.
+pub fn run_protocol(
+    cfg: &Config,
+    w: &Workload,
+    flavor: Flavor,
+    stdio: StdioKind,
+    mode: Mode,
+) -> Outcome {
+    let name = case_name(w.name, flavor, Some(stdio));
+    let dir = match CaseDir::create(cfg, &name) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(format!("{e:#}")),
+    };
+    let (outcome, _) = run_in(cfg, w, &dir, stdio, mode);
+    if outcome == Outcome::Pass {
+        dir.remove();
+    }
+    outcome
+}
+
+/// Runs a protocol workload in `dir`; returns the outcome and the pid the
+/// workload had. Every process it started is gone when it returns.
+pub fn run_in(
+    cfg: &Config,
+    w: &Workload,
+    dir: &CaseDir,
+    stdio: StdioKind,
+    mode: Mode,
+) -> (Outcome, Option<Pid>) {
+    let mut procs = Procs::default();
+    let mut pid = None;
+    let result = steps(cfg, w, dir, stdio, mode, &mut procs, &mut pid);
+    let killed = procs.kill_all();
+    let leftovers = procs::sweep_children();
+    let outcome = conclude(result, dir, &killed, &leftovers);
+    (outcome, pid)
+}
+
+/// Turns a case's result and its cleanup into the outcome.
+pub fn conclude(
+    result: Result<Outcome>,
+    dir: &CaseDir,
+    killed: &[String],
+    leftovers: &[String],
+) -> Outcome {
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    };
+    let outcome = match outcome {
+        Outcome::Pass if !leftovers.is_empty() => {
+            Outcome::fail(format!("left processes behind: {}", leftovers.join("; ")))
+        }
+        o => o,
+    };
+    match outcome {
+        Outcome::Fail(reason) => {
+            let mut text = reason;
+            for line in killed.iter().chain(leftovers) {
+                text.push_str("\n  ");
+                text.push_str(line);
+            }
+            let diag = dir.diagnostics();
+            if !diag.is_empty() {
+                text.push('\n');
+                text.push_str(&diag);
+            }
+            text.push_str(&format!(
+                "\n  (case directory kept: {})",
+                dir.root.display()
+            ));
+            Outcome::Fail(text)
+        }
+        o => o,
+    }
+}
+
+fn steps(
+    cfg: &Config,
+    w: &Workload,
+    dir: &CaseDir,
+    stdio: StdioKind,
+    mode: Mode,
+    procs: &mut Procs,
+    pid_out: &mut Option<Pid>,
+) -> Result<Outcome> {
+    if let Program::Script { interp, .. } = w.program {
+        if !Path::new(interp).exists() {
+            return Ok(Outcome::Skip(format!("{interp} not found")));
+        }
+    }
+    let pid = start(cfg, w, dir, stdio, procs)?;
+    *pid_out = Some(pid);
+    wait_ready(dir, pid, procs)?;
+    match w.settle {
+        Settle::Blocked => {
+            wait_until(Duration::from_secs(5), || {
+                procs::proc_state(pid) == Some('S')
+            });
+        }
+        Settle::Spinning => sleep(Duration::from_millis(100)),
+    }
+    match mode {
+        Mode::SelfCheck => {}
+        Mode::DumpRestore => {
+            dump(cfg, dir, pid, false, procs)?;
+            restore_detached(cfg, dir, pid, procs)?;
+        }
+        Mode::DumpLeaveRunning => {
+            dump(cfg, dir, pid, true, procs)?;
+            check_left_running(pid)?;
+        }
+    }
+    finish(dir, pid, stdio, procs)
+}
+
+/// Starts `launch <workload> <statedir> <args>` with the chosen stdio.
+fn start(
+    cfg: &Config,
+    w: &Workload,
+    dir: &CaseDir,
+    stdio: StdioKind,
+    procs: &mut Procs,
+) -> Result<Pid> {
+    let mut cmd = Command::new(cfg.workload("launch"));
+    match &w.program {
+        Program::C(name) => cmd.arg(cfg.workload(name)),
+        Program::Script { interp, script } => cmd.arg(interp).arg(cfg.workload(script)),
+    };
+    cmd.arg(&dir.state)
+        .args(&w.args)
+        .current_dir(&dir.root)
+        .stdin(Stdio::null());
+    match stdio {
+        StdioKind::DevNull => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        StdioKind::LogFile => {
+            let path = dir.root.join("out.log");
+            let log = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .with_context(|| format!("open {}", path.display()))?;
+            cmd.stdout(log.try_clone().context("dup log fd")?)
+                .stderr(log);
+        }
+    }
+    let child = cmd.spawn().with_context(|| format!("spawn {:?}", cmd))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    Ok(pid)
+}
+
+/// Waits for `<statedir>/ready` and checks it names `pid`.
+fn wait_ready(dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+    let ready = dir.state.join("ready");
+    let start = Instant::now();
+    while !ready.exists() {
+        if let Waited::Exited(exit) = wait_exit(pid, Duration::ZERO)? {
+            procs.untrack(pid);
+            bail!(
+                "workload exited before it was ready ({exit}){}",
+                verdict_note(dir)
+            );
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            bail!("workload not ready after {READY_TIMEOUT:?}");
+        }
+        sleep(procs::POLL);
+    }
+    let said = procs::read_pid_file(&ready)?;
+    if said != pid {
+        bail!("ready file names pid {said}, but the workload was started as {pid}");
+    }
+    Ok(())
+}
+
+fn verdict_note(dir: &CaseDir) -> String {
+    match fs::read_to_string(dir.state.join("verdict")) {
+        Ok(v) => format!("; verdict: {}", v.trim()),
+        Err(_) => String::new(),
+    }
+}
+
+/// Fails unless the crest binary exists.
+pub fn check_crest(cfg: &Config) -> Result<()> {
+    if !cfg.crest.exists() {
+        bail!(
+            "crest binary not found at {} (build it with `cargo build --release -p crest` or set \
+             CREST_BIN)",
+            cfg.crest.display()
+        );
+    }
+    Ok(())
+}
+
+/// `crest dump -t PID -D images -o dump.log -v 4 [-R]`; without -R, waits
+/// for the task to die and reaps it.
+pub fn dump(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    leave_running: bool,
+    procs: &mut Procs,
+) -> Result<()> {
+    check_crest(cfg)?;
+    let pid_s = pid.to_string();
+    let images = dir.images.to_string_lossy();
+    let mut args = vec![
+        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v", "4",
+    ];
+    if leave_running {
+        args.push("-R");
+    }
+    let ran = crest::run(
+        crest::command(&cfg.crest, &args),
+        &dir.root,
+        "dump",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump"));
+    }
+    for img in ["inventory.img", "pstree.img"] {
+        if !dir.images.join(img).exists() {
+            bail!(
+                "crest dump succeeded but wrote no {img} in {}",
+                dir.images.display()
+            );
+        }
+    }
+    if leave_running {
+        return Ok(());
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        Waited::TimedOut => {
+            bail!("pid {pid} still runs 10 s after crest dump (without -R) succeeded")
+        }
+        Waited::NotChild => bail!("pid {pid} is no longer a child of the harness after crest dump"),
+    }
+    if !wait_until(Duration::from_secs(5), || !exists(pid)) {
+        bail!("/proc/{pid} still exists after the dumped task was reaped");
+    }
+    Ok(())
+}
+
+/// After `crest dump -R`: the task runs on, untraced and not stopped.
+fn check_left_running(pid: Pid) -> Result<()> {
+    let state = procs::proc_state(pid);
+    if !alive(pid) {
+        bail!("pid {pid} is gone after crest dump -R (state {state:?})");
+    }
+    if matches!(state, Some('t') | Some('T')) {
+        bail!("pid {pid} is stopped (state {state:?}) after crest dump -R");
+    }
+    let tracer = procs::proc_status_field(pid, "TracerPid").unwrap_or_default();
+    if tracer != "0" {
+        bail!("pid {pid} is still traced by {tracer} after crest dump -R");
+    }
+    Ok(())
+}
+
+/// `crest restore -D images -d --pidfile restore.pid -o restore.log -v 4`;
+/// the task must be back with its pid.
+fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+    let pidfile = dir.root.join("restore.pid");
+    let images = dir.images.to_string_lossy();
+    let pidfile_s = pidfile.to_string_lossy();
+    let args = [
+        "restore",
+        "-D",
+        &images,
+        "-d",
+        "--pidfile",
+        &pidfile_s,
+        "-o",
+        "restore.log",
+        "-v",
+        "4",
+    ];
+    // whatever happens, the pid may be ours to kill from now on
+    procs.track(pid);
+    let ran = crest::run(
+        crest::command(&cfg.crest, &args),
+        &dir.root,
+        "restore",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore"));
+    }
+    if !alive(pid) {
+        bail!(
+            "crest restore -d succeeded but pid {pid} is not running (state {:?})",
+            procs::proc_state(pid)
+        );
+    }
+    let said = procs::read_pid_file(&pidfile).context("crest restore --pidfile")?;
+    if said != pid {
+        bail!("crest restore wrote pid {said} to its pidfile, expected {pid}");
+    }
+    Ok(())
+}
+
+/// SIGTERM, wait for the exit, read the verdict.
+fn finish(dir: &CaseDir, pid: Pid, stdio: StdioKind, procs: &mut Procs) -> Result<Outcome> {
+    kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM pid {pid}"))?;
+    let exit = match wait_exit(pid, VERDICT_TIMEOUT)? {
+        Waited::Exited(exit) => {
+            procs.untrack(pid);
+            exit
+        }
+        Waited::TimedOut => bail!(
+            "pid {pid} (state {:?}) did not exit within {VERDICT_TIMEOUT:?} of SIGTERM{}",
+            procs::proc_state(pid),
+            verdict_note(dir)
+        ),
+        Waited::NotChild => {
+            wait_until(VERDICT_TIMEOUT, || !exists(pid));
+            bail!(
+                "pid {pid} is not a child of the harness (waitpid: ECHILD), so its exit status \
+                 is unknown; it should be reparented to the harness, a child subreaper{}",
+                verdict_note(dir)
+            );
+        }
+    };
+    let outcome = judge(dir, exit)?;
+    if outcome == Outcome::Pass && stdio == StdioKind::LogFile {
+        check_log(&dir.root.join("out.log"))?;
+    }
+    Ok(outcome)
+}
+
+/// The outcome from the verdict file and the exit status.
+fn judge(dir: &CaseDir, exit: Exit) -> Result<Outcome> {
+    let path = dir.state.join("verdict");
+    let verdict = match fs::read_to_string(&path) {
+        Ok(v) => v,
+        Err(_) => bail!("no verdict; the workload ended with {exit}"),
+    };
+    let verdict = verdict.trim_end();
+    if verdict == "PASS" {
+        if exit != Exit::Code(0) {
+            bail!("verdict PASS but the workload ended with {exit}");
+        }
+        return Ok(Outcome::Pass);
+    }
+    if let Some(reason) = verdict.strip_prefix("SKIP: ") {
+        return Ok(Outcome::Skip(reason.to_string()));
+    }
+    if let Some(reason) = verdict.strip_prefix("FAIL: ") {
+        bail!("{reason} ({exit})");
+    }
+    bail!("unreadable verdict {verdict:?} ({exit})")
+}
+
+/// The log file got "before\n" and later "after\n".
+fn check_log(path: &Path) -> Result<()> {
+    let log = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let Some(b) = log.find("before\n") else {
+        bail!("stdout log {} lacks \"before\": {log:?}", path.display());
+    };
+    if !log[b..].contains("after\n") {
+        bail!(
+            "stdout log {} lacks \"after\" after \"before\": {log:?}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The Debian-binary case: `sleep 4` (no protocol) is dumped right after it
+/// starts and restored without -d: `crest restore` must wait for it and exit
+/// 0 when it exits, not at once.
+pub fn run_sleep_binary(cfg: &Config, mode: Mode) -> Outcome {
+    let name = case_name("sleep_bin", Flavor::Host, None);
+    let dir = match CaseDir::create(cfg, &name) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(format!("{e:#}")),
+    };
+    let mut procs = Procs::default();
+    let result = sleep_steps(cfg, &dir, mode, &mut procs);
+    let killed = procs.kill_all();
+    let leftovers = procs::sweep_children();
+    let outcome = conclude(result, &dir, &killed, &leftovers);
+    if outcome == Outcome::Pass {
+        dir.remove();
+    }
+    outcome
+}
+
+fn sleep_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Result<Outcome> {
+    const SLEEP: &str = "/bin/sleep";
+    if !Path::new(SLEEP).exists() {
+        return Ok(Outcome::Skip(format!("{SLEEP} not found")));
+    }
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.args([SLEEP, "4"]).current_dir(&dir.root);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let pid = Pid::from_raw(cmd.spawn().context("spawn launch sleep")?.id() as i32);
+    procs.track(pid);
+    if !wait_until(Duration::from_secs(5), || {
+        procs::proc_comm(pid).as_deref() == Some("sleep") && procs::proc_state(pid) == Some('S')
+    }) {
+        bail!("pid {pid} did not become a sleeping `sleep` within 5 s");
+    }
+    if mode == Mode::SelfCheck {
+        return match wait_exit(pid, Duration::from_secs(15))? {
+            Waited::Exited(Exit::Code(0)) if started.elapsed() >= Duration::from_secs(1) => {
+                procs.untrack(pid);
+                Ok(Outcome::Pass)
+            }
+            other => bail!("sleep 4 ended with {other:?} after {:?}", started.elapsed()),
+        };
+    }
+    dump(cfg, dir, pid, false, procs)?;
+    let images = dir.images.to_string_lossy();
+    let pidfile = dir.root.join("restore.pid");
+    let pidfile_s = pidfile.to_string_lossy();
+    let args = [
+        "restore",
+        "-D",
+        &images,
+        "--pidfile",
+        &pidfile_s,
+        "-o",
+        "restore.log",
+        "-v",
+        "4",
+    ];
+    procs.track(pid);
+    let restore_at = started.elapsed();
+    let ran = crest::run(
+        crest::command(&cfg.crest, &args),
+        &dir.root,
+        "restore",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore (without -d)"));
+    }
+    if alive(pid) {
+        bail!("crest restore returned but the restored sleep (pid {pid}) still runs");
+    }
+    procs.untrack(pid);
+    // sleep's deadline is 4 s after its start; only a restore that began well
+    // before it can be expected to wait
+    if restore_at < Duration::from_millis(2500) && ran.elapsed < Duration::from_secs(1) {
+        bail!(
+            "crest restore returned {:?} after it started, but the restored `sleep 4` (dumped \
+             {restore_at:?} after its start) should have slept on",
+            ran.elapsed
+        );
+    }
+    Ok(Outcome::Pass)
+}

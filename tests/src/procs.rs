@@ -1,0 +1,218 @@
+//! Processes the harness starts: tracking them by pid, reaping them with a
+//! timeout, reading their state from /proc, and killing whatever is left.
+
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How often the harness polls files and processes.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Calls `f` every [`POLL`] until it returns true or `timeout` passes;
+/// returns whether it returned true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        sleep(POLL);
+    }
+}
+
+/// How a waited-for process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(Signal),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by {s}"),
+        }
+    }
+}
+
+/// Result of [`wait_exit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The process ended and was reaped.
+    Exited(Exit),
+    /// Still running when the timeout passed.
+    TimedOut,
+    /// `waitpid` says it is not our child (ECHILD).
+    NotChild,
+}
+
+/// `waitpid(pid, WNOHANG)` in a loop until the child ends or `timeout`
+/// passes. Stops and continues are ignored.
+pub fn wait_exit(pid: Pid, timeout: Duration) -> Result<Waited> {
+    let start = Instant::now();
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Waited::Exited(Exit::Code(code))),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Waited::Exited(Exit::Signal(sig))),
+            Ok(_) => {}
+            Err(Errno::ECHILD) => return Ok(Waited::NotChild),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).with_context(|| format!("waitpid {pid}")),
+        }
+        if start.elapsed() >= timeout {
+            return Ok(Waited::TimedOut);
+        }
+        sleep(POLL);
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (R, S, D, T, t, Z, ...), or None if
+/// the process does not exist.
+pub fn proc_state(pid: Pid) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+/// The parent pid from `/proc/PID/stat`.
+pub fn proc_ppid(pid: Pid) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `/proc/PID/comm` without the newline.
+pub fn proc_comm(pid: Pid) -> Option<String> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+/// A field of `/proc/PID/status`, e.g. "TracerPid".
+pub fn proc_status_field(pid: Pid, field: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == field).then(|| v.trim().to_string())
+    })
+}
+
+/// Whether `/proc/PID` exists and is not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// Whether `/proc/PID` exists at all (zombies included).
+pub fn exists(pid: Pid) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pids one case started and has not reaped yet. Dropping it kills and
+/// reaps every one of them, by pid.
+#[derive(Debug, Default)]
+pub struct Procs {
+    pids: Vec<Pid>,
+}
+
+impl Procs {
+    /// Remembers `pid` for cleanup.
+    pub fn track(&mut self, pid: Pid) {
+        if !self.pids.contains(&pid) {
+            self.pids.push(pid);
+        }
+    }
+
+    /// Forgets `pid` (it was reaped).
+    pub fn untrack(&mut self, pid: Pid) {
+        self.pids.retain(|p| *p != pid);
+    }
+
+    /// SIGKILLs and reaps every tracked pid; returns a line per process
+    /// that had to be killed.
+    pub fn kill_all(&mut self) -> Vec<String> {
+        let mut killed = Vec::new();
+        for pid in std::mem::take(&mut self.pids) {
+            if !exists(pid) {
+                continue;
+            }
+            let comm = proc_comm(pid).unwrap_or_default();
+            if kill(pid, Signal::SIGKILL).is_ok() {
+                killed.push(format!("killed pid {pid} ({comm})"));
+            }
+            reap_or_wait_gone(pid);
+        }
+        killed
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Reaps `pid` if it is our child, else waits (bounded) for it to vanish.
+fn reap_or_wait_gone(pid: Pid) {
+    if let Ok(Waited::NotChild) = wait_exit(pid, Duration::from_secs(5)) {
+        wait_until(Duration::from_secs(5), || !exists(pid));
+    }
+}
+
+/// Kills and reaps every live child of the harness (they are leftovers:
+/// cases run one at a time and reap what they start; as child subreaper the
+/// harness also inherits orphans of crest). Returns a line per process.
+pub fn sweep_children() -> Vec<String> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let pid = Pid::from_raw(pid);
+        if proc_ppid(pid) != Some(me) {
+            continue;
+        }
+        let comm = proc_comm(pid).unwrap_or_default();
+        let state = proc_state(pid).unwrap_or('?');
+        if state != 'Z' {
+            let _ = kill(pid, Signal::SIGKILL);
+            found.push(format!(
+                "left-over process {pid} ({comm}, state {state}) killed"
+            ));
+        }
+        reap_or_wait_gone(pid);
+    }
+    found
+}
+
+/// Reads the pid written to `path` (a ready file or a pidfile).
+pub fn read_pid_file(path: &Path) -> Result<Pid> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds {:?}, not a pid", path.display(), text.trim()))?;
+    if pid <= 0 {
+        bail!("{} holds pid {pid}", path.display());
+    }
+    Ok(Pid::from_raw(pid))
+}

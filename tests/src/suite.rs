@@ -1,0 +1,181 @@
+//! The suite: the list of cases, the filter, the report.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::case::{self, Mode, Program, Settle, Workload};
+use crate::{dumpchecks, procs, Config, Flavor, Outcome, StdioKind};
+
+/// Every protocol workload, in the order the suite runs them.
+pub fn workloads() -> Vec<Workload> {
+    let c = |name: &'static str, args: &[&str], settle: Settle| Workload {
+        name,
+        program: Program::C(name),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        settle,
+    };
+    let script = |name: &'static str, interp: &'static str, script: &'static str| Workload {
+        name,
+        program: Program::Script { interp, script },
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    };
+    vec![
+        c("mem_patterns", &["64"], Settle::Blocked),
+        c("sleep_restart", &[], Settle::Blocked),
+        c("pipe_read_restart", &[], Settle::Blocked),
+        c("futex_restart", &[], Settle::Blocked),
+        c("signals", &[], Settle::Blocked),
+        c("fpu_avx", &[], Settle::Spinning),
+        c("misc_state", &[], Settle::Blocked),
+        script("interp_py", "/usr/bin/python3", "interp.py"),
+        script("interp_pl", "/usr/bin/perl", "interp.pl"),
+    ]
+}
+
+/// The protocol workload called `name`.
+pub fn workload(name: &str) -> Option<Workload> {
+    workloads().into_iter().find(|w| w.name == name)
+}
+
+/// Makes the harness a child subreaper, so restored tasks (children of a
+/// crest that exits) are reparented to it and can be reaped.
+pub fn become_subreaper() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")
+}
+
+/// Prints one line per case as it finishes and counts them.
+#[derive(Debug, Default)]
+pub struct Report {
+    passed: usize,
+    failed: Vec<String>,
+    skipped: usize,
+}
+
+impl Report {
+    /// Records and prints a case's outcome.
+    pub fn record(&mut self, name: &str, outcome: Outcome) {
+        let line = match outcome {
+            Outcome::Pass => {
+                self.passed += 1;
+                format!("PASS {name}")
+            }
+            Outcome::Skip(reason) => {
+                self.skipped += 1;
+                format!("SKIP {name}: {reason}")
+            }
+            Outcome::Fail(reason) => {
+                self.failed.push(name.to_string());
+                let mut lines = reason.lines();
+                let mut text = format!("FAIL {name}: {}", lines.next().unwrap_or(""));
+                for l in lines {
+                    text.push_str("\n    ");
+                    text.push_str(l);
+                }
+                text
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// Whether any case failed.
+    pub fn any_failed(&self) -> bool {
+        !self.failed.is_empty()
+    }
+
+    /// The closing line.
+    pub fn summary(&self, cfg: &Config, start: Instant) -> String {
+        let mode = if cfg.checkpoint {
+            "dump/restore"
+        } else {
+            "self-check (no crest)"
+        };
+        let mut s = format!(
+            "e2e ({mode}): {} passed, {} failed, {} skipped in {:.1}s",
+            self.passed,
+            self.failed.len(),
+            self.skipped,
+            start.elapsed().as_secs_f64()
+        );
+        if !self.failed.is_empty() {
+            s.push_str(&format!("\nfailed: {}", self.failed.join(" ")));
+        }
+        s
+    }
+}
+
+/// The case filter: substrings from the command line (arguments that start
+/// with '-' are cargo's flags and are ignored); no filter selects all.
+pub struct Filter(Vec<String>);
+
+impl Filter {
+    /// Builds the filter from the program's arguments (without argv[0]).
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Filter {
+        Filter(args.into_iter().filter(|a| !a.starts_with('-')).collect())
+    }
+
+    /// Whether the case called `name` runs.
+    pub fn selects(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|f| name.contains(f.as_str()))
+    }
+}
+
+/// Runs the whole suite; returns whether every selected case passed or was
+/// skipped.
+pub fn run(cfg: &Config, filter: &Filter) -> bool {
+    let start = Instant::now();
+    let mut report = Report::default();
+    if let Err(e) = become_subreaper() {
+        report.record("harness", Outcome::fail(format!("{e:#}")));
+        return false;
+    }
+    let mode = if cfg.checkpoint {
+        Mode::DumpRestore
+    } else {
+        Mode::SelfCheck
+    };
+    for w in workloads() {
+        for stdio in StdioKind::ALL {
+            let name = case::case_name(w.name, Flavor::Host, Some(stdio));
+            if !filter.selects(&name) {
+                continue;
+            }
+            let outcome = if cfg.root {
+                case::run_protocol(cfg, &w, Flavor::Host, stdio, mode)
+            } else {
+                Outcome::Skip("needs root".into())
+            };
+            report.record(&name, outcome);
+        }
+    }
+    let name = case::case_name("sleep_bin", Flavor::Host, None);
+    if filter.selects(&name) {
+        let outcome = if cfg.root {
+            case::run_sleep_binary(cfg, mode)
+        } else {
+            Outcome::Skip("needs root".into())
+        };
+        report.record(&name, outcome);
+    }
+    dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
+    for flavor in Flavor::ALL {
+        if let Some(reason) = flavor.not_implemented() {
+            let name = format!("*[{}]", flavor.name());
+            if filter.selects(&name) || filter.0.iter().any(|f| f == flavor.name()) {
+                report.record(&name, Outcome::Skip(reason.into()));
+            }
+        }
+    }
+    for line in procs::sweep_children() {
+        report.record("harness", Outcome::fail(line));
+    }
+    if !report.any_failed() {
+        let _ = std::fs::remove_dir(&cfg.base);
+    }
+    println!("{}", report.summary(cfg, start));
+    !report.any_failed()
+}
