@@ -78,6 +78,9 @@ enum Cmd {
         #[arg(short = 'D', long = "images-dir")]
         images_dir: Option<PathBuf>,
     },
+    /// The demo's counter workload.
+    #[command(hide = true)]
+    DemoCounter,
 }
 
 fn init_log(c: &Common, default_name: &str) -> Result<()> {
@@ -107,11 +110,28 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("crest: {e:#}");
-            crest_core::log::line(0, format_args!("error: {e:#}"));
+            let msg = message(&e);
+            eprintln!("crest: {msg}");
+            crest_core::log::line(0, format_args!("error: {msg}"));
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes, leaving out a cause whose text the message
+/// before it already includes (crest's errors embed their sources).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -189,6 +209,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Demo { images_dir } => demo::run(images_dir),
+        Cmd::DemoCounter => demo::counter(),
     }
 }
 

@@ -85,3 +85,18 @@ fn child_stop(session: SessionSetup) -> ! {
         }
     }
 }
+
+/// `setsid()` — makes the caller lead a new session.
+pub fn setsid() -> io::Result<i32> {
+    // SAFETY: no arguments; only changes the caller's session.
+    let ret = unsafe { libc::setsid() };
+    cvt(ret as libc::c_long).map(|v| v as i32)
+}
+
+/// `close_range(first, ~0, 0)` — closes every fd from `first` up.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: plain integer arguments; the caller owns no fd above `first`
+    // that it still uses.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    cvt(ret).map(drop)
+}

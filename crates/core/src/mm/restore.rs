@@ -354,7 +354,16 @@ fn use_dumped_syscall(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> 
 /// executable.
 pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let exe_fd = open_in_task(t, exe, libc::O_RDONLY)?;
+    // The task inherited crest's executable; when the dumped one is the
+    // same file it stays (the kernel refuses to replace an exe that is
+    // still mapped), otherwise it is replaced through exe_fd.
+    let current = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let same = current.is_some_and(|c| c.as_os_str() == std::ffi::OsStr::new(exe));
+    let exe_fd = if same {
+        u64::from(u32::MAX)
+    } else {
+        open_in_task(t, exe, libc::O_RDONLY)?
+    };
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
         .iter()
@@ -389,7 +398,9 @@ pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), Rest
         nr::PRCTL,
         &[PR_SET_MM, PR_SET_MM_MAP, base, PRCTL_MM_MAP_SIZE as u64, 0],
     );
-    t.syscall(nr::CLOSE, &[exe_fd]).rat(pid, "close exe")?;
+    if !same {
+        t.syscall(nr::CLOSE, &[exe_fd]).rat(pid, "close exe")?;
+    }
     r.rat(pid, "prctl(PR_SET_MM, PR_SET_MM_MAP)")?;
     Ok(())
 }
