@@ -1,1 +1,348 @@
-fn main() {}
+//! `crest-bench`: dump and restore throughput of the real `crest` binary.
+//!
+//! Each run starts a holder process owning N MiB of present, patterned
+//! memory, measures how fast `process_vm_readv` can copy it out (the
+//! ceiling a dump could reach), times `crest dump` and `crest restore -d`,
+//! and checks the restored memory against the pattern.
+//!
+//! ```text
+//! cargo build --release
+//! cargo run --release -p crest-bench -- [--mib N] [--dir DIR] [--runs R] [--keep] [--verify]
+//! ```
+//!
+//! Prefer `--dir /dev/shm/crest-bench` (tmpfs): on a disk-backed directory
+//! the numbers measure the page cache and the disk as much as crest.
+
+mod holder;
+mod report;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::holder::MIB;
+use crate::report::Run;
+
+/// Size of one `process_vm_readv` call when measuring the ceiling.
+const CHUNK: usize = 64 * MIB;
+/// How long a killed task may take to disappear.
+const GONE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(name = "crest-bench", about = "Dump and restore throughput of crest")]
+struct Opts {
+    /// MiB of memory the holder process owns
+    #[arg(long, default_value_t = 1024)]
+    mib: usize,
+    /// Directory for the images; a tmpfs such as /dev/shm/crest-bench
+    /// measures crest rather than the disk
+    #[arg(long, default_value = "/tmp/crest-bench")]
+    dir: PathBuf,
+    /// Number of runs
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Keep each run's images directory
+    #[arg(long)]
+    keep: bool,
+    /// After restore, check every word of the memory, not only a sample
+    #[arg(long)]
+    verify: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // Internal mode: `crest-bench hold MIB READY` is the holder process.
+    let result = if args.get(1).map(String::as_str) == Some("hold") {
+        hold_main(&args[2..])
+    } else {
+        bench(&Opts::parse())
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crest-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hold_main(args: &[String]) -> Result<()> {
+    let [mib, ready] = args else {
+        bail!("usage: crest-bench hold MIB READY");
+    };
+    let mib: usize = mib.parse().context("MIB")?;
+    holder::hold(mib, Path::new(ready))
+}
+
+fn bench(opts: &Opts) -> Result<()> {
+    if opts.mib == 0 || opts.runs == 0 {
+        bail!("--mib and --runs must be at least 1");
+    }
+    let crest = crest_bin()?;
+    // The restored holder is a child of `crest restore`, which exits: as a
+    // subreaper the bench inherits it and can reap it.
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    let fs_type = report::fs_type(&opts.dir);
+    println!(
+        "crest {}; images in {} ({fs_type}); {} MiB; {} runs",
+        crest.display(),
+        opts.dir.display(),
+        opts.mib,
+        opts.runs
+    );
+    if fs_type != "tmpfs" {
+        println!("note: {fs_type} is not tmpfs; --dir /dev/shm/crest-bench measures crest alone");
+    }
+
+    let mut runs = Vec::with_capacity(opts.runs);
+    for k in 1..=opts.runs {
+        let run = run_one(opts, &crest, k).with_context(|| format!("run {k}"))?;
+        report::print_run(k, opts.mib * MIB, &run);
+        runs.push(run);
+    }
+    report::print_summary(&fs_type, &opts.dir, opts.mib, &runs);
+    Ok(())
+}
+
+/// `$CREST_BIN`, else `crest` beside this executable.
+fn crest_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("CREST_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().context("current_exe")?;
+            exe.with_file_name("crest")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "no crest binary at {} (run `cargo build --release` or set CREST_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Every process a run started; whatever is still here when it drops is
+/// killed and reaped, so an error leaves nothing behind.
+#[derive(Default)]
+struct Started {
+    holder: Option<Child>,
+    restored: Option<i32>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.holder.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = self.restored.take() {
+            let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
+            if waitpid(Pid::from_raw(pid), None).is_err() {
+                // Not our child (not reparented to us): wait for it to go.
+                let _ = wait_gone(pid);
+            }
+        }
+        reap_strays();
+    }
+}
+
+fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
+    let images = opts.dir.join(format!("run-{k}"));
+    if images.exists() {
+        fs::remove_dir_all(&images).with_context(|| format!("remove {}", images.display()))?;
+    }
+    fs::create_dir_all(&images).with_context(|| format!("create {}", images.display()))?;
+    let mut started = Started::default();
+
+    let h = holder::start(opts.mib, opts.dir.join(format!("ready-{k}")))?;
+    let (pid, addr, len) = (h.pid, h.addr, h.len);
+    started.holder = Some(h.child);
+    holder::verify_sample(pid, addr, len).context("holder before dump")?;
+    let ceiling_gbs = ceiling(pid, addr, len)?;
+
+    let pid_s = pid.to_string();
+    let dump_s = time_crest(
+        crest,
+        &opts.dir,
+        &format!("run-{k}.dump"),
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            path_str(&images)?,
+            "-o",
+            "dump.log",
+        ],
+    )?;
+    // crest dump kills the tree; reap our child and wait for /proc to agree.
+    if let Some(child) = started.holder.as_mut() {
+        wait_child(child, GONE_TIMEOUT).context("holder after dump")?;
+    }
+    started.holder = None;
+    wait_gone(pid)?;
+
+    let pidfile = images.join("restore.pid");
+    let restore_s = time_crest(
+        crest,
+        &opts.dir,
+        &format!("run-{k}.restore"),
+        &[
+            "restore",
+            "-D",
+            path_str(&images)?,
+            "-d",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            path_str(&pidfile)?,
+        ],
+    )?;
+    let restored: i32 = fs::read_to_string(&pidfile)
+        .with_context(|| format!("read {}", pidfile.display()))?
+        .trim()
+        .parse()
+        .context("pid in the pidfile")?;
+    started.restored = Some(restored);
+    if restored != pid {
+        bail!("restored pid {restored}, dumped pid {pid}");
+    }
+    check_alive(restored)?;
+    holder::verify_sample(restored, addr, len).context("restored holder")?;
+    if opts.verify {
+        holder::verify_full(restored, addr, len, CHUNK).context("restored holder")?;
+    }
+
+    crest_sys::misc::kill(restored, libc::SIGKILL).context("kill restored holder")?;
+    match waitpid(Pid::from_raw(restored), None) {
+        Ok(_) => {}
+        Err(Errno::ECHILD) => wait_gone(restored)?,
+        Err(e) => return Err(e).context("waitpid restored holder"),
+    }
+    started.restored = None;
+    drop(started);
+
+    if !opts.keep {
+        fs::remove_dir_all(&images).with_context(|| format!("remove {}", images.display()))?;
+    }
+    Ok(Run {
+        dump_s,
+        restore_s,
+        ceiling_gbs,
+    })
+}
+
+/// Best of 3 reads of the holder's whole buffer with `process_vm_readv`, in
+/// `CHUNK` pieces into one prefaulted local buffer; GB/s.
+fn ceiling(pid: i32, addr: u64, len: usize) -> Result<f64> {
+    // Filled with ones, not zeros, so every page is present before timing.
+    let mut local = vec![1u8; CHUNK.min(len)];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut off = 0usize;
+        while off < len {
+            let n = CHUNK.min(len - off);
+            let got = crest_sys::mem::read_remote(pid, &[(addr + off as u64, n)], &mut local[..n])
+                .with_context(|| format!("process_vm_readv pid {pid}"))?;
+            if got != n {
+                bail!("pid {pid}: short read at offset {off:#x}: {got} of {n} bytes");
+            }
+            off += n;
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(report::gbs(len, best))
+}
+
+/// Runs crest with `args`, its stdout and stderr into `<dir>/<name>.out`;
+/// returns the wall-clock seconds it took. Fails unless it exits 0.
+fn time_crest(crest: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<f64> {
+    let out_path = dir.join(format!("{name}.out"));
+    let out = File::create(&out_path).with_context(|| format!("create {}", out_path.display()))?;
+    let err = out.try_clone().context("dup output file")?;
+    let start = Instant::now();
+    let status = Command::new(crest)
+        .args(args)
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .with_context(|| format!("run {}", crest.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    let output = fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = fs::remove_file(&out_path);
+    if !status.success() {
+        bail!(
+            "crest {} failed ({status}); the log is in the images dir (use --keep)\n{}",
+            args.join(" "),
+            output.trim_end()
+        );
+    }
+    Ok(secs)
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+/// Waits for `child` to exit, up to `timeout`.
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while child.try_wait().context("wait")?.is_none() {
+        if start.elapsed() > timeout {
+            bail!("pid {} still running after {timeout:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Waits until /proc/PID is gone.
+fn wait_gone(pid: i32) -> Result<()> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let start = Instant::now();
+    while proc.exists() {
+        if start.elapsed() > GONE_TIMEOUT {
+            bail!("pid {pid} still exists after {GONE_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Fails unless `pid` is a live child of ours (reparented to the bench).
+fn check_alive(pid: i32) -> Result<()> {
+    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => Ok(()),
+        Ok(status) => bail!("restored holder {pid} is not running: {status:?}"),
+        Err(Errno::ECHILD) => {
+            // Not reparented to us (yet); still fine if it runs.
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                Ok(())
+            } else {
+                bail!("restored holder {pid} is gone")
+            }
+        }
+        Err(e) => Err(e).context("waitpid restored holder"),
+    }
+}
+
+/// Reaps any exited orphan that was reparented to us, the subreaper.
+fn reap_strays() {
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}

@@ -96,9 +96,11 @@ fn init_log(c: &Common, default_name: &str) -> Result<()> {
     if c.log_file.is_none() && !c.images_dir.exists() {
         return Ok(());
     }
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("open log file {}", path.display()))?;
     crest_core::log::init(Box::new(file), c.verbosity);

@@ -135,7 +135,7 @@ fn dump_task(
         sighand_id: id,
         ..TaskKobjIdsEntry::default()
     };
-    crest_images::write_image(dir, &names::ids(upid), magic::IDS, &[ids.clone()])?;
+    crest_images::write_image(dir, &names::ids(upid), magic::IDS, &[ids])?;
     summary.pids.push(pid);
     summary.pages_bytes += mm.pages_bytes;
     crate::info!("dumped pid {pid}: {} bytes of pages", mm.pages_bytes);

@@ -21,6 +21,5 @@ pub fn dump(pid: i32, umask: u32, files: &mut FileTable) -> Result<FsEntry, Dump
         cwd_id: files.reg_path(pid, &cwd, flags)?,
         root_id: files.reg_path(pid, &root, flags)?,
         umask: Some(umask),
-        ..FsEntry::default()
     })
 }

@@ -172,6 +172,9 @@ pub fn xsave_from_fpregs(f: &UserX86FpregsEntry, size: usize) -> Vec<u8> {
     for (i, w) in f.xmm_space.iter().take(64).enumerate() {
         x[160 + 4 * i..164 + 4 * i].copy_from_slice(&w.to_le_bytes());
     }
+    for (i, w) in f.padding.iter().take(24).enumerate() {
+        x[416 + 4 * i..420 + 4 * i].copy_from_slice(&w.to_le_bytes());
+    }
     let mut bv = 0b11u64;
     if let Some(xs) = &f.xsave {
         bv = xs.xstate_bv & 0b111;

@@ -36,7 +36,6 @@ pub fn dump_actions(t: &mut Tracee) -> Result<Vec<SaEntry>, DumpError> {
             restorer: w[2],
             mask: w[3],
             compat_sigaction: None,
-            ..SaEntry::default()
         });
     }
     Ok(out)

@@ -70,19 +70,11 @@ fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
     }
     let (rd, wr) = crest_sys::misc::pipe().at(pid, "pipe for tee")?;
     let _ = crest_sys::misc::set_pipe_size(&wr, waiting);
-    let mut copied = 0;
-    while copied < waiting {
-        let n = crest_sys::misc::tee(&theirs, &wr, waiting - copied).at(pid, "tee of pipe data")?;
-        if n == 0 {
-            break;
-        }
-        copied += n;
-        // tee always copies from the start of the source; one call takes
-        // everything that fits.
-        break;
-    }
+    // tee copies from the start of the source without consuming it; one
+    // call takes everything that fits in our pipe.
+    crest_sys::misc::tee(&theirs, &wr, waiting).at(pid, "tee of pipe data")?;
     drop(wr);
-    let mut data = Vec::with_capacity(copied);
+    let mut data = Vec::with_capacity(waiting);
     use std::io::Read;
     std::fs::File::from(rd)
         .read_to_end(&mut data)

@@ -1,0 +1,150 @@
+//! Numbers and how they are printed: throughput, best and median, the
+//! filesystem under the images directory.
+
+use std::fs;
+use std::path::Path;
+
+/// One run's measurements, in seconds and GB/s.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub dump_s: f64,
+    pub restore_s: f64,
+    pub ceiling_gbs: f64,
+}
+
+/// GB/s (1 GB = 1e9 bytes) for `bytes` moved in `secs`.
+pub fn gbs(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / 1e9 / secs
+}
+
+/// Best (smallest) and median of `xs`; `xs` must not be empty.
+fn best_median(xs: &[f64]) -> (f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (v[0], median)
+}
+
+/// Prints one run's line.
+pub fn print_run(k: usize, bytes: usize, r: &Run) {
+    println!(
+        "run {k}: dump {:.3} s ({:.2} GB/s), restore {:.3} s ({:.2} GB/s), \
+         process_vm_readv ceiling {:.2} GB/s",
+        r.dump_s,
+        gbs(bytes, r.dump_s),
+        r.restore_s,
+        gbs(bytes, r.restore_s),
+        r.ceiling_gbs
+    );
+}
+
+/// Prints the summary table over all runs: best and median of each column.
+pub fn print_summary(fs_type: &str, dir: &Path, mib: usize, runs: &[Run]) {
+    if runs.is_empty() {
+        return;
+    }
+    let bytes = mib << 20;
+    let dump: Vec<f64> = runs.iter().map(|r| r.dump_s).collect();
+    let restore: Vec<f64> = runs.iter().map(|r| r.restore_s).collect();
+    // Best ceiling is the highest rate: sort its negation.
+    let ceiling: Vec<f64> = runs.iter().map(|r| -r.ceiling_gbs).collect();
+    let (d_best, d_med) = best_median(&dump);
+    let (r_best, r_med) = best_median(&restore);
+    let (c_best, c_med) = best_median(&ceiling);
+
+    println!();
+    println!(
+        "images dir {} on {fs_type}, {mib} MiB, {} runs",
+        dir.display(),
+        runs.len()
+    );
+    println!(
+        "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "", "MiB", "dump s", "dump GB/s", "rest s", "rest GB/s", "ceiling GB/s"
+    );
+    for (name, d, r, c) in [
+        ("best", d_best, r_best, -c_best),
+        ("median", d_med, r_med, -c_med),
+    ] {
+        println!(
+            "{name:<8} {mib:>6} {d:>9.3} {:>9.2} {r:>9.3} {:>9.2} {c:>12.2}",
+            gbs(bytes, d),
+            gbs(bytes, r)
+        );
+    }
+}
+
+/// The type of the filesystem holding `dir` (e.g. `tmpfs`, `ext4`), from the
+/// longest mount point in /proc/mounts that contains it.
+pub fn fs_type(dir: &Path) -> String {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_src), Some(mnt), Some(kind)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let mnt = unescape(mnt);
+        if !dir.starts_with(&mnt) {
+            continue;
+        }
+        // Later lines over the same point shadow earlier ones, hence `>=`.
+        if best.as_ref().map_or(true, |(len, _)| mnt.len() >= *len) {
+            best = Some((mnt.len(), kind.to_string()));
+        }
+    }
+    best.map_or_else(|| "unknown".into(), |(_, kind)| kind)
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/mounts.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(best_median(&[3.0, 1.0, 2.0]), (1.0, 2.0));
+        assert_eq!(best_median(&[4.0, 1.0, 2.0, 3.0]), (1.0, 2.5));
+    }
+
+    #[test]
+    fn gbs_uses_decimal_gigabytes() {
+        assert!((gbs(1 << 30, 1.0) - 1.073_741_824).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mount_escapes() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}
