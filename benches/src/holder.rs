@@ -24,14 +24,15 @@ pub fn word(i: usize) -> u64 {
     (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ SALT
 }
 
-/// `crest-bench hold MIB READY`: fill the buffer, write the ready file, sleep
-/// until killed. Runs in the re-executed child; never returns on success.
-pub fn hold(mib: usize, ready: &Path) -> Result<()> {
+/// `crest-bench hold MIB READY BENCH`: fill the buffer, write the ready
+/// file, sleep until killed. Runs in the re-executed child; returns only
+/// once the bench (pid `bench`) is gone, so a killed bench leaves no holder.
+///
+/// No parent-death signal for that: crest restores it, and the restored
+/// holder's parent at restore is `crest restore`, which exits at once.
+pub fn hold(mib: usize, ready: &Path, bench: u32) -> Result<()> {
     crest_sys::proc::setsid().context("setsid")?;
     crest_sys::proc::close_from(3).context("close_range")?;
-    // If the bench dies before it can kill us, do not linger. The restored
-    // holder has no parent-death signal: crest does not carry it over.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("pdeathsig")?;
 
     let words = mib * MIB / 8;
     let mut buf: Vec<u64> = vec![0; words];
@@ -50,11 +51,13 @@ pub fn hold(mib: usize, ready: &Path) -> Result<()> {
     fs::write(&tmp, line).with_context(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, ready).with_context(|| format!("rename to {}", ready.display()))?;
 
-    loop {
+    let bench = PathBuf::from(format!("/proc/{bench}"));
+    while bench.exists() {
         thread::sleep(Duration::from_secs(1));
-        // Keep the buffer alive (and observably used) for the whole sleep.
-        std::hint::black_box(&buf);
     }
+    // Keep the buffer alive (and observably used) for the whole sleep.
+    std::hint::black_box(&buf);
+    Ok(())
 }
 
 /// A started holder, as its ready file describes it.
@@ -76,6 +79,7 @@ pub fn start(mib: usize, ready: PathBuf) -> Result<Holder> {
         .arg("hold")
         .arg(mib.to_string())
         .arg(&ready)
+        .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -59,7 +59,7 @@ struct Opts {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // Internal mode: `crest-bench hold MIB READY` is the holder process.
+    // Internal mode: `crest-bench hold MIB READY BENCH_PID` is the holder.
     let result = if args.get(1).map(String::as_str) == Some("hold") {
         hold_main(&args[2..])
     } else {
@@ -75,11 +75,12 @@ fn main() -> ExitCode {
 }
 
 fn hold_main(args: &[String]) -> Result<()> {
-    let [mib, ready] = args else {
-        bail!("usage: crest-bench hold MIB READY");
+    let [mib, ready, bench] = args else {
+        bail!("usage: crest-bench hold MIB READY BENCH_PID");
     };
     let mib: usize = mib.parse().context("MIB")?;
-    holder::hold(mib, Path::new(ready))
+    let bench: u32 = bench.parse().context("BENCH_PID")?;
+    holder::hold(mib, Path::new(ready), bench)
 }
 
 fn bench(opts: &Opts) -> Result<()> {
@@ -283,7 +284,7 @@ fn time_crest(crest: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<f64
     let _ = fs::remove_file(&out_path);
     if !status.success() {
         bail!(
-            "crest {} failed ({status}); the log is in the images dir (use --keep)\n{}",
+            "crest {} failed ({status}); its log stays in the images dir\n{}",
             args.join(" "),
             output.trim_end()
         );

@@ -97,7 +97,11 @@ pub fn fs_type(dir: &Path) -> String {
             continue;
         }
         // Later lines over the same point shadow earlier ones, hence `>=`.
-        if best.as_ref().map_or(true, |(len, _)| mnt.len() >= *len) {
+        let longer = match &best {
+            Some((len, _)) => mnt.len() >= *len,
+            None => true,
+        };
+        if longer {
             best = Some((mnt.len(), kind.to_string()));
         }
     }
