@@ -203,6 +203,8 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
             "-D",
             path_str(&images)?,
             "-d",
+            "-v",
+            "4",
             "-o",
             "restore.log",
             "--pidfile",

@@ -5,7 +5,7 @@
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs;
 use crest_images::pb::PstreeEntry;
-use crest_sys::ptrace::{self, WaitStatus};
+use crest_sys::ptrace;
 
 /// One task of the tree, seized.
 #[derive(Debug, Clone)]
@@ -94,22 +94,15 @@ impl Seized {
         }
     }
 
-    /// Kills the dumped tasks (the default after a successful dump) and
-    /// collects the tracer's exit notifications.
+    /// Kills the dumped tasks (the default after a successful dump). The
+    /// threads are left to the kernel: a killed tracee goes away on its own
+    /// once crest stops tracing it, and tearing down a large address space
+    /// need not hold up the dump.
     pub fn kill(mut self) {
         for t in &self.tasks {
             let _ = crest_sys::misc::kill(t.pid, libc::SIGKILL);
         }
-        for tid in std::mem::take(&mut self.attached) {
-            loop {
-                match ptrace::wait(tid) {
-                    Ok(WaitStatus::Exited(_)) | Ok(WaitStatus::Signaled(_)) | Err(_) => break,
-                    Ok(_) => {
-                        let _ = ptrace::cont(tid, 0);
-                    }
-                }
-            }
-        }
+        self.attached.clear();
     }
 }
 

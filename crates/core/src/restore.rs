@@ -196,7 +196,12 @@ fn transform(
     let pages = absolute(dir)
         .rat(pid, "images directory path")?
         .join(names::pages(img.pages_id));
+    let started = std::time::Instant::now();
     mm::restore::fill_pages(t, &img.mm, &img.pagemap, &pages.to_string_lossy())?;
+    crate::debug!(
+        "pid {pid}: pages filled in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     mm::restore::protect(t, &img.mm)?;
     let exe = files
         .reg_path(img.mm.exe_file_id)

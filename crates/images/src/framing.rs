@@ -146,9 +146,25 @@ impl RawWriter {
         self.out.write_all(data)
     }
 
-    /// Bytes written so far.
+    /// Bytes written so far by [`RawWriter::write_all`].
     pub fn offset(&self) -> u64 {
         self.out.offset
+    }
+
+    /// Writes bytes at `offset` without moving the append position, so
+    /// several threads can fill disjoint parts of the file. Do not mix
+    /// with unflushed [`RawWriter::write_all`] data.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ImageError> {
+        use std::os::unix::fs::FileExt;
+        self.out
+            .out
+            .get_ref()
+            .write_all_at(data, offset)
+            .map_err(|source| ImageError::Io {
+                path: self.out.path.clone(),
+                offset,
+                source,
+            })
     }
 
     /// Flushes the file.

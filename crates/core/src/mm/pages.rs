@@ -1,10 +1,13 @@
 //! Copying present pages out of a stopped task into `pages-<id>.img`:
-//! `process_vm_readv` in large batches on one thread, file writes on
-//! another, so reading and writing overlap.
+//! `process_vm_readv` in large batches, each batch written at its place in
+//! the file, on as many threads as there are CPUs (up to four), so reading
+//! and writing overlap and the page-cache writes, the slow part, run in
+//! parallel.
 
 use crate::error::{DumpCtx, DumpError};
 use crest_images::RawWriter;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// A run of consecutive pages to copy.
 #[derive(Debug, Clone, Copy)]
@@ -14,59 +17,74 @@ pub struct Run {
     pub readable: bool,
 }
 
-/// Bytes per batch handed from the reader to the writer.
-const BATCH: usize = 32 << 20;
+/// Bytes per batch.
+const BATCH: usize = 16 << 20;
+
+/// A piece of a batch: (remote addr, len, readable).
+type Piece = (u64, usize, bool);
 
 /// Copies the runs, in order, into `out`; returns the bytes written.
 pub fn copy(pid: i32, runs: &[Run], out: &mut RawWriter) -> Result<u64, DumpError> {
     let batches = plan(runs);
     let total: u64 = runs.iter().map(|r| r.pages * super::PAGE).sum();
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(2);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..3 {
-        let _ = empty_tx.send(Vec::new());
+    let mut offsets = Vec::with_capacity(batches.len());
+    let mut off = out.offset();
+    for b in &batches {
+        offsets.push(off);
+        off += b.iter().map(|p| p.1 as u64).sum::<u64>();
     }
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4)
+        .min(batches.len().max(1));
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
+    let out_ref: &RawWriter = out;
     std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<(), DumpError> {
-            for batch in &batches {
-                let mut buf = empty_rx.recv().unwrap_or_default();
-                let len: usize = batch.iter().map(|r| r.1).sum();
-                buf.resize(len, 0);
-                read_batch(pid, batch, &mut buf)?;
-                if full_tx.send(buf).is_err() {
-                    break;
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut buf: Vec<u8> = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= batches.len() {
+                        return;
+                    }
+                    let res = copy_batch(pid, &batches[i], offsets[i], &mut buf, out_ref);
+                    if let Err(e) = res {
+                        if let Ok(mut slot) = first_err.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        next.store(batches.len(), Ordering::Relaxed);
+                        return;
+                    }
                 }
-            }
-            Ok(())
-        });
-        let mut write_err = None;
-        for buf in full_rx.iter() {
-            if write_err.is_none() {
-                if let Err(e) = out.write_all(&buf) {
-                    write_err = Some(e);
-                }
-            }
-            let _ = empty_tx.send(buf);
+            });
         }
-        let read_res = reader.join().unwrap_or_else(|_| {
-            Err(DumpError::Unsupported {
-                pid,
-                what: "page reader thread panicked".into(),
-            })
-        });
-        read_res?;
-        if let Some(e) = write_err {
-            return Err(DumpError::Image(e));
-        }
-        Ok(total)
-    })
+    });
+    if let Some(e) = first_err.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    Ok(total)
 }
 
-/// Splits runs into batches of at most `BATCH` bytes; each element is
-/// (addr, len, readable).
-fn plan(runs: &[Run]) -> Vec<Vec<(u64, usize, bool)>> {
+fn copy_batch(
+    pid: i32,
+    batch: &[Piece],
+    offset: u64,
+    buf: &mut Vec<u8>,
+    out: &RawWriter,
+) -> Result<(), DumpError> {
+    let len: usize = batch.iter().map(|p| p.1).sum();
+    buf.resize(len, 0);
+    read_batch(pid, batch, buf)?;
+    out.write_at(offset, buf)?;
+    Ok(())
+}
+
+/// Splits runs into batches of at most `BATCH` bytes.
+fn plan(runs: &[Run]) -> Vec<Vec<Piece>> {
     let mut batches = Vec::new();
-    let mut cur: Vec<(u64, usize, bool)> = Vec::new();
+    let mut cur: Vec<Piece> = Vec::new();
     let mut cur_len = 0usize;
     for r in runs {
         let mut addr = r.addr;
@@ -89,7 +107,7 @@ fn plan(runs: &[Run]) -> Vec<Vec<(u64, usize, bool)>> {
     batches
 }
 
-fn read_batch(pid: i32, batch: &[(u64, usize, bool)], buf: &mut [u8]) -> Result<(), DumpError> {
+fn read_batch(pid: i32, batch: &[Piece], buf: &mut [u8]) -> Result<(), DumpError> {
     let mut off = 0usize;
     let mut i = 0;
     while i < batch.len() {
@@ -122,4 +140,35 @@ fn read_batch(pid: i32, batch: &[(u64, usize, bool)], buf: &mut [u8]) -> Result<
         i += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_splits_runs_into_bounded_batches() {
+        let runs = [
+            Run {
+                addr: 0x1000,
+                pages: (BATCH as u64 / 4096) + 3,
+                readable: true,
+            },
+            Run {
+                addr: 0x9000_0000,
+                pages: 2,
+                readable: false,
+            },
+        ];
+        let b = plan(&runs);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].iter().map(|p| p.1).sum::<usize>(), BATCH);
+        assert_eq!(
+            b[1],
+            vec![
+                (0x1000 + BATCH as u64, 3 * 4096, true),
+                (0x9000_0000, 8192, false)
+            ]
+        );
+    }
 }

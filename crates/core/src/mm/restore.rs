@@ -171,8 +171,11 @@ pub fn open_in_task(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, Resto
     .rat(pid, format!("open {path}"))
 }
 
-/// The task reads its pages from the pages file, at most 1024 runs per
-/// `preadv`.
+/// Fills the pages from the pages file, on two CPUs at once: the task
+/// reads the first part itself with injected `preadv` calls (one copy, at
+/// most 1024 runs each), while a crest thread writes the rest with
+/// `process_vm_writev`. The page faults in the fresh memory, the slow part,
+/// are thus taken in parallel.
 pub fn fill_pages(
     t: &mut Tracee,
     mm: &MmEntry,
@@ -184,13 +187,71 @@ pub fn fill_pages(
     if pagemap.is_empty() {
         return Ok(());
     }
+    let runs: Vec<(u64, u64)> = pagemap
+        .iter()
+        .map(|e| (e.vaddr, nr_pages(e) * PAGE))
+        .collect();
+    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let split = if total >= 64 << 20 { total / 2 } else { total };
+    let (mine, theirs) = split_runs(&runs, split);
+    let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
+    let len = file
+        .metadata()
+        .rat(pid, format!("stat {pages_path}"))?
+        .len();
+    if len < total {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: pages_path.to_string(),
+            what: format!("holds {len} bytes, the pagemap needs {total}"),
+        });
+    }
+    std::thread::scope(|s| {
+        let helper = s.spawn(|| write_runs(pid, &file, &theirs, split, pages_path));
+        let res = read_in_task(t, &mine, pages_path);
+        let helped = helper.join().unwrap_or_else(|_| {
+            Err(RestoreError::Unsupported {
+                pid,
+                what: "a page writer thread that panicked".into(),
+            })
+        });
+        res.and(helped)
+    })
+}
+
+/// Memory runs: (address, bytes).
+type Runs = Vec<(u64, u64)>;
+
+/// Splits runs at byte `at` of their concatenation.
+fn split_runs(runs: &[(u64, u64)], at: u64) -> (Runs, Runs) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut seen = 0u64;
+    for &(addr, len) in runs {
+        if seen + len <= at {
+            a.push((addr, len));
+        } else if seen >= at {
+            b.push((addr, len));
+        } else {
+            let head = at - seen;
+            a.push((addr, head));
+            b.push((addr + head, len - head));
+        }
+        seen += len;
+    }
+    (a, b)
+}
+
+/// The task reads `runs` from the start of the pages file.
+fn read_in_task(t: &mut Tracee, runs: &[(u64, u64)], pages_path: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if runs.is_empty() {
+        return Ok(());
+    }
     let fd = open_in_task(t, pages_path, libc::O_RDONLY)?;
     let mut file_off = 0u64;
     let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOVS_PER_CALL);
     let mut batch_bytes = 0u64;
-    for e in pagemap {
-        let mut addr = e.vaddr;
-        let mut left = nr_pages(e) * PAGE;
+    for &(mut addr, mut left) in runs {
         while left > 0 {
             let take = left.min(MAX_PREADV - batch_bytes);
             batch.push((addr, take));
@@ -208,6 +269,57 @@ pub fn fill_pages(
         preadv(t, fd, &batch, file_off, pages_path)?;
     }
     t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pages file")?;
+    Ok(())
+}
+
+/// Writes `runs`, stored in the pages file from `offset` on, into the task
+/// with `process_vm_writev`.
+fn write_runs(
+    pid: i32,
+    file: &std::fs::File,
+    runs: &[(u64, u64)],
+    mut offset: u64,
+    pages_path: &str,
+) -> Result<(), RestoreError> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 16 << 20;
+    let mut buf = Vec::new();
+    let mut pending: Vec<(u64, usize)> = Vec::new();
+    let mut pending_len = 0u64;
+    let mut flush =
+        |pending: &mut Vec<(u64, usize)>, len: u64, off: u64| -> Result<(), RestoreError> {
+            buf.resize(len as usize, 0);
+            file.read_exact_at(&mut buf, off)
+                .rat(pid, format!("read {pages_path} at {off}"))?;
+            let n = crest_sys::mem::write_remote(pid, pending, &buf)
+                .rat(pid, "process_vm_writev of pages")?;
+            if n as u64 != len {
+                return Err(RestoreError::Io {
+                    pid,
+                    step: "process_vm_writev of pages (short write)".into(),
+                    source: std::io::Error::from_raw_os_error(libc::EFAULT),
+                });
+            }
+            pending.clear();
+            Ok(())
+        };
+    for &(mut addr, mut left) in runs {
+        while left > 0 {
+            let take = left.min(CHUNK - pending_len);
+            pending.push((addr, take as usize));
+            pending_len += take;
+            addr += take;
+            left -= take;
+            if pending_len == CHUNK {
+                flush(&mut pending, pending_len, offset)?;
+                offset += pending_len;
+                pending_len = 0;
+            }
+        }
+    }
+    if pending_len > 0 {
+        flush(&mut pending, pending_len, offset)?;
+    }
     Ok(())
 }
 
@@ -403,4 +515,19 @@ pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), Rest
     }
     r.rat(pid, "prctl(PR_SET_MM, PR_SET_MM_MAP)")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_runs;
+
+    #[test]
+    fn split_runs_cuts_inside_a_run() {
+        let runs = [(0x1000, 0x3000), (0x10000, 0x2000)];
+        let (a, b) = split_runs(&runs, 0x4000);
+        assert_eq!(a, vec![(0x1000, 0x3000), (0x10000, 0x1000)]);
+        assert_eq!(b, vec![(0x11000, 0x1000)]);
+        let (a, b) = split_runs(&runs, 0x5000);
+        assert_eq!((a.len(), b.len()), (2, 0));
+    }
 }
