@@ -31,8 +31,21 @@ fn readers_on_self() {
     assert!(maps.iter().any(|m| m.path == "[stack]"));
     let auxv = read_auxv(pid).unwrap();
     assert_eq!(auxv.last(), Some(&(0, 0)));
-    match read_children(pid, pid) {
-        Ok(_) => {}
+    // A child is listed under the thread that forked it.
+    let tid: i32 = std::fs::read_link("/proc/thread-self")
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+    let listed = read_children(pid, tid);
+    let _ = child.kill();
+    let _ = child.wait();
+    match listed {
+        Ok(kids) => assert!(kids.contains(&(child.id() as i32)), "{kids:?}"),
         Err(e) if e.is_not_found() => eprintln!("skipped children: no CONFIG_PROC_CHILDREN"),
         Err(e) => panic!("{e}"),
     }
