@@ -1,6 +1,7 @@
 //! `core-<tid>.img`: everything the kernel keeps per task and per thread
 //! (registers, signals, creds, timers, limits, ...), gathered from the
-//! rooms that own each piece.
+//! rooms that own each piece. The leader's core also holds the task-wide
+//! part (`tc`); every thread's core has its registers and `thread_core`.
 
 use crate::error::{DumpCtx, DumpError};
 use crate::{creds, procfs, regs, signals, task};
@@ -11,31 +12,25 @@ use crest_sys::{misc, ptrace};
 
 /// `task_core_entry.task_state` of a live task.
 pub const TASK_ALIVE: u32 = 1;
+/// `task_core_entry.task_state` of a zombie.
+pub const TASK_DEAD: u32 = 2;
 
-/// The core image of a single-threaded task, and crest's raw xsave copy.
-pub fn dump(
-    t: &mut Tracee,
-    status: &procfs::Status,
-) -> Result<(CoreEntry, CrestThreadExtra), DumpError> {
+/// The per-thread part of a core image, and crest's raw xsave copy. `t`
+/// is injected through the thread itself.
+pub fn dump_thread(t: &mut Tracee) -> Result<(CoreEntry, CrestThreadExtra), DumpError> {
     let (pid, tid) = (t.pid(), t.tid());
-    let sigactions = signals::dump_actions(t)?;
+    let status = procfs::read_task_status(pid, tid).at(pid, "read thread status")?;
     let sas = signals::dump_altstack(t)?;
-    let timers = task::dump_itimers(t)?;
     let clear_tid = task::dump_tid_address(t)?;
     let pdeath_sig = task::dump_pdeathsig(t)?;
-    let creds = creds::dump(t, status)?;
+    let creds = creds::dump(t, &status)?;
     let xsave = ptrace::get_xstate(tid).at(pid, "PTRACE_GETREGSET(NT_X86_XSTATE)")?;
     let regs = *t.orig_regs();
     let blocked = t.orig_sigmask();
     let signals_p = signals::dump_pending(pid, tid, false)?;
-    let signals_s = signals::dump_pending(pid, tid, true)?;
     let rseq = task::dump_rseq(pid, tid)?;
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
-    let rlimits = task::dump_rlimits(pid)?;
-    let personality = procfs::read_personality(pid).at(pid, "read personality")?;
-    let comm = procfs::read_comm(pid).at(pid, "read comm")?;
-    let stat = procfs::read_stat(pid).at(pid, "read stat")?;
-
+    let comm = status.name.clone();
     let core = CoreEntry {
         mtype: core_entry::March::X8664 as i32,
         thread_info: Some(ThreadInfoX86 {
@@ -44,19 +39,7 @@ pub fn dump(
             fpregs: regs::fpregs_from_xsave(&xsave),
             tls: Vec::new(),
         }),
-        tc: Some(TaskCoreEntry {
-            task_state: TASK_ALIVE,
-            exit_code: 0,
-            personality,
-            flags: stat.flags,
-            blk_sigset: blocked,
-            comm: comm.clone(),
-            timers: Some(timers),
-            rlimits: Some(rlimits),
-            signals_s: Some(signals_s),
-            sigactions,
-            ..TaskCoreEntry::default()
-        }),
+        tc: None,
         ids: None,
         thread_core: Some(ThreadCoreEntry {
             futex_rla: robust.0,
@@ -76,4 +59,46 @@ pub fn dump(
         xsave: Some(xsave),
     };
     Ok((core, extra))
+}
+
+/// The task-wide part of a core image, injected through the leader.
+pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
+    let pid = t.pid();
+    let sigactions = signals::dump_actions(t)?;
+    let timers = task::dump_itimers(t)?;
+    let subreaper = task::dump_child_subreaper(t)?;
+    let signals_s = signals::dump_pending(pid, t.tid(), true)?;
+    let rlimits = task::dump_rlimits(pid)?;
+    let personality = procfs::read_personality(pid).at(pid, "read personality")?;
+    let comm = procfs::read_comm(pid).at(pid, "read comm")?;
+    let stat = procfs::read_stat(pid).at(pid, "read stat")?;
+    Ok(TaskCoreEntry {
+        task_state: TASK_ALIVE,
+        exit_code: 0,
+        personality,
+        flags: stat.flags,
+        blk_sigset: t.orig_sigmask(),
+        comm,
+        timers: Some(timers),
+        rlimits: Some(rlimits),
+        signals_s: Some(signals_s),
+        sigactions,
+        child_subreaper: Some(subreaper),
+        ..TaskCoreEntry::default()
+    })
+}
+
+/// The core image of a zombie: its state and exit status only.
+pub fn zombie(pid: i32, exit_status: i32) -> CoreEntry {
+    let comm = procfs::read_comm(pid).unwrap_or_default();
+    CoreEntry {
+        mtype: core_entry::March::X8664 as i32,
+        tc: Some(TaskCoreEntry {
+            task_state: TASK_DEAD,
+            exit_code: exit_status as u32,
+            comm,
+            ..TaskCoreEntry::default()
+        }),
+        ..CoreEntry::default()
+    }
 }

@@ -60,11 +60,36 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     }
     let mut files = FileTable::default();
     let mut summary = DumpSummary::default();
-    let mut root_ids = None;
+    let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
         let id = i as u32 + 1;
-        let ids = dump_task(task, id, &opts.dir, &mut files, &mut summary)?;
-        root_ids.get_or_insert(ids);
+        let parent_ids = all_ids.iter().find(|(p, _)| *p == task.ppid).map(|x| x.1);
+        let ids = match task.zombie {
+            Some(status) => {
+                let core = coreimg::zombie(task.pid, status);
+                crest_images::write_image(
+                    &opts.dir,
+                    &names::core(task.pid as u32),
+                    magic::CORE,
+                    &[core],
+                )?;
+                TaskKobjIdsEntry {
+                    vm_id: id,
+                    files_id: id,
+                    fs_id: id,
+                    sighand_id: id,
+                    ..TaskKobjIdsEntry::default()
+                }
+            }
+            None => {
+                let ids = shared_ids(task, id, parent_ids)?;
+                dump_task(task, &ids, &opts.dir, &mut files, &mut summary)?;
+                ids
+            }
+        };
+        crest_images::write_image(&opts.dir, &names::ids(task.pid as u32), magic::IDS, &[ids])?;
+        all_ids.push((task.pid, ids));
+        summary.pids.push(task.pid);
     }
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
@@ -73,7 +98,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),
-        root_ids,
+        root_ids: all_ids.first().map(|x| x.1),
         ns_per_id: Some(true),
         lsmtype: Some(0),
         dump_uptime: Some(uptime_ticks()),
@@ -83,42 +108,79 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     Ok(summary)
 }
 
-/// Dumps one task into its images; returns its ids entry.
-fn dump_task(
+/// The ids of a task's fd table and fs info: the parent's when the two
+/// share them (`CLONE_FILES`, `CLONE_FS`, found with `kcmp`), else its own.
+fn shared_ids(
     task: &Task,
     id: u32,
+    parent: Option<TaskKobjIdsEntry>,
+) -> Result<TaskKobjIdsEntry, DumpError> {
+    let mut ids = TaskKobjIdsEntry {
+        vm_id: id,
+        files_id: id,
+        fs_id: id,
+        sighand_id: id,
+        ..TaskKobjIdsEntry::default()
+    };
+    let Some(p) = parent else { return Ok(ids) };
+    let same = |kind| crest_sys::misc::kcmp(task.pid, task.ppid, kind).map(|r| r == 0);
+    if same(crest_sys::misc::KCMP_VM).at(task.pid, "kcmp vm")? {
+        return Err(DumpError::Unsupported {
+            pid: task.pid,
+            what: format!(
+                "a process sharing its memory with its parent {} (CLONE_VM)",
+                task.ppid
+            ),
+        });
+    }
+    if same(crest_sys::misc::KCMP_FILES).at(task.pid, "kcmp files")? {
+        ids.files_id = p.files_id;
+    }
+    if same(crest_sys::misc::KCMP_FS).at(task.pid, "kcmp fs")? {
+        ids.fs_id = p.fs_id;
+    }
+    Ok(ids)
+}
+
+/// Dumps one live task and its threads into their images.
+fn dump_task(
+    task: &Task,
+    ids: &TaskKobjIdsEntry,
     dir: &Path,
     files: &mut FileTable,
     summary: &mut DumpSummary,
-) -> Result<TaskKobjIdsEntry, DumpError> {
+) -> Result<(), DumpError> {
     let pid = task.pid;
-    if task.threads.len() > 1 {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!("a process with {} threads", task.threads.len()),
-        });
-    }
+    let id = ids.vm_id;
     let status = procfs::read_status(pid).at(pid, "read status")?;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
-    t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
+    let ip = t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
 
     let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
     let mm = mm::dump(&mut t, files, &mut pages)?;
     pages.finish()?;
-    let (core, extra) = coreimg::dump(&mut t, &status)?;
-    let fdinfo = files::dump_fds(pid, files)?;
+    let tc = coreimg::dump_task(&mut t)?;
+    if ids.files_id == id {
+        let fdinfo = files::dump_fds(pid, files)?;
+        crest_images::write_image(dir, &names::fdinfo(id), magic::FDINFO, &fdinfo)?;
+    }
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
+    let (mut core, extra) = coreimg::dump_thread(&mut t)?;
+    core.tc = Some(tc);
     t.put_back().at(pid, "put the task back")?;
     t.leak();
+    write_core(dir, pid, &core, &extra)?;
+
+    for &tid in task.threads.iter().filter(|t| **t != pid) {
+        let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
+        th.set_syscall_ip(ip);
+        let (core, extra) = coreimg::dump_thread(&mut th)?;
+        th.put_back().at(pid, "put the thread back")?;
+        th.leak();
+        write_core(dir, tid, &core, &extra)?;
+    }
 
     let upid = pid as u32;
-    crest_images::write_image(dir, &names::core(upid), magic::CORE, &[core])?;
-    crest_images::write_image(
-        dir,
-        &names::crest_thread(upid),
-        magic::CREST_THREAD,
-        &[extra],
-    )?;
     crest_images::write_image(dir, &names::mm(upid), magic::MM, &[mm.entry])?;
     let mut pm = ImageWriter::create(dir, &names::pagemap(upid), magic::PAGEMAP)?;
     pm.write_entry(&PagemapHead { pages_id: id })?;
@@ -126,20 +188,36 @@ fn dump_task(
         pm.write_entry(e)?;
     }
     pm.finish()?;
-    crest_images::write_image(dir, &names::fdinfo(id), magic::FDINFO, &fdinfo)?;
     crest_images::write_image(dir, &names::fs(upid), magic::FS, &[fs])?;
-    let ids = TaskKobjIdsEntry {
-        vm_id: id,
-        files_id: id,
-        fs_id: id,
-        sighand_id: id,
-        ..TaskKobjIdsEntry::default()
-    };
-    crest_images::write_image(dir, &names::ids(upid), magic::IDS, &[ids])?;
-    summary.pids.push(pid);
     summary.pages_bytes += mm.pages_bytes;
-    crate::info!("dumped pid {pid}: {} bytes of pages", mm.pages_bytes);
-    Ok(ids)
+    crate::info!(
+        "dumped pid {pid} ({} threads): {} bytes of pages",
+        task.threads.len(),
+        mm.pages_bytes
+    );
+    Ok(())
+}
+
+fn write_core(
+    dir: &Path,
+    tid: i32,
+    core: &crest_images::pb::CoreEntry,
+    extra: &crest_images::pb::crest::CrestThreadExtra,
+) -> Result<(), DumpError> {
+    let utid = tid as u32;
+    crest_images::write_image(
+        dir,
+        &names::core(utid),
+        magic::CORE,
+        std::slice::from_ref(core),
+    )?;
+    crest_images::write_image(
+        dir,
+        &names::crest_thread(utid),
+        magic::CREST_THREAD,
+        std::slice::from_ref(extra),
+    )?;
+    Ok(())
 }
 
 fn uptime_ticks() -> u64 {

@@ -1,20 +1,23 @@
 //! The process tree: which tasks and threads are dumped, seized and
 //! stopped, and `pstree.img` (CRIU's `pstree_entry`: pid, ppid, pgid, sid,
-//! threads).
+//! threads). Restore forks every task from its real parent, in tree order.
 
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs;
 use crest_images::pb::PstreeEntry;
 use crest_sys::ptrace;
 
-/// One task of the tree, seized.
+/// One task of the tree, seized (or a zombie, which cannot be).
 #[derive(Debug, Clone)]
 pub struct Task {
     pub pid: i32,
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Thread ids, the leader first.
     pub threads: Vec<i32>,
+    /// The raw wait status of a zombie.
+    pub zombie: Option<i32>,
 }
 
 impl Task {
@@ -31,60 +34,149 @@ impl Task {
 
 /// A seized tree. Dropping it detaches every thread: the tree runs on.
 pub struct Seized {
+    /// Tasks in tree order: every parent before its children.
     pub tasks: Vec<Task>,
     attached: Vec<i32>,
 }
 
+/// Most tasks and threads crest seizes in one tree.
+const MAX_THREADS: usize = 1 << 16;
+
 impl Seized {
-    /// Seizes `pid` and all its threads, repeating until no new thread
-    /// appears. Every thread is stopped when this returns.
-    pub fn seize(pid: i32) -> Result<Seized, DumpError> {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(DumpError::NoSuchProcess { pid });
+    /// Seizes `root`, its threads and all its descendants, repeating until
+    /// a whole pass finds no new task or thread, so a tree that forks or
+    /// spawns threads meanwhile is still caught whole. Every thread is
+    /// stopped when this returns.
+    pub fn seize(root: i32) -> Result<Seized, DumpError> {
+        if !std::path::Path::new(&format!("/proc/{root}")).exists() {
+            return Err(DumpError::NoSuchProcess { pid: root });
         }
         let mut s = Seized {
             tasks: Vec::new(),
             attached: Vec::new(),
         };
+        let mut order: Vec<i32> = vec![root];
+        let mut zombies: Vec<(i32, i32)> = Vec::new();
         loop {
-            let tids = procfs::list_tids(pid).map_err(|e| {
-                if e.is_not_found() {
-                    DumpError::NoSuchProcess { pid }
-                } else {
-                    DumpError::Proc {
+            let mut changed = false;
+            let mut i = 0;
+            while i < order.len() {
+                let pid = order[i];
+                i += 1;
+                if zombies.iter().any(|z| z.0 == pid) {
+                    continue;
+                }
+                let stat = match procfs::read_stat(pid) {
+                    Ok(st) => st,
+                    Err(e) if e.is_not_found() && pid != root => continue,
+                    Err(e) if e.is_not_found() => return Err(DumpError::NoSuchProcess { pid }),
+                    Err(e) => {
+                        return Err(DumpError::Proc {
+                            pid,
+                            step: "read stat",
+                            source: e,
+                        })
+                    }
+                };
+                if stat.state == 'Z' && pid == root {
+                    return Err(DumpError::Unsupported {
                         pid,
-                        step: "list threads",
-                        source: e,
+                        what: "dumping a zombie as the root of a tree".into(),
+                    });
+                }
+                if stat.state == 'Z' && !s.attached.contains(&pid) {
+                    zombies.push((pid, stat.exit_code));
+                    changed = true;
+                    continue;
+                }
+                changed |= s.seize_threads(pid)?;
+                for tid in procfs::list_tids(pid).at(pid, "list threads")? {
+                    let kids = match procfs::read_children(pid, tid) {
+                        Ok(k) => k,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => {
+                            return Err(DumpError::Proc {
+                                pid,
+                                step: "read children",
+                                source: e,
+                            })
+                        }
+                    };
+                    for k in kids {
+                        if !order.contains(&k) {
+                            order.push(k);
+                            changed = true;
+                        }
                     }
                 }
-            })?;
-            let new: Vec<i32> = tids
-                .iter()
-                .copied()
-                .filter(|t| !s.attached.contains(t))
-                .collect();
-            if new.is_empty() {
+            }
+            if !changed {
                 break;
             }
+        }
+        for pid in order {
+            let Ok(stat) = procfs::read_stat(pid) else {
+                continue; // gone (reaped) before we stopped its parent
+            };
+            let zombie = zombies.iter().find(|z| z.0 == pid).map(|z| z.1);
+            let threads = if zombie.is_some() {
+                vec![pid]
+            } else {
+                let mut th: Vec<i32> = procfs::list_tids(pid)
+                    .at(pid, "list threads")?
+                    .into_iter()
+                    .filter(|t| s.attached.contains(t))
+                    .collect();
+                th.sort_unstable_by_key(|t| (*t != pid, *t));
+                th
+            };
+            s.tasks.push(Task {
+                pid,
+                ppid: stat.ppid,
+                pgid: stat.pgrp,
+                sid: stat.session,
+                threads,
+                zombie,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Seizes every thread of `pid` not seized yet; true if any was new.
+    fn seize_threads(&mut self, pid: i32) -> Result<bool, DumpError> {
+        let mut any = false;
+        loop {
+            let tids = procfs::list_tids(pid).at(pid, "list threads")?;
+            let new: Vec<i32> = tids
+                .into_iter()
+                .filter(|t| !self.attached.contains(t))
+                .collect();
+            if new.is_empty() {
+                return Ok(any);
+            }
             for tid in new {
-                crest_inject::seize_thread(tid).at(pid, "seize")?;
-                s.attached.push(tid);
+                if self.attached.len() >= MAX_THREADS {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: format!("a tree of more than {MAX_THREADS} threads"),
+                    });
+                }
+                match crest_inject::seize_thread(tid) {
+                    Ok(()) => self.attached.push(tid),
+                    // A thread that exited meanwhile is simply not there.
+                    Err(_)
+                        if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}
+                    Err(e) => {
+                        return Err(DumpError::Inject {
+                            pid,
+                            step: "seize",
+                            source: e,
+                        })
+                    }
+                }
+                any = true;
             }
         }
-        let stat = procfs::read_stat(pid).at(pid, "read stat")?;
-        let mut threads = s.attached.clone();
-        threads.sort_unstable();
-        if let Some(pos) = threads.iter().position(|t| *t == pid) {
-            threads.swap(0, pos);
-        }
-        s.tasks.push(Task {
-            pid,
-            ppid: stat.ppid,
-            pgid: stat.pgrp,
-            sid: stat.session,
-            threads,
-        });
-        Ok(s)
     }
 
     /// Lets every thread go; they run on as before.
@@ -99,7 +191,7 @@ impl Seized {
     /// once crest stops tracing it, and tearing down a large address space
     /// need not hold up the dump.
     pub fn kill(mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().filter(|t| t.zombie.is_none()) {
             let _ = crest_sys::misc::kill(t.pid, libc::SIGKILL);
         }
         self.attached.clear();
@@ -112,4 +204,259 @@ impl Drop for Seized {
             let _ = ptrace::detach(tid, 0);
         }
     }
+}
+
+/// Orders pstree entries so that every parent comes before its children,
+/// the root first; entries whose parent is missing (other than the root)
+/// are an error in the image.
+pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
+    let Some(root) = entries.first() else {
+        return Err("no tasks".into());
+    };
+    let mut order = vec![0usize];
+    let mut i = 0;
+    while i < order.len() {
+        let parent = entries[order[i]].pid;
+        for (j, e) in entries.iter().enumerate() {
+            if j != 0 && e.ppid == parent && !order.contains(&j) {
+                order.push(j);
+            }
+        }
+        i += 1;
+    }
+    if order.len() != entries.len() {
+        let lost: Vec<u32> = entries
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !order.contains(j))
+            .map(|(_, e)| e.pid)
+            .collect();
+        return Err(format!(
+            "tasks {lost:?} have no parent in the tree rooted at {}",
+            root.pid
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in entries {
+        if !seen.insert(e.pid) {
+            return Err(format!("pid {} appears twice", e.pid));
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(pid: u32, ppid: u32) -> PstreeEntry {
+        PstreeEntry {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            threads: vec![pid],
+        }
+    }
+
+    #[test]
+    fn parents_come_first() {
+        let entries = [e(10, 1), e(30, 20), e(20, 10), e(11, 10)];
+        let order = tree_order(&entries).unwrap();
+        let pids: Vec<u32> = order.iter().map(|i| entries[*i].pid).collect();
+        assert_eq!(pids, [10, 20, 11, 30]);
+    }
+
+    #[test]
+    fn orphans_and_duplicates_are_refused() {
+        assert!(tree_order(&[e(10, 1), e(30, 20)])
+            .unwrap_err()
+            .contains("[30]"));
+        assert!(tree_order(&[e(10, 1), e(11, 10), e(11, 10)]).is_err());
+        assert!(tree_order(&[]).is_err());
+    }
+}
+
+// ---- restore side -------------------------------------------------------
+
+use crate::error::{RestoreCtx, RestoreError};
+use crest_inject::{nr, Tracee};
+
+/// Size of `struct clone_args` as crest passes it to `clone3`.
+const CLONE_ARGS_SIZE: usize = 88;
+
+/// Injects `clone3` with `set_tid = [tid]` into `parent` and takes charge
+/// of the new task or thread, which starts traced and stopped.
+fn clone_in(
+    parent: &mut Tracee,
+    pid: i32,
+    tid: i32,
+    flags: u64,
+    exit_signal: u64,
+) -> Result<Tracee, RestoreError> {
+    let ppid = parent.pid();
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 8];
+    let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
+    let set_tid_addr = base + CLONE_ARGS_SIZE as u64;
+    let words: [(usize, u64); 4] = [(0, flags), (4, exit_signal), (8, set_tid_addr), (9, 1)];
+    for (i, v) in words {
+        raw[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    raw[CLONE_ARGS_SIZE..CLONE_ARGS_SIZE + 4].copy_from_slice(&tid.to_le_bytes());
+    parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
+    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
+    let got = parent
+        .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+        .rat(ppid, "clone3")?;
+    if got == -i64::from(libc::EEXIST) {
+        return Err(RestoreError::PidTaken { pid: tid });
+    }
+    if got < 0 {
+        return Err(RestoreError::Io {
+            pid: tid,
+            step: format!("clone3 with set_tid {tid} in parent {ppid}"),
+            source: std::io::Error::from_raw_os_error(-got as i32),
+        });
+    }
+    if got != i64::from(tid) {
+        return Err(RestoreError::Unsupported {
+            pid: tid,
+            what: format!("clone3 gave pid {got} instead"),
+        });
+    }
+    let mut t = Tracee::from_new_task(pid, tid).rat(tid, "attach to the new task")?;
+    t.set_syscall_ip(parent.syscall_ip());
+    Ok(t)
+}
+
+/// Forks `child` from its restored parent with its old pid, sharing the
+/// fd table or fs info when the images say the two shared them, and
+/// makes it lead its session if it did.
+pub fn fork_child(
+    parent: &mut Tracee,
+    child: &PstreeEntry,
+    share_files: bool,
+    share_fs: bool,
+) -> Result<Tracee, RestoreError> {
+    let mut flags = 0u64;
+    if share_files {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    if share_fs {
+        flags |= libc::CLONE_FS as u64;
+    }
+    let pid = child.pid as i32;
+    let mut t = clone_in(parent, pid, pid, flags, libc::SIGCHLD as u64)?;
+    if child.sid == child.pid {
+        t.syscall(nr::SETSID, &[]).rat(pid, "setsid")?;
+    }
+    Ok(t)
+}
+
+/// Creates thread `tid` of the task behind `leader`.
+pub fn fork_thread(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError> {
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    clone_in(leader, leader.pid(), tid, flags, 0)
+}
+
+/// Checks that every task will have the session it had: a session leader
+/// made its own, everybody else inherits the parent's.
+pub fn check_sessions(entries: &[&PstreeEntry]) -> Result<(), RestoreError> {
+    for e in entries.iter().skip(1) {
+        if e.sid == e.pid {
+            continue;
+        }
+        let parent_sid = entries.iter().find(|p| p.pid == e.ppid).map(|p| p.sid);
+        if parent_sid != Some(e.sid) {
+            return Err(RestoreError::Unsupported {
+                pid: e.pid as i32,
+                what: format!(
+                    "session {} that is neither its own nor its parent's (its leader is gone)",
+                    e.sid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Puts every task in its process group: group leaders first, then the
+/// members (a group must exist before others join it).
+pub fn set_groups(
+    tasks: &mut [Option<Tracee>],
+    entries: &[&PstreeEntry],
+) -> Result<(), RestoreError> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].pgid != entries[i].pid);
+    for i in order {
+        let e = entries[i];
+        let pid = e.pid as i32;
+        let Some(t) = tasks[i].as_mut() else { continue };
+        let now = procfs::read_stat(pid).map_err(|source| RestoreError::Proc {
+            pid,
+            step: "read stat of a new task",
+            source,
+        })?;
+        if now.pgrp == e.pgid as i32 {
+            continue;
+        }
+        let target = if e.pgid == e.pid {
+            0
+        } else {
+            u64::from(e.pgid)
+        };
+        t.syscall(nr::SETPGID, &[0, target]).rat(
+            pid,
+            format!(
+                "setpgid to group {} (its leader must be in the tree or the group must exist)",
+                e.pgid
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Ends a task that was a zombie with its exit status, and takes back the
+/// SIGCHLD that its exit queued in the (still blocked) parent.
+pub fn make_zombie(
+    mut t: Tracee,
+    status: i32,
+    comm: &str,
+    parent: &mut Tracee,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut name = comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let addr = t.put(&name).rat(pid, "write comm")?;
+    t.syscall(nr::PRCTL, &[libc::PR_SET_NAME as u64, addr])
+        .rat(pid, "prctl(PR_SET_NAME)")?;
+    let sig = status & 0x7f;
+    if sig != 0 {
+        // Default action for the fatal signal, and no core file.
+        let addr = t.put(&[0u8; 32]).rat(pid, "write sigaction")?;
+        t.syscall(nr::RT_SIGACTION, &[sig as u64, addr, 0, 8])
+            .rat(pid, "reset the action of the fatal signal")?;
+        let _ = crest_sys::misc::prlimit(pid, libc::RLIMIT_CORE as u32, Some((0, 0)));
+        crest_sys::ptrace::set_sigmask(pid, 0).rat(pid, "PTRACE_SETSIGMASK")?;
+    }
+    t.forget_scratch();
+    t.exit_as(status).rat(pid, "exit as a zombie")?;
+    crate::debug!(
+        "pid {pid}: ended with status {status:#x}, state {:?}",
+        procfs::read_stat(pid).map(|s| s.state)
+    );
+    let ppid = parent.pid();
+    let mut set = [0u8; 16];
+    set[..8].copy_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
+    let addr = parent
+        .put(&[set.to_vec(), vec![0u8; 16]].concat())
+        .rat(ppid, "write sigset")?;
+    let _ = parent.syscall_raw(nr::RT_SIGTIMEDWAIT, &[addr, 0, addr + 16, 8]);
+    Ok(())
 }

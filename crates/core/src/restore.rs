@@ -4,7 +4,7 @@
 
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::{restore_fds, RestoreFiles};
-use crate::{creds, mm, regs, signals, task};
+use crate::{coreimg, creds, mm, pstree, regs, signals, task};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{
     CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry,
@@ -45,9 +45,15 @@ impl Restored {
 /// Everything the images say about one task.
 struct TaskImage {
     entry: PstreeEntry,
-    core: CoreEntry,
-    extra: Option<CrestThreadExtra>,
+    /// Core images: the leader's first, then every other thread's.
+    cores: Vec<(i32, CoreEntry, Option<CrestThreadExtra>)>,
     ids: TaskKobjIdsEntry,
+    /// None for a zombie.
+    live: Option<LiveImage>,
+}
+
+/// What only a live task has.
+struct LiveImage {
     mm: MmEntry,
     pagemap: Vec<PagemapEntry>,
     pages_id: u32,
@@ -60,18 +66,57 @@ const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
 impl TaskImage {
     fn read(dir: &Path, entry: PstreeEntry) -> Result<TaskImage, RestoreError> {
         let pid = entry.pid;
-        let core: CoreEntry = crest_images::read_one(dir, &names::core(pid), magic::CORE)?;
-        let extra_name = names::crest_thread(pid);
-        let extra = if dir.join(&extra_name).exists() {
-            Some(crest_images::read_one(
-                dir,
-                &extra_name,
-                magic::CREST_THREAD,
-            )?)
-        } else {
-            None
-        };
         let ids: TaskKobjIdsEntry = crest_images::read_one(dir, &names::ids(pid), magic::IDS)?;
+        let mut cores = Vec::with_capacity(entry.threads.len());
+        let mut tids = vec![pid];
+        tids.extend(entry.threads.iter().copied().filter(|t| *t != pid));
+        for tid in tids {
+            let core: CoreEntry = crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
+            let extra_name = names::crest_thread(tid);
+            let extra = if dir.join(&extra_name).exists() {
+                Some(crest_images::read_one(
+                    dir,
+                    &extra_name,
+                    magic::CREST_THREAD,
+                )?)
+            } else {
+                None
+            };
+            cores.push((tid as i32, core, extra));
+        }
+        let dead = cores[0]
+            .1
+            .tc
+            .as_ref()
+            .is_some_and(|tc| tc.task_state == coreimg::TASK_DEAD);
+        let live = if dead {
+            None
+        } else {
+            Some(LiveImage::read(dir, pid, &ids)?)
+        };
+        Ok(TaskImage {
+            entry,
+            cores,
+            ids,
+            live,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.entry.pid as i32
+    }
+
+    fn bad(&self, what: &str) -> RestoreError {
+        RestoreError::BadImage {
+            pid: self.pid(),
+            file: names::core(self.entry.pid),
+            what: what.into(),
+        }
+    }
+}
+
+impl LiveImage {
+    fn read(dir: &Path, pid: u32, ids: &TaskKobjIdsEntry) -> Result<LiveImage, RestoreError> {
         let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
         let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
         let head: PagemapHead = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
@@ -90,13 +135,14 @@ impl TaskImage {
             }
             pagemap.push(e);
         }
-        let fdinfo = crest_images::read_image(dir, &names::fdinfo(ids.files_id), magic::FDINFO)?;
+        let fdinfo_name = names::fdinfo(ids.files_id);
+        let fdinfo = if ids.files_id == ids.vm_id || dir.join(&fdinfo_name).exists() {
+            crest_images::read_image(dir, &fdinfo_name, magic::FDINFO)?
+        } else {
+            Vec::new()
+        };
         let fs: FsEntry = crest_images::read_one(dir, &names::fs(pid), magic::FS)?;
-        Ok(TaskImage {
-            entry,
-            core,
-            extra,
-            ids,
+        Ok(LiveImage {
             mm,
             pagemap,
             pages_id: head.pages_id,
@@ -104,41 +150,103 @@ impl TaskImage {
             fs,
         })
     }
-
-    fn pid(&self) -> i32 {
-        self.entry.pid as i32
-    }
-
-    fn bad(&self, what: &str) -> RestoreError {
-        RestoreError::BadImage {
-            pid: self.pid(),
-            file: names::core(self.entry.pid),
-            what: what.into(),
-        }
-    }
 }
 
 /// Restores the tree in `opts.dir`. On failure every task made is killed.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
-    let Some(root) = tree.first().cloned() else {
-        return Err(RestoreError::BadImage {
-            pid: 0,
-            file: names::PSTREE.into(),
-            what: "no tasks".into(),
-        });
-    };
-    if tree.len() > 1 || root.threads.len() > 1 {
-        return Err(RestoreError::Unsupported {
-            pid: root.pid as i32,
-            what: "restoring more than one single-threaded task".into(),
-        });
+    let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {
+        pid: 0,
+        file: names::PSTREE.into(),
+        what,
+    })?;
+    let mut files = RestoreFiles::read(dir)?;
+    let imgs = order
+        .iter()
+        .map(|&i| TaskImage::read(dir, tree[i].clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
+    pstree::check_sessions(&entries)?;
+    crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
+
+    // Fork the tree: every task from its parent, with its pid.
+    let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
+    tasks.push(Some(spawn_root(&imgs[0])?));
+    for k in 1..imgs.len() {
+        let p = parent_index(&imgs, k)?;
+        let share_files = imgs[k].ids.files_id == imgs[p].ids.files_id;
+        let share_fs = imgs[k].ids.fs_id == imgs[p].ids.fs_id;
+        let parent = tasks[p]
+            .as_mut()
+            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+        let child = pstree::fork_child(parent, &imgs[k].entry, share_files, share_fs)?;
+        tasks.push(Some(child));
     }
-    let files = RestoreFiles::read(dir)?;
-    let img = TaskImage::read(dir, root)?;
+    pstree::set_groups(&mut tasks, &entries)?;
+
+    // Zombies end now, with their exit status.
+    for k in 1..imgs.len() {
+        let Some(tc) = imgs[k].cores[0].1.tc.as_ref() else {
+            continue;
+        };
+        if imgs[k].live.is_some() {
+            continue;
+        }
+        let p = parent_index(&imgs, k)?;
+        let (Some(t), status) = (tasks[k].take(), tc.exit_code as i32) else {
+            continue;
+        };
+        let parent = tasks[p]
+            .as_mut()
+            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+        pstree::make_zombie(t, status, &tc.comm, parent)?;
+    }
+
+    // Transform every live task, make its threads, set its threads' state.
+    let mut threads: Vec<Tracee> = Vec::new();
+    for k in 0..imgs.len() {
+        let Some(t) = tasks[k].as_mut() else { continue };
+        let shares_files =
+            k > 0 && imgs[k].ids.files_id == imgs[parent_index(&imgs, k)?].ids.files_id;
+        let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(&imgs, k)?].ids.fs_id;
+        transform(
+            t,
+            &imgs[k],
+            &mut files,
+            dir,
+            shares_files,
+            shares_fs,
+            &mut threads,
+        )?;
+    }
+
+    // Let everyone go, threads before their leaders (the leader's release
+    // unmaps the work area they were injected through).
+    for th in threads {
+        th.release().rat(0, "let a thread go")?;
+    }
+    let root_pid = imgs[0].pid();
+    for (k, t) in tasks.into_iter().enumerate() {
+        if let Some(t) = t {
+            t.release().rat(imgs[k].pid(), "let the task go")?;
+        }
+    }
+    crate::info!("tree of {root_pid} restored and running");
+    Ok(Restored { root_pid })
+}
+
+fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, RestoreError> {
+    let ppid = imgs[k].entry.ppid;
+    imgs[..k]
+        .iter()
+        .position(|i| i.entry.pid == ppid)
+        .ok_or_else(|| imgs[k].bad("parent is not restored before the task"))
+}
+
+/// Forks the root task from crest with its old pid.
+fn spawn_root(img: &TaskImage) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
-    crate::info!("restoring pid {pid}");
     let session = if img.entry.sid == img.entry.pid {
         SessionSetup::NewSession
     } else if img.entry.pgid == img.entry.pid {
@@ -155,98 +263,141 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         },
     })?;
     let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
-    transform(&mut t, &img, &files, dir)?;
-    t.release().rat(pid, "let the task go")?;
-    crate::info!("pid {pid} restored and running");
-    Ok(Restored { root_pid: pid })
+    t.trace_new_tasks().rat(pid, "trace new tasks")?;
+    t.use_vdso_syscall()
+        .rat(pid, "find a syscall instruction")?;
+    Ok(t)
 }
 
-/// Turns the stopped fork of crest into the dumped task.
+/// Turns a stopped fork of crest into the dumped task, and makes its
+/// threads (pushed to `threads`, ready to be let go).
 fn transform(
     t: &mut Tracee,
     img: &TaskImage,
-    files: &RestoreFiles,
+    files: &mut RestoreFiles,
     dir: &Path,
+    shares_files: bool,
+    shares_fs: bool,
+    threads: &mut Vec<Tracee>,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
-    let tc = img
-        .core
-        .tc
+    let live = img
+        .live
         .as_ref()
-        .ok_or_else(|| img.bad("no task core"))?;
-    let th = img
-        .core
-        .thread_core
-        .as_ref()
-        .ok_or_else(|| img.bad("no thread core"))?;
-    let info = img
-        .core
-        .thread_info
-        .as_ref()
-        .ok_or_else(|| img.bad("no thread info"))?;
-    t.use_vdso_syscall()
-        .rat(pid, "find a syscall instruction")?;
+        .ok_or_else(|| img.bad("not a live task"))?;
+    let core = &img.cores[0].1;
+    let tc = core.tc.as_ref().ok_or_else(|| img.bad("no task core"))?;
     task::unregister_inherited_rseq(t)?;
 
     // Memory.
-    let work = mm::restore::map_work_area(t, &img.mm)?;
-    restore_fds(t, img.ids.files_id, &img.fdinfo, files)?;
+    let work = mm::restore::map_work_area(t, &live.mm)?;
+    if !shares_files {
+        restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
+    }
     mm::restore::unmap_inherited(t, &work)?;
-    mm::restore::map_vmas(t, &img.mm, files)?;
+    mm::restore::map_vmas(t, &live.mm, files)?;
     let pages = absolute(dir)
         .rat(pid, "images directory path")?
-        .join(names::pages(img.pages_id));
+        .join(names::pages(live.pages_id));
     let started = std::time::Instant::now();
-    mm::restore::fill_pages(t, &img.mm, &img.pagemap, &pages.to_string_lossy())?;
+    mm::restore::fill_pages(t, &live.mm, &live.pagemap, &pages.to_string_lossy())?;
     crate::debug!(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
     );
-    mm::restore::protect(t, &img.mm)?;
+    mm::restore::protect(t, &live.mm)?;
     let exe = files
-        .reg_path(img.mm.exe_file_id)
-        .ok_or_else(|| img.bad("exe file is not in files.img"))?;
-    mm::restore::set_mm_fields(t, &img.mm, exe)?;
+        .reg_path(live.mm.exe_file_id)
+        .ok_or_else(|| img.bad("exe file is not in files.img"))?
+        .to_string();
+    mm::restore::set_mm_fields(t, &live.mm, &exe)?;
 
-    // fs, limits, timers, signals and the rest.
-    restore_fs(t, &img.fs, files)?;
+    // fs, limits, timers, signal actions: task-wide.
+    if !shares_fs {
+        restore_fs(t, &live.fs, files)?;
+    }
     task::restore_rlimits(pid, tc.rlimits.as_ref())?;
     task::restore_itimers(t, tc.timers.as_ref())?;
     signals::restore_actions(t, &tc.sigactions)?;
+    if let Some(on) = tc.child_subreaper {
+        task::restore_child_subreaper(t, on)?;
+    }
+
+    // The vdso last among mappings: from here on injection goes through it
+    // and the work area can go when the leader is let go.
+    mm::restore::place_vdso(t, &live.mm)?;
+    t.adopt_scratch(work.addr, work.len as usize);
+
+    // Threads, each with its own state; the leader's state last.
+    for (tid, tcore, extra) in img.cores.iter().skip(1) {
+        let mut th = pstree::fork_thread(t, *tid)?;
+        th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
+        restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
+        th.forget_scratch();
+        threads.push(th);
+    }
+    restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
+    signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
+    Ok(())
+}
+
+/// The per-thread state: altstack, comm, rseq, robust list,
+/// clear_child_tid, credentials, private pending signals, FPU and
+/// registers (set when the thread is let go).
+fn restore_thread(
+    t: &mut Tracee,
+    img: &TaskImage,
+    core: &CoreEntry,
+    extra: Option<&CrestThreadExtra>,
+    personality: u32,
+) -> Result<(), RestoreError> {
+    let pid = img.pid();
+    let tid = t.tid();
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    let info = core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread info"))?;
     signals::restore_altstack(t, th.sas.as_ref())?;
+    let comm = th
+        .comm
+        .as_deref()
+        .or(core.tc.as_ref().map(|tc| tc.comm.as_str()))
+        .unwrap_or("");
     task::restore_misc(
         t,
         &task::ThreadMisc {
-            comm: th.comm.as_deref().unwrap_or(&tc.comm),
-            personality: tc.personality,
+            comm,
+            personality,
             rseq: th.rseq_entry.as_ref(),
             robust_list: (th.futex_rla, u64::from(th.futex_rla_len)),
             clear_tid: info.clear_tid_addr,
             pdeath_sig: th.pdeath_sig.unwrap_or(0),
         },
     )?;
-
-    // The vdso last among mappings: from here on injection goes through it
-    // and the work area can go.
-    mm::restore::place_vdso(t, &img.mm)?;
-    t.adopt_scratch(work.addr, work.len as usize);
-
     if let Some(c) = th.creds.as_ref() {
         creds::restore(t, c)?;
     }
-    signals::restore_pending(t, pid, th.signals_p.as_ref(), false)?;
-    signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
-
-    let xsave = match img.extra.as_ref().and_then(|e| e.xsave.as_ref()) {
+    signals::restore_pending(t, tid, th.signals_p.as_ref(), false)?;
+    let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
         Some(x) => x.clone(),
         None => {
-            let size = ptrace::get_xstate(t.tid()).map_or(2432, |x| x.len());
+            let size = ptrace::get_xstate(tid).map_or(2432, |x| x.len());
             regs::xsave_from_fpregs(&info.fpregs, size)
         }
     };
-    ptrace::set_xstate(t.tid(), &xsave).rat(pid, "PTRACE_SETREGSET(NT_X86_XSTATE)")?;
+    ptrace::set_xstate(tid, &xsave).rat(
+        pid,
+        format!("PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}"),
+    )?;
     let dumped = regs::from_image(&info.gpregs);
-    let mask = th.blk_sigset.unwrap_or(tc.blk_sigset);
+    let mask = th
+        .blk_sigset
+        .or(core.tc.as_ref().map(|tc| tc.blk_sigset))
+        .unwrap_or(0);
     t.set_final_state(regs::resume_regs(&dumped), mask);
     Ok(())
 }

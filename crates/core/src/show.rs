@@ -18,14 +18,45 @@ pub struct TaskSummary {
     pub fds: usize,
     pub uid: Option<u32>,
     pub children: Vec<u32>,
+    /// The exit status of a zombie.
+    pub zombie: Option<u32>,
 }
 
 /// Reads the tree and a summary of every task.
 pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let mut out = Vec::with_capacity(tree.len());
-    for (i, p) in tree.iter().enumerate() {
+    for p in &tree {
         let core: CoreEntry = crest_images::read_one(dir, &names::core(p.pid), magic::CORE)?;
+        let children = tree
+            .iter()
+            .filter(|c| c.ppid == p.pid)
+            .map(|c| c.pid)
+            .collect();
+        let comm = core.tc.as_ref().map(|t| t.comm.clone()).unwrap_or_default();
+        if let Some(tc) = core
+            .tc
+            .as_ref()
+            .filter(|tc| tc.task_state == crate::coreimg::TASK_DEAD)
+        {
+            out.push(TaskSummary {
+                pid: p.pid,
+                ppid: p.ppid,
+                pgid: p.pgid,
+                sid: p.sid,
+                threads: p.threads.clone(),
+                comm,
+                vmas: 0,
+                pages: 0,
+                fds: 0,
+                uid: None,
+                children,
+                zombie: Some(tc.exit_code),
+            });
+            continue;
+        }
+        let ids: crest_images::pb::TaskKobjIdsEntry =
+            crest_images::read_one(dir, &names::ids(p.pid), magic::IDS)?;
         let mut pm = ImageReader::open(dir, &names::pagemap(p.pid), magic::PAGEMAP)?;
         let _head: Option<crest_images::pb::PagemapHead> = pm.next_entry()?;
         let mut pages = 0u64;
@@ -34,7 +65,7 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
         }
         let mm: MmEntry = crest_images::read_one(dir, &names::mm(p.pid), magic::MM)?;
         let fds: Vec<crest_images::pb::FdinfoEntry> =
-            crest_images::read_image(dir, &names::fdinfo(i as u32 + 1), magic::FDINFO)
+            crest_images::read_image(dir, &names::fdinfo(ids.files_id), magic::FDINFO)
                 .unwrap_or_default();
         out.push(TaskSummary {
             pid: p.pid,
@@ -42,7 +73,7 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
             pgid: p.pgid,
             sid: p.sid,
             threads: p.threads.clone(),
-            comm: core.tc.as_ref().map(|t| t.comm.clone()).unwrap_or_default(),
+            comm,
             vmas: mm.vmas.len(),
             pages,
             fds: fds.len(),
@@ -51,11 +82,8 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
                 .as_ref()
                 .and_then(|t| t.creds.as_ref())
                 .map(|c| c.uid),
-            children: tree
-                .iter()
-                .filter(|c| c.ppid == p.pid)
-                .map(|c| c.pid)
-                .collect(),
+            children,
+            zombie: None,
         });
     }
     Ok(out)
@@ -73,6 +101,20 @@ pub fn render(tasks: &[TaskSummary]) -> String {
 
 fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut String) {
     use std::fmt::Write;
+    if let Some(status) = t.zombie {
+        let _ = writeln!(
+            s,
+            "{:indent$}pid {} ({}) ppid {} pgid {} sid {} zombie, wait status {status:#x}",
+            "",
+            t.pid,
+            t.comm,
+            t.ppid,
+            t.pgid,
+            t.sid,
+            indent = depth * 2
+        );
+        return;
+    }
     let _ = writeln!(
         s,
         "{:indent$}pid {} ({}) ppid {} pgid {} sid {} threads {:?} uid {} | {} vmas, {} pages ({} KiB), {} fds",

@@ -100,6 +100,26 @@ pub fn dump_pdeathsig(t: &mut Tracee) -> Result<u32, DumpError> {
     Ok(u32::from_le_bytes(raw))
 }
 
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+
+pub fn dump_child_subreaper(t: &mut Tracee) -> Result<bool, DumpError> {
+    let pid = t.pid();
+    let buf = t.scratch(4).at(pid, "scratch memory")?;
+    t.syscall(nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, buf])
+        .at(pid, "prctl(PR_GET_CHILD_SUBREAPER)")?;
+    let mut raw = [0u8; 4];
+    t.read_mem(buf, &mut raw).at(pid, "read child subreaper")?;
+    Ok(u32::from_le_bytes(raw) != 0)
+}
+
+pub fn restore_child_subreaper(t: &mut Tracee, on: bool) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    t.syscall(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, u64::from(on)])
+        .rat(pid, "prctl(PR_SET_CHILD_SUBREAPER)")?;
+    Ok(())
+}
+
 pub fn dump_rseq(pid: i32, tid: i32) -> Result<Option<RseqEntry>, DumpError> {
     let cfg = ptrace::get_rseq_config(tid).at(pid, "PTRACE_GET_RSEQ_CONFIGURATION")?;
     if cfg.rseq_abi_pointer == 0 {

@@ -66,6 +66,8 @@ enum Attach {
     Seized,
     /// Our own restored child: on drop, kill it.
     Child,
+    /// A thread of a restored child: on drop, kill its process.
+    Thread,
 }
 
 /// A stopped thread under our control, with its registers saved.
@@ -189,6 +191,42 @@ impl Tracee {
         self.orig_sigmask = sigmask;
     }
 
+    /// Makes tasks created by injected `clone3` calls start traced and
+    /// stopped (`PTRACE_O_TRACEFORK`/`TRACECLONE`), killed if crest dies.
+    pub fn trace_new_tasks(&self) -> Result<()> {
+        let opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE;
+        ptrace::set_options(self.tid, opts as u32).map_err(pt(self.tid, "PTRACE_SETOPTIONS"))
+    }
+
+    /// Takes charge of a task or thread that an injected `clone3` created
+    /// (traced from birth, stopped with `SIGSTOP`): it is killed if dropped.
+    pub fn from_new_task(pid: i32, tid: i32) -> Result<Tracee> {
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGSTOP, ..
+                } => break,
+                WaitStatus::Stopped { .. } => {
+                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+                }
+                other => {
+                    return Err(InjectError::Died {
+                        tid,
+                        op: "start of a new task",
+                        status: other,
+                    })
+                }
+            }
+        }
+        let opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE;
+        ptrace::set_options(tid, opts as u32).map_err(pt(tid, "PTRACE_SETOPTIONS"))?;
+        let mut t = Self::take(pid, tid, Attach::Child)?;
+        if pid != tid {
+            t.attach = Attach::Thread;
+        }
+        Ok(t)
+    }
+
     /// Uses the `syscall` instruction at `ip` for injection.
     pub fn set_syscall_ip(&mut self, ip: u64) {
         self.syscall_ip = ip;
@@ -269,25 +307,36 @@ impl Tracee {
         regs.eflags &= !(0x100 | 0x10000);
         ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
         ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))?;
-        match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
-            WaitStatus::Stopped {
-                sig: libc::SIGTRAP,
-                event: 0,
-            } => {}
-            WaitStatus::Stopped { sig, event } => {
-                return Err(InjectError::UnexpectedStop {
-                    tid,
-                    op: syscalls::name(nr),
-                    sig,
-                    event,
-                })
-            }
-            other => {
-                return Err(InjectError::Died {
-                    tid,
-                    op: syscalls::name(nr),
-                    status: other,
-                })
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break,
+                // An injected clone3/fork reports the new task first; the
+                // step then finishes as usual.
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event:
+                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
+                } => {
+                    ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))?;
+                }
+                WaitStatus::Stopped { sig, event } => {
+                    return Err(InjectError::UnexpectedStop {
+                        tid,
+                        op: syscalls::name(nr),
+                        sig,
+                        event,
+                    })
+                }
+                other => {
+                    return Err(InjectError::Died {
+                        tid,
+                        op: syscalls::name(nr),
+                        status: other,
+                    })
+                }
             }
         }
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
@@ -417,6 +466,34 @@ impl Tracee {
         ptrace::set_regs(tid, &self.orig_regs).map_err(pt(tid, "PTRACE_SETREGSET"))
     }
 
+    /// Ends a restored task the way a dumped zombie ended: `exit_group`
+    /// with its code, or the signal that killed it (whose action must be
+    /// the default by now). The task is left a zombie for its parent.
+    pub fn exit_as(mut self, wait_status: i32) -> Result<()> {
+        self.done = true;
+        let tid = self.tid;
+        if wait_status & 0x7f == 0 {
+            let mut regs = self.orig_regs;
+            regs.rax = nr::EXIT_GROUP;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = ((wait_status >> 8) & 0xff) as u64;
+            regs.rip = self.syscall_ip;
+            ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
+            ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+        } else {
+            ptrace::cont(tid, wait_status & 0x7f).map_err(pt(tid, "PTRACE_CONT"))?;
+        }
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Ok(()),
+                WaitStatus::Stopped { .. } => {
+                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+                }
+                WaitStatus::Other(_) => {}
+            }
+        }
+    }
+
     /// Stops tracking without touching the thread (it stays attached and
     /// stopped; the caller takes over).
     pub fn leak(mut self) {
@@ -434,9 +511,9 @@ impl Drop for Tracee {
                 let _ = self.put_back();
                 let _ = ptrace::detach(self.tid, 0);
             }
-            Attach::Child => {
+            Attach::Child | Attach::Thread => {
                 let _ = crest_sys::misc::kill(self.pid, libc::SIGKILL);
-                let _ = ptrace::wait(self.pid);
+                let _ = ptrace::wait(self.tid);
             }
         }
     }

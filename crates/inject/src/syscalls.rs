@@ -46,6 +46,11 @@ pub mod nr {
     pub const RSEQ: u64 = 334;
     pub const CLOSE_RANGE: u64 = 436;
     pub const MREMAP: u64 = 25;
+    pub const CLONE3: u64 = 435;
+    pub const SETSID: u64 = 112;
+    pub const SETPGID: u64 = 109;
+    pub const RT_SIGTIMEDWAIT: u64 = 128;
+    pub const EXIT_GROUP: u64 = 231;
 }
 
 /// A syscall's name, for error messages.
@@ -97,6 +102,11 @@ pub fn name(nr: u64) -> &'static str {
         RSEQ => "rseq",
         CLOSE_RANGE => "close_range",
         MREMAP => "mremap",
+        CLONE3 => "clone3",
+        SETSID => "setsid",
+        SETPGID => "setpgid",
+        RT_SIGTIMEDWAIT => "rt_sigtimedwait",
+        EXIT_GROUP => "exit_group",
         _ => "syscall",
     }
 }

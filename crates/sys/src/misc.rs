@@ -164,3 +164,16 @@ pub fn set_pipe_size(fd: &impl AsRawFd, size: usize) -> io::Result<usize> {
     let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
     cvt(ret as libc::c_long).map(|n| n as usize)
 }
+
+/// `kcmp(pid1, pid2, type, 0, 0)` — 0 when the two tasks share the kernel
+/// object of `kind` (`KCMP_FILES` = 2, `KCMP_FS` = 3, `KCMP_VM` = 1,
+/// `KCMP_SIGHAND` = 4).
+pub fn kcmp(pid1: i32, pid2: i32, kind: i32) -> io::Result<i32> {
+    // SAFETY: plain integer arguments; no pointers for these kinds.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) };
+    cvt(ret).map(|v| v as i32)
+}
+
+pub const KCMP_VM: i32 = 1;
+pub const KCMP_FILES: i32 = 2;
+pub const KCMP_FS: i32 = 3;

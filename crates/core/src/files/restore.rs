@@ -10,11 +10,15 @@ use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// `files.img` and `pipes-data.img`, indexed.
+/// `files.img` and `pipes-data.img`, indexed, and which restored task
+/// already holds each pipe.
 #[derive(Default)]
 pub struct RestoreFiles {
     pub entries: HashMap<u32, FileEntry>,
     pub pipe_data: HashMap<u32, Vec<u8>>,
+    /// pipe id → (pid, fd) of a restored task that holds an end of it;
+    /// other tasks open the same pipe through `/proc/PID/fd/FD`.
+    pub pipe_holders: HashMap<u32, (i32, u32)>,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -42,7 +46,11 @@ impl RestoreFiles {
                 pipe_data.insert(e.pipe_id, data);
             }
         }
-        Ok(RestoreFiles { entries, pipe_data })
+        Ok(RestoreFiles {
+            entries,
+            pipe_data,
+            pipe_holders: HashMap::new(),
+        })
     }
 
     /// The path of a regular-file entry.
@@ -67,7 +75,7 @@ pub fn restore_fds(
     t: &mut Tracee,
     files_id: u32,
     fds: &[FdinfoEntry],
-    files: &RestoreFiles,
+    files: &mut RestoreFiles,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
@@ -108,6 +116,9 @@ pub fn restore_fds(
         t.syscall(nr::CLOSE, &[made])
             .rat(pid, "close temporary fd")?;
         parked.insert(fi.fd, park);
+        if let Some(p) = entry_pipe_id(files, fi.id) {
+            files.pipe_holders.entry(p).or_insert((pid, fi.fd));
+        }
     }
     for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
@@ -124,6 +135,10 @@ pub fn restore_fds(
         t.syscall(nr::CLOSE, &[park]).rat(pid, "close parked fd")?;
     }
     Ok(())
+}
+
+fn entry_pipe_id(files: &RestoreFiles, id: u32) -> Option<u32> {
+    files.entries.get(&id)?.pipe.as_ref().map(|p| p.pipe_id)
 }
 
 fn open_reg(t: &mut Tracee, e: &FileEntry) -> Result<u64, RestoreError> {
@@ -167,6 +182,18 @@ fn pipe_end(
         file: names::FILES.into(),
         what: format!("file {} has no pipe entry", e.id),
     })?;
+    if let Some(&(holder, hfd)) = files.pipe_holders.get(&p.pipe_id) {
+        if holder != pid && !pipes.contains_key(&p.pipe_id) {
+            // Another task made this pipe: open the same one through it.
+            let path = format!("/proc/{holder}/fd/{hfd}");
+            let acc = p.flags as i32 & libc::O_ACCMODE;
+            let fd = open_in_task(t, &path, acc | libc::O_NONBLOCK)?;
+            let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
+            t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
+                .rat(pid, "set pipe flags")?;
+            return Ok(fd);
+        }
+    }
     if !pipes.contains_key(&p.pipe_id) {
         let buf = t.scratch(8).rat(pid, "scratch")?;
         t.syscall(nr::PIPE2, &[buf, libc::O_CLOEXEC as u64])

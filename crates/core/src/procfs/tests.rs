@@ -40,7 +40,10 @@ fn readers_on_self() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
     let listed = read_children(pid, tid);
     let _ = child.kill();
     let _ = child.wait();

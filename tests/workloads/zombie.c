@@ -1,0 +1,189 @@
+/* zombie STATEDIR - unreaped children stay zombies with their exit status.
+ *
+ * The root forks child A, which exits with code 42 at once, child B, which
+ * the root kills with SIGKILL, and child C, which stays alive with its own
+ * zombie child (exit code 7). Nobody reaps before ready (waitid with WNOWAIT
+ * only waits for the zombies to exist). After SIGTERM the root checks that
+ * /proc/<pid>/stat shows A and B in state Z with the root as parent, that
+ * waitid(WNOWAIT | WNOHANG) reports them as exited 42 and killed by SIGKILL,
+ * then reaps them with waitpid (same statuses). It forwards SIGTERM to C,
+ * which checks its zombie the same way and exits 0 only if all is well. */
+#include "wl.h"
+
+#include <sys/wait.h>
+
+static char verdict[4096];
+static size_t vlen;
+
+__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
+{
+	if (vlen >= sizeof(verdict))
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vlen += (size_t)vsnprintf(verdict + vlen, sizeof(verdict) - vlen, fmt, ap);
+	va_end(ap);
+}
+
+/* State letter and ppid of `pid` from /proc, or '?'. */
+static char proc_stat(pid_t pid, pid_t *ppid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return '?';
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return '?';
+	buf[n] = 0;
+	char *p = strrchr(buf, ')');
+	char state = '?';
+	int pp = 0;
+	if (!p || sscanf(p + 1, " %c %d", &state, &pp) != 2)
+		return '?';
+	*ppid = pp;
+	return state;
+}
+
+/* Waits (without reaping) until `pid` is a zombie. */
+static int wait_zombie(pid_t pid)
+{
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	int r;
+	do
+		r = waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+/* Checks zombie `pid` (code: CLD_EXITED or CLD_KILLED, with status) and
+ * reaps it; failures go through add() prefixed with `what`. */
+static void check_zombie(const char *what, pid_t pid, int code, int status)
+{
+	pid_t ppid = 0;
+	char st = proc_stat(pid, &ppid);
+	if (st != 'Z')
+		add("%s (pid %d): /proc state %c, expected Z; ", what, pid, st);
+	if (st != '?' && ppid != getpid())
+		add("%s (pid %d): /proc ppid %d, expected %d; ", what, pid, ppid, getpid());
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {
+		add("%s (pid %d): waitid(WNOWAIT): %s; ", what, pid, strerror(errno));
+		return;
+	}
+	if (si.si_pid != pid)
+		add("%s (pid %d): waitid(WNOWAIT|WNOHANG) found no zombie (si_pid %d); ", what, pid,
+		    si.si_pid);
+	else if (si.si_code != code || si.si_status != status)
+		add("%s (pid %d): waitid si_code %d si_status %d, expected %d/%d; ", what, pid,
+		    si.si_code, si.si_status, code, status);
+	int ws;
+	pid_t w = waitpid(pid, &ws, WNOHANG);
+	if (w != pid) {
+		add("%s (pid %d): waitpid returned %d (%s); ", what, pid, w,
+		    w < 0 ? strerror(errno) : "not a zombie");
+		return;
+	}
+	if (code == CLD_EXITED && !(WIFEXITED(ws) && WEXITSTATUS(ws) == status))
+		add("%s (pid %d): wait status %#x, expected exit %d; ", what, pid, ws, status);
+	if (code == CLD_KILLED && !(WIFSIGNALED(ws) && WTERMSIG(ws) == status))
+		add("%s (pid %d): wait status %#x, expected killed by signal %d; ", what, pid, ws,
+		    status);
+}
+
+static void child_c(int ready_fd)
+{
+	pid_t gc = fork();
+	if (gc < 0)
+		_exit(10);
+	if (gc == 0)
+		_exit(7);
+	if (wait_zombie(gc) < 0)
+		_exit(11);
+	char b = 'r';
+	if (write(ready_fd, &b, 1) != 1)
+		_exit(12);
+	close(ready_fd);
+	sigset_t cur;
+	sigprocmask(SIG_BLOCK, NULL, &cur);
+	sigdelset(&cur, SIGTERM);
+	while (!wl_term)
+		sigsuspend(&cur);
+	check_zombie("grandchild", gc, CLD_EXITED, 7);
+	if (vlen) {
+		/* tell the root what went wrong: exit code 20 + a line on stderr */
+		fprintf(stderr, "zombie child C: %s\n", verdict);
+		_exit(20);
+	}
+	_exit(0);
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, NULL);
+
+	pid_t a = fork();
+	if (a < 0)
+		wl_fail("fork: %s", strerror(errno));
+	if (a == 0)
+		_exit(42);
+	pid_t b = fork();
+	if (b < 0)
+		wl_fail("fork: %s", strerror(errno));
+	if (b == 0) {
+		for (;;)
+			pause();
+	}
+	int p[2];
+	if (pipe(p) < 0)
+		wl_fail("pipe: %s", strerror(errno));
+	pid_t c = fork();
+	if (c < 0)
+		wl_fail("fork: %s", strerror(errno));
+	if (c == 0) {
+		close(p[0]);
+		child_c(p[1]);
+	}
+	close(p[1]);
+	if (kill(b, SIGKILL) < 0)
+		wl_fail("kill: %s", strerror(errno));
+	if (wait_zombie(a) < 0 || wait_zombie(b) < 0)
+		wl_fail("waitid(WNOWAIT): %s", strerror(errno));
+	char r;
+	if (read(p[0], &r, 1) != 1)
+		wl_fail("child C did not get ready");
+	close(p[0]);
+
+	wl_ready();
+	wl_wait_term();
+
+	check_zombie("child A (exit 42)", a, CLD_EXITED, 42);
+	check_zombie("child B (SIGKILL)", b, CLD_KILLED, SIGKILL);
+	if (kill(c, SIGTERM) < 0)
+		add("kill(child C pid %d): %s; ", c, strerror(errno));
+	int ws;
+	pid_t w;
+	do
+		w = waitpid(c, &ws, 0);
+	while (w < 0 && errno == EINTR);
+	if (w != c)
+		add("waitpid(child C pid %d): %s; ", c, strerror(errno));
+	else if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+		add("child C (pid %d, with a zombie child) ended with status %#x (exit 20: its "
+		    "zombie is wrong, see its stderr); ",
+		    c, ws);
+	w = waitpid(-1, &ws, WNOHANG);
+	if (w != -1 || errno != ECHILD)
+		add("an unexpected child remains (waitpid(-1) = %d); ", w);
+	if (vlen)
+		wl_fail("%s", verdict);
+	wl_pass();
+}
