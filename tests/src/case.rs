@@ -231,12 +231,17 @@ fn steps(
     wait_ready(dir, pid, procs)?;
     match w.settle {
         Settle::Blocked => {
-            wait_until(Duration::from_secs(5), || {
-                procs::proc_state(pid) == Some('S')
-            });
+            // every thread of every process of the tree (zombies aside)
+            wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
         }
         Settle::Spinning => sleep(Duration::from_millis(100)),
     }
+    let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
+    let what = match mode {
+        Mode::SelfCheck => "without a dump (self-check)",
+        Mode::DumpRestore => "after restore",
+        Mode::DumpLeaveRunning => "after dump -R",
+    };
     match mode {
         Mode::SelfCheck => {}
         Mode::DumpRestore => {
@@ -248,6 +253,7 @@ fn steps(
             check_left_running(pid)?;
         }
     }
+    check_tree(dir, pid, &before, what)?;
     finish(dir, pid, stdio, procs)
 }
 
@@ -350,6 +356,11 @@ pub fn dump(
     if leave_running {
         args.push("-R");
     }
+    // the whole tree dies with the dump; its other processes (and zombies)
+    // are reparented to the harness and must be reaped to free their pids
+    let tree: Vec<i32> = procs::tree_snapshot(pid)
+        .map(|t| t.into_keys().collect())
+        .unwrap_or_default();
     let ran = crest::run(
         crest::command(&cfg.crest, &args),
         &dir.root,
@@ -380,6 +391,17 @@ pub fn dump(
     }
     if !wait_until(Duration::from_secs(5), || !exists(pid)) {
         bail!("/proc/{pid} still exists after the dumped task was reaped");
+    }
+    for p in tree.into_iter().map(Pid::from_raw).filter(|p| *p != pid) {
+        procs::reap_or_wait_gone(p);
+        if exists(p) {
+            bail!(
+                "pid {p} ({}, state {:?}) of the dumped tree still exists 5 s after crest dump \
+                 (without -R) succeeded",
+                procs::proc_comm(p).unwrap_or_default(),
+                procs::proc_state(p)
+            );
+        }
     }
     Ok(())
 }
@@ -439,6 +461,25 @@ fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) ->
     let said = procs::read_pid_file(&pidfile).context("crest restore --pidfile")?;
     if said != pid {
         bail!("crest restore wrote pid {said} to its pidfile, expected {pid}");
+    }
+    Ok(())
+}
+
+/// The tree of `pid` must be `before` again: same pids, parents, groups,
+/// sessions, zombies and thread ids. The snapshots go to `tree.before` and
+/// `tree.after` in the case directory.
+fn check_tree(dir: &CaseDir, pid: Pid, before: &procs::Tree, what: &str) -> Result<()> {
+    let after = procs::tree_snapshot(pid).with_context(|| format!("process tree {what}"))?;
+    let _ = fs::write(dir.root.join("tree.before"), format!("{before:#?}\n"));
+    let _ = fs::write(dir.root.join("tree.after"), format!("{after:#?}\n"));
+    let diff = procs::tree_diff(before, &after, what);
+    if !diff.is_empty() {
+        bail!(
+            "process tree of pid {pid} differs {what} ({} of {} processes before):\n  {}",
+            diff.len(),
+            before.len(),
+            diff.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -597,5 +638,131 @@ fn sleep_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Re
             ran.elapsed
         );
     }
+    Ok(Outcome::Pass)
+}
+
+/// Bytes the pipeline case pushes through `head -c`: about 4 s on a 2-CPU
+/// machine, so it is mid-flight when it is dumped.
+pub const PIPELINE_BYTES: u64 = 4_000_000_000;
+
+/// A shell pipeline (`cat /dev/zero | head -c N | wc -c > OUT`, no
+/// protocol) dumped mid-flight 0.3 s after it starts and restored without
+/// -d: `crest restore` must exit 0 once the pipeline is done, and OUT must
+/// hold N.
+pub fn run_pipeline(cfg: &Config, mode: Mode) -> Outcome {
+    let name = case_name("pipeline", Flavor::Host, None);
+    let dir = match CaseDir::create(cfg, &name) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(format!("{e:#}")),
+    };
+    let mut procs = Procs::default();
+    let result = pipeline_steps(cfg, &dir, mode, &mut procs);
+    let killed = procs.kill_all();
+    let leftovers = procs::sweep_children();
+    let outcome = conclude(result, &dir, &killed, &leftovers);
+    if outcome == Outcome::Pass {
+        dir.remove();
+    }
+    outcome
+}
+
+fn pipeline_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Result<Outcome> {
+    const BASH: &str = "/bin/bash";
+    for bin in [BASH, "/bin/cat", "/usr/bin/head", "/usr/bin/wc"] {
+        if !Path::new(bin).exists() {
+            return Ok(Outcome::Skip(format!("{bin} not found")));
+        }
+    }
+    let out = dir.root.join("pipeline.out");
+    let script = format!(
+        "cat /dev/zero | head -c {PIPELINE_BYTES} | wc -c > '{}'",
+        out.display()
+    );
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.args([BASH, "-c", &script]).current_dir(&dir.root);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let pid = Pid::from_raw(cmd.spawn().context("spawn launch bash")?.id() as i32);
+    procs.track(pid);
+    let comms = |t: &procs::Tree| {
+        let mut c: Vec<String> = t.values().map(|t| t.comm.clone()).collect();
+        c.sort();
+        c
+    };
+    let full = |t: &procs::Tree| {
+        t.len() == 4 && t.values().all(|t| !t.zombie) && comms(t) == ["bash", "cat", "head", "wc"]
+    };
+    if !wait_until(Duration::from_secs(5), || {
+        procs::tree_snapshot(pid).is_ok_and(|t| full(&t))
+    }) {
+        bail!(
+            "pid {pid} did not become bash with the children cat, head and wc within 5 s \
+             (tree: {:?})",
+            procs::tree_snapshot(pid)
+                .map(|t| comms(&t))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(left) = Duration::from_millis(300).checked_sub(started.elapsed()) {
+        sleep(left);
+    }
+    let expect = format!("{PIPELINE_BYTES}\n");
+    let check_out = || -> Result<()> {
+        let got = fs::read_to_string(&out).with_context(|| format!("read {}", out.display()))?;
+        if got != expect {
+            bail!("{} holds {got:?}, expected {expect:?}", out.display());
+        }
+        Ok(())
+    };
+    if mode == Mode::SelfCheck {
+        return match wait_exit(pid, Duration::from_secs(60))? {
+            Waited::Exited(Exit::Code(0)) => {
+                procs.untrack(pid);
+                check_out()?;
+                Ok(Outcome::Pass)
+            }
+            other => bail!(
+                "the pipeline ended with {other:?} after {:?}",
+                started.elapsed()
+            ),
+        };
+    }
+    // it must be mid-flight when it is dumped
+    let tree = procs::tree_snapshot(pid).context("the pipeline's tree before the dump")?;
+    if !full(&tree) {
+        bail!(
+            "the pipeline is no longer complete {:?} after its start (tree {:?}); raise \
+             PIPELINE_BYTES",
+            started.elapsed(),
+            comms(&tree)
+        );
+    }
+    fs::write(dir.root.join("tree.before"), format!("{tree:#?}\n")).context("write tree.before")?;
+    dump(cfg, dir, pid, false, procs)?;
+    let images = dir.images.to_string_lossy();
+    let args = ["restore", "-D", &images, "-o", "restore.log", "-v", "4"];
+    procs.track(pid);
+    let ran = crest::run(
+        crest::command(&cfg.crest, &args),
+        &dir.root,
+        "restore",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore (without -d)"));
+    }
+    for p in tree.keys().map(|p| Pid::from_raw(*p)) {
+        if alive(p) {
+            bail!(
+                "crest restore returned but pid {p} ({}) of the pipeline still runs",
+                procs::proc_comm(p).unwrap_or_default()
+            );
+        }
+    }
+    procs.untrack(pid);
+    check_out()?;
     Ok(Outcome::Pass)
 }

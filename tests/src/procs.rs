@@ -164,7 +164,7 @@ impl Drop for Procs {
 }
 
 /// Reaps `pid` if it is our child, else waits (bounded) for it to vanish.
-fn reap_or_wait_gone(pid: Pid) {
+pub fn reap_or_wait_gone(pid: Pid) {
     if let Ok(Waited::NotChild) = wait_exit(pid, Duration::from_secs(5)) {
         wait_until(Duration::from_secs(5), || !exists(pid));
     }
@@ -215,4 +215,155 @@ pub fn read_pid_file(path: &Path) -> Result<Pid> {
         bail!("{} holds pid {pid}", path.display());
     }
     Ok(Pid::from_raw(pid))
+}
+
+/// One process of a tree as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeTask {
+    /// Parent pid.
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// Whether it is a zombie.
+    pub zombie: bool,
+    /// Its thread ids (sorted).
+    pub tids: Vec<i32>,
+    /// Its comm (for messages only; not compared).
+    pub comm: String,
+}
+
+/// A process tree by pid.
+pub type Tree = std::collections::BTreeMap<i32, TreeTask>;
+
+/// State, ppid, pgrp and session from a `/proc/.../stat` file.
+fn stat_fields(path: &str) -> Option<(char, i32, i32, i32)> {
+    let stat = fs::read_to_string(path).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    let sid = f.next()?.parse().ok()?;
+    Some((state, ppid, pgid, sid))
+}
+
+/// The thread ids of `pid` (sorted), from `/proc/PID/task`.
+fn tids_of(pid: i32) -> Result<Vec<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut tids: Vec<i32> = fs::read_dir(&dir)
+        .with_context(|| format!("read {dir}"))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// `root` and all its descendants (found through every thread's
+/// `/proc/PID/task/TID/children`) with their ids and threads.
+pub fn tree_snapshot(root: Pid) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let mut todo = vec![root.as_raw()];
+    while let Some(pid) = todo.pop() {
+        if tree.contains_key(&pid) {
+            continue;
+        }
+        let Some((state, ppid, pgid, sid)) = stat_fields(&format!("/proc/{pid}/stat")) else {
+            bail!("/proc/{pid}/stat is unreadable (the process is gone?)");
+        };
+        let tids = tids_of(pid)?;
+        for tid in &tids {
+            let path = format!("/proc/{pid}/task/{tid}/children");
+            // a thread may end between the listing and this read
+            let children = fs::read_to_string(&path).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        tree.insert(
+            pid,
+            TreeTask {
+                ppid,
+                pgid,
+                sid,
+                zombie: state == 'Z',
+                tids,
+                comm: proc_comm(Pid::from_raw(pid)).unwrap_or_default(),
+            },
+        );
+    }
+    Ok(tree)
+}
+
+/// Whether every thread of every process of the tree sleeps (state S) or
+/// is a zombie.
+pub fn tree_settled(root: Pid) -> bool {
+    let Ok(tree) = tree_snapshot(root) else {
+        return false;
+    };
+    tree.iter().all(|(pid, t)| {
+        t.zombie
+            || t.tids.iter().all(|tid| {
+                matches!(
+                    stat_fields(&format!("/proc/{pid}/task/{tid}/stat")),
+                    Some(('S', ..))
+                )
+            })
+    })
+}
+
+/// The differences between two snapshots of a tree, one line each (empty
+/// if they match). `what` names the second snapshot, e.g. "after restore".
+pub fn tree_diff(before: &Tree, after: &Tree, what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let fmt = |t: &TreeTask| {
+        format!(
+            "ppid {} pgid {} sid {}{} tids {:?}",
+            t.ppid,
+            t.pgid,
+            t.sid,
+            if t.zombie { " zombie" } else { "" },
+            t.tids
+        )
+    };
+    for (pid, b) in before {
+        match after.get(pid) {
+            None => out.push(format!(
+                "pid {pid} ({}: {}) is missing {what}",
+                b.comm,
+                fmt(b)
+            )),
+            Some(a) => {
+                let mut d = Vec::new();
+                if a.ppid != b.ppid {
+                    d.push(format!("ppid {} -> {}", b.ppid, a.ppid));
+                }
+                if a.pgid != b.pgid {
+                    d.push(format!("pgid {} -> {}", b.pgid, a.pgid));
+                }
+                if a.sid != b.sid {
+                    d.push(format!("sid {} -> {}", b.sid, a.sid));
+                }
+                if a.zombie != b.zombie {
+                    d.push(format!("zombie {} -> {}", b.zombie, a.zombie));
+                }
+                if a.tids != b.tids {
+                    d.push(format!("tids {:?} -> {:?}", b.tids, a.tids));
+                }
+                if !d.is_empty() {
+                    out.push(format!("pid {pid} ({}): {}", b.comm, d.join(", ")));
+                }
+            }
+        }
+    }
+    for (pid, a) in after {
+        if !before.contains_key(pid) {
+            out.push(format!("pid {pid} ({}: {}) is new {what}", a.comm, fmt(a)));
+        }
+    }
+    out
 }

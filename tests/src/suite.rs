@@ -30,6 +30,10 @@ pub fn workloads() -> Vec<Workload> {
         c("signals", &[], Settle::Blocked),
         c("fpu_avx", &[], Settle::Spinning),
         c("misc_state", &[], Settle::Blocked),
+        c("tree_sessions", &[], Settle::Blocked),
+        c("threads_busy", &["8"], Settle::Spinning),
+        c("zombie", &[], Settle::Blocked),
+        c("shared_anon", &["8"], Settle::Blocked),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]
@@ -156,6 +160,15 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     if filter.selects(&name) {
         let outcome = if cfg.root {
             case::run_sleep_binary(cfg, mode)
+        } else {
+            Outcome::Skip("needs root".into())
+        };
+        report.record(&name, outcome);
+    }
+    let name = case::case_name("pipeline", Flavor::Host, None);
+    if filter.selects(&name) {
+        let outcome = if cfg.root {
+            case::run_pipeline(cfg, mode)
         } else {
             Outcome::Skip("needs root".into())
         };

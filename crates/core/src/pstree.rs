@@ -2,9 +2,10 @@
 //! stopped, and `pstree.img` (CRIU's `pstree_entry`: pid, ppid, pgid, sid,
 //! threads). Restore forks every task from its real parent, in tree order.
 
-use crate::error::{DumpCtx, DumpError};
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::procfs;
 use crest_images::pb::PstreeEntry;
+use crest_inject::{nr, Tracee};
 use crest_sys::ptrace;
 
 /// One task of the tree, seized (or a zombie, which cannot be).
@@ -245,42 +246,7 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
     Ok(order)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(pid: u32, ppid: u32) -> PstreeEntry {
-        PstreeEntry {
-            pid,
-            ppid,
-            pgid: pid,
-            sid: pid,
-            threads: vec![pid],
-        }
-    }
-
-    #[test]
-    fn parents_come_first() {
-        let entries = [e(10, 1), e(30, 20), e(20, 10), e(11, 10)];
-        let order = tree_order(&entries).unwrap();
-        let pids: Vec<u32> = order.iter().map(|i| entries[*i].pid).collect();
-        assert_eq!(pids, [10, 20, 11, 30]);
-    }
-
-    #[test]
-    fn orphans_and_duplicates_are_refused() {
-        assert!(tree_order(&[e(10, 1), e(30, 20)])
-            .unwrap_err()
-            .contains("[30]"));
-        assert!(tree_order(&[e(10, 1), e(11, 10), e(11, 10)]).is_err());
-        assert!(tree_order(&[]).is_err());
-    }
-}
-
 // ---- restore side -------------------------------------------------------
-
-use crate::error::{RestoreCtx, RestoreError};
-use crest_inject::{nr, Tracee};
 
 /// Size of `struct clone_args` as crest passes it to `clone3`.
 const CLONE_ARGS_SIZE: usize = 88;
@@ -442,7 +408,7 @@ pub fn make_zombie(
         let addr = t.put(&[0u8; 32]).rat(pid, "write sigaction")?;
         t.syscall(nr::RT_SIGACTION, &[sig as u64, addr, 0, 8])
             .rat(pid, "reset the action of the fatal signal")?;
-        let _ = crest_sys::misc::prlimit(pid, libc::RLIMIT_CORE as u32, Some((0, 0)));
+        let _ = crest_sys::misc::prlimit(pid, libc::RLIMIT_CORE, Some((0, 0)));
         crest_sys::ptrace::set_sigmask(pid, 0).rat(pid, "PTRACE_SETSIGMASK")?;
     }
     t.forget_scratch();
@@ -459,4 +425,36 @@ pub fn make_zombie(
         .rat(ppid, "write sigset")?;
     let _ = parent.syscall_raw(nr::RT_SIGTIMEDWAIT, &[addr, 0, addr + 16, 8]);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(pid: u32, ppid: u32) -> PstreeEntry {
+        PstreeEntry {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            threads: vec![pid],
+        }
+    }
+
+    #[test]
+    fn parents_come_first() {
+        let entries = [e(10, 1), e(30, 20), e(20, 10), e(11, 10)];
+        let order = tree_order(&entries).unwrap();
+        let pids: Vec<u32> = order.iter().map(|i| entries[*i].pid).collect();
+        assert_eq!(pids, [10, 20, 11, 30]);
+    }
+
+    #[test]
+    fn orphans_and_duplicates_are_refused() {
+        assert!(tree_order(&[e(10, 1), e(30, 20)])
+            .unwrap_err()
+            .contains("[30]"));
+        assert!(tree_order(&[e(10, 1), e(11, 10), e(11, 10)]).is_err());
+        assert!(tree_order(&[]).is_err());
+    }
 }

@@ -204,26 +204,23 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
 
     // Transform every live task, make its threads, set its threads' state.
-    let mut threads: Vec<Tracee> = Vec::new();
+    let mut ctx = TreeCtx {
+        dir,
+        files: &mut files,
+        shared: mm::restore::SharedAnon::new(),
+        threads: Vec::new(),
+    };
     for k in 0..imgs.len() {
         let Some(t) = tasks[k].as_mut() else { continue };
         let shares_files =
             k > 0 && imgs[k].ids.files_id == imgs[parent_index(&imgs, k)?].ids.files_id;
         let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(&imgs, k)?].ids.fs_id;
-        transform(
-            t,
-            &imgs[k],
-            &mut files,
-            dir,
-            shares_files,
-            shares_fs,
-            &mut threads,
-        )?;
+        transform(t, &imgs[k], &mut ctx, shares_files, shares_fs)?;
     }
 
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
-    for th in threads {
+    for th in ctx.threads {
         th.release().rat(0, "let a thread go")?;
     }
     let root_pid = imgs[0].pid();
@@ -269,18 +266,26 @@ fn spawn_root(img: &TaskImage) -> Result<Tracee, RestoreError> {
     Ok(t)
 }
 
+/// What the transforms of a tree's tasks share.
+struct TreeCtx<'a> {
+    dir: &'a Path,
+    files: &'a mut RestoreFiles,
+    shared: mm::restore::SharedAnon,
+    /// Threads made so far, ready to be let go before their leaders.
+    threads: Vec<Tracee>,
+}
+
 /// Turns a stopped fork of crest into the dumped task, and makes its
-/// threads (pushed to `threads`, ready to be let go).
+/// threads (pushed to `ctx.threads`, ready to be let go).
 fn transform(
     t: &mut Tracee,
     img: &TaskImage,
-    files: &mut RestoreFiles,
-    dir: &Path,
+    ctx: &mut TreeCtx<'_>,
     shares_files: bool,
     shares_fs: bool,
-    threads: &mut Vec<Tracee>,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
+    let (files, dir) = (&mut *ctx.files, ctx.dir);
     let live = img
         .live
         .as_ref()
@@ -295,7 +300,7 @@ fn transform(
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
     }
     mm::restore::unmap_inherited(t, &work)?;
-    mm::restore::map_vmas(t, &live.mm, files)?;
+    mm::restore::map_vmas(t, &live.mm, files, &mut ctx.shared)?;
     let pages = absolute(dir)
         .rat(pid, "images directory path")?
         .join(names::pages(live.pages_id));
@@ -334,7 +339,7 @@ fn transform(
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
         th.forget_scratch();
-        threads.push(th);
+        ctx.threads.push(th);
     }
     restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
     signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;

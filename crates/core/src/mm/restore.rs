@@ -109,7 +109,17 @@ fn is_special(v: &VmaEntry) -> bool {
 }
 
 /// Maps every dumped VMA but vdso/vvar, writable for now.
-pub fn map_vmas(t: &mut Tracee, mm: &MmEntry, files: &RestoreFiles) -> Result<(), RestoreError> {
+/// Shared anonymous memory already restored, by its dumped shmem id
+/// (inode): the task and range that map it. Other tasks map the same
+/// object through `/proc/PID/map_files/START-END`.
+pub type SharedAnon = std::collections::HashMap<u64, (i32, u64, u64)>;
+
+pub fn map_vmas(
+    t: &mut Tracee,
+    mm: &MmEntry,
+    files: &RestoreFiles,
+    shared: &mut SharedAnon,
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
         if v.end <= v.start || v.start % PAGE != 0 || v.end % PAGE != 0 {
@@ -137,6 +147,23 @@ pub fn map_vmas(t: &mut Tracee, mm: &MmEntry, files: &RestoreFiles) -> Result<()
             let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
             t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
             r.rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+        } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
+            if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
+                let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
+                let fd = open_in_task(t, &path, libc::O_RDWR)?;
+                let flags = flags & !(libc::MAP_ANONYMOUS as u64);
+                let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+                t.syscall(nr::CLOSE, &[fd])
+                    .rat(pid, "close shared memory")?;
+                r.rat(
+                    pid,
+                    format!("mmap {:#x}-{:#x} shared with pid {holder}", v.start, v.end),
+                )?;
+            } else {
+                t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
+                    .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+                shared.insert(v.shmid, (pid, v.start, v.end));
+            }
         } else {
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
                 .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
