@@ -104,13 +104,20 @@ pub fn start(mib: usize, ready: PathBuf) -> Result<Holder> {
 }
 
 fn wait_ready(child: &mut Child, ready: &Path) -> Result<(i32, u64, usize)> {
+    let text = wait_ready_text(child, ready)?;
+    parse_ready(&text).with_context(|| format!("ready file {}", ready.display()))
+}
+
+/// Waits for `child` to write its ready file `ready` (atomically, by a
+/// rename) and returns its text; fails if the child exits first.
+pub fn wait_ready_text(child: &mut Child, ready: &Path) -> Result<String> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().context("wait for holder")? {
             bail!("holder exited before it was ready: {status}");
         }
         if let Ok(text) = fs::read_to_string(ready) {
-            return parse_ready(&text).with_context(|| format!("ready file {}", ready.display()));
+            return Ok(text);
         }
         if start.elapsed() > READY_TIMEOUT {
             bail!("holder not ready after {READY_TIMEOUT:?}");

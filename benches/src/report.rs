@@ -79,6 +79,73 @@ pub fn print_summary(fs_type: &str, dir: &Path, mib: usize, runs: &[Run]) {
     }
 }
 
+/// One run of a scale mode: `n` tasks or threads.
+#[derive(Clone, Copy, Debug)]
+pub struct ScaleRun {
+    pub n: usize,
+    /// Seconds from starting the holder to its ready file.
+    pub up_s: f64,
+    pub dump_s: f64,
+    pub restore_s: f64,
+}
+
+/// Prints one scale run's line; `unit` is "task" or "thread".
+pub fn print_scale_run(k: usize, unit: &str, r: &ScaleRun) {
+    let n = r.n as f64;
+    println!(
+        "n={} run {k}: dump {:.3} s ({:.3} ms/{unit}), restore {:.3} s ({:.3} ms/{unit}), \
+         holder up in {:.3} s",
+        r.n,
+        r.dump_s,
+        r.dump_s * 1e3 / n,
+        r.restore_s,
+        r.restore_s * 1e3 / n,
+        r.up_s
+    );
+}
+
+/// Prints the summary of a scale mode: for each N, best and median of dump
+/// and restore seconds, and milliseconds per task (or thread) of each; the
+/// last column pair compares each N's median per-unit cost with the first
+/// N's, so 1.0 means linear.
+pub fn print_scale_summary(title: &str, unit: &str, sizes: &[(usize, Vec<ScaleRun>)]) {
+    println!();
+    println!("{title}");
+    println!(
+        "{:>6} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7}",
+        "N",
+        "runs",
+        "dump best",
+        "dump med",
+        format!("ms/{unit}"),
+        "rest best",
+        "rest med",
+        format!("ms/{unit}"),
+        "dump x",
+        "rest x"
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for (n, runs) in sizes {
+        if runs.is_empty() {
+            continue;
+        }
+        let dump: Vec<f64> = runs.iter().map(|r| r.dump_s).collect();
+        let restore: Vec<f64> = runs.iter().map(|r| r.restore_s).collect();
+        let (d_best, d_med) = best_median(&dump);
+        let (r_best, r_med) = best_median(&restore);
+        let nf = *n as f64;
+        let (d_per, r_per) = (d_med * 1e3 / nf, r_med * 1e3 / nf);
+        let (bd, br) = *base.get_or_insert((d_per, r_per));
+        println!(
+            "{n:>6} {:>4} {d_best:>9.3} {d_med:>9.3} {d_per:>10.3} {r_best:>9.3} {r_med:>9.3} \
+             {r_per:>10.3} {:>7.2} {:>7.2}",
+            runs.len(),
+            d_per / bd,
+            r_per / br
+        );
+    }
+}
+
 /// The type of the filesystem holding `dir` (e.g. `tmpfs`, `ext4`), from the
 /// longest mount point in /proc/mounts that contains it.
 pub fn fs_type(dir: &Path) -> String {

@@ -367,3 +367,48 @@ pub fn tree_diff(before: &Tree, after: &Tree, what: &str) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(ppid: i32, pgid: i32, sid: i32, tids: &[i32]) -> TreeTask {
+        TreeTask {
+            ppid,
+            pgid,
+            sid,
+            zombie: false,
+            tids: tids.to_vec(),
+            comm: "w".into(),
+        }
+    }
+
+    #[test]
+    fn tree_diff_names_every_difference() {
+        let mut before = Tree::new();
+        before.insert(10, task(1, 10, 10, &[10, 11]));
+        before.insert(20, task(10, 20, 10, &[20]));
+        before.insert(30, task(10, 10, 10, &[30]));
+        assert!(tree_diff(&before, &before.clone(), "after").is_empty());
+        let mut after = before.clone();
+        after.insert(10, task(1, 10, 10, &[10, 12]));
+        after.get_mut(&20).unwrap().sid = 20;
+        after.remove(&30);
+        after.insert(40, task(10, 10, 10, &[40]));
+        let d = tree_diff(&before, &after, "after restore");
+        assert_eq!(d.len(), 4, "{d:#?}");
+        assert!(d[0].contains("tids [10, 11] -> [10, 12]"), "{}", d[0]);
+        assert!(d[1].contains("sid 10 -> 20"), "{}", d[1]);
+        assert!(d[2].contains("pid 30") && d[2].contains("missing after restore"));
+        assert!(d[3].contains("pid 40") && d[3].contains("new after restore"));
+    }
+
+    #[test]
+    fn snapshot_of_self_lists_own_threads() {
+        let me = Pid::from_raw(std::process::id() as i32);
+        let tree = tree_snapshot(me).unwrap();
+        let t = &tree[&me.as_raw()];
+        assert!(t.tids.contains(&me.as_raw()));
+        assert!(!t.zombie);
+    }
+}

@@ -403,12 +403,14 @@ pub fn make_zombie(
     t.syscall(nr::PRCTL, &[libc::PR_SET_NAME as u64, addr])
         .rat(pid, "prctl(PR_SET_NAME)")?;
     let sig = status & 0x7f;
-    if sig != 0 {
+    if sig != 0 && sig != libc::SIGKILL && sig != libc::SIGSTOP {
         // Default action for the fatal signal, and no core file.
         let addr = t.put(&[0u8; 32]).rat(pid, "write sigaction")?;
         t.syscall(nr::RT_SIGACTION, &[sig as u64, addr, 0, 8])
             .rat(pid, "reset the action of the fatal signal")?;
         let _ = crest_sys::misc::prlimit(pid, libc::RLIMIT_CORE, Some((0, 0)));
+    }
+    if sig != 0 {
         crest_sys::ptrace::set_sigmask(pid, 0).rat(pid, "PTRACE_SETSIGMASK")?;
     }
     t.forget_scratch();
