@@ -1,13 +1,23 @@
-//! `crest-bench`: dump and restore throughput of the real `crest` binary.
+//! `crest-bench`: dump and restore cost of the real `crest` binary.
 //!
-//! Each run starts a holder process owning N MiB of present, patterned
-//! memory, measures how fast `process_vm_readv` can copy it out (the
-//! ceiling a dump could reach), times `crest dump` and `crest restore -d`,
-//! and checks the restored memory against the pattern.
+//! Three modes:
+//!
+//! - `mem` (also the default with no subcommand): each run starts a holder
+//!   process owning N MiB of present, patterned memory, measures how fast
+//!   `process_vm_readv` can copy it out (the ceiling a dump could reach),
+//!   times `crest dump` and `crest restore -d`, and checks the restored
+//!   memory against the pattern.
+//! - `tree`: a tree of N processes (the root plus chains of `--depth`
+//!   descendants), each owning `--kib` KiB; checks pids, parents and memory
+//!   after restore.
+//! - `threads`: one process with N sleeping threads; checks the tids after
+//!   restore.
 //!
 //! ```text
 //! cargo build --release
 //! cargo run --release -p crest-bench -- [--mib N] [--dir DIR] [--runs R] [--keep] [--verify]
+//! cargo run --release -p crest-bench -- tree --n 50,1000 [--depth 2] [--kib 64] [--runs R]
+//! cargo run --release -p crest-bench -- threads --n 100,1000 [--runs R]
 //! ```
 //!
 //! Prefer `--dir /dev/shm/crest-bench` (tmpfs): on a disk-backed directory
@@ -15,6 +25,7 @@
 
 mod holder;
 mod report;
+mod scale;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -23,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -37,7 +48,30 @@ const CHUNK: usize = 64 * MIB;
 const GONE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
-#[command(name = "crest-bench", about = "Dump and restore throughput of crest")]
+#[command(
+    name = "crest-bench",
+    about = "Dump and restore cost of crest",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// With no subcommand: the options of `mem`
+    #[command(flatten)]
+    mem: Opts,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// One process holding N MiB (the default mode)
+    Mem(Opts),
+    /// A tree of N processes
+    Tree(TreeOpts),
+    /// One process with N threads
+    Threads(ThreadsOpts),
+}
+
+#[derive(Args, Debug)]
 struct Opts {
     /// MiB of memory the holder process owns
     #[arg(long, default_value_t = 1024)]
@@ -57,13 +91,66 @@ struct Opts {
     verify: bool,
 }
 
+/// Options shared by the scale modes.
+#[derive(Args, Debug)]
+struct ScaleOpts {
+    /// Directory for the images; a tmpfs such as /dev/shm/crest-bench
+    /// measures crest rather than the disk
+    #[arg(long, default_value = "/tmp/crest-bench")]
+    dir: PathBuf,
+    /// Number of runs per N
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Keep each run's images directory
+    #[arg(long)]
+    keep: bool,
+    /// crest's log level (-v) for dump.log and restore.log
+    #[arg(long, default_value_t = 4)]
+    verbosity: u32,
+}
+
+#[derive(Args, Debug)]
+struct TreeOpts {
+    /// Tasks in the tree, root included; several sizes comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "50")]
+    n: Vec<usize>,
+    /// Length of each chain under the root: 1 is a flat tree, 2 gives the
+    /// root's children one child each
+    #[arg(long, default_value_t = 2)]
+    depth: usize,
+    /// KiB of memory each task allocates and touches
+    #[arg(long, default_value_t = 64)]
+    kib: usize,
+    #[command(flatten)]
+    common: ScaleOpts,
+}
+
+#[derive(Args, Debug)]
+struct ThreadsOpts {
+    /// Threads besides the main one; several sizes comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    n: Vec<usize>,
+    #[command(flatten)]
+    common: ScaleOpts,
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // Internal mode: `crest-bench hold MIB READY BENCH_PID` is the holder.
-    let result = if args.get(1).map(String::as_str) == Some("hold") {
-        hold_main(&args[2..])
-    } else {
-        bench(&Opts::parse())
+    // Internal modes: the holders, re-executions of this binary.
+    let result = match args.get(1).map(String::as_str) {
+        Some("hold") => hold_main(&args[2..]),
+        Some("hold-tree") => hold_tree_main(&args[2..]),
+        Some("hold-node") => hold_node_main(&args[2..]),
+        Some("hold-threads") => hold_threads_main(&args[2..]),
+        _ => {
+            let cli = Cli::parse();
+            match &cli.mode {
+                None => bench(&cli.mem),
+                Some(Mode::Mem(opts)) => bench(opts),
+                Some(Mode::Tree(opts)) => bench_tree(opts),
+                Some(Mode::Threads(opts)) => bench_threads(opts),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +159,130 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hold_tree_main(args: &[String]) -> Result<()> {
+    let [n, depth, kib, ready, bench] = args else {
+        bail!("usage: crest-bench hold-tree N DEPTH KIB READY BENCH_PID");
+    };
+    scale::hold_tree(
+        n.parse().context("N")?,
+        depth.parse().context("DEPTH")?,
+        kib.parse().context("KIB")?,
+        Path::new(ready),
+        bench.parse().context("BENCH_PID")?,
+    )
+}
+
+fn hold_node_main(args: &[String]) -> Result<()> {
+    let [len, kib, bench] = args else {
+        bail!("usage: crest-bench hold-node LEN KIB BENCH_PID");
+    };
+    scale::hold_node(
+        len.parse().context("LEN")?,
+        kib.parse().context("KIB")?,
+        bench.parse().context("BENCH_PID")?,
+    )
+}
+
+fn hold_threads_main(args: &[String]) -> Result<()> {
+    let [n, ready, bench] = args else {
+        bail!("usage: crest-bench hold-threads N READY BENCH_PID");
+    };
+    scale::hold_threads(
+        n.parse().context("N")?,
+        Path::new(ready),
+        bench.parse().context("BENCH_PID")?,
+    )
+}
+
+/// Common setup of the scale modes: the crest binary, subreaper, the images
+/// directory and a header line.
+fn scale_setup(mode: &str, sizes: &[usize], c: &ScaleOpts) -> Result<(PathBuf, String)> {
+    if c.runs == 0 || sizes.is_empty() || sizes.contains(&0) {
+        bail!("--runs and every --n must be at least 1");
+    }
+    let crest = crest_bin()?;
+    // Restored tasks are children of `crest restore`, which exits: as a
+    // subreaper the bench inherits and reaps them (and the orphans of a
+    // killed tree).
+    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+    fs::create_dir_all(&c.dir).with_context(|| format!("create {}", c.dir.display()))?;
+    let fs_type = report::fs_type(&c.dir);
+    println!(
+        "crest {}; {mode}; images in {} ({fs_type}); N = {sizes:?}; {} runs each; crest -v {}",
+        crest.display(),
+        c.dir.display(),
+        c.runs,
+        c.verbosity
+    );
+    if fs_type != "tmpfs" {
+        println!("note: {fs_type} is not tmpfs; --dir /dev/shm/crest-bench measures crest alone");
+    }
+    Ok((crest, fs_type))
+}
+
+fn bench_tree(opts: &TreeOpts) -> Result<()> {
+    if opts.depth == 0 {
+        bail!("--depth must be at least 1");
+    }
+    let c = &opts.common;
+    let mode = format!(
+        "tree: root + chains of {} under it, {} KiB per task",
+        opts.depth, opts.kib
+    );
+    let (crest, fs_type) = scale_setup(&mode, &opts.n, c)?;
+    let env = scale::Env {
+        crest: &crest,
+        dir: &c.dir,
+        verbosity: c.verbosity,
+        keep: c.keep,
+    };
+    let mut sizes = Vec::new();
+    for &n in &opts.n {
+        let p = scale::TreeParams {
+            n,
+            depth: opts.depth,
+            kib: opts.kib,
+        };
+        let mut runs = Vec::with_capacity(c.runs);
+        for k in 1..=c.runs {
+            let run =
+                scale::run_tree(&env, &p, k).with_context(|| format!("tree n={n} run {k}"))?;
+            report::print_scale_run(k, "task", &run);
+            runs.push(run);
+        }
+        sizes.push((n, runs));
+    }
+    let title = format!("{mode}; images on {fs_type}; seconds, ms per task");
+    report::print_scale_summary(&title, "task", &sizes);
+    Ok(())
+}
+
+fn bench_threads(opts: &ThreadsOpts) -> Result<()> {
+    let c = &opts.common;
+    let mode = "threads: one process, N sleeping threads besides main";
+    let (crest, fs_type) = scale_setup(mode, &opts.n, c)?;
+    let env = scale::Env {
+        crest: &crest,
+        dir: &c.dir,
+        verbosity: c.verbosity,
+        keep: c.keep,
+    };
+    let mut sizes = Vec::new();
+    for &n in &opts.n {
+        let mut runs = Vec::with_capacity(c.runs);
+        for k in 1..=c.runs {
+            let run =
+                scale::run_threads(&env, n, k).with_context(|| format!("threads n={n} run {k}"))?;
+            report::print_scale_run(k, "thread", &run);
+            runs.push(run);
+        }
+        sizes.push((n, runs));
+    }
+    let title = format!("{mode}; images on {fs_type}; seconds, ms per thread");
+    report::print_scale_summary(&title, "thread", &sizes);
+    Ok(())
 }
 
 fn hold_main(args: &[String]) -> Result<()> {

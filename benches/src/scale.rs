@@ -92,7 +92,11 @@ pub fn hold_tree(n: usize, depth: usize, kib: usize, ready: &Path, bench: u32) -
     }
     drop(wr);
 
-    let mut text = format!("{me} {} {:#x}\n", std::os::unix::process::parent_id(), buf.as_ptr() as usize);
+    let mut text = format!(
+        "{me} {} {:#x}\n",
+        std::os::unix::process::parent_id(),
+        buf.as_ptr() as usize
+    );
     let mut nodes = 0usize;
     for line in BufReader::new(File::from(rd)).lines() {
         let line = line.context("read node pipe")?;
@@ -354,7 +358,11 @@ fn check_tree(tasks: &[Task], kib: usize, what: &str) -> Result<()> {
             let mut raw = [0u8; 8];
             raw.copy_from_slice(w);
             if u64::from_ne_bytes(raw) != task_word(t.pid, i) {
-                bail!("{what}: pid {}: memory differs at offset {:#x}", t.pid, i * 8);
+                bail!(
+                    "{what}: pid {}: memory differs at offset {:#x}",
+                    t.pid,
+                    i * 8
+                );
             }
         }
     }
@@ -566,7 +574,11 @@ pub fn run_threads(env: &Env, n: usize, k: usize) -> Result<ScaleRun> {
     started.pids = vec![pid];
     let want: BTreeSet<i32> = ids.iter().copied().collect();
     if want.len() != n + 1 {
-        bail!("holder reported {} distinct tasks, want {}", want.len(), n + 1);
+        bail!(
+            "holder reported {} distinct tasks, want {}",
+            want.len(),
+            n + 1
+        );
     }
     check_threads(pid, &want, "holder before dump")?;
 
@@ -618,7 +630,10 @@ mod tests {
     #[test]
     fn own_ppid_is_read() {
         let me = std::process::id() as i32;
-        assert_eq!(ppid_of(me).unwrap(), std::os::unix::process::parent_id() as i32);
+        assert_eq!(
+            ppid_of(me).unwrap(),
+            std::os::unix::process::parent_id() as i32
+        );
     }
 
     #[test]
