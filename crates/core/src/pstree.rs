@@ -330,31 +330,100 @@ pub fn fork_thread(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError
     clone_in(leader, leader.pid(), tid, flags, 0)
 }
 
-/// Checks that every task will have the session it had: a session leader
-/// made its own, everybody else inherits the parent's.
-pub fn check_sessions(entries: &[&PstreeEntry]) -> Result<(), RestoreError> {
-    for e in entries.iter().skip(1) {
-        if e.sid == e.pid {
-            continue;
-        }
-        let parent_sid = entries.iter().find(|p| p.pid == e.ppid).map(|p| p.sid);
-        if parent_sid != Some(e.sid) {
-            return Err(RestoreError::Unsupported {
-                pid: e.pid as i32,
-                what: format!(
-                    "session {} that is neither its own nor its parent's (its leader is gone)",
-                    e.sid
-                ),
-            });
-        }
+/// Short-lived tasks that stand in for a session or group leader that is
+/// gone, as CRIU's helpers do: a helper takes the leader's pid, creates
+/// the session (setsid) or group (setpgid), forks or hosts the members,
+/// then exits and is reaped by its parent.
+#[derive(Default)]
+pub struct Helpers {
+    /// (helper, index of its parent task) by the session or group id.
+    made: Vec<(i32, Tracee, usize)>,
+}
+
+impl Helpers {
+    fn get(&mut self, id: i32) -> Option<&mut Tracee> {
+        self.made.iter_mut().find(|h| h.0 == id).map(|h| &mut h.1)
     }
-    Ok(())
+
+    /// Ends every helper; the members of a session helper are reparented to
+    /// its parent, which must be a child subreaper.
+    pub fn finish(self, tasks: &mut [Option<Tracee>]) -> Result<(), RestoreError> {
+        for (id, h, parent) in self.made {
+            let pid = h.pid();
+            h.exit_as(0).rat(pid, "end a session/group helper")?;
+            let p = tasks[parent]
+                .as_mut()
+                .ok_or_else(|| RestoreError::Unsupported {
+                    pid: id,
+                    what: "a helper whose parent is a zombie".into(),
+                })?;
+            p.syscall(nr::WAIT4, &[pid as u64, 0, 0, 0])
+                .rat(p.pid(), format!("reap helper {pid}"))?;
+            take_sigchld(p);
+        }
+        Ok(())
+    }
+}
+
+/// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
+/// session helper in between when its session leader is gone.
+pub fn fork_in_session(
+    tasks: &mut [Option<Tracee>],
+    helpers: &mut Helpers,
+    entries: &[&PstreeEntry],
+    k: usize,
+    p: usize,
+    share: (bool, bool),
+    parent_is_subreaper: bool,
+) -> Result<Tracee, RestoreError> {
+    let e = entries[k];
+    let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
+        pid: e.pid as i32,
+        what: "a task whose parent is a zombie".into(),
+    })?;
+    if e.sid == e.pid || e.sid == entries[p].sid {
+        return fork_child(parent, e, share.0, share.1);
+    }
+    let sid = e.sid as i32;
+    if entries.iter().any(|x| x.pid == e.sid) {
+        return Err(RestoreError::Unsupported {
+            pid: e.pid as i32,
+            what: format!("session {sid} whose leader is in the tree but is not an ancestor"),
+        });
+    }
+    if !parent_is_subreaper {
+        return Err(RestoreError::Unsupported {
+            pid: e.pid as i32,
+            what: format!(
+                "session {sid} whose leader is gone, in a task whose parent {} is not a child subreaper",
+                e.ppid
+            ),
+        });
+    }
+    if helpers.get(sid).is_none() {
+        // The members must come back to the parent when the helper exits.
+        parent
+            .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER
+            .rat(parent.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
+        let mut h = clone_in(parent, sid, sid, 0, libc::SIGCHLD as u64)?;
+        h.syscall(nr::SETSID, &[])
+            .rat(sid, "setsid in a session helper")?;
+        helpers.made.push((sid, h, p));
+    }
+    let h = helpers.get(sid).ok_or_else(|| RestoreError::Unsupported {
+        pid: sid,
+        what: "a lost session helper".into(),
+    })?;
+    fork_child(h, e, false, false)
 }
 
 /// Puts every task in its process group: group leaders first, then the
-/// members (a group must exist before others join it).
+/// members (a group must exist before others join it). A group whose
+/// leader is gone is made by a helper with the leader's pid, forked by
+/// its first member.
 pub fn set_groups(
     tasks: &mut [Option<Tracee>],
+    helpers: &mut Helpers,
     entries: &[&PstreeEntry],
 ) -> Result<(), RestoreError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -362,29 +431,49 @@ pub fn set_groups(
     for i in order {
         let e = entries[i];
         let pid = e.pid as i32;
-        let Some(t) = tasks[i].as_mut() else { continue };
         let now = procfs::read_stat(pid).map_err(|source| RestoreError::Proc {
             pid,
             step: "read stat of a new task",
             source,
         })?;
-        if now.pgrp == e.pgid as i32 {
+        if now.pgrp == e.pgid as i32 || tasks[i].is_none() {
             continue;
         }
+        let pgid = e.pgid as i32;
+        let exists = e.pgid == e.pid || std::path::Path::new(&format!("/proc/{pgid}")).exists();
+        if !exists {
+            let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
+                pid,
+                what: "a zombie group member".into(),
+            })?;
+            let mut h = clone_in(t, pgid, pgid, 0, libc::SIGCHLD as u64)?;
+            h.syscall(nr::SETPGID, &[0, 0])
+                .rat(pgid, "setpgid in a group helper")?;
+            helpers.made.push((pgid, h, i));
+        }
+        let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: "a zombie group member".into(),
+        })?;
         let target = if e.pgid == e.pid {
             0
         } else {
             u64::from(e.pgid)
         };
-        t.syscall(nr::SETPGID, &[0, target]).rat(
-            pid,
-            format!(
-                "setpgid to group {} (its leader must be in the tree or the group must exist)",
-                e.pgid
-            ),
-        )?;
+        t.syscall(nr::SETPGID, &[0, target])
+            .rat(pid, format!("setpgid to group {}", e.pgid))?;
     }
     Ok(())
+}
+
+/// Takes back one SIGCHLD queued in a (blocked) restored task by the exit
+/// of a helper or a zombie.
+fn take_sigchld(parent: &mut Tracee) {
+    let mut set = [0u8; 32];
+    set[..8].copy_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
+    if let Ok(addr) = parent.put(&set) {
+        let _ = parent.syscall_raw(nr::RT_SIGTIMEDWAIT, &[addr, 0, addr + 16, 8]);
+    }
 }
 
 /// Ends a task that was a zombie with its exit status, and takes back the
@@ -419,13 +508,7 @@ pub fn make_zombie(
         "pid {pid}: ended with status {status:#x}, state {:?}",
         procfs::read_stat(pid).map(|s| s.state)
     );
-    let ppid = parent.pid();
-    let mut set = [0u8; 16];
-    set[..8].copy_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
-    let addr = parent
-        .put(&[set.to_vec(), vec![0u8; 16]].concat())
-        .rat(ppid, "write sigset")?;
-    let _ = parent.syscall_raw(nr::RT_SIGTIMEDWAIT, &[addr, 0, addr + 16, 8]);
+    take_sigchld(parent);
     Ok(())
 }
 

@@ -167,23 +167,30 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
-    pstree::check_sessions(&entries)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
     let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
+    let mut helpers = pstree::Helpers::default();
     tasks.push(Some(spawn_root(&imgs[0])?));
     for k in 1..imgs.len() {
         let p = parent_index(&imgs, k)?;
-        let share_files = imgs[k].ids.files_id == imgs[p].ids.files_id;
-        let share_fs = imgs[k].ids.fs_id == imgs[p].ids.fs_id;
-        let parent = tasks[p]
-            .as_mut()
-            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-        let child = pstree::fork_child(parent, &imgs[k].entry, share_files, share_fs)?;
+        let share = (
+            imgs[k].ids.files_id == imgs[p].ids.files_id,
+            imgs[k].ids.fs_id == imgs[p].ids.fs_id,
+        );
+        let subreaper = imgs[p].cores[0]
+            .1
+            .tc
+            .as_ref()
+            .and_then(|tc| tc.child_subreaper)
+            .unwrap_or(false);
+        let child =
+            pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, share, subreaper)?;
         tasks.push(Some(child));
     }
-    pstree::set_groups(&mut tasks, &entries)?;
+    pstree::set_groups(&mut tasks, &mut helpers, &entries)?;
+    helpers.finish(&mut tasks)?;
 
     // Zombies end now, with their exit status.
     for k in 1..imgs.len() {

@@ -51,6 +51,7 @@ pub mod nr {
     pub const SETPGID: u64 = 109;
     pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const EXIT_GROUP: u64 = 231;
+    pub const WAIT4: u64 = 61;
 }
 
 /// A syscall's name, for error messages.
@@ -107,6 +108,7 @@ pub fn name(nr: u64) -> &'static str {
         SETPGID => "setpgid",
         RT_SIGTIMEDWAIT => "rt_sigtimedwait",
         EXIT_GROUP => "exit_group",
+        WAIT4 => "wait4",
         _ => "syscall",
     }
 }
