@@ -307,7 +307,7 @@ fn transform(
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
     }
     mm::restore::unmap_inherited(t, &work)?;
-    mm::restore::map_vmas(t, &live.mm, files, &mut ctx.shared)?;
+    mm::restore::map_vmas(t, &live.mm, &live.pagemap, files, &mut ctx.shared)?;
     let pages = absolute(dir)
         .rat(pid, "images directory path")?
         .join(names::pages(live.pages_id));
@@ -317,7 +317,7 @@ fn transform(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
     );
-    mm::restore::protect(t, &live.mm)?;
+    mm::restore::protect(t, &live.mm, &live.pagemap)?;
     let exe = files
         .reg_path(live.mm.exe_file_id)
         .ok_or_else(|| img.bad("exe file is not in files.img"))?

@@ -22,23 +22,30 @@ fn settable(sig: u64) -> bool {
 /// The action of every signal but SIGKILL and SIGSTOP, in signal order.
 pub fn dump_actions(t: &mut Tracee) -> Result<Vec<SaEntry>, DumpError> {
     let pid = t.pid();
-    let buf = t.scratch(KSIGACTION_SIZE).at(pid, "scratch memory")?;
-    let mut out = Vec::with_capacity(NSIG as usize);
-    for sig in (1..=NSIG).filter(|s| settable(*s)) {
-        t.syscall(nr::RT_SIGACTION, &[sig, 0, buf, 8])
+    let sigs: Vec<u64> = (1..=NSIG).filter(|s| settable(*s)).collect();
+    let buf = t
+        .scratch(KSIGACTION_SIZE * sigs.len())
+        .at(pid, "scratch memory")?;
+    for (i, sig) in sigs.iter().enumerate() {
+        let slot = buf + (i * KSIGACTION_SIZE) as u64;
+        t.syscall(nr::RT_SIGACTION, &[*sig, 0, slot, 8])
             .at(pid, "rt_sigaction")?;
-        let mut raw = [0u8; KSIGACTION_SIZE];
-        t.read_mem(buf, &mut raw).at(pid, "read sigaction")?;
-        let w = words::<4>(&raw);
-        out.push(SaEntry {
-            sigaction: w[0],
-            flags: w[1],
-            restorer: w[2],
-            mask: w[3],
-            compat_sigaction: None,
-        });
     }
-    Ok(out)
+    let mut raw = vec![0u8; KSIGACTION_SIZE * sigs.len()];
+    t.read_mem(buf, &mut raw).at(pid, "read sigactions")?;
+    Ok(raw
+        .chunks_exact(KSIGACTION_SIZE)
+        .map(|c| {
+            let w = words::<4>(c);
+            SaEntry {
+                sigaction: w[0],
+                flags: w[1],
+                restorer: w[2],
+                mask: w[3],
+                compat_sigaction: None,
+            }
+        })
+        .collect())
 }
 
 /// Sets every signal action from the image.
@@ -52,7 +59,19 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
             what: format!("{} signal actions, at most {}", actions.len(), sigs.len()),
         });
     }
+    // A fresh task has the default action, with no flags or mask, for every
+    // signal that `status` lists neither as ignored nor as caught.
+    let status = crate::procfs::read_status(pid).map_err(|source| RestoreError::Proc {
+        pid,
+        step: "read status of the new task",
+        source,
+    })?;
+    let non_default = status.sig_ign | status.sig_cgt;
     for (sig, sa) in sigs.iter().zip(actions) {
+        let pristine = sa.sigaction == 0 && sa.flags == 0 && sa.restorer == 0 && sa.mask == 0;
+        if pristine && non_default & (1u64 << (sig - 1)) == 0 {
+            continue;
+        }
         let mut raw = Vec::with_capacity(KSIGACTION_SIZE);
         for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
             raw.extend_from_slice(&w.to_le_bytes());

@@ -114,11 +114,40 @@ fn is_special(v: &VmaEntry) -> bool {
 /// object through `/proc/PID/map_files/START-END`.
 pub type SharedAnon = std::collections::HashMap<u64, (i32, u64, u64)>;
 
+/// Whether the pagemap has pages inside the VMA (which must then be
+/// writable while it is filled).
+fn has_pages(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
+    pagemap
+        .iter()
+        .any(|e| e.vaddr >= v.start && e.vaddr < v.end)
+}
+
+/// Maps every dumped VMA but vdso/vvar: with its final protection, plus
+/// write permission where pages are to be filled.
 pub fn map_vmas(
     t: &mut Tracee,
     mm: &MmEntry,
+    pagemap: &[PagemapEntry],
     files: &RestoreFiles,
     shared: &mut SharedAnon,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    // One fd per mapped file and mode, closed at the end.
+    let mut open: std::collections::HashMap<(String, i32), u64> = std::collections::HashMap::new();
+    let res = map_each(t, mm, pagemap, files, shared, &mut open);
+    for fd in open.into_values() {
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
+    }
+    res
+}
+
+fn map_each(
+    t: &mut Tracee,
+    mm: &MmEntry,
+    pagemap: &[PagemapEntry],
+    files: &RestoreFiles,
+    shared: &mut SharedAnon,
+    open: &mut std::collections::HashMap<(String, i32), u64>,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
@@ -126,7 +155,11 @@ pub fn map_vmas(
             return Err(bad_vma(pid, v, "bad bounds"));
         }
         let len = v.end - v.start;
-        let prot = u64::from(v.prot) | libc::PROT_WRITE as u64;
+        let prot = if has_pages(v, pagemap) {
+            u64::from(v.prot) | libc::PROT_WRITE as u64
+        } else {
+            u64::from(v.prot)
+        };
         let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
         let shared_file = v.status & status::FILE_SHARED != 0;
@@ -143,10 +176,17 @@ pub fn map_vmas(
             } else {
                 libc::O_RDONLY
             };
-            let fd = open_in_task(t, path, oflags)?;
-            let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
-            t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
-            r.rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+            let key = (path.to_string(), oflags);
+            let fd = match open.get(&key) {
+                Some(fd) => *fd,
+                None => {
+                    let fd = open_in_task(t, path, oflags)?;
+                    open.insert(key, fd);
+                    fd
+                }
+            };
+            t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff])
+                .rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
             if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
                 let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
@@ -418,11 +458,13 @@ fn preadv(
     Ok(off)
 }
 
-/// Sets the final protection and madvise advice of every VMA.
-pub fn protect(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
+/// Sets the final protection of the VMAs that were made writable to be
+/// filled, and the madvise advice of every VMA.
+pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
     let pid = t.pid();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
-        if v.status & status::FILE_SHARED == 0 {
+        let widened = v.prot & libc::PROT_WRITE as u32 == 0 && has_pages(v, pagemap);
+        if v.status & status::FILE_SHARED == 0 && widened {
             t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
                 .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
         }
