@@ -152,8 +152,20 @@ impl LiveImage {
     }
 }
 
-/// Restores the tree in `opts.dir`. On failure every task made is killed.
+/// Restores the tree in `opts.dir`. On failure every task made is killed
+/// and reaped: crest is a child subreaper meanwhile, so the killed tasks'
+/// orphans come back to it rather than waiting for init.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let _ = crest_sys::proc::set_child_subreaper(true);
+    let res = restore_tree(opts);
+    if res.is_err() {
+        crest_sys::proc::reap_children(std::time::Duration::from_secs(2));
+    }
+    let _ = crest_sys::proc::set_child_subreaper(false);
+    res
+}
+
+fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {

@@ -100,3 +100,39 @@ pub fn close_from(first: u32) -> io::Result<()> {
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
     cvt(ret).map(drop)
 }
+
+/// `prctl(PR_SET_CHILD_SUBREAPER)` — orphaned descendants of the caller
+/// are reparented to it instead of to init.
+pub fn set_child_subreaper(on: bool) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_CHILD_SUBREAPER,
+            libc::c_ulong::from(on),
+            0,
+            0,
+            0,
+        )
+    };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// Reaps every child of the caller that has exited, waiting up to
+/// `timeout` for the rest to exit; returns how many were reaped.
+pub fn reap_children(timeout: std::time::Duration) -> usize {
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        let ret = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+        if ret > 0 {
+            n += 1;
+            continue;
+        }
+        if ret < 0 || start.elapsed() >= timeout {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
