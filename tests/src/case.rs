@@ -42,6 +42,13 @@ pub enum Settle {
     Blocked,
     /// It spins: give it a moment.
     Spinning,
+    /// It keeps forking and spawning threads (`fork_storm`): dump at once,
+    /// without waiting for the tree to settle. Its tree changes all the time,
+    /// so it is not compared before and after (the workload checks its
+    /// long-lived children itself), and a dump crest refuses cleanly (every
+    /// task still running, untraced; the workload's own check passes) is a
+    /// pass with a note.
+    Storm,
 }
 
 /// A protocol workload and its arguments.
@@ -149,7 +156,7 @@ pub fn run_protocol(
         Err(e) => return Outcome::fail(format!("{e:#}")),
     };
     let (outcome, _) = run_in(cfg, w, &dir, stdio, mode);
-    if outcome == Outcome::Pass {
+    if outcome.is_pass() {
         dir.remove();
     }
     outcome
@@ -185,7 +192,7 @@ pub fn conclude(
         Err(e) => Outcome::Fail(format!("{e:#}")),
     };
     let outcome = match outcome {
-        Outcome::Pass if !leftovers.is_empty() => {
+        o if o.is_pass() && !leftovers.is_empty() => {
             Outcome::fail(format!("left processes behind: {}", leftovers.join("; ")))
         }
         o => o,
@@ -235,6 +242,7 @@ fn steps(
             wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
         }
         Settle::Spinning => sleep(Duration::from_millis(100)),
+        Settle::Storm => return storm_steps(cfg, dir, pid, stdio, mode, procs),
     }
     let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
     let what = match mode {
@@ -257,8 +265,53 @@ fn steps(
     finish(dir, pid, stdio, procs)
 }
 
+/// The steps of a [`Settle::Storm`] workload after it is ready: dump at
+/// once; a dump crest refuses must leave the tree running and untraced.
+fn storm_steps(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    stdio: StdioKind,
+    mode: Mode,
+    procs: &mut Procs,
+) -> Result<Outcome> {
+    let mut note = None;
+    match mode {
+        Mode::SelfCheck => {}
+        Mode::DumpRestore => match dump_attempt(cfg, dir, pid, false, procs)? {
+            None => restore_detached(cfg, dir, pid, procs)?,
+            Some(ran) => {
+                let problems = procs::tree_problems(pid);
+                if !problems.is_empty() {
+                    bail!(
+                        "{}; afterwards the tree is not left alone:\n  {}",
+                        ran.failure("crest dump"),
+                        problems.join("\n  ")
+                    );
+                }
+                let stderr: Vec<&str> = ran
+                    .stderr
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                note = Some(format!("dump refused: {}", stderr.join(" | ")));
+            }
+        },
+        Mode::DumpLeaveRunning => {
+            dump(cfg, dir, pid, true, procs)?;
+            check_left_running(pid)?;
+        }
+    }
+    let outcome = finish(dir, pid, stdio, procs)?;
+    Ok(match (outcome, note) {
+        (Outcome::Pass, Some(note)) => Outcome::PassWith(note),
+        (o, _) => o,
+    })
+}
+
 /// Starts `launch <workload> <statedir> <args>` with the chosen stdio.
-fn start(
+pub fn start(
     cfg: &Config,
     w: &Workload,
     dir: &CaseDir,
@@ -296,7 +349,7 @@ fn start(
 }
 
 /// Waits for `<statedir>/ready` and checks it names `pid`.
-fn wait_ready(dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+pub fn wait_ready(dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
     let ready = dir.state.join("ready");
     let start = Instant::now();
     while !ready.exists() {
@@ -347,6 +400,21 @@ pub fn dump(
     leave_running: bool,
     procs: &mut Procs,
 ) -> Result<()> {
+    match dump_attempt(cfg, dir, pid, leave_running, procs)? {
+        None => Ok(()),
+        Some(ran) => bail!(ran.failure("crest dump")),
+    }
+}
+
+/// Like [`dump`], but a crest that exits non-zero is no error: its run is
+/// returned (None: the dump succeeded and was checked).
+pub fn dump_attempt(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    leave_running: bool,
+    procs: &mut Procs,
+) -> Result<Option<crest::Ran>> {
     check_crest(cfg)?;
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
@@ -369,7 +437,7 @@ pub fn dump(
         procs,
     )?;
     if !ran.success() {
-        bail!(ran.failure("crest dump"));
+        return Ok(Some(ran));
     }
     for img in ["inventory.img", "pstree.img"] {
         if !dir.images.join(img).exists() {
@@ -380,7 +448,7 @@ pub fn dump(
         }
     }
     if leave_running {
-        return Ok(());
+        return Ok(None);
     }
     match wait_exit(pid, Duration::from_secs(10))? {
         Waited::Exited(_) => procs.untrack(pid),
@@ -403,28 +471,25 @@ pub fn dump(
             );
         }
     }
-    Ok(())
+    // descendants that ended after the snapshot (a fork storm) are zombies
+    // of the harness now and hold pids the restore needs
+    procs::reap_zombie_children();
+    Ok(None)
 }
 
-/// After `crest dump -R`: the task runs on, untraced and not stopped.
-fn check_left_running(pid: Pid) -> Result<()> {
-    let state = procs::proc_state(pid);
-    if !alive(pid) {
-        bail!("pid {pid} is gone after crest dump -R (state {state:?})");
-    }
-    if matches!(state, Some('t') | Some('T')) {
-        bail!("pid {pid} is stopped (state {state:?}) after crest dump -R");
-    }
-    let tracer = procs::proc_status_field(pid, "TracerPid").unwrap_or_default();
-    if tracer != "0" {
-        bail!("pid {pid} is still traced by {tracer} after crest dump -R");
+/// After `crest dump -R`: the task and every task and thread of its tree
+/// run on, untraced and not stopped.
+pub fn check_left_running(pid: Pid) -> Result<()> {
+    let problems = procs::tree_problems(pid);
+    if !problems.is_empty() {
+        bail!("after crest dump -R: {}", problems.join("; "));
     }
     Ok(())
 }
 
 /// `crest restore -D images -d --pidfile restore.pid -o restore.log -v 4`;
 /// the task must be back with its pid.
-fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
     let pidfile = dir.root.join("restore.pid");
     let images = dir.images.to_string_lossy();
     let pidfile_s = pidfile.to_string_lossy();
@@ -485,7 +550,7 @@ fn check_tree(dir: &CaseDir, pid: Pid, before: &procs::Tree, what: &str) -> Resu
 }
 
 /// SIGTERM, wait for the exit, read the verdict.
-fn finish(dir: &CaseDir, pid: Pid, stdio: StdioKind, procs: &mut Procs) -> Result<Outcome> {
+pub fn finish(dir: &CaseDir, pid: Pid, stdio: StdioKind, procs: &mut Procs) -> Result<Outcome> {
     kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM pid {pid}"))?;
     let exit = match wait_exit(pid, VERDICT_TIMEOUT)? {
         Waited::Exited(exit) => {
@@ -565,7 +630,7 @@ pub fn run_sleep_binary(cfg: &Config, mode: Mode) -> Outcome {
     let killed = procs.kill_all();
     let leftovers = procs::sweep_children();
     let outcome = conclude(result, &dir, &killed, &leftovers);
-    if outcome == Outcome::Pass {
+    if outcome.is_pass() {
         dir.remove();
     }
     outcome
@@ -660,7 +725,7 @@ pub fn run_pipeline(cfg: &Config, mode: Mode) -> Outcome {
     let killed = procs.kill_all();
     let leftovers = procs::sweep_children();
     let outcome = conclude(result, &dir, &killed, &leftovers);
-    if outcome == Outcome::Pass {
+    if outcome.is_pass() {
         dir.remove();
     }
     outcome

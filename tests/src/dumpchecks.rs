@@ -95,7 +95,7 @@ fn leave_running_and_images(
         settle: case::Settle::Blocked,
     };
     let (outcome, pid) = run_in(cfg, &w, &dir, StdioKind::DevNull, Mode::DumpLeaveRunning);
-    let mut all_passed = outcome == Outcome::Pass;
+    let mut all_passed = outcome.is_pass();
     report.record(lead, outcome);
     let have_images = dir.images.join("pstree.img").exists();
     for (check, f) in IMAGE_CHECKS {
@@ -135,7 +135,7 @@ fn one_check(cfg: &Config, n: &str, f: impl FnOnce(&CaseDir) -> Result<Outcome>)
     let result = f(&dir);
     let leftovers = procs::sweep_children();
     let outcome = case::conclude(result, &dir, &[], &leftovers);
-    if outcome == Outcome::Pass {
+    if outcome.is_pass() {
         dir.remove();
     }
     outcome

@@ -17,6 +17,7 @@ pub mod crest;
 pub mod dumpchecks;
 pub mod procs;
 pub mod suite;
+pub mod trees;
 
 pub use config::{Config, Flavor, StdioKind};
 
@@ -25,6 +26,9 @@ pub use config::{Config, Flavor, StdioKind};
 pub enum Outcome {
     /// The case passed.
     Pass,
+    /// The case passed, with a note for the report line (e.g. `fork_storm`
+    /// when crest refused the dump cleanly).
+    PassWith(String),
     /// The case failed: the first line is the reason, further lines are
     /// diagnostics (log tails).
     Fail(String),
@@ -36,6 +40,11 @@ impl Outcome {
     /// A failure with the given reason.
     pub fn fail(reason: impl Into<String>) -> Outcome {
         Outcome::Fail(reason.into())
+    }
+
+    /// Whether the case passed (with or without a note).
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Outcome::Pass | Outcome::PassWith(_))
     }
 }
 

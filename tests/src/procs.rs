@@ -270,10 +270,19 @@ pub fn tree_snapshot(root: Pid) -> Result<Tree> {
         if tree.contains_key(&pid) {
             continue;
         }
+        // a descendant may end (and be reaped) while the tree is walked; it
+        // is then simply not part of the snapshot
         let Some((state, ppid, pgid, sid)) = stat_fields(&format!("/proc/{pid}/stat")) else {
+            if pid != root.as_raw() {
+                continue;
+            }
             bail!("/proc/{pid}/stat is unreadable (the process is gone?)");
         };
-        let tids = tids_of(pid)?;
+        let tids = match tids_of(pid) {
+            Ok(t) => t,
+            Err(_) if pid != root.as_raw() => continue,
+            Err(e) => return Err(e),
+        };
         for tid in &tids {
             let path = format!("/proc/{pid}/task/{tid}/children");
             // a thread may end between the listing and this read
@@ -314,6 +323,88 @@ pub fn tree_settled(root: Pid) -> bool {
                 )
             })
     })
+}
+
+/// What is wrong with a tree that crest should have left alone (after a
+/// failed dump or `crest dump -R`): one line per process or thread (of the
+/// tree of `root` as it is now) that is stopped (state `t` or `T`) or traced
+/// (TracerPid not 0), and a line if `root` itself is not alive. Threads and
+/// processes that vanish while they are read are ignored.
+pub fn tree_problems(root: Pid) -> Vec<String> {
+    let mut out = Vec::new();
+    if !alive(root) {
+        out.push(format!(
+            "pid {root} is not running (state {:?})",
+            proc_state(root)
+        ));
+        return out;
+    }
+    let tree = match tree_snapshot(root) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(format!("tree of pid {root}: {e:#}"));
+            return out;
+        }
+    };
+    for (pid, t) in &tree {
+        if t.zombie {
+            continue;
+        }
+        for tid in &t.tids {
+            let dir = format!("/proc/{pid}/task/{tid}");
+            let Some((state, ..)) = stat_fields(&format!("{dir}/stat")) else {
+                continue;
+            };
+            let tracer = fs::read_to_string(format!("{dir}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string()))
+                });
+            let what = if tid == pid {
+                format!("pid {pid} ({})", t.comm)
+            } else {
+                format!("thread {tid} of pid {pid} ({})", t.comm)
+            };
+            if matches!(state, 't' | 'T') {
+                out.push(format!("{what} is stopped (state {state})"));
+            }
+            if let Some(tracer) = tracer.filter(|t| t != "0") {
+                out.push(format!("{what} is traced by {tracer}"));
+            }
+        }
+    }
+    out
+}
+
+/// Children of the harness as (pid, comm, state).
+pub fn harness_children() -> Vec<(Pid, String, char)> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .map(Pid::from_raw)
+        .filter(|p| proc_ppid(*p) == Some(me))
+        .map(|p| {
+            (
+                p,
+                proc_comm(p).unwrap_or_default(),
+                proc_state(p).unwrap_or('?'),
+            )
+        })
+        .collect()
+}
+
+/// Reaps every zombie child of the harness (after a dump without -R, the
+/// dead tree's zombies are reparented to the harness and hold their pids).
+pub fn reap_zombie_children() {
+    for (pid, _, state) in harness_children() {
+        if state == 'Z' {
+            let _ = wait_exit(pid, Duration::ZERO);
+        }
+    }
 }
 
 /// The differences between two snapshots of a tree, one line each (empty

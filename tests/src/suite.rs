@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
-use crate::{dumpchecks, procs, Config, Flavor, Outcome, StdioKind};
+use crate::{dumpchecks, procs, trees, Config, Flavor, Outcome, StdioKind};
 
 /// Every protocol workload, in the order the suite runs them.
 pub fn workloads() -> Vec<Workload> {
@@ -34,6 +34,7 @@ pub fn workloads() -> Vec<Workload> {
         c("threads_busy", &["8"], Settle::Spinning),
         c("zombie", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
+        c("fork_storm", &[], Settle::Storm),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]
@@ -65,6 +66,10 @@ impl Report {
             Outcome::Pass => {
                 self.passed += 1;
                 format!("PASS {name}")
+            }
+            Outcome::PassWith(note) => {
+                self.passed += 1;
+                format!("PASS {name} ({note})")
             }
             Outcome::Skip(reason) => {
                 self.skipped += 1;
@@ -175,6 +180,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
         report.record(&name, outcome);
     }
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
+    trees::run(cfg, &mut report, &|n| filter.selects(n));
     for flavor in Flavor::ALL {
         if let Some(reason) = flavor.not_implemented() {
             let name = format!("*[{}]", flavor.name());

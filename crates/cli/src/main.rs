@@ -64,10 +64,19 @@ enum Cmd {
     /// Print what an images directory holds.
     Show {
         /// The images directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "tree")]
+        dir: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Print the namespace graph: user namespaces with their maps,
+        /// owners and setgroups, and which tasks live where.
+        #[arg(long)]
+        ns: bool,
+        /// With --ns: read the graph from the live tree rooted at PID
+        /// instead of from images, to compare the two.
+        #[arg(short = 't', long = "tree", requires = "ns")]
+        tree: Option<i32>,
     },
     /// Print the kernel features crest relies on.
     Check,
@@ -189,7 +198,26 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(restored.wait()?)
         }
-        Cmd::Show { dir, json } => show(&dir, json),
+        Cmd::Show {
+            dir,
+            json,
+            ns,
+            tree,
+        } => {
+            if ns {
+                let text = match (tree, dir) {
+                    (Some(pid), _) => crest_core::show::ns_graph_of_tree(pid)?,
+                    (None, Some(d)) => crest_core::show::ns_graph_of_images(&d)?,
+                    (None, None) => bail!("show --ns needs an images directory or --tree PID"),
+                };
+                print!("{text}");
+                return Ok(0);
+            }
+            match dir {
+                Some(d) => show(&d, json),
+                None => bail!("show needs an images directory"),
+            }
+        }
         Cmd::Check => {
             let feats = crest_core::features::probe();
             let mut missing = 0;

@@ -4,6 +4,7 @@
 //! part (`tc`); every thread's core has its registers and `thread_core`.
 
 use crate::error::{DumpCtx, DumpError};
+use crate::ns::user::UsernsGraph;
 use crate::{creds, procfs, regs, signals, task};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{core_entry, CoreEntry, TaskCoreEntry, ThreadCoreEntry, ThreadInfoX86};
@@ -17,13 +18,17 @@ pub const TASK_DEAD: u32 = 2;
 
 /// The per-thread part of a core image, and crest's raw xsave copy. `t`
 /// is injected through the thread itself.
-pub fn dump_thread(t: &mut Tracee) -> Result<(CoreEntry, CrestThreadExtra), DumpError> {
+pub fn dump_thread(
+    t: &mut Tracee,
+    users: &UsernsGraph,
+    ns: u32,
+) -> Result<(CoreEntry, CrestThreadExtra), DumpError> {
     let (pid, tid) = (t.pid(), t.tid());
     let status = procfs::read_task_status(pid, tid).at(pid, "read thread status")?;
     let sas = signals::dump_altstack(t)?;
     let clear_tid = task::dump_tid_address(t)?;
     let pdeath_sig = task::dump_pdeathsig(t)?;
-    let creds = creds::dump(t, &status)?;
+    let creds = creds::dump(t, &status, users, ns)?;
     let xsave = ptrace::get_xstate(tid).at(pid, "PTRACE_GETREGSET(NT_X86_XSTATE)")?;
     let regs = *t.orig_regs();
     let blocked = t.orig_sigmask();
@@ -57,6 +62,9 @@ pub fn dump_thread(t: &mut Tracee) -> Result<(CoreEntry, CrestThreadExtra), Dump
     let extra = CrestThreadExtra {
         xsave_size: Some(xsave.len() as u32),
         xsave: Some(xsave),
+        outer_uids: status.uid.to_vec(),
+        outer_gids: status.gid.to_vec(),
+        outer_groups: status.groups.clone(),
     };
     Ok((core, extra))
 }

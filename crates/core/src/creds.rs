@@ -4,6 +4,7 @@
 //! while the task still holds every capability it needs to do so.
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::ns::user::{to_task_view, UsernsGraph};
 use crate::procfs::Status;
 use crest_images::pb::CredsEntry;
 use crest_inject::{nr, Tracee};
@@ -29,35 +30,100 @@ fn join(words: &[u32]) -> u64 {
     lo | (hi << 32)
 }
 
-/// The credentials of a thread as seen in `status`.
-pub fn dump(t: &mut Tracee, status: &Status) -> Result<CredsEntry, DumpError> {
+/// The credentials of a thread: `status` shows ids as crest sees them;
+/// the image holds them as the task sees them in its user namespace `ns`
+/// (as CRIU's images do), capabilities as they are in that namespace.
+pub fn dump(
+    t: &mut Tracee,
+    status: &Status,
+    users: &UsernsGraph,
+    ns: u32,
+) -> Result<CredsEntry, DumpError> {
     let pid = t.pid();
     let secbits = t
         .syscall(nr::PRCTL, &[PR_GET_SECUREBITS])
         .at(pid, "prctl(PR_GET_SECUREBITS)")?;
+    let u = to_task_view(users, ns, &status.uid, false);
+    let g = to_task_view(users, ns, &status.gid, true);
     Ok(CredsEntry {
-        uid: status.uid[0],
-        euid: status.uid[1],
-        suid: status.uid[2],
-        fsuid: status.uid[3],
-        gid: status.gid[0],
-        egid: status.gid[1],
-        sgid: status.gid[2],
-        fsgid: status.gid[3],
+        uid: u[0],
+        euid: u[1],
+        suid: u[2],
+        fsuid: u[3],
+        gid: g[0],
+        egid: g[1],
+        sgid: g[2],
+        fsgid: g[3],
         cap_inh: split(status.cap_inh),
         cap_prm: split(status.cap_prm),
         cap_eff: split(status.cap_eff),
         cap_bnd: split(status.cap_bnd),
         cap_amb: split(status.cap_amb),
         secbits: secbits as u32,
-        groups: status.groups.clone(),
+        groups: to_task_view(users, ns, &status.groups, true),
         no_new_privs: Some(u32::from(status.no_new_privs)),
         ..CredsEntry::default()
     })
 }
 
+/// Real, effective, saved and fs uids and gids, and the groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+}
+
+impl Ids {
+    /// The ids of an image's creds, as the task sees them.
+    pub fn of(c: &CredsEntry) -> Ids {
+        Ids {
+            uids: [c.uid, c.euid, c.suid, c.fsuid],
+            gids: [c.gid, c.egid, c.sgid, c.fsgid],
+            groups: c.groups.clone(),
+        }
+    }
+}
+
 /// Sets the credentials; the task must still be fully privileged.
 pub fn restore(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
+    set_ids(t, &Ids::of(c), true)?;
+    set_caps(t, c)
+}
+
+/// Sets uids, gids and (if `groups`) the supplementary groups, keeping
+/// every capability (securebits NO_SETUID_FIXUP and KEEP_CAPS).
+pub fn set_ids(t: &mut Tracee, ids: &Ids, groups: bool) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    t.syscall(
+        nr::PRCTL,
+        &[PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS],
+    )
+    .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
+    if groups {
+        let raw: Vec<u8> = ids.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let gaddr = if raw.is_empty() {
+            0
+        } else {
+            t.put(&raw).rat(pid, "write groups")?
+        };
+        t.syscall(nr::SETGROUPS, &[ids.groups.len() as u64, gaddr])
+            .rat(pid, "setgroups")?;
+    }
+    let [g, eg, sg, fg] = ids.gids.map(u64::from);
+    let [u, eu, su, fu] = ids.uids.map(u64::from);
+    t.syscall(nr::SETRESGID, &[g, eg, sg])
+        .rat(pid, format!("setresgid({g}, {eg}, {sg})"))?;
+    t.syscall(nr::SETFSGID, &[fg]).rat(pid, "setfsgid")?;
+    t.syscall(nr::SETRESUID, &[u, eu, su])
+        .rat(pid, format!("setresuid({u}, {eu}, {su})"))?;
+    t.syscall(nr::SETFSUID, &[fu]).rat(pid, "setfsuid")?;
+    Ok(())
+}
+
+/// Sets the bounding set, securebits, capabilities, ambient set and
+/// no_new_privs; the task must hold CAP_SETPCAP in its namespace.
+pub fn set_caps(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
     let bnd = join(&c.cap_bnd);
     let last_cap = last_cap();
@@ -67,33 +133,6 @@ pub fn restore(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
                 .rat(pid, format!("prctl(PR_CAPBSET_DROP, {cap})"))?;
         }
     }
-    t.syscall(
-        nr::PRCTL,
-        &[PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS],
-    )
-    .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-    let gaddr = if groups.is_empty() {
-        0
-    } else {
-        t.put(&groups).rat(pid, "write groups")?
-    };
-    t.syscall(nr::SETGROUPS, &[c.groups.len() as u64, gaddr])
-        .rat(pid, "setgroups")?;
-    t.syscall(
-        nr::SETRESGID,
-        &[u64::from(c.gid), u64::from(c.egid), u64::from(c.sgid)],
-    )
-    .rat(pid, "setresgid")?;
-    t.syscall(nr::SETFSGID, &[u64::from(c.fsgid)])
-        .rat(pid, "setfsgid")?;
-    t.syscall(
-        nr::SETRESUID,
-        &[u64::from(c.uid), u64::from(c.euid), u64::from(c.suid)],
-    )
-    .rat(pid, "setresuid")?;
-    t.syscall(nr::SETFSUID, &[u64::from(c.fsuid)])
-        .rat(pid, "setfsuid")?;
     t.syscall(nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.secbits)])
         .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
     // capset: header {version, pid} then two data words {eff, prm, inh}.

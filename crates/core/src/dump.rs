@@ -3,6 +3,7 @@
 
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
+use crate::ns::user::UsernsGraph;
 use crate::pstree::{Seized, Task};
 use crate::{coreimg, fs, mm, procfs};
 use crest_images::pb::{InventoryEntry, PagemapHead, TaskKobjIdsEntry};
@@ -58,6 +59,14 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
             sid: root.sid,
         });
     }
+    let live: Vec<i32> = tree
+        .tasks
+        .iter()
+        .filter(|t| t.zombie.is_none())
+        .map(|t| t.pid)
+        .collect();
+    let users = UsernsGraph::collect(&live)?;
+    users.write(&opts.dir)?;
     let mut files = FileTable::default();
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
@@ -82,8 +91,9 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                 }
             }
             None => {
-                let ids = shared_ids(task, id, parent_ids)?;
-                dump_task(task, &ids, &opts.dir, &mut files, &mut summary)?;
+                let mut ids = shared_ids(task, id, parent_ids)?;
+                ids.user_ns_id = users.ns_of(task.pid);
+                dump_task(task, &ids, &users, &opts.dir, &mut files, &mut summary)?;
                 ids
             }
         };
@@ -146,6 +156,7 @@ fn shared_ids(
 fn dump_task(
     task: &Task,
     ids: &TaskKobjIdsEntry,
+    users: &UsernsGraph,
     dir: &Path,
     files: &mut FileTable,
     summary: &mut DumpSummary,
@@ -165,7 +176,8 @@ fn dump_task(
         crest_images::write_image(dir, &names::fdinfo(id), magic::FDINFO, &fdinfo)?;
     }
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
-    let (mut core, extra) = coreimg::dump_thread(&mut t)?;
+    let ns = ids.user_ns_id.unwrap_or(1);
+    let (mut core, extra) = coreimg::dump_thread(&mut t, users, ns)?;
     core.tc = Some(tc);
     t.put_back().at(pid, "put the task back")?;
     t.leak();
@@ -174,7 +186,7 @@ fn dump_task(
     for &tid in task.threads.iter().filter(|t| **t != pid) {
         let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
         th.set_syscall_ip(ip);
-        let (core, extra) = coreimg::dump_thread(&mut th)?;
+        let (core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
         write_core(dir, tid, &core, &extra)?;

@@ -11,6 +11,7 @@ pub mod features;
 pub mod files;
 pub mod fs;
 pub mod mm;
+pub mod ns;
 pub mod procfs;
 pub mod pstree;
 pub mod regs;

@@ -295,6 +295,23 @@ fn clone_in(
     Ok(t)
 }
 
+/// Injects a plain `clone3` (no `set_tid`) into `parent`: a helper task,
+/// traced and stopped from birth.
+pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
+    let ppid = parent.pid();
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE];
+    raw[32..40].copy_from_slice(&(libc::SIGCHLD as u64).to_le_bytes());
+    let base = parent.put(&raw).rat(ppid, "write clone_args")?;
+    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
+    let got = parent
+        .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+        .rat(ppid, "clone3 of a helper")?;
+    let mut t =
+        Tracee::from_new_task(got as i32, got as i32).rat(got as i32, "attach to a helper")?;
+    t.set_syscall_ip(parent.syscall_ip());
+    Ok(t)
+}
+
 /// Forks `child` from its restored parent with its old pid, sharing the
 /// fd table or fs info when the images say the two shared them, and
 /// makes it lead its session if it did.
@@ -328,6 +345,45 @@ pub fn fork_thread(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
     clone_in(leader, leader.pid(), tid, flags, 0)
+}
+
+/// Creates thread `tid` of the task behind `leader` when the task can no
+/// longer pick a tid itself (it entered a nested user namespace, which
+/// has no rights over crest's pid namespace): crest sets
+/// `ns_last_pid` to `tid - 1` and the leader clones without `set_tid`. A
+/// thread that another fork's race gave the wrong tid exits at once and
+/// crest tries again.
+pub fn fork_thread_last_pid(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError> {
+    let pid = leader.pid();
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE];
+    raw[..8].copy_from_slice(&flags.to_le_bytes());
+    for _ in 0..16 {
+        let base = leader.put(&raw).rat(pid, "write clone_args")?;
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", tid - 1))
+            .rat(pid, "write ns_last_pid")?;
+        let got = leader
+            .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+            .rat(pid, format!("clone3 of thread {tid}"))? as i32;
+        let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to a new thread")?;
+        t.set_syscall_ip(leader.syscall_ip());
+        if got == tid {
+            return Ok(t);
+        }
+        // Wrong tid: this thread exits on its own (exit, not exit_group).
+        t.syscall_raw(60, &[0]).ok();
+        t.leak();
+        let _ = crest_sys::ptrace::wait(got);
+    }
+    Err(RestoreError::Unsupported {
+        pid,
+        what: format!("thread {tid}: other forks kept taking its tid"),
+    })
 }
 
 /// Short-lived tasks that stand in for a session or group leader that is

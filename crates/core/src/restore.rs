@@ -4,7 +4,8 @@
 
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::{restore_fds, RestoreFiles};
-use crate::{coreimg, creds, mm, pstree, regs, signals, task};
+use crate::ns::user::{to_outer_view, UsernsGraph};
+use crate::{coreimg, creds, mm, ns, pstree, regs, signals, task};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{
     CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry,
@@ -179,6 +180,14 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
+    let ns_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .map(|i| (i.pid(), i.ids.user_ns_id.unwrap_or(1)))
+        .collect();
+    let users = UsernsGraph::read(dir, &ns_of)?;
+    // The user namespace tree first, held by helpers until every task
+    // has entered its namespace.
+    let userns = ns::user::Helpers::build(&users)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
@@ -225,6 +234,8 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Transform every live task, make its threads, set its threads' state.
     let mut ctx = TreeCtx {
         dir,
+        users: &users,
+        userns: &userns,
         files: &mut files,
         shared: mm::restore::SharedAnon::new(),
         threads: Vec::new(),
@@ -288,6 +299,8 @@ fn spawn_root(img: &TaskImage) -> Result<Tracee, RestoreError> {
 /// What the transforms of a tree's tasks share.
 struct TreeCtx<'a> {
     dir: &'a Path,
+    users: &'a UsernsGraph,
+    userns: &'a ns::user::Helpers,
     files: &'a mut RestoreFiles,
     shared: mm::restore::SharedAnon,
     /// Threads made so far, ready to be let go before their leaders.
@@ -352,17 +365,116 @@ fn transform(
     mm::restore::place_vdso(t, &live.mm)?;
     t.adopt_scratch(work.addr, work.len as usize);
 
-    // Threads, each with its own state; the leader's state last.
+    // The leader's state, then its credentials around the move into its
+    // user namespace (which needs a single thread), then the threads.
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    let helper = ctx.userns.pid_of(ns);
+    restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
+    let leader_ids = set_creds(
+        t,
+        img,
+        core,
+        img.cores[0].2.as_ref(),
+        ctx.users,
+        helper,
+        None,
+    )?;
     for (tid, tcore, extra) in img.cores.iter().skip(1) {
-        let mut th = pstree::fork_thread(t, *tid)?;
+        let mut th = if helper.is_some() {
+            pstree::fork_thread_last_pid(t, *tid)?
+        } else {
+            pstree::fork_thread(t, *tid)?
+        };
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
+        set_creds(
+            &mut th,
+            img,
+            tcore,
+            extra.as_ref(),
+            ctx.users,
+            None,
+            leader_ids.as_ref(),
+        )?;
         th.forget_scratch();
         ctx.threads.push(th);
     }
-    restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
     signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
     Ok(())
+}
+
+/// Sets a thread's credentials: its ids as crest sees them (so that ids
+/// the namespace does not map come back exactly), then, for the leader of
+/// a task in a nested user namespace, the move into it (`helper` holds
+/// it), then the capabilities as they are in that namespace, then the
+/// parent-death signal that changing credentials clears. A thread made
+/// after the move that has the leader's ids (`leader`) keeps them; one
+/// with other ids sets them inside the namespace. Returns the ids set.
+fn set_creds(
+    t: &mut Tracee,
+    img: &TaskImage,
+    core: &CoreEntry,
+    extra: Option<&CrestThreadExtra>,
+    users: &UsernsGraph,
+    helper: Option<i32>,
+    leader: Option<&creds::Ids>,
+) -> Result<Option<creds::Ids>, RestoreError> {
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    let Some(c) = th.creds.as_ref() else {
+        return Ok(None);
+    };
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    let inner = creds::Ids::of(c);
+    let outer = creds::Ids {
+        uids: to_array(to_outer_view(
+            users,
+            ns,
+            &inner.uids,
+            extra.map_or(&[][..], |e| &e.outer_uids),
+            false,
+        )),
+        gids: to_array(to_outer_view(
+            users,
+            ns,
+            &inner.gids,
+            extra.map_or(&[][..], |e| &e.outer_gids),
+            true,
+        )),
+        groups: to_outer_view(
+            users,
+            ns,
+            &inner.groups,
+            extra.map_or(&[][..], |e| &e.outer_groups),
+            true,
+        ),
+    };
+    let nested = users.node(ns).is_some_and(|n| n.parent.is_some());
+    match leader {
+        Some(l) if nested => {
+            if *l != outer {
+                let allow = users.node(ns).is_some_and(|n| n.setgroups_allow);
+                creds::set_ids(t, &inner, allow)?;
+            }
+        }
+        _ => creds::set_ids(t, &outer, true)?,
+    }
+    if let Some(h) = helper {
+        ns::user::enter(t, h)?;
+    }
+    creds::set_caps(t, c)?;
+    task::restore_pdeathsig(t, th.pdeath_sig.unwrap_or(0))?;
+    Ok(Some(outer))
+}
+
+fn to_array(v: Vec<u32>) -> [u32; 4] {
+    let mut a = [0u32; 4];
+    for (i, x) in v.into_iter().take(4).enumerate() {
+        a[i] = x;
+    }
+    a
 }
 
 /// The per-thread state: altstack, comm, rseq, robust list,
@@ -399,12 +511,8 @@ fn restore_thread(
             rseq: th.rseq_entry.as_ref(),
             robust_list: (th.futex_rla, u64::from(th.futex_rla_len)),
             clear_tid: info.clear_tid_addr,
-            pdeath_sig: th.pdeath_sig.unwrap_or(0),
         },
     )?;
-    if let Some(c) = th.creds.as_ref() {
-        creds::restore(t, c)?;
-    }
     signals::restore_pending(t, tid, th.signals_p.as_ref(), false)?;
     let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
         Some(x) => x.clone(),

@@ -136,3 +136,41 @@ fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut Stri
         render_one(tasks, c, depth + 1, s);
     }
 }
+
+/// The namespace graph of an images directory, as canonical text.
+pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
+    let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
+    let mut tasks = Vec::with_capacity(tree.len());
+    for p in &tree {
+        let ids: crest_images::pb::TaskKobjIdsEntry =
+            crest_images::read_one(dir, &names::ids(p.pid), magic::IDS)?;
+        if let Some(ns) = ids.user_ns_id {
+            tasks.push((p.pid as i32, ns));
+        }
+    }
+    Ok(crate::ns::user::UsernsGraph::read(dir, &tasks)?.render())
+}
+
+/// The namespace graph of the live tree rooted at `pid`, as canonical
+/// text (zombies, which have no namespaces to read, are left out).
+pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i];
+        i += 1;
+        let tids = crate::procfs::list_tids(p).unwrap_or_default();
+        for t in tids {
+            for c in crate::procfs::read_children(p, t).unwrap_or_default() {
+                if !pids.contains(&c) {
+                    pids.push(c);
+                }
+            }
+        }
+    }
+    let live: Vec<i32> = pids
+        .into_iter()
+        .filter(|p| crate::procfs::read_stat(*p).is_ok_and(|s| s.state != 'Z'))
+        .collect();
+    Ok(crate::ns::user::UsernsGraph::collect(&live)?.render())
+}

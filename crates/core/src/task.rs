@@ -161,7 +161,6 @@ pub struct ThreadMisc<'a> {
     pub rseq: Option<&'a RseqEntry>,
     pub robust_list: (u64, u64),
     pub clear_tid: u64,
-    pub pdeath_sig: u32,
 }
 
 pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreError> {
@@ -192,7 +191,14 @@ pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreErr
     }
     t.syscall(nr::SET_TID_ADDRESS, &[m.clear_tid])
         .rat(pid, "set_tid_address")?;
-    t.syscall(nr::PRCTL, &[PR_SET_PDEATHSIG, u64::from(m.pdeath_sig)])
+    Ok(())
+}
+
+/// Sets the parent-death signal; after the credentials, since changing
+/// them clears it.
+pub fn restore_pdeathsig(t: &mut Tracee, sig: u32) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    t.syscall(nr::PRCTL, &[PR_SET_PDEATHSIG, u64::from(sig)])
         .rat(pid, "prctl(PR_SET_PDEATHSIG)")?;
     Ok(())
 }

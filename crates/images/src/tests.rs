@@ -252,6 +252,9 @@ fn files_and_crest_round_trip() {
     let extra = CrestThreadExtra {
         xsave: Some(vec![0xa5; 2696]),
         xsave_size: Some(2696),
+        outer_uids: vec![100_000, 100_000, 100_000, 100_000],
+        outer_gids: vec![1, 2, 3, 4],
+        outer_groups: vec![5, 6],
     };
     let name = names::crest_thread(42);
     write_image(

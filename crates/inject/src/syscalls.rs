@@ -52,6 +52,8 @@ pub mod nr {
     pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const EXIT_GROUP: u64 = 231;
     pub const WAIT4: u64 = 61;
+    pub const SETNS: u64 = 308;
+    pub const UNSHARE: u64 = 272;
 }
 
 /// A syscall's name, for error messages.
@@ -109,6 +111,8 @@ pub fn name(nr: u64) -> &'static str {
         RT_SIGTIMEDWAIT => "rt_sigtimedwait",
         EXIT_GROUP => "exit_group",
         WAIT4 => "wait4",
+        SETNS => "setns",
+        UNSHARE => "unshare",
         _ => "syscall",
     }
 }

@@ -1,0 +1,588 @@
+//! User namespaces, nested to any depth.
+//!
+//! Dump finds each task's user namespace and walks up with `NS_GET_PARENT`
+//! to crest's own; each namespace is recorded once with its maps relative
+//! to its parent (CRIU's `userns_entry` in `userns-<id>.img`), and the
+//! hierarchy, owner and `setgroups` in crest's own `crest-userns.img`.
+//! Restore builds the same tree top-down with helper tasks (each one
+//! `unshare(CLONE_NEWUSER)`s inside its parent's helper, and the parent
+//! side writes its maps), and each task enters its namespace at the end.
+
+use super::idmap;
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::procfs::{self, IdExtent};
+use crest_images::pb::crest::CrestUsernsEntry;
+use crest_images::pb::{UidGidExtent, UsernsEntry};
+use crest_images::{magic, names};
+use crest_inject::{nr, Tracee};
+use crest_sys::proc::{spawn_stopped, SessionSetup};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// One user namespace of the graph.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Userns {
+    pub id: u32,
+    pub parent: Option<u32>,
+    pub depth: u32,
+    /// Maps relative to the parent namespace.
+    pub uid_map: Vec<IdExtent>,
+    pub gid_map: Vec<IdExtent>,
+    /// Maps with lower ids in crest's view (not stored).
+    #[serde(skip)]
+    pub uid_outer: Vec<IdExtent>,
+    #[serde(skip)]
+    pub gid_outer: Vec<IdExtent>,
+    /// The uid that created it, in the parent's view.
+    pub owner_uid: u32,
+    pub setgroups_allow: bool,
+    #[serde(skip)]
+    ino: u64,
+}
+
+/// The user namespaces of a tree; id 1 is crest's own.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct UsernsGraph {
+    pub nodes: Vec<Userns>,
+    /// pid → namespace id.
+    pub tasks: Vec<(i32, u32)>,
+}
+
+fn ino_of(path: &str) -> std::io::Result<u64> {
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
+impl UsernsGraph {
+    pub fn node(&self, id: u32) -> Option<&Userns> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// The namespace of `pid`.
+    pub fn ns_of(&self, pid: i32) -> Option<u32> {
+        self.tasks.iter().find(|t| t.0 == pid).map(|t| t.1)
+    }
+
+    /// The maps from crest's namespace down to `id` (outermost first).
+    pub fn chain(&self, id: u32, gid: bool) -> Vec<&[IdExtent]> {
+        let mut out = Vec::new();
+        let mut cur = self.node(id);
+        while let Some(n) = cur {
+            if n.parent.is_none() {
+                break;
+            }
+            out.push(if gid { &n.gid_map[..] } else { &n.uid_map[..] });
+            cur = n.parent.and_then(|p| self.node(p));
+        }
+        out.reverse();
+        out
+    }
+
+    /// Finds the user namespace of every task in `pids`, walking up to
+    /// crest's own.
+    pub fn collect(pids: &[i32]) -> Result<UsernsGraph, DumpError> {
+        let me = std::process::id() as i32;
+        let crest_ino = ino_of("/proc/self/ns/user").at(me, "stat crest's user namespace")?;
+        let mut g = UsernsGraph {
+            nodes: vec![Userns {
+                id: 1,
+                parent: None,
+                depth: 0,
+                uid_map: Vec::new(),
+                gid_map: Vec::new(),
+                uid_outer: Vec::new(),
+                gid_outer: Vec::new(),
+                owner_uid: 0,
+                setgroups_allow: true,
+                ino: crest_ino,
+            }],
+            tasks: Vec::new(),
+        };
+        for &pid in pids {
+            let id = g.add_task_ns(pid)?;
+            g.tasks.push((pid, id));
+        }
+        Ok(g)
+    }
+
+    fn by_ino(&self, ino: u64) -> Option<u32> {
+        self.nodes.iter().find(|n| n.ino == ino).map(|n| n.id)
+    }
+
+    fn add_task_ns(&mut self, pid: i32) -> Result<u32, DumpError> {
+        let path = format!("/proc/{pid}/ns/user");
+        let fd: OwnedFd = File::open(&path).at(pid, "open user namespace")?.into();
+        let ino = fd_ino(&fd).at(pid, "stat user namespace")?;
+        if let Some(id) = self.by_ino(ino) {
+            return Ok(id);
+        }
+        // Walk up until a known namespace (at the latest crest's own).
+        let mut chain: Vec<(OwnedFd, u64)> = vec![(fd, ino)];
+        let parent_id = loop {
+            let (last, _) = chain.last().ok_or(DumpError::NoSuchProcess { pid })?;
+            let parent = crest_sys::ns::get_parent(last).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    DumpError::Unsupported {
+                        pid,
+                        what: "a user namespace that is not below crest's own".into(),
+                    }
+                } else if e.raw_os_error() == Some(libc::ENOTTY) {
+                    DumpError::Unsupported {
+                        pid,
+                        what: "nested user namespaces on a kernel whose nsfs does not answer NS_GET_PARENT".into(),
+                    }
+                } else {
+                    DumpError::Io {
+                        pid,
+                        step: "NS_GET_PARENT",
+                        source: e,
+                    }
+                }
+            })?;
+            let pino = fd_ino(&parent).at(pid, "stat user namespace")?;
+            if let Some(id) = self.by_ino(pino) {
+                break id;
+            }
+            chain.push((parent, pino));
+        };
+        let mut parent_id = parent_id;
+        for (fd, ino) in chain.into_iter().rev() {
+            let reader = if ino == self_ino(pid) {
+                Some(pid)
+            } else {
+                None
+            };
+            let id = self.add_node(pid, parent_id, &fd, ino, reader)?;
+            parent_id = id;
+        }
+        Ok(parent_id)
+    }
+
+    fn add_node(
+        &mut self,
+        pid: i32,
+        parent_id: u32,
+        fd: &OwnedFd,
+        ino: u64,
+        reader: Option<i32>,
+    ) -> Result<u32, DumpError> {
+        let (uid_outer, gid_outer, setgroups_allow) = match reader {
+            Some(p) => read_maps(p)?,
+            None => read_maps_through_helper(pid, fd)?,
+        };
+        let parent = self
+            .node(parent_id)
+            .ok_or(DumpError::NoSuchProcess { pid })?
+            .clone();
+        let (uid_map, gid_map) = if parent.parent.is_none() {
+            (uid_outer.clone(), gid_outer.clone())
+        } else {
+            let conv = |c: &[IdExtent], p: &[IdExtent]| {
+                idmap::to_parent(c, p).map_err(|id| DumpError::Unsupported {
+                    pid,
+                    what: format!(
+                        "a user namespace map naming id {id}, which its parent does not map"
+                    ),
+                })
+            };
+            (
+                conv(&uid_outer, &parent.uid_outer)?,
+                conv(&gid_outer, &parent.gid_outer)?,
+            )
+        };
+        let owner_outer = crest_sys::ns::get_owner_uid(fd).at(pid, "NS_GET_OWNER_UID")?;
+        let owner_uid = if parent.parent.is_none() {
+            owner_outer
+        } else {
+            idmap::down(&parent.uid_outer, owner_outer).unwrap_or(overflow_uid())
+        };
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(Userns {
+            id,
+            parent: Some(parent_id),
+            depth: parent.depth + 1,
+            uid_map,
+            gid_map,
+            uid_outer,
+            gid_outer,
+            owner_uid,
+            setgroups_allow,
+            ino,
+        });
+        Ok(id)
+    }
+
+    /// Writes `userns-<id>.img` for every nested namespace and
+    /// `crest-userns.img` for the hierarchy.
+    pub fn write(&self, dir: &Path) -> Result<(), DumpError> {
+        let ext = |m: &[IdExtent]| -> Vec<UidGidExtent> {
+            m.iter()
+                .map(|e| UidGidExtent {
+                    first: e.first,
+                    lower_first: e.lower_first,
+                    count: e.count,
+                })
+                .collect()
+        };
+        let mut hier = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            if n.parent.is_some() {
+                let e = UsernsEntry {
+                    uid_map: ext(&n.uid_map),
+                    gid_map: ext(&n.gid_map),
+                };
+                crest_images::write_image(dir, &names::userns(n.id), magic::USERNS, &[e])?;
+            }
+            hier.push(CrestUsernsEntry {
+                id: n.id,
+                parent_id: n.parent,
+                depth: n.depth,
+                owner_uid: Some(n.owner_uid),
+                setgroups_allow: Some(n.setgroups_allow),
+            });
+        }
+        crest_images::write_image(dir, names::CREST_USERNS, magic::CREST_USERNS, &hier)?;
+        Ok(())
+    }
+
+    /// Reads the graph back from the images (tasks from their ids).
+    pub fn read(dir: &Path, tasks: &[(i32, u32)]) -> Result<UsernsGraph, RestoreError> {
+        if !dir.join(names::CREST_USERNS).exists() {
+            return Ok(UsernsGraph {
+                nodes: vec![root_node()],
+                tasks: tasks.to_vec(),
+            });
+        }
+        let hier: Vec<CrestUsernsEntry> =
+            crest_images::read_image(dir, names::CREST_USERNS, magic::CREST_USERNS)?;
+        let bad = |what: String| RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_USERNS.into(),
+            what,
+        };
+        if hier.len() > 4096 {
+            return Err(bad(format!("{} user namespaces", hier.len())));
+        }
+        let mut g = UsernsGraph {
+            nodes: Vec::new(),
+            tasks: tasks.to_vec(),
+        };
+        let conv = |v: &[UidGidExtent]| -> Vec<IdExtent> {
+            v.iter()
+                .map(|e| IdExtent {
+                    first: e.first,
+                    lower_first: e.lower_first,
+                    count: e.count,
+                })
+                .collect()
+        };
+        for h in &hier {
+            let (uid_map, gid_map) = if h.parent_id.is_some() {
+                let e: UsernsEntry =
+                    crest_images::read_one(dir, &names::userns(h.id), magic::USERNS)?;
+                (conv(&e.uid_map), conv(&e.gid_map))
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            if let Some(p) = h.parent_id {
+                let pd = g.node(p).map(|n| n.depth);
+                if pd.map(|d| d + 1) != Some(h.depth) || h.depth > 33 {
+                    return Err(bad(format!("namespace {} has a bad parent or depth", h.id)));
+                }
+            } else if h.depth != 0 {
+                return Err(bad(format!("root namespace {} at depth {}", h.id, h.depth)));
+            }
+            g.nodes.push(Userns {
+                id: h.id,
+                parent: h.parent_id,
+                depth: h.depth,
+                uid_map,
+                gid_map,
+                uid_outer: Vec::new(),
+                gid_outer: Vec::new(),
+                owner_uid: h.owner_uid.unwrap_or(0),
+                setgroups_allow: h.setgroups_allow.unwrap_or(true),
+                ino: 0,
+            });
+        }
+        for (pid, ns) in tasks {
+            if g.node(*ns).is_none() {
+                return Err(bad(format!("task {pid} is in unknown user namespace {ns}")));
+            }
+        }
+        Ok(g)
+    }
+
+    /// The graph as canonical text: each namespace (children ordered by
+    /// their smallest pid) with its maps, owner, setgroups and tasks, so
+    /// that two graphs can be compared whatever ids they use.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(root) = self.nodes.iter().find(|n| n.parent.is_none()) {
+            self.render_node(root, &mut s);
+        }
+        s
+    }
+
+    fn min_pid(&self, id: u32) -> i32 {
+        let own = self.tasks.iter().filter(|t| t.1 == id).map(|t| t.0).min();
+        let kids = self
+            .nodes
+            .iter()
+            .filter(|n| n.parent == Some(id))
+            .map(|n| self.min_pid(n.id))
+            .min();
+        own.into_iter().chain(kids).min().unwrap_or(i32::MAX)
+    }
+
+    fn render_node(&self, n: &Userns, s: &mut String) {
+        use std::fmt::Write;
+        let pad = "  ".repeat(n.depth as usize);
+        let maps = |m: &[IdExtent]| {
+            m.iter()
+                .map(|e| format!("{} {} {}", e.first, e.lower_first, e.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut pids: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|t| t.1 == n.id)
+            .map(|t| t.0)
+            .collect();
+        pids.sort_unstable();
+        if n.parent.is_none() {
+            let _ = writeln!(s, "{pad}userns (crest's own) tasks {pids:?}");
+        } else {
+            let _ = writeln!(
+                s,
+                "{pad}userns depth {} owner {} setgroups {} uid_map [{}] gid_map [{}] tasks {pids:?}",
+                n.depth,
+                n.owner_uid,
+                if n.setgroups_allow { "allow" } else { "deny" },
+                maps(&n.uid_map),
+                maps(&n.gid_map)
+            );
+        }
+        let mut kids: Vec<&Userns> = self
+            .nodes
+            .iter()
+            .filter(|c| c.parent == Some(n.id))
+            .collect();
+        kids.sort_by_key(|c| self.min_pid(c.id));
+        for c in kids {
+            self.render_node(c, s);
+        }
+    }
+}
+
+fn root_node() -> Userns {
+    Userns {
+        id: 1,
+        parent: None,
+        depth: 0,
+        uid_map: Vec::new(),
+        gid_map: Vec::new(),
+        uid_outer: Vec::new(),
+        gid_outer: Vec::new(),
+        owner_uid: 0,
+        setgroups_allow: true,
+        ino: 0,
+    }
+}
+
+fn fd_ino(fd: &OwnedFd) -> std::io::Result<u64> {
+    ino_of(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn self_ino(pid: i32) -> u64 {
+    ino_of(&format!("/proc/{pid}/ns/user")).unwrap_or(0)
+}
+
+fn read_maps(pid: i32) -> Result<(Vec<IdExtent>, Vec<IdExtent>, bool), DumpError> {
+    Ok((
+        procfs::read_uid_map(pid).at(pid, "read uid_map")?,
+        procfs::read_gid_map(pid).at(pid, "read gid_map")?,
+        procfs::read_setgroups(pid).at(pid, "read setgroups")?,
+    ))
+}
+
+/// Reads the maps of a namespace no task lives in: a short-lived child of
+/// crest enters it (it inherits the fd) and crest reads them from its
+/// /proc.
+fn read_maps_through_helper(
+    pid: i32,
+    fd: &OwnedFd,
+) -> Result<(Vec<IdExtent>, Vec<IdExtent>, bool), DumpError> {
+    let child = spawn_stopped(&[], SessionSetup::Inherit).at(pid, "spawn a namespace reader")?;
+    let mut t = Tracee::from_stopped_child(child).at(pid, "attach the namespace reader")?;
+    t.use_vdso_syscall().at(pid, "namespace reader syscall")?;
+    t.syscall(
+        nr::SETNS,
+        &[fd.as_raw_fd() as u64, libc::CLONE_NEWUSER as u64],
+    )
+    .at(pid, "setns of the namespace reader")?;
+    let maps = read_maps(child);
+    drop(t); // kills the reader
+    maps
+}
+
+pub fn overflow_uid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534)
+}
+
+pub fn overflow_gid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/overflowgid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65534)
+}
+
+/// Converts ids as crest sees them to ids as the task in namespace `ns`
+/// sees them; unmapped ids become the overflow id, as the kernel shows.
+pub fn to_task_view(g: &UsernsGraph, ns: u32, outer: &[u32], gid: bool) -> Vec<u32> {
+    let chain = g.chain(ns, gid);
+    let overflow = if gid { overflow_gid() } else { overflow_uid() };
+    outer
+        .iter()
+        .map(|&id| idmap::to_inner(&chain, id).unwrap_or(overflow))
+        .collect()
+}
+
+/// Converts ids as the task in `ns` sees them to crest's view; an id that
+/// the chain cannot map (the overflow id) takes `fallback`.
+pub fn to_outer_view(
+    g: &UsernsGraph,
+    ns: u32,
+    inner: &[u32],
+    fallback: &[u32],
+    gid: bool,
+) -> Vec<u32> {
+    let chain = g.chain(ns, gid);
+    let overflow = if gid { overflow_gid() } else { overflow_uid() };
+    inner
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            idmap::to_outer(&chain, id)
+                .or_else(|| fallback.get(i).copied())
+                .unwrap_or(overflow)
+        })
+        .collect()
+}
+
+// ---- restore side -------------------------------------------------------
+
+/// Helper tasks that hold the restored user namespaces until every task
+/// has entered its own. Dropping them kills them.
+#[derive(Default)]
+pub struct Helpers {
+    by_ns: HashMap<u32, Tracee>,
+}
+
+impl Helpers {
+    /// The pid of the helper that lives in namespace `id`.
+    pub fn pid_of(&self, id: u32) -> Option<i32> {
+        self.by_ns.get(&id).map(|t| t.pid())
+    }
+
+    /// Builds every nested namespace of `g`, top-down.
+    pub fn build(g: &UsernsGraph) -> Result<Helpers, RestoreError> {
+        let mut h = Helpers::default();
+        let mut order: Vec<&Userns> = g.nodes.iter().filter(|n| n.parent.is_some()).collect();
+        order.sort_by_key(|n| n.depth);
+        for n in order {
+            let parent = n.parent.unwrap_or(1);
+            let parent_is_root = g.node(parent).is_some_and(|p| p.parent.is_none());
+            let mut t = if parent_is_root {
+                let pid = spawn_stopped(&[], SessionSetup::Inherit)
+                    .rat(0, "spawn a user namespace helper")?;
+                let mut t =
+                    Tracee::from_stopped_child(pid).rat(pid, "attach a user namespace helper")?;
+                t.trace_new_tasks().rat(pid, "trace new tasks")?;
+                t.use_vdso_syscall().rat(pid, "helper syscall")?;
+                t
+            } else {
+                let ph = h
+                    .by_ns
+                    .get_mut(&parent)
+                    .ok_or_else(|| RestoreError::BadImage {
+                        pid: 0,
+                        file: names::CREST_USERNS.into(),
+                        what: format!("namespace {} comes before its parent {parent}", n.id),
+                    })?;
+                crate::pstree::clone_plain(ph)?
+            };
+            let pid = t.pid();
+            // The namespace's owner is the euid of its creator; its egid
+            // must be mapped in the parent namespace too.
+            let egid = g
+                .node(parent)
+                .and_then(|p| p.gid_map.first())
+                .map_or(0, |e| e.first);
+            t.syscall(nr::SETRESGID, &[u64::MAX, u64::from(egid), u64::MAX])
+                .rat(pid, format!("setegid({egid}) of a user namespace helper"))?;
+            t.syscall(nr::SETRESUID, &[u64::MAX, u64::from(n.owner_uid), u64::MAX])
+                .rat(
+                    pid,
+                    format!("seteuid({}) of a user namespace helper", n.owner_uid),
+                )?;
+            t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
+                .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+            t.syscall(nr::UNSHARE, &[libc::CLONE_NEWUSER as u64])
+                .rat(pid, "unshare(CLONE_NEWUSER)")?;
+            let writes = [
+                (
+                    "setgroups",
+                    if n.setgroups_allow {
+                        String::new()
+                    } else {
+                        "deny".to_string()
+                    },
+                ),
+                ("uid_map", idmap::to_text(&n.uid_map)),
+                ("gid_map", idmap::to_text(&n.gid_map)),
+            ];
+            for (file, text) in writes {
+                if text.is_empty() {
+                    continue;
+                }
+                let path = format!("/proc/{pid}/{file}");
+                if parent_is_root {
+                    std::fs::write(&path, &text).rat(pid, format!("write {path}"))?;
+                } else if let Some(ph) = h.by_ns.get_mut(&parent) {
+                    write_in_task(ph, &path, text.as_bytes())?;
+                }
+            }
+            h.by_ns.insert(n.id, t);
+        }
+        Ok(h)
+    }
+}
+
+/// Writes `data` to `path` from inside task `t`.
+pub fn write_in_task(t: &mut Tracee, path: &str, data: &[u8]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let fd = crate::mm::restore::open_in_task(t, path, libc::O_WRONLY)?;
+    let addr = t.put(data).rat(pid, "write data")?;
+    let r = t.syscall(nr::WRITE, &[fd, addr, data.len() as u64]);
+    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    r.rat(pid, format!("write {path}"))?;
+    Ok(())
+}
+
+/// Moves task `t` into the user namespace held by helper `helper_pid`.
+pub fn enter(t: &mut Tracee, helper_pid: i32) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let path = format!("/proc/{helper_pid}/ns/user");
+    let fd = crate::mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
+    let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWUSER as u64]);
+    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    r.rat(pid, "setns(CLONE_NEWUSER)")?;
+    Ok(())
+}
