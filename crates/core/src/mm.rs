@@ -164,6 +164,9 @@ pub fn dump(
     let exe = procfs::read_link(&format!("/proc/{pid}/exe")).at(pid, "read exe link")?;
     let exe_id = files.reg_path(pid, &exe, libc::O_RDONLY as u32)?;
     let brk = t.syscall(nr::BRK, &[0]).at(pid, "brk(0)")?;
+    let dumpable = t
+        .syscall(nr::PRCTL, &[libc::PR_GET_DUMPABLE as u64])
+        .at(pid, "prctl(PR_GET_DUMPABLE)")?;
 
     let mut vmas = Vec::with_capacity(maps.len());
     let mut runs: Vec<pages::Run> = Vec::new();
@@ -236,7 +239,7 @@ pub fn dump(
         exe_file_id: exe_id,
         mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
         vmas,
-        dumpable: None,
+        dumpable: Some(dumpable as i32),
         aios: Vec::new(),
         thp_disabled: None,
     };

@@ -399,6 +399,11 @@ fn transform(
         th.forget_scratch();
         ctx.threads.push(th);
     }
+    if let Some(d) = live.mm.dumpable {
+        // Changing credentials may have cleared it.
+        t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64])
+            .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+    }
     signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
     Ok(())
 }
