@@ -579,7 +579,7 @@ pub fn finish(dir: &CaseDir, pid: Pid, stdio: StdioKind, procs: &mut Procs) -> R
 }
 
 /// The outcome from the verdict file and the exit status.
-fn judge(dir: &CaseDir, exit: Exit) -> Result<Outcome> {
+pub fn judge(dir: &CaseDir, exit: Exit) -> Result<Outcome> {
     let path = dir.state.join("verdict");
     let verdict = match fs::read_to_string(&path) {
         Ok(v) => v,

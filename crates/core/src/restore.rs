@@ -370,7 +370,7 @@ fn transform(
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let helper = ctx.userns.pid_of(ns);
     restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
-    let leader_ids = set_creds(
+    let leader_ids = set_ids(
         t,
         img,
         core,
@@ -379,6 +379,8 @@ fn transform(
         helper,
         None,
     )?;
+    // Threads are made after the move and while the leader still holds
+    // every capability; each drops its own, the leader last.
     for (tid, tcore, extra) in img.cores.iter().skip(1) {
         let mut th = if helper.is_some() {
             pstree::fork_thread_last_pid(t, *tid)?
@@ -387,7 +389,7 @@ fn transform(
         };
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
-        set_creds(
+        set_ids(
             &mut th,
             img,
             tcore,
@@ -396,26 +398,30 @@ fn transform(
             None,
             leader_ids.as_ref(),
         )?;
+        set_caps(&mut th, img, tcore)?;
         th.forget_scratch();
         ctx.threads.push(th);
     }
+    set_caps(t, img, core)?;
     if let Some(d) = live.mm.dumpable {
         // Changing credentials may have cleared it.
-        t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64])
-            .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+        t.syscall(
+            nr::PRCTL,
+            &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64],
+        )
+        .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
     }
     signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
     Ok(())
 }
 
-/// Sets a thread's credentials: its ids as crest sees them (so that ids
-/// the namespace does not map come back exactly), then, for the leader of
-/// a task in a nested user namespace, the move into it (`helper` holds
-/// it), then the capabilities as they are in that namespace, then the
-/// parent-death signal that changing credentials clears. A thread made
-/// after the move that has the leader's ids (`leader`) keeps them; one
-/// with other ids sets them inside the namespace. Returns the ids set.
-fn set_creds(
+/// Sets a thread's ids as crest sees them (so that ids its namespace does
+/// not map come back exactly), keeping every capability, and for the
+/// leader of a task in a nested user namespace moves it there (`helper`
+/// holds it). A thread made after the move that has the leader's ids
+/// (`leader`) keeps them; one with other ids sets them inside the
+/// namespace. Returns the ids (crest's view).
+fn set_ids(
     t: &mut Tracee,
     img: &TaskImage,
     core: &CoreEntry,
@@ -429,32 +435,30 @@ fn set_creds(
         .as_ref()
         .ok_or_else(|| img.bad("no thread core"))?;
     let Some(c) = th.creds.as_ref() else {
+        if let Some(h) = helper {
+            ns::user::enter(t, h)?;
+        }
         return Ok(None);
     };
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let inner = creds::Ids::of(c);
+    let rec = |f: fn(&CrestThreadExtra) -> &Vec<u32>| extra.map_or(&[][..], |e| &f(e)[..]);
     let outer = creds::Ids {
         uids: to_array(to_outer_view(
             users,
             ns,
             &inner.uids,
-            extra.map_or(&[][..], |e| &e.outer_uids),
+            rec(|e| &e.outer_uids),
             false,
         )),
         gids: to_array(to_outer_view(
             users,
             ns,
             &inner.gids,
-            extra.map_or(&[][..], |e| &e.outer_gids),
+            rec(|e| &e.outer_gids),
             true,
         )),
-        groups: to_outer_view(
-            users,
-            ns,
-            &inner.groups,
-            extra.map_or(&[][..], |e| &e.outer_groups),
-            true,
-        ),
+        groups: to_outer_view(users, ns, &inner.groups, rec(|e| &e.outer_groups), true),
     };
     let nested = users.node(ns).is_some_and(|n| n.parent.is_some());
     match leader {
@@ -469,9 +473,20 @@ fn set_creds(
     if let Some(h) = helper {
         ns::user::enter(t, h)?;
     }
-    creds::set_caps(t, c)?;
-    task::restore_pdeathsig(t, th.pdeath_sig.unwrap_or(0))?;
     Ok(Some(outer))
+}
+
+/// Sets a thread's capabilities as they are in its namespace, then the
+/// parent-death signal that changing credentials clears.
+fn set_caps(t: &mut Tracee, img: &TaskImage, core: &CoreEntry) -> Result<(), RestoreError> {
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    if let Some(c) = th.creds.as_ref() {
+        creds::set_caps(t, c)?;
+    }
+    task::restore_pdeathsig(t, th.pdeath_sig.unwrap_or(0))
 }
 
 fn to_array(v: Vec<u32>) -> [u32; 4] {

@@ -15,13 +15,17 @@ const PR_SET_NAME: u64 = 15;
 const PR_GET_TID_ADDRESS: u64 = 40;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
+/// The resource limits, from `/proc/PID/limits` (`prlimit` on a task of
+/// another uid needs CAP_SYS_RESOURCE, which this machine's root lacks).
 pub fn dump_rlimits(pid: i32) -> Result<TaskRlimitsEntry, DumpError> {
-    let mut rlimits = Vec::with_capacity(RLIM_NLIMITS as usize);
-    for r in 0..RLIM_NLIMITS {
-        let (cur, max) = misc::prlimit(pid, r, None).at(pid, "prlimit")?;
-        rlimits.push(RlimitEntry { cur, max });
-    }
-    Ok(TaskRlimitsEntry { rlimits })
+    let limits = crate::procfs::read_limits(pid).at(pid, "read limits")?;
+    Ok(TaskRlimitsEntry {
+        rlimits: limits
+            .into_iter()
+            .take(RLIM_NLIMITS as usize)
+            .map(|(cur, max)| RlimitEntry { cur, max })
+            .collect(),
+    })
 }
 
 /// Sets the limits from outside with `prlimit64`.

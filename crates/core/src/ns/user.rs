@@ -454,13 +454,15 @@ pub fn to_task_view(g: &UsernsGraph, ns: u32, outer: &[u32], gid: bool) -> Vec<u
         .collect()
 }
 
-/// Converts ids as the task in `ns` sees them to crest's view; an id that
-/// the chain cannot map (the overflow id) takes `fallback`.
+/// Converts ids as the task in `ns` sees them to crest's view. The ids
+/// the dump recorded as crest saw them (`recorded`) win when they agree
+/// with what the task sees: that keeps an id the namespace does not map
+/// (which the task sees as the overflow id, itself perhaps mapped) exact.
 pub fn to_outer_view(
     g: &UsernsGraph,
     ns: u32,
     inner: &[u32],
-    fallback: &[u32],
+    recorded: &[u32],
     gid: bool,
 ) -> Vec<u32> {
     let chain = g.chain(ns, gid);
@@ -469,11 +471,53 @@ pub fn to_outer_view(
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            idmap::to_outer(&chain, id)
-                .or_else(|| fallback.get(i).copied())
-                .unwrap_or(overflow)
+            let seen_as = |x: u32| idmap::to_inner(&chain, x).unwrap_or(overflow);
+            match recorded.get(i) {
+                Some(&x) if seen_as(x) == id => x,
+                _ => idmap::to_outer(&chain, id).unwrap_or(overflow),
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(map: Vec<IdExtent>) -> UsernsGraph {
+        let mut root = root_node();
+        root.id = 1;
+        let mut child = root_node();
+        child.id = 2;
+        child.parent = Some(1);
+        child.depth = 1;
+        child.uid_map = map.clone();
+        child.gid_map = map;
+        UsernsGraph {
+            nodes: vec![root, child],
+            tasks: vec![(10, 2)],
+        }
+    }
+
+    #[test]
+    fn unmapped_ids_come_back_exactly() {
+        let g = graph(vec![IdExtent {
+            first: 0,
+            lower_first: 100_000,
+            count: 65_536,
+        }]);
+        // kuid 0 is unmapped: the task sees 65534, which is itself mapped.
+        let inner = to_task_view(&g, 2, &[0, 100_005], false);
+        assert_eq!(inner, [overflow_uid(), 5]);
+        assert_eq!(
+            to_outer_view(&g, 2, &inner, &[0, 100_005], false),
+            [0, 100_005]
+        );
+        // Without a record, the mapped meaning of the id is taken.
+        assert_eq!(to_outer_view(&g, 2, &[5], &[], false), [100_005]);
+        // A record that disagrees with the task's view is ignored.
+        assert_eq!(to_outer_view(&g, 2, &[5], &[7], false), [100_005]);
+    }
 }
 
 // ---- restore side -------------------------------------------------------

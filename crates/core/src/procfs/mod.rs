@@ -202,6 +202,51 @@ pub fn list_tids(pid: i32) -> Result<Vec<i32>, ProcError> {
     list_numeric_dir(&proc_path(pid, "task"))
 }
 
+/// `/proc/PID/limits` — (soft, hard) of every resource, in resource order
+/// (`unlimited` is `RLIM_INFINITY`). Readable where `prlimit` on another
+/// process would need CAP_SYS_RESOURCE.
+pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let (Some(soft_at), Some(hard_at)) = (header.find("Soft Limit"), header.find("Hard Limit"))
+    else {
+        return Err(ProcError::Parse {
+            path: path.to_string(),
+            line: 1,
+            what: "no Soft Limit / Hard Limit header".into(),
+        });
+    };
+    let value = |i: usize, s: &str| -> Result<u64, ProcError> {
+        match s.trim() {
+            "unlimited" => Ok(u64::MAX),
+            v => v.parse().map_err(|_| ProcError::Parse {
+                path: path.to_string(),
+                line: i + 2,
+                what: format!("bad limit {v:?}"),
+            }),
+        }
+    };
+    lines
+        .enumerate()
+        .map(|(i, l)| {
+            let soft = l.get(soft_at..hard_at).unwrap_or("");
+            let hard = l
+                .get(hard_at..)
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            Ok((value(i, soft)?, value(i, hard)?))
+        })
+        .collect()
+}
+
+/// Reads `/proc/PID/limits`.
+pub fn read_limits(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
+    let path = proc_path(pid, "limits");
+    parse_limits(&path, &read_text(&path)?)
+}
+
 /// `/proc/PID/comm` — the command name, without the trailing newline.
 pub fn read_comm(pid: i32) -> Result<String, ProcError> {
     let path = proc_path(pid, "comm");

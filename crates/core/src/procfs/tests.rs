@@ -176,3 +176,20 @@ fn parsers_never_panic() {
         }
     }
 }
+
+#[test]
+fn limits_fixture() {
+    let l = parse_limits("limits", include_str!("fixtures/limits")).unwrap();
+    assert_eq!(l.len(), 16);
+    assert_eq!(l[0], (u64::MAX, u64::MAX));
+    assert_eq!(l[3], (8_388_608, u64::MAX));
+    assert_eq!(l[7], (20_000, 20_000));
+    assert!(parse_limits("l", "garbage").is_err());
+    assert!(parse_limits(
+        "l",
+        include_str!("fixtures/limits")
+            .replace("20000", "2x000")
+            .as_str()
+    )
+    .is_err());
+}
