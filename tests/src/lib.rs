@@ -15,6 +15,7 @@ pub mod case;
 pub mod config;
 pub mod crest;
 pub mod dumpchecks;
+pub mod hostile;
 pub mod nested;
 pub mod procs;
 pub mod suite;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
-use crate::{dumpchecks, nested, procs, trees, Config, Flavor, Outcome, StdioKind};
+use crate::{dumpchecks, hostile, nested, procs, trees, Config, Flavor, Outcome, StdioKind};
 
 /// Every protocol workload, in the order the suite runs them.
 pub fn workloads() -> Vec<Workload> {
@@ -182,6 +182,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));
+    hostile::run(cfg, &mut report, &|n| filter.selects(n));
     for flavor in Flavor::ALL {
         if let Some(reason) = flavor.not_implemented() {
             let name = format!("*[{}]", flavor.name());

@@ -3,6 +3,7 @@
 
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
+use crate::ns::other::OtherGraph;
 use crate::ns::user::UsernsGraph;
 use crate::pstree::{Seized, Task};
 use crate::{coreimg, fs, mm, procfs};
@@ -66,7 +67,9 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         .map(|t| t.pid)
         .collect();
     let users = UsernsGraph::collect(&live)?;
+    let others = OtherGraph::collect(&live, &users)?;
     users.write(&opts.dir)?;
+    others.write(&opts.dir)?;
     let mut files = FileTable::default();
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
@@ -93,6 +96,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
             None => {
                 let mut ids = shared_ids(task, id, parent_ids)?;
                 ids.user_ns_id = users.ns_of(task.pid);
+                ids.uts_ns_id = others.ns_of(task.pid, libc::CLONE_NEWUTS as u32);
                 dump_task(task, &ids, &users, &opts.dir, &mut files, &mut summary)?;
                 ids
             }

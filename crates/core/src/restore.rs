@@ -185,9 +185,15 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map(|i| (i.pid(), i.ids.user_ns_id.unwrap_or(1)))
         .collect();
     let users = UsernsGraph::read(dir, &ns_of)?;
+    let other_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .filter_map(|i| Some((i.pid(), i.ids.uts_ns_id?)))
+        .collect();
+    let others = ns::other::OtherGraph::read(dir, &other_of)?;
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
     let userns = ns::user::Helpers::build(&users)?;
+    let others_h = ns::other::Helpers::build(&others, &userns)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
@@ -236,6 +242,8 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         dir,
         users: &users,
         userns: &userns,
+        others: &others,
+        others_h: &others_h,
         files: &mut files,
         shared: mm::restore::SharedAnon::new(),
         threads: Vec::new(),
@@ -301,6 +309,8 @@ struct TreeCtx<'a> {
     dir: &'a Path,
     users: &'a UsernsGraph,
     userns: &'a ns::user::Helpers,
+    others: &'a ns::other::OtherGraph,
+    others_h: &'a ns::other::Helpers,
     files: &'a mut RestoreFiles,
     shared: mm::restore::SharedAnon,
     /// Threads made so far, ready to be let go before their leaders.
@@ -370,6 +380,7 @@ fn transform(
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let helper = ctx.userns.pid_of(ns);
     restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
+    ctx.others_h.enter_all(t, ctx.others)?;
     let leader_ids = set_ids(
         t,
         img,

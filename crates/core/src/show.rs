@@ -141,14 +141,20 @@ fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut Stri
 pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let mut tasks = Vec::with_capacity(tree.len());
+    let mut others = Vec::new();
     for p in &tree {
         let ids: crest_images::pb::TaskKobjIdsEntry =
             crest_images::read_one(dir, &names::ids(p.pid), magic::IDS)?;
         if let Some(ns) = ids.user_ns_id {
             tasks.push((p.pid as i32, ns));
         }
+        if let Some(ns) = ids.uts_ns_id {
+            others.push((p.pid as i32, ns));
+        }
     }
-    Ok(crate::ns::user::UsernsGraph::read(dir, &tasks)?.render())
+    let users = crate::ns::user::UsernsGraph::read(dir, &tasks)?;
+    let others = crate::ns::other::OtherGraph::read(dir, &others)?;
+    Ok(users.render() + &others.render(&users))
 }
 
 /// The namespace graph of the live tree rooted at `pid`, as canonical
@@ -172,5 +178,7 @@ pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
         .into_iter()
         .filter(|p| crate::procfs::read_stat(*p).is_ok_and(|s| s.state != 'Z'))
         .collect();
-    Ok(crate::ns::user::UsernsGraph::collect(&live)?.render())
+    let users = crate::ns::user::UsernsGraph::collect(&live)?;
+    let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
+    Ok(users.render() + &others.render(&users))
 }

@@ -67,6 +67,8 @@ any_entry! {
     CrestThread(pb::crest::CrestThreadExtra),
     /// `crest-userns.img`
     CrestUserns(pb::crest::CrestUsernsEntry),
+    /// `crest-ns.img`
+    CrestNs(pb::crest::CrestNsEntry),
 }
 
 /// A whole decoded image.
@@ -121,6 +123,7 @@ fn next_any(
         ImageKind::Utsns => r.next_entry()?.map(AnyEntry::Utsns),
         ImageKind::CrestThread => r.next_entry()?.map(AnyEntry::CrestThread),
         ImageKind::CrestUserns => r.next_entry()?.map(AnyEntry::CrestUserns),
+        ImageKind::CrestNs => r.next_entry()?.map(AnyEntry::CrestNs),
     })
 }
 

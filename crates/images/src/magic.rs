@@ -66,6 +66,8 @@ pub const STATS: u32 = 0x5709_3306;
 pub const CREST_THREAD: u32 = 0x4352_5301;
 /// crest's `crest-userns.img`: the user-namespace hierarchy.
 pub const CREST_USERNS: u32 = 0x4352_5302;
+/// `crest-ns.img` (crest's own): the tree's other namespaces.
+pub const CREST_NS: u32 = 0x4352_5303;
 
 /// How a file with this per-file magic begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub const PIPES_DATA: &str = "pipes-data.img";
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)
 pub const CREST_USERNS: &str = "crest-userns.img";
+/// `crest-ns.img` (crest's own)
+pub const CREST_NS: &str = "crest-ns.img";
 
 /// `core-<tid>.img`
 pub fn core(tid: u32) -> String {
@@ -103,11 +105,13 @@ pub enum ImageKind {
     CrestThread,
     /// `crest-userns.img`: `CrestUsernsEntry` per user namespace.
     CrestUserns,
+    /// `crest-ns.img`: `CrestNsEntry` per other namespace.
+    CrestNs,
 }
 
 impl ImageKind {
     /// Every kind, for lookups.
-    pub const ALL: [ImageKind; 18] = [
+    pub const ALL: [ImageKind; 19] = [
         ImageKind::Inventory,
         ImageKind::Pstree,
         ImageKind::Core,
@@ -126,6 +130,7 @@ impl ImageKind {
         ImageKind::Utsns,
         ImageKind::CrestThread,
         ImageKind::CrestUserns,
+        ImageKind::CrestNs,
     ];
 
     /// The per-file magic of this kind ([`magic::RAW`] for raw pages).
@@ -149,6 +154,7 @@ impl ImageKind {
             ImageKind::Utsns => magic::UTSNS,
             ImageKind::CrestThread => magic::CREST_THREAD,
             ImageKind::CrestUserns => magic::CREST_USERNS,
+            ImageKind::CrestNs => magic::CREST_NS,
         }
     }
 
@@ -180,6 +186,7 @@ pub fn kind_of(file_name: &str) -> Option<ImageKind> {
         (PIPES, ImageKind::Pipes),
         (NS_FILES, ImageKind::NsFiles),
         (CREST_USERNS, ImageKind::CrestUserns),
+        (CREST_NS, ImageKind::CrestNs),
     ];
     if let Some((_, kind)) = fixed.iter().find(|(n, _)| *n == file_name) {
         return Some(*kind);

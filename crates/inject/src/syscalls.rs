@@ -54,6 +54,9 @@ pub mod nr {
     pub const WAIT4: u64 = 61;
     pub const SETNS: u64 = 308;
     pub const UNSHARE: u64 = 272;
+    pub const UNAME: u64 = 63;
+    pub const SETHOSTNAME: u64 = 170;
+    pub const SETDOMAINNAME: u64 = 171;
 }
 
 /// A syscall's name, for error messages.
@@ -113,6 +116,9 @@ pub fn name(nr: u64) -> &'static str {
         WAIT4 => "wait4",
         SETNS => "setns",
         UNSHARE => "unshare",
+        UNAME => "uname",
+        SETHOSTNAME => "sethostname",
+        SETDOMAINNAME => "setdomainname",
         _ => "syscall",
     }
 }

@@ -1,5 +1,7 @@
-//! Namespaces. Today: user namespaces, nested to any depth (`user`), and
-//! the id-map arithmetic they need (`idmap`).
+//! Namespaces: user namespaces, nested to any depth (`user`), the id-map
+//! arithmetic they need (`idmap`), and the other kinds a tree may have of
+//! its own (`other`).
 
 pub mod idmap;
+pub mod other;
 pub mod user;

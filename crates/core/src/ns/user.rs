@@ -51,7 +51,7 @@ pub struct UsernsGraph {
     pub tasks: Vec<(i32, u32)>,
 }
 
-fn ino_of(path: &str) -> std::io::Result<u64> {
+pub(crate) fn ino_of(path: &str) -> std::io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
@@ -107,7 +107,8 @@ impl UsernsGraph {
         Ok(g)
     }
 
-    fn by_ino(&self, ino: u64) -> Option<u32> {
+    /// The id of the user namespace whose nsfs inode is `ino`.
+    pub fn by_ino(&self, ino: u64) -> Option<u32> {
         self.nodes.iter().find(|n| n.ino == ino).map(|n| n.id)
     }
 
@@ -393,7 +394,7 @@ fn root_node() -> Userns {
     }
 }
 
-fn fd_ino(fd: &OwnedFd) -> std::io::Result<u64> {
+pub(crate) fn fd_ino(fd: &OwnedFd) -> std::io::Result<u64> {
     ino_of(&format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
