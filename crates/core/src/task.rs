@@ -32,8 +32,18 @@ pub fn dump_rlimits(pid: i32) -> Result<TaskRlimitsEntry, DumpError> {
 pub fn restore_rlimits(pid: i32, r: Option<&TaskRlimitsEntry>) -> Result<(), RestoreError> {
     let Some(r) = r else { return Ok(()) };
     for (i, l) in r.rlimits.iter().enumerate().take(RLIM_NLIMITS as usize) {
-        misc::prlimit(pid, i as u32, Some((l.cur, l.max)))
-            .rat(pid, format!("prlimit({i}, {}, {})", l.cur, l.max))?;
+        if let Err(e) = misc::prlimit(pid, i as u32, Some((l.cur, l.max))) {
+            let now = misc::prlimit(pid, i as u32, None).map_or(0, |x| x.1);
+            let step = if e.raw_os_error() == Some(libc::EPERM) && l.max > now {
+                format!(
+                    "resource limit {i}: the hard limit {} is above crest's own {now}, and raising it needs CAP_SYS_RESOURCE",
+                    l.max
+                )
+            } else {
+                format!("prlimit({i}, {}, {})", l.cur, l.max)
+            };
+            return Err(e).rat(pid, step);
+        }
     }
     Ok(())
 }
