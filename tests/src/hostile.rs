@@ -7,16 +7,19 @@
 //! own check), and then, for every `*.img` of the dump and every mutation
 //! of [`mutations`], copies the images to a fresh directory, mutates the
 //! file and runs `crest restore -D DIR -d`, `crest show DIR` and
-//! `crest show --ns DIR`, each under `prlimit --as=4 GiB` (an unbounded
-//! allocation fails fast) with a [`RUN_TIMEOUT`]. Every run must end with
-//! an exit code other than 101 (a Rust panic), not by a signal (an abort on
-//! a failed allocation is one) and in time. A failing command's stderr must
-//! name the mutated file. A failed restore must leave no dumped pid (after
-//! 2 s) and no crest process behind. A restore that succeeds (the mutation
-//! was harmless, e.g. a flipped byte of page data) is counted; its tree is
-//! told to check itself and then killed and reaped, whatever its verdict.
-//! Every failure is listed in the report and in `failures.txt` of the kept
-//! case directory.
+//! `crest show --ns DIR`, each under a soft `RLIMIT_AS` of [`AS_LIMIT`] (an
+//! unbounded allocation fails fast) and killed after [`RUN_TIMEOUT`].
+//!
+//! Every run must end in time, not by a signal (an abort on a failed
+//! allocation is one) and not with exit code 101 (a Rust panic). A failing
+//! command's stderr must name the mutated file. A failed restore must leave
+//! no dumped pid (after 2 s) and no crest process behind. A restore that
+//! succeeds is a failure if the mutation can never be harmless (a
+//! truncation, a bad length or magic in a framed image); otherwise (flipped
+//! bytes, appended garbage, anything done to page data) it is counted, and
+//! the tree is told to check itself and then killed and reaped, whatever
+//! its verdict. Every failure is listed in the report and in
+//! `failures.txt` of the kept case directory.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -35,8 +38,12 @@ use crate::{Config, Flavor, Outcome, StdioKind};
 
 /// How long one crest command on mutated images may take.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
-/// The address-space limit crest runs under (`prlimit --as`).
-pub const AS_LIMIT: u64 = 4 << 30;
+/// The soft address-space limit crest runs under (`prlimit --as=N:`):
+/// 1 GiB, far more than restoring this small tree needs, so that believing
+/// a length field of 0x7fffffff or 0xffffffff and allocating for it fails
+/// (an abort, i.e. a signal). Only the soft limit: crest restores the
+/// tasks' own (unlimited) limits, which it could not raise past a hard one.
+pub const AS_LIMIT: u64 = 1 << 30;
 /// How long a failed restore may take to get rid of its tasks.
 pub const GONE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `IMG_COMMON_MAGIC` and `IMG_SERVICE_MAGIC`: a file that starts with one
@@ -120,6 +127,10 @@ pub struct Mutant {
     pub name: String,
     /// What to do.
     pub what: Mutation,
+    /// Whether no restore can legitimately succeed with it (a truncated
+    /// file, a bad length or magic); else it may be harmless (flipped
+    /// bytes, garbage after the last entry, anything done to page data).
+    pub must_refuse: bool,
 }
 
 /// xorshift64*: a small deterministic PRNG.
@@ -159,65 +170,81 @@ fn seed_of(name: &str) -> u64 {
 }
 
 /// Where a file's own magic sits and where its first length field is:
-/// (magic offset, length offset), or None for a file without magic
-/// (`pages-*.img`).
-fn layout(head: &[u8]) -> Option<(u64, u64)> {
-    let word = |at: usize| {
-        head.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    match word(0) {
-        Some(m) if HEAD_MAGICS.contains(&m) => Some((4, 8)),
-        Some(_) if word(4).is_some() && !is_raw(head) => Some((0, 4)),
-        _ => None,
+/// (magic offset, length offset), or None for a file of raw data without
+/// magic (`pages-*.img`).
+fn layout(name: &str, head: &[u8]) -> Option<(u64, u64)> {
+    if name.starts_with("pages-") {
+        return None;
     }
-}
-
-/// Whether the head looks like raw page data rather than a magic: all
-/// zero (the usual first bytes of a page).
-fn is_raw(head: &[u8]) -> bool {
-    head.iter().take(4).all(|b| *b == 0)
+    match head.get(..4) {
+        Some(b) if HEAD_MAGICS.contains(&u32::from_le_bytes([b[0], b[1], b[2], b[3]])) => {
+            Some((4, 8))
+        }
+        _ => Some((0, 4)),
+    }
 }
 
 /// The mutations of one file of `len` bytes named `name`, whose first
 /// bytes are `head`; `other_magic` is the magic of a different kind of
 /// image.
 pub fn mutations(name: &str, len: u64, head: &[u8], other_magic: u32) -> Vec<Mutant> {
-    let m = |name: String, what: Mutation| Mutant { name, what };
+    let m = |name: String, what: Mutation, must_refuse: bool| Mutant {
+        name,
+        what,
+        must_refuse,
+    };
+    let framed = layout(name, head);
     let mut rng = Rng::new(seed_of(name));
-    let mut out = vec![m("truncate to 0".into(), Mutation::Truncate(0))];
+    let mut out = Vec::new();
+    if len > 0 {
+        out.push(m("truncate to 0".into(), Mutation::Truncate(0), true));
+    }
     if len > 1 {
         out.push(m(
             format!("truncate to {}", len / 2),
             Mutation::Truncate(len / 2),
+            true,
         ));
     }
     if len > 0 {
         out.push(m(
             format!("truncate to {} (1 byte short)", len - 1),
             Mutation::Truncate(len - 1),
+            true,
         ));
         // one byte in the header and first entry, one anywhere, then eight
         let early = rng.below(len.min(32));
         let any = rng.below(len);
         let many: Vec<u64> = (0..8).map(|_| rng.below(len)).collect();
-        out.push(m(format!("flip byte {early}"), Mutation::Flip(vec![early])));
-        out.push(m(format!("flip byte {any}"), Mutation::Flip(vec![any])));
-        out.push(m(format!("flip bytes {many:?}"), Mutation::Flip(many)));
+        out.push(m(
+            format!("flip byte {early}"),
+            Mutation::Flip(vec![early]),
+            false,
+        ));
+        out.push(m(
+            format!("flip byte {any}"),
+            Mutation::Flip(vec![any]),
+            false,
+        ));
+        out.push(m(
+            format!("flip bytes {many:?}"),
+            Mutation::Flip(many),
+            false,
+        ));
     }
-    let (magic_at, len_at) = layout(head).unwrap_or((0, 8));
-    out.push(m(
-        format!("0xffffffff at offset {len_at}"),
-        Mutation::Put(len_at, 0xffff_ffff),
-    ));
-    out.push(m(
-        format!("0x7fffffff at offset {len_at}"),
-        Mutation::Put(len_at, 0x7fff_ffff),
-    ));
-    if layout(head).is_some() {
+    let (magic_at, len_at) = framed.unwrap_or((0, 8));
+    for v in [0xffff_ffff, 0x7fff_ffff] {
+        out.push(m(
+            format!("{v:#x} at offset {len_at}"),
+            Mutation::Put(len_at, v),
+            framed.is_some(),
+        ));
+    }
+    if framed.is_some() {
         out.push(m(
             format!("magic at offset {magic_at} swapped for {other_magic:#010x}"),
             Mutation::Put(magic_at, other_magic),
+            true,
         ));
     } else {
         // no magic of its own: put another image's head on it
@@ -226,11 +253,13 @@ pub fn mutations(name: &str, len: u64, head: &[u8], other_magic: u32) -> Vec<Mut
         out.push(m(
             format!("an image head (magic {other_magic:#010x}) written at offset 0"),
             Mutation::PutBytes(0, bytes),
+            false,
         ));
     }
     out.push(m(
         "1 MiB of garbage appended".into(),
         Mutation::Append(1 << 20),
+        false,
     ));
     out
 }
@@ -308,6 +337,11 @@ fn run_crest(cfg: &Config, cwd: &Path, args: &[&str]) -> Result<Run> {
     let end = match wait_exit(pid, RUN_TIMEOUT)? {
         Waited::Exited(e) => End::Exit(e),
         Waited::TimedOut => {
+            // crest and whatever it forked
+            let tree = procs::tree_snapshot(pid).unwrap_or_default();
+            for p in tree.keys().rev() {
+                let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+            }
             let _ = kill(pid, Signal::SIGKILL);
             let _ = wait_exit(pid, Duration::from_secs(5));
             End::Hung
@@ -341,8 +375,8 @@ fn quote(stderr: &str) -> String {
 fn judge_run(run: &Run, file: &str) -> Option<String> {
     match run.end {
         End::Hung => Some("hangs".into()),
-        End::Exit(Exit::Signal(s)) => Some(format!("killed by {s}")),
-        End::Exit(Exit::Code(101)) => Some("panicked (exit code 101)".into()),
+        End::Exit(Exit::Signal(_)) => Some("killed by a signal".into()),
+        End::Exit(Exit::Code(101)) => Some("panicked".into()),
         End::Exit(Exit::Code(0)) => None,
         End::Exit(Exit::Code(_)) if !run.stderr.contains(file) => {
             Some(format!("failed, but its stderr does not name {file}"))
@@ -449,14 +483,13 @@ fn steps(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
 
     // the baseline: untouched images restore and pass their check
     reset(&dir.images, &run_dir)?;
+    let untouched = Mutant {
+        name: "untouched".into(),
+        what: Mutation::Append(0),
+        must_refuse: false,
+    };
     let base = one_run(
-        cfg,
-        dir,
-        &run_dir,
-        &dumped,
-        "(none)",
-        "untouched",
-        &mut tally,
+        cfg, dir, &run_dir, &dumped, "(none)", &untouched, &mut tally,
     )?;
     if tally.restored_pass != 1 || !tally.failures.is_empty() || base.is_some() {
         bail!(
@@ -470,27 +503,28 @@ fn steps(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let magics: Vec<(String, u32)> = images
         .iter()
         .filter_map(|(n, d)| {
-            let (at, _) = layout(d)?;
+            let (at, _) = layout(n, d)?;
             let at = at as usize;
             let m = u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?);
             Some((kind(n), m))
         })
         .collect();
     for (name, data) in &images {
-        let mine = kind(name);
         // the magic of the next kind of image (in name order)
+        let mine = kind(name);
+        let mine_magic = own_magic(name, data);
+        let differs = |(k, m): &&(String, u32)| *k != mine && Some(*m) != mine_magic;
         let other = magics
             .iter()
-            .cycle()
-            .skip_while(|(k, _)| *k <= mine)
-            .take(magics.len())
-            .find(|(k, m)| *k != mine && Some(*m) != own_magic(data))
+            .filter(|(k, _)| *k > mine)
+            .find(differs)
+            .or_else(|| magics.iter().find(differs))
             .map(|(_, m)| *m)
             .unwrap_or(0x5832_3120);
         for mutant in mutations(name, data.len() as u64, data, other) {
             reset(&dir.images, &run_dir)?;
             apply(&run_dir.join(name), &mutant.what, seed_of(name))?;
-            one_run(cfg, dir, &run_dir, &dumped, name, &mutant.name, &mut tally)?;
+            one_run(cfg, dir, &run_dir, &dumped, name, &mutant, &mut tally)?;
         }
     }
     let elapsed = start.elapsed();
@@ -500,25 +534,30 @@ fn steps(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     }
     let _ = fs::write(dir.root.join("failures.txt"), &failures_txt);
     let summary = format!(
-        "{} files, {} runs of restore/show/show --ns in {:.1}s (slowest {:.1}s); {} restores \
-         succeeded ({} of them passed their own check)",
+        "{} files, {} runs of restore/show/show --ns in {:.1}s (slowest command {} ms); {} \
+         restores succeeded ({} of them passed their own check)",
         images.len(),
         tally.runs,
         elapsed.as_secs_f64(),
-        tally.slowest.as_secs_f64(),
+        tally.slowest.as_millis(),
         tally.restored,
         tally.restored_pass
     );
+    let restored = if tally.restored_notes.is_empty() {
+        String::new()
+    } else {
+        format!("restored from: {}", tally.restored_notes.join(", "))
+    };
     if !tally.failures.is_empty() {
         bail!(
-            "{} problems with mutated images; {summary}:\n{}",
+            "{} problems with mutated images; {summary}:\n{}\n{restored}",
             tally.failures.len(),
             tally.failures.join("\n")
         );
     }
     let mut note = summary;
-    if !tally.restored_notes.is_empty() {
-        let _ = write!(note, "; restored: {}", tally.restored_notes.join(", "));
+    if !restored.is_empty() {
+        let _ = write!(note, "; {restored}");
     }
     Ok(Outcome::PassWith(note))
 }
@@ -528,8 +567,8 @@ fn kind(name: &str) -> String {
     name.chars().filter(|c| !c.is_ascii_digit()).collect()
 }
 
-fn own_magic(data: &[u8]) -> Option<u32> {
-    let (at, _) = layout(data)?;
+fn own_magic(name: &str, data: &[u8]) -> Option<u32> {
+    let (at, _) = layout(name, data)?;
     let at = at as usize;
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
@@ -560,10 +599,11 @@ fn one_run(
     run: &Path,
     dumped: &Dumped,
     file: &str,
-    mutation: &str,
+    mutant: &Mutant,
     tally: &mut Tally,
 ) -> Result<Option<String>> {
     tally.runs += 1;
+    let mutation = &mutant.name;
     let mut fail = |what: &str, problem: String, r: &Run| {
         tally.failures.push(format!(
             "{file} [{mutation}] {what}: {problem} ({}): {}",
@@ -588,14 +628,27 @@ fn one_run(
     }
     if matches!(r.end, End::Exit(Exit::Code(0))) {
         tally.restored += 1;
+        if mutant.must_refuse {
+            fail(
+                "crest restore",
+                "succeeded, but no restore can be right with this file".into(),
+                &r,
+            );
+        }
         match check_restored(dir, dumped) {
-            Ok(()) => tally.restored_pass += 1,
+            Ok(()) => {
+                tally.restored_pass += 1;
+                tally.restored_notes.push(format!("{file} [{mutation}]"));
+            }
             Err(e) => {
-                let n = format!("{file} [{mutation}]: {e:#}");
+                let n = format!("{file} [{mutation}] (its check: {e:#})");
                 tally.restored_notes.push(n.clone());
                 note = Some(n);
             }
         }
+        dumped.kill_all();
+    } else if matches!(r.end, End::Hung) {
+        // reported as a hang; its tasks were killed with it
         dumped.kill_all();
     } else {
         // a failed (or killed) restore must leave nothing behind
@@ -670,10 +723,10 @@ mod tests {
     #[test]
     fn layout_finds_magics() {
         let core = [0x19, 0x43, 0x56, 0x54, 0x47, 0x38, 0x05, 0x55, 1, 0, 0, 0];
-        assert_eq!(layout(&core), Some((4, 8)));
+        assert_eq!(layout("core-1.img", &core), Some((4, 8)));
         let inv = [0x16, 0x31, 0x31, 0x58, 0x1a, 0, 0, 0];
-        assert_eq!(layout(&inv), Some((0, 4)));
-        assert_eq!(layout(&[0u8; 16]), None);
+        assert_eq!(layout("inventory.img", &inv), Some((0, 4)));
+        assert_eq!(layout("pages-1.img", &core), None);
     }
 
     #[test]

@@ -41,5 +41,5 @@ fn restore_of_an_empty_dir_names_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pstree.img"), "{err}");
+    assert!(err.contains("inventory.img"), "{err}");
 }

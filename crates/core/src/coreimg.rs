@@ -65,6 +65,9 @@ pub fn dump_thread(
         outer_uids: status.uid.to_vec(),
         outer_gids: status.gid.to_vec(),
         outer_groups: status.groups.clone(),
+        ns_tids: status.ns_pid.iter().map(|p| *p as u32).collect(),
+        ns_pgids: status.ns_pgid.iter().map(|p| *p as u32).collect(),
+        ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
     };
     Ok((core, extra))
 }
@@ -94,6 +97,21 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
         child_subreaper: Some(subreaper),
         ..TaskCoreEntry::default()
     })
+}
+
+/// crest's extras of a zombie: its ids at every pid namespace level.
+pub fn zombie_extra(pid: i32) -> CrestThreadExtra {
+    let st = procfs::read_status(pid).ok();
+    let ids = |f: fn(&procfs::Status) -> &Vec<i32>| -> Vec<u32> {
+        st.as_ref()
+            .map_or(Vec::new(), |s| f(s).iter().map(|p| *p as u32).collect())
+    };
+    CrestThreadExtra {
+        ns_tids: ids(|s| &s.ns_pid),
+        ns_pgids: ids(|s| &s.ns_pgid),
+        ns_sids: ids(|s| &s.ns_sid),
+        ..CrestThreadExtra::default()
+    }
 }
 
 /// The core image of a zombie: its state and exit status only.

@@ -4,6 +4,7 @@
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
 use crate::ns::other::OtherGraph;
+use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
 use crate::pstree::{Seized, Task};
 use crate::{coreimg, fs, mm, procfs};
@@ -68,8 +69,14 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         .collect();
     let users = UsernsGraph::collect(&live)?;
     let others = OtherGraph::collect(&live, &users)?;
+    let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+    pids.check_inits(|pid| {
+        procfs::read_status(pid)
+            .ok()
+            .and_then(|s| s.ns_pid.last().copied())
+    })?;
     users.write(&opts.dir)?;
-    others.write(&opts.dir)?;
+    others.write(&opts.dir, pids.entries())?;
     let mut files = FileTable::default();
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
@@ -85,11 +92,20 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                     magic::CORE,
                     &[core],
                 )?;
+                crest_images::write_image(
+                    &opts.dir,
+                    &names::crest_thread(task.pid as u32),
+                    magic::CREST_THREAD,
+                    &[coreimg::zombie_extra(task.pid)],
+                )?;
                 TaskKobjIdsEntry {
                     vm_id: id,
                     files_id: id,
                     fs_id: id,
                     sighand_id: id,
+                    // A zombie has no namespaces left to read; it died in
+                    // its parent's pid namespace.
+                    pid_ns_id: parent_ids.and_then(|p| p.pid_ns_id),
                     ..TaskKobjIdsEntry::default()
                 }
             }
@@ -97,6 +113,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                 let mut ids = shared_ids(task, id, parent_ids)?;
                 ids.user_ns_id = users.ns_of(task.pid);
                 ids.uts_ns_id = others.ns_of(task.pid, libc::CLONE_NEWUTS as u32);
+                ids.pid_ns_id = pids.ns_of(task.pid);
                 dump_task(task, &ids, &users, &opts.dir, &mut files, &mut summary)?;
                 ids
             }

@@ -260,15 +260,43 @@ fn clone_in(
     flags: u64,
     exit_signal: u64,
 ) -> Result<Tracee, RestoreError> {
+    clone_levels(parent, pid, tid, &[tid], flags, exit_signal)
+}
+
+/// Injects `clone3` into `parent` with `set_tid` giving the new task's id
+/// at each pid namespace level, innermost first; `pid` and `tid` are its
+/// ids in crest's namespace (crest traces it by them).
+pub fn clone_levels(
+    parent: &mut Tracee,
+    pid: i32,
+    tid: i32,
+    set_tid: &[i32],
+    flags: u64,
+    exit_signal: u64,
+) -> Result<Tracee, RestoreError> {
     let ppid = parent.pid();
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 8];
+    if set_tid.is_empty() || set_tid.len() > 32 {
+        return Err(RestoreError::Unsupported {
+            pid: tid,
+            what: format!("{} pid namespace levels", set_tid.len()),
+        });
+    }
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * set_tid.len()];
     let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
     let set_tid_addr = base + CLONE_ARGS_SIZE as u64;
-    let words: [(usize, u64); 4] = [(0, flags), (4, exit_signal), (8, set_tid_addr), (9, 1)];
+    let words: [(usize, u64); 4] = [
+        (0, flags),
+        (4, exit_signal),
+        (8, set_tid_addr),
+        (9, set_tid.len() as u64),
+    ];
     for (i, v) in words {
         raw[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
-    raw[CLONE_ARGS_SIZE..CLONE_ARGS_SIZE + 4].copy_from_slice(&tid.to_le_bytes());
+    for (i, id) in set_tid.iter().enumerate() {
+        let off = CLONE_ARGS_SIZE + 4 * i;
+        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
+    }
     parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     let got = parent
@@ -280,14 +308,14 @@ fn clone_in(
     if got < 0 {
         return Err(RestoreError::Io {
             pid: tid,
-            step: format!("clone3 with set_tid {tid} in parent {ppid}"),
+            step: format!("clone3 with set_tid {set_tid:?} in parent {ppid}"),
             source: std::io::Error::from_raw_os_error(-got as i32),
         });
     }
-    if got != i64::from(tid) {
+    if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
         return Err(RestoreError::Unsupported {
             pid: tid,
-            what: format!("clone3 gave pid {got} instead"),
+            what: format!("clone3 with set_tid {set_tid:?} gave {got}, not pid {tid}"),
         });
     }
     let mut t = Tracee::from_new_task(pid, tid).rat(tid, "attach to the new task")?;
@@ -318,10 +346,15 @@ pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
 pub fn fork_child(
     parent: &mut Tracee,
     child: &PstreeEntry,
+    set_tid: &[i32],
     share_files: bool,
     share_fs: bool,
+    new_pidns: bool,
 ) -> Result<Tracee, RestoreError> {
     let mut flags = 0u64;
+    if new_pidns {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
     if share_files {
         flags |= libc::CLONE_FILES as u64;
     }
@@ -329,22 +362,23 @@ pub fn fork_child(
         flags |= libc::CLONE_FS as u64;
     }
     let pid = child.pid as i32;
-    let mut t = clone_in(parent, pid, pid, flags, libc::SIGCHLD as u64)?;
+    let mut t = clone_levels(parent, pid, pid, set_tid, flags, libc::SIGCHLD as u64)?;
     if child.sid == child.pid {
         t.syscall(nr::SETSID, &[]).rat(pid, "setsid")?;
     }
     Ok(t)
 }
 
-/// Creates thread `tid` of the task behind `leader`.
-pub fn fork_thread(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError> {
+/// Creates thread `tid` of the task behind `leader`, with its id at every
+/// pid namespace level (`set_tid`, innermost first).
+pub fn fork_thread(leader: &mut Tracee, tid: i32, set_tid: &[i32]) -> Result<Tracee, RestoreError> {
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
-    clone_in(leader, leader.pid(), tid, flags, 0)
+    clone_levels(leader, leader.pid(), tid, set_tid, flags, 0)
 }
 
 /// Creates thread `tid` of the task behind `leader` when the task can no
@@ -353,7 +387,11 @@ pub fn fork_thread(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError
 /// `ns_last_pid` to `tid - 1` and the leader clones without `set_tid`. A
 /// thread that another fork's race gave the wrong tid exits at once and
 /// crest tries again.
-pub fn fork_thread_last_pid(leader: &mut Tracee, tid: i32) -> Result<Tracee, RestoreError> {
+pub fn fork_thread_last_pid(
+    leader: &mut Tracee,
+    tid: i32,
+    inner_set_tid: &[i32],
+) -> Result<Tracee, RestoreError> {
     let pid = leader.pid();
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
@@ -361,15 +399,32 @@ pub fn fork_thread_last_pid(leader: &mut Tracee, tid: i32) -> Result<Tracee, Res
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE];
+    // Levels inside crest's pid namespace are set with set_tid (the task
+    // holds rights over them in its own user namespace); crest's level
+    // through ns_last_pid.
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * inner_set_tid.len()];
     raw[..8].copy_from_slice(&flags.to_le_bytes());
+    for (i, id) in inner_set_tid.iter().enumerate() {
+        let off = CLONE_ARGS_SIZE + 4 * i;
+        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
+    }
+    raw[72..80].copy_from_slice(&(inner_set_tid.len() as u64).to_le_bytes());
     for _ in 0..16 {
-        let base = leader.put(&raw).rat(pid, "write clone_args")?;
+        let base = leader.scratch(raw.len()).rat(pid, "scratch")?;
+        if !inner_set_tid.is_empty() {
+            raw[64..72].copy_from_slice(&(base + CLONE_ARGS_SIZE as u64).to_le_bytes());
+        }
+        leader.write_mem(base, &raw).rat(pid, "write clone_args")?;
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", tid - 1))
             .rat(pid, "write ns_last_pid")?;
-        let got = leader
+        leader
             .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-            .rat(pid, format!("clone3 of thread {tid}"))? as i32;
+            .rat(pid, format!("clone3 of thread {tid}"))?;
+        // The new thread's id in crest's namespace.
+        let got = leader.new_task().ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: format!("a clone of thread {tid} that reported no new thread"),
+        })?;
         let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to a new thread")?;
         t.set_syscall_ip(leader.syscall_ip());
         if got == tid {
@@ -421,6 +476,18 @@ impl Helpers {
     }
 }
 
+/// How a task is forked from its parent.
+pub struct ForkHow<'a> {
+    /// Its id at every pid namespace level, innermost first.
+    pub set_tid: &'a [i32],
+    pub share_files: bool,
+    pub share_fs: bool,
+    /// It is the init of a new pid namespace.
+    pub new_pidns: bool,
+    /// Its parent is a child subreaper (needed for a session helper).
+    pub parent_is_subreaper: bool,
+}
+
 /// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
 /// session helper in between when its session leader is gone.
 pub fn fork_in_session(
@@ -429,16 +496,17 @@ pub fn fork_in_session(
     entries: &[&PstreeEntry],
     k: usize,
     p: usize,
-    share: (bool, bool),
-    parent_is_subreaper: bool,
+    how: &ForkHow<'_>,
 ) -> Result<Tracee, RestoreError> {
+    let (set_tid, parent_is_subreaper) = (how.set_tid, how.parent_is_subreaper);
+    let share = (how.share_files, how.share_fs, how.new_pidns);
     let e = entries[k];
     let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
         pid: e.pid as i32,
         what: "a task whose parent is a zombie".into(),
     })?;
     if e.sid == e.pid || e.sid == entries[p].sid {
-        return fork_child(parent, e, share.0, share.1);
+        return fork_child(parent, e, set_tid, share.0, share.1, share.2);
     }
     let sid = e.sid as i32;
     if entries.iter().any(|x| x.pid == e.sid) {
@@ -470,7 +538,13 @@ pub fn fork_in_session(
         pid: sid,
         what: "a lost session helper".into(),
     })?;
-    fork_child(h, e, false, false)
+    if share.2 {
+        return Err(RestoreError::Unsupported {
+            pid: e.pid as i32,
+            what: "the init of a pid namespace in a session whose leader is gone".into(),
+        });
+    }
+    fork_child(h, e, set_tid, false, false, false)
 }
 
 /// Puts every task in its process group: group leaders first, then the
@@ -481,6 +555,7 @@ pub fn set_groups(
     tasks: &mut [Option<Tracee>],
     helpers: &mut Helpers,
     entries: &[&PstreeEntry],
+    inner_pgid: &[u32],
 ) -> Result<(), RestoreError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].pgid != entries[i].pid);
@@ -514,7 +589,7 @@ pub fn set_groups(
         let target = if e.pgid == e.pid {
             0
         } else {
-            u64::from(e.pgid)
+            u64::from(inner_pgid.get(i).copied().unwrap_or(e.pgid))
         };
         t.syscall(nr::SETPGID, &[0, target])
             .rat(pid, format!("setpgid to group {}", e.pgid))?;
@@ -524,7 +599,7 @@ pub fn set_groups(
 
 /// Takes back one SIGCHLD queued in a (blocked) restored task by the exit
 /// of a helper or a zombie.
-fn take_sigchld(parent: &mut Tracee) {
+pub(crate) fn take_sigchld(parent: &mut Tracee) {
     let mut set = [0u8; 32];
     set[..8].copy_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
     if let Ok(addr) = parent.put(&set) {

@@ -13,7 +13,7 @@ use crest_images::pb::{
 };
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
-use crest_sys::proc::{spawn_stopped, SessionSetup};
+use crest_sys::proc::{spawn_stopped_with, SessionSetup};
 use crest_sys::ptrace::{self, WaitStatus};
 use std::path::{Path, PathBuf};
 
@@ -107,6 +107,36 @@ impl TaskImage {
         self.entry.pid as i32
     }
 
+    /// Thread `i`'s ids at every pid namespace level, innermost first, as
+    /// `clone3`'s `set_tid` wants them.
+    fn set_tid(&self, i: usize) -> Vec<i32> {
+        let ns = self
+            .cores
+            .get(i)
+            .and_then(|c| c.2.as_ref())
+            .map(|e| e.ns_tids.clone())
+            .unwrap_or_default();
+        if ns.is_empty() {
+            vec![self.cores.get(i).map_or(self.pid(), |c| c.0)]
+        } else {
+            ns.iter().rev().map(|t| *t as i32).collect()
+        }
+    }
+
+    /// Thread `i`'s id in its own pid namespace.
+    fn inner_tid(&self, i: usize) -> Option<i32> {
+        self.set_tid(i).first().copied()
+    }
+
+    /// The process group as seen in the task's own pid namespace.
+    fn inner_pgid(&self) -> u32 {
+        self.cores
+            .first()
+            .and_then(|c| c.2.as_ref())
+            .and_then(|e| e.ns_pgids.last().copied())
+            .unwrap_or(self.entry.pgid)
+    }
+
     fn bad(&self, what: &str) -> RestoreError {
         RestoreError::BadImage {
             pid: self.pid(),
@@ -168,6 +198,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
 fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
+    check_inventory(dir)?;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {
         pid: 0,
@@ -190,6 +221,16 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .filter_map(|i| Some((i.pid(), i.ids.uts_ns_id?)))
         .collect();
     let others = ns::other::OtherGraph::read(dir, &other_of)?;
+    let pid_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
+        .collect();
+    let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
+        .map_err(|what| RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_NS.into(),
+            what,
+        })?;
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
     let userns = ns::user::Helpers::build(&users)?;
@@ -199,7 +240,8 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Fork the tree: every task from its parent, with its pid.
     let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
     let mut helpers = pstree::Helpers::default();
-    tasks.push(Some(spawn_root(&imgs[0])?));
+    let root_new_pidns = new_pidns(&imgs, &pidns, 0, None)?;
+    tasks.push(Some(spawn_root(&imgs[0], root_new_pidns)?));
     for k in 1..imgs.len() {
         let p = parent_index(&imgs, k)?;
         let share = (
@@ -212,11 +254,20 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .as_ref()
             .and_then(|tc| tc.child_subreaper)
             .unwrap_or(false);
-        let child =
-            pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, share, subreaper)?;
+        let fresh = new_pidns(&imgs, &pidns, k, Some(p))?;
+        let set_tid = imgs[k].set_tid(0);
+        let how = pstree::ForkHow {
+            set_tid: &set_tid,
+            share_files: share.0,
+            share_fs: share.1,
+            new_pidns: fresh,
+            parent_is_subreaper: subreaper,
+        };
+        let child = pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how)?;
         tasks.push(Some(child));
     }
-    pstree::set_groups(&mut tasks, &mut helpers, &entries)?;
+    let inner_pgids: Vec<u32> = imgs.iter().map(TaskImage::inner_pgid).collect();
+    pstree::set_groups(&mut tasks, &mut helpers, &entries, &inner_pgids)?;
     helpers.finish(&mut tasks)?;
 
     // Zombies end now, with their exit status.
@@ -271,6 +322,51 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     Ok(Restored { root_pid })
 }
 
+/// Whether task `k` is the init of a pid namespace of its own, a child of
+/// its parent's (task `p`, or crest's for the root).
+fn new_pidns(
+    imgs: &[TaskImage],
+    g: &ns::pid::PidnsGraph,
+    k: usize,
+    p: Option<usize>,
+) -> Result<bool, RestoreError> {
+    let child_ns = imgs[k].ids.pid_ns_id;
+    let parent_ns = p.and_then(|p| imgs[p].ids.pid_ns_id);
+    if child_ns == parent_ns {
+        return Ok(false);
+    }
+    let Some(ns) = child_ns else {
+        return Err(imgs[k].bad("a task in crest's pid namespace whose parent is in another"));
+    };
+    let node = g
+        .node(ns)
+        .ok_or_else(|| imgs[k].bad("an unknown pid namespace"))?;
+    if node.parent != parent_ns || imgs[k].inner_tid(0) != Some(1) {
+        return Err(imgs[k].bad(
+            "a task in a pid namespace other than its parent's that is not the init (pid 1) of a child namespace",
+        ));
+    }
+    Ok(true)
+}
+
+/// `inventory.img` must be there, be CRIU's, and have image version 2.
+pub fn check_inventory(dir: &Path) -> Result<(), RestoreError> {
+    let inv: crest_images::pb::InventoryEntry =
+        crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
+    if inv.img_version != crest_images::INVENTORY_IMG_VERSION {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::INVENTORY.into(),
+            what: format!(
+                "image version {}, crest reads version {}",
+                inv.img_version,
+                crest_images::INVENTORY_IMG_VERSION
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, RestoreError> {
     let ppid = imgs[k].entry.ppid;
     imgs[..k]
@@ -279,29 +375,48 @@ fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, RestoreError> {
         .ok_or_else(|| imgs[k].bad("parent is not restored before the task"))
 }
 
-/// Forks the root task from crest with its old pid.
-fn spawn_root(img: &TaskImage) -> Result<Tracee, RestoreError> {
+/// Forks the root task from crest with its old pid at every level (as the
+/// init of a new pid namespace if it was one).
+fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
-    let session = if img.entry.sid == img.entry.pid {
-        SessionSetup::NewSession
-    } else if img.entry.pgid == img.entry.pid {
-        SessionSetup::NewGroup
+    let set_tid = img.set_tid(0);
+    let flags = if new_pidns {
+        libc::CLONE_NEWPID as u64
     } else {
-        SessionSetup::Inherit
+        0
     };
-    let child = spawn_stopped(&[pid], session).map_err(|e| match e.raw_os_error() {
-        Some(libc::EEXIST) => RestoreError::PidTaken { pid },
-        _ => RestoreError::Io {
-            pid,
-            step: "clone3 with set_tid".into(),
-            source: e,
-        },
+    let child = spawn_stopped_with(&set_tid, session_of(img), flags).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EEXIST) => RestoreError::PidTaken { pid },
+            _ => RestoreError::Io {
+                pid,
+                step: format!("clone3 with set_tid {set_tid:?}"),
+                source: e,
+            },
+        }
     })?;
+    if child != pid {
+        let _ = crest_sys::misc::kill(child, libc::SIGKILL);
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!("clone3 gave pid {child}"),
+        });
+    }
     let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
     t.trace_new_tasks().rat(pid, "trace new tasks")?;
     t.use_vdso_syscall()
         .rat(pid, "find a syscall instruction")?;
     Ok(t)
+}
+
+fn session_of(img: &TaskImage) -> SessionSetup {
+    if img.entry.sid == img.entry.pid {
+        SessionSetup::NewSession
+    } else if img.entry.pgid == img.entry.pid {
+        SessionSetup::NewGroup
+    } else {
+        SessionSetup::Inherit
+    }
 }
 
 /// What the transforms of a tree's tasks share.
@@ -393,10 +508,13 @@ fn transform(
     // Threads are made after the move and while the leader still holds
     // every capability; each drops its own, the leader last.
     for (tid, tcore, extra) in img.cores.iter().skip(1) {
+        let i = img.cores.iter().position(|c| c.0 == *tid).unwrap_or(0);
+        let set_tid = img.set_tid(i);
         let mut th = if helper.is_some() {
-            pstree::fork_thread_last_pid(t, *tid)?
+            let inner = &set_tid[..set_tid.len().saturating_sub(1)];
+            pstree::fork_thread_last_pid(t, *tid, inner)?
         } else {
-            pstree::fork_thread(t, *tid)?
+            pstree::fork_thread(t, *tid, &set_tid)?
         };
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;

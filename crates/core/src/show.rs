@@ -24,6 +24,8 @@ pub struct TaskSummary {
 
 /// Reads the tree and a summary of every task.
 pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
+    let _inv: crest_images::pb::InventoryEntry =
+        crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let mut out = Vec::with_capacity(tree.len());
     for p in &tree {
@@ -142,6 +144,7 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let mut tasks = Vec::with_capacity(tree.len());
     let mut others = Vec::new();
+    let mut pids = Vec::new();
     for p in &tree {
         let ids: crest_images::pb::TaskKobjIdsEntry =
             crest_images::read_one(dir, &names::ids(p.pid), magic::IDS)?;
@@ -151,10 +154,20 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
         if let Some(ns) = ids.uts_ns_id {
             others.push((p.pid as i32, ns));
         }
+        if let Some(ns) = ids.pid_ns_id {
+            pids.push((p.pid as i32, ns));
+        }
     }
     let users = crate::ns::user::UsernsGraph::read(dir, &tasks)?;
     let others = crate::ns::other::OtherGraph::read(dir, &others)?;
-    Ok(users.render() + &others.render(&users))
+    let pidns =
+        crate::ns::pid::PidnsGraph::from_entries(&crate::ns::other::read_entries(dir)?, &pids)
+            .map_err(|what| crate::RestoreError::BadImage {
+                pid: 0,
+                file: names::CREST_NS.into(),
+                what,
+            })?;
+    Ok(users.render() + &others.render(&users) + &pidns.render(&users))
 }
 
 /// The namespace graph of the live tree rooted at `pid`, as canonical
@@ -180,5 +193,6 @@ pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
         .collect();
     let users = crate::ns::user::UsernsGraph::collect(&live)?;
     let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
-    Ok(users.render() + &others.render(&users))
+    let pidns = crate::ns::pid::PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+    Ok(users.render() + &others.render(&users) + &pidns.render(&users))
 }

@@ -255,6 +255,9 @@ fn files_and_crest_round_trip() {
         outer_uids: vec![100_000, 100_000, 100_000, 100_000],
         outer_gids: vec![1, 2, 3, 4],
         outer_groups: vec![5, 6],
+        ns_tids: vec![4242, 1],
+        ns_pgids: vec![4242, 1],
+        ns_sids: vec![4242, 0],
     };
     let name = names::crest_thread(42);
     write_image(

@@ -81,6 +81,8 @@ pub struct Tracee {
     syscall_ip: u64,
     scratch: Option<(u64, usize)>,
     done: bool,
+    /// The task or thread the last injected clone created (crest's view).
+    new_task: Option<i32>,
 }
 
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
@@ -163,6 +165,7 @@ impl Tracee {
             syscall_ip: 0,
             scratch: None,
             done: false,
+            new_task: None,
         })
     }
 
@@ -225,6 +228,12 @@ impl Tracee {
             t.attach = Attach::Thread;
         }
         Ok(t)
+    }
+
+    /// The id (in crest's pid namespace) of the task or thread that the
+    /// last injected clone created.
+    pub fn new_task(&self) -> Option<i32> {
+        self.new_task
     }
 
     /// Uses the `syscall` instruction at `ip` for injection.
@@ -320,6 +329,10 @@ impl Tracee {
                     event:
                         libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
                 } => {
+                    // The new task's id, in crest's pid namespace; the next
+                    // stop overwrites the message.
+                    let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
+                    self.new_task = Some(msg as i32);
                     ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))?;
                 }
                 WaitStatus::Stopped { sig, event } => {

@@ -39,3 +39,11 @@ pub fn get_owner_uid(fd: &impl AsRawFd) -> io::Result<u32> {
     cvt(ret as libc::c_long)?;
     Ok(uid)
 }
+
+/// `setns(fd, nstype)` — moves the caller (for a pid namespace: its
+/// future children) into the namespace `fd` refers to.
+pub fn setns(fd: &impl AsRawFd, nstype: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments on an fd we hold.
+    let ret = unsafe { libc::setns(fd.as_raw_fd(), nstype) };
+    cvt(ret as libc::c_long).map(drop)
+}

@@ -37,7 +37,14 @@ pub enum SessionSetup {
 /// stops with `SIGSTOP`. The caller then owns a traced, stopped child and
 /// transforms it from outside. Returns the child's pid.
 pub fn spawn_stopped(set_tid: &[i32], session: SessionSetup) -> io::Result<i32> {
+    spawn_stopped_with(set_tid, session, 0)
+}
+
+/// [`spawn_stopped`] with extra `clone3` flags (such as `CLONE_NEWPID`,
+/// which makes the child the init of a new pid namespace).
+pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) -> io::Result<i32> {
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: if set_tid.is_empty() {
             0

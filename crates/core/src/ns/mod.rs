@@ -4,4 +4,5 @@
 
 pub mod idmap;
 pub mod other;
+pub mod pid;
 pub mod user;

@@ -99,7 +99,7 @@ impl OtherGraph {
     pub fn collect(pids: &[i32], users: &UsernsGraph) -> Result<OtherGraph, DumpError> {
         let me = std::process::id() as i32;
         let mut g = OtherGraph::default();
-        for kind in KINDS {
+        for kind in KINDS.iter().copied().filter(|k| k.name != "pid") {
             let mine = ino_of(&format!("/proc/self/ns/{}", kind.name))
                 .at(me, "stat crest's namespaces")?;
             for &pid in pids {
@@ -169,8 +169,9 @@ impl OtherGraph {
             .map(|t| t.1)
     }
 
-    /// Writes `crest-ns.img` and each namespace's state image.
-    pub fn write(&self, dir: &Path) -> Result<(), DumpError> {
+    /// Writes `crest-ns.img` (with `more` entries, the pid namespaces) and
+    /// each namespace's state image.
+    pub fn write(&self, dir: &Path, more: Vec<CrestNsEntry>) -> Result<(), DumpError> {
         let entries: Vec<CrestNsEntry> = self
             .list
             .iter()
@@ -178,7 +179,9 @@ impl OtherGraph {
                 id: n.id,
                 nstype: n.nstype,
                 owner_userns: n.owner_userns,
+                parent: None,
             })
+            .chain(more)
             .collect();
         crest_images::write_image(dir, names::CREST_NS, magic::CREST_NS, &entries)?;
         for n in &self.list {
@@ -196,11 +199,7 @@ impl OtherGraph {
     /// Reads the namespaces back; `tasks` pairs each pid with its ids
     /// entry's namespace ids.
     pub fn read(dir: &Path, tasks: &[(i32, u32)]) -> Result<OtherGraph, RestoreError> {
-        if !dir.join(names::CREST_NS).exists() {
-            return Ok(OtherGraph::default());
-        }
-        let entries: Vec<CrestNsEntry> =
-            crest_images::read_image(dir, names::CREST_NS, magic::CREST_NS)?;
+        let entries = read_entries(dir)?;
         let bad = |what: String| RestoreError::BadImage {
             pid: 0,
             file: names::CREST_NS.into(),
@@ -213,7 +212,10 @@ impl OtherGraph {
             list: Vec::new(),
             tasks: tasks.to_vec(),
         };
-        for e in entries {
+        for e in entries
+            .into_iter()
+            .filter(|e| e.nstype != libc::CLONE_NEWPID as u32)
+        {
             let kind = kind_of_flag(e.nstype).ok_or_else(|| {
                 bad(format!(
                     "namespace {} of unknown type {:#x}",
@@ -290,6 +292,23 @@ impl OtherGraph {
         }
         s
     }
+}
+
+/// The entries of `crest-ns.img` (none when the file is absent).
+pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
+    if !dir.join(names::CREST_NS).exists() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<CrestNsEntry> =
+        crest_images::read_image(dir, names::CREST_NS, magic::CREST_NS)?;
+    if entries.len() > 4096 {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_NS.into(),
+            what: format!("{} namespaces", entries.len()),
+        });
+    }
+    Ok(entries)
 }
 
 /// Host and domain name of a uts namespace, read by a short-lived crest

@@ -1,0 +1,221 @@
+//! Pid namespaces, nested to any depth below crest's own.
+//!
+//! Dump walks each task's pid namespace up with `NS_GET_PARENT` to crest's
+//! and records each one (parent, owning user namespace) in
+//! `crest-ns.img`; every thread's ids at every level (`NSpid`, `NSpgid`,
+//! `NSsid`) go to `crest-thread-<tid>.img`. The init of every pid namespace
+//! must be part of the tree.
+//!
+//! Restore forks the init of each pid namespace from its parent with
+//! `CLONE_NEWPID`, and every task gets its pid at every level with
+//! `clone3`'s `set_tid` array. That makes the namespace owned by the
+//! parent's user namespace, which is crest's while the tree is forked: a
+//! pid namespace owned by a nested user namespace is refused at dump for
+//! now (its init would have to be forked from inside that namespace, and
+//! a kernel pid namespace cannot be referred to before it has an init).
+
+use super::user::{fd_ino, ino_of, UsernsGraph};
+use crate::error::{DumpCtx, DumpError};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+/// One pid namespace below crest's.
+#[derive(Debug, Clone)]
+pub struct Pidns {
+    pub id: u32,
+    /// None: crest's own pid namespace is the parent.
+    pub parent: Option<u32>,
+    pub owner_userns: u32,
+    pub depth: u32,
+    ino: u64,
+}
+
+/// The tree's pid namespaces and which task is in which.
+#[derive(Debug, Default, Clone)]
+pub struct PidnsGraph {
+    pub list: Vec<Pidns>,
+    /// (pid, namespace id) of every task not in crest's pid namespace.
+    pub tasks: Vec<(i32, u32)>,
+}
+
+impl PidnsGraph {
+    /// Finds the pid namespaces of `pids` below crest's. `first_id` keeps
+    /// the ids apart from the other namespaces in `crest-ns.img`.
+    pub fn collect(
+        pids: &[i32],
+        users: &UsernsGraph,
+        first_id: u32,
+    ) -> Result<PidnsGraph, DumpError> {
+        let me = std::process::id() as i32;
+        let mine = ino_of("/proc/self/ns/pid").at(me, "stat crest's pid namespace")?;
+        let mut g = PidnsGraph::default();
+        for &pid in pids {
+            let path = format!("/proc/{pid}/ns/pid");
+            let ino = ino_of(&path).at(pid, "stat a pid namespace")?;
+            if ino == mine {
+                continue;
+            }
+            let fd: OwnedFd = File::open(&path).at(pid, "open a pid namespace")?.into();
+            let id = g.add(pid, fd, ino, mine, users, first_id)?;
+            g.tasks.push((pid, id));
+        }
+        Ok(g)
+    }
+
+    fn add(
+        &mut self,
+        pid: i32,
+        fd: OwnedFd,
+        ino: u64,
+        mine: u64,
+        users: &UsernsGraph,
+        first_id: u32,
+    ) -> Result<u32, DumpError> {
+        if let Some(n) = self.list.iter().find(|n| n.ino == ino) {
+            return Ok(n.id);
+        }
+        let parent_fd = crest_sys::ns::get_parent(&fd).map_err(|e| DumpError::Unsupported {
+            pid,
+            what: format!("a pid namespace that is not below crest's own ({e})"),
+        })?;
+        let parent_ino = fd_ino(&parent_fd).at(pid, "stat a pid namespace")?;
+        let parent = if parent_ino == mine {
+            None
+        } else {
+            Some(self.add(pid, parent_fd, parent_ino, mine, users, first_id)?)
+        };
+        let owner_fd =
+            crest_sys::ns::get_userns(&fd).at(pid, "NS_GET_USERNS of a pid namespace")?;
+        let owner_ino = fd_ino(&owner_fd).at(pid, "stat the owning user namespace")?;
+        let owner_userns = users
+            .by_ino(owner_ino)
+            .ok_or_else(|| DumpError::Unsupported {
+                pid,
+                what: "a pid namespace owned by a user namespace outside the tree".into(),
+            })?;
+        if users.node(owner_userns).is_some_and(|u| u.parent.is_some()) {
+            // Its init would have to be forked from inside that user
+            // namespace, losing the rights the rest of the restore needs.
+            return Err(DumpError::Unsupported {
+                pid,
+                what: "a pid namespace owned by a nested user namespace (issue 6)".into(),
+            });
+        }
+        let depth = parent.and_then(|p| self.node(p)).map_or(1, |p| p.depth + 1);
+        let id = first_id + self.list.len() as u32;
+        self.list.push(Pidns {
+            id,
+            parent,
+            owner_userns,
+            depth,
+            ino,
+        });
+        Ok(id)
+    }
+
+    pub fn node(&self, id: u32) -> Option<&Pidns> {
+        self.list.iter().find(|n| n.id == id)
+    }
+
+    /// The pid namespace of `pid`, None for crest's own.
+    pub fn ns_of(&self, pid: i32) -> Option<u32> {
+        self.tasks.iter().find(|t| t.0 == pid).map(|t| t.1)
+    }
+
+    /// Every pid namespace's init (pid 1 inside) must be in the tree:
+    /// `inner_pid(pid)` gives a task's pid in its own namespace.
+    pub fn check_inits(&self, inner_pid: impl Fn(i32) -> Option<i32>) -> Result<(), DumpError> {
+        for n in &self.list {
+            let has_init = self
+                .tasks
+                .iter()
+                .any(|(p, id)| *id == n.id && inner_pid(*p) == Some(1));
+            if !has_init {
+                let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: "a pid namespace whose init (pid 1) is not in the dumped tree".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespaces as `crest-ns.img` entries.
+    pub fn entries(&self) -> Vec<crest_images::pb::crest::CrestNsEntry> {
+        self.list
+            .iter()
+            .map(|n| crest_images::pb::crest::CrestNsEntry {
+                id: n.id,
+                nstype: libc::CLONE_NEWPID as u32,
+                owner_userns: n.owner_userns,
+                parent: n.parent,
+            })
+            .collect()
+    }
+
+    /// Rebuilds the graph from `crest-ns.img` entries of type pid.
+    pub fn from_entries(
+        entries: &[crest_images::pb::crest::CrestNsEntry],
+        tasks: &[(i32, u32)],
+    ) -> Result<PidnsGraph, String> {
+        let mut g = PidnsGraph {
+            list: Vec::new(),
+            tasks: tasks.to_vec(),
+        };
+        for e in entries
+            .iter()
+            .filter(|e| e.nstype == libc::CLONE_NEWPID as u32)
+        {
+            let depth = match e.parent {
+                None => 1,
+                Some(p) => g
+                    .node(p)
+                    .map(|n| n.depth + 1)
+                    .ok_or_else(|| format!("pid namespace {} comes before its parent {p}", e.id))?,
+            };
+            if depth > 32 {
+                return Err(format!("pid namespace {} nested {depth} deep", e.id));
+            }
+            g.list.push(Pidns {
+                id: e.id,
+                parent: e.parent,
+                owner_userns: e.owner_userns,
+                depth,
+                ino: 0,
+            });
+        }
+        for (pid, id) in tasks {
+            if g.node(*id).is_none() {
+                return Err(format!("task {pid} is in unknown pid namespace {id}"));
+            }
+        }
+        Ok(g)
+    }
+
+    /// Canonical text for `crest show --ns`.
+    pub fn render(&self, users: &UsernsGraph) -> String {
+        let mut lines: Vec<String> = self
+            .list
+            .iter()
+            .map(|n| {
+                let mut pids: Vec<i32> = self.tasks.iter().filter(|t| t.1 == n.id).map(|t| t.0).collect();
+                pids.sort_unstable();
+                let mut owner: Vec<i32> = users
+                    .tasks
+                    .iter()
+                    .filter(|t| t.1 == n.owner_userns)
+                    .map(|t| t.0)
+                    .collect();
+                owner.sort_unstable();
+                format!(
+                    "pid ns depth {} owned by the userns of tasks {owner:?} (depth {}) tasks {pids:?}\n",
+                    n.depth,
+                    users.node(n.owner_userns).map_or(0, |u| u.depth)
+                )
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+}
