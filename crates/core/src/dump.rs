@@ -113,6 +113,10 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                 let mut ids = shared_ids(task, id, parent_ids)?;
                 ids.user_ns_id = users.ns_of(task.pid);
                 ids.uts_ns_id = others.ns_of(task.pid, libc::CLONE_NEWUTS as u32);
+                ids.ipc_ns_id = others.ns_of(task.pid, libc::CLONE_NEWIPC as u32);
+                ids.net_ns_id = others.ns_of(task.pid, libc::CLONE_NEWNET as u32);
+                ids.mnt_ns_id = others.ns_of(task.pid, libc::CLONE_NEWNS as u32);
+                ids.time_ns_id = others.ns_of(task.pid, libc::CLONE_NEWTIME as u32);
                 ids.pid_ns_id = pids.ns_of(task.pid);
                 dump_task(task, &ids, &users, &opts.dir, &mut files, &mut summary)?;
                 ids

@@ -218,7 +218,11 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let users = UsernsGraph::read(dir, &ns_of)?;
     let other_of: Vec<(i32, u32)> = imgs
         .iter()
-        .filter_map(|i| Some((i.pid(), i.ids.uts_ns_id?)))
+        .flat_map(|i| {
+            ns::other::ids_of(&i.ids)
+                .into_iter()
+                .map(move |n| (i.pid(), n))
+        })
         .collect();
     let others = ns::other::OtherGraph::read(dir, &other_of)?;
     let pid_of: Vec<(i32, u32)> = imgs
@@ -450,6 +454,10 @@ fn transform(
     let core = &img.cores[0].1;
     let tc = core.tc.as_ref().ok_or_else(|| img.bad("no task core"))?;
     task::unregister_inherited_rseq(t)?;
+    // Its own namespaces (but the user namespace) first, so files are
+    // reopened in its mount namespace and the vdso is placed in its time
+    // namespace.
+    ctx.others_h.enter_all(t, ctx.others)?;
 
     // Memory.
     let work = mm::restore::map_work_area(t, &live.mm)?;
@@ -495,7 +503,6 @@ fn transform(
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let helper = ctx.userns.pid_of(ns);
     restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
-    ctx.others_h.enter_all(t, ctx.others)?;
     let leader_ids = set_ids(
         t,
         img,

@@ -151,7 +151,7 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
         if let Some(ns) = ids.user_ns_id {
             tasks.push((p.pid as i32, ns));
         }
-        if let Some(ns) = ids.uts_ns_id {
+        for ns in crate::ns::other::ids_of(&ids) {
             others.push((p.pid as i32, ns));
         }
         if let Some(ns) = ids.pid_ns_id {

@@ -57,6 +57,9 @@ pub mod nr {
     pub const UNAME: u64 = 63;
     pub const SETHOSTNAME: u64 = 170;
     pub const SETDOMAINNAME: u64 = 171;
+    pub const SOCKET: u64 = 41;
+    pub const IOCTL: u64 = 16;
+    pub const MOUNT: u64 = 165;
 }
 
 /// A syscall's name, for error messages.
@@ -119,6 +122,9 @@ pub fn name(nr: u64) -> &'static str {
         UNAME => "uname",
         SETHOSTNAME => "sethostname",
         SETDOMAINNAME => "setdomainname",
+        SOCKET => "socket",
+        IOCTL => "ioctl",
+        MOUNT => "mount",
         _ => "syscall",
     }
 }

@@ -7,9 +7,12 @@
 //! sets its state there, and every task enters it at the end, before its
 //! user namespace.
 //!
-//! Supported today: uts. A task in its own pid, mount, ipc, net, cgroup or
-//! time namespace fails the dump with a message saying so (issue 6), never
-//! a silent restore into crest's.
+//! Supported today: uts (host and domain name); ipc without SysV objects;
+//! net with only a loopback device (its up/down state); time (clock
+//! offsets); mnt whose mounts are those of crest's namespace (a copy, as
+//! `unshare -m` makes). Anything else — cgroup namespaces, SysV objects,
+//! other network devices, changed mounts — fails the dump with a message
+//! saying so (issue 6), never a silent restore into crest's.
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
@@ -40,22 +43,22 @@ pub const KINDS: [Kind; 7] = [
     Kind {
         name: "ipc",
         flag: libc::CLONE_NEWIPC as u32,
-        supported: false,
+        supported: true,
     },
     Kind {
         name: "net",
         flag: libc::CLONE_NEWNET as u32,
-        supported: false,
+        supported: true,
     },
     Kind {
         name: "mnt",
         flag: libc::CLONE_NEWNS as u32,
-        supported: false,
+        supported: true,
     },
     Kind {
         name: "pid",
         flag: libc::CLONE_NEWPID as u32,
-        supported: false,
+        supported: true,
     },
     Kind {
         name: "cgroup",
@@ -65,7 +68,7 @@ pub const KINDS: [Kind; 7] = [
     Kind {
         name: "time",
         flag: libc::CLONE_NEWTIME as u32,
-        supported: false,
+        supported: true,
     },
 ];
 
@@ -81,6 +84,13 @@ pub struct OtherNs {
     pub owner_userns: u32,
     /// uts: (nodename, domainname).
     pub uts: Option<(String, String)>,
+    /// net: the loopback device is up.
+    pub lo_up: bool,
+    /// time: (seconds, nanoseconds) offsets of CLOCK_MONOTONIC and
+    /// CLOCK_BOOTTIME.
+    pub offsets: Option<[(i64, i64); 2]>,
+    /// mnt: the mounts are private.
+    pub mnt_private: bool,
     #[serde(skip)]
     ino: u64,
 }
@@ -144,19 +154,26 @@ impl OtherGraph {
                     kind.name
                 ),
             })?;
-        let uts = if kind.flag == libc::CLONE_NEWUTS as u32 {
-            Some(read_uts(pid, &fd)?)
-        } else {
-            None
-        };
-        let id = self.list.len() as u32 + 1;
-        self.list.push(OtherNs {
-            id,
+        let mut n = OtherNs {
+            id: self.list.len() as u32 + 1,
             nstype: kind.flag,
             owner_userns,
-            uts,
+            uts: None,
+            lo_up: false,
+            offsets: None,
+            mnt_private: false,
             ino,
-        });
+        };
+        match kind.name {
+            "uts" => n.uts = Some(read_uts(pid, &fd)?),
+            "ipc" => check_ipc_empty(pid, &fd)?,
+            "net" => n.lo_up = read_net(pid, &fd)?,
+            "time" => n.offsets = Some(read_time_offsets(pid)?),
+            "mnt" => n.mnt_private = check_mounts(pid)?,
+            _ => {}
+        }
+        let id = n.id;
+        self.list.push(n);
         Ok(id)
     }
 
@@ -180,6 +197,12 @@ impl OtherGraph {
                 nstype: n.nstype,
                 owner_userns: n.owner_userns,
                 parent: None,
+                lo_up: Some(n.lo_up),
+                monotonic_sec: n.offsets.map(|o| o[0].0),
+                monotonic_nsec: n.offsets.map(|o| o[0].1),
+                boottime_sec: n.offsets.map(|o| o[1].0),
+                boottime_nsec: n.offsets.map(|o| o[1].1),
+                mnt_private: Some(n.mnt_private),
             })
             .chain(more)
             .collect();
@@ -241,11 +264,20 @@ impl OtherGraph {
             } else {
                 None
             };
+            let offsets = (kind.name == "time").then(|| {
+                [
+                    (e.monotonic_sec.unwrap_or(0), e.monotonic_nsec.unwrap_or(0)),
+                    (e.boottime_sec.unwrap_or(0), e.boottime_nsec.unwrap_or(0)),
+                ]
+            });
             g.list.push(OtherNs {
                 id: e.id,
                 nstype: e.nstype,
                 owner_userns: e.owner_userns,
                 uts,
+                lo_up: e.lo_up.unwrap_or(false),
+                offsets,
+                mnt_private: e.mnt_private.unwrap_or(false),
                 ino: 0,
             });
         }
@@ -274,11 +306,17 @@ impl OtherGraph {
                     p
                 };
                 let kind = kind_of_flag(n.nstype).map_or("?", |k| k.name);
-                let state = n
-                    .uts
-                    .as_ref()
-                    .map(|(h, d)| format!(" hostname {h:?} domainname {d:?}"))
-                    .unwrap_or_default();
+                let state = match kind {
+                    "uts" => n
+                        .uts
+                        .as_ref()
+                        .map(|(h, d)| format!(" hostname {h:?} domainname {d:?}"))
+                        .unwrap_or_default(),
+                    "net" => format!(" lo {}", if n.lo_up { "up" } else { "down" }),
+                    "time" => format!(" offsets {:?}", n.offsets.unwrap_or_default()),
+                    "mnt" => format!(" a copy of crest's mounts, {}", if n.mnt_private { "private" } else { "shared" }),
+                    _ => String::new(),
+                };
                 format!(
                     "{kind} ns owned by the userns of tasks {owner_pids:?} (depth {}){state} tasks {pids:?}",
                     users.node(n.owner_userns).map_or(0, |u| u.depth)
@@ -292,6 +330,20 @@ impl OtherGraph {
         }
         s
     }
+}
+
+/// A task's own namespaces (other than user and pid) named by its ids.
+pub fn ids_of(ids: &crest_images::pb::TaskKobjIdsEntry) -> Vec<u32> {
+    [
+        ids.uts_ns_id,
+        ids.ipc_ns_id,
+        ids.net_ns_id,
+        ids.mnt_ns_id,
+        ids.time_ns_id,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The entries of `crest-ns.img` (none when the file is absent).
@@ -311,17 +363,200 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
     Ok(entries)
 }
 
-/// Host and domain name of a uts namespace, read by a short-lived crest
-/// child that enters it.
-fn read_uts(pid: i32, fd: &OwnedFd) -> Result<(String, String), DumpError> {
+/// A short-lived crest child that has entered the namespace `fd` (it
+/// inherits the fd); killed when dropped.
+fn reader(pid: i32, fd: &OwnedFd, flag: i32) -> Result<Tracee, DumpError> {
     let child = spawn_stopped(&[], SessionSetup::Inherit).at(pid, "spawn a namespace reader")?;
     let mut t = Tracee::from_stopped_child(child).at(pid, "attach the namespace reader")?;
     t.use_vdso_syscall().at(pid, "namespace reader syscall")?;
-    t.syscall(
-        nr::SETNS,
-        &[fd.as_raw_fd() as u64, libc::CLONE_NEWUTS as u64],
-    )
-    .at(pid, "setns into a uts namespace")?;
+    t.syscall(nr::SETNS, &[fd.as_raw_fd() as u64, flag as u64])
+        .at(pid, "setns of the namespace reader")?;
+    Ok(t)
+}
+
+/// Reads a small file inside the reader task (as the namespace shows it).
+fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String, DumpError> {
+    let mut p = path.as_bytes().to_vec();
+    p.push(0);
+    let addr = t.put(&p).at(pid, "write a path")?;
+    let fd = t
+        .syscall(
+            nr::OPENAT,
+            &[libc::AT_FDCWD as u64, addr, libc::O_RDONLY as u64, 0],
+        )
+        .at(pid, "open a file in a namespace")?;
+    let buf = t.scratch(1 << 16).at(pid, "scratch")?;
+    let n = t
+        .syscall(nr::READ, &[fd, buf, 1 << 16])
+        .at(pid, "read a file in a namespace")?;
+    let _ = t.syscall(nr::CLOSE, &[fd]);
+    let mut raw = vec![0u8; n as usize];
+    t.read_mem(buf, &mut raw).at(pid, "read the file's text")?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// An ipc namespace must hold no SysV objects (not restored yet).
+fn check_ipc_empty(pid: i32, fd: &OwnedFd) -> Result<(), DumpError> {
+    let mut t = reader(pid, fd, libc::CLONE_NEWIPC)?;
+    for kind in ["shm", "sem", "msg"] {
+        let text = read_inside(&mut t, pid, &format!("/proc/sysvipc/{kind}"))?;
+        if text.lines().count() > 1 {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "SysV {kind} objects in an ipc namespace of the tree's own (issue 6)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A network namespace must have only a loopback device (with its default
+/// addresses); returns whether it is up.
+fn read_net(pid: i32, fd: &OwnedFd) -> Result<bool, DumpError> {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).at(pid, "read net/dev")?;
+    for l in dev.lines().skip(2) {
+        let name = l.split(':').next().unwrap_or("").trim();
+        if name != "lo" {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "network device {name} in a net namespace of the tree's own (external devices such as veth are issue 6)"
+                ),
+            });
+        }
+    }
+    let inet6 = std::fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default();
+    if inet6
+        .lines()
+        .any(|l| !l.starts_with("00000000000000000000000000000001"))
+    {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: "IPv6 addresses other than ::1 on the loopback device (issue 6)".into(),
+        });
+    }
+    let mut t = reader(pid, fd, libc::CLONE_NEWNET)?;
+    let flags = lo_flags(&mut t, None).map_err(|e| DumpError::Unsupported {
+        pid,
+        what: format!("a loopback device whose flags cannot be read ({e})"),
+    })?;
+    Ok(flags & libc::IFF_UP as u16 != 0)
+}
+
+/// Reads (and with `set`, adds) the flags of `lo` from inside task `t`.
+fn lo_flags(t: &mut Tracee, set: Option<u16>) -> Result<u16, String> {
+    let sock = t
+        .syscall(
+            nr::SOCKET,
+            &[libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0],
+        )
+        .map_err(|e| e.to_string())?;
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    let res = (|| -> Result<u16, String> {
+        let addr = t.put(&ifr).map_err(|e| e.to_string())?;
+        t.syscall(nr::IOCTL, &[sock, libc::SIOCGIFFLAGS, addr])
+            .map_err(|e| e.to_string())?;
+        t.read_mem(addr, &mut ifr).map_err(|e| e.to_string())?;
+        let now = u16::from_le_bytes([ifr[16], ifr[17]]);
+        if let Some(f) = set {
+            ifr[16..18].copy_from_slice(&(now | f).to_le_bytes());
+            t.write_mem(addr, &ifr).map_err(|e| e.to_string())?;
+            t.syscall(nr::IOCTL, &[sock, libc::SIOCSIFFLAGS, addr])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(now)
+    })();
+    let _ = t.syscall(nr::CLOSE, &[sock]);
+    res
+}
+
+/// The clock offsets of a time namespace, from `/proc/PID/timens_offsets`.
+fn read_time_offsets(pid: i32) -> Result<[(i64, i64); 2], DumpError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets"))
+        .at(pid, "read timens_offsets")?;
+    parse_time_offsets(&text).ok_or_else(|| DumpError::Unsupported {
+        pid,
+        what: format!("timens_offsets that crest cannot read: {text:?}"),
+    })
+}
+
+fn parse_time_offsets(text: &str) -> Option<[(i64, i64); 2]> {
+    let mut out = [(0, 0); 2];
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (sec, nsec) = (f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?);
+        match *f.first()? {
+            "monotonic" | "1" => out[0] = (sec, nsec),
+            "boottime" | "7" => out[1] = (sec, nsec),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// A mount namespace must hold the same mounts as crest's (a copy made by
+/// `unshare -m`); returns whether they are private.
+fn check_mounts(pid: i32) -> Result<bool, DumpError> {
+    let theirs =
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).at(pid, "read mountinfo")?;
+    let mine = std::fs::read_to_string("/proc/self/mountinfo").at(pid, "read crest's mountinfo")?;
+    if mount_shape(&theirs) != mount_shape(&mine) {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: "a mount namespace whose mounts differ from crest's (issue 6)".into(),
+        });
+    }
+    Ok(!theirs.contains(" shared:"))
+}
+
+/// Mountinfo lines without mount ids and propagation tags, sorted (a
+/// copied namespace lists them in tree order): what was mounted where,
+/// with which options.
+fn mount_shape(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap_or(f.len());
+            let mut keep: Vec<&str> = f.iter().skip(2).take(4).copied().collect();
+            keep.extend(f.iter().skip(sep));
+            keep.join(" ")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_offsets() {
+        assert_eq!(
+            parse_time_offsets("monotonic 5 6\nboottime -1 200\n"),
+            Some([(5, 6), (-1, 200)])
+        );
+        assert_eq!(parse_time_offsets("monotonic x 6\n"), None);
+    }
+
+    #[test]
+    fn mount_shapes_ignore_ids_and_peers() {
+        let a = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
+        let b = "99 98 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
+        assert_eq!(mount_shape(a), mount_shape(b));
+        let c = "99 98 8:1 / /mnt rw,relatime - ext4 /dev/sda1 rw\n";
+        assert_ne!(mount_shape(a), mount_shape(c));
+    }
+}
+
+/// Host and domain name of a uts namespace, read by a short-lived crest
+/// child that enters it.
+fn read_uts(pid: i32, fd: &OwnedFd) -> Result<(String, String), DumpError> {
+    let mut t = reader(pid, fd, libc::CLONE_NEWUTS)?;
     let buf = t.scratch(6 * 65).at(pid, "scratch")?;
     t.syscall(nr::UNAME, &[buf]).at(pid, "uname")?;
     let mut raw = vec![0u8; 6 * 65];
@@ -365,6 +600,24 @@ impl Helpers {
                         .rat(pid, format!("set host/domain name {v:?}"))?;
                 }
             }
+            if n.nstype == libc::CLONE_NEWNET as u32 && n.lo_up {
+                lo_flags(&mut t, Some(libc::IFF_UP as u16)).map_err(|e| {
+                    RestoreError::Unsupported {
+                        pid,
+                        what: format!("bringing the loopback device up: {e}"),
+                    }
+                })?;
+            }
+            if let Some([(ms, mn), (bs, bn)]) = n.offsets {
+                let path = format!("/proc/{pid}/timens_offsets");
+                std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
+                    .rat(pid, format!("write {path}"))?;
+            }
+            if n.nstype == libc::CLONE_NEWNS as u32 && n.mnt_private {
+                let root = t.put(b"/\0").rat(pid, "write a path")?;
+                t.syscall(nr::MOUNT, &[0, root, 0, libc::MS_REC | libc::MS_PRIVATE, 0])
+                    .rat(pid, "make the mount namespace private")?;
+            }
             h.by_id.push((n.id, t));
         }
         Ok(h)
@@ -383,7 +636,14 @@ impl Helpers {
                 continue;
             };
             let kind = kind_of_flag(n.nstype).map_or("?", |k| k.name);
-            let path = format!("/proc/{}/ns/{kind}", h.pid());
+            // A new time namespace is entered through what its helper's
+            // children would get.
+            let file = if kind == "time" {
+                "time_for_children"
+            } else {
+                kind
+            };
+            let path = format!("/proc/{}/ns/{file}", h.pid());
             let fd = crate::mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, u64::from(n.nstype)]);
             t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;

@@ -150,6 +150,7 @@ impl PidnsGraph {
                 nstype: libc::CLONE_NEWPID as u32,
                 owner_userns: n.owner_userns,
                 parent: n.parent,
+                ..Default::default()
             })
             .collect()
     }
