@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, exists, wait_exit, wait_until, Exit, Procs, Waited};
-use crate::{Config, Flavor, Outcome, StdioKind};
+use crate::{ns, Config, Flavor, Outcome, StdioKind};
 
 /// How long a workload may take to say ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -155,7 +155,7 @@ pub fn run_protocol(
         Ok(d) => d,
         Err(e) => return Outcome::fail(format!("{e:#}")),
     };
-    let (outcome, _) = run_in(cfg, w, &dir, stdio, mode);
+    let (outcome, _) = run_flavor(cfg, w, &dir, flavor, stdio, mode);
     if outcome.is_pass() {
         dir.remove();
     }
@@ -171,9 +171,22 @@ pub fn run_in(
     stdio: StdioKind,
     mode: Mode,
 ) -> (Outcome, Option<Pid>) {
+    run_flavor(cfg, w, dir, Flavor::Host, stdio, mode)
+}
+
+/// Like [`run_in`], in the namespaces of `flavor` (`Host` or `Ns`); the pid
+/// returned is the root the harness started (`nsinit` for `Ns`).
+pub fn run_flavor(
+    cfg: &Config,
+    w: &Workload,
+    dir: &CaseDir,
+    flavor: Flavor,
+    stdio: StdioKind,
+    mode: Mode,
+) -> (Outcome, Option<Pid>) {
     let mut procs = Procs::default();
     let mut pid = None;
-    let result = steps(cfg, w, dir, stdio, mode, &mut procs, &mut pid);
+    let result = steps(cfg, w, dir, flavor, stdio, mode, &mut procs, &mut pid);
     let killed = procs.kill_all();
     let leftovers = procs::sweep_children();
     let outcome = conclude(result, dir, &killed, &leftovers);
@@ -219,10 +232,12 @@ pub fn conclude(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn steps(
     cfg: &Config,
     w: &Workload,
     dir: &CaseDir,
+    flavor: Flavor,
     stdio: StdioKind,
     mode: Mode,
     procs: &mut Procs,
@@ -233,36 +248,101 @@ fn steps(
             return Ok(Outcome::Skip(format!("{interp} not found")));
         }
     }
-    let pid = start(cfg, w, dir, stdio, procs)?;
-    *pid_out = Some(pid);
-    wait_ready(dir, pid, procs)?;
+    // `pid` is the root of the tree (dumped, restored, compared); `main` is
+    // the workload (told to check itself): the same task on the host, the
+    // child of `nsinit` (pid 1 of its own pid namespace) in the ns flavor
+    let (pid, main) = match flavor {
+        Flavor::Ns => {
+            let pid = ns::start(cfg, w, dir, stdio, procs)?;
+            *pid_out = Some(pid);
+            (pid, ns::wait_ready(dir, pid, procs)?)
+        }
+        _ => {
+            let pid = start(cfg, w, dir, stdio, procs)?;
+            *pid_out = Some(pid);
+            wait_ready(dir, pid, procs)?;
+            (pid, pid)
+        }
+    };
     match w.settle {
         Settle::Blocked => {
             // every thread of every process of the tree (zombies aside)
             wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
         }
         Settle::Spinning => sleep(Duration::from_millis(100)),
-        Settle::Storm => return storm_steps(cfg, dir, pid, stdio, mode, procs),
+        Settle::Storm => {
+            let ns_before = match flavor {
+                Flavor::Ns => Some(ns::before(cfg, dir, pid, main, true, procs)?),
+                _ => None,
+            };
+            return storm_steps(cfg, dir, (pid, main), ns_before, stdio, mode, procs);
+        }
     }
     let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
+    let ns_before = match flavor {
+        Flavor::Ns => Some(ns::before(cfg, dir, pid, main, false, procs)?),
+        _ => None,
+    };
     let what = match mode {
         Mode::SelfCheck => "without a dump (self-check)",
         Mode::DumpRestore => "after restore",
         Mode::DumpLeaveRunning => "after dump -R",
     };
+    let mut problems = ns_problems(&ns_before);
     match mode {
         Mode::SelfCheck => {}
         Mode::DumpRestore => {
             dump(cfg, dir, pid, false, procs)?;
-            restore_detached(cfg, dir, pid, procs)?;
+            if let Some(b) = &ns_before {
+                problems.extend(ns::check_images(cfg, dir, b, false, procs));
+            }
+            if let Err(e) = restore_detached(cfg, dir, pid, procs) {
+                problems.insert(0, format!("{e:#}"));
+                bail!("{}", problems.join("\n"));
+            }
         }
         Mode::DumpLeaveRunning => {
             dump(cfg, dir, pid, true, procs)?;
             check_left_running(pid)?;
         }
     }
-    check_tree(dir, pid, &before, what)?;
-    finish(dir, pid, stdio, procs)
+    if let Err(e) = check_tree(dir, pid, &before, what) {
+        problems.insert(0, format!("{e:#}"));
+    }
+    if let Some(b) = &ns_before {
+        problems.extend(ns::check_after(
+            cfg,
+            dir,
+            (pid, main),
+            b,
+            false,
+            what,
+            procs,
+        ));
+    }
+    let verdict = finish_tree(dir, main, pid, stdio, procs);
+    with_problems(verdict, problems)
+}
+
+/// The problems found while the namespaces were looked at before the dump.
+fn ns_problems(before: &Option<ns::Before>) -> Vec<String> {
+    before
+        .as_ref()
+        .map(|b| b.problems.clone())
+        .unwrap_or_default()
+}
+
+/// The workload's verdict, unless the harness found problems: then they
+/// fail the case, the verdict added as a note.
+fn with_problems(verdict: Result<Outcome>, problems: Vec<String>) -> Result<Outcome> {
+    if problems.is_empty() {
+        return verdict;
+    }
+    let verdict = match verdict {
+        Ok(o) => format!("the workload's own verdict: {o:?}"),
+        Err(e) => format!("the workload's own verdict: FAIL {e:#}"),
+    };
+    bail!("{}\n{verdict}", problems.join("\n"))
 }
 
 /// The steps of a [`Settle::Storm`] workload after it is ready: dump at
@@ -270,23 +350,35 @@ fn steps(
 fn storm_steps(
     cfg: &Config,
     dir: &CaseDir,
-    pid: Pid,
+    (pid, main): (Pid, Pid),
+    ns_before: Option<ns::Before>,
     stdio: StdioKind,
     mode: Mode,
     procs: &mut Procs,
 ) -> Result<Outcome> {
     let mut note = None;
+    let mut problems = ns_problems(&ns_before);
+    let mut what = "after restore";
     match mode {
-        Mode::SelfCheck => {}
+        Mode::SelfCheck => what = "without a dump (self-check)",
         Mode::DumpRestore => match dump_attempt(cfg, dir, pid, false, procs)? {
-            None => restore_detached(cfg, dir, pid, procs)?,
+            None => {
+                if let Some(b) = &ns_before {
+                    problems.extend(ns::check_images(cfg, dir, b, true, procs));
+                }
+                if let Err(e) = restore_detached(cfg, dir, pid, procs) {
+                    problems.insert(0, format!("{e:#}"));
+                    bail!("{}", problems.join("\n"));
+                }
+            }
             Some(ran) => {
-                let problems = procs::tree_problems(pid);
-                if !problems.is_empty() {
+                what = "after the refused dump";
+                let stuck = procs::tree_problems(pid);
+                if !stuck.is_empty() {
                     bail!(
                         "{}; afterwards the tree is not left alone:\n  {}",
                         ran.failure("crest dump"),
-                        problems.join("\n  ")
+                        stuck.join("\n  ")
                     );
                 }
                 let stderr: Vec<&str> = ran
@@ -299,11 +391,15 @@ fn storm_steps(
             }
         },
         Mode::DumpLeaveRunning => {
+            what = "after dump -R";
             dump(cfg, dir, pid, true, procs)?;
             check_left_running(pid)?;
         }
     }
-    let outcome = finish(dir, pid, stdio, procs)?;
+    if let Some(b) = &ns_before {
+        problems.extend(ns::check_after(cfg, dir, (pid, main), b, true, what, procs));
+    }
+    let outcome = with_problems(finish_tree(dir, main, pid, stdio, procs), problems)?;
     Ok(match (outcome, note) {
         (Outcome::Pass, Some(note)) => Outcome::PassWith(note),
         (o, _) => o,
@@ -327,6 +423,15 @@ pub fn start(
         .args(&w.args)
         .current_dir(&dir.root)
         .stdin(Stdio::null());
+    set_stdio(&mut cmd, dir, stdio)?;
+    let child = cmd.spawn().with_context(|| format!("spawn {:?}", cmd))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    Ok(pid)
+}
+
+/// Points stdout and stderr of `cmd` at /dev/null or `<casedir>/out.log`.
+pub fn set_stdio(cmd: &mut Command, dir: &CaseDir, stdio: StdioKind) -> Result<()> {
     match stdio {
         StdioKind::DevNull => {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -342,10 +447,7 @@ pub fn start(
                 .stderr(log);
         }
     }
-    let child = cmd.spawn().with_context(|| format!("spawn {:?}", cmd))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
-    Ok(pid)
+    Ok(())
 }
 
 /// Waits for `<statedir>/ready` and checks it names `pid`.
@@ -551,10 +653,29 @@ fn check_tree(dir: &CaseDir, pid: Pid, before: &procs::Tree, what: &str) -> Resu
 
 /// SIGTERM, wait for the exit, read the verdict.
 pub fn finish(dir: &CaseDir, pid: Pid, stdio: StdioKind, procs: &mut Procs) -> Result<Outcome> {
-    kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM pid {pid}"))?;
+    finish_tree(dir, pid, pid, stdio, procs)
+}
+
+/// SIGTERM to `main` (the workload), wait for the exit of `pid` (the root
+/// the harness started, which ends the way the workload did), read the
+/// verdict.
+pub fn finish_tree(
+    dir: &CaseDir,
+    main: Pid,
+    pid: Pid,
+    stdio: StdioKind,
+    procs: &mut Procs,
+) -> Result<Outcome> {
+    kill(main, Signal::SIGTERM).with_context(|| format!("SIGTERM pid {main}"))?;
     let exit = match wait_exit(pid, VERDICT_TIMEOUT)? {
         Waited::Exited(exit) => {
             procs.untrack(pid);
+            if main != pid {
+                if !wait_until(Duration::from_secs(5), || !exists(main)) {
+                    bail!("pid {main} (the workload) still exists after nsinit (pid {pid}) ended");
+                }
+                procs.untrack(main);
+            }
             exit
         }
         Waited::TimedOut => bail!(

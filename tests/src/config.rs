@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 pub enum Flavor {
     /// crest's own namespaces.
     Host,
-    /// Own pid/mnt/uts/ipc/net namespaces.
+    /// Own pid/mnt/uts/ipc/net/time namespaces (see [`crate::ns`]).
     Ns,
     /// `Ns` plus one user namespace.
     Uns,
@@ -33,12 +33,15 @@ impl Flavor {
     }
 
     /// Why the harness cannot run this flavor yet, or None if it can
-    /// (`nested` runs its own cases, see [`crate::nested`]).
+    /// (`ns` runs every protocol workload, see [`crate::ns`]; `nested` runs
+    /// its own cases, see [`crate::nested`]).
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
             Flavor::Host => None,
-            Flavor::Ns => Some("flavor ns not implemented yet (issue 6)"),
-            Flavor::Uns => Some("flavor uns not implemented yet (namespace issues)"),
+            Flavor::Ns => None,
+            Flavor::Uns => {
+                Some("not wired yet: crest restores user-namespace-owned pid namespaces, but a time namespace that a task inside a nested user namespace made for its children is not restored yet (issue 6)")
+            }
             Flavor::Nested => None,
         }
     }

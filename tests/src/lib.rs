@@ -17,6 +17,7 @@ pub mod crest;
 pub mod dumpchecks;
 pub mod hostile;
 pub mod nested;
+pub mod ns;
 pub mod procs;
 pub mod suite;
 pub mod trees;

@@ -329,7 +329,7 @@ fn render(v: &View) -> String {
 }
 
 /// Lines only in `a` (-) and only in `b` (+).
-fn text_diff(a: &str, b: &str) -> String {
+pub(crate) fn text_diff(a: &str, b: &str) -> String {
     let al: Vec<&str> = a.lines().collect();
     let bl: Vec<&str> = b.lines().collect();
     let mut out = Vec::new();
@@ -350,7 +350,7 @@ fn text_diff(a: &str, b: &str) -> String {
 }
 
 /// `crest show --ns ARGS` (its stdout), saved as `<tag>` in the case dir.
-fn show_ns(
+pub(crate) fn show_ns(
     cfg: &Config,
     dir: &CaseDir,
     args: &[&str],
@@ -375,7 +375,7 @@ fn show_ns(
     Ok(ran.stdout)
 }
 
-fn graph_check(problems: &mut Vec<String>, what: &str, before: &str, now: &str) {
+pub(crate) fn graph_check(problems: &mut Vec<String>, what: &str, before: &str, now: &str) {
     if before != now {
         problems.push(format!(
             "namespace graph {what} differs from the live graph before the dump:\n{}\n  \

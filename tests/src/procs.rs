@@ -230,6 +230,9 @@ pub struct TreeTask {
     pub zombie: bool,
     /// Its thread ids (sorted).
     pub tids: Vec<i32>,
+    /// The `NSpid` of each thread (in the order of `tids`): its id in every
+    /// pid namespace from crest's down to its own, e.g. "4711 1".
+    pub nspids: Vec<String>,
     /// Its comm (for messages only; not compared).
     pub comm: String,
 }
@@ -283,7 +286,20 @@ pub fn tree_snapshot(root: Pid) -> Result<Tree> {
             Err(_) if pid != root.as_raw() => continue,
             Err(e) => return Err(e),
         };
+        let mut nspids = Vec::with_capacity(tids.len());
         for tid in &tids {
+            let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+            nspids.push(
+                status
+                    .ok()
+                    .and_then(|s| {
+                        s.lines().find_map(|l| {
+                            l.strip_prefix("NSpid:")
+                                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                        })
+                    })
+                    .unwrap_or_else(|| "?".into()),
+            );
             let path = format!("/proc/{pid}/task/{tid}/children");
             // a thread may end between the listing and this read
             let children = fs::read_to_string(&path).unwrap_or_default();
@@ -301,6 +317,7 @@ pub fn tree_snapshot(root: Pid) -> Result<Tree> {
                 sid,
                 zombie: state == 'Z',
                 tids,
+                nspids,
                 comm: proc_comm(Pid::from_raw(pid)).unwrap_or_default(),
             },
         );
@@ -413,12 +430,13 @@ pub fn tree_diff(before: &Tree, after: &Tree, what: &str) -> Vec<String> {
     let mut out = Vec::new();
     let fmt = |t: &TreeTask| {
         format!(
-            "ppid {} pgid {} sid {}{} tids {:?}",
+            "ppid {} pgid {} sid {}{} tids {:?} NSpid {:?}",
             t.ppid,
             t.pgid,
             t.sid,
             if t.zombie { " zombie" } else { "" },
-            t.tids
+            t.tids,
+            t.nspids
         )
     };
     for (pid, b) in before {
@@ -445,6 +463,9 @@ pub fn tree_diff(before: &Tree, after: &Tree, what: &str) -> Vec<String> {
                 if a.tids != b.tids {
                     d.push(format!("tids {:?} -> {:?}", b.tids, a.tids));
                 }
+                if a.nspids != b.nspids {
+                    d.push(format!("NSpid {:?} -> {:?}", b.nspids, a.nspids));
+                }
                 if !d.is_empty() {
                     out.push(format!("pid {pid} ({}): {}", b.comm, d.join(", ")));
                 }
@@ -470,6 +491,7 @@ mod tests {
             sid,
             zombie: false,
             tids: tids.to_vec(),
+            nspids: tids.iter().map(|t| t.to_string()).collect(),
             comm: "w".into(),
         }
     }

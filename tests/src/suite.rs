@@ -147,18 +147,20 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     } else {
         Mode::SelfCheck
     };
-    for w in workloads() {
-        for stdio in StdioKind::ALL {
-            let name = case::case_name(w.name, Flavor::Host, Some(stdio));
-            if !filter.selects(&name) {
-                continue;
+    for flavor in [Flavor::Host, Flavor::Ns] {
+        for w in workloads() {
+            for stdio in StdioKind::ALL {
+                let name = case::case_name(w.name, flavor, Some(stdio));
+                if !filter.selects(&name) {
+                    continue;
+                }
+                let outcome = if cfg.root {
+                    case::run_protocol(cfg, &w, flavor, stdio, mode)
+                } else {
+                    Outcome::Skip("needs root".into())
+                };
+                report.record(&name, outcome);
             }
-            let outcome = if cfg.root {
-                case::run_protocol(cfg, &w, Flavor::Host, stdio, mode)
-            } else {
-                Outcome::Skip("needs root".into())
-            };
-            report.record(&name, outcome);
         }
     }
     let name = case::case_name("sleep_bin", Flavor::Host, None);

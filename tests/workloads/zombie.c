@@ -4,7 +4,9 @@
  * the root kills with SIGKILL, and child C, which stays alive with its own
  * zombie child (exit code 7). Nobody reaps before ready (waitid with WNOWAIT
  * only waits for the zombies to exist). After SIGTERM the root checks that
- * /proc/<pid>/stat shows A and B in state Z with the root as parent, that
+ * /proc/<pid>/stat shows A and B in state Z with the root as parent (in a pid
+ * namespace of its own whose /proc is its parent's, pids are translated
+ * through /proc/self/task/SELF/children and NSpid), that
  * waitid(WNOWAIT | WNOHANG) reports them as exited 42 and killed by SIGKILL,
  * then reaps them with waitpid (same statuses). It forwards SIGTERM to C,
  * which checks its zombie the same way and exits 0 only if all is well. */
@@ -25,10 +27,77 @@ __attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
 	va_end(ap);
 }
 
-/* State letter and ppid of `pid` from /proc, or '?'. */
+/* This process's pid as /proc numbers it: not getpid() when the process
+ * lives in a pid namespace of its own but /proc is the parent
+ * namespace's (the `ns` flavor of the suite). */
+static pid_t proc_self(void)
+{
+	char buf[32];
+	ssize_t n = readlink("/proc/self", buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return getpid();
+	buf[n] = 0;
+	return (pid_t)atoi(buf);
+}
+
+/* The last number of the NSpid line of /proc/PID/status, or -1. */
+static pid_t inner_pid(pid_t pid)
+{
+	char path[64], buf[4096];
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	char *l = strstr(buf, "\nNSpid:");
+	if (!l)
+		return -1;
+	l += 7;
+	char *end = strchr(l, '\n');
+	if (end)
+		*end = 0;
+	char *last = strrchr(l, '\t');
+	return last ? (pid_t)atoi(last + 1) : (pid_t)atoi(l);
+}
+
+/* Child `pid` (as getpid() numbers it) as /proc numbers it: the child of
+ * ours (/proc/self/task/SELF/children) whose innermost pid it is; `pid`
+ * itself when /proc numbers pids as we do; -1 if not found. */
+static pid_t proc_pid_of_child(pid_t pid)
+{
+	pid_t self = proc_self();
+	if (self == getpid())
+		return pid;
+	char path[96], buf[4096];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", self, self);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+		pid_t c = (pid_t)atoi(tok);
+		if (inner_pid(c) == pid)
+			return c;
+	}
+	return -1;
+}
+
+/* State letter and ppid (as /proc numbers them) of our child `pid`, or
+ * '?'. */
 static char proc_stat(pid_t pid, pid_t *ppid)
 {
 	char path[64], buf[1024];
+	pid = proc_pid_of_child(pid);
+	if (pid < 0)
+		return '?';
 	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -67,8 +136,10 @@ static void check_zombie(const char *what, pid_t pid, int code, int status)
 	char st = proc_stat(pid, &ppid);
 	if (st != 'Z')
 		add("%s (pid %d): /proc state %c, expected Z; ", what, pid, st);
-	if (st != '?' && ppid != getpid())
-		add("%s (pid %d): /proc ppid %d, expected %d; ", what, pid, ppid, getpid());
+	if (st == '?')
+		add("%s (pid %d): not found in /proc; ", what, pid);
+	if (st != '?' && ppid != proc_self())
+		add("%s (pid %d): /proc ppid %d, expected %d; ", what, pid, ppid, proc_self());
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
 	if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {

@@ -68,6 +68,7 @@ pub fn dump_thread(
         ns_tids: status.ns_pid.iter().map(|p| *p as u32).collect(),
         ns_pgids: status.ns_pgid.iter().map(|p| *p as u32).collect(),
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
+        ..CrestThreadExtra::default()
     };
     Ok((core, extra))
 }

@@ -70,7 +70,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     let users = UsernsGraph::collect(&live)?;
     let others = OtherGraph::collect(&live, &users)?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
-    pids.check_inits(|pid| {
+    pids.check_inits(&users, |pid| {
         procfs::read_status(pid)
             .ok()
             .and_then(|s| s.ns_pid.last().copied())
@@ -118,7 +118,8 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                 ids.mnt_ns_id = others.ns_of(task.pid, libc::CLONE_NEWNS as u32);
                 ids.time_ns_id = others.ns_of(task.pid, libc::CLONE_NEWTIME as u32);
                 ids.pid_ns_id = pids.ns_of(task.pid);
-                dump_task(task, &ids, &users, &opts.dir, &mut files, &mut summary)?;
+                let fc = for_children(task.pid, &others, &pids);
+                dump_task(task, &ids, &users, fc, &opts.dir, &mut files, &mut summary)?;
                 ids
             }
         };
@@ -178,10 +179,12 @@ fn shared_ids(
 }
 
 /// Dumps one live task and its threads into their images.
+#[allow(clippy::too_many_arguments)]
 fn dump_task(
     task: &Task,
     ids: &TaskKobjIdsEntry,
     users: &UsernsGraph,
+    for_children: (Option<u32>, Option<u32>),
     dir: &Path,
     files: &mut FileTable,
     summary: &mut DumpSummary,
@@ -202,7 +205,8 @@ fn dump_task(
     }
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
     let ns = ids.user_ns_id.unwrap_or(1);
-    let (mut core, extra) = coreimg::dump_thread(&mut t, users, ns)?;
+    let (mut core, mut extra) = coreimg::dump_thread(&mut t, users, ns)?;
+    (extra.pid_for_children, extra.time_for_children) = for_children;
     core.tc = Some(tc);
     t.put_back().at(pid, "put the task back")?;
     t.leak();
@@ -233,6 +237,20 @@ fn dump_task(
         mm.pages_bytes
     );
     Ok(())
+}
+
+/// The pid and time namespaces `pid`'s next children go to, where they
+/// differ from its own (it unshared them without forking yet).
+fn for_children(pid: i32, others: &OtherGraph, pids: &PidnsGraph) -> (Option<u32>, Option<u32>) {
+    let ino = |f: &str| crate::ns::user::ino_of(&format!("/proc/{pid}/ns/{f}")).ok();
+    let differs = |own: &str, kids: &str| {
+        let k = ino(kids);
+        (k.is_some() && k != ino(own)).then_some(k).flatten()
+    };
+    (
+        differs("pid", "pid_for_children").and_then(|i| pids.by_ino(i)),
+        differs("time", "time_for_children").and_then(|i| others.by_ino(i)),
+    )
 }
 
 fn write_core(

@@ -331,13 +331,153 @@ pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
     raw[32..40].copy_from_slice(&(libc::SIGCHLD as u64).to_le_bytes());
     let base = parent.put(&raw).rat(ppid, "write clone_args")?;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
-    let got = parent
+    parent
         .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
         .rat(ppid, "clone3 of a helper")?;
-    let mut t =
-        Tracee::from_new_task(got as i32, got as i32).rat(got as i32, "attach to a helper")?;
+    // The helper's pid in crest's namespace (the parent may see another).
+    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
+        pid: ppid,
+        what: "a clone that reported no new task".into(),
+    })?;
+    let mut t = Tracee::from_new_task(got, got).rat(got, "attach to a helper")?;
     t.set_syscall_ip(parent.syscall_ip());
     Ok(t)
+}
+
+/// Like [`clone_levels`] for a parent that has no rights over crest's
+/// pid namespace (it is in a nested user namespace already): the levels
+/// inside are set with `set_tid`, crest's level through `ns_last_pid`,
+/// retrying when another fork takes the pid first.
+pub fn clone_levels_last_pid(
+    parent: &mut Tracee,
+    set_tid: &[i32],
+    flags: u64,
+    exit_signal: u64,
+) -> Result<Tracee, RestoreError> {
+    let (&want, inner) = set_tid
+        .split_last()
+        .ok_or_else(|| RestoreError::Unsupported {
+            pid: parent.pid(),
+            what: "a task without a pid".into(),
+        })?;
+    clone_levels_with(parent, inner, want, flags, exit_signal, &mut || Ok(()))
+}
+
+/// Clones from `parent` with `set_tid` = `inner` (the levels it has rights
+/// over, innermost first) and crest's level `want` through
+/// `ns_last_pid`; `before` sets any level in between (through a task in
+/// that namespace) right before each try.
+fn clone_levels_with(
+    parent: &mut Tracee,
+    inner: &[i32],
+    want: i32,
+    flags: u64,
+    exit_signal: u64,
+    before: &mut dyn FnMut() -> Result<(), RestoreError>,
+) -> Result<Tracee, RestoreError> {
+    let ppid = parent.pid();
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * inner.len()];
+    raw[..8].copy_from_slice(&flags.to_le_bytes());
+    raw[32..40].copy_from_slice(&exit_signal.to_le_bytes());
+    raw[72..80].copy_from_slice(&(inner.len() as u64).to_le_bytes());
+    for (i, id) in inner.iter().enumerate() {
+        let off = CLONE_ARGS_SIZE + 4 * i;
+        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
+    }
+    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
+    for _ in 0..16 {
+        let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
+        if !inner.is_empty() {
+            raw[64..72].copy_from_slice(&(base + CLONE_ARGS_SIZE as u64).to_le_bytes());
+        }
+        parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
+        before()?;
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", want - 1))
+            .rat(ppid, "write ns_last_pid")?;
+        let r = parent
+            .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+            .rat(ppid, "clone3")?;
+        if r == -i64::from(libc::EEXIST) {
+            return Err(RestoreError::PidTaken { pid: want });
+        }
+        if r < 0 {
+            return Err(RestoreError::Io {
+                pid: want,
+                step: format!("clone3 with set_tid {inner:?} in {ppid}"),
+                source: std::io::Error::from_raw_os_error(-r as i32),
+            });
+        }
+        let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
+            pid: ppid,
+            what: "a clone that reported no new task".into(),
+        })?;
+        let mut t = Tracee::from_new_task(got, got).rat(got, "attach to the new task")?;
+        t.set_syscall_ip(parent.syscall_ip());
+        if got == want {
+            return Ok(t);
+        }
+        drop(t); // another fork took the pid: kill this one and retry
+    }
+    Err(RestoreError::Unsupported {
+        pid: want,
+        what: "other forks kept taking its pid".into(),
+    })
+}
+
+/// Forks `child` (the init of a pid namespace owned by the user
+/// namespace `userns_holder` holds) from `parent`: a helper forked from
+/// the parent enters that user namespace, unshares the pid namespace and
+/// forks the init (pid 1 inside, crest's level through `ns_last_pid`),
+/// then exits; the parent, a child subreaper meanwhile, inherits the init
+/// and reaps the helper.
+pub fn fork_init_in_userns(
+    parent: &mut Tracee,
+    child: &PstreeEntry,
+    set_tid: &[i32],
+    userns_holder: i32,
+) -> Result<Tracee, RestoreError> {
+    let ppid = parent.pid();
+    parent
+        .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
+        .rat(ppid, "prctl(PR_SET_CHILD_SUBREAPER)")?;
+    let mut h = clone_plain(parent)?;
+    crate::ns::user::enter(&mut h, userns_holder)?;
+    let hp = h.pid();
+    h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
+        .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;
+    // set_tid: [1, (the parent's namespace's level), crest's level]. The
+    // helper has rights over the new namespace only; the parent, inside
+    // its own, sets that level through its ns_last_pid.
+    let (want, middle) = match set_tid {
+        [1, w] => (*w, None),
+        [1, m, w] => (*w, Some(*m)),
+        _ => {
+            return Err(RestoreError::Unsupported {
+                pid: child.pid as i32,
+                what: format!("a pid namespace init with pids {set_tid:?} (more than 3 levels)"),
+            })
+        }
+    };
+    let mut before = || -> Result<(), RestoreError> {
+        if let Some(m) = middle {
+            crate::ns::user::write_in_task(
+                parent,
+                "/proc/sys/kernel/ns_last_pid",
+                format!("{}", m - 1).as_bytes(),
+            )?;
+        }
+        Ok(())
+    };
+    let mut c = clone_levels_with(&mut h, &[1], want, 0, libc::SIGCHLD as u64, &mut before)?;
+    if child.sid == child.pid {
+        c.syscall(nr::SETSID, &[]).rat(c.pid(), "setsid")?;
+    }
+    h.exit_as(0).rat(hp, "end the pid namespace helper")?;
+    parent
+        .syscall(nr::WAIT4, &[u64::MAX, 0, 0, 0])
+        .rat(ppid, "reap the pid namespace helper")?;
+    take_sigchld(parent);
+    Ok(c)
 }
 
 /// Forks `child` from its restored parent with its old pid, sharing the
@@ -486,6 +626,9 @@ pub struct ForkHow<'a> {
     pub new_pidns: bool,
     /// Its parent is a child subreaper (needed for a session helper).
     pub parent_is_subreaper: bool,
+    /// Its parent has no rights over crest's pid namespace: crest's level
+    /// is set through `ns_last_pid`.
+    pub outer_via_last_pid: bool,
 }
 
 /// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
@@ -499,8 +642,29 @@ pub fn fork_in_session(
     how: &ForkHow<'_>,
 ) -> Result<Tracee, RestoreError> {
     let (set_tid, parent_is_subreaper) = (how.set_tid, how.parent_is_subreaper);
-    let share = (how.share_files, how.share_fs, how.new_pidns);
     let e = entries[k];
+    if how.outer_via_last_pid && (e.sid == e.pid || e.sid == entries[p].sid) {
+        let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
+            pid: e.pid as i32,
+            what: "a task whose parent is a zombie".into(),
+        })?;
+        let mut flags = 0u64;
+        if how.share_files {
+            flags |= libc::CLONE_FILES as u64;
+        }
+        if how.share_fs {
+            flags |= libc::CLONE_FS as u64;
+        }
+        if how.new_pidns {
+            flags |= libc::CLONE_NEWPID as u64;
+        }
+        let mut t = clone_levels_last_pid(parent, set_tid, flags, libc::SIGCHLD as u64)?;
+        if e.sid == e.pid {
+            t.syscall(nr::SETSID, &[]).rat(t.pid(), "setsid")?;
+        }
+        return Ok(t);
+    }
+    let share = (how.share_files, how.share_fs, how.new_pidns);
     let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
         pid: e.pid as i32,
         what: "a task whose parent is a zombie".into(),

@@ -206,11 +206,10 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what,
     })?;
     let mut files = RestoreFiles::read(dir)?;
-    let imgs = order
+    let mut imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
     let ns_of: Vec<(i32, u32)> = imgs
         .iter()
         .map(|i| (i.pid(), i.ids.user_ns_id.unwrap_or(1)))
@@ -235,6 +234,8 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             file: names::CREST_NS.into(),
             what,
         })?;
+    let imgs = std::mem::take(&mut imgs);
+    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
     let userns = ns::user::Helpers::build(&users)?;
@@ -243,6 +244,12 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     // Fork the tree: every task from its parent, with its pid.
     let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
+    // The user namespace each task is in while it is restored: crest's (1)
+    // but for tasks forked inside a nested one (see fork_init_in_userns).
+    let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
+    // Time namespaces that a task made for its children (unshare without
+    // fork), made again by it: its children get them at fork.
+    let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
     let root_new_pidns = new_pidns(&imgs, &pidns, 0, None)?;
     tasks.push(Some(spawn_root(&imgs[0], root_new_pidns)?));
@@ -260,18 +267,48 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .unwrap_or(false);
         let fresh = new_pidns(&imgs, &pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
+        cur_userns[k] = cur_userns[p];
+        make_time_for_children(&imgs[p], &others, tasks[p].as_mut(), &mut made_time)?;
+        let owner = imgs[k]
+            .ids
+            .pid_ns_id
+            .and_then(|n| pidns.node(n))
+            .map_or(1, |n| n.owner_userns);
+        if fresh && owner != cur_userns[p] && cur_userns[p] != 1 {
+            return Err(RestoreError::Unsupported {
+                pid: imgs[k].pid(),
+                what: "a pid namespace owned by a nested user namespace inside another such pid namespace".into(),
+            });
+        }
+        if fresh && owner != cur_userns[p] {
+            // A pid namespace owned by another user namespace than the
+            // parent is in: made by a helper inside the owner.
+            let holder = userns.pid_of(owner).ok_or_else(|| {
+                imgs[k]
+                    .bad("the init of a pid namespace owned by a user namespace crest did not make")
+            })?;
+            let parent = tasks[p]
+                .as_mut()
+                .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+            let child = pstree::fork_init_in_userns(parent, &imgs[k].entry, &set_tid, holder)?;
+            cur_userns[k] = owner;
+            tasks.push(Some(child));
+            continue;
+        }
         let how = pstree::ForkHow {
             set_tid: &set_tid,
             share_files: share.0,
             share_fs: share.1,
             new_pidns: fresh,
             parent_is_subreaper: subreaper,
+            outer_via_last_pid: cur_userns[p] != 1,
         };
         let child = pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how)?;
         tasks.push(Some(child));
     }
     let inner_pgids: Vec<u32> = imgs.iter().map(TaskImage::inner_pgid).collect();
     pstree::set_groups(&mut tasks, &mut helpers, &entries, &inner_pgids)?;
+    set_pid_for_children(&imgs, &mut tasks)?;
     helpers.finish(&mut tasks)?;
 
     // Zombies end now, with their exit status.
@@ -297,6 +334,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         dir,
         users: &users,
         userns: &userns,
+        made_time,
         others: &others,
         others_h: &others_h,
         files: &mut files,
@@ -308,7 +346,13 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let shares_files =
             k > 0 && imgs[k].ids.files_id == imgs[parent_index(&imgs, k)?].ids.files_id;
         let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(&imgs, k)?].ids.fs_id;
-        transform(t, &imgs[k], &mut ctx, shares_files, shares_fs)?;
+        transform(
+            t,
+            &imgs[k],
+            &mut ctx,
+            (shares_files, shares_fs),
+            cur_userns[k],
+        )?;
     }
 
     // Let everyone go, threads before their leaders (the leader's release
@@ -324,6 +368,66 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     crate::info!("tree of {root_pid} restored and running");
     Ok(Restored { root_pid })
+}
+
+/// A task whose children go to a time namespace of their own makes it
+/// again (`unshare(CLONE_NEWTIME)` and its offsets) before its first child.
+fn make_time_for_children(
+    img: &TaskImage,
+    others: &ns::other::OtherGraph,
+    t: Option<&mut Tracee>,
+    made: &mut std::collections::HashSet<u32>,
+) -> Result<(), RestoreError> {
+    let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.time_for_children) else {
+        return Ok(());
+    };
+    let (Some(t), false) = (t, made.contains(&x)) else {
+        return Ok(());
+    };
+    let pid = t.pid();
+    let n = others
+        .list
+        .iter()
+        .find(|n| n.id == x)
+        .ok_or_else(|| img.bad("time_for_children names an unknown namespace"))?;
+    t.syscall(nr::UNSHARE, &[libc::CLONE_NEWTIME as u64])
+        .rat(pid, "unshare(CLONE_NEWTIME)")?;
+    if let Some([(ms, mn), (bs, bn)]) = n.offsets {
+        let path = format!("/proc/{pid}/timens_offsets");
+        std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
+            .rat(pid, format!("write {path}"))?;
+    }
+    made.insert(x);
+    Ok(())
+}
+
+/// A task whose children go to another pid namespace than its own (it
+/// unshared one) points its `pid_for_children` there again, through the
+/// namespace's init.
+fn set_pid_for_children(
+    imgs: &[TaskImage],
+    tasks: &mut [Option<Tracee>],
+) -> Result<(), RestoreError> {
+    for (k, img) in imgs.iter().enumerate() {
+        let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.pid_for_children) else {
+            continue;
+        };
+        let Some(init) = imgs
+            .iter()
+            .find(|i| i.ids.pid_ns_id == Some(x) && i.inner_tid(0) == Some(1))
+            .map(TaskImage::pid)
+        else {
+            continue;
+        };
+        if let Some(t) = tasks[k].as_mut() {
+            let path = format!("/proc/{init}/ns/pid");
+            let fd = mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
+            let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
+            t.syscall(nr::CLOSE, &[fd]).rat(img.pid(), "close")?;
+            r.rat(img.pid(), "setns of pid_for_children")?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether task `k` is the init of a pid namespace of its own, a child of
@@ -428,6 +532,7 @@ struct TreeCtx<'a> {
     dir: &'a Path,
     users: &'a UsernsGraph,
     userns: &'a ns::user::Helpers,
+    made_time: std::collections::HashSet<u32>,
     others: &'a ns::other::OtherGraph,
     others_h: &'a ns::other::Helpers,
     files: &'a mut RestoreFiles,
@@ -442,8 +547,8 @@ fn transform(
     t: &mut Tracee,
     img: &TaskImage,
     ctx: &mut TreeCtx<'_>,
-    shares_files: bool,
-    shares_fs: bool,
+    (shares_files, shares_fs): (bool, bool),
+    cur_userns: u32,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
     let (files, dir) = (&mut *ctx.files, ctx.dir);
@@ -457,7 +562,7 @@ fn transform(
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
     // namespace.
-    ctx.others_h.enter_all(t, ctx.others)?;
+    ctx.others_h.enter_all(t, ctx.others, &ctx.made_time)?;
 
     // Memory.
     let work = mm::restore::map_work_area(t, &live.mm)?;
@@ -501,23 +606,33 @@ fn transform(
     // The leader's state, then its credentials around the move into its
     // user namespace (which needs a single thread), then the threads.
     let ns = img.ids.user_ns_id.unwrap_or(1);
-    let helper = ctx.userns.pid_of(ns);
+    // Forked inside a nested user namespace already: the task moves on
+    // (down) to its own first, then sets its ids as it sees them.
+    let early = cur_userns != 1;
+    let helper = if ns == cur_userns {
+        None
+    } else {
+        ctx.userns.pid_of(ns)
+    };
+    if early {
+        if let Some(h) = helper {
+            ns::user::enter(t, h)?;
+        }
+    }
+    let helper = if early { None } else { helper };
     restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
-    let leader_ids = set_ids(
-        t,
-        img,
-        core,
-        img.cores[0].2.as_ref(),
-        ctx.users,
+    let step = UserStep {
+        users: ctx.users,
         helper,
-        None,
-    )?;
+        early,
+    };
+    let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
     // Threads are made after the move and while the leader still holds
     // every capability; each drops its own, the leader last.
     for (tid, tcore, extra) in img.cores.iter().skip(1) {
         let i = img.cores.iter().position(|c| c.0 == *tid).unwrap_or(0);
         let set_tid = img.set_tid(i);
-        let mut th = if helper.is_some() {
+        let mut th = if helper.is_some() || early {
             let inner = &set_tid[..set_tid.len().saturating_sub(1)];
             pstree::fork_thread_last_pid(t, *tid, inner)?
         } else {
@@ -525,13 +640,17 @@ fn transform(
         };
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
+        let tstep = UserStep {
+            users: ctx.users,
+            helper: None,
+            early,
+        };
         set_ids(
             &mut th,
             img,
             tcore,
             extra.as_ref(),
-            ctx.users,
-            None,
+            &tstep,
             leader_ids.as_ref(),
         )?;
         set_caps(&mut th, img, tcore)?;
@@ -547,7 +666,8 @@ fn transform(
         )
         .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
     }
-    signals::restore_pending(t, pid, tc.signals_s.as_ref(), true)?;
+    let inner_pid = img.inner_tid(0).unwrap_or(pid);
+    signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
     Ok(())
 }
 
@@ -562,10 +682,10 @@ fn set_ids(
     img: &TaskImage,
     core: &CoreEntry,
     extra: Option<&CrestThreadExtra>,
-    users: &UsernsGraph,
-    helper: Option<i32>,
+    u: &UserStep<'_>,
     leader: Option<&creds::Ids>,
 ) -> Result<Option<creds::Ids>, RestoreError> {
+    let (users, helper, early) = (u.users, u.helper, u.early);
     let th = core
         .thread_core
         .as_ref()
@@ -597,6 +717,14 @@ fn set_ids(
         groups: to_outer_view(users, ns, &inner.groups, rec(|e| &e.outer_groups), true),
     };
     let nested = users.node(ns).is_some_and(|n| n.parent.is_some());
+    if early {
+        // Already in its user namespace: ids as the task sees them.
+        if leader.is_none_or(|l| *l != outer) {
+            let allow = users.node(ns).is_some_and(|n| n.setgroups_allow);
+            creds::set_ids(t, &inner, allow)?;
+        }
+        return Ok(Some(outer));
+    }
     match leader {
         Some(l) if nested => {
             if *l != outer {
@@ -623,6 +751,15 @@ fn set_caps(t: &mut Tracee, img: &TaskImage, core: &CoreEntry) -> Result<(), Res
         creds::set_caps(t, c)?;
     }
     task::restore_pdeathsig(t, th.pdeath_sig.unwrap_or(0))
+}
+
+/// Where a task stands on its way into its user namespace.
+struct UserStep<'a> {
+    users: &'a UsernsGraph,
+    /// Holder of the user namespace to enter after the ids are set.
+    helper: Option<i32>,
+    /// It is in its user namespace already.
+    early: bool,
 }
 
 fn to_array(v: Vec<u32>) -> [u32; 4] {
@@ -669,7 +806,12 @@ fn restore_thread(
             clear_tid: info.clear_tid_addr,
         },
     )?;
-    signals::restore_pending(t, tid, th.signals_p.as_ref(), false)?;
+    let i = img.cores.iter().position(|c| c.0 == tid).unwrap_or(0);
+    let inner = (
+        img.inner_tid(0).unwrap_or(pid),
+        img.inner_tid(i).unwrap_or(tid),
+    );
+    signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
     let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
         Some(x) => x.clone(),
         None => {

@@ -148,6 +148,14 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
     for p in &tree {
         let ids: crest_images::pb::TaskKobjIdsEntry =
             crest_images::read_one(dir, &names::ids(p.pid), magic::IDS)?;
+        let core: CoreEntry = crest_images::read_one(dir, &names::core(p.pid), magic::CORE)?;
+        if core
+            .tc
+            .as_ref()
+            .is_some_and(|tc| tc.task_state == crate::coreimg::TASK_DEAD)
+        {
+            continue; // a zombie has no namespaces to show, as in a live tree
+        }
         if let Some(ns) = ids.user_ns_id {
             tasks.push((p.pid as i32, ns));
         }
@@ -187,12 +195,27 @@ pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
             }
         }
     }
-    let live: Vec<i32> = pids
-        .into_iter()
-        .filter(|p| crate::procfs::read_stat(*p).is_ok_and(|s| s.state != 'Z'))
-        .collect();
-    let users = crate::ns::user::UsernsGraph::collect(&live)?;
-    let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
-    let pidns = crate::ns::pid::PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
-    Ok(users.render() + &others.render(&users) + &pidns.render(&users))
+    // Tasks of a busy tree may end while they are read: read again
+    // without them.
+    let mut last = None;
+    for _ in 0..5 {
+        let live: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|p| crate::procfs::read_stat(*p).is_ok_and(|s| s.state != 'Z'))
+            .collect();
+        let read = || -> Result<String, crate::DumpError> {
+            let users = crate::ns::user::UsernsGraph::collect(&live)?;
+            let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
+            let pidns =
+                crate::ns::pid::PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+            Ok(users.render() + &others.render(&users) + &pidns.render(&users))
+        };
+        match read() {
+            Ok(text) => return Ok(text),
+            Err(e) => last = Some(e),
+        }
+        pids.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+    }
+    Err(last.unwrap_or(crate::DumpError::NoSuchProcess { pid }))
 }

@@ -135,13 +135,16 @@ pub fn dump_pending(pid: i32, tid: i32, shared: bool) -> Result<SignalQueueEntry
 
 /// Queues pending signals again. All signals must be blocked (they are
 /// while a tracee is injected) so none is delivered before the task runs.
+/// `inner` is the task's (tgid, tid) as it sees them in its own pid
+/// namespace: the kernel lets a task queue any siginfo only to itself.
 pub fn restore_pending(
     t: &mut Tracee,
-    tid: i32,
+    inner: (i32, i32),
     queue: Option<&SignalQueueEntry>,
     shared: bool,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
+    let tid = t.tid();
     let Some(q) = queue else { return Ok(()) };
     for si in &q.signals {
         if si.siginfo.len() != ptrace::SIGINFO_SIZE {
@@ -162,12 +165,15 @@ pub fn restore_pending(
         }
         let addr = t.put(&si.siginfo).rat(pid, "write siginfo")?;
         if shared {
-            t.syscall(nr::RT_SIGQUEUEINFO, &[pid as u64, u64::from(signo), addr])
-                .rat(pid, format!("rt_sigqueueinfo({signo})"))?;
+            t.syscall(
+                nr::RT_SIGQUEUEINFO,
+                &[inner.0 as u64, u64::from(signo), addr],
+            )
+            .rat(pid, format!("rt_sigqueueinfo({signo})"))?;
         } else {
             t.syscall(
                 nr::RT_TGSIGQUEUEINFO,
-                &[pid as u64, tid as u64, u64::from(signo), addr],
+                &[inner.0 as u64, inner.1 as u64, u64::from(signo), addr],
             )
             .rat(pid, format!("rt_tgsigqueueinfo({signo})"))?;
         }

@@ -258,6 +258,8 @@ fn files_and_crest_round_trip() {
         ns_tids: vec![4242, 1],
         ns_pgids: vec![4242, 1],
         ns_sids: vec![4242, 0],
+        pid_for_children: Some(3),
+        time_for_children: None,
     };
     let name = names::crest_thread(42);
     write_image(

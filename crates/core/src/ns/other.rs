@@ -177,6 +177,11 @@ impl OtherGraph {
         Ok(id)
     }
 
+    /// The id of the namespace whose nsfs inode is `ino`.
+    pub fn by_ino(&self, ino: u64) -> Option<u32> {
+        self.list.iter().find(|n| n.ino == ino).map(|n| n.id)
+    }
+
     /// The id of `pid`'s namespace of type `flag`, if it has its own.
     pub fn ns_of(&self, pid: i32, flag: u32) -> Option<u32> {
         self.tasks
@@ -625,10 +630,17 @@ impl Helpers {
 
     /// Moves task `t` into each of its own namespaces (all but its user
     /// namespace, which comes after).
-    pub fn enter_all(&self, t: &mut Tracee, g: &OtherGraph) -> Result<(), RestoreError> {
+    pub fn enter_all(
+        &self,
+        t: &mut Tracee,
+        g: &OtherGraph,
+        inherited: &std::collections::HashSet<u32>,
+    ) -> Result<(), RestoreError> {
         let pid = t.pid();
-        for (tp, id) in g.tasks.iter().filter(|x| x.0 == pid) {
-            let _ = tp;
+        for (_, id) in g.tasks.iter().filter(|x| x.0 == pid) {
+            if inherited.contains(id) {
+                continue; // the task got it at fork from its parent
+            }
             let Some(n) = g.list.iter().find(|n| n.id == *id) else {
                 continue;
             };

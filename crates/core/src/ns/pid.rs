@@ -9,10 +9,14 @@
 //! Restore forks the init of each pid namespace from its parent with
 //! `CLONE_NEWPID`, and every task gets its pid at every level with
 //! `clone3`'s `set_tid` array. That makes the namespace owned by the
-//! parent's user namespace, which is crest's while the tree is forked: a
-//! pid namespace owned by a nested user namespace is refused at dump for
-//! now (its init would have to be forked from inside that namespace, and
-//! a kernel pid namespace cannot be referred to before it has an init).
+//! parent's user namespace, which is crest's while the tree is forked. A
+//! pid namespace owned by a nested user namespace is made by a helper
+//! inside that user namespace, which forks the init and exits (the init
+//! is inherited by its real parent, a child subreaper meanwhile; a pid
+//! namespace cannot be referred to before it has an init, so nobody else
+//! can fork it). Such an init and its descendants are then already in
+//! their user namespace: crest's level of their pids is set through
+//! `ns_last_pid`.
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError};
@@ -93,14 +97,7 @@ impl PidnsGraph {
                 pid,
                 what: "a pid namespace owned by a user namespace outside the tree".into(),
             })?;
-        if users.node(owner_userns).is_some_and(|u| u.parent.is_some()) {
-            // Its init would have to be forked from inside that user
-            // namespace, losing the rights the rest of the restore needs.
-            return Err(DumpError::Unsupported {
-                pid,
-                what: "a pid namespace owned by a nested user namespace (issue 6)".into(),
-            });
-        }
+
         let depth = parent.and_then(|p| self.node(p)).map_or(1, |p| p.depth + 1);
         let id = first_id + self.list.len() as u32;
         self.list.push(Pidns {
@@ -117,20 +114,58 @@ impl PidnsGraph {
         self.list.iter().find(|n| n.id == id)
     }
 
+    /// The id of the pid namespace whose nsfs inode is `ino`.
+    pub fn by_ino(&self, ino: u64) -> Option<u32> {
+        self.list.iter().find(|n| n.ino == ino).map(|n| n.id)
+    }
+
     /// The pid namespace of `pid`, None for crest's own.
     pub fn ns_of(&self, pid: i32) -> Option<u32> {
         self.tasks.iter().find(|t| t.0 == pid).map(|t| t.1)
     }
 
     /// Every pid namespace's init (pid 1 inside) must be in the tree:
-    /// `inner_pid(pid)` gives a task's pid in its own namespace.
-    pub fn check_inits(&self, inner_pid: impl Fn(i32) -> Option<i32>) -> Result<(), DumpError> {
+    /// `inner_pid(pid)` gives a task's pid in its own namespace. The init
+    /// of a namespace owned by a nested user namespace must live in that
+    /// user namespace (restore forks it from inside).
+    pub fn check_inits(
+        &self,
+        users: &UsernsGraph,
+        inner_pid: impl Fn(i32) -> Option<i32>,
+    ) -> Result<(), DumpError> {
         for n in &self.list {
-            let has_init = self
+            let init = self
                 .tasks
                 .iter()
-                .any(|(p, id)| *id == n.id && inner_pid(*p) == Some(1));
-            if !has_init {
+                .find(|(p, id)| *id == n.id && inner_pid(*p) == Some(1));
+            let nested_owner = users
+                .node(n.owner_userns)
+                .is_some_and(|u| u.parent.is_some());
+            if let Some((p, _)) = init {
+                let inside = users
+                    .ns_of(*p)
+                    .is_some_and(|u| users.is_within(u, n.owner_userns));
+                if nested_owner && !inside {
+                    return Err(DumpError::Unsupported {
+                        pid: *p,
+                        what: "the init of a pid namespace outside the user namespace that owns it"
+                            .into(),
+                    });
+                }
+            }
+            let parent_nested = n.parent.and_then(|p| self.node(p)).is_some_and(|p| {
+                users
+                    .node(p.owner_userns)
+                    .is_some_and(|u| u.parent.is_some())
+            });
+            if nested_owner && parent_nested {
+                let pid = init.map_or(0, |i| i.0);
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: "a pid namespace owned by a nested user namespace inside another such pid namespace (a container with its own user and pid namespaces inside another one; issue 6)".into(),
+                });
+            }
+            if init.is_none() {
                 let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
                 return Err(DumpError::Unsupported {
                     pid,

@@ -60,6 +60,18 @@ impl UsernsGraph {
         self.nodes.iter().find(|n| n.id == id)
     }
 
+    /// Whether namespace `id` is `ancestor` or below it.
+    pub fn is_within(&self, id: u32, ancestor: u32) -> bool {
+        let mut cur = Some(id);
+        while let Some(c) = cur {
+            if c == ancestor {
+                return true;
+            }
+            cur = self.node(c).and_then(|n| n.parent);
+        }
+        false
+    }
+
     /// The namespace of `pid`.
     pub fn ns_of(&self, pid: i32) -> Option<u32> {
         self.tasks.iter().find(|t| t.0 == pid).map(|t| t.1)

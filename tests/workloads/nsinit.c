@@ -1,0 +1,115 @@
+/* nsinit - run a program as pid 1 of its own pid, mnt, uts, ipc, net and
+ * time namespaces (the `ns` flavor of the suite).
+ *
+ * usage: nsinit HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
+ *
+ * Like `unshare -p -m -u -i -n -T -f --propagation private` followed by
+ * `hostname HOSTNAME; ip link set lo up`: unshares the six namespaces, makes
+ * every mount private, sets the hostname, brings lo up (SIOCSIFFLAGS on a
+ * socket it closes again), writes the time offsets of the new time
+ * namespace (CLOCK_MONOTONIC and CLOCK_BOOTTIME, seconds), forks and
+ * execs PROGRAM in the child, the init of the new pid namespace, in a
+ * session of its own (setsid, as the protocol wants). It keeps no
+ * fd besides 0-2, waits for the child and ends the way it did (the same exit
+ * code, or killed by the same signal), as `unshare -f` does. Started through
+ * `launch`, so it is a session leader; it is the root the harness dumps. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
+static void die(const char *what)
+{
+	fprintf(stderr, "nsinit: %s: %s\n", what, strerror(errno));
+	exit(127);
+}
+
+static void lo_up(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		die("socket");
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+		die("SIOCGIFFLAGS lo");
+	ifr.ifr_flags |= IFF_UP;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+		die("SIOCSIFFLAGS lo");
+	close(s);
+}
+
+static void time_offsets(const char *mono, const char *boot)
+{
+	char buf[128];
+	int n = snprintf(buf, sizeof(buf), "monotonic %s 0\nboottime %s 0\n", mono, boot);
+	int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		die("open /proc/self/timens_offsets");
+	if (write(fd, buf, (size_t)n) != n)
+		die("write /proc/self/timens_offsets");
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 5) {
+		fprintf(stderr, "usage: nsinit HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]\n");
+		return 2;
+	}
+	int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
+		    CLONE_NEWTIME;
+	if (unshare(flags) < 0)
+		die("unshare");
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die("make / private");
+	if (sethostname(argv[1], strlen(argv[1])) < 0)
+		die("sethostname");
+	lo_up();
+	time_offsets(argv[2], argv[3]);
+	pid_t child = fork();
+	if (child < 0)
+		die("fork");
+	if (child == 0) {
+		/* a new session, as `launch` gives a workload on the host */
+		if (setsid() < 0) {
+			fprintf(stderr, "nsinit: setsid: %s\n", strerror(errno));
+			_exit(127);
+		}
+		execvp(argv[4], argv + 4);
+		fprintf(stderr, "nsinit: exec %s: %s\n", argv[4], strerror(errno));
+		_exit(127);
+	}
+	int st;
+	pid_t r;
+	do
+		r = waitpid(child, &st, 0);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		die("waitpid");
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	int sig = WTERMSIG(st);
+	signal(sig, SIG_DFL);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	kill(getpid(), sig);
+	return 128 + sig;
+}

@@ -1,0 +1,140 @@
+/* nsview PID - what a task's uts, ipc, net and time namespaces look like
+ * from inside (a tool of the harness, no protocol).
+ *
+ * Enters the namespaces of PID with setns(2) and prints, one item a line:
+ * the hostname and domainname (uname), every network interface with its
+ * flags (up, loopback, running) and its IPv4/IPv6 addresses, the number of
+ * SysV shared memory segments, semaphore sets and message queues
+ * (/proc/sysvipc/{shm,sem,msg}, which show the reader's ipc namespace), and the
+ * offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME in whole seconds, measured
+ * as the difference of clock_gettime before and after entering the time
+ * namespace. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+
+static void enter(const char *pid, const char *ns, int type)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%s/ns/%s", pid, ns);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "nsview: open %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	if (setns(fd, type) < 0) {
+		fprintf(stderr, "nsview: setns %s: %s\n", path, strerror(errno));
+		exit(1);
+	}
+	close(fd);
+}
+
+static int count_lines(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	int n = 0, c, last = '\n';
+	while ((c = fgetc(f)) != EOF) {
+		if (c == '\n')
+			n++;
+		last = c;
+	}
+	if (last != '\n')
+		n++;
+	fclose(f);
+	return n > 0 ? n - 1 : 0; /* without the header */
+}
+
+static double now(clockid_t clk)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: nsview PID\n");
+		return 2;
+	}
+	const char *pid = argv[1];
+	enter(pid, "uts", CLONE_NEWUTS);
+	enter(pid, "ipc", CLONE_NEWIPC);
+	enter(pid, "net", CLONE_NEWNET);
+
+	struct utsname u;
+	if (uname(&u) < 0) {
+		perror("nsview: uname");
+		return 1;
+	}
+	printf("hostname %s\n", u.nodename);
+	printf("domainname %s\n", u.domainname);
+
+	struct if_nameindex *ifs = if_nameindex();
+	if (!ifs) {
+		perror("nsview: if_nameindex");
+		return 1;
+	}
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	for (struct if_nameindex *i = ifs; i->if_index; i++) {
+		struct ifreq ifr;
+		memset(&ifr, 0, sizeof(ifr));
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", i->if_name);
+		int fl = s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0 ? ifr.ifr_flags : -1;
+		int mtu = s >= 0 && ioctl(s, SIOCGIFMTU, &ifr) == 0 ? ifr.ifr_mtu : -1;
+		printf("if %s index %u %s%s%s mtu %d\n", i->if_name, i->if_index,
+		       fl >= 0 && (fl & IFF_UP) ? "up" : "down",
+		       fl >= 0 && (fl & IFF_LOOPBACK) ? " loopback" : "",
+		       fl >= 0 && (fl & IFF_RUNNING) ? " running" : "", mtu);
+	}
+	if (s >= 0)
+		close(s);
+	if_freenameindex(ifs);
+	struct ifaddrs *ifa;
+	if (getifaddrs(&ifa) == 0) {
+		for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
+			if (!a->ifa_addr)
+				continue;
+			char buf[INET6_ADDRSTRLEN] = "";
+			int fam = a->ifa_addr->sa_family;
+			if (fam == AF_INET)
+				inet_ntop(fam, &((struct sockaddr_in *)a->ifa_addr)->sin_addr, buf,
+					  sizeof(buf));
+			else if (fam == AF_INET6)
+				inet_ntop(fam, &((struct sockaddr_in6 *)a->ifa_addr)->sin6_addr, buf,
+					  sizeof(buf));
+			else
+				continue;
+			printf("addr %s %s\n", a->ifa_name, buf);
+		}
+		freeifaddrs(ifa);
+	}
+
+	printf("sysvipc shm %d sem %d msg %d\n", count_lines("/proc/sysvipc/shm"),
+	       count_lines("/proc/sysvipc/sem"), count_lines("/proc/sysvipc/msg"));
+
+	double mono = now(CLOCK_MONOTONIC), boot = now(CLOCK_BOOTTIME);
+	enter(pid, "time", CLONE_NEWTIME);
+	double mono2 = now(CLOCK_MONOTONIC), boot2 = now(CLOCK_BOOTTIME);
+	printf("offset monotonic %.0f boottime %.0f\n", mono2 - mono, boot2 - boot);
+	return 0;
+}
