@@ -63,6 +63,9 @@ struct LiveImage {
 }
 
 const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
+/// Most tasks plus threads crest restores from one image (as many as it
+/// seizes at dump).
+const MAX_TASKS: usize = 1 << 16;
 
 impl TaskImage {
     fn read(dir: &Path, entry: PstreeEntry) -> Result<TaskImage, RestoreError> {
@@ -200,6 +203,14 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     check_inventory(dir)?;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
+    let threads: usize = tree.iter().map(|e| e.threads.len().max(1)).sum();
+    if tree.len() > MAX_TASKS || threads > MAX_TASKS {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::PSTREE.into(),
+            what: format!("{} tasks with {threads} threads, more than {MAX_TASKS}", tree.len()),
+        });
+    }
     let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {
         pid: 0,
         file: names::PSTREE.into(),
