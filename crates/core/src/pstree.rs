@@ -214,12 +214,25 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
     let Some(root) = entries.first() else {
         return Err("no tasks".into());
     };
+    let mut seen = std::collections::HashSet::new();
+    for e in entries {
+        if !seen.insert(e.pid) {
+            return Err(format!("pid {} appears twice", e.pid));
+        }
+    }
+    let mut kids: std::collections::HashMap<u32, Vec<usize>> = std::collections::HashMap::new();
+    for (j, e) in entries.iter().enumerate().skip(1) {
+        kids.entry(e.ppid).or_default().push(j);
+    }
     let mut order = vec![0usize];
+    let mut placed = vec![false; entries.len()];
+    placed[0] = true;
     let mut i = 0;
     while i < order.len() {
         let parent = entries[order[i]].pid;
-        for (j, e) in entries.iter().enumerate() {
-            if j != 0 && e.ppid == parent && !order.contains(&j) {
+        for &j in kids.get(&parent).map_or(&[][..], |v| &v[..]) {
+            if !placed[j] {
+                placed[j] = true;
                 order.push(j);
             }
         }
@@ -229,19 +242,14 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
         let lost: Vec<u32> = entries
             .iter()
             .enumerate()
-            .filter(|(j, _)| !order.contains(j))
+            .filter(|(j, _)| !placed[*j])
             .map(|(_, e)| e.pid)
+            .take(16)
             .collect();
         return Err(format!(
             "tasks {lost:?} have no parent in the tree rooted at {}",
             root.pid
         ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for e in entries {
-        if !seen.insert(e.pid) {
-            return Err(format!("pid {} appears twice", e.pid));
-        }
     }
     Ok(order)
 }

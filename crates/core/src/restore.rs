@@ -208,7 +208,10 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         return Err(RestoreError::BadImage {
             pid: 0,
             file: names::PSTREE.into(),
-            what: format!("{} tasks with {threads} threads, more than {MAX_TASKS}", tree.len()),
+            what: format!(
+                "{} tasks with {threads} threads, more than {MAX_TASKS}",
+                tree.len()
+            ),
         });
     }
     let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {

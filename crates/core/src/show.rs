@@ -28,13 +28,13 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
         crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let mut out = Vec::with_capacity(tree.len());
+    let mut kids: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for e in &tree {
+        kids.entry(e.ppid).or_default().push(e.pid);
+    }
     for p in &tree {
         let core: CoreEntry = crest_images::read_one(dir, &names::core(p.pid), magic::CORE)?;
-        let children = tree
-            .iter()
-            .filter(|c| c.ppid == p.pid)
-            .map(|c| c.pid)
-            .collect();
+        let children = kids.get(&p.pid).cloned().unwrap_or_default();
         let comm = core.tc.as_ref().map(|t| t.comm.clone()).unwrap_or_default();
         if let Some(tc) = core
             .tc
@@ -91,18 +91,34 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
     Ok(out)
 }
 
-/// The tree as indented text.
+/// The tree as indented text (iteratively: an image may hold a chain of
+/// any depth).
 pub fn render(tasks: &[TaskSummary]) -> String {
     let mut s = String::new();
-    let pids: Vec<u32> = tasks.iter().map(|t| t.pid).collect();
-    for root in tasks.iter().filter(|t| !pids.contains(&t.ppid)) {
-        render_one(tasks, root, 0, &mut s);
+    let by_pid: std::collections::HashMap<u32, &TaskSummary> =
+        tasks.iter().map(|t| (t.pid, t)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<(&TaskSummary, usize)> = tasks
+        .iter()
+        .filter(|t| !by_pid.contains_key(&t.ppid))
+        .rev()
+        .map(|t| (t, 0))
+        .collect();
+    while let Some((t, depth)) = stack.pop() {
+        if !seen.insert(t.pid) {
+            continue;
+        }
+        render_one(t, depth, &mut s);
+        for c in t.children.iter().rev().filter_map(|c| by_pid.get(c)) {
+            stack.push((c, depth + 1));
+        }
     }
     s
 }
 
-fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut String) {
+fn render_one(t: &TaskSummary, depth: usize, s: &mut String) {
     use std::fmt::Write;
+    let depth = depth.min(64);
     if let Some(status) = t.zombie {
         let _ = writeln!(
             s,
@@ -134,9 +150,6 @@ fn render_one(tasks: &[TaskSummary], t: &TaskSummary, depth: usize, s: &mut Stri
         t.fds,
         indent = depth * 2
     );
-    for c in tasks.iter().filter(|c| c.ppid == t.pid) {
-        render_one(tasks, c, depth + 1, s);
-    }
 }
 
 /// The namespace graph of an images directory, as canonical text.
