@@ -13,6 +13,7 @@
 
 pub mod case;
 pub mod config;
+pub mod containers;
 pub mod crest;
 pub mod dumpchecks;
 pub mod hostile;

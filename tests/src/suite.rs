@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
-use crate::{dumpchecks, hostile, nested, procs, trees, Config, Flavor, Outcome, StdioKind};
+use crate::{
+    containers, dumpchecks, hostile, nested, procs, trees, Config, Flavor, Outcome, StdioKind,
+};
 
 /// Every protocol workload, in the order the suite runs them.
 pub fn workloads() -> Vec<Workload> {
@@ -184,6 +186,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));
+    containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
     for flavor in Flavor::ALL {
         if let Some(reason) = flavor.not_implemented() {

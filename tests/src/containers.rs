@@ -1,0 +1,420 @@
+//! Container shapes (issue 6, "Checked by"): trees started with util-linux's
+//! `unshare` (`-r`, no newuidmap needed), dumped and restored by crest.
+//!
+//! - `container_user_pid_net`: user+pid+uts+ipc+net, no mount namespace;
+//! - `container_with_mnt`: user+pid+mnt+uts+ipc+net, proc mounted
+//!   (`--mount-proc`) and a tmpfs on /mnt holding a file;
+//! - `container_in_container`: the first shape inside the first shape.
+//!
+//! Each runs `tree_sessions` (made a session leader with `setsid`) as pid 1
+//! of the innermost pid namespace, after `sh` set the hostname and brought
+//! lo up. The root the harness dumps is the outer `unshare`; the workload is
+//! found down the chain of only children (its `NSpid` ends in 1 at every
+//! level below crest's). Before the dump and after the restore the harness
+//! compares the process tree (with every thread's `NSpid`), `crest show
+//! --ns --tree ROOT` (== `crest show --ns IMAGES`), the namespaces of every
+//! task and the view from inside (`nsview`: hostname, lo up with 127.0.0.1,
+//! no SysV objects), and for `container_with_mnt` the tmpfs file read through
+//! `/proc/PID/root`. A dump crest refuses with the message the case expects
+//! is reported as SKIP with crest's stderr (the tree must run on and pass its
+//! own check); any other refusal fails.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::unistd::Pid;
+
+use crate::case::{self, CaseDir, READY_TIMEOUT};
+use crate::procs::{self, wait_exit, wait_until, Procs, Waited};
+use crate::suite::Report;
+use crate::{nested, ns, Config, Outcome, StdioKind};
+
+/// One container shape.
+struct Shape {
+    name: &'static str,
+    /// Nesting depth of the pid namespaces below crest's.
+    depth: usize,
+    /// The hostname the workload's uts namespace must have.
+    hostname: &'static str,
+    /// Whether the workload has its own mount namespace.
+    own_mnt: bool,
+    /// A file on the container's tmpfs and its contents.
+    tmpfs_file: Option<(&'static str, &'static str)>,
+    /// A dump refused with a message holding this is a SKIP.
+    refusal: Option<&'static str>,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape {
+        name: "container_user_pid_net",
+        depth: 1,
+        hostname: "c1",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+    },
+    Shape {
+        name: "container_with_mnt",
+        depth: 1,
+        hostname: "c2",
+        own_mnt: true,
+        tmpfs_file: Some(("/mnt/f", "data\n")),
+        refusal: Some("mount namespace"),
+    },
+    Shape {
+        name: "container_in_container",
+        depth: 2,
+        hostname: "c3",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: Some("inside another such pid namespace"),
+    },
+];
+
+/// Runs every shape whose name passes `selected`.
+pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
+    for shape in &SHAPES {
+        if !selected(shape.name) {
+            continue;
+        }
+        let outcome = if cfg.root {
+            one_case(cfg, shape)
+        } else {
+            Outcome::Skip("needs root".into())
+        };
+        report.record(shape.name, outcome);
+    }
+}
+
+fn one_case(cfg: &Config, shape: &Shape) -> Outcome {
+    let dir = match CaseDir::create(cfg, shape.name) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(format!("{e:#}")),
+    };
+    let mut procs = Procs::default();
+    let result = steps(cfg, shape, &dir, &mut procs);
+    let killed = procs.kill_all();
+    // killed pid namespaces end one level at a time
+    let mut leftovers = Vec::new();
+    for _ in 0..20 {
+        let found = procs::sweep_children();
+        if found.is_empty() && procs::harness_children().is_empty() {
+            break;
+        }
+        leftovers.extend(found);
+        sleep(Duration::from_millis(20));
+    }
+    let outcome = case::conclude(result, &dir, &killed, &leftovers);
+    if outcome.is_pass() {
+        dir.remove();
+    }
+    outcome
+}
+
+fn in_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// The `unshare` command line of a shape, around `exec setsid WORKLOAD
+/// STATEDIR`.
+fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
+    let wl = format!(
+        "exec setsid {} {}",
+        cfg.workload("tree_sessions").display(),
+        dir.state.display()
+    );
+    let base = [
+        "unshare",
+        "-U",
+        "-r",
+        "-p",
+        "-u",
+        "-i",
+        "-n",
+        "-f",
+        "--kill-child",
+    ];
+    let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    let script = match shape.name {
+        "container_with_mnt" => {
+            args.extend(["-m".into(), "--mount-proc".into()]);
+            format!(
+                "mount -t tmpfs none /mnt && echo data > /mnt/f && hostname {} && ip link set lo \
+                 up && {wl}",
+                shape.hostname
+            )
+        }
+        "container_in_container" => {
+            let inner = format!("hostname {} && ip link set lo up && {wl}", shape.hostname);
+            format!(
+                "hostname {}-outer && ip link set lo up && exec {} sh -c '{inner}'",
+                shape.hostname,
+                base.join(" ")
+            )
+        }
+        _ => format!("hostname {} && ip link set lo up && {wl}", shape.hostname),
+    };
+    args.extend(["sh".into(), "-c".into(), script]);
+    args
+}
+
+fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Pid> {
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.args(command(cfg, shape, dir))
+        .current_dir(&dir.root)
+        .stdin(Stdio::null());
+    case::set_stdio(&mut cmd, dir, StdioKind::LogFile)?;
+    let child = cmd.spawn().with_context(|| format!("spawn {:?}", cmd))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    Ok(pid)
+}
+
+/// Waits for the ready file; returns the chain of only children below
+/// `root` down to the workload (pid 1 of the innermost pid namespace),
+/// every one tracked for cleanup.
+fn wait_ready(dir: &CaseDir, shape: &Shape, root: Pid, procs: &mut Procs) -> Result<Vec<Pid>> {
+    let ready = dir.state.join("ready");
+    let start = Instant::now();
+    while !ready.exists() {
+        if let Waited::Exited(exit) = wait_exit(root, Duration::ZERO)? {
+            procs.untrack(root);
+            let log = fs::read_to_string(dir.root.join("out.log")).unwrap_or_default();
+            bail!(
+                "unshare (pid {root}) exited before the workload was ready ({exit}); out.log: {:?}",
+                log.trim()
+            );
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            bail!("workload not ready after {READY_TIMEOUT:?}");
+        }
+        sleep(procs::POLL);
+    }
+    if procs::read_pid_file(&ready)?.as_raw() != 1 {
+        bail!("the ready file does not name pid 1");
+    }
+    let mut chain = Vec::new();
+    let mut cur = root;
+    for level in 1..=shape.depth {
+        let path = format!("/proc/{cur}/task/{cur}/children");
+        let children: Vec<i32> = fs::read_to_string(&path)
+            .with_context(|| format!("read {path}"))?
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let [only] = children[..] else {
+            bail!("pid {cur} has the children {children:?}, expected one");
+        };
+        cur = Pid::from_raw(only);
+        procs.track(cur);
+        let ids = ns::nspid(cur).with_context(|| format!("NSpid of pid {cur}"))?;
+        let want_len = level + 1;
+        if ids.len() != want_len || ids.last() != Some(&1) || ids[0] != cur.as_raw() {
+            bail!("pid {cur} has NSpid {ids:?}, expected {want_len} ids ending in 1");
+        }
+        chain.push(cur);
+    }
+    Ok(chain)
+}
+
+/// What the view must show of the shape's setup.
+fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
+    let mut out = Vec::new();
+    let inside: Vec<&str> = v
+        .iter()
+        .filter(|(k, _)| k.starts_with("inside: line"))
+        .map(|(_, l)| l.as_str())
+        .collect();
+    let want = format!("hostname {}", shape.hostname);
+    if !inside.contains(&want.as_str()) {
+        out.push(format!("no {want:?} inside (nsview: {inside:?})"));
+    }
+    let ifs: Vec<&&str> = inside.iter().filter(|l| l.starts_with("if ")).collect();
+    match ifs[..] {
+        [lo] if lo.starts_with("if lo ") && lo.contains(" up loopback running ") => {}
+        _ => out.push(format!(
+            "expected only lo, up and running; interfaces: {ifs:?}"
+        )),
+    }
+    if !inside.contains(&"addr lo 127.0.0.1") {
+        out.push(format!("lo has no 127.0.0.1 inside (nsview: {inside:?})"));
+    }
+    if !inside.contains(&"sysvipc shm 0 sem 0 msg 0") {
+        out.push(format!(
+            "expected no SysV objects inside (nsview: {inside:?})"
+        ));
+    }
+    let mut own = vec!["user", "pid", "uts", "ipc", "net"];
+    if shape.own_mnt {
+        own.push("mnt");
+    }
+    for kind in own {
+        if v.get(&format!("pid {main} ns {kind}")).map(String::as_str) == Some("host") {
+            out.push(format!(
+                "the workload (pid {main}) is in the harness's {kind} namespace"
+            ));
+        }
+    }
+    if !shape.own_mnt && v.get(&format!("pid {main} ns mnt")).map(String::as_str) != Some("host") {
+        out.push(format!(
+            "the workload (pid {main}) has a mount namespace of its own"
+        ));
+    }
+    if let Some((file, want)) = shape.tmpfs_file {
+        let path = format!("/proc/{main}/root{file}");
+        match fs::read_to_string(&path) {
+            Ok(got) if got == want => {}
+            Ok(got) => out.push(format!("{path} holds {got:?}, expected {want:?}")),
+            Err(e) => out.push(format!("read {path}: {e}")),
+        }
+        if Path::new(&format!("/proc/self/root{file}")).exists() {
+            out.push(format!("{file} is visible outside the container"));
+        }
+    }
+    out
+}
+
+fn snapshot(cfg: &Config, shape: &Shape, root: Pid, main: Pid, what: &str) -> Result<ns::View> {
+    let tree = procs::tree_snapshot(root).with_context(|| format!("process tree {what}"))?;
+    let v = ns::view(cfg, &tree, main).with_context(|| format!("namespaces {what}"))?;
+    let problems = expected(shape, &v, main);
+    if !problems.is_empty() {
+        bail!(
+            "the container is not what its shell set up {what}:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(v)
+}
+
+fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !in_path("unshare") || !in_path("ip") {
+        return Ok(Outcome::Skip(
+            "util-linux unshare or iproute2 ip not found".into(),
+        ));
+    }
+    let root = start(cfg, shape, dir, procs)?;
+    let chain = wait_ready(dir, shape, root, procs)?;
+    let main = *chain.last().context("empty chain")?;
+    if !wait_until(Duration::from_secs(5), || procs::tree_settled(root)) {
+        bail!("the tree of pid {root} did not settle within 5 s");
+    }
+    let tree_before = procs::tree_snapshot(root).context("process tree before the dump")?;
+    let _ = fs::write(dir.root.join("tree.before"), format!("{tree_before:#?}\n"));
+    let view_before = snapshot(cfg, shape, root, main, "before the dump")?;
+    ns::save(dir, "view.before", &view_before);
+    let finish = |procs: &mut Procs| -> Result<Outcome> {
+        let o = case::finish_tree(dir, main, root, StdioKind::LogFile, procs)?;
+        for p in &chain {
+            procs.untrack(*p);
+        }
+        Ok(o)
+    };
+    if !cfg.checkpoint {
+        return finish(procs);
+    }
+    case::check_crest(cfg)?;
+    let root_s = root.to_string();
+    // a show crest refuses is judged with the dump: a dump it refuses too is
+    // a skip, a dump it makes fails the case
+    let graph_before = nested::show_ns(cfg, dir, &["--tree", &root_s], "show-tree-before", procs);
+    if let Ok(g) = &graph_before {
+        let _ = fs::write(dir.root.join("graph.before"), g);
+    }
+    if let Some(ran) = case::dump_attempt(cfg, dir, root, false, procs)? {
+        let line = ran
+            .stderr
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("(no stderr)")
+            .to_string();
+        let Some(needle) = shape.refusal.filter(|n| ran.stderr.contains(n)) else {
+            bail!(ran.failure("crest dump"));
+        };
+        // a refused dump must leave the container alone and running
+        let stuck = procs::tree_problems(root);
+        if !stuck.is_empty() {
+            bail!(
+                "crest refused the dump ({needle}) but left the tree disturbed:\n  {}",
+                stuck.join("\n  ")
+            );
+        }
+        snapshot(cfg, shape, root, main, "after the refused dump")?;
+        return match finish(procs)? {
+            Outcome::Pass => Ok(Outcome::Skip(format!("crest refuses: {line}"))),
+            o => Ok(o),
+        };
+    }
+    let graph_before = graph_before.context("before the dump")?;
+    let mut problems = Vec::new();
+    let images = dir.images.to_string_lossy().to_string();
+    match nested::show_ns(cfg, dir, &[&images], "show-images", procs) {
+        Ok(g) => {
+            let _ = fs::write(dir.root.join("graph.images"), &g);
+            nested::graph_check(
+                &mut problems,
+                "of the images (crest show --ns DIR)",
+                &graph_before,
+                &g,
+            );
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    for p in &chain {
+        procs.track(*p);
+    }
+    if let Err(e) = case::restore_detached(cfg, dir, root, procs) {
+        problems.insert(0, format!("{e:#}"));
+        bail!("{}", problems.join("\n"));
+    }
+    let what = "after restore";
+    match nested::show_ns(cfg, dir, &["--tree", &root_s], "show-tree-after", procs) {
+        Ok(g) => {
+            let _ = fs::write(dir.root.join("graph.after"), &g);
+            nested::graph_check(&mut problems, what, &graph_before, &g);
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    match procs::tree_snapshot(root) {
+        Ok(after) => {
+            let _ = fs::write(dir.root.join("tree.after"), format!("{after:#?}\n"));
+            let d = procs::tree_diff(&tree_before, &after, what);
+            if !d.is_empty() {
+                problems.push(format!(
+                    "process tree differs {what}:\n  {}",
+                    d.join("\n  ")
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("process tree {what}: {e:#}")),
+    }
+    match snapshot(cfg, shape, root, main, what) {
+        Ok(v) => {
+            ns::save(dir, "view.after", &v);
+            let d = ns::view_diff(&view_before, &v, what);
+            if !d.is_empty() {
+                problems.push(format!(
+                    "the namespaces differ {what} (view.before, view.after):\n  {}",
+                    d.join("\n  ")
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    let verdict = finish(procs);
+    if problems.is_empty() {
+        return verdict;
+    }
+    let verdict = match verdict {
+        Ok(o) => format!("the workload's own verdict: {o:?}"),
+        Err(e) => format!("the workload's own verdict: FAIL {e:#}"),
+    };
+    bail!("{}\n{verdict}", problems.join("\n"))
+}
