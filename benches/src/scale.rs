@@ -1,7 +1,7 @@
 //! Scale modes: a tree of N processes and one process with N threads.
 //!
 //! The holders here are re-executions of this binary (no `fork` without
-//! `exec`: that needs `unsafe`):
+//! `exec`: that would need code the workspace lints forbid here):
 //!
 //! - `hold-tree N DEPTH KIB READY BENCH` is the root of the tree. It starts
 //!   chains of `hold-node` processes, each chain at most DEPTH long (a child

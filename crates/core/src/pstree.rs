@@ -259,6 +259,31 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
 /// Size of `struct clone_args` as crest passes it to `clone3`.
 const CLONE_ARGS_SIZE: usize = 88;
 
+/// Writes a `struct clone_args` (flags, exit signal and a `set_tid` array
+/// right after it) into `parent`'s scratch memory; returns its address.
+fn put_clone_args(
+    parent: &mut Tracee,
+    flags: u64,
+    exit_signal: u64,
+    set_tid: &[i32],
+) -> Result<u64, RestoreError> {
+    let ppid = parent.pid();
+    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * set_tid.len()];
+    let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
+    raw[..8].copy_from_slice(&flags.to_le_bytes());
+    raw[32..40].copy_from_slice(&exit_signal.to_le_bytes());
+    if !set_tid.is_empty() {
+        raw[64..72].copy_from_slice(&(base + CLONE_ARGS_SIZE as u64).to_le_bytes());
+        raw[72..80].copy_from_slice(&(set_tid.len() as u64).to_le_bytes());
+    }
+    for (i, id) in set_tid.iter().enumerate() {
+        let off = CLONE_ARGS_SIZE + 4 * i;
+        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
+    }
+    parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
+    Ok(base)
+}
+
 /// Injects `clone3` with `set_tid = [tid]` into `parent` and takes charge
 /// of the new task or thread, which starts traced and stopped.
 fn clone_in(
@@ -289,23 +314,7 @@ pub fn clone_levels(
             what: format!("{} pid namespace levels", set_tid.len()),
         });
     }
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * set_tid.len()];
-    let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
-    let set_tid_addr = base + CLONE_ARGS_SIZE as u64;
-    let words: [(usize, u64); 4] = [
-        (0, flags),
-        (4, exit_signal),
-        (8, set_tid_addr),
-        (9, set_tid.len() as u64),
-    ];
-    for (i, v) in words {
-        raw[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    for (i, id) in set_tid.iter().enumerate() {
-        let off = CLONE_ARGS_SIZE + 4 * i;
-        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
-    }
-    parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
+    let base = put_clone_args(parent, flags, exit_signal, set_tid)?;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     let got = parent
         .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
@@ -335,9 +344,7 @@ pub fn clone_levels(
 /// traced and stopped from birth.
 pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
     let ppid = parent.pid();
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE];
-    raw[32..40].copy_from_slice(&(libc::SIGCHLD as u64).to_le_bytes());
-    let base = parent.put(&raw).rat(ppid, "write clone_args")?;
+    let base = put_clone_args(parent, 0, libc::SIGCHLD as u64, &[])?;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     parent
         .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
@@ -384,21 +391,9 @@ fn clone_levels_with(
     before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let ppid = parent.pid();
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * inner.len()];
-    raw[..8].copy_from_slice(&flags.to_le_bytes());
-    raw[32..40].copy_from_slice(&exit_signal.to_le_bytes());
-    raw[72..80].copy_from_slice(&(inner.len() as u64).to_le_bytes());
-    for (i, id) in inner.iter().enumerate() {
-        let off = CLONE_ARGS_SIZE + 4 * i;
-        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
-    }
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     for _ in 0..16 {
-        let base = parent.scratch(raw.len()).rat(ppid, "scratch")?;
-        if !inner.is_empty() {
-            raw[64..72].copy_from_slice(&(base + CLONE_ARGS_SIZE as u64).to_le_bytes());
-        }
-        parent.write_mem(base, &raw).rat(ppid, "write clone_args")?;
+        let base = put_clone_args(parent, flags, exit_signal, inner)?;
         before()?;
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", want - 1))
             .rat(ppid, "write ns_last_pid")?;
@@ -550,19 +545,8 @@ pub fn fork_thread_last_pid(
     // Levels inside crest's pid namespace are set with set_tid (the task
     // holds rights over them in its own user namespace); crest's level
     // through ns_last_pid.
-    let mut raw = vec![0u8; CLONE_ARGS_SIZE + 4 * inner_set_tid.len()];
-    raw[..8].copy_from_slice(&flags.to_le_bytes());
-    for (i, id) in inner_set_tid.iter().enumerate() {
-        let off = CLONE_ARGS_SIZE + 4 * i;
-        raw[off..off + 4].copy_from_slice(&id.to_le_bytes());
-    }
-    raw[72..80].copy_from_slice(&(inner_set_tid.len() as u64).to_le_bytes());
     for _ in 0..16 {
-        let base = leader.scratch(raw.len()).rat(pid, "scratch")?;
-        if !inner_set_tid.is_empty() {
-            raw[64..72].copy_from_slice(&(base + CLONE_ARGS_SIZE as u64).to_le_bytes());
-        }
-        leader.write_mem(base, &raw).rat(pid, "write clone_args")?;
+        let base = put_clone_args(leader, flags, 0, inner_set_tid)?;
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", tid - 1))
             .rat(pid, "write ns_last_pid")?;
         leader

@@ -8,7 +8,7 @@
 //! - [`decode_file`] / [`recode_matches`]: decode any known image, for
 //!   `crest show` and round-trip tests.
 //!
-//! No syscalls beyond file I/O, no unsafe code.
+//! No syscalls beyond file I/O, and `forbid(unsafe_code)`.
 #![forbid(unsafe_code)]
 
 mod decode;
