@@ -14,7 +14,7 @@
 //! compares the process tree (with every thread's `NSpid`), `crest show
 //! --ns --tree ROOT` (== `crest show --ns IMAGES`), the namespaces of every
 //! task and the view from inside (`nsview`: hostname, lo up with 127.0.0.1,
-//! no SysV objects), and for `container_with_mnt` the tmpfs file read through
+//! sysvmk's SysV segment, semaphores and messages with their contents), and for `container_with_mnt` the tmpfs file read through
 //! `/proc/PID/root`. A dump crest refuses with the message the case expects
 //! is reported as SKIP with crest's stderr (the tree must run on and pass its
 //! own check); any other refusal fails.
@@ -125,7 +125,8 @@ fn in_path(bin: &str) -> bool {
 /// STATEDIR`.
 fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
     let wl = format!(
-        "exec setsid {} {}",
+        "{} && exec setsid {} {}",
+        cfg.workload("sysvmk").display(),
         cfg.workload("tree_sessions").display(),
         dir.state.display()
     );
@@ -245,10 +246,26 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     if !inside.contains(&"addr lo 127.0.0.1") {
         out.push(format!("lo has no 127.0.0.1 inside (nsview: {inside:?})"));
     }
-    if !inside.contains(&"sysvipc shm 0 sem 0 msg 0") {
+    // sysvmk's objects, with their contents
+    if !inside.contains(&"sysvipc shm 1 sem 1 msg 1") {
         out.push(format!(
-            "expected no SysV objects inside (nsview: {inside:?})"
+            "expected sysvmk's three SysV objects inside (nsview: {inside:?})"
         ));
+    }
+    let want_sysv = [
+        ("shm ", " key 24301 size 65537 mode 640 "),
+        ("sem ", " key 24302 nsems 3 mode 600 values 7 8 9"),
+        ("msg ", " key 24303 mode 666 qnum 3 "),
+    ];
+    for (kind, part) in want_sysv {
+        if !inside
+            .iter()
+            .any(|l| l.starts_with(kind) && l.contains(part))
+        {
+            out.push(format!(
+                "no SysV object like {part:?} inside (nsview: {inside:?})"
+            ));
+        }
     }
     let mut own = vec!["user", "pid", "uts", "ipc", "net"];
     if shape.own_mnt {

@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -61,6 +64,73 @@ static int count_lines(const char *path)
 		n++;
 	fclose(f);
 	return n > 0 ? n - 1 : 0; /* without the header */
+}
+
+/* FNV-1a over a buffer, to compare contents before and after. */
+static unsigned long fnv(const unsigned char *p, size_t n, unsigned long h)
+{
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211UL;
+	return h;
+}
+
+/* One line per SysV object with what a program can observe of it. */
+static void sysv_details(void)
+{
+	struct shm_info si;
+	int max = shmctl(0, SHM_INFO, (struct shmid_ds *)&si);
+	for (int i = 0; i <= max; i++) {
+		struct shmid_ds ds;
+		int id = shmctl(i, SHM_STAT, &ds);
+		if (id < 0)
+			continue;
+		unsigned long sum = 1469598103934665603UL;
+		void *p = shmat(id, NULL, SHM_RDONLY);
+		if (p != (void *)-1) {
+			sum = fnv(p, ds.shm_segsz, sum);
+			shmdt(p);
+		}
+		printf("shm id %d key %d size %zu mode %o uid %u gid %u sum %lx\n", id,
+		       ds.shm_perm.__key, ds.shm_segsz, ds.shm_perm.mode & 0777, ds.shm_perm.uid,
+		       ds.shm_perm.gid, sum);
+	}
+	struct seminfo smi;
+	max = semctl(0, 0, SEM_INFO, &smi);
+	for (int i = 0; i <= max; i++) {
+		struct semid_ds ds;
+		int id = semctl(i, 0, SEM_STAT, &ds);
+		if (id < 0)
+			continue;
+		printf("sem id %d key %d nsems %lu mode %o values", id, ds.sem_perm.__key,
+		       (unsigned long)ds.sem_nsems, ds.sem_perm.mode & 0777);
+		for (unsigned long k = 0; k < ds.sem_nsems; k++)
+			printf(" %d", semctl(id, (int)k, GETVAL));
+		printf("\n");
+	}
+	struct msginfo mi;
+	max = msgctl(0, MSG_INFO, (struct msqid_ds *)&mi);
+	for (int i = 0; i <= max; i++) {
+		struct msqid_ds ds;
+		int id = msgctl(i, MSG_STAT, &ds);
+		if (id < 0)
+			continue;
+		unsigned long sum = 1469598103934665603UL;
+		static struct {
+			long mtype;
+			unsigned char text[65536];
+		} m;
+		for (unsigned long k = 0; k < ds.msg_qnum; k++) {
+			ssize_t n = msgrcv(id, &m, sizeof(m.text), (long)k,
+					   IPC_NOWAIT | MSG_COPY | MSG_NOERROR);
+			if (n < 0)
+				break;
+			sum = fnv((unsigned char *)&m.mtype, sizeof(m.mtype), sum);
+			sum = fnv(m.text, (size_t)n, sum);
+		}
+		printf("msg id %d key %d mode %o qnum %lu qbytes %lu sum %lx\n", id,
+		       ds.msg_perm.__key, ds.msg_perm.mode & 0777, (unsigned long)ds.msg_qnum,
+		       (unsigned long)ds.msg_qbytes, sum);
+	}
 }
 
 static double now(clockid_t clk)
@@ -131,6 +201,7 @@ int main(int argc, char **argv)
 
 	printf("sysvipc shm %d sem %d msg %d\n", count_lines("/proc/sysvipc/shm"),
 	       count_lines("/proc/sysvipc/sem"), count_lines("/proc/sysvipc/msg"));
+	sysv_details();
 
 	double mono = now(CLOCK_MONOTONIC), boot = now(CLOCK_BOOTTIME);
 	enter(pid, "time", CLONE_NEWTIME);

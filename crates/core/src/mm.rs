@@ -33,6 +33,7 @@ pub mod status {
     pub const FILE_SHARED: u32 = 1 << 7;
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
 }
 
@@ -76,8 +77,10 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     if m.exec {
         prot |= libc::PROT_EXEC as u32;
     }
-    let shmem_anon = m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("/SYSV"));
-    let anon = !m.is_file() || shmem_anon;
+    // A SysV segment: its inode number is the segment's id.
+    let sysv = m.shared && m.path.starts_with("/SYSV");
+    let shmem_anon = m.shared && m.path.starts_with("/dev/zero");
+    let anon = !m.is_file() || shmem_anon || sysv;
     let mut flags = if m.shared {
         libc::MAP_SHARED
     } else {
@@ -103,6 +106,10 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         }
         "[vsyscall]" => {
             st = status::VSYSCALL;
+            policy = PagePolicy::None;
+        }
+        _ if sysv => {
+            st |= status::SYSVIPC;
             policy = PagePolicy::None;
         }
         _ if shmem_anon => {
@@ -138,7 +145,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         start: m.start,
         end: m.end,
         pgoff: m.offset,
-        shmid: if shmem_anon { m.inode } else { 0 },
+        shmid: if shmem_anon || sysv { m.inode } else { 0 },
         prot,
         flags,
         status: st,
@@ -177,7 +184,7 @@ pub fn dump(
         if vma.status & status::VSYSCALL != 0 {
             continue;
         }
-        if m.deleted() && vma.status & status::ANON_SHARED == 0 {
+        if m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(

@@ -39,6 +39,12 @@ pub const USERNS: u32 = 0x5547_4906;
 pub const UTSNS: u32 = 0x5447_3203;
 /// `ipcns-var-<id>.img`
 pub const IPC_VAR: u32 = 0x5311_5007;
+/// `ipcns-shm-<id>.img`: SysV shared memory segments with contents.
+pub const IPCNS_SHM: u32 = 0x4628_3044;
+/// `ipcns-msg-<id>.img`: SysV message queues with their messages.
+pub const IPCNS_MSG: u32 = 0x5545_3737;
+/// `ipcns-sem-<id>.img`: SysV semaphore sets with their values.
+pub const IPCNS_SEM: u32 = 0x5957_3019;
 /// `ns-files.img`
 pub const NS_FILES: u32 = 0x6139_4011;
 /// `mountpoints-<id>.img`

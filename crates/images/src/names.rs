@@ -61,6 +61,22 @@ pub fn userns(id: u32) -> String {
 pub fn utsns(id: u32) -> String {
     format!("utsns-{id}.img")
 }
+/// `ipcns-var-<id>.img`
+pub fn ipcns_var(id: u32) -> String {
+    format!("ipcns-var-{id}.img")
+}
+/// `ipcns-shm-<id>.img`
+pub fn ipcns_shm(id: u32) -> String {
+    format!("ipcns-shm-{id}.img")
+}
+/// `ipcns-sem-<id>.img`
+pub fn ipcns_sem(id: u32) -> String {
+    format!("ipcns-sem-{id}.img")
+}
+/// `ipcns-msg-<id>.img`
+pub fn ipcns_msg(id: u32) -> String {
+    format!("ipcns-msg-{id}.img")
+}
 /// `crest-thread-<tid>.img` (crest's own)
 pub fn crest_thread(tid: u32) -> String {
     format!("crest-thread-{tid}.img")

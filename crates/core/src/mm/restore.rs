@@ -187,6 +187,8 @@ fn map_each(
             };
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff])
                 .rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+        } else if v.status & status::SYSVIPC != 0 {
+            attach_sysv(t, v)?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
             if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
                 let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
@@ -209,6 +211,45 @@ fn map_each(
                 .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
         }
     }
+    Ok(())
+}
+
+/// A SysV segment's VMA: the part at offset 0 attaches the whole segment
+/// there (`shmat` with `SHM_REMAP`); every part then gets its protection.
+/// The segment itself was restored with its namespace (or is crest's
+/// namespace's, which must still hold it).
+fn attach_sysv(t: &mut Tracee, v: &VmaEntry) -> Result<(), RestoreError> {
+    const SHM_RDONLY: u64 = 0o10000;
+    const SHM_REMAP: u64 = 0o40000;
+    const SHM_EXEC: u64 = 0o100000;
+    let pid = t.pid();
+    if v.pgoff == 0 {
+        let mut flags = SHM_REMAP;
+        if v.prot & libc::PROT_WRITE as u32 == 0 {
+            flags |= SHM_RDONLY;
+        }
+        if v.prot & libc::PROT_EXEC as u32 != 0 {
+            flags |= SHM_EXEC;
+        }
+        let at = t.syscall(nr::SHMAT, &[v.shmid, v.start, flags]).rat(
+            pid,
+            format!("shmat of SysV segment {} at {:#x}", v.shmid, v.start),
+        )?;
+        if at != v.start {
+            return Err(bad_vma(pid, v, "SysV segment attached elsewhere"));
+        }
+    } else if current_ranges(pid)?
+        .iter()
+        .all(|&(s, e)| !(s <= v.start && v.end <= e))
+    {
+        return Err(bad_vma(
+            pid,
+            v,
+            "part of a SysV segment whose start is not mapped",
+        ));
+    }
+    t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
+        .rat(pid, format!("mprotect SysV segment part {:#x}", v.start))?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! its own (`other`).
 
 pub mod idmap;
+pub mod ipc;
 pub mod other;
 pub mod pid;
 pub mod user;

@@ -91,6 +91,9 @@ pub struct OtherNs {
     pub offsets: Option<[(i64, i64); 2]>,
     /// mnt: the mounts are private.
     pub mnt_private: bool,
+    /// ipc: the SysV objects.
+    #[serde(skip)]
+    pub ipc: Option<super::ipc::IpcDump>,
     #[serde(skip)]
     ino: u64,
 }
@@ -162,11 +165,15 @@ impl OtherGraph {
             lo_up: false,
             offsets: None,
             mnt_private: false,
+            ipc: None,
             ino,
         };
         match kind.name {
             "uts" => n.uts = Some(read_uts(pid, &fd)?),
-            "ipc" => check_ipc_empty(pid, &fd)?,
+            "ipc" => {
+                let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
+                n.ipc = Some(super::ipc::dump(pid, &mut t)?);
+            }
             "net" => n.lo_up = read_net(pid, &fd)?,
             "time" => n.offsets = Some(read_time_offsets(pid)?),
             "mnt" => n.mnt_private = check_mounts(pid)?,
@@ -213,6 +220,9 @@ impl OtherGraph {
             .collect();
         crest_images::write_image(dir, names::CREST_NS, magic::CREST_NS, &entries)?;
         for n in &self.list {
+            if let Some(d) = &n.ipc {
+                super::ipc::write(dir, n.id, d)?;
+            }
             if let Some((node, dom)) = &n.uts {
                 let e = UtsnsEntry {
                     nodename: node.clone(),
@@ -275,6 +285,11 @@ impl OtherGraph {
                     (e.boottime_sec.unwrap_or(0), e.boottime_nsec.unwrap_or(0)),
                 ]
             });
+            let ipc = if kind.name == "ipc" && dir.join(names::ipcns_var(e.id)).exists() {
+                Some(super::ipc::read(dir, e.id)?)
+            } else {
+                None
+            };
             g.list.push(OtherNs {
                 id: e.id,
                 nstype: e.nstype,
@@ -283,6 +298,7 @@ impl OtherGraph {
                 lo_up: e.lo_up.unwrap_or(false),
                 offsets,
                 mnt_private: e.mnt_private.unwrap_or(false),
+                ipc,
                 ino: 0,
             });
         }
@@ -318,6 +334,14 @@ impl OtherGraph {
                         .map(|(h, d)| format!(" hostname {h:?} domainname {d:?}"))
                         .unwrap_or_default(),
                     "net" => format!(" lo {}", if n.lo_up { "up" } else { "down" }),
+                    "ipc" => n.ipc.as_ref().map_or_else(String::new, |d| {
+                        format!(
+                            " shm {:?} sem {:?} msg {:?}",
+                            d.shms.iter().map(|s| (s.0.desc.id, s.0.size)).collect::<Vec<_>>(),
+                            d.sems.iter().map(|s| (s.0.desc.id, s.0.nsems)).collect::<Vec<_>>(),
+                            d.msgs.iter().map(|s| (s.0.desc.id, s.0.qnum)).collect::<Vec<_>>()
+                        )
+                    }),
                     "time" => format!(" offsets {:?}", n.offsets.unwrap_or_default()),
                     "mnt" => format!(" a copy of crest's mounts, {}", if n.mnt_private { "private" } else { "shared" }),
                     _ => String::new(),
@@ -369,18 +393,33 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
 }
 
 /// A short-lived crest child that has entered the namespace `fd` (it
-/// inherits the fd); killed when dropped.
-fn reader(pid: i32, fd: &OwnedFd, flag: i32) -> Result<Tracee, DumpError> {
+/// inherits the fd), after its owning user namespace `owner` when that is
+/// not crest's; killed when dropped.
+fn reader(pid: i32, fd: &OwnedFd, flag: i32, owner: Option<&OwnedFd>) -> Result<Tracee, DumpError> {
     let child = spawn_stopped(&[], SessionSetup::Inherit).at(pid, "spawn a namespace reader")?;
     let mut t = Tracee::from_stopped_child(child).at(pid, "attach the namespace reader")?;
     t.use_vdso_syscall().at(pid, "namespace reader syscall")?;
+    let mine = ino_of("/proc/self/ns/user").at(pid, "stat crest's user namespace")?;
+    if let Some(owner) = owner.filter(|o| fd_ino(o).ok() != Some(mine)) {
+        t.syscall(
+            nr::SETNS,
+            &[owner.as_raw_fd() as u64, libc::CLONE_NEWUSER as u64],
+        )
+        .at(
+            pid,
+            "setns of the namespace reader into the owning user namespace",
+        )?;
+    }
     t.syscall(nr::SETNS, &[fd.as_raw_fd() as u64, flag as u64])
         .at(pid, "setns of the namespace reader")?;
     Ok(t)
 }
 
-/// Reads a small file inside the reader task (as the namespace shows it).
-fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String, DumpError> {
+/// Most bytes crest reads from a file inside a namespace.
+const MAX_INSIDE: usize = 16 << 20;
+
+/// Reads a file inside the reader task (as the namespace shows it).
+pub(super) fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String, DumpError> {
     let mut p = path.as_bytes().to_vec();
     p.push(0);
     let addr = t.put(&p).at(pid, "write a path")?;
@@ -390,31 +429,26 @@ fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String, DumpError
             &[libc::AT_FDCWD as u64, addr, libc::O_RDONLY as u64, 0],
         )
         .at(pid, "open a file in a namespace")?;
-    let buf = t.scratch(1 << 16).at(pid, "scratch")?;
-    let n = t
-        .syscall(nr::READ, &[fd, buf, 1 << 16])
-        .at(pid, "read a file in a namespace")?;
-    let _ = t.syscall(nr::CLOSE, &[fd]);
-    let mut raw = vec![0u8; n as usize];
-    t.read_mem(buf, &mut raw).at(pid, "read the file's text")?;
-    Ok(String::from_utf8_lossy(&raw).into_owned())
-}
-
-/// An ipc namespace must hold no SysV objects (not restored yet).
-fn check_ipc_empty(pid: i32, fd: &OwnedFd) -> Result<(), DumpError> {
-    let mut t = reader(pid, fd, libc::CLONE_NEWIPC)?;
-    for kind in ["shm", "sem", "msg"] {
-        let text = read_inside(&mut t, pid, &format!("/proc/sysvipc/{kind}"))?;
-        if text.lines().count() > 1 {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "SysV {kind} objects in an ipc namespace of the tree's own (issue 6)"
-                ),
-            });
+    const CHUNK: usize = 1 << 16;
+    let buf = t.scratch(CHUNK).at(pid, "scratch")?;
+    let mut out = Vec::new();
+    let res = loop {
+        let n = match t.syscall(nr::READ, &[fd, buf, CHUNK as u64]) {
+            Ok(n) => n as usize,
+            Err(e) => break Err(e),
+        };
+        if n == 0 || out.len() + n > MAX_INSIDE {
+            break Ok(());
         }
-    }
-    Ok(())
+        let mut raw = vec![0u8; n];
+        if let Err(e) = t.read_mem(buf, &mut raw) {
+            break Err(e);
+        }
+        out.extend_from_slice(&raw);
+    };
+    let _ = t.syscall(nr::CLOSE, &[fd]);
+    res.at(pid, "read a file in a namespace")?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// A network namespace must have only a loopback device (with its default
@@ -442,7 +476,7 @@ fn read_net(pid: i32, fd: &OwnedFd) -> Result<bool, DumpError> {
             what: "IPv6 addresses other than ::1 on the loopback device (issue 6)".into(),
         });
     }
-    let mut t = reader(pid, fd, libc::CLONE_NEWNET)?;
+    let mut t = reader(pid, fd, libc::CLONE_NEWNET, None)?;
     let flags = lo_flags(&mut t, None).map_err(|e| DumpError::Unsupported {
         pid,
         what: format!("a loopback device whose flags cannot be read ({e})"),
@@ -561,7 +595,7 @@ mod tests {
 /// Host and domain name of a uts namespace, read by a short-lived crest
 /// child that enters it.
 fn read_uts(pid: i32, fd: &OwnedFd) -> Result<(String, String), DumpError> {
-    let mut t = reader(pid, fd, libc::CLONE_NEWUTS)?;
+    let mut t = reader(pid, fd, libc::CLONE_NEWUTS, None)?;
     let buf = t.scratch(6 * 65).at(pid, "scratch")?;
     t.syscall(nr::UNAME, &[buf]).at(pid, "uname")?;
     let mut raw = vec![0u8; 6 * 65];
@@ -604,6 +638,9 @@ impl Helpers {
                     t.syscall(call, &[addr, v.len() as u64])
                         .rat(pid, format!("set host/domain name {v:?}"))?;
                 }
+            }
+            if let Some(d) = &n.ipc {
+                super::ipc::restore(&mut t, d)?;
             }
             if n.nstype == libc::CLONE_NEWNET as u32 && n.lo_up {
                 lo_flags(&mut t, Some(libc::IFF_UP as u16)).map_err(|e| {

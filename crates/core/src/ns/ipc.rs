@@ -1,0 +1,613 @@
+//! SysV IPC objects of an ipc namespace of the tree's own: shared memory
+//! segments with their contents, semaphore sets with their values,
+//! message queues with their messages, and the namespace's sysctls.
+//!
+//! Dump reads them through a short-lived crest child that has entered the
+//! namespace's owning user namespace and then the namespace itself, so ids
+//! and modes are as the container sees them; messages are copied with
+//! `msgrcv(MSG_COPY)` and segments attached read-only, so nothing is
+//! consumed. Restore runs in the helper that created the namespace (inside
+//! the same user namespace): each object is made with its old id through
+//! `kernel/{shm,sem,msg}_next_id`, then refilled and given its owner and
+//! mode with `IPC_SET`.
+//!
+//! Images: CRIU's `ipcns-var-<id>.img`, `ipcns-shm-<id>.img`,
+//! `ipcns-sem-<id>.img` and `ipcns-msg-<id>.img`, payloads laid out as
+//! CRIU lays them out.
+
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry};
+use crest_images::{magic, names, ImageReader, ImageWriter};
+use crest_inject::{nr, Tracee};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Largest segment crest copies (and accepts from an image).
+const MAX_SHM: u64 = 1 << 30;
+/// Most bytes a message queue may hold in an image.
+const MAX_QUEUE_BYTES: u64 = 64 << 20;
+/// Most objects of each kind accepted from an image.
+const MAX_OBJECTS: usize = 32768;
+
+const IPC_CREAT: u64 = 0o1000;
+const IPC_EXCL: u64 = 0o2000;
+const IPC_NOWAIT: u64 = 0o4000;
+const IPC_SET: u64 = 1;
+const IPC_STAT: u64 = 2;
+const SHM_RDONLY: u64 = 0o10000;
+const SHM_DEST: u32 = 0o1000;
+const SHM_LOCKED: u32 = 0o2000;
+const SHM_LOCK: u64 = 11;
+const GETALL: u64 = 13;
+const SETALL: u64 = 17;
+const MSG_NOERROR: u64 = 0o10000;
+const MSG_COPY: u64 = 0o40000;
+/// Offset of `msg_qbytes` in the kernel's `msqid64_ds` (x86_64).
+const MSG_QBYTES_AT: usize = 88;
+/// Size of the kernel's `{shm,sem,msq}id64_ds` buffers we pass (all fit).
+const DS_LEN: usize = 128;
+
+/// A message queue and its messages (type, text).
+pub type Queue = (IpcMsgEntry, Vec<(u64, Vec<u8>)>);
+
+/// The SysV state of one ipc namespace.
+#[derive(Debug, Clone, Default)]
+pub struct IpcDump {
+    pub var: IpcVarEntry,
+    pub shms: Vec<(IpcShmEntry, Vec<u8>)>,
+    pub sems: Vec<(IpcSemEntry, Vec<u16>)>,
+    pub msgs: Vec<Queue>,
+}
+
+impl IpcDump {
+    /// Whether the namespace holds any SysV object.
+    pub fn is_empty(&self) -> bool {
+        self.shms.is_empty() && self.sems.is_empty() && self.msgs.is_empty()
+    }
+}
+
+/// One row of `/proc/sysvipc/{shm,sem,msg}`, by column name.
+type Row = HashMap<String, i64>;
+
+/// Parses a `/proc/sysvipc/*` table: a header of column names, then one
+/// row per object (`perms` is octal, everything else decimal).
+fn parse_table(text: &str) -> Option<Vec<Row>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let mut rows = Vec::new();
+    for l in lines.filter(|l| !l.trim().is_empty()) {
+        let vals: Vec<&str> = l.split_whitespace().collect();
+        if vals.len() != header.len() {
+            return None;
+        }
+        let mut row = Row::new();
+        for (h, v) in header.iter().zip(vals) {
+            let n = if *h == "perms" {
+                i64::from_str_radix(v, 8).ok()?
+            } else {
+                v.parse().ok()?
+            };
+            row.insert((*h).to_string(), n);
+        }
+        rows.push(row);
+    }
+    Some(rows)
+}
+
+fn col(row: &Row, name: &str) -> i64 {
+    row.get(name).copied().unwrap_or(0)
+}
+
+fn desc_of(row: &Row, id_col: &str) -> IpcDescEntry {
+    IpcDescEntry {
+        key: col(row, "key") as u32,
+        uid: col(row, "uid") as u32,
+        gid: col(row, "gid") as u32,
+        cuid: col(row, "cuid") as u32,
+        cgid: col(row, "cgid") as u32,
+        mode: col(row, "perms") as u32,
+        id: col(row, id_col) as u32,
+    }
+}
+
+/// Reads every SysV object of the namespace `t` (a reader inside it) is
+/// in, for the task `pid` that owns it.
+pub fn dump(pid: i32, t: &mut Tracee) -> Result<IpcDump, DumpError> {
+    let mut out = IpcDump {
+        var: read_var(pid, t)?,
+        ..IpcDump::default()
+    };
+    let table = |t: &mut Tracee, kind: &str| -> Result<Vec<Row>, DumpError> {
+        let text = super::other::read_inside(t, pid, &format!("/proc/sysvipc/{kind}"))?;
+        parse_table(&text).ok_or_else(|| DumpError::Unsupported {
+            pid,
+            what: format!("a /proc/sysvipc/{kind} that crest cannot read: {text:?}"),
+        })
+    };
+    for row in table(t, "shm")? {
+        out.shms.push(dump_shm(pid, t, &row)?);
+    }
+    for row in table(t, "sem")? {
+        out.sems.push(dump_sem(pid, t, &row)?);
+    }
+    for row in table(t, "msg")? {
+        out.msgs.push(dump_msg(pid, t, &row)?);
+    }
+    Ok(out)
+}
+
+fn dump_shm(pid: i32, t: &mut Tracee, row: &Row) -> Result<(IpcShmEntry, Vec<u8>), DumpError> {
+    let desc = desc_of(row, "shmid");
+    let size = col(row, "size") as u64;
+    if desc.mode & SHM_DEST != 0 {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "SysV segment {} removed (IPC_RMID) while still attached",
+                desc.id
+            ),
+        });
+    }
+    if size > MAX_SHM {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "SysV segment {} of {size} bytes (crest copies at most {MAX_SHM})",
+                desc.id
+            ),
+        });
+    }
+    let addr = t
+        .syscall(nr::SHMAT, &[u64::from(desc.id), 0, SHM_RDONLY])
+        .at(pid, "attach a SysV segment")?;
+    let mut data = vec![0u8; size as usize];
+    let r = crest_sys::mem::read_remote(t.pid(), &[(addr, data.len())], &mut data);
+    let _ = t.syscall(nr::SHMDT, &[addr]);
+    let n = r.at(pid, "read a SysV segment")?;
+    if n != data.len() {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("SysV segment {}: read {n} of {size} bytes", desc.id),
+        });
+    }
+    let entry = IpcShmEntry {
+        desc,
+        size,
+        in_pagemaps: Some(false),
+    };
+    Ok((entry, data))
+}
+
+fn dump_sem(pid: i32, t: &mut Tracee, row: &Row) -> Result<(IpcSemEntry, Vec<u16>), DumpError> {
+    let desc = desc_of(row, "semid");
+    let nsems = col(row, "nsems").clamp(0, 65536) as usize;
+    let buf = t.scratch(nsems * 2 + 8).at(pid, "scratch")?;
+    t.syscall(nr::SEMCTL, &[u64::from(desc.id), 0, GETALL, buf])
+        .at(pid, "read a SysV semaphore set")?;
+    let mut raw = vec![0u8; nsems * 2];
+    t.read_mem(buf, &mut raw).at(pid, "read semaphore values")?;
+    let vals = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let entry = IpcSemEntry {
+        desc,
+        nsems: nsems as u32,
+    };
+    Ok((entry, vals))
+}
+
+fn dump_msg(pid: i32, t: &mut Tracee, row: &Row) -> Result<Queue, DumpError> {
+    let desc = desc_of(row, "msqid");
+    let qnum = col(row, "qnum").max(0) as u64;
+    let cbytes = col(row, "cbytes").max(0) as u64;
+    if cbytes > MAX_QUEUE_BYTES {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("SysV message queue {} holding {cbytes} bytes", desc.id),
+        });
+    }
+    // qbytes is not in /proc/sysvipc/msg: ask the queue.
+    let ds = t.scratch(DS_LEN).at(pid, "scratch")?;
+    t.syscall(nr::MSGCTL, &[u64::from(desc.id), IPC_STAT, ds])
+        .at(pid, "IPC_STAT of a SysV message queue")?;
+    let mut raw = vec![0u8; DS_LEN];
+    t.read_mem(ds, &mut raw).at(pid, "read msqid_ds")?;
+    let qbytes = u64_at(&raw, MSG_QBYTES_AT);
+    // Every message fits in the queue's byte count.
+    let cap = cbytes.max(1);
+    let buf = t.scratch(8 + cap as usize).at(pid, "scratch")?;
+    let mut messages = Vec::with_capacity(qnum.min(4096) as usize);
+    for i in 0..qnum {
+        let n = t
+            .syscall(
+                nr::MSGRCV,
+                &[
+                    u64::from(desc.id),
+                    buf,
+                    cap,
+                    i,
+                    IPC_NOWAIT | MSG_COPY | MSG_NOERROR,
+                ],
+            )
+            .at(pid, "copy a message of a SysV queue (MSG_COPY)")?;
+        let mut m = vec![0u8; 8 + n as usize];
+        t.read_mem(buf, &mut m).at(pid, "read a message")?;
+        messages.push((u64_at(&m, 0), m.split_off(8)));
+    }
+    let entry = IpcMsgEntry {
+        desc,
+        qbytes: qbytes.min(u64::from(u32::MAX)) as u32,
+        qnum: qnum as u32,
+    };
+    Ok((entry, messages))
+}
+
+fn u64_at(raw: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = raw.get(at..at + 8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// The sysctls of the namespace, in CRIU's `ipc_var_entry`.
+fn read_var(pid: i32, t: &mut Tracee) -> Result<IpcVarEntry, DumpError> {
+    let mut read = |name: &str| -> Result<Vec<u64>, DumpError> {
+        let text = super::other::read_inside(t, pid, &format!("/proc/sys/{name}"))?;
+        text.split_whitespace()
+            .map(|w| w.parse::<u64>())
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| DumpError::Unsupported {
+                pid,
+                what: format!("sysctl {name} that crest cannot read: {text:?}"),
+            })
+    };
+    let one = |v: Vec<u64>| v.first().copied().unwrap_or(0);
+    Ok(IpcVarEntry {
+        sem_ctls: read("kernel/sem")?.into_iter().map(|v| v as u32).collect(),
+        msg_ctlmax: one(read("kernel/msgmax")?) as u32,
+        msg_ctlmnb: one(read("kernel/msgmnb")?) as u32,
+        msg_ctlmni: one(read("kernel/msgmni")?) as u32,
+        auto_msgmni: 0,
+        shm_ctlmax: one(read("kernel/shmmax")?),
+        shm_ctlall: one(read("kernel/shmall")?),
+        shm_ctlmni: one(read("kernel/shmmni")?) as u32,
+        shm_rmid_forced: one(read("kernel/shm_rmid_forced")?) as u32,
+        mq_queues_max: one(read("fs/mqueue/queues_max")?) as u32,
+        mq_msg_max: one(read("fs/mqueue/msg_max")?) as u32,
+        mq_msgsize_max: one(read("fs/mqueue/msgsize_max")?) as u32,
+        mq_msg_default: Some(one(read("fs/mqueue/msg_default")?) as u32),
+        mq_msgsize_default: Some(one(read("fs/mqueue/msgsize_default")?) as u32),
+    })
+}
+
+fn pad(len: usize, to: usize) -> usize {
+    len.div_ceil(to) * to - len
+}
+
+/// Writes the four images of ipc namespace `id`.
+pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
+    crest_images::write_image(
+        dir,
+        &names::ipcns_var(id),
+        magic::IPC_VAR,
+        std::slice::from_ref(&d.var),
+    )?;
+    let mut w = ImageWriter::create(dir, &names::ipcns_shm(id), magic::IPCNS_SHM)?;
+    for (e, data) in &d.shms {
+        w.write_entry(e)?;
+        w.write_payload(data)?;
+        w.write_payload(&vec![0u8; pad(data.len(), 4)])?;
+    }
+    w.finish()?;
+    let mut w = ImageWriter::create(dir, &names::ipcns_sem(id), magic::IPCNS_SEM)?;
+    for (e, vals) in &d.sems {
+        w.write_entry(e)?;
+        let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_payload(&raw)?;
+        w.write_payload(&vec![0u8; pad(raw.len(), 8)])?;
+    }
+    w.finish()?;
+    let mut w = ImageWriter::create(dir, &names::ipcns_msg(id), magic::IPCNS_MSG)?;
+    for (e, msgs) in &d.msgs {
+        w.write_entry(e)?;
+        for (mtype, data) in msgs {
+            w.write_entry(&IpcMsg {
+                mtype: *mtype,
+                msize: data.len() as u32,
+            })?;
+            w.write_payload(data)?;
+            w.write_payload(&vec![0u8; pad(data.len(), 8)])?;
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Reads the images of ipc namespace `id` back, bounding every count and
+/// size.
+pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
+    if var.sem_ctls.len() != 4 {
+        return Err(bad(
+            names::ipcns_var(id),
+            format!("{} semaphore limits (4 expected)", var.sem_ctls.len()),
+        ));
+    }
+    let mut d = IpcDump {
+        var,
+        ..IpcDump::default()
+    };
+    let name = names::ipcns_shm(id);
+    let mut r = ImageReader::open(dir, &name, magic::IPCNS_SHM)?;
+    while let Some(e) = r.next_entry::<IpcShmEntry>()? {
+        if e.size > MAX_SHM || e.in_pagemaps == Some(true) || d.shms.len() >= MAX_OBJECTS {
+            return Err(bad(
+                name,
+                format!(
+                    "segment {} of {} bytes (or in pagemaps, or too many)",
+                    e.desc.id, e.size
+                ),
+            ));
+        }
+        let data = r.read_payload(e.size)?;
+        r.read_payload(pad(e.size as usize, 4) as u64)?;
+        d.shms.push((e, data));
+    }
+    let name = names::ipcns_sem(id);
+    let mut r = ImageReader::open(dir, &name, magic::IPCNS_SEM)?;
+    while let Some(e) = r.next_entry::<IpcSemEntry>()? {
+        if e.nsems > 65536 || d.sems.len() >= MAX_OBJECTS {
+            return Err(bad(
+                name,
+                format!("semaphore set {} of {} semaphores", e.desc.id, e.nsems),
+            ));
+        }
+        let len = e.nsems as usize * 2;
+        let raw = r.read_payload(len as u64)?;
+        r.read_payload(pad(len, 8) as u64)?;
+        let vals = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        d.sems.push((e, vals));
+    }
+    let name = names::ipcns_msg(id);
+    let mut r = ImageReader::open(dir, &name, magic::IPCNS_MSG)?;
+    while let Some(e) = r.next_entry::<IpcMsgEntry>()? {
+        if d.msgs.len() >= MAX_OBJECTS {
+            return Err(bad(name, "too many message queues".into()));
+        }
+        let mut total = 0u64;
+        let mut msgs = Vec::new();
+        for _ in 0..e.qnum {
+            let m: IpcMsg = r.next_entry()?.ok_or_else(|| {
+                bad(
+                    name.clone(),
+                    format!("queue {} ends before its {} messages", e.desc.id, e.qnum),
+                )
+            })?;
+            total += u64::from(m.msize);
+            if total > MAX_QUEUE_BYTES {
+                return Err(bad(
+                    name,
+                    format!("queue {} holds over {MAX_QUEUE_BYTES} bytes", e.desc.id),
+                ));
+            }
+            let data = r.read_payload(u64::from(m.msize))?;
+            r.read_payload(pad(m.msize as usize, 8) as u64)?;
+            msgs.push((m.mtype, data));
+        }
+        d.msgs.push((e, msgs));
+    }
+    Ok(d)
+}
+
+/// Recreates the objects of `d` in the ipc namespace of helper `t` (which
+/// is inside the namespace's owning user namespace).
+pub fn restore(t: &mut Tracee, d: &IpcDump) -> Result<(), RestoreError> {
+    restore_var(t, &d.var)?;
+    for (e, data) in &d.shms {
+        restore_shm(t, e, data)?;
+    }
+    for (e, vals) in &d.sems {
+        restore_sem(t, e, vals)?;
+    }
+    for (e, msgs) in &d.msgs {
+        restore_msg(t, e, msgs)?;
+    }
+    Ok(())
+}
+
+fn restore_var(t: &mut Tracee, v: &IpcVarEntry) -> Result<(), RestoreError> {
+    let sem = v
+        .sem_ctls
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut set: Vec<(&str, String)> = vec![
+        ("kernel/sem", sem),
+        ("kernel/msgmax", v.msg_ctlmax.to_string()),
+        ("kernel/msgmnb", v.msg_ctlmnb.to_string()),
+        ("kernel/msgmni", v.msg_ctlmni.to_string()),
+        ("kernel/shmmax", v.shm_ctlmax.to_string()),
+        ("kernel/shmall", v.shm_ctlall.to_string()),
+        ("kernel/shmmni", v.shm_ctlmni.to_string()),
+        ("kernel/shm_rmid_forced", v.shm_rmid_forced.to_string()),
+        ("fs/mqueue/queues_max", v.mq_queues_max.to_string()),
+        ("fs/mqueue/msg_max", v.mq_msg_max.to_string()),
+        ("fs/mqueue/msgsize_max", v.mq_msgsize_max.to_string()),
+    ];
+    if let Some(x) = v.mq_msg_default {
+        set.push(("fs/mqueue/msg_default", x.to_string()));
+    }
+    if let Some(x) = v.mq_msgsize_default {
+        set.push(("fs/mqueue/msgsize_default", x.to_string()));
+    }
+    for (name, val) in set {
+        super::user::write_in_task(t, &format!("/proc/sys/{name}"), val.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Makes the next object of `kind` get `id`, then checks that it did.
+fn next_id(t: &mut Tracee, kind: &str, id: u32) -> Result<(), RestoreError> {
+    let path = format!("/proc/sys/kernel/{kind}_next_id");
+    super::user::write_in_task(t, &path, id.to_string().as_bytes())
+}
+
+fn check_id(t: &Tracee, kind: &str, want: u32, got: u64) -> Result<(), RestoreError> {
+    if got == u64::from(want) {
+        return Ok(());
+    }
+    Err(RestoreError::Unsupported {
+        pid: t.pid(),
+        what: format!("SysV {kind} {want} came back as id {got}"),
+    })
+}
+
+/// Sets owner, group and mode (and, for a queue, its byte limit) with an
+/// `IPC_STAT`/`IPC_SET` round trip.
+fn set_perm(
+    t: &mut Tracee,
+    call: u64,
+    desc: &IpcDescEntry,
+    qbytes: Option<u32>,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let ds = t.scratch(DS_LEN).rat(pid, "scratch")?;
+    let id = u64::from(desc.id);
+    // semctl takes (id, semnum, cmd, arg), the others (id, cmd, buf).
+    let args = |cmd: u64| -> Vec<u64> {
+        if call == nr::SEMCTL {
+            vec![id, 0, cmd, ds]
+        } else {
+            vec![id, cmd, ds]
+        }
+    };
+    t.syscall(call, &args(IPC_STAT)).rat(pid, "IPC_STAT")?;
+    let mut raw = vec![0u8; DS_LEN];
+    t.read_mem(ds, &mut raw).rat(pid, "read the ipc_perm")?;
+    raw[4..8].copy_from_slice(&desc.uid.to_le_bytes());
+    raw[8..12].copy_from_slice(&desc.gid.to_le_bytes());
+    raw[20..24].copy_from_slice(&(desc.mode & 0o777).to_le_bytes());
+    if let Some(q) = qbytes {
+        raw[MSG_QBYTES_AT..MSG_QBYTES_AT + 8].copy_from_slice(&u64::from(q).to_le_bytes());
+    }
+    t.write_mem(ds, &raw).rat(pid, "write the ipc_perm")?;
+    t.syscall(call, &args(IPC_SET))
+        .rat(pid, format!("IPC_SET of SysV object {}", desc.id))?;
+    Ok(())
+}
+
+fn restore_shm(t: &mut Tracee, e: &IpcShmEntry, data: &[u8]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    next_id(t, "shm", e.desc.id)?;
+    let flags = u64::from(e.desc.mode & 0o777) | IPC_CREAT | IPC_EXCL;
+    let got = t
+        .syscall(nr::SHMGET, &[u64::from(e.desc.key), e.size, flags])
+        .rat(pid, format!("shmget of segment {}", e.desc.id))?;
+    check_id(t, "segment", e.desc.id, got)?;
+    if data.iter().any(|b| *b != 0) {
+        let addr = t
+            .syscall(nr::SHMAT, &[got, 0, 0])
+            .rat(pid, format!("attach segment {}", e.desc.id))?;
+        let r = crest_sys::mem::write_remote(pid, &[(addr, data.len())], data);
+        t.syscall(nr::SHMDT, &[addr]).rat(pid, "shmdt")?;
+        let n = r.rat(pid, format!("fill segment {}", e.desc.id))?;
+        if n != data.len() {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!("segment {}: wrote {n} of {} bytes", e.desc.id, data.len()),
+            });
+        }
+    }
+    if e.desc.mode & SHM_LOCKED != 0 {
+        t.syscall(nr::SHMCTL, &[got, SHM_LOCK, 0])
+            .rat(pid, format!("SHM_LOCK of segment {}", e.desc.id))?;
+    }
+    set_perm(t, nr::SHMCTL, &e.desc, None)
+}
+
+fn restore_sem(t: &mut Tracee, e: &IpcSemEntry, vals: &[u16]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    next_id(t, "sem", e.desc.id)?;
+    let flags = u64::from(e.desc.mode & 0o777) | IPC_CREAT | IPC_EXCL;
+    let got = t
+        .syscall(
+            nr::SEMGET,
+            &[u64::from(e.desc.key), u64::from(e.nsems), flags],
+        )
+        .rat(pid, format!("semget of set {}", e.desc.id))?;
+    check_id(t, "semaphore set", e.desc.id, got)?;
+    let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if !raw.is_empty() {
+        let buf = t.put(&raw).rat(pid, "write semaphore values")?;
+        t.syscall(nr::SEMCTL, &[got, 0, SETALL, buf])
+            .rat(pid, format!("SETALL of set {}", e.desc.id))?;
+    }
+    set_perm(t, nr::SEMCTL, &e.desc, None)
+}
+
+fn restore_msg(
+    t: &mut Tracee,
+    e: &IpcMsgEntry,
+    msgs: &[(u64, Vec<u8>)],
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    next_id(t, "msg", e.desc.id)?;
+    let flags = u64::from(e.desc.mode & 0o777) | IPC_CREAT | IPC_EXCL;
+    let got = t
+        .syscall(nr::MSGGET, &[u64::from(e.desc.key), flags])
+        .rat(pid, format!("msgget of queue {}", e.desc.id))?;
+    check_id(t, "message queue", e.desc.id, got)?;
+    // The byte limit first, so every message fits again.
+    set_perm(t, nr::MSGCTL, &e.desc, Some(e.qbytes))?;
+    for (mtype, data) in msgs {
+        let mut m = mtype.to_le_bytes().to_vec();
+        m.extend_from_slice(data);
+        let buf = t.put(&m).rat(pid, "write a message")?;
+        t.syscall(nr::MSGSND, &[got, buf, data.len() as u64, IPC_NOWAIT])
+            .rat(pid, format!("msgsnd to queue {}", e.desc.id))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysvipc_tables_parse_by_header() {
+        let shm = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n\
+                   1234         5   1600                  4096   100   100      1     0     0     0     0          0          0 1700000000                  4096                     0\n";
+        let rows = parse_table(shm).expect("parses");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(col(&rows[0], "key"), 1234);
+        assert_eq!(col(&rows[0], "shmid"), 5);
+        assert_eq!(col(&rows[0], "perms"), 0o1600);
+        assert_eq!(col(&rows[0], "size"), 4096);
+        let d = desc_of(&rows[0], "shmid");
+        assert_eq!((d.id, d.mode, d.key), (5, 0o1600, 1234));
+        assert_eq!(parse_table("a b\n1\n"), None);
+        assert_eq!(parse_table("a perms\n1 9\n"), None, "9 is not octal");
+        assert_eq!(parse_table("key id\n").map(|r| r.len()), Some(0));
+    }
+
+    #[test]
+    fn negative_keys_keep_their_bits() {
+        let rows = parse_table("key semid perms nsems\n-1 3 666 2\n").expect("parses");
+        assert_eq!(desc_of(&rows[0], "semid").key, u32::MAX);
+    }
+
+    #[test]
+    fn padding() {
+        assert_eq!(pad(0, 8), 0);
+        assert_eq!(pad(1, 8), 7);
+        assert_eq!(pad(8, 8), 0);
+        assert_eq!(pad(4097, 4), 3);
+    }
+}
