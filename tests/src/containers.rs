@@ -63,7 +63,7 @@ const SHAPES: [Shape; 3] = [
         hostname: "c2",
         own_mnt: true,
         tmpfs_file: Some(("/mnt/f", "data\n")),
-        refusal: Some("mount namespace"),
+        refusal: None,
     },
     Shape {
         name: "container_in_container",

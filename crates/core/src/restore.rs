@@ -343,6 +343,37 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         pstree::make_zombie(t, status, &tc.comm, parent)?;
     }
 
+    // Every task keeps a way to crest's files (/proc, the images) while
+    // it is in other mount namespaces, numbered above its future fds.
+    for (k, t) in tasks.iter_mut().enumerate() {
+        let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
+            continue;
+        };
+        let max_fd = live
+            .fdinfo
+            .iter()
+            .map(|f| u64::from(f.fd))
+            .max()
+            .unwrap_or(0);
+        mm::restore::open_crest_root(t, max_fd + 3 * live.fdinfo.len() as u64 + 16)?;
+    }
+
+    // Mount namespaces get their mounts back, replayed from inside by one
+    // of their tasks, before any task reopens files in them.
+    for (executor, id) in others.mount_executors() {
+        let bad = || RestoreError::BadImage {
+            pid: executor,
+            file: names::crest_mnt(id),
+            what: "its mounts are replayed by a task that is not a live task of the tree".into(),
+        };
+        let k = imgs
+            .iter()
+            .position(|i| i.pid() == executor)
+            .ok_or_else(bad)?;
+        let t = tasks[k].as_mut().ok_or_else(bad)?;
+        others_h.replay_mounts(t, &others, id, &made_time)?;
+    }
+
     // Transform every live task, make its threads, set its threads' state.
     let mut ctx = TreeCtx {
         dir,
@@ -435,7 +466,7 @@ fn set_pid_for_children(
         };
         if let Some(t) = tasks[k].as_mut() {
             let path = format!("/proc/{init}/ns/pid");
-            let fd = mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
+            let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
             t.syscall(nr::CLOSE, &[fd]).rat(img.pid(), "close")?;
             r.rat(img.pid(), "setns of pid_for_children")?;
@@ -573,6 +604,16 @@ fn transform(
     let core = &img.cores[0].1;
     let tc = core.tc.as_ref().ok_or_else(|| img.bad("no task core"))?;
     task::unregister_inherited_rseq(t)?;
+    if shares_files {
+        // Its parent's fd table restore closed the fd it had of crest's root.
+        let max_fd = live
+            .fdinfo
+            .iter()
+            .map(|f| u64::from(f.fd))
+            .max()
+            .unwrap_or(0);
+        mm::restore::open_crest_root(t, max_fd + 3 * live.fdinfo.len() as u64 + 16)?;
+    }
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
     // namespace.
@@ -682,6 +723,7 @@ fn transform(
     }
     let inner_pid = img.inner_tid(0).unwrap_or(pid);
     signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
+    mm::restore::close_crest_root(t)?;
     Ok(())
 }
 

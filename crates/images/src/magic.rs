@@ -74,6 +74,10 @@ pub const CREST_THREAD: u32 = 0x4352_5301;
 pub const CREST_USERNS: u32 = 0x4352_5302;
 /// `crest-ns.img` (crest's own): the tree's other namespaces.
 pub const CREST_NS: u32 = 0x4352_5303;
+/// `crest-mnt-<id>.img` (crest's own): the mounts of a mount namespace.
+pub const CREST_MNT: u32 = 0x4352_5304;
+/// `crest-tmpfs-<ns>-<mnt>.img` (crest's own): the files of a tmpfs.
+pub const CREST_TMPFS: u32 = 0x4352_5305;
 
 /// How a file with this per-file magic begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

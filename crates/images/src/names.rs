@@ -77,6 +77,14 @@ pub fn ipcns_sem(id: u32) -> String {
 pub fn ipcns_msg(id: u32) -> String {
     format!("ipcns-msg-{id}.img")
 }
+/// `crest-mnt-<id>.img` (crest's own)
+pub fn crest_mnt(id: u32) -> String {
+    format!("crest-mnt-{id}.img")
+}
+/// `crest-tmpfs-<ns id>-<mnt id>.img` (crest's own)
+pub fn crest_tmpfs(ns: u32, mnt: u32) -> String {
+    format!("crest-tmpfs-{ns}-{mnt}.img")
+}
 /// `crest-thread-<tid>.img` (crest's own)
 pub fn crest_thread(tid: u32) -> String {
     format!("crest-thread-{tid}.img")

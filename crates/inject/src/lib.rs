@@ -83,6 +83,8 @@ pub struct Tracee {
     done: bool,
     /// The task or thread the last injected clone created (crest's view).
     new_task: Option<i32>,
+    /// An fd, in the task, of crest's root directory (see [`Tracee::crest_root`]).
+    crest_root: Option<u64>,
 }
 
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
@@ -166,11 +168,24 @@ impl Tracee {
             scratch: None,
             done: false,
             new_task: None,
+            crest_root: None,
         })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The fd, in the task, of crest's root directory, through which the
+    /// task still reaches crest's files (`/proc`, the images) after it
+    /// entered another mount namespace.
+    pub fn crest_root(&self) -> Option<u64> {
+        self.crest_root
+    }
+
+    /// Records (or forgets) the task's fd of crest's root directory.
+    pub fn set_crest_root(&mut self, fd: Option<u64>) {
+        self.crest_root = fd;
     }
 
     pub fn tid(&self) -> i32 {
@@ -525,8 +540,17 @@ impl Drop for Tracee {
                 let _ = ptrace::detach(self.tid, 0);
             }
             Attach::Child | Attach::Thread => {
+                // Reaped if it goes at once; otherwise the caller's reaping
+                // of every child takes it later. Never blocks: the init of
+                // a pid namespace waits for its (still traced) tasks, which
+                // may be dropped after it.
                 let _ = crest_sys::misc::kill(self.pid, libc::SIGKILL);
-                let _ = ptrace::wait(self.tid);
+                for _ in 0..20 {
+                    match ptrace::try_wait(self.tid) {
+                        Ok(Some(WaitStatus::Exited(_) | WaitStatus::Signaled(_))) | Err(_) => break,
+                        _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    }
+                }
             }
         }
     }

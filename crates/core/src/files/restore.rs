@@ -78,8 +78,22 @@ pub fn restore_fds(
     files: &mut RestoreFiles,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
-        .rat(pid, "close_range of inherited fds")?;
+    // Every inherited fd goes but the task's way to crest's files, which
+    // is numbered above everything made here.
+    match t.crest_root() {
+        Some(keep) => {
+            if keep > 0 {
+                t.syscall(nr::CLOSE_RANGE, &[0, keep - 1, 0])
+                    .rat(pid, "close_range of inherited fds")?;
+            }
+            t.syscall(nr::CLOSE_RANGE, &[keep + 1, u64::from(u32::MAX), 0])
+                .rat(pid, "close_range of inherited fds")?;
+        }
+        None => {
+            t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
+                .rat(pid, "close_range of inherited fds")?;
+        }
+    }
     let Some(max_fd) = fds.iter().map(|f| f.fd).max() else {
         return Ok(());
     };
@@ -187,7 +201,7 @@ fn pipe_end(
             // Another task made this pipe: open the same one through it.
             let path = format!("/proc/{holder}/fd/{hfd}");
             let acc = p.flags as i32 & libc::O_ACCMODE;
-            let fd = open_in_task(t, &path, acc | libc::O_NONBLOCK)?;
+            let fd = crate::mm::restore::open_crest_side(t, &path, acc | libc::O_NONBLOCK)?;
             let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
             t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
                 .rat(pid, "set pipe flags")?;

@@ -192,7 +192,7 @@ fn map_each(
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
             if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
                 let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
-                let fd = open_in_task(t, &path, libc::O_RDWR)?;
+                let fd = open_crest_side(t, &path, libc::O_RDWR)?;
                 let flags = flags & !(libc::MAP_ANONYMOUS as u64);
                 let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
                 t.syscall(nr::CLOSE, &[fd])
@@ -279,6 +279,50 @@ pub fn open_in_task(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, Resto
     .rat(pid, format!("open {path}"))
 }
 
+/// Opens a file of crest's (under `/proc`, or an image) in the task:
+/// through its fd of crest's root when it has one (it may be in another
+/// mount namespace by now), else by path.
+pub fn open_crest_side(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, RestoreError> {
+    let Some(root) = t.crest_root() else {
+        return open_in_task(t, path, flags);
+    };
+    let pid = t.pid();
+    let mut p = path.trim_start_matches('/').as_bytes().to_vec();
+    if p.is_empty() {
+        p.push(b'.');
+    }
+    p.push(0);
+    let addr = t.put(&p).rat(pid, format!("write path {path}"))?;
+    t.syscall(
+        nr::OPENAT,
+        &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
+    )
+    .rat(pid, format!("open {path} (crest's)"))
+}
+
+/// Gives the task an fd of crest's root directory, numbered above
+/// `above` (so the fd table restore can keep it out of its way).
+pub fn open_crest_root(t: &mut Tracee, above: u64) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let fd = open_in_task(t, "/", libc::O_PATH | libc::O_DIRECTORY)?;
+    let high = t.syscall(nr::FCNTL, &[fd, libc::F_DUPFD_CLOEXEC as u64, above]);
+    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    let high = high.rat(pid, format!("move crest's root fd above {above}"))?;
+    t.set_crest_root(Some(high));
+    Ok(())
+}
+
+/// Closes the task's fd of crest's root.
+pub fn close_crest_root(t: &mut Tracee) -> Result<(), RestoreError> {
+    if let Some(fd) = t.crest_root() {
+        let pid = t.pid();
+        t.set_crest_root(None);
+        t.syscall(nr::CLOSE, &[fd])
+            .rat(pid, "close crest's root fd")?;
+    }
+    Ok(())
+}
+
 /// Fills the pages from the pages file, on two CPUs at once: the task
 /// reads the first part itself with injected `preadv` calls (one copy, at
 /// most 1024 runs each), while a crest thread writes the rest with
@@ -355,7 +399,7 @@ fn read_in_task(t: &mut Tracee, runs: &[(u64, u64)], pages_path: &str) -> Result
     if runs.is_empty() {
         return Ok(());
     }
-    let fd = open_in_task(t, pages_path, libc::O_RDONLY)?;
+    let fd = open_crest_side(t, pages_path, libc::O_RDONLY)?;
     let mut file_off = 0u64;
     let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOVS_PER_CALL);
     let mut batch_bytes = 0u64;

@@ -4,6 +4,7 @@
 
 pub mod idmap;
 pub mod ipc;
+pub mod mnt;
 pub mod other;
 pub mod pid;
 pub mod user;

@@ -94,6 +94,9 @@ pub struct OtherNs {
     /// ipc: the SysV objects.
     #[serde(skip)]
     pub ipc: Option<super::ipc::IpcDump>,
+    /// mnt: the mounts.
+    #[serde(skip)]
+    pub mnt: Option<super::mnt::MntNs>,
     #[serde(skip)]
     ino: u64,
 }
@@ -134,7 +137,27 @@ impl OtherGraph {
                 g.tasks.push((pid, id));
             }
         }
+        for n in g.list.iter_mut() {
+            if let Some(m) = n.mnt.as_mut() {
+                let pids: Vec<i32> = g
+                    .tasks
+                    .iter()
+                    .filter(|t| t.1 == n.id)
+                    .map(|t| t.0)
+                    .collect();
+                super::mnt::pick_executor(m, &pids)?;
+            }
+        }
         Ok(g)
+    }
+
+    /// Each mount namespace with mounts to replay: (the task that does it,
+    /// the namespace's id).
+    pub fn mount_executors(&self) -> Vec<(i32, u32)> {
+        self.list
+            .iter()
+            .filter_map(|n| Some((n.mnt.as_ref()?.executor, n.id)))
+            .collect()
     }
 
     fn add(
@@ -166,6 +189,7 @@ impl OtherGraph {
             offsets: None,
             mnt_private: false,
             ipc: None,
+            mnt: None,
             ino,
         };
         match kind.name {
@@ -176,7 +200,14 @@ impl OtherGraph {
             }
             "net" => n.lo_up = read_net(pid, &fd)?,
             "time" => n.offsets = Some(read_time_offsets(pid)?),
-            "mnt" => n.mnt_private = check_mounts(pid)?,
+            "mnt" => {
+                let m = super::mnt::collect(pid)?;
+                n.mnt_private = m
+                    .mounts
+                    .iter()
+                    .all(|x| x.shared.is_none() && x.master.is_none());
+                n.mnt = Some(m);
+            }
             _ => {}
         }
         let id = n.id;
@@ -222,6 +253,9 @@ impl OtherGraph {
         for n in &self.list {
             if let Some(d) = &n.ipc {
                 super::ipc::write(dir, n.id, d)?;
+            }
+            if let Some(m) = &n.mnt {
+                super::mnt::write(dir, n.id, m)?;
             }
             if let Some((node, dom)) = &n.uts {
                 let e = UtsnsEntry {
@@ -290,6 +324,11 @@ impl OtherGraph {
             } else {
                 None
             };
+            let mnt = if kind.name == "mnt" && dir.join(names::crest_mnt(e.id)).exists() {
+                Some(super::mnt::read(dir, e.id)?)
+            } else {
+                None
+            };
             g.list.push(OtherNs {
                 id: e.id,
                 nstype: e.nstype,
@@ -299,6 +338,7 @@ impl OtherGraph {
                 offsets,
                 mnt_private: e.mnt_private.unwrap_or(false),
                 ipc,
+                mnt,
                 ino: 0,
             });
         }
@@ -343,7 +383,19 @@ impl OtherGraph {
                         )
                     }),
                     "time" => format!(" offsets {:?}", n.offsets.unwrap_or_default()),
-                    "mnt" => format!(" a copy of crest's mounts, {}", if n.mnt_private { "private" } else { "shared" }),
+                    "mnt" => match &n.mnt {
+                        Some(m) => format!(
+                            " {} mounts: {}",
+                            m.mounts.len(),
+                            m.mounts
+                                .iter()
+                                .filter(|x| x.kind != 0)
+                                .map(|x| format!("{} {}", x.fstype, x.mountpoint))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        None => format!(" a copy of crest's mounts, {}", if n.mnt_private { "private" } else { "shared" }),
+                    },
                     _ => String::new(),
                 };
                 format!(
@@ -536,39 +588,6 @@ fn parse_time_offsets(text: &str) -> Option<[(i64, i64); 2]> {
     Some(out)
 }
 
-/// A mount namespace must hold the same mounts as crest's (a copy made by
-/// `unshare -m`); returns whether they are private.
-fn check_mounts(pid: i32) -> Result<bool, DumpError> {
-    let theirs =
-        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).at(pid, "read mountinfo")?;
-    let mine = std::fs::read_to_string("/proc/self/mountinfo").at(pid, "read crest's mountinfo")?;
-    if mount_shape(&theirs) != mount_shape(&mine) {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: "a mount namespace whose mounts differ from crest's (issue 6)".into(),
-        });
-    }
-    Ok(!theirs.contains(" shared:"))
-}
-
-/// Mountinfo lines without mount ids and propagation tags, sorted (a
-/// copied namespace lists them in tree order): what was mounted where,
-/// with which options.
-fn mount_shape(text: &str) -> Vec<String> {
-    let mut v: Vec<String> = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-").unwrap_or(f.len());
-            let mut keep: Vec<&str> = f.iter().skip(2).take(4).copied().collect();
-            keep.extend(f.iter().skip(sep));
-            keep.join(" ")
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,15 +599,6 @@ mod tests {
             Some([(5, 6), (-1, 200)])
         );
         assert_eq!(parse_time_offsets("monotonic x 6\n"), None);
-    }
-
-    #[test]
-    fn mount_shapes_ignore_ids_and_peers() {
-        let a = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
-        let b = "99 98 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
-        assert_eq!(mount_shape(a), mount_shape(b));
-        let c = "99 98 8:1 / /mnt rw,relatime - ext4 /dev/sda1 rw\n";
-        assert_ne!(mount_shape(a), mount_shape(c));
     }
 }
 
@@ -665,6 +675,27 @@ impl Helpers {
         Ok(h)
     }
 
+    /// Replays the mounts of mount namespace `id` as task `t` (its
+    /// executor), after moving it into its namespaces.
+    pub fn replay_mounts(
+        &self,
+        t: &mut Tracee,
+        g: &OtherGraph,
+        id: u32,
+        inherited: &std::collections::HashSet<u32>,
+    ) -> Result<(), RestoreError> {
+        let Some(m) = g
+            .list
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.mnt.as_ref())
+        else {
+            return Ok(());
+        };
+        self.enter_all(t, g, inherited)?;
+        super::mnt::replay(t, m)
+    }
+
     /// Moves task `t` into each of its own namespaces (all but its user
     /// namespace, which comes after).
     pub fn enter_all(
@@ -693,7 +724,7 @@ impl Helpers {
                 kind
             };
             let path = format!("/proc/{}/ns/{file}", h.pid());
-            let fd = crate::mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
+            let fd = crate::mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, u64::from(n.nstype)]);
             t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
             r.rat(pid, format!("setns into its {kind} namespace"))?;

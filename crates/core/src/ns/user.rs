@@ -637,7 +637,7 @@ pub fn write_in_task(t: &mut Tracee, path: &str, data: &[u8]) -> Result<(), Rest
 pub fn enter(t: &mut Tracee, helper_pid: i32) -> Result<(), RestoreError> {
     let pid = t.pid();
     let path = format!("/proc/{helper_pid}/ns/user");
-    let fd = crate::mm::restore::open_in_task(t, &path, libc::O_RDONLY)?;
+    let fd = crate::mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
     let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWUSER as u64]);
     t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
     r.rat(pid, "setns(CLONE_NEWUSER)")?;

@@ -1,0 +1,890 @@
+//! The mounts of a mount namespace of the tree's own.
+//!
+//! A tree made with `unshare -m` starts from a copy of its parent's mounts
+//! and changes them. Dump compares the namespace's mountinfo with crest's:
+//! a mount crest has too (same filesystem, root and place) is *kept*; one
+//! whose filesystem crest or an earlier mount already shows is a *bind*
+//! (its source is found as a path inside the namespace); any other is a
+//! *new* filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup2, ramfs),
+//! and a tmpfs's files are saved. Restore starts from a copy of crest's
+//! mounts again (the namespace helper's `unshare`), and one task of the
+//! tree that is inside the namespace — in the pid namespace of its proc
+//! mounts, so they show the right tasks — replays it before any task is
+//! transformed: unmounts what the namespace no longer has, mounts the new
+//! and bind mounts in their order (refilling each tmpfs right after its
+//! mount), then sets per-mount flags and propagation.
+//!
+//! Images: `crest-mnt-<ns id>.img` (a `crest_mnt_ns_head`, then one
+//! `crest_mount_entry` per mount) and `crest-tmpfs-<ns id>-<mnt id>.img`
+//! (a `crest_fs_entry` per file, a regular file's bytes after its entry).
+
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::crest::{CrestFsEntry, CrestMntNsHead, CrestMountEntry};
+use crest_images::{magic, names, ImageReader, ImageWriter};
+use crest_inject::{nr, Tracee};
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// A mount as a mountinfo line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub id: u32,
+    pub parent: u32,
+    pub dev: (u32, u32),
+    pub root: String,
+    pub mountpoint: String,
+    pub mnt_opts: String,
+    pub shared: Option<u32>,
+    pub master: Option<u32>,
+    pub unbindable: bool,
+    pub fstype: String,
+    pub source: String,
+    pub super_opts: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/proc/PID/mountinfo`; None for a line it cannot read.
+pub fn parse_mountinfo(text: &str) -> Option<Vec<MountInfo>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        if sep < 6 || f.len() < sep + 4 {
+            return None;
+        }
+        let (maj, min) = f[2].split_once(':')?;
+        let mut m = MountInfo {
+            id: f[0].parse().ok()?,
+            parent: f[1].parse().ok()?,
+            dev: (maj.parse().ok()?, min.parse().ok()?),
+            root: unescape(f[3]),
+            mountpoint: unescape(f[4]),
+            mnt_opts: f[5].to_string(),
+            shared: None,
+            master: None,
+            unbindable: false,
+            fstype: f[sep + 1].to_string(),
+            source: unescape(f[sep + 2]),
+            super_opts: f[sep + 3].to_string(),
+        };
+        for tag in &f[6..sep] {
+            if let Some(n) = tag.strip_prefix("shared:") {
+                m.shared = n.parse().ok();
+            } else if let Some(n) = tag.strip_prefix("master:") {
+                m.master = n.parse().ok();
+            } else if *tag == "unbindable" {
+                m.unbindable = true;
+            }
+        }
+        out.push(m);
+    }
+    Some(out)
+}
+
+/// mount(2) flags of per-mount options.
+fn mount_flags(opts: &str) -> u64 {
+    let mut fl = 0u64;
+    for o in opts.split(',') {
+        fl |= match o {
+            "ro" => libc::MS_RDONLY,
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            "nosymfollow" => 256,
+            _ => 0,
+        };
+    }
+    fl
+}
+
+/// Filesystems crest mounts anew (they need no device).
+const NEW_KINDS: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup2", "ramfs",
+];
+
+const KEPT: u32 = 0;
+const NEW: u32 = 1;
+const BIND: u32 = 2;
+
+/// Largest tmpfs crest copies, and most files in one.
+const MAX_TMPFS_BYTES: u64 = 1 << 30;
+const MAX_TMPFS_FILES: usize = 1 << 20;
+
+/// A file of a tmpfs, with its bytes (dump) or where they are (restore).
+#[derive(Debug, Clone)]
+pub struct FsItem {
+    pub entry: CrestFsEntry,
+    pub data: Vec<u8>,
+}
+
+/// One mount namespace's mounts.
+#[derive(Debug, Clone, Default)]
+pub struct MntNs {
+    pub executor: i32,
+    pub mounts: Vec<CrestMountEntry>,
+    /// mnt id → the files of a new tmpfs.
+    pub contents: HashMap<u32, Vec<FsItem>>,
+    /// The pid namespace (nsfs inode) of the new proc mounts (dump only).
+    pub proc_pidns: Option<u64>,
+}
+
+fn refuse(pid: i32, what: String) -> DumpError {
+    DumpError::Unsupported { pid, what }
+}
+
+/// Reads the mounts of `pid`'s mount namespace against crest's.
+pub fn collect(pid: i32) -> Result<MntNs, DumpError> {
+    let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
+        let text = std::fs::read_to_string(&path).at(pid, "read mountinfo")?;
+        parse_mountinfo(&text).ok_or_else(|| refuse(pid, format!("a {path} crest cannot read")))
+    };
+    let theirs = read(format!("/proc/{pid}/mountinfo"))?;
+    let mine = read("/proc/self/mountinfo".into())?;
+    let root = procfs_link(pid, "root")?;
+    if root != "/" {
+        return Err(refuse(
+            pid,
+            format!(
+                "a task whose root is {root} (chroot or pivot_root; --root is not supported yet)"
+            ),
+        ));
+    }
+    let mut used = vec![false; mine.len()];
+    let mut out = MntNs::default();
+    for (i, m) in theirs.iter().enumerate() {
+        let kept = mine.iter().enumerate().position(|(j, c)| {
+            !used[j]
+                && c.dev == m.dev
+                && c.root == m.root
+                && c.mountpoint == m.mountpoint
+                && c.fstype == m.fstype
+        });
+        let mut e = CrestMountEntry {
+            mnt_id: m.id,
+            parent_id: m.parent,
+            mountpoint: m.mountpoint.clone(),
+            root: m.root.clone(),
+            fstype: m.fstype.clone(),
+            source: m.source.clone(),
+            mnt_opts: m.mnt_opts.clone(),
+            super_opts: m.super_opts.clone(),
+            shared: m.shared,
+            master: m.master,
+            unbindable: Some(m.unbindable),
+            kind: KEPT,
+            bind_source: None,
+            has_contents: None,
+        };
+        if let Some(j) = kept {
+            used[j] = true;
+        } else if i == 0 {
+            return Err(refuse(
+                pid,
+                format!(
+                    "a mount namespace whose root mount ({} {} at {}) is not crest's (pivot_root; --root is not supported yet)",
+                    m.fstype, m.source, m.mountpoint
+                ),
+            ));
+        } else if let Some(src) = bind_source(&theirs[..i], m) {
+            e.kind = BIND;
+            e.bind_source = Some(src);
+        } else if mine.iter().any(|c| c.dev == m.dev) {
+            return Err(refuse(
+                pid,
+                format!(
+                    "a bind mount at {} of {} whose source the mount namespace cannot see",
+                    m.mountpoint, m.root
+                ),
+            ));
+        } else if NEW_KINDS.contains(&m.fstype.as_str()) {
+            e.kind = NEW;
+            if m.fstype == "tmpfs" || m.fstype == "ramfs" {
+                let items = read_tree(pid, &m.mountpoint)?;
+                out.contents.insert(m.id, items);
+                e.has_contents = Some(true);
+            }
+            if m.fstype == "proc" {
+                let ns = proc_pidns(pid, &m.mountpoint)?;
+                if out.proc_pidns.is_some_and(|p| p != ns) {
+                    return Err(refuse(
+                        pid,
+                        "proc mounts of two pid namespaces in one mount namespace".into(),
+                    ));
+                }
+                out.proc_pidns = Some(ns);
+            }
+        } else {
+            return Err(refuse(
+                pid,
+                format!(
+                    "a mount of {} ({}) at {} in a mount namespace of the tree's own (external mounts are not supported yet)",
+                    m.fstype, m.source, m.mountpoint
+                ),
+            ));
+        }
+        out.mounts.push(e);
+    }
+    Ok(out)
+}
+
+fn procfs_link(pid: i32, what: &str) -> Result<String, DumpError> {
+    std::fs::read_link(format!("/proc/{pid}/{what}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .at(pid, "read a /proc link")
+}
+
+/// The pid namespace a proc mount shows: that of its pid 1.
+fn proc_pidns(pid: i32, mountpoint: &str) -> Result<u64, DumpError> {
+    let path = format!("/proc/{pid}/root{mountpoint}/1/ns/pid");
+    super::user::ino_of(&path).map_err(|e| {
+        refuse(
+            pid,
+            format!(
+                "a proc mount at {mountpoint} whose pid namespace crest cannot tell ({path}: {e})"
+            ),
+        )
+    })
+}
+
+/// The path, inside the namespace, of what `m` binds: an earlier mount of
+/// the same filesystem whose root holds `m`'s root.
+fn bind_source(earlier: &[MountInfo], m: &MountInfo) -> Option<String> {
+    earlier
+        .iter()
+        .rev()
+        .filter(|s| s.dev == m.dev)
+        .find_map(|s| {
+            let rest = if s.root == "/" {
+                m.root.as_str()
+            } else {
+                let r = m.root.strip_prefix(s.root.as_str())?;
+                if !(r.is_empty() || r.starts_with('/')) {
+                    return None;
+                }
+                r
+            };
+            let base = s.mountpoint.trim_end_matches('/');
+            let path = format!("{base}{rest}");
+            Some(if path.is_empty() { "/".into() } else { path })
+        })
+}
+
+/// The files of the filesystem mounted at `mountpoint` in `pid`'s
+/// namespace, parents first, not crossing into other mounts.
+fn read_tree(pid: i32, mountpoint: &str) -> Result<Vec<FsItem>, DumpError> {
+    let base = format!("/proc/{pid}/root{mountpoint}");
+    let top = std::fs::symlink_metadata(&base).at(pid, "stat a tmpfs")?;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let path = if rel.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}/{rel}")
+        };
+        let meta = std::fs::symlink_metadata(&path).at(pid, "stat a file on a tmpfs")?;
+        let ft = meta.file_type();
+        let mut e = CrestFsEntry {
+            path: rel.clone(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: None,
+            target: None,
+            mtime_sec: Some(meta.mtime()),
+            mtime_nsec: Some(meta.mtime_nsec() as u32),
+        };
+        let mut data = Vec::new();
+        if ft.is_dir() {
+            if meta.dev() == top.dev() {
+                let mut names: Vec<String> = std::fs::read_dir(&path)
+                    .at(pid, "list a tmpfs directory")?
+                    .filter_map(|d| d.ok())
+                    .map(|d| d.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort_unstable_by(|a, b| b.cmp(a));
+                for n in names {
+                    stack.push(if rel.is_empty() {
+                        n
+                    } else {
+                        format!("{rel}/{n}")
+                    });
+                }
+            }
+        } else if ft.is_file() {
+            total += meta.len();
+            if total > MAX_TMPFS_BYTES {
+                return Err(refuse(
+                    pid,
+                    format!("a tmpfs at {mountpoint} holding more than {MAX_TMPFS_BYTES} bytes"),
+                ));
+            }
+            data = std::fs::read(&path).at(pid, "read a file on a tmpfs")?;
+            e.size = Some(data.len() as u64);
+        } else if ft.is_symlink() {
+            let t = std::fs::read_link(&path).at(pid, "read a symlink on a tmpfs")?;
+            e.target = Some(t.to_string_lossy().into_owned());
+        } else if ft.is_socket() {
+            continue; // a socket restore binds again makes its own
+        } else if !ft.is_fifo() {
+            return Err(refuse(
+                pid,
+                format!("a device node {mountpoint}/{rel} on a tmpfs"),
+            ));
+        }
+        out.push(FsItem { entry: e, data });
+        if out.len() > MAX_TMPFS_FILES {
+            return Err(refuse(
+                pid,
+                format!("a tmpfs at {mountpoint} with over {MAX_TMPFS_FILES} files"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Picks the task that replays the mounts: one in the pid namespace of
+/// the proc mounts, else the first (`tasks` in tree order).
+pub fn pick_executor(ns: &mut MntNs, tasks: &[i32]) -> Result<(), DumpError> {
+    let first = *tasks
+        .first()
+        .ok_or_else(|| refuse(0, "a mount namespace without tasks".into()))?;
+    ns.executor = match ns.proc_pidns {
+        None => first,
+        Some(want) => *tasks
+            .iter()
+            .find(|t| super::user::ino_of(&format!("/proc/{t}/ns/pid")).ok() == Some(want))
+            .ok_or_else(|| {
+                refuse(
+                    first,
+                    "a proc mount of a pid namespace no task of its mount namespace is in".into(),
+                )
+            })?,
+    };
+    Ok(())
+}
+
+/// Writes `crest-mnt-<id>.img` and the tmpfs images.
+pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
+    let mut w = ImageWriter::create(dir, &names::crest_mnt(id), magic::CREST_MNT)?;
+    w.write_entry(&CrestMntNsHead {
+        executor: ns.executor,
+        count: ns.mounts.len() as u32,
+    })?;
+    for m in &ns.mounts {
+        w.write_entry(m)?;
+    }
+    w.finish()?;
+    for (mnt, items) in &ns.contents {
+        let mut w = ImageWriter::create(dir, &names::crest_tmpfs(id, *mnt), magic::CREST_TMPFS)?;
+        for it in items {
+            w.write_entry(&it.entry)?;
+            w.write_payload(&it.data)?;
+        }
+        w.finish()?;
+    }
+    Ok(())
+}
+
+/// A path component crest accepts from an image: no separators, no dots.
+fn safe_component(c: &str) -> bool {
+    !c.is_empty() && c != "." && c != ".." && !c.contains('\0')
+}
+
+/// Reads a mount namespace's images back, bounding every count and size.
+pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
+    let name = names::crest_mnt(id);
+    let bad = |file: &str, what: String| RestoreError::BadImage {
+        pid: 0,
+        file: file.to_string(),
+        what,
+    };
+    let mut r = ImageReader::open(dir, &name, magic::CREST_MNT)?;
+    let head: CrestMntNsHead = r
+        .next_entry()?
+        .ok_or_else(|| bad(&name, "no header".into()))?;
+    if head.count > 65536 {
+        return Err(bad(&name, format!("{} mounts", head.count)));
+    }
+    let mut ns = MntNs {
+        executor: head.executor,
+        ..MntNs::default()
+    };
+    while let Some(m) = r.next_entry::<CrestMountEntry>()? {
+        if ns.mounts.len() >= head.count as usize {
+            return Err(bad(
+                &name,
+                format!("more mounts than the {} announced", head.count),
+            ));
+        }
+        if !m.mountpoint.starts_with('/') || m.kind > BIND {
+            return Err(bad(
+                &name,
+                format!(
+                    "mount {} at {:?} of kind {}",
+                    m.mnt_id, m.mountpoint, m.kind
+                ),
+            ));
+        }
+        if m.kind == BIND && !m.bind_source.as_deref().is_some_and(|s| s.starts_with('/')) {
+            return Err(bad(
+                &name,
+                format!("bind mount {} without a source path", m.mnt_id),
+            ));
+        }
+        if m.kind == NEW && !NEW_KINDS.contains(&m.fstype.as_str()) {
+            return Err(bad(&name, format!("new mount of {:?}", m.fstype)));
+        }
+        if m.has_contents == Some(true) {
+            let items = read_contents(dir, id, m.mnt_id)?;
+            ns.contents.insert(m.mnt_id, items);
+        }
+        ns.mounts.push(m);
+    }
+    if ns.mounts.len() != head.count as usize {
+        return Err(bad(
+            &name,
+            format!("{} of {} mounts", ns.mounts.len(), head.count),
+        ));
+    }
+    Ok(ns)
+}
+
+fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreError> {
+    let name = names::crest_tmpfs(id, mnt);
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: name.clone(),
+        what,
+    };
+    let mut r = ImageReader::open(dir, &name, magic::CREST_TMPFS)?;
+    let mut items = Vec::new();
+    let mut total = 0u64;
+    while let Some(e) = r.next_entry::<CrestFsEntry>()? {
+        if items.len() >= MAX_TMPFS_FILES {
+            return Err(bad("too many files".into()));
+        }
+        if !e.path.is_empty() && !e.path.split('/').all(safe_component) {
+            return Err(bad(format!("a file named {:?}", e.path)));
+        }
+        let size = e.size.unwrap_or(0);
+        total += size;
+        if total > MAX_TMPFS_BYTES {
+            return Err(bad(format!("more than {MAX_TMPFS_BYTES} bytes")));
+        }
+        let data = r.read_payload(size)?;
+        items.push(FsItem { entry: e, data });
+    }
+    Ok(items)
+}
+
+// ---- restore ------------------------------------------------------------
+
+/// Replays the mounts of `ns` as task `t`, which is inside the namespace
+/// (and the pid namespace of its proc mounts) with every capability.
+pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    crate::info!("pid {pid} replays {} mounts", ns.mounts.len());
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .rat(pid, "read the copy's mountinfo")?;
+    let current = parse_mountinfo(&text).ok_or_else(|| RestoreError::Unsupported {
+        pid,
+        what: "a mountinfo crest cannot read".into(),
+    })?;
+    // What the copy has that the namespace had not: gone, deepest first.
+    let mut used = vec![false; current.len()];
+    for m in ns.mounts.iter().filter(|m| m.kind == KEPT) {
+        let found = current.iter().enumerate().position(|(j, c)| {
+            !used[j] && c.mountpoint == m.mountpoint && c.root == m.root && c.fstype == m.fstype
+        });
+        match found {
+            Some(j) => used[j] = true,
+            None => {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: format!(
+                        "the mount of {} ({}) at {} is not here to keep",
+                        m.fstype, m.source, m.mountpoint
+                    ),
+                })
+            }
+        }
+    }
+    // Nothing done here may reach crest's namespace: every mount becomes a
+    // slave first, then what the namespace had (private, shared).
+    let root = t.put(b"/\0").rat(pid, "write a path")?;
+    t.syscall(nr::MOUNT, &[0, root, 0, libc::MS_REC | libc::MS_SLAVE, 0])
+        .rat(pid, "make the copied mounts slaves")?;
+    for m in ns.mounts.iter().filter(|m| m.kind == KEPT) {
+        set_propagation(t, m, true)?;
+        let was = current
+            .iter()
+            .find(|c| c.mountpoint == m.mountpoint && c.root == m.root)
+            .map(|c| mount_flags(&c.mnt_opts));
+        let want = mount_flags(&m.mnt_opts);
+        if was.is_some_and(|w| w != want) {
+            remount(t, &m.mountpoint, want)?;
+        }
+    }
+    let mut gone: Vec<&MountInfo> = current
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(c, _)| c)
+        .collect();
+    gone.sort_by_key(|c| std::cmp::Reverse(c.mountpoint.matches('/').count()));
+    for c in gone {
+        crate::debug!("pid {pid} unmounts {}", c.mountpoint);
+        let p = t.put(&cstr(&c.mountpoint)).rat(pid, "write a path")?;
+        t.syscall(nr::UMOUNT2, &[p, libc::MNT_DETACH as u64]).rat(
+            pid,
+            format!("unmount {} (not in the namespace)", c.mountpoint),
+        )?;
+    }
+    for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
+        crate::debug!("pid {pid} mounts {} at {}", m.fstype, m.mountpoint);
+        mount_one(t, m)?;
+        if let Some(items) = ns.contents.get(&m.mnt_id) {
+            fill_tree(pid, &m.mountpoint, items)?;
+        }
+    }
+    for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
+        set_propagation(t, m, false)?;
+    }
+    Ok(())
+}
+
+/// Gives mount `m` its dumped propagation. A kept mount is a slave of
+/// crest's already: it stays one if it was, else becomes private first.
+fn set_propagation(t: &mut Tracee, m: &CrestMountEntry, kept: bool) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut kinds = Vec::new();
+    if m.master.is_none() && (kept || m.shared.is_some()) {
+        kinds.push(libc::MS_PRIVATE);
+    }
+    if m.master.is_some() && !kept {
+        kinds.push(libc::MS_SLAVE);
+    }
+    if m.shared.is_some() {
+        kinds.push(libc::MS_SHARED);
+    }
+    if m.unbindable == Some(true) {
+        kinds.push(libc::MS_UNBINDABLE);
+    }
+    for k in kinds {
+        let p = t.put(&cstr(&m.mountpoint)).rat(pid, "write a path")?;
+        t.syscall(nr::MOUNT, &[0, p, 0, k, 0])
+            .rat(pid, format!("set the propagation of {}", m.mountpoint))?;
+    }
+    Ok(())
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn remount(t: &mut Tracee, mountpoint: &str, flags: u64) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let p = t.put(&cstr(mountpoint)).rat(pid, "write a path")?;
+    t.syscall(
+        nr::MOUNT,
+        &[0, p, 0, libc::MS_REMOUNT | libc::MS_BIND | flags, 0],
+    )
+    .rat(pid, format!("remount {mountpoint} with its flags"))?;
+    Ok(())
+}
+
+/// Filesystem options to pass again: without rw/ro, and for a tmpfs
+/// without the owner and mode of its root, which the files restore sets.
+fn data_of(m: &CrestMountEntry) -> String {
+    let tmp = m.fstype == "tmpfs" || m.fstype == "ramfs";
+    m.super_opts
+        .split(',')
+        .filter(|o| *o != "rw" && *o != "ro" && !o.is_empty())
+        .filter(|o| {
+            !(tmp && (o.starts_with("uid=") || o.starts_with("gid=") || o.starts_with("mode=")))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Writes NUL-terminated strings into the task's scratch memory at once
+/// (each `put` reuses the same scratch) and returns their addresses.
+fn put_strs(t: &mut Tracee, strs: &[&str]) -> Result<Vec<u64>, RestoreError> {
+    let pid = t.pid();
+    let mut buf = Vec::new();
+    let mut offs = Vec::with_capacity(strs.len());
+    for s in strs {
+        offs.push(buf.len() as u64);
+        buf.extend_from_slice(&cstr(s));
+    }
+    let base = t.put(&buf).rat(pid, "write mount arguments")?;
+    Ok(offs.into_iter().map(|o| base + o).collect())
+}
+
+fn mount_one(t: &mut Tracee, m: &CrestMountEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let flags = mount_flags(&m.mnt_opts);
+    if m.kind == BIND {
+        let src = m.bind_source.as_deref().unwrap_or("/");
+        let a = put_strs(t, &[src, &m.mountpoint])?;
+        t.syscall(nr::MOUNT, &[a[0], a[1], 0, libc::MS_BIND, 0])
+            .rat(pid, format!("bind {src} at {}", m.mountpoint))?;
+        if flags != 0 {
+            remount(t, &m.mountpoint, flags)?;
+        }
+        return Ok(());
+    }
+    let data = data_of(m);
+    let a = put_strs(t, &[&m.source, &m.mountpoint, &m.fstype, &data])?;
+    t.syscall(nr::MOUNT, &[a[0], a[1], a[2], flags, a[3]]).rat(
+        pid,
+        format!("mount {} at {} ({data})", m.fstype, m.mountpoint),
+    )?;
+    Ok(())
+}
+
+/// Recreates the files of a tmpfs mounted at `mountpoint` in `pid`'s
+/// namespace, every path resolved beneath the mount's root.
+fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), RestoreError> {
+    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+    let base = format!("/proc/{pid}/root{mountpoint}");
+    let io = |what: String| {
+        move |e: std::io::Error| RestoreError::Unsupported {
+            pid,
+            what: format!("{what}: {e}"),
+        }
+    };
+    let root = rfs::open(
+        &base,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(format!("open {base}"))(e.into()))?;
+    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS;
+    // Directories' times last, after their files are in.
+    let mut dir_times = Vec::new();
+    for it in items {
+        let e = &it.entry;
+        let (parent_path, name) = match e.path.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", e.path.as_str()),
+        };
+        let parent = if parent_path.is_empty() {
+            rfs::openat2(
+                &root,
+                ".",
+                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                beneath,
+            )
+        } else {
+            rfs::openat2(
+                &root,
+                parent_path,
+                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                beneath,
+            )
+        }
+        .map_err(|er| io(format!("open {mountpoint}/{parent_path}"))(er.into()))?;
+        let perm = Mode::from_raw_mode(e.mode & 0o7777);
+        let fmt = e.mode & libc::S_IFMT;
+        let here = format!("{mountpoint}/{}", e.path);
+        if e.path.is_empty() {
+            // The mount's root: only owner, mode and times.
+        } else if fmt == libc::S_IFDIR {
+            rfs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
+                .or_else(|er| {
+                    if er == rustix::io::Errno::EXIST {
+                        Ok(())
+                    } else {
+                        Err(er)
+                    }
+                })
+                .map_err(|er| io(format!("mkdir {here}"))(er.into()))?;
+        } else if fmt == libc::S_IFREG {
+            let fd = rfs::openat(
+                &parent,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|er| io(format!("create {here}"))(er.into()))?;
+            let mut f = std::fs::File::from(fd);
+            use std::io::Write;
+            f.write_all(&it.data).map_err(io(format!("write {here}")))?;
+        } else if fmt == libc::S_IFLNK {
+            let target = e.target.as_deref().unwrap_or("");
+            rfs::symlinkat(target, &parent, name)
+                .map_err(|er| io(format!("symlink {here}"))(er.into()))?;
+        } else if fmt == libc::S_IFIFO {
+            rfs::mknodat(
+                &parent,
+                name,
+                rfs::FileType::Fifo,
+                Mode::from_raw_mode(0o600),
+                0,
+            )
+            .map_err(|er| io(format!("mkfifo {here}"))(er.into()))?;
+        } else {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: format!("crest-tmpfs image of {mountpoint}"),
+                what: format!("{:?} of mode {:o}", e.path, e.mode),
+            });
+        }
+        let (at, nm) = if e.path.is_empty() {
+            (&root, ".")
+        } else {
+            (&parent, name)
+        };
+        rfs::chownat(
+            at,
+            nm,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|er| io(format!("chown {here}"))(er.into()))?;
+        if fmt != libc::S_IFLNK {
+            rfs::chmodat(at, nm, perm, rfs::AtFlags::empty())
+                .map_err(|er| io(format!("chmod {here}"))(er.into()))?;
+        }
+        if let (Some(s), Some(n)) = (e.mtime_sec, e.mtime_nsec) {
+            let ts = rfs::Timestamps {
+                last_access: rfs::Timespec {
+                    tv_sec: s,
+                    tv_nsec: n.into(),
+                },
+                last_modification: rfs::Timespec {
+                    tv_sec: s,
+                    tv_nsec: n.into(),
+                },
+            };
+            if fmt == libc::S_IFDIR {
+                dir_times.push((e.path.clone(), ts));
+            } else {
+                let _ = rfs::utimensat(at, nm, &ts, rfs::AtFlags::SYMLINK_NOFOLLOW);
+            }
+        }
+    }
+    for (path, ts) in dir_times.into_iter().rev() {
+        let p = if path.is_empty() {
+            ".".to_string()
+        } else {
+            path
+        };
+        if let Ok(d) = rfs::openat2(
+            &root,
+            &p,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath,
+        ) {
+            let _ = rfs::utimensat(&d, ".", &ts, rfs::AtFlags::empty());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+40 22 0:35 / /mnt\\040x rw,relatime master:3 - tmpfs none rw,size=1024k,uid=0
+41 40 8:1 /srv/data /mnt\\040x/data ro,relatime unbindable - ext4 /dev/sda1 rw
+";
+
+    #[test]
+    fn mountinfo_lines() {
+        let m = parse_mountinfo(SAMPLE).expect("parses");
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].dev, (8, 1));
+        assert_eq!(m[0].shared, Some(1));
+        assert_eq!(m[2].mountpoint, "/mnt x");
+        assert_eq!(m[2].master, Some(3));
+        assert_eq!(m[2].super_opts, "rw,size=1024k,uid=0");
+        assert!(m[3].unbindable);
+        assert_eq!(
+            mount_flags(&m[3].mnt_opts),
+            libc::MS_RDONLY | libc::MS_RELATIME
+        );
+        assert_eq!(parse_mountinfo("1 2 8:1 / /\n"), None);
+        assert_eq!(parse_mountinfo("x 2 8:1 / / rw - ext4 a rw\n"), None);
+    }
+
+    #[test]
+    fn bind_sources_are_paths_in_the_namespace() {
+        let m = parse_mountinfo(SAMPLE).expect("parses");
+        assert_eq!(bind_source(&m[..3], &m[3]), Some("/srv/data".into()));
+        let mut sub = m[3].clone();
+        sub.root = "/srv/data/x".into();
+        let mut src = m[3].clone();
+        src.mountpoint = "/data".into();
+        assert_eq!(bind_source(&[src.clone()], &sub), Some("/data/x".into()));
+        sub.root = "/srv/database".into();
+        assert_eq!(
+            bind_source(&[src], &sub),
+            None,
+            "a prefix that is not a parent"
+        );
+    }
+
+    #[test]
+    fn tmpfs_options_keep_sizes_only() {
+        let e = CrestMountEntry {
+            fstype: "tmpfs".into(),
+            super_opts: "rw,size=1024k,nr_inodes=10,mode=755,uid=1000,gid=5,inode64".into(),
+            ..CrestMountEntry::default()
+        };
+        assert_eq!(data_of(&e), "size=1024k,nr_inodes=10,inode64");
+        let p = CrestMountEntry {
+            fstype: "devpts".into(),
+            super_opts: "rw,gid=5,mode=620".into(),
+            ..CrestMountEntry::default()
+        };
+        assert_eq!(data_of(&p), "gid=5,mode=620");
+    }
+
+    #[test]
+    fn unsafe_components_are_refused() {
+        for bad in ["", ".", "..", "a\0b"] {
+            assert!(!safe_component(bad), "{bad:?}");
+        }
+        assert!(safe_component("file.txt"));
+        assert_eq!(unescape("a\\040b\\134"), "a b\\");
+        assert_eq!(unescape("end\\04"), "end\\04");
+    }
+}
