@@ -92,6 +92,21 @@ impl FileTable {
     pub(crate) fn push(&mut self, mut entry: FileEntry) -> u32 {
         let id = self.next_id();
         entry.id = id;
+        // The kind's own message carries the id too, as in CRIU's images.
+        let inner = [
+            entry.pipe.as_mut().map(|e| &mut e.id),
+            entry.efd.as_mut().map(|e| &mut e.id),
+            entry.epfd.as_mut().map(|e| &mut e.id),
+            entry.sgfd.as_mut().map(|e| &mut e.id),
+            entry.tfd.as_mut().map(|e| &mut e.id),
+            entry.ify.as_mut().map(|e| &mut e.id),
+            entry.fifo.as_mut().map(|e| &mut e.id),
+            entry.memfd.as_mut().map(|e| &mut e.id),
+            entry.pidfd.as_mut().map(|e| &mut e.id),
+        ];
+        for slot in inner.into_iter().flatten() {
+            *slot = id;
+        }
         self.entries.push(entry);
         id
     }
