@@ -109,14 +109,17 @@ pub fn add_targets(t: &mut Tracee, epfd: u32, e: &EventpollFileEntry) -> Result<
         ev.extend_from_slice(&tfd.data.to_le_bytes());
         let addr = t.put(&ev).rat(pid, "write epoll_event")?;
         let add = libc::EPOLL_CTL_ADD as u64;
-        t.syscall(nr::EPOLL_CTL, &[u64::from(epfd), add, u64::from(tfd.tfd), addr])
-            .rat(
-                pid,
-                format!(
-                    "epoll_ctl(ADD) of fd {} (events {:#x}) to epoll fd {epfd}",
-                    tfd.tfd, tfd.events
-                ),
-            )?;
+        t.syscall(
+            nr::EPOLL_CTL,
+            &[u64::from(epfd), add, u64::from(tfd.tfd), addr],
+        )
+        .rat(
+            pid,
+            format!(
+                "epoll_ctl(ADD) of fd {} (events {:#x}) to epoll fd {epfd}",
+                tfd.tfd, tfd.events
+            ),
+        )?;
     }
     Ok(())
 }
@@ -132,7 +135,10 @@ mod tests {
         let v = parse(&parse_fdinfo("fdinfo", text).unwrap()).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].tfd, v[0].events, v[0].data), (4, 0x19, 4));
-        assert_eq!((v[0].inode, v[0].dev, v[0].pos), (Some(0x153e), Some(0xf), Some(0)));
+        assert_eq!(
+            (v[0].inode, v[0].dev, v[0].pos),
+            (Some(0x153e), Some(0xf), Some(0))
+        );
         assert_eq!((v[1].tfd, v[1].events), (5, 0x1c));
         let e = parse_tfd("7 events: 80000019 data: deadbeef  pos:0 ino:12 sdev:10").unwrap();
         assert_eq!((e.tfd, e.events, e.data), (7, 0x8000_0019, 0xdead_beef));

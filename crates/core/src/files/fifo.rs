@@ -31,15 +31,14 @@ impl FileTable {
         meta: &std::fs::Metadata,
     ) -> Result<u32, DumpError> {
         let ino = meta.ino() as u32;
-        if !self.fifos.data.contains_key(&ino) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.fifos.data.entry(ino) {
             use std::os::unix::fs::OpenOptionsExt;
             let reader = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(format!("/proc/{pid}/fd/{fd}"))
                 .at(pid, "open a reader of a FIFO")?;
-            let data = super::pipe::peek(pid, fd, &reader.into())?;
-            self.fifos.data.insert(ino, data);
+            slot.insert(super::pipe::peek(pid, fd, &reader.into())?);
         }
         let regf_id = self.push_reg(link, flags, 0, meta);
         Ok(self.push(FileEntry {

@@ -100,8 +100,11 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
                 kind: "a deleted file whose size changed while it was dumped".into(),
             });
         }
-        let mut w =
-            crest_images::ImageWriter::create(dir, &names::ghost_file(i as u32 + 1), magic::GHOST_FILE)?;
+        let mut w = crest_images::ImageWriter::create(
+            dir,
+            &names::ghost_file(i as u32 + 1),
+            magic::GHOST_FILE,
+        )?;
         w.write_entry(entry)?;
         for chunk in data.chunks(CHUNK) {
             w.write_payload(chunk)?;
@@ -138,8 +141,11 @@ fn openat(t: &mut Tracee, path: &str, flags: i32, mode: u32) -> Result<u64, Rest
     p.push(0);
     let addr = t.put(&p).rat(pid, "write path")?;
     let flags = (flags | libc::O_CLOEXEC) as u64;
-    t.syscall(nr::OPENAT, &[libc::AT_FDCWD as u64, addr, flags, u64::from(mode)])
-        .rat(pid, format!("open {path}"))
+    t.syscall(
+        nr::OPENAT,
+        &[libc::AT_FDCWD as u64, addr, flags, u64::from(mode)],
+    )
+    .rat(pid, format!("open {path}"))
 }
 
 /// Opens the deleted file of entry `reg` (ghost `ghost`) in the task with
@@ -210,8 +216,11 @@ fn fill(
         }
         left -= n;
     }
-    t.syscall(nr::FCHOWN, &[fd, u64::from(entry.uid), u64::from(entry.gid)])
-        .rat(pid, format!("chown ghost file {path}"))?;
+    t.syscall(
+        nr::FCHOWN,
+        &[fd, u64::from(entry.uid), u64::from(entry.gid)],
+    )
+    .rat(pid, format!("chown ghost file {path}"))?;
     t.syscall(nr::FCHMOD, &[fd, u64::from(entry.mode & 0o7777)])
         .rat(pid, format!("chmod ghost file {path}"))?;
     Ok(())

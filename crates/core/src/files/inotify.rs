@@ -122,7 +122,9 @@ pub fn create(t: &mut Tracee, e: &InotifyFileEntry) -> Result<u64, RestoreError>
     let pid = t.pid();
     let nonblock = e.flags & libc::O_NONBLOCK as u32 != 0;
     let mut flags = libc::IN_CLOEXEC as u64 | libc::IN_NONBLOCK as u64;
-    let fd = t.syscall(nr::INOTIFY_INIT1, &[flags]).rat(pid, "inotify_init1")?;
+    let fd = t
+        .syscall(nr::INOTIFY_INIT1, &[flags])
+        .rat(pid, "inotify_init1")?;
     let mut removed = false;
     for w in &e.wd {
         removed |= add_watch(t, fd, w)?;
@@ -148,11 +150,15 @@ pub fn create(t: &mut Tracee, e: &InotifyFileEntry) -> Result<u64, RestoreError>
 /// whether watches were removed on the way.
 fn add_watch(t: &mut Tracee, fd: u64, w: &InotifyWdEntry) -> Result<bool, RestoreError> {
     let pid = t.pid();
-    let path = w.f_handle.path.as_deref().ok_or_else(|| RestoreError::BadImage {
-        pid,
-        file: crest_images::names::FILES.into(),
-        what: format!("inotify wd {} has no path", w.wd),
-    })?;
+    let path = w
+        .f_handle
+        .path
+        .as_deref()
+        .ok_or_else(|| RestoreError::BadImage {
+            pid,
+            file: crest_images::names::FILES.into(),
+            what: format!("inotify wd {} has no path", w.wd),
+        })?;
     if w.wd == 0 || w.wd > MAX_WD {
         return Err(RestoreError::BadImage {
             pid,
@@ -195,15 +201,27 @@ mod tests {
         let info = parse_fdinfo("fdinfo", text).unwrap();
         let line = info.all("inotify").next().unwrap();
         let (e, h) = parse_wd(line).unwrap();
-        assert_eq!((e.wd, e.i_ino, e.s_dev, e.mask), (1, 0x3c4a7, 0xfe00000, 0x100));
+        assert_eq!(
+            (e.wd, e.i_ino, e.s_dev, e.mask),
+            (1, 0x3c4a7, 0xfe00000, 0x100)
+        );
         assert_eq!((e.f_handle.bytes, e.f_handle.r#type), (8, 1));
         assert_eq!(h, [0xa7, 0xc4, 0x03, 0, 0, 0, 0, 0]);
         assert_eq!(e.f_handle.handle, vec![0x3c4a7]);
-        let hex = parse_wd("wd:1a ino:1 sdev:2 mask:fff ignored_mask:0 fhandle-bytes:1 fhandle-type:1 f_handle:ff").unwrap();
+        let hex = parse_wd(
+            "wd:1a ino:1 sdev:2 mask:fff ignored_mask:0 fhandle-bytes:1 fhandle-type:1 f_handle:ff",
+        )
+        .unwrap();
         assert_eq!((hex.0.wd, hex.0.mask), (26, 0xfff));
         // handle shorter than announced, odd digits, missing fields
-        assert!(parse_wd("wd:1 ino:1 sdev:2 mask:1 fhandle-bytes:2 fhandle-type:1 f_handle:ff").is_none());
-        assert!(parse_wd("wd:1 ino:1 sdev:2 mask:1 fhandle-bytes:1 fhandle-type:1 f_handle:f").is_none());
+        assert!(
+            parse_wd("wd:1 ino:1 sdev:2 mask:1 fhandle-bytes:2 fhandle-type:1 f_handle:ff")
+                .is_none()
+        );
+        assert!(
+            parse_wd("wd:1 ino:1 sdev:2 mask:1 fhandle-bytes:1 fhandle-type:1 f_handle:f")
+                .is_none()
+        );
         assert!(parse_wd("wd:1 ino:1 mask:1 fhandle-bytes:0 fhandle-type:1 f_handle:").is_none());
     }
 }

@@ -49,12 +49,7 @@ pub fn name_of(link: &str) -> Option<&str> {
 
 impl FileTable {
     /// The inode id of the memfd `file` (fd or mapping `what` of `pid`).
-    fn memfd_inode(
-        &mut self,
-        pid: i32,
-        link: &str,
-        file: std::fs::File,
-    ) -> Result<u32, DumpError> {
+    fn memfd_inode(&mut self, pid: i32, link: &str, file: std::fs::File) -> Result<u32, DumpError> {
         let meta = file.metadata().at(pid, "stat a memfd")?;
         if let Some(id) = self.memfds.by_ino.get(&meta.ino()) {
             return Ok(*id);
@@ -251,8 +246,14 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
         .rat(pid, format!("ftruncate memfd {} to {}", e.name, e.size))?;
     fill(t, files, e, fd)?;
     if e.seals != 0 {
-        t.syscall(nr::FCNTL, &[fd, libc::F_ADD_SEALS as u64, u64::from(e.seals)])
-            .rat(pid, format!("F_ADD_SEALS {:#x} on memfd {}", e.seals, e.name))?;
+        t.syscall(
+            nr::FCNTL,
+            &[fd, libc::F_ADD_SEALS as u64, u64::from(e.seals)],
+        )
+        .rat(
+            pid,
+            format!("F_ADD_SEALS {:#x} on memfd {}", e.seals, e.name),
+        )?;
     }
     Ok(fd)
 }
@@ -273,8 +274,8 @@ fn fill(
         what: "no pagemap head".into(),
     })?;
     let pages_path = files.dir.join(names::pages(head.pages_id));
-    let pages = std::fs::File::open(&pages_path)
-        .rat(pid, format!("open {}", pages_path.display()))?;
+    let pages =
+        std::fs::File::open(&pages_path).rat(pid, format!("open {}", pages_path.display()))?;
     let mut from = 0u64;
     let mut runs = 0usize;
     while let Some(pe) = r.next_entry::<PagemapEntry>()? {
@@ -288,7 +289,10 @@ fn fill(
             return Err(RestoreError::BadImage {
                 pid,
                 file: map_name,
-                what: format!("{n} pages at offset {:#x} of a {}-byte memfd", pe.vaddr, e.size),
+                what: format!(
+                    "{n} pages at offset {:#x} of a {}-byte memfd",
+                    pe.vaddr, e.size
+                ),
             });
         }
         let mut left = n * PAGE;
@@ -301,7 +305,9 @@ fn fill(
                 .rat(pid, format!("read {}", pages_path.display()))?;
             // The last page may reach past the end of the file.
             let keep = k.min(e.size.saturating_sub(at));
-            let addr = t.put(&buf[..keep as usize]).rat(pid, "write memfd contents")?;
+            let addr = t
+                .put(&buf[..keep as usize])
+                .rat(pid, "write memfd contents")?;
             t.syscall(nr::PWRITE64, &[fd, addr, keep, at])
                 .rat(pid, format!("pwrite memfd {} at {at}", e.name))?;
             from += k;

@@ -187,7 +187,10 @@ fn dump_one(
         return Ok((FdTypes::Pidfd, table.push(entry)));
     }
     if link.starts_with("/memfd:") {
-        return Ok((FdTypes::Memfd, table.dump_memfd(pid, fd, link, info, flags)?));
+        return Ok((
+            FdTypes::Memfd,
+            table.dump_memfd(pid, fd, link, info, flags)?,
+        ));
     }
     if !link.starts_with('/') {
         return Err(unsupported(kind_of_link(link)));
@@ -229,12 +232,7 @@ pub(crate) fn no_owner() -> FownEntry {
 
 /// A value of `info` parsed by `parse`, or an UnsupportedFd naming what
 /// could not be read.
-pub(crate) fn need<T>(
-    pid: i32,
-    fd: i32,
-    what: &str,
-    v: Option<T>,
-) -> Result<T, DumpError> {
+pub(crate) fn need<T>(pid: i32, fd: i32, what: &str, v: Option<T>) -> Result<T, DumpError> {
     v.ok_or_else(|| DumpError::UnsupportedFd {
         pid,
         fd,

@@ -31,10 +31,14 @@ pub fn dump(
     let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
     let target = parse(info).ok_or_else(|| refuse("a pidfd whose fdinfo has no pid".into()))?;
     if target <= 0 {
-        return Err(refuse("a pidfd of a task that has exited and been reaped".into()));
+        return Err(refuse(
+            "a pidfd of a task that has exited and been reaped".into(),
+        ));
     }
     if !tree.contains(&target) {
-        return Err(refuse(format!("a pidfd of pid {target}, outside the dumped tree")));
+        return Err(refuse(format!(
+            "a pidfd of pid {target}, outside the dumped tree"
+        )));
     }
     if flags & PIDFD_THREAD != 0 {
         return Err(refuse(format!("a pidfd of thread {target} (PIDFD_THREAD)")));
@@ -45,7 +49,9 @@ pub fn dump(
         )));
     }
     let status = crate::procfs::read_status(target).map_err(|_| {
-        refuse(format!("a pidfd of pid {target}, whose status crest cannot read"))
+        refuse(format!(
+            "a pidfd of pid {target}, whose status crest cannot read"
+        ))
     })?;
     let nspid = status.ns_pid.last().copied().unwrap_or(target);
     Ok(FileEntry {
@@ -75,8 +81,11 @@ pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let fd = t
         .syscall(nr::PIDFD_OPEN, &[e.nspid as u64, flags])
         .rat(pid, format!("pidfd_open({})", e.nspid))?;
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64])
-        .rat(pid, "set close-on-exec")?;
+    t.syscall(
+        nr::FCNTL,
+        &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
+    )
+    .rat(pid, "set close-on-exec")?;
     Ok(fd)
 }
 
@@ -87,10 +96,14 @@ mod tests {
 
     #[test]
     fn pid_line() {
-        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1234\nPid:\t4321\nNSpid:\t4321\t1\n";
+        let text =
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1234\nPid:\t4321\nNSpid:\t4321\t1\n";
         assert_eq!(parse(&parse_fdinfo("fdinfo", text).unwrap()), Some(4321));
         let gone = "pos:\t0\nflags:\t02\nPid:\t-1\n";
         assert_eq!(parse(&parse_fdinfo("fdinfo", gone).unwrap()), Some(-1));
-        assert_eq!(parse(&parse_fdinfo("fdinfo", "pos:\t0\nflags:\t02\n").unwrap()), None);
+        assert_eq!(
+            parse(&parse_fdinfo("fdinfo", "pos:\t0\nflags:\t02\n").unwrap()),
+            None
+        );
     }
 }

@@ -62,11 +62,7 @@ fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
 
 /// Copies the bytes waiting in the pipe `theirs` reads (fd `fd` of `pid`,
 /// for messages) without consuming them.
-pub(crate) fn peek(
-    pid: i32,
-    fd: i32,
-    theirs: &std::os::fd::OwnedFd,
-) -> Result<Vec<u8>, DumpError> {
+pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<Vec<u8>, DumpError> {
     let waiting = crest_sys::misc::fionread(theirs).at(pid, "FIONREAD on a pipe")?;
     if waiting == 0 {
         return Ok(Vec::new());

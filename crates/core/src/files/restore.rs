@@ -47,7 +47,11 @@ pub struct RestoreFiles {
 /// Most pipe data crest accepts per pipe from an image.
 const MAX_PIPE_DATA: u32 = 1 << 20;
 
-fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<HashMap<u32, Vec<u8>>, RestoreError> {
+fn read_pipe_data(
+    dir: &Path,
+    name: &str,
+    magic: u32,
+) -> Result<HashMap<u32, Vec<u8>>, RestoreError> {
     let mut out = HashMap::new();
     if !dir.join(name).exists() {
         return Ok(out);
@@ -156,7 +160,10 @@ pub fn restore_fds(
     for fi in fds {
         files.holders.entry(fi.id).or_insert((pid, fi.fd));
         let made_here = files.made_by.get(&fi.id) == Some(&pid);
-        if let (true, Some(ep)) = (made_here, files.entries.get(&fi.id).and_then(|e| e.epfd.clone())) {
+        if let (true, Some(ep)) = (
+            made_here,
+            files.entries.get(&fi.id).and_then(|e| e.epfd.clone()),
+        ) {
             if watched.insert(fi.id) {
                 epoll::add_targets(t, fi.fd, &ep)?;
             }
@@ -193,7 +200,10 @@ fn make_all(
                 return Err(bad(
                     pid,
                     files_id,
-                    format!("fd {} has type {}, its file {}", fi.fd, fi.r#type, entry.r#type),
+                    format!(
+                        "fd {} has type {}, its file {}",
+                        fi.fd, fi.r#type, entry.r#type
+                    ),
                 ));
             }
             let made = match files.holders.get(&fi.id) {
@@ -240,14 +250,32 @@ fn make_one(
     match FdTypes::try_from(fi.r#type) {
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
         Ok(FdTypes::Pipe) => pipe_end(t, entry, files, pipes, pipe_park),
-        Ok(FdTypes::Fifo) => fifo::create(t, entry.fifo.as_ref().ok_or_else(|| missing("fifo"))?, files),
-        Ok(FdTypes::Eventfd) => eventfd::create(t, entry.efd.as_ref().ok_or_else(|| missing("eventfd"))?),
+        Ok(FdTypes::Fifo) => fifo::create(
+            t,
+            entry.fifo.as_ref().ok_or_else(|| missing("fifo"))?,
+            files,
+        ),
+        Ok(FdTypes::Eventfd) => {
+            eventfd::create(t, entry.efd.as_ref().ok_or_else(|| missing("eventfd"))?)
+        }
         Ok(FdTypes::Eventpoll) => epoll::create(t),
-        Ok(FdTypes::Signalfd) => signalfd::create(t, entry.sgfd.as_ref().ok_or_else(|| missing("signalfd"))?),
-        Ok(FdTypes::Timerfd) => timerfd::create(t, entry.tfd.as_ref().ok_or_else(|| missing("timerfd"))?),
-        Ok(FdTypes::Inotify) => inotify::create(t, entry.ify.as_ref().ok_or_else(|| missing("inotify"))?),
-        Ok(FdTypes::Memfd) => memfd::open(t, entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?, files),
-        Ok(FdTypes::Pidfd) => pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?),
+        Ok(FdTypes::Signalfd) => {
+            signalfd::create(t, entry.sgfd.as_ref().ok_or_else(|| missing("signalfd"))?)
+        }
+        Ok(FdTypes::Timerfd) => {
+            timerfd::create(t, entry.tfd.as_ref().ok_or_else(|| missing("timerfd"))?)
+        }
+        Ok(FdTypes::Inotify) => {
+            inotify::create(t, entry.ify.as_ref().ok_or_else(|| missing("inotify"))?)
+        }
+        Ok(FdTypes::Memfd) => memfd::open(
+            t,
+            entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?,
+            files,
+        ),
+        Ok(FdTypes::Pidfd) => {
+            pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)
+        }
         _ => Err(RestoreError::Unsupported {
             pid,
             what: format!("fd {} of type {}", fi.fd, fi.r#type),

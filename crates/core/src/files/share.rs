@@ -56,8 +56,7 @@ pub type Holders = HashMap<u32, (i32, u32)>;
 /// A copy of fd `fd` of the (stopped, restored) task `pid`, in crest.
 pub fn take_fd(pid: i32, fd: u32) -> Result<OwnedFd, RestoreError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).rat(pid, "pidfd_open")?;
-    crest_sys::misc::pidfd_getfd(&pidfd, fd as i32)
-        .rat(pid, format!("pidfd_getfd of fd {fd}"))
+    crest_sys::misc::pidfd_getfd(&pidfd, fd as i32).rat(pid, format!("pidfd_getfd of fd {fd}"))
 }
 
 /// Layout of the `recvmsg` arguments in the task's scratch memory.
@@ -73,7 +72,9 @@ const CONTROL_LEN: u64 = 24;
 /// Works whatever namespaces the task is in.
 pub fn give_fd(t: &mut Tracee, file: &OwnedFd) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let buf = t.scratch((CONTROL + CONTROL_LEN) as usize).rat(pid, "scratch")?;
+    let buf = t
+        .scratch((CONTROL + CONTROL_LEN) as usize)
+        .rat(pid, "scratch")?;
     let kind = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
     t.syscall(nr::SOCKETPAIR, &[libc::AF_UNIX as u64, kind, 0, buf])
         .rat(pid, "socketpair to pass an fd")?;
