@@ -1,10 +1,12 @@
-/* fds_many STATEDIR - many kinds of fds at once survive: a regular file
+/* fds_many STATEDIR [big] - many kinds of fds at once survive: a regular file
  * at an offset, an O_APPEND file, a file deleted while open, a pipe and a
  * FIFO with data in flight, eventfds (a counter and a semaphore), an armed
  * timerfd with an interval, a signalfd, an epoll instance watching several
  * of them with distinct data, inotify watching a directory, a memfd with
  * contents, seals, a position and a MAP_SHARED mapping, and two fds (dup)
- * sharing one offset. After the restore each is checked. */
+ * sharing one offset. After the restore each is checked. With "big", it
+ * also holds a deleted file of 2 MiB, more than crest's default ghost
+ * limit: the dump must be refused. */
 #include "wl.h"
 
 #include <poll.h>
@@ -92,6 +94,14 @@ int main(int argc, char **argv)
 	path_in(gp, sizeof(gp), "ghost");
 	if (unlink(gp) < 0)
 		wl_fail("unlink %s: %s", gp, strerror(errno));
+	if (argc > 2 && strcmp(argv[2], "big") == 0) {
+		int big = xopen("big-ghost", O_RDWR | O_CREAT | O_TRUNC);
+		if (ftruncate(big, 2 << 20) < 0)
+			wl_fail("ftruncate big-ghost: %s", strerror(errno));
+		char bp[4096];
+		path_in(bp, sizeof(bp), "big-ghost");
+		unlink(bp);
+	}
 	/* a pipe with data in flight */
 	int pp[2];
 	if (pipe(pp) < 0)
