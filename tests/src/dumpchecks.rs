@@ -25,8 +25,9 @@ const IMAGE_CHECKS: [(&str, ImageCheck); 4] = [
 ];
 
 /// The checks that need no images.
-const PLAIN_CHECKS: [(&str, PlainCheck); 3] = [
+const PLAIN_CHECKS: [(&str, PlainCheck); 4] = [
     ("dump_bad_pid", dump_missing_pid_fails),
+    ("dump_ghost_limit", dump_over_ghost_limit_fails),
     ("crest_check", check_prints),
     ("crest_version", version_prints),
 ];
@@ -394,6 +395,31 @@ fn dump_missing_pid_fails(cfg: &Config, dir: &CaseDir) -> Result<Outcome> {
         );
     }
     Ok(Outcome::Pass)
+}
+
+/// `fds_many big` holds a deleted file of 2 MiB: `crest dump` (default
+/// ghost limit 1 MiB) must fail naming the limit and leave it running, and
+/// the workload then passes its own checks.
+fn dump_over_ghost_limit_fails(cfg: &Config, dir: &CaseDir) -> Result<Outcome> {
+    let w = Workload {
+        name: "fds_many",
+        program: case::Program::C("fds_many"),
+        args: vec!["big".into()],
+        settle: case::Settle::Blocked,
+    };
+    let mut procs = Procs::default();
+    let pid = case::start(cfg, &w, dir, StdioKind::DevNull, &mut procs)?;
+    case::wait_ready(dir, pid, &mut procs)?;
+    let ran = case::dump_attempt(cfg, dir, pid, false, &mut procs)?
+        .context("crest dump of a 2 MiB deleted file succeeded with the default ghost limit")?;
+    if !ran.stderr.contains("ghost limit") || !ran.stderr.contains("fd ") {
+        bail!(
+            "crest dump failed, but its stderr does not name the fd and the ghost limit: {:?}",
+            ran.stderr
+        );
+    }
+    case::check_left_running(pid)?;
+    case::finish(dir, pid, StdioKind::DevNull, &mut procs)
 }
 
 /// (e) `crest check` runs and prints at least one line.

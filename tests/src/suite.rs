@@ -38,6 +38,8 @@ pub fn workloads() -> Vec<Workload> {
         c("zombie", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
+        c("fds_many", &[], Settle::Blocked),
+        c("fds_fork", &[], Settle::Blocked),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]

@@ -46,6 +46,10 @@ enum Cmd {
         /// Allow a tree attached to the shell's session and terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Largest file deleted while open whose contents are saved
+        /// (bytes, or with a K, M or G suffix).
+        #[arg(long = "ghost-limit", value_parser = parse_size, default_value = "1M")]
+        ghost_limit: u64,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -90,6 +94,21 @@ enum Cmd {
     /// The demo's counter workload.
     #[command(hide = true)]
     DemoCounter,
+}
+
+/// A size in bytes, with an optional K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number with an optional K, M or G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn init_log(c: &Common, default_name: &str) -> Result<()> {
@@ -152,6 +171,7 @@ fn run(cli: Cli) -> Result<i32> {
             common,
             leave_running,
             shell_job,
+            ghost_limit,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -162,6 +182,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: common.images_dir.clone(),
                 leave_running,
                 shell_job,
+                ghost_limit,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(

@@ -19,6 +19,8 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     pub leave_running: bool,
     pub shell_job: bool,
+    /// Largest file deleted while open whose contents are saved.
+    pub ghost_limit: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +80,8 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     users.write(&opts.dir)?;
     others.write(&opts.dir, pids.entries())?;
     let mut files = FileTable::default();
+    files.tree = live.iter().copied().collect();
+    files.ghosts.limit = opts.ghost_limit;
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
@@ -130,7 +134,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
-    files::pipe::write_data(&opts.dir, &files.pipes)?;
+    files::write_images(&opts.dir, &files)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),

@@ -35,6 +35,7 @@ pub mod status {
     pub const ANON_PRIVATE: u32 = 1 << 9;
     pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
+    pub const MEMFD: u32 = 1 << 14;
 }
 
 /// smaps VmFlags that map to an madvise() advice, stored in
@@ -184,7 +185,8 @@ pub fn dump(
         if vma.status & status::VSYSCALL != 0 {
             continue;
         }
-        if m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 {
+        let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
+        if m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 && !memfd {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(
@@ -198,8 +200,13 @@ pub fn dump(
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
-            };
-            vma.shmid = u64::from(files.reg_path(pid, &m.path, mode as u32)?);
+            } as u32;
+            vma.shmid = u64::from(if memfd {
+                vma.status |= status::MEMFD;
+                files.memfd_vma(pid, m.start, m.end, &m.path, mode)?
+            } else {
+                files.reg_path(pid, &m.path, mode)?
+            });
         }
         if policy != PagePolicy::None {
             let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;

@@ -31,6 +31,14 @@ pub const REG_FILES: u32 = 0x5036_3636;
 pub const PIPES: u32 = 0x5651_3555;
 /// `pipes-data.img`
 pub const PIPES_DATA: u32 = 0x5645_3709;
+/// `fifo-data.img`: data in flight of FIFOs, as in `pipes-data.img`
+pub const FIFO_DATA: u32 = 0x5933_3054;
+/// `remap-fpath.img`: which file entries a ghost file serves
+pub const REMAP_FPATH: u32 = 0x5913_3954;
+/// `ghost-file-<id>.img`: a file deleted while open, with its contents
+pub const GHOST_FILE: u32 = 0x5258_3605;
+/// `memfd.img`: memfd inodes
+pub const MEMFD_INODE: u32 = 0x4845_3499;
 /// `creds-<pid>.img` (old layout; creds now live in `thread_core.creds`)
 pub const CREDS: u32 = 0x5402_3547;
 /// `userns-<id>.img`

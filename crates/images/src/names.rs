@@ -14,6 +14,12 @@ pub const REG_FILES: &str = "reg-files.img";
 pub const PIPES: &str = "pipes.img";
 /// Pipe data in flight: entries followed by raw bytes.
 pub const PIPES_DATA: &str = "pipes-data.img";
+/// FIFO data in flight: entries followed by raw bytes.
+pub const FIFO_DATA: &str = "fifo-data.img";
+/// `remap-fpath.img`
+pub const REMAP_FPATH: &str = "remap-fpath.img";
+/// `memfd.img`: memfd inodes
+pub const MEMFD_INODE: &str = "memfd.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)
@@ -84,6 +90,14 @@ pub fn crest_mnt(id: u32) -> String {
 /// `crest-tmpfs-<ns id>-<mnt id>.img` (crest's own)
 pub fn crest_tmpfs(ns: u32, mnt: u32) -> String {
     format!("crest-tmpfs-{ns}-{mnt}.img")
+}
+/// `ghost-file-<id>.img` (the id in hex, as CRIU names it)
+pub fn ghost_file(id: u32) -> String {
+    format!("ghost-file-{id:x}.img")
+}
+/// `pagemap-shmem-<shmid>.img`: the pages of a shared memory object
+pub fn pagemap_shmem(shmid: u32) -> String {
+    format!("pagemap-shmem-{shmid}.img")
 }
 /// `crest-thread-<tid>.img` (crest's own)
 pub fn crest_thread(tid: u32) -> String {

@@ -72,6 +72,24 @@ pub mod nr {
     pub const SOCKET: u64 = 41;
     pub const IOCTL: u64 = 16;
     pub const MOUNT: u64 = 165;
+    pub const SOCKETPAIR: u64 = 53;
+    pub const RECVMSG: u64 = 47;
+    pub const FTRUNCATE: u64 = 77;
+    pub const UNLINK: u64 = 87;
+    pub const FCHMOD: u64 = 91;
+    pub const FCHOWN: u64 = 93;
+    pub const EPOLL_CTL: u64 = 233;
+    pub const INOTIFY_ADD_WATCH: u64 = 254;
+    pub const INOTIFY_RM_WATCH: u64 = 255;
+    pub const TIMERFD_CREATE: u64 = 283;
+    pub const TIMERFD_SETTIME: u64 = 286;
+    pub const SIGNALFD4: u64 = 289;
+    pub const EVENTFD2: u64 = 290;
+    pub const EPOLL_CREATE1: u64 = 291;
+    pub const INOTIFY_INIT1: u64 = 294;
+    pub const MEMFD_CREATE: u64 = 319;
+    pub const PIDFD_OPEN: u64 = 434;
+    pub const PWRITE64: u64 = 18;
 }
 
 /// A syscall's name, for error messages.
@@ -149,6 +167,24 @@ pub fn name(nr: u64) -> &'static str {
         SOCKET => "socket",
         IOCTL => "ioctl",
         MOUNT => "mount",
+        SOCKETPAIR => "socketpair",
+        RECVMSG => "recvmsg",
+        FTRUNCATE => "ftruncate",
+        UNLINK => "unlink",
+        FCHMOD => "fchmod",
+        FCHOWN => "fchown",
+        EPOLL_CTL => "epoll_ctl",
+        INOTIFY_ADD_WATCH => "inotify_add_watch",
+        INOTIFY_RM_WATCH => "inotify_rm_watch",
+        TIMERFD_CREATE => "timerfd_create",
+        TIMERFD_SETTIME => "timerfd_settime",
+        SIGNALFD4 => "signalfd4",
+        EVENTFD2 => "eventfd2",
+        EPOLL_CREATE1 => "epoll_create1",
+        INOTIFY_INIT1 => "inotify_init1",
+        MEMFD_CREATE => "memfd_create",
+        PIDFD_OPEN => "pidfd_open",
+        PWRITE64 => "pwrite64",
         _ => "syscall",
     }
 }

@@ -177,3 +177,108 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32) -> io::Result<i32> {
 pub const KCMP_VM: i32 = 1;
 pub const KCMP_FILES: i32 = 2;
 pub const KCMP_FS: i32 = 3;
+
+/// `KCMP_FILE`: the two fds are the same open file description.
+pub const KCMP_FILE: i32 = 0;
+/// `KCMP_EPOLL_TFD`: a file is the target an epoll instance watches.
+pub const KCMP_EPOLL_TFD: i32 = 7;
+
+/// `kcmp(pid1, pid2, KCMP_FILE, fd1, fd2)` — 0 when fd `fd1` of `pid1` and
+/// fd `fd2` of `pid2` are one open file description.
+pub fn kcmp_file(pid1: i32, pid2: i32, fd1: i32, fd2: i32) -> io::Result<i32> {
+    // SAFETY: plain integer arguments; KCMP_FILE takes no pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    cvt(ret).map(|v| v as i32)
+}
+
+/// `kcmp(pid, pid, KCMP_EPOLL_TFD, fd, &slot)` — 0 when fd `fd` of `pid`
+/// is the file the epoll instance at `efd` watches as target fd `tfd`.
+pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: i32) -> io::Result<i32> {
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: efd as u32,
+        tfd: tfd as u32,
+        toff: 0,
+    };
+    // SAFETY: `slot` is a live kcmp_epoll_slot the kernel only reads.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_EPOLL_TFD,
+            fd,
+            &slot as *const Slot,
+        )
+    };
+    cvt(ret).map(|v| v as i32)
+}
+
+/// `sendmsg(sock, SCM_RIGHTS [fd])` — passes one fd over a unix socket,
+/// with a single byte of data.
+pub fn send_fd(sock: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at `control`, which holds `space` bytes
+    // (at most 32), so the first header and its data fit.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd.as_raw_fd());
+    }
+    // SAFETY: `msg` and everything it points at live across the call.
+    let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH)` — opens the file a handle
+/// (`name_to_handle_at`) names, on the filesystem of `mount_fd`.
+pub fn open_by_handle(mount_fd: &impl AsRawFd, kind: i32, handle: &[u8]) -> io::Result<OwnedFd> {
+    if handle.len() > 128 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // struct file_handle: u32 bytes, i32 type, then the handle.
+    let mut raw = vec![0u8; 8 + handle.len()];
+    raw[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
+    raw[4..8].copy_from_slice(&kind.to_ne_bytes());
+    raw[8..].copy_from_slice(handle);
+    // SAFETY: `raw` is a complete file_handle of its stated size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            raw.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    let fd = cvt(ret)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `fcntl(F_GET_SEALS)` — the seals of a memfd.
+pub fn get_seals(fd: &impl AsRawFd) -> io::Result<u32> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    cvt(ret as libc::c_long).map(|n| n as u32)
+}

@@ -1,10 +1,16 @@
 //! File descriptors and the files behind them: `files.img` holds one
-//! `file_entry` per open file (or mapped file, cwd, root, exe) and
-//! `fdinfo-<id>.img` maps a task's fd numbers to them.
+//! `file_entry` per open file description (or mapped file, cwd, root, exe)
+//! and `fdinfo-<id>.img` maps a task's fd numbers to them.
+//!
+//! Fds that are one open file description (dup, or inherited across fork),
+//! in one task or several, get one entry (`share`), so offsets and status
+//! flags stay shared after restore.
 //!
 //! Kinds handled today: regular files, directories and character devices
-//! (`reg`), and pipes (`pipe`). Any other kind fails the dump with the pid,
-//! the fd number and the kind.
+//! (`reg`, with files deleted while open in `ghost`), pipes (`pipe`),
+//! FIFOs (`fifo`), eventfd, epoll, signalfd, timerfd, inotify, memfd and
+//! pidfd. Any other kind fails the dump with the pid, the fd number and the
+//! kind.
 
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs;
@@ -12,8 +18,18 @@ use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, FownEntry, RegFileEntry}
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
+pub mod epoll;
+pub mod eventfd;
+pub mod fifo;
+pub mod ghost;
+pub mod inotify;
+pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod restore;
+pub mod share;
+pub mod signalfd;
+pub mod timerfd;
 
 /// The files of a dump, numbered from 1, shared by every task.
 #[derive(Default)]
@@ -21,6 +37,13 @@ pub struct FileTable {
     entries: Vec<FileEntry>,
     by_path: HashMap<(String, u32), u32>,
     pub pipes: pipe::PipeDump,
+    /// Open file descriptions seen so far, to find the fds that share one.
+    pub seen: share::Seen,
+    /// Every pid of the dumped tree (a pidfd must name one of them).
+    pub tree: std::collections::HashSet<i32>,
+    pub fifos: fifo::FifoDump,
+    pub ghosts: ghost::GhostDump,
+    pub memfds: memfd::MemfdDump,
 }
 
 impl FileTable {
@@ -69,6 +92,21 @@ impl FileTable {
     pub(crate) fn push(&mut self, mut entry: FileEntry) -> u32 {
         let id = self.next_id();
         entry.id = id;
+        // The kind's own message carries the id too, as in CRIU's images.
+        let inner = [
+            entry.pipe.as_mut().map(|e| &mut e.id),
+            entry.efd.as_mut().map(|e| &mut e.id),
+            entry.epfd.as_mut().map(|e| &mut e.id),
+            entry.sgfd.as_mut().map(|e| &mut e.id),
+            entry.tfd.as_mut().map(|e| &mut e.id),
+            entry.ify.as_mut().map(|e| &mut e.id),
+            entry.fifo.as_mut().map(|e| &mut e.id),
+            entry.memfd.as_mut().map(|e| &mut e.id),
+            entry.pidfd.as_mut().map(|e| &mut e.id),
+        ];
+        for slot in inner.into_iter().flatten() {
+            *slot = id;
+        }
         self.entries.push(entry);
         id
     }
@@ -82,9 +120,6 @@ fn kind_of_link(link: &str) -> String {
     if link.starts_with("socket:") {
         return format!("a socket ({link})");
     }
-    if link.starts_with("/memfd:") {
-        return format!("a memfd ({link})");
-    }
     link.to_string()
 }
 
@@ -96,35 +131,19 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
         let info = procfs::read_fdinfo(pid, fd).at(pid, "read fdinfo")?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let (ty, id) = if link.starts_with("pipe:") {
-            (FdTypes::Pipe, table.dump_pipe(pid, fd, &link, flags)?)
-        } else if link.starts_with('/') && !link.starts_with("/memfd:") {
-            if link.ends_with(" (deleted)") {
-                return Err(DumpError::UnsupportedFd {
-                    pid,
-                    fd,
-                    kind: format!("a deleted file ({link})"),
-                });
+        let key = share::key(pid, fd)?;
+        let (ty, id) = match table.seen.find(pid, fd, key)? {
+            Some(found) => {
+                if found.0 == FdTypes::Eventpoll {
+                    epoll::check_targets(pid, fd, &info)?;
+                }
+                found
             }
-            let meta =
-                std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
-            let ft = meta.file_type();
-            use std::os::unix::fs::FileTypeExt;
-            if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
-                let kind = if ft.is_fifo() {
-                    "a FIFO".to_string()
-                } else {
-                    format!("a special file ({link})")
-                };
-                return Err(DumpError::UnsupportedFd { pid, fd, kind });
+            None => {
+                let made = dump_one(pid, fd, &link, &info, flags, table)?;
+                table.seen.add(pid, fd, key, made);
+                made
             }
-            (FdTypes::Reg, table.push_reg(&link, flags, info.pos, &meta))
-        } else {
-            return Err(DumpError::UnsupportedFd {
-                pid,
-                fd,
-                kind: kind_of_link(&link),
-            });
         };
         out.push(FdinfoEntry {
             id,
@@ -135,4 +154,88 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
         });
     }
     Ok(out)
+}
+
+/// Dumps one open file description seen for the first time.
+fn dump_one(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    info: &procfs::FdInfo,
+    flags: u32,
+    table: &mut FileTable,
+) -> Result<(FdTypes, u32), DumpError> {
+    let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    if link.starts_with("pipe:") {
+        return Ok((FdTypes::Pipe, table.dump_pipe(pid, fd, link, flags)?));
+    }
+    if let Some(anon) = link.strip_prefix("anon_inode:") {
+        let entry = match anon {
+            "[eventfd]" => eventfd::dump(pid, fd, info, flags)?,
+            "[eventpoll]" => epoll::dump(pid, fd, info, flags)?,
+            "[signalfd]" => signalfd::dump(pid, fd, info, flags)?,
+            "[timerfd]" => timerfd::dump(pid, fd, info, flags)?,
+            "inotify" => inotify::dump(pid, fd, info, flags)?,
+            "[pidfd]" => pidfd::dump(pid, fd, info, flags, &table.tree)?,
+            _ => return Err(unsupported(kind_of_link(link))),
+        };
+        let ty = FdTypes::try_from(entry.r#type).unwrap_or(FdTypes::Und);
+        return Ok((ty, table.push(entry)));
+    }
+    if link.starts_with("pidfd:") {
+        let entry = pidfd::dump(pid, fd, info, flags, &table.tree)?;
+        return Ok((FdTypes::Pidfd, table.push(entry)));
+    }
+    if link.starts_with("/memfd:") {
+        return Ok((
+            FdTypes::Memfd,
+            table.dump_memfd(pid, fd, link, info, flags)?,
+        ));
+    }
+    if !link.starts_with('/') {
+        return Err(unsupported(kind_of_link(link)));
+    }
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        return Ok((FdTypes::Fifo, table.dump_fifo(pid, fd, link, flags, &meta)?));
+    }
+    if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
+        return Err(unsupported(format!("a special file ({link})")));
+    }
+    if let Some(path) = link.strip_suffix(" (deleted)") {
+        if !ft.is_file() {
+            return Err(unsupported(format!("a deleted non-regular file ({link})")));
+        }
+        let id = table.push_reg(path, flags, info.pos, &meta);
+        table.dump_ghost(pid, fd, id, &meta)?;
+        return Ok((FdTypes::Reg, id));
+    }
+    Ok((FdTypes::Reg, table.push_reg(link, flags, info.pos, &meta)))
+}
+
+/// Writes the images of the files beside `files.img`: pipe and FIFO data,
+/// ghost files, memfd inodes and their contents.
+pub fn write_images(dir: &std::path::Path, table: &FileTable) -> Result<(), DumpError> {
+    pipe::write_data(dir, &table.pipes)?;
+    fifo::write_data(dir, &table.fifos)?;
+    ghost::write(dir, &table.ghosts)?;
+    memfd::write(dir, &table.memfds)?;
+    Ok(())
+}
+
+/// The default `fown_entry` (no F_SETOWN owner).
+pub(crate) fn no_owner() -> FownEntry {
+    FownEntry::default()
+}
+
+/// A value of `info` parsed by `parse`, or an UnsupportedFd naming what
+/// could not be read.
+pub(crate) fn need<T>(pid: i32, fd: i32, what: &str, v: Option<T>) -> Result<T, DumpError> {
+    v.ok_or_else(|| DumpError::UnsupportedFd {
+        pid,
+        fd,
+        kind: format!("{what} whose fdinfo crest cannot read"),
+    })
 }

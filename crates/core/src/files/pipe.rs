@@ -57,7 +57,13 @@ impl FileTable {
 fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
     let theirs = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a pipe")?;
-    let waiting = crest_sys::misc::fionread(&theirs).at(pid, "FIONREAD on a pipe")?;
+    peek(pid, fd, &theirs)
+}
+
+/// Copies the bytes waiting in the pipe `theirs` reads (fd `fd` of `pid`,
+/// for messages) without consuming them.
+pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<Vec<u8>, DumpError> {
+    let waiting = crest_sys::misc::fionread(theirs).at(pid, "FIONREAD on a pipe")?;
     if waiting == 0 {
         return Ok(Vec::new());
     }
@@ -72,7 +78,7 @@ fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
     let _ = crest_sys::misc::set_pipe_size(&wr, waiting);
     // tee copies from the start of the source without consuming it; one
     // call takes everything that fits in our pipe.
-    crest_sys::misc::tee(&theirs, &wr, waiting).at(pid, "tee of pipe data")?;
+    crest_sys::misc::tee(theirs, &wr, waiting).at(pid, "tee of pipe data")?;
     drop(wr);
     let mut data = Vec::with_capacity(waiting);
     use std::io::Read;
@@ -92,15 +98,26 @@ fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
 /// Writes `pipes-data.img`: per pipe with data, a `pipe_data_entry`
 /// followed by the bytes.
 pub fn write_data(dir: &std::path::Path, pipes: &PipeDump) -> Result<(), DumpError> {
-    let mut w = crest_images::ImageWriter::create(
+    write_data_to(
         dir,
         crest_images::names::PIPES_DATA,
         crest_images::magic::PIPES_DATA,
-    )?;
-    let mut inos: Vec<_> = pipes.data.keys().copied().collect();
+        &pipes.data,
+    )
+}
+
+/// Writes pipe data in CRIU's layout (also used for FIFOs).
+pub(crate) fn write_data_to(
+    dir: &std::path::Path,
+    name: &str,
+    magic: u32,
+    all: &HashMap<u32, Vec<u8>>,
+) -> Result<(), DumpError> {
+    let mut w = crest_images::ImageWriter::create(dir, name, magic)?;
+    let mut inos: Vec<_> = all.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
-        let data = &pipes.data[&ino];
+        let data = &all[&ino];
         if data.is_empty() {
             continue;
         }

@@ -1,28 +1,75 @@
 //! Restore of a task's fd table: every fd is made inside the task (files
-//! reopened by path, pipes created and refilled), parked above the highest
-//! target number, then moved to its number.
+//! reopened by path, pipes created and refilled, eventfds and the other
+//! kinds made by their rooms), parked above the highest target number,
+//! then moved to its number. A description an earlier fd of the task made
+//! is `dup`ed; one another task made is passed over from it (`share`).
+//! Epoll watches are added last, once every fd is at its number.
 
+use super::share::{give_fd, take_fd, Holders};
+use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pidfd, signalfd, timerfd};
 use crate::error::{RestoreCtx, RestoreError};
 use crate::mm::restore::open_in_task;
-use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, PipeDataEntry};
+use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, MemfdInodeEntry, PipeDataEntry};
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
-/// `files.img` and `pipes-data.img`, indexed, and which restored task
-/// already holds each pipe.
+/// `files.img` and the images beside it, indexed, and where restored
+/// tasks hold what was made so far.
 #[derive(Default)]
 pub struct RestoreFiles {
+    pub dir: PathBuf,
     pub entries: HashMap<u32, FileEntry>,
     pub pipe_data: HashMap<u32, Vec<u8>>,
+    pub fifo_data: HashMap<u32, Vec<u8>>,
+    /// FIFOs refilled already (by pipe id).
+    pub fifo_filled: HashSet<u32>,
     /// pipe id → (pid, fd) of a restored task that holds an end of it;
-    /// other tasks open the same pipe through `/proc/PID/fd/FD`.
+    /// another description of the same pipe opens it through
+    /// `/proc/PID/fd/FD`.
     pub pipe_holders: HashMap<u32, (i32, u32)>,
+    /// file entry id → (pid, fd) of the first restored fd with it.
+    pub holders: Holders,
+    /// The task being restored and its fds made so far: entry id → parked
+    /// fd number.
+    local: (i32, HashMap<u32, u64>),
+    /// Regular-file entry id → ghost file id (`remap-fpath.img`).
+    pub remaps: HashMap<u32, u32>,
+    /// Ghost id → the entry whose fd made it.
+    pub ghost_src: HashMap<u32, u32>,
+    pub memfd_inodes: HashMap<u32, MemfdInodeEntry>,
+    pub memfd_src: HashMap<u32, memfd::Source>,
+    /// Entry id → the task that made its description.
+    made_by: HashMap<u32, i32>,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
 const MAX_PIPE_DATA: u32 = 1 << 20;
+
+fn read_pipe_data(
+    dir: &Path,
+    name: &str,
+    magic: u32,
+) -> Result<HashMap<u32, Vec<u8>>, RestoreError> {
+    let mut out = HashMap::new();
+    if !dir.join(name).exists() {
+        return Ok(out);
+    }
+    let mut r = ImageReader::open(dir, name, magic)?;
+    while let Some(e) = r.next_entry::<PipeDataEntry>()? {
+        if e.bytes > MAX_PIPE_DATA {
+            return Err(RestoreError::BadImage {
+                pid: 0,
+                file: name.into(),
+                what: format!("pipe {} claims {} bytes", e.pipe_id, e.bytes),
+            });
+        }
+        let data = r.read_payload(u64::from(e.bytes))?;
+        out.insert(e.pipe_id, data);
+    }
+    Ok(out)
+}
 
 impl RestoreFiles {
     pub fn read(dir: &Path) -> Result<RestoreFiles, RestoreError> {
@@ -31,25 +78,14 @@ impl RestoreFiles {
         for e in list {
             entries.insert(e.id, e);
         }
-        let mut pipe_data = HashMap::new();
-        if dir.join(names::PIPES_DATA).exists() {
-            let mut r = ImageReader::open(dir, names::PIPES_DATA, magic::PIPES_DATA)?;
-            while let Some(e) = r.next_entry::<PipeDataEntry>()? {
-                if e.bytes > MAX_PIPE_DATA {
-                    return Err(RestoreError::BadImage {
-                        pid: 0,
-                        file: names::PIPES_DATA.into(),
-                        what: format!("pipe {} claims {} bytes", e.pipe_id, e.bytes),
-                    });
-                }
-                let data = r.read_payload(u64::from(e.bytes))?;
-                pipe_data.insert(e.pipe_id, data);
-            }
-        }
         Ok(RestoreFiles {
+            dir: dir.to_path_buf(),
             entries,
-            pipe_data,
-            pipe_holders: HashMap::new(),
+            pipe_data: read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?,
+            fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?,
+            remaps: ghost::read_remaps(dir)?,
+            memfd_inodes: memfd::read_inodes(dir)?,
+            ..RestoreFiles::default()
         })
     }
 
@@ -59,6 +95,17 @@ impl RestoreFiles {
             .get(&id)
             .and_then(|e| e.reg.as_ref())
             .map(|r| r.name.as_str())
+    }
+
+    /// Where an fd of entry `id` is, as (pid, fd): one `pid` made in this
+    /// restore_fds call, or the first one restored.
+    pub fn where_is(&self, pid: i32, id: u32) -> Option<(i32, u64)> {
+        if self.local.0 == pid {
+            if let Some(fd) = self.local.1.get(&id) {
+                return Some((pid, *fd));
+            }
+        }
+        self.holders.get(&id).map(|&(p, fd)| (p, u64::from(fd)))
     }
 }
 
@@ -101,44 +148,14 @@ pub fn restore_fds(
         return Err(bad(pid, files_id, format!("fd number {max_fd}")));
     }
     let park_base = u64::from(max_fd) + 1;
-    // Each fd is first parked at park_base + index.
-    let mut parked: HashMap<u32, u64> = HashMap::new();
-    let mut pipes: HashMap<u32, (u64, u64)> = HashMap::new();
-    for (i, fi) in fds.iter().enumerate() {
-        let park = park_base + i as u64;
-        let entry = files.entries.get(&fi.id).ok_or_else(|| {
-            bad(
-                pid,
-                files_id,
-                format!("fd {} names missing file {}", fi.fd, fi.id),
-            )
-        })?;
-        let made = match FdTypes::try_from(fi.r#type) {
-            Ok(FdTypes::Reg) => open_reg(t, entry)?,
-            Ok(FdTypes::Pipe) => {
-                pipe_end(t, entry, files, &mut pipes, park_base + fds.len() as u64)?
-            }
-            _ => {
-                return Err(RestoreError::Unsupported {
-                    pid,
-                    what: format!("fd {} of type {}", fi.fd, fi.r#type),
-                })
-            }
-        };
-        t.syscall(nr::DUP3, &[made, park, 0])
-            .rat(pid, format!("park fd {}", fi.fd))?;
-        t.syscall(nr::CLOSE, &[made])
-            .rat(pid, "close temporary fd")?;
-        parked.insert(fi.fd, park);
-        if let Some(p) = entry_pipe_id(files, fi.id) {
-            files.pipe_holders.entry(p).or_insert((pid, fi.fd));
-        }
-    }
-    for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
-    }
+    files.local = (pid, HashMap::new());
+    let res = make_all(t, files_id, fds, files, park_base);
+    let local = std::mem::take(&mut files.local.1);
+    res?;
+    // Every fd to its number, then the epoll watches, which name fds by
+    // number.
     for fi in fds {
-        let park = parked[&fi.fd];
+        let park = local[&fi.id];
         let flags = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
             libc::O_CLOEXEC as u64
         } else {
@@ -146,16 +163,141 @@ pub fn restore_fds(
         };
         t.syscall(nr::DUP3, &[park, u64::from(fi.fd), flags])
             .rat(pid, format!("move fd to {}", fi.fd))?;
+    }
+    let mut parks: Vec<u64> = local.values().copied().collect();
+    parks.sort_unstable();
+    parks.dedup();
+    for park in parks {
         t.syscall(nr::CLOSE, &[park]).rat(pid, "close parked fd")?;
+    }
+    let mut watched = HashSet::new();
+    for fi in fds {
+        files.holders.entry(fi.id).or_insert((pid, fi.fd));
+        let made_here = files.made_by.get(&fi.id) == Some(&pid);
+        if let (true, Some(ep)) = (
+            made_here,
+            files.entries.get(&fi.id).and_then(|e| e.epfd.clone()),
+        ) {
+            if watched.insert(fi.id) {
+                epoll::add_targets(t, fi.fd, &ep)?;
+            }
+        }
     }
     Ok(())
 }
 
-fn entry_pipe_id(files: &RestoreFiles, id: u32) -> Option<u32> {
-    files.entries.get(&id)?.pipe.as_ref().map(|p| p.pipe_id)
+/// Makes every fd of the task, each parked at `park_base` + its index (a
+/// second fd of one description shares the first one's park).
+fn make_all(
+    t: &mut Tracee,
+    files_id: u32,
+    fds: &[FdinfoEntry],
+    files: &mut RestoreFiles,
+    park_base: u64,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut pipes: HashMap<u32, (u64, u64)> = HashMap::new();
+    let res = (|| {
+        for (i, fi) in fds.iter().enumerate() {
+            if files.local.1.contains_key(&fi.id) {
+                continue;
+            }
+            let park = park_base + i as u64;
+            let entry = files.entries.get(&fi.id).cloned().ok_or_else(|| {
+                bad(
+                    pid,
+                    files_id,
+                    format!("fd {} names missing file {}", fi.fd, fi.id),
+                )
+            })?;
+            if entry.r#type != fi.r#type {
+                return Err(bad(
+                    pid,
+                    files_id,
+                    format!(
+                        "fd {} has type {}, its file {}",
+                        fi.fd, fi.r#type, entry.r#type
+                    ),
+                ));
+            }
+            let made = match files.holders.get(&fi.id) {
+                Some(&(holder, hfd)) => give_fd(t, &take_fd(holder, hfd)?)?,
+                None => {
+                    let pipe_park = park_base + fds.len() as u64;
+                    let made = make_one(t, fi, &entry, files, &mut pipes, pipe_park)?;
+                    files.made_by.insert(fi.id, pid);
+                    made
+                }
+            };
+            t.syscall(nr::DUP3, &[made, park, 0])
+                .rat(pid, format!("park fd {}", fi.fd))?;
+            t.syscall(nr::CLOSE, &[made])
+                .rat(pid, "close temporary fd")?;
+            files.local.1.insert(fi.id, park);
+            if let Some(p) = entry.pipe.as_ref().map(|p| p.pipe_id) {
+                files.pipe_holders.entry(p).or_insert((pid, fi.fd));
+            }
+        }
+        Ok(())
+    })();
+    for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
+    }
+    res
 }
 
-fn open_reg(t: &mut Tracee, e: &FileEntry) -> Result<u64, RestoreError> {
+/// Makes a new open file description for `entry`, by kind.
+fn make_one(
+    t: &mut Tracee,
+    fi: &FdinfoEntry,
+    entry: &FileEntry,
+    files: &mut RestoreFiles,
+    pipes: &mut HashMap<u32, (u64, u64)>,
+    pipe_park: u64,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let missing = |what: &str| RestoreError::BadImage {
+        pid,
+        file: names::FILES.into(),
+        what: format!("file {} has no {what} entry", entry.id),
+    };
+    match FdTypes::try_from(fi.r#type) {
+        Ok(FdTypes::Reg) => open_reg(t, entry, files),
+        Ok(FdTypes::Pipe) => pipe_end(t, entry, files, pipes, pipe_park),
+        Ok(FdTypes::Fifo) => fifo::create(
+            t,
+            entry.fifo.as_ref().ok_or_else(|| missing("fifo"))?,
+            files,
+        ),
+        Ok(FdTypes::Eventfd) => {
+            eventfd::create(t, entry.efd.as_ref().ok_or_else(|| missing("eventfd"))?)
+        }
+        Ok(FdTypes::Eventpoll) => epoll::create(t),
+        Ok(FdTypes::Signalfd) => {
+            signalfd::create(t, entry.sgfd.as_ref().ok_or_else(|| missing("signalfd"))?)
+        }
+        Ok(FdTypes::Timerfd) => {
+            timerfd::create(t, entry.tfd.as_ref().ok_or_else(|| missing("timerfd"))?)
+        }
+        Ok(FdTypes::Inotify) => {
+            inotify::create(t, entry.ify.as_ref().ok_or_else(|| missing("inotify"))?)
+        }
+        Ok(FdTypes::Memfd) => memfd::open(
+            t,
+            entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?,
+            files,
+        ),
+        Ok(FdTypes::Pidfd) => {
+            pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)
+        }
+        _ => Err(RestoreError::Unsupported {
+            pid,
+            what: format!("fd {} of type {}", fi.fd, fi.r#type),
+        }),
+    }
+}
+
+fn open_reg(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let reg = e.reg.as_ref().ok_or_else(|| RestoreError::BadImage {
         pid,
@@ -174,7 +316,10 @@ fn open_reg(t: &mut Tracee, e: &FileEntry) -> Result<u64, RestoreError> {
         | libc::O_PATH
         | libc::O_DIRECT;
     let flags = reg.flags as i32 & keep;
-    let fd = open_in_task(t, &reg.name, flags)?;
+    let fd = match files.remaps.get(&e.id) {
+        Some(&g) => ghost::open(t, reg, flags, g, files)?,
+        None => open_in_task(t, &reg.name, flags)?,
+    };
     if reg.pos != 0 {
         t.syscall(nr::LSEEK, &[fd, reg.pos, libc::SEEK_SET as u64])
             .rat(pid, format!("lseek {} to {}", reg.name, reg.pos))?;
@@ -245,7 +390,7 @@ fn pipe_end(
     Ok(fd)
 }
 
-fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {
+pub(crate) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {
     let pid = t.pid();
     if data.len() > 65536 {
         t.syscall(

@@ -128,7 +128,7 @@ pub fn map_vmas(
     t: &mut Tracee,
     mm: &MmEntry,
     pagemap: &[PagemapEntry],
-    files: &RestoreFiles,
+    files: &mut RestoreFiles,
     shared: &mut SharedAnon,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -145,7 +145,7 @@ fn map_each(
     t: &mut Tracee,
     mm: &MmEntry,
     pagemap: &[PagemapEntry],
-    files: &RestoreFiles,
+    files: &mut RestoreFiles,
     shared: &mut SharedAnon,
     open: &mut std::collections::HashMap<(String, i32), u64>,
 ) -> Result<(), RestoreError> {
@@ -168,19 +168,26 @@ fn map_each(
         let prot = if shared_file { u64::from(v.prot) } else { prot };
         if file_backed {
             flags &= !(libc::MAP_ANONYMOUS as u64);
-            let path = files
-                .reg_path(v.shmid as u32)
-                .ok_or_else(|| bad_vma(pid, v, "names a file that is not in files.img"))?;
             let oflags = if shared_file && v.prot & libc::PROT_WRITE as u32 != 0 {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
             };
-            let key = (path.to_string(), oflags);
+            let id = v.shmid as u32;
+            let path = match files.reg_path(id) {
+                Some(p) => p.to_string(),
+                None if v.status & status::MEMFD != 0 => format!("memfd entry {id}"),
+                None => return Err(bad_vma(pid, v, "names a file that is not in files.img")),
+            };
+            let key = (path.clone(), oflags);
             let fd = match open.get(&key) {
                 Some(fd) => *fd,
                 None => {
-                    let fd = open_in_task(t, path, oflags)?;
+                    let range = (v.start, v.end);
+                    let fd = match crate::files::memfd::open_for_map(t, files, id, oflags, range) {
+                        Some(fd) => fd?,
+                        None => open_in_task(t, &path, oflags)?,
+                    };
                     open.insert(key, fd);
                     fd
                 }

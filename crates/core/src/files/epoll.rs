@@ -1,0 +1,149 @@
+//! epoll: each watched fd with its events and data (fdinfo lines
+//! "tfd: N events: X data: Y ..."). The fd numbers are those of the task
+//! that registered them; dump checks with `kcmp(KCMP_EPOLL_TFD)` that each
+//! still names the watched file. Restore makes the instance where the
+//! other fds are made and adds the targets once every fd of the task is
+//! at its number.
+
+use super::{need, no_owner};
+use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::procfs::FdInfo;
+use crest_images::pb::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FileEntry};
+use crest_inject::{nr, Tracee};
+
+/// One "tfd:" line: target fd, events (hex), data (hex), inode (hex).
+pub fn parse_tfd(line: &str) -> Option<EventpollTfdEntry> {
+    let mut words = line.split_whitespace();
+    let tfd = words.next()?.parse().ok()?;
+    let mut e = EventpollTfdEntry {
+        id: 0,
+        tfd,
+        events: 0,
+        data: 0,
+        dev: None,
+        inode: None,
+        pos: None,
+    };
+    let (mut have_ev, mut have_data) = (false, false);
+    while let Some(w) = words.next() {
+        let (key, inline) = match w.split_once(':') {
+            Some((k, v)) if !v.is_empty() => (k, Some(v)),
+            Some((k, _)) => (k, None),
+            None => continue,
+        };
+        let v = match inline {
+            Some(v) => v,
+            None => words.next()?,
+        };
+        match key {
+            "events" => {
+                e.events = u32::from_str_radix(v, 16).ok()?;
+                have_ev = true;
+            }
+            "data" => {
+                e.data = u64::from_str_radix(v, 16).ok()?;
+                have_data = true;
+            }
+            "ino" => e.inode = Some(u64::from_str_radix(v, 16).ok()?),
+            "sdev" => e.dev = Some(u32::from_str_radix(v, 16).ok()?),
+            "pos" => e.pos = v.parse().ok(),
+            _ => {}
+        }
+    }
+    (have_ev && have_data).then_some(e)
+}
+
+/// Every target of the instance.
+pub fn parse(info: &FdInfo) -> Option<Vec<EventpollTfdEntry>> {
+    info.all("tfd").map(parse_tfd).collect()
+}
+
+/// Each target fd number of the instance at `fd` of `pid` must still be
+/// the file it watches: crest restores the watches by fd number.
+pub fn check_targets(pid: i32, fd: i32, info: &FdInfo) -> Result<(), DumpError> {
+    for t in need(pid, fd, "an epoll instance", parse(info))? {
+        let same = crest_sys::misc::kcmp_epoll_tfd(pid, t.tfd as i32, fd, t.tfd as i32);
+        if same.ok() != Some(0) {
+            return Err(DumpError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!(
+                    "an epoll instance watching a file whose fd {} was closed or replaced since",
+                    t.tfd
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, DumpError> {
+    let tfd = need(pid, fd, "an epoll instance", parse(info))?;
+    check_targets(pid, fd, info)?;
+    Ok(FileEntry {
+        r#type: FdTypes::Eventpoll as i32,
+        id: 0,
+        epfd: Some(EventpollFileEntry {
+            id: 0,
+            flags,
+            fown: no_owner(),
+            tfd,
+        }),
+        ..FileEntry::default()
+    })
+}
+
+pub fn create(t: &mut Tracee) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    t.syscall(nr::EPOLL_CREATE1, &[libc::EPOLL_CLOEXEC as u64])
+        .rat(pid, "epoll_create1")
+}
+
+/// Adds every target to the instance at `epfd` (fds at their numbers).
+pub fn add_targets(t: &mut Tracee, epfd: u32, e: &EventpollFileEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for tfd in &e.tfd {
+        // struct epoll_event is packed on x86-64: u32 events, u64 data.
+        let mut ev = Vec::with_capacity(12);
+        ev.extend_from_slice(&tfd.events.to_le_bytes());
+        ev.extend_from_slice(&tfd.data.to_le_bytes());
+        let addr = t.put(&ev).rat(pid, "write epoll_event")?;
+        let add = libc::EPOLL_CTL_ADD as u64;
+        t.syscall(
+            nr::EPOLL_CTL,
+            &[u64::from(epfd), add, u64::from(tfd.tfd), addr],
+        )
+        .rat(
+            pid,
+            format!(
+                "epoll_ctl(ADD) of fd {} (events {:#x}) to epoll fd {epfd}",
+                tfd.tfd, tfd.events
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::parse_fdinfo;
+
+    #[test]
+    fn targets() {
+        let text = include_str!("../procfs/fixtures/fdinfo_epoll.txt");
+        let v = parse(&parse_fdinfo("fdinfo", text).unwrap()).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].tfd, v[0].events, v[0].data), (4, 0x19, 4));
+        assert_eq!(
+            (v[0].inode, v[0].dev, v[0].pos),
+            (Some(0x153e), Some(0xf), Some(0))
+        );
+        assert_eq!((v[1].tfd, v[1].events), (5, 0x1c));
+        let e = parse_tfd("7 events: 80000019 data: deadbeef  pos:0 ino:12 sdev:10").unwrap();
+        assert_eq!((e.tfd, e.events, e.data), (7, 0x8000_0019, 0xdead_beef));
+        assert!(parse_tfd("7 events: zz data: 1").is_none());
+        assert!(parse_tfd("x events: 1 data: 1").is_none());
+        assert!(parse_tfd("7 events: 1").is_none());
+    }
+}

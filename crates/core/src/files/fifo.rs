@@ -1,0 +1,105 @@
+//! FIFOs (named pipes): the path and open flags (a regular-file entry the
+//! `fifo_entry` names) and the data in flight, copied without consuming it
+//! through a reader crest opens itself (`tee`), into `fifo-data.img`.
+//! Restore opens the FIFO by path in the task without blocking: first
+//! read-write (which never waits for a peer), refills it once per FIFO,
+//! then opens it with the fd's own mode while the first open keeps a
+//! reader and a writer there.
+
+use super::restore::{fill_pipe, RestoreFiles};
+use super::FileTable;
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::mm::restore::open_in_task;
+use crest_images::pb::{FdTypes, FifoEntry, FileEntry};
+use crest_inject::{nr, Tracee};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+/// FIFO data found at dump: inode → bytes in flight.
+#[derive(Default)]
+pub struct FifoDump {
+    pub data: HashMap<u32, Vec<u8>>,
+}
+
+impl FileTable {
+    pub(crate) fn dump_fifo(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        link: &str,
+        flags: u32,
+        meta: &std::fs::Metadata,
+    ) -> Result<u32, DumpError> {
+        let ino = meta.ino() as u32;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.fifos.data.entry(ino) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(format!("/proc/{pid}/fd/{fd}"))
+                .at(pid, "open a reader of a FIFO")?;
+            slot.insert(super::pipe::peek(pid, fd, &reader.into())?);
+        }
+        let regf_id = self.push_reg(link, flags, 0, meta);
+        Ok(self.push(FileEntry {
+            r#type: FdTypes::Fifo as i32,
+            id: 0,
+            fifo: Some(FifoEntry {
+                id: 0,
+                pipe_id: ino,
+                regf_id: Some(regf_id),
+            }),
+            ..FileEntry::default()
+        }))
+    }
+}
+
+pub fn write_data(dir: &std::path::Path, fifos: &FifoDump) -> Result<(), DumpError> {
+    if fifos.data.is_empty() {
+        return Ok(());
+    }
+    super::pipe::write_data_to(
+        dir,
+        crest_images::names::FIFO_DATA,
+        crest_images::magic::FIFO_DATA,
+        &fifos.data,
+    )
+}
+
+pub fn create(
+    t: &mut Tracee,
+    e: &FifoEntry,
+    files: &mut RestoreFiles,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let reg = e
+        .regf_id
+        .and_then(|id| files.entries.get(&id))
+        .and_then(|f| f.reg.as_ref())
+        .ok_or_else(|| RestoreError::BadImage {
+            pid,
+            file: crest_images::names::FILES.into(),
+            what: format!("fifo {} names no regular-file entry", e.id),
+        })?;
+    let (path, flags) = (reg.name.clone(), reg.flags);
+    let keeper = open_in_task(t, &path, libc::O_RDWR | libc::O_NONBLOCK)?;
+    if files.fifo_filled.insert(e.pipe_id) {
+        if let Some(data) = files.fifo_data.get(&e.pipe_id) {
+            fill_pipe(t, keeper, data)?;
+        }
+    }
+    let acc = flags as i32 & libc::O_ACCMODE;
+    let fd = open_in_task(t, &path, acc | libc::O_NONBLOCK);
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+            return Err(e);
+        }
+    };
+    t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+    let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
+    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
+        .rat(pid, format!("set the flags of FIFO {path}"))?;
+    Ok(fd)
+}

@@ -1,0 +1,109 @@
+//! pidfd: refers to a task, which must be one of the dumped tree (so it
+//! exists again after restore, with its pid); restore opens it with
+//! `pidfd_open` of that pid as the holder sees it.
+
+use super::no_owner;
+use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::procfs::FdInfo;
+use crest_images::pb::{FdTypes, FileEntry, PidfdEntry};
+use crest_inject::{nr, Tracee};
+use std::collections::HashSet;
+
+/// `PIDFD_THREAD` (a pidfd of a thread, not of a process).
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+/// The pid as crest sees it (-1 for a task that is gone), from "Pid:".
+pub fn parse(info: &FdInfo) -> Option<i32> {
+    info.get("Pid")?.trim().parse().ok()
+}
+
+fn pidns_ino(pid: i32) -> Option<u64> {
+    crate::ns::user::ino_of(&format!("/proc/{pid}/ns/pid")).ok()
+}
+
+pub fn dump(
+    pid: i32,
+    fd: i32,
+    info: &FdInfo,
+    flags: u32,
+    tree: &HashSet<i32>,
+) -> Result<FileEntry, DumpError> {
+    let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let target = parse(info).ok_or_else(|| refuse("a pidfd whose fdinfo has no pid".into()))?;
+    if target <= 0 {
+        return Err(refuse(
+            "a pidfd of a task that has exited and been reaped".into(),
+        ));
+    }
+    if !tree.contains(&target) {
+        return Err(refuse(format!(
+            "a pidfd of pid {target}, outside the dumped tree"
+        )));
+    }
+    if flags & PIDFD_THREAD != 0 {
+        return Err(refuse(format!("a pidfd of thread {target} (PIDFD_THREAD)")));
+    }
+    if pidns_ino(target).is_none() || pidns_ino(target) != pidns_ino(pid) {
+        return Err(refuse(format!(
+            "a pidfd of pid {target}, which is in another pid namespace"
+        )));
+    }
+    let status = crate::procfs::read_status(target).map_err(|_| {
+        refuse(format!(
+            "a pidfd of pid {target}, whose status crest cannot read"
+        ))
+    })?;
+    let nspid = status.ns_pid.last().copied().unwrap_or(target);
+    Ok(FileEntry {
+        r#type: FdTypes::Pidfd as i32,
+        id: 0,
+        pidfd: Some(PidfdEntry {
+            id: 0,
+            ino: info.ino as u32,
+            flags,
+            nspid,
+            fown: no_owner(),
+        }),
+        ..FileEntry::default()
+    })
+}
+
+pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    if e.nspid <= 0 {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: crest_images::names::FILES.into(),
+            what: format!("pidfd of pid {}", e.nspid),
+        });
+    }
+    let flags = u64::from(e.flags & libc::O_NONBLOCK as u32);
+    let fd = t
+        .syscall(nr::PIDFD_OPEN, &[e.nspid as u64, flags])
+        .rat(pid, format!("pidfd_open({})", e.nspid))?;
+    t.syscall(
+        nr::FCNTL,
+        &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
+    )
+    .rat(pid, "set close-on-exec")?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::parse_fdinfo;
+
+    #[test]
+    fn pid_line() {
+        let text =
+            "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1234\nPid:\t4321\nNSpid:\t4321\t1\n";
+        assert_eq!(parse(&parse_fdinfo("fdinfo", text).unwrap()), Some(4321));
+        let gone = "pos:\t0\nflags:\t02\nPid:\t-1\n";
+        assert_eq!(parse(&parse_fdinfo("fdinfo", gone).unwrap()), Some(-1));
+        assert_eq!(
+            parse(&parse_fdinfo("fdinfo", "pos:\t0\nflags:\t02\n").unwrap()),
+            None
+        );
+    }
+}
