@@ -82,6 +82,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         dir: images.clone(),
         leave_running: false,
         shell_job: false,
+        tcp_established: false,
     })?;
     println!(
         "dumped pid {pid} to {} in {:.3} s ({} MiB of memory); the counter is killed",

@@ -46,6 +46,9 @@ enum Cmd {
         /// Allow a tree attached to the shell's session and terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Dump established TCP connections (in repair mode, CRIU's way).
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -60,6 +63,10 @@ enum Cmd {
         /// Restore a job of a shell into crest's own session.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Restore established TCP connections (accepted for CRIU's
+        /// command line; the images say which connections there are).
+        #[arg(long = "tcp-established")]
+        _tcp_established: bool,
     },
     /// Print what an images directory holds.
     Show {
@@ -152,6 +159,7 @@ fn run(cli: Cli) -> Result<i32> {
             common,
             leave_running,
             shell_job,
+            tcp_established,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: common.images_dir.clone(),
                 leave_running,
                 shell_job,
+                tcp_established,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(
@@ -176,6 +185,7 @@ fn run(cli: Cli) -> Result<i32> {
             detached,
             pidfile,
             shell_job,
+            ..
         } => {
             init_log(&common, "restore.log")?;
             let opts = crest_core::restore::RestoreOptions {

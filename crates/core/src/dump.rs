@@ -19,6 +19,7 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     pub leave_running: bool,
     pub shell_job: bool,
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +79,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     users.write(&opts.dir)?;
     others.write(&opts.dir, pids.entries())?;
     let mut files = FileTable::default();
+    (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
@@ -131,6 +133,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
     files::pipe::write_data(&opts.dir, &files.pipes)?;
+    files.finish(&opts.dir)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),
@@ -141,6 +144,8 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         ..InventoryEntry::default()
     };
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
+    // Established connections stay in repair mode only for a tree that dies.
+    files.inet.keep_repair = !opts.leave_running;
     Ok(summary)
 }
 

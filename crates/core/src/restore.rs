@@ -220,6 +220,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what,
     })?;
     let mut files = RestoreFiles::read(dir)?;
+    files.socks.shell_job = opts.shell_job;
     let mut imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))

@@ -14,6 +14,12 @@ pub const REG_FILES: &str = "reg-files.img";
 pub const PIPES: &str = "pipes.img";
 /// Pipe data in flight: entries followed by raw bytes.
 pub const PIPES_DATA: &str = "pipes-data.img";
+/// Data queued on sockets: `sk_packet_entry`s each followed by raw bytes.
+pub const SK_QUEUES: &str = "sk-queues.img";
+/// `crest-udp-queues.img` (crest's own)
+pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
+/// `tty-info.img`
+pub const TTY_INFO: &str = "tty-info.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)
@@ -60,6 +66,10 @@ pub fn userns(id: u32) -> String {
 /// `utsns-<id>.img`
 pub fn utsns(id: u32) -> String {
     format!("utsns-{id}.img")
+}
+/// `tcp-stream-<ino>.img` (the inode in hex, as CRIU names it)
+pub fn tcp_stream(ino: u32) -> String {
+    format!("tcp-stream-{ino:x}.img")
 }
 /// `crest-thread-<tid>.img` (crest's own)
 pub fn crest_thread(tid: u32) -> String {

@@ -60,6 +60,10 @@ pub mod nr {
     pub const SOCKET: u64 = 41;
     pub const IOCTL: u64 = 16;
     pub const MOUNT: u64 = 165;
+    pub const CONNECT: u64 = 42;
+    pub const BIND: u64 = 49;
+    pub const LISTEN: u64 = 50;
+    pub const SOCKETPAIR: u64 = 53;
 }
 
 /// A syscall's name, for error messages.
@@ -125,6 +129,10 @@ pub fn name(nr: u64) -> &'static str {
         SOCKET => "socket",
         IOCTL => "ioctl",
         MOUNT => "mount",
+        CONNECT => "connect",
+        BIND => "bind",
+        LISTEN => "listen",
+        SOCKETPAIR => "socketpair",
         _ => "syscall",
     }
 }

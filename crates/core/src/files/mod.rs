@@ -12,8 +12,14 @@ use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, FownEntry, RegFileEntry}
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
+pub mod inet;
+pub mod kept;
 pub mod pipe;
 pub mod restore;
+pub mod skopts;
+pub mod sockdiag;
+pub mod tty;
+pub mod unix;
 
 /// The files of a dump, numbered from 1, shared by every task.
 #[derive(Default)]
@@ -21,6 +27,16 @@ pub struct FileTable {
     entries: Vec<FileEntry>,
     by_path: HashMap<(String, u32), u32>,
     pub pipes: pipe::PipeDump,
+    /// Sockets seen so far: inode → kind and file id; and who holds each.
+    sockets: HashMap<u32, (FdTypes, u32)>,
+    sock_holders: HashMap<u32, Vec<i32>>,
+    pub unix: unix::UnixDump,
+    pub inet: inet::InetDump,
+    pub tty: tty::TtyDump,
+    /// `--shell-job`: the tree may use its shell's terminal.
+    pub shell_job: bool,
+    /// `--tcp-established`: dump established TCP connections.
+    pub tcp_established: bool,
 }
 
 impl FileTable {
@@ -98,6 +114,10 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let (ty, id) = if link.starts_with("pipe:") {
             (FdTypes::Pipe, table.dump_pipe(pid, fd, &link, flags)?)
+        } else if let Some(ino) = socket_ino(&link) {
+            table.dump_socket(pid, fd, ino, flags)?
+        } else if let Some(id) = table.dump_tty(pid, fd, &link, flags)? {
+            (FdTypes::Tty, id)
         } else if link.starts_with('/') && !link.starts_with("/memfd:") {
             if link.ends_with(" (deleted)") {
                 return Err(DumpError::UnsupportedFd {
@@ -135,4 +155,58 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
         });
     }
     Ok(out)
+}
+
+fn socket_ino(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+impl FileTable {
+    /// A socket fd: the same socket seen again (a dup) is the same file;
+    /// a new one goes to the room of its family.
+    fn dump_socket(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        flags: u32,
+    ) -> Result<(FdTypes, u32), DumpError> {
+        let holders = self.sock_holders.entry(ino).or_default();
+        if !holders.contains(&pid) {
+            holders.push(pid);
+        }
+        if let Some(known) = self.sockets.get(&ino) {
+            return Ok(*known);
+        }
+        let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
+        let copy = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a socket")?;
+        let domain = crest_sys::net::getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_DOMAIN)
+            .at(pid, "SO_DOMAIN")?;
+        let known = match domain {
+            libc::AF_UNIX => (FdTypes::Unixsk, self.dump_unix(pid, fd, ino, flags, &copy)?),
+            libc::AF_INET | libc::AF_INET6 => (
+                FdTypes::Inetsk,
+                self.dump_inet(pid, fd, ino, flags, copy)?,
+            ),
+            _ => {
+                return Err(DumpError::UnsupportedFd {
+                    pid,
+                    fd,
+                    kind: format!("a socket of address family {domain} ({})", kind_of_link(&format!("socket:[{ino}]"))),
+                })
+            }
+        };
+        self.sockets.insert(ino, known);
+        Ok(known)
+    }
+
+    /// After every task's fds: checks what needs the whole tree and writes
+    /// the socket and terminal images.
+    pub fn finish(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
+        self.check_unix()?;
+        unix::write_queues(dir, self)?;
+        self.inet.write(dir)?;
+        self.tty.write(dir)?;
+        Ok(())
+    }
 }

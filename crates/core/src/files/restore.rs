@@ -19,6 +19,8 @@ pub struct RestoreFiles {
     /// pipe id → (pid, fd) of a restored task that holds an end of it;
     /// other tasks open the same pipe through `/proc/PID/fd/FD`.
     pub pipe_holders: HashMap<u32, (i32, u32)>,
+    /// Socket queues and which task made each socket or terminal.
+    pub socks: super::unix::SockImages,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -50,6 +52,7 @@ impl RestoreFiles {
             entries,
             pipe_data,
             pipe_holders: HashMap::new(),
+            socks: super::unix::SockImages::read(dir)?,
         })
     }
 
@@ -90,6 +93,7 @@ pub fn restore_fds(
     // Each fd is first parked at park_base + index.
     let mut parked: HashMap<u32, u64> = HashMap::new();
     let mut pipes: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut kept = super::kept::Kept::new(park_base + 3 * fds.len() as u64);
     for (i, fi) in fds.iter().enumerate() {
         let park = park_base + i as u64;
         let entry = files.entries.get(&fi.id).ok_or_else(|| {
@@ -104,6 +108,9 @@ pub fn restore_fds(
             Ok(FdTypes::Pipe) => {
                 pipe_end(t, entry, files, &mut pipes, park_base + fds.len() as u64)?
             }
+            Ok(FdTypes::Unixsk) => super::unix::open(t, &entry.clone(), files, &mut kept)?,
+            Ok(FdTypes::Inetsk) => super::inet::open(t, &entry.clone(), files, &mut kept)?,
+            Ok(FdTypes::Tty) => super::tty::open(t, entry, files, &mut kept)?,
             _ => {
                 return Err(RestoreError::Unsupported {
                     pid,
@@ -120,6 +127,7 @@ pub fn restore_fds(
             files.pipe_holders.entry(p).or_insert((pid, fi.fd));
         }
     }
+    kept.close_all(t)?;
     for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
     }
