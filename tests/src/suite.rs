@@ -37,6 +37,13 @@ pub fn workloads() -> Vec<Workload> {
         c("zombie", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
+        c("sockets", &[], Settle::Blocked),
+        Workload {
+            name: "sockets_tcp",
+            program: Program::C("sockets"),
+            args: vec!["tcp".into()],
+            settle: Settle::Blocked,
+        },
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]

@@ -33,17 +33,19 @@ pub fn dump(fd: &impl AsFd) -> io::Result<SkOptsEntry> {
         so_snd_tmo_usec: snd_us,
         so_rcv_tmo_sec: rcv_s,
         so_rcv_tmo_usec: rcv_us,
-        reuseaddr: Some(flag(libc::SO_REUSEADDR)?),
-        so_priority: Some(int(libc::SO_PRIORITY)? as u32),
-        so_rcvlowat: Some(int(libc::SO_RCVLOWAT)? as u32),
-        so_mark: Some(int(libc::SO_MARK)? as u32),
-        so_passcred: Some(flag(libc::SO_PASSCRED)?),
-        so_passsec: Some(flag(libc::SO_PASSSEC)?),
-        so_dontroute: Some(flag(libc::SO_DONTROUTE)?),
-        so_no_check: Some(flag(libc::SO_NO_CHECK)?),
+        // The kernel does not know every option for every family: such
+        // an option is left out.
+        reuseaddr: flag(libc::SO_REUSEADDR).ok(),
+        so_priority: int(libc::SO_PRIORITY).ok().map(|v| v as u32),
+        so_rcvlowat: int(libc::SO_RCVLOWAT).ok().map(|v| v as u32),
+        so_mark: int(libc::SO_MARK).ok().map(|v| v as u32),
+        so_passcred: flag(libc::SO_PASSCRED).ok(),
+        so_passsec: flag(libc::SO_PASSSEC).ok(),
+        so_dontroute: flag(libc::SO_DONTROUTE).ok(),
+        so_no_check: flag(libc::SO_NO_CHECK).ok(),
         so_bound_dev: None,
         so_filter: Vec::new(),
-        so_reuseport: Some(flag(libc::SO_REUSEPORT)?),
+        so_reuseport: flag(libc::SO_REUSEPORT).ok(),
     })
 }
 

@@ -448,13 +448,20 @@ fn new_socket(t: &mut Tracee, ty: u32) -> Result<u64, RestoreError> {
 }
 
 /// Whether the entry's name belongs to another socket that comes back
-/// bound (an accepted socket shares its listener's name).
+/// bound (an accepted socket shares its listener's name): a name belongs
+/// to its listener, else to the first socket that has it.
 fn name_taken(files: &super::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
-    files
+    let same: Vec<&UnixSkEntry> = files
         .entries
         .values()
         .filter_map(|e| e.usk.as_ref())
-        .any(|o| o.ino != u.ino && o.name == u.name)
+        .filter(|o| o.name == u.name)
+        .collect();
+    let owner = same
+        .iter()
+        .find(|o| o.state == TCP_LISTEN)
+        .or_else(|| same.iter().min_by_key(|o| o.id));
+    owner.is_some_and(|o| o.ino != u.ino)
 }
 
 fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
