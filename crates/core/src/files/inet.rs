@@ -24,6 +24,7 @@ use std::path::Path;
 
 const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 const TCP_QUEUE_SEQ: i32 = 21;
 const TCP_REPAIR_OPTIONS: i32 = 22;
 const TCP_REPAIR_WINDOW: i32 = 29;
@@ -498,8 +499,8 @@ fn read_stream(
     Ok((e, inq, outq))
 }
 
-/// After `connect` in repair mode: options, timestamp, window, queues,
-/// then out of repair mode and the data never sent is sent now.
+/// After `connect` in repair mode: options, timestamp, queues, window,
+/// then out of repair mode.
 fn repair_finish(
     pid: i32,
     c: &OwnedFd,
@@ -523,12 +524,23 @@ fn repair_finish(
     if e.opt_mask & TCPI_OPT_SACK != 0 {
         opt(4, 0);
     }
-    setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_OPTIONS, &opts)?;
+    let ctx = |e: std::io::Error, what: &str| std::io::Error::new(e.kind(), format!("{what}: {e}"));
+    setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
+        .map_err(|e| ctx(e, "TCP_REPAIR_OPTIONS"))?;
     if e.opt_mask & TCPI_OPT_TIMESTAMPS != 0 {
         if let Some(ts) = e.timestamp {
-            setsockopt_int(c, libc::SOL_TCP, libc::TCP_TIMESTAMP, ts as i32)?;
+            setsockopt_int(c, libc::SOL_TCP, libc::TCP_TIMESTAMP, ts as i32)
+                .map_err(|e| ctx(e, "TCP_TIMESTAMP"))?;
         }
     }
+    // The whole send queue goes back as sent: what was never sent goes
+    // out with the retransmission timer, by when the peer (restored later
+    // in the same restore) is there to take it.
+    for (q, data) in [(TCP_RECV_QUEUE, inq), (TCP_SEND_QUEUE, outq)] {
+        setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q)?;
+        send_fully(c, data).map_err(|e| ctx(e, "refill a queue"))?;
+    }
+    setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     if let (Some(a), Some(b), Some(m), Some(r), Some(u)) =
         (e.snd_wl1, e.snd_wnd, e.max_window, e.rcv_wnd, e.rcv_wup)
     {
@@ -536,23 +548,17 @@ fn repair_finish(
         for x in [a, b, m, r, u] {
             w.extend_from_slice(&x.to_ne_bytes());
         }
-        setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_WINDOW, &w)?;
+        setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_WINDOW, &w).map_err(|e| ctx(e, "TCP_REPAIR_WINDOW"))?;
     }
-    let unsent = (e.unsq_len.unwrap_or(0) as usize).min(outq.len());
-    let (sent, later) = outq.split_at(outq.len() - unsent);
-    for (q, data) in [(TCP_RECV_QUEUE, inq), (TCP_SEND_QUEUE, sent)] {
-        setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q)?;
-        send_fully(c, data)?;
-    }
-    setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     if let Some(v) = e.nodelay {
         setsockopt_int(c, libc::SOL_TCP, libc::TCP_NODELAY, i32::from(v))?;
     }
     if let Some(v) = e.cork {
         setsockopt_int(c, libc::SOL_TCP, libc::TCP_CORK, i32::from(v))?;
     }
-    setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, 0)?;
-    send_fully(c, later)
+    // Out of repair mode without a window probe: the peer may not be
+    // restored yet, and a probe to nobody would bring back a reset.
+    setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
 }
 
 fn send_fully(c: &OwnedFd, mut data: &[u8]) -> std::io::Result<()> {
