@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, dumpchecks, hostile, nested, procs, trees, Config, Flavor, Outcome, StdioKind,
+    containers, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor, Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -192,6 +192,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     }
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
+    servers::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));
     containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
