@@ -93,7 +93,8 @@ fn http_get(port: u16) -> Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).context("read the HTTP response")?;
+    s.read_to_string(&mut resp)
+        .context("read the HTTP response")?;
     let Some((head, body)) = resp.split_once("\r\n\r\n") else {
         bail!("an HTTP response without a body: {resp:?}");
     };
@@ -246,7 +247,10 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
         bail!("crest dump without --shell-job took a job on a terminal it does not own");
     };
     if !ran.stderr.contains("--shell-job") {
-        bail!("the refused dump does not name --shell-job: {:?}", ran.stderr.trim());
+        bail!(
+            "the refused dump does not name --shell-job: {:?}",
+            ran.stderr.trim()
+        );
     }
     let stuck = procs::tree_problems(pid);
     if !stuck.is_empty() {
@@ -259,7 +263,17 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     let images = dir.images.to_string_lossy().into_owned();
     let mut restore = crest::command(
         &cfg.crest,
-        &["restore", "-D", &images, "-d", "-j", "-o", "restore.log", "-v", "4"],
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-j",
+            "-o",
+            "restore.log",
+            "-v",
+            "4",
+        ],
     );
     restore
         .current_dir(&dir.root)
@@ -267,9 +281,7 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
         .stdout(Stdio::from(s2.try_clone()?))
         .stderr(Stdio::from(s2));
     procs.track(pid);
-    let status = restore
-        .status()
-        .context("run crest restore -j")?;
+    let status = restore.status().context("run crest restore -j")?;
     if !status.success() {
         bail!(
             "crest restore -d -j failed ({status}); see {}",
@@ -307,7 +319,10 @@ fn tcp_needs_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         bail!("crest dump took an established TCP connection without --tcp-established");
     };
     if !ran.stderr.contains("--tcp-established") {
-        bail!("the refused dump does not name --tcp-established: {:?}", ran.stderr.trim());
+        bail!(
+            "the refused dump does not name --tcp-established: {:?}",
+            ran.stderr.trim()
+        );
     }
     let stuck = procs::tree_problems(pid);
     if !stuck.is_empty() {

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor, Outcome, StdioKind,
+    containers, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor, Outcome,
+    StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.

@@ -48,7 +48,7 @@ any_entry! {
     /// `fdinfo-<files_id>.img`
     Fdinfo(pb::FdinfoEntry),
     /// `files.img`
-    File(pb::FileEntry),
+    File(Box<pb::FileEntry>),
     /// `reg-files.img`
     RegFile(pb::RegFileEntry),
     /// `pipes.img`
@@ -113,7 +113,7 @@ fn next_any(
         ImageKind::Pagemap => r.next_entry()?.map(AnyEntry::Pagemap),
         ImageKind::RawPages => None,
         ImageKind::Fdinfo => r.next_entry()?.map(AnyEntry::Fdinfo),
-        ImageKind::Files => r.next_entry()?.map(AnyEntry::File),
+        ImageKind::Files => r.next_entry()?.map(|e| AnyEntry::File(Box::new(e))),
         ImageKind::RegFiles => r.next_entry()?.map(AnyEntry::RegFile),
         ImageKind::Pipes => r.next_entry()?.map(AnyEntry::Pipe),
         ImageKind::NsFiles => r.next_entry()?.map(AnyEntry::NsFile),

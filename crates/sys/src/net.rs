@@ -33,15 +33,8 @@ pub fn getsockopt_bytes(
     let mut buf = vec![0u8; len];
     let mut l = len as libc::socklen_t;
     // SAFETY: `buf` has room for `l` bytes and `l` is a valid out pointer.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            buf.as_mut_ptr().cast(),
-            &mut l,
-        )
-    };
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut l) };
     ret(r)?;
     buf.truncate((l as usize).min(len));
     Ok(buf)
@@ -77,11 +70,7 @@ pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> i
 
 fn name_of(
     fd: &impl AsRawFd,
-    f: unsafe extern "C" fn(
-        libc::c_int,
-        *mut libc::sockaddr,
-        *mut libc::socklen_t,
-    ) -> libc::c_int,
+    f: unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
 ) -> io::Result<Vec<u8>> {
     let mut buf = [0u8; ADDR_MAX];
     let mut l = ADDR_MAX as libc::socklen_t;

@@ -148,8 +148,8 @@ impl FileTable {
         let ty = int(libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")? as u32;
         let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL).at(pid, "SO_PROTOCOL")? as u32;
         let local = crest_sys::net::getsockname(&copy).at(pid, "getsockname")?;
-        let (_, src, sport) =
-            parse_addr(&local).ok_or_else(|| unsupported("an inet socket with an odd address".into()))?;
+        let (_, src, sport) = parse_addr(&local)
+            .ok_or_else(|| unsupported("an inet socket with an odd address".into()))?;
         let peer = crest_sys::net::getpeername(&copy).ok();
         let (dst, dport) = peer
             .as_deref()
@@ -232,7 +232,9 @@ impl FileTable {
         if is_udp {
             let packets = peek_udp(&copy).at(pid, "peek at a UDP socket's queue")?;
             if packets.len() > MAX_PACKETS {
-                return Err(unsupported("a UDP socket with too many datagrams queued".into()));
+                return Err(unsupported(
+                    "a UDP socket with too many datagrams queued".into(),
+                ));
             }
             self.inet
                 .udp
@@ -244,7 +246,10 @@ impl FileTable {
                 .at(pid, "TCP_REPAIR on an established connection")?;
             let copy = {
                 self.inet.repair.push(copy);
-                self.inet.repair.last().ok_or_else(|| unsupported("?".into()))?
+                self.inet
+                    .repair
+                    .last()
+                    .ok_or_else(|| unsupported("?".into()))?
             };
             let (entry, inq, outq) = tcp_stream(copy).at(pid, "read a TCP connection")?;
             self.inet.streams.push((ino, entry, inq, outq));
@@ -357,9 +362,12 @@ impl InetDump {
     }
 }
 
-/// UDP datagrams to put back, by file id: (sender, data).
-pub fn read_udp(dir: &Path) -> Result<HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>, RestoreError> {
-    let mut out: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+/// Queued UDP datagrams by file id: (sender's raw address, data).
+pub type UdpQueues = HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// UDP datagrams to put back, by file id.
+pub fn read_udp(dir: &Path) -> Result<UdpQueues, RestoreError> {
+    let mut out = UdpQueues::new();
     if !dir.join(names::CREST_UDP_QUEUES).exists() {
         return Ok(out);
     }
@@ -401,10 +409,13 @@ pub fn open(
                 });
             }
         }
-        let s = e
-            .isk
-            .as_ref()
-            .ok_or_else(|| bad(pid, names::FILES.into(), format!("file {} has no inet entry", e.id)))?;
+        let s = e.isk.as_ref().ok_or_else(|| {
+            bad(
+                pid,
+                names::FILES.into(),
+                format!("file {} has no inet entry", e.id),
+            )
+        })?;
         make(t, s, files, kept)?;
         files.socks.made_by.insert(e.id, pid);
     }
@@ -419,7 +430,11 @@ fn make(
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     if ![libc::AF_INET as u32, libc::AF_INET6 as u32].contains(&s.family) {
-        return Err(bad(pid, names::FILES.into(), format!("inet socket {} of family {}", s.id, s.family)));
+        return Err(bad(
+            pid,
+            names::FILES.into(),
+            format!("inet socket {} of family {}", s.id, s.family),
+        ));
     }
     let ty = u64::from(s.r#type) | (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
     let fd = t
@@ -429,7 +444,8 @@ fn make(
     let c = kept.copy(t, slot)?;
     let at = |what: &str| format!("inet socket {} (port {}): {what}", s.id, s.src_port);
     if let Some(v) = s.v6only {
-        setsockopt_int(&c, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v)).rat(pid, at("IPV6_V6ONLY"))?;
+        setsockopt_int(&c, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v))
+            .rat(pid, at("IPV6_V6ONLY"))?;
     }
     let tcp = s.proto == libc::IPPROTO_TCP as u32;
     let stream = (tcp && s.state == ESTABLISHED)
@@ -442,9 +458,15 @@ fn make(
             (TCP_RECV_QUEUE, e.inq_seq, e.inq_len),
             (TCP_SEND_QUEUE, e.outq_seq, e.outq_len),
         ] {
-            setsockopt_int(&c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q).rat(pid, at("TCP_REPAIR_QUEUE"))?;
-            setsockopt_int(&c, libc::SOL_TCP, TCP_QUEUE_SEQ, seq.wrapping_sub(len) as i32)
-                .rat(pid, at("TCP_QUEUE_SEQ"))?;
+            setsockopt_int(&c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q)
+                .rat(pid, at("TCP_REPAIR_QUEUE"))?;
+            setsockopt_int(
+                &c,
+                libc::SOL_TCP,
+                TCP_QUEUE_SEQ,
+                seq.wrapping_sub(len) as i32,
+            )
+            .rat(pid, at("TCP_QUEUE_SEQ"))?;
         }
     }
     let local = make_addr(s.family, &s.src_addr, s.src_port);
@@ -492,7 +514,11 @@ fn read_stream(
         .next_entry()?
         .ok_or_else(|| bad(0, name.clone(), "no tcp_stream_entry".into()))?;
     if e.inq_len as usize > MAX_QUEUE || e.outq_len as usize > MAX_QUEUE {
-        return Err(bad(0, name, format!("queues of {} and {} bytes", e.inq_len, e.outq_len)));
+        return Err(bad(
+            0,
+            name,
+            format!("queues of {} and {} bytes", e.inq_len, e.outq_len),
+        ));
     }
     let inq = r.read_payload(u64::from(e.inq_len))?;
     let outq = r.read_payload(u64::from(e.outq_len))?;
@@ -548,7 +574,8 @@ fn repair_finish(
         for x in [a, b, m, r, u] {
             w.extend_from_slice(&x.to_ne_bytes());
         }
-        setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_WINDOW, &w).map_err(|e| ctx(e, "TCP_REPAIR_WINDOW"))?;
+        setsockopt_bytes(c, libc::SOL_TCP, TCP_REPAIR_WINDOW, &w)
+            .map_err(|e| ctx(e, "TCP_REPAIR_WINDOW"))?;
     }
     if let Some(v) = e.nodelay {
         setsockopt_int(c, libc::SOL_TCP, libc::TCP_NODELAY, i32::from(v))?;
@@ -594,7 +621,11 @@ fn refill_udp(
     }
     for (from, data) in packets {
         let Some((fam, _, _)) = parse_addr(from) else {
-            return Err(bad(pid, names::CREST_UDP_QUEUES.into(), "a datagram with an odd sender".into()));
+            return Err(bad(
+                pid,
+                names::CREST_UDP_QUEUES.into(),
+                "a datagram with an odd sender".into(),
+            ));
         };
         let ty = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
         let fd = t
@@ -604,7 +635,8 @@ fn refill_udp(
         let r = c.and_then(|c| {
             let step = format!("send a queued datagram to UDP port {}", s.src_port);
             setsockopt_int(&c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).rat(pid, step.clone())?;
-            crest_sys::net::bind(&c, from).rat(pid, format!("{step}: bind to its sender's address"))?;
+            crest_sys::net::bind(&c, from)
+                .rat(pid, format!("{step}: bind to its sender's address"))?;
             crest_sys::net::sendto(&c, data, libc::MSG_DONTWAIT, &to).rat(pid, step)?;
             Ok(())
         });

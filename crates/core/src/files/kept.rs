@@ -69,7 +69,8 @@ impl Kept {
     pub fn close_all(self, t: &mut Tracee) -> Result<(), RestoreError> {
         let pid = t.pid();
         for slot in self.slots.into_values() {
-            t.syscall(nr::CLOSE, &[slot]).rat(pid, "close a kept socket")?;
+            t.syscall(nr::CLOSE, &[slot])
+                .rat(pid, "close a kept socket")?;
         }
         Ok(())
     }

@@ -158,7 +158,10 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
 }
 
 fn socket_ino(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 impl FileTable {
@@ -184,15 +187,17 @@ impl FileTable {
             .at(pid, "SO_DOMAIN")?;
         let known = match domain {
             libc::AF_UNIX => (FdTypes::Unixsk, self.dump_unix(pid, fd, ino, flags, &copy)?),
-            libc::AF_INET | libc::AF_INET6 => (
-                FdTypes::Inetsk,
-                self.dump_inet(pid, fd, ino, flags, copy)?,
-            ),
+            libc::AF_INET | libc::AF_INET6 => {
+                (FdTypes::Inetsk, self.dump_inet(pid, fd, ino, flags, copy)?)
+            }
             _ => {
                 return Err(DumpError::UnsupportedFd {
                     pid,
                     fd,
-                    kind: format!("a socket of address family {domain} ({})", kind_of_link(&format!("socket:[{ino}]"))),
+                    kind: format!(
+                        "a socket of address family {domain} ({})",
+                        kind_of_link(&format!("socket:[{ino}]"))
+                    ),
                 })
             }
         };

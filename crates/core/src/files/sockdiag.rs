@@ -59,9 +59,7 @@ fn diag_socket_in(pid: i32) -> io::Result<OwnedFd> {
     let theirs = std::fs::metadata(&path)?;
     let ours = std::fs::metadata("/proc/self/ns/net")?;
     use std::os::unix::fs::MetadataExt;
-    let make = || {
-        crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_SOCK_DIAG)
-    };
+    let make = || crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_SOCK_DIAG);
     if theirs.ino() == ours.ino() && theirs.dev() == ours.dev() {
         return make();
     }
@@ -193,10 +191,7 @@ fn parse_msg(body: &[u8]) -> io::Result<UnixDiag> {
             }
             UNIX_DIAG_PEER => d.peer = u32_at(v, 0).unwrap_or(0),
             UNIX_DIAG_ICONS => {
-                d.icons = v
-                    .chunks_exact(4)
-                    .filter_map(|c| u32_at(c, 0))
-                    .collect();
+                d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect();
             }
             UNIX_DIAG_RQLEN => {
                 d.rqlen = (u32_at(v, 0).unwrap_or(0), u32_at(v, 4).unwrap_or(0));

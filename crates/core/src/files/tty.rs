@@ -58,7 +58,8 @@ impl FileTable {
         if !link.starts_with("/dev/") {
             return Ok(None);
         }
-        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
+        let meta =
+            std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_char_device() {
             return Ok(None);
@@ -155,8 +156,7 @@ pub fn open(
             .find_map(crest_sys::net::terminal_of)
             .ok_or_else(|| RestoreError::Unsupported {
                 pid,
-                what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
-                    .into(),
+                what: "a shell job's terminal when crest itself has no terminal on fds 0-2".into(),
             })?;
         let flags = e.tty.as_ref().map_or(libc::O_RDWR as u32, |t| t.flags) as i32;
         let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND;

@@ -23,7 +23,7 @@ use super::kept::{self, Kept};
 use super::sockdiag::{self, UnixDiag};
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crest_images::pb::{FdTypes, FilePermsEntry, FileEntry, FownEntry, SkPacketEntry, UnixSkEntry};
+use crest_images::pb::{FdTypes, FileEntry, FilePermsEntry, FownEntry, SkPacketEntry, UnixSkEntry};
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -84,14 +84,17 @@ impl FileTable {
     ) -> Result<u32, DumpError> {
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
         let netns = netns_of(pid)?;
-        if !self.unix.diags.contains_key(&netns) {
-            let d = sockdiag::unix_sockets_of(pid).at(pid, "sock_diag of unix sockets")?;
-            self.unix.diags.insert(netns, d);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.unix.diags.entry(netns) {
+            v.insert(sockdiag::unix_sockets_of(pid).at(pid, "sock_diag of unix sockets")?);
         }
         let diag = &self.unix.diags[&netns];
         let d = diag
             .get(&ino)
-            .ok_or_else(|| unsupported(format!("a unix socket (inode {ino}) sock_diag does not list")))?
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "a unix socket (inode {ino}) sock_diag does not list"
+                ))
+            })?
             .clone();
         let ty = i32::from(d.ty);
         if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
@@ -281,7 +284,9 @@ fn peek_queue(
             let mut buf = vec![0u8; stream_len];
             let r = recvmsg(&fd, &mut buf, flags)?;
             if r.had_fds {
-                return Ok(Err("a unix socket with file descriptors in its queue".into()));
+                return Ok(Err(
+                    "a unix socket with file descriptors in its queue".into()
+                ));
             }
             if r.len != stream_len {
                 return Ok(Err(format!(
@@ -301,10 +306,15 @@ fn peek_queue(
                 Err(e) => return Err(e),
             };
             if r.had_fds {
-                return Ok(Err("a unix socket with file descriptors in its queue".into()));
+                return Ok(Err(
+                    "a unix socket with file descriptors in its queue".into()
+                ));
             }
             if r.len > buf.len() {
-                return Ok(Err(format!("a unix socket with a {}-byte datagram queued", r.len)));
+                return Ok(Err(format!(
+                    "a unix socket with a {}-byte datagram queued",
+                    r.len
+                )));
             }
             total += r.len;
             out.push(buf[..r.len].to_vec());
@@ -346,7 +356,7 @@ pub struct SockImages {
     /// file id → pid of the task that made the socket.
     pub made_by: HashMap<u32, i32>,
     /// Queued UDP datagrams by file id: (sender, data).
-    pub udp: HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub udp: super::inet::UdpQueues,
     /// The images directory (TCP streams are read when needed).
     pub dir: std::path::PathBuf,
     /// `--shell-job` at restore.
@@ -390,7 +400,11 @@ fn bad(pid: i32, what: String) -> RestoreError {
     }
 }
 
-fn usk_of(files: &super::restore::RestoreFiles, pid: i32, id: u32) -> Result<UnixSkEntry, RestoreError> {
+fn usk_of(
+    files: &super::restore::RestoreFiles,
+    pid: i32,
+    id: u32,
+) -> Result<UnixSkEntry, RestoreError> {
     files
         .entries
         .get(&id)
@@ -443,8 +457,11 @@ fn sockaddr(name: &[u8]) -> Vec<u8> {
 fn new_socket(t: &mut Tracee, ty: u32) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    t.syscall(nr::SOCKET, &[libc::AF_UNIX as u64, u64::from(ty) | flags as u64, 0])
-        .rat(pid, "socket(AF_UNIX)")
+    t.syscall(
+        nr::SOCKET,
+        &[libc::AF_UNIX as u64, u64::from(ty) | flags as u64, 0],
+    )
+    .rat(pid, "socket(AF_UNIX)")
 }
 
 /// Whether the entry's name belongs to another socket that comes back
@@ -510,7 +527,13 @@ fn make(
     let u = usk_of(files, pid, id)?;
     let peer = if u.peer != 0 {
         Some(by_ino(files, u.peer).ok_or_else(|| {
-            bad(pid, format!("unix socket {id}: peer inode {} is not in the image", u.peer))
+            bad(
+                pid,
+                format!(
+                    "unix socket {id}: peer inode {} is not in the image",
+                    u.peer
+                ),
+            )
         })?)
     } else {
         None
@@ -535,7 +558,10 @@ fn make(
             // A client of a listener, or a datagram socket connected to
             // another that is not connected back.
             if p.name.is_empty() {
-                return Err(bad(pid, format!("unix socket {id} is connected to an unnamed socket")));
+                return Err(bad(
+                    pid,
+                    format!("unix socket {id} is connected to an unnamed socket"),
+                ));
             }
             if kept.get(p.id).is_none() {
                 let before = make(t, p.id, files, kept)?;
@@ -560,7 +586,8 @@ fn make(
                 let sender = kept.copy(t, b)?;
                 send_all(pid, &sender, &[], packets, u.id)?;
             }
-            t.syscall(nr::CLOSE, &[b]).rat(pid, "close the closed peer")?;
+            t.syscall(nr::CLOSE, &[b])
+                .rat(pid, "close the closed peer")?;
             kept.keep(t, u.id, a)?;
             made.push(u);
         }
@@ -608,7 +635,9 @@ fn finish(
     let pid = t.pid();
     let mut copies = Vec::with_capacity(made.len());
     for u in made {
-        let slot = kept.get(u.id).ok_or_else(|| bad(pid, format!("socket {} not made", u.id)))?;
+        let slot = kept
+            .get(u.id)
+            .ok_or_else(|| bad(pid, format!("socket {} not made", u.id)))?;
         copies.push(kept.copy(t, slot)?);
     }
     for (u, copy) in made.iter().zip(&copies) {
@@ -646,7 +675,11 @@ fn fill(
     let peer = by_ino(files, u.peer).filter(|p| p.state != TCP_LISTEN);
     let (sender, to, temp) = match peer.as_ref().and_then(|p| kept.get(p.id).map(|s| (p, s))) {
         Some((p, slot)) => {
-            let to = if p.peer == u.ino { Vec::new() } else { sockaddr(&u.name) };
+            let to = if p.peer == u.ino {
+                Vec::new()
+            } else {
+                sockaddr(&u.name)
+            };
             (kept.copy(t, slot)?, to, None)
         }
         None if !u.name.is_empty() && u.peer == 0 => {
