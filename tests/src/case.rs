@@ -526,6 +526,10 @@ pub fn dump_attempt(
     if leave_running {
         args.push("-R");
     }
+    // a workload may ask for dump options (`--tcp-established`) in
+    // <statedir>/dump-args, one per line
+    let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
+    args.extend(extra.split_whitespace());
     // the whole tree dies with the dump; its other processes (and zombies)
     // are reparented to the harness and must be reaped to free their pids
     let tree: Vec<i32> = procs::tree_snapshot(pid)

@@ -20,6 +20,7 @@ pub mod hostile;
 pub mod nested;
 pub mod ns;
 pub mod procs;
+pub mod servers;
 pub mod suite;
 pub mod trees;
 

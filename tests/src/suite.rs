@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, dumpchecks, hostile, nested, procs, trees, Config, Flavor, Outcome, StdioKind,
+    containers, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor, Outcome,
+    StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -40,6 +41,13 @@ pub fn workloads() -> Vec<Workload> {
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),
+        c("sockets", &[], Settle::Blocked),
+        Workload {
+            name: "sockets_tcp",
+            program: Program::C("sockets"),
+            args: vec!["tcp".into()],
+            settle: Settle::Blocked,
+        },
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]
@@ -188,6 +196,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     }
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
+    servers::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));
     containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));

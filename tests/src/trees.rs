@@ -17,7 +17,7 @@ use crate::procs::{self, alive, exists, wait_until, Exit, Procs};
 use crate::suite::Report;
 use crate::{Config, Flavor, Outcome, StdioKind};
 
-/// The fd on which `small_tree socket`'s grandchild holds its TCP socket
+/// The fd on which `small_tree socket`'s grandchild holds its netlink socket
 /// (`SOCK_FD` in `workloads/small_tree.c`).
 pub const SOCK_FD: i32 = 7;
 
@@ -114,7 +114,7 @@ fn check_progress(dir: &CaseDir, when: &str) -> Result<()> {
     Ok(())
 }
 
-/// A tree whose grandchild holds an AF_INET TCP socket: `crest dump` must
+/// A tree whose grandchild holds an AF_NETLINK socket: `crest dump` must
 /// fail naming the grandchild's pid, the fd and "socket", and leave every
 /// task running, untraced, the root making progress.
 fn dump_fails_cleanly(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -135,7 +135,7 @@ fn dump_fails_cleanly(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     if cfg.checkpoint {
         let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
             bail!(
-                "crest dump succeeded, but grandchild {gc} holds an AF_INET TCP socket on fd \
+                "crest dump succeeded, but grandchild {gc} holds an AF_NETLINK socket on fd \
                  {SOCK_FD}, which crest cannot dump"
             );
         };

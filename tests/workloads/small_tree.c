@@ -2,8 +2,8 @@
  *
  * Every task remembers its ppid and waits for SIGTERM. The root writes
  * `<statedir>/pids` ("ROOT CHILD GRANDCHILD\n") before ready. With `socket`
- * the grandchild holds a listening AF_INET TCP socket on fd SOCK_FD (an fd
- * crest cannot dump yet) and the root appends a byte to
+ * the grandchild holds an AF_NETLINK socket on fd SOCK_FD (an fd crest
+ * cannot dump yet) and the root appends a byte to
  * `<statedir>/progress` every 10 ms until SIGTERM, so the harness sees it
  * make progress.
  *
@@ -44,11 +44,8 @@ static void grandchild(int with_socket)
 {
 	pid_t ppid = getppid();
 	if (with_socket) {
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = {.sin_family = AF_INET,
-					.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(s, 1) < 0 ||
-		    dup2(s, SOCK_FD) != SOCK_FD)
+		int s = socket(AF_NETLINK, SOCK_RAW, 0);
+		if (s < 0 || dup2(s, SOCK_FD) != SOCK_FD)
 			_exit(5);
 		close(s);
 	}

@@ -83,6 +83,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         leave_running: false,
         shell_job: false,
         ghost_limit: crest_core::files::ghost::DEFAULT_LIMIT,
+        tcp_established: false,
     })?;
     println!(
         "dumped pid {pid} to {} in {:.3} s ({} MiB of memory); the counter is killed",

@@ -50,6 +50,9 @@ enum Cmd {
         /// (bytes, or with a K, M or G suffix).
         #[arg(long = "ghost-limit", value_parser = parse_size, default_value = "1M")]
         ghost_limit: u64,
+        /// Dump established TCP connections (in repair mode, CRIU's way).
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -64,6 +67,10 @@ enum Cmd {
         /// Restore a job of a shell into crest's own session.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Restore established TCP connections (accepted for CRIU's
+        /// command line; the images say which connections there are).
+        #[arg(long = "tcp-established")]
+        _tcp_established: bool,
     },
     /// Print what an images directory holds.
     Show {
@@ -172,6 +179,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_running,
             shell_job,
             ghost_limit,
+            tcp_established,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -183,6 +191,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 shell_job,
                 ghost_limit,
+                tcp_established,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(
@@ -197,6 +206,7 @@ fn run(cli: Cli) -> Result<i32> {
             detached,
             pidfile,
             shell_job,
+            ..
         } => {
             init_log(&common, "restore.log")?;
             let opts = crest_core::restore::RestoreOptions {

@@ -21,6 +21,7 @@ pub struct DumpOptions {
     pub shell_job: bool,
     /// Largest file deleted while open whose contents are saved.
     pub ghost_limit: u64,
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -82,6 +83,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     let mut files = FileTable::default();
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;
+    (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
@@ -135,6 +137,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
     files::write_images(&opts.dir, &files)?;
+    files.finish(&opts.dir)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),
@@ -145,6 +148,8 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         ..InventoryEntry::default()
     };
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
+    // Established connections stay in repair mode only for a tree that dies.
+    files.inet.keep_repair = !opts.leave_running;
     Ok(summary)
 }
 

@@ -220,6 +220,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         what,
     })?;
     let mut files = RestoreFiles::read(dir)?;
+    files.socks.shell_job = opts.shell_job;
     let mut imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
@@ -355,7 +356,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map(|f| u64::from(f.fd))
             .max()
             .unwrap_or(0);
-        mm::restore::open_crest_root(t, max_fd + 3 * live.fdinfo.len() as u64 + 16)?;
+        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
     }
 
     // Mount namespaces get their mounts back, replayed from inside by one
@@ -612,7 +613,7 @@ fn transform(
             .map(|f| u64::from(f.fd))
             .max()
             .unwrap_or(0);
-        mm::restore::open_crest_root(t, max_fd + 3 * live.fdinfo.len() as u64 + 16)?;
+        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
     }
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time

@@ -71,6 +71,12 @@ pub const SIGACT: u32 = 0x5534_4201;
 pub const CGROUP: u32 = 0x5938_3330;
 /// `tty.img`
 pub const TTY_FILES: u32 = 0x5943_3025;
+/// `tty-info.img`
+pub const TTY_INFO: u32 = 0x5945_3036;
+/// `sk-queues.img`: data queued on sockets
+pub const SK_QUEUES: u32 = 0x5626_4026;
+/// `tcp-stream-<ino>.img`
+pub const TCP_STREAM: u32 = 0x5146_5506;
 /// `seccomp.img`
 pub const SECCOMP: u32 = 0x6441_3049;
 /// `stats-dump` / `stats-restore` (a service image)
@@ -86,6 +92,9 @@ pub const CREST_NS: u32 = 0x4352_5303;
 pub const CREST_MNT: u32 = 0x4352_5304;
 /// `crest-tmpfs-<ns>-<mnt>.img` (crest's own): the files of a tmpfs.
 pub const CREST_TMPFS: u32 = 0x4352_5305;
+
+/// `crest-udp-queues.img` (crest's own): datagrams queued on UDP sockets.
+pub const CREST_UDP_QUEUES: u32 = 0x4352_5310;
 
 /// How a file with this per-file magic begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,12 @@ pub const FIFO_DATA: &str = "fifo-data.img";
 pub const REMAP_FPATH: &str = "remap-fpath.img";
 /// `memfd.img`: memfd inodes
 pub const MEMFD_INODE: &str = "memfd.img";
+/// Data queued on sockets: `sk_packet_entry`s each followed by raw bytes.
+pub const SK_QUEUES: &str = "sk-queues.img";
+/// `crest-udp-queues.img` (crest's own)
+pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
+/// `tty-info.img`
+pub const TTY_INFO: &str = "tty-info.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)
@@ -98,6 +104,10 @@ pub fn ghost_file(id: u32) -> String {
 /// `pagemap-shmem-<shmid>.img`: the pages of a shared memory object
 pub fn pagemap_shmem(shmid: u32) -> String {
     format!("pagemap-shmem-{shmid}.img")
+}
+/// `tcp-stream-<ino>.img` (the inode in hex, as CRIU names it)
+pub fn tcp_stream(ino: u32) -> String {
+    format!("tcp-stream-{ino:x}.img")
 }
 /// `crest-thread-<tid>.img` (crest's own)
 pub fn crest_thread(tid: u32) -> String {

@@ -90,6 +90,9 @@ pub mod nr {
     pub const MEMFD_CREATE: u64 = 319;
     pub const PIDFD_OPEN: u64 = 434;
     pub const PWRITE64: u64 = 18;
+    pub const CONNECT: u64 = 42;
+    pub const BIND: u64 = 49;
+    pub const LISTEN: u64 = 50;
 }
 
 /// A syscall's name, for error messages.
@@ -185,6 +188,9 @@ pub fn name(nr: u64) -> &'static str {
         MEMFD_CREATE => "memfd_create",
         PIDFD_OPEN => "pidfd_open",
         PWRITE64 => "pwrite64",
+        CONNECT => "connect",
+        BIND => "bind",
+        LISTEN => "listen",
         _ => "syscall",
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod mem;
 pub mod misc;
+pub mod net;
 pub mod ns;
 pub mod proc;
 pub mod ptrace;

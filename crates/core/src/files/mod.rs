@@ -22,14 +22,20 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
+pub mod kept;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
 pub mod restore;
 pub mod share;
 pub mod signalfd;
+pub mod skopts;
+pub mod sockdiag;
 pub mod timerfd;
+pub mod tty;
+pub mod unix;
 
 /// The files of a dump, numbered from 1, shared by every task.
 #[derive(Default)]
@@ -44,6 +50,16 @@ pub struct FileTable {
     pub fifos: fifo::FifoDump,
     pub ghosts: ghost::GhostDump,
     pub memfds: memfd::MemfdDump,
+    /// Sockets seen so far: inode → kind and file id; and who holds each.
+    sockets: HashMap<u32, (FdTypes, u32)>,
+    sock_holders: HashMap<u32, Vec<i32>>,
+    pub unix: unix::UnixDump,
+    pub inet: inet::InetDump,
+    pub tty: tty::TtyDump,
+    /// `--shell-job`: the tree may use its shell's terminal.
+    pub shell_job: bool,
+    /// `--tcp-established`: dump established TCP connections.
+    pub tcp_established: bool,
 }
 
 impl FileTable {
@@ -192,6 +208,12 @@ fn dump_one(
             table.dump_memfd(pid, fd, link, info, flags)?,
         ));
     }
+    if let Some(ino) = socket_ino(link) {
+        return table.dump_socket(pid, fd, ino, flags);
+    }
+    if let Some(id) = table.dump_tty(pid, fd, link, flags)? {
+        return Ok((FdTypes::Tty, id));
+    }
     if !link.starts_with('/') {
         return Err(unsupported(kind_of_link(link)));
     }
@@ -238,4 +260,63 @@ pub(crate) fn need<T>(pid: i32, fd: i32, what: &str, v: Option<T>) -> Result<T, 
         fd,
         kind: format!("{what} whose fdinfo crest cannot read"),
     })
+}
+
+fn socket_ino(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+impl FileTable {
+    /// A socket fd: the same socket seen again (a dup) is the same file;
+    /// a new one goes to the room of its family.
+    fn dump_socket(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        flags: u32,
+    ) -> Result<(FdTypes, u32), DumpError> {
+        let holders = self.sock_holders.entry(ino).or_default();
+        if !holders.contains(&pid) {
+            holders.push(pid);
+        }
+        if let Some(known) = self.sockets.get(&ino) {
+            return Ok(*known);
+        }
+        let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
+        let copy = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a socket")?;
+        let domain = crest_sys::net::getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_DOMAIN)
+            .at(pid, "SO_DOMAIN")?;
+        let known = match domain {
+            libc::AF_UNIX => (FdTypes::Unixsk, self.dump_unix(pid, fd, ino, flags, &copy)?),
+            libc::AF_INET | libc::AF_INET6 => {
+                (FdTypes::Inetsk, self.dump_inet(pid, fd, ino, flags, copy)?)
+            }
+            _ => {
+                return Err(DumpError::UnsupportedFd {
+                    pid,
+                    fd,
+                    kind: format!(
+                        "a socket of address family {domain} ({})",
+                        kind_of_link(&format!("socket:[{ino}]"))
+                    ),
+                })
+            }
+        };
+        self.sockets.insert(ino, known);
+        Ok(known)
+    }
+
+    /// After every task's fds: checks what needs the whole tree and writes
+    /// the socket and terminal images.
+    pub fn finish(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
+        self.check_unix()?;
+        unix::write_queues(dir, self)?;
+        self.inet.write(dir)?;
+        self.tty.write(dir)?;
+        Ok(())
+    }
 }

@@ -42,6 +42,8 @@ pub struct RestoreFiles {
     pub memfd_src: HashMap<u32, memfd::Source>,
     /// Entry id → the task that made its description.
     made_by: HashMap<u32, i32>,
+    /// Socket queues and which task made each socket or terminal.
+    pub socks: super::unix::SockImages,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -85,6 +87,7 @@ impl RestoreFiles {
             fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?,
             remaps: ghost::read_remaps(dir)?,
             memfd_inodes: memfd::read_inodes(dir)?,
+            socks: super::unix::SockImages::read(dir)?,
             ..RestoreFiles::default()
         })
     }
@@ -197,6 +200,9 @@ fn make_all(
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     let mut pipes: HashMap<u32, (u64, u64)> = HashMap::new();
+    // Sockets and terminals keep helper fds (a listener to connect to, the
+    // other end of a pair) above the parks and pipes until all are made.
+    let mut kept = super::kept::Kept::new(park_base + 3 * fds.len() as u64);
     let res = (|| {
         for (i, fi) in fds.iter().enumerate() {
             if files.local.1.contains_key(&fi.id) {
@@ -224,7 +230,7 @@ fn make_all(
                 Some(&(holder, hfd)) => give_fd(t, &take_fd(holder, hfd)?)?,
                 None => {
                     let pipe_park = park_base + fds.len() as u64;
-                    let made = make_one(t, fi, &entry, files, &mut pipes, pipe_park)?;
+                    let made = make_one(t, fi, &entry, files, &mut pipes, pipe_park, &mut kept)?;
                     files.made_by.insert(fi.id, pid);
                     made
                 }
@@ -243,6 +249,7 @@ fn make_all(
     for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
     }
+    kept.close_all(t)?;
     res
 }
 
@@ -254,6 +261,7 @@ fn make_one(
     files: &mut RestoreFiles,
     pipes: &mut HashMap<u32, (u64, u64)>,
     pipe_park: u64,
+    kept: &mut super::kept::Kept,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let missing = |what: &str| RestoreError::BadImage {
@@ -264,6 +272,9 @@ fn make_one(
     match FdTypes::try_from(fi.r#type) {
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
         Ok(FdTypes::Pipe) => pipe_end(t, entry, files, pipes, pipe_park),
+        Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
+        Ok(FdTypes::Inetsk) => super::inet::open(t, entry, files, kept),
+        Ok(FdTypes::Tty) => super::tty::open(t, entry, files, kept),
         Ok(FdTypes::Fifo) => fifo::create(
             t,
             entry.fifo.as_ref().ok_or_else(|| missing("fifo"))?,

@@ -1,0 +1,278 @@
+//! `NETLINK_SOCK_DIAG` for unix sockets: every unix socket of a network
+//! namespace with its name, bound inode, peer, pending connections
+//! (`UNIX_DIAG_ICONS`) and queue lengths. The request is built and the
+//! answer parsed here as plain bytes, so a short or odd message is an
+//! error, never a panic.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NETLINK_SOCK_DIAG: i32 = 4;
+
+const UDIAG_SHOW_NAME: u32 = 0x01;
+const UDIAG_SHOW_VFS: u32 = 0x02;
+const UDIAG_SHOW_PEER: u32 = 0x04;
+const UDIAG_SHOW_ICONS: u32 = 0x08;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+
+/// Most sockets crest takes from one namespace.
+const MAX_SOCKETS: usize = 1 << 20;
+
+/// One unix socket as sock_diag reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnixDiag {
+    pub ino: u32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub ty: u8,
+    /// `TCP_ESTABLISHED`, `TCP_LISTEN`, `TCP_CLOSE`, ...
+    pub state: u8,
+    /// The bound name as the kernel keeps it: a path without its final
+    /// NUL, or an abstract name starting with a NUL byte.
+    pub name: Option<Vec<u8>>,
+    /// The inode and device of the socket file of a path name.
+    pub vfs: Option<(u32, u32)>,
+    pub peer: u32,
+    /// Connections waiting to be accepted (listeners only).
+    pub icons: Vec<u32>,
+    /// Receive queue (bytes; pending connections for a listener) and
+    /// send queue (bytes; the backlog for a listener).
+    pub rqlen: (u32, u32),
+    pub shutdown: u8,
+}
+
+/// A netlink sock_diag socket in the network namespace of `pid`.
+fn diag_socket_in(pid: i32) -> io::Result<OwnedFd> {
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs = std::fs::metadata(&path)?;
+    let ours = std::fs::metadata("/proc/self/ns/net")?;
+    use std::os::unix::fs::MetadataExt;
+    let make = || crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_SOCK_DIAG);
+    if theirs.ino() == ours.ino() && theirs.dev() == ours.dev() {
+        return make();
+    }
+    // A socket belongs to the namespace it was made in: make it on a
+    // thread that enters the task's namespace first.
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path)?;
+        crest_sys::ns::setns(&ns, libc::CLONE_NEWNET)?;
+        make()
+    })
+    .join()
+    .map_err(|_| io::Error::other("sock_diag thread panicked"))?
+}
+
+/// The request for every unix socket, with everything crest needs shown.
+fn request() -> Vec<u8> {
+    let mut m = Vec::with_capacity(40);
+    m.extend_from_slice(&40u32.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    m.push(libc::AF_UNIX as u8);
+    m.push(0); // protocol
+    m.extend_from_slice(&0u16.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    m.extend_from_slice(&0u32.to_ne_bytes()); // ino
+    let show =
+        UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+    m.extend_from_slice(&show.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m
+}
+
+/// Every unix socket of the network namespace `pid` is in, by inode.
+pub fn unix_sockets_of(pid: i32) -> io::Result<HashMap<u32, UnixDiag>> {
+    let sk = diag_socket_in(pid)?;
+    let mut kernel = vec![0u8; 12];
+    kernel[0..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    crest_sys::net::sendto(&sk.as_fd(), &request(), 0, &kernel)?;
+    let mut out = HashMap::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = crest_sys::net::recv(&sk.as_fd(), &mut buf, 0)?;
+        if n == 0 {
+            return Err(io::Error::other("sock_diag: the answer ended early"));
+        }
+        if parse_batch(&buf[..n], &mut out)? {
+            return Ok(out);
+        }
+        if out.len() > MAX_SOCKETS {
+            return Err(io::Error::other("sock_diag: too many unix sockets"));
+        }
+    }
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"))
+}
+
+/// Parses one datagram of netlink messages into `out`; true at the end of
+/// the dump.
+pub fn parse_batch(mut b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result<bool> {
+    while b.len() >= 16 {
+        let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
+        let ty = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
+        if len < 16 || len > b.len() {
+            return Err(bad("a message longer than its datagram"));
+        }
+        let body = &b[16..len];
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let err = u32_at(body, 0).ok_or_else(|| bad("short error"))? as i32;
+                return Err(io::Error::from_raw_os_error(-err));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                let d = parse_msg(body)?;
+                out.insert(d.ino, d);
+            }
+            _ => {}
+        }
+        let next = (len + 3) & !3;
+        b = b.get(next..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+/// One `unix_diag_msg` and its attributes.
+fn parse_msg(body: &[u8]) -> io::Result<UnixDiag> {
+    if body.len() < 16 {
+        return Err(bad("short unix_diag_msg"));
+    }
+    let mut d = UnixDiag {
+        ty: body[1],
+        state: body[2],
+        ino: u32_at(body, 4).ok_or_else(|| bad("short unix_diag_msg"))?,
+        ..UnixDiag::default()
+    };
+    let mut a = &body[16..];
+    while a.len() >= 4 {
+        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
+        let ty = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
+        if len < 4 || len > a.len() {
+            return Err(bad("an attribute longer than its message"));
+        }
+        let v = &a[4..len];
+        match ty {
+            UNIX_DIAG_NAME => {
+                let mut name = v.to_vec();
+                if name.first() != Some(&0) {
+                    while name.last() == Some(&0) {
+                        name.pop();
+                    }
+                }
+                d.name = Some(name);
+            }
+            UNIX_DIAG_VFS => {
+                d.vfs = u32_at(v, 0).zip(u32_at(v, 4));
+            }
+            UNIX_DIAG_PEER => d.peer = u32_at(v, 0).unwrap_or(0),
+            UNIX_DIAG_ICONS => {
+                d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect();
+            }
+            UNIX_DIAG_RQLEN => {
+                d.rqlen = (u32_at(v, 0).unwrap_or(0), u32_at(v, 4).unwrap_or(0));
+            }
+            UNIX_DIAG_SHUTDOWN => d.shutdown = v.first().copied().unwrap_or(0),
+            _ => {}
+        }
+        let next = (len + 3) & !3;
+        a = a.get(next..).unwrap_or(&[]);
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(ty: u16, v: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&ty.to_ne_bytes());
+        a.extend_from_slice(v);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    fn msg(ty: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn parses_a_listener_and_the_end() {
+        let mut body = vec![1u8, 1, 10, 0];
+        body.extend_from_slice(&77u32.to_ne_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        body.extend(attr(UNIX_DIAG_NAME, b"/tmp/s\0"));
+        body.extend(attr(UNIX_DIAG_ICONS, &[5, 0, 0, 0, 6, 0, 0, 0]));
+        body.extend(attr(UNIX_DIAG_RQLEN, &[2, 0, 0, 0, 16, 0, 0, 0]));
+        body.extend(attr(UNIX_DIAG_PEER, &[0, 0, 0, 0]));
+        let mut batch = msg(SOCK_DIAG_BY_FAMILY, &body);
+        batch.extend(msg(NLMSG_DONE, &[0, 0, 0, 0]));
+        let mut out = HashMap::new();
+        assert!(parse_batch(&batch, &mut out).expect("parse"));
+        let d = &out[&77];
+        assert_eq!(d.name.as_deref(), Some(&b"/tmp/s"[..]));
+        assert_eq!(d.icons, vec![5, 6]);
+        assert_eq!(d.rqlen, (2, 16));
+        assert_eq!(d.state, 10);
+    }
+
+    #[test]
+    fn abstract_names_keep_their_nul() {
+        let mut body = vec![1u8, 2, 7, 0];
+        body.extend_from_slice(&9u32.to_ne_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        body.extend(attr(UNIX_DIAG_NAME, b"\0ab\0"));
+        let mut out = HashMap::new();
+        assert!(!parse_batch(&msg(SOCK_DIAG_BY_FAMILY, &body), &mut out).expect("parse"));
+        assert_eq!(out[&9].name.as_deref(), Some(&b"\0ab\0"[..]));
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut body = vec![1u8, 2, 7, 0];
+        body.extend_from_slice(&9u32.to_ne_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        body.extend(attr(UNIX_DIAG_NAME, b"/x"));
+        let m = msg(SOCK_DIAG_BY_FAMILY, &body);
+        for cut in 1..m.len() {
+            let mut out = HashMap::new();
+            let _ = parse_batch(&m[..cut], &mut out);
+        }
+        let mut long = m.clone();
+        long[0] = 200;
+        assert!(parse_batch(&long, &mut HashMap::new()).is_err());
+    }
+}

@@ -1,0 +1,739 @@
+//! Unix sockets of every type (stream, datagram, seqpacket).
+//!
+//! Dump: sock_diag gives each socket's name, peer, pending connections and
+//! queue lengths; crest's copy of the fd (`pidfd_getfd`) gives the options
+//! and, with `MSG_PEEK` from offset 0 (`SO_PEEK_OFF`, put back after), the
+//! queued data without consuming it (`sk-queues.img`). A client whose
+//! connection is not accepted yet is recorded with the listener as its
+//! peer. A socket connected to one outside the dumped tree is refused,
+//! naming the other socket.
+//!
+//! Restore, inside the task: a connected pair comes back with
+//! `socketpair`, a listener with `bind` + `listen`, a pending client or a
+//! one-way datagram socket with `connect` to its peer's name; then crest
+//! refills each receive queue by sending from the peer (or, for a named
+//! unconnected receiver, from a throwaway socket), sets the options and
+//! the shutdown state.
+//!
+//! Known limits: an accepted socket is not bound again (the listener holds
+//! the name), so a client's `getpeername` comes back empty; the senders of
+//! queued datagrams are not kept.
+
+use super::kept::{self, Kept};
+use super::sockdiag::{self, UnixDiag};
+use super::{skopts, FileTable};
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::{FdTypes, FileEntry, FilePermsEntry, FownEntry, SkPacketEntry, UnixSkEntry};
+use crest_images::{magic, names, ImageReader};
+use crest_inject::{nr, Tracee};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+
+/// Most bytes crest keeps from one socket's queue, and most packets.
+const MAX_QUEUE: usize = 16 << 20;
+const MAX_PACKETS: usize = 4096;
+
+/// What the dump learnt about unix sockets so far.
+#[derive(Default)]
+pub struct UnixDump {
+    /// sock_diag of each network namespace, by its inode.
+    diags: HashMap<u64, HashMap<u32, UnixDiag>>,
+    /// Queued packets by file id, in queue order.
+    pub queues: Vec<(u32, Vec<Vec<u8>>)>,
+    /// Every dumped socket: inode → who holds it and what it is.
+    socks: HashMap<u32, Held>,
+}
+
+struct Held {
+    pid: i32,
+    fd: i32,
+    netns: u64,
+    peer: u32,
+    /// The peer is a listener and this connection is not accepted yet.
+    pending: bool,
+}
+
+fn netns_of(pid: i32) -> Result<u64, DumpError> {
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/net")).at(pid, "stat the net namespace")?;
+    Ok(m.ino())
+}
+
+fn show_name(name: &[u8]) -> String {
+    if name.first() == Some(&0) {
+        format!("@{}", String::from_utf8_lossy(&name[1..]))
+    } else {
+        String::from_utf8_lossy(name).into_owned()
+    }
+}
+
+impl FileTable {
+    /// Dumps the unix socket `ino` behind `fd` of `pid` (`copy` is crest's
+    /// copy of it); returns its file id.
+    pub(crate) fn dump_unix(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        flags: u32,
+        copy: &OwnedFd,
+    ) -> Result<u32, DumpError> {
+        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let netns = netns_of(pid)?;
+        if let std::collections::hash_map::Entry::Vacant(v) = self.unix.diags.entry(netns) {
+            v.insert(sockdiag::unix_sockets_of(pid).at(pid, "sock_diag of unix sockets")?);
+        }
+        let diag = &self.unix.diags[&netns];
+        let d = diag
+            .get(&ino)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "a unix socket (inode {ino}) sock_diag does not list"
+                ))
+            })?
+            .clone();
+        let ty = i32::from(d.ty);
+        if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
+            return Err(unsupported(format!("a unix socket of type {ty}")));
+        }
+        let name = d.name.clone().unwrap_or_default();
+        let mut perms = None;
+        if !name.is_empty() && name[0] != 0 {
+            if name[0] != b'/' {
+                return Err(unsupported(format!(
+                    "a unix socket bound to the relative path {}",
+                    show_name(&name)
+                )));
+            }
+            let path = format!("/proc/{pid}/root{}", show_name(&name));
+            let m = std::fs::symlink_metadata(&path).ok();
+            let same = m
+                .as_ref()
+                .zip(d.vfs)
+                .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
+            if !same && d.state != TCP_ESTABLISHED as u8 {
+                return Err(unsupported(format!(
+                    "a unix socket bound to {}, whose file was removed or replaced",
+                    show_name(&name)
+                )));
+            }
+            perms = m.filter(|_| same).map(|m| FilePermsEntry {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            });
+        }
+        // A connection not accepted yet: sock_diag shows no peer (the
+        // embryo in the listener's queue has no inode) and the listener
+        // lists the client among its pending connections; record the
+        // listener as the peer.
+        let mut peer = d.peer;
+        let mut pending = false;
+        let connected = u32::from(d.state) == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM;
+        if peer == 0 && connected {
+            if let Some(l) = diag
+                .values()
+                .find(|l| u32::from(l.state) == TCP_LISTEN && l.icons.contains(&ino))
+            {
+                if d.rqlen.1 != 0 {
+                    return Err(unsupported(format!(
+                        "a unix socket that sent data on a connection to {} not accepted yet",
+                        show_name(l.name.as_deref().unwrap_or_default())
+                    )));
+                }
+                peer = l.ino;
+                pending = true;
+            } else if d.shutdown & 3 != 3 {
+                return Err(unsupported(
+                    "a unix socket connected to a socket outside the dumped tree (a connection \
+                     a listener the tree does not hold has not accepted yet)"
+                        .into(),
+                ));
+            }
+            // Else its peer is closed: it comes back as one end of a pair
+            // whose other end is closed after its queue is refilled.
+        }
+        let packets = if u32::from(d.state) == TCP_LISTEN {
+            Vec::new()
+        } else {
+            peek_queue(copy, ty, d.rqlen.0 as usize)
+                .at(pid, "peek at a unix socket's queue")?
+                .map_err(unsupported)?
+        };
+        let opts = skopts::dump(copy).at(pid, "read socket options")?;
+        let backlog = if u32::from(d.state) == TCP_LISTEN {
+            d.rqlen.1
+        } else {
+            0
+        };
+        let usk = UnixSkEntry {
+            id: 0,
+            ino,
+            r#type: ty as u32,
+            state: u32::from(d.state),
+            flags,
+            uflags: 0,
+            backlog,
+            peer,
+            fown: FownEntry::default(),
+            opts,
+            name,
+            shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
+            file_perms: perms,
+            name_dir: None,
+            deleted: None,
+        };
+        let id = self.push(FileEntry {
+            r#type: FdTypes::Unixsk as i32,
+            id: 0,
+            usk: Some(UnixSkEntry { id: 0, ..usk }),
+            ..FileEntry::default()
+        });
+        if let Some(e) = self.entries.last_mut().and_then(|e| e.usk.as_mut()) {
+            e.id = id;
+        }
+        if !packets.is_empty() {
+            self.unix.queues.push((id, packets));
+        }
+        self.unix.socks.insert(
+            ino,
+            Held {
+                pid,
+                fd,
+                netns,
+                peer,
+                pending,
+            },
+        );
+        Ok(id)
+    }
+
+    /// After every task: each connected unix socket's peer must be in the
+    /// dump, held by the same task (crest rebuilds connections inside one
+    /// task).
+    pub(crate) fn check_unix(&self) -> Result<(), DumpError> {
+        let mut inos: Vec<_> = self.unix.socks.keys().copied().collect();
+        inos.sort_unstable();
+        for ino in inos {
+            let h = &self.unix.socks[&ino];
+            if h.peer == 0 {
+                continue;
+            }
+            let err = |kind: String| DumpError::UnsupportedFd {
+                pid: h.pid,
+                fd: h.fd,
+                kind,
+            };
+            let Some(p) = self.unix.socks.get(&h.peer) else {
+                let name = self
+                    .unix
+                    .diags
+                    .get(&h.netns)
+                    .and_then(|d| d.get(&h.peer))
+                    .and_then(|p| p.name.clone())
+                    .map_or("an unnamed socket".to_string(), |n| show_name(&n));
+                return Err(err(format!(
+                    "a unix socket connected to {name} (inode {}) outside the dumped tree",
+                    h.peer
+                )));
+            };
+            let holders = self.sock_holders.get(&ino);
+            let peer_holders = self.sock_holders.get(&h.peer);
+            let together = holders
+                .zip(peer_holders)
+                .is_some_and(|(a, b)| a.iter().any(|x| b.contains(x)));
+            if !together {
+                let what = if h.pending { "listener" } else { "peer" };
+                return Err(err(format!(
+                    "a unix socket whose {what} (inode {}) only another task (pid {}) holds; \
+                     crest rebuilds unix connections inside one task only",
+                    h.peer, p.pid
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The data queued on a socket, packet by packet (stream data as one),
+/// read with `MSG_PEEK` from offset 0; `Err(kind)` for a queue crest
+/// cannot keep.
+fn peek_queue(
+    copy: &OwnedFd,
+    ty: i32,
+    stream_len: usize,
+) -> std::io::Result<Result<Vec<Vec<u8>>, String>> {
+    use crest_sys::net::{getsockopt_int, recvmsg, setsockopt_int};
+    let fd = copy.as_fd();
+    let old = getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let res = (|| {
+        let mut out = Vec::new();
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+        if ty == libc::SOCK_STREAM {
+            if stream_len == 0 {
+                return Ok(Ok(out));
+            }
+            if stream_len > MAX_QUEUE {
+                return Ok(Err(format!("a unix socket with {stream_len} bytes queued")));
+            }
+            let mut buf = vec![0u8; stream_len];
+            let r = recvmsg(&fd, &mut buf, flags)?;
+            if r.had_fds {
+                return Ok(Err(
+                    "a unix socket with file descriptors in its queue".into()
+                ));
+            }
+            if r.len != stream_len {
+                return Ok(Err(format!(
+                    "a unix socket whose {stream_len} queued bytes could not all be read ({})",
+                    r.len
+                )));
+            }
+            out.push(buf);
+            return Ok(Ok(out));
+        }
+        let mut buf = vec![0u8; 1 << 19];
+        let mut total = 0;
+        loop {
+            let r = match recvmsg(&fd, &mut buf, flags | libc::MSG_TRUNC) {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+                Err(e) => return Err(e),
+            };
+            if r.had_fds {
+                return Ok(Err(
+                    "a unix socket with file descriptors in its queue".into()
+                ));
+            }
+            if r.len > buf.len() {
+                return Ok(Err(format!(
+                    "a unix socket with a {}-byte datagram queued",
+                    r.len
+                )));
+            }
+            total += r.len;
+            out.push(buf[..r.len].to_vec());
+            if out.len() > MAX_PACKETS || total > MAX_QUEUE {
+                return Ok(Err(format!(
+                    "a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued"
+                )));
+            }
+        }
+        Ok(Ok(out))
+    })();
+    setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    res
+}
+
+/// Writes `sk-queues.img`: per queued packet an `sk_packet_entry`, then
+/// its bytes.
+pub fn write_queues(dir: &Path, table: &FileTable) -> Result<(), DumpError> {
+    let mut w = crest_images::ImageWriter::create(dir, names::SK_QUEUES, magic::SK_QUEUES)?;
+    for (id, packets) in &table.unix.queues {
+        for p in packets {
+            w.write_entry(&SkPacketEntry {
+                id_for: *id,
+                length: p.len() as u32,
+                scm: Vec::new(),
+                ucred: None,
+            })?;
+            w.write_payload(p)?;
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// `sk-queues.img`, indexed by file id; which task made each socket.
+#[derive(Default)]
+pub struct SockImages {
+    pub queues: HashMap<u32, Vec<Vec<u8>>>,
+    /// file id → pid of the task that made the socket.
+    pub made_by: HashMap<u32, i32>,
+    /// Queued UDP datagrams by file id: (sender, data).
+    pub udp: super::inet::UdpQueues,
+    /// The images directory (TCP streams are read when needed).
+    pub dir: std::path::PathBuf,
+    /// `--shell-job` at restore.
+    pub shell_job: bool,
+}
+
+impl SockImages {
+    pub fn read(dir: &Path) -> Result<SockImages, RestoreError> {
+        let mut queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        if dir.join(names::SK_QUEUES).exists() {
+            let mut r = ImageReader::open(dir, names::SK_QUEUES, magic::SK_QUEUES)?;
+            let mut total = 0usize;
+            while let Some(e) = r.next_entry::<SkPacketEntry>()? {
+                total += e.length as usize;
+                if e.length as usize > MAX_QUEUE || total > 16 * MAX_QUEUE {
+                    return Err(RestoreError::BadImage {
+                        pid: 0,
+                        file: names::SK_QUEUES.into(),
+                        what: format!("socket {} claims {} bytes", e.id_for, e.length),
+                    });
+                }
+                let data = r.read_payload(u64::from(e.length))?;
+                queues.entry(e.id_for).or_default().push(data);
+            }
+        }
+        Ok(SockImages {
+            queues,
+            made_by: HashMap::new(),
+            udp: super::inet::read_udp(dir)?,
+            dir: dir.to_path_buf(),
+            shell_job: false,
+        })
+    }
+}
+
+fn bad(pid: i32, what: String) -> RestoreError {
+    RestoreError::BadImage {
+        pid,
+        file: names::FILES.into(),
+        what,
+    }
+}
+
+fn usk_of(
+    files: &super::restore::RestoreFiles,
+    pid: i32,
+    id: u32,
+) -> Result<UnixSkEntry, RestoreError> {
+    files
+        .entries
+        .get(&id)
+        .and_then(|e| e.usk.clone())
+        .ok_or_else(|| bad(pid, format!("file {id} has no unix socket entry")))
+}
+
+fn by_ino(files: &super::restore::RestoreFiles, ino: u32) -> Option<UnixSkEntry> {
+    files
+        .entries
+        .values()
+        .filter_map(|e| e.usk.as_ref())
+        .find(|u| u.ino == ino)
+        .cloned()
+}
+
+/// The fd for a unix socket entry: made once per task, dup'd per fd.
+pub fn open(
+    t: &mut Tracee,
+    e: &FileEntry,
+    files: &mut super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    if kept.get(e.id).is_none() {
+        if let Some(&other) = files.socks.made_by.get(&e.id) {
+            if other != pid {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: format!("unix socket {} shared with pid {other}", e.id),
+                });
+            }
+        }
+        let made = make(t, e.id, files, kept)?;
+        finish(t, &made, files, kept)?;
+    }
+    kept.dup(t, e.id)
+}
+
+/// `struct sockaddr_un` for a name.
+fn sockaddr(name: &[u8]) -> Vec<u8> {
+    let mut a = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(name);
+    if name.first() != Some(&0) {
+        a.push(0);
+    }
+    a
+}
+
+fn new_socket(t: &mut Tracee, ty: u32) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    t.syscall(
+        nr::SOCKET,
+        &[libc::AF_UNIX as u64, u64::from(ty) | flags as u64, 0],
+    )
+    .rat(pid, "socket(AF_UNIX)")
+}
+
+/// Whether the entry's name belongs to another socket that comes back
+/// bound (an accepted socket shares its listener's name): a name belongs
+/// to its listener, else to the first socket that has it.
+fn name_taken(files: &super::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
+    let same: Vec<&UnixSkEntry> = files
+        .entries
+        .values()
+        .filter_map(|e| e.usk.as_ref())
+        .filter(|o| o.name == u.name)
+        .collect();
+    let owner = same
+        .iter()
+        .find(|o| o.state == TCP_LISTEN)
+        .or_else(|| same.iter().min_by_key(|o| o.id));
+    owner.is_some_and(|o| o.ino != u.ino)
+}
+
+fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if u.name.first() != Some(&0) {
+        let path = String::from_utf8_lossy(&u.name).into_owned();
+        let here = format!("/proc/{pid}/root{path}");
+        // The dumped socket left its file behind: remove that (and only a
+        // socket file) to bind again.
+        if std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(&here).rat(pid, format!("remove the old socket file {path}"))?;
+        }
+    }
+    let addr = kept::put(t, &sockaddr(&u.name))?;
+    let len = sockaddr(&u.name).len() as u64;
+    t.syscall(nr::BIND, &[fd, addr, len])
+        .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)))?;
+    if let Some(p) = &u.file_perms {
+        let here = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&u.name));
+        std::fs::set_permissions(&here, std::fs::Permissions::from_mode(p.mode))
+            .rat(pid, "chmod a socket file")?;
+        std::os::unix::fs::lchown(&here, Some(p.uid), Some(p.gid))
+            .rat(pid, "chown a socket file")?;
+    }
+    Ok(())
+}
+
+fn connect(t: &mut Tracee, fd: u64, name: &[u8]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let a = sockaddr(name);
+    let addr = kept::put(t, &a)?;
+    t.syscall(nr::CONNECT, &[fd, addr, a.len() as u64])
+        .rat(pid, format!("connect a unix socket to {}", show_name(name)))?;
+    Ok(())
+}
+
+/// Makes the socket of file `id` (and what it needs first: its listener,
+/// its peer); returns the entries made that still need [`finish`].
+fn make(
+    t: &mut Tracee,
+    id: u32,
+    files: &mut super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<Vec<UnixSkEntry>, RestoreError> {
+    let pid = t.pid();
+    let u = usk_of(files, pid, id)?;
+    let peer = if u.peer != 0 {
+        Some(by_ino(files, u.peer).ok_or_else(|| {
+            bad(
+                pid,
+                format!(
+                    "unix socket {id}: peer inode {} is not in the image",
+                    u.peer
+                ),
+            )
+        })?)
+    } else {
+        None
+    };
+    let named = !u.name.is_empty();
+    let mut made = Vec::new();
+    match peer {
+        Some(p) if p.peer == u.ino && p.state != TCP_LISTEN && u.state != TCP_LISTEN => {
+            // A connected pair.
+            let (a, b) = pair(t, u.r#type)?;
+            for (fd, x) in [(a, &u), (b, &p)] {
+                if !x.name.is_empty() && !name_taken(files, x) {
+                    bind(t, fd, x)?;
+                }
+            }
+            kept.keep(t, u.id, a)?;
+            kept.keep(t, p.id, b)?;
+            made.push(u.clone());
+            made.push(p);
+        }
+        Some(p) => {
+            // A client of a listener, or a datagram socket connected to
+            // another that is not connected back.
+            if p.name.is_empty() {
+                return Err(bad(
+                    pid,
+                    format!("unix socket {id} is connected to an unnamed socket"),
+                ));
+            }
+            if kept.get(p.id).is_none() {
+                let before = make(t, p.id, files, kept)?;
+                finish(t, &before, files, kept)?;
+            }
+            let fd = new_socket(t, u.r#type)?;
+            if named && !name_taken(files, &u) {
+                bind(t, fd, &u)?;
+            }
+            connect(t, fd, &p.name)?;
+            kept.keep(t, u.id, fd)?;
+            made.push(u);
+        }
+        None if u.state == TCP_ESTABLISHED && u.r#type != libc::SOCK_DGRAM as u32 => {
+            // Its peer was closed: one end of a pair whose other end sends
+            // the queued data and is closed.
+            let (a, b) = pair(t, u.r#type)?;
+            if named && !name_taken(files, &u) {
+                bind(t, a, &u)?;
+            }
+            if let Some(packets) = files.socks.queues.get(&u.id) {
+                let sender = kept.copy(t, b)?;
+                send_all(pid, &sender, &[], packets, u.id)?;
+            }
+            t.syscall(nr::CLOSE, &[b])
+                .rat(pid, "close the closed peer")?;
+            kept.keep(t, u.id, a)?;
+            made.push(u);
+        }
+        None => {
+            let fd = new_socket(t, u.r#type)?;
+            if named && !name_taken(files, &u) {
+                bind(t, fd, &u)?;
+            }
+            if u.state == TCP_LISTEN {
+                t.syscall(nr::LISTEN, &[fd, u64::from(u.backlog)])
+                    .rat(pid, "listen")?;
+            }
+            kept.keep(t, u.id, fd)?;
+            made.push(u);
+        }
+    }
+    for x in &made {
+        files.socks.made_by.insert(x.id, pid);
+    }
+    Ok(made)
+}
+
+/// `socketpair(AF_UNIX, ty)` in the task.
+fn pair(t: &mut Tracee, ty: u32) -> Result<(u64, u64), RestoreError> {
+    let pid = t.pid();
+    let buf = kept::put(t, &[0u8; 8])?;
+    let ty = u64::from(ty) | (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+    t.syscall(nr::SOCKETPAIR, &[libc::AF_UNIX as u64, ty, 0, buf])
+        .rat(pid, "socketpair")?;
+    let mut raw = [0u8; 8];
+    t.read_mem(buf, &mut raw).rat(pid, "read socketpair fds")?;
+    let a = u64::from(u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]));
+    let b = u64::from(u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]));
+    Ok((a, b))
+}
+
+/// Refills the queues of the sockets just made, then sets their options,
+/// flags and shutdown state.
+fn finish(
+    t: &mut Tracee,
+    made: &[UnixSkEntry],
+    files: &super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut copies = Vec::with_capacity(made.len());
+    for u in made {
+        let slot = kept
+            .get(u.id)
+            .ok_or_else(|| bad(pid, format!("socket {} not made", u.id)))?;
+        copies.push(kept.copy(t, slot)?);
+    }
+    for (u, copy) in made.iter().zip(&copies) {
+        let Some(packets) = files.socks.queues.get(&u.id) else {
+            continue;
+        };
+        if u.peer == 0 && u.state == TCP_ESTABLISHED && u.r#type != libc::SOCK_DGRAM as u32 {
+            continue; // refilled by its closed peer in make
+        }
+        fill(t, u, copy, packets, files, kept)?;
+    }
+    for (u, copy) in made.iter().zip(&copies) {
+        skopts::restore(copy, &u.opts).rat(pid, format!("options of unix socket {}", u.id))?;
+        let status = libc::O_NONBLOCK | libc::O_ASYNC;
+        crest_sys::net::set_status_flags(copy, u.flags as i32 & status)
+            .rat(pid, "set socket flags")?;
+        if let Some(how) = u.shutdown.filter(|s| (1..=3).contains(s)) {
+            crest_sys::net::shutdown(copy, how - 1).rat(pid, "shutdown")?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts `packets` back into the receive queue of `u` by sending them from
+/// its peer, or from a throwaway socket to its name.
+fn fill(
+    t: &mut Tracee,
+    u: &UnixSkEntry,
+    _own: &OwnedFd,
+    packets: &[Vec<u8>],
+    files: &super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let peer = by_ino(files, u.peer).filter(|p| p.state != TCP_LISTEN);
+    let (sender, to, temp) = match peer.as_ref().and_then(|p| kept.get(p.id).map(|s| (p, s))) {
+        Some((p, slot)) => {
+            let to = if p.peer == u.ino {
+                Vec::new()
+            } else {
+                sockaddr(&u.name)
+            };
+            (kept.copy(t, slot)?, to, None)
+        }
+        None if !u.name.is_empty() && u.peer == 0 => {
+            let fd = new_socket(t, u.r#type)?;
+            let c = kept.copy(t, fd)?;
+            (c, sockaddr(&u.name), Some(fd))
+        }
+        None => {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "data queued on unix socket {} whose sender crest cannot make again",
+                    u.id
+                ),
+            })
+        }
+    };
+    send_all(pid, &sender, &to, packets, u.id)?;
+    if let Some(fd) = temp {
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    }
+    Ok(())
+}
+
+/// Sends `packets` from `sender` (to `to`, or its peer), its send buffer
+/// raised meanwhile so the whole queue fits.
+fn send_all(
+    pid: i32,
+    sender: &OwnedFd,
+    to: &[u8],
+    packets: &[Vec<u8>],
+    id: u32,
+) -> Result<(), RestoreError> {
+    use crest_sys::net::{getsockopt_int, sendto, setsockopt_int};
+    let total: usize = packets.iter().map(Vec::len).sum();
+    let old = getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUF).rat(pid, "SO_SNDBUF")?;
+    let want = (2 * total + (64 << 10)).min(i32::MAX as usize / 2) as i32;
+    if want > old {
+        setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+            .rat(pid, "raise SO_SNDBUF to refill a queue")?;
+    }
+    for p in packets {
+        let n = sendto(sender, p, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, to)
+            .rat(pid, format!("refill the queue of socket {id}"))?;
+        if n != p.len() {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!("a socket queue that took {n} of {} bytes back", p.len()),
+            });
+        }
+    }
+    if want > old {
+        setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, old / 2)
+            .rat(pid, "put SO_SNDBUF back")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Sockets: thin wrappers over the socket calls crest makes on its own
+//! copies of a task's sockets (taken with `pidfd_getfd`) and on netlink.
+//! Addresses travel as raw `sockaddr` bytes; callers build and parse them.
+
+use crate::cvt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Room for any socket address (`sockaddr_storage`).
+const ADDR_MAX: usize = 128;
+
+fn ret(r: libc::c_int) -> io::Result<libc::c_long> {
+    cvt(r as libc::c_long)
+}
+
+/// `socket(domain, type | SOCK_CLOEXEC, protocol)`.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    ret(fd)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `getsockopt(fd, level, name)` into a buffer of `len` bytes; returns the
+/// bytes the kernel wrote.
+pub fn getsockopt_bytes(
+    fd: &impl AsRawFd,
+    level: i32,
+    name: i32,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut l = len as libc::socklen_t;
+    // SAFETY: `buf` has room for `l` bytes and `l` is a valid out pointer.
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut l) };
+    ret(r)?;
+    buf.truncate((l as usize).min(len));
+    Ok(buf)
+}
+
+/// `getsockopt(fd, level, name)` of an int option.
+pub fn getsockopt_int(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<i32> {
+    let b = getsockopt_bytes(fd, level, name, 4)?;
+    let mut a = [0u8; 4];
+    a[..b.len().min(4)].copy_from_slice(&b[..b.len().min(4)]);
+    Ok(i32::from_ne_bytes(a))
+}
+
+/// `setsockopt(fd, level, name, value)` with raw bytes.
+pub fn setsockopt_bytes(fd: &impl AsRawFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is valid for its length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    ret(r).map(drop)
+}
+
+/// `setsockopt(fd, level, name, &int)`.
+pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    setsockopt_bytes(fd, level, name, &value.to_ne_bytes())
+}
+
+fn name_of(
+    fd: &impl AsRawFd,
+    f: unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int,
+) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; ADDR_MAX];
+    let mut l = ADDR_MAX as libc::socklen_t;
+    // SAFETY: `buf` has room for `l` bytes; `f` is getsockname or
+    // getpeername, which write at most `l` bytes and update `l`.
+    let r = unsafe { f(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut l) };
+    ret(r)?;
+    Ok(buf[..(l as usize).min(ADDR_MAX)].to_vec())
+}
+
+/// `getsockname(fd)` — the raw local address.
+pub fn getsockname(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
+    name_of(fd, libc::getsockname)
+}
+
+/// `getpeername(fd)` — the raw peer address.
+pub fn getpeername(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
+    name_of(fd, libc::getpeername)
+}
+
+/// `bind(fd, addr)` with a raw address.
+pub fn bind(fd: &impl AsRawFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: `addr` is valid for its length.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    ret(r).map(drop)
+}
+
+/// `connect(fd, addr)` with a raw address.
+pub fn connect(fd: &impl AsRawFd, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: `addr` is valid for its length.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    };
+    ret(r).map(drop)
+}
+
+/// `listen(fd, backlog)`.
+pub fn listen(fd: &impl AsRawFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    ret(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+/// `sendto(fd, data, flags, addr)`; no address when `addr` is empty.
+pub fn sendto(fd: &impl AsRawFd, data: &[u8], flags: i32, addr: &[u8]) -> io::Result<usize> {
+    let (p, l) = if addr.is_empty() {
+        (std::ptr::null(), 0)
+    } else {
+        (addr.as_ptr(), addr.len())
+    };
+    // SAFETY: `data` and `addr` are valid for their lengths (or null/0).
+    let r = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            flags,
+            p.cast(),
+            l as libc::socklen_t,
+        )
+    };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `recv(fd, buf, flags)`.
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// What one `recvmsg` returned.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Bytes of data.
+    pub len: usize,
+    /// `msg_flags` (MSG_TRUNC, MSG_CTRUNC, ...).
+    pub flags: i32,
+    /// The sender's raw address (datagram sockets).
+    pub from: Vec<u8>,
+    /// Whether file descriptors came along (they were closed at once).
+    pub had_fds: bool,
+}
+
+/// `recvmsg(fd, flags | MSG_CMSG_CLOEXEC)` into `buf`, with room for a
+/// sender address and a little control data. Descriptors passed with
+/// `SCM_RIGHTS` are closed at once and reported.
+pub fn recvmsg(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<Received> {
+    let mut name = [0u8; ADDR_MAX];
+    // Room for credentials and a few descriptors, 8-byte aligned.
+    let mut control = [0u64; 32];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = ADDR_MAX as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` points to a live buffer of the given
+    // length.
+    let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    let len = cvt(r as libc::c_long)? as usize;
+    let mut out = Received {
+        len,
+        flags: msg.msg_flags,
+        from: name[..(msg.msg_namelen as usize).min(ADDR_MAX)].to_vec(),
+        had_fds: false,
+    };
+    // SAFETY: `msg` was filled by the kernel; CMSG_FIRSTHDR/NXTHDR walk
+    // within msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` points to a complete cmsghdr inside `control`.
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            out.had_fds = true;
+            // SAFETY: CMSG_LEN(0) is the header length; the data holds ints.
+            let hdr = unsafe { libc::CMSG_LEN(0) } as usize;
+            let n = (h.cmsg_len as usize).saturating_sub(hdr) / 4;
+            for i in 0..n {
+                // SAFETY: CMSG_DATA points to `n` ints inside `control`.
+                let fd = unsafe { (libc::CMSG_DATA(c) as *const i32).add(i).read_unaligned() };
+                // SAFETY: the kernel just installed this fd for us.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as above.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok(out)
+}
+
+/// `ioctl(fd, request, &int)` of a request that returns one int
+/// (`SIOCINQ`, `SIOCOUTQ`, `SIOCOUTQNSD`).
+pub fn ioctl_int(fd: &impl AsRawFd, request: u64) -> io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the request writes one int to the pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut n) };
+    ret(r)?;
+    Ok(n)
+}
+
+/// `isatty(fd)` and `ttyname` through `/proc/self/fd` — the path of the
+/// terminal behind one of crest's own fds, if it is one.
+pub fn terminal_of(fd: i32) -> Option<String> {
+    // SAFETY: plain integer argument.
+    if unsafe { libc::isatty(fd) } != 1 {
+        return None;
+    }
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// `fcntl(fd, F_SETFL, flags)` — the status flags of the open file.
+pub fn set_status_flags(fd: &impl AsRawFd, flags: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    ret(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+}
+
+/// `shutdown(fd, how)`.
+pub fn shutdown(fd: &impl AsRawFd, how: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    ret(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
+}
