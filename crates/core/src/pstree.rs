@@ -359,30 +359,11 @@ pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
     Ok(t)
 }
 
-/// Like [`clone_levels`] for a parent that has no rights over crest's
-/// pid namespace (it is in a nested user namespace already): the levels
-/// inside are set with `set_tid`, crest's level through `ns_last_pid`,
-/// retrying when another fork takes the pid first.
-pub fn clone_levels_last_pid(
-    parent: &mut Tracee,
-    set_tid: &[i32],
-    flags: u64,
-    exit_signal: u64,
-) -> Result<Tracee, RestoreError> {
-    let (&want, inner) = set_tid
-        .split_last()
-        .ok_or_else(|| RestoreError::Unsupported {
-            pid: parent.pid(),
-            what: "a task without a pid".into(),
-        })?;
-    clone_levels_with(parent, inner, want, flags, exit_signal, &mut || Ok(()))
-}
-
 /// Clones from `parent` with `set_tid` = `inner` (the levels it has rights
 /// over, innermost first) and crest's level `want` through
 /// `ns_last_pid`; `before` sets any level in between (through a task in
 /// that namespace) right before each try.
-fn clone_levels_with(
+pub(crate) fn clone_levels_with(
     parent: &mut Tracee,
     inner: &[i32],
     want: i32,
@@ -534,6 +515,7 @@ pub fn fork_thread_last_pid(
     leader: &mut Tracee,
     tid: i32,
     inner_set_tid: &[i32],
+    before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let pid = leader.pid();
     let flags = (libc::CLONE_VM
@@ -547,6 +529,7 @@ pub fn fork_thread_last_pid(
     // through ns_last_pid.
     for _ in 0..16 {
         let base = put_clone_args(leader, flags, 0, inner_set_tid)?;
+        before()?;
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", tid - 1))
             .rat(pid, "write ns_last_pid")?;
         leader
@@ -621,6 +604,9 @@ pub struct ForkHow<'a> {
     /// Its parent has no rights over crest's pid namespace: crest's level
     /// is set through `ns_last_pid`.
     pub outer_via_last_pid: bool,
+    /// How many innermost levels of `set_tid` the parent sets itself (the
+    /// rest: a middle level through `before`, crest's through crest).
+    pub settable: usize,
 }
 
 /// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
@@ -632,6 +618,7 @@ pub fn fork_in_session(
     k: usize,
     p: usize,
     how: &ForkHow<'_>,
+    before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let (set_tid, parent_is_subreaper) = (how.set_tid, how.parent_is_subreaper);
     let e = entries[k];
@@ -650,7 +637,14 @@ pub fn fork_in_session(
         if how.new_pidns {
             flags |= libc::CLONE_NEWPID as u64;
         }
-        let mut t = clone_levels_last_pid(parent, set_tid, flags, libc::SIGCHLD as u64)?;
+        let (&want, _) = set_tid
+            .split_last()
+            .ok_or_else(|| RestoreError::Unsupported {
+                pid: e.pid as i32,
+                what: "a task without a pid".into(),
+            })?;
+        let inner = &set_tid[..how.settable.min(set_tid.len() - 1)];
+        let mut t = clone_levels_with(parent, inner, want, flags, libc::SIGCHLD as u64, before)?;
         if e.sid == e.pid {
             t.syscall(nr::SETSID, &[]).rat(t.pid(), "setsid")?;
         }

@@ -266,6 +266,26 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // fork), made again by it: its children get them at fork.
     let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
+    // Middle pid levels a task's own user namespace has no rights over.
+    let mut writers = ns::pid::Writers::default();
+    let init_of = |n: u32| {
+        imgs.iter()
+            .find(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
+            .map(TaskImage::pid)
+    };
+    let levels_of = |k: usize, userns: u32| {
+        pidns
+            .levels(imgs[k].ids.pid_ns_id, userns, &users, &init_of)
+            .map_err(|what| RestoreError::Unsupported {
+                pid: imgs[k].pid(),
+                what,
+            })
+    };
+    // How each task's threads get their ids: they are made after the task
+    // moved into its own user namespace.
+    let thread_levels = (0..imgs.len())
+        .map(|k| levels_of(k, imgs[k].ids.user_ns_id.unwrap_or(1)))
+        .collect::<Result<Vec<_>, _>>()?;
     let root_new_pidns = new_pidns(&imgs, &pidns, 0, None)?;
     tasks.push(Some(spawn_root(&imgs[0], root_new_pidns)?));
     for k in 1..imgs.len() {
@@ -289,12 +309,6 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .pid_ns_id
             .and_then(|n| pidns.node(n))
             .map_or(1, |n| n.owner_userns);
-        if fresh && owner != cur_userns[p] && cur_userns[p] != 1 {
-            return Err(RestoreError::Unsupported {
-                pid: imgs[k].pid(),
-                what: "a pid namespace owned by a nested user namespace inside another such pid namespace".into(),
-            });
-        }
         if fresh && owner != cur_userns[p] {
             // A pid namespace owned by another user namespace than the
             // parent is in: made by a helper inside the owner.
@@ -310,6 +324,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             tasks.push(Some(child));
             continue;
         }
+        let levels = levels_of(k, cur_userns[p])?;
         let how = pstree::ForkHow {
             set_tid: &set_tid,
             share_files: share.0,
@@ -317,8 +332,16 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             new_pidns: fresh,
             parent_is_subreaper: subreaper,
             outer_via_last_pid: cur_userns[p] != 1,
+            settable: levels.settable,
         };
-        let child = pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how)?;
+        let mut before = || -> Result<(), RestoreError> {
+            if let Some((ns, init)) = levels.middle {
+                writers.set_next(ns, init, set_tid[levels.settable])?;
+            }
+            Ok(())
+        };
+        let child =
+            pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how, &mut before)?;
         tasks.push(Some(child));
     }
     let inner_pgids: Vec<u32> = imgs.iter().map(TaskImage::inner_pgid).collect();
@@ -386,6 +409,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         files: &mut files,
         shared: mm::restore::SharedAnon::new(),
         threads: Vec::new(),
+        writers: &mut writers,
     };
     for k in 0..imgs.len() {
         let Some(t) = tasks[k].as_mut() else { continue };
@@ -398,6 +422,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             &mut ctx,
             (shares_files, shares_fs),
             cur_userns[k],
+            thread_levels[k],
         )?;
     }
 
@@ -585,6 +610,7 @@ struct TreeCtx<'a> {
     shared: mm::restore::SharedAnon,
     /// Threads made so far, ready to be let go before their leaders.
     threads: Vec<Tracee>,
+    writers: &'a mut ns::pid::Writers,
 }
 
 /// Turns a stopped fork of crest into the dumped task, and makes its
@@ -595,6 +621,7 @@ fn transform(
     ctx: &mut TreeCtx<'_>,
     (shares_files, shares_fs): (bool, bool),
     cur_userns: u32,
+    tl: ns::pid::Levels,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
     let (files, dir) = (&mut *ctx.files, ctx.dir);
@@ -690,7 +717,15 @@ fn transform(
         let set_tid = img.set_tid(i);
         let mut th = if helper.is_some() || early {
             let inner = &set_tid[..set_tid.len().saturating_sub(1)];
-            pstree::fork_thread_last_pid(t, *tid, inner)?
+            let inner = &inner[..tl.settable.min(inner.len())];
+            let writers = &mut *ctx.writers;
+            let mut before = || -> Result<(), RestoreError> {
+                if let Some((ns, init)) = tl.middle {
+                    writers.set_next(ns, init, set_tid[tl.settable])?;
+                }
+                Ok(())
+            };
+            pstree::fork_thread_last_pid(t, *tid, inner, &mut before)?
         } else {
             pstree::fork_thread(t, *tid, &set_tid)?
         };

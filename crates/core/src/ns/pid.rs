@@ -153,18 +153,6 @@ impl PidnsGraph {
                     });
                 }
             }
-            let parent_nested = n.parent.and_then(|p| self.node(p)).is_some_and(|p| {
-                users
-                    .node(p.owner_userns)
-                    .is_some_and(|u| u.parent.is_some())
-            });
-            if nested_owner && parent_nested {
-                let pid = init.map_or(0, |i| i.0);
-                return Err(DumpError::Unsupported {
-                    pid,
-                    what: "a pid namespace owned by a nested user namespace inside another such pid namespace (a container with its own user and pid namespaces inside another one; issue 6)".into(),
-                });
-            }
             if init.is_none() {
                 let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
                 return Err(DumpError::Unsupported {
@@ -253,5 +241,134 @@ impl PidnsGraph {
             .collect();
         lines.sort();
         lines.concat()
+    }
+}
+
+/// Tasks that set a middle level of new pids: a task forked inside a
+/// nested user namespace cannot give a pid namespace its user namespace
+/// does not own a `set_tid` level, so that level goes through the
+/// namespace's `ns_last_pid`, written by one of these — a crest child made
+/// inside that pid namespace (crest's `pid_for_children` pointed there for
+/// the fork), with crest's rights. Dropping them kills them.
+#[derive(Default)]
+pub struct Writers {
+    by_ns: Vec<(u32, crest_inject::Tracee)>,
+}
+
+impl Writers {
+    /// Makes the next pid that namespace `ns` (whose init is `init`, crest's
+    /// view) gives out `next`.
+    pub fn set_next(
+        &mut self,
+        ns: u32,
+        init: i32,
+        next: i32,
+    ) -> Result<(), crate::error::RestoreError> {
+        let i = match self.by_ns.iter().position(|w| w.0 == ns) {
+            Some(i) => i,
+            None => {
+                let t = make_writer(ns, init)?;
+                self.by_ns.push((ns, t));
+                self.by_ns.len() - 1
+            }
+        };
+        let w = &mut self.by_ns[i].1;
+        super::user::write_in_task(
+            w,
+            "/proc/sys/kernel/ns_last_pid",
+            format!("{}", next - 1).as_bytes(),
+        )
+    }
+}
+
+fn make_writer(ns: u32, init: i32) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    use crest_sys::proc::{spawn_stopped, SessionSetup};
+    let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
+    let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
+    crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID).rat(init, "setns into a pid namespace")?;
+    // A pid high in the namespace, out of the way of the tree's.
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    let child = spawn_stopped(&[max - 1 - ns as i32 % 1000], SessionSetup::Inherit);
+    crest_sys::ns::setns(&mine, libc::CLONE_NEWPID)
+        .rat(init, "setns back to crest's pid namespace")?;
+    let child = child.rat(init, "spawn a ns_last_pid writer")?;
+    let mut t = crest_inject::Tracee::from_stopped_child(child)
+        .rat(child, "attach a ns_last_pid writer")?;
+    t.use_vdso_syscall().rat(child, "writer syscall")?;
+    Ok(t)
+}
+
+/// How a task's pid is chosen at each level when its parent is in user
+/// namespace `userns`: `settable` innermost levels with `set_tid`; then at
+/// most one `middle` level through that namespace's writer; crest's level
+/// through crest's `ns_last_pid` when the parent is not in crest's user
+/// namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Levels {
+    pub settable: usize,
+    /// (pid namespace id, its init's pid in crest's namespace)
+    pub middle: Option<(u32, i32)>,
+    pub crest_via_last_pid: bool,
+}
+
+impl PidnsGraph {
+    /// The pid namespaces of a task, innermost first.
+    pub fn chain(&self, own: Option<u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = own;
+        while let Some(n) = cur {
+            if out.len() > 64 {
+                break;
+            }
+            out.push(n);
+            cur = self.node(n).and_then(|x| x.parent);
+        }
+        out
+    }
+
+    /// See [`Levels`]; `init_of` gives a namespace's init (crest's view).
+    pub fn levels(
+        &self,
+        own: Option<u32>,
+        userns: u32,
+        users: &UsernsGraph,
+        init_of: &dyn Fn(u32) -> Option<i32>,
+    ) -> Result<Levels, String> {
+        let chain = self.chain(own);
+        if userns == 1 {
+            return Ok(Levels {
+                settable: chain.len() + 1,
+                ..Levels::default()
+            });
+        }
+        let settable = chain
+            .iter()
+            .take_while(|n| {
+                self.node(**n)
+                    .is_some_and(|x| users.is_within(x.owner_userns, userns))
+            })
+            .count();
+        let middle = match chain.len() - settable {
+            0 => None,
+            1 => {
+                let n = chain[settable];
+                Some((n, init_of(n).ok_or("a pid namespace without its init")?))
+            }
+            _ => {
+                return Err(
+                    "pids at more than one pid namespace level its user namespace does not own"
+                        .into(),
+                )
+            }
+        };
+        Ok(Levels {
+            settable,
+            middle,
+            crest_via_last_pid: true,
+        })
     }
 }
