@@ -252,8 +252,8 @@ fn steps(
     // the workload (told to check itself): the same task on the host, the
     // child of `nsinit` (pid 1 of its own pid namespace) in the ns flavor
     let (pid, main) = match flavor {
-        Flavor::Ns => {
-            let pid = ns::start(cfg, w, dir, stdio, procs)?;
+        Flavor::Ns | Flavor::Uns => {
+            let pid = ns::start(cfg, w, dir, stdio, flavor == Flavor::Uns, procs)?;
             *pid_out = Some(pid);
             (pid, ns::wait_ready(dir, pid, procs)?)
         }
@@ -272,7 +272,7 @@ fn steps(
         Settle::Spinning => sleep(Duration::from_millis(100)),
         Settle::Storm => {
             let ns_before = match flavor {
-                Flavor::Ns => Some(ns::before(cfg, dir, pid, main, true, procs)?),
+                Flavor::Ns | Flavor::Uns => Some(ns::before(cfg, dir, pid, main, true, procs)?),
                 _ => None,
             };
             return storm_steps(cfg, dir, (pid, main), ns_before, stdio, mode, procs);
@@ -280,7 +280,7 @@ fn steps(
     }
     let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
     let ns_before = match flavor {
-        Flavor::Ns => Some(ns::before(cfg, dir, pid, main, false, procs)?),
+        Flavor::Ns | Flavor::Uns => Some(ns::before(cfg, dir, pid, main, false, procs)?),
         _ => None,
     };
     let what = match mode {

@@ -39,9 +39,7 @@ impl Flavor {
         match self {
             Flavor::Host => None,
             Flavor::Ns => None,
-            Flavor::Uns => {
-                Some("not wired yet: crest restores user-namespace-owned pid namespaces, but a time namespace that a task inside a nested user namespace made for its children is not restored yet (issue 6)")
-            }
+            Flavor::Uns => None,
             Flavor::Nested => None,
         }
     }

@@ -65,11 +65,15 @@ pub fn start(
     w: &Workload,
     dir: &CaseDir,
     stdio: StdioKind,
+    user: bool,
     procs: &mut Procs,
 ) -> Result<Pid> {
     let mut cmd = Command::new(cfg.workload("launch"));
-    cmd.arg(cfg.workload("nsinit"))
-        .arg(HOSTNAME)
+    cmd.arg(cfg.workload("nsinit"));
+    if user {
+        cmd.arg("-U");
+    }
+    cmd.arg(HOSTNAME)
         .arg(MONOTONIC_OFFSET.to_string())
         .arg(BOOTTIME_OFFSET.to_string());
     match &w.program {

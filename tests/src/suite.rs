@@ -160,7 +160,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     } else {
         Mode::SelfCheck
     };
-    for flavor in [Flavor::Host, Flavor::Ns] {
+    for flavor in [Flavor::Host, Flavor::Ns, Flavor::Uns] {
         for w in workloads() {
             for stdio in StdioKind::ALL {
                 let name = case::case_name(w.name, flavor, Some(stdio));

@@ -1,7 +1,12 @@
 /* nsinit - run a program as pid 1 of its own pid, mnt, uts, ipc, net and
  * time namespaces (the `ns` flavor of the suite).
  *
- * usage: nsinit HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
+ * usage: nsinit [-U] HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
+ *
+ * With -U (the `uns` flavor) it also unshares a user namespace, which then
+ * owns the other six, with every id mapped to itself (written by a short
+ * lived child that stayed in the parent user namespace, as the kernel
+ * wants the writer to have rights there).
  *
  * Like `unshare -p -m -u -i -n -T -f --propagation private` followed by
  * `hostname HOSTNAME; ip link set lo up`: unshares the six namespaces, makes
@@ -66,16 +71,72 @@ static void time_offsets(const char *mono, const char *boot)
 	close(fd);
 }
 
+/* Forks a child that waits on a pipe until the caller has unshared its
+ * user namespace, writes the caller's id maps and exits; returns the
+ * write end of the pipe and the child's pid through `child`. */
+static int map_writer(pid_t *child)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		die("pipe");
+	pid_t parent = getpid();
+	*child = fork();
+	if (*child < 0)
+		die("fork");
+	if (*child == 0) {
+		char c;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(1);
+		const char map[] = "0 0 4294967295\n";
+		const char *files[] = { "uid_map", "gid_map" };
+		for (int i = 0; i < 2; i++) {
+			char path[64];
+			snprintf(path, sizeof(path), "/proc/%d/%s", (int)parent, files[i]);
+			int fd = open(path, O_WRONLY | O_CLOEXEC);
+			if (fd < 0 || write(fd, map, sizeof(map) - 1) != (ssize_t)(sizeof(map) - 1)) {
+				fprintf(stderr, "nsinit: write %s: %s\n", path, strerror(errno));
+				_exit(1);
+			}
+			close(fd);
+		}
+		_exit(0);
+	}
+	close(p[0]);
+	return p[1];
+}
+
 int main(int argc, char **argv)
 {
+	int user = argc > 1 && strcmp(argv[1], "-U") == 0;
+	if (user) {
+		argv++;
+		argc--;
+	}
 	if (argc < 5) {
 		fprintf(stderr, "usage: nsinit HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]\n");
 		return 2;
 	}
 	int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
 		    CLONE_NEWTIME;
+	pid_t writer = -1;
+	int go = -1;
+	if (user) {
+		flags |= CLONE_NEWUSER;
+		go = map_writer(&writer);
+	}
 	if (unshare(flags) < 0)
 		die("unshare");
+	if (user) {
+		int st;
+		if (write(go, "x", 1) != 1)
+			die("wake the map writer");
+		close(go);
+		if (waitpid(writer, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+			fprintf(stderr, "nsinit: the id maps were not written\n");
+			exit(127);
+		}
+	}
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		die("make / private");
 	if (sethostname(argv[1], strlen(argv[1])) < 0)

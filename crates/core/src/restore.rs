@@ -302,6 +302,27 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .unwrap_or(false);
         let fresh = new_pidns(&imgs, &pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
+        if let Some(owner) = time_owner(&imgs[p], &others, &made_time) {
+            // The time namespace it made for its children is owned by a
+            // user namespace it has still to enter: it moves there now, so
+            // that its unshare makes the namespace owned by it.
+            if owner != cur_userns[p] {
+                let u = imgs[p].ids.user_ns_id.unwrap_or(1);
+                if !users.is_within(owner, cur_userns[p]) || !users.is_within(u, owner) {
+                    return Err(imgs[p].bad(
+                        "a time namespace for its children owned by a user namespace it is not on its way to",
+                    ));
+                }
+                let holder = userns.pid_of(owner).ok_or_else(|| {
+                    imgs[p].bad("a time namespace owned by a user namespace crest did not make")
+                })?;
+                let t = tasks[p]
+                    .as_mut()
+                    .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+                ns::user::enter(t, holder)?;
+                cur_userns[p] = owner;
+            }
+        }
         cur_userns[k] = cur_userns[p];
         make_time_for_children(&imgs[p], &others, tasks[p].as_mut(), &mut made_time)?;
         let owner = imgs[k]
@@ -443,6 +464,24 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
 /// A task whose children go to a time namespace of their own makes it
 /// again (`unshare(CLONE_NEWTIME)` and its offsets) before its first child.
+/// The owner of the time namespace task `img` made for its children, if
+/// it is still to be made.
+fn time_owner(
+    img: &TaskImage,
+    others: &ns::other::OtherGraph,
+    made: &std::collections::HashSet<u32>,
+) -> Option<u32> {
+    let x = img.cores[0].2.as_ref()?.time_for_children?;
+    if made.contains(&x) {
+        return None;
+    }
+    others
+        .list
+        .iter()
+        .find(|n| n.id == x)
+        .map(|n| n.owner_userns)
+}
+
 fn make_time_for_children(
     img: &TaskImage,
     others: &ns::other::OtherGraph,

@@ -198,8 +198,16 @@ fn map_each(
             attach_sysv(t, v)?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
             if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
+                // crest opens the mapping (map_files wants rights in
+                // crest's user namespace, which a task inside a nested one
+                // has not) and hands the task the fd.
                 let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
-                let fd = open_crest_side(t, &path, libc::O_RDWR)?;
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .rat(pid, format!("open {path}"))?;
+                let fd = crate::files::share::give_fd(t, &std::os::fd::OwnedFd::from(file))?;
                 let flags = flags & !(libc::MAP_ANONYMOUS as u64);
                 let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
                 t.syscall(nr::CLOSE, &[fd])
