@@ -4,9 +4,12 @@
 //! - `container_user_pid_net`: user+pid+uts+ipc+net, no mount namespace;
 //! - `container_with_mnt`: user+pid+mnt+uts+ipc+net, proc mounted
 //!   (`--mount-proc`) and a tmpfs on /mnt holding a file;
-//! - `container_in_container`: the first shape inside the first shape.
+//! - `container_in_container`: the first shape inside the first shape;
+//! - `container_no_setsid`: the first shape started as a job of the
+//!   harness's session (no `setsid` anywhere: its init inherited a session
+//!   from outside), running `fds_fork`.
 //!
-//! Each runs `tree_sessions` (made a session leader with `setsid`) as pid 1
+//! The others run `tree_sessions` (made a session leader with `setsid`) as pid 1
 //! of the innermost pid namespace, after `sh` set the hostname and brought
 //! lo up. The root the harness dumps is the outer `unshare`; the workload is
 //! found down the chain of only children (its `NSpid` ends in 1 at every
@@ -46,9 +49,15 @@ struct Shape {
     tmpfs_file: Option<(&'static str, &'static str)>,
     /// A dump refused with a message holding this is a SKIP.
     refusal: Option<&'static str>,
+    /// The protocol workload that is pid 1 of the innermost pid namespace.
+    workload: &'static str,
+    /// The workload leads a session of its own (`setsid`); without, it is
+    /// in the session of the outer `unshare`, which is itself started in
+    /// the harness's session (a job of a shell): a session from outside.
+    setsid: bool,
 }
 
-const SHAPES: [Shape; 3] = [
+const SHAPES: [Shape; 4] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -56,6 +65,8 @@ const SHAPES: [Shape; 3] = [
         own_mnt: false,
         tmpfs_file: None,
         refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
     },
     Shape {
         name: "container_with_mnt",
@@ -64,6 +75,8 @@ const SHAPES: [Shape; 3] = [
         own_mnt: true,
         tmpfs_file: Some(("/mnt/f", "data\n")),
         refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
     },
     Shape {
         name: "container_in_container",
@@ -72,6 +85,18 @@ const SHAPES: [Shape; 3] = [
         own_mnt: false,
         tmpfs_file: None,
         refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+    },
+    Shape {
+        name: "container_no_setsid",
+        depth: 1,
+        hostname: "c4",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        workload: "fds_fork",
+        setsid: false,
     },
 ];
 
@@ -125,9 +150,10 @@ fn in_path(bin: &str) -> bool {
 /// STATEDIR`.
 fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
     let wl = format!(
-        "{} && exec setsid {} {}",
+        "{} && exec {}{} {}",
         cfg.workload("sysvmk").display(),
-        cfg.workload("tree_sessions").display(),
+        if shape.setsid { "setsid " } else { "" },
+        cfg.workload(shape.workload).display(),
         dir.state.display()
     );
     let base = [
@@ -167,6 +193,9 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
 
 fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Pid> {
     let mut cmd = Command::new(cfg.workload("launch"));
+    if !shape.setsid {
+        cmd.arg("--no-setsid");
+    }
     cmd.args(command(cfg, shape, dir))
         .current_dir(&dir.root)
         .stdin(Stdio::null());

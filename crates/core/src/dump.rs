@@ -59,10 +59,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
 fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     let root = &tree.tasks[0];
     if root.sid != root.pid && !opts.shell_job {
-        return Err(DumpError::ForeignSession {
-            pid: root.pid,
-            sid: root.sid,
-        });
+        // A job of a shell, or a container whose init was started without
+        // setsid: handled as --shell-job would (restore puts it in the
+        // session of the crest that restores it). Terminals it uses from
+        // that session still need --shell-job (see files/tty.rs).
+        crate::info!(
+            "root {} is in session {} it does not lead: restored into the restorer's session, as with --shell-job",
+            root.pid,
+            root.sid
+        );
     }
     let live: Vec<i32> = tree
         .tasks
