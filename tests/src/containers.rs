@@ -285,6 +285,10 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
         ("shm ", " key 24301 size 65537 mode 640 "),
         ("sem ", " key 24302 nsems 3 mode 600 values 7 8 9"),
         ("msg ", " key 24303 mode 666 qnum 3 "),
+        (
+            "pmq ",
+            "/crestq mode 640 uid 0 maxmsg 5 msgsize 64 curmsgs 2 ",
+        ),
     ];
     for (kind, part) in want_sysv {
         if !inside

@@ -2,10 +2,14 @@
  * tool of the harness, no protocol): a 64 KiB + 1 shared memory segment
  * (key 0x5eed, mode 0640) filled with a pattern, a set of 3 semaphores
  * (key 0x5eee, values 7 8 9) and a message queue (key 0x5eef) holding
- * three messages. The container shapes run it before the workload, so
- * the objects outlive it and only the ipc namespace holds them. */
+ * three messages, and a POSIX message queue /crestq (mode 0640, at most 5
+ * messages of 64 bytes) holding two messages of priorities 1 and 3. The
+ * container shapes run it before the workload, so the objects outlive it
+ * and only the ipc namespace holds them. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <mqueue.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ipc.h>
@@ -52,5 +56,16 @@ int main(void)
 			return 1;
 		}
 	}
+	struct mq_attr attr = { .mq_maxmsg = 5, .mq_msgsize = 64 };
+	mqd_t mq = mq_open("/crestq", O_CREAT | O_EXCL | O_RDWR, 0640, &attr);
+	if (mq == (mqd_t)-1) {
+		perror("sysvmk: mq_open");
+		return 1;
+	}
+	if (mq_send(mq, "low", 3, 1) < 0 || mq_send(mq, "high priority", 13, 3) < 0) {
+		perror("sysvmk: mq_send");
+		return 1;
+	}
+	mq_close(mq);
 	return 0;
 }

@@ -89,6 +89,10 @@ pub fn ipcns_sem(id: u32) -> String {
 pub fn ipcns_msg(id: u32) -> String {
     format!("ipcns-msg-{id}.img")
 }
+/// `crest-pmq-<ipc ns id>.img` (crest's own)
+pub fn crest_pmq(id: u32) -> String {
+    format!("crest-pmq-{id}.img")
+}
 /// `crest-mnt-<id>.img` (crest's own)
 pub fn crest_mnt(id: u32) -> String {
     format!("crest-mnt-{id}.img")

@@ -58,6 +58,10 @@ pub mod nr {
     pub const MSGCTL: u64 = 71;
     pub const UMOUNT2: u64 = 166;
     pub const MKDIRAT: u64 = 258;
+    pub const MQ_OPEN: u64 = 240;
+    pub const MQ_TIMEDSEND: u64 = 242;
+    pub const MQ_TIMEDRECEIVE: u64 = 243;
+    pub const MQ_GETSETATTR: u64 = 245;
     pub const CLONE3: u64 = 435;
     pub const SETSID: u64 = 112;
     pub const SETPGID: u64 = 109;
@@ -117,6 +121,10 @@ pub fn name(nr: u64) -> &'static str {
         MSGCTL => "msgctl",
         UMOUNT2 => "umount2",
         MKDIRAT => "mkdirat",
+        MQ_OPEN => "mq_open",
+        MQ_TIMEDSEND => "mq_timedsend",
+        MQ_TIMEDRECEIVE => "mq_timedreceive",
+        MQ_GETSETATTR => "mq_getsetattr",
         MPROTECT => "mprotect",
         MUNMAP => "munmap",
         BRK => "brk",

@@ -16,6 +16,7 @@
 //! CRIU lays them out.
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::pb::crest::{CrestPmqEntry, CrestPmqMsg};
 use crest_images::pb::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry};
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
@@ -57,12 +58,14 @@ pub struct IpcDump {
     pub shms: Vec<(IpcShmEntry, Vec<u8>)>,
     pub sems: Vec<(IpcSemEntry, Vec<u16>)>,
     pub msgs: Vec<Queue>,
+    /// POSIX message queues.
+    pub pmqs: Vec<CrestPmqEntry>,
 }
 
 impl IpcDump {
     /// Whether the namespace holds any SysV object.
     pub fn is_empty(&self) -> bool {
-        self.shms.is_empty() && self.sems.is_empty() && self.msgs.is_empty()
+        self.shms.is_empty() && self.sems.is_empty() && self.msgs.is_empty() && self.pmqs.is_empty()
     }
 }
 
@@ -133,7 +136,141 @@ pub fn dump(pid: i32, t: &mut Tracee) -> Result<IpcDump, DumpError> {
     for row in table(t, "msg")? {
         out.msgs.push(dump_msg(pid, t, &row)?);
     }
+    out.pmqs = dump_pmqs(pid, t)?;
     Ok(out)
+}
+
+/// Where the namespace's mqueue filesystem is mounted in a reader's or
+/// helper's private mount namespace.
+const MQ_AT: &str = "/tmp";
+/// Most POSIX queues, and bytes per queue, crest takes.
+const MAX_PMQS: usize = 4096;
+const MAX_PMQ_BYTES: u64 = 16 << 20;
+
+/// Gives task `t` a private mount namespace with the mqueue filesystem of
+/// its ipc namespace on [`MQ_AT`] (nothing it mounts reaches crest's).
+fn mount_mqueue(t: &mut Tracee) -> Result<(), crest_inject::InjectError> {
+    t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])?;
+    let buf = t.put(b"/\0mqueue\0/tmp\0")?;
+    t.syscall(nr::MOUNT, &[0, buf, 0, libc::MS_REC | libc::MS_PRIVATE, 0])?;
+    t.syscall(nr::MOUNT, &[buf + 2, buf + 9, buf + 2, 0, 0])?;
+    Ok(())
+}
+
+/// `struct mq_attr` fields: flags, maxmsg, msgsize, curmsgs.
+fn mq_attr(raw: &[u8]) -> [u64; 4] {
+    [0, 8, 16, 24].map(|at| u64_at(raw, at))
+}
+
+/// The POSIX queues of the namespace, messages copied by receiving them
+/// all and sending them back in the same order (the tree is frozen).
+fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, DumpError> {
+    mount_mqueue(t).at(pid, "mount the mqueue filesystem of an ipc namespace")?;
+    let dir = format!("/proc/{}/root{MQ_AT}", t.pid());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .at(pid, "list POSIX message queues")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.len() > MAX_PMQS {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("{} POSIX message queues", names.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = format!("{dir}/{name}");
+        let info = std::fs::read_to_string(&path).at(pid, "read a POSIX queue's status")?;
+        if info
+            .split_whitespace()
+            .any(|f| f.starts_with("NOTIFY_PID:") && f != "NOTIFY_PID:0")
+        {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "POSIX message queue /{name} with a notification registered (mq_notify)"
+                ),
+            });
+        }
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path).at(pid, "stat a POSIX queue")?;
+        let mut e = CrestPmqEntry {
+            name: name.clone(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            maxmsg: 0,
+            msgsize: 0,
+            messages: Vec::new(),
+        };
+        let n = name.as_bytes().to_vec();
+        let mut buf = n.clone();
+        buf.push(0);
+        let addr = t.put(&buf).at(pid, "write a queue name")?;
+        let fd = t
+            .syscall(
+                nr::MQ_OPEN,
+                &[addr, (libc::O_RDWR | libc::O_NONBLOCK) as u64, 0, 0],
+            )
+            .at(pid, "open a POSIX message queue")?;
+        let r = copy_queue(pid, t, fd, &mut e);
+        let _ = t.syscall(nr::CLOSE, &[fd]);
+        r?;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn copy_queue(pid: i32, t: &mut Tracee, fd: u64, e: &mut CrestPmqEntry) -> Result<(), DumpError> {
+    let attr = t.scratch(64).at(pid, "scratch")?;
+    t.syscall(nr::MQ_GETSETATTR, &[fd, 0, attr])
+        .at(pid, "read a POSIX queue's attributes")?;
+    let mut raw = [0u8; 64];
+    t.read_mem(attr, &mut raw).at(pid, "read mq_attr")?;
+    let [_, maxmsg, msgsize, cur] = mq_attr(&raw);
+    if msgsize.saturating_mul(cur) > MAX_PMQ_BYTES || msgsize > MAX_PMQ_BYTES {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "POSIX message queue /{} holding {cur} messages of up to {msgsize} bytes",
+                e.name
+            ),
+        });
+    }
+    (e.maxmsg, e.msgsize) = (maxmsg as u32, msgsize as u32);
+    let buf = t.scratch(msgsize as usize + 8).at(pid, "scratch")?;
+    let prio_at = buf + msgsize;
+    for _ in 0..cur {
+        let n = t
+            .syscall(nr::MQ_TIMEDRECEIVE, &[fd, buf, msgsize, prio_at, 0])
+            .at(pid, "receive from a POSIX queue")?;
+        let mut data = vec![0u8; n as usize];
+        t.read_mem(buf, &mut data).at(pid, "read a message")?;
+        let mut p = [0u8; 4];
+        t.read_mem(prio_at, &mut p).at(pid, "read a priority")?;
+        e.messages.push(CrestPmqMsg {
+            prio: u32::from_le_bytes(p),
+            data,
+        });
+    }
+    send_all(t, fd, &e.messages).at(pid, "send messages back to a POSIX queue")
+}
+
+fn send_all(
+    t: &mut Tracee,
+    fd: u64,
+    msgs: &[CrestPmqMsg],
+) -> Result<(), crest_inject::InjectError> {
+    for m in msgs {
+        let addr = t.put(&m.data)?;
+        t.syscall(
+            nr::MQ_TIMEDSEND,
+            &[fd, addr, m.data.len() as u64, u64::from(m.prio), 0],
+        )?;
+    }
+    Ok(())
 }
 
 fn dump_shm(pid: i32, t: &mut Tracee, row: &Row) -> Result<(IpcShmEntry, Vec<u8>), DumpError> {
@@ -322,6 +459,9 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
         }
     }
     w.finish()?;
+    if !d.pmqs.is_empty() {
+        crest_images::write_image(dir, &names::crest_pmq(id), magic::CREST_PMQ, &d.pmqs)?;
+    }
     Ok(())
 }
 
@@ -402,6 +542,22 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
         }
         d.msgs.push((e, msgs));
     }
+    if dir.join(names::crest_pmq(id)).exists() {
+        let name = names::crest_pmq(id);
+        let pmqs: Vec<CrestPmqEntry> = crest_images::read_image(dir, &name, magic::CREST_PMQ)?;
+        for q in &pmqs {
+            let bytes: u64 = q.messages.iter().map(|m| m.data.len() as u64).sum();
+            let bad_name =
+                q.name.is_empty() || q.name.contains('/') || q.name == "." || q.name == "..";
+            if pmqs.len() > MAX_PMQS || bytes > MAX_PMQ_BYTES || bad_name {
+                return Err(bad(
+                    name,
+                    format!("POSIX queue {:?} ({bytes} bytes)", q.name),
+                ));
+            }
+        }
+        d.pmqs = pmqs;
+    }
     Ok(d)
 }
 
@@ -418,6 +574,56 @@ pub fn restore(t: &mut Tracee, d: &IpcDump) -> Result<(), RestoreError> {
     for (e, msgs) in &d.msgs {
         restore_msg(t, e, msgs)?;
     }
+    if !d.pmqs.is_empty() {
+        let pid = t.pid();
+        mount_mqueue(t).rat(pid, "mount the mqueue filesystem of the ipc namespace")?;
+        for q in &d.pmqs {
+            restore_pmq(t, q)?;
+        }
+    }
+    Ok(())
+}
+
+fn restore_pmq(t: &mut Tracee, q: &CrestPmqEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut args = q.name.as_bytes().to_vec();
+    args.push(0);
+    let attr_at = args.len().div_ceil(8) * 8;
+    args.resize(attr_at, 0);
+    for v in [
+        0u64,
+        u64::from(q.maxmsg),
+        u64::from(q.msgsize),
+        0,
+        0,
+        0,
+        0,
+        0,
+    ] {
+        args.extend_from_slice(&v.to_le_bytes());
+    }
+    let base = t.put(&args).rat(pid, "write a queue name")?;
+    let flags = (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NONBLOCK) as u64;
+    let fd = t
+        .syscall(
+            nr::MQ_OPEN,
+            &[
+                base,
+                flags,
+                u64::from(q.mode & 0o777),
+                base + attr_at as u64,
+            ],
+        )
+        .rat(pid, format!("mq_open /{}", q.name))?;
+    let r = send_all(t, fd, &q.messages).rat(pid, format!("refill POSIX queue /{}", q.name));
+    let _ = t.syscall(nr::CLOSE, &[fd]);
+    r?;
+    // Owner and mode as crest sees them, through the helper's mount.
+    let path = format!("/proc/{pid}/root{MQ_AT}/{}", q.name);
+    std::os::unix::fs::chown(&path, Some(q.uid), Some(q.gid)).rat(pid, format!("chown {path}"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(q.mode))
+        .rat(pid, format!("chmod {path}"))?;
     Ok(())
 }
 

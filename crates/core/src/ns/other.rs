@@ -376,10 +376,11 @@ impl OtherGraph {
                     "net" => format!(" lo {}", if n.lo_up { "up" } else { "down" }),
                     "ipc" => n.ipc.as_ref().map_or_else(String::new, |d| {
                         format!(
-                            " shm {:?} sem {:?} msg {:?}",
+                            " shm {:?} sem {:?} msg {:?} posix {:?}",
                             d.shms.iter().map(|s| (s.0.desc.id, s.0.size)).collect::<Vec<_>>(),
                             d.sems.iter().map(|s| (s.0.desc.id, s.0.nsems)).collect::<Vec<_>>(),
-                            d.msgs.iter().map(|s| (s.0.desc.id, s.0.qnum)).collect::<Vec<_>>()
+                            d.msgs.iter().map(|s| (s.0.desc.id, s.0.qnum)).collect::<Vec<_>>(),
+                            d.pmqs.iter().map(|q| (q.name.as_str(), q.messages.len())).collect::<Vec<_>>()
                         )
                     }),
                     "time" => format!(" offsets {:?}", n.offsets.unwrap_or_default()),
