@@ -1,7 +1,7 @@
 //! Container shapes (issue 6, "Checked by"): trees started with util-linux's
 //! `unshare` (`-r`, no newuidmap needed), dumped and restored by crest.
 //!
-//! - `container_user_pid_net`: user+pid+uts+ipc+net, no mount namespace;
+//! - `container_user_pid_net`: user+pid+uts+ipc+net+cgroup, no mount namespace;
 //! - `container_with_mnt`: user+pid+mnt+uts+ipc+net, proc mounted
 //!   (`--mount-proc`) and a tmpfs on /mnt holding a file;
 //! - `container_in_container`: the first shape inside the first shape;
@@ -164,6 +164,7 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
         "-u",
         "-i",
         "-n",
+        "-C",
         "-f",
         "--kill-child",
     ];
@@ -300,7 +301,7 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
             ));
         }
     }
-    let mut own = vec!["user", "pid", "uts", "ipc", "net"];
+    let mut own = vec!["user", "pid", "uts", "ipc", "net", "cgroup"];
     if shape.own_mnt {
         own.push("mnt");
     }

@@ -85,6 +85,10 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     })?;
     users.write(&opts.dir)?;
     others.write(&opts.dir, pids.entries())?;
+    let members = others.cgroup_members()?;
+    if !members.is_empty() {
+        crate::ns::cgroup::write_members(&opts.dir, &members)?;
+    }
     let mut files = FileTable::default();
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;
@@ -128,6 +132,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
                 ids.net_ns_id = others.ns_of(task.pid, libc::CLONE_NEWNET as u32);
                 ids.mnt_ns_id = others.ns_of(task.pid, libc::CLONE_NEWNS as u32);
                 ids.time_ns_id = others.ns_of(task.pid, libc::CLONE_NEWTIME as u32);
+                ids.cgroup_ns_id = others.ns_of(task.pid, libc::CLONE_NEWCGROUP as u32);
                 ids.pid_ns_id = pids.ns_of(task.pid);
                 let fc = for_children(task.pid, &others, &pids);
                 dump_task(task, &ids, &users, fc, &opts.dir, &mut files, &mut summary)?;

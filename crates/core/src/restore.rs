@@ -388,6 +388,14 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         pstree::make_zombie(t, status, &tc.comm, parent)?;
     }
 
+    // Tasks of cgroup namespaces of the tree's own go back to their cgroups
+    // (threads made later follow their leader).
+    for (pid, path) in ns::cgroup::read_members(dir)? {
+        if imgs.iter().any(|i| i.pid() == pid && i.live.is_some()) {
+            ns::cgroup::move_to(pid, &path)?;
+        }
+    }
+
     // Every task keeps a way to crest's files (/proc, the images) while
     // it is in other mount namespaces, numbered above its future fds.
     for (k, t) in tasks.iter_mut().enumerate() {

@@ -90,6 +90,8 @@ pub const CREST_USERNS: u32 = 0x4352_5302;
 pub const CREST_NS: u32 = 0x4352_5303;
 /// `crest-mnt-<id>.img` (crest's own): the mounts of a mount namespace.
 pub const CREST_MNT: u32 = 0x4352_5304;
+/// `crest-cgroups.img` (crest's own): tasks' cgroups.
+pub const CREST_CGROUPS: u32 = 0x4352_5307;
 /// `crest-pmq-<id>.img` (crest's own): POSIX message queues.
 pub const CREST_PMQ: u32 = 0x4352_5306;
 /// `crest-tmpfs-<ns>-<mnt>.img` (crest's own): the files of a tmpfs.

@@ -30,6 +30,8 @@ pub const TTY_INFO: &str = "tty-info.img";
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)
 pub const CREST_USERNS: &str = "crest-userns.img";
+/// `crest-cgroups.img` (crest's own)
+pub const CREST_CGROUPS: &str = "crest-cgroups.img";
 /// `crest-ns.img` (crest's own)
 pub const CREST_NS: &str = "crest-ns.img";
 

@@ -63,7 +63,7 @@ pub const KINDS: [Kind; 7] = [
     Kind {
         name: "cgroup",
         flag: libc::CLONE_NEWCGROUP as u32,
-        supported: false,
+        supported: true,
     },
     Kind {
         name: "time",
@@ -97,6 +97,8 @@ pub struct OtherNs {
     /// mnt: the mounts.
     #[serde(skip)]
     pub mnt: Option<super::mnt::MntNs>,
+    /// cgroup: the namespace's root (a cgroup v2 path, crest's view).
+    pub cgroup_root: Option<String>,
     #[serde(skip)]
     ino: u64,
 }
@@ -151,6 +153,21 @@ impl OtherGraph {
         Ok(g)
     }
 
+    /// Every task in a cgroup namespace of the tree's own, with its cgroup.
+    pub fn cgroup_members(&self) -> Result<Vec<(i32, String)>, DumpError> {
+        let mut out = Vec::new();
+        for (pid, id) in &self.tasks {
+            let cg = self
+                .list
+                .iter()
+                .any(|n| n.id == *id && n.nstype == libc::CLONE_NEWCGROUP as u32);
+            if cg {
+                out.push((*pid, super::cgroup::path_of(*pid)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Each mount namespace with mounts to replay: (the task that does it,
     /// the namespace's id).
     pub fn mount_executors(&self) -> Vec<(i32, u32)> {
@@ -190,10 +207,15 @@ impl OtherGraph {
             mnt_private: false,
             ipc: None,
             mnt: None,
+            cgroup_root: None,
             ino,
         };
         match kind.name {
             "uts" => n.uts = Some(read_uts(pid, &fd)?),
+            "cgroup" => {
+                let mut t = reader(pid, &fd, libc::CLONE_NEWCGROUP, Some(&owner_fd))?;
+                n.cgroup_root = Some(super::cgroup::dump_root(pid, &mut t)?);
+            }
             "ipc" => {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
                 n.ipc = Some(super::ipc::dump(pid, &mut t)?);
@@ -246,6 +268,7 @@ impl OtherGraph {
                 boottime_sec: n.offsets.map(|o| o[1].0),
                 boottime_nsec: n.offsets.map(|o| o[1].1),
                 mnt_private: Some(n.mnt_private),
+                cgroup_root: n.cgroup_root.clone(),
             })
             .chain(more)
             .collect();
@@ -339,6 +362,7 @@ impl OtherGraph {
                 mnt_private: e.mnt_private.unwrap_or(false),
                 ipc,
                 mnt,
+                cgroup_root: e.cgroup_root.clone(),
                 ino: 0,
             });
         }
@@ -374,6 +398,7 @@ impl OtherGraph {
                         .map(|(h, d)| format!(" hostname {h:?} domainname {d:?}"))
                         .unwrap_or_default(),
                     "net" => format!(" lo {}", if n.lo_up { "up" } else { "down" }),
+                    "cgroup" => format!(" rooted at {:?}", n.cgroup_root.as_deref().unwrap_or("?")),
                     "ipc" => n.ipc.as_ref().map_or_else(String::new, |d| {
                         format!(
                             " shm {:?} sem {:?} msg {:?} posix {:?}",
@@ -422,6 +447,7 @@ pub fn ids_of(ids: &crest_images::pb::TaskKobjIdsEntry) -> Vec<u32> {
         ids.net_ns_id,
         ids.mnt_ns_id,
         ids.time_ns_id,
+        ids.cgroup_ns_id,
     ]
     .into_iter()
     .flatten()
@@ -638,6 +664,10 @@ impl Helpers {
                 spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a namespace helper")?;
             let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a namespace helper")?;
             t.use_vdso_syscall().rat(pid, "helper syscall")?;
+            if let Some(root) = &n.cgroup_root {
+                // A cgroup namespace is rooted where its creator is.
+                super::cgroup::move_to(pid, root)?;
+            }
             if let Some(owner) = users_h.pid_of(n.owner_userns) {
                 super::user::enter(&mut t, owner)?;
             }
