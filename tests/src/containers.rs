@@ -5,6 +5,8 @@
 //! - `container_with_mnt`: user+pid+mnt+uts+ipc+net, proc mounted
 //!   (`--mount-proc`) and a tmpfs on /mnt holding a file;
 //! - `container_in_container`: the first shape inside the first shape;
+//! - `container_in_container_mnt`: both levels with their own mount
+//!   namespace, proc and tmpfs (the inner one a copy of the outer's);
 //! - `container_no_setsid`: the first shape started as a job of the
 //!   harness's session (no `setsid` anywhere: its init inherited a session
 //!   from outside), running `fds_fork`.
@@ -57,7 +59,7 @@ struct Shape {
     setsid: bool,
 }
 
-const SHAPES: [Shape; 4] = [
+const SHAPES: [Shape; 5] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -84,6 +86,16 @@ const SHAPES: [Shape; 4] = [
         hostname: "c3",
         own_mnt: false,
         tmpfs_file: None,
+        refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+    },
+    Shape {
+        name: "container_in_container_mnt",
+        depth: 2,
+        hostname: "c5",
+        own_mnt: true,
+        tmpfs_file: Some(("/mnt/f", "data\n")),
         refusal: None,
         workload: "tree_sessions",
         setsid: true,
@@ -182,6 +194,22 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
             let inner = format!("hostname {} && ip link set lo up && {wl}", shape.hostname);
             format!(
                 "hostname {}-outer && ip link set lo up && exec {} sh -c '{inner}'",
+                shape.hostname,
+                base.join(" ")
+            )
+        }
+        "container_in_container_mnt" => {
+            // both levels with a mount namespace, proc and a tmpfs of
+            // their own; the inner one sees the outer's tmpfs too
+            args.extend(["-m".into(), "--mount-proc".into()]);
+            let inner = format!(
+                "mkdir -p /mnt/in && mount -t tmpfs none /mnt/in && echo inner > /mnt/in/g && \
+                 hostname {} && ip link set lo up && {wl}",
+                shape.hostname
+            );
+            format!(
+                "mount -t tmpfs none /mnt && echo data > /mnt/f && hostname {}-outer && ip link \
+                 set lo up && exec {} -m --mount-proc sh -c '{inner}'",
                 shape.hostname,
                 base.join(" ")
             )

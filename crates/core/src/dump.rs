@@ -76,8 +76,9 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         .map(|t| t.pid)
         .collect();
     let users = UsernsGraph::collect(&live)?;
-    let others = OtherGraph::collect(&live, &users)?;
+    let mut others = OtherGraph::collect(&live, &users)?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+    others.resolve_proc_pidns(&pids)?;
     pids.check_inits(&users, |pid| {
         procfs::read_status(pid)
             .ok()

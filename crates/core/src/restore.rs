@@ -254,7 +254,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
     let userns = ns::user::Helpers::build(&users)?;
-    let others_h = ns::other::Helpers::build(&others, &userns)?;
+    let mut others_h = ns::other::Helpers::build(&others, &userns)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
@@ -413,18 +413,8 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     // Mount namespaces get their mounts back, replayed from inside by one
     // of their tasks, before any task reopens files in them.
-    for (executor, id) in others.mount_executors() {
-        let bad = || RestoreError::BadImage {
-            pid: executor,
-            file: names::crest_mnt(id),
-            what: "its mounts are replayed by a task that is not a live task of the tree".into(),
-        };
-        let k = imgs
-            .iter()
-            .position(|i| i.pid() == executor)
-            .ok_or_else(bad)?;
-        let t = tasks[k].as_mut().ok_or_else(bad)?;
-        others_h.replay_mounts(t, &others, id, &made_time)?;
+    for id in others.mount_order() {
+        others_h.replay_mounts(&others, id, &userns, &init_of)?;
     }
 
     // Transform every live task, make its threads, set its threads' state.

@@ -6,13 +6,17 @@
 //! whose filesystem crest or an earlier mount already shows is a *bind*
 //! (its source is found as a path inside the namespace); any other is a
 //! *new* filesystem (proc, sysfs, tmpfs, devpts, mqueue, cgroup2, ramfs),
-//! and a tmpfs's files are saved. Restore starts from a copy of crest's
-//! mounts again (the namespace helper's `unshare`), and one task of the
-//! tree that is inside the namespace — in the pid namespace of its proc
-//! mounts, so they show the right tasks — replays it before any task is
-//! transformed: unmounts what the namespace no longer has, mounts the new
-//! and bind mounts in their order (refilling each tmpfs right after its
-//! mount), then sets per-mount flags and propagation.
+//! and a tmpfs's files are saved. A namespace copied from another of the
+//! tree's (a container in a container, both with `-m`) is compared with
+//! that one instead of crest's. Restore starts from a copy again (the
+//! namespace helper's `unshare`, made from inside the namespace it was
+//! copied from when it is the tree's), and a crest child made in the pid
+//! namespace of its proc mounts (so they show the right tasks), inside
+//! the other namespaces of its tasks, replays it before any task is
+//! transformed: makes every copied mount a slave, unmounts what the
+//! namespace no longer has, mounts the new and bind mounts in their order
+//! (refilling each tmpfs right after its mount), then sets per-mount flags
+//! and propagation.
 //!
 //! Images: `crest-mnt-<ns id>.img` (a `crest_mnt_ns_head`, then one
 //! `crest_mount_entry` per mount) and `crest-tmpfs-<ns id>-<mnt id>.img`
@@ -145,26 +149,37 @@ pub struct FsItem {
 /// One mount namespace's mounts.
 #[derive(Debug, Clone, Default)]
 pub struct MntNs {
-    pub executor: i32,
+    /// A task of the namespace (its other namespaces are entered by the
+    /// task that replays the mounts).
+    pub as_pid: i32,
     pub mounts: Vec<CrestMountEntry>,
     /// mnt id → the files of a new tmpfs.
     pub contents: HashMap<u32, Vec<FsItem>>,
     /// The pid namespace (nsfs inode) of the new proc mounts (dump only).
-    pub proc_pidns: Option<u64>,
+    pub proc_pidns_ino: Option<u64>,
+    /// The pid namespace of the new proc mounts (tree id; None: crest's).
+    pub proc_pidns: Option<u32>,
+    /// The mount namespace this one is a copy of (tree id; None: crest's).
+    pub base: Option<u32>,
 }
 
 fn refuse(pid: i32, what: String) -> DumpError {
     DumpError::Unsupported { pid, what }
 }
 
-/// Reads the mounts of `pid`'s mount namespace against crest's.
-pub fn collect(pid: i32) -> Result<MntNs, DumpError> {
+/// Reads the mounts of `pid`'s mount namespace against those of the
+/// namespace it was copied from: `base`'s (a task in the tree's mount
+/// namespace `base.1`), or crest's.
+pub fn collect(pid: i32, base: Option<(i32, u32)>) -> Result<MntNs, DumpError> {
     let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
         let text = std::fs::read_to_string(&path).at(pid, "read mountinfo")?;
         parse_mountinfo(&text).ok_or_else(|| refuse(pid, format!("a {path} crest cannot read")))
     };
     let theirs = read(format!("/proc/{pid}/mountinfo"))?;
-    let mine = read("/proc/self/mountinfo".into())?;
+    let mine = match base {
+        Some((b, _)) => read(format!("/proc/{b}/mountinfo"))?,
+        None => read("/proc/self/mountinfo".into())?,
+    };
     let root = procfs_link(pid, "root")?;
     if root != "/" {
         return Err(refuse(
@@ -175,7 +190,11 @@ pub fn collect(pid: i32) -> Result<MntNs, DumpError> {
         ));
     }
     let mut used = vec![false; mine.len()];
-    let mut out = MntNs::default();
+    let mut out = MntNs {
+        as_pid: pid,
+        base: base.map(|b| b.1),
+        ..MntNs::default()
+    };
     for (i, m) in theirs.iter().enumerate() {
         let kept = mine.iter().enumerate().position(|(j, c)| {
             !used[j]
@@ -230,13 +249,13 @@ pub fn collect(pid: i32) -> Result<MntNs, DumpError> {
             }
             if m.fstype == "proc" {
                 let ns = proc_pidns(pid, &m.mountpoint)?;
-                if out.proc_pidns.is_some_and(|p| p != ns) {
+                if out.proc_pidns_ino.is_some_and(|p| p != ns) {
                     return Err(refuse(
                         pid,
                         "proc mounts of two pid namespaces in one mount namespace".into(),
                     ));
                 }
-                out.proc_pidns = Some(ns);
+                out.proc_pidns_ino = Some(ns);
             }
         } else {
             return Err(refuse(
@@ -369,33 +388,14 @@ fn read_tree(pid: i32, mountpoint: &str) -> Result<Vec<FsItem>, DumpError> {
     Ok(out)
 }
 
-/// Picks the task that replays the mounts: one in the pid namespace of
-/// the proc mounts, else the first (`tasks` in tree order).
-pub fn pick_executor(ns: &mut MntNs, tasks: &[i32]) -> Result<(), DumpError> {
-    let first = *tasks
-        .first()
-        .ok_or_else(|| refuse(0, "a mount namespace without tasks".into()))?;
-    ns.executor = match ns.proc_pidns {
-        None => first,
-        Some(want) => *tasks
-            .iter()
-            .find(|t| super::user::ino_of(&format!("/proc/{t}/ns/pid")).ok() == Some(want))
-            .ok_or_else(|| {
-                refuse(
-                    first,
-                    "a proc mount of a pid namespace no task of its mount namespace is in".into(),
-                )
-            })?,
-    };
-    Ok(())
-}
-
 /// Writes `crest-mnt-<id>.img` and the tmpfs images.
 pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
     let mut w = ImageWriter::create(dir, &names::crest_mnt(id), magic::CREST_MNT)?;
     w.write_entry(&CrestMntNsHead {
-        executor: ns.executor,
+        executor: ns.as_pid,
         count: ns.mounts.len() as u32,
+        proc_pidns: ns.proc_pidns,
+        base: ns.base,
     })?;
     for m in &ns.mounts {
         w.write_entry(m)?;
@@ -433,7 +433,9 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
         return Err(bad(&name, format!("{} mounts", head.count)));
     }
     let mut ns = MntNs {
-        executor: head.executor,
+        as_pid: head.executor,
+        proc_pidns: head.proc_pidns,
+        base: head.base,
         ..MntNs::default()
     };
     while let Some(m) = r.next_entry::<CrestMountEntry>()? {
@@ -507,7 +509,8 @@ fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreEr
 // ---- restore ------------------------------------------------------------
 
 /// Replays the mounts of `ns` as task `t`, which is inside the namespace
-/// (and the pid namespace of its proc mounts) with every capability.
+/// (and the pid namespace of its proc mounts, and the other namespaces of
+/// its tasks) with every capability.
 pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
     let pid = t.pid();
     crate::info!("pid {pid} replays {} mounts", ns.mounts.len());
@@ -541,7 +544,12 @@ pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
     let root = t.put(b"/\0").rat(pid, "write a path")?;
     t.syscall(nr::MOUNT, &[0, root, 0, libc::MS_REC | libc::MS_SLAVE, 0])
         .rat(pid, "make the copied mounts slaves")?;
+    // A kept mount under another one (hidden, as a copy keeps them)
+    // cannot be reached by its path: it stays a slave with its flags.
     for m in ns.mounts.iter().filter(|m| m.kind == KEPT) {
+        if !reachable(pid, &m.mountpoint) {
+            continue;
+        }
         set_propagation(t, m, true)?;
         let was = current
             .iter()
@@ -559,7 +567,7 @@ pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
         .map(|(c, _)| c)
         .collect();
     gone.sort_by_key(|c| std::cmp::Reverse(c.mountpoint.matches('/').count()));
-    for c in gone {
+    for c in gone.into_iter().filter(|c| reachable(pid, &c.mountpoint)) {
         crate::debug!("pid {pid} unmounts {}", c.mountpoint);
         let p = t.put(&cstr(&c.mountpoint)).rat(pid, "write a path")?;
         t.syscall(nr::UMOUNT2, &[p, libc::MNT_DETACH as u64]).rat(
@@ -603,6 +611,12 @@ fn set_propagation(t: &mut Tracee, m: &CrestMountEntry, kept: bool) -> Result<()
             .rat(pid, format!("set the propagation of {}", m.mountpoint))?;
     }
     Ok(())
+}
+
+/// Whether `mountpoint` resolves in `pid`'s mount namespace (a mount
+/// hidden under another one does not).
+fn reachable(pid: i32, mountpoint: &str) -> bool {
+    Path::new(&format!("/proc/{pid}/root{mountpoint}")).exists()
 }
 
 fn cstr(s: &str) -> Vec<u8> {

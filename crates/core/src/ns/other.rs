@@ -134,23 +134,74 @@ impl OtherGraph {
                 }
                 let id = match g.list.iter().find(|n| n.ino == ino) {
                     Some(n) => n.id,
-                    None => g.add(pid, kind, &path, ino, users)?,
+                    None => {
+                        let base = if kind.name == "mnt" {
+                            g.mount_base(pid, pids, mine)?
+                        } else {
+                            None
+                        };
+                        g.add(pid, kind, &path, ino, users, base)?
+                    }
                 };
                 g.tasks.push((pid, id));
             }
         }
-        for n in g.list.iter_mut() {
-            if let Some(m) = n.mnt.as_mut() {
-                let pids: Vec<i32> = g
-                    .tasks
-                    .iter()
-                    .filter(|t| t.1 == n.id)
-                    .map(|t| t.0)
-                    .collect();
-                super::mnt::pick_executor(m, &pids)?;
-            }
-        }
         Ok(g)
+    }
+
+    /// The mount namespace `pid`'s was copied from: that of its nearest
+    /// ancestor in the tree in another one, if the tree has it of its own
+    /// (then: that ancestor and the namespace's id); None for crest's.
+    fn mount_base(
+        &self,
+        pid: i32,
+        pids: &[i32],
+        crest_ino: u64,
+    ) -> Result<Option<(i32, u32)>, DumpError> {
+        let ino = ino_of(&format!("/proc/{pid}/ns/mnt")).at(pid, "stat a namespace")?;
+        let mut cur = pid;
+        for _ in 0..pids.len() {
+            let status =
+                std::fs::read_to_string(format!("/proc/{cur}/status")).at(cur, "read status")?;
+            let ppid: i32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if !pids.contains(&ppid) {
+                return Ok(None);
+            }
+            let theirs = ino_of(&format!("/proc/{ppid}/ns/mnt")).at(ppid, "stat a namespace")?;
+            if theirs != ino {
+                if theirs == crest_ino {
+                    return Ok(None);
+                }
+                return Ok(self.by_ino(theirs).map(|id| (ppid, id)));
+            }
+            cur = ppid;
+        }
+        Ok(None)
+    }
+
+    /// Names the pid namespace of each mount namespace's new proc mounts
+    /// by its id in `pids` (None: crest's own).
+    pub fn resolve_proc_pidns(&mut self, pids: &super::pid::PidnsGraph) -> Result<(), DumpError> {
+        let me = std::process::id() as i32;
+        let mine = ino_of("/proc/self/ns/pid").at(me, "stat crest's pid namespace")?;
+        for n in self.list.iter_mut() {
+            let Some(m) = n.mnt.as_mut() else { continue };
+            let Some(ino) = m.proc_pidns_ino else {
+                continue;
+            };
+            if ino == mine {
+                continue;
+            }
+            m.proc_pidns = Some(pids.by_ino(ino).ok_or_else(|| DumpError::Unsupported {
+                pid: m.as_pid,
+                what: "a proc mount of a pid namespace outside the tree".into(),
+            })?);
+        }
+        Ok(())
     }
 
     /// Every task in a cgroup namespace of the tree's own, with its cgroup.
@@ -168,13 +219,24 @@ impl OtherGraph {
         Ok(out)
     }
 
-    /// Each mount namespace with mounts to replay: (the task that does it,
-    /// the namespace's id).
-    pub fn mount_executors(&self) -> Vec<(i32, u32)> {
-        self.list
+    /// The mount namespaces with mounts to replay, each after the one it
+    /// was copied from.
+    pub fn mount_order(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        let with: Vec<(u32, Option<u32>)> = self
+            .list
             .iter()
-            .filter_map(|n| Some((n.mnt.as_ref()?.executor, n.id)))
-            .collect()
+            .filter_map(|n| Some((n.id, n.mnt.as_ref()?.base)))
+            .collect();
+        for _ in 0..with.len() {
+            for (id, base) in &with {
+                let ready = base.is_none_or(|b| out.contains(&b) || !with.iter().any(|w| w.0 == b));
+                if ready && !out.contains(id) {
+                    out.push(*id);
+                }
+            }
+        }
+        out
     }
 
     fn add(
@@ -184,6 +246,7 @@ impl OtherGraph {
         path: &str,
         ino: u64,
         users: &UsernsGraph,
+        mnt_base: Option<(i32, u32)>,
     ) -> Result<u32, DumpError> {
         let fd: OwnedFd = File::open(path).at(pid, "open a namespace")?.into();
         let owner_fd = crest_sys::ns::get_userns(&fd).at(pid, "NS_GET_USERNS")?;
@@ -223,7 +286,7 @@ impl OtherGraph {
             "net" => n.lo_up = read_net(pid, &fd)?,
             "time" => n.offsets = Some(read_time_offsets(pid)?),
             "mnt" => {
-                let m = super::mnt::collect(pid)?;
+                let m = super::mnt::collect(pid, mnt_base)?;
                 n.mnt_private = m
                     .mounts
                     .iter()
@@ -660,6 +723,9 @@ impl Helpers {
     pub fn build(g: &OtherGraph, users_h: &super::user::Helpers) -> Result<Helpers, RestoreError> {
         let mut h = Helpers::default();
         for n in &g.list {
+            if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) {
+                continue; // a copy of another of the tree's: made at replay
+            }
             let pid =
                 spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a namespace helper")?;
             let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a namespace helper")?;
@@ -706,25 +772,74 @@ impl Helpers {
         Ok(h)
     }
 
-    /// Replays the mounts of mount namespace `id` as task `t` (its
-    /// executor), after moving it into its namespaces.
+    /// Replays the mounts of mount namespace `id`: a namespace copied
+    /// from another of the tree's is made now (a helper enters that one,
+    /// then the owning user namespace, and unshares); then a crest child
+    /// made in the pid namespace of its proc mounts enters the namespaces
+    /// of one of its tasks and replays them. `init_of` names a pid
+    /// namespace's init (crest's view).
     pub fn replay_mounts(
-        &self,
-        t: &mut Tracee,
+        &mut self,
         g: &OtherGraph,
         id: u32,
-        inherited: &std::collections::HashSet<u32>,
+        users_h: &super::user::Helpers,
+        init_of: &dyn Fn(u32) -> Option<i32>,
     ) -> Result<(), RestoreError> {
-        let Some(m) = g
-            .list
-            .iter()
-            .find(|n| n.id == id)
-            .and_then(|n| n.mnt.as_ref())
-        else {
+        use crate::mm::restore::{close_crest_root, open_crest_root, open_crest_side};
+        let Some(n) = g.list.iter().find(|n| n.id == id) else {
             return Ok(());
         };
-        self.enter_all(t, g, inherited)?;
-        super::mnt::replay(t, m)
+        let Some(m) = n.mnt.as_ref() else {
+            return Ok(());
+        };
+        if let Some(b) = m.base {
+            let holder = self
+                .by_id
+                .iter()
+                .find(|(i, _)| *i == b)
+                .map(|(_, h)| h.pid())
+                .ok_or_else(|| RestoreError::BadImage {
+                    pid: 0,
+                    file: names::crest_mnt(id),
+                    what: format!("a copy of mount namespace {b}, which is not made"),
+                })?;
+            let pid =
+                spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a namespace helper")?;
+            let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a namespace helper")?;
+            t.use_vdso_syscall().rat(pid, "helper syscall")?;
+            open_crest_root(&mut t, 64)?;
+            let fd = open_crest_side(&mut t, &format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
+            let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWNS as u64]);
+            t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+            r.rat(pid, "setns into the mount namespace it is a copy of")?;
+            if let Some(owner) = users_h.pid_of(n.owner_userns) {
+                super::user::enter(&mut t, owner)?;
+            }
+            t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])
+                .rat(pid, "unshare(CLONE_NEWNS)")?;
+            close_crest_root(&mut t)?;
+            self.by_id.push((id, t));
+        }
+        let mut e = match m.proc_pidns {
+            Some(p) => {
+                let init = init_of(p).ok_or_else(|| RestoreError::BadImage {
+                    pid: 0,
+                    file: names::crest_mnt(id),
+                    what: format!("proc mounts of pid namespace {p}, which has no init"),
+                })?;
+                super::pid::spawn_in(init, &[])?
+            }
+            None => {
+                let pid =
+                    spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a mount helper")?;
+                let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a mount helper")?;
+                t.use_vdso_syscall().rat(pid, "helper syscall")?;
+                t
+            }
+        };
+        open_crest_root(&mut e, 64)?;
+        self.enter_all_as(&mut e, g, m.as_pid, &std::collections::HashSet::new())?;
+        super::mnt::replay(&mut e, m)
     }
 
     /// Moves task `t` into each of its own namespaces (all but its user
@@ -736,7 +851,20 @@ impl Helpers {
         inherited: &std::collections::HashSet<u32>,
     ) -> Result<(), RestoreError> {
         let pid = t.pid();
-        for (_, id) in g.tasks.iter().filter(|x| x.0 == pid) {
+        self.enter_all_as(t, g, pid, inherited)
+    }
+
+    /// Moves task `t` into each of task `as_pid`'s own namespaces (all but
+    /// its user namespace).
+    pub fn enter_all_as(
+        &self,
+        t: &mut Tracee,
+        g: &OtherGraph,
+        as_pid: i32,
+        inherited: &std::collections::HashSet<u32>,
+    ) -> Result<(), RestoreError> {
+        let pid = t.pid();
+        for (_, id) in g.tasks.iter().filter(|x| x.0 == as_pid) {
             if inherited.contains(id) {
                 continue; // the task got it at fork from its parent
             }

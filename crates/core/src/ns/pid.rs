@@ -282,23 +282,32 @@ impl Writers {
 }
 
 fn make_writer(ns: u32, init: i32) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
-    use crate::error::RestoreCtx;
-    use crest_sys::proc::{spawn_stopped, SessionSetup};
-    let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
-    let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
-    crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID).rat(init, "setns into a pid namespace")?;
     // A pid high in the namespace, out of the way of the tree's.
     let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(32768);
-    let child = spawn_stopped(&[max - 1 - ns as i32 % 1000], SessionSetup::Inherit);
+    spawn_in(init, &[max - 1 - ns as i32 % 1000])
+}
+
+/// A stopped crest child, attached, made inside the pid namespace whose
+/// init is `init` (crest's view; `set_tid` its pid there, or any).
+pub fn spawn_in(
+    init: i32,
+    set_tid: &[i32],
+) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    use crest_sys::proc::{spawn_stopped, SessionSetup};
+    let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
+    let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
+    crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID).rat(init, "setns into a pid namespace")?;
+    let child = spawn_stopped(set_tid, SessionSetup::Inherit);
     crest_sys::ns::setns(&mine, libc::CLONE_NEWPID)
         .rat(init, "setns back to crest's pid namespace")?;
-    let child = child.rat(init, "spawn a ns_last_pid writer")?;
+    let child = child.rat(init, "spawn a task in a pid namespace")?;
     let mut t = crest_inject::Tracee::from_stopped_child(child)
-        .rat(child, "attach a ns_last_pid writer")?;
-    t.use_vdso_syscall().rat(child, "writer syscall")?;
+        .rat(child, "attach a task made in a pid namespace")?;
+    t.use_vdso_syscall().rat(child, "helper syscall")?;
     Ok(t)
 }
 
