@@ -4,7 +4,13 @@
 //! - `container_user_pid_net`: user+pid+uts+ipc+net, no mount namespace;
 //! - `container_with_mnt`: user+pid+mnt+uts+ipc+net, proc mounted
 //!   (`--mount-proc`) and a tmpfs on /mnt holding a file;
-//! - `container_in_container`: the first shape inside the first shape.
+//! - `container_in_container`: the first shape inside the first shape;
+//! - `container_net`: the first shape whose net namespace has more than lo:
+//!   lo with an extra IPv4 and IPv6 address, a device `n0` (a `dummy`, or
+//!   where the kernel has none a `veth` pair `n0`/`n1`) with an MTU, a MAC
+//!   address and IPv4/IPv6 addresses, routes through it (a default route,
+//!   a static IPv4 route via a gateway, an IPv6 one) and changed sysctls
+//!   (`ip_forward`, IPv6 forwarding, somaxconn, the local port range).
 //!
 //! Each runs `tree_sessions` (made a session leader with `setsid`) as pid 1
 //! of the innermost pid namespace, after `sh` set the hostname and brought
@@ -46,9 +52,44 @@ struct Shape {
     tmpfs_file: Option<(&'static str, &'static str)>,
     /// A dump refused with a message holding this is a SKIP.
     refusal: Option<&'static str>,
+    /// The net namespace has the devices, addresses and routes of
+    /// [`NET_SETUP`] (else only lo, up).
+    net: bool,
 }
 
-const SHAPES: [Shape; 3] = [
+/// The network of `container_net`, set up by its shell.
+const NET_SETUP: &str = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && \
+     ip addr add ::2/128 dev lo && \
+     { ip link add n0 type dummy 2>/dev/null || ip link add n0 type veth peer name n1; } && \
+     ip link set n0 mtu 1400 address 02:00:00:00:00:01 up && \
+     { ! ip link show n1 >/dev/null 2>&1 || ip link set n1 up; } && \
+     ip addr add 10.9.0.1/24 dev n0 && ip addr add 10.9.0.7/24 dev n0 && \
+     ip -6 addr add fd00::1/64 dev n0 nodad && \
+     ip route add 10.10.0.0/16 via 10.9.0.2 && ip route add default dev n0 && \
+     ip -6 route add fd01::/64 via fd00::2 dev n0 && \
+     echo 1 > /proc/sys/net/ipv4/ip_forward && \
+     echo 1 > /proc/sys/net/ipv6/conf/all/forwarding && \
+     echo 1000 > /proc/sys/net/core/somaxconn && \
+     echo '20000 30000' > /proc/sys/net/ipv4/ip_local_port_range";
+
+/// Lines `nsview` must print inside `container_net`.
+const NET_LINES: [&str; 13] = [
+    "addr lo 127.0.0.2",
+    "inet lo 127.0.0.2/8",
+    "inet lo ::2/128",
+    "hwaddr n0 02:00:00:00:00:01",
+    "inet n0 10.9.0.1/24",
+    "inet n0 10.9.0.7/24",
+    "inet n0 fd00::1/64",
+    "route4 10.10.0.0/16 via 10.9.0.2 dev n0 metric 0 flags 3",
+    "route4 0.0.0.0/0 via 0.0.0.0 dev n0 metric 0 flags 1",
+    "sysctl net.ipv4.ip_forward 1",
+    "sysctl net.ipv6.conf.all.forwarding 1",
+    "sysctl net.core.somaxconn 1000",
+    "sysctl net.ipv4.ip_local_port_range 20000 30000",
+];
+
+const SHAPES: [Shape; 4] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -56,6 +97,7 @@ const SHAPES: [Shape; 3] = [
         own_mnt: false,
         tmpfs_file: None,
         refusal: None,
+        net: false,
     },
     Shape {
         name: "container_with_mnt",
@@ -64,6 +106,7 @@ const SHAPES: [Shape; 3] = [
         own_mnt: true,
         tmpfs_file: Some(("/mnt/f", "data\n")),
         refusal: None,
+        net: false,
     },
     Shape {
         name: "container_in_container",
@@ -72,6 +115,16 @@ const SHAPES: [Shape; 3] = [
         own_mnt: false,
         tmpfs_file: None,
         refusal: Some("inside another such pid namespace"),
+        net: false,
+    },
+    Shape {
+        name: "container_net",
+        depth: 1,
+        hostname: "c4",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        net: true,
     },
 ];
 
@@ -159,6 +212,7 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
                 base.join(" ")
             )
         }
+        "container_net" => format!("hostname {} && {NET_SETUP} && {wl}", shape.hostname),
         _ => format!("hostname {} && ip link set lo up && {wl}", shape.hostname),
     };
     args.extend(["sh".into(), "-c".into(), script]);
@@ -239,9 +293,36 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     let ifs: Vec<&&str> = inside.iter().filter(|l| l.starts_with("if ")).collect();
     match ifs[..] {
         [lo] if lo.starts_with("if lo ") && lo.contains(" up loopback running ") => {}
+        [lo, ..]
+            if shape.net
+                && lo.starts_with("if lo ")
+                && lo.contains(" up loopback running ")
+                && ifs
+                    .iter()
+                    .any(|l| l.starts_with("if n0 ") && l.ends_with(" up running mtu 1400")) => {}
         _ => out.push(format!(
-            "expected only lo, up and running; interfaces: {ifs:?}"
+            "expected {}; interfaces: {ifs:?}",
+            if shape.net {
+                "lo, up and running, then n0, up and running with MTU 1400"
+            } else {
+                "only lo, up and running"
+            }
         )),
+    }
+    if shape.net {
+        for want in NET_LINES {
+            if !inside.contains(&want) {
+                out.push(format!("no {want:?} inside (nsview: {inside:?})"));
+            }
+        }
+        if !inside
+            .iter()
+            .any(|l| l.starts_with("route6 fd01::/64 via fd00::2 dev n0 "))
+        {
+            out.push(format!(
+                "no IPv6 route to fd01::/64 inside (nsview: {inside:?})"
+            ));
+        }
     }
     if !inside.contains(&"addr lo 127.0.0.1") {
         out.push(format!("lo has no 127.0.0.1 inside (nsview: {inside:?})"));

@@ -22,6 +22,8 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     pub detached: bool,
     pub shell_job: bool,
+    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
+    pub external: Vec<String>,
 }
 
 /// A restored tree, running.
@@ -254,7 +256,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
     let userns = ns::user::Helpers::build(&users)?;
-    let others_h = ns::other::Helpers::build(&others, &userns)?;
+    let others_h = ns::other::Helpers::build(&others, &userns, &opts.external)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.

@@ -5,6 +5,7 @@
 pub mod idmap;
 pub mod ipc;
 pub mod mnt;
+pub mod net;
 pub mod other;
 pub mod pid;
 pub mod user;
