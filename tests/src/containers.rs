@@ -10,7 +10,12 @@
 //!   where the kernel has none a `veth` pair `n0`/`n1`) with an MTU, a MAC
 //!   address and IPv4/IPv6 addresses, routes through it (a default route,
 //!   a static IPv4 route via a gateway, an IPv6 one) and changed sysctls
-//!   (`ip_forward`, IPv6 forwarding, somaxconn, the local port range).
+//!   (`ip_forward`, IPv6 forwarding, somaxconn, the local port range);
+//! - `container_veth_external`: the first shape with a veth `eth0` whose
+//!   peer the harness made in its own namespace: the dump must refuse it
+//!   naming the device as external; `--external veth[eth0]:cyPID` at dump
+//!   and restore must bring it back, with its peer `cyPID` in crest's
+//!   namespace.
 //!
 //! Each runs `tree_sessions` (made a session leader with `setsid`) as pid 1
 //! of the innermost pid namespace, after `sh` set the hostname and brought
@@ -55,6 +60,8 @@ struct Shape {
     /// The net namespace has the devices, addresses and routes of
     /// [`NET_SETUP`] (else only lo, up).
     net: bool,
+    /// The harness adds a veth `eth0` whose peer is in its own namespace.
+    external_veth: bool,
 }
 
 /// The network of `container_net`, set up by its shell.
@@ -89,7 +96,7 @@ const NET_LINES: [&str; 13] = [
     "sysctl net.ipv4.ip_local_port_range 20000 30000",
 ];
 
-const SHAPES: [Shape; 4] = [
+const SHAPES: [Shape; 5] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -98,6 +105,7 @@ const SHAPES: [Shape; 4] = [
         tmpfs_file: None,
         refusal: None,
         net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_with_mnt",
@@ -107,6 +115,7 @@ const SHAPES: [Shape; 4] = [
         tmpfs_file: Some(("/mnt/f", "data\n")),
         refusal: None,
         net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_in_container",
@@ -116,6 +125,7 @@ const SHAPES: [Shape; 4] = [
         tmpfs_file: None,
         refusal: Some("inside another such pid namespace"),
         net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_net",
@@ -125,6 +135,17 @@ const SHAPES: [Shape; 4] = [
         tmpfs_file: None,
         refusal: None,
         net: true,
+        external_veth: false,
+    },
+    Shape {
+        name: "container_veth_external",
+        depth: 1,
+        hostname: "c5",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        net: false,
+        external_veth: true,
     },
 ];
 
@@ -294,6 +315,12 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     match ifs[..] {
         [lo] if lo.starts_with("if lo ") && lo.contains(" up loopback running ") => {}
         [lo, ..]
+            if shape.external_veth
+                && lo.starts_with("if lo ")
+                && ifs
+                    .iter()
+                    .any(|l| l.starts_with("if eth0 ") && l.contains(" up running ")) => {}
+        [lo, ..]
             if shape.net
                 && lo.starts_with("if lo ")
                 && lo.contains(" up loopback running ")
@@ -304,6 +331,8 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
             "expected {}; interfaces: {ifs:?}",
             if shape.net {
                 "lo, up and running, then n0, up and running with MTU 1400"
+            } else if shape.external_veth {
+                "lo and eth0, up and running"
             } else {
                 "only lo, up and running"
             }
@@ -391,6 +420,72 @@ fn snapshot(cfg: &Config, shape: &Shape, root: Pid, main: Pid, what: &str) -> Re
     Ok(v)
 }
 
+fn run_tool(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Gives the container a veth `eth0` (up, 10.77.0.2/24) whose peer
+/// `cxMAIN` is in the harness's namespace; checks that crest refuses to
+/// dump it without `--external` and leaves the tree alone, then asks for
+/// `--external veth[eth0]:cyMAIN` at dump and restore.
+fn external_veth(
+    cfg: &Config,
+    dir: &CaseDir,
+    root: Pid,
+    main: Pid,
+    procs: &mut Procs,
+) -> Result<()> {
+    let (outer, main_s) = (format!("cx{main}"), main.to_string());
+    run_tool(&[
+        "ip", "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &main_s,
+    ])?;
+    run_tool(&["ip", "link", "set", &outer, "up"])?;
+    run_tool(&[
+        "nsenter", "-t", &main_s, "-n", "ip", "link", "set", "eth0", "up",
+    ])?;
+    run_tool(&[
+        "nsenter",
+        "-t",
+        &main_s,
+        "-n",
+        "ip",
+        "addr",
+        "add",
+        "10.77.0.2/24",
+        "dev",
+        "eth0",
+    ])?;
+    let Some(ran) = case::dump_attempt(cfg, dir, root, false, procs)? else {
+        bail!("crest dumped a veth whose peer is outside the tree without --external");
+    };
+    if !(ran.stderr.contains("eth0") && ran.stderr.contains("external")) {
+        bail!(ran.failure("crest dump (expected a refusal naming eth0 as external)"));
+    }
+    let stuck = procs::tree_problems(root);
+    if !stuck.is_empty() {
+        bail!(
+            "the refused dump left the tree disturbed:\n  {}",
+            stuck.join("\n  ")
+        );
+    }
+    let arg = format!("--external veth[eth0]:cy{main}\n");
+    fs::write(dir.state.join("dump-args"), &arg).context("write dump-args")?;
+    fs::write(dir.state.join("restore-args"), &arg).context("write restore-args")?;
+    Ok(())
+}
+
 fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     if !in_path("unshare") || !in_path("ip") {
         return Ok(Outcome::Skip(
@@ -402,6 +497,9 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     let main = *chain.last().context("empty chain")?;
     if !wait_until(Duration::from_secs(5), || procs::tree_settled(root)) {
         bail!("the tree of pid {root} did not settle within 5 s");
+    }
+    if shape.external_veth && cfg.checkpoint {
+        external_veth(cfg, dir, root, main, procs)?;
     }
     let tree_before = procs::tree_snapshot(root).context("process tree before the dump")?;
     let _ = fs::write(dir.root.join("tree.before"), format!("{tree_before:#?}\n"));
@@ -479,6 +577,12 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
             nested::graph_check(&mut problems, what, &graph_before, &g);
         }
         Err(e) => problems.push(format!("{e:#}")),
+    }
+    let outside = format!("/sys/class/net/cy{main}");
+    if shape.external_veth && !Path::new(&outside).exists() {
+        problems.push(format!(
+            "no {outside}: the outside end of eth0 was not made"
+        ));
     }
     match procs::tree_snapshot(root) {
         Ok(after) => {
