@@ -599,7 +599,7 @@ pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs
     let pidfile = dir.root.join("restore.pid");
     let images = dir.images.to_string_lossy();
     let pidfile_s = pidfile.to_string_lossy();
-    let args = [
+    let mut args = vec![
         "restore",
         "-D",
         &images,
@@ -611,6 +611,9 @@ pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs
         "-v",
         "4",
     ];
+    // and restore options (`--external`) in <statedir>/restore-args
+    let extra = fs::read_to_string(dir.state.join("restore-args")).unwrap_or_default();
+    args.extend(extra.split_whitespace());
     // whatever happens, the pid may be ours to kill from now on
     procs.track(pid);
     let ran = crest::run(

@@ -10,6 +10,17 @@
 //! - `container_no_setsid`: the first shape started as a job of the
 //!   harness's session (no `setsid` anywhere: its init inherited a session
 //!   from outside), running `fds_fork`.
+//! - `container_net`: the first shape whose net namespace has more than lo:
+//!   lo with an extra IPv4 and IPv6 address, a device `n0` (a `dummy`, or
+//!   where the kernel has none a `veth` pair `n0`/`n1`) with an MTU, a MAC
+//!   address and IPv4/IPv6 addresses, routes through it (a default route,
+//!   a static IPv4 route via a gateway, an IPv6 one) and changed sysctls
+//!   (`ip_forward`, IPv6 forwarding, somaxconn, the local port range);
+//! - `container_veth_external`: the first shape with a veth `eth0` whose
+//!   peer the harness made in its own namespace: the dump must refuse it
+//!   naming the device as external; `--external veth[eth0]:cyPID` at dump
+//!   and restore must bring it back, with its peer `cyPID` in crest's
+//!   namespace.
 //!
 //! The others run `tree_sessions` (made a session leader with `setsid`) as pid 1
 //! of the innermost pid namespace, after `sh` set the hostname and brought
@@ -57,9 +68,46 @@ struct Shape {
     /// in the session of the outer `unshare`, which is itself started in
     /// the harness's session (a job of a shell): a session from outside.
     setsid: bool,
+    /// The net namespace has the devices, addresses and routes of
+    /// [`NET_SETUP`] (else only lo, up).
+    net: bool,
+    /// The harness adds a veth `eth0` whose peer is in its own namespace.
+    external_veth: bool,
 }
 
-const SHAPES: [Shape; 5] = [
+/// The network of `container_net`, set up by its shell.
+const NET_SETUP: &str = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && \
+     ip addr add ::2/128 dev lo && \
+     { ip link add n0 type dummy 2>/dev/null || ip link add n0 type veth peer name n1; } && \
+     ip link set n0 mtu 1400 address 02:00:00:00:00:01 up && \
+     { ! ip link show n1 >/dev/null 2>&1 || ip link set n1 up; } && \
+     ip addr add 10.9.0.1/24 dev n0 && ip addr add 10.9.0.7/24 dev n0 && \
+     ip -6 addr add fd00::1/64 dev n0 nodad && \
+     ip route add 10.10.0.0/16 via 10.9.0.2 && ip route add default dev n0 && \
+     ip -6 route add fd01::/64 via fd00::2 dev n0 && \
+     echo 1 > /proc/sys/net/ipv4/ip_forward && \
+     echo 1 > /proc/sys/net/ipv6/conf/all/forwarding && \
+     echo 1000 > /proc/sys/net/core/somaxconn && \
+     echo '20000 30000' > /proc/sys/net/ipv4/ip_local_port_range";
+
+/// Lines `nsview` must print inside `container_net`.
+const NET_LINES: [&str; 13] = [
+    "addr lo 127.0.0.2",
+    "inet lo 127.0.0.2/8",
+    "inet lo ::2/128",
+    "hwaddr n0 02:00:00:00:00:01",
+    "inet n0 10.9.0.1/24",
+    "inet n0 10.9.0.7/24",
+    "inet n0 fd00::1/64",
+    "route4 10.10.0.0/16 via 10.9.0.2 dev n0 metric 0 flags 3",
+    "route4 0.0.0.0/0 via 0.0.0.0 dev n0 metric 0 flags 1",
+    "sysctl net.ipv4.ip_forward 1",
+    "sysctl net.ipv6.conf.all.forwarding 1",
+    "sysctl net.core.somaxconn 1000",
+    "sysctl net.ipv4.ip_local_port_range 20000 30000",
+];
+
+const SHAPES: [Shape; 7] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -69,6 +117,8 @@ const SHAPES: [Shape; 5] = [
         refusal: None,
         workload: "tree_sessions",
         setsid: true,
+        net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_with_mnt",
@@ -79,6 +129,8 @@ const SHAPES: [Shape; 5] = [
         refusal: None,
         workload: "tree_sessions",
         setsid: true,
+        net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_in_container",
@@ -89,6 +141,8 @@ const SHAPES: [Shape; 5] = [
         refusal: None,
         workload: "tree_sessions",
         setsid: true,
+        net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_in_container_mnt",
@@ -99,6 +153,8 @@ const SHAPES: [Shape; 5] = [
         refusal: None,
         workload: "tree_sessions",
         setsid: true,
+        net: false,
+        external_veth: false,
     },
     Shape {
         name: "container_no_setsid",
@@ -109,6 +165,32 @@ const SHAPES: [Shape; 5] = [
         refusal: None,
         workload: "fds_fork",
         setsid: false,
+        net: false,
+        external_veth: false,
+    },
+    Shape {
+        name: "container_net",
+        depth: 1,
+        hostname: "c6",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+        net: true,
+        external_veth: false,
+    },
+    Shape {
+        name: "container_veth_external",
+        depth: 1,
+        hostname: "c7",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+        net: false,
+        external_veth: true,
     },
 ];
 
@@ -214,6 +296,7 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
                 base.join(" ")
             )
         }
+        "container_net" => format!("hostname {} && {NET_SETUP} && {wl}", shape.hostname),
         _ => format!("hostname {} && ip link set lo up && {wl}", shape.hostname),
     };
     args.extend(["sh".into(), "-c".into(), script]);
@@ -297,9 +380,44 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     let ifs: Vec<&&str> = inside.iter().filter(|l| l.starts_with("if ")).collect();
     match ifs[..] {
         [lo] if lo.starts_with("if lo ") && lo.contains(" up loopback running ") => {}
+        [lo, ..]
+            if shape.external_veth
+                && lo.starts_with("if lo ")
+                && ifs
+                    .iter()
+                    .any(|l| l.starts_with("if eth0 ") && l.contains(" up running ")) => {}
+        [lo, ..]
+            if shape.net
+                && lo.starts_with("if lo ")
+                && lo.contains(" up loopback running ")
+                && ifs
+                    .iter()
+                    .any(|l| l.starts_with("if n0 ") && l.ends_with(" up running mtu 1400")) => {}
         _ => out.push(format!(
-            "expected only lo, up and running; interfaces: {ifs:?}"
+            "expected {}; interfaces: {ifs:?}",
+            if shape.net {
+                "lo, up and running, then n0, up and running with MTU 1400"
+            } else if shape.external_veth {
+                "lo and eth0, up and running"
+            } else {
+                "only lo, up and running"
+            }
         )),
+    }
+    if shape.net {
+        for want in NET_LINES {
+            if !inside.contains(&want) {
+                out.push(format!("no {want:?} inside (nsview: {inside:?})"));
+            }
+        }
+        if !inside
+            .iter()
+            .any(|l| l.starts_with("route6 fd01::/64 via fd00::2 dev n0 "))
+        {
+            out.push(format!(
+                "no IPv6 route to fd01::/64 inside (nsview: {inside:?})"
+            ));
+        }
     }
     if !inside.contains(&"addr lo 127.0.0.1") {
         out.push(format!("lo has no 127.0.0.1 inside (nsview: {inside:?})"));
@@ -372,6 +490,72 @@ fn snapshot(cfg: &Config, shape: &Shape, root: Pid, main: Pid, what: &str) -> Re
     Ok(v)
 }
 
+fn run_tool(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Gives the container a veth `eth0` (up, 10.77.0.2/24) whose peer
+/// `cxMAIN` is in the harness's namespace; checks that crest refuses to
+/// dump it without `--external` and leaves the tree alone, then asks for
+/// `--external veth[eth0]:cyMAIN` at dump and restore.
+fn external_veth(
+    cfg: &Config,
+    dir: &CaseDir,
+    root: Pid,
+    main: Pid,
+    procs: &mut Procs,
+) -> Result<()> {
+    let (outer, main_s) = (format!("cx{main}"), main.to_string());
+    run_tool(&[
+        "ip", "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &main_s,
+    ])?;
+    run_tool(&["ip", "link", "set", &outer, "up"])?;
+    run_tool(&[
+        "nsenter", "-t", &main_s, "-n", "ip", "link", "set", "eth0", "up",
+    ])?;
+    run_tool(&[
+        "nsenter",
+        "-t",
+        &main_s,
+        "-n",
+        "ip",
+        "addr",
+        "add",
+        "10.77.0.2/24",
+        "dev",
+        "eth0",
+    ])?;
+    let Some(ran) = case::dump_attempt(cfg, dir, root, false, procs)? else {
+        bail!("crest dumped a veth whose peer is outside the tree without --external");
+    };
+    if !(ran.stderr.contains("eth0") && ran.stderr.contains("external")) {
+        bail!(ran.failure("crest dump (expected a refusal naming eth0 as external)"));
+    }
+    let stuck = procs::tree_problems(root);
+    if !stuck.is_empty() {
+        bail!(
+            "the refused dump left the tree disturbed:\n  {}",
+            stuck.join("\n  ")
+        );
+    }
+    let arg = format!("--external veth[eth0]:cy{main}\n");
+    fs::write(dir.state.join("dump-args"), &arg).context("write dump-args")?;
+    fs::write(dir.state.join("restore-args"), &arg).context("write restore-args")?;
+    Ok(())
+}
+
 fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     if !in_path("unshare") || !in_path("ip") {
         return Ok(Outcome::Skip(
@@ -383,6 +567,9 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     let main = *chain.last().context("empty chain")?;
     if !wait_until(Duration::from_secs(5), || procs::tree_settled(root)) {
         bail!("the tree of pid {root} did not settle within 5 s");
+    }
+    if shape.external_veth && cfg.checkpoint {
+        external_veth(cfg, dir, root, main, procs)?;
     }
     let tree_before = procs::tree_snapshot(root).context("process tree before the dump")?;
     let _ = fs::write(dir.root.join("tree.before"), format!("{tree_before:#?}\n"));
@@ -460,6 +647,12 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
             nested::graph_check(&mut problems, what, &graph_before, &g);
         }
         Err(e) => problems.push(format!("{e:#}")),
+    }
+    let outside = format!("/sys/class/net/cy{main}");
+    if shape.external_veth && !Path::new(&outside).exists() {
+        problems.push(format!(
+            "no {outside}: the outside end of eth0 was not made"
+        ));
     }
     match procs::tree_snapshot(root) {
         Ok(after) => {

@@ -3,7 +3,10 @@
  *
  * Enters the namespaces of PID with setns(2) and prints, one item a line:
  * the hostname and domainname (uname), every network interface with its
- * flags (up, loopback, running) and its IPv4/IPv6 addresses, the number of
+ * flags (up, loopback, running), MTU and hardware address, its IPv4/IPv6
+ * addresses (also with their prefix length), the routes of the namespace
+ * (/proc/net/route and /proc/net/ipv6_route, sorted), a few net sysctls
+ * (forwarding, somaxconn, the local port range), the number of
  * SysV shared memory segments, semaphore sets and message queues
  * (/proc/sysvipc/{shm,sem,msg}, which show the reader's ipc namespace), and the
  * offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME in whole seconds, measured
@@ -189,6 +192,100 @@ static void pmq_details(void)
 	closedir(d);
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Prints the collected lines sorted (the kernel's order of equal routes is
+ * not part of the state). */
+static void print_sorted(char **lines, int n)
+{
+	qsort(lines, (size_t)n, sizeof(*lines), cmp_str);
+	for (int i = 0; i < n; i++) {
+		printf("%s\n", lines[i]);
+		free(lines[i]);
+	}
+}
+
+static int prefix_of(const unsigned char *m, int len)
+{
+	int n = 0;
+	for (int i = 0; i < len; i++)
+		n += __builtin_popcount(m[i]);
+	return n;
+}
+
+/* The routes of the namespace, in the words of `ip route`. */
+static void routes(void)
+{
+	char *lines[512];
+	int n = 0;
+	char l[512];
+	FILE *f = fopen("/proc/net/route", "re");
+	if (f) {
+		if (!fgets(l, sizeof(l), f))
+			l[0] = 0;
+		while (n < 512 && fgets(l, sizeof(l), f)) {
+			char dev[64];
+			unsigned int dst, gw, flags, refcnt, use, metric, mask;
+			if (sscanf(l, "%63s %x %x %x %u %u %u %x", dev, &dst, &gw, &flags, &refcnt, &use,
+				   &metric, &mask) != 8)
+				continue;
+			char d[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+			inet_ntop(AF_INET, &dst, d, sizeof(d));
+			inet_ntop(AF_INET, &gw, g, sizeof(g));
+			if (asprintf(&lines[n], "route4 %s/%d via %s dev %s metric %u flags %x", d,
+				     prefix_of((unsigned char *)&mask, 4), g, dev, metric, flags) > 0)
+				n++;
+		}
+		fclose(f);
+	}
+	f = fopen("/proc/net/ipv6_route", "re");
+	if (f) {
+		while (n < 512 && fgets(l, sizeof(l), f)) {
+			char dst[33], src[33], gw[33], dev[64];
+			unsigned int dlen, slen, metric, refcnt, use, flags;
+			if (sscanf(l, "%32s %x %32s %x %32s %x %x %x %x %63s", dst, &dlen, src, &slen, gw,
+				   &metric, &refcnt, &use, &flags, dev) != 10)
+				continue;
+			unsigned char a[16], b[16];
+			for (int i = 0; i < 16; i++) {
+				sscanf(dst + 2 * i, "%2hhx", &a[i]);
+				sscanf(gw + 2 * i, "%2hhx", &b[i]);
+			}
+			char d[INET6_ADDRSTRLEN], g[INET6_ADDRSTRLEN];
+			inet_ntop(AF_INET6, a, d, sizeof(d));
+			inet_ntop(AF_INET6, b, g, sizeof(g));
+			if (asprintf(&lines[n], "route6 %s/%u via %s dev %s metric %u flags %x", d, dlen,
+				     g, dev, metric, flags) > 0)
+				n++;
+		}
+		fclose(f);
+	}
+	print_sorted(lines, n);
+}
+
+static void sysctl_line(const char *name)
+{
+	char path[128], v[128] = "";
+	snprintf(path, sizeof(path), "/proc/sys/%s", name);
+	for (char *p = path + strlen("/proc/sys/"); *p; p++)
+		if (*p == '.')
+			*p = '/';
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (!fgets(v, sizeof(v), f))
+			v[0] = 0;
+		fclose(f);
+	}
+	v[strcspn(v, "\n")] = 0;
+	for (char *p = v; *p; p++)
+		if (*p == '\t')
+			*p = ' ';
+	printf("sysctl %s %s\n", name, f ? v : "(absent)");
+}
+
 static double now(clockid_t clk)
 {
 	struct timespec ts;
@@ -231,6 +328,11 @@ int main(int argc, char **argv)
 		       fl >= 0 && (fl & IFF_UP) ? "up" : "down",
 		       fl >= 0 && (fl & IFF_LOOPBACK) ? " loopback" : "",
 		       fl >= 0 && (fl & IFF_RUNNING) ? " running" : "", mtu);
+		if (s >= 0 && ioctl(s, SIOCGIFHWADDR, &ifr) == 0) {
+			unsigned char *m = (unsigned char *)ifr.ifr_hwaddr.sa_data;
+			printf("hwaddr %s %02x:%02x:%02x:%02x:%02x:%02x\n", i->if_name, m[0], m[1],
+			       m[2], m[3], m[4], m[5]);
+		}
 	}
 	if (s >= 0)
 		close(s);
@@ -241,19 +343,36 @@ int main(int argc, char **argv)
 			if (!a->ifa_addr)
 				continue;
 			char buf[INET6_ADDRSTRLEN] = "";
-			int fam = a->ifa_addr->sa_family;
-			if (fam == AF_INET)
+			int fam = a->ifa_addr->sa_family, plen = -1;
+			if (fam == AF_INET) {
 				inet_ntop(fam, &((struct sockaddr_in *)a->ifa_addr)->sin_addr, buf,
 					  sizeof(buf));
-			else if (fam == AF_INET6)
+				if (a->ifa_netmask)
+					plen = prefix_of((unsigned char *)&((struct sockaddr_in *)
+										a->ifa_netmask)
+								 ->sin_addr,
+							 4);
+			} else if (fam == AF_INET6) {
 				inet_ntop(fam, &((struct sockaddr_in6 *)a->ifa_addr)->sin6_addr, buf,
 					  sizeof(buf));
-			else
+				if (a->ifa_netmask)
+					plen = prefix_of((unsigned char *)&((struct sockaddr_in6 *)
+										a->ifa_netmask)
+								 ->sin6_addr,
+							 16);
+			} else
 				continue;
 			printf("addr %s %s\n", a->ifa_name, buf);
+			printf("inet %s %s/%d\n", a->ifa_name, buf, plen);
 		}
 		freeifaddrs(ifa);
 	}
+
+	routes();
+	sysctl_line("net.ipv4.ip_forward");
+	sysctl_line("net.ipv6.conf.all.forwarding");
+	sysctl_line("net.core.somaxconn");
+	sysctl_line("net.ipv4.ip_local_port_range");
 
 	printf("sysvipc shm %d sem %d msg %d\n", count_lines("/proc/sysvipc/shm"),
 	       count_lines("/proc/sysvipc/sem"), count_lines("/proc/sysvipc/msg"));

@@ -84,6 +84,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         shell_job: false,
         ghost_limit: crest_core::files::ghost::DEFAULT_LIMIT,
         tcp_established: false,
+        external: Vec::new(),
     })?;
     println!(
         "dumped pid {pid} to {} in {:.3} s ({} MiB of memory); the counter is killed",
@@ -104,6 +105,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         dir: images,
         detached: true,
         shell_job: false,
+        external: Vec::new(),
     })?;
     println!(
         "restored pid {} in {:.3} s",

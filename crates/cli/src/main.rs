@@ -53,6 +53,11 @@ enum Cmd {
         /// Dump established TCP connections (in repair mode, CRIU's way).
         #[arg(long = "tcp-established")]
         tcp_established: bool,
+        /// An object outside the tree, CRIU's way: `veth[IFNAME]:OUTNAME`
+        /// (a veth whose peer is outside; OUTNAME is the peer's name for
+        /// the restore). Repeatable.
+        #[arg(long = "external", value_parser = parse_external)]
+        external: Vec<String>,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -71,6 +76,11 @@ enum Cmd {
         /// command line; the images say which connections there are).
         #[arg(long = "tcp-established")]
         _tcp_established: bool,
+        /// An object outside the tree, CRIU's way: `veth[IFNAME]:OUTNAME`
+        /// makes the peer of the restored veth IFNAME as OUTNAME in
+        /// crest's network namespace. Repeatable.
+        #[arg(long = "external", value_parser = parse_external)]
+        external: Vec<String>,
     },
     /// Print what an images directory holds.
     Show {
@@ -101,6 +111,17 @@ enum Cmd {
     /// The demo's counter workload.
     #[command(hide = true)]
     DemoCounter,
+}
+
+/// An `--external` entry of a kind crest handles (`veth[IFNAME]` with an
+/// optional `:OUTNAME`).
+fn parse_external(s: &str) -> Result<String, String> {
+    match crest_core::ns::net::veth_externals(&[s.to_string()])[..] {
+        [(ref inside, _)] if !inside.is_empty() => Ok(s.to_string()),
+        _ => Err(format!(
+            "{s:?}: crest takes external veth devices as veth[IFNAME]:OUTNAME"
+        )),
+    }
 }
 
 /// A size in bytes, with an optional K, M or G suffix (powers of 1024).
@@ -180,6 +201,7 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             ghost_limit,
             tcp_established,
+            external,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -192,6 +214,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 ghost_limit,
                 tcp_established,
+                external,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(
@@ -206,6 +229,7 @@ fn run(cli: Cli) -> Result<i32> {
             detached,
             pidfile,
             shell_job,
+            external,
             ..
         } => {
             init_log(&common, "restore.log")?;
@@ -213,6 +237,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: common.images_dir.clone(),
                 detached,
                 shell_job,
+                external,
             };
             let restored = crest_core::restore::restore(&opts)?;
             if let Some(p) = pidfile {

@@ -22,6 +22,8 @@ pub struct DumpOptions {
     /// Largest file deleted while open whose contents are saved.
     pub ghost_limit: u64,
     pub tcp_established: bool,
+    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
+    pub external: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,7 +78,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         .map(|t| t.pid)
         .collect();
     let users = UsernsGraph::collect(&live)?;
-    let mut others = OtherGraph::collect(&live, &users)?;
+    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external))?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
     others.resolve_proc_pidns(&pids)?;
     pids.check_inits(&users, |pid| {

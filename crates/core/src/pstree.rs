@@ -824,3 +824,59 @@ mod tests {
         assert!(tree_order(&[]).is_err());
     }
 }
+
+/// The first pid of the widest run of pids below `pid_max` that none of
+/// `taken` is in (crest's helpers are steered there).
+pub fn spare_pids(taken: &[i32]) -> i32 {
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    spare_in(taken, max)
+}
+
+fn spare_in(taken: &[i32], max: i32) -> i32 {
+    // pids below 300 are not handed out again after a wrap
+    let mut t: Vec<i32> = taken
+        .iter()
+        .copied()
+        .filter(|p| (300..max).contains(p))
+        .collect();
+    t.sort_unstable();
+    t.dedup();
+    let mut best = (300, t.first().copied().unwrap_or(max) - 300);
+    for w in t.windows(2) {
+        if w[1] - w[0] - 1 > best.1 {
+            best = (w[0] + 1, w[1] - w[0] - 1);
+        }
+    }
+    if let Some(&last) = t.last() {
+        if max - last - 1 > best.1 {
+            best = (last + 1, max - last - 1);
+        }
+    }
+    best.0
+}
+
+/// Makes crest's next children take pids from `first` on (best effort:
+/// others on the machine fork too).
+pub fn steer_pids(first: i32) {
+    let _ = std::fs::write(
+        "/proc/sys/kernel/ns_last_pid",
+        format!("{}", first.max(301) - 1),
+    );
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::spare_in;
+
+    #[test]
+    fn widest_gap() {
+        assert_eq!(spare_in(&[], 32768), 300);
+        assert_eq!(spare_in(&[1000, 1001, 1002], 32768), 1003);
+        assert_eq!(spare_in(&[5000, 30000], 32768), 5001);
+        assert_eq!(spare_in(&[400, 32000], 32768), 401);
+        assert_eq!(spare_in(&[10, 20000], 32768), 300);
+    }
+}

@@ -22,6 +22,8 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     pub detached: bool,
     pub shell_job: bool,
+    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
+    pub external: Vec<String>,
 }
 
 /// A restored tree, running.
@@ -253,8 +255,16 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
     // The user namespace tree first, held by helpers until every task
     // has entered its namespace.
+    // crest's helpers take their pids from a range the tree does not use,
+    // so none holds a pid a task is yet to get (pids wrap at pid_max).
+    let tids: Vec<i32> = imgs
+        .iter()
+        .flat_map(|i| i.cores.iter().map(|c| c.0))
+        .collect();
+    let spare = pstree::spare_pids(&tids);
+    pstree::steer_pids(spare);
     let userns = ns::user::Helpers::build(&users)?;
-    let mut others_h = ns::other::Helpers::build(&others, &userns)?;
+    let mut others_h = ns::other::Helpers::build(&others, &userns, &opts.external)?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
@@ -267,7 +277,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
     // Middle pid levels a task's own user namespace has no rights over.
-    let mut writers = ns::pid::Writers::default();
+    let mut writers = ns::pid::Writers::new(spare);
     let init_of = |n: u32| {
         imgs.iter()
             .find(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))

@@ -53,6 +53,8 @@ pub const IPCNS_SHM: u32 = 0x4628_3044;
 pub const IPCNS_MSG: u32 = 0x5545_3737;
 /// `ipcns-sem-<id>.img`: SysV semaphore sets with their values.
 pub const IPCNS_SEM: u32 = 0x5957_3019;
+/// `netdev-<id>.img`
+pub const NETDEV: u32 = 0x5737_3951;
 /// `ns-files.img`
 pub const NS_FILES: u32 = 0x6139_4011;
 /// `mountpoints-<id>.img`
@@ -99,6 +101,11 @@ pub const CREST_TMPFS: u32 = 0x4352_5305;
 
 /// `crest-udp-queues.img` (crest's own): datagrams queued on UDP sockets.
 pub const CREST_UDP_QUEUES: u32 = 0x4352_5310;
+
+/// `crest-netdev-<id>.img` (crest's own): what CRIU's net_device_entry cannot say
+pub const CREST_NETDEV: u32 = 0x4352_5320;
+/// `crest-net-sysctl-<id>.img` (crest's own): net namespace sysctls by name
+pub const CREST_NET_SYSCTL: u32 = 0x4352_5321;
 
 /// How a file with this per-file magic begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,6 +95,34 @@ pub fn ipcns_msg(id: u32) -> String {
 pub fn crest_pmq(id: u32) -> String {
     format!("crest-pmq-{id}.img")
 }
+/// `netns-<id>.img`
+pub fn netns(id: u32) -> String {
+    format!("netns-{id}.img")
+}
+/// `netdev-<id>.img`
+pub fn netdev(id: u32) -> String {
+    format!("netdev-{id}.img")
+}
+/// `ifaddr-<id>.img` (raw: `ip addr save` output)
+pub fn ifaddr(id: u32) -> String {
+    format!("ifaddr-{id}.img")
+}
+/// `route-<id>.img` (raw: `ip route save` output)
+pub fn route(id: u32) -> String {
+    format!("route-{id}.img")
+}
+/// `route6-<id>.img` (raw: `ip -6 route save` output)
+pub fn route6(id: u32) -> String {
+    format!("route6-{id}.img")
+}
+/// `crest-netdev-<id>.img` (crest's own)
+pub fn crest_netdev(id: u32) -> String {
+    format!("crest-netdev-{id}.img")
+}
+/// `crest-net-sysctl-<id>.img` (crest's own)
+pub fn crest_net_sysctl(id: u32) -> String {
+    format!("crest-net-sysctl-{id}.img")
+}
 /// `crest-mnt-<id>.img` (crest's own)
 pub fn crest_mnt(id: u32) -> String {
     format!("crest-mnt-{id}.img")

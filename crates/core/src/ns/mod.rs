@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod idmap;
 pub mod ipc;
 pub mod mnt;
+pub mod net;
 pub mod other;
 pub mod pid;
 pub mod user;

@@ -7,11 +7,11 @@
 //! sets its state there, and every task enters it at the end, before its
 //! user namespace.
 //!
-//! Supported today: uts (host and domain name); ipc without SysV objects;
-//! net with only a loopback device (its up/down state); time (clock
+//! Supported today: uts (host and domain name); ipc with its SysV objects;
+//! net as far as it can be rebuilt from inside (see `net`); time (clock
 //! offsets); mnt whose mounts are those of crest's namespace (a copy, as
 //! `unshare -m` makes). Anything else — cgroup namespaces, SysV objects,
-//! other network devices, changed mounts — fails the dump with a message
+//! devices crest cannot make, changed mounts — fails the dump with a message
 //! saying so (issue 6), never a silent restore into crest's.
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
@@ -99,6 +99,9 @@ pub struct OtherNs {
     pub mnt: Option<super::mnt::MntNs>,
     /// cgroup: the namespace's root (a cgroup v2 path, crest's view).
     pub cgroup_root: Option<String>,
+    /// net: devices, addresses, routes, sysctls.
+    #[serde(skip)]
+    pub net: Option<super::net::NetNs>,
     #[serde(skip)]
     ino: u64,
 }
@@ -112,9 +115,21 @@ pub struct OtherGraph {
 }
 
 impl OtherGraph {
-    /// Finds the namespaces of `pids` that differ from crest's own. Fails
-    /// for a kind crest cannot restore yet.
+    /// Finds the namespaces of `pids` that differ from crest's own, to show
+    /// them (a veth whose peer is outside the tree is described, not
+    /// refused).
     pub fn collect(pids: &[i32], users: &UsernsGraph) -> Result<OtherGraph, DumpError> {
+        Self::collect_with(pids, users, None)
+    }
+
+    /// Finds the namespaces of `pids` that differ from crest's own, to dump
+    /// them with the `--external` entries `external`. Fails for a kind
+    /// crest cannot restore yet.
+    pub fn collect_with(
+        pids: &[i32],
+        users: &UsernsGraph,
+        external: Option<&[String]>,
+    ) -> Result<OtherGraph, DumpError> {
         let me = std::process::id() as i32;
         let mut g = OtherGraph::default();
         for kind in KINDS.iter().copied().filter(|k| k.name != "pid") {
@@ -146,6 +161,12 @@ impl OtherGraph {
                 g.tasks.push((pid, id));
             }
         }
+        let mut nets: Vec<(u32, &mut super::net::NetNs)> = g
+            .list
+            .iter_mut()
+            .filter_map(|n| Some((n.id, n.net.as_mut()?)))
+            .collect();
+        super::net::resolve_peers(&mut nets, external)?;
         Ok(g)
     }
 
@@ -271,6 +292,7 @@ impl OtherGraph {
             ipc: None,
             mnt: None,
             cgroup_root: None,
+            net: None,
             ino,
         };
         match kind.name {
@@ -283,7 +305,11 @@ impl OtherGraph {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
                 n.ipc = Some(super::ipc::dump(pid, &mut t)?);
             }
-            "net" => n.lo_up = read_net(pid, &fd)?,
+            "net" => {
+                let net = super::net::collect(pid, &fd)?;
+                n.lo_up = net.lo_up();
+                n.net = Some(net);
+            }
             "time" => n.offsets = Some(read_time_offsets(pid)?),
             "mnt" => {
                 let m = super::mnt::collect(pid, mnt_base)?;
@@ -342,6 +368,9 @@ impl OtherGraph {
             }
             if let Some(m) = &n.mnt {
                 super::mnt::write(dir, n.id, m)?;
+            }
+            if let Some(net) = &n.net {
+                super::net::write(dir, n.id, net)?;
             }
             if let Some((node, dom)) = &n.uts {
                 let e = UtsnsEntry {
@@ -415,6 +444,14 @@ impl OtherGraph {
             } else {
                 None
             };
+            let net = if kind.name == "net" {
+                Some(
+                    super::net::read(dir, e.id)?
+                        .unwrap_or_else(|| super::net::NetNs::bare(e.lo_up.unwrap_or(false))),
+                )
+            } else {
+                None
+            };
             g.list.push(OtherNs {
                 id: e.id,
                 nstype: e.nstype,
@@ -426,6 +463,7 @@ impl OtherGraph {
                 ipc,
                 mnt,
                 cgroup_root: e.cgroup_root.clone(),
+                net,
                 ino: 0,
             });
         }
@@ -460,8 +498,12 @@ impl OtherGraph {
                         .as_ref()
                         .map(|(h, d)| format!(" hostname {h:?} domainname {d:?}"))
                         .unwrap_or_default(),
-                    "net" => format!(" lo {}", if n.lo_up { "up" } else { "down" }),
                     "cgroup" => format!(" rooted at {:?}", n.cgroup_root.as_deref().unwrap_or("?")),
+                    "net" => format!(
+                        " lo {}{}",
+                        if n.lo_up { "up" } else { "down" },
+                        n.net.as_ref().map_or_else(String::new, |x| format!(" {}", x.render()))
+                    ),
                     "ipc" => n.ipc.as_ref().map_or_else(String::new, |d| {
                         format!(
                             " shm {:?} sem {:?} msg {:?} posix {:?}",
@@ -593,67 +635,6 @@ pub(super) fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// A network namespace must have only a loopback device (with its default
-/// addresses); returns whether it is up.
-fn read_net(pid: i32, fd: &OwnedFd) -> Result<bool, DumpError> {
-    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).at(pid, "read net/dev")?;
-    for l in dev.lines().skip(2) {
-        let name = l.split(':').next().unwrap_or("").trim();
-        if name != "lo" {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "network device {name} in a net namespace of the tree's own (external devices such as veth are issue 6)"
-                ),
-            });
-        }
-    }
-    let inet6 = std::fs::read_to_string(format!("/proc/{pid}/net/if_inet6")).unwrap_or_default();
-    if inet6
-        .lines()
-        .any(|l| !l.starts_with("00000000000000000000000000000001"))
-    {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: "IPv6 addresses other than ::1 on the loopback device (issue 6)".into(),
-        });
-    }
-    let mut t = reader(pid, fd, libc::CLONE_NEWNET, None)?;
-    let flags = lo_flags(&mut t, None).map_err(|e| DumpError::Unsupported {
-        pid,
-        what: format!("a loopback device whose flags cannot be read ({e})"),
-    })?;
-    Ok(flags & libc::IFF_UP as u16 != 0)
-}
-
-/// Reads (and with `set`, adds) the flags of `lo` from inside task `t`.
-fn lo_flags(t: &mut Tracee, set: Option<u16>) -> Result<u16, String> {
-    let sock = t
-        .syscall(
-            nr::SOCKET,
-            &[libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0],
-        )
-        .map_err(|e| e.to_string())?;
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    let res = (|| -> Result<u16, String> {
-        let addr = t.put(&ifr).map_err(|e| e.to_string())?;
-        t.syscall(nr::IOCTL, &[sock, libc::SIOCGIFFLAGS, addr])
-            .map_err(|e| e.to_string())?;
-        t.read_mem(addr, &mut ifr).map_err(|e| e.to_string())?;
-        let now = u16::from_le_bytes([ifr[16], ifr[17]]);
-        if let Some(f) = set {
-            ifr[16..18].copy_from_slice(&(now | f).to_le_bytes());
-            t.write_mem(addr, &ifr).map_err(|e| e.to_string())?;
-            t.syscall(nr::IOCTL, &[sock, libc::SIOCSIFFLAGS, addr])
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(now)
-    })();
-    let _ = t.syscall(nr::CLOSE, &[sock]);
-    res
-}
-
 /// The clock offsets of a time namespace, from `/proc/PID/timens_offsets`.
 fn read_time_offsets(pid: i32) -> Result<[(i64, i64); 2], DumpError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets"))
@@ -720,7 +701,12 @@ pub struct Helpers {
 impl Helpers {
     /// Creates every namespace of `g` inside its owning user namespace
     /// (held by `users_h`) and sets its state.
-    pub fn build(g: &OtherGraph, users_h: &super::user::Helpers) -> Result<Helpers, RestoreError> {
+    /// `external`: the `--external` entries of the restore.
+    pub fn build(
+        g: &OtherGraph,
+        users_h: &super::user::Helpers,
+        external: &[String],
+    ) -> Result<Helpers, RestoreError> {
         let mut h = Helpers::default();
         for n in &g.list {
             if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) {
@@ -749,14 +735,6 @@ impl Helpers {
             if let Some(d) = &n.ipc {
                 super::ipc::restore(&mut t, d)?;
             }
-            if n.nstype == libc::CLONE_NEWNET as u32 && n.lo_up {
-                lo_flags(&mut t, Some(libc::IFF_UP as u16)).map_err(|e| {
-                    RestoreError::Unsupported {
-                        pid,
-                        what: format!("bringing the loopback device up: {e}"),
-                    }
-                })?;
-            }
             if let Some([(ms, mn), (bs, bn)]) = n.offsets {
                 let path = format!("/proc/{pid}/timens_offsets");
                 std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
@@ -769,6 +747,15 @@ impl Helpers {
             }
             h.by_id.push((n.id, t));
         }
+        let nets: Vec<(u32, &super::net::NetNs, i32)> = g
+            .list
+            .iter()
+            .filter_map(|n| {
+                let helper = h.by_id.iter().find(|x| x.0 == n.id)?.1.pid();
+                Some((n.id, n.net.as_ref()?, helper))
+            })
+            .collect();
+        super::net::restore(&nets, external)?;
         Ok(h)
     }
 

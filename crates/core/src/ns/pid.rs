@@ -253,9 +253,18 @@ impl PidnsGraph {
 #[derive(Default)]
 pub struct Writers {
     by_ns: Vec<(u32, crest_inject::Tracee)>,
+    /// Where crest's pids for them start (see `pstree::spare_pids`).
+    spare: i32,
 }
 
 impl Writers {
+    pub fn new(spare: i32) -> Writers {
+        Writers {
+            by_ns: Vec::new(),
+            spare,
+        }
+    }
+
     /// Makes the next pid that namespace `ns` (whose init is `init`, crest's
     /// view) gives out `next`.
     pub fn set_next(
@@ -267,6 +276,7 @@ impl Writers {
         let i = match self.by_ns.iter().position(|w| w.0 == ns) {
             Some(i) => i,
             None => {
+                crate::pstree::steer_pids(self.spare + self.by_ns.len() as i32 + 64);
                 let t = make_writer(ns, init)?;
                 self.by_ns.push((ns, t));
                 self.by_ns.len() - 1

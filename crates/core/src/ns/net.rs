@@ -1,0 +1,1067 @@
+//! Network namespaces of the tree's own: their devices, addresses, routes
+//! and sysctls, as far as a namespace can be rebuilt from inside.
+//!
+//! Dump reads the namespace over rtnetlink and /proc/sys/net from a crest
+//! thread that entered it with setns(2) (a netlink socket and a sysctl
+//! lookup belong to the namespace of the thread that makes them). Restore
+//! does the same in the namespace a helper made inside the owning user
+//! namespace: it creates the devices at their old ifindex, sets their MTU,
+//! address, bridge, sysctls and up state, then adds the addresses and the
+//! routes again.
+//!
+//! Rebuilt: the loopback device; `veth` pairs with both ends in namespaces
+//! of the tree; `dummy`, `bridge` and `ifb` devices; a `veth` whose peer is
+//! outside the tree only when named with `--external veth[NAME]:OUTSIDE`
+//! (restore makes the peer OUTSIDE in crest's own namespace). Any other
+//! device fails the dump with its name and kind.
+//!
+//! Images (CRIU's where CRIU has them): `netdev-<id>.img`
+//! (`net_device_entry` per device, with its IPv4/IPv6 conf sysctls),
+//! `netns-<id>.img` (the "all" and "default" conf sysctls),
+//! `ifaddr-<id>.img`, `route-<id>.img`, `route6-<id>.img` (raw rtnetlink
+//! messages after the magic of `ip addr save` / `ip route save`, as CRIU
+//! stores them); crest's `crest-netdev-<id>.img` (device kinds, external
+//! peers) and `crest-net-sysctl-<id>.img` (other namespace sysctls).
+
+mod rtnl;
+mod sysctl;
+
+use crate::error::{DumpError, RestoreError};
+use crest_images::pb::crest::{CrestNetdevExtra, CrestSysctl};
+use crest_images::pb::{NdType, NetDeviceEntry, NetnsEntry, SysctlEntry};
+use crest_images::{magic, names};
+use rtnl::Link;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use sysctl::{read_conf, set_sysctls, CONF4, CONF6, EXTRA};
+
+/// Link kinds crest creates again (besides the loopback device).
+const KINDS: [&str; 4] = ["veth", "dummy", "bridge", "ifb"];
+
+/// Most devices, addresses or routes crest takes from one namespace.
+const MAX_ITEMS: usize = 4096;
+/// Largest raw image (addresses, routes) crest reads.
+const MAX_RAW: u64 = 16 << 20;
+
+/// One device of a namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dev {
+    pub link: Link,
+    /// The IPv4 and IPv6 conf sysctls, positional (CONF4, CONF6).
+    pub conf4: Vec<SysctlEntry>,
+    pub conf6: Vec<SysctlEntry>,
+    /// veth: the crest id of the namespace of the peer, when another of
+    /// the tree holds it.
+    pub peer_ns: Option<u32>,
+    /// veth whose peer is outside the tree (named with --external).
+    pub external: bool,
+    pub outside_name: Option<String>,
+}
+
+/// The network state of one namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetNs {
+    pub devs: Vec<Dev>,
+    /// `RTM_NEWADDR` payloads the kernel does not make by itself.
+    pub addrs: Vec<Vec<u8>>,
+    /// `RTM_NEWROUTE` payloads of the main tables (IPv4, IPv6).
+    pub routes4: Vec<Vec<u8>>,
+    pub routes6: Vec<Vec<u8>>,
+    /// "all" and "default" conf sysctls (CONF4, CONF6).
+    pub all4: Vec<SysctlEntry>,
+    pub def4: Vec<SysctlEntry>,
+    pub all6: Vec<SysctlEntry>,
+    pub def6: Vec<SysctlEntry>,
+    /// EXTRA sysctls: (path, value).
+    pub extra: Vec<(String, String)>,
+    /// At dump, a task inside.
+    pid: i32,
+}
+
+impl NetNs {
+    /// The loopback device is up.
+    pub fn lo_up(&self) -> bool {
+        self.devs
+            .iter()
+            .any(|d| is_lo(&d.link) && d.link.flags & libc::IFF_UP as u32 != 0)
+    }
+
+    /// A namespace that only has a loopback device, up or down (images
+    /// written before crest saved devices).
+    pub fn bare(lo_up: bool) -> NetNs {
+        let link = Link {
+            index: 1,
+            hw_type: libc::ARPHRD_LOOPBACK,
+            flags: libc::IFF_LOOPBACK as u32 | if lo_up { libc::IFF_UP as u32 } else { 0 },
+            name: "lo".into(),
+            ..Link::default()
+        };
+        NetNs {
+            devs: vec![Dev {
+                link,
+                conf4: Vec::new(),
+                conf6: Vec::new(),
+                peer_ns: None,
+                external: false,
+                outside_name: None,
+            }],
+            ..NetNs::default()
+        }
+    }
+
+    fn name_of(&self, index: u32) -> String {
+        self.devs
+            .iter()
+            .find(|d| d.link.index == index)
+            .map_or_else(|| format!("if{index}"), |d| d.link.name.clone())
+    }
+
+    /// One line of text for `crest show --ns`: devices, addresses, routes.
+    pub fn render(&self) -> String {
+        let mut devs: Vec<String> = Vec::new();
+        for d in &self.devs {
+            let l = &d.link;
+            let mut s = format!(
+                "{} {} {} mtu {}",
+                l.name,
+                l.kind.as_deref().unwrap_or("loopback"),
+                if l.flags & libc::IFF_UP as u32 != 0 {
+                    "up"
+                } else {
+                    "down"
+                },
+                l.mtu
+            );
+            if let Some(a) = l.address.as_ref().filter(|_| !is_lo(l)) {
+                s.push(' ');
+                s.push_str(
+                    &a.iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                );
+            }
+            if let Some(m) = l.master {
+                s.push_str(&format!(" master {}", self.name_of(m)));
+            }
+            if d.external {
+                s.push_str(" peer outside");
+            } else if let (Some(p), None) = (l.link, d.peer_ns) {
+                s.push_str(&format!(" peer {}", self.name_of(p)));
+            } else if let (Some(p), Some(n)) = (l.link, d.peer_ns) {
+                s.push_str(&format!(" peer if{p} of net ns {n}"));
+            }
+            devs.push(s);
+        }
+        let addrs: Vec<String> = self
+            .addrs
+            .iter()
+            .filter_map(|p| rtnl::parse_addr(p).ok())
+            .map(|a| format!("{} {}", self.name_of(a.index), a.text()))
+            .collect();
+        let routes: Vec<String> = self
+            .routes4
+            .iter()
+            .chain(&self.routes6)
+            .filter_map(|p| rtnl::parse_route(p).ok())
+            .map(|r| r.text(|i| self.name_of(i)))
+            .collect();
+        format!(
+            "devices [{}] addresses [{}] routes [{}]",
+            devs.join(", "),
+            addrs.join(", "),
+            routes.join(", ")
+        )
+    }
+}
+
+fn is_lo(l: &Link) -> bool {
+    l.flags & libc::IFF_LOOPBACK as u32 != 0
+}
+
+// ---- rtnetlink over a socket --------------------------------------------
+
+/// An rtnetlink socket in the namespace of the thread that opened it.
+struct Rtnl {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl Rtnl {
+    fn open() -> io::Result<Rtnl> {
+        let fd = crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+        Ok(Rtnl { fd, seq: 0 })
+    }
+
+    fn send(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<u32> {
+        self.seq += 1;
+        let msg = rtnl::encode(ty, flags | rtnl::NLM_F_REQUEST, self.seq, payload);
+        let mut kernel = [0u8; 12];
+        kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+        crest_sys::net::sendto(&self.fd, &msg, 0, &kernel)?;
+        Ok(self.seq)
+    }
+
+    /// The messages of the answer to request `seq`, up to its end (the
+    /// ack, or NLMSG_DONE of a dump).
+    fn answer(&mut self, seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = crest_sys::net::recv(&self.fd, &mut buf, libc::MSG_TRUNC)?;
+            if n > buf.len() {
+                return Err(io::Error::other(format!("a netlink answer of {n} bytes")));
+            }
+            let msgs = rtnl::split(&buf[..n]).map_err(io::Error::other)?;
+            for m in msgs.into_iter().filter(|m| m.seq == seq) {
+                match m.ty {
+                    rtnl::NLMSG_ERROR | rtnl::NLMSG_DONE => {
+                        let code = if m.payload.len() >= 4 {
+                            rtnl::error_code(&m.payload)
+                        } else {
+                            0
+                        };
+                        if code < 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        return Ok(out);
+                    }
+                    _ => {
+                        if out.len() >= 4 * MAX_ITEMS {
+                            return Err(io::Error::other("too many netlink messages"));
+                        }
+                        out.push(m.payload);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dump(&mut self, ty: u16, family: i32) -> io::Result<Vec<Vec<u8>>> {
+        let seq = self.send(ty, rtnl::NLM_F_DUMP, &rtnl::dump_request(ty, family as u8))?;
+        self.answer(seq)
+    }
+
+    fn call(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let seq = self.send(ty, flags | rtnl::NLM_F_ACK, payload)?;
+        self.answer(seq)
+    }
+
+    fn links(&mut self) -> io::Result<Vec<Link>> {
+        self.dump(rtnl::RTM_GETLINK, libc::AF_UNSPEC)?
+            .iter()
+            .map(|p| rtnl::parse_link(p).map_err(io::Error::other))
+            .collect()
+    }
+
+    /// The id this namespace gives the namespace of `fd` (-1: none yet).
+    fn nsid_of(&mut self, fd: &OwnedFd) -> io::Result<i32> {
+        let r = self.call(rtnl::RTM_GETNSID, 0, &rtnl::nsid_request(fd.as_raw_fd()))?;
+        Ok(r.iter().find_map(|p| rtnl::parse_nsid(p)).unwrap_or(-1))
+    }
+}
+
+/// Runs `f` on a new thread that has entered the network namespace `ns`.
+fn in_ns<R: Send>(ns: &OwnedFd, f: impl FnOnce() -> R + Send) -> io::Result<R> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<R> {
+            crest_sys::ns::setns(ns, libc::CLONE_NEWNET)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("a thread in a network namespace panicked")))
+    })
+}
+
+fn open_ns(path: &str) -> io::Result<OwnedFd> {
+    Ok(File::open(path)?.into())
+}
+
+// ---- dump ---------------------------------------------------------------
+
+/// Why reading a namespace stopped.
+enum Fail {
+    Io(&'static str, io::Error),
+    Refuse(String),
+}
+
+impl Fail {
+    fn dump(self, pid: i32) -> DumpError {
+        match self {
+            Fail::Io(step, source) => DumpError::Io { pid, step, source },
+            Fail::Refuse(what) => DumpError::Unsupported { pid, what },
+        }
+    }
+}
+
+fn io_at(step: &'static str) -> impl FnOnce(io::Error) -> Fail {
+    move |e| Fail::Io(step, e)
+}
+
+/// Reads the network namespace `fd` of task `pid`.
+pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
+    let mut n = in_ns(fd, read_inside)
+        .map_err(|source| DumpError::Io {
+            pid,
+            step: "enter a network namespace",
+            source,
+        })?
+        .map_err(|f| f.dump(pid))?;
+    n.pid = pid;
+    Ok(n)
+}
+
+fn read_inside() -> Result<NetNs, Fail> {
+    let mut nl = Rtnl::open().map_err(io_at("open an rtnetlink socket"))?;
+    let links = nl.links().map_err(io_at("list network devices"))?;
+    if links.len() > MAX_ITEMS {
+        return Err(Fail::Refuse(format!("{} network devices", links.len())));
+    }
+    let mut n = NetNs::default();
+    for l in links {
+        let known = l.kind.as_deref().is_some_and(|k| KINDS.contains(&k));
+        if !is_lo(&l) && !known {
+            return Err(Fail::Refuse(format!(
+                "network device {} ({}) in a net namespace of the tree's own (crest rebuilds \
+                 loopback, {} devices)",
+                l.name,
+                l.kind.as_deref().map_or(
+                    "no rtnetlink kind: a physical or moved-in device".into(),
+                    |k| { format!("kind {k}") }
+                ),
+                KINDS.join(", ")
+            )));
+        }
+        let conf4 = read_conf("ipv4", &l.name, &CONF4);
+        let conf6 = read_conf("ipv6", &l.name, &CONF6);
+        n.devs.push(Dev {
+            link: l,
+            conf4,
+            conf6,
+            peer_ns: None,
+            external: false,
+            outside_name: None,
+        });
+    }
+    let lo = n.devs.iter().find(|d| is_lo(&d.link)).map(|d| d.link.index);
+    for p in nl
+        .dump(rtnl::RTM_GETADDR, libc::AF_UNSPEC)
+        .map_err(io_at("list addresses"))?
+    {
+        let a =
+            rtnl::parse_addr(&p).map_err(|e| Fail::Io("parse an address", io::Error::other(e)))?;
+        if !a.kernel_made(lo) && n.addrs.len() < MAX_ITEMS {
+            n.addrs.push(p);
+        }
+    }
+    for (family, out) in [
+        (libc::AF_INET, &mut n.routes4),
+        (libc::AF_INET6, &mut n.routes6),
+    ] {
+        for p in nl
+            .dump(rtnl::RTM_GETROUTE, family)
+            .map_err(io_at("list routes"))?
+        {
+            let r = rtnl::parse_route(&p)
+                .map_err(|e| Fail::Io("parse a route", io::Error::other(e)))?;
+            if r.kept() && out.len() < MAX_ITEMS {
+                out.push(p);
+            }
+        }
+    }
+    n.all4 = read_conf("ipv4", "all", &CONF4);
+    n.def4 = read_conf("ipv4", "default", &CONF4);
+    n.all6 = read_conf("ipv6", "all", &CONF6);
+    n.def6 = read_conf("ipv6", "default", &CONF6);
+    n.extra = EXTRA
+        .iter()
+        .filter_map(|p| Some((p.to_string(), sysctl::read_sysctl(p)?)))
+        .collect();
+    Ok(n)
+}
+
+/// The parsed `--external` veth entries: (inside name, outside name).
+pub fn veth_externals(external: &[String]) -> Vec<(String, Option<String>)> {
+    external
+        .iter()
+        .filter_map(|e| {
+            let rest = e.strip_prefix("veth[")?;
+            let (inside, after) = rest.split_once(']')?;
+            let outside = after.strip_prefix(':').filter(|o| !o.is_empty());
+            Some((inside.to_string(), outside.map(str::to_string)))
+        })
+        .collect()
+}
+
+/// Finds where the peer of every veth lives: another namespace of the
+/// tree (`nets`: crest id and state), or outside it, which is refused
+/// unless `external` names the device (None: describe only, for `crest
+/// show`).
+pub fn resolve_peers(
+    nets: &mut [(u32, &mut NetNs)],
+    external: Option<&[String]>,
+) -> Result<(), DumpError> {
+    let fds: Vec<(u32, OwnedFd)> = nets
+        .iter()
+        .map(|(id, n)| {
+            open_ns(&format!("/proc/{}/ns/net", n.pid))
+                .map(|fd| (*id, fd))
+                .map_err(|source| DumpError::Io {
+                    pid: n.pid,
+                    step: "open a network namespace",
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    let ext = veth_externals(external.unwrap_or(&[]));
+    for (id, n) in nets.iter_mut() {
+        let (id, pid) = (*id, n.pid);
+        let Some((_, me)) = fds.iter().find(|f| f.0 == id) else {
+            continue;
+        };
+        for d in n.devs.iter_mut() {
+            let Some(want) = d
+                .link
+                .link_netnsid
+                .filter(|_| d.link.kind.as_deref() == Some("veth"))
+            else {
+                continue;
+            };
+            let others: Vec<(u32, &OwnedFd)> = fds
+                .iter()
+                .filter(|f| f.0 != id)
+                .map(|f| (f.0, &f.1))
+                .collect();
+            let found = in_ns(me, || -> io::Result<Option<u32>> {
+                let mut nl = Rtnl::open()?;
+                for (oid, ofd) in &others {
+                    if nl.nsid_of(ofd)? == want {
+                        return Ok(Some(*oid));
+                    }
+                }
+                Ok(None)
+            })
+            .and_then(|r| r)
+            .map_err(|source| DumpError::Io {
+                pid,
+                step: "find the namespace of a veth peer",
+                source,
+            })?;
+            if let Some(o) = found {
+                d.peer_ns = Some(o);
+                continue;
+            }
+            d.external = true;
+            match (external, ext.iter().find(|e| e.0 == d.link.name)) {
+                (None, _) => {}
+                (Some(_), Some(e)) => d.outside_name = e.1.clone(),
+                (Some(_), None) => {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: format!(
+                            "dumping network device {}, a veth whose peer is outside the tree (an \
+                             external device), without --external veth[{}]:OUTSIDE_NAME (which \
+                             restore takes too, to make the peer OUTSIDE_NAME in crest's network \
+                             namespace)",
+                            d.link.name, d.link.name
+                        ),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- images -------------------------------------------------------------
+
+fn nd_type(l: &Link) -> NdType {
+    match l.kind.as_deref() {
+        _ if is_lo(l) => NdType::Loopback,
+        Some("veth") => NdType::Veth,
+        Some("bridge") => NdType::Bridge,
+        _ => NdType::Extlink,
+    }
+}
+
+/// Writes the images of namespace `id`.
+pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
+    let devs: Vec<NetDeviceEntry> = n
+        .devs
+        .iter()
+        .map(|d| NetDeviceEntry {
+            r#type: nd_type(&d.link) as i32,
+            ifindex: d.link.index,
+            mtu: d.link.mtu,
+            flags: d.link.flags,
+            name: d.link.name.clone(),
+            address: d.link.address.clone(),
+            conf4: d.conf4.clone(),
+            conf6: d.conf6.clone(),
+            peer_ifindex: d.link.link,
+            peer_nsid: d.peer_ns,
+            master: d.link.master,
+        })
+        .collect();
+    crest_images::write_image(dir, &names::netdev(id), magic::NETDEV, &devs)?;
+    let extra: Vec<CrestNetdevExtra> = n
+        .devs
+        .iter()
+        .map(|d| CrestNetdevExtra {
+            ifindex: d.link.index,
+            kind: d.link.kind.clone(),
+            external: Some(d.external),
+            outside_name: d.outside_name.clone(),
+        })
+        .collect();
+    crest_images::write_image(dir, &names::crest_netdev(id), magic::CREST_NETDEV, &extra)?;
+    let e = NetnsEntry {
+        def_conf4: n.def4.clone(),
+        all_conf4: n.all4.clone(),
+        def_conf6: n.def6.clone(),
+        all_conf6: n.all6.clone(),
+        nsids: Vec::new(),
+    };
+    crest_images::write_image(dir, &names::netns(id), magic::NETNS, &[e])?;
+    let sysctls: Vec<CrestSysctl> = n
+        .extra
+        .iter()
+        .map(|(name, value)| CrestSysctl {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    crest_images::write_image(
+        dir,
+        &names::crest_net_sysctl(id),
+        magic::CREST_NET_SYSCTL,
+        &sysctls,
+    )?;
+    let raw = [
+        (
+            names::ifaddr(id),
+            rtnl::IFADDR_SAVE_MAGIC,
+            rtnl::RTM_NEWADDR,
+            &n.addrs,
+        ),
+        (
+            names::route(id),
+            rtnl::ROUTE_SAVE_MAGIC,
+            rtnl::RTM_NEWROUTE,
+            &n.routes4,
+        ),
+        (
+            names::route6(id),
+            rtnl::ROUTE_SAVE_MAGIC,
+            rtnl::RTM_NEWROUTE,
+            &n.routes6,
+        ),
+    ];
+    for (name, m, ty, list) in raw {
+        let mut w = crest_images::create_raw(dir, &name)?;
+        w.write_all(&rtnl::save_file(m, ty, list))?;
+        w.finish()?;
+    }
+    Ok(())
+}
+
+/// Reads the images of namespace `id`; None when there are none (images
+/// of a crest that saved only the loopback state).
+pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
+    if !dir.join(names::netdev(id)).exists() {
+        return Ok(None);
+    }
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let devs: Vec<NetDeviceEntry> =
+        crest_images::read_image(dir, &names::netdev(id), magic::NETDEV)?;
+    let extra: Vec<CrestNetdevExtra> =
+        crest_images::read_image(dir, &names::crest_netdev(id), magic::CREST_NETDEV)?;
+    if devs.len() > MAX_ITEMS || extra.len() != devs.len() {
+        return Err(bad(
+            names::crest_netdev(id),
+            format!(
+                "{} devices for the {} of {}",
+                extra.len(),
+                devs.len(),
+                names::netdev(id)
+            ),
+        ));
+    }
+    let mut n = NetNs::default();
+    for (d, x) in devs.into_iter().zip(extra) {
+        let conf_ok = d.conf4.len() <= CONF4.len() && d.conf6.len() <= CONF6.len();
+        let name_ok = !d.name.is_empty() && d.name.len() < 16 && !d.name.contains(['/', '\0']);
+        if x.ifindex != d.ifindex || !conf_ok || !name_ok || d.ifindex == 0 {
+            return Err(bad(
+                names::netdev(id),
+                format!("a bad device entry {:?}", d.name),
+            ));
+        }
+        let lo = d.r#type == NdType::Loopback as i32;
+        if !lo && !x.kind.as_deref().is_some_and(|k| KINDS.contains(&k)) {
+            return Err(bad(
+                names::crest_netdev(id),
+                format!(
+                    "device {} of kind {:?}, which crest does not make",
+                    d.name, x.kind
+                ),
+            ));
+        }
+        n.devs.push(Dev {
+            link: Link {
+                index: d.ifindex,
+                hw_type: if lo { libc::ARPHRD_LOOPBACK } else { 0 },
+                flags: d.flags,
+                name: d.name,
+                mtu: d.mtu,
+                address: d.address,
+                kind: x.kind,
+                master: d.master,
+                link: d.peer_ifindex,
+                link_netnsid: None,
+            },
+            conf4: d.conf4,
+            conf6: d.conf6,
+            peer_ns: d.peer_nsid,
+            external: x.external.unwrap_or(false),
+            outside_name: x.outside_name,
+        });
+    }
+    let e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
+    if [&e.def_conf4, &e.all_conf4]
+        .iter()
+        .any(|c| c.len() > CONF4.len())
+        || [&e.def_conf6, &e.all_conf6]
+            .iter()
+            .any(|c| c.len() > CONF6.len())
+    {
+        return Err(bad(
+            names::netns(id),
+            "longer conf lists than crest knows".into(),
+        ));
+    }
+    (n.def4, n.all4, n.def6, n.all6) = (e.def_conf4, e.all_conf4, e.def_conf6, e.all_conf6);
+    let sysctls: Vec<CrestSysctl> =
+        crest_images::read_image(dir, &names::crest_net_sysctl(id), magic::CREST_NET_SYSCTL)?;
+    for s in sysctls {
+        if !EXTRA.contains(&s.name.as_str()) || s.value.len() > 256 {
+            return Err(bad(
+                names::crest_net_sysctl(id),
+                format!("sysctl {:?}", s.name),
+            ));
+        }
+        n.extra.push((s.name, s.value));
+    }
+    let raw = [
+        (
+            names::ifaddr(id),
+            rtnl::IFADDR_SAVE_MAGIC,
+            rtnl::RTM_NEWADDR,
+        ),
+        (names::route(id), rtnl::ROUTE_SAVE_MAGIC, rtnl::RTM_NEWROUTE),
+        (
+            names::route6(id),
+            rtnl::ROUTE_SAVE_MAGIC,
+            rtnl::RTM_NEWROUTE,
+        ),
+    ];
+    let mut lists = Vec::new();
+    for (name, m, ty) in raw {
+        let path = dir.join(&name);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| bad(name.clone(), e.to_string()))?
+            .len();
+        if len > MAX_RAW {
+            return Err(bad(name, format!("{len} bytes")));
+        }
+        let buf = std::fs::read(&path).map_err(|e| bad(name.clone(), e.to_string()))?;
+        let list = rtnl::load_file(&buf, m, ty).map_err(|w| bad(name.clone(), w))?;
+        for p in &list {
+            let ok = if ty == rtnl::RTM_NEWADDR {
+                rtnl::parse_addr(p).map(drop)
+            } else {
+                rtnl::parse_route(p).map(drop)
+            };
+            ok.map_err(|w| bad(name.clone(), w))?;
+        }
+        if list.len() > MAX_ITEMS {
+            return Err(bad(name, format!("{} entries", list.len())));
+        }
+        lists.push(list);
+    }
+    n.routes6 = lists.pop().unwrap_or_default();
+    n.routes4 = lists.pop().unwrap_or_default();
+    n.addrs = lists.pop().unwrap_or_default();
+    Ok(Some(n))
+}
+
+// ---- restore ------------------------------------------------------------
+
+/// A failed restore step: what, and the error.
+pub(super) type Step = (String, io::Error);
+
+pub(super) fn step<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, Step> {
+    r.map_err(|e| (what(), e))
+}
+
+/// Rebuilds the namespaces `nets` (crest id, state, pid of the helper
+/// that holds it): devices first in all of them (a veth pair may span
+/// two), then in each its devices' settings, sysctls, addresses and
+/// routes. `external` names the outside ends of external veths.
+pub fn restore(nets: &[(u32, &NetNs, i32)], external: &[String]) -> Result<(), RestoreError> {
+    let rerr = |pid: i32| {
+        move |(what, source): Step| RestoreError::Io {
+            pid,
+            step: what,
+            source,
+        }
+    };
+    let fds: Vec<(u32, OwnedFd)> = nets
+        .iter()
+        .map(|(id, _, pid)| {
+            open_ns(&format!("/proc/{pid}/ns/net"))
+                .map(|fd| (*id, fd))
+                .map_err(|e| ("open the network namespace of a helper".into(), e))
+                .map_err(rerr(*pid))
+        })
+        .collect::<Result<_, _>>()?;
+    let crest_ns = open_ns("/proc/self/ns/net")
+        .map_err(|e| rerr(0)(("open crest's network namespace".into(), e)))?;
+    let ext = veth_externals(external);
+    for ((id, n, pid), (_, fd)) in nets.iter().zip(&fds) {
+        let peers = |d: &Dev| -> Result<Option<rtnl::Peer>, RestoreError> {
+            peer_of(*id, n, d, nets, &fds, &crest_ns, &ext)
+        };
+        let mut plan = Vec::new();
+        for d in &n.devs {
+            plan.push((d, peers(d)?));
+        }
+        in_ns(fd, || create(&plan))
+            .and_then(|r| r.map_err(|(w, e)| io::Error::new(e.kind(), format!("{w}: {e}"))))
+            .map_err(|e| RestoreError::Io {
+                pid: *pid,
+                step: format!("make the devices of net namespace {id}"),
+                source: e,
+            })?;
+    }
+    outside_up(nets, &ext).map_err(rerr(0))?;
+    for ((id, n, pid), (_, fd)) in nets.iter().zip(&fds) {
+        in_ns(fd, || configure(n))
+            .map_err(|e| (format!("enter net namespace {id}"), e))
+            .and_then(|r| r)
+            .map_err(rerr(*pid))?;
+    }
+    Ok(())
+}
+
+/// Brings up, in crest's own namespace, the outside end of each external
+/// veth whose inside end was up.
+fn outside_up(nets: &[(u32, &NetNs, i32)], ext: &[(String, Option<String>)]) -> Result<(), Step> {
+    let names: Vec<String> = nets
+        .iter()
+        .flat_map(|n| n.1.devs.iter())
+        .filter(|d| d.external && d.link.flags & libc::IFF_UP as u32 != 0)
+        .filter_map(|d| {
+            let given = ext
+                .iter()
+                .find(|e| e.0 == d.link.name)
+                .and_then(|e| e.1.clone());
+            given.or_else(|| d.outside_name.clone())
+        })
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut nl = step(Rtnl::open(), || "open an rtnetlink socket".into())?;
+    let have = step(nl.links(), || "list crest's devices".into())?;
+    for name in names {
+        let Some(l) = have.iter().find(|l| l.name == name) else {
+            continue;
+        };
+        step(
+            nl.call(rtnl::RTM_NEWLINK, 0, &rtnl::set_up(l.index, true)),
+            || format!("bring the outside veth {name} up"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The peer to make with device `d` of namespace `id`, when this end is
+/// the one that makes the pair (Ok(None): not a veth, or the other end
+/// makes it).
+fn peer_of(
+    id: u32,
+    n: &NetNs,
+    d: &Dev,
+    nets: &[(u32, &NetNs, i32)],
+    fds: &[(u32, OwnedFd)],
+    crest_ns: &OwnedFd,
+    ext: &[(String, Option<String>)],
+) -> Result<Option<rtnl::Peer>, RestoreError> {
+    if d.link.kind.as_deref() != Some("veth") {
+        return Ok(None);
+    }
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: names::netdev(id),
+        what,
+    };
+    if d.external {
+        let given = ext
+            .iter()
+            .find(|e| e.0 == d.link.name)
+            .and_then(|e| e.1.clone());
+        let Some(outside) = given.or_else(|| d.outside_name.clone()) else {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                what: format!(
+                    "restoring the veth {} of net namespace {id}, whose peer is outside the \
+                     tree (an external device), without --external veth[{}]:OUTSIDE_NAME (the \
+                     name of the peer to make in crest's network namespace)",
+                    d.link.name, d.link.name
+                ),
+            });
+        };
+        return Ok(Some(rtnl::Peer {
+            index: 0,
+            name: outside,
+            ns_fd: Some(crest_ns.as_raw_fd()),
+        }));
+    }
+    let pidx = d
+        .link
+        .link
+        .ok_or_else(|| bad(format!("veth {} without a peer", d.link.name)))?;
+    let (pns, pn) = match d.peer_ns {
+        None => (id, n),
+        Some(o) => {
+            let pn = nets
+                .iter()
+                .find(|x| x.0 == o)
+                .map(|x| x.1)
+                .ok_or_else(|| bad(format!("veth {}: no net namespace {o}", d.link.name)))?;
+            (o, pn)
+        }
+    };
+    let peer = pn
+        .devs
+        .iter()
+        .find(|p| p.link.index == pidx)
+        .ok_or_else(|| bad(format!("veth {}: no peer device {pidx}", d.link.name)))?;
+    if (pns, pidx) < (id, d.link.index) {
+        return Ok(None); // the other end makes the pair
+    }
+    let ns_fd = if pns == id {
+        None
+    } else {
+        fds.iter().find(|f| f.0 == pns).map(|f| f.1.as_raw_fd())
+    };
+    Ok(Some(rtnl::Peer {
+        index: pidx,
+        name: peer.link.name.clone(),
+        ns_fd,
+    }))
+}
+
+/// Makes the devices of the namespace this thread is in.
+fn create(plan: &[(&Dev, Option<rtnl::Peer>)]) -> Result<(), Step> {
+    let mut nl = step(Rtnl::open(), || "open an rtnetlink socket".into())?;
+    let have = step(nl.links(), || "list devices".into())?;
+    for (d, peer) in plan {
+        let l = &d.link;
+        if is_lo(l) || have.iter().any(|h| h.index == l.index && h.name == l.name) {
+            continue;
+        }
+        if l.kind.as_deref() == Some("veth") && peer.is_none() {
+            continue; // made with its peer
+        }
+        let flags = rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL;
+        step(
+            nl.call(rtnl::RTM_NEWLINK, flags, &rtnl::new_link(l, peer.as_ref())),
+            || {
+                format!(
+                    "create device {} ({}) at index {}",
+                    l.name,
+                    l.kind.as_deref().unwrap_or("?"),
+                    l.index
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Sets what the devices of the namespace this thread is in had, then its
+/// sysctls, addresses and routes.
+fn configure(n: &NetNs) -> Result<(), Step> {
+    let mut nl = step(Rtnl::open(), || "open an rtnetlink socket".into())?;
+    let have = step(nl.links(), || "list devices".into())?;
+    for d in &n.devs {
+        let l = &d.link;
+        if !have.iter().any(|h| h.index == l.index && h.name == l.name) {
+            return Err((
+                format!("find device {} at index {}", l.name, l.index),
+                io::Error::from_raw_os_error(libc::ENODEV),
+            ));
+        }
+    }
+    // bridge ports first (a bridge's MTU follows its ports), then MTU and
+    // address of each
+    for pass in 0..2 {
+        for d in &n.devs {
+            let l = &d.link;
+            let msg = match pass {
+                0 if l.master.is_some() => rtnl::set_link(l.index, 0, None, l.master),
+                1 if !is_lo(l) => rtnl::set_link(l.index, l.mtu, l.address.as_deref(), None),
+                1 if l.mtu != 0 => rtnl::set_link(l.index, l.mtu, None, None),
+                _ => continue,
+            };
+            step(nl.call(rtnl::RTM_NEWLINK, 0, &msg), || {
+                format!("set the master, MTU and address of device {}", l.name)
+            })?;
+        }
+    }
+    set_sysctls(n)?;
+    for d in n
+        .devs
+        .iter()
+        .filter(|d| d.link.flags & libc::IFF_UP as u32 != 0)
+    {
+        step(
+            nl.call(rtnl::RTM_NEWLINK, 0, &rtnl::set_up(d.link.index, true)),
+            || format!("bring device {} up", d.link.name),
+        )?;
+    }
+    let lo = n.devs.iter().find(|d| is_lo(&d.link)).map(|d| d.link.index);
+    for p in &n.addrs {
+        let text = rtnl::parse_addr(p).map(|a| a.text()).unwrap_or_default();
+        let msg = rtnl::replay_addr(p, lo)
+            .map_err(|w| (format!("address {text}"), io::Error::other(w)))?;
+        match nl.call(
+            rtnl::RTM_NEWADDR,
+            rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+            &msg,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            r => {
+                step(r, || format!("add address {text}"))?;
+            }
+        }
+    }
+    add_routes(&mut nl, n)
+}
+
+/// Adds the routes again, in passes: a route through a gateway needs the
+/// route that reaches it first.
+fn add_routes(nl: &mut Rtnl, n: &NetNs) -> Result<(), Step> {
+    let mut left: Vec<&Vec<u8>> = n.routes4.iter().chain(&n.routes6).collect();
+    while !left.is_empty() {
+        let mut failed = Vec::new();
+        let mut last = None;
+        for p in &left {
+            let text = rtnl::parse_route(p)
+                .map(|r| r.text(|i| n.name_of(i)))
+                .unwrap_or_default();
+            let msg = rtnl::replay_route(p)
+                .map_err(|w| (format!("route {text}"), io::Error::other(w)))?;
+            match nl.call(
+                rtnl::RTM_NEWROUTE,
+                rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+                &msg,
+            ) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    failed.push(*p);
+                    last = Some((format!("add route {text}"), e));
+                }
+            }
+        }
+        if failed.len() == left.len() {
+            return Err(
+                last.unwrap_or_else(|| ("add routes".into(), io::Error::other("no progress")))
+            );
+        }
+        left = failed;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crest_images::pb::SysctlType;
+
+    #[test]
+    fn external_veth_syntax() {
+        let e = veth_externals(&[
+            "veth[eth0]:out0".into(),
+            "veth[eth1]".into(),
+            "mnt[/x]:y".into(),
+            "veth[broken".into(),
+        ]);
+        assert_eq!(
+            e,
+            vec![
+                ("eth0".to_string(), Some("out0".to_string())),
+                ("eth1".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn images_round_trip() {
+        let dir = std::env::temp_dir().join(format!("crest-net-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut n = NetNs::bare(true);
+        n.devs[0].conf4 = read_conf("ipv4", "no-such-device", &CONF4);
+        n.devs.push(Dev {
+            link: Link {
+                index: 2,
+                flags: 1,
+                name: "v0".into(),
+                mtu: 1400,
+                address: Some(vec![2, 0, 0, 0, 0, 1]),
+                kind: Some("veth".into()),
+                link: Some(3),
+                ..Link::default()
+            },
+            conf4: Vec::new(),
+            conf6: Vec::new(),
+            peer_ns: Some(7),
+            external: false,
+            outside_name: None,
+        });
+        let mut a = vec![libc::AF_INET as u8, 8, 0, 0, 1, 0, 0, 0];
+        rtnl::put(&mut a, rtnl::IFA_LOCAL, &[127, 0, 0, 2]);
+        n.addrs.push(a);
+        n.all4 = vec![SysctlEntry {
+            r#type: SysctlType::Ctl32 as i32,
+            iarg: Some(1),
+            sarg: None,
+        }];
+        n.extra.push(("net/core/somaxconn".into(), "1000".into()));
+        write(&dir, 5, &n).expect("write");
+        let back = read(&dir, 5).expect("read").expect("some");
+        assert_eq!(back, n);
+        assert!(
+            back.render().contains("lo 127.0.0.2/8"),
+            "{}",
+            back.render()
+        );
+        // a device of a kind crest does not make is refused by name
+        let mut odd = n.clone();
+        odd.devs[1].link.kind = Some("vxlan".into());
+        write(&dir, 6, &odd).expect("write");
+        let err = read(&dir, 6).expect_err("refused").to_string();
+        assert!(err.contains("v0") && err.contains("vxlan"), "{err}");
+        // a truncated route file names itself
+        std::fs::write(dir.join(names::route(5)), [0x24, 0x12]).expect("write");
+        let err = read(&dir, 5).expect_err("truncated").to_string();
+        assert!(err.contains("route-5.img"), "{err}");
+        assert!(read(&dir, 9).expect("absent").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,693 @@
+//! rtnetlink messages: building requests and parsing what the kernel (or
+//! an image) holds, with every length checked. No syscalls here; the
+//! socket side is in [`super::Rtnl`].
+
+use std::fmt::Write as _;
+
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_GETADDR: u16 = 22;
+pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_GETROUTE: u16 = 26;
+pub const RTM_GETNSID: u16 = 90;
+
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_EXCL: u16 = 0x200;
+pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_DUMP: u16 = 0x300;
+
+pub const IFLA_ADDRESS: u16 = 1;
+pub const IFLA_IFNAME: u16 = 3;
+pub const IFLA_MTU: u16 = 4;
+pub const IFLA_LINK: u16 = 5;
+pub const IFLA_MASTER: u16 = 10;
+pub const IFLA_LINKINFO: u16 = 18;
+pub const IFLA_INFO_KIND: u16 = 1;
+pub const IFLA_INFO_DATA: u16 = 2;
+pub const VETH_INFO_PEER: u16 = 1;
+pub const IFLA_NET_NS_FD: u16 = 28;
+pub const IFLA_LINK_NETNSID: u16 = 37;
+
+pub const IFA_ADDRESS: u16 = 1;
+pub const IFA_LOCAL: u16 = 2;
+pub const IFA_FLAGS: u16 = 8;
+pub const IFA_PROTO: u16 = 11;
+pub const IFA_F_NODAD: u32 = 0x02;
+
+pub const RTA_DST: u16 = 1;
+pub const RTA_OIF: u16 = 4;
+pub const RTA_GATEWAY: u16 = 5;
+pub const RTA_CACHEINFO: u16 = 12;
+pub const RTA_TABLE: u16 = 15;
+pub const RT_TABLE_MAIN: u32 = 254;
+pub const RTNH_F_ONLINK: u32 = 4;
+
+pub const NETNSA_NSID: u16 = 1;
+pub const NETNSA_FD: u16 = 3;
+
+/// `ip addr save` writes this word before the messages.
+pub const IFADDR_SAVE_MAGIC: u32 = 0x4736_1222;
+/// `ip route save` writes this word before the messages.
+pub const ROUTE_SAVE_MAGIC: u32 = 0x4531_1224;
+
+const HDR: usize = 16;
+/// Most messages crest takes from one buffer (kernel replies or an image).
+const MAX_MSGS: usize = 1 << 16;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// One netlink message: its type, flags, sequence number and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub payload: Vec<u8>,
+}
+
+/// A whole message: header then payload (padded).
+pub fn encode(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let len = HDR + payload.len();
+    let mut out = Vec::with_capacity(align4(len));
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(align4(len), 0);
+    out
+}
+
+/// The messages of a buffer (a datagram from the kernel, or a saved file
+/// without its magic).
+pub fn split(buf: &[u8]) -> Result<Vec<Msg>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        if buf.len() - at < HDR {
+            return Err(format!(
+                "{} stray bytes after the last message",
+                buf.len() - at
+            ));
+        }
+        let len = u32_at(buf, at).unwrap_or(0) as usize;
+        if len < HDR || len > buf.len() - at {
+            return Err(format!("a message of length {len} at offset {at}"));
+        }
+        if out.len() >= MAX_MSGS {
+            return Err(format!("more than {MAX_MSGS} messages"));
+        }
+        out.push(Msg {
+            ty: u16_at(buf, at + 4).unwrap_or(0),
+            flags: u16_at(buf, at + 6).unwrap_or(0),
+            seq: u32_at(buf, at + 8).unwrap_or(0),
+            payload: buf[at + HDR..at + len].to_vec(),
+        });
+        at = (at + align4(len)).min(buf.len());
+    }
+    Ok(out)
+}
+
+/// The error code of an `NLMSG_ERROR` payload (0 for an ack).
+pub fn error_code(payload: &[u8]) -> i32 {
+    u32_at(payload, 0).map_or(-libc::EPROTO, |v| v as i32)
+}
+
+/// One attribute: its type (without the nested/byte-order bits) and data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr<'a> {
+    pub ty: u16,
+    pub data: &'a [u8],
+}
+
+/// The attributes of a buffer.
+pub fn attrs(buf: &[u8]) -> Result<Vec<Attr<'_>>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let len = u16_at(buf, at).unwrap_or(0) as usize;
+        if len < 4 || len > buf.len() - at {
+            return Err(format!("an attribute of length {len} at offset {at}"));
+        }
+        out.push(Attr {
+            ty: u16_at(buf, at + 2).unwrap_or(0) & 0x3fff,
+            data: &buf[at + 4..at + len],
+        });
+        at += align4(len);
+    }
+    Ok(out)
+}
+
+fn find<'a>(list: &[Attr<'a>], ty: u16) -> Option<&'a [u8]> {
+    list.iter().find(|a| a.ty == ty).map(|a| a.data)
+}
+
+fn attr_u32(list: &[Attr<'_>], ty: u16) -> Option<u32> {
+    u32_at(find(list, ty)?, 0)
+}
+
+fn attr_str(list: &[Attr<'_>], ty: u16) -> Option<String> {
+    let d = find(list, ty)?;
+    let end = d.iter().position(|b| *b == 0).unwrap_or(d.len());
+    Some(String::from_utf8_lossy(&d[..end]).into_owned())
+}
+
+/// Appends an attribute.
+pub fn put(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(data);
+    out.resize(align4(out.len()), 0);
+}
+
+/// Appends a NUL-terminated string attribute.
+pub fn put_str(out: &mut Vec<u8>, ty: u16, s: &str) {
+    let mut d = s.as_bytes().to_vec();
+    d.push(0);
+    put(out, ty, &d);
+}
+
+/// Appends a nested attribute whose contents `f` writes.
+pub fn nest(out: &mut Vec<u8>, ty: u16, f: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(ty | 0x8000).to_ne_bytes());
+    f(out);
+    let len = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// `struct ifinfomsg`.
+pub fn ifinfomsg(index: i32, flags: u32, change: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b[12..16].copy_from_slice(&change.to_ne_bytes());
+    b
+}
+
+/// A network device as `RTM_NEWLINK` describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    /// ARPHRD_* type.
+    pub hw_type: u16,
+    pub flags: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub address: Option<Vec<u8>>,
+    pub kind: Option<String>,
+    pub master: Option<u32>,
+    /// The peer's ifindex (veth), in the peer's namespace.
+    pub link: Option<u32>,
+    /// The peer's namespace as this one numbers it, when it is another.
+    pub link_netnsid: Option<i32>,
+}
+
+/// Parses an `RTM_NEWLINK` payload.
+pub fn parse_link(p: &[u8]) -> Result<Link, String> {
+    if p.len() < 16 {
+        return Err(format!("a link message of {} bytes", p.len()));
+    }
+    let list = attrs(&p[16..])?;
+    let info = find(&list, IFLA_LINKINFO).map(attrs).transpose()?;
+    Ok(Link {
+        index: u32_at(p, 4).unwrap_or(0),
+        hw_type: u16_at(p, 2).unwrap_or(0),
+        flags: u32_at(p, 8).unwrap_or(0),
+        name: attr_str(&list, IFLA_IFNAME).ok_or("a link without a name")?,
+        mtu: attr_u32(&list, IFLA_MTU).unwrap_or(0),
+        address: find(&list, IFLA_ADDRESS).map(<[u8]>::to_vec),
+        kind: info.as_deref().and_then(|i| attr_str(i, IFLA_INFO_KIND)),
+        master: attr_u32(&list, IFLA_MASTER).filter(|m| *m != 0),
+        link: attr_u32(&list, IFLA_LINK).filter(|l| *l != 0),
+        link_netnsid: attr_u32(&list, IFLA_LINK_NETNSID).map(|v| v as i32),
+    })
+}
+
+/// Where the peer of a new veth goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub index: u32,
+    pub name: String,
+    /// An fd (in crest) of the peer's network namespace; None: this one.
+    pub ns_fd: Option<i32>,
+}
+
+/// The `RTM_NEWLINK` payload that creates device `l` (with `peer` for a
+/// veth) at its old index.
+pub fn new_link(l: &Link, peer: Option<&Peer>) -> Vec<u8> {
+    let mut b = ifinfomsg(l.index as i32, 0, 0);
+    put_str(&mut b, IFLA_IFNAME, &l.name);
+    if l.mtu != 0 {
+        put(&mut b, IFLA_MTU, &l.mtu.to_ne_bytes());
+    }
+    nest(&mut b, IFLA_LINKINFO, |b| {
+        put_str(b, IFLA_INFO_KIND, l.kind.as_deref().unwrap_or(""));
+        if let Some(p) = peer {
+            nest(b, IFLA_INFO_DATA, |b| {
+                nest(b, VETH_INFO_PEER, |b| {
+                    b.extend_from_slice(&ifinfomsg(p.index as i32, 0, 0));
+                    put_str(b, IFLA_IFNAME, &p.name);
+                    if let Some(fd) = p.ns_fd {
+                        put(b, IFLA_NET_NS_FD, &(fd as u32).to_ne_bytes());
+                    }
+                });
+            });
+        }
+    });
+    b
+}
+
+/// The `RTM_NEWLINK` payload that sets the MTU, address and master of an
+/// existing device (no flags).
+pub fn set_link(index: u32, mtu: u32, address: Option<&[u8]>, master: Option<u32>) -> Vec<u8> {
+    let mut b = ifinfomsg(index as i32, 0, 0);
+    if mtu != 0 {
+        put(&mut b, IFLA_MTU, &mtu.to_ne_bytes());
+    }
+    if let Some(a) = address {
+        put(&mut b, IFLA_ADDRESS, a);
+    }
+    if let Some(m) = master {
+        put(&mut b, IFLA_MASTER, &m.to_ne_bytes());
+    }
+    b
+}
+
+/// The `RTM_NEWLINK` payload that sets (or clears) `IFF_UP`.
+pub fn set_up(index: u32, up: bool) -> Vec<u8> {
+    let f = libc::IFF_UP as u32;
+    ifinfomsg(index as i32, if up { f } else { 0 }, f)
+}
+
+/// The payload of a dump request for one family.
+pub fn dump_request(ty: u16, family: u8) -> Vec<u8> {
+    match ty {
+        RTM_GETLINK => {
+            let mut b = ifinfomsg(0, 0, 0);
+            b[0] = family;
+            b
+        }
+        RTM_GETADDR => vec![family, 0, 0, 0, 0, 0, 0, 0],
+        _ => {
+            let mut b = vec![0u8; 12];
+            b[0] = family;
+            b
+        }
+    }
+}
+
+/// The `RTM_GETNSID` payload asking for the id of the namespace of `fd`.
+pub fn nsid_request(fd: i32) -> Vec<u8> {
+    let mut b = vec![0u8; 4]; // struct rtgenmsg, padded
+    put(&mut b, NETNSA_FD, &(fd as u32).to_ne_bytes());
+    b
+}
+
+/// The id an `RTM_NEWNSID` answer gives.
+pub fn parse_nsid(p: &[u8]) -> Option<i32> {
+    let list = attrs(p.get(4..)?).ok()?;
+    attr_u32(&list, NETNSA_NSID).map(|v| v as i32)
+}
+
+/// What crest needs to know of an `RTM_NEWADDR` payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addr {
+    pub family: u8,
+    pub prefix: u8,
+    pub index: u32,
+    pub address: Vec<u8>,
+    /// `IFA_PROTO`: who made it (1 loopback, 2 link-local, 3 RA: the
+    /// kernel), when the kernel says.
+    pub proto: Option<u8>,
+}
+
+pub fn parse_addr(p: &[u8]) -> Result<Addr, String> {
+    if p.len() < 8 {
+        return Err(format!("an address message of {} bytes", p.len()));
+    }
+    let list = attrs(&p[8..])?;
+    let address = find(&list, IFA_LOCAL)
+        .or_else(|| find(&list, IFA_ADDRESS))
+        .ok_or("an address message without an address")?
+        .to_vec();
+    Ok(Addr {
+        family: p[0],
+        prefix: p[1],
+        index: u32_at(p, 4).unwrap_or(0),
+        address,
+        proto: find(&list, IFA_PROTO).and_then(|d| d.first().copied()),
+    })
+}
+
+impl Addr {
+    /// Whether the kernel makes this address by itself (the loopback's
+    /// 127.0.0.1/8 and ::1, IPv6 link-local and autoconfigured ones), so
+    /// restore must not add it again.
+    pub fn kernel_made(&self, lo_index: Option<u32>) -> bool {
+        if let Some(p) = self.proto {
+            return (1..=3).contains(&p);
+        }
+        let on_lo = lo_index == Some(self.index);
+        match (self.family as i32, self.address.as_slice()) {
+            (libc::AF_INET, [127, 0, 0, 1]) => on_lo && self.prefix == 8,
+            (libc::AF_INET6, a) if a.len() == 16 => {
+                (on_lo && a[..15].iter().all(|b| *b == 0) && a[15] == 1)
+                    || (a[0] == 0xfe && a[1] & 0xc0 == 0x80 && self.prefix == 64)
+            }
+            _ => false,
+        }
+    }
+
+    /// The address as `ip` prints it, with its prefix.
+    pub fn text(&self) -> String {
+        format!("{}/{}", ip_text(self.family, &self.address), self.prefix)
+    }
+}
+
+/// An IPv4 or IPv6 address in its usual notation.
+pub fn ip_text(family: u8, a: &[u8]) -> String {
+    if let (libc::AF_INET, Ok(b)) = (family as i32, <[u8; 4]>::try_from(a)) {
+        return std::net::Ipv4Addr::from(b).to_string();
+    }
+    if let Ok(b) = <[u8; 16]>::try_from(a) {
+        return std::net::Ipv6Addr::from(b).to_string();
+    }
+    a.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The `RTM_NEWADDR` payload that adds a saved address again: IPv6 ones
+/// of devices other than `lo_index` (where there is none) skip duplicate
+/// address detection: they passed it before the dump, and a tentative
+/// address could not be bound by the sockets restored next.
+pub fn replay_addr(p: &[u8], lo_index: Option<u32>) -> Result<Vec<u8>, String> {
+    let a = parse_addr(p)?;
+    if a.family as i32 != libc::AF_INET6 || Some(a.index) == lo_index {
+        return Ok(p.to_vec());
+    }
+    let mut out = p[..8].to_vec();
+    out[2] |= IFA_F_NODAD as u8;
+    let mut flags = u32::from(out[2]);
+    for at in attrs(&p[8..])? {
+        if at.ty == IFA_FLAGS {
+            flags |= u32_at(at.data, 0).unwrap_or(0);
+        } else {
+            put(&mut out, at.ty, at.data);
+        }
+    }
+    put(&mut out, IFA_FLAGS, &(flags | IFA_F_NODAD).to_ne_bytes());
+    Ok(out)
+}
+
+/// What crest needs to know of an `RTM_NEWROUTE` payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub family: u8,
+    pub dst_len: u8,
+    pub table: u32,
+    pub protocol: u8,
+    pub kind: u8,
+    pub dst: Option<Vec<u8>>,
+    pub gateway: Option<Vec<u8>>,
+    pub oif: Option<u32>,
+}
+
+pub fn parse_route(p: &[u8]) -> Result<Route, String> {
+    if p.len() < 12 {
+        return Err(format!("a route message of {} bytes", p.len()));
+    }
+    let list = attrs(&p[12..])?;
+    Ok(Route {
+        family: p[0],
+        dst_len: p[1],
+        table: attr_u32(&list, RTA_TABLE).unwrap_or(u32::from(p[4])),
+        protocol: p[5],
+        kind: p[7],
+        dst: find(&list, RTA_DST).map(<[u8]>::to_vec),
+        gateway: find(&list, RTA_GATEWAY).map(<[u8]>::to_vec),
+        oif: attr_u32(&list, RTA_OIF),
+    })
+}
+
+impl Route {
+    /// A route someone added (not the kernel, not learnt) in the main
+    /// table: what restore adds again.
+    pub fn kept(&self) -> bool {
+        const RTPROT_REDIRECT: u8 = 1;
+        const RTPROT_KERNEL: u8 = 2;
+        const RTPROT_RA: u8 = 9;
+        self.table == RT_TABLE_MAIN
+            && ![RTPROT_REDIRECT, RTPROT_KERNEL, RTPROT_RA].contains(&self.protocol)
+            && matches!(self.kind as i32, 1 | 6..=8) // unicast, blackhole, unreachable, prohibit
+    }
+
+    /// The route as a line like `ip route` prints, with device names from
+    /// `dev`.
+    pub fn text(&self, dev: impl Fn(u32) -> String) -> String {
+        let mut s = match &self.dst {
+            Some(d) => format!("{}/{}", ip_text(self.family, d), self.dst_len),
+            None => "default".into(),
+        };
+        if let Some(g) = &self.gateway {
+            let _ = write!(s, " via {}", ip_text(self.family, g));
+        }
+        if let Some(o) = self.oif {
+            let _ = write!(s, " dev {}", dev(o));
+        }
+        s
+    }
+}
+
+/// The `RTM_NEWROUTE` payload that adds a saved route again: flags the
+/// kernel only reports are cleared, cache information left out.
+pub fn replay_route(p: &[u8]) -> Result<Vec<u8>, String> {
+    if p.len() < 12 {
+        return Err(format!("a route message of {} bytes", p.len()));
+    }
+    let mut out = p[..12].to_vec();
+    let flags = u32_at(p, 8).unwrap_or(0) & RTNH_F_ONLINK;
+    out[8..12].copy_from_slice(&flags.to_ne_bytes());
+    for at in attrs(&p[12..])? {
+        if at.ty != RTA_CACHEINFO {
+            put(&mut out, at.ty, at.data);
+        }
+    }
+    Ok(out)
+}
+
+/// A saved file (`ip addr save` / `ip route save` layout): the magic, then
+/// each payload as a whole message of type `ty`.
+pub fn save_file(magic: u32, ty: u16, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = magic.to_ne_bytes().to_vec();
+    for p in payloads {
+        out.extend(encode(ty, 0, 0, p));
+    }
+    out
+}
+
+/// The payloads of a saved file whose messages must all be of type `ty`.
+pub fn load_file(buf: &[u8], magic: u32, ty: u16) -> Result<Vec<Vec<u8>>, String> {
+    match u32_at(buf, 0) {
+        Some(m) if m == magic => {}
+        Some(m) => return Err(format!("magic {m:#x}, expected {magic:#x}")),
+        None => return Err("no magic".into()),
+    }
+    split(&buf[4..])?
+        .into_iter()
+        .map(|m| {
+            if m.ty == ty {
+                Ok(m.payload)
+            } else {
+                Err(format!("a message of type {}, expected {ty}", m.ty))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_msg() -> Vec<u8> {
+        let mut b = ifinfomsg(3, 0x1003, 0);
+        b[2..4].copy_from_slice(&1u16.to_ne_bytes());
+        put_str(&mut b, IFLA_IFNAME, "v0");
+        put(&mut b, IFLA_MTU, &1400u32.to_ne_bytes());
+        put(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]);
+        put(&mut b, IFLA_LINK, &4u32.to_ne_bytes());
+        nest(&mut b, IFLA_LINKINFO, |b| {
+            put_str(b, IFLA_INFO_KIND, "veth")
+        });
+        b
+    }
+
+    #[test]
+    fn link_round_trip() {
+        let l = parse_link(&link_msg()).expect("parse");
+        assert_eq!(l.index, 3);
+        assert_eq!(l.name, "v0");
+        assert_eq!(l.mtu, 1400);
+        assert_eq!(l.kind.as_deref(), Some("veth"));
+        assert_eq!(l.link, Some(4));
+        assert_eq!(l.link_netnsid, None);
+        assert_eq!(l.address.as_deref(), Some(&[2u8, 0, 0, 0, 0, 1][..]));
+        let peer = Peer {
+            index: 4,
+            name: "v1".into(),
+            ns_fd: Some(9),
+        };
+        let made = new_link(&l, Some(&peer));
+        let back = parse_link(&made).expect("parse new_link");
+        assert_eq!((back.index, back.name.as_str(), back.mtu), (3, "v0", 1400));
+        assert_eq!(back.kind.as_deref(), Some("veth"));
+        // the peer sits in IFLA_LINKINFO / IFLA_INFO_DATA / VETH_INFO_PEER
+        let top = attrs(&made[16..]).expect("attrs");
+        let info = attrs(find(&top, IFLA_LINKINFO).expect("linkinfo")).expect("info");
+        let data = attrs(find(&info, IFLA_INFO_DATA).expect("data")).expect("data");
+        let p = find(&data, VETH_INFO_PEER).expect("peer");
+        let pl = parse_link(p).expect("peer link");
+        assert_eq!((pl.index, pl.name.as_str()), (4, "v1"));
+        let pattrs = attrs(&p[16..]).expect("peer attrs");
+        assert_eq!(attr_u32(&pattrs, IFLA_NET_NS_FD), Some(9));
+    }
+
+    #[test]
+    fn split_messages_and_bad_lengths() {
+        let mut buf = encode(RTM_NEWLINK, 2, 7, &link_msg());
+        buf.extend(encode(NLMSG_DONE, 2, 7, &0u32.to_ne_bytes()));
+        let msgs = split(&buf).expect("split");
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (RTM_NEWLINK, 7));
+        assert_eq!(msgs[1].ty, NLMSG_DONE);
+        // a length past the end, a length below the header, stray bytes
+        let mut bad = buf.clone();
+        bad[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
+        assert!(split(&bad).is_err());
+        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert!(split(&bad).is_err());
+        assert!(split(&buf[..buf.len() - 2]).is_err());
+        // attributes that overrun their buffer
+        let mut b = link_msg();
+        b[16..18].copy_from_slice(&200u16.to_ne_bytes());
+        assert!(parse_link(&b).is_err());
+        assert!(parse_link(&[0u8; 8]).is_err());
+        assert_eq!(error_code(&(-17i32).to_ne_bytes()), -17);
+    }
+
+    fn addr_msg(family: u8, prefix: u8, index: u32, a: &[u8], proto: Option<u8>) -> Vec<u8> {
+        let mut b = vec![family, prefix, 0x80, 0, 0, 0, 0, 0];
+        b[4..8].copy_from_slice(&index.to_ne_bytes());
+        put(&mut b, IFA_ADDRESS, a);
+        put(&mut b, IFA_FLAGS, &0x80u32.to_ne_bytes());
+        if let Some(p) = proto {
+            put(&mut b, IFA_PROTO, &[p]);
+        }
+        b
+    }
+
+    #[test]
+    fn addresses_the_kernel_makes() {
+        let v4 = libc::AF_INET as u8;
+        let v6 = libc::AF_INET6 as u8;
+        let lo1 = parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 1], None)).expect("p");
+        assert!(lo1.kernel_made(Some(1)));
+        assert_eq!(lo1.text(), "127.0.0.1/8");
+        let lo2 = parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 2], None)).expect("p");
+        assert!(!lo2.kernel_made(Some(1)));
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert!(parse_addr(&addr_msg(v6, 128, 1, &one, None))
+            .expect("p")
+            .kernel_made(Some(1)));
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        ll[15] = 7;
+        assert!(parse_addr(&addr_msg(v6, 64, 2, &ll, None))
+            .expect("p")
+            .kernel_made(Some(1)));
+        // IFA_PROTO decides when the kernel gives it
+        assert!(!parse_addr(&addr_msg(v6, 64, 2, &ll, Some(0)))
+            .expect("p")
+            .kernel_made(Some(1)));
+        assert!(parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 1], Some(1)))
+            .expect("p")
+            .kernel_made(Some(1)));
+        // replay: IPv6 gets NODAD in both places, IPv4 is untouched
+        let m = addr_msg(v6, 64, 2, &ll, Some(0));
+        assert_eq!(replay_addr(&m, Some(2)).expect("replay"), m);
+        let r = replay_addr(&m, Some(1)).expect("replay");
+        assert_eq!(r[2] & IFA_F_NODAD as u8, IFA_F_NODAD as u8);
+        let list = attrs(&r[8..]).expect("attrs");
+        assert_eq!(attr_u32(&list, IFA_FLAGS), Some(0x80 | IFA_F_NODAD));
+        assert_eq!(find(&list, IFA_ADDRESS), Some(&ll[..]));
+        let m4 = addr_msg(v4, 8, 1, &[127, 0, 0, 2], None);
+        assert_eq!(replay_addr(&m4, Some(1)).expect("replay"), m4);
+    }
+
+    #[test]
+    fn routes_kept_and_replayed() {
+        let mut b = vec![libc::AF_INET as u8, 16, 0, 0, 254, 3, 0, 1];
+        b.extend_from_slice(&(0x10u32 | RTNH_F_ONLINK).to_ne_bytes()); // linkdown|onlink
+        put(&mut b, RTA_TABLE, &254u32.to_ne_bytes());
+        put(&mut b, RTA_DST, &[10, 10, 0, 0]);
+        put(&mut b, RTA_GATEWAY, &[10, 9, 0, 2]);
+        put(&mut b, RTA_OIF, &2u32.to_ne_bytes());
+        put(&mut b, RTA_CACHEINFO, &[0u8; 32]);
+        let r = parse_route(&b).expect("parse");
+        assert!(r.kept());
+        assert_eq!(
+            r.text(|i| format!("if{i}")),
+            "10.10.0.0/16 via 10.9.0.2 dev if2"
+        );
+        let again = replay_route(&b).expect("replay");
+        assert_eq!(u32_at(&again, 8), Some(RTNH_F_ONLINK));
+        let list = attrs(&again[12..]).expect("attrs");
+        assert!(find(&list, RTA_CACHEINFO).is_none());
+        assert_eq!(parse_route(&again).expect("parse"), r);
+        // kernel routes and other tables are left to the kernel
+        let mut k = b.clone();
+        k[5] = 2;
+        assert!(!parse_route(&k).expect("parse").kept());
+        let mut local = b.clone();
+        local[4] = 255;
+        let at = 12 + 4; // RTA_TABLE's data
+        local[at..at + 4].copy_from_slice(&255u32.to_ne_bytes());
+        assert!(!parse_route(&local).expect("parse").kept());
+    }
+
+    #[test]
+    fn saved_files() {
+        let m = addr_msg(libc::AF_INET as u8, 8, 1, &[127, 0, 0, 2], None);
+        let f = save_file(IFADDR_SAVE_MAGIC, RTM_NEWADDR, std::slice::from_ref(&m));
+        assert_eq!(&f[..4], &0x4736_1222u32.to_ne_bytes());
+        assert_eq!(
+            load_file(&f, IFADDR_SAVE_MAGIC, RTM_NEWADDR).expect("load"),
+            vec![m]
+        );
+        assert!(load_file(&f, ROUTE_SAVE_MAGIC, RTM_NEWADDR).is_err());
+        assert!(load_file(&f, IFADDR_SAVE_MAGIC, RTM_NEWROUTE).is_err());
+        assert!(load_file(&f[..2], IFADDR_SAVE_MAGIC, RTM_NEWADDR).is_err());
+        assert!(load_file(&f[..f.len() - 3], IFADDR_SAVE_MAGIC, RTM_NEWADDR).is_err());
+    }
+}
