@@ -7,6 +7,12 @@
 //! - `container_in_container`: the first shape inside the first shape;
 //! - `container_in_container_mnt`: both levels with their own mount
 //!   namespace, proc and tmpfs (the inner one a copy of the outer's);
+//! - `container_pivot_root`: user+pid+mnt+uts+ipc+net+cgroup whose shell
+//!   pivot_root's into a root of its own (`rootfs/` in the case directory,
+//!   with /usr, /dev/null, the workloads and the state directory bound from
+//!   outside, proc and a tmpfs mounted), dumped with `--external
+//!   mnt[/usr]:usr` (and null, wl, state) and restored with `--root` and
+//!   `--external mnt[usr]:/usr` (...), CRIU's way;
 //! - `container_no_setsid`: the first shape started as a job of the
 //!   harness's session (no `setsid` anywhere: its init inherited a session
 //!   from outside), running `fds_fork`.
@@ -107,7 +113,7 @@ const NET_LINES: [&str; 13] = [
     "sysctl net.ipv4.ip_local_port_range 20000 30000",
 ];
 
-const SHAPES: [Shape; 7] = [
+const SHAPES: [Shape; 8] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -178,6 +184,18 @@ const SHAPES: [Shape; 7] = [
         workload: "tree_sessions",
         setsid: true,
         net: true,
+        external_veth: false,
+    },
+    Shape {
+        name: "container_pivot_root",
+        depth: 1,
+        hostname: "c8",
+        own_mnt: true,
+        tmpfs_file: Some(("/tmp/crest-pivot-f", "pivoted\n")),
+        refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+        net: false,
         external_veth: false,
     },
     Shape {
@@ -296,6 +314,23 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
                 base.join(" ")
             )
         }
+        "container_pivot_root" => {
+            args.extend(["-m".into()]);
+            let r = dir.root.join("rootfs");
+            let r = r.display();
+            let wl =
+                "/wl/sysvmk && exec setsid /wl/tree_sessions /state </dev/null >/dev/null 2>&1";
+            format!(
+                "mount --bind {r} {r} && mount --bind /usr {r}/usr && mount -o remount,bind,ro {r}/usr && \
+                 mount --bind /dev/null {r}/dev/null && mount --bind {wls} {r}/wl && \
+                 mount --bind {state} {r}/state && cd {r} && pivot_root . .old && \
+                 mount -t proc proc /proc && umount -l /.old && mount -t tmpfs none /tmp && \
+                 echo pivoted > /tmp/crest-pivot-f && hostname {} && ip link set lo up && {wl}",
+                shape.hostname,
+                wls = cfg.workloads.display(),
+                state = dir.state.display(),
+            )
+        }
         "container_net" => format!("hostname {} && {NET_SETUP} && {wl}", shape.hostname),
         _ => format!("hostname {} && ip link set lo up && {wl}", shape.hostname),
     };
@@ -308,14 +343,51 @@ fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     if !shape.setsid {
         cmd.arg("--no-setsid");
     }
+    let pivot = shape.name == "container_pivot_root";
+    if pivot {
+        make_rootfs(&dir.root.join("rootfs"))?;
+    }
     cmd.args(command(cfg, shape, dir))
-        .current_dir(&dir.root)
+        // a tree that pivot_root's keeps nothing of the old root: cwd "/"
+        // moves along, stdio is /dev/null of the bound /dev
+        .current_dir(if pivot {
+            Path::new("/")
+        } else {
+            dir.root.as_path()
+        })
         .stdin(Stdio::null());
-    case::set_stdio(&mut cmd, dir, StdioKind::LogFile)?;
+    case::set_stdio(&mut cmd, dir, stdio_of(shape))?;
     let child = cmd.spawn().with_context(|| format!("spawn {:?}", cmd))?;
     let pid = Pid::from_raw(child.id() as i32);
     procs.track(pid);
     Ok(pid)
+}
+
+fn stdio_of(shape: &Shape) -> StdioKind {
+    if shape.name == "container_pivot_root" {
+        StdioKind::DevNull
+    } else {
+        StdioKind::LogFile
+    }
+}
+
+/// A root directory to pivot into: mount points for what is bound from
+/// outside, the usual top-level links of a merged-/usr Debian.
+fn make_rootfs(r: &Path) -> Result<()> {
+    for d in [
+        "usr", "dev", "wl", "state", "proc", "tmp", ".old", "mnt", "etc",
+    ] {
+        fs::create_dir_all(r.join(d)).with_context(|| format!("mkdir {}", r.display()))?;
+    }
+    fs::write(r.join("dev/null"), "").context("make the /dev/null mount point")?;
+    for l in ["bin", "sbin", "lib", "lib64"] {
+        let target = format!("usr/{l}");
+        if Path::new("/").join(&target).exists() && !r.join(l).exists() {
+            std::os::unix::fs::symlink(&target, r.join(l))
+                .with_context(|| format!("symlink {l}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the ready file; returns the chain of only children below
@@ -576,7 +648,7 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     let view_before = snapshot(cfg, shape, root, main, "before the dump")?;
     ns::save(dir, "view.before", &view_before);
     let finish = |procs: &mut Procs| -> Result<Outcome> {
-        let o = case::finish_tree(dir, main, root, StdioKind::LogFile, procs)?;
+        let o = case::finish_tree(dir, main, root, stdio_of(shape), procs)?;
         for p in &chain {
             procs.untrack(*p);
         }
@@ -586,6 +658,26 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
         return finish(procs);
     }
     case::check_crest(cfg)?;
+    if shape.name == "container_pivot_root" {
+        // the mounts bound from outside, by key, CRIU's way
+        let binds = [
+            ("/usr", "usr", "/usr".to_string()),
+            ("/dev/null", "null", "/dev/null".to_string()),
+            ("/wl", "wl", cfg.workloads.display().to_string()),
+            ("/state", "state", dir.state.display().to_string()),
+        ];
+        let dump: Vec<String> = binds
+            .iter()
+            .map(|(mp, key, _)| format!("--external mnt[{mp}]:{key}"))
+            .collect();
+        let mut restore: Vec<String> = binds
+            .iter()
+            .map(|(_, key, path)| format!("--external mnt[{key}]:{path}"))
+            .collect();
+        restore.push(format!("--root {}", dir.root.join("rootfs").display()));
+        fs::write(dir.state.join("dump-args"), dump.join("\n"))?;
+        fs::write(dir.state.join("restore-args"), restore.join("\n"))?;
+    }
     let root_s = root.to_string();
     // a show crest refuses is judged with the dump: a dump it refuses too is
     // a skip, a dump it makes fails the case

@@ -106,6 +106,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         detached: true,
         shell_job: false,
         external: Vec::new(),
+        root: None,
     })?;
     println!(
         "restored pid {} in {:.3} s",

@@ -55,7 +55,9 @@ enum Cmd {
         tcp_established: bool,
         /// An object outside the tree, CRIU's way: `veth[IFNAME]:OUTNAME`
         /// (a veth whose peer is outside; OUTNAME is the peer's name for
-        /// the restore). Repeatable.
+        /// the restore), `mnt[MOUNTPOINT]:KEY` (a mount from outside the
+        /// tree's mount namespace, bound again at restore from what
+        /// `--external mnt[KEY]:PATH` names). Repeatable.
         #[arg(long = "external", value_parser = parse_external)]
         external: Vec<String>,
     },
@@ -78,9 +80,14 @@ enum Cmd {
         _tcp_established: bool,
         /// An object outside the tree, CRIU's way: `veth[IFNAME]:OUTNAME`
         /// makes the peer of the restored veth IFNAME as OUTNAME in
-        /// crest's network namespace. Repeatable.
+        /// crest's network namespace; `mnt[KEY]:PATH` binds PATH where the
+        /// mount dumped with that key was. Repeatable.
         #[arg(long = "external", value_parser = parse_external)]
         external: Vec<String>,
+        /// The root directory of a tree that pivot_root'ed into its own
+        /// root (CRIU's --root).
+        #[arg(long = "root")]
+        root: Option<PathBuf>,
     },
     /// Print what an images directory holds.
     Show {
@@ -114,12 +121,15 @@ enum Cmd {
 }
 
 /// An `--external` entry of a kind crest handles (`veth[IFNAME]` with an
-/// optional `:OUTNAME`).
+/// optional `:OUTNAME`, `mnt[A]:B`).
 fn parse_external(s: &str) -> Result<String, String> {
+    if crest_core::ns::mnt::mnt_externals(&[s.to_string()]).len() == 1 {
+        return Ok(s.to_string());
+    }
     match crest_core::ns::net::veth_externals(&[s.to_string()])[..] {
         [(ref inside, _)] if !inside.is_empty() => Ok(s.to_string()),
         _ => Err(format!(
-            "{s:?}: crest takes external veth devices as veth[IFNAME]:OUTNAME"
+            "{s:?}: crest takes external veth devices as veth[IFNAME]:OUTNAME and external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore)"
         )),
     }
 }
@@ -230,6 +240,7 @@ fn run(cli: Cli) -> Result<i32> {
             pidfile,
             shell_job,
             external,
+            root,
             ..
         } => {
             init_log(&common, "restore.log")?;
@@ -238,6 +249,7 @@ fn run(cli: Cli) -> Result<i32> {
                 detached,
                 shell_job,
                 external,
+                root,
             };
             let restored = crest_core::restore::restore(&opts)?;
             if let Some(p) = pidfile {

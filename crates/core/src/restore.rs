@@ -22,8 +22,11 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     pub detached: bool,
     pub shell_job: bool,
-    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
+    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`,
+    /// `mnt[KEY]:PATH`).
     pub external: Vec<String>,
+    /// CRIU's `--root`: the root directory of a tree that pivot_root'ed.
+    pub root: Option<PathBuf>,
 }
 
 /// A restored tree, running.
@@ -423,8 +426,14 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     // Mount namespaces get their mounts back, replayed from inside by one
     // of their tasks, before any task reopens files in them.
+    let mnt_externals = ns::mnt::mnt_externals(&opts.external);
+    let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
+    let how = ns::mnt::Replay {
+        root: root.as_deref(),
+        externals: &mnt_externals,
+    };
     for id in others.mount_order() {
-        others_h.replay_mounts(&others, id, &userns, &init_of)?;
+        others_h.replay_mounts(&others, id, &userns, &init_of, &how)?;
     }
 
     // Transform every live task, make its threads, set its threads' state.

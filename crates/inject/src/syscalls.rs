@@ -59,6 +59,7 @@ pub mod nr {
     pub const UMOUNT2: u64 = 166;
     pub const MKDIRAT: u64 = 258;
     pub const MQ_OPEN: u64 = 240;
+    pub const PIVOT_ROOT: u64 = 155;
     pub const MQ_TIMEDSEND: u64 = 242;
     pub const MQ_TIMEDRECEIVE: u64 = 243;
     pub const MQ_GETSETATTR: u64 = 245;
@@ -122,6 +123,7 @@ pub fn name(nr: u64) -> &'static str {
         UMOUNT2 => "umount2",
         MKDIRAT => "mkdirat",
         MQ_OPEN => "mq_open",
+        PIVOT_ROOT => "pivot_root",
         MQ_TIMEDSEND => "mq_timedsend",
         MQ_TIMEDRECEIVE => "mq_timedreceive",
         MQ_GETSETATTR => "mq_getsetattr",

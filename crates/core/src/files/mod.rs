@@ -78,7 +78,10 @@ impl FileTable {
         if let Some(id) = self.by_path.get(&(path.to_string(), flags)) {
             return Ok(*id);
         }
-        let meta = std::fs::metadata(path).at(pid, "stat a mapped or open file")?;
+        // through the task's root: it may be in a mount namespace of its
+        // own, under a root of its own
+        let meta = std::fs::metadata(format!("/proc/{pid}/root{path}"))
+            .at(pid, "stat a mapped or open file")?;
         let id = self.push_reg(path, flags, 0, &meta);
         self.by_path.insert((path.to_string(), flags), id);
         Ok(id)

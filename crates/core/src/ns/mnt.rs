@@ -134,6 +134,20 @@ const NEW_KINDS: [&str; 7] = [
 const KEPT: u32 = 0;
 const NEW: u32 = 1;
 const BIND: u32 = 2;
+const ROOT: u32 = 3;
+const EXTERNAL: u32 = 4;
+
+/// CRIU's `--external mnt[A]:B` entries as (A, B): at dump a mountpoint
+/// and its key, at restore a key and the path to bind there.
+pub fn mnt_externals(list: &[String]) -> Vec<(String, String)> {
+    list.iter()
+        .filter_map(|e| {
+            let rest = e.strip_prefix("mnt[")?;
+            let (a, b) = rest.split_once("]:")?;
+            (!a.is_empty() && !b.is_empty()).then(|| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
 
 /// Largest tmpfs crest copies, and most files in one.
 const MAX_TMPFS_BYTES: u64 = 1 << 30;
@@ -170,7 +184,12 @@ fn refuse(pid: i32, what: String) -> DumpError {
 /// Reads the mounts of `pid`'s mount namespace against those of the
 /// namespace it was copied from: `base`'s (a task in the tree's mount
 /// namespace `base.1`), or crest's.
-pub fn collect(pid: i32, base: Option<(i32, u32)>) -> Result<MntNs, DumpError> {
+pub fn collect(
+    pid: i32,
+    base: Option<(i32, u32)>,
+    externals: &[(String, String)],
+    describe: bool,
+) -> Result<MntNs, DumpError> {
     let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
         let text = std::fs::read_to_string(&path).at(pid, "read mountinfo")?;
         parse_mountinfo(&text).ok_or_else(|| refuse(pid, format!("a {path} crest cannot read")))
@@ -218,26 +237,34 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>) -> Result<MntNs, DumpError> {
             kind: KEPT,
             bind_source: None,
             has_contents: None,
+            external_key: None,
         };
+        let external = externals
+            .iter()
+            .find(|(mp, _)| *mp == m.mountpoint)
+            .map(|(_, key)| key.clone());
         if let Some(j) = kept {
             used[j] = true;
         } else if i == 0 {
-            return Err(refuse(
-                pid,
-                format!(
-                    "a mount namespace whose root mount ({} {} at {}) is not crest's (pivot_root; --root is not supported yet)",
-                    m.fstype, m.source, m.mountpoint
-                ),
-            ));
+            // pivot_root'ed into a root of its own: restore takes it from
+            // --root, as CRIU does
+            e.kind = ROOT;
+        } else if let Some(key) = external {
+            e.kind = EXTERNAL;
+            e.external_key = Some(key);
         } else if let Some(src) = bind_source(&theirs[..i], m) {
             e.kind = BIND;
             e.bind_source = Some(src);
+        } else if describe && !NEW_KINDS.contains(&m.fstype.as_str()) {
+            // `crest show` describes what a dump would want declared
+            e.kind = EXTERNAL;
+            e.external_key = Some(m.mountpoint.clone());
         } else if mine.iter().any(|c| c.dev == m.dev) {
             return Err(refuse(
                 pid,
                 format!(
-                    "a bind mount at {} of {} whose source the mount namespace cannot see",
-                    m.mountpoint, m.root
+                    "a bind mount at {} of {} from outside the mount namespace (declare it with --external mnt[{}]:KEY)",
+                    m.mountpoint, m.root, m.mountpoint
                 ),
             ));
         } else if NEW_KINDS.contains(&m.fstype.as_str()) {
@@ -261,8 +288,8 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>) -> Result<MntNs, DumpError> {
             return Err(refuse(
                 pid,
                 format!(
-                    "a mount of {} ({}) at {} in a mount namespace of the tree's own (external mounts are not supported yet)",
-                    m.fstype, m.source, m.mountpoint
+                    "a mount of {} ({}) at {} in a mount namespace of the tree's own (declare it with --external mnt[{}]:KEY)",
+                    m.fstype, m.source, m.mountpoint, m.mountpoint
                 ),
             ));
         }
@@ -445,13 +472,22 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
                 format!("more mounts than the {} announced", head.count),
             ));
         }
-        if !m.mountpoint.starts_with('/') || m.kind > BIND {
+        if !m.mountpoint.starts_with('/')
+            || m.kind > EXTERNAL
+            || m.mountpoint.split('/').any(|c| c == "..")
+        {
             return Err(bad(
                 &name,
                 format!(
                     "mount {} at {:?} of kind {}",
                     m.mnt_id, m.mountpoint, m.kind
                 ),
+            ));
+        }
+        if m.kind == EXTERNAL && m.external_key.as_deref().is_none_or(str::is_empty) {
+            return Err(bad(
+                &name,
+                format!("external mount {} without a key", m.mnt_id),
             ));
         }
         if m.kind == BIND && !m.bind_source.as_deref().is_some_and(|s| s.starts_with('/')) {
@@ -511,9 +547,12 @@ fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreEr
 /// Replays the mounts of `ns` as task `t`, which is inside the namespace
 /// (and the pid namespace of its proc mounts, and the other namespaces of
 /// its tasks) with every capability.
-pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
+pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), RestoreError> {
     let pid = t.pid();
     crate::info!("pid {pid} replays {} mounts", ns.mounts.len());
+    if ns.mounts.first().is_some_and(|m| m.kind == ROOT) {
+        return replay_pivoted(t, ns, how);
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .rat(pid, "read the copy's mountinfo")?;
     let current = parse_mountinfo(&text).ok_or_else(|| RestoreError::Unsupported {
@@ -577,12 +616,63 @@ pub fn replay(t: &mut Tracee, ns: &MntNs) -> Result<(), RestoreError> {
     }
     for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
         crate::debug!("pid {pid} mounts {} at {}", m.fstype, m.mountpoint);
-        mount_one(t, m)?;
+        mount_one(t, m, "", how)?;
         if let Some(items) = ns.contents.get(&m.mnt_id) {
             fill_tree(pid, &m.mountpoint, items)?;
         }
     }
     for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
+        set_propagation(t, m, false)?;
+    }
+    Ok(())
+}
+
+/// What a restore was told about mounts: CRIU's `--root` and
+/// `--external mnt[KEY]:PATH`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Replay<'a> {
+    pub root: Option<&'a str>,
+    pub externals: &'a [(String, String)],
+}
+
+/// A namespace that pivot_root'ed into a root of its own: `--root` is bound
+/// onto itself and every mount made under it, then it becomes the
+/// namespace's root (`pivot_root`) and the copy of crest's mounts goes.
+fn replay_pivoted(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let root = how.root.ok_or_else(|| RestoreError::Unsupported {
+        pid,
+        what: "a tree that pivot_root'ed into a root of its own without --root DIR".into(),
+    })?;
+    let root = root.trim_end_matches('/');
+    let a = put_strs(t, &["/"])?;
+    t.syscall(nr::MOUNT, &[0, a[0], 0, libc::MS_REC | libc::MS_SLAVE, 0])
+        .rat(pid, "make the copied mounts slaves")?;
+    let a = put_strs(t, &[root])?;
+    t.syscall(nr::MOUNT, &[a[0], a[0], 0, libc::MS_BIND, 0])
+        .rat(pid, format!("bind the root {root}"))?;
+    let top = &ns.mounts[0];
+    let flags = mount_flags(&top.mnt_opts);
+    if flags != 0 {
+        remount(t, root, flags)?;
+    }
+    for m in ns.mounts.iter().skip(1) {
+        crate::debug!("pid {pid} mounts {} at {root}{}", m.fstype, m.mountpoint);
+        mount_one(t, m, root, how)?;
+        if let Some(items) = ns.contents.get(&m.mnt_id) {
+            fill_tree(pid, &format!("{root}{}", m.mountpoint), items)?;
+        }
+    }
+    let a = put_strs(t, &[root, ".", "/"])?;
+    t.syscall(nr::CHDIR, &[a[0]])
+        .rat(pid, format!("chdir {root}"))?;
+    t.syscall(nr::PIVOT_ROOT, &[a[1], a[1]])
+        .rat(pid, format!("pivot_root into {root}"))?;
+    t.syscall(nr::UMOUNT2, &[a[1], libc::MNT_DETACH as u64])
+        .rat(pid, "detach crest's mounts")?;
+    t.syscall(nr::CHDIR, &[a[2]]).rat(pid, "chdir /")?;
+    set_propagation(t, top, false)?;
+    for m in ns.mounts.iter().skip(1) {
         set_propagation(t, m, false)?;
     }
     Ok(())
@@ -664,25 +754,54 @@ fn put_strs(t: &mut Tracee, strs: &[&str]) -> Result<Vec<u64>, RestoreError> {
     Ok(offs.into_iter().map(|o| base + o).collect())
 }
 
-fn mount_one(t: &mut Tracee, m: &CrestMountEntry) -> Result<(), RestoreError> {
+/// Makes mount `m` at `prefix` + its mountpoint.
+fn mount_one(
+    t: &mut Tracee,
+    m: &CrestMountEntry,
+    prefix: &str,
+    how: &Replay<'_>,
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     let flags = mount_flags(&m.mnt_opts);
-    if m.kind == BIND {
-        let src = m.bind_source.as_deref().unwrap_or("/");
-        let a = put_strs(t, &[src, &m.mountpoint])?;
+    let target = format!("{prefix}{}", m.mountpoint);
+    let bind_from = match m.kind {
+        BIND => Some(format!(
+            "{prefix}{}",
+            m.bind_source.as_deref().unwrap_or("/")
+        )),
+        // under a root of its own, a mount crest has too at the same
+        // place is bound from crest's
+        KEPT => Some(m.mountpoint.clone()),
+        EXTERNAL => {
+            let key = m.external_key.as_deref().unwrap_or("");
+            let path = how
+                .externals
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, p)| p.clone());
+            Some(path.ok_or_else(|| RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "the external mount {} (key {key:?}) without --external mnt[{key}]:PATH",
+                    m.mountpoint
+                ),
+            })?)
+        }
+        _ => None,
+    };
+    if let Some(src) = bind_from {
+        let a = put_strs(t, &[&src, &target])?;
         t.syscall(nr::MOUNT, &[a[0], a[1], 0, libc::MS_BIND, 0])
-            .rat(pid, format!("bind {src} at {}", m.mountpoint))?;
+            .rat(pid, format!("bind {src} at {target}"))?;
         if flags != 0 {
-            remount(t, &m.mountpoint, flags)?;
+            remount(t, &target, flags)?;
         }
         return Ok(());
     }
     let data = data_of(m);
-    let a = put_strs(t, &[&m.source, &m.mountpoint, &m.fstype, &data])?;
-    t.syscall(nr::MOUNT, &[a[0], a[1], a[2], flags, a[3]]).rat(
-        pid,
-        format!("mount {} at {} ({data})", m.fstype, m.mountpoint),
-    )?;
+    let a = put_strs(t, &[&m.source, &target, &m.fstype, &data])?;
+    t.syscall(nr::MOUNT, &[a[0], a[1], a[2], flags, a[3]])
+        .rat(pid, format!("mount {} at {target} ({data})", m.fstype))?;
     Ok(())
 }
 

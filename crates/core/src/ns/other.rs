@@ -112,6 +112,10 @@ pub struct OtherGraph {
     pub list: Vec<OtherNs>,
     /// (pid, namespace id).
     pub tasks: Vec<(i32, u32)>,
+    /// Dump: the mounts declared external (`--external mnt[MP]:KEY`).
+    mnt_externals: Vec<(String, String)>,
+    /// Show: mounts from outside are described (as external), not refused.
+    mnt_describe: bool,
 }
 
 impl OtherGraph {
@@ -131,7 +135,11 @@ impl OtherGraph {
         external: Option<&[String]>,
     ) -> Result<OtherGraph, DumpError> {
         let me = std::process::id() as i32;
-        let mut g = OtherGraph::default();
+        let mut g = OtherGraph {
+            mnt_externals: super::mnt::mnt_externals(external.unwrap_or(&[])),
+            mnt_describe: external.is_none(),
+            ..OtherGraph::default()
+        };
         for kind in KINDS.iter().copied().filter(|k| k.name != "pid") {
             let mine = ino_of(&format!("/proc/self/ns/{}", kind.name))
                 .at(me, "stat crest's namespaces")?;
@@ -312,7 +320,7 @@ impl OtherGraph {
             }
             "time" => n.offsets = Some(read_time_offsets(pid)?),
             "mnt" => {
-                let m = super::mnt::collect(pid, mnt_base)?;
+                let m = super::mnt::collect(pid, mnt_base, &self.mnt_externals, self.mnt_describe)?;
                 n.mnt_private = m
                     .mounts
                     .iter()
@@ -398,6 +406,8 @@ impl OtherGraph {
         let mut g = OtherGraph {
             list: Vec::new(),
             tasks: tasks.to_vec(),
+            mnt_externals: Vec::new(),
+            mnt_describe: false,
         };
         for e in entries
             .into_iter()
@@ -771,6 +781,7 @@ impl Helpers {
         id: u32,
         users_h: &super::user::Helpers,
         init_of: &dyn Fn(u32) -> Option<i32>,
+        how: &super::mnt::Replay<'_>,
     ) -> Result<(), RestoreError> {
         use crate::mm::restore::{close_crest_root, open_crest_root, open_crest_side};
         let Some(n) = g.list.iter().find(|n| n.id == id) else {
@@ -826,7 +837,7 @@ impl Helpers {
         };
         open_crest_root(&mut e, 64)?;
         self.enter_all_as(&mut e, g, m.as_pid, &std::collections::HashSet::new())?;
-        super::mnt::replay(&mut e, m)
+        super::mnt::replay(&mut e, m, how)
     }
 
     /// Moves task `t` into each of its own namespaces (all but its user
