@@ -48,6 +48,7 @@ pub fn workloads() -> Vec<Workload> {
             args: vec!["tcp".into()],
             settle: Settle::Blocked,
         },
+        c("file_locks", &[], Settle::Blocked),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]

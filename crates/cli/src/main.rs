@@ -53,6 +53,10 @@ enum Cmd {
         /// Dump established TCP connections (in repair mode, CRIU's way).
         #[arg(long = "tcp-established")]
         tcp_established: bool,
+        /// Dump the file locks the tree holds (POSIX, OFD and flock);
+        /// without it a tree holding one is refused.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -71,6 +75,10 @@ enum Cmd {
         /// command line; the images say which connections there are).
         #[arg(long = "tcp-established")]
         _tcp_established: bool,
+        /// Restore file locks (accepted for CRIU's command line; the images
+        /// say which locks there are, and they are always taken again).
+        #[arg(short = 'l', long = "file-locks")]
+        _file_locks: bool,
     },
     /// Print what an images directory holds.
     Show {
@@ -180,6 +188,7 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             ghost_limit,
             tcp_established,
+            file_locks,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -192,6 +201,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 ghost_limit,
                 tcp_established,
+                file_locks,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(

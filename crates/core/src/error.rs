@@ -33,6 +33,13 @@ pub enum DumpError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("dump pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    #[error("dump pid {pid}: fd {fd} {what}; dump with {option} to take it")]
+    NeedsOption {
+        pid: i32,
+        fd: i32,
+        what: String,
+        option: &'static str,
+    },
     #[error("the root process {pid} is not a session leader (its session is {sid}); use --shell-job to dump a job of a shell")]
     ForeignSession { pid: i32, sid: i32 },
     #[error("images directory {dir}: {source}")]

@@ -653,6 +653,8 @@ fn transform(
     if let Some(on) = tc.child_subreaper {
         task::restore_child_subreaper(t, on)?;
     }
+    // File locks once its fds and mappings are in place for good.
+    crate::files::lock::restore(t, pid, &files.locks)?;
 
     // The vdso last among mappings: from here on injection goes through it
     // and the work area can go when the leader is let go.
