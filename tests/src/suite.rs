@@ -38,6 +38,7 @@ pub fn workloads() -> Vec<Workload> {
         c("threads_busy", &["8"], Settle::Spinning),
         c("zombie", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
+        c("shared_anon_exited", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),
