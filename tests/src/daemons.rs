@@ -15,6 +15,11 @@
 //! - `nginx_workers`: an nginx master with two workers (running as nobody)
 //!   serves a file after restore, with the same pids, and a reload (SIGHUP)
 //!   makes new workers that serve it too.
+//! - `postgres_server`: a PostgreSQL cluster (postmaster and its background
+//!   processes, as user postgres) with a table: new backends forked after
+//!   restore read it over TCP and the unix socket, write to it, checkpoint,
+//!   and the restored postmaster shuts down cleanly on SIGINT. Its catalog
+//!   lives in shared memory pages that only exited backends touched.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,11 +41,12 @@ const NGINX: &str = "/usr/sbin/nginx";
 
 type DaemonCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
 
-const CASES: [(&str, DaemonCase); 4] = [
+const CASES: [(&str, DaemonCase); 5] = [
     ("redis_server", redis_server),
     ("redis_client_open", redis_client_open),
     ("memcached_server", memcached_server),
     ("nginx_workers", nginx_workers),
+    ("postgres_server", postgres_server),
 ];
 
 /// Runs every case whose name passes `selected`.
@@ -593,6 +599,171 @@ fn nginx_workers(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     let body = http_body(port, "/index.html").context("a request after the reload")?;
     if body != token {
         bail!("after the reload nginx served {body:?}");
+    }
+    Ok(Outcome::Pass)
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin`.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|d| d.1)
+}
+
+/// Runs `argv` as user postgres (`setpriv`), failing with its output.
+fn as_postgres(argv: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("run {argv:?} as postgres"))?;
+    if !out.status.success() {
+        bail!(
+            "{argv:?} as postgres: {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether a child of the postmaster serves a client (a backend, whose
+/// title is "postgres: USER DB ...").
+fn has_backend(pid: Pid) -> bool {
+    children(pid).iter().any(|c| {
+        fs::read(format!("/proc/{c}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).starts_with("postgres: postgres "))
+            .unwrap_or(false)
+    })
+}
+
+fn postgres_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let Some(bin) = postgres_bin() else {
+        return Ok(Outcome::Skip(
+            "/usr/lib/postgresql/*/bin/postgres not found (apt-get install postgresql; \
+             .ci/run installs it)"
+                .into(),
+        ));
+    };
+    let pg = dir.root.join("pg");
+    let data = pg.join("data");
+    fs::create_dir_all(&pg)?;
+    use std::os::unix::fs::PermissionsExt;
+    for d in [&cfg.base, &dir.root] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    let chown = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&pg)
+        .status()
+        .context("chown the cluster directory")?;
+    if !chown.success() {
+        bail!("chown postgres {}: {chown}", pg.display());
+    }
+    let tool = |name: &str| bin.join(name).to_string_lossy().into_owned();
+    let (data_s, pg_s) = (
+        data.to_string_lossy().into_owned(),
+        pg.to_string_lossy().into_owned(),
+    );
+    as_postgres(&[
+        &tool("initdb"),
+        "-D",
+        &data_s,
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+    ])?;
+    let port = free_port()?.to_string();
+    let pid = launch(
+        cfg,
+        dir,
+        &[
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            &tool("postgres"),
+            "-D",
+            &data_s,
+            "-p",
+            &port,
+            "-k",
+            &pg_s,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "autovacuum=off",
+            "-c",
+            "logging_collector=off",
+        ],
+        procs,
+    )?;
+    let psql = tool("psql");
+    let sql = |host: &str, q: &str| {
+        as_postgres(&[
+            &psql, "-X", "-q", "-A", "-t", "-h", host, "-p", &port, "-U", "postgres", "-d",
+            "postgres", "-c", q,
+        ])
+    };
+    if !wait_until(Duration::from_secs(20), || {
+        sql("127.0.0.1", "SELECT 1").is_ok()
+    }) {
+        let log = crate::crest::tail(&dir.root.join("out.log"), 10).unwrap_or_default();
+        bail!("postgres did not answer on port {port} within 20 s\n{log}");
+    }
+    let token = format!("crest-pg-{}", std::process::id());
+    sql(
+        &pg_s,
+        &format!(
+            "CREATE TABLE t (k int PRIMARY KEY, v text); \
+             INSERT INTO t SELECT i, '{token}:' || i FROM generate_series(1, 5000) i;"
+        ),
+    )?;
+    let query = "SELECT count(*), sum(k), max(v) FROM t";
+    let want = format!("5000|12502500|{token}:999");
+    let got = sql("127.0.0.1", query)?;
+    if got != want {
+        bail!("before the dump postgres answered {got:?}, expected {want:?}");
+    }
+    if !cfg.checkpoint {
+        return Ok(Outcome::Pass);
+    }
+    if !wait_until(Duration::from_secs(10), || {
+        !has_backend(Pid::from_raw(pid.as_raw()))
+    }) {
+        bail!("a postgres backend still runs 10 s after its client left");
+    }
+    dump_restore(cfg, dir, pid, procs)?;
+    for host in ["127.0.0.1", pg_s.as_str()] {
+        let got = sql(host, query).with_context(|| format!("query over {host} after restore"))?;
+        if got != want {
+            bail!("after restore postgres answered {got:?} over {host}, expected {want:?}");
+        }
+    }
+    let got = sql(
+        "127.0.0.1",
+        "INSERT INTO t VALUES (5001, 'new'); CHECKPOINT; SELECT count(*) FROM t",
+    )?;
+    if got != "5001" {
+        bail!("after restore an insert and a checkpoint gave {got:?}, expected 5001");
+    }
+    // A fast shutdown: the restored postmaster stops its children and exits.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+    match procs::wait_exit(pid, Duration::from_secs(20))? {
+        procs::Waited::Exited(_) => procs.untrack(pid),
+        _ => bail!("the restored postmaster did not exit within 20 s of SIGINT"),
     }
     Ok(Outcome::Pass)
 }
