@@ -5,8 +5,9 @@
 //! package.
 //!
 //! - `redis_server`: redis-server daemonized with an append-only file,
-//!   listening on 127.0.0.1 and on a unix socket; strings, a hash, a list
-//!   and a counter read back over both after restore.
+//!   listening on 127.0.0.1 and on a unix socket, its oom_score_adj set
+//!   to 100; strings, a hash, a list and a counter read back over both
+//!   after restore, and the adjustment is kept.
 //! - `redis_client_open`: a client connection (in database 3) stays open
 //!   across the dump (`--tcp-established`) and reads its data back on the
 //!   same connection, then a new client does.
@@ -296,6 +297,10 @@ fn redis_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
             &pid_s,
             "--logfile",
             &log_s,
+            "--oom-score-adj",
+            "absolute",
+            "--oom-score-adj-values",
+            "100 200 800",
         ],
         procs,
     )?;
@@ -332,6 +337,10 @@ fn redis_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     }
     if !alive(pid) {
         bail!("redis-server (pid {pid}) is gone after answering");
+    }
+    let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?;
+    if adj.trim() != "100" {
+        bail!("restored redis-server has oom_score_adj {adj:?}, it set 100");
     }
     Ok(Outcome::Pass)
 }

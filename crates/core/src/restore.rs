@@ -648,6 +648,7 @@ fn transform(
         restore_fs(t, &live.fs, files)?;
     }
     task::restore_rlimits(pid, tc.rlimits.as_ref())?;
+    task::restore_oom_score_adj(pid, tc.oom_score_adj)?;
     task::restore_itimers(t, tc.timers.as_ref())?;
     signals::restore_actions(t, &tc.sigactions)?;
     if let Some(on) = tc.child_subreaper {
