@@ -5,7 +5,7 @@
 //! terminal it does not own is refused without `--shell-job` and restored
 //! onto crest's own terminal with it; an established TCP connection is
 //! refused without `--tcp-established`, and the refused dump leaves it
-//! working.
+//! working; so are file locks without `--file-locks`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,11 +27,12 @@ const PYTHON: &str = "/usr/bin/python3";
 
 type ServerCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
 
-const CASES: [(&str, ServerCase); 4] = [
+const CASES: [(&str, ServerCase); 5] = [
     ("http_server", http_server),
     ("unix_server", unix_server),
     ("shell_job", shell_job),
     ("tcp_needs_option", tcp_needs_option),
+    ("locks_need_option", locks_need_option),
 ];
 
 /// Runs every case whose name passes `selected`.
@@ -67,7 +68,7 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
 
 /// Starts `launch ARGS...` (a new session, stdio on /dev/null or on the
 /// given terminal) in the case directory.
-fn launch(cfg: &Config, dir: &CaseDir, args: &[&str], procs: &mut Procs) -> Result<Pid> {
+pub(crate) fn launch(cfg: &Config, dir: &CaseDir, args: &[&str], procs: &mut Procs) -> Result<Pid> {
     let mut cmd = Command::new(cfg.workload("launch"));
     cmd.args(args)
         .current_dir(&dir.root)
@@ -81,7 +82,7 @@ fn launch(cfg: &Config, dir: &CaseDir, args: &[&str], procs: &mut Procs) -> Resu
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -329,5 +330,36 @@ fn tcp_needs_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         bail!("after the refused dump: {}", stuck.join("; "));
     }
     // The workload checks its connection still carries data both ways.
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+fn locks_need_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let w = Workload {
+        name: "file_locks",
+        program: Program::C("file_locks"),
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    };
+    let pid = case::start(cfg, &w, dir, StdioKind::DevNull, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    if !cfg.checkpoint {
+        return case::finish(dir, pid, StdioKind::DevNull, procs);
+    }
+    fs::remove_file(dir.state.join("dump-args")).context("remove dump-args")?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
+        bail!("crest dump took a tree holding file locks without --file-locks");
+    };
+    if !ran.stderr.contains("--file-locks") {
+        bail!(
+            "the refused dump does not name --file-locks: {:?}",
+            ran.stderr.trim()
+        );
+    }
+    let stuck = procs::tree_problems(pid);
+    if !stuck.is_empty() {
+        bail!("after the refused dump: {}", stuck.join("; "));
+    }
+    // The workload checks from outside that every lock is still held.
     case::finish(dir, pid, StdioKind::DevNull, procs)
 }

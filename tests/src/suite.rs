@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor, Outcome,
-    StdioKind,
+    containers, daemons, dumpchecks, hostile, nested, procs, servers, trees, Config, Flavor,
+    Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -38,6 +38,7 @@ pub fn workloads() -> Vec<Workload> {
         c("threads_busy", &["8"], Settle::Spinning),
         c("zombie", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
+        c("shared_anon_exited", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),
@@ -48,6 +49,7 @@ pub fn workloads() -> Vec<Workload> {
             args: vec!["tcp".into()],
             settle: Settle::Blocked,
         },
+        c("file_locks", &[], Settle::Blocked),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
     ]
@@ -197,6 +199,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
     servers::run(cfg, &mut report, &|n| filter.selects(n));
+    daemons::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));
     containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));

@@ -85,6 +85,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         ghost_limit: crest_core::files::ghost::DEFAULT_LIMIT,
         tcp_established: false,
         external: Vec::new(),
+        file_locks: false,
     })?;
     println!(
         "dumped pid {pid} to {} in {:.3} s ({} MiB of memory); the counter is killed",

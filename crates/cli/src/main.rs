@@ -60,6 +60,10 @@ enum Cmd {
         /// `--external mnt[KEY]:PATH` names). Repeatable.
         #[arg(long = "external", value_parser = parse_external)]
         external: Vec<String>,
+        /// Dump the file locks the tree holds (POSIX, OFD and flock);
+        /// without it a tree holding one is refused.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
     },
     /// Restore a process tree from image files.
     Restore {
@@ -88,6 +92,10 @@ enum Cmd {
         /// root (CRIU's --root).
         #[arg(long = "root")]
         root: Option<PathBuf>,
+        /// Restore file locks (accepted for CRIU's command line; the images
+        /// say which locks there are, and they are always taken again).
+        #[arg(short = 'l', long = "file-locks")]
+        _file_locks: bool,
     },
     /// Print what an images directory holds.
     Show {
@@ -212,6 +220,7 @@ fn run(cli: Cli) -> Result<i32> {
             ghost_limit,
             tcp_established,
             external,
+            file_locks,
         } => {
             std::fs::create_dir_all(&common.images_dir).with_context(|| {
                 format!("create images directory {}", common.images_dir.display())
@@ -225,6 +234,7 @@ fn run(cli: Cli) -> Result<i32> {
                 ghost_limit,
                 tcp_established,
                 external,
+                file_locks,
             };
             let s = crest_core::dump(&opts)?;
             crest_core::info!(

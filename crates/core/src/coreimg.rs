@@ -81,6 +81,7 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let subreaper = task::dump_child_subreaper(t)?;
     let signals_s = signals::dump_pending(pid, t.tid(), true)?;
     let rlimits = task::dump_rlimits(pid)?;
+    let oom_score_adj = task::dump_oom_score_adj(pid)?;
     let personality = procfs::read_personality(pid).at(pid, "read personality")?;
     let comm = procfs::read_comm(pid).at(pid, "read comm")?;
     let stat = procfs::read_stat(pid).at(pid, "read stat")?;
@@ -96,6 +97,7 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
         signals_s: Some(signals_s),
         sigactions,
         child_subreaper: Some(subreaper),
+        oom_score_adj: Some(oom_score_adj),
         ..TaskCoreEntry::default()
     })
 }

@@ -24,6 +24,8 @@ pub struct DumpOptions {
     pub tcp_established: bool,
     /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
     pub external: Vec<String>,
+    /// Dump the file locks the tree holds (else a held lock fails the dump).
+    pub file_locks: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -96,6 +98,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;
     (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
+    files.file_locks = opts.file_locks;
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {

@@ -33,6 +33,13 @@ pub enum DumpError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("dump pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    #[error("dump pid {pid}: fd {fd} {what}; dump with {option} to take it")]
+    NeedsOption {
+        pid: i32,
+        fd: i32,
+        what: String,
+        option: &'static str,
+    },
     #[error("images directory {dir}: {source}")]
     Dir { dir: String, source: io::Error },
 }

@@ -209,7 +209,10 @@ pub fn dump(
             });
         }
         if policy != PagePolicy::None {
-            let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
+            let mut words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
+            if vma.status & status::ANON_SHARED != 0 {
+                mark_shmem_data(pid, m, &mut words).at(pid, "find the pages of shared memory")?;
+            }
             let keep = |b: PagemapBits| match policy {
                 PagePolicy::All => b.present() || b.swapped(),
                 PagePolicy::Anon => (b.present() && !b.file_or_shared_anon()) || b.swapped(),
@@ -262,6 +265,38 @@ pub fn dump(
         pagemap: pagemap_entries,
         pages_bytes,
     })
+}
+
+/// Marks present, in a shared anonymous VMA's pagemap words, every page
+/// the shared memory object holds (`SEEK_DATA`/`SEEK_HOLE` on its
+/// `/proc/PID/map_files` entry): a page another process touched, even one
+/// that has exited since (a server's worker), is in the object but in no
+/// page table of this task.
+fn mark_shmem_data(pid: i32, m: &MapsEntry, words: &mut [u64]) -> io::Result<()> {
+    use rustix::fs::{seek, SeekFrom};
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let file = std::fs::File::open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("open {path}: {e}")))?;
+    let (first, end) = (m.offset, m.offset + (m.end - m.start));
+    let mut at = first;
+    while at < end {
+        let data = match seek(&file, SeekFrom::Data(at)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(&file, SeekFrom::Hole(data))?.min(end);
+        for page in (data - first) / PAGE..(hole - first).div_ceil(PAGE) {
+            if let Some(w) = words.get_mut(page as usize) {
+                *w |= 1 << 63; // pagemap's present bit
+            }
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(())
 }
 
 /// Reads pages of a VMA that `process_vm_readv` cannot (no read

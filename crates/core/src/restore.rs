@@ -731,11 +731,14 @@ fn transform(
         restore_fs(t, &live.fs, files)?;
     }
     task::restore_rlimits(pid, tc.rlimits.as_ref())?;
+    task::restore_oom_score_adj(pid, tc.oom_score_adj)?;
     task::restore_itimers(t, tc.timers.as_ref())?;
     signals::restore_actions(t, &tc.sigactions)?;
     if let Some(on) = tc.child_subreaper {
         task::restore_child_subreaper(t, on)?;
     }
+    // File locks once its fds and mappings are in place for good.
+    crate::files::lock::restore(t, pid, &files.locks)?;
 
     // The vdso last among mappings: from here on injection goes through it
     // and the work area can go when the leader is let go.

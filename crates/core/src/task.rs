@@ -1,6 +1,7 @@
 //! Per-task odds and ends that have no room of their own: resource
 //! limits, interval timers, personality, comm, rseq, the robust futex
-//! list, the clear-child-tid address and the parent-death signal.
+//! list, the clear-child-tid address, the parent-death signal and the OOM
+//! score adjustment.
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crest_images::pb::{ItimerEntry, RlimitEntry, RseqEntry, TaskRlimitsEntry, TaskTimersEntry};
@@ -125,6 +126,36 @@ pub fn dump_child_subreaper(t: &mut Tracee) -> Result<bool, DumpError> {
     let mut raw = [0u8; 4];
     t.read_mem(buf, &mut raw).at(pid, "read child subreaper")?;
     Ok(u32::from_le_bytes(raw) != 0)
+}
+
+/// `/proc/PID/oom_score_adj` (-1000..1000).
+pub fn dump_oom_score_adj(pid: i32) -> Result<i32, DumpError> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    let text = std::fs::read_to_string(&path).at(pid, "read oom_score_adj")?;
+    text.trim().parse().map_err(|_| DumpError::Unsupported {
+        pid,
+        what: format!("an oom_score_adj of {:?}", text.trim()),
+    })
+}
+
+/// Writes the task's `oom_score_adj` from crest where it differs from
+/// what the task inherited (lowering it below what crest's own may be
+/// needs CAP_SYS_RESOURCE: the error says so).
+pub fn restore_oom_score_adj(pid: i32, adj: Option<i32>) -> Result<(), RestoreError> {
+    let Some(adj) = adj else { return Ok(()) };
+    if !(-1000..=1000).contains(&adj) {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: format!("core-{pid}.img"),
+            what: format!("oom_score_adj {adj} is outside -1000..1000"),
+        });
+    }
+    let path = format!("/proc/{pid}/oom_score_adj");
+    let now = std::fs::read_to_string(&path).rat(pid, "read oom_score_adj")?;
+    if now.trim().parse::<i32>().ok() == Some(adj) {
+        return Ok(());
+    }
+    std::fs::write(&path, adj.to_string()).rat(pid, format!("set oom_score_adj to {adj}"))
 }
 
 pub fn restore_child_subreaper(t: &mut Tracee, on: bool) -> Result<(), RestoreError> {

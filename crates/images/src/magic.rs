@@ -79,6 +79,8 @@ pub const TTY_INFO: u32 = 0x5945_3036;
 pub const SK_QUEUES: u32 = 0x5626_4026;
 /// `tcp-stream-<ino>.img`
 pub const TCP_STREAM: u32 = 0x5146_5506;
+/// `filelocks.img`
+pub const FILE_LOCKS: u32 = 0x5432_3616;
 /// `seccomp.img`
 pub const SECCOMP: u32 = 0x6441_3049;
 /// `stats-dump` / `stats-restore` (a service image)

@@ -26,6 +26,8 @@ pub const SK_QUEUES: &str = "sk-queues.img";
 pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
 /// `tty-info.img`
 pub const TTY_INFO: &str = "tty-info.img";
+/// `filelocks.img`: the file locks the tree holds (`--file-locks`)
+pub const FILE_LOCKS: &str = "filelocks.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
 /// `crest-userns.img` (crest's own)

@@ -20,6 +20,7 @@ pub mod nr {
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;
     pub const FCNTL: u64 = 72;
+    pub const FLOCK: u64 = 73;
     pub const CHDIR: u64 = 80;
     pub const FCHDIR: u64 = 81;
     pub const UMASK: u64 = 95;

@@ -9,7 +9,7 @@
 //! Kinds handled today: regular files, directories and character devices
 //! (`reg`, with files deleted while open in `ghost`), pipes (`pipe`),
 //! FIFOs (`fifo`), eventfd, epoll, signalfd, timerfd, inotify, memfd and
-//! pidfd. Any other kind fails the dump with the pid, the fd number and the
+//! pidfd; the file locks held through them (`lock`). Any other kind fails the dump with the pid, the fd number and the
 //! kind.
 
 use crate::error::{DumpCtx, DumpError};
@@ -25,6 +25,7 @@ pub mod ghost;
 pub mod inet;
 pub mod inotify;
 pub mod kept;
+pub mod lock;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
@@ -60,6 +61,9 @@ pub struct FileTable {
     pub shell_job: bool,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
+    /// `--file-locks`: dump the file locks the tree holds.
+    pub file_locks: bool,
+    pub locks: lock::LockDump,
 }
 
 impl FileTable {
@@ -164,6 +168,7 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
                 made
             }
         };
+        table.locks.note(pid, fd, id, &info, table.file_locks)?;
         out.push(FdinfoEntry {
             id,
             flags: if cloexec { libc::FD_CLOEXEC as u32 } else { 0 },
@@ -247,6 +252,7 @@ pub fn write_images(dir: &std::path::Path, table: &FileTable) -> Result<(), Dump
     fifo::write_data(dir, &table.fifos)?;
     ghost::write(dir, &table.ghosts)?;
     memfd::write(dir, &table.memfds)?;
+    table.locks.write(dir)?;
     Ok(())
 }
 

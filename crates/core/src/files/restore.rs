@@ -44,6 +44,8 @@ pub struct RestoreFiles {
     made_by: HashMap<u32, i32>,
     /// Socket queues and which task made each socket or terminal.
     pub socks: super::unix::SockImages,
+    /// `filelocks.img`: the locks to take again.
+    pub locks: Vec<crest_images::pb::FileLockEntry>,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -88,6 +90,7 @@ impl RestoreFiles {
             remaps: ghost::read_remaps(dir)?,
             memfd_inodes: memfd::read_inodes(dir)?,
             socks: super::unix::SockImages::read(dir)?,
+            locks: super::lock::read(dir)?,
             ..RestoreFiles::default()
         })
     }

@@ -1,0 +1,378 @@
+//! File locks (`--file-locks`): POSIX record locks (`fcntl F_SETLK`), open
+//! file description locks (`F_OFD_SETLK`) and BSD `flock` locks held by the
+//! tree, in CRIU's `filelocks.img`.
+//!
+//! Dump reads the "lock:" lines of `/proc/PID/fdinfo/FD`: the kernel lists
+//! there the locks taken through that fd's open file description whose
+//! owner is that description (flock, OFD) or the task's fd table (POSIX),
+//! so every lock shows up at an fd of its owner. A flock or OFD lock is
+//! saved once per description (through the first fd seen), a POSIX lock
+//! once per task and range. Without `--file-locks` a held lock fails the
+//! dump naming the option, as CRIU does; leases, mandatory and unknown
+//! locks fail it always.
+//!
+//! Restore takes each lock again as its owner, through the fd it was
+//! saved with, with the non-blocking calls: a conflicting lock taken
+//! meanwhile by a process outside the tree fails the restore rather than
+//! hanging it. POSIX locks go when their owner closes any fd of the file,
+//! so they are taken after the task's fds and mappings are in place.
+
+use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::procfs::FdInfo;
+use crest_images::pb::FileLockEntry;
+use crest_images::{magic, names};
+use crest_inject::{nr, Tracee};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// `file_lock_entry.flag` of a POSIX lock (CRIU's `FL_POSIX`).
+pub const FL_POSIX: u32 = 1;
+/// `file_lock_entry.flag` of a flock lock (CRIU's `FL_FLOCK`).
+pub const FL_FLOCK: u32 = 2;
+/// `file_lock_entry.flag` of an OFD lock (CRIU's `FL_OFD`).
+pub const FL_OFD: u32 = 4;
+
+/// `F_OFD_SETLK` (not in every libc crate's list).
+const F_OFD_SETLK: u64 = 37;
+/// Most locks crest takes from an image.
+const MAX_LOCKS: usize = 1 << 16;
+
+/// The kind of a lock as fdinfo names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Posix,
+    Ofd,
+    Flock,
+}
+
+impl Kind {
+    fn flag(self) -> u32 {
+        match self {
+            Kind::Posix => FL_POSIX,
+            Kind::Ofd => FL_OFD,
+            Kind::Flock => FL_FLOCK,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Posix => "POSIX",
+            Kind::Ofd => "OFD",
+            Kind::Flock => "flock",
+        }
+    }
+}
+
+/// One "lock:" line of fdinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLine {
+    pub kind: Kind,
+    /// A write (exclusive) lock; else a read (shared) one.
+    pub write: bool,
+    /// The inode, as "MAJ:MIN:INO".
+    pub inode: String,
+    pub start: i64,
+    /// The last byte locked; None: to the end of the file.
+    pub end: Option<i64>,
+}
+
+impl LockLine {
+    /// `l_len` / `file_lock_entry.len`: 0 up to the end of the file.
+    pub fn l_len(&self) -> i64 {
+        self.end.map_or(0, |e| e - self.start + 1)
+    }
+
+    fn describe(&self) -> String {
+        let range = match self.end {
+            Some(e) => format!("bytes {}-{e}", self.start),
+            None if self.start == 0 => "the whole file".to_string(),
+            None => format!("bytes {}-EOF", self.start),
+        };
+        let ty = if self.write { "write" } else { "read" };
+        match self.kind {
+            Kind::Flock => format!("a {} flock lock (inode {})", ty, self.inode),
+            k => format!("a {} {ty} lock on {range} (inode {})", k.name(), self.inode),
+        }
+    }
+}
+
+/// Parses the value of a "lock:" line, e.g.
+/// `1: POSIX  ADVISORY  WRITE 20310 fe:00:10010934 5 14`. A lock crest
+/// cannot take again (a lease, a mandatory or unknown lock) is an error
+/// that says what it is.
+pub fn parse_line(v: &str) -> Result<LockLine, String> {
+    let w: Vec<&str> = v.split_whitespace().collect();
+    let Some(kind) = w.get(1) else {
+        return Err(format!("an unreadable lock line {v:?}"));
+    };
+    let kind = match *kind {
+        "POSIX" => Kind::Posix,
+        "OFDLCK" => Kind::Ofd,
+        "FLOCK" => Kind::Flock,
+        "LEASE" | "DELEG" => return Err(format!("a lease ({})", w[1..].join(" "))),
+        _ => return Err(format!("a lock of a kind crest does not know ({v:?})")),
+    };
+    if w.len() != 8 {
+        return Err(format!("an unreadable lock line {v:?}"));
+    }
+    if w[2] != "ADVISORY" {
+        return Err(format!(
+            "a {} lock ({})",
+            w[2].to_lowercase(),
+            w[1..].join(" ")
+        ));
+    }
+    let write = match w[3] {
+        "WRITE" => true,
+        "READ" => false,
+        _ => return Err(format!("a lock of type {} ({v:?})", w[3])),
+    };
+    let bad = || format!("an unreadable lock line {v:?}");
+    let start: i64 = w[6].parse().map_err(|_| bad())?;
+    let end = match w[7] {
+        "EOF" => None,
+        e => Some(e.parse::<i64>().map_err(|_| bad())?),
+    };
+    if start < 0 || end.is_some_and(|e| e < start) {
+        return Err(bad());
+    }
+    Ok(LockLine {
+        kind,
+        write,
+        inode: w[5].to_string(),
+        start,
+        end,
+    })
+}
+
+/// The locks of a dump, and which were seen already.
+#[derive(Default)]
+pub struct LockDump {
+    pub entries: Vec<FileLockEntry>,
+    /// (kind, owner, range): the owner is the file id for flock and OFD
+    /// locks, the pid for POSIX ones (with the inode).
+    seen: HashSet<(Kind, i64, String, i64, Option<i64>)>,
+}
+
+impl LockDump {
+    /// Notes the locks fdinfo shows at `fd` of `pid`, whose open file
+    /// description is file `id`; without `allowed` (`--file-locks`) a lock
+    /// fails the dump.
+    pub fn note(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        id: u32,
+        info: &FdInfo,
+        allowed: bool,
+    ) -> Result<(), DumpError> {
+        for v in info.all("lock") {
+            let l = parse_line(v).map_err(|kind| DumpError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!("a file with {kind}"),
+            })?;
+            if !allowed {
+                return Err(DumpError::NeedsOption {
+                    pid,
+                    fd,
+                    what: format!("holds {}", l.describe()),
+                    option: "--file-locks",
+                });
+            }
+            let owner = match l.kind {
+                Kind::Posix => i64::from(pid),
+                Kind::Ofd | Kind::Flock => i64::from(id),
+            };
+            let inode = if l.kind == Kind::Posix {
+                l.inode.clone()
+            } else {
+                String::new()
+            };
+            if !self.seen.insert((l.kind, owner, inode, l.start, l.end)) {
+                continue;
+            }
+            crate::debug!("pid {pid} fd {fd}: {}", l.describe());
+            self.entries.push(FileLockEntry {
+                flag: l.kind.flag(),
+                r#type: if l.write {
+                    libc::F_WRLCK as u32
+                } else {
+                    libc::F_RDLCK as u32
+                },
+                pid,
+                fd,
+                start: l.start,
+                len: l.l_len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `filelocks.img` if the tree holds any lock.
+    pub fn write(&self, dir: &Path) -> Result<(), DumpError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        crest_images::write_image(dir, names::FILE_LOCKS, magic::FILE_LOCKS, &self.entries)?;
+        Ok(())
+    }
+}
+
+/// The entries of `filelocks.img` (none without the file), checked.
+pub fn read(dir: &Path) -> Result<Vec<FileLockEntry>, RestoreError> {
+    if !dir.join(names::FILE_LOCKS).exists() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<FileLockEntry> =
+        crest_images::read_image(dir, names::FILE_LOCKS, magic::FILE_LOCKS)?;
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: names::FILE_LOCKS.into(),
+        what,
+    };
+    if list.len() > MAX_LOCKS {
+        return Err(bad(format!("{} locks, more than {MAX_LOCKS}", list.len())));
+    }
+    for e in &list {
+        check(e).map_err(|what| bad(format!("lock of pid {} on fd {}: {what}", e.pid, e.fd)))?;
+    }
+    Ok(list)
+}
+
+fn check(e: &FileLockEntry) -> Result<(), String> {
+    if ![FL_POSIX, FL_OFD, FL_FLOCK].contains(&e.flag) {
+        return Err(format!("unknown lock kind {}", e.flag));
+    }
+    if e.r#type != libc::F_RDLCK as u32 && e.r#type != libc::F_WRLCK as u32 {
+        return Err(format!("unknown lock type {}", e.r#type));
+    }
+    if e.fd < 0 || e.start < 0 || e.len < 0 || e.start.checked_add(e.len).is_none() {
+        return Err(format!("bad fd or range ({} +{})", e.start, e.len));
+    }
+    Ok(())
+}
+
+/// Takes again, as task `t`, every lock `locks` says it held.
+pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
+    for e in locks.iter().filter(|e| e.pid == pid) {
+        let fd = e.fd as u64;
+        let write = e.r#type == libc::F_WRLCK as u32;
+        let what = format!(
+            "take again the {} {} lock on fd {} (bytes {} +{})",
+            if write { "write" } else { "read" },
+            match e.flag {
+                FL_POSIX => "POSIX",
+                FL_OFD => "OFD",
+                _ => "flock",
+            },
+            e.fd,
+            e.start,
+            e.len
+        );
+        if e.flag == FL_FLOCK {
+            let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+            t.syscall(nr::FLOCK, &[fd, op as u64]).rat(pid, what)?;
+            continue;
+        }
+        // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
+        let mut fl = [0u8; 32];
+        fl[0..2].copy_from_slice(&(e.r#type as i16).to_le_bytes());
+        fl[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+        fl[8..16].copy_from_slice(&e.start.to_le_bytes());
+        fl[16..24].copy_from_slice(&e.len.to_le_bytes());
+        let cmd = if e.flag == FL_OFD {
+            F_OFD_SETLK
+        } else {
+            libc::F_SETLK as u64
+        };
+        let addr = t.put(&fl).rat(pid, "write a struct flock")?;
+        t.syscall(nr::FCNTL, &[fd, cmd, addr]).rat(pid, what)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::parse_fdinfo;
+
+    #[test]
+    fn parses_the_three_kinds() {
+        let p = parse_line("1: POSIX  ADVISORY  WRITE 20310 fe:00:10010934 5 14").unwrap();
+        assert_eq!(
+            (p.kind, p.write, p.start, p.end, p.l_len()),
+            (Kind::Posix, true, 5, Some(14), 10)
+        );
+        let f = parse_line("1: FLOCK  ADVISORY  READ 20310 fe:00:10010947 0 EOF").unwrap();
+        assert_eq!(
+            (f.kind, f.write, f.start, f.l_len()),
+            (Kind::Flock, false, 0, 0)
+        );
+        let o = parse_line("3: OFDLCK ADVISORY  WRITE -1 fe:00:10010966 150 EOF").unwrap();
+        assert_eq!(
+            (o.kind, o.write, o.start, o.end),
+            (Kind::Ofd, true, 150, None)
+        );
+        assert_eq!(o.inode, "fe:00:10010966");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_take() {
+        let lease = parse_line("1: LEASE  ACTIVE    READ 20310 fe:00:10010947 0 EOF").unwrap_err();
+        assert!(lease.contains("lease"), "{lease}");
+        let mand = parse_line("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF").unwrap_err();
+        assert!(mand.contains("mandatory"), "{mand}");
+        assert!(parse_line("1: ACCESS ADVISORY  READ 1 fe:00:1 0 EOF").is_err());
+        assert!(parse_line("1: POSIX  ADVISORY  WRITE 1 fe:00:1 9 3").is_err());
+        assert!(parse_line("1: POSIX  ADVISORY  WRITE 1 fe:00:1 x EOF").is_err());
+        assert!(parse_line("1: POSIX").is_err());
+        assert!(parse_line("").is_err());
+    }
+
+    #[test]
+    fn notes_each_lock_once_and_needs_the_option() {
+        let text = "pos:\t0\nflags:\t02100002\nmnt_id:\t27\nino:\t10010966\n\
+            lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:10010966 0 99\n\
+            lock:\t2: OFDLCK ADVISORY  READ -1 fe:00:10010966 100 149\n";
+        let info = parse_fdinfo("fdinfo", text).unwrap();
+        let mut d = LockDump::default();
+        let err = d.note(7, 5, 3, &info, false).unwrap_err().to_string();
+        assert!(
+            err.contains("--file-locks") && err.contains("fd 5"),
+            "{err}"
+        );
+        d.note(7, 5, 3, &info, true).unwrap();
+        // The same description at another fd (a dup, or a child's copy).
+        d.note(8, 9, 3, &info, true).unwrap();
+        assert_eq!(d.entries.len(), 2);
+        assert_eq!(
+            (d.entries[0].pid, d.entries[0].fd, d.entries[0].len),
+            (7, 5, 100)
+        );
+        assert_eq!(d.entries[1].r#type, libc::F_RDLCK as u32);
+        assert!(d.entries.iter().all(|e| check(e).is_ok()));
+    }
+
+    #[test]
+    fn checks_image_entries() {
+        let ok = FileLockEntry {
+            flag: FL_POSIX,
+            r#type: 1,
+            pid: 1,
+            fd: 3,
+            start: 0,
+            len: 0,
+        };
+        assert!(check(&ok).is_ok());
+        assert!(check(&FileLockEntry { flag: 8, ..ok }).is_err());
+        assert!(check(&FileLockEntry { r#type: 2, ..ok }).is_err());
+        assert!(check(&FileLockEntry { fd: -1, ..ok }).is_err());
+        assert!(check(&FileLockEntry {
+            start: i64::MAX,
+            len: 2,
+            ..ok
+        })
+        .is_err());
+    }
+}
