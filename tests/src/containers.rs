@@ -284,9 +284,14 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
     let script = match shape.name {
         "container_with_mnt" => {
             args.extend(["-m".into(), "--mount-proc".into()]);
+            // a tmpfs with files, a symlink and a subdirectory bound
+            // read-only elsewhere on it, and sysfs of the net namespace
             format!(
-                "mount -t tmpfs none /mnt && echo data > /mnt/f && hostname {} && ip link set lo \
-                 up && {wl}",
+                "mount -t tmpfs -o size=4m,mode=750 none /mnt && echo data > /mnt/f && \
+                 mkdir -p /mnt/d/e /mnt/ro && echo deep > /mnt/d/e/g && ln -s d/e/g /mnt/l && \
+                 chmod 700 /mnt/d && mount --bind /mnt/d /mnt/ro && \
+                 mount -o remount,bind,ro /mnt/ro && mount -t sysfs sysfs /sys && \
+                 hostname {} && ip link set lo up && {wl}",
                 shape.hostname
             )
         }
@@ -551,7 +556,29 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
 
 fn snapshot(cfg: &Config, shape: &Shape, root: Pid, main: Pid, what: &str) -> Result<ns::View> {
     let tree = procs::tree_snapshot(root).with_context(|| format!("process tree {what}"))?;
-    let v = ns::view(cfg, &tree, main).with_context(|| format!("namespaces {what}"))?;
+    let mut v = ns::view(cfg, &tree, main).with_context(|| format!("namespaces {what}"))?;
+    if shape.own_mnt {
+        // what the container mounted: type, per-mount options, and what a
+        // file under it holds (the comparison before/after covers them)
+        let text = fs::read_to_string(format!("/proc/{main}/mountinfo"))
+            .with_context(|| format!("mountinfo of {main}"))?;
+        for l in text.lines() {
+            let f: Vec<&str> = l.split(' ').collect();
+            let Some(sep) = f.iter().position(|x| *x == "-") else {
+                continue;
+            };
+            let (mp, opts) = (f[4], f[5]);
+            if mp == "/proc" || mp == "/sys" || mp == "/tmp" || mp.starts_with("/mnt") {
+                let fstype = f.get(sep + 1).copied().unwrap_or("?");
+                v.insert(format!("mount {mp} {fstype}"), opts.to_string());
+            }
+        }
+        for file in ["/mnt/ro/e/g", "/mnt/l", "/mnt/d/e/g"] {
+            if let Ok(t) = fs::read_to_string(format!("/proc/{main}/root{file}")) {
+                v.insert(format!("file {file}"), t);
+            }
+        }
+    }
     let problems = expected(shape, &v, main);
     if !problems.is_empty() {
         bail!(
