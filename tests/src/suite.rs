@@ -42,6 +42,7 @@ pub fn workloads() -> Vec<Workload> {
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),
+        c("sock_fork", &[], Settle::Blocked),
         c("sockets", &[], Settle::Blocked),
         Workload {
             name: "sockets_tcp",

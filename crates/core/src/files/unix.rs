@@ -248,11 +248,12 @@ impl FileTable {
                 .is_some_and(|(a, b)| a.iter().any(|x| b.contains(x)));
             if !together {
                 let what = if h.pending { "listener" } else { "peer" };
-                return Err(err(format!(
-                    "a unix socket whose {what} (inode {}) only another task (pid {}) holds; \
-                     crest rebuilds unix connections inside one task only",
-                    h.peer, p.pid
-                )));
+                crate::debug!(
+                    "unix socket {ino} of pid {} and its {what} {} of pid {} are in different tasks",
+                    h.pid,
+                    h.peer,
+                    p.pid
+                );
             }
         }
         Ok(())
@@ -361,6 +362,10 @@ pub struct SockImages {
     pub dir: std::path::PathBuf,
     /// `--shell-job` at restore.
     pub shell_job: bool,
+    /// crest's own copies of sockets a task made for another task (the
+    /// other end of a pair, a listener to connect to), handed over when
+    /// that task's fds are made.
+    pub spare: HashMap<u32, OwnedFd>,
 }
 
 impl SockImages {
@@ -388,6 +393,7 @@ impl SockImages {
             udp: super::inet::read_udp(dir)?,
             dir: dir.to_path_buf(),
             shell_job: false,
+            spare: HashMap::new(),
         })
     }
 }
@@ -430,6 +436,12 @@ pub fn open(
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if kept.get(e.id).is_none() {
+        if let Some(copy) = files.socks.spare.get(&e.id) {
+            // made by another task together with a socket of its own
+            let fd = super::share::give_fd(t, copy)?;
+            kept.keep(t, e.id, fd)?;
+            return kept.dup(t, e.id);
+        }
         if let Some(&other) = files.socks.made_by.get(&e.id) {
             if other != pid {
                 return Err(RestoreError::Unsupported {
@@ -440,6 +452,13 @@ pub fn open(
         }
         let made = make(t, e.id, files, kept)?;
         finish(t, &made, files, kept)?;
+        // what was made for others stays reachable through crest
+        for x in made.iter().filter(|x| x.id != e.id) {
+            if let Some(slot) = kept.get(x.id) {
+                let copy = kept.copy(t, slot)?;
+                files.socks.spare.insert(x.id, copy);
+            }
+        }
     }
     kept.dup(t, e.id)
 }
@@ -563,9 +582,16 @@ fn make(
                     format!("unix socket {id} is connected to an unnamed socket"),
                 ));
             }
-            if kept.get(p.id).is_none() {
+            let elsewhere = files.socks.made_by.get(&p.id).is_some_and(|o| *o != pid);
+            if kept.get(p.id).is_none() && !elsewhere {
                 let before = make(t, p.id, files, kept)?;
                 finish(t, &before, files, kept)?;
+                for x in &before {
+                    if let Some(slot) = kept.get(x.id) {
+                        let copy = kept.copy(t, slot)?;
+                        files.socks.spare.insert(x.id, copy);
+                    }
+                }
             }
             let fd = new_socket(t, u.r#type)?;
             if named && !name_taken(files, &u) {
