@@ -227,6 +227,16 @@ fn dump_one(
     }
     let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
     let ft = meta.file_type();
+    // A POSIX message queue descriptor looks like a file named /NAME: it
+    // is not one (its namespace's queues are restored, its fds are not).
+    const MQUEUE_MAGIC: u64 = 0x1980_0202;
+    if rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|f| f.f_type as u64 == MQUEUE_MAGIC)
+    {
+        return Err(unsupported(format!(
+            "a POSIX message queue descriptor ({link})"
+        )));
+    }
     use std::os::unix::fs::FileTypeExt;
     if ft.is_fifo() {
         return Ok((FdTypes::Fifo, table.dump_fifo(pid, fd, link, flags, &meta)?));
