@@ -12,6 +12,59 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct PipeDump {
     pub data: HashMap<u32, Vec<u8>>,
+    /// inode → (the tree holds its read end, its write end, a pid and fd
+    /// of it), to find pipes whose other end is outside the tree.
+    pub ends: HashMap<u32, (bool, bool, i32, i32)>,
+}
+
+impl PipeDump {
+    /// Fails for a pipe the tree holds only one end of while a process
+    /// outside the tree holds the other: restored, it would have no one at
+    /// that end.
+    pub fn check_outside(&self, tree: &std::collections::HashSet<i32>) -> Result<(), DumpError> {
+        let lonely: HashMap<u32, (i32, i32)> = self
+            .ends
+            .iter()
+            .filter(|(_, e)| !(e.0 && e.1))
+            .map(|(ino, e)| (*ino, (e.2, e.3)))
+            .collect();
+        if lonely.is_empty() {
+            return Ok(());
+        }
+        let me = std::process::id() as i32;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Ok(());
+        };
+        for p in procs.filter_map(Result::ok) {
+            let Some(other) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if other == me || tree.contains(&other) {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{other}/fd")) else {
+                continue;
+            };
+            for f in fds.filter_map(Result::ok) {
+                let Ok(link) = std::fs::read_link(f.path()) else {
+                    continue;
+                };
+                let Some(ino) = pipe_ino(&link.to_string_lossy()) else {
+                    continue;
+                };
+                if let Some(&(pid, fd)) = lonely.get(&ino) {
+                    return Err(DumpError::UnsupportedFd {
+                        pid,
+                        fd,
+                        kind: format!(
+                            "a pipe (pipe:[{ino}]) whose other end pid {other} holds, outside the dumped tree"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Largest amount of pipe data crest keeps per pipe (the largest pipe).
@@ -34,6 +87,16 @@ impl FileTable {
             fd,
             kind: format!("a pipe with an unreadable link ({link})"),
         })?;
+        let e = self
+            .pipes
+            .ends
+            .entry(ino)
+            .or_insert((false, false, pid, fd));
+        if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+            e.0 = true;
+        } else {
+            e.1 = true;
+        }
         if !self.pipes.data.contains_key(&ino) && flags & libc::O_ACCMODE as u32 == 0 {
             let data = peek_pipe(pid, fd)?;
             self.pipes.data.insert(ino, data);

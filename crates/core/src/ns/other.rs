@@ -825,7 +825,13 @@ impl Helpers {
                     file: names::crest_mnt(id),
                     what: format!("proc mounts of pid namespace {p}, which has no init"),
                 })?;
-                super::pid::spawn_in(init, &[])?
+                // a pid high in that namespace, out of the way of the
+                // tree's threads, which are made after it
+                let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(32768);
+                super::pid::spawn_in(init, &[max - 1001 - (id % 1000) as i32])?
             }
             None => {
                 let pid =
@@ -837,7 +843,10 @@ impl Helpers {
         };
         open_crest_root(&mut e, 64)?;
         self.enter_all_as(&mut e, g, m.as_pid, &std::collections::HashSet::new())?;
-        super::mnt::replay(&mut e, m, how)
+        super::mnt::replay(&mut e, m, how)?;
+        // reaped at once, so its pids are free again
+        let epid = e.pid();
+        e.exit_as(0).rat(epid, "end the mount helper")
     }
 
     /// Moves task `t` into each of its own namespaces (all but its user
