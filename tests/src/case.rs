@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, exists, wait_exit, wait_until, Exit, Procs, Waited};
+use crate::suite::Report;
 use crate::{ns, Config, Flavor, Outcome, StdioKind};
 
 /// How long a workload may take to say ready.
@@ -191,6 +192,55 @@ pub fn run_flavor(
     let leftovers = procs::sweep_children();
     let outcome = conclude(result, dir, &killed, &leftovers);
     (outcome, pid)
+}
+
+/// A case that runs in a case directory of its own, with the processes it
+/// tracks.
+pub type DirCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
+
+/// Runs `f` in a fresh case directory `name`; then kills what it tracked,
+/// sweeps leftover children and concludes. The directory is removed if the
+/// case passed.
+pub fn run_in_dir(
+    cfg: &Config,
+    name: &str,
+    f: impl FnOnce(&CaseDir, &mut Procs) -> Result<Outcome>,
+) -> Outcome {
+    let dir = match CaseDir::create(cfg, name) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(format!("{e:#}")),
+    };
+    let mut procs = Procs::default();
+    let result = f(&dir, &mut procs);
+    let killed = procs.kill_all();
+    let leftovers = procs::sweep_children();
+    let outcome = conclude(result, &dir, &killed, &leftovers);
+    if outcome.is_pass() {
+        dir.remove();
+    }
+    outcome
+}
+
+/// Runs each of `cases` (host flavor) whose name passes `selected`, each in
+/// a directory of its own ([`run_in_dir`]); skipped without root.
+pub fn run_root_cases(
+    cfg: &Config,
+    report: &mut Report,
+    selected: &dyn Fn(&str) -> bool,
+    cases: &[(&str, DirCase)],
+) {
+    for &(name, f) in cases {
+        let n = case_name(name, Flavor::Host, None);
+        if !selected(&n) {
+            continue;
+        }
+        let outcome = if cfg.root {
+            run_in_dir(cfg, &n, |dir, procs| f(cfg, dir, procs))
+        } else {
+            Outcome::Skip("needs root".into())
+        };
+        report.record(&n, outcome);
+    }
 }
 
 /// Turns a case's result and its cleanup into the outcome.
@@ -749,19 +799,7 @@ fn check_log(path: &Path) -> Result<()> {
 /// 0 when it exits, not at once.
 pub fn run_sleep_binary(cfg: &Config, mode: Mode) -> Outcome {
     let name = case_name("sleep_bin", Flavor::Host, None);
-    let dir = match CaseDir::create(cfg, &name) {
-        Ok(d) => d,
-        Err(e) => return Outcome::fail(format!("{e:#}")),
-    };
-    let mut procs = Procs::default();
-    let result = sleep_steps(cfg, &dir, mode, &mut procs);
-    let killed = procs.kill_all();
-    let leftovers = procs::sweep_children();
-    let outcome = conclude(result, &dir, &killed, &leftovers);
-    if outcome.is_pass() {
-        dir.remove();
-    }
-    outcome
+    run_in_dir(cfg, &name, |dir, procs| sleep_steps(cfg, dir, mode, procs))
 }
 
 fn sleep_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Result<Outcome> {
@@ -844,19 +882,9 @@ pub const PIPELINE_BYTES: u64 = 4_000_000_000;
 /// hold N.
 pub fn run_pipeline(cfg: &Config, mode: Mode) -> Outcome {
     let name = case_name("pipeline", Flavor::Host, None);
-    let dir = match CaseDir::create(cfg, &name) {
-        Ok(d) => d,
-        Err(e) => return Outcome::fail(format!("{e:#}")),
-    };
-    let mut procs = Procs::default();
-    let result = pipeline_steps(cfg, &dir, mode, &mut procs);
-    let killed = procs.kill_all();
-    let leftovers = procs::sweep_children();
-    let outcome = conclude(result, &dir, &killed, &leftovers);
-    if outcome.is_pass() {
-        dir.remove();
-    }
-    outcome
+    run_in_dir(cfg, &name, |dir, procs| {
+        pipeline_steps(cfg, dir, mode, procs)
+    })
 }
 
 fn pipeline_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Result<Outcome> {

@@ -30,19 +30,17 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 
-use crate::case::{self, CaseDir};
+use crate::case::{self, CaseDir, DirCase};
 use crate::procs::{self, alive, wait_until, Procs};
 use crate::servers::{free_port, launch};
 use crate::suite::Report;
-use crate::{Config, Flavor, Outcome};
+use crate::{Config, Outcome};
 
 const REDIS: &str = "/usr/bin/redis-server";
 const MEMCACHED: &str = "/usr/bin/memcached";
 const NGINX: &str = "/usr/sbin/nginx";
 
-type DaemonCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
-
-const CASES: [(&str, DaemonCase); 5] = [
+const CASES: [(&str, DirCase); 5] = [
     ("redis_server", redis_server),
     ("redis_client_open", redis_client_open),
     ("memcached_server", memcached_server),
@@ -52,32 +50,7 @@ const CASES: [(&str, DaemonCase); 5] = [
 
 /// Runs every case whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
-    for (name, f) in CASES {
-        let n = case::case_name(name, Flavor::Host, None);
-        if !selected(&n) {
-            continue;
-        }
-        if !cfg.root {
-            report.record(&n, Outcome::Skip("needs root".into()));
-            continue;
-        }
-        let dir = match CaseDir::create(cfg, &n) {
-            Ok(d) => d,
-            Err(e) => {
-                report.record(&n, Outcome::fail(format!("{e:#}")));
-                continue;
-            }
-        };
-        let mut procs = Procs::default();
-        let result = f(cfg, &dir, &mut procs);
-        let killed = procs.kill_all();
-        let leftovers = procs::sweep_children();
-        let outcome = case::conclude(result, &dir, &killed, &leftovers);
-        if outcome.is_pass() {
-            dir.remove();
-        }
-        report.record(&n, outcome);
-    }
+    case::run_root_cases(cfg, report, selected, &CASES);
 }
 
 /// Skips unless `bin` (of Debian package `pkg`) is installed.
@@ -259,6 +232,31 @@ fn redis_check(addr: &Addr, token: &str, count: u32, what: &str) -> Result<()> {
     )
 }
 
+/// Starts redis-server on 127.0.0.1:`port`, its directory the case's, no
+/// snapshots, with `extra` options.
+fn launch_redis(
+    cfg: &Config,
+    dir: &CaseDir,
+    port: u16,
+    extra: &[&str],
+    procs: &mut Procs,
+) -> Result<Pid> {
+    let (port_s, root_s) = (port.to_string(), dir.root.to_string_lossy());
+    let mut args = vec![
+        REDIS,
+        "--port",
+        &port_s,
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &root_s,
+        "--save",
+        "",
+    ];
+    args.extend_from_slice(extra);
+    launch(cfg, dir, &args, procs)
+}
+
 fn redis_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     if let Some(skip) = missing(REDIS, "redis-server") {
         return Ok(skip);
@@ -266,29 +264,20 @@ fn redis_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     let port = free_port()?;
     let sock = dir.root.join("redis.sock");
     let pidfile = dir.root.join("redis.pid");
-    let (port_s, root_s) = (port.to_string(), dir.root.to_string_lossy().into_owned());
     let (sock_s, pid_s) = (
         sock.to_string_lossy().into_owned(),
         pidfile.to_string_lossy().into_owned(),
     );
     let log_s = dir.root.join("redis.log").to_string_lossy().into_owned();
-    let starter = launch(
+    let starter = launch_redis(
         cfg,
         dir,
+        port,
         &[
-            REDIS,
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
             "--unixsocket",
             &sock_s,
             "--unixsocketperm",
             "700",
-            "--dir",
-            &root_s,
-            "--save",
-            "",
             "--appendonly",
             "yes",
             "--daemonize",
@@ -350,26 +339,7 @@ fn redis_client_open(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
         return Ok(skip);
     }
     let port = free_port()?;
-    let port_s = port.to_string();
-    let root_s = dir.root.to_string_lossy().into_owned();
-    let pid = launch(
-        cfg,
-        dir,
-        &[
-            REDIS,
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &root_s,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        procs,
-    )?;
+    let pid = launch_redis(cfg, dir, port, &["--appendonly", "no"], procs)?;
     let tcp = Addr::Tcp(port);
     if !wait_until(Duration::from_secs(10), || {
         redis(&tcp, &[&["PING"]]).is_ok()

@@ -82,25 +82,9 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
         }
         outcome
     } else {
-        hostile_case(cfg, &n)
+        case::run_in_dir(cfg, &n, |dir, procs| steps(cfg, dir, procs))
     };
     report.record(&n, outcome);
-}
-
-fn hostile_case(cfg: &Config, n: &str) -> Outcome {
-    let dir = match CaseDir::create(cfg, n) {
-        Ok(d) => d,
-        Err(e) => return Outcome::fail(format!("{e:#}")),
-    };
-    let mut procs = Procs::default();
-    let result = steps(cfg, &dir, &mut procs);
-    let killed = procs.kill_all();
-    let leftovers = procs::sweep_children();
-    let outcome = case::conclude(result, &dir, &killed, &leftovers);
-    if outcome.is_pass() {
-        dir.remove();
-    }
-    outcome
 }
 
 /// What is done to one image file.

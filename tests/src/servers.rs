@@ -17,17 +17,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 
-use crate::case::{self, CaseDir, Program, Settle, Workload};
+use crate::case::{self, CaseDir, DirCase, Program, Settle, Workload};
 use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, wait_until, Procs};
 use crate::suite::Report;
-use crate::{Config, Flavor, Outcome, StdioKind};
+use crate::{Config, Outcome, StdioKind};
 
 const PYTHON: &str = "/usr/bin/python3";
 
-type ServerCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
-
-const CASES: [(&str, ServerCase); 5] = [
+const CASES: [(&str, DirCase); 5] = [
     ("http_server", http_server),
     ("unix_server", unix_server),
     ("shell_job", shell_job),
@@ -37,33 +35,7 @@ const CASES: [(&str, ServerCase); 5] = [
 
 /// Runs every case whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
-    for (name, f) in CASES {
-        let n = case::case_name(name, Flavor::Host, None);
-        if !selected(&n) {
-            continue;
-        }
-        let outcome = if !cfg.root {
-            Outcome::Skip("needs root".into())
-        } else {
-            let dir = match CaseDir::create(cfg, &n) {
-                Ok(d) => d,
-                Err(e) => {
-                    report.record(&n, Outcome::fail(format!("{e:#}")));
-                    continue;
-                }
-            };
-            let mut procs = Procs::default();
-            let result = f(cfg, &dir, &mut procs);
-            let killed = procs.kill_all();
-            let leftovers = procs::sweep_children();
-            let outcome = case::conclude(result, &dir, &killed, &leftovers);
-            if outcome.is_pass() {
-                dir.remove();
-            }
-            outcome
-        };
-        report.record(&n, outcome);
-    }
+    case::run_root_cases(cfg, report, selected, &CASES);
 }
 
 /// Starts `launch ARGS...` (a new session, stdio on /dev/null or on the
@@ -242,21 +214,15 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     if !cfg.checkpoint {
         return case::finish(dir, pid, StdioKind::DevNull, procs);
     }
-    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
     // Without -j: refused, naming the option, the job left alone.
-    let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
-        bail!("crest dump without --shell-job took a job on a terminal it does not own");
-    };
-    if !ran.stderr.contains("--shell-job") {
-        bail!(
-            "the refused dump does not name --shell-job: {:?}",
-            ran.stderr.trim()
-        );
-    }
-    let stuck = procs::tree_problems(pid);
-    if !stuck.is_empty() {
-        bail!("after the refused dump: {}", stuck.join("; "));
-    }
+    refused(
+        cfg,
+        dir,
+        pid,
+        "--shell-job",
+        "crest dump without --shell-job took a job on a terminal it does not own",
+        procs,
+    )?;
     // With -j: dumped, and restored onto crest's own terminal (another pty).
     fs::write(dir.state.join("dump-args"), "--shell-job\n")?;
     case::dump(cfg, dir, pid, false, procs)?;
@@ -309,28 +275,15 @@ fn tcp_needs_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         args: vec!["tcp".into()],
         settle: Settle::Blocked,
     };
-    let pid = case::start(cfg, &w, dir, StdioKind::DevNull, procs)?;
-    case::wait_ready(dir, pid, procs)?;
-    if !cfg.checkpoint {
-        return case::finish(dir, pid, StdioKind::DevNull, procs);
-    }
-    fs::remove_file(dir.state.join("dump-args")).context("remove dump-args")?;
-    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
-    let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
-        bail!("crest dump took an established TCP connection without --tcp-established");
-    };
-    if !ran.stderr.contains("--tcp-established") {
-        bail!(
-            "the refused dump does not name --tcp-established: {:?}",
-            ran.stderr.trim()
-        );
-    }
-    let stuck = procs::tree_problems(pid);
-    if !stuck.is_empty() {
-        bail!("after the refused dump: {}", stuck.join("; "));
-    }
     // The workload checks its connection still carries data both ways.
-    case::finish(dir, pid, StdioKind::DevNull, procs)
+    needs_option(
+        cfg,
+        dir,
+        &w,
+        "--tcp-established",
+        "crest dump took an established TCP connection without --tcp-established",
+        procs,
+    )
 }
 
 fn locks_need_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -340,19 +293,35 @@ fn locks_need_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
         args: Vec::new(),
         settle: Settle::Blocked,
     };
-    let pid = case::start(cfg, &w, dir, StdioKind::DevNull, procs)?;
-    case::wait_ready(dir, pid, procs)?;
-    if !cfg.checkpoint {
-        return case::finish(dir, pid, StdioKind::DevNull, procs);
-    }
-    fs::remove_file(dir.state.join("dump-args")).context("remove dump-args")?;
+    // The workload checks from outside that every lock is still held.
+    needs_option(
+        cfg,
+        dir,
+        &w,
+        "--file-locks",
+        "crest dump took a tree holding file locks without --file-locks",
+        procs,
+    )
+}
+
+/// Dumps the tree of `pid` once it settles and expects crest to refuse it,
+/// naming `option`, and to leave the tree as it was; `took` is the failure
+/// if the dump goes through.
+fn refused(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    option: &str,
+    took: &str,
+    procs: &mut Procs,
+) -> Result<()> {
     wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
     let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
-        bail!("crest dump took a tree holding file locks without --file-locks");
+        bail!("{took}");
     };
-    if !ran.stderr.contains("--file-locks") {
+    if !ran.stderr.contains(option) {
         bail!(
-            "the refused dump does not name --file-locks: {:?}",
+            "the refused dump does not name {option}: {:?}",
             ran.stderr.trim()
         );
     }
@@ -360,6 +329,26 @@ fn locks_need_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
     if !stuck.is_empty() {
         bail!("after the refused dump: {}", stuck.join("; "));
     }
-    // The workload checks from outside that every lock is still held.
+    Ok(())
+}
+
+/// Runs `w`, which holds what crest dumps only with `option`: a dump
+/// without it (its `dump-args` removed) must be [`refused`]; then the
+/// workload checks its state.
+fn needs_option(
+    cfg: &Config,
+    dir: &CaseDir,
+    w: &Workload,
+    option: &str,
+    took: &str,
+    procs: &mut Procs,
+) -> Result<Outcome> {
+    let pid = case::start(cfg, w, dir, StdioKind::DevNull, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    if !cfg.checkpoint {
+        return case::finish(dir, pid, StdioKind::DevNull, procs);
+    }
+    fs::remove_file(dir.state.join("dump-args")).context("remove dump-args")?;
+    refused(cfg, dir, pid, option, took, procs)?;
     case::finish(dir, pid, StdioKind::DevNull, procs)
 }

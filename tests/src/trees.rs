@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 
-use crate::case::{self, CaseDir, Mode, Program, Settle, Workload};
+use crate::case::{self, CaseDir, DirCase, Mode, Program, Settle, Workload};
 use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, exists, wait_until, Exit, Procs};
 use crate::suite::Report;
@@ -21,27 +21,14 @@ use crate::{Config, Flavor, Outcome, StdioKind};
 /// (`SOCK_FD` in `workloads/small_tree.c`).
 pub const SOCK_FD: i32 = 7;
 
-type TreeCase = fn(&Config, &CaseDir, &mut Procs) -> Result<Outcome>;
-
-const CASES: [(&str, TreeCase); 2] = [
+const CASES: [(&str, DirCase); 2] = [
     ("dump_fails_cleanly", dump_fails_cleanly),
     ("restore_fails_cleanly", restore_fails_cleanly),
 ];
 
 /// Runs every case whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
-    for (check, f) in CASES {
-        let n = case::case_name(check, Flavor::Host, None);
-        if !selected(&n) {
-            continue;
-        }
-        let outcome = if cfg.root {
-            one_case(cfg, &n, f)
-        } else {
-            Outcome::Skip("needs root".into())
-        };
-        report.record(&n, outcome);
-    }
+    case::run_root_cases(cfg, report, selected, &CASES);
     let n = case::case_name("leave_running_tree", Flavor::Host, None);
     if selected(&n) {
         let outcome = if cfg.root {
@@ -51,22 +38,6 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
         };
         report.record(&n, outcome);
     }
-}
-
-fn one_case(cfg: &Config, n: &str, f: TreeCase) -> Outcome {
-    let dir = match CaseDir::create(cfg, n) {
-        Ok(d) => d,
-        Err(e) => return Outcome::fail(format!("{e:#}")),
-    };
-    let mut procs = Procs::default();
-    let result = f(cfg, &dir, &mut procs);
-    let killed = procs.kill_all();
-    let leftovers = procs::sweep_children();
-    let outcome = case::conclude(result, &dir, &killed, &leftovers);
-    if outcome.is_pass() {
-        dir.remove();
-    }
-    outcome
 }
 
 fn small_tree(args: &[&str]) -> Workload {

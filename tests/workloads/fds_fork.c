@@ -17,54 +17,25 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-static char msg[2048];
-static size_t mlen;
-
-__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
-{
-	if (mlen >= sizeof(msg))
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	mlen += (size_t)vsnprintf(msg + mlen, sizeof(msg) - mlen, fmt, ap);
-	va_end(ap);
-}
-
-static ssize_t rd(int fd, void *buf, size_t n, int ms)
-{
-	struct pollfd pf = { .fd = fd, .events = POLLIN };
-	int r;
-	do
-		r = poll(&pf, 1, ms);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return -1;
-	ssize_t got;
-	do
-		got = read(fd, buf, n);
-	while (got < 0 && errno == EINTR);
-	return got;
-}
-
 static void child(int file, int cmd, int res, int efd)
 {
 	char c;
 	if (write(res, "r", 1) != 1)
 		_exit(10);
-	if (rd(cmd, &c, 1, -1) != 1)
+	if (wl_read_wait(cmd, &c, 1, -1) != 1)
 		_exit(11);
 	off_t at = lseek(file, 0, SEEK_CUR);
 	if (at != 2)
-		add("child: file offset %lld, expected 2 (the root's read; not shared?); ",
+		wl_add("child: file offset %lld, expected 2 (the root's read; not shared?); ",
 		    (long long)at);
 	char b[4] = { 0 };
 	if (read(file, b, 3) != 3 || memcmp(b, "234", 3) != 0)
-		add("child: read \"%.3s\", expected \"234\"; ", b);
+		wl_add("child: read \"%.3s\", expected \"234\"; ", b);
 	fcntl(res, F_SETFL, fcntl(res, F_GETFL) | O_NONBLOCK);
 	uint64_t seven = 7;
 	if (write(efd, &seven, 8) != 8)
-		add("child: write eventfd: %s; ", strerror(errno));
-	const char *out = mlen ? msg : "OK";
+		wl_add("child: write eventfd: %s; ", strerror(errno));
+	const char *out = wl_mlen ? wl_msg : "OK";
 	if (write(res, out, strlen(out)) != (ssize_t)strlen(out))
 		_exit(12);
 	_exit(0);
@@ -73,10 +44,7 @@ static void child(int file, int cmd, int res, int efd)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/shared-file", wl_dir);
@@ -84,14 +52,12 @@ int main(int argc, char **argv)
 	if (file < 0 || write(file, "0123456789", 10) != 10 || lseek(file, 0, SEEK_SET) != 0)
 		wl_fail("file %s: %s", path, strerror(errno));
 	int cmd[2], res[2];
-	if (pipe(cmd) < 0 || pipe(res) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_pipe(cmd);
+	wl_pipe(res);
 	int efd = eventfd(0, EFD_NONBLOCK);
 	if (efd < 0)
 		wl_fail("eventfd: %s", strerror(errno));
-	pid_t pid = fork();
-	if (pid < 0)
-		wl_fail("fork: %s", strerror(errno));
+	pid_t pid = wl_fork();
 	if (pid == 0) {
 		close(cmd[1]);
 		close(res[0]);
@@ -102,7 +68,7 @@ int main(int argc, char **argv)
 	if (pidfd < 0)
 		wl_fail("pidfd_open: %s", strerror(errno));
 	char b;
-	if (rd(res[0], &b, 1, 10000) != 1)
+	if (wl_read_wait(res[0], &b, 1, 10000) != 1)
 		wl_fail("child not ready");
 
 	wl_ready();
@@ -110,42 +76,42 @@ int main(int argc, char **argv)
 
 	char two[3] = { 0 };
 	if (read(file, two, 2) != 2 || memcmp(two, "01", 2) != 0)
-		add("root: read \"%.2s\", expected \"01\"; ", two);
+		wl_add("root: read \"%.2s\", expected \"01\"; ", two);
 	if (write(cmd[1], "g", 1) != 1)
-		add("root: write to the child: %s; ", strerror(errno));
+		wl_add("root: write to the child: %s; ", strerror(errno));
 	char out[2049];
-	ssize_t n = rd(res[0], out, sizeof(out) - 1, 10000);
+	ssize_t n = wl_read_wait(res[0], out, sizeof(out) - 1, 10000);
 	if (n <= 0) {
-		add("root: no result from the child (pid %d); ", pid);
+		wl_add("root: no result from the child (pid %d); ", pid);
 	} else {
 		out[n] = 0;
 		if (strcmp(out, "OK") != 0)
-			add("%s", out);
+			wl_add("%s", out);
 	}
 	off_t at = lseek(file, 0, SEEK_CUR);
 	if (at != 5)
-		add("root: file offset %lld, expected 5 (the child's read; not shared?); ",
+		wl_add("root: file offset %lld, expected 5 (the child's read; not shared?); ",
 		    (long long)at);
 	if (!(fcntl(res[1], F_GETFL) & O_NONBLOCK))
-		add("root: the child's O_NONBLOCK on the result pipe is not seen (pipe end not "
+		wl_add("root: the child's O_NONBLOCK on the result pipe is not seen (pipe end not "
 		    "shared); ");
 	uint64_t v = 0;
 	struct pollfd pe = { .fd = efd, .events = POLLIN };
 	poll(&pe, 1, 5000);
 	if (read(efd, &v, 8) != 8 || v != 7)
-		add("root: eventfd holds %llu, expected the child's 7 (not shared?); ",
+		wl_add("root: eventfd holds %llu, expected the child's 7 (not shared?); ",
 		    (unsigned long long)v);
 	struct pollfd pp = { .fd = pidfd, .events = POLLIN };
 	if (poll(&pp, 1, 10000) != 1)
-		add("root: the pidfd did not report the child's exit; ");
+		wl_add("root: the pidfd did not report the child's exit; ");
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
 	if (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0)
-		add("root: waitid(P_PIDFD): %s; ", strerror(errno));
+		wl_add("root: waitid(P_PIDFD): %s; ", strerror(errno));
 	else if (si.si_pid != pid || si.si_code != CLD_EXITED || si.si_status != 0)
-		add("root: waitid(P_PIDFD) gave pid %d code %d status %d, expected %d exited 0; ",
+		wl_add("root: waitid(P_PIDFD) gave pid %d code %d status %d, expected %d exited 0; ",
 		    si.si_pid, si.si_code, si.si_status, pid);
-	if (mlen)
-		wl_fail("%s", msg);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	wl_pass();
 }

@@ -25,19 +25,6 @@
 #define D_FIFO 0x6666000000000006ULL
 #define MEMFD_SIZE 8192
 
-static char msg[4096];
-static size_t mlen;
-
-__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
-{
-	if (mlen >= sizeof(msg))
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	mlen += (size_t)vsnprintf(msg + mlen, sizeof(msg) - mlen, fmt, ap);
-	va_end(ap);
-}
-
 static void path_in(char *buf, size_t n, const char *name)
 {
 	snprintf(buf, n, "%s/%s", wl_dir, name);
@@ -71,7 +58,7 @@ static void expect_read(int fd, const char *want, const char *what)
 	size_t n = strlen(want);
 	ssize_t got = read(fd, buf, n);
 	if (got != (ssize_t)n || memcmp(buf, want, n) != 0)
-		add("%s: read %zd bytes \"%.*s\", expected \"%s\" (%s); ", what, got,
+		wl_add("%s: read %zd bytes \"%.*s\", expected \"%s\" (%s); ", what, got,
 		    got > 0 ? (int)got : 0, buf, want, got < 0 ? strerror(errno) : "");
 }
 
@@ -104,8 +91,7 @@ int main(int argc, char **argv)
 	}
 	/* a pipe with data in flight */
 	int pp[2];
-	if (pipe(pp) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_pipe(pp);
 	xwrite(pp[1], "pipe-data", "pipe");
 	/* a FIFO with data in flight */
 	char fp[4096];
@@ -177,7 +163,7 @@ int main(int argc, char **argv)
 
 	/* regular file and O_APPEND */
 	if (pos(reg) != 6)
-		add("reg: offset %lld, expected 6; ", (long long)pos(reg));
+		wl_add("reg: offset %lld, expected 6; ", (long long)pos(reg));
 	expect_read(reg, "world", "reg");
 	xwrite(app, "B", "append after restore");
 	char ap[4096];
@@ -186,18 +172,18 @@ int main(int argc, char **argv)
 	expect_read(apr, "AB", "append file (O_APPEND kept?)");
 	close(apr);
 	if (!(fcntl(app, F_GETFL) & O_APPEND))
-		add("append: O_APPEND lost; ");
+		wl_add("append: O_APPEND lost; ");
 	/* deleted file */
 	struct stat st;
 	if (fstat(ghost, &st) < 0 || st.st_nlink != 0)
-		add("ghost: nlink %ld, expected 0 (deleted); ", (long)st.st_nlink);
+		wl_add("ghost: nlink %ld, expected 0 (deleted); ", (long)st.st_nlink);
 	if ((st.st_mode & 0777) != 0640)
-		add("ghost: mode %o, expected 640; ", (unsigned)(st.st_mode & 0777));
+		wl_add("ghost: mode %o, expected 640; ", (unsigned)(st.st_mode & 0777));
 	if (pos(ghost) != 3)
-		add("ghost: offset %lld, expected 3; ", (long long)pos(ghost));
+		wl_add("ghost: offset %lld, expected 3; ", (long long)pos(ghost));
 	expect_read(ghost, "st contents", "ghost");
 	if (access(gp, F_OK) == 0)
-		add("ghost: %s exists again; ", gp);
+		wl_add("ghost: %s exists again; ", gp);
 
 	/* epoll before anything is read: efd, pipe, sem and fifo are ready,
 	 * the timer is not */
@@ -212,13 +198,13 @@ int main(int argc, char **argv)
 		for (int j = 0; j < n; j++)
 			found |= seen[j] == want[i];
 		if (!found)
-			add("epoll: data %#llx not reported ready; ", (unsigned long long)want[i]);
+			wl_add("epoll: data %#llx not reported ready; ", (unsigned long long)want[i]);
 	}
 	for (int j = 0; j < n; j++)
 		if (seen[j] == D_TIMER)
-			add("epoll: the timer is reported ready; ");
+			wl_add("epoll: the timer is reported ready; ");
 	if (n != 4)
-		add("epoll: %d ready, expected 4; ", n);
+		wl_add("epoll: %d ready, expected 4; ", n);
 
 	/* pipe and FIFO data */
 	expect_read(pp[0], "pipe-data", "pipe");
@@ -228,30 +214,30 @@ int main(int argc, char **argv)
 	/* eventfds */
 	uint64_t v = 0;
 	if (read(efd, &v, 8) != 8 || v != 5)
-		add("eventfd: read %llu, expected 5; ", (unsigned long long)v);
+		wl_add("eventfd: read %llu, expected 5; ", (unsigned long long)v);
 	for (int i = 0; i < 3; i++) {
 		v = 0;
 		if (read(sem, &v, 8) != 8 || v != 1)
-			add("semaphore eventfd: read %d gave %llu, expected 1; ", i,
+			wl_add("semaphore eventfd: read %d gave %llu, expected 1; ", i,
 			    (unsigned long long)v);
 	}
 	if (read(sem, &v, 8) != -1 || errno != EAGAIN)
-		add("semaphore eventfd: a fourth read did not fail with EAGAIN (nonblock lost?); ");
+		wl_add("semaphore eventfd: a fourth read did not fail with EAGAIN (nonblock lost?); ");
 	/* timerfd */
 	struct itimerspec now;
 	if (timerfd_gettime(tfd, &now) < 0)
-		add("timerfd_gettime: %s; ", strerror(errno));
+		wl_add("timerfd_gettime: %s; ", strerror(errno));
 	else if (now.it_interval.tv_sec != 7 || now.it_interval.tv_nsec != 0 ||
 		 now.it_value.tv_sec > 100 || (now.it_value.tv_sec == 0 && now.it_value.tv_nsec == 0) ||
 		 now.it_value.tv_sec < 50)
-		add("timerfd: value %ld.%09ld interval %ld.%09ld, expected about 100 s and 7 s; ",
+		wl_add("timerfd: value %ld.%09ld interval %ld.%09ld, expected about 100 s and 7 s; ",
 		    (long)now.it_value.tv_sec, now.it_value.tv_nsec, (long)now.it_interval.tv_sec,
 		    now.it_interval.tv_nsec);
 	/* signalfd */
 	raise(SIGUSR2);
 	struct signalfd_siginfo si;
 	if (read(sfd, &si, sizeof(si)) != sizeof(si) || si.ssi_signo != SIGUSR2)
-		add("signalfd: no SIGUSR2 read (%s); ", strerror(errno));
+		wl_add("signalfd: no SIGUSR2 read (%s); ", strerror(errno));
 	/* inotify */
 	char np[4096];
 	path_in(np, sizeof(np), "created-after");
@@ -269,43 +255,43 @@ int main(int argc, char **argv)
 		off += (ssize_t)sizeof(*ie) + ie->len;
 	}
 	if (!found)
-		add("inotify: no IN_CREATE of created-after on wd %d (got %zd bytes%s); ", wd, got,
+		wl_add("inotify: no IN_CREATE of created-after on wd %d (got %zd bytes%s); ", wd, got,
 		    got < 0 ? ", error" : "");
 	/* memfd */
 	if (fcntl(mfd, F_GET_SEALS) != seals)
-		add("memfd: seals %#x, expected %#x; ", fcntl(mfd, F_GET_SEALS), seals);
+		wl_add("memfd: seals %#x, expected %#x; ", fcntl(mfd, F_GET_SEALS), seals);
 	if (pos(mfd) != 5)
-		add("memfd: offset %lld, expected 5; ", (long long)pos(mfd));
+		wl_add("memfd: offset %lld, expected 5; ", (long long)pos(mfd));
 	char mb[32] = { 0 };
 	if (pread(mfd, mb, 14, 0) != 14 || memcmp(mb, "memfd-contents", 14) != 0)
-		add("memfd: contents \"%.14s\"; ", mb);
+		wl_add("memfd: contents \"%.14s\"; ", mb);
 	if (pread(mfd, mb, 7, 4096) != 7 || memcmp(mb, "via-map", 7) != 0)
-		add("memfd: the write through the mapping reads \"%.7s\" through the fd; ", mb);
+		wl_add("memfd: the write through the mapping reads \"%.7s\" through the fd; ", mb);
 	if (memcmp(map, "memfd-contents", 14) != 0)
-		add("memfd mapping: holds \"%.14s\"; ", map);
+		wl_add("memfd mapping: holds \"%.14s\"; ", map);
 	memcpy(map + 100, "after", 5);
 	if (pread(mfd, mb, 5, 100) != 5 || memcmp(mb, "after", 5) != 0)
-		add("memfd: a write through the mapping after restore is not seen through the fd; ");
+		wl_add("memfd: a write through the mapping after restore is not seen through the fd; ");
 	if (pwrite(mfd, "fdwrite", 7, 200) != 7 || memcmp(map + 200, "fdwrite", 7) != 0)
-		add("memfd: a write through the fd after restore is not seen in the mapping; ");
+		wl_add("memfd: a write through the fd after restore is not seen in the mapping; ");
 	struct stat ms;
 	if (fstat(mfd, &ms) < 0 || ms.st_size != MEMFD_SIZE)
-		add("memfd: size %lld, expected %d; ", (long long)ms.st_size, MEMFD_SIZE);
+		wl_add("memfd: size %lld, expected %d; ", (long long)ms.st_size, MEMFD_SIZE);
 	if (ftruncate(mfd, 100) == 0)
-		add("memfd: shrinking worked despite F_SEAL_SHRINK; ");
+		wl_add("memfd: shrinking worked despite F_SEAL_SHRINK; ");
 	/* shared offset */
 	if (pos(sh1) != 3 || pos(sh2) != 3)
-		add("dup: offsets %lld and %lld, expected 3; ", (long long)pos(sh1),
+		wl_add("dup: offsets %lld and %lld, expected 3; ", (long long)pos(sh1),
 		    (long long)pos(sh2));
 	expect_read(sh2, "34", "dup (second fd)");
 	if (pos(sh1) != 5)
-		add("dup: reading the second fd moved the first to %lld, expected 5 (offset not "
+		wl_add("dup: reading the second fd moved the first to %lld, expected 5 (offset not "
 		    "shared); ",
 		    (long long)pos(sh1));
 	if (fcntl(sh1, F_GETFD) != 0 || fcntl(sh2, F_GETFD) != FD_CLOEXEC)
-		add("dup: close-on-exec %d/%d, expected 0/1; ", fcntl(sh1, F_GETFD),
+		wl_add("dup: close-on-exec %d/%d, expected 0/1; ", fcntl(sh1, F_GETFD),
 		    fcntl(sh2, F_GETFD));
-	if (mlen)
-		wl_fail("%s", msg);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	wl_pass();
 }

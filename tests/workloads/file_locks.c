@@ -22,19 +22,6 @@
 #include <sys/file.h>
 #include <sys/wait.h>
 
-static char msg[4096];
-static size_t mlen;
-
-__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
-{
-	if (mlen >= sizeof(msg))
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	mlen += (size_t)vsnprintf(msg + mlen, sizeof(msg) - mlen, fmt, ap);
-	va_end(ap);
-}
-
 static int open_file(const char *name, int flags)
 {
 	char path[4096];
@@ -64,13 +51,13 @@ static void probe(int fd, int cmd, short type, off_t start, off_t len, short wan
 {
 	struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len };
 	if (fcntl(fd, cmd, &fl) < 0) {
-		add("%s: fcntl: %s; ", what, strerror(errno));
+		wl_add("%s: fcntl: %s; ", what, strerror(errno));
 		return;
 	}
 	if (fl.l_type != want)
-		add("%s: %s, expected %s; ", what, tname(fl.l_type), tname(want));
+		wl_add("%s: %s, expected %s; ", what, tname(fl.l_type), tname(want));
 	else if (want != F_UNLCK && pid != 0 && fl.l_pid != pid)
-		add("%s: held by pid %d, expected %d; ", what, (int)fl.l_pid, (int)pid);
+		wl_add("%s: held by pid %d, expected %d; ", what, (int)fl.l_pid, (int)pid);
 }
 
 /* flock(op | LOCK_NB) on a new description: expects success (then
@@ -80,11 +67,11 @@ static void try_flock(const char *name, int op, int should_work, const char *wha
 	int fd = open_file(name, O_RDWR);
 	int r = flock(fd, op | LOCK_NB);
 	if (should_work && r < 0)
-		add("%s: %s; ", what, strerror(errno));
+		wl_add("%s: %s; ", what, strerror(errno));
 	if (!should_work && r == 0)
-		add("%s: got the lock, which should be held; ", what);
+		wl_add("%s: got the lock, which should be held; ", what);
 	if (!should_work && r < 0 && errno != EWOULDBLOCK)
-		add("%s: %s, expected EWOULDBLOCK; ", what, strerror(errno));
+		wl_add("%s: %s, expected EWOULDBLOCK; ", what, strerror(errno));
 	close(fd);
 }
 
@@ -93,14 +80,11 @@ static void try_flock(const char *name, int op, int should_work, const char *wha
 static void check_from_outside(pid_t root, pid_t kid, const char *when)
 {
 	int p[2];
-	if (pipe(p) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t c = fork();
-	if (c < 0)
-		wl_fail("fork: %s", strerror(errno));
+	wl_pipe(p);
+	pid_t c = wl_fork();
 	if (c == 0) {
 		close(p[0]);
-		mlen = 0;
+		wl_mlen = 0;
 		int fd = open_file("posix.dat", O_RDWR);
 		probe(fd, F_GETLK, F_RDLCK, 0, 10, F_WRLCK, root, "POSIX write lock 0-9");
 		probe(fd, F_GETLK, F_WRLCK, 5, 1, F_WRLCK, root, "POSIX write lock at 5");
@@ -121,7 +105,7 @@ static void check_from_outside(pid_t root, pid_t kid, const char *when)
 		try_flock("flock_sh", LOCK_SH, 1, "flock LOCK_SH (tried LOCK_SH)");
 		try_flock("flock_sh", LOCK_EX, 0, "flock LOCK_SH (tried LOCK_EX)");
 		try_flock("shared", LOCK_SH, 0, "flock LOCK_EX shared across fork");
-		if (mlen && write(p[1], msg, mlen) < 0)
+		if (wl_mlen && write(p[1], wl_msg, wl_mlen) < 0)
 			_exit(3);
 		_exit(0);
 	}
@@ -134,14 +118,11 @@ static void check_from_outside(pid_t root, pid_t kid, const char *when)
 			got += n;
 	close(p[0]);
 	buf[got] = 0;
-	int st;
-	while (waitpid(c, &st, 0) < 0)
-		if (errno != EINTR)
-			wl_fail("waitpid checker: %s", strerror(errno));
+	int st = wl_waitpid(c, "waitpid checker");
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		add("%s: the checker ended with status %#x; ", when, st);
+		wl_add("%s: the checker ended with status %#x; ", when, st);
 	if (got > 0)
-		add("%s: %s", when, buf);
+		wl_add("%s: %s", when, buf);
 }
 
 int main(int argc, char **argv)
@@ -159,11 +140,9 @@ int main(int argc, char **argv)
 		wl_fail("flock shared: %s", strerror(errno));
 
 	int go[2], rdy[2];
-	if (pipe(go) < 0 || pipe(rdy) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t kid = fork();
-	if (kid < 0)
-		wl_fail("fork: %s", strerror(errno));
+	wl_pipe(go);
+	wl_pipe(rdy);
+	pid_t kid = wl_fork();
 	if (kid == 0) {
 		sigset_t all;
 		sigfillset(&all);
@@ -194,8 +173,8 @@ int main(int argc, char **argv)
 
 	pid_t root = getpid();
 	check_from_outside(root, kid, "before");
-	if (mlen)
-		wl_fail("%s", msg);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	const char *args = "--file-locks\n";
 	if (wl_write_file("dump-args", args, strlen(args)) < 0)
 		wl_fail("write dump-args: %s", strerror(errno));
@@ -204,13 +183,10 @@ int main(int argc, char **argv)
 
 	check_from_outside(root, kid, "after");
 	close(go[1]);
-	int st;
-	while (waitpid(kid, &st, 0) < 0)
-		if (errno != EINTR)
-			wl_fail("waitpid child: %s", strerror(errno));
+	int st = wl_waitpid(kid, "waitpid child");
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		add("the child ended with status %#x; ", st);
-	if (mlen)
-		wl_fail("%s", msg);
+		wl_add("the child ended with status %#x; ", st);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	wl_pass();
 }

@@ -50,18 +50,7 @@ static void send_rec(int fd, const struct rec *r)
 
 static int recv_rec(int fd, struct rec *r, int ms)
 {
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	int n;
-	do
-		n = poll(&p, 1, ms);
-	while (n < 0 && errno == EINTR);
-	if (n <= 0)
-		return -1;
-	ssize_t got;
-	do
-		got = read(fd, r, sizeof(*r));
-	while (got < 0 && errno == EINTR);
-	return got == (ssize_t)sizeof(*r) ? 0 : -1;
+	return wl_read_wait(fd, r, sizeof(*r), ms) == (ssize_t)sizeof(*r) ? 0 : -1;
 }
 
 static void run_long(int idx, pid_t root, pid_t pgid)
@@ -162,17 +151,12 @@ static int storm_progress(unsigned long from, unsigned long more, int ms)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
-	if (pipe(ready_pipe) < 0 || pipe(result_pipe) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_block_term();
+	wl_pipe(ready_pipe);
+	wl_pipe(result_pipe);
 	pid_t me = getpid();
 	for (int i = 0; i < NLONG; i++) {
-		pid_t pid = fork();
-		if (pid < 0)
-			wl_fail("fork: %s", strerror(errno));
+		pid_t pid = wl_fork();
 		if (pid == 0)
 			run_long(i, me, i == 1 ? getpid() : getpgid(0));
 		long_pids[i] = pid;

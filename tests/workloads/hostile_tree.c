@@ -116,25 +116,20 @@ static void child(void)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 	uint64_t *mem = malloc(MEMSZ);
 	if (!mem)
 		wl_fail("malloc");
 	for (size_t i = 0; i < MEMSZ / 8; i++)
 		mem[i] = wl_mix(i + 5);
-	if (pipe(ready_pipe) < 0 || pipe(data_pipe) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_pipe(ready_pipe);
+	wl_pipe(data_pipe);
 	unsigned char sent[INFLIGHT];
 	for (int i = 0; i < INFLIGHT; i++)
 		sent[i] = (unsigned char)(wl_mix((uint64_t)i + 99) & 0xff);
 	if (write(data_pipe[1], sent, INFLIGHT) != INFLIGHT)
 		wl_fail("write the data pipe: %s", strerror(errno));
-	pid_t c = fork();
-	if (c < 0)
-		wl_fail("fork: %s", strerror(errno));
+	pid_t c = wl_fork();
 	if (c == 0)
 		child();
 	for (int i = 0; i < 2; i++) {

@@ -584,10 +584,7 @@ int main(int argc, char **argv)
 	if (argc < 3)
 		wl_fail("usage: nested STATEDIR SPEC");
 	parse(argv[2]);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 	int rep[2];
 	if (pipe2(rep, O_CLOEXEC) < 0)
 		wl_fail("pipe: %s", strerror(errno));

@@ -11,8 +11,8 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	int blk[2], data[2];
-	if (pipe(blk) < 0 || pipe(data) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_pipe(blk);
+	wl_pipe(data);
 	unsigned char sent[INFLIGHT];
 	for (int i = 0; i < INFLIGHT; i++)
 		sent[i] = (unsigned char)(wl_mix((uint64_t)i + 77) & 0xff);

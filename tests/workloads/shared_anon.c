@@ -55,42 +55,13 @@ static size_t first_bad(const uint64_t *p, size_t from, size_t to, int which)
 	return (size_t)-1;
 }
 
-static char msg[2048];
-static size_t mlen;
-
-__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
-{
-	if (mlen >= sizeof(msg))
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	mlen += (size_t)vsnprintf(msg + mlen, sizeof(msg) - mlen, fmt, ap);
-	va_end(ap);
-}
-
 static void check_range(const char *who, const char *what, const uint64_t *p, size_t from,
 			size_t to, int which)
 {
 	size_t bad = first_bad(p, from, to, which);
 	if (bad != (size_t)-1)
-		add("%s: %s word %zu (byte %#zx) is %#llx, expected %#llx; ", who, what, bad,
+		wl_add("%s: %s word %zu (byte %#zx) is %#llx, expected %#llx; ", who, what, bad,
 		    bad * 8, (unsigned long long)p[bad], (unsigned long long)pat(which, bad));
-}
-
-static ssize_t rd(int fd, void *buf, size_t n, int ms)
-{
-	struct pollfd pf = {.fd = fd, .events = POLLIN};
-	int r;
-	do
-		r = poll(&pf, 1, ms);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		return -1;
-	ssize_t got;
-	do
-		got = read(fd, buf, n);
-	while (got < 0 && errno == EINTR);
-	return got;
 }
 
 static void child(int cmd_fd, int res_fd)
@@ -103,14 +74,14 @@ static void child(int cmd_fd, int res_fd)
 		_exit(10);
 	/* wait for the root's command (SIGTERM stays blocked) */
 	char c;
-	if (rd(cmd_fd, &c, 1, -1) != 1)
+	if (wl_read_wait(cmd_fd, &c, 1, -1) != 1)
 		_exit(11);
 	if (__atomic_load_n(&shared[o1], __ATOMIC_SEQ_CST) != V1)
-		add("child: shared word %zu is %#llx, expected the root's %#llx (not shared any "
+		wl_add("child: shared word %zu is %#llx, expected the root's %#llx (not shared any "
 		    "more?); ",
 		    o1, (unsigned long long)shared[o1], (unsigned long long)V1);
 	if (shared[o0] != V0)
-		add("child: its own marker (word %zu) is %#llx; ", o0,
+		wl_add("child: its own marker (word %zu) is %#llx; ", o0,
 		    (unsigned long long)shared[o0]);
 	check_range("child", "shared", shared, 0, words, PAT_S);
 	check_range("child", "private (first half, from before fork)", priv, 0, words / 2,
@@ -119,7 +90,7 @@ static void child(int cmd_fd, int res_fd)
 		    words, PAT_C);
 	__atomic_store_n(&shared[o2], V2, __ATOMIC_SEQ_CST);
 	char out[2048 + 1];
-	size_t n = (size_t)snprintf(out, sizeof(out), "%s", mlen ? msg : "OK");
+	size_t n = (size_t)snprintf(out, sizeof(out), "%s", wl_mlen ? wl_msg : "OK");
 	if (write(res_fd, out, n) != (ssize_t)n)
 		_exit(12);
 	_exit(0);
@@ -137,10 +108,7 @@ int main(int argc, char **argv)
 	o1 = words / 2 + 17;
 	o2 = words - 3;
 
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 
 	shared = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	priv = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -150,11 +118,9 @@ int main(int argc, char **argv)
 	fill(priv, 0, words, PAT_P);
 
 	int cmd[2], res[2];
-	if (pipe(cmd) < 0 || pipe(res) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t pid = fork();
-	if (pid < 0)
-		wl_fail("fork: %s", strerror(errno));
+	wl_pipe(cmd);
+	wl_pipe(res);
+	pid_t pid = wl_fork();
 	if (pid == 0) {
 		close(cmd[1]);
 		close(res[0]);
@@ -163,7 +129,7 @@ int main(int argc, char **argv)
 	close(cmd[0]);
 	close(res[1]);
 	char b;
-	if (rd(res[0], &b, 1, 10000) != 1)
+	if (wl_read_wait(res[0], &b, 1, 10000) != 1)
 		wl_fail("child not ready");
 	if (shared[o0] != V0)
 		wl_fail("before the dump: the child's marker is not visible in shared memory");
@@ -174,26 +140,26 @@ int main(int argc, char **argv)
 
 	check_range("root", "shared", shared, 0, words, PAT_S);
 	if (shared[o0] != V0)
-		add("root: the child's marker (word %zu) is %#llx, expected %#llx; ", o0,
+		wl_add("root: the child's marker (word %zu) is %#llx, expected %#llx; ", o0,
 		    (unsigned long long)shared[o0], (unsigned long long)V0);
 	check_range("root", "private (first quarter, written after fork)", priv, 0, words / 4,
 		    PAT_R);
 	check_range("root", "private (rest, from before fork)", priv, words / 4, words, PAT_P);
 	__atomic_store_n(&shared[o1], V1, __ATOMIC_SEQ_CST);
 	if (write(cmd[1], "g", 1) != 1)
-		add("root: write to the child's pipe: %s; ", strerror(errno));
+		wl_add("root: write to the child's pipe: %s; ", strerror(errno));
 	char out[2049];
-	ssize_t n = rd(res[0], out, sizeof(out) - 1, 10000);
+	ssize_t n = wl_read_wait(res[0], out, sizeof(out) - 1, 10000);
 	if (n <= 0) {
-		add("root: no result from the child (pid %d): %s; ", pid,
+		wl_add("root: no result from the child (pid %d): %s; ", pid,
 		    n < 0 ? "timeout or error" : "EOF");
 	} else {
 		out[n] = 0;
 		if (strcmp(out, "OK") != 0)
-			add("%s", out);
+			wl_add("%s", out);
 	}
 	if (__atomic_load_n(&shared[o2], __ATOMIC_SEQ_CST) != V2)
-		add("root: shared word %zu is %#llx, expected the child's %#llx (not shared any "
+		wl_add("root: shared word %zu is %#llx, expected the child's %#llx (not shared any "
 		    "more?); ",
 		    o2, (unsigned long long)shared[o2], (unsigned long long)V2);
 	int ws;
@@ -202,10 +168,10 @@ int main(int argc, char **argv)
 		w = waitpid(pid, &ws, 0);
 	while (w < 0 && errno == EINTR);
 	if (w != pid)
-		add("waitpid(child %d): %s; ", pid, strerror(errno));
+		wl_add("waitpid(child %d): %s; ", pid, strerror(errno));
 	else if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
-		add("child (pid %d) ended with status %#x; ", pid, ws);
-	if (mlen)
-		wl_fail("%s", msg);
+		wl_add("child (pid %d) ended with status %#x; ", pid, ws);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	wl_pass();
 }

@@ -24,18 +24,13 @@ int main(int argc, char **argv)
 	if (m == MAP_FAILED)
 		wl_fail("mmap: %s", strerror(errno));
 	m[0] = 42;
-	pid_t c = fork();
-	if (c < 0)
-		wl_fail("fork: %s", strerror(errno));
+	pid_t c = wl_fork();
 	if (c == 0) {
 		for (size_t i = FIRST * PG / 8; i < (LAST + 1) * PG / 8; i++)
 			m[i] = wl_mix(i);
 		_exit(0);
 	}
-	int st;
-	while (waitpid(c, &st, 0) < 0)
-		if (errno != EINTR)
-			wl_fail("waitpid: %s", strerror(errno));
+	int st = wl_waitpid(c, "waitpid");
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		wl_fail("the writer ended with status %#x", st);
 	/* Not in the root's page table (pagemap's present bit). */

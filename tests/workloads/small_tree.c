@@ -77,15 +77,9 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	int with_socket = argc > 2 && !strcmp(argv[2], "socket");
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
-	if (pipe(ready_pipe) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t c = fork();
-	if (c < 0)
-		wl_fail("fork: %s", strerror(errno));
+	sigset_t term = wl_block_term();
+	wl_pipe(ready_pipe);
+	pid_t c = wl_fork();
 	if (c == 0)
 		child(with_socket);
 	pid_t got[3] = {0, 0, 0};

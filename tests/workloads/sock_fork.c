@@ -49,11 +49,8 @@ int main(int argc, char **argv)
 	if (lst < 0 || bind(lst, (struct sockaddr *)&addr, alen) < 0 || listen(lst, 4) < 0)
 		wl_fail("listen: %s", strerror(errno));
 	int go[2];
-	if (pipe(go) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t child = fork();
-	if (child < 0)
-		wl_fail("fork: %s", strerror(errno));
+	wl_pipe(go);
+	pid_t child = wl_fork();
 	if (child == 0) {
 		close(st[0]);
 		close(dg[0]);
@@ -82,9 +79,7 @@ int main(int argc, char **argv)
 	close(st[1]);
 	close(dg[1]);
 	close(go[0]);
-	int a1 = accept(lst, NULL, NULL);
-	if (a1 < 0)
-		wl_fail("accept: %s", strerror(errno));
+	int a1 = wl_accept(lst, "accept");
 	put(st[0], "from parent");
 	put(dg[0], "parent datagram");
 	put(a1, "server says hi");
@@ -101,9 +96,7 @@ int main(int argc, char **argv)
 	if (write(go[1], "g", 1) != 1)
 		wl_fail("wake the child: %s", strerror(errno));
 	expect(st[0], "again", "parent stream after restore");
-	int a2 = accept(lst, NULL, NULL);
-	if (a2 < 0)
-		wl_fail("accept the pending connection: %s", strerror(errno));
+	int a2 = wl_accept(lst, "accept the pending connection");
 	expect(a2, "late client", "pending connection");
 	put(a2, "accepted late");
 	int status;

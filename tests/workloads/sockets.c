@@ -96,61 +96,22 @@ static int un_connect(const char *path, int abstract)
 	return fd;
 }
 
-static int tcp_listener(int family, int *port)
+/* The loopback address of `family` with `port`, in `ss`; returns its length. */
+static socklen_t loopback(int family, int port, struct sockaddr_storage *ss)
 {
-	int fd = socket(family, SOCK_STREAM, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1;
-	struct sockaddr_storage ss;
-	memset(&ss, 0, sizeof(ss));
-	socklen_t len;
+	memset(ss, 0, sizeof(*ss));
 	if (family == AF_INET) {
-		struct sockaddr_in *s = (struct sockaddr_in *)&ss;
-		s->sin_family = AF_INET;
-		s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		len = sizeof(*s);
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	} else {
-		struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
-		s->sin6_family = AF_INET6;
-		s->sin6_addr = in6addr_loopback;
-		len = sizeof(*s);
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	}
-	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 5) < 0) {
-		close(fd);
-		return -1;
-	}
-	len = sizeof(ss);
-	getsockname(fd, (struct sockaddr *)&ss, &len);
-	*port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-					: ((struct sockaddr_in6 *)&ss)->sin6_port);
-	return fd;
-}
-
-static int tcp_connect(int family, int port)
-{
-	int fd = socket(family, SOCK_STREAM, 0);
-	struct sockaddr_storage ss;
-	memset(&ss, 0, sizeof(ss));
-	socklen_t len;
-	if (family == AF_INET) {
-		struct sockaddr_in *s = (struct sockaddr_in *)&ss;
+		struct sockaddr_in *s = (struct sockaddr_in *)ss;
 		s->sin_family = AF_INET;
 		s->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		s->sin_port = htons((uint16_t)port);
-		len = sizeof(*s);
-	} else {
-		struct sockaddr_in6 *s = (struct sockaddr_in6 *)&ss;
-		s->sin6_family = AF_INET6;
-		s->sin6_addr = in6addr_loopback;
-		s->sin6_port = htons((uint16_t)port);
-		len = sizeof(*s);
+		return sizeof(*s);
 	}
-	if (fd < 0 || connect(fd, (struct sockaddr *)&ss, len) < 0)
-		wl_fail("tcp connect to port %d: %s", port, strerror(errno));
-	return fd;
+	struct sockaddr_in6 *s = (struct sockaddr_in6 *)ss;
+	s->sin6_family = AF_INET6;
+	s->sin6_addr = in6addr_loopback;
+	s->sin6_port = htons((uint16_t)port);
+	return sizeof(*s);
 }
 
 static int port_of(int fd)
@@ -162,6 +123,36 @@ static int port_of(int fd)
 	if (ss.ss_family == AF_INET)
 		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static int tcp_listener(int family, int *port)
+{
+	int fd = socket(family, SOCK_STREAM, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1;
+	struct sockaddr_storage ss;
+	socklen_t len = loopback(family, 0, &ss);
+	if (family == AF_INET)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	else
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 5) < 0) {
+		close(fd);
+		return -1;
+	}
+	*port = port_of(fd);
+	return fd;
+}
+
+static int tcp_connect(int family, int port)
+{
+	int fd = socket(family, SOCK_STREAM, 0);
+	struct sockaddr_storage ss;
+	socklen_t len = loopback(family, port, &ss);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&ss, len) < 0)
+		wl_fail("tcp connect to port %d: %s", port, strerror(errno));
+	return fd;
 }
 
 static int udp_bound(int *port)
@@ -212,9 +203,7 @@ int main(int argc, char **argv)
 	unlink(path);
 	int lis = un_listener(path, 0);
 	int cli = un_connect(path, 0);
-	int srv = accept(lis, NULL, NULL);
-	if (srv < 0)
-		wl_fail("accept: %s", strerror(errno));
+	int srv = wl_accept(lis, "accept");
 	send_or_die(cli, "to server", "named");
 	send_or_die(srv, "to client", "named");
 	int waiting = un_connect(path, 0);
@@ -222,9 +211,7 @@ int main(int argc, char **argv)
 	/* An abstract listener with a connected client. */
 	int alis = un_listener(abs_name, 1);
 	int acli = un_connect(abs_name, 1);
-	int asrv = accept(alis, NULL, NULL);
-	if (asrv < 0)
-		wl_fail("accept (abstract): %s", strerror(errno));
+	int asrv = wl_accept(alis, "accept (abstract)");
 	send_or_die(acli, "abstract hello", "abstract");
 
 	/* TCP listeners; IPv6 only if this namespace has ::1. */
@@ -249,9 +236,7 @@ int main(int argc, char **argv)
 	if (tcp) {
 		tl = tcp_listener(AF_INET, &tport);
 		tc = tcp_connect(AF_INET, tport);
-		ts = accept(tl, NULL, NULL);
-		if (ts < 0)
-			wl_fail("tcp accept: %s", strerror(errno));
+		ts = wl_accept(tl, "tcp accept");
 		close(tl);
 		send_or_die(tc, "tcp to server", "tcp");
 		send_or_die(ts, "tcp to client", "tcp");
@@ -293,14 +278,10 @@ int main(int argc, char **argv)
 	expect(srv, "to server", "named server");
 	expect(cli, "to client", "named client");
 	round_trip(cli, srv, "named");
-	int w = accept(lis, NULL, NULL);
-	if (w < 0)
-		wl_fail("accept of the waiting connection: %s", strerror(errno));
+	int w = wl_accept(lis, "accept of the waiting connection");
 	round_trip(waiting, w, "named (accepted after restore)");
 	int again = un_connect(path, 0);
-	int again_s = accept(lis, NULL, NULL);
-	if (again_s < 0)
-		wl_fail("accept of a new connection: %s", strerror(errno));
+	int again_s = wl_accept(lis, "accept of a new connection");
 	round_trip(again, again_s, "named (new)");
 	struct sockaddr_un got;
 	socklen_t gl = sizeof(got);
@@ -310,17 +291,13 @@ int main(int argc, char **argv)
 	expect(asrv, "abstract hello", "abstract");
 	round_trip(acli, asrv, "abstract");
 	int a2 = un_connect(abs_name, 1);
-	int a2s = accept(alis, NULL, NULL);
-	if (a2s < 0)
-		wl_fail("abstract accept after restore: %s", strerror(errno));
+	int a2s = wl_accept(alis, "abstract accept after restore");
 	round_trip(a2, a2s, "abstract (new)");
 
 	if (port_of(t4) != p4)
 		wl_fail("tcp v4 listener port %d, was %d", port_of(t4), p4);
 	int c4 = tcp_connect(AF_INET, p4);
-	int s4 = accept(t4, NULL, NULL);
-	if (s4 < 0)
-		wl_fail("tcp v4 accept after restore: %s", strerror(errno));
+	int s4 = wl_accept(t4, "tcp v4 accept after restore");
 	round_trip(c4, s4, "tcp v4 (new)");
 	getsockopt(t4, SOL_SOCKET, SO_REUSEADDR, &v, &ol);
 	if (!v)
@@ -332,9 +309,7 @@ int main(int argc, char **argv)
 		if (!v)
 			wl_fail("IPV6_V6ONLY lost");
 		int c6 = tcp_connect(AF_INET6, p6);
-		int s6 = accept(t6, NULL, NULL);
-		if (s6 < 0)
-			wl_fail("tcp v6 accept after restore: %s", strerror(errno));
+		int s6 = wl_accept(t6, "tcp v6 accept after restore");
 		round_trip(c6, s6, "tcp v6 (new)");
 	}
 

@@ -179,10 +179,7 @@ int main(int argc, char **argv)
 		wl_fail("thread count %d out of range 3..%d", nthreads, MAXT);
 
 	/* threads inherit SIGTERM blocked; only the main thread takes it */
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 
 	pthread_t th[MAXT];
 	for (int i = 0; i < nthreads; i++) {

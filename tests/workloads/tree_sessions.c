@@ -92,18 +92,7 @@ static void send_rec(int fd, int idx, const char *fmt, ...)
 /* Reads one record, waiting up to `ms`; returns 0, or -1 on timeout/error. */
 static int recv_rec(int fd, struct rec *r, int ms)
 {
-	struct pollfd p = {.fd = fd, .events = POLLIN};
-	int n;
-	do
-		n = poll(&p, 1, ms);
-	while (n < 0 && errno == EINTR);
-	if (n <= 0)
-		return -1;
-	ssize_t got;
-	do
-		got = read(fd, r, sizeof(*r));
-	while (got < 0 && errno == EINTR);
-	return got == (ssize_t)sizeof(*r) ? 0 : -1;
+	return wl_read_wait(fd, r, sizeof(*r), ms) == (ssize_t)sizeof(*r) ? 0 : -1;
 }
 
 /* "" if the task is what it remembers being, else the mismatches. */
@@ -219,12 +208,9 @@ static void run_node(int idx, pid_t parent_pgid, pid_t parent_sid)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
-	if (pipe(ready_pipe) < 0 || pipe(result_pipe) < 0)
-		wl_fail("pipe: %s", strerror(errno));
+	wl_block_term();
+	wl_pipe(ready_pipe);
+	wl_pipe(result_pipe);
 
 	pid_t me = getpid();
 	if (getsid(0) != me || getpgid(0) != me)

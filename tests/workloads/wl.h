@@ -13,12 +13,15 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 __attribute__((unused)) static const char *wl_dir = ".";
@@ -150,6 +153,87 @@ __attribute__((unused)) static void wl_wait_term(void)
 	while (!wl_term)
 		sigsuspend(&cur);
 	wl_after();
+}
+
+/* Block SIGTERM (it stays pending until unblocked or waited for); returns
+ * the set holding it. */
+__attribute__((unused)) static sigset_t wl_block_term(void)
+{
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, NULL);
+	return term;
+}
+
+/* fork(), failing the workload if it cannot. */
+__attribute__((unused)) static pid_t wl_fork(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		wl_fail("fork: %s", strerror(errno));
+	return pid;
+}
+
+/* pipe(), failing the workload if it cannot. */
+__attribute__((unused)) static void wl_pipe(int p[2])
+{
+	if (pipe(p) < 0)
+		wl_fail("pipe: %s", strerror(errno));
+}
+
+/* accept() a connection on `lis`, failing the workload with
+ * "<what>: <error>" if it cannot. */
+__attribute__((unused)) static int wl_accept(int lis, const char *what)
+{
+	int fd = accept(lis, NULL, NULL);
+	if (fd < 0)
+		wl_fail("%s: %s", what, strerror(errno));
+	return fd;
+}
+
+/* Wait for `pid` (retrying on EINTR) and return its status; fails the
+ * workload with "<what>: <error>" if waitpid fails. */
+__attribute__((unused)) static int wl_waitpid(pid_t pid, const char *what)
+{
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			wl_fail("%s: %s", what, strerror(errno));
+	return st;
+}
+
+/* Wait up to `ms` (-1: for ever) for `fd` to be readable, then read up to
+ * `n` bytes, retrying on EINTR; -1 on timeout or error. */
+__attribute__((unused)) static ssize_t wl_read_wait(int fd, void *buf, size_t n, int ms)
+{
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	int r;
+	do
+		r = poll(&pf, 1, ms);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return -1;
+	ssize_t got;
+	do
+		got = read(fd, buf, n);
+	while (got < 0 && errno == EINTR);
+	return got;
+}
+
+/* A report collected piece by piece with wl_add() (empty: all well). */
+__attribute__((unused)) static char wl_msg[4096];
+__attribute__((unused)) static size_t wl_mlen;
+
+/* Append to wl_msg (what does not fit is dropped). */
+__attribute__((format(printf, 1, 2), unused)) static void wl_add(const char *fmt, ...)
+{
+	if (wl_mlen >= sizeof(wl_msg))
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	wl_mlen += (size_t)vsnprintf(wl_msg + wl_mlen, sizeof(wl_msg) - wl_mlen, fmt, ap);
+	va_end(ap);
 }
 
 /* A 64-bit mixer (splitmix64 finaliser) for position dependent patterns. */

@@ -14,19 +14,6 @@
 
 #include <sys/wait.h>
 
-static char verdict[4096];
-static size_t vlen;
-
-__attribute__((format(printf, 1, 2))) static void add(const char *fmt, ...)
-{
-	if (vlen >= sizeof(verdict))
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vlen += (size_t)vsnprintf(verdict + vlen, sizeof(verdict) - vlen, fmt, ap);
-	va_end(ap);
-}
-
 /* This process's pid as /proc numbers it: not getpid() when the process
  * lives in a pid namespace of its own but /proc is the parent
  * namespace's (the `ns` flavor of the suite). */
@@ -129,40 +116,40 @@ static int wait_zombie(pid_t pid)
 }
 
 /* Checks zombie `pid` (code: CLD_EXITED or CLD_KILLED, with status) and
- * reaps it; failures go through add() prefixed with `what`. */
+ * reaps it; failures go through wl_add() prefixed with `what`. */
 static void check_zombie(const char *what, pid_t pid, int code, int status)
 {
 	pid_t ppid = 0;
 	char st = proc_stat(pid, &ppid);
 	if (st != 'Z')
-		add("%s (pid %d): /proc state %c, expected Z; ", what, pid, st);
+		wl_add("%s (pid %d): /proc state %c, expected Z; ", what, pid, st);
 	if (st == '?')
-		add("%s (pid %d): not found in /proc; ", what, pid);
+		wl_add("%s (pid %d): not found in /proc; ", what, pid);
 	if (st != '?' && ppid != proc_self())
-		add("%s (pid %d): /proc ppid %d, expected %d; ", what, pid, ppid, proc_self());
+		wl_add("%s (pid %d): /proc ppid %d, expected %d; ", what, pid, ppid, proc_self());
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
 	if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT | WNOHANG) < 0) {
-		add("%s (pid %d): waitid(WNOWAIT): %s; ", what, pid, strerror(errno));
+		wl_add("%s (pid %d): waitid(WNOWAIT): %s; ", what, pid, strerror(errno));
 		return;
 	}
 	if (si.si_pid != pid)
-		add("%s (pid %d): waitid(WNOWAIT|WNOHANG) found no zombie (si_pid %d); ", what, pid,
+		wl_add("%s (pid %d): waitid(WNOWAIT|WNOHANG) found no zombie (si_pid %d); ", what, pid,
 		    si.si_pid);
 	else if (si.si_code != code || si.si_status != status)
-		add("%s (pid %d): waitid si_code %d si_status %d, expected %d/%d; ", what, pid,
+		wl_add("%s (pid %d): waitid si_code %d si_status %d, expected %d/%d; ", what, pid,
 		    si.si_code, si.si_status, code, status);
 	int ws;
 	pid_t w = waitpid(pid, &ws, WNOHANG);
 	if (w != pid) {
-		add("%s (pid %d): waitpid returned %d (%s); ", what, pid, w,
+		wl_add("%s (pid %d): waitpid returned %d (%s); ", what, pid, w,
 		    w < 0 ? strerror(errno) : "not a zombie");
 		return;
 	}
 	if (code == CLD_EXITED && !(WIFEXITED(ws) && WEXITSTATUS(ws) == status))
-		add("%s (pid %d): wait status %#x, expected exit %d; ", what, pid, ws, status);
+		wl_add("%s (pid %d): wait status %#x, expected exit %d; ", what, pid, ws, status);
 	if (code == CLD_KILLED && !(WIFSIGNALED(ws) && WTERMSIG(ws) == status))
-		add("%s (pid %d): wait status %#x, expected killed by signal %d; ", what, pid, ws,
+		wl_add("%s (pid %d): wait status %#x, expected killed by signal %d; ", what, pid, ws,
 		    status);
 }
 
@@ -185,9 +172,9 @@ static void child_c(int ready_fd)
 	while (!wl_term)
 		sigsuspend(&cur);
 	check_zombie("grandchild", gc, CLD_EXITED, 7);
-	if (vlen) {
+	if (wl_mlen) {
 		/* tell the root what went wrong: exit code 20 + a line on stderr */
-		fprintf(stderr, "zombie child C: %s\n", verdict);
+		fprintf(stderr, "zombie child C: %s\n", wl_msg);
 		_exit(20);
 	}
 	_exit(0);
@@ -196,29 +183,19 @@ static void child_c(int ready_fd)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	sigset_t term;
-	sigemptyset(&term);
-	sigaddset(&term, SIGTERM);
-	sigprocmask(SIG_BLOCK, &term, NULL);
+	wl_block_term();
 
-	pid_t a = fork();
-	if (a < 0)
-		wl_fail("fork: %s", strerror(errno));
+	pid_t a = wl_fork();
 	if (a == 0)
 		_exit(42);
-	pid_t b = fork();
-	if (b < 0)
-		wl_fail("fork: %s", strerror(errno));
+	pid_t b = wl_fork();
 	if (b == 0) {
 		for (;;)
 			pause();
 	}
 	int p[2];
-	if (pipe(p) < 0)
-		wl_fail("pipe: %s", strerror(errno));
-	pid_t c = fork();
-	if (c < 0)
-		wl_fail("fork: %s", strerror(errno));
+	wl_pipe(p);
+	pid_t c = wl_fork();
 	if (c == 0) {
 		close(p[0]);
 		child_c(p[1]);
@@ -239,22 +216,22 @@ int main(int argc, char **argv)
 	check_zombie("child A (exit 42)", a, CLD_EXITED, 42);
 	check_zombie("child B (SIGKILL)", b, CLD_KILLED, SIGKILL);
 	if (kill(c, SIGTERM) < 0)
-		add("kill(child C pid %d): %s; ", c, strerror(errno));
+		wl_add("kill(child C pid %d): %s; ", c, strerror(errno));
 	int ws;
 	pid_t w;
 	do
 		w = waitpid(c, &ws, 0);
 	while (w < 0 && errno == EINTR);
 	if (w != c)
-		add("waitpid(child C pid %d): %s; ", c, strerror(errno));
+		wl_add("waitpid(child C pid %d): %s; ", c, strerror(errno));
 	else if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
-		add("child C (pid %d, with a zombie child) ended with status %#x (exit 20: its "
+		wl_add("child C (pid %d, with a zombie child) ended with status %#x (exit 20: its "
 		    "zombie is wrong, see its stderr); ",
 		    c, ws);
 	w = waitpid(-1, &ws, WNOHANG);
 	if (w != -1 || errno != ECHILD)
-		add("an unexpected child remains (waitpid(-1) = %d); ", w);
-	if (vlen)
-		wl_fail("%s", verdict);
+		wl_add("an unexpected child remains (waitpid(-1) = %d); ", w);
+	if (wl_mlen)
+		wl_fail("%s", wl_msg);
 	wl_pass();
 }
