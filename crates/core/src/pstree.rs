@@ -722,6 +722,12 @@ pub fn set_groups(
         }
         let pgid = e.pgid as i32;
         let exists = e.pgid == e.pid || std::path::Path::new(&format!("/proc/{pgid}")).exists();
+        let in_tree = |id: u32| entries.iter().any(|x| x.pid == id);
+        if !exists && !in_tree(e.pgid) && !in_tree(e.sid) {
+            // a group of a session from outside the tree (a shell job): it
+            // stays in the restorer's, as --shell-job does
+            continue;
+        }
         if !exists {
             let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
                 pid,
