@@ -217,6 +217,7 @@ fn dump_task(
     let pid = task.pid;
     let id = ids.vm_id;
     let status = procfs::read_status(pid).at(pid, "read status")?;
+    crate::task::check_seccomp(pid)?;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     let ip = t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
 
