@@ -204,9 +204,96 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     res
 }
 
+/// What the images say about the whole tree, read and checked.
+struct TreeImages {
+    imgs: Vec<TaskImage>,
+    users: UsernsGraph,
+    others: ns::other::OtherGraph,
+    pidns: ns::pid::PidnsGraph,
+}
+
 fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     check_inventory(dir)?;
+    let mut files = RestoreFiles::read(dir)?;
+    files.socks.shell_job = opts.shell_job;
+    let ti = read_tree_images(dir)?;
+    let imgs = &ti.imgs;
+    // crest's helpers take their pids from a range the tree does not use,
+    // so none holds a pid a task is yet to get (pids wrap at pid_max).
+    let tids: Vec<i32> = imgs
+        .iter()
+        .flat_map(|i| i.cores.iter().map(|c| c.0))
+        .collect();
+    let spare = pstree::spare_pids(&tids);
+    pstree::steer_pids(spare);
+    // The namespaces first, held by helpers until every task has entered
+    // its own.
+    let userns = ns::user::Helpers::build(&ti.users)?;
+    let mut others_h = ns::other::Helpers::build(&ti.others, &userns, &opts.external)?;
+    crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
+
+    // Fork the tree: every task from its parent, with its pid.
+    let mut writers = ns::pid::Writers::new(spare);
+    let Forked {
+        mut tasks,
+        cur_userns,
+        made_time,
+    } = fork_tree(&ti, &userns, &mut writers)?;
+    // How each task's threads get their ids: they are made after the task
+    // moved into its own user namespace.
+    let thread_levels = (0..imgs.len())
+        .map(|k| levels_of(&ti, k, imgs[k].ids.user_ns_id.unwrap_or(1)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Cgroups, crest's files within reach, the mounts of mount namespaces.
+    before_transform(opts, &ti, &mut tasks, &userns, &mut others_h)?;
+
+    // Transform every live task, make its threads, set its threads' state.
+    let mut ctx = TreeCtx {
+        dir,
+        users: &ti.users,
+        userns: &userns,
+        made_time,
+        others: &ti.others,
+        others_h: &others_h,
+        files: &mut files,
+        shared: mm::restore::SharedAnon::new(),
+        threads: Vec::new(),
+        writers: &mut writers,
+    };
+    for k in 0..imgs.len() {
+        let Some(t) = tasks[k].as_mut() else { continue };
+        let shares_files =
+            k > 0 && imgs[k].ids.files_id == imgs[parent_index(imgs, k)?].ids.files_id;
+        let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(imgs, k)?].ids.fs_id;
+        transform(
+            t,
+            &imgs[k],
+            &mut ctx,
+            (shares_files, shares_fs),
+            cur_userns[k],
+            thread_levels[k],
+        )?;
+    }
+
+    // Let everyone go, threads before their leaders (the leader's release
+    // unmaps the work area they were injected through).
+    for th in ctx.threads {
+        th.release().rat(0, "let a thread go")?;
+    }
+    let root_pid = imgs[0].pid();
+    for (k, t) in tasks.into_iter().enumerate() {
+        if let Some(t) = t {
+            t.release().rat(imgs[k].pid(), "let the task go")?;
+        }
+    }
+    crate::info!("tree of {root_pid} restored and running");
+    Ok(Restored { root_pid })
+}
+
+/// Reads `pstree.img`, every task's images and the namespace graphs.
+fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let threads: usize = tree.iter().map(|e| e.threads.len().max(1)).sum();
     if tree.len() > MAX_TASKS || threads > MAX_TASKS {
@@ -224,9 +311,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         file: names::PSTREE.into(),
         what,
     })?;
-    let mut files = RestoreFiles::read(dir)?;
-    files.socks.shell_job = opts.shell_job;
-    let mut imgs = order
+    let imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -254,55 +339,61 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             file: names::CREST_NS.into(),
             what,
         })?;
-    let imgs = std::mem::take(&mut imgs);
-    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
-    // The user namespace tree first, held by helpers until every task
-    // has entered its namespace.
-    // crest's helpers take their pids from a range the tree does not use,
-    // so none holds a pid a task is yet to get (pids wrap at pid_max).
-    let tids: Vec<i32> = imgs
-        .iter()
-        .flat_map(|i| i.cores.iter().map(|c| c.0))
-        .collect();
-    let spare = pstree::spare_pids(&tids);
-    pstree::steer_pids(spare);
-    let userns = ns::user::Helpers::build(&users)?;
-    let mut others_h = ns::other::Helpers::build(&others, &userns, &opts.external)?;
-    crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
+    Ok(TreeImages {
+        imgs,
+        users,
+        others,
+        pidns,
+    })
+}
 
-    // Fork the tree: every task from its parent, with its pid.
+/// The init of pid namespace `n` (crest's view).
+fn init_of(imgs: &[TaskImage], n: u32) -> Option<i32> {
+    imgs.iter()
+        .find(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
+        .map(TaskImage::pid)
+}
+
+/// How task `k`'s pid levels are set when it is forked (or makes threads)
+/// inside user namespace `userns`.
+fn levels_of(ti: &TreeImages, k: usize, userns: u32) -> Result<ns::pid::Levels, RestoreError> {
+    let init = |n: u32| init_of(&ti.imgs, n);
+    ti.pidns
+        .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init)
+        .map_err(|what| RestoreError::Unsupported {
+            pid: ti.imgs[k].pid(),
+            what,
+        })
+}
+
+/// The tree forked, before any task is transformed.
+struct Forked {
+    tasks: Vec<Option<Tracee>>,
+    /// The user namespace each task is in while it is restored: crest's
+    /// (1) but for tasks forked inside a nested one.
+    cur_userns: Vec<u32>,
+    /// Time namespaces that a task made for its children (unshare without
+    /// fork), made again by it: its children got them at fork.
+    made_time: std::collections::HashSet<u32>,
+}
+
+/// Forks every task from its parent with its pid (the root from crest),
+/// puts them in their sessions and groups, and ends the zombies.
+fn fork_tree(
+    ti: &TreeImages,
+    userns: &ns::user::Helpers,
+    writers: &mut ns::pid::Writers,
+) -> Result<Forked, RestoreError> {
+    let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
+    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
     let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
-    // The user namespace each task is in while it is restored: crest's (1)
-    // but for tasks forked inside a nested one (see fork_init_in_userns).
     let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
-    // Time namespaces that a task made for its children (unshare without
-    // fork), made again by it: its children get them at fork.
     let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
-    // Middle pid levels a task's own user namespace has no rights over.
-    let mut writers = ns::pid::Writers::new(spare);
-    let init_of = |n: u32| {
-        imgs.iter()
-            .find(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
-            .map(TaskImage::pid)
-    };
-    let levels_of = |k: usize, userns: u32| {
-        pidns
-            .levels(imgs[k].ids.pid_ns_id, userns, &users, &init_of)
-            .map_err(|what| RestoreError::Unsupported {
-                pid: imgs[k].pid(),
-                what,
-            })
-    };
-    // How each task's threads get their ids: they are made after the task
-    // moved into its own user namespace.
-    let thread_levels = (0..imgs.len())
-        .map(|k| levels_of(k, imgs[k].ids.user_ns_id.unwrap_or(1)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let root_new_pidns = new_pidns(&imgs, &pidns, 0, None)?;
+    let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
     tasks.push(Some(spawn_root(&imgs[0], root_new_pidns)?));
     for k in 1..imgs.len() {
-        let p = parent_index(&imgs, k)?;
+        let p = parent_index(imgs, k)?;
         let share = (
             imgs[k].ids.files_id == imgs[p].ids.files_id,
             imgs[k].ids.fs_id == imgs[p].ids.fs_id,
@@ -313,9 +404,9 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .as_ref()
             .and_then(|tc| tc.child_subreaper)
             .unwrap_or(false);
-        let fresh = new_pidns(&imgs, &pidns, k, Some(p))?;
+        let fresh = new_pidns(imgs, pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
-        if let Some(owner) = time_owner(&imgs[p], &others, &made_time) {
+        if let Some(owner) = time_owner(&imgs[p], others, &made_time) {
             // The time namespace it made for its children is owned by a
             // user namespace it has still to enter: it moves there now, so
             // that its unshare makes the namespace owned by it.
@@ -337,7 +428,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             }
         }
         cur_userns[k] = cur_userns[p];
-        make_time_for_children(&imgs[p], &others, tasks[p].as_mut(), &mut made_time)?;
+        make_time_for_children(&imgs[p], others, tasks[p].as_mut(), &mut made_time)?;
         let owner = imgs[k]
             .ids
             .pid_ns_id
@@ -358,7 +449,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             tasks.push(Some(child));
             continue;
         }
-        let levels = levels_of(k, cur_userns[p])?;
+        let levels = levels_of(ti, k, cur_userns[p])?;
         let how = pstree::ForkHow {
             set_tid: &set_tid,
             share_files: share.0,
@@ -380,10 +471,18 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let inner_pgids: Vec<u32> = imgs.iter().map(TaskImage::inner_pgid).collect();
     pstree::set_groups(&mut tasks, &mut helpers, &entries, &inner_pgids)?;
-    set_pid_for_children(&imgs, &mut tasks)?;
+    set_pid_for_children(imgs, &mut tasks)?;
     helpers.finish(&mut tasks)?;
+    end_zombies(imgs, &mut tasks)?;
+    Ok(Forked {
+        tasks,
+        cur_userns,
+        made_time,
+    })
+}
 
-    // Zombies end now, with their exit status.
+/// Zombies end now, with their exit status.
+fn end_zombies(imgs: &[TaskImage], tasks: &mut [Option<Tracee>]) -> Result<(), RestoreError> {
     for k in 1..imgs.len() {
         let Some(tc) = imgs[k].cores[0].1.tc.as_ref() else {
             continue;
@@ -391,7 +490,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         if imgs[k].live.is_some() {
             continue;
         }
-        let p = parent_index(&imgs, k)?;
+        let p = parent_index(imgs, k)?;
         let (Some(t), status) = (tasks[k].take(), tc.exit_code as i32) else {
             continue;
         };
@@ -400,17 +499,29 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
         pstree::make_zombie(t, status, &tc.comm, parent)?;
     }
+    Ok(())
+}
 
-    // Tasks of cgroup namespaces of the tree's own go back to their cgroups
-    // (threads made later follow their leader).
-    for (pid, path) in ns::cgroup::read_members(dir)? {
+/// What comes between the fork and the transforms: tasks of cgroup
+/// namespaces back in their cgroups, every task given a way to crest's
+/// files, and the mounts of mount namespaces replayed before any task
+/// reopens files in them.
+fn before_transform(
+    opts: &RestoreOptions,
+    ti: &TreeImages,
+    tasks: &mut [Option<Tracee>],
+    userns: &ns::user::Helpers,
+    others_h: &mut ns::other::Helpers,
+) -> Result<(), RestoreError> {
+    let imgs = &ti.imgs;
+    // (threads made later follow their leader)
+    for (pid, path) in ns::cgroup::read_members(&opts.dir)? {
         if imgs.iter().any(|i| i.pid() == pid && i.live.is_some()) {
             ns::cgroup::move_to(pid, &path)?;
         }
     }
-
-    // Every task keeps a way to crest's files (/proc, the images) while
-    // it is in other mount namespaces, numbered above its future fds.
+    // crest's /proc and the images stay within reach while a task is in
+    // other mount namespaces: an fd numbered above its future fds
     for (k, t) in tasks.iter_mut().enumerate() {
         let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
             continue;
@@ -423,60 +534,17 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .unwrap_or(0);
         mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
     }
-
-    // Mount namespaces get their mounts back, replayed from inside by one
-    // of their tasks, before any task reopens files in them.
     let mnt_externals = ns::mnt::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
     let how = ns::mnt::Replay {
         root: root.as_deref(),
         externals: &mnt_externals,
     };
-    for id in others.mount_order() {
-        others_h.replay_mounts(&others, id, &userns, &init_of, &how)?;
+    let init = |n: u32| init_of(imgs, n);
+    for id in ti.others.mount_order() {
+        others_h.replay_mounts(&ti.others, id, userns, &init, &how)?;
     }
-
-    // Transform every live task, make its threads, set its threads' state.
-    let mut ctx = TreeCtx {
-        dir,
-        users: &users,
-        userns: &userns,
-        made_time,
-        others: &others,
-        others_h: &others_h,
-        files: &mut files,
-        shared: mm::restore::SharedAnon::new(),
-        threads: Vec::new(),
-        writers: &mut writers,
-    };
-    for k in 0..imgs.len() {
-        let Some(t) = tasks[k].as_mut() else { continue };
-        let shares_files =
-            k > 0 && imgs[k].ids.files_id == imgs[parent_index(&imgs, k)?].ids.files_id;
-        let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(&imgs, k)?].ids.fs_id;
-        transform(
-            t,
-            &imgs[k],
-            &mut ctx,
-            (shares_files, shares_fs),
-            cur_userns[k],
-            thread_levels[k],
-        )?;
-    }
-
-    // Let everyone go, threads before their leaders (the leader's release
-    // unmaps the work area they were injected through).
-    for th in ctx.threads {
-        th.release().rat(0, "let a thread go")?;
-    }
-    let root_pid = imgs[0].pid();
-    for (k, t) in tasks.into_iter().enumerate() {
-        if let Some(t) = t {
-            t.release().rat(imgs[k].pid(), "let the task go")?;
-        }
-    }
-    crate::info!("tree of {root_pid} restored and running");
-    Ok(Restored { root_pid })
+    Ok(())
 }
 
 /// A task whose children go to a time namespace of their own makes it

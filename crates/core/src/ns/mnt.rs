@@ -23,12 +23,14 @@
 //! (a `crest_fs_entry` per file, a regular file's bytes after its entry).
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crest_images::pb::crest::{CrestFsEntry, CrestMntNsHead, CrestMountEntry};
+pub mod tmpfs;
+
+use crest_images::pb::crest::{CrestMntNsHead, CrestMountEntry};
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+pub use tmpfs::FsItem;
 
 /// A mount as a mountinfo line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,17 +151,6 @@ pub fn mnt_externals(list: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Largest tmpfs crest copies, and most files in one.
-const MAX_TMPFS_BYTES: u64 = 1 << 30;
-const MAX_TMPFS_FILES: usize = 1 << 20;
-
-/// A file of a tmpfs, with its bytes (dump) or where they are (restore).
-#[derive(Debug, Clone)]
-pub struct FsItem {
-    pub entry: CrestFsEntry,
-    pub data: Vec<u8>,
-}
-
 /// One mount namespace's mounts.
 #[derive(Debug, Clone, Default)]
 pub struct MntNs {
@@ -177,7 +168,7 @@ pub struct MntNs {
     pub base: Option<u32>,
 }
 
-fn refuse(pid: i32, what: String) -> DumpError {
+pub(super) fn refuse(pid: i32, what: String) -> DumpError {
     DumpError::Unsupported { pid, what }
 }
 
@@ -270,7 +261,7 @@ pub fn collect(
         } else if NEW_KINDS.contains(&m.fstype.as_str()) {
             e.kind = NEW;
             if m.fstype == "tmpfs" || m.fstype == "ramfs" {
-                let items = read_tree(pid, &m.mountpoint)?;
+                let items = tmpfs::read_tree(pid, &m.mountpoint)?;
                 out.contents.insert(m.id, items);
                 e.has_contents = Some(true);
             }
@@ -340,81 +331,6 @@ fn bind_source(earlier: &[MountInfo], m: &MountInfo) -> Option<String> {
         })
 }
 
-/// The files of the filesystem mounted at `mountpoint` in `pid`'s
-/// namespace, parents first, not crossing into other mounts.
-fn read_tree(pid: i32, mountpoint: &str) -> Result<Vec<FsItem>, DumpError> {
-    let base = format!("/proc/{pid}/root{mountpoint}");
-    let top = std::fs::symlink_metadata(&base).at(pid, "stat a tmpfs")?;
-    let mut out = Vec::new();
-    let mut total = 0u64;
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let path = if rel.is_empty() {
-            base.clone()
-        } else {
-            format!("{base}/{rel}")
-        };
-        let meta = std::fs::symlink_metadata(&path).at(pid, "stat a file on a tmpfs")?;
-        let ft = meta.file_type();
-        let mut e = CrestFsEntry {
-            path: rel.clone(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            size: None,
-            target: None,
-            mtime_sec: Some(meta.mtime()),
-            mtime_nsec: Some(meta.mtime_nsec() as u32),
-        };
-        let mut data = Vec::new();
-        if ft.is_dir() {
-            if meta.dev() == top.dev() {
-                let mut names: Vec<String> = std::fs::read_dir(&path)
-                    .at(pid, "list a tmpfs directory")?
-                    .filter_map(|d| d.ok())
-                    .map(|d| d.file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort_unstable_by(|a, b| b.cmp(a));
-                for n in names {
-                    stack.push(if rel.is_empty() {
-                        n
-                    } else {
-                        format!("{rel}/{n}")
-                    });
-                }
-            }
-        } else if ft.is_file() {
-            total += meta.len();
-            if total > MAX_TMPFS_BYTES {
-                return Err(refuse(
-                    pid,
-                    format!("a tmpfs at {mountpoint} holding more than {MAX_TMPFS_BYTES} bytes"),
-                ));
-            }
-            data = std::fs::read(&path).at(pid, "read a file on a tmpfs")?;
-            e.size = Some(data.len() as u64);
-        } else if ft.is_symlink() {
-            let t = std::fs::read_link(&path).at(pid, "read a symlink on a tmpfs")?;
-            e.target = Some(t.to_string_lossy().into_owned());
-        } else if ft.is_socket() {
-            continue; // a socket restore binds again makes its own
-        } else if !ft.is_fifo() {
-            return Err(refuse(
-                pid,
-                format!("a device node {mountpoint}/{rel} on a tmpfs"),
-            ));
-        }
-        out.push(FsItem { entry: e, data });
-        if out.len() > MAX_TMPFS_FILES {
-            return Err(refuse(
-                pid,
-                format!("a tmpfs at {mountpoint} with over {MAX_TMPFS_FILES} files"),
-            ));
-        }
-    }
-    Ok(out)
-}
-
 /// Writes `crest-mnt-<id>.img` and the tmpfs images.
 pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
     let mut w = ImageWriter::create(dir, &names::crest_mnt(id), magic::CREST_MNT)?;
@@ -429,19 +345,9 @@ pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
     }
     w.finish()?;
     for (mnt, items) in &ns.contents {
-        let mut w = ImageWriter::create(dir, &names::crest_tmpfs(id, *mnt), magic::CREST_TMPFS)?;
-        for it in items {
-            w.write_entry(&it.entry)?;
-            w.write_payload(&it.data)?;
-        }
-        w.finish()?;
+        tmpfs::write(dir, id, *mnt, items)?;
     }
     Ok(())
-}
-
-/// A path component crest accepts from an image: no separators, no dots.
-fn safe_component(c: &str) -> bool {
-    !c.is_empty() && c != "." && c != ".." && !c.contains('\0')
 }
 
 /// Reads a mount namespace's images back, bounding every count and size.
@@ -500,7 +406,7 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
             return Err(bad(&name, format!("new mount of {:?}", m.fstype)));
         }
         if m.has_contents == Some(true) {
-            let items = read_contents(dir, id, m.mnt_id)?;
+            let items = tmpfs::read_contents(dir, id, m.mnt_id)?;
             ns.contents.insert(m.mnt_id, items);
         }
         ns.mounts.push(m);
@@ -512,34 +418,6 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
         ));
     }
     Ok(ns)
-}
-
-fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreError> {
-    let name = names::crest_tmpfs(id, mnt);
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
-        file: name.clone(),
-        what,
-    };
-    let mut r = ImageReader::open(dir, &name, magic::CREST_TMPFS)?;
-    let mut items = Vec::new();
-    let mut total = 0u64;
-    while let Some(e) = r.next_entry::<CrestFsEntry>()? {
-        if items.len() >= MAX_TMPFS_FILES {
-            return Err(bad("too many files".into()));
-        }
-        if !e.path.is_empty() && !e.path.split('/').all(safe_component) {
-            return Err(bad(format!("a file named {:?}", e.path)));
-        }
-        let size = e.size.unwrap_or(0);
-        total += size;
-        if total > MAX_TMPFS_BYTES {
-            return Err(bad(format!("more than {MAX_TMPFS_BYTES} bytes")));
-        }
-        let data = r.read_payload(size)?;
-        items.push(FsItem { entry: e, data });
-    }
-    Ok(items)
 }
 
 // ---- restore ------------------------------------------------------------
@@ -618,7 +496,7 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
         crate::debug!("pid {pid} mounts {} at {}", m.fstype, m.mountpoint);
         mount_one(t, m, "", how)?;
         if let Some(items) = ns.contents.get(&m.mnt_id) {
-            fill_tree(pid, &m.mountpoint, items)?;
+            tmpfs::fill_tree(pid, &m.mountpoint, items)?;
         }
     }
     for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
@@ -660,7 +538,7 @@ fn replay_pivoted(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Re
         crate::debug!("pid {pid} mounts {} at {root}{}", m.fstype, m.mountpoint);
         mount_one(t, m, root, how)?;
         if let Some(items) = ns.contents.get(&m.mnt_id) {
-            fill_tree(pid, &format!("{root}{}", m.mountpoint), items)?;
+            tmpfs::fill_tree(pid, &format!("{root}{}", m.mountpoint), items)?;
         }
     }
     let a = put_strs(t, &[root, ".", "/"])?;
@@ -805,153 +683,15 @@ fn mount_one(
     Ok(())
 }
 
-/// Recreates the files of a tmpfs mounted at `mountpoint` in `pid`'s
-/// namespace, every path resolved beneath the mount's root.
-fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), RestoreError> {
-    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
-    let base = format!("/proc/{pid}/root{mountpoint}");
-    let io = |what: String| {
-        move |e: std::io::Error| RestoreError::Unsupported {
-            pid,
-            what: format!("{what}: {e}"),
-        }
-    };
-    let root = rfs::open(
-        &base,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io(format!("open {base}"))(e.into()))?;
-    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS;
-    // Directories' times last, after their files are in.
-    let mut dir_times = Vec::new();
-    for it in items {
-        let e = &it.entry;
-        let (parent_path, name) = match e.path.rsplit_once('/') {
-            Some((p, n)) => (p, n),
-            None => ("", e.path.as_str()),
-        };
-        let parent = if parent_path.is_empty() {
-            rfs::openat2(
-                &root,
-                ".",
-                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                beneath,
-            )
-        } else {
-            rfs::openat2(
-                &root,
-                parent_path,
-                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                beneath,
-            )
-        }
-        .map_err(|er| io(format!("open {mountpoint}/{parent_path}"))(er.into()))?;
-        let perm = Mode::from_raw_mode(e.mode & 0o7777);
-        let fmt = e.mode & libc::S_IFMT;
-        let here = format!("{mountpoint}/{}", e.path);
-        if e.path.is_empty() {
-            // The mount's root: only owner, mode and times.
-        } else if fmt == libc::S_IFDIR {
-            rfs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
-                .or_else(|er| {
-                    if er == rustix::io::Errno::EXIST {
-                        Ok(())
-                    } else {
-                        Err(er)
-                    }
-                })
-                .map_err(|er| io(format!("mkdir {here}"))(er.into()))?;
-        } else if fmt == libc::S_IFREG {
-            let fd = rfs::openat(
-                &parent,
-                name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(|er| io(format!("create {here}"))(er.into()))?;
-            let mut f = std::fs::File::from(fd);
-            use std::io::Write;
-            f.write_all(&it.data).map_err(io(format!("write {here}")))?;
-        } else if fmt == libc::S_IFLNK {
-            let target = e.target.as_deref().unwrap_or("");
-            rfs::symlinkat(target, &parent, name)
-                .map_err(|er| io(format!("symlink {here}"))(er.into()))?;
-        } else if fmt == libc::S_IFIFO {
-            rfs::mknodat(
-                &parent,
-                name,
-                rfs::FileType::Fifo,
-                Mode::from_raw_mode(0o600),
-                0,
-            )
-            .map_err(|er| io(format!("mkfifo {here}"))(er.into()))?;
-        } else {
-            return Err(RestoreError::BadImage {
-                pid,
-                file: format!("crest-tmpfs image of {mountpoint}"),
-                what: format!("{:?} of mode {:o}", e.path, e.mode),
-            });
-        }
-        let (at, nm) = if e.path.is_empty() {
-            (&root, ".")
-        } else {
-            (&parent, name)
-        };
-        rfs::chownat(
-            at,
-            nm,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            rfs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|er| io(format!("chown {here}"))(er.into()))?;
-        if fmt != libc::S_IFLNK {
-            rfs::chmodat(at, nm, perm, rfs::AtFlags::empty())
-                .map_err(|er| io(format!("chmod {here}"))(er.into()))?;
-        }
-        if let (Some(s), Some(n)) = (e.mtime_sec, e.mtime_nsec) {
-            let ts = rfs::Timestamps {
-                last_access: rfs::Timespec {
-                    tv_sec: s,
-                    tv_nsec: n.into(),
-                },
-                last_modification: rfs::Timespec {
-                    tv_sec: s,
-                    tv_nsec: n.into(),
-                },
-            };
-            if fmt == libc::S_IFDIR {
-                dir_times.push((e.path.clone(), ts));
-            } else {
-                let _ = rfs::utimensat(at, nm, &ts, rfs::AtFlags::SYMLINK_NOFOLLOW);
-            }
-        }
-    }
-    for (path, ts) in dir_times.into_iter().rev() {
-        let p = if path.is_empty() {
-            ".".to_string()
-        } else {
-            path
-        };
-        if let Ok(d) = rfs::openat2(
-            &root,
-            &p,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            beneath,
-        ) {
-            let _ = rfs::utimensat(&d, ".", &ts, rfs::AtFlags::empty());
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unescapes() {
+        assert_eq!(unescape("a\\040b\\134"), "a b\\");
+        assert_eq!(unescape("end\\04"), "end\\04");
+    }
 
     const SAMPLE: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -1009,15 +749,5 @@ mod tests {
             ..CrestMountEntry::default()
         };
         assert_eq!(data_of(&p), "gid=5,mode=620");
-    }
-
-    #[test]
-    fn unsafe_components_are_refused() {
-        for bad in ["", ".", "..", "a\0b"] {
-            assert!(!safe_component(bad), "{bad:?}");
-        }
-        assert!(safe_component("file.txt"));
-        assert_eq!(unescape("a\\040b\\134"), "a b\\");
-        assert_eq!(unescape("end\\04"), "end\\04");
     }
 }
