@@ -4,15 +4,15 @@
 //! `crest-ns.img`; its state in CRIU's image for it where there is one
 //! (`utsns-<id>.img`). Restore creates each one in a helper task that is
 //! inside the owning user namespace (so `NS_GET_USERNS` answers the same),
-//! sets its state there, and every task enters it at the end, before its
-//! user namespace.
+//! sets its state there, and every task enters it at the start of its
+//! transform (its user namespace comes last).
 //!
-//! Supported today: uts (host and domain name); ipc with its SysV objects;
-//! net as far as it can be rebuilt from inside (see `net`); time (clock
-//! offsets); mnt whose mounts are those of crest's namespace (a copy, as
-//! `unshare -m` makes). Anything else — cgroup namespaces, SysV objects,
-//! devices crest cannot make, changed mounts — fails the dump with a message
-//! saying so (issue 6), never a silent restore into crest's.
+//! Kinds and their rooms: uts (host and domain name, here); ipc with its
+//! SysV objects and POSIX queues (`ipc`); net as far as it can be rebuilt
+//! from inside (`net`); time (clock offsets, here); mnt with its changes
+//! against the namespace it was copied from (`mnt`); cgroup v2 (`cgroup`).
+//! What crest cannot rebuild fails the dump with a message saying so,
+//! never a silent restore into crest's namespaces.
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
