@@ -296,6 +296,22 @@ fn clone_in(
     clone_levels(parent, pid, tid, &[tid], flags, exit_signal)
 }
 
+/// The error of an injected `clone3` that returned `r` for task `pid`: a
+/// pid in `set_tid` taken, or another failure.
+fn clone3_result(r: i64, pid: i32, set_tid: &[i32], ppid: i32) -> Result<(), RestoreError> {
+    if r == -i64::from(libc::EEXIST) {
+        return Err(RestoreError::PidTaken { pid });
+    }
+    if r < 0 {
+        return Err(RestoreError::Io {
+            pid,
+            step: format!("clone3 with set_tid {set_tid:?} in parent {ppid}"),
+            source: std::io::Error::from_raw_os_error(-r as i32),
+        });
+    }
+    Ok(())
+}
+
 /// Injects `clone3` into `parent` with `set_tid` giving the new task's id
 /// at each pid namespace level, innermost first; `pid` and `tid` are its
 /// ids in crest's namespace (crest traces it by them).
@@ -319,16 +335,7 @@ pub fn clone_levels(
     let got = parent
         .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
         .rat(ppid, "clone3")?;
-    if got == -i64::from(libc::EEXIST) {
-        return Err(RestoreError::PidTaken { pid: tid });
-    }
-    if got < 0 {
-        return Err(RestoreError::Io {
-            pid: tid,
-            step: format!("clone3 with set_tid {set_tid:?} in parent {ppid}"),
-            source: std::io::Error::from_raw_os_error(-got as i32),
-        });
-    }
+    clone3_result(got, tid, set_tid, ppid)?;
     if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
         return Err(RestoreError::Unsupported {
             pid: tid,
@@ -381,16 +388,7 @@ pub(crate) fn clone_levels_with(
         let r = parent
             .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
             .rat(ppid, "clone3")?;
-        if r == -i64::from(libc::EEXIST) {
-            return Err(RestoreError::PidTaken { pid: want });
-        }
-        if r < 0 {
-            return Err(RestoreError::Io {
-                pid: want,
-                step: format!("clone3 with set_tid {inner:?} in {ppid}"),
-                source: std::io::Error::from_raw_os_error(-r as i32),
-            });
-        }
+        clone3_result(r, want, inner, ppid)?;
         let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
             pid: ppid,
             what: "a clone that reported no new task".into(),
@@ -834,11 +832,15 @@ mod tests {
 /// The first pid of the widest run of pids below `pid_max` that none of
 /// `taken` is in (crest's helpers are steered there).
 pub fn spare_pids(taken: &[i32]) -> i32 {
-    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+    spare_in(taken, pid_max())
+}
+
+/// `kernel/pid_max`.
+pub fn pid_max() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    spare_in(taken, max)
+        .unwrap_or(32768)
 }
 
 fn spare_in(taken: &[i32], max: i32) -> i32 {

@@ -722,10 +722,8 @@ impl Helpers {
             if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) {
                 continue; // a copy of another of the tree's: made at replay
             }
-            let pid =
-                spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a namespace helper")?;
-            let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a namespace helper")?;
-            t.use_vdso_syscall().rat(pid, "helper syscall")?;
+            let mut t = super::pid::spawn_helper(&[])?;
+            let pid = t.pid();
             if let Some(root) = &n.cgroup_root {
                 // A cgroup namespace is rooted where its creator is.
                 super::cgroup::move_to(pid, root)?;
@@ -801,10 +799,8 @@ impl Helpers {
                     file: names::crest_mnt(id),
                     what: format!("a copy of mount namespace {b}, which is not made"),
                 })?;
-            let pid =
-                spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a namespace helper")?;
-            let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a namespace helper")?;
-            t.use_vdso_syscall().rat(pid, "helper syscall")?;
+            let mut t = super::pid::spawn_helper(&[])?;
+            let pid = t.pid();
             open_crest_root(&mut t, 64)?;
             let fd = open_crest_side(&mut t, &format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWNS as u64]);
@@ -827,19 +823,10 @@ impl Helpers {
                 })?;
                 // a pid high in that namespace, out of the way of the
                 // tree's threads, which are made after it
-                let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(32768);
-                super::pid::spawn_in(init, &[max - 1001 - (id % 1000) as i32])?
+                let high = crate::pstree::pid_max() - 1001 - (id % 1000) as i32;
+                super::pid::spawn_in(init, &[high])?
             }
-            None => {
-                let pid =
-                    spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a mount helper")?;
-                let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a mount helper")?;
-                t.use_vdso_syscall().rat(pid, "helper syscall")?;
-                t
-            }
+            None => super::pid::spawn_helper(&[])?,
         };
         open_crest_root(&mut e, 64)?;
         self.enter_all_as(&mut e, g, m.as_pid, &std::collections::HashSet::new())?;

@@ -293,11 +293,7 @@ impl Writers {
 
 fn make_writer(ns: u32, init: i32) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
     // A pid high in the namespace, out of the way of the tree's.
-    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    spawn_in(init, &[max - 1 - ns as i32 % 1000])
+    spawn_in(init, &[crate::pstree::pid_max() - 1 - ns as i32 % 1000])
 }
 
 /// A stopped crest child, attached, made inside the pid namespace whose
@@ -307,17 +303,25 @@ pub fn spawn_in(
     set_tid: &[i32],
 ) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
     use crate::error::RestoreCtx;
-    use crest_sys::proc::{spawn_stopped, SessionSetup};
     let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
     let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
     crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID).rat(init, "setns into a pid namespace")?;
-    let child = spawn_stopped(set_tid, SessionSetup::Inherit);
+    let child = spawn_helper(set_tid);
     crest_sys::ns::setns(&mine, libc::CLONE_NEWPID)
         .rat(init, "setns back to crest's pid namespace")?;
-    let child = child.rat(init, "spawn a task in a pid namespace")?;
-    let mut t = crest_inject::Tracee::from_stopped_child(child)
-        .rat(child, "attach a task made in a pid namespace")?;
-    t.use_vdso_syscall().rat(child, "helper syscall")?;
+    child
+}
+
+/// A stopped crest child (with pids `set_tid`, or any), attached and ready
+/// for injected syscalls: a helper of the restore.
+pub fn spawn_helper(set_tid: &[i32]) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    use crest_sys::proc::{spawn_stopped, SessionSetup};
+    let child = spawn_stopped(set_tid, SessionSetup::Inherit).rat(0, "spawn a helper task")?;
+    let mut t =
+        crest_inject::Tracee::from_stopped_child(child).rat(child, "attach a helper task")?;
+    t.use_vdso_syscall()
+        .rat(child, "find a syscall instruction in a helper")?;
     Ok(t)
 }
 
