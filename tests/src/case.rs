@@ -384,7 +384,7 @@ fn ns_problems(before: &Option<ns::Before>) -> Vec<String> {
 
 /// The workload's verdict, unless the harness found problems: then they
 /// fail the case, the verdict added as a note.
-fn with_problems(verdict: Result<Outcome>, problems: Vec<String>) -> Result<Outcome> {
+pub fn with_problems(verdict: Result<Outcome>, problems: Vec<String>) -> Result<Outcome> {
     if problems.is_empty() {
         return verdict;
     }
@@ -568,30 +568,12 @@ pub fn dump_attempt(
     procs: &mut Procs,
 ) -> Result<Option<crest::Ran>> {
     check_crest(cfg)?;
-    let pid_s = pid.to_string();
-    let images = dir.images.to_string_lossy();
-    let mut args = vec![
-        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v", "4",
-    ];
-    if leave_running {
-        args.push("-R");
-    }
-    // a workload may ask for dump options (`--tcp-established`) in
-    // <statedir>/dump-args, one per line
-    let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
-    args.extend(extra.split_whitespace());
     // the whole tree dies with the dump; its other processes (and zombies)
     // are reparented to the harness and must be reaped to free their pids
     let tree: Vec<i32> = procs::tree_snapshot(pid)
         .map(|t| t.into_keys().collect())
         .unwrap_or_default();
-    let ran = crest::run(
-        crest::command(&cfg.crest, &args),
-        &dir.root,
-        "dump",
-        CREST_TIMEOUT,
-        procs,
-    )?;
+    let ran = run_dump(cfg, dir, pid, leave_running, procs)?;
     if !ran.success() {
         return Ok(Some(ran));
     }
@@ -633,19 +615,43 @@ pub fn dump_attempt(
     Ok(None)
 }
 
-/// After `crest dump -R`: the task and every task and thread of its tree
-/// run on, untraced and not stopped.
-pub fn check_left_running(pid: Pid) -> Result<()> {
-    let problems = procs::tree_problems(pid);
-    if !problems.is_empty() {
-        bail!("after crest dump -R: {}", problems.join("; "));
+/// Runs `crest dump -t PID -D images -o dump.log -v 4 [-R]` plus the
+/// options in <statedir>/dump-args, one per line (a workload may ask for
+/// `--tcp-established` there).
+pub fn run_dump(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    leave_running: bool,
+    procs: &mut Procs,
+) -> Result<crest::Ran> {
+    let pid_s = pid.to_string();
+    let images = dir.images.to_string_lossy();
+    let mut args = vec![
+        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v", "4",
+    ];
+    if leave_running {
+        args.push("-R");
     }
-    Ok(())
+    let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
+    args.extend(extra.split_whitespace());
+    crest::run(
+        crest::command(&cfg.crest, &args),
+        &dir.root,
+        "dump",
+        CREST_TIMEOUT,
+        procs,
+    )
 }
 
-/// `crest restore -D images -d --pidfile restore.pid -o restore.log -v 4`;
-/// the task must be back with its pid.
-pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+/// Runs `crest restore -D images -d --pidfile restore.pid -o restore.log
+/// -v 4` plus the options in <statedir>/restore-args (`--external`);
+/// returns the run and the pidfile's path.
+pub fn run_restore_detached(
+    cfg: &Config,
+    dir: &CaseDir,
+    procs: &mut Procs,
+) -> Result<(crest::Ran, std::path::PathBuf)> {
     let pidfile = dir.root.join("restore.pid");
     let images = dir.images.to_string_lossy();
     let pidfile_s = pidfile.to_string_lossy();
@@ -661,11 +667,8 @@ pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs
         "-v",
         "4",
     ];
-    // and restore options (`--external`) in <statedir>/restore-args
     let extra = fs::read_to_string(dir.state.join("restore-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
-    // whatever happens, the pid may be ours to kill from now on
-    procs.track(pid);
     let ran = crest::run(
         crest::command(&cfg.crest, &args),
         &dir.root,
@@ -673,6 +676,25 @@ pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs
         CREST_TIMEOUT,
         procs,
     )?;
+    Ok((ran, pidfile))
+}
+
+/// After `crest dump -R`: the task and every task and thread of its tree
+/// run on, untraced and not stopped.
+pub fn check_left_running(pid: Pid) -> Result<()> {
+    let problems = procs::tree_problems(pid);
+    if !problems.is_empty() {
+        bail!("after crest dump -R: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// `crest restore -D images -d --pidfile restore.pid -o restore.log -v 4`;
+/// the task must be back with its pid.
+pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
+    // whatever happens, the pid may be ours to kill from now on
+    procs.track(pid);
+    let (ran, pidfile) = run_restore_detached(cfg, dir, procs)?;
     if !ran.success() {
         bail!(ran.failure("crest restore"));
     }

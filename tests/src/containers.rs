@@ -22,6 +22,11 @@
 //!   address and IPv4/IPv6 addresses, routes through it (a default route,
 //!   a static IPv4 route via a gateway, an IPv6 one) and changed sysctls
 //!   (`ip_forward`, IPv6 forwarding, somaxconn, the local port range);
+//! - `container_init_fresh_pid`, `container_mnt_init_fresh_pid`,
+//!   `container_in_container_init_fresh_pid`: the first, the mount and the
+//!   container-in-container-with-mounts shapes with their (outer) init
+//!   dumped as the root and restored with a fresh outer pid
+//!   ([`crate::fresh_init`]);
 //! - `container_veth_external`: the first shape with a veth `eth0` whose
 //!   peer the harness made in its own namespace: the dump must refuse it
 //!   naming the device as external; `--external veth[eth0]:cyPID` at dump
@@ -56,7 +61,7 @@ use crate::suite::Report;
 use crate::{nested, ns, Config, Outcome, StdioKind};
 
 /// One container shape.
-struct Shape {
+pub(crate) struct Shape {
     name: &'static str,
     /// Nesting depth of the pid namespaces below crest's.
     depth: usize,
@@ -212,28 +217,49 @@ const SHAPES: [Shape; 8] = [
     },
 ];
 
+/// Shapes whose init (the child of the outer `unshare`) is also dumped
+/// as the root of the tree, as runtimes dump a container, and restored
+/// with a fresh outer pid ([`crate::fresh_init`]): (case, shape).
+const INIT_ROOT: [(&str, &str); 3] = [
+    ("container_init_fresh_pid", "container_user_pid_net"),
+    ("container_mnt_init_fresh_pid", "container_with_mnt"),
+    (
+        "container_in_container_init_fresh_pid",
+        "container_in_container_mnt",
+    ),
+];
+
 /// Runs every shape whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
-    for shape in &SHAPES {
-        if !selected(shape.name) {
+    let cases = SHAPES.iter().map(|s| (s.name, s, false)).chain(
+        INIT_ROOT
+            .iter()
+            .filter_map(|(case, of)| Some((*case, SHAPES.iter().find(|s| s.name == *of)?, true))),
+    );
+    for (name, shape, init_root) in cases {
+        if !selected(name) {
             continue;
         }
         let outcome = if cfg.root {
-            one_case(cfg, shape)
+            one_case(cfg, shape, name, init_root)
         } else {
             Outcome::Skip("needs root".into())
         };
-        report.record(shape.name, outcome);
+        report.record(name, outcome);
     }
 }
 
-fn one_case(cfg: &Config, shape: &Shape) -> Outcome {
-    let dir = match CaseDir::create(cfg, shape.name) {
+fn one_case(cfg: &Config, shape: &Shape, name: &str, init_root: bool) -> Outcome {
+    let dir = match CaseDir::create(cfg, name) {
         Ok(d) => d,
         Err(e) => return Outcome::fail(format!("{e:#}")),
     };
     let mut procs = Procs::default();
-    let result = steps(cfg, shape, &dir, &mut procs);
+    let result = if init_root {
+        crate::fresh_init::steps(cfg, shape, &dir, &mut procs)
+    } else {
+        steps(cfg, shape, &dir, &mut procs)
+    };
     let killed = procs.kill_all();
     // killed pid namespaces end one level at a time
     let mut leftovers = Vec::new();
@@ -260,7 +286,7 @@ fn in_path(bin: &str) -> bool {
 
 /// The `unshare` command line of a shape, around `exec setsid WORKLOAD
 /// STATEDIR`.
-fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
+fn command(cfg: &Config, shape: &Shape, dir: &CaseDir, init_root: bool) -> Vec<String> {
     let wl = format!(
         "{} && exec {}{} {}",
         cfg.workload("sysvmk").display(),
@@ -281,6 +307,11 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
         "--kill-child",
     ];
     let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    if init_root {
+        // the init is dumped and restored by itself: unshare's death signal
+        // would follow it and kill it when crest restore -d ends
+        args.retain(|a| a != "--kill-child");
+    }
     let script = match shape.name {
         "container_with_mnt" => {
             args.extend(["-m".into(), "--mount-proc".into()]);
@@ -343,7 +374,13 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir) -> Vec<String> {
     args
 }
 
-fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Result<Pid> {
+pub(crate) fn start(
+    cfg: &Config,
+    shape: &Shape,
+    dir: &CaseDir,
+    procs: &mut Procs,
+    init_root: bool,
+) -> Result<Pid> {
     let mut cmd = Command::new(cfg.workload("launch"));
     if !shape.setsid {
         cmd.arg("--no-setsid");
@@ -352,7 +389,7 @@ fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     if pivot {
         make_rootfs(&dir.root.join("rootfs"))?;
     }
-    cmd.args(command(cfg, shape, dir))
+    cmd.args(command(cfg, shape, dir, init_root))
         // a tree that pivot_root's keeps nothing of the old root: cwd "/"
         // moves along, stdio is /dev/null of the bound /dev
         .current_dir(if pivot {
@@ -368,7 +405,7 @@ fn start(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
     Ok(pid)
 }
 
-fn stdio_of(shape: &Shape) -> StdioKind {
+pub(crate) fn stdio_of(shape: &Shape) -> StdioKind {
     if shape.name == "container_pivot_root" {
         StdioKind::DevNull
     } else {
@@ -398,7 +435,12 @@ fn make_rootfs(r: &Path) -> Result<()> {
 /// Waits for the ready file; returns the chain of only children below
 /// `root` down to the workload (pid 1 of the innermost pid namespace),
 /// every one tracked for cleanup.
-fn wait_ready(dir: &CaseDir, shape: &Shape, root: Pid, procs: &mut Procs) -> Result<Vec<Pid>> {
+pub(crate) fn wait_ready(
+    dir: &CaseDir,
+    shape: &Shape,
+    root: Pid,
+    procs: &mut Procs,
+) -> Result<Vec<Pid>> {
     let ready = dir.state.join("ready");
     let start = Instant::now();
     while !ready.exists() {
@@ -421,16 +463,7 @@ fn wait_ready(dir: &CaseDir, shape: &Shape, root: Pid, procs: &mut Procs) -> Res
     let mut chain = Vec::new();
     let mut cur = root;
     for level in 1..=shape.depth {
-        let path = format!("/proc/{cur}/task/{cur}/children");
-        let children: Vec<i32> = fs::read_to_string(&path)
-            .with_context(|| format!("read {path}"))?
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        let [only] = children[..] else {
-            bail!("pid {cur} has the children {children:?}, expected one");
-        };
-        cur = Pid::from_raw(only);
+        cur = only_child(cur)?;
         procs.track(cur);
         let ids = ns::nspid(cur).with_context(|| format!("NSpid of pid {cur}"))?;
         let want_len = level + 1;
@@ -440,6 +473,20 @@ fn wait_ready(dir: &CaseDir, shape: &Shape, root: Pid, procs: &mut Procs) -> Res
         chain.push(cur);
     }
     Ok(chain)
+}
+
+/// The only child of `pid`.
+pub(crate) fn only_child(pid: Pid) -> Result<Pid> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let children: Vec<i32> = fs::read_to_string(&path)
+        .with_context(|| format!("read {path}"))?
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let [only] = children[..] else {
+        bail!("pid {pid} has the children {children:?}, expected one");
+    };
+    Ok(Pid::from_raw(only))
 }
 
 /// What the view must show of the shape's setup.
@@ -554,7 +601,13 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     out
 }
 
-fn snapshot(cfg: &Config, shape: &Shape, root: Pid, main: Pid, what: &str) -> Result<ns::View> {
+pub(crate) fn snapshot(
+    cfg: &Config,
+    shape: &Shape,
+    root: Pid,
+    main: Pid,
+    what: &str,
+) -> Result<ns::View> {
     let tree = procs::tree_snapshot(root).with_context(|| format!("process tree {what}"))?;
     let mut v = ns::view(cfg, &tree, main).with_context(|| format!("namespaces {what}"))?;
     if shape.own_mnt {
@@ -661,7 +714,7 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
             "util-linux unshare or iproute2 ip not found".into(),
         ));
     }
-    let root = start(cfg, shape, dir, procs)?;
+    let root = start(cfg, shape, dir, procs, false)?;
     let chain = wait_ready(dir, shape, root, procs)?;
     let main = *chain.last().context("empty chain")?;
     if !wait_until(Duration::from_secs(5), || procs::tree_settled(root)) {
@@ -800,12 +853,5 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
         Err(e) => problems.push(format!("{e:#}")),
     }
     let verdict = finish(procs);
-    if problems.is_empty() {
-        return verdict;
-    }
-    let verdict = match verdict {
-        Ok(o) => format!("the workload's own verdict: {o:?}"),
-        Err(e) => format!("the workload's own verdict: FAIL {e:#}"),
-    };
-    bail!("{}\n{verdict}", problems.join("\n"))
+    case::with_problems(verdict, problems)
 }

@@ -17,6 +17,7 @@ pub mod containers;
 pub mod crest;
 pub mod daemons;
 pub mod dumpchecks;
+pub mod fresh_init;
 pub mod hostile;
 pub mod nested;
 pub mod ns;

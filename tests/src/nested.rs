@@ -481,14 +481,7 @@ fn steps(cfg: &Config, dir: &CaseDir, spec: &str, procs: &mut Procs) -> Result<O
         Err(e) => problems.push(format!("reading the tasks after restore: {e:#}")),
     }
     let verdict = finish(dir, root, launcher, subtree, procs);
-    if problems.is_empty() {
-        return verdict;
-    }
-    let verdict = match verdict {
-        Ok(o) => format!("the workload's own verdict: {o:?}"),
-        Err(e) => format!("the workload's own verdict: FAIL {e:#}"),
-    };
-    bail!("{}\n{verdict}", problems.join("\n"))
+    case::with_problems(verdict, problems)
 }
 
 /// `crest dump -t ROOT`; the dumped tree must be gone afterwards.
@@ -504,18 +497,7 @@ fn dump(
         return case::dump(cfg, dir, root, false, procs);
     }
     // the root is not the harness's child: the task above it reaps it
-    let root_s = root.to_string();
-    let images = dir.images.to_string_lossy();
-    let args = [
-        "dump", "-t", &root_s, "-D", &images, "-o", "dump.log", "-v", "4",
-    ];
-    let ran = crest::run(
-        crest::command(&cfg.crest, &args),
-        &dir.root,
-        "dump",
-        CREST_TIMEOUT,
-        procs,
-    )?;
+    let ran = case::run_dump(cfg, dir, root, false, procs)?;
     if !ran.success() {
         bail!(ran.failure("crest dump"));
     }

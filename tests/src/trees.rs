@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
 
 use crate::case::{self, CaseDir, DirCase, Mode, Program, Settle, Workload};
-use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, exists, wait_until, Exit, Procs};
 use crate::suite::Report;
 use crate::{Config, Flavor, Outcome, StdioKind};
@@ -214,30 +213,9 @@ fn restore_refused(
     target: Pid,
     procs: &mut Procs,
 ) -> Result<Outcome> {
-    let images = dir.images.to_string_lossy();
-    let pidfile = dir.root.join("restore.pid");
-    let pidfile_s = pidfile.to_string_lossy();
-    let args = [
-        "restore",
-        "-D",
-        &images,
-        "-d",
-        "--pidfile",
-        &pidfile_s,
-        "-o",
-        "restore.log",
-        "-v",
-        "4",
-    ];
     // should the restore succeed, the restored root is ours to kill
     procs.track(pids[0]);
-    let ran = crest::run(
-        crest::command(&cfg.crest, &args),
-        &dir.root,
-        "restore",
-        CREST_TIMEOUT,
-        procs,
-    )?;
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
     if ran.success() {
         bail!("crest restore succeeded although pid {target} of the dumped tree was in use");
     }

@@ -284,16 +284,38 @@ fn put_clone_args(
     Ok(base)
 }
 
-/// Injects `clone3` with `set_tid = [tid]` into `parent` and takes charge
-/// of the new task or thread, which starts traced and stopped.
-fn clone_in(
-    parent: &mut Tracee,
-    pid: i32,
-    tid: i32,
-    flags: u64,
-    exit_signal: u64,
-) -> Result<Tracee, RestoreError> {
-    clone_levels(parent, pid, tid, &[tid], flags, exit_signal)
+/// The ids a new task or thread must get, one per pid namespace level,
+/// innermost first. crest's own level comes last, unless the tree's
+/// outermost pid namespace is made afresh: then the kernel picks the ids
+/// at crest's level (and above the tree's namespace).
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a> {
+    pub want: &'a [i32],
+    /// How many innermost levels the forking task sets itself (`set_tid`);
+    /// one level after them may be set by the caller's `before`.
+    pub settable: usize,
+    /// The last level is crest's, set through crest's `ns_last_pid` (the
+    /// forking task has no rights over crest's pid namespace).
+    pub crest_last: bool,
+}
+
+impl<'a> Ids<'a> {
+    /// Every level set by the forking task.
+    pub fn all(want: &'a [i32]) -> Ids<'a> {
+        Ids {
+            want,
+            settable: want.len(),
+            crest_last: false,
+        }
+    }
+}
+
+/// Whether task (or thread) `tid` of crest's view has the ids `want` at
+/// its innermost levels.
+pub(crate) fn has_ids(tid: i32, want: &[i32]) -> bool {
+    procfs::read_status(tid).is_ok_and(|s| {
+        s.ns_pid.len() >= want.len() && s.ns_pid.iter().rev().zip(want).all(|(a, b)| a == b)
+    })
 }
 
 /// The error of an injected `clone3` that returned `r` for task `pid`: a
@@ -312,39 +334,77 @@ fn clone3_result(r: i64, pid: i32, set_tid: &[i32], ppid: i32) -> Result<(), Res
     Ok(())
 }
 
-/// Injects `clone3` into `parent` with `set_tid` giving the new task's id
-/// at each pid namespace level, innermost first; `pid` and `tid` are its
-/// ids in crest's namespace (crest traces it by them).
-pub fn clone_levels(
+/// Nothing to do before a clone.
+pub(crate) fn nothing() -> Result<(), RestoreError> {
+    Ok(())
+}
+
+/// Injects `clone3` into `parent` and takes charge of the new task (a
+/// thread with `CLONE_THREAD` in `flags`), which starts traced and
+/// stopped, with the ids `ids` asks for; `before` sets the level after
+/// the settable ones right before each try. Levels set through an
+/// `ns_last_pid` can be taken by any other fork in between: such a clone
+/// is undone and tried again. `who` names the task in errors.
+pub(crate) fn clone_with(
     parent: &mut Tracee,
-    pid: i32,
-    tid: i32,
-    set_tid: &[i32],
+    who: i32,
+    ids: &Ids<'_>,
     flags: u64,
     exit_signal: u64,
+    before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
-    let ppid = parent.pid();
-    if set_tid.is_empty() || set_tid.len() > 32 {
+    let (ppid, want) = (parent.pid(), ids.want);
+    if want.is_empty() || want.len() > 32 {
         return Err(RestoreError::Unsupported {
-            pid: tid,
-            what: format!("{} pid namespace levels", set_tid.len()),
+            pid: who,
+            what: format!("{} pid namespace levels", want.len()),
         });
     }
-    let base = put_clone_args(parent, flags, exit_signal, set_tid)?;
+    let inner = &want[..ids.settable.min(want.len())];
+    let tries = if inner.len() < want.len() { 16 } else { 1 };
+    let thread = flags & libc::CLONE_THREAD as u64 != 0;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
-    let got = parent
-        .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-        .rat(ppid, "clone3")?;
-    clone3_result(got, tid, set_tid, ppid)?;
-    if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
-        return Err(RestoreError::Unsupported {
-            pid: tid,
-            what: format!("clone3 with set_tid {set_tid:?} gave {got}, not pid {tid}"),
-        });
+    for _ in 0..tries {
+        let base = put_clone_args(parent, flags, exit_signal, inner)?;
+        before()?;
+        if let (true, Some(last)) = (ids.crest_last, want.last()) {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", last - 1))
+                .rat(ppid, "write ns_last_pid")?;
+        }
+        let r = parent
+            .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+            .rat(ppid, "clone3")?;
+        clone3_result(r, who, inner, ppid)?;
+        // The new task's id in crest's namespace.
+        let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
+            pid: who,
+            what: "a clone that reported no new task".into(),
+        })?;
+        let pid = if thread { ppid } else { got };
+        let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to the new task")?;
+        t.set_syscall_ip(parent.syscall_ip());
+        if has_ids(got, want) {
+            return Ok(t);
+        }
+        if thread {
+            // exit, not exit_group: only the wrong thread ends
+            t.syscall_raw(60, &[0]).ok();
+            t.leak();
+            let _ = ptrace::wait(got);
+        } else {
+            drop(t); // killed and reaped
+        }
+        if tries == 1 {
+            return Err(RestoreError::Unsupported {
+                pid: who,
+                what: format!("clone3 with set_tid {inner:?} did not give the ids {want:?}"),
+            });
+        }
     }
-    let mut t = Tracee::from_new_task(pid, tid).rat(tid, "attach to the new task")?;
-    t.set_syscall_ip(parent.syscall_ip());
-    Ok(t)
+    Err(RestoreError::Unsupported {
+        pid: who,
+        what: format!("other forks kept taking its ids {want:?}"),
+    })
 }
 
 /// Injects a plain `clone3` (no `set_tid`) into `parent`: a helper task,
@@ -366,192 +426,115 @@ pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
     Ok(t)
 }
 
-/// Clones from `parent` with `set_tid` = `inner` (the levels it has rights
-/// over, innermost first) and crest's level `want` through
-/// `ns_last_pid`; `before` sets any level in between (through a task in
-/// that namespace) right before each try.
-pub(crate) fn clone_levels_with(
-    parent: &mut Tracee,
-    inner: &[i32],
-    want: i32,
-    flags: u64,
-    exit_signal: u64,
-    before: &mut dyn FnMut() -> Result<(), RestoreError>,
-) -> Result<Tracee, RestoreError> {
-    let ppid = parent.pid();
-    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
-    for _ in 0..16 {
-        let base = put_clone_args(parent, flags, exit_signal, inner)?;
-        before()?;
-        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", want - 1))
-            .rat(ppid, "write ns_last_pid")?;
-        let r = parent
-            .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-            .rat(ppid, "clone3")?;
-        clone3_result(r, want, inner, ppid)?;
-        let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
-            pid: ppid,
-            what: "a clone that reported no new task".into(),
-        })?;
-        let mut t = Tracee::from_new_task(got, got).rat(got, "attach to the new task")?;
-        t.set_syscall_ip(parent.syscall_ip());
-        if got == want {
-            return Ok(t);
-        }
-        drop(t); // another fork took the pid: kill this one and retry
-    }
-    Err(RestoreError::Unsupported {
-        pid: want,
-        what: "other forks kept taking its pid".into(),
-    })
-}
-
-/// Forks `child` (the init of a pid namespace owned by the user
-/// namespace `userns_holder` holds) from `parent`: a helper forked from
-/// the parent enters that user namespace, unshares the pid namespace and
-/// forks the init (pid 1 inside, crest's level through `ns_last_pid`),
-/// then exits; the parent, a child subreaper meanwhile, inherits the init
-/// and reaps the helper.
+/// Forks `child`, the init of a pid namespace owned by the user namespace
+/// `userns_holder` holds, from `parent` (from crest for the root of the
+/// tree: None): a helper forked from the parent enters that user
+/// namespace, unshares the pid namespace and forks the init — pid 1
+/// inside, the level of the parent's namespace (if any) through the
+/// parent's `ns_last_pid`, crest's through crest's if `crest_level` — then
+/// exits; the parent (a child subreaper meanwhile, as crest is) inherits
+/// the init and reaps the helper.
 pub fn fork_init_in_userns(
-    parent: &mut Tracee,
+    mut parent: Option<&mut Tracee>,
     child: &PstreeEntry,
-    set_tid: &[i32],
+    want: &[i32],
+    crest_level: bool,
     userns_holder: i32,
 ) -> Result<Tracee, RestoreError> {
-    let ppid = parent.pid();
-    parent
-        .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
-        .rat(ppid, "prctl(PR_SET_CHILD_SUBREAPER)")?;
-    let mut h = clone_plain(parent)?;
+    let who = child.pid as i32;
+    let middles = want.len().saturating_sub(1 + usize::from(crest_level));
+    if want.first() != Some(&1) || middles > 1 || (middles == 1 && parent.is_none()) {
+        return Err(RestoreError::Unsupported {
+            pid: who,
+            what: format!("a pid namespace init with pids {want:?} (more than 3 levels)"),
+        });
+    }
+    let middle = if middles == 1 {
+        want.get(1).copied()
+    } else {
+        None
+    };
+    let mut h = match parent.as_deref_mut() {
+        Some(p) => {
+            p.syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
+                .rat(p.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
+            clone_plain(p)?
+        }
+        None => crate::ns::pid::spawn_helper(&[])?,
+    };
     crate::ns::user::enter(&mut h, userns_holder)?;
     let hp = h.pid();
     h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
         .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;
-    // set_tid: [1, (the parent's namespace's level), crest's level]. The
-    // helper has rights over the new namespace only; the parent, inside
-    // its own, sets that level through its ns_last_pid.
-    let (want, middle) = match set_tid {
-        [1, w] => (*w, None),
-        [1, m, w] => (*w, Some(*m)),
-        _ => {
-            return Err(RestoreError::Unsupported {
-                pid: child.pid as i32,
-                what: format!("a pid namespace init with pids {set_tid:?} (more than 3 levels)"),
-            })
-        }
+    // The helper has rights over the new namespace only.
+    let ids = Ids {
+        want,
+        settable: 1,
+        crest_last: crest_level,
     };
-    let mut before = || -> Result<(), RestoreError> {
-        if let Some(m) = middle {
-            crate::ns::user::write_in_task(
-                parent,
-                "/proc/sys/kernel/ns_last_pid",
-                format!("{}", m - 1).as_bytes(),
-            )?;
-        }
-        Ok(())
+    let mut c = {
+        let mut before = || -> Result<(), RestoreError> {
+            if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
+                crate::ns::user::write_in_task(
+                    p,
+                    "/proc/sys/kernel/ns_last_pid",
+                    format!("{}", m - 1).as_bytes(),
+                )?;
+            }
+            Ok(())
+        };
+        clone_with(&mut h, who, &ids, 0, libc::SIGCHLD as u64, &mut before)?
     };
-    let mut c = clone_levels_with(&mut h, &[1], want, 0, libc::SIGCHLD as u64, &mut before)?;
     if child.sid == child.pid {
         c.syscall(nr::SETSID, &[]).rat(c.pid(), "setsid")?;
     }
     h.exit_as(0).rat(hp, "end the pid namespace helper")?;
-    parent
-        .syscall(nr::WAIT4, &[u64::MAX, 0, 0, 0])
-        .rat(ppid, "reap the pid namespace helper")?;
-    take_sigchld(parent);
+    if let Some(p) = parent {
+        p.syscall(nr::WAIT4, &[u64::MAX, 0, 0, 0])
+            .rat(p.pid(), "reap the pid namespace helper")?;
+        take_sigchld(p);
+    }
     Ok(c)
 }
 
-/// Forks `child` from its restored parent with its old pid, sharing the
-/// fd table or fs info when the images say the two shared them, and
-/// makes it lead its session if it did.
+/// Forks `child` from its restored parent with its old ids (`clone3`
+/// `flags` beside), and makes it lead its session if it did.
 pub fn fork_child(
     parent: &mut Tracee,
     child: &PstreeEntry,
-    set_tid: &[i32],
-    share_files: bool,
-    share_fs: bool,
-    new_pidns: bool,
+    ids: &Ids<'_>,
+    flags: u64,
+    before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
-    let mut flags = 0u64;
-    if new_pidns {
-        flags |= libc::CLONE_NEWPID as u64;
-    }
-    if share_files {
-        flags |= libc::CLONE_FILES as u64;
-    }
-    if share_fs {
-        flags |= libc::CLONE_FS as u64;
-    }
-    let pid = child.pid as i32;
-    let mut t = clone_levels(parent, pid, pid, set_tid, flags, libc::SIGCHLD as u64)?;
+    let mut t = clone_with(
+        parent,
+        child.pid as i32,
+        ids,
+        flags,
+        libc::SIGCHLD as u64,
+        before,
+    )?;
     if child.sid == child.pid {
-        t.syscall(nr::SETSID, &[]).rat(pid, "setsid")?;
+        t.syscall(nr::SETSID, &[]).rat(t.pid(), "setsid")?;
     }
     Ok(t)
 }
 
-/// Creates thread `tid` of the task behind `leader`, with its id at every
-/// pid namespace level (`set_tid`, innermost first).
-pub fn fork_thread(leader: &mut Tracee, tid: i32, set_tid: &[i32]) -> Result<Tracee, RestoreError> {
-    let flags = (libc::CLONE_VM
-        | libc::CLONE_FS
-        | libc::CLONE_FILES
-        | libc::CLONE_SIGHAND
-        | libc::CLONE_THREAD
-        | libc::CLONE_SYSVSEM) as u64;
-    clone_levels(leader, leader.pid(), tid, set_tid, flags, 0)
-}
-
-/// Creates thread `tid` of the task behind `leader` when the task can no
-/// longer pick a tid itself (it entered a nested user namespace, which
-/// has no rights over crest's pid namespace): crest sets
-/// `ns_last_pid` to `tid - 1` and the leader clones without `set_tid`. A
-/// thread that another fork's race gave the wrong tid exits at once and
-/// crest tries again.
-pub fn fork_thread_last_pid(
+/// Creates thread `tid` (the image's id) of the task behind `leader`,
+/// with its ids at every pid namespace level.
+pub fn fork_thread(
     leader: &mut Tracee,
     tid: i32,
-    inner_set_tid: &[i32],
+    ids: &Ids<'_>,
     before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
-    let pid = leader.pid();
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
-    // Levels inside crest's pid namespace are set with set_tid (the task
-    // holds rights over them in its own user namespace); crest's level
-    // through ns_last_pid.
-    for _ in 0..16 {
-        let base = put_clone_args(leader, flags, 0, inner_set_tid)?;
-        before()?;
-        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", tid - 1))
-            .rat(pid, "write ns_last_pid")?;
-        leader
-            .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-            .rat(pid, format!("clone3 of thread {tid}"))?;
-        // The new thread's id in crest's namespace.
-        let got = leader.new_task().ok_or_else(|| RestoreError::Unsupported {
-            pid,
-            what: format!("a clone of thread {tid} that reported no new thread"),
-        })?;
-        let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to a new thread")?;
-        t.set_syscall_ip(leader.syscall_ip());
-        if got == tid {
-            return Ok(t);
-        }
-        // Wrong tid: this thread exits on its own (exit, not exit_group).
-        t.syscall_raw(60, &[0]).ok();
-        t.leak();
-        let _ = crest_sys::ptrace::wait(got);
-    }
-    Err(RestoreError::Unsupported {
-        pid,
-        what: format!("thread {tid}: other forks kept taking its tid"),
-    })
+    clone_with(leader, tid, ids, flags, 0, before)
 }
 
 /// Short-lived tasks that stand in for a session or group leader that is
@@ -591,20 +574,16 @@ impl Helpers {
 
 /// How a task is forked from its parent.
 pub struct ForkHow<'a> {
-    /// Its id at every pid namespace level, innermost first.
-    pub set_tid: &'a [i32],
+    /// Its ids at every pid namespace level and how they are set.
+    pub ids: Ids<'a>,
+    /// Its session's id at the same levels (for a session helper).
+    pub sid_ids: &'a [i32],
     pub share_files: bool,
     pub share_fs: bool,
     /// It is the init of a new pid namespace.
     pub new_pidns: bool,
     /// Its parent is a child subreaper (needed for a session helper).
     pub parent_is_subreaper: bool,
-    /// Its parent has no rights over crest's pid namespace: crest's level
-    /// is set through `ns_last_pid`.
-    pub outer_via_last_pid: bool,
-    /// How many innermost levels of `set_tid` the parent sets itself (the
-    /// rest: a middle level through `before`, crest's through crest).
-    pub settable: usize,
 }
 
 /// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
@@ -618,43 +597,23 @@ pub fn fork_in_session(
     how: &ForkHow<'_>,
     before: &mut dyn FnMut() -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
-    let (set_tid, parent_is_subreaper) = (how.set_tid, how.parent_is_subreaper);
     let e = entries[k];
-    if how.outer_via_last_pid && (e.sid == e.pid || e.sid == entries[p].sid) {
-        let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
-            pid: e.pid as i32,
-            what: "a task whose parent is a zombie".into(),
-        })?;
-        let mut flags = 0u64;
-        if how.share_files {
-            flags |= libc::CLONE_FILES as u64;
-        }
-        if how.share_fs {
-            flags |= libc::CLONE_FS as u64;
-        }
-        if how.new_pidns {
-            flags |= libc::CLONE_NEWPID as u64;
-        }
-        let (&want, _) = set_tid
-            .split_last()
-            .ok_or_else(|| RestoreError::Unsupported {
-                pid: e.pid as i32,
-                what: "a task without a pid".into(),
-            })?;
-        let inner = &set_tid[..how.settable.min(set_tid.len() - 1)];
-        let mut t = clone_levels_with(parent, inner, want, flags, libc::SIGCHLD as u64, before)?;
-        if e.sid == e.pid {
-            t.syscall(nr::SETSID, &[]).rat(t.pid(), "setsid")?;
-        }
-        return Ok(t);
+    let mut flags = 0u64;
+    if how.share_files {
+        flags |= libc::CLONE_FILES as u64;
     }
-    let share = (how.share_files, how.share_fs, how.new_pidns);
+    if how.share_fs {
+        flags |= libc::CLONE_FS as u64;
+    }
+    if how.new_pidns {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
     let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
         pid: e.pid as i32,
         what: "a task whose parent is a zombie".into(),
     })?;
     if e.sid == e.pid || e.sid == entries[p].sid {
-        return fork_child(parent, e, set_tid, share.0, share.1, share.2);
+        return fork_child(parent, e, &how.ids, flags, before);
     }
     let sid = e.sid as i32;
     if entries.iter().any(|x| x.pid == e.sid) {
@@ -663,7 +622,7 @@ pub fn fork_in_session(
             what: format!("session {sid} whose leader is in the tree but is not an ancestor"),
         });
     }
-    if !parent_is_subreaper {
+    if !how.parent_is_subreaper {
         return Err(RestoreError::Unsupported {
             pid: e.pid as i32,
             what: format!(
@@ -672,12 +631,19 @@ pub fn fork_in_session(
             ),
         });
     }
+    if how.new_pidns {
+        return Err(RestoreError::Unsupported {
+            pid: e.pid as i32,
+            what: "the init of a pid namespace in a session whose leader is gone".into(),
+        });
+    }
     if helpers.get(sid).is_none() {
         // The members must come back to the parent when the helper exits.
         parent
             .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER
             .rat(parent.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
-        let mut h = clone_in(parent, sid, sid, 0, libc::SIGCHLD as u64)?;
+        let ids = Ids::all(how.sid_ids);
+        let mut h = clone_with(parent, sid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
         h.syscall(nr::SETSID, &[])
             .rat(sid, "setsid in a session helper")?;
         helpers.made.push((sid, h, p));
@@ -686,64 +652,64 @@ pub fn fork_in_session(
         pid: sid,
         what: "a lost session helper".into(),
     })?;
-    if share.2 {
-        return Err(RestoreError::Unsupported {
-            pid: e.pid as i32,
-            what: "the init of a pid namespace in a session whose leader is gone".into(),
-        });
-    }
-    fork_child(h, e, set_tid, false, false, false)
+    fork_child(h, e, &how.ids, 0, before)
 }
 
 /// Puts every task in its process group: group leaders first, then the
 /// members (a group must exist before others join it). A group whose
-/// leader is gone is made by a helper with the leader's pid, forked by
-/// its first member.
+/// leader is gone is made by a helper with the leader's ids, forked by
+/// its first member. `pgid_ids` holds each task's group id at the levels
+/// its pids are set at, innermost first; with `fresh`, the tree's pid
+/// namespace is new and no group outside the tree can be joined.
 pub fn set_groups(
     tasks: &mut [Option<Tracee>],
     helpers: &mut Helpers,
     entries: &[&PstreeEntry],
-    inner_pgid: &[u32],
+    pgid_ids: &[Vec<i32>],
+    fresh: bool,
 ) -> Result<(), RestoreError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].pgid != entries[i].pid);
+    let in_tree = |id: u32| entries.iter().any(|x| x.pid == id);
     for i in order {
         let e = entries[i];
         let pid = e.pid as i32;
-        let now = procfs::read_stat(pid).map_err(|source| RestoreError::Proc {
+        let (Some(t), Some(want)) = (tasks[i].as_ref(), pgid_ids.get(i)) else {
+            continue;
+        };
+        let now = procfs::read_status(t.pid()).map_err(|source| RestoreError::Proc {
             pid,
-            step: "read stat of a new task",
+            step: "read status of a new task",
             source,
         })?;
-        if now.pgrp == e.pgid as i32 || tasks[i].is_none() {
+        let now = &now.ns_pgid;
+        if now.len() >= want.len() && now.iter().rev().zip(want).all(|(a, b)| a == b) {
             continue;
         }
         let pgid = e.pgid as i32;
-        let exists = e.pgid == e.pid || std::path::Path::new(&format!("/proc/{pgid}")).exists();
-        let in_tree = |id: u32| entries.iter().any(|x| x.pid == id);
-        if !exists && !in_tree(e.pgid) && !in_tree(e.sid) {
+        let exists = e.pgid == e.pid
+            || in_tree(e.pgid)
+            || (!fresh && std::path::Path::new(&format!("/proc/{pgid}")).exists());
+        if !exists && !in_tree(e.sid) {
             // a group of a session from outside the tree (a shell job): it
             // stays in the restorer's, as --shell-job does
             continue;
-        }
-        if !exists {
-            let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
-                pid,
-                what: "a zombie group member".into(),
-            })?;
-            let mut h = clone_in(t, pgid, pgid, 0, libc::SIGCHLD as u64)?;
-            h.syscall(nr::SETPGID, &[0, 0])
-                .rat(pgid, "setpgid in a group helper")?;
-            helpers.made.push((pgid, h, i));
         }
         let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
             pid,
             what: "a zombie group member".into(),
         })?;
+        if !exists {
+            let ids = Ids::all(want);
+            let mut h = clone_with(t, pgid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
+            h.syscall(nr::SETPGID, &[0, 0])
+                .rat(pgid, "setpgid in a group helper")?;
+            helpers.made.push((pgid, h, i));
+        }
         let target = if e.pgid == e.pid {
             0
         } else {
-            u64::from(inner_pgid.get(i).copied().unwrap_or(e.pgid))
+            want.first().map_or(u64::from(e.pgid), |g| *g as u64)
         };
         t.syscall(nr::SETPGID, &[0, target])
             .rat(pid, format!("setpgid to group {}", e.pgid))?;

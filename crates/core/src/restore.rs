@@ -56,6 +56,10 @@ struct TaskImage {
     ids: TaskKobjIdsEntry,
     /// None for a zombie.
     live: Option<LiveImage>,
+    /// How many outer levels of its ids are left to the kernel: those above
+    /// the tree's pid namespace when that is made afresh (see
+    /// [`TreeImages::cut`]).
+    cut: usize,
 }
 
 /// What only a live task has.
@@ -108,6 +112,7 @@ impl TaskImage {
             cores,
             ids,
             live,
+            cut: 0,
         })
     }
 
@@ -115,20 +120,23 @@ impl TaskImage {
         self.entry.pid as i32
     }
 
-    /// Thread `i`'s ids at every pid namespace level, innermost first, as
-    /// `clone3`'s `set_tid` wants them.
+    /// Thread `i`'s ids at every pid namespace level crest sets, innermost
+    /// first, as `clone3`'s `set_tid` wants them.
     fn set_tid(&self, i: usize) -> Vec<i32> {
-        let ns = self
-            .cores
-            .get(i)
-            .and_then(|c| c.2.as_ref())
-            .map(|e| e.ns_tids.clone())
-            .unwrap_or_default();
-        if ns.is_empty() {
-            vec![self.cores.get(i).map_or(self.pid(), |c| c.0)]
-        } else {
-            ns.iter().rev().map(|t| *t as i32).collect()
-        }
+        let ns = self.cores.get(i).and_then(|c| c.2.as_ref());
+        let id = self.cores.get(i).map_or(self.entry.pid, |c| c.0 as u32);
+        self.levels(ns.map(|e| &e.ns_tids[..]), id)
+    }
+
+    /// An id (`NSpid`-like list `ns`, outermost first, or crest's view
+    /// `id` alone) as the levels crest sets, innermost first.
+    fn levels(&self, ns: Option<&[u32]>, id: u32) -> Vec<i32> {
+        let mut v: Vec<i32> = match ns {
+            Some(ns) if !ns.is_empty() => ns.iter().rev().map(|t| *t as i32).collect(),
+            _ => vec![id as i32],
+        };
+        v.truncate(v.len().saturating_sub(self.cut));
+        v
     }
 
     /// Thread `i`'s id in its own pid namespace.
@@ -136,13 +144,16 @@ impl TaskImage {
         self.set_tid(i).first().copied()
     }
 
-    /// The process group as seen in the task's own pid namespace.
-    fn inner_pgid(&self) -> u32 {
-        self.cores
-            .first()
-            .and_then(|c| c.2.as_ref())
-            .and_then(|e| e.ns_pgids.last().copied())
-            .unwrap_or(self.entry.pgid)
+    /// The process group's id at the levels crest sets, innermost first.
+    fn pgid_ids(&self) -> Vec<i32> {
+        let ns = self.cores.first().and_then(|c| c.2.as_ref());
+        self.levels(ns.map(|e| &e.ns_pgids[..]), self.entry.pgid)
+    }
+
+    /// The session's id at the levels crest sets, innermost first.
+    fn sid_ids(&self) -> Vec<i32> {
+        let ns = self.cores.first().and_then(|c| c.2.as_ref());
+        self.levels(ns.map(|e| &e.ns_sids[..]), self.entry.sid)
     }
 
     fn bad(&self, what: &str) -> RestoreError {
@@ -210,6 +221,11 @@ struct TreeImages {
     users: UsernsGraph,
     others: ns::other::OtherGraph,
     pidns: ns::pid::PidnsGraph,
+    /// When the root is the init of a pid namespace, that namespace is made
+    /// afresh below crest's, as CRIU does: the root is pid 1 inside and
+    /// gets whatever pid the kernel gives it outside, and so do the ids of
+    /// every task at the levels above the namespace (`cut` of them).
+    cut: usize,
 }
 
 fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
@@ -237,17 +253,18 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let mut writers = ns::pid::Writers::new(spare);
     let Forked {
         mut tasks,
+        actual,
         cur_userns,
         made_time,
     } = fork_tree(&ti, &userns, &mut writers)?;
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
     let thread_levels = (0..imgs.len())
-        .map(|k| levels_of(&ti, k, imgs[k].ids.user_ns_id.unwrap_or(1)))
+        .map(|k| levels_of(&ti, &actual, k, imgs[k].ids.user_ns_id.unwrap_or(1)))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Cgroups, crest's files within reach, the mounts of mount namespaces.
-    before_transform(opts, &ti, &mut tasks, &userns, &mut others_h)?;
+    before_transform(opts, &ti, &actual, &mut tasks, &userns, &mut others_h)?;
 
     // Transform every live task, make its threads, set its threads' state.
     let mut ctx = TreeCtx {
@@ -282,11 +299,17 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     for th in ctx.threads {
         th.release().rat(0, "let a thread go")?;
     }
-    let root_pid = imgs[0].pid();
+    let root_pid = actual[0];
     for (k, t) in tasks.into_iter().enumerate() {
         if let Some(t) = t {
             t.release().rat(imgs[k].pid(), "let the task go")?;
         }
+    }
+    if root_pid != imgs[0].pid() {
+        crate::info!(
+            "the root (pid {} in the images) is pid {root_pid} now",
+            imgs[0].pid()
+        );
     }
     crate::info!("tree of {root_pid} restored and running");
     Ok(Restored { root_pid })
@@ -311,10 +334,14 @@ fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         file: names::PSTREE.into(),
         what,
     })?;
-    let imgs = order
+    let mut imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
+    let cut = fresh_levels(&imgs)?;
+    for img in &mut imgs {
+        img.cut = cut;
+    }
     let ns_of: Vec<(i32, u32)> = imgs
         .iter()
         .map(|i| (i.pid(), i.ids.user_ns_id.unwrap_or(1)))
@@ -344,22 +371,55 @@ fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         users,
         others,
         pidns,
+        cut,
     })
 }
 
-/// The init of pid namespace `n` (crest's view).
-fn init_of(imgs: &[TaskImage], n: u32) -> Option<i32> {
+/// How many outer levels of every task's ids the kernel picks: all above
+/// the root's pid namespace when the root is its init, none otherwise.
+/// Every task must then have ids inside that namespace.
+fn fresh_levels(imgs: &[TaskImage]) -> Result<usize, RestoreError> {
+    let root = &imgs[0];
+    let levels = root.set_tid(0);
+    if root.ids.pid_ns_id.is_none() || levels.first() != Some(&1) {
+        return Ok(0);
+    }
+    let cut = levels.len() - 1;
+    for img in imgs {
+        for (tid, _, extra) in &img.cores {
+            if extra.as_ref().map_or(0, |e| e.ns_tids.len()) <= cut {
+                return Err(img.bad(&format!(
+                    "thread {tid} has no id inside the pid namespace of the tree's root"
+                )));
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// The index of the init of pid namespace `n`.
+fn init_index(imgs: &[TaskImage], n: u32) -> Option<usize> {
     imgs.iter()
-        .find(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
-        .map(TaskImage::pid)
+        .position(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
+}
+
+/// The pid (crest's view) of the restored init of pid namespace `n`;
+/// `actual` holds the pids of the tasks forked so far, in tree order.
+fn init_of(imgs: &[TaskImage], actual: &[i32], n: u32) -> Option<i32> {
+    init_index(imgs, n).and_then(|k| actual.get(k).copied())
 }
 
 /// How task `k`'s pid levels are set when it is forked (or makes threads)
 /// inside user namespace `userns`.
-fn levels_of(ti: &TreeImages, k: usize, userns: u32) -> Result<ns::pid::Levels, RestoreError> {
-    let init = |n: u32| init_of(&ti.imgs, n);
+fn levels_of(
+    ti: &TreeImages,
+    actual: &[i32],
+    k: usize,
+    userns: u32,
+) -> Result<ns::pid::Levels, RestoreError> {
+    let init = |n: u32| init_of(&ti.imgs, actual, n);
     ti.pidns
-        .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init)
+        .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init, ti.cut)
         .map_err(|what| RestoreError::Unsupported {
             pid: ti.imgs[k].pid(),
             what,
@@ -369,6 +429,9 @@ fn levels_of(ti: &TreeImages, k: usize, userns: u32) -> Result<ns::pid::Levels, 
 /// The tree forked, before any task is transformed.
 struct Forked {
     tasks: Vec<Option<Tracee>>,
+    /// Every task's pid in crest's namespace (the image's unless the tree's
+    /// pid namespace was made afresh).
+    actual: Vec<i32>,
     /// The user namespace each task is in while it is restored: crest's
     /// (1) but for tasks forked inside a nested one.
     cur_userns: Vec<u32>,
@@ -391,7 +454,22 @@ fn fork_tree(
     let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
     let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
-    tasks.push(Some(spawn_root(&imgs[0], root_new_pidns)?));
+    let root_owner = pidns_owner(&imgs[0], pidns);
+    let root = if root_new_pidns && root_owner != 1 {
+        // a fresh pid namespace owned by a nested user namespace: made
+        // from inside it
+        let holder = userns.pid_of(root_owner).ok_or_else(|| {
+            imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
+        })?;
+        let set_tid = imgs[0].set_tid(0);
+        let t = pstree::fork_init_in_userns(None, &imgs[0].entry, &set_tid, false, holder)?;
+        cur_userns[0] = root_owner;
+        t
+    } else {
+        spawn_root(&imgs[0], root_new_pidns)?
+    };
+    let mut actual = vec![root.pid()];
+    tasks.push(Some(root));
     for k in 1..imgs.len() {
         let p = parent_index(imgs, k)?;
         let share = (
@@ -406,6 +484,7 @@ fn fork_tree(
             .unwrap_or(false);
         let fresh = new_pidns(imgs, pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
+        let sid_ids = imgs[k].sid_ids();
         if let Some(owner) = time_owner(&imgs[p], others, &made_time) {
             // The time namespace it made for its children is owned by a
             // user namespace it has still to enter: it moves there now, so
@@ -429,11 +508,7 @@ fn fork_tree(
         }
         cur_userns[k] = cur_userns[p];
         make_time_for_children(&imgs[p], others, tasks[p].as_mut(), &mut made_time)?;
-        let owner = imgs[k]
-            .ids
-            .pid_ns_id
-            .and_then(|n| pidns.node(n))
-            .map_or(1, |n| n.owner_userns);
+        let owner = pidns_owner(&imgs[k], pidns);
         if fresh && owner != cur_userns[p] {
             // A pid namespace owned by another user namespace than the
             // parent is in: made by a helper inside the owner.
@@ -444,20 +519,30 @@ fn fork_tree(
             let parent = tasks[p]
                 .as_mut()
                 .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-            let child = pstree::fork_init_in_userns(parent, &imgs[k].entry, &set_tid, holder)?;
+            let child = pstree::fork_init_in_userns(
+                Some(parent),
+                &imgs[k].entry,
+                &set_tid,
+                ti.cut == 0,
+                holder,
+            )?;
             cur_userns[k] = owner;
+            actual.push(child.pid());
             tasks.push(Some(child));
             continue;
         }
-        let levels = levels_of(ti, k, cur_userns[p])?;
+        let levels = levels_of(ti, &actual, k, cur_userns[p])?;
         let how = pstree::ForkHow {
-            set_tid: &set_tid,
+            ids: pstree::Ids {
+                want: &set_tid,
+                settable: levels.settable,
+                crest_last: levels.crest_last,
+            },
+            sid_ids: &sid_ids,
             share_files: share.0,
             share_fs: share.1,
             new_pidns: fresh,
             parent_is_subreaper: subreaper,
-            outer_via_last_pid: cur_userns[p] != 1,
-            settable: levels.settable,
         };
         let mut before = || -> Result<(), RestoreError> {
             if let Some((ns, init)) = levels.middle {
@@ -467,15 +552,17 @@ fn fork_tree(
         };
         let child =
             pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how, &mut before)?;
+        actual.push(child.pid());
         tasks.push(Some(child));
     }
-    let inner_pgids: Vec<u32> = imgs.iter().map(TaskImage::inner_pgid).collect();
-    pstree::set_groups(&mut tasks, &mut helpers, &entries, &inner_pgids)?;
-    set_pid_for_children(imgs, &mut tasks)?;
+    let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
+    pstree::set_groups(&mut tasks, &mut helpers, &entries, &pgid_ids, ti.cut > 0)?;
+    set_pid_for_children(imgs, &actual, &mut tasks)?;
     helpers.finish(&mut tasks)?;
     end_zombies(imgs, &mut tasks)?;
     Ok(Forked {
         tasks,
+        actual,
         cur_userns,
         made_time,
     })
@@ -509,6 +596,7 @@ fn end_zombies(imgs: &[TaskImage], tasks: &mut [Option<Tracee>]) -> Result<(), R
 fn before_transform(
     opts: &RestoreOptions,
     ti: &TreeImages,
+    actual: &[i32],
     tasks: &mut [Option<Tracee>],
     userns: &ns::user::Helpers,
     others_h: &mut ns::other::Helpers,
@@ -516,8 +604,8 @@ fn before_transform(
     let imgs = &ti.imgs;
     // (threads made later follow their leader)
     for (pid, path) in ns::cgroup::read_members(&opts.dir)? {
-        if imgs.iter().any(|i| i.pid() == pid && i.live.is_some()) {
-            ns::cgroup::move_to(pid, &path)?;
+        if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
+            ns::cgroup::move_to(actual[k], &path)?;
         }
     }
     // crest's /proc and the images stay within reach while a task is in
@@ -540,7 +628,7 @@ fn before_transform(
         root: root.as_deref(),
         externals: &mnt_externals,
     };
-    let init = |n: u32| init_of(imgs, n);
+    let init = |n: u32| init_of(imgs, actual, n);
     for id in ti.others.mount_order() {
         others_h.replay_mounts(&ti.others, id, userns, &init, &how)?;
     }
@@ -601,17 +689,14 @@ fn make_time_for_children(
 /// namespace's init.
 fn set_pid_for_children(
     imgs: &[TaskImage],
+    actual: &[i32],
     tasks: &mut [Option<Tracee>],
 ) -> Result<(), RestoreError> {
     for (k, img) in imgs.iter().enumerate() {
         let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.pid_for_children) else {
             continue;
         };
-        let Some(init) = imgs
-            .iter()
-            .find(|i| i.ids.pid_ns_id == Some(x) && i.inner_tid(0) == Some(1))
-            .map(TaskImage::pid)
-        else {
+        let Some(init) = init_of(imgs, actual, x) else {
             continue;
         };
         if let Some(t) = tasks[k].as_mut() {
@@ -623,6 +708,14 @@ fn set_pid_for_children(
         }
     }
     Ok(())
+}
+
+/// The user namespace that owns task `img`'s pid namespace.
+fn pidns_owner(img: &TaskImage, pidns: &ns::pid::PidnsGraph) -> u32 {
+    img.ids
+        .pid_ns_id
+        .and_then(|n| pidns.node(n))
+        .map_or(1, |n| n.owner_userns)
 }
 
 /// Whether task `k` is the init of a pid namespace of its own, a child of
@@ -644,7 +737,8 @@ fn new_pidns(
     let node = g
         .node(ns)
         .ok_or_else(|| imgs[k].bad("an unknown pid namespace"))?;
-    if node.parent != parent_ns || imgs[k].inner_tid(0) != Some(1) {
+    // (the root's namespace is made below crest's whatever its parent was)
+    if (p.is_some() && node.parent != parent_ns) || imgs[k].inner_tid(0) != Some(1) {
         return Err(imgs[k].bad(
             "a task in a pid namespace other than its parent's that is not the init (pid 1) of a child namespace",
         ));
@@ -678,8 +772,8 @@ fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, RestoreError> {
         .ok_or_else(|| imgs[k].bad("parent is not restored before the task"))
 }
 
-/// Forks the root task from crest with its old pid at every level (as the
-/// init of a new pid namespace if it was one).
+/// Forks the root task from crest with its old pid at every level, or as
+/// pid 1 of a new pid namespace if it was an init.
 fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
     let set_tid = img.set_tid(0);
@@ -698,14 +792,13 @@ fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, RestoreError> 
             },
         }
     })?;
-    if child != pid {
-        let _ = crest_sys::misc::kill(child, libc::SIGKILL);
+    let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
+    if !pstree::has_ids(child, &set_tid) {
         return Err(RestoreError::Unsupported {
             pid,
-            what: format!("clone3 gave pid {child}"),
+            what: format!("clone3 with set_tid {set_tid:?} gave pid {child}"),
         });
     }
-    let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
     t.trace_new_tasks().rat(pid, "trace new tasks")?;
     t.use_vdso_syscall()
         .rat(pid, "find a syscall instruction")?;
@@ -769,7 +862,8 @@ fn transform(
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
     // namespace.
-    ctx.others_h.enter_all(t, ctx.others, &ctx.made_time)?;
+    ctx.others_h
+        .enter_all_as(t, ctx.others, pid, &ctx.made_time)?;
 
     // Memory.
     let work = mm::restore::map_work_area(t, &live.mm)?;
@@ -798,8 +892,8 @@ fn transform(
     if !shares_fs {
         restore_fs(t, &live.fs, files)?;
     }
-    task::restore_rlimits(pid, tc.rlimits.as_ref())?;
-    task::restore_oom_score_adj(pid, tc.oom_score_adj)?;
+    task::restore_rlimits(t.pid(), tc.rlimits.as_ref())?;
+    task::restore_oom_score_adj(t.pid(), tc.oom_score_adj)?;
     task::restore_itimers(t, tc.timers.as_ref())?;
     signals::restore_actions(t, &tc.sigactions)?;
     if let Some(on) = tc.child_subreaper {
@@ -830,7 +924,7 @@ fn transform(
         }
     }
     let helper = if early { None } else { helper };
-    restore_thread(t, img, core, img.cores[0].2.as_ref(), tc.personality)?;
+    restore_thread(t, img, 0, tc.personality)?;
     let step = UserStep {
         users: ctx.users,
         helper,
@@ -839,25 +933,24 @@ fn transform(
     let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
     // Threads are made after the move and while the leader still holds
     // every capability; each drops its own, the leader last.
-    for (tid, tcore, extra) in img.cores.iter().skip(1) {
-        let i = img.cores.iter().position(|c| c.0 == *tid).unwrap_or(0);
+    for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
         let set_tid = img.set_tid(i);
-        let mut th = if helper.is_some() || early {
-            let inner = &set_tid[..set_tid.len().saturating_sub(1)];
-            let inner = &inner[..tl.settable.min(inner.len())];
-            let writers = &mut *ctx.writers;
-            let mut before = || -> Result<(), RestoreError> {
-                if let Some((ns, init)) = tl.middle {
-                    writers.set_next(ns, init, set_tid[tl.settable])?;
-                }
-                Ok(())
-            };
-            pstree::fork_thread_last_pid(t, *tid, inner, &mut before)?
-        } else {
-            pstree::fork_thread(t, *tid, &set_tid)?
+        // (made in the task's own user namespace: `tl` is for it)
+        let ids = pstree::Ids {
+            want: &set_tid,
+            settable: tl.settable,
+            crest_last: tl.crest_last,
         };
+        let writers = &mut *ctx.writers;
+        let mut before = || -> Result<(), RestoreError> {
+            if let Some((ns, init)) = tl.middle {
+                writers.set_next(ns, init, set_tid[tl.settable])?;
+            }
+            Ok(())
+        };
+        let mut th = pstree::fork_thread(t, *tid, &ids, &mut before)?;
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
-        restore_thread(&mut th, img, tcore, extra.as_ref(), tc.personality)?;
+        restore_thread(&mut th, img, i, tc.personality)?;
         let tstep = UserStep {
             users: ctx.users,
             helper: None,
@@ -989,18 +1082,22 @@ fn to_array(v: Vec<u32>) -> [u32; 4] {
     a
 }
 
-/// The per-thread state: altstack, comm, rseq, robust list,
-/// clear_child_tid, credentials, private pending signals, FPU and
-/// registers (set when the thread is let go).
+/// The per-thread state of thread `i` of the image: altstack, comm,
+/// rseq, robust list, clear_child_tid, credentials, private pending
+/// signals, FPU and registers (set when the thread is let go).
 fn restore_thread(
     t: &mut Tracee,
     img: &TaskImage,
-    core: &CoreEntry,
-    extra: Option<&CrestThreadExtra>,
+    i: usize,
     personality: u32,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
     let tid = t.tid();
+    let (image_tid, core, extra) = img
+        .cores
+        .get(i)
+        .map(|c| (c.0, &c.1, c.2.as_ref()))
+        .ok_or_else(|| img.bad("a thread without a core image"))?;
     let th = core
         .thread_core
         .as_ref()
@@ -1025,10 +1122,9 @@ fn restore_thread(
             clear_tid: info.clear_tid_addr,
         },
     )?;
-    let i = img.cores.iter().position(|c| c.0 == tid).unwrap_or(0);
     let inner = (
         img.inner_tid(0).unwrap_or(pid),
-        img.inner_tid(i).unwrap_or(tid),
+        img.inner_tid(i).unwrap_or(image_tid),
     );
     signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
     let xsave = match extra.and_then(|e| e.xsave.as_ref()) {

@@ -328,14 +328,14 @@ pub fn spawn_helper(set_tid: &[i32]) -> Result<crest_inject::Tracee, crate::erro
 /// How a task's pid is chosen at each level when its parent is in user
 /// namespace `userns`: `settable` innermost levels with `set_tid`; then at
 /// most one `middle` level through that namespace's writer; crest's level
-/// through crest's `ns_last_pid` when the parent is not in crest's user
-/// namespace.
+/// through crest's `ns_last_pid` (`crest_last`) when the parent is not in
+/// crest's user namespace and crest's level is not left to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Levels {
     pub settable: usize,
     /// (pid namespace id, its init's pid in crest's namespace)
     pub middle: Option<(u32, i32)>,
-    pub crest_via_last_pid: bool,
+    pub crest_last: bool,
 }
 
 impl PidnsGraph {
@@ -354,17 +354,28 @@ impl PidnsGraph {
     }
 
     /// See [`Levels`]; `init_of` gives a namespace's init (crest's view).
+    /// `cut` outer levels of every task's pids are left to the kernel (the
+    /// tree's outermost pid namespace is made afresh below crest's): the
+    /// namespaces above the tree's are dropped, crest's level with them.
     pub fn levels(
         &self,
         own: Option<u32>,
         userns: u32,
         users: &UsernsGraph,
         init_of: &dyn Fn(u32) -> Option<i32>,
+        cut: usize,
     ) -> Result<Levels, String> {
-        let chain = self.chain(own);
+        let mut chain = self.chain(own);
+        // levels: chain.len() namespaces, then crest's
+        let keep = (chain.len() + 1)
+            .checked_sub(cut)
+            .filter(|k| *k > 0)
+            .ok_or("a task above the tree's pid namespace")?;
+        let crest_level = cut == 0;
+        chain.truncate(keep);
         if userns == 1 {
             return Ok(Levels {
-                settable: chain.len() + 1,
+                settable: keep,
                 ..Levels::default()
             });
         }
@@ -391,7 +402,77 @@ impl PidnsGraph {
         Ok(Levels {
             settable,
             middle,
-            crest_via_last_pid: true,
+            crest_last: crest_level,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ns::user::Userns;
+
+    /// crest's user namespace 1 > 2 > 3; pid namespace 10 (owned by 2)
+    /// below crest's, 11 (owned by 3) below 10.
+    fn graphs() -> (PidnsGraph, UsernsGraph) {
+        let users = UsernsGraph {
+            nodes: vec![
+                Userns::bare(1, None, 0),
+                Userns::bare(2, Some(1), 1),
+                Userns::bare(3, Some(2), 2),
+            ],
+            tasks: Vec::new(),
+        };
+        let entry = |id, parent, owner| crest_images::pb::crest::CrestNsEntry {
+            id,
+            nstype: libc::CLONE_NEWPID as u32,
+            owner_userns: owner,
+            parent,
+            ..Default::default()
+        };
+        let pidns = PidnsGraph::from_entries(&[entry(10, None, 2), entry(11, Some(10), 3)], &[])
+            .expect("graph");
+        (pidns, users)
+    }
+
+    fn levels(own: u32, userns: u32, cut: usize) -> Result<Levels, String> {
+        let (pidns, users) = graphs();
+        let init = |n: u32| Some(100 + n as i32);
+        pidns.levels(Some(own), userns, &users, &init, cut)
+    }
+
+    #[test]
+    fn every_level_with_crest_level() {
+        // from crest's user namespace: all three levels with set_tid
+        let l = levels(11, 1, 0).unwrap();
+        assert_eq!((l.settable, l.middle, l.crest_last), (3, None, false));
+        // from the innermost user namespace: its own level, the middle
+        // through 10's writer, crest's through crest's ns_last_pid
+        let l = levels(11, 3, 0).unwrap();
+        assert_eq!(
+            (l.settable, l.middle, l.crest_last),
+            (1, Some((10, 110)), true)
+        );
+        let l = levels(10, 2, 0).unwrap();
+        assert_eq!((l.settable, l.middle, l.crest_last), (1, None, true));
+    }
+
+    #[test]
+    fn fresh_tree_namespace_drops_the_outer_levels() {
+        // the tree's root is 10's init: crest's level is the kernel's
+        let l = levels(11, 1, 1).unwrap();
+        assert_eq!((l.settable, l.middle, l.crest_last), (2, None, false));
+        let l = levels(11, 3, 1).unwrap();
+        assert_eq!(
+            (l.settable, l.middle, l.crest_last),
+            (1, Some((10, 110)), false)
+        );
+        let l = levels(10, 2, 1).unwrap();
+        assert_eq!((l.settable, l.middle, l.crest_last), (1, None, false));
+        // the root is 11's init: 10's level goes too
+        let l = levels(11, 3, 2).unwrap();
+        assert_eq!((l.settable, l.middle, l.crest_last), (1, None, false));
+        // a task of 10 cannot be in a tree rooted in 11
+        assert!(levels(10, 2, 2).is_err());
     }
 }

@@ -55,6 +55,25 @@ pub(crate) fn ino_of(path: &str) -> std::io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
+impl Userns {
+    /// A namespace with empty maps (crest's own, or one for tests of the
+    /// graph arithmetic).
+    pub(crate) fn bare(id: u32, parent: Option<u32>, depth: u32) -> Userns {
+        Userns {
+            id,
+            parent,
+            depth,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
+            uid_outer: Vec::new(),
+            gid_outer: Vec::new(),
+            owner_uid: 0,
+            setgroups_allow: true,
+            ino: 0,
+        }
+    }
+}
+
 impl UsernsGraph {
     pub fn node(&self, id: u32) -> Option<&Userns> {
         self.nodes.iter().find(|n| n.id == id)
@@ -392,18 +411,7 @@ impl UsernsGraph {
 }
 
 fn root_node() -> Userns {
-    Userns {
-        id: 1,
-        parent: None,
-        depth: 0,
-        uid_map: Vec::new(),
-        gid_map: Vec::new(),
-        uid_outer: Vec::new(),
-        gid_outer: Vec::new(),
-        owner_uid: 0,
-        setgroups_allow: true,
-        ino: 0,
-    }
+    Userns::bare(1, None, 0)
 }
 
 pub(crate) fn fd_ino(fd: &OwnedFd) -> std::io::Result<u64> {
