@@ -1,0 +1,347 @@
+//! Forking the tree: every task from its real parent with its ids at
+//! every pid namespace level (the root from crest), pid namespaces made
+//! inside their owners, sessions and groups, zombies ended.
+
+use super::images::{init_of, parent_index, TaskImage, TreeImages};
+use crate::error::{RestoreCtx, RestoreError};
+use crate::{mm, ns, pstree};
+use crest_images::pb::PstreeEntry;
+use crest_inject::{nr, Tracee};
+use crest_sys::proc::{spawn_stopped_with, SessionSetup};
+
+/// How task `k`'s pid levels are set when it is forked (or makes threads)
+/// inside user namespace `userns`.
+pub(super) fn levels_of(
+    ti: &TreeImages,
+    actual: &[i32],
+    k: usize,
+    userns: u32,
+) -> Result<ns::pid::Levels, RestoreError> {
+    let init = |n: u32| init_of(&ti.imgs, actual, n);
+    ti.pidns
+        .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init, ti.cut)
+        .map_err(|what| RestoreError::Unsupported {
+            pid: ti.imgs[k].pid(),
+            what,
+        })
+}
+
+/// The tree forked, before any task is transformed.
+pub(super) struct Forked {
+    pub(super) tasks: Vec<Option<Tracee>>,
+    /// Every task's pid in crest's namespace (the image's unless the tree's
+    /// pid namespace was made afresh).
+    pub(super) actual: Vec<i32>,
+    /// The user namespace each task is in while it is restored: crest's
+    /// (1) but for tasks forked inside a nested one.
+    pub(super) cur_userns: Vec<u32>,
+    /// Time namespaces that a task made for its children (unshare without
+    /// fork), made again by it: its children got them at fork.
+    pub(super) made_time: std::collections::HashSet<u32>,
+}
+
+/// Forks every task from its parent with its pid (the root from crest),
+/// puts them in their sessions and groups, and ends the zombies.
+pub(super) fn fork_tree(
+    ti: &TreeImages,
+    userns: &ns::user::Helpers,
+    writers: &mut ns::pid::Writers,
+) -> Result<Forked, RestoreError> {
+    let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
+    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
+    let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
+    let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
+    let mut made_time = std::collections::HashSet::new();
+    let mut helpers = pstree::Helpers::default();
+    let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
+    let root_owner = pidns_owner(&imgs[0], pidns);
+    let root = if root_new_pidns && root_owner != 1 {
+        // a fresh pid namespace owned by a nested user namespace: made
+        // from inside it
+        let holder = userns.pid_of(root_owner).ok_or_else(|| {
+            imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
+        })?;
+        let set_tid = imgs[0].set_tid(0);
+        let t = pstree::fork_init_in_userns(None, &imgs[0].entry, &set_tid, false, holder)?;
+        cur_userns[0] = root_owner;
+        t
+    } else {
+        spawn_root(&imgs[0], root_new_pidns)?
+    };
+    let mut actual = vec![root.pid()];
+    tasks.push(Some(root));
+    for k in 1..imgs.len() {
+        let p = parent_index(imgs, k)?;
+        let share = (
+            imgs[k].ids.files_id == imgs[p].ids.files_id,
+            imgs[k].ids.fs_id == imgs[p].ids.fs_id,
+        );
+        let subreaper = imgs[p].cores[0]
+            .1
+            .tc
+            .as_ref()
+            .and_then(|tc| tc.child_subreaper)
+            .unwrap_or(false);
+        let fresh = new_pidns(imgs, pidns, k, Some(p))?;
+        let set_tid = imgs[k].set_tid(0);
+        let sid_ids = imgs[k].sid_ids();
+        if let Some(owner) = time_owner(&imgs[p], others, &made_time) {
+            // The time namespace it made for its children is owned by a
+            // user namespace it has still to enter: it moves there now, so
+            // that its unshare makes the namespace owned by it.
+            if owner != cur_userns[p] {
+                let u = imgs[p].ids.user_ns_id.unwrap_or(1);
+                if !users.is_within(owner, cur_userns[p]) || !users.is_within(u, owner) {
+                    return Err(imgs[p].bad(
+                        "a time namespace for its children owned by a user namespace it is not on its way to",
+                    ));
+                }
+                let holder = userns.pid_of(owner).ok_or_else(|| {
+                    imgs[p].bad("a time namespace owned by a user namespace crest did not make")
+                })?;
+                let t = tasks[p]
+                    .as_mut()
+                    .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+                ns::user::enter(t, holder)?;
+                cur_userns[p] = owner;
+            }
+        }
+        cur_userns[k] = cur_userns[p];
+        make_time_for_children(&imgs[p], others, tasks[p].as_mut(), &mut made_time)?;
+        let owner = pidns_owner(&imgs[k], pidns);
+        if fresh && owner != cur_userns[p] {
+            // A pid namespace owned by another user namespace than the
+            // parent is in: made by a helper inside the owner.
+            let holder = userns.pid_of(owner).ok_or_else(|| {
+                imgs[k]
+                    .bad("the init of a pid namespace owned by a user namespace crest did not make")
+            })?;
+            let parent = tasks[p]
+                .as_mut()
+                .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+            let child = pstree::fork_init_in_userns(
+                Some(parent),
+                &imgs[k].entry,
+                &set_tid,
+                ti.cut == 0,
+                holder,
+            )?;
+            cur_userns[k] = owner;
+            actual.push(child.pid());
+            tasks.push(Some(child));
+            continue;
+        }
+        let levels = levels_of(ti, &actual, k, cur_userns[p])?;
+        let how = pstree::ForkHow {
+            ids: pstree::Ids {
+                want: &set_tid,
+                settable: levels.settable,
+                crest_last: levels.crest_last,
+            },
+            sid_ids: &sid_ids,
+            share_files: share.0,
+            share_fs: share.1,
+            new_pidns: fresh,
+            parent_is_subreaper: subreaper,
+        };
+        let mut before = || -> Result<(), RestoreError> {
+            if let Some((ns, init)) = levels.middle {
+                writers.set_next(ns, init, set_tid[levels.settable])?;
+            }
+            Ok(())
+        };
+        let child =
+            pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how, &mut before)?;
+        actual.push(child.pid());
+        tasks.push(Some(child));
+    }
+    let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
+    pstree::set_groups(&mut tasks, &mut helpers, &entries, &pgid_ids, ti.cut > 0)?;
+    set_pid_for_children(imgs, &actual, &mut tasks)?;
+    helpers.finish(&mut tasks)?;
+    end_zombies(imgs, &mut tasks)?;
+    Ok(Forked {
+        tasks,
+        actual,
+        cur_userns,
+        made_time,
+    })
+}
+
+/// Zombies end now, with their exit status.
+pub(super) fn end_zombies(
+    imgs: &[TaskImage],
+    tasks: &mut [Option<Tracee>],
+) -> Result<(), RestoreError> {
+    for k in 1..imgs.len() {
+        let Some(tc) = imgs[k].cores[0].1.tc.as_ref() else {
+            continue;
+        };
+        if imgs[k].live.is_some() {
+            continue;
+        }
+        let p = parent_index(imgs, k)?;
+        let (Some(t), status) = (tasks[k].take(), tc.exit_code as i32) else {
+            continue;
+        };
+        let parent = tasks[p]
+            .as_mut()
+            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+        pstree::make_zombie(t, status, &tc.comm, parent)?;
+    }
+    Ok(())
+}
+
+/// A task whose children go to a time namespace of their own makes it
+/// again (`unshare(CLONE_NEWTIME)` and its offsets) before its first child.
+/// The owner of the time namespace task `img` made for its children, if
+/// it is still to be made.
+pub(super) fn time_owner(
+    img: &TaskImage,
+    others: &ns::other::OtherGraph,
+    made: &std::collections::HashSet<u32>,
+) -> Option<u32> {
+    let x = img.cores[0].2.as_ref()?.time_for_children?;
+    if made.contains(&x) {
+        return None;
+    }
+    others
+        .list
+        .iter()
+        .find(|n| n.id == x)
+        .map(|n| n.owner_userns)
+}
+
+pub(super) fn make_time_for_children(
+    img: &TaskImage,
+    others: &ns::other::OtherGraph,
+    t: Option<&mut Tracee>,
+    made: &mut std::collections::HashSet<u32>,
+) -> Result<(), RestoreError> {
+    let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.time_for_children) else {
+        return Ok(());
+    };
+    let (Some(t), false) = (t, made.contains(&x)) else {
+        return Ok(());
+    };
+    let pid = t.pid();
+    let n = others
+        .list
+        .iter()
+        .find(|n| n.id == x)
+        .ok_or_else(|| img.bad("time_for_children names an unknown namespace"))?;
+    t.syscall(nr::UNSHARE, &[libc::CLONE_NEWTIME as u64])
+        .rat(pid, "unshare(CLONE_NEWTIME)")?;
+    if let Some([(ms, mn), (bs, bn)]) = n.offsets {
+        let path = format!("/proc/{pid}/timens_offsets");
+        std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
+            .rat(pid, format!("write {path}"))?;
+    }
+    made.insert(x);
+    Ok(())
+}
+
+/// A task whose children go to another pid namespace than its own (it
+/// unshared one) points its `pid_for_children` there again, through the
+/// namespace's init.
+pub(super) fn set_pid_for_children(
+    imgs: &[TaskImage],
+    actual: &[i32],
+    tasks: &mut [Option<Tracee>],
+) -> Result<(), RestoreError> {
+    for (k, img) in imgs.iter().enumerate() {
+        let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.pid_for_children) else {
+            continue;
+        };
+        let Some(init) = init_of(imgs, actual, x) else {
+            continue;
+        };
+        if let Some(t) = tasks[k].as_mut() {
+            let path = format!("/proc/{init}/ns/pid");
+            let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+            let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
+            t.syscall(nr::CLOSE, &[fd]).rat(img.pid(), "close")?;
+            r.rat(img.pid(), "setns of pid_for_children")?;
+        }
+    }
+    Ok(())
+}
+
+/// The user namespace that owns task `img`'s pid namespace.
+pub(super) fn pidns_owner(img: &TaskImage, pidns: &ns::pid::PidnsGraph) -> u32 {
+    img.ids
+        .pid_ns_id
+        .and_then(|n| pidns.node(n))
+        .map_or(1, |n| n.owner_userns)
+}
+
+/// Whether task `k` is the init of a pid namespace of its own, a child of
+/// its parent's (task `p`, or crest's for the root).
+pub(super) fn new_pidns(
+    imgs: &[TaskImage],
+    g: &ns::pid::PidnsGraph,
+    k: usize,
+    p: Option<usize>,
+) -> Result<bool, RestoreError> {
+    let child_ns = imgs[k].ids.pid_ns_id;
+    let parent_ns = p.and_then(|p| imgs[p].ids.pid_ns_id);
+    if child_ns == parent_ns {
+        return Ok(false);
+    }
+    let Some(ns) = child_ns else {
+        return Err(imgs[k].bad("a task in crest's pid namespace whose parent is in another"));
+    };
+    let node = g
+        .node(ns)
+        .ok_or_else(|| imgs[k].bad("an unknown pid namespace"))?;
+    // (the root's namespace is made below crest's whatever its parent was)
+    if (p.is_some() && node.parent != parent_ns) || imgs[k].inner_tid(0) != Some(1) {
+        return Err(imgs[k].bad(
+            "a task in a pid namespace other than its parent's that is not the init (pid 1) of a child namespace",
+        ));
+    }
+    Ok(true)
+}
+
+/// Forks the root task from crest with its old pid at every level, or as
+/// pid 1 of a new pid namespace if it was an init.
+pub(super) fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, RestoreError> {
+    let pid = img.pid();
+    let set_tid = img.set_tid(0);
+    let flags = if new_pidns {
+        libc::CLONE_NEWPID as u64
+    } else {
+        0
+    };
+    let child = spawn_stopped_with(&set_tid, session_of(img), flags).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EEXIST) => RestoreError::PidTaken { pid },
+            _ => RestoreError::Io {
+                pid,
+                step: format!("clone3 with set_tid {set_tid:?}"),
+                source: e,
+            },
+        }
+    })?;
+    let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
+    if !pstree::has_ids(child, &set_tid) {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!("clone3 with set_tid {set_tid:?} gave pid {child}"),
+        });
+    }
+    t.trace_new_tasks().rat(pid, "trace new tasks")?;
+    t.use_vdso_syscall()
+        .rat(pid, "find a syscall instruction")?;
+    Ok(t)
+}
+
+pub(super) fn session_of(img: &TaskImage) -> SessionSetup {
+    if img.entry.sid == img.entry.pid {
+        SessionSetup::NewSession
+    } else if img.entry.pgid == img.entry.pid {
+        SessionSetup::NewGroup
+    } else {
+        SessionSetup::Inherit
+    }
+}

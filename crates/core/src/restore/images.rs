@@ -1,0 +1,305 @@
+//! What the images say about the tree, read and checked before anything
+//! is made: every task's images (`TaskImage`), the namespace graphs, and
+//! how many outer pid levels the kernel picks (`TreeImages::cut`).
+
+use crate::error::RestoreError;
+use crate::ns::user::UsernsGraph;
+use crate::{coreimg, ns, pstree};
+use crest_images::pb::crest::CrestThreadExtra;
+use crest_images::pb::{
+    CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry,
+    TaskKobjIdsEntry,
+};
+use crest_images::{magic, names, ImageReader};
+use std::path::Path;
+
+/// Everything the images say about one task.
+pub(super) struct TaskImage {
+    pub(super) entry: PstreeEntry,
+    /// Core images: the leader's first, then every other thread's.
+    pub(super) cores: Vec<(i32, CoreEntry, Option<CrestThreadExtra>)>,
+    pub(super) ids: TaskKobjIdsEntry,
+    /// None for a zombie.
+    pub(super) live: Option<LiveImage>,
+    /// How many outer levels of its ids are left to the kernel: those above
+    /// the tree's pid namespace when that is made afresh (see
+    /// [`TreeImages::cut`]).
+    pub(super) cut: usize,
+}
+
+/// What only a live task has.
+pub(super) struct LiveImage {
+    pub(super) mm: MmEntry,
+    pub(super) pagemap: Vec<PagemapEntry>,
+    pub(super) pages_id: u32,
+    pub(super) fdinfo: Vec<FdinfoEntry>,
+    pub(super) fs: FsEntry,
+}
+
+pub(super) const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
+/// Most tasks plus threads crest restores from one image (as many as it
+/// seizes at dump).
+pub(super) const MAX_TASKS: usize = 1 << 16;
+
+impl TaskImage {
+    pub(super) fn read(dir: &Path, entry: PstreeEntry) -> Result<TaskImage, RestoreError> {
+        let pid = entry.pid;
+        let ids: TaskKobjIdsEntry = crest_images::read_one(dir, &names::ids(pid), magic::IDS)?;
+        let mut cores = Vec::with_capacity(entry.threads.len());
+        let mut tids = vec![pid];
+        tids.extend(entry.threads.iter().copied().filter(|t| *t != pid));
+        for tid in tids {
+            let core: CoreEntry = crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
+            let extra_name = names::crest_thread(tid);
+            let extra = if dir.join(&extra_name).exists() {
+                Some(crest_images::read_one(
+                    dir,
+                    &extra_name,
+                    magic::CREST_THREAD,
+                )?)
+            } else {
+                None
+            };
+            cores.push((tid as i32, core, extra));
+        }
+        let dead = cores[0]
+            .1
+            .tc
+            .as_ref()
+            .is_some_and(|tc| tc.task_state == coreimg::TASK_DEAD);
+        let live = if dead {
+            None
+        } else {
+            Some(LiveImage::read(dir, pid, &ids)?)
+        };
+        Ok(TaskImage {
+            entry,
+            cores,
+            ids,
+            live,
+            cut: 0,
+        })
+    }
+
+    pub(super) fn pid(&self) -> i32 {
+        self.entry.pid as i32
+    }
+
+    /// Thread `i`'s ids at every pid namespace level crest sets, innermost
+    /// first, as `clone3`'s `set_tid` wants them.
+    pub(super) fn set_tid(&self, i: usize) -> Vec<i32> {
+        let ns = self.cores.get(i).and_then(|c| c.2.as_ref());
+        let id = self.cores.get(i).map_or(self.entry.pid, |c| c.0 as u32);
+        self.levels(ns.map(|e| &e.ns_tids[..]), id)
+    }
+
+    /// An id (`NSpid`-like list `ns`, outermost first, or crest's view
+    /// `id` alone) as the levels crest sets, innermost first.
+    pub(super) fn levels(&self, ns: Option<&[u32]>, id: u32) -> Vec<i32> {
+        let mut v: Vec<i32> = match ns {
+            Some(ns) if !ns.is_empty() => ns.iter().rev().map(|t| *t as i32).collect(),
+            _ => vec![id as i32],
+        };
+        v.truncate(v.len().saturating_sub(self.cut));
+        v
+    }
+
+    /// Thread `i`'s id in its own pid namespace.
+    pub(super) fn inner_tid(&self, i: usize) -> Option<i32> {
+        self.set_tid(i).first().copied()
+    }
+
+    /// The process group's id at the levels crest sets, innermost first.
+    pub(super) fn pgid_ids(&self) -> Vec<i32> {
+        let ns = self.cores.first().and_then(|c| c.2.as_ref());
+        self.levels(ns.map(|e| &e.ns_pgids[..]), self.entry.pgid)
+    }
+
+    /// The session's id at the levels crest sets, innermost first.
+    pub(super) fn sid_ids(&self) -> Vec<i32> {
+        let ns = self.cores.first().and_then(|c| c.2.as_ref());
+        self.levels(ns.map(|e| &e.ns_sids[..]), self.entry.sid)
+    }
+
+    pub(super) fn bad(&self, what: &str) -> RestoreError {
+        RestoreError::BadImage {
+            pid: self.pid(),
+            file: names::core(self.entry.pid),
+            what: what.into(),
+        }
+    }
+}
+
+impl LiveImage {
+    pub(super) fn read(
+        dir: &Path,
+        pid: u32,
+        ids: &TaskKobjIdsEntry,
+    ) -> Result<LiveImage, RestoreError> {
+        let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
+        let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
+        let head: PagemapHead = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
+            pid: pid as i32,
+            file: names::pagemap(pid),
+            what: "no pagemap head".into(),
+        })?;
+        let mut pagemap = Vec::new();
+        while let Some(e) = r.next_entry::<PagemapEntry>()? {
+            if pagemap.len() >= MAX_PAGEMAP_ENTRIES {
+                return Err(RestoreError::BadImage {
+                    pid: pid as i32,
+                    file: names::pagemap(pid),
+                    what: format!("more than {MAX_PAGEMAP_ENTRIES} entries"),
+                });
+            }
+            pagemap.push(e);
+        }
+        let fdinfo_name = names::fdinfo(ids.files_id);
+        let fdinfo = if ids.files_id == ids.vm_id || dir.join(&fdinfo_name).exists() {
+            crest_images::read_image(dir, &fdinfo_name, magic::FDINFO)?
+        } else {
+            Vec::new()
+        };
+        let fs: FsEntry = crest_images::read_one(dir, &names::fs(pid), magic::FS)?;
+        Ok(LiveImage {
+            mm,
+            pagemap,
+            pages_id: head.pages_id,
+            fdinfo,
+            fs,
+        })
+    }
+}
+
+/// What the images say about the whole tree, read and checked.
+pub(super) struct TreeImages {
+    pub(super) imgs: Vec<TaskImage>,
+    pub(super) users: UsernsGraph,
+    pub(super) others: ns::other::OtherGraph,
+    pub(super) pidns: ns::pid::PidnsGraph,
+    /// When the root is the init of a pid namespace, that namespace is made
+    /// afresh below crest's, as CRIU does: the root is pid 1 inside and
+    /// gets whatever pid the kernel gives it outside, and so do the ids of
+    /// every task at the levels above the namespace (`cut` of them).
+    pub(super) cut: usize,
+}
+
+/// Reads `pstree.img`, every task's images and the namespace graphs.
+pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
+    let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
+    let threads: usize = tree.iter().map(|e| e.threads.len().max(1)).sum();
+    if tree.len() > MAX_TASKS || threads > MAX_TASKS {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::PSTREE.into(),
+            what: format!(
+                "{} tasks with {threads} threads, more than {MAX_TASKS}",
+                tree.len()
+            ),
+        });
+    }
+    let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {
+        pid: 0,
+        file: names::PSTREE.into(),
+        what,
+    })?;
+    let mut imgs = order
+        .iter()
+        .map(|&i| TaskImage::read(dir, tree[i].clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cut = fresh_levels(&imgs)?;
+    for img in &mut imgs {
+        img.cut = cut;
+    }
+    let ns_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .map(|i| (i.pid(), i.ids.user_ns_id.unwrap_or(1)))
+        .collect();
+    let users = UsernsGraph::read(dir, &ns_of)?;
+    let other_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .flat_map(|i| {
+            ns::other::ids_of(&i.ids)
+                .into_iter()
+                .map(move |n| (i.pid(), n))
+        })
+        .collect();
+    let others = ns::other::OtherGraph::read(dir, &other_of)?;
+    let pid_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
+        .collect();
+    let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
+        .map_err(|what| RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_NS.into(),
+            what,
+        })?;
+    Ok(TreeImages {
+        imgs,
+        users,
+        others,
+        pidns,
+        cut,
+    })
+}
+
+/// How many outer levels of every task's ids the kernel picks: all above
+/// the root's pid namespace when the root is its init, none otherwise.
+/// Every task must then have ids inside that namespace.
+pub(super) fn fresh_levels(imgs: &[TaskImage]) -> Result<usize, RestoreError> {
+    let root = &imgs[0];
+    let levels = root.set_tid(0);
+    if root.ids.pid_ns_id.is_none() || levels.first() != Some(&1) {
+        return Ok(0);
+    }
+    let cut = levels.len() - 1;
+    for img in imgs {
+        for (tid, _, extra) in &img.cores {
+            if extra.as_ref().map_or(0, |e| e.ns_tids.len()) <= cut {
+                return Err(img.bad(&format!(
+                    "thread {tid} has no id inside the pid namespace of the tree's root"
+                )));
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// The index of the init of pid namespace `n`.
+pub(super) fn init_index(imgs: &[TaskImage], n: u32) -> Option<usize> {
+    imgs.iter()
+        .position(|i| i.ids.pid_ns_id == Some(n) && i.inner_tid(0) == Some(1))
+}
+
+/// The pid (crest's view) of the restored init of pid namespace `n`;
+/// `actual` holds the pids of the tasks forked so far, in tree order.
+pub(super) fn init_of(imgs: &[TaskImage], actual: &[i32], n: u32) -> Option<i32> {
+    init_index(imgs, n).and_then(|k| actual.get(k).copied())
+}
+
+/// `inventory.img` must be there, be CRIU's, and have image version 2.
+pub fn check_inventory(dir: &Path) -> Result<(), RestoreError> {
+    let inv: crest_images::pb::InventoryEntry =
+        crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
+    if inv.img_version != crest_images::INVENTORY_IMG_VERSION {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::INVENTORY.into(),
+            what: format!(
+                "image version {}, crest reads version {}",
+                inv.img_version,
+                crest_images::INVENTORY_IMG_VERSION
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, RestoreError> {
+    let ppid = imgs[k].entry.ppid;
+    imgs[..k]
+        .iter()
+        .position(|i| i.entry.pid == ppid)
+        .ok_or_else(|| imgs[k].bad("parent is not restored before the task"))
+}

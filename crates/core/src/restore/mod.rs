@@ -1,0 +1,197 @@
+//! `crest restore`: read the images, fork each task with its old pid,
+//! transform it from outside, set credentials, registers, and let it go.
+//! Only the order lives here; every step is in the room of its object:
+//! reading the images (`images`), forking the tree (`fork`), transforming
+//! a task (`task`).
+
+mod fork;
+mod images;
+mod task;
+
+use crate::error::{RestoreCtx, RestoreError};
+use crate::files::restore::RestoreFiles;
+use crate::{mm, ns, pstree};
+use crest_inject::Tracee;
+use crest_sys::ptrace::{self, WaitStatus};
+use fork::{fork_tree, levels_of, Forked};
+pub use images::check_inventory;
+use images::{init_of, parent_index, read_tree_images, TreeImages};
+use std::path::PathBuf;
+use task::{transform, TreeCtx};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    pub detached: bool,
+    pub shell_job: bool,
+    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`,
+    /// `mnt[KEY]:PATH`).
+    pub external: Vec<String>,
+    /// CRIU's `--root`: the root directory of a tree that pivot_root'ed.
+    pub root: Option<PathBuf>,
+}
+
+/// A restored tree, running.
+pub struct Restored {
+    pub root_pid: i32,
+}
+
+impl Restored {
+    /// Waits for the root task and returns its exit status the way a shell
+    /// reports it (128 + signal for a killed task).
+    pub fn wait(&self) -> Result<i32, RestoreError> {
+        loop {
+            match ptrace::wait(self.root_pid).rat(self.root_pid, "wait for the restored task")? {
+                WaitStatus::Exited(c) => return Ok(c),
+                WaitStatus::Signaled(s) => return Ok(128 + s),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// Restores the tree in `opts.dir`. On failure every task made is killed
+/// and reaped: crest is a child subreaper meanwhile, so the killed tasks'
+/// orphans come back to it rather than waiting for init.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let _ = crest_sys::proc::set_child_subreaper(true);
+    let res = restore_tree(opts);
+    if res.is_err() {
+        crest_sys::proc::reap_children(std::time::Duration::from_secs(2));
+    }
+    let _ = crest_sys::proc::set_child_subreaper(false);
+    res
+}
+
+fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let dir = &opts.dir;
+    check_inventory(dir)?;
+    let mut files = RestoreFiles::read(dir)?;
+    files.socks.shell_job = opts.shell_job;
+    let ti = read_tree_images(dir)?;
+    let imgs = &ti.imgs;
+    // crest's helpers take their pids from a range the tree does not use,
+    // so none holds a pid a task is yet to get (pids wrap at pid_max).
+    let tids: Vec<i32> = imgs
+        .iter()
+        .flat_map(|i| i.cores.iter().map(|c| c.0))
+        .collect();
+    let spare = pstree::spare_pids(&tids);
+    pstree::steer_pids(spare);
+    // The namespaces first, held by helpers until every task has entered
+    // its own.
+    let userns = ns::user::Helpers::build(&ti.users)?;
+    let mut others_h = ns::other::Helpers::build(&ti.others, &userns, &opts.external)?;
+    crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
+
+    // Fork the tree: every task from its parent, with its pid.
+    let mut writers = ns::pid::Writers::new(spare);
+    let Forked {
+        mut tasks,
+        actual,
+        cur_userns,
+        made_time,
+    } = fork_tree(&ti, &userns, &mut writers)?;
+    // How each task's threads get their ids: they are made after the task
+    // moved into its own user namespace.
+    let thread_levels = (0..imgs.len())
+        .map(|k| levels_of(&ti, &actual, k, imgs[k].ids.user_ns_id.unwrap_or(1)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Cgroups, crest's files within reach, the mounts of mount namespaces.
+    before_transform(opts, &ti, &actual, &mut tasks, &userns, &mut others_h)?;
+
+    // Transform every live task, make its threads, set its threads' state.
+    let mut ctx = TreeCtx {
+        dir,
+        users: &ti.users,
+        userns: &userns,
+        made_time,
+        others: &ti.others,
+        others_h: &others_h,
+        files: &mut files,
+        shared: mm::restore::SharedAnon::new(),
+        threads: Vec::new(),
+        writers: &mut writers,
+    };
+    for k in 0..imgs.len() {
+        let Some(t) = tasks[k].as_mut() else { continue };
+        let shares_files =
+            k > 0 && imgs[k].ids.files_id == imgs[parent_index(imgs, k)?].ids.files_id;
+        let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(imgs, k)?].ids.fs_id;
+        transform(
+            t,
+            &imgs[k],
+            &mut ctx,
+            (shares_files, shares_fs),
+            cur_userns[k],
+            thread_levels[k],
+        )?;
+    }
+
+    // Let everyone go, threads before their leaders (the leader's release
+    // unmaps the work area they were injected through).
+    for th in ctx.threads {
+        th.release().rat(0, "let a thread go")?;
+    }
+    let root_pid = actual[0];
+    for (k, t) in tasks.into_iter().enumerate() {
+        if let Some(t) = t {
+            t.release().rat(imgs[k].pid(), "let the task go")?;
+        }
+    }
+    if root_pid != imgs[0].pid() {
+        crate::info!(
+            "the root (pid {} in the images) is pid {root_pid} now",
+            imgs[0].pid()
+        );
+    }
+    crate::info!("tree of {root_pid} restored and running");
+    Ok(Restored { root_pid })
+}
+
+/// What comes between the fork and the transforms: tasks of cgroup
+/// namespaces back in their cgroups, every task given a way to crest's
+/// files, and the mounts of mount namespaces replayed before any task
+/// reopens files in them.
+fn before_transform(
+    opts: &RestoreOptions,
+    ti: &TreeImages,
+    actual: &[i32],
+    tasks: &mut [Option<Tracee>],
+    userns: &ns::user::Helpers,
+    others_h: &mut ns::other::Helpers,
+) -> Result<(), RestoreError> {
+    let imgs = &ti.imgs;
+    // (threads made later follow their leader)
+    for (pid, path) in ns::cgroup::read_members(&opts.dir)? {
+        if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
+            ns::cgroup::move_to(actual[k], &path)?;
+        }
+    }
+    // crest's /proc and the images stay within reach while a task is in
+    // other mount namespaces: an fd numbered above its future fds
+    for (k, t) in tasks.iter_mut().enumerate() {
+        let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
+            continue;
+        };
+        let max_fd = live
+            .fdinfo
+            .iter()
+            .map(|f| u64::from(f.fd))
+            .max()
+            .unwrap_or(0);
+        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
+    }
+    let mnt_externals = ns::mnt::mnt_externals(&opts.external);
+    let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
+    let how = ns::mnt::Replay {
+        root: root.as_deref(),
+        externals: &mnt_externals,
+    };
+    let init = |n: u32| init_of(imgs, actual, n);
+    for id in ti.others.mount_order() {
+        others_h.replay_mounts(&ti.others, id, userns, &init, &how)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Turning a stopped fork of crest into the dumped task: its namespaces,
+//! memory, files, task-wide state, threads and credentials.
+
+use super::images::TaskImage;
+use crate::error::{RestoreCtx, RestoreError};
+use crate::files::restore::{restore_fds, RestoreFiles};
+use crate::ns::user::{to_outer_view, UsernsGraph};
+use crate::{creds, mm, ns, pstree, regs, signals, task};
+use crest_images::names;
+use crest_images::pb::crest::CrestThreadExtra;
+use crest_images::pb::{CoreEntry, FsEntry};
+use crest_inject::{nr, Tracee};
+use crest_sys::ptrace;
+use std::path::{Path, PathBuf};
+
+/// What the transforms of a tree's tasks share.
+pub(super) struct TreeCtx<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) users: &'a UsernsGraph,
+    pub(super) userns: &'a ns::user::Helpers,
+    pub(super) made_time: std::collections::HashSet<u32>,
+    pub(super) others: &'a ns::other::OtherGraph,
+    pub(super) others_h: &'a ns::other::Helpers,
+    pub(super) files: &'a mut RestoreFiles,
+    pub(super) shared: mm::restore::SharedAnon,
+    /// Threads made so far, ready to be let go before their leaders.
+    pub(super) threads: Vec<Tracee>,
+    pub(super) writers: &'a mut ns::pid::Writers,
+}
+
+/// Turns a stopped fork of crest into the dumped task, and makes its
+/// threads (pushed to `ctx.threads`, ready to be let go).
+pub(super) fn transform(
+    t: &mut Tracee,
+    img: &TaskImage,
+    ctx: &mut TreeCtx<'_>,
+    (shares_files, shares_fs): (bool, bool),
+    cur_userns: u32,
+    tl: ns::pid::Levels,
+) -> Result<(), RestoreError> {
+    let pid = img.pid();
+    let (files, dir) = (&mut *ctx.files, ctx.dir);
+    let live = img
+        .live
+        .as_ref()
+        .ok_or_else(|| img.bad("not a live task"))?;
+    let core = &img.cores[0].1;
+    let tc = core.tc.as_ref().ok_or_else(|| img.bad("no task core"))?;
+    task::unregister_inherited_rseq(t)?;
+    if shares_files {
+        // Its parent's fd table restore closed the fd it had of crest's root.
+        let max_fd = live
+            .fdinfo
+            .iter()
+            .map(|f| u64::from(f.fd))
+            .max()
+            .unwrap_or(0);
+        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
+    }
+    // Its own namespaces (but the user namespace) first, so files are
+    // reopened in its mount namespace and the vdso is placed in its time
+    // namespace.
+    ctx.others_h
+        .enter_all_as(t, ctx.others, pid, &ctx.made_time)?;
+
+    // Memory.
+    let work = mm::restore::map_work_area(t, &live.mm)?;
+    if !shares_files {
+        restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
+    }
+    mm::restore::unmap_inherited(t, &work)?;
+    mm::restore::map_vmas(t, &live.mm, &live.pagemap, files, &mut ctx.shared)?;
+    let pages = absolute(dir)
+        .rat(pid, "images directory path")?
+        .join(names::pages(live.pages_id));
+    let started = std::time::Instant::now();
+    mm::restore::fill_pages(t, &live.mm, &live.pagemap, &pages.to_string_lossy())?;
+    crate::debug!(
+        "pid {pid}: pages filled in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    mm::restore::protect(t, &live.mm, &live.pagemap)?;
+    let exe = files
+        .reg_path(live.mm.exe_file_id)
+        .ok_or_else(|| img.bad("exe file is not in files.img"))?
+        .to_string();
+    mm::restore::set_mm_fields(t, &live.mm, &exe)?;
+
+    // fs, limits, timers, signal actions: task-wide.
+    if !shares_fs {
+        restore_fs(t, &live.fs, files)?;
+    }
+    task::restore_rlimits(t.pid(), tc.rlimits.as_ref())?;
+    task::restore_oom_score_adj(t.pid(), tc.oom_score_adj)?;
+    task::restore_itimers(t, tc.timers.as_ref())?;
+    signals::restore_actions(t, &tc.sigactions)?;
+    if let Some(on) = tc.child_subreaper {
+        task::restore_child_subreaper(t, on)?;
+    }
+    // File locks once its fds and mappings are in place for good.
+    crate::files::lock::restore(t, pid, &files.locks)?;
+
+    // The vdso last among mappings: from here on injection goes through it
+    // and the work area can go when the leader is let go.
+    mm::restore::place_vdso(t, &live.mm)?;
+    t.adopt_scratch(work.addr, work.len as usize);
+
+    // The leader's state, then its credentials around the move into its
+    // user namespace (which needs a single thread), then the threads.
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    // Forked inside a nested user namespace already: the task moves on
+    // (down) to its own first, then sets its ids as it sees them.
+    let early = cur_userns != 1;
+    let helper = if ns == cur_userns {
+        None
+    } else {
+        ctx.userns.pid_of(ns)
+    };
+    if early {
+        if let Some(h) = helper {
+            ns::user::enter(t, h)?;
+        }
+    }
+    let helper = if early { None } else { helper };
+    restore_thread(t, img, 0, tc.personality)?;
+    let step = UserStep {
+        users: ctx.users,
+        helper,
+        early,
+    };
+    let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
+    // Threads are made after the move and while the leader still holds
+    // every capability; each drops its own, the leader last.
+    for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
+        let set_tid = img.set_tid(i);
+        // (made in the task's own user namespace: `tl` is for it)
+        let ids = pstree::Ids {
+            want: &set_tid,
+            settable: tl.settable,
+            crest_last: tl.crest_last,
+        };
+        let writers = &mut *ctx.writers;
+        let mut before = || -> Result<(), RestoreError> {
+            if let Some((ns, init)) = tl.middle {
+                writers.set_next(ns, init, set_tid[tl.settable])?;
+            }
+            Ok(())
+        };
+        let mut th = pstree::fork_thread(t, *tid, &ids, &mut before)?;
+        th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
+        restore_thread(&mut th, img, i, tc.personality)?;
+        let tstep = UserStep {
+            users: ctx.users,
+            helper: None,
+            early,
+        };
+        set_ids(
+            &mut th,
+            img,
+            tcore,
+            extra.as_ref(),
+            &tstep,
+            leader_ids.as_ref(),
+        )?;
+        set_caps(&mut th, img, tcore)?;
+        th.forget_scratch();
+        ctx.threads.push(th);
+    }
+    set_caps(t, img, core)?;
+    if let Some(d) = live.mm.dumpable {
+        // Changing credentials may have cleared it.
+        t.syscall(
+            nr::PRCTL,
+            &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64],
+        )
+        .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+    }
+    let inner_pid = img.inner_tid(0).unwrap_or(pid);
+    signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
+    mm::restore::close_crest_root(t)?;
+    Ok(())
+}
+
+/// Sets a thread's ids as crest sees them (so that ids its namespace does
+/// not map come back exactly), keeping every capability, and for the
+/// leader of a task in a nested user namespace moves it there (`helper`
+/// holds it). A thread made after the move that has the leader's ids
+/// (`leader`) keeps them; one with other ids sets them inside the
+/// namespace. Returns the ids (crest's view).
+pub(super) fn set_ids(
+    t: &mut Tracee,
+    img: &TaskImage,
+    core: &CoreEntry,
+    extra: Option<&CrestThreadExtra>,
+    u: &UserStep<'_>,
+    leader: Option<&creds::Ids>,
+) -> Result<Option<creds::Ids>, RestoreError> {
+    let (users, helper, early) = (u.users, u.helper, u.early);
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    let Some(c) = th.creds.as_ref() else {
+        if let Some(h) = helper {
+            ns::user::enter(t, h)?;
+        }
+        return Ok(None);
+    };
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    let inner = creds::Ids::of(c);
+    let rec = |f: fn(&CrestThreadExtra) -> &Vec<u32>| extra.map_or(&[][..], |e| &f(e)[..]);
+    let outer = creds::Ids {
+        uids: to_array(to_outer_view(
+            users,
+            ns,
+            &inner.uids,
+            rec(|e| &e.outer_uids),
+            false,
+        )),
+        gids: to_array(to_outer_view(
+            users,
+            ns,
+            &inner.gids,
+            rec(|e| &e.outer_gids),
+            true,
+        )),
+        groups: to_outer_view(users, ns, &inner.groups, rec(|e| &e.outer_groups), true),
+    };
+    let nested = users.node(ns).is_some_and(|n| n.parent.is_some());
+    if early {
+        // Already in its user namespace: ids as the task sees them.
+        if leader.is_none_or(|l| *l != outer) {
+            let allow = users.node(ns).is_some_and(|n| n.setgroups_allow);
+            creds::set_ids(t, &inner, allow)?;
+        }
+        return Ok(Some(outer));
+    }
+    match leader {
+        Some(l) if nested => {
+            if *l != outer {
+                let allow = users.node(ns).is_some_and(|n| n.setgroups_allow);
+                creds::set_ids(t, &inner, allow)?;
+            }
+        }
+        _ => creds::set_ids(t, &outer, true)?,
+    }
+    if let Some(h) = helper {
+        ns::user::enter(t, h)?;
+    }
+    Ok(Some(outer))
+}
+
+/// Sets a thread's capabilities as they are in its namespace, then the
+/// parent-death signal that changing credentials clears.
+pub(super) fn set_caps(
+    t: &mut Tracee,
+    img: &TaskImage,
+    core: &CoreEntry,
+) -> Result<(), RestoreError> {
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    if let Some(c) = th.creds.as_ref() {
+        creds::set_caps(t, c)?;
+    }
+    task::restore_pdeathsig(t, th.pdeath_sig.unwrap_or(0))
+}
+
+/// Where a task stands on its way into its user namespace.
+pub(super) struct UserStep<'a> {
+    pub(super) users: &'a UsernsGraph,
+    /// Holder of the user namespace to enter after the ids are set.
+    pub(super) helper: Option<i32>,
+    /// It is in its user namespace already.
+    pub(super) early: bool,
+}
+
+pub(super) fn to_array(v: Vec<u32>) -> [u32; 4] {
+    let mut a = [0u32; 4];
+    for (i, x) in v.into_iter().take(4).enumerate() {
+        a[i] = x;
+    }
+    a
+}
+
+/// The per-thread state of thread `i` of the image: altstack, comm,
+/// rseq, robust list, clear_child_tid, credentials, private pending
+/// signals, FPU and registers (set when the thread is let go).
+pub(super) fn restore_thread(
+    t: &mut Tracee,
+    img: &TaskImage,
+    i: usize,
+    personality: u32,
+) -> Result<(), RestoreError> {
+    let pid = img.pid();
+    let tid = t.tid();
+    let (image_tid, core, extra) = img
+        .cores
+        .get(i)
+        .map(|c| (c.0, &c.1, c.2.as_ref()))
+        .ok_or_else(|| img.bad("a thread without a core image"))?;
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread core"))?;
+    let info = core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| img.bad("no thread info"))?;
+    signals::restore_altstack(t, th.sas.as_ref())?;
+    let comm = th
+        .comm
+        .as_deref()
+        .or(core.tc.as_ref().map(|tc| tc.comm.as_str()))
+        .unwrap_or("");
+    task::restore_misc(
+        t,
+        &task::ThreadMisc {
+            comm,
+            personality,
+            rseq: th.rseq_entry.as_ref(),
+            robust_list: (th.futex_rla, u64::from(th.futex_rla_len)),
+            clear_tid: info.clear_tid_addr,
+        },
+    )?;
+    let inner = (
+        img.inner_tid(0).unwrap_or(pid),
+        img.inner_tid(i).unwrap_or(image_tid),
+    );
+    signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
+    let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
+        Some(x) => x.clone(),
+        None => {
+            let size = ptrace::get_xstate(tid).map_or(2432, |x| x.len());
+            regs::xsave_from_fpregs(&info.fpregs, size)
+        }
+    };
+    ptrace::set_xstate(tid, &xsave).rat(
+        pid,
+        format!("PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}"),
+    )?;
+    let dumped = regs::from_image(&info.gpregs);
+    let mask = th
+        .blk_sigset
+        .or(core.tc.as_ref().map(|tc| tc.blk_sigset))
+        .unwrap_or(0);
+    t.set_final_state(regs::resume_regs(&dumped), mask);
+    Ok(())
+}
+
+pub(super) fn restore_fs(
+    t: &mut Tracee,
+    fs: &FsEntry,
+    files: &RestoreFiles,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let cwd = files.reg_path(fs.cwd_id).unwrap_or("/");
+    let root = files.reg_path(fs.root_id).unwrap_or("/");
+    let mut p = cwd.as_bytes().to_vec();
+    p.push(0);
+    let addr = t.put(&p).rat(pid, "write cwd")?;
+    t.syscall(nr::CHDIR, &[addr])
+        .rat(pid, format!("chdir {cwd}"))?;
+    if root != "/" {
+        let mut p = root.as_bytes().to_vec();
+        p.push(0);
+        let addr = t.put(&p).rat(pid, "write root")?;
+        t.syscall(nr::CHROOT, &[addr])
+            .rat(pid, format!("chroot {root}"))?;
+    }
+    t.syscall(nr::UMASK, &[u64::from(fs.umask.unwrap_or(0o022))])
+        .rat(pid, "umask")?;
+    Ok(())
+}
+
+fn absolute(p: &Path) -> std::io::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
