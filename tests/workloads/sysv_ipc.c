@@ -3,9 +3,14 @@
  * mapping, a semaphore set with values, a message queue with messages of
  * several types, each with its own mode. In the host flavor the objects
  * live in the harness's ipc namespace and outlive the dump; in the ns
- * flavors crest must carry them in its images. The workload removes its
- * objects before it exits. */
+ * flavors crest must carry them in its images. Beside them, a POSIX
+ * message queue with two messages, held through two descriptors (one
+ * O_RDWR|O_NONBLOCK, one O_RDONLY): after the restore both are open again
+ * with their flags, and the messages come out by priority. The workload
+ * removes its objects before it exits. */
 #include "wl.h"
+#include <fcntl.h>
+#include <mqueue.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -31,6 +36,7 @@ static unsigned char pattern(size_t i)
 }
 
 static int shm_id = -1, sem_id = -1, msg_id = -1;
+static char mq_name[64];
 
 static void cleanup(void)
 {
@@ -40,6 +46,38 @@ static void cleanup(void)
 		semctl(sem_id, 0, IPC_RMID);
 	if (msg_id >= 0)
 		msgctl(msg_id, IPC_RMID, NULL);
+	if (mq_name[0])
+		mq_unlink(mq_name);
+}
+
+/* The POSIX queue after the restore: the descriptors' flags and
+ * attributes, the messages by priority, the read-only one refusing to
+ * send. */
+static void check_mq(mqd_t rw, mqd_t ro)
+{
+	struct mq_attr a;
+	if (mq_getattr(rw, &a) < 0)
+		wl_fail("mq_getattr after restore: %s", strerror(errno));
+	if (!(a.mq_flags & O_NONBLOCK) || a.mq_maxmsg != 4 || a.mq_msgsize != 32 ||
+	    a.mq_curmsgs != 2)
+		wl_fail("queue attributes flags %lo maxmsg %ld msgsize %ld curmsgs %ld", a.mq_flags,
+			a.mq_maxmsg, a.mq_msgsize, a.mq_curmsgs);
+	int fl = fcntl(ro, F_GETFL);
+	if (fl < 0 || (fl & O_ACCMODE) != O_RDONLY || (fl & O_NONBLOCK))
+		wl_fail("the read-only descriptor has flags %o", fl);
+	if (mq_send(ro, "x", 1, 0) == 0 || errno != EBADF)
+		wl_fail("mq_send through the read-only descriptor: %s", strerror(errno));
+	const char *want[] = { "high", "low" };
+	for (int i = 0; i < 2; i++) {
+		char buf[32] = { 0 };
+		unsigned prio = 0;
+		ssize_t n = mq_receive(i ? rw : ro, buf, sizeof(buf), &prio);
+		if (n < 0 || strcmp(buf, want[i]) != 0)
+			wl_fail("mq_receive %d: %zd %s (%s)", i, n, buf, strerror(errno));
+	}
+	char buf[32];
+	if (mq_receive(rw, buf, sizeof(buf), NULL) >= 0 || errno != EAGAIN)
+		wl_fail("the non-blocking descriptor blocks or has more: %s", strerror(errno));
 }
 
 int main(int argc, char **argv)
@@ -76,8 +114,21 @@ int main(int argc, char **argv)
 			wl_fail("msgsnd: %s", strerror(errno));
 	}
 
+	snprintf(mq_name, sizeof(mq_name), "/crest-wl-%d", (int)getpid());
+	struct mq_attr attr = { .mq_maxmsg = 4, .mq_msgsize = 32 };
+	mqd_t mq_rw = mq_open(mq_name, O_CREAT | O_EXCL | O_RDWR | O_NONBLOCK, 0600, &attr);
+	if (mq_rw == (mqd_t)-1)
+		wl_fail("mq_open: %s", strerror(errno));
+	mqd_t mq_ro = mq_open(mq_name, O_RDONLY);
+	if (mq_ro == (mqd_t)-1)
+		wl_fail("mq_open O_RDONLY: %s", strerror(errno));
+	if (mq_send(mq_rw, "low", 4, 1) < 0 || mq_send(mq_rw, "high", 5, 7) < 0)
+		wl_fail("mq_send: %s", strerror(errno));
+
 	wl_ready();
 	wl_wait_term();
+
+	check_mq(mq_rw, mq_ro);
 
 	for (size_t i = 0; i < SHM_SIZE; i++) {
 		if (rw[i] != pattern(i))

@@ -27,6 +27,7 @@ pub mod inotify;
 pub mod kept;
 pub mod lock;
 pub mod memfd;
+pub mod mqueue;
 pub mod pidfd;
 pub mod pipe;
 pub mod restore;
@@ -126,6 +127,7 @@ impl FileTable {
             entry.fifo.as_mut().map(|e| &mut e.id),
             entry.memfd.as_mut().map(|e| &mut e.id),
             entry.pidfd.as_mut().map(|e| &mut e.id),
+            entry.ext.as_mut().map(|e| &mut e.id),
         ];
         for slot in inner.into_iter().flatten() {
             *slot = id;
@@ -228,14 +230,13 @@ fn dump_one(
     let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
     let ft = meta.file_type();
     // A POSIX message queue descriptor looks like a file named /NAME: it
-    // is not one (its namespace's queues are restored, its fds are not).
+    // is not one.
     const MQUEUE_MAGIC: u64 = 0x1980_0202;
     if rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
         .is_ok_and(|f| f.f_type as u64 == MQUEUE_MAGIC)
     {
-        return Err(unsupported(format!(
-            "a POSIX message queue descriptor ({link})"
-        )));
+        let entry = mqueue::dump(pid, fd, link, flags)?;
+        return Ok((FdTypes::Ext, table.push(entry)));
     }
     use std::os::unix::fs::FileTypeExt;
     if ft.is_fifo() {

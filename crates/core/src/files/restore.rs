@@ -301,6 +301,10 @@ fn make_one(
             entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?,
             files,
         ),
+        Ok(FdTypes::Ext) => match entry.crest_mq.as_ref() {
+            Some(mq) => super::mqueue::open(t, mq),
+            None => Err(missing("crest_mq (an external file of a CRIU plugin)")),
+        },
         Ok(FdTypes::Pidfd) => {
             pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)
         }

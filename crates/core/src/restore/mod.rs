@@ -175,13 +175,7 @@ fn before_transform(
         let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
             continue;
         };
-        let max_fd = live
-            .fdinfo
-            .iter()
-            .map(|f| u64::from(f.fd))
-            .max()
-            .unwrap_or(0);
-        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
+        mm::restore::open_crest_root(t, live.crest_root_fd())?;
     }
     let mnt_externals = ns::mnt::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());

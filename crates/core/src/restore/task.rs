@@ -49,13 +49,7 @@ pub(super) fn transform(
     task::unregister_inherited_rseq(t)?;
     if shares_files {
         // Its parent's fd table restore closed the fd it had of crest's root.
-        let max_fd = live
-            .fdinfo
-            .iter()
-            .map(|f| u64::from(f.fd))
-            .max()
-            .unwrap_or(0);
-        mm::restore::open_crest_root(t, max_fd + 6 * live.fdinfo.len() as u64 + 64)?;
+        mm::restore::open_crest_root(t, live.crest_root_fd())?;
     }
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
