@@ -19,6 +19,7 @@ pub mod daemons;
 pub mod dumpchecks;
 pub mod fresh_init;
 pub mod hostile;
+pub mod inherit_fd;
 pub mod nested;
 pub mod ns;
 pub mod procs;

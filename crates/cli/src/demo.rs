@@ -108,6 +108,7 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
         shell_job: false,
         external: Vec::new(),
         root: None,
+        inherit_fd: Vec::new(),
     })?;
     println!(
         "restored pid {} in {:.3} s",

@@ -92,6 +92,11 @@ enum Cmd {
         /// root (CRIU's --root).
         #[arg(long = "root")]
         root: Option<PathBuf>,
+        /// `fd[N]:pipe:[INODE]`: crest's fd N stands for the dumped pipe
+        /// whose other end was outside the tree (CRIU's --inherit-fd, as
+        /// runtimes give a container's stdio pipes). Repeatable.
+        #[arg(long = "inherit-fd", value_parser = parse_inherit_fd)]
+        inherit_fd: Vec<(i32, String)>,
         /// Restore file locks (accepted for CRIU's command line; the images
         /// say which locks there are, and they are always taken again).
         #[arg(short = 'l', long = "file-locks")]
@@ -140,6 +145,25 @@ fn parse_external(s: &str) -> Result<String, String> {
             "{s:?}: crest takes external veth devices as veth[IFNAME]:OUTNAME and external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore)"
         )),
     }
+}
+
+/// CRIU's `--inherit-fd fd[N]:KEY`; crest takes pipes as keys
+/// (`pipe:[INODE]`, as the link of /proc/PID/fd/N shows them).
+fn parse_inherit_fd(s: &str) -> Result<(i32, String), String> {
+    let bad = || format!("{s:?}: crest takes --inherit-fd as fd[N]:pipe:[INODE]");
+    let (fd, key) = s
+        .strip_prefix("fd[")
+        .and_then(|r| r.split_once("]:"))
+        .ok_or_else(bad)?;
+    let fd: i32 = fd.parse().map_err(|_| bad())?;
+    let ino = key
+        .strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|i| i.parse::<u32>().ok());
+    if fd < 0 || ino.is_none() {
+        return Err(bad());
+    }
+    Ok((fd, key.to_string()))
 }
 
 /// A size in bytes, with an optional K, M or G suffix (powers of 1024).
@@ -251,6 +275,7 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             external,
             root,
+            inherit_fd,
             ..
         } => {
             init_log(&common, "restore.log")?;
@@ -260,6 +285,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 external,
                 root,
+                inherit_fd,
             };
             let restored = crest_core::restore::restore(&opts)?;
             if let Some(p) = pidfile {
@@ -329,4 +355,27 @@ fn show(dir: &Path, json: bool) -> Result<i32> {
         print!("{}", crest_core::show::render(&tasks));
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_fd_takes_pipes() {
+        assert_eq!(
+            parse_inherit_fd("fd[3]:pipe:[4711]"),
+            Ok((3, "pipe:[4711]".to_string()))
+        );
+        for bad in [
+            "fd[3]:tmp/file",
+            "fd[x]:pipe:[1]",
+            "3:pipe:[1]",
+            "fd[-1]:pipe:[1]",
+            "fd[3]:pipe:[1",
+            "fd[3]:pipe:[-1]",
+        ] {
+            assert!(parse_inherit_fd(bad).is_err(), "{bad}");
+        }
+    }
 }

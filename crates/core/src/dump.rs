@@ -151,6 +151,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
     }
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
+    files.mark_outside_pipes();
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
     files::write_images(&opts.dir, &files)?;
     files.finish(&opts.dir)?;

@@ -60,6 +60,16 @@ pub fn pidfd_getfd(pidfd: &impl AsRawFd, target_fd: i32) -> io::Result<OwnedFd> 
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A close-on-exec copy of crest's own fd `fd` (one its caller handed
+/// it, e.g. for `--inherit-fd`).
+pub fn dup_own(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; fcntl checks that `fd` is open.
+    let ret = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    let new = cvt(ret as libc::c_long)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
+}
+
 /// `kill(pid, sig)`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.

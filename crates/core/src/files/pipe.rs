@@ -18,22 +18,26 @@ pub struct PipeDump {
 }
 
 impl PipeDump {
-    /// Fails for a pipe the tree holds only one end of while a process
-    /// outside the tree holds the other: restored, it would have no one at
-    /// that end.
-    pub fn check_outside(&self, tree: &std::collections::HashSet<i32>) -> Result<(), DumpError> {
+    /// The pipes the tree holds only one end of while a process outside
+    /// the tree holds the other: inode → (that process, a task and fd of
+    /// the tree holding the pipe).
+    pub fn held_outside(
+        &self,
+        tree: &std::collections::HashSet<i32>,
+    ) -> HashMap<u32, (i32, i32, i32)> {
         let lonely: HashMap<u32, (i32, i32)> = self
             .ends
             .iter()
             .filter(|(_, e)| !(e.0 && e.1))
             .map(|(ino, e)| (*ino, (e.2, e.3)))
             .collect();
+        let mut found = HashMap::new();
         if lonely.is_empty() {
-            return Ok(());
+            return found;
         }
         let me = std::process::id() as i32;
         let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Ok(());
+            return found;
         };
         for p in procs.filter_map(Result::ok) {
             let Some(other) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -53,17 +57,31 @@ impl PipeDump {
                     continue;
                 };
                 if let Some(&(pid, fd)) = lonely.get(&ino) {
-                    return Err(DumpError::UnsupportedFd {
-                        pid,
-                        fd,
-                        kind: format!(
-                            "a pipe (pipe:[{ino}]) whose other end pid {other} holds, outside the dumped tree"
-                        ),
-                    });
+                    found.entry(ino).or_insert((other, pid, fd));
                 }
             }
         }
-        Ok(())
+        found
+    }
+}
+
+impl FileTable {
+    /// Marks every pipe whose other end a process outside the tree holds
+    /// (`crest_outside_pid`): the restore needs it back from its caller,
+    /// CRIU's `--inherit-fd`, as container runtimes give their stdio pipes.
+    pub fn mark_outside_pipes(&mut self) {
+        let outside = self.pipes.held_outside(&self.tree);
+        for (ino, (other, pid, fd)) in &outside {
+            crate::info!(
+                "fd {fd} of pid {pid}: pipe:[{ino}] has its other end in pid {other}, outside \
+                 the tree; restore it with --inherit-fd fd[N]:pipe:[{ino}]"
+            );
+        }
+        for e in &mut self.entries {
+            if let Some(p) = e.pipe.as_mut() {
+                p.crest_outside_pid = outside.get(&p.pipe_id).map(|o| o.0 as u32);
+            }
+        }
     }
 }
 
@@ -109,6 +127,7 @@ impl FileTable {
                 pipe_id: ino,
                 flags,
                 fown: FownEntry::default(),
+                crest_outside_pid: None,
             }),
             ..FileEntry::default()
         }))

@@ -46,6 +46,9 @@ pub struct RestoreFiles {
     pub socks: super::unix::SockImages,
     /// `filelocks.img`: the locks to take again.
     pub locks: Vec<crest_images::pb::FileLockEntry>,
+    /// `--inherit-fd`: the key of a dumped file (`pipe:[INODE]`) → crest's
+    /// fd that stands for it.
+    pub inherit: HashMap<String, std::os::fd::OwnedFd>,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -91,6 +94,7 @@ impl RestoreFiles {
             memfd_inodes: memfd::read_inodes(dir)?,
             socks: super::unix::SockImages::read(dir)?,
             locks: super::lock::read(dir)?,
+            inherit: HashMap::new(),
             ..RestoreFiles::default()
         })
     }
@@ -359,6 +363,24 @@ fn pipe_end(
         file: names::FILES.into(),
         what: format!("file {} has no pipe entry", e.id),
     })?;
+    if let Some(given) = files.inherit.get(&format!("pipe:[{}]", p.pipe_id)) {
+        // the caller's pipe (CRIU's --inherit-fd), as it is
+        let fd = give_fd(t, given)?;
+        let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
+        t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
+            .rat(pid, "set pipe flags")?;
+        return Ok(fd);
+    }
+    if let Some(other) = p.crest_outside_pid {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!(
+                "pipe:[{}]: pid {other}, outside the dumped tree, held its other end; give \
+                 crest an fd to stand for it with --inherit-fd fd[N]:pipe:[{}]",
+                p.pipe_id, p.pipe_id
+            ),
+        });
+    }
     if let Some(&(holder, hfd)) = files.pipe_holders.get(&p.pipe_id) {
         if holder != pid && !pipes.contains_key(&p.pipe_id) {
             // Another task made this pipe: open the same one through it.

@@ -29,6 +29,9 @@ pub struct RestoreOptions {
     pub external: Vec<String>,
     /// CRIU's `--root`: the root directory of a tree that pivot_root'ed.
     pub root: Option<PathBuf>,
+    /// CRIU's `--inherit-fd`: (crest's fd, the key of the dumped file it
+    /// stands for, `pipe:[INODE]`).
+    pub inherit_fd: Vec<(i32, String)>,
 }
 
 /// A restored tree, running.
@@ -68,6 +71,10 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     check_inventory(dir)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;
+    for (fd, key) in &opts.inherit_fd {
+        let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
+        files.inherit.insert(key.clone(), own);
+    }
     let ti = read_tree_images(dir)?;
     let imgs = &ti.imgs;
     // crest's helpers take their pids from a range the tree does not use,
