@@ -96,10 +96,31 @@ const NET_SETUP: &str = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && 
      ip -6 addr add fd00::1/64 dev n0 nodad && \
      ip route add 10.10.0.0/16 via 10.9.0.2 && ip route add default dev n0 && \
      ip -6 route add fd01::/64 via fd00::2 dev n0 && \
+     ip route add 10.20.0.0/16 via 10.9.0.2 table 100 && \
+     ip rule add from 10.9.0.7 table 100 priority 100 && \
+     ip -6 rule add from fd00::1 table 100 priority 101 && \
+     ip neigh add 10.9.0.9 lladdr 02:00:00:00:00:09 dev n0 nud permanent && \
+     ip -6 neigh add fd00::9 lladdr 02:00:00:00:00:0a dev n0 nud permanent && \
      echo 1 > /proc/sys/net/ipv4/ip_forward && \
      echo 1 > /proc/sys/net/ipv6/conf/all/forwarding && \
      echo 1000 > /proc/sys/net/core/somaxconn && \
      echo '20000 30000' > /proc/sys/net/ipv4/ip_local_port_range";
+
+/// What `ip` shows inside `container_net` of policy routing and
+/// neighbours: (the `ip` arguments, a line it must print).
+const NET_IP: [(&str, &str); 5] = [
+    ("-4 rule", "100:\tfrom 10.9.0.7 lookup 100"),
+    ("-6 rule", "101:\tfrom fd00::1 lookup 100"),
+    ("route show table 100", "10.20.0.0/16 via 10.9.0.2 dev n0"),
+    (
+        "-4 neigh show nud permanent",
+        "10.9.0.9 dev n0 lladdr 02:00:00:00:00:09 PERMANENT",
+    ),
+    (
+        "-6 neigh show nud permanent",
+        "fd00::9 dev n0 lladdr 02:00:00:00:00:0a PERMANENT",
+    ),
+];
 
 /// Lines `nsview` must print inside `container_net`.
 const NET_LINES: [&str; 13] = [
@@ -529,6 +550,12 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
         )),
     }
     if shape.net {
+        for (args, want) in NET_IP {
+            let key = format!("ip {args} line");
+            if !v.iter().any(|(k, l)| k.starts_with(&key) && l == want) {
+                out.push(format!("ip {args} shows no {want:?} inside"));
+            }
+        }
         for want in NET_LINES {
             if !inside.contains(&want) {
                 out.push(format!("no {want:?} inside (nsview: {inside:?})"));
@@ -629,6 +656,23 @@ pub(crate) fn snapshot(
         for file in ["/mnt/ro/e/g", "/mnt/l", "/mnt/d/e/g"] {
             if let Ok(t) = fs::read_to_string(format!("/proc/{main}/root{file}")) {
                 v.insert(format!("file {file}"), t);
+            }
+        }
+    }
+    if shape.net {
+        // policy routing and neighbours, as `ip` shows them inside
+        for (args, _) in NET_IP {
+            let out = Command::new("nsenter")
+                .args(["-t", &main.to_string(), "-n", "ip"])
+                .args(args.split(' '))
+                .output()
+                .with_context(|| format!("nsenter ip {args}"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            for (i, line) in text.lines().enumerate() {
+                v.insert(
+                    format!("ip {args} line {i:02}"),
+                    line.trim_end().to_string(),
+                );
             }
         }
     }

@@ -117,6 +117,19 @@ pub fn route(id: u32) -> String {
 pub fn route6(id: u32) -> String {
     format!("route6-{id}.img")
 }
+/// `rule-<id>.img` (raw: `ip rule save` output, IPv4)
+pub fn rule(id: u32) -> String {
+    format!("rule-{id}.img")
+}
+/// `crest-rule6-<id>.img` (crest's own, laid out like `rule-<id>.img`)
+pub fn crest_rule6(id: u32) -> String {
+    format!("crest-rule6-{id}.img")
+}
+/// `crest-neigh-<id>.img` (crest's own: permanent neighbour entries,
+/// laid out like `ip rule save` output with its own magic)
+pub fn crest_neigh(id: u32) -> String {
+    format!("crest-neigh-{id}.img")
+}
 /// `crest-netdev-<id>.img` (crest's own)
 pub fn crest_netdev(id: u32) -> String {
     format!("crest-netdev-{id}.img")

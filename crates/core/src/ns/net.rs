@@ -23,6 +23,7 @@
 //! stores them); crest's `crest-netdev-<id>.img` (device kinds, external
 //! peers) and `crest-net-sysctl-<id>.img` (other namespace sysctls).
 
+mod policy;
 mod rtnl;
 mod sysctl;
 
@@ -69,6 +70,11 @@ pub struct NetNs {
     /// `RTM_NEWROUTE` payloads of the main tables (IPv4, IPv6).
     pub routes4: Vec<Vec<u8>>,
     pub routes6: Vec<Vec<u8>>,
+    /// `RTM_NEWRULE` payloads of the rules someone added (IPv4, IPv6).
+    pub rules4: Vec<Vec<u8>>,
+    pub rules6: Vec<Vec<u8>>,
+    /// `RTM_NEWNEIGH` payloads of permanent neighbour entries.
+    pub neighs: Vec<Vec<u8>>,
     /// "all" and "default" conf sysctls (CONF4, CONF6).
     pub all4: Vec<SysctlEntry>,
     pub def4: Vec<SysctlEntry>,
@@ -167,6 +173,19 @@ impl NetNs {
             .chain(&self.routes6)
             .filter_map(|p| rtnl::parse_route(p).ok())
             .map(|r| r.text(|i| self.name_of(i)))
+            .chain(
+                self.rules4
+                    .iter()
+                    .chain(&self.rules6)
+                    .filter_map(|p| policy::parse_rule(p).ok())
+                    .map(|r| r.text()),
+            )
+            .chain(
+                self.neighs
+                    .iter()
+                    .filter_map(|p| policy::parse_neigh(p).ok())
+                    .map(|n| n.text(|i| self.name_of(i))),
+            )
             .collect();
         format!(
             "devices [{}] addresses [{}] routes [{}]",
@@ -371,6 +390,33 @@ fn read_inside() -> Result<NetNs, Fail> {
             }
         }
     }
+    for (family, out) in [
+        (libc::AF_INET, &mut n.rules4),
+        (libc::AF_INET6, &mut n.rules6),
+    ] {
+        for p in nl
+            .dump(policy::RTM_GETRULE, family)
+            .map_err(io_at("list rules"))?
+        {
+            let r = policy::parse_rule(&p)
+                .map_err(|e| Fail::Io("parse a rule", io::Error::other(e)))?;
+            if r.kept() && out.len() < MAX_ITEMS {
+                out.push(p);
+            }
+        }
+    }
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for p in nl
+            .dump(policy::RTM_GETNEIGH, family)
+            .map_err(io_at("list neighbours"))?
+        {
+            let e = policy::parse_neigh(&p)
+                .map_err(|e| Fail::Io("parse a neighbour", io::Error::other(e)))?;
+            if e.kept() && e.family == family as u8 && n.neighs.len() < MAX_ITEMS {
+                n.neighs.push(p);
+            }
+        }
+    }
     n.all4 = read_conf("ipv4", "all", &CONF4);
     n.def4 = read_conf("ipv4", "default", &CONF4);
     n.all6 = read_conf("ipv6", "all", &CONF6);
@@ -558,6 +604,24 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
             rtnl::RTM_NEWROUTE,
             &n.routes6,
         ),
+        (
+            names::rule(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+            &n.rules4,
+        ),
+        (
+            names::crest_rule6(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+            &n.rules6,
+        ),
+        (
+            names::crest_neigh(id),
+            policy::NEIGH_SAVE_MAGIC,
+            policy::RTM_NEWNEIGH,
+            &n.neighs,
+        ),
     ];
     for (name, m, ty, list) in raw {
         let mut w = crest_images::create_raw(dir, &name)?;
@@ -666,10 +730,30 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
             rtnl::ROUTE_SAVE_MAGIC,
             rtnl::RTM_NEWROUTE,
         ),
+        (
+            names::rule(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+        ),
+        (
+            names::crest_rule6(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+        ),
+        (
+            names::crest_neigh(id),
+            policy::NEIGH_SAVE_MAGIC,
+            policy::RTM_NEWNEIGH,
+        ),
     ];
     let mut lists = Vec::new();
     for (name, m, ty) in raw {
         let path = dir.join(&name);
+        if ty != rtnl::RTM_NEWADDR && ty != rtnl::RTM_NEWROUTE && !path.exists() {
+            // rules and neighbours: images of crest before it saved them
+            lists.push(Vec::new());
+            continue;
+        }
         let len = std::fs::metadata(&path)
             .map_err(|e| bad(name.clone(), e.to_string()))?
             .len();
@@ -679,10 +763,11 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         let buf = std::fs::read(&path).map_err(|e| bad(name.clone(), e.to_string()))?;
         let list = rtnl::load_file(&buf, m, ty).map_err(|w| bad(name.clone(), w))?;
         for p in &list {
-            let ok = if ty == rtnl::RTM_NEWADDR {
-                rtnl::parse_addr(p).map(drop)
-            } else {
-                rtnl::parse_route(p).map(drop)
+            let ok = match ty {
+                rtnl::RTM_NEWADDR => rtnl::parse_addr(p).map(drop),
+                rtnl::RTM_NEWROUTE => rtnl::parse_route(p).map(drop),
+                policy::RTM_NEWRULE => policy::parse_rule(p).map(drop),
+                _ => policy::parse_neigh(p).map(drop),
             };
             ok.map_err(|w| bad(name.clone(), w))?;
         }
@@ -691,6 +776,9 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         }
         lists.push(list);
     }
+    n.neighs = lists.pop().unwrap_or_default();
+    n.rules6 = lists.pop().unwrap_or_default();
+    n.rules4 = lists.pop().unwrap_or_default();
     n.routes6 = lists.pop().unwrap_or_default();
     n.routes4 = lists.pop().unwrap_or_default();
     n.addrs = lists.pop().unwrap_or_default();
@@ -950,7 +1038,38 @@ fn configure(n: &NetNs) -> Result<(), Step> {
             }
         }
     }
-    add_routes(&mut nl, n)
+    add_routes(&mut nl, n)?;
+    add_rules_and_neighbours(&mut nl, n)
+}
+
+/// Adds the rules and the permanent neighbour entries again.
+fn add_rules_and_neighbours(nl: &mut Rtnl, n: &NetNs) -> Result<(), Step> {
+    for p in n.rules4.iter().chain(&n.rules6) {
+        let text = policy::parse_rule(p).map(|r| r.text()).unwrap_or_default();
+        match nl.call(
+            policy::RTM_NEWRULE,
+            rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+            p,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            r => {
+                step(r, || format!("add {text}"))?;
+            }
+        }
+    }
+    for p in &n.neighs {
+        let text = policy::parse_neigh(p)
+            .map(|e| e.text(|i| n.name_of(i)))
+            .unwrap_or_default();
+        let msg = policy::replay_neigh(p).map_err(|w| (text.clone(), io::Error::other(w)))?;
+        let r = nl.call(
+            policy::RTM_NEWNEIGH,
+            rtnl::NLM_F_CREATE | rtnl::NLM_F_EXCL,
+            &msg,
+        );
+        step(r, || format!("add {text}"))?;
+    }
+    Ok(())
 }
 
 /// Adds the routes again, in passes: a route through a gateway needs the

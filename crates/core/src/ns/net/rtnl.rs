@@ -153,15 +153,15 @@ pub fn attrs(buf: &[u8]) -> Result<Vec<Attr<'_>>, String> {
     Ok(out)
 }
 
-fn find<'a>(list: &[Attr<'a>], ty: u16) -> Option<&'a [u8]> {
+pub(super) fn find<'a>(list: &[Attr<'a>], ty: u16) -> Option<&'a [u8]> {
     list.iter().find(|a| a.ty == ty).map(|a| a.data)
 }
 
-fn attr_u32(list: &[Attr<'_>], ty: u16) -> Option<u32> {
+pub(super) fn attr_u32(list: &[Attr<'_>], ty: u16) -> Option<u32> {
     u32_at(find(list, ty)?, 0)
 }
 
-fn attr_str(list: &[Attr<'_>], ty: u16) -> Option<String> {
+pub(super) fn attr_str(list: &[Attr<'_>], ty: u16) -> Option<String> {
     let d = find(list, ty)?;
     let end = d.iter().position(|b| *b == 0).unwrap_or(d.len());
     Some(String::from_utf8_lossy(&d[..end]).into_owned())
@@ -450,13 +450,15 @@ pub fn parse_route(p: &[u8]) -> Result<Route, String> {
 }
 
 impl Route {
-    /// A route someone added (not the kernel, not learnt) in the main
-    /// table: what restore adds again.
+    /// A route someone added (not the kernel, not learnt) in any table
+    /// but the kernel's `local` one: what restore adds again.
     pub fn kept(&self) -> bool {
         const RTPROT_REDIRECT: u8 = 1;
         const RTPROT_KERNEL: u8 = 2;
         const RTPROT_RA: u8 = 9;
-        self.table == RT_TABLE_MAIN
+        const RT_TABLE_LOCAL: u32 = 255;
+        self.table != RT_TABLE_LOCAL
+            && self.table != 0
             && ![RTPROT_REDIRECT, RTPROT_KERNEL, RTPROT_RA].contains(&self.protocol)
             && matches!(self.kind as i32, 1 | 6..=8) // unicast, blackhole, unreachable, prohibit
     }
@@ -473,6 +475,9 @@ impl Route {
         }
         if let Some(o) = self.oif {
             let _ = write!(s, " dev {}", dev(o));
+        }
+        if self.table != RT_TABLE_MAIN {
+            let _ = write!(s, " table {}", self.table);
         }
         s
     }
@@ -665,15 +670,22 @@ mod tests {
         let list = attrs(&again[12..]).expect("attrs");
         assert!(find(&list, RTA_CACHEINFO).is_none());
         assert_eq!(parse_route(&again).expect("parse"), r);
-        // kernel routes and other tables are left to the kernel
+        // kernel routes and the local table are left to the kernel
         let mut k = b.clone();
         k[5] = 2;
         assert!(!parse_route(&k).expect("parse").kept());
+        let at = 12 + 4; // RTA_TABLE's data
         let mut local = b.clone();
         local[4] = 255;
-        let at = 12 + 4; // RTA_TABLE's data
         local[at..at + 4].copy_from_slice(&255u32.to_ne_bytes());
         assert!(!parse_route(&local).expect("parse").kept());
+        // a table of policy routing is kept, and named
+        let mut other = b.clone();
+        other[4] = 100;
+        other[at..at + 4].copy_from_slice(&100u32.to_ne_bytes());
+        let o = parse_route(&other).expect("parse");
+        assert!(o.kept());
+        assert!(o.text(|i| format!("if{i}")).ends_with(" table 100"));
     }
 
     #[test]
