@@ -86,7 +86,63 @@ pub struct NetNs {
     pid: i32,
 }
 
+/// The raw rtnetlink images of namespace `id` (laid out like `ip ...
+/// save` output): file, magic, message type; in the order of
+/// [`NetNs::raw_lists`].
+fn raw_files(id: u32) -> [(String, u32, u16); 6] {
+    [
+        (
+            names::ifaddr(id),
+            rtnl::IFADDR_SAVE_MAGIC,
+            rtnl::RTM_NEWADDR,
+        ),
+        (names::route(id), rtnl::ROUTE_SAVE_MAGIC, rtnl::RTM_NEWROUTE),
+        (
+            names::route6(id),
+            rtnl::ROUTE_SAVE_MAGIC,
+            rtnl::RTM_NEWROUTE,
+        ),
+        (
+            names::rule(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+        ),
+        (
+            names::crest_rule6(id),
+            policy::RULE_SAVE_MAGIC,
+            policy::RTM_NEWRULE,
+        ),
+        (
+            names::crest_neigh(id),
+            policy::NEIGH_SAVE_MAGIC,
+            policy::RTM_NEWNEIGH,
+        ),
+    ]
+}
+
 impl NetNs {
+    fn raw_lists(&self) -> [&Vec<Vec<u8>>; 6] {
+        [
+            &self.addrs,
+            &self.routes4,
+            &self.routes6,
+            &self.rules4,
+            &self.rules6,
+            &self.neighs,
+        ]
+    }
+
+    fn raw_lists_mut(&mut self) -> [&mut Vec<Vec<u8>>; 6] {
+        [
+            &mut self.addrs,
+            &mut self.routes4,
+            &mut self.routes6,
+            &mut self.rules4,
+            &mut self.rules6,
+            &mut self.neighs,
+        ]
+    }
+
     /// The loopback device is up.
     pub fn lo_up(&self) -> bool {
         self.devs
@@ -585,45 +641,7 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
         magic::CREST_NET_SYSCTL,
         &sysctls,
     )?;
-    let raw = [
-        (
-            names::ifaddr(id),
-            rtnl::IFADDR_SAVE_MAGIC,
-            rtnl::RTM_NEWADDR,
-            &n.addrs,
-        ),
-        (
-            names::route(id),
-            rtnl::ROUTE_SAVE_MAGIC,
-            rtnl::RTM_NEWROUTE,
-            &n.routes4,
-        ),
-        (
-            names::route6(id),
-            rtnl::ROUTE_SAVE_MAGIC,
-            rtnl::RTM_NEWROUTE,
-            &n.routes6,
-        ),
-        (
-            names::rule(id),
-            policy::RULE_SAVE_MAGIC,
-            policy::RTM_NEWRULE,
-            &n.rules4,
-        ),
-        (
-            names::crest_rule6(id),
-            policy::RULE_SAVE_MAGIC,
-            policy::RTM_NEWRULE,
-            &n.rules6,
-        ),
-        (
-            names::crest_neigh(id),
-            policy::NEIGH_SAVE_MAGIC,
-            policy::RTM_NEWNEIGH,
-            &n.neighs,
-        ),
-    ];
-    for (name, m, ty, list) in raw {
+    for ((name, m, ty), list) in raw_files(id).into_iter().zip(n.raw_lists()) {
         let mut w = crest_images::create_raw(dir, &name)?;
         w.write_all(&rtnl::save_file(m, ty, list))?;
         w.finish()?;
@@ -718,40 +736,10 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         }
         n.extra.push((s.name, s.value));
     }
-    let raw = [
-        (
-            names::ifaddr(id),
-            rtnl::IFADDR_SAVE_MAGIC,
-            rtnl::RTM_NEWADDR,
-        ),
-        (names::route(id), rtnl::ROUTE_SAVE_MAGIC, rtnl::RTM_NEWROUTE),
-        (
-            names::route6(id),
-            rtnl::ROUTE_SAVE_MAGIC,
-            rtnl::RTM_NEWROUTE,
-        ),
-        (
-            names::rule(id),
-            policy::RULE_SAVE_MAGIC,
-            policy::RTM_NEWRULE,
-        ),
-        (
-            names::crest_rule6(id),
-            policy::RULE_SAVE_MAGIC,
-            policy::RTM_NEWRULE,
-        ),
-        (
-            names::crest_neigh(id),
-            policy::NEIGH_SAVE_MAGIC,
-            policy::RTM_NEWNEIGH,
-        ),
-    ];
-    let mut lists = Vec::new();
-    for (name, m, ty) in raw {
+    for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
         if ty != rtnl::RTM_NEWADDR && ty != rtnl::RTM_NEWROUTE && !path.exists() {
             // rules and neighbours: images of crest before it saved them
-            lists.push(Vec::new());
             continue;
         }
         let len = std::fs::metadata(&path)
@@ -774,14 +762,8 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         if list.len() > MAX_ITEMS {
             return Err(bad(name, format!("{} entries", list.len())));
         }
-        lists.push(list);
+        *slot = list;
     }
-    n.neighs = lists.pop().unwrap_or_default();
-    n.rules6 = lists.pop().unwrap_or_default();
-    n.rules4 = lists.pop().unwrap_or_default();
-    n.routes6 = lists.pop().unwrap_or_default();
-    n.routes4 = lists.pop().unwrap_or_default();
-    n.addrs = lists.pop().unwrap_or_default();
     Ok(Some(n))
 }
 
