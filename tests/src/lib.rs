@@ -21,6 +21,7 @@ pub mod fresh_init;
 pub mod hostile;
 pub mod inherit_fd;
 pub mod nested;
+pub mod netfilter;
 pub mod ns;
 pub mod procs;
 pub mod servers;

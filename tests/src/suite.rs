@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, daemons, dumpchecks, hostile, inherit_fd, nested, procs, servers, trees, Config,
-    Flavor, Outcome, StdioKind,
+    containers, daemons, dumpchecks, hostile, inherit_fd, nested, netfilter, procs, servers, trees,
+    Config, Flavor, Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -200,6 +200,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
     inherit_fd::run(cfg, &mut report, &|n| filter.selects(n));
+    netfilter::run(cfg, &mut report, &|n| filter.selects(n));
     servers::run(cfg, &mut report, &|n| filter.selects(n));
     daemons::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));

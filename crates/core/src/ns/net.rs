@@ -266,7 +266,13 @@ struct Rtnl {
 
 impl Rtnl {
     fn open() -> io::Result<Rtnl> {
-        let fd = crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+        Rtnl::open_proto(libc::NETLINK_ROUTE)
+    }
+
+    /// A netlink socket of another protocol (`NETLINK_NETFILTER`), spoken
+    /// the same way.
+    fn open_proto(proto: i32) -> io::Result<Rtnl> {
+        let fd = crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, proto)?;
         Ok(Rtnl { fd, seq: 0 })
     }
 
@@ -388,7 +394,50 @@ pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
     Ok(n)
 }
 
+/// Netfilter state crest does not dump yet: nftables tables (asked over
+/// `NETLINK_NETFILTER`) and legacy iptables tables of the calling
+/// thread's namespace; restored without them, a container would lose its
+/// firewall.
+fn check_netfilter() -> Result<(), Fail> {
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NFTA_TABLE_NAME: u16 = 1;
+    let mut tables = Vec::new();
+    // a kernel without nf_tables has nothing to lose
+    if let Ok(mut nl) = Rtnl::open_proto(libc::NETLINK_NETFILTER) {
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+        // struct nfgenmsg: family (all), version, resource id
+        let seq = nl
+            .send(ty, rtnl::NLM_F_DUMP, &[libc::AF_UNSPEC as u8, 0, 0, 0])
+            .map_err(io_at("ask for nftables tables"))?;
+        for p in nl.answer(seq).map_err(io_at("list nftables tables"))? {
+            let name = p
+                .get(4..)
+                .and_then(|a| rtnl::attrs(a).ok())
+                .and_then(|a| rtnl::attr_str(&a, NFTA_TABLE_NAME));
+            tables.push(format!("nftables {}", name.unwrap_or_default()));
+        }
+    }
+    for (file, kind) in [
+        ("ip_tables_names", "iptables"),
+        ("ip6_tables_names", "ip6tables"),
+    ] {
+        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"));
+        for t in text.unwrap_or_default().split_whitespace() {
+            tables.push(format!("{kind} {t}"));
+        }
+    }
+    if tables.is_empty() {
+        return Ok(());
+    }
+    Err(Fail::Refuse(format!(
+        "netfilter tables in a network namespace ({}; crest does not dump firewall state)",
+        tables.join(", ")
+    )))
+}
+
 fn read_inside() -> Result<NetNs, Fail> {
+    check_netfilter()?;
     let mut nl = Rtnl::open().map_err(io_at("open an rtnetlink socket"))?;
     let links = nl.links().map_err(io_at("list network devices"))?;
     if links.len() > MAX_ITEMS {

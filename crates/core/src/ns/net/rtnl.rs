@@ -161,7 +161,7 @@ pub(super) fn attr_u32(list: &[Attr<'_>], ty: u16) -> Option<u32> {
     u32_at(find(list, ty)?, 0)
 }
 
-pub(super) fn attr_str(list: &[Attr<'_>], ty: u16) -> Option<String> {
+pub fn attr_str(list: &[Attr<'_>], ty: u16) -> Option<String> {
     let d = find(list, ty)?;
     let end = d.iter().position(|b| *b == 0).unwrap_or(d.len());
     Some(String::from_utf8_lossy(&d[..end]).into_owned())
