@@ -101,14 +101,22 @@ const NET_SETUP: &str = "ip link set lo up && ip addr add 127.0.0.2/8 dev lo && 
      ip -6 rule add from fd00::1 table 100 priority 101 && \
      ip neigh add 10.9.0.9 lladdr 02:00:00:00:00:09 dev n0 nud permanent && \
      ip -6 neigh add fd00::9 lladdr 02:00:00:00:00:0a dev n0 nud permanent && \
+     ip link add br0 type bridge forward_delay 500 hello_time 300 max_age 2500 \
+     ageing_time 12344 stp_state 1 priority 4096 group_fwd_mask 8 && \
      echo 1 > /proc/sys/net/ipv4/ip_forward && \
      echo 1 > /proc/sys/net/ipv6/conf/all/forwarding && \
      echo 1000 > /proc/sys/net/core/somaxconn && \
      echo '20000 30000' > /proc/sys/net/ipv4/ip_local_port_range";
 
-/// What `ip` shows inside `container_net` of policy routing and
-/// neighbours: (the `ip` arguments, a line it must print).
-const NET_IP: [(&str, &str); 5] = [
+/// What `ip` shows inside `container_net` of policy routing, neighbours
+/// and bridge options: (the `ip` arguments, what a line must hold).
+const NET_IP: [(&str, &str); 7] = [
+    (
+        "-d link show br0",
+        "bridge forward_delay 500 hello_time 300 max_age 2500 ageing_time 12344 stp_state 1 \
+         priority 4096 ",
+    ),
+    ("-d link show br0", "group_fwd_mask 0x8 "),
     ("-4 rule", "100:\tfrom 10.9.0.7 lookup 100"),
     ("-6 rule", "101:\tfrom fd00::1 lookup 100"),
     ("route show table 100", "10.20.0.0/16 via 10.9.0.2 dev n0"),
@@ -551,9 +559,9 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
     }
     if shape.net {
         for (args, want) in NET_IP {
-            let key = format!("ip {args} line");
-            if !v.iter().any(|(k, l)| k.starts_with(&key) && l == want) {
-                out.push(format!("ip {args} shows no {want:?} inside"));
+            match v.get(&format!("ip {args} {want:?}")) {
+                Some(got) if got.starts_with("has ") => {}
+                got => out.push(format!("ip {args} inside: {got:?}")),
             }
         }
         for want in NET_LINES {
@@ -660,20 +668,21 @@ pub(crate) fn snapshot(
         }
     }
     if shape.net {
-        // policy routing and neighbours, as `ip` shows them inside
-        for (args, _) in NET_IP {
+        // policy routing, neighbours and a bridge, as `ip` shows them
+        // inside (a bridge's line has timers: only what it must hold)
+        for (args, want) in NET_IP {
             let out = Command::new("nsenter")
                 .args(["-t", &main.to_string(), "-n", "ip"])
                 .args(args.split(' '))
                 .output()
                 .with_context(|| format!("nsenter ip {args}"))?;
             let text = String::from_utf8_lossy(&out.stdout);
-            for (i, line) in text.lines().enumerate() {
-                v.insert(
-                    format!("ip {args} line {i:02}"),
-                    line.trim_end().to_string(),
-                );
-            }
+            let got = if text.lines().any(|l| l.contains(want)) {
+                format!("has {want:?}")
+            } else {
+                format!("lacks {want:?}: {text:?}")
+            };
+            v.insert(format!("ip {args} {want:?}"), got);
         }
     }
     let problems = expected(shape, &v, main);

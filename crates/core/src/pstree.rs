@@ -361,7 +361,7 @@ pub(crate) fn clone_with(
         });
     }
     let inner = &want[..ids.settable.min(want.len())];
-    let tries = if inner.len() < want.len() { 16 } else { 1 };
+    let tries = if inner.len() < want.len() { 64 } else { 1 };
     let thread = flags & libc::CLONE_THREAD as u64 != 0;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     for _ in 0..tries {

@@ -208,6 +208,9 @@ impl NetNs {
             if let Some(m) = l.master {
                 s.push_str(&format!(" master {}", self.name_of(m)));
             }
+            if !l.bridge.is_empty() {
+                s.push_str(&format!(" [{}]", rtnl::bridge_text(&l.bridge)));
+            }
             if d.external {
                 s.push_str(" peer outside");
             } else if let (Some(p), None) = (l.link, d.peer_ns) {
@@ -665,6 +668,7 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
             kind: d.link.kind.clone(),
             external: Some(d.external),
             outside_name: d.outside_name.clone(),
+            bridge_options: Some(d.link.bridge.clone()).filter(|b| !b.is_empty()),
         })
         .collect();
     crest_images::write_image(dir, &names::crest_netdev(id), magic::CREST_NETDEV, &extra)?;
@@ -740,6 +744,24 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
                 ),
             ));
         }
+        let bridge = match x.bridge_options {
+            Some(b) if x.kind.as_deref() == Some("bridge") => rtnl::bridge_options(&b)
+                .ok()
+                .filter(|k| *k == b)
+                .ok_or_else(|| {
+                    bad(
+                        names::crest_netdev(id),
+                        format!("bad bridge options of {}", d.name),
+                    )
+                })?,
+            Some(_) => {
+                return Err(bad(
+                    names::crest_netdev(id),
+                    format!("bridge options of {}, which is no bridge", d.name),
+                ))
+            }
+            None => Vec::new(),
+        };
         n.devs.push(Dev {
             link: Link {
                 index: d.ifindex,
@@ -752,6 +774,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
                 master: d.master,
                 link: d.peer_ifindex,
                 link_netnsid: None,
+                bridge,
             },
             conf4: d.conf4,
             conf6: d.conf6,

@@ -218,6 +218,72 @@ pub struct Link {
     pub link: Option<u32>,
     /// The peer's namespace as this one numbers it, when it is another.
     pub link_netnsid: Option<i32>,
+    /// A bridge's settable options ([`BRIDGE_OPTIONS`]), netlink-encoded.
+    pub bridge: Vec<u8>,
+}
+
+/// The `IFLA_BR_*` options of a bridge that crest sets again, with their
+/// names for text and a new bridge's value (the option's bytes read as a
+/// native u32): forward delay, hello time, max age, ageing time, STP,
+/// priority, VLAN filtering and protocol, group forward mask, multicast
+/// router and snooping, default PVID. Only options changed from that
+/// value are kept: a kernel without VLAN filtering refuses even a 0.
+pub const BRIDGE_OPTIONS: [(u16, &str, u32); 12] = [
+    (1, "forward_delay", 1500),
+    (2, "hello_time", 200),
+    (3, "max_age", 2000),
+    (4, "ageing_time", 30000),
+    (5, "stp_state", 0),
+    (6, "priority", 32768),
+    (7, "vlan_filtering", 0),
+    (8, "vlan_protocol", 0x81), // ETH_P_8021Q, big-endian
+    (9, "group_fwd_mask", 0),
+    (22, "mcast_router", 1),
+    (23, "mcast_snooping", 1),
+    (39, "vlan_default_pvid", 1),
+];
+
+/// An option's bytes (1 to 4) as a native u32.
+fn option_value(data: &[u8]) -> u32 {
+    let mut v = [0u8; 4];
+    let n = data.len().min(4);
+    v[..n].copy_from_slice(&data[..n]);
+    u32::from_ne_bytes(v)
+}
+
+/// The bridge options of `data` (an `IFLA_INFO_DATA` body) crest keeps, in
+/// the same encoding; an error for a malformed body or option.
+pub fn bridge_options(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for a in attrs(data)? {
+        let Some((_, _, default)) = BRIDGE_OPTIONS.iter().find(|(t, ..)| *t == a.ty) else {
+            continue;
+        };
+        if a.data.is_empty() || a.data.len() > 4 {
+            return Err(format!("bridge option {} of {} bytes", a.ty, a.data.len()));
+        }
+        if option_value(a.data) != *default {
+            put(&mut out, a.ty, a.data);
+        }
+    }
+    Ok(out)
+}
+
+/// The options as text ("stp_state 1 priority 4096 ...").
+pub fn bridge_text(opts: &[u8]) -> String {
+    let Ok(list) = attrs(opts) else {
+        return "?".into();
+    };
+    list.iter()
+        .map(|a| {
+            let name = BRIDGE_OPTIONS
+                .iter()
+                .find(|(t, ..)| *t == a.ty)
+                .map_or("?", |(_, n, _)| n);
+            format!("{name} {}", option_value(a.data))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Parses an `RTM_NEWLINK` payload.
@@ -227,6 +293,7 @@ pub fn parse_link(p: &[u8]) -> Result<Link, String> {
     }
     let list = attrs(&p[16..])?;
     let info = find(&list, IFLA_LINKINFO).map(attrs).transpose()?;
+    let kind = info.as_deref().and_then(|i| attr_str(i, IFLA_INFO_KIND));
     Ok(Link {
         index: u32_at(p, 4).unwrap_or(0),
         hw_type: u16_at(p, 2).unwrap_or(0),
@@ -234,10 +301,17 @@ pub fn parse_link(p: &[u8]) -> Result<Link, String> {
         name: attr_str(&list, IFLA_IFNAME).ok_or("a link without a name")?,
         mtu: attr_u32(&list, IFLA_MTU).unwrap_or(0),
         address: find(&list, IFLA_ADDRESS).map(<[u8]>::to_vec),
-        kind: info.as_deref().and_then(|i| attr_str(i, IFLA_INFO_KIND)),
+        kind: kind.clone(),
         master: attr_u32(&list, IFLA_MASTER).filter(|m| *m != 0),
         link: attr_u32(&list, IFLA_LINK).filter(|l| *l != 0),
         link_netnsid: attr_u32(&list, IFLA_LINK_NETNSID).map(|v| v as i32),
+        bridge: match (info.as_deref(), kind.as_deref()) {
+            (Some(i), Some("bridge")) => find(i, IFLA_INFO_DATA)
+                .map(bridge_options)
+                .transpose()?
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -260,6 +334,9 @@ pub fn new_link(l: &Link, peer: Option<&Peer>) -> Vec<u8> {
     }
     nest(&mut b, IFLA_LINKINFO, |b| {
         put_str(b, IFLA_INFO_KIND, l.kind.as_deref().unwrap_or(""));
+        if !l.bridge.is_empty() {
+            put(b, IFLA_INFO_DATA, &l.bridge);
+        }
         if let Some(p) = peer {
             nest(b, IFLA_INFO_DATA, |b| {
                 nest(b, VETH_INFO_PEER, |b| {
@@ -686,6 +763,23 @@ mod tests {
         let o = parse_route(&other).expect("parse");
         assert!(o.kept());
         assert!(o.text(|i| format!("if{i}")).ends_with(" table 100"));
+    }
+
+    #[test]
+    fn bridge_options_changed_from_a_new_bridge() {
+        let mut data = Vec::new();
+        put(&mut data, 1, &500u32.to_ne_bytes()); // forward_delay, changed
+        put(&mut data, 2, &200u32.to_ne_bytes()); // hello_time, default
+        put(&mut data, 5, &1u32.to_ne_bytes()); // stp_state
+        put(&mut data, 7, &[0]); // vlan_filtering off: left out
+        put(&mut data, 8, &[0x81, 0x00]); // 802.1Q: left out
+        put(&mut data, 13, &[0u8; 8]); // a timer, read-only: left out
+        let kept = bridge_options(&data).expect("options");
+        assert_eq!(bridge_text(&kept), "forward_delay 500 stp_state 1");
+        assert_eq!(bridge_options(&kept).expect("again"), kept);
+        let mut bad = Vec::new();
+        put(&mut bad, 6, &[0u8; 8]);
+        assert!(bridge_options(&bad).is_err());
     }
 
     #[test]
