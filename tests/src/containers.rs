@@ -248,23 +248,31 @@ const SHAPES: [Shape; 8] = [
 
 /// Shapes whose init (the child of the outer `unshare`) is also dumped
 /// as the root of the tree, as runtimes dump a container, and restored
-/// with a fresh outer pid ([`crate::fresh_init`]): (case, shape).
-const INIT_ROOT: [(&str, &str); 3] = [
-    ("container_init_fresh_pid", "container_user_pid_net"),
-    ("container_mnt_init_fresh_pid", "container_with_mnt"),
+/// with a fresh outer pid ([`crate::fresh_init`]): (case, shape, the
+/// innermost container's init rather than the outer one's).
+const INIT_ROOT: [(&str, &str, bool); 4] = [
+    ("container_init_fresh_pid", "container_user_pid_net", false),
+    ("container_mnt_init_fresh_pid", "container_with_mnt", false),
     (
         "container_in_container_init_fresh_pid",
         "container_in_container_mnt",
+        false,
+    ),
+    (
+        "container_in_container_inner_init_fresh_pid",
+        "container_in_container_mnt",
+        true,
     ),
 ];
 
 /// Runs every shape whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
-    let cases = SHAPES.iter().map(|s| (s.name, s, false)).chain(
-        INIT_ROOT
-            .iter()
-            .filter_map(|(case, of)| Some((*case, SHAPES.iter().find(|s| s.name == *of)?, true))),
-    );
+    let cases = SHAPES
+        .iter()
+        .map(|s| (s.name, s, None))
+        .chain(INIT_ROOT.iter().filter_map(|(case, of, inner)| {
+            Some((*case, SHAPES.iter().find(|s| s.name == *of)?, Some(*inner)))
+        }));
     for (name, shape, init_root) in cases {
         if !selected(name) {
             continue;
@@ -278,14 +286,15 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     }
 }
 
-fn one_case(cfg: &Config, shape: &Shape, name: &str, init_root: bool) -> Outcome {
+/// `init_root`: the case dumps a container's init (Some(innermost)).
+fn one_case(cfg: &Config, shape: &Shape, name: &str, init_root: Option<bool>) -> Outcome {
     let dir = match CaseDir::create(cfg, name) {
         Ok(d) => d,
         Err(e) => return Outcome::fail(format!("{e:#}")),
     };
     let mut procs = Procs::default();
-    let result = if init_root {
-        crate::fresh_init::steps(cfg, shape, &dir, &mut procs)
+    let result = if let Some(inner) = init_root {
+        crate::fresh_init::steps(cfg, shape, &dir, &mut procs, inner)
     } else {
         steps(cfg, shape, &dir, &mut procs)
     };
@@ -335,12 +344,13 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir, init_root: bool) -> Vec<S
         "-f",
         "--kill-child",
     ];
+    // an init dumped and restored by itself keeps unshare's death signal,
+    // which would kill it when crest restore -d ends
+    let base: Vec<&str> = base
+        .into_iter()
+        .filter(|a| !(init_root && *a == "--kill-child"))
+        .collect();
     let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
-    if init_root {
-        // the init is dumped and restored by itself: unshare's death signal
-        // would follow it and kill it when crest restore -d ends
-        args.retain(|a| a != "--kill-child");
-    }
     let script = match shape.name {
         "container_with_mnt" => {
             args.extend(["-m".into(), "--mount-proc".into()]);

@@ -28,13 +28,43 @@ use crate::containers::{self, Shape};
 use crate::procs::{self, exists, wait_exit, wait_until, Procs, Tree, Waited};
 use crate::{nested, ns, Config, Outcome};
 
-/// Task `pid` of `tree` as the container sees it: its leader's `NSpid`
-/// without crest's level, e.g. "1" for the init, "2 1" for the init of a
-/// container inside.
-fn inner_pid(tree: &Tree, pid: i32) -> Option<String> {
+/// Task `pid` of `tree` as the dumped container sees it: its leader's
+/// `NSpid` without the levels above the container's (`skip`), e.g. "1"
+/// for the init, "2 1" for the init of a container inside.
+fn inner_pid(tree: &Tree, pid: i32, skip: usize) -> Option<String> {
     let t = tree.get(&pid)?;
-    let ids: Vec<&str> = t.nspids.first()?.split_whitespace().skip(1).collect();
+    let ids: Vec<&str> = t.nspids.first()?.split_whitespace().skip(skip).collect();
     (!ids.is_empty()).then(|| ids.join(" "))
+}
+
+/// How many levels of `NSpid` lie above the pid namespace whose init is
+/// `root`.
+fn levels_above(tree: &Tree, root: i32) -> usize {
+    tree.get(&root)
+        .and_then(|t| t.nspids.first())
+        .map_or(1, |n| n.split_whitespace().count().saturating_sub(1))
+}
+
+/// The namespace graph without task lists; for a root that is the init
+/// of a container inside another, also without the pid namespaces above
+/// it (no task of the tree is in them; the restore leaves them out) and
+/// without pid namespace depths.
+fn comparable_graph(graph: &str, inner: bool) -> String {
+    if !inner {
+        return ns::without_tasks(graph);
+    }
+    let kept: Vec<&str> = graph
+        .lines()
+        .filter(|l| !(l.starts_with("pid ns depth ") && l.ends_with(" tasks []")))
+        .collect();
+    ns::without_tasks(&kept.join("\n"))
+        .lines()
+        .map(|l| match l.strip_prefix("pid ns depth ") {
+            Some(rest) => format!("pid ns{}", &rest[rest.find(' ').unwrap_or(0)..]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The only child `levels` deep below `root` (the init of the innermost
@@ -47,7 +77,8 @@ fn only_children(root: Pid, levels: usize) -> Result<Pid> {
 /// of what must not change (parents, groups and sessions inside too; the
 /// root's parent is outside).
 fn inner_tree(tree: &Tree, root: i32) -> BTreeMap<String, String> {
-    let inner = |p: i32| inner_pid(tree, p).unwrap_or_else(|| "outside".to_string());
+    let skip = levels_above(tree, root);
+    let inner = |p: i32| inner_pid(tree, p, skip).unwrap_or_else(|| "outside".to_string());
     tree.iter()
         .map(|(pid, t)| {
             let ppid = if *pid == root {
@@ -69,14 +100,15 @@ fn inner_tree(tree: &Tree, root: i32) -> BTreeMap<String, String> {
 }
 
 /// The view with every `pid N ...` key naming the task's pid inside.
-fn inner_view(v: &ns::View, tree: &Tree) -> ns::View {
+fn inner_view(v: &ns::View, tree: &Tree, root: i32) -> ns::View {
+    let skip = levels_above(tree, root);
     v.iter()
         .map(|(k, val)| {
             let key = k
                 .strip_prefix("pid ")
                 .and_then(|rest| rest.split_once(' '))
                 .and_then(|(p, tail)| {
-                    let inner = inner_pid(tree, p.parse().ok()?)?;
+                    let inner = inner_pid(tree, p.parse().ok()?, skip)?;
                     Some(format!("pid {inner} {tail}"))
                 })
                 .unwrap_or_else(|| k.clone());
@@ -115,16 +147,22 @@ fn end(pid: Pid, procs: &mut Procs) {
     procs.untrack(pid);
 }
 
+/// The case: the outer container's init is dumped, or with `inner` the
+/// innermost container's, leaving the containers around it out.
 pub(crate) fn steps(
     cfg: &Config,
     shape: &Shape,
     dir: &CaseDir,
     procs: &mut Procs,
+    inner: bool,
 ) -> Result<Outcome> {
     let root = containers::start(cfg, shape, dir, procs, true)?;
     let chain = containers::wait_ready(dir, shape, root, procs)?;
-    let init = *chain.first().context("empty chain")?;
+    let at = if inner { chain.len() - 1 } else { 0 };
+    let init = *chain.get(at).context("empty chain")?;
     let main = *chain.last().context("empty chain")?;
+    // how deep the workload is below the dumped init
+    let below = chain.len() - 1 - at;
     if !wait_until(Duration::from_secs(5), || procs::tree_settled(init)) {
         bail!("the tree of pid {init} did not settle within 5 s");
     }
@@ -144,7 +182,8 @@ pub(crate) fn steps(
     if !ran.success() {
         bail!(ran.failure("crest dump of the container's init"));
     }
-    // the init was unshare's child: unshare ends with it
+    // the init was unshare's child (or the innermost container's):
+    // unshare ends with it
     match wait_exit(root, Duration::from_secs(10))? {
         Waited::Exited(_) => procs.untrack(root),
         w => bail!("unshare (pid {root}) did not end after its child was dumped: {w:?}"),
@@ -200,13 +239,13 @@ pub(crate) fn steps(
                     "process tree differs {what} (keyed by the pids inside):\n  before {b:?}\n  after  {a:?}"
                 ));
             }
-            let main = only_children(new, chain.len() - 1)?;
+            let main = only_children(new, below)?;
             match containers::snapshot(cfg, shape, new, main, what) {
                 Ok(v) => {
                     ns::save(dir, "view.after", &v);
                     let d = ns::view_diff(
-                        &inner_view(&view_before, &tree_before),
-                        &inner_view(&v, &after),
+                        &inner_view(&view_before, &tree_before, init.as_raw()),
+                        &inner_view(&v, &after, new.as_raw()),
                         what,
                     );
                     if !d.is_empty() {
@@ -226,12 +265,12 @@ pub(crate) fn steps(
         Ok(g) => nested::graph_check(
             &mut problems,
             what,
-            &ns::without_tasks(&graph_before),
-            &ns::without_tasks(&g),
+            &comparable_graph(&graph_before, inner),
+            &comparable_graph(&g, inner),
         ),
         Err(e) => problems.push(format!("{e:#}")),
     }
-    let verdict = only_children(new, chain.len() - 1)
+    let verdict = only_children(new, below)
         .and_then(|main| case::finish_tree(dir, main, new, containers::stdio_of(shape), procs));
     end(taken, procs);
     case::with_problems(verdict, problems)

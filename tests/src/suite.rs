@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, daemons, dumpchecks, hostile, inherit_fd, nested, netfilter, procs, servers, trees,
+    containers, daemons, dumpchecks, hostile, inherit_fd, nested, procs, refusals, servers, trees,
     Config, Flavor, Outcome, StdioKind,
 };
 
@@ -200,7 +200,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     dumpchecks::run(cfg, &mut report, &|n| filter.selects(n));
     trees::run(cfg, &mut report, &|n| filter.selects(n));
     inherit_fd::run(cfg, &mut report, &|n| filter.selects(n));
-    netfilter::run(cfg, &mut report, &|n| filter.selects(n));
+    refusals::run(cfg, &mut report, &|n| filter.selects(n));
     servers::run(cfg, &mut report, &|n| filter.selects(n));
     daemons::run(cfg, &mut report, &|n| filter.selects(n));
     nested::run(cfg, &mut report, &|n| filter.selects(n));

@@ -261,7 +261,7 @@ pub fn collect(
         } else if NEW_KINDS.contains(&m.fstype.as_str()) {
             e.kind = NEW;
             if m.fstype == "tmpfs" || m.fstype == "ramfs" {
-                let items = tmpfs::read_tree(pid, &m.mountpoint)?;
+                let items = tmpfs::read_tree(pid, &m.mountpoint, m.dev)?;
                 out.contents.insert(m.id, items);
                 e.has_contents = Some(true);
             }

@@ -127,13 +127,19 @@ impl PidnsGraph {
     /// Every pid namespace's init (pid 1 inside) must be in the tree:
     /// `inner_pid(pid)` gives a task's pid in its own namespace. The init
     /// of a namespace owned by a nested user namespace must live in that
-    /// user namespace (restore forks it from inside).
+    /// user namespace (restore forks it from inside). A namespace none of
+    /// the tree's tasks is in lies above the tree's root (a container
+    /// inside another dumped by its init): restore makes the root's
+    /// namespace afresh and leaves those out.
     pub fn check_inits(
         &self,
         users: &UsernsGraph,
         inner_pid: impl Fn(i32) -> Option<i32>,
     ) -> Result<(), DumpError> {
         for n in &self.list {
+            if !self.tasks.iter().any(|t| t.1 == n.id) {
+                continue;
+            }
             let init = self
                 .tasks
                 .iter()

@@ -24,10 +24,18 @@ pub struct FsItem {
 }
 
 /// The files of the filesystem mounted at `mountpoint` in `pid`'s
-/// namespace, parents first, not crossing into other mounts.
-pub fn read_tree(pid: i32, mountpoint: &str) -> Result<Vec<FsItem>, DumpError> {
+/// namespace (device `dev`, major and minor), parents first, not crossing
+/// into other mounts. A filesystem another mount covers cannot be reached
+/// by its path: refused.
+pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsItem>, DumpError> {
     let base = format!("/proc/{pid}/root{mountpoint}");
     let top = std::fs::symlink_metadata(&base).at(pid, "stat a tmpfs")?;
+    if top.dev() != libc::makedev(dev.0, dev.1) {
+        return Err(refuse(
+            pid,
+            format!("a tmpfs at {mountpoint} that another mount covers"),
+        ));
+    }
     let mut out = Vec::new();
     let mut total = 0u64;
     let mut stack = vec![String::new()];

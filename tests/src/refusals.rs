@@ -1,8 +1,11 @@
-//! `netfilter_refused`: a tree whose network namespace has firewall state
-//! (an nftables table and a legacy iptables rule) must not be dumped
-//! without it: crest refuses, naming the tables, and the tree runs on
-//! untouched — the workload (`small_tree`, the child of `unshare -n`)
-//! still passes its own check afterwards.
+//! Container state crest cannot dump yet must fail the dump with a
+//! message naming it, and leave the tree running untouched: the workload
+//! (`small_tree`, the child of `unshare`) still passes its own check.
+//!
+//! - `netfilter_refused`: a network namespace with firewall state (an
+//!   nftables table and a legacy iptables rule);
+//! - `tmpfs_covered_refused`: a tmpfs with a file that a bind mount on the
+//!   same mountpoint covers (its files cannot be read by path).
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -17,7 +20,10 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 1] = [("netfilter_refused", netfilter_refused)];
+const CASES: [(&str, DirCase); 2] = [
+    ("netfilter_refused", netfilter_refused),
+    ("tmpfs_covered_refused", tmpfs_covered_refused),
+];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     case::run_root_cases(cfg, report, selected, &CASES);
@@ -37,13 +43,51 @@ fn netfilter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
                 .into(),
         ));
     }
+    refused(
+        cfg,
+        dir,
+        procs,
+        &["-n"],
+        "nft add table inet crest_t && iptables-legacy -A INPUT -j ACCEPT",
+        &["nftables crest_t", "iptables filter"],
+    )
+}
+
+fn tmpfs_covered_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !found("unshare") {
+        return Ok(Outcome::Skip(
+            "unshare not found (Debian package util-linux)".into(),
+        ));
+    }
+    refused(
+        cfg,
+        dir,
+        procs,
+        &["-m", "--propagation", "private"],
+        "mount -t tmpfs none /mnt && echo x > /mnt/f && mount --bind /usr /mnt",
+        &["tmpfs at /mnt", "covers"],
+    )
+}
+
+/// Starts `unshare FLAGS -f sh -c 'SETUP && exec small_tree STATEDIR'`,
+/// dumps it, and wants a refusal whose message holds every one of `want`.
+fn refused(
+    cfg: &Config,
+    dir: &CaseDir,
+    procs: &mut Procs,
+    flags: &[&str],
+    setup: &str,
+    want: &[&str],
+) -> Result<Outcome> {
     let script = format!(
-        "nft add table inet crest_t && iptables-legacy -A INPUT -j ACCEPT && exec {} {}",
+        "{setup} && exec {} {}",
         cfg.workload("small_tree").display(),
         dir.state.display()
     );
     let mut cmd = Command::new(cfg.workload("launch"));
-    cmd.args(["unshare", "-n", "-f", "sh", "-c", &script])
+    cmd.arg("unshare")
+        .args(flags)
+        .args(["-f", "sh", "-c", &script])
         .current_dir(&dir.root)
         .stdin(Stdio::null());
     case::set_stdio(&mut cmd, dir, StdioKind::LogFile)?;
@@ -64,11 +108,11 @@ fn netfilter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
     let main = procs::read_pid_file(&ready)?;
     procs.track(main);
     let Some(ran) = case::dump_attempt(cfg, dir, root, false, procs)? else {
-        bail!("crest dumped a tree whose network namespace has nftables and iptables tables");
+        bail!("crest dumped a tree set up with {setup:?}");
     };
     let said = ran.stderr.trim();
-    if !(said.contains("nftables crest_t") && said.contains("iptables filter")) {
-        bail!(ran.failure("crest dump (expected a refusal naming both tables)"));
+    if !want.iter().all(|w| said.contains(w)) {
+        bail!(ran.failure(&format!("crest dump (expected a refusal naming {want:?})")));
     }
     let stuck = procs::tree_problems(root);
     if !stuck.is_empty() {
