@@ -717,6 +717,26 @@ pub fn set_groups(
     Ok(())
 }
 
+/// Waits, up to `limit` in all, for the tasks that hold any of `pids` on
+/// their way out to be gone: zombies (a dumped tree's orphans, which pid 1
+/// reaps late) and killed tasks still tearing down their memory (a dump
+/// does not wait for them). A pid held by a live task is left to the
+/// clone, which names it.
+pub fn wait_for_leaving(pids: &[i32], limit: std::time::Duration) {
+    const PF_EXITING: u32 = 0x4;
+    let leaving = |pid: i32| {
+        procfs::read_stat(pid).is_ok_and(|s| {
+            matches!(s.state, 'Z' | 'X' | 'x') || s.flags & PF_EXITING != 0
+        })
+    };
+    let start = std::time::Instant::now();
+    for &pid in pids {
+        while leaving(pid) && start.elapsed() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 /// Takes back one SIGCHLD queued in a (blocked) restored task by the exit
 /// of a helper or a zombie.
 pub(crate) fn take_sigchld(parent: &mut Tracee) {

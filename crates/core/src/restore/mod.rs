@@ -83,6 +83,11 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .iter()
         .flat_map(|i| i.cores.iter().map(|c| c.0))
         .collect();
+    if ti.cut == 0 {
+        // `crest dump && crest restore`: the dumped tasks may still be
+        // on their way out
+        pstree::wait_for_leaving(&tids, std::time::Duration::from_secs(5));
+    }
     let spare = pstree::spare_pids(&tids);
     pstree::steer_pids(spare);
     // The namespaces first, held by helpers until every task has entered
