@@ -334,6 +334,25 @@ fn clone3_result(r: i64, pid: i32, set_tid: &[i32], ppid: i32) -> Result<(), Res
     Ok(())
 }
 
+/// The pid of task `child` as its parent `parent` (crest's view) sees it.
+fn seen_by(parent: i32, child: i32) -> Option<i32> {
+    let level = procfs::read_status(parent).ok()?.ns_pid.len().checked_sub(1)?;
+    procfs::read_status(child).ok()?.ns_pid.get(level).copied()
+}
+
+/// Reaps, in `parent`, its killed child `pid` (its own view) and takes back
+/// the SIGCHLD, so that a clone undone leaves no zombie behind.
+fn reap_in(parent: &mut Tracee, pid: i32) {
+    const WNOHANG: u64 = 1;
+    for _ in 0..200 {
+        match parent.syscall_raw(nr::WAIT4, &[pid as u64, 0, WNOHANG, 0]) {
+            Ok(0) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            _ => break,
+        }
+    }
+    take_sigchld(parent);
+}
+
 /// Nothing to do before a clone.
 pub(crate) fn nothing() -> Result<(), RestoreError> {
     Ok(())
@@ -392,7 +411,11 @@ pub(crate) fn clone_with(
             t.leak();
             let _ = ptrace::wait(got);
         } else {
-            drop(t); // killed and reaped
+            let seen = seen_by(ppid, got);
+            drop(t); // killed, and reaped by crest as its tracer
+            if let Some(s) = seen {
+                reap_in(parent, s);
+            }
         }
         if tries == 1 {
             return Err(RestoreError::Unsupported {
@@ -543,8 +566,9 @@ pub fn fork_thread(
 /// then exits and is reaped by its parent.
 #[derive(Default)]
 pub struct Helpers {
-    /// (helper, index of its parent task) by the session or group id.
-    made: Vec<(i32, Tracee, usize)>,
+    /// (session or group id, helper, index of its parent task, the
+    /// helper's pid as its parent sees it).
+    made: Vec<(i32, Tracee, usize, i32)>,
 }
 
 impl Helpers {
@@ -555,7 +579,7 @@ impl Helpers {
     /// Ends every helper; the members of a session helper are reparented to
     /// its parent, which must be a child subreaper.
     pub fn finish(self, tasks: &mut [Option<Tracee>]) -> Result<(), RestoreError> {
-        for (id, h, parent) in self.made {
+        for (id, h, parent, seen) in self.made {
             let pid = h.pid();
             h.exit_as(0).rat(pid, "end a session/group helper")?;
             let p = tasks[parent]
@@ -564,7 +588,7 @@ impl Helpers {
                     pid: id,
                     what: "a helper whose parent is a zombie".into(),
                 })?;
-            p.syscall(nr::WAIT4, &[pid as u64, 0, 0, 0])
+            p.syscall(nr::WAIT4, &[seen as u64, 0, 0, 0])
                 .rat(p.pid(), format!("reap helper {pid}"))?;
             take_sigchld(p);
         }
@@ -646,7 +670,8 @@ pub fn fork_in_session(
         let mut h = clone_with(parent, sid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
         h.syscall(nr::SETSID, &[])
             .rat(sid, "setsid in a session helper")?;
-        helpers.made.push((sid, h, p));
+        // (in its parent's pid namespace: the innermost id)
+        helpers.made.push((sid, h, p, ids.want[0]));
     }
     let h = helpers.get(sid).ok_or_else(|| RestoreError::Unsupported {
         pid: sid,
@@ -686,6 +711,12 @@ pub fn set_groups(
         if now.len() >= want.len() && now.iter().rev().zip(want).all(|(a, b)| a == b) {
             continue;
         }
+        if want.first() == Some(&0) {
+            // the group's leader is outside the task's pid namespace: the
+            // task cannot name it; it stays in the group it got at fork
+            crate::debug!("pid {pid}: group {} is outside its pid namespace", e.pgid);
+            continue;
+        }
         let pgid = e.pgid as i32;
         let exists = e.pgid == e.pid
             || in_tree(e.pgid)
@@ -704,7 +735,7 @@ pub fn set_groups(
             let mut h = clone_with(t, pgid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
             h.syscall(nr::SETPGID, &[0, 0])
                 .rat(pgid, "setpgid in a group helper")?;
-            helpers.made.push((pgid, h, i));
+            helpers.made.push((pgid, h, i, want[0]));
         }
         let target = if e.pgid == e.pid {
             0
@@ -725,9 +756,8 @@ pub fn set_groups(
 pub fn wait_for_leaving(pids: &[i32], limit: std::time::Duration) {
     const PF_EXITING: u32 = 0x4;
     let leaving = |pid: i32| {
-        procfs::read_stat(pid).is_ok_and(|s| {
-            matches!(s.state, 'Z' | 'X' | 'x') || s.flags & PF_EXITING != 0
-        })
+        procfs::read_stat(pid)
+            .is_ok_and(|s| matches!(s.state, 'Z' | 'X' | 'x') || s.flags & PF_EXITING != 0)
     };
     let start = std::time::Instant::now();
     for &pid in pids {

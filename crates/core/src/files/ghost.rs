@@ -160,7 +160,13 @@ pub fn open(
     let pid = t.pid();
     if let Some(src) = files.ghost_src.get(&ghost).copied() {
         if let Some((hpid, hfd)) = files.where_is(pid, src) {
-            return open_in_task(t, &format!("/proc/{hpid}/fd/{hfd}"), flags);
+            // crest's /proc: the task may be in a container's mount
+            // namespace by now, whose /proc knows crest's pids not
+            return crate::mm::restore::open_crest_side(
+                t,
+                &format!("/proc/{hpid}/fd/{hfd}"),
+                flags,
+            );
         }
     }
     let dir = files.dir.clone();

@@ -13,7 +13,7 @@
 use super::restore::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crate::mm::restore::open_in_task;
+use crate::mm::restore::open_crest_side;
 use crate::procfs::FdInfo;
 use crest_images::pb::{
     FdTypes, FileEntry, MemfdFileEntry, MemfdInodeEntry, PagemapEntry, PagemapHead,
@@ -219,7 +219,8 @@ fn reopen(
         Some(Source::Map(p, s, e)) => format!("/proc/{p}/map_files/{s:x}-{e:x}"),
         None => return Ok(None),
     };
-    open_in_task(t, &path, oflags).map(Some)
+    // (crest's /proc, the paths name crest's pids)
+    open_crest_side(t, &path, oflags).map(Some)
 }
 
 /// Makes the inode in the task: `memfd_create`, size, contents, seals.
@@ -335,7 +336,7 @@ pub fn open(
             if acc == libc::O_RDWR {
                 made
             } else {
-                let again = open_in_task(t, &format!("/proc/{pid}/fd/{made}"), acc);
+                let again = open_crest_side(t, &format!("/proc/{pid}/fd/{made}"), acc);
                 t.syscall(nr::CLOSE, &[made]).rat(pid, "close memfd")?;
                 again?
             }
