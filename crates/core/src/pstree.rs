@@ -336,7 +336,11 @@ fn clone3_result(r: i64, pid: i32, set_tid: &[i32], ppid: i32) -> Result<(), Res
 
 /// The pid of task `child` as its parent `parent` (crest's view) sees it.
 fn seen_by(parent: i32, child: i32) -> Option<i32> {
-    let level = procfs::read_status(parent).ok()?.ns_pid.len().checked_sub(1)?;
+    let level = procfs::read_status(parent)
+        .ok()?
+        .ns_pid
+        .len()
+        .checked_sub(1)?;
     procfs::read_status(child).ok()?.ns_pid.get(level).copied()
 }
 
