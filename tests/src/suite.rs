@@ -37,6 +37,7 @@ pub fn workloads() -> Vec<Workload> {
         c("tree_sessions", &[], Settle::Blocked),
         c("threads_busy", &["8"], Settle::Spinning),
         c("zombie", &[], Settle::Blocked),
+        c("gone_leaders", &[], Settle::Blocked),
         c("shared_anon", &["8"], Settle::Blocked),
         c("shared_anon_exited", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),

@@ -357,15 +357,10 @@ fn reap_in(parent: &mut Tracee, pid: i32) {
     take_sigchld(parent);
 }
 
-/// Nothing to do before a clone.
-pub(crate) fn nothing() -> Result<(), RestoreError> {
-    Ok(())
-}
-
 /// Injects `clone3` into `parent` and takes charge of the new task (a
 /// thread with `CLONE_THREAD` in `flags`), which starts traced and
-/// stopped, with the ids `ids` asks for; `before` sets the level after
-/// the settable ones right before each try. Levels set through an
+/// stopped, with the ids `ids` asks for; `before` (given them) sets the
+/// level after the settable ones right before each try. Levels set through an
 /// `ns_last_pid` can be taken by any other fork in between: such a clone
 /// is undone and tried again. `who` names the task in errors.
 pub(crate) fn clone_with(
@@ -374,7 +369,7 @@ pub(crate) fn clone_with(
     ids: &Ids<'_>,
     flags: u64,
     exit_signal: u64,
-    before: &mut dyn FnMut() -> Result<(), RestoreError>,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let (ppid, want) = (parent.pid(), ids.want);
     if want.is_empty() || want.len() > 32 {
@@ -389,7 +384,7 @@ pub(crate) fn clone_with(
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     for _ in 0..tries {
         let base = put_clone_args(parent, flags, exit_signal, inner)?;
-        before()?;
+        before(want)?;
         if let (true, Some(last)) = (ids.crest_last, want.last()) {
             std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", last - 1))
                 .rat(ppid, "write ns_last_pid")?;
@@ -500,7 +495,7 @@ pub fn fork_init_in_userns(
         crest_last: crest_level,
     };
     let mut c = {
-        let mut before = || -> Result<(), RestoreError> {
+        let mut before = |_: &[i32]| -> Result<(), RestoreError> {
             if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
                 crate::ns::user::write_in_task(
                     p,
@@ -531,7 +526,7 @@ pub fn fork_child(
     child: &PstreeEntry,
     ids: &Ids<'_>,
     flags: u64,
-    before: &mut dyn FnMut() -> Result<(), RestoreError>,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let mut t = clone_with(
         parent,
@@ -553,7 +548,7 @@ pub fn fork_thread(
     leader: &mut Tracee,
     tid: i32,
     ids: &Ids<'_>,
-    before: &mut dyn FnMut() -> Result<(), RestoreError>,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
@@ -623,7 +618,7 @@ pub fn fork_in_session(
     k: usize,
     p: usize,
     how: &ForkHow<'_>,
-    before: &mut dyn FnMut() -> Result<(), RestoreError>,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let e = entries[k];
     let mut flags = 0u64;
@@ -670,8 +665,12 @@ pub fn fork_in_session(
         parent
             .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER
             .rat(parent.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
-        let ids = Ids::all(how.sid_ids);
-        let mut h = clone_with(parent, sid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
+        // at the task's levels, set the way the task's are
+        let ids = Ids {
+            want: how.sid_ids,
+            ..how.ids
+        };
+        let mut h = clone_with(parent, sid, &ids, 0, libc::SIGCHLD as u64, before)?;
         h.syscall(nr::SETSID, &[])
             .rat(sid, "setsid in a session helper")?;
         // (in its parent's pid namespace: the innermost id)
@@ -696,6 +695,7 @@ pub fn set_groups(
     entries: &[&PstreeEntry],
     pgid_ids: &[Vec<i32>],
     fresh: bool,
+    (levels, writers): (&[crate::ns::pid::Levels], &mut crate::ns::pid::Writers),
 ) -> Result<(), RestoreError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].pgid != entries[i].pid);
@@ -735,8 +735,20 @@ pub fn set_groups(
             what: "a zombie group member".into(),
         })?;
         if !exists {
-            let ids = Ids::all(want);
-            let mut h = clone_with(t, pgid, &ids, 0, libc::SIGCHLD as u64, &mut nothing)?;
+            // at the member's levels, set the way its own were
+            let l = levels.get(i).copied().unwrap_or_default();
+            let ids = Ids {
+                want,
+                settable: l.settable.min(want.len()),
+                crest_last: l.crest_last,
+            };
+            let mut before = |w: &[i32]| -> Result<(), RestoreError> {
+                match (l.middle, w.get(l.settable)) {
+                    (Some((ns, init)), Some(&next)) => writers.set_next(ns, init, next),
+                    _ => Ok(()),
+                }
+            };
+            let mut h = clone_with(t, pgid, &ids, 0, libc::SIGCHLD as u64, &mut before)?;
             h.syscall(nr::SETPGID, &[0, 0])
                 .rat(pgid, "setpgid in a group helper")?;
             helpers.made.push((pgid, h, i, want[0]));

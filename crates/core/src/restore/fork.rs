@@ -144,9 +144,9 @@ pub(super) fn fork_tree(
             new_pidns: fresh,
             parent_is_subreaper: subreaper,
         };
-        let mut before = || -> Result<(), RestoreError> {
-            if let Some((ns, init)) = levels.middle {
-                writers.set_next(ns, init, set_tid[levels.settable])?;
+        let mut before = |want: &[i32]| -> Result<(), RestoreError> {
+            if let (Some((ns, init)), Some(&next)) = (levels.middle, want.get(levels.settable)) {
+                writers.set_next(ns, init, next)?;
             }
             Ok(())
         };
@@ -156,7 +156,18 @@ pub(super) fn fork_tree(
         tasks.push(Some(child));
     }
     let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
-    pstree::set_groups(&mut tasks, &mut helpers, &entries, &pgid_ids, ti.cut > 0)?;
+    // a group helper is forked by a member, in the member's user namespace
+    let group_levels = (0..imgs.len())
+        .map(|k| levels_of(ti, &actual, k, cur_userns[k]))
+        .collect::<Result<Vec<_>, _>>()?;
+    pstree::set_groups(
+        &mut tasks,
+        &mut helpers,
+        &entries,
+        &pgid_ids,
+        ti.cut > 0,
+        (&group_levels, writers),
+    )?;
     set_pid_for_children(imgs, &actual, &mut tasks)?;
     helpers.finish(&mut tasks)?;
     end_zombies(imgs, &mut tasks)?;

@@ -134,9 +134,9 @@ pub(super) fn transform(
             crest_last: tl.crest_last,
         };
         let writers = &mut *ctx.writers;
-        let mut before = || -> Result<(), RestoreError> {
-            if let Some((ns, init)) = tl.middle {
-                writers.set_next(ns, init, set_tid[tl.settable])?;
+        let mut before = |want: &[i32]| -> Result<(), RestoreError> {
+            if let (Some((ns, init)), Some(&next)) = (tl.middle, want.get(tl.settable)) {
+                writers.set_next(ns, init, next)?;
             }
             Ok(())
         };
