@@ -380,6 +380,24 @@ impl Fail {
     }
 }
 
+/// The payloads of an rtnetlink dump of `ty` for `family` that `keep`
+/// accepts, at most MAX_ITEMS; `steps` name the listing and the parsing.
+fn dump_kept(
+    nl: &mut Rtnl,
+    ty: u16,
+    family: i32,
+    steps: (&'static str, &'static str),
+    keep: impl Fn(&[u8]) -> Result<bool, String>,
+) -> Result<Vec<Vec<u8>>, Fail> {
+    let mut out = Vec::new();
+    for p in nl.dump(ty, family).map_err(io_at(steps.0))? {
+        if keep(&p).map_err(|e| Fail::Io(steps.1, io::Error::other(e)))? && out.len() < MAX_ITEMS {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
 fn io_at(step: &'static str) -> impl FnOnce(io::Error) -> Fail {
     move |e| Fail::Io(step, e)
 }
@@ -483,48 +501,38 @@ fn read_inside() -> Result<NetNs, Fail> {
             n.addrs.push(p);
         }
     }
-    for (family, out) in [
-        (libc::AF_INET, &mut n.routes4),
-        (libc::AF_INET6, &mut n.routes6),
-    ] {
-        for p in nl
-            .dump(rtnl::RTM_GETROUTE, family)
-            .map_err(io_at("list routes"))?
-        {
-            let r = rtnl::parse_route(&p)
-                .map_err(|e| Fail::Io("parse a route", io::Error::other(e)))?;
-            if r.kept() && out.len() < MAX_ITEMS {
-                out.push(p);
-            }
-        }
+    for (family, v4) in [(libc::AF_INET, true), (libc::AF_INET6, false)] {
+        let routes = dump_kept(
+            &mut nl,
+            rtnl::RTM_GETROUTE,
+            family,
+            ("list routes", "parse a route"),
+            |p| rtnl::parse_route(p).map(|r| r.kept()),
+        )?;
+        let rules = dump_kept(
+            &mut nl,
+            policy::RTM_GETRULE,
+            family,
+            ("list rules", "parse a rule"),
+            |p| policy::parse_rule(p).map(|r| r.kept()),
+        )?;
+        let neighs = dump_kept(
+            &mut nl,
+            policy::RTM_GETNEIGH,
+            family,
+            ("list neighbours", "parse a neighbour"),
+            |p| policy::parse_neigh(p).map(|e| e.kept() && e.family == family as u8),
+        )?;
+        let (r, u) = if v4 {
+            (&mut n.routes4, &mut n.rules4)
+        } else {
+            (&mut n.routes6, &mut n.rules6)
+        };
+        *r = routes;
+        *u = rules;
+        n.neighs.extend(neighs);
     }
-    for (family, out) in [
-        (libc::AF_INET, &mut n.rules4),
-        (libc::AF_INET6, &mut n.rules6),
-    ] {
-        for p in nl
-            .dump(policy::RTM_GETRULE, family)
-            .map_err(io_at("list rules"))?
-        {
-            let r = policy::parse_rule(&p)
-                .map_err(|e| Fail::Io("parse a rule", io::Error::other(e)))?;
-            if r.kept() && out.len() < MAX_ITEMS {
-                out.push(p);
-            }
-        }
-    }
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        for p in nl
-            .dump(policy::RTM_GETNEIGH, family)
-            .map_err(io_at("list neighbours"))?
-        {
-            let e = policy::parse_neigh(&p)
-                .map_err(|e| Fail::Io("parse a neighbour", io::Error::other(e)))?;
-            if e.kept() && e.family == family as u8 && n.neighs.len() < MAX_ITEMS {
-                n.neighs.push(p);
-            }
-        }
-    }
+    n.neighs.truncate(MAX_ITEMS);
     n.all4 = read_conf("ipv4", "all", &CONF4);
     n.def4 = read_conf("ipv4", "default", &CONF4);
     n.all6 = read_conf("ipv6", "all", &CONF6);

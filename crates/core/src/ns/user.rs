@@ -118,16 +118,8 @@ impl UsernsGraph {
         let crest_ino = ino_of("/proc/self/ns/user").at(me, "stat crest's user namespace")?;
         let mut g = UsernsGraph {
             nodes: vec![Userns {
-                id: 1,
-                parent: None,
-                depth: 0,
-                uid_map: Vec::new(),
-                gid_map: Vec::new(),
-                uid_outer: Vec::new(),
-                gid_outer: Vec::new(),
-                owner_uid: 0,
-                setgroups_allow: true,
                 ino: crest_ino,
+                ..Userns::bare(1, None, 0)
             }],
             tasks: Vec::new(),
         };
