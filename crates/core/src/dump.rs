@@ -11,22 +11,9 @@ use crate::{coreimg, fs, mm, procfs};
 use crest_images::pb::{InventoryEntry, PagemapHead, TaskKobjIdsEntry};
 use crest_images::{magic, names, ImageWriter};
 use crest_inject::Tracee;
-use std::path::{Path, PathBuf};
+use crate::opts::Options;
+use std::path::Path;
 
-#[derive(Debug, Clone)]
-pub struct DumpOptions {
-    pub pid: i32,
-    pub dir: PathBuf,
-    pub leave_running: bool,
-    pub shell_job: bool,
-    /// Largest file deleted while open whose contents are saved.
-    pub ghost_limit: u64,
-    pub tcp_established: bool,
-    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
-    pub external: Vec<String>,
-    /// Dump the file locks the tree holds (else a held lock fails the dump).
-    pub file_locks: bool,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpSummary {
@@ -36,7 +23,7 @@ pub struct DumpSummary {
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`. On failure every
 /// task is detached and runs on as before.
-pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
+pub fn dump(opts: &Options) -> Result<DumpSummary, DumpError> {
     std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
         dir: opts.dir.display().to_string(),
         source,
@@ -60,7 +47,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
     }
 }
 
-fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
+fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
     let root = &tree.tasks[0];
     if root.sid != root.pid && !opts.shell_job {
         // A job of a shell, or a container whose init was started without

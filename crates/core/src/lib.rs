@@ -12,6 +12,7 @@ pub mod files;
 pub mod fs;
 pub mod mm;
 pub mod ns;
+pub mod opts;
 pub mod procfs;
 pub mod pstree;
 pub mod regs;
@@ -20,7 +21,8 @@ pub mod show;
 pub mod signals;
 pub mod task;
 
-pub use dump::{dump, DumpOptions, DumpSummary};
+pub use dump::{dump, DumpSummary};
+pub use opts::{Action, Options};
 pub use error::{DumpError, RestoreError};
 
-pub use restore::{restore, RestoreOptions, Restored};
+pub use restore::{restore, Restored};

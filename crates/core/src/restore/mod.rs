@@ -12,27 +12,13 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
 use crate::{mm, ns, pstree};
 use crest_inject::Tracee;
+use crate::opts::Options;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
 use images::{init_of, parent_index, read_tree_images, TreeImages};
-use std::path::PathBuf;
 use task::{transform, TreeCtx};
 
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    pub dir: PathBuf,
-    pub detached: bool,
-    pub shell_job: bool,
-    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`,
-    /// `mnt[KEY]:PATH`).
-    pub external: Vec<String>,
-    /// CRIU's `--root`: the root directory of a tree that pivot_root'ed.
-    pub root: Option<PathBuf>,
-    /// CRIU's `--inherit-fd`: (crest's fd, the key of the dumped file it
-    /// stands for, `pipe:[INODE]`).
-    pub inherit_fd: Vec<(i32, String)>,
-}
 
 /// A restored tree, running.
 pub struct Restored {
@@ -56,7 +42,7 @@ impl Restored {
 /// Restores the tree in `opts.dir`. On failure every task made is killed
 /// and reaped: crest is a child subreaper meanwhile, so the killed tasks'
 /// orphans come back to it rather than waiting for init.
-pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+pub fn restore(opts: &Options) -> Result<Restored, RestoreError> {
     let _ = crest_sys::proc::set_child_subreaper(true);
     let res = restore_tree(opts);
     if res.is_err() {
@@ -66,7 +52,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     res
 }
 
-fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+fn restore_tree(opts: &Options) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     check_inventory(dir)?;
     let mut files = RestoreFiles::read(dir)?;
@@ -167,7 +153,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 /// files, and the mounts of mount namespaces replayed before any task
 /// reopens files in them.
 fn before_transform(
-    opts: &RestoreOptions,
+    opts: &Options,
     ti: &TreeImages,
     actual: &[i32],
     tasks: &mut [Option<Tracee>],
