@@ -11,40 +11,93 @@ use crate::{coreimg, fs, mm, procfs};
 use crest_images::pb::{InventoryEntry, PagemapHead, TaskKobjIdsEntry};
 use crest_images::{magic, names, ImageWriter};
 use crest_inject::Tracee;
-use crate::opts::Options;
+use crate::notify::{hook, Notify, Silent};
+use crate::opts::{Action, Options};
 use std::path::Path;
+use std::time::Instant;
 
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpSummary {
     pub pids: Vec<i32>,
     pub pages_bytes: u64,
+    /// What it took (also in `stats-dump` in the work directory).
+    pub stats: crate::stats::DumpStats,
 }
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`. On failure every
 /// task is detached and runs on as before.
 pub fn dump(opts: &Options) -> Result<DumpSummary, DumpError> {
+    dump_notified(opts, &mut Silent)
+}
+
+/// [`dump`], telling `n` at CRIU's notification points (pre-dump,
+/// network-lock, post-dump, network-unlock); a refused notification fails
+/// the dump, the tree released.
+pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, DumpError> {
+    let refused = opts.refusals(Action::Dump);
+    if !refused.is_empty() {
+        return Err(DumpError::Refused { refused });
+    }
     std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
         dir: opts.dir.display().to_string(),
         source,
     })?;
+    tell(n, hook::PRE_DUMP)?;
+    let start = Instant::now();
     let tree = Seized::seize(opts.pid)?;
+    let frozen = Instant::now();
     crate::info!("seized {} task(s) of tree {}", tree.tasks.len(), opts.pid);
-    match collect_and_write(&tree, opts) {
-        Ok(summary) => {
-            if opts.leave_running {
-                tree.release();
+    // The network is the caller's to lock when the tree has a net
+    // namespace of its own.
+    let own_net = crate::ns::other::own_net_ns(opts.pid);
+    let res = (if own_net {
+        tell(n, hook::NETWORK_LOCK)
+    } else {
+        Ok(())
+    })
+    .and_then(|()| collect_and_write(&tree, opts))
+    .and_then(|s| tell(n, hook::POST_DUMP).map(|()| s));
+    match res {
+        Ok(mut summary) => {
+            summary.stats.freezing = frozen - start;
+            summary.stats.memdump = frozen.elapsed();
+            if opts.leave_running || opts.leave_stopped {
+                if opts.leave_stopped {
+                    tree.release_stopped();
+                } else {
+                    tree.release();
+                }
+                if own_net {
+                    tell(n, hook::NETWORK_UNLOCK)?;
+                }
             } else {
                 tree.kill();
             }
+            summary.stats.frozen = frozen.elapsed();
+            summary.stats.pages_scanned = summary.pages_bytes / 4096;
+            summary.stats.pages_written = summary.pages_bytes / 4096;
+            summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
+        crate::warn!("stats-dump not written: {e}");
+    });
             Ok(summary)
         }
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
+            if own_net {
+                let _ = tell(n, hook::NETWORK_UNLOCK);
+            }
             Err(e)
         }
     }
+}
+
+fn tell(n: &mut dyn Notify, h: &str) -> Result<(), DumpError> {
+    n.notify(h, None, None).map_err(|why| DumpError::Notify {
+        hook: h.to_string(),
+        why,
+    })
 }
 
 fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {

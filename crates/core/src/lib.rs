@@ -11,6 +11,7 @@ pub mod features;
 pub mod files;
 pub mod fs;
 pub mod mm;
+pub mod notify;
 pub mod ns;
 pub mod opts;
 pub mod procfs;
@@ -19,6 +20,7 @@ pub mod regs;
 pub mod restore;
 pub mod show;
 pub mod signals;
+pub mod stats;
 pub mod task;
 
 pub use dump::{dump, DumpSummary};

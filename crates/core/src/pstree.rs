@@ -187,6 +187,15 @@ impl Seized {
         }
     }
 
+    /// Lets the tree go stopped (CRIU's `--leave-stopped`): every task
+    /// gets a SIGSTOP before it is detached.
+    pub fn release_stopped(self) {
+        for t in self.tasks.iter().filter(|t| t.zombie.is_none()) {
+            let _ = crest_sys::misc::kill(t.pid, libc::SIGSTOP);
+        }
+        self.release();
+    }
+
     /// Kills the dumped tasks (the default after a successful dump). The
     /// threads are left to the kernel: a killed tracee goes away on its own
     /// once crest stops tracing it, and tearing down a large address space

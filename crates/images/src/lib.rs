@@ -30,6 +30,12 @@ pub use names::{kind_of, ImageKind};
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/criu.rs"));
 
+    /// CRIU's RPC (`criu swrk`): requests, answers, notifications.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/rpc.rs"));
+    }
+
     /// crest's own messages, stored in files with crest magics.
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod crest {

@@ -334,6 +334,12 @@ impl OtherGraph {
         Ok(id)
     }
 
+    /// Whether the tree has a namespace of this kind (`CLONE_NEW*`) of its
+    /// own.
+    pub fn has_kind(&self, flag: u32) -> bool {
+        self.list.iter().any(|n| n.nstype == flag)
+    }
+
     /// The id of the namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
         self.list.iter().find(|n| n.ino == ino).map(|n| n.id)
@@ -883,5 +889,17 @@ impl Helpers {
             r.rat(pid, format!("setns into its {kind} namespace"))?;
         }
         Ok(())
+    }
+}
+
+/// Whether `pid` is in a net namespace other than crest's (false when
+/// either cannot be read).
+pub fn own_net_ns(pid: i32) -> bool {
+    match (
+        ino_of("/proc/self/ns/net"),
+        ino_of(&format!("/proc/{pid}/ns/net")),
+    ) {
+        (Ok(mine), Ok(theirs)) => mine != theirs,
+        _ => false,
     }
 }
