@@ -173,7 +173,9 @@ fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
             };
             let (s, negated) = find_long(name)?;
             let value = match (s.arg, inline) {
-                (No, Some(_)) => return Err(format!("option '--{}' doesn't allow an argument", s.long)),
+                (No, Some(_)) => {
+                    return Err(format!("option '--{}' doesn't allow an argument", s.long))
+                }
                 (No, None) => None,
                 (Optional, v) => v,
                 (Required, Some(v)) => Some(v),
@@ -268,6 +270,8 @@ fn find_long(name: &str) -> Result<(&'static Spec, bool), String> {
 /// Applies one option to `p`.
 fn apply(p: &mut Parsed, g: Got) -> Result<(), String> {
     match g.name {
+        "help" => p.help = true,
+        "version" => p.version = true,
         "stream" | "remote" => p.stream = !g.negated,
         "close" => {
             let v = g.value.clone().unwrap_or_default();
@@ -335,7 +339,12 @@ fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
         "address" => o.address = Some(val()),
         "port" => {
             let n = int(&val())?;
-            o.port = Some(u16::try_from(n).ok().filter(|&n| n != 0).ok_or_else(|| bad(&val()))?);
+            o.port = Some(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|&n| n != 0)
+                    .ok_or_else(|| bad(&val()))?,
+            );
         }
         "prev-images-dir" => o.prev_images_dir = Some(PathBuf::from(val())),
         "track-mem" => o.track_mem = on,
@@ -575,7 +584,8 @@ mod tests {
 
     #[test]
     fn spellings_of_criu_users() {
-        let p = parsed("dump --tree 42 --images-dir /d -o dump.log -v4 --shell-job --leave-running");
+        let p =
+            parsed("dump --tree 42 --images-dir /d -o dump.log -v4 --shell-job --leave-running");
         assert_eq!(p.words, ["dump"]);
         assert_eq!(p.opts.pid, 42);
         assert_eq!(p.opts.dir, PathBuf::from("/d"));
@@ -618,7 +628,10 @@ mod tests {
         assert_eq!(o.network_lock, Some(NetworkLock::Skip));
         assert_eq!(o.ghost_fiemap, Some(false));
         assert_eq!(o.join_ns[0].extra.as_deref(), Some("x"));
-        assert_eq!(parsed("dump --manage-cgroups").opts.manage_cgroups, CgMode::Soft);
+        assert_eq!(
+            parsed("dump --manage-cgroups").opts.manage_cgroups,
+            CgMode::Soft
+        );
         // unique prefixes, as getopt_long takes them
         assert_eq!(parsed("dump --tre 3").opts.pid, 3);
         assert!(parsed("restore --restore-det").opts.detached);
@@ -652,7 +665,11 @@ mod tests {
             "# a comment\ntcp-established\nlog-file \"my log.txt\" # trailing\n  timeout 3\nexternal mnt[/a]:b\n",
         )
         .unwrap();
-        let p = parse(&args(&format!("dump --config {} -t 5 --timeout 4", f.display()))).unwrap();
+        let p = parse(&args(&format!(
+            "dump --config {} -t 5 --timeout 4",
+            f.display()
+        )))
+        .unwrap();
         assert!(p.opts.tcp_established);
         assert_eq!(p.opts.log_file, Some(PathBuf::from("my log.txt")));
         assert_eq!(p.opts.timeout, 4);

@@ -3,19 +3,18 @@
 
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
+use crate::notify::{hook, Notify, Silent};
 use crate::ns::other::OtherGraph;
 use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
+use crate::opts::{Action, Options};
 use crate::pstree::{Seized, Task};
 use crate::{coreimg, fs, mm, procfs};
 use crest_images::pb::{InventoryEntry, PagemapHead, TaskKobjIdsEntry};
 use crest_images::{magic, names, ImageWriter};
 use crest_inject::Tracee;
-use crate::notify::{hook, Notify, Silent};
-use crate::opts::{Action, Options};
 use std::path::Path;
 use std::time::Instant;
-
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpSummary {
@@ -43,7 +42,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         dir: opts.dir.display().to_string(),
         source,
     })?;
-    tell(n, hook::PRE_DUMP)?;
+    tell(n, hook::PRE_DUMP, opts.pid)?;
     let start = Instant::now();
     let tree = Seized::seize(opts.pid)?;
     let frozen = Instant::now();
@@ -52,12 +51,12 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     // namespace of its own.
     let own_net = crate::ns::other::own_net_ns(opts.pid);
     let res = (if own_net {
-        tell(n, hook::NETWORK_LOCK)
+        tell(n, hook::NETWORK_LOCK, opts.pid)
     } else {
         Ok(())
     })
     .and_then(|()| collect_and_write(&tree, opts))
-    .and_then(|s| tell(n, hook::POST_DUMP).map(|()| s));
+    .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
     match res {
         Ok(mut summary) => {
             summary.stats.freezing = frozen - start;
@@ -69,7 +68,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
                     tree.release();
                 }
                 if own_net {
-                    tell(n, hook::NETWORK_UNLOCK)?;
+                    tell(n, hook::NETWORK_UNLOCK, opts.pid)?;
                 }
             } else {
                 tree.kill();
@@ -78,26 +77,29 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             summary.stats.pages_scanned = summary.pages_bytes / 4096;
             summary.stats.pages_written = summary.pages_bytes / 4096;
             summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
-        crate::warn!("stats-dump not written: {e}");
-    });
+                crate::warn!("stats-dump not written: {e}");
+            });
             Ok(summary)
         }
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
             if own_net {
-                let _ = tell(n, hook::NETWORK_UNLOCK);
+                let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);
             }
             Err(e)
         }
     }
 }
 
-fn tell(n: &mut dyn Notify, h: &str) -> Result<(), DumpError> {
-    n.notify(h, None, None).map_err(|why| DumpError::Notify {
-        hook: h.to_string(),
-        why,
-    })
+/// Tells `n` that `h` is reached (with the tree's root for the hooks'
+/// environment).
+fn tell(n: &mut dyn Notify, h: &str, root: i32) -> Result<(), DumpError> {
+    n.notify(h, Some(root), None)
+        .map_err(|why| DumpError::Notify {
+            hook: h.to_string(),
+            why,
+        })
 }
 
 fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {

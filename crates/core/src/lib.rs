@@ -24,7 +24,7 @@ pub mod stats;
 pub mod task;
 
 pub use dump::{dump, DumpSummary};
-pub use opts::{Action, Options};
 pub use error::{DumpError, RestoreError};
+pub use opts::{Action, Options};
 
 pub use restore::{restore, Restored};

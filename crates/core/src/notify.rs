@@ -22,11 +22,16 @@ pub mod hook {
 
 /// Receives the notifications of one action.
 pub trait Notify {
-    /// Tells the caller that `hook` is reached (with the root task's pid
-    /// for the hooks that carry one, and an fd for `orphan-pts-master`);
-    /// an error aborts the action.
-    fn notify(&mut self, hook: &str, pid: Option<i32>, fd: Option<BorrowedFd<'_>>)
-        -> Result<(), String>;
+    /// Tells the caller that `hook` is reached, with the tree's root pid
+    /// when there is one (the dumped root; the restored root once it is
+    /// forked) and an fd for `orphan-pts-master`; an error aborts the
+    /// action.
+    fn notify(
+        &mut self,
+        hook: &str,
+        pid: Option<i32>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), String>;
 }
 
 /// No one to tell.

@@ -10,16 +10,15 @@ mod task;
 
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
-use crate::{mm, ns, pstree};
-use crest_inject::Tracee;
 use crate::notify::{hook, Notify, Silent};
 use crate::opts::{Action, Options};
+use crate::{mm, ns, pstree};
+use crest_inject::Tracee;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
 use images::{init_of, parent_index, read_tree_images, TreeImages};
 use task::{transform, TreeCtx};
-
 
 /// A restored tree, running.
 pub struct Restored {
@@ -162,12 +161,12 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     // namespaces now.
     let root_pid = actual[0];
     tell(n, hook::SETUP_NAMESPACES, Some(root_pid))?;
-    tell(n, hook::POST_SETUP_NAMESPACES, None)?;
+    tell(n, hook::POST_SETUP_NAMESPACES, Some(root_pid))?;
     tell(n, hook::POST_RESTORE, Some(root_pid))?;
     if ti.others.has_kind(libc::CLONE_NEWNET as u32) {
-        tell(n, hook::NETWORK_UNLOCK, None)?;
+        tell(n, hook::NETWORK_UNLOCK, Some(root_pid))?;
     }
-    tell(n, hook::PRE_RESUME, None)?;
+    tell(n, hook::PRE_RESUME, Some(root_pid))?;
     if opts.leave_stopped {
         for (k, t) in tasks.iter().enumerate() {
             if t.is_some() {
