@@ -122,7 +122,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
         .map(|t| t.pid)
         .collect();
     let users = UsernsGraph::collect(&live)?;
-    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external))?;
+    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external), opts.empty_ns)?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
     others.resolve_proc_pidns(&pids)?;
     pids.check_inits(&users, |pid| {

@@ -89,7 +89,12 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
         files.inherit.insert(key.clone(), own);
     }
-    let ti = read_tree_images(dir)?;
+    let mut ti = read_tree_images(dir)?;
+    if opts.empty_ns & libc::CLONE_NEWNET as u32 != 0 {
+        // CRIU's --empty-ns net: the caller sets the network up itself
+        ti.others.empty_net();
+    }
+    let ti = ti;
     let imgs = &ti.imgs;
     // crest's helpers take their pids from a range the tree does not use,
     // so none holds a pid a task is yet to get (pids wrap at pid_max).
@@ -118,7 +123,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         actual,
         cur_userns,
         made_time,
-    } = fork_tree(&ti, &userns, &mut writers)?;
+    } = fork_tree(&ti, &userns, &mut writers, opts.restore_sibling)?;
     let forking = forking.elapsed();
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
