@@ -141,6 +141,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     files.ghosts.limit = opts.ghost_limit;
     (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
     files.file_locks = opts.file_locks;
+    files.orphan_pts_master = opts.orphan_pts_master;
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {

@@ -66,6 +66,7 @@ pub mod nr {
     pub const MQ_GETSETATTR: u64 = 245;
     pub const CLONE3: u64 = 435;
     pub const SETSID: u64 = 112;
+    pub const GETSID: u64 = 124;
     pub const SETPGID: u64 = 109;
     pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const EXIT_GROUP: u64 = 231;
@@ -180,6 +181,7 @@ pub fn name(nr: u64) -> &'static str {
         SETDOMAINNAME => "setdomainname",
         SOCKET => "socket",
         IOCTL => "ioctl",
+        GETSID => "getsid",
         MOUNT => "mount",
         SOCKETPAIR => "socketpair",
         RECVMSG => "recvmsg",

@@ -333,3 +333,57 @@ pub fn get_seals(fd: &impl AsRawFd) -> io::Result<u32> {
     let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     cvt(ret as libc::c_long).map(|n| n as u32)
 }
+
+/// `ioctl(fd, TCGETS)` — a terminal's settings.
+pub fn tcgets(fd: &impl AsRawFd) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data; zero is a valid value to overwrite.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: TCGETS writes one termios into `t`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS, &mut t) };
+    cvt(ret as libc::c_long).map(|_| t)
+}
+
+/// `ioctl(fd, TCSETS)` — sets a terminal's settings (on a pty master, the
+/// slave's).
+pub fn tcsets(fd: &impl AsRawFd, t: &libc::termios) -> io::Result<()> {
+    // SAFETY: TCSETS reads one termios from `t`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS, t) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(fd, TIOCGWINSZ)` — a terminal's window size.
+pub fn get_winsize(fd: &impl AsRawFd) -> io::Result<libc::winsize> {
+    let mut w = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into `w`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut w) };
+    cvt(ret as libc::c_long).map(|_| w)
+}
+
+/// `ioctl(fd, TIOCSWINSZ)` — sets a terminal's window size.
+pub fn set_winsize(fd: &impl AsRawFd, w: &libc::winsize) -> io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads one winsize from `w`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, w) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(fd, TIOCGPTN)` — the index of a pty master's slave.
+pub fn pty_index(fd: &impl AsRawFd) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into `n`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut n) };
+    cvt(ret as libc::c_long).map(|_| n)
+}
+
+/// `ioctl(fd, TIOCSPTLCK, 0)` — unlocks a pty master's slave so that it
+/// can be opened.
+pub fn pty_unlock(fd: &impl AsRawFd) -> io::Result<()> {
+    let zero: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from `zero`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &zero) };
+    cvt(ret as libc::c_long).map(drop)
+}

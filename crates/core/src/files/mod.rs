@@ -60,6 +60,9 @@ pub struct FileTable {
     pub tty: tty::TtyDump,
     /// `--shell-job`: the tree may use its shell's terminal.
     pub shell_job: bool,
+    /// A pty slave whose master is outside the tree is dumped (the RPC's
+    /// `orphan_pts_master`: the caller takes a new master at restore).
+    pub orphan_pts_master: bool,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
     /// `--file-locks`: dump the file locks the tree holds.

@@ -49,6 +49,8 @@ pub struct RestoreFiles {
     /// `--inherit-fd`: the key of a dumped file (`pipe:[INODE]`) → crest's
     /// fd that stands for it.
     pub inherit: HashMap<String, std::os::fd::OwnedFd>,
+    /// Terminals: their settings, and the pty pairs made for consoles.
+    pub ttys: super::tty::TtyRestore,
 }
 
 /// Most pipe data crest accepts per pipe from an image.
@@ -95,6 +97,7 @@ impl RestoreFiles {
             socks: super::unix::SockImages::read(dir)?,
             locks: super::lock::read(dir)?,
             inherit: HashMap::new(),
+            ttys: super::tty::TtyRestore::read(dir)?,
             ..RestoreFiles::default()
         })
     }

@@ -1,19 +1,30 @@
 //! Terminals. A tree may use a terminal it does not own (its shell's pty
-//! or tty) only with `--shell-job`: the fds are recorded as CRIU's
-//! `tty_file_entry` with a `tty_info_entry` (`tty-info.img`), and at
-//! restore they are opened on the terminal of the restoring crest, as
-//! CRIU gives a restored shell job its caller's terminal. A pty master
-//! (a pty pair inside the tree) is refused.
+//! or tty) only with `--shell-job`, or a pty slave whose master is outside
+//! (a terminal container's console) with the RPC's `orphan_pts_master`:
+//! the fds are recorded as CRIU's `tty_file_entry` with a `tty_info_entry`
+//! (`tty-info.img`: settings, window size, the session it controls and
+//! its foreground group). At restore a shell job's fds are opened on the
+//! terminal of the restoring crest, as CRIU gives a restored shell job its
+//! caller's terminal; with `orphan_pts_master` a new pty pair is made in
+//! the task's mount namespace (its devpts), the slave gets the settings
+//! and becomes the controlling terminal again, and the master goes to the
+//! caller (the `orphan-pts-master` notification). A pty master (a pty
+//! pair inside the tree) is refused.
 
 use super::kept::Kept;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreError};
 use crate::mm::restore::open_in_task;
-use crest_images::pb::{FdTypes, FileEntry, FownEntry, TtyFileEntry, TtyInfoEntry, TtyType};
+use crate::error::RestoreCtx;
+use crest_images::pb::{
+    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType,
+    WinsizeEntry,
+};
+use crest_inject::nr;
 use crest_images::{magic, names};
 use crest_inject::Tracee;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Terminals seen at dump.
@@ -74,7 +85,8 @@ impl FileTable {
                 "a pty master ({link}); a pty pair inside the tree is not supported yet"
             )));
         }
-        if !self.shell_job {
+        let orphan_slave = self.orphan_pts_master && (136..=143).contains(&major(rdev));
+        if !self.shell_job && !orphan_slave {
             return Err(unsupported(format!(
                 "the terminal {link}, which the tree does not own; dump with --shell-job (-j) \
                  to give it the restoring crest's terminal"
@@ -87,18 +99,20 @@ impl FileTable {
             Some(i) => i.id,
             None => {
                 let id = self.tty.infos.len() as u32 + 1;
+                let (termios, winsize) = settings(pid, fd)?;
+                let (sid, pgrp) = controlled(&self.tree, rdev);
                 self.tty.infos.push(TtyInfoEntry {
                     id,
                     r#type: ty as i32,
                     locked: false,
                     exclusive: false,
                     packet_mode: false,
-                    sid: 0,
-                    pgrp: 0,
+                    sid,
+                    pgrp,
                     rdev: rdev as u32,
-                    termios: None,
+                    termios,
                     termios_locked: None,
-                    winsize: None,
+                    winsize,
                     pty: (ty == TtyType::Pty).then(|| crest_images::pb::TtyPtyEntry {
                         index: minor(rdev) as u32 + 256 * (major(rdev) as u32 - 136),
                     }),
@@ -136,32 +150,288 @@ impl TtyDump {
     }
 }
 
-/// The fd for a terminal entry: crest's own terminal, opened once per
-/// task.
+/// The settings and window size of the terminal behind `pid`'s `fd`.
+fn settings(pid: i32, fd: i32) -> Result<(Option<TermiosEntry>, Option<WinsizeEntry>), DumpError> {
+    let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
+    let copy = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a terminal")?;
+    let t = crest_sys::misc::tcgets(&copy).at(pid, "TCGETS")?;
+    let w = crest_sys::misc::get_winsize(&copy).at(pid, "TIOCGWINSZ")?;
+    Ok((
+        Some(TermiosEntry {
+            c_iflag: t.c_iflag,
+            c_oflag: t.c_oflag,
+            c_cflag: t.c_cflag,
+            c_lflag: t.c_lflag,
+            c_line: u32::from(t.c_line),
+            c_ispeed: t.c_ispeed,
+            c_ospeed: t.c_ospeed,
+            c_cc: t.c_cc.iter().map(|&c| u32::from(c)).collect(),
+        }),
+        Some(WinsizeEntry {
+            ws_row: u32::from(w.ws_row),
+            ws_col: u32::from(w.ws_col),
+            ws_xpixel: u32::from(w.ws_xpixel),
+            ws_ypixel: u32::from(w.ws_ypixel),
+        }),
+    ))
+}
+
+/// The session the terminal `rdev` controls and its foreground group, as
+/// the session's own pid namespace numbers them (the leader's innermost
+/// pid; 0, 0 when no task of `tree` leads a session it controls).
+fn controlled(tree: &std::collections::HashSet<i32>, rdev: u64) -> (u32, u32) {
+    for &pid in tree {
+        let Ok(st) = crate::procfs::read_stat(pid) else {
+            continue;
+        };
+        let tty = st.tty_nr as u64;
+        if st.session != pid || major(tty) != major(rdev) || minor(tty) != minor(rdev) {
+            continue;
+        }
+        let inner = |p: i32, key: &str| -> Option<u32> {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        };
+        let sid = inner(pid, "NSsid:").unwrap_or(0);
+        // the foreground group, through a task of the tree in it
+        let fg = tree
+            .iter()
+            .find(|&&p| crate::procfs::read_stat(p).is_ok_and(|s| s.pgrp == st.tpgid))
+            .and_then(|&p| inner(p, "NSpgid:"))
+            .unwrap_or(0);
+        return (sid, fg);
+    }
+    (0, 0)
+}
+
+/// The fd for a terminal entry: a new pty's slave for a console whose
+/// master was outside (`orphan_pts_master`), or crest's own terminal for a
+/// shell job, opened once per task.
 pub fn open(
     t: &mut Tracee,
     e: &FileEntry,
-    files: &super::restore::RestoreFiles,
+    files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if kept.get(e.id).is_none() {
-        if !files.socks.shell_job {
-            return Err(RestoreError::Unsupported {
-                pid,
-                what: "a terminal of a shell job without --shell-job (-j)".into(),
-            });
-        }
-        let path = (0..3)
-            .find_map(crest_sys::net::terminal_of)
-            .ok_or_else(|| RestoreError::Unsupported {
-                pid,
-                what: "a shell job's terminal when crest itself has no terminal on fds 0-2".into(),
-            })?;
         let flags = e.tty.as_ref().map_or(libc::O_RDWR as u32, |t| t.flags) as i32;
         let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND;
-        let fd = open_in_task(t, &path, (flags & keep) | libc::O_NOCTTY)?;
+        let info = e
+            .tty
+            .as_ref()
+            .and_then(|f| files.ttys.infos.get(&f.tty_info_id))
+            .cloned();
+        let fd = match info {
+            Some(info) if files.ttys.orphan_pts_master && info.pty.is_some() => {
+                open_orphan_slave(t, &info, files, (flags & keep) | libc::O_NOCTTY)?
+            }
+            _ => {
+                if !files.socks.shell_job {
+                    return Err(RestoreError::Unsupported {
+                        pid,
+                        what: "a terminal of a shell job without --shell-job (-j)".into(),
+                    });
+                }
+                let path = (0..3).find_map(crest_sys::net::terminal_of).ok_or_else(|| {
+                    RestoreError::Unsupported {
+                        pid,
+                        what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
+                            .into(),
+                    }
+                })?;
+                open_in_task(t, &path, (flags & keep) | libc::O_NOCTTY)?
+            }
+        };
         kept.keep(t, e.id, fd)?;
     }
     kept.dup(t, e.id)
+}
+
+/// Pty pairs made before any task needed them (a runtime binds a
+/// console's slave at `/dev/console`, and the mount must be replayed before
+/// the tasks' files are opened): (devpts device, index, master). The task
+/// that needs the console takes its pair from here.
+static PREMADE: std::sync::Mutex<Vec<(u64, u32, std::os::fd::OwnedFd)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes pty `/dev/pts/N`-like `path` (in `pid`'s mount namespace) exist,
+/// if its directory is a devpts mount: pairs are opened on that devpts'
+/// `ptmx` until one has the index; that pair is kept for the task that
+/// will own the terminal. Returns whether the path exists now.
+pub fn premake(pid: i32, path: &str) -> bool {
+    let full = format!("/proc/{pid}/root{path}");
+    if Path::new(&full).exists() {
+        return true;
+    }
+    let Some((dir, name)) = full.rsplit_once('/') else {
+        return false;
+    };
+    let Ok(want) = name.parse::<u32>() else {
+        return false;
+    };
+    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    let is_devpts = rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == DEVPTS_SUPER_MAGIC);
+    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
+        return false;
+    };
+    if !is_devpts {
+        return false;
+    }
+    let mut spare = Vec::new();
+    for _ in 0..=want.min(255) {
+        let Ok(m) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(format!("{dir}/ptmx"))
+        else {
+            return false;
+        };
+        let m = std::os::fd::OwnedFd::from(m);
+        let Ok(index) = crest_sys::misc::pty_index(&m) else {
+            return false;
+        };
+        if index == want {
+            // (a locked slave cannot be opened: unlock it)
+            if crest_sys::misc::pty_unlock(&m).is_err() {
+                return false;
+            }
+            if let Ok(mut p) = PREMADE.lock() {
+                p.push((dev, index, m));
+            }
+            return true;
+        }
+        spare.push(m);
+    }
+    false
+}
+
+/// A pair [`premake`] made for pty `index` of the devpts at `dir` (in
+/// crest's view).
+fn take_premade(dir: &str, index: u32) -> Option<std::os::fd::OwnedFd> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let mut p = PREMADE.lock().ok()?;
+    let k = p.iter().position(|(d, i, _)| *d == dev && *i == index)?;
+    Some(p.remove(k).2)
+}
+
+/// Terminals at restore.
+#[derive(Default)]
+pub struct TtyRestore {
+    /// `tty-info.img` by id.
+    pub infos: HashMap<u32, TtyInfoEntry>,
+    /// The caller takes masters of consoles that were outside the tree.
+    pub orphan_pts_master: bool,
+    /// tty info id → (the new pair's master, held by crest; its index).
+    pub masters: Vec<(u32, std::os::fd::OwnedFd, u32)>,
+}
+
+impl TtyRestore {
+    pub fn read(dir: &Path) -> Result<TtyRestore, RestoreError> {
+        let list: Vec<TtyInfoEntry> = if dir.join(names::TTY_INFO).exists() {
+            crest_images::read_image(dir, names::TTY_INFO, magic::TTY_INFO)?
+        } else {
+            Vec::new()
+        };
+        Ok(TtyRestore {
+            infos: list.into_iter().map(|i| (i.id, i)).collect(),
+            ..TtyRestore::default()
+        })
+    }
+}
+
+/// The slave of the new pty standing for terminal `info`, opened in `t`
+/// (the pair is made by the first task that needs it, in its mount
+/// namespace's devpts); `t` takes it as its controlling terminal if it
+/// leads the session the terminal controlled.
+fn open_orphan_slave(
+    t: &mut Tracee,
+    info: &TtyInfoEntry,
+    files: &mut super::restore::RestoreFiles,
+    flags: i32,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let mut made = files.ttys.masters.iter().find(|m| m.0 == info.id).map(|m| m.2);
+    if made.is_none() {
+        let index = info.pty.as_ref().map_or(0, |p| p.index);
+        if let Some(master) = take_premade(&format!("/proc/{pid}/root/dev/pts"), index) {
+            set_settings(&master, info).rat(pid, "set a terminal's settings")?;
+            files.ttys.masters.push((info.id, master, index));
+            made = Some(index);
+        }
+    }
+    let fd = match made {
+        Some(index) => open_in_task(t, &format!("/dev/pts/{index}"), flags)?,
+        None => {
+            let m = open_in_task(t, "/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
+            let zero = t.put(&0i32.to_ne_bytes()).rat(pid, "write an int")?;
+            t.syscall(nr::IOCTL, &[m, libc::TIOCSPTLCK, zero])
+                .rat(pid, "unlock a new pty")?;
+            let s = t
+                .syscall(nr::IOCTL, &[m, libc::TIOCGPTPEER, flags as u64])
+                .rat(pid, "open a new pty's slave")?;
+            let pidfd = crest_sys::misc::pidfd_open(pid).rat(pid, "pidfd_open")?;
+            let master = crest_sys::misc::pidfd_getfd(&pidfd, m as i32)
+                .rat(pid, "take a new pty's master")?;
+            t.syscall(nr::CLOSE, &[m]).rat(pid, "close a pty master")?;
+            let index = crest_sys::misc::pty_index(&master).rat(pid, "TIOCGPTN")?;
+            set_settings(&master, info).rat(pid, "set a terminal's settings")?;
+            files.ttys.masters.push((info.id, master, index));
+            s
+        }
+    };
+    // the controlling terminal of the session it leads, with its
+    // foreground group
+    if info.sid != 0 {
+        let me = t.syscall(nr::GETPID, &[]).rat(pid, "getpid")?;
+        let sid = t.syscall(nr::GETSID, &[0]).rat(pid, "getsid")?;
+        if me == sid && me == u64::from(info.sid) {
+            t.syscall(nr::IOCTL, &[fd, libc::TIOCSCTTY, 0])
+                .rat(pid, "take the controlling terminal")?;
+            if info.pgrp != 0 {
+                let pg = t
+                    .put(&(info.pgrp as i32).to_ne_bytes())
+                    .rat(pid, "write an int")?;
+                t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg])
+                    .rat(pid, "set the terminal's foreground group")?;
+            }
+        }
+    }
+    Ok(fd)
+}
+
+/// Gives a pty (through its master) the dumped settings and window size.
+fn set_settings(master: &std::os::fd::OwnedFd, info: &TtyInfoEntry) -> std::io::Result<()> {
+    if let Some(te) = &info.termios {
+        let mut t = crest_sys::misc::tcgets(master)?;
+        t.c_iflag = te.c_iflag;
+        t.c_oflag = te.c_oflag;
+        t.c_cflag = te.c_cflag;
+        t.c_lflag = te.c_lflag;
+        t.c_line = te.c_line as u8;
+        t.c_ispeed = te.c_ispeed;
+        t.c_ospeed = te.c_ospeed;
+        for (d, s) in t.c_cc.iter_mut().zip(&te.c_cc) {
+            *d = *s as u8;
+        }
+        crest_sys::misc::tcsets(master, &t)?;
+    }
+    if let Some(w) = &info.winsize {
+        crest_sys::misc::set_winsize(
+            master,
+            &libc::winsize {
+                ws_row: w.ws_row as u16,
+                ws_col: w.ws_col as u16,
+                ws_xpixel: w.ws_xpixel as u16,
+                ws_ypixel: w.ws_ypixel as u16,
+            },
+        )?;
+    }
+    Ok(())
 }

@@ -683,6 +683,10 @@ fn mount_one(
         _ => None,
     };
     if let Some(src) = bind_from {
+        if m.kind == BIND {
+            // a console's slave bound elsewhere: the pty must exist first
+            crate::files::tty::premake(pid, &src);
+        }
         let a = put_strs(t, &[&src, &target])?;
         t.syscall(nr::MOUNT, &[a[0], a[1], 0, libc::MS_BIND, 0])
             .rat(pid, format!("bind {src} at {target}"))?;

@@ -12,6 +12,7 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
 use crate::notify::{hook, Notify, Silent};
 use crate::opts::{Action, Options};
+use std::os::fd::AsFd;
 use crate::{mm, ns, pstree};
 use crest_inject::Tracee;
 use crest_sys::ptrace::{self, WaitStatus};
@@ -85,6 +86,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     check_inventory(dir)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;
+    files.ttys.orphan_pts_master = opts.orphan_pts_master;
     for (fd, key) in &opts.inherit_fd {
         let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
         files.inherit.insert(key.clone(), own);
@@ -167,6 +169,14 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     let root_pid = actual[0];
     tell(n, hook::SETUP_NAMESPACES, Some(root_pid))?;
     tell(n, hook::POST_SETUP_NAMESPACES, Some(root_pid))?;
+    // consoles whose masters were outside: the caller takes the new ones
+    for (_, master, _) in &ctx.files.ttys.masters {
+        n.notify(hook::ORPHAN_PTS_MASTER, Some(root_pid), Some(master.as_fd()))
+            .map_err(|why| RestoreError::Notify {
+                hook: hook::ORPHAN_PTS_MASTER.to_string(),
+                why,
+            })?;
+    }
     tell(n, hook::POST_RESTORE, Some(root_pid))?;
     if ti.others.has_kind(libc::CLONE_NEWNET as u32) {
         tell(n, hook::NETWORK_UNLOCK, Some(root_pid))?;
