@@ -548,7 +548,10 @@ pub fn fork_init_in_userns(
             }
             Ok(())
         };
-        clone_with(&mut h, who, &ids, flags, libc::SIGCHLD as u64, &mut before)?
+        // (clone3 takes no exit signal with CLONE_PARENT: the child gets
+        // the forking task's)
+        let exit_signal = if flags == 0 { libc::SIGCHLD as u64 } else { 0 };
+        clone_with(&mut h, who, &ids, flags, exit_signal, &mut before)?
     };
     if child.sid == child.pid {
         c.syscall(nr::SETSID, &[]).rat(c.pid(), "setsid")?;

@@ -13,15 +13,14 @@
 
 use super::kept::Kept;
 use super::FileTable;
+use crate::error::RestoreCtx;
 use crate::error::{DumpCtx, DumpError, RestoreError};
 use crate::mm::restore::open_in_task;
-use crate::error::RestoreCtx;
 use crest_images::pb::{
-    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType,
-    WinsizeEntry,
+    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType, WinsizeEntry,
 };
-use crest_inject::nr;
 use crest_images::{magic, names};
+use crest_inject::nr;
 use crest_inject::Tracee;
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -238,13 +237,13 @@ pub fn open(
                         what: "a terminal of a shell job without --shell-job (-j)".into(),
                     });
                 }
-                let path = (0..3).find_map(crest_sys::net::terminal_of).ok_or_else(|| {
-                    RestoreError::Unsupported {
+                let path = (0..3)
+                    .find_map(crest_sys::net::terminal_of)
+                    .ok_or_else(|| RestoreError::Unsupported {
                         pid,
                         what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
                             .into(),
-                    }
-                })?;
+                    })?;
                 open_in_task(t, &path, (flags & keep) | libc::O_NOCTTY)?
             }
         };
@@ -357,7 +356,12 @@ fn open_orphan_slave(
     flags: i32,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let mut made = files.ttys.masters.iter().find(|m| m.0 == info.id).map(|m| m.2);
+    let mut made = files
+        .ttys
+        .masters
+        .iter()
+        .find(|m| m.0 == info.id)
+        .map(|m| m.2);
     if made.is_none() {
         let index = info.pty.as_ref().map_or(0, |p| p.index);
         if let Some(master) = take_premade(&format!("/proc/{pid}/root/dev/pts"), index) {

@@ -11,6 +11,7 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
 use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
 use crest_inject::{nr, Tracee};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Size of the work area: one gadget page and the scratch memory.
 pub const WORK_AREA: u64 = 1 << 20;
@@ -308,11 +309,32 @@ pub fn open_crest_side(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, Re
     }
     p.push(0);
     let addr = t.put(&p).rat(pid, format!("write path {path}"))?;
-    t.syscall(
-        nr::OPENAT,
-        &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
-    )
-    .rat(pid, format!("open {path} (crest's)"))
+    let ret = t
+        .syscall_raw(
+            nr::OPENAT,
+            &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
+        )
+        .rat(pid, format!("open {path} (crest's)"))?;
+    if ret == -i64::from(libc::EACCES) || ret == -i64::from(libc::EPERM) {
+        // The task's credentials do not reach it (crest's root is
+        // unmapped in the task's user namespace, and a runtime makes its
+        // images directory 0600): crest opens it and hands it over.
+        let f = std::fs::OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
+            .open(path)
+            .rat(pid, format!("open {path} for the task"))?;
+        return crate::files::share::give_fd(t, &std::os::fd::OwnedFd::from(f));
+    }
+    if ret < 0 {
+        return Err(RestoreError::Io {
+            pid,
+            step: format!("open {path} (crest's)"),
+            source: std::io::Error::from_raw_os_error(-ret as i32),
+        });
+    }
+    Ok(ret as u64)
 }
 
 /// Gives the task an fd of crest's root directory, numbered above

@@ -564,6 +564,15 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
 /// Recreates the objects of `d` in the ipc namespace of helper `t` (which
 /// is inside the namespace's owning user namespace).
 pub fn restore(t: &mut Tracee, d: &IpcDump) -> Result<(), RestoreError> {
+    // The namespace's sysctls are writable by its owner's root only (not
+    // by crest's root, unmapped there): the helper becomes that root when
+    // the user namespace maps one (in crest's own, it is root already).
+    let _ = t.syscall(nr::SETRESGID, &[0, 0, 0]);
+    let _ = t.syscall(nr::SETRESUID, &[0, 0, 0]);
+    // (a uid change makes it non-dumpable: the tasks that enter its
+    // namespaces through /proc/HELPER/ns must still reach them)
+    t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
+        .rat(t.pid(), "prctl(PR_SET_DUMPABLE)")?;
     restore_var(t, &d.var)?;
     for (e, data) in &d.shms {
         restore_shm(t, e, data)?;

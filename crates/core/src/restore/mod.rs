@@ -12,13 +12,13 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
 use crate::notify::{hook, Notify, Silent};
 use crate::opts::{Action, Options};
-use std::os::fd::AsFd;
 use crate::{mm, ns, pstree};
 use crest_inject::Tracee;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
 use images::{init_of, parent_index, read_tree_images, TreeImages};
+use std::os::fd::AsFd;
 use task::{transform, TreeCtx};
 
 /// A restored tree, running.
@@ -171,11 +171,15 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     tell(n, hook::POST_SETUP_NAMESPACES, Some(root_pid))?;
     // consoles whose masters were outside: the caller takes the new ones
     for (_, master, _) in &ctx.files.ttys.masters {
-        n.notify(hook::ORPHAN_PTS_MASTER, Some(root_pid), Some(master.as_fd()))
-            .map_err(|why| RestoreError::Notify {
-                hook: hook::ORPHAN_PTS_MASTER.to_string(),
-                why,
-            })?;
+        n.notify(
+            hook::ORPHAN_PTS_MASTER,
+            Some(root_pid),
+            Some(master.as_fd()),
+        )
+        .map_err(|why| RestoreError::Notify {
+            hook: hook::ORPHAN_PTS_MASTER.to_string(),
+            why,
+        })?;
     }
     tell(n, hook::POST_RESTORE, Some(root_pid))?;
     if ti.others.has_kind(libc::CLONE_NEWNET as u32) {
