@@ -343,6 +343,7 @@ fn steps(
         Mode::SelfCheck => {}
         Mode::DumpRestore => {
             dump(cfg, dir, pid, false, procs)?;
+            problems.extend(crate::crit::check_dir(dir, procs));
             if let Some(b) = &ns_before {
                 problems.extend(ns::check_images(cfg, dir, b, false, procs));
             }
@@ -413,6 +414,7 @@ fn storm_steps(
         Mode::SelfCheck => what = "without a dump (self-check)",
         Mode::DumpRestore => match dump_attempt(cfg, dir, pid, false, procs)? {
             None => {
+                problems.extend(crate::crit::check_dir(dir, procs));
                 if let Some(b) = &ns_before {
                     problems.extend(ns::check_images(cfg, dir, b, true, procs));
                 }

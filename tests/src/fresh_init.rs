@@ -194,7 +194,7 @@ pub(crate) fn steps(
         }
         procs.untrack(*p);
     }
-    let mut problems = Vec::new();
+    let mut problems = crate::crit::check_dir(dir, procs);
     match nested::show_ns(cfg, dir, &[&images], "show-images", procs) {
         Ok(g) => nested::graph_check(
             &mut problems,
