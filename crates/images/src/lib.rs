@@ -60,3 +60,5 @@ pub const PE_PRESENT: u32 = 1 << 2;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod carry_tests;
