@@ -17,8 +17,7 @@ use std::path::Path;
 
 use crate::framing::{ImageReader, ImageWriter};
 use crate::pb::crest::{
-    CrestCgroupMember, CrestFsEntry, CrestMntNsHead, CrestMountEntry, CrestNsEntry,
-    CrestUdpPacket,
+    CrestCgroupMember, CrestFsEntry, CrestMntNsHead, CrestMountEntry, CrestNsEntry, CrestUdpPacket,
 };
 use crate::pb::{CgroupEntry, Fstype, MntEntry, NsFileEntry, PipeDataEntry, SkPacketEntry};
 use crate::{magic, names, ImageError};
@@ -135,11 +134,7 @@ pub struct CarriedReader<C: Carrier> {
 
 impl<C: Carrier> CarriedReader<C> {
     /// Opens `dir/name`, with [`Carrier::MAGIC`] or `legacy_magic`.
-    pub fn open(
-        dir: &Path,
-        name: &str,
-        legacy_magic: u32,
-    ) -> Result<CarriedReader<C>, ImageError> {
+    pub fn open(dir: &Path, name: &str, legacy_magic: u32) -> Result<CarriedReader<C>, ImageError> {
         let r = ImageReader::open_any(dir, name, &[C::MAGIC, legacy_magic])?;
         Ok(CarriedReader {
             legacy: r.magic() == legacy_magic,
@@ -344,8 +339,8 @@ impl MountsReader {
     }
 
     /// The namespace's header.
-    pub fn head(&self) -> &CrestMntNsHead {
-        &self.head
+    pub fn head(&self) -> CrestMntNsHead {
+        self.head
     }
 
     /// The next mount, `None` at a clean end of file.

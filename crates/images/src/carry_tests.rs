@@ -55,8 +55,7 @@ fn ns_entries_ride_in_ns_file_entries_and_legacy_files_still_read() {
 
     // an older crest's crest-ns.img: crest's magic, the entries bare
     write_image(d.path(), names::CREST_NS, magic::CREST_NS, &list).unwrap();
-    let r = CarriedReader::<NsFileEntry>::open(d.path(), names::CREST_NS, magic::CREST_NS)
-        .unwrap();
+    let r = CarriedReader::<NsFileEntry>::open(d.path(), names::CREST_NS, magic::CREST_NS).unwrap();
     assert!(r.is_legacy());
     assert_eq!(r.read_all().unwrap(), list);
     assert_eq!(decode_file(&p).unwrap().kind, ImageKind::CrestNs);
@@ -78,7 +77,13 @@ fn a_carrier_without_crests_field_is_refused_naming_the_file() {
     assert!(e.to_string().contains(names::CREST_NS), "{e}");
 
     // another magic altogether
-    write_image(d.path(), names::CREST_NS, magic::CGROUP, &[CgroupEntry::default()]).unwrap();
+    write_image(
+        d.path(),
+        names::CREST_NS,
+        magic::CGROUP,
+        &[CgroupEntry::default()],
+    )
+    .unwrap();
     let e = carry::read::<NsFileEntry>(d.path(), names::CREST_NS, magic::CREST_NS).unwrap_err();
     assert!(
         matches!(e, ImageError::BadMagic { found, .. } if found == magic::CGROUP),
@@ -123,7 +128,10 @@ fn fs_entry(path: &str, size: Option<u64>) -> CrestFsEntry {
 fn tmpfs_files_ride_in_pipe_data_entries_with_their_bytes() {
     let d = TempDir::new("carry-tmpfs");
     let name = names::crest_tmpfs(3, 40);
-    let files = [(fs_entry("", None), vec![]), (fs_entry("f", Some(5)), b"hello".to_vec())];
+    let files = [
+        (fs_entry("", None), vec![]),
+        (fs_entry("f", Some(5)), b"hello".to_vec()),
+    ];
     for legacy in [false, true] {
         let m = if legacy {
             magic::CREST_TMPFS
@@ -140,8 +148,8 @@ fn tmpfs_files_ride_in_pipe_data_entries_with_their_bytes() {
             w.write_payload(data).unwrap();
         }
         w.finish().unwrap();
-        let mut r = CarriedReader::<PipeDataEntry>::open(d.path(), &name, magic::CREST_TMPFS)
-            .unwrap();
+        let mut r =
+            CarriedReader::<PipeDataEntry>::open(d.path(), &name, magic::CREST_TMPFS).unwrap();
         assert_eq!(r.is_legacy(), legacy);
         for (e, data) in &files {
             let got = r.next_entry().unwrap().unwrap();
@@ -154,8 +162,7 @@ fn tmpfs_files_ride_in_pipe_data_entries_with_their_bytes() {
     let mut bad = PipeDataEntry::wrap(fs_entry("f", Some(5)));
     bad.bytes = 4;
     write_image(d.path(), &name, magic::PIPES_DATA, &[bad]).unwrap();
-    let mut r =
-        CarriedReader::<PipeDataEntry>::open(d.path(), &name, magic::CREST_TMPFS).unwrap();
+    let mut r = CarriedReader::<PipeDataEntry>::open(d.path(), &name, magic::CREST_TMPFS).unwrap();
     assert!(matches!(
         r.next_entry().unwrap_err(),
         ImageError::NotCarried { .. }
@@ -191,8 +198,8 @@ fn udp_datagrams_ride_in_sk_packet_entries() {
         ..SkPacketEntry::default()
     };
     write_image(d.path(), names::CREST_UDP_QUEUES, magic::SK_QUEUES, &[unix]).unwrap();
-    let e = carry::read::<SkPacketEntry>(d.path(), names::CREST_UDP_QUEUES, 0x4352_5310)
-        .unwrap_err();
+    let e =
+        carry::read::<SkPacketEntry>(d.path(), names::CREST_UDP_QUEUES, 0x4352_5310).unwrap_err();
     assert!(matches!(e, ImageError::NotCarried { .. }), "{e}");
 }
 
@@ -231,7 +238,7 @@ fn read_mounts(d: &TempDir, id: u32) -> (String, CrestMntNsHead, Vec<CrestMountE
     while let Some(m) = r.next_mount().unwrap() {
         out.push(m);
     }
-    (r.name().to_string(), r.head().clone(), out)
+    (r.name().to_string(), r.head(), out)
 }
 
 #[test]
@@ -247,11 +254,19 @@ fn mounts_are_criu_mnt_entries_carrying_crests() {
     let name = names::mountpoints(5);
     let raw: Vec<pb::MntEntry> = read_image(d.path(), &name, magic::MNTS).unwrap();
     assert_eq!(
-        (raw[1].fstype, raw[1].flags, raw[1].parent_mnt_id, raw[1].shared_id),
+        (
+            raw[1].fstype,
+            raw[1].flags,
+            raw[1].parent_mnt_id,
+            raw[1].shared_id
+        ),
         (pb::Fstype::Proc as u32, 1 | 2, 20, Some(4))
     );
     assert_eq!(raw[0].fsname.as_deref(), Some("ext4"));
-    assert_eq!(decode_file(&d.path().join(&name)).unwrap().kind, ImageKind::Mnts);
+    assert_eq!(
+        decode_file(&d.path().join(&name)).unwrap().kind,
+        ImageKind::Mnts
+    );
     assert_eq!(read_mounts(&d, 5), (name, head(2), mounts.clone()));
 
     // no mount at all: the header has an entry of its own
@@ -280,7 +295,13 @@ fn a_mounts_file_without_crests_header_or_with_two_is_refused() {
         crest_mnt_head: Some(head(1)),
         ..pb::MntEntry::default()
     };
-    write_image(d.path(), &name, magic::MNTS, &[with_head.clone(), with_head]).unwrap();
+    write_image(
+        d.path(),
+        &name,
+        magic::MNTS,
+        &[with_head.clone(), with_head],
+    )
+    .unwrap();
     let mut r = MountsReader::open(d.path(), 5).unwrap();
     assert!(r.next_mount().is_err());
 }
@@ -288,7 +309,12 @@ fn a_mounts_file_without_crests_header_or_with_two_is_refused() {
 #[test]
 fn userns_files_are_found_by_name() {
     let d = TempDir::new("carry-userns");
-    for n in ["userns-3.img", "userns-1.img", "userns-x.img", "utsns-2.img"] {
+    for n in [
+        "userns-3.img",
+        "userns-1.img",
+        "userns-x.img",
+        "utsns-2.img",
+    ] {
         d.write(n, b"");
     }
     assert_eq!(carry::userns_ids(d.path()).unwrap(), vec![1, 3]);

@@ -64,7 +64,7 @@ any_entry! {
     /// `utsns-<id>.img`
     Utsns(pb::UtsnsEntry),
     /// `mountpoints-<id>.img`
-    Mnt(pb::MntEntry),
+    Mnt(Box<pb::MntEntry>),
     /// `crest-cgroups.img`
     Cgroup(pb::CgroupEntry),
     /// Legacy `crest-thread-<tid>.img`
@@ -125,7 +125,7 @@ fn next_any(
         ImageKind::Sigacts => r.next_entry()?.map(AnyEntry::Sigact),
         ImageKind::Userns => r.next_entry()?.map(AnyEntry::Userns),
         ImageKind::Utsns => r.next_entry()?.map(AnyEntry::Utsns),
-        ImageKind::Mnts => r.next_entry()?.map(AnyEntry::Mnt),
+        ImageKind::Mnts => r.next_entry()?.map(|m| AnyEntry::Mnt(Box::new(m))),
         ImageKind::Cgroup => r.next_entry()?.map(AnyEntry::Cgroup),
         ImageKind::CrestThread => r.next_entry()?.map(AnyEntry::CrestThread),
         ImageKind::CrestUserns => r.next_entry()?.map(AnyEntry::CrestUserns),

@@ -59,6 +59,6 @@ pub const PE_LAZY: u32 = 1 << 1;
 pub const PE_PRESENT: u32 = 1 << 2;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod carry_tests;
+#[cfg(test)]
+mod tests;

@@ -14,10 +14,10 @@
 use super::kept::Kept;
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crest_images::pb::crest::CrestUdpPacket;
-use crest_images::pb::{FdTypes, FileEntry, FownEntry, InetSkEntry, TcpStreamEntry};
 use crest_images::carry::{CarriedReader, Carrier};
+use crest_images::pb::crest::CrestUdpPacket;
 use crest_images::pb::SkPacketEntry;
+use crest_images::pb::{FdTypes, FileEntry, FownEntry, InetSkEntry, TcpStreamEntry};
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use crest_sys::net::{getsockopt_bytes, getsockopt_int, setsockopt_bytes, setsockopt_int};

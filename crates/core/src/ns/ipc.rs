@@ -468,8 +468,7 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
 /// size.
 pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
     let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
-    let mut var: IpcVarEntry =
-        crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
+    let mut var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
     let mut pmq_file = names::ipcns_var(id);
     let mut pmqs = std::mem::take(&mut var.crest_pmqs);
     if var.sem_ctls.len() != 4 {
@@ -551,11 +550,10 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
     }
     for q in &pmqs {
         let bytes: u64 = q.messages.iter().map(|m| m.data.len() as u64).sum();
-        let bad_name =
-            q.name.is_empty() || q.name.contains('/') || q.name == "." || q.name == "..";
+        let bad_name = q.name.is_empty() || q.name.contains('/') || q.name == "." || q.name == "..";
         if pmqs.len() > MAX_PMQS || bytes > MAX_PMQ_BYTES || bad_name {
             return Err(bad(
-            pmq_file,
+                pmq_file,
                 format!("POSIX queue {:?} ({bytes} bytes)", q.name),
             ));
         }

@@ -28,8 +28,8 @@
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 pub mod tmpfs;
 
-use crest_images::pb::crest::{CrestMntNsHead, CrestMountEntry};
 use crest_images::carry::MountsReader;
+use crest_images::pb::crest::{CrestMntNsHead, CrestMountEntry};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::path::Path;
@@ -360,7 +360,7 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
     };
     let mut r = MountsReader::open(dir, id)?;
     let name = r.name().to_string();
-    let head = r.head().clone();
+    let head = r.head();
     if head.count > 65536 {
         return Err(bad(&name, format!("{} mounts", head.count)));
     }

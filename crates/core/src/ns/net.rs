@@ -703,11 +703,7 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
         crest_neighs: n.neighs.clone(),
     };
     crest_images::write_image(dir, &names::netns(id), magic::NETNS, &[e])?;
-    for ((name, m, ty), list) in raw_files(id)
-        .into_iter()
-        .zip(n.raw_lists())
-        .take(CRIU_RAW)
-    {
+    for ((name, m, ty), list) in raw_files(id).into_iter().zip(n.raw_lists()).take(CRIU_RAW) {
         let mut w = crest_images::create_raw(dir, &name)?;
         w.write_all(&rtnl::save_file(m, ty, list))?;
         w.finish()?;
@@ -829,8 +825,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
     (n.def4, n.all4, n.def6, n.all6) = (e.def_conf4, e.all_conf4, e.def_conf6, e.all_conf6);
     let (sysctl_file, sysctls) = if dir.join(names::crest_net_sysctl(id)).exists() {
         let name = names::crest_net_sysctl(id);
-        let list: Vec<CrestSysctl> =
-            crest_images::read_image(dir, &name, magic::CREST_NET_SYSCTL)?;
+        let list: Vec<CrestSysctl> = crest_images::read_image(dir, &name, magic::CREST_NET_SYSCTL)?;
         (name, list)
     } else {
         (names::netns(id), std::mem::take(&mut e.crest_sysctls))

@@ -17,8 +17,8 @@
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crest_images::pb::crest::CrestNsEntry;
 use crest_images::carry::MountsReader;
+use crest_images::pb::crest::CrestNsEntry;
 use crest_images::pb::{NsFileEntry, UtsnsEntry};
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
@@ -576,8 +576,7 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
     if !dir.join(names::CREST_NS).exists() {
         return Ok(Vec::new());
     }
-    let entries =
-        crest_images::carry::read::<NsFileEntry>(dir, names::CREST_NS, magic::CREST_NS)?;
+    let entries = crest_images::carry::read::<NsFileEntry>(dir, names::CREST_NS, magic::CREST_NS)?;
     if entries.len() > 4096 {
         return Err(RestoreError::BadImage {
             pid: 0,

@@ -304,12 +304,16 @@ impl UsernsGraph {
         for id in ids {
             let name = names::userns(id);
             let mut e: UsernsEntry = crest_images::read_one(dir, &name, magic::USERNS)?;
-            let h = e.crest_userns.take().filter(|h| h.id == id).ok_or_else(|| {
-                bad(
-                    name.clone(),
-                    "no crest hierarchy entry (userns_entry field 1000) for this id".into(),
-                )
-            })?;
+            let h = e
+                .crest_userns
+                .take()
+                .filter(|h| h.id == id)
+                .ok_or_else(|| {
+                    bad(
+                        name.clone(),
+                        "no crest hierarchy entry (userns_entry field 1000) for this id".into(),
+                    )
+                })?;
             out.push((h, e));
         }
         Ok(Some(out))
@@ -355,7 +359,10 @@ impl UsernsGraph {
             if let Some(p) = h.parent_id {
                 let pd = g.node(p).map(|n| n.depth);
                 if pd.map(|d| d + 1) != Some(h.depth) || h.depth > 33 {
-                    return Err(bad(h.id, format!("namespace {} has a bad parent or depth", h.id)));
+                    return Err(bad(
+                        h.id,
+                        format!("namespace {} has a bad parent or depth", h.id),
+                    ));
                 }
             } else if h.depth != 0 {
                 return Err(bad(

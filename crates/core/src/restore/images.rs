@@ -49,18 +49,15 @@ impl TaskImage {
         let mut tids = vec![pid];
         tids.extend(entry.threads.iter().copied().filter(|t| *t != pid));
         for tid in tids {
-            let mut core: CoreEntry =
-                crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
+            let mut core: CoreEntry = crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
             // crest's extras ride in the core; an older crest wrote them
             // to crest-thread-<tid>.img.
             let legacy = names::crest_thread(tid);
             let extra = match core.crest_thread.take() {
                 Some(e) => Some(e),
-                None if dir.join(&legacy).exists() => Some(crest_images::read_one(
-                    dir,
-                    &legacy,
-                    magic::CREST_THREAD,
-                )?),
+                None if dir.join(&legacy).exists() => {
+                    Some(crest_images::read_one(dir, &legacy, magic::CREST_THREAD)?)
+                }
                 None => None,
             };
             cores.push((tid as i32, core, extra));

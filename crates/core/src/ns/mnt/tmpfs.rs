@@ -8,8 +8,8 @@
 
 use super::refuse;
 use crate::error::{DumpCtx, DumpError, RestoreError};
-use crest_images::pb::crest::CrestFsEntry;
 use crest_images::carry::{CarriedReader, Carrier};
+use crest_images::pb::crest::CrestFsEntry;
 use crest_images::pb::PipeDataEntry;
 use crest_images::{magic, names, ImageWriter};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
