@@ -343,7 +343,6 @@ fn steps(
         Mode::SelfCheck => {}
         Mode::DumpRestore => {
             dump(cfg, dir, pid, false, procs)?;
-            problems.extend(crate::crit::check_dir(dir, procs));
             if let Some(b) = &ns_before {
                 problems.extend(ns::check_images(cfg, dir, b, false, procs));
             }
@@ -414,7 +413,6 @@ fn storm_steps(
         Mode::SelfCheck => what = "without a dump (self-check)",
         Mode::DumpRestore => match dump_attempt(cfg, dir, pid, false, procs)? {
             None => {
-                problems.extend(crate::crit::check_dir(dir, procs));
                 if let Some(b) = &ns_before {
                     problems.extend(ns::check_images(cfg, dir, b, true, procs));
                 }
@@ -561,7 +559,8 @@ pub fn dump(
 }
 
 /// Like [`dump`], but a crest that exits non-zero is no error: its run is
-/// returned (None: the dump succeeded and was checked).
+/// returned (None: the dump succeeded and was checked, crit reading every
+/// image as well).
 pub fn dump_attempt(
     cfg: &Config,
     dir: &CaseDir,
@@ -588,6 +587,7 @@ pub fn dump_attempt(
         }
     }
     if leave_running {
+        crate::crit::require(dir, procs)?;
         return Ok(None);
     }
     match wait_exit(pid, Duration::from_secs(10))? {
@@ -614,6 +614,7 @@ pub fn dump_attempt(
     // descendants that ended after the snapshot (a fork storm) are zombies
     // of the harness now and hold pids the restore needs
     procs::reap_zombie_children();
+    crate::crit::require(dir, procs)?;
     Ok(None)
 }
 

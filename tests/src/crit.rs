@@ -8,8 +8,8 @@
 //! `rule-<id>.img`.
 //!
 //! [`decode`] runs the `crit` binary once per file (`dump_crit`);
-//! [`check_dir`], used after the dump of every `ns`, `uns`, `nested` and
-//! container case, runs crit's own decode function (`pycriu.cli.decode`,
+//! [`require`], run after every successful dump of the suite (by
+//! `case::dump_attempt` and the cases that run `crest dump` themselves), runs crit's own decode function (`pycriu.cli.decode`,
 //! what `crit decode -i FILE` and `crit show FILE` call) for every file in
 //! one interpreter, which takes a fraction of a second per directory
 //! instead of one interpreter start per file.
@@ -111,13 +111,14 @@ fn interpreter(crit: &Path) -> String {
 }
 
 /// crit decodes every file of the case's images directory but CRIU's raw
-/// ones; the problems found (none without crit). Output in
-/// `crit-all.std{out,err}` of the case directory.
-pub fn check_dir(dir: &CaseDir, procs: &mut Procs) -> Vec<String> {
-    match check_dir_inner(dir, procs) {
-        Ok(p) => p,
-        Err(e) => vec![format!("crit on the images: {e:#}")],
+/// ones; an error listing those it does not (none without crit). Output
+/// in `crit-all.std{out,err}` of the case directory.
+pub fn require(dir: &CaseDir, procs: &mut Procs) -> Result<()> {
+    let problems = check_dir_inner(dir, procs).context("crit on the images")?;
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
     }
+    Ok(())
 }
 
 fn check_dir_inner(dir: &CaseDir, procs: &mut Procs) -> Result<Vec<String>> {

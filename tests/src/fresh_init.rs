@@ -194,7 +194,8 @@ pub(crate) fn steps(
         }
         procs.untrack(*p);
     }
-    let mut problems = crate::crit::check_dir(dir, procs);
+    crate::crit::require(dir, procs)?;
+    let mut problems = Vec::new();
     match nested::show_ns(cfg, dir, &[&images], "show-images", procs) {
         Ok(g) => nested::graph_check(
             &mut problems,
