@@ -35,13 +35,14 @@ pub fn find_crit() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Every `*.img` of a directory, sorted.
+/// Every image of a directory, sorted: the `*.img` files and CRIU's
+/// `stats-dump` / `stats-restore` (no `.img` in their names).
 pub fn images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .filter(|p| p.extension().is_some_and(|e| e == "img") || file_name(p).starts_with("stats-"))
         .collect();
     out.sort();
     Ok(out)

@@ -77,15 +77,10 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
 
     let images = dir.join("images");
     let t = Instant::now();
-    let s = crest_core::dump(&crest_core::DumpOptions {
+    let s = crest_core::dump(&crest_core::Options {
         pid,
         dir: images.clone(),
-        leave_running: false,
-        shell_job: false,
-        ghost_limit: crest_core::files::ghost::DEFAULT_LIMIT,
-        tcp_established: false,
-        external: Vec::new(),
-        file_locks: false,
+        ..Default::default()
     })?;
     println!(
         "dumped pid {pid} to {} in {:.3} s ({} MiB of memory); the counter is killed",
@@ -102,13 +97,10 @@ pub fn run(images_dir: Option<PathBuf>) -> Result<i32> {
     }
 
     let t = Instant::now();
-    let r = crest_core::restore(&crest_core::RestoreOptions {
+    let r = crest_core::restore(&crest_core::Options {
         dir: images,
         detached: true,
-        shell_job: false,
-        external: Vec::new(),
-        root: None,
-        inherit_fd: Vec::new(),
+        ..Default::default()
     })?;
     println!(
         "restored pid {} in {:.3} s",

@@ -3,64 +3,106 @@
 
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
+use crate::notify::{hook, Notify, Silent};
 use crate::ns::other::OtherGraph;
 use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
+use crate::opts::{Action, Options};
 use crate::pstree::{Seized, Task};
 use crate::{coreimg, fs, mm, procfs};
 use crest_images::pb::{InventoryEntry, PagemapHead, TaskKobjIdsEntry};
 use crest_images::{magic, names, ImageWriter};
 use crest_inject::Tracee;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Clone)]
-pub struct DumpOptions {
-    pub pid: i32,
-    pub dir: PathBuf,
-    pub leave_running: bool,
-    pub shell_job: bool,
-    /// Largest file deleted while open whose contents are saved.
-    pub ghost_limit: u64,
-    pub tcp_established: bool,
-    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`).
-    pub external: Vec<String>,
-    /// Dump the file locks the tree holds (else a held lock fails the dump).
-    pub file_locks: bool,
-}
+use std::path::Path;
+use std::time::Instant;
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpSummary {
     pub pids: Vec<i32>,
     pub pages_bytes: u64,
+    /// What it took (also in `stats-dump` in the work directory).
+    pub stats: crate::stats::DumpStats,
 }
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`. On failure every
 /// task is detached and runs on as before.
-pub fn dump(opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
+pub fn dump(opts: &Options) -> Result<DumpSummary, DumpError> {
+    dump_notified(opts, &mut Silent)
+}
+
+/// [`dump`], telling `n` at CRIU's notification points (pre-dump,
+/// network-lock, post-dump, network-unlock); a refused notification fails
+/// the dump, the tree released.
+pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, DumpError> {
+    let refused = opts.refusals(Action::Dump);
+    if !refused.is_empty() {
+        return Err(DumpError::Refused { refused });
+    }
     std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
         dir: opts.dir.display().to_string(),
         source,
     })?;
+    tell(n, hook::PRE_DUMP, opts.pid)?;
+    let start = Instant::now();
     let tree = Seized::seize(opts.pid)?;
+    let frozen = Instant::now();
     crate::info!("seized {} task(s) of tree {}", tree.tasks.len(), opts.pid);
-    match collect_and_write(&tree, opts) {
-        Ok(summary) => {
-            if opts.leave_running {
-                tree.release();
+    // The network is the caller's to lock when the tree has a net
+    // namespace of its own.
+    let own_net = crate::ns::other::own_net_ns(opts.pid);
+    let res = (if own_net {
+        tell(n, hook::NETWORK_LOCK, opts.pid)
+    } else {
+        Ok(())
+    })
+    .and_then(|()| collect_and_write(&tree, opts))
+    .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
+    match res {
+        Ok(mut summary) => {
+            summary.stats.freezing = frozen - start;
+            summary.stats.memdump = frozen.elapsed();
+            if opts.leave_running || opts.leave_stopped {
+                if opts.leave_stopped {
+                    tree.release_stopped();
+                } else {
+                    tree.release();
+                }
+                if own_net {
+                    tell(n, hook::NETWORK_UNLOCK, opts.pid)?;
+                }
             } else {
                 tree.kill();
             }
+            summary.stats.frozen = frozen.elapsed();
+            summary.stats.pages_scanned = summary.pages_bytes / 4096;
+            summary.stats.pages_written = summary.pages_bytes / 4096;
+            summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
+                crate::warn!("stats-dump not written: {e}");
+            });
             Ok(summary)
         }
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
+            if own_net {
+                let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);
+            }
             Err(e)
         }
     }
 }
 
-fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, DumpError> {
+/// Tells `n` that `h` is reached (with the tree's root for the hooks'
+/// environment).
+fn tell(n: &mut dyn Notify, h: &str, root: i32) -> Result<(), DumpError> {
+    n.notify(h, Some(root), None)
+        .map_err(|why| DumpError::Notify {
+            hook: h.to_string(),
+            why,
+        })
+}
+
+fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
     let root = &tree.tasks[0];
     if root.sid != root.pid && !opts.shell_job {
         // A job of a shell, or a container whose init was started without
@@ -80,7 +122,7 @@ fn collect_and_write(tree: &Seized, opts: &DumpOptions) -> Result<DumpSummary, D
         .map(|t| t.pid)
         .collect();
     let users = UsernsGraph::collect(&live)?;
-    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external))?;
+    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external), opts.empty_ns)?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
     others.resolve_proc_pidns(&pids)?;
     pids.check_inits(&users, |pid| {

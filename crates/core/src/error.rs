@@ -42,6 +42,10 @@ pub enum DumpError {
     },
     #[error("images directory {dir}: {source}")]
     Dir { dir: String, source: io::Error },
+    #[error("dump: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused { refused: Vec<crate::opts::Refused> },
+    #[error("dump: the {hook} notification failed: {why}")]
+    Notify { hook: String, why: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,10 @@ pub enum RestoreError {
     },
     #[error("restore pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    #[error("restore: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused { refused: Vec<crate::opts::Refused> },
+    #[error("restore: the {hook} notification failed: {why}")]
+    Notify { hook: String, why: String },
 }
 
 /// Shorthands that attach the pid and the step to a lower error.

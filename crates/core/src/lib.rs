@@ -11,16 +11,20 @@ pub mod features;
 pub mod files;
 pub mod fs;
 pub mod mm;
+pub mod notify;
 pub mod ns;
+pub mod opts;
 pub mod procfs;
 pub mod pstree;
 pub mod regs;
 pub mod restore;
 pub mod show;
 pub mod signals;
+pub mod stats;
 pub mod task;
 
-pub use dump::{dump, DumpOptions, DumpSummary};
+pub use dump::{dump, DumpSummary};
 pub use error::{DumpError, RestoreError};
+pub use opts::{Action, Options};
 
-pub use restore::{restore, RestoreOptions, Restored};
+pub use restore::{restore, Restored};

@@ -187,6 +187,15 @@ impl Seized {
         }
     }
 
+    /// Lets the tree go stopped (CRIU's `--leave-stopped`): every task
+    /// gets a SIGSTOP before it is detached.
+    pub fn release_stopped(self) {
+        for t in self.tasks.iter().filter(|t| t.zombie.is_none()) {
+            let _ = crest_sys::misc::kill(t.pid, libc::SIGSTOP);
+        }
+        self.release();
+    }
+
     /// Kills the dumped tasks (the default after a successful dump). The
     /// threads are left to the kernel: a killed tracee goes away on its own
     /// once crest stops tracing it, and tearing down a large address space
@@ -195,7 +204,32 @@ impl Seized {
         for t in self.tasks.iter().filter(|t| t.zombie.is_none()) {
             let _ = crest_sys::misc::kill(t.pid, libc::SIGKILL);
         }
-        self.attached.clear();
+        // A runtime looks at the root as soon as the dump returns: it must
+        // be dead by then (a zombie, or gone). A traced task's death is
+        // reported to crest first, and the init of a pid namespace waits
+        // for its tasks' deaths to be collected: crest collects them, which
+        // hands each to its real parent.
+        let mut left = std::mem::take(&mut self.attached);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dead(self.tasks[0].pid) && std::time::Instant::now() < deadline {
+            left.retain(|&tid| {
+                matches!(
+                    ptrace::try_wait(tid),
+                    Ok(None) | Ok(Some(ptrace::WaitStatus::Stopped { .. }))
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Whether `pid` has exited (a zombie or gone).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z') || r.starts_with('X')),
+        Err(_) => true,
     }
 }
 
@@ -462,6 +496,7 @@ pub fn fork_init_in_userns(
     want: &[i32],
     crest_level: bool,
     userns_holder: i32,
+    sibling: bool,
 ) -> Result<Tracee, RestoreError> {
     let who = child.pid as i32;
     let middles = want.len().saturating_sub(1 + usize::from(crest_level));
@@ -482,7 +517,15 @@ pub fn fork_init_in_userns(
                 .rat(p.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
             clone_plain(p)?
         }
+        // (a sibling root: the helper and the init it forks are children
+        // of crest's parent, CRIU's --restore-sibling)
+        None if sibling => crate::ns::pid::spawn_sibling_helper()?,
         None => crate::ns::pid::spawn_helper(&[])?,
+    };
+    let flags = if sibling && parent.is_none() {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
     };
     crate::ns::user::enter(&mut h, userns_holder)?;
     let hp = h.pid();
@@ -505,7 +548,7 @@ pub fn fork_init_in_userns(
             }
             Ok(())
         };
-        clone_with(&mut h, who, &ids, 0, libc::SIGCHLD as u64, &mut before)?
+        clone_with(&mut h, who, &ids, flags, libc::SIGCHLD as u64, &mut before)?
     };
     if child.sid == child.pid {
         c.syscall(nr::SETSID, &[]).rat(c.pid(), "setsid")?;

@@ -38,6 +38,12 @@ pub mod pb {
     }
     pub use criu::*;
 
+    /// CRIU's RPC (`criu swrk`): requests, answers, notifications.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/rpc.rs"));
+    }
+
     /// crest's own messages, stored in files with crest magics.
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod crest {

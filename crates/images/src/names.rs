@@ -30,6 +30,10 @@ pub const TTY_INFO: &str = "tty-info.img";
 pub const FILE_LOCKS: &str = "filelocks.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
+/// `stats-dump`: what the last dump took (service magic, CRIU's name).
+pub const STATS_DUMP: &str = "stats-dump";
+/// `stats-restore`: what the last restore took.
+pub const STATS_RESTORE: &str = "stats-restore";
 /// Legacy `crest-userns.img` (read only)
 pub const CREST_USERNS: &str = "crest-userns.img";
 /// `crest-cgroups.img` (crest's, `cgroup_entry`s with CRIU's `CGROUP` magic)

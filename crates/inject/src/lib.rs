@@ -90,7 +90,11 @@ pub struct Tracee {
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
 /// Signals that arrive meanwhile are delivered as they would have been.
 pub fn seize_thread(tid: i32) -> Result<()> {
-    ptrace::seize(tid, 0).map_err(pt(tid, "PTRACE_SEIZE"))?;
+    seize_with(tid, 0)
+}
+
+fn seize_with(tid: i32, options: u32) -> Result<()> {
+    ptrace::seize(tid, options).map_err(pt(tid, "PTRACE_SEIZE"))?;
     if let Err(e) = ptrace::interrupt(tid) {
         let _ = ptrace::detach(tid, 0);
         return Err(pt(tid, "PTRACE_INTERRUPT")(e));
@@ -126,6 +130,15 @@ impl Tracee {
     /// signals so none is delivered while syscalls are injected.
     pub fn from_seized(pid: i32, tid: i32) -> Result<Tracee> {
         Self::take(pid, tid, Attach::Seized)
+    }
+
+    /// Takes charge of a task crest made but is not the parent of (a
+    /// sibling made with `CLONE_PARENT`, waiting in `pause()`): seizes it
+    /// (killed if crest dies, `PTRACE_O_EXITKILL`) and stops it; it is
+    /// killed if dropped, as a child would be.
+    pub fn seize_made(pid: i32) -> Result<Tracee> {
+        seize_with(pid, libc::PTRACE_O_EXITKILL as u32)?;
+        Self::take(pid, pid, Attach::Child)
     }
 
     /// Takes charge of our own child, stopped by `SIGSTOP` after
@@ -217,13 +230,16 @@ impl Tracee {
     }
 
     /// Takes charge of a task or thread that an injected `clone3` created
-    /// (traced from birth, stopped with `SIGSTOP`): it is killed if dropped.
+    /// (traced from birth, stopped with `SIGSTOP`, or in an event stop when
+    /// its parent was seized): it is killed if dropped.
     pub fn from_new_task(pid: i32, tid: i32) -> Result<Tracee> {
         loop {
             match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
                 WaitStatus::Stopped {
                     sig: libc::SIGSTOP, ..
                 } => break,
+                // (the child of a seized task starts in an event stop)
+                WaitStatus::Stopped { event, .. } if event == ptrace::PTRACE_EVENT_STOP => break,
                 WaitStatus::Stopped { .. } => {
                     ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
                 }

@@ -232,10 +232,15 @@ pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: i32) -> io::Result<i32> 
 /// `sendmsg(sock, SCM_RIGHTS [fd])` — passes one fd over a unix socket,
 /// with a single byte of data.
 pub fn send_fd(sock: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
-    let mut byte = [0u8; 1];
+    send_with_fd(sock, &[0u8], Some(fd.as_raw_fd())).map(drop)
+}
+
+/// `sendmsg(sock, data, SCM_RIGHTS [fd])` — sends `data` as one message,
+/// with `fd` passed beside it when given. Returns the bytes sent.
+pub fn send_with_fd(sock: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> io::Result<usize> {
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
     };
     // u64 words keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 4];
@@ -245,20 +250,56 @@ pub fn send_fd(sock: &impl AsRawFd, fd: &impl AsRawFd) -> io::Result<()> {
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: msg_control points at `control`, which holds `space` bytes
-    // (at most 32), so the first header and its data fit.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd.as_raw_fd());
+    if let Some(fd) = fd {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `control`, which holds `space`
+        // bytes (at most 32), so the first header and its data fit.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        }
     }
-    // SAFETY: `msg` and everything it points at live across the call.
-    let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
-    cvt(ret as libc::c_long).map(drop)
+    // SAFETY: `msg` and everything it points at (the caller's `data`,
+    // which the kernel only reads) live across the call.
+    let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    cvt(ret as libc::c_long).map(|n| n as usize)
+}
+
+/// `getsockopt(SO_PEERCRED)` — the pid, uid and gid of the process at the
+/// other end of a unix socket (as it was when it connected).
+pub fn peer_cred(sock: &impl AsRawFd) -> io::Result<(i32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a ucred the kernel fills, `len` its size.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    cvt(ret as libc::c_long).map(|_| (cred.pid, cred.uid, cred.gid))
+}
+
+/// Takes fd `fd` of this process (given on the command line) as owned.
+/// Fails with EBADF when it is not open.
+pub fn own_fd(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the fd table.
+    let ret = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    cvt(ret as libc::c_long)?;
+    // SAFETY: the fd is open (checked above) and the caller hands its
+    // ownership over: nothing else in crest uses a number it was given.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `open_by_handle_at(mount_fd, handle, O_PATH)` — opens the file a handle

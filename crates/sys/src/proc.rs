@@ -72,6 +72,56 @@ pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) ->
     Ok(pid as i32)
 }
 
+/// `clone3(CLONE_PARENT | flags)` with `set_tid` — creates a sibling of
+/// the caller (a child of the caller's parent, as CRIU's
+/// `--restore-sibling` wants the restored root), which sets up its session
+/// and then waits in `pause()` to be seized: it cannot `PTRACE_TRACEME`,
+/// its parent is not the caller. Returns its pid.
+pub fn spawn_sibling(set_tid: &[i32], session: SessionSetup, flags: u64) -> io::Result<i32> {
+    let args = CloneArgs {
+        flags: flags | libc::CLONE_PARENT as u64,
+        exit_signal: 0,
+        set_tid: if set_tid.is_empty() {
+            0
+        } else {
+            set_tid.as_ptr() as u64
+        },
+        set_tid_size: set_tid.len() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: as in `spawn_stopped_with`: a fork-like clone whose child
+    // makes raw syscalls only and never returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let pid = cvt(ret)?;
+    if pid == 0 {
+        child_pause(session);
+    }
+    Ok(pid as i32)
+}
+
+fn child_pause(session: SessionSetup) -> ! {
+    // SAFETY: async-signal-safe raw syscalls only, in a freshly forked child.
+    unsafe {
+        let ok = match session {
+            SessionSetup::Inherit => 0,
+            SessionSetup::NewSession => libc::setsid(),
+            SessionSetup::NewGroup => libc::setpgid(0, 0),
+        };
+        if ok < 0 {
+            libc::_exit(121);
+        }
+        loop {
+            libc::pause();
+        }
+    }
+}
+
 fn child_stop(session: SessionSetup) -> ! {
     // SAFETY: async-signal-safe raw syscalls only, in a freshly forked child.
     unsafe {

@@ -493,9 +493,10 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
     }
     for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
         crate::debug!("pid {pid} mounts {} at {}", m.fstype, m.mountpoint);
-        mount_one(t, m, "", how)?;
+        mount_one(t, m, "", how, ns.contents.contains_key(&m.mnt_id))?;
         if let Some(items) = ns.contents.get(&m.mnt_id) {
             tmpfs::fill_tree(pid, &m.mountpoint, items)?;
+            seal(t, m, &m.mountpoint)?;
         }
     }
     for m in ns.mounts.iter().filter(|m| m.kind != KEPT) {
@@ -535,9 +536,11 @@ fn replay_pivoted(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Re
     }
     for m in ns.mounts.iter().skip(1) {
         crate::debug!("pid {pid} mounts {} at {root}{}", m.fstype, m.mountpoint);
-        mount_one(t, m, root, how)?;
+        mount_one(t, m, root, how, ns.contents.contains_key(&m.mnt_id))?;
         if let Some(items) = ns.contents.get(&m.mnt_id) {
-            tmpfs::fill_tree(pid, &format!("{root}{}", m.mountpoint), items)?;
+            let target = format!("{root}{}", m.mountpoint);
+            tmpfs::fill_tree(pid, &target, items)?;
+            seal(t, m, &target)?;
         }
     }
     let a = put_strs(t, &[root, ".", "/"])?;
@@ -631,12 +634,24 @@ fn put_strs(t: &mut Tracee, strs: &[&str]) -> Result<Vec<u64>, RestoreError> {
     Ok(offs.into_iter().map(|o| base + o).collect())
 }
 
-/// Makes mount `m` at `prefix` + its mountpoint.
+/// A read-only filesystem crest filled (a runtime's masked directories are
+/// read-only tmpfs mounts): made read-only once its files are in.
+fn seal(t: &mut Tracee, m: &CrestMountEntry, target: &str) -> Result<(), RestoreError> {
+    let flags = mount_flags(&m.mnt_opts);
+    if flags & libc::MS_RDONLY != 0 {
+        remount(t, target, flags)?;
+    }
+    Ok(())
+}
+
+/// Makes mount `m` at `prefix` + its mountpoint; one crest fills next
+/// (`to_fill`) stays writable until [`seal`].
 fn mount_one(
     t: &mut Tracee,
     m: &CrestMountEntry,
     prefix: &str,
     how: &Replay<'_>,
+    to_fill: bool,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     let flags = mount_flags(&m.mnt_opts);
@@ -676,6 +691,11 @@ fn mount_one(
         return Ok(());
     }
     let data = data_of(m);
+    let flags = if to_fill {
+        flags & !libc::MS_RDONLY
+    } else {
+        flags
+    };
     let a = put_strs(t, &[&m.source, &target, &m.fstype, &data])?;
     t.syscall(nr::MOUNT, &[a[0], a[1], a[2], flags, a[3]])
         .rat(pid, format!("mount {} at {target} ({data})", m.fstype))?;

@@ -423,6 +423,24 @@ pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
     Ok(n)
 }
 
+/// Whether the loopback device of the network namespace `fd` (task
+/// `pid`'s) is up: all crest keeps of a namespace left empty.
+pub fn lo_up_in(pid: i32, fd: &OwnedFd) -> Result<bool, DumpError> {
+    in_ns(fd, || -> Result<bool, Fail> {
+        let mut nl = Rtnl::open().map_err(io_at("open an rtnetlink socket"))?;
+        let links = nl.links().map_err(io_at("list network devices"))?;
+        Ok(links
+            .iter()
+            .any(|l| is_lo(l) && l.flags & libc::IFF_UP as u32 != 0))
+    })
+    .map_err(|source| DumpError::Io {
+        pid,
+        step: "enter a network namespace",
+        source,
+    })?
+    .map_err(|f| f.dump(pid))
+}
+
 /// Netfilter state crest does not dump yet: nftables tables (asked over
 /// `NETLINK_NETFILTER`) and legacy iptables tables of the calling
 /// thread's namespace; restored without them, a container would lose its
@@ -575,6 +593,8 @@ pub fn resolve_peers(
 ) -> Result<(), DumpError> {
     let fds: Vec<(u32, OwnedFd)> = nets
         .iter()
+        // (a namespace left empty, --empty-ns net, was not read)
+        .filter(|(_, n)| n.pid != 0)
         .map(|(id, n)| {
             open_ns(&format!("/proc/{}/ns/net", n.pid))
                 .map(|fd| (*id, fd))

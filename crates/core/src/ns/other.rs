@@ -114,6 +114,8 @@ pub struct OtherGraph {
     pub list: Vec<OtherNs>,
     /// (pid, namespace id).
     pub tasks: Vec<(i32, u32)>,
+    /// Dump: the kinds (`CLONE_NEW*`) whose contents are left out.
+    pub empty_ns: u32,
     /// Dump: the mounts declared external (`--external mnt[MP]:KEY`).
     mnt_externals: Vec<(String, String)>,
     /// Show: mounts from outside are described (as external), not refused.
@@ -125,21 +127,25 @@ impl OtherGraph {
     /// them (a veth whose peer is outside the tree is described, not
     /// refused).
     pub fn collect(pids: &[i32], users: &UsernsGraph) -> Result<OtherGraph, DumpError> {
-        Self::collect_with(pids, users, None)
+        Self::collect_with(pids, users, None, 0)
     }
 
     /// Finds the namespaces of `pids` that differ from crest's own, to dump
-    /// them with the `--external` entries `external`. Fails for a kind
-    /// crest cannot restore yet.
+    /// them with the `--external` entries `external`; the contents of the
+    /// kinds in `empty_ns` (CRIU's `--empty-ns net`: a runtime sets the
+    /// network up again itself) are left out, the namespaces kept. Fails
+    /// for a kind crest cannot restore yet.
     pub fn collect_with(
         pids: &[i32],
         users: &UsernsGraph,
         external: Option<&[String]>,
+        empty_ns: u32,
     ) -> Result<OtherGraph, DumpError> {
         let me = std::process::id() as i32;
         let mut g = OtherGraph {
             mnt_externals: super::mnt::mnt_externals(external.unwrap_or(&[])),
             mnt_describe: external.is_none(),
+            empty_ns,
             ..OtherGraph::default()
         };
         for kind in KINDS.iter().copied().filter(|k| k.name != "pid") {
@@ -315,6 +321,11 @@ impl OtherGraph {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
                 n.ipc = Some(super::ipc::dump(pid, &mut t)?);
             }
+            "net" if self.empty_ns & kind.flag != 0 => {
+                // only the loopback device's state
+                n.lo_up = super::net::lo_up_in(pid, &fd)?;
+                n.net = Some(super::net::NetNs::bare(n.lo_up));
+            }
             "net" => {
                 let net = super::net::collect(pid, &fd)?;
                 n.lo_up = net.lo_up();
@@ -334,6 +345,22 @@ impl OtherGraph {
         let id = n.id;
         self.list.push(n);
         Ok(id)
+    }
+
+    /// Leaves every network namespace's contents out but the loopback
+    /// device's state (a restore with `--empty-ns net`).
+    pub fn empty_net(&mut self) {
+        for n in &mut self.list {
+            if n.nstype == libc::CLONE_NEWNET as u32 {
+                n.net = Some(super::net::NetNs::bare(n.lo_up));
+            }
+        }
+    }
+
+    /// Whether the tree has a namespace of this kind (`CLONE_NEW*`) of its
+    /// own.
+    pub fn has_kind(&self, flag: u32) -> bool {
+        self.list.iter().any(|n| n.nstype == flag)
     }
 
     /// The id of the namespace whose nsfs inode is `ino`.
@@ -410,6 +437,7 @@ impl OtherGraph {
             tasks: tasks.to_vec(),
             mnt_externals: Vec::new(),
             mnt_describe: false,
+            empty_ns: 0,
         };
         for e in entries
             .into_iter()
@@ -884,5 +912,17 @@ impl Helpers {
             r.rat(pid, format!("setns into its {kind} namespace"))?;
         }
         Ok(())
+    }
+}
+
+/// Whether `pid` is in a net namespace other than crest's (false when
+/// either cannot be read).
+pub fn own_net_ns(pid: i32) -> bool {
+    match (
+        ino_of("/proc/self/ns/net"),
+        ino_of(&format!("/proc/{pid}/ns/net")),
+    ) {
+        (Ok(mine), Ok(theirs)) => mine != theirs,
+        _ => false,
     }
 }

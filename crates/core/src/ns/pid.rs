@@ -331,6 +331,49 @@ pub fn spawn_helper(set_tid: &[i32]) -> Result<crest_inject::Tracee, crate::erro
     Ok(t)
 }
 
+/// A crest helper made as a sibling of crest (a child of crest's parent)
+/// and seized: for a root restored with CRIU's `--restore-sibling`.
+pub fn spawn_sibling_helper() -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    use crest_sys::proc::{spawn_sibling, SessionSetup};
+    let child = spawn_sibling(&[], SessionSetup::Inherit, 0).rat(0, "spawn a helper task")?;
+    seize_sibling(child)
+}
+
+/// Takes charge of `pid`, a sibling crest made, once it waits to be
+/// seized (asleep in `pause()`, its session set up).
+pub fn seize_sibling(pid: i32) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+            .flatten();
+        match state {
+            Some('S') => break,
+            Some('Z' | 'X') | None => {
+                return Err(crate::error::RestoreError::Unsupported {
+                    pid,
+                    what: "a sibling task that died before it was seized".into(),
+                })
+            }
+            _ if std::time::Instant::now() > deadline => {
+                let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
+                return Err(crate::error::RestoreError::Unsupported {
+                    pid,
+                    what: "a sibling task that did not get ready in 5 s".into(),
+                });
+            }
+            _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+    let mut t = crest_inject::Tracee::seize_made(pid).rat(pid, "seize a sibling task")?;
+    t.use_vdso_syscall()
+        .rat(pid, "find a syscall instruction in a sibling task")?;
+    Ok(t)
+}
+
 /// How a task's pid is chosen at each level when its parent is in user
 /// namespace `userns`: `settable` innermost levels with `set_tid`; then at
 /// most one `middle` level through that namespace's writer; crest's level

@@ -7,7 +7,7 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::{mm, ns, pstree};
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
-use crest_sys::proc::{spawn_stopped_with, SessionSetup};
+use crest_sys::proc::{spawn_sibling, spawn_stopped_with, SessionSetup};
 
 /// How task `k`'s pid levels are set when it is forked (or makes threads)
 /// inside user namespace `userns`.
@@ -46,6 +46,7 @@ pub(super) fn fork_tree(
     ti: &TreeImages,
     userns: &ns::user::Helpers,
     writers: &mut ns::pid::Writers,
+    sibling: bool,
 ) -> Result<Forked, RestoreError> {
     let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
@@ -62,11 +63,12 @@ pub(super) fn fork_tree(
             imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
         })?;
         let set_tid = imgs[0].set_tid(0);
-        let t = pstree::fork_init_in_userns(None, &imgs[0].entry, &set_tid, false, holder)?;
+        let t =
+            pstree::fork_init_in_userns(None, &imgs[0].entry, &set_tid, false, holder, sibling)?;
         cur_userns[0] = root_owner;
         t
     } else {
-        spawn_root(&imgs[0], root_new_pidns)?
+        spawn_root(&imgs[0], root_new_pidns, sibling)?
     };
     let mut actual = vec![root.pid()];
     tasks.push(Some(root));
@@ -125,6 +127,7 @@ pub(super) fn fork_tree(
                 &set_tid,
                 ti.cut == 0,
                 holder,
+                false,
             )?;
             cur_userns[k] = owner;
             actual.push(child.pid());
@@ -315,8 +318,13 @@ pub(super) fn new_pidns(
 }
 
 /// Forks the root task from crest with its old pid at every level, or as
-/// pid 1 of a new pid namespace if it was an init.
-pub(super) fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, RestoreError> {
+/// pid 1 of a new pid namespace if it was an init; a `sibling` (CRIU's
+/// `--restore-sibling`) becomes a child of crest's parent.
+pub(super) fn spawn_root(
+    img: &TaskImage,
+    new_pidns: bool,
+    sibling: bool,
+) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
     let set_tid = img.set_tid(0);
     let flags = if new_pidns {
@@ -324,17 +332,24 @@ pub(super) fn spawn_root(img: &TaskImage, new_pidns: bool) -> Result<Tracee, Res
     } else {
         0
     };
-    let child = spawn_stopped_with(&set_tid, session_of(img), flags).map_err(|e| {
-        match e.raw_os_error() {
-            Some(libc::EEXIST) => RestoreError::PidTaken { pid },
-            _ => RestoreError::Io {
-                pid,
-                step: format!("clone3 with set_tid {set_tid:?}"),
-                source: e,
-            },
-        }
+    let spawned = if sibling {
+        spawn_sibling(&set_tid, session_of(img), flags)
+    } else {
+        spawn_stopped_with(&set_tid, session_of(img), flags)
+    };
+    let child = spawned.map_err(|e| match e.raw_os_error() {
+        Some(libc::EEXIST) => RestoreError::PidTaken { pid },
+        _ => RestoreError::Io {
+            pid,
+            step: format!("clone3 with set_tid {set_tid:?}"),
+            source: e,
+        },
     })?;
-    let mut t = Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?;
+    let mut t = if sibling {
+        ns::pid::seize_sibling(child)?
+    } else {
+        Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?
+    };
     if !pstree::has_ids(child, &set_tid) {
         return Err(RestoreError::Unsupported {
             pid,

@@ -10,33 +10,21 @@ mod task;
 
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
+use crate::notify::{hook, Notify, Silent};
+use crate::opts::{Action, Options};
 use crate::{mm, ns, pstree};
 use crest_inject::Tracee;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
 use images::{init_of, parent_index, read_tree_images, TreeImages};
-use std::path::PathBuf;
 use task::{transform, TreeCtx};
-
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    pub dir: PathBuf,
-    pub detached: bool,
-    pub shell_job: bool,
-    /// CRIU's `--external` entries (`veth[IFNAME]:OUTNAME`,
-    /// `mnt[KEY]:PATH`).
-    pub external: Vec<String>,
-    /// CRIU's `--root`: the root directory of a tree that pivot_root'ed.
-    pub root: Option<PathBuf>,
-    /// CRIU's `--inherit-fd`: (crest's fd, the key of the dumped file it
-    /// stands for, `pipe:[INODE]`).
-    pub inherit_fd: Vec<(i32, String)>,
-}
 
 /// A restored tree, running.
 pub struct Restored {
     pub root_pid: i32,
+    /// What it took (also in `stats-restore` in the work directory).
+    pub stats: crate::stats::RestoreStats,
 }
 
 impl Restored {
@@ -56,17 +44,43 @@ impl Restored {
 /// Restores the tree in `opts.dir`. On failure every task made is killed
 /// and reaped: crest is a child subreaper meanwhile, so the killed tasks'
 /// orphans come back to it rather than waiting for init.
-pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+pub fn restore(opts: &Options) -> Result<Restored, RestoreError> {
+    restore_notified(opts, &mut Silent)
+}
+
+/// [`restore`], telling `n` at CRIU's notification points (pre-restore,
+/// setup-namespaces, post-setup-namespaces, post-restore, network-unlock,
+/// pre-resume, post-resume); a refused notification fails the restore and
+/// kills what was made.
+pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreError> {
+    let refused = opts.refusals(Action::Restore);
+    if !refused.is_empty() {
+        return Err(RestoreError::Refused { refused });
+    }
     let _ = crest_sys::proc::set_child_subreaper(true);
-    let res = restore_tree(opts);
+    let start = std::time::Instant::now();
+    let res = tell(n, hook::PRE_RESTORE, None).and_then(|()| restore_tree(opts, n));
     if res.is_err() {
         crest_sys::proc::reap_children(std::time::Duration::from_secs(2));
     }
     let _ = crest_sys::proc::set_child_subreaper(false);
-    res
+    let mut r = res?;
+    r.stats.restore = start.elapsed();
+    tell(n, hook::POST_RESUME, Some(r.root_pid))?;
+    r.stats.write(opts.work_dir()).unwrap_or_else(|e| {
+        crate::warn!("stats-restore not written: {e}");
+    });
+    Ok(r)
 }
 
-fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreError> {
+    n.notify(h, pid, None).map_err(|why| RestoreError::Notify {
+        hook: h.to_string(),
+        why,
+    })
+}
+
+fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     check_inventory(dir)?;
     let mut files = RestoreFiles::read(dir)?;
@@ -75,7 +89,12 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
         files.inherit.insert(key.clone(), own);
     }
-    let ti = read_tree_images(dir)?;
+    let mut ti = read_tree_images(dir)?;
+    if opts.empty_ns & libc::CLONE_NEWNET as u32 != 0 {
+        // CRIU's --empty-ns net: the caller sets the network up itself
+        ti.others.empty_net();
+    }
+    let ti = ti;
     let imgs = &ti.imgs;
     // crest's helpers take their pids from a range the tree does not use,
     // so none holds a pid a task is yet to get (pids wrap at pid_max).
@@ -98,12 +117,14 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 
     // Fork the tree: every task from its parent, with its pid.
     let mut writers = ns::pid::Writers::new(spare);
+    let forking = std::time::Instant::now();
     let Forked {
         mut tasks,
         actual,
         cur_userns,
         made_time,
-    } = fork_tree(&ti, &userns, &mut writers)?;
+    } = fork_tree(&ti, &userns, &mut writers, opts.restore_sibling)?;
+    let forking = forking.elapsed();
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
     let thread_levels = (0..imgs.len())
@@ -141,12 +162,29 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         )?;
     }
 
+    // The caller's turn before anything runs: every task is in its
+    // namespaces now.
+    let root_pid = actual[0];
+    tell(n, hook::SETUP_NAMESPACES, Some(root_pid))?;
+    tell(n, hook::POST_SETUP_NAMESPACES, Some(root_pid))?;
+    tell(n, hook::POST_RESTORE, Some(root_pid))?;
+    if ti.others.has_kind(libc::CLONE_NEWNET as u32) {
+        tell(n, hook::NETWORK_UNLOCK, Some(root_pid))?;
+    }
+    tell(n, hook::PRE_RESUME, Some(root_pid))?;
+    if opts.leave_stopped {
+        for (k, t) in tasks.iter().enumerate() {
+            if t.is_some() {
+                crest_sys::misc::kill(actual[k], libc::SIGSTOP)
+                    .rat(imgs[k].pid(), "stop the task (--leave-stopped)")?;
+            }
+        }
+    }
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
     for th in ctx.threads {
         th.release().rat(0, "let a thread go")?;
     }
-    let root_pid = actual[0];
     for (k, t) in tasks.into_iter().enumerate() {
         if let Some(t) = t {
             t.release().rat(imgs[k].pid(), "let the task go")?;
@@ -159,7 +197,13 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         );
     }
     crate::info!("tree of {root_pid} restored and running");
-    Ok(Restored { root_pid })
+    Ok(Restored {
+        root_pid,
+        stats: crate::stats::RestoreStats {
+            forking,
+            ..Default::default()
+        },
+    })
 }
 
 /// What comes between the fork and the transforms: tasks of cgroup
@@ -167,7 +211,7 @@ fn restore_tree(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
 /// files, and the mounts of mount namespaces replayed before any task
 /// reopens files in them.
 fn before_transform(
-    opts: &RestoreOptions,
+    opts: &Options,
     ti: &TreeImages,
     actual: &[i32],
     tasks: &mut [Option<Tracee>],

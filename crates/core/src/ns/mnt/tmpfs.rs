@@ -59,6 +59,7 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
             target: None,
             mtime_sec: Some(meta.mtime()),
             mtime_nsec: Some(meta.mtime_nsec() as u32),
+            rdev: None,
         };
         let mut data = Vec::new();
         if ft.is_dir() {
@@ -92,10 +93,13 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
             e.target = Some(t.to_string_lossy().into_owned());
         } else if ft.is_socket() {
             continue; // a socket restore binds again makes its own
+        } else if ft.is_char_device() || ft.is_block_device() {
+            // (a container's /dev: made again with mknod)
+            e.rdev = Some(meta.rdev());
         } else if !ft.is_fifo() {
             return Err(refuse(
                 pid,
-                format!("a device node {mountpoint}/{rel} on a tmpfs"),
+                format!("a file of unknown type {mountpoint}/{rel} on a tmpfs"),
             ));
         }
         out.push(FsItem { entry: e, data });
@@ -236,6 +240,20 @@ pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), Res
                 0,
             )
             .map_err(|er| io(format!("mkfifo {here}"))(er.into()))?;
+        } else if fmt == libc::S_IFCHR || fmt == libc::S_IFBLK {
+            let kind = if fmt == libc::S_IFCHR {
+                rfs::FileType::CharacterDevice
+            } else {
+                rfs::FileType::BlockDevice
+            };
+            rfs::mknodat(
+                &parent,
+                name,
+                kind,
+                Mode::from_raw_mode(0o600),
+                e.rdev.unwrap_or(0),
+            )
+            .map_err(|er| io(format!("mknod {here}"))(er.into()))?;
         } else {
             return Err(RestoreError::BadImage {
                 pid,

@@ -1,0 +1,170 @@
+//! `criu check`: the kernel features crest relies on, and CRIU's named
+//! features (`--feature NAME`, exit status 0 when present). A CRIU feature
+//! is reported present only when this kernel has it *and* crest carries
+//! what it is for: a caller that asks before using something must not be
+//! told yes for state crest would refuse or lose.
+
+use crest_core::Options;
+use std::path::Path;
+
+/// How crest answers one of CRIU's feature names.
+enum Answer {
+    /// crest uses it; present when the path exists (None: always).
+    Carried(Option<&'static str>),
+    /// The kernel may have it, crest does not carry what it is for yet.
+    NotCarried(&'static str),
+}
+
+use Answer::{Carried, NotCarried};
+
+/// CRIU's feature names (criu/cr-check.c), with crest's answer.
+const FEATURES: &[(&str, Answer)] = &[
+    ("mnt_id", Carried(None)),
+    (
+        "mem_dirty_track",
+        NotCarried("no soft-dirty bits here and no pre-dump in crest yet"),
+    ),
+    ("aio_remap", NotCarried("AIO rings are not dumped")),
+    ("timerfd", Carried(None)),
+    ("tun", NotCarried("tun devices are refused")),
+    ("tun_ns", NotCarried("tun devices are refused")),
+    ("userns", Carried(Some("/proc/self/ns/user"))),
+    ("fdinfo_lock", Carried(None)),
+    ("seccomp_suspend", NotCarried("seccomp filters are refused")),
+    ("seccomp_filters", NotCarried("seccomp filters are refused")),
+    (
+        "loginuid",
+        NotCarried("the audit login uid is not restored"),
+    ),
+    ("cgroupns", Carried(Some("/proc/self/ns/cgroup"))),
+    ("autofs", NotCarried("autofs mounts are refused")),
+    (
+        "tcp_half_closed",
+        NotCarried("closing TCP states are refused"),
+    ),
+    ("compat_cr", NotCarried("32-bit tasks are not supported")),
+    ("uffd", NotCarried("lazy pages are not supported yet")),
+    (
+        "uffd-noncoop",
+        NotCarried("lazy pages are not supported yet"),
+    ),
+    ("can_map_vdso", Carried(None)),
+    ("sk_ns", Carried(None)),
+    ("net_diag_raw", NotCarried("raw sockets are refused")),
+    ("nsid", NotCarried("netns ids are not dumped")),
+    ("link_nsid", NotCarried("netns ids are not dumped")),
+    ("kcmp_epoll", Carried(None)),
+    ("timens", Carried(Some("/proc/self/ns/time"))),
+    (
+        "external_net_ns",
+        NotCarried("external net namespaces are not supported yet"),
+    ),
+    ("clone3_set_tid", Carried(None)),
+    ("newifindex", NotCarried("interface indexes are not kept")),
+    ("nftables", NotCarried("netfilter tables are refused")),
+    ("has_ipt_legacy", NotCarried("netfilter tables are refused")),
+    (
+        "network_lock_nftables",
+        NotCarried("crest does not lock the network"),
+    ),
+    ("pidfd_store", NotCarried("no pidfd store")),
+    ("ns_pid", Carried(None)),
+    ("ns_get_userns", Carried(None)),
+    ("ns_get_parent", Carried(None)),
+    ("get_rseq_conf", Carried(None)),
+    (
+        "sockopt_buf_lock",
+        NotCarried("socket buffer locks are not dumped"),
+    ),
+    (
+        "memfd_hugetlb",
+        NotCarried("hugetlb memfds are not carried faithfully yet"),
+    ),
+    ("move_mount_set_group", NotCarried("not used")),
+    ("openat2", Carried(None)),
+    ("ipv6_freebind", NotCarried("IPV6_FREEBIND is not dumped")),
+    (
+        "apparmor_stacking",
+        NotCarried("LSM profiles are not dumped"),
+    ),
+    ("mdev", NotCarried("not used")),
+];
+
+/// Whether crest answers yes to a CRIU feature name (None: not a name
+/// CRIU knows).
+pub fn feature(name: &str) -> Option<Result<(), String>> {
+    let (_, a) = FEATURES.iter().find(|(n, _)| *n == name)?;
+    Some(match a {
+        Carried(None) => Ok(()),
+        Carried(Some(p)) if Path::new(p).exists() => Ok(()),
+        Carried(Some(p)) => Err(format!("this kernel lacks it ({p})")),
+        NotCarried(why) => Err(why.to_string()),
+    })
+}
+
+/// `check`: with `--feature`, the named features (or `list`); else every
+/// feature crest relies on. Returns the exit status.
+pub fn run(opts: &Options) -> i32 {
+    if !opts.features.is_empty() {
+        let mut status = 0;
+        for name in &opts.features {
+            if name == "list" {
+                let names: Vec<&str> = FEATURES.iter().map(|(n, _)| *n).collect();
+                println!("{}", names.join(" "));
+                continue;
+            }
+            match feature(name) {
+                Some(Ok(())) => println!("{name} is supported"),
+                Some(Err(why)) => {
+                    println!("{name} is not supported: {why}");
+                    status = 1;
+                }
+                None => {
+                    eprintln!("Error (crest): unknown feature {name}");
+                    return 1;
+                }
+            }
+        }
+        return status;
+    }
+    let feats = crest_core::features::probe();
+    let mut missing = 0;
+    let mut absent = 0;
+    for f in &feats {
+        let state = match (f.ok, f.required) {
+            (true, _) => "ok",
+            (false, true) => {
+                missing += 1;
+                "MISSING"
+            }
+            (false, false) => {
+                absent += 1;
+                "absent"
+            }
+        };
+        println!("{:<45} {:<8} {}", f.name, state, f.detail);
+    }
+    if missing > 0 {
+        eprintln!("Error (crest): {missing} required feature(s) missing");
+        return 1;
+    }
+    if (opts.check_extra || opts.check_experimental) && absent > 0 {
+        println!("Looks good but some kernel features are missing\nwhich, depending on your process tree, may cause\ndump or restore failure.");
+        return 0;
+    }
+    println!("Looks good.");
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_answers() {
+        assert_eq!(feature("clone3_set_tid"), Some(Ok(())));
+        assert!(matches!(feature("mem_dirty_track"), Some(Err(_))));
+        assert!(matches!(feature("uffd"), Some(Err(_))));
+        assert_eq!(feature("no_such_thing"), None);
+    }
+}

@@ -1,0 +1,537 @@
+//! One options model for every action (dump, pre-dump, restore, check):
+//! CRIU's options, under CRIU's names, filled alike by the command line,
+//! the RPC's `criu_opts` and CRIU's configuration files. What crest cannot
+//! honour yet is refused by [`Options::refusals`], naming the option; what
+//! CRIU itself documents as a no-op or as a relaxation crest never needs is
+//! taken and noted here.
+
+use std::path::PathBuf;
+
+/// The action an options set is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Dump,
+    PreDump,
+    Restore,
+    Check,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Dump => "dump",
+            Action::PreDump => "pre-dump",
+            Action::Restore => "restore",
+            Action::Check => "check",
+        }
+    }
+}
+
+/// CRIU's `--manage-cgroups` modes (`criu_cg_mode` in the RPC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgMode {
+    Ignore,
+    None,
+    Props,
+    Soft,
+    Full,
+    Strict,
+    /// Not given: CRIU treats it as `soft`.
+    Default,
+}
+
+impl CgMode {
+    /// The mode named on the command line (`--manage-cgroups=MODE`).
+    pub fn parse(s: &str) -> Option<CgMode> {
+        Some(match s {
+            "ignore" => CgMode::Ignore,
+            "none" => CgMode::None,
+            "props" => CgMode::Props,
+            "soft" => CgMode::Soft,
+            "full" => CgMode::Full,
+            "strict" => CgMode::Strict,
+            _ => return None,
+        })
+    }
+
+    /// The RPC's `criu_cg_mode` number.
+    pub fn from_rpc(n: i32) -> Option<CgMode> {
+        Some(match n {
+            0 => CgMode::Ignore,
+            1 => CgMode::None,
+            2 => CgMode::Props,
+            3 => CgMode::Soft,
+            4 => CgMode::Full,
+            5 => CgMode::Strict,
+            6 => CgMode::Default,
+            _ => return None,
+        })
+    }
+}
+
+/// CRIU's `--network-lock` methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+/// CRIU's `--join-ns NS:FILE[,EXTRA]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinNs {
+    pub ns: String,
+    pub file: String,
+    pub extra: Option<String>,
+}
+
+/// Every option of dump, pre-dump, restore and check. Field names follow
+/// crest's code where it had them (`dir` is `--images-dir`, `pid` is
+/// `--tree`, `detached` is `--restore-detached`); the rest are CRIU's.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `-D`/`--images-dir` (the RPC's `images_dir_fd`, opened).
+    pub dir: PathBuf,
+    /// `-W`/`--work-dir`: where logs, stats and relative pidfiles go
+    /// (the images directory when not given).
+    pub work_dir: Option<PathBuf>,
+    /// `-o`/`--log-file`, relative to the work directory.
+    pub log_file: Option<PathBuf>,
+    /// `-v`: 0 (errors) to 4 (debug); CRIU's default is 2.
+    pub verbosity: u32,
+    /// `--log-to-stderr`.
+    pub log_to_stderr: bool,
+    /// `-t`/`--tree`.
+    pub pid: i32,
+    /// `--pidfile`, relative to the work directory.
+    pub pidfile: Option<PathBuf>,
+    /// `-R`/`--leave-running`.
+    pub leave_running: bool,
+    /// `-s`/`--leave-stopped`.
+    pub leave_stopped: bool,
+    /// `-j`/`--shell-job`.
+    pub shell_job: bool,
+    /// `--ghost-limit`: largest file deleted while open whose contents are
+    /// saved.
+    pub ghost_limit: u64,
+    /// `--tcp-established`.
+    pub tcp_established: bool,
+    /// `--tcp-close`.
+    pub tcp_close: bool,
+    /// `--skip-in-flight` (crest refuses in-flight connections either way;
+    /// taking the option only lets CRIU's callers keep their command line).
+    pub tcp_skip_in_flight: bool,
+    /// `-x`/`--ext-unix-sk`.
+    pub ext_unix_sk: bool,
+    /// `-l`/`--file-locks`.
+    pub file_locks: bool,
+    /// `--link-remap`: crest saves files deleted while open as ghost files
+    /// whether or not it is given.
+    pub link_remap: bool,
+    /// `--evasive-devices`: a relaxation; crest reopens devices by path.
+    pub evasive_devices: bool,
+    /// `--force-irmap` (crest has no inode reverse map: a no-op).
+    pub force_irmap: bool,
+    /// `--irmap-scan-path` (the same).
+    pub irmap_scan_paths: Vec<String>,
+    /// `--ghost-fiemap` / `--no-ghost-fiemap`: how ghost contents are
+    /// stored, not what (crest stores them whole).
+    pub ghost_fiemap: Option<bool>,
+    /// `--network-lock`, when given.
+    pub network_lock: Option<NetworkLock>,
+    /// `--manage-cgroups[=MODE]`.
+    pub manage_cgroups: CgMode,
+    /// `--cgroup-root [CTRL:]PATH`: (controller, path).
+    pub cgroup_roots: Vec<(Option<String>, String)>,
+    /// `--cgroup-props`, `--cgroup-props-file`, `--cgroup-dump-controller`,
+    /// `cgroup_yard`.
+    pub cgroup_props: Option<String>,
+    pub cgroup_props_file: Option<String>,
+    pub cgroup_dump_controllers: Vec<String>,
+    pub cgroup_yard: Option<String>,
+    /// `--freeze-cgroup PATH`.
+    pub freeze_cgroup: Option<PathBuf>,
+    /// `--external`, also what `--ext-mount-map` and `--veth-pair` say
+    /// (turned into `mnt[..]:..` and `veth[..]:..`).
+    pub external: Vec<String>,
+    /// `--ext-mount-map auto`.
+    pub auto_ext_mnt: bool,
+    pub ext_sharing: bool,
+    pub ext_masters: bool,
+    /// `--inherit-fd fd[N]:KEY`: (fd, key).
+    pub inherit_fd: Vec<(i32, String)>,
+    /// `-J`/`--join-ns`.
+    pub join_ns: Vec<JoinNs>,
+    /// `--empty-ns net`: CLONE_NEWNET.
+    pub empty_ns: u32,
+    /// `-r`/`--root`.
+    pub root: Option<PathBuf>,
+    /// `-d`/`--restore-detached`.
+    pub detached: bool,
+    /// `-S`/`--restore-sibling` (the RPC's `rst_sibling`).
+    pub restore_sibling: bool,
+    /// `--timeout N` (seconds).
+    pub timeout: u32,
+    /// `--pre-dump-mode splice|read`.
+    pub pre_dump_mode: Option<String>,
+    /// `--track-mem`, `--prev-images-dir`, `--auto-dedup`.
+    pub track_mem: bool,
+    pub prev_images_dir: Option<PathBuf>,
+    pub auto_dedup: bool,
+    /// `--lazy-pages`, `--page-server`, `--address`, `--port`,
+    /// `--ps-socket`.
+    pub lazy_pages: bool,
+    pub page_server: bool,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub ps_socket: Option<i32>,
+    /// `--status-fd N`: a zero byte is written when the action is done.
+    pub status_fd: Option<i32>,
+    /// `--action-script FILE` (repeatable).
+    pub action_scripts: Vec<String>,
+    /// `--display-stats`.
+    pub display_stats: bool,
+    /// The RPC's `orphan_pts_master`.
+    pub orphan_pts_master: bool,
+    /// `--lsm-profile TYPE:NAME`, `--lsm-mount-context`.
+    pub lsm_profile: Option<String>,
+    pub lsm_mount_context: Option<String>,
+    /// `--skip-mnt`, `--enable-fs`.
+    pub skip_mnt: Vec<String>,
+    pub enable_fs: Vec<String>,
+    /// `--weak-sysctls`, `--skip-file-rwx-check`, `--allow-uprobes`: only
+    /// relax checks.
+    pub weak_sysctls: bool,
+    pub skip_file_rwx_check: bool,
+    pub allow_uprobes: bool,
+    /// `--mntns-compat-mode` picks CRIU's older mount engine: crest has one.
+    pub mntns_compat_mode: bool,
+    /// `--unprivileged`: crest needs its privileges either way.
+    pub unprivileged: bool,
+    /// `--cpu-cap`: which CPU checks a restore makes (crest makes none).
+    pub cpu_cap: Option<String>,
+    /// `--file-validation`: how files are checked at restore.
+    pub file_validation: Option<String>,
+    /// `--exec-cmd` (the command after the options).
+    pub exec_cmd: Vec<String>,
+    /// TLS for the page server.
+    pub tls: bool,
+    /// `--deprecated`, `--log-pid`, `--relative-timestamps`, `-L`: no
+    /// effect on what is dumped or restored.
+    pub log_pid: bool,
+    /// Check: `--feature NAME` (repeatable), `--extra`, `--experimental`,
+    /// `--all`.
+    pub features: Vec<String>,
+    pub check_extra: bool,
+    pub check_experimental: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            dir: PathBuf::from("."),
+            work_dir: None,
+            log_file: None,
+            verbosity: 2,
+            log_to_stderr: false,
+            pid: 0,
+            pidfile: None,
+            leave_running: false,
+            leave_stopped: false,
+            shell_job: false,
+            ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
+            tcp_established: false,
+            tcp_close: false,
+            tcp_skip_in_flight: false,
+            ext_unix_sk: false,
+            file_locks: false,
+            link_remap: false,
+            evasive_devices: false,
+            force_irmap: false,
+            irmap_scan_paths: Vec::new(),
+            ghost_fiemap: None,
+            network_lock: None,
+            manage_cgroups: CgMode::Default,
+            cgroup_roots: Vec::new(),
+            cgroup_props: None,
+            cgroup_props_file: None,
+            cgroup_dump_controllers: Vec::new(),
+            cgroup_yard: None,
+            freeze_cgroup: None,
+            external: Vec::new(),
+            auto_ext_mnt: false,
+            ext_sharing: false,
+            ext_masters: false,
+            inherit_fd: Vec::new(),
+            join_ns: Vec::new(),
+            empty_ns: 0,
+            root: None,
+            detached: false,
+            restore_sibling: false,
+            timeout: 10,
+            pre_dump_mode: None,
+            track_mem: false,
+            prev_images_dir: None,
+            auto_dedup: false,
+            lazy_pages: false,
+            page_server: false,
+            address: None,
+            port: None,
+            ps_socket: None,
+            status_fd: None,
+            action_scripts: Vec::new(),
+            display_stats: false,
+            orphan_pts_master: false,
+            lsm_profile: None,
+            lsm_mount_context: None,
+            skip_mnt: Vec::new(),
+            enable_fs: Vec::new(),
+            weak_sysctls: false,
+            skip_file_rwx_check: false,
+            allow_uprobes: false,
+            mntns_compat_mode: false,
+            unprivileged: false,
+            cpu_cap: None,
+            file_validation: None,
+            exec_cmd: Vec::new(),
+            tls: false,
+            log_pid: false,
+            features: Vec::new(),
+            check_extra: false,
+            check_experimental: false,
+        }
+    }
+}
+
+/// An option crest refuses for an action, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{option}: {why}")]
+pub struct Refused {
+    pub option: String,
+    pub why: String,
+}
+
+fn refuse(out: &mut Vec<Refused>, on: bool, option: &str, why: &str) {
+    if on {
+        out.push(Refused {
+            option: option.to_string(),
+            why: why.to_string(),
+        });
+    }
+}
+
+impl Options {
+    /// The directory logs, stats and relative pidfiles go to.
+    pub fn work_dir(&self) -> &std::path::Path {
+        self.work_dir.as_deref().unwrap_or(&self.dir)
+    }
+
+    /// A path the options give relative to the work directory, made
+    /// absolute.
+    pub fn in_work_dir(&self, p: &std::path::Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.work_dir().join(p)
+        }
+    }
+
+    /// Every option set that crest cannot honour for `action` yet, each
+    /// named. Empty when the action can go ahead.
+    pub fn refusals(&self, action: Action) -> Vec<Refused> {
+        let mut r = Vec::new();
+        let not_yet = "not supported by crest yet";
+        let migration = "not supported by crest yet (iterative and lazy migration)";
+        refuse(&mut r, action == Action::PreDump, "pre-dump", migration);
+        refuse(&mut r, self.track_mem, "--track-mem", migration);
+        refuse(
+            &mut r,
+            self.prev_images_dir.is_some(),
+            "--prev-images-dir",
+            migration,
+        );
+        refuse(&mut r, self.auto_dedup, "--auto-dedup", migration);
+        refuse(&mut r, self.lazy_pages, "--lazy-pages", migration);
+        refuse(&mut r, self.page_server, "--page-server", migration);
+        refuse(&mut r, self.ps_socket.is_some(), "--ps-socket", migration);
+        refuse(&mut r, self.tls, "--tls", migration);
+        refuse(
+            &mut r,
+            self.ext_unix_sk,
+            "--ext-unix-sk",
+            "unix sockets connected outside the tree are not supported by crest yet",
+        );
+        refuse(&mut r, self.tcp_close, "--tcp-close", not_yet);
+        refuse(
+            &mut r,
+            matches!(
+                self.network_lock,
+                Some(NetworkLock::Iptables | NetworkLock::Nftables)
+            ),
+            "--network-lock",
+            "crest does not lock the network (use --network-lock skip)",
+        );
+        refuse(
+            &mut r,
+            matches!(
+                self.manage_cgroups,
+                CgMode::Props | CgMode::Full | CgMode::Strict
+            ),
+            "--manage-cgroups",
+            "crest does not restore cgroup controller settings yet (modes soft, none and ignore work)",
+        );
+        refuse(
+            &mut r,
+            self.cgroup_props.is_some()
+                || self.cgroup_props_file.is_some()
+                || !self.cgroup_dump_controllers.is_empty()
+                || self.cgroup_yard.is_some(),
+            "--cgroup-props/--cgroup-dump-controller/--cgroup-yard",
+            "crest does not dump cgroup controller settings yet",
+        );
+        refuse(&mut r, self.auto_ext_mnt, "--ext-mount-map auto", not_yet);
+        refuse(
+            &mut r,
+            self.ext_sharing || self.ext_masters,
+            "--enable-external-sharing/--enable-external-masters",
+            not_yet,
+        );
+        refuse(&mut r, !self.skip_mnt.is_empty(), "--skip-mnt", not_yet);
+        refuse(&mut r, !self.enable_fs.is_empty(), "--enable-fs", not_yet);
+        refuse(&mut r, !self.join_ns.is_empty(), "--join-ns", not_yet);
+        refuse(
+            &mut r,
+            self.empty_ns & !(libc::CLONE_NEWNET as u32) != 0,
+            "--empty-ns",
+            "only the net namespace can be left empty",
+        );
+        refuse(
+            &mut r,
+            self.lsm_profile.is_some() || self.lsm_mount_context.is_some(),
+            "--lsm-profile",
+            "crest does not dump or set LSM profiles yet",
+        );
+        refuse(&mut r, !self.exec_cmd.is_empty(), "--exec-cmd", not_yet);
+        refuse(
+            &mut r,
+            self.pre_dump_mode.is_some() && action != Action::PreDump && action != Action::Dump,
+            "--pre-dump-mode",
+            "only for pre-dump",
+        );
+        refuse(
+            &mut r,
+            self.leave_stopped && action == Action::Restore && !self.detached,
+            "--leave-stopped",
+            "a restore that waits for a stopped tree never ends (add --restore-detached)",
+        );
+        refuse(
+            &mut r,
+            self.restore_sibling && action == Action::Restore && !self.detached,
+            "--restore-sibling",
+            "only makes sense with --restore-detached",
+        );
+        for e in &self.external {
+            if crate::ns::mnt::mnt_externals(std::slice::from_ref(e)).len() == 1 {
+                continue;
+            }
+            if matches!(&crate::ns::net::veth_externals(std::slice::from_ref(e))[..], [(inside, _)] if !inside.is_empty())
+            {
+                continue;
+            }
+            r.push(Refused {
+                option: format!("--external {e}"),
+                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME and external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore)".into(),
+            });
+        }
+        for (fd, key) in &self.inherit_fd {
+            let pipe = key
+                .strip_prefix("pipe:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|i| i.parse::<u32>().is_ok());
+            if !pipe || *fd < 0 {
+                r.push(Refused {
+                    option: format!("--inherit-fd fd[{fd}]:{key}"),
+                    why: "crest takes --inherit-fd for pipes only (fd[N]:pipe:[INODE])".into(),
+                });
+            }
+        }
+        if action == Action::Dump && self.pid <= 0 {
+            r.push(Refused {
+                option: "--tree".into(),
+                why: "a dump needs the pid of the tree's root".into(),
+            });
+        }
+        r
+    }
+}
+
+/// A size in bytes with an optional K, M or G suffix (powers of 1024), as
+/// CRIU's `--ghost-limit` takes it.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_criu_defaults_and_go() {
+        let o = Options {
+            pid: 1,
+            ..Options::default()
+        };
+        assert_eq!(o.verbosity, 2);
+        assert_eq!(o.ghost_limit, 1 << 20);
+        assert_eq!(o.timeout, 10);
+        assert!(o.refusals(Action::Dump).is_empty());
+        assert!(o.refusals(Action::Restore).is_empty());
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let o = Options {
+            pid: 1,
+            lazy_pages: true,
+            ext_unix_sk: true,
+            network_lock: Some(NetworkLock::Iptables),
+            inherit_fd: vec![(3, "tmp/file".into())],
+            ..Options::default()
+        };
+        let names: Vec<String> = o
+            .refusals(Action::Dump)
+            .into_iter()
+            .map(|r| r.option)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "--lazy-pages",
+                "--ext-unix-sk",
+                "--network-lock",
+                "--inherit-fd fd[3]:tmp/file"
+            ]
+        );
+        let skip = Options {
+            pid: 1,
+            network_lock: Some(NetworkLock::Skip),
+            ..Options::default()
+        };
+        assert!(skip.refusals(Action::Dump).is_empty());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("17"), Some(17));
+        assert_eq!(parse_size("x"), None);
+    }
+}
