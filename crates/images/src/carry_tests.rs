@@ -121,6 +121,7 @@ fn fs_entry(path: &str, size: Option<u64>) -> CrestFsEntry {
         target: None,
         mtime_sec: Some(1),
         mtime_nsec: Some(2),
+        rdev: None,
     }
 }
 
