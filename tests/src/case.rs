@@ -559,7 +559,8 @@ pub fn dump(
 }
 
 /// Like [`dump`], but a crest that exits non-zero is no error: its run is
-/// returned (None: the dump succeeded and was checked).
+/// returned (None: the dump succeeded and was checked, crit reading every
+/// image as well).
 pub fn dump_attempt(
     cfg: &Config,
     dir: &CaseDir,
@@ -586,6 +587,7 @@ pub fn dump_attempt(
         }
     }
     if leave_running {
+        crate::crit::require(dir, procs)?;
         return Ok(None);
     }
     match wait_exit(pid, Duration::from_secs(10))? {
@@ -612,6 +614,7 @@ pub fn dump_attempt(
     // descendants that ended after the snapshot (a fork storm) are zombies
     // of the harness now and hold pids the restore needs
     procs::reap_zombie_children();
+    crate::crit::require(dir, procs)?;
     Ok(None)
 }
 

@@ -4,7 +4,7 @@
 //! work; a dump of a missing pid fails naming it; images are mode 0600.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::unistd::Pid;
@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::case::{self, run_in, CaseDir, Mode, Workload};
 use crate::crest::{self, Ran, CREST_TIMEOUT};
+use crate::crit::find_crit;
 use crate::procs::{self, Exit, Procs};
 use crate::suite::Report;
 use crate::{Config, Flavor, Outcome, StdioKind};
@@ -155,62 +156,31 @@ fn crest_run(cfg: &Config, dir: &Path, tag: &str, args: &[&str]) -> Result<Ran> 
     )
 }
 
-/// Every `*.img` of a directory, sorted.
-fn images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("read {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "img"))
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// `crit` on PATH.
-fn find_crit() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("crit"))
-        .find(|p| p.is_file())
-}
+use crate::crit::{file_name, images};
 
 /// Runs `crit decode -i FILE`; returns its stdout.
 fn crit_decode(crit: &Path, dir: &CaseDir, img: &Path) -> Result<String> {
-    let mut cmd = std::process::Command::new(crit);
-    cmd.arg("decode").arg("-i").arg(img);
-    let tag = format!("crit-{}", file_name(img));
-    let mut procs = Procs::default();
-    let ran = crest::run(cmd, &dir.root, &tag, CREST_TIMEOUT, &mut procs)?;
-    if !ran.success() {
-        bail!(ran.failure(&format!("crit decode -i {}", file_name(img))));
-    }
-    Ok(ran.stdout)
+    crate::crit::decode(crit, dir, "decode", img)
 }
 
-/// (b) `crit decode` reads every image but the raw pages and crest's own
-/// `crest-*.img` (CRIU has no message for those), and the pstree names the
-/// pid.
+/// (b) `crit decode -i` and `crit show` read every image but the files CRIU
+/// itself writes raw (pages), crest's own `crest-*.img` included, and the
+/// pstree names the pid.
 fn crit_decodes(_cfg: &Config, dir: &CaseDir, pid: Pid) -> Result<Outcome> {
     let Some(crit) = find_crit() else {
         return Ok(Outcome::Skip(
             "crit is not on PATH (Debian package criu)".into(),
         ));
     };
-    let mut decoded = 0;
+    let mut decoded = Vec::new();
     for img in images(&dir.images)? {
         let n = file_name(&img);
-        if n.starts_with("pages-") || n.starts_with("crest-") {
+        if crate::crit::is_raw(&n) {
             continue;
         }
         crit_decode(&crit, dir, &img)?;
-        decoded += 1;
+        crate::crit::decode(&crit, dir, "show", &img)?;
+        decoded.push(n);
     }
     let pstree = crit_decode(&crit, dir, &dir.images.join("pstree.img"))?;
     let json: Value = serde_json::from_str(&pstree).context("crit's pstree output is not JSON")?;
@@ -221,8 +191,11 @@ fn crit_decodes(_cfg: &Config, dir: &CaseDir, pid: Pid) -> Result<Outcome> {
     if !pids.contains(&i64::from(pid.as_raw())) {
         bail!("crit's pstree.img holds pids {pids:?}, not {pid}");
     }
-    if decoded < 3 {
-        bail!("only {decoded} images decoded; expected inventory, pstree, core, mm, ...");
+    if decoded.len() < 3 {
+        bail!(
+            "only {} images decoded; expected inventory, pstree, core, mm, ...",
+            decoded.len()
+        );
     }
     Ok(Outcome::Pass)
 }

@@ -194,6 +194,7 @@ pub(crate) fn steps(
         }
         procs.untrack(*p);
     }
+    crate::crit::require(dir, procs)?;
     let mut problems = Vec::new();
     match nested::show_ns(cfg, dir, &[&images], "show-images", procs) {
         Ok(g) => nested::graph_check(

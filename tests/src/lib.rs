@@ -15,6 +15,7 @@ pub mod case;
 pub mod config;
 pub mod containers;
 pub mod crest;
+pub mod crit;
 pub mod daemons;
 pub mod dumpchecks;
 pub mod fresh_init;

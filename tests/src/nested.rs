@@ -515,7 +515,7 @@ fn dump(
             );
         }
     }
-    Ok(())
+    crate::crit::require(dir, procs)
 }
 
 /// SIGTERM the root, wait for it, read the verdict; then end the launcher

@@ -58,6 +58,8 @@ pub fn dump_thread(
             rseq_entry: rseq,
             ..ThreadCoreEntry::default()
         }),
+        // set by the writer
+        crest_thread: None,
     };
     let extra = CrestThreadExtra {
         xsave_size: Some(xsave.len() as u32),

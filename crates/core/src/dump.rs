@@ -150,18 +150,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
         let ids = match task.zombie {
             Some(status) => {
                 let core = coreimg::zombie(task.pid, status);
-                crest_images::write_image(
-                    &opts.dir,
-                    &names::core(task.pid as u32),
-                    magic::CORE,
-                    &[core],
-                )?;
-                crest_images::write_image(
-                    &opts.dir,
-                    &names::crest_thread(task.pid as u32),
-                    magic::CREST_THREAD,
-                    &[coreimg::zombie_extra(task.pid)],
-                )?;
+                write_core(&opts.dir, task.pid, core, coreimg::zombie_extra(task.pid))?;
                 TaskKobjIdsEntry {
                     vm_id: id,
                     files_id: id,
@@ -280,7 +269,7 @@ fn dump_task(
     core.tc = Some(tc);
     t.put_back().at(pid, "put the task back")?;
     t.leak();
-    write_core(dir, pid, &core, &extra)?;
+    write_core(dir, pid, core, extra)?;
 
     for &tid in task.threads.iter().filter(|t| **t != pid) {
         let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
@@ -288,7 +277,7 @@ fn dump_task(
         let (core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
-        write_core(dir, tid, &core, &extra)?;
+        write_core(dir, tid, core, extra)?;
     }
 
     let upid = pid as u32;
@@ -323,25 +312,15 @@ fn for_children(pid: i32, others: &OtherGraph, pids: &PidnsGraph) -> (Option<u32
     )
 }
 
+/// Writes `core-<tid>.img`, crest's extras in `core_entry.crest_thread`.
 fn write_core(
     dir: &Path,
     tid: i32,
-    core: &crest_images::pb::CoreEntry,
-    extra: &crest_images::pb::crest::CrestThreadExtra,
+    mut core: crest_images::pb::CoreEntry,
+    extra: crest_images::pb::crest::CrestThreadExtra,
 ) -> Result<(), DumpError> {
-    let utid = tid as u32;
-    crest_images::write_image(
-        dir,
-        &names::core(utid),
-        magic::CORE,
-        std::slice::from_ref(core),
-    )?;
-    crest_images::write_image(
-        dir,
-        &names::crest_thread(utid),
-        magic::CREST_THREAD,
-        std::slice::from_ref(extra),
-    )?;
+    core.crest_thread = Some(extra);
+    crest_images::write_image(dir, &names::core(tid as u32), magic::CORE, &[core])?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Registers: the general registers (`NT_PRSTATUS`) in CRIU's
 //! `user_x86_regs_entry`, the legacy FPU area in `user_x86_fpregs_entry`,
-//! and the whole xsave area (`NT_X86_XSTATE`) in crest's own
-//! `crest-thread-<tid>.img`, since CRIU's message splits it by component.
+//! and the whole xsave area (`NT_X86_XSTATE`) in crest's field of the core
+//! (`core_entry.crest_thread`), since CRIU's message splits it by component.
 //!
 //! Restore sets them last, fixing up a syscall that the dump interrupted so
 //! that it restarts the way the kernel would have restarted it.

@@ -63,11 +63,15 @@ any_entry! {
     Userns(pb::UsernsEntry),
     /// `utsns-<id>.img`
     Utsns(pb::UtsnsEntry),
-    /// `crest-thread-<tid>.img`
+    /// `mountpoints-<id>.img`
+    Mnt(Box<pb::MntEntry>),
+    /// `crest-cgroups.img`
+    Cgroup(pb::CgroupEntry),
+    /// Legacy `crest-thread-<tid>.img`
     CrestThread(pb::crest::CrestThreadExtra),
-    /// `crest-userns.img`
+    /// Legacy `crest-userns.img`
     CrestUserns(pb::crest::CrestUsernsEntry),
-    /// `crest-ns.img`
+    /// Legacy `crest-ns.img`
     CrestNs(pb::crest::CrestNsEntry),
 }
 
@@ -121,6 +125,8 @@ fn next_any(
         ImageKind::Sigacts => r.next_entry()?.map(AnyEntry::Sigact),
         ImageKind::Userns => r.next_entry()?.map(AnyEntry::Userns),
         ImageKind::Utsns => r.next_entry()?.map(AnyEntry::Utsns),
+        ImageKind::Mnts => r.next_entry()?.map(|m| AnyEntry::Mnt(Box::new(m))),
+        ImageKind::Cgroup => r.next_entry()?.map(AnyEntry::Cgroup),
         ImageKind::CrestThread => r.next_entry()?.map(AnyEntry::CrestThread),
         ImageKind::CrestUserns => r.next_entry()?.map(AnyEntry::CrestUserns),
         ImageKind::CrestNs => r.next_entry()?.map(AnyEntry::CrestNs),

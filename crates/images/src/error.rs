@@ -65,6 +65,20 @@ pub enum ImageError {
         offset: u64,
         source: prost::DecodeError,
     },
+    /// An entry of CRIU's message lacks the crest field it must carry.
+    #[error("{} at offset {offset}: entry lacks crest's {what}", path.display())]
+    NotCarried {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
+    /// A directory holds more images of a kind than crest reads.
+    #[error("{}: more than {limit} {what}", path.display())]
+    TooMany {
+        path: PathBuf,
+        what: &'static str,
+        limit: usize,
+    },
     /// The image holds no entry where one is required.
     #[error("{}: no entry where one is required", path.display())]
     Missing { path: PathBuf },

@@ -216,6 +216,36 @@ impl ImageReader {
         Ok(r)
     }
 
+    /// Opens `dir/name`, a framed image with any one of `magics` (all of
+    /// them framed after [`magic::IMG_COMMON`]); [`ImageReader::magic`] says
+    /// which. For files whose magic changed: today's first, then legacy.
+    pub fn open_any(dir: &Path, name: &str, magics: &[u32]) -> Result<ImageReader, ImageError> {
+        let path = image_path(dir, name)?;
+        let mut r = ImageReader::open_unchecked(&path)?;
+        r.expect_magic("common magic", magic::IMG_COMMON)?;
+        let offset = r.offset;
+        let found = r
+            .read_u32("image magic")?
+            .ok_or_else(|| ImageError::Truncated {
+                path: r.path.clone(),
+                offset,
+                what: "image magic",
+                needed: 4,
+                found: 0,
+            })?;
+        if !magics.contains(&found) || magic::framing(found) != Framing::Common {
+            return Err(ImageError::BadMagic {
+                path: r.path.clone(),
+                offset,
+                what: "image magic",
+                expected: magics.first().copied().unwrap_or(magic::RAW),
+                found,
+            });
+        }
+        r.magic = found;
+        Ok(r)
+    }
+
     pub(crate) fn open_unchecked(path: &Path) -> Result<ImageReader, ImageError> {
         let open_err = |source| ImageError::Open {
             path: path.to_path_buf(),

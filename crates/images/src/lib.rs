@@ -5,12 +5,15 @@
 //! - [`magic`]: every file magic; [`names`]: file names and [`ImageKind`].
 //! - [`ImageWriter`] / [`ImageReader`]: CRIU's framing, read defensively
 //!   (magics checked, every length bounded before allocating).
+//! - [`carry`]: crest's additions inside CRIU's messages, and the reader of
+//!   the older crest-only files.
 //! - [`decode_file`] / [`recode_matches`]: decode any known image, for
 //!   `crest show` and round-trip tests.
 //!
 //! No syscalls beyond file I/O, and `forbid(unsafe_code)`.
 #![forbid(unsafe_code)]
 
+pub mod carry;
 mod decode;
 mod error;
 mod framing;
@@ -28,7 +31,12 @@ pub use names::{kind_of, ImageKind};
 /// e.g. `pb::PstreeEntry`; crest's own (package `crest`) in [`pb::crest`].
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/criu.rs"));
+    /// CRIU's messages (package `criu`), re-exported at [`pb`]'s level.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod criu {
+        include!(concat!(env!("OUT_DIR"), "/criu.rs"));
+    }
+    pub use criu::*;
 
     /// CRIU's RPC (`criu swrk`): requests, answers, notifications.
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -56,5 +64,7 @@ pub const PE_LAZY: u32 = 1 << 1;
 /// `pagemap_entry.flags`: the pages are in this image's pages file.
 pub const PE_PRESENT: u32 = 1 << 2;
 
+#[cfg(test)]
+mod carry_tests;
 #[cfg(test)]
 mod tests;

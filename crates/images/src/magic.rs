@@ -1,6 +1,6 @@
 //! File magics. The CRIU values are CRIU's own, so CRIU's tools recognise our
-//! images; crest's own files use the `0x435253xx` ("CRS") range, which no CRIU
-//! image uses.
+//! images. Every file crest writes has a CRIU magic; the `0x435253xx`
+//! ("CRS") magics of crest's older images are kept for reading them.
 
 /// First word of every ordinary image.
 pub const IMG_COMMON: u32 = 0x5456_4319;
@@ -86,27 +86,29 @@ pub const SECCOMP: u32 = 0x6441_3049;
 /// `stats-dump` / `stats-restore` (a service image)
 pub const STATS: u32 = 0x5709_3306;
 
-/// crest's `crest-thread-<tid>.img`: the raw xsave area of one thread.
+// crest's own magics of the images it wrote before every file became one
+// CRIU's `crit` decodes (see `proto/crest.proto` and [`crate::carry`]):
+// read, never written.
+
+/// Legacy `crest-thread-<tid>.img` (now `core_entry.crest_thread`).
 pub const CREST_THREAD: u32 = 0x4352_5301;
-/// crest's `crest-userns.img`: the user-namespace hierarchy.
+/// Legacy `crest-userns.img` (now `userns_entry.crest_userns`).
 pub const CREST_USERNS: u32 = 0x4352_5302;
-/// `crest-ns.img` (crest's own): the tree's other namespaces.
+/// Legacy magic of `crest-ns.img` (now [`NS_FILES`]).
 pub const CREST_NS: u32 = 0x4352_5303;
-/// `crest-mnt-<id>.img` (crest's own): the mounts of a mount namespace.
+/// Legacy `crest-mnt-<id>.img` (now `mountpoints-<id>.img`, [`MNTS`]).
 pub const CREST_MNT: u32 = 0x4352_5304;
-/// `crest-cgroups.img` (crest's own): tasks' cgroups.
+/// Legacy magic of `crest-cgroups.img` (now [`CGROUP`]).
 pub const CREST_CGROUPS: u32 = 0x4352_5307;
-/// `crest-pmq-<id>.img` (crest's own): POSIX message queues.
+/// Legacy `crest-pmq-<id>.img` (now `ipc_var_entry.crest_pmqs`).
 pub const CREST_PMQ: u32 = 0x4352_5306;
-/// `crest-tmpfs-<ns>-<mnt>.img` (crest's own): the files of a tmpfs.
+/// Legacy magic of `crest-tmpfs-<ns>-<mnt>.img` (now [`PIPES_DATA`]).
 pub const CREST_TMPFS: u32 = 0x4352_5305;
-
-/// `crest-udp-queues.img` (crest's own): datagrams queued on UDP sockets.
+/// Legacy magic of `crest-udp-queues.img` (now [`SK_QUEUES`]).
 pub const CREST_UDP_QUEUES: u32 = 0x4352_5310;
-
-/// `crest-netdev-<id>.img` (crest's own): what CRIU's net_device_entry cannot say
+/// Legacy `crest-netdev-<id>.img` (now `net_device_entry.crest_netdev`).
 pub const CREST_NETDEV: u32 = 0x4352_5320;
-/// `crest-net-sysctl-<id>.img` (crest's own): net namespace sysctls by name
+/// Legacy `crest-net-sysctl-<id>.img` (now `netns_entry.crest_sysctls`).
 pub const CREST_NET_SYSCTL: u32 = 0x4352_5321;
 
 /// How a file with this per-file magic begins.

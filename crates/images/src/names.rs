@@ -22,7 +22,7 @@ pub const REMAP_FPATH: &str = "remap-fpath.img";
 pub const MEMFD_INODE: &str = "memfd.img";
 /// Data queued on sockets: `sk_packet_entry`s each followed by raw bytes.
 pub const SK_QUEUES: &str = "sk-queues.img";
-/// `crest-udp-queues.img` (crest's own)
+/// `crest-udp-queues.img` (crest's, in CRIU's `SK_QUEUES` framing)
 pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
 /// `tty-info.img`
 pub const TTY_INFO: &str = "tty-info.img";
@@ -34,11 +34,11 @@ pub const NS_FILES: &str = "ns-files.img";
 pub const STATS_DUMP: &str = "stats-dump";
 /// `stats-restore`: what the last restore took.
 pub const STATS_RESTORE: &str = "stats-restore";
-/// `crest-userns.img` (crest's own)
+/// Legacy `crest-userns.img` (read only)
 pub const CREST_USERNS: &str = "crest-userns.img";
-/// `crest-cgroups.img` (crest's own)
+/// `crest-cgroups.img` (crest's, `cgroup_entry`s with CRIU's `CGROUP` magic)
 pub const CREST_CGROUPS: &str = "crest-cgroups.img";
-/// `crest-ns.img` (crest's own)
+/// `crest-ns.img` (crest's, `ns_file_entry`s with CRIU's `NS_FILES` magic)
 pub const CREST_NS: &str = "crest-ns.img";
 
 /// `core-<tid>.img`
@@ -97,9 +97,13 @@ pub fn ipcns_sem(id: u32) -> String {
 pub fn ipcns_msg(id: u32) -> String {
     format!("ipcns-msg-{id}.img")
 }
-/// `crest-pmq-<ipc ns id>.img` (crest's own)
+/// Legacy `crest-pmq-<ipc ns id>.img` (read only)
 pub fn crest_pmq(id: u32) -> String {
     format!("crest-pmq-{id}.img")
+}
+/// `mountpoints-<id>.img`: the mounts of a mount namespace
+pub fn mountpoints(id: u32) -> String {
+    format!("mountpoints-{id}.img")
 }
 /// `netns-<id>.img`
 pub fn netns(id: u32) -> String {
@@ -125,28 +129,29 @@ pub fn route6(id: u32) -> String {
 pub fn rule(id: u32) -> String {
     format!("rule-{id}.img")
 }
-/// `crest-rule6-<id>.img` (crest's own, laid out like `rule-<id>.img`)
+/// Legacy `crest-rule6-<id>.img` (read only; laid out like `rule-<id>.img`)
 pub fn crest_rule6(id: u32) -> String {
     format!("crest-rule6-{id}.img")
 }
-/// `crest-neigh-<id>.img` (crest's own: permanent neighbour entries,
+/// Legacy `crest-neigh-<id>.img` (read only: permanent neighbour entries,
 /// laid out like `ip rule save` output with its own magic)
 pub fn crest_neigh(id: u32) -> String {
     format!("crest-neigh-{id}.img")
 }
-/// `crest-netdev-<id>.img` (crest's own)
+/// Legacy `crest-netdev-<id>.img` (read only)
 pub fn crest_netdev(id: u32) -> String {
     format!("crest-netdev-{id}.img")
 }
-/// `crest-net-sysctl-<id>.img` (crest's own)
+/// Legacy `crest-net-sysctl-<id>.img` (read only)
 pub fn crest_net_sysctl(id: u32) -> String {
     format!("crest-net-sysctl-{id}.img")
 }
-/// `crest-mnt-<id>.img` (crest's own)
+/// Legacy `crest-mnt-<id>.img` (read only; now [`mountpoints`])
 pub fn crest_mnt(id: u32) -> String {
     format!("crest-mnt-{id}.img")
 }
-/// `crest-tmpfs-<ns id>-<mnt id>.img` (crest's own)
+/// `crest-tmpfs-<ns id>-<mnt id>.img` (crest's, in CRIU's `PIPES_DATA`
+/// framing)
 pub fn crest_tmpfs(ns: u32, mnt: u32) -> String {
     format!("crest-tmpfs-{ns}-{mnt}.img")
 }
@@ -162,7 +167,7 @@ pub fn pagemap_shmem(shmid: u32) -> String {
 pub fn tcp_stream(ino: u32) -> String {
     format!("tcp-stream-{ino:x}.img")
 }
-/// `crest-thread-<tid>.img` (crest's own)
+/// Legacy `crest-thread-<tid>.img` (read only)
 pub fn crest_thread(tid: u32) -> String {
     format!("crest-thread-{tid}.img")
 }
@@ -202,17 +207,22 @@ pub enum ImageKind {
     Userns,
     /// `utsns-<id>.img`: one `UtsnsEntry`.
     Utsns,
-    /// `crest-thread-<tid>.img`: one `CrestThreadExtra`.
+    /// `mountpoints-<id>.img`: `MntEntry` per mount.
+    Mnts,
+    /// `crest-cgroups.img`: `CgroupEntry` per task.
+    Cgroup,
+    /// Legacy `crest-thread-<tid>.img`: one `CrestThreadExtra`.
     CrestThread,
-    /// `crest-userns.img`: `CrestUsernsEntry` per user namespace.
+    /// Legacy `crest-userns.img`: `CrestUsernsEntry` per user namespace.
     CrestUserns,
-    /// `crest-ns.img`: `CrestNsEntry` per other namespace.
+    /// Legacy `crest-ns.img` (crest's own magic): `CrestNsEntry` per other
+    /// namespace. Today's `crest-ns.img` is [`ImageKind::NsFiles`].
     CrestNs,
 }
 
 impl ImageKind {
     /// Every kind, for lookups.
-    pub const ALL: [ImageKind; 19] = [
+    pub const ALL: [ImageKind; 21] = [
         ImageKind::Inventory,
         ImageKind::Pstree,
         ImageKind::Core,
@@ -229,6 +239,8 @@ impl ImageKind {
         ImageKind::Sigacts,
         ImageKind::Userns,
         ImageKind::Utsns,
+        ImageKind::Mnts,
+        ImageKind::Cgroup,
         ImageKind::CrestThread,
         ImageKind::CrestUserns,
         ImageKind::CrestNs,
@@ -253,6 +265,8 @@ impl ImageKind {
             ImageKind::Sigacts => magic::SIGACT,
             ImageKind::Userns => magic::USERNS,
             ImageKind::Utsns => magic::UTSNS,
+            ImageKind::Mnts => magic::MNTS,
+            ImageKind::Cgroup => magic::CGROUP,
             ImageKind::CrestThread => magic::CREST_THREAD,
             ImageKind::CrestUserns => magic::CREST_USERNS,
             ImageKind::CrestNs => magic::CREST_NS,
@@ -277,7 +291,13 @@ fn numbered(name: &str, prefix: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// The kind of image a file name denotes, for every image this crate knows.
+/// The id of a `userns-<id>.img` file name.
+pub fn userns_id(file_name: &str) -> Option<u32> {
+    numbered(file_name, "userns-")
+}
+
+/// The kind of image a file name denotes, for every image this crate knows
+/// by name (others are told by their magic).
 pub fn kind_of(file_name: &str) -> Option<ImageKind> {
     let fixed = [
         (INVENTORY, ImageKind::Inventory),
@@ -287,7 +307,8 @@ pub fn kind_of(file_name: &str) -> Option<ImageKind> {
         (PIPES, ImageKind::Pipes),
         (NS_FILES, ImageKind::NsFiles),
         (CREST_USERNS, ImageKind::CrestUserns),
-        (CREST_NS, ImageKind::CrestNs),
+        // crest-ns.img and crest-cgroups.img are told by their magic: a
+        // legacy crest one or CRIU's.
     ];
     if let Some((_, kind)) = fixed.iter().find(|(n, _)| *n == file_name) {
         return Some(*kind);
@@ -303,6 +324,7 @@ pub fn kind_of(file_name: &str) -> Option<ImageKind> {
         ("sigacts-", ImageKind::Sigacts),
         ("userns-", ImageKind::Userns),
         ("utsns-", ImageKind::Utsns),
+        ("mountpoints-", ImageKind::Mnts),
         ("crest-thread-", ImageKind::CrestThread),
     ];
     numbered_kinds

@@ -10,10 +10,10 @@ use crate::pb::{self, crest::CrestThreadExtra, crest::CrestUsernsEntry};
 use crate::*;
 
 /// A scratch directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir =
@@ -22,10 +22,10 @@ impl TempDir {
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let p = self.0.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
@@ -131,6 +131,7 @@ fn sample_core() -> pb::CoreEntry {
             }),
             ..Default::default()
         }),
+        crest_thread: None,
     }
 }
 
@@ -605,6 +606,13 @@ fn recode_matches_written_files() {
             count: 65536,
         }],
         gid_map: vec![],
+        crest_userns: Some(CrestUsernsEntry {
+            id: 11,
+            parent_id: Some(1),
+            depth: 1,
+            owner_uid: Some(0),
+            setgroups_allow: Some(true),
+        }),
     };
     write_image(d.path(), &names::userns(11), magic::USERNS, &[userns]).unwrap();
     write_image(

@@ -1,6 +1,7 @@
 //! IPv4 and IPv6 sockets: TCP listening, bound or fresh; UDP bound or
-//! connected, with its queued datagrams (`crest-udp-queues.img`, with each
-//! sender's address); and, with `--tcp-established`, established TCP
+//! connected, with its queued datagrams (`crest-udp-queues.img`: CRIU's
+//! `sk_packet_entry` and the bytes, each sender's address in crest's
+//! field); and, with `--tcp-established`, established TCP
 //! connections through `TCP_REPAIR` (`tcp-stream-<ino>.img`, CRIU's
 //! layout: the entry, then the receive queue, then the send queue).
 //!
@@ -13,7 +14,9 @@
 use super::kept::Kept;
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::carry::{CarriedReader, Carrier};
 use crest_images::pb::crest::CrestUdpPacket;
+use crest_images::pb::SkPacketEntry;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, InetSkEntry, TcpStreamEntry};
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
@@ -347,13 +350,13 @@ impl InetDump {
             w.finish()?;
         }
         if !self.udp.is_empty() {
-            let mut w = ImageWriter::create(dir, names::CREST_UDP_QUEUES, magic::CREST_UDP_QUEUES)?;
+            let mut w = ImageWriter::create(dir, names::CREST_UDP_QUEUES, magic::SK_QUEUES)?;
             for (id, from, data) in &self.udp {
-                w.write_entry(&CrestUdpPacket {
+                w.write_entry(&SkPacketEntry::wrap(CrestUdpPacket {
                     id_for: *id,
                     from: from.clone(),
                     length: data.len() as u32,
-                })?;
+                }))?;
                 w.write_payload(data)?;
             }
             w.finish()?;
@@ -371,9 +374,13 @@ pub fn read_udp(dir: &Path) -> Result<UdpQueues, RestoreError> {
     if !dir.join(names::CREST_UDP_QUEUES).exists() {
         return Ok(out);
     }
-    let mut r = ImageReader::open(dir, names::CREST_UDP_QUEUES, magic::CREST_UDP_QUEUES)?;
+    let mut r = CarriedReader::<SkPacketEntry>::open(
+        dir,
+        names::CREST_UDP_QUEUES,
+        magic::CREST_UDP_QUEUES,
+    )?;
     let mut n = 0;
-    while let Some(e) = r.next_entry::<CrestUdpPacket>()? {
+    while let Some(e) = r.next_entry()? {
         n += 1;
         if e.length > 1 << 16 || n > 16 * MAX_PACKETS {
             return Err(RestoreError::BadImage {

@@ -207,6 +207,7 @@ pub(crate) fn write_data_to(
             pipe_id: ino,
             bytes: data.len() as u32,
             size: None,
+            crest_fs: None,
         })?;
         w.write_payload(data)?;
     }

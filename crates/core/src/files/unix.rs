@@ -342,6 +342,7 @@ pub fn write_queues(dir: &Path, table: &FileTable) -> Result<(), DumpError> {
                 length: p.len() as u32,
                 scm: Vec::new(),
                 ucred: None,
+                crest_from: None,
             })?;
             w.write_payload(p)?;
         }

@@ -11,6 +11,7 @@
 
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crest_images::pb::crest::CrestCgroupMember;
+use crest_images::pb::CgroupEntry;
 use crest_images::{magic, names};
 use crest_inject::Tracee;
 use std::path::{Path, PathBuf};
@@ -105,7 +106,7 @@ pub fn write_members(dir: &Path, members: &[(i32, String)]) -> Result<(), DumpEr
             path: path.clone(),
         })
         .collect();
-    crest_images::write_image(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS, &entries)?;
+    crest_images::carry::write::<CgroupEntry>(dir, names::CREST_CGROUPS, entries)?;
     Ok(())
 }
 
@@ -114,8 +115,8 @@ pub fn read_members(dir: &Path) -> Result<Vec<(i32, String)>, RestoreError> {
     if !dir.join(names::CREST_CGROUPS).exists() {
         return Ok(Vec::new());
     }
-    let list: Vec<CrestCgroupMember> =
-        crest_images::read_image(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
+    let list =
+        crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
     Ok(list.into_iter().map(|m| (m.pid, m.path)).collect())
 }
 

@@ -416,6 +416,8 @@ fn read_var(pid: i32, t: &mut Tracee) -> Result<IpcVarEntry, DumpError> {
         mq_msgsize_max: one(read("fs/mqueue/msgsize_max")?) as u32,
         mq_msg_default: Some(one(read("fs/mqueue/msg_default")?) as u32),
         mq_msgsize_default: Some(one(read("fs/mqueue/msgsize_default")?) as u32),
+        // set by the writer
+        crest_pmqs: Vec::new(),
     })
 }
 
@@ -423,14 +425,14 @@ fn pad(len: usize, to: usize) -> usize {
     len.div_ceil(to) * to - len
 }
 
-/// Writes the four images of ipc namespace `id`.
+/// Writes the four images of ipc namespace `id`; the POSIX message queues
+/// ride in `ipc_var_entry.crest_pmqs`.
 pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
-    crest_images::write_image(
-        dir,
-        &names::ipcns_var(id),
-        magic::IPC_VAR,
-        std::slice::from_ref(&d.var),
-    )?;
+    let var = IpcVarEntry {
+        crest_pmqs: d.pmqs.clone(),
+        ..d.var.clone()
+    };
+    crest_images::write_image(dir, &names::ipcns_var(id), magic::IPC_VAR, &[var])?;
     let mut w = ImageWriter::create(dir, &names::ipcns_shm(id), magic::IPCNS_SHM)?;
     for (e, data) in &d.shms {
         w.write_entry(e)?;
@@ -459,9 +461,6 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
         }
     }
     w.finish()?;
-    if !d.pmqs.is_empty() {
-        crest_images::write_image(dir, &names::crest_pmq(id), magic::CREST_PMQ, &d.pmqs)?;
-    }
     Ok(())
 }
 
@@ -469,7 +468,9 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
 /// size.
 pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
     let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
-    let var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
+    let mut var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
+    let mut pmq_file = names::ipcns_var(id);
+    let mut pmqs = std::mem::take(&mut var.crest_pmqs);
     if var.sem_ctls.len() != 4 {
         return Err(bad(
             names::ipcns_var(id),
@@ -542,22 +543,22 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
         }
         d.msgs.push((e, msgs));
     }
-    if dir.join(names::crest_pmq(id)).exists() {
-        let name = names::crest_pmq(id);
-        let pmqs: Vec<CrestPmqEntry> = crest_images::read_image(dir, &name, magic::CREST_PMQ)?;
-        for q in &pmqs {
-            let bytes: u64 = q.messages.iter().map(|m| m.data.len() as u64).sum();
-            let bad_name =
-                q.name.is_empty() || q.name.contains('/') || q.name == "." || q.name == "..";
-            if pmqs.len() > MAX_PMQS || bytes > MAX_PMQ_BYTES || bad_name {
-                return Err(bad(
-                    name,
-                    format!("POSIX queue {:?} ({bytes} bytes)", q.name),
-                ));
-            }
-        }
-        d.pmqs = pmqs;
+    if pmqs.is_empty() && dir.join(names::crest_pmq(id)).exists() {
+        // an older crest's file of its own
+        pmq_file = names::crest_pmq(id);
+        pmqs = crest_images::read_image(dir, &pmq_file, magic::CREST_PMQ)?;
     }
+    for q in &pmqs {
+        let bytes: u64 = q.messages.iter().map(|m| m.data.len() as u64).sum();
+        let bad_name = q.name.is_empty() || q.name.contains('/') || q.name == "." || q.name == "..";
+        if pmqs.len() > MAX_PMQS || bytes > MAX_PMQ_BYTES || bad_name {
+            return Err(bad(
+                pmq_file,
+                format!("POSIX queue {:?} ({bytes} bytes)", q.name),
+            ));
+        }
+    }
+    d.pmqs = pmqs;
     Ok(d)
 }
 

@@ -18,15 +18,18 @@
 //! (refilling each tmpfs right after its mount), then sets per-mount flags
 //! and propagation.
 //!
-//! Images: `crest-mnt-<ns id>.img` (a `crest_mnt_ns_head`, then one
-//! `crest_mount_entry` per mount) and `crest-tmpfs-<ns id>-<mnt id>.img`
-//! (a `crest_fs_entry` per file, a regular file's bytes after its entry).
+//! Images: `mountpoints-<ns id>.img` (CRIU's `mnt_entry` per mount, each
+//! carrying crest's `crest_mount_entry`, the first also the namespace's
+//! `crest_mnt_ns_head`; an older crest's `crest-mnt-<ns id>.img` is still
+//! read) and `crest-tmpfs-<ns id>-<mnt id>.img` (a `crest_fs_entry` per
+//! file, a regular file's bytes after its entry, in CRIU's `pipes-data`
+//! framing).
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 pub mod tmpfs;
 
+use crest_images::carry::MountsReader;
 use crest_images::pb::crest::{CrestMntNsHead, CrestMountEntry};
-use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::path::Path;
@@ -331,37 +334,33 @@ fn bind_source(earlier: &[MountInfo], m: &MountInfo) -> Option<String> {
         })
 }
 
-/// Writes `crest-mnt-<id>.img` and the tmpfs images.
+/// Writes `mountpoints-<id>.img` (CRIU's `mnt_entry` per mount, carrying
+/// crest's) and the tmpfs images.
 pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
-    let mut w = ImageWriter::create(dir, &names::crest_mnt(id), magic::CREST_MNT)?;
-    w.write_entry(&CrestMntNsHead {
+    let head = CrestMntNsHead {
         executor: ns.as_pid,
         count: ns.mounts.len() as u32,
         proc_pidns: ns.proc_pidns,
         base: ns.base,
-    })?;
-    for m in &ns.mounts {
-        w.write_entry(m)?;
-    }
-    w.finish()?;
+    };
+    crest_images::carry::write_mounts(dir, id, head, &ns.mounts)?;
     for (mnt, items) in &ns.contents {
         tmpfs::write(dir, id, *mnt, items)?;
     }
     Ok(())
 }
 
-/// Reads a mount namespace's images back, bounding every count and size.
+/// Reads a mount namespace's images back (`mountpoints-<id>.img`, or an
+/// older crest's `crest-mnt-<id>.img`), bounding every count and size.
 pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
-    let name = names::crest_mnt(id);
     let bad = |file: &str, what: String| RestoreError::BadImage {
         pid: 0,
         file: file.to_string(),
         what,
     };
-    let mut r = ImageReader::open(dir, &name, magic::CREST_MNT)?;
-    let head: CrestMntNsHead = r
-        .next_entry()?
-        .ok_or_else(|| bad(&name, "no header".into()))?;
+    let mut r = MountsReader::open(dir, id)?;
+    let name = r.name().to_string();
+    let head = r.head();
     if head.count > 65536 {
         return Err(bad(&name, format!("{} mounts", head.count)));
     }
@@ -371,7 +370,7 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
         base: head.base,
         ..MntNs::default()
     };
-    while let Some(m) = r.next_entry::<CrestMountEntry>()? {
+    while let Some(m) = r.next_mount()? {
         if ns.mounts.len() >= head.count as usize {
             return Err(bad(
                 &name,

@@ -20,8 +20,11 @@
 //! `netns-<id>.img` (the "all" and "default" conf sysctls),
 //! `ifaddr-<id>.img`, `route-<id>.img`, `route6-<id>.img` (raw rtnetlink
 //! messages after the magic of `ip addr save` / `ip route save`, as CRIU
-//! stores them); crest's `crest-netdev-<id>.img` (device kinds, external
-//! peers) and `crest-net-sysctl-<id>.img` (other namespace sysctls).
+//! stores them). crest's additions ride in CRIU's messages: device kinds,
+//! external peers and bridge options in `net_device_entry`, other
+//! namespace sysctls, IPv6 rules and permanent neighbours in `netns_entry`
+//! (an older crest's `crest-netdev-`, `crest-net-sysctl-`, `crest-rule6-`
+//! and `crest-neigh-<id>.img` are still read).
 
 mod policy;
 mod rtnl;
@@ -85,6 +88,11 @@ pub struct NetNs {
     /// At dump, a task inside.
     pid: i32,
 }
+
+/// How many of [`raw_files`] are CRIU's raw images, which crest writes;
+/// the others are an older crest's (IPv6 rules and neighbours now ride in
+/// `netns_entry`), read when they are there.
+const CRIU_RAW: usize = 4;
 
 /// The raw rtnetlink images of namespace `id` (laid out like `ip ...
 /// save` output): file, magic, message type; in the order of
@@ -668,7 +676,9 @@ fn nd_type(l: &Link) -> NdType {
     }
 }
 
-/// Writes the images of namespace `id`.
+/// Writes the images of namespace `id`: crest's additions ride in
+/// `net_device_entry.crest_netdev` and in `netns_entry` (sysctls, IPv6
+/// rules, neighbours).
 pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
     let devs: Vec<NetDeviceEntry> = n
         .devs
@@ -685,44 +695,35 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
             peer_ifindex: d.link.link,
             peer_nsid: d.peer_ns,
             master: d.link.master,
+            crest_netdev: Some(CrestNetdevExtra {
+                ifindex: d.link.index,
+                kind: d.link.kind.clone(),
+                external: Some(d.external),
+                outside_name: d.outside_name.clone(),
+                bridge_options: Some(d.link.bridge.clone()).filter(|b| !b.is_empty()),
+            }),
         })
         .collect();
     crest_images::write_image(dir, &names::netdev(id), magic::NETDEV, &devs)?;
-    let extra: Vec<CrestNetdevExtra> = n
-        .devs
-        .iter()
-        .map(|d| CrestNetdevExtra {
-            ifindex: d.link.index,
-            kind: d.link.kind.clone(),
-            external: Some(d.external),
-            outside_name: d.outside_name.clone(),
-            bridge_options: Some(d.link.bridge.clone()).filter(|b| !b.is_empty()),
-        })
-        .collect();
-    crest_images::write_image(dir, &names::crest_netdev(id), magic::CREST_NETDEV, &extra)?;
     let e = NetnsEntry {
         def_conf4: n.def4.clone(),
         all_conf4: n.all4.clone(),
         def_conf6: n.def6.clone(),
         all_conf6: n.all6.clone(),
         nsids: Vec::new(),
+        crest_sysctls: n
+            .extra
+            .iter()
+            .map(|(name, value)| CrestSysctl {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        crest_rules6: n.rules6.clone(),
+        crest_neighs: n.neighs.clone(),
     };
     crest_images::write_image(dir, &names::netns(id), magic::NETNS, &[e])?;
-    let sysctls: Vec<CrestSysctl> = n
-        .extra
-        .iter()
-        .map(|(name, value)| CrestSysctl {
-            name: name.clone(),
-            value: value.clone(),
-        })
-        .collect();
-    crest_images::write_image(
-        dir,
-        &names::crest_net_sysctl(id),
-        magic::CREST_NET_SYSCTL,
-        &sysctls,
-    )?;
-    for ((name, m, ty), list) in raw_files(id).into_iter().zip(n.raw_lists()) {
+    for ((name, m, ty), list) in raw_files(id).into_iter().zip(n.raw_lists()).take(CRIU_RAW) {
         let mut w = crest_images::create_raw(dir, &name)?;
         w.write_all(&rtnl::save_file(m, ty, list))?;
         w.finish()?;
@@ -737,13 +738,30 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         return Ok(None);
     }
     let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
-    let devs: Vec<NetDeviceEntry> =
+    let mut devs: Vec<NetDeviceEntry> =
         crest_images::read_image(dir, &names::netdev(id), magic::NETDEV)?;
-    let extra: Vec<CrestNetdevExtra> =
-        crest_images::read_image(dir, &names::crest_netdev(id), magic::CREST_NETDEV)?;
+    // crest's part of each device: in the entry, or in an older crest's
+    // file of its own.
+    let (extra_file, extra) = if dir.join(names::crest_netdev(id)).exists() {
+        let name = names::crest_netdev(id);
+        let extra: Vec<CrestNetdevExtra> =
+            crest_images::read_image(dir, &name, magic::CREST_NETDEV)?;
+        (name, extra)
+    } else {
+        let mut extra = Vec::with_capacity(devs.len().min(MAX_ITEMS));
+        for d in devs.iter_mut().take(MAX_ITEMS) {
+            extra.push(d.crest_netdev.take().ok_or_else(|| {
+                bad(
+                    names::netdev(id),
+                    format!("device {:?} without crest's entry (field 1000)", d.name),
+                )
+            })?);
+        }
+        (names::netdev(id), extra)
+    };
     if devs.len() > MAX_ITEMS || extra.len() != devs.len() {
         return Err(bad(
-            names::crest_netdev(id),
+            extra_file,
             format!(
                 "{} devices for the {} of {}",
                 extra.len(),
@@ -765,7 +783,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         let lo = d.r#type == NdType::Loopback as i32;
         if !lo && !x.kind.as_deref().is_some_and(|k| KINDS.contains(&k)) {
             return Err(bad(
-                names::crest_netdev(id),
+                extra_file,
                 format!(
                     "device {} of kind {:?}, which crest does not make",
                     d.name, x.kind
@@ -778,13 +796,13 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
                 .filter(|k| *k == b)
                 .ok_or_else(|| {
                     bad(
-                        names::crest_netdev(id),
+                        extra_file.clone(),
                         format!("bad bridge options of {}", d.name),
                     )
                 })?,
             Some(_) => {
                 return Err(bad(
-                    names::crest_netdev(id),
+                    extra_file,
                     format!("bridge options of {}, which is no bridge", d.name),
                 ))
             }
@@ -811,7 +829,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
             outside_name: x.outside_name,
         });
     }
-    let e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
+    let mut e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
     if [&e.def_conf4, &e.all_conf4]
         .iter()
         .any(|c| c.len() > CONF4.len())
@@ -825,21 +843,31 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         ));
     }
     (n.def4, n.all4, n.def6, n.all6) = (e.def_conf4, e.all_conf4, e.def_conf6, e.all_conf6);
-    let sysctls: Vec<CrestSysctl> =
-        crest_images::read_image(dir, &names::crest_net_sysctl(id), magic::CREST_NET_SYSCTL)?;
+    let (sysctl_file, sysctls) = if dir.join(names::crest_net_sysctl(id)).exists() {
+        let name = names::crest_net_sysctl(id);
+        let list: Vec<CrestSysctl> = crest_images::read_image(dir, &name, magic::CREST_NET_SYSCTL)?;
+        (name, list)
+    } else {
+        (names::netns(id), std::mem::take(&mut e.crest_sysctls))
+    };
     for s in sysctls {
         if !EXTRA.contains(&s.name.as_str()) || s.value.len() > 256 {
-            return Err(bad(
-                names::crest_net_sysctl(id),
-                format!("sysctl {:?}", s.name),
-            ));
+            return Err(bad(sysctl_file, format!("sysctl {:?}", s.name)));
         }
         n.extra.push((s.name, s.value));
     }
+    for (ty, list) in [
+        (policy::RTM_NEWRULE, &e.crest_rules6),
+        (policy::RTM_NEWNEIGH, &e.crest_neighs),
+    ] {
+        check_payloads(&names::netns(id), ty, list)?;
+    }
+    (n.rules6, n.neighs) = (e.crest_rules6, e.crest_neighs);
     for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
         if ty != rtnl::RTM_NEWADDR && ty != rtnl::RTM_NEWROUTE && !path.exists() {
-            // rules and neighbours: images of crest before it saved them
+            // rules: images of crest before it saved them; IPv6 rules and
+            // neighbours: in netns_entry unless an older crest wrote them
             continue;
         }
         let len = std::fs::metadata(&path)
@@ -850,21 +878,33 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         }
         let buf = std::fs::read(&path).map_err(|e| bad(name.clone(), e.to_string()))?;
         let list = rtnl::load_file(&buf, m, ty).map_err(|w| bad(name.clone(), w))?;
-        for p in &list {
-            let ok = match ty {
-                rtnl::RTM_NEWADDR => rtnl::parse_addr(p).map(drop),
-                rtnl::RTM_NEWROUTE => rtnl::parse_route(p).map(drop),
-                policy::RTM_NEWRULE => policy::parse_rule(p).map(drop),
-                _ => policy::parse_neigh(p).map(drop),
-            };
-            ok.map_err(|w| bad(name.clone(), w))?;
-        }
-        if list.len() > MAX_ITEMS {
-            return Err(bad(name, format!("{} entries", list.len())));
-        }
+        check_payloads(&name, ty, &list)?;
         *slot = list;
     }
     Ok(Some(n))
+}
+
+/// Refuses rtnetlink payloads of type `ty` (from image `file`) that crest
+/// cannot parse, or too many of them.
+fn check_payloads(file: &str, ty: u16, list: &[Vec<u8>]) -> Result<(), RestoreError> {
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: file.to_string(),
+        what,
+    };
+    if list.len() > MAX_ITEMS {
+        return Err(bad(format!("{} entries", list.len())));
+    }
+    for p in list {
+        let ok = match ty {
+            rtnl::RTM_NEWADDR => rtnl::parse_addr(p).map(drop),
+            rtnl::RTM_NEWROUTE => rtnl::parse_route(p).map(drop),
+            policy::RTM_NEWRULE => policy::parse_rule(p).map(drop),
+            _ => policy::parse_neigh(p).map(drop),
+        };
+        ok.map_err(bad)?;
+    }
+    Ok(())
 }
 
 // ---- restore ------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! Namespaces other than user namespaces that a tree has of its own.
 //!
 //! Each is recorded with its type and owning user namespace in crest's
-//! `crest-ns.img`; its state in CRIU's image for it where there is one
+//! `crest-ns.img` (CRIU's `ns_file_entry` per namespace, carrying crest's
+//! `crest_ns_entry`); its state in CRIU's image for it where there is one
 //! (`utsns-<id>.img`). Restore creates each one in a helper task that is
 //! inside the owning user namespace (so `NS_GET_USERNS` answers the same),
 //! sets its state there, and every task enters it at the start of its
@@ -16,8 +17,9 @@
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::carry::MountsReader;
 use crest_images::pb::crest::CrestNsEntry;
-use crest_images::pb::UtsnsEntry;
+use crest_images::pb::{NsFileEntry, UtsnsEntry};
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
 use crest_sys::proc::{spawn_stopped, SessionSetup};
@@ -396,7 +398,7 @@ impl OtherGraph {
             })
             .chain(more)
             .collect();
-        crest_images::write_image(dir, names::CREST_NS, magic::CREST_NS, &entries)?;
+        crest_images::carry::write::<NsFileEntry>(dir, names::CREST_NS, entries)?;
         for n in &self.list {
             if let Some(d) = &n.ipc {
                 super::ipc::write(dir, n.id, d)?;
@@ -477,7 +479,7 @@ impl OtherGraph {
             } else {
                 None
             };
-            let mnt = if kind.name == "mnt" && dir.join(names::crest_mnt(e.id)).exists() {
+            let mnt = if kind.name == "mnt" && MountsReader::exists(dir, e.id) {
                 Some(super::mnt::read(dir, e.id)?)
             } else {
                 None
@@ -602,8 +604,7 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
     if !dir.join(names::CREST_NS).exists() {
         return Ok(Vec::new());
     }
-    let entries: Vec<CrestNsEntry> =
-        crest_images::read_image(dir, names::CREST_NS, magic::CREST_NS)?;
+    let entries = crest_images::carry::read::<NsFileEntry>(dir, names::CREST_NS, magic::CREST_NS)?;
     if entries.len() > 4096 {
         return Err(RestoreError::BadImage {
             pid: 0,
@@ -824,7 +825,7 @@ impl Helpers {
                 .map(|(_, h)| h.pid())
                 .ok_or_else(|| RestoreError::BadImage {
                     pid: 0,
-                    file: names::crest_mnt(id),
+                    file: names::mountpoints(id),
                     what: format!("a copy of mount namespace {b}, which is not made"),
                 })?;
             let mut t = super::pid::spawn_helper(&[])?;
@@ -846,7 +847,7 @@ impl Helpers {
             Some(p) => {
                 let init = init_of(p).ok_or_else(|| RestoreError::BadImage {
                     pid: 0,
-                    file: names::crest_mnt(id),
+                    file: names::mountpoints(id),
                     what: format!("proc mounts of pid namespace {p}, which has no init"),
                 })?;
                 // a pid high in that namespace, out of the way of the

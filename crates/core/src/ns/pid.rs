@@ -3,7 +3,7 @@
 //! Dump walks each task's pid namespace up with `NS_GET_PARENT` to crest's
 //! and records each one (parent, owning user namespace) in
 //! `crest-ns.img`; every thread's ids at every level (`NSpid`, `NSpgid`,
-//! `NSsid`) go to `crest-thread-<tid>.img`. The init of every pid namespace
+//! `NSsid`) go to crest's field of its core image. The init of every pid namespace
 //! must be part of the tree.
 //!
 //! Restore forks the init of each pid namespace from its parent with

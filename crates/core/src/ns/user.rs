@@ -2,8 +2,10 @@
 //!
 //! Dump finds each task's user namespace and walks up with `NS_GET_PARENT`
 //! to crest's own; each namespace is recorded once with its maps relative
-//! to its parent (CRIU's `userns_entry` in `userns-<id>.img`), and the
-//! hierarchy, owner and `setgroups` in crest's own `crest-userns.img`.
+//! to its parent (CRIU's `userns_entry` in `userns-<id>.img`, one for
+//! every namespace, crest's own too), with its place in the hierarchy,
+//! owner and `setgroups` in crest's field of that entry (an older crest
+//! kept those in `crest-userns.img`, which is still read).
 //! Restore builds the same tree top-down with helper tasks (each one
 //! `unshare(CLONE_NEWUSER)`s inside its parent's helper, and the parent
 //! side writes its maps), and each task enters its namespace at the end.
@@ -238,8 +240,8 @@ impl UsernsGraph {
         Ok(id)
     }
 
-    /// Writes `userns-<id>.img` for every nested namespace and
-    /// `crest-userns.img` for the hierarchy.
+    /// Writes `userns-<id>.img` for every namespace: the maps of a nested
+    /// one, and for each its place in the hierarchy (crest's field).
     pub fn write(&self, dir: &Path) -> Result<(), DumpError> {
         let ext = |m: &[IdExtent]| -> Vec<UidGidExtent> {
             m.iter()
@@ -250,45 +252,91 @@ impl UsernsGraph {
                 })
                 .collect()
         };
-        let mut hier = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
-            if n.parent.is_some() {
-                let e = UsernsEntry {
-                    uid_map: ext(&n.uid_map),
-                    gid_map: ext(&n.gid_map),
-                };
-                crest_images::write_image(dir, &names::userns(n.id), magic::USERNS, &[e])?;
-            }
-            hier.push(CrestUsernsEntry {
-                id: n.id,
-                parent_id: n.parent,
-                depth: n.depth,
-                owner_uid: Some(n.owner_uid),
-                setgroups_allow: Some(n.setgroups_allow),
-            });
+            // crest's own namespace (the root) has no maps to restore.
+            let nested = n.parent.is_some();
+            let e = UsernsEntry {
+                uid_map: if nested { ext(&n.uid_map) } else { Vec::new() },
+                gid_map: if nested { ext(&n.gid_map) } else { Vec::new() },
+                crest_userns: Some(CrestUsernsEntry {
+                    id: n.id,
+                    parent_id: n.parent,
+                    depth: n.depth,
+                    owner_uid: Some(n.owner_uid),
+                    setgroups_allow: Some(n.setgroups_allow),
+                }),
+            };
+            crest_images::write_image(dir, &names::userns(n.id), magic::USERNS, &[e])?;
         }
-        crest_images::write_image(dir, names::CREST_USERNS, magic::CREST_USERNS, &hier)?;
         Ok(())
+    }
+
+    /// The hierarchy entries with each nested namespace's maps: from every
+    /// `userns-<id>.img` (crest's extension in each), or from an older
+    /// crest's `crest-userns.img`; `None` when neither is there.
+    fn read_entries(
+        dir: &Path,
+    ) -> Result<Option<Vec<(CrestUsernsEntry, UsernsEntry)>>, RestoreError> {
+        let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+        if dir.join(names::CREST_USERNS).exists() {
+            let hier: Vec<CrestUsernsEntry> =
+                crest_images::read_image(dir, names::CREST_USERNS, magic::CREST_USERNS)?;
+            if hier.len() > 4096 {
+                let what = format!("{} user namespaces", hier.len());
+                return Err(bad(names::CREST_USERNS.into(), what));
+            }
+            let mut out = Vec::with_capacity(hier.len());
+            for h in hier {
+                let maps = if h.parent_id.is_some() {
+                    crest_images::read_one(dir, &names::userns(h.id), magic::USERNS)?
+                } else {
+                    UsernsEntry::default()
+                };
+                out.push((h, maps));
+            }
+            return Ok(Some(out));
+        }
+        let ids = crest_images::carry::userns_ids(dir)?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let name = names::userns(id);
+            let mut e: UsernsEntry = crest_images::read_one(dir, &name, magic::USERNS)?;
+            let h = e
+                .crest_userns
+                .take()
+                .filter(|h| h.id == id)
+                .ok_or_else(|| {
+                    bad(
+                        name.clone(),
+                        "no crest hierarchy entry (userns_entry field 1000) for this id".into(),
+                    )
+                })?;
+            out.push((h, e));
+        }
+        Ok(Some(out))
     }
 
     /// Reads the graph back from the images (tasks from their ids).
     pub fn read(dir: &Path, tasks: &[(i32, u32)]) -> Result<UsernsGraph, RestoreError> {
-        if !dir.join(names::CREST_USERNS).exists() {
+        let Some(hier) = UsernsGraph::read_entries(dir)? else {
             return Ok(UsernsGraph {
                 nodes: vec![root_node()],
                 tasks: tasks.to_vec(),
             });
-        }
-        let hier: Vec<CrestUsernsEntry> =
-            crest_images::read_image(dir, names::CREST_USERNS, magic::CREST_USERNS)?;
-        let bad = |what: String| RestoreError::BadImage {
+        };
+        let legacy = dir.join(names::CREST_USERNS).exists();
+        let bad = |id: u32, what: String| RestoreError::BadImage {
             pid: 0,
-            file: names::CREST_USERNS.into(),
+            file: if legacy {
+                names::CREST_USERNS.into()
+            } else {
+                names::userns(id)
+            },
             what,
         };
-        if hier.len() > 4096 {
-            return Err(bad(format!("{} user namespaces", hier.len())));
-        }
         let mut g = UsernsGraph {
             nodes: Vec::new(),
             tasks: tasks.to_vec(),
@@ -302,10 +350,8 @@ impl UsernsGraph {
                 })
                 .collect()
         };
-        for h in &hier {
+        for (h, e) in &hier {
             let (uid_map, gid_map) = if h.parent_id.is_some() {
-                let e: UsernsEntry =
-                    crest_images::read_one(dir, &names::userns(h.id), magic::USERNS)?;
                 (conv(&e.uid_map), conv(&e.gid_map))
             } else {
                 (Vec::new(), Vec::new())
@@ -313,10 +359,16 @@ impl UsernsGraph {
             if let Some(p) = h.parent_id {
                 let pd = g.node(p).map(|n| n.depth);
                 if pd.map(|d| d + 1) != Some(h.depth) || h.depth > 33 {
-                    return Err(bad(format!("namespace {} has a bad parent or depth", h.id)));
+                    return Err(bad(
+                        h.id,
+                        format!("namespace {} has a bad parent or depth", h.id),
+                    ));
                 }
             } else if h.depth != 0 {
-                return Err(bad(format!("root namespace {} at depth {}", h.id, h.depth)));
+                return Err(bad(
+                    h.id,
+                    format!("root namespace {} at depth {}", h.id, h.depth),
+                ));
             }
             g.nodes.push(Userns {
                 id: h.id,
@@ -333,7 +385,11 @@ impl UsernsGraph {
         }
         for (pid, ns) in tasks {
             if g.node(*ns).is_none() {
-                return Err(bad(format!("task {pid} is in unknown user namespace {ns}")));
+                return Err(RestoreError::BadImage {
+                    pid: *pid,
+                    file: names::ids(*pid as u32),
+                    what: format!("task {pid} is in unknown user namespace {ns}"),
+                });
             }
         }
         Ok(g)
@@ -570,7 +626,7 @@ impl Helpers {
                     .get_mut(&parent)
                     .ok_or_else(|| RestoreError::BadImage {
                         pid: 0,
-                        file: names::CREST_USERNS.into(),
+                        file: names::userns(n.id),
                         what: format!("namespace {} comes before its parent {parent}", n.id),
                     })?;
                 crate::pstree::clone_plain(ph)?

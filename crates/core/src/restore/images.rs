@@ -49,16 +49,16 @@ impl TaskImage {
         let mut tids = vec![pid];
         tids.extend(entry.threads.iter().copied().filter(|t| *t != pid));
         for tid in tids {
-            let core: CoreEntry = crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
-            let extra_name = names::crest_thread(tid);
-            let extra = if dir.join(&extra_name).exists() {
-                Some(crest_images::read_one(
-                    dir,
-                    &extra_name,
-                    magic::CREST_THREAD,
-                )?)
-            } else {
-                None
+            let mut core: CoreEntry = crest_images::read_one(dir, &names::core(tid), magic::CORE)?;
+            // crest's extras ride in the core; an older crest wrote them
+            // to crest-thread-<tid>.img.
+            let legacy = names::crest_thread(tid);
+            let extra = match core.crest_thread.take() {
+                Some(e) => Some(e),
+                None if dir.join(&legacy).exists() => {
+                    Some(crest_images::read_one(dir, &legacy, magic::CREST_THREAD)?)
+                }
+                None => None,
             };
             cores.push((tid as i32, core, extra));
         }

@@ -1,14 +1,17 @@
 //! The files of a tmpfs (or ramfs) a mount namespace of the tree mounted:
 //! read at dump through `/proc/PID/root` without crossing into other
 //! mounts, kept in `crest-tmpfs-<ns id>-<mnt id>.img` (a `crest_fs_entry`
-//! per file, a regular file's bytes after its entry), and made again right
+//! per file carried in CRIU's `pipe_data_entry`, a regular file's bytes
+//! after its entry, as `pipes-data.img` has them), and made again right
 //! after the mount at restore, every path resolved beneath the mount's
 //! root (`openat2` with `RESOLVE_BENEATH`), owners as crest sees them.
 
 use super::refuse;
 use crate::error::{DumpCtx, DumpError, RestoreError};
+use crest_images::carry::{CarriedReader, Carrier};
 use crest_images::pb::crest::CrestFsEntry;
-use crest_images::{magic, names, ImageReader, ImageWriter};
+use crest_images::pb::PipeDataEntry;
+use crest_images::{magic, names, ImageWriter};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -112,9 +115,9 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
 
 /// Writes the files of mount `mnt` of mount namespace `id`.
 pub fn write(dir: &Path, id: u32, mnt: u32, items: &[FsItem]) -> Result<(), DumpError> {
-    let mut w = ImageWriter::create(dir, &names::crest_tmpfs(id, mnt), magic::CREST_TMPFS)?;
+    let mut w = ImageWriter::create(dir, &names::crest_tmpfs(id, mnt), magic::PIPES_DATA)?;
     for it in items {
-        w.write_entry(&it.entry)?;
+        w.write_entry(&PipeDataEntry::wrap(it.entry.clone()))?;
         w.write_payload(&it.data)?;
     }
     w.finish()?;
@@ -133,10 +136,10 @@ pub fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, Resto
         file: name.clone(),
         what,
     };
-    let mut r = ImageReader::open(dir, &name, magic::CREST_TMPFS)?;
+    let mut r = CarriedReader::<PipeDataEntry>::open(dir, &name, magic::CREST_TMPFS)?;
     let mut items = Vec::new();
     let mut total = 0u64;
-    while let Some(e) = r.next_entry::<CrestFsEntry>()? {
+    while let Some(e) = r.next_entry()? {
         if items.len() >= MAX_TMPFS_FILES {
             return Err(bad("too many files".into()));
         }
