@@ -724,6 +724,10 @@ pub fn write(dir: &Path, id: u32, n: &NetNs) -> Result<(), DumpError> {
     };
     crest_images::write_image(dir, &names::netns(id), magic::NETNS, &[e])?;
     for ((name, m, ty), list) in raw_files(id).into_iter().zip(n.raw_lists()).take(CRIU_RAW) {
+        if list.is_empty() {
+            // nothing to add again: no raw file crit cannot read either
+            continue;
+        }
         let mut w = crest_images::create_raw(dir, &name)?;
         w.write_all(&rtnl::save_file(m, ty, list))?;
         w.finish()?;
@@ -865,9 +869,10 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
     (n.rules6, n.neighs) = (e.crest_rules6, e.crest_neighs);
     for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
-        if ty != rtnl::RTM_NEWADDR && ty != rtnl::RTM_NEWROUTE && !path.exists() {
-            // rules: images of crest before it saved them; IPv6 rules and
-            // neighbours: in netns_entry unless an older crest wrote them
+        if !path.exists() {
+            // an empty list is not written; rules: images of crest before
+            // it saved them; IPv6 rules and neighbours: in netns_entry
+            // unless an older crest wrote them
             continue;
         }
         let len = std::fs::metadata(&path)
