@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, daemons, dumpchecks, hostile, inherit_fd, nested, procs, refusals, servers, trees,
-    Config, Flavor, Outcome, StdioKind,
+    containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, nested, procs, refusals, rpc,
+    runtimes, servers, trees, Config, Flavor, Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -207,6 +207,9 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     nested::run(cfg, &mut report, &|n| filter.selects(n));
     containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
+    rpc::run(cfg, &mut report, &|n| filter.selects(n));
+    criu_cli::run(cfg, &mut report, &|n| filter.selects(n));
+    runtimes::run(cfg, &mut report, &|n| filter.selects(n));
     for flavor in Flavor::ALL {
         if let Some(reason) = flavor.not_implemented() {
             let name = format!("*[{}]", flavor.name());
