@@ -346,8 +346,8 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
         o.manage_cgroups = CgMode::from_rpc(m).ok_or(format!("manage_cgroups_mode {m}"))?;
     }
     for c in &r.cg_root {
-        o.cgroup_roots
-            .push((c.ctrl.clone().filter(|c| !c.is_empty()), c.path.clone()));
+        // (ctrl "" names the cgroup v2 hierarchy; none: every hierarchy)
+        o.cgroup_roots.push((c.ctrl.clone(), c.path.clone()));
     }
     set(&mut o.restore_sibling, r.rst_sibling);
     for i in &r.inherit_fd {

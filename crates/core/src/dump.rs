@@ -43,6 +43,11 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         source,
     })?;
     tell(n, hook::PRE_DUMP, opts.pid)?;
+    // a paused container: thawed to be seized, frozen again after
+    let _refreeze = match &opts.freeze_cgroup {
+        Some(p) => crate::ns::cgroup::thaw(p)?,
+        None => None,
+    };
     let start = Instant::now();
     let tree = Seized::seize(opts.pid)?;
     let frozen = Instant::now();
@@ -133,9 +138,25 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     users.write(&opts.dir)?;
     others.write(&opts.dir, pids.entries())?;
     let members = others.cgroup_members()?;
-    if !members.is_empty() {
-        crate::ns::cgroup::write_members(&opts.dir, &members)?;
+    let root_cg = crate::ns::cgroup::lines_of(opts.pid)?;
+    if opts.manage_cgroups != crate::opts::CgMode::Ignore {
+        // a restore puts the tree where its root was: every other task
+        // must have been there too (a cgroup namespace's own are kept)
+        for &pid in live.iter().filter(|p| !members.iter().any(|m| m.0 == **p)) {
+            let theirs = crate::ns::cgroup::lines_of(pid)?;
+            if theirs != root_cg {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: format!(
+                        "a task in other cgroups than the tree's root ({} vs {}); dump with --manage-cgroups=ignore to restore every task into the root's",
+                        theirs.join(" "),
+                        root_cg.join(" ")
+                    ),
+                });
+            }
+        }
     }
+    crate::ns::cgroup::write_members(&opts.dir, (opts.pid, &root_cg), &members)?;
     let mut files = FileTable::default();
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;

@@ -97,27 +97,147 @@ pub fn move_to(pid: i32, path: &str) -> Result<(), RestoreError> {
         .rat(pid, format!("move into cgroup {path}"))
 }
 
-/// Writes `crest-cgroups.img`.
-pub fn write_members(dir: &Path, members: &[(i32, String)]) -> Result<(), DumpError> {
-    let entries: Vec<CrestCgroupMember> = members
-        .iter()
-        .map(|(pid, path)| CrestCgroupMember {
-            pid: *pid,
-            path: path.clone(),
-        })
-        .collect();
+/// Writes `crest-cgroups.img`: the cgroups of the tree's root on every
+/// hierarchy, and the cgroup v2 path of every task of a cgroup namespace.
+pub fn write_members(
+    dir: &Path,
+    root: (i32, &[String]),
+    members: &[(i32, String)],
+) -> Result<(), DumpError> {
+    let mut entries = vec![CrestCgroupMember {
+        pid: root.0,
+        path: String::new(),
+        tree_root: Some(true),
+        lines: root.1.to_vec(),
+    }];
+    entries.extend(members.iter().map(|(pid, path)| CrestCgroupMember {
+        pid: *pid,
+        path: path.clone(),
+        ..CrestCgroupMember::default()
+    }));
     crest_images::carry::write::<CgroupEntry>(dir, names::CREST_CGROUPS, entries)?;
     Ok(())
 }
 
-/// Reads `crest-cgroups.img` (none when absent).
-pub fn read_members(dir: &Path) -> Result<Vec<(i32, String)>, RestoreError> {
+/// Reads `crest-cgroups.img` (none when absent): the root's cgroup lines
+/// (empty for images without them) and the cgroup namespaces' members.
+pub fn read_members(dir: &Path) -> Result<(Vec<String>, Vec<(i32, String)>), RestoreError> {
     if !dir.join(names::CREST_CGROUPS).exists() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let list =
         crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
-    Ok(list.into_iter().map(|m| (m.pid, m.path)).collect())
+    let mut root = Vec::new();
+    let mut members = Vec::new();
+    for m in list {
+        if m.tree_root == Some(true) {
+            root = m.lines;
+        } else {
+            members.push((m.pid, m.path));
+        }
+    }
+    if root.len() > 64 || root.iter().any(|l| l.len() > 4096) {
+        return Err(RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_CGROUPS.into(),
+            what: format!("{} cgroup lines", root.len()),
+        });
+    }
+    Ok((root, members))
+}
+
+/// `pid`'s `/proc/PID/cgroup` lines (every hierarchy).
+pub fn lines_of(pid: i32) -> Result<Vec<String>, DumpError> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|source| DumpError::Io {
+            pid,
+            step: "read /proc/PID/cgroup",
+            source,
+        })?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Where crest places a restored tree: for each hierarchy of the dumped
+/// root's `lines` ("ID:CONTROLLERS:PATH"), the directory (crest's view)
+/// of the cgroup to put the root in — its dumped path, or the
+/// `--cgroup-root` given for the controller (or for all) — leaving out
+/// those crest is in already. A hierarchy this machine lacks is an error.
+pub fn placement(
+    lines: &[String],
+    roots: &[(Option<String>, String)],
+) -> Result<Vec<PathBuf>, RestoreError> {
+    let mine = std::fs::read_to_string("/proc/self/cgroup").rat(0, "read crest's cgroups")?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").rat(0, "read crest's mountinfo")?;
+    let mounts = super::mnt::parse_mountinfo(&info).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in lines {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+        // a root for this hierarchy (its controllers, or "" for cgroup
+        // v2, as runtimes send them), else one for all
+        let given = roots
+            .iter()
+            .find(|(c, _)| {
+                c.as_deref().is_some_and(|c| {
+                    c == ctrls || named.contains(&c) || (c.is_empty() && named.is_empty())
+                })
+            })
+            .or_else(|| roots.iter().find(|(c, _)| c.is_none()));
+        let want = given.map_or(path, |(_, p)| p.as_str());
+        if want.split('/').any(|c| c == "..") {
+            return Err(RestoreError::BadImage {
+                pid: 0,
+                file: names::CREST_CGROUPS.into(),
+                what: format!("cgroup path {want:?}"),
+            });
+        }
+        let now = mine.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            (c == ctrls).then_some(path)
+        });
+        if now == Some(want) {
+            continue;
+        }
+        // the hierarchy's mount: cgroup2 for "", else a cgroup mount
+        // whose options name every controller
+        let mount = mounts.iter().find(|m| {
+            if named.is_empty() {
+                m.fstype == "cgroup2"
+            } else {
+                m.fstype == "cgroup"
+                    && named
+                        .iter()
+                        .all(|c| m.super_opts.split(',').any(|o| o == *c))
+            }
+        });
+        let Some(mount) = mount else {
+            return Err(RestoreError::Unsupported {
+                pid: 0,
+                what: format!(
+                    "the cgroup hierarchy {ctrls:?} (not mounted here) of the dumped tree"
+                ),
+            });
+        };
+        out.push(PathBuf::from(&mount.mountpoint).join(want.trim_start_matches('/')));
+    }
+    Ok(out)
+}
+
+/// Puts process `pid` into each cgroup directory of `dirs` (made when
+/// missing, as CRIU's soft mode does).
+pub fn place(pid: i32, dirs: &[PathBuf]) -> Result<(), RestoreError> {
+    for dir in dirs {
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).rat(pid, format!("make cgroup {}", dir.display()))?;
+        }
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .rat(pid, format!("move into cgroup {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,5 +253,51 @@ mod tests {
         assert_eq!(root_from("/c", "/c"), Some("/".into()));
         assert_eq!(root_from("/a/b", "/../x"), None);
         assert_eq!(root_from("/a/b", "/x"), None);
+    }
+}
+
+/// A frozen cgroup crest thawed to seize its tasks (CRIU's
+/// `--freeze-cgroup`): frozen again when dropped, so a tree left running
+/// is left as the caller had it.
+pub struct Thawed {
+    file: PathBuf,
+    frozen: &'static str,
+}
+
+/// Thaws the freezer cgroup `path` (a v1 freezer directory with
+/// `freezer.state`, or a v2 cgroup with `cgroup.freeze`) if it is frozen:
+/// a task stopped by a v1 freezer does not reach a ptrace stop until it
+/// is thawed. None when it was not frozen.
+pub fn thaw(path: &Path) -> Result<Option<Thawed>, DumpError> {
+    let io = |step: &'static str| {
+        move |source| DumpError::Io {
+            pid: 0,
+            step,
+            source,
+        }
+    };
+    let v1 = path.join("freezer.state");
+    let v2 = path.join("cgroup.freeze");
+    let (file, frozen, thawed) = if v1.exists() {
+        (v1, "FROZEN", "THAWED")
+    } else if v2.exists() {
+        (v2, "1", "0")
+    } else {
+        return Err(DumpError::Unsupported {
+            pid: 0,
+            what: format!("--freeze-cgroup {}: no freezer there", path.display()),
+        });
+    };
+    let now = std::fs::read_to_string(&file).map_err(io("read the freezer state"))?;
+    if now.trim() != frozen && now.trim() != "FREEZING" {
+        return Ok(None);
+    }
+    std::fs::write(&file, thawed).map_err(io("thaw the freezer cgroup"))?;
+    Ok(Some(Thawed { file, frozen }))
+}
+
+impl Drop for Thawed {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, self.frozen);
     }
 }

@@ -47,6 +47,7 @@ pub(super) fn fork_tree(
     userns: &ns::user::Helpers,
     writers: &mut ns::pid::Writers,
     sibling: bool,
+    cgroups: &[std::path::PathBuf],
 ) -> Result<Forked, RestoreError> {
     let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
@@ -70,6 +71,7 @@ pub(super) fn fork_tree(
     } else {
         spawn_root(&imgs[0], root_new_pidns, sibling)?
     };
+    ns::cgroup::place(root.pid(), cgroups)?;
     let mut actual = vec![root.pid()];
     tasks.push(Some(root));
     for k in 1..imgs.len() {

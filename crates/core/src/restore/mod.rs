@@ -119,13 +119,25 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
 
     // Fork the tree: every task from its parent, with its pid.
     let mut writers = ns::pid::Writers::new(spare);
+    // Where the root goes (its children follow): its cgroups, or
+    // --cgroup-root's.
+    let cg_dirs = if opts.manage_cgroups == crate::opts::CgMode::Ignore {
+        Vec::new()
+    } else {
+        let (mut lines, _) = ns::cgroup::read_members(dir)?;
+        if lines.is_empty() {
+            // (images without them: only --cgroup-root moves the tree)
+            lines = ns::cgroup::lines_of(std::process::id() as i32).unwrap_or_default();
+        }
+        ns::cgroup::placement(&lines, &opts.cgroup_roots)?
+    };
     let forking = std::time::Instant::now();
     let Forked {
         mut tasks,
         actual,
         cur_userns,
         made_time,
-    } = fork_tree(&ti, &userns, &mut writers, opts.restore_sibling)?;
+    } = fork_tree(&ti, &userns, &mut writers, opts.restore_sibling, &cg_dirs)?;
     let forking = forking.elapsed();
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
@@ -234,7 +246,7 @@ fn before_transform(
 ) -> Result<(), RestoreError> {
     let imgs = &ti.imgs;
     // (threads made later follow their leader)
-    for (pid, path) in ns::cgroup::read_members(&opts.dir)? {
+    for (pid, path) in ns::cgroup::read_members(&opts.dir)?.1 {
         if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
             ns::cgroup::move_to(actual[k], &path)?;
         }
