@@ -399,7 +399,7 @@ fn fresh_dir(dir: &Path, name: &str) -> Result<PathBuf> {
 /// Times `crest dump -t root` into `images`, then waits until the holder
 /// child and every pid of `pids` is gone.
 fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started) -> Result<f64> {
-    let v = env.verbosity.to_string();
+    let v = format!("-v{}", env.verbosity);
     let root_s = root.to_string();
     let name = images
         .file_name()
@@ -416,7 +416,6 @@ fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started
             &root_s,
             "-D",
             crate::path_str(images)?,
-            "-v",
             &v,
             "-o",
             "dump.log",
@@ -435,7 +434,7 @@ fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started
 /// Times `crest restore -d` from `images`; returns the seconds and the
 /// restored root pid.
 fn restore(env: &Env, images: &Path) -> Result<(f64, i32)> {
-    let v = env.verbosity.to_string();
+    let v = format!("-v{}", env.verbosity);
     let pidfile = images.join("restore.pid");
     let name = images
         .file_name()
@@ -451,7 +450,6 @@ fn restore(env: &Env, images: &Path) -> Result<(f64, i32)> {
             "-D",
             crate::path_str(images)?,
             "-d",
-            "-v",
             &v,
             "-o",
             "restore.log",

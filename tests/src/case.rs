@@ -631,7 +631,7 @@ pub fn run_dump(
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
     let mut args = vec![
-        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v", "4",
+        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4",
     ];
     if leave_running {
         args.push("-R");
@@ -667,8 +667,7 @@ pub fn run_restore_detached(
         &pidfile_s,
         "-o",
         "restore.log",
-        "-v",
-        "4",
+        "-v4",
     ];
     let extra = fs::read_to_string(dir.state.join("restore-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
@@ -866,8 +865,7 @@ fn sleep_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) -> Re
         &pidfile_s,
         "-o",
         "restore.log",
-        "-v",
-        "4",
+        "-v4",
     ];
     procs.track(pid);
     let restore_at = started.elapsed();
@@ -988,7 +986,7 @@ fn pipeline_steps(cfg: &Config, dir: &CaseDir, mode: Mode, procs: &mut Procs) ->
     fs::write(dir.root.join("tree.before"), format!("{tree:#?}\n")).context("write tree.before")?;
     dump(cfg, dir, pid, false, procs)?;
     let images = dir.images.to_string_lossy();
-    let args = ["restore", "-D", &images, "-o", "restore.log", "-v", "4"];
+    let args = ["restore", "-D", &images, "-o", "restore.log", "-v4"];
     procs.track(pid);
     let ran = crest::run(
         crest::command(&cfg.crest, &args),

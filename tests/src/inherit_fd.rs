@@ -81,8 +81,7 @@ fn pipe_inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         .args([
             "-o",
             "restore-inherit.log",
-            "-v",
-            "4",
+            "-v4",
             "--inherit-fd",
             &inherit,
         ]);

@@ -238,8 +238,7 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
             "-j",
             "-o",
             "restore.log",
-            "-v",
-            "4",
+            "-v4",
         ],
     );
     restore
