@@ -168,7 +168,17 @@ pub fn placement(
 ) -> Result<Vec<PathBuf>, RestoreError> {
     let mine = std::fs::read_to_string("/proc/self/cgroup").rat(0, "read crest's cgroups")?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").rat(0, "read crest's mountinfo")?;
-    let mounts = super::mnt::parse_mountinfo(&info).unwrap_or_default();
+    placement_in(lines, roots, &mine, &info)
+}
+
+/// [`placement`] with crest's `/proc/self/cgroup` and mountinfo given.
+fn placement_in(
+    lines: &[String],
+    roots: &[(Option<String>, String)],
+    mine: &str,
+    mountinfo: &str,
+) -> Result<Vec<PathBuf>, RestoreError> {
+    let mounts = super::mnt::parse_mountinfo(mountinfo).unwrap_or_default();
     let mut out = Vec::new();
     for line in lines {
         let mut parts = line.splitn(3, ':');
@@ -243,6 +253,66 @@ pub fn place(pid: i32, dirs: &[PathBuf]) -> Result<(), RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MINE: &str = "9:name=systemd:/\n8:pids:/\n2:cpu,cpuacct:/a\n0::/\n";
+    const MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+31 25 0:27 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+32 25 0:28 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+33 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+";
+
+    fn place_of(lines: &[&str], roots: &[(Option<&str>, &str)]) -> Vec<String> {
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let roots: Vec<(Option<String>, String)> = roots
+            .iter()
+            .map(|(c, p)| (c.map(str::to_string), p.to_string()))
+            .collect();
+        placement_in(&lines, &roots, MINE, MOUNTS)
+            .expect("placement")
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_tree_goes_back_to_its_cgroups() {
+        // where crest is already: nothing to do
+        assert!(place_of(&["8:pids:/", "0::/"], &[]).is_empty());
+        assert_eq!(
+            place_of(
+                &[
+                    "8:pids:/c1",
+                    "2:cpu,cpuacct:/c1",
+                    "0::/c1",
+                    "9:name=systemd:/c1"
+                ],
+                &[]
+            ),
+            [
+                "/sys/fs/cgroup/pids/c1",
+                "/sys/fs/cgroup/cpu,cpuacct/c1",
+                "/sys/fs/cgroup/unified/c1",
+                "/sys/fs/cgroup/systemd/c1"
+            ]
+        );
+        // --cgroup-root per controller, "" for v2, none for the rest
+        assert_eq!(
+            place_of(
+                &["8:pids:/c1", "2:cpu,cpuacct:/c1", "0::/c1"],
+                &[(Some("cpu"), "/x"), (Some(""), "/v2"), (None, "/all")]
+            ),
+            [
+                "/sys/fs/cgroup/pids/all",
+                "/sys/fs/cgroup/cpu,cpuacct/x",
+                "/sys/fs/cgroup/unified/v2"
+            ]
+        );
+        let bad = vec!["8:pids:/../x".to_string()];
+        assert!(placement_in(&bad, &[], MINE, MOUNTS).is_err());
+        let missing = vec!["5:rdma:/c1".to_string()];
+        assert!(placement_in(&missing, &[], MINE, MOUNTS).is_err());
+    }
 
     #[test]
     fn roots() {
