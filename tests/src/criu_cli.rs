@@ -1,6 +1,902 @@
-//! (being written)
+//! CRIU's command line as CRIU's users and its zdtm harness write it
+//! (issue 12, item 8): each spelling on a real dump and restore of
+//! `small_tree` (three processes, each checking its ppid on SIGTERM), the
+//! tree compared from outside before the dump and after the restore, and
+//! the workload's own verdict.
+//!
+//! Cases (`criu_cli_*[host]`): long and short spellings (`--tree`/`-t`,
+//! `--images-dir`/`-D`/`--images-dir=`, `--log-file`/`-o`, `-v4`,
+//! `-vvvv`, `--verbosity=4`, `--restore-detached`/`-d`, `--pidfile`
+//! relative to the work directory), `--work-dir`/`-W`,
+//! `--restore-sibling`, `--leave-running`/`-R`, `--leave-stopped`/`-s`,
+//! a bag of options crest takes (`--timeout`, `--link-remap`,
+//! `--ghost-limit`, `--evasive-devices`, `--network-lock skip`,
+//! `--skip-in-flight`, `--ghost-fiemap`, `--force-irmap`,
+//! `--manage-cgroups[=soft]`), `--empty-ns net` (a tree with its own net
+//! namespace, started by `nsinit`), `--inherit-fd=`, `--status-fd`,
+//! `--action-script`, `--display-stats`, `--config`/`--no-default-config`,
+//! `check` (with `--feature`, `--all`), `--version`, the name `criu`
+//! (a symlink), and refusals (`--lazy-pages`, `--ext-unix-sk`, `pre-dump`,
+//! an unknown option, CRIU's exit code 1 and `Error (` in the log).
 
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::case::{self, CaseDir, DirCase, Program, Settle, Workload};
+use crate::crest::{self, Ran, CREST_TIMEOUT};
+use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Waited};
 use crate::suite::Report;
-use crate::Config;
+use crate::{ns, Config, Outcome, StdioKind};
 
-pub fn run(_cfg: &Config, _report: &mut Report, _selected: &dyn Fn(&str) -> bool) {}
+const CASES: [(&str, DirCase); 18] = [
+    ("criu_cli_long_forms", long_forms),
+    ("criu_cli_short_forms", short_forms),
+    ("criu_cli_work_dir", work_dir),
+    ("criu_cli_restore_sibling", restore_sibling),
+    ("criu_cli_leave_running", leave_running),
+    ("criu_cli_leave_stopped", leave_stopped),
+    ("criu_cli_options", options_taken),
+    ("criu_cli_empty_ns_net", empty_ns_net),
+    ("criu_cli_inherit_fd", inherit_fd),
+    ("criu_cli_status_fd", status_fd),
+    ("criu_cli_action_script", action_script),
+    ("criu_cli_display_stats", display_stats),
+    ("criu_cli_config", config),
+    ("criu_cli_check", check),
+    ("criu_cli_version", version),
+    ("criu_cli_name_criu", name_criu),
+    ("criu_cli_refusals", refusals),
+    ("criu_cli_failure_exit", failure_exit),
+];
+
+pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
+    case::run_root_cases(cfg, report, selected, &CASES);
+}
+
+/// `small_tree`: root, child, grandchild, each checking its ppid.
+pub(crate) fn small_tree() -> Workload {
+    Workload {
+        name: "small_tree",
+        program: Program::C("small_tree"),
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    }
+}
+
+/// Starts `small_tree`, waits until it is ready and settled; returns the
+/// root and the tree as /proc shows it (every pid tracked for cleanup).
+pub(crate) fn start_tree(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<(Pid, Tree)> {
+    let pid = case::start(cfg, &small_tree(), dir, StdioKind::DevNull, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let tree = procs::tree_snapshot(pid).context("the tree before the dump")?;
+    if tree.len() != 3 {
+        bail!("small_tree has {} processes, expected 3", tree.len());
+    }
+    for p in tree.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    Ok((pid, tree))
+}
+
+/// After a dump without -R: the root (our child) is reaped, every other
+/// task of the tree is gone.
+pub(crate) fn reap_dumped(pid: Pid, tree: &Tree, procs: &mut Procs) -> Result<()> {
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        Waited::TimedOut => bail!("pid {pid} still runs 10 s after the dump succeeded"),
+        Waited::NotChild => {
+            if !wait_until(Duration::from_secs(5), || !exists(pid)) {
+                bail!("pid {pid} still exists after the dump");
+            }
+        }
+    }
+    for p in tree.keys().map(|p| Pid::from_raw(*p)).filter(|p| *p != pid) {
+        procs::reap_or_wait_gone(p);
+        if exists(p) {
+            bail!(
+                "pid {p} ({}, state {:?}) of the dumped tree still exists after the dump",
+                procs::proc_comm(p).unwrap_or_default(),
+                procs::proc_state(p)
+            );
+        }
+    }
+    procs::reap_zombie_children();
+    Ok(())
+}
+
+/// The restored tree of `pid` must be `before` again; then it is told to
+/// check itself and must pass.
+pub(crate) fn check_restored(
+    dir: &CaseDir,
+    pid: Pid,
+    before: &Tree,
+    procs: &mut Procs,
+) -> Result<Outcome> {
+    if !alive(pid) {
+        bail!(
+            "the restored root {pid} is not running (state {:?})",
+            procs::proc_state(pid)
+        );
+    }
+    let after = procs::tree_snapshot(pid).context("the tree after the restore")?;
+    let diff = procs::tree_diff(before, &after, "after restore");
+    if !diff.is_empty() {
+        bail!(
+            "the tree differs after the restore:\n  {}",
+            diff.join("\n  ")
+        );
+    }
+    for p in after.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// `crest ARGS` in the case directory, output in `<tag>.stdout/.stderr`.
+fn crest_run(cfg: &Config, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+    case::check_crest(cfg)?;
+    crest::run(crest::command(&cfg.crest, args), &dir.root, tag, CREST_TIMEOUT, procs)
+}
+
+/// A crest run that must succeed.
+fn crest_ok(cfg: &Config, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+    let ran = crest_run(cfg, dir, tag, args, procs)?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest {}", args.join(" "))));
+    }
+    Ok(ran)
+}
+
+/// A dump that must succeed and kill the tree.
+fn dump_ok(
+    cfg: &Config,
+    dir: &CaseDir,
+    args: &[&str],
+    pid: Pid,
+    tree: &Tree,
+    procs: &mut Procs,
+) -> Result<Ran> {
+    let ran = crest_ok(cfg, dir, "dump", args, procs)?;
+    reap_dumped(pid, tree, procs)?;
+    Ok(ran)
+}
+
+/// A restore that must succeed and bring `pid` back.
+fn restore_ok(
+    cfg: &Config,
+    dir: &CaseDir,
+    tag: &str,
+    args: &[&str],
+    pid: Pid,
+    procs: &mut Procs,
+) -> Result<Ran> {
+    procs.track(pid);
+    let ran = crest_ok(cfg, dir, tag, args, procs)?;
+    if !alive(pid) {
+        bail!("crest {} succeeded but pid {pid} is not running", args.join(" "));
+    }
+    Ok(ran)
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().to_string()
+}
+
+/// The pid a pidfile names must be `pid`.
+fn check_pidfile(path: &Path, pid: Pid) -> Result<()> {
+    let said = procs::read_pid_file(path)?;
+    if said != pid {
+        bail!("{} names {said}, expected {pid}", path.display());
+    }
+    Ok(())
+}
+
+fn must_exist(dir: &Path, files: &[&str]) -> Result<()> {
+    for f in files {
+        if !dir.join(f).exists() {
+            bail!("no {f} in {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn long_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let images = s(&dir.images);
+    let pid_s = pid.to_string();
+    let d = [
+        "dump",
+        "--tree",
+        &pid_s,
+        "--images-dir",
+        &images,
+        "--log-file",
+        "dump.log",
+        "--verbosity=4",
+    ];
+    dump_ok(cfg, dir, &d, pid, &before, procs)?;
+    let images_eq = format!("--images-dir={images}");
+    let r = [
+        "restore",
+        &images_eq,
+        "--restore-detached",
+        "--pidfile",
+        "restore.pid",
+        "--log-file",
+        "restore.log",
+        "--verbosity=4",
+    ];
+    restore_ok(cfg, dir, "restore", &r, pid, procs)?;
+    must_exist(&dir.images, &["dump.log", "restore.log", "stats-dump"])?;
+    // relative to the work directory, which is the images directory
+    check_pidfile(&dir.images.join("restore.pid"), pid)?;
+    check_restored(dir, pid, &before, procs)
+}
+
+/// Lines of a log file (0 if missing).
+fn log_lines(p: &Path) -> usize {
+    fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+fn short_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let images = s(&dir.images);
+    let pid_s = pid.to_string();
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-vvvv"],
+        pid,
+        &before,
+        procs,
+    )?;
+    let pidfile = s(&dir.root.join("restore.pid"));
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log", "-v4", "--pidfile", &pidfile],
+        pid,
+        procs,
+    )?;
+    check_pidfile(&dir.root.join("restore.pid"), pid)?;
+    // -vvvv and -v4 are verbose: more than a line or two each
+    for f in ["dump.log", "restore.log"] {
+        let n = log_lines(&dir.images.join(f));
+        if n < 5 {
+            bail!("{f} has {n} lines at verbosity 4");
+        }
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn work_dir(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let work = dir.root.join("work");
+    fs::create_dir_all(&work)?;
+    let (images, work_s, pid_s) = (s(&dir.images), s(&work), pid.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-W", &work_s, "-o", "dump.log", "-v4"],
+        pid,
+        &before,
+        procs,
+    )?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore", "-D", &images, "--work-dir", &work_s, "-d", "-o", "restore.log",
+            "--pidfile", "restore.pid",
+        ],
+        pid,
+        procs,
+    )?;
+    let files = ["dump.log", "stats-dump", "restore.log", "stats-restore", "restore.pid"];
+    must_exist(&work, &files)?;
+    for f in files {
+        if dir.images.join(f).exists() {
+            bail!("{f} is in the images directory, not (only) in the work directory");
+        }
+    }
+    check_pidfile(&work.join("restore.pid"), pid)?;
+    check_restored(dir, pid, &before, procs)
+}
+
+/// An action script appending "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_IMAGE_DIR
+/// $CRTOOLS_INIT_PID $PPID PPID-OF-INIT" to `log`.
+fn write_script(dir: &CaseDir, log: &Path) -> Result<String> {
+    let path = dir.root.join("action.sh");
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nppid=\nif [ -n \"$CRTOOLS_INIT_PID\" ]; then\n  ppid=$(awk '/^PPid:/ {{print $2}}' /proc/$CRTOOLS_INIT_PID/status 2>/dev/null)\nfi\necho \"$CRTOOLS_SCRIPT_ACTION $CRTOOLS_IMAGE_DIR ${{CRTOOLS_INIT_PID:--}} $PPID ${{ppid:--}}\" >> {}\n",
+            log.display()
+        ),
+    )?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(s(&path))
+}
+
+/// One line of the action script's log.
+#[derive(Debug)]
+struct Hook {
+    action: String,
+    images: String,
+    pid: Option<i32>,
+    /// The script's parent (crest).
+    caller: i32,
+    /// The parent of the init pid, when there is one.
+    init_ppid: Option<i32>,
+}
+
+fn read_hooks(log: &Path) -> Result<Vec<Hook>> {
+    let text = fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let [action, images, pid, caller, ppid] = w[..] else {
+            bail!("action script line {l:?}");
+        };
+        let num = |v: &str| -> Result<Option<i32>> {
+            if v == "-" {
+                return Ok(None);
+            }
+            Ok(Some(v.parse().with_context(|| format!("{v:?} in {l:?} is not a pid"))?))
+        };
+        out.push(Hook {
+            action: action.into(),
+            images: images.into(),
+            pid: num(pid)?,
+            caller: caller.parse().with_context(|| format!("line {l:?}"))?,
+            init_ppid: num(ppid)?,
+        });
+    }
+    Ok(out)
+}
+
+fn restore_sibling(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    let log = dir.root.join("hooks.log");
+    let script = write_script(dir, &log)?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore", "-D", &images, "-d", "--restore-sibling", "-o", "restore.log",
+            "--action-script", &script,
+        ],
+        pid,
+        procs,
+    )?;
+    let me = std::process::id() as i32;
+    let hooks = read_hooks(&log)?;
+    let post = hooks
+        .iter()
+        .find(|h| h.action == "post-restore")
+        .context("no post-restore hook ran")?;
+    if post.init_ppid != Some(me) {
+        bail!(
+            "with --restore-sibling the root {pid} had parent {:?} at post-restore (crest is {}), \
+             expected the test process {me}",
+            post.init_ppid,
+            post.caller
+        );
+    }
+    if procs::proc_ppid(pid) != Some(me) {
+        bail!("the restored root's parent is {:?}, not the test process", procs::proc_ppid(pid));
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let pid_s = pid.to_string();
+    for (i, flag) in ["-R", "--leave-running"].iter().enumerate() {
+        let images = s(&dir.root.join(format!("images{i}")));
+        crest_ok(
+            cfg,
+            dir,
+            &format!("dump{i}"),
+            &["dump", "-t", &pid_s, "-D", &images, flag, "-o", "dump.log"],
+            procs,
+        )?;
+        let problems = procs::tree_problems(pid);
+        if !problems.is_empty() {
+            bail!("after dump {flag}: {}", problems.join("; "));
+        }
+        must_exist(Path::new(&images), &["pstree.img"])?;
+    }
+    let after = procs::tree_snapshot(pid)?;
+    let diff = procs::tree_diff(&before, &after, "after dump -R");
+    if !diff.is_empty() {
+        bail!("the tree changed: {}", diff.join("; "));
+    }
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// Every task of `tree` must be in state T (stopped), not traced.
+fn all_stopped(tree: &Tree, what: &str) -> Result<()> {
+    for p in tree.keys().map(|p| Pid::from_raw(*p)) {
+        let ok = wait_until(Duration::from_secs(3), || procs::proc_state(p) == Some('T'));
+        let tracer = procs::proc_status_field(p, "TracerPid");
+        if !ok || tracer.as_deref() != Some("0") {
+            bail!(
+                "{what}: pid {p} is in state {:?} with TracerPid {tracer:?}, expected T and 0",
+                procs::proc_state(p)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn leave_stopped(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    crest_ok(
+        cfg,
+        dir,
+        "dump",
+        &["dump", "-t", &pid_s, "-D", &images, "--leave-stopped", "-o", "dump.log"],
+        procs,
+    )?;
+    all_stopped(&before, "after dump --leave-stopped")?;
+    // the stopped tree goes away, so the images can have its pids
+    for p in before.keys().rev() {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    reap_dumped(pid, &before, procs)?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-s", "-d", "-o", "restore.log"],
+        pid,
+        procs,
+    )?;
+    all_stopped(&before, "after restore -s -d")?;
+    for p in before.keys() {
+        kill(Pid::from_raw(*p), Signal::SIGCONT).context("SIGCONT")?;
+    }
+    if !wait_until(Duration::from_secs(3), || {
+        before
+            .keys()
+            .all(|p| procs::proc_state(Pid::from_raw(*p)) == Some('S'))
+    }) {
+        bail!("the tree does not sleep again after SIGCONT");
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn options_taken(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &[
+            "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--timeout", "10",
+            "--link-remap", "--ghost-limit", "1M", "--evasive-devices", "--network-lock", "skip",
+            "--skip-in-flight", "--ghost-fiemap", "--force-irmap", "--manage-cgroups",
+        ],
+        pid,
+        &before,
+        procs,
+    )?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore", "-D", &images, "-d", "-o", "restore.log", "--timeout", "10",
+            "--link-remap", "--evasive-devices", "--network-lock", "skip", "--no-ghost-fiemap",
+            "--manage-cgroups=soft",
+        ],
+        pid,
+        procs,
+    )?;
+    check_restored(dir, pid, &before, procs)
+}
+
+/// The interfaces /proc/PID/net/dev lists (those of its net namespace).
+fn interfaces(pid: Pid) -> Result<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/dev"))?;
+    Ok(text
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_string())
+        .collect())
+}
+
+fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, false, procs)?;
+    let main = ns::wait_ready(dir, root, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(root));
+    let before = procs::tree_snapshot(root)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    let ifs = interfaces(main)?;
+    if ifs != ["lo"] {
+        bail!("the workload's net namespace has {ifs:?} before the dump, expected lo only");
+    }
+    let (images, pid_s) = (s(&dir.images), root.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--empty-ns", "net"],
+        root,
+        &before,
+        procs,
+    )?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log", "--empty-ns", "net"],
+        root,
+        procs,
+    )?;
+    let ours = fs::read_link("/proc/self/ns/net")?;
+    let theirs = fs::read_link(format!("/proc/{main}/ns/net"))?;
+    if ours == theirs {
+        bail!("the restored workload shares the harness's net namespace ({ours:?})");
+    }
+    let ifs = interfaces(main)?;
+    if ifs != ["lo"] {
+        bail!("the restored net namespace has {ifs:?}, expected an empty one (lo only)");
+    }
+    let after = procs::tree_snapshot(root)?;
+    let diff = procs::tree_diff(&before, &after, "after restore");
+    if !diff.is_empty() {
+        bail!("the tree differs after the restore:\n  {}", diff.join("\n  "));
+    }
+    case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
+}
+
+fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.arg(cfg.workload("small_tree"))
+        .arg(&dir.state)
+        .current_dir(&dir.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().context("spawn small_tree")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    let mut out = child.stdout.take().context("the workload's stdout")?;
+    case::wait_ready(dir, pid, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    let key = fs::read_link(format!("/proc/{pid}/fd/1"))?
+        .to_string_lossy()
+        .to_string();
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    let mut restore = Command::new("sh");
+    restore
+        .arg("-c")
+        .arg(format!(
+            "exec \"$0\" \"$@\" 3>/proc/{}/fd/{}",
+            std::process::id(),
+            out.as_raw_fd()
+        ))
+        .arg(&cfg.crest)
+        .args(["restore", "-D", &images, "-d", "-o", "restore.log"])
+        .arg(format!("--inherit-fd=fd[3]:{key}"));
+    procs.track(pid);
+    let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest restore --inherit-fd=fd[3]:{key}")));
+    }
+    let verdict = check_restored(dir, pid, &before, procs)?;
+    let mut text = String::new();
+    out.read_to_string(&mut text)?;
+    if !(text.contains("before\n") && text.rfind("after\n") > text.find("before\n")) {
+        bail!("the pipe carried {text:?}, expected \"before\" then \"after\"");
+    }
+    Ok(verdict)
+}
+
+fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+    let mut restore = Command::new("sh");
+    restore
+        .arg("-c")
+        .arg(format!(
+            "exec \"$0\" \"$@\" 5>/proc/{}/fd/{}",
+            std::process::id(),
+            wr.as_raw_fd()
+        ))
+        .arg(&cfg.crest)
+        .args(["restore", "-D", &images, "-d", "-o", "restore.log", "--status-fd", "5"]);
+    procs.track(pid);
+    let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore -d --status-fd 5"));
+    }
+    drop(wr);
+    nix::fcntl::fcntl(&rd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+    let mut got = Vec::new();
+    let _ = fs::File::from(rd).read_to_end(&mut got);
+    if got != [0] {
+        bail!("the status fd carried {got:?}, expected one zero byte");
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let log = dir.root.join("hooks.log");
+    let script = write_script(dir, &log)?;
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--action-script", &script],
+        pid,
+        &before,
+        procs,
+    )?;
+    let dumped = read_hooks(&log)?;
+    let _ = fs::remove_file(&log);
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log", "--action-script", &script],
+        pid,
+        procs,
+    )?;
+    let restored = read_hooks(&log)?;
+    let check = |hooks: &[Hook], want: &[&str], with_pid: &[&str]| -> Result<()> {
+        let names: Vec<&str> = hooks.iter().map(|h| h.action.as_str()).collect();
+        if names != want {
+            bail!("action script ran for {names:?}, expected {want:?}");
+        }
+        for h in hooks {
+            if h.images != images {
+                bail!("{}: CRTOOLS_IMAGE_DIR {:?}, expected {images}", h.action, h.images);
+            }
+            if let Some(p) = h.pid {
+                if p != pid.as_raw() {
+                    bail!("{}: CRTOOLS_INIT_PID {p}, expected the root {pid}", h.action);
+                }
+            } else if with_pid.contains(&h.action.as_str()) {
+                bail!("{}: no CRTOOLS_INIT_PID", h.action);
+            }
+        }
+        Ok(())
+    };
+    check(&dumped, &["pre-dump", "post-dump"], &["pre-dump", "post-dump"])?;
+    check(
+        &restored,
+        &[
+            "pre-restore",
+            "setup-namespaces",
+            "post-setup-namespaces",
+            "post-restore",
+            "pre-resume",
+            "post-resume",
+        ],
+        &["setup-namespaces", "post-restore"],
+    )?;
+    check_restored(dir, pid, &before, procs)
+}
+
+fn display_stats(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let ran = dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--display-stats"],
+        pid,
+        &before,
+        procs,
+    )?;
+    if !ran.stdout.contains("Displaying dump stats") {
+        bail!("dump --display-stats printed {:?}", ran.stdout);
+    }
+    let ran = restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log", "--display-stats"],
+        pid,
+        procs,
+    )?;
+    if !ran.stdout.contains("Displaying restore stats") {
+        bail!("restore --display-stats printed {:?}", ran.stdout);
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, _) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let conf = dir.root.join("criu.conf");
+    fs::write(&conf, "# as CRIU reads it\nleave-running\nlog-file from-config.log\n")?;
+    let conf_s = s(&conf);
+    crest_ok(
+        cfg,
+        dir,
+        "dump",
+        &["dump", "--config", &conf_s, "-t", &pid_s, "-D", &images],
+        procs,
+    )?;
+    case::check_left_running(pid).context("--config FILE with leave-running")?;
+    must_exist(&dir.images, &["from-config.log", "pstree.img"])?;
+    crest_ok(
+        cfg,
+        dir,
+        "dump-nodefault",
+        &["dump", "--no-default-config", "-t", &pid_s, "-D", &images, "-R", "-o", "d2.log"],
+        procs,
+    )?;
+    case::check_left_running(pid)?;
+    let missing = s(&dir.root.join("missing.conf"));
+    let ran = crest_run(
+        cfg,
+        dir,
+        "dump-missing",
+        &["dump", "--config", &missing, "-t", &pid_s, "-D", &images, "-R"],
+        procs,
+    )?;
+    if ran.success() || !ran.stderr.contains(&missing) {
+        bail!(
+            "dump --config {missing} (missing): {} with stderr {:?}, expected a failure naming it",
+            ran.exit,
+            ran.stderr.trim()
+        );
+    }
+    case::check_left_running(pid)?;
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+fn check(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    for (tag, args, code) in [
+        ("check", &["check"][..], 0),
+        ("check-clone3", &["check", "--feature", "clone3_set_tid"][..], 0),
+        ("check-dirty", &["check", "--feature", "mem_dirty_track"][..], 1),
+        ("check-all", &["check", "--all"][..], 0),
+    ] {
+        let ran = crest_run(cfg, dir, tag, args, procs)?;
+        if ran.exit != procs::Exit::Code(code) {
+            bail!(
+                "crest {}: {} (expected exit {code}): {}",
+                args.join(" "),
+                ran.exit,
+                ran.stderr.trim()
+            );
+        }
+        if tag == "check" && !ran.stdout.contains("Looks good") {
+            bail!("crest check printed {:?}", ran.stdout);
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn version(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let ran = crest_ok(cfg, dir, "version", &["--version"], procs)?;
+    if !ran.stdout.lines().any(|l| l.trim() == "Version: 4.2") {
+        bail!("--version printed {:?}, expected a line \"Version: 4.2\"", ran.stdout);
+    }
+    Ok(Outcome::Pass)
+}
+
+fn name_criu(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let bin = dir.root.join("bin");
+    fs::create_dir_all(&bin)?;
+    let criu = bin.join("criu");
+    std::os::unix::fs::symlink(fs::canonicalize(&cfg.crest)?, &criu)?;
+    let run = |tag: &str, args: &[&str], procs: &mut Procs| -> Result<Ran> {
+        let mut cmd = Command::new(&criu);
+        cmd.args(args);
+        crest::run(cmd, &dir.root, tag, CREST_TIMEOUT, procs)
+    };
+    let ran = run("version", &["--version"], procs)?;
+    if !ran.success() || !ran.stdout.contains("Version: 4.2") {
+        bail!("criu --version: {} {:?}", ran.exit, ran.stdout);
+    }
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let ran = run("dump", &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("criu dump (a symlink named criu)"));
+    }
+    reap_dumped(pid, &before, procs)?;
+    procs.track(pid);
+    let ran = run("restore", &["restore", "-D", &images, "-d", "-o", "restore.log"], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("criu restore -d (a symlink named criu)"));
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    for (tag, args, name) in [
+        (
+            "lazy",
+            vec!["dump", "-t", &pid_s, "-D", &images, "--lazy-pages"],
+            "--lazy-pages",
+        ),
+        (
+            "extunix",
+            vec!["dump", "-t", &pid_s, "-D", &images, "--ext-unix-sk"],
+            "--ext-unix-sk",
+        ),
+        ("predump", vec!["pre-dump", "-t", &pid_s, "-D", &images], "pre-dump"),
+        (
+            "unknown",
+            vec!["dump", "-t", &pid_s, "-D", &images, "--frobnicate"],
+            "--frobnicate",
+        ),
+    ] {
+        let ran = crest_run(cfg, dir, tag, &args, procs)?;
+        if ran.exit != procs::Exit::Code(1) {
+            bail!("crest {}: {} (expected CRIU's exit code 1)", args.join(" "), ran.exit);
+        }
+        if !ran.stderr.contains(name) {
+            bail!("crest {}: stderr {:?} does not name {name}", args.join(" "), ran.stderr.trim());
+        }
+        let problems = procs::tree_problems(pid);
+        if !problems.is_empty() {
+            bail!("after crest {}: {}", args.join(" "), problems.join("; "));
+        }
+    }
+    let after = procs::tree_snapshot(pid)?;
+    let diff = procs::tree_diff(&before, &after, "after the refusals");
+    if !diff.is_empty() {
+        bail!("the tree changed: {}", diff.join("; "));
+    }
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// A dump that fails (a pid that does not exist): exit code 1 and a line
+/// with `Error (` in the log file.
+fn failure_exit(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let images = s(&dir.images);
+    let ran = crest_run(
+        cfg,
+        dir,
+        "dump",
+        &["dump", "-t", "999999999", "-D", &images, "-o", "dump.log", "-v4"],
+        procs,
+    );
+    // (a pid above pid_max: no task can have it)
+    let ran = ran?;
+    if ran.exit != procs::Exit::Code(1) {
+        bail!("a failed dump ended with {}, expected CRIU's exit code 1", ran.exit);
+    }
+    let log = fs::read_to_string(dir.images.join("dump.log")).unwrap_or_default();
+    if !log.lines().any(|l| l.contains("Error (")) {
+        bail!("dump.log of a failed dump has no line with \"Error (\": {log:?}");
+    }
+    Ok(Outcome::Pass)
+}
