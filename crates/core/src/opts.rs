@@ -438,9 +438,17 @@ impl Options {
             {
                 continue;
             }
+            // net[INO]:KEY, a net namespace from outside (runtimes')
+            let ext_net = e
+                .strip_prefix("net[")
+                .and_then(|r| r.split_once("]:"))
+                .is_some_and(|(i, k)| i.parse::<u64>().is_ok() && !k.is_empty());
+            if ext_net {
+                continue;
+            }
             r.push(Refused {
                 option: format!("--external {e}"),
-                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME and external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore)".into(),
+                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME, external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore) and external net namespaces as net[INODE]:KEY".into(),
             });
         }
         for (fd, key) in &self.inherit_fd {
@@ -448,10 +456,15 @@ impl Options {
                 .strip_prefix("pipe:[")
                 .and_then(|r| r.strip_suffix(']'))
                 .is_some_and(|i| i.parse::<u32>().is_ok());
-            if !pipe || *fd < 0 {
+            // a plain name: the key of an external namespace
+            let name = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+            if !(pipe || name) || *fd < 0 {
                 r.push(Refused {
                     option: format!("--inherit-fd fd[{fd}]:{key}"),
-                    why: "crest takes --inherit-fd for pipes only (fd[N]:pipe:[INODE])".into(),
+                    why: "crest takes --inherit-fd for pipes (fd[N]:pipe:[INODE]) and external namespaces (fd[N]:KEY)".into(),
                 });
             }
         }

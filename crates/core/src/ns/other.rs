@@ -101,6 +101,8 @@ pub struct OtherNs {
     pub mnt: Option<super::mnt::MntNs>,
     /// cgroup: the namespace's root (a cgroup v2 path, crest's view).
     pub cgroup_root: Option<String>,
+    /// A namespace from outside (`--external net[INO]:KEY`): its key.
+    pub external_key: Option<String>,
     /// net: devices, addresses, routes, sysctls.
     #[serde(skip)]
     pub net: Option<super::net::NetNs>,
@@ -116,6 +118,8 @@ pub struct OtherGraph {
     pub tasks: Vec<(i32, u32)>,
     /// Dump: the kinds (`CLONE_NEW*`) whose contents are left out.
     pub empty_ns: u32,
+    /// Dump: the `--external` entries.
+    pub externals: Vec<String>,
     /// Dump: the mounts declared external (`--external mnt[MP]:KEY`).
     mnt_externals: Vec<(String, String)>,
     /// Show: mounts from outside are described (as external), not refused.
@@ -146,6 +150,7 @@ impl OtherGraph {
             mnt_externals: super::mnt::mnt_externals(external.unwrap_or(&[])),
             mnt_describe: external.is_none(),
             empty_ns,
+            externals: external.unwrap_or(&[]).to_vec(),
             ..OtherGraph::default()
         };
         for kind in KINDS.iter().copied().filter(|k| k.name != "pid") {
@@ -309,6 +314,7 @@ impl OtherGraph {
             mnt: None,
             cgroup_root: None,
             net: None,
+            external_key: None,
             ino,
         };
         match kind.name {
@@ -320,6 +326,10 @@ impl OtherGraph {
             "ipc" => {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
                 n.ipc = Some(super::ipc::dump(pid, &mut t)?);
+            }
+            "net" if external_ns(&self.externals, "net", ino).is_some() => {
+                // the caller's: neither dumped nor made again
+                n.external_key = external_ns(&self.externals, "net", ino);
             }
             "net" if self.empty_ns & kind.flag != 0 => {
                 // only the loopback device's state
@@ -395,6 +405,7 @@ impl OtherGraph {
                 boottime_nsec: n.offsets.map(|o| o[1].1),
                 mnt_private: Some(n.mnt_private),
                 cgroup_root: n.cgroup_root.clone(),
+                external_key: n.external_key.clone(),
             })
             .chain(more)
             .collect();
@@ -438,6 +449,7 @@ impl OtherGraph {
             mnt_externals: Vec::new(),
             mnt_describe: false,
             empty_ns: 0,
+            externals: Vec::new(),
         };
         for e in entries
             .into_iter()
@@ -484,7 +496,7 @@ impl OtherGraph {
             } else {
                 None
             };
-            let net = if kind.name == "net" {
+            let net = if kind.name == "net" && e.external_key.is_none() {
                 Some(
                     super::net::read(dir, e.id)?
                         .unwrap_or_else(|| super::net::NetNs::bare(e.lo_up.unwrap_or(false))),
@@ -504,6 +516,7 @@ impl OtherGraph {
                 mnt,
                 cgroup_root: e.cgroup_root.clone(),
                 net,
+                external_key: e.external_key.clone(),
                 ino: 0,
             });
         }
@@ -745,6 +758,7 @@ impl Helpers {
         g: &OtherGraph,
         users_h: &super::user::Helpers,
         external: &[String],
+        inherit: &std::collections::HashMap<String, OwnedFd>,
     ) -> Result<Helpers, RestoreError> {
         let mut h = Helpers::default();
         for n in &g.list {
@@ -753,6 +767,19 @@ impl Helpers {
             }
             let mut t = super::pid::spawn_helper(&[])?;
             let pid = t.pid();
+            if let Some(key) = &n.external_key {
+                // the caller's namespace, given as --inherit-fd fd[N]:KEY
+                let fd = inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
+                    pid,
+                    what: format!("the external namespace {key} without --inherit-fd fd[N]:{key}"),
+                })?;
+                let there = crate::files::share::give_fd(&mut t, fd)?;
+                let r = t.syscall(nr::SETNS, &[there, u64::from(n.nstype)]);
+                t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+                r.rat(pid, format!("setns into the external namespace {key}"))?;
+                h.by_id.push((n.id, t));
+                continue;
+            }
             if let Some(root) = &n.cgroup_root {
                 // A cgroup namespace is rooted where its creator is.
                 super::cgroup::move_to(pid, root)?;
@@ -925,4 +952,13 @@ pub fn own_net_ns(pid: i32) -> bool {
         (Ok(mine), Ok(theirs)) => mine != theirs,
         _ => false,
     }
+}
+
+/// The key of `--external KIND[INO]:KEY` naming the namespace with inode
+/// `ino`.
+fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
+    externals.iter().find_map(|e| {
+        let (i, key) = e.strip_prefix(kind)?.strip_prefix('[')?.split_once("]:")?;
+        (i.parse::<u64>().ok()? == ino && !key.is_empty()).then(|| key.to_string())
+    })
 }
