@@ -143,13 +143,31 @@ pub(crate) fn check_restored(
 }
 
 /// `crest ARGS` in the case directory, output in `<tag>.stdout/.stderr`.
-fn crest_run(cfg: &Config, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+fn crest_run(
+    cfg: &Config,
+    dir: &CaseDir,
+    tag: &str,
+    args: &[&str],
+    procs: &mut Procs,
+) -> Result<Ran> {
     case::check_crest(cfg)?;
-    crest::run(crest::command(&cfg.crest, args), &dir.root, tag, CREST_TIMEOUT, procs)
+    crest::run(
+        crest::command(&cfg.crest, args),
+        &dir.root,
+        tag,
+        CREST_TIMEOUT,
+        procs,
+    )
 }
 
 /// A crest run that must succeed.
-fn crest_ok(cfg: &Config, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+fn crest_ok(
+    cfg: &Config,
+    dir: &CaseDir,
+    tag: &str,
+    args: &[&str],
+    procs: &mut Procs,
+) -> Result<Ran> {
     let ran = crest_run(cfg, dir, tag, args, procs)?;
     if !ran.success() {
         bail!(ran.failure(&format!("crest {}", args.join(" "))));
@@ -183,7 +201,10 @@ fn restore_ok(
     procs.track(pid);
     let ran = crest_ok(cfg, dir, tag, args, procs)?;
     if !alive(pid) {
-        bail!("crest {} succeeded but pid {pid} is not running", args.join(" "));
+        bail!(
+            "crest {} succeeded but pid {pid} is not running",
+            args.join(" ")
+        );
     }
     Ok(ran)
 }
@@ -245,7 +266,9 @@ fn long_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
 
 /// Lines of a log file (0 if missing).
 fn log_lines(p: &Path) -> usize {
-    fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0)
+    fs::read_to_string(p)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn short_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -255,7 +278,9 @@ fn short_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     dump_ok(
         cfg,
         dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-vvvv"],
+        &[
+            "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-vvvv",
+        ],
         pid,
         &before,
         procs,
@@ -265,7 +290,17 @@ fn short_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         cfg,
         dir,
         "restore",
-        &["restore", "-D", &images, "-d", "-o", "restore.log", "-v4", "--pidfile", &pidfile],
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "-v4",
+            "--pidfile",
+            &pidfile,
+        ],
         pid,
         procs,
     )?;
@@ -288,7 +323,9 @@ fn work_dir(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     dump_ok(
         cfg,
         dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-W", &work_s, "-o", "dump.log", "-v4"],
+        &[
+            "dump", "-t", &pid_s, "-D", &images, "-W", &work_s, "-o", "dump.log", "-v4",
+        ],
         pid,
         &before,
         procs,
@@ -298,13 +335,27 @@ fn work_dir(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         dir,
         "restore",
         &[
-            "restore", "-D", &images, "--work-dir", &work_s, "-d", "-o", "restore.log",
-            "--pidfile", "restore.pid",
+            "restore",
+            "-D",
+            &images,
+            "--work-dir",
+            &work_s,
+            "-d",
+            "-o",
+            "restore.log",
+            "--pidfile",
+            "restore.pid",
         ],
         pid,
         procs,
     )?;
-    let files = ["dump.log", "stats-dump", "restore.log", "stats-restore", "restore.pid"];
+    let files = [
+        "dump.log",
+        "stats-dump",
+        "restore.log",
+        "stats-restore",
+        "restore.pid",
+    ];
     must_exist(&work, &files)?;
     for f in files {
         if dir.images.join(f).exists() {
@@ -322,7 +373,14 @@ fn write_script(dir: &CaseDir, log: &Path) -> Result<String> {
     fs::write(
         &path,
         format!(
-            "#!/bin/sh\nppid=\nif [ -n \"$CRTOOLS_INIT_PID\" ]; then\n  ppid=$(awk '/^PPid:/ {{print $2}}' /proc/$CRTOOLS_INIT_PID/status 2>/dev/null)\nfi\necho \"$CRTOOLS_SCRIPT_ACTION $CRTOOLS_IMAGE_DIR ${{CRTOOLS_INIT_PID:--}} $PPID ${{ppid:--}}\" >> {}\n",
+            concat!(
+                "#!/bin/sh\nppid=\n",
+                "if [ -n \"$CRTOOLS_INIT_PID\" ]; then\n",
+                "  ppid=$(awk '/^PPid:/ {{print $2}}' /proc/$CRTOOLS_INIT_PID/status 2>/dev/null)\n",
+                "fi\n",
+                "echo \"$CRTOOLS_SCRIPT_ACTION $CRTOOLS_IMAGE_DIR ${{CRTOOLS_INIT_PID:--}} $PPID \\\n",
+                "  ${{ppid:--}}\" >> {}\n"
+            ),
             log.display()
         ),
     )?;
@@ -354,7 +412,10 @@ fn read_hooks(log: &Path) -> Result<Vec<Hook>> {
             if v == "-" {
                 return Ok(None);
             }
-            Ok(Some(v.parse().with_context(|| format!("{v:?} in {l:?} is not a pid"))?))
+            Ok(Some(
+                v.parse()
+                    .with_context(|| format!("{v:?} in {l:?} is not a pid"))?,
+            ))
         };
         out.push(Hook {
             action: action.into(),
@@ -370,7 +431,14 @@ fn read_hooks(log: &Path) -> Result<Vec<Hook>> {
 fn restore_sibling(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
     let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
+        pid,
+        &before,
+        procs,
+    )?;
     let log = dir.root.join("hooks.log");
     let script = write_script(dir, &log)?;
     restore_ok(
@@ -378,8 +446,15 @@ fn restore_sibling(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         dir,
         "restore",
         &[
-            "restore", "-D", &images, "-d", "--restore-sibling", "-o", "restore.log",
-            "--action-script", &script,
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "--restore-sibling",
+            "-o",
+            "restore.log",
+            "--action-script",
+            &script,
         ],
         pid,
         procs,
@@ -399,7 +474,10 @@ fn restore_sibling(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         );
     }
     if procs::proc_ppid(pid) != Some(me) {
-        bail!("the restored root's parent is {:?}, not the test process", procs::proc_ppid(pid));
+        bail!(
+            "the restored root's parent is {:?}, not the test process",
+            procs::proc_ppid(pid)
+        );
     }
     check_restored(dir, pid, &before, procs)
 }
@@ -452,7 +530,16 @@ fn leave_stopped(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         cfg,
         dir,
         "dump",
-        &["dump", "-t", &pid_s, "-D", &images, "--leave-stopped", "-o", "dump.log"],
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "--leave-stopped",
+            "-o",
+            "dump.log",
+        ],
         procs,
     )?;
     all_stopped(&before, "after dump --leave-stopped")?;
@@ -490,9 +577,25 @@ fn options_taken(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         cfg,
         dir,
         &[
-            "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--timeout", "10",
-            "--link-remap", "--ghost-limit", "1M", "--evasive-devices", "--network-lock", "skip",
-            "--skip-in-flight", "--ghost-fiemap", "--force-irmap", "--manage-cgroups",
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--timeout",
+            "10",
+            "--link-remap",
+            "--ghost-limit",
+            "1M",
+            "--evasive-devices",
+            "--network-lock",
+            "skip",
+            "--skip-in-flight",
+            "--ghost-fiemap",
+            "--force-irmap",
+            "--manage-cgroups",
         ],
         pid,
         &before,
@@ -503,8 +606,19 @@ fn options_taken(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         dir,
         "restore",
         &[
-            "restore", "-D", &images, "-d", "-o", "restore.log", "--timeout", "10",
-            "--link-remap", "--evasive-devices", "--network-lock", "skip", "--no-ghost-fiemap",
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--timeout",
+            "10",
+            "--link-remap",
+            "--evasive-devices",
+            "--network-lock",
+            "skip",
+            "--no-ghost-fiemap",
             "--manage-cgroups=soft",
         ],
         pid,
@@ -540,7 +654,17 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     dump_ok(
         cfg,
         dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--empty-ns", "net"],
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--empty-ns",
+            "net",
+        ],
         root,
         &before,
         procs,
@@ -549,7 +673,16 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
         cfg,
         dir,
         "restore",
-        &["restore", "-D", &images, "-d", "-o", "restore.log", "--empty-ns", "net"],
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--empty-ns",
+            "net",
+        ],
         root,
         procs,
     )?;
@@ -565,7 +698,10 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     let after = procs::tree_snapshot(root)?;
     let diff = procs::tree_diff(&before, &after, "after restore");
     if !diff.is_empty() {
-        bail!("the tree differs after the restore:\n  {}", diff.join("\n  "));
+        bail!(
+            "the tree differs after the restore:\n  {}",
+            diff.join("\n  ")
+        );
     }
     case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
 }
@@ -592,7 +728,14 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
         .to_string_lossy()
         .to_string();
     let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
+        pid,
+        &before,
+        procs,
+    )?;
     let mut restore = Command::new("sh");
     restore
         .arg("-c")
@@ -621,7 +764,14 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
 fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
     let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(cfg, dir, &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"], pid, &before, procs)?;
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
+        pid,
+        &before,
+        procs,
+    )?;
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
     let mut restore = Command::new("sh");
     restore
@@ -632,14 +782,26 @@ fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
             wr.as_raw_fd()
         ))
         .arg(&cfg.crest)
-        .args(["restore", "-D", &images, "-d", "-o", "restore.log", "--status-fd", "5"]);
+        .args([
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--status-fd",
+            "5",
+        ]);
     procs.track(pid);
     let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
     if !ran.success() {
         bail!(ran.failure("crest restore -d --status-fd 5"));
     }
     drop(wr);
-    nix::fcntl::fcntl(&rd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+    nix::fcntl::fcntl(
+        &rd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
     let mut got = Vec::new();
     let _ = fs::File::from(rd).read_to_end(&mut got);
     if got != [0] {
@@ -656,7 +818,17 @@ fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     dump_ok(
         cfg,
         dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--action-script", &script],
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--action-script",
+            &script,
+        ],
         pid,
         &before,
         procs,
@@ -667,7 +839,16 @@ fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         cfg,
         dir,
         "restore",
-        &["restore", "-D", &images, "-d", "-o", "restore.log", "--action-script", &script],
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--action-script",
+            &script,
+        ],
         pid,
         procs,
     )?;
@@ -679,11 +860,18 @@ fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         }
         for h in hooks {
             if h.images != images {
-                bail!("{}: CRTOOLS_IMAGE_DIR {:?}, expected {images}", h.action, h.images);
+                bail!(
+                    "{}: CRTOOLS_IMAGE_DIR {:?}, expected {images}",
+                    h.action,
+                    h.images
+                );
             }
             if let Some(p) = h.pid {
                 if p != pid.as_raw() {
-                    bail!("{}: CRTOOLS_INIT_PID {p}, expected the root {pid}", h.action);
+                    bail!(
+                        "{}: CRTOOLS_INIT_PID {p}, expected the root {pid}",
+                        h.action
+                    );
                 }
             } else if with_pid.contains(&h.action.as_str()) {
                 bail!("{}: no CRTOOLS_INIT_PID", h.action);
@@ -691,7 +879,11 @@ fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         }
         Ok(())
     };
-    check(&dumped, &["pre-dump", "post-dump"], &["pre-dump", "post-dump"])?;
+    check(
+        &dumped,
+        &["pre-dump", "post-dump"],
+        &["pre-dump", "post-dump"],
+    )?;
     check(
         &restored,
         &[
@@ -713,7 +905,16 @@ fn display_stats(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     let ran = dump_ok(
         cfg,
         dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "--display-stats"],
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--display-stats",
+        ],
         pid,
         &before,
         procs,
@@ -725,7 +926,15 @@ fn display_stats(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         cfg,
         dir,
         "restore",
-        &["restore", "-D", &images, "-d", "-o", "restore.log", "--display-stats"],
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--display-stats",
+        ],
         pid,
         procs,
     )?;
@@ -739,7 +948,10 @@ fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, _) = start_tree(cfg, dir, procs)?;
     let (images, pid_s) = (s(&dir.images), pid.to_string());
     let conf = dir.root.join("criu.conf");
-    fs::write(&conf, "# as CRIU reads it\nleave-running\nlog-file from-config.log\n")?;
+    fs::write(
+        &conf,
+        "# as CRIU reads it\nleave-running\nlog-file from-config.log\n",
+    )?;
     let conf_s = s(&conf);
     crest_ok(
         cfg,
@@ -754,7 +966,17 @@ fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         cfg,
         dir,
         "dump-nodefault",
-        &["dump", "--no-default-config", "-t", &pid_s, "-D", &images, "-R", "-o", "d2.log"],
+        &[
+            "dump",
+            "--no-default-config",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-R",
+            "-o",
+            "d2.log",
+        ],
         procs,
     )?;
     case::check_left_running(pid)?;
@@ -763,7 +985,9 @@ fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         cfg,
         dir,
         "dump-missing",
-        &["dump", "--config", &missing, "-t", &pid_s, "-D", &images, "-R"],
+        &[
+            "dump", "--config", &missing, "-t", &pid_s, "-D", &images, "-R",
+        ],
         procs,
     )?;
     if ran.success() || !ran.stderr.contains(&missing) {
@@ -780,8 +1004,16 @@ fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
 fn check(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     for (tag, args, code) in [
         ("check", &["check"][..], 0),
-        ("check-clone3", &["check", "--feature", "clone3_set_tid"][..], 0),
-        ("check-dirty", &["check", "--feature", "mem_dirty_track"][..], 1),
+        (
+            "check-clone3",
+            &["check", "--feature", "clone3_set_tid"][..],
+            0,
+        ),
+        (
+            "check-dirty",
+            &["check", "--feature", "mem_dirty_track"][..],
+            1,
+        ),
         ("check-all", &["check", "--all"][..], 0),
     ] {
         let ran = crest_run(cfg, dir, tag, args, procs)?;
@@ -803,7 +1035,10 @@ fn check(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
 fn version(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let ran = crest_ok(cfg, dir, "version", &["--version"], procs)?;
     if !ran.stdout.lines().any(|l| l.trim() == "Version: 4.2") {
-        bail!("--version printed {:?}, expected a line \"Version: 4.2\"", ran.stdout);
+        bail!(
+            "--version printed {:?}, expected a line \"Version: 4.2\"",
+            ran.stdout
+        );
     }
     Ok(Outcome::Pass)
 }
@@ -824,13 +1059,21 @@ fn name_criu(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     }
     let (pid, before) = start_tree(cfg, dir, procs)?;
     let (images, pid_s) = (s(&dir.images), pid.to_string());
-    let ran = run("dump", &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"], procs)?;
+    let ran = run(
+        "dump",
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"],
+        procs,
+    )?;
     if !ran.success() {
         bail!(ran.failure("criu dump (a symlink named criu)"));
     }
     reap_dumped(pid, &before, procs)?;
     procs.track(pid);
-    let ran = run("restore", &["restore", "-D", &images, "-d", "-o", "restore.log"], procs)?;
+    let ran = run(
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log"],
+        procs,
+    )?;
     if !ran.success() {
         bail!(ran.failure("criu restore -d (a symlink named criu)"));
     }
@@ -851,7 +1094,11 @@ fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
             vec!["dump", "-t", &pid_s, "-D", &images, "--ext-unix-sk"],
             "--ext-unix-sk",
         ),
-        ("predump", vec!["pre-dump", "-t", &pid_s, "-D", &images], "pre-dump"),
+        (
+            "predump",
+            vec!["pre-dump", "-t", &pid_s, "-D", &images],
+            "pre-dump",
+        ),
         (
             "unknown",
             vec!["dump", "-t", &pid_s, "-D", &images, "--frobnicate"],
@@ -860,10 +1107,18 @@ fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     ] {
         let ran = crest_run(cfg, dir, tag, &args, procs)?;
         if ran.exit != procs::Exit::Code(1) {
-            bail!("crest {}: {} (expected CRIU's exit code 1)", args.join(" "), ran.exit);
+            bail!(
+                "crest {}: {} (expected CRIU's exit code 1)",
+                args.join(" "),
+                ran.exit
+            );
         }
         if !ran.stderr.contains(name) {
-            bail!("crest {}: stderr {:?} does not name {name}", args.join(" "), ran.stderr.trim());
+            bail!(
+                "crest {}: stderr {:?} does not name {name}",
+                args.join(" "),
+                ran.stderr.trim()
+            );
         }
         let problems = procs::tree_problems(pid);
         if !problems.is_empty() {
@@ -886,13 +1141,25 @@ fn failure_exit(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
         cfg,
         dir,
         "dump",
-        &["dump", "-t", "999999999", "-D", &images, "-o", "dump.log", "-v4"],
+        &[
+            "dump",
+            "-t",
+            "999999999",
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "-v4",
+        ],
         procs,
     );
     // (a pid above pid_max: no task can have it)
     let ran = ran?;
     if ran.exit != procs::Exit::Code(1) {
-        bail!("a failed dump ended with {}, expected CRIU's exit code 1", ran.exit);
+        bail!(
+            "a failed dump ended with {}, expected CRIU's exit code 1",
+            ran.exit
+        );
     }
     let log = fs::read_to_string(dir.images.join("dump.log")).unwrap_or_default();
     if !log.lines().any(|l| l.contains("Error (")) {

@@ -159,7 +159,8 @@ impl Swrk {
         loop {
             let Some(resp) = self.recv()? else {
                 bail!(
-                    "crest ({}) closed the socket without answering (after notifications {notes:?})",
+                    "crest ({}) closed the socket without answering (after notifications \
+                     {notes:?})",
                     self.tag
                 );
             };
@@ -740,7 +741,10 @@ fn rpc_config_file(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         bail!("crest swrk ended with {exit} after a successful DUMP");
     }
     if !alive(pid) {
-        bail!("the tree was killed: the config file's leave-running did not override leave_running=false");
+        bail!(
+            "the tree was killed: the config file's leave-running did not override \
+             leave_running=false"
+        );
     }
     case::check_left_running(pid)?;
     if !dir.images.join("cfg-dump.log").exists() {
