@@ -25,6 +25,7 @@ fn ns_entry(id: u32, nstype: u32) -> CrestNsEntry {
         boottime_nsec: None,
         mnt_private: None,
         cgroup_root: Some("/a".into()),
+        external_key: None,
     }
 }
 
@@ -97,6 +98,7 @@ fn cgroup_members_round_trip() {
     let list = vec![CrestCgroupMember {
         pid: 7,
         path: "/x/y".into(),
+        ..CrestCgroupMember::default()
     }];
     carry::write::<CgroupEntry>(d.path(), names::CREST_CGROUPS, list.clone()).unwrap();
     assert_eq!(file_magic(&d, names::CREST_CGROUPS), magic::CGROUP);
