@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 18] = [
+const CASES: [(&str, DirCase); 19] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -46,6 +46,7 @@ const CASES: [(&str, DirCase); 18] = [
     ("criu_cli_leave_stopped", leave_stopped),
     ("criu_cli_options", options_taken),
     ("criu_cli_empty_ns_net", empty_ns_net),
+    ("criu_cli_external_mnt", external_mnt),
     ("criu_cli_inherit_fd", inherit_fd),
     ("criu_cli_status_fd", status_fd),
     ("criu_cli_action_script", action_script),
@@ -704,6 +705,108 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
         );
     }
     case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
+}
+
+/// `small_tree` in a mount namespace of its own with a bind mount from
+/// outside (`src` on `dst`): dumped with `--external mnt[DST]:KEY`,
+/// restored with `--external mnt[KEY]:SRC2`; the restored mount shows
+/// SRC2's file.
+fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/unshare").exists() {
+        return Ok(Outcome::Skip("unshare (util-linux) not found".into()));
+    }
+    let (src, src2, dst) = (
+        dir.root.join("src"),
+        dir.root.join("src2"),
+        dir.root.join("dst"),
+    );
+    for d in [&src, &src2, &dst] {
+        fs::create_dir_all(d)?;
+    }
+    fs::write(src.join("before"), "1")?;
+    fs::write(src2.join("after"), "2")?;
+    let script = format!(
+        "mount --bind {} {} && exec {} {} {}",
+        src.display(),
+        dst.display(),
+        cfg.workload("launch").display(),
+        cfg.workload("small_tree").display(),
+        dir.state.display()
+    );
+    let child = Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(&dir.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn unshare -m")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    let seen = |pid: Pid| -> Vec<String> {
+        fs::read_dir(format!("/proc/{pid}/root{}", dst.display()))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if seen(pid) != ["before"] {
+        bail!("the bind mount shows {:?} before the dump", seen(pid));
+    }
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let ext_dump = format!("mnt[{}]:shared", dst.display());
+    dump_ok(
+        cfg,
+        dir,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--external",
+            &ext_dump,
+        ],
+        pid,
+        &before,
+        procs,
+    )?;
+    let ext_restore = format!("mnt[shared]:{}", src2.display());
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--external",
+            &ext_restore,
+        ],
+        pid,
+        procs,
+    )?;
+    if seen(pid) != ["after"] {
+        bail!(
+            "the restored mount on {} shows {:?}, expected src2's file (--external {ext_restore})",
+            dst.display(),
+            seen(pid)
+        );
+    }
+    check_restored(dir, pid, &before, procs)
 }
 
 fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
