@@ -6,8 +6,8 @@
 //! Every container is made from `busybox-static` (`/bin/busybox` copied
 //! to `rootfs/bin` with a symlink per applet of `busybox --list`); its
 //! init runs `/init.sh`, which starts a long-lived `tail -f /dev/null` and
-//! then prints 1, 2, 3, ... every 0.2 s (busybox's `sleep` is a NOFORK
-//! applet: no short-lived processes). The harness reads the counter from
+//! then prints 1, 2, 3, ... every 0.2 s (waiting with the builtin `read -t`
+//! on a FIFO: no short-lived processes). The harness reads the counter from
 //! the container's stdout — a pipe, as a runtime's caller holds it (a host
 //! file would not be in the container's mount namespace) — or, for a
 //! terminal container, from the pty master a console socket receives.
@@ -68,7 +68,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{pipe2, Pid};
+use nix::sys::stat::Mode;
+use nix::unistd::{mkfifo, pipe2, Pid};
 use serde_json::{json, Value};
 
 use crate::case::{self, CaseDir, DirCase};
@@ -90,8 +91,11 @@ const CASES: [(&str, DirCase); 6] = [
 const BUSYBOX: &str = "/bin/busybox";
 /// How long one runtime command may take.
 const RUNTIME_TIMEOUT: Duration = Duration::from_secs(30);
-/// The counter: one number every 0.2 s.
-const COUNTER: &str = "i=0\nwhile true; do i=$((i+1)); echo $i; sleep 0.2; done\n";
+/// The counter: one number every 0.2 s. The pause is `read -t` on a FIFO
+/// nobody writes (a shell builtin: no short-lived `sleep` processes, so the
+/// container's processes stay the same).
+const COUNTER: &str =
+    "exec 3<>/loop.fifo\ni=0\nwhile true; do i=$((i+1)); echo $i; read -t 0.2 x <&3; done\n";
 /// The host ids the user-namespaced containers map 0..65536 to.
 const USERNS_BASE: u32 = 100000;
 /// What `unshare -r` needs in the container (runc's default set lets a
@@ -234,6 +238,7 @@ fn make_rootfs(rootfs: &Path, nested: bool, dir: &CaseDir, procs: &mut Procs) ->
             .with_context(|| format!("symlink applet {applet}"))?;
     }
     fs::write(rootfs.join("loop.sh"), COUNTER)?;
+    mkfifo(&rootfs.join("loop.fifo"), Mode::from_bits_truncate(0o600)).context("mkfifo")?;
     let init = if nested {
         "tail -f /dev/null &\nunshare -U -r sh /loop.sh\necho unshare ended $?\n".to_string()
     } else {
@@ -246,7 +251,7 @@ fn make_rootfs(rootfs: &Path, nested: bool, dir: &CaseDir, procs: &mut Procs) ->
 
 /// A runc bundle in `<casedir>/bundle`: the rootfs, and `runc spec`'s
 /// config.json with the shape's changes.
-fn make_bundle(dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Result<PathBuf> {
+fn make_bundle(dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Result<(PathBuf, Vec<String>)> {
     let bundle = dir.root.join("bundle");
     let rootfs = bundle.join("rootfs");
     make_rootfs(&rootfs, shape.nested, dir, procs)?;
@@ -280,6 +285,14 @@ fn make_bundle(dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Result<PathBuf
         c["process"]["noNewPrivileges"] = json!(false);
     }
     fs::write(&path, serde_json::to_string_pretty(&c)?)?;
+    let masked = c["linux"]["maskedPaths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     if shape.userns {
         let owner = format!("{USERNS_BASE}:{USERNS_BASE}");
         let r = rootfs.to_string_lossy().to_string();
@@ -294,7 +307,7 @@ fn make_bundle(dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Result<PathBuf
             bail!(ran.failure("chown the rootfs"));
         }
     }
-    Ok(bundle)
+    Ok((bundle, masked))
 }
 
 // ---------------------------------------------------------------- commands
@@ -572,6 +585,13 @@ struct Outside {
     /// Every process of the container by its pid inside: its parent's
     /// pid inside, its name, its Uid and Gid lines.
     procs: BTreeMap<i32, String>,
+    /// The init's mounts, in order: mount point, filesystem type, root,
+    /// the mount's and the superblock's options (`/proc/INIT/mountinfo`). runc's masked paths
+    /// (`linux.maskedPaths`, bound to the container's /dev/null at run —
+    /// a node on its /dev tmpfs without a user namespace — and to the
+    /// host's /dev/null at restore, as runc's `ext_mnt` says) only by
+    /// their mount point.
+    mounts: Vec<String>,
 }
 
 fn status_field(pid: Pid, field: &str) -> String {
@@ -609,7 +629,7 @@ fn descendants(init: Pid) -> Vec<Pid> {
     out
 }
 
-fn outside(init: Pid) -> Result<Outside> {
+fn outside(init: Pid, masked: &[String]) -> Result<Outside> {
     let read = |what: &str| {
         fs::read_to_string(format!("/proc/{init}/{what}"))
             .with_context(|| format!("read /proc/{init}/{what}"))
@@ -640,7 +660,27 @@ fn outside(init: Pid) -> Result<Outside> {
         );
         ps.insert(inner, line);
     }
+    let mounts = read("mountinfo")?
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let point = f.get(4)?;
+            if masked.iter().any(|m| m == point) {
+                return Some(format!("{point} (masked)"));
+            }
+            // mount point, type, root, mount options, superblock options
+            Some(format!(
+                "{point} {} root {} {} {}",
+                f.get(sep + 1)?,
+                f.get(3)?,
+                f.get(5)?,
+                f.get(sep + 3)?
+            ))
+        })
+        .collect();
     Ok(Outside {
+        mounts,
         cgroup: read("cgroup")?,
         own_ns,
         nspid_depth: status_field(init, "NSpid").split_whitespace().count(),
@@ -671,6 +711,28 @@ fn outside_diff(before: &Outside, after: &Outside, what: &str) -> Vec<String> {
     );
     cmp("uid_map", before.uid_map.clone(), after.uid_map.clone());
     cmp("gid_map", before.gid_map.clone(), after.gid_map.clone());
+    if before.mounts != after.mounts {
+        let gone: Vec<&String> = before
+            .mounts
+            .iter()
+            .filter(|m| !after.mounts.contains(m))
+            .collect();
+        let new: Vec<&String> = after
+            .mounts
+            .iter()
+            .filter(|m| !before.mounts.contains(m))
+            .collect();
+        out.push(format!(
+            "the init's mounts differ {what} ({} before, {} now): missing {gone:?}, new {new:?}",
+            before.mounts.len(),
+            after.mounts.len()
+        ));
+    }
+    let mut cmp = |name: &str, b: String, a: String| {
+        if b != a {
+            out.push(format!("{name} {what}: {a:?}, before: {b:?}"));
+        }
+    };
     cmp(
         "processes (pid inside: parent, name, ids)",
         format!("{:?}", before.procs),
@@ -731,8 +793,13 @@ fn inner_pids(init: Pid) -> HashMap<i32, i32> {
 
 /// How the harness reads the container's output.
 enum Stdio3 {
-    /// Pipes: stdout's reader, stderr's reader, stdin's write end.
-    Pipes(Counter, Counter, OwnedFd),
+    /// Pipes: stdout's and stderr's readers, and stdin's write end (kept
+    /// open while the container runs).
+    Pipes {
+        out: Counter,
+        err: Counter,
+        _stdin: OwnedFd,
+    },
     /// A terminal: the reader of the master that came over the console
     /// socket (copied by the helper, whose pid is kept for cleanup).
     Console(Counter),
@@ -741,14 +808,14 @@ enum Stdio3 {
 impl Stdio3 {
     fn counter(&self) -> &Counter {
         match self {
-            Stdio3::Pipes(out, _, _) => out,
+            Stdio3::Pipes { out, .. } => out,
             Stdio3::Console(c) => c,
         }
     }
 
     fn stderr_text(&self) -> String {
         match self {
-            Stdio3::Pipes(_, err, _) => err.text(),
+            Stdio3::Pipes { err, .. } => err.text(),
             Stdio3::Console(_) => String::new(),
         }
     }
@@ -830,7 +897,11 @@ fn runc_start(
         if !ran.success() {
             bail!(ran.failure(&format!("runc {}", args.join(" "))));
         }
-        return Ok(Stdio3::Pipes(out, err, stdin));
+        return Ok(Stdio3::Pipes {
+            out,
+            err,
+            _stdin: stdin,
+        });
     };
     let (sock, master) = console_socket(dir, console, procs)?;
     let mut all: Vec<&str> = args.to_vec();
@@ -865,7 +936,14 @@ fn runc_case(cfg: &Config, dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Re
     runc_cleanup(dir, &id, procs);
     let result = runc_steps(cfg, dir, shape, &id, procs);
     runc_cleanup(dir, &id, procs);
-    result
+    result.map_err(|e| {
+        let work = dir.root.join("work");
+        let logs: Vec<String> = ["dump.log", "restore.log"]
+            .iter()
+            .filter_map(|l| crest::tail(&work.join(l), 12))
+            .collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })
 }
 
 fn runc_steps(
@@ -875,7 +953,7 @@ fn runc_steps(
     id: &str,
     procs: &mut Procs,
 ) -> Result<Outcome> {
-    let bundle = make_bundle(dir, shape, procs)?;
+    let (bundle, masked) = make_bundle(dir, shape, procs)?;
     let b = bundle.to_string_lossy().to_string();
     let crest_bin = cfg.crest.to_string_lossy().to_string();
     let images = dir.images.to_string_lossy().to_string();
@@ -898,7 +976,7 @@ fn runc_steps(
     {
         bail!("{e:#}; stderr {:?}", io.stderr_text());
     }
-    let before = outside(init)?;
+    let before = outside(init, &masked)?;
     if inner_pid(init) != Some(1) {
         bail!(
             "the init {init} is not pid 1 inside: NSpid {}",
@@ -962,8 +1040,7 @@ fn runc_steps(
     }
     check_images(dir, &work_dir, &mut problems, procs)?;
 
-    let last_before;
-    if shape.leave_running {
+    let last_before = if shape.leave_running {
         // the container counts on, same init, same processes, no gap
         let n = io.counter().nums().len();
         io.counter()
@@ -979,7 +1056,7 @@ fn runc_steps(
         )?;
         problems.extend(outside_diff(
             &before,
-            &outside(init)?,
+            &outside(init, &masked)?,
             "after --leave-running",
         ));
         if !procs::tree_problems(init).is_empty() {
@@ -1006,7 +1083,7 @@ fn runc_steps(
         runc_ok(dir, "delete", &["delete", id], procs)?;
         io.counter()
             .wait_eof(Duration::from_secs(5), "the old stdout")?;
-        last_before = (low, high);
+        (low, high)
     } else {
         match wait_exit(init, Duration::from_secs(10))? {
             Waited::Exited(_) => procs.untrack(init),
@@ -1022,8 +1099,8 @@ fn runc_steps(
         let nums = io.counter().nums();
         check_consecutive(&nums, 1, "the counter before the checkpoint")?;
         let last = nums.last().copied().unwrap_or(0);
-        last_before = (last, last);
-    }
+        (last, last)
+    };
     if runc_state(dir, id, "state-gone", procs)?.is_some() {
         bail!("runc state still knows {id} after the checkpoint");
     }
@@ -1087,7 +1164,11 @@ fn runc_steps(
         );
     }
     check_consecutive(&nums, first, "the counter after the restore")?;
-    problems.extend(outside_diff(&before, &outside(init2)?, "after the restore"));
+    problems.extend(outside_diff(
+        &before,
+        &outside(init2, &masked)?,
+        "after the restore",
+    ));
     if shape.terminal && tty_nr(init2).unwrap_or(0) == 0 {
         problems.push(format!("the restored init {init2} has no controlling tty"));
     }
