@@ -669,11 +669,14 @@ fn outside(init: Pid, masked: &[String]) -> Result<Outside> {
             if masked.iter().any(|m| m == point) {
                 return Some(format!("{point} (masked)"));
             }
-            // mount point, type, root, mount options, superblock options
+            // mount point, type, root (the rootfs's own is where the
+            // runtime keeps it: podman's restore makes a new layer),
+            // mount options, superblock options
+            let root = if *point == "/" { "(rootfs)" } else { f.get(3)? };
             Some(format!(
                 "{point} {} root {} {} {}",
                 f.get(sep + 1)?,
-                f.get(3)?,
+                root,
                 f.get(5)?,
                 f.get(sep + 3)?
             ))
@@ -1218,9 +1221,346 @@ fn check_images(
 
 // ---------------------------------------------------------------- podman
 
-fn podman_export_import(_cfg: &Config, _dir: &CaseDir, _procs: &mut Procs) -> Result<Outcome> {
-    if let Some(why) = missing(&[("podman", "podman"), ("runc", "runc")]) {
+/// podman with a store of its own under the case directory, runc as its
+/// runtime, and crest as `criu` first on its PATH.
+struct Podman {
+    /// `/tmp/crest-podman-<harness pid>` (podman wants a runroot of at
+    /// most 50 characters): root, runroot, tmpdir, `bin/criu`.
+    base: PathBuf,
+    /// The PATH podman runs with.
+    path: String,
+}
+
+/// The container's name (its store is private, so it cannot clash).
+const PODMAN_NAME: &str = "crest-e2e-counter";
+/// The image `podman import` makes of the busybox rootfs.
+const PODMAN_IMAGE: &str = "localhost/crest-e2e-busybox:latest";
+
+impl Podman {
+    fn new(cfg: &Config) -> Result<Podman> {
+        let base = PathBuf::from(format!("/tmp/crest-podman-{}", std::process::id()));
+        if base.exists() {
+            bail!(
+                "{} exists (a podman store of an earlier run)",
+                base.display()
+            );
+        }
+        for d in ["root", "runroot", "tmp", "bin"] {
+            fs::create_dir_all(base.join(d))?;
+        }
+        symlink(&cfg.crest, base.join("bin/criu")).context("symlink criu -> crest")?;
+        let old = std::env::var("PATH").unwrap_or_default();
+        let path = format!("{}:{old}", base.join("bin").display());
+        Ok(Podman { base, path })
+    }
+
+    /// `podman GLOBAL ARGS`, output in `<casedir>/<tag>.std{out,err}`.
+    fn run(&self, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+        let mut c = Command::new("podman");
+        for (flag, sub) in [
+            ("--root", "root"),
+            ("--runroot", "runroot"),
+            ("--tmpdir", "tmp"),
+        ] {
+            c.arg(flag).arg(self.base.join(sub));
+        }
+        c.args([
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--storage-driver",
+            "vfs",
+            "--runtime",
+            "runc",
+        ])
+        .args(args)
+        .env("PATH", &self.path);
+        crest::run(c, &dir.root, tag, RUNTIME_TIMEOUT, procs)
+    }
+
+    /// Like [`Podman::run`]; an error unless it exits 0.
+    fn ok(&self, dir: &CaseDir, tag: &str, args: &[&str], procs: &mut Procs) -> Result<Ran> {
+        let ran = self.run(dir, tag, args, procs)?;
+        if !ran.success() {
+            bail!(
+                "{}\n{}",
+                ran.failure(&format!("podman {}", args.join(" "))),
+                tail_text(&ran.stderr)
+            );
+        }
+        Ok(ran)
+    }
+
+    /// `podman inspect --format FORMAT NAME`.
+    fn inspect(&self, dir: &CaseDir, format: &str, procs: &mut Procs) -> Result<String> {
+        let ran = self.ok(
+            dir,
+            "inspect",
+            &["inspect", "--format", format, PODMAN_NAME],
+            procs,
+        )?;
+        Ok(ran.stdout.trim().to_string())
+    }
+
+    /// The container's init, which podman must say is running.
+    fn init(&self, dir: &CaseDir, procs: &mut Procs) -> Result<Pid> {
+        let said = self.inspect(dir, "{{.State.Status}} {{.State.Pid}}", procs)?;
+        let pid = match said.split_whitespace().collect::<Vec<_>>()[..] {
+            ["running", pid] => pid.parse::<i32>().unwrap_or(0),
+            _ => 0,
+        };
+        if pid <= 0 || !exists(Pid::from_raw(pid)) {
+            bail!("podman inspect says {said:?}, expected a running container and its pid");
+        }
+        Ok(Pid::from_raw(pid))
+    }
+
+    /// The numbers in `podman logs`.
+    fn logs(&self, dir: &CaseDir, tag: &str, procs: &mut Procs) -> Result<Vec<u64>> {
+        let ran = self.ok(dir, tag, &["logs", PODMAN_NAME], procs)?;
+        Ok(ran
+            .stdout
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect())
+    }
+
+    /// The container and the image removed, whatever podman left mounted
+    /// under its directories unmounted, crest's logs copied to the case
+    /// directory, the store removed.
+    fn cleanup(&self, dir: &CaseDir, procs: &mut Procs) {
+        let _ = self.run(
+            dir,
+            "cleanup-rm",
+            &["rm", "-f", "-t", "0", PODMAN_NAME],
+            procs,
+        );
+        let _ = self.run(dir, "cleanup-rmi", &["rmi", "-a", "-f"], procs);
+        let base = self.base.to_string_lossy().to_string();
+        let mounted: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .filter(|m| m.starts_with(&base))
+            .collect();
+        for m in mounted.iter().rev() {
+            let _ = crest::run(
+                cmd("umount", &["-l", m]),
+                &dir.root,
+                "cleanup-umount",
+                RUNTIME_TIMEOUT,
+                procs,
+            );
+        }
+        if let Ok(ctrs) = fs::read_dir(self.base.join("root/vfs-containers")) {
+            for c in ctrs.filter_map(Result::ok) {
+                for l in ["dump.log", "restore.log"] {
+                    let _ = fs::copy(
+                        c.path().join("userdata").join(l),
+                        dir.root.join(format!("podman-{l}")),
+                    );
+                }
+            }
+        }
+        let still = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .contains(&base);
+        if !still {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+
+    /// The tail of the container's dump.log and restore.log (podman's
+    /// runc work directory is the container's userdata).
+    fn logs_of_crest(&self) -> String {
+        let Ok(ctrs) = fs::read_dir(self.base.join("root/vfs-containers")) else {
+            return String::new();
+        };
+        ctrs.filter_map(Result::ok)
+            .flat_map(|c| {
+                ["dump.log", "restore.log"]
+                    .map(|l| crest::tail(&c.path().join("userdata").join(l), 12))
+            })
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The printed stats: JSON with one container whose `criu_statistics`
+/// holds `fields` (go-criu leaves out zeros: only those that cannot be 0).
+fn check_stats(text: &str, what: &str, fields: &[&str]) -> Result<()> {
+    let v: Value = serde_json::from_str(text)
+        .with_context(|| format!("{what} --print-stats printed no JSON: {text:?}"))?;
+    let stats = &v["container_statistics"][0]["criu_statistics"];
+    if !stats.is_object() {
+        bail!("{what} --print-stats has no container_statistics[0].criu_statistics: {v}");
+    }
+    for f in fields {
+        if stats[f].as_u64().is_none_or(|n| n == 0) {
+            bail!("{what} --print-stats: criu_statistics.{f} missing or 0: {stats}");
+        }
+    }
+    Ok(())
+}
+
+fn podman_export_import(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if let Some(why) = missing(&[("podman", "podman"), ("runc", "runc"), ("conmon", "conmon")]) {
         return Ok(Outcome::Skip(why));
     }
-    Ok(Outcome::Skip("being written".into()))
+    case::check_crest(cfg)?;
+    let pm = Podman::new(cfg)?;
+    let result = podman_steps(dir, &pm, procs);
+    let crest_logs = pm.logs_of_crest();
+    pm.cleanup(dir, procs);
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{crest_logs}"))
+}
+
+fn podman_steps(dir: &CaseDir, pm: &Podman, procs: &mut Procs) -> Result<Outcome> {
+    let rootfs = dir.root.join("rootfs");
+    make_rootfs(&rootfs, false, dir, procs)?;
+    let tarball = dir.root.join("rootfs.tar").to_string_lossy().to_string();
+    let r = rootfs.to_string_lossy().to_string();
+    let ran = crest::run(
+        cmd("tar", &["-C", &r, "-cf", &tarball, "."]),
+        &dir.root,
+        "tar",
+        RUNTIME_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("tar the rootfs"));
+    }
+    pm.ok(dir, "import", &["import", &tarball, PODMAN_IMAGE], procs)?;
+    // podman's default seccomp profile is left out: crest refuses a
+    // seccomp filter it did not install ("not supported yet")
+    pm.ok(
+        dir,
+        "run",
+        &[
+            "run",
+            "-d",
+            "--name",
+            PODMAN_NAME,
+            "--network",
+            "none",
+            "--log-driver",
+            "k8s-file",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+            PODMAN_IMAGE,
+            "sh",
+            "/init.sh",
+        ],
+        procs,
+    )?;
+    let init = pm.init(dir, procs)?;
+    procs.track(init);
+    if !wait_until(Duration::from_secs(10), || {
+        pm.logs(dir, "logs-wait", procs)
+            .map(|n| n.len())
+            .unwrap_or(0)
+            >= 4
+    }) {
+        bail!("podman logs show fewer than 4 numbers after 10 s");
+    }
+    let oci: Value = serde_json::from_str(
+        &fs::read_to_string(pm.inspect(dir, "{{.OCIConfigPath}}", procs)?)
+            .context("read the container's OCI config")?,
+    )?;
+    let masked: Vec<String> = oci["linux"]["maskedPaths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let before = outside(init, &masked)?;
+
+    let export = dir
+        .root
+        .join("checkpoint.tar.gz")
+        .to_string_lossy()
+        .to_string();
+    let ran = pm.ok(
+        dir,
+        "checkpoint",
+        &[
+            "container",
+            "checkpoint",
+            "--export",
+            &export,
+            "--print-stats",
+            PODMAN_NAME,
+        ],
+        procs,
+    )?;
+    check_stats(
+        &ran.stdout,
+        "podman container checkpoint",
+        &[
+            "freezing_time",
+            "frozen_time",
+            "memdump_time",
+            "pages_scanned",
+            "pages_written",
+        ],
+    )?;
+    if !wait_until(Duration::from_secs(10), || !exists(init)) {
+        bail!("the container's init {init} exists after podman container checkpoint");
+    }
+    procs.untrack(init);
+    let status = pm.inspect(dir, "{{.State.Status}}", procs)?;
+    if status == "running" {
+        bail!("podman says the container is {status} after the checkpoint");
+    }
+    let old = pm.logs(dir, "logs-before", procs)?;
+    check_consecutive(&old, 1, "the counter before the checkpoint (podman logs)")?;
+    let last = old.last().copied().unwrap_or(0);
+    pm.ok(dir, "rm", &["rm", "-f", "-t", "0", PODMAN_NAME], procs)?;
+
+    let ran = pm.ok(
+        dir,
+        "restore",
+        &["container", "restore", "--import", &export, "--print-stats"],
+        procs,
+    )?;
+    check_stats(&ran.stdout, "podman container restore", &["restore_time"])?;
+    let init2 = pm.init(dir, procs)?;
+    procs.track(init2);
+    let restored = pm.inspect(dir, "{{.State.Restored}}", procs)?;
+    let mut problems = Vec::new();
+    if restored != "true" {
+        problems.push(format!("podman inspect: State.Restored is {restored}"));
+    }
+    let mut now = Vec::new();
+    let enough = wait_until(Duration::from_secs(10), || {
+        now = pm.logs(dir, "logs-after", procs).unwrap_or_default();
+        now.len() >= old.len() + 4 || (now.len() >= 4 && !now.starts_with(&old))
+    });
+    if !enough {
+        bail!(
+            "podman logs after the restore: {now:?} (before: {} numbers)",
+            old.len()
+        );
+    }
+    // the log may or may not carry the old lines; what follows them must
+    // go on from the last number before
+    let new = now.strip_prefix(&old[..]).unwrap_or(&now[..]);
+    check_consecutive(new, last + 1, "the counter after the restore (podman logs)")?;
+    problems.extend(outside_diff(
+        &before,
+        &outside(init2, &masked)?,
+        "after the restore",
+    ));
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(Outcome::Pass)
 }
