@@ -440,6 +440,7 @@ fn start_log(o: &Options, default: &str) {
 fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     let o = options(peer, req, true)?;
     start_log(&o, "dump.log");
+    crest_core::debug!("dump over RPC for pid {}: {o:?}", peer.pid);
     let notify_on = req
         .opts
         .as_ref()
@@ -464,6 +465,7 @@ fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     // over RPC the caller waits for the tree, not crest
     o.detached = true;
     start_log(&o, "restore.log");
+    crest_core::debug!("restore over RPC for pid {}: {o:?}", peer.pid);
     let notify_on = req
         .opts
         .as_ref()

@@ -494,10 +494,16 @@ impl Tracee {
 
     /// Puts the thread back as it was (or in the final state set with
     /// [`Tracee::set_final_state`]) and detaches it: it runs on.
-    pub fn release(mut self) -> Result<()> {
+    pub fn release(self) -> Result<()> {
+        self.release_with(0)
+    }
+
+    /// [`Tracee::release`], delivering `sig` as it goes (`SIGSTOP`: the
+    /// task is left stopped, never running in between).
+    pub fn release_with(mut self, sig: i32) -> Result<()> {
         self.done = true;
         self.put_back()?;
-        ptrace::detach(self.tid, 0).map_err(pt(self.tid, "PTRACE_DETACH"))
+        ptrace::detach(self.tid, sig).map_err(pt(self.tid, "PTRACE_DETACH"))
     }
 
     /// Puts the registers and mask back but stays attached.

@@ -237,6 +237,92 @@ fn placement_in(
     Ok(out)
 }
 
+/// How the tree's cgroups move from dump to restore: (controllers, path at
+/// dump, path now) per hierarchy of the dumped root's `lines`, with
+/// `--cgroup-root` applied as [`placement`] applies it.
+pub fn moves(
+    lines: &[String],
+    roots: &[(Option<String>, String)],
+) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for line in lines {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+        let given = roots
+            .iter()
+            .find(|(c, _)| {
+                c.as_deref().is_some_and(|c| {
+                    c == ctrls || named.contains(&c) || (c.is_empty() && named.is_empty())
+                })
+            })
+            .or_else(|| roots.iter().find(|(c, _)| c.is_none()));
+        let now = given.map_or(path, |(_, p)| p.as_str());
+        out.push((ctrls.to_string(), path.to_string(), now.to_string()));
+    }
+    out
+}
+
+/// Where to bind a cgroup v1 mount from at restore (crest's view): the
+/// mount had `super_opts` (naming its controllers) and `root` (a cgroup of
+/// the hierarchy: a container's own, as runtimes mount it); the root moves
+/// where the tree's cgroup moved (`moves`) and is found under crest's
+/// mount of the same hierarchy (`mountinfo`, crest's).
+pub fn v1_bind_source(
+    super_opts: &str,
+    root: &str,
+    moves: &[(String, String, String)],
+    mountinfo: &str,
+) -> Option<String> {
+    let ctrls: Vec<&str> = super_opts
+        .split(',')
+        .filter(|o| *o != "rw" && *o != "ro" && *o != "xattr" && !o.starts_with("release_agent"))
+        .filter(|o| !o.is_empty() && !o.contains('=') || o.starts_with("name="))
+        .collect();
+    let same = |set: &str| {
+        let mut a: Vec<&str> = set.split(',').filter(|c| !c.is_empty()).collect();
+        let mut b = ctrls.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        a == b
+    };
+    let mut want = root.to_string();
+    if let Some((_, old, new)) = moves.iter().find(|(c, _, _)| same(c)) {
+        if let Some(rest) = root.strip_prefix(old.as_str()) {
+            if rest.is_empty() || rest.starts_with('/') || old == "/" {
+                let rest = rest.trim_start_matches('/');
+                want = if rest.is_empty() {
+                    new.clone()
+                } else {
+                    format!("{}/{rest}", new.trim_end_matches('/'))
+                };
+            }
+        }
+    }
+    let mounts = super::mnt::parse_mountinfo(mountinfo)?;
+    let m = mounts.iter().find(|m| {
+        m.fstype == "cgroup"
+            && ctrls
+                .iter()
+                .all(|c| m.super_opts.split(',').any(|o| o == *c))
+    })?;
+    let rel = if m.root == "/" {
+        want.as_str()
+    } else {
+        want.strip_prefix(m.root.as_str())?
+    };
+    if rel.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return Some(m.mountpoint.clone());
+    }
+    Some(format!("{}/{rel}", m.mountpoint.trim_end_matches('/')))
+}
+
 /// Puts process `pid` into each cgroup directory of `dirs` (made when
 /// missing, as CRIU's soft mode does).
 pub fn place(pid: i32, dirs: &[PathBuf]) -> Result<(), RestoreError> {
@@ -312,6 +398,21 @@ mod tests {
         assert!(placement_in(&bad, &[], MINE, MOUNTS).is_err());
         let missing = vec!["5:rdma:/c1".to_string()];
         assert!(placement_in(&missing, &[], MINE, MOUNTS).is_err());
+    }
+
+    #[test]
+    fn cgroup_mounts_follow_the_tree() {
+        let lines = vec!["8:pids:/c1".to_string(), "2:cpu,cpuacct:/c1".to_string()];
+        let mv = moves(&lines, &[(Some("pids".into()), "/new".into())]);
+        assert_eq!(
+            v1_bind_source("rw,pids", "/c1", &mv, MOUNTS).as_deref(),
+            Some("/sys/fs/cgroup/pids/new")
+        );
+        assert_eq!(
+            v1_bind_source("rw,cpu,cpuacct", "/c1/sub", &mv, MOUNTS).as_deref(),
+            Some("/sys/fs/cgroup/cpu,cpuacct/c1/sub")
+        );
+        assert_eq!(v1_bind_source("rw,rdma", "/c1", &mv, MOUNTS), None);
     }
 
     #[test]

@@ -128,6 +128,11 @@ fn mount_flags(opts: &str) -> u64 {
             _ => 0,
         };
     }
+    // mountinfo shows no atime option for strictatime; mount(2) without
+    // one gives relatime
+    if fl & (libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME) == 0 {
+        fl |= libc::MS_STRICTATIME;
+    }
     fl
 }
 
@@ -141,6 +146,10 @@ const NEW: u32 = 1;
 const BIND: u32 = 2;
 const ROOT: u32 = 3;
 const EXTERNAL: u32 = 4;
+/// A cgroup v1 mount (of a cgroup of its hierarchy, as a runtime mounts a
+/// container's): bound at restore from crest's mount of the hierarchy,
+/// where the tree's cgroup is now.
+const CGROUP_V1: u32 = 5;
 
 /// CRIU's `--external mnt[A]:B` entries as (A, B): at dump a mountpoint
 /// and its key, at restore a key and the path to bind there.
@@ -243,6 +252,10 @@ pub fn collect(
             // pivot_root'ed into a root of its own: restore takes it from
             // --root, as CRIU does
             e.kind = ROOT;
+        } else if m.fstype == "cgroup" {
+            // (a runtime declares these external too: crest binds them
+            // from where the tree's cgroup is at restore either way)
+            e.kind = CGROUP_V1;
         } else if let Some(key) = external {
             e.kind = EXTERNAL;
             e.external_key = Some(key);
@@ -378,7 +391,7 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
             ));
         }
         if !m.mountpoint.starts_with('/')
-            || m.kind > EXTERNAL
+            || m.kind > CGROUP_V1
             || m.mountpoint.split('/').any(|c| c == "..")
         {
             return Err(bad(
@@ -511,6 +524,8 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
 pub struct Replay<'a> {
     pub root: Option<&'a str>,
     pub externals: &'a [(String, String)],
+    /// How the tree's cgroups moved (`cgroup::moves`).
+    pub cgroup_moves: &'a [(String, String, String)],
 }
 
 /// A namespace that pivot_root'ed into a root of its own: `--root` is bound
@@ -607,15 +622,15 @@ fn remount(t: &mut Tracee, mountpoint: &str, flags: u64) -> Result<(), RestoreEr
 }
 
 /// Filesystem options to pass again: without rw/ro, and for a tmpfs
-/// without the owner and mode of its root, which the files restore sets.
+/// without the owner of its root (ids as crest saw them, which the mounter
+/// inside a user namespace would read as its own; the files restore sets
+/// the owner). The mode stays: the superblock keeps it.
 fn data_of(m: &CrestMountEntry) -> String {
     let tmp = m.fstype == "tmpfs" || m.fstype == "ramfs";
     m.super_opts
         .split(',')
         .filter(|o| *o != "rw" && *o != "ro" && !o.is_empty())
-        .filter(|o| {
-            !(tmp && (o.starts_with("uid=") || o.starts_with("gid=") || o.starts_with("mode=")))
-        })
+        .filter(|o| !(tmp && (o.starts_with("uid=") || o.starts_with("gid="))))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -664,6 +679,20 @@ fn mount_one(
         // under a root of its own, a mount crest has too at the same
         // place is bound from crest's
         KEPT => Some(m.mountpoint.clone()),
+        CGROUP_V1 => {
+            let info = std::fs::read_to_string("/proc/self/mountinfo")
+                .rat(pid, "read crest's mountinfo")?;
+            Some(
+                super::cgroup::v1_bind_source(&m.super_opts, &m.root, how.cgroup_moves, &info)
+                    .ok_or_else(|| RestoreError::Unsupported {
+                        pid,
+                        what: format!(
+                            "the cgroup mount at {} ({}, cgroup {}) without that hierarchy here",
+                            m.mountpoint, m.super_opts, m.root
+                        ),
+                    })?,
+            )
+        }
         EXTERNAL => {
             let key = m.external_key.as_deref().unwrap_or("");
             let path = how

@@ -199,14 +199,6 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         tell(n, hook::NETWORK_UNLOCK, Some(root_pid))?;
     }
     tell(n, hook::PRE_RESUME, Some(root_pid))?;
-    if opts.leave_stopped {
-        for (k, t) in tasks.iter().enumerate() {
-            if t.is_some() {
-                crest_sys::misc::kill(actual[k], libc::SIGSTOP)
-                    .rat(imgs[k].pid(), "stop the task (--leave-stopped)")?;
-            }
-        }
-    }
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
     for th in ctx.threads {
@@ -214,7 +206,9 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     }
     for (k, t) in tasks.into_iter().enumerate() {
         if let Some(t) = t {
-            t.release().rat(imgs[k].pid(), "let the task go")?;
+            // (--leave-stopped: it goes with a SIGSTOP, stopped at once)
+            let sig = if opts.leave_stopped { libc::SIGSTOP } else { 0 };
+            t.release_with(sig).rat(imgs[k].pid(), "let the task go")?;
         }
     }
     if root_pid != imgs[0].pid() {
@@ -262,9 +256,12 @@ fn before_transform(
     }
     let mnt_externals = ns::mnt::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
+    let (cg_lines, _) = ns::cgroup::read_members(&opts.dir)?;
+    let cgroup_moves = ns::cgroup::moves(&cg_lines, &opts.cgroup_roots);
     let how = ns::mnt::Replay {
         root: root.as_deref(),
         externals: &mnt_externals,
+        cgroup_moves: &cgroup_moves,
     };
     let init = |n: u32| init_of(imgs, actual, n);
     for id in ti.others.mount_order() {
