@@ -630,9 +630,7 @@ pub fn run_dump(
 ) -> Result<crest::Ran> {
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
-    let mut args = vec![
-        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4",
-    ];
+    let mut args = vec!["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"];
     if leave_running {
         args.push("-R");
     }

@@ -78,13 +78,7 @@ fn pipe_inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         ))
         .arg(&cfg.crest)
         .args(["restore", "-D", &images, "-d", "--pidfile", &pidfile])
-        .args([
-            "-o",
-            "restore-inherit.log",
-            "-v4",
-            "--inherit-fd",
-            &inherit,
-        ]);
+        .args(["-o", "restore-inherit.log", "-v4", "--inherit-fd", &inherit]);
     procs.track(pid);
     let ran = crest::run(restore, &dir.root, "restore-inherit", CREST_TIMEOUT, procs)?;
     if !ran.success() {
