@@ -1044,65 +1044,18 @@ fn runc_steps(
     check_images(dir, &work_dir, &mut problems, procs)?;
 
     let last_before = if shape.leave_running {
-        // the container counts on, same init, same processes, no gap
-        let n = io.counter().nums().len();
-        io.counter()
-            .wait_count(n + 3, Duration::from_secs(5), "after --leave-running")?;
-        let now = running_init(dir, id, "state-left-running", procs)?;
-        if now != init {
-            bail!("runc state names pid {now} after --leave-running, {init} before");
-        }
-        check_consecutive(
-            &io.counter().nums(),
-            1,
-            "the counter across --leave-running",
-        )?;
-        problems.extend(outside_diff(
-            &before,
-            &outside(init, &masked)?,
-            "after --leave-running",
-        ));
-        if !procs::tree_problems(init).is_empty() {
-            problems.extend(procs::tree_problems(init));
-        }
-        // the value the dump saw lies between the last number before the
-        // checkpoint and the first after it
-        let low = io
-            .counter()
-            .nums_before(ck_start)
-            .last()
-            .copied()
-            .unwrap_or(0);
-        let high = io
-            .counter()
-            .with(|g| g.nums.iter().find(|(t, _)| *t >= ck_end).map(|(_, n)| *n))
-            .unwrap_or(u64::MAX);
-        // now kill and delete it
-        runc_ok(dir, "kill", &["kill", id, "KILL"], procs)?;
-        match wait_exit(init, Duration::from_secs(10))? {
-            Waited::Exited(_) => procs.untrack(init),
-            w => bail!("the container's init {init} after runc kill: {w:?}"),
-        }
-        runc_ok(dir, "delete", &["delete", id], procs)?;
-        io.counter()
-            .wait_eof(Duration::from_secs(5), "the old stdout")?;
-        (low, high)
+        let window = (ck_start, ck_end);
+        left_running(
+            dir,
+            id,
+            (init, &before, &masked),
+            &io,
+            window,
+            &mut problems,
+            procs,
+        )?
     } else {
-        match wait_exit(init, Duration::from_secs(10))? {
-            Waited::Exited(_) => procs.untrack(init),
-            Waited::TimedOut => bail!("the container's init {init} runs on after runc checkpoint"),
-            Waited::NotChild => {
-                if !wait_until(Duration::from_secs(5), || !exists(init)) {
-                    bail!("the container's init {init} exists after runc checkpoint");
-                }
-            }
-        }
-        io.counter()
-            .wait_eof(Duration::from_secs(5), "the old stdout")?;
-        let nums = io.counter().nums();
-        check_consecutive(&nums, 1, "the counter before the checkpoint")?;
-        let last = nums.last().copied().unwrap_or(0);
-        (last, last)
+        dumped(init, &io, procs)?
     };
     if runc_state(dir, id, "state-gone", procs)?.is_some() {
         bail!("runc state still knows {id} after the checkpoint");
@@ -1194,6 +1147,83 @@ fn runc_steps(
         bail!("{}", problems.join("\n"));
     }
     Ok(Outcome::Pass)
+}
+
+/// After `runc checkpoint --leave-running`: the container counts on with
+/// the same init and processes, no gap; then it is killed and deleted.
+/// Returns the range the counter's value at the dump lies in.
+fn left_running(
+    dir: &CaseDir,
+    id: &str,
+    (init, before, masked): (Pid, &Outside, &[String]),
+    io: &Stdio3,
+    (ck_start, ck_end): (Instant, Instant),
+    problems: &mut Vec<String>,
+    procs: &mut Procs,
+) -> Result<(u64, u64)> {
+    // the container counts on, same init, same processes, no gap
+    let n = io.counter().nums().len();
+    io.counter()
+        .wait_count(n + 3, Duration::from_secs(5), "after --leave-running")?;
+    let now = running_init(dir, id, "state-left-running", procs)?;
+    if now != init {
+        bail!("runc state names pid {now} after --leave-running, {init} before");
+    }
+    check_consecutive(
+        &io.counter().nums(),
+        1,
+        "the counter across --leave-running",
+    )?;
+    problems.extend(outside_diff(
+        before,
+        &outside(init, masked)?,
+        "after --leave-running",
+    ));
+    if !procs::tree_problems(init).is_empty() {
+        problems.extend(procs::tree_problems(init));
+    }
+    // the value the dump saw lies between the last number before the
+    // checkpoint and the first after it
+    let low = io
+        .counter()
+        .nums_before(ck_start)
+        .last()
+        .copied()
+        .unwrap_or(0);
+    let high = io
+        .counter()
+        .with(|g| g.nums.iter().find(|(t, _)| *t >= ck_end).map(|(_, n)| *n))
+        .unwrap_or(u64::MAX);
+    // now kill and delete it
+    runc_ok(dir, "kill", &["kill", id, "KILL"], procs)?;
+    match wait_exit(init, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(init),
+        w => bail!("the container's init {init} after runc kill: {w:?}"),
+    }
+    runc_ok(dir, "delete", &["delete", id], procs)?;
+    io.counter()
+        .wait_eof(Duration::from_secs(5), "the old stdout")?;
+    Ok((low, high))
+}
+
+/// After `runc checkpoint`: the init is gone, its stdout ended after an
+/// unbroken count; returns the last number twice.
+fn dumped(init: Pid, io: &Stdio3, procs: &mut Procs) -> Result<(u64, u64)> {
+    match wait_exit(init, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(init),
+        Waited::TimedOut => bail!("the container's init {init} runs on after runc checkpoint"),
+        Waited::NotChild => {
+            if !wait_until(Duration::from_secs(5), || !exists(init)) {
+                bail!("the container's init {init} exists after runc checkpoint");
+            }
+        }
+    }
+    io.counter()
+        .wait_eof(Duration::from_secs(5), "the old stdout")?;
+    let nums = io.counter().nums();
+    check_consecutive(&nums, 1, "the counter before the checkpoint")?;
+    let last = nums.last().copied().unwrap_or(0);
+    Ok((last, last))
 }
 
 /// crit decodes every image but the raw pages (and descriptors.json,
