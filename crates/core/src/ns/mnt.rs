@@ -623,18 +623,42 @@ fn remount(t: &mut Tracee, mountpoint: &str, flags: u64) -> Result<(), RestoreEr
     Ok(())
 }
 
-/// Filesystem options to pass again: without rw/ro, and for a tmpfs
-/// without the owner of its root (ids as crest saw them, which the mounter
-/// inside a user namespace would read as its own; the files restore sets
-/// the owner). The mode stays: the superblock keeps it.
-fn data_of(m: &CrestMountEntry) -> String {
-    let tmp = m.fstype == "tmpfs" || m.fstype == "ramfs";
+/// Filesystem options to pass again, without rw/ro. `uid=`/`gid=` values
+/// are ids as crest saw them: the mounter reads them in its own user
+/// namespace, so they go through `inside` (`(is_gid, id)` → the id there);
+/// one it cannot name is left out (the files restore sets the owner).
+fn data_of(m: &CrestMountEntry, inside: &dyn Fn(bool, u32) -> Option<u32>) -> String {
     m.super_opts
         .split(',')
         .filter(|o| *o != "rw" && *o != "ro" && !o.is_empty())
-        .filter(|o| !(tmp && (o.starts_with("uid=") || o.starts_with("gid="))))
+        .filter_map(|o| {
+            for (key, gid) in [("uid=", false), ("gid=", true)] {
+                if let Some(v) = o.strip_prefix(key).and_then(|v| v.parse::<u32>().ok()) {
+                    return inside(gid, v).map(|n| format!("{key}{n}"));
+                }
+            }
+            Some(o.to_string())
+        })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `pid`'s user namespace's view of crest's uid (or gid) `id`, from its
+/// `uid_map`/`gid_map` as crest reads them.
+fn id_inside(pid: i32, gid: bool, id: u32) -> Option<u32> {
+    let file = if gid { "gid_map" } else { "uid_map" };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find_map(|l| {
+        let v: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [inside, outside, count] = v[..] else {
+            return None;
+        };
+        let id = u64::from(id);
+        (outside <= id && id < outside + count).then(|| (inside + id - outside) as u32)
+    })
 }
 
 /// Writes NUL-terminated strings into the task's scratch memory at once
@@ -725,7 +749,7 @@ fn mount_one(
         }
         return Ok(());
     }
-    let data = data_of(m);
+    let data = data_of(m, &|gid, id| id_inside(pid, gid, id));
     let flags = if to_fill {
         flags & !libc::MS_RDONLY
     } else {
@@ -790,18 +814,24 @@ mod tests {
     }
 
     #[test]
-    fn tmpfs_options_keep_sizes_only() {
+    fn mount_options_with_ids_seen_from_inside() {
+        // a namespace mapping 0..65536 to 100000..
+        let inside = |_: bool, id: u32| id.checked_sub(100000).filter(|v| *v < 65536);
         let e = CrestMountEntry {
             fstype: "tmpfs".into(),
-            super_opts: "rw,size=1024k,nr_inodes=10,mode=755,uid=1000,gid=5,inode64".into(),
+            super_opts: "rw,size=1024k,nr_inodes=10,mode=755,uid=100000,gid=5,inode64".into(),
             ..CrestMountEntry::default()
         };
-        assert_eq!(data_of(&e), "size=1024k,nr_inodes=10,inode64");
+        assert_eq!(
+            data_of(&e, &inside),
+            "size=1024k,nr_inodes=10,mode=755,uid=0,inode64"
+        );
         let p = CrestMountEntry {
             fstype: "devpts".into(),
-            super_opts: "rw,gid=5,mode=620".into(),
+            super_opts: "rw,gid=100005,mode=620".into(),
             ..CrestMountEntry::default()
         };
-        assert_eq!(data_of(&p), "gid=5,mode=620");
+        assert_eq!(data_of(&p, &inside), "gid=5,mode=620");
+        assert_eq!(data_of(&p, &|_, id| Some(id)), "gid=100005,mode=620");
     }
 }

@@ -158,14 +158,30 @@ impl NetNs {
             .any(|d| is_lo(&d.link) && d.link.flags & libc::IFF_UP as u32 != 0)
     }
 
-    /// A namespace that only has a loopback device, up or down (images
-    /// written before crest saved devices).
+    /// The loopback device's MTU, when the namespace has one.
+    pub fn lo_mtu(&self) -> Option<u32> {
+        self.devs
+            .iter()
+            .find(|d| is_lo(&d.link))
+            .map(|d| d.link.mtu)
+            .filter(|&m| m != 0)
+    }
+
+    /// A namespace that only has a loopback device, up or down, with a new
+    /// namespace's MTU (images written before crest saved devices).
     pub fn bare(lo_up: bool) -> NetNs {
+        Self::bare_with(lo_up, LO_MTU)
+    }
+
+    /// A namespace that only has a loopback device, up or down, with its
+    /// MTU.
+    pub fn bare_with(lo_up: bool, mtu: u32) -> NetNs {
         let link = Link {
             index: 1,
             hw_type: libc::ARPHRD_LOOPBACK,
             flags: libc::IFF_LOOPBACK as u32 | if lo_up { libc::IFF_UP as u32 } else { 0 },
             name: "lo".into(),
+            mtu,
             ..Link::default()
         };
         NetNs {
@@ -423,15 +439,21 @@ pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
     Ok(n)
 }
 
+/// The loopback device of a new namespace's MTU.
+const LO_MTU: u32 = 65536;
+
 /// Whether the loopback device of the network namespace `fd` (task
-/// `pid`'s) is up: all crest keeps of a namespace left empty.
-pub fn lo_up_in(pid: i32, fd: &OwnedFd) -> Result<bool, DumpError> {
-    in_ns(fd, || -> Result<bool, Fail> {
+/// `pid`'s) is up, and its MTU: all crest keeps of a namespace left empty.
+pub fn lo_state_in(pid: i32, fd: &OwnedFd) -> Result<(bool, u32), DumpError> {
+    in_ns(fd, || -> Result<(bool, u32), Fail> {
         let mut nl = Rtnl::open().map_err(io_at("open an rtnetlink socket"))?;
         let links = nl.links().map_err(io_at("list network devices"))?;
         Ok(links
             .iter()
-            .any(|l| is_lo(l) && l.flags & libc::IFF_UP as u32 != 0))
+            .find(|l| is_lo(l))
+            .map_or((false, LO_MTU), |l| {
+                (l.flags & libc::IFF_UP as u32 != 0, l.mtu)
+            }))
     })
     .map_err(|source| DumpError::Io {
         pid,

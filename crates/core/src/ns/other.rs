@@ -333,8 +333,9 @@ impl OtherGraph {
             }
             "net" if self.empty_ns & kind.flag != 0 => {
                 // only the loopback device's state
-                n.lo_up = super::net::lo_up_in(pid, &fd)?;
-                n.net = Some(super::net::NetNs::bare(n.lo_up));
+                let (up, mtu) = super::net::lo_state_in(pid, &fd)?;
+                n.lo_up = up;
+                n.net = Some(super::net::NetNs::bare_with(up, mtu));
             }
             "net" => {
                 let net = super::net::collect(pid, &fd)?;
@@ -361,8 +362,12 @@ impl OtherGraph {
     /// device's state (a restore with `--empty-ns net`).
     pub fn empty_net(&mut self) {
         for n in &mut self.list {
-            if n.nstype == libc::CLONE_NEWNET as u32 {
-                n.net = Some(super::net::NetNs::bare(n.lo_up));
+            if n.nstype == libc::CLONE_NEWNET as u32 && n.external_key.is_none() {
+                let mtu = n.net.as_ref().and_then(|x| x.lo_mtu());
+                n.net = Some(match mtu {
+                    Some(m) => super::net::NetNs::bare_with(n.lo_up, m),
+                    None => super::net::NetNs::bare(n.lo_up),
+                });
             }
         }
     }
