@@ -275,7 +275,7 @@ pub fn premake(pid: i32, path: &str) -> bool {
         return false;
     };
     const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
-    let is_devpts = rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == DEVPTS_SUPER_MAGIC);
+    let is_devpts = rustix::fs::statfs(dir).is_ok_and(|s| s.f_type == DEVPTS_SUPER_MAGIC);
     let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
         return false;
     };

@@ -119,11 +119,20 @@ pub fn write_members(
     Ok(())
 }
 
-/// Reads `crest-cgroups.img` (none when absent): the root's cgroup lines
-/// (empty for images without them) and the cgroup namespaces' members.
-pub fn read_members(dir: &Path) -> Result<(Vec<String>, Vec<(i32, String)>), RestoreError> {
+/// What `crest-cgroups.img` holds.
+#[derive(Debug, Default)]
+pub struct CgroupImages {
+    /// The tree root's `/proc/PID/cgroup` lines (empty for images
+    /// without them).
+    pub root: Vec<String>,
+    /// (pid, cgroup v2 path) of every task of a cgroup namespace.
+    pub members: Vec<(i32, String)>,
+}
+
+/// Reads `crest-cgroups.img` (nothing when absent).
+pub fn read_members(dir: &Path) -> Result<CgroupImages, RestoreError> {
     if !dir.join(names::CREST_CGROUPS).exists() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(CgroupImages::default());
     }
     let list =
         crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
@@ -143,7 +152,7 @@ pub fn read_members(dir: &Path) -> Result<(Vec<String>, Vec<(i32, String)>), Res
             what: format!("{} cgroup lines", root.len()),
         });
     }
-    Ok((root, members))
+    Ok(CgroupImages { root, members })
 }
 
 /// `pid`'s `/proc/PID/cgroup` lines (every hierarchy).
@@ -336,6 +345,52 @@ pub fn place(pid: i32, dirs: &[PathBuf]) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// A frozen cgroup crest thawed to seize its tasks (CRIU's
+/// `--freeze-cgroup`): frozen again when dropped, so a tree left running
+/// is left as the caller had it.
+pub struct Thawed {
+    file: PathBuf,
+    frozen: &'static str,
+}
+
+/// Thaws the freezer cgroup `path` (a v1 freezer directory with
+/// `freezer.state`, or a v2 cgroup with `cgroup.freeze`) if it is frozen:
+/// a task stopped by a v1 freezer does not reach a ptrace stop until it
+/// is thawed. None when it was not frozen.
+pub fn thaw(path: &Path) -> Result<Option<Thawed>, DumpError> {
+    let io = |step: &'static str| {
+        move |source| DumpError::Io {
+            pid: 0,
+            step,
+            source,
+        }
+    };
+    let v1 = path.join("freezer.state");
+    let v2 = path.join("cgroup.freeze");
+    let (file, frozen, thawed) = if v1.exists() {
+        (v1, "FROZEN", "THAWED")
+    } else if v2.exists() {
+        (v2, "1", "0")
+    } else {
+        return Err(DumpError::Unsupported {
+            pid: 0,
+            what: format!("--freeze-cgroup {}: no freezer there", path.display()),
+        });
+    };
+    let now = std::fs::read_to_string(&file).map_err(io("read the freezer state"))?;
+    if now.trim() != frozen && now.trim() != "FREEZING" {
+        return Ok(None);
+    }
+    std::fs::write(&file, thawed).map_err(io("thaw the freezer cgroup"))?;
+    Ok(Some(Thawed { file, frozen }))
+}
+
+impl Drop for Thawed {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, self.frozen);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,51 +479,5 @@ mod tests {
         assert_eq!(root_from("/c", "/c"), Some("/".into()));
         assert_eq!(root_from("/a/b", "/../x"), None);
         assert_eq!(root_from("/a/b", "/x"), None);
-    }
-}
-
-/// A frozen cgroup crest thawed to seize its tasks (CRIU's
-/// `--freeze-cgroup`): frozen again when dropped, so a tree left running
-/// is left as the caller had it.
-pub struct Thawed {
-    file: PathBuf,
-    frozen: &'static str,
-}
-
-/// Thaws the freezer cgroup `path` (a v1 freezer directory with
-/// `freezer.state`, or a v2 cgroup with `cgroup.freeze`) if it is frozen:
-/// a task stopped by a v1 freezer does not reach a ptrace stop until it
-/// is thawed. None when it was not frozen.
-pub fn thaw(path: &Path) -> Result<Option<Thawed>, DumpError> {
-    let io = |step: &'static str| {
-        move |source| DumpError::Io {
-            pid: 0,
-            step,
-            source,
-        }
-    };
-    let v1 = path.join("freezer.state");
-    let v2 = path.join("cgroup.freeze");
-    let (file, frozen, thawed) = if v1.exists() {
-        (v1, "FROZEN", "THAWED")
-    } else if v2.exists() {
-        (v2, "1", "0")
-    } else {
-        return Err(DumpError::Unsupported {
-            pid: 0,
-            what: format!("--freeze-cgroup {}: no freezer there", path.display()),
-        });
-    };
-    let now = std::fs::read_to_string(&file).map_err(io("read the freezer state"))?;
-    if now.trim() != frozen && now.trim() != "FREEZING" {
-        return Ok(None);
-    }
-    std::fs::write(&file, thawed).map_err(io("thaw the freezer cgroup"))?;
-    Ok(Some(Thawed { file, frozen }))
-}
-
-impl Drop for Thawed {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.file, self.frozen);
     }
 }

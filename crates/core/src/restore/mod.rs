@@ -125,7 +125,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     let cg_dirs = if opts.manage_cgroups == crate::opts::CgMode::Ignore {
         Vec::new()
     } else {
-        let (mut lines, _) = ns::cgroup::read_members(dir)?;
+        let mut lines = ns::cgroup::read_members(dir)?.root;
         if lines.is_empty() {
             // (images without them: only --cgroup-root moves the tree)
             lines = ns::cgroup::lines_of(std::process::id() as i32).unwrap_or_default();
@@ -241,7 +241,7 @@ fn before_transform(
 ) -> Result<(), RestoreError> {
     let imgs = &ti.imgs;
     // (threads made later follow their leader)
-    for (pid, path) in ns::cgroup::read_members(&opts.dir)?.1 {
+    for (pid, path) in ns::cgroup::read_members(&opts.dir)?.members {
         if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
             ns::cgroup::move_to(actual[k], &path)?;
         }
@@ -256,7 +256,7 @@ fn before_transform(
     }
     let mnt_externals = ns::mnt::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
-    let (cg_lines, _) = ns::cgroup::read_members(&opts.dir)?;
+    let cg_lines = ns::cgroup::read_members(&opts.dir)?.root;
     let cgroup_moves = ns::cgroup::moves(&cg_lines, &opts.cgroup_roots);
     let how = ns::mnt::Replay {
         root: root.as_deref(),
