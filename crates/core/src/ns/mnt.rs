@@ -256,14 +256,15 @@ pub fn collect(
             // (a runtime declares these external too: crest binds them
             // from where the tree's cgroup is at restore either way)
             e.kind = CGROUP_V1;
-        } else if let Some(src) = bind_source(&theirs[..i], m) {
-            // (also when declared external, as runtimes declare the masked
-            // paths they bind from the container's own /dev/null)
-            e.kind = BIND;
-            e.bind_source = Some(src);
         } else if let Some(key) = external {
+            // declared external: bound from what the restore names, as
+            // CRIU does (also runc's masked paths, which it binds to its
+            // caller's /dev/null)
             e.kind = EXTERNAL;
             e.external_key = Some(key);
+        } else if let Some(src) = bind_source(&theirs[..i], m) {
+            e.kind = BIND;
+            e.bind_source = Some(src);
         } else if describe && !NEW_KINDS.contains(&m.fstype.as_str()) {
             // `crest show` describes what a dump would want declared
             e.kind = EXTERNAL;
