@@ -119,7 +119,7 @@ pub(crate) fn message(e: &anyhow::Error) -> String {
 
 /// Points crest's log where the options say: `--log-file` (relative to
 /// the work directory), or stderr (also with `--log-to-stderr`).
-pub(crate) fn init_log(o: &Options, _action: &str) {
+pub(crate) fn init_log(o: &Options) {
     use std::os::unix::fs::OpenOptionsExt;
     let file = match &o.log_file {
         Some(f) if !o.log_to_stderr && f.as_os_str() != "-" => {
@@ -202,7 +202,7 @@ fn criu_main(args: &[String]) -> i32 {
         "dump" => dump(&p.opts),
         "restore" => restore(&p.opts),
         "check" => {
-            init_log(&p.opts, "check");
+            init_log(&p.opts);
             return check::run(&p.opts);
         }
         "swrk" => return rpc::serve(p.words.get(1)),
@@ -226,7 +226,7 @@ fn criu_main(args: &[String]) -> i32 {
 fn dump(o: &Options) -> Result<i32> {
     std::fs::create_dir_all(&o.dir)
         .with_context(|| format!("create images directory {}", o.dir.display()))?;
-    init_log(o, "dump");
+    init_log(o);
     let mut n = scripts::Scripts {
         scripts: o.action_scripts.clone(),
         images_dir: o.dir.clone(),
@@ -242,7 +242,7 @@ fn dump(o: &Options) -> Result<i32> {
 }
 
 fn restore(o: &Options) -> Result<i32> {
-    init_log(o, "restore");
+    init_log(o);
     let mut n = scripts::Scripts {
         scripts: o.action_scripts.clone(),
         images_dir: o.dir.clone(),

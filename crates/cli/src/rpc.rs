@@ -433,23 +433,45 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
     Ok(())
 }
 
-fn start_log(o: &Options, default: &str) {
-    crate::init_log(o, default);
+/// Where the notifications of request `req` go: to the caller when it
+/// asked for them (`notify_scripts`), else nowhere.
+struct Notifier<'a> {
+    rpc: Option<RpcNotify<'a>>,
+}
+
+impl<'a> Notifier<'a> {
+    fn of(peer: &'a Peer, req: &CriuReq) -> Notifier<'a> {
+        let on = req
+            .opts
+            .as_ref()
+            .and_then(|r| r.notify_scripts)
+            .unwrap_or(false);
+        Notifier {
+            rpc: on.then_some(RpcNotify { peer }),
+        }
+    }
+}
+
+impl Notify for Notifier<'_> {
+    fn notify(
+        &mut self,
+        hook: &str,
+        pid: Option<i32>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), String> {
+        match &mut self.rpc {
+            Some(r) => r.notify(hook, pid, fd),
+            None => Silent.notify(hook, pid, fd),
+        }
+    }
 }
 
 fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     let o = options(peer, req, true)?;
-    start_log(&o, "dump.log");
+    crate::init_log(&o);
     crest_core::debug!("dump over RPC for pid {}: {o:?}", peer.pid);
-    let notify_on = req
-        .opts
-        .as_ref()
-        .and_then(|r| r.notify_scripts)
-        .unwrap_or(false);
-    let mut rpc = RpcNotify { peer };
-    let mut silent = Silent;
-    let n: &mut dyn Notify = if notify_on { &mut rpc } else { &mut silent };
-    let s = crest_core::dump::dump_notified(&o, n).map_err(|e| crate::message(&e.into()))?;
+    let mut n = Notifier::of(peer, req);
+    let s = crest_core::dump::dump_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
     crest_core::info!("dump of {:?} done over RPC", s.pids);
     crate::after_action(&o, Some(s.stats.render()));
     Ok(CriuResp {
@@ -464,17 +486,11 @@ fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     let mut o = options(peer, req, false)?;
     // over RPC the caller waits for the tree, not crest
     o.detached = true;
-    start_log(&o, "restore.log");
+    crate::init_log(&o);
     crest_core::debug!("restore over RPC for pid {}: {o:?}", peer.pid);
-    let notify_on = req
-        .opts
-        .as_ref()
-        .and_then(|r| r.notify_scripts)
-        .unwrap_or(false);
-    let mut rpc = RpcNotify { peer };
-    let mut silent = Silent;
-    let n: &mut dyn Notify = if notify_on { &mut rpc } else { &mut silent };
-    let r = crest_core::restore::restore_notified(&o, n).map_err(|e| crate::message(&e.into()))?;
+    let mut n = Notifier::of(peer, req);
+    let r =
+        crest_core::restore::restore_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
     crate::after_action(&o, Some(r.stats.render()));
     Ok(CriuResp {
         restore: Some(CriuRestoreResp { pid: r.root_pid }),

@@ -43,9 +43,19 @@ pub fn spawn_stopped(set_tid: &[i32], session: SessionSetup) -> io::Result<i32> 
 /// [`spawn_stopped`] with extra `clone3` flags (such as `CLONE_NEWPID`,
 /// which makes the child the init of a new pid namespace).
 pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) -> io::Result<i32> {
+    let pid = fork_with(set_tid, flags, libc::SIGCHLD as u64)?;
+    if pid == 0 {
+        child_stop(session);
+    }
+    Ok(pid)
+}
+
+/// `clone3` without `CLONE_VM`: a fork with `set_tid` and `flags`;
+/// returns 0 in the child, which must only make raw syscalls.
+fn fork_with(set_tid: &[i32], flags: u64, exit_signal: u64) -> io::Result<i32> {
     let args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         set_tid: if set_tid.is_empty() {
             0
         } else {
@@ -55,9 +65,9 @@ pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) ->
         ..CloneArgs::default()
     };
     // SAFETY: `args` is a valid clone_args of the size we pass; without
-    // CLONE_VM the child runs on a copy of our memory, like fork(). The
-    // child only makes raw syscalls below and never returns from this
-    // function, so no Rust state (locks, allocator) is touched in it.
+    // CLONE_VM the child runs on a copy of our memory, like fork(). Both
+    // callers' children make raw syscalls only and never return, so no
+    // Rust state (locks, allocator) is touched in them.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -65,11 +75,7 @@ pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) ->
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let pid = cvt(ret)?;
-    if pid == 0 {
-        child_stop(session);
-    }
-    Ok(pid as i32)
+    cvt(ret).map(|p| p as i32)
 }
 
 /// `clone3(CLONE_PARENT | flags)` with `set_tid` — creates a sibling of
@@ -78,31 +84,12 @@ pub fn spawn_stopped_with(set_tid: &[i32], session: SessionSetup, flags: u64) ->
 /// and then waits in `pause()` to be seized: it cannot `PTRACE_TRACEME`,
 /// its parent is not the caller. Returns its pid.
 pub fn spawn_sibling(set_tid: &[i32], session: SessionSetup, flags: u64) -> io::Result<i32> {
-    let args = CloneArgs {
-        flags: flags | libc::CLONE_PARENT as u64,
-        exit_signal: 0,
-        set_tid: if set_tid.is_empty() {
-            0
-        } else {
-            set_tid.as_ptr() as u64
-        },
-        set_tid_size: set_tid.len() as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: as in `spawn_stopped_with`: a fork-like clone whose child
-    // makes raw syscalls only and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    let pid = cvt(ret)?;
+    // (clone3 takes no exit signal with CLONE_PARENT)
+    let pid = fork_with(set_tid, flags | libc::CLONE_PARENT as u64, 0)?;
     if pid == 0 {
         child_pause(session);
     }
-    Ok(pid as i32)
+    Ok(pid)
 }
 
 fn child_pause(session: SessionSetup) -> ! {

@@ -189,23 +189,9 @@ fn placement_in(
 ) -> Result<Vec<PathBuf>, RestoreError> {
     let mounts = super::mnt::parse_mountinfo(mountinfo).unwrap_or_default();
     let mut out = Vec::new();
-    for line in lines {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
+    for (ctrls, _, want) in moves(lines, roots) {
+        let (ctrls, want) = (ctrls.as_str(), want.as_str());
         let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
-        // a root for this hierarchy (its controllers, or "" for cgroup
-        // v2, as runtimes send them), else one for all
-        let given = roots
-            .iter()
-            .find(|(c, _)| {
-                c.as_deref().is_some_and(|c| {
-                    c == ctrls || named.contains(&c) || (c.is_empty() && named.is_empty())
-                })
-            })
-            .or_else(|| roots.iter().find(|(c, _)| c.is_none()));
-        let want = given.map_or(path, |(_, p)| p.as_str());
         if want.split('/').any(|c| c == "..") {
             return Err(RestoreError::BadImage {
                 pid: 0,
@@ -260,6 +246,8 @@ pub fn moves(
             continue;
         };
         let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+        // a root for this hierarchy (its controllers, or "" for cgroup
+        // v2, as runtimes send them), else one for all
         let given = roots
             .iter()
             .find(|(c, _)| {
