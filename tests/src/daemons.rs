@@ -70,7 +70,24 @@ fn dump_restore(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Res
     let before = procs::tree_snapshot(pid).context("the server's tree before the dump")?;
     case::dump(cfg, dir, pid, false, procs)?;
     case::restore_detached(cfg, dir, pid, procs)?;
-    let after = procs::tree_snapshot(pid).context("the server's tree after restore")?;
+    let mut after = procs::tree_snapshot(pid).context("the server's tree after restore")?;
+    // jemalloc starts a background thread per arena when one gets busy
+    // (redis-server's `jemalloc_bg_thd`): one started since is the
+    // server's doing, not the restore's
+    for (p, t) in after.iter_mut() {
+        let Some(b) = before.get(p) else { continue };
+        let late: Vec<usize> = (0..t.tids.len())
+            .filter(|&i| {
+                !b.tids.contains(&t.tids[i])
+                    && fs::read_to_string(format!("/proc/{p}/task/{}/comm", t.tids[i]))
+                        .is_ok_and(|c| c.trim() == "jemalloc_bg_thd")
+            })
+            .collect();
+        for i in late.into_iter().rev() {
+            t.tids.remove(i);
+            t.nspids.remove(i);
+        }
+    }
     let diff = procs::tree_diff(&before, &after, "after restore");
     if !diff.is_empty() {
         bail!(

@@ -398,7 +398,14 @@ impl Options {
         );
         refuse(&mut r, !self.skip_mnt.is_empty(), "--skip-mnt", not_yet);
         refuse(&mut r, !self.enable_fs.is_empty(), "--enable-fs", not_yet);
-        refuse(&mut r, !self.join_ns.is_empty(), "--join-ns", not_yet);
+        refuse(
+            &mut r,
+            self.join_ns
+                .iter()
+                .any(|j| !matches!(j.ns.as_str(), "net" | "uts" | "ipc") || j.extra.is_some()),
+            "--join-ns",
+            "crest joins net, uts and ipc namespaces (without extra options) only",
+        );
         refuse(
             &mut r,
             self.empty_ns & !(libc::CLONE_NEWNET as u32) != 0,

@@ -764,24 +764,45 @@ impl Helpers {
         users_h: &super::user::Helpers,
         external: &[String],
         inherit: &std::collections::HashMap<String, OwnedFd>,
+        join: &[crate::opts::JoinNs],
     ) -> Result<Helpers, RestoreError> {
         let mut h = Helpers::default();
+        // --join-ns: the tree's namespace of that kind is the given one
+        let joined = join_files(g, join)?;
         for n in &g.list {
             if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) {
                 continue; // a copy of another of the tree's: made at replay
             }
             let mut t = super::pid::spawn_helper(&[])?;
             let pid = t.pid();
-            if let Some(key) = &n.external_key {
-                // the caller's namespace, given as --inherit-fd fd[N]:KEY
-                let fd = inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
-                    pid,
-                    what: format!("the external namespace {key} without --inherit-fd fd[N]:{key}"),
-                })?;
+            let join_file = joined.iter().find(|(id, _)| *id == n.id).map(|x| &x.1);
+            if n.external_key.is_some() || join_file.is_some() {
+                // the caller's namespace: --inherit-fd fd[N]:KEY for an
+                // external one, a file for --join-ns
+                let opened;
+                let fd = match (&n.external_key, join_file) {
+                    (_, Some(f)) => {
+                        opened = OwnedFd::from(File::open(f).rat(pid, format!("open {f}"))?);
+                        &opened
+                    }
+                    (Some(key), None) => {
+                        inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
+                            pid,
+                            what: format!(
+                                "the external namespace {key} without --inherit-fd fd[N]:{key}"
+                            ),
+                        })?
+                    }
+                    (None, None) => continue,
+                };
+                let key = join_file
+                    .cloned()
+                    .or(n.external_key.clone())
+                    .unwrap_or_default();
                 let there = crate::files::share::give_fd(&mut t, fd)?;
                 let r = t.syscall(nr::SETNS, &[there, u64::from(n.nstype)]);
                 t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
-                r.rat(pid, format!("setns into the external namespace {key}"))?;
+                r.rat(pid, format!("setns into the caller's namespace {key}"))?;
                 h.by_id.push((n.id, t));
                 continue;
             }
@@ -819,6 +840,8 @@ impl Helpers {
         let nets: Vec<(u32, &super::net::NetNs, i32)> = g
             .list
             .iter()
+            // (a joined namespace keeps what it has)
+            .filter(|n| !joined.iter().any(|(id, _)| *id == n.id))
             .filter_map(|n| {
                 let helper = h.by_id.iter().find(|x| x.0 == n.id)?.1.pid();
                 Some((n.id, n.net.as_ref()?, helper))
@@ -966,4 +989,46 @@ fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
         let (i, key) = e.strip_prefix(kind)?.strip_prefix('[')?.split_once("]:")?;
         (i.parse::<u64>().ok()? == ino && !key.is_empty()).then(|| key.to_string())
     })
+}
+
+/// The namespaces `--join-ns` names (net, uts, ipc), as (the tree's
+/// namespace of that kind, which the given one replaces; the file to join:
+/// a path, or `/proc/PID/ns/KIND` for a pid).
+fn join_files(
+    g: &OtherGraph,
+    join: &[crate::opts::JoinNs],
+) -> Result<Vec<(u32, String)>, RestoreError> {
+    let mut out = Vec::new();
+    for j in join {
+        let refuse = |what: String| RestoreError::Unsupported {
+            pid: 0,
+            what: format!("--join-ns {}:{}: {what}", j.ns, j.file),
+        };
+        let kind = KINDS
+            .iter()
+            .find(|k| k.name == j.ns && matches!(k.name, "net" | "uts" | "ipc"))
+            .ok_or_else(|| refuse(format!("joining a {} namespace", j.ns)))?;
+        let file = if j.file.chars().all(|c| c.is_ascii_digit()) {
+            format!("/proc/{}/ns/{}", j.file, j.ns)
+        } else {
+            j.file.clone()
+        };
+        let ids: Vec<u32> = g
+            .list
+            .iter()
+            .filter(|n| n.nstype == kind.flag)
+            .map(|n| n.id)
+            .collect();
+        match ids[..] {
+            [id] => out.push((id, file)),
+            [] => {
+                return Err(refuse(format!(
+                    "a tree without a {} namespace of its own",
+                    j.ns
+                )))
+            }
+            _ => return Err(refuse(format!("a tree with several {} namespaces", j.ns))),
+        }
+    }
+    Ok(out)
 }

@@ -114,8 +114,13 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     // The namespaces first, held by helpers until every task has entered
     // its own.
     let userns = ns::user::Helpers::build(&ti.users)?;
-    let mut others_h =
-        ns::other::Helpers::build(&ti.others, &userns, &opts.external, &files.inherit)?;
+    let mut others_h = ns::other::Helpers::build(
+        &ti.others,
+        &userns,
+        &opts.external,
+        &files.inherit,
+        &opts.join_ns,
+    )?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
