@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 19] = [
+const CASES: [(&str, DirCase); 20] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -46,6 +46,7 @@ const CASES: [(&str, DirCase); 19] = [
     ("criu_cli_leave_stopped", leave_stopped),
     ("criu_cli_options", options_taken),
     ("criu_cli_empty_ns_net", empty_ns_net),
+    ("criu_cli_join_ns", join_ns),
     ("criu_cli_external_mnt", external_mnt),
     ("criu_cli_inherit_fd", inherit_fd),
     ("criu_cli_status_fd", status_fd),
@@ -704,6 +705,82 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
             diff.join("\n  ")
         );
     }
+    case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
+}
+
+/// `small_tree` in its own namespaces (the `ns` flavor), restored with
+/// `--join-ns uts:PID` (a holder process in a uts namespace of its own,
+/// with another host name): the restored tree is in the holder's uts
+/// namespace, whose name crest left as it was.
+fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/unshare").exists() {
+        return Ok(Outcome::Skip("util-linux unshare is missing".into()));
+    }
+    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, false, procs)?;
+    let main = ns::wait_ready(dir, root, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(root));
+    let before = procs::tree_snapshot(root)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    let mut holder = std::process::Command::new("/usr/bin/unshare")
+        .args(["-u", "sh", "-c", "hostname crest-joined && exec sleep 60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start a holder of a uts namespace")?;
+    let hpid = Pid::from_raw(holder.id() as i32);
+    procs.track(hpid);
+    let uts_of = |p: Pid| fs::read_link(format!("/proc/{p}/ns/uts"));
+    let ours = fs::read_link("/proc/self/ns/uts")?;
+    if !wait_until(Duration::from_secs(5), || {
+        uts_of(hpid).is_ok_and(|u| u != ours)
+    }) {
+        bail!("the holder did not get a uts namespace of its own");
+    }
+    let (images, pid_s) = (s(&dir.images), root.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
+        root,
+        &before,
+        procs,
+    )?;
+    let join = format!("uts:{hpid}");
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--join-ns",
+            &join,
+        ],
+        root,
+        procs,
+    )?;
+    let (theirs, held) = (uts_of(main)?, uts_of(hpid)?);
+    if theirs != held {
+        bail!("the restored workload is in {theirs:?}, not the joined {held:?}");
+    }
+    let name = std::process::Command::new("nsenter")
+        .arg(format!("--uts=/proc/{main}/ns/uts"))
+        .arg("hostname")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if name.trim() != "crest-joined" {
+        bail!("the joined namespace's host name is {name:?}, crest changed it");
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
     case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
 }
 
