@@ -67,7 +67,11 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
     let _ = crest_sys::proc::set_child_subreaper(false);
     let mut r = res?;
     r.stats.restore = start.elapsed();
-    tell(n, hook::POST_RESUME, Some(r.root_pid))?;
+    // the tree runs by now: a refusal here is reported, not undone (CRIU
+    // does the same)
+    if let Err(e) = tell(n, hook::POST_RESUME, Some(r.root_pid)) {
+        crate::warn!("{e}");
+    }
     r.stats.write(opts.work_dir()).unwrap_or_else(|e| {
         crate::warn!("stats-restore not written: {e}");
     });
@@ -206,13 +210,14 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     tell(n, hook::PRE_RESUME, Some(root_pid))?;
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
+    // (--leave-stopped: each goes with a SIGSTOP, the group stopped at
+    // once)
+    let sig = if opts.leave_stopped { libc::SIGSTOP } else { 0 };
     for th in ctx.threads {
-        th.release().rat(0, "let a thread go")?;
+        th.release_with(sig).rat(0, "let a thread go")?;
     }
     for (k, t) in tasks.into_iter().enumerate() {
         if let Some(t) = t {
-            // (--leave-stopped: it goes with a SIGSTOP, stopped at once)
-            let sig = if opts.leave_stopped { libc::SIGSTOP } else { 0 };
             t.release_with(sig).rat(imgs[k].pid(), "let the task go")?;
         }
     }
