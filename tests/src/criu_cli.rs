@@ -16,7 +16,7 @@
 //! namespace, started by `nsinit`), `--inherit-fd=`, `--status-fd`,
 //! `--action-script`, `--display-stats`, `--config`/`--no-default-config`,
 //! `check` (with `--feature`, `--all`), `--version`, the name `criu`
-//! (a symlink), and refusals (`--lazy-pages`, `--ext-unix-sk`, `pre-dump`,
+//! (a symlink), and refusals (`--lazy-pages`, `--tcp-close`, `pre-dump`,
 //! an unknown option, CRIU's exit code 1 and `Error (` in the log).
 
 use std::fs;
@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 20] = [
+const CASES: [(&str, DirCase); 21] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -47,6 +47,7 @@ const CASES: [(&str, DirCase); 20] = [
     ("criu_cli_options", options_taken),
     ("criu_cli_empty_ns_net", empty_ns_net),
     ("criu_cli_join_ns", join_ns),
+    ("criu_cli_ext_unix_sk", ext_unix_sk),
     ("criu_cli_external_mnt", external_mnt),
     ("criu_cli_inherit_fd", inherit_fd),
     ("criu_cli_status_fd", status_fd),
@@ -784,6 +785,96 @@ fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
 }
 
+/// `--ext-unix-sk`: a python3 process sends numbered datagrams on a unix
+/// socket connected to a socket the harness bound (outside the tree, as
+/// a host's /dev/log is); without the option the dump is refused naming
+/// it; with it, the restored process sends on to the same socket, its
+/// count going on from where it stopped.
+fn ext_unix_sk(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/python3").exists() {
+        return Ok(Outcome::Skip("python3 is missing".into()));
+    }
+    let path = dir.root.join("log.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).context("bind the receiver")?;
+    rx.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let script = format!(
+        "import os, socket, time\n\
+         os.closerange(3, 65536)\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.connect({:?})\n\
+         i = 0\n\
+         while True:\n    i += 1\n    s.send(b'%d' % i)\n    time.sleep(0.05)\n",
+        s(&path)
+    );
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start python3")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    let tick = |rx: &std::os::unix::net::UnixDatagram| -> Result<u64> {
+        let mut buf = [0u8; 32];
+        let n = rx.recv(&mut buf).context("receive a datagram")?;
+        String::from_utf8_lossy(&buf[..n])
+            .parse()
+            .context("a numbered datagram")
+    };
+    let mut last = tick(&rx)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let refused = crest_run(
+        cfg,
+        dir,
+        "dump-plain",
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump-plain.log"],
+        procs,
+    )?;
+    if refused.success() || !refused.stderr.contains("--ext-unix-sk") {
+        bail!(refused.failure("a dump without --ext-unix-sk (expected a refusal naming it)"));
+    }
+    dump_ok(
+        cfg,
+        dir,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--ext-unix-sk",
+        ],
+        pid,
+        &before,
+        procs,
+    )?;
+    // what it sent before it was dumped
+    rx.set_nonblocking(true)?;
+    while let Ok(n) = tick(&rx) {
+        last = n;
+    }
+    rx.set_nonblocking(false)?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &["restore", "-D", &images, "-d", "-o", "restore.log"],
+        pid,
+        procs,
+    )?;
+    let next = tick(&rx)?;
+    if next != last + 1 {
+        bail!("after the restore the datagrams went on at {next}, the last before was {last}");
+    }
+    Ok(Outcome::Pass)
+}
+
 /// `small_tree` in a mount namespace of its own with a bind mount from
 /// outside (`src` on `dst`): dumped with `--external mnt[DST]:KEY`,
 /// restored with `--external mnt[KEY]:SRC2`; the restored mount shows
@@ -1270,9 +1361,9 @@ fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
             "--lazy-pages",
         ),
         (
-            "extunix",
-            vec!["dump", "-t", &pid_s, "-D", &images, "--ext-unix-sk"],
-            "--ext-unix-sk",
+            "tcpclose",
+            vec!["dump", "-t", &pid_s, "-D", &images, "--tcp-close"],
+            "--tcp-close",
         ),
         (
             "predump",

@@ -163,6 +163,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
     files.file_locks = opts.file_locks;
     files.orphan_pts_master = opts.orphan_pts_master;
+    files.ext_unix_sk = opts.ext_unix_sk;
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
@@ -205,9 +206,10 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     files.mark_outside_pipes();
+    // (finish adds the entries of sockets outside the tree)
+    files.finish(&opts.dir)?;
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
     files::write_images(&opts.dir, &files)?;
-    files.finish(&opts.dir)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),

@@ -121,7 +121,9 @@ pub struct Options {
     /// `--skip-in-flight` (crest refuses in-flight connections either way;
     /// taking the option only lets CRIU's callers keep their command line).
     pub tcp_skip_in_flight: bool,
-    /// `-x`/`--ext-unix-sk`.
+    /// `-x`/`--ext-unix-sk`: a datagram unix socket connected to a named
+    /// socket outside the tree is connected to the name again at restore
+    /// (a stream connection outside is refused still).
     pub ext_unix_sk: bool,
     /// `-l`/`--file-locks`.
     pub file_locks: bool,
@@ -355,12 +357,6 @@ impl Options {
         refuse(&mut r, self.page_server, "--page-server", migration);
         refuse(&mut r, self.ps_socket.is_some(), "--ps-socket", migration);
         refuse(&mut r, self.tls, "--tls", migration);
-        refuse(
-            &mut r,
-            self.ext_unix_sk,
-            "--ext-unix-sk",
-            "unix sockets connected outside the tree are not supported by crest yet",
-        );
         refuse(&mut r, self.tcp_close, "--tcp-close", not_yet);
         refuse(
             &mut r,
@@ -519,7 +515,7 @@ mod tests {
         let o = Options {
             pid: 1,
             lazy_pages: true,
-            ext_unix_sk: true,
+            tcp_close: true,
             network_lock: Some(NetworkLock::Iptables),
             inherit_fd: vec![(3, "tmp/file".into())],
             ..Options::default()
@@ -533,7 +529,7 @@ mod tests {
             names,
             [
                 "--lazy-pages",
-                "--ext-unix-sk",
+                "--tcp-close",
                 "--network-lock",
                 "--inherit-fd fd[3]:tmp/file"
             ]

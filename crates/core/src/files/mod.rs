@@ -60,6 +60,9 @@ pub struct FileTable {
     pub tty: tty::TtyDump,
     /// `--shell-job`: the tree may use its shell's terminal.
     pub shell_job: bool,
+    /// A datagram unix socket connected to a named socket outside the tree
+    /// is dumped (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
     /// A pty slave whose master is outside the tree is dumped (the RPC's
     /// `orphan_pts_master`: the caller takes a new master at restore).
     pub orphan_pts_master: bool,

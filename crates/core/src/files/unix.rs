@@ -33,6 +33,10 @@ use std::path::Path;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
+const TCP_CLOSE: u32 = 7;
+/// `unix_sk_entry.uflags`: a socket outside the tree (CRIU's USK_EXTERN),
+/// the peer a datagram socket connects to by name again.
+const USK_EXTERN: u32 = 1;
 
 /// Most bytes crest keeps from one socket's queue, and most packets.
 const MAX_QUEUE: usize = 16 << 20;
@@ -54,6 +58,8 @@ struct Held {
     fd: i32,
     netns: u64,
     peer: u32,
+    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
+    ty: i32,
     /// The peer is a listener and this connection is not accepted yet.
     pending: bool,
 }
@@ -206,6 +212,7 @@ impl FileTable {
                 fd,
                 netns,
                 peer,
+                ty,
                 pending,
             },
         );
@@ -215,9 +222,10 @@ impl FileTable {
     /// After every task: each connected unix socket's peer must be in the
     /// dump, held by the same task (crest rebuilds connections inside one
     /// task).
-    pub(crate) fn check_unix(&self) -> Result<(), DumpError> {
+    pub(crate) fn check_unix(&mut self) -> Result<(), DumpError> {
         let mut inos: Vec<_> = self.unix.socks.keys().copied().collect();
         inos.sort_unstable();
+        let mut outside: Vec<(u32, Vec<u8>)> = Vec::new();
         for ino in inos {
             let h = &self.unix.socks[&ino];
             if h.peer == 0 {
@@ -229,15 +237,35 @@ impl FileTable {
                 kind,
             };
             let Some(p) = self.unix.socks.get(&h.peer) else {
-                let name = self
+                let peer_name = self
                     .unix
                     .diags
                     .get(&h.netns)
                     .and_then(|d| d.get(&h.peer))
-                    .and_then(|p| p.name.clone())
-                    .map_or("an unnamed socket".to_string(), |n| show_name(&n));
+                    .and_then(|p| p.name.clone());
+                let name = peer_name
+                    .as_deref()
+                    .map_or("an unnamed socket".to_string(), show_name);
+                // --ext-unix-sk: a datagram socket connected to a named
+                // socket outside (a host's /dev/log) connects to the name
+                // again at restore
+                if let Some(n) = peer_name.filter(|n| {
+                    self.ext_unix_sk
+                        && h.ty == libc::SOCK_DGRAM
+                        && n.first().is_some_and(|c| *c != 0)
+                }) {
+                    if !outside.iter().any(|(i, _)| *i == h.peer) {
+                        outside.push((h.peer, n));
+                    }
+                    continue;
+                }
+                let hint = if self.ext_unix_sk {
+                    " (--ext-unix-sk carries datagram sockets connected to a path)"
+                } else {
+                    "; dump with --ext-unix-sk to reconnect a datagram socket to its path"
+                };
                 return Err(err(format!(
-                    "a unix socket connected to {name} (inode {}) outside the dumped tree",
+                    "a unix socket connected to {name} (inode {}) outside the dumped tree{hint}",
                     h.peer
                 )));
             };
@@ -254,6 +282,35 @@ impl FileTable {
                     h.peer,
                     p.pid
                 );
+            }
+        }
+        // the outside peers, as CRIU writes them: entries no fd uses,
+        // marked external
+        for (ino, name) in outside {
+            let id = self.push(FileEntry {
+                r#type: FdTypes::Unixsk as i32,
+                id: 0,
+                usk: Some(UnixSkEntry {
+                    id: 0,
+                    ino,
+                    r#type: libc::SOCK_DGRAM as u32,
+                    state: TCP_CLOSE,
+                    flags: 0,
+                    uflags: USK_EXTERN,
+                    backlog: 0,
+                    peer: 0,
+                    fown: FownEntry::default(),
+                    opts: crest_images::pb::SkOptsEntry::default(),
+                    name,
+                    shutdown: None,
+                    file_perms: None,
+                    name_dir: None,
+                    deleted: None,
+                }),
+                ..FileEntry::default()
+            });
+            if let Some(e) = self.entries.last_mut().and_then(|e| e.usk.as_mut()) {
+                e.id = id;
             }
         }
         Ok(())
@@ -584,7 +641,8 @@ fn make(
                 ));
             }
             let elsewhere = files.socks.made_by.get(&p.id).is_some_and(|o| *o != pid);
-            if kept.get(p.id).is_none() && !elsewhere {
+            let outside = p.uflags & USK_EXTERN != 0;
+            if kept.get(p.id).is_none() && !elsewhere && !outside {
                 let before = make(t, p.id, files, kept)?;
                 finish(t, &before, files, kept)?;
                 for x in &before {
