@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use crate::crest::{self, CREST_TIMEOUT};
 use crate::procs::{self, alive, exists, wait_exit, wait_until, Exit, Procs, Waited};
 use crate::suite::Report;
-use crate::{ns, Config, Flavor, Outcome, StdioKind};
+use crate::{ns, outside, Config, Flavor, Outcome, StdioKind};
 
 /// How long a workload may take to say ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -329,6 +329,7 @@ fn steps(
         }
     }
     let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
+    let outside_before = outside::snapshot(&before);
     let ns_before = match flavor {
         Flavor::Ns | Flavor::Uns => Some(ns::before(cfg, dir, pid, main, false, procs)?),
         _ => None,
@@ -358,6 +359,14 @@ fn steps(
     }
     if let Err(e) = check_tree(dir, pid, &before, what) {
         problems.insert(0, format!("{e:#}"));
+    }
+    if mode != Mode::SelfCheck {
+        if w.settle == Settle::Blocked {
+            // back in the syscall it slept in (a sigsuspend shows its
+            // temporary mask only there)
+            wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+        }
+        problems.extend(check_outside(dir, pid, &outside_before, what));
     }
     if let Some(b) = &ns_before {
         problems.extend(ns::check_after(
@@ -728,6 +737,27 @@ fn check_tree(dir: &CaseDir, pid: Pid, before: &procs::Tree, what: &str) -> Resu
         );
     }
     Ok(())
+}
+
+/// What the kernel shows of the tree from outside must be `before` again
+/// ([`outside`]); the views go to `outside.before`/`outside.after`.
+pub fn check_outside(dir: &CaseDir, pid: Pid, before: &outside::View, what: &str) -> Vec<String> {
+    let tree = match procs::tree_snapshot(pid) {
+        Ok(t) => t,
+        Err(e) => return vec![format!("process tree {what}: {e:#}")],
+    };
+    let after = outside::snapshot(&tree);
+    outside::save(before, &dir.root.join("outside.before"));
+    outside::save(&after, &dir.root.join("outside.after"));
+    let diff = outside::diff(before, &after);
+    if diff.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "what the kernel shows of the tree from outside differs {what} ({} lines):\n  {}",
+        diff.len(),
+        diff.join("\n  ")
+    )]
 }
 
 /// SIGTERM, wait for the exit, read the verdict.

@@ -24,6 +24,7 @@ pub mod hostile;
 pub mod inherit_fd;
 pub mod nested;
 pub mod ns;
+pub mod outside;
 pub mod procs;
 pub mod refusals;
 pub mod rpc;

@@ -33,6 +33,7 @@ pub fn workloads() -> Vec<Workload> {
         c("signals", &[], Settle::Blocked),
         c("fpu_avx", &[], Settle::Spinning),
         c("misc_state", &[], Settle::Blocked),
+        c("attrs", &[], Settle::Blocked),
         c("sysv_ipc", &[], Settle::Blocked),
         c("tree_sessions", &[], Settle::Blocked),
         c("threads_busy", &["8"], Settle::Spinning),

@@ -287,6 +287,15 @@ fn apply(p: &mut Parsed, g: Got) -> Result<(), String> {
 }
 
 /// Applies one option of the action to `o`.
+/// C's `atoi`: leading blanks, an optional sign, the digits that follow;
+/// anything else is 0.
+fn atoi(v: &str) -> u32 {
+    let v = v.trim_start();
+    let v = v.strip_prefix('+').unwrap_or(v);
+    let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(0)
+}
+
 fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
     let on = !g.negated;
     let val = || g.value.clone().unwrap_or_default();
@@ -418,7 +427,9 @@ fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
         "verbosity" => match &g.value {
             None => o.verbosity += 1,
             Some(v) if v.starts_with('v') => o.verbosity += v.len() as u32 + 1,
-            Some(v) => o.verbosity = v.trim().parse().map_err(|_| bad(v))?,
+            // atoi, as CRIU reads it: `-verbosity=0` is -v with "erbosity=0",
+            // which counts as 0
+            Some(v) => o.verbosity = atoi(v),
         },
         "ps-socket" => o.ps_socket = Some(int(&val())? as i32),
         "config" | "no-default-config" => {}
@@ -597,6 +608,9 @@ mod tests {
         assert_eq!(p.opts.pid, 42);
         assert_eq!(p.opts.dir, PathBuf::from("/d"));
         assert_eq!(p.opts.verbosity, 3);
+        // CRIU's own suite writes `-verbosity=0`: -v with "erbosity=0"
+        let p = parsed("check -verbosity=0 --feature userns");
+        assert_eq!(p.opts.verbosity, 0);
         assert!(p.opts.detached);
         let p = parsed("restore -vvvv");
         assert_eq!(p.opts.verbosity, 2 + 4);

@@ -11,6 +11,12 @@ use crest_images::pb::{core_entry, CoreEntry, TaskCoreEntry, ThreadCoreEntry, Th
 use crest_inject::Tracee;
 use crest_sys::{misc, ptrace};
 
+/// `sched_getscheduler`'s flag that children start with the default
+/// policy.
+const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
+/// A policy `sched_setscheduler` cannot set (it needs `sched_setattr`).
+const SCHED_DEADLINE: u32 = 6;
+
 /// `task_core_entry.task_state` of a live task.
 pub const TASK_ALIVE: u32 = 1;
 /// `task_core_entry.task_state` of a zombie.
@@ -35,6 +41,13 @@ pub fn dump_thread(
     let signals_p = signals::dump_pending(pid, tid, false)?;
     let rseq = task::dump_rseq(pid, tid)?;
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
+    let (policy, prio, nice) = misc::get_sched(tid).at(pid, "sched_getscheduler")?;
+    if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("thread {tid}'s SCHED_DEADLINE scheduling"),
+        });
+    }
     let comm = status.name.clone();
     let core = CoreEntry {
         mtype: core_entry::March::X8664 as i32,
@@ -56,6 +69,9 @@ pub fn dump_thread(
             creds: Some(creds),
             comm: Some(comm),
             rseq_entry: rseq,
+            sched_nice: Some(nice),
+            sched_policy: Some(policy),
+            sched_prio: Some(prio),
             ..ThreadCoreEntry::default()
         }),
         // set by the writer
@@ -79,7 +95,9 @@ pub fn dump_thread(
 pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let pid = t.pid();
     let sigactions = signals::dump_actions(t)?;
-    let timers = task::dump_itimers(t)?;
+    let mut timers = task::dump_itimers(t)?;
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count());
+    timers.posix = crate::timers::dump(t, threads)?;
     let subreaper = task::dump_child_subreaper(t)?;
     let signals_s = signals::dump_pending(pid, t.tid(), true)?;
     let rlimits = task::dump_rlimits(pid)?;

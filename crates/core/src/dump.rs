@@ -81,6 +81,8 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             summary.stats.frozen = frozen.elapsed();
             summary.stats.pages_scanned = summary.pages_bytes / 4096;
             summary.stats.pages_written = summary.pages_bytes / 4096;
+            summary.stats.shpages_written =
+                crate::stats::pages_in(&opts.dir).saturating_sub(summary.stats.pages_written);
             summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
                 crate::warn!("stats-dump not written: {e}");
             });

@@ -22,6 +22,7 @@ pub mod show;
 pub mod signals;
 pub mod stats;
 pub mod task;
+pub mod timers;
 
 pub use dump::{dump, DumpSummary};
 pub use error::{DumpError, RestoreError};

@@ -49,6 +49,11 @@ const MADV_FLAGS: [(&str, u32); 6] = [
     ("mg", libc::MADV_MERGEABLE as u32),
 ];
 
+/// `vma_entry.madv` bit crest uses for a VMA locked on fault
+/// (`mlock2(MLOCK_ONFAULT)`, smaps `lf`); the advice numbers stay far
+/// below it.
+pub const MADV_BIT_LOCKONFAULT: u32 = 63;
+
 /// What the dump of one address space produced.
 pub struct MmDump {
     pub entry: MmEntry,
@@ -141,7 +146,18 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
             .iter()
             .filter(|(f, _)| s.has(f))
             .fold(0u64, |acc, (_, adv)| acc | (1u64 << adv))
+            | if s.has("lf") {
+                1u64 << MADV_BIT_LOCKONFAULT
+            } else {
+                0
+            }
     });
+    // mlock(2)ed: made again with mlock2 once the pages are in
+    let flags = if smaps.is_some_and(|s| s.has("lo")) {
+        flags | libc::MAP_LOCKED as u32
+    } else {
+        flags
+    };
     let vma = VmaEntry {
         start: m.start,
         end: m.end,
@@ -155,6 +171,40 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         fdflags: None,
     };
     (vma, policy)
+}
+
+/// The kernel's locked memory of `pid` (`VmLck`, kB).
+fn vm_locked(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `mlockall` flags for future mappings in force in the task: whether a
+/// new mapping (crest's scratch area, made now) comes locked, and then
+/// whether on fault.
+fn mlockall_future(t: &mut Tracee) -> Result<u32, DumpError> {
+    let pid = t.pid();
+    let before = vm_locked(pid);
+    let addr = t.scratch(4096).at(pid, "scratch memory")?;
+    if vm_locked(pid) <= before {
+        return Ok(0);
+    }
+    let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
+    let on_fault = smaps
+        .iter()
+        .find(|s| s.start == addr)
+        .is_some_and(|s| s.has("lf"));
+    Ok(libc::MCL_FUTURE as u32
+        | if on_fault {
+            libc::MCL_ONFAULT as u32
+        } else {
+            0
+        })
 }
 
 /// Collects the VMAs, mm fields and present pages of `pid` (stopped and
@@ -196,7 +246,10 @@ pub fn dump(
             });
         }
         if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
-            let mode = if m.shared && m.write {
+            // a shared mapping that may be made writable needs a file
+            // opened for writing, whatever its protection now
+            let maywrite = sm.is_some_and(|s| s.has("mw"));
+            let mode = if m.shared && (m.write || maywrite) {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
@@ -259,6 +312,7 @@ pub fn dump(
         dumpable: Some(dumpable as i32),
         aios: Vec::new(),
         thp_disabled: None,
+        crest_mlockall: Some(mlockall_future(t)?),
     };
     Ok(MmDump {
         entry,

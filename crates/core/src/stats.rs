@@ -19,6 +19,9 @@ pub struct DumpStats {
     pub memdump: Duration,
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Pages of shared memory (shared anonymous mappings, SysV segments,
+    /// memfds) written beside the tasks' own.
+    pub shpages_written: u64,
 }
 
 /// The times and counts of one restore.
@@ -36,6 +39,20 @@ fn us(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
+/// The pages of every `pages-*.img` of an images directory (what CRIU's
+/// suite compares with the page counts of `stats-dump`).
+pub fn pages_in(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len() / 4096)
+        .sum()
+}
+
 impl DumpStats {
     pub fn entry(&self) -> DumpStatsEntry {
         DumpStatsEntry {
@@ -48,6 +65,7 @@ impl DumpStats {
             pages_written: self.pages_written,
             irmap_resolve: Some(0),
             pages_lazy: 0,
+            shpages_written: Some(self.shpages_written),
             ..DumpStatsEntry::default()
         }
     }

@@ -19,6 +19,12 @@ pub mod nr {
     pub const GETPID: u64 = 39;
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;
+    pub const TIMER_CREATE: u64 = 222;
+    pub const TIMER_SETTIME: u64 = 223;
+    pub const TIMER_GETTIME: u64 = 224;
+    pub const TIMER_GETOVERRUN: u64 = 225;
+    pub const MLOCK2: u64 = 325;
+    pub const MLOCKALL: u64 = 151;
     pub const FCNTL: u64 = 72;
     pub const FLOCK: u64 = 73;
     pub const CHDIR: u64 = 80;
@@ -141,6 +147,12 @@ pub fn name(nr: u64) -> &'static str {
         GETPID => "getpid",
         GETITIMER => "getitimer",
         SETITIMER => "setitimer",
+        TIMER_CREATE => "timer_create",
+        TIMER_SETTIME => "timer_settime",
+        TIMER_GETTIME => "timer_gettime",
+        TIMER_GETOVERRUN => "timer_getoverrun",
+        MLOCK2 => "mlock2",
+        MLOCKALL => "mlockall",
         FCNTL => "fcntl",
         CHDIR => "chdir",
         FCHDIR => "fchdir",

@@ -387,3 +387,79 @@ pub fn pty_unlock(fd: &impl AsRawFd) -> io::Result<()> {
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSPTLCK, &zero) };
     cvt(ret as libc::c_long).map(drop)
 }
+
+/// A thread's scheduling: `sched_getscheduler` (policy, with
+/// `SCHED_RESET_ON_FORK`), `sched_getparam` (the static priority) and
+/// `getpriority(PRIO_PROCESS)` (nice, -20..19).
+pub fn get_sched(tid: i32) -> io::Result<(u32, u32, i32)> {
+    // SAFETY: plain call on a tid.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    cvt(policy as libc::c_long)?;
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `p` is a valid out-pointer.
+    cvt(unsafe { libc::sched_getparam(tid, &mut p) } as libc::c_long)?;
+    // getpriority can return -1 legitimately: errno tells.
+    // SAFETY: errno is this thread's; plain call on a tid.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+    };
+    if nice == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(0) {
+            return Err(e);
+        }
+    }
+    Ok((policy as u32, p.sched_priority as u32, nice))
+}
+
+/// Sets a thread's nice value and then its policy and static priority.
+pub fn set_sched(tid: i32, policy: u32, prio: u32, nice: i32) -> io::Result<()> {
+    // SAFETY: plain call on a tid.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } as libc::c_long)?;
+    let p = libc::sched_param {
+        sched_priority: prio as i32,
+    };
+    // SAFETY: `p` is a valid sched_param.
+    cvt(unsafe { libc::sched_setscheduler(tid, policy as i32, &p) } as libc::c_long)?;
+    Ok(())
+}
+
+/// `fcntl(F_GETOWN_EX)`: who gets SIGIO for a file (type: 0 a thread, 1 a
+/// process, 2 a process group; pid 0: nobody).
+pub fn get_owner(fd: &impl AsRawFd) -> io::Result<(i32, i32)> {
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut o = [0i32; 2];
+    // SAFETY: `o` has the layout of struct f_owner_ex.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, o.as_mut_ptr()) } as libc::c_long)?;
+    Ok((o[0], o[1]))
+}
+
+/// fcntl commands the libc crate lacks (asm-generic/fcntl.h).
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+
+/// `fcntl(F_GETSIG)`: the signal sent for I/O (0: SIGIO).
+pub fn get_sig(fd: &impl AsRawFd) -> io::Result<i32> {
+    // SAFETY: plain fcntl on an fd.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) };
+    cvt(r as libc::c_long)?;
+    Ok(r)
+}
+
+/// `fcntl(F_SETOWN_EX)`: see [`get_owner`].
+pub fn set_owner(fd: &impl AsRawFd, kind: i32, pid: i32) -> io::Result<()> {
+    let o = [kind, pid];
+    // SAFETY: `o` has the layout of struct f_owner_ex.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, o.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// `fcntl(F_SETSIG)`.
+pub fn set_sig(fd: &impl AsRawFd, sig: i32) -> io::Result<()> {
+    // SAFETY: plain fcntl on an fd.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) } as libc::c_long)?;
+    Ok(())
+}

@@ -250,3 +250,70 @@ pub fn shutdown(fd: &impl AsRawFd, how: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.
     ret(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
+
+/// A socket's classic BPF filter (`SO_GET_FILTER`), each instruction as
+/// `code | jt << 16 | jf << 24 | k << 32` (CRIU's `so_filter`); empty
+/// without one.
+pub fn get_filter(fd: &impl AsRawFd) -> io::Result<Vec<u64>> {
+    // With a zero length the kernel answers the number of instructions.
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: a null buffer with length 0 is allowed for SO_GET_FILTER.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::null_mut(),
+            &mut n,
+        )
+    };
+    ret(r)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut prog = vec![0u64; n as usize];
+    // the length is counted in instructions, not bytes
+    let mut len = n;
+    // SAFETY: `prog` has room for `n` 8-byte instructions.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            prog.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    ret(r)?;
+    prog.truncate(len as usize);
+    Ok(prog)
+}
+
+/// Attaches a classic BPF filter (instructions as [`get_filter`] gives
+/// them).
+pub fn attach_filter(fd: &impl AsRawFd, prog: &[u64]) -> io::Result<()> {
+    let insns: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|&i| libc::sock_filter {
+            code: i as u16,
+            jt: (i >> 16) as u8,
+            jf: (i >> 24) as u8,
+            k: (i >> 32) as u32,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `insns`, alive for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    ret(r).map(drop)
+}

@@ -63,6 +63,7 @@ pub fn write_data(dir: &std::path::Path, fifos: &FifoDump) -> Result<(), DumpErr
         crest_images::names::FIFO_DATA,
         crest_images::magic::FIFO_DATA,
         &fifos.data,
+        &HashMap::new(),
     )
 }
 

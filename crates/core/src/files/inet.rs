@@ -454,6 +454,7 @@ fn make(
         setsockopt_int(&c, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v))
             .rat(pid, at("IPV6_V6ONLY"))?;
     }
+    skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
     let tcp = s.proto == libc::IPPROTO_TCP as u32;
     let stream = (tcp && s.state == ESTABLISHED)
         .then(|| read_stream(files, s.ino))

@@ -21,6 +21,7 @@ use std::os::unix::fs::MetadataExt;
 pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
+pub mod fown;
 pub mod ghost;
 pub mod inet;
 pub mod inotify;
@@ -172,6 +173,7 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
             }
             None => {
                 let made = dump_one(pid, fd, &link, &info, flags, table)?;
+                table.dump_fown(pid, fd, made.1)?;
                 table.seen.add(pid, fd, key, made);
                 made
             }

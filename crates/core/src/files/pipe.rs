@@ -12,6 +12,8 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct PipeDump {
     pub data: HashMap<u32, Vec<u8>>,
+    /// inode → its capacity (`F_GETPIPE_SZ`) where it is not the default.
+    pub sizes: HashMap<u32, u32>,
     /// inode → (the tree holds its read end, its write end, a pid and fd
     /// of it), to find pipes whose other end is outside the tree.
     pub ends: HashMap<u32, (bool, bool, i32, i32)>,
@@ -119,6 +121,12 @@ impl FileTable {
             let data = peek_pipe(pid, fd)?;
             self.pipes.data.insert(ino, data);
         }
+        if let std::collections::hash_map::Entry::Vacant(v) = self.pipes.sizes.entry(ino) {
+            let size = pipe_size(pid, fd)?;
+            if size != DEFAULT_PIPE_SIZE {
+                v.insert(size);
+            }
+        }
         Ok(self.push(FileEntry {
             r#type: FdTypes::Pipe as i32,
             id: 0,
@@ -132,6 +140,17 @@ impl FileTable {
             ..FileEntry::default()
         }))
     }
+}
+
+/// A new pipe's capacity (16 pages).
+pub(crate) const DEFAULT_PIPE_SIZE: u32 = 16 * 4096;
+
+/// The capacity of the pipe behind `fd` of `pid`.
+fn pipe_size(pid: i32, fd: i32) -> Result<u32, DumpError> {
+    let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
+    let theirs = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a pipe")?;
+    let size = crest_sys::misc::pipe_size(&theirs).at(pid, "F_GETPIPE_SZ")?;
+    Ok(size as u32)
 }
 
 /// Copies the bytes waiting in the pipe behind `fd` of `pid` without
@@ -185,28 +204,34 @@ pub fn write_data(dir: &std::path::Path, pipes: &PipeDump) -> Result<(), DumpErr
         crest_images::names::PIPES_DATA,
         crest_images::magic::PIPES_DATA,
         &pipes.data,
+        &pipes.sizes,
     )
 }
 
-/// Writes pipe data in CRIU's layout (also used for FIFOs).
+/// Writes pipe data in CRIU's layout (also used for FIFOs): an entry per
+/// pipe with bytes in flight or a capacity of its own.
 pub(crate) fn write_data_to(
     dir: &std::path::Path,
     name: &str,
     magic: u32,
     all: &HashMap<u32, Vec<u8>>,
+    sizes: &HashMap<u32, u32>,
 ) -> Result<(), DumpError> {
     let mut w = crest_images::ImageWriter::create(dir, name, magic)?;
-    let mut inos: Vec<_> = all.keys().copied().collect();
+    let mut inos: Vec<_> = all.keys().chain(sizes.keys()).copied().collect();
     inos.sort_unstable();
+    inos.dedup();
+    let none = Vec::new();
     for ino in inos {
-        let data = &all[&ino];
-        if data.is_empty() {
+        let data = all.get(&ino).unwrap_or(&none);
+        let size = sizes.get(&ino).copied();
+        if data.is_empty() && size.is_none() {
             continue;
         }
         w.write_entry(&crest_images::pb::PipeDataEntry {
             pipe_id: ino,
             bytes: data.len() as u32,
-            size: None,
+            size,
             crest_fs: None,
         })?;
         w.write_payload(data)?;

@@ -22,13 +22,14 @@ pub struct RestoreFiles {
     pub dir: PathBuf,
     pub entries: HashMap<u32, FileEntry>,
     pub pipe_data: HashMap<u32, Vec<u8>>,
+    /// Pipe id → its capacity, where it was not the default.
+    pub pipe_sizes: HashMap<u32, u32>,
     pub fifo_data: HashMap<u32, Vec<u8>>,
     /// FIFOs refilled already (by pipe id).
     pub fifo_filled: HashSet<u32>,
-    /// pipe id → (pid, fd) of a restored task that holds an end of it;
-    /// another description of the same pipe opens it through
-    /// `/proc/PID/fd/FD`.
-    pub pipe_holders: HashMap<u32, (i32, u32)>,
+    /// Pipes crest made (pipe id → its read and write end as pipe2 gave
+    /// them, and whether each was given to a task already).
+    pipes: HashMap<u32, CrestPipe>,
     /// file entry id → (pid, fd) of the first restored fd with it.
     pub holders: Holders,
     /// The task being restored and its fds made so far: entry id → parked
@@ -53,29 +54,43 @@ pub struct RestoreFiles {
     pub ttys: super::tty::TtyRestore,
 }
 
+/// A pipe crest made for the tree: the descriptions `pipe2` gave (every
+/// fd that had one of those gets it; one that had a description opened
+/// again gets a new one, `O_LARGEFILE` and all).
+struct CrestPipe {
+    ends: [std::os::fd::OwnedFd; 2],
+    given: [bool; 2],
+}
+
 /// Most pipe data crest accepts per pipe from an image.
 const MAX_PIPE_DATA: u32 = 1 << 20;
 
-fn read_pipe_data(
-    dir: &Path,
-    name: &str,
-    magic: u32,
-) -> Result<HashMap<u32, Vec<u8>>, RestoreError> {
-    let mut out = HashMap::new();
+/// Pipe data and capacities of an image (`pipes-data.img`, `fifo-data.img`).
+type PipeData = (HashMap<u32, Vec<u8>>, HashMap<u32, u32>);
+
+fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, RestoreError> {
+    let mut out = (HashMap::new(), HashMap::new());
     if !dir.join(name).exists() {
         return Ok(out);
     }
     let mut r = ImageReader::open(dir, name, magic)?;
     while let Some(e) = r.next_entry::<PipeDataEntry>()? {
+        let bad = |what: String| RestoreError::BadImage {
+            pid: 0,
+            file: name.into(),
+            what,
+        };
         if e.bytes > MAX_PIPE_DATA {
-            return Err(RestoreError::BadImage {
-                pid: 0,
-                file: name.into(),
-                what: format!("pipe {} claims {} bytes", e.pipe_id, e.bytes),
-            });
+            return Err(bad(format!("pipe {} claims {} bytes", e.pipe_id, e.bytes)));
+        }
+        if let Some(size) = e.size {
+            if size > MAX_PIPE_DATA || size < e.bytes {
+                return Err(bad(format!("pipe {} claims a size of {size}", e.pipe_id)));
+            }
+            out.1.insert(e.pipe_id, size);
         }
         let data = r.read_payload(u64::from(e.bytes))?;
-        out.insert(e.pipe_id, data);
+        out.0.insert(e.pipe_id, data);
     }
     Ok(out)
 }
@@ -87,11 +102,13 @@ impl RestoreFiles {
         for e in list {
             entries.insert(e.id, e);
         }
+        let pipes = read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?;
         Ok(RestoreFiles {
             dir: dir.to_path_buf(),
             entries,
-            pipe_data: read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?,
-            fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?,
+            pipe_data: pipes.0,
+            pipe_sizes: pipes.1,
+            fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?.0,
             remaps: ghost::read_remaps(dir)?,
             memfd_inodes: memfd::read_inodes(dir)?,
             socks: super::unix::SockImages::read(dir)?,
@@ -209,7 +226,6 @@ fn make_all(
     park_base: u64,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let mut pipes: HashMap<u32, (u64, u64)> = HashMap::new();
     // Sockets and terminals keep helper fds (a listener to connect to, the
     // other end of a pair) above the parks and pipes until all are made.
     let mut kept = super::kept::Kept::new(park_base + 3 * fds.len() as u64);
@@ -239,8 +255,7 @@ fn make_all(
             let made = match files.holders.get(&fi.id) {
                 Some(&(holder, hfd)) => give_fd(t, &take_fd(holder, hfd)?)?,
                 None => {
-                    let pipe_park = park_base + fds.len() as u64;
-                    let made = make_one(t, fi, &entry, files, &mut pipes, pipe_park, &mut kept)?;
+                    let made = make_one(t, fi, &entry, files, &mut kept)?;
                     files.made_by.insert(fi.id, pid);
                     made
                 }
@@ -250,15 +265,9 @@ fn make_all(
             t.syscall(nr::CLOSE, &[made])
                 .rat(pid, "close temporary fd")?;
             files.local.1.insert(fi.id, park);
-            if let Some(p) = entry.pipe.as_ref().map(|p| p.pipe_id) {
-                files.pipe_holders.entry(p).or_insert((pid, fi.fd));
-            }
         }
         Ok(())
     })();
-    for (fd, _) in pipes.values().flat_map(|(r, w)| [(*r, ()), (*w, ())]) {
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pipe end")?;
-    }
     kept.close_all(t)?;
     res
 }
@@ -269,8 +278,6 @@ fn make_one(
     fi: &FdinfoEntry,
     entry: &FileEntry,
     files: &mut RestoreFiles,
-    pipes: &mut HashMap<u32, (u64, u64)>,
-    pipe_park: u64,
     kept: &mut super::kept::Kept,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
@@ -281,7 +288,7 @@ fn make_one(
     };
     match FdTypes::try_from(fi.r#type) {
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
-        Ok(FdTypes::Pipe) => pipe_end(t, entry, files, pipes, pipe_park),
+        Ok(FdTypes::Pipe) => pipe_end(t, entry, files),
         Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
         Ok(FdTypes::Inetsk) => super::inet::open(t, entry, files, kept),
         Ok(FdTypes::Tty) => super::tty::open(t, entry, files, kept),
@@ -352,14 +359,9 @@ fn open_reg(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
     Ok(fd)
 }
 
-/// The end of a pipe an fd needs, creating and refilling the pipe once.
-fn pipe_end(
-    t: &mut Tracee,
-    e: &FileEntry,
-    files: &RestoreFiles,
-    pipes: &mut HashMap<u32, (u64, u64)>,
-    park_from: u64,
-) -> Result<u64, RestoreError> {
+/// The end of a pipe an fd needs: crest makes each pipe once, with its
+/// capacity and data, and gives the task the description it had.
+fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let p = e.pipe.as_ref().ok_or_else(|| RestoreError::BadImage {
         pid,
@@ -384,53 +386,59 @@ fn pipe_end(
             ),
         });
     }
-    if let Some(&(holder, hfd)) = files.pipe_holders.get(&p.pipe_id) {
-        if holder != pid && !pipes.contains_key(&p.pipe_id) {
-            // Another task made this pipe: open the same one through it.
-            let path = format!("/proc/{holder}/fd/{hfd}");
-            let acc = p.flags as i32 & libc::O_ACCMODE;
-            let fd = crate::mm::restore::open_crest_side(t, &path, acc | libc::O_NONBLOCK)?;
-            let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
-            t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-                .rat(pid, "set pipe flags")?;
-            return Ok(fd);
-        }
+    let status = u64::from(p.flags) & (libc::O_NONBLOCK | libc::O_ASYNC) as u64;
+    let end = usize::from(p.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
+    if !files.pipes.contains_key(&p.pipe_id) {
+        let made = crest_pipe(pid, p.pipe_id, files)?;
+        files.pipes.insert(p.pipe_id, made);
     }
-    if !pipes.contains_key(&p.pipe_id) {
-        let buf = t.scratch(8).rat(pid, "scratch")?;
-        t.syscall(nr::PIPE2, &[buf, libc::O_CLOEXEC as u64])
-            .rat(pid, "pipe2")?;
-        let mut raw = [0u8; 8];
-        t.read_mem(buf, &mut raw).rat(pid, "read pipe fds")?;
-        let r = u64::from(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
-        let w = u64::from(u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]));
-        // Keep both ends out of the way of the target numbers.
-        let slot = park_from + 2 * pipes.len() as u64;
-        for (from, to) in [(r, slot), (w, slot + 1)] {
-            t.syscall(nr::DUP3, &[from, to, libc::O_CLOEXEC as u64])
-                .rat(pid, "park pipe end")?;
-            t.syscall(nr::CLOSE, &[from]).rat(pid, "close pipe end")?;
-        }
-        let (r, w) = (slot, slot + 1);
-        if let Some(data) = files.pipe_data.get(&p.pipe_id) {
-            fill_pipe(t, w, data)?;
-        }
-        pipes.insert(p.pipe_id, (r, w));
-    }
-    let (r, w) = pipes[&p.pipe_id];
-    let end = if p.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
-        r
+    let made = files
+        .pipes
+        .get_mut(&p.pipe_id)
+        .ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: format!("pipe:[{}] vanished", p.pipe_id),
+        })?;
+    let fd = if p.flags & libc::O_LARGEFILE as u32 == 0 && !made.given[end] {
+        // one of the two descriptions pipe2 made
+        made.given[end] = true;
+        give_fd(t, &made.ends[end])?
     } else {
-        w
+        // a description opened again through /proc, as the task had it
+        use std::os::unix::fs::OpenOptionsExt;
+        let again = std::fs::OpenOptions::new()
+            .read(end == 0)
+            .write(end == 1)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&made.ends[end])
+            ))
+            .rat(pid, format!("open pipe:[{}] again", p.pipe_id))?;
+        give_fd(t, &std::os::fd::OwnedFd::from(again))?
     };
-    // A new fd for this end, so per-fd status flags stay separate.
-    let fd = t
-        .syscall(nr::FCNTL, &[end, libc::F_DUPFD_CLOEXEC as u64, 0])
-        .rat(pid, "dup pipe end")?;
-    let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
     t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
         .rat(pid, "set pipe flags")?;
     Ok(fd)
+}
+
+/// Makes pipe `id` in crest, with its capacity and the bytes that were in
+/// flight.
+fn crest_pipe(pid: i32, id: u32, files: &RestoreFiles) -> Result<CrestPipe, RestoreError> {
+    let (r, w) = crest_sys::misc::pipe().rat(pid, "pipe2")?;
+    let data = files.pipe_data.get(&id).map_or(&[][..], |d| &d[..]);
+    let size = files.pipe_sizes.get(&id).copied().unwrap_or(0) as usize;
+    let want = size.max(data.len());
+    if want > super::pipe::DEFAULT_PIPE_SIZE as usize {
+        crest_sys::misc::set_pipe_size(&w, want)
+            .rat(pid, format!("F_SETPIPE_SZ {want} on pipe:[{id}]"))?;
+    }
+    let mut file = std::fs::File::from(w);
+    std::io::Write::write_all(&mut file, data).rat(pid, format!("refill pipe:[{id}]"))?;
+    Ok(CrestPipe {
+        ends: [r, std::os::fd::OwnedFd::from(file)],
+        given: [false; 2],
+    })
 }
 
 pub(crate) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {

@@ -161,7 +161,8 @@ fn map_each(
         } else {
             u64::from(v.prot)
         };
-        let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        // (locked later, by protect, once the pages are in)
+        let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
         let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
         let shared_file = v.status & status::FILE_SHARED != 0;
         // A shared file mapping keeps its dumped protection: it cannot be
@@ -169,12 +170,19 @@ fn map_each(
         let prot = if shared_file { u64::from(v.prot) } else { prot };
         if file_backed {
             flags &= !(libc::MAP_ANONYMOUS as u64);
-            let oflags = if shared_file && v.prot & libc::PROT_WRITE as u32 != 0 {
+            let id = v.shmid as u32;
+            // a shared mapping whose file was open for writing (it could be
+            // made writable, smaps `mw`) gets a file open for writing
+            let entry_rw = files
+                .entries
+                .get(&id)
+                .and_then(|e| e.reg.as_ref())
+                .is_some_and(|r| r.flags as i32 & libc::O_ACCMODE == libc::O_RDWR);
+            let oflags = if shared_file && (v.prot & libc::PROT_WRITE as u32 != 0 || entry_rw) {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
             };
-            let id = v.shmid as u32;
             let path = match files.reg_path(id) {
                 Some(p) => p.to_string(),
                 None if v.status & status::MEMFD != 0 => format!("memfd entry {id}"),
@@ -591,12 +599,21 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
                 .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
         }
         let madv = v.madv.unwrap_or(0);
-        for adv in 0..64u64 {
+        for adv in 0..u64::from(crate::mm::MADV_BIT_LOCKONFAULT) {
             if madv & (1 << adv) != 0 {
                 t.syscall(nr::MADVISE, &[v.start, v.end - v.start, adv])
                     .rat(pid, format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end))?;
             }
         }
+        if v.flags & libc::MAP_LOCKED as u32 != 0 {
+            let on_fault = madv & (1 << crate::mm::MADV_BIT_LOCKONFAULT) != 0;
+            t.syscall(nr::MLOCK2, &[v.start, v.end - v.start, u64::from(on_fault)])
+                .rat(pid, format!("mlock2 {:#x}-{:#x}", v.start, v.end))?;
+        }
+    }
+    if let Some(mcl) = mm.crest_mlockall.filter(|m| *m != 0) {
+        t.syscall(nr::MLOCKALL, &[u64::from(mcl)])
+            .rat(pid, format!("mlockall({mcl:#x})"))?;
     }
     Ok(())
 }

@@ -186,6 +186,15 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         )?;
     }
 
+    // SIGIO owners, once every task and thread they may name exists.
+    let files = &*ctx.files;
+    crate::files::fown::restore(
+        files
+            .holders
+            .iter()
+            .filter_map(|(id, &(pid, fd))| files.entries.get(id).map(|e| (e, pid, fd))),
+    )?;
+
     // The caller's turn before anything runs: every task is in its
     // namespaces now.
     let root_pid = actual[0];

@@ -10,7 +10,7 @@ use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{CoreEntry, FsEntry};
 use crest_inject::{nr, Tracee};
-use crest_sys::ptrace;
+use crest_sys::{misc, ptrace};
 use std::path::{Path, PathBuf};
 
 /// What the transforms of a tree's tasks share.
@@ -159,6 +159,10 @@ pub(super) fn transform(
         set_caps(&mut th, img, tcore)?;
         th.forget_scratch();
         ctx.threads.push(th);
+    }
+    // POSIX timers once every thread they may signal exists.
+    if let Some(tm) = tc.timers.as_ref() {
+        crate::timers::restore(t, &tm.posix)?;
     }
     set_caps(t, img, core)?;
     if let Some(d) = live.mm.dumpable {
@@ -323,6 +327,15 @@ pub(super) fn restore_thread(
         img.inner_tid(i).unwrap_or(image_tid),
     );
     signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
+    if let Some(policy) = th.sched_policy {
+        // from outside: crest may raise a priority the task (in its user
+        // namespace) could not
+        let (prio, nice) = (th.sched_prio.unwrap_or(0), th.sched_nice.unwrap_or(0));
+        misc::set_sched(tid, policy, prio, nice).rat(
+            pid,
+            format!("thread {tid}: scheduling policy {policy}, priority {prio}, nice {nice}"),
+        )?;
+    }
     let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
         Some(x) => x.clone(),
         None => {
