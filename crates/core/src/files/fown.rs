@@ -56,7 +56,7 @@ fn slot(e: &mut FileEntry) -> Option<&mut FownEntry> {
 pub fn of(e: &FileEntry) -> Option<FownEntry> {
     let mut e = e.clone();
     slot(&mut e)
-        .map(|f| f.clone())
+        .map(|f| *f)
         .filter(|f| f.pid != 0 || f.signum != 0)
 }
 
