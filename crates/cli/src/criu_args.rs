@@ -609,8 +609,8 @@ mod tests {
         assert_eq!(p.opts.dir, PathBuf::from("/d"));
         assert_eq!(p.opts.verbosity, 3);
         // CRIU's own suite writes `-verbosity=0`: -v with "erbosity=0"
-        let p = parsed("check -verbosity=0 --feature userns");
-        assert_eq!(p.opts.verbosity, 0);
+        let quiet = parsed("check -verbosity=0 --feature userns");
+        assert_eq!(quiet.opts.verbosity, 0);
         assert!(p.opts.detached);
         let p = parsed("restore -vvvv");
         assert_eq!(p.opts.verbosity, 2 + 4);
