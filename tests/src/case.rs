@@ -361,10 +361,13 @@ fn steps(
         problems.insert(0, format!("{e:#}"));
     }
     if mode != Mode::SelfCheck {
+        // back in the syscall it slept in (a sigsuspend shows its
+        // temporary mask only there); a spinning workload's main thread
+        // sleeps too, a moment after it is let go
         if w.settle == Settle::Blocked {
-            // back in the syscall it slept in (a sigsuspend shows its
-            // temporary mask only there)
             wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+        } else {
+            sleep(Duration::from_millis(200));
         }
         problems.extend(check_outside(dir, pid, &outside_before, what));
     }

@@ -787,6 +787,7 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
         external_veth(cfg, dir, root, main, procs)?;
     }
     let tree_before = procs::tree_snapshot(root).context("process tree before the dump")?;
+    let outside_before = crate::outside::snapshot(&tree_before);
     let _ = fs::write(dir.root.join("tree.before"), format!("{tree_before:#?}\n"));
     let view_before = snapshot(cfg, shape, root, main, "before the dump")?;
     ns::save(dir, "view.before", &view_before);
@@ -902,6 +903,8 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
         }
         Err(e) => problems.push(format!("process tree {what}: {e:#}")),
     }
+    wait_until(Duration::from_secs(5), || procs::tree_settled(root));
+    problems.extend(case::check_outside(dir, root, &outside_before, what));
     match snapshot(cfg, shape, root, main, what) {
         Ok(v) => {
             ns::save(dir, "view.after", &v);

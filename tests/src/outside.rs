@@ -228,6 +228,21 @@ fn fds(v: &mut View, pid: i32) {
                 put(v, key(&format!("fdinfo {k}")), val);
             }
         }
+        if target.starts_with('/') {
+            // the file itself: a restore must not touch its times or size
+            if let Ok(m) = fs::metadata(format!("{dir}/{fd}")) {
+                use std::os::unix::fs::MetadataExt;
+                if m.is_file() {
+                    put(
+                        v,
+                        key("file mtime"),
+                        format!("{}.{:09}", m.mtime(), m.mtime_nsec()),
+                    );
+                    put(v, key("file size"), m.len().to_string());
+                }
+                put(v, key("file mode"), format!("{:o}", m.mode()));
+            }
+        }
         if let Some(p) = &pidfd {
             for (k, val) in fcntls(p, fd, &target) {
                 put(v, key(&k), val);

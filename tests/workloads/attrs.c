@@ -17,7 +17,10 @@
  *     SO_BINDTODEVICE, IP_FREEBIND with an address not on the machine,
  *     IP_MULTICAST_TTL, a locked receive buffer;
  *   a shared read-only mapping of a file opened read-write: it can still
- *     be made writable.
+ *     be made writable;
+ *   timer slack (the main and the helper thread), the helper's CPU affinity, the process's THP
+ *     switch (PR_SET_THP_DISABLE), its audit login uid (where it may set
+ *     it), a memfd's mode bits (fchmod 0640).
  */
 #include "wl.h"
 
@@ -28,6 +31,8 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -46,6 +51,11 @@ static volatile int stop;
 static void *helper(void *arg)
 {
 	(void)arg;
+	prctl(PR_SET_TIMERSLACK, 123456UL, 0, 0, 0);
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(0, &one);
+	sched_setaffinity(0, sizeof(one), &one);
 	helper_tid = (pid_t)syscall(SYS_gettid);
 	setpriority(PRIO_PROCESS, (id_t)helper_tid, 3);
 	struct sched_param p = {0};
@@ -120,7 +130,21 @@ int main(int argc, char **argv)
 	sigaddset(&s, SIGUSR2);
 	sigaddset(&s, SIGIO);
 	sigaddset(&s, SIGRTMIN + 1);
+	sigaddset(&s, SIGTRAP);
+	sigaddset(&s, SIGSEGV);
 	pthread_sigmask(SIG_BLOCK, &s, NULL);
+	/* synchronous signals pending, with their siginfo */
+	union sigval sv = {.sival_int = 77};
+	if (sigqueue(getpid(), SIGTRAP, sv))
+		wl_fail("sigqueue SIGTRAP: %s", strerror(errno));
+	siginfo_t segv = {0};
+	segv.si_signo = SIGSEGV;
+	segv.si_code = SI_QUEUE;
+	segv.si_pid = getpid();
+	segv.si_uid = getuid();
+	segv.si_value.sival_int = 88;
+	if (syscall(SYS_rt_tgsigqueueinfo, getpid(), syscall(SYS_gettid), SIGSEGV, &segv))
+		wl_fail("rt_tgsigqueueinfo SIGSEGV: %s", strerror(errno));
 
 	/* scheduling */
 	if (setpriority(PRIO_PROCESS, 0, 7))
@@ -260,6 +284,31 @@ int main(int argc, char **argv)
 	if (shm == MAP_FAILED)
 		wl_fail("mmap shared: %s", strerror(errno));
 
+	prctl(PR_SET_TIMERSLACK, 234567UL, 0, 0, 0);
+	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+		wl_fail("PR_SET_THP_DISABLE: %s", strerror(errno));
+	/* the audit login uid: only with CAP_AUDIT_CONTROL (not in uns) */
+	{
+		int fd = open("/proc/self/loginuid", O_WRONLY);
+		if (fd >= 0) {
+			if (write(fd, "4242", 4) < 0) {
+				/* not permitted here: stays as it was */
+			}
+			close(fd);
+		}
+	}
+	char loginuid_before[32] = "";
+	{
+		int fd = open("/proc/self/loginuid", O_RDONLY);
+		ssize_t n = fd >= 0 ? read(fd, loginuid_before, sizeof(loginuid_before) - 1) : -1;
+		loginuid_before[n > 0 ? n : 0] = 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	int mfd = memfd_create("attrs", MFD_CLOEXEC);
+	if (mfd < 0 || fchmod(mfd, 0640) || write(mfd, "memfd", 5) != 5)
+		wl_fail("memfd: %s", strerror(errno));
+
 	/* raising a thread's priority again needs CAP_SYS_NICE (not in uns) */
 	int helper_nice = getpriority(PRIO_PROCESS, (id_t)helper_tid);
 
@@ -380,6 +429,45 @@ int main(int argc, char **argv)
 	if (getsockname(fb, (struct sockaddr *)&got, &gl) || got.sin_addr.s_addr != far.sin_addr.s_addr ||
 	    got.sin_port != far.sin_port)
 		BAD("freebind socket not bound where it was; ");
+
+	{
+		sigset_t w;
+		sigemptyset(&w);
+		sigaddset(&w, SIGTRAP);
+		sigaddset(&w, SIGSEGV);
+		struct timespec zero = {0, 0};
+		for (int i = 0; i < 2; i++) {
+			siginfo_t si;
+			int sig = sigtimedwait(&w, &si, &zero);
+			if (sig == SIGTRAP && (si.si_code != SI_QUEUE || si.si_value.sival_int != 77))
+				BAD("SIGTRAP code %d value %d; ", si.si_code, si.si_value.sival_int);
+			else if (sig == SIGSEGV && si.si_value.sival_int != 88)
+				BAD("SIGSEGV value %d; ", si.si_value.sival_int);
+			else if (sig < 0)
+				BAD("pending signal %d of 2 lost; ", i + 1);
+		}
+	}
+	if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) != 234567)
+		BAD("timer slack %d; ", prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0));
+	cpu_set_t aff;
+	CPU_ZERO(&aff);
+	if (sched_getaffinity(helper_tid, sizeof(aff), &aff) || CPU_COUNT(&aff) != 1 || !CPU_ISSET(0, &aff))
+		BAD("helper affinity: %d CPUs; ", CPU_COUNT(&aff));
+	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1)
+		BAD("THP disable lost; ");
+	{
+		char now[32] = "";
+		int fd = open("/proc/self/loginuid", O_RDONLY);
+		ssize_t n = fd >= 0 ? read(fd, now, sizeof(now) - 1) : -1;
+		now[n > 0 ? n : 0] = 0;
+		if (fd >= 0)
+			close(fd);
+		if (strcmp(now, loginuid_before))
+			BAD("loginuid %s, was %s; ", now, loginuid_before);
+	}
+	struct stat mst;
+	if (fstat(mfd, &mst) || (mst.st_mode & 07777) != 0640)
+		BAD("memfd mode %o; ", (unsigned)(mst.st_mode & 07777));
 
 	if (mprotect(shm, 4096, PROT_READ | PROT_WRITE))
 		BAD("the shared mapping cannot be made writable: %s; ", strerror(errno));

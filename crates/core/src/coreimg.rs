@@ -17,6 +17,32 @@ const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
 /// A policy `sched_setscheduler` cannot set (it needs `sched_setattr`).
 const SCHED_DEADLINE: u32 = 6;
 
+const PR_GET_TIMERSLACK: u64 = 30;
+
+/// The CPUs online now, as an affinity mask.
+fn online_cpus() -> Vec<u8> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut mask = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) else {
+            continue;
+        };
+        for cpu in a..=b.min(8191) {
+            if mask.len() <= cpu / 8 {
+                mask.resize(cpu / 8 + 1, 0);
+            }
+            mask[cpu / 8] |= 1 << (cpu % 8);
+        }
+    }
+    mask
+}
+
+/// Whether two masks name the same CPUs (whatever their lengths).
+fn same_cpus(a: &[u8], b: &[u8]) -> bool {
+    (0..a.len().max(b.len())).all(|i| a.get(i).unwrap_or(&0) == b.get(i).unwrap_or(&0))
+}
+
 /// `task_core_entry.task_state` of a live task.
 pub const TASK_ALIVE: u32 = 1;
 /// `task_core_entry.task_state` of a zombie.
@@ -42,6 +68,11 @@ pub fn dump_thread(
     let rseq = task::dump_rseq(pid, tid)?;
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
     let (policy, prio, nice) = misc::get_sched(tid).at(pid, "sched_getscheduler")?;
+    let slack = t
+        .syscall(crest_inject::nr::PRCTL, &[PR_GET_TIMERSLACK])
+        .at(pid, "prctl(PR_GET_TIMERSLACK)")?;
+    let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
+    let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
             pid,
@@ -86,6 +117,8 @@ pub fn dump_thread(
         ns_tids: status.ns_pid.iter().map(|p| *p as u32).collect(),
         ns_pgids: status.ns_pgid.iter().map(|p| *p as u32).collect(),
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
+        timer_slack_ns: Some(slack),
+        cpu_affinity: affinity,
         ..CrestThreadExtra::default()
     };
     Ok((core, extra))
@@ -105,7 +138,11 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let personality = procfs::read_personality(pid).at(pid, "read personality")?;
     let comm = procfs::read_comm(pid).at(pid, "read comm")?;
     let stat = procfs::read_stat(pid).at(pid, "read stat")?;
+    let loginuid = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
     Ok(TaskCoreEntry {
+        loginuid,
         task_state: TASK_ALIVE,
         exit_code: 0,
         personality,

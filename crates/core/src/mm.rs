@@ -173,6 +173,10 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     (vma, policy)
 }
 
+const PR_GET_THP_DISABLE: u64 = 42;
+/// `prctl` that turns transparent huge pages off for the whole process.
+pub const PR_SET_THP_DISABLE: u64 = 41;
+
 /// The kernel's locked memory of `pid` (`VmLck`, kB).
 fn vm_locked(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -311,7 +315,11 @@ pub fn dump(
         vmas,
         dumpable: Some(dumpable as i32),
         aios: Vec::new(),
-        thp_disabled: None,
+        thp_disabled: Some(
+            t.syscall(nr::PRCTL, &[PR_GET_THP_DISABLE])
+                .at(pid, "prctl(PR_GET_THP_DISABLE)")?
+                != 0,
+        ),
         crest_mlockall: Some(mlockall_future(t)?),
     };
     Ok(MmDump {

@@ -239,6 +239,27 @@ pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreErr
     Ok(())
 }
 
+/// Sets the audit login uid (the kernel lets a task write only its own,
+/// with `CAP_AUDIT_CONTROL`): before the credentials and the threads, who
+/// inherit it. Nothing is written when the new task has it already (it
+/// inherited crest's).
+pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let now = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if now == Some(uid) {
+        return Ok(());
+    }
+    let fd = crate::mm::restore::open_crest_side(t, "/proc/self/loginuid", libc::O_WRONLY)?;
+    let text = uid.to_string();
+    let addr = t.put(text.as_bytes()).rat(pid, "write loginuid text")?;
+    let res = t.syscall(nr::WRITE, &[fd, addr, text.len() as u64]);
+    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close loginuid")?;
+    res.rat(pid, format!("set the audit login uid to {uid}"))?;
+    Ok(())
+}
+
 /// Sets the parent-death signal; after the credentials, since changing
 /// them clears it.
 pub fn restore_pdeathsig(t: &mut Tracee, sig: u32) -> Result<(), RestoreError> {

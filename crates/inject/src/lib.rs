@@ -85,6 +85,26 @@ pub struct Tracee {
     new_task: Option<i32>,
     /// An fd, in the task, of crest's root directory (see [`Tracee::crest_root`]).
     crest_root: Option<u64>,
+    /// Injected syscalls stop at their entry and exit (`PTRACE_SYSCALL`)
+    /// instead of a single step: the step's trap is a forced SIGTRAP that
+    /// unblocks SIGTRAP and takes the place of one the task has pending.
+    sysstops: bool,
+}
+
+/// Whether thread `tid` of `pid` has a SIGTRAP pending, its own or its
+/// process's.
+fn trap_pending(pid: i32, tid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (libc::SIGTRAP - 1);
+    s.lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|m| m & bit != 0)
 }
 
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
@@ -182,7 +202,18 @@ impl Tracee {
             done: false,
             new_task: None,
             crest_root: None,
+            sysstops: trap_pending(pid, tid),
         })
+    }
+
+    /// From now on injected syscalls stop at their entry and exit instead
+    /// of a single step (a SIGTRAP was queued to the task, which a step's
+    /// trap would take).
+    pub fn use_syscall_stops(&mut self) -> Result<()> {
+        self.sysstops = true;
+        // earlier steps' traps unblocked SIGTRAP: block it again, so the
+        // one queued stays pending
+        ptrace::set_sigmask(self.tid, !0u64).map_err(pt(self.tid, "PTRACE_SETSIGMASK"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -346,9 +377,26 @@ impl Tracee {
         // Clear the trap flag and the resume flag so only our step traps.
         regs.eflags &= !(0x100 | 0x10000);
         ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
-        ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))?;
+        let sysstops = self.sysstops;
+        let step = |tid| {
+            if sysstops {
+                ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))
+            } else {
+                ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))
+            }
+        };
+        step(tid)?;
+        // with syscall stops: the entry stop comes first, then the exit
+        let mut entered = !sysstops;
         loop {
             match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } if !entered => {
+                    entered = true;
+                    step(tid)?;
+                }
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP,
                     event: 0,
@@ -364,7 +412,7 @@ impl Tracee {
                     // stop overwrites the message.
                     let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
                     self.new_task = Some(msg as i32);
-                    ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))?;
+                    step(tid)?;
                 }
                 WaitStatus::Stopped { sig, event } => {
                     return Err(InjectError::UnexpectedStop {

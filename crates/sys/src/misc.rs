@@ -463,3 +463,55 @@ pub fn set_sig(fd: &impl AsRawFd, sig: i32) -> io::Result<()> {
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) } as libc::c_long)?;
     Ok(())
 }
+
+/// A thread's CPU affinity mask (`sched_getaffinity`), as the kernel's
+/// bytes.
+pub fn get_affinity(tid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid,
+            buf.len(),
+            buf.as_mut_ptr(),
+        )
+    };
+    let n = cvt(n)?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Sets a thread's CPU affinity mask (`sched_setaffinity`).
+pub fn set_affinity(tid: i32, mask: &[u8]) -> io::Result<()> {
+    // SAFETY: `mask` is readable for its length.
+    cvt(unsafe { libc::syscall(libc::SYS_sched_setaffinity, tid, mask.len(), mask.as_ptr()) })?;
+    Ok(())
+}
+
+/// Whether a file lives on hugetlbfs (`fstatfs`).
+pub fn is_hugetlbfs(fd: &impl AsRawFd) -> io::Result<bool> {
+    // SAFETY: zeroed statfs is a valid out-buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } as libc::c_long)?;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    Ok(st.f_type as i64 == HUGETLBFS_MAGIC)
+}
+
+/// `futimens`: a file's access and modification times, (seconds, ns).
+pub fn set_times(fd: &impl AsRawFd, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: i64::from(atime.1),
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: i64::from(mtime.1),
+        },
+    ];
+    // SAFETY: `ts` holds the two timespecs futimens reads.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}

@@ -94,6 +94,11 @@ pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
     req(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
+/// `PTRACE_SYSCALL`: run to the next syscall entry or exit.
+pub fn syscall(tid: i32, sig: i32) -> io::Result<()> {
+    req(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
 /// `PTRACE_SINGLESTEP`.
 pub fn singlestep(tid: i32, sig: i32) -> io::Result<()> {
     req(libc::PTRACE_SINGLESTEP, tid, 0, sig as usize).map(drop)

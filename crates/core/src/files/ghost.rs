@@ -66,6 +66,7 @@ impl FileTable {
                     rdev: None,
                     chunks: None,
                     size: Some(meta.len()),
+                    crest_times: Some(times_of(meta)),
                 };
                 g.ghosts.push((entry, pid, fd));
                 let id = g.ghosts.len() as u32;
@@ -229,5 +230,35 @@ fn fill(
     .rat(pid, format!("chown ghost file {path}"))?;
     t.syscall(nr::FCHMOD, &[fd, u64::from(entry.mode & 0o7777)])
         .rat(pid, format!("chmod ghost file {path}"))?;
+    if let Some(times) = &entry.crest_times {
+        set_times(pid, fd, times)?;
+    }
     Ok(())
+}
+
+/// A file's access and modification times.
+pub(crate) fn times_of(meta: &std::fs::Metadata) -> crest_images::pb::crest::CrestTimes {
+    crest_images::pb::crest::CrestTimes {
+        atime_sec: meta.atime(),
+        atime_nsec: meta.atime_nsec() as u32,
+        mtime_sec: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec() as u32,
+    }
+}
+
+/// Sets the times of fd `fd` of the task `pid` (from crest's side: the
+/// last change to a file made again, so its modification time is the
+/// dumped one).
+pub(crate) fn set_times(
+    pid: i32,
+    fd: u64,
+    times: &crest_images::pb::crest::CrestTimes,
+) -> Result<(), RestoreError> {
+    let copy = super::share::take_fd(pid, fd as u32)?;
+    crest_sys::misc::set_times(
+        &copy,
+        (times.atime_sec, times.atime_nsec),
+        (times.mtime_sec, times.mtime_nsec),
+    )
+    .rat(pid, "futimens")
 }

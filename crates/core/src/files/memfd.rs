@@ -59,6 +59,12 @@ impl FileTable {
             what: format!("a memfd with an unexpected name ({link})"),
         })?;
         let seals = crest_sys::misc::get_seals(&file).at(pid, "F_GET_SEALS of a memfd")?;
+        if crest_sys::misc::is_hugetlbfs(&file).at(pid, "fstatfs of a memfd")? {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!("a hugetlb memfd ({link})"),
+            });
+        }
         let id = self.memfds.inodes.len() as u32 + 1;
         let entry = MemfdInodeEntry {
             name: name.to_string(),
@@ -68,6 +74,8 @@ impl FileTable {
             shmid: id,
             seals,
             inode_id: u64::from(id),
+            crest_mode: Some(meta.mode() & 0o7777),
+            crest_times: Some(super::ghost::times_of(&meta)),
         };
         self.memfds.inodes.push((entry, file));
         self.memfds.by_ino.insert(meta.ino(), id);
@@ -246,6 +254,20 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
     t.syscall(nr::FTRUNCATE, &[fd, e.size])
         .rat(pid, format!("ftruncate memfd {} to {}", e.name, e.size))?;
     fill(t, files, e, fd)?;
+    // owner and mode from crest's side (the task may not own it any more)
+    let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+    std::os::unix::fs::fchown(&copy, Some(e.uid), Some(e.gid)).rat(
+        pid,
+        format!("fchown memfd {} to {}:{}", e.name, e.uid, e.gid),
+    )?;
+    if let Some(mode) = e.crest_mode {
+        use std::os::unix::fs::PermissionsExt;
+        copy.set_permissions(std::fs::Permissions::from_mode(mode))
+            .rat(pid, format!("fchmod memfd {} to {mode:o}", e.name))?;
+    }
+    if let Some(times) = &e.crest_times {
+        super::ghost::set_times(pid, fd, times)?;
+    }
     if e.seals != 0 {
         t.syscall(
             nr::FCNTL,

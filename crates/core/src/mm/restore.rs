@@ -611,6 +611,10 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
                 .rat(pid, format!("mlock2 {:#x}-{:#x}", v.start, v.end))?;
         }
     }
+    if mm.thp_disabled == Some(true) {
+        t.syscall(nr::PRCTL, &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0])
+            .rat(pid, "prctl(PR_SET_THP_DISABLE)")?;
+    }
     if let Some(mcl) = mm.crest_mlockall.filter(|m| *m != 0) {
         t.syscall(nr::MLOCKALL, &[u64::from(mcl)])
             .rat(pid, format!("mlockall({mcl:#x})"))?;

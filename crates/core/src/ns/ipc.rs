@@ -204,6 +204,7 @@ fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, DumpError> 
             maxmsg: 0,
             msgsize: 0,
             messages: Vec::new(),
+            times: Some(crate::files::ghost::times_of(&meta)),
         };
         let n = name.as_bytes().to_vec();
         let mut buf = n.clone();
@@ -218,6 +219,10 @@ fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, DumpError> 
         let r = copy_queue(pid, t, fd, &mut e);
         let _ = t.syscall(nr::CLOSE, &[fd]);
         r?;
+        // copying the messages out and back touched the queue's times
+        if let Some(times) = &e.times {
+            set_path_times(&path, times).at(pid, "put a POSIX queue's times back")?;
+        }
         out.push(e);
     }
     Ok(out)
@@ -634,7 +639,21 @@ fn restore_pmq(t: &mut Tracee, q: &CrestPmqEntry) -> Result<(), RestoreError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(q.mode))
         .rat(pid, format!("chmod {path}"))?;
+    if let Some(times) = &q.times {
+        set_path_times(&path, times).rat(pid, format!("set the times of {path}"))?;
+    }
     Ok(())
+}
+
+/// Sets the access and modification times of a queue by its path in the
+/// mqueue filesystem.
+fn set_path_times(path: &str, times: &crest_images::pb::crest::CrestTimes) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    crest_sys::misc::set_times(
+        &f,
+        (times.atime_sec, times.atime_nsec),
+        (times.mtime_sec, times.mtime_nsec),
+    )
 }
 
 fn restore_var(t: &mut Tracee, v: &IpcVarEntry) -> Result<(), RestoreError> {

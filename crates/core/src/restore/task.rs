@@ -87,6 +87,9 @@ pub(super) fn transform(
     task::restore_rlimits(t.pid(), tc.rlimits.as_ref())?;
     task::restore_oom_score_adj(t.pid(), tc.oom_score_adj)?;
     task::restore_itimers(t, tc.timers.as_ref())?;
+    if let Some(uid) = tc.loginuid {
+        task::restore_loginuid(t, uid)?;
+    }
     signals::restore_actions(t, &tc.sigactions)?;
     if let Some(on) = tc.child_subreaper {
         task::restore_child_subreaper(t, on)?;
@@ -282,6 +285,8 @@ pub(super) fn to_array(v: Vec<u32>) -> [u32; 4] {
     a
 }
 
+const PR_SET_TIMERSLACK: u64 = 29;
+
 /// The per-thread state of thread `i` of the image: altstack, comm,
 /// rseq, robust list, clear_child_tid, credentials, private pending
 /// signals, FPU and registers (set when the thread is let go).
@@ -327,6 +332,15 @@ pub(super) fn restore_thread(
         img.inner_tid(i).unwrap_or(image_tid),
     );
     signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
+    if let Some(slack) = extra.and_then(|e| e.timer_slack_ns) {
+        t.syscall(nr::PRCTL, &[PR_SET_TIMERSLACK, slack]).rat(
+            pid,
+            format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
+        )?;
+    }
+    if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
+        misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
+    }
     if let Some(policy) = th.sched_policy {
         // from outside: crest may raise a priority the task (in its user
         // namespace) could not
