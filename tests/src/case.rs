@@ -302,8 +302,19 @@ fn steps(
     // the workload (told to check itself): the same task on the host, the
     // child of `nsinit` (pid 1 of its own pid namespace) in the ns flavor
     let (pid, main) = match flavor {
-        Flavor::Ns | Flavor::Uns => {
-            let pid = ns::start(cfg, w, dir, stdio, flavor == Flavor::Uns, procs)?;
+        Flavor::Ns | Flavor::Uns | Flavor::Suns => {
+            let user = match flavor {
+                Flavor::Uns => Some("-U"),
+                Flavor::Suns => {
+                    // root inside is uid 20000 outside: it writes here
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&dir.state, fs::Permissions::from_mode(0o777))
+                        .context("chmod the state directory")?;
+                    Some("-S")
+                }
+                _ => None,
+            };
+            let pid = ns::start(cfg, w, dir, stdio, user, procs)?;
             *pid_out = Some(pid);
             (pid, ns::wait_ready(dir, pid, procs)?)
         }
@@ -322,7 +333,9 @@ fn steps(
         Settle::Spinning => sleep(Duration::from_millis(100)),
         Settle::Storm => {
             let ns_before = match flavor {
-                Flavor::Ns | Flavor::Uns => Some(ns::before(cfg, dir, pid, main, true, procs)?),
+                Flavor::Ns | Flavor::Uns | Flavor::Suns => {
+                    Some(ns::before(cfg, dir, pid, main, true, procs)?)
+                }
                 _ => None,
             };
             return storm_steps(cfg, dir, (pid, main), ns_before, stdio, mode, procs);
@@ -331,7 +344,9 @@ fn steps(
     let before = procs::tree_snapshot(pid).context("process tree before the dump")?;
     let outside_before = outside::snapshot(&before);
     let ns_before = match flavor {
-        Flavor::Ns | Flavor::Uns => Some(ns::before(cfg, dir, pid, main, false, procs)?),
+        Flavor::Ns | Flavor::Uns | Flavor::Suns => {
+            Some(ns::before(cfg, dir, pid, main, false, procs)?)
+        }
         _ => None,
     };
     let what = match mode {

@@ -14,13 +14,23 @@ pub enum Flavor {
     Ns,
     /// `Ns` plus one user namespace.
     Uns,
+    /// `Uns` with the id maps of CRIU's own suite's uns flavor (root inside
+    /// is uid 20000 outside: crest's root is unmapped in it), with stdio on
+    /// /dev/null only.
+    Suns,
     /// A chain of user namespaces with tasks at several levels.
     Nested,
 }
 
 impl Flavor {
     /// Every flavor, in the order the suite reports them.
-    pub const ALL: [Flavor; 4] = [Flavor::Host, Flavor::Ns, Flavor::Uns, Flavor::Nested];
+    pub const ALL: [Flavor; 5] = [
+        Flavor::Host,
+        Flavor::Ns,
+        Flavor::Uns,
+        Flavor::Suns,
+        Flavor::Nested,
+    ];
 
     /// The name used in case names.
     pub fn name(self) -> &'static str {
@@ -28,6 +38,7 @@ impl Flavor {
             Flavor::Host => "host",
             Flavor::Ns => "ns",
             Flavor::Uns => "uns",
+            Flavor::Suns => "suns",
             Flavor::Nested => "nested",
         }
     }
@@ -40,6 +51,7 @@ impl Flavor {
             Flavor::Host => None,
             Flavor::Ns => None,
             Flavor::Uns => None,
+            Flavor::Suns => None,
             Flavor::Nested => None,
         }
     }

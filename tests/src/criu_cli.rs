@@ -642,7 +642,7 @@ fn interfaces(pid: Pid) -> Result<Vec<String>> {
 }
 
 fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, false, procs)?;
+    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, None, procs)?;
     let main = ns::wait_ready(dir, root, procs)?;
     wait_until(Duration::from_secs(5), || procs::tree_settled(root));
     let before = procs::tree_snapshot(root)?;
@@ -717,7 +717,7 @@ fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     if !Path::new("/usr/bin/unshare").exists() {
         return Ok(Outcome::Skip("util-linux unshare is missing".into()));
     }
-    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, false, procs)?;
+    let root = ns::start(cfg, &small_tree(), dir, StdioKind::DevNull, None, procs)?;
     let main = ns::wait_ready(dir, root, procs)?;
     wait_until(Duration::from_secs(5), || procs::tree_settled(root));
     let before = procs::tree_snapshot(root)?;

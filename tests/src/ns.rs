@@ -65,13 +65,15 @@ pub fn start(
     w: &Workload,
     dir: &CaseDir,
     stdio: StdioKind,
-    user: bool,
+    user: Option<&str>,
     procs: &mut Procs,
 ) -> Result<Pid> {
     let mut cmd = Command::new(cfg.workload("launch"));
     cmd.arg(cfg.workload("nsinit"));
-    if user {
-        cmd.arg("-U");
+    // -U: a user namespace with every id mapped to itself; -S: CRIU's
+    // suite's maps
+    if let Some(flag) = user {
+        cmd.arg(flag);
     }
     cmd.arg(HOSTNAME)
         .arg(MONOTONIC_OFFSET.to_string())

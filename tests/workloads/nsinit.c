@@ -1,12 +1,15 @@
 /* nsinit - run a program as pid 1 of its own pid, mnt, uts, ipc, net and
  * time namespaces (the `ns` flavor of the suite).
  *
- * usage: nsinit [-U] HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
+ * usage: nsinit [-U|-S] HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
  *
  * With -U (the `uns` flavor) it also unshares a user namespace, which then
  * owns the other six, with every id mapped to itself (written by a short
  * lived child that stayed in the parent user namespace, as the kernel
- * wants the writer to have rights there).
+ * wants the writer to have rights there). With -S the same, with the maps
+ * CRIU's own suite uses for its uns flavor: uid 0 inside is 20000 outside
+ * (0 20000 20000, 100000 200000 50000; gids 0 400000 50000, 50000 500000
+ * 100000), so root inside is not root outside.
  *
  * Like `unshare -p -m -u -i -n -T -f --propagation private` followed by
  * `hostname HOSTNAME; ip link set lo up`: unshares the six namespaces, makes
@@ -20,6 +23,7 @@
  * `launch`, so it is a session leader; it is the root the harness dumps. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
@@ -28,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -74,7 +79,7 @@ static void time_offsets(const char *mono, const char *boot)
 /* Forks a child that waits on a pipe until the caller has unshared its
  * user namespace, writes the caller's id maps and exits; returns the
  * write end of the pipe and the child's pid through `child`. */
-static int map_writer(pid_t *child)
+static int map_writer(pid_t *child, int shifted)
 {
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -88,13 +93,17 @@ static int map_writer(pid_t *child)
 		close(p[1]);
 		if (read(p[0], &c, 1) != 1)
 			_exit(1);
-		const char map[] = "0 0 4294967295\n";
+		const char *same = "0 0 4294967295\n";
+		/* CRIU's suite's uns maps: root inside is not root outside */
+		const char *maps[] = { shifted ? "0 20000 20000\n100000 200000 50000\n" : same,
+				       shifted ? "0 400000 50000\n50000 500000 100000\n" : same };
 		const char *files[] = { "uid_map", "gid_map" };
 		for (int i = 0; i < 2; i++) {
 			char path[64];
 			snprintf(path, sizeof(path), "/proc/%d/%s", (int)parent, files[i]);
 			int fd = open(path, O_WRONLY | O_CLOEXEC);
-			if (fd < 0 || write(fd, map, sizeof(map) - 1) != (ssize_t)(sizeof(map) - 1)) {
+			ssize_t len = (ssize_t)strlen(maps[i]);
+			if (fd < 0 || write(fd, maps[i], (size_t)len) != len) {
 				fprintf(stderr, "nsinit: write %s: %s\n", path, strerror(errno));
 				_exit(1);
 			}
@@ -108,7 +117,8 @@ static int map_writer(pid_t *child)
 
 int main(int argc, char **argv)
 {
-	int user = argc > 1 && strcmp(argv[1], "-U") == 0;
+	int shifted = argc > 1 && strcmp(argv[1], "-S") == 0;
+	int user = shifted || (argc > 1 && strcmp(argv[1], "-U") == 0);
 	if (user) {
 		argv++;
 		argc--;
@@ -123,7 +133,7 @@ int main(int argc, char **argv)
 	int go = -1;
 	if (user) {
 		flags |= CLONE_NEWUSER;
-		go = map_writer(&writer);
+		go = map_writer(&writer, shifted);
 	}
 	if (unshare(flags) < 0)
 		die("unshare");
@@ -136,6 +146,13 @@ int main(int argc, char **argv)
 			fprintf(stderr, "nsinit: the id maps were not written\n");
 			exit(127);
 		}
+		/* become root of the namespace: with shifted maps crest's root
+		 * is unmapped here */
+		if (shifted && (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
+			die("become the namespace's root");
+		/* (an id change made it non-dumpable: /proc/self would be root's) */
+		if (shifted && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+			die("PR_SET_DUMPABLE");
 	}
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		die("make / private");

@@ -251,13 +251,39 @@ pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
     if now == Some(uid) {
         return Ok(());
     }
+    // the task writes it as its user namespace sees it (crest read it as
+    // crest's sees it; unset stays unset)
+    let inside = if uid == u32::MAX {
+        Some(uid)
+    } else {
+        std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .ok()
+            .and_then(|m| inside_id(&m, uid))
+    };
+    let Some(inside) = inside else {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!("an audit login uid ({uid}) its user namespace does not map"),
+        });
+    };
     let fd = crate::mm::restore::open_crest_side(t, "/proc/self/loginuid", libc::O_WRONLY)?;
-    let text = uid.to_string();
+    let text = inside.to_string();
     let addr = t.put(text.as_bytes()).rat(pid, "write loginuid text")?;
     let res = t.syscall(nr::WRITE, &[fd, addr, text.len() as u64]);
     t.syscall(nr::CLOSE, &[fd]).rat(pid, "close loginuid")?;
     res.rat(pid, format!("set the audit login uid to {uid}"))?;
     Ok(())
+}
+
+/// The id inside a user namespace of `outside` (an id of the reader's),
+/// from a `uid_map`/`gid_map` text.
+fn inside_id(map: &str, outside: u32) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|w| w.parse::<u64>().ok());
+        let (inside, out, len) = (f.next()??, f.next()??, f.next()??);
+        let o = u64::from(outside);
+        (out <= o && o < out + len).then(|| (o - out + inside) as u32)
+    })
 }
 
 /// Sets the parent-death signal; after the credentials, since changing
@@ -303,6 +329,18 @@ pub fn check_seccomp(pid: i32) -> Result<(), crate::error::DumpError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod map_tests {
+    #[test]
+    fn ids_through_maps() {
+        let m = "         0      20000      20000\n    100000     200000      50000\n";
+        assert_eq!(super::inside_id(m, 24242), Some(4242));
+        assert_eq!(super::inside_id(m, 200001), Some(100001));
+        assert_eq!(super::inside_id(m, 40000), None);
+        assert_eq!(super::inside_id("0 0 4294967295\n", 7), Some(7));
+    }
 }
 
 #[cfg(test)]

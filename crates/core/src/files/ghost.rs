@@ -223,11 +223,11 @@ fn fill(
         }
         left -= n;
     }
-    t.syscall(
-        nr::FCHOWN,
-        &[fd, u64::from(entry.uid), u64::from(entry.gid)],
-    )
-    .rat(pid, format!("chown ghost file {path}"))?;
+    // the owner as crest sees it, from crest's side: the task may be in a
+    // user namespace that maps crest's view otherwise
+    let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+    std::os::unix::fs::fchown(&copy, Some(entry.uid), Some(entry.gid))
+        .rat(pid, format!("chown ghost file {path}"))?;
     t.syscall(nr::FCHMOD, &[fd, u64::from(entry.mode & 0o7777)])
         .rat(pid, format!("chmod ghost file {path}"))?;
     if let Some(times) = &entry.crest_times {
