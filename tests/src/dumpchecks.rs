@@ -383,8 +383,9 @@ fn dump_over_ghost_limit_fails(cfg: &Config, dir: &CaseDir) -> Result<Outcome> {
     let mut procs = Procs::default();
     let pid = case::start(cfg, &w, dir, StdioKind::DevNull, &mut procs)?;
     case::wait_ready(dir, pid, &mut procs)?;
-    let ran = case::dump_attempt(cfg, dir, pid, false, &mut procs)?
-        .context("crest dump of a 2 MiB deleted file succeeded with the default ghost limit")?;
+    let ran = case::dump_attempt(cfg, dir, pid, false, &mut procs)?.context(
+        "crest dump of a deleted file with 2 MiB of data succeeded with the default ghost limit",
+    )?;
     if !ran.stderr.contains("ghost limit") || !ran.stderr.contains("fd ") {
         bail!(
             "crest dump failed, but its stderr does not name the fd and the ghost limit: {:?}",

@@ -34,6 +34,8 @@ pub fn workloads() -> Vec<Workload> {
         c("fpu_avx", &[], Settle::Spinning),
         c("misc_state", &[], Settle::Blocked),
         c("attrs", &[], Settle::Blocked),
+        c("files_edge", &[], Settle::Blocked),
+        c("mem_shapes", &[], Settle::Blocked),
         c("sysv_ipc", &[], Settle::Blocked),
         c("tree_sessions", &[], Settle::Blocked),
         c("threads_busy", &["8"], Settle::Spinning),

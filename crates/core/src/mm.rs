@@ -231,6 +231,8 @@ pub fn dump(
         .at(pid, "prctl(PR_GET_DUMPABLE)")?;
 
     let mut vmas = Vec::with_capacity(maps.len());
+    // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
+    let mut guards: Vec<u64> = Vec::new();
     let mut runs: Vec<pages::Run> = Vec::new();
     let pagemap = procfs::Pagemap::open(pid).at(pid, "open pagemap")?;
     for m in &maps {
@@ -271,10 +273,14 @@ pub fn dump(
                 mark_shmem_data(pid, m, &mut words).at(pid, "find the pages of shared memory")?;
             }
             let keep = |b: PagemapBits| match policy {
+                _ if b.guard() => false,
                 PagePolicy::All => b.present() || b.swapped(),
                 PagePolicy::Anon => (b.present() && !b.file_or_shared_anon()) || b.swapped(),
                 PagePolicy::None => false,
             };
+            for (addr, n) in procfs::runs(&words, m.start, |b: PagemapBits| b.guard()) {
+                guards.extend([addr, n * PAGE]);
+            }
             for (addr, n) in procfs::runs(&words, m.start, keep) {
                 runs.push(pages::Run {
                     addr,
@@ -321,6 +327,7 @@ pub fn dump(
                 != 0,
         ),
         crest_mlockall: Some(mlockall_future(t)?),
+        crest_guards: guards,
     };
     Ok(MmDump {
         entry,

@@ -89,6 +89,8 @@ pub mod nr {
     pub const RECVMSG: u64 = 47;
     pub const FTRUNCATE: u64 = 77;
     pub const UNLINK: u64 = 87;
+    pub const RENAME: u64 = 82;
+    pub const MKNOD: u64 = 133;
     pub const FCHMOD: u64 = 91;
     pub const FCHOWN: u64 = 93;
     pub const EPOLL_CTL: u64 = 233;
@@ -152,6 +154,8 @@ pub fn name(nr: u64) -> &'static str {
         TIMER_GETTIME => "timer_gettime",
         TIMER_GETOVERRUN => "timer_getoverrun",
         MLOCK2 => "mlock2",
+        RENAME => "rename",
+        MKNOD => "mknod",
         MLOCKALL => "mlockall",
         FCNTL => "fcntl",
         CHDIR => "chdir",

@@ -515,3 +515,31 @@ pub fn set_times(fd: &impl AsRawFd, atime: (i64, u32), mtime: (i64, u32)) -> io:
     cvt(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) } as libc::c_long)?;
     Ok(())
 }
+
+/// The data extents of a file, (offset, length), found with `SEEK_DATA`
+/// and `SEEK_HOLE` (a file system without them reports one extent).
+pub fn data_extents(fd: &impl AsRawFd, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut at: i64 = 0;
+    while (at as u64) < size {
+        // SAFETY: plain lseek on an fd.
+        let start = unsafe { libc::lseek(fd.as_raw_fd(), at, libc::SEEK_DATA) };
+        if start < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: plain lseek on an fd.
+        let end = unsafe { libc::lseek(fd.as_raw_fd(), start, libc::SEEK_HOLE) };
+        cvt(end as libc::c_long)?;
+        let end = (end as u64).min(size);
+        if end <= start as u64 {
+            break;
+        }
+        out.push((start as u64, end - start as u64));
+        at = end as i64;
+    }
+    Ok(out)
+}

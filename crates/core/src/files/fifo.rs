@@ -40,7 +40,12 @@ impl FileTable {
                 .at(pid, "open a reader of a FIFO")?;
             slot.insert(super::pipe::peek(pid, fd, &reader.into())?);
         }
-        let regf_id = self.push_reg(link, flags, 0, meta);
+        // deleted while open: made at its path again for the restore
+        let (path, deleted) = match link.strip_suffix(" (deleted)") {
+            Some(p) if meta.nlink() == 0 => (p, true),
+            _ => (link, false),
+        };
+        let regf_id = self.push_reg(path, flags, 0, meta);
         Ok(self.push(FileEntry {
             r#type: FdTypes::Fifo as i32,
             id: 0,
@@ -48,6 +53,7 @@ impl FileTable {
                 id: 0,
                 pipe_id: ino,
                 regf_id: Some(regf_id),
+                crest_deleted: deleted.then_some(true),
             }),
             ..FileEntry::default()
         }))
@@ -83,6 +89,9 @@ pub fn create(
             what: format!("fifo {} names no regular-file entry", e.id),
         })?;
     let (path, flags) = (reg.name.clone(), reg.flags);
+    if e.crest_deleted == Some(true) {
+        return create_deleted(t, e, &path, reg.mode.unwrap_or(0o600), flags, files);
+    }
     let keeper = open_in_task(t, &path, libc::O_RDWR | libc::O_NONBLOCK)?;
     if files.fifo_filled.insert(e.pipe_id) {
         if let Some(data) = files.fifo_data.get(&e.pipe_id) {
@@ -99,6 +108,69 @@ pub fn create(
         }
     };
     t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+    let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
+    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
+        .rat(pid, format!("set the flags of FIFO {path}"))?;
+    Ok(fd)
+}
+
+/// A FIFO deleted while open: the first description is made at its path
+/// (mknod, opened, refilled, unlinked again); every other one is opened
+/// through the fd of the first.
+fn create_deleted(
+    t: &mut Tracee,
+    e: &FifoEntry,
+    path: &str,
+    mode: u32,
+    flags: u32,
+    files: &mut RestoreFiles,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let acc = flags as i32 & libc::O_ACCMODE;
+    let first = files.deleted_fifos.get(&e.pipe_id).copied();
+    let fd = match first.and_then(|id| files.where_is(pid, id)) {
+        Some((hpid, hfd)) => crate::mm::restore::open_crest_side(
+            t,
+            &format!("/proc/{hpid}/fd/{hfd}"),
+            acc | libc::O_NONBLOCK,
+        )?,
+        None => {
+            let mut p = path.as_bytes().to_vec();
+            p.push(0);
+            let addr = t.put(&p).rat(pid, "write path")?;
+            t.syscall(
+                nr::MKNOD,
+                &[addr, u64::from(libc::S_IFIFO | (mode & 0o7777)), 0],
+            )
+            .rat(pid, format!("mkfifo {path} (deleted while open)"))?;
+            // read-write first, so neither open waits for the other side;
+            // the name goes again whatever happens
+            let keeper = open_in_task(t, path, libc::O_RDWR | libc::O_NONBLOCK);
+            let fd = match &keeper {
+                Ok(_) => Some(open_in_task(t, path, acc | libc::O_NONBLOCK)),
+                Err(_) => None,
+            };
+            let addr = t.put(&p).rat(pid, "write path")?;
+            t.syscall(nr::UNLINK, &[addr])
+                .rat(pid, format!("unlink {path} (deleted while open)"))?;
+            let keeper = keeper?;
+            let fd = match fd.unwrap_or(Ok(keeper)) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+                    return Err(err);
+                }
+            };
+            if files.fifo_filled.insert(e.pipe_id) {
+                if let Some(data) = files.fifo_data.get(&e.pipe_id) {
+                    fill_pipe(t, keeper, data)?;
+                }
+            }
+            t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+            files.deleted_fifos.insert(e.pipe_id, e.id);
+            fd
+        }
+    };
     let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
     t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
         .rat(pid, format!("set the flags of FIFO {path}"))?;

@@ -9,7 +9,9 @@ use super::restore::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::mm::restore::open_in_task;
-use crest_images::pb::{GhostFileEntry, RegFileEntry, RemapFilePathEntry, RemapType};
+use crest_images::pb::{
+    GhostChunkEntry, GhostFileEntry, RegFileEntry, RemapFilePathEntry, RemapType,
+};
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ pub struct GhostDump {
     by_inode: HashMap<(u64, u64), u32>,
     /// Per ghost id: its entry and where its contents are (pid, fd).
     ghosts: Vec<(GhostFileEntry, i32, i32)>,
+    /// Per ghost, its data extents when it has holes (written as chunks).
+    extents: Vec<Option<Vec<(u64, u64)>>>,
     remaps: Vec<RemapFilePathEntry>,
 }
 
@@ -47,16 +51,23 @@ impl FileTable {
         let id = match g.by_inode.get(&key) {
             Some(id) => *id,
             None => {
-                if meta.len() > limit {
+                // its data: a sparse file keeps only its extents (and the
+                // limit counts them, as CRIU's --ghost-fiemap does)
+                let file = std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
+                    .at(pid, "open a deleted file")?;
+                let extents = crest_sys::misc::data_extents(&file, meta.len())
+                    .at(pid, "find the data of a deleted file")?;
+                let data: u64 = extents.iter().map(|e| e.1).sum();
+                if data > limit {
                     return Err(DumpError::UnsupportedFd {
                         pid,
                         fd,
                         kind: format!(
-                            "a deleted file of {} bytes, more than the ghost limit of {limit} bytes (raise it with --ghost-limit)",
-                            meta.len()
+                            "a deleted file with {data} bytes of data, more than the ghost limit of {limit} bytes (raise it with --ghost-limit)"
                         ),
                     });
                 }
+                let sparse = data < meta.len();
                 let entry = GhostFileEntry {
                     uid: meta.uid(),
                     gid: meta.gid(),
@@ -64,11 +75,12 @@ impl FileTable {
                     dev: Some(meta.dev() as u32),
                     ino: Some(meta.ino()),
                     rdev: None,
-                    chunks: None,
+                    chunks: sparse.then_some(true),
                     size: Some(meta.len()),
                     crest_times: Some(times_of(meta)),
                 };
                 g.ghosts.push((entry, pid, fd));
+                g.extents.push(sparse.then_some(extents));
                 let id = g.ghosts.len() as u32;
                 g.by_inode.insert(key, id);
                 id
@@ -93,6 +105,11 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
     for (i, (entry, pid, fd)) in g.ghosts.iter().enumerate() {
         let (pid, fd) = (*pid, *fd);
         let path = format!("/proc/{pid}/fd/{fd}");
+        if let Some(Some(extents)) = g.extents.get(i) {
+            write_chunks(dir, i as u32 + 1, entry, &path, extents)
+                .at(pid, "copy a deleted file")?;
+            continue;
+        }
         let data = std::fs::read(&path).at(pid, "read a deleted file")?;
         if Some(data.len() as u64) != entry.size {
             return Err(DumpError::UnsupportedFd {
@@ -116,6 +133,36 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
 }
 
 /// `remap-fpath.img`: regular-file entry id → ghost id.
+/// A sparse ghost: the entry, then each data extent as a
+/// `ghost_chunk_entry` and its bytes.
+fn write_chunks(
+    dir: &Path,
+    id: u32,
+    entry: &GhostFileEntry,
+    path: &str,
+    extents: &[(u64, u64)],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut w = crest_images::ImageWriter::create(dir, &names::ghost_file(id), magic::GHOST_FILE)
+        .map_err(std::io::Error::other)?;
+    w.write_entry(entry).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; CHUNK];
+    for &(off, len) in extents {
+        w.write_entry(&GhostChunkEntry { len, off })
+            .map_err(std::io::Error::other)?;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            file.read_exact_at(&mut buf[..n], off + done)?;
+            w.write_payload(&buf[..n]).map_err(std::io::Error::other)?;
+            done += n as u64;
+        }
+    }
+    w.finish().map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 pub fn read_remaps(dir: &Path) -> Result<HashMap<u32, u32>, RestoreError> {
     if !dir.join(names::REMAP_FPATH).exists() {
         return Ok(HashMap::new());
@@ -134,6 +181,41 @@ pub fn read_remaps(dir: &Path) -> Result<HashMap<u32, u32>, RestoreError> {
         out.insert(r.orig_id, r.remap_id);
     }
     Ok(out)
+}
+
+/// `open(path, flags, mode)` as the task: the fd, or the errno.
+fn try_create(
+    t: &mut Tracee,
+    path: &str,
+    flags: i32,
+    mode: u32,
+) -> Result<Result<u64, i32>, RestoreError> {
+    let pid = t.pid();
+    let mut p = path.as_bytes().to_vec();
+    p.push(0);
+    let addr = t.put(&p).rat(pid, "write path")?;
+    let flags = (flags | libc::O_CLOEXEC) as u64;
+    let r = t
+        .syscall_raw(
+            nr::OPENAT,
+            &[libc::AT_FDCWD as u64, addr, flags, u64::from(mode)],
+        )
+        .rat(pid, format!("open {path}"))?;
+    Ok(if r < 0 { Err(-r as i32) } else { Ok(r as u64) })
+}
+
+/// `rename(from, to)` as the task.
+fn rename_in_task(t: &mut Tracee, from: &str, to: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut buf = from.as_bytes().to_vec();
+    buf.push(0);
+    let to_at = buf.len() as u64;
+    buf.extend_from_slice(to.as_bytes());
+    buf.push(0);
+    let addr = t.put(&buf).rat(pid, "write paths")?;
+    t.syscall(nr::RENAME, &[addr, addr + to_at])
+        .rat(pid, format!("rename {from} to {to}"))?;
+    Ok(())
 }
 
 fn openat(t: &mut Tracee, path: &str, flags: i32, mode: u32) -> Result<u64, RestoreError> {
@@ -180,12 +262,32 @@ pub fn open(
     })?;
     let size = entry.size.unwrap_or(0);
     let path = &reg.name;
-    let made = openat(
-        t,
-        path,
-        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-        entry.mode & 0o7777,
-    )?;
+    // Something took the name since (a directory, another file): it steps
+    // aside while the ghost is made under its old name, so the fd shows
+    // the name it had.
+    let aside = format!("{path}.crest-aside-{}", reg.id);
+    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+    let mode = entry.mode & 0o7777;
+    let (made, moved) = match try_create(t, path, create, mode)? {
+        Ok(fd) => (fd, false),
+        Err(e) if e == libc::EEXIST => {
+            rename_in_task(t, path, &aside)?;
+            match openat(t, path, create, mode) {
+                Ok(fd) => (fd, true),
+                Err(e) => {
+                    let _ = rename_in_task(t, &aside, path);
+                    return Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            return Err(RestoreError::Io {
+                pid,
+                step: format!("create ghost file {path}"),
+                source: std::io::Error::from_raw_os_error(e),
+            })
+        }
+    };
     let res = fill(t, made, &mut r, size, &entry, path).and_then(|()| open_in_task(t, path, flags));
     t.syscall(nr::CLOSE, &[made]).rat(pid, "close ghost file")?;
     let mut p = path.as_bytes().to_vec();
@@ -193,6 +295,9 @@ pub fn open(
     let addr = t.put(&p).rat(pid, "write path")?;
     t.syscall(nr::UNLINK, &[addr])
         .rat(pid, format!("unlink ghost file {path}"))?;
+    if moved {
+        rename_in_task(t, &aside, path)?;
+    }
     let fd = res?;
     files.ghost_src.insert(ghost, reg.id);
     Ok(fd)
@@ -207,7 +312,10 @@ fn fill(
     path: &str,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let mut left = size;
+    if entry.chunks == Some(true) {
+        fill_chunks(t, fd, r, size, path)?;
+    }
+    let mut left = if entry.chunks == Some(true) { 0 } else { size };
     while left > 0 {
         let n = left.min(CHUNK as u64);
         let data = r.read_payload(n)?;
@@ -233,6 +341,50 @@ fn fill(
     if let Some(times) = &entry.crest_times {
         set_times(pid, fd, times)?;
     }
+    Ok(())
+}
+
+/// Writes the data extents of a sparse ghost at their offsets and gives
+/// the file its size (the holes stay holes).
+fn fill_chunks(
+    t: &mut Tracee,
+    fd: u64,
+    r: &mut ImageReader,
+    size: u64,
+    path: &str,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let bad = |what: String| RestoreError::BadImage {
+        pid,
+        file: path.to_string(),
+        what,
+    };
+    while let Some(c) = r.next_entry::<GhostChunkEntry>()? {
+        if c.off.checked_add(c.len).is_none_or(|end| end > size) {
+            return Err(bad(format!(
+                "a chunk of {} bytes at {} past the size {size}",
+                c.len, c.off
+            )));
+        }
+        let mut done = 0;
+        while done < c.len {
+            let n = (c.len - done).min(CHUNK as u64);
+            let data = r.read_payload(n)?;
+            let addr = t.put(&data).rat(pid, "write ghost contents")?;
+            let wrote = t
+                .syscall(nr::PWRITE64, &[fd, addr, n, c.off + done])
+                .rat(pid, format!("write ghost file {path}"))?;
+            if wrote != n {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: format!("a ghost file {path} that took {wrote} of {n} bytes"),
+                });
+            }
+            done += n;
+        }
+    }
+    t.syscall(nr::FTRUNCATE, &[fd, size])
+        .rat(pid, format!("size ghost file {path}"))?;
     Ok(())
 }
 

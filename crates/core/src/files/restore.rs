@@ -27,6 +27,9 @@ pub struct RestoreFiles {
     pub fifo_data: HashMap<u32, Vec<u8>>,
     /// FIFOs refilled already (by pipe id).
     pub fifo_filled: HashSet<u32>,
+    /// FIFOs deleted while open, made already: pipe id → the entry whose
+    /// fd made it (others open it through that fd).
+    pub deleted_fifos: HashMap<u32, u32>,
     /// Pipes crest made (pipe id → its read and write end as pipe2 gave
     /// them, and whether each was given to a task already).
     pipes: HashMap<u32, CrestPipe>,

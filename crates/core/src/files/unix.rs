@@ -108,6 +108,7 @@ impl FileTable {
         }
         let name = d.name.clone().unwrap_or_default();
         let mut perms = None;
+        let mut deleted = None;
         if !name.is_empty() && name[0] != 0 {
             if name[0] != b'/' {
                 return Err(unsupported(format!(
@@ -121,7 +122,10 @@ impl FileTable {
                 .as_ref()
                 .zip(d.vfs)
                 .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
-            if !same && d.state != TCP_ESTABLISHED as u8 {
+            if !same && m.is_none() {
+                // its file was removed: bound again, then removed again
+                deleted = Some(true);
+            } else if !same && d.state != TCP_ESTABLISHED as u8 {
                 return Err(unsupported(format!(
                     "a unix socket bound to {}, whose file was removed or replaced",
                     show_name(&name)
@@ -191,7 +195,7 @@ impl FileTable {
             shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
             file_perms: perms,
             name_dir: None,
-            deleted: None,
+            deleted,
         };
         let id = self.push(FileEntry {
             r#type: FdTypes::Unixsk as i32,
@@ -579,6 +583,11 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
             .rat(pid, "chmod a socket file")?;
         std::os::unix::fs::lchown(&here, Some(p.uid), Some(p.gid))
             .rat(pid, "chown a socket file")?;
+    }
+    if u.deleted == Some(true) && u.name.first() != Some(&0) {
+        // its file had been removed: the name stays, the file goes
+        let here = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&u.name));
+        std::fs::remove_file(&here).rat(pid, "remove the socket file again")?;
     }
     Ok(())
 }

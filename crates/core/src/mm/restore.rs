@@ -588,6 +588,9 @@ fn preadv(
     Ok(off)
 }
 
+/// `madvise` advice that makes pages fault (Linux 6.13).
+const MADV_GUARD_INSTALL: u64 = 102;
+
 /// Sets the final protection of the VMAs that were made writable to be
 /// filled, and the madvise advice of every VMA.
 pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
@@ -610,6 +613,13 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
             t.syscall(nr::MLOCK2, &[v.start, v.end - v.start, u64::from(on_fault)])
                 .rat(pid, format!("mlock2 {:#x}-{:#x}", v.start, v.end))?;
         }
+    }
+    for g in mm.crest_guards.chunks_exact(2) {
+        t.syscall(nr::MADVISE, &[g[0], g[1], MADV_GUARD_INSTALL])
+            .rat(
+                pid,
+                format!("madvise(MADV_GUARD_INSTALL) {:#x}+{:#x}", g[0], g[1]),
+            )?;
     }
     if mm.thp_disabled == Some(true) {
         t.syscall(nr::PRCTL, &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0])

@@ -37,6 +37,12 @@ impl PagemapBits {
         self.0 & (1 << 56) != 0
     }
 
+    /// Bit 58: a guard page (`MADV_GUARD_INSTALL`): it faults, holds no
+    /// data, and shows as swapped too.
+    pub fn guard(self) -> bool {
+        self.0 & (1 << 58) != 0
+    }
+
     /// Bit 57: the pte is uffd-wp write-protected.
     pub fn uffd_wp(self) -> bool {
         self.0 & (1 << 57) != 0
