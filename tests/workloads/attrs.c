@@ -18,6 +18,7 @@
  *     IP_MULTICAST_TTL, a locked receive buffer;
  *   a shared read-only mapping of a file opened read-write: it can still
  *     be made writable;
+ *   a membarrier registration (private expedited);
  *   timer slack (the main and the helper thread), the helper's CPU affinity, the process's THP
  *     switch (PR_SET_THP_DISABLE), its audit login uid (where it may set
  *     it), a memfd's mode bits (fchmod 0640).
@@ -285,6 +286,9 @@ int main(int argc, char **argv)
 		wl_fail("mmap shared: %s", strerror(errno));
 
 	prctl(PR_SET_TIMERSLACK, 234567UL, 0, 0, 0);
+	/* membarrier: registered for private expedited barriers */
+	if (syscall(SYS_membarrier, 1 << 4, 0, 0))
+		wl_fail("membarrier register: %s", strerror(errno));
 	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
 		wl_fail("PR_SET_THP_DISABLE: %s", strerror(errno));
 	/* the audit login uid: only with CAP_AUDIT_CONTROL (not in uns) */
@@ -453,6 +457,8 @@ int main(int argc, char **argv)
 	CPU_ZERO(&aff);
 	if (sched_getaffinity(helper_tid, sizeof(aff), &aff) || CPU_COUNT(&aff) != 1 || !CPU_ISSET(0, &aff))
 		BAD("helper affinity: %d CPUs; ", CPU_COUNT(&aff));
+	if (!(syscall(SYS_membarrier, 1 << 9, 0, 0) & (1 << 4)))
+		BAD("membarrier registration lost; ");
 	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1)
 		BAD("THP disable lost; ");
 	{

@@ -9,9 +9,13 @@
  * through /proc/self/task/SELF/children and NSpid), that
  * waitid(WNOWAIT | WNOHANG) reports them as exited 42 and killed by SIGKILL,
  * then reaps them with waitpid (same statuses). It forwards SIGTERM to C,
- * which checks its zombie the same way and exits 0 only if all is well. */
+ * which checks its zombie the same way and exits 0 only if all is well.
+ * Child D unshares a user namespace of its own and exits 43: its zombie
+ * keeps that namespace; child E sets its ids to 1234/2345 and exits 44: its
+ * zombie keeps them (both compared through /proc after the restore). */
 #include "wl.h"
 
+#include <sched.h>
 #include <sys/wait.h>
 
 /* This process's pid as /proc numbers it: not getpid() when the process
@@ -101,6 +105,42 @@ static char proc_stat(pid_t pid, pid_t *ppid)
 		return '?';
 	*ppid = pp;
 	return state;
+}
+
+/* The "user:[INODE]" link of our child `pid`'s user namespace, or "". */
+static void userns_of(pid_t pid, char *out, size_t len)
+{
+	char path[64];
+	out[0] = 0;
+	pid = proc_pid_of_child(pid);
+	if (pid < 0)
+		return;
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", pid);
+	ssize_t n = readlink(path, out, len - 1);
+	out[n > 0 ? n : 0] = 0;
+}
+
+/* The Uid and Gid lines of our child `pid`'s status, or "". */
+static void ids_of(pid_t pid, char *out, size_t len)
+{
+	char path[64], buf[4096];
+	out[0] = 0;
+	pid = proc_pid_of_child(pid);
+	if (pid < 0)
+		return;
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = 0;
+	char *u = strstr(buf, "\nUid:"), *g = strstr(buf, "\nGid:");
+	if (!u || !g)
+		return;
+	char *ue = strchr(u + 1, '\n'), *ge = strchr(g + 1, '\n');
+	snprintf(out, len, "%.*s %.*s", (int)(ue ? ue - u - 1 : 40), u + 1, (int)(ge ? ge - g - 1 : 40),
+		 g + 1);
 }
 
 /* Waits (without reaping) until `pid` is a zombie. */
@@ -201,6 +241,12 @@ int main(int argc, char **argv)
 		child_c(p[1]);
 	}
 	close(p[1]);
+	pid_t d = wl_fork();
+	if (d == 0)
+		_exit(unshare(CLONE_NEWUSER) == 0 ? 43 : 1);
+	pid_t e = wl_fork();
+	if (e == 0)
+		_exit(setresgid(2345, 2345, 2345) == 0 && setresuid(1234, 1234, 1234) == 0 ? 44 : 1);
 	if (kill(b, SIGKILL) < 0)
 		wl_fail("kill: %s", strerror(errno));
 	if (wait_zombie(a) < 0 || wait_zombie(b) < 0)
@@ -209,9 +255,34 @@ int main(int argc, char **argv)
 	if (read(p[0], &r, 1) != 1)
 		wl_fail("child C did not get ready");
 	close(p[0]);
+	if (wait_zombie(d) < 0 || wait_zombie(e) < 0)
+		wl_fail("waitid(WNOWAIT) D, E: %s", strerror(errno));
+	char mine[64], d_ns[64], e_ids[256];
+	{
+		ssize_t n = readlink("/proc/self/ns/user", mine, sizeof(mine) - 1);
+		mine[n > 0 ? n : 0] = 0;
+	}
+	userns_of(d, d_ns, sizeof(d_ns));
+	ids_of(e, e_ids, sizeof(e_ids));
+	int d_nested = d_ns[0] && strcmp(d_ns, mine) != 0;
 
 	wl_ready();
 	wl_wait_term();
+
+	{
+		char now[64], ids_now[256];
+		ssize_t n = readlink("/proc/self/ns/user", mine, sizeof(mine) - 1);
+		mine[n > 0 ? n : 0] = 0;
+		userns_of(d, now, sizeof(now));
+		if (d_nested && (!now[0] || !strcmp(now, mine)))
+			wl_add("zombie D is no longer in a user namespace of its own (%s, ours %s); ",
+			       now, mine);
+		ids_of(e, ids_now, sizeof(ids_now));
+		if (strcmp(ids_now, e_ids))
+			wl_add("zombie E's ids were [%s], now [%s]; ", e_ids, ids_now);
+	}
+	check_zombie("child D (exit 43)", d, CLD_EXITED, d_nested ? 43 : 1);
+	check_zombie("child E (exit 44)", e, CLD_EXITED, 44);
 
 	check_zombie("child A (exit 42)", a, CLD_EXITED, 42);
 	check_zombie("child B (SIGKILL)", b, CLD_KILLED, SIGKILL);

@@ -170,6 +170,10 @@ pub fn zombie_extra(pid: i32) -> CrestThreadExtra {
         ns_tids: ids(|s| &s.ns_pid),
         ns_pgids: ids(|s| &s.ns_pgid),
         ns_sids: ids(|s| &s.ns_sid),
+        // its credentials, as crest sees them (kept by the kernel)
+        outer_uids: st.as_ref().map_or(Vec::new(), |s| s.uid.to_vec()),
+        outer_gids: st.as_ref().map_or(Vec::new(), |s| s.gid.to_vec()),
+        outer_groups: st.as_ref().map_or(Vec::new(), |s| s.groups.clone()),
         ..CrestThreadExtra::default()
     }
 }

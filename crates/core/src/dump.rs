@@ -128,7 +128,11 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
         .filter(|t| t.zombie.is_none())
         .map(|t| t.pid)
         .collect();
-    let users = UsernsGraph::collect(&live)?;
+    let mut users = UsernsGraph::collect(&live)?;
+    let mut zombie_userns = std::collections::HashMap::new();
+    for t in tree.tasks.iter().filter(|t| t.zombie.is_some()) {
+        zombie_userns.insert(t.pid, users.add_zombie(t.pid)?);
+    }
     let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external), opts.empty_ns)?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
     others.resolve_proc_pidns(&pids)?;
@@ -180,9 +184,11 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
                     files_id: id,
                     fs_id: id,
                     sighand_id: id,
-                    // A zombie has no namespaces left to read; it died in
-                    // its parent's pid namespace.
+                    // A zombie has no namespaces left to read but its user
+                    // namespace (its credentials' own); it died in its
+                    // parent's pid namespace.
                     pid_ns_id: parent_ids.and_then(|p| p.pid_ns_id),
+                    user_ns_id: zombie_userns.get(&task.pid).copied(),
                     ..TaskKobjIdsEntry::default()
                 }
             }

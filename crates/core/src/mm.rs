@@ -177,6 +177,25 @@ const PR_GET_THP_DISABLE: u64 = 42;
 /// `prctl` that turns transparent huge pages off for the whole process.
 pub const PR_SET_THP_DISABLE: u64 = 41;
 
+/// `membarrier` command that lists the address space's registrations.
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// The registration commands, each answered again at restore.
+pub const MEMBARRIER_REGISTER: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+
+/// The task's membarrier registrations (None where the kernel cannot
+/// list them: before Linux 6.3).
+fn membarrier_registrations(t: &mut Tracee) -> Result<Option<u32>, DumpError> {
+    let pid = t.pid();
+    let r = t
+        .syscall_raw(nr::MEMBARRIER, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0])
+        .at(pid, "membarrier(GET_REGISTRATIONS)")?;
+    if r < 0 {
+        return Ok(None);
+    }
+    let mask = r as u32 & MEMBARRIER_REGISTER.iter().fold(0, |a, b| a | b);
+    Ok((mask != 0).then_some(mask))
+}
+
 /// The kernel's locked memory of `pid` (`VmLck`, kB).
 fn vm_locked(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -328,6 +347,7 @@ pub fn dump(
         ),
         crest_mlockall: Some(mlockall_future(t)?),
         crest_guards: guards,
+        crest_membarrier: membarrier_registrations(t)?,
     };
     Ok(MmDump {
         entry,

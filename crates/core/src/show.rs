@@ -192,7 +192,8 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
 }
 
 /// The namespace graph of the live tree rooted at `pid`, as canonical
-/// text (zombies, which have no namespaces to read, are left out).
+/// text (zombies are left out but for their user namespaces, which the
+/// kernel keeps with their credentials).
 pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
     let mut pids = vec![pid];
     let mut i = 0;
@@ -218,7 +219,13 @@ pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
             .filter(|p| crate::procfs::read_stat(*p).is_ok_and(|s| s.state != 'Z'))
             .collect();
         let read = || -> Result<String, crate::DumpError> {
-            let users = crate::ns::user::UsernsGraph::collect(&live)?;
+            let mut users = crate::ns::user::UsernsGraph::collect(&live)?;
+            // a zombie keeps its user namespace (the dump does too)
+            for &z in pids.iter().filter(|p| !live.contains(p)) {
+                if crate::procfs::read_stat(z).is_ok_and(|s| s.state == 'Z') {
+                    users.add_zombie(z)?;
+                }
+            }
             let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
             let pidns =
                 crate::ns::pid::PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;

@@ -277,7 +277,7 @@ pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
 
 /// The id inside a user namespace of `outside` (an id of the reader's),
 /// from a `uid_map`/`gid_map` text.
-fn inside_id(map: &str, outside: u32) -> Option<u32> {
+pub(crate) fn inside_id(map: &str, outside: u32) -> Option<u32> {
     map.lines().find_map(|l| {
         let mut f = l.split_whitespace().map(|w| w.parse::<u64>().ok());
         let (inside, out, len) = (f.next()??, f.next()??, f.next()??);

@@ -91,6 +91,7 @@ pub mod nr {
     pub const UNLINK: u64 = 87;
     pub const RENAME: u64 = 82;
     pub const MKNOD: u64 = 133;
+    pub const MEMBARRIER: u64 = 324;
     pub const FCHMOD: u64 = 91;
     pub const FCHOWN: u64 = 93;
     pub const EPOLL_CTL: u64 = 233;
@@ -156,6 +157,7 @@ pub fn name(nr: u64) -> &'static str {
         MLOCK2 => "mlock2",
         RENAME => "rename",
         MKNOD => "mknod",
+        MEMBARRIER => "membarrier",
         MLOCKALL => "mlockall",
         FCNTL => "fcntl",
         CHDIR => "chdir",

@@ -621,6 +621,15 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
                 format!("madvise(MADV_GUARD_INSTALL) {:#x}+{:#x}", g[0], g[1]),
             )?;
     }
+    if let Some(mask) = mm.crest_membarrier {
+        for cmd in crate::mm::MEMBARRIER_REGISTER
+            .iter()
+            .filter(|c| mask & **c != 0)
+        {
+            t.syscall(nr::MEMBARRIER, &[u64::from(*cmd), 0, 0])
+                .rat(pid, format!("membarrier register {cmd:#x}"))?;
+        }
+    }
     if mm.thp_disabled == Some(true) {
         t.syscall(nr::PRCTL, &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0])
             .rat(pid, "prctl(PR_SET_THP_DISABLE)")?;

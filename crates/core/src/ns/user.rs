@@ -132,6 +132,13 @@ impl UsernsGraph {
         Ok(g)
     }
 
+    /// The user namespace of zombie `pid` (the kernel keeps a zombie's
+    /// credentials, and with them its user namespace), added to the graph
+    /// if new, without making the zombie one of the namespace's tasks.
+    pub fn add_zombie(&mut self, pid: i32) -> Result<u32, DumpError> {
+        self.add_task_ns(pid)
+    }
+
     /// The id of the user namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
         self.nodes.iter().find(|n| n.ino == ino).map(|n| n.id)

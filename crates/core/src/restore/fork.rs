@@ -175,7 +175,7 @@ pub(super) fn fork_tree(
     )?;
     set_pid_for_children(imgs, &actual, &mut tasks)?;
     helpers.finish(&mut tasks)?;
-    end_zombies(imgs, &mut tasks)?;
+    end_zombies(imgs, &mut tasks, userns, &cur_userns)?;
     Ok(Forked {
         tasks,
         actual,
@@ -184,10 +184,13 @@ pub(super) fn fork_tree(
     })
 }
 
-/// Zombies end now, with their exit status.
+/// Zombies end now, with their exit status, in their user namespace and
+/// with their credentials (the kernel keeps both for a zombie).
 pub(super) fn end_zombies(
     imgs: &[TaskImage],
     tasks: &mut [Option<Tracee>],
+    userns: &ns::user::Helpers,
+    cur_userns: &[u32],
 ) -> Result<(), RestoreError> {
     for k in 1..imgs.len() {
         let Some(tc) = imgs[k].cores[0].1.tc.as_ref() else {
@@ -197,14 +200,73 @@ pub(super) fn end_zombies(
             continue;
         }
         let p = parent_index(imgs, k)?;
-        let (Some(t), status) = (tasks[k].take(), tc.exit_code as i32) else {
+        let (Some(mut t), status) = (tasks[k].take(), tc.exit_code as i32) else {
             continue;
         };
+        zombie_creds(&mut t, &imgs[k], userns, cur_userns[k])?;
         let parent = tasks[p]
             .as_mut()
             .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
         pstree::make_zombie(t, status, &tc.comm, parent)?;
     }
+    Ok(())
+}
+
+/// Gives a zombie-to-be its ids and moves it into its user namespace
+/// (the kernel keeps both for a zombie). The ids are set first, as the
+/// namespace it was forked in sees crest's view of them (one its own
+/// namespace does not map stays as crest saw it), and kept across the move.
+fn zombie_creds(
+    t: &mut Tracee,
+    img: &TaskImage,
+    userns: &ns::user::Helpers,
+    cur: u32,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    if let Some(extra) = img.cores[0].2.as_ref().filter(|e| e.outer_uids.len() == 4) {
+        let now = crate::procfs::read_status(pid).ok();
+        let same = now.as_ref().is_some_and(|s| {
+            s.uid.to_vec() == extra.outer_uids
+                && s.gid.to_vec() == extra.outer_gids
+                && s.groups == extra.outer_groups
+        });
+        if !same {
+            let map = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}"));
+            let inside = |m: &std::io::Result<String>, ids: &[u32]| -> Option<Vec<u32>> {
+                let m = m.as_ref().ok()?;
+                ids.iter().map(|&i| crate::task::inside_id(m, i)).collect()
+            };
+            let (umap, gmap) = (map("uid_map"), map("gid_map"));
+            let (Some(uids), Some(gids)) = (
+                inside(&umap, &extra.outer_uids),
+                inside(&gmap, &extra.outer_gids),
+            ) else {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: "a zombie whose ids the user namespace it is made in does not map".into(),
+                });
+            };
+            let groups = inside(&gmap, &extra.outer_groups).unwrap_or_default();
+            let allow = map("setgroups").is_ok_and(|s| s.trim() == "allow");
+            let ids = crate::creds::Ids {
+                uids: super::task::to_array(uids),
+                gids: super::task::to_array(gids),
+                groups,
+            };
+            crate::creds::set_ids(t, &ids, allow)?;
+        }
+    }
+    if ns != cur {
+        let Some(holder) = userns.pid_of(ns) else {
+            return Err(img.bad("a zombie in a user namespace crest did not make"));
+        };
+        ns::user::enter(t, holder)?;
+    }
+    // (new credentials made it non-dumpable, and /proc of it root's: a
+    // zombie has no memory left to protect)
+    t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
+        .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
     Ok(())
 }
 
