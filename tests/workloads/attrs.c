@@ -18,7 +18,8 @@
  *     IP_MULTICAST_TTL, a locked receive buffer;
  *   a shared read-only mapping of a file opened read-write: it can still
  *     be made writable;
- *   a membarrier registration (private expedited);
+ *   a membarrier registration (private expedited); a NUMA memory policy
+ *     (interleave over node 0, where the kernel has NUMA);
  *   timer slack (the main and the helper thread), the helper's CPU affinity, the process's THP
  *     switch (PR_SET_THP_DISABLE), its audit login uid (where it may set
  *     it), a memfd's mode bits (fchmod 0640).
@@ -286,6 +287,9 @@ int main(int argc, char **argv)
 		wl_fail("mmap shared: %s", strerror(errno));
 
 	prctl(PR_SET_TIMERSLACK, 234567UL, 0, 0, 0);
+	/* a NUMA policy for the main thread: interleave over node 0 */
+	unsigned long node0 = 1;
+	int have_numa = syscall(SYS_set_mempolicy, 3 /* MPOL_INTERLEAVE */, &node0, 64) == 0;
 	/* membarrier: registered for private expedited barriers */
 	if (syscall(SYS_membarrier, 1 << 4, 0, 0))
 		wl_fail("membarrier register: %s", strerror(errno));
@@ -457,6 +461,12 @@ int main(int argc, char **argv)
 	CPU_ZERO(&aff);
 	if (sched_getaffinity(helper_tid, sizeof(aff), &aff) || CPU_COUNT(&aff) != 1 || !CPU_ISSET(0, &aff))
 		BAD("helper affinity: %d CPUs; ", CPU_COUNT(&aff));
+	if (have_numa) {
+		int mode = -1;
+		unsigned long mask[16] = {0};
+		if (syscall(SYS_get_mempolicy, &mode, mask, 1024, NULL, 0) || mode != 3 || mask[0] != 1)
+			BAD("memory policy %d mask %#lx; ", mode, mask[0]);
+	}
 	if (!(syscall(SYS_membarrier, 1 << 9, 0, 0) & (1 << 4)))
 		BAD("membarrier registration lost; ");
 	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1)

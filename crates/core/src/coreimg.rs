@@ -19,6 +19,42 @@ const SCHED_DEADLINE: u32 = 6;
 
 const PR_GET_TIMERSLACK: u64 = 30;
 
+/// Node mask words read and written for a memory policy (1024 nodes).
+pub const MEMPOLICY_WORDS: usize = 16;
+
+/// The thread's NUMA memory policy: mode (with its flags) and node mask.
+fn dump_mempolicy(t: &mut Tracee) -> Result<(u32, Vec<u64>), DumpError> {
+    let pid = t.pid();
+    let buf = t
+        .scratch(8 + 8 * MEMPOLICY_WORDS)
+        .at(pid, "scratch memory")?;
+    let r = t
+        .syscall_raw(
+            crest_inject::nr::GET_MEMPOLICY,
+            &[buf, buf + 8, (MEMPOLICY_WORDS * 64) as u64, 0, 0],
+        )
+        .at(pid, "get_mempolicy")?;
+    if r == -i64::from(libc::ENOSYS) {
+        return Ok((0, Vec::new())); // a kernel without NUMA: no policy
+    }
+    if r < 0 {
+        return Err(DumpError::Io {
+            pid,
+            step: "get_mempolicy",
+            source: std::io::Error::from_raw_os_error(-r as i32),
+        });
+    }
+    let mut raw = vec![0u8; 8 + 8 * MEMPOLICY_WORDS];
+    t.read_mem(buf, &mut raw)
+        .at(pid, "read the memory policy")?;
+    let mode = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let nodes = raw[8..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Ok((mode, nodes))
+}
+
 /// The CPUs online now, as an affinity mask.
 fn online_cpus() -> Vec<u8> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
@@ -73,6 +109,7 @@ pub fn dump_thread(
         .at(pid, "prctl(PR_GET_TIMERSLACK)")?;
     let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
     let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
+    let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
             pid,
@@ -119,6 +156,12 @@ pub fn dump_thread(
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
         timer_slack_ns: Some(slack),
         cpu_affinity: affinity,
+        mempolicy_mode: (mpol_mode != 0).then_some(mpol_mode),
+        mempolicy_nodes: if mpol_mode != 0 {
+            mpol_nodes
+        } else {
+            Vec::new()
+        },
         ..CrestThreadExtra::default()
     };
     Ok((core, extra))

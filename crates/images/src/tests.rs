@@ -261,6 +261,10 @@ fn files_and_crest_round_trip() {
         ns_sids: vec![4242, 0],
         pid_for_children: Some(3),
         time_for_children: None,
+        timer_slack_ns: Some(50_000),
+        cpu_affinity: Some(vec![1]),
+        mempolicy_mode: Some(3),
+        mempolicy_nodes: vec![1],
     };
     let name = names::crest_thread(42);
     write_image(

@@ -92,6 +92,8 @@ pub mod nr {
     pub const RENAME: u64 = 82;
     pub const MKNOD: u64 = 133;
     pub const MEMBARRIER: u64 = 324;
+    pub const SET_MEMPOLICY: u64 = 238;
+    pub const GET_MEMPOLICY: u64 = 239;
     pub const FCHMOD: u64 = 91;
     pub const FCHOWN: u64 = 93;
     pub const EPOLL_CTL: u64 = 233;
@@ -158,6 +160,8 @@ pub fn name(nr: u64) -> &'static str {
         RENAME => "rename",
         MKNOD => "mknod",
         MEMBARRIER => "membarrier",
+        SET_MEMPOLICY => "set_mempolicy",
+        GET_MEMPOLICY => "get_mempolicy",
         MLOCKALL => "mlockall",
         FCNTL => "fcntl",
         CHDIR => "chdir",

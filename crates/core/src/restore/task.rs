@@ -338,6 +338,21 @@ pub(super) fn restore_thread(
             format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
         )?;
     }
+    if let Some(mode) = extra.and_then(|e| e.mempolicy_mode) {
+        let words = extra.map_or(&[][..], |e| &e.mempolicy_nodes[..]);
+        let words = &words[..words.len().min(crate::coreimg::MEMPOLICY_WORDS)];
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let addr = if raw.is_empty() {
+            0
+        } else {
+            t.put(&raw).rat(pid, "write a node mask")?
+        };
+        t.syscall(
+            nr::SET_MEMPOLICY,
+            &[u64::from(mode), addr, (words.len() * 64) as u64],
+        )
+        .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
+    }
     if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
         misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
     }
