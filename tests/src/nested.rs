@@ -411,6 +411,7 @@ fn steps(cfg: &Config, dir: &CaseDir, spec: &str, procs: &mut Procs) -> Result<O
         );
     }
     let before_view = harness_view(cfg, &before_tree, &by_pid)?;
+    let outside_before = crate::outside::snapshot(&before_tree);
     let _ = fs::write(dir.root.join("view.before"), render(&before_view));
     if !cfg.checkpoint {
         // validate the workload without crest
@@ -466,6 +467,15 @@ fn steps(cfg: &Config, dir: &CaseDir, spec: &str, procs: &mut Procs) -> Result<O
             d.join("\n  ")
         ));
     }
+    procs::wait_until(std::time::Duration::from_secs(5), || {
+        procs::tree_settled(root)
+    });
+    problems.extend(case::check_outside(
+        dir,
+        root,
+        &outside_before,
+        "after restore",
+    ));
     match harness_view(cfg, &after_tree, &by_pid) {
         Ok(after_view) => {
             let _ = fs::write(dir.root.join("view.after"), render(&after_view));
