@@ -147,7 +147,7 @@ const NET_LINES: [&str; 13] = [
     "sysctl net.ipv4.ip_local_port_range 20000 30000",
 ];
 
-const SHAPES: [Shape; 8] = [
+const SHAPES: [Shape; 9] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -243,6 +243,21 @@ const SHAPES: [Shape; 8] = [
         setsid: true,
         net: false,
         external_veth: true,
+    },
+    // the outer init execs `unshare -U -r -p -f`: it lives in the inner
+    // user namespace while its pid namespace is the outer one's, and the
+    // inner pid namespace is owned by the inner user namespace
+    Shape {
+        name: "container_userns_init",
+        depth: 2,
+        hostname: "c8",
+        own_mnt: false,
+        tmpfs_file: None,
+        refusal: None,
+        workload: "tree_sessions",
+        setsid: true,
+        net: false,
+        external_veth: false,
     },
 ];
 
@@ -407,6 +422,10 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir, init_root: bool) -> Vec<S
             )
         }
         "container_net" => format!("hostname {} && {NET_SETUP} && {wl}", shape.hostname),
+        "container_userns_init" => format!(
+            "hostname {} && ip link set lo up && exec unshare -U -r -p -f --kill-child sh -c '{wl}'",
+            shape.hostname
+        ),
         _ => format!("hostname {} && ip link set lo up && {wl}", shape.hostname),
     };
     args.extend(["sh".into(), "-c".into(), script]);

@@ -414,41 +414,10 @@ pub(crate) fn clone_with(
     }
     let inner = &want[..ids.settable.min(want.len())];
     let tries = if inner.len() < want.len() { 64 } else { 1 };
-    let thread = flags & libc::CLONE_THREAD as u64 != 0;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     for _ in 0..tries {
-        let base = put_clone_args(parent, flags, exit_signal, inner)?;
-        before(want)?;
-        if let (true, Some(last)) = (ids.crest_last, want.last()) {
-            std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", last - 1))
-                .rat(ppid, "write ns_last_pid")?;
-        }
-        let r = parent
-            .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-            .rat(ppid, "clone3")?;
-        clone3_result(r, who, inner, ppid)?;
-        // The new task's id in crest's namespace.
-        let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
-            pid: who,
-            what: "a clone that reported no new task".into(),
-        })?;
-        let pid = if thread { ppid } else { got };
-        let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to the new task")?;
-        t.set_syscall_ip(parent.syscall_ip());
-        if has_ids(got, want) {
+        if let Some(t) = clone_attempt(parent, who, ids, flags, exit_signal, before)? {
             return Ok(t);
-        }
-        if thread {
-            // exit, not exit_group: only the wrong thread ends
-            t.syscall_raw(60, &[0]).ok();
-            t.leak();
-            let _ = ptrace::wait(got);
-        } else {
-            let seen = seen_by(ppid, got);
-            drop(t); // killed, and reaped by crest as its tracer
-            if let Some(s) = seen {
-                reap_in(parent, s);
-            }
         }
         if tries == 1 {
             return Err(RestoreError::Unsupported {
@@ -461,6 +430,55 @@ pub(crate) fn clone_with(
         pid: who,
         what: format!("other forks kept taking its ids {want:?}"),
     })
+}
+
+/// One `clone3` of [`clone_with`]: the new task, or None if it did not
+/// get the ids (another fork took one meanwhile; the task is gone again).
+fn clone_attempt(
+    parent: &mut Tracee,
+    who: i32,
+    ids: &Ids<'_>,
+    flags: u64,
+    exit_signal: u64,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
+) -> Result<Option<Tracee>, RestoreError> {
+    let (ppid, want) = (parent.pid(), ids.want);
+    let inner = &want[..ids.settable.min(want.len())];
+    let thread = flags & libc::CLONE_THREAD as u64 != 0;
+    let base = put_clone_args(parent, flags, exit_signal, inner)?;
+    before(want)?;
+    if let (true, Some(last)) = (ids.crest_last, want.last()) {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", last - 1))
+            .rat(ppid, "write ns_last_pid")?;
+    }
+    let r = parent
+        .syscall_raw(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+        .rat(ppid, "clone3")?;
+    clone3_result(r, who, inner, ppid)?;
+    // The new task's id in crest's namespace.
+    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
+        pid: who,
+        what: "a clone that reported no new task".into(),
+    })?;
+    let pid = if thread { ppid } else { got };
+    let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to the new task")?;
+    t.set_syscall_ip(parent.syscall_ip());
+    if has_ids(got, want) {
+        return Ok(Some(t));
+    }
+    if thread {
+        // exit, not exit_group: only the wrong thread ends
+        t.syscall_raw(60, &[0]).ok();
+        t.leak();
+        let _ = ptrace::wait(got);
+    } else {
+        let seen = seen_by(ppid, got);
+        drop(t); // killed, and reaped by crest as its tracer
+        if let Some(s) = seen {
+            reap_in(parent, s);
+        }
+    }
+    Ok(None)
 }
 
 /// Injects a plain `clone3` (no `set_tid`) into `parent`: a helper task,
@@ -495,7 +513,7 @@ pub fn fork_init_in_userns(
     child: &PstreeEntry,
     want: &[i32],
     crest_level: bool,
-    userns_holder: i32,
+    (userns_holder, joins): (i32, &[(String, u32)]),
     sibling: bool,
 ) -> Result<Tracee, RestoreError> {
     let who = child.pid as i32;
@@ -511,6 +529,51 @@ pub fn fork_init_in_userns(
     } else {
         None
     };
+    // A fork elsewhere may take one of the ids the init wants: killing an
+    // init ends its pid namespace, so each try makes the helper again.
+    for _ in 0..16 {
+        if let Some(c) = init_attempt(
+            parent.as_deref_mut(),
+            child,
+            want,
+            (middle, crest_level),
+            (userns_holder, joins),
+            sibling,
+        )? {
+            return Ok(c);
+        }
+    }
+    Err(RestoreError::Unsupported {
+        pid: who,
+        what: format!("other forks kept taking its ids {want:?}"),
+    })
+}
+
+/// One try of [`fork_init_in_userns`]: a helper in the owner of the new
+/// pid namespace forks the init; None if the init did not get its ids
+/// (it and the helper are gone again).
+fn init_attempt(
+    mut parent: Option<&mut Tracee>,
+    child: &PstreeEntry,
+    want: &[i32],
+    (middle, crest_level): (Option<i32>, bool),
+    (userns_holder, joins): (i32, &[(String, u32)]),
+    sibling: bool,
+) -> Result<Option<Tracee>, RestoreError> {
+    let who = child.pid as i32;
+    // the helper itself keeps off the ids the init wants: past them in
+    // the parent's pid namespace and in crest's
+    if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
+        crate::ns::user::write_in_task(
+            p,
+            "/proc/sys/kernel/ns_last_pid",
+            m.to_string().as_bytes(),
+        )?;
+    }
+    if let (true, Some(last)) = (crest_level, want.last()) {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", last.to_string())
+            .rat(who, "write ns_last_pid")?;
+    }
     let mut h = match parent.as_deref_mut() {
         Some(p) => {
             p.syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
@@ -527,8 +590,16 @@ pub fn fork_init_in_userns(
     } else {
         0
     };
-    crate::ns::user::enter(&mut h, userns_holder)?;
     let hp = h.pid();
+    // the init's namespaces an outer user namespace may own, joined while
+    // the helper still has rights over them
+    for (path, nstype) in joins {
+        let fd = crate::mm::restore::open_crest_side(&mut h, path, libc::O_RDONLY)?;
+        let r = h.syscall(nr::SETNS, &[fd, u64::from(*nstype)]);
+        h.syscall(nr::CLOSE, &[fd]).rat(hp, "close")?;
+        r.rat(hp, format!("setns into {path} in the pid namespace helper"))?;
+    }
+    crate::ns::user::enter(&mut h, userns_holder)?;
     h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
         .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;
     // The helper has rights over the new namespace only.
@@ -537,7 +608,7 @@ pub fn fork_init_in_userns(
         settable: 1,
         crest_last: crest_level,
     };
-    let mut c = {
+    let made = {
         let mut before = |_: &[i32]| -> Result<(), RestoreError> {
             if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
                 crate::ns::user::write_in_task(
@@ -551,18 +622,27 @@ pub fn fork_init_in_userns(
         // (clone3 takes no exit signal with CLONE_PARENT: the child gets
         // the forking task's)
         let exit_signal = if flags == 0 { libc::SIGCHLD as u64 } else { 0 };
-        clone_with(&mut h, who, &ids, flags, exit_signal, &mut before)?
+        h.trace_new_tasks().rat(hp, "trace new tasks")?;
+        clone_attempt(&mut h, who, &ids, flags, exit_signal, &mut before)?
+    };
+    let end_helper = |h: Tracee, parent: Option<&mut Tracee>| -> Result<(), RestoreError> {
+        h.exit_as(0).rat(hp, "end the pid namespace helper")?;
+        if let Some(p) = parent {
+            p.syscall(nr::WAIT4, &[u64::MAX, 0, 0, 0])
+                .rat(p.pid(), "reap the pid namespace helper")?;
+            take_sigchld(p);
+        }
+        Ok(())
+    };
+    let Some(mut c) = made else {
+        end_helper(h, parent)?;
+        return Ok(None);
     };
     if child.sid == child.pid {
         c.syscall(nr::SETSID, &[]).rat(c.pid(), "setsid")?;
     }
-    h.exit_as(0).rat(hp, "end the pid namespace helper")?;
-    if let Some(p) = parent {
-        p.syscall(nr::WAIT4, &[u64::MAX, 0, 0, 0])
-            .rat(p.pid(), "reap the pid namespace helper")?;
-        take_sigchld(p);
-    }
-    Ok(c)
+    end_helper(h, parent)?;
+    Ok(Some(c))
 }
 
 /// Forks `child` from its restored parent with its old ids (`clone3`

@@ -932,6 +932,32 @@ impl Helpers {
         self.enter_all_as(t, g, pid, inherited)
     }
 
+    /// The uts, ipc, net and cgroup namespaces of task `pid` as paths to
+    /// their holders with their types: a helper that makes a task inside a
+    /// nested user namespace joins them first (once inside, the task could
+    /// not join one an outer user namespace owns).
+    pub fn early_joins(&self, g: &OtherGraph, pid: i32) -> Vec<(String, u32)> {
+        let early = [
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWCGROUP,
+        ];
+        g.tasks
+            .iter()
+            .filter(|x| x.0 == pid)
+            .filter_map(|(_, id)| {
+                let n = g.list.iter().find(|n| n.id == *id)?;
+                if !early.contains(&(n.nstype as i32)) {
+                    return None;
+                }
+                let (_, h) = self.by_id.iter().find(|(i, _)| i == id)?;
+                let kind = kind_of_flag(n.nstype)?.name;
+                Some((format!("/proc/{}/ns/{kind}", h.pid()), n.nstype))
+            })
+            .collect()
+    }
+
     /// Moves task `t` into each of task `as_pid`'s own namespaces (all but
     /// its user namespace).
     pub fn enter_all_as(
@@ -961,6 +987,13 @@ impl Helpers {
                 kind
             };
             let path = format!("/proc/{}/ns/{file}", h.pid());
+            // in it already (forked by a task that is): nothing to do, and
+            // a task already in a nested user namespace could not setns
+            // into one its namespace does not own
+            let here = super::user::ino_of(&format!("/proc/{pid}/ns/{kind}")).ok();
+            if here.is_some() && here == super::user::ino_of(&path).ok() {
+                continue;
+            }
             let fd = crate::mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, u64::from(n.nstype)]);
             t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;

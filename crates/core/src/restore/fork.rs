@@ -44,7 +44,7 @@ pub(super) struct Forked {
 /// puts them in their sessions and groups, and ends the zombies.
 pub(super) fn fork_tree(
     ti: &TreeImages,
-    userns: &ns::user::Helpers,
+    (userns, others_h): (&ns::user::Helpers, &ns::other::Helpers),
     writers: &mut ns::pid::Writers,
     sibling: bool,
     cgroups: &[std::path::PathBuf],
@@ -64,8 +64,14 @@ pub(super) fn fork_tree(
             imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
         })?;
         let set_tid = imgs[0].set_tid(0);
-        let t =
-            pstree::fork_init_in_userns(None, &imgs[0].entry, &set_tid, false, holder, sibling)?;
+        let t = pstree::fork_init_in_userns(
+            None,
+            &imgs[0].entry,
+            &set_tid,
+            false,
+            (holder, &others_h.early_joins(others, imgs[0].pid())),
+            sibling,
+        )?;
         cur_userns[0] = root_owner;
         t
     } else {
@@ -128,7 +134,7 @@ pub(super) fn fork_tree(
                 &imgs[k].entry,
                 &set_tid,
                 ti.cut == 0,
-                holder,
+                (holder, &others_h.early_joins(others, imgs[k].pid())),
                 false,
             )?;
             cur_userns[k] = owner;

@@ -147,7 +147,13 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         actual,
         cur_userns,
         made_time,
-    } = fork_tree(&ti, &userns, &mut writers, opts.restore_sibling, &cg_dirs)?;
+    } = fork_tree(
+        &ti,
+        (&userns, &others_h),
+        &mut writers,
+        opts.restore_sibling,
+        &cg_dirs,
+    )?;
     let forking = forking.elapsed();
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
