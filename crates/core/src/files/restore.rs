@@ -1,7 +1,7 @@
 //! Restore of a task's fd table: every fd is made inside the task (files
-//! reopened by path, pipes created and refilled, eventfds and the other
-//! kinds made by their rooms), parked above the highest target number,
-//! then moved to its number. A description an earlier fd of the task made
+//! reopened by path, eventfds and the other kinds made by their rooms;
+//! pipes are made and refilled by crest and handed over), parked above the
+//! highest target number, then moved to its number. A description an earlier fd of the task made
 //! is `dup`ed; one another task made is passed over from it (`share`).
 //! Epoll watches are added last, once every fd is at its number.
 
