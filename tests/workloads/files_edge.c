@@ -7,7 +7,9 @@
  *   fd 6: a unix datagram socket bound to a path that was deleted since
  *         (the path must stay absent);
  *   fd 7: a regular file whose modification time is in the past (the
- *         restore must not touch it).
+ *         restore must not touch it);
+ *   fd 8: a unix datagram socket bound to a path whose file was then
+ *         replaced by a regular file (which must stay, with its data).
  * After the restore each is checked through the fd.
  */
 #include "wl.h"
@@ -16,7 +18,8 @@
 #include <sys/un.h>
 #include <utime.h>
 
-static char path_a[4096], path_sparse[4096], path_fifo[4096], path_sock[4096], path_old[4096];
+static char path_a[4096], path_sparse[4096], path_fifo[4096], path_sock[4096], path_old[4096],
+	path_sock2[4096];
 
 int main(int argc, char **argv)
 {
@@ -27,6 +30,7 @@ int main(int argc, char **argv)
 	snprintf(path_fifo, sizeof(path_fifo), "%s/fifo", wl_dir);
 	snprintf(path_sock, sizeof(path_sock), "%s/sock", wl_dir);
 	snprintf(path_old, sizeof(path_old), "%s/old", wl_dir);
+	snprintf(path_sock2, sizeof(path_sock2), "%s/sock2", wl_dir);
 
 	int a = open(path_a, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (a < 0 || write(a, "first", 5) != 5)
@@ -69,6 +73,18 @@ int main(int argc, char **argv)
 	if (futimens(o, ts))
 		wl_fail("futimens: %s", strerror(errno));
 
+	int u2 = socket(AF_UNIX, SOCK_DGRAM, 0);
+	struct sockaddr_un sa2 = {.sun_family = AF_UNIX};
+	if (strlen(path_sock2) >= sizeof(sa2.sun_path))
+		wl_skip("state directory path too long for a unix socket");
+	memcpy(sa2.sun_path, path_sock2, strlen(path_sock2) + 1);
+	if (u2 != 8 || bind(u2, (struct sockaddr *)&sa2, sizeof(sa2)) || unlink(path_sock2))
+		wl_fail("unix socket 2: fd %d, %s", u2, strerror(errno));
+	int r = open(path_sock2, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	if (r < 0 || write(r, "replacement", 11) != 11)
+		wl_fail("replace sock2: %s", strerror(errno));
+	close(r);
+
 	wl_ready();
 	wl_wait_term();
 	wl_after();
@@ -104,6 +120,17 @@ int main(int argc, char **argv)
 	socklen_t gl = sizeof(got);
 	if (getsockname(6, (struct sockaddr *)&got, &gl) || strcmp(got.sun_path, path_sock))
 		BAD("socket name [%s]; ", got.sun_path);
+	gl = sizeof(got);
+	if (getsockname(8, (struct sockaddr *)&got, &gl) || strcmp(got.sun_path, path_sock2))
+		BAD("socket 2 name [%s]; ", got.sun_path);
+	{
+		char rb[16] = "";
+		int r2 = open(path_sock2, O_RDONLY);
+		if (r2 < 0 || read(r2, rb, 11) != 11 || memcmp(rb, "replacement", 11))
+			BAD("the file that replaced socket 2's is gone or changed; ");
+		if (r2 >= 0)
+			close(r2);
+	}
 	if (fstat(7, &st) || st.st_mtim.tv_sec != 1000000000 || st.st_mtim.tv_nsec != 456)
 		BAD("old file mtime %lld.%09ld; ", (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
 	if (m)

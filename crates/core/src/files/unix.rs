@@ -122,14 +122,10 @@ impl FileTable {
                 .as_ref()
                 .zip(d.vfs)
                 .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
-            if !same && m.is_none() {
-                // its file was removed: bound again, then removed again
+            if !same && d.state != TCP_ESTABLISHED as u8 {
+                // its file was removed, or replaced by another: bound
+                // again (the other stepping aside), then removed again
                 deleted = Some(true);
-            } else if !same && d.state != TCP_ESTABLISHED as u8 {
-                return Err(unsupported(format!(
-                    "a unix socket bound to {}, whose file was removed or replaced",
-                    show_name(&name)
-                )));
             }
             perms = m.filter(|_| same).map(|m| FilePermsEntry {
                 mode: m.mode() & 0o7777,
@@ -564,6 +560,9 @@ fn name_taken(files: &super::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
 
 fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
+    if u.deleted == Some(true) && u.name.first() != Some(&0) {
+        return bind_deleted(t, fd, u);
+    }
     if u.name.first() != Some(&0) {
         let path = String::from_utf8_lossy(&u.name).into_owned();
         let here = format!("/proc/{pid}/root{path}");
@@ -584,12 +583,36 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
         std::os::unix::fs::lchown(&here, Some(p.uid), Some(p.gid))
             .rat(pid, "chown a socket file")?;
     }
-    if u.deleted == Some(true) && u.name.first() != Some(&0) {
-        // its file had been removed: the name stays, the file goes
-        let here = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&u.name));
-        std::fs::remove_file(&here).rat(pid, "remove the socket file again")?;
-    }
     Ok(())
+}
+
+/// A socket whose file was removed (or replaced by another file) since it
+/// was bound: bound to its name again, its file removed again; whatever
+/// holds the name now steps aside meanwhile.
+fn bind_deleted(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let path = String::from_utf8_lossy(&u.name).into_owned();
+    let here = format!("/proc/{pid}/root{path}");
+    let aside = format!("{here}.crest-aside-{}", u.ino);
+    let occupied = std::fs::symlink_metadata(&here).is_ok();
+    if occupied {
+        std::fs::rename(&here, &aside).rat(pid, format!("move {path} aside"))?;
+    }
+    let addr = kept::put(t, &sockaddr(&u.name))?;
+    let len = sockaddr(&u.name).len() as u64;
+    let bound = t
+        .syscall(nr::BIND, &[fd, addr, len])
+        .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)));
+    let removed = if bound.is_ok() {
+        std::fs::remove_file(&here).rat(pid, "remove the socket file again")
+    } else {
+        Ok(())
+    };
+    if occupied {
+        std::fs::rename(&aside, &here).rat(pid, format!("move {path} back"))?;
+    }
+    bound?;
+    removed
 }
 
 fn connect(t: &mut Tracee, fd: u64, name: &[u8]) -> Result<(), RestoreError> {
