@@ -16,48 +16,25 @@ const F_OWNER_PGRP: i32 = 2;
 
 /// The kind's `fown` of an entry (none for kinds CRIU gives none).
 fn slot(e: &mut FileEntry) -> Option<&mut FownEntry> {
-    if let Some(x) = e.reg.as_mut() {
-        return Some(&mut x.fown);
+    // each kind's message is a different type: one arm each
+    macro_rules! arm {
+        ($($f:ident),*) => {
+            $(if let Some(x) = e.$f.as_mut() { return Some(&mut x.fown); })*
+        };
     }
-    if let Some(x) = e.pipe.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.isk.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.usk.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.efd.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.epfd.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.sgfd.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.tfd.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.ify.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.memfd.as_mut() {
-        return Some(&mut x.fown);
-    }
-    if let Some(x) = e.tty.as_mut() {
-        return Some(&mut x.fown);
-    }
+    arm!(reg, pipe, isk, usk, efd, epfd, sgfd, tfd, ify, memfd, tty);
     None
 }
 
 /// The owner of an entry, if it has one.
 pub fn of(e: &FileEntry) -> Option<FownEntry> {
-    let mut e = e.clone();
-    slot(&mut e)
-        .map(|f| *f)
-        .filter(|f| f.pid != 0 || f.signum != 0)
+    macro_rules! arm {
+        ($($f:ident),*) => {
+            None$(.or(e.$f.as_ref().map(|x| x.fown)))*
+        };
+    }
+    let f: Option<FownEntry> = arm!(reg, pipe, isk, usk, efd, epfd, sgfd, tfd, ify, memfd, tty);
+    f.filter(|f| f.pid != 0 || f.signum != 0)
 }
 
 /// The process group of `pid` (from its stat).
