@@ -36,6 +36,7 @@ pub fn workloads() -> Vec<Workload> {
         c("attrs", &[], Settle::Blocked),
         c("files_edge", &[], Settle::Blocked),
         c("mem_shapes", &[], Settle::Blocked),
+        c("cow", &[], Settle::Blocked),
         c("sysv_ipc", &[], Settle::Blocked),
         c("tree_sessions", &[], Settle::Blocked),
         c("threads_busy", &["8"], Settle::Spinning),

@@ -1,7 +1,7 @@
 //! Process-tree cases that are not plain dump/restore round trips (issue 4):
 //! a dump crest must refuse (`dump_fails_cleanly`), a restore it must refuse
 //! (`restore_fails_cleanly`), and `crest dump -R` of a whole tree
-//! (`leave_running_tree`). `fork_storm` is a protocol workload (see
+//! (`leave_running_tree`, `leave_running_cow`). `fork_storm` is a protocol workload (see
 //! [`crate::case::Settle::Storm`]).
 
 use std::fs;
@@ -28,14 +28,20 @@ const CASES: [(&str, DirCase); 2] = [
 /// Runs every case whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     case::run_root_cases(cfg, report, selected, &CASES);
-    let n = case::case_name("leave_running_tree", Flavor::Host, None);
-    if selected(&n) {
-        let outcome = if cfg.root {
-            leave_running_tree(cfg, &n)
-        } else {
-            Outcome::Skip("needs root".into())
-        };
-        report.record(&n, outcome);
+    // (cow: the dump must not end the pages' sharing it reads)
+    for (case, workload) in [
+        ("leave_running_tree", "tree_sessions"),
+        ("leave_running_cow", "cow"),
+    ] {
+        let n = case::case_name(case, Flavor::Host, None);
+        if selected(&n) {
+            let outcome = if cfg.root {
+                leave_running_tree(cfg, &n, workload)
+            } else {
+                Outcome::Skip("needs root".into())
+            };
+            report.record(&n, outcome);
+        }
     }
 }
 
@@ -266,15 +272,15 @@ fn restore_refused(
     Ok(Outcome::Pass)
 }
 
-/// `crest dump -R` of `tree_sessions`: the whole tree runs on, untraced, the
-/// same tree, and its own check passes.
-fn leave_running_tree(cfg: &Config, n: &str) -> Outcome {
+/// `crest dump -R` of a tree (`workload`): the whole tree runs on,
+/// untraced, the same tree, and its own check passes.
+fn leave_running_tree(cfg: &Config, n: &str, workload: &str) -> Outcome {
     let dir = match CaseDir::create(cfg, n) {
         Ok(d) => d,
         Err(e) => return Outcome::fail(format!("{e:#}")),
     };
-    let Some(w) = crate::suite::workload("tree_sessions") else {
-        return Outcome::fail("no tree_sessions workload");
+    let Some(w) = crate::suite::workload(workload) else {
+        return Outcome::fail(format!("no {workload} workload"));
     };
     let mode = if cfg.checkpoint {
         Mode::DumpLeaveRunning

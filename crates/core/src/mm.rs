@@ -17,6 +17,7 @@ use crest_inject::{nr, Tracee};
 use std::io;
 use std::os::unix::fs::FileExt;
 
+pub mod cow;
 mod pages;
 pub mod restore;
 
@@ -300,13 +301,28 @@ pub fn dump(
             for (addr, n) in procfs::runs(&words, m.start, |b: PagemapBits| b.guard()) {
                 guards.extend([addr, n * PAGE]);
             }
-            for (addr, n) in procfs::runs(&words, m.start, keep) {
-                runs.push(pages::Run {
+            // An anonymous page another task maps too (shared copy-on-write
+            // since a fork) is read through /proc/PID/mem: the kernel gives
+            // a task its own copy of a shared page that process_vm_readv
+            // pins, and a dump must not change what it reads.
+            let cow = |b: PagemapBits| b.present() && !b.file_or_shared_anon() && !b.exclusive();
+            let mut mine: Vec<pages::Run> = Vec::new();
+            for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && !cow(b)) {
+                mine.push(pages::Run {
                     addr,
                     pages: n,
                     readable: m.read,
                 });
             }
+            for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && cow(b)) {
+                mine.push(pages::Run {
+                    addr,
+                    pages: n,
+                    readable: false,
+                });
+            }
+            mine.sort_unstable_by_key(|r| r.addr);
+            runs.extend(mine);
         }
         vmas.push(vma);
     }
@@ -388,8 +404,9 @@ fn mark_shmem_data(pid: i32, m: &MapsEntry, words: &mut [u64]) -> io::Result<()>
     Ok(())
 }
 
-/// Reads pages of a VMA that `process_vm_readv` cannot (no read
-/// permission) through `/proc/PID/mem`, which may read them by force.
+/// Reads pages that `process_vm_readv` cannot (no read permission) or
+/// must not (shared copy-on-write) through `/proc/PID/mem`, which may read
+/// them by force and does not pin them.
 fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     mem.read_exact_at(buf, addr)

@@ -735,6 +735,13 @@ pub struct ForkHow<'a> {
     pub parent_is_subreaper: bool,
 }
 
+/// Whether task `k` is forked by its parent `p` itself (not by a session
+/// helper): so when it is in its own session or in its parent's.
+pub fn forks_directly(entries: &[&PstreeEntry], k: usize, p: usize) -> bool {
+    let e = entries[k];
+    e.sid == e.pid || e.sid == entries[p].sid
+}
+
 /// Forks task `k` of `entries` (in tree order) from its parent `p`, with a
 /// session helper in between when its session leader is gone.
 pub fn fork_in_session(
@@ -761,7 +768,7 @@ pub fn fork_in_session(
         pid: e.pid as i32,
         what: "a task whose parent is a zombie".into(),
     })?;
-    if e.sid == e.pid || e.sid == entries[p].sid {
+    if forks_directly(entries, k, p) {
         return fork_child(parent, e, &how.ids, flags, before);
     }
     let sid = e.sid as i32;

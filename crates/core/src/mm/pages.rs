@@ -135,7 +135,7 @@ fn read_batch(pid: i32, batch: &[Piece], buf: &mut [u8]) -> Result<(), DumpError
         }
         let (addr, plen, _) = batch[i];
         super::read_forced(pid, addr, &mut buf[off..off + plen])
-            .at(pid, "read unreadable pages through /proc/PID/mem")?;
+            .at(pid, "read pages through /proc/PID/mem")?;
         off += plen;
         i += 1;
     }

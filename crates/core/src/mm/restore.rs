@@ -29,7 +29,7 @@ pub struct WorkArea {
     pub len: u64,
 }
 
-fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>, RestoreError> {
+pub(super) fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>, RestoreError> {
     let maps = crate::procfs::read_maps(pid).map_err(|source| RestoreError::Proc {
         pid,
         step: "read maps of the new task",
@@ -38,7 +38,7 @@ fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>, RestoreError> {
     Ok(maps.iter().map(|m| (m.start, m.end)).collect())
 }
 
-fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+pub(super) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
 }
 
@@ -88,8 +88,14 @@ pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreEr
     })
 }
 
-/// Unmaps everything the task inherited from crest but the work area.
-pub fn unmap_inherited(t: &mut Tracee, work: &WorkArea) -> Result<(), RestoreError> {
+/// Unmaps everything the task inherited from crest but the work area and
+/// the areas it keeps to share with its parent or children (`keep`, where
+/// they are now).
+pub fn unmap_inherited(
+    t: &mut Tracee,
+    work: &WorkArea,
+    keep: &[(u64, u64)],
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     let work_range = (work.addr, work.addr + work.len);
     for (start, end) in current_ranges(pid)? {
@@ -99,10 +105,32 @@ pub fn unmap_inherited(t: &mut Tracee, work: &WorkArea) -> Result<(), RestoreErr
         if start >= 0xffff_ffff_ff60_0000 {
             continue; // vsyscall cannot be unmapped
         }
-        t.syscall(nr::MUNMAP, &[start, end - start])
-            .rat(pid, format!("munmap inherited {start:#x}-{end:#x}"))?;
+        for (s, e) in minus((start, end), keep) {
+            t.syscall(nr::MUNMAP, &[s, e - s])
+                .rat(pid, format!("munmap inherited {s:#x}-{e:#x}"))?;
+        }
     }
     Ok(())
+}
+
+/// The parts of `r` outside every range of `holes`.
+fn minus(r: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut parts = vec![r];
+    for &(hs, he) in holes {
+        parts = parts
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if !overlaps((s, e), (hs, he)) {
+                    return vec![(s, e)];
+                }
+                [(s, hs.max(s)), (he.min(e), e)]
+                    .into_iter()
+                    .filter(|(a, b)| a < b)
+                    .collect()
+            })
+            .collect();
+    }
+    parts
 }
 
 fn is_special(v: &VmaEntry) -> bool {
@@ -117,25 +145,26 @@ pub type SharedAnon = std::collections::HashMap<u64, (i32, u64, u64)>;
 
 /// Whether the pagemap has pages inside the VMA (which must then be
 /// writable while it is filled).
-fn has_pages(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
+pub(super) fn has_pages(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
     pagemap
         .iter()
         .any(|e| e.vaddr >= v.start && e.vaddr < v.end)
 }
 
-/// Maps every dumped VMA but vdso/vvar: with its final protection, plus
-/// write permission where pages are to be filled.
+/// Maps every dumped VMA but vdso/vvar and those already in place
+/// (`placed`, see `cow`): with its final protection, plus write permission
+/// where pages are to be filled.
 pub fn map_vmas(
     t: &mut Tracee,
-    mm: &MmEntry,
-    pagemap: &[PagemapEntry],
+    (mm, pagemap): (&MmEntry, &[PagemapEntry]),
+    placed: &[(u64, u64)],
     files: &mut RestoreFiles,
     shared: &mut SharedAnon,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     // One fd per mapped file and mode, closed at the end.
     let mut open: std::collections::HashMap<(String, i32), u64> = std::collections::HashMap::new();
-    let res = map_each(t, mm, pagemap, files, shared, &mut open);
+    let res = map_each(t, (mm, pagemap), placed, files, shared, &mut open);
     for fd in open.into_values() {
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
     }
@@ -144,14 +173,17 @@ pub fn map_vmas(
 
 fn map_each(
     t: &mut Tracee,
-    mm: &MmEntry,
-    pagemap: &[PagemapEntry],
+    (mm, pagemap): (&MmEntry, &[PagemapEntry]),
+    placed: &[(u64, u64)],
     files: &mut RestoreFiles,
     shared: &mut SharedAnon,
     open: &mut std::collections::HashMap<(String, i32), u64>,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        if placed.contains(&(v.start, v.end)) {
+            continue;
+        }
         if v.end <= v.start || v.start % PAGE != 0 || v.end % PAGE != 0 {
             return Err(bad_vma(pid, v, "bad bounds"));
         }
@@ -368,15 +400,44 @@ pub fn close_crest_root(t: &mut Tracee) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Fills the pages from the pages file, on two CPUs at once: the task
-/// reads the first part itself with injected `preadv` calls (one copy, at
-/// most 1024 runs each), while a crest thread writes the rest with
+/// A run of pages: where it goes, its length and where it is in the pages
+/// file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub addr: u64,
+    pub len: u64,
+    pub off: u64,
+}
+
+/// The pagemap's runs with their offsets in the pages file (stored one
+/// after the other, in pagemap order).
+pub fn page_runs(pagemap: &[PagemapEntry]) -> Vec<Run> {
+    let mut off = 0u64;
+    pagemap
+        .iter()
+        .map(|e| {
+            let len = nr_pages(e).saturating_mul(PAGE);
+            let r = Run {
+                addr: e.vaddr,
+                len,
+                off,
+            };
+            off = off.saturating_add(len);
+            r
+        })
+        .collect()
+}
+
+/// Fills the pages from the pages file (but those of the areas in
+/// `placed`, which have theirs), on two CPUs at once: the task reads the
+/// first part itself with injected `preadv` calls (one copy, at most 1024
+/// runs each), while a crest thread writes the rest with
 /// `process_vm_writev`. The page faults in the fresh memory, the slow part,
 /// are thus taken in parallel.
 pub fn fill_pages(
     t: &mut Tracee,
-    mm: &MmEntry,
-    pagemap: &[PagemapEntry],
+    (mm, pagemap): (&MmEntry, &[PagemapEntry]),
+    placed: &[(u64, u64)],
     pages_path: &str,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -384,11 +445,13 @@ pub fn fill_pages(
     if pagemap.is_empty() {
         return Ok(());
     }
-    let runs: Vec<(u64, u64)> = pagemap
-        .iter()
-        .map(|e| (e.vaddr, nr_pages(e) * PAGE))
+    let all = page_runs(pagemap);
+    let need = all.last().map_or(0, |r| r.off + r.len);
+    let runs: Vec<Run> = all
+        .into_iter()
+        .filter(|r| !placed.iter().any(|p| r.addr >= p.0 && r.addr < p.1))
         .collect();
-    let total: u64 = runs.iter().map(|r| r.1).sum();
+    let total: u64 = runs.iter().map(|r| r.len).sum();
     let split = if total >= 64 << 20 { total / 2 } else { total };
     let (mine, theirs) = split_runs(&runs, split);
     let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
@@ -396,15 +459,15 @@ pub fn fill_pages(
         .metadata()
         .rat(pid, format!("stat {pages_path}"))?
         .len();
-    if len < total {
+    if len < need {
         return Err(RestoreError::BadImage {
             pid,
             file: pages_path.to_string(),
-            what: format!("holds {len} bytes, the pagemap needs {total}"),
+            what: format!("holds {len} bytes, the pagemap needs {need}"),
         });
     }
     std::thread::scope(|s| {
-        let helper = s.spawn(|| write_runs(pid, &file, &theirs, split, pages_path));
+        let helper = s.spawn(|| write_runs(pid, &file, &theirs, pages_path));
         let res = read_in_task(t, &mine, pages_path);
         let helped = helper.join().unwrap_or_else(|_| {
             Err(RestoreError::Unsupported {
@@ -416,39 +479,50 @@ pub fn fill_pages(
     })
 }
 
-/// Memory runs: (address, bytes).
-type Runs = Vec<(u64, u64)>;
-
 /// Splits runs at byte `at` of their concatenation.
-fn split_runs(runs: &[(u64, u64)], at: u64) -> (Runs, Runs) {
+fn split_runs(runs: &[Run], at: u64) -> (Vec<Run>, Vec<Run>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut seen = 0u64;
-    for &(addr, len) in runs {
-        if seen + len <= at {
-            a.push((addr, len));
+    for &r in runs {
+        if seen + r.len <= at {
+            a.push(r);
         } else if seen >= at {
-            b.push((addr, len));
+            b.push(r);
         } else {
             let head = at - seen;
-            a.push((addr, head));
-            b.push((addr + head, len - head));
+            a.push(Run { len: head, ..r });
+            b.push(Run {
+                addr: r.addr + head,
+                len: r.len - head,
+                off: r.off + head,
+            });
         }
-        seen += len;
+        seen += r.len;
     }
     (a, b)
 }
 
-/// The task reads `runs` from the start of the pages file.
-fn read_in_task(t: &mut Tracee, runs: &[(u64, u64)], pages_path: &str) -> Result<(), RestoreError> {
+/// The task reads `runs` from the pages file.
+fn read_in_task(t: &mut Tracee, runs: &[Run], pages_path: &str) -> Result<(), RestoreError> {
     let pid = t.pid();
     if runs.is_empty() {
         return Ok(());
     }
     let fd = open_crest_side(t, pages_path, libc::O_RDONLY)?;
-    let mut file_off = 0u64;
+    // one preadv reads runs that follow each other in the file
+    let mut file_off = runs[0].off;
     let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOVS_PER_CALL);
     let mut batch_bytes = 0u64;
-    for &(mut addr, mut left) in runs {
+    for r in runs {
+        if r.off != file_off + batch_bytes && !batch.is_empty() {
+            preadv(t, fd, &batch, file_off, pages_path)?;
+            batch.clear();
+            batch_bytes = 0;
+        }
+        if batch.is_empty() {
+            file_off = r.off;
+        }
+        let (mut addr, mut left) = (r.addr, r.len);
         while left > 0 {
             let take = left.min(MAX_PREADV - batch_bytes);
             batch.push((addr, take));
@@ -469,13 +543,12 @@ fn read_in_task(t: &mut Tracee, runs: &[(u64, u64)], pages_path: &str) -> Result
     Ok(())
 }
 
-/// Writes `runs`, stored in the pages file from `offset` on, into the task
-/// with `process_vm_writev`.
+/// Writes `runs` from the pages file into the task with
+/// `process_vm_writev`.
 fn write_runs(
     pid: i32,
     file: &std::fs::File,
-    runs: &[(u64, u64)],
-    mut offset: u64,
+    runs: &[Run],
     pages_path: &str,
 ) -> Result<(), RestoreError> {
     use std::os::unix::fs::FileExt;
@@ -500,7 +573,17 @@ fn write_runs(
             pending.clear();
             Ok(())
         };
-    for &(mut addr, mut left) in runs {
+    // one read takes runs that follow each other in the file
+    let mut offset = runs.first().map_or(0, |r| r.off);
+    for r in runs {
+        if r.off != offset + pending_len && pending_len > 0 {
+            flush(&mut pending, pending_len, offset)?;
+            pending_len = 0;
+        }
+        if pending_len == 0 {
+            offset = r.off;
+        }
+        let (mut addr, mut left) = (r.addr, r.len);
         while left > 0 {
             let take = left.min(CHUNK - pending_len);
             pending.push((addr, take as usize));
@@ -750,15 +833,30 @@ pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), Rest
 
 #[cfg(test)]
 mod tests {
-    use super::split_runs;
+    use super::{minus, split_runs, Run};
+
+    fn run(addr: u64, len: u64, off: u64) -> Run {
+        Run { addr, len, off }
+    }
 
     #[test]
     fn split_runs_cuts_inside_a_run() {
-        let runs = [(0x1000, 0x3000), (0x10000, 0x2000)];
+        let runs = [run(0x1000, 0x3000, 0), run(0x10000, 0x2000, 0x3000)];
         let (a, b) = split_runs(&runs, 0x4000);
-        assert_eq!(a, vec![(0x1000, 0x3000), (0x10000, 0x1000)]);
-        assert_eq!(b, vec![(0x11000, 0x1000)]);
+        assert_eq!(a, vec![runs[0], run(0x10000, 0x1000, 0x3000)]);
+        assert_eq!(b, vec![run(0x11000, 0x1000, 0x4000)]);
         let (a, b) = split_runs(&runs, 0x5000);
         assert_eq!((a.len(), b.len()), (2, 0));
+    }
+
+    #[test]
+    fn minus_cuts_holes_out() {
+        assert_eq!(minus((0, 10), &[]), vec![(0, 10)]);
+        assert_eq!(
+            minus((0, 10), &[(2, 4), (6, 7)]),
+            vec![(0, 2), (4, 6), (7, 10)]
+        );
+        assert_eq!(minus((0, 10), &[(0, 10)]), vec![]);
+        assert_eq!(minus((5, 10), &[(0, 6), (20, 30)]), vec![(6, 10)]);
     }
 }

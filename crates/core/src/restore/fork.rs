@@ -38,12 +38,16 @@ pub(super) struct Forked {
     /// Time namespaces that a task made for its children (unshare without
     /// fork), made again by it: its children got them at fork.
     pub(super) made_time: std::collections::HashSet<u32>,
+    /// The areas each task holds to share pages with its parent or its
+    /// children (see `mm::cow`).
+    pub(super) held: Vec<Vec<mm::cow::Held>>,
 }
 
 /// Forks every task from its parent with its pid (the root from crest),
 /// puts them in their sessions and groups, and ends the zombies.
 pub(super) fn fork_tree(
     ti: &TreeImages,
+    dir: &std::path::Path,
     (userns, others_h): (&ns::user::Helpers, &ns::other::Helpers),
     writers: &mut ns::pid::Writers,
     sibling: bool,
@@ -55,6 +59,7 @@ pub(super) fn fork_tree(
     let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
     let mut made_time = std::collections::HashSet::new();
     let mut helpers = pstree::Helpers::default();
+    let mut sharing = Sharing::new(imgs, dir);
     let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
     let root_owner = pidns_owner(&imgs[0], pidns);
     let root = if root_new_pidns && root_owner != 1 {
@@ -78,6 +83,7 @@ pub(super) fn fork_tree(
         spawn_root(&imgs[0], root_new_pidns, sibling)?
     };
     ns::cgroup::place(root.pid(), cgroups)?;
+    sharing.held.push(Vec::new());
     let mut actual = vec![root.pid()];
     tasks.push(Some(root));
     for k in 1..imgs.len() {
@@ -140,6 +146,8 @@ pub(super) fn fork_tree(
             cur_userns[k] = owner;
             actual.push(child.pid());
             tasks.push(Some(child));
+            // (forked by a helper: it has none of its parent's memory)
+            sharing.held.push(Vec::new());
             continue;
         }
         let levels = levels_of(ti, &actual, k, cur_userns[p])?;
@@ -161,10 +169,15 @@ pub(super) fn fork_tree(
             }
             Ok(())
         };
+        let direct = pstree::forks_directly(&entries, k, p);
+        if direct {
+            sharing.prepare(&mut tasks, p)?;
+        }
         let child =
             pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how, &mut before)?;
         actual.push(child.pid());
         tasks.push(Some(child));
+        sharing.forked(p, direct);
     }
     let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
     // a group helper is forked by a member, in the member's user namespace
@@ -187,7 +200,78 @@ pub(super) fn fork_tree(
         actual,
         cur_userns,
         made_time,
+        held: sharing.held,
     })
+}
+
+/// Pages shared copy-on-write between parents and children: each task's
+/// held areas (see `mm::cow`), made once before it forks its first child.
+struct Sharing<'a> {
+    imgs: &'a [TaskImage],
+    dir: &'a std::path::Path,
+    /// Every VMA of the tree: held areas stay clear of them.
+    avoid: Vec<(u64, u64)>,
+    held: Vec<Vec<mm::cow::Held>>,
+    prepared: Vec<bool>,
+}
+
+impl<'a> Sharing<'a> {
+    fn new(imgs: &'a [TaskImage], dir: &'a std::path::Path) -> Self {
+        let avoid = imgs
+            .iter()
+            .filter_map(|i| i.live.as_ref())
+            .flat_map(|l| l.mm.vmas.iter().map(|v| (v.start, v.end)))
+            .collect();
+        Sharing {
+            imgs,
+            dir,
+            avoid,
+            held: Vec::with_capacity(imgs.len()),
+            prepared: vec![false; imgs.len()],
+        }
+    }
+
+    /// Task `p` about to fork a child: its held areas made, once.
+    fn prepare(&mut self, tasks: &mut [Option<Tracee>], p: usize) -> Result<(), RestoreError> {
+        if self.prepared[p] {
+            return Ok(());
+        }
+        self.prepared[p] = true;
+        let (Some(t), Some(live)) = (tasks[p].as_mut(), self.imgs[p].live.as_ref()) else {
+            return Ok(());
+        };
+        let children: Vec<&crest_images::pb::MmEntry> = (1..self.imgs.len())
+            .filter(|&c| parent_index(self.imgs, c).ok() == Some(p))
+            .filter_map(|c| self.imgs[c].live.as_ref().map(|l| &l.mm))
+            .collect();
+        let pages = self
+            .dir
+            .join(crest_images::names::pages(live.pages_id))
+            .to_string_lossy()
+            .into_owned();
+        self.held[p] = mm::cow::prepare(
+            t,
+            (&live.mm, &live.pagemap, &pages),
+            &self.held[p],
+            &children,
+            &self.avoid,
+        )?;
+        Ok(())
+    }
+
+    /// A child of `p` forked: straight from `p` (it has `p`'s held areas)
+    /// or through a helper (it has none).
+    fn forked(&mut self, p: usize, direct: bool) {
+        let h = if direct {
+            self.held[p]
+                .iter()
+                .map(mm::cow::Held::handed_down)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.held.push(h);
+    }
 }
 
 /// Zombies end now, with their exit status, in their user namespace and

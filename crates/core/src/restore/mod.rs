@@ -147,8 +147,10 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         actual,
         cur_userns,
         made_time,
+        held,
     } = fork_tree(
         &ti,
+        dir,
         (&userns, &others_h),
         &mut writers,
         opts.restore_sibling,
@@ -189,6 +191,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
             (shares_files, shares_fs),
             cur_userns[k],
             thread_levels[k],
+            &held[k],
         )?;
     }
 

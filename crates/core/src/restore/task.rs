@@ -37,6 +37,7 @@ pub(super) fn transform(
     (shares_files, shares_fs): (bool, bool),
     cur_userns: u32,
     tl: ns::pid::Levels,
+    held: &[mm::cow::Held],
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
     let (files, dir) = (&mut *ctx.files, ctx.dir);
@@ -62,13 +63,24 @@ pub(super) fn transform(
     if !shares_files {
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
     }
-    mm::restore::unmap_inherited(t, &work)?;
-    mm::restore::map_vmas(t, &live.mm, &live.pagemap, files, &mut ctx.shared)?;
     let pages = absolute(dir)
         .rat(pid, "images directory path")?
         .join(names::pages(live.pages_id));
+    let pages = pages.to_string_lossy();
+    let mem = (&live.mm, &live.pagemap[..]);
+    // (areas held since the fork to share pages with the parent or the
+    // children move to their place)
+    let kept = mm::cow::kept(held, &live.mm);
+    let now: Vec<(u64, u64)> = kept
+        .iter()
+        .map(|h| (h.at, h.at + h.end - h.start))
+        .collect();
+    mm::restore::unmap_inherited(t, &work, &now)?;
+    mm::cow::place(t, (mem.0, mem.1, &pages), &kept)?;
+    let placed: Vec<(u64, u64)> = kept.iter().map(|h| (h.start, h.end)).collect();
+    mm::restore::map_vmas(t, mem, &placed, files, &mut ctx.shared)?;
     let started = std::time::Instant::now();
-    mm::restore::fill_pages(t, &live.mm, &live.pagemap, &pages.to_string_lossy())?;
+    mm::restore::fill_pages(t, mem, &placed, &pages)?;
     crate::debug!(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
