@@ -20,9 +20,10 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 2] = [
+const CASES: [(&str, DirCase); 3] = [
     ("netfilter_refused", netfilter_refused),
     ("tmpfs_covered_refused", tmpfs_covered_refused),
+    ("ebpf_filter_refused", ebpf_filter_refused),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -53,6 +54,24 @@ fn netfilter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
     )
 }
 
+/// A socket filter attached with `SO_ATTACH_BPF`: the kernel keeps no copy
+/// crest could read back, so the dump is refused naming it.
+fn ebpf_filter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !found("unshare") {
+        return Ok(Outcome::Skip(
+            "unshare not found (Debian package util-linux)".into(),
+        ));
+    }
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("sock_attrs", "ebpf"),
+        &["SO_ATTACH_BPF"],
+    )
+}
+
 fn tmpfs_covered_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     if !found("unshare") {
         return Ok(Outcome::Skip(
@@ -79,9 +98,22 @@ fn refused(
     setup: &str,
     want: &[&str],
 ) -> Result<Outcome> {
+    refused_in(cfg, dir, procs, (flags, setup), ("small_tree", ""), want)
+}
+
+/// [`refused`] with workload `program` and its arguments (after the state
+/// directory).
+fn refused_in(
+    cfg: &Config,
+    dir: &CaseDir,
+    procs: &mut Procs,
+    (flags, setup): (&[&str], &str),
+    (program, args): (&str, &str),
+    want: &[&str],
+) -> Result<Outcome> {
     let script = format!(
-        "{setup} && exec {} {}",
-        cfg.workload("small_tree").display(),
+        "{setup} && exec {} {} {args}",
+        cfg.workload(program).display(),
         dir.state.display()
     );
     let mut cmd = Command::new(cfg.workload("launch"));

@@ -34,6 +34,7 @@ pub fn workloads() -> Vec<Workload> {
         c("fpu_avx", &[], Settle::Spinning),
         c("misc_state", &[], Settle::Blocked),
         c("attrs", &[], Settle::Blocked),
+        c("sock_attrs", &[], Settle::Blocked),
         c("files_edge", &[], Settle::Blocked),
         c("mem_shapes", &[], Settle::Blocked),
         c("cow", &[], Settle::Blocked),

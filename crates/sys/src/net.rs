@@ -40,6 +40,24 @@ pub fn getsockopt_bytes(
     Ok(buf)
 }
 
+/// `getsockopt(fd, level, name)` with `buf` both the question the kernel
+/// reads (an option like `MCAST_MSFILTER` takes one) and the room for its
+/// answer; returns the length it reports.
+pub fn getsockopt_inout(
+    fd: &impl AsRawFd,
+    level: i32,
+    name: i32,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut l = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is live and has room for `l` bytes; `l` is a valid out
+    // pointer.
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut l) };
+    ret(r)?;
+    Ok(l as usize)
+}
+
 /// `getsockopt(fd, level, name)` of an int option.
 pub fn getsockopt_int(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<i32> {
     let b = getsockopt_bytes(fd, level, name, 4)?;

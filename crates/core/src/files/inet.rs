@@ -203,7 +203,11 @@ impl FileTable {
             .then(|| int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0))
             .transpose()
             .at(pid, "IPV6_V6ONLY")?;
-        let opts = skopts::dump(&copy).at(pid, "read socket options")?;
+        let mut opts = skopts::dump(&copy).at(pid, "read socket options")?;
+        if is_udp {
+            opts.crest_mcast =
+                super::mcast::dump(pid, &copy, family).at(pid, "read multicast groups")?;
+        }
         let id = self.push(FileEntry {
             r#type: FdTypes::Inetsk as i32,
             id: 0,
@@ -500,6 +504,7 @@ fn make(
         })?;
     }
     skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
+    super::mcast::restore(&c, s.family, &s.opts.crest_mcast).rat(pid, at("multicast groups"))?;
     if s.opts.reuseaddr != Some(true) {
         setsockopt_int(&c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).rat(pid, at("SO_REUSEADDR"))?;
     }

@@ -27,6 +27,7 @@ pub mod inet;
 pub mod inotify;
 pub mod kept;
 pub mod lock;
+pub mod mcast;
 pub mod memfd;
 pub mod mqueue;
 pub mod pidfd;

@@ -18,6 +18,7 @@ const SOL: i32 = libc::SOL_SOCKET;
 
 /// Options newer than the libc crate's tables.
 const SO_BUF_LOCK: i32 = 72;
+const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
 const IPV6_FREEBIND: i32 = 78;
 
 /// Which sockets an option applies to.
@@ -28,6 +29,8 @@ enum For {
     Ip4,
     Ip6,
     Tcp,
+    /// A TCP socket not connected (closed or listening).
+    TcpIdle,
     Udp,
     /// Not on a stream socket (the kernel refuses to set multicast options
     /// there).
@@ -238,13 +241,52 @@ const RAW: &[(i32, i32, For, When, usize)] = &[
         When::Normal,
         16,
     ),
+    // what the user set on a socket not connected (the kernel answers its
+    // own figures once it is)
+    (
+        libc::SOL_TCP,
+        libc::TCP_MAXSEG,
+        For::TcpIdle,
+        When::Normal,
+        4,
+    ),
+    (
+        libc::SOL_TCP,
+        libc::TCP_WINDOW_CLAMP,
+        For::TcpIdle,
+        When::Normal,
+        4,
+    ),
+    (
+        libc::SOL_TCP,
+        libc::TCP_FASTOPEN,
+        For::TcpIdle,
+        When::Normal,
+        4,
+    ),
+    // (settable only before listen)
+    (
+        libc::SOL_TCP,
+        libc::TCP_FASTOPEN_CONNECT,
+        For::TcpIdle,
+        When::Early,
+        4,
+    ),
+    (
+        libc::SOL_TCP,
+        TCP_FASTOPEN_NO_COOKIE,
+        For::Tcp,
+        When::Normal,
+        4,
+    ),
     (libc::SOL_UDP, libc::UDP_CORK, For::Udp, When::Normal, 4),
     (libc::SOL_UDP, libc::UDP_SEGMENT, For::Udp, When::Normal, 4),
     (libc::SOL_UDP, libc::UDP_GRO, For::Udp, When::Normal, 4),
 ];
 
-/// Whether option row `f` applies to a socket of `family` and `proto`.
-fn applies(f: For, family: i32, proto: i32) -> bool {
+/// Whether option row `f` applies to a socket of `family` and `proto`
+/// (`idle`: a TCP socket closed or listening).
+fn applies(f: For, family: i32, proto: i32, idle: bool) -> bool {
     let inet = family == libc::AF_INET || family == libc::AF_INET6;
     match f {
         For::Any => true,
@@ -252,6 +294,7 @@ fn applies(f: For, family: i32, proto: i32) -> bool {
         For::Ip4 => family == libc::AF_INET,
         For::Ip6 => family == libc::AF_INET6,
         For::Tcp => inet && proto == libc::IPPROTO_TCP,
+        For::TcpIdle => inet && proto == libc::IPPROTO_TCP && idle,
         For::Udp => inet && proto == libc::IPPROTO_UDP,
         For::Ip4Dgram => family == libc::AF_INET && proto != libc::IPPROTO_TCP,
         For::Ip6Dgram => family == libc::AF_INET6 && proto != libc::IPPROTO_TCP,
@@ -264,8 +307,11 @@ fn dump_raw(fd: &impl AsFd) -> Vec<CrestSockopt> {
     let fd = fd.as_fd();
     let family = getsockopt_int(&fd, SOL, libc::SO_DOMAIN).unwrap_or(-1);
     let proto = getsockopt_int(&fd, SOL, libc::SO_PROTOCOL).unwrap_or(-1);
+    // TCP_CLOSE 7, TCP_LISTEN 10: the first byte of TCP_INFO
+    let idle = getsockopt_bytes(&fd, libc::SOL_TCP, libc::TCP_INFO, 1)
+        .is_ok_and(|b| b.first().is_some_and(|s| [7, 10].contains(s)));
     RAW.iter()
-        .filter(|r| applies(r.2, family, proto))
+        .filter(|r| applies(r.2, family, proto, idle))
         .filter_map(|&(level, name, _, _, len)| {
             let value = getsockopt_bytes(&fd, level, name, len).ok()?;
             Some(CrestSockopt { level, name, value })
@@ -351,9 +397,18 @@ pub fn dump(fd: &impl AsFd) -> io::Result<SkOptsEntry> {
                     .to_string()
             })
             .filter(|d| !d.is_empty()),
-        so_filter: crest_sys::net::get_filter(&fd)?,
+        so_filter: crest_sys::net::get_filter(&fd).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EACCES) {
+                // (the kernel keeps no program it can give back for a
+                // filter attached with SO_ATTACH_BPF)
+                io::Error::other("an eBPF socket filter (SO_ATTACH_BPF), which crest cannot read")
+            } else {
+                e
+            }
+        })?,
         so_reuseport: flag(libc::SO_REUSEPORT).ok(),
         crest_raw: dump_raw(&fd),
+        crest_mcast: Vec::new(),
     })
 }
 
