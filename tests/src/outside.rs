@@ -150,8 +150,8 @@ fn link(path: &str) -> String {
         .unwrap_or_else(|e| format!("unreadable: {}", e.kind()))
 }
 
-/// Every mapping with its protection, offset, name and `VmFlags`, keyed
-/// by its start. Adjacent anonymous mappings with the same protection and
+/// Every mapping with its protection, offset, name, `VmFlags` and NUMA
+/// policy (`numa_maps`), keyed by its start. Adjacent anonymous mappings with the same protection and
 /// flags are shown as one: the kernel merges such neighbours when it can
 /// and a restore may make one mapping of two that never merged (as CRIU's
 /// suite compares maps). Device and inode are left out (anonymous shared
@@ -161,13 +161,17 @@ fn maps(v: &mut View, pid: i32) {
         put(v, format!("pid {pid} smaps"), "unreadable");
         return;
     };
+    let policies = numa_policies(pid);
     // (start, end, perms offset name, flags)
     let mut list: Vec<(String, String, String, String)> = Vec::new();
     let mut cur: Option<(String, String, String)> = None;
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             if let Some((start, end, head)) = cur.take() {
-                let flags = flags.split_whitespace().collect::<Vec<_>>().join(" ");
+                let mut flags = flags.split_whitespace().collect::<Vec<_>>().join(" ");
+                if let Some(p) = policies.get(&start).filter(|p| *p != "default") {
+                    flags = format!("{flags} | {p}");
+                }
                 list.push((start, end, head, flags));
             }
             continue;
@@ -204,6 +208,25 @@ fn maps(v: &mut View, pid: i32) {
             format!("{end} {head} | {flags}"),
         );
     }
+}
+
+/// Each mapping's own NUMA policy by its start (two of the kernel's mode
+/// names hold a space).
+fn numa_policies(pid: i32) -> std::collections::HashMap<String, String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (start, rest) = line.split_once(' ')?;
+            let words =
+                if rest.starts_with("weighted interleave") || rest.starts_with("prefer (many)") {
+                    2
+                } else {
+                    1
+                };
+            let policy = rest.split(' ').take(words).collect::<Vec<_>>().join(" ");
+            Some((start.to_string(), policy))
+        })
+        .collect()
 }
 
 /// Every fd: what it is, its fdinfo, and a socket's options.

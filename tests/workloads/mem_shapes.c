@@ -8,11 +8,15 @@
  *     page written, the rest beyond EOF);
  *   a MAP_PRIVATE mapping of /dev/zero with data;
  *   a MAP_PRIVATE mapping of a shared memory file (memfd) with one page
- *     changed privately and one left to the file.
+ *     changed privately and one left to the file;
+ *   NUMA policies of ranges (mbind): MPOL_BIND to node 0 on half of an
+ *     area, MPOL_INTERLEAVE|MPOL_F_STATIC_NODES on another, where the
+ *     kernel has NUMA.
  */
 #include "wl.h"
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
@@ -85,6 +89,23 @@ int main(int argc, char **argv)
 		wl_fail("mmap memfd: %s", strerror(errno));
 	fill(priv + PG, PG, 7); /* page 1 is private now; page 0 is the file's */
 
+	/* NUMA policies of ranges: read back with get_mempolicy(MPOL_F_ADDR) */
+	char *numa = mmap(NULL, 6 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned long node0 = 1;
+	int have_numa = syscall(SYS_mbind, numa, 2 * PG, 2 /* MPOL_BIND */, &node0, 64, 0) == 0;
+	if (have_numa &&
+	    syscall(SYS_mbind, numa + 4 * PG, 2 * PG, 3 | (1 << 15) /* interleave, static */, &node0,
+		    64, 0))
+		wl_fail("mbind interleave: %s", strerror(errno));
+	fill(numa, 6 * PG, 8);
+	int numa_before[3] = {-1, -1, -1};
+	for (int i = 0; have_numa && i < 3; i++) {
+		unsigned long mask = 0;
+		if (syscall(SYS_get_mempolicy, &numa_before[i], &mask, 64, numa + 2 * i * PG,
+			    2 /* MPOL_F_ADDR */))
+			wl_fail("get_mempolicy: %s", strerror(errno));
+	}
+
 	wl_ready();
 	wl_wait_term();
 	wl_after();
@@ -136,6 +157,20 @@ int main(int argc, char **argv)
 	shared[0] = 'X';
 	if (priv[0] != 'X')
 		BAD("private memfd page 0 no longer follows the file; ");
+	for (int i = 0; have_numa && i < 3; i++) {
+		int mode = -1;
+		unsigned long mask = 0;
+		if (syscall(SYS_get_mempolicy, &mode, &mask, 64, numa + 2 * i * PG, 2))
+			BAD("get_mempolicy: %s; ", strerror(errno));
+		else if (mode != numa_before[i])
+			BAD("range %d of the NUMA area had policy %#x, now %#x; ", i, numa_before[i],
+			    mode);
+	}
+	if (have_numa && (numa_before[0] != 2 || numa_before[1] != 0))
+		BAD("setup: the NUMA policies read %#x %#x before the dump; ", numa_before[0],
+		    numa_before[1]);
+	if (!same(numa, 6 * PG, 8))
+		BAD("NUMA area data differs; ");
 	if (m)
 		wl_fail("%s", msg);
 	wl_pass();

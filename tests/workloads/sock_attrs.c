@@ -4,7 +4,8 @@
  *   multicast memberships of UDP sockets on the loopback device: an IPv4
  *     group joined with IP_ADD_MEMBERSHIP, an IPv4 group joined for one
  *     source only (IP_ADD_SOURCE_MEMBERSHIP), an IPv4 group with a blocked
- *     source (MCAST_BLOCK_SOURCE), an IPv6 group (IPV6_ADD_MEMBERSHIP);
+ *     source (MCAST_BLOCK_SOURCE), an IPv6 group (IPV6_ADD_MEMBERSHIP) and
+ *     an IPv4 group joined by that IPv6 socket;
  *     a group never joined stays unjoined;
  *   a listening TCP socket's TCP_MAXSEG, TCP_WINDOW_CLAMP and TCP_FASTOPEN
  *     queue, a closed one's TCP_FASTOPEN_CONNECT.
@@ -153,12 +154,15 @@ int main(int argc, char **argv)
 		inet_pton(AF_INET6, "ff15::1:2", &m6.ipv6mr_multiaddr);
 		have_mc6 = mc6 >= 0 &&
 			   setsockopt(mc6, IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP, &m6, sizeof(m6)) == 0;
+		inet_pton(AF_INET, "239.1.2.6", &mr.imr_multiaddr);
+		if (have_mc6 && setsockopt(mc6, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof(mr)))
+			wl_fail("IPv4 group on an IPv6 socket: %s", strerror(errno));
 	}
 	struct group groups[] = {
 		{&mc, 0, "239.1.2.3", {0}},  {&mc, 0, "239.1.2.4", {0}}, {&mc2, 0, "239.1.2.5", {0}},
-		{&mc2, 0, "239.1.2.3", {0}}, {&mc6, 1, "ff15::1:2", {0}},
+		{&mc2, 0, "239.1.2.3", {0}}, {&mc6, 1, "ff15::1:2", {0}}, {&mc6, 0, "239.1.2.6", {0}},
 	};
-	int ngroups = have_mc ? (have_mc6 ? 5 : 4) : 0;
+	int ngroups = have_mc ? (have_mc6 ? 6 : 4) : 0;
 	for (int i = 0; i < ngroups; i++)
 		groups[i].before = msfilter(*groups[i].fd, groups[i].v6, lo, groups[i].addr);
 

@@ -24,6 +24,13 @@ pub const MEMPOLICY_WORDS: usize = 16;
 
 /// The thread's NUMA memory policy: mode (with its flags) and node mask.
 fn dump_mempolicy(t: &mut Tracee) -> Result<(u32, Vec<u64>), DumpError> {
+    get_mempolicy(t, None)
+}
+
+/// `get_mempolicy` in the task: the thread's policy, or with `addr` the
+/// policy of the range holding it (mode 0 when it has none of its own).
+pub fn get_mempolicy(t: &mut Tracee, addr: Option<u64>) -> Result<(u32, Vec<u64>), DumpError> {
+    const MPOL_F_ADDR: u64 = 2;
     let pid = t.pid();
     let buf = t
         .scratch(8 + 8 * MEMPOLICY_WORDS)
@@ -31,7 +38,13 @@ fn dump_mempolicy(t: &mut Tracee) -> Result<(u32, Vec<u64>), DumpError> {
     let r = t
         .syscall_raw(
             crest_inject::nr::GET_MEMPOLICY,
-            &[buf, buf + 8, (MEMPOLICY_WORDS * 64) as u64, 0, 0],
+            &[
+                buf,
+                buf + 8,
+                (MEMPOLICY_WORDS * 64) as u64,
+                addr.unwrap_or(0),
+                if addr.is_some() { MPOL_F_ADDR } else { 0 },
+            ],
         )
         .at(pid, "get_mempolicy")?;
     if r == -i64::from(libc::ENOSYS) {

@@ -18,6 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 pub mod cow;
+pub mod numa;
 mod pages;
 pub mod restore;
 
@@ -170,6 +171,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         fd: -1,
         madv: Some(madv),
         fdflags: None,
+        crest_mempolicy: None,
     };
     (vma, policy)
 }
@@ -209,20 +211,29 @@ fn vm_locked(pid: i32) -> Option<u64> {
 }
 
 /// `mlockall` flags for future mappings in force in the task: whether a
-/// new mapping (crest's scratch area, made now) comes locked, and then
+/// new mapping (a page crest maps and unmaps again) comes locked, and then
 /// whether on fault.
 fn mlockall_future(t: &mut Tracee) -> Result<u32, DumpError> {
     let pid = t.pid();
     let before = vm_locked(pid);
-    let addr = t.scratch(4096).at(pid, "scratch memory")?;
-    if vm_locked(pid) <= before {
+    // a mapping of its own (the scratch area may exist already)
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let addr = t
+        .syscall(nr::MMAP, &[0, 4096, prot, flags, u64::MAX, 0])
+        .at(pid, "map a page to see if it comes locked")?;
+    let locked = vm_locked(pid) > before;
+    let on_fault = locked
+        && procfs::read_smaps(pid)
+            .at(pid, "read smaps")?
+            .iter()
+            .find(|s| s.start == addr)
+            .is_some_and(|s| s.has("lf"));
+    t.syscall(nr::MUNMAP, &[addr, 4096])
+        .at(pid, "unmap the page")?;
+    if !locked {
         return Ok(0);
     }
-    let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
-    let on_fault = smaps
-        .iter()
-        .find(|s| s.start == addr)
-        .is_some_and(|s| s.has("lf"));
     Ok(libc::MCL_FUTURE as u32
         | if on_fault {
             libc::MCL_ONFAULT as u32
@@ -255,9 +266,14 @@ pub fn dump(
     let mut guards: Vec<u64> = Vec::new();
     let mut runs: Vec<pages::Run> = Vec::new();
     let pagemap = procfs::Pagemap::open(pid).at(pid, "open pagemap")?;
+    let mempolicies = vma_policies(t, &maps)?;
     for m in &maps {
         let sm = smaps.iter().find(|s| s.start == m.start);
         let (mut vma, policy) = classify(m, sm);
+        vma.crest_mempolicy = mempolicies
+            .iter()
+            .find(|p| p.0 == m.start)
+            .map(|p| p.1.clone());
         if vma.status & status::VSYSCALL != 0 {
             continue;
         }
@@ -370,6 +386,38 @@ pub fn dump(
         pagemap: pagemap_entries,
         pages_bytes,
     })
+}
+
+/// The VMAs with a NUMA policy of their own (none without NUMA).
+fn vma_policies(
+    t: &mut Tracee,
+    maps: &[MapsEntry],
+) -> Result<Vec<(u64, crest_images::pb::crest::CrestMempolicy)>, DumpError> {
+    let pid = t.pid();
+    let path = format!("/proc/{pid}/numa_maps");
+    let starts = match std::fs::read_to_string(&path) {
+        Ok(text) => numa::maybe_own(&text).map_err(|what| DumpError::Unsupported {
+            pid,
+            what: format!("{what} in {path}"),
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).at(pid, "read numa_maps"),
+    };
+    let mut out = Vec::new();
+    for start in starts {
+        // (not vdso, vvar or vsyscall: no policy there)
+        let regular = maps.iter().find(|m| m.start == start).is_some_and(|m| {
+            !["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"].contains(&m.path.as_str())
+        });
+        if !regular {
+            continue;
+        }
+        let (mode, nodes) = crate::coreimg::get_mempolicy(t, Some(start))?;
+        if let Some(p) = numa::own(mode, nodes) {
+            out.push((start, p));
+        }
+    }
+    Ok(out)
 }
 
 /// Marks present, in a shared anonymous VMA's pagemap words, every page

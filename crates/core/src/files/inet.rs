@@ -504,7 +504,7 @@ fn make(
         })?;
     }
     skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
-    super::mcast::restore(&c, s.family, &s.opts.crest_mcast).rat(pid, at("multicast groups"))?;
+    super::mcast::restore(&c, &s.opts.crest_mcast).rat(pid, at("multicast groups"))?;
     if s.opts.reuseaddr != Some(true) {
         setsockopt_int(&c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).rat(pid, at("SO_REUSEADDR"))?;
     }

@@ -88,8 +88,10 @@ pub fn parse_igmp6(text: &str) -> Vec<(u32, Vec<u8>)> {
         .collect()
 }
 
-fn level(family: u32) -> i32 {
-    if family == libc::AF_INET6 as u32 {
+/// The level a group's options are at: IP for an IPv4 group (an IPv6
+/// socket may join those too), IPv6 for an IPv6 one.
+fn level(group: &[u8]) -> i32 {
+    if group.len() == 16 {
         libc::IPPROTO_IPV6
     } else {
         libc::IPPROTO_IP
@@ -97,41 +99,43 @@ fn level(family: u32) -> i32 {
 }
 
 /// The groups socket `fd` (of `family`, in the network namespace of task
-/// `pid`) joined, with their filters.
+/// `pid`) joined, with their filters: IPv4 groups, and for an IPv6 socket
+/// IPv6 groups too.
 pub fn dump(pid: i32, fd: &impl AsFd, family: u32) -> io::Result<Vec<CrestMcast>> {
-    let v6 = family == libc::AF_INET6 as u32;
-    let path = format!("/proc/{pid}/net/{}", if v6 { "igmp6" } else { "igmp" });
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        // (no IPv6 in the namespace)
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
-    };
-    let mut groups = if v6 {
-        parse_igmp6(&text)
-    } else {
-        parse_igmp(&text)
-    };
-    groups.sort();
-    groups.dedup();
+    let mut kinds = vec![("igmp", parse_igmp as fn(&str) -> Vec<(u32, Vec<u8>)>)];
+    if family == libc::AF_INET6 as u32 {
+        kinds.push(("igmp6", parse_igmp6));
+    }
     let mut out = Vec::new();
-    for (ifindex, group) in groups {
-        if let Some(m) = ask(fd, family, ifindex, &group)? {
-            out.push(m);
+    for (file, parse) in kinds {
+        let path = format!("/proc/{pid}/net/{file}");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // (no IPv6 in the namespace)
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
+        };
+        let mut groups = parse(&text);
+        groups.sort();
+        groups.dedup();
+        for (ifindex, group) in groups {
+            if let Some(m) = ask(fd, ifindex, &group)? {
+                out.push(m);
+            }
         }
     }
     Ok(out)
 }
 
 /// The socket's membership of `group` on `ifindex`, if it has one.
-fn ask(fd: &impl AsFd, family: u32, ifindex: u32, group: &[u8]) -> io::Result<Option<CrestMcast>> {
+fn ask(fd: &impl AsFd, ifindex: u32, group: &[u8]) -> io::Result<Option<CrestMcast>> {
     let mut room = 16usize;
     loop {
         let mut buf = vec![0u8; GF_SLIST + room * SS];
         buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
         buf[GF_GROUP..GF_FMODE].copy_from_slice(&sockaddr(group));
         buf[GF_NUMSRC..GF_SLIST].copy_from_slice(&(room as u32).to_ne_bytes());
-        match getsockopt_inout(&fd.as_fd(), level(family), MCAST_MSFILTER, &mut buf) {
+        match getsockopt_inout(&fd.as_fd(), level(group), MCAST_MSFILTER, &mut buf) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
             Err(e) => {
@@ -165,7 +169,7 @@ fn ask(fd: &impl AsFd, family: u32, ifindex: u32, group: &[u8]) -> io::Result<Op
 }
 
 /// Joins socket `fd` to each group again, with its filter.
-pub fn restore(fd: &impl AsFd, family: u32, groups: &[CrestMcast]) -> io::Result<()> {
+pub fn restore(fd: &impl AsFd, groups: &[CrestMcast]) -> io::Result<()> {
     let fd = fd.as_fd();
     for m in groups {
         if m.sources.len() > MAX_SOURCES || ![4, 16].contains(&m.group.len()) {
@@ -190,7 +194,7 @@ pub fn restore(fd: &impl AsFd, family: u32, groups: &[CrestMcast]) -> io::Result
                 ),
             )
         };
-        setsockopt_bytes(&fd, level(family), MCAST_JOIN_GROUP, &req)
+        setsockopt_bytes(&fd, level(&m.group), MCAST_JOIN_GROUP, &req)
             .map_err(|e| what(e, "MCAST_JOIN_GROUP"))?;
         if m.fmode != MCAST_INCLUDE && m.sources.is_empty() {
             continue; // (what a plain join gives)
@@ -202,7 +206,7 @@ pub fn restore(fd: &impl AsFd, family: u32, groups: &[CrestMcast]) -> io::Result
         for (i, s) in m.sources.iter().enumerate() {
             gf[GF_SLIST + i * SS..GF_SLIST + (i + 1) * SS].copy_from_slice(&sockaddr(s));
         }
-        setsockopt_bytes(&fd, level(family), MCAST_MSFILTER, &gf)
+        setsockopt_bytes(&fd, level(&m.group), MCAST_MSFILTER, &gf)
             .map_err(|e| what(e, "MCAST_MSFILTER"))?;
     }
     Ok(())

@@ -85,6 +85,7 @@ pub(super) fn transform(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
     );
+    mm::numa::restore(t, &live.mm)?;
     mm::restore::protect(t, &live.mm, &live.pagemap)?;
     let exe = files
         .reg_path(live.mm.exe_file_id)
