@@ -147,7 +147,7 @@ const NET_LINES: [&str; 13] = [
     "sysctl net.ipv4.ip_local_port_range 20000 30000",
 ];
 
-const SHAPES: [Shape; 9] = [
+const SHAPES: [Shape; 10] = [
     Shape {
         name: "container_user_pid_net",
         depth: 1,
@@ -259,13 +259,29 @@ const SHAPES: [Shape; 9] = [
         net: false,
         external_veth: false,
     },
+    // as CRIU's suite makes its uns flavor's tests (`nsinit -Z`): a user
+    // namespace whose root is uid 100000 outside owns new pid, mount, net,
+    // ipc and uts namespaces; no time namespace
+    Shape {
+        name: "container_zdtm_uns",
+        depth: 1,
+        hostname: "c9",
+        own_mnt: true,
+        tmpfs_file: None,
+        refusal: None,
+        workload: "tree_sessions",
+        // (nsinit makes its child a session leader itself)
+        setsid: false,
+        net: false,
+        external_veth: false,
+    },
 ];
 
 /// Shapes whose init (the child of the outer `unshare`) is also dumped
 /// as the root of the tree, as runtimes dump a container, and restored
 /// with a fresh outer pid ([`crate::fresh_init`]): (case, shape, the
 /// innermost container's init rather than the outer one's).
-const INIT_ROOT: [(&str, &str, bool); 4] = [
+const INIT_ROOT: [(&str, &str, bool); 5] = [
     ("container_init_fresh_pid", "container_user_pid_net", false),
     ("container_mnt_init_fresh_pid", "container_with_mnt", false),
     (
@@ -277,6 +293,11 @@ const INIT_ROOT: [(&str, &str, bool); 4] = [
         "container_in_container_inner_init_fresh_pid",
         "container_in_container_mnt",
         true,
+    ),
+    (
+        "container_zdtm_uns_init_fresh_pid",
+        "container_zdtm_uns",
+        false,
     ),
 ];
 
@@ -365,6 +386,18 @@ fn command(cfg: &Config, shape: &Shape, dir: &CaseDir, init_root: bool) -> Vec<S
         .into_iter()
         .filter(|a| !(init_root && *a == "--kill-child"))
         .collect();
+    if shape.name == "container_zdtm_uns" {
+        return vec![
+            cfg.workload("nsinit").display().to_string(),
+            "-Z".into(),
+            shape.hostname.into(),
+            "0".into(),
+            "0".into(),
+            "sh".into(),
+            "-c".into(),
+            wl,
+        ];
+    }
     let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
     let script = match shape.name {
         "container_with_mnt" => {
@@ -446,6 +479,13 @@ pub(crate) fn start(
     let pivot = shape.name == "container_pivot_root";
     if pivot {
         make_rootfs(&dir.root.join("rootfs"))?;
+    }
+    if shape.name == "container_zdtm_uns" {
+        // (its root is not root outside: the state directory is open to
+        // all, as the suns flavor's)
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.state, std::fs::Permissions::from_mode(0o777))
+            .context("chmod the state directory")?;
     }
     cmd.args(command(cfg, shape, dir, init_root))
         // a tree that pivot_root's keeps nothing of the old root: cwd "/"
@@ -616,14 +656,18 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
             "expected sysvmk's three SysV objects inside (nsview: {inside:?})"
         ));
     }
+    // (root inside is crest's root, but for nsinit -Z's uid 100000)
+    let zdtm = shape.name == "container_zdtm_uns";
+    let pmq = if zdtm {
+        "/crestq mode 640 uid 100000 maxmsg 5 msgsize 64 curmsgs 2 "
+    } else {
+        "/crestq mode 640 uid 0 maxmsg 5 msgsize 64 curmsgs 2 "
+    };
     let want_sysv = [
         ("shm ", " key 24301 size 65537 mode 640 "),
         ("sem ", " key 24302 nsems 3 mode 600 values 7 8 9"),
         ("msg ", " key 24303 mode 666 qnum 3 "),
-        (
-            "pmq ",
-            "/crestq mode 640 uid 0 maxmsg 5 msgsize 64 curmsgs 2 ",
-        ),
+        ("pmq ", pmq),
     ];
     for (kind, part) in want_sysv {
         if !inside
@@ -635,7 +679,10 @@ fn expected(shape: &Shape, v: &ns::View, main: Pid) -> Vec<String> {
             ));
         }
     }
-    let mut own = vec!["user", "pid", "uts", "ipc", "net", "cgroup"];
+    let mut own = vec!["user", "pid", "uts", "ipc", "net"];
+    if !zdtm {
+        own.push("cgroup");
+    }
     if shape.own_mnt {
         own.push("mnt");
     }

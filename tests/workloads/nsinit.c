@@ -1,7 +1,7 @@
 /* nsinit - run a program as pid 1 of its own pid, mnt, uts, ipc, net and
  * time namespaces (the `ns` flavor of the suite).
  *
- * usage: nsinit [-U|-S] HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
+ * usage: nsinit [-U|-S|-Z] HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]
  *
  * With -U (the `uns` flavor) it also unshares a user namespace, which then
  * owns the other six, with every id mapped to itself (written by a short
@@ -9,7 +9,10 @@
  * wants the writer to have rights there). With -S the same, with the maps
  * CRIU's own suite uses for its uns flavor: uid 0 inside is 20000 outside
  * (0 20000 20000, 100000 200000 50000; gids 0 400000 50000, 50000 500000
- * 100000), so root inside is not root outside.
+ * 100000), so root inside is not root outside. With -Z as CRIU's suite's
+ * uns flavor makes its tests: uid 0 inside is 100000 outside (0 100000
+ * 100000, 100000 200000 50000; gids as -S), and no time namespace (the
+ * clock offsets are left alone).
  *
  * Like `unshare -p -m -u -i -n -T -f --propagation private` followed by
  * `hostname HOSTNAME; ip link set lo up`: unshares the six namespaces, makes
@@ -79,7 +82,7 @@ static void time_offsets(const char *mono, const char *boot)
 /* Forks a child that waits on a pipe until the caller has unshared its
  * user namespace, writes the caller's id maps and exits; returns the
  * write end of the pipe and the child's pid through `child`. */
-static int map_writer(pid_t *child, int shifted)
+static int map_writer(pid_t *child, int shifted, int zdtm)
 {
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -95,7 +98,9 @@ static int map_writer(pid_t *child, int shifted)
 			_exit(1);
 		const char *same = "0 0 4294967295\n";
 		/* CRIU's suite's uns maps: root inside is not root outside */
-		const char *maps[] = { shifted ? "0 20000 20000\n100000 200000 50000\n" : same,
+		const char *uid_shifted = zdtm ? "0 100000 100000\n100000 200000 50000\n"
+					       : "0 20000 20000\n100000 200000 50000\n";
+		const char *maps[] = { shifted ? uid_shifted : same,
 				       shifted ? "0 400000 50000\n50000 500000 100000\n" : same };
 		const char *files[] = { "uid_map", "gid_map" };
 		for (int i = 0; i < 2; i++) {
@@ -117,7 +122,8 @@ static int map_writer(pid_t *child, int shifted)
 
 int main(int argc, char **argv)
 {
-	int shifted = argc > 1 && strcmp(argv[1], "-S") == 0;
+	int zdtm = argc > 1 && strcmp(argv[1], "-Z") == 0;
+	int shifted = zdtm || (argc > 1 && strcmp(argv[1], "-S") == 0);
 	int user = shifted || (argc > 1 && strcmp(argv[1], "-U") == 0);
 	if (user) {
 		argv++;
@@ -127,13 +133,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: nsinit HOSTNAME MONOTONIC_S BOOTTIME_S PROGRAM [ARGS...]\n");
 		return 2;
 	}
-	int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET |
-		    CLONE_NEWTIME;
+	int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+	if (!zdtm)
+		flags |= CLONE_NEWTIME;
 	pid_t writer = -1;
 	int go = -1;
 	if (user) {
 		flags |= CLONE_NEWUSER;
-		go = map_writer(&writer, shifted);
+		go = map_writer(&writer, shifted, zdtm);
 	}
 	if (unshare(flags) < 0)
 		die("unshare");
@@ -159,7 +166,8 @@ int main(int argc, char **argv)
 	if (sethostname(argv[1], strlen(argv[1])) < 0)
 		die("sethostname");
 	lo_up();
-	time_offsets(argv[2], argv[3]);
+	if (!zdtm)
+		time_offsets(argv[2], argv[3]);
 	pid_t child = fork();
 	if (child < 0)
 		die("fork");
