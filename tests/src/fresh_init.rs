@@ -73,6 +73,21 @@ fn only_children(root: Pid, levels: usize) -> Result<Pid> {
     (0..levels).try_fold(root, |cur, _| containers::only_child(cur))
 }
 
+/// Each task's and thread's id inside the container (its `NSpid` below the
+/// levels above `root`'s pid namespace), by its pid or tid outside.
+fn inner_ids(tree: &Tree, root: i32) -> impl Fn(i32) -> Option<String> {
+    let skip = levels_above(tree, root);
+    let ids: std::collections::HashMap<i32, String> = tree
+        .values()
+        .flat_map(|t| t.tids.iter().copied().zip(t.nspids.iter().cloned()))
+        .map(|(tid, nspid)| {
+            let inner: Vec<&str> = nspid.split_whitespace().skip(skip).collect();
+            (tid, inner.join(" "))
+        })
+        .collect();
+    move |id| ids.get(&id).cloned()
+}
+
 /// The tree keyed by the pids inside the container, each task as one line
 /// of what must not change (parents, groups and sessions inside too; the
 /// root's parent is outside).
@@ -167,6 +182,7 @@ pub(crate) fn steps(
         bail!("the tree of pid {init} did not settle within 5 s");
     }
     let tree_before = procs::tree_snapshot(init).context("process tree before the dump")?;
+    let outside_before = crate::outside::snapshot(&tree_before);
     let view_before = containers::snapshot(cfg, shape, init, main, "before the dump")?;
     ns::save(dir, "view.before", &view_before);
     if !cfg.checkpoint {
@@ -238,6 +254,30 @@ pub(crate) fn steps(
             if b != a {
                 problems.push(format!(
                     "process tree differs {what} (keyed by the pids inside):\n  before {b:?}\n  after  {a:?}"
+                ));
+            }
+            // what the kernel shows from outside, keyed by the ids inside
+            let (ob, oa) = (
+                crate::outside::rekeyed(&outside_before, &inner_ids(&tree_before, init.as_raw())),
+                crate::outside::rekeyed(
+                    &crate::outside::snapshot(&after),
+                    &inner_ids(&after, new.as_raw()),
+                ),
+            );
+            crate::outside::save(&ob, &dir.root.join("outside.before"));
+            crate::outside::save(&oa, &dir.root.join("outside.after"));
+            // (the log file on fds 1 and 2 is shared with the outer
+            // unshare, outside the tree, which writes to it when its child
+            // is dumped: its size and mtime move without the tree)
+            let d: Vec<String> = crate::outside::diff(&ob, &oa)
+                .into_iter()
+                .filter(|l| !(l.contains(" fd 1 file ") || l.contains(" fd 2 file ")))
+                .collect();
+            if !d.is_empty() {
+                problems.push(format!(
+                    "what the kernel shows of the tree from outside differs {what} (outside.before, outside.after; {} lines):\n  {}",
+                    d.len(),
+                    d.join("\n  ")
                 ));
             }
             let main = only_children(new, below)?;

@@ -533,6 +533,30 @@ pub fn diff(before: &View, after: &View) -> Vec<String> {
     out
 }
 
+/// `view` with every pid and tid in its keys replaced by `inner` of it
+/// (for a tree restored with other outer pids: keyed by the ids inside).
+/// Values that hold pids (fcntl owners) are compared as they are.
+pub fn rekeyed(view: &View, inner: &dyn Fn(i32) -> Option<String>) -> View {
+    let swap = |word: &str| -> Option<String> { inner(word.parse().ok()?) };
+    let out = view
+        .0
+        .iter()
+        .map(|(k, v)| {
+            let words: Vec<&str> = k.split(' ').collect();
+            let mut new: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            for i in 1..words.len() {
+                if matches!(words[i - 1], "pid" | "tid") {
+                    if let Some(id) = swap(words[i]) {
+                        new[i] = format!("[{id}]");
+                    }
+                }
+            }
+            (new.join(" "), v.clone())
+        })
+        .collect();
+    View(out)
+}
+
 /// Writes a view as text, one key per line.
 pub fn save(view: &View, path: &Path) {
     let text: String = view.0.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();

@@ -592,6 +592,10 @@ struct Outside {
     /// host's /dev/null at restore, as runc's `ext_mnt` says) only by
     /// their mount point.
     mounts: Vec<String>,
+    /// What the kernel shows of the init itself (`crate::outside`: status,
+    /// limits, maps, fds, socket options, ...), keyed by its pid inside;
+    /// its children come and go (the counter's `sleep`s).
+    init: crate::outside::View,
 }
 
 fn status_field(pid: Pid, field: &str) -> String {
@@ -682,7 +686,16 @@ fn outside(init: Pid, masked: &[String]) -> Result<Outside> {
             ))
         })
         .collect();
+    let mut tree = procs::Tree::new();
+    if let Some(t) = procs::tree_snapshot(init)?.remove(&init.as_raw()) {
+        tree.insert(init.as_raw(), t);
+    }
+    let me = init.as_raw();
+    let init_view = crate::outside::rekeyed(&crate::outside::snapshot(&tree), &|id| {
+        (id == me).then(|| "init".to_string())
+    });
     Ok(Outside {
+        init: init_view,
         mounts,
         cgroup: read("cgroup")?,
         own_ns,
@@ -741,6 +754,13 @@ fn outside_diff(before: &Outside, after: &Outside, what: &str) -> Vec<String> {
         format!("{:?}", before.procs),
         format!("{:?}", after.procs),
     );
+    let d = crate::outside::diff(&before.init, &after.init);
+    if !d.is_empty() {
+        out.push(format!(
+            "what the kernel shows of the init from outside differs {what}:\n  {}",
+            d.join("\n  ")
+        ));
+    }
     out
 }
 

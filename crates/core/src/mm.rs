@@ -101,6 +101,11 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     if growsdown {
         flags |= libc::MAP_GROWSDOWN as u32;
     }
+    // no swap space reserved for it (smaps `nr`, as CRIU reads it): the
+    // mapping is made again the same way
+    if smaps.is_some_and(|s| s.has("nr")) {
+        flags |= libc::MAP_NORESERVE as u32;
+    }
     let mut st = status::REGULAR;
     let policy;
     match m.path.as_str() {
