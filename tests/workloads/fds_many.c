@@ -1,7 +1,8 @@
 /* fds_many STATEDIR [big] - many kinds of fds at once survive: a regular file
  * at an offset, an O_APPEND file, a file deleted while open, a pipe and a
  * FIFO with data in flight, eventfds (a counter and a semaphore), an armed
- * timerfd with an interval, a signalfd, an epoll instance watching several
+ * timerfd with an interval, timerfds set to an absolute time (CLOCK_MONOTONIC,
+ * and CLOCK_REALTIME with TFD_TIMER_CANCEL_ON_SET), a signalfd, an epoll instance watching several
  * of them with distinct data, inotify watching a directory, a memfd with
  * contents, seals, a position and a MAP_SHARED mapping, and two fds (dup)
  * sharing one offset. After the restore each is checked. With "big", it
@@ -116,6 +117,16 @@ int main(int argc, char **argv)
 	struct itimerspec its = { .it_interval = { 7, 0 }, .it_value = { 100, 0 } };
 	if (efd < 0 || sem < 0 || tfd < 0 || timerfd_settime(tfd, 0, &its, NULL) < 0)
 		wl_fail("eventfd/timerfd: %s", strerror(errno));
+	/* timerfds set to an absolute time, 200 s from now */
+	int abs_fd[2] = { timerfd_create(CLOCK_MONOTONIC, 0), timerfd_create(CLOCK_REALTIME, 0) };
+	int abs_flags[2] = { TFD_TIMER_ABSTIME, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET };
+	for (int i = 0; i < 2; i++) {
+		struct timespec t0;
+		clock_gettime(i ? CLOCK_REALTIME : CLOCK_MONOTONIC, &t0);
+		struct itimerspec at = { .it_value = { t0.tv_sec + 200, 0 } };
+		if (abs_fd[i] < 0 || timerfd_settime(abs_fd[i], abs_flags[i], &at, NULL) < 0)
+			wl_fail("absolute timerfd %d: %s", i, strerror(errno));
+	}
 	/* a signalfd for SIGUSR1 and SIGUSR2 (blocked) */
 	sigset_t usr;
 	sigemptyset(&usr);
@@ -238,6 +249,25 @@ int main(int argc, char **argv)
 		wl_add("timerfd: value %ld.%09ld interval %ld.%09ld, expected about 100 s and 7 s; ",
 		    (long)now.it_value.tv_sec, now.it_value.tv_nsec, (long)now.it_interval.tv_sec,
 		    now.it_interval.tv_nsec);
+	/* absolute timerfds: their flags (fdinfo) and the time left */
+	for (int i = 0; i < 2; i++) {
+		char ip[64], line[256];
+		snprintf(ip, sizeof(ip), "/proc/self/fdinfo/%d", abs_fd[i]);
+		FILE *f = fopen(ip, "r");
+		unsigned flags = 99;
+		while (f && fgets(line, sizeof(line), f))
+			sscanf(line, "settime flags: %o", &flags);
+		if (f)
+			fclose(f);
+		if ((int)flags != abs_flags[i])
+			wl_add("absolute timerfd %d: settime flags %o, expected %o; ", i, flags,
+			       abs_flags[i]);
+		struct itimerspec left;
+		if (timerfd_gettime(abs_fd[i], &left) < 0 || left.it_value.tv_sec > 200 ||
+		    left.it_value.tv_sec < 100)
+			wl_add("absolute timerfd %d: %ld s left, expected about 200; ", i,
+			       (long)left.it_value.tv_sec);
+	}
 	/* signalfd */
 	raise(SIGUSR2);
 	struct signalfd_siginfo si;

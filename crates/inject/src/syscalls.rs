@@ -101,6 +101,7 @@ pub mod nr {
     pub const INOTIFY_RM_WATCH: u64 = 255;
     pub const TIMERFD_CREATE: u64 = 283;
     pub const TIMERFD_SETTIME: u64 = 286;
+    pub const CLOCK_GETTIME: u64 = 228;
     pub const SIGNALFD4: u64 = 289;
     pub const EVENTFD2: u64 = 290;
     pub const EPOLL_CREATE1: u64 = 291;
@@ -216,6 +217,7 @@ pub fn name(nr: u64) -> &'static str {
         INOTIFY_RM_WATCH => "inotify_rm_watch",
         TIMERFD_CREATE => "timerfd_create",
         TIMERFD_SETTIME => "timerfd_settime",
+        CLOCK_GETTIME => "clock_gettime",
         SIGNALFD4 => "signalfd4",
         EVENTFD2 => "eventfd2",
         EPOLL_CREATE1 => "epoll_create1",

@@ -48,6 +48,21 @@ pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, D
     })
 }
 
+const TFD_TIMER_ABSTIME: u32 = 1;
+const TFD_TIMER_CANCEL_ON_SET: u32 = 2;
+
+/// `clock_gettime(clockid)` in the task (in its time namespace by now).
+fn task_clock(t: &mut Tracee, clockid: u32) -> Result<(u64, u64), RestoreError> {
+    let pid = t.pid();
+    let addr = t.put(&[0u8; 16]).rat(pid, "scratch for a timespec")?;
+    t.syscall(nr::CLOCK_GETTIME, &[u64::from(clockid), addr])
+        .rat(pid, format!("clock_gettime({clockid})"))?;
+    let mut ts = [0u8; 16];
+    t.read_mem(addr, &mut ts).rat(pid, "read a timespec")?;
+    let word = |i: usize| u64::from_le_bytes(ts[i..i + 8].try_into().unwrap_or([0; 8]));
+    Ok((word(0), word(8)))
+}
+
 pub fn create(t: &mut Tracee, e: &TimerfdEntry) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let mut flags = libc::TFD_CLOEXEC as u64;
@@ -58,13 +73,24 @@ pub fn create(t: &mut Tracee, e: &TimerfdEntry) -> Result<u64, RestoreError> {
         .syscall(nr::TIMERFD_CREATE, &[u64::from(e.clockid), flags])
         .rat(pid, format!("timerfd_create({})", e.clockid))?;
     if e.vsec != 0 || e.vnsec != 0 {
+        // fdinfo gives the time left; a timer set to an absolute time
+        // (TFD_TIMER_ABSTIME, maybe with TFD_TIMER_CANCEL_ON_SET) is set
+        // to the task's clock now plus that, with its flags
+        let flags = u64::from(e.settime_flags & (TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET));
+        let (mut vsec, mut vnsec) = (e.vsec, e.vnsec);
+        if flags & u64::from(TFD_TIMER_ABSTIME) != 0 {
+            let (s, ns) = task_clock(t, e.clockid)?;
+            vnsec += ns;
+            vsec += s + vnsec / 1_000_000_000;
+            vnsec %= 1_000_000_000;
+        }
         let mut spec = Vec::with_capacity(32);
-        for w in [e.isec, e.insec, e.vsec, e.vnsec] {
+        for w in [e.isec, e.insec, vsec, vnsec] {
             spec.extend_from_slice(&w.to_le_bytes());
         }
         let addr = t.put(&spec).rat(pid, "write itimerspec")?;
-        t.syscall(nr::TIMERFD_SETTIME, &[fd, 0, addr, 0])
-            .rat(pid, "timerfd_settime")?;
+        t.syscall(nr::TIMERFD_SETTIME, &[fd, flags, addr, 0])
+            .rat(pid, format!("timerfd_settime(flags {flags:#x})"))?;
     }
     if e.ticks > 0 {
         let addr = t.put(&e.ticks.to_le_bytes()).rat(pid, "write ticks")?;
