@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 21] = [
+const CASES: [(&str, DirCase); 22] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -49,6 +49,7 @@ const CASES: [(&str, DirCase); 21] = [
     ("criu_cli_join_ns", join_ns),
     ("criu_cli_ext_unix_sk", ext_unix_sk),
     ("criu_cli_external_mnt", external_mnt),
+    ("criu_cli_mount_options", mount_options),
     ("criu_cli_inherit_fd", inherit_fd),
     ("criu_cli_status_fd", status_fd),
     ("criu_cli_action_script", action_script),
@@ -973,6 +974,145 @@ fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
             dst.display(),
             seen(pid)
         );
+    }
+    check_restored(dir, pid, &before, procs)
+}
+
+/// The mount options runtimes and LXC pass (`--ext-mount-map auto`,
+/// `--enable-fs`, `--skip-mnt`, `--enable-external-sharing/masters`): a
+/// tree in a mount namespace of its own with a bind mount from outside
+/// (found by itself and bound again from the same place), a hugetlbfs mount
+/// (made afresh), and a tmpfs left out with `--skip-mnt` (not there after).
+fn mount_options(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/unshare").exists() {
+        return Ok(Outcome::Skip("unshare (util-linux) not found".into()));
+    }
+    let huge_fs = fs::read_to_string("/proc/filesystems")?.contains("\thugetlbfs\n");
+    let (src, dst, huge, skip) = (
+        dir.root.join("src"),
+        dir.root.join("dst"),
+        dir.root.join("huge"),
+        dir.root.join("skip"),
+    );
+    for d in [&src, &dst, &huge, &skip] {
+        fs::create_dir_all(d)?;
+    }
+    fs::write(src.join("bound"), "1")?;
+    let hugetlb = if huge_fs {
+        format!("mount -t hugetlbfs none {} && ", huge.display())
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "mount --bind {} {} && {hugetlb}mount -t tmpfs none {} && echo x > {}/f && exec {} {} {}",
+        src.display(),
+        dst.display(),
+        skip.display(),
+        skip.display(),
+        cfg.workload("launch").display(),
+        cfg.workload("small_tree").display(),
+        dir.state.display()
+    );
+    let child = Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(&dir.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn unshare -m")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    // (mount point → filesystem type) in the tree's namespace
+    let mounts = |pid: Pid| -> std::collections::HashMap<String, String> {
+        let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let sep = f.iter().position(|x| *x == "-")?;
+                Some((f.get(4)?.to_string(), f.get(sep + 1)?.to_string()))
+            })
+            .collect()
+    };
+    let m = mounts(pid);
+    if !m.contains_key(&s(&dst)) || !m.contains_key(&s(&skip)) {
+        bail!("the tree's mounts before the dump: {m:?}");
+    }
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let skip_s = s(&skip);
+    dump_ok(
+        cfg,
+        dir,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--ext-mount-map",
+            "auto",
+            "--enable-fs",
+            "hugetlbfs,tracefs",
+            "--skip-mnt",
+            &skip_s,
+            "--enable-external-sharing",
+            "--enable-external-masters",
+        ],
+        pid,
+        &before,
+        procs,
+    )?;
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--ext-mount-map",
+            "auto",
+        ],
+        pid,
+        procs,
+    )?;
+    let m = mounts(pid);
+    let mut problems = Vec::new();
+    if fs::read_to_string(format!("/proc/{pid}/root{}/bound", dst.display()))
+        .ok()
+        .as_deref()
+        != Some("1")
+    {
+        problems.push(format!(
+            "{} does not show {}'s file again (auto external)",
+            dst.display(),
+            src.display()
+        ));
+    }
+    if huge_fs && m.get(&s(&huge)).map(String::as_str) != Some("hugetlbfs") {
+        problems.push(format!(
+            "no hugetlbfs at {} after the restore ({m:?})",
+            huge.display()
+        ));
+    }
+    if m.contains_key(&skip_s) {
+        problems.push(format!(
+            "{skip_s} is a mount again, though --skip-mnt left it out"
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     check_restored(dir, pid, &before, procs)
 }

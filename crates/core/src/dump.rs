@@ -133,7 +133,18 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     for t in tree.tasks.iter().filter(|t| t.zombie.is_some()) {
         zombie_userns.insert(t.pid, users.add_zombie(t.pid)?);
     }
-    let mut others = OtherGraph::collect_with(&live, &users, Some(&opts.external), opts.empty_ns)?;
+    let mnt_opts = crate::ns::mnt::MntOpts::of_dump(
+        &opts.external,
+        opts.auto_ext_mnt,
+        &opts.skip_mnt,
+        &opts.enable_fs,
+    );
+    let mut others = OtherGraph::collect_with(
+        &live,
+        &users,
+        (Some(&opts.external), mnt_opts),
+        opts.empty_ns,
+    )?;
     let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
     others.resolve_proc_pidns(&pids)?;
     pids.check_inits(&users, |pid| {

@@ -385,15 +385,11 @@ impl Options {
             "--cgroup-props/--cgroup-dump-controller/--cgroup-yard",
             "crest does not dump cgroup controller settings yet",
         );
-        refuse(&mut r, self.auto_ext_mnt, "--ext-mount-map auto", not_yet);
-        refuse(
-            &mut r,
-            self.ext_sharing || self.ext_masters,
-            "--enable-external-sharing/--enable-external-masters",
-            not_yet,
-        );
-        refuse(&mut r, !self.skip_mnt.is_empty(), "--skip-mnt", not_yet);
-        refuse(&mut r, !self.enable_fs.is_empty(), "--enable-fs", not_yet);
+        // (--ext-mount-map auto, --skip-mnt and --enable-fs work at dump
+        // and mean nothing at restore, as in CRIU; --enable-external-
+        // sharing/masters let CRIU dump mounts whose peers or master are
+        // outside, which crest dumps anyway: an external mount bound from
+        // a shared one becomes its slave again)
         refuse(
             &mut r,
             self.join_ns

@@ -163,6 +163,91 @@ pub fn mnt_externals(list: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How a dump treats mounts, as the command line says.
+#[derive(Debug, Clone, Default)]
+pub struct MntOpts {
+    /// `--external mnt[MP]:KEY`: (mountpoint, key).
+    pub externals: Vec<(String, String)>,
+    /// `crest show`: a mount from outside is described, not refused.
+    pub describe: bool,
+    /// `--ext-mount-map auto` (or `--external mnt[]`): a bind mount of
+    /// files from outside the namespace is external by itself, bound at
+    /// restore from where crest's namespace shows the same files (CRIU's
+    /// autodetected external mounts).
+    pub auto: bool,
+    /// `--skip-mnt PATH`: the mount at PATH and those below it are left
+    /// out.
+    pub skip: Vec<String>,
+    /// `--enable-fs FS[,FS]`: filesystems of these types (or "all") are
+    /// mounted afresh, empty, at restore.
+    pub enable_fs: Vec<String>,
+}
+
+impl MntOpts {
+    /// The options of a dump: `external` is its `--external` list.
+    pub fn of_dump(external: &[String], auto: bool, skip: &[String], enable_fs: &[String]) -> Self {
+        MntOpts {
+            externals: mnt_externals(external),
+            describe: false,
+            auto: auto || external.iter().any(|e| e == "mnt[]"),
+            skip: skip.to_vec(),
+            enable_fs: enable_fs
+                .iter()
+                .flat_map(|f| f.split(','))
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    fn skipped(&self, mountpoint: &str) -> bool {
+        self.skip.iter().any(|s| {
+            let s = s.trim_end_matches('/');
+            mountpoint == s || s.is_empty() || mountpoint.starts_with(&format!("{s}/"))
+        })
+    }
+
+    fn fresh(&self, fstype: &str) -> bool {
+        NEW_KINDS.contains(&fstype) || self.enable_fs.iter().any(|f| f == fstype || f == "all")
+    }
+}
+
+/// Whether the kernel lists `fstype` as a filesystem that needs no device
+/// (`nodev` in `/proc/filesystems`).
+fn deviceless(fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_once('\t') == Some(("nodev", fstype)))
+    })
+}
+
+/// The key of an external mount found by `--ext-mount-map auto` (CRIU's):
+/// its source is crest's path, in `bind_source`.
+pub const AUTO_KEY: &str = "CRIU:AUTODETECTED";
+
+/// Where crest's own namespace shows what `m` binds: a mount of the same
+/// filesystem whose root holds `m`'s root, and the rest of the path.
+fn seen_by_crest(m: &MountInfo) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mine = parse_mountinfo(&text)?;
+    mine.iter()
+        .filter(|c| c.dev == m.dev)
+        .filter_map(|c| {
+            // (c's root "/usr" holds "/usr" and "/usr/share", not "/usrx")
+            let root = c.root.trim_end_matches('/');
+            let rest = m.root.strip_prefix(root)?;
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return None;
+            }
+            Some((
+                c.root.len(),
+                format!("{}{rest}", c.mountpoint.trim_end_matches('/')),
+            ))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| if p.is_empty() { "/".into() } else { p })
+}
+
 /// One mount namespace's mounts.
 #[derive(Debug, Clone, Default)]
 pub struct MntNs {
@@ -187,12 +272,8 @@ pub(super) fn refuse(pid: i32, what: String) -> DumpError {
 /// Reads the mounts of `pid`'s mount namespace against those of the
 /// namespace it was copied from: `base`'s (a task in the tree's mount
 /// namespace `base.1`), or crest's.
-pub fn collect(
-    pid: i32,
-    base: Option<(i32, u32)>,
-    externals: &[(String, String)],
-    describe: bool,
-) -> Result<MntNs, DumpError> {
+pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs, DumpError> {
+    let (externals, describe) = (&o.externals, o.describe);
     let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
         let text = std::fs::read_to_string(&path).at(pid, "read mountinfo")?;
         parse_mountinfo(&text).ok_or_else(|| refuse(pid, format!("a {path} crest cannot read")))
@@ -218,6 +299,9 @@ pub fn collect(
         ..MntNs::default()
     };
     for (i, m) in theirs.iter().enumerate() {
+        if i > 0 && o.skipped(&m.mountpoint) {
+            continue; // --skip-mnt
+        }
         let kept = mine.iter().enumerate().position(|(j, c)| {
             !used[j]
                 && c.dev == m.dev
@@ -265,10 +349,17 @@ pub fn collect(
         } else if let Some(src) = bind_source(&theirs[..i], m) {
             e.kind = BIND;
             e.bind_source = Some(src);
-        } else if describe && !NEW_KINDS.contains(&m.fstype.as_str()) {
+        } else if describe && !o.fresh(&m.fstype) {
             // `crest show` describes what a dump would want declared
             e.kind = EXTERNAL;
             e.external_key = Some(m.mountpoint.clone());
+        } else if let Some(path) = (o.auto && mine.iter().any(|c| c.dev == m.dev))
+            .then(|| seen_by_crest(m))
+            .flatten()
+        {
+            e.kind = EXTERNAL;
+            e.external_key = Some(AUTO_KEY.into());
+            e.bind_source = Some(path);
         } else if mine.iter().any(|c| c.dev == m.dev) {
             return Err(refuse(
                 pid,
@@ -277,7 +368,7 @@ pub fn collect(
                     m.mountpoint, m.root, m.mountpoint
                 ),
             ));
-        } else if NEW_KINDS.contains(&m.fstype.as_str()) {
+        } else if o.fresh(&m.fstype) {
             e.kind = NEW;
             if m.fstype == "tmpfs" || m.fstype == "ramfs" {
                 let items = tmpfs::read_tree(pid, &m.mountpoint, m.dev)?;
@@ -417,7 +508,9 @@ pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
                 format!("bind mount {} without a source path", m.mnt_id),
             ));
         }
-        if m.kind == NEW && !NEW_KINDS.contains(&m.fstype.as_str()) {
+        // (a filesystem --enable-fs let the dump take is made afresh too,
+        // but only one that needs no device: images never mount a disk)
+        if m.kind == NEW && !NEW_KINDS.contains(&m.fstype.as_str()) && !deviceless(&m.fstype) {
             return Err(bad(&name, format!("new mount of {:?}", m.fstype)));
         }
         if m.has_contents == Some(true) {
@@ -716,6 +809,20 @@ fn mount_one(
                         what: format!(
                             "the cgroup mount at {} ({}, cgroup {}) without that hierarchy here",
                             m.mountpoint, m.super_opts, m.root
+                        ),
+                    })?,
+            )
+        }
+        EXTERNAL if m.external_key.as_deref() == Some(AUTO_KEY) => {
+            // found by --ext-mount-map auto: where crest saw its files
+            Some(
+                m.bind_source
+                    .clone()
+                    .ok_or_else(|| RestoreError::Unsupported {
+                        pid,
+                        what: format!(
+                            "the autodetected external mount {} without a path",
+                            m.mountpoint
                         ),
                     })?,
             )

@@ -120,10 +120,10 @@ pub struct OtherGraph {
     pub empty_ns: u32,
     /// Dump: the `--external` entries.
     pub externals: Vec<String>,
-    /// Dump: the mounts declared external (`--external mnt[MP]:KEY`).
-    mnt_externals: Vec<(String, String)>,
-    /// Show: mounts from outside are described (as external), not refused.
-    mnt_describe: bool,
+    /// Dump: how mounts are treated (`--external mnt[MP]:KEY`,
+    /// `--ext-mount-map auto`, `--skip-mnt`, `--enable-fs`); show: mounts
+    /// from outside are described (as external), not refused.
+    mnt_opts: super::mnt::MntOpts,
 }
 
 impl OtherGraph {
@@ -131,7 +131,11 @@ impl OtherGraph {
     /// them (a veth whose peer is outside the tree is described, not
     /// refused).
     pub fn collect(pids: &[i32], users: &UsernsGraph) -> Result<OtherGraph, DumpError> {
-        Self::collect_with(pids, users, None, 0)
+        let describe = super::mnt::MntOpts {
+            describe: true,
+            ..Default::default()
+        };
+        Self::collect_with(pids, users, (None, describe), 0)
     }
 
     /// Finds the namespaces of `pids` that differ from crest's own, to dump
@@ -142,13 +146,12 @@ impl OtherGraph {
     pub fn collect_with(
         pids: &[i32],
         users: &UsernsGraph,
-        external: Option<&[String]>,
+        (external, mnt_opts): (Option<&[String]>, super::mnt::MntOpts),
         empty_ns: u32,
     ) -> Result<OtherGraph, DumpError> {
         let me = std::process::id() as i32;
         let mut g = OtherGraph {
-            mnt_externals: super::mnt::mnt_externals(external.unwrap_or(&[])),
-            mnt_describe: external.is_none(),
+            mnt_opts,
             empty_ns,
             externals: external.unwrap_or(&[]).to_vec(),
             ..OtherGraph::default()
@@ -344,7 +347,7 @@ impl OtherGraph {
             }
             "time" => n.offsets = Some(read_time_offsets(pid)?),
             "mnt" => {
-                let m = super::mnt::collect(pid, mnt_base, &self.mnt_externals, self.mnt_describe)?;
+                let m = super::mnt::collect(pid, mnt_base, &self.mnt_opts)?;
                 n.mnt_private = m
                     .mounts
                     .iter()
@@ -451,8 +454,7 @@ impl OtherGraph {
         let mut g = OtherGraph {
             list: Vec::new(),
             tasks: tasks.to_vec(),
-            mnt_externals: Vec::new(),
-            mnt_describe: false,
+            mnt_opts: super::mnt::MntOpts::default(),
             empty_ns: 0,
             externals: Vec::new(),
         };
