@@ -20,6 +20,9 @@
  *     be made writable;
  *   a membarrier registration (private expedited); a NUMA memory policy
  *     (interleave over node 0, where the kernel has NUMA);
+ *   named anonymous mappings (PR_SET_VMA_ANON_NAME, private and shared),
+ *   coredump_filter, the main thread's TSC mode (PR_TSC_SIGSEGV, around
+ *   the dump only), memory-deny-write-execute (PR_SET_MDWE);
  *   timer slack (the main and the helper thread), the helper's CPU affinity, the process's THP
  *     switch (PR_SET_THP_DISABLE), its audit login uid (where it may set
  *     it), a memfd's mode bits (fchmod 0640).
@@ -326,13 +329,70 @@ int main(int argc, char **argv)
 	if (!has_flag(vm_locked, "lo") || !has_flag(vm_onfault, "lf"))
 		wl_fail("mlock not shown before the dump: %s / %s", vm_locked, vm_onfault);
 
+	/* named anonymous mappings, coredump_filter, memory-deny-write-execute */
+#define X_PR_SET_VMA 0x53564d41
+#define X_PR_SET_MDWE 65
+#define X_PR_GET_MDWE 66
+	char *named = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *named_sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int have_names = named != MAP_FAILED && named_sh != MAP_FAILED &&
+			 prctl(X_PR_SET_VMA, 0, named, 2 * 4096, "crest-named") == 0 &&
+			 prctl(X_PR_SET_VMA, 0, named_sh, 4096, "crest-shm") == 0;
+	if (named != MAP_FAILED)
+		named[0] = 'n';
+	if (named_sh != MAP_FAILED)
+		named_sh[0] = 's';
+	{
+		int fd = open("/proc/self/coredump_filter", O_WRONLY);
+		if (fd < 0 || write(fd, "0x7f", 4) != 4)
+			wl_fail("coredump_filter: %s", strerror(errno));
+		close(fd);
+	}
+	int have_mdwe = prctl(X_PR_SET_MDWE, 1, 0, 0, 0) == 0;
+	/* rdtsc faults in the main thread while it waits (nothing it does
+	 * until then reads the clock) */
+	int have_tsc = prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0) == 0;
+
 	wl_ready();
 	wl_wait_term();
+	int tsc_now = -1;
+	prctl(PR_GET_TSC, &tsc_now, 0, 0, 0);
+	prctl(PR_SET_TSC, PR_TSC_ENABLE, 0, 0, 0);
 	wl_after();
 
 	char msg[4096] = "";
 	size_t m = 0;
 #define BAD(...) (m += (size_t)snprintf(msg + m, sizeof(msg) - m, __VA_ARGS__))
+	if (have_tsc && tsc_now != PR_TSC_SIGSEGV)
+		BAD("TSC mode %d, expected PR_TSC_SIGSEGV; ", tsc_now);
+	if (have_mdwe && prctl(X_PR_GET_MDWE, 0, 0, 0, 0) != 1)
+		BAD("memory-deny-write-execute %d, expected 1; ", prctl(X_PR_GET_MDWE, 0, 0, 0, 0));
+	{
+		char buf[64] = "";
+		int fd = open("/proc/self/coredump_filter", O_RDONLY);
+		ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n <= 0 || strtoul(buf, NULL, 16) != 0x7f)
+			BAD("coredump_filter %s, expected 7f; ", buf);
+	}
+	if (have_names) {
+		FILE *f = fopen("/proc/self/maps", "r");
+		char line[512];
+		int seen = 0;
+		while (f && fgets(line, sizeof(line), f)) {
+			unsigned long s = strtoul(line, NULL, 16);
+			if (s == (unsigned long)named && strstr(line, "[anon:crest-named]"))
+				seen |= 1;
+			if (s == (unsigned long)named_sh && strstr(line, "[anon_shmem:crest-shm]"))
+				seen |= 2;
+		}
+		if (f)
+			fclose(f);
+		if (seen != 3)
+			BAD("named mappings lost their names (%d); ", seen);
+		if (named[0] != 'n' || named_sh[0] != 's')
+			BAD("named mappings lost their data; ");
+	}
 	errno = 0;
 	int nice_now = getpriority(PRIO_PROCESS, 0);
 	if (nice_now != 7)

@@ -22,6 +22,20 @@ const PR_GET_TIMERSLACK: u64 = 30;
 /// Node mask words read and written for a memory policy (1024 nodes).
 pub const MEMPOLICY_WORDS: usize = 16;
 
+/// The thread's TSC mode (`PR_GET_TSC`) when it is not the default
+/// (`PR_TSC_ENABLE`).
+fn dump_tsc(t: &mut Tracee) -> Result<Option<u32>, DumpError> {
+    const PR_GET_TSC: u64 = 25;
+    let pid = t.pid();
+    let buf = t.scratch(4).at(pid, "scratch memory")?;
+    t.syscall(crest_inject::nr::PRCTL, &[PR_GET_TSC, buf])
+        .at(pid, "prctl(PR_GET_TSC)")?;
+    let mut raw = [0u8; 4];
+    t.read_mem(buf, &mut raw).at(pid, "read the TSC mode")?;
+    let mode = u32::from_le_bytes(raw);
+    Ok((mode != 1).then_some(mode))
+}
+
 /// The thread's NUMA memory policy: mode (with its flags) and node mask.
 fn dump_mempolicy(t: &mut Tracee) -> Result<(u32, Vec<u64>), DumpError> {
     get_mempolicy(t, None)
@@ -123,6 +137,7 @@ pub fn dump_thread(
     let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
     let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
     let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
+    let tsc = dump_tsc(t)?;
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
             pid,
@@ -168,6 +183,7 @@ pub fn dump_thread(
         ns_pgids: status.ns_pgid.iter().map(|p| *p as u32).collect(),
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
         timer_slack_ns: Some(slack),
+        tsc_mode: tsc,
         cpu_affinity: affinity,
         mempolicy_mode: (mpol_mode != 0).then_some(mpol_mode),
         mempolicy_nodes: if mpol_mode != 0 {

@@ -87,7 +87,9 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     }
     // A SysV segment: its inode number is the segment's id.
     let sysv = m.shared && m.path.starts_with("/SYSV");
-    let shmem_anon = m.shared && m.path.starts_with("/dev/zero");
+    // (a named one shows as [anon_shmem:NAME])
+    let shmem_anon =
+        m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("[anon_shmem:"));
     let anon = !m.is_file() || shmem_anon || sysv;
     let mut flags = if m.shared {
         libc::MAP_SHARED
@@ -177,9 +179,33 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         madv: Some(madv),
         fdflags: None,
         crest_mempolicy: None,
+        crest_anon_name: anon_name(&m.path),
     };
     (vma, policy)
 }
+
+/// The name an anonymous mapping was given (`PR_SET_VMA_ANON_NAME`).
+fn anon_name(path: &str) -> Option<String> {
+    ["[anon:", "[anon_shmem:"]
+        .iter()
+        .find_map(|p| path.strip_prefix(p))
+        .and_then(|rest| rest.strip_suffix(']'))
+        .map(String::from)
+}
+
+/// `/proc/PID/coredump_filter` when it is not the kernel's default.
+fn coredump_filter(pid: i32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/coredump_filter")).ok()?;
+    u32::from_str_radix(text.trim(), 16)
+        .ok()
+        .filter(|f| *f != DEFAULT_COREDUMP_FILTER)
+}
+
+/// The kernel's default `coredump_filter` (anonymous and ELF headers).
+pub const DEFAULT_COREDUMP_FILTER: u32 = 0x33;
+const PR_GET_MDWE: u64 = 66;
+/// `prctl` that sets memory-deny-write-execute.
+pub const PR_SET_MDWE: u64 = 65;
 
 const PR_GET_THP_DISABLE: u64 = 42;
 /// `prctl` that turns transparent huge pages off for the whole process.
@@ -385,6 +411,14 @@ pub fn dump(
         crest_mlockall: Some(mlockall_future(t)?),
         crest_guards: guards,
         crest_membarrier: membarrier_registrations(t)?,
+        crest_coredump_filter: coredump_filter(pid),
+        crest_mdwe: {
+            // (EINVAL from a kernel without it: none)
+            let r = t
+                .syscall_raw(nr::PRCTL, &[PR_GET_MDWE, 0, 0, 0, 0])
+                .at(pid, "prctl(PR_GET_MDWE)")?;
+            (r > 0).then_some(r as u32)
+        },
     };
     Ok(MmDump {
         entry,

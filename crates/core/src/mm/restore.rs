@@ -713,6 +713,23 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
                 .rat(pid, format!("membarrier register {cmd:#x}"))?;
         }
     }
+    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        if let Some(name) = v.crest_anon_name.as_deref() {
+            const PR_SET_VMA: u64 = 0x5356_4d41;
+            let mut raw = name.as_bytes().to_vec();
+            raw.push(0);
+            let p = t.put(&raw).rat(pid, "write a mapping's name")?;
+            t.syscall(nr::PRCTL, &[PR_SET_VMA, 0, v.start, v.end - v.start, p])
+                .rat(
+                    pid,
+                    format!("name the mapping {:#x}-{:#x} {name:?}", v.start, v.end),
+                )?;
+        }
+    }
+    if let Some(filter) = mm.crest_coredump_filter {
+        let path = format!("/proc/{pid}/coredump_filter");
+        std::fs::write(&path, format!("{filter:#x}")).rat(pid, format!("write {path}"))?;
+    }
     if mm.thp_disabled == Some(true) {
         t.syscall(nr::PRCTL, &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0])
             .rat(pid, "prctl(PR_SET_THP_DISABLE)")?;

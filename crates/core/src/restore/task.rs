@@ -113,6 +113,12 @@ pub(super) fn transform(
     // The vdso last among mappings: from here on injection goes through it
     // and the work area can go when the leader is let go.
     mm::restore::place_vdso(t, &live.mm)?;
+    // memory-deny-write-execute last among memory settings: it forbids
+    // what the restore did to the mappings
+    if let Some(flags) = live.mm.crest_mdwe {
+        t.syscall(nr::PRCTL, &[mm::PR_SET_MDWE, u64::from(flags), 0, 0, 0])
+            .rat(pid, format!("prctl(PR_SET_MDWE, {flags:#x})"))?;
+    }
     t.adopt_scratch(work.addr, work.len as usize);
 
     // The leader's state, then its credentials around the move into its
@@ -365,6 +371,11 @@ pub(super) fn restore_thread(
             &[u64::from(mode), addr, (words.len() * 64) as u64],
         )
         .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
+    }
+    if let Some(mode) = extra.and_then(|e| e.tsc_mode) {
+        const PR_SET_TSC: u64 = 26;
+        t.syscall(nr::PRCTL, &[PR_SET_TSC, u64::from(mode)])
+            .rat(pid, format!("thread {tid}: prctl(PR_SET_TSC, {mode})"))?;
     }
     if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
         misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
