@@ -265,6 +265,7 @@ fn files_and_crest_round_trip() {
         cpu_affinity: Some(vec![1]),
         mempolicy_mode: Some(3),
         mempolicy_nodes: vec![1],
+        tsc_mode: Some(2),
     };
     let name = names::crest_thread(42);
     write_image(
