@@ -22,7 +22,9 @@
  *     (interleave over node 0, where the kernel has NUMA);
  *   named anonymous mappings (PR_SET_VMA_ANON_NAME, private and shared),
  *   coredump_filter, the main thread's TSC mode (PR_TSC_SIGSEGV, around
- *   the dump only), memory-deny-write-execute (PR_SET_MDWE);
+ *   the dump only), memory-deny-write-execute (PR_SET_MDWE), the main
+ *   thread's machine-check kill policy (PR_MCE_KILL_EARLY), the session's
+ *   autogroup nice (3, where the kernel has autogroups);
  *   timer slack (the main and the helper thread), the helper's CPU affinity, the process's THP
  *     switch (PR_SET_THP_DISABLE), its audit login uid (where it may set
  *     it), a memfd's mode bits (fchmod 0640).
@@ -349,6 +351,15 @@ int main(int argc, char **argv)
 		close(fd);
 	}
 	int have_mdwe = prctl(X_PR_SET_MDWE, 1, 0, 0, 0) == 0;
+	if (prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0))
+		wl_fail("PR_MCE_KILL: %s", strerror(errno));
+	int have_autogroup = 0;
+	{
+		int fd = open("/proc/self/autogroup", O_WRONLY);
+		have_autogroup = fd >= 0 && write(fd, "3", 1) == 1;
+		if (fd >= 0)
+			close(fd);
+	}
 	/* rdtsc faults in the main thread while it waits (nothing it does
 	 * until then reads the clock) */
 	int have_tsc = prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0) == 0;
@@ -363,6 +374,17 @@ int main(int argc, char **argv)
 	char msg[4096] = "";
 	size_t m = 0;
 #define BAD(...) (m += (size_t)snprintf(msg + m, sizeof(msg) - m, __VA_ARGS__))
+	if (prctl(PR_MCE_KILL_GET, 0, 0, 0, 0) != PR_MCE_KILL_EARLY)
+		BAD("MCE kill policy %d, expected PR_MCE_KILL_EARLY; ", prctl(PR_MCE_KILL_GET, 0, 0, 0, 0));
+	if (have_autogroup) {
+		char buf[128] = "";
+		int fd = open("/proc/self/autogroup", O_RDONLY);
+		ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+		if (fd >= 0)
+			close(fd);
+		if (n <= 0 || !strstr(buf, "nice 3"))
+			BAD("autogroup %s, expected nice 3; ", buf);
+	}
 	if (have_tsc && tsc_now != PR_TSC_SIGSEGV)
 		BAD("TSC mode %d, expected PR_TSC_SIGSEGV; ", tsc_now);
 	if (have_mdwe && prctl(X_PR_GET_MDWE, 0, 0, 0, 0) != 1)

@@ -138,6 +138,11 @@ pub fn dump_thread(
     let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
     let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
     let tsc = dump_tsc(t)?;
+    // PR_MCE_KILL_GET: PR_MCE_KILL_DEFAULT (2) unless the thread chose
+    let mce = t
+        .syscall(crest_inject::nr::PRCTL, &[34, 0, 0, 0, 0])
+        .at(pid, "prctl(PR_MCE_KILL_GET)")?;
+    let mce = (mce != 2).then_some(mce as u32);
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
             pid,
@@ -184,6 +189,7 @@ pub fn dump_thread(
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
         timer_slack_ns: Some(slack),
         tsc_mode: tsc,
+        mce_kill: mce,
         cpu_affinity: affinity,
         mempolicy_mode: (mpol_mode != 0).then_some(mpol_mode),
         mempolicy_nodes: if mpol_mode != 0 {
@@ -213,7 +219,13 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let loginuid = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
+    // "/autogroup-N nice X" (no such file without autogroups)
+    let autogroup_nice = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+        .ok()
+        .and_then(|s| s.split_whitespace().last()?.parse::<i32>().ok())
+        .filter(|n| *n != 0);
     Ok(TaskCoreEntry {
+        crest_autogroup_nice: autogroup_nice,
         loginuid,
         task_state: TASK_ALIVE,
         exit_code: 0,

@@ -266,6 +266,7 @@ fn files_and_crest_round_trip() {
         mempolicy_mode: Some(3),
         mempolicy_nodes: vec![1],
         tsc_mode: Some(2),
+        mce_kill: Some(1),
     };
     let name = names::crest_thread(42);
     write_image(

@@ -100,6 +100,11 @@ pub(super) fn transform(
     task::restore_rlimits(t.pid(), tc.rlimits.as_ref())?;
     task::restore_oom_score_adj(t.pid(), tc.oom_score_adj)?;
     task::restore_itimers(t, tc.timers.as_ref())?;
+    if let Some(nice) = tc.crest_autogroup_nice {
+        // (the autogroup is the session's: made by its setsid)
+        let path = format!("/proc/{}/autogroup", t.pid());
+        std::fs::write(&path, nice.to_string()).rat(pid, format!("write {nice} to {path}"))?;
+    }
     if let Some(uid) = tc.loginuid {
         task::restore_loginuid(t, uid)?;
     }
@@ -371,6 +376,11 @@ pub(super) fn restore_thread(
             &[u64::from(mode), addr, (words.len() * 64) as u64],
         )
         .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
+    }
+    if let Some(policy) = extra.and_then(|e| e.mce_kill) {
+        // PR_MCE_KILL, PR_MCE_KILL_SET
+        t.syscall(nr::PRCTL, &[33, 1, u64::from(policy), 0, 0])
+            .rat(pid, format!("thread {tid}: prctl(PR_MCE_KILL, {policy})"))?;
     }
     if let Some(mode) = extra.and_then(|e| e.tsc_mode) {
         const PR_SET_TSC: u64 = 26;
