@@ -26,6 +26,9 @@ pub struct Held {
     pub end: u64,
     pub at: u64,
     pub fixed: bool,
+    /// The `mmap` flags it was made with (a task keeps it only if its own
+    /// VMA has the same).
+    pub flags: u32,
 }
 
 impl Held {
@@ -66,6 +69,16 @@ fn same_bounds(v: &VmaEntry, start: u64, end: u64) -> bool {
     v.start == start && v.end == end
 }
 
+/// The flags an area for `v` is made with.
+fn map_flags(v: &VmaEntry) -> u32 {
+    v.flags & !((libc::MAP_LOCKED | libc::MAP_FIXED) as u32)
+}
+
+/// Whether `v` is the area `h` holds.
+fn is_held(v: &VmaEntry, h: &Held) -> bool {
+    candidate(v) && same_bounds(v, h.start, h.end) && map_flags(v) == h.flags
+}
+
 /// Before task `t` forks its children: what it was handed down and also
 /// has is corrected to its own pages, what it was handed and lacks is
 /// unmapped, and each area a child has too (`children`' VMAs) that it does
@@ -83,11 +96,7 @@ pub fn prepare(
     let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
     let mut held = Vec::new();
     for h in handed {
-        if mm
-            .vmas
-            .iter()
-            .any(|v| candidate(v) && same_bounds(v, h.start, h.end))
-        {
+        if mm.vmas.iter().any(|v| is_held(v, h)) {
             if !h.fixed {
                 correct(t, h, &runs, (&file, pages_path))?;
             }
@@ -99,9 +108,9 @@ pub fn prepare(
     }
     let shared_with_child = |v: &VmaEntry| {
         children.iter().any(|c| {
-            c.vmas
-                .iter()
-                .any(|w| candidate(w) && same_bounds(w, v.start, v.end))
+            c.vmas.iter().any(|w| {
+                candidate(w) && same_bounds(w, v.start, v.end) && map_flags(w) == map_flags(v)
+            })
         })
     };
     let wanted: Vec<&VmaEntry> = mm
@@ -126,7 +135,7 @@ pub fn prepare(
             pid,
             what: format!("no spare room for {len} bytes of memory shared with a child"),
         })?;
-        let flags = (v.flags & !((libc::MAP_LOCKED | libc::MAP_FIXED) as u32)) as u64
+        let flags = u64::from(map_flags(v))
             | (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let got = t
@@ -144,6 +153,7 @@ pub fn prepare(
             end: v.end,
             at,
             fixed: true,
+            flags: map_flags(v),
         };
         write_own(pid, &h, &runs, (&file, pages_path))?;
         held.push(h);
@@ -280,11 +290,7 @@ fn correct(
 /// The held areas the task keeps: those its own image has (by bounds).
 pub fn kept(held: &[Held], mm: &MmEntry) -> Vec<Held> {
     held.iter()
-        .filter(|h| {
-            mm.vmas
-                .iter()
-                .any(|v| candidate(v) && same_bounds(v, h.start, h.end))
-        })
+        .filter(|h| mm.vmas.iter().any(|v| is_held(v, h)))
         .copied()
         .collect()
 }
@@ -356,6 +362,38 @@ mod tests {
         // a range just above the wanted one pushes it past
         assert!(spare(&later, 4 * PAGE).unwrap() >= SPARE_FROM + 6 * PAGE);
         assert_eq!(spare(&[(0, SPARE_TO)], PAGE), None);
+    }
+
+    #[test]
+    fn kept_only_with_the_same_bounds_and_flags() {
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        let v = |flags: u32| VmaEntry {
+            start: 0x1000,
+            end: 0x3000,
+            status: status::REGULAR | status::ANON_PRIVATE,
+            flags,
+            ..Default::default()
+        };
+        let h = Held {
+            start: 0x1000,
+            end: 0x3000,
+            at: SPARE_FROM,
+            fixed: false,
+            flags: anon,
+        };
+        let mm = |v: VmaEntry| MmEntry {
+            vmas: vec![v],
+            ..Default::default()
+        };
+        assert_eq!(kept(&[h], &mm(v(anon))), vec![h]);
+        // (mlock is set later either way)
+        assert_eq!(kept(&[h], &mm(v(anon | libc::MAP_LOCKED as u32))), vec![h]);
+        assert!(kept(&[h], &mm(v(anon | libc::MAP_NORESERVE as u32))).is_empty());
+        let moved = VmaEntry {
+            end: 0x4000,
+            ..v(anon)
+        };
+        assert!(kept(&[h], &mm(moved)).is_empty());
     }
 
     #[test]
