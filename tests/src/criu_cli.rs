@@ -894,30 +894,8 @@ fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     }
     fs::write(src.join("before"), "1")?;
     fs::write(src2.join("after"), "2")?;
-    let script = format!(
-        "mount --bind {} {} && exec {} {} {}",
-        src.display(),
-        dst.display(),
-        cfg.workload("launch").display(),
-        cfg.workload("small_tree").display(),
-        dir.state.display()
-    );
-    let child = Command::new("/usr/bin/unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .current_dir(&dir.root)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("spawn unshare -m")?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
-    case::wait_ready(dir, pid, procs)?;
-    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
-    let before = procs::tree_snapshot(pid)?;
-    for p in before.keys() {
-        procs.track(Pid::from_raw(*p));
-    }
+    let setup = format!("mount --bind {} {}", src.display(), dst.display());
+    let (pid, before) = in_own_mntns(cfg, dir, &setup, procs)?;
     let seen = |pid: Pid| -> Vec<String> {
         fs::read_dir(format!("/proc/{pid}/root{}", dst.display()))
             .map(|d| {
@@ -978,6 +956,40 @@ fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     check_restored(dir, pid, &before, procs)
 }
 
+/// Starts `small_tree` in a mount namespace of its own (`unshare -m`,
+/// private), after the shell commands `setup` ran there; returns its pid
+/// once it is ready and settled, and its tree.
+fn in_own_mntns(
+    cfg: &Config,
+    dir: &CaseDir,
+    setup: &str,
+    procs: &mut Procs,
+) -> Result<(Pid, procs::Tree)> {
+    let script = format!(
+        "{setup} && exec {} {} {}",
+        cfg.workload("launch").display(),
+        cfg.workload("small_tree").display(),
+        dir.state.display()
+    );
+    let child = Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(&dir.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn unshare -m")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    for p in before.keys() {
+        procs.track(Pid::from_raw(*p));
+    }
+    Ok((pid, before))
+}
+
 /// The mount options runtimes and LXC pass (`--ext-mount-map auto`,
 /// `--enable-fs`, `--skip-mnt`, `--enable-external-sharing/masters`): a
 /// tree in a mount namespace of its own with a bind mount from outside
@@ -1003,32 +1015,14 @@ fn mount_options(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     } else {
         String::new()
     };
-    let script = format!(
-        "mount --bind {} {} && {hugetlb}mount -t tmpfs none {} && echo x > {}/f && exec {} {} {}",
+    let setup = format!(
+        "mount --bind {} {} && {hugetlb}mount -t tmpfs none {} && echo x > {}/f",
         src.display(),
         dst.display(),
         skip.display(),
         skip.display(),
-        cfg.workload("launch").display(),
-        cfg.workload("small_tree").display(),
-        dir.state.display()
     );
-    let child = Command::new("/usr/bin/unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .current_dir(&dir.root)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("spawn unshare -m")?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
-    case::wait_ready(dir, pid, procs)?;
-    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
-    let before = procs::tree_snapshot(pid)?;
-    for p in before.keys() {
-        procs.track(Pid::from_raw(*p));
-    }
+    let (pid, before) = in_own_mntns(cfg, dir, &setup, procs)?;
     // (mount point → filesystem type) in the tree's namespace
     let mounts = |pid: Pid| -> std::collections::HashMap<String, String> {
         let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
