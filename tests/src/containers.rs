@@ -790,7 +790,9 @@ fn run_tool(args: &[&str]) -> Result<()> {
 /// Gives the container a veth `eth0` (up, 10.77.0.2/24) whose peer
 /// `cxMAIN` is in the harness's namespace; checks that crest refuses to
 /// dump it without `--external` and leaves the tree alone, then asks for
-/// `--external veth[eth0]:cyMAIN` at dump and restore.
+/// `--external veth[eth0]:cyMAIN` at dump and `veth[eth0]:cyMAIN@cbMAIN`
+/// at restore: the outside end goes in the bridge `cbMAIN` the harness
+/// makes (and removes at the end of the case).
 fn external_veth(
     cfg: &Config,
     dir: &CaseDir,
@@ -833,6 +835,8 @@ fn external_veth(
     }
     let arg = format!("--external veth[eth0]:cy{main}\n");
     fs::write(dir.state.join("dump-args"), &arg).context("write dump-args")?;
+    run_tool(&["ip", "link", "add", &format!("cb{main}"), "type", "bridge"])?;
+    let arg = format!("--external veth[eth0]:cy{main}@cb{main}\n");
     fs::write(dir.state.join("restore-args"), &arg).context("write restore-args")?;
     Ok(())
 }
@@ -955,6 +959,16 @@ fn steps(cfg: &Config, shape: &Shape, dir: &CaseDir, procs: &mut Procs) -> Resul
         problems.push(format!(
             "no {outside}: the outside end of eth0 was not made"
         ));
+    }
+    if shape.external_veth {
+        let master = fs::read_link(format!("{outside}/master")).ok();
+        let bridge = format!("cb{main}");
+        if master.as_deref().and_then(|m| m.file_name()) != Some(bridge.as_ref()) {
+            problems.push(format!(
+                "the outside end cy{main} is not in bridge {bridge} (master {master:?})"
+            ));
+        }
+        let _ = run_tool(&["ip", "link", "del", &bridge]);
     }
     match procs::tree_snapshot(root) {
         Ok(after) => {

@@ -594,13 +594,39 @@ fn read_inside() -> Result<NetNs, Fail> {
 
 /// The parsed `--external` veth entries: (inside name, outside name).
 pub fn veth_externals(external: &[String]) -> Vec<(String, Option<String>)> {
+    veth_entries(external)
+        .into_iter()
+        .map(|(inside, outside, _)| (inside, outside))
+        .collect()
+}
+
+/// The bridges the outside ends go in (CRIU's `veth[IF]:OUT@BRIDGE` at
+/// restore): (outside name, bridge).
+pub fn veth_bridges(external: &[String]) -> Vec<(String, String)> {
+    veth_entries(external)
+        .into_iter()
+        .filter_map(|(_, outside, bridge)| Some((outside?, bridge?)))
+        .collect()
+}
+
+/// (inside name, outside name, bridge) of each `veth[IF]:OUT[@BRIDGE]`.
+fn veth_entries(external: &[String]) -> Vec<(String, Option<String>, Option<String>)> {
     external
         .iter()
         .filter_map(|e| {
             let rest = e.strip_prefix("veth[")?;
             let (inside, after) = rest.split_once(']')?;
             let outside = after.strip_prefix(':').filter(|o| !o.is_empty());
-            Some((inside.to_string(), outside.map(str::to_string)))
+            let (outside, bridge) = match outside.map(|o| o.split_once('@')) {
+                Some(Some((o, b))) => (Some(o), Some(b).filter(|b| !b.is_empty())),
+                Some(None) => (outside, None),
+                None => (None, None),
+            };
+            Some((
+                inside.to_string(),
+                outside.map(str::to_string),
+                bridge.map(str::to_string),
+            ))
         })
         .collect()
 }
@@ -983,7 +1009,7 @@ pub fn restore(nets: &[(u32, &NetNs, i32)], external: &[String]) -> Result<(), R
                 source: e,
             })?;
     }
-    outside_up(nets, &ext).map_err(rerr(0))?;
+    outside_up(nets, &ext, &veth_bridges(external)).map_err(rerr(0))?;
     for ((id, n, pid), (_, fd)) in nets.iter().zip(&fds) {
         in_ns(fd, || configure(n))
             .map_err(|e| (format!("enter net namespace {id}"), e))
@@ -993,9 +1019,14 @@ pub fn restore(nets: &[(u32, &NetNs, i32)], external: &[String]) -> Result<(), R
     Ok(())
 }
 
-/// Brings up, in crest's own namespace, the outside end of each external
-/// veth whose inside end was up.
-fn outside_up(nets: &[(u32, &NetNs, i32)], ext: &[(String, Option<String>)]) -> Result<(), Step> {
+/// In crest's own namespace, puts the outside end of each external veth
+/// in the bridge `bridges` names for it, and brings it up when its inside
+/// end was up.
+fn outside_up(
+    nets: &[(u32, &NetNs, i32)],
+    ext: &[(String, Option<String>)],
+    bridges: &[(String, String)],
+) -> Result<(), Step> {
     let names: Vec<String> = nets
         .iter()
         .flat_map(|n| n.1.devs.iter())
@@ -1008,11 +1039,24 @@ fn outside_up(nets: &[(u32, &NetNs, i32)], ext: &[(String, Option<String>)]) -> 
             given.or_else(|| d.outside_name.clone())
         })
         .collect();
-    if names.is_empty() {
+    if names.is_empty() && bridges.is_empty() {
         return Ok(());
     }
     let mut nl = step(Rtnl::open(), || "open an rtnetlink socket".into())?;
     let have = step(nl.links(), || "list crest's devices".into())?;
+    for (out, bridge) in bridges {
+        let index = |n: &str| have.iter().find(|l| l.name == n).map(|l| l.index);
+        let (Some(o), Some(b)) = (index(out), index(bridge)) else {
+            return Err((
+                format!("put the outside veth {out} in bridge {bridge}"),
+                io::Error::from_raw_os_error(libc::ENODEV),
+            ));
+        };
+        step(
+            nl.call(rtnl::RTM_NEWLINK, 0, &rtnl::set_link(o, 0, None, Some(b))),
+            || format!("put the outside veth {out} in bridge {bridge}"),
+        )?;
+    }
     for name in names {
         let Some(l) = have.iter().find(|l| l.name == name) else {
             continue;
@@ -1276,6 +1320,18 @@ mod tests {
                 ("eth0".to_string(), Some("out0".to_string())),
                 ("eth1".to_string(), None)
             ]
+        );
+        let b = ["veth[eth0]:out0@br0".to_string(), "veth[eth1]:out1".into()];
+        assert_eq!(
+            veth_externals(&b),
+            vec![
+                ("eth0".to_string(), Some("out0".to_string())),
+                ("eth1".to_string(), Some("out1".to_string()))
+            ]
+        );
+        assert_eq!(
+            veth_bridges(&b),
+            vec![("out0".to_string(), "br0".to_string())]
         );
     }
 
