@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 22] = [
+const CASES: [(&str, DirCase); 23] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -47,6 +47,7 @@ const CASES: [(&str, DirCase); 22] = [
     ("criu_cli_options", options_taken),
     ("criu_cli_empty_ns_net", empty_ns_net),
     ("criu_cli_join_ns", join_ns),
+    ("criu_cli_join_ns_mnt", join_ns_mnt),
     ("criu_cli_ext_unix_sk", ext_unix_sk),
     ("criu_cli_external_mnt", external_mnt),
     ("criu_cli_mount_options", mount_options),
@@ -784,6 +785,91 @@ fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let _ = holder.kill();
     let _ = holder.wait();
     case::finish_tree(dir, main, root, StdioKind::DevNull, procs)
+}
+
+/// `--join-ns mnt:PID`: a tree in a mount namespace of its own (a tmpfs
+/// at `m` holding `t`) is restored into the mount namespace a holder
+/// made (a tmpfs at `m` holding `h`): the tree is in the holder's
+/// namespace and sees its files, crest replayed nothing there.
+fn join_ns_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/unshare").exists() {
+        return Ok(Outcome::Skip("util-linux unshare is missing".into()));
+    }
+    let m = dir.root.join("m");
+    fs::create_dir_all(&m)?;
+    let setup = format!(
+        "mount -t tmpfs none {} && echo tree > {}/t",
+        m.display(),
+        m.display()
+    );
+    let (pid, before) = in_own_mntns(cfg, dir, &setup, procs)?;
+    let script = format!(
+        "mount -t tmpfs none {} && echo held > {}/h && exec sleep 60",
+        m.display(),
+        m.display()
+    );
+    let mut holder = Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start a holder of a mount namespace")?;
+    let hpid = Pid::from_raw(holder.id() as i32);
+    procs.track(hpid);
+    let held = m.join("h");
+    if !wait_until(Duration::from_secs(5), || {
+        Path::new(&format!("/proc/{hpid}/root{}", held.display())).exists()
+    }) {
+        bail!("the holder did not mount its tmpfs");
+    }
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
+        pid,
+        &before,
+        procs,
+    )?;
+    let join = format!("mnt:{hpid}");
+    let r = restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--join-ns",
+            &join,
+        ],
+        pid,
+        procs,
+    );
+    let mnt_of = |p: Pid| fs::read_link(format!("/proc/{p}/ns/mnt"));
+    let check = r.and_then(|_| {
+        let (theirs, held_ns) = (mnt_of(pid)?, mnt_of(hpid)?);
+        if theirs != held_ns {
+            bail!("the restored tree is in {theirs:?}, not the joined {held_ns:?}");
+        }
+        let root = format!("/proc/{pid}/root{}", m.display());
+        if !Path::new(&format!("{root}/h")).exists() || Path::new(&format!("{root}/t")).exists() {
+            bail!(
+                "the tree does not see the joined namespace's tmpfs at {}",
+                m.display()
+            );
+        }
+        Ok(())
+    });
+    let _ = holder.kill();
+    let _ = holder.wait();
+    procs.untrack(hpid);
+    check?;
+    check_restored(dir, pid, &before, procs)
 }
 
 /// `--ext-unix-sk`: a python3 process sends numbered datagrams on a unix

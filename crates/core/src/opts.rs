@@ -394,9 +394,12 @@ impl Options {
             &mut r,
             self.join_ns
                 .iter()
-                .any(|j| !matches!(j.ns.as_str(), "net" | "uts" | "ipc") || j.extra.is_some()),
+                .any(|j| {
+                    !matches!(j.ns.as_str(), "net" | "uts" | "ipc" | "mnt" | "cgroup" | "time")
+                        || j.extra.is_some()
+                }),
             "--join-ns",
-            "crest joins net, uts and ipc namespaces (without extra options) only",
+            "crest joins net, uts, ipc, mnt, cgroup and time namespaces (without extra options) only",
         );
         refuse(
             &mut r,

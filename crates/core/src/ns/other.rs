@@ -755,6 +755,9 @@ fn read_uts(pid: i32, fd: &OwnedFd) -> Result<(String, String), DumpError> {
 #[derive(Default)]
 pub struct Helpers {
     by_id: Vec<(u32, Tracee)>,
+    /// The namespaces joined with `--join-ns` (they keep what they have:
+    /// a joined mount namespace's mounts are not replayed).
+    joined: Vec<u32>,
 }
 
 impl Helpers {
@@ -772,12 +775,15 @@ impl Helpers {
         // --join-ns: the tree's namespace of that kind is the given one
         let joined = join_files(g, join)?;
         for n in &g.list {
-            if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) {
+            let join_file = joined.iter().find(|(id, _)| *id == n.id).map(|x| &x.1);
+            if n.mnt.as_ref().is_some_and(|m| m.base.is_some()) && join_file.is_none() {
                 continue; // a copy of another of the tree's: made at replay
+            }
+            if join_file.is_some() {
+                h.joined.push(n.id);
             }
             let mut t = super::pid::spawn_helper(&[])?;
             let pid = t.pid();
-            let join_file = joined.iter().find(|(id, _)| *id == n.id).map(|x| &x.1);
             if n.external_key.is_some() || join_file.is_some() {
                 // the caller's namespace: --inherit-fd fd[N]:KEY for an
                 // external one, a file for --join-ns
@@ -868,6 +874,9 @@ impl Helpers {
         how: &super::mnt::Replay<'_>,
     ) -> Result<(), RestoreError> {
         use crate::mm::restore::{close_crest_root, open_crest_root, open_crest_side};
+        if self.joined.contains(&id) {
+            return Ok(()); // --join-ns: its mounts are the caller's
+        }
         let Some(n) = g.list.iter().find(|n| n.id == id) else {
             return Ok(());
         };
@@ -1041,7 +1050,10 @@ fn join_files(
         };
         let kind = KINDS
             .iter()
-            .find(|k| k.name == j.ns && matches!(k.name, "net" | "uts" | "ipc"))
+            .find(|k| {
+                k.name == j.ns
+                    && matches!(k.name, "net" | "uts" | "ipc" | "mnt" | "cgroup" | "time")
+            })
             .ok_or_else(|| refuse(format!("joining a {} namespace", j.ns)))?;
         let file = if j.file.chars().all(|c| c.is_ascii_digit()) {
             format!("/proc/{}/ns/{}", j.file, j.ns)
