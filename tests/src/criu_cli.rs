@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 23] = [
+const CASES: [(&str, DirCase); 24] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -49,6 +49,7 @@ const CASES: [(&str, DirCase); 23] = [
     ("criu_cli_join_ns", join_ns),
     ("criu_cli_join_ns_mnt", join_ns_mnt),
     ("criu_cli_ext_unix_sk", ext_unix_sk),
+    ("criu_cli_tcp_close", tcp_close),
     ("criu_cli_external_mnt", external_mnt),
     ("criu_cli_mount_options", mount_options),
     ("criu_cli_inherit_fd", inherit_fd),
@@ -962,6 +963,100 @@ fn ext_unix_sk(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     Ok(Outcome::Pass)
 }
 
+/// `--tcp-close`: a python3 process holds a TCP connection to the harness
+/// and sends on it. Dumped with `--tcp-close` (no `--tcp-established`),
+/// the images are refused by a restore without the option; restored with
+/// it, the process finds its socket closed (its next send fails) and says
+/// so in a file.
+fn tcp_close(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !Path::new("/usr/bin/python3").exists() {
+        return Ok(Outcome::Skip("python3 is missing".into()));
+    }
+    let lis = std::net::TcpListener::bind("127.0.0.1:0").context("listen")?;
+    let port = lis.local_addr()?.port();
+    let said = dir.root.join("said");
+    let script = format!(
+        "import os, socket, time\n\
+         os.closerange(3, 65536)\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         while True:\n    \
+             try:\n        s.send(b'x')\n    \
+             except OSError as e:\n        \
+                 open({:?}, 'w').write(e.__class__.__name__)\n        \
+                 time.sleep(1)\n        break\n    \
+             time.sleep(0.05)\n",
+        s(&said)
+    );
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start python3")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    let (mut conn, _) = lis.accept().context("accept the connection")?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = [0u8; 1];
+    std::io::Read::read_exact(&mut conn, &mut b).context("the first byte")?;
+    wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    let before = procs::tree_snapshot(pid)?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    dump_ok(
+        cfg,
+        dir,
+        &[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "-o",
+            "dump.log",
+            "--tcp-close",
+        ],
+        pid,
+        &before,
+        procs,
+    )?;
+    let refused = crest_run(
+        cfg,
+        dir,
+        "restore-plain",
+        &["restore", "-D", &images, "-d", "-o", "restore-plain.log"],
+        procs,
+    )?;
+    if refused.success() || !refused.stderr.contains("--tcp-close") {
+        bail!(refused.failure("a restore without --tcp-close (expected a refusal naming it)"));
+    }
+    restore_ok(
+        cfg,
+        dir,
+        "restore",
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            "--tcp-close",
+        ],
+        pid,
+        procs,
+    )?;
+    if !wait_until(Duration::from_secs(5), || said.exists()) {
+        bail!("the restored process did not find its connection closed");
+    }
+    let what = fs::read_to_string(&said)?;
+    if !wait_until(Duration::from_secs(5), || !procs::alive(pid)) {
+        bail!("the restored process did not end after its send failed ({what})");
+    }
+    Ok(Outcome::Pass)
+}
+
 /// `small_tree` in a mount namespace of its own with a bind mount from
 /// outside (`src` on `dst`): dumped with `--external mnt[DST]:KEY`,
 /// restored with `--external mnt[KEY]:SRC2`; the restored mount shows
@@ -1579,11 +1674,6 @@ fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
             "lazy",
             vec!["dump", "-t", &pid_s, "-D", &images, "--lazy-pages"],
             "--lazy-pages",
-        ),
-        (
-            "tcpclose",
-            vec!["dump", "-t", &pid_s, "-D", &images, "--tcp-close"],
-            "--tcp-close",
         ),
         (
             "predump",

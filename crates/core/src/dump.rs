@@ -178,6 +178,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;
     (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
+    files.tcp_close = opts.tcp_close;
     files.file_locks = opts.file_locks;
     files.orphan_pts_master = opts.orphan_pts_master;
     files.ext_unix_sk = opts.ext_unix_sk;
@@ -236,6 +237,8 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
         ns_per_id: Some(true),
         lsmtype: Some(0),
         dump_uptime: Some(uptime_ticks()),
+        // (CRIU's mark: such images are restored with --tcp-close only)
+        tcp_close: opts.tcp_close.then_some(true),
         ..InventoryEntry::default()
     };
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;

@@ -357,7 +357,6 @@ impl Options {
         refuse(&mut r, self.page_server, "--page-server", migration);
         refuse(&mut r, self.ps_socket.is_some(), "--ps-socket", migration);
         refuse(&mut r, self.tls, "--tls", migration);
-        refuse(&mut r, self.tcp_close, "--tcp-close", not_yet);
         refuse(
             &mut r,
             matches!(

@@ -169,6 +169,9 @@ impl FileTable {
             let info = tcp_info(&copy).at(pid, "TCP_INFO")?;
             let state = u32::from(info.first().copied().unwrap_or(0));
             match state {
+                // --tcp-close: the connection is not taken, the socket
+                // comes back closed and unbound (CRIU's)
+                s if self.tcp_close && s != LISTEN && s != CLOSE => (CLOSE, 0),
                 LISTEN => {
                     let (pending, backlog) = (word(&info, 24), word(&info, 28));
                     if pending != 0 {
@@ -203,6 +206,14 @@ impl FileTable {
             .then(|| int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0))
             .transpose()
             .at(pid, "IPV6_V6ONLY")?;
+        // a connection --tcp-close dropped: neither its ends nor its
+        // queues are kept
+        let dropped = is_tcp && self.tcp_close && state == CLOSE && peer.is_some();
+        let (src, sport, dst, dport) = if dropped {
+            (vec![0; src.len()], 0, Vec::new(), 0)
+        } else {
+            (src, sport, dst, dport)
+        };
         let mut opts = skopts::dump(&copy).at(pid, "read socket options")?;
         if is_udp {
             opts.crest_mcast =
@@ -460,6 +471,15 @@ fn make(
     }
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
     let tcp = s.proto == libc::IPPROTO_TCP as u32;
+    // --tcp-close: a connection in the images comes back as a socket that
+    // was never connected (CRIU's), unbound
+    let dropped = tcp && files.socks.tcp_close && s.state != LISTEN && s.state != CLOSE;
+    if dropped {
+        skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
+        let status = libc::O_NONBLOCK | libc::O_ASYNC;
+        crest_sys::net::set_status_flags(&c, s.flags as i32 & status).rat(pid, at("flags"))?;
+        return Ok(());
+    }
     let stream = (tcp && s.state == ESTABLISHED)
         .then(|| read_stream(files, s.ino))
         .transpose()?;

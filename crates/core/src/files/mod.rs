@@ -70,6 +70,9 @@ pub struct FileTable {
     pub orphan_pts_master: bool,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
+    /// `--tcp-close`: a connected TCP socket is dumped as a closed one
+    /// (CRIU's: the connection is dropped, the fd stays).
+    pub tcp_close: bool,
     /// `--file-locks`: dump the file locks the tree holds.
     pub file_locks: bool,
     pub locks: lock::LockDump,

@@ -420,6 +420,8 @@ pub struct SockImages {
     pub dir: std::path::PathBuf,
     /// `--shell-job` at restore.
     pub shell_job: bool,
+    /// `--tcp-close` at restore: a connected TCP socket comes back closed.
+    pub tcp_close: bool,
     /// crest's own copies of sockets a task made for another task (the
     /// other end of a pair, a listener to connect to), handed over when
     /// that task's fds are made.
@@ -451,6 +453,7 @@ impl SockImages {
             udp: super::inet::read_udp(dir)?,
             dir: dir.to_path_buf(),
             shell_job: false,
+            tcp_close: false,
             spare: HashMap::new(),
         })
     }

@@ -286,9 +286,16 @@ pub(super) fn init_of(imgs: &[TaskImage], actual: &[i32], n: u32) -> Option<i32>
 }
 
 /// `inventory.img` must be there, be CRIU's, and have image version 2.
-pub fn check_inventory(dir: &Path) -> Result<(), RestoreError> {
+pub fn check_inventory(dir: &Path, tcp_close: bool) -> Result<(), RestoreError> {
     let inv: crest_images::pb::InventoryEntry =
         crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
+    if inv.tcp_close == Some(true) && !tcp_close {
+        // (CRIU's rule: the images lack the connections)
+        return Err(RestoreError::Unsupported {
+            pid: 0,
+            what: "images dumped with --tcp-close, restored without --tcp-close".into(),
+        });
+    }
     if inv.img_version != crest_images::INVENTORY_IMG_VERSION {
         return Err(RestoreError::BadImage {
             pid: 0,

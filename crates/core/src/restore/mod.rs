@@ -87,9 +87,10 @@ fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreErro
 
 fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
-    check_inventory(dir)?;
+    check_inventory(dir, opts.tcp_close)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;
+    files.socks.tcp_close = opts.tcp_close;
     files.ttys.orphan_pts_master = opts.orphan_pts_master;
     for (fd, key) in &opts.inherit_fd {
         let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
