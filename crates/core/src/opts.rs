@@ -513,7 +513,6 @@ mod tests {
         let o = Options {
             pid: 1,
             lazy_pages: true,
-            tcp_close: true,
             network_lock: Some(NetworkLock::Iptables),
             inherit_fd: vec![(3, "tmp/file".into())],
             ..Options::default()
@@ -527,7 +526,6 @@ mod tests {
             names,
             [
                 "--lazy-pages",
-                "--tcp-close",
                 "--network-lock",
                 "--inherit-fd fd[3]:tmp/file"
             ]
