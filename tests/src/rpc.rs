@@ -24,7 +24,7 @@
 //!   crest still runs) is the test process.
 //! - `rpc_bad_input`: garbage, NOTIFY out of turn, unsupported request
 //!   types, an empty datagram, a closed socket, a 2 MiB datagram.
-//! - `rpc_unsupported_options`: lazy_pages, tcp_close on DUMP are
+//! - `rpc_unsupported_options`: lazy_pages, lsm_profile on DUMP are
 //!   refused naming the option; the tree runs on.
 //! - `rpc_config_file`: `config_file` options override the RPC's; a missing
 //!   one is ignored.
@@ -690,9 +690,9 @@ fn rpc_unsupported_options(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Re
             &["lazy-pages", "lazy_pages"],
         ),
         (
-            "tcp_close",
-            |o| o.tcp_close = Some(true),
-            &["tcp-close", "tcp_close"],
+            "lsm_profile",
+            |o| o.lsm_profile = Some("apparmor:crest-test".into()),
+            &["lsm-profile", "lsm_profile"],
         ),
     ];
     for (tag, set, words) in cases {
