@@ -727,15 +727,12 @@ fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     for p in before.keys() {
         procs.track(Pid::from_raw(*p));
     }
-    let mut holder = std::process::Command::new("/usr/bin/unshare")
-        .args(["-u", "sh", "-c", "hostname crest-joined && exec sleep 60"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start a holder of a uts namespace")?;
-    let hpid = Pid::from_raw(holder.id() as i32);
-    procs.track(hpid);
+    let (mut holder, hpid) = spawn_quiet(
+        "/usr/bin/unshare",
+        &["-u", "sh", "-c", "hostname crest-joined && exec sleep 60"],
+        None,
+        procs,
+    )?;
     let uts_of = |p: Pid| fs::read_link(format!("/proc/{p}/ns/uts"));
     let ours = fs::read_link("/proc/self/ns/uts")?;
     if !wait_until(Duration::from_secs(5), || {
@@ -809,15 +806,12 @@ fn join_ns_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         m.display(),
         m.display()
     );
-    let mut holder = Command::new("/usr/bin/unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start a holder of a mount namespace")?;
-    let hpid = Pid::from_raw(holder.id() as i32);
-    procs.track(hpid);
+    let (mut holder, hpid) = spawn_quiet(
+        "/usr/bin/unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+        None,
+        procs,
+    )?;
     let held = m.join("h");
     if !wait_until(Duration::from_secs(5), || {
         Path::new(&format!("/proc/{hpid}/root{}", held.display())).exists()
@@ -894,16 +888,7 @@ fn ext_unix_sk(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
          while True:\n    i += 1\n    s.send(b'%d' % i)\n    time.sleep(0.05)\n",
         s(&path)
     );
-    let child = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start python3")?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
+    let (_, pid) = spawn_quiet("/usr/bin/python3", &["-c", &script], None, procs)?;
     let tick = |rx: &std::os::unix::net::UnixDatagram| -> Result<u64> {
         let mut buf = [0u8; 32];
         let n = rx.recv(&mut buf).context("receive a datagram")?;
@@ -987,16 +972,7 @@ fn tcp_close(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
              time.sleep(0.05)\n",
         s(&said)
     );
-    let child = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start python3")?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
+    let (_, pid) = spawn_quiet("/usr/bin/python3", &["-c", &script], None, procs)?;
     let (mut conn, _) = lis.accept().context("accept the connection")?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut b = [0u8; 1];
@@ -1137,6 +1113,28 @@ fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     check_restored(dir, pid, &before, procs)
 }
 
+/// Starts `program` with `args`, stdio on /dev/null (in `cwd` if given),
+/// tracked: the child and its pid.
+fn spawn_quiet(
+    program: &str,
+    args: &[&str],
+    cwd: Option<&Path>,
+    procs: &mut Procs,
+) -> Result<(std::process::Child, Pid)> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let child = cmd.spawn().with_context(|| format!("start {program}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    Ok((child, pid))
+}
+
 /// Starts `small_tree` in a mount namespace of its own (`unshare -m`,
 /// private), after the shell commands `setup` ran there; returns its pid
 /// once it is ready and settled, and its tree.
@@ -1152,16 +1150,12 @@ fn in_own_mntns(
         cfg.workload("small_tree").display(),
         dir.state.display()
     );
-    let child = Command::new("/usr/bin/unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .current_dir(&dir.root)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("spawn unshare -m")?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
+    let (_, pid) = spawn_quiet(
+        "/usr/bin/unshare",
+        &["-m", "--propagation", "private", "sh", "-c", &script],
+        Some(&dir.root),
+        procs,
+    )?;
     case::wait_ready(dir, pid, procs)?;
     wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
     let before = procs::tree_snapshot(pid)?;
