@@ -31,6 +31,7 @@ pub mod rpc;
 pub mod runtimes;
 pub mod servers;
 pub mod suite;
+pub mod survive;
 pub mod trees;
 
 pub use config::{Config, Flavor, StdioKind};

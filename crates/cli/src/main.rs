@@ -231,7 +231,11 @@ fn dump(o: &Options) -> Result<i32> {
         scripts: o.action_scripts.clone(),
         images_dir: o.dir.clone(),
     };
+    // SIGINT, SIGTERM, SIGHUP: the dump fails at its next step and the
+    // tree is released, as after any failure
+    let stop = crest_sys::fault::catch_termination().context("catch SIGINT/SIGTERM/SIGHUP")?;
     let s = crest_core::dump::dump_notified(o, &mut n)?;
+    drop(stop);
     crest_core::info!(
         "dump of {:?} done, {} bytes of pages",
         s.pids,
@@ -247,7 +251,11 @@ fn restore(o: &Options) -> Result<i32> {
         scripts: o.action_scripts.clone(),
         images_dir: o.dir.clone(),
     };
+    // SIGINT, SIGTERM, SIGHUP: the restore fails at its next step and
+    // kills what it made, as after any failure
+    let stop = crest_sys::fault::catch_termination().context("catch SIGINT/SIGTERM/SIGHUP")?;
     let restored = crest_core::restore::restore_notified(o, &mut n)?;
+    drop(stop);
     if let Some(p) = &o.pidfile {
         let p = o.in_work_dir(p);
         std::fs::write(&p, format!("{}", restored.root_pid))

@@ -471,6 +471,8 @@ fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     crate::init_log(&o);
     crest_core::debug!("dump over RPC for pid {}: {o:?}", peer.pid);
     let mut n = Notifier::of(peer, req);
+    // a runtime's SIGTERM: the tree released (see main's dump)
+    let _stop = crest_sys::fault::catch_termination().map_err(|e| e.to_string())?;
     let s = crest_core::dump::dump_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
     crest_core::info!("dump of {:?} done over RPC", s.pids);
     crate::after_action(&o, Some(s.stats.render()));
@@ -489,6 +491,7 @@ fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     crate::init_log(&o);
     crest_core::debug!("restore over RPC for pid {}: {o:?}", peer.pid);
     let mut n = Notifier::of(peer, req);
+    let _stop = crest_sys::fault::catch_termination().map_err(|e| e.to_string())?;
     let r =
         crest_core::restore::restore_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
     crate::after_action(&o, Some(r.stats.render()));

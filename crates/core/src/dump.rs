@@ -49,7 +49,11 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         None => None,
     };
     let start = Instant::now();
-    let tree = Seized::seize(opts.pid)?;
+    let tree = Seized::seize(
+        opts.pid,
+        std::time::Duration::from_secs(opts.timeout.max(1).into()),
+    )?;
+    crest_sys::fault::point("dump: tree seized")?;
     let frozen = Instant::now();
     crate::info!("seized {} task(s) of tree {}", tree.tasks.len(), opts.pid);
     // The network is the caller's to lock when the tree has a net
@@ -61,6 +65,10 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Ok(())
     })
     .and_then(|()| collect_and_write(&tree, opts))
+    .and_then(|s| {
+        crest_sys::fault::point("dump: images written")?;
+        Ok(s)
+    })
     .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
     match res {
         Ok(mut summary) => {
@@ -216,6 +224,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
                 ids.pid_ns_id = pids.ns_of(task.pid);
                 let fc = for_children(task.pid, &others, &pids);
                 dump_task(task, &ids, &users, fc, &opts.dir, &mut files, &mut summary)?;
+                crest_sys::fault::point("dump: task dumped")?;
                 ids
             }
         };
@@ -298,6 +307,8 @@ fn dump_task(
     crate::task::check_seccomp(pid)?;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     let ip = t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
+    // from here on, a crest that vanishes leaves the task as it was seized
+    let rec = t.arm(task.threads.len()).at(pid, "map the recovery area")?;
 
     let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
     let mm = mm::dump(&mut t, files, &mut pages)?;
@@ -312,18 +323,22 @@ fn dump_task(
     let (mut core, mut extra) = coreimg::dump_thread(&mut t, users, ns)?;
     (extra.pid_for_children, extra.time_for_children) = for_children;
     core.tc = Some(tc);
-    t.put_back().at(pid, "put the task back")?;
-    t.leak();
-    write_core(dir, pid, core, extra)?;
 
-    for &tid in task.threads.iter().filter(|t| **t != pid) {
+    // The other threads use the leader's recovery area, so they are put
+    // back before it is.
+    let others = task.threads.iter().filter(|t| **t != pid);
+    for (slot, &tid) in (1..).zip(others) {
         let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
         th.set_syscall_ip(ip);
+        th.join(&rec, slot).at(pid, "arm a thread")?;
         let (core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
         write_core(dir, tid, core, extra)?;
     }
+    t.put_back().at(pid, "put the task back")?;
+    t.leak();
+    write_core(dir, pid, core, extra)?;
 
     let upid = pid as u32;
     crest_images::write_image(dir, &names::mm(upid), magic::MM, &[mm.entry])?;

@@ -7,6 +7,8 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    #[error(transparent)]
+    Fault(#[from] crest_sys::fault::Injected),
     #[error("pid {pid} does not exist")]
     NoSuchProcess { pid: i32 },
     #[error("dump pid {pid}: {step}: {source}")]
@@ -50,6 +52,8 @@ pub enum DumpError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error(transparent)]
+    Fault(#[from] crest_sys::fault::Injected),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("restore pid {pid}: {step}: {source}")]

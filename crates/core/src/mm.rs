@@ -281,7 +281,11 @@ pub fn dump(
     pages: &mut RawWriter,
 ) -> Result<MmDump, DumpError> {
     let pid = t.pid();
-    let maps = procfs::read_maps(pid).at(pid, "read maps")?;
+    let mut maps = procfs::read_maps(pid).at(pid, "read maps")?;
+    // crest's own recovery area is not the task's
+    if let Some((start, end)) = t.recovery_range() {
+        maps.retain(|m| m.end <= start || m.start >= end);
+    }
     let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
     let stat = procfs::read_stat(pid).at(pid, "read stat")?;
     let auxv = procfs::read_auxv(pid).at(pid, "read auxv")?;

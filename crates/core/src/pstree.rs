@@ -38,6 +38,8 @@ pub struct Seized {
     /// Tasks in tree order: every parent before its children.
     pub tasks: Vec<Task>,
     attached: Vec<i32>,
+    /// By when every thread must have stopped (`--timeout`).
+    deadline: std::time::Instant,
 }
 
 /// Most tasks and threads crest seizes in one tree.
@@ -48,13 +50,14 @@ impl Seized {
     /// a whole pass finds no new task or thread, so a tree that forks or
     /// spawns threads meanwhile is still caught whole. Every thread is
     /// stopped when this returns.
-    pub fn seize(root: i32) -> Result<Seized, DumpError> {
+    pub fn seize(root: i32, timeout: std::time::Duration) -> Result<Seized, DumpError> {
         if !std::path::Path::new(&format!("/proc/{root}")).exists() {
             return Err(DumpError::NoSuchProcess { pid: root });
         }
         let mut s = Seized {
             tasks: Vec::new(),
             attached: Vec::new(),
+            deadline: std::time::Instant::now() + timeout,
         };
         let mut order: Vec<i32> = vec![root];
         let mut zombies: Vec<(i32, i32)> = Vec::new();
@@ -162,7 +165,7 @@ impl Seized {
                         what: format!("a tree of more than {MAX_THREADS} threads"),
                     });
                 }
-                match crest_inject::seize_thread(tid) {
+                match crest_inject::seize_thread_by(tid, self.deadline) {
                     Ok(()) => self.attached.push(tid),
                     // A thread that exited meanwhile is simply not there.
                     Err(_)

@@ -163,10 +163,6 @@ pub fn restore_pending(
                 what: format!("pending signal {signo}"),
             });
         }
-        if signo == libc::SIGTRAP as u32 {
-            // a single step's trap would take its place from here on
-            t.use_syscall_stops().rat(pid, "block SIGTRAP again")?;
-        }
         let addr = t.put(&si.siginfo).rat(pid, "write siginfo")?;
         if shared {
             t.syscall(

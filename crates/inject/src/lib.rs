@@ -6,11 +6,16 @@
 //! All ptrace requests for a tracee come from the thread that attached it,
 //! so a [`Tracee`] must stay on the thread that made it.
 
+use crest_sys::fault;
 use crest_sys::ptrace::{self, UserRegs, WaitStatus};
 use std::io;
 
+pub mod recovery;
 mod syscalls;
 pub use syscalls::nr;
+
+use recovery::{Held, Layout, Undo};
+use std::os::unix::fs::FileExt;
 
 /// Errors of the injection layer; each names the thread and the step.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,15 @@ pub enum InjectError {
         len: usize,
         source: io::Error,
     },
+    #[error(transparent)]
+    Fault(#[from] crest_sys::fault::Injected),
+    #[error(
+        "thread {tid} did not stop within the timeout (state {state}: an uninterruptible \
+         sleep or a vfork parent cannot be seized until it wakes; see --timeout)"
+    )]
+    NotStopped { tid: i32, state: char },
+    #[error("pid {pid}: recovery area: {what}")]
+    Recovery { pid: i32, what: String },
     #[error("pid {pid}: injected {name}: {source}")]
     Syscall {
         pid: i32,
@@ -85,42 +99,109 @@ pub struct Tracee {
     new_task: Option<i32>,
     /// An fd, in the task, of crest's root directory (see [`Tracee::crest_root`]).
     crest_root: Option<u64>,
-    /// Injected syscalls stop at their entry and exit (`PTRACE_SYSCALL`)
-    /// instead of a single step: the step's trap is a forced SIGTRAP that
-    /// unblocks SIGTRAP and takes the place of one the task has pending.
-    sysstops: bool,
+    /// All signals are blocked (they are while syscalls are injected).
+    blocked: bool,
+    /// The thread's slot in the recovery area, once armed.
+    armed: Option<Armed>,
+    /// The recovery area, when this tracee mapped it (and unmaps it).
+    area: Option<Recovery>,
 }
 
-/// Whether thread `tid` of `pid` has a SIGTRAP pending, its own or its
-/// process's.
-fn trap_pending(pid: i32, tid: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
-        return false;
-    };
-    let bit = 1u64 << (libc::SIGTRAP - 1);
-    s.lines()
+/// The recovery area mapped in a seized task (see [`recovery`]), shared by
+/// its threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    addr: u64,
+    layout: Layout,
+}
+
+/// A thread's place in the recovery area: its slot and what crest has left
+/// in the task for the moment, as the slot's list says.
+#[derive(Debug)]
+struct Armed {
+    code: u64,
+    slot: recovery::Slot,
+    held: Vec<Held>,
+    /// `/proc/PID/mem`, which writes the read-only area.
+    mem: std::fs::File,
+}
+
+/// A free address range of `len` bytes in `pid`, a page clear of every
+/// mapping on each side (so that nothing merges with it) and clear of the
+/// room the main stack grows into.
+fn free_range(pid: i32, len: u64) -> Option<u64> {
+    const TOP: u64 = 0x7fff_ffff_f000;
+    const STACK_ROOM: u64 = 256 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut spans: Vec<(u64, u64, bool)> = maps
+        .lines()
         .filter_map(|l| {
-            l.strip_prefix("SigPnd:")
-                .or_else(|| l.strip_prefix("ShdPnd:"))
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            (a < TOP).then_some((a, b, l.ends_with("[stack]")))
         })
-        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .any(|m| m & bit != 0)
+        .collect();
+    spans.sort_unstable();
+    // `upper`: the lowest address taken above the gap looked at
+    let mut upper = TOP;
+    for &(start, end, stack) in spans.iter().rev() {
+        if upper > end && upper - end >= len + 2 * 4096 {
+            return Some(upper - 4096 - len);
+        }
+        let floor = if stack {
+            start.saturating_sub(STACK_ROOM)
+        } else {
+            start
+        };
+        upper = upper.min(floor);
+    }
+    None
 }
 
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
 /// Signals that arrive meanwhile are delivered as they would have been.
 pub fn seize_thread(tid: i32) -> Result<()> {
-    seize_with(tid, 0)
+    seize_with(tid, 0, None)
 }
 
-fn seize_with(tid: i32, options: u32) -> Result<()> {
+/// [`seize_thread`], waiting at most until `deadline`: a thread that does
+/// not stop by then (in an uninterruptible sleep, a vfork parent waiting
+/// for its child) fails with [`InjectError::NotStopped`]. It stays attached
+/// until crest exits (the kernel detaches a tracee only once it stopped, or
+/// when its tracer goes), and then runs on.
+pub fn seize_thread_by(tid: i32, deadline: std::time::Instant) -> Result<()> {
+    seize_with(tid, 0, Some(deadline))
+}
+
+fn seize_with(tid: i32, options: u32, deadline: Option<std::time::Instant>) -> Result<()> {
     ptrace::seize(tid, options).map_err(pt(tid, "PTRACE_SEIZE"))?;
     if let Err(e) = ptrace::interrupt(tid) {
         let _ = ptrace::detach(tid, 0);
         return Err(pt(tid, "PTRACE_INTERRUPT")(e));
     }
+    let mut nap = std::time::Duration::from_micros(20);
     loop {
-        let st = ptrace::wait(tid).map_err(pt(tid, "waitpid"))?;
+        let st = match deadline {
+            None => ptrace::wait(tid).map_err(pt(tid, "waitpid"))?,
+            Some(d) => match ptrace::try_wait(tid).map_err(pt(tid, "waitpid"))? {
+                Some(st) => st,
+                None if std::time::Instant::now() >= d => {
+                    let state = std::fs::read_to_string(format!("/proc/{tid}/stat"))
+                        .ok()
+                        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+                        .unwrap_or('?');
+                    return Err(InjectError::NotStopped { tid, state });
+                }
+                None => {
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(std::time::Duration::from_millis(5));
+                    continue;
+                }
+            },
+        };
         match st {
             WaitStatus::Stopped { event, .. } if event == ptrace::PTRACE_EVENT_STOP => {
                 return Ok(())
@@ -157,7 +238,7 @@ impl Tracee {
     /// (killed if crest dies, `PTRACE_O_EXITKILL`) and stops it; it is
     /// killed if dropped, as a child would be.
     pub fn seize_made(pid: i32) -> Result<Tracee> {
-        seize_with(pid, libc::PTRACE_O_EXITKILL as u32)?;
+        seize_with(pid, libc::PTRACE_O_EXITKILL as u32, None)?;
         Self::take(pid, pid, Attach::Child)
     }
 
@@ -190,7 +271,12 @@ impl Tracee {
     fn take(pid: i32, tid: i32, attach: Attach) -> Result<Tracee> {
         let orig_regs = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
         let orig_sigmask = ptrace::get_sigmask(tid).map_err(pt(tid, "PTRACE_GETSIGMASK"))?;
-        ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+        // A seized thread keeps its mask until the first injected call (a
+        // thread whose tracer dies before then must find it unchanged).
+        let blocked = attach != Attach::Seized;
+        if blocked {
+            ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+        }
         Ok(Tracee {
             pid,
             tid,
@@ -202,18 +288,10 @@ impl Tracee {
             done: false,
             new_task: None,
             crest_root: None,
-            sysstops: trap_pending(pid, tid),
+            blocked,
+            armed: None,
+            area: None,
         })
-    }
-
-    /// From now on injected syscalls stop at their entry and exit instead
-    /// of a single step (a SIGTRAP was queued to the task, which a step's
-    /// trap would take).
-    pub fn use_syscall_stops(&mut self) -> Result<()> {
-        self.sysstops = true;
-        // earlier steps' traps unblocked SIGTRAP: block it again, so the
-        // one queued stays pending
-        ptrace::set_sigmask(self.tid, !0u64).map_err(pt(self.tid, "PTRACE_SETSIGMASK"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -355,14 +433,15 @@ impl Tracee {
     /// Runs syscall `nr` with `args` as the task; returns the raw result
     /// (negative errno on failure). The registers are put back only by
     /// [`Tracee::release`].
+    ///
+    /// The call runs under `PTRACE_SYSCALL` and the thread stops at its
+    /// exit: on the recovery stub's `syscall` once the thread is armed
+    /// ([`Tracee::arm`]), else on the instruction chosen with
+    /// [`Tracee::set_syscall_ip`]. (A single step would do with one stop,
+    /// but its trap is a forced SIGTRAP, which unblocks SIGTRAP and resets
+    /// a handler of it to the default.)
     pub fn syscall_raw(&mut self, nr: u64, args: &[u64]) -> Result<i64> {
         let tid = self.tid;
-        if self.syscall_ip == 0 {
-            return Err(InjectError::NoSyscallInsn {
-                pid: self.pid,
-                place: "(none chosen)".into(),
-            });
-        }
         let mut regs = self.orig_regs;
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
         regs.rax = nr;
@@ -373,21 +452,59 @@ impl Tracee {
         regs.r10 = a(3);
         regs.r8 = a(4);
         regs.r9 = a(5);
-        regs.rip = self.syscall_ip;
-        // Clear the trap flag and the resume flag so only our step traps.
+        // Clear the trap flag and the resume flag.
         regs.eflags &= !(0x100 | 0x10000);
-        ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
-        let sysstops = self.sysstops;
-        let step = |tid| {
-            if sysstops {
-                ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))
-            } else {
-                ptrace::singlestep(tid, 0).map_err(pt(tid, "PTRACE_SINGLESTEP"))
+        let (undo, maplen) = recovery::undo_of(nr, args);
+        if let Some(armed) = &self.armed {
+            if matches!(undo, Undo::NewFd | Undo::NewMap) && armed.held.len() >= recovery::LIST_CAP
+            {
+                return Err(InjectError::Recovery {
+                    pid: self.pid,
+                    what: format!(
+                        "more than {} fds and mappings left in the task",
+                        recovery::LIST_CAP
+                    ),
+                });
             }
-        };
-        step(tid)?;
-        // with syscall stops: the entry stop comes first, then the exit
-        let mut entered = !sysstops;
+            regs.rip = armed.code;
+            regs.r12 = armed.slot.ucontext;
+            regs.r13 = armed.slot.list;
+            regs.r14 = undo as u64;
+            regs.r15 = maplen;
+        } else if self.syscall_ip == 0 {
+            return Err(InjectError::NoSyscallInsn {
+                pid: self.pid,
+                place: "(none chosen)".into(),
+            });
+        } else {
+            regs.rip = self.syscall_ip;
+        }
+        ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
+        // (after the registers: a thread whose tracer dies between the two
+        // runs the call and its recovery with its own mask)
+        if !self.blocked {
+            ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+            self.blocked = true;
+        }
+        // What the call takes away leaves the list before it runs (the
+        // registers tell the recovery code not to take it twice).
+        match undo {
+            Undo::ClosesFd => self.forget_held(|h| h == Held::Fd(a(0)))?,
+            Undo::UnmapsMap => {
+                self.forget_held(|h| matches!(h, Held::Map { addr, .. } if addr == a(0)))?
+            }
+            _ => {}
+        }
+        // A seized thread not armed yet has no way back of its own.
+        let unguarded = self.armed.is_none() && self.attach == Attach::Seized;
+        let at = |guarded: &'static str, not: &'static str| if unguarded { not } else { guarded };
+        fault::point(at(
+            "injected call: registers set",
+            "unguarded call: registers set",
+        ))?;
+        ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+        // the entry stop comes first, then the exit
+        let mut entered = false;
         loop {
             match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
                 WaitStatus::Stopped {
@@ -395,14 +512,18 @@ impl Tracee {
                     event: 0,
                 } if !entered => {
                     entered = true;
-                    step(tid)?;
+                    fault::point(at(
+                        "injected call: at its entry",
+                        "unguarded call: at its entry",
+                    ))?;
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
                 }
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => break,
                 // An injected clone3/fork reports the new task first; the
-                // step then finishes as usual.
+                // call then finishes as usual.
                 WaitStatus::Stopped {
                     sig: libc::SIGTRAP,
                     event:
@@ -412,7 +533,7 @@ impl Tracee {
                     // stop overwrites the message.
                     let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
                     self.new_task = Some(msg as i32);
-                    step(tid)?;
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
                 }
                 WaitStatus::Stopped { sig, event } => {
                     return Err(InjectError::UnexpectedStop {
@@ -431,8 +552,182 @@ impl Tracee {
                 }
             }
         }
+        fault::point(at(
+            "injected call: at its exit",
+            "unguarded call: at its exit",
+        ))?;
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
-        Ok(after.rax as i64)
+        let ret = after.rax as i64;
+        if self.armed.is_some() && !(-4095..0).contains(&ret) {
+            match undo {
+                Undo::NewFd => self.add_held(Held::Fd(ret as u64))?,
+                Undo::NewMap => self.add_held(Held::Map {
+                    addr: ret as u64,
+                    len: maplen,
+                })?,
+                _ => {}
+            }
+        }
+        Ok(ret)
+    }
+
+    /// Maps the recovery area (see [`recovery`]) in a seized task, with a
+    /// slot for each of its `threads` threads, and arms this thread with
+    /// slot 0: from now on, if crest vanishes, the thread finds its way
+    /// back to the state it was seized in by itself. The area's one
+    /// `mmap` is the only call injected without that net.
+    pub fn arm(&mut self, threads: usize) -> Result<Recovery> {
+        let pid = self.pid;
+        let xstate = ptrace::get_xstate(self.tid)
+            .map_err(pt(self.tid, "PTRACE_GETREGSET(NT_X86_XSTATE)"))?;
+        let layout = Layout::new(threads.max(1), xstate.len());
+        let want = free_range(pid, layout.len).ok_or_else(|| InjectError::Recovery {
+            pid,
+            what: format!("no free range of {} bytes", layout.len),
+        })?;
+        const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+        let got = self.syscall(
+            nr::MMAP,
+            &[
+                want,
+                layout.len,
+                (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | MAP_FIXED_NOREPLACE,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        let rec = Recovery { addr: got, layout };
+        if got != want {
+            let _ = self.syscall(nr::MUNMAP, &[got, layout.len]);
+            return Err(InjectError::Recovery {
+                pid,
+                what: format!("asked {want:#x}, mapped at {got:#x}"),
+            });
+        }
+        self.area = Some(rec);
+        let mem = self.open_mem()?;
+        fault::point("recovery area (unguarded): mapped")?;
+        self.write_area(&mem, got, recovery::STUB)?;
+        fault::point("recovery area (unguarded): code written")?;
+        self.join_with(&rec, 0, xstate, mem)?;
+        Ok(rec)
+    }
+
+    /// Arms this thread with slot `k` of the recovery area that another
+    /// thread's tracee mapped with [`Tracee::arm`].
+    pub fn join(&mut self, rec: &Recovery, k: usize) -> Result<()> {
+        let xstate = ptrace::get_xstate(self.tid)
+            .map_err(pt(self.tid, "PTRACE_GETREGSET(NT_X86_XSTATE)"))?;
+        let mem = self.open_mem()?;
+        self.join_with(rec, k, xstate, mem)
+    }
+
+    fn join_with(
+        &mut self,
+        rec: &Recovery,
+        k: usize,
+        xstate: Vec<u8>,
+        mem: std::fs::File,
+    ) -> Result<()> {
+        if k >= rec.layout.slots || !rec.layout.fits_xstate(xstate.len()) {
+            return Err(InjectError::Recovery {
+                pid: self.pid,
+                what: format!(
+                    "no slot {k} for thread {} (xsave area of {} bytes)",
+                    self.tid,
+                    xstate.len()
+                ),
+            });
+        }
+        let slot = rec.layout.slot(rec.addr, k);
+        self.write_area(&mem, slot.list, &recovery::list_bytes(&[]))?;
+        let frame = recovery::frame(&self.orig_regs, self.orig_sigmask, &xstate, &slot);
+        self.write_area(&mem, slot.frame, &frame)?;
+        // (the thread that mapped the area is off its own code until it is
+        // parked just below; the others are untouched yet)
+        fault::point(if self.area.is_some() {
+            "recovery area (unguarded): frame written"
+        } else {
+            "recovery area: frame written"
+        })?;
+        self.armed = Some(Armed {
+            code: rec.addr,
+            slot,
+            held: Vec::new(),
+            mem,
+        });
+        // Parked on the recovery code until the next call: registers
+        // first, then the mask (see `syscall_raw`).
+        let mut regs = self.orig_regs;
+        regs.orig_rax = u64::MAX;
+        regs.rip = rec.addr + recovery::RECOVER;
+        regs.rax = 0;
+        regs.r12 = slot.ucontext;
+        regs.r13 = slot.list;
+        regs.r14 = Undo::Nothing as u64;
+        regs.eflags &= !(0x100 | 0x10000);
+        ptrace::set_regs(self.tid, &regs).map_err(pt(self.tid, "PTRACE_SETREGSET"))?;
+        fault::point("recovery area: thread parked")?;
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64).map_err(pt(self.tid, "PTRACE_SETSIGMASK"))?;
+            self.blocked = true;
+        }
+        Ok(())
+    }
+
+    /// The address range of the recovery area this tracee mapped.
+    pub fn recovery_range(&self) -> Option<(u64, u64)> {
+        self.area.map(|r| (r.addr, r.addr + r.layout.len))
+    }
+
+    fn open_mem(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .map_err(|e| InjectError::Mem {
+                pid: self.pid,
+                op: "open /proc/PID/mem",
+                addr: 0,
+                len: 0,
+                source: e,
+            })
+    }
+
+    fn write_area(&self, mem: &std::fs::File, addr: u64, data: &[u8]) -> Result<()> {
+        mem.write_all_at(data, addr).map_err(|e| InjectError::Mem {
+            pid: self.pid,
+            op: "write /proc/PID/mem",
+            addr,
+            len: data.len(),
+            source: e,
+        })
+    }
+
+    fn write_list(&self) -> Result<()> {
+        if let Some(armed) = &self.armed {
+            self.write_area(
+                &armed.mem,
+                armed.slot.list,
+                &recovery::list_bytes(&armed.held),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn add_held(&mut self, h: Held) -> Result<()> {
+        if let Some(armed) = &mut self.armed {
+            armed.held.push(h);
+        }
+        self.write_list()
+    }
+
+    fn forget_held(&mut self, f: impl Fn(Held) -> bool) -> Result<()> {
+        if let Some(armed) = &mut self.armed {
+            armed.held.retain(|h| !f(*h));
+        }
+        self.write_list()
     }
 
     /// Runs a syscall as the task and turns a negative result into an error
@@ -554,13 +849,40 @@ impl Tracee {
         ptrace::detach(self.tid, sig).map_err(pt(self.tid, "PTRACE_DETACH"))
     }
 
-    /// Puts the registers and mask back but stays attached.
+    /// Puts the registers and mask back but stays attached: unmaps the
+    /// scratch area, takes away what the recovery list still names and,
+    /// from the tracee that mapped it, the recovery area (the threads that
+    /// joined it must be put back first).
     pub fn put_back(&mut self) -> Result<()> {
         if let Some((addr, len)) = self.scratch.take() {
             self.syscall(nr::MUNMAP, &[addr, len as u64])?;
         }
+        let held = self
+            .armed
+            .as_ref()
+            .map(|a| a.held.clone())
+            .unwrap_or_default();
+        for h in held {
+            match h {
+                Held::Fd(fd) => self.syscall(nr::CLOSE, &[fd])?,
+                Held::Map { addr, len } => self.syscall(nr::MUNMAP, &[addr, len])?,
+            };
+        }
+        self.armed = None;
+        let owner = self.area.is_some();
+        if let Some(rec) = self.area.take() {
+            // The one window without a net: the thread is off the stub
+            // until its registers are put back just below.
+            self.syscall(nr::MUNMAP, &[rec.addr, rec.layout.len])?;
+        }
         let tid = self.tid;
         ptrace::set_sigmask(tid, self.orig_sigmask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+        self.blocked = false;
+        fault::point(if owner {
+            "put back (unguarded): mask restored"
+        } else {
+            "put back: mask restored"
+        })?;
         ptrace::set_regs(tid, &self.orig_regs).map_err(pt(tid, "PTRACE_SETREGSET"))
     }
 

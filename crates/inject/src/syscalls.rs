@@ -112,6 +112,14 @@ pub mod nr {
     pub const CONNECT: u64 = 42;
     pub const BIND: u64 = 49;
     pub const LISTEN: u64 = 50;
+    pub const DUP: u64 = 32;
+    pub const OPEN_BY_HANDLE_AT: u64 = 304;
+    pub const USERFAULTFD: u64 = 323;
+    pub const OPEN_TREE: u64 = 428;
+    pub const FSOPEN: u64 = 430;
+    pub const FSMOUNT: u64 = 432;
+    pub const FSPICK: u64 = 433;
+    pub const PIDFD_GETFD: u64 = 438;
 }
 
 /// A syscall's name, for error messages.

@@ -14,6 +14,7 @@ use crate::notify::{hook, Notify, Silent};
 use crate::opts::{Action, Options};
 use crate::{mm, ns, pstree};
 use crest_inject::Tracee;
+use crest_sys::fault;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
@@ -119,6 +120,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     // The namespaces first, held by helpers until every task has entered
     // its own.
     let userns = ns::user::Helpers::build(&ti.users)?;
+    fault::point("restore: user namespaces made")?;
     let mut others_h = ns::other::Helpers::build(
         &ti.others,
         &userns,
@@ -126,6 +128,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         &files.inherit,
         &opts.join_ns,
     )?;
+    fault::point("restore: other namespaces made")?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
     // Fork the tree: every task from its parent, with its pid.
@@ -158,6 +161,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         &cg_dirs,
     )?;
     let forking = forking.elapsed();
+    fault::point("restore: tree forked")?;
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
     let thread_levels = (0..imgs.len())
@@ -166,6 +170,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
 
     // Cgroups, crest's files within reach, the mounts of mount namespaces.
     before_transform(opts, &ti, &actual, &mut tasks, &userns, &mut others_h)?;
+    fault::point("restore: mounts replayed")?;
 
     // Transform every live task, make its threads, set its threads' state.
     let mut ctx = TreeCtx {
@@ -194,6 +199,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
             thread_levels[k],
             &held[k],
         )?;
+        fault::point("restore: task transformed")?;
     }
 
     // SIGIO owners, once every task and thread they may name exists.
@@ -227,6 +233,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         tell(n, hook::NETWORK_UNLOCK, Some(root_pid))?;
     }
     tell(n, hook::PRE_RESUME, Some(root_pid))?;
+    fault::point("restore: about to resume")?;
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
     // (--leave-stopped: each goes with a SIGSTOP, the group stopped at
