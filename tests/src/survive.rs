@@ -19,12 +19,31 @@
 //!   its child ends) cannot be seized: `--timeout 1` fails the dump naming
 //!   it, and the tree runs on.
 //!
+//! - `survive_dump_fail_walk_uns`: `sock_fork` (a tree whose processes
+//!   hold the two ends of unix connections) inside its own user, pid,
+//!   mount, uts, ipc, net and time namespaces; a dump with `-R` fails at a
+//!   sample of its points (`CREST_FAULT=N:fail`): after each the tree runs
+//!   on untraced with its outside view exactly as before, and in the end
+//!   it passes its own check;
+//! - `survive_restore_walk_uns` and `survive_restore_walk_threads`: the
+//!   same tree, and `threads_busy`, dumped; restores that fail at a sample
+//!   of their points (in turn: failed there, sent SIGTERM, killed) leave no task, no
+//!   helper, no mount and no file behind; then a restore without faults
+//!   brings the tree back and it passes its own check.
+//!
+//! - `images_checksums`: a dump of `mem_patterns` writes `crest-manifest`;
+//!   a bit flipped in its pages file, a file cut short and a file added
+//!   are each refused by `crest check-images` and by the restore, naming
+//!   the file, with no task left; the intact images then restore and the
+//!   workload passes its own check.
+//!
 //! Points named "unguarded" are the documented windows (the recovery
 //! area's own `mmap` and its final `munmap`, DESIGN.md) and are not walked.
 //! Every other kind of point is walked, and one injected call in
 //! [`CALL_STRIDE`].
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -60,6 +79,10 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
         &[
             ("survive_dump_sigterm", sigterm),
             ("survive_dump_timeout", timeout),
+            ("survive_dump_fail_walk_uns", dump_fail_walk_uns),
+            ("survive_restore_walk_uns", restore_walk_uns),
+            ("survive_restore_walk_threads", restore_walk_threads),
+            ("images_checksums", images_checksums),
         ],
     );
     for &(name, program, args, settle) in &CASES {
@@ -332,4 +355,363 @@ fn timeout(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     }
     expect_pass(dir, pid, procs, "after the timed-out dump")?;
     Ok(Outcome::Pass)
+}
+
+/// The tree started for a walk: the root the harness started and the
+/// workload told to check itself.
+struct Started {
+    root: Pid,
+    main: Pid,
+}
+
+fn sock_fork() -> Workload {
+    Workload {
+        name: "survive_uns",
+        program: Program::C("sock_fork"),
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    }
+}
+
+/// Starts `w` on the host or (`uns`) inside nsinit's namespaces.
+fn start_tree(
+    cfg: &Config,
+    dir: &CaseDir,
+    w: &Workload,
+    uns: bool,
+    procs: &mut Procs,
+) -> Result<Started> {
+    let (root, main) = if uns {
+        let root = crate::ns::start(cfg, w, dir, StdioKind::LogFile, Some("-U"), procs)?;
+        (root, crate::ns::wait_ready(dir, root, procs)?)
+    } else {
+        let root = case::start(cfg, w, dir, StdioKind::LogFile, procs)?;
+        case::wait_ready(dir, root, procs)?;
+        (root, root)
+    };
+    match w.settle {
+        Settle::Blocked => {
+            procs::wait_until(Duration::from_secs(5), || procs::tree_settled(root));
+        }
+        _ => std::thread::sleep(Duration::from_millis(100)),
+    }
+    Ok(Started { root, main })
+}
+
+/// The points of one run, numbered from 1, to walk: every point but the
+/// unguarded ones and but one in `stride` of those inside injected calls.
+fn sample(points: &[String], stride: usize) -> Vec<usize> {
+    let mut calls = 0;
+    (1..=points.len())
+        .filter(|&n| {
+            let what = &points[n - 1];
+            if what.contains("unguarded") {
+                return false;
+            }
+            if what.starts_with("injected call") {
+                calls += 1;
+                return calls % stride == 1;
+            }
+            true
+        })
+        .collect()
+}
+
+fn points_in(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("crest fault point "))
+        .filter_map(|l| l.split_once(": ").map(|(_, what)| what.to_string()))
+        .collect()
+}
+
+fn dump_fail_walk_uns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let t = start_tree(cfg, dir, &sock_fork(), true, procs)?;
+    let tree = procs::tree_snapshot(t.root).context("process tree before the dumps")?;
+    let before = outside::snapshot(&tree);
+    let listed = dump(cfg, dir, t.root, "list", procs)?;
+    if !listed.success() {
+        bail!(listed.failure("crest dump -R with CREST_FAULT=list"));
+    }
+    let points = points_in(&listed.stderr);
+    let mut failures = Vec::new();
+    let walked = sample(&points, 60);
+    for &n in &walked {
+        let what = &points[n - 1];
+        let ran = dump(cfg, dir, t.root, &format!("{n}:fail"), procs)?;
+        if ran.success() || !ran.stderr.contains(&format!("fault injected at point {n}")) {
+            failures.push(format!("point {n} ({what}): {}", ran.failure("the dump")));
+            continue;
+        }
+        let mut problems = procs::tree_problems(t.root);
+        procs::wait_until(Duration::from_secs(5), || procs::tree_settled(t.root));
+        problems.extend(case::check_outside(
+            dir,
+            t.root,
+            &before,
+            "after the failed dump",
+        ));
+        if !problems.is_empty() {
+            failures.push(format!(
+                "failed at point {n} ({what}): {}",
+                problems.join("\n")
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} failed dumps disturbed the tree:\n  {}",
+            failures.len(),
+            walked.len(),
+            failures.join("\n  ")
+        );
+    }
+    match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => bail!(
+            "the workload's own check after {} failed dumps: {other:?}",
+            walked.len()
+        ),
+    }
+}
+
+fn restore_walk_uns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    restore_walk(cfg, dir, &sock_fork(), true, procs)
+}
+
+fn restore_walk_threads(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let w = Workload {
+        name: "survive_threads",
+        program: Program::C("threads_busy"),
+        args: vec!["4".into()],
+        settle: Settle::Spinning,
+    };
+    restore_walk(cfg, dir, &w, false, procs)
+}
+
+/// What a failed restore must not leave behind: the harness's children
+/// (crest's helpers and tasks would be reparented to it), its mounts, and
+/// the files in /tmp, /dev/shm, /run and the case's state directory.
+fn leftovers(dir: &CaseDir) -> Vec<String> {
+    let mut out: Vec<String> = procs::harness_children()
+        .into_iter()
+        .map(|(p, comm, st)| format!("process {p} ({comm}, state {st})"))
+        .collect();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    out.extend(mounts.lines().map(|l| format!("mount {l}")));
+    for d in [
+        Path::new("/tmp"),
+        Path::new("/dev/shm"),
+        Path::new("/run"),
+        &dir.state,
+    ] {
+        if let Ok(rd) = fs::read_dir(d) {
+            out.extend(
+                rd.filter_map(Result::ok)
+                    .map(|e| format!("file {}", e.path().display())),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+fn restore_walk(
+    cfg: &Config,
+    dir: &CaseDir,
+    w: &Workload,
+    uns: bool,
+    procs: &mut Procs,
+) -> Result<Outcome> {
+    let t = start_tree(cfg, dir, w, uns, procs)?;
+    let tree = procs::tree_snapshot(t.root).context("process tree before the dump")?;
+    let pids: Vec<i32> = tree.keys().copied().collect();
+    case::dump(cfg, dir, t.root, false, procs)?;
+    // the points of a whole restore; the tree it brings back is killed
+    let (listed, _) = restore(cfg, dir, "list", procs)?;
+    if !listed.success() {
+        bail!(listed.failure("crest restore with CREST_FAULT=list"));
+    }
+    let points = points_in(&listed.stderr);
+    for &p in &pids {
+        let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    procs::reap_or_wait_gone(t.root);
+    procs::wait_until(Duration::from_secs(5), || {
+        procs::reap_zombie_children();
+        pids.iter().all(|p| !procs::exists(Pid::from_raw(*p)))
+    });
+    let baseline = leftovers(dir);
+    let walked = sample(&points, 80);
+    let mut failures = Vec::new();
+    for (i, &n) in walked.iter().enumerate() {
+        let what = &points[n - 1];
+        // (a SIGTERM is noticed at the next point: none follows the last)
+        let action = match ["fail", "term", "kill"][i % 3] {
+            "term" if n == points.len() => "fail",
+            a => a,
+        };
+        let (ran, _) = restore(cfg, dir, &format!("{n}:{action}"), procs)?;
+        if ran.success() {
+            failures.push(format!(
+                "point {n} ({what}): the restore succeeded with {action}"
+            ));
+            break;
+        }
+        // what crest made dies with it, a moment later
+        let new_since = |now: Vec<String>| -> Vec<String> {
+            now.into_iter().filter(|l| !baseline.contains(l)).collect()
+        };
+        let settled = procs::wait_until(Duration::from_secs(5), || {
+            procs::reap_zombie_children();
+            pids.iter().all(|p| !procs::exists(Pid::from_raw(*p)))
+                && new_since(leftovers(dir)).is_empty()
+        });
+        if !settled {
+            let mut left = new_since(leftovers(dir));
+            left.extend(
+                pids.iter()
+                    .filter(|p| procs::exists(Pid::from_raw(**p)))
+                    .map(|p| format!("task {p} of the tree")),
+            );
+            failures.push(format!(
+                "{action} at point {n} ({what}) left: {}",
+                left.join("; ")
+            ));
+            // clean up for the next run
+            for (p, _, _) in procs::harness_children() {
+                let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+            }
+            procs::sweep_children();
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} failed restores left something behind:\n  {}",
+            failures.len(),
+            walked.len(),
+            failures.join("\n  ")
+        );
+    }
+    // and the images still restore
+    case::restore_detached(cfg, dir, t.root, procs)?;
+    match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => bail!("the workload's own check after the walk: {other:?}"),
+    }
+}
+
+/// `crest restore -d` with `CREST_FAULT` set to `fault`.
+fn restore(
+    cfg: &Config,
+    dir: &CaseDir,
+    fault: &str,
+    procs: &mut Procs,
+) -> Result<(crest::Ran, std::path::PathBuf)> {
+    let pidfile = dir.root.join("restore.pid");
+    let _ = fs::remove_file(&pidfile);
+    let images = dir.images.to_string_lossy();
+    let pidfile_s = pidfile.to_string_lossy();
+    let mut cmd = crest::command(
+        &cfg.crest,
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "--pidfile",
+            &pidfile_s,
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
+    );
+    cmd.env("CREST_FAULT", fault);
+    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
+    Ok((ran, pidfile))
+}
+
+fn images_checksums(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let w = Workload {
+        name: "images_checksums",
+        program: Program::C("mem_patterns"),
+        args: vec!["8".into()],
+        settle: Settle::Blocked,
+    };
+    let t = start_tree(cfg, dir, &w, false, procs)?;
+    let tree = procs::tree_snapshot(t.root).context("process tree before the dump")?;
+    let pids: Vec<i32> = tree.keys().copied().collect();
+    case::dump(cfg, dir, t.root, false, procs)?;
+    if !dir.images.join("crest-manifest").is_file() {
+        bail!("the dump wrote no crest-manifest");
+    }
+    let check = |procs: &mut Procs| -> Result<crest::Ran> {
+        let images = dir.images.to_string_lossy();
+        let cmd = crest::command(&cfg.crest, &["check-images", &images]);
+        crest::run(cmd, &dir.root, "check-images", CREST_TIMEOUT, procs)
+    };
+    let ran = check(procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest check-images of intact images"));
+    }
+    let pages = fs::read_dir(&dir.images)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.starts_with("pages-"))
+        .context("no pages file in the dump")?;
+    let core = format!("core-{}.img", t.root);
+    // (file, what is done to it, how to undo it)
+    type Change = Box<dyn Fn(&Path) -> Result<Vec<u8>>>;
+    let flip: Change = Box::new(|p: &Path| {
+        let orig = fs::read(p)?;
+        let mut b = orig.clone();
+        let at = b.len() / 2;
+        b[at] ^= 0x10;
+        fs::write(p, b)?;
+        Ok(orig)
+    });
+    let cut: Change = Box::new(|p: &Path| {
+        let orig = fs::read(p)?;
+        fs::write(p, &orig[..orig.len() - 1])?;
+        Ok(orig)
+    });
+    let add: Change = Box::new(|p: &Path| {
+        fs::write(p, b"")?;
+        Ok(Vec::new())
+    });
+    let cases: [(&str, &str, &Change); 3] = [
+        (pages.as_str(), "a flipped bit", &flip),
+        (core.as_str(), "a byte cut", &cut),
+        ("mm-99999.img", "a file added", &add),
+    ];
+    for (file, what, change) in cases {
+        let path = dir.images.join(file);
+        let orig = change(&path).with_context(|| format!("change {file}"))?;
+        let ran = check(procs)?;
+        if ran.success() || !ran.stderr.contains(file) {
+            bail!(ran.failure(&format!(
+                "crest check-images after {what} in {file} (expected a refusal naming it)"
+            )));
+        }
+        let (ran, _) = restore(cfg, dir, "none", procs)?;
+        if ran.success() || !ran.stderr.contains(file) {
+            bail!(ran.failure(&format!(
+                "crest restore after {what} in {file} (expected a refusal naming it)"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(p) = pids.iter().find(|p| procs::exists(Pid::from_raw(**p))) {
+            bail!("pid {p} exists after the refused restore ({what} in {file})");
+        }
+        if what == "a file added" {
+            fs::remove_file(&path)?;
+        } else {
+            fs::write(&path, orig)?;
+        }
+    }
+    case::restore_detached(cfg, dir, t.root, procs)?;
+    match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => bail!("the workload's own check after the intact restore: {other:?}"),
+    }
 }

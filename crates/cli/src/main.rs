@@ -53,6 +53,12 @@ enum Cmd {
     /// The demo's counter workload.
     #[command(hide = true)]
     DemoCounter,
+    /// Check every file of an images directory against the checksums the
+    /// dump wrote (`crest-manifest`), without restoring anything.
+    CheckImages {
+        /// The images directory.
+        dir: PathBuf,
+    },
 }
 
 const USAGE: &str = "\
@@ -62,6 +68,7 @@ Usage:
   criu check [--feature FEAT] [--extra] [--all]
   criu swrk FD
   crest show DIR [--json] | crest show --ns (DIR | --tree PID)
+  crest check-images DIR
   crest demo
 
 crest takes CRIU's options (see criu(8)): -D/--images-dir, -W/--work-dir,
@@ -78,7 +85,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let own = matches!(
         args.get(1).map(String::as_str),
-        Some("show" | "demo" | "demo-counter" | "help")
+        Some("show" | "check-images" | "demo" | "demo-counter" | "help")
     );
     let code = if own {
         match run(Cli::parse()) {
@@ -291,6 +298,23 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Demo { images_dir } => demo::run(images_dir),
+        Cmd::CheckImages { dir } => match crest_images::manifest::verify(&dir)? {
+            crest_images::manifest::Verified::Intact { files, bytes } => {
+                println!(
+                    "{}: {files} files, {bytes} bytes, all as the dump wrote them",
+                    dir.display()
+                );
+                Ok(0)
+            }
+            crest_images::manifest::Verified::NoManifest => {
+                eprintln!(
+                    "{}: no {} (images of CRIU or of an older crest): nothing to check against",
+                    dir.display(),
+                    crest_images::manifest::MANIFEST
+                );
+                Ok(2)
+            }
+        },
         Cmd::DemoCounter => demo::counter(),
     }
 }

@@ -66,6 +66,8 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     })
     .and_then(|()| collect_and_write(&tree, opts))
     .and_then(|s| {
+        // last: the checksums of every file, which a restore checks
+        crest_images::manifest::write(&opts.dir)?;
         crest_sys::fault::point("dump: images written")?;
         Ok(s)
     })

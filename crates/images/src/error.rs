@@ -82,6 +82,9 @@ pub enum ImageError {
     /// The image holds no entry where one is required.
     #[error("{}: no entry where one is required", path.display())]
     Missing { path: PathBuf },
+    /// The file is not what the dump's manifest says (see `manifest`).
+    #[error("{}: {what}", path.display())]
+    Checksum { path: PathBuf, what: String },
     /// The image holds more entries than the one expected.
     #[error("{} at offset {offset}: unexpected entry after the only one expected", path.display())]
     ExtraEntry { path: PathBuf, offset: u64 },

@@ -41,6 +41,16 @@ fn create_file(path: &Path) -> Result<File, ImageError> {
     Ok(file)
 }
 
+/// Writes `data` to `path` (mode 0600).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let mut f = create_file(path)?;
+    f.write_all(data).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        offset: 0,
+        source,
+    })
+}
+
 /// Buffered output with the offset kept for error messages.
 struct Output {
     path: PathBuf,

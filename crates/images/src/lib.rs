@@ -18,6 +18,7 @@ mod decode;
 mod error;
 mod framing;
 pub mod magic;
+pub mod manifest;
 pub mod names;
 
 pub use decode::{decode_file, recode_matches, AnyEntry, DecodedImage};

@@ -486,6 +486,13 @@ impl Tracee {
             ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
             self.blocked = true;
         }
+        // A seized thread not armed yet has no way back of its own.
+        let unguarded = self.armed.is_none() && self.attach == Attach::Seized;
+        let at = |guarded: &'static str, not: &'static str| if unguarded { not } else { guarded };
+        fault::point(at(
+            "injected call: registers set",
+            "unguarded call: registers set",
+        ))?;
         // What the call takes away leaves the list before it runs (the
         // registers tell the recovery code not to take it twice).
         match undo {
@@ -495,16 +502,10 @@ impl Tracee {
             }
             _ => {}
         }
-        // A seized thread not armed yet has no way back of its own.
-        let unguarded = self.armed.is_none() && self.attach == Attach::Seized;
-        let at = |guarded: &'static str, not: &'static str| if unguarded { not } else { guarded };
-        fault::point(at(
-            "injected call: registers set",
-            "unguarded call: registers set",
-        ))?;
         ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
         // the entry stop comes first, then the exit
         let mut entered = false;
+        let mut failed = None;
         loop {
             match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
                 WaitStatus::Stopped {
@@ -512,10 +513,14 @@ impl Tracee {
                     event: 0,
                 } if !entered => {
                     entered = true;
-                    fault::point(at(
+                    // a failure here still lets the call run to its exit
+                    // (a thread left inside it would take the next call's
+                    // entry for this one's exit) and what it made be known
+                    failed = fault::point(at(
                         "injected call: at its entry",
                         "unguarded call: at its entry",
-                    ))?;
+                    ))
+                    .err();
                     ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
                 }
                 WaitStatus::Stopped {
@@ -552,10 +557,6 @@ impl Tracee {
                 }
             }
         }
-        fault::point(at(
-            "injected call: at its exit",
-            "unguarded call: at its exit",
-        ))?;
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
         let ret = after.rax as i64;
         if self.armed.is_some() && !(-4095..0).contains(&ret) {
@@ -568,6 +569,13 @@ impl Tracee {
                 _ => {}
             }
         }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        fault::point(at(
+            "injected call: at its exit",
+            "unguarded call: at its exit",
+        ))?;
         Ok(ret)
     }
 
@@ -912,6 +920,20 @@ impl Tracee {
                 WaitStatus::Other(_) => {}
             }
         }
+    }
+
+    /// From now on the thread outlives crest: a tracer that dies lets it
+    /// run instead of killing it (`PTRACE_O_EXITKILL` cleared). For the
+    /// last step of a restore, once every thread is put back.
+    pub fn outlive_tracer(&mut self) -> Result<()> {
+        ptrace::set_options(self.tid, 0).map_err(pt(self.tid, "PTRACE_SETOPTIONS"))
+    }
+
+    /// Detaches a thread already put back ([`Tracee::put_back`]),
+    /// delivering `sig` as it goes.
+    pub fn detach_with(mut self, sig: i32) -> Result<()> {
+        self.done = true;
+        ptrace::detach(self.tid, sig).map_err(pt(self.tid, "PTRACE_DETACH"))
     }
 
     /// Stops tracking without touching the thread (it stays attached and

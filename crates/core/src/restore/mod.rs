@@ -88,6 +88,17 @@ fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreErro
 
 fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
+    // every file as the dump wrote it, before anything is made
+    match crest_images::manifest::verify(dir)? {
+        crest_images::manifest::Verified::Intact { files, bytes } => {
+            crate::info!("{files} image files ({bytes} bytes) match their checksums")
+        }
+        crest_images::manifest::Verified::NoManifest => crate::warn!(
+            "{}: no {}: images of CRIU or of an older crest, read without checksums",
+            dir.display(),
+            crest_images::manifest::MANIFEST
+        ),
+    }
     check_inventory(dir, opts.tcp_close)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;
@@ -238,14 +249,27 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
     // unmaps the work area they were injected through).
     // (--leave-stopped: each goes with a SIGSTOP, the group stopped at
     // once)
+    // In three passes, so that a crest killed meanwhile leaves all or
+    // nothing: every thread put back (still killed with crest), then made
+    // to outlive crest, then let go.
     let sig = if opts.leave_stopped { libc::SIGSTOP } else { 0 };
-    for th in ctx.threads {
-        th.release_with(sig).rat(0, "let a thread go")?;
+    let mut all: Vec<(i32, crest_inject::Tracee)> =
+        ctx.threads.into_iter().map(|t| (0, t)).collect();
+    all.extend(
+        tasks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(k, t)| t.map(|t| (imgs[k].pid(), t))),
+    );
+    for (pid, t) in all.iter_mut() {
+        t.put_back().rat(*pid, "put the task back")?;
     }
-    for (k, t) in tasks.into_iter().enumerate() {
-        if let Some(t) = t {
-            t.release_with(sig).rat(imgs[k].pid(), "let the task go")?;
-        }
+    fault::point("restore: every task put back")?;
+    for (pid, t) in all.iter_mut() {
+        t.outlive_tracer().rat(*pid, "let the task outlive crest")?;
+    }
+    for (pid, t) in all {
+        t.detach_with(sig).rat(pid, "let the task go")?;
     }
     if root_pid != imgs[0].pid() {
         crate::info!(

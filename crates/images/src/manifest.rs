@@ -1,0 +1,337 @@
+//! The checksums of a dump's files, in `crest-manifest` beside CRIU's
+//! images (a name CRIU's tools do not read): a dump writes it last, a
+//! restore checks every file against it before it touches any task, and
+//! `crest check-images` checks a directory alone.
+//!
+//! The format is text, one file a line after a header:
+//!
+//! ```text
+//! crest-manifest 1 xxh3-128/64M
+//! <32 hex digits> <size> <name>
+//! ```
+//!
+//! A file's sum is the XXH3-128 of the XXH3-128 sums of its 64 MiB chunks
+//! (so that big pages files are hashed on every CPU); it guards against
+//! bits flipped or files cut short, not against someone who rewrites the
+//! manifest too.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::ImageError;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "crest-manifest";
+const HEADER: &str = "crest-manifest 1 xxh3-128/64M";
+const CHUNK: u64 = 64 << 20;
+/// Largest manifest read (a line is under 300 bytes).
+const MAX_MANIFEST: u64 = 64 << 20;
+
+/// Files of an images directory that are no images: logs, statistics and
+/// the manifest itself (CRIU writes `stats-restore` beside the images).
+fn not_an_image(name: &str) -> bool {
+    name == MANIFEST || name.ends_with(".log") || name.starts_with("stats-")
+}
+
+fn err(path: &Path, what: impl Into<String>) -> ImageError {
+    ImageError::Checksum {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        offset: 0,
+        source,
+    }
+}
+
+/// The regular files of `dir` that are images, by name.
+fn image_files(dir: &Path) -> Result<Vec<String>, ImageError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let ft = e.file_type().map_err(io(dir))?;
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if ft.is_file() && !not_an_image(&name) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One chunk of one file to hash.
+struct Chunk {
+    file: usize,
+    off: u64,
+    len: u64,
+}
+
+/// The sums of `files` (size, XXH3-128 of the chunks' sums), hashed on
+/// every CPU.
+fn sums(dir: &Path, files: &[String]) -> Result<Vec<(u64, u128)>, ImageError> {
+    let mut sizes = Vec::with_capacity(files.len());
+    let mut chunks = Vec::new();
+    for (i, name) in files.iter().enumerate() {
+        let path = dir.join(name);
+        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+        sizes.push(size);
+        let mut off = 0;
+        loop {
+            let len = (size - off).min(CHUNK);
+            chunks.push(Chunk { file: i, off, len });
+            off += len;
+            if off >= size {
+                break;
+            }
+        }
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(chunks.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, u128)>, ImageError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(c) = chunks.get(k) else {
+                            return Ok(mine);
+                        };
+                        let path = dir.join(&files[c.file]);
+                        mine.push((k, chunk_sum(&path, c, &mut buf)?));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err(dir, "a checksum thread panicked")))
+            })
+            .collect()
+    });
+    let mut by_chunk = vec![0u128; chunks.len()];
+    for r in results {
+        for (k, sum) in r? {
+            by_chunk[k] = sum;
+        }
+    }
+    let mut per_file: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
+    for (c, sum) in chunks.iter().zip(by_chunk) {
+        per_file[c.file].extend_from_slice(&sum.to_le_bytes());
+    }
+    Ok(sizes
+        .into_iter()
+        .zip(per_file)
+        .map(|(size, sums)| (size, xxhash_rust::xxh3::xxh3_128(&sums)))
+        .collect())
+}
+
+fn chunk_sum(path: &Path, c: &Chunk, buf: &mut [u8]) -> Result<u128, ImageError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io(path))?;
+    f.seek(SeekFrom::Start(c.off)).map_err(io(path))?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut left = c.len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f.read(&mut buf[..want]).map_err(io(path))?;
+        if n == 0 {
+            return Err(err(path, "shorter than it was a moment ago"));
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.digest128())
+}
+
+/// Writes the manifest of every image file in `dir` (mode 0600).
+pub fn write(dir: &Path) -> Result<(), ImageError> {
+    let files = image_files(dir)?;
+    let sums = sums(dir, &files)?;
+    let mut text = format!("{HEADER}\n");
+    for (name, (size, sum)) in files.iter().zip(sums) {
+        text.push_str(&format!("{sum:032x} {size} {name}\n"));
+    }
+    let path = dir.join(MANIFEST);
+    crate::framing::write_private(&path, text.as_bytes())
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Every file has its sum.
+    Intact { files: usize, bytes: u64 },
+    /// There is no manifest (images of CRIU or of an older crest).
+    NoManifest,
+}
+
+/// Parses a manifest: name to (size, sum).
+pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, (u64, u128)>, ImageError> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(err(
+            path,
+            format!("not a manifest (first line is not {HEADER:?})"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (i, line) in lines.enumerate() {
+        let bad = || err(path, format!("line {}: {line:?}", i + 2));
+        let mut f = line.splitn(3, ' ');
+        let (Some(sum), Some(size), Some(name)) = (f.next(), f.next(), f.next()) else {
+            return Err(bad());
+        };
+        if sum.len() != 32 || name.is_empty() || name.contains('/') || not_an_image(name) {
+            return Err(bad());
+        }
+        let sum = u128::from_str_radix(sum, 16).map_err(|_| bad())?;
+        let size: u64 = size.parse().map_err(|_| bad())?;
+        if out.insert(name.to_string(), (size, sum)).is_some() {
+            return Err(err(path, format!("{name} listed twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every image file of `dir` against the manifest: a file whose
+/// size or sum differs, one listed but missing and one not listed are
+/// refused, naming the file.
+pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
+    let path: PathBuf = dir.join(MANIFEST);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verified::NoManifest),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_MANIFEST + 1)
+        .read_to_string(&mut text)
+        .map_err(io(&path))?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(err(&path, "larger than any manifest crest writes"));
+    }
+    let listed = parse(&path, &text)?;
+    let present = image_files(dir)?;
+    if let Some(extra) = present.iter().find(|n| !listed.contains_key(*n)) {
+        return Err(err(
+            &dir.join(extra),
+            format!("not in {MANIFEST}: the directory changed since the dump"),
+        ));
+    }
+    let names: Vec<String> = listed.keys().cloned().collect();
+    if let Some(missing) = names.iter().find(|n| !present.contains(n)) {
+        return Err(err(
+            &dir.join(missing),
+            format!("listed in {MANIFEST} but missing"),
+        ));
+    }
+    // sizes first: a file cut short is named without reading it all
+    for name in &names {
+        let p = dir.join(name);
+        let size = std::fs::metadata(&p).map_err(io(&p))?.len();
+        if size != listed[name].0 {
+            return Err(err(
+                &p,
+                format!(
+                    "{size} bytes, {} when dumped (see {MANIFEST})",
+                    listed[name].0
+                ),
+            ));
+        }
+    }
+    let got = sums(dir, &names)?;
+    let mut bytes = 0;
+    for (name, (size, sum)) in names.iter().zip(got) {
+        if sum != listed[name].1 {
+            return Err(err(
+                &dir.join(name),
+                format!("its checksum differs from {MANIFEST}: the file changed since the dump"),
+            ));
+        }
+        bytes += size;
+    }
+    Ok(Verified::Intact {
+        files: names.len(),
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("crest-manifest-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_and_every_kind_of_change() {
+        let d = tmpdir("rt");
+        std::fs::write(d.join("core-1.img"), b"abc").unwrap();
+        std::fs::write(d.join("pages-1.img"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(d.join("dump.log"), b"log").unwrap();
+        assert_eq!(verify(&d).unwrap(), Verified::NoManifest);
+        write(&d).unwrap();
+        assert_eq!(
+            verify(&d).unwrap(),
+            Verified::Intact {
+                files: 2,
+                bytes: 100_003
+            }
+        );
+        // logs and stats may come and go
+        std::fs::write(d.join("restore.log"), b"x").unwrap();
+        std::fs::write(d.join("stats-restore"), b"x").unwrap();
+        assert!(verify(&d).is_ok());
+        // a flipped bit
+        let mut p = std::fs::read(d.join("pages-1.img")).unwrap();
+        p[50_000] ^= 1;
+        std::fs::write(d.join("pages-1.img"), &p).unwrap();
+        let e = verify(&d).unwrap_err().to_string();
+        assert!(e.contains("pages-1.img") && e.contains("checksum"), "{e}");
+        p[50_000] ^= 1;
+        std::fs::write(d.join("pages-1.img"), &p).unwrap();
+        // cut short
+        std::fs::write(d.join("core-1.img"), b"ab").unwrap();
+        assert!(verify(&d).unwrap_err().to_string().contains("core-1.img"));
+        std::fs::write(d.join("core-1.img"), b"abc").unwrap();
+        // an extra image, a missing one
+        std::fs::write(d.join("mm-2.img"), b"").unwrap();
+        assert!(verify(&d).unwrap_err().to_string().contains("mm-2.img"));
+        std::fs::remove_file(d.join("mm-2.img")).unwrap();
+        std::fs::remove_file(d.join("core-1.img")).unwrap();
+        assert!(verify(&d).unwrap_err().to_string().contains("core-1.img"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_manifests_are_refused() {
+        let p = Path::new("m");
+        assert!(parse(p, "").is_err());
+        assert!(parse(p, "garbage\n").is_err());
+        let h = format!("{HEADER}\n");
+        assert!(parse(p, &format!("{h}00 1 a.img\n")).is_err());
+        assert!(parse(p, &format!("{h}{:032x} x a.img\n", 1)).is_err());
+        assert!(parse(p, &format!("{h}{:032x} 1 ../a.img\n", 1)).is_err());
+        assert!(parse(p, &format!("{h}{:032x} 1 a.img\n{:032x} 1 a.img\n", 1, 2)).is_err());
+        let ok = parse(p, &format!("{h}{:032x} 12 a b.img\n", 5)).unwrap();
+        assert_eq!(ok["a b.img"], (12, 5));
+    }
+}
