@@ -9,7 +9,10 @@
 //!   values in their xmm registers, each with its own mask);
 //! - `survive_dump_kill_fpu`: `fpu_avx` (ymm, x87 and MXCSR);
 //! - `survive_dump_kill_signals`: `signals` (handlers, masks, pending
-//!   signals, an alternate stack).
+//!   signals, an alternate stack);
+//! - `survive_dump_kill_tcp`: `sockets tcp` dumped with
+//!   `--tcp-established`: an established connection crest put in repair
+//!   mode is taken out of it by the repair guard when crest dies.
 //!
 //! - `survive_dump_sigterm`: a SIGTERM to crest in the middle of a dump
 //!   (`CREST_FAULT=N:term`) fails the dump with a message naming the
@@ -37,6 +40,13 @@
 //!   the file, with no task left; the intact images then restore and the
 //!   workload passes its own check.
 //!
+//! - `concurrent_dumps_restores`: two trees dumped at the same time, then
+//!   restored at the same time: both come back and pass their checks;
+//! - `restore_under_fork_load`: a tree in its own user and pid namespaces
+//!   (its tasks' outer pids go through `ns_last_pid`) restored while a fork
+//!   loop runs on every CPU: it succeeds, or fails naming the raced ids
+//!   with nothing left behind.
+//!
 //! Points named "unguarded" are the documented windows (the recovery
 //! area's own `mmap` and its final `munmap`, DESIGN.md) and are not walked.
 //! Every other kind of point is walked, and one injected call in
@@ -60,7 +70,7 @@ use crate::{Config, Outcome, StdioKind};
 /// Of the points inside injected calls, one in this many is walked.
 const CALL_STRIDE: usize = 23;
 
-const CASES: [(&str, &str, &[&str], Settle); 3] = [
+const CASES: [(&str, &str, &[&str], Settle); 4] = [
     (
         "survive_dump_kill_threads",
         "threads_busy",
@@ -69,6 +79,12 @@ const CASES: [(&str, &str, &[&str], Settle); 3] = [
     ),
     ("survive_dump_kill_fpu", "fpu_avx", &[], Settle::Spinning),
     ("survive_dump_kill_signals", "signals", &[], Settle::Blocked),
+    (
+        "survive_dump_kill_tcp",
+        "sockets",
+        &["tcp"],
+        Settle::Blocked,
+    ),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -83,6 +99,8 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
             ("survive_restore_walk_uns", restore_walk_uns),
             ("survive_restore_walk_threads", restore_walk_threads),
             ("images_checksums", images_checksums),
+            ("concurrent_dumps_restores", concurrent),
+            ("restore_under_fork_load", under_fork_load),
         ],
     );
     for &(name, program, args, settle) in &CASES {
@@ -247,12 +265,12 @@ fn dump(
 ) -> Result<crest::Ran> {
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
-    let mut cmd = crest::command(
-        &cfg.crest,
-        &[
-            "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4", "-R",
-        ],
-    );
+    let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
+    let mut args = vec![
+        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4", "-R",
+    ];
+    args.extend(extra.split_whitespace());
+    let mut cmd = crest::command(&cfg.crest, &args);
     cmd.env("CREST_FAULT", fault);
     crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
 }
@@ -713,5 +731,155 @@ fn images_checksums(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
         Outcome::Pass => Ok(Outcome::Pass),
         other => bail!("the workload's own check after the intact restore: {other:?}"),
+    }
+}
+
+fn concurrent(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let subs = [sub_dir(dir, "a")?, sub_dir(dir, "b")?];
+    let works = [
+        Workload {
+            name: "concurrent_a",
+            program: Program::C("mem_patterns"),
+            args: vec!["16".into()],
+            settle: Settle::Blocked,
+        },
+        Workload {
+            name: "concurrent_b",
+            program: Program::C("threads_busy"),
+            args: vec!["4".into()],
+            settle: Settle::Spinning,
+        },
+    ];
+    let mut roots = Vec::new();
+    for (sub, w) in subs.iter().zip(&works) {
+        roots.push(start_tree(cfg, sub, w, false, procs)?.root);
+    }
+    // both dumps at once, then both restores at once
+    let run_both = |args: [Vec<String>; 2], tag: &str| -> Result<Vec<std::process::Output>> {
+        let children: Vec<std::process::Child> = args
+            .iter()
+            .zip(&subs)
+            .map(|(a, sub)| {
+                std::process::Command::new(&cfg.crest)
+                    .args(a)
+                    .current_dir(&sub.root)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .with_context(|| format!("spawn crest {tag}"))
+            })
+            .collect::<Result<_>>()?;
+        children
+            .into_iter()
+            .map(|c| {
+                c.wait_with_output()
+                    .with_context(|| format!("wait for crest {tag}"))
+            })
+            .collect()
+    };
+    let dumps = run_both(
+        [0, 1].map(|k| {
+            vec![
+                "dump".into(),
+                "-t".into(),
+                roots[k].to_string(),
+                "-D".into(),
+                subs[k].images.display().to_string(),
+                "-o".into(),
+                "dump.log".into(),
+            ]
+        }),
+        "dump",
+    )?;
+    for (k, out) in dumps.iter().enumerate() {
+        if !out.status.success() {
+            bail!(
+                "dump {k} of two at once failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    for &r in &roots {
+        procs::reap_or_wait_gone(r);
+        procs.untrack(r);
+    }
+    procs::reap_zombie_children();
+    let restores = run_both(
+        [0, 1].map(|k| {
+            vec![
+                "restore".into(),
+                "-D".into(),
+                subs[k].images.display().to_string(),
+                "-d".into(),
+                "-o".into(),
+                "restore.log".into(),
+            ]
+        }),
+        "restore",
+    )?;
+    for &r in &roots {
+        procs.track(r);
+    }
+    for (k, out) in restores.iter().enumerate() {
+        if !out.status.success() {
+            bail!(
+                "restore {k} of two at once failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    for (sub, &r) in subs.iter().zip(&roots) {
+        match case::finish(sub, r, StdioKind::LogFile, procs)? {
+            Outcome::Pass => {}
+            other => bail!("pid {r} after two restores at once: {other:?}"),
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn under_fork_load(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let t = start_tree(cfg, dir, &sock_fork(), true, procs)?;
+    let tree = procs::tree_snapshot(t.root).context("process tree before the dump")?;
+    let pids: Vec<i32> = tree.keys().copied().collect();
+    case::dump(cfg, dir, t.root, false, procs)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let mut load = Vec::new();
+    for _ in 0..cpus {
+        let c = std::process::Command::new(cfg.workload("fork_loop"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("spawn fork_loop")?;
+        let p = Pid::from_raw(c.id() as i32);
+        procs.track(p);
+        load.push(p);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ran, _) = restore(cfg, dir, "none", procs)?;
+    for &p in &load {
+        let _ = nix::sys::signal::kill(p, Signal::SIGKILL);
+        procs::reap_or_wait_gone(p);
+        procs.untrack(p);
+    }
+    procs::reap_zombie_children();
+    if !ran.success() {
+        if !ran.stderr.contains("other forks kept taking") {
+            bail!(ran.failure(
+                "crest restore under a fork load (expected success or a raced-ids refusal)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(p) = pids.iter().find(|p| procs::exists(Pid::from_raw(**p))) {
+            bail!("pid {p} exists after the restore failed under load");
+        }
+        // a clean refusal is a right answer too; the log keeps which
+        let _ = fs::write(dir.root.join("refused-under-load"), &ran.stderr);
+        return Ok(Outcome::Pass);
+    }
+    match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => bail!("the workload's own check after a restore under load: {other:?}"),
     }
 }

@@ -88,6 +88,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             } else {
                 tree.kill();
             }
+            crate::files::inet::end_repair_guard();
             summary.stats.frozen = frozen.elapsed();
             summary.stats.pages_scanned = summary.pages_bytes / 4096;
             summary.stats.pages_written = summary.pages_bytes / 4096;
@@ -101,6 +102,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
+            crate::files::inet::end_repair_guard();
             if own_net {
                 let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);
             }

@@ -70,6 +70,60 @@ pub fn dup_own(fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
 }
 
+/// `fcntl(fd, F_DUPFD, 3)` — a copy of `fd` that a spawned program
+/// inherits (no close-on-exec).
+pub fn dup_inheritable(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; fcntl checks that `fd` is open.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) };
+    let new = cvt(ret as libc::c_long)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
+}
+
+/// `recvmsg(sock, buf)` — one message and the fd passed beside it with
+/// `SCM_RIGHTS`, if any (close-on-exec); extra fds are closed.
+pub fn recv_with_fd(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `msg` points to a live buffer of its length.
+    let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let len = cvt(r as libc::c_long)? as usize;
+    let mut got = None;
+    // SAFETY: the kernel filled `msg`; CMSG_FIRSTHDR/NXTHDR stay within
+    // msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` points to a complete cmsghdr inside `control`.
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is the header length.
+            let hdr = unsafe { libc::CMSG_LEN(0) } as usize;
+            let n = (h.cmsg_len as usize).saturating_sub(hdr) / 4;
+            for i in 0..n {
+                // SAFETY: CMSG_DATA points to `n` ints inside `control`.
+                let fd = unsafe { (libc::CMSG_DATA(c) as *const i32).add(i).read_unaligned() };
+                // SAFETY: the kernel just installed this fd for us.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+        // SAFETY: as above.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok((len, got))
+}
+
 /// `kill(pid, sig)`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.
