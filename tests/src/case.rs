@@ -104,6 +104,12 @@ impl CaseDir {
         if root.exists() {
             fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
         }
+        CaseDir::at(root)
+    }
+
+    /// The case directory `root` with its state and images directories
+    /// made.
+    pub fn at(root: PathBuf) -> Result<CaseDir> {
         let dir = CaseDir {
             state: root.join("state"),
             images: root.join("images"),

@@ -223,16 +223,7 @@ fn killed_at(cfg: &Config, dir: &CaseDir, w: &Workload, n: usize, procs: &mut Pr
 
 /// A case directory of its own for one run, inside the case's.
 fn sub_dir(dir: &CaseDir, name: &str) -> Result<CaseDir> {
-    let root = dir.root.join(name);
-    let sub = CaseDir {
-        state: root.join("state"),
-        images: root.join("images"),
-        root,
-    };
-    for d in [&sub.state, &sub.images] {
-        fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-    }
-    Ok(sub)
+    CaseDir::at(dir.root.join(name))
 }
 
 /// Starts the workload, waits until it is ready and settled, and takes the
@@ -564,17 +555,28 @@ fn restore_walk(
     let mut failures = Vec::new();
     for (i, &n) in walked.iter().enumerate() {
         let what = &points[n - 1];
-        // (a SIGTERM is noticed at the next point: none follows the last)
-        let action = match ["fail", "term", "kill"][i % 3] {
-            "term" if n == points.len() => "fail",
-            a => a,
-        };
+        let action = ["fail", "term", "kill"][i % 3];
         let (ran, _) = restore(cfg, dir, &format!("{n}:{action}"), procs)?;
         if ran.success() {
-            failures.push(format!(
-                "point {n} ({what}): the restore succeeded with {action}"
-            ));
-            break;
+            // A run may pass fewer points than the listed one (a retried
+            // clone, one more or less injected call), and a SIGTERM is
+            // noticed only at a later point: then the restore is right to
+            // succeed. The tree it made goes before the next run.
+            let fired = ran.stderr.contains(&format!("crest fault point {n}:"));
+            if fired && action != "term" {
+                failures.push(format!(
+                    "point {n} ({what}): the restore succeeded with {action}"
+                ));
+                break;
+            }
+            for &p in &pids {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            procs::wait_until(Duration::from_secs(5), || {
+                procs::reap_zombie_children();
+                pids.iter().all(|p| !procs::exists(Pid::from_raw(*p)))
+            });
+            continue;
         }
         // what crest made dies with it, a moment later
         let new_since = |now: Vec<String>| -> Vec<String> {

@@ -80,24 +80,29 @@ pub fn from_image(e: &UserX86RegsEntry) -> UserRegs {
 }
 
 /// The registers a restored thread resumes with. A thread stopped inside a
-/// syscall shows `orig_rax` = the syscall and `rax` = -ERESTART*: the
-/// kernel would restart it on the way out, so point it back at the
-/// `syscall` instruction with the syscall number in `rax`. A syscall that
-/// would have restarted through `restart_syscall` is restarted from its
-/// original arguments, since the restart block does not survive.
+/// syscall shows `orig_rax` = the syscall and `rax` = -ERESTART*. Those
+/// are kept as they are: crest lets the thread go with `PTRACE_DETACH`,
+/// which makes it pass the kernel's signal code on its way out, and that
+/// code restarts the syscall, or, if a signal with a handler came
+/// meanwhile, returns EINTR as it would have without the dump (restarting
+/// it by hand from user space would lose the wakeup of a signal sent right
+/// after the restore to a task in `pause()`). A syscall that would restart
+/// through `restart_syscall` is restarted by hand from its original
+/// arguments instead, since the restart block does not survive.
 pub fn resume_regs(dumped: &UserRegs) -> UserRegs {
     let mut r = *dumped;
     if (dumped.orig_rax as i64) >= 0 {
         let ret = dumped.rax as i64;
-        if matches!(
-            -ret,
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-        ) {
+        if -ret == ERESTART_RESTARTBLOCK {
             r.rax = dumped.orig_rax;
             r.rip = dumped.rip.wrapping_sub(2);
+            r.orig_rax = u64::MAX;
+        } else if !matches!(-ret, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND) {
+            r.orig_rax = u64::MAX;
         }
+    } else {
+        r.orig_rax = u64::MAX;
     }
-    r.orig_rax = u64::MAX;
     r
 }
 
@@ -200,13 +205,20 @@ mod tests {
             orig_rax: 35,
             ..UserRegs::default()
         };
-        for e in [512i64, 513, 514, 516] {
+        // the kernel restarts these itself on the way out
+        for e in [512i64, 513, 514] {
             let r = resume_regs(&UserRegs {
                 rax: (-e) as u64,
                 ..base
             });
-            assert_eq!((r.rax, r.rip, r.orig_rax), (35, 0x1000, u64::MAX));
+            assert_eq!((r.rax, r.rip, r.orig_rax), ((-e) as u64, 0x1002, 35));
         }
+        // restart_syscall's block does not survive: by hand
+        let r = resume_regs(&UserRegs {
+            rax: (-516i64) as u64,
+            ..base
+        });
+        assert_eq!((r.rax, r.rip, r.orig_rax), (35, 0x1000, u64::MAX));
         // A syscall that returned normally, and a thread not in a syscall.
         let r = resume_regs(&UserRegs { rax: 7, ..base });
         assert_eq!((r.rax, r.rip), (7, 0x1002));

@@ -134,7 +134,10 @@ pub fn point(what: &'static str) -> Result<(), Injected> {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
-        Spec::Fail(k) if k == n => Err(Injected::Fault { n, what }),
+        Spec::Fail(k) if k == n => {
+            eprintln!("crest fault point {n}: {what}: failed here");
+            Err(Injected::Fault { n, what })
+        }
         Spec::Term(k) if k == n => {
             eprintln!("crest fault point {n}: {what}: SIGTERM here");
             let _ = crate::misc::kill(std::process::id() as i32, libc::SIGTERM);
