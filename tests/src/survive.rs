@@ -68,7 +68,7 @@ use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
 /// Of the points inside injected calls, one in this many is walked.
-const CALL_STRIDE: usize = 23;
+const CALL_STRIDE: usize = 37;
 
 const CASES: [(&str, &str, &[&str], Settle); 4] = [
     (
@@ -444,7 +444,7 @@ fn dump_fail_walk_uns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     }
     let points = points_in(&listed.stderr);
     let mut failures = Vec::new();
-    let walked = sample(&points, 60);
+    let walked = sample(&points, 100);
     for &n in &walked {
         let what = &points[n - 1];
         let ran = dump(cfg, dir, t.root, &format!("{n}:fail"), procs)?;
@@ -551,7 +551,7 @@ fn restore_walk(
         pids.iter().all(|p| !procs::exists(Pid::from_raw(*p)))
     });
     let baseline = leftovers(dir);
-    let walked = sample(&points, 80);
+    let walked = sample(&points, 120);
     let mut failures = Vec::new();
     for (i, &n) in walked.iter().enumerate() {
         let what = &points[n - 1];
