@@ -661,6 +661,18 @@ pub fn run_dump(
     leave_running: bool,
     procs: &mut Procs,
 ) -> Result<crest::Ran> {
+    run_dump_env(cfg, dir, pid, leave_running, procs, &[])
+}
+
+/// [`run_dump`] with `env` set for crest (`CREST_FAULT`).
+pub fn run_dump_env(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    leave_running: bool,
+    procs: &mut Procs,
+    env: &[(&str, &str)],
+) -> Result<crest::Ran> {
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
     let mut args = vec!["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"];
@@ -669,13 +681,9 @@ pub fn run_dump(
     }
     let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
-    crest::run(
-        crest::command(&cfg.crest, &args),
-        &dir.root,
-        "dump",
-        CREST_TIMEOUT,
-        procs,
-    )
+    let mut cmd = crest::command(&cfg.crest, &args);
+    cmd.envs(env.iter().copied());
+    crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
 }
 
 /// Runs `crest restore -D images -d --pidfile restore.pid -o restore.log
@@ -686,7 +694,18 @@ pub fn run_restore_detached(
     dir: &CaseDir,
     procs: &mut Procs,
 ) -> Result<(crest::Ran, std::path::PathBuf)> {
+    run_restore_detached_env(cfg, dir, procs, &[])
+}
+
+/// [`run_restore_detached`] with `env` set for crest (`CREST_FAULT`).
+pub fn run_restore_detached_env(
+    cfg: &Config,
+    dir: &CaseDir,
+    procs: &mut Procs,
+    env: &[(&str, &str)],
+) -> Result<(crest::Ran, std::path::PathBuf)> {
     let pidfile = dir.root.join("restore.pid");
+    let _ = fs::remove_file(&pidfile);
     let images = dir.images.to_string_lossy();
     let pidfile_s = pidfile.to_string_lossy();
     let mut args = vec![
@@ -702,13 +721,9 @@ pub fn run_restore_detached(
     ];
     let extra = fs::read_to_string(dir.state.join("restore-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
-    let ran = crest::run(
-        crest::command(&cfg.crest, &args),
-        &dir.root,
-        "restore",
-        CREST_TIMEOUT,
-        procs,
-    )?;
+    let mut cmd = crest::command(&cfg.crest, &args);
+    cmd.envs(env.iter().copied());
+    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
     Ok((ran, pidfile))
 }
 

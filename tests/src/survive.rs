@@ -254,16 +254,7 @@ fn dump(
     fault: &str,
     procs: &mut Procs,
 ) -> Result<crest::Ran> {
-    let pid_s = pid.to_string();
-    let images = dir.images.to_string_lossy();
-    let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
-    let mut args = vec![
-        "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4", "-R",
-    ];
-    args.extend(extra.split_whitespace());
-    let mut cmd = crest::command(&cfg.crest, &args);
-    cmd.env("CREST_FAULT", fault);
-    crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
+    case::run_dump_env(cfg, dir, pid, true, procs, &[("CREST_FAULT", fault)])
 }
 
 /// The tree runs untraced and the outside view is `before` again, but for
@@ -628,27 +619,7 @@ fn restore(
     fault: &str,
     procs: &mut Procs,
 ) -> Result<(crest::Ran, std::path::PathBuf)> {
-    let pidfile = dir.root.join("restore.pid");
-    let _ = fs::remove_file(&pidfile);
-    let images = dir.images.to_string_lossy();
-    let pidfile_s = pidfile.to_string_lossy();
-    let mut cmd = crest::command(
-        &cfg.crest,
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "--pidfile",
-            &pidfile_s,
-            "-o",
-            "restore.log",
-            "-v4",
-        ],
-    );
-    cmd.env("CREST_FAULT", fault);
-    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
-    Ok((ran, pidfile))
+    case::run_restore_detached_env(cfg, dir, procs, &[("CREST_FAULT", fault)])
 }
 
 fn images_checksums(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
