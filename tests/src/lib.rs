@@ -33,6 +33,7 @@ pub mod servers;
 pub mod suite;
 pub mod survive;
 pub mod trees;
+pub mod unpriv;
 
 pub use config::{Config, Flavor, StdioKind};
 

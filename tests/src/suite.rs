@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
     containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, nested, procs, refusals, rpc,
-    runtimes, servers, survive, trees, Config, Flavor, Outcome, StdioKind,
+    runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -220,6 +220,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     criu_cli::run(cfg, &mut report, &|n| filter.selects(n));
     runtimes::run(cfg, &mut report, &|n| filter.selects(n));
     survive::run(cfg, &mut report, &|n| filter.selects(n));
+    unpriv::run(cfg, &mut report, &|n| filter.selects(n));
     for flavor in Flavor::ALL {
         if let Some(reason) = flavor.not_implemented() {
             let name = format!("*[{}]", flavor.name());

@@ -91,10 +91,34 @@ pub fn restore(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
     set_caps(t, c)
 }
 
+/// The thread's status when it is in crest's own user namespace (so the
+/// ids it shows are the ones the thread sees).
+fn status_in_own_userns(tid: i32) -> Option<Status> {
+    let mine = crate::ns::user::ino_of("/proc/self/ns/user").ok()?;
+    let its = crate::ns::user::ino_of(&format!("/proc/{tid}/ns/user")).ok()?;
+    if mine != its {
+        return None;
+    }
+    crate::procfs::read_status(tid).ok()
+}
+
 /// Sets uids, gids and (if `groups`) the supplementary groups, keeping
-/// every capability (securebits NO_SETUID_FIXUP and KEEP_CAPS).
+/// every capability (securebits NO_SETUID_FIXUP and KEEP_CAPS). A thread
+/// that has them already is left alone: changing nothing needs no
+/// privilege (an unprivileged restore gives tasks crest's own ids).
 pub fn set_ids(t: &mut Tracee, ids: &Ids, groups: bool) -> Result<(), RestoreError> {
     let pid = t.pid();
+    if let Some(now) = status_in_own_userns(pid) {
+        let same_groups = !groups || {
+            let (mut a, mut b) = (now.groups.clone(), ids.groups.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        if now.uid == ids.uids && now.gid == ids.gids && same_groups {
+            return Ok(());
+        }
+    }
     t.syscall(
         nr::PRCTL,
         &[PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS],
@@ -126,15 +150,22 @@ pub fn set_ids(t: &mut Tracee, ids: &Ids, groups: bool) -> Result<(), RestoreErr
 pub fn set_caps(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
     let bnd = join(&c.cap_bnd);
+    // (dropping one already dropped would need CAP_SETPCAP all the same)
+    let now_bnd = crate::procfs::read_status(pid).map_or(u64::MAX, |s| s.cap_bnd);
     let last_cap = last_cap();
     for cap in 0..=last_cap {
-        if bnd & (1u64 << cap) == 0 {
+        if bnd & (1u64 << cap) == 0 && now_bnd & (1u64 << cap) != 0 {
             t.syscall(nr::PRCTL, &[PR_CAPBSET_DROP, cap])
                 .rat(pid, format!("prctl(PR_CAPBSET_DROP, {cap})"))?;
         }
     }
-    t.syscall(nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.secbits)])
-        .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
+    let now_bits = t
+        .syscall(nr::PRCTL, &[PR_GET_SECUREBITS])
+        .rat(pid, "prctl(PR_GET_SECUREBITS)")?;
+    if now_bits != u64::from(c.secbits) {
+        t.syscall(nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.secbits)])
+            .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
+    }
     // capset: header {version, pid} then two data words {eff, prm, inh}.
     let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
     let mut raw = Vec::with_capacity(32);

@@ -38,6 +38,14 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     if !refused.is_empty() {
         return Err(DumpError::Refused { refused });
     }
+    // whom crest acts for, and nothing more than they hold from here on
+    let caller = crate::privilege::Caller::detect(opts.unprivileged)
+        .and_then(|c| c.confine().map(|()| c))
+        .map_err(|source| DumpError::Io {
+            pid: opts.pid,
+            step: "take the caller's credentials",
+            source,
+        })?;
     std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
         dir: opts.dir.display().to_string(),
         source,
@@ -48,6 +56,23 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Some(p) => crate::ns::cgroup::thaw(p)?,
         None => None,
     };
+    if caller.restricted {
+        // the root before it is seized, for a refusal that says why (the
+        // kernel refuses the seizing anyway: crest holds no more than the
+        // caller); the whole tree once it is frozen
+        let users = UsernsGraph::collect(&[opts.pid]).map_err(|e| {
+            if Path::new(&format!("/proc/{}", opts.pid)).exists() {
+                DumpError::Forbidden {
+                    pid: opts.pid,
+                    uid: caller.uid,
+                    what: format!("its /proc files are closed to the caller ({e})"),
+                }
+            } else {
+                e
+            }
+        })?;
+        caller.check_dump(&[opts.pid], &users)?;
+    }
     let start = Instant::now();
     let tree = Seized::seize(
         opts.pid,
@@ -64,7 +89,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     } else {
         Ok(())
     })
-    .and_then(|()| collect_and_write(&tree, opts))
+    .and_then(|()| collect_and_write(&tree, opts, &caller))
     .and_then(|s| {
         // last: the checksums of every file, which a restore checks
         crest_images::manifest::write(&opts.dir)?;
@@ -121,7 +146,11 @@ fn tell(n: &mut dyn Notify, h: &str, root: i32) -> Result<(), DumpError> {
         })
 }
 
-fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
+fn collect_and_write(
+    tree: &Seized,
+    opts: &Options,
+    caller: &crate::privilege::Caller,
+) -> Result<DumpSummary, DumpError> {
     let root = &tree.tasks[0];
     if root.sid != root.pid && !opts.shell_job {
         // A job of a shell, or a container whose init was started without
@@ -141,6 +170,7 @@ fn collect_and_write(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpE
         .map(|t| t.pid)
         .collect();
     let mut users = UsernsGraph::collect(&live)?;
+    caller.check_dump(&live, &users)?;
     let mut zombie_userns = std::collections::HashMap::new();
     for t in tree.tasks.iter().filter(|t| t.zombie.is_some()) {
         zombie_userns.insert(t.pid, users.add_zombie(t.pid)?);

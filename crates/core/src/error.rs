@@ -48,6 +48,10 @@ pub enum DumpError {
     Refused { refused: Vec<crate::opts::Refused> },
     #[error("dump: the {hook} notification failed: {why}")]
     Notify { hook: String, why: String },
+    #[error(
+        "dump pid {pid}: refused: {what}, and crest acts for uid {uid}, which may not trace it"
+    )]
+    Forbidden { pid: i32, uid: u32, what: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,16 @@ pub enum RestoreError {
     Refused { refused: Vec<crate::opts::Refused> },
     #[error("restore: the {hook} notification failed: {why}")]
     Notify { hook: String, why: String },
+    #[error(
+        "restore pid {pid}: {file} claims {what}, which the caller (uid {uid}) does not hold: \
+         refused"
+    )]
+    Forbidden {
+        pid: i32,
+        file: String,
+        uid: u32,
+        what: String,
+    },
 }
 
 /// Shorthands that attach the pid and the step to a lower error.

@@ -14,6 +14,7 @@ pub mod mm;
 pub mod notify;
 pub mod ns;
 pub mod opts;
+pub mod privilege;
 pub mod procfs;
 pub mod pstree;
 pub mod regs;

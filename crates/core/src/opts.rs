@@ -208,7 +208,8 @@ pub struct Options {
     pub allow_uprobes: bool,
     /// `--mntns-compat-mode` picks CRIU's older mount engine: crest has one.
     pub mntns_compat_mode: bool,
-    /// `--unprivileged`: crest needs its privileges either way.
+    /// `--unprivileged`: act for the caller, holding no more than it holds
+    /// (see `privilege`); crest does so anyway when not run by root.
     pub unprivileged: bool,
     /// `--cpu-cap`: which CPU checks a restore makes (crest makes none).
     pub cpu_cap: Option<String>,

@@ -6,6 +6,7 @@
 //! `std::io::Error` from errno; callers attach the step and the object.
 #![allow(unsafe_code)]
 
+pub mod creds;
 pub mod fault;
 pub mod mem;
 pub mod misc;

@@ -412,6 +412,21 @@ pub fn dump(fd: &impl AsFd) -> io::Result<SkOptsEntry> {
     })
 }
 
+/// Sets a buffer size with `force` (`SO_SNDBUFFORCE`, `SO_RCVBUFFORCE`)
+/// to `half` (the kernel doubles it); without CAP_NET_ADMIN (an
+/// unprivileged restore) with `plain`, which the kernel caps at
+/// `net.core.[wr]mem_max`. Returns the size the kernel reports now.
+pub fn set_buf(fd: &impl AsFd, plain: i32, force: i32, half: i32) -> io::Result<i32> {
+    let fd = fd.as_fd();
+    match setsockopt_int(&fd, SOL, force, half) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            setsockopt_int(&fd, SOL, plain, half)?;
+        }
+        r => r?,
+    }
+    getsockopt_int(&fd, SOL, plain)
+}
+
 /// Sets the options of `o` that differ from what the new socket has (after
 /// [`restore_early`] and `bind`). A buffer size is set with the `*FORCE`
 /// option to half the value read at dump (the kernel doubles what it is
@@ -420,11 +435,25 @@ pub fn restore(fd: &impl AsFd, o: &SkOptsEntry) -> io::Result<()> {
     let fd = fd.as_fd();
     let int = |name| getsockopt_int(&fd, SOL, name);
     let set = |name, v: i32| setsockopt_int(&fd, SOL, name, v);
-    if int(libc::SO_SNDBUF)? as u32 != o.so_sndbuf {
-        set(libc::SO_SNDBUFFORCE, (o.so_sndbuf / 2) as i32)?;
-    }
-    if int(libc::SO_RCVBUF)? as u32 != o.so_rcvbuf {
-        set(libc::SO_RCVBUFFORCE, (o.so_rcvbuf / 2) as i32)?;
+    for (plain, force, want) in [
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, o.so_sndbuf),
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, o.so_rcvbuf),
+    ] {
+        if int(plain)? as u32 != want {
+            let got = set_buf(&fd, plain, force, (want / 2) as i32)?;
+            if got as u32 != want {
+                return Err(io::Error::other(format!(
+                    "{} of {want} bytes: the kernel gave {got} (more than net.core.{}mem_max, \
+                     and forcing it needs CAP_NET_ADMIN)",
+                    if plain == libc::SO_SNDBUF {
+                        "SO_SNDBUF"
+                    } else {
+                        "SO_RCVBUF"
+                    },
+                    if plain == libc::SO_SNDBUF { 'w' } else { 'r' }
+                )));
+            }
+        }
     }
     for (name, s, us) in [
         (libc::SO_SNDTIMEO, o.so_snd_tmo_sec, o.so_snd_tmo_usec),

@@ -833,12 +833,14 @@ fn send_all(
     packets: &[Vec<u8>],
     id: u32,
 ) -> Result<(), RestoreError> {
-    use crest_sys::net::{getsockopt_int, sendto, setsockopt_int};
+    use crest_sys::net::{getsockopt_int, sendto};
     let total: usize = packets.iter().map(Vec::len).sum();
     let old = getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUF).rat(pid, "SO_SNDBUF")?;
     let want = (2 * total + (64 << 10)).min(i32::MAX as usize / 2) as i32;
     if want > old {
-        setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+        // (unprivileged, as far as net.core.wmem_max: a queue that does
+        // not fit then fails below, naming the socket)
+        super::skopts::set_buf(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, want)
             .rat(pid, "raise SO_SNDBUF to refill a queue")?;
     }
     for p in packets {
@@ -852,8 +854,16 @@ fn send_all(
         }
     }
     if want > old {
-        setsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, old / 2)
+        let got = super::skopts::set_buf(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, old / 2)
             .rat(pid, "put SO_SNDBUF back")?;
+        if got != old {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "putting SO_SNDBUF of socket {id} back to {old} (the kernel gave {got})"
+                ),
+            });
+        }
     }
     Ok(())
 }

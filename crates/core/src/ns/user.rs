@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// One user namespace of the graph.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Userns {
     pub id: u32,
     pub parent: Option<u32>,

@@ -317,3 +317,48 @@ pub(super) fn parent_index(imgs: &[TaskImage], k: usize) -> Result<usize, Restor
         .position(|i| i.entry.pid == ppid)
         .ok_or_else(|| imgs[k].bad("parent is not restored before the task"))
 }
+
+/// Refuses images that would give a task ids, capabilities or namespaces
+/// the caller does not hold (see [`crate::privilege`]), before anything is
+/// made.
+pub(super) fn check_privilege(
+    caller: &crate::privilege::Caller,
+    ti: &TreeImages,
+    joined: &[crate::opts::JoinNs],
+) -> Result<(), RestoreError> {
+    if !caller.restricted {
+        return Ok(());
+    }
+    caller.check_can_restore()?;
+    let root_ns = |id: u32| ti.users.node(id).is_none_or(|n| n.parent.is_none());
+    for img in &ti.imgs {
+        let in_root = root_ns(img.ids.user_ns_id.unwrap_or(1));
+        for (tid, core, _) in &img.cores {
+            let creds = core.thread_core.as_ref().and_then(|t| t.creds.as_ref());
+            caller.check_creds(img.pid(), &names::core(*tid as u32), creds, in_root)?;
+        }
+    }
+    for n in &ti.users.nodes {
+        if n.parent.is_some_and(root_ns) {
+            caller.check_userns(n, &names::userns(n.id))?;
+        }
+    }
+    for n in &ti.others.list {
+        if root_ns(n.owner_userns) && n.external_key.is_none() {
+            let kind = ns::other::KINDS
+                .iter()
+                .find(|k| k.flag == n.nstype)
+                .map_or("unknown", |k| k.name);
+            // (joining one the caller names is the kernel's to allow)
+            if !joined.iter().any(|j| j.ns == kind) {
+                caller.check_ns(kind, names::CREST_NS)?;
+            }
+        }
+    }
+    for n in &ti.pidns.list {
+        if root_ns(n.owner_userns) {
+            caller.check_ns("pid", names::CREST_NS)?;
+        }
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@ use crest_sys::fault;
 use crest_sys::ptrace::{self, WaitStatus};
 use fork::{fork_tree, levels_of, Forked};
 pub use images::check_inventory;
-use images::{init_of, parent_index, read_tree_images, TreeImages};
+use images::{check_privilege, init_of, parent_index, read_tree_images, TreeImages};
 use std::os::fd::AsFd;
 use task::{transform, TreeCtx};
 
@@ -59,9 +59,13 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
     if !refused.is_empty() {
         return Err(RestoreError::Refused { refused });
     }
+    // whom crest acts for, and nothing more than they hold from here on
+    let caller = crate::privilege::Caller::detect(opts.unprivileged)
+        .and_then(|c| c.confine().map(|()| c))
+        .rat(0, "take the caller's credentials")?;
     let _ = crest_sys::proc::set_child_subreaper(true);
     let start = std::time::Instant::now();
-    let res = tell(n, hook::PRE_RESTORE, None).and_then(|()| restore_tree(opts, n));
+    let res = tell(n, hook::PRE_RESTORE, None).and_then(|()| restore_tree(opts, &caller, n));
     if res.is_err() {
         crest_sys::proc::reap_children(std::time::Duration::from_secs(2));
     }
@@ -86,7 +90,11 @@ fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreErro
     })
 }
 
-fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreError> {
+fn restore_tree(
+    opts: &Options,
+    caller: &crate::privilege::Caller,
+    n: &mut dyn Notify,
+) -> Result<Restored, RestoreError> {
     let dir = &opts.dir;
     // every file as the dump wrote it, before anything is made
     match crest_images::manifest::verify(dir)? {
@@ -114,6 +122,7 @@ fn restore_tree(opts: &Options, n: &mut dyn Notify) -> Result<Restored, RestoreE
         ti.others.empty_net();
     }
     let ti = ti;
+    check_privilege(caller, &ti, &opts.join_ns)?;
     let imgs = &ti.imgs;
     // crest's helpers take their pids from a range the tree does not use,
     // so none holds a pid a task is yet to get (pids wrap at pid_max).
