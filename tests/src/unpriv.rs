@@ -112,19 +112,46 @@ fn as_user(cmd: &mut Command) -> &mut Command {
     cmd.uid(UID).gid(UID)
 }
 
+/// How a workload is started.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// In crest's namespaces.
+    Plain,
+    /// Under `nsinit FLAG` (`-R`: a user namespace of the user's own, as
+    /// `unshare -r` makes, owning pid, mount, uts, ipc and time
+    /// namespaces; `-N`: a net namespace too).
+    Container(&'static str),
+}
+
+/// A started workload: the root of its tree (dumped) and the workload
+/// (told to check itself), the same task unless in a container.
+struct Started {
+    root: Pid,
+    main: Pid,
+    tree: procs::Tree,
+    view: outside::View,
+}
+
 /// Starts `w` as the user (or as root), waits until it is ready and
-/// settled; returns its pid, its tree and the outside view.
+/// settled.
 fn start(
     cfg: &Config,
     dir: &CaseDir,
     w: &Workload,
-    user: bool,
+    (user, shape): (bool, Shape),
     procs: &mut Procs,
-) -> Result<(Pid, procs::Tree, outside::View)> {
+) -> Result<Started> {
     let Program::C(prog) = w.program else {
         bail!("only compiled workloads here");
     };
     let mut cmd = Command::new(cfg.workload("launch"));
+    if let Shape::Container(flag) = shape {
+        cmd.arg(cfg.workload("nsinit"))
+            .arg(flag)
+            .arg(crate::ns::HOSTNAME)
+            .arg(crate::ns::MONOTONIC_OFFSET.to_string())
+            .arg(crate::ns::BOOTTIME_OFFSET.to_string());
+    }
     cmd.arg(cfg.workload(prog))
         .arg(&dir.state)
         .args(&w.args)
@@ -139,18 +166,35 @@ fn start(
         give_to_user(&dir.root.join("out.log"))?;
     }
     let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    procs.track(pid);
-    case::wait_ready(dir, pid, procs)?;
+    let root = Pid::from_raw(child.id() as i32);
+    procs.track(root);
+    let main = match shape {
+        Shape::Plain => {
+            case::wait_ready(dir, root, procs)?;
+            root
+        }
+        Shape::Container(_) => crate::ns::wait_ready(dir, root, procs)?,
+    };
+    settle(w, root);
+    let tree = procs::tree_snapshot(root).context("process tree before the dump")?;
+    let view = outside::snapshot(&tree);
+    Ok(Started {
+        root,
+        main,
+        tree,
+        view,
+    })
+}
+
+/// Waits until the tree of `root` sleeps where it sleeps (which shows the
+/// temporary masks of the syscalls it sleeps in).
+fn settle(w: &Workload, root: Pid) {
     match w.settle {
         Settle::Blocked => {
-            procs::wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+            procs::wait_until(Duration::from_secs(5), || procs::tree_settled(root));
         }
-        _ => std::thread::sleep(Duration::from_millis(100)),
+        _ => std::thread::sleep(Duration::from_millis(200)),
     }
-    let tree = procs::tree_snapshot(pid).context("process tree before the dump")?;
-    let view = outside::snapshot(&tree);
-    Ok((pid, tree, view))
 }
 
 /// `crest dump` (with `-R` if `leave`) by `crest` as the user.
@@ -238,23 +282,50 @@ fn check_images_private(images: &Path) -> Result<()> {
     Ok(())
 }
 
-const WORKLOADS: [(&str, &[&str], Settle); 4] = [
-    ("threads_busy", &[], Settle::Spinning),
-    ("signals", &[], Settle::Blocked),
-    ("small_tree", &[], Settle::Blocked),
-    ("sockets", &[], Settle::Blocked),
+const WORKLOADS: [(&str, &str, &[&str], Settle, Shape); 6] = [
+    (
+        "threads_busy",
+        "threads_busy",
+        &[],
+        Settle::Spinning,
+        Shape::Plain,
+    ),
+    ("signals", "signals", &[], Settle::Blocked, Shape::Plain),
+    (
+        "small_tree",
+        "small_tree",
+        &[],
+        Settle::Blocked,
+        Shape::Plain,
+    ),
+    ("sockets", "sockets", &[], Settle::Blocked, Shape::Plain),
+    // a rootless container: its own user namespace owning the others
+    (
+        "container_sock_fork",
+        "sock_fork",
+        &[],
+        Settle::Blocked,
+        Shape::Container("-R"),
+    ),
+    (
+        "container_threads",
+        "threads_busy",
+        &[],
+        Settle::Spinning,
+        Shape::Container("-R"),
+    ),
 ];
 
 fn dump_restore(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let crest_bin = raised_copy(cfg, &dir.root, "crest", Some("cap_checkpoint_restore+ep"))?;
-    for (prog, args, settle) in WORKLOADS {
+    for (name, prog, args, settle, shape) in WORKLOADS {
         let w = Workload {
-            name: prog,
+            name,
             program: Program::C(prog),
             args: args.iter().map(|a| a.to_string()).collect(),
             settle,
         };
-        one_round_trip(&crest_bin, cfg, dir, &w, procs).context(prog)?;
+        one_round_trip(&crest_bin, cfg, dir, (&w, shape), procs).context(name)?;
     }
     Ok(Outcome::Pass)
 }
@@ -263,16 +334,17 @@ fn one_round_trip(
     crest_bin: &Path,
     cfg: &Config,
     dir: &CaseDir,
-    w: &Workload,
+    (w, shape): (&Workload, Shape),
     procs: &mut Procs,
 ) -> Result<()> {
     let sub = user_dir(dir, w.name)?;
-    let (pid, tree, before) = start(cfg, &sub, w, true, procs)?;
+    let s = start(cfg, &sub, w, (true, shape), procs)?;
+    let pid = s.root;
     let ran = dump(crest_bin, &sub, pid, false, procs)?;
     if !ran.success() {
         bail!(ran.failure("crest dump --unprivileged by the user"));
     }
-    wait_dumped(pid, &tree, procs)?;
+    wait_dumped(pid, &s.tree, procs)?;
     check_images_private(&sub.images)?;
     procs.track(pid);
     let ran = restore(crest_bin, &sub, procs)?;
@@ -282,18 +354,22 @@ fn one_round_trip(
     if !procs::alive(pid) {
         bail!("pid {pid} is not running after the restore");
     }
-    // back in the syscall it slept in (which shows its temporary mask)
-    match w.settle {
-        Settle::Blocked => {
-            procs::wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
-        }
-        _ => std::thread::sleep(Duration::from_millis(200)),
-    }
-    let problems = case::check_outside(&sub, pid, &before, "after the unprivileged restore");
+    settle(w, pid);
+    let problems = case::check_outside(&sub, pid, &s.view, "after the unprivileged restore");
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
-    match case::finish(&sub, pid, StdioKind::LogFile, procs)? {
+    if s.main != pid {
+        procs.track(s.main);
+        let ids = crate::ns::nspid(s.main);
+        if ids != Some(vec![s.main.as_raw(), 1]) {
+            bail!(
+                "the container's workload (pid {}) has NSpid {ids:?} after the restore",
+                s.main
+            );
+        }
+    }
+    match case::finish_tree(&sub, s.main, pid, StdioKind::LogFile, procs)? {
         Outcome::Pass => Ok(()),
         other => bail!("the workload's own check after the restore: {other:?}"),
     }
@@ -344,12 +420,13 @@ fn forged(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         settle: Settle::Spinning,
     };
     let sub = user_dir(dir, w.name)?;
-    let (pid, tree, _) = start(cfg, &sub, &w, true, procs)?;
+    let s = start(cfg, &sub, &w, (true, Shape::Plain), procs)?;
+    let pid = s.root;
     let ran = dump(&crest_bin, &sub, pid, false, procs)?;
     if !ran.success() {
         bail!(ran.failure("crest dump --unprivileged by the user"));
     }
-    wait_dumped(pid, &tree, procs)?;
+    wait_dumped(pid, &s.tree, procs)?;
     let pristine = sub.root.join("pristine");
     copy_dir(&sub.images, &pristine)?;
     let core = format!("core-{pid}.img");
@@ -415,9 +492,69 @@ fn forged(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         bail!(ran.failure("crest restore of the true images"));
     }
     match case::finish(&sub, pid, StdioKind::LogFile, procs)? {
-        Outcome::Pass => Ok(Outcome::Pass),
+        Outcome::Pass => {}
         other => bail!("the workload's own check after the restore: {other:?}"),
     }
+    forged_userns(&crest_bin, cfg, dir, procs)?;
+    Ok(Outcome::Pass)
+}
+
+/// A rootless container's images whose user namespace is edited to map
+/// its root to uid 0 outside: refused naming the namespace's image.
+fn forged_userns(crest_bin: &Path, cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<()> {
+    use crest_images::pb::UsernsEntry;
+    let w = Workload {
+        name: "forged_userns",
+        program: Program::C("signals"),
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    };
+    let sub = user_dir(dir, w.name)?;
+    let s = start(cfg, &sub, &w, (true, Shape::Container("-R")), procs)?;
+    let ran = dump(crest_bin, &sub, s.root, false, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump --unprivileged of a rootless container"));
+    }
+    wait_dumped(s.root, &s.tree, procs)?;
+    let mut edited = Vec::new();
+    for e in fs::read_dir(&sub.images)? {
+        let name = e?.file_name().to_string_lossy().to_string();
+        if !(name.starts_with("userns-") && name.ends_with(".img")) {
+            continue;
+        }
+        let mut entries: Vec<UsernsEntry> =
+            crest_images::read_image(&sub.images, &name, magic::USERNS)?;
+        let Some(u) = entries.first_mut().filter(|u| !u.uid_map.is_empty()) else {
+            continue;
+        };
+        for m in &mut u.uid_map {
+            m.lower_first = 0;
+        }
+        fs::remove_file(sub.images.join(&name))?;
+        crest_images::write_image(&sub.images, &name, magic::USERNS, &entries)?;
+        edited.push(name);
+    }
+    let [name] = &edited[..] else {
+        bail!("expected one user namespace with maps in the images, found {edited:?}");
+    };
+    manifest::write(&sub.images)?;
+    for e in fs::read_dir(&sub.images)? {
+        give_to_user(&e?.path())?;
+    }
+    let ran = restore(crest_bin, &sub, procs)?;
+    if ran.success() || !ran.stderr.contains(name.as_str()) || !ran.stderr.contains("uids 0-0") {
+        bail!(ran.failure(&format!(
+            "crest restore of a container whose {name} maps root to uid 0 (expected a refusal \
+             naming it)"
+        )));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for p in s.tree.keys() {
+        if procs::exists(Pid::from_raw(*p)) {
+            bail!("pid {p} exists after the refused restore of a forged user namespace");
+        }
+    }
+    Ok(())
 }
 
 fn refuses_others(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -429,7 +566,8 @@ fn refuses_others(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outc
     };
     // root's task, in a directory the user may write its images to
     let sub = user_dir(dir, w.name)?;
-    let (pid, _, before) = start(cfg, &sub, &w, false, procs)?;
+    let s = start(cfg, &sub, &w, (false, Shape::Plain), procs)?;
+    let (pid, before) = (s.root, s.view);
     let copies = [
         (
             "file capabilities with CAP_SYS_PTRACE",
@@ -465,7 +603,34 @@ fn refuses_others(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outc
         }
     }
     match case::finish(&sub, pid, StdioKind::LogFile, procs)? {
-        Outcome::Pass => Ok(Outcome::Pass),
+        Outcome::Pass => {}
         other => bail!("root's task's own check: {other:?}"),
+    }
+    // the user's own container with a net namespace: crest cannot read
+    // one unprivileged, and says so; the container runs on
+    let w = Workload {
+        name: "container_net",
+        program: Program::C("signals"),
+        args: Vec::new(),
+        settle: Settle::Blocked,
+    };
+    let sub = user_dir(dir, w.name)?;
+    let crest_bin = raised_copy(cfg, &dir.root, "crest", Some("cap_checkpoint_restore+ep"))?;
+    let s = start(cfg, &sub, &w, (true, Shape::Container("-N")), procs)?;
+    let ran = dump(&crest_bin, &sub, s.root, true, procs)?;
+    if ran.success() || !ran.stderr.contains("net namespace") {
+        bail!(ran.failure(
+            "crest dump --unprivileged of a container with a net namespace (expected a refusal \
+             naming it)"
+        ));
+    }
+    case::check_left_running(s.root)?;
+    let problems = case::check_outside(&sub, s.root, &s.view, "after the refused dump");
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    match case::finish_tree(&sub, s.main, s.root, StdioKind::LogFile, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => bail!("the container's own check after the refused dump: {other:?}"),
     }
 }

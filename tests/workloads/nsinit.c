@@ -12,7 +12,11 @@
  * 100000), so root inside is not root outside. With -Z as CRIU's suite's
  * uns flavor makes its tests: uid 0 inside is 100000 outside (0 100000
  * 100000, 100000 200000 50000; gids as -S), and no time namespace (the
- * clock offsets are left alone).
+ * clock offsets are left alone). With -R as `unshare -r` does for a user
+ * without privileges: it unshares the user namespace alone first and maps
+ * its own uid and gid to 0 (setgroups denied), then the others but the
+ * net namespace (the unprivileged cases); with -N the same and a net
+ * namespace too.
  *
  * Like `unshare -p -m -u -i -n -T -f --propagation private` followed by
  * `hostname HOSTNAME; ip link set lo up`: unshares the six namespaces, makes
@@ -120,12 +124,38 @@ static int map_writer(pid_t *child, int shifted, int zdtm)
 	return p[1];
 }
 
+static void write_self(const char *file, const char *text)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/%s", file);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t len = (ssize_t)strlen(text);
+	if (fd < 0 || write(fd, text, (size_t)len) != len)
+		die(path);
+	close(fd);
+}
+
+/* unshare -r: a user namespace of its own, its uid and gid root there */
+static void own_userns(void)
+{
+	char uid[64], gid[64];
+	snprintf(uid, sizeof(uid), "0 %u 1\n", (unsigned)geteuid());
+	snprintf(gid, sizeof(gid), "0 %u 1\n", (unsigned)getegid());
+	if (unshare(CLONE_NEWUSER) < 0)
+		die("unshare(CLONE_NEWUSER)");
+	write_self("setgroups", "deny");
+	write_self("uid_map", uid);
+	write_self("gid_map", gid);
+}
+
 int main(int argc, char **argv)
 {
 	int zdtm = argc > 1 && strcmp(argv[1], "-Z") == 0;
 	int shifted = zdtm || (argc > 1 && strcmp(argv[1], "-S") == 0);
 	int user = shifted || (argc > 1 && strcmp(argv[1], "-U") == 0);
-	if (user) {
+	int with_net = argc > 1 && strcmp(argv[1], "-N") == 0;
+	int rootless = with_net || (argc > 1 && strcmp(argv[1], "-R") == 0);
+	if (user || rootless) {
 		argv++;
 		argc--;
 	}
@@ -141,6 +171,11 @@ int main(int argc, char **argv)
 	if (user) {
 		flags |= CLONE_NEWUSER;
 		go = map_writer(&writer, shifted, zdtm);
+	}
+	if (rootless) {
+		own_userns();
+		if (!with_net)
+			flags &= ~CLONE_NEWNET;
 	}
 	if (unshare(flags) < 0)
 		die("unshare");
@@ -165,7 +200,8 @@ int main(int argc, char **argv)
 		die("make / private");
 	if (sethostname(argv[1], strlen(argv[1])) < 0)
 		die("sethostname");
-	lo_up();
+	if (flags & CLONE_NEWNET)
+		lo_up();
 	if (!zdtm)
 		time_offsets(argv[2], argv[3]);
 	pid_t child = fork();

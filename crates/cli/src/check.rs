@@ -127,7 +127,28 @@ pub fn run(opts: &Options) -> i32 {
         }
         return status;
     }
-    let feats = crest_core::features::probe();
+    let mut feats = crest_core::features::probe();
+    // acting for a caller other than root (CRIU's `check --unprivileged`):
+    // what restoring needs beyond the caller's own rights
+    if let Ok(caller) = crest_core::privilege::Caller::detect(opts.unprivileged) {
+        if caller.restricted {
+            let ok = caller.can_restore_pids();
+            feats.push(crest_core::features::Feature {
+                name: "CAP_CHECKPOINT_RESTORE (unprivileged)",
+                required: true,
+                ok,
+                detail: format!(
+                    "acting for uid {}; {}",
+                    caller.uid,
+                    if ok {
+                        "restore can give tasks their pids"
+                    } else {
+                        "restore cannot give tasks their pids: setcap cap_checkpoint_restore+ep"
+                    }
+                ),
+            });
+        }
+    }
     let mut missing = 0;
     let mut absent = 0;
     for f in &feats {

@@ -209,12 +209,18 @@ impl Caller {
         Ok(())
     }
 
+    /// Whether crest can give restored tasks their pids (`clone3` with
+    /// `set_tid` needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN).
+    pub fn can_restore_pids(&self) -> bool {
+        let pids = (1u64 << CAP_CHECKPOINT_RESTORE) | (1u64 << CAP_SYS_ADMIN);
+        !self.restricted || self.crest_prm & pids != 0
+    }
+
     /// Refuses a restricted restore that could not give tasks their pids
     /// (`clone3` with `set_tid` needs CAP_CHECKPOINT_RESTORE or
     /// CAP_SYS_ADMIN), before anything is made.
     pub fn check_can_restore(&self) -> Result<(), RestoreError> {
-        let pids = (1u64 << CAP_CHECKPOINT_RESTORE) | (1u64 << CAP_SYS_ADMIN);
-        if !self.restricted || self.crest_prm & pids != 0 {
+        if self.can_restore_pids() {
             return Ok(());
         }
         Err(RestoreError::Unsupported {

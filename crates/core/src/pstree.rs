@@ -503,6 +503,24 @@ pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
     Ok(t)
 }
 
+/// [`clone_plain`] with the new task's pid in the innermost pid namespace
+/// it is made in (`parent`'s `pid_for_children`) set to `set_tid`.
+pub fn clone_with_tid(parent: &mut Tracee, set_tid: &[i32]) -> Result<Tracee, RestoreError> {
+    let ppid = parent.pid();
+    let base = put_clone_args(parent, 0, libc::SIGCHLD as u64, set_tid)?;
+    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
+    parent
+        .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
+        .rat(ppid, format!("clone3 of a helper with set_tid {set_tid:?}"))?;
+    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
+        pid: ppid,
+        what: "a clone that reported no new task".into(),
+    })?;
+    let mut t = Tracee::from_new_task(got, got).rat(got, "attach to a helper")?;
+    t.set_syscall_ip(parent.syscall_ip());
+    Ok(t)
+}
+
 /// Forks `child`, the init of a pid namespace owned by the user namespace
 /// `userns_holder` holds, from `parent` (from crest for the root of the
 /// tree: None): a helper forked from the parent enters that user
@@ -595,14 +613,31 @@ fn init_attempt(
     };
     let hp = h.pid();
     // the init's namespaces an outer user namespace may own, joined while
-    // the helper still has rights over them
+    // the helper still has rights over them; those it has no rights over
+    // yet (an unprivileged crest: they belong to the namespace it enters)
+    // once it is in its user namespace
+    let mut later = Vec::new();
     for (path, nstype) in joins {
         let fd = crate::mm::restore::open_crest_side(&mut h, path, libc::O_RDONLY)?;
         let r = h.syscall(nr::SETNS, &[fd, u64::from(*nstype)]);
+        match r {
+            Err(crest_inject::InjectError::Syscall { ref source, .. })
+                if source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                later.push((fd, path, *nstype));
+            }
+            r => {
+                h.syscall(nr::CLOSE, &[fd]).rat(hp, "close")?;
+                r.rat(hp, format!("setns into {path} in the pid namespace helper"))?;
+            }
+        }
+    }
+    crate::ns::user::enter(&mut h, userns_holder)?;
+    for (fd, path, nstype) in later {
+        let r = h.syscall(nr::SETNS, &[fd, u64::from(nstype)]);
         h.syscall(nr::CLOSE, &[fd]).rat(hp, "close")?;
         r.rat(hp, format!("setns into {path} in the pid namespace helper"))?;
     }
-    crate::ns::user::enter(&mut h, userns_holder)?;
     h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
         .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;
     // The helper has rights over the new namespace only.

@@ -429,11 +429,7 @@ fn io_at(step: &'static str) -> impl FnOnce(io::Error) -> Fail {
 /// Reads the network namespace `fd` of task `pid`.
 pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
     let mut n = in_ns(fd, read_inside)
-        .map_err(|source| DumpError::Io {
-            pid,
-            step: "enter a network namespace",
-            source,
-        })?
+        .map_err(|source| enter_failed(pid, source))?
         .map_err(|f| f.dump(pid))?;
     n.pid = pid;
     Ok(n)
@@ -455,12 +451,27 @@ pub fn lo_state_in(pid: i32, fd: &OwnedFd) -> Result<(bool, u32), DumpError> {
                 (l.flags & libc::IFF_UP as u32 != 0, l.mtu)
             }))
     })
-    .map_err(|source| DumpError::Io {
-        pid,
-        step: "enter a network namespace",
-        source,
-    })?
+    .map_err(|source| enter_failed(pid, source))?
     .map_err(|f| f.dump(pid))
+}
+
+/// Why crest could not enter a task's network namespace to read it: an
+/// unprivileged crest (no CAP_SYS_ADMIN where it runs) never can.
+fn enter_failed(pid: i32, source: io::Error) -> DumpError {
+    if source.raw_os_error() == Some(libc::EPERM) {
+        DumpError::Unsupported {
+            pid,
+            what: "a net namespace of the tree's own in an unprivileged dump (crest reads one \
+                   from inside, which needs CAP_SYS_ADMIN where crest runs)"
+                .into(),
+        }
+    } else {
+        DumpError::Io {
+            pid,
+            step: "enter a network namespace",
+            source,
+        }
+    }
 }
 
 /// Netfilter state crest does not dump yet: nftables tables (asked over

@@ -321,7 +321,7 @@ impl OtherGraph {
             ino,
         };
         match kind.name {
-            "uts" => n.uts = Some(read_uts(pid, &fd)?),
+            "uts" => n.uts = Some(read_uts(pid, &fd, &owner_fd)?),
             "cgroup" => {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWCGROUP, Some(&owner_fd))?;
                 n.cgroup_root = Some(super::cgroup::dump_root(pid, &mut t)?);
@@ -733,9 +733,10 @@ mod tests {
 }
 
 /// Host and domain name of a uts namespace, read by a short-lived crest
-/// child that enters it.
-fn read_uts(pid: i32, fd: &OwnedFd) -> Result<(String, String), DumpError> {
-    let mut t = reader(pid, fd, libc::CLONE_NEWUTS, None)?;
+/// child that enters it (after its owning user namespace `owner`, so an
+/// unprivileged crest may).
+fn read_uts(pid: i32, fd: &OwnedFd, owner: &OwnedFd) -> Result<(String, String), DumpError> {
+    let mut t = reader(pid, fd, libc::CLONE_NEWUTS, Some(owner))?;
     let buf = t.scratch(6 * 65).at(pid, "scratch")?;
     t.syscall(nr::UNAME, &[buf]).at(pid, "uname")?;
     let mut raw = vec![0u8; 6 * 65];
@@ -758,6 +759,10 @@ pub struct Helpers {
     /// The namespaces joined with `--join-ns` (they keep what they have:
     /// a joined mount namespace's mounts are not replayed).
     joined: Vec<u32>,
+    /// crest has no rights over namespaces nested user namespaces own from
+    /// its own (unprivileged): the mount helper enters the owning user
+    /// namespace before the others.
+    pub userns_first: bool,
 }
 
 impl Helpers {
@@ -924,6 +929,15 @@ impl Helpers {
             None => super::pid::spawn_helper(&[])?,
         };
         open_crest_root(&mut e, 64)?;
+        if let Some(owner) = users_h.pid_of(n.owner_userns).filter(|_| self.userns_first) {
+            let (here, there) = (
+                super::user::ino_of(&format!("/proc/{}/ns/user", e.pid())).ok(),
+                super::user::ino_of(&format!("/proc/{owner}/ns/user")).ok(),
+            );
+            if here != there {
+                super::user::enter(&mut e, owner)?;
+            }
+        }
         self.enter_all_as(&mut e, g, m.as_pid, &std::collections::HashSet::new())?;
         super::mnt::replay(&mut e, m, how)?;
         // reaped at once, so its pids are free again

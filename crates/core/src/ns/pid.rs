@@ -311,11 +311,46 @@ pub fn spawn_in(
     use crate::error::RestoreCtx;
     let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
     let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
-    crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID).rat(init, "setns into a pid namespace")?;
+    match crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            return spawn_in_through_owner(init, &theirs, set_tid);
+        }
+        r => r.rat(init, "setns into a pid namespace")?,
+    }
     let child = spawn_helper(set_tid);
     crest_sys::ns::setns(&mine, libc::CLONE_NEWPID)
         .rat(init, "setns back to crest's pid namespace")?;
     child
+}
+
+/// [`spawn_in`] for a crest without rights over the pid namespace `pidns`
+/// from its own user namespace (an unprivileged crest): a helper enters
+/// the namespace's owning user namespace, where it has them, points its
+/// children at `pidns` and forks the task; the helper is gone after.
+fn spawn_in_through_owner(
+    init: i32,
+    pidns: &File,
+    set_tid: &[i32],
+) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
+    use crate::error::RestoreCtx;
+    use std::os::fd::AsRawFd;
+    let owner = crest_sys::ns::get_userns(pidns).rat(init, "the owner of a pid namespace")?;
+    // (the helper inherits both fds)
+    let mut h = spawn_helper(&[])?;
+    let hp = h.pid();
+    for (fd, flag, what) in [
+        (
+            owner.as_raw_fd(),
+            libc::CLONE_NEWUSER,
+            "its owning user namespace",
+        ),
+        (pidns.as_raw_fd(), libc::CLONE_NEWPID, "a pid namespace"),
+    ] {
+        h.syscall(crest_inject::nr::SETNS, &[fd as u64, flag as u64])
+            .rat(hp, format!("setns of a helper into {what}"))?;
+    }
+    crate::pstree::clone_with_tid(&mut h, set_tid)
+    // (dropping `h` kills it: crest, a child subreaper, takes the task)
 }
 
 /// A stopped crest child (with pids `set_tid`, or any), attached and ready

@@ -640,18 +640,27 @@ impl Helpers {
             };
             let pid = t.pid();
             // The namespace's owner is the euid of its creator; its egid
-            // must be mapped in the parent namespace too.
+            // must be mapped in the parent namespace too (crest's namespace
+            // maps every gid: crest's own will do). Below crest's
+            // namespace, an owner the helper is already (its status shows
+            // crest's view, then the parent's) is not set again: an
+            // unprivileged crest could not.
+            let now = procfs::read_status(pid).ok().filter(|_| parent_is_root);
             let egid = g
                 .node(parent)
                 .and_then(|p| p.gid_map.first())
                 .map_or(0, |e| e.first);
-            t.syscall(nr::SETRESGID, &[u64::MAX, u64::from(egid), u64::MAX])
-                .rat(pid, format!("setegid({egid}) of a user namespace helper"))?;
-            t.syscall(nr::SETRESUID, &[u64::MAX, u64::from(n.owner_uid), u64::MAX])
-                .rat(
-                    pid,
-                    format!("seteuid({}) of a user namespace helper", n.owner_uid),
-                )?;
+            if !parent_is_root {
+                t.syscall(nr::SETRESGID, &[u64::MAX, u64::from(egid), u64::MAX])
+                    .rat(pid, format!("setegid({egid}) of a user namespace helper"))?;
+            }
+            if now.as_ref().is_none_or(|s| s.uid[1] != n.owner_uid) {
+                t.syscall(nr::SETRESUID, &[u64::MAX, u64::from(n.owner_uid), u64::MAX])
+                    .rat(
+                        pid,
+                        format!("seteuid({}) of a user namespace helper", n.owner_uid),
+                    )?;
+            }
             t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
                 .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
             t.syscall(nr::UNSHARE, &[libc::CLONE_NEWUSER as u64])

@@ -41,6 +41,10 @@ pub(super) struct Forked {
     /// The areas each task holds to share pages with its parent or its
     /// children (see `mm::cow`).
     pub(super) held: Vec<Vec<mm::cow::Held>>,
+    /// The init of the pid namespace a task's `pid_for_children` is to
+    /// point at, when the task can set it only from its own user namespace
+    /// (an unprivileged crest): set at the end of its transform.
+    pub(super) later_pid_for_children: Vec<Option<i32>>,
 }
 
 /// Forks every task from its parent with its pid (the root from crest),
@@ -192,7 +196,7 @@ pub(super) fn fork_tree(
         ti.cut > 0,
         (&group_levels, writers),
     )?;
-    set_pid_for_children(imgs, &actual, &mut tasks)?;
+    let later_pid_for_children = set_pid_for_children(imgs, &actual, &mut tasks)?;
     helpers.finish(&mut tasks)?;
     end_zombies(imgs, &mut tasks, userns, &cur_userns)?;
     Ok(Forked {
@@ -201,6 +205,7 @@ pub(super) fn fork_tree(
         cur_userns,
         made_time,
         held: sharing.held,
+        later_pid_for_children,
     })
 }
 
@@ -411,12 +416,14 @@ pub(super) fn make_time_for_children(
 
 /// A task whose children go to another pid namespace than its own (it
 /// unshared one) points its `pid_for_children` there again, through the
-/// namespace's init.
+/// namespace's init. Returns, per task, the init to point at later, from
+/// the task's own user namespace, where crest had no right to yet.
 pub(super) fn set_pid_for_children(
     imgs: &[TaskImage],
     actual: &[i32],
     tasks: &mut [Option<Tracee>],
-) -> Result<(), RestoreError> {
+) -> Result<Vec<Option<i32>>, RestoreError> {
+    let mut later = vec![None; imgs.len()];
     for (k, img) in imgs.iter().enumerate() {
         let Some(x) = img.cores[0].2.as_ref().and_then(|e| e.pid_for_children) else {
             continue;
@@ -429,10 +436,19 @@ pub(super) fn set_pid_for_children(
             let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
             t.syscall(nr::CLOSE, &[fd]).rat(img.pid(), "close")?;
-            r.rat(img.pid(), "setns of pid_for_children")?;
+            match r {
+                Err(crest_inject::InjectError::Syscall { ref source, .. })
+                    if source.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    later[k] = Some(init);
+                }
+                r => {
+                    r.rat(img.pid(), "setns of pid_for_children")?;
+                }
+            }
         }
     }
-    Ok(())
+    Ok(later)
 }
 
 /// The user namespace that owns task `img`'s pid namespace.

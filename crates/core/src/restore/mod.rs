@@ -148,6 +148,7 @@ fn restore_tree(
         &files.inherit,
         &opts.join_ns,
     )?;
+    others_h.userns_first = caller.restricted && !caller.has(crate::privilege::CAP_SYS_ADMIN);
     fault::point("restore: other namespaces made")?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
@@ -172,6 +173,7 @@ fn restore_tree(
         cur_userns,
         made_time,
         held,
+        later_pid_for_children,
     } = fork_tree(
         &ti,
         dir,
@@ -204,6 +206,7 @@ fn restore_tree(
         shared: mm::restore::SharedAnon::new(),
         threads: Vec::new(),
         writers: &mut writers,
+        userns_first: caller.restricted && !caller.has(crate::privilege::CAP_SYS_ADMIN),
     };
     for k in 0..imgs.len() {
         let Some(t) = tasks[k].as_mut() else { continue };
@@ -217,7 +220,7 @@ fn restore_tree(
             (shares_files, shares_fs),
             cur_userns[k],
             thread_levels[k],
-            &held[k],
+            (&held[k], later_pid_for_children[k]),
         )?;
         fault::point("restore: task transformed")?;
     }

@@ -26,6 +26,10 @@ pub(super) struct TreeCtx<'a> {
     /// Threads made so far, ready to be let go before their leaders.
     pub(super) threads: Vec<Tracee>,
     pub(super) writers: &'a mut ns::pid::Writers,
+    /// crest has no rights over the namespaces nested user namespaces own
+    /// from its own (unprivileged): a task enters its user namespace
+    /// first, and the rest from there.
+    pub(super) userns_first: bool,
 }
 
 /// Turns a stopped fork of crest into the dumped task, and makes its
@@ -37,7 +41,7 @@ pub(super) fn transform(
     (shares_files, shares_fs): (bool, bool),
     cur_userns: u32,
     tl: ns::pid::Levels,
-    held: &[mm::cow::Held],
+    (held, pid_for_children): (&[mm::cow::Held], Option<i32>),
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
     let (files, dir) = (&mut *ctx.files, ctx.dir);
@@ -55,6 +59,16 @@ pub(super) fn transform(
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
     // namespace.
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    let first = ctx.userns_first && cur_userns == 1 && ns != 1;
+    if first {
+        let h = ctx
+            .userns
+            .pid_of(ns)
+            .ok_or_else(|| img.bad("no user namespace helper"))?;
+        ns::user::enter(t, h)?;
+    }
+    let cur_userns = if first { ns } else { cur_userns };
     ctx.others_h
         .enter_all_as(t, ctx.others, pid, &ctx.made_time)?;
 
@@ -128,7 +142,6 @@ pub(super) fn transform(
 
     // The leader's state, then its credentials around the move into its
     // user namespace (which needs a single thread), then the threads.
-    let ns = img.ids.user_ns_id.unwrap_or(1);
     // Forked inside a nested user namespace already: the task moves on
     // (down) to its own first, then sets its ids as it sees them.
     let early = cur_userns != 1;
@@ -190,6 +203,15 @@ pub(super) fn transform(
     // POSIX timers once every thread they may signal exists.
     if let Some(tm) = tc.timers.as_ref() {
         crate::timers::restore(t, &tm.posix)?;
+    }
+    if let Some(init) = pid_for_children {
+        // (from its own user namespace, its threads made: see
+        // fork::set_pid_for_children)
+        let path = format!("/proc/{init}/ns/pid");
+        let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+        let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        r.rat(pid, "setns of pid_for_children")?;
     }
     set_caps(t, img, core)?;
     if let Some(d) = live.mm.dumpable {
