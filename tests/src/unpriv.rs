@@ -4,18 +4,23 @@
 //! lends the user more than the user holds.
 //!
 //! - `unprivileged_dump_restore`: workloads started as uid [`UID`] (threads,
-//!   signal state, a tree of processes, sockets) are dumped and restored by
+//!   signal state, a tree of processes, sockets, and two rootless
+//!   containers: `nsinit -R`, a user namespace of the user's own owning
+//!   pid, mnt, uts, ipc and time namespaces) are dumped and restored by
 //!   that uid with `--unprivileged`; the images are the user's, 0600; the
 //!   kernel's outside view (ids and capabilities among it) is the same
 //!   after, and each workload passes its own check;
 //! - `unprivileged_forged_images_refused`: the images of such a dump edited
 //!   (and their manifest rewritten, as an attacker would) to claim uid 0,
 //!   every capability, or only the CAP_CHECKPOINT_RESTORE crest itself
-//!   holds: each restore is refused naming the core file, no task is left,
-//!   and the true images then restore;
+//!   holds, and a container's whose user namespace is edited to map its
+//!   root to uid 0: each restore is refused naming the file, no task is
+//!   left, and the true images then restore;
 //! - `unprivileged_dump_refuses_others`: crest raised by file capabilities
 //!   that include CAP_SYS_PTRACE, and crest set-uid root, both run by the
-//!   user: neither dumps a task of root's, which runs on untouched.
+//!   user: neither dumps a task of root's, which runs on untouched; the
+//!   user's container with a net namespace (`nsinit -N`) is refused naming
+//!   it and runs on.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
