@@ -487,31 +487,26 @@ fn clone_attempt(
 /// Injects a plain `clone3` (no `set_tid`) into `parent`: a helper task,
 /// traced and stopped from birth.
 pub fn clone_plain(parent: &mut Tracee) -> Result<Tracee, RestoreError> {
-    let ppid = parent.pid();
-    let base = put_clone_args(parent, 0, libc::SIGCHLD as u64, &[])?;
-    parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
-    parent
-        .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-        .rat(ppid, "clone3 of a helper")?;
-    // The helper's pid in crest's namespace (the parent may see another).
-    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
-        pid: ppid,
-        what: "a clone that reported no new task".into(),
-    })?;
-    let mut t = Tracee::from_new_task(got, got).rat(got, "attach to a helper")?;
-    t.set_syscall_ip(parent.syscall_ip());
-    Ok(t)
+    clone_with_tid(parent, &[])
 }
 
 /// [`clone_plain`] with the new task's pid in the innermost pid namespace
-/// it is made in (`parent`'s `pid_for_children`) set to `set_tid`.
+/// it is made in (`parent`'s `pid_for_children`) set to `set_tid` (none:
+/// any pid).
 pub fn clone_with_tid(parent: &mut Tracee, set_tid: &[i32]) -> Result<Tracee, RestoreError> {
     let ppid = parent.pid();
     let base = put_clone_args(parent, 0, libc::SIGCHLD as u64, set_tid)?;
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
     parent
         .syscall(nr::CLONE3, &[base, CLONE_ARGS_SIZE as u64])
-        .rat(ppid, format!("clone3 of a helper with set_tid {set_tid:?}"))?;
+        .rat(ppid, {
+            if set_tid.is_empty() {
+                "clone3 of a helper".to_string()
+            } else {
+                format!("clone3 of a helper with set_tid {set_tid:?}")
+            }
+        })?;
+    // The helper's pid in crest's namespace (the parent may see another).
     let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
         pid: ppid,
         what: "a clone that reported no new task".into(),
