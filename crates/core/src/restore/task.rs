@@ -58,7 +58,8 @@ pub(super) fn transform(
     }
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
-    // namespace.
+    // namespace. (An unprivileged crest may enter them only from the user
+    // namespace that owns them: the task moves there before.)
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let first = ctx.userns_first && cur_userns == 1 && ns != 1;
     if first {
