@@ -673,6 +673,14 @@ pub fn run_dump_env(
     procs: &mut Procs,
     env: &[(&str, &str)],
 ) -> Result<crest::Ran> {
+    let mut cmd = dump_command(&cfg.crest, dir, pid, leave_running);
+    cmd.envs(env.iter().copied());
+    crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
+}
+
+/// `CREST dump -t PID -D images -o dump.log -v4 [-R]` plus the options in
+/// <statedir>/dump-args.
+pub fn dump_command(crest_bin: &Path, dir: &CaseDir, pid: Pid, leave_running: bool) -> Command {
     let pid_s = pid.to_string();
     let images = dir.images.to_string_lossy();
     let mut args = vec!["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-v4"];
@@ -681,9 +689,7 @@ pub fn run_dump_env(
     }
     let extra = fs::read_to_string(dir.state.join("dump-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
-    let mut cmd = crest::command(&cfg.crest, &args);
-    cmd.envs(env.iter().copied());
-    crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
+    crest::command(crest_bin, &args)
 }
 
 /// Runs `crest restore -D images -d --pidfile restore.pid -o restore.log
@@ -704,6 +710,16 @@ pub fn run_restore_detached_env(
     procs: &mut Procs,
     env: &[(&str, &str)],
 ) -> Result<(crest::Ran, std::path::PathBuf)> {
+    let (mut cmd, pidfile) = restore_command(&cfg.crest, dir);
+    cmd.envs(env.iter().copied());
+    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
+    Ok((ran, pidfile))
+}
+
+/// `CREST restore -D images -d --pidfile restore.pid -o restore.log -v4`
+/// plus the options in <statedir>/restore-args, and the pidfile's path
+/// (an old one removed).
+pub fn restore_command(crest_bin: &Path, dir: &CaseDir) -> (Command, PathBuf) {
     let pidfile = dir.root.join("restore.pid");
     let _ = fs::remove_file(&pidfile);
     let images = dir.images.to_string_lossy();
@@ -721,10 +737,7 @@ pub fn run_restore_detached_env(
     ];
     let extra = fs::read_to_string(dir.state.join("restore-args")).unwrap_or_default();
     args.extend(extra.split_whitespace());
-    let mut cmd = crest::command(&cfg.crest, &args);
-    cmd.envs(env.iter().copied());
-    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
-    Ok((ran, pidfile))
+    (crest::command(crest_bin, &args), pidfile)
 }
 
 /// After `crest dump -R`: the task and every task and thread of its tree

@@ -325,23 +325,8 @@ fn timeout(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         settle: Settle::Spinning,
     };
     let (pid, _) = start(cfg, dir, &w, procs)?;
-    let pid_s = pid.to_string();
-    let images = dir.images.to_string_lossy();
-    let cmd = crest::command(
-        &cfg.crest,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "-v4",
-            "--timeout",
-            "1",
-        ],
-    );
+    let mut cmd = case::dump_command(&cfg.crest, dir, pid, false);
+    cmd.args(["--timeout", "1"]);
     let ran = crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)?;
     if ran.success() || !ran.stderr.contains("did not stop within the timeout") {
         bail!(ran.failure("crest dump --timeout 1 of a vfork parent (expected a timeout)"));

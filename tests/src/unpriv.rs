@@ -202,7 +202,8 @@ fn settle(w: &Workload, root: Pid) {
     }
 }
 
-/// `crest dump` (with `-R` if `leave`) by `crest` as the user.
+/// `crest dump --unprivileged` (with `-R` if `leave`) by `crest_bin` as
+/// the user.
 fn dump(
     crest_bin: &Path,
     dir: &CaseDir,
@@ -210,47 +211,15 @@ fn dump(
     leave: bool,
     procs: &mut Procs,
 ) -> Result<crest::Ran> {
-    let pid_s = pid.to_string();
-    let images = dir.images.to_string_lossy();
-    let mut args = vec![
-        "dump",
-        "--unprivileged",
-        "-t",
-        &pid_s,
-        "-D",
-        &images,
-        "-o",
-        "dump.log",
-        "-v4",
-    ];
-    if leave {
-        args.push("-R");
-    }
-    let mut cmd = crest::command(crest_bin, &args);
-    as_user(&mut cmd);
+    let mut cmd = case::dump_command(crest_bin, dir, pid, leave);
+    as_user(cmd.arg("--unprivileged"));
     crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
 }
 
-/// `crest restore -d` by `crest` as the user.
+/// `crest restore --unprivileged -d` by `crest_bin` as the user.
 fn restore(crest_bin: &Path, dir: &CaseDir, procs: &mut Procs) -> Result<crest::Ran> {
-    let images = dir.images.to_string_lossy();
-    let pidfile = dir.root.join("restore.pid");
-    let _ = fs::remove_file(&pidfile);
-    let pidfile = pidfile.to_string_lossy();
-    let args = [
-        "restore",
-        "--unprivileged",
-        "-D",
-        &images,
-        "-d",
-        "--pidfile",
-        &pidfile,
-        "-o",
-        "restore.log",
-        "-v4",
-    ];
-    let mut cmd = crest::command(crest_bin, &args);
-    as_user(&mut cmd);
+    let (mut cmd, _) = case::restore_command(crest_bin, dir);
+    as_user(cmd.arg("--unprivileged"));
     crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)
 }
 
