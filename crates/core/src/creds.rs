@@ -24,7 +24,8 @@ fn split(caps: u64) -> Vec<u32> {
     vec![caps as u32, (caps >> 32) as u32]
 }
 
-fn join(words: &[u32]) -> u64 {
+/// A capability set from its two 32-bit words (an image's layout).
+pub(crate) fn join(words: &[u32]) -> u64 {
     let lo = u64::from(words.first().copied().unwrap_or(0));
     let hi = u64::from(words.get(1).copied().unwrap_or(0));
     lo | (hi << 32)

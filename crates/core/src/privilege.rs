@@ -172,6 +172,13 @@ impl Caller {
         !self.restricted || self.caps & (1u64 << cap) != 0
     }
 
+    /// crest has no rights over the namespaces a nested user namespace
+    /// owns from its own: a task or helper must enter that user namespace
+    /// before them.
+    pub fn enters_userns_first(&self) -> bool {
+        self.restricted && !self.has(CAP_SYS_ADMIN)
+    }
+
     /// What crest keeps for a restricted caller: the caller's capabilities
     /// and CAP_CHECKPOINT_RESTORE, if crest has it.
     pub fn kept_caps(&self) -> u64 {
@@ -353,10 +360,7 @@ impl Caller {
                 )));
             }
         }
-        let join = |w: &[u32]| {
-            u64::from(w.first().copied().unwrap_or(0))
-                | (u64::from(w.get(1).copied().unwrap_or(0)) << 32)
-        };
+        use crate::creds::join;
         let held = join(&c.cap_prm) | join(&c.cap_eff) | join(&c.cap_inh) | join(&c.cap_amb);
         let extra = held & !self.caps;
         if extra != 0 {

@@ -148,7 +148,7 @@ fn restore_tree(
         &files.inherit,
         &opts.join_ns,
     )?;
-    others_h.userns_first = caller.restricted && !caller.has(crate::privilege::CAP_SYS_ADMIN);
+    others_h.userns_first = caller.enters_userns_first();
     fault::point("restore: other namespaces made")?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
@@ -206,7 +206,7 @@ fn restore_tree(
         shared: mm::restore::SharedAnon::new(),
         threads: Vec::new(),
         writers: &mut writers,
-        userns_first: caller.restricted && !caller.has(crate::privilege::CAP_SYS_ADMIN),
+        userns_first: caller.enters_userns_first(),
     };
     for k in 0..imgs.len() {
         let Some(t) = tasks[k].as_mut() else { continue };
