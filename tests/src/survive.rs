@@ -2,8 +2,9 @@
 //! fault points chosen across a dump (`CREST_FAULT=N:kill`, see crest-sys
 //! `fault`), crest dies by SIGKILL and the workload must run on as if it had
 //! never been dumped: untraced, not stopped, the kernel's outside view as
-//! before (the recovery area crest could not unmap aside), and its own
-//! check passing (registers, FPU and AVX state, TLS, signal masks).
+//! before (the recovery area too, which the dump's guard takes away once
+//! crest is gone, and the guard itself ends), and its own check passing
+//! (registers, FPU and AVX state, TLS, signal masks).
 //!
 //! - `survive_dump_kill_threads`: `threads_busy` (9 threads spinning with
 //!   values in their xmm registers, each with its own mask);
@@ -12,7 +13,7 @@
 //!   signals, an alternate stack);
 //! - `survive_dump_kill_tcp`: `sockets tcp` dumped with
 //!   `--tcp-established`: an established connection crest put in repair
-//!   mode is taken out of it by the repair guard when crest dies.
+//!   mode is taken out of it by the dump's guard when crest dies.
 //!
 //! - `survive_dump_sigterm`: a SIGTERM to crest in the middle of a dump
 //!   (`CREST_FAULT=N:term`) fails the dump with a message naming the
@@ -54,7 +55,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
@@ -257,28 +258,42 @@ fn dump(
     case::run_dump_env(cfg, dir, pid, true, procs, &[("CREST_FAULT", fault)])
 }
 
-/// The tree runs untraced and the outside view is `before` again, but for
-/// the recovery area a killed crest leaves: one new read-only executable
-/// anonymous mapping.
+/// The tree runs untraced and the outside view is `before` again, the
+/// recovery area included: the dump's guard takes it away once crest is
+/// gone (a few milliseconds), and then ends.
 fn after_checks(dir: &CaseDir, pid: Pid, before: &outside::View, what: &str) -> Vec<String> {
-    let mut problems = procs::tree_problems(pid);
-    std::thread::sleep(Duration::from_millis(100));
-    let diff = case::check_outside(dir, pid, before, what);
-    let mut areas = 0;
-    for d in diff {
-        let lines: Vec<&str> = d.lines().skip(1).map(str::trim).collect();
-        let (area, rest): (Vec<&str>, Vec<&str>) = lines.into_iter().partition(|l| {
-            l.contains(" vma ") && l.contains("new after") && l.contains(" r-xp 0  |")
-        });
-        areas += area.len();
-        if !rest.is_empty() {
-            problems.push(format!("outside view {what}:\n  {}", rest.join("\n  ")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut problems = procs::tree_problems(pid);
+        for d in case::check_outside(dir, pid, before, what) {
+            let lines: Vec<&str> = d.lines().skip(1).map(str::trim).collect();
+            problems.push(format!("outside view {what}:\n  {}", lines.join("\n  ")));
+        }
+        let guards = dump_guards();
+        if !guards.is_empty() {
+            problems.push(format!(
+                "the dump's guard still runs {what}: pids {guards:?}"
+            ));
+        }
+        if problems.is_empty() || Instant::now() >= deadline {
+            return problems;
         }
     }
-    if areas > 1 {
-        problems.push(format!("{areas} new executable mappings {what}"));
-    }
-    problems
+}
+
+/// The pids of running `crest __dump-guard` processes.
+fn dump_guards() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).nth(1) == Some(b"__dump-guard".as_slice()))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// SIGTERM to the workload; its verdict must be PASS.

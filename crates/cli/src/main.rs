@@ -83,12 +83,12 @@ an option crest cannot honour yet is refused naming it.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // the dump's TCP repair guard (crest_core::files::inet)
-    if let (Some("__tcp-repair-guard"), Some(fd)) = (
+    // the dump's guard (crest_core::guard)
+    if let (Some(crest_core::guard::COMMAND), Some(fd)) = (
         args.get(1).map(String::as_str),
         args.get(2).and_then(|f| f.parse().ok()),
     ) {
-        std::process::exit(crest_core::files::inet::run_repair_guard(fd));
+        std::process::exit(crest_core::guard::run(fd));
     }
     let own = matches!(
         args.get(1).map(String::as_str),

@@ -113,7 +113,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             } else {
                 tree.kill();
             }
-            crate::files::inet::end_repair_guard();
+            crate::guard::end();
             summary.stats.frozen = frozen.elapsed();
             summary.stats.pages_scanned = summary.pages_bytes / 4096;
             summary.stats.pages_written = summary.pages_bytes / 4096;
@@ -127,7 +127,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
-            crate::files::inet::end_repair_guard();
+            crate::guard::end();
             if own_net {
                 let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);
             }
@@ -342,7 +342,12 @@ fn dump_task(
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     let ip = t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
     // from here on, a crest that vanishes leaves the task as it was seized
-    let rec = t.arm(task.threads.len()).at(pid, "map the recovery area")?;
+    // (the area itself is the dump's guard's to take away)
+    let rec = t
+        .arm(task.threads.len(), &mut |addr, len| {
+            crate::guard::watch_area(pid, addr, len)
+        })
+        .at(pid, "map the recovery area")?;
 
     let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
     let mm = mm::dump(&mut t, files, &mut pages)?;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod features;
 pub mod files;
 pub mod fs;
+pub mod guard;
 pub mod mm;
 pub mod notify;
 pub mod ns;

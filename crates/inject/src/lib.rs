@@ -10,6 +10,7 @@ use crest_sys::fault;
 use crest_sys::ptrace::{self, UserRegs, WaitStatus};
 use std::io;
 
+pub mod leftover;
 pub mod recovery;
 mod syscalls;
 pub use syscalls::nr;
@@ -177,11 +178,22 @@ pub fn seize_thread_by(tid: i32, deadline: std::time::Instant) -> Result<()> {
 }
 
 fn seize_with(tid: i32, options: u32, deadline: Option<std::time::Instant>) -> Result<()> {
+    start_seize(tid, options)?;
+    wait_seized(tid, deadline)
+}
+
+/// Seizes `tid` and asks it to stop, without waiting for it to.
+fn start_seize(tid: i32, options: u32) -> Result<()> {
     ptrace::seize(tid, options).map_err(pt(tid, "PTRACE_SEIZE"))?;
     if let Err(e) = ptrace::interrupt(tid) {
         let _ = ptrace::detach(tid, 0);
         return Err(pt(tid, "PTRACE_INTERRUPT")(e));
     }
+    Ok(())
+}
+
+/// Waits until `tid`, seized by [`start_seize`], is stopped.
+fn wait_seized(tid: i32, deadline: Option<std::time::Instant>) -> Result<()> {
     let mut nap = std::time::Duration::from_micros(20);
     loop {
         let st = match deadline {
@@ -584,7 +596,15 @@ impl Tracee {
     /// slot 0: from now on, if crest vanishes, the thread finds its way
     /// back to the state it was seized in by itself. The area's one
     /// `mmap` is the only call injected without that net.
-    pub fn arm(&mut self, threads: usize) -> Result<Recovery> {
+    ///
+    /// `announce` is told where the area goes (address, length) before it
+    /// is mapped: what the recovery code cannot take away, the area itself,
+    /// is left to whoever `announce` tells ([`leftover::remove_area`]).
+    pub fn arm(
+        &mut self,
+        threads: usize,
+        announce: &mut dyn FnMut(u64, u64) -> io::Result<()>,
+    ) -> Result<Recovery> {
         let pid = self.pid;
         let xstate = ptrace::get_xstate(self.tid)
             .map_err(pt(self.tid, "PTRACE_GETREGSET(NT_X86_XSTATE)"))?;
@@ -592,6 +612,10 @@ impl Tracee {
         let want = free_range(pid, layout.len).ok_or_else(|| InjectError::Recovery {
             pid,
             what: format!("no free range of {} bytes", layout.len),
+        })?;
+        announce(want, layout.len).map_err(|e| InjectError::Recovery {
+            pid,
+            what: format!("announce it ({e})"),
         })?;
         const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
         let got = self.syscall(

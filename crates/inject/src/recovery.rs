@@ -21,7 +21,8 @@
 //! runs the recovery code, which undoes that syscall if it made something,
 //! closes and unmaps what the slot's list names, and returns through
 //! `rt_sigreturn` to its seized context. What stays is the area itself
-//! (code cannot unmap the page it runs from); DESIGN.md explains.
+//! (code cannot unmap the page it runs from): whoever [`crate::Tracee::arm`]
+//! announced it to takes it away ([`crate::leftover`]); README.md explains.
 //!
 //! Registers the recovery code reads (set with every injected call; a
 //! syscall keeps them): `r12` the address of the frame's `ucontext` (the

@@ -40,8 +40,11 @@ fn parse(s: &str) -> Option<Spec> {
     }
 }
 
+/// The environment variable that names the fault point.
+pub const ENV: &str = "CREST_FAULT";
+
 fn spec() -> Option<Spec> {
-    *SPEC.get_or_init(|| std::env::var("CREST_FAULT").ok().as_deref().and_then(parse))
+    *SPEC.get_or_init(|| std::env::var(ENV).ok().as_deref().and_then(parse))
 }
 
 /// Why a step stopped at a fault point.

@@ -22,7 +22,7 @@ use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use crest_sys::net::{getsockopt_bytes, getsockopt_int, setsockopt_bytes, setsockopt_int};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 const TCP_REPAIR: i32 = 19;
@@ -75,88 +75,12 @@ impl Drop for InetDump {
 }
 
 /// Takes a connection out of repair mode without a window probe, and gives
-/// it back the `SO_REUSEADDR` that doing so clears.
-fn repair_off(c: &OwnedFd, reuse: bool) {
+/// it back the `SO_REUSEADDR` that doing so clears. (Also the dump's guard's
+/// job when crest dies: [`crate::guard`].)
+pub(crate) fn repair_off(c: &OwnedFd, reuse: bool) {
     let _ = setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
     if reuse {
         let _ = setsockopt_int(c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-    }
-}
-
-/// The repair guard: a small process (`crest __tcp-repair-guard FD`, in a
-/// session of its own) that holds a copy of every connection a dump puts in
-/// repair mode and, if crest dies before the dump ends, takes them out of
-/// it, so that a killed crest leaves no connection frozen. At the end crest
-/// says "done" and the guard lets the copies go as they are.
-struct Guard {
-    sock: std::os::unix::net::UnixStream,
-    child: std::process::Child,
-}
-
-static GUARD: std::sync::Mutex<Option<Guard>> = std::sync::Mutex::new(None);
-
-/// The guard's message with a connection: `R` if it had `SO_REUSEADDR`.
-const GUARD_REUSE: u8 = b'R';
-const GUARD_PLAIN: u8 = b'r';
-const GUARD_DONE: u8 = b'd';
-
-fn guard(c: &OwnedFd, reuse: bool) -> std::io::Result<()> {
-    let mut g = GUARD.lock().unwrap_or_else(|p| p.into_inner());
-    if g.is_none() {
-        let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let inherit = crest_sys::misc::dup_inheritable(&theirs)?;
-        let child = std::process::Command::new("/proc/self/exe")
-            .arg("__tcp-repair-guard")
-            .arg(inherit.as_raw_fd().to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        drop(inherit);
-        drop(theirs);
-        *g = Some(Guard { sock: mine, child });
-    }
-    let Some(g) = g.as_ref() else {
-        return Ok(());
-    };
-    let tag = if reuse { GUARD_REUSE } else { GUARD_PLAIN };
-    crest_sys::misc::send_with_fd(&g.sock, &[tag], Some(c.as_raw_fd())).map(drop)
-}
-
-/// Ends the repair guard of a dump (when its tree is killed or released):
-/// the connections stay as crest left them.
-pub fn end_repair_guard() {
-    let g = GUARD.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(mut g) = g {
-        let _ = crest_sys::misc::send_with_fd(&g.sock, &[GUARD_DONE], None);
-        drop(g.sock);
-        let _ = g.child.wait();
-    }
-}
-
-/// The repair guard's whole life (see [`Guard`]): returns its exit code.
-pub fn run_repair_guard(fd: i32) -> i32 {
-    let _ = crest_sys::proc::setsid();
-    let Ok(sock) = crest_sys::misc::own_fd(fd) else {
-        return 1;
-    };
-    let mut held: Vec<(OwnedFd, bool)> = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        match crest_sys::misc::recv_with_fd(&sock, &mut b) {
-            Ok((1, Some(c))) if b[0] == GUARD_REUSE || b[0] == GUARD_PLAIN => {
-                held.push((c, b[0] == GUARD_REUSE));
-            }
-            Ok((1, _)) if b[0] == GUARD_DONE => return 0,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // crest is gone: nobody will end the repair but us
-            _ => {
-                for (c, reuse) in &held {
-                    repair_off(c, *reuse);
-                }
-                return 0;
-            }
-        }
     }
 }
 
@@ -351,7 +275,8 @@ impl FileTable {
             let reuse = getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_REUSEADDR)
                 .at(pid, "SO_REUSEADDR of an established connection")?
                 != 0;
-            guard(&copy, reuse).at(pid, "start the TCP repair guard")?;
+            crate::guard::hold_connection(&copy, reuse)
+                .at(pid, "hand a connection to the dump's guard")?;
             setsockopt_int(&copy, libc::SOL_TCP, TCP_REPAIR, 1)
                 .at(pid, "TCP_REPAIR on an established connection")?;
             let copy = {

@@ -1,0 +1,163 @@
+//! What a killed crest leaves for someone else to take away: the recovery
+//! area itself (see [`crate::recovery`]). The recovery code runs from the
+//! area, so it cannot unmap it; another process that outlives crest (the
+//! dump's guard) seizes the task once every thread has left the area and
+//! unmaps it with a call injected on the area's own `syscall` instruction.
+//! The thread stops at that call's exit, before it would fetch the next
+//! instruction from the page just unmapped, and is put back as it was.
+
+use crate::{nr, recovery, start_seize, wait_seized, InjectError, Tracee};
+use crest_sys::ptrace;
+use std::time::{Duration, Instant};
+
+/// What became of a recovery area left in a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// It was there and is unmapped now.
+    Unmapped,
+    /// It is not there (crest unmapped it, or the task is gone).
+    Absent,
+    /// The task is another than the one the area was announced for (the
+    /// first ended and its pid was reused): left alone.
+    Replaced,
+}
+
+/// Unmaps the recovery area `[addr, addr + len)` a killed crest left in
+/// `pid`, once none of its threads runs the area's code any more.
+/// `exited` says whether the task the area was announced for has ended
+/// (a pidfd's view): then the pid is another's and nothing is touched.
+/// Gives up at `deadline` (a thread that stays on the area, or a task
+/// someone else traces).
+pub fn remove_area(
+    pid: i32,
+    addr: u64,
+    len: u64,
+    exited: &dyn Fn() -> bool,
+    deadline: Instant,
+) -> Result<Removed, InjectError> {
+    loop {
+        if exited() {
+            return Ok(Removed::Replaced);
+        }
+        if !area_mapped(pid, addr, len) {
+            return Ok(Removed::Absent);
+        }
+        let tried = try_remove(pid, addr, len, exited, deadline);
+        match tried {
+            Ok(Some(done)) => return Ok(done),
+            // a thread is still on the area's code, or crest still holds
+            // the task (its fds close before the kernel detaches its
+            // tracees): again a little later
+            Ok(None) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(None) => {
+                return Err(InjectError::Recovery {
+                    pid,
+                    what: "a thread stayed on the recovery code".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `pid` has exactly the mapping an area leaves: `r-xp`,
+/// anonymous, `[addr, addr + len)`.
+fn area_mapped(pid: i32, addr: u64, len: u64) -> bool {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let range = format!("{:x}-{:x} ", addr, addr + len);
+    maps.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        l.starts_with(&range) && f.get(1) == Some(&"r-xp") && f.get(4) == Some(&"0") && f.len() == 5
+    })
+}
+
+/// One attempt: seizes every thread; `None` when one is still on the area.
+fn try_remove(
+    pid: i32,
+    addr: u64,
+    len: u64,
+    exited: &dyn Fn() -> bool,
+    deadline: Instant,
+) -> Result<Option<Removed>, InjectError> {
+    let gone = |tid: i32| !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+    // every thread asked to stop first, then waited for: they stop side
+    // by side (one not stopped yet cannot be detached; the kernel lets it
+    // go when the guard ends)
+    let mut seized = Seized(Vec::new());
+    for tid in threads(pid) {
+        match start_seize(tid, 0) {
+            Ok(()) => seized.0.push(tid),
+            Err(_) if gone(tid) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let by = deadline.min(Instant::now() + Duration::from_secs(1));
+    for tid in seized.0.clone() {
+        match wait_seized(tid, Some(by)) {
+            Ok(()) => {}
+            // a thread that ended meanwhile, or a leader that did while
+            // its threads run on (it never stops)
+            Err(InjectError::NotStopped {
+                state: 'Z' | 'X', ..
+            }) => seized.0.retain(|&x| x != tid),
+            Err(_) if gone(tid) => seized.0.retain(|&x| x != tid),
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(&first) = seized.0.first() else {
+        return Ok(Some(Removed::Absent));
+    };
+    // The pid cannot be reused while its task lives, and it is held now.
+    if exited() {
+        return Ok(Some(Removed::Replaced));
+    }
+    for &tid in &seized.0 {
+        let regs = ptrace::get_regs(tid).map_err(|source| InjectError::Ptrace {
+            tid,
+            op: "PTRACE_GETREGSET",
+            source,
+        })?;
+        if (addr..addr + len).contains(&regs.rip) {
+            return Ok(None);
+        }
+    }
+    let mut t = Tracee::from_seized(pid, first)?;
+    let mut code = vec![0u8; recovery::STUB.len()];
+    t.read_mem(addr, &mut code)?;
+    if code != recovery::STUB {
+        t.leak();
+        return Ok(Some(Removed::Replaced));
+    }
+    // `syscall` is the stub's first instruction; the thread stops at the
+    // call's exit and is put back before it runs again.
+    t.set_syscall_ip(addr);
+    let unmapped = t.syscall(nr::MUNMAP, &[addr, len]);
+    seized.0.retain(|&x| x != first);
+    t.release()?;
+    unmapped.map(|_| Some(Removed::Unmapped))
+}
+
+/// The task's threads now.
+fn threads(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Threads seized here and not changed: let go when dropped.
+struct Seized(Vec<i32>);
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        for &tid in &self.0 {
+            let _ = ptrace::detach(tid, 0);
+        }
+    }
+}
