@@ -149,7 +149,7 @@ pub(crate) fn check_restored(
 }
 
 /// `crest ARGS` in the case directory, output in `<tag>.stdout/.stderr`.
-fn crest_run(
+pub(crate) fn crest_run(
     cfg: &Config,
     dir: &CaseDir,
     tag: &str,
@@ -182,7 +182,7 @@ fn crest_ok(
 }
 
 /// A dump that must succeed and kill the tree.
-fn dump_ok(
+pub(crate) fn dump_ok(
     cfg: &Config,
     dir: &CaseDir,
     args: &[&str],
@@ -196,7 +196,7 @@ fn dump_ok(
 }
 
 /// A restore that must succeed and bring `pid` back.
-fn restore_ok(
+pub(crate) fn restore_ok(
     cfg: &Config,
     dir: &CaseDir,
     tag: &str,
@@ -215,7 +215,7 @@ fn restore_ok(
     Ok(ran)
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().to_string()
 }
 

@@ -12,6 +12,7 @@
 //! --test e2e -- [FILTER...]`).
 
 pub mod case;
+pub mod cgroups;
 pub mod config;
 pub mod containers;
 pub mod crest;

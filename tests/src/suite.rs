@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, nested, procs, refusals, rpc,
-    runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome, StdioKind,
+    cgroups, containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, nested, procs,
+    refusals, rpc, runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -218,6 +218,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
     rpc::run(cfg, &mut report, &|n| filter.selects(n));
     criu_cli::run(cfg, &mut report, &|n| filter.selects(n));
+    cgroups::run(cfg, &mut report, &|n| filter.selects(n));
     runtimes::run(cfg, &mut report, &|n| filter.selects(n));
     survive::run(cfg, &mut report, &|n| filter.selects(n));
     unpriv::run(cfg, &mut report, &|n| filter.selects(n));

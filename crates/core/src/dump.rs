@@ -216,6 +216,18 @@ fn collect_and_write(
         }
     }
     crate::ns::cgroup::write_members(&opts.dir, (opts.pid, &root_cg), &members)?;
+    if opts.manage_cgroups != crate::opts::CgMode::Ignore {
+        // the settings of the root's cgroups and those below them
+        let list = crate::ns::cgprops::PropList::with(
+            opts.cgroup_props.as_deref(),
+            opts.cgroup_props_file.as_deref(),
+        )
+        .map_err(|r| DumpError::Refused { refused: vec![r] })?;
+        let hier = crate::ns::cgroup::hierarchies(opts.pid, &root_cg)?;
+        let entry =
+            crate::ns::cgprops::dump(opts.pid, &hier, &list, &opts.cgroup_dump_controllers)?;
+        crate::ns::cgprops::write(&opts.dir, &entry)?;
+    }
     let mut files = FileTable::default();
     files.tree = live.iter().copied().collect();
     files.ghosts.limit = opts.ghost_limit;

@@ -369,21 +369,9 @@ impl Options {
         );
         refuse(
             &mut r,
-            matches!(
-                self.manage_cgroups,
-                CgMode::Props | CgMode::Full | CgMode::Strict
-            ),
-            "--manage-cgroups",
-            "crest does not restore cgroup controller settings yet (modes soft, none and ignore work)",
-        );
-        refuse(
-            &mut r,
-            self.cgroup_props.is_some()
-                || self.cgroup_props_file.is_some()
-                || !self.cgroup_dump_controllers.is_empty()
-                || self.cgroup_yard.is_some(),
-            "--cgroup-props/--cgroup-dump-controller/--cgroup-yard",
-            "crest does not dump cgroup controller settings yet",
+            self.cgroup_yard.is_some(),
+            "--cgroup-yard",
+            "crest uses the cgroup hierarchies mounted where it runs",
         );
         // (--ext-mount-map auto, --skip-mnt and --enable-fs work at dump
         // and mean nothing at restore, as in CRIU; --enable-external-

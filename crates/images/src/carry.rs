@@ -65,6 +65,7 @@ impl Carrier for CgroupEntry {
     fn wrap(inner: CrestCgroupMember) -> CgroupEntry {
         CgroupEntry {
             crest_member: Some(inner),
+            ..CgroupEntry::default()
         }
     }
     fn unwrap(self) -> Option<CrestCgroupMember> {

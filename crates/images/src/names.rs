@@ -36,6 +36,9 @@ pub const STATS_DUMP: &str = "stats-dump";
 pub const STATS_RESTORE: &str = "stats-restore";
 /// Legacy `crest-userns.img` (read only)
 pub const CREST_USERNS: &str = "crest-userns.img";
+/// `cgroup.img`: CRIU's, one `cgroup_entry` with the tree's cgroup
+/// settings (`controllers`).
+pub const CGROUP: &str = "cgroup.img";
 /// `crest-cgroups.img` (crest's, `cgroup_entry`s with CRIU's `CGROUP` magic)
 pub const CREST_CGROUPS: &str = "crest-cgroups.img";
 /// `crest-ns.img` (crest's, `ns_file_entry`s with CRIU's `NS_FILES` magic)
@@ -307,6 +310,7 @@ pub fn kind_of(file_name: &str) -> Option<ImageKind> {
         (PIPES, ImageKind::Pipes),
         (NS_FILES, ImageKind::NsFiles),
         (CREST_USERNS, ImageKind::CrestUserns),
+        (CGROUP, ImageKind::Cgroup),
         // crest-ns.img and crest-cgroups.img are told by their magic: a
         // legacy crest one or CRIU's.
     ];

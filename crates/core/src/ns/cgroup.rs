@@ -166,18 +166,51 @@ pub fn lines_of(pid: i32) -> Result<Vec<String>, DumpError> {
     Ok(text.lines().map(str::to_string).collect())
 }
 
+/// Where a restored tree goes in one cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The cgroup's directory (crest's view).
+    pub dir: PathBuf,
+    /// The hierarchy's controllers as `/proc/PID/cgroup` names them.
+    pub ctrls: String,
+    /// The root's cgroup at dump.
+    pub dumped: String,
+    /// false: crest is in that cgroup already, and so is the root it forks.
+    pub moves: bool,
+}
+
 /// Where crest places a restored tree: for each hierarchy of the dumped
 /// root's `lines` ("ID:CONTROLLERS:PATH"), the directory (crest's view)
 /// of the cgroup to put the root in — its dumped path, or the
-/// `--cgroup-root` given for the controller (or for all) — leaving out
-/// those crest is in already. A hierarchy this machine lacks is an error.
+/// `--cgroup-root` given for the controller (or for all) — marking those
+/// crest is in already. A hierarchy this machine lacks is an error.
 pub fn placement(
     lines: &[String],
     roots: &[(Option<String>, String)],
-) -> Result<Vec<PathBuf>, RestoreError> {
+) -> Result<Vec<Place>, RestoreError> {
     let mine = std::fs::read_to_string("/proc/self/cgroup").rat(0, "read crest's cgroups")?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").rat(0, "read crest's mountinfo")?;
     placement_in(lines, roots, &mine, &info)
+}
+
+/// crest's mount of the hierarchy of `ctrls` ("" for cgroup v2).
+fn hierarchy_mount<'a>(
+    mounts: &'a [super::mnt::MountInfo],
+    ctrls: &str,
+) -> Option<&'a super::mnt::MountInfo> {
+    let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+    // cgroup2 for "", else a cgroup mount whose options name every
+    // controller
+    mounts.iter().find(|m| {
+        if named.is_empty() {
+            m.fstype == "cgroup2"
+        } else {
+            m.fstype == "cgroup"
+                && named
+                    .iter()
+                    .all(|c| m.super_opts.split(',').any(|o| o == *c))
+        }
+    })
 }
 
 /// [`placement`] with crest's `/proc/self/cgroup` and mountinfo given.
@@ -186,12 +219,10 @@ fn placement_in(
     roots: &[(Option<String>, String)],
     mine: &str,
     mountinfo: &str,
-) -> Result<Vec<PathBuf>, RestoreError> {
+) -> Result<Vec<Place>, RestoreError> {
     let mounts = super::mnt::parse_mountinfo(mountinfo).unwrap_or_default();
     let mut out = Vec::new();
-    for (ctrls, _, want) in moves(lines, roots) {
-        let (ctrls, want) = (ctrls.as_str(), want.as_str());
-        let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
+    for (ctrls, dumped, want) in moves(lines, roots) {
         if want.split('/').any(|c| c == "..") {
             return Err(RestoreError::BadImage {
                 pid: 0,
@@ -204,22 +235,11 @@ fn placement_in(
             let (_, c, path) = (p.next()?, p.next()?, p.next()?);
             (c == ctrls).then_some(path)
         });
-        if now == Some(want) {
-            continue;
-        }
-        // the hierarchy's mount: cgroup2 for "", else a cgroup mount
-        // whose options name every controller
-        let mount = mounts.iter().find(|m| {
-            if named.is_empty() {
-                m.fstype == "cgroup2"
-            } else {
-                m.fstype == "cgroup"
-                    && named
-                        .iter()
-                        .all(|c| m.super_opts.split(',').any(|o| o == *c))
+        let moves = now != Some(want.as_str());
+        let Some(mount) = hierarchy_mount(&mounts, &ctrls) else {
+            if !moves {
+                continue;
             }
-        });
-        let Some(mount) = mount else {
             return Err(RestoreError::Unsupported {
                 pid: 0,
                 what: format!(
@@ -227,7 +247,63 @@ fn placement_in(
                 ),
             });
         };
-        out.push(PathBuf::from(&mount.mountpoint).join(want.trim_start_matches('/')));
+        out.push(Place {
+            dir: PathBuf::from(&mount.mountpoint).join(want.trim_start_matches('/')),
+            ctrls,
+            dumped,
+            moves,
+        });
+    }
+    Ok(out)
+}
+
+/// The tree root's hierarchies at dump, from its `/proc/PID/cgroup`
+/// `lines`, with their directories where crest has them mounted (those
+/// where the root is in the hierarchy's root are left out: the machine's,
+/// nothing of the tree's own).
+pub fn hierarchies(
+    pid: i32,
+    lines: &[String],
+) -> Result<Vec<super::cgprops::Hierarchy>, DumpError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| DumpError::Io {
+        pid,
+        step: "read crest's mountinfo",
+        source,
+    })?;
+    let mounts = super::mnt::parse_mountinfo(&info).unwrap_or_default();
+    let mut out = Vec::new();
+    for (ctrls, path, _) in moves(lines, &[]) {
+        if path == "/" {
+            continue;
+        }
+        let Some(m) = hierarchy_mount(&mounts, &ctrls) else {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "reading the settings of cgroup {path} of hierarchy {ctrls:?}, which is not                      mounted where crest runs (dump with --manage-cgroups=ignore to not carry                      cgroups)"
+                ),
+            });
+        };
+        let rel = if m.root == "/" {
+            Some(path.as_str())
+        } else {
+            path.strip_prefix(m.root.as_str())
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+        };
+        let Some(rel) = rel.filter(|r| !r.split('/').any(|c| c == "..")) else {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "cgroup {path} of hierarchy {ctrls:?}, outside crest's mount of it ({})",
+                    m.root
+                ),
+            });
+        };
+        out.push(super::cgprops::Hierarchy {
+            dir: PathBuf::from(&m.mountpoint).join(rel.trim_start_matches('/')),
+            ctrls,
+            path,
+        });
     }
     Ok(out)
 }
@@ -320,15 +396,12 @@ pub fn v1_bind_source(
     Some(format!("{}/{rel}", m.mountpoint.trim_end_matches('/')))
 }
 
-/// Puts process `pid` into each cgroup directory of `dirs` (made when
-/// missing, as CRIU's soft mode does).
-pub fn place(pid: i32, dirs: &[PathBuf]) -> Result<(), RestoreError> {
-    for dir in dirs {
-        if !dir.is_dir() {
-            std::fs::create_dir_all(dir).rat(pid, format!("make cgroup {}", dir.display()))?;
-        }
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .rat(pid, format!("move into cgroup {}", dir.display()))?;
+/// Puts process `pid` into the cgroup of each place that moves (made
+/// ready by [`super::cgprops::prepare`]).
+pub fn place(pid: i32, places: &[Place]) -> Result<(), RestoreError> {
+    for p in places.iter().filter(|p| p.moves) {
+        std::fs::write(p.dir.join("cgroup.procs"), pid.to_string())
+            .rat(pid, format!("move into cgroup {}", p.dir.display()))?;
     }
     Ok(())
 }
@@ -400,7 +473,8 @@ mod tests {
         placement_in(&lines, &roots, MINE, MOUNTS)
             .expect("placement")
             .iter()
-            .map(|p| p.display().to_string())
+            .filter(|p| p.moves)
+            .map(|p| p.dir.display().to_string())
             .collect()
     }
 

@@ -2,6 +2,7 @@
 //! arithmetic they need (`idmap`), and the other kinds a tree may have of
 //! its own (`other`).
 
+pub mod cgprops;
 pub mod cgroup;
 pub mod idmap;
 pub mod ipc;

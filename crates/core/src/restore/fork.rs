@@ -55,7 +55,7 @@ pub(super) fn fork_tree(
     (userns, others_h): (&ns::user::Helpers, &ns::other::Helpers),
     writers: &mut ns::pid::Writers,
     sibling: bool,
-    cgroups: &[std::path::PathBuf],
+    cgroups: &[ns::cgroup::Place],
 ) -> Result<Forked, RestoreError> {
     let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
     let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();

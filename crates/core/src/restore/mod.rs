@@ -164,7 +164,20 @@ fn restore_tree(
             // (images without them: only --cgroup-root moves the tree)
             lines = ns::cgroup::lines_of(std::process::id() as i32).unwrap_or_default();
         }
-        ns::cgroup::placement(&lines, &opts.cgroup_roots)?
+        let places = ns::cgroup::placement(&lines, &opts.cgroup_roots)?;
+        // made, and given their settings, before the root moves in
+        let saved = ns::cgprops::read(dir)?;
+        for p in &places {
+            ns::cgprops::prepare(
+                &p.dir,
+                &p.ctrls,
+                &p.dumped,
+                p.moves,
+                saved.as_ref(),
+                opts.manage_cgroups,
+            )?;
+        }
+        places
     };
     let forking = std::time::Instant::now();
     let Forked {
