@@ -15,7 +15,11 @@
 //!   controller's settings; `strict` refuses cgroups that exist, leaving no
 //!   task; `soft` leaves settings of cgroups that exist as they are;
 //!   `none` and `props` refuse cgroups that do not exist; `full` makes
-//!   them, with the settings recorded (and `pids.max` at its default).
+//!   them, with the settings recorded (and `pids.max` at its default);
+//! - `cgroup_tasks_apart`: the root in the case's cgroup, its child in the
+//!   directory below, its grandchild in a cgroup beside the case's with
+//!   settings of its own; all removed after the dump; the restore puts
+//!   each task back in its own, made again with their settings.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -32,10 +36,11 @@ use crate::procs::{self, alive, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome};
 
-const CASES: [(&str, DirCase); 3] = [
+const CASES: [(&str, DirCase); 4] = [
     ("cgroup_settings_soft", soft),
     ("cgroup_settings_full", full),
     ("cgroup_modes", modes),
+    ("cgroup_tasks_apart", tasks_apart),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -467,5 +472,77 @@ fn modes(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         &member,
         procs,
     )?;
+    Ok(Outcome::Pass)
+}
+
+fn tasks_apart(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let Some(cg) = Cgroups::find("apart") else {
+        return Ok(skip());
+    };
+    // a cgroup beside the case's (a sibling), with a setting of its own
+    let beside = Cgroups {
+        name: format!("{}-beside", cg.name),
+        hiers: cg
+            .hiers
+            .iter()
+            .map(|h| Hier {
+                mount: h.mount.clone(),
+                top: h.sub,
+                sub: h.sub,
+            })
+            .collect(),
+    };
+    cg.make()?;
+    beside.make()?;
+    let (pid, tree) = start_tree(cfg, dir, procs)?;
+    let child = tree
+        .iter()
+        .find(|(_, t)| t.ppid == pid.as_raw())
+        .map(|(p, _)| *p);
+    let grand = child.and_then(|c| tree.iter().find(|(_, t)| t.ppid == c).map(|(p, _)| *p));
+    let (Some(child), Some(grand)) = (child, grand) else {
+        bail!("small_tree has no child and grandchild: {tree:?}");
+    };
+    cg.enter(&[pid.as_raw()])?;
+    for h in &cg.hiers {
+        fs::write(cg.top(h).join("sub/cgroup.procs"), child.to_string())?;
+        fs::write(beside.top(h).join("cgroup.procs"), grand.to_string())?;
+    }
+    let pids: Vec<i32> = tree.keys().copied().collect();
+    let (view, view_beside, member) = (cg.view(), beside.view(), cgroups_of(&pids));
+    if member[&pid.as_raw()] == member[&child] || member[&child] == member[&grand] {
+        bail!("the harness could not put the tasks apart: {member:?}");
+    }
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "-o",
+        "dump.log",
+        "--manage-cgroups",
+    ];
+    dump_ok(cfg, dir, &args, pid, &tree, procs)?;
+    cg.remove()?;
+    beside.remove()?;
+    restore_checked(
+        cfg,
+        dir,
+        &cg,
+        "--manage-cgroups",
+        (pid, &tree),
+        &view,
+        &member,
+        procs,
+    )?;
+    let diff = differences(&view_beside, &beside.view());
+    if !diff.is_empty() {
+        bail!(
+            "the cgroup beside differs after the restore:\n  {}",
+            diff.join("\n  ")
+        );
+    }
     Ok(Outcome::Pass)
 }

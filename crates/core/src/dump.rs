@@ -198,32 +198,29 @@ fn collect_and_write(
     others.write(&opts.dir, pids.entries())?;
     let members = others.cgroup_members()?;
     let root_cg = crate::ns::cgroup::lines_of(opts.pid)?;
+    // the tasks not where the root is (a cgroup namespace's own aside)
+    let mut placed = Vec::new();
     if opts.manage_cgroups != crate::opts::CgMode::Ignore {
-        // a restore puts the tree where its root was: every other task
-        // must have been there too (a cgroup namespace's own are kept)
         for &pid in live.iter().filter(|p| !members.iter().any(|m| m.0 == **p)) {
             let theirs = crate::ns::cgroup::lines_of(pid)?;
+            crate::ns::cgroup::check_threads(pid, &theirs)?;
             if theirs != root_cg {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    what: format!(
-                        "a task in other cgroups than the tree's root ({} vs {}); dump with --manage-cgroups=ignore to restore every task into the root's",
-                        theirs.join(" "),
-                        root_cg.join(" ")
-                    ),
-                });
+                placed.push((pid, theirs));
             }
         }
     }
-    crate::ns::cgroup::write_members(&opts.dir, (opts.pid, &root_cg), &members)?;
+    crate::ns::cgroup::write_members(&opts.dir, (opts.pid, &root_cg), &members, &placed)?;
     if opts.manage_cgroups != crate::opts::CgMode::Ignore {
-        // the settings of the root's cgroups and those below them
+        // the settings of the tree's cgroups and those below them
         let list = crate::ns::cgprops::PropList::with(
             opts.cgroup_props.as_deref(),
             opts.cgroup_props_file.as_deref(),
         )
         .map_err(|r| DumpError::Refused { refused: vec![r] })?;
-        let hier = crate::ns::cgroup::hierarchies(opts.pid, &root_cg)?;
+        let mut hier = crate::ns::cgroup::hierarchies(opts.pid, &root_cg)?;
+        for (pid, lines) in &placed {
+            hier.extend(crate::ns::cgroup::hierarchies(*pid, lines)?);
+        }
         let entry =
             crate::ns::cgprops::dump(opts.pid, &hier, &list, &opts.cgroup_dump_controllers)?;
         crate::ns::cgprops::write(&opts.dir, &entry)?;

@@ -340,13 +340,28 @@ pub fn dump(
         if !only.is_empty() && !names.iter().any(|n| only.contains(n)) {
             continue;
         }
+        // one entry per hierarchy; a cgroup below one recorded is in it
+        let k = match out.controllers.iter().position(|c| c.cnames == names) {
+            Some(k) => k,
+            None => {
+                out.controllers.push(CgControllerEntry {
+                    cnames: names.clone(),
+                    dirs: Vec::new(),
+                    is_threaded: None,
+                });
+                out.controllers.len() - 1
+            }
+        };
+        let below =
+            |top: &str| top == h.path || top == "/" || h.path.starts_with(&format!("{top}/"));
+        if out.controllers[k].dirs.iter().any(|d| below(&d.dir_name)) {
+            continue;
+        }
         let mut dir = dump_dir(pid, &h.dir, &h.path, &names, list, 0, &mut count)?;
         dir.dir_name = h.path.clone();
-        out.controllers.push(CgControllerEntry {
-            cnames: names,
-            dirs: vec![dir],
-            is_threaded: None,
-        });
+        let within = |d: &CgroupDirEntry| d.dir_name.starts_with(&format!("{}/", h.path));
+        out.controllers[k].dirs.retain(|d| !within(d));
+        out.controllers[k].dirs.push(dir);
     }
     Ok(out)
 }

@@ -98,11 +98,14 @@ pub fn move_to(pid: i32, path: &str) -> Result<(), RestoreError> {
 }
 
 /// Writes `crest-cgroups.img`: the cgroups of the tree's root on every
-/// hierarchy, and the cgroup v2 path of every task of a cgroup namespace.
+/// hierarchy, the cgroup v2 path of every task of a cgroup namespace, and
+/// the cgroups of every other task that is not where the root is
+/// (`placed`: pid, its `/proc/PID/cgroup` lines).
 pub fn write_members(
     dir: &Path,
     root: (i32, &[String]),
     members: &[(i32, String)],
+    placed: &[(i32, Vec<String>)],
 ) -> Result<(), DumpError> {
     let mut entries = vec![CrestCgroupMember {
         pid: root.0,
@@ -114,6 +117,12 @@ pub fn write_members(
         pid: *pid,
         path: path.clone(),
         ..CrestCgroupMember::default()
+    }));
+    entries.extend(placed.iter().map(|(pid, lines)| CrestCgroupMember {
+        pid: *pid,
+        path: String::new(),
+        tree_root: Some(false),
+        lines: lines.clone(),
     }));
     crest_images::carry::write::<CgroupEntry>(dir, names::CREST_CGROUPS, entries)?;
     Ok(())
@@ -127,6 +136,9 @@ pub struct CgroupImages {
     pub root: Vec<String>,
     /// (pid, cgroup v2 path) of every task of a cgroup namespace.
     pub members: Vec<(i32, String)>,
+    /// (pid, `/proc/PID/cgroup` lines) of every other task not in the
+    /// root's cgroups.
+    pub placed: Vec<(i32, Vec<String>)>,
 }
 
 /// Reads `crest-cgroups.img` (nothing when absent).
@@ -136,23 +148,98 @@ pub fn read_members(dir: &Path) -> Result<CgroupImages, RestoreError> {
     }
     let list =
         crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
-    let mut root = Vec::new();
-    let mut members = Vec::new();
+    let mut out = CgroupImages::default();
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: names::CREST_CGROUPS.into(),
+        what,
+    };
     for m in list {
-        if m.tree_root == Some(true) {
-            root = m.lines;
-        } else {
-            members.push((m.pid, m.path));
+        if m.lines.len() > 64 || m.lines.iter().any(|l| l.len() > 4096) {
+            return Err(bad(format!("{} cgroup lines", m.lines.len())));
+        }
+        match m.tree_root {
+            Some(true) => out.root = m.lines,
+            Some(false) => out.placed.push((m.pid, m.lines)),
+            None => out.members.push((m.pid, m.path)),
         }
     }
-    if root.len() > 64 || root.iter().any(|l| l.len() > 4096) {
-        return Err(RestoreError::BadImage {
-            pid: 0,
-            file: names::CREST_CGROUPS.into(),
-            what: format!("{} cgroup lines", root.len()),
-        });
+    Ok(out)
+}
+
+/// A task's `/proc/PID/cgroup` lines at dump, its paths moved the way the
+/// root's moved (`moves`): a path at or below the root's dumped cgroup
+/// goes to the same place below where the root goes; others stay.
+pub fn relocate(lines: &[String], moves: &[(String, String, String)]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return line.clone();
+            };
+            let Some((_, old, new)) = moves.iter().find(|(c, _, _)| c == ctrls) else {
+                return line.clone();
+            };
+            let rest = if old == "/" {
+                Some(path)
+            } else {
+                path.strip_prefix(old.as_str())
+                    .filter(|r| r.is_empty() || r.starts_with('/'))
+            };
+            match rest {
+                Some(rest) if old != new => {
+                    let rest = rest.trim_start_matches('/');
+                    let to = if rest.is_empty() {
+                        new.clone()
+                    } else {
+                        format!("{}/{rest}", new.trim_end_matches('/'))
+                    };
+                    format!("{id}:{ctrls}:{to}")
+                }
+                _ => line.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Moves task `pid` into the cgroup of every place (whether crest is in
+/// it or not: its parent may be elsewhere).
+pub fn place_task(pid: i32, places: &[Place]) -> Result<(), RestoreError> {
+    for p in places {
+        if !p.dir.is_dir() {
+            std::fs::create_dir_all(&p.dir).rat(pid, format!("make cgroup {}", p.dir.display()))?;
+        }
+        std::fs::write(p.dir.join("cgroup.procs"), pid.to_string())
+            .rat(pid, format!("move into cgroup {}", p.dir.display()))?;
     }
-    Ok(CgroupImages { root, members })
+    Ok(())
+}
+
+/// Refuses a task whose threads are not all in its cgroups (`lines`):
+/// crest puts threads where their leader is.
+pub fn check_threads(pid: i32, lines: &[String]) -> Result<(), DumpError> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Ok(());
+    };
+    for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")) else {
+            continue;
+        };
+        let theirs: Vec<String> = text.lines().map(str::to_string).collect();
+        if theirs != lines {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!(
+                    "thread {tid} in other cgroups than its process ({} vs {})",
+                    theirs.join(" "),
+                    lines.join(" ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `pid`'s `/proc/PID/cgroup` lines (every hierarchy).
@@ -530,6 +617,27 @@ mod tests {
             Some("/sys/fs/cgroup/cpu,cpuacct/c1/sub")
         );
         assert_eq!(v1_bind_source("rw,rdma", "/c1", &mv, MOUNTS), None);
+    }
+
+    #[test]
+    fn tasks_follow_the_root() {
+        let lines = vec![
+            "8:pids:/c1/sub".to_string(),
+            "2:cpu,cpuacct:/other".to_string(),
+            "0::/c1".to_string(),
+        ];
+        let root = vec![
+            "8:pids:/c1".to_string(),
+            "2:cpu,cpuacct:/c1".to_string(),
+            "0::/c1".to_string(),
+        ];
+        let mv = moves(&root, &[(None, "/new".into())]);
+        assert_eq!(
+            relocate(&lines, &mv),
+            ["8:pids:/new/sub", "2:cpu,cpuacct:/other", "0::/new"]
+        );
+        // no --cgroup-root: as dumped
+        assert_eq!(relocate(&lines, &moves(&root, &[])), lines);
     }
 
     #[test]

@@ -312,6 +312,53 @@ fn restore_tree(
     })
 }
 
+/// Puts every task of a tree whose tasks were in different cgroups where
+/// it was (each was forked into its parent's): those recorded in their
+/// own, moved the way the root's moved, the others in the root's. A
+/// cgroup outside the root's is made ready as the root's were.
+fn place_tasks(
+    opts: &Options,
+    imgs: &[images::TaskImage],
+    actual: &[i32],
+    cg: &ns::cgroup::CgroupImages,
+) -> Result<(), RestoreError> {
+    let root_places = ns::cgroup::placement(&cg.root, &opts.cgroup_roots)?;
+    let root_moves = ns::cgroup::moves(&cg.root, &opts.cgroup_roots);
+    let saved = ns::cgprops::read(&opts.dir)?;
+    let mut ready: Vec<std::path::PathBuf> = root_places.iter().map(|p| p.dir.clone()).collect();
+    for (k, img) in imgs.iter().enumerate() {
+        if img.live.is_none() || cg.members.iter().any(|m| m.0 == img.pid()) {
+            continue;
+        }
+        let Some((_, lines)) = cg.placed.iter().find(|p| p.0 == img.pid()) else {
+            ns::cgroup::place_task(actual[k], &root_places)?;
+            continue;
+        };
+        let places = ns::cgroup::placement(&ns::cgroup::relocate(lines, &root_moves), &[])?;
+        for p in &places {
+            if ready.iter().any(|r| p.dir.starts_with(r)) {
+                continue;
+            }
+            let dumped = ns::cgroup::moves(lines, &[])
+                .into_iter()
+                .find(|(c, _, _)| *c == p.ctrls)
+                .map(|(_, d, _)| d)
+                .unwrap_or_default();
+            ns::cgprops::prepare(
+                &p.dir,
+                &p.ctrls,
+                &dumped,
+                true,
+                saved.as_ref(),
+                opts.manage_cgroups,
+            )?;
+            ready.push(p.dir.clone());
+        }
+        ns::cgroup::place_task(actual[k], &places)?;
+    }
+    Ok(())
+}
+
 /// What comes between the fork and the transforms: tasks of cgroup
 /// namespaces back in their cgroups, every task given a way to crest's
 /// files, and the mounts of mount namespaces replayed before any task
@@ -326,7 +373,11 @@ fn before_transform(
 ) -> Result<(), RestoreError> {
     let imgs = &ti.imgs;
     // (threads made later follow their leader)
-    for (pid, path) in ns::cgroup::read_members(&opts.dir)?.members {
+    let cg = ns::cgroup::read_members(&opts.dir)?;
+    if opts.manage_cgroups != crate::opts::CgMode::Ignore && !cg.placed.is_empty() {
+        place_tasks(opts, imgs, actual, &cg)?;
+    }
+    for (pid, path) in cg.members {
         if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
             ns::cgroup::move_to(actual[k], &path)?;
         }
