@@ -19,7 +19,12 @@
 //! - `cgroup_tasks_apart`: the root in the case's cgroup, its child in the
 //!   directory below, its grandchild in a cgroup beside the case's with
 //!   settings of its own; all removed after the dump; the restore puts
-//!   each task back in its own, made again with their settings.
+//!   each task back in its own, made again with their settings;
+//! - `cgroup_unmounted_hierarchy`: the tree in a named v1 hierarchy that
+//!   nobody has mounted at dump (its cgroups keep it alive) and that is
+//!   gone at restore: crest mounts it in a helper of its own both times
+//!   (CRIU's yard), the cgroups come back with their settings, and no
+//!   mount or helper is left.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,11 +41,12 @@ use crate::procs::{self, alive, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome};
 
-const CASES: [(&str, DirCase); 4] = [
+const CASES: [(&str, DirCase); 5] = [
     ("cgroup_settings_soft", soft),
     ("cgroup_settings_full", full),
     ("cgroup_modes", modes),
     ("cgroup_tasks_apart", tasks_apart),
+    ("cgroup_unmounted_hierarchy", unmounted),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -545,4 +551,147 @@ fn tasks_apart(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         );
     }
     Ok(Outcome::Pass)
+}
+
+/// A named v1 hierarchy mounted at `at` while the value lives (unmounted,
+/// its cgroups removed and their tasks killed, when dropped).
+struct Named {
+    name: String,
+    at: PathBuf,
+}
+
+impl Named {
+    fn mount(&self) -> Result<()> {
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "cgroup",
+                "-o",
+                &format!("none,name={}", self.name),
+                "cgroup",
+            ])
+            .arg(&self.at)
+            .status()
+            .context("run mount")?;
+        if !st.success() {
+            bail!("mount the {} hierarchy: {st}", self.name);
+        }
+        Ok(())
+    }
+
+    fn umount(&self) -> Result<()> {
+        let st = std::process::Command::new("umount")
+            .arg(&self.at)
+            .status()
+            .context("run umount")?;
+        if !st.success() {
+            bail!("umount {}: {st}", self.at.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let mounted = fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.contains(&format!("name={}", self.name)));
+        if !mounted && self.mount().is_err() {
+            return;
+        }
+        for d in ["x/sub", "x"] {
+            let dir = self.at.join(d);
+            if let Ok(t) = fs::read_to_string(dir.join("cgroup.procs")) {
+                for p in t.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = fs::remove_dir(self.at.join("x/sub"));
+        let _ = fs::remove_dir(self.at.join("x"));
+        let _ = self.umount();
+    }
+}
+
+fn unmounted(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let h = Named {
+        name: format!("crest-e2e-{}", std::process::id()),
+        at: dir.root.join("hierarchy"),
+    };
+    fs::create_dir_all(&h.at)?;
+    h.mount()?;
+    let (x, sub) = (h.at.join("x"), h.at.join("x/sub"));
+    fs::create_dir_all(&sub)?;
+    fs::write(x.join("notify_on_release"), "1")?;
+    fs::write(sub.join("cgroup.clone_children"), "1")?;
+    let (pid, tree) = start_tree(cfg, dir, procs)?;
+    let pids: Vec<i32> = tree.keys().copied().collect();
+    for p in &pids {
+        fs::write(x.join("cgroup.procs"), p.to_string())?;
+    }
+    let member = cgroups_of(&pids);
+    if !member
+        .values()
+        .all(|l| l.contains(&format!("name={}:/x", h.name)))
+    {
+        bail!("the harness could not put the tree in its hierarchy: {member:?}");
+    }
+    h.umount()?;
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "-o",
+        "dump.log",
+        "--manage-cgroups",
+    ];
+    dump_ok(cfg, dir, &args, pid, &tree, procs)?;
+    // the hierarchy goes with its last cgroup
+    h.mount()?;
+    fs::remove_dir(&sub)?;
+    fs::remove_dir(&x)?;
+    h.umount()?;
+    let restore = [
+        "restore",
+        "-D",
+        &images,
+        "-d",
+        "-o",
+        "restore.log",
+        "--manage-cgroups",
+    ];
+    restore_ok(cfg, dir, "restore", &restore, pid, procs)?;
+    let now = cgroups_of(&pids);
+    if now != member {
+        bail!("after the restore the tasks' cgroups are {now:?}, before {member:?}");
+    }
+    let left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| l.contains("crest-cgroup-yard") || l.contains(&h.name))
+        .map(str::to_string)
+        .collect();
+    if !left.is_empty() {
+        bail!("mounts left after the restore: {left:?}");
+    }
+    h.mount()?;
+    for (f, want) in [
+        (x.join("notify_on_release"), "1"),
+        (sub.join("cgroup.clone_children"), "1"),
+    ] {
+        let got = fs::read_to_string(&f).unwrap_or_default();
+        if got.trim() != want {
+            bail!(
+                "{} is {got:?} after the restore, {want} before",
+                f.display()
+            );
+        }
+    }
+    h.umount()?;
+    match check_restored(dir, pid, &tree, procs)? {
+        Outcome::Pass => Ok(Outcome::Pass),
+        other => Ok(other),
+    }
 }

@@ -90,6 +90,12 @@ fn main() {
     ) {
         std::process::exit(crest_core::guard::run(fd));
     }
+    // a helper that mounts a cgroup hierarchy (crest_core::ns::cgyard)
+    if let (Some(crest_core::ns::cgyard::COMMAND), Some(ctrls)) =
+        (args.get(1).map(String::as_str), args.get(2))
+    {
+        std::process::exit(crest_core::ns::cgyard::run(ctrls));
+    }
     let own = matches!(
         args.get(1).map(String::as_str),
         Some("show" | "check-images" | "demo" | "demo-counter" | "help")

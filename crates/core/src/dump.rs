@@ -51,6 +51,8 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         source,
     })?;
     tell(n, hook::PRE_DUMP, opts.pid)?;
+    // cgroup hierarchies crest mounts itself, until the dump ends
+    let _yard = crate::ns::cgyard::Guard;
     // a paused container: thawed to be seized, frozen again after
     let _refreeze = match &opts.freeze_cgroup {
         Some(p) => crate::ns::cgroup::thaw(p)?,

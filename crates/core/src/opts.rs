@@ -367,12 +367,8 @@ impl Options {
             "--network-lock",
             "crest does not lock the network (use --network-lock skip)",
         );
-        refuse(
-            &mut r,
-            self.cgroup_yard.is_some(),
-            "--cgroup-yard",
-            "crest uses the cgroup hierarchies mounted where it runs",
-        );
+        // (--cgroup-yard: the caller mounted the hierarchies there, and
+        // crest finds them as it finds every mount of its namespace)
         // (--ext-mount-map auto, --skip-mnt and --enable-fs work at dump
         // and mean nothing at restore, as in CRIU; --enable-external-
         // sharing/masters let CRIU dump mounts whose peers or master are

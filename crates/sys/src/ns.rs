@@ -47,3 +47,41 @@ pub fn setns(fd: &impl AsRawFd, nstype: i32) -> io::Result<()> {
     let ret = unsafe { libc::setns(fd.as_raw_fd(), nstype) };
     cvt(ret as libc::c_long).map(drop)
 }
+
+/// `unshare(flags)` for the calling thread (a single-threaded process's
+/// whole self).
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: a plain integer argument.
+    let ret = unsafe { libc::unshare(flags) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `mount(source, target, fstype, flags, data)`; `None` passes NULL.
+pub fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: u64,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let c = |s: &str| {
+        std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let source = source.map(c).transpose()?;
+    let target = c(target)?;
+    let fstype = fstype.map(c).transpose()?;
+    let data = data.map(c).transpose()?;
+    let ptr = |o: &Option<std::ffi::CString>| o.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is null or a NUL-terminated string that lives
+    // across the call.
+    let ret = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    cvt(ret as libc::c_long).map(drop)
+}

@@ -277,7 +277,7 @@ pub fn placement(
 ) -> Result<Vec<Place>, RestoreError> {
     let mine = std::fs::read_to_string("/proc/self/cgroup").rat(0, "read crest's cgroups")?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").rat(0, "read crest's mountinfo")?;
-    placement_in(lines, roots, &mine, &info)
+    placement_in(lines, roots, &mine, &info, &super::cgyard::dir_of)
 }
 
 /// crest's mount of the hierarchy of `ctrls` ("" for cgroup v2).
@@ -301,11 +301,13 @@ fn hierarchy_mount<'a>(
 }
 
 /// [`placement`] with crest's `/proc/self/cgroup` and mountinfo given.
+/// `yard` mounts a hierarchy crest has not mounted ([`super::cgyard`]).
 fn placement_in(
     lines: &[String],
     roots: &[(Option<String>, String)],
     mine: &str,
     mountinfo: &str,
+    yard: &dyn Fn(&str) -> std::io::Result<PathBuf>,
 ) -> Result<Vec<Place>, RestoreError> {
     let mounts = super::mnt::parse_mountinfo(mountinfo).unwrap_or_default();
     let mut out = Vec::new();
@@ -323,19 +325,18 @@ fn placement_in(
             (c == ctrls).then_some(path)
         });
         let moves = now != Some(want.as_str());
-        let Some(mount) = hierarchy_mount(&mounts, &ctrls) else {
-            if !moves {
-                continue;
-            }
-            return Err(RestoreError::Unsupported {
+        let base = match hierarchy_mount(&mounts, &ctrls) {
+            Some(m) => PathBuf::from(&m.mountpoint),
+            None if !moves => continue,
+            None => yard(&ctrls).map_err(|e| RestoreError::Unsupported {
                 pid: 0,
                 what: format!(
-                    "the cgroup hierarchy {ctrls:?} (not mounted here) of the dumped tree"
+                    "the cgroup hierarchy {ctrls:?} of the dumped tree, not mounted here ({e})"
                 ),
-            });
+            })?,
         };
         out.push(Place {
-            dir: PathBuf::from(&mount.mountpoint).join(want.trim_start_matches('/')),
+            dir: base.join(want.trim_start_matches('/')),
             ctrls,
             dumped,
             moves,
@@ -363,31 +364,36 @@ pub fn hierarchies(
         if path == "/" {
             continue;
         }
-        let Some(m) = hierarchy_mount(&mounts, &ctrls) else {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "reading the settings of cgroup {path} of hierarchy {ctrls:?}, which is not                      mounted where crest runs (dump with --manage-cgroups=ignore to not carry                      cgroups)"
-                ),
-            });
+        let (mountpoint, root) = match hierarchy_mount(&mounts, &ctrls) {
+            Some(m) => (PathBuf::from(&m.mountpoint), m.root.clone()),
+            None => {
+                let dir = super::cgyard::dir_of(&ctrls).map_err(|e| DumpError::Unsupported {
+                    pid,
+                    what: format!(
+                        "reading the settings of cgroup {path} of hierarchy {ctrls:?}, which is \
+                         not mounted where crest runs ({e}; dump with --manage-cgroups=ignore to \
+                         not carry cgroups)"
+                    ),
+                })?;
+                (dir, "/".to_string())
+            }
         };
-        let rel = if m.root == "/" {
+        let rel = if root == "/" {
             Some(path.as_str())
         } else {
-            path.strip_prefix(m.root.as_str())
+            path.strip_prefix(root.as_str())
                 .filter(|r| r.is_empty() || r.starts_with('/'))
         };
         let Some(rel) = rel.filter(|r| !r.split('/').any(|c| c == "..")) else {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(
-                    "cgroup {path} of hierarchy {ctrls:?}, outside crest's mount of it ({})",
-                    m.root
+                    "cgroup {path} of hierarchy {ctrls:?}, outside crest's mount of it ({root})"
                 ),
             });
         };
         out.push(super::cgprops::Hierarchy {
-            dir: PathBuf::from(&m.mountpoint).join(rel.trim_start_matches('/')),
+            dir: mountpoint.join(rel.trim_start_matches('/')),
             ctrls,
             path,
         });
@@ -551,13 +557,17 @@ mod tests {
 33 25 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
 ";
 
+    fn no_yard(_: &str) -> std::io::Result<PathBuf> {
+        Err(std::io::Error::other("no yard in unit tests"))
+    }
+
     fn place_of(lines: &[&str], roots: &[(Option<&str>, &str)]) -> Vec<String> {
         let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
         let roots: Vec<(Option<String>, String)> = roots
             .iter()
             .map(|(c, p)| (c.map(str::to_string), p.to_string()))
             .collect();
-        placement_in(&lines, &roots, MINE, MOUNTS)
+        placement_in(&lines, &roots, MINE, MOUNTS, &no_yard)
             .expect("placement")
             .iter()
             .filter(|p| p.moves)
@@ -599,9 +609,9 @@ mod tests {
             ]
         );
         let bad = vec!["8:pids:/../x".to_string()];
-        assert!(placement_in(&bad, &[], MINE, MOUNTS).is_err());
+        assert!(placement_in(&bad, &[], MINE, MOUNTS, &no_yard).is_err());
         let missing = vec!["5:rdma:/c1".to_string()];
-        assert!(placement_in(&missing, &[], MINE, MOUNTS).is_err());
+        assert!(placement_in(&missing, &[], MINE, MOUNTS, &no_yard).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod cgprops;
 pub mod cgroup;
+pub mod cgyard;
 pub mod idmap;
 pub mod ipc;
 pub mod mnt;

@@ -64,6 +64,8 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
         .and_then(|c| c.confine().map(|()| c))
         .rat(0, "take the caller's credentials")?;
     let _ = crest_sys::proc::set_child_subreaper(true);
+    // cgroup hierarchies crest mounts itself, until the restore ends
+    let _yard = crate::ns::cgyard::Guard;
     let start = std::time::Instant::now();
     let res = tell(n, hook::PRE_RESTORE, None).and_then(|()| restore_tree(opts, &caller, n));
     if res.is_err() {
