@@ -103,13 +103,7 @@ pub fn run(ctrls: &str) -> i32 {
             return Err(std::io::Error::other(format!("bad controllers {ctrls:?}")));
         }
         crest_sys::ns::unshare(libc::CLONE_NEWNS)?;
-        crest_sys::ns::mount(
-            None,
-            "/",
-            None,
-            (libc::MS_REC | libc::MS_PRIVATE) as u64,
-            None,
-        )?;
+        crest_sys::ns::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
         crest_sys::ns::mount(
             Some("crest-cgroup-yard"),
             "/tmp",
