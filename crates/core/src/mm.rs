@@ -313,7 +313,9 @@ pub fn dump(
             continue;
         }
         let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
-        if m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 && !memfd {
+        let ghost =
+            m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 && !memfd;
+        if ghost && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0 {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(
@@ -334,6 +336,10 @@ pub fn dump(
             vma.shmid = u64::from(if memfd {
                 vma.status |= status::MEMFD;
                 files.memfd_vma(pid, m.start, m.end, &m.path, mode)?
+            } else if ghost {
+                // saved as a ghost file, as one deleted while open is
+                let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
+                files.reg_deleted_map(pid, (m.start, m.end), path, mode)?
             } else {
                 files.reg_path(pid, &m.path, mode)?
             });

@@ -29,8 +29,9 @@ pub struct GhostDump {
     /// The largest deleted file crest saves (`--ghost-limit`).
     pub limit: u64,
     by_inode: HashMap<(u64, u64), u32>,
-    /// Per ghost id: its entry and where its contents are (pid, fd).
-    ghosts: Vec<(GhostFileEntry, i32, i32)>,
+    /// Per ghost id: its entry and where its contents are (the pid, and a
+    /// link of its /proc that opens the file).
+    ghosts: Vec<(GhostFileEntry, i32, String)>,
     /// Per ghost, its data extents when it has holes (written as chunks).
     extents: Vec<Option<Vec<(u64, u64)>>>,
     remaps: Vec<RemapFilePathEntry>,
@@ -45,6 +46,21 @@ impl FileTable {
         reg_id: u32,
         meta: &std::fs::Metadata,
     ) -> Result<(), DumpError> {
+        let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        self.dump_ghost_at(pid, format!("/proc/{pid}/fd/{fd}"), reg_id, meta, &refuse)
+    }
+
+    /// Saves the deleted file that `source` (a `/proc/PID/fd/N` or
+    /// `/proc/PID/map_files/A-B` link of `pid`) opens, for entry `reg_id`;
+    /// `refuse` words a refusal.
+    pub(crate) fn dump_ghost_at(
+        &mut self,
+        pid: i32,
+        source: String,
+        reg_id: u32,
+        meta: &std::fs::Metadata,
+        refuse: &dyn Fn(String) -> DumpError,
+    ) -> Result<(), DumpError> {
         let g = &mut self.ghosts;
         let limit = g.limit;
         let key = (meta.dev(), meta.ino());
@@ -53,19 +69,14 @@ impl FileTable {
             None => {
                 // its data: a sparse file keeps only its extents (and the
                 // limit counts them, as CRIU's --ghost-fiemap does)
-                let file = std::fs::File::open(format!("/proc/{pid}/fd/{fd}"))
-                    .at(pid, "open a deleted file")?;
+                let file = std::fs::File::open(&source).at(pid, "open a deleted file")?;
                 let extents = crest_sys::misc::data_extents(&file, meta.len())
                     .at(pid, "find the data of a deleted file")?;
                 let data: u64 = extents.iter().map(|e| e.1).sum();
                 if data > limit {
-                    return Err(DumpError::UnsupportedFd {
-                        pid,
-                        fd,
-                        kind: format!(
-                            "a deleted file with {data} bytes of data, more than the ghost limit of {limit} bytes (raise it with --ghost-limit)"
-                        ),
-                    });
+                    return Err(refuse(format!(
+                        "a deleted file with {data} bytes of data, more than the ghost limit of {limit} bytes (raise it with --ghost-limit)"
+                    )));
                 }
                 let sparse = data < meta.len();
                 let entry = GhostFileEntry {
@@ -79,7 +90,7 @@ impl FileTable {
                     size: Some(meta.len()),
                     crest_times: Some(times_of(meta)),
                 };
-                g.ghosts.push((entry, pid, fd));
+                g.ghosts.push((entry, pid, source));
                 g.extents.push(sparse.then_some(extents));
                 let id = g.ghosts.len() as u32;
                 g.by_inode.insert(key, id);
@@ -102,20 +113,17 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
         return Ok(());
     }
     crest_images::write_image(dir, names::REMAP_FPATH, magic::REMAP_FPATH, &g.remaps)?;
-    for (i, (entry, pid, fd)) in g.ghosts.iter().enumerate() {
-        let (pid, fd) = (*pid, *fd);
-        let path = format!("/proc/{pid}/fd/{fd}");
+    for (i, (entry, pid, path)) in g.ghosts.iter().enumerate() {
+        let pid = *pid;
         if let Some(Some(extents)) = g.extents.get(i) {
-            write_chunks(dir, i as u32 + 1, entry, &path, extents)
-                .at(pid, "copy a deleted file")?;
+            write_chunks(dir, i as u32 + 1, entry, path, extents).at(pid, "copy a deleted file")?;
             continue;
         }
-        let data = std::fs::read(&path).at(pid, "read a deleted file")?;
+        let data = std::fs::read(path).at(pid, "read a deleted file")?;
         if Some(data.len() as u64) != entry.size {
-            return Err(DumpError::UnsupportedFd {
+            return Err(DumpError::Unsupported {
                 pid,
-                fd,
-                kind: "a deleted file whose size changed while it was dumped".into(),
+                what: format!("a deleted file ({path}) whose size changed while it was dumped"),
             });
         }
         let mut w = crest_images::ImageWriter::create(
@@ -241,6 +249,12 @@ pub fn open(
     files: &mut RestoreFiles,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
+    if let Some(held) = files.ghost_held.get(&ghost) {
+        // made again already: the same file, through crest's copy
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd());
+        return crate::mm::restore::open_crest_side(t, &path, flags);
+    }
     if let Some(src) = files.ghost_src.get(&ghost).copied() {
         if let Some((hpid, hfd)) = files.where_is(pid, src) {
             // crest's /proc: the task may be in a container's mount
@@ -300,6 +314,9 @@ pub fn open(
     }
     let fd = res?;
     files.ghost_src.insert(ghost, reg.id);
+    files
+        .ghost_held
+        .insert(ghost, super::share::take_fd(pid, fd as u32)?);
     Ok(fd)
 }
 

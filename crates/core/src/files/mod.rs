@@ -46,6 +46,8 @@ pub mod unix;
 pub struct FileTable {
     entries: Vec<FileEntry>,
     by_path: HashMap<(String, u32), u32>,
+    /// Entries of deleted mapped files by (dev, inode, flags).
+    by_deleted: HashMap<(u64, u64, u32), u32>,
     pub pipes: pipe::PipeDump,
     /// Open file descriptions seen so far, to find the fds that share one.
     pub seen: share::Seen,
@@ -100,6 +102,34 @@ impl FileTable {
             .at(pid, "stat a mapped or open file")?;
         let id = self.push_reg(path, flags, 0, &meta);
         self.by_path.insert((path.to_string(), flags), id);
+        Ok(id)
+    }
+
+    /// A regular-file entry for the deleted file mapped at
+    /// `[start, end)` of `pid` (its old `path`), opened with `flags`; its
+    /// contents saved as a ghost file, shared with every other user of
+    /// the same file.
+    pub fn reg_deleted_map(
+        &mut self,
+        pid: i32,
+        (start, end): (u64, u64),
+        path: &str,
+        flags: u32,
+    ) -> Result<u32, DumpError> {
+        let source = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let meta = std::fs::metadata(&source).at(pid, "stat a mapped deleted file")?;
+        let key = (meta.dev(), meta.ino(), flags);
+        if let Some(id) = self.by_deleted.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.push_reg(path, flags, 0, &meta);
+        let what = format!("mapping {start:#x}-{end:#x} of deleted file {path}");
+        let refuse = |why: String| DumpError::Unsupported {
+            pid,
+            what: format!("{what}: {why}"),
+        };
+        self.dump_ghost_at(pid, source, id, &meta, &refuse)?;
+        self.by_deleted.insert(key, id);
         Ok(id)
     }
 

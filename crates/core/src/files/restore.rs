@@ -42,6 +42,10 @@ pub struct RestoreFiles {
     pub remaps: HashMap<u32, u32>,
     /// Ghost id → the entry whose fd made it.
     pub ghost_src: HashMap<u32, u32>,
+    /// Ghost file id → crest's copy of the file once made again: every
+    /// later user (a mapping, another task's fd) opens the same file
+    /// through it.
+    pub ghost_held: HashMap<u32, std::os::fd::OwnedFd>,
     pub memfd_inodes: HashMap<u32, MemfdInodeEntry>,
     pub memfd_src: HashMap<u32, memfd::Source>,
     /// Entry id → the task that made its description.

@@ -225,9 +225,17 @@ fn map_each(
                 Some(fd) => *fd,
                 None => {
                     let range = (v.start, v.end);
+                    let ghost = files.remaps.get(&id).copied();
+                    let reg = files.entries.get(&id).and_then(|e| e.reg.clone());
                     let fd = match crate::files::memfd::open_for_map(t, files, id, oflags, range) {
                         Some(fd) => fd?,
-                        None => open_in_task(t, &path, oflags)?,
+                        // a file deleted while mapped: made again (once)
+                        None => match (ghost, reg) {
+                            (Some(g), Some(reg)) => {
+                                crate::files::ghost::open(t, &reg, oflags, g, files)?
+                            }
+                            _ => open_in_task(t, &path, oflags)?,
+                        },
                     };
                     open.insert(key, fd);
                     fd
