@@ -334,9 +334,10 @@ pub fn tree_settled(root: Pid) -> bool {
     tree.iter().all(|(pid, t)| {
         t.zombie
             || t.tids.iter().all(|tid| {
+                // asleep, or stopped by job control
                 matches!(
                     stat_fields(&format!("/proc/{pid}/task/{tid}/stat")),
-                    Some(('S', ..))
+                    Some(('S' | 'T', ..))
                 )
             })
     })

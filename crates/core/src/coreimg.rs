@@ -110,6 +110,9 @@ fn same_cpus(a: &[u8], b: &[u8]) -> bool {
 pub const TASK_ALIVE: u32 = 1;
 /// `task_core_entry.task_state` of a zombie.
 pub const TASK_DEAD: u32 = 2;
+/// `task_core_entry.task_state` of a task stopped by job control
+/// (`stop_signo` says by which signal).
+pub const TASK_STOPPED: u32 = 3;
 
 /// The per-thread part of a core image, and crest's raw xsave copy. `t`
 /// is injected through the thread itself.

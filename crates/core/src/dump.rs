@@ -363,7 +363,12 @@ fn dump_task(
     let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
     let mm = mm::dump(&mut t, files, &mut pages)?;
     pages.finish()?;
-    let tc = coreimg::dump_task(&mut t)?;
+    let mut tc = coreimg::dump_task(&mut t)?;
+    if let Some(sig) = task.stopped {
+        // comes back stopped by the same signal
+        tc.task_state = coreimg::TASK_STOPPED;
+        tc.stop_signo = Some(sig as u32);
+    }
     if ids.files_id == id {
         let fdinfo = files::dump_fds(pid, files)?;
         crest_images::write_image(dir, &names::fdinfo(id), magic::FDINFO, &fdinfo)?;

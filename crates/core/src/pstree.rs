@@ -19,6 +19,8 @@ pub struct Task {
     pub threads: Vec<i32>,
     /// The raw wait status of a zombie.
     pub zombie: Option<i32>,
+    /// The signal that stopped it, when it was stopped (job control).
+    pub stopped: Option<i32>,
 }
 
 impl Task {
@@ -40,6 +42,9 @@ pub struct Seized {
     attached: Vec<i32>,
     /// By when every thread must have stopped (`--timeout`).
     deadline: std::time::Instant,
+    /// Tasks found stopped (job control), with the signal that stopped
+    /// them as their seizing reported it.
+    stopped: std::collections::HashMap<i32, i32>,
 }
 
 /// Most tasks and threads crest seizes in one tree.
@@ -58,6 +63,7 @@ impl Seized {
             tasks: Vec::new(),
             attached: Vec::new(),
             deadline: std::time::Instant::now() + timeout,
+            stopped: std::collections::HashMap::new(),
         };
         let mut order: Vec<i32> = vec![root];
         let mut zombies: Vec<(i32, i32)> = Vec::new();
@@ -92,6 +98,9 @@ impl Seized {
                     zombies.push((pid, stat.exit_code));
                     changed = true;
                     continue;
+                }
+                if stat.state == 'T' {
+                    s.stopped.entry(pid).or_insert(libc::SIGSTOP);
                 }
                 changed |= s.seize_threads(pid)?;
                 for tid in procfs::list_tids(pid).at(pid, "list threads")? {
@@ -141,6 +150,7 @@ impl Seized {
                 sid: stat.session,
                 threads,
                 zombie,
+                stopped: s.stopped.get(&pid).copied().filter(|_| zombie.is_none()),
             });
         }
         Ok(s)
@@ -165,8 +175,13 @@ impl Seized {
                         what: format!("a tree of more than {MAX_THREADS} threads"),
                     });
                 }
-                match crest_inject::seize_thread_by(tid, self.deadline) {
-                    Ok(()) => self.attached.push(tid),
+                match crest_inject::seize_thread_reporting(tid, self.deadline) {
+                    Ok(sig) => {
+                        if crest_inject::is_stop_signal(sig) {
+                            self.stopped.insert(pid, sig);
+                        }
+                        self.attached.push(tid);
+                    }
                     // A thread that exited meanwhile is simply not there.
                     Err(_)
                         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}

@@ -98,7 +98,7 @@ fn try_remove(
     let by = deadline.min(Instant::now() + Duration::from_secs(1));
     for tid in seized.0.clone() {
         match wait_seized(tid, Some(by)) {
-            Ok(()) => {}
+            Ok(_) => {}
             // a thread that ended meanwhile, or a leader that did while
             // its threads run on (it never stops)
             Err(InjectError::NotStopped {

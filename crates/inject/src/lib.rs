@@ -165,7 +165,7 @@ fn free_range(pid: i32, len: u64) -> Option<u64> {
 /// Seizes `tid` (a thread of `pid`) and waits until it is stopped.
 /// Signals that arrive meanwhile are delivered as they would have been.
 pub fn seize_thread(tid: i32) -> Result<()> {
-    seize_with(tid, 0, None)
+    seize_with(tid, 0, None).map(drop)
 }
 
 /// [`seize_thread`], waiting at most until `deadline`: a thread that does
@@ -174,10 +174,25 @@ pub fn seize_thread(tid: i32) -> Result<()> {
 /// until crest exits (the kernel detaches a tracee only once it stopped, or
 /// when its tracer goes), and then runs on.
 pub fn seize_thread_by(tid: i32, deadline: std::time::Instant) -> Result<()> {
+    seize_with(tid, 0, Some(deadline)).map(drop)
+}
+
+/// [`seize_thread_by`], returning the signal of the stop the thread
+/// reported first: a stop signal (`SIGSTOP`, `SIGTSTP`, `SIGTTIN`,
+/// `SIGTTOU`) when it was in a group stop (job control), else `SIGTRAP`.
+pub fn seize_thread_reporting(tid: i32, deadline: std::time::Instant) -> Result<i32> {
     seize_with(tid, 0, Some(deadline))
 }
 
-fn seize_with(tid: i32, options: u32, deadline: Option<std::time::Instant>) -> Result<()> {
+/// Whether `sig` stops a task (job control).
+pub fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+fn seize_with(tid: i32, options: u32, deadline: Option<std::time::Instant>) -> Result<i32> {
     start_seize(tid, options)?;
     wait_seized(tid, deadline)
 }
@@ -192,8 +207,9 @@ fn start_seize(tid: i32, options: u32) -> Result<()> {
     Ok(())
 }
 
-/// Waits until `tid`, seized by [`start_seize`], is stopped.
-fn wait_seized(tid: i32, deadline: Option<std::time::Instant>) -> Result<()> {
+/// Waits until `tid`, seized by [`start_seize`], is stopped; returns the
+/// signal of that stop.
+fn wait_seized(tid: i32, deadline: Option<std::time::Instant>) -> Result<i32> {
     let mut nap = std::time::Duration::from_micros(20);
     loop {
         let st = match deadline {
@@ -215,8 +231,8 @@ fn wait_seized(tid: i32, deadline: Option<std::time::Instant>) -> Result<()> {
             },
         };
         match st {
-            WaitStatus::Stopped { event, .. } if event == ptrace::PTRACE_EVENT_STOP => {
-                return Ok(())
+            WaitStatus::Stopped { event, sig } if event == ptrace::PTRACE_EVENT_STOP => {
+                return Ok(sig)
             }
             WaitStatus::Stopped { sig, event: 0 } => {
                 // A signal-delivery stop came first: let it through, the
@@ -539,6 +555,14 @@ impl Tracee {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => break,
+                // A task in a group stop (job control) reports it again
+                // once resumed: it goes on, and is stopped again when it
+                // is let go (its group still is).
+                WaitStatus::Stopped { sig, event }
+                    if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
+                {
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+                }
                 // An injected clone3/fork reports the new task first; the
                 // call then finishes as usual.
                 WaitStatus::Stopped {

@@ -42,6 +42,24 @@ pub(super) const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
 pub(super) const MAX_TASKS: usize = 1 << 16;
 
 impl TaskImage {
+    /// The signal a task stopped by job control at dump is stopped with
+    /// again when it is let go (CRIU's `TASK_STOPPED`, `stop_signo`).
+    pub(super) fn stop_signal(&self) -> Result<Option<i32>, RestoreError> {
+        let Some(tc) = self.cores.first().and_then(|c| c.1.tc.as_ref()) else {
+            return Ok(None);
+        };
+        if tc.task_state != coreimg::TASK_STOPPED {
+            return Ok(None);
+        }
+        let sig = tc.stop_signo.unwrap_or(libc::SIGSTOP as u32) as i32;
+        if !crest_inject::is_stop_signal(sig) {
+            return Err(self.bad(&format!(
+                "a task stopped by signal {sig}, which stops nothing"
+            )));
+        }
+        Ok(Some(sig))
+    }
+
     pub(super) fn read(dir: &Path, entry: PstreeEntry) -> Result<TaskImage, RestoreError> {
         let pid = entry.pid;
         let ids: TaskKobjIdsEntry = crest_images::read_one(dir, &names::ids(pid), magic::IDS)?;

@@ -280,6 +280,14 @@ fn restore_tree(
     // nothing: every thread put back (still killed with crest), then made
     // to outlive crest, then let go.
     let sig = if opts.leave_stopped { libc::SIGSTOP } else { 0 };
+    // (a task stopped by job control at dump goes with its stop signal:
+    // its whole group stops)
+    let mut stops = std::collections::HashMap::new();
+    for img in imgs.iter() {
+        if let Some(s) = img.stop_signal()? {
+            stops.insert(img.pid(), s);
+        }
+    }
     let mut all: Vec<(i32, crest_inject::Tracee)> =
         ctx.threads.into_iter().map(|t| (0, t)).collect();
     all.extend(
@@ -295,8 +303,25 @@ fn restore_tree(
     for (pid, t) in all.iter_mut() {
         t.outlive_tracer().rat(*pid, "let the task outlive crest")?;
     }
+    // A task to be stopped gets its stop signal queued on every thread
+    // before any is let go: each stops as it leaves the tracer, never
+    // running in between (a signal given with the detach is dropped when
+    // the thread sits in an event stop rather than a syscall stop).
+    let leader_sig: std::collections::HashMap<i32, i32> = all
+        .iter()
+        .filter(|(pid, _)| *pid != 0)
+        .filter_map(|(pid, t)| {
+            let s = stops.get(pid).copied().unwrap_or(sig);
+            (s != 0).then_some((t.pid(), s))
+        })
+        .collect();
+    for (pid, t) in &all {
+        if let Some(&s) = leader_sig.get(&t.pid()) {
+            crest_sys::misc::tgkill(t.pid(), t.tid(), s).rat(*pid, "queue the stop signal")?;
+        }
+    }
     for (pid, t) in all {
-        t.detach_with(sig).rat(pid, "let the task go")?;
+        t.detach_with(0).rat(pid, "let the task go")?;
     }
     if root_pid != imgs[0].pid() {
         crate::info!(
