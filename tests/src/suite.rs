@@ -47,6 +47,7 @@ pub fn workloads() -> Vec<Workload> {
         c("shared_anon_exited", &[], Settle::Blocked),
         c("deleted_maps", &[], Settle::Blocked),
         c("stopped", &[], Settle::Blocked),
+        c("novdso", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),

@@ -351,7 +351,7 @@ fn dump_task(
     let status = procfs::read_status(pid).at(pid, "read status")?;
     crate::task::check_seccomp(pid)?;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
-    let ip = t.use_vdso_syscall().at(pid, "find a syscall instruction")?;
+    let ip = t.use_any_syscall().at(pid, "find a syscall instruction")?;
     // from here on, a crest that vanishes leaves the task as it was seized
     // (the area itself is the dump's guard's to take away)
     let rec = t

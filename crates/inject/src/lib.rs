@@ -445,6 +445,36 @@ impl Tracee {
         Ok(ip)
     }
 
+    /// [`Tracee::use_vdso_syscall`], or, for a task that unmapped its
+    /// vdso, a `syscall` instruction in any of its executable mappings.
+    pub fn use_any_syscall(&mut self) -> Result<u64> {
+        let vdso = self.use_vdso_syscall();
+        if vdso.is_ok() {
+            return vdso;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
+        for l in maps.lines() {
+            let mut f = l.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if !perms.starts_with("r-x") && !perms.starts_with("rwx") {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                continue;
+            };
+            if let Ok(ip) = self.find_syscall_insn(a, b) {
+                self.syscall_ip = ip;
+                return Ok(ip);
+            }
+        }
+        vdso
+    }
+
     /// Searches `[start, end)` of the task's memory for `0f 05`.
     pub fn find_syscall_insn(&self, start: u64, end: u64) -> Result<u64> {
         let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
