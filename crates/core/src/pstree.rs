@@ -185,6 +185,22 @@ impl Seized {
                     // A thread that exited meanwhile is simply not there.
                     Err(_)
                         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}
+                    // Another tracer holds it (a debugger, or a task of
+                    // the tree tracing another): said as such.
+                    Err(_) if tracer_of(pid, tid).is_some_and(|t| t != 0) => {
+                        let tracer = tracer_of(pid, tid).unwrap_or(0);
+                        let inside = if self.attached.contains(&tracer) || tracer == pid {
+                            "a task of the tree"
+                        } else {
+                            "a process outside the tree"
+                        };
+                        return Err(DumpError::Unsupported {
+                            pid,
+                            what: format!(
+                                "thread {tid} traced by pid {tracer} ({inside}): a traced task"
+                            ),
+                        });
+                    }
                     Err(e) => {
                         return Err(DumpError::Inject {
                             pid,
@@ -239,6 +255,17 @@ impl Seized {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
+}
+
+/// The `TracerPid` of thread `tid` of `pid` (0: not traced).
+fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` has exited (a zombie or gone).
