@@ -8,17 +8,26 @@ use crest_images::pb::FsEntry;
 pub fn dump(pid: i32, umask: u32, files: &mut FileTable) -> Result<FsEntry, DumpError> {
     let cwd = procfs::read_link(&format!("/proc/{pid}/cwd")).at(pid, "read cwd")?;
     let root = procfs::read_link(&format!("/proc/{pid}/root")).at(pid, "read root")?;
-    for (what, p) in [("cwd", &cwd), ("root", &root)] {
-        if p.ends_with(" (deleted)") {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("a deleted {what} ({p})"),
-            });
-        }
+    if root.ends_with(" (deleted)") {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("a deleted root ({root})"),
+        });
     }
     let flags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
+    // a cwd removed since: made again (empty) at restore, and removed
+    let cwd_id = match cwd.strip_suffix(" (deleted)") {
+        Some(path) => files.reg_deleted(
+            pid,
+            format!("/proc/{pid}/cwd"),
+            path,
+            flags,
+            &format!("the deleted cwd {path}"),
+        )?,
+        None => files.reg_path(pid, &cwd, flags)?,
+    };
     Ok(FsEntry {
-        cwd_id: files.reg_path(pid, &cwd, flags)?,
+        cwd_id,
         root_id: files.reg_path(pid, &root, flags)?,
         umask: Some(umask),
     })

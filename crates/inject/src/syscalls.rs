@@ -89,6 +89,7 @@ pub mod nr {
     pub const RECVMSG: u64 = 47;
     pub const FTRUNCATE: u64 = 77;
     pub const UNLINK: u64 = 87;
+    pub const RMDIR: u64 = 84;
     pub const RENAME: u64 = 82;
     pub const MKNOD: u64 = 133;
     pub const MEMBARRIER: u64 = 324;
@@ -218,6 +219,7 @@ pub fn name(nr: u64) -> &'static str {
         RECVMSG => "recvmsg",
         FTRUNCATE => "ftruncate",
         UNLINK => "unlink",
+        RMDIR => "rmdir",
         FCHMOD => "fchmod",
         FCHOWN => "fchown",
         EPOLL_CTL => "epoll_ctl",

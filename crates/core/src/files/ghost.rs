@@ -66,6 +66,29 @@ impl FileTable {
         let key = (meta.dev(), meta.ino());
         let id = match g.by_inode.get(&key) {
             Some(id) => *id,
+            // a directory or a device node: nothing but its inode
+            None if !meta.is_file() => {
+                use std::os::unix::fs::FileTypeExt;
+                let entry = GhostFileEntry {
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    mode: meta.mode(),
+                    dev: Some(meta.dev() as u32),
+                    ino: Some(meta.ino()),
+                    rdev: meta
+                        .file_type()
+                        .is_char_device()
+                        .then_some(meta.rdev() as u32),
+                    chunks: None,
+                    size: None,
+                    crest_times: Some(times_of(meta)),
+                };
+                g.ghosts.push((entry, pid, source));
+                g.extents.push(None);
+                let id = g.ghosts.len() as u32;
+                g.by_inode.insert(key, id);
+                id
+            }
             None => {
                 // its data: a sparse file keeps only its extents (and the
                 // limit counts them, as CRIU's --ghost-fiemap does)
@@ -115,6 +138,16 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
     crest_images::write_image(dir, names::REMAP_FPATH, magic::REMAP_FPATH, &g.remaps)?;
     for (i, (entry, pid, path)) in g.ghosts.iter().enumerate() {
         let pid = *pid;
+        if entry.mode & libc::S_IFMT != libc::S_IFREG {
+            // a directory or device node: the entry alone
+            crest_images::write_image(
+                dir,
+                &names::ghost_file(i as u32 + 1),
+                magic::GHOST_FILE,
+                std::slice::from_ref(entry),
+            )?;
+            continue;
+        }
         if let Some(Some(extents)) = g.extents.get(i) {
             write_chunks(dir, i as u32 + 1, entry, path, extents).at(pid, "copy a deleted file")?;
             continue;
@@ -274,6 +307,17 @@ pub fn open(
         file: name.clone(),
         what: "no ghost_file_entry".into(),
     })?;
+    let kind = entry.mode & libc::S_IFMT;
+    if kind == libc::S_IFDIR || kind == libc::S_IFCHR {
+        return open_special(t, reg, flags, ghost, &entry, files);
+    }
+    if kind != libc::S_IFREG {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: name,
+            what: format!("a ghost of mode {:#o}", entry.mode),
+        });
+    }
     let size = entry.size.unwrap_or(0);
     let path = &reg.name;
     // Something took the name since (a directory, another file): it steps
@@ -317,6 +361,75 @@ pub fn open(
     files
         .ghost_held
         .insert(ghost, super::share::take_fd(pid, fd as u32)?);
+    Ok(fd)
+}
+
+/// A directory or device node deleted while open (or the cwd): made again
+/// empty at its old path, opened, given its owner, mode and times, and
+/// removed again.
+fn open_special(
+    t: &mut Tracee,
+    reg: &RegFileEntry,
+    flags: i32,
+    ghost: u32,
+    entry: &GhostFileEntry,
+    files: &mut RestoreFiles,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let path = &reg.name;
+    let dir = entry.mode & libc::S_IFMT == libc::S_IFDIR;
+    let mode = u64::from(entry.mode & 0o7777);
+    let mut p = path.as_bytes().to_vec();
+    p.push(0);
+    let addr = t.put(&p).rat(pid, "write path")?;
+    let make = |t: &mut Tracee| {
+        if dir {
+            t.syscall_raw(nr::MKDIRAT, &[libc::AT_FDCWD as u64, addr, mode])
+        } else {
+            let rdev = u64::from(entry.rdev.unwrap_or(0));
+            t.syscall_raw(nr::MKNOD, &[addr, u64::from(libc::S_IFCHR) | mode, rdev])
+        }
+        .rat(pid, format!("make {path} again"))
+    };
+    let aside = format!("{path}.crest-aside-{}", reg.id);
+    let mut moved = false;
+    let mut r = make(t)?;
+    if r == -i64::from(libc::EEXIST) {
+        rename_in_task(t, path, &aside)?;
+        moved = true;
+        r = make(t)?;
+    }
+    let made = if r < 0 {
+        Err(RestoreError::Io {
+            pid,
+            step: format!("make {path} again"),
+            source: std::io::Error::from_raw_os_error(-r as i32),
+        })
+    } else {
+        let extra = if dir { libc::O_DIRECTORY } else { 0 };
+        openat(t, path, flags | extra, 0).and_then(|fd| {
+            let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+            std::os::unix::fs::fchown(&copy, Some(entry.uid), Some(entry.gid))
+                .rat(pid, format!("chown {path}"))?;
+            t.syscall(nr::FCHMOD, &[fd, mode])
+                .rat(pid, format!("chmod {path}"))?;
+            if let Some(times) = &entry.crest_times {
+                set_times(pid, fd, times)?;
+            }
+            files.ghost_held.insert(ghost, copy.into());
+            Ok(fd)
+        })
+    };
+    if r >= 0 {
+        let rm = if dir { nr::RMDIR } else { nr::UNLINK };
+        t.syscall(rm, &[addr])
+            .rat(pid, format!("remove {path} again"))?;
+    }
+    if moved {
+        rename_in_task(t, &aside, path)?;
+    }
+    let fd = made?;
+    files.ghost_src.insert(ghost, reg.id);
     Ok(fd)
 }
 

@@ -117,13 +117,28 @@ impl FileTable {
         flags: u32,
     ) -> Result<u32, DumpError> {
         let source = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-        let meta = std::fs::metadata(&source).at(pid, "stat a mapped deleted file")?;
+        let what = format!("mapping {start:#x}-{end:#x} of deleted file {path}");
+        self.reg_deleted(pid, source, path, flags, &what)
+    }
+
+    /// A regular-file entry for the deleted file or directory that
+    /// `source` (a link of `pid`'s /proc) opens, at its old `path`, opened
+    /// with `flags`; saved as a ghost file, shared with every other user of
+    /// the same file. `what` names the user in a refusal.
+    pub fn reg_deleted(
+        &mut self,
+        pid: i32,
+        source: String,
+        path: &str,
+        flags: u32,
+        what: &str,
+    ) -> Result<u32, DumpError> {
+        let meta = std::fs::metadata(&source).at(pid, "stat a deleted file")?;
         let key = (meta.dev(), meta.ino(), flags);
         if let Some(id) = self.by_deleted.get(&key) {
             return Ok(*id);
         }
         let id = self.push_reg(path, flags, 0, &meta);
-        let what = format!("mapping {start:#x}-{end:#x} of deleted file {path}");
         let refuse = |why: String| DumpError::Unsupported {
             pid,
             what: format!("{what}: {why}"),
@@ -288,8 +303,9 @@ fn dump_one(
         return Err(unsupported(format!("a special file ({link})")));
     }
     if let Some(path) = link.strip_suffix(" (deleted)") {
-        if !ft.is_file() {
-            return Err(unsupported(format!("a deleted non-regular file ({link})")));
+        // (a directory or device node comes back empty, made again)
+        if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
+            return Err(unsupported(format!("a deleted special file ({link})")));
         }
         let id = table.push_reg(path, flags, info.pos, &meta);
         table.dump_ghost(pid, fd, id, &meta)?;

@@ -445,16 +445,29 @@ pub(super) fn restore_thread(
 pub(super) fn restore_fs(
     t: &mut Tracee,
     fs: &FsEntry,
-    files: &RestoreFiles,
+    files: &mut RestoreFiles,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let cwd = files.reg_path(fs.cwd_id).unwrap_or("/");
-    let root = files.reg_path(fs.root_id).unwrap_or("/");
-    let mut p = cwd.as_bytes().to_vec();
-    p.push(0);
-    let addr = t.put(&p).rat(pid, "write cwd")?;
-    t.syscall(nr::CHDIR, &[addr])
-        .rat(pid, format!("chdir {cwd}"))?;
+    let cwd = files.reg_path(fs.cwd_id).unwrap_or("/").to_string();
+    let root = files.reg_path(fs.root_id).unwrap_or("/").to_string();
+    let ghost = files.remaps.get(&fs.cwd_id).copied();
+    let reg = files.entries.get(&fs.cwd_id).and_then(|e| e.reg.clone());
+    if let (Some(g), Some(reg)) = (ghost, reg) {
+        // a cwd deleted at dump: made again, entered, removed
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let fd = crate::files::ghost::open(t, &reg, flags, g, files)?;
+        let r = t
+            .syscall(nr::FCHDIR, &[fd])
+            .rat(pid, format!("fchdir to {cwd}"));
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close the cwd")?;
+        r?;
+    } else {
+        let mut p = cwd.as_bytes().to_vec();
+        p.push(0);
+        let addr = t.put(&p).rat(pid, "write cwd")?;
+        t.syscall(nr::CHDIR, &[addr])
+            .rat(pid, format!("chdir {cwd}"))?;
+    }
     if root != "/" {
         let mut p = root.as_bytes().to_vec();
         p.push(0);
