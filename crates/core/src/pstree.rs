@@ -187,7 +187,11 @@ impl Seized {
                         if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => {}
                     // Another tracer holds it (a debugger, or a task of
                     // the tree tracing another): said as such.
-                    Err(_) if tracer_of(pid, tid).is_some_and(|t| t != 0) => {
+                    Err(crest_inject::InjectError::Ptrace {
+                        op: "PTRACE_SEIZE", ..
+                    }) if tracer_of(pid, tid)
+                        .is_some_and(|t| t != 0 && t != std::process::id() as i32) =>
+                    {
                         let tracer = tracer_of(pid, tid).unwrap_or(0);
                         let inside = if self.attached.contains(&tracer) || tracer == pid {
                             "a task of the tree"

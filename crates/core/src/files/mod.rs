@@ -30,6 +30,7 @@ pub mod lock;
 pub mod mcast;
 pub mod memfd;
 pub mod mqueue;
+pub mod nsfile;
 pub mod pidfd;
 pub mod pipe;
 pub mod restore;
@@ -184,6 +185,7 @@ impl FileTable {
             entry.memfd.as_mut().map(|e| &mut e.id),
             entry.pidfd.as_mut().map(|e| &mut e.id),
             entry.ext.as_mut().map(|e| &mut e.id),
+            entry.nsf.as_mut().map(|e| &mut e.id),
         ];
         for slot in inner.into_iter().flatten() {
             *slot = id;
@@ -280,6 +282,9 @@ fn dump_one(
     }
     if let Some(id) = table.dump_tty(pid, fd, link, flags)? {
         return Ok((FdTypes::Tty, id));
+    }
+    if let Some(entry) = nsfile::dump(pid, fd, link, flags)? {
+        return Ok((FdTypes::Ns, table.push(entry)));
     }
     if !link.starts_with('/') {
         return Err(unsupported(kind_of_link(link)));

@@ -329,6 +329,9 @@ fn make_one(
         Ok(FdTypes::Pidfd) => {
             pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)
         }
+        Ok(FdTypes::Ns) => {
+            super::nsfile::open(t, entry.nsf.as_ref().ok_or_else(|| missing("nsf"))?)
+        }
         _ => Err(RestoreError::Unsupported {
             pid,
             what: format!("fd {} of type {}", fi.fd, fi.r#type),
