@@ -291,11 +291,22 @@ fn start_and_dump(
     cg.enter(&pids)?;
     let view = cg.view();
     let member = cgroups_of(&pids);
+    dump_with(cfg, dir, (pid, &tree), dump_args, procs)?;
+    Ok((pid, tree, view, member))
+}
+
+/// `crest dump` of the tree of `pid` with `extra` options; the tree dies.
+fn dump_with(
+    cfg: &Config,
+    dir: &CaseDir,
+    (pid, tree): (Pid, &procs::Tree),
+    extra: &[&str],
+    procs: &mut Procs,
+) -> Result<()> {
     let (images, pid_s) = (s(&dir.images), pid.to_string());
     let mut args = vec!["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"];
-    args.extend_from_slice(dump_args);
-    dump_ok(cfg, dir, &args, pid, &tree, procs)?;
-    Ok((pid, tree, view, member))
+    args.extend_from_slice(extra);
+    dump_ok(cfg, dir, &args, pid, tree, procs).map(drop)
 }
 
 /// A restore with `mode` that must succeed; then the cgroups must show
@@ -519,18 +530,7 @@ fn tasks_apart(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     if member[&pid.as_raw()] == member[&child] || member[&child] == member[&grand] {
         bail!("the harness could not put the tasks apart: {member:?}");
     }
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    let args = [
-        "dump",
-        "-t",
-        &pid_s,
-        "-D",
-        &images,
-        "-o",
-        "dump.log",
-        "--manage-cgroups",
-    ];
-    dump_ok(cfg, dir, &args, pid, &tree, procs)?;
+    dump_with(cfg, dir, (pid, &tree), &["--manage-cgroups"], procs)?;
     cg.remove()?;
     beside.remove()?;
     restore_checked(
@@ -637,23 +637,13 @@ fn unmounted(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
         bail!("the harness could not put the tree in its hierarchy: {member:?}");
     }
     h.umount()?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    let args = [
-        "dump",
-        "-t",
-        &pid_s,
-        "-D",
-        &images,
-        "-o",
-        "dump.log",
-        "--manage-cgroups",
-    ];
-    dump_ok(cfg, dir, &args, pid, &tree, procs)?;
+    dump_with(cfg, dir, (pid, &tree), &["--manage-cgroups"], procs)?;
     // the hierarchy goes with its last cgroup
     h.mount()?;
     fs::remove_dir(&sub)?;
     fs::remove_dir(&x)?;
     h.umount()?;
+    let images = s(&dir.images);
     let restore = [
         "restore",
         "-D",

@@ -68,22 +68,7 @@ impl FileTable {
             Some(id) => *id,
             // a directory or a device node: nothing but its inode
             None if !meta.is_file() => {
-                use std::os::unix::fs::FileTypeExt;
-                let entry = GhostFileEntry {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mode: meta.mode(),
-                    dev: Some(meta.dev() as u32),
-                    ino: Some(meta.ino()),
-                    rdev: meta
-                        .file_type()
-                        .is_char_device()
-                        .then_some(meta.rdev() as u32),
-                    chunks: None,
-                    size: None,
-                    crest_times: Some(times_of(meta)),
-                };
-                g.ghosts.push((entry, pid, source));
+                g.ghosts.push((ghost_entry(meta, None), pid, source));
                 g.extents.push(None);
                 let id = g.ghosts.len() as u32;
                 g.by_inode.insert(key, id);
@@ -102,18 +87,8 @@ impl FileTable {
                     )));
                 }
                 let sparse = data < meta.len();
-                let entry = GhostFileEntry {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mode: meta.mode(),
-                    dev: Some(meta.dev() as u32),
-                    ino: Some(meta.ino()),
-                    rdev: None,
-                    chunks: sparse.then_some(true),
-                    size: Some(meta.len()),
-                    crest_times: Some(times_of(meta)),
-                };
-                g.ghosts.push((entry, pid, source));
+                g.ghosts
+                    .push((ghost_entry(meta, Some(sparse)), pid, source));
                 g.extents.push(sparse.then_some(extents));
                 let id = g.ghosts.len() as u32;
                 g.by_inode.insert(key, id);
@@ -126,6 +101,26 @@ impl FileTable {
             remap_type: Some(RemapType::Ghost as i32),
         });
         Ok(())
+    }
+}
+
+/// The ghost entry of a deleted file (`sparse`: whether its contents go
+/// as chunks; None for a directory or device node, which has none).
+fn ghost_entry(meta: &std::fs::Metadata, sparse: Option<bool>) -> GhostFileEntry {
+    use std::os::unix::fs::FileTypeExt;
+    GhostFileEntry {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode(),
+        dev: Some(meta.dev() as u32),
+        ino: Some(meta.ino()),
+        rdev: meta
+            .file_type()
+            .is_char_device()
+            .then_some(meta.rdev() as u32),
+        chunks: sparse.filter(|s| *s),
+        size: sparse.map(|_| meta.len()),
+        crest_times: Some(times_of(meta)),
     }
 }
 
