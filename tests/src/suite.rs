@@ -63,6 +63,7 @@ pub fn workloads() -> Vec<Workload> {
         c("file_locks", &[], Settle::Blocked),
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
+        script("python_multiprocessing", "/usr/bin/python3", "multiproc.py"),
     ]
 }
 
