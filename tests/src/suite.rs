@@ -49,6 +49,7 @@ pub fn workloads() -> Vec<Workload> {
         c("stopped", &[], Settle::Blocked),
         c("novdso", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
+        c("unix_relative", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),
         c("fds_many", &[], Settle::Blocked),
         c("fds_fork", &[], Settle::Blocked),

@@ -109,14 +109,31 @@ impl FileTable {
         let name = d.name.clone().unwrap_or_default();
         let mut perms = None;
         let mut deleted = None;
+        let mut name_dir = None;
         if !name.is_empty() && name[0] != 0 {
-            if name[0] != b'/' {
-                return Err(unsupported(format!(
-                    "a unix socket bound to the relative path {}",
-                    show_name(&name)
-                )));
-            }
-            let path = format!("/proc/{pid}/root{}", show_name(&name));
+            let full = if name[0] == b'/' {
+                show_name(&name)
+            } else {
+                // bound to a relative path: in the task's cwd, where it is
+                // found again (CRIU's name_dir)
+                let cwd =
+                    crate::procfs::read_link(&format!("/proc/{pid}/cwd")).at(pid, "read cwd")?;
+                let full = format!("{}/{}", cwd.trim_end_matches('/'), show_name(&name));
+                let m = std::fs::symlink_metadata(format!("/proc/{pid}/root{full}")).ok();
+                let found = m
+                    .zip(d.vfs)
+                    .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
+                if !found {
+                    return Err(unsupported(format!(
+                        "a unix socket bound to the relative path {} that is not in the \
+                         task's cwd ({cwd})",
+                        show_name(&name)
+                    )));
+                }
+                name_dir = Some(cwd);
+                full
+            };
+            let path = format!("/proc/{pid}/root{full}");
             let m = std::fs::symlink_metadata(&path).ok();
             let same = m
                 .as_ref()
@@ -190,7 +207,7 @@ impl FileTable {
             name,
             shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
             file_perms: perms,
-            name_dir: None,
+            name_dir,
             deleted,
         };
         let id = self.push(FileEntry {
@@ -563,11 +580,56 @@ fn name_taken(files: &super::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
 
 fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
+    let relative = u.name.first().is_some_and(|&c| c != 0 && c != b'/');
+    let Some(dir) = u.name_dir.as_deref().filter(|_| relative) else {
+        if relative {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: crest_images::names::FILES.into(),
+                what: format!(
+                    "a unix socket bound to the relative path {} without its directory",
+                    show_name(&u.name)
+                ),
+            });
+        }
+        return bind_in(t, fd, u, &show_name(&u.name));
+    };
+    // bound from its directory, as it was: the task goes there for the
+    // bind, and back
+    let full = format!("{}/{}", dir.trim_end_matches('/'), show_name(&u.name));
+    let dot = kept::put(t, b".\0")?;
+    let back = t
+        .syscall(
+            nr::OPENAT,
+            &[
+                libc::AT_FDCWD as u64,
+                dot,
+                (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                0,
+            ],
+        )
+        .rat(pid, "open the cwd")?;
+    let mut d = dir.as_bytes().to_vec();
+    d.push(0);
+    let at = kept::put(t, &d)?;
+    let bound = t
+        .syscall(nr::CHDIR, &[at])
+        .rat(pid, format!("chdir {dir}"))
+        .and_then(|_| bind_in(t, fd, u, &full));
+    let came_back = t.syscall(nr::FCHDIR, &[back]).rat(pid, "fchdir back");
+    t.syscall(nr::CLOSE, &[back]).rat(pid, "close the cwd")?;
+    bound?;
+    came_back.map(drop)
+}
+
+/// Binds to `u`'s name, whose file is at `path` (absolute, in the task's
+/// root).
+fn bind_in(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
     if u.deleted == Some(true) && u.name.first() != Some(&0) {
-        return bind_deleted(t, fd, u);
+        return bind_deleted(t, fd, u, path);
     }
     if u.name.first() != Some(&0) {
-        let path = String::from_utf8_lossy(&u.name).into_owned();
         let here = format!("/proc/{pid}/root{path}");
         // The dumped socket left its file behind: remove that (and only a
         // socket file) to bind again.
@@ -580,7 +642,7 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
     t.syscall(nr::BIND, &[fd, addr, len])
         .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)))?;
     if let Some(p) = &u.file_perms {
-        let here = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&u.name));
+        let here = format!("/proc/{pid}/root{path}");
         std::fs::set_permissions(&here, std::fs::Permissions::from_mode(p.mode))
             .rat(pid, "chmod a socket file")?;
         std::os::unix::fs::lchown(&here, Some(p.uid), Some(p.gid))
@@ -590,11 +652,10 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
 }
 
 /// A socket whose file was removed (or replaced by another file) since it
-/// was bound: bound to its name again, its file removed again; whatever
-/// holds the name now steps aside meanwhile.
-fn bind_deleted(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
+/// was bound: bound to its name again, its file (at `path`) removed again;
+/// whatever holds the name now steps aside meanwhile.
+fn bind_deleted(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let path = String::from_utf8_lossy(&u.name).into_owned();
     let here = format!("/proc/{pid}/root{path}");
     let aside = format!("{here}.crest-aside-{}", u.ino);
     let occupied = std::fs::symlink_metadata(&here).is_ok();
