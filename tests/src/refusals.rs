@@ -5,7 +5,10 @@
 //! - `netfilter_refused`: a network namespace with firewall state (an
 //!   nftables table and a legacy iptables rule);
 //! - `tmpfs_covered_refused`: a tmpfs with a file that a bind mount on the
-//!   same mountpoint covers (its files cannot be read by path).
+//!   same mountpoint covers (its files cannot be read by path);
+//! - `ebpf_filter_refused`: a socket filter attached with `SO_ATTACH_BPF`;
+//! - `traced_task_refused`: a child its parent traces (`traced`): the
+//!   refusal says which task traces which.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -20,10 +23,11 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 3] = [
+const CASES: [(&str, DirCase); 4] = [
     ("netfilter_refused", netfilter_refused),
     ("tmpfs_covered_refused", tmpfs_covered_refused),
     ("ebpf_filter_refused", ebpf_filter_refused),
+    ("traced_task_refused", traced_task_refused),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -69,6 +73,23 @@ fn ebpf_filter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         (&[], "true"),
         ("sock_attrs", "ebpf"),
         &["SO_ATTACH_BPF"],
+    )
+}
+
+/// A task another task of the tree traces: crest cannot seize it.
+fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if !found("unshare") {
+        return Ok(Outcome::Skip(
+            "unshare not found (Debian package util-linux)".into(),
+        ));
+    }
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("traced", ""),
+        &["traced by pid", "a task of the tree"],
     )
 }
 
@@ -146,7 +167,17 @@ fn refused_in(
     if !want.iter().all(|w| said.contains(w)) {
         bail!(ran.failure(&format!("crest dump (expected a refusal naming {want:?})")));
     }
-    let stuck = procs::tree_problems(root);
+    // (a task traced by another of the tree, as `traced` sets up, is how
+    // the tree was)
+    let tree = procs::tree_snapshot(root).unwrap_or_default();
+    let stuck: Vec<String> = procs::tree_problems(root)
+        .into_iter()
+        .filter(|p| {
+            !p.rsplit_once(" is traced by ")
+                .and_then(|(_, t)| t.trim().parse::<i32>().ok())
+                .is_some_and(|t| tree.contains_key(&t))
+        })
+        .collect();
     if !stuck.is_empty() {
         bail!(
             "the refused dump left the tree disturbed:\n  {}",
