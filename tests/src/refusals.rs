@@ -61,11 +61,6 @@ fn netfilter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
 /// A socket filter attached with `SO_ATTACH_BPF`: the kernel keeps no copy
 /// crest could read back, so the dump is refused naming it.
 fn ebpf_filter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    if !found("unshare") {
-        return Ok(Outcome::Skip(
-            "unshare not found (Debian package util-linux)".into(),
-        ));
-    }
     refused_in(
         cfg,
         dir,
@@ -78,11 +73,6 @@ fn ebpf_filter_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
 
 /// A task another task of the tree traces: crest cannot seize it.
 fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    if !found("unshare") {
-        return Ok(Outcome::Skip(
-            "unshare not found (Debian package util-linux)".into(),
-        ));
-    }
     refused_in(
         cfg,
         dir,
@@ -94,11 +84,6 @@ fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
 }
 
 fn tmpfs_covered_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    if !found("unshare") {
-        return Ok(Outcome::Skip(
-            "unshare not found (Debian package util-linux)".into(),
-        ));
-    }
     refused(
         cfg,
         dir,
@@ -132,6 +117,11 @@ fn refused_in(
     (program, args): (&str, &str),
     want: &[&str],
 ) -> Result<Outcome> {
+    if !found("unshare") {
+        return Ok(Outcome::Skip(
+            "unshare not found (Debian package util-linux)".into(),
+        ));
+    }
     let script = format!(
         "{setup} && exec {} {} {args}",
         cfg.workload(program).display(),
