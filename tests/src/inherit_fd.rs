@@ -9,6 +9,19 @@
 //! The workload is `small_tree` (three processes sharing stdout), started
 //! with its stdout on a pipe; the harness checks the verdict and that the
 //! pipe carried "before" and, after the restore, "after".
+//!
+//! `external_namespaces`: a container that shares the pid and net
+//! namespaces of another, as runc makes one whose config.json gives those
+//! namespaces a path (runc then passes `external pid[INO]:extRootPidNS`
+//! and `net[INO]:extRootNetNS`). The holder is `unshare -p -n -f` running
+//! an init that reaps (SIGCHLD ignored); `small_tree` is started inside
+//! with `nsenter -p -n`, so its root is pid 42-ish there, not pid 1. A dump
+//! without `--external` is refused naming the option, the tree running
+//! on; with `--external pid[INO]:extpid --external net[INO]:extnet` it is
+//! dumped; a restore without the fds is refused naming the key, leaving no
+//! task in the holder's namespace; with `--inherit-fd fd[3]:extpid
+//! --inherit-fd fd[4]:extnet` the tree comes back inside the holder's
+//! namespaces with every pid it had there, and runs its own check.
 
 use std::fs;
 use std::io::Read;
@@ -25,7 +38,10 @@ use crate::procs::{self, alive, exists, wait_until, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 1] = [("pipe_inherit_fd", pipe_inherit_fd)];
+const CASES: [(&str, DirCase); 2] = [
+    ("pipe_inherit_fd", pipe_inherit_fd),
+    ("external_namespaces", external_namespaces),
+];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     case::run_root_cases(cfg, report, selected, &CASES);
@@ -97,6 +113,225 @@ fn pipe_inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
     if !matches!((before, after), (Some(b), Some(a)) if b < a) {
         bail!("the pipe carried {text:?}, expected \"before\" then \"after\"");
     }
+    procs::reap_zombie_children();
+    Ok(verdict)
+}
+
+/// The holder's init: pid 1 of the shared namespaces, reaping every orphan
+/// (SIGCHLD ignored) so the dumped tree's pids are freed there.
+const HOLDER_INIT: &str =
+    "import signal,time; signal.signal(signal.SIGCHLD, signal.SIG_IGN); time.sleep(100000)";
+
+/// Every pid in /proc.
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn in_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// The inside ids (last `NSpid` field) of `root` and its descendants,
+/// sorted, and the crest-level pids.
+fn inner_pids(root: Pid) -> Result<(Vec<i32>, Vec<i32>)> {
+    let tree = procs::tree_snapshot(root)?;
+    let mut inner = Vec::new();
+    for pid in tree.keys() {
+        let ids =
+            crate::ns::nspid(Pid::from_raw(*pid)).with_context(|| format!("NSpid of pid {pid}"))?;
+        inner.push(*ids.last().context("an empty NSpid")?);
+    }
+    inner.sort_unstable();
+    Ok((inner, tree.keys().copied().collect()))
+}
+
+fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    for bin in ["unshare", "nsenter", "python3"] {
+        if !in_path(bin) {
+            return Ok(Outcome::Skip(format!("{bin} is not installed")));
+        }
+    }
+    let holder = Command::new("unshare")
+        .args([
+            "-p",
+            "-n",
+            "-f",
+            "--kill-child",
+            "python3",
+            "-c",
+            HOLDER_INIT,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn the holder (unshare -p -n -f)")?;
+    let holder = Pid::from_raw(holder.id() as i32);
+    procs.track(holder);
+    let mut init = None;
+    wait_until(Duration::from_secs(5), || {
+        init = crate::containers::only_child(holder)
+            .ok()
+            .filter(|c| crate::ns::nspid(*c).is_some_and(|v| v.last() == Some(&1)));
+        init.is_some()
+    });
+    let init = init.context("the holder's init (pid 1 of its namespaces) did not appear")?;
+    let ns_link = |p: Pid, kind: &str| fs::read_link(format!("/proc/{p}/ns/{kind}"));
+    let ino = |kind: &str| -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(fs::metadata(format!("/proc/{init}/ns/{kind}"))?.ino())
+    };
+    let (pid_ino, net_ino) = (ino("pid")?, ino("net")?);
+
+    let entered = Command::new("nsenter")
+        .args(["-t", &init.to_string(), "-p", "-n", "--"])
+        .arg(cfg.workload("launch"))
+        .arg(cfg.workload("small_tree"))
+        .arg(&dir.state)
+        .current_dir(&dir.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn nsenter -p -n small_tree")?;
+    let entered = Pid::from_raw(entered.id() as i32);
+    procs.track(entered);
+    // (the ready file names the root's pid inside)
+    if !wait_until(Duration::from_secs(10), || dir.state.join("ready").exists()) {
+        bail!("small_tree inside the holder's namespaces was not ready after 10 s");
+    }
+    let root = crate::containers::only_child(entered)?;
+    procs.track(root);
+    let (inner_before, _) = inner_pids(root)?;
+    if inner_before.first() == Some(&1) {
+        bail!("the workload's root is pid 1 inside the holder's namespace");
+    }
+
+    // the root's pid namespace has its init outside the tree
+    let ran = crest::run(
+        case::dump_command(&cfg.crest, dir, root, false),
+        &dir.root,
+        "dump-refused",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if ran.success() {
+        bail!("crest dumped a tree whose pid namespace's init is outside it, without --external");
+    }
+    if !ran.stderr.contains("--external pid[") {
+        bail!(ran.failure("crest dump (expected a refusal naming --external pid[INODE]:KEY)"));
+    }
+    if !alive(root) {
+        bail!("the refused dump harmed the tree: pid {root} is gone");
+    }
+
+    let mut dump = case::dump_command(&cfg.crest, dir, root, false);
+    dump.args([
+        format!("--external=pid[{pid_ino}]:extpid"),
+        format!("--external=net[{net_ino}]:extnet"),
+    ]);
+    let ran = crest::run(dump, &dir.root, "dump", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump --external pid[..] --external net[..]"));
+    }
+    // nsenter reaps the root; the init inside reaps the rest
+    if !matches!(
+        procs::wait_exit(entered, Duration::from_secs(10))?,
+        procs::Waited::Exited(_)
+    ) {
+        bail!("nsenter (pid {entered}) did not end after the dump killed its child");
+    }
+    procs.untrack(entered);
+    procs.untrack(root);
+    let gone = || {
+        all_pids()
+            .into_iter()
+            .filter(|p| *p != init.as_raw())
+            .all(|p| ns_link(Pid::from_raw(p), "pid").ok() != ns_link(init, "pid").ok())
+    };
+    if !wait_until(Duration::from_secs(5), gone) {
+        bail!("tasks of the dumped tree are left in the holder's pid namespace");
+    }
+    crate::crit::require(dir, procs)?;
+
+    let images = dir.images.to_string_lossy().to_string();
+    let pidfile = dir.root.join("restore.pid");
+    let restore = |tag: &str, fds: bool| {
+        let mut cmd = Command::new("sh");
+        let redirect = if fds {
+            format!("3</proc/{init}/ns/pid 4</proc/{init}/ns/net")
+        } else {
+            String::new()
+        };
+        cmd.arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" {redirect}"))
+            .arg(&cfg.crest)
+            .args(["restore", "-D", &images, "-d", "--pidfile"])
+            .arg(&pidfile)
+            .args(["-o", &format!("{tag}.log"), "-v4"]);
+        if fds {
+            cmd.args([
+                "--inherit-fd",
+                "fd[3]:extpid",
+                "--inherit-fd",
+                "fd[4]:extnet",
+            ]);
+        }
+        cmd
+    };
+    let ran = crest::run(
+        restore("restore-refused", false),
+        &dir.root,
+        "restore-refused",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if ran.success() {
+        bail!("crest restored into an external pid namespace it was given no fd of");
+    }
+    if !(ran.stderr.contains("extpid") && ran.stderr.contains("--inherit-fd")) {
+        bail!(ran.failure("crest restore (expected a refusal naming extpid and --inherit-fd)"));
+    }
+    if !wait_until(Duration::from_secs(5), gone) {
+        bail!("the refused restore left tasks in the holder's pid namespace");
+    }
+
+    let ran = crest::run(
+        restore("restore", true),
+        &dir.root,
+        "restore",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore --inherit-fd fd[3]:extpid --inherit-fd fd[4]:extnet"));
+    }
+    let new: i32 = fs::read_to_string(&pidfile)
+        .context("read the pidfile")?
+        .trim()
+        .parse()
+        .context("parse the pidfile")?;
+    let new = Pid::from_raw(new);
+    procs.track(new);
+    let (inner_after, outer) = inner_pids(new)?;
+    for p in outer {
+        for kind in ["pid", "net"] {
+            let (theirs, holders) = (ns_link(Pid::from_raw(p), kind)?, ns_link(init, kind)?);
+            if theirs != holders {
+                bail!("restored pid {p} is in {theirs:?}, not the holder's {holders:?}");
+            }
+        }
+    }
+    if inner_after != inner_before {
+        bail!("the pids inside the holder's namespace were {inner_before:?}, now {inner_after:?}");
+    }
+    let verdict = case::finish(dir, new, StdioKind::DevNull, procs)?;
     procs::reap_zombie_children();
     Ok(verdict)
 }

@@ -189,9 +189,9 @@ fn collect_and_write(
         (Some(&opts.external), mnt_opts),
         opts.empty_ns,
     )?;
-    let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+    let pids = PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1, &opts.external)?;
     others.resolve_proc_pidns(&pids)?;
-    pids.check_inits(&users, |pid| {
+    pids.check_inits(&users, opts.pid, |pid| {
         procfs::read_status(pid)
             .ok()
             .and_then(|s| s.ns_pid.last().copied())

@@ -424,17 +424,19 @@ impl Options {
             {
                 continue;
             }
-            // net[INO]:KEY, a net namespace from outside (runtimes')
-            let ext_net = e
-                .strip_prefix("net[")
-                .and_then(|r| r.split_once("]:"))
-                .is_some_and(|(i, k)| i.parse::<u64>().is_ok() && !k.is_empty());
-            if ext_net {
+            // net[INO]:KEY and pid[INO]:KEY, namespaces from outside
+            // (runtimes')
+            let ext_ns = ["net[", "pid["].iter().any(|kind| {
+                e.strip_prefix(kind)
+                    .and_then(|r| r.split_once("]:"))
+                    .is_some_and(|(i, k)| i.parse::<u64>().is_ok() && !k.is_empty())
+            });
+            if ext_ns {
                 continue;
             }
             r.push(Refused {
                 option: format!("--external {e}"),
-                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME, external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore) and external net namespaces as net[INODE]:KEY".into(),
+                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME, external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore) and external net and pid namespaces as net[INODE]:KEY and pid[INODE]:KEY".into(),
             });
         }
         for (fd, key) in &self.inherit_fd {

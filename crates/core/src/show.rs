@@ -227,8 +227,12 @@ pub fn ns_graph_of_tree(pid: i32) -> Result<String, crate::DumpError> {
                 }
             }
             let others = crate::ns::other::OtherGraph::collect(&live, &users)?;
-            let pidns =
-                crate::ns::pid::PidnsGraph::collect(&live, &users, others.list.len() as u32 + 1)?;
+            let pidns = crate::ns::pid::PidnsGraph::collect(
+                &live,
+                &users,
+                others.list.len() as u32 + 1,
+                &[],
+            )?;
             Ok(users.render() + &others.render(&users) + &pidns.render(&users))
         };
         match read() {

@@ -1042,7 +1042,7 @@ pub fn own_net_ns(pid: i32) -> bool {
 
 /// The key of `--external KIND[INO]:KEY` naming the namespace with inode
 /// `ino`.
-fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
+pub(crate) fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
     externals.iter().find_map(|e| {
         let (i, key) = e.strip_prefix(kind)?.strip_prefix('[')?.split_once("]:")?;
         (i.parse::<u64>().ok()? == ino && !key.is_empty()).then(|| key.to_string())

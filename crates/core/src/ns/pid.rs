@@ -32,6 +32,11 @@ pub struct Pidns {
     pub owner_userns: u32,
     pub depth: u32,
     ino: u64,
+    /// A namespace from outside the tree (CRIU's `--external
+    /// pid[INO]:KEY`, a container sharing another's pid namespace): its
+    /// init is not dumped; the restore forks the root into the namespace
+    /// given with `--inherit-fd fd[N]:KEY`.
+    pub external_key: Option<String>,
 }
 
 /// The tree's pid namespaces and which task is in which.
@@ -44,11 +49,13 @@ pub struct PidnsGraph {
 
 impl PidnsGraph {
     /// Finds the pid namespaces of `pids` below crest's. `first_id` keeps
-    /// the ids apart from the other namespaces in `crest-ns.img`.
+    /// the ids apart from the other namespaces in `crest-ns.img`;
+    /// `externals` are the dump's `--external` entries.
     pub fn collect(
         pids: &[i32],
         users: &UsernsGraph,
         first_id: u32,
+        externals: &[String],
     ) -> Result<PidnsGraph, DumpError> {
         let me = std::process::id() as i32;
         let mine = ino_of("/proc/self/ns/pid").at(me, "stat crest's pid namespace")?;
@@ -62,6 +69,9 @@ impl PidnsGraph {
             let fd: OwnedFd = File::open(&path).at(pid, "open a pid namespace")?.into();
             let id = g.add(pid, fd, ino, mine, users, first_id)?;
             g.tasks.push((pid, id));
+        }
+        for n in &mut g.list {
+            n.external_key = super::other::external_ns(externals, "pid", n.ino);
         }
         Ok(g)
     }
@@ -106,6 +116,7 @@ impl PidnsGraph {
             owner_userns,
             depth,
             ino,
+            external_key: None,
         });
         Ok(id)
     }
@@ -130,10 +141,12 @@ impl PidnsGraph {
     /// user namespace (restore forks it from inside). A namespace none of
     /// the tree's tasks is in lies above the tree's root (a container
     /// inside another dumped by its init): restore makes the root's
-    /// namespace afresh and leaves those out.
+    /// namespace afresh and leaves those out. An external namespace is
+    /// the root's (`root`), and its init is not in the tree.
     pub fn check_inits(
         &self,
         users: &UsernsGraph,
+        root: i32,
         inner_pid: impl Fn(i32) -> Option<i32>,
     ) -> Result<(), DumpError> {
         for n in &self.list {
@@ -144,6 +157,26 @@ impl PidnsGraph {
                 .tasks
                 .iter()
                 .find(|(p, id)| *id == n.id && inner_pid(*p) == Some(1));
+            if let Some(key) = &n.external_key {
+                let refuse = |pid: i32, what: &str| DumpError::Unsupported {
+                    pid,
+                    what: format!("--external pid[..]:{key}: {what}"),
+                };
+                if self.ns_of(root) != Some(n.id) {
+                    let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
+                    return Err(refuse(
+                        pid,
+                        "an external pid namespace that is not the root's",
+                    ));
+                }
+                if let Some((p, _)) = init {
+                    return Err(refuse(
+                        *p,
+                        "an external pid namespace whose init (pid 1) is in the tree",
+                    ));
+                }
+                continue;
+            }
             let nested_owner = users
                 .node(n.owner_userns)
                 .is_some_and(|u| u.parent.is_some());
@@ -163,7 +196,9 @@ impl PidnsGraph {
                 let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
                 return Err(DumpError::Unsupported {
                     pid,
-                    what: "a pid namespace whose init (pid 1) is not in the dumped tree".into(),
+                    what: "a pid namespace whose init (pid 1) is not in the dumped tree (the \
+                           root's may be the caller's: --external pid[INODE]:KEY)"
+                        .into(),
                 });
             }
         }
@@ -179,6 +214,7 @@ impl PidnsGraph {
                 nstype: libc::CLONE_NEWPID as u32,
                 owner_userns: n.owner_userns,
                 parent: n.parent,
+                external_key: n.external_key.clone(),
                 ..Default::default()
             })
             .collect()
@@ -213,6 +249,7 @@ impl PidnsGraph {
                 owner_userns: e.owner_userns,
                 depth,
                 ino: 0,
+                external_key: e.external_key.clone(),
             });
         }
         for (pid, id) in tasks {

@@ -54,7 +54,7 @@ pub(super) fn fork_tree(
     dir: &std::path::Path,
     (userns, others_h): (&ns::user::Helpers, &ns::other::Helpers),
     writers: &mut ns::pid::Writers,
-    sibling: bool,
+    (sibling, ext_pidns): (bool, Option<&std::os::fd::OwnedFd>),
     cgroups: &[ns::cgroup::Place],
 ) -> Result<Forked, RestoreError> {
     let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
@@ -84,7 +84,7 @@ pub(super) fn fork_tree(
         cur_userns[0] = root_owner;
         t
     } else {
-        spawn_root(&imgs[0], root_new_pidns, sibling)?
+        spawn_root(&imgs[0], root_new_pidns, sibling, ext_pidns)?
     };
     ns::cgroup::place(root.pid(), cgroups)?;
     sharing.held.push(Vec::new());
@@ -478,6 +478,9 @@ pub(super) fn new_pidns(
     let node = g
         .node(ns)
         .ok_or_else(|| imgs[k].bad("an unknown pid namespace"))?;
+    if p.is_none() && node.external_key.is_some() {
+        return Ok(false); // the caller's: the root is forked into it
+    }
     // (the root's namespace is made below crest's whatever its parent was)
     if (p.is_some() && node.parent != parent_ns) || imgs[k].inner_tid(0) != Some(1) {
         return Err(imgs[k].bad(
@@ -488,12 +491,15 @@ pub(super) fn new_pidns(
 }
 
 /// Forks the root task from crest with its old pid at every level, or as
-/// pid 1 of a new pid namespace if it was an init; a `sibling` (CRIU's
-/// `--restore-sibling`) becomes a child of crest's parent.
+/// pid 1 of a new pid namespace if it was an init, or with its old pid
+/// inside the caller's pid namespace `join` (an external one); a
+/// `sibling` (CRIU's `--restore-sibling`) becomes a child of crest's
+/// parent.
 pub(super) fn spawn_root(
     img: &TaskImage,
     new_pidns: bool,
     sibling: bool,
+    join: Option<&std::os::fd::OwnedFd>,
 ) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
     let set_tid = img.set_tid(0);
@@ -502,11 +508,30 @@ pub(super) fn spawn_root(
     } else {
         0
     };
+    // crest's children go into the caller's namespace for this one fork
+    let back = match join {
+        Some(fd) => {
+            let mine =
+                std::fs::File::open("/proc/self/ns/pid").rat(pid, "open crest's pid namespace")?;
+            crest_sys::ns::setns(fd, libc::CLONE_NEWPID)
+                .rat(pid, "setns into the external pid namespace")?;
+            Some(mine)
+        }
+        None => None,
+    };
     let spawned = if sibling {
         spawn_sibling(&set_tid, session_of(img), flags)
     } else {
         spawn_stopped_with(&set_tid, session_of(img), flags)
     };
+    if let Some(mine) = back {
+        if let Err(e) = crest_sys::ns::setns(&mine, libc::CLONE_NEWPID) {
+            if let Ok(child) = spawned {
+                let _ = crest_sys::misc::kill(child, libc::SIGKILL);
+            }
+            return Err(e).rat(pid, "setns back to crest's pid namespace");
+        }
+    }
     let child = spawned.map_err(|e| match e.raw_os_error() {
         Some(libc::EEXIST) => RestoreError::PidTaken { pid },
         _ => RestoreError::Io {

@@ -232,7 +232,17 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let cut = fresh_levels(&imgs)?;
+    let pid_of: Vec<(i32, u32)> = imgs
+        .iter()
+        .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
+        .collect();
+    let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
+        .map_err(|what| RestoreError::BadImage {
+            pid: 0,
+            file: names::CREST_NS.into(),
+            what,
+        })?;
+    let cut = fresh_levels(&imgs, &pidns)?;
     for img in &mut imgs {
         img.cut = cut;
     }
@@ -250,16 +260,6 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         })
         .collect();
     let others = ns::other::OtherGraph::read(dir, &other_of)?;
-    let pid_of: Vec<(i32, u32)> = imgs
-        .iter()
-        .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
-        .collect();
-    let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
-        .map_err(|what| RestoreError::BadImage {
-            pid: 0,
-            file: names::CREST_NS.into(),
-            what,
-        })?;
     Ok(TreeImages {
         imgs,
         users,
@@ -270,13 +270,31 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
 }
 
 /// How many outer levels of every task's ids the kernel picks: all above
-/// the root's pid namespace when the root is its init, none otherwise.
-/// Every task must then have ids inside that namespace.
-pub(super) fn fresh_levels(imgs: &[TaskImage]) -> Result<usize, RestoreError> {
+/// the root's pid namespace when the root is its init or the namespace is
+/// an external one (the caller's: the root is forked into it), none
+/// otherwise. Every task must then have ids inside that namespace.
+pub(super) fn fresh_levels(
+    imgs: &[TaskImage],
+    pidns: &ns::pid::PidnsGraph,
+) -> Result<usize, RestoreError> {
     let root = &imgs[0];
     let levels = root.set_tid(0);
-    if root.ids.pid_ns_id.is_none() || levels.first() != Some(&1) {
+    if pidns
+        .list
+        .iter()
+        .any(|n| n.external_key.is_some() && Some(n.id) != root.ids.pid_ns_id)
+    {
+        return Err(root.bad("an external pid namespace that is not the root's"));
+    }
+    let Some(own) = root.ids.pid_ns_id else {
         return Ok(0);
+    };
+    let external = pidns.node(own).is_some_and(|n| n.external_key.is_some());
+    if levels.first() != Some(&1) && !external {
+        return Ok(0);
+    }
+    if external && levels.len() < 2 {
+        return Err(root.bad("no id in the external pid namespace of the tree's root"));
     }
     let cut = levels.len() - 1;
     for img in imgs {

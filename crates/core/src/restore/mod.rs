@@ -125,6 +125,29 @@ fn restore_tree(
     }
     let ti = ti;
     check_privilege(caller, &ti, &opts.join_ns)?;
+    // CRIU's --external pid[INO]:KEY at dump: the root goes into the
+    // caller's pid namespace, given with --inherit-fd fd[N]:KEY
+    let ext_pidns = match ti.imgs[0]
+        .ids
+        .pid_ns_id
+        .and_then(|n| ti.pidns.node(n))
+        .and_then(|n| n.external_key.as_ref())
+    {
+        Some(key) => {
+            let fd = files
+                .inherit
+                .get(key)
+                .ok_or_else(|| RestoreError::Unsupported {
+                    pid: ti.imgs[0].pid(),
+                    what: format!(
+                        "the external pid namespace {key}, the caller's: give crest an fd of it \
+                         with --inherit-fd fd[N]:{key}"
+                    ),
+                })?;
+            Some(fd.try_clone().rat(0, format!("dup the fd of {key}"))?)
+        }
+        None => None,
+    };
     let imgs = &ti.imgs;
     // crest's helpers take their pids from a range the tree does not use,
     // so none holds a pid a task is yet to get (pids wrap at pid_max).
@@ -132,7 +155,7 @@ fn restore_tree(
         .iter()
         .flat_map(|i| i.cores.iter().map(|c| c.0))
         .collect();
-    if ti.cut == 0 {
+    if ti.cut == 0 || ext_pidns.is_some() {
         // `crest dump && crest restore`: the dumped tasks may still be
         // on their way out
         pstree::wait_for_leaving(&tids, std::time::Duration::from_secs(5));
@@ -194,7 +217,7 @@ fn restore_tree(
         dir,
         (&userns, &others_h),
         &mut writers,
-        opts.restore_sibling,
+        (opts.restore_sibling, ext_pidns.as_ref()),
         &cg_dirs,
     )?;
     let forking = forking.elapsed();
