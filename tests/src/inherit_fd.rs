@@ -22,6 +22,15 @@
 //! task in the holder's namespace; with `--inherit-fd fd[3]:extpid
 //! --inherit-fd fd[4]:extnet` the tree comes back inside the holder's
 //! namespaces with every pid it had there, and runs its own check.
+//!
+//! `join_userns`: CRIU's `--join-ns user:PID` (runc's `join_ns` for a
+//! container whose user namespace has a path). A container (`nsinit -U`,
+//! its own user namespace mapping every id to itself, owning its other
+//! namespaces) running `small_tree` is dumped; a restore joining a user
+//! namespace with other maps (`nsinit -S`'s) is refused naming the maps,
+//! leaving no task; one joining a namespace with the same maps (another
+//! `nsinit -U`) brings the tree back inside that very namespace, its other
+//! namespaces made below it, and the workload checks itself.
 
 use std::fs;
 use std::io::Read;
@@ -38,9 +47,10 @@ use crate::procs::{self, alive, exists, wait_until, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 2] = [
+const CASES: [(&str, DirCase); 3] = [
     ("pipe_inherit_fd", pipe_inherit_fd),
     ("external_namespaces", external_namespaces),
+    ("join_userns", join_userns),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -182,6 +192,7 @@ fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         init.is_some()
     });
     let init = init.context("the holder's init (pid 1 of its namespaces) did not appear")?;
+    procs.track(init);
     let ns_link = |p: Pid, kind: &str| fs::read_link(format!("/proc/{p}/ns/{kind}"));
     let ino = |kind: &str| -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
@@ -332,6 +343,85 @@ fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         bail!("the pids inside the holder's namespace were {inner_before:?}, now {inner_after:?}");
     }
     let verdict = case::finish(dir, new, StdioKind::DevNull, procs)?;
+    procs::reap_zombie_children();
+    Ok(verdict)
+}
+
+/// `nsinit FLAG holder 0 0 /bin/sleep 100000`: a user namespace (with the
+/// maps FLAG gives) held by a sleeping init; returns nsinit's pid (the
+/// namespace's) after tracking it and its child.
+fn userns_holder(cfg: &Config, flag: &str, procs: &mut Procs) -> Result<Pid> {
+    let child = Command::new(cfg.workload("nsinit"))
+        .args([flag, "holder", "0", "0", "/bin/sleep", "100000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawn nsinit {flag} (a holder)"))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    procs.track(pid);
+    let mut init = None;
+    wait_until(Duration::from_secs(5), || {
+        // (not nsinit's short-lived map writer: the init of its pid
+        // namespace)
+        init = crate::containers::only_child(pid)
+            .ok()
+            .filter(|c| crate::ns::nspid(*c).is_some_and(|v| v.last() == Some(&1)));
+        init.is_some()
+    });
+    procs.track(init.with_context(|| format!("the holder nsinit {flag} has no child"))?);
+    Ok(pid)
+}
+
+fn join_userns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let same = userns_holder(cfg, "-U", procs)?;
+    let other = userns_holder(cfg, "-S", procs)?;
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.arg(cfg.workload("nsinit"))
+        .args(["-U", crate::ns::HOSTNAME, "3600", "7200"])
+        .arg(cfg.workload("small_tree"))
+        .arg(&dir.state)
+        .current_dir(&dir.root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let root = Pid::from_raw(cmd.spawn().context("spawn nsinit -U small_tree")?.id() as i32);
+    procs.track(root);
+    let main = crate::ns::wait_ready(dir, root, procs)?;
+    case::dump(cfg, dir, root, false, procs)?;
+
+    let user_of = |p: Pid| fs::read_link(format!("/proc/{p}/ns/user"));
+    fs::write(
+        dir.state.join("restore-args"),
+        format!("--join-ns user:{other}\n"),
+    )?;
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
+    if ran.success() {
+        bail!("crest joined a user namespace that maps ids otherwise than the dumped one");
+    }
+    if !(ran.stderr.contains("--join-ns user:") && ran.stderr.contains("maps")) {
+        bail!(ran.failure("crest restore (expected a refusal naming --join-ns user and the maps)"));
+    }
+    if !wait_until(Duration::from_secs(5), || !exists(root)) {
+        bail!("pid {root} exists after the refused restore");
+    }
+
+    fs::write(
+        dir.state.join("restore-args"),
+        format!("--join-ns user:/proc/{same}/ns/user\n"),
+    )?;
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore --join-ns user:FILE"));
+    }
+    procs.track(root);
+    for p in [root, main] {
+        let (theirs, want) = (user_of(p)?, user_of(same)?);
+        if theirs != want {
+            bail!("restored pid {p} is in {theirs:?}, not the joined {want:?}");
+        }
+    }
+    let verdict = case::finish_tree(dir, main, root, StdioKind::DevNull, procs)?;
     procs::reap_zombie_children();
     Ok(verdict)
 }

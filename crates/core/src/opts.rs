@@ -376,14 +376,22 @@ impl Options {
         // a shared one becomes its slave again)
         refuse(
             &mut r,
-            self.join_ns
-                .iter()
-                .any(|j| {
-                    !matches!(j.ns.as_str(), "net" | "uts" | "ipc" | "mnt" | "cgroup" | "time")
-                        || j.extra.is_some()
-                }),
+            self.join_ns.iter().any(|j| {
+                !matches!(
+                    j.ns.as_str(),
+                    "net" | "uts" | "ipc" | "mnt" | "cgroup" | "time" | "user"
+                ) || (j.extra.is_some() && j.ns != "user")
+            }),
             "--join-ns",
-            "crest joins net, uts, ipc, mnt, cgroup and time namespaces (without extra options) only",
+            "crest joins net, uts, ipc, mnt, cgroup, time and user namespaces (extra options for \
+             user only), as CRIU does; a pid namespace is not joined (CRIU refuses it too: use \
+             --external pid[INODE]:KEY at dump)",
+        );
+        refuse(
+            &mut r,
+            self.join_ns.iter().filter(|j| j.ns == "user").count() > 1,
+            "--join-ns",
+            "one user namespace can be joined",
         );
         refuse(
             &mut r,

@@ -1057,7 +1057,8 @@ fn join_files(
     join: &[crate::opts::JoinNs],
 ) -> Result<Vec<(u32, String)>, RestoreError> {
     let mut out = Vec::new();
-    for j in join {
+    // (a user namespace is joined by the user namespace helpers)
+    for j in join.iter().filter(|j| j.ns != "user") {
         let refuse = |what: String| RestoreError::Unsupported {
             pid: 0,
             what: format!("--join-ns {}:{}: {what}", j.ns, j.file),

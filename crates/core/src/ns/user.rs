@@ -611,14 +611,31 @@ impl Helpers {
         self.by_ns.get(&id).map(|t| t.pid())
     }
 
-    /// Builds every nested namespace of `g`, top-down.
-    pub fn build(g: &UsernsGraph) -> Result<Helpers, RestoreError> {
+    /// Builds every nested namespace of `g`, top-down. `join` (CRIU's
+    /// `--join-ns user:FILE[,UID[,GID]]`): the tree's outermost user
+    /// namespace is that one, which must map ids as the dumped one did;
+    /// only the namespaces below it are made.
+    pub fn build(
+        g: &UsernsGraph,
+        join: Option<&crate::opts::JoinNs>,
+    ) -> Result<Helpers, RestoreError> {
         let mut h = Helpers::default();
         let mut order: Vec<&Userns> = g.nodes.iter().filter(|n| n.parent.is_some()).collect();
         order.sort_by_key(|n| n.depth);
+        let joined = match join {
+            Some(j) => Some(join_target(g, j)?),
+            None => None,
+        };
         for n in order {
             let parent = n.parent.unwrap_or(1);
             let parent_is_root = g.node(parent).is_some_and(|p| p.parent.is_none());
+            if joined == Some(n.id) {
+                if let Some(j) = join {
+                    let t = join_helper(n, j)?;
+                    h.by_ns.insert(n.id, t);
+                }
+                continue;
+            }
             let mut t = if parent_is_root {
                 let pid = spawn_stopped(&[], SessionSetup::Inherit)
                     .rat(0, "spawn a user namespace helper")?;
@@ -692,6 +709,91 @@ impl Helpers {
         }
         Ok(h)
     }
+}
+
+/// The namespace `--join-ns user:...` stands for: the tree's one user
+/// namespace directly below crest's.
+fn join_target(g: &UsernsGraph, j: &crate::opts::JoinNs) -> Result<u32, RestoreError> {
+    let refuse = |what: &str| RestoreError::Unsupported {
+        pid: 0,
+        what: format!("--join-ns user:{}: {what}", j.file),
+    };
+    let top: Vec<u32> = g
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.parent
+                .is_some_and(|p| g.node(p).is_some_and(|x| x.parent.is_none()))
+        })
+        .map(|n| n.id)
+        .collect();
+    match top[..] {
+        [id] => Ok(id),
+        [] => Err(refuse("a tree without a user namespace of its own")),
+        _ => Err(refuse("a tree with several user namespaces below crest's")),
+    }
+}
+
+/// A helper inside the user namespace `--join-ns` names (a path, or a pid
+/// whose namespace it is), which must map uids and gids to the same ids of
+/// crest's namespace as the dumped namespace `n` did, with the same
+/// `setgroups`: the tasks' ids and the namespaces below are made from
+/// those maps. CRIU's extra `UID,GID` (the ids CRIU takes inside for
+/// itself) must be mapped there.
+fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee, RestoreError> {
+    let file = if j.file.chars().all(|c| c.is_ascii_digit()) {
+        format!("/proc/{}/ns/user", j.file)
+    } else {
+        j.file.clone()
+    };
+    let refuse = |what: String| RestoreError::Unsupported {
+        pid: 0,
+        what: format!("--join-ns user:{}: {what}", j.file),
+    };
+    let fd = OwnedFd::from(File::open(&file).rat(0, format!("open {file}"))?);
+    let pid = spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a user namespace helper")?;
+    let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a user namespace helper")?;
+    t.trace_new_tasks().rat(pid, "trace new tasks")?;
+    t.use_vdso_syscall().rat(pid, "helper syscall")?;
+    let there = crate::files::share::give_fd(&mut t, &fd)?;
+    let r = t.syscall(nr::SETNS, &[there, libc::CLONE_NEWUSER as u64]);
+    t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+    r.rat(pid, format!("setns into the user namespace {file}"))?;
+    let (uids, gids, setgroups) = read_maps(pid).map_err(|e| refuse(e.to_string()))?;
+    let sorted = |m: &[IdExtent]| {
+        let mut v = m.to_vec();
+        v.sort_by_key(|e| e.first);
+        v
+    };
+    for (what, theirs, ours) in [("uid", &uids, &n.uid_map), ("gid", &gids, &n.gid_map)] {
+        if sorted(theirs) != sorted(ours) {
+            return Err(refuse(format!(
+                "it maps {what}s as {:?}, the dumped namespace as {:?}",
+                idmap::to_text(theirs),
+                idmap::to_text(ours)
+            )));
+        }
+    }
+    if setgroups != n.setgroups_allow {
+        return Err(refuse(format!(
+            "its setgroups is {}, the dumped namespace's {}",
+            if setgroups { "allow" } else { "deny" },
+            if n.setgroups_allow { "allow" } else { "deny" }
+        )));
+    }
+    if let Some(extra) = &j.extra {
+        let mut ids = extra.split(',');
+        for (what, map) in [("uid", &uids), ("gid", &gids)] {
+            let Some(id) = ids.next() else { break };
+            let id: u32 = id
+                .parse()
+                .map_err(|_| refuse(format!("{what} {id:?} is not a number")))?;
+            if idmap::up(map, id).is_none() {
+                return Err(refuse(format!("{what} {id} is not mapped there")));
+            }
+        }
+    }
+    Ok(t)
 }
 
 /// Writes `data` to `path` from inside task `t`.

@@ -164,7 +164,8 @@ fn restore_tree(
     pstree::steer_pids(spare);
     // The namespaces first, held by helpers until every task has entered
     // its own.
-    let userns = ns::user::Helpers::build(&ti.users)?;
+    let join_user = opts.join_ns.iter().find(|j| j.ns == "user");
+    let userns = ns::user::Helpers::build(&ti.users, join_user)?;
     fault::point("restore: user namespaces made")?;
     let mut others_h = ns::other::Helpers::build(
         &ti.others,
