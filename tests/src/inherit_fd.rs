@@ -31,6 +31,15 @@
 //! leaving no task; one joining a namespace with the same maps (another
 //! `nsinit -U`) brings the tree back inside that very namespace, its other
 //! namespaces made below it, and the workload checks itself.
+//!
+//! `unix_stream_inherit`: CRIU's `--ext-unix-sk=INO` for a stream socket
+//! connected outside the tree. `small_tree` runs with its stdin one end of
+//! a socketpair the harness holds the other end of. A dump without the
+//! option is refused naming `--ext-unix-sk=INO`, the tree running on; with
+//! it the tree is dumped; a restore without a socket for it is refused
+//! naming `socket:[INO]`, leaving no task; with `--inherit-fd
+//! fd[3]:socket:[INO]` (crest's fd 3 a socket connected to the harness) every
+//! task's fd 0 is that very socket, and the workload checks itself.
 
 use std::fs;
 use std::io::Read;
@@ -47,10 +56,11 @@ use crate::procs::{self, alive, exists, wait_until, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 3] = [
+const CASES: [(&str, DirCase); 4] = [
     ("pipe_inherit_fd", pipe_inherit_fd),
     ("external_namespaces", external_namespaces),
     ("join_userns", join_userns),
+    ("unix_stream_inherit", unix_stream_inherit),
 ];
 
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
@@ -422,6 +432,111 @@ fn join_userns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         }
     }
     let verdict = case::finish_tree(dir, main, root, StdioKind::DevNull, procs)?;
+    procs::reap_zombie_children();
+    Ok(verdict)
+}
+
+/// Connects a unix stream socket to `argv[1]`, makes it fd 3, writes its
+/// inode to `argv[2]` and execs the rest: crest with a socket from its
+/// caller.
+const CONNECT_FD3: &str = "import os,socket,sys
+s=socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+os.dup2(s.fileno(),3)
+os.set_inheritable(3,True)
+open(sys.argv[2],'w').write(str(os.fstat(3).st_ino))
+os.execv(sys.argv[3],sys.argv[3:])";
+
+fn unix_stream_inherit(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    if !in_path("python3") {
+        return Ok(Outcome::Skip("python3 is not installed".into()));
+    }
+    let (_ours, theirs) = UnixStream::pair().context("socketpair")?;
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.arg(cfg.workload("small_tree"))
+        .arg(&dir.state)
+        .current_dir(&dir.root)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = Pid::from_raw(cmd.spawn().context("spawn small_tree")?.id() as i32);
+    drop(cmd);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    let link =
+        |p: Pid| fs::read_link(format!("/proc/{p}/fd/0")).map(|l| l.to_string_lossy().to_string());
+    let key = link(pid)?;
+    let ino = key
+        .strip_prefix("socket:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .with_context(|| format!("the workload's stdin is {key}, not a socket"))?
+        .to_string();
+    let holders: Vec<Pid> = procs::tree_snapshot(pid)?
+        .keys()
+        .map(|p| Pid::from_raw(*p))
+        .filter(|p| link(*p).ok().as_deref() == Some(key.as_str()))
+        .collect();
+
+    let ran = case::run_dump(cfg, dir, pid, false, procs)?;
+    if ran.success() {
+        bail!("crest dumped a stream socket connected outside the tree without --ext-unix-sk");
+    }
+    if !ran.stderr.contains(&format!("--ext-unix-sk={ino}")) {
+        bail!(ran.failure("crest dump (expected a refusal naming --ext-unix-sk=INO)"));
+    }
+    if !alive(pid) {
+        bail!("the refused dump harmed the tree: pid {pid} is gone");
+    }
+    fs::write(
+        dir.state.join("dump-args"),
+        format!("--ext-unix-sk={ino}\n"),
+    )?;
+    case::dump(cfg, dir, pid, false, procs)?;
+
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
+    if ran.success() {
+        bail!("crest restored a socket connected outside the tree with no socket given for it");
+    }
+    if !(ran.stderr.contains(&key) && ran.stderr.contains("--inherit-fd")) {
+        bail!(ran.failure(&format!(
+            "crest restore (expected a refusal naming {key} and --inherit-fd)"
+        )));
+    }
+    if !wait_until(Duration::from_secs(5), || !exists(pid)) {
+        bail!("pid {pid} exists after the refused restore");
+    }
+
+    let path = dir.root.join("outside.sock");
+    let listener = UnixListener::bind(&path).context("bind the harness's socket")?;
+    let ino_file = dir.root.join("given.ino");
+    let (restore, pidfile) = case::restore_command(&cfg.crest, dir);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CONNECT_FD3])
+        .arg(&path)
+        .arg(&ino_file)
+        .arg(restore.get_program())
+        .args(restore.get_args())
+        .args(["--inherit-fd", &format!("fd[3]:{key}")]);
+    let ran = crest::run(cmd, &dir.root, "restore-inherit", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest restore --inherit-fd fd[3]:{key}")));
+    }
+    let (_accepted, _) = listener.accept().context("accept crest's connection")?;
+    let given = fs::read_to_string(&ino_file).context("read the given socket's inode")?;
+    let want = format!("socket:[{}]", given.trim());
+    let new = procs::read_pid_file(&pidfile)?;
+    if new != pid {
+        bail!("the pidfile names {new}, not {pid}");
+    }
+    procs.track(pid);
+    for p in &holders {
+        let now = link(*p)?;
+        if now != want {
+            bail!("pid {p}'s fd 0 is {now} after the restore, not the given {want}");
+        }
+    }
+    let verdict = case::finish(dir, pid, StdioKind::DevNull, procs)?;
     procs::reap_zombie_children();
     Ok(verdict)
 }

@@ -330,7 +330,16 @@ fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
             });
         }
         "root" => o.root = Some(PathBuf::from(val())),
-        "ext-unix-sk" => o.ext_unix_sk = true,
+        "ext-unix-sk" => {
+            o.ext_unix_sk = true;
+            // --ext-unix-sk=INO[,INO]: sockets the restore's caller gives
+            if let Some(v) = g.value.as_deref().filter(|v| !v.is_empty()) {
+                for ino in v.split(',') {
+                    o.ext_unix_sk_ids
+                        .push(ino.trim().parse().map_err(|_| bad(v))?);
+                }
+            }
+        }
         "tcp-established" => o.tcp_established = on,
         "log-pid" => o.log_pid = on,
         "evasive-devices" => o.evasive_devices = on,
@@ -646,6 +655,10 @@ mod tests {
             parsed("dump --manage-cgroups").opts.manage_cgroups,
             CgMode::Soft
         );
+        let x = parsed("dump --ext-unix-sk=12,34 -t 1");
+        assert!(x.opts.ext_unix_sk);
+        assert_eq!(x.opts.ext_unix_sk_ids, [12, 34]);
+        assert!(parsed("dump -x -t 1").opts.ext_unix_sk_ids.is_empty());
         // unique prefixes, as getopt_long takes them
         assert_eq!(parsed("dump --tre 3").opts.pid, 3);
         assert!(parsed("restore --restore-det").opts.detached);

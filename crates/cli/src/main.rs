@@ -150,7 +150,13 @@ pub(crate) fn init_log(o: &Options) {
                 .mode(0o600)
                 .open(&path)
             {
-                Ok(file) => Some(file),
+                // (kept above the fds a caller names with --inherit-fd:
+                // one it forgot to open must not turn out to be the log)
+                Ok(file) => Some(
+                    crest_sys::misc::dup_above(&file, 100)
+                        .map(std::fs::File::from)
+                        .unwrap_or(file),
+                ),
                 Err(e) => {
                     eprintln!(
                         "Warn (crest): log file {}: {e}; logging to stderr",

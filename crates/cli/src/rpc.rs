@@ -301,6 +301,8 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
     set(&mut o.ext_unix_sk, r.ext_unix_sk);
     if !r.unix_sk_ino.is_empty() {
         o.ext_unix_sk = true;
+        o.ext_unix_sk_ids
+            .extend(r.unix_sk_ino.iter().map(|u| u.inode));
     }
     set(&mut o.tcp_established, r.tcp_established);
     set(&mut o.evasive_devices, r.evasive_devices);

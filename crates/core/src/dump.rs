@@ -235,6 +235,7 @@ fn collect_and_write(
     files.file_locks = opts.file_locks;
     files.orphan_pts_master = opts.orphan_pts_master;
     files.ext_unix_sk = opts.ext_unix_sk;
+    files.ext_unix_sk_ids = opts.ext_unix_sk_ids.clone();
     let mut summary = DumpSummary::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {

@@ -125,6 +125,11 @@ pub struct Options {
     /// socket outside the tree is connected to the name again at restore
     /// (a stream connection outside is refused still).
     pub ext_unix_sk: bool,
+    /// `--ext-unix-sk=INO[,INO]` (the RPC's `unix_sk_ino`): these unix
+    /// sockets of the tree, connected to a socket outside it, are dumped
+    /// whatever their type; the restore takes a socket to stand for each
+    /// from its caller (`--inherit-fd fd[N]:socket:[INO]`), as CRIU does.
+    pub ext_unix_sk_ids: Vec<u32>,
     /// `-l`/`--file-locks`.
     pub file_locks: bool,
     /// `--link-remap`: crest saves files deleted while open as ghost files
@@ -247,6 +252,7 @@ impl Default for Options {
             tcp_close: false,
             tcp_skip_in_flight: false,
             ext_unix_sk: false,
+            ext_unix_sk_ids: Vec::new(),
             file_locks: false,
             link_remap: false,
             evasive_devices: false,
@@ -448,10 +454,11 @@ impl Options {
             });
         }
         for (fd, key) in &self.inherit_fd {
-            let pipe = key
-                .strip_prefix("pipe:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .is_some_and(|i| i.parse::<u32>().is_ok());
+            let pipe = ["pipe:[", "socket:["].iter().any(|kind| {
+                key.strip_prefix(kind)
+                    .and_then(|r| r.strip_suffix(']'))
+                    .is_some_and(|i| i.parse::<u32>().is_ok())
+            });
             // a plain name: the key of an external namespace
             let name = !key.is_empty()
                 && key
@@ -460,7 +467,7 @@ impl Options {
             if !(pipe || name) || *fd < 0 {
                 r.push(Refused {
                     option: format!("--inherit-fd fd[{fd}]:{key}"),
-                    why: "crest takes --inherit-fd for pipes (fd[N]:pipe:[INODE]) and external namespaces (fd[N]:KEY)".into(),
+                    why: "crest takes --inherit-fd for pipes (fd[N]:pipe:[INODE]), unix sockets (fd[N]:socket:[INODE]) and external namespaces (fd[N]:KEY)".into(),
                 });
             }
         }

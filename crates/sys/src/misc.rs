@@ -103,6 +103,16 @@ pub fn dup_own(fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
 }
 
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)` — a close-on-exec copy of `fd` at
+/// `min` or above, out of the way of the low numbers a caller names.
+pub fn dup_above(fd: &impl AsRawFd, min: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; fcntl checks that `fd` is open.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    let new = cvt(ret as libc::c_long)?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(new as i32) })
+}
+
 /// `fcntl(fd, F_DUPFD, 3)` — a copy of `fd` that a spawned program
 /// inherits (no close-on-exec).
 pub fn dup_inheritable(fd: &impl AsRawFd) -> io::Result<OwnedFd> {

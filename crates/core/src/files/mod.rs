@@ -68,6 +68,9 @@ pub struct FileTable {
     /// A datagram unix socket connected to a named socket outside the tree
     /// is dumped (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Unix sockets connected outside the tree that the caller gives back
+    /// at restore (`--ext-unix-sk=INO`).
+    pub ext_unix_sk_ids: Vec<u32>,
     /// A pty slave whose master is outside the tree is dumped (the RPC's
     /// `orphan_pts_master`: the caller takes a new master at restore).
     pub orphan_pts_master: bool,

@@ -242,7 +242,8 @@ impl FileTable {
     pub(crate) fn check_unix(&mut self) -> Result<(), DumpError> {
         let mut inos: Vec<_> = self.unix.socks.keys().copied().collect();
         inos.sort_unstable();
-        let mut outside: Vec<(u32, Vec<u8>)> = Vec::new();
+        // (peer inode, its name, its type)
+        let mut outside: Vec<(u32, Vec<u8>, i32)> = Vec::new();
         for ino in inos {
             let h = &self.unix.socks[&ino];
             if h.peer == 0 {
@@ -263,6 +264,21 @@ impl FileTable {
                 let name = peer_name
                     .as_deref()
                     .map_or("an unnamed socket".to_string(), show_name);
+                // --ext-unix-sk=INO: the caller gives a socket to stand
+                // for this one at restore, whatever its type
+                if self.ext_unix_sk_ids.contains(&ino) {
+                    crate::info!(
+                        "fd {} of pid {}: unix socket {ino} is connected to {name} (inode {}) \
+                         outside the tree; restore it with --inherit-fd fd[N]:socket:[{ino}]",
+                        h.fd,
+                        h.pid,
+                        h.peer
+                    );
+                    if !outside.iter().any(|(i, _, _)| *i == h.peer) {
+                        outside.push((h.peer, peer_name.unwrap_or_default(), h.ty));
+                    }
+                    continue;
+                }
                 // --ext-unix-sk: a datagram socket connected to a named
                 // socket outside (a host's /dev/log) connects to the name
                 // again at restore
@@ -271,15 +287,21 @@ impl FileTable {
                         && h.ty == libc::SOCK_DGRAM
                         && n.first().is_some_and(|c| *c != 0)
                 }) {
-                    if !outside.iter().any(|(i, _)| *i == h.peer) {
-                        outside.push((h.peer, n));
+                    if !outside.iter().any(|(i, _, _)| *i == h.peer) {
+                        outside.push((h.peer, n, libc::SOCK_DGRAM));
                     }
                     continue;
                 }
                 let hint = if self.ext_unix_sk {
-                    " (--ext-unix-sk carries datagram sockets connected to a path)"
+                    format!(
+                        " (--ext-unix-sk carries datagram sockets connected to a path; \
+                         --ext-unix-sk={ino} lets the restore's caller give a socket for it)"
+                    )
                 } else {
-                    "; dump with --ext-unix-sk to reconnect a datagram socket to its path"
+                    format!(
+                        "; dump with --ext-unix-sk to reconnect a datagram socket to its path, \
+                         or --ext-unix-sk={ino} to have the restore's caller give a socket for it"
+                    )
                 };
                 return Err(err(format!(
                     "a unix socket connected to {name} (inode {}) outside the dumped tree{hint}",
@@ -303,14 +325,14 @@ impl FileTable {
         }
         // the outside peers, as CRIU writes them: entries no fd uses,
         // marked external
-        for (ino, name) in outside {
+        for (ino, name, ty) in outside {
             let id = self.push(FileEntry {
                 r#type: FdTypes::Unixsk as i32,
                 id: 0,
                 usk: Some(UnixSkEntry {
                     id: 0,
                     ino,
-                    r#type: libc::SOCK_DGRAM as u32,
+                    r#type: ty as u32,
                     state: TCP_CLOSE,
                     flags: 0,
                     uflags: USK_EXTERN,
@@ -514,6 +536,14 @@ pub fn open(
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if kept.get(e.id).is_none() {
+        // --inherit-fd fd[N]:socket:[INO]: the caller's socket stands for it
+        let key = e.usk.as_ref().map(|u| format!("socket:[{}]", u.ino));
+        if let Some(given) = key.as_ref().and_then(|k| files.inherit.get(k)) {
+            let fd = super::share::give_fd(t, given)?;
+            kept.keep(t, e.id, fd)?;
+            files.socks.made_by.insert(e.id, pid);
+            return kept.dup(t, e.id);
+        }
         if let Some(copy) = files.socks.spare.get(&e.id) {
             // made by another task together with a socket of its own
             let fd = super::share::give_fd(t, copy)?;
@@ -730,6 +760,17 @@ fn make(
         Some(p) => {
             // A client of a listener, or a datagram socket connected to
             // another that is not connected back.
+            let outside = p.uflags & USK_EXTERN != 0;
+            if outside && (p.name.is_empty() || u.r#type != libc::SOCK_DGRAM as u32) {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: format!(
+                        "unix socket {}: its peer was outside the dumped tree; give crest a \
+                         socket to stand for it with --inherit-fd fd[N]:socket:[{}]",
+                        u.ino, u.ino
+                    ),
+                });
+            }
             if p.name.is_empty() {
                 return Err(bad(
                     pid,
@@ -737,7 +778,6 @@ fn make(
                 ));
             }
             let elsewhere = files.socks.made_by.get(&p.id).is_some_and(|o| *o != pid);
-            let outside = p.uflags & USK_EXTERN != 0;
             if kept.get(p.id).is_none() && !elsewhere && !outside {
                 let before = make(t, p.id, files, kept)?;
                 finish(t, &before, files, kept)?;
