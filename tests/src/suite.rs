@@ -48,6 +48,7 @@ pub fn workloads() -> Vec<Workload> {
         c("deleted_maps", &[], Settle::Blocked),
         c("stopped", &[], Settle::Blocked),
         c("novdso", &[], Settle::Blocked),
+        c("seccomp", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
         c("unix_relative", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),

@@ -30,8 +30,8 @@ const FEATURES: &[(&str, Answer)] = &[
     ("tun_ns", NotCarried("tun devices are refused")),
     ("userns", Carried(Some("/proc/self/ns/user"))),
     ("fdinfo_lock", Carried(None)),
-    ("seccomp_suspend", NotCarried("seccomp filters are refused")),
-    ("seccomp_filters", NotCarried("seccomp filters are refused")),
+    ("seccomp_suspend", Carried(None)),
+    ("seccomp_filters", Carried(None)),
     (
         "loginuid",
         NotCarried("the audit login uid is not restored"),

@@ -237,6 +237,7 @@ fn collect_and_write(
     files.ext_unix_sk = opts.ext_unix_sk;
     files.ext_unix_sk_ids = opts.ext_unix_sk_ids.clone();
     let mut summary = DumpSummary::default();
+    let mut filters = crate::seccomp::Table::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     for (i, task) in tree.tasks.iter().enumerate() {
         let id = i as u32 + 1;
@@ -269,7 +270,15 @@ fn collect_and_write(
                 ids.cgroup_ns_id = others.ns_of(task.pid, libc::CLONE_NEWCGROUP as u32);
                 ids.pid_ns_id = pids.ns_of(task.pid);
                 let fc = for_children(task.pid, &others, &pids);
-                dump_task(task, &ids, &users, fc, &opts.dir, &mut files, &mut summary)?;
+                dump_task(
+                    task,
+                    &ids,
+                    &users,
+                    fc,
+                    &opts.dir,
+                    (&mut files, &mut filters),
+                    &mut summary,
+                )?;
                 crest_sys::fault::point("dump: task dumped")?;
                 ids
             }
@@ -278,6 +287,7 @@ fn collect_and_write(
         all_ids.push((task.pid, ids));
         summary.pids.push(task.pid);
     }
+    filters.write(&opts.dir)?;
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     files.mark_outside_pipes();
@@ -344,13 +354,22 @@ fn dump_task(
     users: &UsernsGraph,
     for_children: (Option<u32>, Option<u32>),
     dir: &Path,
-    files: &mut FileTable,
+    (files, filters): (&mut FileTable, &mut crate::seccomp::Table),
     summary: &mut DumpSummary,
 ) -> Result<(), DumpError> {
     let pid = task.pid;
     let id = ids.vm_id;
     let status = procfs::read_status(pid).at(pid, "read status")?;
-    crate::task::check_seccomp(pid)?;
+    // (suspended from here on: crest's injected syscalls meet no filter)
+    let sandbox = crate::seccomp::collect(pid, &task.threads)?;
+    let sandbox_of = |tid: i32| {
+        task.threads
+            .iter()
+            .position(|t| *t == tid)
+            .and_then(|i| sandbox.get(i))
+            .cloned()
+            .unwrap_or_default()
+    };
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     let ip = t.use_any_syscall().at(pid, "find a syscall instruction")?;
     // from here on, a crest that vanishes leaves the task as it was seized
@@ -377,6 +396,7 @@ fn dump_task(
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
     let ns = ids.user_ns_id.unwrap_or(1);
     let (mut core, mut extra) = coreimg::dump_thread(&mut t, users, ns)?;
+    crate::seccomp::set_core(&mut core, &sandbox_of(pid), filters);
     (extra.pid_for_children, extra.time_for_children) = for_children;
     core.tc = Some(tc);
 
@@ -387,7 +407,8 @@ fn dump_task(
         let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
         th.set_syscall_ip(ip);
         th.join(&rec, slot).at(pid, "arm a thread")?;
-        let (core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
+        let (mut core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
+        crate::seccomp::set_core(&mut core, &sandbox_of(tid), filters);
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
         write_core(dir, tid, core, extra)?;

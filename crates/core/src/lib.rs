@@ -20,6 +20,7 @@ pub mod procfs;
 pub mod pstree;
 pub mod regs;
 pub mod restore;
+pub mod seccomp;
 pub mod show;
 pub mod signals;
 pub mod stats;

@@ -295,42 +295,6 @@ pub fn restore_pdeathsig(t: &mut Tracee, sig: u32) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Seccomp mode and number of filters in a `/proc/.../status` text.
-fn seccomp_of(status: &str) -> (u32, u32) {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Seccomp:"), field("Seccomp_filters:"))
-}
-
-/// Fails for a task whose threads have a seccomp mode or filters beyond
-/// crest's own (which every restored task inherits): crest does not dump
-/// filters yet, and restoring without them would lift the task's sandbox.
-pub fn check_seccomp(pid: i32) -> Result<(), crate::error::DumpError> {
-    let mine = seccomp_of(&std::fs::read_to_string("/proc/self/status").unwrap_or_default());
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Ok(());
-    };
-    for t in tasks.filter_map(Result::ok) {
-        let text = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let theirs = seccomp_of(&text);
-        if theirs.0 != mine.0 || theirs.1 > mine.1 {
-            return Err(crate::error::DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "a seccomp sandbox (mode {}, {} filters; crest's own: mode {}, {})",
-                    theirs.0, theirs.1, mine.0, mine.1
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod map_tests {
     #[test]
@@ -340,15 +304,5 @@ mod map_tests {
         assert_eq!(super::inside_id(m, 200001), Some(100001));
         assert_eq!(super::inside_id(m, 40000), None);
         assert_eq!(super::inside_id("0 0 4294967295\n", 7), Some(7));
-    }
-}
-
-#[cfg(test)]
-mod seccomp_tests {
-    #[test]
-    fn status_fields() {
-        let s = "Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t3\n";
-        assert_eq!(super::seccomp_of(s), (2, 3));
-        assert_eq!(super::seccomp_of("Name:\tx\n"), (0, 0));
     }
 }

@@ -28,6 +28,8 @@ pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
 pub const TTY_INFO: &str = "tty-info.img";
 /// `filelocks.img`: the file locks the tree holds (`--file-locks`)
 pub const FILE_LOCKS: &str = "filelocks.img";
+/// `seccomp.img`: the tree's seccomp filters
+pub const SECCOMP: &str = "seccomp.img";
 /// `ns-files.img`
 pub const NS_FILES: &str = "ns-files.img";
 /// `stats-dump`: what the last dump took (service magic, CRIU's name).

@@ -89,7 +89,10 @@ fn try_remove(
     // go when the guard ends)
     let mut seized = Seized(Vec::new());
     for tid in threads(pid) {
-        match start_seize(tid, 0) {
+        // the munmap must not meet the task's seccomp filters (a guard
+        // that may not suspend them seizes it plainly)
+        let seize = |opts| start_seize(tid, opts);
+        match seize(crest_sys::ptrace::PTRACE_O_SUSPEND_SECCOMP).or_else(|_| seize(0)) {
             Ok(()) => seized.0.push(tid),
             Err(_) if gone(tid) => {}
             Err(e) => return Err(e),

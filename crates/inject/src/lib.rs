@@ -366,6 +366,18 @@ impl Tracee {
         ptrace::set_options(self.tid, opts as u32).map_err(pt(self.tid, "PTRACE_SETOPTIONS"))
     }
 
+    /// Keeps the thread's seccomp filters (and strict mode) from applying
+    /// to what is injected from now on, while it stays traced
+    /// (`PTRACE_O_SUSPEND_SECCOMP`, besides the options restored tasks
+    /// have).
+    pub fn suspend_seccomp(&self) -> Result<()> {
+        let opts = libc::PTRACE_O_EXITKILL as u32
+            | libc::PTRACE_O_TRACEFORK as u32
+            | libc::PTRACE_O_TRACECLONE as u32
+            | ptrace::PTRACE_O_SUSPEND_SECCOMP;
+        ptrace::set_options(self.tid, opts).map_err(pt(self.tid, "PTRACE_SETOPTIONS"))
+    }
+
     /// Takes charge of a task or thread that an injected `clone3` created
     /// (traced from birth, stopped with `SIGSTOP`, or in an event stop when
     /// its parent was seized): it is killed if dropped.

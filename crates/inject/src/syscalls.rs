@@ -78,6 +78,7 @@ pub mod nr {
     pub const EXIT_GROUP: u64 = 231;
     pub const WAIT4: u64 = 61;
     pub const SETNS: u64 = 308;
+    pub const SECCOMP: u64 = 317;
     pub const UNSHARE: u64 = 272;
     pub const UNAME: u64 = 63;
     pub const SETHOSTNAME: u64 = 170;
@@ -207,6 +208,7 @@ pub fn name(nr: u64) -> &'static str {
         EXIT_GROUP => "exit_group",
         WAIT4 => "wait4",
         SETNS => "setns",
+        SECCOMP => "seccomp",
         UNSHARE => "unshare",
         UNAME => "uname",
         SETHOSTNAME => "sethostname",

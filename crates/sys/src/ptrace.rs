@@ -331,3 +331,49 @@ fn wait_flags(tid: i32, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
     };
     Ok(Some(ws))
 }
+
+/// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters (and strict
+/// mode) are not applied while it is traced with this option.
+pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+/// Most BPF instructions in one classic filter (`BPF_MAXINSNS`).
+pub const BPF_MAXINSNS: usize = 4096;
+
+/// `PTRACE_SECCOMP_GET_FILTER`: the classic BPF program of the seccomp
+/// filter `index` of a stopped tracee (0: the one installed last), as
+/// raw `struct sock_filter` words, 8 bytes each. `ENOENT` past the
+/// oldest.
+pub fn seccomp_filter(tid: i32, index: u64) -> io::Result<Vec<u8>> {
+    let n = req(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0)? as usize;
+    if n == 0 || n > BPF_MAXINSNS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a seccomp filter of {n} instructions"),
+        ));
+    }
+    let mut buf = vec![0u8; n * 8];
+    // (the kernel copies exactly n instructions into the buffer)
+    let got = req(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index as usize,
+        buf.as_mut_ptr() as usize,
+    )? as usize;
+    buf.truncate(got.min(n) * 8);
+    Ok(buf)
+}
+
+/// `PTRACE_SECCOMP_GET_METADATA`: the flags (`SECCOMP_FILTER_FLAG_LOG`,
+/// ...) filter `index` was installed with.
+pub fn seccomp_flags(tid: i32, index: u64) -> io::Result<u64> {
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut md = [index, 0u64];
+    req(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        std::mem::size_of_val(&md),
+        md.as_mut_ptr() as usize,
+    )?;
+    Ok(md[1])
+}

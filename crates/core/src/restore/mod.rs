@@ -125,6 +125,20 @@ fn restore_tree(
     }
     let ti = ti;
     check_privilege(caller, &ti, &opts.join_ns)?;
+    let filters = crate::seccomp::read(dir)?;
+    let sandboxed = ti.imgs.iter().find(|i| {
+        i.cores
+            .iter()
+            .any(|c| c.1.thread_core.as_ref().is_some_and(crate::seccomp::wanted))
+    });
+    if let (true, Some(img)) = (caller.restricted, sandboxed) {
+        return Err(RestoreError::Unsupported {
+            pid: img.pid(),
+            what: "a seccomp sandbox restored by an unprivileged crest (suspending it while \
+                   the restore goes on needs CAP_SYS_ADMIN)"
+                .into(),
+        });
+    }
     // CRIU's --external pid[INO]:KEY at dump: the root goes into the
     // caller's pid namespace, given with --inherit-fd fd[N]:KEY
     let ext_pidns = match ti.imgs[0]
@@ -246,6 +260,7 @@ fn restore_tree(
         threads: Vec::new(),
         writers: &mut writers,
         userns_first: caller.enters_userns_first(),
+        seccomp: filters,
     };
     for k in 0..imgs.len() {
         let Some(t) = tasks[k].as_mut() else { continue };

@@ -30,6 +30,8 @@ pub(super) struct TreeCtx<'a> {
     /// from its own (unprivileged): a task enters its user namespace
     /// first, and the rest from there.
     pub(super) userns_first: bool,
+    /// The tree's seccomp filters (`seccomp.img`).
+    pub(super) seccomp: Vec<crest_images::pb::SeccompFilter>,
 }
 
 /// Turns a stopped fork of crest into the dumped task, and makes its
@@ -197,6 +199,10 @@ pub(super) fn transform(
             &tstep,
             leader_ids.as_ref(),
         )?;
+        // (its own, not the leader's: made before the leader gets its)
+        if let Some(thc) = tcore.thread_core.as_ref() {
+            crate::seccomp::restore(&mut th, thc, &ctx.seccomp)?;
+        }
         set_caps(&mut th, img, tcore)?;
         th.forget_scratch();
         ctx.threads.push(th);
@@ -213,6 +219,12 @@ pub(super) fn transform(
         let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
         r.rat(pid, "setns of pid_for_children")?;
+    }
+    // seccomp once its threads are made (they would inherit it) and
+    // while it holds its capabilities (a filter without no_new_privs
+    // needs CAP_SYS_ADMIN); suspended for what is injected after
+    if let Some(thc) = core.thread_core.as_ref() {
+        crate::seccomp::restore(t, thc, &ctx.seccomp)?;
     }
     set_caps(t, img, core)?;
     if let Some(d) = live.mm.dumpable {
