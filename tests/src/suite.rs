@@ -49,6 +49,7 @@ pub fn workloads() -> Vec<Workload> {
         c("stopped", &[], Settle::Blocked),
         c("novdso", &[], Settle::Blocked),
         c("seccomp", &[], Settle::Blocked),
+        c("netlink", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
         c("unix_relative", &[], Settle::Blocked),
         c("fork_storm", &[], Settle::Storm),

@@ -90,7 +90,8 @@ fn check_progress(dir: &CaseDir, when: &str) -> Result<()> {
     Ok(())
 }
 
-/// A tree whose grandchild holds an AF_NETLINK socket: `crest dump` must
+/// A tree whose grandchild holds an AF_NETLINK socket with the kernel's
+/// answers waiting in it: `crest dump` must
 /// fail naming the grandchild's pid, the fd and "socket", and leave every
 /// task running, untraced, the root making progress.
 fn dump_fails_cleanly(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -111,8 +112,8 @@ fn dump_fails_cleanly(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     if cfg.checkpoint {
         let Some(ran) = case::dump_attempt(cfg, dir, pid, false, procs)? else {
             bail!(
-                "crest dump succeeded, but grandchild {gc} holds an AF_NETLINK socket on fd \
-                 {SOCK_FD}, which crest cannot dump"
+                "crest dump succeeded, but grandchild {gc} holds an AF_NETLINK socket with \
+                 messages waiting on fd {SOCK_FD}, which crest cannot dump"
             );
         };
         if let Exit::Signal(s) = ran.exit {

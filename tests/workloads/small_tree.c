@@ -2,8 +2,9 @@
  *
  * Every task remembers its ppid and waits for SIGTERM. The root writes
  * `<statedir>/pids` ("ROOT CHILD GRANDCHILD\n") before ready. With `socket`
- * the grandchild holds an AF_NETLINK socket on fd SOCK_FD (an fd crest
- * cannot dump yet) and the root appends a byte to
+ * the grandchild holds an AF_NETLINK socket on fd SOCK_FD with the answer
+ * to an RTM_GETLINK dump waiting to be read (an fd crest refuses: the
+ * kernel's messages cannot be queued again) and the root appends a byte to
  * `<statedir>/progress` every 10 ms until SIGTERM, so the harness sees it
  * make progress.
  *
@@ -48,6 +49,16 @@ static void grandchild(int with_socket)
 		if (s < 0 || dup2(s, SOCK_FD) != SOCK_FD)
 			_exit(5);
 		close(s);
+		/* struct nlmsghdr + struct rtgenmsg: RTM_GETLINK, dump */
+		struct {
+			unsigned len;
+			unsigned short type, flags;
+			unsigned seq, pid;
+			unsigned char family, pad[3];
+		} req = {sizeof(req), 18, 0x301, 1, 0, AF_UNSPEC, {0}};
+		struct sockaddr kernel = {.sa_family = AF_NETLINK};
+		if (sendto(SOCK_FD, &req, sizeof(req), 0, &kernel, sizeof(kernel)) < 0)
+			_exit(6);
 	}
 	int rec[2] = {2, (int)getpid()};
 	if (write(ready_pipe[1], rec, sizeof(rec)) != sizeof(rec))

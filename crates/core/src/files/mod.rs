@@ -30,6 +30,7 @@ pub mod lock;
 pub mod mcast;
 pub mod memfd;
 pub mod mqueue;
+pub mod netlink;
 pub mod nsfile;
 pub mod pidfd;
 pub mod pipe;
@@ -381,6 +382,10 @@ impl FileTable {
             libc::AF_INET | libc::AF_INET6 => {
                 (FdTypes::Inetsk, self.dump_inet(pid, fd, ino, flags, copy)?)
             }
+            libc::AF_NETLINK => (
+                FdTypes::Netlinksk,
+                self.dump_netlink(pid, fd, ino, flags, &copy)?,
+            ),
             _ => {
                 return Err(DumpError::UnsupportedFd {
                     pid,

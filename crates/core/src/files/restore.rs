@@ -298,6 +298,7 @@ fn make_one(
         Ok(FdTypes::Pipe) => pipe_end(t, entry, files),
         Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
         Ok(FdTypes::Inetsk) => super::inet::open(t, entry, files, kept),
+        Ok(FdTypes::Netlinksk) => super::netlink::open(t, entry, files, kept),
         Ok(FdTypes::Tty) => super::tty::open(t, entry, files, kept),
         Ok(FdTypes::Fifo) => fifo::create(
             t,
