@@ -9,6 +9,12 @@
 //! - `ebpf_filter_refused`: a socket filter attached with `SO_ATTACH_BPF`;
 //! - `traced_task_refused`: a child its parent traces (`traced`): the
 //!   refusal says which task traces which.
+//! - `tcp_in_flight`: a TCP listener (`tcp_listener`) with a connection
+//!   from the harness waiting, not accepted: the dump is refused naming it
+//!   and `--skip-in-flight`, the tree running on; with `--skip-in-flight`
+//!   it is dumped without that connection (the harness's end sees it
+//!   reset or closed, not a hang), and after the restore a new connection
+//!   reaches the listener on the same port and is answered.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -23,7 +29,8 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 4] = [
+const CASES: [(&str, DirCase); 5] = [
+    ("tcp_in_flight", tcp_in_flight),
     ("netfilter_refused", netfilter_refused),
     ("tmpfs_covered_refused", tmpfs_covered_refused),
     ("ebpf_filter_refused", ebpf_filter_refused),
@@ -81,6 +88,69 @@ fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         ("traced", ""),
         &["traced by pid", "a task of the tree"],
     )
+}
+
+fn tcp_in_flight(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let w = case::Workload {
+        name: "tcp_listener",
+        program: case::Program::C("tcp_listener"),
+        args: Vec::new(),
+        settle: case::Settle::Blocked,
+    };
+    let pid = case::start(cfg, &w, dir, StdioKind::LogFile, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    let port: u16 = fs::read_to_string(dir.state.join("port"))?
+        .trim()
+        .parse()
+        .context("the listener's port")?;
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).context("connect (not accepted)")?;
+    waiting.write_all(b"early")?;
+
+    let ran = case::run_dump(cfg, dir, pid, false, procs)?;
+    if ran.success() {
+        bail!("crest dumped a TCP listener with a connection waiting, without --skip-in-flight");
+    }
+    if !(ran.stderr.contains("not accepted") && ran.stderr.contains("--skip-in-flight")) {
+        bail!(ran.failure("crest dump (expected a refusal naming the waiting connection)"));
+    }
+    if !procs::alive(pid) {
+        bail!("the refused dump harmed the tree: pid {pid} is gone");
+    }
+    fs::write(dir.state.join("dump-args"), "--skip-in-flight\n")?;
+    case::dump(cfg, dir, pid, false, procs)?;
+    waiting.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut b = [0u8; 8];
+    match waiting.read(&mut b) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            bail!("the connection left behind at the dump hangs: neither reset nor closed")
+        }
+        Ok(0) | Err(_) => {}
+        Ok(n) => bail!("the connection left behind at the dump gave {n} bytes"),
+    }
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore"));
+    }
+    procs.track(pid);
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).context("connect after the restore")?;
+    fresh.write_all(b"ping")?;
+    let verdict = case::finish(dir, pid, StdioKind::LogFile, procs)?;
+    fresh.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut got = [0u8; 4];
+    fresh
+        .read_exact(&mut got)
+        .context("read the listener's answer")?;
+    if &got != b"pong" {
+        bail!("the listener answered {got:?}");
+    }
+    Ok(verdict)
 }
 
 fn tmpfs_covered_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

@@ -232,6 +232,7 @@ fn collect_and_write(
     files.ghosts.limit = opts.ghost_limit;
     (files.shell_job, files.tcp_established) = (opts.shell_job, opts.tcp_established);
     files.tcp_close = opts.tcp_close;
+    files.tcp_skip_in_flight = opts.tcp_skip_in_flight;
     files.file_locks = opts.file_locks;
     files.orphan_pts_master = opts.orphan_pts_master;
     files.ext_unix_sk = opts.ext_unix_sk;

@@ -118,8 +118,8 @@ pub struct Options {
     pub tcp_established: bool,
     /// `--tcp-close`.
     pub tcp_close: bool,
-    /// `--skip-in-flight` (crest refuses in-flight connections either way;
-    /// taking the option only lets CRIU's callers keep their command line).
+    /// `--skip-in-flight`: connections waiting on a TCP listener, not
+    /// accepted yet, are left behind instead of failing the dump.
     pub tcp_skip_in_flight: bool,
     /// `-x`/`--ext-unix-sk`: a datagram unix socket connected to a named
     /// socket outside the tree is connected to the name again at restore

@@ -185,11 +185,18 @@ impl FileTable {
                 s if self.tcp_close && s != LISTEN && s != CLOSE => (CLOSE, 0),
                 LISTEN => {
                     let (pending, backlog) = (word(&info, 24), word(&info, 28));
-                    if pending != 0 {
+                    if pending != 0 && !self.tcp_skip_in_flight {
                         return Err(unsupported(format!(
                             "a listening TCP socket (port {sport}) with {pending} connection(s) \
-                             not accepted yet; crest refuses those"
+                             not accepted yet; crest cannot carry those (--skip-in-flight \
+                             leaves them behind, as CRIU does)"
                         )));
+                    }
+                    if pending != 0 {
+                        crate::warn!(
+                            "fd {fd} of pid {pid}: {pending} connection(s) waiting on the TCP \
+                             listener at port {sport} are left behind (--skip-in-flight)"
+                        );
                     }
                     (LISTEN, backlog)
                 }

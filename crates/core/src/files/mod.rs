@@ -80,6 +80,9 @@ pub struct FileTable {
     /// `--tcp-close`: a connected TCP socket is dumped as a closed one
     /// (CRIU's: the connection is dropped, the fd stays).
     pub tcp_close: bool,
+    /// `--skip-in-flight`: a listening TCP socket's connections not accepted
+    /// yet are left behind (their clients see them reset), as CRIU does.
+    pub tcp_skip_in_flight: bool,
     /// `--file-locks`: dump the file locks the tree holds.
     pub file_locks: bool,
     pub locks: lock::LockDump,
