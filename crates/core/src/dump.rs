@@ -291,6 +291,9 @@ fn collect_and_write(
     filters.write(&opts.dir)?;
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
+    // (files passed in queued messages first: a pipe end among them is
+    // the tree's)
+    files.dump_in_flight()?;
     files.mark_outside_pipes();
     // (finish adds the entries of sockets outside the tree)
     files.finish(&opts.dir)?;

@@ -178,17 +178,23 @@ pub struct Received {
     pub flags: i32,
     /// The sender's raw address (datagram sockets).
     pub from: Vec<u8>,
-    /// Whether file descriptors came along (they were closed at once).
-    pub had_fds: bool,
+    /// The file descriptors that came along (`SCM_RIGHTS`), crest's now,
+    /// close-on-exec.
+    pub fds: Vec<OwnedFd>,
+    /// The sender's credentials (`SCM_CREDENTIALS`: pid, uid, gid, as
+    /// crest sees them), when the socket has `SO_PASSCRED`.
+    pub creds: Option<(i32, u32, u32)>,
 }
 
 /// `recvmsg(fd, flags | MSG_CMSG_CLOEXEC)` into `buf`, with room for a
-/// sender address and a little control data. Descriptors passed with
-/// `SCM_RIGHTS` are closed at once and reported.
+/// sender address and control data for the most descriptors one message
+/// can carry (`SCM_MAX_FD`, 253). Descriptors passed with `SCM_RIGHTS`
+/// are returned (with `MSG_PEEK` they are copies: the message keeps
+/// them); `MSG_CTRUNC` in `flags` says some were lost.
 pub fn recvmsg(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<Received> {
     let mut name = [0u8; ADDR_MAX];
-    // Room for credentials and a few descriptors, 8-byte aligned.
-    let mut control = [0u64; 32];
+    // Room for credentials and 253 descriptors, 8-byte aligned.
+    let mut control = [0u64; 160];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -209,7 +215,8 @@ pub fn recvmsg(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<Rece
         len,
         flags: msg.msg_flags,
         from: name[..(msg.msg_namelen as usize).min(ADDR_MAX)].to_vec(),
-        had_fds: false,
+        fds: Vec::new(),
+        creds: None,
     };
     // SAFETY: `msg` was filled by the kernel; CMSG_FIRSTHDR/NXTHDR walk
     // within msg_controllen.
@@ -217,8 +224,13 @@ pub fn recvmsg(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<Rece
     while !c.is_null() {
         // SAFETY: `c` points to a complete cmsghdr inside `control`.
         let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_CREDENTIALS {
+            // SAFETY: CMSG_DATA points to a struct ucred inside `control`
+            // (the kernel wrote a whole one for this type).
+            let u = unsafe { (libc::CMSG_DATA(c) as *const libc::ucred).read_unaligned() };
+            out.creds = Some((u.pid, u.uid, u.gid));
+        }
         if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
-            out.had_fds = true;
             // SAFETY: CMSG_LEN(0) is the header length; the data holds ints.
             let hdr = unsafe { libc::CMSG_LEN(0) } as usize;
             let n = (h.cmsg_len as usize).saturating_sub(hdr) / 4;
@@ -226,13 +238,95 @@ pub fn recvmsg(fd: &impl AsRawFd, buf: &mut [u8], flags: i32) -> io::Result<Rece
                 // SAFETY: CMSG_DATA points to `n` ints inside `control`.
                 let fd = unsafe { (libc::CMSG_DATA(c) as *const i32).add(i).read_unaligned() };
                 // SAFETY: the kernel just installed this fd for us.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                out.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         }
         // SAFETY: as above.
         c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
     }
     Ok(out)
+}
+
+/// `sendmsg(fd, data, flags)` to `to` (empty: the connected peer) with
+/// `fds` passed beside the data (`SCM_RIGHTS`, at most 253) and, when
+/// given, the credentials it claims (`SCM_CREDENTIALS`: pid, uid, gid;
+/// others than the caller's need CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID).
+pub fn send_with_fds(
+    fd: &impl AsRawFd,
+    data: &[u8],
+    flags: i32,
+    to: &[u8],
+    (fds, creds): (&[std::os::fd::BorrowedFd<'_>], Option<(i32, u32, u32)>),
+) -> io::Result<usize> {
+    if fds.len() > 253 || to.len() > ADDR_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut name = [0u8; ADDR_MAX];
+    name[..to.len()].copy_from_slice(to);
+    let mut control = [0u64; 160];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if !to.is_empty() {
+        msg.msg_name = name.as_mut_ptr().cast();
+        msg.msg_namelen = to.len() as libc::socklen_t;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let ucred_len = std::mem::size_of::<libc::ucred>() as u32;
+    // SAFETY: CMSG_SPACE only computes sizes.
+    let (rights_space, creds_space) = unsafe {
+        (
+            if fds.is_empty() {
+                0
+            } else {
+                libc::CMSG_SPACE((fds.len() * 4) as u32) as usize
+            },
+            if creds.is_none() {
+                0
+            } else {
+                libc::CMSG_SPACE(ucred_len) as usize
+            },
+        )
+    };
+    if rights_space + creds_space > 0 {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = rights_space + creds_space;
+        // SAFETY: `control` (1280 bytes) has room for CMSG_SPACE(253 * 4)
+        // plus CMSG_SPACE of a ucred; each header is taken with
+        // CMSG_FIRSTHDR/NXTHDR within msg_controllen, and its data written
+        // within its CMSG_LEN.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            if !fds.is_empty() {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+                let data = libc::CMSG_DATA(c) as *mut i32;
+                for (i, f) in fds.iter().enumerate() {
+                    data.add(i).write_unaligned(f.as_raw_fd());
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            if let Some((pid, uid, gid)) = creds {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_CREDENTIALS;
+                (*c).cmsg_len = libc::CMSG_LEN(ucred_len) as usize;
+                (libc::CMSG_DATA(c) as *mut libc::ucred).write_unaligned(libc::ucred {
+                    pid,
+                    uid,
+                    gid,
+                });
+            }
+        }
+    }
+    // SAFETY: every pointer in `msg` points to a live buffer of the given
+    // length; the fds are borrowed for the call.
+    let r = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    Ok(cvt(r as libc::c_long)? as usize)
 }
 
 /// `ioctl(fd, request, &int)` of a request that returns one int

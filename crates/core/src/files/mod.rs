@@ -248,6 +248,69 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
     Ok(out)
 }
 
+impl FileTable {
+    /// The files passed in queued unix messages (`SCM_RIGHTS`), dumped as
+    /// files of their own through crest's copies (a description a task
+    /// also holds is the same file); a socket among them may carry more.
+    pub(crate) fn dump_in_flight(&mut self) -> Result<(), DumpError> {
+        use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
+        while let Some((q, i, fds, ctx)) = self.unix.flight.pop() {
+            let mut ids = Vec::with_capacity(fds.len());
+            for f in fds {
+                let saved = self.unix.ctx.replace(ctx);
+                let r = self.dump_crest_fd(me, f.as_raw_fd(), ctx);
+                self.unix.ctx = saved;
+                let (_, id) = r.map_err(|e| DumpError::Unsupported {
+                    pid: ctx,
+                    what: format!("a file passed in a unix socket's queue, not received yet: {e}"),
+                })?;
+                ids.push(id);
+                self.unix.flight_held.push(f);
+            }
+            if let Some(p) = self.unix.queues.get_mut(q).and_then(|x| x.1.get_mut(i)) {
+                p.rights = ids;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dumps crest's own fd `fd` (a file in flight the queue of a socket of
+    /// `ctx` holds) as any fd of a task.
+    fn dump_crest_fd(&mut self, me: i32, fd: i32, ctx: i32) -> Result<(FdTypes, u32), DumpError> {
+        let link = procfs::read_link(&format!("/proc/{me}/fd/{fd}")).at(me, "read an fd link")?;
+        if link.starts_with('/') && !link.ends_with(" (deleted)") {
+            // the path is crest's view: the restore opens it in the task,
+            // which must find the same file there
+            let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+            let here = std::fs::metadata(format!("/proc/{me}/fd/{fd}"))
+                .map(id)
+                .ok();
+            let there = std::fs::metadata(format!("/proc/{ctx}/root{link}"))
+                .map(id)
+                .ok();
+            if here.is_none() || here != there {
+                return Err(DumpError::Unsupported {
+                    pid: ctx,
+                    what: format!("{link} in flight, which the task does not see at that path"),
+                });
+            }
+        }
+        let info = procfs::read_fdinfo(me, fd).at(me, "read fdinfo")?;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let key = share::key(me, fd)?;
+        match self.seen.find(me, fd, key)? {
+            Some(found) => Ok(found),
+            None => {
+                let made = dump_one(me, fd, &link, &info, flags, self)?;
+                self.dump_fown(me, fd, made.1)?;
+                self.seen.add(me, fd, key, made);
+                Ok(made)
+            }
+        }
+    }
+}
+
 /// Dumps one open file description seen for the first time.
 fn dump_one(
     pid: i32,
@@ -407,6 +470,7 @@ impl FileTable {
     /// After every task's fds: checks what needs the whole tree and writes
     /// the socket and terminal images.
     pub fn finish(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
+        self.dump_in_flight()?;
         self.check_unix()?;
         unix::write_queues(dir, self)?;
         self.inet.write(dir)?;

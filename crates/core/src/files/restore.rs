@@ -57,6 +57,10 @@ pub struct RestoreFiles {
     /// `--inherit-fd`: the key of a dumped file (`pipe:[INODE]`) → crest's
     /// fd that stands for it.
     pub inherit: HashMap<String, std::os::fd::OwnedFd>,
+    /// Files passed in queued messages, made already: crest's copies
+    /// (every later user, a queue or a task's fd, gets the same
+    /// description).
+    pub flight: HashMap<u32, std::os::fd::OwnedFd>,
     /// Terminals: their settings, and the pty pairs made for consoles.
     pub ttys: super::tty::TtyRestore,
 }
@@ -121,6 +125,7 @@ impl RestoreFiles {
             socks: super::unix::SockImages::read(dir)?,
             locks: super::lock::read(dir)?,
             inherit: HashMap::new(),
+            flight: HashMap::new(),
             ttys: super::tty::TtyRestore::read(dir)?,
             ..RestoreFiles::default()
         })
@@ -260,6 +265,8 @@ fn make_all(
                 ));
             }
             let made = match files.holders.get(&fi.id) {
+                // (passed in a queued message, made for that already)
+                _ if files.flight.contains_key(&fi.id) => give_fd(t, &files.flight[&fi.id])?,
                 Some(&(holder, hfd)) => give_fd(t, &take_fd(holder, hfd)?)?,
                 None => {
                     let made = make_one(t, fi, &entry, files, &mut kept)?;
@@ -277,6 +284,59 @@ fn make_all(
     })();
     kept.close_all(t)?;
     res
+}
+
+/// crest's copy of file `id`, passed in a queued message that task `t`
+/// puts back: the description made already (for another message, for a
+/// task's fd, or a socket of `t`'s), or made now in `t` and kept.
+pub(crate) fn flight_copy(
+    t: &mut Tracee,
+    id: u32,
+    files: &mut RestoreFiles,
+    kept: &mut super::kept::Kept,
+) -> Result<std::os::fd::OwnedFd, RestoreError> {
+    let pid = t.pid();
+    if let Some(c) = files.flight.get(&id) {
+        return c.try_clone().rat(pid, "dup a file in flight");
+    }
+    if let Some(slot) = kept.get(id) {
+        return kept.copy(t, slot);
+    }
+    if let Some(&(holder, hfd)) = files.holders.get(&id) {
+        return take_fd(holder, hfd);
+    }
+    if let Some(c) = files.socks.spare.get(&id) {
+        return c.try_clone().rat(pid, "dup a file in flight");
+    }
+    let entry = files
+        .entries
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| RestoreError::BadImage {
+            pid,
+            file: names::SK_QUEUES.into(),
+            what: format!(
+                "a queued message passes file {id}, which is not in {}",
+                names::FILES
+            ),
+        })?;
+    let fi = FdinfoEntry {
+        id,
+        flags: 0,
+        r#type: entry.r#type,
+        fd: 0,
+        xattr_security_selinux: None,
+    };
+    let fd = make_one(t, &fi, &entry, files, kept)?;
+    files.made_by.insert(id, pid);
+    let copy = take_fd(pid, fd as u32);
+    t.syscall(nr::CLOSE, &[fd])
+        .rat(pid, "close a file in flight")?;
+    let copy = copy?;
+    files
+        .flight
+        .insert(id, copy.try_clone().rat(pid, "dup a file in flight")?);
+    Ok(copy)
 }
 
 /// Makes a new open file description for `entry`, by kind.

@@ -48,9 +48,29 @@ pub struct UnixDump {
     /// sock_diag of each network namespace, by its inode.
     diags: HashMap<u64, HashMap<u32, UnixDiag>>,
     /// Queued packets by file id, in queue order.
-    pub queues: Vec<(u32, Vec<Vec<u8>>)>,
+    pub queues: Vec<(u32, Vec<Queued>)>,
     /// Every dumped socket: inode → who holds it and what it is.
     socks: HashMap<u32, Held>,
+    /// Files passed in queued packets (`SCM_RIGHTS`), not dumped yet:
+    /// (queue, packet, crest's copies, the pid whose socket holds them).
+    pub(crate) flight: Vec<(usize, usize, Vec<OwnedFd>, i32)>,
+    /// crest's copies of files in flight, open until the dump ends (their
+    /// descriptions are compared with `kcmp`).
+    pub(crate) flight_held: Vec<OwnedFd>,
+    /// While a file in flight is dumped: the task whose namespaces stand
+    /// for crest's (the socket's net namespace, its cwd).
+    pub(crate) ctx: Option<i32>,
+}
+
+/// A packet queued on a socket: its bytes, and the files passed with it
+/// (file ids).
+#[derive(Debug, Clone, Default)]
+pub struct Queued {
+    pub data: Vec<u8>,
+    pub rights: Vec<u32>,
+    /// The sender's pid (crest's view at dump), uid and gid, kept where
+    /// the receiver reads them (`SO_PASSCRED`).
+    pub creds: Option<(i32, u32, u32)>,
 }
 
 struct Held {
@@ -89,9 +109,11 @@ impl FileTable {
         copy: &OwnedFd,
     ) -> Result<u32, DumpError> {
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
-        let netns = netns_of(pid)?;
+        // (a socket in flight: found through the task that holds its queue)
+        let ctx = self.unix.ctx.unwrap_or(pid);
+        let netns = netns_of(ctx)?;
         if let std::collections::hash_map::Entry::Vacant(v) = self.unix.diags.entry(netns) {
-            v.insert(sockdiag::unix_sockets_of(pid).at(pid, "sock_diag of unix sockets")?);
+            v.insert(sockdiag::unix_sockets_of(ctx).at(pid, "sock_diag of unix sockets")?);
         }
         let diag = &self.unix.diags[&netns];
         let d = diag
@@ -117,9 +139,9 @@ impl FileTable {
                 // bound to a relative path: in the task's cwd, where it is
                 // found again (CRIU's name_dir)
                 let cwd =
-                    crate::procfs::read_link(&format!("/proc/{pid}/cwd")).at(pid, "read cwd")?;
+                    crate::procfs::read_link(&format!("/proc/{ctx}/cwd")).at(pid, "read cwd")?;
                 let full = format!("{}/{}", cwd.trim_end_matches('/'), show_name(&name));
-                let m = std::fs::symlink_metadata(format!("/proc/{pid}/root{full}")).ok();
+                let m = std::fs::symlink_metadata(format!("/proc/{ctx}/root{full}")).ok();
                 let found = m
                     .zip(d.vfs)
                     .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
@@ -133,7 +155,7 @@ impl FileTable {
                 name_dir = Some(cwd);
                 full
             };
-            let path = format!("/proc/{pid}/root{full}");
+            let path = format!("/proc/{ctx}/root{full}");
             let m = std::fs::symlink_metadata(&path).ok();
             let same = m
                 .as_ref()
@@ -188,6 +210,27 @@ impl FileTable {
                 .map_err(unsupported)?
         };
         let opts = skopts::dump(copy).at(pid, "read socket options")?;
+        // the receiver reads who sent each message (SO_PASSCRED): a sender
+        // of the tree is named again at restore; a message sent with no
+        // credentials (neither end had SO_PASSCRED then: it reads as pid 0
+        // and the overflow ids) is refilled so too
+        let none = (
+            crate::ns::user::overflow_uid(),
+            crate::ns::user::overflow_gid(),
+        );
+        for (_, _, c) in &packets {
+            match *c {
+                None => {}
+                Some((0, uid, gid)) if (uid, gid) == none => {}
+                Some((p, _, _)) if p != 0 && self.tree.contains(&p) => {}
+                Some((p, uid, gid)) => {
+                    return Err(unsupported(format!(
+                        "a unix socket with SO_PASSCRED holding a message from pid {p} (uid \
+                         {uid}, gid {gid}), which is not in the dumped tree"
+                    )))
+                }
+            }
+        }
         let backlog = if u32::from(d.state) == TCP_LISTEN {
             d.rqlen.1
         } else {
@@ -220,7 +263,19 @@ impl FileTable {
             e.id = id;
         }
         if !packets.is_empty() {
-            self.unix.queues.push((id, packets));
+            let q = self.unix.queues.len();
+            let mut list = Vec::with_capacity(packets.len());
+            for (i, (data, fds, creds)) in packets.into_iter().enumerate() {
+                if !fds.is_empty() {
+                    self.unix.flight.push((q, i, fds, ctx));
+                }
+                list.push(Queued {
+                    data,
+                    rights: Vec::new(),
+                    creds: creds.filter(|c| c.0 != 0),
+                });
+            }
+            self.unix.queues.push((id, list));
         }
         self.unix.socks.insert(
             ino,
@@ -356,75 +411,95 @@ impl FileTable {
     }
 }
 
-/// The data queued on a socket, packet by packet (stream data as one),
-/// read with `MSG_PEEK` from offset 0; `Err(kind)` for a queue crest
-/// cannot keep.
-fn peek_queue(
-    copy: &OwnedFd,
-    ty: i32,
-    stream_len: usize,
-) -> std::io::Result<Result<Vec<Vec<u8>>, String>> {
-    use crest_sys::net::{getsockopt_int, recvmsg, setsockopt_int};
+/// The data queued on a socket, packet by packet, with the files passed
+/// beside each (crest's copies; the queue keeps them), read with
+/// `MSG_PEEK` from offset 0; `Err(kind)` for a queue crest cannot keep.
+/// Stream data comes as one piece but where files were passed: a peek
+/// stops after the message that carried files, and hands them with all
+/// the bytes queued since the previous such message (the kernel shows no
+/// boundary in between; CRIU's queues are the same).
+fn peek_queue(copy: &OwnedFd, ty: i32, stream_len: usize) -> std::io::Result<PeekResult> {
+    use crest_sys::net::{getsockopt_int, setsockopt_int};
     let fd = copy.as_fd();
     let old = getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let res = (|| {
-        let mut out = Vec::new();
-        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
-        if ty == libc::SOCK_STREAM {
-            if stream_len == 0 {
-                return Ok(Ok(out));
-            }
-            if stream_len > MAX_QUEUE {
-                return Ok(Err(format!("a unix socket with {stream_len} bytes queued")));
-            }
-            let mut buf = vec![0u8; stream_len];
-            let r = recvmsg(&fd, &mut buf, flags)?;
-            if r.had_fds {
-                return Ok(Err(
-                    "a unix socket with file descriptors in its queue".into()
-                ));
-            }
-            if r.len != stream_len {
-                return Ok(Err(format!(
-                    "a unix socket whose {stream_len} queued bytes could not all be read ({})",
-                    r.len
-                )));
-            }
-            out.push(buf);
-            return Ok(Ok(out));
-        }
-        let mut buf = vec![0u8; 1 << 19];
-        let mut total = 0;
-        loop {
-            let r = match recvmsg(&fd, &mut buf, flags | libc::MSG_TRUNC) {
-                Ok(r) => r,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                Err(e) => return Err(e),
-            };
-            if r.had_fds {
-                return Ok(Err(
-                    "a unix socket with file descriptors in its queue".into()
-                ));
-            }
-            if r.len > buf.len() {
-                return Ok(Err(format!(
-                    "a unix socket with a {}-byte datagram queued",
-                    r.len
-                )));
-            }
-            total += r.len;
-            out.push(buf[..r.len].to_vec());
-            if out.len() > MAX_PACKETS || total > MAX_QUEUE {
-                return Ok(Err(format!(
-                    "a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued"
-                )));
-            }
-        }
-        Ok(Ok(out))
-    })();
+    let res = if ty == libc::SOCK_STREAM {
+        peek_stream(copy, stream_len)
+    } else {
+        peek_packets(copy)
+    };
     setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
     res
+}
+
+type Peeked = Vec<(Vec<u8>, Vec<OwnedFd>, Option<(i32, u32, u32)>)>;
+type PeekResult = Result<Peeked, String>;
+
+fn peek_stream(copy: &OwnedFd, stream_len: usize) -> std::io::Result<PeekResult> {
+    use crest_sys::net::{recvmsg, setsockopt_int};
+    let mut out = Vec::new();
+    if stream_len > MAX_QUEUE {
+        return Ok(Err(format!("a unix socket with {stream_len} bytes queued")));
+    }
+    let mut off = 0;
+    while off < stream_len {
+        setsockopt_int(copy, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off as i32)?;
+        let mut data = vec![0u8; stream_len - off];
+        let r = recvmsg(copy, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+        if r.len == 0 {
+            return Ok(Err(format!(
+                "a unix socket whose {stream_len} queued bytes could not all be read ({off})"
+            )));
+        }
+        if r.flags & libc::MSG_CTRUNC != 0 {
+            return Ok(Err(
+                "a unix socket with more files in a message than crest reads".into(),
+            ));
+        }
+        data.truncate(r.len);
+        off += r.len;
+        out.push((data, r.fds, r.creds));
+        if out.len() > MAX_PACKETS {
+            return Ok(Err(format!(
+                "a unix socket with more than {MAX_PACKETS} messages queued"
+            )));
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn peek_packets(copy: &OwnedFd) -> std::io::Result<PeekResult> {
+    use crest_sys::net::recvmsg;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 19];
+    let mut total = 0;
+    loop {
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+        let r = match recvmsg(copy, &mut buf, flags) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
+            Err(e) => return Err(e),
+        };
+        if r.flags & libc::MSG_CTRUNC != 0 {
+            return Ok(Err(
+                "a unix socket with more files in a message than crest reads".into(),
+            ));
+        }
+        if r.len > buf.len() {
+            return Ok(Err(format!(
+                "a unix socket with a {}-byte datagram queued",
+                r.len
+            )));
+        }
+        total += r.len;
+        out.push((buf[..r.len].to_vec(), r.fds, r.creds));
+        if out.len() > MAX_PACKETS || total > MAX_QUEUE {
+            return Ok(Err(format!(
+                "a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued"
+            )));
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// Writes `sk-queues.img`: per queued packet an `sk_packet_entry`, then
@@ -433,14 +508,28 @@ pub fn write_queues(dir: &Path, table: &FileTable) -> Result<(), DumpError> {
     let mut w = crest_images::ImageWriter::create(dir, names::SK_QUEUES, magic::SK_QUEUES)?;
     for (id, packets) in &table.unix.queues {
         for p in packets {
+            let scm = if p.rights.is_empty() {
+                Vec::new()
+            } else {
+                vec![crest_images::pb::ScmEntry {
+                    r#type: libc::SCM_RIGHTS as u32,
+                    rights: p.rights.clone(),
+                }]
+            };
             w.write_entry(&SkPacketEntry {
                 id_for: *id,
-                length: p.len() as u32,
-                scm: Vec::new(),
-                ucred: None,
+                length: p.data.len() as u32,
+                scm,
+                ucred: p
+                    .creds
+                    .map(|(pid, uid, gid)| crest_images::pb::SkUcredEntry {
+                        uid,
+                        gid,
+                        pid: pid as u32,
+                    }),
                 crest_from: None,
             })?;
-            w.write_payload(p)?;
+            w.write_payload(&p.data)?;
         }
     }
     w.finish()?;
@@ -450,7 +539,7 @@ pub fn write_queues(dir: &Path, table: &FileTable) -> Result<(), DumpError> {
 /// `sk-queues.img`, indexed by file id; which task made each socket.
 #[derive(Default)]
 pub struct SockImages {
-    pub queues: HashMap<u32, Vec<Vec<u8>>>,
+    pub queues: HashMap<u32, Vec<Queued>>,
     /// file id → pid of the task that made the socket.
     pub made_by: HashMap<u32, i32>,
     /// Queued UDP datagrams by file id: (sender, data).
@@ -465,11 +554,14 @@ pub struct SockImages {
     /// other end of a pair, a listener to connect to), handed over when
     /// that task's fds are made.
     pub spare: HashMap<u32, OwnedFd>,
+    /// A task's pid in the images → its pid now (crest's view), where
+    /// they differ: the senders queued messages name.
+    pub pid_map: HashMap<i32, i32>,
 }
 
 impl SockImages {
     pub fn read(dir: &Path) -> Result<SockImages, RestoreError> {
-        let mut queues: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        let mut queues: HashMap<u32, Vec<Queued>> = HashMap::new();
         if dir.join(names::SK_QUEUES).exists() {
             let mut r = ImageReader::open(dir, names::SK_QUEUES, magic::SK_QUEUES)?;
             let mut total = 0usize;
@@ -482,8 +574,31 @@ impl SockImages {
                         what: format!("socket {} claims {} bytes", e.id_for, e.length),
                     });
                 }
+                let mut rights = Vec::new();
+                for scm in &e.scm {
+                    if scm.r#type != libc::SCM_RIGHTS as u32
+                        || rights.len() + scm.rights.len() > 253
+                    {
+                        return Err(RestoreError::BadImage {
+                            pid: 0,
+                            file: names::SK_QUEUES.into(),
+                            what: format!(
+                                "socket {}: a message with control data of type {} ({} files)",
+                                e.id_for,
+                                scm.r#type,
+                                scm.rights.len()
+                            ),
+                        });
+                    }
+                    rights.extend_from_slice(&scm.rights);
+                }
                 let data = r.read_payload(u64::from(e.length))?;
-                queues.entry(e.id_for).or_default().push(data);
+                let creds = e.ucred.as_ref().map(|u| (u.pid as i32, u.uid, u.gid));
+                queues.entry(e.id_for).or_default().push(Queued {
+                    data,
+                    rights,
+                    creds,
+                });
             }
         }
         Ok(SockImages {
@@ -494,6 +609,7 @@ impl SockImages {
             shell_job: false,
             tcp_close: false,
             spare: HashMap::new(),
+            pid_map: HashMap::new(),
         })
     }
 }
@@ -803,9 +919,11 @@ fn make(
             if named && !name_taken(files, &u) {
                 bind(t, a, &u)?;
             }
-            if let Some(packets) = files.socks.queues.get(&u.id) {
+            if let Some(packets) = files.socks.queues.get(&u.id).cloned() {
                 let sender = kept.copy(t, b)?;
-                send_all(pid, &sender, &[], packets, u.id)?;
+                let rights = rights_of(t, &packets, files, kept)?;
+                let map = &files.socks.pid_map;
+                send_all(pid, &sender, &[], (&packets, &rights, map), u.id)?;
             }
             t.syscall(nr::CLOSE, &[b])
                 .rat(pid, "close the closed peer")?;
@@ -850,7 +968,7 @@ fn pair(t: &mut Tracee, ty: u32) -> Result<(u64, u64), RestoreError> {
 fn finish(
     t: &mut Tracee,
     made: &[UnixSkEntry],
-    files: &super::restore::RestoreFiles,
+    files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -862,13 +980,13 @@ fn finish(
         copies.push(kept.copy(t, slot)?);
     }
     for (u, copy) in made.iter().zip(&copies) {
-        let Some(packets) = files.socks.queues.get(&u.id) else {
+        let Some(packets) = files.socks.queues.get(&u.id).cloned() else {
             continue;
         };
         if u.peer == 0 && u.state == TCP_ESTABLISHED && u.r#type != libc::SOCK_DGRAM as u32 {
             continue; // refilled by its closed peer in make
         }
-        fill(t, u, copy, packets, files, kept)?;
+        fill(t, u, copy, &packets, files, kept)?;
     }
     for (u, copy) in made.iter().zip(&copies) {
         skopts::restore(copy, &u.opts).rat(pid, format!("options of unix socket {}", u.id))?;
@@ -888,11 +1006,13 @@ fn fill(
     t: &mut Tracee,
     u: &UnixSkEntry,
     _own: &OwnedFd,
-    packets: &[Vec<u8>],
-    files: &super::restore::RestoreFiles,
+    packets: &[Queued],
+    files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
+    // the files passed in them first: making one may make sockets here
+    let rights = rights_of(t, packets, files, kept)?;
     let peer = by_ino(files, u.peer).filter(|p| p.state != TCP_LISTEN);
     let (sender, to, temp) = match peer.as_ref().and_then(|p| kept.get(p.id).map(|s| (p, s))) {
         Some((p, slot)) => {
@@ -918,7 +1038,8 @@ fn fill(
             })
         }
     };
-    send_all(pid, &sender, &to, packets, u.id)?;
+    let map = &files.socks.pid_map;
+    send_all(pid, &sender, &to, (packets, &rights, map), u.id)?;
     if let Some(fd) = temp {
         t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
     }
@@ -931,11 +1052,12 @@ fn send_all(
     pid: i32,
     sender: &OwnedFd,
     to: &[u8],
-    packets: &[Vec<u8>],
+    (packets, rights, pid_map): (&[Queued], &[Vec<OwnedFd>], &HashMap<i32, i32>),
     id: u32,
 ) -> Result<(), RestoreError> {
-    use crest_sys::net::{getsockopt_int, sendto};
-    let total: usize = packets.iter().map(Vec::len).sum();
+    use crest_sys::net::{getsockopt_int, send_with_fds};
+    use std::os::fd::AsFd;
+    let total: usize = packets.iter().map(|p| p.data.len()).sum();
     let old = getsockopt_int(sender, libc::SOL_SOCKET, libc::SO_SNDBUF).rat(pid, "SO_SNDBUF")?;
     let want = (2 * total + (64 << 10)).min(i32::MAX as usize / 2) as i32;
     if want > old {
@@ -944,13 +1066,22 @@ fn send_all(
         super::skopts::set_buf(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, want)
             .rat(pid, "raise SO_SNDBUF to refill a queue")?;
     }
-    for p in packets {
-        let n = sendto(sender, p, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, to)
+    for (p, fds) in packets.iter().zip(rights) {
+        let fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        // the sender as it is now
+        let creds = p
+            .creds
+            .map(|(p, u, g)| (pid_map.get(&p).copied().unwrap_or(p), u, g));
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let n = send_with_fds(sender, &p.data, flags, to, (&fds, creds))
             .rat(pid, format!("refill the queue of socket {id}"))?;
-        if n != p.len() {
+        if n != p.data.len() {
             return Err(RestoreError::Unsupported {
                 pid,
-                what: format!("a socket queue that took {n} of {} bytes back", p.len()),
+                what: format!(
+                    "a socket queue that took {n} of {} bytes back",
+                    p.data.len()
+                ),
             });
         }
     }
@@ -967,4 +1098,22 @@ fn send_all(
         }
     }
     Ok(())
+}
+
+/// crest's copies of the files each packet passes.
+fn rights_of(
+    t: &mut Tracee,
+    packets: &[Queued],
+    files: &mut super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<Vec<Vec<OwnedFd>>, RestoreError> {
+    packets
+        .iter()
+        .map(|p| {
+            p.rights
+                .iter()
+                .map(|&id| super::restore::flight_copy(t, id, files, kept))
+                .collect()
+        })
+        .collect()
 }

@@ -236,6 +236,13 @@ fn restore_tree(
         &cg_dirs,
     )?;
     let forking = forking.elapsed();
+    // (queued messages name their senders by the pids they had)
+    files.socks.pid_map = imgs
+        .iter()
+        .zip(&actual)
+        .filter(|(i, a)| i.pid() != **a)
+        .map(|(i, a)| (i.pid(), *a))
+        .collect();
     fault::point("restore: tree forked")?;
     // How each task's threads get their ids: they are made after the task
     // moved into its own user namespace.
