@@ -245,7 +245,7 @@ fn fds(v: &mut View, pid: i32) {
     for fd in nums {
         let target = link(&format!("{dir}/{fd}"));
         let key = |what: &str| format!("pid {pid} fd {fd} {what}");
-        put(v, key("link"), normalise_link(&target));
+        put(v, key("link"), normalise_link(pid, &target));
         if let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
             for (k, val) in fdinfo(&info) {
                 put(v, key(&format!("fdinfo {k}")), val);
@@ -307,12 +307,30 @@ fn fcntls(pidfd: &OwnedFd, fd: i32, target: &str) -> Vec<(String, String)> {
     out
 }
 
-/// A new pipe or socket has a new inode number.
-fn normalise_link(target: &str) -> String {
+/// A new pipe or socket has a new inode number, and so has a namespace
+/// made again: a namespace file is named by whose namespace it is (the
+/// task's own, the harness's, or another).
+fn normalise_link(pid: i32, target: &str) -> String {
     for kind in ["pipe:", "socket:"] {
         if target.starts_with(kind) {
             return format!("{kind}[*]");
         }
+    }
+    let ns = target
+        .split_once(":[")
+        .filter(|(k, rest)| rest.ends_with(']') && !k.contains('/'));
+    if let Some((kind, _)) = ns {
+        let of = |p: &str, k: &str| link(&format!("/proc/{p}/ns/{k}"));
+        let whose = if of(&pid.to_string(), kind) == target {
+            "own"
+        } else if of(&pid.to_string(), &format!("{kind}_for_children")) == target {
+            "own, for children"
+        } else if of("self", kind) == target {
+            "the harness's"
+        } else {
+            "another"
+        };
+        return format!("{kind}:[{whose}]");
     }
     target.to_string()
 }

@@ -68,18 +68,8 @@ pub fn workloads() -> Vec<Workload> {
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
         script("python_multiprocessing", "/usr/bin/python3", "multiproc.py"),
+        c("nsfiles", &[], Settle::Blocked),
     ]
-}
-
-/// Protocol workloads run in the host flavor only: `nsfiles` holds files
-/// of the machine's namespaces, which are the tree's own in the others.
-pub fn host_only_workloads() -> Vec<Workload> {
-    vec![Workload {
-        name: "nsfiles",
-        program: Program::C("nsfiles"),
-        args: Vec::new(),
-        settle: Settle::Blocked,
-    }]
 }
 
 /// The protocol workload called `name`.
@@ -208,19 +198,6 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
                 report.record(&name, outcome);
             }
         }
-    }
-    // workloads whose state only exists in the host flavor
-    for w in host_only_workloads() {
-        let name = case::case_name(w.name, Flavor::Host, Some(StdioKind::DevNull));
-        if !filter.selects(&name) {
-            continue;
-        }
-        let outcome = if cfg.root {
-            case::run_protocol(cfg, &w, Flavor::Host, StdioKind::DevNull, mode)
-        } else {
-            Outcome::Skip("needs root".into())
-        };
-        report.record(&name, outcome);
     }
     let name = case::case_name("sleep_bin", Flavor::Host, None);
     if filter.selects(&name) {

@@ -237,6 +237,17 @@ fn collect_and_write(
     files.orphan_pts_master = opts.orphan_pts_master;
     files.ext_unix_sk = opts.ext_unix_sk;
     files.ext_unix_sk_ids = opts.ext_unix_sk_ids.clone();
+    let user = libc::CLONE_NEWUSER as u32;
+    let pid_ty = libc::CLONE_NEWPID as u32;
+    files.tree_ns = (users.ns_inos().into_iter().map(|(i, id)| (i, (user, id))))
+        .chain(
+            others
+                .ns_inos()
+                .into_iter()
+                .map(|(i, id, ty)| (i, (ty, id))),
+        )
+        .chain(pids.ns_inos().into_iter().map(|(i, id)| (i, (pid_ty, id))))
+        .collect();
     let mut summary = DumpSummary::default();
     let mut filters = crate::seccomp::Table::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());

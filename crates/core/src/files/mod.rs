@@ -72,6 +72,8 @@ pub struct FileTable {
     /// Unix sockets connected outside the tree that the caller gives back
     /// at restore (`--ext-unix-sk=INO`).
     pub ext_unix_sk_ids: Vec<u32>,
+    /// The tree's own namespaces (namespace files of them are carried).
+    pub tree_ns: nsfile::TreeNs,
     /// A pty slave whose master is outside the tree is dumped (the RPC's
     /// `orphan_pts_master`: the caller takes a new master at restore).
     pub orphan_pts_master: bool,
@@ -353,7 +355,7 @@ fn dump_one(
     if let Some(id) = table.dump_tty(pid, fd, link, flags)? {
         return Ok((FdTypes::Tty, id));
     }
-    if let Some(entry) = nsfile::dump(pid, fd, link, flags)? {
+    if let Some(entry) = nsfile::dump(pid, fd, link, flags, &table.tree_ns)? {
         return Ok((FdTypes::Ns, table.push(entry)));
     }
     if !link.starts_with('/') {

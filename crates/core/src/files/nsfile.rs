@@ -1,9 +1,12 @@
 //! Namespace files held open (an fd of `/proc/PID/ns/KIND`, or of a bind
-//! mount of one): CRIU's `NS` kind with its `ns_file_entry`. crest carries
-//! those of the namespaces it shares itself (the machine's, in the host
-//! case): `ns_id` 0 says so, and the restore opens crest's own
-//! `/proc/PID/ns/KIND` again, the same namespace. A namespace of the
-//! tree's own or of another process is refused naming it.
+//! mount of one): CRIU's `NS` kind with its `ns_file_entry`. Those of the
+//! namespaces crest shares itself (the machine's, in the host case) have
+//! `ns_id` 0, and the restore opens crest's own `/proc/PID/ns/KIND` again,
+//! the same namespace. Those of the tree's own namespaces name the
+//! namespace's id (in `crest-ns.img` or `userns-<id>.img`), and the
+//! restore opens the namespace made again through whatever holds it by
+//! then: its helper, the init of a pid namespace, a task already in it. A
+//! namespace neither crest's nor the tree's is refused naming it.
 
 use crate::error::{DumpCtx, DumpError, RestoreError};
 use crest_images::pb::{FdTypes, FileEntry, NsFileEntry};
@@ -29,9 +32,18 @@ fn kind_of(link: &str) -> Option<(&'static str, i32)> {
     KINDS.iter().copied().find(|(n, _)| *n == name)
 }
 
+/// The tree's own namespaces: nsfs inode → (`CLONE_NEW*` type, id).
+pub type TreeNs = std::collections::HashMap<u64, (u32, u32)>;
+
 /// The entry of fd `fd` of `pid` if it is a namespace file (None if it is
 /// not one).
-pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<Option<FileEntry>, DumpError> {
+pub fn dump(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: u32,
+    tree: &TreeNs,
+) -> Result<Option<FileEntry>, DumpError> {
     let Some((name, flag)) = kind_of(link) else {
         return Ok(None);
     };
@@ -39,22 +51,29 @@ pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<Option<FileEntr
         std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat a namespace file")?;
     let mine =
         std::fs::metadata(format!("/proc/self/ns/{name}")).at(pid, "stat crest's own namespace")?;
-    if (held.dev(), held.ino()) != (mine.dev(), mine.ino()) {
-        return Err(DumpError::UnsupportedFd {
-            pid,
-            fd,
-            kind: format!(
-                "a file of a {name} namespace other than crest's ({link}; namespace files of \
-                 the tree's own namespaces are not carried yet)"
-            ),
-        });
-    }
+    let ns_id = if (held.dev(), held.ino()) == (mine.dev(), mine.ino()) {
+        0
+    } else {
+        match tree.get(&held.ino()) {
+            Some(&(ty, id)) if ty == flag as u32 => id,
+            _ => {
+                return Err(DumpError::UnsupportedFd {
+                    pid,
+                    fd,
+                    kind: format!(
+                        "a file of a {name} namespace neither crest's nor one of the tree's \
+                         own ({link})"
+                    ),
+                })
+            }
+        }
+    };
     Ok(Some(FileEntry {
         r#type: FdTypes::Ns as i32,
         id: 0,
         nsf: Some(NsFileEntry {
             id: 0,
-            ns_id: 0,
+            ns_id,
             ns_cflag: flag as u32,
             flags: flags & libc::O_ACCMODE as u32,
             crest_ns: None,
@@ -63,8 +82,14 @@ pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<Option<FileEntr
     }))
 }
 
+/// Who holds each of the tree's namespaces while the tree is restored:
+/// (`CLONE_NEW*` type, id) → a pid in it (crest's view) and whether it
+/// holds it for its children only (a helper that unshared a time
+/// namespace: `/proc/PID/ns/time_for_children`).
+pub type Holders = std::collections::HashMap<(u32, u32), (i32, bool)>;
+
 /// Opens the namespace file of `e` again in the task.
-pub fn open(t: &mut Tracee, e: &NsFileEntry) -> Result<u64, RestoreError> {
+pub fn open(t: &mut Tracee, e: &NsFileEntry, holders: &Holders) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let bad = |what: String| RestoreError::BadImage {
         pid,
@@ -74,16 +99,22 @@ pub fn open(t: &mut Tracee, e: &NsFileEntry) -> Result<u64, RestoreError> {
     let Some((name, _)) = KINDS.iter().find(|(_, f)| *f as u32 == e.ns_cflag) else {
         return Err(bad(format!("a namespace file of type {:#x}", e.ns_cflag)));
     };
-    if e.ns_id != 0 {
-        return Err(RestoreError::Unsupported {
-            pid,
-            what: format!(
-                "a file of the {name} namespace {} of the tree's own",
-                e.ns_id
-            ),
-        });
-    }
-    let path = format!("/proc/{}/ns/{name}", std::process::id());
+    let (holder, for_children) = if e.ns_id == 0 {
+        (std::process::id() as i32, false)
+    } else {
+        *holders
+            .get(&(e.ns_cflag, e.ns_id))
+            .ok_or_else(|| RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "a file of the tree's {name} namespace {}, which nothing holds yet when the \
+                 file is made",
+                    e.ns_id
+                ),
+            })?
+    };
+    let suffix = if for_children { "_for_children" } else { "" };
+    let path = format!("/proc/{holder}/ns/{name}{suffix}");
     crate::mm::restore::open_crest_side(t, &path, (e.flags & libc::O_ACCMODE as u32) as i32)
 }
 

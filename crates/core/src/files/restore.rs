@@ -61,6 +61,9 @@ pub struct RestoreFiles {
     /// (every later user, a queue or a task's fd, gets the same
     /// description).
     pub flight: HashMap<u32, std::os::fd::OwnedFd>,
+    /// Who holds each of the tree's namespaces by now (namespace files
+    /// are opened through them).
+    pub ns_holders: super::nsfile::Holders,
     /// Terminals: their settings, and the pty pairs made for consoles.
     pub ttys: super::tty::TtyRestore,
 }
@@ -126,6 +129,7 @@ impl RestoreFiles {
             locks: super::lock::read(dir)?,
             inherit: HashMap::new(),
             flight: HashMap::new(),
+            ns_holders: HashMap::new(),
             ttys: super::tty::TtyRestore::read(dir)?,
             ..RestoreFiles::default()
         })
@@ -391,7 +395,8 @@ fn make_one(
             pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)
         }
         Ok(FdTypes::Ns) => {
-            super::nsfile::open(t, entry.nsf.as_ref().ok_or_else(|| missing("nsf"))?)
+            let nsf = entry.nsf.as_ref().ok_or_else(|| missing("nsf"))?;
+            super::nsfile::open(t, nsf, &files.ns_holders)
         }
         _ => Err(RestoreError::Unsupported {
             pid,

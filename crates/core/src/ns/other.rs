@@ -127,6 +127,16 @@ pub struct OtherGraph {
 }
 
 impl OtherGraph {
+    /// (nsfs inode, id, `CLONE_NEW*` type) of every namespace of the tree's
+    /// own.
+    pub fn ns_inos(&self) -> Vec<(u64, u32, u32)> {
+        self.list
+            .iter()
+            .filter(|n| n.ino != 0)
+            .map(|n| (n.ino, n.id, n.nstype))
+            .collect()
+    }
+
     /// Finds the namespaces of `pids` that differ from crest's own, to show
     /// them (a veth whose peer is outside the tree is described, not
     /// refused).
@@ -766,6 +776,11 @@ pub struct Helpers {
 }
 
 impl Helpers {
+    /// (namespace id, pid) of every helper holding a namespace.
+    pub fn holders(&self) -> Vec<(u32, i32)> {
+        self.by_id.iter().map(|(id, t)| (*id, t.pid())).collect()
+    }
+
     /// Creates every namespace of `g` inside its owning user namespace
     /// (held by `users_h`) and sets its state.
     /// `external`: the `--external` entries of the restore.

@@ -48,6 +48,15 @@ pub struct PidnsGraph {
 }
 
 impl PidnsGraph {
+    /// (nsfs inode, id) of every pid namespace below crest's.
+    pub fn ns_inos(&self) -> Vec<(u64, u32)> {
+        self.list
+            .iter()
+            .filter(|n| n.ino != 0)
+            .map(|n| (n.ino, n.id))
+            .collect()
+    }
+
     /// Finds the pid namespaces of `pids` below crest's. `first_id` keeps
     /// the ids apart from the other namespaces in `crest-ns.img`;
     /// `externals` are the dump's `--external` entries.

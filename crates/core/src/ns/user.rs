@@ -77,6 +77,15 @@ impl Userns {
 }
 
 impl UsernsGraph {
+    /// (nsfs inode, id) of every namespace below crest's.
+    pub fn ns_inos(&self) -> Vec<(u64, u32)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.parent.is_some() && n.ino != 0)
+            .map(|n| (n.ino, n.id))
+            .collect()
+    }
+
     pub fn node(&self, id: u32) -> Option<&Userns> {
         self.nodes.iter().find(|n| n.id == id)
     }

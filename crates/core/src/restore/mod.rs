@@ -189,6 +189,22 @@ fn restore_tree(
         &opts.join_ns,
     )?;
     others_h.userns_first = caller.enters_userns_first();
+    // namespace files of the tree's own namespaces open them through their
+    // helpers (and through pid namespace inits and tasks, below)
+    for n in ti.users.nodes.iter().filter(|n| n.parent.is_some()) {
+        if let Some(p) = userns.pid_of(n.id) {
+            files
+                .ns_holders
+                .insert((libc::CLONE_NEWUSER as u32, n.id), (p, false));
+        }
+    }
+    for (id, p) in others_h.holders() {
+        if let Some(n) = ti.others.list.iter().find(|n| n.id == id) {
+            // (a helper unshares a time namespace for its children)
+            let time = n.nstype == libc::CLONE_NEWTIME as u32;
+            files.ns_holders.insert((n.nstype, id), (p, time));
+        }
+    }
     fault::point("restore: other namespaces made")?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
@@ -236,6 +252,13 @@ fn restore_tree(
         &cg_dirs,
     )?;
     let forking = forking.elapsed();
+    for n in &ti.pidns.list {
+        if let Some(p) = images::init_of(&ti.imgs, &actual, n.id) {
+            files
+                .ns_holders
+                .insert((libc::CLONE_NEWPID as u32, n.id), (p, false));
+        }
+    }
     // (queued messages name their senders by the pids they had)
     files.socks.pid_map = imgs
         .iter()

@@ -75,6 +75,23 @@ pub(super) fn transform(
     ctx.others_h
         .enter_all_as(t, ctx.others, pid, &ctx.made_time)?;
 
+    // (its namespaces, but the user one, hold namespace files from now on;
+    // a task in one is surer than its helper: a time namespace a parent
+    // made for its children is not the helper's)
+    for (ty, id) in [
+        (libc::CLONE_NEWUTS, img.ids.uts_ns_id),
+        (libc::CLONE_NEWIPC, img.ids.ipc_ns_id),
+        (libc::CLONE_NEWNET, img.ids.net_ns_id),
+        (libc::CLONE_NEWNS, img.ids.mnt_ns_id),
+        (libc::CLONE_NEWTIME, img.ids.time_ns_id),
+        (libc::CLONE_NEWCGROUP, img.ids.cgroup_ns_id),
+        (libc::CLONE_NEWPID, img.ids.pid_ns_id),
+    ] {
+        if let Some(id) = id {
+            files.ns_holders.insert((ty as u32, id), (t.pid(), false));
+        }
+    }
+
     // Memory.
     let work = mm::restore::map_work_area(t, &live.mm)?;
     if !shares_files {
