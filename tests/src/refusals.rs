@@ -9,6 +9,10 @@
 //! - `ebpf_filter_refused`: a socket filter attached with `SO_ATTACH_BPF`;
 //! - `traced_task_refused`: a child its parent traces (`traced`): the
 //!   refusal says which task traces which.
+//! - `aio_refused`, `hugetlb_refused` (`kernel_objects aio|hugetlb`): an
+//!   AIO context's ring and a private MAP_HUGETLB mapping, which a plain
+//!   mapping made again would quietly replace (the hugetlb case reserves
+//!   two huge pages for itself, and gives them back);
 //! - `tcp_in_flight`: a TCP listener (`tcp_listener`) with a connection
 //!   from the harness waiting, not accepted: the dump is refused naming it
 //!   and `--skip-in-flight`, the tree running on; with `--skip-in-flight`
@@ -29,7 +33,9 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 5] = [
+const CASES: [(&str, DirCase); 7] = [
+    ("aio_refused", aio_refused),
+    ("hugetlb_refused", hugetlb_refused),
     ("tcp_in_flight", tcp_in_flight),
     ("netfilter_refused", netfilter_refused),
     ("tmpfs_covered_refused", tmpfs_covered_refused),
@@ -88,6 +94,38 @@ fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         ("traced", ""),
         &["traced by pid", "a task of the tree"],
     )
+}
+
+fn aio_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("kernel_objects", "aio"),
+        &["AIO context", "io_setup"],
+    )
+}
+
+fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    const POOL: &str = "/proc/sys/vm/nr_hugepages";
+    let before = fs::read_to_string(POOL).unwrap_or_default();
+    let have: u64 = before.trim().parse().unwrap_or(0);
+    if fs::write(POOL, format!("{}\n", have + 2)).is_err() {
+        return Ok(Outcome::Skip(format!(
+            "cannot reserve huge pages in {POOL}"
+        )));
+    }
+    let r = refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("kernel_objects", "hugetlb"),
+        &["hugetlb mapping"],
+    );
+    let _ = fs::write(POOL, format!("{have}\n"));
+    r
 }
 
 fn tcp_in_flight(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

@@ -312,6 +312,20 @@ pub fn dump(
         if vma.status & status::VSYSCALL != 0 {
             continue;
         }
+        // what a plain mapping made again would quietly lose
+        let odd = if m.path.starts_with("/[aio]") {
+            Some("an AIO context's ring (io_setup)")
+        } else if sm.is_some_and(|s| s.has("ht")) {
+            Some("a hugetlb mapping (MAP_HUGETLB, SHM_HUGETLB or a hugetlbfs file)")
+        } else {
+            None
+        };
+        if let Some(what) = odd {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: format!("{what} at {:#x}-{:#x}", m.start, m.end),
+            });
+        }
         let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
         let ghost =
             m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 && !memfd;
