@@ -9,7 +9,12 @@
  * child, which checks the offset moved for it too, reads three more, sets
  * O_NONBLOCK on the result pipe's write end, adds 7 to the eventfd, reports
  * and exits. The root checks the offset, the flag and the count, and reaps
- * the child through the pidfd. */
+ * the child through the pidfd.
+ *
+ * It also keeps a pidfd (PIDFD_NONBLOCK) of a second child that exited and
+ * was reaped before the dump: after the restore it must still poll
+ * readable, say pid -1 in its fdinfo, keep O_NONBLOCK and give ECHILD to
+ * waitid(P_PIDFD). */
 #include "wl.h"
 
 #include <poll.h>
@@ -67,6 +72,13 @@ int main(int argc, char **argv)
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (pidfd < 0)
 		wl_fail("pidfd_open: %s", strerror(errno));
+	pid_t gone = wl_fork();
+	if (gone == 0)
+		_exit(0);
+	int dead = (int)syscall(SYS_pidfd_open, gone, O_NONBLOCK);
+	if (dead < 0)
+		wl_fail("pidfd_open of the second child: %s", strerror(errno));
+	wl_waitpid(gone, "reap the second child");
 	char b;
 	if (wl_read_wait(res[0], &b, 1, 10000) != 1)
 		wl_fail("child not ready");
@@ -101,6 +113,21 @@ int main(int argc, char **argv)
 	if (read(efd, &v, 8) != 8 || v != 7)
 		wl_add("root: eventfd holds %llu, expected the child's 7 (not shared?); ",
 		    (unsigned long long)v);
+	struct pollfd pd = { .fd = dead, .events = POLLIN };
+	if (poll(&pd, 1, 0) != 1)
+		wl_add("root: the pidfd of the reaped child is not readable; ");
+	if (!(fcntl(dead, F_GETFL) & O_NONBLOCK))
+		wl_add("root: the pidfd of the reaped child lost O_NONBLOCK; ");
+	char fdpath[64], info[512] = { 0 };
+	snprintf(fdpath, sizeof(fdpath), "/proc/self/fdinfo/%d", dead);
+	int fi = open(fdpath, O_RDONLY);
+	if (fi < 0 || read(fi, info, sizeof(info) - 1) <= 0 || !strstr(info, "Pid:\t-1"))
+		wl_add("root: the pidfd of the reaped child does not say pid -1 (%s); ", info);
+	if (fi >= 0)
+		close(fi);
+	siginfo_t sd;
+	if (waitid(P_PIDFD, (id_t)dead, &sd, WEXITED | WNOHANG) == 0 || errno != ECHILD)
+		wl_add("root: waitid on the pidfd of the reaped child did not say ECHILD; ");
 	struct pollfd pp = { .fd = pidfd, .events = POLLIN };
 	if (poll(&pp, 1, 10000) != 1)
 		wl_add("root: the pidfd did not report the child's exit; ");

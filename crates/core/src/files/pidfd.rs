@@ -1,6 +1,9 @@
 //! pidfd: refers to a task, which must be one of the dumped tree (so it
 //! exists again after restore, with its pid); restore opens it with
-//! `pidfd_open` of that pid as the holder sees it.
+//! `pidfd_open` of that pid as the holder sees it. A pidfd of a task that
+//! exited and was reaped (its fdinfo says pid -1; CRIU's `nspid` -1) comes
+//! back as a pidfd of a crest child that is killed and reaped at once: it
+//! polls readable, and says pid -1, as the old one did.
 
 use super::no_owner;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
@@ -31,9 +34,19 @@ pub fn dump(
     let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
     let target = parse(info).ok_or_else(|| refuse("a pidfd whose fdinfo has no pid".into()))?;
     if target <= 0 {
-        return Err(refuse(
-            "a pidfd of a task that has exited and been reaped".into(),
-        ));
+        // (exited and reaped: nothing of it is left to name)
+        return Ok(FileEntry {
+            r#type: FdTypes::Pidfd as i32,
+            id: 0,
+            pidfd: Some(PidfdEntry {
+                id: 0,
+                ino: info.ino as u32,
+                flags,
+                nspid: -1,
+                fown: no_owner(),
+            }),
+            ..FileEntry::default()
+        });
     }
     if !tree.contains(&target) {
         return Err(refuse(format!(
@@ -70,6 +83,9 @@ pub fn dump(
 
 pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let pid = t.pid();
+    if e.nspid == -1 {
+        return of_the_dead(t, e);
+    }
     if e.nspid <= 0 {
         return Err(RestoreError::BadImage {
             pid,
@@ -81,6 +97,35 @@ pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let fd = t
         .syscall(nr::PIDFD_OPEN, &[e.nspid as u64, flags])
         .rat(pid, format!("pidfd_open({})", e.nspid))?;
+    t.syscall(
+        nr::FCNTL,
+        &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
+    )
+    .rat(pid, "set close-on-exec")?;
+    Ok(fd)
+}
+
+/// A pidfd of a task that is gone: of a crest child, killed and reaped.
+fn of_the_dead(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
+    use crest_sys::proc::{spawn_stopped, SessionSetup};
+    let pid = t.pid();
+    let child = spawn_stopped(&[], SessionSetup::Inherit).rat(pid, "spawn a task to die")?;
+    let pidfd = crest_sys::misc::pidfd_open(child);
+    let _ = crest_sys::misc::kill(child, libc::SIGKILL);
+    loop {
+        match crest_sys::ptrace::wait(child) {
+            Ok(
+                crest_sys::ptrace::WaitStatus::Exited(_)
+                | crest_sys::ptrace::WaitStatus::Signaled(_),
+            ) => break,
+            Ok(_) => continue,
+            Err(e) => return Err(e).rat(pid, "reap the task that died"),
+        }
+    }
+    let pidfd = pidfd.rat(pid, "pidfd_open of the task that died")?;
+    let status = (e.flags & libc::O_NONBLOCK as u32) as i32;
+    crest_sys::net::set_status_flags(&pidfd, status).rat(pid, "pidfd flags")?;
+    let fd = super::share::give_fd(t, &pidfd)?;
     t.syscall(
         nr::FCNTL,
         &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
