@@ -3,7 +3,9 @@
  * FIFO with data in flight, eventfds (a counter and a semaphore), an armed
  * timerfd with an interval, timerfds set to an absolute time (CLOCK_MONOTONIC,
  * and CLOCK_REALTIME with TFD_TIMER_CANCEL_ON_SET), a signalfd, an epoll instance watching several
- * of them with distinct data, inotify watching a directory, a memfd with
+ * of them with distinct data (and an eventfd whose watched fd was closed
+ * since, the file living on in a dup and the number taken by the inotify
+ * fd), inotify watching a directory, a memfd with
  * contents, seals, a position and a MAP_SHARED mapping, and two fds (dup)
  * sharing one offset. After the restore each is checked. With "big", it
  * also holds a deleted file of 2 MiB, more than crest's default ghost
@@ -23,6 +25,7 @@
 #define D_PIPE 0x2222000000000002ULL
 #define D_TIMER 0x3333000000000003ULL
 #define D_SEM 0x5555000000000005ULL
+#define D_GONE 0x6666000000000006ULL
 #define D_FIFO 0x6666000000000006ULL
 #define MEMFD_SIZE 8192
 
@@ -148,6 +151,14 @@ int main(int argc, char **argv)
 		if (epoll_ctl(ep, EPOLL_CTL_ADD, watch[i].fd, &ev) < 0)
 			wl_fail("epoll_ctl(%d): %s", watch[i].fd, strerror(errno));
 	}
+	/* a watch whose fd is closed: the file lives on in a dup, the number
+	 * goes to inotify below */
+	int gone = eventfd(3, 0);
+	struct epoll_event gev = { .events = EPOLLIN, .data.u64 = D_GONE };
+	if (gone < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, gone, &gev) < 0)
+		wl_fail("the watch of a closed fd: %s", strerror(errno));
+	int gone_dup = dup(gone);
+	close(gone);
 	/* inotify on the state directory */
 	int ino = inotify_init1(IN_NONBLOCK);
 	int wd = inotify_add_watch(ino, wl_dir, IN_CREATE);
@@ -208,8 +219,8 @@ int main(int argc, char **argv)
 	uint64_t seen[8];
 	for (int i = 0; i < n; i++)
 		seen[i] = evs[i].data.u64;
-	uint64_t want[] = { D_EFD, D_PIPE, D_SEM, D_FIFO };
-	for (size_t i = 0; i < 4; i++) {
+	uint64_t want[] = { D_EFD, D_PIPE, D_SEM, D_FIFO, D_GONE };
+	for (size_t i = 0; i < 5; i++) {
 		int found = 0;
 		for (int j = 0; j < n; j++)
 			found |= seen[j] == want[i];
@@ -219,8 +230,12 @@ int main(int argc, char **argv)
 	for (int j = 0; j < n; j++)
 		if (seen[j] == D_TIMER)
 			wl_add("epoll: the timer is reported ready; ");
-	if (n != 4)
-		wl_add("epoll: %d ready, expected 4; ", n);
+	if (n != 5)
+		wl_add("epoll: %d ready, expected 5; ", n);
+	uint64_t gv = 0;
+	if (read(gone_dup, &gv, 8) != 8 || gv != 3)
+		wl_add("the eventfd of the closed watch holds %llu, expected 3; ",
+		    (unsigned long long)gv);
 
 	/* pipe and FIFO data */
 	expect_read(pp[0], "pipe-data", "pipe");

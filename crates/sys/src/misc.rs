@@ -301,6 +301,18 @@ pub fn kcmp_file(pid1: i32, pid2: i32, fd1: i32, fd2: i32) -> io::Result<i32> {
 /// `kcmp(pid, pid, KCMP_EPOLL_TFD, fd, &slot)` — 0 when fd `fd` of `pid`
 /// is the file the epoll instance at `efd` watches as target fd `tfd`.
 pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: i32) -> io::Result<i32> {
+    kcmp_epoll_tfd_of(pid, fd, pid, (efd, tfd))
+}
+
+/// `kcmp(holder, owner, KCMP_EPOLL_TFD, fd, {efd, tfd, 0})`: 0 when fd `fd`
+/// of `holder` is the file the epoll instance at `efd` of `owner` watches
+/// as fd `tfd`.
+pub fn kcmp_epoll_tfd_of(
+    holder: i32,
+    fd: i32,
+    owner: i32,
+    (efd, tfd): (i32, i32),
+) -> io::Result<i32> {
     #[repr(C)]
     struct Slot {
         efd: u32,
@@ -316,8 +328,8 @@ pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: i32) -> io::Result<i32> 
     let ret = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
-            pid,
-            pid,
+            holder,
+            owner,
             KCMP_EPOLL_TFD,
             fd,
             &slot as *const Slot,

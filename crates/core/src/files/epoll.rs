@@ -1,9 +1,13 @@
 //! epoll: each watched fd with its events and data (fdinfo lines
 //! "tfd: N events: X data: Y ..."). The fd numbers are those of the task
 //! that registered them; dump checks with `kcmp(KCMP_EPOLL_TFD)` that each
-//! still names the watched file. Restore makes the instance where the
-//! other fds are made and adds the targets once every fd of the task is
-//! at its number.
+//! still names the watched file. A watch whose fd was closed or replaced
+//! since (the file lives on in another fd) is found in the fds of the tree
+//! the same way and named by its file (crest's `crest_file`). Restore makes
+//! the instance where the other fds are made and adds the targets once
+//! every fd of the task is at its number; a target named by its file is
+//! put at its old number for the `epoll_ctl`, and whatever is there now
+//! put back after.
 
 use super::{need, no_owner};
 use crate::error::{DumpError, RestoreCtx, RestoreError};
@@ -23,6 +27,7 @@ pub fn parse_tfd(line: &str) -> Option<EventpollTfdEntry> {
         dev: None,
         inode: None,
         pos: None,
+        crest_file: None,
     };
     let (mut have_ev, mut have_data) = (false, false);
     while let Some(w) = words.next() {
@@ -77,20 +82,71 @@ pub fn check_targets(pid: i32, fd: i32, info: &FdInfo) -> Result<(), DumpError> 
     Ok(())
 }
 
-pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, DumpError> {
+/// The entry of the epoll instance at `fd` of `pid`, and for each watch
+/// whose fd no longer holds its file: (its index, a (pid, fd) of the tree
+/// that does).
+pub fn dump(
+    pid: i32,
+    fd: i32,
+    info: &FdInfo,
+    flags: u32,
+    tree: &std::collections::HashSet<i32>,
+) -> Result<(FileEntry, Vec<(usize, i32, i32)>), DumpError> {
     let tfd = need(pid, fd, "an epoll instance", parse(info))?;
-    check_targets(pid, fd, info)?;
-    Ok(FileEntry {
-        r#type: FdTypes::Eventpoll as i32,
-        id: 0,
-        epfd: Some(EventpollFileEntry {
+    let mut elsewhere = Vec::new();
+    for (i, t) in tfd.iter().enumerate() {
+        let w = t.tfd as i32;
+        if crest_sys::misc::kcmp_epoll_tfd(pid, w, fd, w).ok() == Some(0) {
+            continue;
+        }
+        let found = holder_of(pid, fd, w, tree).ok_or_else(|| DumpError::UnsupportedFd {
+            pid,
+            fd,
+            kind: format!(
+                "an epoll instance watching a file whose fd {w} was closed or replaced since, \
+                 and which no fd of the tree holds"
+            ),
+        })?;
+        elsewhere.push((i, found.0, found.1));
+    }
+    Ok((
+        FileEntry {
+            r#type: FdTypes::Eventpoll as i32,
             id: 0,
-            flags,
-            fown: no_owner(),
-            tfd,
-        }),
-        ..FileEntry::default()
-    })
+            epfd: Some(EventpollFileEntry {
+                id: 0,
+                flags,
+                fown: no_owner(),
+                tfd,
+            }),
+            ..FileEntry::default()
+        },
+        elsewhere,
+    ))
+}
+
+/// An fd of the tree (the owner's first) holding the file the epoll at
+/// `efd` of `owner` watches as `tfd`.
+fn holder_of(
+    owner: i32,
+    efd: i32,
+    tfd: i32,
+    tree: &std::collections::HashSet<i32>,
+) -> Option<(i32, i32)> {
+    let mut pids: Vec<i32> = tree.iter().copied().filter(|p| *p != owner).collect();
+    pids.sort_unstable();
+    pids.insert(0, owner);
+    for p in pids {
+        let Ok(fds) = crate::procfs::list_fds(p) else {
+            continue;
+        };
+        for (f, _) in fds {
+            if crest_sys::misc::kcmp_epoll_tfd_of(p, f, owner, (efd, tfd)).ok() == Some(0) {
+                return Some((p, f));
+            }
+        }
+    }
+    None
 }
 
 pub fn create(t: &mut Tracee) -> Result<u64, RestoreError> {
@@ -99,27 +155,88 @@ pub fn create(t: &mut Tracee) -> Result<u64, RestoreError> {
         .rat(pid, "epoll_create1")
 }
 
-/// Adds every target to the instance at `epfd` (fds at their numbers).
-pub fn add_targets(t: &mut Tracee, epfd: u32, e: &EventpollFileEntry) -> Result<(), RestoreError> {
+/// Adds every target to the instance at `epfd` (fds at their numbers);
+/// `file_of` gives crest's copy of a file a watch names by its file.
+pub fn add_targets(
+    t: &mut Tracee,
+    epfd: u32,
+    e: &EventpollFileEntry,
+    file_of: &mut dyn FnMut(&mut Tracee, u32) -> Result<std::os::fd::OwnedFd, RestoreError>,
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     for tfd in &e.tfd {
+        // the file at its old number meanwhile, what is there kept aside
+        let moved = match tfd.crest_file {
+            Some(id) => {
+                let file = file_of(t, id)?;
+                Some(place(t, tfd.tfd, &file)?)
+            }
+            None => None,
+        };
         // struct epoll_event is packed on x86-64: u32 events, u64 data.
         let mut ev = Vec::with_capacity(12);
         ev.extend_from_slice(&tfd.events.to_le_bytes());
         ev.extend_from_slice(&tfd.data.to_le_bytes());
         let addr = t.put(&ev).rat(pid, "write epoll_event")?;
         let add = libc::EPOLL_CTL_ADD as u64;
-        t.syscall(
-            nr::EPOLL_CTL,
-            &[u64::from(epfd), add, u64::from(tfd.tfd), addr],
-        )
-        .rat(
-            pid,
-            format!(
-                "epoll_ctl(ADD) of fd {} (events {:#x}) to epoll fd {epfd}",
-                tfd.tfd, tfd.events
-            ),
-        )?;
+        let r = t
+            .syscall(
+                nr::EPOLL_CTL,
+                &[u64::from(epfd), add, u64::from(tfd.tfd), addr],
+            )
+            .rat(
+                pid,
+                format!(
+                    "epoll_ctl(ADD) of fd {} (events {:#x}) to epoll fd {epfd}",
+                    tfd.tfd, tfd.events
+                ),
+            );
+        if let Some(m) = moved {
+            put_back(t, tfd.tfd, m)?;
+        }
+        r?;
+    }
+    Ok(())
+}
+
+/// What [`place`] moved aside: the fd that held the number (and whether
+/// it was close-on-exec), if one did.
+struct Aside(Option<(u64, bool)>);
+
+/// Puts `file` at fd `num` of the task, moving aside what is there.
+fn place(t: &mut Tracee, num: u32, file: &std::os::fd::OwnedFd) -> Result<Aside, RestoreError> {
+    let pid = t.pid();
+    let n = u64::from(num);
+    let aside = match t.syscall(nr::FCNTL, &[n, libc::F_GETFD as u64]) {
+        Ok(fdflags) => {
+            let keep = t
+                .syscall(nr::FCNTL, &[n, libc::F_DUPFD_CLOEXEC as u64, n + 1])
+                .rat(pid, format!("move fd {num} aside"))?;
+            Some((keep, fdflags & libc::FD_CLOEXEC as u64 != 0))
+        }
+        Err(_) => None,
+    };
+    let there = super::share::give_fd(t, file)?;
+    t.syscall(nr::DUP3, &[there, n, 0])
+        .rat(pid, format!("put a watched file at fd {num}"))?;
+    t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+    Ok(Aside(aside))
+}
+
+/// Undoes [`place`]: fd `num` as it was.
+fn put_back(t: &mut Tracee, num: u32, a: Aside) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let n = u64::from(num);
+    match a.0 {
+        Some((keep, cloexec)) => {
+            let flags = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            t.syscall(nr::DUP3, &[keep, n, flags])
+                .rat(pid, format!("put fd {num} back"))?;
+            t.syscall(nr::CLOSE, &[keep]).rat(pid, "close")?;
+        }
+        None => {
+            t.syscall(nr::CLOSE, &[n]).rat(pid, "close")?;
+        }
     }
     Ok(())
 }

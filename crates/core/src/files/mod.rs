@@ -74,6 +74,9 @@ pub struct FileTable {
     pub ext_unix_sk_ids: Vec<u32>,
     /// The tree's own namespaces (namespace files of them are carried).
     pub tree_ns: nsfile::TreeNs,
+    /// epoll watches whose fd no longer holds the file: (epoll file id,
+    /// watch index, a pid and fd of the tree holding the file).
+    pub epoll_elsewhere: Vec<(u32, usize, i32, i32)>,
     /// A pty slave whose master is outside the tree is dumped (the RPC's
     /// `orphan_pts_master`: the caller takes a new master at restore).
     pub orphan_pts_master: bool,
@@ -251,6 +254,32 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
 }
 
 impl FileTable {
+    /// Names by its file each epoll watch whose fd no longer holds it: the
+    /// file of the fd found holding it, dumped by now.
+    fn name_watched_files(&mut self) -> Result<(), DumpError> {
+        for (epoll, i, p, f) in std::mem::take(&mut self.epoll_elsewhere) {
+            let key = share::key(p, f)?;
+            let (_, file) = self
+                .seen
+                .find(p, f, key)?
+                .ok_or_else(|| DumpError::UnsupportedFd {
+                    pid: p,
+                    fd: f,
+                    kind: "the file an epoll watch names, which crest did not dump".into(),
+                })?;
+            let watch = self
+                .entries
+                .iter_mut()
+                .find(|e| e.id == epoll)
+                .and_then(|e| e.epfd.as_mut())
+                .and_then(|ep| ep.tfd.get_mut(i));
+            if let Some(w) = watch {
+                w.crest_file = Some(file);
+            }
+        }
+        Ok(())
+    }
+
     /// The files passed in queued unix messages (`SCM_RIGHTS`), dumped as
     /// files of their own through crest's copies (a description a task
     /// also holds is the same file); a socket among them may carry more.
@@ -329,7 +358,14 @@ fn dump_one(
     if let Some(anon) = link.strip_prefix("anon_inode:") {
         let entry = match anon {
             "[eventfd]" => eventfd::dump(pid, fd, info, flags)?,
-            "[eventpoll]" => epoll::dump(pid, fd, info, flags)?,
+            "[eventpoll]" => {
+                let (entry, elsewhere) = epoll::dump(pid, fd, info, flags, &table.tree)?;
+                let id = table.push(entry);
+                for (i, p, f) in elsewhere {
+                    table.epoll_elsewhere.push((id, i, p, f));
+                }
+                return Ok((FdTypes::Eventpoll, id));
+            }
             "[signalfd]" => signalfd::dump(pid, fd, info, flags)?,
             "[timerfd]" => timerfd::dump(pid, fd, info, flags)?,
             "inotify" => inotify::dump(pid, fd, info, flags)?,
@@ -473,6 +509,7 @@ impl FileTable {
     /// the socket and terminal images.
     pub fn finish(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
         self.dump_in_flight()?;
+        self.name_watched_files()?;
         self.check_unix()?;
         unix::write_queues(dir, self)?;
         self.inet.write(dir)?;

@@ -219,17 +219,28 @@ pub fn restore_fds(
     let mut watched = HashSet::new();
     for fi in fds {
         files.holders.entry(fi.id).or_insert((pid, fi.fd));
-        let made_here = files.made_by.get(&fi.id) == Some(&pid);
-        if let (true, Some(ep)) = (
-            made_here,
-            files.entries.get(&fi.id).and_then(|e| e.epfd.clone()),
-        ) {
-            if watched.insert(fi.id) {
-                epoll::add_targets(t, fi.fd, &ep)?;
+    }
+    // (a watched file no fd holds at its number comes through crest; the
+    // sockets made for that are kept above every fd of the task)
+    let mut kept = super::kept::Kept::new(u64::from(max_fd) + 1);
+    let res = (|| {
+        for fi in fds {
+            let made_here = files.made_by.get(&fi.id) == Some(&pid);
+            if let (true, Some(ep)) = (
+                made_here,
+                files.entries.get(&fi.id).and_then(|e| e.epfd.clone()),
+            ) {
+                if watched.insert(fi.id) {
+                    let mut file_of =
+                        |t: &mut Tracee, id: u32| flight_copy(t, id, files, &mut kept);
+                    epoll::add_targets(t, fi.fd, &ep, &mut file_of)?;
+                }
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })();
+    kept.close_all(t)?;
+    res
 }
 
 /// Makes every fd of the task, each parked at `park_base` + its index (a
