@@ -82,16 +82,19 @@ pub fn check_targets(pid: i32, fd: i32, info: &FdInfo) -> Result<(), DumpError> 
     Ok(())
 }
 
-/// The entry of the epoll instance at `fd` of `pid`, and for each watch
-/// whose fd no longer holds its file: (its index, a (pid, fd) of the tree
-/// that does).
+/// Watches whose fd no longer holds their file: (the watch's index, a pid
+/// and fd of the tree that does).
+pub type Elsewhere = Vec<(usize, i32, i32)>;
+
+/// The entry of the epoll instance at `fd` of `pid`, and its watches
+/// whose fd no longer holds their file.
 pub fn dump(
     pid: i32,
     fd: i32,
     info: &FdInfo,
     flags: u32,
     tree: &std::collections::HashSet<i32>,
-) -> Result<(FileEntry, Vec<(usize, i32, i32)>), DumpError> {
+) -> Result<(FileEntry, Elsewhere), DumpError> {
     let tfd = need(pid, fd, "an epoll instance", parse(info))?;
     let mut elsewhere = Vec::new();
     for (i, t) in tfd.iter().enumerate() {
