@@ -9,7 +9,9 @@
  *              from byte 100 to the end of the file;
  *   flock_ex   flock LOCK_EX;  flock_sh  flock LOCK_SH;
  *   shared     flock LOCK_EX taken before the fork, so the root and its
- *              child share the locked open file description.
+ *              child share the locked open file description;
+ *   lease.dat  a read lease (F_SETLEASE), which F_GETLEASE must report
+ *              after the restore.
  * The child blocks on a pipe until the root is done.
  *
  * Before the ready signal and after the restore, a checker forked from the
@@ -171,6 +173,10 @@ int main(int argc, char **argv)
 	if (flock(fex, LOCK_EX | LOCK_NB) < 0 || flock(fsh, LOCK_SH | LOCK_NB) < 0)
 		wl_fail("flock: %s", strerror(errno));
 
+	int lease = open_file("lease.dat", O_RDONLY | O_CREAT);
+	if (fcntl(lease, F_SETLEASE, F_RDLCK) < 0)
+		wl_fail("F_SETLEASE: %s", strerror(errno));
+
 	pid_t root = getpid();
 	check_from_outside(root, kid, "before");
 	if (wl_mlen)
@@ -182,6 +188,9 @@ int main(int argc, char **argv)
 	wl_wait_term();
 
 	check_from_outside(root, kid, "after");
+	int held = fcntl(lease, F_GETLEASE);
+	if (held != F_RDLCK)
+		wl_add("the read lease on lease.dat is %d after the restore; ", held);
 	close(go[1]);
 	int st = wl_waitpid(kid, "waitpid child");
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)

@@ -8,8 +8,10 @@
 //! so every lock shows up at an fd of its owner. A flock or OFD lock is
 //! saved once per description (through the first fd seen), a POSIX lock
 //! once per task and range. Without `--file-locks` a held lock fails the
-//! dump naming the option, as CRIU does; leases, mandatory and unknown
-//! locks fail it always.
+//! dump naming the option, as CRIU does. File leases (`F_SETLEASE`) go
+//! the same way (CRIU's `FL_LEASE`), taken again by the fd's task; a lease
+//! being broken, a delegation, mandatory and unknown locks fail the dump
+//! always.
 //!
 //! Restore takes each lock again as its owner, through the fd it was
 //! saved with, with the non-blocking calls: a conflicting lock taken
@@ -31,6 +33,8 @@ pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
 /// `file_lock_entry.flag` of an OFD lock (CRIU's `FL_OFD`).
 pub const FL_OFD: u32 = 4;
+/// `file_lock_entry.flag` of a lease (CRIU's `FL_LEASE`).
+pub const FL_LEASE: u32 = 32;
 
 /// `F_OFD_SETLK` (not in every libc crate's list).
 const F_OFD_SETLK: u64 = 37;
@@ -43,6 +47,7 @@ pub enum Kind {
     Posix,
     Ofd,
     Flock,
+    Lease,
 }
 
 impl Kind {
@@ -51,6 +56,7 @@ impl Kind {
             Kind::Posix => FL_POSIX,
             Kind::Ofd => FL_OFD,
             Kind::Flock => FL_FLOCK,
+            Kind::Lease => FL_LEASE,
         }
     }
 
@@ -59,6 +65,7 @@ impl Kind {
             Kind::Posix => "POSIX",
             Kind::Ofd => "OFD",
             Kind::Flock => "flock",
+            Kind::Lease => "lease",
         }
     }
 }
@@ -91,6 +98,7 @@ impl LockLine {
         let ty = if self.write { "write" } else { "read" };
         match self.kind {
             Kind::Flock => format!("a {} flock lock (inode {})", ty, self.inode),
+            Kind::Lease => format!("a {ty} lease (inode {})", self.inode),
             k => format!("a {} {ty} lock on {range} (inode {})", k.name(), self.inode),
         }
     }
@@ -109,13 +117,17 @@ pub fn parse_line(v: &str) -> Result<LockLine, String> {
         "POSIX" => Kind::Posix,
         "OFDLCK" => Kind::Ofd,
         "FLOCK" => Kind::Flock,
-        "LEASE" | "DELEG" => return Err(format!("a lease ({})", w[1..].join(" "))),
+        // (an active one: a lease being broken has a break in progress
+        // crest cannot set up again)
+        "LEASE" if w.get(2) == Some(&"ACTIVE") => Kind::Lease,
+        "LEASE" => return Err(format!("a lease being broken ({})", w[1..].join(" "))),
+        "DELEG" => return Err(format!("a delegation ({})", w[1..].join(" "))),
         _ => return Err(format!("a lock of a kind crest does not know ({v:?})")),
     };
     if w.len() != 8 {
         return Err(format!("an unreadable lock line {v:?}"));
     }
-    if w[2] != "ADVISORY" {
+    if w[2] != "ADVISORY" && kind != Kind::Lease {
         return Err(format!(
             "a {} lock ({})",
             w[2].to_lowercase(),
@@ -182,7 +194,7 @@ impl LockDump {
             }
             let owner = match l.kind {
                 Kind::Posix => i64::from(pid),
-                Kind::Ofd | Kind::Flock => i64::from(id),
+                Kind::Ofd | Kind::Flock | Kind::Lease => i64::from(id),
             };
             let inode = if l.kind == Kind::Posix {
                 l.inode.clone()
@@ -241,7 +253,7 @@ pub fn read(dir: &Path) -> Result<Vec<FileLockEntry>, RestoreError> {
 }
 
 fn check(e: &FileLockEntry) -> Result<(), String> {
-    if ![FL_POSIX, FL_OFD, FL_FLOCK].contains(&e.flag) {
+    if ![FL_POSIX, FL_OFD, FL_FLOCK, FL_LEASE].contains(&e.flag) {
         return Err(format!("unknown lock kind {}", e.flag));
     }
     if e.r#type != libc::F_RDLCK as u32 && e.r#type != libc::F_WRLCK as u32 {
@@ -253,8 +265,21 @@ fn check(e: &FileLockEntry) -> Result<(), String> {
     Ok(())
 }
 
-/// Takes again, as task `t`, every lock `locks` says it held.
+/// Takes again, as task `t`, every lock `locks` says it held but its
+/// leases (see [`restore_leases`]).
 pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
+    let not_leases: Vec<FileLockEntry> = locks.iter().filter(|e| e.flag != FL_LEASE).cloned().collect();
+    take(t, pid, &not_leases)
+}
+
+/// Takes again the leases task `t` held, once it has its own ids: a lease
+/// wants the holder's fsuid to own the file (or CAP_LEASE).
+pub fn restore_leases(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
+    let leases: Vec<FileLockEntry> = locks.iter().filter(|e| e.flag == FL_LEASE).cloned().collect();
+    take(t, pid, &leases)
+}
+
+fn take(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
     for e in locks.iter().filter(|e| e.pid == pid) {
         let fd = e.fd as u64;
         let write = e.r#type == libc::F_WRLCK as u32;
@@ -264,6 +289,7 @@ pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), 
             match e.flag {
                 FL_POSIX => "POSIX",
                 FL_OFD => "OFD",
+                FL_LEASE => "lease",
                 _ => "flock",
             },
             e.fd,
@@ -273,6 +299,14 @@ pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), 
         if e.flag == FL_FLOCK {
             let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
             t.syscall(nr::FLOCK, &[fd, op as u64]).rat(pid, what)?;
+            continue;
+        }
+        if e.flag == FL_LEASE {
+            t.syscall(
+                nr::FCNTL,
+                &[fd, libc::F_SETLEASE as u64, u64::from(e.r#type)],
+            )
+            .rat(pid, what)?;
             continue;
         }
         // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
@@ -319,8 +353,11 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_take() {
-        let lease = parse_line("1: LEASE  ACTIVE    READ 20310 fe:00:10010947 0 EOF").unwrap_err();
-        assert!(lease.contains("lease"), "{lease}");
+        let lease = parse_line("1: LEASE  ACTIVE    READ 20310 fe:00:10010947 0 EOF").unwrap();
+        assert_eq!(lease.kind, Kind::Lease);
+        assert!(!lease.write);
+        let broken = parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap_err();
+        assert!(broken.contains("being broken"), "{broken}");
         let mand = parse_line("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF").unwrap_err();
         assert!(mand.contains("mandatory"), "{mand}");
         assert!(parse_line("1: ACCESS ADVISORY  READ 1 fe:00:1 0 EOF").is_err());

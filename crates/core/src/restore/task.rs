@@ -183,6 +183,7 @@ pub(super) fn transform(
         early,
     };
     let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
+    crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
     // Threads are made after the move and while the leader still holds
     // every capability; each drops its own, the leader last.
     for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
