@@ -13,6 +13,9 @@
 //!   AIO context's ring and a private MAP_HUGETLB mapping, which a plain
 //!   mapping made again would quietly replace (the hugetlb case reserves
 //!   two huge pages for itself, and gives them back);
+//! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/` (in
+//!   a mount namespace of its own): the paths crest reads are not the
+//!   task's;
 //! - `tcp_in_flight`: a TCP listener (`tcp_listener`) with a connection
 //!   from the harness waiting, not accepted: the dump is refused naming it
 //!   and `--skip-in-flight`, the tree running on; with `--skip-in-flight`
@@ -33,7 +36,8 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 7] = [
+const CASES: [(&str, DirCase); 8] = [
+    ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_refused", hugetlb_refused),
     ("tcp_in_flight", tcp_in_flight),
@@ -93,6 +97,25 @@ fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         (&[], "true"),
         ("traced", ""),
         &["traced by pid", "a task of the tree"],
+    )
+}
+
+fn chroot_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let jail = dir.root.join("jail");
+    // (the setup execs the chrooted workload itself)
+    let setup = format!(
+        "mkdir -p {j} && mount --rbind / {j} && exec chroot {j} {w} {s}",
+        j = jail.display(),
+        w = cfg.workload("small_tree").display(),
+        s = dir.state.display()
+    );
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&["-m", "--propagation", "private"], &setup),
+        ("small_tree", ""),
+        &["chrooted task"],
     )
 }
 

@@ -268,14 +268,26 @@ fn check(e: &FileLockEntry) -> Result<(), String> {
 /// Takes again, as task `t`, every lock `locks` says it held but its
 /// leases (see [`restore_leases`]).
 pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
-    let not_leases: Vec<FileLockEntry> = locks.iter().filter(|e| e.flag != FL_LEASE).cloned().collect();
+    let not_leases: Vec<FileLockEntry> = locks
+        .iter()
+        .filter(|e| e.flag != FL_LEASE)
+        .cloned()
+        .collect();
     take(t, pid, &not_leases)
 }
 
 /// Takes again the leases task `t` held, once it has its own ids: a lease
 /// wants the holder's fsuid to own the file (or CAP_LEASE).
-pub fn restore_leases(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), RestoreError> {
-    let leases: Vec<FileLockEntry> = locks.iter().filter(|e| e.flag == FL_LEASE).cloned().collect();
+pub fn restore_leases(
+    t: &mut Tracee,
+    pid: i32,
+    locks: &[FileLockEntry],
+) -> Result<(), RestoreError> {
+    let leases: Vec<FileLockEntry> = locks
+        .iter()
+        .filter(|e| e.flag == FL_LEASE)
+        .cloned()
+        .collect();
     take(t, pid, &leases)
 }
 
@@ -356,7 +368,8 @@ mod tests {
         let lease = parse_line("1: LEASE  ACTIVE    READ 20310 fe:00:10010947 0 EOF").unwrap();
         assert_eq!(lease.kind, Kind::Lease);
         assert!(!lease.write);
-        let broken = parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap_err();
+        let broken =
+            parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap_err();
         assert!(broken.contains("being broken"), "{broken}");
         let mand = parse_line("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF").unwrap_err();
         assert!(mand.contains("mandatory"), "{mand}");
