@@ -447,27 +447,16 @@ pub fn open(
     files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<u64, RestoreError> {
-    let pid = t.pid();
-    if kept.get(e.id).is_none() {
-        if let Some(&other) = files.socks.made_by.get(&e.id) {
-            if other != pid {
-                return Err(RestoreError::Unsupported {
-                    pid,
-                    what: format!("inet socket {} shared with pid {other}", e.id),
-                });
-            }
-        }
+    super::restore::socket_once(t, e, files, kept, "inet", |t, files, kept| {
         let s = e.isk.as_ref().ok_or_else(|| {
             bad(
-                pid,
+                t.pid(),
                 names::FILES.into(),
                 format!("file {} has no inet entry", e.id),
             )
         })?;
-        make(t, s, files, kept)?;
-        files.socks.made_by.insert(e.id, pid);
-    }
-    kept.dup(t, e.id)
+        make(t, s, files, kept)
+    })
 }
 
 fn make(

@@ -176,25 +176,14 @@ pub fn open(
     files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<u64, RestoreError> {
-    let pid = t.pid();
-    if kept.get(e.id).is_none() {
-        if let Some(&other) = files.socks.made_by.get(&e.id) {
-            if other != pid {
-                return Err(RestoreError::Unsupported {
-                    pid,
-                    what: format!("netlink socket {} shared with pid {other}", e.id),
-                });
-            }
-        }
+    super::restore::socket_once(t, e, files, kept, "netlink", |t, _, kept| {
         let s = e.nlsk.as_ref().ok_or_else(|| RestoreError::BadImage {
-            pid,
+            pid: t.pid(),
             file: names::FILES.into(),
             what: format!("file {} has no netlink entry", e.id),
         })?;
-        make(t, s, kept)?;
-        files.socks.made_by.insert(e.id, pid);
-    }
-    kept.dup(t, e.id)
+        make(t, s, kept)
+    })
 }
 
 fn make(t: &mut Tracee, s: &NetlinkSkEntry, kept: &mut Kept) -> Result<(), RestoreError> {

@@ -35,18 +35,7 @@ pub fn dump(
     let target = parse(info).ok_or_else(|| refuse("a pidfd whose fdinfo has no pid".into()))?;
     if target <= 0 {
         // (exited and reaped: nothing of it is left to name)
-        return Ok(FileEntry {
-            r#type: FdTypes::Pidfd as i32,
-            id: 0,
-            pidfd: Some(PidfdEntry {
-                id: 0,
-                ino: info.ino as u32,
-                flags,
-                nspid: -1,
-                fown: no_owner(),
-            }),
-            ..FileEntry::default()
-        });
+        return Ok(entry(info, flags, -1));
     }
     if !tree.contains(&target) {
         return Err(refuse(format!(
@@ -67,7 +56,12 @@ pub fn dump(
         ))
     })?;
     let nspid = status.ns_pid.last().copied().unwrap_or(target);
-    Ok(FileEntry {
+    Ok(entry(info, flags, nspid))
+}
+
+/// The file entry of a pidfd of `nspid` (-1: a task that is gone).
+fn entry(info: &FdInfo, flags: u32, nspid: i32) -> FileEntry {
+    FileEntry {
         r#type: FdTypes::Pidfd as i32,
         id: 0,
         pidfd: Some(PidfdEntry {
@@ -78,7 +72,7 @@ pub fn dump(
             fown: no_owner(),
         }),
         ..FileEntry::default()
-    })
+    }
 }
 
 pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {

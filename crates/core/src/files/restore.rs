@@ -301,6 +301,37 @@ fn make_all(
     res
 }
 
+/// The fd for socket entry `e` of a kind made once per task and dup'd per
+/// fd (`kind` names it): `make` makes it, kept in `kept` under its id,
+/// the first time. Another task holding it gets it through `holders`.
+pub(crate) fn socket_once(
+    t: &mut Tracee,
+    e: &FileEntry,
+    files: &mut RestoreFiles,
+    kept: &mut super::kept::Kept,
+    kind: &str,
+    make: impl FnOnce(
+        &mut Tracee,
+        &mut RestoreFiles,
+        &mut super::kept::Kept,
+    ) -> Result<(), RestoreError>,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    if kept.get(e.id).is_none() {
+        if let Some(&other) = files.socks.made_by.get(&e.id) {
+            if other != pid {
+                return Err(RestoreError::Unsupported {
+                    pid,
+                    what: format!("{kind} socket {} shared with pid {other}", e.id),
+                });
+            }
+        }
+        make(t, files, kept)?;
+        files.socks.made_by.insert(e.id, pid);
+    }
+    kept.dup(t, e.id)
+}
+
 /// crest's copy of file `id`, passed in a queued message that task `t`
 /// puts back: the description made already (for another message, for a
 /// task's fd, or a socket of `t`'s), or made now in `t` and kept.
