@@ -50,6 +50,7 @@ pub fn workloads() -> Vec<Workload> {
         c("novdso", &[], Settle::Blocked),
         c("seccomp", &[], Settle::Blocked),
         c("netlink", &[], Settle::Blocked),
+        c("packet", &[], Settle::Blocked),
         c("scm_rights", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
         c("unix_relative", &[], Settle::Blocked),

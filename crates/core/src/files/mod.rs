@@ -32,6 +32,7 @@ pub mod memfd;
 pub mod mqueue;
 pub mod netlink;
 pub mod nsfile;
+pub mod packet;
 pub mod pidfd;
 pub mod pipe;
 pub mod restore;
@@ -489,6 +490,10 @@ impl FileTable {
             libc::AF_NETLINK => (
                 FdTypes::Netlinksk,
                 self.dump_netlink(pid, fd, ino, flags, &copy)?,
+            ),
+            libc::AF_PACKET => (
+                FdTypes::Packetsk,
+                self.dump_packet(pid, fd, ino, flags, &copy)?,
             ),
             _ => {
                 return Err(DumpError::UnsupportedFd {

@@ -405,6 +405,7 @@ fn make_one(
         Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
         Ok(FdTypes::Inetsk) => super::inet::open(t, entry, files, kept),
         Ok(FdTypes::Netlinksk) => super::netlink::open(t, entry, files, kept),
+        Ok(FdTypes::Packetsk) => super::packet::open(t, entry, files, kept),
         Ok(FdTypes::Tty) => super::tty::open(t, entry, files, kept),
         Ok(FdTypes::Fifo) => fifo::create(
             t,

@@ -1,8 +1,9 @@
 //! `NETLINK_SOCK_DIAG` for unix sockets: every unix socket of a network
 //! namespace with its name, bound inode, peer, pending connections
-//! (`UNIX_DIAG_ICONS`) and queue lengths. The request is built and the
-//! answer parsed here as plain bytes, so a short or odd message is an
-//! error, never a panic.
+//! (`UNIX_DIAG_ICONS`) and queue lengths; and for packet sockets what no
+//! `getsockopt` shows: their multicast memberships and rings. The request
+//! is built and the answer parsed here as plain bytes, so a short or odd
+//! message is an error, never a panic.
 
 use std::collections::HashMap;
 use std::io;
@@ -97,24 +98,111 @@ fn request() -> Vec<u8> {
 
 /// Every unix socket of the network namespace `pid` is in, by inode.
 pub fn unix_sockets_of(pid: i32) -> io::Result<HashMap<u32, UnixDiag>> {
+    let mut out = HashMap::new();
+    ask(pid, &request(), &mut |body| {
+        let d = parse_msg(body)?;
+        out.insert(d.ino, d);
+        if out.len() > MAX_SOCKETS {
+            return Err(io::Error::other("sock_diag: too many unix sockets"));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Sends `req` to sock_diag in the network namespace of `pid` and hands
+/// every answer's body to `on_msg` until the dump ends.
+fn ask(pid: i32, req: &[u8], on_msg: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
     let sk = diag_socket_in(pid)?;
     let mut kernel = vec![0u8; 12];
     kernel[0..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-    crest_sys::net::sendto(&sk.as_fd(), &request(), 0, &kernel)?;
-    let mut out = HashMap::new();
+    crest_sys::net::sendto(&sk.as_fd(), req, 0, &kernel)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = crest_sys::net::recv(&sk.as_fd(), &mut buf, 0)?;
         if n == 0 {
             return Err(io::Error::other("sock_diag: the answer ended early"));
         }
-        if parse_batch(&buf[..n], &mut out)? {
-            return Ok(out);
-        }
-        if out.len() > MAX_SOCKETS {
-            return Err(io::Error::other("sock_diag: too many unix sockets"));
+        if walk(&buf[..n], on_msg)? {
+            return Ok(());
         }
     }
+}
+
+/// A packet socket's memberships and rings, as sock_diag reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PacketDiag {
+    /// (ifindex, count, type, address) of each membership.
+    pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
+    pub rx_ring: bool,
+    pub tx_ring: bool,
+}
+
+const PACKET_SHOW_MCLIST: u32 = 0x2;
+const PACKET_SHOW_RING_CFG: u32 = 0x4;
+const PACKET_DIAG_MCLIST: u16 = 1;
+const PACKET_DIAG_RX_RING: u16 = 2;
+const PACKET_DIAG_TX_RING: u16 = 3;
+/// `struct packet_diag_mclist`: index, count, type, alen, addr[32].
+const MCLIST_SIZE: usize = 44;
+
+/// The packet socket `ino` of the network namespace `pid` is in (None if
+/// sock_diag does not list it).
+pub fn packet_socket(pid: i32, ino: u32) -> io::Result<Option<PacketDiag>> {
+    let mut m = Vec::with_capacity(36);
+    m.extend_from_slice(&36u32.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    m.push(libc::AF_PACKET as u8);
+    m.push(0); // protocol
+    m.extend_from_slice(&0u16.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // ino: every socket
+    m.extend_from_slice(&(PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG).to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let mut found = None;
+    ask(pid, &m, &mut |body| {
+        if u32_at(body, 4) == Some(ino) {
+            found = Some(parse_packet(body)?);
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// One `packet_diag_msg` (16 bytes) and its attributes.
+fn parse_packet(body: &[u8]) -> io::Result<PacketDiag> {
+    let mut d = PacketDiag::default();
+    let mut a = body.get(16..).ok_or_else(|| bad("short packet_diag_msg"))?;
+    while a.len() >= 4 {
+        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
+        let ty = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
+        if len < 4 || len > a.len() {
+            return Err(bad("an attribute longer than its message"));
+        }
+        let v = &a[4..len];
+        match ty {
+            PACKET_DIAG_MCLIST => {
+                for m in v.chunks_exact(MCLIST_SIZE) {
+                    let alen = usize::from(u16_at(m, 10).unwrap_or(0)).min(32);
+                    d.mclist.push((
+                        u32_at(m, 0).unwrap_or(0),
+                        u32_at(m, 4).unwrap_or(0),
+                        u16_at(m, 8).unwrap_or(0),
+                        m[12..12 + alen].to_vec(),
+                    ));
+                }
+            }
+            PACKET_DIAG_RX_RING => d.rx_ring = true,
+            PACKET_DIAG_TX_RING => d.tx_ring = true,
+            _ => {}
+        }
+        let next = (len + 3) & !3;
+        a = a.get(next..).unwrap_or(&[]);
+    }
+    Ok(d)
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -131,7 +219,17 @@ fn bad(what: &str) -> io::Error {
 
 /// Parses one datagram of netlink messages into `out`; true at the end of
 /// the dump.
-pub fn parse_batch(mut b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result<bool> {
+pub fn parse_batch(b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result<bool> {
+    walk(b, &mut |body| {
+        let d = parse_msg(body)?;
+        out.insert(d.ino, d);
+        Ok(())
+    })
+}
+
+/// Hands the body of every sock_diag answer in one datagram to `on_msg`;
+/// true at the end of the dump.
+fn walk(mut b: &[u8], on_msg: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<bool> {
     while b.len() >= 16 {
         let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
         let ty = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
@@ -145,10 +243,7 @@ pub fn parse_batch(mut b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result
                 let err = u32_at(body, 0).ok_or_else(|| bad("short error"))? as i32;
                 return Err(io::Error::from_raw_os_error(-err));
             }
-            SOCK_DIAG_BY_FAMILY => {
-                let d = parse_msg(body)?;
-                out.insert(d.ino, d);
-            }
+            SOCK_DIAG_BY_FAMILY => on_msg(body)?,
             _ => {}
         }
         let next = (len + 3) & !3;

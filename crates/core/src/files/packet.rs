@@ -1,0 +1,277 @@
+//! Packet sockets (`AF_PACKET`, `SOCK_RAW` and `SOCK_DGRAM`), in CRIU's
+//! `packet_sock_entry` (`file_entry.psk`).
+//!
+//! Dump reads from crest's copy the protocol, the interface it is bound to
+//! (`getsockname`), the `SOL_PACKET` options and its fanout group, and from
+//! sock_diag its multicast memberships (no `getsockopt` shows them). A
+//! socket with a ring mapped (`PACKET_RX_RING`/`TX_RING`), an old
+//! `SOCK_PACKET` one, and one crest cannot see in sock_diag are refused.
+//! Packets waiting in its queue are frames off the wire: they are left
+//! behind, as CRIU does, and the log says how many bytes.
+//!
+//! Restore makes the socket in the task (its net namespace), sets the
+//! options, binds it to the same interface index, joins its memberships
+//! and its fanout group, on crest's copy.
+
+use super::kept::Kept;
+use super::skopts;
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crest_images::names;
+use crest_images::pb::{FdTypes, FileEntry, FownEntry, PacketMclist, PacketSockEntry};
+use crest_inject::{nr, Tracee};
+use crest_sys::net::{getsockopt_int, setsockopt_bytes, setsockopt_int};
+use std::os::fd::OwnedFd;
+
+const SOL_PACKET: i32 = 263;
+const PACKET_ADD_MEMBERSHIP: i32 = 1;
+const PACKET_COPY_THRESH: i32 = 7;
+const PACKET_AUXDATA: i32 = 8;
+const PACKET_ORIGDEV: i32 = 9;
+const PACKET_VERSION: i32 = 10;
+const PACKET_RESERVE: i32 = 12;
+const PACKET_LOSS: i32 = 14;
+const PACKET_VNET_HDR: i32 = 15;
+const PACKET_TIMESTAMP: i32 = 17;
+const PACKET_FANOUT: i32 = 18;
+const PACKET_QDISC_BYPASS: i32 = 20;
+const PACKET_IGNORE_OUTGOING: i32 = 23;
+/// Most memberships crest takes from an image for one socket.
+const MAX_MEMBERSHIPS: usize = 4096;
+
+/// `struct sockaddr_ll` bound to `ifindex` for `protocol` (network order).
+fn sockaddr_ll(protocol: u16, ifindex: u32) -> Vec<u8> {
+    let mut a = (libc::AF_PACKET as u16).to_ne_bytes().to_vec();
+    a.extend_from_slice(&protocol.to_ne_bytes());
+    a.extend_from_slice(&ifindex.to_ne_bytes());
+    a.extend_from_slice(&[0u8; 12]);
+    a
+}
+
+/// (protocol, ifindex) of a `struct sockaddr_ll`.
+fn parse_ll(a: &[u8]) -> Option<(u16, u32)> {
+    let p = u16::from_ne_bytes(a.get(2..4)?.try_into().ok()?);
+    let i = u32::from_ne_bytes(a.get(4..8)?.try_into().ok()?);
+    Some((p, i))
+}
+
+/// `struct packet_mreq`: ifindex, type, alen, address[8].
+fn packet_mreq(index: u32, ty: u16, addr: &[u8]) -> Vec<u8> {
+    let mut m = index.to_ne_bytes().to_vec();
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(&(addr.len().min(8) as u16).to_ne_bytes());
+    let mut a = [0u8; 8];
+    a[..addr.len().min(8)].copy_from_slice(&addr[..addr.len().min(8)]);
+    m.extend_from_slice(&a);
+    m
+}
+
+impl super::FileTable {
+    pub(crate) fn dump_packet(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        flags: u32,
+        copy: &OwnedFd,
+    ) -> Result<u32, DumpError> {
+        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let int = |n| getsockopt_int(copy, SOL_PACKET, n);
+        let ty = getsockopt_int(copy, libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")?;
+        if ty != libc::SOCK_RAW && ty != libc::SOCK_DGRAM {
+            return Err(unsupported(format!(
+                "a packet socket of type {ty} (SOCK_PACKET, the old interface)"
+            )));
+        }
+        let local = crest_sys::net::getsockname(copy).at(pid, "getsockname")?;
+        let (protocol, ifindex) = parse_ll(&local)
+            .ok_or_else(|| unsupported("a packet socket with an odd address".into()))?;
+        let ctx = self.unix.ctx.unwrap_or(pid);
+        let diag = super::sockdiag::packet_socket(ctx, ino)
+            .at(pid, "sock_diag of packet sockets")?
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "a packet socket (inode {ino}) sock_diag does not list"
+                ))
+            })?;
+        if diag.rx_ring || diag.tx_ring {
+            return Err(unsupported(
+                "a packet socket with a ring mapped (PACKET_RX_RING/PACKET_TX_RING)".into(),
+            ));
+        }
+        let mut mclist = Vec::new();
+        for (index, count, ty, addr) in &diag.mclist {
+            for _ in 0..*count {
+                mclist.push(PacketMclist {
+                    index: *index,
+                    r#type: u32::from(*ty),
+                    addr: addr.clone(),
+                });
+            }
+        }
+        let queued = crest_sys::net::ioctl_int(copy, libc::FIONREAD).unwrap_or(0);
+        if queued > 0 {
+            crate::warn!(
+                "fd {fd} of pid {pid}: the {queued} bytes of frames waiting on a packet socket \
+                 are left behind"
+            );
+        }
+        let fanout = int(PACKET_FANOUT).at(pid, "PACKET_FANOUT")? as u32;
+        let flag = |n| int(n).map(|v| v != 0);
+        let entry = PacketSockEntry {
+            id: 0,
+            r#type: ty as u32,
+            protocol: u32::from(protocol),
+            flags,
+            ifindex,
+            fown: FownEntry::default(),
+            opts: skopts::dump(copy).at(pid, "read socket options")?,
+            version: int(PACKET_VERSION).at(pid, "PACKET_VERSION")? as u32,
+            reserve: int(PACKET_RESERVE).at(pid, "PACKET_RESERVE")? as u32,
+            aux_data: flag(PACKET_AUXDATA).at(pid, "PACKET_AUXDATA")?,
+            orig_dev: flag(PACKET_ORIGDEV).at(pid, "PACKET_ORIGDEV")?,
+            vnet_hdr: flag(PACKET_VNET_HDR).at(pid, "PACKET_VNET_HDR")?,
+            loss: flag(PACKET_LOSS).at(pid, "PACKET_LOSS")?,
+            timestamp: int(PACKET_TIMESTAMP).at(pid, "PACKET_TIMESTAMP")? as u32,
+            // (the kernel keeps no readable copy threshold; CRIU writes 0)
+            copy_thresh: 0,
+            mclist,
+            fanout: (fanout != 0).then_some(fanout),
+            rx_ring: None,
+            tx_ring: None,
+            crest_qdisc_bypass: flag(PACKET_QDISC_BYPASS).ok(),
+            crest_ignore_outgoing: flag(PACKET_IGNORE_OUTGOING).ok(),
+        };
+        let id = self.push(FileEntry {
+            r#type: FdTypes::Packetsk as i32,
+            id: 0,
+            psk: Some(PacketSockEntry { id: 0, ..entry }),
+            ..FileEntry::default()
+        });
+        if let Some(e) = self.entries.last_mut().and_then(|e| e.psk.as_mut()) {
+            e.id = id;
+        }
+        Ok(id)
+    }
+}
+
+/// The fd for a packet socket entry: made once, dup'd per fd.
+pub fn open(
+    t: &mut Tracee,
+    e: &FileEntry,
+    files: &mut super::restore::RestoreFiles,
+    kept: &mut Kept,
+) -> Result<u64, RestoreError> {
+    super::restore::socket_once(t, e, files, kept, "packet", |t, _, kept| {
+        let s = e.psk.as_ref().ok_or_else(|| RestoreError::BadImage {
+            pid: t.pid(),
+            file: names::FILES.into(),
+            what: format!("file {} has no packet entry", e.id),
+        })?;
+        make(t, s, kept)
+    })
+}
+
+fn make(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let at = |what: &str| format!("packet socket {} (ifindex {}): {what}", s.id, s.ifindex);
+    let ty = s.r#type;
+    if (ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32)
+        || s.protocol > 0xffff
+        || s.mclist.len() > MAX_MEMBERSHIPS
+        || s.rx_ring.is_some()
+        || s.tx_ring.is_some()
+    {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: names::FILES.into(),
+            what: at(&format!(
+                "type {ty}, protocol {:#x}, {} memberships, rings {}",
+                s.protocol,
+                s.mclist.len(),
+                s.rx_ring.is_some() || s.tx_ring.is_some()
+            )),
+        });
+    }
+    let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+    let fd = t
+        .syscall(
+            nr::SOCKET,
+            &[
+                libc::AF_PACKET as u64,
+                u64::from(ty) | flags,
+                u64::from(s.protocol),
+            ],
+        )
+        .rat(pid, at("socket(AF_PACKET)"))?;
+    let slot = kept.keep(t, s.id, fd)?;
+    let c = kept.copy(t, slot)?;
+    skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
+    // the ring format first: the others may depend on it
+    let set = |n: i32, v: i32, what: &str| -> Result<(), RestoreError> {
+        if getsockopt_int(&c, SOL_PACKET, n).ok() != Some(v) {
+            setsockopt_int(&c, SOL_PACKET, n, v).rat(pid, at(what))?;
+        }
+        Ok(())
+    };
+    set(PACKET_VERSION, s.version as i32, "PACKET_VERSION")?;
+    set(PACKET_RESERVE, s.reserve as i32, "PACKET_RESERVE")?;
+    set(PACKET_AUXDATA, i32::from(s.aux_data), "PACKET_AUXDATA")?;
+    set(PACKET_ORIGDEV, i32::from(s.orig_dev), "PACKET_ORIGDEV")?;
+    set(PACKET_VNET_HDR, i32::from(s.vnet_hdr), "PACKET_VNET_HDR")?;
+    set(PACKET_LOSS, i32::from(s.loss), "PACKET_LOSS")?;
+    set(PACKET_TIMESTAMP, s.timestamp as i32, "PACKET_TIMESTAMP")?;
+    if s.copy_thresh != 0 {
+        setsockopt_int(&c, SOL_PACKET, PACKET_COPY_THRESH, s.copy_thresh as i32)
+            .rat(pid, at("PACKET_COPY_THRESH"))?;
+    }
+    if let Some(v) = s.crest_qdisc_bypass {
+        set(PACKET_QDISC_BYPASS, i32::from(v), "PACKET_QDISC_BYPASS")?;
+    }
+    if let Some(v) = s.crest_ignore_outgoing {
+        set(
+            PACKET_IGNORE_OUTGOING,
+            i32::from(v),
+            "PACKET_IGNORE_OUTGOING",
+        )?;
+    }
+    if s.ifindex != 0 {
+        crest_sys::net::bind(&c, &sockaddr_ll(s.protocol as u16, s.ifindex))
+            .rat(pid, at("bind"))?;
+    }
+    for m in &s.mclist {
+        setsockopt_bytes(
+            &c,
+            SOL_PACKET,
+            PACKET_ADD_MEMBERSHIP,
+            &packet_mreq(m.index, m.r#type as u16, &m.addr),
+        )
+        .rat(
+            pid,
+            at(&format!(
+                "join membership of type {} on {}",
+                m.r#type, m.index
+            )),
+        )?;
+    }
+    if let Some(f) = s.fanout {
+        setsockopt_int(&c, SOL_PACKET, PACKET_FANOUT, f as i32).rat(pid, at("PACKET_FANOUT"))?;
+    }
+    skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
+    let status = libc::O_NONBLOCK | libc::O_ASYNC;
+    crest_sys::net::set_status_flags(&c, s.flags as i32 & status).rat(pid, at("flags"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let a = sockaddr_ll(0x0300, 7);
+        assert_eq!(a.len(), 20);
+        assert_eq!(parse_ll(&a), Some((0x0300, 7)));
+        let m = packet_mreq(1, 1, &[]);
+        assert_eq!(m.len(), 16);
+    }
+}
