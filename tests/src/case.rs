@@ -256,9 +256,18 @@ pub fn conclude(
     killed: &[String],
     leftovers: &[String],
 ) -> Outcome {
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => Outcome::Fail(format!("{e:#}")),
+    // (a workload that cannot run here says so in its verdict, maybe
+    // before it is ready: wl_skip)
+    let skipped = fs::read_to_string(dir.state.join("verdict"))
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("SKIP")
+                .map(|r| r.trim_start_matches(':').trim().to_string())
+        });
+    let outcome = match (result, skipped) {
+        (Ok(o), _) => o,
+        (Err(_), Some(why)) => Outcome::Skip(why),
+        (Err(e), None) => Outcome::Fail(format!("{e:#}")),
     };
     let outcome = match outcome {
         o if o.is_pass() && !leftovers.is_empty() => {

@@ -350,6 +350,11 @@ fn fdinfo(text: &str) -> Vec<(String, String)> {
         let val = val.split_whitespace().collect::<Vec<_>>().join(" ");
         let val = match k {
             "mnt_id" | "ino" | "eventfd-id" => continue,
+            // a fanotify mount mark: the mount's id is new with its
+            // namespace
+            "fanotify mnt_id" => val
+                .split_once(' ')
+                .map_or(String::new(), |(_, r)| r.to_string()),
             "it_value" => {
                 if val.replace(' ', "") == "(0,0)" {
                     "disarmed".to_string()

@@ -108,6 +108,8 @@ pub mod nr {
     pub const EVENTFD2: u64 = 290;
     pub const EPOLL_CREATE1: u64 = 291;
     pub const INOTIFY_INIT1: u64 = 294;
+    pub const FANOTIFY_INIT: u64 = 300;
+    pub const FANOTIFY_MARK: u64 = 301;
     pub const MEMFD_CREATE: u64 = 319;
     pub const PIDFD_OPEN: u64 = 434;
     pub const PWRITE64: u64 = 18;
@@ -234,6 +236,8 @@ pub fn name(nr: u64) -> &'static str {
         EVENTFD2 => "eventfd2",
         EPOLL_CREATE1 => "epoll_create1",
         INOTIFY_INIT1 => "inotify_init1",
+        FANOTIFY_INIT => "fanotify_init",
+        FANOTIFY_MARK => "fanotify_mark",
         MEMFD_CREATE => "memfd_create",
         PIDFD_OPEN => "pidfd_open",
         PWRITE64 => "pwrite64",

@@ -79,14 +79,20 @@ fn mount_of(sdev: u32) -> Option<String> {
 
 /// The path of the inode a watch names, checked against its inode number.
 fn path_of(e: &InotifyWdEntry, handle: &[u8]) -> Option<String> {
+    path_of_handle(e.s_dev, e.i_ino, e.f_handle.r#type, handle)
+}
+
+/// The path (crest's view) of inode `ino` of the filesystem with device
+/// `sdev`, from its file handle; checked against the inode number.
+pub(crate) fn path_of_handle(sdev: u32, ino: u64, fh_type: u32, handle: &[u8]) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let mnt = std::fs::File::open(mount_of(e.s_dev)?).ok()?;
-    let file = crest_sys::misc::open_by_handle(&mnt, e.f_handle.r#type as i32, handle).ok()?;
+    let mnt = std::fs::File::open(mount_of(sdev)?).ok()?;
+    let file = crest_sys::misc::open_by_handle(&mnt, fh_type as i32, handle).ok()?;
     use std::os::fd::AsRawFd;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
     let path = link.to_str()?.to_string();
     let meta = std::fs::metadata(&path).ok()?;
-    (meta.ino() == e.i_ino).then_some(path)
+    (meta.ino() == ino).then_some(path)
 }
 
 pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, DumpError> {

@@ -20,6 +20,7 @@ use std::os::unix::fs::MetadataExt;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod fown;
 pub mod ghost;
@@ -199,6 +200,9 @@ impl FileTable {
             entry.pidfd.as_mut().map(|e| &mut e.id),
             entry.ext.as_mut().map(|e| &mut e.id),
             entry.nsf.as_mut().map(|e| &mut e.id),
+            entry.ffy.as_mut().map(|e| &mut e.id),
+            entry.nlsk.as_mut().map(|e| &mut e.id),
+            entry.psk.as_mut().map(|e| &mut e.id),
         ];
         for slot in inner.into_iter().flatten() {
             *slot = id;
@@ -370,6 +374,7 @@ fn dump_one(
             "[signalfd]" => signalfd::dump(pid, fd, info, flags)?,
             "[timerfd]" => timerfd::dump(pid, fd, info, flags)?,
             "inotify" => inotify::dump(pid, fd, info, flags)?,
+            "[fanotify]" => fanotify::dump(pid, fd, info, flags)?,
             "[pidfd]" => pidfd::dump(pid, fd, info, flags, &table.tree)?,
             _ => return Err(unsupported(kind_of_link(link))),
         };

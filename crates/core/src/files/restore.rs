@@ -425,6 +425,9 @@ fn make_one(
         Ok(FdTypes::Inotify) => {
             inotify::create(t, entry.ify.as_ref().ok_or_else(|| missing("inotify"))?)
         }
+        Ok(FdTypes::Fanotify) => {
+            super::fanotify::create(t, entry.ffy.as_ref().ok_or_else(|| missing("fanotify"))?)
+        }
         Ok(FdTypes::Memfd) => memfd::open(
             t,
             entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?,
