@@ -55,10 +55,8 @@ const FEATURES: &[(&str, Answer)] = &[
     ("link_nsid", NotCarried("netns ids are not dumped")),
     ("kcmp_epoll", Carried(None)),
     ("timens", Carried(Some("/proc/self/ns/time"))),
-    (
-        "external_net_ns",
-        NotCarried("external net namespaces are not supported yet"),
-    ),
+    // (CRIU's check is of the version: it takes --external net[INO]:KEY)
+    ("external_net_ns", Carried(None)),
     ("clone3_set_tid", Carried(None)),
     ("newifindex", NotCarried("interface indexes are not kept")),
     ("nftables", NotCarried("netfilter tables are refused")),
