@@ -28,6 +28,23 @@ const CASES: [(&str, DirCase); 2] = [
 /// Runs every case whose name passes `selected`.
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     case::run_root_cases(cfg, report, selected, &CASES);
+    // a session leader that is not an ancestor of its member: crest forks
+    // the member from the leader's side in crest's pid namespace only
+    let n = case::case_name("adopted", Flavor::Host, Some(StdioKind::DevNull));
+    if selected(&n) {
+        let w = Workload {
+            name: "adopted",
+            program: Program::C("adopted"),
+            args: Vec::new(),
+            settle: Settle::Blocked,
+        };
+        let outcome = if cfg.root {
+            case::run_protocol(cfg, &w, Flavor::Host, StdioKind::DevNull, Mode::DumpRestore)
+        } else {
+            Outcome::Skip("needs root".into())
+        };
+        report.record(&n, outcome);
+    }
     // (cow: the dump must not end the pages' sharing it reads)
     for (case, workload) in [
         ("leave_running_tree", "tree_sessions"),

@@ -321,6 +321,9 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
         }
         i += 1;
     }
+    if order.len() == entries.len() {
+        order = after_leaders(entries, &order)?;
+    }
     if order.len() != entries.len() {
         let lost: Vec<u32> = entries
             .iter()
@@ -335,6 +338,55 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
         ));
     }
     Ok(order)
+}
+
+/// `order` (parents first) changed so that a task whose session leader is
+/// in the tree but is not its ancestor comes after that leader (it is
+/// forked from the leader's side): the first task whose parent and leader
+/// are placed goes next.
+fn after_leaders(entries: &[PstreeEntry], order: &[usize]) -> Result<Vec<usize>, String> {
+    let index: std::collections::HashMap<u32, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.pid, i))
+        .collect();
+    let is_ancestor = |a: usize, mut of: usize| {
+        for _ in 0..entries.len() {
+            match index.get(&entries[of].ppid) {
+                Some(&p) if p == a => return true,
+                Some(&p) if p != of => of = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let needs = |j: usize| -> Vec<usize> {
+        let e = &entries[j];
+        let mut d: Vec<usize> = index.get(&e.ppid).copied().into_iter().collect();
+        if let Some(&l) = index.get(&e.sid) {
+            if l != j && !is_ancestor(l, j) {
+                d.push(l);
+            }
+        }
+        d
+    };
+    if !(0..entries.len()).any(|j| needs(j).len() > 1) {
+        return Ok(order.to_vec());
+    }
+    let mut placed = vec![false; entries.len()];
+    let mut out = Vec::with_capacity(order.len());
+    while out.len() < order.len() {
+        let next = order
+            .iter()
+            .copied()
+            .find(|&j| !placed[j] && needs(j).iter().all(|&d| placed[d] || d == j));
+        let Some(j) = next else {
+            return Err("sessions whose leaders and members wait on each other".into());
+        };
+        placed[j] = true;
+        out.push(j);
+    }
+    Ok(out)
 }
 
 // ---- restore side -------------------------------------------------------
@@ -851,11 +903,8 @@ pub fn fork_in_session(
         return fork_child(parent, e, &how.ids, flags, before);
     }
     let sid = e.sid as i32;
-    if entries.iter().any(|x| x.pid == e.sid) {
-        return Err(RestoreError::Unsupported {
-            pid: e.pid as i32,
-            what: format!("session {sid} whose leader is in the tree but is not an ancestor"),
-        });
+    if let Some(l) = entries.iter().position(|x| x.pid == e.sid) {
+        return fork_from_leader(tasks, helpers, (k, p, l), e, how, before);
     }
     if !how.parent_is_subreaper {
         return Err(RestoreError::Unsupported {
@@ -892,6 +941,53 @@ pub fn fork_in_session(
         pid: sid,
         what: "a lost session helper".into(),
     })?;
+    fork_child(h, e, &how.ids, 0, before)
+}
+
+/// Forks task `k` (child of `p`) into the session of `l`, its leader, which
+/// is in the tree but not its ancestor (it was reparented to `p`, a child
+/// subreaper, after its parent left): a helper child of the leader forks
+/// it and exits, so it comes back to `p` as it did. The helper gets any
+/// pid (crest's steering keeps those out of the tree's way), so the leader
+/// must be in crest's pid namespace.
+fn fork_from_leader(
+    tasks: &mut [Option<Tracee>],
+    helpers: &mut Helpers,
+    (k, p, l): (usize, usize, usize),
+    e: &PstreeEntry,
+    how: &ForkHow<'_>,
+    before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
+) -> Result<Tracee, RestoreError> {
+    let sid = e.sid as i32;
+    let refuse = |what: String| RestoreError::Unsupported {
+        pid: e.pid as i32,
+        what: format!("session {sid}, whose leader is in the tree but is not an ancestor, {what}"),
+    };
+    if !how.parent_is_subreaper {
+        return Err(refuse(format!(
+            "in a task whose parent {} is not a child subreaper",
+            e.ppid
+        )));
+    }
+    if how.new_pidns || how.ids.want.len() > 1 || l >= k {
+        return Err(refuse("in a pid namespace below crest's".into()));
+    }
+    let helper_of = sid ^ i32::MIN; // (apart from a gone leader's helper)
+    if helpers.get(helper_of).is_none() {
+        let parent = tasks[p]
+            .as_mut()
+            .ok_or_else(|| refuse("in a zombie's children".into()))?;
+        parent
+            .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER
+            .rat(parent.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
+        let leader = tasks[l].as_mut().ok_or_else(|| refuse("a zombie".into()))?;
+        let h = clone_plain(leader)?;
+        let seen = h.pid();
+        helpers.made.push((helper_of, h, l, seen));
+    }
+    let h = helpers
+        .get(helper_of)
+        .ok_or_else(|| refuse("lost its helper".into()))?;
     fork_child(h, e, &how.ids, 0, before)
 }
 
@@ -1061,6 +1157,20 @@ mod tests {
         let order = tree_order(&entries).unwrap();
         let pids: Vec<u32> = order.iter().map(|i| entries[*i].pid).collect();
         assert_eq!(pids, [10, 20, 11, 30]);
+    }
+
+    #[test]
+    fn members_come_after_a_leader_that_is_not_their_ancestor() {
+        // 12 (a member of 11's session, reparented to 10) listed first
+        let member = PstreeEntry {
+            sid: 11,
+            pgid: 11,
+            ..e(12, 10)
+        };
+        let entries = [e(10, 1), member, e(11, 10), e(13, 11)];
+        let order = tree_order(&entries).unwrap();
+        let pids: Vec<u32> = order.iter().map(|i| entries[*i].pid).collect();
+        assert_eq!(pids, [10, 11, 12, 13]);
     }
 
     #[test]
