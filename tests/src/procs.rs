@@ -119,6 +119,19 @@ pub fn exists(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether `pid` is a kernel thread now (`PF_KTHREAD` in its stat flags):
+/// the kernel hands out pids to its workers at any time, a freed one too.
+pub fn kernel_thread(pid: Pid) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
 /// The pids one case started and has not reaped yet. Dropping it kills and
 /// reaps every one of them, by pid.
 #[derive(Debug, Default)]

@@ -573,16 +573,20 @@ fn restore_walk(
         let new_since = |now: Vec<String>| -> Vec<String> {
             now.into_iter().filter(|l| !baseline.contains(l)).collect()
         };
+        // (a kernel worker may take a freed pid of the tree meanwhile)
+        let ours = |p: &i32| {
+            let p = Pid::from_raw(*p);
+            procs::exists(p) && !procs::kernel_thread(p)
+        };
         let settled = procs::wait_until(Duration::from_secs(5), || {
             procs::reap_zombie_children();
-            pids.iter().all(|p| !procs::exists(Pid::from_raw(*p)))
-                && new_since(leftovers(dir)).is_empty()
+            !pids.iter().any(ours) && new_since(leftovers(dir)).is_empty()
         });
         if !settled {
             let mut left = new_since(leftovers(dir));
             left.extend(
                 pids.iter()
-                    .filter(|p| procs::exists(Pid::from_raw(**p)))
+                    .filter(|p| ours(p))
                     .map(|p| format!("task {p} of the tree")),
             );
             failures.push(format!(
@@ -604,7 +608,17 @@ fn restore_walk(
             failures.join("\n  ")
         );
     }
-    // and the images still restore
+    // and the images still restore, unless a kernel worker took a pid of
+    // the tree meanwhile (then no restore can give it back)
+    if let Some(p) = pids
+        .iter()
+        .find(|p| procs::kernel_thread(Pid::from_raw(**p)))
+    {
+        return Ok(Outcome::Skip(format!(
+            "every failed restore was clean, but a kernel thread took pid {p} of the tree \
+             since, so the last restore cannot have it"
+        )));
+    }
     case::restore_detached(cfg, dir, t.root, procs)?;
     match case::finish_tree(dir, t.main, t.root, StdioKind::LogFile, procs)? {
         Outcome::Pass => Ok(Outcome::Pass),
