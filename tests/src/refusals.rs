@@ -13,6 +13,9 @@
 //!   AIO context's ring and a private MAP_HUGETLB mapping, which a plain
 //!   mapping made again would quietly replace (the hugetlb case reserves
 //!   two huge pages for itself, and gives them back);
+//! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
+//!   ring still mapped after its fd was closed (the dump failed on a stat
+//!   before);
 //! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/` (in
 //!   a mount namespace of its own): the paths crest reads are not the
 //!   task's;
@@ -36,7 +39,8 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 8] = [
+const CASES: [(&str, DirCase); 9] = [
+    ("io_uring_map_refused", io_uring_map_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_refused", hugetlb_refused),
@@ -116,6 +120,17 @@ fn chroot_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outc
         (&["-m", "--propagation", "private"], &setup),
         ("small_tree", ""),
         &["chrooted task"],
+    )
+}
+
+fn io_uring_map_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("kernel_objects", "io_uring"),
+        &["anonymous inode [io_uring]"],
     )
 }
 

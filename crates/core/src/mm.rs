@@ -314,11 +314,15 @@ pub fn dump(
         }
         // what a plain mapping made again would quietly lose
         let odd = if m.path.starts_with("/[aio]") {
-            Some("an AIO context's ring (io_setup)")
+            Some("an AIO context's ring (io_setup)".to_string())
         } else if sm.is_some_and(|s| s.has("ht")) {
-            Some("a hugetlb mapping (MAP_HUGETLB, SHM_HUGETLB or a hugetlbfs file)")
+            Some("a hugetlb mapping (MAP_HUGETLB, SHM_HUGETLB or a hugetlbfs file)".to_string())
         } else {
-            None
+            // (an io_uring's rings, a perf buffer...: the kernel object
+            // behind it is not carried)
+            m.path
+                .strip_prefix("anon_inode:")
+                .map(|kind| format!("a mapping of the anonymous inode {kind}"))
         };
         if let Some(what) = odd {
             return Err(DumpError::Unsupported {
