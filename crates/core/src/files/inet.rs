@@ -262,9 +262,6 @@ impl FileTable {
             }),
             ..FileEntry::default()
         });
-        if let Some(e) = self.entries.last_mut().and_then(|e| e.isk.as_mut()) {
-            e.id = id;
-        }
         if is_udp {
             let packets = peek_udp(&copy).at(pid, "peek at a UDP socket's queue")?;
             if packets.len() > MAX_PACKETS {
@@ -440,29 +437,11 @@ fn bad(pid: i32, file: String, what: String) -> RestoreError {
     RestoreError::BadImage { pid, file, what }
 }
 
-/// The fd for an inet socket entry: made once per task, dup'd per fd.
-pub fn open(
-    t: &mut Tracee,
-    e: &FileEntry,
-    files: &mut super::restore::RestoreFiles,
-    kept: &mut Kept,
-) -> Result<u64, RestoreError> {
-    super::restore::socket_once(t, e, files, kept, "inet", |t, files, kept| {
-        let s = e.isk.as_ref().ok_or_else(|| {
-            bad(
-                t.pid(),
-                names::FILES.into(),
-                format!("file {} has no inet entry", e.id),
-            )
-        })?;
-        make(t, s, files, kept)
-    })
-}
-
-fn make(
+/// Makes the inet socket of `s` in task `t` (see [`super::restore::socket_once`]).
+pub(crate) fn make(
     t: &mut Tracee,
     s: &InetSkEntry,
-    files: &super::restore::RestoreFiles,
+    files: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -473,12 +452,7 @@ fn make(
             format!("inet socket {} of family {}", s.id, s.family),
         ));
     }
-    let ty = u64::from(s.r#type) | (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
-    let fd = t
-        .syscall(nr::SOCKET, &[u64::from(s.family), ty, u64::from(s.proto)])
-        .rat(pid, "socket(AF_INET)")?;
-    let slot = kept.keep(t, s.id, fd)?;
-    let c = kept.copy(t, slot)?;
+    let c = kept.new_socket(t, s.id, (s.family, s.r#type, s.proto))?;
     let at = |what: &str| format!("inet socket {} (port {}): {what}", s.id, s.src_port);
     if let Some(v) = s.v6only {
         setsockopt_int(&c, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v))
@@ -490,10 +464,7 @@ fn make(
     // was never connected (CRIU's), unbound
     let dropped = tcp && files.socks.tcp_close && s.state != LISTEN && s.state != CLOSE;
     if dropped {
-        skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
-        let status = libc::O_NONBLOCK | libc::O_ASYNC;
-        crest_sys::net::set_status_flags(&c, s.flags as i32 & status).rat(pid, at("flags"))?;
-        return Ok(());
+        return skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"));
     }
     let stream = (tcp && s.state == ESTABLISHED)
         .then(|| read_stream(files, s.ino))

@@ -54,6 +54,34 @@ impl Kept {
     }
 
     /// crest's own copy of fd `fd` of the task (the same open file).
+    /// Makes socket `(domain, ty, protocol)` in the task (non-blocking and
+    /// close-on-exec, so in its net namespace), keeps it as file `id` and
+    /// returns crest's copy, on which the rest is set up.
+    pub fn new_socket(
+        &mut self,
+        t: &mut Tracee,
+        id: u32,
+        (domain, ty, protocol): (u32, u32, u32),
+    ) -> Result<OwnedFd, RestoreError> {
+        let pid = t.pid();
+        let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+        let fd = t
+            .syscall(
+                nr::SOCKET,
+                &[
+                    u64::from(domain),
+                    u64::from(ty) | flags,
+                    u64::from(protocol),
+                ],
+            )
+            .rat(
+                pid,
+                format!("socket({domain}, {ty}, {protocol}) for file {id}"),
+            )?;
+        let slot = self.keep(t, id, fd)?;
+        self.copy(t, slot)
+    }
+
     pub fn copy(&mut self, t: &Tracee, fd: u64) -> Result<OwnedFd, RestoreError> {
         let pid = t.pid();
         let p = match self.pidfd.take() {

@@ -203,6 +203,9 @@ impl FileTable {
             entry.ffy.as_mut().map(|e| &mut e.id),
             entry.nlsk.as_mut().map(|e| &mut e.id),
             entry.psk.as_mut().map(|e| &mut e.id),
+            entry.isk.as_mut().map(|e| &mut e.id),
+            entry.usk.as_mut().map(|e| &mut e.id),
+            entry.tty.as_mut().map(|e| &mut e.id),
         ];
         for slot in inner.into_iter().flatten() {
             *slot = id;

@@ -17,7 +17,7 @@ use super::skopts;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crest_images::names;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, NetlinkSkEntry, NlSkOptsEntry};
-use crest_inject::{nr, Tracee};
+use crest_inject::Tracee;
 use crest_sys::net::{getsockopt_bytes, getsockopt_int, setsockopt_bytes, setsockopt_int};
 use std::os::fd::OwnedFd;
 
@@ -162,31 +162,17 @@ impl super::FileTable {
             }),
             ..FileEntry::default()
         });
-        if let Some(e) = self.entries.last_mut().and_then(|e| e.nlsk.as_mut()) {
-            e.id = id;
-        }
         Ok(id)
     }
 }
 
-/// The fd for a netlink socket entry: made once, dup'd per fd.
-pub fn open(
+/// Makes the netlink socket of `s` in task `t` (see [`super::restore::socket_once`]).
+pub(crate) fn make(
     t: &mut Tracee,
-    e: &FileEntry,
-    files: &mut super::restore::RestoreFiles,
+    s: &NetlinkSkEntry,
+    _: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
-) -> Result<u64, RestoreError> {
-    super::restore::socket_once(t, e, files, kept, "netlink", |t, _, kept| {
-        let s = e.nlsk.as_ref().ok_or_else(|| RestoreError::BadImage {
-            pid: t.pid(),
-            file: names::FILES.into(),
-            what: format!("file {} has no netlink entry", e.id),
-        })?;
-        make(t, s, kept)
-    })
-}
-
-fn make(t: &mut Tracee, s: &NetlinkSkEntry, kept: &mut Kept) -> Result<(), RestoreError> {
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     let at = |what: &str| format!("netlink socket {} (protocol {}): {what}", s.id, s.protocol);
     let ty = s.crest_type.unwrap_or(libc::SOCK_RAW as u32);
@@ -199,19 +185,7 @@ fn make(t: &mut Tracee, s: &NetlinkSkEntry, kept: &mut Kept) -> Result<(), Resto
             what: at(&format!("type {ty} with {} group words", s.groups.len())),
         });
     }
-    let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
-    let fd = t
-        .syscall(
-            nr::SOCKET,
-            &[
-                libc::AF_NETLINK as u64,
-                u64::from(ty) | flags,
-                u64::from(s.protocol),
-            ],
-        )
-        .rat(pid, at("socket(AF_NETLINK)"))?;
-    let slot = kept.keep(t, s.id, fd)?;
-    let c = kept.copy(t, slot)?;
+    let c = kept.new_socket(t, s.id, (libc::AF_NETLINK as u32, ty, s.protocol))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
     if s.portid != 0 {
         let first = s.groups.first().copied().unwrap_or(0);
@@ -264,10 +238,7 @@ fn make(t: &mut Tracee, s: &NetlinkSkEntry, kept: &mut Kept) -> Result<(), Resto
             }
         }
     }
-    skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
-    let status = libc::O_NONBLOCK | libc::O_ASYNC;
-    crest_sys::net::set_status_flags(&c, s.flags as i32 & status).rat(pid, at("flags"))?;
-    Ok(())
+    skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"))
 }
 
 #[cfg(test)]

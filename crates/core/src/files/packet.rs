@@ -18,7 +18,7 @@ use super::skopts;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crest_images::names;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, PacketMclist, PacketSockEntry};
-use crest_inject::{nr, Tracee};
+use crest_inject::Tracee;
 use crest_sys::net::{getsockopt_int, setsockopt_bytes, setsockopt_int};
 use std::os::fd::OwnedFd;
 
@@ -147,31 +147,17 @@ impl super::FileTable {
             psk: Some(PacketSockEntry { id: 0, ..entry }),
             ..FileEntry::default()
         });
-        if let Some(e) = self.entries.last_mut().and_then(|e| e.psk.as_mut()) {
-            e.id = id;
-        }
         Ok(id)
     }
 }
 
-/// The fd for a packet socket entry: made once, dup'd per fd.
-pub fn open(
+/// Makes the packet socket of `s` in task `t` (see [`super::restore::socket_once`]).
+pub(crate) fn make(
     t: &mut Tracee,
-    e: &FileEntry,
-    files: &mut super::restore::RestoreFiles,
+    s: &PacketSockEntry,
+    _: &mut super::restore::RestoreFiles,
     kept: &mut Kept,
-) -> Result<u64, RestoreError> {
-    super::restore::socket_once(t, e, files, kept, "packet", |t, _, kept| {
-        let s = e.psk.as_ref().ok_or_else(|| RestoreError::BadImage {
-            pid: t.pid(),
-            file: names::FILES.into(),
-            what: format!("file {} has no packet entry", e.id),
-        })?;
-        make(t, s, kept)
-    })
-}
-
-fn make(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(), RestoreError> {
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     let at = |what: &str| format!("packet socket {} (ifindex {}): {what}", s.id, s.ifindex);
     let ty = s.r#type;
@@ -192,19 +178,7 @@ fn make(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(), Rest
             )),
         });
     }
-    let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
-    let fd = t
-        .syscall(
-            nr::SOCKET,
-            &[
-                libc::AF_PACKET as u64,
-                u64::from(ty) | flags,
-                u64::from(s.protocol),
-            ],
-        )
-        .rat(pid, at("socket(AF_PACKET)"))?;
-    let slot = kept.keep(t, s.id, fd)?;
-    let c = kept.copy(t, slot)?;
+    let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, ty, s.protocol))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
     // the ring format first: the others may depend on it
     let set = |n: i32, v: i32, what: &str| -> Result<(), RestoreError> {
@@ -256,10 +230,7 @@ fn make(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(), Rest
     if let Some(f) = s.fanout {
         setsockopt_int(&c, SOL_PACKET, PACKET_FANOUT, f as i32).rat(pid, at("PACKET_FANOUT"))?;
     }
-    skopts::restore(&c, &s.opts).rat(pid, at("options"))?;
-    let status = libc::O_NONBLOCK | libc::O_ASYNC;
-    crest_sys::net::set_status_flags(&c, s.flags as i32 & status).rat(pid, at("flags"))?;
-    Ok(())
+    skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"))
 }
 
 #[cfg(test)]

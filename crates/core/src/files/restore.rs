@@ -301,20 +301,21 @@ fn make_all(
     res
 }
 
+/// Makes socket `S` from its entry in task `t`, with what the restore of
+/// files shares.
+pub(crate) type MakeSocket<S> =
+    fn(&mut Tracee, &S, &mut RestoreFiles, &mut super::kept::Kept) -> Result<(), RestoreError>;
+
 /// The fd for socket entry `e` of a kind made once per task and dup'd per
-/// fd (`kind` names it): `make` makes it, kept in `kept` under its id,
-/// the first time. Another task holding it gets it through `holders`.
-pub(crate) fn socket_once(
+/// fd (`kind` names it; `entry` picks its message out of `e`): `make`
+/// makes it, kept in `kept` under its id, the first time. Another task
+/// holding it gets it through `holders`.
+pub(crate) fn socket_once<S>(
     t: &mut Tracee,
     e: &FileEntry,
-    files: &mut RestoreFiles,
-    kept: &mut super::kept::Kept,
-    kind: &str,
-    make: impl FnOnce(
-        &mut Tracee,
-        &mut RestoreFiles,
-        &mut super::kept::Kept,
-    ) -> Result<(), RestoreError>,
+    (files, kept): (&mut RestoreFiles, &mut super::kept::Kept),
+    (kind, entry): (&str, fn(&FileEntry) -> Option<&S>),
+    make: MakeSocket<S>,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if kept.get(e.id).is_none() {
@@ -326,7 +327,12 @@ pub(crate) fn socket_once(
                 });
             }
         }
-        make(t, files, kept)?;
+        let s = entry(e).ok_or_else(|| RestoreError::BadImage {
+            pid,
+            file: names::FILES.into(),
+            what: format!("file {} has no {kind} socket entry", e.id),
+        })?;
+        make(t, s, files, kept)?;
         files.socks.made_by.insert(e.id, pid);
     }
     kept.dup(t, e.id)
@@ -403,9 +409,27 @@ fn make_one(
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
         Ok(FdTypes::Pipe) => pipe_end(t, entry, files),
         Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
-        Ok(FdTypes::Inetsk) => super::inet::open(t, entry, files, kept),
-        Ok(FdTypes::Netlinksk) => super::netlink::open(t, entry, files, kept),
-        Ok(FdTypes::Packetsk) => super::packet::open(t, entry, files, kept),
+        Ok(FdTypes::Inetsk) => socket_once(
+            t,
+            entry,
+            (files, kept),
+            ("inet", |e| e.isk.as_ref()),
+            super::inet::make,
+        ),
+        Ok(FdTypes::Netlinksk) => socket_once(
+            t,
+            entry,
+            (files, kept),
+            ("netlink", |e| e.nlsk.as_ref()),
+            super::netlink::make,
+        ),
+        Ok(FdTypes::Packetsk) => socket_once(
+            t,
+            entry,
+            (files, kept),
+            ("packet", |e| e.psk.as_ref()),
+            super::packet::make,
+        ),
         Ok(FdTypes::Tty) => super::tty::open(t, entry, files, kept),
         Ok(FdTypes::Fifo) => fifo::create(
             t,

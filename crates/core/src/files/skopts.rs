@@ -427,6 +427,14 @@ pub fn set_buf(fd: &impl AsFd, plain: i32, force: i32, half: i32) -> io::Result<
     getsockopt_int(&fd, SOL, plain)
 }
 
+/// The last of a socket made again: its options ([`restore`]) and its
+/// file status flags (`O_NONBLOCK`, `O_ASYNC` of `flags`).
+pub fn restore_last(fd: &impl AsFd, o: &SkOptsEntry, flags: u32) -> io::Result<()> {
+    restore(fd, o)?;
+    let status = libc::O_NONBLOCK | libc::O_ASYNC;
+    crest_sys::net::set_status_flags(&fd.as_fd(), flags as i32 & status)
+}
+
 /// Sets the options of `o` that differ from what the new socket has (after
 /// [`restore_early`] and `bind`). A buffer size is set with the `*FORCE`
 /// option to half the value read at dump (the kernel doubles what it is

@@ -75,25 +75,47 @@ fn diag_socket_in(pid: i32) -> io::Result<OwnedFd> {
     .map_err(|_| io::Error::other("sock_diag thread panicked"))?
 }
 
-/// The request for every unix socket, with everything crest needs shown.
-fn request() -> Vec<u8> {
-    let mut m = Vec::with_capacity(40);
-    m.extend_from_slice(&40u32.to_ne_bytes());
+/// A dump request of every socket of `family`: the netlink header, the
+/// family, then `rest` of the family's request (after its padding).
+fn dump_request(family: i32, rest: &[u32]) -> Vec<u8> {
+    let len = 16 + 4 + 4 * rest.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     m.extend_from_slice(&1u32.to_ne_bytes()); // seq
     m.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    m.push(libc::AF_UNIX as u8);
+    m.push(family as u8);
     m.push(0); // protocol
     m.extend_from_slice(&0u16.to_ne_bytes());
-    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    m.extend_from_slice(&0u32.to_ne_bytes()); // ino
+    for w in rest {
+        m.extend_from_slice(&w.to_ne_bytes());
+    }
+    m
+}
+
+/// The request for every unix socket, with everything crest needs shown:
+/// every state, any inode, the shown parts, no cookie.
+fn request() -> Vec<u8> {
     let show =
         UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-    m.extend_from_slice(&show.to_ne_bytes());
-    m.extend_from_slice(&u32::MAX.to_ne_bytes());
-    m.extend_from_slice(&u32::MAX.to_ne_bytes());
-    m
+    dump_request(libc::AF_UNIX, &[u32::MAX, 0, show, u32::MAX, u32::MAX])
+}
+
+/// Hands each attribute (type, value) after a message's fixed part to
+/// `on_attr`.
+fn attrs(mut a: &[u8], on_attr: &mut dyn FnMut(u16, &[u8])) -> io::Result<()> {
+    while a.len() >= 4 {
+        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
+        let ty = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
+        if len < 4 || len > a.len() {
+            return Err(bad("an attribute longer than its message"));
+        }
+        on_attr(ty, &a[4..len]);
+        let next = (len + 3) & !3;
+        a = a.get(next..).unwrap_or(&[]);
+    }
+    Ok(())
 }
 
 /// Every unix socket of the network namespace `pid` is in, by inode.
@@ -149,19 +171,9 @@ const MCLIST_SIZE: usize = 44;
 /// The packet socket `ino` of the network namespace `pid` is in (None if
 /// sock_diag does not list it).
 pub fn packet_socket(pid: i32, ino: u32) -> io::Result<Option<PacketDiag>> {
-    let mut m = Vec::with_capacity(36);
-    m.extend_from_slice(&36u32.to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    m.push(libc::AF_PACKET as u8);
-    m.push(0); // protocol
-    m.extend_from_slice(&0u16.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes()); // ino: every socket
-    m.extend_from_slice(&(PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG).to_ne_bytes());
-    m.extend_from_slice(&u32::MAX.to_ne_bytes());
-    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // (any inode: the answers are filtered here)
+    let show = PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG;
+    let m = dump_request(libc::AF_PACKET, &[0, show, u32::MAX, u32::MAX]);
     let mut found = None;
     ask(pid, &m, &mut |body| {
         if u32_at(body, 4) == Some(ino) {
@@ -175,33 +187,23 @@ pub fn packet_socket(pid: i32, ino: u32) -> io::Result<Option<PacketDiag>> {
 /// One `packet_diag_msg` (16 bytes) and its attributes.
 fn parse_packet(body: &[u8]) -> io::Result<PacketDiag> {
     let mut d = PacketDiag::default();
-    let mut a = body.get(16..).ok_or_else(|| bad("short packet_diag_msg"))?;
-    while a.len() >= 4 {
-        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
-        let ty = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
-        if len < 4 || len > a.len() {
-            return Err(bad("an attribute longer than its message"));
-        }
-        let v = &a[4..len];
-        match ty {
-            PACKET_DIAG_MCLIST => {
-                for m in v.chunks_exact(MCLIST_SIZE) {
-                    let alen = usize::from(u16_at(m, 10).unwrap_or(0)).min(32);
-                    d.mclist.push((
-                        u32_at(m, 0).unwrap_or(0),
-                        u32_at(m, 4).unwrap_or(0),
-                        u16_at(m, 8).unwrap_or(0),
-                        m[12..12 + alen].to_vec(),
-                    ));
-                }
+    let a = body.get(16..).ok_or_else(|| bad("short packet_diag_msg"))?;
+    attrs(a, &mut |ty, v| match ty {
+        PACKET_DIAG_MCLIST => {
+            for m in v.chunks_exact(MCLIST_SIZE) {
+                let alen = usize::from(u16_at(m, 10).unwrap_or(0)).min(32);
+                d.mclist.push((
+                    u32_at(m, 0).unwrap_or(0),
+                    u32_at(m, 4).unwrap_or(0),
+                    u16_at(m, 8).unwrap_or(0),
+                    m[12..12 + alen].to_vec(),
+                ));
             }
-            PACKET_DIAG_RX_RING => d.rx_ring = true,
-            PACKET_DIAG_TX_RING => d.tx_ring = true,
-            _ => {}
         }
-        let next = (len + 3) & !3;
-        a = a.get(next..).unwrap_or(&[]);
-    }
+        PACKET_DIAG_RX_RING => d.rx_ring = true,
+        PACKET_DIAG_TX_RING => d.tx_ring = true,
+        _ => {}
+    })?;
     Ok(d)
 }
 
@@ -263,40 +265,29 @@ fn parse_msg(body: &[u8]) -> io::Result<UnixDiag> {
         ino: u32_at(body, 4).ok_or_else(|| bad("short unix_diag_msg"))?,
         ..UnixDiag::default()
     };
-    let mut a = &body[16..];
-    while a.len() >= 4 {
-        let len = u16_at(a, 0).ok_or_else(|| bad("short attribute"))? as usize;
-        let ty = u16_at(a, 2).ok_or_else(|| bad("short attribute"))?;
-        if len < 4 || len > a.len() {
-            return Err(bad("an attribute longer than its message"));
-        }
-        let v = &a[4..len];
-        match ty {
-            UNIX_DIAG_NAME => {
-                let mut name = v.to_vec();
-                if name.first() != Some(&0) {
-                    while name.last() == Some(&0) {
-                        name.pop();
-                    }
+    attrs(&body[16..], &mut |ty, v| match ty {
+        UNIX_DIAG_NAME => {
+            let mut name = v.to_vec();
+            if name.first() != Some(&0) {
+                while name.last() == Some(&0) {
+                    name.pop();
                 }
-                d.name = Some(name);
             }
-            UNIX_DIAG_VFS => {
-                d.vfs = u32_at(v, 0).zip(u32_at(v, 4));
-            }
-            UNIX_DIAG_PEER => d.peer = u32_at(v, 0).unwrap_or(0),
-            UNIX_DIAG_ICONS => {
-                d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect();
-            }
-            UNIX_DIAG_RQLEN => {
-                d.rqlen = (u32_at(v, 0).unwrap_or(0), u32_at(v, 4).unwrap_or(0));
-            }
-            UNIX_DIAG_SHUTDOWN => d.shutdown = v.first().copied().unwrap_or(0),
-            _ => {}
+            d.name = Some(name);
         }
-        let next = (len + 3) & !3;
-        a = a.get(next..).unwrap_or(&[]);
-    }
+        UNIX_DIAG_VFS => {
+            d.vfs = u32_at(v, 0).zip(u32_at(v, 4));
+        }
+        UNIX_DIAG_PEER => d.peer = u32_at(v, 0).unwrap_or(0),
+        UNIX_DIAG_ICONS => {
+            d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect();
+        }
+        UNIX_DIAG_RQLEN => {
+            d.rqlen = (u32_at(v, 0).unwrap_or(0), u32_at(v, 4).unwrap_or(0));
+        }
+        UNIX_DIAG_SHUTDOWN => d.shutdown = v.first().copied().unwrap_or(0),
+        _ => {}
+    })?;
     Ok(d)
 }
 

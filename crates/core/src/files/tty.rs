@@ -131,9 +131,6 @@ impl FileTable {
             }),
             ..FileEntry::default()
         });
-        if let Some(e) = self.entries.last_mut().and_then(|e| e.tty.as_mut()) {
-            e.id = id;
-        }
         self.tty.files.insert((rdev, flags), id);
         Ok(Some(id))
     }

@@ -259,9 +259,6 @@ impl FileTable {
             usk: Some(UnixSkEntry { id: 0, ..usk }),
             ..FileEntry::default()
         });
-        if let Some(e) = self.entries.last_mut().and_then(|e| e.usk.as_mut()) {
-            e.id = id;
-        }
         if !packets.is_empty() {
             let q = self.unix.queues.len();
             let mut list = Vec::with_capacity(packets.len());
@@ -381,7 +378,7 @@ impl FileTable {
         // the outside peers, as CRIU writes them: entries no fd uses,
         // marked external
         for (ino, name, ty) in outside {
-            let id = self.push(FileEntry {
+            self.push(FileEntry {
                 r#type: FdTypes::Unixsk as i32,
                 id: 0,
                 usk: Some(UnixSkEntry {
@@ -403,9 +400,6 @@ impl FileTable {
                 }),
                 ..FileEntry::default()
             });
-            if let Some(e) = self.entries.last_mut().and_then(|e| e.usk.as_mut()) {
-                e.id = id;
-            }
         }
         Ok(())
     }
