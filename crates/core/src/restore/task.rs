@@ -461,7 +461,9 @@ pub(super) fn restore_thread(
     };
     ptrace::set_xstate(tid, &xsave).rat(
         pid,
-        format!("PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}"),
+        format!(
+            "PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}, the xsave area of core-{image_tid}.img"
+        ),
     )?;
     let dumped = regs::from_image(&info.gpregs);
     let mask = th
