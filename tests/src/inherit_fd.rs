@@ -152,6 +152,34 @@ fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// Whether `pid`'s `SigIgn` holds SIGCHLD.
+fn ignores_sigchld(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .is_some_and(|m| m & (1 << (libc::SIGCHLD - 1)) != 0)
+}
+
+/// The tasks other than `init` in `init`'s pid namespace, each with its
+/// `/proc/PID/stat` head (comm, state, ppid), for a failure message.
+fn left_in(init: Pid) -> String {
+    let ns = |p: i32| fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let theirs = ns(init.as_raw());
+    all_pids()
+        .into_iter()
+        .filter(|p| *p != init.as_raw() && ns(*p) == theirs)
+        .map(|p| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let head: Vec<&str> = stat.split_whitespace().take(4).collect();
+            format!("[{}]", head.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn in_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
@@ -195,13 +223,16 @@ fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
     let holder = Pid::from_raw(holder.id() as i32);
     procs.track(holder);
     let mut init = None;
-    wait_until(Duration::from_secs(5), || {
-        init = crate::containers::only_child(holder)
-            .ok()
-            .filter(|c| crate::ns::nspid(*c).is_some_and(|v| v.last() == Some(&1)));
+    // (ready once python ignores SIGCHLD: the tree's orphans, reparented
+    // to it, would stay zombies in its namespace before that)
+    wait_until(Duration::from_secs(10), || {
+        init = crate::containers::only_child(holder).ok().filter(|c| {
+            crate::ns::nspid(*c).is_some_and(|v| v.last() == Some(&1)) && ignores_sigchld(*c)
+        });
         init.is_some()
     });
-    let init = init.context("the holder's init (pid 1 of its namespaces) did not appear")?;
+    let init = init
+        .context("the holder's init (pid 1 of its namespaces, ignoring SIGCHLD) did not appear")?;
     procs.track(init);
     let ns_link = |p: Pid, kind: &str| fs::read_link(format!("/proc/{p}/ns/{kind}"));
     let ino = |kind: &str| -> Result<u64> {
@@ -277,7 +308,10 @@ fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
             .all(|p| ns_link(Pid::from_raw(p), "pid").ok() != ns_link(init, "pid").ok())
     };
     if !wait_until(Duration::from_secs(5), gone) {
-        bail!("tasks of the dumped tree are left in the holder's pid namespace");
+        bail!(
+            "tasks of the dumped tree are left in the holder's pid namespace: {}",
+            left_in(init)
+        );
     }
     crate::crit::require(dir, procs)?;
 
@@ -320,7 +354,10 @@ fn external_namespaces(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
         bail!(ran.failure("crest restore (expected a refusal naming extpid and --inherit-fd)"));
     }
     if !wait_until(Duration::from_secs(5), gone) {
-        bail!("the refused restore left tasks in the holder's pid namespace");
+        bail!(
+            "the refused restore left tasks in the holder's pid namespace: {}",
+            left_in(init)
+        );
     }
 
     let ran = crest::run(
