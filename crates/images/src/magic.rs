@@ -75,6 +75,8 @@ pub const CGROUP: u32 = 0x5938_3330;
 pub const TTY_FILES: u32 = 0x5943_3025;
 /// `tty-info.img`
 pub const TTY_INFO: u32 = 0x5945_3036;
+/// `tty-data.img`: bytes queued in pty pairs
+pub const TTY_DATA: u32 = 0x5941_3026;
 /// `sk-queues.img`: data queued on sockets
 pub const SK_QUEUES: u32 = 0x5626_4026;
 /// `tcp-stream-<ino>.img`

@@ -26,6 +26,8 @@ pub const SK_QUEUES: &str = "sk-queues.img";
 pub const CREST_UDP_QUEUES: &str = "crest-udp-queues.img";
 /// `tty-info.img`
 pub const TTY_INFO: &str = "tty-info.img";
+/// `tty-data.img`: bytes queued in pty pairs of the tree
+pub const TTY_DATA: &str = "tty-data.img";
 /// `filelocks.img`: the file locks the tree holds (`--file-locks`)
 pub const FILE_LOCKS: &str = "filelocks.img";
 /// `seccomp.img`: the tree's seccomp filters

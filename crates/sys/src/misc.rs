@@ -497,6 +497,97 @@ pub fn pty_unlock(fd: &impl AsRawFd) -> io::Result<()> {
     cvt(ret as libc::c_long).map(drop)
 }
 
+/// `ioctl(fd, req, &int)` for a request that writes one int (TIOCGPKT,
+/// TIOCGPTLCK, TIOCGEXCL, TIOCGETD, FIONREAD).
+pub fn ioctl_get_int(fd: &impl AsRawFd, req: libc::c_ulong) -> io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the request writes one int into `n`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut n) };
+    cvt(ret as libc::c_long).map(|_| n)
+}
+
+/// `ioctl(fd, req, &int)` for a request that reads one int (TIOCPKT,
+/// TIOCSPTLCK, TIOCSETD).
+pub fn ioctl_set_int(fd: &impl AsRawFd, req: libc::c_ulong, v: i32) -> io::Result<()> {
+    let n: libc::c_int = v;
+    // SAFETY: the request reads one int from `n`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, &n) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(fd, TIOCEXCL)` or `ioctl(fd, TIOCNXCL)`: a terminal's exclusive
+/// mode on or off.
+pub fn tty_set_excl(fd: &impl AsRawFd, on: bool) -> io::Result<()> {
+    let req = if on { libc::TIOCEXCL } else { libc::TIOCNXCL };
+    // SAFETY: neither request takes an argument.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(master, TIOCGPTPEER, flags)`: a new open file of a pty master's
+/// slave, as if opened by path through the master's devpts.
+pub fn pty_peer(master: &impl AsRawFd, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags by value and returns an fd.
+    let ret = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    cvt(ret as libc::c_long)?;
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// `ioctl(fd, TIOCSTI, &b)`: byte `b` taken by the terminal's line
+/// discipline as if it had arrived (wants CAP_SYS_ADMIN unless `fd` is the
+/// caller's controlling terminal).
+pub fn tty_push_input(fd: &impl AsRawFd, b: u8) -> io::Result<()> {
+    let c: libc::c_char = b as libc::c_char;
+    // SAFETY: TIOCSTI reads one char from `c`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSTI, &c) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `fcntl(fd, F_SETFL, flags)`: the status flags of the open file.
+pub fn set_status_flags(fd: &impl AsRawFd, flags: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `ioctl(fd, TIOCGLCKTRMIOS)`: a terminal's locked settings.
+pub fn tcgets_locked(fd: &impl AsRawFd) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data; zero is a valid value to overwrite.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGLCKTRMIOS writes one termios into `t`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGLCKTRMIOS, &mut t) };
+    cvt(ret as libc::c_long).map(|_| t)
+}
+
+/// `ioctl(fd, TIOCSLCKTRMIOS)`: sets a terminal's locked settings (wants
+/// CAP_SYS_ADMIN).
+pub fn tcsets_locked(fd: &impl AsRawFd, t: &libc::termios) -> io::Result<()> {
+    // SAFETY: TIOCSLCKTRMIOS reads one termios from `t`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSLCKTRMIOS, t) };
+    cvt(ret as libc::c_long).map(drop)
+}
+
+/// `poll` of one fd for `events`, waiting at most `ms` milliseconds: the
+/// events that came (0 on timeout).
+pub fn poll_one(fd: &impl AsRawFd, events: i16, ms: i32) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let ret = unsafe { libc::poll(&mut p, 1, ms) };
+        match cvt(ret as libc::c_long) {
+            Ok(0) => return Ok(0),
+            Ok(_) => return Ok(p.revents),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A thread's scheduling: `sched_getscheduler` (policy, with
 /// `SCHED_RESET_ON_FORK`), `sched_getparam` (the static priority) and
 /// `getpriority(PRIO_PROCESS)` (nice, -20..19).

@@ -36,6 +36,7 @@ pub mod nsfile;
 pub mod packet;
 pub mod pidfd;
 pub mod pipe;
+pub mod pty;
 pub mod restore;
 pub mod share;
 pub mod signalfd;

@@ -223,7 +223,7 @@ pub fn restore_fds(
     // (a watched file no fd holds at its number comes through crest; the
     // sockets made for that are kept above every fd of the task)
     let mut kept = super::kept::Kept::new(u64::from(max_fd) + 1);
-    let res = (|| {
+    let res = (|| -> Result<(), RestoreError> {
         for fi in fds {
             let made_here = files.made_by.get(&fi.id) == Some(&pid);
             if let (true, Some(ep)) = (
@@ -240,7 +240,8 @@ pub fn restore_fds(
         Ok(())
     })();
     kept.close_all(t)?;
-    res
+    res?;
+    super::pty::take_ctty(t, files)
 }
 
 /// Makes every fd of the task, each parked at `park_base` + its index (a

@@ -17,7 +17,8 @@ use crate::error::RestoreCtx;
 use crate::error::{DumpCtx, DumpError, RestoreError};
 use crate::mm::restore::open_in_task;
 use crest_images::pb::{
-    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType, WinsizeEntry,
+    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyType,
+    WinsizeEntry,
 };
 use crest_images::{magic, names};
 use crest_inject::nr;
@@ -29,19 +30,15 @@ use std::path::Path;
 /// Terminals seen at dump.
 #[derive(Default)]
 pub struct TtyDump {
-    infos: Vec<TtyInfoEntry>,
+    pub(crate) infos: Vec<TtyInfoEntry>,
+    /// Pty pairs whose master the tree holds.
+    pub(crate) pty: super::pty::PtyDump,
     /// (rdev, flags) → file id: fds of one terminal with the same flags
     /// come back as one open file.
     files: HashMap<(u64, u32), u32>,
 }
 
-fn major(rdev: u64) -> u64 {
-    ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)
-}
-
-fn minor(rdev: u64) -> u64 {
-    (rdev & 0xff) | ((rdev >> 12) & !0xff)
-}
+use super::pty::{major, minor};
 
 /// The kind of terminal behind a character device, if it is one.
 fn tty_type(rdev: u64) -> Option<TtyType> {
@@ -79,9 +76,14 @@ impl FileTable {
             return Ok(None);
         };
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
-        if major(rdev) == 5 && minor(rdev) == 2 {
+        if ty == TtyType::Pty {
+            if let Some(id) = self.dump_pty(pid, fd, link, flags)? {
+                return Ok(Some(id));
+            }
+        }
+        if super::pty::is_ptmx(rdev) {
             return Err(unsupported(format!(
-                "a pty master ({link}); a pty pair inside the tree is not supported yet"
+                "a pty master ({link}) whose index fdinfo does not show"
             )));
         }
         let orphan_slave = self.orphan_pts_master && (136..=143).contains(&major(rdev));
@@ -97,7 +99,7 @@ impl FileTable {
         let info_id = match self.tty.infos.iter().find(|i| u64::from(i.rdev) == rdev) {
             Some(i) => i.id,
             None => {
-                let id = self.tty.infos.len() as u32 + 1;
+                let id = self.tty.next_info_id();
                 let (termios, winsize) = settings(pid, fd)?;
                 let (sid, pgrp) = controlled(&self.tree, rdev);
                 self.tty.infos.push(TtyInfoEntry {
@@ -116,6 +118,7 @@ impl FileTable {
                         index: minor(rdev) as u32 + 256 * (major(rdev) as u32 - 136),
                     }),
                     dev: None,
+                    ..TtyInfoEntry::default()
                 });
                 id
             }
@@ -137,10 +140,18 @@ impl FileTable {
 }
 
 impl TtyDump {
-    /// Writes `tty-info.img` when the tree uses a terminal.
+    pub(crate) fn next_info_id(&self) -> u32 {
+        self.infos.len() as u32 + 1
+    }
+
+    /// Writes `tty-info.img` when the tree uses a terminal, and
+    /// `tty-data.img` when bytes are queued in its pty pairs.
     pub fn write(&self, dir: &Path) -> Result<(), DumpError> {
         if !self.infos.is_empty() {
             crest_images::write_image(dir, names::TTY_INFO, magic::TTY_INFO, &self.infos)?;
+        }
+        if !self.pty.data.is_empty() {
+            crest_images::write_image(dir, names::TTY_DATA, magic::TTY_DATA, &self.pty.data)?;
         }
         Ok(())
     }
@@ -175,7 +186,7 @@ fn settings(pid: i32, fd: i32) -> Result<(Option<TermiosEntry>, Option<WinsizeEn
 /// The session the terminal `rdev` controls and its foreground group, as
 /// the session's own pid namespace numbers them (the leader's innermost
 /// pid; 0, 0 when no task of `tree` leads a session it controls).
-fn controlled(tree: &std::collections::HashSet<i32>, rdev: u64) -> (u32, u32) {
+pub(crate) fn controlled(tree: &std::collections::HashSet<i32>, rdev: u64) -> (u32, u32) {
     for &pid in tree {
         let Ok(st) = crate::procfs::read_stat(pid) else {
             continue;
@@ -223,7 +234,15 @@ pub fn open(
             .as_ref()
             .and_then(|f| files.ttys.infos.get(&f.tty_info_id))
             .cloned();
+        let pair = info
+            .as_ref()
+            .and_then(|i| super::pty::master_of(&files.ttys.infos, i))
+            .cloned();
         let fd = match info {
+            Some(info) if pair.is_some() => {
+                let m = pair.unwrap_or_default();
+                super::pty::open(t, e, &info, &m, files)?
+            }
             Some(info) if files.ttys.orphan_pts_master && info.pty.is_some() => {
                 open_orphan_slave(t, &info, files, (flags & keep) | libc::O_NOCTTY)?
             }
@@ -326,6 +345,8 @@ pub struct TtyRestore {
     pub orphan_pts_master: bool,
     /// tty info id → (the new pair's master, held by crest; its index).
     pub masters: Vec<(u32, std::os::fd::OwnedFd, u32)>,
+    /// Pty pairs whose master the tree held.
+    pub pty: super::pty::PtyRestore,
 }
 
 impl TtyRestore {
@@ -335,8 +356,26 @@ impl TtyRestore {
         } else {
             Vec::new()
         };
+        let data: Vec<TtyDataEntry> = if dir.join(names::TTY_DATA).exists() {
+            crest_images::read_image(dir, names::TTY_DATA, magic::TTY_DATA)?
+        } else {
+            Vec::new()
+        };
+        let infos: HashMap<u32, TtyInfoEntry> = list.into_iter().map(|i| (i.id, i)).collect();
+        let mut pty = super::pty::PtyRestore::default();
+        for d in data {
+            if !infos.contains_key(&d.tty_id) {
+                return Err(RestoreError::BadImage {
+                    pid: 0,
+                    file: names::TTY_DATA.into(),
+                    what: format!("data of terminal {}, which {} lacks", d.tty_id, names::TTY_INFO),
+                });
+            }
+            pty.data.entry(d.tty_id).or_default().extend(d.data);
+        }
         Ok(TtyRestore {
-            infos: list.into_iter().map(|i| (i.id, i)).collect(),
+            infos,
+            pty,
             ..TtyRestore::default()
         })
     }
@@ -408,7 +447,7 @@ fn open_orphan_slave(
 }
 
 /// Gives a pty (through its master) the dumped settings and window size.
-fn set_settings(master: &std::os::fd::OwnedFd, info: &TtyInfoEntry) -> std::io::Result<()> {
+pub(crate) fn set_settings(master: &std::os::fd::OwnedFd, info: &TtyInfoEntry) -> std::io::Result<()> {
     if let Some(te) = &info.termios {
         let mut t = crest_sys::misc::tcgets(master)?;
         t.c_iflag = te.c_iflag;
