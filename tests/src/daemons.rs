@@ -21,6 +21,12 @@
 //!   restore read it over TCP and the unix socket, write to it, checkpoint,
 //!   and the restored postmaster shuts down cleanly on SIGINT. Its catalog
 //!   lives in shared memory pages that only exited backends touched.
+//! - `tmux_sessions`: a tmux server with two sessions (issue 16): a shell
+//!   in one, a counting loop and `cat` in two panes of the other, each on
+//!   a pty pair the server holds. After restore the shell runs a new
+//!   command below the old one's output, `cat` echoes a new line, the
+//!   loop counts on, and a client that attaches (control mode) sees the
+//!   loop's new lines.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,12 +46,15 @@ const REDIS: &str = "/usr/bin/redis-server";
 const MEMCACHED: &str = "/usr/bin/memcached";
 const NGINX: &str = "/usr/sbin/nginx";
 
-const CASES: [(&str, DirCase); 5] = [
+const TMUX: &str = "/usr/bin/tmux";
+
+const CASES: [(&str, DirCase); 6] = [
     ("redis_server", redis_server),
     ("redis_client_open", redis_client_open),
     ("memcached_server", memcached_server),
     ("nginx_workers", nginx_workers),
     ("postgres_server", postgres_server),
+    ("tmux_sessions", tmux_sessions),
 ];
 
 /// Runs every case whose name passes `selected`.
@@ -813,4 +822,161 @@ fn postgres_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
         _ => bail!("the restored postmaster did not exit within 20 s of SIGINT"),
     }
     Ok(Outcome::Pass)
+}
+
+/// `tmux -S SOCK ARGS`: its stdout.
+fn tmux(sock: &Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(TMUX)
+        .arg("-S")
+        .arg(sock)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("run tmux {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "tmux {args:?}: {} ({})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last `tick N` a pane of the counting loop shows.
+fn last_tick(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tick ")?.trim().parse().ok())
+        .next_back()
+}
+
+/// Waits until pane `target` shows `want` (5 s at most): its text.
+fn pane_shows(sock: &Path, target: &str, want: &dyn Fn(&str) -> bool) -> Result<String> {
+    let mut text = String::new();
+    wait_until(Duration::from_secs(5), || {
+        text = tmux(sock, &["capture-pane", "-p", "-t", target]).unwrap_or_default();
+        want(&text)
+    });
+    Ok(text)
+}
+
+fn tmux_sessions(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if let Some(skip) = missing(TMUX, "tmux") {
+        return Ok(skip);
+    }
+    let sock = dir.root.join("tmux.sock");
+    let sock_s = sock.to_string_lossy().into_owned();
+    let count = "i=0; while :; do i=$((i+1)); echo tick $i; read -t 0.2 x; done";
+    // (the client forks the server, which the harness adopts, and exits)
+    let client = launch(
+        cfg,
+        dir,
+        &[
+            TMUX,
+            "-S",
+            &sock_s,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "one",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "/bin/sh",
+        ],
+        procs,
+    )?;
+    procs::wait_exit(client, Duration::from_secs(10))?;
+    procs.untrack(client);
+    tmux(
+        &sock,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "two",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "bash",
+            "-c",
+            count,
+        ],
+    )?;
+    tmux(&sock, &["split-window", "-t", "two", "cat"])?;
+    let server: i32 = tmux(&sock, &["display", "-p", "#{pid}"])?
+        .trim()
+        .parse()
+        .context("the tmux server's pid")?;
+    let server = Pid::from_raw(server);
+    procs.track(server);
+    let res = (|| -> Result<Outcome> {
+        tmux(
+            &sock,
+            &["send-keys", "-t", "one", "echo hello-before", "Enter"],
+        )?;
+        let before = pane_shows(&sock, "one", &|t| t.contains("\nhello-before"))?;
+        if !before.contains("\nhello-before") {
+            bail!("the shell in session one did not run a command: {before:?}");
+        }
+        tmux(&sock, &["send-keys", "-t", "two.1", "cat-before", "Enter"])?;
+        pane_shows(&sock, "two.1", &|t| t.matches("cat-before").count() == 2)?;
+        let t0 = last_tick(&pane_shows(&sock, "two.0", &|t| last_tick(t).is_some())?)
+            .context("the counting loop shows no tick")?;
+        if !cfg.checkpoint {
+            return Ok(Outcome::Pass);
+        }
+        dump_restore(cfg, dir, server, procs)?;
+
+        tmux(
+            &sock,
+            &["send-keys", "-t", "one", "echo hello-after", "Enter"],
+        )?;
+        let after = pane_shows(&sock, "one", &|t| t.contains("\nhello-after"))?;
+        let (b, a) = (after.find("\nhello-before"), after.find("\nhello-after"));
+        if !matches!((b, a), (Some(b), Some(a)) if b < a) {
+            bail!("after restore session one's shell shows {after:?}");
+        }
+        tmux(&sock, &["send-keys", "-t", "two.1", "cat-after", "Enter"])?;
+        let cat = pane_shows(&sock, "two.1", &|t| t.matches("cat-after").count() == 2)?;
+        if cat.matches("cat-after").count() != 2 || cat.matches("cat-before").count() != 2 {
+            bail!("after restore cat's pane shows {cat:?}");
+        }
+        let ticks = pane_shows(&sock, "two.0", &|t| {
+            last_tick(t).is_some_and(|n| n > t0 + 3)
+        })?;
+        if last_tick(&ticks).is_none_or(|n| n <= t0 + 3) {
+            bail!("after restore the loop did not count on from tick {t0}: {ticks:?}");
+        }
+        // a client attaches and sees the loop's new lines
+        let mut attach = std::process::Command::new(TMUX)
+            .args(["-S", &sock_s, "-C", "attach", "-t", "two"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawn tmux -C attach")?;
+        std::thread::sleep(Duration::from_millis(1200));
+        if let Some(mut i) = attach.stdin.take() {
+            let _ = i.write_all(b"detach-client\n");
+        }
+        let mut out = String::new();
+        if let Some(mut o) = attach.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let _ = attach.wait();
+        if !out.contains("%output") || !out.contains("tick ") {
+            bail!("a client attached after restore saw no new output of the loop: {out:?}");
+        }
+        Ok(Outcome::Pass)
+    })();
+    let _ = tmux(&sock, &["kill-server"]);
+    if wait_until(Duration::from_secs(5), || !alive(server)) {
+        procs.untrack(server);
+    }
+    res
 }

@@ -193,7 +193,10 @@ fn maps(v: &mut View, pid: i32) {
     let mut merged: Vec<(String, String, String, String)> = Vec::new();
     for m in list {
         if let Some(last) = merged.last_mut() {
-            let anon = m.2.ends_with(" 0 ") && last.2.ends_with(" 0 ");
+            // (anonymous memory and the heap: the kernel may or may not
+            // merge neighbours, e.g. a heap grown after a fork is two)
+            let anon = |h: &str| h.ends_with(" 0 ") || h.ends_with(" 00000000 [heap]");
+            let anon = anon(&m.2) && anon(&last.2);
             if anon && last.1 == m.0 && last.2 == m.2 && last.3 == m.3 {
                 last.1 = m.1;
                 continue;

@@ -71,6 +71,7 @@ pub fn workloads() -> Vec<Workload> {
         script("interp_py", "/usr/bin/python3", "interp.py"),
         script("interp_pl", "/usr/bin/perl", "interp.pl"),
         script("python_multiprocessing", "/usr/bin/python3", "multiproc.py"),
+        script("sqlite_wal", "/usr/bin/python3", "sqlite_wal.py"),
         c("nsfiles", &[], Settle::Blocked),
     ]
 }

@@ -68,6 +68,8 @@ pub struct PairSeen {
     slave_held: bool,
     /// Its entries once dumped: the master's and the slave's infos.
     infos: Option<(u32, Option<u32>)>,
+    /// The info of `/dev/tty` opened on its slave.
+    ctty_info: Option<u32>,
 }
 
 /// Pty pairs at dump.
@@ -154,7 +156,11 @@ fn scan(tree: &std::collections::HashSet<i32>) -> HashMap<PairKey, PairSeen> {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if let Some(key) = master_key(pid, fd, &link) {
-                    pairs.entry(key).or_default().master.get_or_insert((pid, fd));
+                    pairs
+                        .entry(key)
+                        .or_default()
+                        .master
+                        .get_or_insert((pid, fd));
                 }
             } else if let Some(index) = slave_index(rdev) {
                 pairs.entry((meta.dev(), index)).or_default().slave_held = true;
@@ -486,6 +492,72 @@ impl FileTable {
         })))
     }
 
+    /// `/dev/tty` (fd `fd` of `pid`) when the task's controlling
+    /// terminal is the slave of a pair whose master the tree holds: None
+    /// otherwise.
+    pub(crate) fn dump_dev_tty(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        flags: u32,
+    ) -> Result<Option<u32>, DumpError> {
+        let st = crate::procfs::read_stat(pid).at(pid, "read stat")?;
+        let Some(index) = slave_index(st.tty_nr as u32 as u64) else {
+            return Ok(None);
+        };
+        if self.tty.pty.pairs.is_none() {
+            self.tty.pty.pairs = Some(scan(&self.tree));
+        }
+        let pairs = self.tty.pty.pairs.as_ref().expect("scanned");
+        let mut keys: Vec<PairKey> = pairs
+            .iter()
+            .filter(|(k, p)| k.1 == index && p.master.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        if keys.len() > 1 {
+            // several devpts have that index: the task's own /dev/pts
+            let dev = std::fs::metadata(format!("/proc/{pid}/root/dev/pts")).map(|m| m.dev());
+            keys.retain(|k| dev.as_ref().is_ok_and(|d| *d == k.0));
+        }
+        let [key] = keys[..] else {
+            return Ok(None);
+        };
+        self.dump_pair(key)?;
+        let seen = self.tty.pty.pairs.as_ref().and_then(|p| p.get(&key));
+        let info = match seen.and_then(|s| s.ctty_info) {
+            Some(id) => id,
+            None => {
+                let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                    .at(pid, "stat /dev/tty")?
+                    .rdev();
+                let id = self.tty.next_info_id();
+                self.tty.infos.push(TtyInfoEntry {
+                    id,
+                    r#type: TtyType::Ctty as i32,
+                    rdev: rdev as u32,
+                    dev: Some(key.0 as u32),
+                    crest_ctty_index: Some(index),
+                    ..TtyInfoEntry::default()
+                });
+                if let Some(p) = self.tty.pty.pairs.as_mut().and_then(|p| p.get_mut(&key)) {
+                    p.ctty_info = Some(id);
+                }
+                id
+            }
+        };
+        Ok(Some(self.push(FileEntry {
+            r#type: FdTypes::Tty as i32,
+            id: 0,
+            tty: Some(TtyFileEntry {
+                id: 0,
+                tty_info_id: info,
+                flags,
+                fown: FownEntry::default(),
+            }),
+            ..FileEntry::default()
+        })))
+    }
+
     /// The infos of pair `key` (the master's, the slave's if it is or was
     /// open), dumped with its queued bytes the first time.
     fn dump_pair(&mut self, key: PairKey) -> Result<(u32, Option<u32>), DumpError> {
@@ -515,9 +587,11 @@ impl FileTable {
         let packet = get(libc::TIOCGPKT).at(mpid, "TIOCGPKT of a pty pair")? != 0;
         let excl = get(libc::TIOCGEXCL).at(mpid, "TIOCGEXCL of a pty pair")? != 0;
         let t = crest_sys::misc::tcgets(&master).at(mpid, "TCGETS of a pty pair")?;
-        let tl = crest_sys::misc::tcgets_locked(&master).at(mpid, "TIOCGLCKTRMIOS of a pty pair")?;
+        let tl =
+            crest_sys::misc::tcgets_locked(&master).at(mpid, "TIOCGLCKTRMIOS of a pty pair")?;
         let w = crest_sys::misc::get_winsize(&master).at(mpid, "TIOCGWINSZ of a pty pair")?;
-        let ev = crest_sys::misc::poll_one(&master, libc::POLLIN, 0).at(mpid, "poll of a pty pair")?;
+        let ev =
+            crest_sys::misc::poll_one(&master, libc::POLLIN, 0).at(mpid, "poll of a pty pair")?;
         let hup = ev & libc::POLLHUP != 0 && !slave_held;
         let (sid, pgrp) = super::tty::controlled(&self.tree, slave_rdev(index));
         let winsize = crest_images::pb::WinsizeEntry {
@@ -633,6 +707,8 @@ pub struct PtyRestore {
     pub made: HashMap<u32, MadePair>,
     /// `tty-data.img`, by info id.
     pub data: HashMap<u32, Vec<u8>>,
+    /// Tasks that took their controlling terminal back.
+    pub ctty_taken: std::collections::HashSet<i32>,
 }
 
 /// The master info of the in-tree pair `info` belongs to, if it does.
@@ -640,7 +716,11 @@ pub fn master_of<'a>(
     infos: &'a HashMap<u32, TtyInfoEntry>,
     info: &TtyInfoEntry,
 ) -> Option<&'a TtyInfoEntry> {
-    let index = info.pty.as_ref()?.index;
+    let index = match (&info.pty, info.crest_ctty_index) {
+        (Some(p), _) => p.index,
+        (None, Some(i)) => i,
+        (None, None) => return None,
+    };
     infos.values().find(|m| {
         is_ptmx(u64::from(m.rdev))
             && m.crest_ptmx.is_some()
@@ -760,11 +840,7 @@ fn make_pair(
     if m.locked {
         crest_sys::misc::ioctl_set_int(&master, libc::TIOCSPTLCK, 1).rat(pid, ctx("lock"))?;
     }
-    files
-        .ttys
-        .pty
-        .made
-        .insert(m.id, MadePair { master, peer });
+    files.ttys.pty.made.insert(m.id, MadePair { master, peer });
     Ok(())
 }
 
@@ -782,6 +858,12 @@ pub fn open(
     make_pair(t, m, files)?;
     let flags = e.tty.as_ref().map_or(libc::O_RDWR as u32, |t| t.flags) as i32;
     let index = m.pty.as_ref().map_or(0, |p| p.index);
+    if info.crest_ctty_index.is_some() {
+        // /dev/tty: the task's session must have its terminal first
+        take_ctty(t, files)?;
+        let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND;
+        return crate::mm::restore::open_in_task(t, "/dev/tty", flags & keep);
+    }
     let pair = &files.ttys.pty.made[&m.id];
     let file = if info.id == m.id {
         let fl = flags & (libc::O_NONBLOCK | libc::O_APPEND);
@@ -802,7 +884,10 @@ pub fn open(
 
 /// Gives `t` its controlling terminal back if it leads a session whose
 /// terminal was the slave of an in-tree pair, with the foreground group.
-pub fn take_ctty(t: &mut Tracee, files: &mut super::restore::RestoreFiles) -> Result<(), RestoreError> {
+pub fn take_ctty(
+    t: &mut Tracee,
+    files: &mut super::restore::RestoreFiles,
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     let masters: Vec<TtyInfoEntry> = files
         .ttys
@@ -816,12 +901,12 @@ pub fn take_ctty(t: &mut Tracee, files: &mut super::restore::RestoreFiles) -> Re
     }
     let me = t.syscall(nr::GETPID, &[]).rat(pid, "getpid")?;
     let sid = t.syscall(nr::GETSID, &[0]).rat(pid, "getsid")?;
-    let Some(m) = masters
-        .iter()
-        .find(|m| me == sid && u64::from(m.sid) == me)
-    else {
+    let Some(m) = masters.iter().find(|m| me == sid && u64::from(m.sid) == me) else {
         return Ok(());
     };
+    if !files.ttys.pty.ctty_taken.insert(pid) {
+        return Ok(());
+    }
     make_pair(t, m, files)?;
     let index = m.pty.as_ref().map_or(0, |p| p.index);
     let pair = &files.ttys.pty.made[&m.id];
@@ -837,8 +922,10 @@ pub fn take_ctty(t: &mut Tracee, files: &mut super::restore::RestoreFiles) -> Re
             let pg = t
                 .put(&(m.pgrp as i32).to_ne_bytes())
                 .rat(pid, "write an int")?;
-            t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg])
-                .rat(pid, format!("set pty {index}'s foreground group {}", m.pgrp))?;
+            t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg]).rat(
+                pid,
+                format!("set pty {index}'s foreground group {}", m.pgrp),
+            )?;
         }
         Ok(())
     })();

@@ -81,6 +81,11 @@ impl FileTable {
                 return Ok(Some(id));
             }
         }
+        if ty == TtyType::Ctty {
+            if let Some(id) = self.dump_dev_tty(pid, fd, flags)? {
+                return Ok(Some(id));
+            }
+        }
         if super::pty::is_ptmx(rdev) {
             return Err(unsupported(format!(
                 "a pty master ({link}) whose index fdinfo does not show"
@@ -368,7 +373,11 @@ impl TtyRestore {
                 return Err(RestoreError::BadImage {
                     pid: 0,
                     file: names::TTY_DATA.into(),
-                    what: format!("data of terminal {}, which {} lacks", d.tty_id, names::TTY_INFO),
+                    what: format!(
+                        "data of terminal {}, which {} lacks",
+                        d.tty_id,
+                        names::TTY_INFO
+                    ),
                 });
             }
             pty.data.entry(d.tty_id).or_default().extend(d.data);
@@ -447,7 +456,10 @@ fn open_orphan_slave(
 }
 
 /// Gives a pty (through its master) the dumped settings and window size.
-pub(crate) fn set_settings(master: &std::os::fd::OwnedFd, info: &TtyInfoEntry) -> std::io::Result<()> {
+pub(crate) fn set_settings(
+    master: &std::os::fd::OwnedFd,
+    info: &TtyInfoEntry,
+) -> std::io::Result<()> {
     if let Some(te) = &info.termios {
         let mut t = crest_sys::misc::tcgets(master)?;
         t.c_iflag = te.c_iflag;
