@@ -9,7 +9,10 @@
  *   fd 7: a regular file whose modification time is in the past (the
  *         restore must not touch it);
  *   fd 8: a unix datagram socket bound to a path whose file was then
- *         replaced by a regular file (which must stay, with its data).
+ *         replaced by a regular file (which must stay, with its data);
+ *   fd 9: a listening unix stream socket whose path is a FIFO now (the
+ *         socket file removed, a FIFO made there: it must stay a FIFO, the
+ *         socket keep its name and listen).
  * After the restore each is checked through the fd.
  */
 #include "wl.h"
@@ -19,7 +22,7 @@
 #include <utime.h>
 
 static char path_a[4096], path_sparse[4096], path_fifo[4096], path_sock[4096], path_old[4096],
-	path_sock2[4096];
+	path_sock2[4096], path_sock3[4096];
 
 int main(int argc, char **argv)
 {
@@ -31,6 +34,7 @@ int main(int argc, char **argv)
 	snprintf(path_sock, sizeof(path_sock), "%s/sock", wl_dir);
 	snprintf(path_old, sizeof(path_old), "%s/old", wl_dir);
 	snprintf(path_sock2, sizeof(path_sock2), "%s/sock2", wl_dir);
+	snprintf(path_sock3, sizeof(path_sock3), "%s/sock3", wl_dir);
 
 	int a = open(path_a, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (a < 0 || write(a, "first", 5) != 5)
@@ -85,6 +89,15 @@ int main(int argc, char **argv)
 		wl_fail("replace sock2: %s", strerror(errno));
 	close(r);
 
+	int u3 = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sa3 = {.sun_family = AF_UNIX};
+	if (strlen(path_sock3) >= sizeof(sa3.sun_path))
+		wl_skip("state directory path too long for a unix socket");
+	memcpy(sa3.sun_path, path_sock3, strlen(path_sock3) + 1);
+	if (u3 != 9 || bind(u3, (struct sockaddr *)&sa3, sizeof(sa3)) || listen(u3, 4) ||
+	    unlink(path_sock3) || mkfifo(path_sock3, 0640))
+		wl_fail("unix socket 3: fd %d, %s", u3, strerror(errno));
+
 	wl_ready();
 	wl_wait_term();
 	wl_after();
@@ -130,6 +143,17 @@ int main(int argc, char **argv)
 			BAD("the file that replaced socket 2's is gone or changed; ");
 		if (r2 >= 0)
 			close(r2);
+	}
+	if (stat(path_sock3, &st) || !S_ISFIFO(st.st_mode) || (st.st_mode & 0777) != 0640)
+		BAD("the FIFO made where socket 3 was bound is gone or changed; ");
+	gl = sizeof(got);
+	if (getsockname(9, (struct sockaddr *)&got, &gl) || strcmp(got.sun_path, path_sock3))
+		BAD("socket 3 name [%s]; ", got.sun_path);
+	{
+		int acc = 0;
+		socklen_t al = sizeof(acc);
+		if (getsockopt(9, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) || !acc)
+			BAD("socket 3 does not listen; ");
 	}
 	if (fstat(7, &st) || st.st_mtim.tv_sec != 1000000000 || st.st_mtim.tv_nsec != 456)
 		BAD("old file mtime %lld.%09ld; ", (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);

@@ -364,6 +364,21 @@ fn read_all(f: &mut std::fs::File, buf: &mut [u8], out: &mut Vec<u8>) -> std::io
     }
 }
 
+/// Whether crest may push input into a terminal (`TIOCSTI` wants
+/// CAP_SYS_ADMIN in the initial user namespace).
+fn can_push_input() -> bool {
+    let initial = match (
+        std::fs::read_link("/proc/self/ns/user"),
+        std::fs::read_link("/proc/1/ns/user"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let admin = crate::procfs::read_status(std::process::id() as i32)
+        .is_ok_and(|st| st.cap_eff & (1u64 << crate::privilege::CAP_SYS_ADMIN) != 0);
+    initial && admin
+}
+
 /// Puts `data` back in the master's queue: written by crest's open file
 /// `peer` of the slave with output processing off.
 fn put_output(peer: &OwnedFd, data: &[u8]) -> std::io::Result<()> {
@@ -616,7 +631,18 @@ impl FileTable {
             dev: Some(key.0 as u32),
             ..TtyInfoEntry::default()
         };
-        // the queued bytes, read out and put back at once
+        // the queued bytes, read out and put back at once; the input only
+        // goes back with TIOCSTI, so a crest that cannot use it leaves
+        // the pair alone
+        if slave_held && !can_push_input() {
+            return Err(DumpError::Unsupported {
+                pid: mpid,
+                what: format!(
+                    "pty {index} with its slave open: the input queued in it goes back only \
+                     through TIOCSTI, which wants CAP_SYS_ADMIN in the initial user namespace"
+                ),
+            });
+        }
         let peer = if slave_held || hup {
             Some(peer(&master).at(mpid, "TIOCGPTPEER of a pty pair")?)
         } else {
