@@ -307,6 +307,35 @@ fn fcntls(pidfd: &OwnedFd, fd: i32, target: &str) -> Vec<(String, String)> {
             show(crest_sys::misc::pipe_size(&f).map(|s| s.to_string())),
         ));
     }
+    if target.starts_with("/dev/") && target.ends_with("/ptmx") {
+        // a pty master: its pair's state (the settings and window are the
+        // slave's)
+        let int = |req| show(crest_sys::misc::ioctl_get_int(&f, req).map(|n| n.to_string()));
+        out.push(("tty TIOCGPKT".into(), int(libc::TIOCGPKT)));
+        out.push(("tty TIOCGPTLCK".into(), int(libc::TIOCGPTLCK)));
+        out.push(("tty TIOCGEXCL".into(), int(libc::TIOCGEXCL)));
+        out.push((
+            "tty termios".into(),
+            show(crest_sys::misc::tcgets(&f).map(|t| {
+                format!(
+                    "{:o} {:o} {:o} {:o} {} {:?}",
+                    t.c_iflag,
+                    t.c_oflag,
+                    t.c_cflag,
+                    t.c_lflag,
+                    t.c_line,
+                    &t.c_cc[..19]
+                )
+            })),
+        ));
+        out.push((
+            "tty winsize".into(),
+            show(
+                crest_sys::misc::get_winsize(&f)
+                    .map(|w| format!("{} {} {} {}", w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel)),
+            ),
+        ));
+    }
     out
 }
 

@@ -16,9 +16,10 @@
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
-//! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/` (in
-//!   a mount namespace of its own): the paths crest reads are not the
-//!   task's;
+//! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/`, the
+//!   first task of a mount namespace of its own: the namespace's mounts,
+//!   as its mountinfo shows them, are below its root (a chroot below an
+//!   unchrooted task of its namespace is carried: workload `chroot`);
 //! - `tcp_in_flight`: a TCP listener (`tcp_listener`) with a connection
 //!   from the harness waiting, not accepted: the dump is refused naming it
 //!   and `--skip-in-flight`, the tree running on; with `--skip-in-flight`
@@ -107,8 +108,11 @@ fn traced_task_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
 fn chroot_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let jail = dir.root.join("jail");
     // (the setup execs the chrooted workload itself)
+    // (the chrooted task is the first of its mount namespace: the
+    // namespace's mounts can only be read through it)
     let setup = format!(
-        "mkdir -p {j} && mount --rbind / {j} && exec chroot {j} {w} {s}",
+        "mkdir -p {j} && exec unshare -m --propagation private sh -c \
+         'mount --rbind / {j} && exec chroot {j} {w} {s}'",
         j = jail.display(),
         w = cfg.workload("small_tree").display(),
         s = dir.state.display()
@@ -117,9 +121,9 @@ fn chroot_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outc
         cfg,
         dir,
         procs,
-        (&["-m", "--propagation", "private"], &setup),
+        (&[], &setup),
         ("small_tree", ""),
-        &["chrooted task"],
+        &["chroot or pivot_root"],
     )
 }
 

@@ -53,6 +53,7 @@ pub fn workloads() -> Vec<Workload> {
         c("packet", &[], Settle::Blocked),
         c("fanotify", &[], Settle::Blocked),
         c("pty", &[], Settle::Blocked),
+        c("chroot", &[], Settle::Blocked),
         c("scm_rights", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
         c("unix_relative", &[], Settle::Blocked),

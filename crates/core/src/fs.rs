@@ -1,29 +1,12 @@
-//! The fs info of a task: cwd, root and umask (`fs-<pid>.img`).
+//! The fs info of a task: cwd, root and umask (`fs-<pid>.img`). A
+//! chrooted task's root is the path of its root directory in its mount
+//! namespace, as are the paths of its files: the restore opens its files
+//! and maps before it chroots the task (`restore::task::restore_fs`).
 
 use crate::error::{DumpCtx, DumpError};
 use crate::files::FileTable;
 use crate::procfs;
 use crest_images::pb::FsEntry;
-
-/// Refuses a chrooted task (a root below the top of its mount tree, as
-/// `chroot` makes it; a container's `pivot_root` makes the top): the paths
-/// of its files, as crest reads them, are not the task's. Its root's ".."
-/// (walked by crest, which the task's root does not stop) is another
-/// directory then.
-pub fn check_root(pid: i32) -> Result<(), DumpError> {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    let here = id(format!("/proc/{pid}/root/")).ok();
-    let above = id(format!("/proc/{pid}/root/..")).ok();
-    if here.is_some() && here != above {
-        let root = procfs::read_link(&format!("/proc/{pid}/root")).at(pid, "read root")?;
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!("a chrooted task (its root is {root})"),
-        });
-    }
-    Ok(())
-}
 
 pub fn dump(pid: i32, umask: u32, files: &mut FileTable) -> Result<FsEntry, DumpError> {
     let cwd = procfs::read_link(&format!("/proc/{pid}/cwd")).at(pid, "read cwd")?;

@@ -112,9 +112,9 @@ impl FileTable {
         if let Some(id) = self.by_path.get(&(path.to_string(), flags)) {
             return Ok(*id);
         }
-        // through the task's root: it may be in a mount namespace of its
-        // own, under a root of its own
-        let meta = std::fs::metadata(format!("/proc/{pid}/root{path}"))
+        // through the root of the task's mount namespace: it may have one
+        // of its own, and a chroot below it
+        let meta = std::fs::metadata(format!("{}{path}", procfs::ns_root(pid)))
             .at(pid, "stat a mapped or open file")?;
         let id = self.push_reg(path, flags, 0, &meta);
         self.by_path.insert((path.to_string(), flags), id);
@@ -326,7 +326,7 @@ impl FileTable {
             let here = std::fs::metadata(format!("/proc/{me}/fd/{fd}"))
                 .map(id)
                 .ok();
-            let there = std::fs::metadata(format!("/proc/{ctx}/root{link}"))
+            let there = std::fs::metadata(format!("{}{link}", procfs::ns_root(ctx)))
                 .map(id)
                 .ok();
             if here.is_none() || here != there {

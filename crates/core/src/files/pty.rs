@@ -123,7 +123,7 @@ fn master_key(pid: i32, fd: i32, link: &str) -> Option<PairKey> {
     } else {
         // (the kernel takes the devpts mounted at `pts` beside it)
         let dir = link.rsplit_once('/').map_or("", |x| x.0);
-        std::fs::metadata(format!("/proc/{pid}/root{dir}/pts"))
+        std::fs::metadata(format!("{}{dir}/pts", crate::procfs::ns_root(pid)))
             .ok()?
             .dev()
     };
@@ -367,13 +367,9 @@ fn read_all(f: &mut std::fs::File, buf: &mut [u8], out: &mut Vec<u8>) -> std::io
 /// Whether crest may push input into a terminal (`TIOCSTI` wants
 /// CAP_SYS_ADMIN in the initial user namespace).
 fn can_push_input() -> bool {
-    let initial = match (
-        std::fs::read_link("/proc/self/ns/user"),
-        std::fs::read_link("/proc/1/ns/user"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
+    // (the initial user namespace has a fixed inode, PROC_USER_INIT_INO)
+    let initial = std::fs::read_link("/proc/self/ns/user")
+        .is_ok_and(|l| l.as_os_str() == "user:[4026531837]");
     let admin = crate::procfs::read_status(std::process::id() as i32)
         .is_ok_and(|st| st.cap_eff & (1u64 << crate::privilege::CAP_SYS_ADMIN) != 0);
     initial && admin
@@ -531,7 +527,8 @@ impl FileTable {
             .collect();
         if keys.len() > 1 {
             // several devpts have that index: the task's own /dev/pts
-            let dev = std::fs::metadata(format!("/proc/{pid}/root/dev/pts")).map(|m| m.dev());
+            let root = crate::procfs::ns_root(pid);
+            let dev = std::fs::metadata(format!("{root}/dev/pts")).map(|m| m.dev());
             keys.retain(|k| dev.as_ref().is_ok_and(|d| *d == k.0));
         }
         let [key] = keys[..] else {
@@ -691,7 +688,7 @@ impl FileTable {
                     rdev: m.rdev() as u32,
                     crest_uid: Some(m.uid()),
                     crest_gid: Some(m.gid()),
-                    crest_mode: Some(m.mode() & 0o7777),
+                    crest_mode: Some(m.mode() & 0o777),
                     ..base
                 });
                 Some(id)
@@ -781,7 +778,7 @@ fn make_pair(
     let pid = t.pid();
     let index = m.pty.as_ref().map_or(0, |p| p.index);
     let ptmx = m.crest_ptmx.as_deref().unwrap_or("/dev/ptmx");
-    if !ptmx.starts_with('/') || ptmx.contains("/../") {
+    if !ptmx.starts_with('/') || ptmx.split('/').any(|c| c == "..") || !ptmx.ends_with("/ptmx") {
         return Err(RestoreError::BadImage {
             pid,
             file: crest_images::names::TTY_INFO.into(),
@@ -847,7 +844,7 @@ fn make_pair(
             }
             if let Some(mode) = s.crest_mode {
                 std::fs::File::from(p.try_clone().rat(pid, "dup")?)
-                    .set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                    .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
                     .rat(pid, ctx("chmod the slave"))?;
             }
         }

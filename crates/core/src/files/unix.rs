@@ -132,6 +132,14 @@ impl FileTable {
         let mut perms = None;
         let mut deleted = None;
         let mut name_dir = None;
+        if !name.is_empty() && name[0] != 0 && crate::procfs::chrooted(ctx) {
+            // (its name is a path in the chroot, which the restore has not
+            // entered when it binds)
+            return Err(unsupported(format!(
+                "a unix socket bound to {} by a chrooted task",
+                show_name(&name)
+            )));
+        }
         if !name.is_empty() && name[0] != 0 {
             let full = if name[0] == b'/' {
                 show_name(&name)

@@ -164,6 +164,35 @@ pub(crate) fn dec_list<T: std::str::FromStr>(
 }
 
 /// `readlink` — the target of a symlink (lossily decoded).
+/// A path by which crest reaches the root of `pid`'s mount namespace,
+/// where the paths `/proc` shows of the task's files start:
+/// `/proc/PID/root`, climbed out of a chroot by as many `..` as the root's
+/// own path (as `/proc` shows it) has levels.
+pub fn ns_root(pid: i32) -> String {
+    let base = format!("/proc/{pid}/root");
+    match std::fs::read_link(&base) {
+        Ok(root) => {
+            let depth = root
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .count();
+            base + &"/..".repeat(depth)
+        }
+        Err(_) => base,
+    }
+}
+
+/// Whether `pid` is chrooted: its root is below the top of its mount
+/// namespace (crest walks its root's `..`, which the task's root does not
+/// stop, to another directory).
+pub fn chrooted(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let here = id(format!("/proc/{pid}/root/")).ok();
+    let above = id(format!("/proc/{pid}/root/..")).ok();
+    here.is_some() && here != above
+}
+
 pub fn read_link(path: &str) -> Result<String, ProcError> {
     let target = std::fs::read_link(path).map_err(|e| ioerr(path, e))?;
     Ok(target.to_string_lossy().into_owned())
