@@ -9,10 +9,12 @@
 //! - `ebpf_filter_refused`: a socket filter attached with `SO_ATTACH_BPF`;
 //! - `traced_task_refused`: a child its parent traces (`traced`): the
 //!   refusal says which task traces which.
-//! - `aio_refused`, `hugetlb_refused` (`kernel_objects aio|hugetlb`): an
-//!   AIO context's ring and a private MAP_HUGETLB mapping, which a plain
-//!   mapping made again would quietly replace (the hugetlb case reserves
-//!   two huge pages for itself, and gives them back);
+//! - `aio_refused` (`aio pending`): an AIO context with a completion not
+//!   reaped yet (the ring is made again empty), which must still be there
+//!   after the refused dump;
+//! - `hugetlb_refused` (`kernel_objects hugetlb`): a private MAP_HUGETLB
+//!   mapping, which a plain mapping made again would quietly replace (the
+//!   case reserves two huge pages for itself, and gives them back);
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
@@ -144,8 +146,8 @@ fn aio_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         dir,
         procs,
         (&[], "true"),
-        ("kernel_objects", "aio"),
-        &["AIO context", "io_setup"],
+        ("aio", "pending"),
+        &["AIO context", "completed events not read yet"],
     )
 }
 

@@ -54,6 +54,7 @@ pub fn workloads() -> Vec<Workload> {
         c("fanotify", &[], Settle::Blocked),
         c("pty", &[], Settle::Blocked),
         c("chroot", &[], Settle::Blocked),
+        c("aio", &[], Settle::Blocked),
         c("scm_rights", &[], Settle::Blocked),
         c("deleted_dirs", &[], Settle::Blocked),
         c("unix_relative", &[], Settle::Blocked),

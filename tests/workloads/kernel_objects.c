@@ -1,14 +1,12 @@
 /* kernel_objects STATEDIR KIND - holds one kernel object crest refuses to
  * carry yet, so the refusal tests see the dump refused naming it and the
  * task run on untouched:
- *   aio      an AIO context (io_setup: its ring is mapped in the task);
  *   hugetlb  a private MAP_HUGETLB mapping with data (needs huge pages in
  *            the pool: skipped without);
  *   io_uring an io_uring's submission ring mapped, its fd closed.
  * After SIGTERM it checks that the object is still there and whole. */
 #include "wl.h"
 
-#include <linux/aio_abi.h>
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -18,12 +16,8 @@ int main(int argc, char **argv)
 	wl_init(argc, argv);
 	wl_block_term();
 	const char *kind = argc > 2 ? argv[2] : "";
-	aio_context_t ctx = 0;
 	char *huge = NULL;
-	if (!strcmp(kind, "aio")) {
-		if (syscall(SYS_io_setup, 16, &ctx) < 0)
-			wl_skip("io_setup: %s", strerror(errno));
-	} else if (!strcmp(kind, "hugetlb")) {
+	if (!strcmp(kind, "hugetlb")) {
 		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
 		if (huge == MAP_FAILED)
@@ -47,12 +41,6 @@ int main(int argc, char **argv)
 	wl_ready();
 	wl_wait_term();
 
-	if (ctx) {
-		struct io_event ev;
-		struct timespec zero = {0, 0};
-		if (syscall(SYS_io_getevents, ctx, 0, 1, &ev, &zero) < 0)
-			wl_fail("io_getevents: %s", strerror(errno));
-	}
 	if (huge)
 		for (size_t i = 0; i < (2 << 20); i += 4096)
 			if (huge[i] != 0x5a)

@@ -11,7 +11,7 @@
 use crate::error::{DumpCtx, DumpError};
 use crate::files::FileTable;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
-use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
+use crest_images::pb::{AioRingEntry, MmEntry, PagemapEntry, VmaEntry};
 use crest_images::{RawWriter, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use std::io;
@@ -300,6 +300,7 @@ pub fn dump(
     // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
     let mut guards: Vec<u64> = Vec::new();
     let mut runs: Vec<pages::Run> = Vec::new();
+    let mut aios = Vec::new();
     let pagemap = procfs::Pagemap::open(pid).at(pid, "open pagemap")?;
     let mempolicies = vma_policies(t, &maps)?;
     for m in &maps {
@@ -312,10 +313,13 @@ pub fn dump(
         if vma.status & status::VSYSCALL != 0 {
             continue;
         }
+        if m.path.starts_with("/[aio]") {
+            // an AIO context: made again by io_setup and moved here
+            aios.push(aio_ring(t, m.start, m.end)?);
+            continue;
+        }
         // what a plain mapping made again would quietly lose
-        let odd = if m.path.starts_with("/[aio]") {
-            Some("an AIO context's ring (io_setup)".to_string())
-        } else if sm.is_some_and(|s| s.has("ht")) {
+        let odd = if sm.is_some_and(|s| s.has("ht")) {
             Some("a hugetlb mapping (MAP_HUGETLB, SHM_HUGETLB or a hugetlbfs file)".to_string())
         } else {
             // (an io_uring's rings, a perf buffer...: the kernel object
@@ -430,7 +434,7 @@ pub fn dump(
         mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
         vmas,
         dumpable: Some(dumpable as i32),
-        aios: Vec::new(),
+        aios,
         thp_disabled: Some(
             t.syscall(nr::PRCTL, &[PR_GET_THP_DISABLE])
                 .at(pid, "prctl(PR_GET_THP_DISABLE)")?
@@ -452,6 +456,59 @@ pub fn dump(
         entry,
         pagemap: pagemap_entries,
         pages_bytes,
+    })
+}
+
+/// `struct aio_ring`'s magic and feature words, as the kernel writes them.
+const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
+const AIO_RING_COMPAT: u32 = 1;
+const AIO_RING_INCOMPAT: u32 = 0;
+/// `sizeof(struct aio_ring)` and `sizeof(struct io_event)`.
+const AIO_HEADER: u64 = 32;
+const AIO_EVENT: u64 = 32;
+
+/// The `io_setup` size that makes a ring of `len` bytes again: the
+/// kernel doubles the size asked (at least 4 per CPU) and adds 2, then
+/// fills the pages.
+pub fn aio_nr_req(len: u64) -> u32 {
+    let fits = len.saturating_sub(AIO_HEADER) / AIO_EVENT;
+    (fits.saturating_sub(2) / 2) as u32
+}
+
+/// The AIO context whose ring is mapped at `[start, end)`: refused when
+/// its header is not the kernel's or completions wait in it (CRIU's
+/// rule: the ring itself is not carried, only made again empty).
+fn aio_ring(t: &mut Tracee, start: u64, end: u64) -> Result<AioRingEntry, DumpError> {
+    let pid = t.pid();
+    let mut h = [0u8; AIO_HEADER as usize];
+    t.read_mem(start, &mut h)
+        .at(pid, "read an AIO ring's header")?;
+    let word = |i: usize| u32::from_ne_bytes([h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]]);
+    let (head, tail, magic) = (word(2), word(3), word(4));
+    let refuse = |what: String| DumpError::Unsupported {
+        pid,
+        what: format!("the AIO context at {start:#x}-{end:#x}: {what}"),
+    };
+    if magic != AIO_RING_MAGIC || word(5) != AIO_RING_COMPAT || word(6) != AIO_RING_INCOMPAT {
+        return Err(refuse(format!(
+            "a ring header crest does not know ({magic:#x})"
+        )));
+    }
+    if head != tail {
+        return Err(refuse(format!(
+            "{} completed events not read yet",
+            tail.wrapping_sub(head) % word(1).max(1)
+        )));
+    }
+    let len = end - start;
+    let nr_req = aio_nr_req(len);
+    if !len.is_multiple_of(PAGE) || nr_req == 0 || len > u64::from(u32::MAX) {
+        return Err(refuse(format!("a ring of {len} bytes")));
+    }
+    Ok(AioRingEntry {
+        id: start,
+        nr_req,
+        ring_len: len as u32,
     })
 }
 

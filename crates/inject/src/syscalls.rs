@@ -53,6 +53,7 @@ pub mod nr {
     pub const RSEQ: u64 = 334;
     pub const CLOSE_RANGE: u64 = 436;
     pub const MREMAP: u64 = 25;
+    pub const IO_SETUP: u64 = 206;
     pub const SHMGET: u64 = 29;
     pub const SHMAT: u64 = 30;
     pub const SHMCTL: u64 = 31;
@@ -203,6 +204,7 @@ pub fn name(nr: u64) -> &'static str {
         RSEQ => "rseq",
         CLOSE_RANGE => "close_range",
         MREMAP => "mremap",
+        IO_SETUP => "io_setup",
         CLONE3 => "clone3",
         SETSID => "setsid",
         SETPGID => "setpgid",

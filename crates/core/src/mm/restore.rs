@@ -684,6 +684,51 @@ const MADV_GUARD_INSTALL: u64 = 102;
 
 /// Sets the final protection of the VMAs that were made writable to be
 /// filled, and the madvise advice of every VMA.
+/// Makes each AIO context again: `io_setup` with the size that gives a
+/// ring of the dumped length, the ring moved to the dumped address (the
+/// context's id) with `mremap`, which the kernel follows.
+pub fn restore_aios(t: &mut Tracee, mm: &MmEntry, image: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for a in &mm.aios {
+        let len = u64::from(a.ring_len);
+        let bad = |what: String| RestoreError::BadImage {
+            pid,
+            file: image.to_string(),
+            what,
+        };
+        if a.id % PAGE != 0 || a.id == 0 || len == 0 || len % PAGE != 0 || a.nr_req == 0 {
+            return Err(bad(format!(
+                "an AIO ring at {:#x} of {len} bytes for {} requests",
+                a.id, a.nr_req
+            )));
+        }
+        let slot = t.scratch(8).rat(pid, "scratch")?;
+        t.write_mem(slot, &0u64.to_ne_bytes())
+            .rat(pid, "write an AIO context id")?;
+        t.syscall(nr::IO_SETUP, &[u64::from(a.nr_req), slot]).rat(
+            pid,
+            format!("io_setup({}) for the AIO ring at {:#x}", a.nr_req, a.id),
+        )?;
+        let mut raw = [0u8; 8];
+        t.read_mem(slot, &mut raw)
+            .rat(pid, "read an AIO context id")?;
+        let ctx = u64::from_ne_bytes(raw);
+        if ctx != a.id {
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            let at = t
+                .syscall(nr::MREMAP, &[ctx, len, len, flags, a.id])
+                .rat(pid, format!("move the AIO ring {ctx:#x} to {:#x}", a.id))?;
+            if at != a.id {
+                return Err(bad(format!(
+                    "the AIO ring made again went to {at:#x}, not {:#x}",
+                    a.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
     let pid = t.pid();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {

@@ -119,6 +119,7 @@ pub(super) fn transform(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
     );
+    mm::restore::restore_aios(t, &live.mm, &names::mm(img.entry.pid))?;
     mm::numa::restore(t, &live.mm)?;
     mm::restore::protect(t, &live.mm, &live.pagemap)?;
     let exe = files
