@@ -12,9 +12,13 @@
 //! - `aio_refused` (`aio pending`): an AIO context with a completion not
 //!   reaped yet (the ring is made again empty), which must still be there
 //!   after the refused dump;
-//! - `hugetlb_refused` (`kernel_objects hugetlb`): a private MAP_HUGETLB
-//!   mapping, which a plain mapping made again would quietly replace (the
-//!   case reserves two huge pages for itself, and gives them back);
+//! - `hugetlb_refused` (`kernel_objects hugetlb_shared`): a shared
+//!   MAP_HUGETLB mapping, which a plain mapping made again would quietly
+//!   replace (the case reserves two huge pages for itself, and gives them
+//!   back);
+//! - `hugetlb_private` (`kernel_objects hugetlb`, host, ns and uns
+//!   flavors): a private MAP_HUGETLB mapping with a pattern per 4 KiB
+//!   page comes back with its data, still of 2 MiB pages;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
@@ -42,11 +46,12 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 9] = [
+const CASES: [(&str, DirCase); 10] = [
     ("io_uring_map_refused", io_uring_map_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_refused", hugetlb_refused),
+    ("hugetlb_private", hugetlb_private),
     ("tcp_in_flight", tcp_in_flight),
     ("netfilter_refused", netfilter_refused),
     ("tmpfs_covered_refused", tmpfs_covered_refused),
@@ -151,25 +156,70 @@ fn aio_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     )
 }
 
-fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    const POOL: &str = "/proc/sys/vm/nr_hugepages";
-    let before = fs::read_to_string(POOL).unwrap_or_default();
+const HUGE_POOL: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Runs `f` with `n` more huge pages in the pool (given back after):
+/// None if the pool cannot grow.
+fn with_huge_pages<T>(n: u64, f: impl FnOnce() -> T) -> Option<T> {
+    let before = fs::read_to_string(HUGE_POOL).unwrap_or_default();
     let have: u64 = before.trim().parse().unwrap_or(0);
-    if fs::write(POOL, format!("{}\n", have + 2)).is_err() {
-        return Ok(Outcome::Skip(format!(
-            "cannot reserve huge pages in {POOL}"
-        )));
-    }
-    let r = refused_in(
-        cfg,
-        dir,
-        procs,
-        (&[], "true"),
-        ("kernel_objects", "hugetlb"),
-        &["hugetlb mapping"],
-    );
-    let _ = fs::write(POOL, format!("{have}\n"));
-    r
+    fs::write(HUGE_POOL, format!("{}\n", have + n)).ok()?;
+    let r = f();
+    let _ = fs::write(HUGE_POOL, format!("{have}\n"));
+    Some(r)
+}
+
+fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let r = with_huge_pages(2, || {
+        refused_in(
+            cfg,
+            dir,
+            procs,
+            (&[], "true"),
+            ("kernel_objects", "hugetlb_shared"),
+            &["shared hugetlb mapping"],
+        )
+    });
+    r.unwrap_or_else(|| {
+        Ok(Outcome::Skip(format!(
+            "cannot reserve huge pages in {HUGE_POOL}"
+        )))
+    })
+}
+
+/// A private MAP_HUGETLB mapping dumped and restored (pages and page size
+/// kept), in every flavor and with both stdio kinds: the pool holds two
+/// huge pages more meanwhile (the dumped task frees its page before the
+/// restore takes one).
+fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Outcome> {
+    let w = crate::case::Workload {
+        name: "hugetlb_private",
+        program: crate::case::Program::C("kernel_objects"),
+        args: vec!["hugetlb".into()],
+        settle: crate::case::Settle::Blocked,
+    };
+    let r = with_huge_pages(2, || {
+        for flavor in [crate::Flavor::Host, crate::Flavor::Ns, crate::Flavor::Uns] {
+            let name = format!("{}-{}", dir.root.display(), flavor.name());
+            let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlb"))?;
+            let mode = if cfg.checkpoint {
+                case::Mode::DumpRestore
+            } else {
+                case::Mode::SelfCheck
+            };
+            match case::run_flavor(cfg, &w, &sub, flavor, StdioKind::DevNull, mode).0 {
+                Outcome::Pass | Outcome::PassWith(_) => sub.remove(),
+                Outcome::Skip(why) => return Ok(Outcome::Skip(why)),
+                Outcome::Fail(why) => bail!("[{}] {why}", flavor.name()),
+            }
+        }
+        Ok(Outcome::Pass)
+    });
+    r.unwrap_or_else(|| {
+        Ok(Outcome::Skip(format!(
+            "cannot reserve huge pages in {HUGE_POOL}"
+        )))
+    })
 }
 
 fn tcp_in_flight(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

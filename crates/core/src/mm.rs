@@ -90,7 +90,11 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     // (a named one shows as [anon_shmem:NAME])
     let shmem_anon =
         m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("[anon_shmem:"));
-    let anon = !m.is_file() || shmem_anon || sysv;
+    // private anonymous memory of huge pages (MAP_HUGETLB): made again
+    // with the same page size
+    let huge_private =
+        !m.shared && m.path == "/anon_hugepage (deleted)" && smaps.is_some_and(|s| s.has("ht"));
+    let anon = !m.is_file() || shmem_anon || sysv || huge_private;
     let mut flags = if m.shared {
         libc::MAP_SHARED
     } else {
@@ -98,6 +102,10 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     } as u32;
     if anon {
         flags |= libc::MAP_ANONYMOUS as u32;
+    }
+    if huge_private {
+        let bytes = smaps.map_or(2048, |s| s.kernel_page_kb) * 1024;
+        flags |= libc::MAP_HUGETLB as u32 | (bytes.trailing_zeros() << libc::MAP_HUGE_SHIFT);
     }
     let growsdown = m.path == "[stack]" || smaps.is_some_and(|s| s.has("gd"));
     if growsdown {
@@ -319,8 +327,13 @@ pub fn dump(
             continue;
         }
         // what a plain mapping made again would quietly lose
-        let odd = if sm.is_some_and(|s| s.has("ht")) {
-            Some("a hugetlb mapping (MAP_HUGETLB, SHM_HUGETLB or a hugetlbfs file)".to_string())
+        let odd = if sm.is_some_and(|s| s.has("ht")) && vma.flags & libc::MAP_HUGETLB as u32 == 0 {
+            Some(format!(
+                "a {} hugetlb mapping of {} (shared MAP_HUGETLB, SHM_HUGETLB, a hugetlbfs file or \
+                 memfd)",
+                if m.shared { "shared" } else { "private" },
+                m.path
+            ))
         } else {
             // (an io_uring's rings, a perf buffer...: the kernel object
             // behind it is not carried)
@@ -335,8 +348,9 @@ pub fn dump(
             });
         }
         let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
-        let ghost =
-            m.deleted() && vma.status & (status::ANON_SHARED | status::SYSVIPC) == 0 && !memfd;
+        let ghost = m.deleted()
+            && vma.status & (status::ANON_SHARED | status::SYSVIPC | status::ANON_PRIVATE) == 0
+            && !memfd;
         if ghost && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0 {
             return Err(DumpError::Unsupported {
                 pid,

@@ -16,6 +16,9 @@ pub struct SmapsEntry {
     pub vm_flags: Vec<String>,
     pub anon_huge_pages_kb: u64,
     pub rss_kb: u64,
+    /// `KernelPageSize`: the size of the pages backing it (a hugetlb
+    /// mapping's huge page size).
+    pub kernel_page_kb: u64,
 }
 
 impl SmapsEntry {
@@ -25,8 +28,8 @@ impl SmapsEntry {
     }
 }
 
-/// Parses `/proc/PID/smaps` text. Keys other than `Rss`, `AnonHugePages`
-/// and `VmFlags` are ignored, but every line must be a header or a
+/// Parses `/proc/PID/smaps` text. Keys other than `Rss`, `AnonHugePages`,
+/// `KernelPageSize` and `VmFlags` are ignored, but every line must be a header or a
 /// "Key: value" line.
 pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<SmapsEntry>, ProcError> {
     let mut out: Vec<SmapsEntry> = Vec::new();
@@ -45,6 +48,7 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<SmapsEntry>, ProcError>
                 vm_flags: Vec::new(),
                 anon_huge_pages_kb: 0,
                 rss_kb: 0,
+                kernel_page_kb: 4,
             });
             continue;
         };
@@ -54,6 +58,7 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<SmapsEntry>, ProcError>
         match key {
             "Rss" => entry.rss_kb = kb(path, line, key, value)?,
             "AnonHugePages" => entry.anon_huge_pages_kb = kb(path, line, key, value)?,
+            "KernelPageSize" => entry.kernel_page_kb = kb(path, line, key, value)?,
             "VmFlags" => entry.vm_flags = value.split_whitespace().map(String::from).collect(),
             _ => {}
         }
