@@ -29,17 +29,34 @@ const CASES: [(&str, DirCase); 2] = [
 pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
     case::run_root_cases(cfg, report, selected, &CASES);
     // a session leader that is not an ancestor of its member: crest forks
-    // the member from the leader's side in crest's pid namespace only
-    let n = case::case_name("adopted", Flavor::Host, Some(StdioKind::DevNull));
-    if selected(&n) {
+    // the member from the leader's side, in crest's pid namespace and in
+    // the tree's own
+    // (adopted_init: the member goes to the pid namespace's init, which is
+    // no subreaper)
+    let variants = [
+        ("adopted", Flavor::Host, ""),
+        ("adopted", Flavor::Ns, ""),
+        ("adopted", Flavor::Uns, ""),
+        ("adopted_init", Flavor::Ns, "init"),
+        ("adopted_init", Flavor::Uns, "init"),
+    ];
+    for (name, flavor, arg) in variants {
+        let n = case::case_name(name, flavor, Some(StdioKind::DevNull));
+        if !selected(&n) {
+            continue;
+        }
         let w = Workload {
-            name: "adopted",
+            name,
             program: Program::C("adopted"),
-            args: Vec::new(),
+            args: if arg.is_empty() {
+                Vec::new()
+            } else {
+                vec![arg.to_string()]
+            },
             settle: Settle::Blocked,
         };
         let outcome = if cfg.root {
-            case::run_protocol(cfg, &w, Flavor::Host, StdioKind::DevNull, Mode::DumpRestore)
+            case::run_protocol(cfg, &w, flavor, StdioKind::DevNull, Mode::DumpRestore)
         } else {
             Outcome::Skip("needs root".into())
         };

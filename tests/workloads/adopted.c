@@ -5,7 +5,9 @@
  * which forks M and exits: M, in L's session and process group, is
  * reparented to R. After SIGTERM, R tells M and L to check themselves
  * (M: its session and group are L's, its parent R; L: it leads its own
- * session), collects their answers and reaps both. */
+ * session), collects their answers and reaps L (and M, its child).
+ * With "init" R is no subreaper but the init of its pid namespace (the
+ * ns flavors make the workload pid 1), which orphans go to. */
 #include "wl.h"
 
 #include <sys/prctl.h>
@@ -14,8 +16,12 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	wl_block_term();
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+	/* "init": R is pid 1 and no subreaper */
+	int to_init = argc > 2 && !strcmp(argv[2], "init");
+	if (!to_init && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		wl_fail("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+	if (to_init && getpid() != 1)
+		wl_skip("the workload is not the init of a pid namespace");
 	pid_t r = getpid();
 	int go[2], res[2], mpid[2];
 	wl_pipe(go);
@@ -30,6 +36,12 @@ int main(int argc, char **argv)
 		if (x == 0) {
 			pid_t m = fork();
 			if (m == 0) {
+				/* once reparented to R, M says its pid */
+				for (int i = 0; i < 1000 && getppid() != r; i++)
+					usleep(10000);
+				pid_t me = getpid();
+				if (write(mpid[1], &me, sizeof(me)) != sizeof(me))
+					_exit(22);
 				char c;
 				if (wl_read_wait(go[0], &c, 1, -1) != 1)
 					_exit(20);
@@ -40,9 +52,7 @@ int main(int argc, char **argv)
 					_exit(21);
 				_exit(0);
 			}
-			if (write(mpid[1], &m, sizeof(m)) != sizeof(m))
-				_exit(12);
-			_exit(0);
+			_exit(m < 0 ? 12 : 0);
 		}
 		int st;
 		waitpid(x, &st, 0);
@@ -57,24 +67,6 @@ int main(int argc, char **argv)
 	pid_t m;
 	if (wl_read_wait(mpid[0], &m, sizeof(m), 10000) != sizeof(m))
 		wl_fail("no pid of M");
-	/* wait until M is R's child */
-	for (int i = 0; i < 1000; i++) {
-		char path[64], buf[512];
-		snprintf(path, sizeof(path), "/proc/%d/stat", m);
-		int f = open(path, O_RDONLY);
-		ssize_t n = f < 0 ? -1 : read(f, buf, sizeof(buf) - 1);
-		if (f >= 0)
-			close(f);
-		if (n > 0) {
-			buf[n] = 0;
-			char *p = strrchr(buf, ')');
-			int ppid = 0;
-			if (p && sscanf(p + 2, "%*c %d", &ppid) == 1 && ppid == r)
-				break;
-		}
-		usleep(10000);
-	}
-
 	wl_ready();
 	wl_wait_term();
 

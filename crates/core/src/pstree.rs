@@ -947,9 +947,9 @@ pub fn fork_in_session(
 /// Forks task `k` (child of `p`) into the session of `l`, its leader, which
 /// is in the tree but not its ancestor (it was reparented to `p`, a child
 /// subreaper, after its parent left): a helper child of the leader forks
-/// it and exits, so it comes back to `p` as it did. The helper gets any
-/// pid (crest's steering keeps those out of the tree's way), so the leader
-/// must be in crest's pid namespace.
+/// it and exits, so it comes back to `p` as it did. In crest's pid
+/// namespace the helper gets any pid (crest's steering keeps those out of
+/// the tree's way); below it, a high one at each level.
 fn fork_from_leader(
     tasks: &mut [Option<Tracee>],
     helpers: &mut Helpers,
@@ -969,8 +969,8 @@ fn fork_from_leader(
             e.ppid
         )));
     }
-    if how.new_pidns || how.ids.want.len() > 1 || l >= k {
-        return Err(refuse("in a pid namespace below crest's".into()));
+    if how.new_pidns || l >= k {
+        return Err(refuse("as the init of a pid namespace".into()));
     }
     let helper_of = sid ^ i32::MIN; // (apart from a gone leader's helper)
     if helpers.get(helper_of).is_none() {
@@ -981,8 +981,25 @@ fn fork_from_leader(
             .syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER
             .rat(parent.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
         let leader = tasks[l].as_mut().ok_or_else(|| refuse("a zombie".into()))?;
-        let h = clone_plain(leader)?;
-        let seen = h.pid();
+        let (h, seen) = if how.ids.want.len() > 1 {
+            // in a pid namespace below crest's: at every level the member
+            // has, a pid high in the namespace, out of the tree's way (the
+            // leader knows it by the innermost)
+            let top = pid_max() - 3001 - sid.rem_euclid(1000);
+            let high: Vec<i32> = (0..how.ids.want.len()).map(|_| top).collect();
+            let ids = Ids {
+                want: &high,
+                ..how.ids
+            };
+            (
+                clone_with(leader, sid, &ids, 0, libc::SIGCHLD as u64, before)?,
+                top,
+            )
+        } else {
+            let h = clone_plain(leader)?;
+            let seen = h.pid();
+            (h, seen)
+        };
         helpers.made.push((helper_of, h, l, seen));
     }
     let h = helpers

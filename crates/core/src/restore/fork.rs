@@ -96,12 +96,15 @@ pub(super) fn fork_tree(
             imgs[k].ids.files_id == imgs[p].ids.files_id,
             imgs[k].ids.fs_id == imgs[p].ids.fs_id,
         );
+        // (orphans go to a child subreaper, or to the init of the pid
+        // namespace)
         let subreaper = imgs[p].cores[0]
             .1
             .tc
             .as_ref()
             .and_then(|tc| tc.child_subreaper)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || imgs[p].set_tid(0).first() == Some(&1);
         let fresh = new_pidns(imgs, pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
         let sid_ids = imgs[k].sid_ids();
