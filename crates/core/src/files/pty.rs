@@ -33,11 +33,16 @@
 //! one (a pair has one master file); every open file of the slave is a
 //! new `TIOCGPTPEER`; both reach the task with `give_fd`. A session leader
 //! whose controlling terminal was the slave takes it with `TIOCSCTTY` and
-//! gets its foreground group back.
+//! gets its foreground group back; `/dev/tty` is opened once it has.
 //!
-//! Not carried: a packet-mode status byte not read yet (a warning), a
-//! slave's input before the slave was ever opened (it cannot be read
-//! without opening it, which the master would see).
+//! Not carried: a packet-mode status not read yet other than flow control
+//! (`TIOCPKT_NOSTOP`/`DOSTOP`, made again by switching the flow control
+//! the other way and back; the rest is dropped with a warning), a slave's
+//! input before the slave was ever opened (it cannot be read without
+//! opening it, which the master would see). A crest without CAP_SYS_ADMIN
+//! refuses a pair whose slave is open (`TIOCSTI` wants it). A crest killed
+//! between reading a pair's queues and putting them back loses them: the
+//! window is the few system calls in between.
 
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};

@@ -8,10 +8,11 @@
 //! caller's terminal; with `orphan_pts_master` a new pty pair is made in
 //! the task's mount namespace (its devpts), the slave gets the settings
 //! and becomes the controlling terminal again, and the master goes to the
-//! caller (the `orphan-pts-master` notification). A pty master (a pty
-//! pair inside the tree) is refused.
+//! caller (the `orphan-pts-master` notification). Pty pairs whose master
+//! the tree holds are `pty.rs`'s.
 
 use super::kept::Kept;
+use super::pty::{major, minor};
 use super::FileTable;
 use crate::error::RestoreCtx;
 use crate::error::{DumpCtx, DumpError, RestoreError};
@@ -37,8 +38,6 @@ pub struct TtyDump {
     /// come back as one open file.
     files: HashMap<(u64, u32), u32>,
 }
-
-use super::pty::{major, minor};
 
 /// The kind of terminal behind a character device, if it is one.
 fn tty_type(rdev: u64) -> Option<TtyType> {
@@ -243,12 +242,9 @@ pub fn open(
             .as_ref()
             .and_then(|i| super::pty::master_of(&files.ttys.infos, i))
             .cloned();
-        let fd = match info {
-            Some(info) if pair.is_some() => {
-                let m = pair.unwrap_or_default();
-                super::pty::open(t, e, &info, &m, files)?
-            }
-            Some(info) if files.ttys.orphan_pts_master && info.pty.is_some() => {
+        let fd = match (info, pair) {
+            (Some(info), Some(m)) => super::pty::open(t, e, &info, &m, files)?,
+            (Some(info), None) if files.ttys.orphan_pts_master && info.pty.is_some() => {
                 open_orphan_slave(t, &info, files, (flags & keep) | libc::O_NOCTTY)?
             }
             _ => {
