@@ -62,10 +62,12 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
         };
         report.record(&n, outcome);
     }
-    // (cow: the dump must not end the pages' sharing it reads)
+    // (cow: the dump must not end the pages' sharing it reads; pty: the
+    // bytes queued in the pairs, read out at the dump, must be back)
     for (case, workload) in [
         ("leave_running_tree", "tree_sessions"),
         ("leave_running_cow", "cow"),
+        ("leave_running_pty", "pty"),
     ] {
         let n = case::case_name(case, Flavor::Host, None);
         if selected(&n) {
