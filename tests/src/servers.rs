@@ -3,7 +3,9 @@
 //! server that keeps a token and a request count in memory behind a unix
 //! socket answers with the same token and the next count; a job on a
 //! terminal it does not own is refused without `--shell-job` and restored
-//! onto crest's own terminal with it; an established TCP connection is
+//! onto crest's own terminal with it, or named with `--external
+//! tty[RDEV:DEV]` and given back with `--inherit-fd` (`external_tty`); an
+//! established TCP connection is
 //! refused without `--tcp-established`, and the refused dump leaves it
 //! working; so are file locks without `--file-locks`.
 
@@ -25,10 +27,11 @@ use crate::{Config, Outcome, StdioKind};
 
 const PYTHON: &str = "/usr/bin/python3";
 
-const CASES: [(&str, DirCase); 5] = [
+const CASES: [(&str, DirCase); 6] = [
     ("http_server", http_server),
     ("unix_server", unix_server),
     ("shell_job", shell_job),
+    ("external_tty", external_tty),
     ("tcp_needs_option", tcp_needs_option),
     ("locks_need_option", locks_need_option),
 ];
@@ -264,6 +267,98 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
         }
     }
     let _ = CREST_TIMEOUT;
+    case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// A job on a terminal outside the tree, named at dump with CRIU's
+/// `--external tty[RDEV:DEV]` and given back at restore with
+/// `--inherit-fd fd[3]:tty[RDEV:DEV]` (another pty, with the dumped
+/// settings: a changed VINTR must come along).
+fn external_tty(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    use std::os::unix::fs::MetadataExt;
+    let (_m1, s1, tty1) = pty()?;
+    let mut t = nix::sys::termios::tcgetattr(&s1).context("tcgetattr")?;
+    t.control_chars[nix::sys::termios::SpecialCharacterIndices::VINTR as usize] = 7;
+    nix::sys::termios::tcsetattr(&s1, nix::sys::termios::SetArg::TCSANOW, &t)
+        .context("tcsetattr")?;
+    let meta = fs::metadata(&tty1)?;
+    let key = format!("tty[{:x}:{:x}]", meta.rdev(), meta.dev());
+    let mut cmd = Command::new(cfg.workload("launch"));
+    cmd.arg(cfg.workload("tty_job"))
+        .arg(&dir.state)
+        .arg(&tty1)
+        .current_dir(&dir.root)
+        .stdin(Stdio::from(s1.try_clone()?))
+        .stdout(Stdio::from(s1.try_clone()?))
+        .stderr(Stdio::from(s1));
+    let pid = Pid::from_raw(cmd.spawn().context("spawn tty_job")?.id() as i32);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    if !cfg.checkpoint {
+        return case::finish(dir, pid, StdioKind::DevNull, procs);
+    }
+    fs::write(dir.state.join("dump-args"), format!("--external {key}\n"))?;
+    case::dump(cfg, dir, pid, false, procs)?;
+    let (_m2, s2, tty2) = pty()?;
+    let images = dir.images.to_string_lossy().into_owned();
+    // (without the terminal: refused, naming the key)
+    let ran = crest::run(
+        crest::command(
+            &cfg.crest,
+            &["restore", "-D", &images, "-d", "-o", "refused.log"],
+        ),
+        &dir.root,
+        "restore-refused",
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if ran.success() || !ran.stderr.contains(&key) {
+        bail!(ran.failure(&format!(
+            "crest restore without the terminal (expected a refusal naming {key})"
+        )));
+    }
+    let inherit = format!("fd[3]:{key}");
+    // (the shell opens the new terminal on fd 3 for crest)
+    let mut restore = Command::new("sh");
+    restore
+        .arg("-c")
+        .arg(format!("exec \"$0\" \"$@\" 3<>{tty2}"))
+        .arg(&cfg.crest)
+        .args([
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "--inherit-fd",
+            &inherit,
+            "-o",
+            "restore.log",
+            "-v4",
+        ]);
+    restore.current_dir(&dir.root).stdin(Stdio::null());
+    procs.track(pid);
+    let status = restore.status().context("run crest restore --inherit-fd")?;
+    drop(s2);
+    if !status.success() {
+        bail!(
+            "crest restore --inherit-fd {inherit} failed ({status}); see {}",
+            dir.images.join("restore.log").display()
+        );
+    }
+    for fd in 0..3 {
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
+        if link.to_string_lossy() != tty2 {
+            bail!(
+                "restored fd {fd} is {}, expected the given terminal {tty2}",
+                link.display()
+            );
+        }
+    }
+    let now = nix::sys::termios::tcgetattr(&_m2).context("tcgetattr of the new terminal")?;
+    let vintr = now.control_chars[nix::sys::termios::SpecialCharacterIndices::VINTR as usize];
+    if vintr != 7 {
+        bail!("the given terminal's VINTR is {vintr}, not the dumped 7");
+    }
     case::finish(dir, pid, StdioKind::DevNull, procs)
 }
 

@@ -235,6 +235,12 @@ fn collect_and_write(
     files.tcp_skip_in_flight = opts.tcp_skip_in_flight;
     files.file_locks = opts.file_locks;
     files.orphan_pts_master = opts.orphan_pts_master;
+    files.external_ttys = opts
+        .external
+        .iter()
+        .filter(|e| e.starts_with("tty["))
+        .cloned()
+        .collect();
     files.ext_unix_sk = opts.ext_unix_sk;
     files.ext_unix_sk_ids = opts.ext_unix_sk_ids.clone();
     let user = libc::CLONE_NEWUSER as u32;

@@ -445,12 +445,12 @@ impl Options {
                     .and_then(|r| r.split_once("]:"))
                     .is_some_and(|(i, k)| i.parse::<u64>().is_ok() && !k.is_empty())
             });
-            if ext_ns {
+            if ext_ns || tty_key(e) {
                 continue;
             }
             r.push(Refused {
                 option: format!("--external {e}"),
-                why: "crest takes external veth devices as veth[IFNAME]:OUTNAME, external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore) and external net and pid namespaces as net[INODE]:KEY and pid[INODE]:KEY".into(),
+                why: "crest takes external terminals as tty[RDEV:DEV] (hex, as CRIU), external veth devices as veth[IFNAME]:OUTNAME, external mounts as mnt[MOUNTPOINT]:KEY (dump) / mnt[KEY]:PATH (restore) and external net and pid namespaces as net[INODE]:KEY and pid[INODE]:KEY".into(),
             });
         }
         for (fd, key) in &self.inherit_fd {
@@ -464,10 +464,10 @@ impl Options {
                 && key
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-            if !(pipe || name) || *fd < 0 {
+            if !(pipe || name || tty_key(key)) || *fd < 0 {
                 r.push(Refused {
                     option: format!("--inherit-fd fd[{fd}]:{key}"),
-                    why: "crest takes --inherit-fd for pipes (fd[N]:pipe:[INODE]), unix sockets (fd[N]:socket:[INODE]) and external namespaces (fd[N]:KEY)".into(),
+                    why: "crest takes --inherit-fd for pipes (fd[N]:pipe:[INODE]), unix sockets (fd[N]:socket:[INODE]), terminals (fd[N]:tty[RDEV:DEV]) and external namespaces (fd[N]:KEY)".into(),
                 });
             }
         }
@@ -493,9 +493,28 @@ pub fn parse_size(s: &str) -> Option<u64> {
     digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
+/// Whether `key` is CRIU's name of an external terminal: `tty[RDEV:DEV]`,
+/// both numbers in hex.
+pub fn tty_key(key: &str) -> bool {
+    key.strip_prefix("tty[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.split_once(':'))
+        .is_some_and(|(a, b)| {
+            u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tty_keys_are_criu_hex_pairs() {
+        assert!(tty_key("tty[8800:1a]"));
+        assert!(!tty_key("tty[8800]"));
+        assert!(!tty_key("tty[xyz:1]"));
+        assert!(!tty_key("pipe:[12]"));
+    }
 
     #[test]
     fn defaults_are_criu_defaults_and_go() {

@@ -83,6 +83,9 @@ pub struct FileTable {
     /// A pty slave whose master is outside the tree is dumped (the RPC's
     /// `orphan_pts_master`: the caller takes a new master at restore).
     pub orphan_pts_master: bool,
+    /// `--external tty[RDEV:DEV]` keys: terminals outside the tree that
+    /// the caller gives back at restore with `--inherit-fd`.
+    pub external_ttys: Vec<String>,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
     /// `--tcp-close`: a connected TCP socket is dumped as a closed one

@@ -90,13 +90,17 @@ impl FileTable {
                 "a pty master ({link}) whose index fdinfo does not show"
             )));
         }
+        let key = format!("tty[{:x}:{:x}]", rdev, meta.dev());
+        let external = self.external_ttys.contains(&key);
         let orphan_slave = self.orphan_pts_master && (136..=143).contains(&major(rdev));
-        if !self.shell_job && !orphan_slave {
+        if !self.shell_job && !orphan_slave && !external {
             return Err(unsupported(format!(
                 "the terminal {link}, which the tree does not own; dump with --shell-job (-j) \
-                 to give it the restoring crest's terminal"
+                 to give it the restoring crest's terminal, or name it with --external {key} \
+                 and give it back with --inherit-fd fd[N]:{key}"
             )));
         }
+        let ty = if external { TtyType::ExtTty } else { ty };
         if let Some(id) = self.tty.files.get(&(rdev, flags)) {
             return Ok(Some(*id));
         }
@@ -121,7 +125,7 @@ impl FileTable {
                     pty: (ty == TtyType::Pty).then(|| crest_images::pb::TtyPtyEntry {
                         index: minor(rdev) as u32 + 256 * (major(rdev) as u32 - 136),
                     }),
-                    dev: None,
+                    dev: external.then_some(meta.dev() as u32),
                     ..TtyInfoEntry::default()
                 });
                 id
@@ -244,6 +248,9 @@ pub fn open(
             .cloned();
         let fd = match (info, pair) {
             (Some(info), Some(m)) => super::pty::open(t, e, &info, &m, files)?,
+            (Some(info), None) if info.r#type == TtyType::ExtTty as i32 => {
+                open_external(t, &info, files, flags)?
+            }
             (Some(info), None) if files.ttys.orphan_pts_master && info.pty.is_some() => {
                 open_orphan_slave(t, &info, files, (flags & keep) | libc::O_NOCTTY)?
             }
@@ -267,6 +274,58 @@ pub fn open(
         kept.keep(t, e.id, fd)?;
     }
     kept.dup(t, e.id)
+}
+
+/// The terminal the caller gives for external terminal `info` (CRIU's
+/// `--inherit-fd fd[N]:tty[RDEV:DEV]`), with the dumped settings; `t`
+/// takes it as its controlling terminal if it leads the session it
+/// controlled.
+fn open_external(
+    t: &mut Tracee,
+    info: &TtyInfoEntry,
+    files: &mut super::restore::RestoreFiles,
+    flags: i32,
+) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let key = format!("tty[{:x}:{:x}]", info.rdev, info.dev.unwrap_or(0));
+    let given = files
+        .inherit
+        .get(&key)
+        .ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: format!("the external terminal {key} without --inherit-fd fd[N]:{key}"),
+        })?;
+    set_settings(given, info).rat(pid, format!("set the settings of {key}"))?;
+    let fd = super::share::give_fd(t, given)?;
+    let status = (flags & (libc::O_NONBLOCK | libc::O_APPEND)) as u64;
+    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
+        .rat(pid, format!("set the flags of {key}"))?;
+    take_as_ctty(t, fd, info)?;
+    Ok(fd)
+}
+
+/// `t` takes terminal `fd` as its controlling terminal, with the
+/// foreground group, if it leads the session `info` says it controlled.
+fn take_as_ctty(t: &mut Tracee, fd: u64, info: &TtyInfoEntry) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if info.sid == 0 {
+        return Ok(());
+    }
+    let me = t.syscall(nr::GETPID, &[]).rat(pid, "getpid")?;
+    let sid = t.syscall(nr::GETSID, &[0]).rat(pid, "getsid")?;
+    if me != sid || me != u64::from(info.sid) {
+        return Ok(());
+    }
+    t.syscall(nr::IOCTL, &[fd, libc::TIOCSCTTY, 0])
+        .rat(pid, "take the controlling terminal")?;
+    if info.pgrp != 0 {
+        let pg = t
+            .put(&(info.pgrp as i32).to_ne_bytes())
+            .rat(pid, "write an int")?;
+        t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg])
+            .rat(pid, "set the terminal's foreground group")?;
+    }
+    Ok(())
 }
 
 /// Pty pairs made before any task needed them (a runtime binds a
@@ -433,21 +492,7 @@ fn open_orphan_slave(
     };
     // the controlling terminal of the session it leads, with its
     // foreground group
-    if info.sid != 0 {
-        let me = t.syscall(nr::GETPID, &[]).rat(pid, "getpid")?;
-        let sid = t.syscall(nr::GETSID, &[0]).rat(pid, "getsid")?;
-        if me == sid && me == u64::from(info.sid) {
-            t.syscall(nr::IOCTL, &[fd, libc::TIOCSCTTY, 0])
-                .rat(pid, "take the controlling terminal")?;
-            if info.pgrp != 0 {
-                let pg = t
-                    .put(&(info.pgrp as i32).to_ne_bytes())
-                    .rat(pid, "write an int")?;
-                t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg])
-                    .rat(pid, "set the terminal's foreground group")?;
-            }
-        }
-    }
+    take_as_ctty(t, fd, info)?;
     Ok(fd)
 }
 
