@@ -791,7 +791,20 @@ fn make_pair(
         });
     }
     let path = format!("/proc/{pid}/root{ptmx}");
-    let ctx = |what: &str| format!("{what} of pty {index} ({ptmx})");
+    // (the steps name the image the pair comes from)
+    let ctx = |what: &str| {
+        format!(
+            "{what} of pty {index} ({ptmx}, {})",
+            crest_images::names::TTY_INFO
+        )
+    };
+    if index >= 1 << 20 {
+        return Err(RestoreError::BadImage {
+            pid,
+            file: crest_images::names::TTY_INFO.into(),
+            what: format!("pty index {index}"),
+        });
+    }
     // the devpts gives the lowest free index: open until it is ours
     let mut spare = Vec::new();
     let master = loop {
