@@ -12,13 +12,14 @@
 //! - `aio_refused` (`aio pending`): an AIO context with a completion not
 //!   reaped yet (the ring is made again empty), which must still be there
 //!   after the refused dump;
-//! - `hugetlb_refused` (`kernel_objects hugetlb_shared`): a shared
-//!   MAP_HUGETLB mapping, which a plain mapping made again would quietly
+//! - `hugetlb_refused` (`kernel_objects shm_hugetlb`): a SHM_HUGETLB
+//!   segment attached, which a plain segment made again would quietly
 //!   replace (the case reserves two huge pages for itself, and gives them
 //!   back);
-//! - `hugetlb_private` (`kernel_objects hugetlb`, host, ns and uns
-//!   flavors): a private MAP_HUGETLB mapping with a pattern per 4 KiB
-//!   page comes back with its data, still of 2 MiB pages;
+//! - `hugetlb_private` (`kernel_objects hugetlb` and `hugetlb_shared`,
+//!   host, ns and uns flavors): a private MAP_HUGETLB mapping with a
+//!   pattern per 4 KiB page comes back with its data, still of 2 MiB
+//!   pages; a shared one, with a child, stays shared;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
@@ -176,8 +177,8 @@ fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
             dir,
             procs,
             (&[], "true"),
-            ("kernel_objects", "hugetlb_shared"),
-            &["shared hugetlb mapping"],
+            ("kernel_objects", "shm_hugetlb"),
+            &["shared hugetlb mapping", "SHM_HUGETLB"],
         )
     });
     r.unwrap_or_else(|| {
@@ -199,8 +200,16 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
         settle: crate::case::Settle::Blocked,
     };
     let r = with_huge_pages(2, || {
-        for flavor in [crate::Flavor::Host, crate::Flavor::Ns, crate::Flavor::Uns] {
-            let name = format!("{}-{}", dir.root.display(), flavor.name());
+        let flavors = [crate::Flavor::Host, crate::Flavor::Ns, crate::Flavor::Uns];
+        for (flavor, kind) in flavors
+            .iter()
+            .flat_map(|f| [(*f, "hugetlb"), (*f, "hugetlb_shared")])
+        {
+            let w = crate::case::Workload {
+                args: vec![kind.into()],
+                ..w.clone()
+            };
+            let name = format!("{}-{}-{kind}", dir.root.display(), flavor.name());
             let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlb"))?;
             let mode = if cfg.checkpoint {
                 case::Mode::DumpRestore
@@ -210,7 +219,7 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
             match case::run_flavor(cfg, &w, &sub, flavor, StdioKind::DevNull, mode).0 {
                 Outcome::Pass | Outcome::PassWith(_) => sub.remove(),
                 Outcome::Skip(why) => return Ok(Outcome::Skip(why)),
-                Outcome::Fail(why) => bail!("[{}] {why}", flavor.name()),
+                Outcome::Fail(why) => bail!("[{}, {kind}] {why}", flavor.name()),
             }
         }
         Ok(Outcome::Pass)

@@ -1,13 +1,17 @@
 /* kernel_objects STATEDIR KIND - holds one kernel object:
  *   hugetlb  a private MAP_HUGETLB mapping with data, a pattern per page
  *            (needs huge pages in the pool: skipped without); carried;
- *   hugetlb_shared  the same, shared: refused, the task must run on;
+ *   hugetlb_shared  the same, shared with a child, which after the
+ *            restore must see a flag the parent writes and answer it;
+ *   shm_hugetlb  a SHM_HUGETLB SysV segment attached: refused, the task
+ *            must run on;
  *   io_uring an io_uring's submission ring mapped, its fd closed.
  * After SIGTERM it checks that the object is still there and whole. */
 #include "wl.h"
 
 #include <linux/io_uring.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 
 int main(int argc, char **argv)
@@ -16,12 +20,36 @@ int main(int argc, char **argv)
 	wl_block_term();
 	const char *kind = argc > 2 ? argv[2] : "";
 	char *huge = NULL;
+	pid_t child = 0;
 	if (!strcmp(kind, "hugetlb") || !strcmp(kind, "hugetlb_shared")) {
 		int share = strcmp(kind, "hugetlb") ? MAP_SHARED : MAP_PRIVATE;
 		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, share | MAP_ANONYMOUS | MAP_HUGETLB,
 			    -1, 0);
 		if (huge == MAP_FAILED)
 			wl_skip("MAP_HUGETLB: %s (no huge pages in the pool?)", strerror(errno));
+		for (size_t i = 0; i < (2 << 20); i += 4096)
+			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
+		if (share == MAP_SHARED) {
+			/* the child waits for the flag in the last page's first
+			 * byte and answers in its second */
+			volatile char *flag = huge + (2 << 20) - 4096;
+			flag[0] = flag[1] = 0;
+			child = wl_fork();
+			if (child == 0) {
+				for (int i = 0; i < 60000 && flag[0] != 1; i++)
+					usleep(1000);
+				flag[1] = flag[0] == 1 ? 2 : 3;
+				_exit(0);
+			}
+		}
+	} else if (!strcmp(kind, "shm_hugetlb")) {
+		int id = shmget(IPC_PRIVATE, 2 << 20, IPC_CREAT | SHM_HUGETLB | 0600);
+		if (id < 0)
+			wl_skip("shmget(SHM_HUGETLB): %s (no huge pages in the pool?)", strerror(errno));
+		huge = shmat(id, NULL, 0);
+		shmctl(id, IPC_RMID, NULL);
+		if (huge == (void *)-1)
+			wl_fail("shmat: %s", strerror(errno));
 		for (size_t i = 0; i < (2 << 20); i += 4096)
 			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
 	} else if (!strcmp(kind, "io_uring")) {
@@ -42,6 +70,18 @@ int main(int argc, char **argv)
 	wl_ready();
 	wl_wait_term();
 
+	if (child) {
+		volatile char *flag = huge + (2 << 20) - 4096;
+		flag[0] = 1;
+		for (int i = 0; i < 5000 && flag[1] == 0; i++)
+			usleep(1000);
+		if (flag[1] != 2)
+			wl_fail("the child did not see the flag in the shared huge page (%d)", flag[1]);
+		if (wl_waitpid(child, "waitpid") != 0)
+			wl_fail("the child failed");
+		/* (the flag page's first bytes are the flag's now) */
+		flag[0] = flag[1] = (char)(0x11 + 511 % 200);
+	}
 	if (huge) {
 		for (size_t i = 0; i < (2 << 20); i += 4096)
 			if (huge[i] != (char)(0x11 + i / 4096 % 200) ||

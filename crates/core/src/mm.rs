@@ -87,13 +87,13 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     }
     // A SysV segment: its inode number is the segment's id.
     let sysv = m.shared && m.path.starts_with("/SYSV");
+    // anonymous memory of huge pages (MAP_HUGETLB): made again with the
+    // same page size; shared, it is shared memory like any other
+    let huge = m.path == "/anon_hugepage (deleted)" && smaps.is_some_and(|s| s.has("ht"));
+    let huge_private = huge && !m.shared;
     // (a named one shows as [anon_shmem:NAME])
     let shmem_anon =
-        m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("[anon_shmem:"));
-    // private anonymous memory of huge pages (MAP_HUGETLB): made again
-    // with the same page size
-    let huge_private =
-        !m.shared && m.path == "/anon_hugepage (deleted)" && smaps.is_some_and(|s| s.has("ht"));
+        m.shared && (m.path.starts_with("/dev/zero") || m.path.starts_with("[anon_shmem:") || huge);
     let anon = !m.is_file() || shmem_anon || sysv || huge_private;
     let mut flags = if m.shared {
         libc::MAP_SHARED
@@ -103,7 +103,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     if anon {
         flags |= libc::MAP_ANONYMOUS as u32;
     }
-    if huge_private {
+    if huge {
         let bytes = smaps.map_or(2048, |s| s.kernel_page_kb) * 1024;
         flags |= libc::MAP_HUGETLB as u32 | (bytes.trailing_zeros() << libc::MAP_HUGE_SHIFT);
     }
@@ -329,7 +329,7 @@ pub fn dump(
         // what a plain mapping made again would quietly lose
         let odd = if sm.is_some_and(|s| s.has("ht")) && vma.flags & libc::MAP_HUGETLB as u32 == 0 {
             Some(format!(
-                "a {} hugetlb mapping of {} (shared MAP_HUGETLB, SHM_HUGETLB, a hugetlbfs file or \
+                "a {} hugetlb mapping of {} (SHM_HUGETLB, a hugetlbfs file or a hugetlb \
                  memfd)",
                 if m.shared { "shared" } else { "private" },
                 m.path
