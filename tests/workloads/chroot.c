@@ -5,11 +5,15 @@
  * 2), maps it, and holds a pipe to its parent. (The harness compares the
  * child's root and cwd links from outside.) After SIGTERM the parent tells
  * the child, which checks from inside: its cwd is /inner, "/" is the jail ("/.." is "/", and /data is fd 9's file), fd 9
- * reads on from offset 2, and the mapping shows the file. */
+ * reads on from offset 2, the mapping shows the file, and a listener it
+ * bound to /l.sock in the jail keeps that name, its accepted connection
+ * carries the data queued and a new client connects. */
 #include "wl.h"
 
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #define DATA_FD 9
 
@@ -29,6 +33,15 @@ static void child(int rd, int wr)
 	char *map = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, DATA_FD, 0);
 	if (map == MAP_FAILED)
 		_exit(13);
+	/* a listener bound in the jail, and a client connected to it */
+	struct sockaddr_un sa = {.sun_family = AF_UNIX, .sun_path = "/l.sock"};
+	int l = socket(AF_UNIX, SOCK_STREAM, 0), c = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (l < 0 || c < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) || listen(l, 4) ||
+	    connect(c, (struct sockaddr *)&sa, sizeof(sa)))
+		_exit(16);
+	int a = accept(l, NULL, NULL);
+	if (a < 0 || write(c, "ping", 4) != 4)
+		_exit(17);
 	if (write(wr, "r", 1) != 1)
 		_exit(14);
 	char go;
@@ -48,6 +61,16 @@ static void child(int rd, int wr)
 		_exit(23);
 	if (memcmp(map, "jailfile", 8))
 		_exit(24);
+	struct sockaddr_un got;
+	socklen_t gl = sizeof(got);
+	char ping[4];
+	if (getsockname(l, (struct sockaddr *)&got, &gl) || strcmp(got.sun_path, "/l.sock"))
+		_exit(25);
+	if (read(a, ping, 4) != 4 || memcmp(ping, "ping", 4))
+		_exit(26);
+	int c2 = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (c2 < 0 || connect(c2, (struct sockaddr *)&sa, sizeof(sa)) || accept(l, NULL, NULL) < 0)
+		_exit(27);
 	_exit(0);
 }
 
@@ -86,12 +109,18 @@ int main(int argc, char **argv)
 	wl_ready();
 	wl_wait_term();
 
+	/* the listener's file is in the jail */
+	struct stat ls;
+	snprintf(path, sizeof(path), "%s/l.sock", jail);
+	if (stat(path, &ls) || !S_ISSOCK(ls.st_mode))
+		wl_fail("%s is not the listener's socket file", path);
 	if (write(down[1], "g", 1) != 1)
 		wl_fail("write to the child: %s", strerror(errno));
 	int st = wl_waitpid(c, "waitpid");
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
 		wl_fail("the child's check failed (status %#x: 20 cwd, 21 root, 22 /data, 23 fd 9's "
-			"offset, 24 the mapping)",
+			"offset, 24 the mapping, 25 the listener's name, 26 the connection, 27 a new "
+			"connection)",
 			st);
 	wl_pass();
 }

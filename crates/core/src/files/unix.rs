@@ -132,13 +132,25 @@ impl FileTable {
         let mut perms = None;
         let mut deleted = None;
         let mut name_dir = None;
+        // a chrooted task's name is a path in its chroot: the restore
+        // binds there (`bind_in_root`)
+        let mut crest_root = None;
         if !name.is_empty() && name[0] != 0 && crate::procfs::chrooted(ctx) {
-            // (its name is a path in the chroot, which the restore has not
-            // entered when it binds)
-            return Err(unsupported(format!(
-                "a unix socket bound to {} by a chrooted task",
-                show_name(&name)
-            )));
+            if name[0] != b'/' {
+                return Err(unsupported(format!(
+                    "a unix socket bound to the relative path {} by a chrooted task",
+                    show_name(&name)
+                )));
+            }
+            let root =
+                crate::procfs::read_link(&format!("/proc/{ctx}/root")).at(pid, "read root")?;
+            if !root.starts_with('/') || root.ends_with(" (deleted)") {
+                return Err(unsupported(format!(
+                    "a unix socket bound to {} in the chroot {root}",
+                    show_name(&name)
+                )));
+            }
+            crest_root = Some(root);
         }
         if !name.is_empty() && name[0] != 0 {
             let full = if name[0] == b'/' {
@@ -259,6 +271,7 @@ impl FileTable {
             shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
             file_perms: perms,
             name_dir,
+            crest_root,
             deleted,
         };
         let id = self.push(FileEntry {
@@ -404,6 +417,7 @@ impl FileTable {
                     shutdown: None,
                     file_perms: None,
                     name_dir: None,
+                    crest_root: None,
                     deleted: None,
                 }),
                 ..FileEntry::default()
@@ -770,6 +784,66 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
     came_back.map(drop)
 }
 
+/// The chroot a socket's name is a path in: None for the root of the
+/// mount namespace.
+fn chroot_of(u: &UnixSkEntry) -> Option<&str> {
+    u.crest_root
+        .as_deref()
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|r| !r.is_empty())
+}
+
+/// Where crest finds path `path` of socket `u`'s root in task `pid`.
+fn path_here(pid: i32, u: &UnixSkEntry, path: &str) -> String {
+    format!("/proc/{pid}/root{}{path}", chroot_of(u).unwrap_or(""))
+}
+
+/// Runs `f` with `t` chrooted into `root` (a path in its mount
+/// namespace) if there is one, so that a socket's name means what it
+/// meant to its chrooted task; `t`'s root and cwd come back after.
+fn in_root<T>(
+    t: &mut Tracee,
+    root: Option<&str>,
+    f: impl FnOnce(&mut Tracee) -> Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    let Some(root) = root else {
+        return f(t);
+    };
+    let pid = t.pid();
+    let flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    let open_dir = |t: &mut Tracee, path: &[u8]| -> Result<u64, RestoreError> {
+        let at = kept::put(t, path)?;
+        t.syscall(nr::OPENAT, &[libc::AT_FDCWD as u64, at, flags, 0])
+            .rat(pid, "open a directory to come back to")
+    };
+    let cwd = open_dir(t, b".\0")?;
+    let top = open_dir(t, b"/\0")?;
+    let mut p = root.as_bytes().to_vec();
+    p.push(0);
+    let at = kept::put(t, &p)?;
+    let r = match t
+        .syscall(nr::CHROOT, &[at])
+        .rat(pid, format!("chroot {root} for a socket's name"))
+    {
+        Ok(_) => {
+            let r = f(t);
+            // back out of the chroot through the fd of the old root
+            let dot = kept::put(t, b".\0")?;
+            t.syscall(nr::FCHDIR, &[top])
+                .rat(pid, "fchdir to the root")?;
+            t.syscall(nr::CHROOT, &[dot])
+                .rat(pid, "chroot back to the root")?;
+            r
+        }
+        Err(e) => Err(e),
+    };
+    t.syscall(nr::FCHDIR, &[cwd]).rat(pid, "fchdir back")?;
+    for fd in [cwd, top] {
+        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    }
+    r
+}
+
 /// Binds to `u`'s name, whose file is at `path` (absolute, in the task's
 /// root).
 fn bind_in(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), RestoreError> {
@@ -778,19 +852,21 @@ fn bind_in(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), R
         return bind_deleted(t, fd, u, path);
     }
     if u.name.first() != Some(&0) {
-        let here = format!("/proc/{pid}/root{path}");
+        let here = path_here(pid, u, path);
         // The dumped socket left its file behind: remove that (and only a
         // socket file) to bind again.
         if std::fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_socket()) {
             std::fs::remove_file(&here).rat(pid, format!("remove the old socket file {path}"))?;
         }
     }
-    let addr = kept::put(t, &sockaddr(&u.name))?;
-    let len = sockaddr(&u.name).len() as u64;
-    t.syscall(nr::BIND, &[fd, addr, len])
-        .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)))?;
+    in_root(t, chroot_of(u), |t| {
+        let addr = kept::put(t, &sockaddr(&u.name))?;
+        let len = sockaddr(&u.name).len() as u64;
+        t.syscall(nr::BIND, &[fd, addr, len])
+            .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)))
+    })?;
     if let Some(p) = &u.file_perms {
-        let here = format!("/proc/{pid}/root{path}");
+        let here = path_here(pid, u, path);
         std::fs::set_permissions(&here, std::fs::Permissions::from_mode(p.mode))
             .rat(pid, "chmod a socket file")?;
         std::os::unix::fs::lchown(&here, Some(p.uid), Some(p.gid))
@@ -804,17 +880,18 @@ fn bind_in(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), R
 /// whatever holds the name now steps aside meanwhile.
 fn bind_deleted(t: &mut Tracee, fd: u64, u: &UnixSkEntry, path: &str) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let here = format!("/proc/{pid}/root{path}");
+    let here = path_here(pid, u, path);
     let aside = format!("{here}.crest-aside-{}", u.ino);
     let occupied = std::fs::symlink_metadata(&here).is_ok();
     if occupied {
         std::fs::rename(&here, &aside).rat(pid, format!("move {path} aside"))?;
     }
-    let addr = kept::put(t, &sockaddr(&u.name))?;
-    let len = sockaddr(&u.name).len() as u64;
-    let bound = t
-        .syscall(nr::BIND, &[fd, addr, len])
-        .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)));
+    let bound = in_root(t, chroot_of(u), |t| {
+        let addr = kept::put(t, &sockaddr(&u.name))?;
+        let len = sockaddr(&u.name).len() as u64;
+        t.syscall(nr::BIND, &[fd, addr, len])
+            .rat(pid, format!("bind a unix socket to {}", show_name(&u.name)))
+    });
     let removed = if bound.is_ok() {
         std::fs::remove_file(&here).rat(pid, "remove the socket file again")
     } else {
@@ -910,7 +987,8 @@ fn make(
             if named && !name_taken(files, &u) {
                 bind(t, fd, &u)?;
             }
-            connect(t, fd, &p.name)?;
+            // (a name in a chroot is reached from inside it)
+            in_root(t, chroot_of(&p), |t| connect(t, fd, &p.name))?;
             kept.keep(t, u.id, fd)?;
             made.push(u);
         }
