@@ -19,7 +19,9 @@
 //! - `hugetlb_private` (`kernel_objects hugetlb` and `hugetlb_shared`,
 //!   host, ns and uns flavors): a private MAP_HUGETLB mapping with a
 //!   pattern per 4 KiB page comes back with its data, still of 2 MiB
-//!   pages; a shared one, with a child, stays shared;
+//!   pages; a shared one, with a child, stays shared; a file on a
+//!   hugetlbfs mount (host flavor), mapped shared and private with a page
+//!   of its own, comes back mapped from the file with that page;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
@@ -220,6 +222,43 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
                 Outcome::Pass | Outcome::PassWith(_) => sub.remove(),
                 Outcome::Skip(why) => return Ok(Outcome::Skip(why)),
                 Outcome::Fail(why) => bail!("[{}, {kind}] {why}", flavor.name()),
+            }
+        }
+        // a file on a hugetlbfs mount, mapped shared and private (its
+        // page, and the private copy; the file keeps its page across)
+        let w = crate::case::Workload {
+            args: vec!["hugetlbfs".into()],
+            ..w.clone()
+        };
+        let name = format!("{}-hugetlbfs", dir.root.display());
+        let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlbfs"))?;
+        let hp = sub.state.join("hp");
+        fs::create_dir_all(&hp)?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "hugetlbfs", "none"])
+            .arg(&hp)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return Ok(Outcome::Skip("cannot mount hugetlbfs".into()));
+        }
+        let outcome = with_huge_pages(2, || {
+            let mode = if cfg.checkpoint {
+                case::Mode::DumpRestore
+            } else {
+                case::Mode::SelfCheck
+            };
+            case::run_flavor(cfg, &w, &sub, crate::Flavor::Host, StdioKind::DevNull, mode).0
+        });
+        let _ = std::process::Command::new("umount").arg(&hp).status();
+        match outcome {
+            Some(Outcome::Pass | Outcome::PassWith(_)) => sub.remove(),
+            Some(Outcome::Fail(why)) => bail!("[host, hugetlbfs] {why}"),
+            Some(Outcome::Skip(why)) => return Ok(Outcome::Skip(why)),
+            None => {
+                return Ok(Outcome::Skip(format!(
+                    "cannot reserve huge pages in {HUGE_POOL}"
+                )))
             }
         }
         Ok(Outcome::Pass)

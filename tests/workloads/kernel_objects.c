@@ -3,6 +3,8 @@
  *            (needs huge pages in the pool: skipped without); carried;
  *   hugetlb_shared  the same, shared with a child, which after the
  *            restore must see a flag the parent writes and answer it;
+ *   hugetlbfs  a file on a hugetlbfs mount at STATEDIR/hp mapped shared
+ *            and private (a page of its own in the private one);
  *   shm_hugetlb  a SHM_HUGETLB SysV segment attached: refused, the task
  *            must run on;
  *   io_uring an io_uring's submission ring mapped, its fd closed.
@@ -19,7 +21,7 @@ int main(int argc, char **argv)
 	wl_init(argc, argv);
 	wl_block_term();
 	const char *kind = argc > 2 ? argv[2] : "";
-	char *huge = NULL;
+	char *huge = NULL, *priv = NULL;
 	pid_t child = 0;
 	if (!strcmp(kind, "hugetlb") || !strcmp(kind, "hugetlb_shared")) {
 		int share = strcmp(kind, "hugetlb") ? MAP_SHARED : MAP_PRIVATE;
@@ -42,6 +44,25 @@ int main(int argc, char **argv)
 				_exit(0);
 			}
 		}
+	} else if (!strcmp(kind, "hugetlbfs")) {
+		/* STATEDIR/hp is a hugetlbfs mount (the case makes it): a file
+		 * there mapped shared (its pages are the file's) and private (a
+		 * written page is the task's own copy) */
+		char path[4200];
+		snprintf(path, sizeof(path), "%s/hp/file", wl_dir);
+		int f = open(path, O_RDWR | O_CREAT, 0600);
+		if (f < 0)
+			wl_skip("open %s: %s (no hugetlbfs mount there?)", path, strerror(errno));
+		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		if (huge == MAP_FAILED)
+			wl_skip("mmap %s: %s (no huge pages in the pool?)", path, strerror(errno));
+		for (size_t i = 0; i < (2 << 20); i += 4096)
+			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
+		priv = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE, f, 0);
+		if (priv == MAP_FAILED)
+			wl_skip("mmap %s private: %s", path, strerror(errno));
+		close(f);
+		memcpy(priv + 4096, "private copy", 12);
 	} else if (!strcmp(kind, "shm_hugetlb")) {
 		int id = shmget(IPC_PRIVATE, 2 << 20, IPC_CREAT | SHM_HUGETLB | 0600);
 		if (id < 0)
@@ -81,6 +102,14 @@ int main(int argc, char **argv)
 			wl_fail("the child failed");
 		/* (the flag page's first bytes are the flag's now) */
 		flag[0] = flag[1] = (char)(0x11 + 511 % 200);
+	}
+	if (priv) {
+		if (memcmp(priv + 4096, "private copy", 12))
+			wl_fail("the private mapping's own page is gone");
+		if (memcmp(huge + 4096, "private copy", 12) == 0)
+			wl_fail("the private page reached the file");
+		if (priv[0] != 0x11 || priv[8192] != (char)(0x11 + 2))
+			wl_fail("the private mapping does not show the file");
 	}
 	if (huge) {
 		for (size_t i = 0; i < (2 << 20); i += 4096)

@@ -326,11 +326,20 @@ pub fn dump(
             aios.push(aio_ring(t, m.start, m.end)?);
             continue;
         }
-        // what a plain mapping made again would quietly lose
-        let odd = if sm.is_some_and(|s| s.has("ht")) && vma.flags & libc::MAP_HUGETLB as u32 == 0 {
+        // what a plain mapping made again would quietly lose (a file on
+        // a hugetlbfs mount that is still there is mapped from it again,
+        // and so of huge pages)
+        let hugetlbfs_file = m.is_file()
+            && !m.deleted()
+            && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
+            && crate::files::memfd::name_of(&m.path).is_none();
+        let odd = if sm.is_some_and(|s| s.has("ht"))
+            && vma.flags & libc::MAP_HUGETLB as u32 == 0
+            && !hugetlbfs_file
+        {
             Some(format!(
-                "a {} hugetlb mapping of {} (SHM_HUGETLB, a hugetlbfs file or a hugetlb \
-                 memfd)",
+                "a {} hugetlb mapping of {} (SHM_HUGETLB, a deleted hugetlbfs file or a \
+                 hugetlb memfd)",
                 if m.shared { "shared" } else { "private" },
                 m.path
             ))
