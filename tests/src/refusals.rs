@@ -12,14 +12,14 @@
 //! - `aio_refused` (`aio pending`): an AIO context with a completion not
 //!   reaped yet (the ring is made again empty), which must still be there
 //!   after the refused dump;
-//! - `hugetlb_refused` (`kernel_objects shm_hugetlb`): a SHM_HUGETLB
-//!   segment attached, which a plain segment made again would quietly
-//!   replace (the case reserves two huge pages for itself, and gives them
-//!   back);
+//! - `hugetlb_refused` (`kernel_objects hugetlb_memfd`): a MFD_HUGETLB
+//!   memfd mapped, which a plain memfd made again would quietly replace
+//!   (the case reserves two huge pages for itself, and gives them back);
 //! - `hugetlb_private` (`kernel_objects hugetlb` and `hugetlb_shared`,
 //!   host, ns and uns flavors): a private MAP_HUGETLB mapping with a
 //!   pattern per 4 KiB page comes back with its data, still of 2 MiB
-//!   pages; a shared one, with a child, stays shared; a file on a
+//!   pages; a shared one, with a child, stays shared; so does a
+//!   SHM_HUGETLB segment attached (`shm_hugetlb`); a file on a
 //!   hugetlbfs mount (host flavor), mapped shared and private with a page
 //!   of its own, comes back mapped from the file with that page;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
@@ -179,8 +179,8 @@ fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
             dir,
             procs,
             (&[], "true"),
-            ("kernel_objects", "shm_hugetlb"),
-            &["shared hugetlb mapping", "SHM_HUGETLB"],
+            ("kernel_objects", "hugetlb_memfd"),
+            &["hugetlb memfd"],
         )
     });
     r.unwrap_or_else(|| {
@@ -205,7 +205,7 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
         let flavors = [crate::Flavor::Host, crate::Flavor::Ns, crate::Flavor::Uns];
         for (flavor, kind) in flavors
             .iter()
-            .flat_map(|f| [(*f, "hugetlb"), (*f, "hugetlb_shared")])
+            .flat_map(|f| [(*f, "hugetlb"), (*f, "hugetlb_shared"), (*f, "shm_hugetlb")])
         {
             let w = crate::case::Workload {
                 args: vec![kind.into()],

@@ -5,7 +5,8 @@
  *            restore must see a flag the parent writes and answer it;
  *   hugetlbfs  a file on a hugetlbfs mount at STATEDIR/hp mapped shared
  *            and private (a page of its own in the private one);
- *   shm_hugetlb  a SHM_HUGETLB SysV segment attached: refused, the task
+ *   shm_hugetlb  a SHM_HUGETLB SysV segment attached (removed at the end);
+ *   hugetlb_memfd  a MFD_HUGETLB memfd mapped shared: refused, the task
  *            must run on;
  *   io_uring an io_uring's submission ring mapped, its fd closed.
  * After SIGTERM it checks that the object is still there and whole. */
@@ -23,6 +24,7 @@ int main(int argc, char **argv)
 	const char *kind = argc > 2 ? argv[2] : "";
 	char *huge = NULL, *priv = NULL;
 	pid_t child = 0;
+	int shm_id = -1;
 	if (!strcmp(kind, "hugetlb") || !strcmp(kind, "hugetlb_shared")) {
 		int share = strcmp(kind, "hugetlb") ? MAP_SHARED : MAP_PRIVATE;
 		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, share | MAP_ANONYMOUS | MAP_HUGETLB,
@@ -64,13 +66,22 @@ int main(int argc, char **argv)
 		close(f);
 		memcpy(priv + 4096, "private copy", 12);
 	} else if (!strcmp(kind, "shm_hugetlb")) {
-		int id = shmget(IPC_PRIVATE, 2 << 20, IPC_CREAT | SHM_HUGETLB | 0600);
-		if (id < 0)
+		shm_id = shmget(IPC_PRIVATE, 2 << 20, IPC_CREAT | SHM_HUGETLB | 0600);
+		if (shm_id < 0)
 			wl_skip("shmget(SHM_HUGETLB): %s (no huge pages in the pool?)", strerror(errno));
-		huge = shmat(id, NULL, 0);
-		shmctl(id, IPC_RMID, NULL);
+		huge = shmat(shm_id, NULL, 0);
 		if (huge == (void *)-1)
 			wl_fail("shmat: %s", strerror(errno));
+		for (size_t i = 0; i < (2 << 20); i += 4096)
+			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
+	} else if (!strcmp(kind, "hugetlb_memfd")) {
+		int f = memfd_create("huge", MFD_HUGETLB);
+		if (f < 0 || ftruncate(f, 2 << 20))
+			wl_skip("memfd_create(MFD_HUGETLB): %s (no huge pages in the pool?)",
+				strerror(errno));
+		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		if (huge == MAP_FAILED)
+			wl_skip("mmap a hugetlb memfd: %s", strerror(errno));
 		for (size_t i = 0; i < (2 << 20); i += 4096)
 			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
 	} else if (!strcmp(kind, "io_uring")) {
@@ -132,5 +143,7 @@ int main(int argc, char **argv)
 		if (!ok)
 			wl_fail("the mapping at %p is no longer of 2 MiB pages", huge);
 	}
+	if (shm_id >= 0)
+		shmctl(shm_id, IPC_RMID, NULL);
 	wl_pass();
 }

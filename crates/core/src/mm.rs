@@ -333,13 +333,15 @@ pub fn dump(
             && !m.deleted()
             && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
             && crate::files::memfd::name_of(&m.path).is_none();
+        // (a SHM_HUGETLB segment: attached again, it is of huge pages)
+        let sysv = vma.status & status::SYSVIPC != 0;
         let odd = if sm.is_some_and(|s| s.has("ht"))
             && vma.flags & libc::MAP_HUGETLB as u32 == 0
             && !hugetlbfs_file
+            && !sysv
         {
             Some(format!(
-                "a {} hugetlb mapping of {} (SHM_HUGETLB, a deleted hugetlbfs file or a \
-                 hugetlb memfd)",
+                "a {} hugetlb mapping of {} (a deleted hugetlbfs file or a hugetlb memfd)",
                 if m.shared { "shared" } else { "private" },
                 m.path
             ))

@@ -304,6 +304,12 @@ fn dump_shm(pid: i32, t: &mut Tracee, row: &Row) -> Result<(IpcShmEntry, Vec<u8>
         .at(pid, "attach a SysV segment")?;
     let mut data = vec![0u8; size as usize];
     let r = crest_sys::mem::read_remote(t.pid(), &[(addr, data.len())], &mut data);
+    // a SHM_HUGETLB segment: the size of its pages, where it is attached
+    let huge_kb = crate::procfs::read_smaps(t.pid())
+        .ok()
+        .and_then(|v| v.into_iter().find(|s| s.start == addr))
+        .filter(|s| s.has("ht"))
+        .map(|s| s.kernel_page_kb as u32);
     let _ = t.syscall(nr::SHMDT, &[addr]);
     let n = r.at(pid, "read a SysV segment")?;
     if n != data.len() {
@@ -316,6 +322,7 @@ fn dump_shm(pid: i32, t: &mut Tracee, row: &Row) -> Result<(IpcShmEntry, Vec<u8>
         desc,
         size,
         in_pagemaps: Some(false),
+        crest_huge_page_kb: huge_kb,
     };
     Ok((entry, data))
 }
@@ -489,11 +496,19 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
     let name = names::ipcns_shm(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_SHM)?;
     while let Some(e) = r.next_entry::<IpcShmEntry>()? {
-        if e.size > MAX_SHM || e.in_pagemaps == Some(true) || d.shms.len() >= MAX_OBJECTS {
+        // (huge pages: a power of two from 64 KiB to 16 GiB)
+        let huge_ok = e
+            .crest_huge_page_kb
+            .is_none_or(|kb| kb.is_power_of_two() && (64..=1 << 24).contains(&kb));
+        if e.size > MAX_SHM
+            || e.in_pagemaps == Some(true)
+            || d.shms.len() >= MAX_OBJECTS
+            || !huge_ok
+        {
             return Err(bad(
                 name,
                 format!(
-                    "segment {} of {} bytes (or in pagemaps, or too many)",
+                    "segment {} of {} bytes (or in pagemaps, or too many, or of odd huge pages)",
                     e.desc.id, e.size
                 ),
             ));
@@ -741,7 +756,14 @@ fn set_perm(
 fn restore_shm(t: &mut Tracee, e: &IpcShmEntry, data: &[u8]) -> Result<(), RestoreError> {
     let pid = t.pid();
     next_id(t, "shm", e.desc.id)?;
-    let flags = u64::from(e.desc.mode & 0o777) | IPC_CREAT | IPC_EXCL;
+    let mut flags = u64::from(e.desc.mode & 0o777) | IPC_CREAT | IPC_EXCL;
+    if let Some(kb) = e.crest_huge_page_kb {
+        // SHM_HUGETLB with the page size's log in SHM_HUGE_SHIFT's bits
+        const SHM_HUGETLB: u64 = 0o4000;
+        const SHM_HUGE_SHIFT: u32 = 26;
+        let bytes = u64::from(kb) * 1024;
+        flags |= SHM_HUGETLB | (u64::from(bytes.trailing_zeros()) << SHM_HUGE_SHIFT);
+    }
     let got = t
         .syscall(nr::SHMGET, &[u64::from(e.desc.key), e.size, flags])
         .rat(pid, format!("shmget of segment {}", e.desc.id))?;
