@@ -12,14 +12,16 @@
 //! - `aio_refused` (`aio pending`): an AIO context with a completion not
 //!   reaped yet (the ring is made again empty), which must still be there
 //!   after the refused dump;
-//! - `hugetlb_refused` (`kernel_objects hugetlb_memfd`): a MFD_HUGETLB
-//!   memfd mapped, which a plain memfd made again would quietly replace
-//!   (the case reserves two huge pages for itself, and gives them back);
+//! - `hugetlb_refused` (`kernel_objects hugetlbfs_deleted`): a file on a
+//!   hugetlbfs mount (the case's), mapped and deleted, which a plain
+//!   ghost file made again would quietly replace (the case reserves two
+//!   huge pages for itself, and gives them back);
 //! - `hugetlb_private` (`kernel_objects hugetlb` and `hugetlb_shared`,
 //!   host, ns and uns flavors): a private MAP_HUGETLB mapping with a
 //!   pattern per 4 KiB page comes back with its data, still of 2 MiB
 //!   pages; a shared one, with a child, stays shared; so does a
-//!   SHM_HUGETLB segment attached (`shm_hugetlb`); a file on a
+//!   SHM_HUGETLB segment attached (`shm_hugetlb`) and a MFD_HUGETLB memfd
+//!   mapped (`hugetlb_memfd`); a file on a
 //!   hugetlbfs mount (host flavor), mapped shared and private with a page
 //!   of its own, comes back mapped from the file with that page;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
@@ -172,16 +174,36 @@ fn with_huge_pages<T>(n: u64, f: impl FnOnce() -> T) -> Option<T> {
     Some(r)
 }
 
+/// Mounts a hugetlbfs at `dir`'s `state/hp` for `f`.
+fn with_hugetlbfs<T>(dir: &CaseDir, f: impl FnOnce() -> T) -> Option<T> {
+    let hp = dir.state.join("hp");
+    fs::create_dir_all(&hp).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "hugetlbfs", "none"])
+        .arg(&hp)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        return None;
+    }
+    let r = f();
+    let _ = std::process::Command::new("umount").arg(&hp).status();
+    Some(r)
+}
+
 fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let r = with_huge_pages(2, || {
-        refused_in(
-            cfg,
-            dir,
-            procs,
-            (&[], "true"),
-            ("kernel_objects", "hugetlb_memfd"),
-            &["hugetlb memfd"],
-        )
+        with_hugetlbfs(dir, || {
+            refused_in(
+                cfg,
+                dir,
+                procs,
+                (&[], "true"),
+                ("kernel_objects", "hugetlbfs_deleted"),
+                &["hugetlb mapping", "deleted hugetlbfs file"],
+            )
+        })
+        .unwrap_or_else(|| Ok(Outcome::Skip("cannot mount hugetlbfs".into())))
     });
     r.unwrap_or_else(|| {
         Ok(Outcome::Skip(format!(
@@ -203,10 +225,14 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
     };
     let r = with_huge_pages(2, || {
         let flavors = [crate::Flavor::Host, crate::Flavor::Ns, crate::Flavor::Uns];
-        for (flavor, kind) in flavors
-            .iter()
-            .flat_map(|f| [(*f, "hugetlb"), (*f, "hugetlb_shared"), (*f, "shm_hugetlb")])
-        {
+        for (flavor, kind) in flavors.iter().flat_map(|f| {
+            [
+                (*f, "hugetlb"),
+                (*f, "hugetlb_shared"),
+                (*f, "shm_hugetlb"),
+                (*f, "hugetlb_memfd"),
+            ]
+        }) {
             let w = crate::case::Workload {
                 args: vec![kind.into()],
                 ..w.clone()
@@ -232,34 +258,26 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
         };
         let name = format!("{}-hugetlbfs", dir.root.display());
         let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlbfs"))?;
-        let hp = sub.state.join("hp");
-        fs::create_dir_all(&hp)?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "hugetlbfs", "none"])
-            .arg(&hp)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            return Ok(Outcome::Skip("cannot mount hugetlbfs".into()));
-        }
-        let outcome = with_huge_pages(2, || {
-            let mode = if cfg.checkpoint {
-                case::Mode::DumpRestore
-            } else {
-                case::Mode::SelfCheck
-            };
-            case::run_flavor(cfg, &w, &sub, crate::Flavor::Host, StdioKind::DevNull, mode).0
+        let outcome = with_hugetlbfs(&sub, || {
+            with_huge_pages(2, || {
+                let mode = if cfg.checkpoint {
+                    case::Mode::DumpRestore
+                } else {
+                    case::Mode::SelfCheck
+                };
+                case::run_flavor(cfg, &w, &sub, crate::Flavor::Host, StdioKind::DevNull, mode).0
+            })
         });
-        let _ = std::process::Command::new("umount").arg(&hp).status();
         match outcome {
-            Some(Outcome::Pass | Outcome::PassWith(_)) => sub.remove(),
-            Some(Outcome::Fail(why)) => bail!("[host, hugetlbfs] {why}"),
-            Some(Outcome::Skip(why)) => return Ok(Outcome::Skip(why)),
-            None => {
+            Some(Some(Outcome::Pass | Outcome::PassWith(_))) => sub.remove(),
+            Some(Some(Outcome::Fail(why))) => bail!("[host, hugetlbfs] {why}"),
+            Some(Some(Outcome::Skip(why))) => return Ok(Outcome::Skip(why)),
+            Some(None) => {
                 return Ok(Outcome::Skip(format!(
                     "cannot reserve huge pages in {HUGE_POOL}"
                 )))
             }
+            None => return Ok(Outcome::Skip("cannot mount hugetlbfs".into())),
         }
         Ok(Outcome::Pass)
     });

@@ -6,8 +6,9 @@
  *   hugetlbfs  a file on a hugetlbfs mount at STATEDIR/hp mapped shared
  *            and private (a page of its own in the private one);
  *   shm_hugetlb  a SHM_HUGETLB SysV segment attached (removed at the end);
- *   hugetlb_memfd  a MFD_HUGETLB memfd mapped shared: refused, the task
- *            must run on;
+ *   hugetlb_memfd  a MFD_HUGETLB memfd mapped shared;
+ *   hugetlbfs_deleted  a file on the hugetlbfs mount at STATEDIR/hp,
+ *            mapped shared and deleted: refused, the task must run on;
  *   io_uring an io_uring's submission ring mapped, its fd closed.
  * After SIGTERM it checks that the object is still there and whole. */
 #include "wl.h"
@@ -46,6 +47,19 @@ int main(int argc, char **argv)
 				_exit(0);
 			}
 		}
+	} else if (!strcmp(kind, "hugetlbfs_deleted")) {
+		char path[4200];
+		snprintf(path, sizeof(path), "%s/hp/gone", wl_dir);
+		int f = open(path, O_RDWR | O_CREAT, 0600);
+		if (f < 0)
+			wl_skip("open %s: %s (no hugetlbfs mount there?)", path, strerror(errno));
+		huge = mmap(NULL, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		if (huge == MAP_FAILED)
+			wl_skip("mmap %s: %s (no huge pages in the pool?)", path, strerror(errno));
+		close(f);
+		unlink(path);
+		for (size_t i = 0; i < (2 << 20); i += 4096)
+			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
 	} else if (!strcmp(kind, "hugetlbfs")) {
 		/* STATEDIR/hp is a hugetlbfs mount (the case makes it): a file
 		 * there mapped shared (its pages are the file's) and private (a

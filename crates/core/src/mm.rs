@@ -327,12 +327,12 @@ pub fn dump(
             continue;
         }
         // what a plain mapping made again would quietly lose (a file on
-        // a hugetlbfs mount that is still there is mapped from it again,
-        // and so of huge pages)
+        // a hugetlbfs mount that is still there, or a hugetlb memfd, is
+        // mapped from it again, and so of huge pages)
+        let memfd_file = crate::files::memfd::name_of(&m.path).is_some();
         let hugetlbfs_file = m.is_file()
-            && !m.deleted()
-            && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
-            && crate::files::memfd::name_of(&m.path).is_none();
+            && (!m.deleted() || memfd_file)
+            && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
         // (a SHM_HUGETLB segment: attached again, it is of huge pages)
         let sysv = vma.status & status::SYSVIPC != 0;
         let odd = if sm.is_some_and(|s| s.has("ht"))
@@ -341,7 +341,7 @@ pub fn dump(
             && !sysv
         {
             Some(format!(
-                "a {} hugetlb mapping of {} (a deleted hugetlbfs file or a hugetlb memfd)",
+                "a {} hugetlb mapping of {} (a deleted hugetlbfs file)",
                 if m.shared { "shared" } else { "private" },
                 m.path
             ))

@@ -59,12 +59,22 @@ impl FileTable {
             what: format!("a memfd with an unexpected name ({link})"),
         })?;
         let seals = crest_sys::misc::get_seals(&file).at(pid, "F_GET_SEALS of a memfd")?;
-        if crest_sys::misc::is_hugetlbfs(&file).at(pid, "fstatfs of a memfd")? {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("a hugetlb memfd ({link})"),
-            });
-        }
+        // a hugetlb memfd: MFD_HUGETLB with its page size (the
+        // filesystem's block size)
+        let hugetlb_flag = if crest_sys::misc::is_hugetlbfs(&file).at(pid, "fstatfs of a memfd")? {
+            let bsize = rustix::fs::fstatfs(&file)
+                .map(|s| s.f_bsize as u64)
+                .unwrap_or(0);
+            if !bsize.is_power_of_two() || bsize < 1 << 16 {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: format!("a hugetlb memfd ({link}) of {bsize}-byte pages"),
+                });
+            }
+            Some(MFD_HUGETLB | (bsize.trailing_zeros() << MFD_HUGE_SHIFT))
+        } else {
+            None
+        };
         let id = self.memfds.inodes.len() as u32 + 1;
         let entry = MemfdInodeEntry {
             name: name.to_string(),
@@ -76,6 +86,7 @@ impl FileTable {
             inode_id: u64::from(id),
             crest_mode: Some(meta.mode() & 0o7777),
             crest_times: Some(super::ghost::times_of(&meta)),
+            crest_hugetlb_flag: hugetlb_flag,
         };
         self.memfds.inodes.push((entry, file));
         self.memfds.by_ino.insert(meta.ino(), id);
@@ -247,7 +258,14 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
     name.truncate(249);
     name.push(0);
     let addr = t.put(&name).rat(pid, "write memfd name")?;
-    let flags = (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64;
+    let mut flags = (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64;
+    if let Some(h) = e.crest_hugetlb_flag {
+        let log = h >> MFD_HUGE_SHIFT;
+        if h & !(MFD_HUGETLB | (0x3f << MFD_HUGE_SHIFT)) != 0 || !(16..=34).contains(&log) {
+            return Err(bad(format!("memfd {} with hugetlb flags {h:#x}", e.name)));
+        }
+        flags |= u64::from(h);
+    }
     let fd = t
         .syscall(nr::MEMFD_CREATE, &[addr, flags])
         .rat(pid, format!("memfd_create({})", e.name))?;
@@ -281,7 +299,13 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
     Ok(fd)
 }
 
-/// Writes the dumped pages of the memfd into it with `pwrite64`.
+/// `MFD_HUGETLB` and where `memfd_create` takes the page size's log.
+const MFD_HUGETLB: u32 = 4;
+const MFD_HUGE_SHIFT: u32 = 26;
+
+/// Writes the dumped pages of the memfd into it with `pwrite64` (a hugetlb
+/// memfd, which takes no writes, through a shared mapping of it in the
+/// task).
 fn fill(
     t: &mut Tracee,
     files: &RestoreFiles,
@@ -299,6 +323,36 @@ fn fill(
     let pages_path = files.dir.join(names::pages(head.pages_id));
     let pages =
         std::fs::File::open(&pages_path).rat(pid, format!("open {}", pages_path.display()))?;
+    // (a hugetlb memfd: its pages are written through a mapping)
+    let mapped = match e.crest_hugetlb_flag {
+        Some(_) if e.size > 0 => {
+            let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let at = t
+                .syscall(nr::MMAP, &[0, e.size, prot, libc::MAP_SHARED as u64, fd, 0])
+                .rat(pid, format!("map hugetlb memfd {} to fill it", e.name))?;
+            Some(at)
+        }
+        _ => None,
+    };
+    let r = fill_runs(t, (&mut r, &map_name), (&pages, &pages_path), e, fd, mapped);
+    if let Some(at) = mapped {
+        t.syscall(nr::MUNMAP, &[at, e.size])
+            .rat(pid, "unmap a hugetlb memfd")?;
+    }
+    r
+}
+
+/// The runs of [`fill`]: into the memfd at `fd`, or, when it is `mapped`
+/// at an address of the task, into that mapping.
+fn fill_runs(
+    t: &mut Tracee,
+    (r, map_name): (&mut ImageReader, &str),
+    (pages, pages_path): (&std::fs::File, &Path),
+    e: &MemfdInodeEntry,
+    fd: u64,
+    mapped: Option<u64>,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
     let mut from = 0u64;
     let mut runs = 0usize;
     while let Some(pe) = r.next_entry::<PagemapEntry>()? {
@@ -311,7 +365,7 @@ fn fill(
         if runs > MAX_RUNS || !inside || pe.vaddr % PAGE != 0 {
             return Err(RestoreError::BadImage {
                 pid,
-                file: map_name,
+                file: map_name.to_string(),
                 what: format!(
                     "{n} pages at offset {:#x} of a {}-byte memfd",
                     pe.vaddr, e.size
@@ -328,11 +382,26 @@ fn fill(
                 .rat(pid, format!("read {}", pages_path.display()))?;
             // The last page may reach past the end of the file.
             let keep = k.min(e.size.saturating_sub(at));
-            let addr = t
-                .put(&buf[..keep as usize])
-                .rat(pid, "write memfd contents")?;
-            t.syscall(nr::PWRITE64, &[fd, addr, keep, at])
-                .rat(pid, format!("pwrite memfd {} at {at}", e.name))?;
+            if let Some(base) = mapped {
+                let n = crest_sys::mem::write_remote(
+                    pid,
+                    &[(base + at, keep as usize)],
+                    &buf[..keep as usize],
+                )
+                .rat(pid, format!("fill hugetlb memfd {} at {at}", e.name))?;
+                if n != keep as usize {
+                    return Err(RestoreError::Unsupported {
+                        pid,
+                        what: format!("hugetlb memfd {}: wrote {n} of {keep} bytes", e.name),
+                    });
+                }
+            } else {
+                let addr = t
+                    .put(&buf[..keep as usize])
+                    .rat(pid, "write memfd contents")?;
+                t.syscall(nr::PWRITE64, &[fd, addr, keep, at])
+                    .rat(pid, format!("pwrite memfd {} at {at}", e.name))?;
+            }
             from += k;
             at += k;
             left -= k;
