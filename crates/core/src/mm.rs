@@ -608,3 +608,25 @@ fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     mem.read_exact_at(buf, addr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size asked again gives a ring of the same pages: the kernel
+    /// takes at least 4 events per CPU, doubles, adds 2 and fills pages.
+    #[test]
+    fn aio_sizes_round_trip() {
+        let ring_pages = |nr: u64, cpus: u64| {
+            let events = nr.max(4 * cpus) * 2 + 2;
+            (AIO_HEADER + events * AIO_EVENT).div_ceil(PAGE)
+        };
+        for nr in [1u64, 16, 62, 63, 128, 300, 5000] {
+            for cpus in [1u64, 2, 8] {
+                let len = ring_pages(nr, cpus) * PAGE;
+                let again = u64::from(aio_nr_req(len));
+                assert_eq!(ring_pages(again, cpus), len / PAGE, "nr {nr}, {cpus} cpus");
+            }
+        }
+    }
+}
