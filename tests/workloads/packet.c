@@ -4,7 +4,8 @@
  *   R: SOCK_RAW, ETH_P_ALL, bound to lo, a multicast membership on lo
  *      (address 01:00:5e:63:72:73, listed in /proc/self/net/dev_mcast),
  *      TPACKET_V2, PACKET_AUXDATA on, in a fanout group of its own (hash);
- *   D: SOCK_DGRAM for protocol 0x88b5, not bound.
+ *   D: SOCK_DGRAM for protocol 0x88b5, not bound;
+ *   SP: the old SOCK_PACKET interface, bound to lo by name.
  * After SIGTERM each must show what it had (getsockname, SO_TYPE and the
  * SOL_PACKET options), lo must still list the address, and R must see a UDP
  * datagram the task sends to 127.0.0.1. */
@@ -86,6 +87,14 @@ int main(int argc, char **argv)
 	int d = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(0x88b5));
 	if (d < 0)
 		wl_fail("socket(AF_PACKET, SOCK_DGRAM): %s", strerror(errno));
+	/* the old interface: SOCK_PACKET, bound by device name */
+	int sp = socket(AF_PACKET, SOCK_PACKET, htons(ETH_P_ALL));
+	if (sp < 0)
+		wl_fail("socket(AF_PACKET, SOCK_PACKET): %s", strerror(errno));
+	struct sockaddr spa = {.sa_family = AF_PACKET};
+	strcpy(spa.sa_data, "lo");
+	if (bind(sp, &spa, sizeof(spa)) < 0)
+		wl_fail("bind SOCK_PACKET to lo: %s", strerror(errno));
 	struct seen sr, sd;
 	look(r, &sr);
 	look(d, &sd);
@@ -110,6 +119,17 @@ int main(int argc, char **argv)
 			sd.type);
 	if (!joined())
 		wl_fail("lo does not list the membership's address after the restore");
+	{
+		struct sockaddr got;
+		socklen_t gl = sizeof(got);
+		int ty = 0;
+		socklen_t tl = sizeof(ty);
+		memset(&got, 0, sizeof(got));
+		if (getsockopt(sp, SOL_SOCKET, SO_TYPE, &ty, &tl) || ty != SOCK_PACKET)
+			wl_fail("the SOCK_PACKET socket is of type %d", ty);
+		if (getsockname(sp, &got, &gl) || strcmp(got.sa_data, "lo"))
+			wl_fail("the SOCK_PACKET socket is bound to [%.14s]", got.sa_data);
+	}
 	/* R sees what crosses lo */
 	int u = socket(AF_INET, SOCK_DGRAM, 0);
 	struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9),

@@ -339,6 +339,41 @@ pub fn ioctl_int(fd: &impl AsRawFd, request: u64) -> io::Result<i32> {
     Ok(n)
 }
 
+/// `ioctl(sock, SIOCGIFINDEX)`: the index of interface `name` in the
+/// network namespace of socket `sock`.
+pub fn if_index(sock: &impl AsRawFd, name: &[u8]) -> io::Result<u32> {
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFINDEX reads the name and writes the index into `req`.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX as _, &mut req) };
+    ret(r)?;
+    // SAFETY: the kernel filled the union's index.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
+/// `ioctl(sock, SIOCGIFNAME)`: the name of interface `index` in the
+/// network namespace of socket `sock`.
+pub fn if_name(sock: &impl AsRawFd, index: u32) -> io::Result<Vec<u8>> {
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+    // SAFETY: SIOCGIFNAME reads the index and writes the name into `req`.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFNAME as _, &mut req) };
+    ret(r)?;
+    Ok(req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect())
+}
+
 /// `isatty(fd)` and `ttyname` through `/proc/self/fd` — the path of the
 /// terminal behind one of crest's own fds, if it is one.
 pub fn terminal_of(fd: i32) -> Option<String> {

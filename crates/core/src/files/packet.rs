@@ -3,9 +3,11 @@
 //!
 //! Dump reads from crest's copy the protocol, the interface it is bound to
 //! (`getsockname`), the `SOL_PACKET` options and its fanout group, and from
-//! sock_diag its multicast memberships (no `getsockopt` shows them). A
-//! socket with a ring mapped (`PACKET_RX_RING`/`TX_RING`), an old
-//! `SOCK_PACKET` one, and one crest cannot see in sock_diag are refused.
+//! sock_diag its multicast memberships (no `getsockopt` shows them). An
+//! old `SOCK_PACKET` socket is bound by device name and has no
+//! `SOL_PACKET` options: its name and protocol are carried. A socket with
+//! a ring mapped (`PACKET_RX_RING`/`TX_RING`) and one crest cannot see in
+//! sock_diag are refused.
 //! Packets waiting in its queue are frames off the wire: they are left
 //! behind, as CRIU does, and the log says how many bytes.
 //!
@@ -23,6 +25,8 @@ use crest_sys::net::{getsockopt_int, setsockopt_bytes, setsockopt_int};
 use std::os::fd::OwnedFd;
 
 const SOL_PACKET: i32 = 263;
+/// The old packet interface's socket type (libc marks it deprecated).
+const SOCK_PACKET: i32 = 10;
 const PACKET_ADD_MEMBERSHIP: i32 = 1;
 const PACKET_COPY_THRESH: i32 = 7;
 const PACKET_AUXDATA: i32 = 8;
@@ -77,14 +81,9 @@ impl super::FileTable {
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
         let int = |n| getsockopt_int(copy, SOL_PACKET, n);
         let ty = getsockopt_int(copy, libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")?;
-        if ty != libc::SOCK_RAW && ty != libc::SOCK_DGRAM {
-            return Err(unsupported(format!(
-                "a packet socket of type {ty} (SOCK_PACKET, the old interface)"
-            )));
+        if ty != libc::SOCK_RAW && ty != libc::SOCK_DGRAM && ty != SOCK_PACKET {
+            return Err(unsupported(format!("a packet socket of type {ty}")));
         }
-        let local = crest_sys::net::getsockname(copy).at(pid, "getsockname")?;
-        let (protocol, ifindex) = parse_ll(&local)
-            .ok_or_else(|| unsupported("a packet socket with an odd address".into()))?;
         let ctx = self.unix.ctx.unwrap_or(pid);
         let diag = super::sockdiag::packet_socket(ctx, ino)
             .at(pid, "sock_diag of packet sockets")?
@@ -93,6 +92,12 @@ impl super::FileTable {
                     "a packet socket (inode {ino}) sock_diag does not list"
                 ))
             })?;
+        let local = crest_sys::net::getsockname(copy).at(pid, "getsockname")?;
+        if ty == SOCK_PACKET {
+            return self.dump_spkt(pid, fd, flags, copy, &local, diag.num);
+        }
+        let (protocol, ifindex) = parse_ll(&local)
+            .ok_or_else(|| unsupported("a packet socket with an odd address".into()))?;
         if diag.rx_ring || diag.tx_ring {
             return Err(unsupported(
                 "a packet socket with a ring mapped (PACKET_RX_RING/PACKET_TX_RING)".into(),
@@ -151,6 +156,82 @@ impl super::FileTable {
     }
 }
 
+impl super::FileTable {
+    /// An old `SOCK_PACKET` socket: bound by device name (`sockaddr_pkt`,
+    /// whose name is kept as the device's index in the socket's network
+    /// namespace), its protocol from sock_diag; it has no `SOL_PACKET`
+    /// options.
+    fn dump_spkt(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        flags: u32,
+        copy: &OwnedFd,
+        local: &[u8],
+        num: u16,
+    ) -> Result<u32, DumpError> {
+        let name = local.get(2..16).unwrap_or_default();
+        let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+        let ifindex = if name.is_empty() {
+            0
+        } else {
+            crest_sys::net::if_index(copy, name).map_err(|e| DumpError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!(
+                    "a SOCK_PACKET socket bound to {} ({e})",
+                    String::from_utf8_lossy(name)
+                ),
+            })?
+        };
+        let entry = PacketSockEntry {
+            id: 0,
+            r#type: SOCK_PACKET as u32,
+            // (network order, as the other types keep it)
+            protocol: u32::from(num.to_be()),
+            flags,
+            ifindex,
+            fown: FownEntry::default(),
+            opts: skopts::dump(copy).at(pid, "read socket options")?,
+            ..PacketSockEntry::default()
+        };
+        Ok(self.push(FileEntry {
+            r#type: FdTypes::Packetsk as i32,
+            id: 0,
+            psk: Some(entry),
+            ..FileEntry::default()
+        }))
+    }
+}
+
+/// Makes an old `SOCK_PACKET` socket of `s` in task `t`: bound by the
+/// name its interface has in the task's network namespace.
+fn make_spkt(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let at = |what: &str| {
+        format!(
+            "SOCK_PACKET socket {} (ifindex {}): {what}",
+            s.id, s.ifindex
+        )
+    };
+    let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, s.r#type, s.protocol))?;
+    skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
+    if s.ifindex != 0 {
+        let name = crest_sys::net::if_name(&c, s.ifindex).rat(pid, at("SIOCGIFNAME"))?;
+        // struct sockaddr_pkt: family, device[14], protocol
+        let mut a = (libc::AF_PACKET as u16).to_ne_bytes().to_vec();
+        let mut dev = [0u8; 14];
+        let n = name.len().min(13);
+        dev[..n].copy_from_slice(&name[..n]);
+        a.extend_from_slice(&dev);
+        a.extend_from_slice(&(s.protocol as u16).to_ne_bytes());
+        // (bind wants the size of a struct sockaddr)
+        a.truncate(16);
+        crest_sys::net::bind(&c, &a).rat(pid, at("bind"))?;
+    }
+    skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"))
+}
+
 /// Makes the packet socket of `s` in task `t` (see [`super::restore::socket_once`]).
 pub(crate) fn make(
     t: &mut Tracee,
@@ -161,6 +242,9 @@ pub(crate) fn make(
     let pid = t.pid();
     let at = |what: &str| format!("packet socket {} (ifindex {}): {what}", s.id, s.ifindex);
     let ty = s.r#type;
+    if ty == SOCK_PACKET as u32 && s.protocol <= 0xffff && s.mclist.is_empty() {
+        return make_spkt(t, s, kept);
+    }
     if (ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32)
         || s.protocol > 0xffff
         || s.mclist.len() > MAX_MEMBERSHIPS

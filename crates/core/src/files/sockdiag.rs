@@ -158,6 +158,8 @@ pub struct PacketDiag {
     pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
     pub rx_ring: bool,
     pub tx_ring: bool,
+    /// The protocol it was made for (`pdiag_num`, host order).
+    pub num: u16,
 }
 
 const PACKET_SHOW_MCLIST: u32 = 0x2;
@@ -186,7 +188,10 @@ pub fn packet_socket(pid: i32, ino: u32) -> io::Result<Option<PacketDiag>> {
 
 /// One `packet_diag_msg` (16 bytes) and its attributes.
 fn parse_packet(body: &[u8]) -> io::Result<PacketDiag> {
-    let mut d = PacketDiag::default();
+    let mut d = PacketDiag {
+        num: u16_at(body, 2).unwrap_or(0),
+        ..PacketDiag::default()
+    };
     let a = body.get(16..).ok_or_else(|| bad("short packet_diag_msg"))?;
     attrs(a, &mut |ty, v| match ty {
         PACKET_DIAG_MCLIST => {
