@@ -133,7 +133,7 @@ impl FileTable {
         let mut deleted = None;
         let mut name_dir = None;
         // a chrooted task's name is a path in its chroot: the restore
-        // binds there (`bind_in_root`)
+        // binds there (`in_root`)
         let mut crest_root = None;
         if !name.is_empty() && name[0] != 0 && crate::procfs::chrooted(ctx) {
             if name[0] != b'/' {
@@ -742,6 +742,15 @@ fn name_taken(files: &super::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
 
 fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
+    if let Some(root) = &u.crest_root {
+        if !root.starts_with('/') || root.split('/').any(|c| c == "..") {
+            return Err(RestoreError::BadImage {
+                pid,
+                file: crest_images::names::FILES.into(),
+                what: format!("a unix socket's chroot {root:?}"),
+            });
+        }
+    }
     let relative = u.name.first().is_some_and(|&c| c != 0 && c != b'/');
     let Some(dir) = u.name_dir.as_deref().filter(|_| relative) else {
         if relative {
@@ -790,7 +799,7 @@ fn chroot_of(u: &UnixSkEntry) -> Option<&str> {
     u.crest_root
         .as_deref()
         .map(|r| r.trim_end_matches('/'))
-        .filter(|r| !r.is_empty())
+        .filter(|r| r.starts_with('/') && !r.split('/').any(|c| c == ".."))
 }
 
 /// Where crest finds path `path` of socket `u`'s root in task `pid`.
