@@ -257,15 +257,7 @@ fn shell_job(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
             dir.images.join("restore.log").display()
         );
     }
-    for fd in 0..3 {
-        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
-        if link.to_string_lossy() != tty2 {
-            bail!(
-                "restored fd {fd} is {}, expected crest's terminal {tty2}",
-                link.display()
-            );
-        }
-    }
+    stdio_on(pid, &tty2, "crest's terminal")?;
     let _ = CREST_TIMEOUT;
     case::finish(dir, pid, StdioKind::DevNull, procs)
 }
@@ -345,21 +337,27 @@ fn external_tty(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
             dir.images.join("restore.log").display()
         );
     }
-    for fd in 0..3 {
-        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
-        if link.to_string_lossy() != tty2 {
-            bail!(
-                "restored fd {fd} is {}, expected the given terminal {tty2}",
-                link.display()
-            );
-        }
-    }
+    stdio_on(pid, &tty2, "the given terminal")?;
     let now = nix::sys::termios::tcgetattr(&_m2).context("tcgetattr of the new terminal")?;
     let vintr = now.control_chars[nix::sys::termios::SpecialCharacterIndices::VINTR as usize];
     if vintr != 7 {
         bail!("the given terminal's VINTR is {vintr}, not the dumped 7");
     }
     case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// Fails unless fds 0-2 of `pid` are terminal `tty` (`what` names it).
+fn stdio_on(pid: Pid, tty: &str, what: &str) -> Result<()> {
+    for fd in 0..3 {
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
+        if link.to_string_lossy() != tty {
+            bail!(
+                "restored fd {fd} is {}, expected {what} {tty}",
+                link.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn tcp_needs_option(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

@@ -46,7 +46,7 @@
 
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crest_images::pb::{FdTypes, FileEntry, FownEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry};
+use crest_images::pb::{FileEntry, TtyDataEntry, TtyInfoEntry};
 use crest_images::pb::{TermiosEntry, TtyPtyEntry, TtyType};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -175,7 +175,7 @@ fn scan(tree: &std::collections::HashSet<i32>) -> HashMap<PairKey, PairSeen> {
     pairs
 }
 
-fn termios_entry(t: &libc::termios) -> TermiosEntry {
+pub(crate) fn termios_entry(t: &libc::termios) -> TermiosEntry {
     TermiosEntry {
         c_iflag: t.c_iflag,
         c_oflag: t.c_oflag,
@@ -495,17 +495,7 @@ impl FileTable {
                 kind: format!("{link}, a pty slave the scan of the tree did not see"),
             })?
         };
-        Ok(Some(self.push(FileEntry {
-            r#type: FdTypes::Tty as i32,
-            id: 0,
-            tty: Some(TtyFileEntry {
-                id: 0,
-                tty_info_id: info,
-                flags,
-                fown: FownEntry::default(),
-            }),
-            ..FileEntry::default()
-        })))
+        Ok(Some(self.push(super::tty::file_entry(info, flags))))
     }
 
     /// `/dev/tty` (fd `fd` of `pid`) when the task's controlling
@@ -562,17 +552,7 @@ impl FileTable {
                 id
             }
         };
-        Ok(Some(self.push(FileEntry {
-            r#type: FdTypes::Tty as i32,
-            id: 0,
-            tty: Some(TtyFileEntry {
-                id: 0,
-                tty_info_id: info,
-                flags,
-                fown: FownEntry::default(),
-            }),
-            ..FileEntry::default()
-        })))
+        Ok(Some(self.push(super::tty::file_entry(info, flags))))
     }
 
     /// The infos of pair `key` (the master's, the slave's if it is or was
@@ -956,20 +936,7 @@ pub fn take_ctty(
     })
     .rat(pid, format!("open pty {index}'s slave (TIOCGPTPEER)"))?;
     let fd = super::share::give_fd(t, &slave)?;
-    let r = (|| {
-        t.syscall(nr::IOCTL, &[fd, libc::TIOCSCTTY, 0])
-            .rat(pid, format!("take pty {index} as the controlling terminal"))?;
-        if m.pgrp != 0 {
-            let pg = t
-                .put(&(m.pgrp as i32).to_ne_bytes())
-                .rat(pid, "write an int")?;
-            t.syscall(nr::IOCTL, &[fd, libc::TIOCSPGRP, pg]).rat(
-                pid,
-                format!("set pty {index}'s foreground group {}", m.pgrp),
-            )?;
-        }
-        Ok(())
-    })();
+    let r = super::tty::take_as_ctty(t, fd, m);
     t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
     r
 }

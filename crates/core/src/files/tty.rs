@@ -131,19 +131,24 @@ impl FileTable {
                 id
             }
         };
-        let id = self.push(FileEntry {
-            r#type: FdTypes::Tty as i32,
-            id: 0,
-            tty: Some(TtyFileEntry {
-                id: 0,
-                tty_info_id: info_id,
-                flags,
-                fown: FownEntry::default(),
-            }),
-            ..FileEntry::default()
-        });
+        let id = self.push(file_entry(info_id, flags));
         self.tty.files.insert((rdev, flags), id);
         Ok(Some(id))
+    }
+}
+
+/// A `files.img` entry of a terminal's open file.
+pub(crate) fn file_entry(tty_info_id: u32, flags: u32) -> FileEntry {
+    FileEntry {
+        r#type: FdTypes::Tty as i32,
+        id: 0,
+        tty: Some(TtyFileEntry {
+            id: 0,
+            tty_info_id,
+            flags,
+            fown: FownEntry::default(),
+        }),
+        ..FileEntry::default()
     }
 }
 
@@ -172,16 +177,7 @@ fn settings(pid: i32, fd: i32) -> Result<(Option<TermiosEntry>, Option<WinsizeEn
     let t = crest_sys::misc::tcgets(&copy).at(pid, "TCGETS")?;
     let w = crest_sys::misc::get_winsize(&copy).at(pid, "TIOCGWINSZ")?;
     Ok((
-        Some(TermiosEntry {
-            c_iflag: t.c_iflag,
-            c_oflag: t.c_oflag,
-            c_cflag: t.c_cflag,
-            c_lflag: t.c_lflag,
-            c_line: u32::from(t.c_line),
-            c_ispeed: t.c_ispeed,
-            c_ospeed: t.c_ospeed,
-            c_cc: t.c_cc.iter().map(|&c| u32::from(c)).collect(),
-        }),
+        Some(super::pty::termios_entry(&t)),
         Some(WinsizeEntry {
             ws_row: u32::from(w.ws_row),
             ws_col: u32::from(w.ws_col),
@@ -306,7 +302,11 @@ fn open_external(
 
 /// `t` takes terminal `fd` as its controlling terminal, with the
 /// foreground group, if it leads the session `info` says it controlled.
-fn take_as_ctty(t: &mut Tracee, fd: u64, info: &TtyInfoEntry) -> Result<(), RestoreError> {
+pub(crate) fn take_as_ctty(
+    t: &mut Tracee,
+    fd: u64,
+    info: &TtyInfoEntry,
+) -> Result<(), RestoreError> {
     let pid = t.pid();
     if info.sid == 0 {
         return Ok(());
@@ -502,17 +502,7 @@ pub(crate) fn set_settings(
     info: &TtyInfoEntry,
 ) -> std::io::Result<()> {
     if let Some(te) = &info.termios {
-        let mut t = crest_sys::misc::tcgets(master)?;
-        t.c_iflag = te.c_iflag;
-        t.c_oflag = te.c_oflag;
-        t.c_cflag = te.c_cflag;
-        t.c_lflag = te.c_lflag;
-        t.c_line = te.c_line as u8;
-        t.c_ispeed = te.c_ispeed;
-        t.c_ospeed = te.c_ospeed;
-        for (d, s) in t.c_cc.iter_mut().zip(&te.c_cc) {
-            *d = *s as u8;
-        }
+        let t = super::pty::termios_from(&crest_sys::misc::tcgets(master)?, te);
         crest_sys::misc::tcsets(master, &t)?;
     }
     if let Some(w) = &info.winsize {
