@@ -31,6 +31,8 @@ pub enum DumpError {
     },
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("dump {0}")]
+    Remote(#[from] crate::remote::RemoteError),
     #[error("dump pid {pid}: fd {fd} is {kind}, which crest cannot dump yet")]
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("dump pid {pid}: {what} is not supported yet")]
@@ -45,7 +47,7 @@ pub enum DumpError {
     #[error("images directory {dir}: {source}")]
     Dir { dir: String, source: io::Error },
     #[error("dump: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
-    Refused { refused: Vec<crate::opts::Refused> },
+    Refused { refused: Vec<Refused> },
     #[error("dump: the {hook} notification failed: {why}")]
     Notify { hook: String, why: String },
     #[error(
@@ -60,6 +62,8 @@ pub enum RestoreError {
     Fault(#[from] crest_sys::fault::Injected),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("restore {0}")]
+    Remote(#[from] crate::remote::RemoteError),
     #[error("restore pid {pid}: {step}: {source}")]
     Inject {
         pid: i32,
@@ -89,7 +93,7 @@ pub enum RestoreError {
     #[error("restore pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
     #[error("restore: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
-    Refused { refused: Vec<crate::opts::Refused> },
+    Refused { refused: Vec<Refused> },
     #[error("restore: the {hook} notification failed: {why}")]
     Notify { hook: String, why: String },
     #[error(
@@ -149,4 +153,12 @@ impl<T> RestoreCtx<T> for Result<T, io::Error> {
             source,
         })
     }
+}
+
+/// An option crest refuses for an action, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{option}: {why}")]
+pub struct Refused {
+    pub option: String,
+    pub why: String,
 }

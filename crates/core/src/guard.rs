@@ -155,7 +155,7 @@ pub fn run(fd: i32) -> i32 {
         }
     }
     for (c, reuse) in &conns {
-        crate::files::inet::repair_off(c, *reuse);
+        crest_sys::net::tcp_repair_off(c, *reuse);
     }
     let deadline = Instant::now() + PATIENCE;
     let mut failed = 0;

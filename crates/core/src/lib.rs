@@ -3,6 +3,7 @@
 
 pub mod log;
 
+pub mod clone;
 pub mod coreimg;
 pub mod creds;
 pub mod dump;
@@ -19,6 +20,7 @@ pub mod privilege;
 pub mod procfs;
 pub mod pstree;
 pub mod regs;
+pub mod remote;
 pub mod restore;
 pub mod seccomp;
 pub mod show;

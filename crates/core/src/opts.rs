@@ -5,6 +5,7 @@
 //! CRIU itself documents as a no-op or as a relaxation crest never needs is
 //! taken and noted here.
 
+pub use crate::error::Refused;
 use std::path::PathBuf;
 
 /// The action an options set is for.
@@ -247,7 +248,7 @@ impl Default for Options {
             leave_running: false,
             leave_stopped: false,
             shell_job: false,
-            ghost_limit: crate::files::ghost::DEFAULT_LIMIT,
+            ghost_limit: DEFAULT_GHOST_LIMIT,
             tcp_established: false,
             tcp_close: false,
             tcp_skip_in_flight: false,
@@ -310,14 +311,6 @@ impl Default for Options {
             check_experimental: false,
         }
     }
-}
-
-/// An option crest refuses for an action, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{option}: {why}")]
-pub struct Refused {
-    pub option: String,
-    pub why: String,
 }
 
 fn refuse(out: &mut Vec<Refused>, on: bool, option: &str, why: &str) {
@@ -431,10 +424,10 @@ impl Options {
             "only makes sense with --restore-detached",
         );
         for e in &self.external {
-            if crate::ns::mnt::mnt_externals(std::slice::from_ref(e)).len() == 1 {
+            if mnt_externals(std::slice::from_ref(e)).len() == 1 {
                 continue;
             }
-            if matches!(&crate::ns::net::veth_externals(std::slice::from_ref(e))[..], [(inside, _)] if !inside.is_empty())
+            if matches!(&veth_externals(std::slice::from_ref(e))[..], [(inside, _)] if !inside.is_empty())
             {
                 continue;
             }
@@ -502,6 +495,60 @@ pub fn tty_key(key: &str) -> bool {
         .is_some_and(|(a, b)| {
             u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
         })
+}
+
+/// CRIU's default `--ghost-limit`: 1 MiB.
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+/// CRIU's `--external mnt[A]:B` entries as (A, B): at dump a mountpoint
+/// and its key, at restore a key and the path to bind there.
+pub fn mnt_externals(list: &[String]) -> Vec<(String, String)> {
+    list.iter()
+        .filter_map(|e| {
+            let rest = e.strip_prefix("mnt[")?;
+            let (a, b) = rest.split_once("]:")?;
+            (!a.is_empty() && !b.is_empty()).then(|| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// The parsed `--external` veth entries: (inside name, outside name).
+pub fn veth_externals(external: &[String]) -> Vec<(String, Option<String>)> {
+    veth_entries(external)
+        .into_iter()
+        .map(|(inside, outside, _)| (inside, outside))
+        .collect()
+}
+
+/// The bridges the outside ends go in (CRIU's `veth[IF]:OUT@BRIDGE` at
+/// restore): (outside name, bridge).
+pub fn veth_bridges(external: &[String]) -> Vec<(String, String)> {
+    veth_entries(external)
+        .into_iter()
+        .filter_map(|(_, outside, bridge)| Some((outside?, bridge?)))
+        .collect()
+}
+
+/// (inside name, outside name, bridge) of each `veth[IF]:OUT[@BRIDGE]`.
+pub(crate) fn veth_entries(external: &[String]) -> Vec<(String, Option<String>, Option<String>)> {
+    external
+        .iter()
+        .filter_map(|e| {
+            let rest = e.strip_prefix("veth[")?;
+            let (inside, after) = rest.split_once(']')?;
+            let outside = after.strip_prefix(':').filter(|o| !o.is_empty());
+            let (outside, bridge) = match outside.map(|o| o.split_once('@')) {
+                Some(Some((o, b))) => (Some(o), Some(b).filter(|b| !b.is_empty())),
+                Some(None) => (outside, None),
+                None => (None, None),
+            };
+            Some((
+                inside.to_string(),
+                outside.map(str::to_string),
+                bridge.map(str::to_string),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! score adjustment.
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::{ItimerEntry, RlimitEntry, RseqEntry, TaskRlimitsEntry, TaskTimersEntry};
 use crest_inject::{nr, Tracee};
 use crest_sys::{misc, ptrace};
@@ -266,11 +267,11 @@ pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
             what: format!("an audit login uid ({uid}) its user namespace does not map"),
         });
     };
-    let fd = crate::mm::restore::open_crest_side(t, "/proc/self/loginuid", libc::O_WRONLY)?;
+    let fd = t.open_crest_side("/proc/self/loginuid", libc::O_WRONLY)?;
     let text = inside.to_string();
     let addr = t.put(text.as_bytes()).rat(pid, "write loginuid text")?;
     let res = t.syscall(nr::WRITE, &[fd, addr, text.len() as u64]);
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close loginuid")?;
+    t.close(fd)?;
     res.rat(pid, format!("set the audit login uid to {uid}"))?;
     Ok(())
 }

@@ -52,8 +52,32 @@ pub mod pb {
     }
 }
 
+impl pb::crest::CrestTimes {
+    /// The access and modification times of a file.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        pb::crest::CrestTimes {
+            atime_sec: meta.atime(),
+            atime_nsec: meta.atime_nsec() as u32,
+            mtime_sec: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+        }
+    }
+}
+
+impl pb::PagemapEntry {
+    /// How many pages the entry covers (CRIU's old images have the count
+    /// in `compat_nr_pages`).
+    pub fn pages(&self) -> u64 {
+        self.nr_pages.unwrap_or(u64::from(self.compat_nr_pages))
+    }
+}
+
 /// Largest entry (or raw payload) this crate reads or writes: 32 MiB.
 pub const MAX_ENTRY: u64 = 32 << 20;
+
+/// Most bytes crest keeps of one socket queue: a queue is one payload.
+pub const MAX_QUEUE: usize = MAX_ENTRY as usize;
 
 /// `inventory_entry.img_version` CRIU writes today.
 pub const INVENTORY_IMG_VERSION: u32 = 2;

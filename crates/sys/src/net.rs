@@ -81,6 +81,19 @@ pub fn setsockopt_bytes(fd: &impl AsRawFd, level: i32, name: i32, value: &[u8]) 
     ret(r).map(drop)
 }
 
+/// `TCP_REPAIR` and its "off, without a window probe" value.
+pub const TCP_REPAIR: i32 = 19;
+pub const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+
+/// Takes a connection out of repair mode without a window probe, and gives
+/// it back the `SO_REUSEADDR` that doing so clears.
+pub fn tcp_repair_off(c: &impl AsRawFd, reuse: bool) {
+    let _ = setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+    if reuse {
+        let _ = setsockopt_int(c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    }
+}
+
 /// `setsockopt(fd, level, name, &int)`.
 pub fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     setsockopt_bytes(fd, level, name, &value.to_ne_bytes())

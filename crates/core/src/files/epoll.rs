@@ -12,6 +12,7 @@
 use super::{need, no_owner};
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FileEntry};
 use crest_inject::{nr, Tracee};
 
@@ -219,10 +220,10 @@ fn place(t: &mut Tracee, num: u32, file: &std::os::fd::OwnedFd) -> Result<Aside,
         }
         Err(_) => None,
     };
-    let there = super::share::give_fd(t, file)?;
+    let there = t.give_fd(file)?;
     t.syscall(nr::DUP3, &[there, n, 0])
         .rat(pid, format!("put a watched file at fd {num}"))?;
-    t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+    t.close(there)?;
     Ok(Aside(aside))
 }
 
@@ -235,10 +236,10 @@ fn put_back(t: &mut Tracee, num: u32, a: Aside) -> Result<(), RestoreError> {
             let flags = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             t.syscall(nr::DUP3, &[keep, n, flags])
                 .rat(pid, format!("put fd {num} back"))?;
-            t.syscall(nr::CLOSE, &[keep]).rat(pid, "close")?;
+            t.close(keep)?;
         }
         None => {
-            t.syscall(nr::CLOSE, &[n]).rat(pid, "close")?;
+            t.close(n)?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@
 use super::restore::{fill_pipe, RestoreFiles};
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crate::mm::restore::open_in_task;
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FifoEntry, FileEntry};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -92,22 +92,22 @@ pub fn create(
     if e.crest_deleted == Some(true) {
         return create_deleted(t, e, &path, reg.mode.unwrap_or(0o600), flags, files);
     }
-    let keeper = open_in_task(t, &path, libc::O_RDWR | libc::O_NONBLOCK)?;
+    let keeper = t.open(&path, libc::O_RDWR | libc::O_NONBLOCK)?;
     if files.fifo_filled.insert(e.pipe_id) {
         if let Some(data) = files.fifo_data.get(&e.pipe_id) {
             fill_pipe(t, keeper, data)?;
         }
     }
     let acc = flags as i32 & libc::O_ACCMODE;
-    let fd = open_in_task(t, &path, acc | libc::O_NONBLOCK);
+    let fd = t.open(&path, acc | libc::O_NONBLOCK);
     let fd = match fd {
         Ok(fd) => fd,
         Err(e) => {
-            t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
-            return Err(e);
+            t.close(keeper)?;
+            return Err(e.into());
         }
     };
-    t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+    t.close(keeper)?;
     let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
     t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
         .rat(pid, format!("set the flags of FIFO {path}"))?;
@@ -129,7 +129,7 @@ fn create_deleted(
     let acc = flags as i32 & libc::O_ACCMODE;
     let first = files.deleted_fifos.get(&e.pipe_id).copied();
     let fd = match first.and_then(|id| files.where_is(pid, id)) {
-        Some((hpid, hfd)) => crate::mm::restore::open_crest_side(
+        Some((hpid, hfd)) => crate::remote::Remote::open_crest_side(
             t,
             &format!("/proc/{hpid}/fd/{hfd}"),
             acc | libc::O_NONBLOCK,
@@ -145,9 +145,9 @@ fn create_deleted(
             .rat(pid, format!("mkfifo {path} (deleted while open)"))?;
             // read-write first, so neither open waits for the other side;
             // the name goes again whatever happens
-            let keeper = open_in_task(t, path, libc::O_RDWR | libc::O_NONBLOCK);
+            let keeper = t.open(path, libc::O_RDWR | libc::O_NONBLOCK);
             let fd = match &keeper {
-                Ok(_) => Some(open_in_task(t, path, acc | libc::O_NONBLOCK)),
+                Ok(_) => Some(t.open(path, acc | libc::O_NONBLOCK)),
                 Err(_) => None,
             };
             let addr = t.put(&p).rat(pid, "write path")?;
@@ -157,8 +157,8 @@ fn create_deleted(
             let fd = match fd.unwrap_or(Ok(keeper)) {
                 Ok(fd) => fd,
                 Err(err) => {
-                    t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
-                    return Err(err);
+                    t.close(keeper)?;
+                    return Err(err.into());
                 }
             };
             if files.fifo_filled.insert(e.pipe_id) {
@@ -166,7 +166,7 @@ fn create_deleted(
                     fill_pipe(t, keeper, data)?;
                 }
             }
-            t.syscall(nr::CLOSE, &[keeper]).rat(pid, "close fifo")?;
+            t.close(keeper)?;
             files.deleted_fifos.insert(e.pipe_id, e.id);
             fd
         }

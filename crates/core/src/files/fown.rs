@@ -115,7 +115,7 @@ pub fn restore<'a>(
 ) -> Result<(), RestoreError> {
     for (e, pid, fd) in made {
         let Some(f) = of(e) else { continue };
-        let copy = super::share::take_fd(pid, fd)?;
+        let copy = crate::remote::take_fd(pid, fd)?;
         if f.pid != 0 {
             misc::set_owner(&copy, f.pid_type as i32, f.pid as i32).rat(
                 pid,

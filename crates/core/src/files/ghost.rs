@@ -8,7 +8,7 @@
 use super::restore::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crate::mm::restore::open_in_task;
+use crate::remote::Remote;
 use crest_images::pb::{
     GhostChunkEntry, GhostFileEntry, RegFileEntry, RemapFilePathEntry, RemapType,
 };
@@ -18,8 +18,6 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// CRIU's default `--ghost-limit`: 1 MiB.
-pub const DEFAULT_LIMIT: u64 = 1 << 20;
 /// Largest chunk of contents moved at once.
 const CHUNK: usize = 256 << 10;
 
@@ -120,7 +118,7 @@ fn ghost_entry(meta: &std::fs::Metadata, sparse: Option<bool>) -> GhostFileEntry
             .then_some(meta.rdev() as u32),
         chunks: sparse.filter(|s| *s),
         size: sparse.map(|_| meta.len()),
-        crest_times: Some(times_of(meta)),
+        crest_times: Some(crest_images::pb::crest::CrestTimes::of(meta)),
     }
 }
 
@@ -281,17 +279,13 @@ pub fn open(
         // made again already: the same file, through crest's copy
         use std::os::fd::AsRawFd;
         let path = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd());
-        return crate::mm::restore::open_crest_side(t, &path, flags);
+        return Ok(t.open_crest_side(&path, flags)?);
     }
     if let Some(src) = files.ghost_src.get(&ghost).copied() {
         if let Some((hpid, hfd)) = files.where_is(pid, src) {
             // crest's /proc: the task may be in a container's mount
             // namespace by now, whose /proc knows crest's pids not
-            return crate::mm::restore::open_crest_side(
-                t,
-                &format!("/proc/{hpid}/fd/{hfd}"),
-                flags,
-            );
+            return Ok(t.open_crest_side(&format!("/proc/{hpid}/fd/{hfd}"), flags)?);
         }
     }
     let dir = files.dir.clone();
@@ -341,8 +335,8 @@ pub fn open(
             })
         }
     };
-    let res = fill(t, made, &mut r, size, &entry, path).and_then(|()| open_in_task(t, path, flags));
-    t.syscall(nr::CLOSE, &[made]).rat(pid, "close ghost file")?;
+    let res = fill(t, made, &mut r, size, &entry, path).and_then(|()| Ok(t.open(path, flags)?));
+    t.close(made)?;
     let mut p = path.as_bytes().to_vec();
     p.push(0);
     let addr = t.put(&p).rat(pid, "write path")?;
@@ -355,7 +349,7 @@ pub fn open(
     files.ghost_src.insert(ghost, reg.id);
     files
         .ghost_held
-        .insert(ghost, super::share::take_fd(pid, fd as u32)?);
+        .insert(ghost, crate::remote::take_fd(pid, fd as u32)?);
     Ok(fd)
 }
 
@@ -403,7 +397,7 @@ fn open_special(
     } else {
         let extra = if dir { libc::O_DIRECTORY } else { 0 };
         openat(t, path, flags | extra, 0).and_then(|fd| {
-            let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+            let copy = std::fs::File::from(crate::remote::take_fd(pid, fd as u32)?);
             std::os::unix::fs::fchown(&copy, Some(entry.uid), Some(entry.gid))
                 .rat(pid, format!("chown {path}"))?;
             t.syscall(nr::FCHMOD, &[fd, mode])
@@ -458,7 +452,7 @@ fn fill(
     }
     // the owner as crest sees it, from crest's side: the task may be in a
     // user namespace that maps crest's view otherwise
-    let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+    let copy = std::fs::File::from(crate::remote::take_fd(pid, fd as u32)?);
     std::os::unix::fs::fchown(&copy, Some(entry.uid), Some(entry.gid))
         .rat(pid, format!("chown ghost file {path}"))?;
     t.syscall(nr::FCHMOD, &[fd, u64::from(entry.mode & 0o7777)])
@@ -513,16 +507,6 @@ fn fill_chunks(
     Ok(())
 }
 
-/// A file's access and modification times.
-pub(crate) fn times_of(meta: &std::fs::Metadata) -> crest_images::pb::crest::CrestTimes {
-    crest_images::pb::crest::CrestTimes {
-        atime_sec: meta.atime(),
-        atime_nsec: meta.atime_nsec() as u32,
-        mtime_sec: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
-    }
-}
-
 /// Sets the times of fd `fd` of the task `pid` (from crest's side: the
 /// last change to a file made again, so its modification time is the
 /// dumped one).
@@ -531,7 +515,7 @@ pub(crate) fn set_times(
     fd: u64,
     times: &crest_images::pb::crest::CrestTimes,
 ) -> Result<(), RestoreError> {
-    let copy = super::share::take_fd(pid, fd as u32)?;
+    let copy = crate::remote::take_fd(pid, fd as u32)?;
     crest_sys::misc::set_times(
         &copy,
         (times.atime_sec, times.atime_nsec),

@@ -14,10 +14,12 @@
 use super::kept::Kept;
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::carry::{CarriedReader, Carrier};
 use crest_images::pb::crest::CrestUdpPacket;
 use crest_images::pb::SkPacketEntry;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, InetSkEntry, TcpStreamEntry};
+use crest_images::MAX_QUEUE;
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use crest_sys::net::{getsockopt_bytes, getsockopt_int, setsockopt_bytes, setsockopt_int};
@@ -25,9 +27,8 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-const TCP_REPAIR: i32 = 19;
+use crest_sys::net::{TCP_REPAIR, TCP_REPAIR_OFF_NO_WP};
 const TCP_REPAIR_QUEUE: i32 = 20;
-const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 const TCP_QUEUE_SEQ: i32 = 21;
 const TCP_REPAIR_OPTIONS: i32 = 22;
 const TCP_REPAIR_WINDOW: i32 = 29;
@@ -46,7 +47,6 @@ const ESTABLISHED: u32 = 1;
 const CLOSE: u32 = 7;
 const LISTEN: u32 = 10;
 
-const MAX_QUEUE: usize = 64 << 20;
 const MAX_PACKETS: usize = 4096;
 
 /// What the dump keeps about inet sockets until the images are written.
@@ -69,18 +69,8 @@ impl Drop for InetDump {
             return;
         }
         for (c, reuse) in &self.repair {
-            repair_off(c, *reuse);
+            crest_sys::net::tcp_repair_off(c, *reuse);
         }
-    }
-}
-
-/// Takes a connection out of repair mode without a window probe, and gives
-/// it back the `SO_REUSEADDR` that doing so clears. (Also the dump's guard's
-/// job when crest dies: [`crate::guard`].)
-pub(crate) fn repair_off(c: &OwnedFd, reuse: bool) {
-    let _ = setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-    if reuse {
-        let _ = setsockopt_int(c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     }
 }
 
@@ -659,7 +649,7 @@ fn refill_udp(
             crest_sys::net::sendto(&c, data, libc::MSG_DONTWAIT, &to).rat(pid, step)?;
             Ok(())
         });
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        t.close(fd)?;
         r?;
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! one depends on (a peer, a listener) is made once.
 
 use crate::error::{RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -36,7 +37,7 @@ impl Kept {
         self.next += 1;
         t.syscall(nr::DUP3, &[fd, slot, libc::O_CLOEXEC as u64])
             .rat(pid, "keep a socket aside")?;
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        t.close(fd)?;
         self.slots.insert(id, slot);
         Ok(slot)
     }
@@ -95,10 +96,8 @@ impl Kept {
 
     /// Closes every kept fd in the task.
     pub fn close_all(self, t: &mut Tracee) -> Result<(), RestoreError> {
-        let pid = t.pid();
         for slot in self.slots.into_values() {
-            t.syscall(nr::CLOSE, &[slot])
-                .rat(pid, "close a kept socket")?;
+            t.close(slot)?;
         }
         Ok(())
     }

@@ -13,8 +13,8 @@
 use super::restore::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crate::mm::restore::open_crest_side;
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::{
     FdTypes, FileEntry, MemfdFileEntry, MemfdInodeEntry, PagemapEntry, PagemapHead,
 };
@@ -85,7 +85,7 @@ impl FileTable {
             seals,
             inode_id: u64::from(id),
             crest_mode: Some(meta.mode() & 0o7777),
-            crest_times: Some(super::ghost::times_of(&meta)),
+            crest_times: Some(crest_images::pb::crest::CrestTimes::of(&meta)),
             crest_hugetlb_flag: hugetlb_flag,
         };
         self.memfds.inodes.push((entry, file));
@@ -239,7 +239,7 @@ fn reopen(
         None => return Ok(None),
     };
     // (crest's /proc, the paths name crest's pids)
-    open_crest_side(t, &path, oflags).map(Some)
+    Ok(Some(t.open_crest_side(&path, oflags)?))
 }
 
 /// Makes the inode in the task: `memfd_create`, size, contents, seals.
@@ -273,7 +273,7 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
         .rat(pid, format!("ftruncate memfd {} to {}", e.name, e.size))?;
     fill(t, files, e, fd)?;
     // owner and mode from crest's side (the task may not own it any more)
-    let copy = std::fs::File::from(super::share::take_fd(pid, fd as u32)?);
+    let copy = std::fs::File::from(crate::remote::take_fd(pid, fd as u32)?);
     std::os::unix::fs::fchown(&copy, Some(e.uid), Some(e.gid)).rat(
         pid,
         format!("fchown memfd {} to {}:{}", e.name, e.uid, e.gid),
@@ -357,7 +357,7 @@ fn fill_runs(
     let mut runs = 0usize;
     while let Some(pe) = r.next_entry::<PagemapEntry>()? {
         runs += 1;
-        let n = crate::mm::restore::nr_pages(&pe);
+        let n = pe.pages();
         let len = n.checked_mul(PAGE);
         let inside = len
             .and_then(|l| pe.vaddr.checked_add(l))
@@ -427,8 +427,8 @@ pub fn open(
             if acc == libc::O_RDWR {
                 made
             } else {
-                let again = open_crest_side(t, &format!("/proc/{pid}/fd/{made}"), acc);
-                t.syscall(nr::CLOSE, &[made]).rat(pid, "close memfd")?;
+                let again = t.open_crest_side(&format!("/proc/{pid}/fd/{made}"), acc);
+                t.close(made)?;
                 again?
             }
         }

@@ -9,6 +9,7 @@
 //! namespace neither crest's nor the tree's is refused naming it.
 
 use crate::error::{DumpCtx, DumpError, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, NsFileEntry};
 use crest_inject::Tracee;
 use std::os::unix::fs::MetadataExt;
@@ -115,7 +116,7 @@ pub fn open(t: &mut Tracee, e: &NsFileEntry, holders: &Holders) -> Result<u64, R
     };
     let suffix = if for_children { "_for_children" } else { "" };
     let path = format!("/proc/{holder}/ns/{name}{suffix}");
-    crate::mm::restore::open_crest_side(t, &path, (e.flags & libc::O_ACCMODE as u32) as i32)
+    Ok(t.open_crest_side(&path, (e.flags & libc::O_ACCMODE as u32) as i32)?)
 }
 
 #[cfg(test)]

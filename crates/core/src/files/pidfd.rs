@@ -8,6 +8,7 @@
 use super::no_owner;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, PidfdEntry};
 use crest_inject::{nr, Tracee};
 use std::collections::HashSet;
@@ -119,7 +120,7 @@ fn of_the_dead(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let pidfd = pidfd.rat(pid, "pidfd_open of the task that died")?;
     let status = (e.flags & libc::O_NONBLOCK as u32) as i32;
     crest_sys::net::set_status_flags(&pidfd, status).rat(pid, "pidfd flags")?;
-    let fd = super::share::give_fd(t, &pidfd)?;
+    let fd = t.give_fd(&pidfd)?;
     t.syscall(
         nr::FCNTL,
         &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],

@@ -46,6 +46,7 @@
 
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::{FileEntry, TtyDataEntry, TtyInfoEntry};
 use crest_images::pb::{TermiosEntry, TtyPtyEntry, TtyType};
 use crest_inject::{nr, Tracee};
@@ -883,7 +884,7 @@ pub fn open(
         // /dev/tty: the task's session must have its terminal first
         take_ctty(t, files)?;
         let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND;
-        return crate::mm::restore::open_in_task(t, "/dev/tty", flags & keep);
+        return Ok(t.open("/dev/tty", flags & keep)?);
     }
     let pair = &files.ttys.pty.made[&m.id];
     let file = if info.id == m.id {
@@ -900,7 +901,7 @@ pub fn open(
         })
         .rat(pid, format!("open pty {index}'s slave (TIOCGPTPEER)"))?
     };
-    super::share::give_fd(t, &file)
+    Ok(t.give_fd(&file)?)
 }
 
 /// Gives `t` its controlling terminal back if it leads a session whose
@@ -935,8 +936,8 @@ pub fn take_ctty(
         crest_sys::misc::pty_peer(&pair.master, libc::O_RDWR | libc::O_NOCTTY)
     })
     .rat(pid, format!("open pty {index}'s slave (TIOCGPTPEER)"))?;
-    let fd = super::share::give_fd(t, &slave)?;
+    let fd = t.give_fd(&slave)?;
     let r = super::tty::take_as_ctty(t, fd, m);
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    t.close(fd)?;
     r
 }

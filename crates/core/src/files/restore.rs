@@ -5,10 +5,11 @@
 //! is `dup`ed; one another task made is passed over from it (`share`).
 //! Epoll watches are added last, once every fd is at its number.
 
-use super::share::{give_fd, take_fd, Holders};
+use super::share::Holders;
 use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pidfd, signalfd, timerfd};
 use crate::error::{RestoreCtx, RestoreError};
-use crate::mm::restore::open_in_task;
+use crate::remote::take_fd;
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, MemfdInodeEntry, PipeDataEntry};
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
@@ -214,7 +215,7 @@ pub fn restore_fds(
     parks.sort_unstable();
     parks.dedup();
     for park in parks {
-        t.syscall(nr::CLOSE, &[park]).rat(pid, "close parked fd")?;
+        t.close(park)?;
     }
     let mut watched = HashSet::new();
     for fi in fds {
@@ -282,8 +283,8 @@ fn make_all(
             }
             let made = match files.holders.get(&fi.id) {
                 // (passed in a queued message, made for that already)
-                _ if files.flight.contains_key(&fi.id) => give_fd(t, &files.flight[&fi.id])?,
-                Some(&(holder, hfd)) => give_fd(t, &take_fd(holder, hfd)?)?,
+                _ if files.flight.contains_key(&fi.id) => t.give_fd(&files.flight[&fi.id])?,
+                Some(&(holder, hfd)) => t.give_fd(&take_fd(holder, hfd)?)?,
                 None => {
                     let made = make_one(t, fi, &entry, files, &mut kept)?;
                     files.made_by.insert(fi.id, pid);
@@ -292,8 +293,7 @@ fn make_all(
             };
             t.syscall(nr::DUP3, &[made, park, 0])
                 .rat(pid, format!("park fd {}", fi.fd))?;
-            t.syscall(nr::CLOSE, &[made])
-                .rat(pid, "close temporary fd")?;
+            t.close(made)?;
             files.local.1.insert(fi.id, park);
         }
         Ok(())
@@ -356,7 +356,7 @@ pub(crate) fn flight_copy(
         return kept.copy(t, slot);
     }
     if let Some(&(holder, hfd)) = files.holders.get(&id) {
-        return take_fd(holder, hfd);
+        return Ok(take_fd(holder, hfd)?);
     }
     if let Some(c) = files.socks.spare.get(&id) {
         return c.try_clone().rat(pid, "dup a file in flight");
@@ -383,8 +383,7 @@ pub(crate) fn flight_copy(
     let fd = make_one(t, &fi, &entry, files, kept)?;
     files.made_by.insert(id, pid);
     let copy = take_fd(pid, fd as u32);
-    t.syscall(nr::CLOSE, &[fd])
-        .rat(pid, "close a file in flight")?;
+    t.close(fd)?;
     let copy = copy?;
     files
         .flight
@@ -497,7 +496,7 @@ fn open_reg(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
     let flags = reg.flags as i32 & keep;
     let fd = match files.remaps.get(&e.id) {
         Some(&g) => ghost::open(t, reg, flags, g, files)?,
-        None => open_in_task(t, &reg.name, flags)?,
+        None => t.open(&reg.name, flags)?,
     };
     if reg.pos != 0 {
         t.syscall(nr::LSEEK, &[fd, reg.pos, libc::SEEK_SET as u64])
@@ -517,7 +516,7 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
     })?;
     if let Some(given) = files.inherit.get(&format!("pipe:[{}]", p.pipe_id)) {
         // the caller's pipe (CRIU's --inherit-fd), as it is
-        let fd = give_fd(t, given)?;
+        let fd = t.give_fd(given)?;
         let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
         t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
             .rat(pid, "set pipe flags")?;
@@ -549,7 +548,7 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
     let fd = if p.flags & libc::O_LARGEFILE as u32 == 0 && !made.given[end] {
         // one of the two descriptions pipe2 made
         made.given[end] = true;
-        give_fd(t, &made.ends[end])?
+        t.give_fd(&made.ends[end])?
     } else {
         // a description opened again through /proc, as the task had it
         use std::os::unix::fs::OpenOptionsExt;
@@ -562,7 +561,7 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
                 std::os::fd::AsRawFd::as_raw_fd(&made.ends[end])
             ))
             .rat(pid, format!("open pipe:[{}] again", p.pipe_id))?;
-        give_fd(t, &std::os::fd::OwnedFd::from(again))?
+        t.give_fd(&std::os::fd::OwnedFd::from(again))?
     };
     t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
         .rat(pid, "set pipe flags")?;

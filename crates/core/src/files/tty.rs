@@ -16,7 +16,7 @@ use super::pty::{major, minor};
 use super::FileTable;
 use crate::error::RestoreCtx;
 use crate::error::{DumpCtx, DumpError, RestoreError};
-use crate::mm::restore::open_in_task;
+use crate::remote::Remote;
 use crest_images::pb::{
     FdTypes, FileEntry, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyType,
     WinsizeEntry,
@@ -25,7 +25,7 @@ use crest_images::{magic, names};
 use crest_inject::nr;
 use crest_inject::Tracee;
 use std::collections::HashMap;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Terminals seen at dump.
@@ -264,7 +264,7 @@ pub fn open(
                         what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
                             .into(),
                     })?;
-                open_in_task(t, &path, (flags & keep) | libc::O_NOCTTY)?
+                t.open(&path, (flags & keep) | libc::O_NOCTTY)?
             }
         };
         kept.keep(t, e.id, fd)?;
@@ -292,7 +292,7 @@ fn open_external(
             what: format!("the external terminal {key} without --inherit-fd fd[N]:{key}"),
         })?;
     set_settings(given, info).rat(pid, format!("set the settings of {key}"))?;
-    let fd = super::share::give_fd(t, given)?;
+    let fd = t.give_fd(given)?;
     let status = (flags & (libc::O_NONBLOCK | libc::O_APPEND)) as u64;
     t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
         .rat(pid, format!("set the flags of {key}"))?;
@@ -326,74 +326,6 @@ pub(crate) fn take_as_ctty(
             .rat(pid, "set the terminal's foreground group")?;
     }
     Ok(())
-}
-
-/// Pty pairs made before any task needed them (a runtime binds a
-/// console's slave at `/dev/console`, and the mount must be replayed before
-/// the tasks' files are opened): (devpts device, index, master). The task
-/// that needs the console takes its pair from here.
-static PREMADE: std::sync::Mutex<Vec<(u64, u32, std::os::fd::OwnedFd)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Makes pty `/dev/pts/N`-like `path` (in `pid`'s mount namespace) exist,
-/// if its directory is a devpts mount: pairs are opened on that devpts'
-/// `ptmx` until one has the index; that pair is kept for the task that
-/// will own the terminal. Returns whether the path exists now.
-pub fn premake(pid: i32, path: &str) -> bool {
-    let full = format!("/proc/{pid}/root{path}");
-    if Path::new(&full).exists() {
-        return true;
-    }
-    let Some((dir, name)) = full.rsplit_once('/') else {
-        return false;
-    };
-    let Ok(want) = name.parse::<u32>() else {
-        return false;
-    };
-    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
-    let is_devpts = rustix::fs::statfs(dir).is_ok_and(|s| s.f_type == DEVPTS_SUPER_MAGIC);
-    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
-        return false;
-    };
-    if !is_devpts {
-        return false;
-    }
-    let mut spare = Vec::new();
-    for _ in 0..=want.min(255) {
-        let Ok(m) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open(format!("{dir}/ptmx"))
-        else {
-            return false;
-        };
-        let m = std::os::fd::OwnedFd::from(m);
-        let Ok(index) = crest_sys::misc::pty_index(&m) else {
-            return false;
-        };
-        if index == want {
-            // (a locked slave cannot be opened: unlock it)
-            if crest_sys::misc::pty_unlock(&m).is_err() {
-                return false;
-            }
-            if let Ok(mut p) = PREMADE.lock() {
-                p.push((dev, index, m));
-            }
-            return true;
-        }
-        spare.push(m);
-    }
-    false
-}
-
-/// A pair [`premake`] made for pty `index` of the devpts at `dir` (in
-/// crest's view).
-fn take_premade(dir: &str, index: u32) -> Option<std::os::fd::OwnedFd> {
-    let dev = std::fs::metadata(dir).ok()?.dev();
-    let mut p = PREMADE.lock().ok()?;
-    let k = p.iter().position(|(d, i, _)| *d == dev && *i == index)?;
-    Some(p.remove(k).2)
 }
 
 /// Terminals at restore.
@@ -464,16 +396,18 @@ fn open_orphan_slave(
         .map(|m| m.2);
     if made.is_none() {
         let index = info.pty.as_ref().map_or(0, |p| p.index);
-        if let Some(master) = take_premade(&format!("/proc/{pid}/root/dev/pts"), index) {
+        if let Some(master) =
+            crate::ns::mnt::devpts::take_premade(&format!("/proc/{pid}/root/dev/pts"), index)
+        {
             set_settings(&master, info).rat(pid, "set a terminal's settings")?;
             files.ttys.masters.push((info.id, master, index));
             made = Some(index);
         }
     }
     let fd = match made {
-        Some(index) => open_in_task(t, &format!("/dev/pts/{index}"), flags)?,
+        Some(index) => t.open(&format!("/dev/pts/{index}"), flags)?,
         None => {
-            let m = open_in_task(t, "/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
+            let m = t.open("/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY)?;
             let zero = t.put(&0i32.to_ne_bytes()).rat(pid, "write an int")?;
             t.syscall(nr::IOCTL, &[m, libc::TIOCSPTLCK, zero])
                 .rat(pid, "unlock a new pty")?;
@@ -483,7 +417,7 @@ fn open_orphan_slave(
             let pidfd = crest_sys::misc::pidfd_open(pid).rat(pid, "pidfd_open")?;
             let master = crest_sys::misc::pidfd_getfd(&pidfd, m as i32)
                 .rat(pid, "take a new pty's master")?;
-            t.syscall(nr::CLOSE, &[m]).rat(pid, "close a pty master")?;
+            t.close(m)?;
             let index = crest_sys::misc::pty_index(&master).rat(pid, "TIOCGPTN")?;
             set_settings(&master, info).rat(pid, "set a terminal's settings")?;
             files.ttys.masters.push((info.id, master, index));

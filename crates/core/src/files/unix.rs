@@ -23,7 +23,9 @@ use super::kept::{self, Kept};
 use super::sockdiag::{self, UnixDiag};
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, FilePermsEntry, FownEntry, SkPacketEntry, UnixSkEntry};
+use crest_images::MAX_QUEUE;
 use crest_images::{magic, names, ImageReader};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -38,8 +40,8 @@ const TCP_CLOSE: u32 = 7;
 /// the peer a datagram socket connects to by name again.
 const USK_EXTERN: u32 = 1;
 
-/// Most bytes crest keeps from one socket's queue, and most packets.
-const MAX_QUEUE: usize = 16 << 20;
+/// Most packets crest keeps from one socket's queue (bytes:
+/// `crest_images::MAX_QUEUE`).
 const MAX_PACKETS: usize = 4096;
 
 /// What the dump learnt about unix sockets so far.
@@ -671,14 +673,14 @@ pub fn open(
         // --inherit-fd fd[N]:socket:[INO]: the caller's socket stands for it
         let key = e.usk.as_ref().map(|u| format!("socket:[{}]", u.ino));
         if let Some(given) = key.as_ref().and_then(|k| files.inherit.get(k)) {
-            let fd = super::share::give_fd(t, given)?;
+            let fd = t.give_fd(given)?;
             kept.keep(t, e.id, fd)?;
             files.socks.made_by.insert(e.id, pid);
             return kept.dup(t, e.id);
         }
         if let Some(copy) = files.socks.spare.get(&e.id) {
             // made by another task together with a socket of its own
-            let fd = super::share::give_fd(t, copy)?;
+            let fd = t.give_fd(copy)?;
             kept.keep(t, e.id, fd)?;
             return kept.dup(t, e.id);
         }
@@ -788,7 +790,7 @@ fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), RestoreError> {
         .rat(pid, format!("chdir {dir}"))
         .and_then(|_| bind_in(t, fd, u, &full));
     let came_back = t.syscall(nr::FCHDIR, &[back]).rat(pid, "fchdir back");
-    t.syscall(nr::CLOSE, &[back]).rat(pid, "close the cwd")?;
+    t.close(back)?;
     bound?;
     came_back.map(drop)
 }
@@ -848,7 +850,7 @@ fn in_root<T>(
     };
     t.syscall(nr::FCHDIR, &[cwd]).rat(pid, "fchdir back")?;
     for fd in [cwd, top] {
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        t.close(fd)?;
     }
     r
 }
@@ -1014,8 +1016,7 @@ fn make(
                 let map = &files.socks.pid_map;
                 send_all(pid, &sender, &[], (&packets, &rights, map), u.id)?;
             }
-            t.syscall(nr::CLOSE, &[b])
-                .rat(pid, "close the closed peer")?;
+            t.close(b)?;
             kept.keep(t, u.id, a)?;
             made.push(u);
         }
@@ -1130,7 +1131,7 @@ fn fill(
     let map = &files.socks.pid_map;
     send_all(pid, &sender, &to, (packets, &rights, map), u.id)?;
     if let Some(fd) = temp {
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        t.close(fd)?;
     }
     Ok(())
 }

@@ -9,9 +9,9 @@
 use super::{status, PAGE};
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
+use crate::remote::Remote;
 use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
 use crest_inject::{nr, Tracee};
-use std::os::unix::fs::OpenOptionsExt;
 
 /// Size of the work area: one gadget page and the scratch memory.
 pub const WORK_AREA: u64 = 1 << 20;
@@ -161,12 +161,11 @@ pub fn map_vmas(
     files: &mut RestoreFiles,
     shared: &mut SharedAnon,
 ) -> Result<(), RestoreError> {
-    let pid = t.pid();
     // One fd per mapped file and mode, closed at the end.
     let mut open: std::collections::HashMap<(String, i32), u64> = std::collections::HashMap::new();
     let res = map_each(t, (mm, pagemap), placed, files, shared, &mut open);
     for fd in open.into_values() {
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close mapped file")?;
+        t.close(fd)?;
     }
     res
 }
@@ -234,7 +233,7 @@ fn map_each(
                             (Some(g), Some(reg)) => {
                                 crate::files::ghost::open(t, &reg, oflags, g, files)?
                             }
-                            _ => open_in_task(t, &path, oflags)?,
+                            _ => t.open(&path, oflags)?,
                         },
                     };
                     open.insert(key, fd);
@@ -256,11 +255,10 @@ fn map_each(
                     .write(true)
                     .open(&path)
                     .rat(pid, format!("open {path}"))?;
-                let fd = crate::files::share::give_fd(t, &std::os::fd::OwnedFd::from(file))?;
+                let fd = t.give_fd(&std::os::fd::OwnedFd::from(file))?;
                 let flags = flags & !(libc::MAP_ANONYMOUS as u64);
                 let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
-                t.syscall(nr::CLOSE, &[fd])
-                    .rat(pid, "close shared memory")?;
+                t.close(fd)?;
                 r.rat(
                     pid,
                     format!("mmap {:#x}-{:#x} shared with pid {holder}", v.start, v.end),
@@ -325,89 +323,6 @@ fn bad_vma(pid: i32, v: &VmaEntry, what: &str) -> RestoreError {
     }
 }
 
-/// Opens `path` inside the task; returns the fd.
-pub fn open_in_task(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, RestoreError> {
-    let pid = t.pid();
-    let mut p = path.as_bytes().to_vec();
-    p.push(0);
-    let addr = t.put(&p).rat(pid, format!("write path {path}"))?;
-    t.syscall(
-        nr::OPENAT,
-        &[
-            libc::AT_FDCWD as u64,
-            addr,
-            (flags | libc::O_CLOEXEC) as u64,
-            0,
-        ],
-    )
-    .rat(pid, format!("open {path}"))
-}
-
-/// Opens a file of crest's (under `/proc`, or an image) in the task:
-/// through its fd of crest's root when it has one (it may be in another
-/// mount namespace by now), else by path.
-pub fn open_crest_side(t: &mut Tracee, path: &str, flags: i32) -> Result<u64, RestoreError> {
-    let Some(root) = t.crest_root() else {
-        return open_in_task(t, path, flags);
-    };
-    let pid = t.pid();
-    let mut p = path.trim_start_matches('/').as_bytes().to_vec();
-    if p.is_empty() {
-        p.push(b'.');
-    }
-    p.push(0);
-    let addr = t.put(&p).rat(pid, format!("write path {path}"))?;
-    let ret = t
-        .syscall_raw(
-            nr::OPENAT,
-            &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
-        )
-        .rat(pid, format!("open {path} (crest's)"))?;
-    if ret == -i64::from(libc::EACCES) || ret == -i64::from(libc::EPERM) {
-        // The task's credentials do not reach it (crest's root is
-        // unmapped in the task's user namespace, and a runtime makes its
-        // images directory 0600): crest opens it and hands it over.
-        let f = std::fs::OpenOptions::new()
-            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
-            .open(path)
-            .rat(pid, format!("open {path} for the task"))?;
-        return crate::files::share::give_fd(t, &std::os::fd::OwnedFd::from(f));
-    }
-    if ret < 0 {
-        return Err(RestoreError::Io {
-            pid,
-            step: format!("open {path} (crest's)"),
-            source: std::io::Error::from_raw_os_error(-ret as i32),
-        });
-    }
-    Ok(ret as u64)
-}
-
-/// Gives the task an fd of crest's root directory, numbered above
-/// `above` (so the fd table restore can keep it out of its way).
-pub fn open_crest_root(t: &mut Tracee, above: u64) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    let fd = open_in_task(t, "/", libc::O_PATH | libc::O_DIRECTORY)?;
-    let high = t.syscall(nr::FCNTL, &[fd, libc::F_DUPFD_CLOEXEC as u64, above]);
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
-    let high = high.rat(pid, format!("move crest's root fd above {above}"))?;
-    t.set_crest_root(Some(high));
-    Ok(())
-}
-
-/// Closes the task's fd of crest's root.
-pub fn close_crest_root(t: &mut Tracee) -> Result<(), RestoreError> {
-    if let Some(fd) = t.crest_root() {
-        let pid = t.pid();
-        t.set_crest_root(None);
-        t.syscall(nr::CLOSE, &[fd])
-            .rat(pid, "close crest's root fd")?;
-    }
-    Ok(())
-}
-
 /// A run of pages: where it goes, its length and where it is in the pages
 /// file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -424,7 +339,7 @@ pub fn page_runs(pagemap: &[PagemapEntry]) -> Vec<Run> {
     pagemap
         .iter()
         .map(|e| {
-            let len = nr_pages(e).saturating_mul(PAGE);
+            let len = e.pages().saturating_mul(PAGE);
             let r = Run {
                 addr: e.vaddr,
                 len,
@@ -512,11 +427,10 @@ fn split_runs(runs: &[Run], at: u64) -> (Vec<Run>, Vec<Run>) {
 
 /// The task reads `runs` from the pages file.
 fn read_in_task(t: &mut Tracee, runs: &[Run], pages_path: &str) -> Result<(), RestoreError> {
-    let pid = t.pid();
     if runs.is_empty() {
         return Ok(());
     }
-    let fd = open_crest_side(t, pages_path, libc::O_RDONLY)?;
+    let fd = t.open_crest_side(pages_path, libc::O_RDONLY)?;
     // one preadv reads runs that follow each other in the file
     let mut file_off = runs[0].off;
     let mut batch: Vec<(u64, u64)> = Vec::with_capacity(IOVS_PER_CALL);
@@ -547,7 +461,7 @@ fn read_in_task(t: &mut Tracee, runs: &[Run], pages_path: &str) -> Result<(), Re
     if !batch.is_empty() {
         preadv(t, fd, &batch, file_off, pages_path)?;
     }
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close pages file")?;
+    t.close(fd)?;
     Ok(())
 }
 
@@ -611,14 +525,10 @@ fn write_runs(
     Ok(())
 }
 
-pub fn nr_pages(e: &PagemapEntry) -> u64 {
-    e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages))
-}
-
 /// Every pagemap run must lie inside a dumped, non-special VMA.
 fn check_pagemap(pid: i32, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
     for e in pagemap {
-        let n = nr_pages(e);
+        let n = e.pages();
         let end = n.checked_mul(PAGE).and_then(|b| e.vaddr.checked_add(b));
         let inside = end.is_some_and(|end| {
             e.vaddr % PAGE == 0
@@ -858,7 +768,7 @@ pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), Rest
     let exe_fd = if same {
         u64::from(u32::MAX)
     } else {
-        open_in_task(t, exe, libc::O_RDONLY)?
+        t.open(exe, libc::O_RDONLY)?
     };
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
@@ -895,7 +805,7 @@ pub fn set_mm_fields(t: &mut Tracee, mm: &MmEntry, exe: &str) -> Result<(), Rest
         &[PR_SET_MM, PR_SET_MM_MAP, base, PRCTL_MM_MAP_SIZE as u64, 0],
     );
     if !same {
-        t.syscall(nr::CLOSE, &[exe_fd]).rat(pid, "close exe")?;
+        t.close(exe_fd)?;
     }
     r.rat(pid, "prctl(PR_SET_MM, PR_SET_MM_MAP)")?;
     Ok(())

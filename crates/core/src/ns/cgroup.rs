@@ -10,6 +10,7 @@
 //! Only the cgroup v2 (unified) hierarchy is handled.
 
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::crest::CrestCgroupMember;
 use crest_images::pb::CgroupEntry;
 use crest_images::{magic, names};
@@ -58,7 +59,9 @@ pub fn path_of(pid: i32) -> Result<String, DumpError> {
 /// `pid` in it.
 pub fn dump_root(pid: i32, t: &mut Tracee) -> Result<String, DumpError> {
     let outer = path_of(pid)?;
-    let text = super::other::read_inside(t, pid, &format!("/proc/{pid}/cgroup"))?;
+    let text = t
+        .read_file(&format!("/proc/{pid}/cgroup"))
+        .map_err(|e| e.for_task(pid))?;
     let inner = parse_cgroup(&text).unwrap_or_default();
     root_from(&outer, &inner).ok_or_else(|| DumpError::Unsupported {
         pid,

@@ -16,6 +16,7 @@
 //! CRIU lays them out.
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::crest::{CrestPmqEntry, CrestPmqMsg};
 use crest_images::pb::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry};
 use crest_images::{magic, names, ImageReader, ImageWriter};
@@ -121,7 +122,9 @@ pub fn dump(pid: i32, t: &mut Tracee) -> Result<IpcDump, DumpError> {
         ..IpcDump::default()
     };
     let table = |t: &mut Tracee, kind: &str| -> Result<Vec<Row>, DumpError> {
-        let text = super::other::read_inside(t, pid, &format!("/proc/sysvipc/{kind}"))?;
+        let text = t
+            .read_file(&format!("/proc/sysvipc/{kind}"))
+            .map_err(|e| e.for_task(pid))?;
         parse_table(&text).ok_or_else(|| DumpError::Unsupported {
             pid,
             what: format!("a /proc/sysvipc/{kind} that crest cannot read: {text:?}"),
@@ -204,7 +207,7 @@ fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, DumpError> 
             maxmsg: 0,
             msgsize: 0,
             messages: Vec::new(),
-            times: Some(crate::files::ghost::times_of(&meta)),
+            times: Some(crest_images::pb::crest::CrestTimes::of(&meta)),
         };
         let n = name.as_bytes().to_vec();
         let mut buf = n.clone();
@@ -217,7 +220,7 @@ fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, DumpError> 
             )
             .at(pid, "open a POSIX message queue")?;
         let r = copy_queue(pid, t, fd, &mut e);
-        let _ = t.syscall(nr::CLOSE, &[fd]);
+        t.close_quietly(fd);
         r?;
         // copying the messages out and back touched the queue's times
         if let Some(times) = &e.times {
@@ -403,7 +406,9 @@ fn u64_at(raw: &[u8], at: usize) -> u64 {
 /// The sysctls of the namespace, in CRIU's `ipc_var_entry`.
 fn read_var(pid: i32, t: &mut Tracee) -> Result<IpcVarEntry, DumpError> {
     let mut read = |name: &str| -> Result<Vec<u64>, DumpError> {
-        let text = super::other::read_inside(t, pid, &format!("/proc/sys/{name}"))?;
+        let text = t
+            .read_file(&format!("/proc/sys/{name}"))
+            .map_err(|e| e.for_task(pid))?;
         text.split_whitespace()
             .map(|w| w.parse::<u64>())
             .collect::<Result<Vec<u64>, _>>()
@@ -646,7 +651,7 @@ fn restore_pmq(t: &mut Tracee, q: &CrestPmqEntry) -> Result<(), RestoreError> {
         )
         .rat(pid, format!("mq_open /{}", q.name))?;
     let r = send_all(t, fd, &q.messages).rat(pid, format!("refill POSIX queue /{}", q.name));
-    let _ = t.syscall(nr::CLOSE, &[fd]);
+    t.close_quietly(fd);
     r?;
     // Owner and mode as crest sees them, through the helper's mount.
     let path = format!("/proc/{pid}/root{MQ_AT}/{}", q.name);

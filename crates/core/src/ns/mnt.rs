@@ -26,6 +26,8 @@
 //! framing).
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::opts::mnt_externals;
+pub mod devpts;
 pub mod tmpfs;
 
 use crest_images::carry::MountsReader;
@@ -150,18 +152,6 @@ const EXTERNAL: u32 = 4;
 /// container's): bound at restore from crest's mount of the hierarchy,
 /// where the tree's cgroup is now.
 const CGROUP_V1: u32 = 5;
-
-/// CRIU's `--external mnt[A]:B` entries as (A, B): at dump a mountpoint
-/// and its key, at restore a key and the path to bind there.
-pub fn mnt_externals(list: &[String]) -> Vec<(String, String)> {
-    list.iter()
-        .filter_map(|e| {
-            let rest = e.strip_prefix("mnt[")?;
-            let (a, b) = rest.split_once("]:")?;
-            (!a.is_empty() && !b.is_empty()).then(|| (a.to_string(), b.to_string()))
-        })
-        .collect()
-}
 
 /// How a dump treats mounts, as the command line says.
 #[derive(Debug, Clone, Default)]
@@ -847,7 +837,7 @@ fn mount_one(
     if let Some(src) = bind_from {
         if m.kind == BIND {
             // a console's slave bound elsewhere: the pty must exist first
-            crate::files::tty::premake(pid, &src);
+            devpts::premake(pid, &src);
         }
         let a = put_strs(t, &[&src, &target])?;
         t.syscall(nr::MOUNT, &[a[0], a[1], 0, libc::MS_BIND, 0])

@@ -11,4 +11,5 @@ pub mod mnt;
 pub mod net;
 pub mod other;
 pub mod pid;
+pub mod pidinit;
 pub mod user;

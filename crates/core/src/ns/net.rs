@@ -31,6 +31,7 @@ mod rtnl;
 mod sysctl;
 
 use crate::error::{DumpError, RestoreError};
+use crate::opts::{veth_bridges, veth_externals};
 use crest_images::pb::crest::{CrestNetdevExtra, CrestSysctl};
 use crest_images::pb::{NdType, NetDeviceEntry, NetnsEntry, SysctlEntry};
 use crest_images::{magic, names};
@@ -601,45 +602,6 @@ fn read_inside() -> Result<NetNs, Fail> {
         .filter_map(|p| Some((p.to_string(), sysctl::read_sysctl(p)?)))
         .collect();
     Ok(n)
-}
-
-/// The parsed `--external` veth entries: (inside name, outside name).
-pub fn veth_externals(external: &[String]) -> Vec<(String, Option<String>)> {
-    veth_entries(external)
-        .into_iter()
-        .map(|(inside, outside, _)| (inside, outside))
-        .collect()
-}
-
-/// The bridges the outside ends go in (CRIU's `veth[IF]:OUT@BRIDGE` at
-/// restore): (outside name, bridge).
-pub fn veth_bridges(external: &[String]) -> Vec<(String, String)> {
-    veth_entries(external)
-        .into_iter()
-        .filter_map(|(_, outside, bridge)| Some((outside?, bridge?)))
-        .collect()
-}
-
-/// (inside name, outside name, bridge) of each `veth[IF]:OUT[@BRIDGE]`.
-fn veth_entries(external: &[String]) -> Vec<(String, Option<String>, Option<String>)> {
-    external
-        .iter()
-        .filter_map(|e| {
-            let rest = e.strip_prefix("veth[")?;
-            let (inside, after) = rest.split_once(']')?;
-            let outside = after.strip_prefix(':').filter(|o| !o.is_empty());
-            let (outside, bridge) = match outside.map(|o| o.split_once('@')) {
-                Some(Some((o, b))) => (Some(o), Some(b).filter(|b| !b.is_empty())),
-                Some(None) => (outside, None),
-                None => (None, None),
-            };
-            Some((
-                inside.to_string(),
-                outside.map(str::to_string),
-                bridge.map(str::to_string),
-            ))
-        })
-        .collect()
 }
 
 /// Finds where the peer of every veth lives: another namespace of the

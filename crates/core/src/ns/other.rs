@@ -17,6 +17,7 @@
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::carry::MountsReader;
 use crest_images::pb::crest::CrestNsEntry;
 use crest_images::pb::{NsFileEntry, UtsnsEntry};
@@ -668,42 +669,6 @@ fn reader(pid: i32, fd: &OwnedFd, flag: i32, owner: Option<&OwnedFd>) -> Result<
     Ok(t)
 }
 
-/// Most bytes crest reads from a file inside a namespace.
-const MAX_INSIDE: usize = 16 << 20;
-
-/// Reads a file inside the reader task (as the namespace shows it).
-pub(super) fn read_inside(t: &mut Tracee, pid: i32, path: &str) -> Result<String, DumpError> {
-    let mut p = path.as_bytes().to_vec();
-    p.push(0);
-    let addr = t.put(&p).at(pid, "write a path")?;
-    let fd = t
-        .syscall(
-            nr::OPENAT,
-            &[libc::AT_FDCWD as u64, addr, libc::O_RDONLY as u64, 0],
-        )
-        .at(pid, "open a file in a namespace")?;
-    const CHUNK: usize = 1 << 16;
-    let buf = t.scratch(CHUNK).at(pid, "scratch")?;
-    let mut out = Vec::new();
-    let res = loop {
-        let n = match t.syscall(nr::READ, &[fd, buf, CHUNK as u64]) {
-            Ok(n) => n as usize,
-            Err(e) => break Err(e),
-        };
-        if n == 0 || out.len() + n > MAX_INSIDE {
-            break Ok(());
-        }
-        let mut raw = vec![0u8; n];
-        if let Err(e) = t.read_mem(buf, &mut raw) {
-            break Err(e);
-        }
-        out.extend_from_slice(&raw);
-    };
-    let _ = t.syscall(nr::CLOSE, &[fd]);
-    res.at(pid, "read a file in a namespace")?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
 /// The clock offsets of a time namespace, from `/proc/PID/timens_offsets`.
 fn read_time_offsets(pid: i32) -> Result<[(i64, i64); 2], DumpError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets"))
@@ -827,9 +792,9 @@ impl Helpers {
                     .cloned()
                     .or(n.external_key.clone())
                     .unwrap_or_default();
-                let there = crate::files::share::give_fd(&mut t, fd)?;
+                let there = t.give_fd(fd)?;
                 let r = t.syscall(nr::SETNS, &[there, u64::from(n.nstype)]);
-                t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+                t.close(there)?;
                 r.rat(pid, format!("setns into the caller's namespace {key}"))?;
                 h.by_id.push((n.id, t));
                 continue;
@@ -893,7 +858,6 @@ impl Helpers {
         init_of: &dyn Fn(u32) -> Option<i32>,
         how: &super::mnt::Replay<'_>,
     ) -> Result<(), RestoreError> {
-        use crate::mm::restore::{close_crest_root, open_crest_root, open_crest_side};
         if self.joined.contains(&id) {
             return Ok(()); // --join-ns: its mounts are the caller's
         }
@@ -916,17 +880,17 @@ impl Helpers {
                 })?;
             let mut t = super::pid::spawn_helper(&[])?;
             let pid = t.pid();
-            open_crest_root(&mut t, 64)?;
-            let fd = open_crest_side(&mut t, &format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
+            t.open_crest_root(64)?;
+            let fd = t.open_crest_side(&format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWNS as u64]);
-            t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+            t.close(fd)?;
             r.rat(pid, "setns into the mount namespace it is a copy of")?;
             if let Some(owner) = users_h.pid_of(n.owner_userns) {
                 super::user::enter(&mut t, owner)?;
             }
             t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])
                 .rat(pid, "unshare(CLONE_NEWNS)")?;
-            close_crest_root(&mut t)?;
+            t.close_crest_root()?;
             self.by_id.push((id, t));
         }
         let mut e = match m.proc_pidns {
@@ -938,12 +902,12 @@ impl Helpers {
                 })?;
                 // a pid high in that namespace, out of the way of the
                 // tree's threads, which are made after it
-                let high = crate::pstree::pid_max() - 1001 - (id % 1000) as i32;
+                let high = crate::clone::pid_max() - 1001 - (id % 1000) as i32;
                 super::pid::spawn_in(init, &[high])?
             }
             None => super::pid::spawn_helper(&[])?,
         };
-        open_crest_root(&mut e, 64)?;
+        e.open_crest_root(64)?;
         if let Some(owner) = users_h.pid_of(n.owner_userns).filter(|_| self.userns_first) {
             let (here, there) = (
                 super::user::ino_of(&format!("/proc/{}/ns/user", e.pid())).ok(),
@@ -1034,9 +998,9 @@ impl Helpers {
             if here.is_some() && here == super::user::ino_of(&path).ok() {
                 continue;
             }
-            let fd = crate::mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+            let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, u64::from(n.nstype)]);
-            t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+            t.close(fd)?;
             r.rat(pid, format!("setns into its {kind} namespace"))?;
         }
         Ok(())

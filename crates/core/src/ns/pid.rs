@@ -305,7 +305,7 @@ impl PidnsGraph {
 #[derive(Default)]
 pub struct Writers {
     by_ns: Vec<(u32, crest_inject::Tracee)>,
-    /// Where crest's pids for them start (see `pstree::spare_pids`).
+    /// Where crest's pids for them start (see `crate::clone::spare_pids`).
     spare: i32,
 }
 
@@ -328,7 +328,7 @@ impl Writers {
         let i = match self.by_ns.iter().position(|w| w.0 == ns) {
             Some(i) => i,
             None => {
-                crate::pstree::steer_pids(self.spare + self.by_ns.len() as i32 + 64);
+                crate::clone::steer_pids(self.spare + self.by_ns.len() as i32 + 64);
                 let t = make_writer(ns, init)?;
                 self.by_ns.push((ns, t));
                 self.by_ns.len() - 1
@@ -345,7 +345,7 @@ impl Writers {
 
 fn make_writer(ns: u32, init: i32) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
     // A pid high in the namespace, out of the way of the tree's.
-    spawn_in(init, &[crate::pstree::pid_max() - 1 - ns as i32 % 1000])
+    spawn_in(init, &[crate::clone::pid_max() - 1 - ns as i32 % 1000])
 }
 
 /// A stopped crest child, attached, made inside the pid namespace whose
@@ -395,7 +395,7 @@ fn spawn_in_through_owner(
         h.syscall(crest_inject::nr::SETNS, &[fd as u64, flag as u64])
             .rat(hp, format!("setns of a helper into {what}"))?;
     }
-    crate::pstree::clone_with_tid(&mut h, set_tid)
+    crate::clone::clone_with_tid(&mut h, set_tid)
     // (dropping `h` kills it: crest, a child subreaper, takes the task)
 }
 

@@ -13,6 +13,7 @@
 use super::idmap;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::procfs::{self, IdExtent};
+use crate::remote::Remote;
 use crest_images::pb::crest::CrestUsernsEntry;
 use crest_images::pb::{UidGidExtent, UsernsEntry};
 use crest_images::{magic, names};
@@ -662,7 +663,7 @@ impl Helpers {
                         file: names::userns(n.id),
                         what: format!("namespace {} comes before its parent {parent}", n.id),
                     })?;
-                crate::pstree::clone_plain(ph)?
+                crate::clone::clone_plain(ph)?
             };
             let pid = t.pid();
             // The namespace's owner is the euid of its creator; its egid
@@ -764,9 +765,9 @@ fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee, RestoreErr
     let mut t = Tracee::from_stopped_child(pid).rat(pid, "attach a user namespace helper")?;
     t.trace_new_tasks().rat(pid, "trace new tasks")?;
     t.use_vdso_syscall().rat(pid, "helper syscall")?;
-    let there = crate::files::share::give_fd(&mut t, &fd)?;
+    let there = t.give_fd(&fd)?;
     let r = t.syscall(nr::SETNS, &[there, libc::CLONE_NEWUSER as u64]);
-    t.syscall(nr::CLOSE, &[there]).rat(pid, "close")?;
+    t.close(there)?;
     r.rat(pid, format!("setns into the user namespace {file}"))?;
     let (uids, gids, setgroups) = read_maps(pid).map_err(|e| refuse(e.to_string()))?;
     let sorted = |m: &[IdExtent]| {
@@ -808,10 +809,10 @@ fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee, RestoreErr
 /// Writes `data` to `path` from inside task `t`.
 pub fn write_in_task(t: &mut Tracee, path: &str, data: &[u8]) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let fd = crate::mm::restore::open_in_task(t, path, libc::O_WRONLY)?;
+    let fd = t.open(path, libc::O_WRONLY)?;
     let addr = t.put(data).rat(pid, "write data")?;
     let r = t.syscall(nr::WRITE, &[fd, addr, data.len() as u64]);
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    t.close(fd)?;
     r.rat(pid, format!("write {path}"))?;
     Ok(())
 }
@@ -820,9 +821,9 @@ pub fn write_in_task(t: &mut Tracee, path: &str, data: &[u8]) -> Result<(), Rest
 pub fn enter(t: &mut Tracee, helper_pid: i32) -> Result<(), RestoreError> {
     let pid = t.pid();
     let path = format!("/proc/{helper_pid}/ns/user");
-    let fd = crate::mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+    let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
     let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWUSER as u64]);
-    t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+    t.close(fd)?;
     r.rat(pid, "setns(CLONE_NEWUSER)")?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use super::images::{init_of, parent_index, TaskImage, TreeImages};
 use crate::error::{RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crate::{mm, ns, pstree};
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
@@ -73,7 +74,7 @@ pub(super) fn fork_tree(
             imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
         })?;
         let set_tid = imgs[0].set_tid(0);
-        let t = pstree::fork_init_in_userns(
+        let t = crate::ns::pidinit::fork_init_in_userns(
             None,
             &imgs[0].entry,
             &set_tid,
@@ -142,7 +143,7 @@ pub(super) fn fork_tree(
             let parent = tasks[p]
                 .as_mut()
                 .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-            let child = pstree::fork_init_in_userns(
+            let child = crate::ns::pidinit::fork_init_in_userns(
                 Some(parent),
                 &imgs[k].entry,
                 &set_tid,
@@ -159,7 +160,7 @@ pub(super) fn fork_tree(
         }
         let levels = levels_of(ti, &actual, k, cur_userns[p])?;
         let how = pstree::ForkHow {
-            ids: pstree::Ids {
+            ids: crate::clone::Ids {
                 want: &set_tid,
                 settable: levels.settable,
                 crest_last: levels.crest_last,
@@ -305,7 +306,7 @@ pub(super) fn end_zombies(
         let parent = tasks[p]
             .as_mut()
             .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-        pstree::make_zombie(t, status, &tc.comm, parent)?;
+        crate::clone::make_zombie(t, status, &tc.comm, parent)?;
     }
     Ok(())
 }
@@ -436,9 +437,9 @@ pub(super) fn set_pid_for_children(
         };
         if let Some(t) = tasks[k].as_mut() {
             let path = format!("/proc/{init}/ns/pid");
-            let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+            let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
             let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
-            t.syscall(nr::CLOSE, &[fd]).rat(img.pid(), "close")?;
+            t.close(fd)?;
             match r {
                 Err(crest_inject::InjectError::Syscall { ref source, .. })
                     if source.raw_os_error() == Some(libc::EPERM) =>
@@ -548,7 +549,7 @@ pub(super) fn spawn_root(
     } else {
         Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?
     };
-    if !pstree::has_ids(child, &set_tid) {
+    if !crate::clone::has_ids(child, &set_tid) {
         return Err(RestoreError::Unsupported {
             pid,
             what: format!("clone3 with set_tid {set_tid:?} gave pid {child}"),

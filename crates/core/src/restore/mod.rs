@@ -12,7 +12,8 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::RestoreFiles;
 use crate::notify::{hook, Notify, Silent};
 use crate::opts::{Action, Options};
-use crate::{mm, ns, pstree};
+use crate::remote::Remote;
+use crate::{mm, ns};
 use crest_inject::Tracee;
 use crest_sys::fault;
 use crest_sys::ptrace::{self, WaitStatus};
@@ -172,10 +173,10 @@ fn restore_tree(
     if ti.cut == 0 || ext_pidns.is_some() {
         // `crest dump && crest restore`: the dumped tasks may still be
         // on their way out
-        pstree::wait_for_leaving(&tids, std::time::Duration::from_secs(5));
+        crate::clone::wait_for_leaving(&tids, std::time::Duration::from_secs(5));
     }
-    let spare = pstree::spare_pids(&tids);
-    pstree::steer_pids(spare);
+    let spare = crate::clone::spare_pids(&tids);
+    crate::clone::steer_pids(spare);
     // The namespaces first, held by helpers until every task has entered
     // its own.
     let join_user = opts.join_ns.iter().find(|j| j.ns == "user");
@@ -484,9 +485,9 @@ fn before_transform(
         let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
             continue;
         };
-        mm::restore::open_crest_root(t, live.crest_root_fd())?;
+        t.open_crest_root(live.crest_root_fd())?;
     }
-    let mnt_externals = ns::mnt::mnt_externals(&opts.external);
+    let mnt_externals = crate::opts::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());
     let cg_lines = ns::cgroup::read_members(&opts.dir)?.root;
     let cgroup_moves = ns::cgroup::moves(&cg_lines, &opts.cgroup_roots);

@@ -5,7 +5,8 @@ use super::images::TaskImage;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::{restore_fds, RestoreFiles};
 use crate::ns::user::{to_outer_view, UsernsGraph};
-use crate::{creds, mm, ns, pstree, regs, signals, task};
+use crate::remote::Remote;
+use crate::{creds, mm, ns, regs, signals, task};
 use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{CoreEntry, FsEntry};
@@ -56,7 +57,7 @@ pub(super) fn transform(
     task::unregister_inherited_rseq(t)?;
     if shares_files {
         // Its parent's fd table restore closed the fd it had of crest's root.
-        mm::restore::open_crest_root(t, live.crest_root_fd())?;
+        t.open_crest_root(live.crest_root_fd())?;
     }
     // Its own namespaces (but the user namespace) first, so files are
     // reopened in its mount namespace and the vdso is placed in its time
@@ -190,7 +191,7 @@ pub(super) fn transform(
     for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
         let set_tid = img.set_tid(i);
         // (made in the task's own user namespace: `tl` is for it)
-        let ids = pstree::Ids {
+        let ids = crate::clone::Ids {
             want: &set_tid,
             settable: tl.settable,
             crest_last: tl.crest_last,
@@ -202,7 +203,7 @@ pub(super) fn transform(
             }
             Ok(())
         };
-        let mut th = pstree::fork_thread(t, *tid, &ids, &mut before)?;
+        let mut th = crate::clone::fork_thread(t, *tid, &ids, &mut before)?;
         th.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
         restore_thread(&mut th, img, i, tc.personality)?;
         let tstep = UserStep {
@@ -234,9 +235,9 @@ pub(super) fn transform(
         // (from its own user namespace, its threads made: see
         // fork::set_pid_for_children)
         let path = format!("/proc/{init}/ns/pid");
-        let fd = mm::restore::open_crest_side(t, &path, libc::O_RDONLY)?;
+        let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
         let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close")?;
+        t.close(fd)?;
         r.rat(pid, "setns of pid_for_children")?;
     }
     // seccomp once its threads are made (they would inherit it) and
@@ -256,7 +257,7 @@ pub(super) fn transform(
     }
     let inner_pid = img.inner_tid(0).unwrap_or(pid);
     signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
-    mm::restore::close_crest_root(t)?;
+    t.close_crest_root()?;
     Ok(())
 }
 
@@ -492,7 +493,7 @@ pub(super) fn restore_fs(
         let r = t
             .syscall(nr::FCHDIR, &[fd])
             .rat(pid, format!("fchdir to {cwd}"));
-        t.syscall(nr::CLOSE, &[fd]).rat(pid, "close the cwd")?;
+        t.close(fd)?;
         r?;
     } else {
         let mut p = cwd.as_bytes().to_vec();

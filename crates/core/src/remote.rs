@@ -1,0 +1,366 @@
+//! Acting inside a task: typed injected calls that dump and restore share.
+//!
+//! Every room that makes a task open, close, enter or read something goes
+//! through [`Remote`], so the steps and their errors read the same
+//! everywhere, and an fd made in the task for a while is closed again by
+//! [`Remote::with_fd`] whatever the work in between returns. This room
+//! uses only the injection layer (`crest_inject`) and the files room's
+//! fd passing (to hand a task a file its credentials cannot open).
+
+use crest_inject::{nr, InjectError, Tracee};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// What went wrong inside a task: the task, the step and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("pid {pid}: {step}: {source}")]
+    Inject {
+        pid: i32,
+        step: String,
+        #[source]
+        source: InjectError,
+    },
+    #[error("pid {pid}: {step}: {source}")]
+    Io {
+        pid: i32,
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RemoteError {
+    /// The same error, naming `pid` instead: for a helper task that acts
+    /// for a task of the tree (a namespace reader).
+    pub fn for_task(self, pid: i32) -> Self {
+        match self {
+            RemoteError::Inject { step, source, .. } => RemoteError::Inject { pid, step, source },
+            RemoteError::Io { step, source, .. } => RemoteError::Io { pid, step, source },
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RemoteError>;
+
+/// Most bytes [`Remote::read_file`] reads.
+const MAX_READ: usize = 16 << 20;
+
+/// The calls crest makes a task run. Each error names the task and the
+/// step.
+pub trait Remote {
+    /// Runs `nr` with `args`; a negative result is an error naming `step`.
+    fn call(&mut self, nr: u64, args: &[u64], step: &str) -> Result<u64>;
+
+    /// Opens `path` as the task sees it (relative paths from its cwd),
+    /// close-on-exec.
+    fn open(&mut self, path: &str, flags: i32) -> Result<u64>;
+
+    /// Opens a file of crest's (under `/proc`, or an image) in the task:
+    /// through its fd of crest's root when it has one (it may be in
+    /// another mount namespace by now), else by path. Where the task's
+    /// credentials do not reach the file, crest opens it and hands it over.
+    fn open_crest_side(&mut self, path: &str, flags: i32) -> Result<u64>;
+
+    /// Gives the task an fd of crest's root directory, numbered above
+    /// `above` (so the fd table restore can keep it out of its way).
+    fn open_crest_root(&mut self, above: u64) -> Result<()>;
+
+    /// Closes the task's fd of crest's root, if it has one.
+    fn close_crest_root(&mut self) -> Result<()>;
+
+    /// Closes the task's `fd`.
+    fn close(&mut self, fd: u64) -> Result<()>;
+
+    /// Closes the task's `fd`, for a path that is failing already.
+    fn close_quietly(&mut self, fd: u64);
+
+    /// Runs `work` with the task's `fd`, then closes it, also when `work`
+    /// failed (whose error wins).
+    fn with_fd<T, E: From<RemoteError>>(
+        &mut self,
+        fd: u64,
+        work: impl FnOnce(&mut Self, u64) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>;
+
+    /// `fcntl(fd, cmd, arg)`.
+    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64) -> Result<u64>;
+
+    /// `dup3(old, new, flags)`.
+    fn dup3(&mut self, old: u64, new: u64, flags: i32) -> Result<u64>;
+
+    /// Moves the task into the namespace `fd` (of kind `nstype`, or 0).
+    fn setns(&mut self, fd: u64, nstype: i32) -> Result<()>;
+
+    /// `prctl(option, args..)`, naming `what` on failure.
+    fn prctl(&mut self, option: i32, args: &[u64], what: &str) -> Result<u64>;
+
+    /// Puts `file` (crest's) into the task as a new fd with the same open
+    /// file description: the task makes a datagram socketpair, crest sends
+    /// the fd into one end (`SCM_RIGHTS`) and the task receives it from
+    /// the other. Works whatever namespaces the task is in.
+    fn give_fd(&mut self, file: &OwnedFd) -> Result<u64>;
+
+    /// Reads a whole file as the task sees it (its namespaces, its root),
+    /// at most 16 MiB.
+    fn read_file(&mut self, path: &str) -> Result<String>;
+}
+
+fn inject_err(pid: i32, step: impl Into<String>) -> impl FnOnce(InjectError) -> RemoteError {
+    let step = step.into();
+    move |source| RemoteError::Inject { pid, step, source }
+}
+
+fn errno(pid: i32, step: impl Into<String>, ret: i64) -> RemoteError {
+    RemoteError::Io {
+        pid,
+        step: step.into(),
+        source: io::Error::from_raw_os_error(-ret as i32),
+    }
+}
+
+impl Remote for Tracee {
+    fn call(&mut self, nr: u64, args: &[u64], step: &str) -> Result<u64> {
+        let pid = self.pid();
+        self.syscall(nr, args).map_err(inject_err(pid, step))
+    }
+
+    fn open(&mut self, path: &str, flags: i32) -> Result<u64> {
+        let pid = self.pid();
+        let mut p = path.as_bytes().to_vec();
+        p.push(0);
+        let addr = self
+            .put(&p)
+            .map_err(inject_err(pid, format!("write path {path}")))?;
+        self.call(
+            nr::OPENAT,
+            &[
+                libc::AT_FDCWD as u64,
+                addr,
+                (flags | libc::O_CLOEXEC) as u64,
+                0,
+            ],
+            &format!("open {path}"),
+        )
+    }
+
+    fn open_crest_side(&mut self, path: &str, flags: i32) -> Result<u64> {
+        let Some(root) = self.crest_root() else {
+            return self.open(path, flags);
+        };
+        let pid = self.pid();
+        let mut p = path.trim_start_matches('/').as_bytes().to_vec();
+        if p.is_empty() {
+            p.push(b'.');
+        }
+        p.push(0);
+        let addr = self
+            .put(&p)
+            .map_err(inject_err(pid, format!("write path {path}")))?;
+        let step = format!("open {path} (crest's)");
+        let ret = self
+            .syscall_raw(
+                nr::OPENAT,
+                &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
+            )
+            .map_err(inject_err(pid, &step))?;
+        if ret == -i64::from(libc::EACCES) || ret == -i64::from(libc::EPERM) {
+            // The task's credentials do not reach it (crest's root is
+            // unmapped in the task's user namespace, and a runtime makes
+            // its images directory 0600): crest opens it and hands it over.
+            let f = std::fs::OpenOptions::new()
+                .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+                .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+                .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|source| RemoteError::Io {
+                    pid,
+                    step: format!("open {path} for the task"),
+                    source,
+                })?;
+            return self.give_fd(&OwnedFd::from(f));
+        }
+        if ret < 0 {
+            return Err(errno(pid, step, ret));
+        }
+        Ok(ret as u64)
+    }
+
+    fn open_crest_root(&mut self, above: u64) -> Result<()> {
+        let fd = self.open("/", libc::O_PATH | libc::O_DIRECTORY)?;
+        let high = self.with_fd(fd, |t, fd| {
+            t.fcntl(fd, libc::F_DUPFD_CLOEXEC, above)
+                .map_err(|e| match e {
+                    RemoteError::Inject { pid, source, .. } => RemoteError::Inject {
+                        pid,
+                        step: format!("move crest's root fd above {above}"),
+                        source,
+                    },
+                    e => e,
+                })
+        })?;
+        self.set_crest_root(Some(high));
+        Ok(())
+    }
+
+    fn close_crest_root(&mut self) -> Result<()> {
+        if let Some(fd) = self.crest_root() {
+            self.set_crest_root(None);
+            self.call(nr::CLOSE, &[fd], "close crest's root fd")?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, fd: u64) -> Result<()> {
+        self.call(nr::CLOSE, &[fd], &format!("close fd {fd}"))
+            .map(|_| ())
+    }
+
+    fn close_quietly(&mut self, fd: u64) {
+        let _ = self.syscall(nr::CLOSE, &[fd]);
+    }
+
+    fn with_fd<T, E: From<RemoteError>>(
+        &mut self,
+        fd: u64,
+        work: impl FnOnce(&mut Self, u64) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        match work(self, fd) {
+            Ok(v) => {
+                self.close(fd)?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.close_quietly(fd);
+                Err(e)
+            }
+        }
+    }
+
+    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64) -> Result<u64> {
+        self.call(
+            nr::FCNTL,
+            &[fd, cmd as u64, arg],
+            &format!("fcntl({fd}, {cmd})"),
+        )
+    }
+
+    fn dup3(&mut self, old: u64, new: u64, flags: i32) -> Result<u64> {
+        self.call(
+            nr::DUP3,
+            &[old, new, flags as u64],
+            &format!("dup fd {old} to {new}"),
+        )
+    }
+
+    fn setns(&mut self, fd: u64, nstype: i32) -> Result<()> {
+        self.call(nr::SETNS, &[fd, nstype as u64], "setns")
+            .map(|_| ())
+    }
+
+    fn prctl(&mut self, option: i32, args: &[u64], what: &str) -> Result<u64> {
+        let mut a = [0u64; 5];
+        a[0] = option as u64;
+        for (slot, v) in a[1..].iter_mut().zip(args) {
+            *slot = *v;
+        }
+        self.call(nr::PRCTL, &a, what)
+    }
+
+    fn give_fd(&mut self, file: &OwnedFd) -> Result<u64> {
+        let pid = self.pid();
+        let buf = self
+            .scratch((CONTROL + CONTROL_LEN) as usize)
+            .map_err(inject_err(pid, "scratch"))?;
+        let kind = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+        self.call(
+            nr::SOCKETPAIR,
+            &[libc::AF_UNIX as u64, kind, 0, buf],
+            "socketpair to pass an fd",
+        )?;
+        let mut raw = [0u8; 8];
+        self.read_mem(buf, &mut raw)
+            .map_err(inject_err(pid, "read socketpair fds"))?;
+        let a = u64::from(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+        let b = u64::from(u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]));
+        self.with_fd(a, |t, a| t.with_fd(b, |t, b| pass(t, file, buf, a, b)))
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<String> {
+        let pid = self.pid();
+        let fd = self.open(path, libc::O_RDONLY)?;
+        self.with_fd(fd, |t, fd| {
+            const CHUNK: usize = 1 << 16;
+            let step = format!("read {path}");
+            let buf = t.scratch(CHUNK).map_err(inject_err(pid, &step))?;
+            let mut out = Vec::new();
+            loop {
+                let n = t.call(nr::READ, &[fd, buf, CHUNK as u64], &step)? as usize;
+                if n == 0 || out.len() + n > MAX_READ {
+                    break;
+                }
+                let mut raw = vec![0u8; n];
+                t.read_mem(buf, &mut raw).map_err(inject_err(pid, &step))?;
+                out.extend_from_slice(&raw);
+            }
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
+    }
+}
+
+/// A copy of fd `fd` of the (stopped) task `pid`, in crest.
+pub fn take_fd(pid: i32, fd: u32) -> Result<OwnedFd> {
+    let io = |step: String| move |source| RemoteError::Io { pid, step, source };
+    let pidfd = crest_sys::misc::pidfd_open(pid).map_err(io("pidfd_open".into()))?;
+    crest_sys::misc::pidfd_getfd(&pidfd, fd as i32).map_err(io(format!("pidfd_getfd of fd {fd}")))
+}
+
+/// Layout of the `recvmsg` arguments in the task's scratch memory.
+const MSGHDR: u64 = 0;
+const IOV: u64 = 56;
+const BYTE: u64 = 72;
+const CONTROL: u64 = 80;
+const CONTROL_LEN: u64 = 24;
+
+/// Sends `file` into the task's socket `a` and has the task receive it
+/// from `b`.
+fn pass(t: &mut Tracee, file: &OwnedFd, buf: u64, a: u64, b: u64) -> Result<u64> {
+    let pid = t.pid();
+    let end = take_fd(pid, a as u32)?;
+    crest_sys::misc::send_fd(&end, file).map_err(|source| RemoteError::Io {
+        pid,
+        step: "send an fd to the task".into(),
+        source,
+    })?;
+    drop(end);
+    let mut msg = vec![0u8; (CONTROL + CONTROL_LEN) as usize];
+    let mut put = |off: u64, v: u64| {
+        msg[off as usize..off as usize + 8].copy_from_slice(&v.to_le_bytes());
+    };
+    put(MSGHDR + 16, buf + IOV); // msg_iov
+    put(MSGHDR + 24, 1); // msg_iovlen
+    put(MSGHDR + 32, buf + CONTROL); // msg_control
+    put(MSGHDR + 40, CONTROL_LEN); // msg_controllen
+    put(IOV, buf + BYTE);
+    put(IOV + 8, 1);
+    t.write_mem(buf, &msg)
+        .map_err(inject_err(pid, "write msghdr"))?;
+    let flags = (libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) as u64;
+    t.call(nr::RECVMSG, &[b, buf, flags], "recvmsg of a passed fd")?;
+    let mut ctl = [0u8; CONTROL_LEN as usize];
+    t.read_mem(buf + CONTROL, &mut ctl)
+        .map_err(inject_err(pid, "read the passed fd"))?;
+    let level = i32::from_le_bytes([ctl[8], ctl[9], ctl[10], ctl[11]]);
+    let kind = i32::from_le_bytes([ctl[12], ctl[13], ctl[14], ctl[15]]);
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return Err(RemoteError::Io {
+            pid,
+            step: "receive a passed fd".into(),
+            source: io::Error::other("the fd passed over the socket did not arrive"),
+        });
+    }
+    Ok(u64::from(u32::from_le_bytes([
+        ctl[16], ctl[17], ctl[18], ctl[19],
+    ])))
+}
