@@ -31,7 +31,7 @@ pub fn word(i: usize) -> u64 {
 /// No parent-death signal for that: crest restores it, and the restored
 /// holder's parent at restore is `crest restore`, which exits at once.
 pub fn hold(mib: usize, ready: &Path, bench: u32) -> Result<()> {
-    crest_sys::proc::setsid().context("setsid")?;
+    rustix::process::setsid().context("setsid")?;
     crest_sys::proc::close_from(3).context("close_range")?;
 
     let words = mib * MIB / 8;

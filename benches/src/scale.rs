@@ -65,13 +65,13 @@ fn write_ready(ready: &Path, text: &str) -> Result<()> {
 
 /// `hold-tree N DEPTH KIB READY BENCH`: the root of the tree.
 pub fn hold_tree(n: usize, depth: usize, kib: usize, ready: &Path, bench: u32) -> Result<()> {
-    crest_sys::proc::setsid().context("setsid")?;
+    rustix::process::setsid().context("setsid")?;
     crest_sys::proc::close_from(3).context("close_range")?;
     let me = std::process::id() as i32;
     let buf = touched(kib, me);
     let exe = std::env::current_exe().context("current_exe")?;
 
-    let (rd, wr) = crest_sys::misc::pipe().context("pipe")?;
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
     let mut chains = Vec::new();
     let mut left = n.saturating_sub(1);
     while left > 0 {
@@ -163,7 +163,7 @@ pub fn hold_node(len: usize, kib: usize, bench: u32) -> Result<()> {
 
 /// `hold-threads N READY BENCH`: a process with N sleeping threads.
 pub fn hold_threads(n: usize, ready: &Path, bench: u32) -> Result<()> {
-    crest_sys::proc::setsid().context("setsid")?;
+    rustix::process::setsid().context("setsid")?;
     crest_sys::proc::close_from(3).context("close_range")?;
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(n);

@@ -304,7 +304,11 @@ fn fcntls(pidfd: &OwnedFd, fd: i32, target: &str) -> Vec<(String, String)> {
     if target.starts_with("pipe:") {
         out.push((
             "fcntl F_GETPIPE_SZ".into(),
-            show(crest_sys::misc::pipe_size(&f).map(|s| s.to_string())),
+            show(
+                rustix::pipe::fcntl_getpipe_size(&f)
+                    .map(|s| s.to_string())
+                    .map_err(std::io::Error::from),
+            ),
         ));
     }
     if target.starts_with("/dev/") && target.ends_with("/ptmx") {

@@ -1388,6 +1388,9 @@ impl Podman {
         );
         let _ = self.run(dir, "cleanup-rmi", &["rmi", "-a", "-f"], procs);
         let base = self.base.to_string_lossy().to_string();
+        // (podman's conmon outlives `podman rm` by a moment: it is podman's
+        // to end, not a task the restore left)
+        wait_until(Duration::from_secs(10), || !conmon_of(&base));
         let mounted: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -1610,4 +1613,16 @@ fn podman_steps(dir: &CaseDir, pm: &Podman, procs: &mut Procs) -> Result<Outcome
         bail!("{}", problems.join("\n"));
     }
     Ok(Outcome::Pass)
+}
+
+/// Whether a conmon of the podman whose state lives under `base` runs.
+fn conmon_of(base: &str) -> bool {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "conmon")
+            && fs::read(p.join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(base))
+    })
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// The counter workload (`crest demo-counter`): prints a number every
 /// 100 ms and checks that its 32 MiB of patterned memory is intact.
 pub fn counter() -> Result<i32> {
-    let _ = crest_sys::proc::setsid();
+    let _ = rustix::process::setsid();
     let _ = crest_sys::proc::close_from(3);
     let mut mem: Vec<u64> = (0..(32u64 << 20) / 8)
         .map(|i| i.wrapping_mul(0x9e37_79b9))

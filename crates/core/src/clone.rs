@@ -7,6 +7,7 @@
 
 use crate::error::{RestoreCtx, RestoreError};
 use crate::procfs;
+use crate::remote::Remote;
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
 use crest_sys::ptrace;
@@ -145,6 +146,17 @@ pub(crate) fn clone_with(
                 pid: who,
                 what: format!("clone3 with set_tid {inner:?} did not give the ids {want:?}"),
             });
+        }
+        // The pid at crest's level may be held by a task on its way out
+        // (a zombie pid 1 reaps late): waited for. One held by a live task
+        // is not the restore's to take.
+        if let (true, Some(&mine)) = (ids.crest_last, want.last()) {
+            wait_for_leaving(&[mine], std::time::Duration::from_secs(10));
+        }
+    }
+    if let (true, Some(&mine)) = (ids.crest_last, want.last()) {
+        if procfs::read_stat(mine).is_ok() {
+            return Err(RestoreError::PidTaken { pid: mine });
         }
     }
     Err(RestoreError::Unsupported {
@@ -316,8 +328,7 @@ pub fn make_zombie(
     name.truncate(15);
     name.push(0);
     let addr = t.put(&name).rat(pid, "write comm")?;
-    t.syscall(nr::PRCTL, &[libc::PR_SET_NAME as u64, addr])
-        .rat(pid, "prctl(PR_SET_NAME)")?;
+    t.prctl(&[libc::PR_SET_NAME as u64, addr], "prctl(PR_SET_NAME)")?;
     let sig = status & 0x7f;
     if sig != 0 && sig != libc::SIGKILL && sig != libc::SIGSTOP {
         // Default action for the fatal signal, and no core file.

@@ -1,14 +1,18 @@
 //! `core-<tid>.img`: everything the kernel keeps per task and per thread
 //! (registers, signals, creds, timers, limits, ...), gathered from the
-//! rooms that own each piece. The leader's core also holds the task-wide
-//! part (`tc`); every thread's core has its registers and `thread_core`.
+//! rooms that own each piece at dump, and a thread's own part put back at
+//! restore ([`restore_thread`]). The leader's core also holds the
+//! task-wide part (`tc`); every thread's core has its registers and
+//! `thread_core`.
 
-use crate::error::{DumpCtx, DumpError};
+use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::ns::user::UsernsGraph;
+use crate::remote::Remote;
 use crate::{creds, procfs, regs, signals, task};
+use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{core_entry, CoreEntry, TaskCoreEntry, ThreadCoreEntry, ThreadInfoX86};
-use crest_inject::Tracee;
+use crest_inject::{nr, Tracee};
 use crest_sys::{misc, ptrace};
 
 /// `sched_getscheduler`'s flag that children start with the default
@@ -28,8 +32,7 @@ fn dump_tsc(t: &mut Tracee) -> Result<Option<u32>, DumpError> {
     const PR_GET_TSC: u64 = 25;
     let pid = t.pid();
     let buf = t.scratch(4).at(pid, "scratch memory")?;
-    t.syscall(crest_inject::nr::PRCTL, &[PR_GET_TSC, buf])
-        .at(pid, "prctl(PR_GET_TSC)")?;
+    t.prctl(&[PR_GET_TSC, buf], "prctl(PR_GET_TSC)")?;
     let mut raw = [0u8; 4];
     t.read_mem(buf, &mut raw).at(pid, "read the TSC mode")?;
     let mode = u32::from_le_bytes(raw);
@@ -134,17 +137,13 @@ pub fn dump_thread(
     let rseq = task::dump_rseq(pid, tid)?;
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
     let (policy, prio, nice) = misc::get_sched(tid).at(pid, "sched_getscheduler")?;
-    let slack = t
-        .syscall(crest_inject::nr::PRCTL, &[PR_GET_TIMERSLACK])
-        .at(pid, "prctl(PR_GET_TIMERSLACK)")?;
+    let slack = t.prctl(&[PR_GET_TIMERSLACK], "prctl(PR_GET_TIMERSLACK)")?;
     let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
     let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
     let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
     let tsc = dump_tsc(t)?;
     // PR_MCE_KILL_GET: PR_MCE_KILL_DEFAULT (2) unless the thread chose
-    let mce = t
-        .syscall(crest_inject::nr::PRCTL, &[34, 0, 0, 0, 0])
-        .at(pid, "prctl(PR_MCE_KILL_GET)")?;
+    let mce = t.prctl(&[34, 0, 0, 0, 0], "prctl(PR_MCE_KILL_GET)")?;
     let mce = (mce != 2).then_some(mce as u32);
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
@@ -278,4 +277,135 @@ pub fn zombie(pid: i32, exit_status: i32) -> CoreEntry {
         }),
         ..CoreEntry::default()
     }
+}
+
+/// What the restore of one thread reads from the images.
+#[derive(Clone, Copy)]
+pub struct ThreadImage<'a> {
+    /// The task's pid in the images.
+    pub pid: i32,
+    /// The thread's id in the images (its core file's).
+    pub image_tid: i32,
+    pub core: &'a CoreEntry,
+    pub extra: Option<&'a CrestThreadExtra>,
+    /// (task, thread) ids in their own pid namespace.
+    pub inner: (i32, i32),
+}
+
+const PR_SET_TIMERSLACK: u64 = 29;
+
+/// Puts back a thread's own state from its core: altstack, comm, rseq,
+/// robust list, clear_child_tid, private pending signals, timer slack,
+/// memory policy, MCE policy, TSC mode, affinity, scheduling, FPU, and the
+/// registers and signal mask it gets when it is let go.
+pub fn restore_thread(
+    t: &mut Tracee,
+    img: &ThreadImage<'_>,
+    personality: u32,
+) -> Result<(), RestoreError> {
+    let ThreadImage {
+        pid,
+        image_tid,
+        core,
+        extra,
+        inner,
+    } = *img;
+    let tid = t.tid();
+    let bad = |what: &str| RestoreError::BadImage {
+        pid,
+        file: names::core(image_tid as u32),
+        what: what.into(),
+    };
+    let th = core
+        .thread_core
+        .as_ref()
+        .ok_or_else(|| bad("no thread core"))?;
+    let info = core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| bad("no thread info"))?;
+    signals::restore_altstack(t, th.sas.as_ref())?;
+    let comm = th
+        .comm
+        .as_deref()
+        .or(core.tc.as_ref().map(|tc| tc.comm.as_str()))
+        .unwrap_or("");
+    task::restore_misc(
+        t,
+        &task::ThreadMisc {
+            comm,
+            personality,
+            rseq: th.rseq_entry.as_ref(),
+            robust_list: (th.futex_rla, u64::from(th.futex_rla_len)),
+            clear_tid: info.clear_tid_addr,
+        },
+    )?;
+    signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
+    if let Some(slack) = extra.and_then(|e| e.timer_slack_ns) {
+        t.prctl(
+            &[PR_SET_TIMERSLACK, slack],
+            &format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
+        )?;
+    }
+    if let Some(mode) = extra.and_then(|e| e.mempolicy_mode) {
+        let words = extra.map_or(&[][..], |e| &e.mempolicy_nodes[..]);
+        let words = &words[..words.len().min(MEMPOLICY_WORDS)];
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let addr = if raw.is_empty() {
+            0
+        } else {
+            t.put(&raw).rat(pid, "write a node mask")?
+        };
+        t.syscall(
+            nr::SET_MEMPOLICY,
+            &[u64::from(mode), addr, (words.len() * 64) as u64],
+        )
+        .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
+    }
+    if let Some(policy) = extra.and_then(|e| e.mce_kill) {
+        // PR_MCE_KILL, PR_MCE_KILL_SET
+        t.prctl(
+            &[33, 1, u64::from(policy), 0, 0],
+            &format!("thread {tid}: prctl(PR_MCE_KILL, {policy})"),
+        )?;
+    }
+    if let Some(mode) = extra.and_then(|e| e.tsc_mode) {
+        const PR_SET_TSC: u64 = 26;
+        t.prctl(
+            &[PR_SET_TSC, u64::from(mode)],
+            &format!("thread {tid}: prctl(PR_SET_TSC, {mode})"),
+        )?;
+    }
+    if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
+        misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
+    }
+    if let Some(policy) = th.sched_policy {
+        // from outside: crest may raise a priority the task (in its user
+        // namespace) could not
+        let (prio, nice) = (th.sched_prio.unwrap_or(0), th.sched_nice.unwrap_or(0));
+        misc::set_sched(tid, policy, prio, nice).rat(
+            pid,
+            format!("thread {tid}: scheduling policy {policy}, priority {prio}, nice {nice}"),
+        )?;
+    }
+    let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
+        Some(x) => x.clone(),
+        None => {
+            let size = ptrace::get_xstate(tid).map_or(2432, |x| x.len());
+            regs::xsave_from_fpregs(&info.fpregs, size)
+        }
+    };
+    ptrace::set_xstate(tid, &xsave).rat(
+        pid,
+        format!(
+            "PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}, the xsave area of core-{image_tid}.img"
+        ),
+    )?;
+    let dumped = regs::from_image(&info.gpregs);
+    let mask = th
+        .blk_sigset
+        .or(core.tc.as_ref().map(|tc| tc.blk_sigset))
+        .unwrap_or(0);
+    t.set_final_state(regs::resume_regs(&dumped), mask);
+    Ok(())
 }

@@ -3,9 +3,10 @@
 //! the task) plus the securebits by injection; restore sets them last,
 //! while the task still holds every capability it needs to do so.
 
-use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::ns::user::{to_task_view, UsernsGraph};
 use crate::procfs::Status;
+use crate::remote::Remote;
 use crest_images::pb::CredsEntry;
 use crest_inject::{nr, Tracee};
 
@@ -40,10 +41,7 @@ pub fn dump(
     users: &UsernsGraph,
     ns: u32,
 ) -> Result<CredsEntry, DumpError> {
-    let pid = t.pid();
-    let secbits = t
-        .syscall(nr::PRCTL, &[PR_GET_SECUREBITS])
-        .at(pid, "prctl(PR_GET_SECUREBITS)")?;
+    let secbits = t.prctl(&[PR_GET_SECUREBITS], "prctl(PR_GET_SECUREBITS)")?;
     let u = to_task_view(users, ns, &status.uid, false);
     let g = to_task_view(users, ns, &status.gid, true);
     Ok(CredsEntry {
@@ -120,11 +118,10 @@ pub fn set_ids(t: &mut Tracee, ids: &Ids, groups: bool) -> Result<(), RestoreErr
             return Ok(());
         }
     }
-    t.syscall(
-        nr::PRCTL,
+    t.prctl(
         &[PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS],
-    )
-    .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
+        "prctl(PR_SET_SECUREBITS)",
+    )?;
     if groups {
         let raw: Vec<u8> = ids.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let gaddr = if raw.is_empty() {
@@ -156,16 +153,18 @@ pub fn set_caps(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
     let last_cap = last_cap();
     for cap in 0..=last_cap {
         if bnd & (1u64 << cap) == 0 && now_bnd & (1u64 << cap) != 0 {
-            t.syscall(nr::PRCTL, &[PR_CAPBSET_DROP, cap])
-                .rat(pid, format!("prctl(PR_CAPBSET_DROP, {cap})"))?;
+            t.prctl(
+                &[PR_CAPBSET_DROP, cap],
+                &format!("prctl(PR_CAPBSET_DROP, {cap})"),
+            )?;
         }
     }
-    let now_bits = t
-        .syscall(nr::PRCTL, &[PR_GET_SECUREBITS])
-        .rat(pid, "prctl(PR_GET_SECUREBITS)")?;
+    let now_bits = t.prctl(&[PR_GET_SECUREBITS], "prctl(PR_GET_SECUREBITS)")?;
     if now_bits != u64::from(c.secbits) {
-        t.syscall(nr::PRCTL, &[PR_SET_SECUREBITS, u64::from(c.secbits)])
-            .rat(pid, "prctl(PR_SET_SECUREBITS)")?;
+        t.prctl(
+            &[PR_SET_SECUREBITS, u64::from(c.secbits)],
+            "prctl(PR_SET_SECUREBITS)",
+        )?;
     }
     // capset: header {version, pid} then two data words {eff, prm, inh}.
     let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
@@ -183,13 +182,17 @@ pub fn set_caps(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
     let amb = join(&c.cap_amb);
     for cap in 0..=last_cap {
         if amb & (1u64 << cap) != 0 {
-            t.syscall(nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap])
-                .rat(pid, format!("raise ambient capability {cap}"))?;
+            t.prctl(
+                &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap],
+                &format!("raise ambient capability {cap}"),
+            )?;
         }
     }
     if c.no_new_privs.unwrap_or(0) != 0 {
-        t.syscall(nr::PRCTL, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])
-            .rat(pid, "prctl(PR_SET_NO_NEW_PRIVS)")?;
+        t.prctl(
+            &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0],
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+        )?;
     }
     Ok(())
 }

@@ -131,6 +131,12 @@ impl<T> DumpCtx<T> for Result<T, io::Error> {
     }
 }
 
+impl<T> DumpCtx<T> for Result<T, rustix::io::Errno> {
+    fn at(self, pid: i32, step: &'static str) -> Result<T, DumpError> {
+        self.map_err(io::Error::from).at(pid, step)
+    }
+}
+
 pub(crate) trait RestoreCtx<T> {
     fn rat(self, pid: i32, step: impl Into<String>) -> Result<T, RestoreError>;
 }
@@ -142,6 +148,12 @@ impl<T> RestoreCtx<T> for Result<T, InjectError> {
             step: step.into(),
             source,
         })
+    }
+}
+
+impl<T> RestoreCtx<T> for Result<T, rustix::io::Errno> {
+    fn rat(self, pid: i32, step: impl Into<String>) -> Result<T, RestoreError> {
+        self.map_err(io::Error::from).rat(pid, step)
     }
 }
 

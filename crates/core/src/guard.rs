@@ -121,7 +121,7 @@ struct Area {
 
 /// The guard's whole life: returns its exit code.
 pub fn run(fd: i32) -> i32 {
-    let _ = crest_sys::proc::setsid();
+    let _ = rustix::process::setsid();
     // raised by the same exec as crest: no more than the caller's power
     if let Err(e) = crate::privilege::Caller::detect(false).and_then(|c| c.confine()) {
         eprintln!("crest: the dump's guard: {e}");

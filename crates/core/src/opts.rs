@@ -551,6 +551,15 @@ pub(crate) fn veth_entries(external: &[String]) -> Vec<(String, Option<String>, 
         .collect()
 }
 
+/// The key of `--external KIND[INO]:KEY` naming the namespace with inode
+/// `ino`.
+pub fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
+    externals.iter().find_map(|e| {
+        let (i, key) = e.strip_prefix(kind)?.strip_prefix('[')?.split_once("]:")?;
+        (i.parse::<u64>().ok()? == ino && !key.is_empty()).then(|| key.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

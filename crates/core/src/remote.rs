@@ -84,17 +84,19 @@ pub trait Remote {
         work: impl FnOnce(&mut Self, u64) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E>;
 
-    /// `fcntl(fd, cmd, arg)`.
-    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64) -> Result<u64>;
+    /// `fcntl(fd, cmd, arg)`, naming `what` on failure.
+    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64, what: &str) -> Result<u64>;
 
-    /// `dup3(old, new, flags)`.
-    fn dup3(&mut self, old: u64, new: u64, flags: i32) -> Result<u64>;
+    /// `dup3(old, new, flags)`, naming `what` on failure.
+    fn dup3(&mut self, old: u64, new: u64, flags: u64, what: &str) -> Result<u64>;
 
-    /// Moves the task into the namespace `fd` (of kind `nstype`, or 0).
-    fn setns(&mut self, fd: u64, nstype: i32) -> Result<()>;
+    /// Moves the task into the namespace `fd` (of kind `nstype`, or 0),
+    /// naming `what` on failure.
+    fn setns(&mut self, fd: u64, nstype: u64, what: &str) -> Result<()>;
 
-    /// `prctl(option, args..)`, naming `what` on failure.
-    fn prctl(&mut self, option: i32, args: &[u64], what: &str) -> Result<u64>;
+    /// `prctl(option, args..)` with `args` = [option, arg2, ..], naming
+    /// `what` on failure.
+    fn prctl(&mut self, args: &[u64], what: &str) -> Result<u64>;
 
     /// Puts `file` (crest's) into the task as a new fd with the same open
     /// file description: the task makes a datagram socketpair, crest sends
@@ -190,15 +192,12 @@ impl Remote for Tracee {
     fn open_crest_root(&mut self, above: u64) -> Result<()> {
         let fd = self.open("/", libc::O_PATH | libc::O_DIRECTORY)?;
         let high = self.with_fd(fd, |t, fd| {
-            t.fcntl(fd, libc::F_DUPFD_CLOEXEC, above)
-                .map_err(|e| match e {
-                    RemoteError::Inject { pid, source, .. } => RemoteError::Inject {
-                        pid,
-                        step: format!("move crest's root fd above {above}"),
-                        source,
-                    },
-                    e => e,
-                })
+            t.fcntl(
+                fd,
+                libc::F_DUPFD_CLOEXEC,
+                above,
+                &format!("move crest's root fd above {above}"),
+            )
         })?;
         self.set_crest_root(Some(high));
         Ok(())
@@ -238,34 +237,20 @@ impl Remote for Tracee {
         }
     }
 
-    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64) -> Result<u64> {
-        self.call(
-            nr::FCNTL,
-            &[fd, cmd as u64, arg],
-            &format!("fcntl({fd}, {cmd})"),
-        )
+    fn fcntl(&mut self, fd: u64, cmd: i32, arg: u64, what: &str) -> Result<u64> {
+        self.call(nr::FCNTL, &[fd, cmd as u64, arg], what)
     }
 
-    fn dup3(&mut self, old: u64, new: u64, flags: i32) -> Result<u64> {
-        self.call(
-            nr::DUP3,
-            &[old, new, flags as u64],
-            &format!("dup fd {old} to {new}"),
-        )
+    fn dup3(&mut self, old: u64, new: u64, flags: u64, what: &str) -> Result<u64> {
+        self.call(nr::DUP3, &[old, new, flags], what)
     }
 
-    fn setns(&mut self, fd: u64, nstype: i32) -> Result<()> {
-        self.call(nr::SETNS, &[fd, nstype as u64], "setns")
-            .map(|_| ())
+    fn setns(&mut self, fd: u64, nstype: u64, what: &str) -> Result<()> {
+        self.call(nr::SETNS, &[fd, nstype], what).map(|_| ())
     }
 
-    fn prctl(&mut self, option: i32, args: &[u64], what: &str) -> Result<u64> {
-        let mut a = [0u64; 5];
-        a[0] = option as u64;
-        for (slot, v) in a[1..].iter_mut().zip(args) {
-            *slot = *v;
-        }
-        self.call(nr::PRCTL, &a, what)
+    fn prctl(&mut self, args: &[u64], what: &str) -> Result<u64> {
+        self.call(nr::PRCTL, args, what)
     }
 
     fn give_fd(&mut self, file: &OwnedFd) -> Result<u64> {

@@ -26,6 +26,7 @@
 //! kernel's sharing is not visible from outside, the filters' effect is.
 
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::{SeccompEntry, SeccompFilter};
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
@@ -303,8 +304,10 @@ pub fn restore(
         .rat(pid, format!("thread {tid}: PTRACE_O_SUSPEND_SECCOMP"))?;
     match mode {
         MODE_STRICT => {
-            t.syscall(nr::PRCTL, &[PR_SET_SECCOMP, u64::from(MODE_STRICT)])
-                .rat(pid, format!("thread {tid}: prctl(PR_SET_SECCOMP, strict)"))?;
+            t.prctl(
+                &[PR_SET_SECCOMP, u64::from(MODE_STRICT)],
+                &format!("thread {tid}: prctl(PR_SET_SECCOMP, strict)"),
+            )?;
         }
         MODE_FILTER => {
             let last = th.seccomp_filter.ok_or_else(|| RestoreError::BadImage {

@@ -99,8 +99,7 @@ pub fn restore_itimers(
 pub fn dump_tid_address(t: &mut Tracee) -> Result<u64, DumpError> {
     let pid = t.pid();
     let buf = t.scratch(8).at(pid, "scratch memory")?;
-    t.syscall(nr::PRCTL, &[PR_GET_TID_ADDRESS, buf])
-        .at(pid, "prctl(PR_GET_TID_ADDRESS)")?;
+    t.prctl(&[PR_GET_TID_ADDRESS, buf], "prctl(PR_GET_TID_ADDRESS)")?;
     let mut raw = [0u8; 8];
     t.read_mem(buf, &mut raw).at(pid, "read tid address")?;
     Ok(u64::from_le_bytes(raw))
@@ -109,8 +108,7 @@ pub fn dump_tid_address(t: &mut Tracee) -> Result<u64, DumpError> {
 pub fn dump_pdeathsig(t: &mut Tracee) -> Result<u32, DumpError> {
     let pid = t.pid();
     let buf = t.scratch(4).at(pid, "scratch memory")?;
-    t.syscall(nr::PRCTL, &[PR_GET_PDEATHSIG, buf])
-        .at(pid, "prctl(PR_GET_PDEATHSIG)")?;
+    t.prctl(&[PR_GET_PDEATHSIG, buf], "prctl(PR_GET_PDEATHSIG)")?;
     let mut raw = [0u8; 4];
     t.read_mem(buf, &mut raw).at(pid, "read pdeath signal")?;
     Ok(u32::from_le_bytes(raw))
@@ -122,8 +120,10 @@ const PR_GET_CHILD_SUBREAPER: u64 = 37;
 pub fn dump_child_subreaper(t: &mut Tracee) -> Result<bool, DumpError> {
     let pid = t.pid();
     let buf = t.scratch(4).at(pid, "scratch memory")?;
-    t.syscall(nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, buf])
-        .at(pid, "prctl(PR_GET_CHILD_SUBREAPER)")?;
+    t.prctl(
+        &[PR_GET_CHILD_SUBREAPER, buf],
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+    )?;
     let mut raw = [0u8; 4];
     t.read_mem(buf, &mut raw).at(pid, "read child subreaper")?;
     Ok(u32::from_le_bytes(raw) != 0)
@@ -160,9 +160,10 @@ pub fn restore_oom_score_adj(pid: i32, adj: Option<i32>) -> Result<(), RestoreEr
 }
 
 pub fn restore_child_subreaper(t: &mut Tracee, on: bool) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    t.syscall(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, u64::from(on)])
-        .rat(pid, "prctl(PR_SET_CHILD_SUBREAPER)")?;
+    t.prctl(
+        &[PR_SET_CHILD_SUBREAPER, u64::from(on)],
+        "prctl(PR_SET_CHILD_SUBREAPER)",
+    )?;
     Ok(())
 }
 
@@ -215,8 +216,7 @@ pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreErr
     name.truncate(15);
     name.push(0);
     let addr = t.put(&name).rat(pid, "write comm")?;
-    t.syscall(nr::PRCTL, &[PR_SET_NAME, addr])
-        .rat(pid, "prctl(PR_SET_NAME)")?;
+    t.prctl(&[PR_SET_NAME, addr], "prctl(PR_SET_NAME)")?;
     t.syscall(nr::PERSONALITY, &[u64::from(m.personality)])
         .rat(pid, "personality")?;
     if let Some(r) = m.rseq {
@@ -290,9 +290,10 @@ pub(crate) fn inside_id(map: &str, outside: u32) -> Option<u32> {
 /// Sets the parent-death signal; after the credentials, since changing
 /// them clears it.
 pub fn restore_pdeathsig(t: &mut Tracee, sig: u32) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    t.syscall(nr::PRCTL, &[PR_SET_PDEATHSIG, u64::from(sig)])
-        .rat(pid, "prctl(PR_SET_PDEATHSIG)")?;
+    t.prctl(
+        &[PR_SET_PDEATHSIG, u64::from(sig)],
+        "prctl(PR_SET_PDEATHSIG)",
+    )?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! clock it is does not show).
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::remote::Remote;
 use crest_images::pb::PosixTimerEntry;
 use crest_inject::{nr, Tracee};
 
@@ -162,11 +163,10 @@ pub fn restore(t: &mut Tracee, timers: &[PosixTimerEntry]) -> Result<(), Restore
         return Ok(());
     }
     let pid = t.pid();
-    t.syscall(
-        nr::PRCTL,
+    t.prctl(
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0],
-    )
-    .rat(pid, "prctl(PR_TIMER_CREATE_RESTORE_IDS)")?;
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+    )?;
     // the kernel lists a task's timers newest first: made in the reverse
     // order of the listing, they are listed as they were
     for e in timers.iter().rev() {
@@ -193,11 +193,10 @@ pub fn restore(t: &mut Tracee, timers: &[PosixTimerEntry]) -> Result<(), Restore
                 .rat(pid, format!("timer_settime of timer {}", e.it_id))?;
         }
     }
-    t.syscall(
-        nr::PRCTL,
+    t.prctl(
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0],
-    )
-    .rat(pid, "prctl(PR_TIMER_CREATE_RESTORE_IDS)")?;
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+    )?;
     Ok(())
 }
 

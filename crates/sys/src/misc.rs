@@ -181,47 +181,6 @@ pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
     cvt(ret).map(drop)
 }
 
-/// `tee(fd_in, fd_out, len, SPLICE_F_NONBLOCK)` — copies pipe data
-/// without consuming it.
-pub fn tee(fd_in: &impl AsRawFd, fd_out: &impl AsRawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: plain integer arguments on fds we hold.
-    let ret = unsafe {
-        libc::tee(
-            fd_in.as_raw_fd(),
-            fd_out.as_raw_fd(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    cvt(ret as libc::c_long).map(|n| n as usize)
-}
-
-/// `pipe2(O_CLOEXEC)`.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid two-int array.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    cvt(ret as libc::c_long)?;
-    // SAFETY: on success both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// `ioctl(FIONREAD)` — bytes waiting in a pipe or socket.
-pub fn fionread(fd: &impl AsRawFd) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int to the pointer.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    cvt(ret as libc::c_long)?;
-    Ok(n.max(0) as usize)
-}
-
-/// `fcntl(F_GETPIPE_SZ)`.
-pub fn pipe_size(fd: &impl AsRawFd) -> io::Result<usize> {
-    // SAFETY: plain integer arguments.
-    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    cvt(ret as libc::c_long).map(|n| n as usize)
-}
-
 /// `ioctl(PAGEMAP_SCAN)` probe: does the kernel know the request? Runs it
 /// over an empty range of the caller's own pagemap.
 pub fn pagemap_scan_supported() -> bool {
@@ -263,13 +222,6 @@ pub fn pagemap_scan_supported() -> bool {
     // SAFETY: `arg` is a valid pm_scan_arg with no output vector.
     let ret = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN as _, &arg) };
     ret >= 0
-}
-
-/// `fcntl(F_SETPIPE_SZ)`.
-pub fn set_pipe_size(fd: &impl AsRawFd, size: usize) -> io::Result<usize> {
-    // SAFETY: plain integer arguments.
-    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
-    cvt(ret as libc::c_long).map(|n| n as usize)
 }
 
 /// `kcmp(pid1, pid2, type, 0, 0)` — 0 when the two tasks share the kernel
@@ -434,13 +386,6 @@ pub fn open_by_handle(mount_fd: &impl AsRawFd, kind: i32, handle: &[u8]) -> io::
     let fd = cvt(ret)?;
     // SAFETY: on success the kernel returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `fcntl(F_GET_SEALS)` — the seals of a memfd.
-pub fn get_seals(fd: &impl AsRawFd) -> io::Result<u32> {
-    // SAFETY: plain integer arguments.
-    let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    cvt(ret as libc::c_long).map(|n| n as u32)
 }
 
 /// `ioctl(fd, TCGETS)` — a terminal's settings.

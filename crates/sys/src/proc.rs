@@ -130,35 +130,12 @@ fn child_stop(session: SessionSetup) -> ! {
     }
 }
 
-/// `setsid()` — makes the caller lead a new session.
-pub fn setsid() -> io::Result<i32> {
-    // SAFETY: no arguments; only changes the caller's session.
-    let ret = unsafe { libc::setsid() };
-    cvt(ret as libc::c_long).map(|v| v as i32)
-}
-
 /// `close_range(first, ~0, 0)` — closes every fd from `first` up.
 pub fn close_from(first: u32) -> io::Result<()> {
     // SAFETY: plain integer arguments; the caller owns no fd above `first`
     // that it still uses.
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
     cvt(ret).map(drop)
-}
-
-/// `prctl(PR_SET_CHILD_SUBREAPER)` — orphaned descendants of the caller
-/// are reparented to it instead of to init.
-pub fn set_child_subreaper(on: bool) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_SET_CHILD_SUBREAPER,
-            libc::c_ulong::from(on),
-            0,
-            0,
-            0,
-        )
-    };
-    cvt(ret as libc::c_long).map(drop)
 }
 
 /// Reaps every child of the caller that has exited, waiting up to

@@ -209,33 +209,32 @@ struct Aside(Option<(u64, bool)>);
 
 /// Puts `file` at fd `num` of the task, moving aside what is there.
 fn place(t: &mut Tracee, num: u32, file: &std::os::fd::OwnedFd) -> Result<Aside, RestoreError> {
-    let pid = t.pid();
     let n = u64::from(num);
     let aside = match t.syscall(nr::FCNTL, &[n, libc::F_GETFD as u64]) {
         Ok(fdflags) => {
-            let keep = t
-                .syscall(nr::FCNTL, &[n, libc::F_DUPFD_CLOEXEC as u64, n + 1])
-                .rat(pid, format!("move fd {num} aside"))?;
+            let keep = t.fcntl(
+                n,
+                libc::F_DUPFD_CLOEXEC,
+                n + 1,
+                &format!("move fd {num} aside"),
+            )?;
             Some((keep, fdflags & libc::FD_CLOEXEC as u64 != 0))
         }
         Err(_) => None,
     };
     let there = t.give_fd(file)?;
-    t.syscall(nr::DUP3, &[there, n, 0])
-        .rat(pid, format!("put a watched file at fd {num}"))?;
+    t.dup3(there, n, 0, &format!("put a watched file at fd {num}"))?;
     t.close(there)?;
     Ok(Aside(aside))
 }
 
 /// Undoes [`place`]: fd `num` as it was.
 fn put_back(t: &mut Tracee, num: u32, a: Aside) -> Result<(), RestoreError> {
-    let pid = t.pid();
     let n = u64::from(num);
     match a.0 {
         Some((keep, cloexec)) => {
             let flags = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-            t.syscall(nr::DUP3, &[keep, n, flags])
-                .rat(pid, format!("put fd {num} back"))?;
+            t.dup3(keep, n, flags, &format!("put fd {num} back"))?;
             t.close(keep)?;
         }
         None => {

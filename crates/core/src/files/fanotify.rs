@@ -15,6 +15,7 @@
 use super::{need, no_owner};
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::{
     FanotifyFileEntry, FanotifyInodeMarkEntry, FanotifyMarkEntry, FanotifyMountMarkEntry, FdTypes,
     FhEntry, FileEntry, MarkType,
@@ -225,8 +226,7 @@ pub fn create(t: &mut Tracee, e: &FanotifyFileEntry) -> Result<u64, RestoreError
     }
     // the fd's own status flags, changed since with F_SETFL maybe
     let status = u64::from(e.flags & (libc::O_NONBLOCK | libc::O_ASYNC) as u32);
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, "fcntl(F_SETFL) of fanotify")?;
+    t.fcntl(fd, libc::F_SETFL, status, "fcntl(F_SETFL) of fanotify")?;
     Ok(fd)
 }
 

@@ -109,8 +109,12 @@ pub fn create(
     };
     t.close(keeper)?;
     let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, format!("set the flags of FIFO {path}"))?;
+    t.fcntl(
+        fd,
+        libc::F_SETFL,
+        status,
+        &format!("set the flags of FIFO {path}"),
+    )?;
     Ok(fd)
 }
 
@@ -172,7 +176,11 @@ fn create_deleted(
         }
     };
     let status = u64::from(flags) & (libc::O_NONBLOCK | libc::O_APPEND) as u64;
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, format!("set the flags of FIFO {path}"))?;
+    t.fcntl(
+        fd,
+        libc::F_SETFL,
+        status,
+        &format!("set the flags of FIFO {path}"),
+    )?;
     Ok(fd)
 }

@@ -7,6 +7,7 @@
 use super::{need, no_owner};
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FhEntry, FileEntry, InotifyFileEntry, InotifyWdEntry};
 use crest_inject::{nr, Tracee};
 
@@ -146,8 +147,7 @@ pub fn create(t: &mut Tracee, e: &InotifyFileEntry) -> Result<u64, RestoreError>
     }
     if !nonblock {
         flags = 0;
-        t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, flags])
-            .rat(pid, "fcntl(F_SETFL) of inotify")?;
+        t.fcntl(fd, libc::F_SETFL, flags, "fcntl(F_SETFL) of inotify")?;
     }
     Ok(fd)
 }

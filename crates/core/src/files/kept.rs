@@ -32,11 +32,9 @@ impl Kept {
 
     /// Moves `fd` of the task to the next slot as file `id`.
     pub fn keep(&mut self, t: &mut Tracee, id: u32, fd: u64) -> Result<u64, RestoreError> {
-        let pid = t.pid();
         let slot = self.next;
         self.next += 1;
-        t.syscall(nr::DUP3, &[fd, slot, libc::O_CLOEXEC as u64])
-            .rat(pid, "keep a socket aside")?;
+        t.dup3(fd, slot, libc::O_CLOEXEC as u64, "keep a socket aside")?;
         t.close(fd)?;
         self.slots.insert(id, slot);
         Ok(slot)

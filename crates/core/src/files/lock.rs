@@ -21,6 +21,7 @@
 
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
+use crate::remote::Remote;
 use crest_images::pb::FileLockEntry;
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
@@ -314,11 +315,7 @@ fn take(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), Restore
             continue;
         }
         if e.flag == FL_LEASE {
-            t.syscall(
-                nr::FCNTL,
-                &[fd, libc::F_SETLEASE as u64, u64::from(e.r#type)],
-            )
-            .rat(pid, what)?;
+            t.fcntl(fd, libc::F_SETLEASE, u64::from(e.r#type), &what)?;
             continue;
         }
         // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
@@ -333,7 +330,7 @@ fn take(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), Restore
             libc::F_SETLK as u64
         };
         let addr = t.put(&fl).rat(pid, "write a struct flock")?;
-        t.syscall(nr::FCNTL, &[fd, cmd, addr]).rat(pid, what)?;
+        t.fcntl(fd, cmd as i32, addr, &what)?;
     }
     Ok(())
 }

@@ -58,7 +58,9 @@ impl FileTable {
             pid,
             what: format!("a memfd with an unexpected name ({link})"),
         })?;
-        let seals = crest_sys::misc::get_seals(&file).at(pid, "F_GET_SEALS of a memfd")?;
+        let seals = rustix::fs::fcntl_get_seals(&file)
+            .at(pid, "F_GET_SEALS of a memfd")?
+            .bits();
         // a hugetlb memfd: MFD_HUGETLB with its page size (the
         // filesystem's block size)
         let hugetlb_flag = if crest_sys::misc::is_hugetlbfs(&file).at(pid, "fstatfs of a memfd")? {
@@ -287,13 +289,11 @@ fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, Rest
         super::ghost::set_times(pid, fd, times)?;
     }
     if e.seals != 0 {
-        t.syscall(
-            nr::FCNTL,
-            &[fd, libc::F_ADD_SEALS as u64, u64::from(e.seals)],
-        )
-        .rat(
-            pid,
-            format!("F_ADD_SEALS {:#x} on memfd {}", e.seals, e.name),
+        t.fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            u64::from(e.seals),
+            &format!("F_ADD_SEALS {:#x} on memfd {}", e.seals, e.name),
         )?;
     }
     Ok(fd)
@@ -434,8 +434,7 @@ pub fn open(
         }
     };
     let status = u64::from(e.flags) & (libc::O_APPEND | libc::O_NONBLOCK) as u64;
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, "set memfd flags")?;
+    t.fcntl(fd, libc::F_SETFL, status, "set memfd flags")?;
     if e.pos != 0 {
         t.syscall(nr::LSEEK, &[fd, e.pos, libc::SEEK_SET as u64])
             .rat(pid, format!("lseek memfd to {}", e.pos))?;

@@ -100,6 +100,32 @@ pub struct FileTable {
 }
 
 impl FileTable {
+    /// An empty table for a dump with `opts` of the `live` tasks, whose own
+    /// namespaces are `tree_ns`.
+    pub fn for_dump(opts: &crate::opts::Options, live: &[i32], tree_ns: nsfile::TreeNs) -> Self {
+        let mut files = FileTable {
+            tree: live.iter().copied().collect(),
+            shell_job: opts.shell_job,
+            tcp_established: opts.tcp_established,
+            tcp_close: opts.tcp_close,
+            tcp_skip_in_flight: opts.tcp_skip_in_flight,
+            file_locks: opts.file_locks,
+            orphan_pts_master: opts.orphan_pts_master,
+            external_ttys: opts
+                .external
+                .iter()
+                .filter(|e| e.starts_with("tty["))
+                .cloned()
+                .collect(),
+            ext_unix_sk: opts.ext_unix_sk,
+            ext_unix_sk_ids: opts.ext_unix_sk_ids.clone(),
+            tree_ns,
+            ..FileTable::default()
+        };
+        files.ghosts.limit = opts.ghost_limit;
+        files
+    }
+
     pub fn entries(&self) -> &[FileEntry] {
         &self.entries
     }

@@ -92,11 +92,12 @@ pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let fd = t
         .syscall(nr::PIDFD_OPEN, &[e.nspid as u64, flags])
         .rat(pid, format!("pidfd_open({})", e.nspid))?;
-    t.syscall(
-        nr::FCNTL,
-        &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
-    )
-    .rat(pid, "set close-on-exec")?;
+    t.fcntl(
+        fd,
+        libc::F_SETFD,
+        libc::FD_CLOEXEC as u64,
+        "set close-on-exec",
+    )?;
     Ok(fd)
 }
 
@@ -121,11 +122,12 @@ fn of_the_dead(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     let status = (e.flags & libc::O_NONBLOCK as u32) as i32;
     crest_sys::net::set_status_flags(&pidfd, status).rat(pid, "pidfd flags")?;
     let fd = t.give_fd(&pidfd)?;
-    t.syscall(
-        nr::FCNTL,
-        &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
-    )
-    .rat(pid, "set close-on-exec")?;
+    t.fcntl(
+        fd,
+        libc::F_SETFD,
+        libc::FD_CLOEXEC as u64,
+        "set close-on-exec",
+    )?;
     Ok(fd)
 }
 

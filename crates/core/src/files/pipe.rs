@@ -149,7 +149,7 @@ pub(crate) const DEFAULT_PIPE_SIZE: u32 = 16 * 4096;
 fn pipe_size(pid: i32, fd: i32) -> Result<u32, DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
     let theirs = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a pipe")?;
-    let size = crest_sys::misc::pipe_size(&theirs).at(pid, "F_GETPIPE_SZ")?;
+    let size = rustix::pipe::fcntl_getpipe_size(&theirs).at(pid, "F_GETPIPE_SZ")?;
     Ok(size as u32)
 }
 
@@ -164,7 +164,7 @@ fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
 /// Copies the bytes waiting in the pipe `theirs` reads (fd `fd` of `pid`,
 /// for messages) without consuming them.
 pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<Vec<u8>, DumpError> {
-    let waiting = crest_sys::misc::fionread(theirs).at(pid, "FIONREAD on a pipe")?;
+    let waiting = rustix::io::ioctl_fionread(theirs).at(pid, "FIONREAD on a pipe")? as usize;
     if waiting == 0 {
         return Ok(Vec::new());
     }
@@ -175,11 +175,13 @@ pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<V
             kind: format!("a pipe holding {waiting} bytes (more than {MAX_PIPE_DATA})"),
         });
     }
-    let (rd, wr) = crest_sys::misc::pipe().at(pid, "pipe for tee")?;
-    let _ = crest_sys::misc::set_pipe_size(&wr, waiting);
+    let (rd, wr) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).at(pid, "pipe for tee")?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&wr, waiting);
     // tee copies from the start of the source without consuming it; one
     // call takes everything that fits in our pipe.
-    crest_sys::misc::tee(theirs, &wr, waiting).at(pid, "tee of pipe data")?;
+    rustix::pipe::tee(theirs, &wr, waiting, rustix::pipe::SpliceFlags::NONBLOCK)
+        .at(pid, "tee of pipe data")?;
     drop(wr);
     let mut data = Vec::with_capacity(waiting);
     use std::io::Read;

@@ -208,8 +208,12 @@ pub fn restore_fds(
         } else {
             0
         };
-        t.syscall(nr::DUP3, &[park, u64::from(fi.fd), flags])
-            .rat(pid, format!("move fd to {}", fi.fd))?;
+        t.dup3(
+            park,
+            u64::from(fi.fd),
+            flags,
+            &format!("move fd to {}", fi.fd),
+        )?;
     }
     let mut parks: Vec<u64> = local.values().copied().collect();
     parks.sort_unstable();
@@ -291,8 +295,7 @@ fn make_all(
                     made
                 }
             };
-            t.syscall(nr::DUP3, &[made, park, 0])
-                .rat(pid, format!("park fd {}", fi.fd))?;
+            t.dup3(made, park, 0, &format!("park fd {}", fi.fd))?;
             t.close(made)?;
             files.local.1.insert(fi.id, park);
         }
@@ -518,8 +521,7 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
         // the caller's pipe (CRIU's --inherit-fd), as it is
         let fd = t.give_fd(given)?;
         let status = u64::from(p.flags) & (libc::O_NONBLOCK as u64);
-        t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-            .rat(pid, "set pipe flags")?;
+        t.fcntl(fd, libc::F_SETFL, status, "set pipe flags")?;
         return Ok(fd);
     }
     if let Some(other) = p.crest_outside_pid {
@@ -563,20 +565,19 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
             .rat(pid, format!("open pipe:[{}] again", p.pipe_id))?;
         t.give_fd(&std::os::fd::OwnedFd::from(again))?
     };
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, "set pipe flags")?;
+    t.fcntl(fd, libc::F_SETFL, status, "set pipe flags")?;
     Ok(fd)
 }
 
 /// Makes pipe `id` in crest, with its capacity and the bytes that were in
 /// flight.
 fn crest_pipe(pid: i32, id: u32, files: &RestoreFiles) -> Result<CrestPipe, RestoreError> {
-    let (r, w) = crest_sys::misc::pipe().rat(pid, "pipe2")?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).rat(pid, "pipe2")?;
     let data = files.pipe_data.get(&id).map_or(&[][..], |d| &d[..]);
     let size = files.pipe_sizes.get(&id).copied().unwrap_or(0) as usize;
     let want = size.max(data.len());
     if want > super::pipe::DEFAULT_PIPE_SIZE as usize {
-        crest_sys::misc::set_pipe_size(&w, want)
+        rustix::pipe::fcntl_setpipe_size(&w, want)
             .rat(pid, format!("F_SETPIPE_SZ {want} on pipe:[{id}]"))?;
     }
     let mut file = std::fs::File::from(w);
@@ -590,11 +591,7 @@ fn crest_pipe(pid: i32, id: u32, files: &RestoreFiles) -> Result<CrestPipe, Rest
 pub(crate) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {
     let pid = t.pid();
     if data.len() > 65536 {
-        t.syscall(
-            nr::FCNTL,
-            &[w, libc::F_SETPIPE_SZ as u64, data.len() as u64],
-        )
-        .rat(pid, "F_SETPIPE_SZ")?;
+        t.fcntl(w, libc::F_SETPIPE_SZ, data.len() as u64, "F_SETPIPE_SZ")?;
     }
     for chunk in data.chunks(256 << 10) {
         let addr = t.put(chunk).rat(pid, "write pipe data")?;

@@ -294,8 +294,12 @@ fn open_external(
     set_settings(given, info).rat(pid, format!("set the settings of {key}"))?;
     let fd = t.give_fd(given)?;
     let status = (flags & (libc::O_NONBLOCK | libc::O_APPEND)) as u64;
-    t.syscall(nr::FCNTL, &[fd, libc::F_SETFL as u64, status])
-        .rat(pid, format!("set the flags of {key}"))?;
+    t.fcntl(
+        fd,
+        libc::F_SETFL,
+        status,
+        &format!("set the flags of {key}"),
+    )?;
     take_as_ctty(t, fd, info)?;
     Ok(fd)
 }

@@ -134,7 +134,7 @@ fn read_batch(pid: i32, batch: &[Piece], buf: &mut [u8]) -> Result<(), DumpError
             continue;
         }
         let (addr, plen, _) = batch[i];
-        super::read_forced(pid, addr, &mut buf[off..off + plen])
+        super::dump::read_forced(pid, addr, &mut buf[off..off + plen])
             .at(pid, "read pages through /proc/PID/mem")?;
         off += plen;
         i += 1;

@@ -682,11 +682,10 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
             let mut raw = name.as_bytes().to_vec();
             raw.push(0);
             let p = t.put(&raw).rat(pid, "write a mapping's name")?;
-            t.syscall(nr::PRCTL, &[PR_SET_VMA, 0, v.start, v.end - v.start, p])
-                .rat(
-                    pid,
-                    format!("name the mapping {:#x}-{:#x} {name:?}", v.start, v.end),
-                )?;
+            t.prctl(
+                &[PR_SET_VMA, 0, v.start, v.end - v.start, p],
+                &format!("name the mapping {:#x}-{:#x} {name:?}", v.start, v.end),
+            )?;
         }
     }
     if let Some(filter) = mm.crest_coredump_filter {
@@ -694,8 +693,10 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
         std::fs::write(&path, format!("{filter:#x}")).rat(pid, format!("write {path}"))?;
     }
     if mm.thp_disabled == Some(true) {
-        t.syscall(nr::PRCTL, &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0])
-            .rat(pid, "prctl(PR_SET_THP_DISABLE)")?;
+        t.prctl(
+            &[crate::mm::PR_SET_THP_DISABLE, 1, 0, 0, 0],
+            "prctl(PR_SET_THP_DISABLE)",
+        )?;
     }
     if let Some(mcl) = mm.crest_mlockall.filter(|m| *m != 0) {
         t.syscall(nr::MLOCKALL, &[u64::from(mcl)])

@@ -72,7 +72,7 @@ pub fn dump_root(pid: i32, t: &mut Tracee) -> Result<String, DumpError> {
 /// Where crest's cgroup v2 hierarchy is mounted.
 fn mount_point() -> Result<PathBuf, RestoreError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").rat(0, "read crest's mountinfo")?;
-    super::mnt::parse_mountinfo(&text)
+    crate::procfs::parse_mountinfo(&text)
         .unwrap_or_default()
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
@@ -285,9 +285,9 @@ pub fn placement(
 
 /// crest's mount of the hierarchy of `ctrls` ("" for cgroup v2).
 fn hierarchy_mount<'a>(
-    mounts: &'a [super::mnt::MountInfo],
+    mounts: &'a [crate::procfs::MountInfo],
     ctrls: &str,
-) -> Option<&'a super::mnt::MountInfo> {
+) -> Option<&'a crate::procfs::MountInfo> {
     let named: Vec<&str> = ctrls.split(',').filter(|c| !c.is_empty()).collect();
     // cgroup2 for "", else a cgroup mount whose options name every
     // controller
@@ -312,7 +312,7 @@ fn placement_in(
     mountinfo: &str,
     yard: &dyn Fn(&str) -> std::io::Result<PathBuf>,
 ) -> Result<Vec<Place>, RestoreError> {
-    let mounts = super::mnt::parse_mountinfo(mountinfo).unwrap_or_default();
+    let mounts = crate::procfs::parse_mountinfo(mountinfo).unwrap_or_default();
     let mut out = Vec::new();
     for (ctrls, dumped, want) in moves(lines, roots) {
         if want.split('/').any(|c| c == "..") {
@@ -361,7 +361,7 @@ pub fn hierarchies(
         step: "read crest's mountinfo",
         source,
     })?;
-    let mounts = super::mnt::parse_mountinfo(&info).unwrap_or_default();
+    let mounts = crate::procfs::parse_mountinfo(&info).unwrap_or_default();
     let mut out = Vec::new();
     for (ctrls, path, _) in moves(lines, &[]) {
         if path == "/" {
@@ -470,7 +470,7 @@ pub fn v1_bind_source(
             }
         }
     }
-    let mounts = super::mnt::parse_mountinfo(mountinfo)?;
+    let mounts = crate::procfs::parse_mountinfo(mountinfo)?;
     let m = mounts.iter().find(|m| {
         m.fstype == "cgroup"
             && ctrls

@@ -597,8 +597,7 @@ pub fn restore(t: &mut Tracee, d: &IpcDump) -> Result<(), RestoreError> {
     let _ = t.syscall(nr::SETRESUID, &[0, 0, 0]);
     // (a uid change makes it non-dumpable: the tasks that enter its
     // namespaces through /proc/HELPER/ns must still reach them)
-    t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
-        .rat(t.pid(), "prctl(PR_SET_DUMPABLE)")?;
+    t.prctl(&[libc::PR_SET_DUMPABLE as u64, 1], "prctl(PR_SET_DUMPABLE)")?;
     restore_var(t, &d.var)?;
     for (e, data) in &d.shms {
         restore_shm(t, e, data)?;

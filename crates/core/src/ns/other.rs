@@ -341,9 +341,9 @@ impl OtherGraph {
                 let mut t = reader(pid, &fd, libc::CLONE_NEWIPC, Some(&owner_fd))?;
                 n.ipc = Some(super::ipc::dump(pid, &mut t)?);
             }
-            "net" if external_ns(&self.externals, "net", ino).is_some() => {
+            "net" if crate::opts::external_ns(&self.externals, "net", ino).is_some() => {
                 // the caller's: neither dumped nor made again
-                n.external_key = external_ns(&self.externals, "net", ino);
+                n.external_key = crate::opts::external_ns(&self.externals, "net", ino);
             }
             "net" if self.empty_ns & kind.flag != 0 => {
                 // only the loopback device's state
@@ -655,17 +655,19 @@ fn reader(pid: i32, fd: &OwnedFd, flag: i32, owner: Option<&OwnedFd>) -> Result<
     t.use_vdso_syscall().at(pid, "namespace reader syscall")?;
     let mine = ino_of("/proc/self/ns/user").at(pid, "stat crest's user namespace")?;
     if let Some(owner) = owner.filter(|o| fd_ino(o).ok() != Some(mine)) {
-        t.syscall(
-            nr::SETNS,
-            &[owner.as_raw_fd() as u64, libc::CLONE_NEWUSER as u64],
-        )
-        .at(
-            pid,
+        t.setns(
+            owner.as_raw_fd() as u64,
+            libc::CLONE_NEWUSER as u64,
             "setns of the namespace reader into the owning user namespace",
-        )?;
+        )
+        .map_err(|e| e.for_task(pid))?;
     }
-    t.syscall(nr::SETNS, &[fd.as_raw_fd() as u64, flag as u64])
-        .at(pid, "setns of the namespace reader")?;
+    t.setns(
+        fd.as_raw_fd() as u64,
+        flag as u64,
+        "setns of the namespace reader",
+    )
+    .map_err(|e| e.for_task(pid))?;
     Ok(t)
 }
 
@@ -793,9 +795,13 @@ impl Helpers {
                     .or(n.external_key.clone())
                     .unwrap_or_default();
                 let there = t.give_fd(fd)?;
-                let r = t.syscall(nr::SETNS, &[there, u64::from(n.nstype)]);
-                t.close(there)?;
-                r.rat(pid, format!("setns into the caller's namespace {key}"))?;
+                t.with_fd(there, |t, fd| {
+                    t.setns(
+                        fd,
+                        u64::from(n.nstype),
+                        &format!("setns into the caller's namespace {key}"),
+                    )
+                })?;
                 h.by_id.push((n.id, t));
                 continue;
             }
@@ -882,9 +888,13 @@ impl Helpers {
             let pid = t.pid();
             t.open_crest_root(64)?;
             let fd = t.open_crest_side(&format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
-            let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWNS as u64]);
-            t.close(fd)?;
-            r.rat(pid, "setns into the mount namespace it is a copy of")?;
+            t.with_fd(fd, |t, fd| {
+                t.setns(
+                    fd,
+                    libc::CLONE_NEWNS as u64,
+                    "setns into the mount namespace it is a copy of",
+                )
+            })?;
             if let Some(owner) = users_h.pid_of(n.owner_userns) {
                 super::user::enter(&mut t, owner)?;
             }
@@ -999,9 +1009,13 @@ impl Helpers {
                 continue;
             }
             let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
-            let r = t.syscall(nr::SETNS, &[fd, u64::from(n.nstype)]);
-            t.close(fd)?;
-            r.rat(pid, format!("setns into its {kind} namespace"))?;
+            t.with_fd(fd, |t, fd| {
+                t.setns(
+                    fd,
+                    u64::from(n.nstype),
+                    &format!("setns into its {kind} namespace"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -1017,15 +1031,6 @@ pub fn own_net_ns(pid: i32) -> bool {
         (Ok(mine), Ok(theirs)) => mine != theirs,
         _ => false,
     }
-}
-
-/// The key of `--external KIND[INO]:KEY` naming the namespace with inode
-/// `ino`.
-pub(crate) fn external_ns(externals: &[String], kind: &str, ino: u64) -> Option<String> {
-    externals.iter().find_map(|e| {
-        let (i, key) = e.strip_prefix(kind)?.strip_prefix('[')?.split_once("]:")?;
-        (i.parse::<u64>().ok()? == ino && !key.is_empty()).then(|| key.to_string())
-    })
 }
 
 /// The namespaces `--join-ns` names (net, uts, ipc), as (the tree's

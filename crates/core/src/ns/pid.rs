@@ -20,6 +20,7 @@
 
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError};
+use crate::remote::Remote;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
@@ -80,7 +81,7 @@ impl PidnsGraph {
             g.tasks.push((pid, id));
         }
         for n in &mut g.list {
-            n.external_key = super::other::external_ns(externals, "pid", n.ino);
+            n.external_key = crate::opts::external_ns(externals, "pid", n.ino);
         }
         Ok(g)
     }
@@ -383,7 +384,6 @@ fn spawn_in_through_owner(
     let owner = crest_sys::ns::get_userns(pidns).rat(init, "the owner of a pid namespace")?;
     // (the helper inherits both fds)
     let mut h = spawn_helper(&[])?;
-    let hp = h.pid();
     for (fd, flag, what) in [
         (
             owner.as_raw_fd(),
@@ -392,8 +392,11 @@ fn spawn_in_through_owner(
         ),
         (pidns.as_raw_fd(), libc::CLONE_NEWPID, "a pid namespace"),
     ] {
-        h.syscall(crest_inject::nr::SETNS, &[fd as u64, flag as u64])
-            .rat(hp, format!("setns of a helper into {what}"))?;
+        h.setns(
+            fd as u64,
+            flag as u64,
+            &format!("setns of a helper into {what}"),
+        )?;
     }
     crate::clone::clone_with_tid(&mut h, set_tid)
     // (dropping `h` kills it: crest, a child subreaper, takes the task)

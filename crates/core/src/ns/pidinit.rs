@@ -121,9 +121,13 @@ fn init_attempt(
     }
     crate::ns::user::enter(&mut h, userns_holder)?;
     for (fd, path, nstype) in later {
-        let r = h.syscall(nr::SETNS, &[fd, u64::from(nstype)]);
-        h.close(fd)?;
-        r.rat(hp, format!("setns into {path} in the pid namespace helper"))?;
+        h.with_fd(fd, |h, fd| {
+            h.setns(
+                fd,
+                u64::from(nstype),
+                &format!("setns into {path} in the pid namespace helper"),
+            )
+        })?;
     }
     h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
         .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;

@@ -505,11 +505,12 @@ fn read_maps_through_helper(
     let child = spawn_stopped(&[], SessionSetup::Inherit).at(pid, "spawn a namespace reader")?;
     let mut t = Tracee::from_stopped_child(child).at(pid, "attach the namespace reader")?;
     t.use_vdso_syscall().at(pid, "namespace reader syscall")?;
-    t.syscall(
-        nr::SETNS,
-        &[fd.as_raw_fd() as u64, libc::CLONE_NEWUSER as u64],
+    t.setns(
+        fd.as_raw_fd() as u64,
+        libc::CLONE_NEWUSER as u64,
+        "setns of the namespace reader",
     )
-    .at(pid, "setns of the namespace reader")?;
+    .map_err(|e| e.for_task(pid))?;
     let maps = read_maps(child);
     drop(t); // kills the reader
     maps
@@ -688,8 +689,7 @@ impl Helpers {
                         format!("seteuid({}) of a user namespace helper", n.owner_uid),
                     )?;
             }
-            t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
-                .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+            t.prctl(&[libc::PR_SET_DUMPABLE as u64, 1], "prctl(PR_SET_DUMPABLE)")?;
             t.syscall(nr::UNSHARE, &[libc::CLONE_NEWUSER as u64])
                 .rat(pid, "unshare(CLONE_NEWUSER)")?;
             let writes = [
@@ -766,9 +766,13 @@ fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee, RestoreErr
     t.trace_new_tasks().rat(pid, "trace new tasks")?;
     t.use_vdso_syscall().rat(pid, "helper syscall")?;
     let there = t.give_fd(&fd)?;
-    let r = t.syscall(nr::SETNS, &[there, libc::CLONE_NEWUSER as u64]);
-    t.close(there)?;
-    r.rat(pid, format!("setns into the user namespace {file}"))?;
+    t.with_fd(there, |t, fd| {
+        t.setns(
+            fd,
+            libc::CLONE_NEWUSER as u64,
+            &format!("setns into the user namespace {file}"),
+        )
+    })?;
     let (uids, gids, setgroups) = read_maps(pid).map_err(|e| refuse(e.to_string()))?;
     let sorted = |m: &[IdExtent]| {
         let mut v = m.to_vec();
@@ -819,11 +823,10 @@ pub fn write_in_task(t: &mut Tracee, path: &str, data: &[u8]) -> Result<(), Rest
 
 /// Moves task `t` into the user namespace held by helper `helper_pid`.
 pub fn enter(t: &mut Tracee, helper_pid: i32) -> Result<(), RestoreError> {
-    let pid = t.pid();
     let path = format!("/proc/{helper_pid}/ns/user");
     let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
-    let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWUSER as u64]);
-    t.close(fd)?;
-    r.rat(pid, "setns(CLONE_NEWUSER)")?;
+    t.with_fd(fd, |t, fd| {
+        t.setns(fd, libc::CLONE_NEWUSER as u64, "setns(CLONE_NEWUSER)")
+    })?;
     Ok(())
 }

@@ -12,6 +12,7 @@ mod auxv;
 mod fdinfo;
 mod idmap;
 mod maps;
+mod mountinfo;
 mod pagemap;
 mod smaps;
 mod stat;
@@ -25,6 +26,7 @@ pub use idmap::{
     parse_id_map, parse_setgroups, read_gid_map, read_setgroups, read_uid_map, IdExtent,
 };
 pub use maps::{parse_maps, read_maps, MapsEntry};
+pub use mountinfo::{parse_mountinfo, MountInfo};
 pub use pagemap::{read_pagemap, runs, Pagemap, PagemapBits, PAGE_SIZE};
 pub use smaps::{parse_smaps, read_smaps, SmapsEntry};
 pub use stat::{parse_stat, read_stat, read_task_stat, Stat};

@@ -213,6 +213,37 @@ pub(super) fn fork_tree(
     })
 }
 
+/// What the rest of the restore learns once the tree is forked: the pid
+/// namespaces' inits (to open their files through), the pids queued
+/// messages name; returns how each task's threads get their ids (they are
+/// made after the task moved into its own user namespace).
+pub(super) fn note_forked(
+    ti: &TreeImages,
+    actual: &[i32],
+    files: &mut crate::files::restore::RestoreFiles,
+) -> Result<Vec<ns::pid::Levels>, RestoreError> {
+    let imgs = &ti.imgs;
+    for n in &ti.pidns.list {
+        if let Some(p) = init_of(&ti.imgs, actual, n.id) {
+            files
+                .ns_holders
+                .insert((libc::CLONE_NEWPID as u32, n.id), (p, false));
+        }
+    }
+    // (queued messages name their senders by the pids they had)
+    files.socks.pid_map = imgs
+        .iter()
+        .zip(actual)
+        .filter(|(i, a)| i.pid() != **a)
+        .map(|(i, a)| (i.pid(), *a))
+        .collect();
+    // How each task's threads get their ids: they are made after the task
+    // moved into its own user namespace.
+    (0..imgs.len())
+        .map(|k| levels_of(ti, actual, k, imgs[k].ids.user_ns_id.unwrap_or(1)))
+        .collect()
+}
+
 /// Pages shared copy-on-write between parents and children: each task's
 /// held areas (see `mm::cow`), made once before it forks its first child.
 struct Sharing<'a> {
@@ -364,8 +395,7 @@ fn zombie_creds(
     }
     // (new credentials made it non-dumpable, and /proc of it root's: a
     // zombie has no memory left to protect)
-    t.syscall(nr::PRCTL, &[libc::PR_SET_DUMPABLE as u64, 1])
-        .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
+    t.prctl(&[libc::PR_SET_DUMPABLE as u64, 1], "prctl(PR_SET_DUMPABLE)")?;
     Ok(())
 }
 

@@ -7,10 +7,9 @@ use crate::ns::user::UsernsGraph;
 use crate::{coreimg, ns, pstree};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{
-    CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PagemapHead, PstreeEntry,
-    TaskKobjIdsEntry,
+    CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PstreeEntry, TaskKobjIdsEntry,
 };
-use crest_images::{magic, names, ImageReader};
+use crest_images::{magic, names};
 use std::path::Path;
 
 /// Everything the images say about one task.
@@ -36,7 +35,6 @@ pub(super) struct LiveImage {
     pub(super) fs: FsEntry,
 }
 
-pub(super) const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
 /// Most tasks plus threads crest restores from one image (as many as it
 /// seizes at dump).
 pub(super) const MAX_TASKS: usize = 1 << 16;
@@ -161,24 +159,7 @@ impl LiveImage {
         pid: u32,
         ids: &TaskKobjIdsEntry,
     ) -> Result<LiveImage, RestoreError> {
-        let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
-        let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
-        let head: PagemapHead = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
-            pid: pid as i32,
-            file: names::pagemap(pid),
-            what: "no pagemap head".into(),
-        })?;
-        let mut pagemap = Vec::new();
-        while let Some(e) = r.next_entry::<PagemapEntry>()? {
-            if pagemap.len() >= MAX_PAGEMAP_ENTRIES {
-                return Err(RestoreError::BadImage {
-                    pid: pid as i32,
-                    file: names::pagemap(pid),
-                    what: format!("more than {MAX_PAGEMAP_ENTRIES} entries"),
-                });
-            }
-            pagemap.push(e);
-        }
+        let mem = crate::mm::image::read(dir, pid)?;
         let fdinfo_name = names::fdinfo(ids.files_id);
         let fdinfo = if ids.files_id == ids.vm_id || dir.join(&fdinfo_name).exists() {
             crest_images::read_image(dir, &fdinfo_name, magic::FDINFO)?
@@ -187,9 +168,9 @@ impl LiveImage {
         };
         let fs: FsEntry = crest_images::read_one(dir, &names::fs(pid), magic::FS)?;
         Ok(LiveImage {
-            mm,
-            pagemap,
-            pages_id: head.pages_id,
+            mm: mem.mm,
+            pagemap: mem.pagemap,
+            pages_id: mem.pages_id,
             fdinfo,
             fs,
         })

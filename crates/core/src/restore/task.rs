@@ -6,12 +6,11 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::restore::{restore_fds, RestoreFiles};
 use crate::ns::user::{to_outer_view, UsernsGraph};
 use crate::remote::Remote;
-use crate::{creds, mm, ns, regs, signals, task};
+use crate::{coreimg, creds, mm, ns, signals, task};
 use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
-use crest_images::pb::{CoreEntry, FsEntry};
-use crest_inject::{nr, Tracee};
-use crest_sys::{misc, ptrace};
+use crest_images::pb::CoreEntry;
+use crest_inject::Tracee;
 use std::path::{Path, PathBuf};
 
 /// What the transforms of a tree's tasks share.
@@ -47,7 +46,6 @@ pub(super) fn transform(
     (held, pid_for_children): (&[mm::cow::Held], Option<i32>),
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
-    let (files, dir) = (&mut *ctx.files, ctx.dir);
     let live = img
         .live
         .as_ref()
@@ -59,10 +57,96 @@ pub(super) fn transform(
         // Its parent's fd table restore closed the fd it had of crest's root.
         t.open_crest_root(live.crest_root_fd())?;
     }
-    // Its own namespaces (but the user namespace) first, so files are
-    // reopened in its mount namespace and the vdso is placed in its time
-    // namespace. (An unprivileged crest may enter them only from the user
-    // namespace that owns them: the task moves there before.)
+    // Its own namespaces (but the user one), its memory, what is the
+    // whole task's.
+    let ns = img.ids.user_ns_id.unwrap_or(1);
+    let cur_userns = enter_namespaces(t, img, ctx, cur_userns)?;
+    let work = restore_memory(t, img, ctx, shares_files, held)?;
+    restore_task_wide(t, img, &mut *ctx.files, shares_fs)?;
+
+    // The vdso last among mappings: from here on injection goes through it
+    // and the work area can go when the leader is let go.
+    mm::restore::place_vdso(t, &live.mm)?;
+    // memory-deny-write-execute last among memory settings: it forbids
+    // what the restore did to the mappings
+    if let Some(flags) = live.mm.crest_mdwe {
+        t.prctl(
+            &[mm::PR_SET_MDWE, u64::from(flags), 0, 0, 0],
+            &format!("prctl(PR_SET_MDWE, {flags:#x})"),
+        )?;
+    }
+    t.adopt_scratch(work.addr, work.len as usize);
+
+    // The leader's state, then its credentials around the move into its
+    // user namespace (which needs a single thread), then the threads.
+    // Forked inside a nested user namespace already: the task moves on
+    // (down) to its own first, then sets its ids as it sees them.
+    let early = cur_userns != 1;
+    let helper = if ns == cur_userns {
+        None
+    } else {
+        ctx.userns.pid_of(ns)
+    };
+    if early {
+        if let Some(h) = helper {
+            ns::user::enter(t, h)?;
+        }
+    }
+    let helper = if early { None } else { helper };
+    restore_thread(t, img, 0, tc.personality)?;
+    let step = UserStep {
+        users: ctx.users,
+        helper,
+        early,
+    };
+    let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
+    crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
+    make_threads(t, img, ctx, (tl, &work), early, leader_ids.as_ref())?;
+    // POSIX timers once every thread they may signal exists.
+    if let Some(tm) = tc.timers.as_ref() {
+        crate::timers::restore(t, &tm.posix)?;
+    }
+    if let Some(init) = pid_for_children {
+        // (from its own user namespace, its threads made: see
+        // fork::set_pid_for_children)
+        let path = format!("/proc/{init}/ns/pid");
+        let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
+        t.with_fd(fd, |t, fd| {
+            t.setns(fd, libc::CLONE_NEWPID as u64, "setns of pid_for_children")
+        })?;
+    }
+    // seccomp once its threads are made (they would inherit it) and
+    // while it holds its capabilities (a filter without no_new_privs
+    // needs CAP_SYS_ADMIN); suspended for what is injected after
+    if let Some(thc) = core.thread_core.as_ref() {
+        crate::seccomp::restore(t, thc, &ctx.seccomp)?;
+    }
+    set_caps(t, img, core)?;
+    if let Some(d) = live.mm.dumpable {
+        // Changing credentials may have cleared it.
+        t.prctl(
+            &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64],
+            "prctl(PR_SET_DUMPABLE)",
+        )?;
+    }
+    let inner_pid = img.inner_tid(0).unwrap_or(pid);
+    signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
+    t.close_crest_root()?;
+    Ok(())
+}
+
+/// Moves the task into its own namespaces but the user one, so files are
+/// reopened in its mount namespace and the vdso is placed in its time
+/// namespace (an unprivileged crest may enter them only from the user
+/// namespace that owns them: the task moves there before). Returns the
+/// user namespace it is in now.
+fn enter_namespaces(
+    t: &mut Tracee,
+    img: &TaskImage,
+    ctx: &mut TreeCtx<'_>,
+    cur_userns: u32,
+) -> Result<u32, RestoreError> {
+    let pid = img.pid();
     let ns = img.ids.user_ns_id.unwrap_or(1);
     let first = ctx.userns_first && cur_userns == 1 && ns != 1;
     if first {
@@ -89,11 +173,31 @@ pub(super) fn transform(
         (libc::CLONE_NEWPID, img.ids.pid_ns_id),
     ] {
         if let Some(id) = id {
-            files.ns_holders.insert((ty as u32, id), (t.pid(), false));
+            ctx.files
+                .ns_holders
+                .insert((ty as u32, id), (t.pid(), false));
         }
     }
+    Ok(cur_userns)
+}
 
-    // Memory.
+/// Its fds (unless it shares its parent's table) and its memory: every
+/// mapping at its address, its pages, AIO rings, NUMA policies,
+/// protections and mm fields. Returns the work area injection goes
+/// through until the vdso is placed.
+fn restore_memory(
+    t: &mut Tracee,
+    img: &TaskImage,
+    ctx: &mut TreeCtx<'_>,
+    shares_files: bool,
+    held: &[mm::cow::Held],
+) -> Result<mm::restore::WorkArea, RestoreError> {
+    let pid = img.pid();
+    let (files, dir) = (&mut *ctx.files, ctx.dir);
+    let live = img
+        .live
+        .as_ref()
+        .ok_or_else(|| img.bad("not a live task"))?;
     let work = mm::restore::map_work_area(t, &live.mm)?;
     if !shares_files {
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
@@ -128,10 +232,30 @@ pub(super) fn transform(
         .ok_or_else(|| img.bad("exe file is not in files.img"))?
         .to_string();
     mm::restore::set_mm_fields(t, &live.mm, &exe)?;
+    Ok(work)
+}
 
-    // fs, limits, timers, signal actions: task-wide.
+/// What is the whole task's but memory: fs (unless shared with its
+/// parent), limits, timers, signal actions, the child subreaper flag and
+/// file locks (once its fds and mappings are in place for good).
+fn restore_task_wide(
+    t: &mut Tracee,
+    img: &TaskImage,
+    files: &mut RestoreFiles,
+    shares_fs: bool,
+) -> Result<(), RestoreError> {
+    let pid = img.pid();
+    let live = img
+        .live
+        .as_ref()
+        .ok_or_else(|| img.bad("not a live task"))?;
+    let tc = img.cores[0]
+        .1
+        .tc
+        .as_ref()
+        .ok_or_else(|| img.bad("no task core"))?;
     if !shares_fs {
-        restore_fs(t, &live.fs, files)?;
+        crate::fs::restore(t, &live.fs, files)?;
     }
     task::restore_rlimits(t.pid(), tc.rlimits.as_ref())?;
     task::restore_oom_score_adj(t.pid(), tc.oom_score_adj)?;
@@ -150,44 +274,26 @@ pub(super) fn transform(
     }
     // File locks once its fds and mappings are in place for good.
     crate::files::lock::restore(t, pid, &files.locks)?;
+    Ok(())
+}
 
-    // The vdso last among mappings: from here on injection goes through it
-    // and the work area can go when the leader is let go.
-    mm::restore::place_vdso(t, &live.mm)?;
-    // memory-deny-write-execute last among memory settings: it forbids
-    // what the restore did to the mappings
-    if let Some(flags) = live.mm.crest_mdwe {
-        t.syscall(nr::PRCTL, &[mm::PR_SET_MDWE, u64::from(flags), 0, 0, 0])
-            .rat(pid, format!("prctl(PR_SET_MDWE, {flags:#x})"))?;
-    }
-    t.adopt_scratch(work.addr, work.len as usize);
-
-    // The leader's state, then its credentials around the move into its
-    // user namespace (which needs a single thread), then the threads.
-    // Forked inside a nested user namespace already: the task moves on
-    // (down) to its own first, then sets its ids as it sees them.
-    let early = cur_userns != 1;
-    let helper = if ns == cur_userns {
-        None
-    } else {
-        ctx.userns.pid_of(ns)
-    };
-    if early {
-        if let Some(h) = helper {
-            ns::user::enter(t, h)?;
-        }
-    }
-    let helper = if early { None } else { helper };
-    restore_thread(t, img, 0, tc.personality)?;
-    let step = UserStep {
-        users: ctx.users,
-        helper,
-        early,
-    };
-    let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
-    crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
-    // Threads are made after the move and while the leader still holds
-    // every capability; each drops its own, the leader last.
+/// Makes the task's other threads (after the leader moved into its user
+/// namespace, while it still holds every capability); each gets its
+/// state and ids and drops its own capabilities. `tl` says how their pids
+/// are set; they share the leader's work area.
+fn make_threads(
+    t: &mut Tracee,
+    img: &TaskImage,
+    ctx: &mut TreeCtx<'_>,
+    (tl, work): (ns::pid::Levels, &mm::restore::WorkArea),
+    early: bool,
+    leader_ids: Option<&creds::Ids>,
+) -> Result<(), RestoreError> {
+    let tc = img.cores[0]
+        .1
+        .tc
+        .as_ref()
+        .ok_or_else(|| img.bad("no task core"))?;
     for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
         let set_tid = img.set_tid(i);
         // (made in the task's own user namespace: `tl` is for it)
@@ -211,14 +317,7 @@ pub(super) fn transform(
             helper: None,
             early,
         };
-        set_ids(
-            &mut th,
-            img,
-            tcore,
-            extra.as_ref(),
-            &tstep,
-            leader_ids.as_ref(),
-        )?;
+        set_ids(&mut th, img, tcore, extra.as_ref(), &tstep, leader_ids)?;
         // (its own, not the leader's: made before the leader gets its)
         if let Some(thc) = tcore.thread_core.as_ref() {
             crate::seccomp::restore(&mut th, thc, &ctx.seccomp)?;
@@ -227,37 +326,6 @@ pub(super) fn transform(
         th.forget_scratch();
         ctx.threads.push(th);
     }
-    // POSIX timers once every thread they may signal exists.
-    if let Some(tm) = tc.timers.as_ref() {
-        crate::timers::restore(t, &tm.posix)?;
-    }
-    if let Some(init) = pid_for_children {
-        // (from its own user namespace, its threads made: see
-        // fork::set_pid_for_children)
-        let path = format!("/proc/{init}/ns/pid");
-        let fd = t.open_crest_side(&path, libc::O_RDONLY)?;
-        let r = t.syscall(nr::SETNS, &[fd, libc::CLONE_NEWPID as u64]);
-        t.close(fd)?;
-        r.rat(pid, "setns of pid_for_children")?;
-    }
-    // seccomp once its threads are made (they would inherit it) and
-    // while it holds its capabilities (a filter without no_new_privs
-    // needs CAP_SYS_ADMIN); suspended for what is injected after
-    if let Some(thc) = core.thread_core.as_ref() {
-        crate::seccomp::restore(t, thc, &ctx.seccomp)?;
-    }
-    set_caps(t, img, core)?;
-    if let Some(d) = live.mm.dumpable {
-        // Changing credentials may have cleared it.
-        t.syscall(
-            nr::PRCTL,
-            &[libc::PR_SET_DUMPABLE as u64, d.clamp(0, 1) as u64],
-        )
-        .rat(pid, "prctl(PR_SET_DUMPABLE)")?;
-    }
-    let inner_pid = img.inner_tid(0).unwrap_or(pid);
-    signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
-    t.close_crest_root()?;
     Ok(())
 }
 
@@ -364,11 +432,7 @@ pub(super) fn to_array(v: Vec<u32>) -> [u32; 4] {
     a
 }
 
-const PR_SET_TIMERSLACK: u64 = 29;
-
-/// The per-thread state of thread `i` of the image: altstack, comm,
-/// rseq, robust list, clear_child_tid, credentials, private pending
-/// signals, FPU and registers (set when the thread is let go).
+/// Thread `i`'s own state (see [`coreimg::restore_thread`]).
 pub(super) fn restore_thread(
     t: &mut Tracee,
     img: &TaskImage,
@@ -376,142 +440,22 @@ pub(super) fn restore_thread(
     personality: u32,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
-    let tid = t.tid();
     let (image_tid, core, extra) = img
         .cores
         .get(i)
         .map(|c| (c.0, &c.1, c.2.as_ref()))
         .ok_or_else(|| img.bad("a thread without a core image"))?;
-    let th = core
-        .thread_core
-        .as_ref()
-        .ok_or_else(|| img.bad("no thread core"))?;
-    let info = core
-        .thread_info
-        .as_ref()
-        .ok_or_else(|| img.bad("no thread info"))?;
-    signals::restore_altstack(t, th.sas.as_ref())?;
-    let comm = th
-        .comm
-        .as_deref()
-        .or(core.tc.as_ref().map(|tc| tc.comm.as_str()))
-        .unwrap_or("");
-    task::restore_misc(
-        t,
-        &task::ThreadMisc {
-            comm,
-            personality,
-            rseq: th.rseq_entry.as_ref(),
-            robust_list: (th.futex_rla, u64::from(th.futex_rla_len)),
-            clear_tid: info.clear_tid_addr,
-        },
-    )?;
-    let inner = (
-        img.inner_tid(0).unwrap_or(pid),
-        img.inner_tid(i).unwrap_or(image_tid),
-    );
-    signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
-    if let Some(slack) = extra.and_then(|e| e.timer_slack_ns) {
-        t.syscall(nr::PRCTL, &[PR_SET_TIMERSLACK, slack]).rat(
-            pid,
-            format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
-        )?;
-    }
-    if let Some(mode) = extra.and_then(|e| e.mempolicy_mode) {
-        let words = extra.map_or(&[][..], |e| &e.mempolicy_nodes[..]);
-        let words = &words[..words.len().min(crate::coreimg::MEMPOLICY_WORDS)];
-        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let addr = if raw.is_empty() {
-            0
-        } else {
-            t.put(&raw).rat(pid, "write a node mask")?
-        };
-        t.syscall(
-            nr::SET_MEMPOLICY,
-            &[u64::from(mode), addr, (words.len() * 64) as u64],
-        )
-        .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
-    }
-    if let Some(policy) = extra.and_then(|e| e.mce_kill) {
-        // PR_MCE_KILL, PR_MCE_KILL_SET
-        t.syscall(nr::PRCTL, &[33, 1, u64::from(policy), 0, 0])
-            .rat(pid, format!("thread {tid}: prctl(PR_MCE_KILL, {policy})"))?;
-    }
-    if let Some(mode) = extra.and_then(|e| e.tsc_mode) {
-        const PR_SET_TSC: u64 = 26;
-        t.syscall(nr::PRCTL, &[PR_SET_TSC, u64::from(mode)])
-            .rat(pid, format!("thread {tid}: prctl(PR_SET_TSC, {mode})"))?;
-    }
-    if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
-        misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
-    }
-    if let Some(policy) = th.sched_policy {
-        // from outside: crest may raise a priority the task (in its user
-        // namespace) could not
-        let (prio, nice) = (th.sched_prio.unwrap_or(0), th.sched_nice.unwrap_or(0));
-        misc::set_sched(tid, policy, prio, nice).rat(
-            pid,
-            format!("thread {tid}: scheduling policy {policy}, priority {prio}, nice {nice}"),
-        )?;
-    }
-    let xsave = match extra.and_then(|e| e.xsave.as_ref()) {
-        Some(x) => x.clone(),
-        None => {
-            let size = ptrace::get_xstate(tid).map_or(2432, |x| x.len());
-            regs::xsave_from_fpregs(&info.fpregs, size)
-        }
-    };
-    ptrace::set_xstate(tid, &xsave).rat(
+    let th = coreimg::ThreadImage {
         pid,
-        format!(
-            "PTRACE_SETREGSET(NT_X86_XSTATE) of thread {tid}, the xsave area of core-{image_tid}.img"
+        image_tid,
+        core,
+        extra,
+        inner: (
+            img.inner_tid(0).unwrap_or(pid),
+            img.inner_tid(i).unwrap_or(image_tid),
         ),
-    )?;
-    let dumped = regs::from_image(&info.gpregs);
-    let mask = th
-        .blk_sigset
-        .or(core.tc.as_ref().map(|tc| tc.blk_sigset))
-        .unwrap_or(0);
-    t.set_final_state(regs::resume_regs(&dumped), mask);
-    Ok(())
-}
-
-pub(super) fn restore_fs(
-    t: &mut Tracee,
-    fs: &FsEntry,
-    files: &mut RestoreFiles,
-) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    let cwd = files.reg_path(fs.cwd_id).unwrap_or("/").to_string();
-    let root = files.reg_path(fs.root_id).unwrap_or("/").to_string();
-    let ghost = files.remaps.get(&fs.cwd_id).copied();
-    let reg = files.entries.get(&fs.cwd_id).and_then(|e| e.reg.clone());
-    if let (Some(g), Some(reg)) = (ghost, reg) {
-        // a cwd deleted at dump: made again, entered, removed
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-        let fd = crate::files::ghost::open(t, &reg, flags, g, files)?;
-        let r = t
-            .syscall(nr::FCHDIR, &[fd])
-            .rat(pid, format!("fchdir to {cwd}"));
-        t.close(fd)?;
-        r?;
-    } else {
-        let mut p = cwd.as_bytes().to_vec();
-        p.push(0);
-        let addr = t.put(&p).rat(pid, "write cwd")?;
-        t.syscall(nr::CHDIR, &[addr])
-            .rat(pid, format!("chdir {cwd}"))?;
-    }
-    if root != "/" {
-        let mut p = root.as_bytes().to_vec();
-        p.push(0);
-        let addr = t.put(&p).rat(pid, "write root")?;
-        t.syscall(nr::CHROOT, &[addr])
-            .rat(pid, format!("chroot {root}"))?;
-    }
-    t.syscall(nr::UMASK, &[u64::from(fs.umask.unwrap_or(0o022))])
-        .rat(pid, "umask")?;
-    Ok(())
+    };
+    coreimg::restore_thread(t, &th, personality)
 }
 
 fn absolute(p: &Path) -> std::io::Result<PathBuf> {

@@ -1,44 +1,19 @@
-//! The address space: VMAs from `/proc/PID/maps` and `smaps`, present pages
-//! from `/proc/PID/pagemap`, mm fields from `stat`, `auxv` and `exe`.
-//!
-//! Dump writes `mm-<pid>.img` (CRIU's `mm_entry` with its `vma_entry`s),
-//! `pagemap-<pid>.img` and the raw `pages-<id>.img`. Restore maps every VMA
-//! at its address in a task that has unmapped everything it inherited, fills
-//! the pages from the pages file (read by the task itself with `preadv`),
-//! puts vdso/vvar where they were and sets the mm fields with
-//! `PR_SET_MM_MAP`.
+//! Reading an address space at dump: VMAs from `/proc/PID/maps` and
+//! `smaps`, present pages from `/proc/PID/pagemap` (copied into the pages
+//! file), mm fields from `stat`, `auxv` and `exe`, AIO rings, madvise,
+//! mlock, THP and membarrier state.
 
+use super::{numa, pages};
+use super::{status, DEFAULT_COREDUMP_FILTER, MADV_BIT_LOCKONFAULT, MEMBARRIER_REGISTER, PAGE};
 use crate::error::{DumpCtx, DumpError};
 use crate::files::FileTable;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
+use crate::remote::Remote;
 use crest_images::pb::{AioRingEntry, MmEntry, PagemapEntry, VmaEntry};
 use crest_images::{RawWriter, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use std::io;
 use std::os::unix::fs::FileExt;
-
-pub mod cow;
-pub mod numa;
-mod pages;
-pub mod restore;
-
-pub const PAGE: u64 = 4096;
-
-/// CRIU's `vma_entry.status` bits.
-pub mod status {
-    pub const REGULAR: u32 = 1 << 0;
-    pub const STACK: u32 = 1 << 1;
-    pub const VSYSCALL: u32 = 1 << 2;
-    pub const VDSO: u32 = 1 << 3;
-    pub const HEAP: u32 = 1 << 5;
-    pub const FILE_PRIVATE: u32 = 1 << 6;
-    pub const FILE_SHARED: u32 = 1 << 7;
-    pub const ANON_SHARED: u32 = 1 << 8;
-    pub const ANON_PRIVATE: u32 = 1 << 9;
-    pub const SYSVIPC: u32 = 1 << 10;
-    pub const VVAR: u32 = 1 << 12;
-    pub const MEMFD: u32 = 1 << 14;
-}
 
 /// smaps VmFlags that map to an madvise() advice, stored in
 /// `vma_entry.madv` as `1 << advice` the way CRIU does.
@@ -50,11 +25,6 @@ const MADV_FLAGS: [(&str, u32); 6] = [
     ("wf", libc::MADV_WIPEONFORK as u32),
     ("mg", libc::MADV_MERGEABLE as u32),
 ];
-
-/// `vma_entry.madv` bit crest uses for a VMA locked on fault
-/// (`mlock2(MLOCK_ONFAULT)`, smaps `lf`); the advice numbers stay far
-/// below it.
-pub const MADV_BIT_LOCKONFAULT: u32 = 63;
 
 /// What the dump of one address space produced.
 pub struct MmDump {
@@ -209,20 +179,12 @@ fn coredump_filter(pid: i32) -> Option<u32> {
         .filter(|f| *f != DEFAULT_COREDUMP_FILTER)
 }
 
-/// The kernel's default `coredump_filter` (anonymous and ELF headers).
-pub const DEFAULT_COREDUMP_FILTER: u32 = 0x33;
 const PR_GET_MDWE: u64 = 66;
-/// `prctl` that sets memory-deny-write-execute.
-pub const PR_SET_MDWE: u64 = 65;
 
 const PR_GET_THP_DISABLE: u64 = 42;
-/// `prctl` that turns transparent huge pages off for the whole process.
-pub const PR_SET_THP_DISABLE: u64 = 41;
 
 /// `membarrier` command that lists the address space's registrations.
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
-/// The registration commands, each answered again at restore.
-pub const MEMBARRIER_REGISTER: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
 
 /// The task's membarrier registrations (None where the kernel cannot
 /// list them: before Linux 6.3).
@@ -300,9 +262,7 @@ pub fn dump(
     let exe = procfs::read_link(&format!("/proc/{pid}/exe")).at(pid, "read exe link")?;
     let exe_id = files.reg_path(pid, &exe, libc::O_RDONLY as u32)?;
     let brk = t.syscall(nr::BRK, &[0]).at(pid, "brk(0)")?;
-    let dumpable = t
-        .syscall(nr::PRCTL, &[libc::PR_GET_DUMPABLE as u64])
-        .at(pid, "prctl(PR_GET_DUMPABLE)")?;
+    let dumpable = t.prctl(&[libc::PR_GET_DUMPABLE as u64], "prctl(PR_GET_DUMPABLE)")?;
 
     let mut vmas = Vec::with_capacity(maps.len());
     // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
@@ -460,11 +420,7 @@ pub fn dump(
         vmas,
         dumpable: Some(dumpable as i32),
         aios,
-        thp_disabled: Some(
-            t.syscall(nr::PRCTL, &[PR_GET_THP_DISABLE])
-                .at(pid, "prctl(PR_GET_THP_DISABLE)")?
-                != 0,
-        ),
+        thp_disabled: Some(t.prctl(&[PR_GET_THP_DISABLE], "prctl(PR_GET_THP_DISABLE)")? != 0),
         crest_mlockall: Some(mlockall_future(t)?),
         crest_guards: guards,
         crest_membarrier: membarrier_registrations(t)?,
@@ -604,7 +560,7 @@ fn mark_shmem_data(pid: i32, m: &MapsEntry, words: &mut [u64]) -> io::Result<()>
 /// Reads pages that `process_vm_readv` cannot (no read permission) or
 /// must not (shared copy-on-write) through `/proc/PID/mem`, which may read
 /// them by force and does not pin them.
-fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+pub(super) fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     mem.read_exact_at(buf, addr)
 }

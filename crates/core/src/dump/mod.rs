@@ -1,0 +1,225 @@
+//! `crest dump`: seize, collect, write, then kill or leave running. Only
+//! the order lives here; every step is in the room of its object.
+
+mod namespaces;
+mod task;
+
+use crate::error::DumpError;
+use crate::files::{self, FileTable};
+use crate::notify::{hook, Notify, Silent};
+use crate::ns::user::UsernsGraph;
+use crate::opts::{Action, Options};
+use crate::pstree::{Seized, Task};
+use crest_images::pb::{InventoryEntry, TaskKobjIdsEntry};
+use crest_images::{magic, names};
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Default)]
+pub struct DumpSummary {
+    pub pids: Vec<i32>,
+    pub pages_bytes: u64,
+    /// What it took (also in `stats-dump` in the work directory).
+    pub stats: crate::stats::DumpStats,
+}
+
+/// Dumps the tree rooted at `opts.pid` into `opts.dir`. On failure every
+/// task is detached and runs on as before.
+pub fn dump(opts: &Options) -> Result<DumpSummary, DumpError> {
+    dump_notified(opts, &mut Silent)
+}
+
+/// [`dump`], telling `n` at CRIU's notification points (pre-dump,
+/// network-lock, post-dump, network-unlock); a refused notification fails
+/// the dump, the tree released.
+pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, DumpError> {
+    let refused = opts.refusals(Action::Dump);
+    if !refused.is_empty() {
+        return Err(DumpError::Refused { refused });
+    }
+    // whom crest acts for, and nothing more than they hold from here on
+    let caller = crate::privilege::Caller::detect(opts.unprivileged)
+        .and_then(|c| c.confine().map(|()| c))
+        .map_err(|source| DumpError::Io {
+            pid: opts.pid,
+            step: "take the caller's credentials",
+            source,
+        })?;
+    std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
+        dir: opts.dir.display().to_string(),
+        source,
+    })?;
+    tell(n, hook::PRE_DUMP, opts.pid)?;
+    // cgroup hierarchies crest mounts itself, until the dump ends
+    let _yard = crate::ns::cgyard::Guard;
+    // a paused container: thawed to be seized, frozen again after
+    let _refreeze = match &opts.freeze_cgroup {
+        Some(p) => crate::ns::cgroup::thaw(p)?,
+        None => None,
+    };
+    if caller.restricted {
+        // the root before it is seized, for a refusal that says why (the
+        // kernel refuses the seizing anyway: crest holds no more than the
+        // caller); the whole tree once it is frozen
+        let users = UsernsGraph::collect(&[opts.pid]).map_err(|e| {
+            if Path::new(&format!("/proc/{}", opts.pid)).exists() {
+                DumpError::Forbidden {
+                    pid: opts.pid,
+                    uid: caller.uid,
+                    what: format!("its /proc files are closed to the caller ({e})"),
+                }
+            } else {
+                e
+            }
+        })?;
+        caller.check_dump(&[opts.pid], &users)?;
+    }
+    let start = Instant::now();
+    let tree = Seized::seize(
+        opts.pid,
+        std::time::Duration::from_secs(opts.timeout.max(1).into()),
+    )?;
+    crest_sys::fault::point("dump: tree seized")?;
+    let frozen = Instant::now();
+    crate::info!("seized {} task(s) of tree {}", tree.tasks.len(), opts.pid);
+    // The network is the caller's to lock when the tree has a net
+    // namespace of its own.
+    let own_net = crate::ns::other::own_net_ns(opts.pid);
+    let res = (if own_net {
+        tell(n, hook::NETWORK_LOCK, opts.pid)
+    } else {
+        Ok(())
+    })
+    .and_then(|()| collect_and_write(&tree, opts, &caller))
+    .and_then(|s| {
+        // last: the checksums of every file, which a restore checks
+        crest_images::manifest::write(&opts.dir)?;
+        crest_sys::fault::point("dump: images written")?;
+        Ok(s)
+    })
+    .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
+    match res {
+        Ok(mut summary) => {
+            summary.stats.freezing = frozen - start;
+            summary.stats.memdump = frozen.elapsed();
+            if opts.leave_running || opts.leave_stopped {
+                if opts.leave_stopped {
+                    tree.release_stopped();
+                } else {
+                    tree.release();
+                }
+                if own_net {
+                    tell(n, hook::NETWORK_UNLOCK, opts.pid)?;
+                }
+            } else {
+                tree.kill();
+            }
+            crate::guard::end();
+            summary.stats.frozen = frozen.elapsed();
+            summary.stats.pages_scanned = summary.pages_bytes / 4096;
+            summary.stats.pages_written = summary.pages_bytes / 4096;
+            summary.stats.shpages_written =
+                crate::stats::pages_in(&opts.dir).saturating_sub(summary.stats.pages_written);
+            summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
+                crate::warn!("stats-dump not written: {e}");
+            });
+            Ok(summary)
+        }
+        Err(e) => {
+            crate::warn!("dump failed: {e}; releasing the tree");
+            tree.release();
+            crate::guard::end();
+            if own_net {
+                let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Tells `n` that `h` is reached (with the tree's root for the hooks'
+/// environment).
+fn tell(n: &mut dyn Notify, h: &str, root: i32) -> Result<(), DumpError> {
+    n.notify(h, Some(root), None)
+        .map_err(|why| DumpError::Notify {
+            hook: h.to_string(),
+            why,
+        })
+}
+
+fn collect_and_write(
+    tree: &Seized,
+    opts: &Options,
+    caller: &crate::privilege::Caller,
+) -> Result<DumpSummary, DumpError> {
+    let root = &tree.tasks[0];
+    if root.sid != root.pid && !opts.shell_job {
+        // A job of a shell, or a container whose init was started without
+        // setsid: handled as --shell-job would (restore puts it in the
+        // session of the crest that restores it). Terminals it uses from
+        // that session still need --shell-job (see files/tty.rs).
+        crate::info!(
+            "root {} is in session {} it does not lead: restored into the restorer's session, as with --shell-job",
+            root.pid,
+            root.sid
+        );
+    }
+    let live: Vec<i32> = tree
+        .tasks
+        .iter()
+        .filter(|t| t.zombie.is_none())
+        .map(|t| t.pid)
+        .collect();
+    let ns = namespaces::collect(tree, &live, opts, caller)?;
+    namespaces::cgroups(opts, &ns.others, &live)?;
+    let mut files = FileTable::for_dump(opts, &live, ns.by_ino());
+    let mut summary = DumpSummary::default();
+    let mut filters = crate::seccomp::Table::default();
+    let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
+    let mut sh = task::Shared {
+        dir: &opts.dir,
+        ns: &ns,
+        files: &mut files,
+        filters: &mut filters,
+        summary: &mut summary,
+    };
+    for (i, t) in tree.tasks.iter().enumerate() {
+        let parent_ids = all_ids.iter().find(|(p, _)| *p == t.ppid).map(|x| x.1);
+        let ids = task::dump(t, i, parent_ids, &mut sh)?;
+        all_ids.push((t.pid, ids));
+        sh.summary.pids.push(t.pid);
+    }
+    filters.write(&opts.dir)?;
+    let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
+    crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
+    // (files passed in queued messages first: a pipe end among them is
+    // the tree's)
+    files.dump_in_flight()?;
+    files.mark_outside_pipes();
+    // (finish adds the entries of sockets outside the tree)
+    files.finish(&opts.dir)?;
+    crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
+    files::write_images(&opts.dir, &files)?;
+    let inventory = InventoryEntry {
+        img_version: crest_images::INVENTORY_IMG_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids: all_ids.first().map(|x| x.1),
+        ns_per_id: Some(true),
+        lsmtype: Some(0),
+        dump_uptime: Some(uptime_ticks()),
+        // (CRIU's mark: such images are restored with --tcp-close only)
+        tcp_close: opts.tcp_close.then_some(true),
+        ..InventoryEntry::default()
+    };
+    crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
+    // Established connections stay in repair mode only for a tree that dies.
+    files.inet.keep_repair = !opts.leave_running;
+    Ok(summary)
+}
+
+fn uptime_ticks() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1_000_000.0) as u64)
+}

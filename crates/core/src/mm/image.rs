@@ -1,0 +1,64 @@
+//! A task's memory images: `mm-<pid>.img` (CRIU's `mm_entry` with its
+//! `vma_entry`s) and `pagemap-<pid>.img` (a head naming the pages file,
+//! then one entry per run of pages), written at dump and read, bounded, at
+//! restore. The pages themselves are in `pages-<id>.img`.
+
+use crate::error::RestoreError;
+use crest_images::pb::{MmEntry, PagemapEntry, PagemapHead};
+use crest_images::{magic, names, ImageError, ImageReader, ImageWriter};
+use std::path::Path;
+
+/// Most pagemap entries accepted from an image.
+pub const MAX_PAGEMAP_ENTRIES: usize = 1 << 24;
+
+/// The memory images of one task.
+pub struct MmImages {
+    pub mm: MmEntry,
+    pub pagemap: Vec<PagemapEntry>,
+    /// The id of its pages file.
+    pub pages_id: u32,
+}
+
+/// Writes the memory images of task `pid`, whose pages are in the pages
+/// file `pages_id`.
+pub fn write(
+    dir: &Path,
+    pid: u32,
+    pages_id: u32,
+    mm: &MmEntry,
+    pagemap: &[PagemapEntry],
+) -> Result<(), ImageError> {
+    crest_images::write_image(dir, &names::mm(pid), magic::MM, std::slice::from_ref(mm))?;
+    let mut pm = ImageWriter::create(dir, &names::pagemap(pid), magic::PAGEMAP)?;
+    pm.write_entry(&PagemapHead { pages_id })?;
+    for e in pagemap {
+        pm.write_entry(e)?;
+    }
+    pm.finish()
+}
+
+/// Reads the memory images of task `pid`.
+pub fn read(dir: &Path, pid: u32) -> Result<MmImages, RestoreError> {
+    let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
+    let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
+    let bad = |what: String| RestoreError::BadImage {
+        pid: pid as i32,
+        file: names::pagemap(pid),
+        what,
+    };
+    let head: PagemapHead = r
+        .next_entry()?
+        .ok_or_else(|| bad("no pagemap head".into()))?;
+    let mut pagemap = Vec::new();
+    while let Some(e) = r.next_entry::<PagemapEntry>()? {
+        if pagemap.len() >= MAX_PAGEMAP_ENTRIES {
+            return Err(bad(format!("more than {MAX_PAGEMAP_ENTRIES} entries")));
+        }
+        pagemap.push(e);
+    }
+    Ok(MmImages {
+        mm,
+        pagemap,
+        pages_id: head.pages_id,
+    })
+}

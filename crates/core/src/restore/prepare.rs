@@ -1,0 +1,99 @@
+//! What a restore reads and checks before it makes anything: the images
+//! against their manifest, the inventory, every task's images, the
+//! caller's rights over them, the fds the caller hands in, and the pid
+//! namespace the root goes into when it was the caller's.
+
+use super::images::{check_inventory, check_privilege, read_tree_images, TreeImages};
+use crate::error::{RestoreCtx, RestoreError};
+use crate::files::restore::RestoreFiles;
+use crate::opts::Options;
+use crest_images::pb::SeccompFilter;
+use std::os::fd::OwnedFd;
+
+/// Everything read and checked.
+pub(super) struct Prepared {
+    pub(super) files: RestoreFiles,
+    pub(super) ti: TreeImages,
+    pub(super) filters: Vec<SeccompFilter>,
+    /// CRIU's `--external pid[INO]:KEY` at dump: the caller's pid
+    /// namespace the root goes into (from `--inherit-fd fd[N]:KEY`).
+    pub(super) ext_pidns: Option<OwnedFd>,
+}
+
+/// Reads and checks the images in `opts.dir` for `caller`.
+pub(super) fn prepare(
+    opts: &Options,
+    caller: &crate::privilege::Caller,
+) -> Result<Prepared, RestoreError> {
+    let dir = &opts.dir;
+    // every file as the dump wrote it, before anything is made
+    match crest_images::manifest::verify(dir)? {
+        crest_images::manifest::Verified::Intact { files, bytes } => {
+            crate::info!("{files} image files ({bytes} bytes) match their checksums")
+        }
+        crest_images::manifest::Verified::NoManifest => crate::warn!(
+            "{}: no {}: images of CRIU or of an older crest, read without checksums",
+            dir.display(),
+            crest_images::manifest::MANIFEST
+        ),
+    }
+    check_inventory(dir, opts.tcp_close)?;
+    let mut files = RestoreFiles::read(dir)?;
+    files.socks.shell_job = opts.shell_job;
+    files.socks.tcp_close = opts.tcp_close;
+    files.ttys.orphan_pts_master = opts.orphan_pts_master;
+    for (fd, key) in &opts.inherit_fd {
+        let own = crest_sys::misc::dup_own(*fd).rat(0, format!("--inherit-fd fd[{fd}]:{key}"))?;
+        files.inherit.insert(key.clone(), own);
+    }
+    let mut ti = read_tree_images(dir)?;
+    if opts.empty_ns & libc::CLONE_NEWNET as u32 != 0 {
+        // CRIU's --empty-ns net: the caller sets the network up itself
+        ti.others.empty_net();
+    }
+    let ti = ti;
+    check_privilege(caller, &ti, &opts.join_ns)?;
+    let filters = crate::seccomp::read(dir)?;
+    let sandboxed = ti.imgs.iter().find(|i| {
+        i.cores
+            .iter()
+            .any(|c| c.1.thread_core.as_ref().is_some_and(crate::seccomp::wanted))
+    });
+    if let (true, Some(img)) = (caller.restricted, sandboxed) {
+        return Err(RestoreError::Unsupported {
+            pid: img.pid(),
+            what: "a seccomp sandbox restored by an unprivileged crest (suspending it while \
+                   the restore goes on needs CAP_SYS_ADMIN)"
+                .into(),
+        });
+    }
+    // CRIU's --external pid[INO]:KEY at dump: the root goes into the
+    // caller's pid namespace, given with --inherit-fd fd[N]:KEY
+    let ext_pidns = match ti.imgs[0]
+        .ids
+        .pid_ns_id
+        .and_then(|n| ti.pidns.node(n))
+        .and_then(|n| n.external_key.as_ref())
+    {
+        Some(key) => {
+            let fd = files
+                .inherit
+                .get(key)
+                .ok_or_else(|| RestoreError::Unsupported {
+                    pid: ti.imgs[0].pid(),
+                    what: format!(
+                        "the external pid namespace {key}, the caller's: give crest an fd of it \
+                         with --inherit-fd fd[N]:{key}"
+                    ),
+                })?;
+            Some(fd.try_clone().rat(0, format!("dup the fd of {key}"))?)
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        files,
+        ti,
+        filters,
+        ext_pidns,
+    })
+}
