@@ -1,0 +1,364 @@
+//! Restore of an address space inside a task that is a fork of crest:
+//! a private work area (a `syscall` gadget plus scratch memory) is mapped
+//! where the dumped task had nothing, everything else the task inherited
+//! is unmapped, every dumped VMA is mapped at its address, the task reads
+//! its own pages from the pages file with `preadv`, protections are set,
+//! vdso/vvar are placed where they were (`arch_prctl(ARCH_MAP_VDSO_64)`)
+//! and the mm fields are set with `prctl(PR_SET_MM, PR_SET_MM_MAP)`.
+
+mod pages;
+mod settle;
+
+pub use pages::{fill_pages, page_runs, Run};
+pub use settle::{place_vdso, protect, restore_aios, set_mm_fields};
+
+use super::{status, PAGE};
+use crate::error::{RestoreCtx, RestoreError};
+use crate::files::restore::RestoreFiles;
+use crate::remote::Remote;
+use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
+use crest_inject::{nr, Tracee};
+
+/// Size of the work area: one gadget page and the scratch memory.
+pub const WORK_AREA: u64 = 1 << 20;
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const PRCTL_MM_MAP_SIZE: usize = 104;
+/// Most bytes one `preadv` call moves (below the kernel's MAX_RW_COUNT).
+const MAX_PREADV: u64 = 1 << 30;
+const IOVS_PER_CALL: usize = 1024;
+
+/// Where the work area lives in the task.
+pub struct WorkArea {
+    pub addr: u64,
+    pub len: u64,
+}
+
+pub(super) fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>, RestoreError> {
+    let maps = crate::procfs::read_maps(pid).map_err(|source| RestoreError::Proc {
+        pid,
+        step: "read maps of the new task",
+        source,
+    })?;
+    Ok(maps.iter().map(|m| (m.start, m.end)).collect())
+}
+
+pub(super) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Finds a hole for the work area that neither the dumped VMAs nor the
+/// task's current mappings use, maps it, and writes the gadget.
+pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreError> {
+    let pid = t.pid();
+    let mut used: Vec<(u64, u64)> = mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    used.extend(current_ranges(pid)?);
+    used.sort_unstable();
+    // Try below each used range, from high to low addresses, keeping a
+    // gap; then the low addresses above mmap_min_addr.
+    let mut candidates: Vec<u64> = used
+        .iter()
+        .filter_map(|r| r.0.checked_sub(WORK_AREA + 16 * PAGE))
+        .collect();
+    candidates.push(0x1000_0000);
+    candidates.push(0x10_0000);
+    let want = candidates
+        .into_iter()
+        .filter(|a| *a >= 0x10000)
+        .map(|a| a & !(PAGE - 1))
+        .find(|a| !used.iter().any(|r| overlaps(*r, (*a, *a + WORK_AREA))))
+        .ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: "an address space with no room for crest's work area".into(),
+        })?;
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = t
+        .syscall(nr::MMAP, &[want, WORK_AREA, prot, flags, u64::MAX, 0])
+        .rat(pid, "map the work area")?;
+    if got != want {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!("work area asked at {want:#x}, got {got:#x}"),
+        });
+    }
+    // syscall; int3
+    t.write_mem(got, &[0x0f, 0x05, 0xcc])
+        .rat(pid, "write the syscall gadget")?;
+    t.set_syscall_ip(got);
+    t.adopt_scratch(got + PAGE, (WORK_AREA - PAGE) as usize);
+    Ok(WorkArea {
+        addr: got,
+        len: WORK_AREA,
+    })
+}
+
+/// Unmaps everything the task inherited from crest but the work area and
+/// the areas it keeps to share with its parent or children (`keep`, where
+/// they are now).
+pub fn unmap_inherited(
+    t: &mut Tracee,
+    work: &WorkArea,
+    keep: &[(u64, u64)],
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let work_range = (work.addr, work.addr + work.len);
+    for (start, end) in current_ranges(pid)? {
+        if overlaps((start, end), work_range) {
+            continue;
+        }
+        if start >= 0xffff_ffff_ff60_0000 {
+            continue; // vsyscall cannot be unmapped
+        }
+        for (s, e) in minus((start, end), keep) {
+            t.syscall(nr::MUNMAP, &[s, e - s])
+                .rat(pid, format!("munmap inherited {s:#x}-{e:#x}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The parts of `r` outside every range of `holes`.
+fn minus(r: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut parts = vec![r];
+    for &(hs, he) in holes {
+        parts = parts
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if !overlaps((s, e), (hs, he)) {
+                    return vec![(s, e)];
+                }
+                [(s, hs.max(s)), (he.min(e), e)]
+                    .into_iter()
+                    .filter(|(a, b)| a < b)
+                    .collect()
+            })
+            .collect();
+    }
+    parts
+}
+
+fn is_special(v: &VmaEntry) -> bool {
+    v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0
+}
+
+/// Maps every dumped VMA but vdso/vvar, writable for now.
+/// Shared anonymous memory already restored, by its dumped shmem id
+/// (inode): the task and range that map it. Other tasks map the same
+/// object through `/proc/PID/map_files/START-END`.
+pub type SharedAnon = std::collections::HashMap<u64, (i32, u64, u64)>;
+
+/// Whether the pagemap has pages inside the VMA (which must then be
+/// writable while it is filled).
+pub(super) fn has_pages(v: &VmaEntry, pagemap: &[PagemapEntry]) -> bool {
+    pagemap
+        .iter()
+        .any(|e| e.vaddr >= v.start && e.vaddr < v.end)
+}
+
+/// Maps every dumped VMA but vdso/vvar and those already in place
+/// (`placed`, see `cow`): with its final protection, plus write permission
+/// where pages are to be filled.
+pub fn map_vmas(
+    t: &mut Tracee,
+    (mm, pagemap): (&MmEntry, &[PagemapEntry]),
+    placed: &[(u64, u64)],
+    files: &mut RestoreFiles,
+    shared: &mut SharedAnon,
+) -> Result<(), RestoreError> {
+    // One fd per mapped file and mode, closed at the end.
+    let mut open: std::collections::HashMap<(String, i32), u64> = std::collections::HashMap::new();
+    let res = map_each(t, (mm, pagemap), placed, files, shared, &mut open);
+    for fd in open.into_values() {
+        t.close(fd)?;
+    }
+    res
+}
+
+fn map_each(
+    t: &mut Tracee,
+    (mm, pagemap): (&MmEntry, &[PagemapEntry]),
+    placed: &[(u64, u64)],
+    files: &mut RestoreFiles,
+    shared: &mut SharedAnon,
+    open: &mut std::collections::HashMap<(String, i32), u64>,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        if placed.contains(&(v.start, v.end)) {
+            continue;
+        }
+        if v.end <= v.start || v.start % PAGE != 0 || v.end % PAGE != 0 {
+            return Err(bad_vma(pid, v, "bad bounds"));
+        }
+        let len = v.end - v.start;
+        let prot = if has_pages(v, pagemap) {
+            u64::from(v.prot) | libc::PROT_WRITE as u64
+        } else {
+            u64::from(v.prot)
+        };
+        // (locked later, by protect, once the pages are in)
+        let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
+        let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
+        let shared_file = v.status & status::FILE_SHARED != 0;
+        // A shared file mapping keeps its dumped protection: it cannot be
+        // made writable through a read-only fd, and needs no filling.
+        let prot = if shared_file { u64::from(v.prot) } else { prot };
+        if file_backed {
+            flags &= !(libc::MAP_ANONYMOUS as u64);
+            let id = v.shmid as u32;
+            // a shared mapping whose file was open for writing (it could be
+            // made writable, smaps `mw`) gets a file open for writing
+            let entry_rw = files
+                .entries
+                .get(&id)
+                .and_then(|e| e.reg.as_ref())
+                .is_some_and(|r| r.flags as i32 & libc::O_ACCMODE == libc::O_RDWR);
+            let oflags = if shared_file && (v.prot & libc::PROT_WRITE as u32 != 0 || entry_rw) {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let path = match files.reg_path(id) {
+                Some(p) => p.to_string(),
+                None if v.status & status::MEMFD != 0 => format!("memfd entry {id}"),
+                None => return Err(bad_vma(pid, v, "names a file that is not in files.img")),
+            };
+            let key = (path.clone(), oflags);
+            let fd = match open.get(&key) {
+                Some(fd) => *fd,
+                None => {
+                    let range = (v.start, v.end);
+                    let ghost = files.remaps.get(&id).copied();
+                    let reg = files.entries.get(&id).and_then(|e| e.reg.clone());
+                    let fd = match crate::files::memfd::open_for_map(t, files, id, oflags, range) {
+                        Some(fd) => fd?,
+                        // a file deleted while mapped: made again (once)
+                        None => match (ghost, reg) {
+                            (Some(g), Some(reg)) => {
+                                crate::files::ghost::open(t, &reg, oflags, g, files)?
+                            }
+                            _ => t.open(&path, oflags)?,
+                        },
+                    };
+                    open.insert(key, fd);
+                    fd
+                }
+            };
+            t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff])
+                .rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+        } else if v.status & status::SYSVIPC != 0 {
+            attach_sysv(t, v)?;
+        } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
+            if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
+                // crest opens the mapping (map_files wants rights in
+                // crest's user namespace, which a task inside a nested one
+                // has not) and hands the task the fd.
+                let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .rat(pid, format!("open {path}"))?;
+                let fd = t.give_fd(&std::os::fd::OwnedFd::from(file))?;
+                let flags = flags & !(libc::MAP_ANONYMOUS as u64);
+                let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+                t.close(fd)?;
+                r.rat(
+                    pid,
+                    format!("mmap {:#x}-{:#x} shared with pid {holder}", v.start, v.end),
+                )?;
+            } else {
+                t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
+                    .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+                shared.insert(v.shmid, (pid, v.start, v.end));
+            }
+        } else {
+            t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
+                .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+        }
+    }
+    Ok(())
+}
+
+/// A SysV segment's VMA: the part at offset 0 attaches the whole segment
+/// there (`shmat` with `SHM_REMAP`); every part then gets its protection.
+/// The segment itself was restored with its namespace (or is crest's
+/// namespace's, which must still hold it).
+fn attach_sysv(t: &mut Tracee, v: &VmaEntry) -> Result<(), RestoreError> {
+    const SHM_RDONLY: u64 = 0o10000;
+    const SHM_REMAP: u64 = 0o40000;
+    const SHM_EXEC: u64 = 0o100000;
+    let pid = t.pid();
+    if v.pgoff == 0 {
+        let mut flags = SHM_REMAP;
+        if v.prot & libc::PROT_WRITE as u32 == 0 {
+            flags |= SHM_RDONLY;
+        }
+        if v.prot & libc::PROT_EXEC as u32 != 0 {
+            flags |= SHM_EXEC;
+        }
+        let at = t.syscall(nr::SHMAT, &[v.shmid, v.start, flags]).rat(
+            pid,
+            format!("shmat of SysV segment {} at {:#x}", v.shmid, v.start),
+        )?;
+        if at != v.start {
+            return Err(bad_vma(pid, v, "SysV segment attached elsewhere"));
+        }
+    } else if current_ranges(pid)?
+        .iter()
+        .all(|&(s, e)| !(s <= v.start && v.end <= e))
+    {
+        return Err(bad_vma(
+            pid,
+            v,
+            "part of a SysV segment whose start is not mapped",
+        ));
+    }
+    t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
+        .rat(pid, format!("mprotect SysV segment part {:#x}", v.start))?;
+    Ok(())
+}
+
+fn bad_vma(pid: i32, v: &VmaEntry, what: &str) -> RestoreError {
+    RestoreError::BadImage {
+        pid,
+        file: crest_images::names::mm(pid as u32),
+        what: format!("vma {:#x}-{:#x}: {what}", v.start, v.end),
+    }
+}
+
+/// `madvise` advice that makes pages fault (Linux 6.13).
+const MADV_GUARD_INSTALL: u64 = 102;
+
+#[cfg(test)]
+mod tests {
+    use super::pages::split_runs;
+    use super::{minus, Run};
+
+    fn run(addr: u64, len: u64, off: u64) -> Run {
+        Run { addr, len, off }
+    }
+
+    #[test]
+    fn split_runs_cuts_inside_a_run() {
+        let runs = [run(0x1000, 0x3000, 0), run(0x10000, 0x2000, 0x3000)];
+        let (a, b) = split_runs(&runs, 0x4000);
+        assert_eq!(a, vec![runs[0], run(0x10000, 0x1000, 0x3000)]);
+        assert_eq!(b, vec![run(0x11000, 0x1000, 0x4000)]);
+        let (a, b) = split_runs(&runs, 0x5000);
+        assert_eq!((a.len(), b.len()), (2, 0));
+    }
+
+    #[test]
+    fn minus_cuts_holes_out() {
+        assert_eq!(minus((0, 10), &[]), vec![(0, 10)]);
+        assert_eq!(
+            minus((0, 10), &[(2, 4), (6, 7)]),
+            vec![(0, 2), (4, 6), (7, 10)]
+        );
+        assert_eq!(minus((0, 10), &[(0, 10)]), vec![]);
+        assert_eq!(minus((5, 10), &[(0, 6), (20, 30)]), vec![(6, 10)]);
+    }
+}
