@@ -1,0 +1,253 @@
+//! Running syscalls as the task: the `syscall` instruction used for it
+//! (the vdso's, or any in its executable mappings), and one call run to its
+//! exit under `PTRACE_SYSCALL`.
+
+use super::*;
+
+impl Tracee {
+    /// Finds a `syscall` instruction (0f 05) in the task's `[vdso]` and uses
+    /// it for injection.
+    pub fn use_vdso_syscall(&mut self) -> Result<u64> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).map_err(|e| {
+            InjectError::Mem {
+                pid: self.pid,
+                op: "read maps",
+                addr: 0,
+                len: 0,
+                source: e,
+            }
+        })?;
+        let vdso = maps
+            .lines()
+            .find(|l| l.ends_with("[vdso]"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            })
+            .ok_or_else(|| InjectError::NoSyscallInsn {
+                pid: self.pid,
+                place: "[vdso] (not mapped)".into(),
+            })?;
+        let ip = self.find_syscall_insn(vdso.0, vdso.1)?;
+        self.syscall_ip = ip;
+        Ok(ip)
+    }
+
+    /// [`Tracee::use_vdso_syscall`], or, for a task that unmapped its
+    /// vdso, a `syscall` instruction in any of its executable mappings.
+    pub fn use_any_syscall(&mut self) -> Result<u64> {
+        let vdso = self.use_vdso_syscall();
+        if vdso.is_ok() {
+            return vdso;
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
+        for l in maps.lines() {
+            let mut f = l.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if !perms.starts_with("r-x") && !perms.starts_with("rwx") {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                continue;
+            };
+            if let Ok(ip) = self.find_syscall_insn(a, b) {
+                self.syscall_ip = ip;
+                return Ok(ip);
+            }
+        }
+        vdso
+    }
+
+    /// Searches `[start, end)` of the task's memory for `0f 05`.
+    pub fn find_syscall_insn(&self, start: u64, end: u64) -> Result<u64> {
+        let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
+        self.read_mem(start, &mut buf)?;
+        buf.windows(2)
+            .position(|w| w == [0x0f, 0x05])
+            .map(|off| start + off as u64)
+            .ok_or_else(|| InjectError::NoSyscallInsn {
+                pid: self.pid,
+                place: format!("{start:#x}-{end:#x}"),
+            })
+    }
+
+    /// Runs syscall `nr` with `args` as the task; returns the raw result
+    /// (negative errno on failure). The registers are put back only by
+    /// [`Tracee::release`].
+    ///
+    /// The call runs under `PTRACE_SYSCALL` and the thread stops at its
+    /// exit: on the recovery stub's `syscall` once the thread is armed
+    /// ([`Tracee::arm`]), else on the instruction chosen with
+    /// [`Tracee::set_syscall_ip`]. (A single step would do with one stop,
+    /// but its trap is a forced SIGTRAP, which unblocks SIGTRAP and resets
+    /// a handler of it to the default.)
+    pub fn syscall_raw(&mut self, nr: u64, args: &[u64]) -> Result<i64> {
+        let tid = self.tid;
+        let mut regs = self.orig_regs;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        regs.rax = nr;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = a(0);
+        regs.rsi = a(1);
+        regs.rdx = a(2);
+        regs.r10 = a(3);
+        regs.r8 = a(4);
+        regs.r9 = a(5);
+        // Clear the trap flag and the resume flag.
+        regs.eflags &= !(0x100 | 0x10000);
+        let (undo, maplen) = recovery::undo_of(nr, args);
+        if let Some(armed) = &self.armed {
+            if matches!(undo, Undo::NewFd | Undo::NewMap) && armed.held.len() >= recovery::LIST_CAP
+            {
+                return Err(InjectError::Recovery {
+                    pid: self.pid,
+                    what: format!(
+                        "more than {} fds and mappings left in the task",
+                        recovery::LIST_CAP
+                    ),
+                });
+            }
+            regs.rip = armed.code;
+            regs.r12 = armed.slot.ucontext;
+            regs.r13 = armed.slot.list;
+            regs.r14 = undo as u64;
+            regs.r15 = maplen;
+        } else if self.syscall_ip == 0 {
+            return Err(InjectError::NoSyscallInsn {
+                pid: self.pid,
+                place: "(none chosen)".into(),
+            });
+        } else {
+            regs.rip = self.syscall_ip;
+        }
+        ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
+        // (after the registers: a thread whose tracer dies between the two
+        // runs the call and its recovery with its own mask)
+        if !self.blocked {
+            ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+            self.blocked = true;
+        }
+        // A seized thread not armed yet has no way back of its own.
+        let unguarded = self.armed.is_none() && self.attach == Attach::Seized;
+        let at = |guarded: &'static str, not: &'static str| if unguarded { not } else { guarded };
+        fault::point(at(
+            "injected call: registers set",
+            "unguarded call: registers set",
+        ))?;
+        // What the call takes away leaves the list before it runs (the
+        // registers tell the recovery code not to take it twice).
+        match undo {
+            Undo::ClosesFd => self.forget_held(|h| h == Held::Fd(a(0)))?,
+            Undo::UnmapsMap => {
+                self.forget_held(|h| matches!(h, Held::Map { addr, .. } if addr == a(0)))?
+            }
+            _ => {}
+        }
+        ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+        // the entry stop comes first, then the exit
+        let mut entered = false;
+        let mut failed = None;
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } if !entered => {
+                    entered = true;
+                    // a failure here still lets the call run to its exit
+                    // (a thread left inside it would take the next call's
+                    // entry for this one's exit) and what it made be known
+                    failed = fault::point(at(
+                        "injected call: at its entry",
+                        "unguarded call: at its entry",
+                    ))
+                    .err();
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+                }
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break,
+                // A task in a group stop (job control) reports it again
+                // once resumed: it goes on, and is stopped again when it
+                // is let go (its group still is).
+                WaitStatus::Stopped { sig, event }
+                    if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
+                {
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+                }
+                // An injected clone3/fork reports the new task first; the
+                // call then finishes as usual.
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event:
+                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
+                } => {
+                    // The new task's id, in crest's pid namespace; the next
+                    // stop overwrites the message.
+                    let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
+                    self.new_task = Some(msg as i32);
+                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
+                }
+                WaitStatus::Stopped { sig, event } => {
+                    return Err(InjectError::UnexpectedStop {
+                        tid,
+                        op: syscalls::name(nr),
+                        sig,
+                        event,
+                    })
+                }
+                other => {
+                    return Err(InjectError::Died {
+                        tid,
+                        op: syscalls::name(nr),
+                        status: other,
+                    })
+                }
+            }
+        }
+        let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
+        let ret = after.rax as i64;
+        if self.armed.is_some() && !(-4095..0).contains(&ret) {
+            match undo {
+                Undo::NewFd => self.add_held(Held::Fd(ret as u64))?,
+                Undo::NewMap => self.add_held(Held::Map {
+                    addr: ret as u64,
+                    len: maplen,
+                })?,
+                _ => {}
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        fault::point(at(
+            "injected call: at its exit",
+            "unguarded call: at its exit",
+        ))?;
+        Ok(ret)
+    }
+
+    /// Runs a syscall as the task and turns a negative result into an error
+    /// naming the call.
+    pub fn syscall(&mut self, nr: u64, args: &[u64]) -> Result<u64> {
+        let ret = self.syscall_raw(nr, args)?;
+        if (-4095..0).contains(&ret) {
+            return Err(InjectError::Syscall {
+                pid: self.pid,
+                name: syscalls::name(nr),
+                source: io::Error::from_raw_os_error(-ret as i32),
+            });
+        }
+        Ok(ret as u64)
+    }
+}

@@ -1,0 +1,132 @@
+//! Letting a task go: put back as it was (or in its final state), detached,
+//! made to outlive crest, or ended as a zombie; a dropped tracee is killed.
+
+use super::*;
+
+impl Tracee {
+    /// Puts the thread back as it was (or in the final state set with
+    /// [`Tracee::set_final_state`]) and detaches it: it runs on.
+    pub fn release(self) -> Result<()> {
+        self.release_with(0)
+    }
+
+    /// [`Tracee::release`], delivering `sig` as it goes (`SIGSTOP`: the
+    /// task is left stopped, never running in between).
+    pub fn release_with(mut self, sig: i32) -> Result<()> {
+        self.done = true;
+        self.put_back()?;
+        ptrace::detach(self.tid, sig).map_err(pt(self.tid, "PTRACE_DETACH"))
+    }
+
+    /// Puts the registers and mask back but stays attached: unmaps the
+    /// scratch area, takes away what the recovery list still names and,
+    /// from the tracee that mapped it, the recovery area (the threads that
+    /// joined it must be put back first).
+    pub fn put_back(&mut self) -> Result<()> {
+        if let Some((addr, len)) = self.scratch.take() {
+            self.syscall(nr::MUNMAP, &[addr, len as u64])?;
+        }
+        let held = self
+            .armed
+            .as_ref()
+            .map(|a| a.held.clone())
+            .unwrap_or_default();
+        for h in held {
+            match h {
+                Held::Fd(fd) => self.syscall(nr::CLOSE, &[fd])?,
+                Held::Map { addr, len } => self.syscall(nr::MUNMAP, &[addr, len])?,
+            };
+        }
+        self.armed = None;
+        let owner = self.area.is_some();
+        if let Some(rec) = self.area.take() {
+            // The one window without a net: the thread is off the stub
+            // until its registers are put back just below.
+            self.syscall(nr::MUNMAP, &[rec.addr, rec.layout.len])?;
+        }
+        let tid = self.tid;
+        ptrace::set_sigmask(tid, self.orig_sigmask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+        self.blocked = false;
+        fault::point(if owner {
+            "put back (unguarded): mask restored"
+        } else {
+            "put back: mask restored"
+        })?;
+        ptrace::set_regs(tid, &self.orig_regs).map_err(pt(tid, "PTRACE_SETREGSET"))
+    }
+
+    /// Ends a restored task the way a dumped zombie ended: `exit_group`
+    /// with its code, or the signal that killed it (whose action must be
+    /// the default by now). The task is left a zombie for its parent.
+    pub fn exit_as(mut self, wait_status: i32) -> Result<()> {
+        self.done = true;
+        let tid = self.tid;
+        if wait_status & 0x7f == 0 {
+            let mut regs = self.orig_regs;
+            regs.rax = nr::EXIT_GROUP;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = ((wait_status >> 8) & 0xff) as u64;
+            regs.rip = self.syscall_ip;
+            ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
+            ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+        } else {
+            ptrace::cont(tid, wait_status & 0x7f).map_err(pt(tid, "PTRACE_CONT"))?;
+        }
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Ok(()),
+                WaitStatus::Stopped { .. } => {
+                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+                }
+                WaitStatus::Other(_) => {}
+            }
+        }
+    }
+
+    /// From now on the thread outlives crest: a tracer that dies lets it
+    /// run instead of killing it (`PTRACE_O_EXITKILL` cleared). For the
+    /// last step of a restore, once every thread is put back.
+    pub fn outlive_tracer(&mut self) -> Result<()> {
+        ptrace::set_options(self.tid, 0).map_err(pt(self.tid, "PTRACE_SETOPTIONS"))
+    }
+
+    /// Detaches a thread already put back ([`Tracee::put_back`]),
+    /// delivering `sig` as it goes.
+    pub fn detach_with(mut self, sig: i32) -> Result<()> {
+        self.done = true;
+        ptrace::detach(self.tid, sig).map_err(pt(self.tid, "PTRACE_DETACH"))
+    }
+
+    /// Stops tracking without touching the thread (it stays attached and
+    /// stopped; the caller takes over).
+    pub fn leak(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        match self.attach {
+            Attach::Seized => {
+                let _ = self.put_back();
+                let _ = ptrace::detach(self.tid, 0);
+            }
+            Attach::Child | Attach::Thread => {
+                // Reaped if it goes at once; otherwise the caller's reaping
+                // of every child takes it later. Never blocks: the init of
+                // a pid namespace waits for its (still traced) tasks, which
+                // may be dropped after it.
+                let _ = crest_sys::misc::kill(self.pid, libc::SIGKILL);
+                for _ in 0..20 {
+                    match ptrace::try_wait(self.tid) {
+                        Ok(Some(WaitStatus::Exited(_) | WaitStatus::Signaled(_))) | Err(_) => break,
+                        _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    }
+                }
+            }
+        }
+    }
+}
