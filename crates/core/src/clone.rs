@@ -387,6 +387,27 @@ fn spare_in(taken: &[i32], max: i32) -> i32 {
     best.0
 }
 
+/// The first of the spare pids a restore's own helpers take (0: none
+/// chosen).
+static SPARE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Chooses `first` as where the restore's helpers take their pids, and
+/// steers crest's next children there.
+pub fn use_spare(first: i32) {
+    SPARE.store(first, std::sync::atomic::Ordering::Relaxed);
+    steer_pids(first);
+}
+
+/// Steers crest's next child to the spare pids again. Forking the tree
+/// moves `ns_last_pid` among the tree's pids, and a helper made after that
+/// would take a pid right after them: one a thread made later may need.
+pub fn steer_to_spare() {
+    let first = SPARE.load(std::sync::atomic::Ordering::Relaxed);
+    if first > 0 {
+        steer_pids(first);
+    }
+}
+
 /// Makes crest's next children take pids from `first` on (best effort:
 /// others on the machine fork too).
 pub fn steer_pids(first: i32) {

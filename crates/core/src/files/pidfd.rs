@@ -105,6 +105,8 @@ pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
 fn of_the_dead(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
     use crest_sys::proc::{spawn_stopped, SessionSetup};
     let pid = t.pid();
+    // (out of the way of pids the tree's threads are yet to take)
+    crate::clone::steer_to_spare();
     let child = spawn_stopped(&[], SessionSetup::Inherit).rat(pid, "spawn a task to die")?;
     let pidfd = crest_sys::misc::pidfd_open(child);
     let _ = crest_sys::misc::kill(child, libc::SIGKILL);

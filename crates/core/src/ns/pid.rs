@@ -356,6 +356,8 @@ pub fn spawn_in(
     set_tid: &[i32],
 ) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
     use crate::error::RestoreCtx;
+    // (its pid at crest's level comes from crest's ns_last_pid)
+    crate::clone::steer_to_spare();
     let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
     let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
     match crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID) {
@@ -407,6 +409,9 @@ fn spawn_in_through_owner(
 pub fn spawn_helper(set_tid: &[i32]) -> Result<crest_inject::Tracee, crate::error::RestoreError> {
     use crate::error::RestoreCtx;
     use crest_sys::proc::{spawn_stopped, SessionSetup};
+    if set_tid.is_empty() {
+        crate::clone::steer_to_spare();
+    }
     let child = spawn_stopped(set_tid, SessionSetup::Inherit).rat(0, "spawn a helper task")?;
     let mut t =
         crest_inject::Tracee::from_stopped_child(child).rat(child, "attach a helper task")?;

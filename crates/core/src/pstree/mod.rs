@@ -6,7 +6,7 @@ mod seize;
 mod sessions;
 
 pub use seize::Seized;
-pub use sessions::{fork_in_session, forks_directly, set_groups, ForkHow, Helpers};
+pub use sessions::{fork_in_session, forks_directly, set_groups, ForkHow, LeaderHelpers};
 
 use crest_images::pb::PstreeEntry;
 

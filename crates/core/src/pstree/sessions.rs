@@ -14,13 +14,13 @@ use crest_inject::{nr, Tracee};
 /// the session (setsid) or group (setpgid), forks or hosts the members,
 /// then exits and is reaped by its parent.
 #[derive(Default)]
-pub struct Helpers {
+pub struct LeaderHelpers {
     /// (session or group id, helper, index of its parent task, the
     /// helper's pid as its parent sees it).
     made: Vec<(i32, Tracee, usize, i32)>,
 }
 
-impl Helpers {
+impl LeaderHelpers {
     fn get(&mut self, id: i32) -> Option<&mut Tracee> {
         self.made.iter_mut().find(|h| h.0 == id).map(|h| &mut h.1)
     }
@@ -70,7 +70,7 @@ pub fn forks_directly(entries: &[&PstreeEntry], k: usize, p: usize) -> bool {
 /// session helper in between when its session leader is gone.
 pub fn fork_in_session(
     tasks: &mut [Option<Tracee>],
-    helpers: &mut Helpers,
+    helpers: &mut LeaderHelpers,
     entries: &[&PstreeEntry],
     k: usize,
     p: usize,
@@ -145,7 +145,7 @@ pub fn fork_in_session(
 /// the tree's way); below it, a high one at each level.
 fn fork_from_leader(
     tasks: &mut [Option<Tracee>],
-    helpers: &mut Helpers,
+    helpers: &mut LeaderHelpers,
     (k, p, l): (usize, usize, usize),
     e: &PstreeEntry,
     how: &ForkHow<'_>,
@@ -209,7 +209,7 @@ fn fork_from_leader(
 /// namespace is new and no group outside the tree can be joined.
 pub fn set_groups(
     tasks: &mut [Option<Tracee>],
-    helpers: &mut Helpers,
+    helpers: &mut LeaderHelpers,
     entries: &[&PstreeEntry],
     pgid_ids: &[Vec<i32>],
     fresh: bool,

@@ -53,7 +53,7 @@ pub(super) struct Forked {
 pub(super) fn fork_tree(
     ti: &TreeImages,
     dir: &std::path::Path,
-    (userns, others_h): (&ns::user::Helpers, &ns::other::Helpers),
+    (userns, others_h): (&ns::user::UsernsHelpers, &ns::other::NsHelpers),
     writers: &mut ns::pid::Writers,
     (sibling, ext_pidns): (bool, Option<&std::os::fd::OwnedFd>),
     cgroups: &[ns::cgroup::Place],
@@ -63,7 +63,7 @@ pub(super) fn fork_tree(
     let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
     let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
     let mut made_time = std::collections::HashSet::new();
-    let mut helpers = pstree::Helpers::default();
+    let mut helpers = pstree::LeaderHelpers::default();
     let mut sharing = Sharing::new(imgs, dir);
     let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
     let root_owner = pidns_owner(&imgs[0], pidns);
@@ -319,7 +319,7 @@ impl<'a> Sharing<'a> {
 pub(super) fn end_zombies(
     imgs: &[TaskImage],
     tasks: &mut [Option<Tracee>],
-    userns: &ns::user::Helpers,
+    userns: &ns::user::UsernsHelpers,
     cur_userns: &[u32],
 ) -> Result<(), RestoreError> {
     for k in 1..imgs.len() {
@@ -349,7 +349,7 @@ pub(super) fn end_zombies(
 fn zombie_creds(
     t: &mut Tracee,
     img: &TaskImage,
-    userns: &ns::user::Helpers,
+    userns: &ns::user::UsernsHelpers,
     cur: u32,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();

@@ -137,6 +137,21 @@ impl TaskImage {
         self.levels(ns.map(|e| &e.ns_sids[..]), self.entry.sid)
     }
 
+    /// What only a live task has (an error naming the image for a zombie).
+    pub(super) fn live_image(&self) -> Result<&LiveImage, RestoreError> {
+        self.live
+            .as_ref()
+            .ok_or_else(|| self.bad("not a live task"))
+    }
+
+    /// The task-wide part of the leader's core.
+    pub(super) fn task_core(&self) -> Result<&crest_images::pb::TaskCoreEntry, RestoreError> {
+        self.cores
+            .first()
+            .and_then(|c| c.1.tc.as_ref())
+            .ok_or_else(|| self.bad("no task core"))
+    }
+
     pub(super) fn bad(&self, what: &str) -> RestoreError {
         RestoreError::BadImage {
             pid: self.pid(),

@@ -12,8 +12,8 @@ use crest_sys::fault;
 /// The namespaces made, held by their helpers until every task has entered
 /// its own.
 pub(super) struct Made {
-    pub(super) userns: ns::user::Helpers,
-    pub(super) others_h: ns::other::Helpers,
+    pub(super) userns: ns::user::UsernsHelpers,
+    pub(super) others_h: ns::other::NsHelpers,
     /// The first of the pids crest's helpers take.
     pub(super) spare: i32,
 }
@@ -40,13 +40,13 @@ pub(super) fn make(
         crate::clone::wait_for_leaving(&tids, std::time::Duration::from_secs(5));
     }
     let spare = crate::clone::spare_pids(&tids);
-    crate::clone::steer_pids(spare);
+    crate::clone::use_spare(spare);
     // The namespaces first, held by helpers until every task has entered
     // its own.
     let join_user = opts.join_ns.iter().find(|j| j.ns == "user");
-    let userns = ns::user::Helpers::build(&ti.users, join_user)?;
+    let userns = ns::user::UsernsHelpers::build(&ti.users, join_user)?;
     fault::point("restore: user namespaces made")?;
-    let mut others_h = ns::other::Helpers::build(
+    let mut others_h = ns::other::NsHelpers::build(
         &ti.others,
         &userns,
         &opts.external,

@@ -94,8 +94,8 @@ pub(super) fn before_transform(
     ti: &TreeImages,
     actual: &[i32],
     tasks: &mut [Option<Tracee>],
-    userns: &ns::user::Helpers,
-    others_h: &mut ns::other::Helpers,
+    userns: &ns::user::UsernsHelpers,
+    others_h: &mut ns::other::NsHelpers,
 ) -> Result<(), RestoreError> {
     let imgs = &ti.imgs;
     // (threads made later follow their leader)

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 pub(super) struct TreeCtx<'a> {
     pub(super) dir: &'a Path,
     pub(super) users: &'a UsernsGraph,
-    pub(super) userns: &'a ns::user::Helpers,
+    pub(super) userns: &'a ns::user::UsernsHelpers,
     pub(super) made_time: std::collections::HashSet<u32>,
     pub(super) others: &'a ns::other::OtherGraph,
-    pub(super) others_h: &'a ns::other::Helpers,
+    pub(super) others_h: &'a ns::other::NsHelpers,
     pub(super) files: &'a mut RestoreFiles,
     pub(super) shared: mm::restore::SharedAnon,
     /// Threads made so far, ready to be let go before their leaders.
@@ -46,12 +46,9 @@ pub(super) fn transform(
     (held, pid_for_children): (&[mm::cow::Held], Option<i32>),
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
-    let live = img
-        .live
-        .as_ref()
-        .ok_or_else(|| img.bad("not a live task"))?;
+    let live = img.live_image()?;
     let core = &img.cores[0].1;
-    let tc = core.tc.as_ref().ok_or_else(|| img.bad("no task core"))?;
+    let tc = img.task_core()?;
     task::unregister_inherited_rseq(t)?;
     if shares_files {
         // Its parent's fd table restore closed the fd it had of crest's root.
@@ -194,10 +191,7 @@ fn restore_memory(
 ) -> Result<mm::restore::WorkArea, RestoreError> {
     let pid = img.pid();
     let (files, dir) = (&mut *ctx.files, ctx.dir);
-    let live = img
-        .live
-        .as_ref()
-        .ok_or_else(|| img.bad("not a live task"))?;
+    let live = img.live_image()?;
     let work = mm::restore::map_work_area(t, &live.mm)?;
     if !shares_files {
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
@@ -245,15 +239,8 @@ fn restore_task_wide(
     shares_fs: bool,
 ) -> Result<(), RestoreError> {
     let pid = img.pid();
-    let live = img
-        .live
-        .as_ref()
-        .ok_or_else(|| img.bad("not a live task"))?;
-    let tc = img.cores[0]
-        .1
-        .tc
-        .as_ref()
-        .ok_or_else(|| img.bad("no task core"))?;
+    let live = img.live_image()?;
+    let tc = img.task_core()?;
     if !shares_fs {
         crate::fs::restore(t, &live.fs, files)?;
     }
@@ -289,11 +276,7 @@ fn make_threads(
     early: bool,
     leader_ids: Option<&creds::Ids>,
 ) -> Result<(), RestoreError> {
-    let tc = img.cores[0]
-        .1
-        .tc
-        .as_ref()
-        .ok_or_else(|| img.bad("no task core"))?;
+    let tc = img.task_core()?;
     for (i, (tid, tcore, extra)) in img.cores.iter().enumerate().skip(1) {
         let set_tid = img.set_tid(i);
         // (made in the task's own user namespace: `tl` is for it)

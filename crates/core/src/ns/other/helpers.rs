@@ -7,7 +7,7 @@ use super::*;
 /// Helper tasks that hold the restored namespaces until every task has
 /// entered its own. Dropping them kills them.
 #[derive(Default)]
-pub struct Helpers {
+pub struct NsHelpers {
     by_id: Vec<(u32, Tracee)>,
     /// The namespaces joined with `--join-ns` (they keep what they have:
     /// a joined mount namespace's mounts are not replayed).
@@ -18,7 +18,7 @@ pub struct Helpers {
     pub userns_first: bool,
 }
 
-impl Helpers {
+impl NsHelpers {
     /// (namespace id, pid) of every helper holding a namespace.
     pub fn holders(&self) -> Vec<(u32, i32)> {
         self.by_id.iter().map(|(id, t)| (*id, t.pid())).collect()
@@ -29,12 +29,12 @@ impl Helpers {
     /// `external`: the `--external` entries of the restore.
     pub fn build(
         g: &OtherGraph,
-        users_h: &crate::ns::user::Helpers,
+        users_h: &crate::ns::user::UsernsHelpers,
         external: &[String],
         inherit: &std::collections::HashMap<String, OwnedFd>,
         join: &[crate::opts::JoinNs],
-    ) -> Result<Helpers, RestoreError> {
-        let mut h = Helpers::default();
+    ) -> Result<NsHelpers, RestoreError> {
+        let mut h = NsHelpers::default();
         // --join-ns: the tree's namespace of that kind is the given one
         let joined = join_files(g, join)?;
         for n in &g.list {
@@ -136,7 +136,7 @@ impl Helpers {
         &mut self,
         g: &OtherGraph,
         id: u32,
-        users_h: &crate::ns::user::Helpers,
+        users_h: &crate::ns::user::UsernsHelpers,
         init_of: &dyn Fn(u32) -> Option<i32>,
         how: &crate::ns::mnt::Replay<'_>,
     ) -> Result<(), RestoreError> {

@@ -18,7 +18,7 @@
 mod helpers;
 mod inside;
 
-pub use helpers::{own_net_ns, Helpers};
+pub use helpers::{own_net_ns, NsHelpers};
 use inside::{read_time_offsets, read_uts, reader};
 
 use super::user::{fd_ino, ino_of, UsernsGraph};

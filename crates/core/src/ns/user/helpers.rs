@@ -7,11 +7,11 @@ use super::*;
 /// Helper tasks that hold the restored user namespaces until every task
 /// has entered its own. Dropping them kills them.
 #[derive(Default)]
-pub struct Helpers {
+pub struct UsernsHelpers {
     by_ns: HashMap<u32, Tracee>,
 }
 
-impl Helpers {
+impl UsernsHelpers {
     /// The pid of the helper that lives in namespace `id`.
     pub fn pid_of(&self, id: u32) -> Option<i32> {
         self.by_ns.get(&id).map(|t| t.pid())
@@ -24,8 +24,8 @@ impl Helpers {
     pub fn build(
         g: &UsernsGraph,
         join: Option<&crate::opts::JoinNs>,
-    ) -> Result<Helpers, RestoreError> {
-        let mut h = Helpers::default();
+    ) -> Result<UsernsHelpers, RestoreError> {
+        let mut h = UsernsHelpers::default();
         let mut order: Vec<&Userns> = g.nodes.iter().filter(|n| n.parent.is_some()).collect();
         order.sort_by_key(|n| n.depth);
         let joined = match join {

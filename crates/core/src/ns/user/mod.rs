@@ -12,7 +12,7 @@
 
 mod helpers;
 
-pub use helpers::{enter, write_in_task, Helpers};
+pub use helpers::{enter, write_in_task, UsernsHelpers};
 
 use super::idmap;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
