@@ -3,9 +3,10 @@
 //! Every room that makes a task open, close, enter or read something goes
 //! through [`Remote`], so the steps and their errors read the same
 //! everywhere, and an fd made in the task for a while is closed again by
-//! [`Remote::with_fd`] whatever the work in between returns. This room
-//! uses only the injection layer (`crest_inject`) and the files room's
-//! fd passing (to hand a task a file its credentials cannot open).
+//! [`Remote::with_fd`] whatever the work in between returns. Files pass
+//! between crest and a task here too ([`Remote::give_fd`], [`take_fd`]).
+//! This room uses only the injection layer (`crest_inject`) and
+//! `crest_sys`: every other room may use it.
 
 use crest_inject::{nr, InjectError, Tracee};
 use std::io;

@@ -1,8 +1,10 @@
 //! `crest restore`: read the images, fork each task with its old pid,
 //! transform it from outside, set credentials, registers, and let it go.
-//! Only the order lives here; every step is in the room of its object:
-//! reading the images (`images`), forking the tree (`fork`), transforming
-//! a task (`task`).
+//! Only the order lives here: reading and checking the images (`prepare`,
+//! `images`), making the namespaces (`namespaces`), forking the tree
+//! (`fork`), placing the tasks and replaying mounts (`places`),
+//! transforming each task (`task`), and the notifications and release
+//! (`resume`); every step's work is in the room of its object.
 
 mod fork;
 mod images;
