@@ -275,7 +275,7 @@ pub fn dump_fds(pid: i32, table: &mut FileTable) -> Result<Vec<FdinfoEntry>, Dum
             None => {
                 let made = dump_one(pid, fd, &link, &info, flags, table)?;
                 table.dump_fown(pid, fd, made.1)?;
-                table.seen.add(pid, fd, key, made);
+                table.seen.add(pid, fd, key, made)?;
                 made
             }
         };
@@ -373,7 +373,7 @@ impl FileTable {
             None => {
                 let made = dump_one(me, fd, &link, &info, flags, self)?;
                 self.dump_fown(me, fd, made.1)?;
-                self.seen.add(me, fd, key, made);
+                self.seen.add(me, fd, key, made)?;
                 Ok(made)
             }
         }

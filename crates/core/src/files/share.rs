@@ -15,7 +15,10 @@ use std::os::unix::fs::MetadataExt;
 pub type Key = (u64, u64);
 
 /// Descriptions seen at dump: by file, the (pid, fd) that showed each
-/// and the entry it got.
+/// and the entry it got, kept in the order `kcmp` gives the kernel's file
+/// objects, so each fd costs a binary search of kcmp calls (every task of a
+/// tree holds the same `/dev/null` or terminal: a linear scan made the dump
+/// quadratic in the number of tasks).
 #[derive(Default)]
 pub struct Seen {
     by_key: HashMap<Key, Vec<(i32, i32, FdTypes, u32)>>,
@@ -34,18 +37,52 @@ impl Seen {
         let Some(list) = self.by_key.get(&key) else {
             return Ok(None);
         };
-        for &(p, f, ty, id) in list {
-            let same = crest_sys::misc::kcmp_file(pid, p, fd, f).at(pid, "kcmp of two fds")?;
-            if same == 0 {
-                return Ok(Some((ty, id)));
-            }
-        }
-        Ok(None)
+        Ok(search(list, pid, fd)?.ok().map(|i| (list[i].2, list[i].3)))
     }
 
-    pub fn add(&mut self, pid: i32, fd: i32, key: Key, (ty, id): (FdTypes, u32)) {
-        self.by_key.entry(key).or_default().push((pid, fd, ty, id));
+    pub fn add(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        key: Key,
+        (ty, id): (FdTypes, u32),
+    ) -> Result<(), DumpError> {
+        let list = self.by_key.entry(key).or_default();
+        let at = match search(list, pid, fd)? {
+            Ok(i) | Err(i) => i,
+        };
+        list.insert(at, (pid, fd, ty, id));
+        Ok(())
     }
+}
+
+/// Where fd `fd` of `pid` is in `list` (in kcmp's order): `Ok(i)` the same
+/// description as `list[i]`, `Err(i)` where it goes. A kernel that gives
+/// no order (kcmp answers 3) is searched one by one.
+fn search(
+    list: &[(i32, i32, FdTypes, u32)],
+    pid: i32,
+    fd: i32,
+) -> Result<Result<usize, usize>, DumpError> {
+    let cmp = |p: i32, f: i32| crest_sys::misc::kcmp_file(pid, p, fd, f).at(pid, "kcmp of two fds");
+    let (mut lo, mut hi) = (0, list.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match cmp(list[mid].0, list[mid].1)? {
+            0 => return Ok(Ok(mid)),
+            1 => hi = mid,
+            2 => lo = mid + 1,
+            _ => {
+                for (i, e) in list.iter().enumerate() {
+                    if cmp(e.0, e.1)? == 0 {
+                        return Ok(Ok(i));
+                    }
+                }
+                return Ok(Err(list.len()));
+            }
+        }
+    }
+    Ok(Err(lo))
 }
 
 /// Where a restored description lives: fd `fd` of task `pid`.
