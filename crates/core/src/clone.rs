@@ -137,6 +137,8 @@ pub(crate) fn clone_with(
     let inner = &want[..ids.settable.min(want.len())];
     let tries = if inner.len() < want.len() { 64 } else { 1 };
     parent.trace_new_tasks().rat(ppid, "trace new tasks")?;
+    // (all the tries together wait at most this long for a leaving holder)
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(10);
     for _ in 0..tries {
         if let Some(t) = clone_attempt(parent, who, ids, flags, exit_signal, before)? {
             return Ok(t);
@@ -148,10 +150,13 @@ pub(crate) fn clone_with(
             });
         }
         // The pid at crest's level may be held by a task on its way out
-        // (a zombie pid 1 reaps late): waited for. One held by a live task
-        // is not the restore's to take.
+        // (a zombie pid 1 reaps late): waited for, within `patience`. One
+        // held by a live task is not the restore's to take.
         if let (true, Some(&mine)) = (ids.crest_last, want.last()) {
-            wait_for_leaving(&[mine], std::time::Duration::from_secs(10));
+            let left = patience.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                wait_for_leaving(&[mine], left);
+            }
         }
     }
     if let (true, Some(&mine)) = (ids.crest_last, want.last()) {
