@@ -36,99 +36,13 @@ impl FileTable {
             return Err(unsupported(format!("a unix socket of type {ty}")));
         }
         let name = d.name.clone().unwrap_or_default();
-        let mut perms = None;
-        let mut deleted = None;
-        let mut name_dir = None;
-        // a chrooted task's name is a path in its chroot: the restore
-        // binds there (`in_root`)
-        let mut crest_root = None;
-        if !name.is_empty() && name[0] != 0 && crate::procfs::chrooted(ctx) {
-            if name[0] != b'/' {
-                return Err(unsupported(format!(
-                    "a unix socket bound to the relative path {} by a chrooted task",
-                    show_name(&name)
-                )));
-            }
-            let root =
-                crate::procfs::read_link(&format!("/proc/{ctx}/root")).at(pid, "read root")?;
-            if !root.starts_with('/') || root.ends_with(" (deleted)") {
-                return Err(unsupported(format!(
-                    "a unix socket bound to {} in the chroot {root}",
-                    show_name(&name)
-                )));
-            }
-            crest_root = Some(root);
-        }
-        if !name.is_empty() && name[0] != 0 {
-            let full = if name[0] == b'/' {
-                show_name(&name)
-            } else {
-                // bound to a relative path: in the task's cwd, where it is
-                // found again (CRIU's name_dir)
-                let cwd =
-                    crate::procfs::read_link(&format!("/proc/{ctx}/cwd")).at(pid, "read cwd")?;
-                let full = format!("{}/{}", cwd.trim_end_matches('/'), show_name(&name));
-                let m = std::fs::symlink_metadata(format!("/proc/{ctx}/root{full}")).ok();
-                let found = m
-                    .zip(d.vfs)
-                    .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
-                if !found {
-                    return Err(unsupported(format!(
-                        "a unix socket bound to the relative path {} that is not in the \
-                         task's cwd ({cwd})",
-                        show_name(&name)
-                    )));
-                }
-                name_dir = Some(cwd);
-                full
-            };
-            let path = format!("/proc/{ctx}/root{full}");
-            let m = std::fs::symlink_metadata(&path).ok();
-            let same = m
-                .as_ref()
-                .zip(d.vfs)
-                .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
-            if !same && d.state != TCP_ESTABLISHED as u8 {
-                // its file was removed, or replaced by another: bound
-                // again (the other stepping aside), then removed again
-                deleted = Some(true);
-            }
-            perms = m.filter(|_| same).map(|m| FilePermsEntry {
-                mode: m.mode() & 0o7777,
-                uid: m.uid(),
-                gid: m.gid(),
-            });
-        }
-        // A connection not accepted yet: sock_diag shows no peer (the
-        // embryo in the listener's queue has no inode) and the listener
-        // lists the client among its pending connections; record the
-        // listener as the peer.
-        let mut peer = d.peer;
-        let mut pending = false;
-        let connected = u32::from(d.state) == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM;
-        if peer == 0 && connected {
-            if let Some(l) = diag
-                .values()
-                .find(|l| u32::from(l.state) == TCP_LISTEN && l.icons.contains(&ino))
-            {
-                if d.rqlen.1 != 0 {
-                    return Err(unsupported(format!(
-                        "a unix socket that sent data on a connection to {} not accepted yet",
-                        show_name(l.name.as_deref().unwrap_or_default())
-                    )));
-                }
-                peer = l.ino;
-                pending = true;
-            } else if d.shutdown & 3 != 3 {
-                return Err(unsupported(
-                    "a unix socket connected to a socket outside the dumped tree (a connection \
-                     a listener the tree does not hold has not accepted yet)"
-                        .into(),
-                ));
-            }
-            // Else its peer is closed: it comes back as one end of a pair
-            // whose other end is closed after its queue is refilled.
-        }
+        let Named {
+            perms,
+            deleted,
+            name_dir,
+            crest_root,
+        } = named(pid, ctx, &d, &name, &unsupported)?;
+        let (peer, pending) = peer_of(diag, &d, (ino, ty), &unsupported)?;
         let packets = if u32::from(d.state) == TCP_LISTEN {
             Vec::new()
         } else {
@@ -332,6 +246,134 @@ impl FileTable {
         }
         Ok(())
     }
+}
+
+/// What a socket's name says beyond itself: the file's owner and mode, a
+/// file removed or replaced since the bind, the cwd a relative name was
+/// bound in, the chroot a chrooted task bound it in.
+pub(super) struct Named {
+    perms: Option<FilePermsEntry>,
+    deleted: Option<bool>,
+    name_dir: Option<String>,
+    crest_root: Option<String>,
+}
+
+/// The [`Named`] state of socket `d`'s `name`, as task `ctx` sees it.
+pub(super) fn named(
+    pid: i32,
+    ctx: i32,
+    d: &UnixDiag,
+    name: &[u8],
+    unsupported: &dyn Fn(String) -> DumpError,
+) -> Result<Named, DumpError> {
+    let mut perms = None;
+    let mut deleted = None;
+    let mut name_dir = None;
+    // a chrooted task's name is a path in its chroot: the restore
+    // binds there (`in_root`)
+    let mut crest_root = None;
+    if !name.is_empty() && name[0] != 0 && crate::procfs::chrooted(ctx) {
+        if name[0] != b'/' {
+            return Err(unsupported(format!(
+                "a unix socket bound to the relative path {} by a chrooted task",
+                show_name(name)
+            )));
+        }
+        let root = crate::procfs::read_link(&format!("/proc/{ctx}/root")).at(pid, "read root")?;
+        if !root.starts_with('/') || root.ends_with(" (deleted)") {
+            return Err(unsupported(format!(
+                "a unix socket bound to {} in the chroot {root}",
+                show_name(name)
+            )));
+        }
+        crest_root = Some(root);
+    }
+    if !name.is_empty() && name[0] != 0 {
+        let full = if name[0] == b'/' {
+            show_name(name)
+        } else {
+            // bound to a relative path: in the task's cwd, where it is
+            // found again (CRIU's name_dir)
+            let cwd = crate::procfs::read_link(&format!("/proc/{ctx}/cwd")).at(pid, "read cwd")?;
+            let full = format!("{}/{}", cwd.trim_end_matches('/'), show_name(name));
+            let m = std::fs::symlink_metadata(format!("/proc/{ctx}/root{full}")).ok();
+            let found = m
+                .zip(d.vfs)
+                .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
+            if !found {
+                return Err(unsupported(format!(
+                    "a unix socket bound to the relative path {} that is not in the \
+                     task's cwd ({cwd})",
+                    show_name(name)
+                )));
+            }
+            name_dir = Some(cwd);
+            full
+        };
+        let path = format!("/proc/{ctx}/root{full}");
+        let m = std::fs::symlink_metadata(&path).ok();
+        let same = m
+            .as_ref()
+            .zip(d.vfs)
+            .is_some_and(|(m, (vino, _))| m.ino() == u64::from(vino));
+        if !same && d.state != TCP_ESTABLISHED as u8 {
+            // its file was removed, or replaced by another: bound
+            // again (the other stepping aside), then removed again
+            deleted = Some(true);
+        }
+        perms = m.filter(|_| same).map(|m| FilePermsEntry {
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        });
+    }
+    Ok(Named {
+        perms,
+        deleted,
+        name_dir,
+        crest_root,
+    })
+}
+
+/// The peer of socket `d` (inode `ino`, type `ty`) and whether it is a
+/// connection not accepted yet.
+pub(super) fn peer_of(
+    diag: &HashMap<u32, UnixDiag>,
+    d: &UnixDiag,
+    (ino, ty): (u32, i32),
+    unsupported: &dyn Fn(String) -> DumpError,
+) -> Result<(u32, bool), DumpError> {
+    // A connection not accepted yet: sock_diag shows no peer (the
+    // embryo in the listener's queue has no inode) and the listener
+    // lists the client among its pending connections; record the
+    // listener as the peer.
+    let mut peer = d.peer;
+    let mut pending = false;
+    let connected = u32::from(d.state) == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM;
+    if peer == 0 && connected {
+        if let Some(l) = diag
+            .values()
+            .find(|l| u32::from(l.state) == TCP_LISTEN && l.icons.contains(&ino))
+        {
+            if d.rqlen.1 != 0 {
+                return Err(unsupported(format!(
+                    "a unix socket that sent data on a connection to {} not accepted yet",
+                    show_name(l.name.as_deref().unwrap_or_default())
+                )));
+            }
+            peer = l.ino;
+            pending = true;
+        } else if d.shutdown & 3 != 3 {
+            return Err(unsupported(
+                "a unix socket connected to a socket outside the dumped tree (a connection \
+                 a listener the tree does not hold has not accepted yet)"
+                    .into(),
+            ));
+        }
+        // Else its peer is closed: it comes back as one end of a pair
+        // whose other end is closed after its queue is refilled.
+    }
+    Ok((peer, pending))
 }
 
 /// The data queued on a socket, packet by packet, with the files passed
