@@ -47,6 +47,8 @@ impl Seen {
         key: Key,
         (ty, id): (FdTypes, u32),
     ) -> Result<(), DumpError> {
+        // (searched again rather than kept from `find`: making the entry
+        // may have added others of the same file, fds passed in flight)
         let list = self.by_key.entry(key).or_default();
         let at = match search(list, pid, fd)? {
             Ok(i) | Err(i) => i,
