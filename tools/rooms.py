@@ -7,8 +7,8 @@ A room is a top-level module of crates/core/src (`files`, `ns`, `mm`,
 room to the room of the module it names. The check fails when the rooms
 import each other in a circle, and prints the edges that close it.
 
-Circles between the files of one room are printed for information only
-(they are the next step of issue 14); `--strict` fails on them too.
+Circles between the files of one room are printed too; `--strict` (as
+`.ci/run` uses it) fails on them as well.
 
 Usage: tools/rooms.py [--strict] [crates/core/src]
 """

@@ -74,11 +74,28 @@ pub(crate) fn has_ids(tid: i32, want: &[i32]) -> bool {
     })
 }
 
+/// The error for task `pid`, whose ids `set_tid` (innermost first) were
+/// taken: names what holds its pid in crest's namespace, as far as it can
+/// be seen.
+pub(crate) fn pid_taken(pid: i32, set_tid: &[i32]) -> RestoreError {
+    let holder = match set_tid.last() {
+        Some(&mine) => match procfs::read_stat(mine) {
+            Ok(s) => format!(
+                "pid {mine} here is {:?}, state {}, child of {}",
+                s.comm, s.state, s.ppid
+            ),
+            Err(_) => format!("pid {mine} here was free again when looked at"),
+        },
+        None => "no ids to set".to_string(),
+    };
+    RestoreError::PidTaken { pid, holder }
+}
+
 /// The error of an injected `clone3` that returned `r` for task `pid`: a
 /// pid in `set_tid` taken, or another failure.
 fn clone3_result(r: i64, pid: i32, set_tid: &[i32], ppid: i32) -> Result<(), RestoreError> {
     if r == -i64::from(libc::EEXIST) {
-        return Err(RestoreError::PidTaken { pid });
+        return Err(pid_taken(pid, set_tid));
     }
     if r < 0 {
         return Err(RestoreError::Io {
@@ -161,7 +178,7 @@ pub(crate) fn clone_with(
     }
     if let (true, Some(&mine)) = (ids.crest_last, want.last()) {
         if procfs::read_stat(mine).is_ok() {
-            return Err(RestoreError::PidTaken { pid: mine });
+            return Err(pid_taken(mine, &[mine]));
         }
     }
     Err(RestoreError::Unsupported {

@@ -137,14 +137,6 @@ pub fn dump_thread(
     let rseq = task::dump_rseq(pid, tid)?;
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
     let (policy, prio, nice) = misc::get_sched(tid).at(pid, "sched_getscheduler")?;
-    let slack = t.prctl(&[PR_GET_TIMERSLACK], "prctl(PR_GET_TIMERSLACK)")?;
-    let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
-    let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
-    let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
-    let tsc = dump_tsc(t)?;
-    // PR_MCE_KILL_GET: PR_MCE_KILL_DEFAULT (2) unless the thread chose
-    let mce = t.prctl(&[34, 0, 0, 0, 0], "prctl(PR_MCE_KILL_GET)")?;
-    let mce = (mce != 2).then_some(mce as u32);
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
         return Err(DumpError::Unsupported {
             pid,
@@ -189,6 +181,25 @@ pub fn dump_thread(
         ns_tids: status.ns_pid.iter().map(|p| *p as u32).collect(),
         ns_pgids: status.ns_pgid.iter().map(|p| *p as u32).collect(),
         ns_sids: status.ns_sid.iter().map(|p| *p as u32).collect(),
+        ..dump_thread_extra(t)?
+    };
+    Ok((core, extra))
+}
+
+/// A thread's state crest keeps beside CRIU's core: timer slack, TSC
+/// mode, MCE policy, affinity (where it is not every online CPU), memory
+/// policy.
+fn dump_thread_extra(t: &mut Tracee) -> Result<CrestThreadExtra, DumpError> {
+    let (pid, tid) = (t.pid(), t.tid());
+    let slack = t.prctl(&[PR_GET_TIMERSLACK], "prctl(PR_GET_TIMERSLACK)")?;
+    let affinity = misc::get_affinity(tid).at(pid, "sched_getaffinity")?;
+    let affinity = (!same_cpus(&affinity, &online_cpus())).then_some(affinity);
+    let (mpol_mode, mpol_nodes) = dump_mempolicy(t)?;
+    let tsc = dump_tsc(t)?;
+    // PR_MCE_KILL_GET: PR_MCE_KILL_DEFAULT (2) unless the thread chose
+    let mce = t.prctl(&[34, 0, 0, 0, 0], "prctl(PR_MCE_KILL_GET)")?;
+    let mce = (mce != 2).then_some(mce as u32);
+    Ok(CrestThreadExtra {
         timer_slack_ns: Some(slack),
         tsc_mode: tsc,
         mce_kill: mce,
@@ -200,8 +211,7 @@ pub fn dump_thread(
             Vec::new()
         },
         ..CrestThreadExtra::default()
-    };
-    Ok((core, extra))
+    })
 }
 
 /// The task-wide part of a core image, injected through the leader.
@@ -294,6 +304,55 @@ pub struct ThreadImage<'a> {
 
 const PR_SET_TIMERSLACK: u64 = 29;
 
+/// A thread's state crest keeps beside CRIU's core (`extra`): timer
+/// slack, memory policy, MCE policy, TSC mode, affinity.
+fn restore_thread_extra(
+    t: &mut Tracee,
+    pid: i32,
+    extra: &CrestThreadExtra,
+) -> Result<(), RestoreError> {
+    let tid = t.tid();
+    if let Some(slack) = extra.timer_slack_ns {
+        t.prctl(
+            &[PR_SET_TIMERSLACK, slack],
+            &format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
+        )?;
+    }
+    if let Some(mode) = extra.mempolicy_mode {
+        let words = &extra.mempolicy_nodes[..];
+        let words = &words[..words.len().min(MEMPOLICY_WORDS)];
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let addr = if raw.is_empty() {
+            0
+        } else {
+            t.put(&raw).rat(pid, "write a node mask")?
+        };
+        t.syscall(
+            nr::SET_MEMPOLICY,
+            &[u64::from(mode), addr, (words.len() * 64) as u64],
+        )
+        .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
+    }
+    if let Some(policy) = extra.mce_kill {
+        // PR_MCE_KILL, PR_MCE_KILL_SET
+        t.prctl(
+            &[33, 1, u64::from(policy), 0, 0],
+            &format!("thread {tid}: prctl(PR_MCE_KILL, {policy})"),
+        )?;
+    }
+    if let Some(mode) = extra.tsc_mode {
+        const PR_SET_TSC: u64 = 26;
+        t.prctl(
+            &[PR_SET_TSC, u64::from(mode)],
+            &format!("thread {tid}: prctl(PR_SET_TSC, {mode})"),
+        )?;
+    }
+    if let Some(mask) = extra.cpu_affinity.as_ref() {
+        misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
+    }
+    Ok(())
+}
+
 /// Puts back a thread's own state from its core: altstack, comm, rseq,
 /// robust list, clear_child_tid, private pending signals, timer slack,
 /// memory policy, MCE policy, TSC mode, affinity, scheduling, FPU, and the
@@ -341,43 +400,8 @@ pub fn restore_thread(
         },
     )?;
     signals::restore_pending(t, inner, th.signals_p.as_ref(), false)?;
-    if let Some(slack) = extra.and_then(|e| e.timer_slack_ns) {
-        t.prctl(
-            &[PR_SET_TIMERSLACK, slack],
-            &format!("thread {tid}: prctl(PR_SET_TIMERSLACK, {slack})"),
-        )?;
-    }
-    if let Some(mode) = extra.and_then(|e| e.mempolicy_mode) {
-        let words = extra.map_or(&[][..], |e| &e.mempolicy_nodes[..]);
-        let words = &words[..words.len().min(MEMPOLICY_WORDS)];
-        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let addr = if raw.is_empty() {
-            0
-        } else {
-            t.put(&raw).rat(pid, "write a node mask")?
-        };
-        t.syscall(
-            nr::SET_MEMPOLICY,
-            &[u64::from(mode), addr, (words.len() * 64) as u64],
-        )
-        .rat(pid, format!("thread {tid}: set_mempolicy({mode:#x})"))?;
-    }
-    if let Some(policy) = extra.and_then(|e| e.mce_kill) {
-        // PR_MCE_KILL, PR_MCE_KILL_SET
-        t.prctl(
-            &[33, 1, u64::from(policy), 0, 0],
-            &format!("thread {tid}: prctl(PR_MCE_KILL, {policy})"),
-        )?;
-    }
-    if let Some(mode) = extra.and_then(|e| e.tsc_mode) {
-        const PR_SET_TSC: u64 = 26;
-        t.prctl(
-            &[PR_SET_TSC, u64::from(mode)],
-            &format!("thread {tid}: prctl(PR_SET_TSC, {mode})"),
-        )?;
-    }
-    if let Some(mask) = extra.and_then(|e| e.cpu_affinity.as_ref()) {
-        misc::set_affinity(tid, mask).rat(pid, format!("thread {tid}: sched_setaffinity"))?;
+    if let Some(extra) = extra {
+        restore_thread_extra(t, pid, extra)?;
     }
     if let Some(policy) = th.sched_policy {
         // from outside: crest may raise a priority the task (in its user

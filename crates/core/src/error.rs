@@ -82,8 +82,8 @@ pub enum RestoreError {
         step: &'static str,
         source: ProcError,
     },
-    #[error("restore pid {pid}: pid is already in use by another process")]
-    PidTaken { pid: i32 },
+    #[error("restore pid {pid}: pid is already in use by another process ({holder})")]
+    PidTaken { pid: i32, holder: String },
     #[error("restore pid {pid}: {file}: {what}")]
     BadImage {
         pid: i32,

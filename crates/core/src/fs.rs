@@ -4,7 +4,7 @@
 //! and maps before it chroots the task ([`restore`]).
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
-use crate::files::restore::RestoreFiles;
+use crate::files::context::RestoreFiles;
 use crate::files::FileTable;
 use crate::procfs;
 use crate::remote::Remote;

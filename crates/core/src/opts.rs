@@ -339,7 +339,8 @@ impl Options {
     }
 
     /// Every option set that crest cannot honour for `action` yet, each
-    /// named. Empty when the action can go ahead.
+    /// named. Empty when the action can go ahead. Long because it is one
+    /// list, an entry per refused option, read top to bottom.
     pub fn refusals(&self, action: Action) -> Vec<Refused> {
         let mut r = Vec::new();
         let not_yet = "not supported by crest yet";

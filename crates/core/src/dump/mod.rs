@@ -58,21 +58,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         None => None,
     };
     if caller.restricted {
-        // the root before it is seized, for a refusal that says why (the
-        // kernel refuses the seizing anyway: crest holds no more than the
-        // caller); the whole tree once it is frozen
-        let users = UsernsGraph::collect(&[opts.pid]).map_err(|e| {
-            if Path::new(&format!("/proc/{}", opts.pid)).exists() {
-                DumpError::Forbidden {
-                    pid: opts.pid,
-                    uid: caller.uid,
-                    what: format!("its /proc files are closed to the caller ({e})"),
-                }
-            } else {
-                e
-            }
-        })?;
-        caller.check_dump(&[opts.pid], &users)?;
+        check_caller_may(opts, &caller)?;
     }
     let start = Instant::now();
     let tree = Seized::seize(
@@ -102,19 +88,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Ok(mut summary) => {
             summary.stats.freezing = frozen - start;
             summary.stats.memdump = frozen.elapsed();
-            if opts.leave_running || opts.leave_stopped {
-                if opts.leave_stopped {
-                    tree.release_stopped();
-                } else {
-                    tree.release();
-                }
-                if own_net {
-                    tell(n, hook::NETWORK_UNLOCK, opts.pid)?;
-                }
-            } else {
-                tree.kill();
-            }
-            crate::guard::end();
+            finish(tree, opts, n, own_net)?;
             summary.stats.frozen = frozen.elapsed();
             summary.stats.pages_scanned = summary.pages_bytes / 4096;
             summary.stats.pages_written = summary.pages_bytes / 4096;
@@ -135,6 +109,51 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             Err(e)
         }
     }
+}
+
+/// For a restricted caller: refuses a tree the caller could not dump
+/// itself. The root is checked before it is seized, for a refusal that
+/// says why (the kernel refuses the seizing anyway: crest holds no more
+/// than the caller); the whole tree once it is frozen.
+fn check_caller_may(opts: &Options, caller: &crate::privilege::Caller) -> Result<(), DumpError> {
+    let users = UsernsGraph::collect(&[opts.pid]).map_err(|e| {
+        if Path::new(&format!("/proc/{}", opts.pid)).exists() {
+            DumpError::Forbidden {
+                pid: opts.pid,
+                uid: caller.uid,
+                what: format!("its /proc files are closed to the caller ({e})"),
+            }
+        } else {
+            e
+        }
+    })?;
+    caller.check_dump(&[opts.pid], &users)?;
+    Ok(())
+}
+
+/// After a dump written: the tree released (`--leave-running`,
+/// `--leave-stopped`, and the network unlocked where it has its own) or
+/// killed; the dump's guard ended.
+fn finish(
+    tree: Seized,
+    opts: &Options,
+    n: &mut dyn Notify,
+    own_net: bool,
+) -> Result<(), DumpError> {
+    if opts.leave_running || opts.leave_stopped {
+        if opts.leave_stopped {
+            tree.release_stopped();
+        } else {
+            tree.release();
+        }
+        if own_net {
+            tell(n, hook::NETWORK_UNLOCK, opts.pid)?;
+        }
+    } else {
+        tree.kill();
+    }
+    crate::guard::end();
+    Ok(())
 }
 
 /// Tells `n` that `h` is reached (with the tree's root for the hooks'

@@ -6,7 +6,7 @@
 //! then opens it with the fd's own mode while the first open keeps a
 //! reader and a writer there.
 
-use super::restore::{fill_pipe, RestoreFiles};
+use super::context::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
@@ -183,4 +183,26 @@ fn create_deleted(
         &format!("set the flags of FIFO {path}"),
     )?;
     Ok(fd)
+}
+
+/// Writes `data` into pipe `w` of task `t`, its capacity raised first
+/// where the data needs it.
+pub(super) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if data.len() > 65536 {
+        t.fcntl(w, libc::F_SETPIPE_SZ, data.len() as u64, "F_SETPIPE_SZ")?;
+    }
+    for chunk in data.chunks(256 << 10) {
+        let addr = t.put(chunk).rat(pid, "write pipe data")?;
+        let n = t
+            .syscall(nr::WRITE, &[w, addr, chunk.len() as u64])
+            .rat(pid, "refill pipe")?;
+        if n != chunk.len() as u64 {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!("a pipe that took {n} of {} bytes back", chunk.len()),
+            });
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //! old path, fills it, opens it the way the task had it, and unlinks it
 //! again; other descriptions of the same file reopen it through the first.
 
-use super::restore::RestoreFiles;
+use super::context::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
@@ -265,6 +265,40 @@ fn openat(t: &mut Tracee, path: &str, flags: i32, mode: u32) -> Result<u64, Rest
     .rat(pid, format!("open {path}"))
 }
 
+/// Creates the ghost file at `path` (mode `mode`) in the task: where
+/// something took the name since (a directory, another file), it steps
+/// aside to `aside` while the ghost is made under its old name, so the fd
+/// shows the name it had. Returns the fd and whether something was moved.
+fn create_in_place(
+    t: &mut Tracee,
+    path: &str,
+    aside: &str,
+    mode: u32,
+) -> Result<(u64, bool), RestoreError> {
+    let pid = t.pid();
+    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+    Ok(match try_create(t, path, create, mode)? {
+        Ok(fd) => (fd, false),
+        Err(e) if e == libc::EEXIST => {
+            rename_in_task(t, path, aside)?;
+            match openat(t, path, create, mode) {
+                Ok(fd) => (fd, true),
+                Err(e) => {
+                    let _ = rename_in_task(t, aside, path);
+                    return Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            return Err(RestoreError::Io {
+                pid,
+                step: format!("create ghost file {path}"),
+                source: std::io::Error::from_raw_os_error(e),
+            })
+        }
+    })
+}
+
 /// Opens the deleted file of entry `reg` (ghost `ghost`) in the task with
 /// the entry's flags; the first time, recreates it from the image.
 pub fn open(
@@ -309,32 +343,8 @@ pub fn open(
     }
     let size = entry.size.unwrap_or(0);
     let path = &reg.name;
-    // Something took the name since (a directory, another file): it steps
-    // aside while the ghost is made under its old name, so the fd shows
-    // the name it had.
     let aside = format!("{path}.crest-aside-{}", reg.id);
-    let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-    let mode = entry.mode & 0o7777;
-    let (made, moved) = match try_create(t, path, create, mode)? {
-        Ok(fd) => (fd, false),
-        Err(e) if e == libc::EEXIST => {
-            rename_in_task(t, path, &aside)?;
-            match openat(t, path, create, mode) {
-                Ok(fd) => (fd, true),
-                Err(e) => {
-                    let _ = rename_in_task(t, &aside, path);
-                    return Err(e);
-                }
-            }
-        }
-        Err(e) => {
-            return Err(RestoreError::Io {
-                pid,
-                step: format!("create ghost file {path}"),
-                source: std::io::Error::from_raw_os_error(e),
-            })
-        }
-    };
+    let (made, moved) = create_in_place(t, path, &aside, entry.mode & 0o7777)?;
     let res = fill(t, made, &mut r, size, &entry, path).and_then(|()| Ok(t.open(path, flags)?));
     t.close(made)?;
     let mut p = path.as_bytes().to_vec();

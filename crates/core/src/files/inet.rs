@@ -11,11 +11,12 @@
 //! without a FIN or RST. Otherwise repair mode ends when the dump's
 //! [`InetDump`] is dropped, and the connection runs on.
 
+use super::context::sockets::MAX_PACKETS;
 use super::kept::Kept;
 use super::{skopts, FileTable};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
-use crest_images::carry::{CarriedReader, Carrier};
+use crest_images::carry::Carrier;
 use crest_images::pb::crest::CrestUdpPacket;
 use crest_images::pb::SkPacketEntry;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, InetSkEntry, TcpStreamEntry};
@@ -23,7 +24,6 @@ use crest_images::MAX_QUEUE;
 use crest_images::{magic, names, ImageReader, ImageWriter};
 use crest_inject::{nr, Tracee};
 use crest_sys::net::{getsockopt_bytes, getsockopt_int, setsockopt_bytes, setsockopt_int};
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -46,8 +46,6 @@ const TCPI_OPT_WSCALE: u32 = 4;
 const ESTABLISHED: u32 = 1;
 const CLOSE: u32 = 7;
 const LISTEN: u32 = 10;
-
-const MAX_PACKETS: usize = 4096;
 
 /// What the dump keeps about inet sockets until the images are written.
 #[derive(Default)]
@@ -135,6 +133,32 @@ fn word(b: &[u8], at: usize) -> u32 {
         .map_or(0, u32::from_ne_bytes)
 }
 
+/// `IPV6_V6ONLY` of socket `c` of `family` (none for IPv4).
+fn v6only_of(c: &OwnedFd, family: u32) -> std::io::Result<Option<bool>> {
+    if family != libc::AF_INET6 as u32 {
+        return Ok(None);
+    }
+    Ok(Some(
+        getsockopt_int(c, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)? != 0,
+    ))
+}
+
+/// One end of an inet connection: the address (as 32-bit words) and port.
+type End = (Vec<u32>, u32);
+
+/// The local end of socket `c` and its peer's, if it is connected (None:
+/// a local address crest cannot read).
+fn ends_of(c: &OwnedFd) -> std::io::Result<Option<(End, Option<End>)>> {
+    let local = crest_sys::net::getsockname(c)?;
+    let Some((_, src, sport)) = parse_addr(&local) else {
+        return Ok(None);
+    };
+    let peer = crest_sys::net::getpeername(c)
+        .ok()
+        .map(|p| parse_addr(&p).map_or((Vec::new(), 0), |(_, a, port)| (a, port)));
+    Ok(Some(((src, sport), peer)))
+}
+
 impl FileTable {
     /// Dumps the inet socket `ino` behind `fd` of `pid` (`copy` is crest's
     /// copy); returns its file id.
@@ -151,14 +175,10 @@ impl FileTable {
         let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN).at(pid, "SO_DOMAIN")? as u32;
         let ty = int(libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")? as u32;
         let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL).at(pid, "SO_PROTOCOL")? as u32;
-        let local = crest_sys::net::getsockname(&copy).at(pid, "getsockname")?;
-        let (_, src, sport) = parse_addr(&local)
+        let ((src, sport), peer) = ends_of(&copy)
+            .at(pid, "getsockname")?
             .ok_or_else(|| unsupported("an inet socket with an odd address".into()))?;
-        let peer = crest_sys::net::getpeername(&copy).ok();
-        let (dst, dport) = peer
-            .as_deref()
-            .and_then(parse_addr)
-            .map_or((Vec::new(), 0), |(_, a, p)| (a, p));
+        let (dst, dport) = peer.clone().unwrap_or_default();
         let is_tcp = proto == libc::IPPROTO_TCP as u32 && ty == libc::SOCK_STREAM as u32;
         let is_udp = proto == libc::IPPROTO_UDP as u32 && ty == libc::SOCK_DGRAM as u32;
         if !is_tcp && !is_udp {
@@ -167,53 +187,13 @@ impl FileTable {
             )));
         }
         let (state, backlog) = if is_tcp {
-            let info = tcp_info(&copy).at(pid, "TCP_INFO")?;
-            let state = u32::from(info.first().copied().unwrap_or(0));
-            match state {
-                // --tcp-close: the connection is not taken, the socket
-                // comes back closed and unbound (CRIU's)
-                s if self.tcp_close && s != LISTEN && s != CLOSE => (CLOSE, 0),
-                LISTEN => {
-                    let (pending, backlog) = (word(&info, 24), word(&info, 28));
-                    if pending != 0 && !self.tcp_skip_in_flight {
-                        return Err(unsupported(format!(
-                            "a listening TCP socket (port {sport}) with {pending} connection(s) \
-                             not accepted yet; crest cannot carry those (--skip-in-flight \
-                             leaves them behind, as CRIU does)"
-                        )));
-                    }
-                    if pending != 0 {
-                        crate::warn!(
-                            "fd {fd} of pid {pid}: {pending} connection(s) waiting on the TCP \
-                             listener at port {sport} are left behind (--skip-in-flight)"
-                        );
-                    }
-                    (LISTEN, backlog)
-                }
-                CLOSE => (CLOSE, 0),
-                ESTABLISHED if !self.tcp_established => {
-                    return Err(unsupported(format!(
-                        "an established TCP connection (port {sport} to port {dport}); dump \
-                         with --tcp-established to take it"
-                    )))
-                }
-                ESTABLISHED => (ESTABLISHED, 0),
-                s => {
-                    return Err(unsupported(format!(
-                        "a TCP socket in state {} (port {sport}), which crest does not dump",
-                        state_name(s)
-                    )))
-                }
-            }
+            self.tcp_state(pid, fd, &copy, (sport, dport))?
         } else if peer.is_some() {
             (ESTABLISHED, 0)
         } else {
             (CLOSE, 0)
         };
-        let v6only = (family == libc::AF_INET6 as u32)
-            .then(|| int(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0))
-            .transpose()
-            .at(pid, "IPV6_V6ONLY")?;
+        let v6only = v6only_of(&copy, family).at(pid, "IPV6_V6ONLY")?;
         // a connection --tcp-close dropped: neither its ends nor its
         // queues are kept
         let dropped = is_tcp && self.tcp_close && state == CLOSE && peer.is_some();
@@ -253,39 +233,120 @@ impl FileTable {
             ..FileEntry::default()
         });
         if is_udp {
-            let packets = peek_udp(&copy).at(pid, "peek at a UDP socket's queue")?;
-            if packets.len() > MAX_PACKETS {
-                return Err(unsupported(
-                    "a UDP socket with too many datagrams queued".into(),
-                ));
-            }
-            self.inet
-                .udp
-                .extend(packets.into_iter().map(|(from, d)| (id, from, d)));
+            self.keep_udp_queue((pid, fd), id, &copy)?;
         }
         if state == ESTABLISHED && is_tcp {
-            // The guard first (it ends the repair if crest dies), then
-            // repair mode: from here on ending it is the drop's job.
-            let reuse = getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_REUSEADDR)
-                .at(pid, "SO_REUSEADDR of an established connection")?
-                != 0;
-            crate::guard::hold_connection(&copy, reuse)
-                .at(pid, "hand a connection to the dump's guard")?;
-            setsockopt_int(&copy, libc::SOL_TCP, TCP_REPAIR, 1)
-                .at(pid, "TCP_REPAIR on an established connection")?;
-            let copy = {
-                self.inet.repair.push((copy, reuse));
-                &self
-                    .inet
-                    .repair
-                    .last()
-                    .ok_or_else(|| unsupported("?".into()))?
-                    .0
-            };
-            let (entry, inq, outq) = tcp_stream(copy).at(pid, "read a TCP connection")?;
-            self.inet.streams.push((ino, entry, inq, outq));
+            self.take_connection(pid, fd, ino, copy)?;
         }
         Ok(id)
+    }
+
+    /// Keeps the datagrams queued on UDP socket file `id` (crest's `copy`
+    /// of fd `fd` of `pid`) for `crest-udp-queues.img`.
+    fn keep_udp_queue(
+        &mut self,
+        (pid, fd): (i32, i32),
+        id: u32,
+        copy: &OwnedFd,
+    ) -> Result<(), DumpError> {
+        let packets = peek_udp(copy).at(pid, "peek at a UDP socket's queue")?;
+        if packets.len() > MAX_PACKETS {
+            return Err(DumpError::UnsupportedFd {
+                pid,
+                fd,
+                kind: "a UDP socket with too many datagrams queued".into(),
+            });
+        }
+        self.inet
+            .udp
+            .extend(packets.into_iter().map(|(from, d)| (id, from, d)));
+        Ok(())
+    }
+
+    /// The state and backlog a TCP socket is dumped with (`sport`,
+    /// `dport`: its ports, for messages): a listener with connections not
+    /// accepted yet, an established connection without
+    /// `--tcp-established`, or a socket in another state is refused;
+    /// `--tcp-close` closes connections.
+    fn tcp_state(
+        &self,
+        pid: i32,
+        fd: i32,
+        copy: &OwnedFd,
+        (sport, dport): (u32, u32),
+    ) -> Result<(u32, u32), DumpError> {
+        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let info = tcp_info(copy).at(pid, "TCP_INFO")?;
+        let state = u32::from(info.first().copied().unwrap_or(0));
+        Ok(match state {
+            // --tcp-close: the connection is not taken, the socket
+            // comes back closed and unbound (CRIU's)
+            s if self.tcp_close && s != LISTEN && s != CLOSE => (CLOSE, 0),
+            LISTEN => {
+                let (pending, backlog) = (word(&info, 24), word(&info, 28));
+                if pending != 0 && !self.tcp_skip_in_flight {
+                    return Err(unsupported(format!(
+                        "a listening TCP socket (port {sport}) with {pending} connection(s) \
+                         not accepted yet; crest cannot carry those (--skip-in-flight \
+                         leaves them behind, as CRIU does)"
+                    )));
+                }
+                if pending != 0 {
+                    crate::warn!(
+                        "fd {fd} of pid {pid}: {pending} connection(s) waiting on the TCP \
+                         listener at port {sport} are left behind (--skip-in-flight)"
+                    );
+                }
+                (LISTEN, backlog)
+            }
+            CLOSE => (CLOSE, 0),
+            ESTABLISHED if !self.tcp_established => {
+                return Err(unsupported(format!(
+                    "an established TCP connection (port {sport} to port {dport}); dump \
+                     with --tcp-established to take it"
+                )))
+            }
+            ESTABLISHED => (ESTABLISHED, 0),
+            s => {
+                return Err(unsupported(format!(
+                    "a TCP socket in state {} (port {sport}), which crest does not dump",
+                    state_name(s)
+                )))
+            }
+        })
+    }
+
+    /// Takes established connection `ino` (crest's `copy`) in repair mode
+    /// and reads its stream state.
+    fn take_connection(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ino: u32,
+        copy: OwnedFd,
+    ) -> Result<(), DumpError> {
+        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        // The guard first (it ends the repair if crest dies), then
+        // repair mode: from here on ending it is the drop's job.
+        let reuse = getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+            .at(pid, "SO_REUSEADDR of an established connection")?
+            != 0;
+        crate::guard::hold_connection(&copy, reuse)
+            .at(pid, "hand a connection to the dump's guard")?;
+        setsockopt_int(&copy, libc::SOL_TCP, TCP_REPAIR, 1)
+            .at(pid, "TCP_REPAIR on an established connection")?;
+        let copy = {
+            self.inet.repair.push((copy, reuse));
+            &self
+                .inet
+                .repair
+                .last()
+                .ok_or_else(|| unsupported("a connection just kept is gone".into()))?
+                .0
+        };
+        let (entry, inq, outq) = tcp_stream(copy).at(pid, "read a TCP connection")?;
+        self.inet.streams.push((ino, entry, inq, outq));
+        Ok(())
     }
 }
 
@@ -393,45 +454,37 @@ impl InetDump {
     }
 }
 
-/// Queued UDP datagrams by file id: (sender's raw address, data).
-pub type UdpQueues = HashMap<u32, Vec<(Vec<u8>, Vec<u8>)>>;
-
-/// UDP datagrams to put back, by file id.
-pub fn read_udp(dir: &Path) -> Result<UdpQueues, RestoreError> {
-    let mut out = UdpQueues::new();
-    if !dir.join(names::CREST_UDP_QUEUES).exists() {
-        return Ok(out);
-    }
-    let mut r = CarriedReader::<SkPacketEntry>::open(
-        dir,
-        names::CREST_UDP_QUEUES,
-        magic::CREST_UDP_QUEUES,
-    )?;
-    let mut n = 0;
-    while let Some(e) = r.next_entry()? {
-        n += 1;
-        if e.length > 1 << 16 || n > 16 * MAX_PACKETS {
-            return Err(RestoreError::BadImage {
-                pid: 0,
-                file: names::CREST_UDP_QUEUES.into(),
-                what: format!("a datagram of {} bytes (entry {n})", e.length),
-            });
-        }
-        let data = r.read_payload(u64::from(e.length))?;
-        out.entry(e.id_for).or_default().push((e.from, data));
-    }
-    Ok(out)
-}
-
 fn bad(pid: i32, file: String, what: String) -> RestoreError {
     RestoreError::BadImage { pid, file, what }
 }
 
-/// Makes the inet socket of `s` in task `t` (see [`super::restore::socket_once`]).
+/// Puts socket `c` in repair mode and sets the sequence numbers its
+/// queues start from (those of stream `e`), before it is bound and
+/// connected; a failed step is named.
+fn repair_start(c: &OwnedFd, e: &TcpStreamEntry) -> Result<(), (&'static str, std::io::Error)> {
+    setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR, 1).map_err(|x| ("TCP_REPAIR", x))?;
+    for (q, seq, len) in [
+        (TCP_RECV_QUEUE, e.inq_seq, e.inq_len),
+        (TCP_SEND_QUEUE, e.outq_seq, e.outq_len),
+    ] {
+        setsockopt_int(c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q)
+            .map_err(|x| ("TCP_REPAIR_QUEUE", x))?;
+        setsockopt_int(
+            c,
+            libc::SOL_TCP,
+            TCP_QUEUE_SEQ,
+            seq.wrapping_sub(len) as i32,
+        )
+        .map_err(|x| ("TCP_QUEUE_SEQ", x))?;
+    }
+    Ok(())
+}
+
+/// Makes the inet socket of `s` in task `t` (see [`super::context::socket_once`]).
 pub(crate) fn make(
     t: &mut Tracee,
     s: &InetSkEntry,
-    files: &mut super::restore::RestoreFiles,
+    files: &mut super::context::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -461,21 +514,11 @@ pub(crate) fn make(
         .transpose()?;
     setsockopt_int(&c, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).rat(pid, at("SO_REUSEADDR"))?;
     if let Some((e, _, _)) = &stream {
-        setsockopt_int(&c, libc::SOL_TCP, TCP_REPAIR, 1).rat(pid, at("TCP_REPAIR"))?;
-        for (q, seq, len) in [
-            (TCP_RECV_QUEUE, e.inq_seq, e.inq_len),
-            (TCP_SEND_QUEUE, e.outq_seq, e.outq_len),
-        ] {
-            setsockopt_int(&c, libc::SOL_TCP, TCP_REPAIR_QUEUE, q)
-                .rat(pid, at("TCP_REPAIR_QUEUE"))?;
-            setsockopt_int(
-                &c,
-                libc::SOL_TCP,
-                TCP_QUEUE_SEQ,
-                seq.wrapping_sub(len) as i32,
-            )
-            .rat(pid, at("TCP_QUEUE_SEQ"))?;
-        }
+        repair_start(&c, e).map_err(|(what, source)| RestoreError::Io {
+            pid,
+            step: at(what),
+            source,
+        })?;
     }
     let local = make_addr(s.family, &s.src_addr, s.src_port);
     if s.src_port != 0 || s.src_addr.iter().any(|w| *w != 0) {
@@ -514,7 +557,7 @@ pub(crate) fn make(
 
 /// `tcp-stream-<ino>.img`: the entry and both queues.
 fn read_stream(
-    files: &super::restore::RestoreFiles,
+    files: &super::context::RestoreFiles,
     ino: u32,
 ) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), RestoreError> {
     let name = names::tcp_stream(ino);

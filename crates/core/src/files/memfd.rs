@@ -10,7 +10,7 @@
 //! through `/proc/PID/fd/N` of an fd holding it, or through
 //! `/proc/PID/map_files/` of a mapping of it.
 
-use super::restore::RestoreFiles;
+use super::context::RestoreFiles;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;

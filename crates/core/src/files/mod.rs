@@ -18,6 +18,7 @@ use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, FownEntry, RegFileEntry}
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
+pub mod context;
 pub mod epoll;
 pub mod eventfd;
 pub mod fanotify;
@@ -394,25 +395,7 @@ fn dump_one(
         return Ok((FdTypes::Pipe, table.dump_pipe(pid, fd, link, flags)?));
     }
     if let Some(anon) = link.strip_prefix("anon_inode:") {
-        let entry = match anon {
-            "[eventfd]" => eventfd::dump(pid, fd, info, flags)?,
-            "[eventpoll]" => {
-                let (entry, elsewhere) = epoll::dump(pid, fd, info, flags, &table.tree)?;
-                let id = table.push(entry);
-                for (i, p, f) in elsewhere {
-                    table.epoll_elsewhere.push((id, i, p, f));
-                }
-                return Ok((FdTypes::Eventpoll, id));
-            }
-            "[signalfd]" => signalfd::dump(pid, fd, info, flags)?,
-            "[timerfd]" => timerfd::dump(pid, fd, info, flags)?,
-            "inotify" => inotify::dump(pid, fd, info, flags)?,
-            "[fanotify]" => fanotify::dump(pid, fd, info, flags)?,
-            "[pidfd]" => pidfd::dump(pid, fd, info, flags, &table.tree)?,
-            _ => return Err(unsupported(kind_of_link(link))),
-        };
-        let ty = FdTypes::try_from(entry.r#type).unwrap_or(FdTypes::Und);
-        return Ok((ty, table.push(entry)));
+        return dump_anon(pid, fd, (anon, link), info, flags, table);
     }
     if link.starts_with("pidfd:") {
         let entry = pidfd::dump(pid, fd, info, flags, &table.tree)?;
@@ -456,14 +439,44 @@ fn dump_one(
     }
     if let Some(path) = link.strip_suffix(" (deleted)") {
         // (a directory or device node comes back empty, made again)
-        if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
-            return Err(unsupported(format!("a deleted special file ({link})")));
-        }
         let id = table.push_reg(path, flags, info.pos, &meta);
         table.dump_ghost(pid, fd, id, &meta)?;
         return Ok((FdTypes::Reg, id));
     }
     Ok((FdTypes::Reg, table.push_reg(link, flags, info.pos, &meta)))
+}
+
+/// Dumps a file of anonymous inode kind `anon` (link `link`): eventfd,
+/// epoll, signalfd, timerfd, inotify, fanotify, pidfd; others are
+/// refused.
+fn dump_anon(
+    pid: i32,
+    fd: i32,
+    (anon, link): (&str, &str),
+    info: &procfs::FdInfo,
+    flags: u32,
+    table: &mut FileTable,
+) -> Result<(FdTypes, u32), DumpError> {
+    let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let entry = match anon {
+        "[eventfd]" => eventfd::dump(pid, fd, info, flags)?,
+        "[eventpoll]" => {
+            let (entry, elsewhere) = epoll::dump(pid, fd, info, flags, &table.tree)?;
+            let id = table.push(entry);
+            for (i, p, f) in elsewhere {
+                table.epoll_elsewhere.push((id, i, p, f));
+            }
+            return Ok((FdTypes::Eventpoll, id));
+        }
+        "[signalfd]" => signalfd::dump(pid, fd, info, flags)?,
+        "[timerfd]" => timerfd::dump(pid, fd, info, flags)?,
+        "inotify" => inotify::dump(pid, fd, info, flags)?,
+        "[fanotify]" => fanotify::dump(pid, fd, info, flags)?,
+        "[pidfd]" => pidfd::dump(pid, fd, info, flags, &table.tree)?,
+        _ => return Err(unsupported(kind_of_link(link))),
+    };
+    let ty = FdTypes::try_from(entry.r#type).unwrap_or(FdTypes::Und);
+    Ok((ty, table.push(entry)))
 }
 
 /// Writes the images of the files beside `files.img`: pipe and FIFO data,

@@ -99,18 +99,7 @@ impl super::FileTable {
         let local = crest_sys::net::getsockname(copy).at(pid, "getsockname")?;
         let (portid, _) = parse_nl(&local)
             .ok_or_else(|| unsupported("a netlink socket with an odd address".into()))?;
-        let raw = getsockopt_bytes(
-            copy,
-            SOL_NETLINK,
-            NETLINK_LIST_MEMBERSHIPS,
-            MAX_GROUP_WORDS * 4,
-        )
-        .at(pid, "NETLINK_LIST_MEMBERSHIPS")?;
-        let groups = trim_groups(
-            raw.chunks_exact(4)
-                .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        );
+        let groups = groups_of(copy).at(pid, "NETLINK_LIST_MEMBERSHIPS")?;
         if portid == 0 && !groups.is_empty() {
             return Err(unsupported(
                 "a netlink socket in multicast groups without a port id".into(),
@@ -126,16 +115,7 @@ impl super::FileTable {
         } else {
             dst_mask.trailing_zeros() + 1
         };
-        let flag = |n| int(SOL_NETLINK, n).map(|v| v != 0);
-        let nl_opts = NlSkOptsEntry {
-            pktinfo: flag(NETLINK_PKTINFO).at(pid, "NETLINK_PKTINFO")?,
-            broadcast_error: flag(NETLINK_BROADCAST_ERROR).at(pid, "NETLINK_BROADCAST_ERROR")?,
-            no_enobufs: flag(NETLINK_NO_ENOBUFS).at(pid, "NETLINK_NO_ENOBUFS")?,
-            listen_all_nsid: flag(NETLINK_LISTEN_ALL_NSID).at(pid, "NETLINK_LISTEN_ALL_NSID")?,
-            cap_ack: flag(NETLINK_CAP_ACK).at(pid, "NETLINK_CAP_ACK")?,
-            crest_ext_ack: flag(NETLINK_EXT_ACK).ok(),
-            crest_get_strict_chk: flag(NETLINK_GET_STRICT_CHK).ok(),
-        };
+        let nl_opts = nl_opts(pid, copy)?;
         let opts = skopts::dump(copy).at(pid, "read socket options")?;
         let id = self.push(FileEntry {
             r#type: FdTypes::Netlinksk as i32,
@@ -166,11 +146,41 @@ impl super::FileTable {
     }
 }
 
-/// Makes the netlink socket of `s` in task `t` (see [`super::restore::socket_once`]).
+/// The netlink options of socket `copy` (of `pid`) CRIU carries, and the
+/// two crest adds (extended acks, strict checking).
+fn nl_opts(pid: i32, copy: &OwnedFd) -> Result<NlSkOptsEntry, DumpError> {
+    let flag = |n| getsockopt_int(copy, SOL_NETLINK, n).map(|v| v != 0);
+    Ok(NlSkOptsEntry {
+        pktinfo: flag(NETLINK_PKTINFO).at(pid, "NETLINK_PKTINFO")?,
+        broadcast_error: flag(NETLINK_BROADCAST_ERROR).at(pid, "NETLINK_BROADCAST_ERROR")?,
+        no_enobufs: flag(NETLINK_NO_ENOBUFS).at(pid, "NETLINK_NO_ENOBUFS")?,
+        listen_all_nsid: flag(NETLINK_LISTEN_ALL_NSID).at(pid, "NETLINK_LISTEN_ALL_NSID")?,
+        cap_ack: flag(NETLINK_CAP_ACK).at(pid, "NETLINK_CAP_ACK")?,
+        crest_ext_ack: flag(NETLINK_EXT_ACK).ok(),
+        crest_get_strict_chk: flag(NETLINK_GET_STRICT_CHK).ok(),
+    })
+}
+
+/// The multicast groups socket `copy` is in, as a bit mask of words.
+fn groups_of(copy: &OwnedFd) -> std::io::Result<Vec<u32>> {
+    let raw = getsockopt_bytes(
+        copy,
+        SOL_NETLINK,
+        NETLINK_LIST_MEMBERSHIPS,
+        MAX_GROUP_WORDS * 4,
+    )?;
+    Ok(trim_groups(
+        raw.chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    ))
+}
+
+/// Makes the netlink socket of `s` in task `t` (see [`super::context::socket_once`]).
 pub(crate) fn make(
     t: &mut Tracee,
     s: &NetlinkSkEntry,
-    _: &mut super::restore::RestoreFiles,
+    _: &mut super::context::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();

@@ -58,6 +58,22 @@ fn parse_ll(a: &[u8]) -> Option<(u16, u32)> {
     Some((p, i))
 }
 
+/// The multicast memberships of a packet socket, one entry per
+/// membership (sock_diag gives each address once with its count).
+fn mclist_of(diag: &[(u32, u32, u16, Vec<u8>)]) -> Vec<PacketMclist> {
+    let mut out = Vec::new();
+    for (index, count, ty, addr) in diag {
+        for _ in 0..*count {
+            out.push(PacketMclist {
+                index: *index,
+                r#type: u32::from(*ty),
+                addr: addr.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// `struct packet_mreq`: ifindex, type, alen, address[8].
 fn packet_mreq(index: u32, ty: u16, addr: &[u8]) -> Vec<u8> {
     let mut m = index.to_ne_bytes().to_vec();
@@ -103,16 +119,7 @@ impl super::FileTable {
                 "a packet socket with a ring mapped (PACKET_RX_RING/PACKET_TX_RING)".into(),
             ));
         }
-        let mut mclist = Vec::new();
-        for (index, count, ty, addr) in &diag.mclist {
-            for _ in 0..*count {
-                mclist.push(PacketMclist {
-                    index: *index,
-                    r#type: u32::from(*ty),
-                    addr: addr.clone(),
-                });
-            }
-        }
+        let mclist = mclist_of(&diag.mclist);
         let queued = crest_sys::net::ioctl_int(copy, libc::FIONREAD).unwrap_or(0);
         if queued > 0 {
             crate::warn!(
@@ -232,11 +239,44 @@ fn make_spkt(t: &mut Tracee, s: &PacketSockEntry, kept: &mut Kept) -> Result<(),
     skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"))
 }
 
-/// Makes the packet socket of `s` in task `t` (see [`super::restore::socket_once`]).
+/// Sets the packet options of `s` on socket `c`, the ring format first
+/// (the others may depend on it); a failed one is named.
+fn set_packet_opts(c: &OwnedFd, s: &PacketSockEntry) -> Result<(), (&'static str, std::io::Error)> {
+    let set = |n: i32, v: i32, what: &'static str| -> Result<(), (&'static str, std::io::Error)> {
+        if getsockopt_int(c, SOL_PACKET, n).ok() != Some(v) {
+            setsockopt_int(c, SOL_PACKET, n, v).map_err(|e| (what, e))?;
+        }
+        Ok(())
+    };
+    set(PACKET_VERSION, s.version as i32, "PACKET_VERSION")?;
+    set(PACKET_RESERVE, s.reserve as i32, "PACKET_RESERVE")?;
+    set(PACKET_AUXDATA, i32::from(s.aux_data), "PACKET_AUXDATA")?;
+    set(PACKET_ORIGDEV, i32::from(s.orig_dev), "PACKET_ORIGDEV")?;
+    set(PACKET_VNET_HDR, i32::from(s.vnet_hdr), "PACKET_VNET_HDR")?;
+    set(PACKET_LOSS, i32::from(s.loss), "PACKET_LOSS")?;
+    set(PACKET_TIMESTAMP, s.timestamp as i32, "PACKET_TIMESTAMP")?;
+    if s.copy_thresh != 0 {
+        setsockopt_int(c, SOL_PACKET, PACKET_COPY_THRESH, s.copy_thresh as i32)
+            .map_err(|e| ("PACKET_COPY_THRESH", e))?;
+    }
+    if let Some(v) = s.crest_qdisc_bypass {
+        set(PACKET_QDISC_BYPASS, i32::from(v), "PACKET_QDISC_BYPASS")?;
+    }
+    if let Some(v) = s.crest_ignore_outgoing {
+        set(
+            PACKET_IGNORE_OUTGOING,
+            i32::from(v),
+            "PACKET_IGNORE_OUTGOING",
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes the packet socket of `s` in task `t` (see [`super::context::socket_once`]).
 pub(crate) fn make(
     t: &mut Tracee,
     s: &PacketSockEntry,
-    _: &mut super::restore::RestoreFiles,
+    _: &mut super::context::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
@@ -264,34 +304,11 @@ pub(crate) fn make(
     }
     let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, ty, s.protocol))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
-    // the ring format first: the others may depend on it
-    let set = |n: i32, v: i32, what: &str| -> Result<(), RestoreError> {
-        if getsockopt_int(&c, SOL_PACKET, n).ok() != Some(v) {
-            setsockopt_int(&c, SOL_PACKET, n, v).rat(pid, at(what))?;
-        }
-        Ok(())
-    };
-    set(PACKET_VERSION, s.version as i32, "PACKET_VERSION")?;
-    set(PACKET_RESERVE, s.reserve as i32, "PACKET_RESERVE")?;
-    set(PACKET_AUXDATA, i32::from(s.aux_data), "PACKET_AUXDATA")?;
-    set(PACKET_ORIGDEV, i32::from(s.orig_dev), "PACKET_ORIGDEV")?;
-    set(PACKET_VNET_HDR, i32::from(s.vnet_hdr), "PACKET_VNET_HDR")?;
-    set(PACKET_LOSS, i32::from(s.loss), "PACKET_LOSS")?;
-    set(PACKET_TIMESTAMP, s.timestamp as i32, "PACKET_TIMESTAMP")?;
-    if s.copy_thresh != 0 {
-        setsockopt_int(&c, SOL_PACKET, PACKET_COPY_THRESH, s.copy_thresh as i32)
-            .rat(pid, at("PACKET_COPY_THRESH"))?;
-    }
-    if let Some(v) = s.crest_qdisc_bypass {
-        set(PACKET_QDISC_BYPASS, i32::from(v), "PACKET_QDISC_BYPASS")?;
-    }
-    if let Some(v) = s.crest_ignore_outgoing {
-        set(
-            PACKET_IGNORE_OUTGOING,
-            i32::from(v),
-            "PACKET_IGNORE_OUTGOING",
-        )?;
-    }
+    set_packet_opts(&c, s).map_err(|(what, e)| RestoreError::Io {
+        pid,
+        step: at(what),
+        source: e,
+    })?;
     if s.ifindex != 0 {
         crest_sys::net::bind(&c, &sockaddr_ll(s.protocol as u16, s.ifindex))
             .rat(pid, at("bind"))?;

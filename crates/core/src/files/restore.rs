@@ -5,156 +5,15 @@
 //! is `dup`ed; one another task made is passed over from it (`share`).
 //! Epoll watches are added last, once every fd is at its number.
 
-use super::share::Holders;
+use super::context::{socket_once, CrestPipe, RestoreFiles};
 use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pidfd, signalfd, timerfd};
 use crate::error::{RestoreCtx, RestoreError};
 use crate::remote::take_fd;
 use crate::remote::Remote;
-use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, MemfdInodeEntry, PipeDataEntry};
-use crest_images::{magic, names, ImageReader};
+use crest_images::names;
+use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry};
 use crest_inject::{nr, Tracee};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-
-/// `files.img` and the images beside it, indexed, and where restored
-/// tasks hold what was made so far.
-#[derive(Default)]
-pub struct RestoreFiles {
-    pub dir: PathBuf,
-    pub entries: HashMap<u32, FileEntry>,
-    pub pipe_data: HashMap<u32, Vec<u8>>,
-    /// Pipe id → its capacity, where it was not the default.
-    pub pipe_sizes: HashMap<u32, u32>,
-    pub fifo_data: HashMap<u32, Vec<u8>>,
-    /// FIFOs refilled already (by pipe id).
-    pub fifo_filled: HashSet<u32>,
-    /// FIFOs deleted while open, made already: pipe id → the entry whose
-    /// fd made it (others open it through that fd).
-    pub deleted_fifos: HashMap<u32, u32>,
-    /// Pipes crest made (pipe id → its read and write end as pipe2 gave
-    /// them, and whether each was given to a task already).
-    pipes: HashMap<u32, CrestPipe>,
-    /// file entry id → (pid, fd) of the first restored fd with it.
-    pub holders: Holders,
-    /// The task being restored and its fds made so far: entry id → parked
-    /// fd number.
-    local: (i32, HashMap<u32, u64>),
-    /// Regular-file entry id → ghost file id (`remap-fpath.img`).
-    pub remaps: HashMap<u32, u32>,
-    /// Ghost id → the entry whose fd made it.
-    pub ghost_src: HashMap<u32, u32>,
-    /// Ghost file id → crest's copy of the file once made again: every
-    /// later user (a mapping, another task's fd) opens the same file
-    /// through it.
-    pub ghost_held: HashMap<u32, std::os::fd::OwnedFd>,
-    pub memfd_inodes: HashMap<u32, MemfdInodeEntry>,
-    pub memfd_src: HashMap<u32, memfd::Source>,
-    /// Entry id → the task that made its description.
-    made_by: HashMap<u32, i32>,
-    /// Socket queues and which task made each socket or terminal.
-    pub socks: super::unix::SockImages,
-    /// `filelocks.img`: the locks to take again.
-    pub locks: Vec<crest_images::pb::FileLockEntry>,
-    /// `--inherit-fd`: the key of a dumped file (`pipe:[INODE]`) → crest's
-    /// fd that stands for it.
-    pub inherit: HashMap<String, std::os::fd::OwnedFd>,
-    /// Files passed in queued messages, made already: crest's copies
-    /// (every later user, a queue or a task's fd, gets the same
-    /// description).
-    pub flight: HashMap<u32, std::os::fd::OwnedFd>,
-    /// Who holds each of the tree's namespaces by now (namespace files
-    /// are opened through them).
-    pub ns_holders: super::nsfile::Holders,
-    /// Terminals: their settings, and the pty pairs made for consoles.
-    pub ttys: super::tty::TtyRestore,
-}
-
-/// A pipe crest made for the tree: the descriptions `pipe2` gave (every
-/// fd that had one of those gets it; one that had a description opened
-/// again gets a new one, `O_LARGEFILE` and all).
-struct CrestPipe {
-    ends: [std::os::fd::OwnedFd; 2],
-    given: [bool; 2],
-}
-
-/// Most pipe data crest accepts per pipe from an image.
-const MAX_PIPE_DATA: u32 = 1 << 20;
-
-/// Pipe data and capacities of an image (`pipes-data.img`, `fifo-data.img`).
-type PipeData = (HashMap<u32, Vec<u8>>, HashMap<u32, u32>);
-
-fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, RestoreError> {
-    let mut out = (HashMap::new(), HashMap::new());
-    if !dir.join(name).exists() {
-        return Ok(out);
-    }
-    let mut r = ImageReader::open(dir, name, magic)?;
-    while let Some(e) = r.next_entry::<PipeDataEntry>()? {
-        let bad = |what: String| RestoreError::BadImage {
-            pid: 0,
-            file: name.into(),
-            what,
-        };
-        if e.bytes > MAX_PIPE_DATA {
-            return Err(bad(format!("pipe {} claims {} bytes", e.pipe_id, e.bytes)));
-        }
-        if let Some(size) = e.size {
-            if size > MAX_PIPE_DATA || size < e.bytes {
-                return Err(bad(format!("pipe {} claims a size of {size}", e.pipe_id)));
-            }
-            out.1.insert(e.pipe_id, size);
-        }
-        let data = r.read_payload(u64::from(e.bytes))?;
-        out.0.insert(e.pipe_id, data);
-    }
-    Ok(out)
-}
-
-impl RestoreFiles {
-    pub fn read(dir: &Path) -> Result<RestoreFiles, RestoreError> {
-        let list: Vec<FileEntry> = crest_images::read_image(dir, names::FILES, magic::FILES)?;
-        let mut entries = HashMap::with_capacity(list.len());
-        for e in list {
-            entries.insert(e.id, e);
-        }
-        let pipes = read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?;
-        Ok(RestoreFiles {
-            dir: dir.to_path_buf(),
-            entries,
-            pipe_data: pipes.0,
-            pipe_sizes: pipes.1,
-            fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?.0,
-            remaps: ghost::read_remaps(dir)?,
-            memfd_inodes: memfd::read_inodes(dir)?,
-            socks: super::unix::SockImages::read(dir)?,
-            locks: super::lock::read(dir)?,
-            inherit: HashMap::new(),
-            flight: HashMap::new(),
-            ns_holders: HashMap::new(),
-            ttys: super::tty::TtyRestore::read(dir)?,
-            ..RestoreFiles::default()
-        })
-    }
-
-    /// The path of a regular-file entry.
-    pub fn reg_path(&self, id: u32) -> Option<&str> {
-        self.entries
-            .get(&id)
-            .and_then(|e| e.reg.as_ref())
-            .map(|r| r.name.as_str())
-    }
-
-    /// Where an fd of entry `id` is, as (pid, fd): one `pid` made in this
-    /// restore_fds call, or the first one restored.
-    pub fn where_is(&self, pid: i32, id: u32) -> Option<(i32, u64)> {
-        if self.local.0 == pid {
-            if let Some(fd) = self.local.1.get(&id) {
-                return Some((pid, *fd));
-            }
-        }
-        self.holders.get(&id).map(|&(p, fd)| (p, u64::from(fd)))
-    }
-}
 
 fn bad(pid: i32, files_id: u32, what: String) -> RestoreError {
     RestoreError::BadImage {
@@ -172,22 +31,7 @@ pub fn restore_fds(
     files: &mut RestoreFiles,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    // Every inherited fd goes but the task's way to crest's files, which
-    // is numbered above everything made here.
-    match t.crest_root() {
-        Some(keep) => {
-            if keep > 0 {
-                t.syscall(nr::CLOSE_RANGE, &[0, keep - 1, 0])
-                    .rat(pid, "close_range of inherited fds")?;
-            }
-            t.syscall(nr::CLOSE_RANGE, &[keep + 1, u64::from(u32::MAX), 0])
-                .rat(pid, "close_range of inherited fds")?;
-        }
-        None => {
-            t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
-                .rat(pid, "close_range of inherited fds")?;
-        }
-    }
+    close_inherited(t)?;
     let Some(max_fd) = fds.iter().map(|f| f.fd).max() else {
         return Ok(());
     };
@@ -221,10 +65,44 @@ pub fn restore_fds(
     for park in parks {
         t.close(park)?;
     }
-    let mut watched = HashSet::new();
     for fi in fds {
         files.holders.entry(fi.id).or_insert((pid, fi.fd));
     }
+    add_epoll_watches(t, fds, files, max_fd)?;
+    super::pty::take_ctty(t, files)
+}
+
+/// Closes every inherited fd but the task's way to crest's files, which
+/// is numbered above everything made here.
+fn close_inherited(t: &mut Tracee) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    match t.crest_root() {
+        Some(keep) => {
+            if keep > 0 {
+                t.syscall(nr::CLOSE_RANGE, &[0, keep - 1, 0])
+                    .rat(pid, "close_range of inherited fds")?;
+            }
+            t.syscall(nr::CLOSE_RANGE, &[keep + 1, u64::from(u32::MAX), 0])
+                .rat(pid, "close_range of inherited fds")?;
+        }
+        None => {
+            t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
+                .rat(pid, "close_range of inherited fds")?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the watches of the epoll instances the task made, once every fd
+/// is at its number (`max_fd` the highest).
+fn add_epoll_watches(
+    t: &mut Tracee,
+    fds: &[FdinfoEntry],
+    files: &mut RestoreFiles,
+    max_fd: u32,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let mut watched = HashSet::new();
     // (a watched file no fd holds at its number comes through crest; the
     // sockets made for that are kept above every fd of the task)
     let mut kept = super::kept::Kept::new(u64::from(max_fd) + 1);
@@ -245,8 +123,7 @@ pub fn restore_fds(
         Ok(())
     })();
     kept.close_all(t)?;
-    res?;
-    super::pty::take_ctty(t, files)
+    res
 }
 
 /// Makes every fd of the task, each parked at `park_base` + its index (a
@@ -305,47 +182,10 @@ fn make_all(
     res
 }
 
-/// Makes socket `S` from its entry in task `t`, with what the restore of
-/// files shares.
-pub(crate) type MakeSocket<S> =
-    fn(&mut Tracee, &S, &mut RestoreFiles, &mut super::kept::Kept) -> Result<(), RestoreError>;
-
-/// The fd for socket entry `e` of a kind made once per task and dup'd per
-/// fd (`kind` names it; `entry` picks its message out of `e`): `make`
-/// makes it, kept in `kept` under its id, the first time. Another task
-/// holding it gets it through `holders`.
-pub(crate) fn socket_once<S>(
-    t: &mut Tracee,
-    e: &FileEntry,
-    (files, kept): (&mut RestoreFiles, &mut super::kept::Kept),
-    (kind, entry): (&str, fn(&FileEntry) -> Option<&S>),
-    make: MakeSocket<S>,
-) -> Result<u64, RestoreError> {
-    let pid = t.pid();
-    if kept.get(e.id).is_none() {
-        if let Some(&other) = files.socks.made_by.get(&e.id) {
-            if other != pid {
-                return Err(RestoreError::Unsupported {
-                    pid,
-                    what: format!("{kind} socket {} shared with pid {other}", e.id),
-                });
-            }
-        }
-        let s = entry(e).ok_or_else(|| RestoreError::BadImage {
-            pid,
-            file: names::FILES.into(),
-            what: format!("file {} has no {kind} socket entry", e.id),
-        })?;
-        make(t, s, files, kept)?;
-        files.socks.made_by.insert(e.id, pid);
-    }
-    kept.dup(t, e.id)
-}
-
 /// crest's copy of file `id`, passed in a queued message that task `t`
 /// puts back: the description made already (for another message, for a
 /// task's fd, or a socket of `t`'s), or made now in `t` and kept.
-pub(crate) fn flight_copy(
+fn flight_copy(
     t: &mut Tracee,
     id: u32,
     files: &mut RestoreFiles,
@@ -394,7 +234,8 @@ pub(crate) fn flight_copy(
     Ok(copy)
 }
 
-/// Makes a new open file description for `entry`, by kind.
+/// Makes a new open file description for `entry`, by kind. Long because
+/// it is one match, an arm per kind of file.
 fn make_one(
     t: &mut Tracee,
     fi: &FdinfoEntry,
@@ -411,7 +252,7 @@ fn make_one(
     match FdTypes::try_from(fi.r#type) {
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
         Ok(FdTypes::Pipe) => pipe_end(t, entry, files),
-        Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept),
+        Ok(FdTypes::Unixsk) => super::unix::open(t, entry, files, kept, flight_copy),
         Ok(FdTypes::Inetsk) => socket_once(
             t,
             entry,
@@ -586,24 +427,4 @@ fn crest_pipe(pid: i32, id: u32, files: &RestoreFiles) -> Result<CrestPipe, Rest
         ends: [r, std::os::fd::OwnedFd::from(file)],
         given: [false; 2],
     })
-}
-
-pub(crate) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    if data.len() > 65536 {
-        t.fcntl(w, libc::F_SETPIPE_SZ, data.len() as u64, "F_SETPIPE_SZ")?;
-    }
-    for chunk in data.chunks(256 << 10) {
-        let addr = t.put(chunk).rat(pid, "write pipe data")?;
-        let n = t
-            .syscall(nr::WRITE, &[w, addr, chunk.len() as u64])
-            .rat(pid, "refill pipe")?;
-        if n != chunk.len() as u64 {
-            return Err(RestoreError::Unsupported {
-                pid,
-                what: format!("a pipe that took {n} of {} bytes back", chunk.len()),
-            });
-        }
-    }
-    Ok(())
 }

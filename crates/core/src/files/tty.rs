@@ -18,8 +18,7 @@ use crate::error::RestoreCtx;
 use crate::error::{DumpCtx, DumpError, RestoreError};
 use crate::remote::Remote;
 use crest_images::pb::{
-    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyType,
-    WinsizeEntry,
+    FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType, WinsizeEntry,
 };
 use crest_images::{magic, names};
 use crest_inject::nr;
@@ -106,34 +105,45 @@ impl FileTable {
         }
         let info_id = match self.tty.infos.iter().find(|i| u64::from(i.rdev) == rdev) {
             Some(i) => i.id,
-            None => {
-                let id = self.tty.next_info_id();
-                let (termios, winsize) = settings(pid, fd)?;
-                let (sid, pgrp) = controlled(&self.tree, rdev);
-                self.tty.infos.push(TtyInfoEntry {
-                    id,
-                    r#type: ty as i32,
-                    locked: false,
-                    exclusive: false,
-                    packet_mode: false,
-                    sid,
-                    pgrp,
-                    rdev: rdev as u32,
-                    termios,
-                    termios_locked: None,
-                    winsize,
-                    pty: (ty == TtyType::Pty).then(|| crest_images::pb::TtyPtyEntry {
-                        index: minor(rdev) as u32 + 256 * (major(rdev) as u32 - 136),
-                    }),
-                    dev: external.then_some(meta.dev() as u32),
-                    ..TtyInfoEntry::default()
-                });
-                id
-            }
+            None => self.push_outside_info(pid, fd, ty, (rdev, meta.dev()))?,
         };
         let id = self.push(file_entry(info_id, flags));
         self.tty.files.insert((rdev, flags), id);
         Ok(Some(id))
+    }
+
+    /// The info of a terminal the tree does not own (the caller's, named
+    /// external, or the slave of an orphan pty master): its settings as
+    /// fd `fd` of `pid` shows them, and the session it controls.
+    fn push_outside_info(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        ty: TtyType,
+        (rdev, dev): (u64, u64),
+    ) -> Result<u32, DumpError> {
+        let id = self.tty.next_info_id();
+        let (termios, winsize) = settings(pid, fd)?;
+        let (sid, pgrp) = controlled(&self.tree, rdev);
+        self.tty.infos.push(TtyInfoEntry {
+            id,
+            r#type: ty as i32,
+            locked: false,
+            exclusive: false,
+            packet_mode: false,
+            sid,
+            pgrp,
+            rdev: rdev as u32,
+            termios,
+            termios_locked: None,
+            winsize,
+            pty: (ty == TtyType::Pty).then(|| crest_images::pb::TtyPtyEntry {
+                index: minor(rdev) as u32 + 256 * (major(rdev) as u32 - 136),
+            }),
+            dev: (ty == TtyType::ExtTty).then_some(dev as u32),
+            ..TtyInfoEntry::default()
+        });
+        Ok(id)
     }
 }
 
@@ -226,7 +236,7 @@ pub(crate) fn controlled(tree: &std::collections::HashSet<i32>, rdev: u64) -> (u
 pub fn open(
     t: &mut Tracee,
     e: &FileEntry,
-    files: &mut super::restore::RestoreFiles,
+    files: &mut super::context::RestoreFiles,
     kept: &mut Kept,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
@@ -279,7 +289,7 @@ pub fn open(
 fn open_external(
     t: &mut Tracee,
     info: &TtyInfoEntry,
-    files: &mut super::restore::RestoreFiles,
+    files: &mut super::context::RestoreFiles,
     flags: i32,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
@@ -332,55 +342,6 @@ pub(crate) fn take_as_ctty(
     Ok(())
 }
 
-/// Terminals at restore.
-#[derive(Default)]
-pub struct TtyRestore {
-    /// `tty-info.img` by id.
-    pub infos: HashMap<u32, TtyInfoEntry>,
-    /// The caller takes masters of consoles that were outside the tree.
-    pub orphan_pts_master: bool,
-    /// tty info id → (the new pair's master, held by crest; its index).
-    pub masters: Vec<(u32, std::os::fd::OwnedFd, u32)>,
-    /// Pty pairs whose master the tree held.
-    pub pty: super::pty::PtyRestore,
-}
-
-impl TtyRestore {
-    pub fn read(dir: &Path) -> Result<TtyRestore, RestoreError> {
-        let list: Vec<TtyInfoEntry> = if dir.join(names::TTY_INFO).exists() {
-            crest_images::read_image(dir, names::TTY_INFO, magic::TTY_INFO)?
-        } else {
-            Vec::new()
-        };
-        let data: Vec<TtyDataEntry> = if dir.join(names::TTY_DATA).exists() {
-            crest_images::read_image(dir, names::TTY_DATA, magic::TTY_DATA)?
-        } else {
-            Vec::new()
-        };
-        let infos: HashMap<u32, TtyInfoEntry> = list.into_iter().map(|i| (i.id, i)).collect();
-        let mut pty = super::pty::PtyRestore::default();
-        for d in data {
-            if !infos.contains_key(&d.tty_id) {
-                return Err(RestoreError::BadImage {
-                    pid: 0,
-                    file: names::TTY_DATA.into(),
-                    what: format!(
-                        "data of terminal {}, which {} lacks",
-                        d.tty_id,
-                        names::TTY_INFO
-                    ),
-                });
-            }
-            pty.data.entry(d.tty_id).or_default().extend(d.data);
-        }
-        Ok(TtyRestore {
-            infos,
-            pty,
-            ..TtyRestore::default()
-        })
-    }
-}
-
 /// The slave of the new pty standing for terminal `info`, opened in `t`
 /// (the pair is made by the first task that needs it, in its mount
 /// namespace's devpts); `t` takes it as its controlling terminal if it
@@ -388,7 +349,7 @@ impl TtyRestore {
 fn open_orphan_slave(
     t: &mut Tracee,
     info: &TtyInfoEntry,
-    files: &mut super::restore::RestoreFiles,
+    files: &mut super::context::RestoreFiles,
     flags: i32,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();

@@ -44,17 +44,9 @@ enum PagePolicy {
     Anon,
 }
 
+/// The VMA entry of mapping `m` (with its smaps `smaps`) as the images
+/// hold it, and which of its pages are saved.
 fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy) {
-    let mut prot = 0u32;
-    if m.read {
-        prot |= libc::PROT_READ as u32;
-    }
-    if m.write {
-        prot |= libc::PROT_WRITE as u32;
-    }
-    if m.exec {
-        prot |= libc::PROT_EXEC as u32;
-    }
     // A SysV segment: its inode number is the segment's id.
     let sysv = m.shared && m.path.starts_with("/SYSV");
     // anonymous memory of huge pages (MAP_HUGETLB): made again with the
@@ -86,59 +78,14 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
     if smaps.is_some_and(|s| s.has("nr")) {
         flags |= libc::MAP_NORESERVE as u32;
     }
-    let mut st = status::REGULAR;
-    let policy;
-    match m.path.as_str() {
-        "[vdso]" => {
-            st |= status::VDSO;
-            policy = PagePolicy::None;
-        }
-        "[vvar]" | "[vvar_vclock]" => {
-            st |= status::VVAR;
-            policy = PagePolicy::None;
-        }
-        "[vsyscall]" => {
-            st = status::VSYSCALL;
-            policy = PagePolicy::None;
-        }
-        _ if sysv => {
-            st |= status::SYSVIPC;
-            policy = PagePolicy::None;
-        }
-        _ if shmem_anon => {
-            st |= status::ANON_SHARED;
-            policy = PagePolicy::All;
-        }
-        _ if anon => {
-            st |= status::ANON_PRIVATE;
-            policy = PagePolicy::All;
-        }
-        _ if m.shared => {
-            st |= status::FILE_SHARED;
-            policy = PagePolicy::None;
-        }
-        _ => {
-            st |= status::FILE_PRIVATE;
-            policy = PagePolicy::Anon;
-        }
-    }
+    let (mut st, policy) = status_of(m, sysv, shmem_anon, anon);
     if m.path == "[stack]" {
         st |= status::STACK;
     }
     if m.path == "[heap]" {
         st |= status::HEAP;
     }
-    let madv = smaps.map_or(0, |s| {
-        MADV_FLAGS
-            .iter()
-            .filter(|(f, _)| s.has(f))
-            .fold(0u64, |acc, (_, adv)| acc | (1u64 << adv))
-            | if s.has("lf") {
-                1u64 << MADV_BIT_LOCKONFAULT
-            } else {
-                0
-            }
-    });
+    let madv = smaps.map_or(0, madv_of);
     // mlock(2)ed: made again with mlock2 once the pages are in
     let flags = if smaps.is_some_and(|s| s.has("lo")) {
         flags | libc::MAP_LOCKED as u32
@@ -150,7 +97,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         end: m.end,
         pgoff: m.offset,
         shmid: if shmem_anon || sysv { m.inode } else { 0 },
-        prot,
+        prot: prot_of(m),
         flags,
         status: st,
         fd: -1,
@@ -160,6 +107,51 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         crest_anon_name: anon_name(&m.path),
     };
     (vma, policy)
+}
+
+/// `PROT_*` of mapping `m`.
+fn prot_of(m: &MapsEntry) -> u32 {
+    let mut prot = 0u32;
+    for (on, bit) in [
+        (m.read, libc::PROT_READ),
+        (m.write, libc::PROT_WRITE),
+        (m.exec, libc::PROT_EXEC),
+    ] {
+        if on {
+            prot |= bit as u32;
+        }
+    }
+    prot
+}
+
+/// The VMA status bits (CRIU's `VMA_AREA_*`) of mapping `m` as it is
+/// made again, and which of its pages are saved.
+fn status_of(m: &MapsEntry, sysv: bool, shmem_anon: bool, anon: bool) -> (u32, PagePolicy) {
+    let (st, policy) = match m.path.as_str() {
+        "[vdso]" => (status::VDSO, PagePolicy::None),
+        "[vvar]" | "[vvar_vclock]" => (status::VVAR, PagePolicy::None),
+        "[vsyscall]" => return (status::VSYSCALL, PagePolicy::None),
+        _ if sysv => (status::SYSVIPC, PagePolicy::None),
+        _ if shmem_anon => (status::ANON_SHARED, PagePolicy::All),
+        _ if anon => (status::ANON_PRIVATE, PagePolicy::All),
+        _ if m.shared => (status::FILE_SHARED, PagePolicy::None),
+        _ => (status::FILE_PRIVATE, PagePolicy::Anon),
+    };
+    (status::REGULAR | st, policy)
+}
+
+/// The `madvise` advice a mapping carries (smaps `VmFlags`), as CRIU's
+/// bit mask.
+fn madv_of(s: &SmapsEntry) -> u64 {
+    let advice = MADV_FLAGS
+        .iter()
+        .filter(|(f, _)| s.has(f))
+        .fold(0u64, |acc, (_, adv)| acc | (1u64 << adv));
+    if s.has("lf") {
+        advice | 1u64 << MADV_BIT_LOCKONFAULT
+    } else {
+        advice
+    }
 }
 
 /// The name an anonymous mapping was given (`PR_SET_VMA_ANON_NAME`).
@@ -257,12 +249,7 @@ pub fn dump(
         maps.retain(|m| m.end <= start || m.start >= end);
     }
     let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
-    let stat = procfs::read_stat(pid).at(pid, "read stat")?;
-    let auxv = procfs::read_auxv(pid).at(pid, "read auxv")?;
-    let exe = procfs::read_link(&format!("/proc/{pid}/exe")).at(pid, "read exe link")?;
-    let exe_id = files.reg_path(pid, &exe, libc::O_RDONLY as u32)?;
-    let brk = t.syscall(nr::BRK, &[0]).at(pid, "brk(0)")?;
-    let dumpable = t.prctl(&[libc::PR_GET_DUMPABLE as u64], "prctl(PR_GET_DUMPABLE)")?;
+    let mut entry = mm_fields(t, files)?;
 
     let mut vmas = Vec::with_capacity(maps.len());
     // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
@@ -286,107 +273,13 @@ pub fn dump(
             aios.push(aio_ring(t, m.start, m.end)?);
             continue;
         }
-        // what a plain mapping made again would quietly lose (a file on
-        // a hugetlbfs mount that is still there, or a hugetlb memfd, is
-        // mapped from it again, and so of huge pages)
-        let memfd_file = crate::files::memfd::name_of(&m.path).is_some();
-        let hugetlbfs_file = m.is_file()
-            && (!m.deleted() || memfd_file)
-            && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
-        // (a SHM_HUGETLB segment: attached again, it is of huge pages)
-        let sysv = vma.status & status::SYSVIPC != 0;
-        let odd = if sm.is_some_and(|s| s.has("ht"))
-            && vma.flags & libc::MAP_HUGETLB as u32 == 0
-            && !hugetlbfs_file
-            && !sysv
-        {
-            Some(format!(
-                "a {} hugetlb mapping of {} (a deleted hugetlbfs file)",
-                if m.shared { "shared" } else { "private" },
-                m.path
-            ))
-        } else {
-            // (an io_uring's rings, a perf buffer...: the kernel object
-            // behind it is not carried)
-            m.path
-                .strip_prefix("anon_inode:")
-                .map(|kind| format!("a mapping of the anonymous inode {kind}"))
-        };
-        if let Some(what) = odd {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!("{what} at {:#x}-{:#x}", m.start, m.end),
-            });
-        }
-        let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
-        let ghost = m.deleted()
-            && vma.status & (status::ANON_SHARED | status::SYSVIPC | status::ANON_PRIVATE) == 0
-            && !memfd;
-        if ghost && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0 {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "mapping {:#x}-{:#x} of deleted file {}",
-                    m.start, m.end, m.path
-                ),
-            });
-        }
+        refuse_lossy(pid, m, sm, &vma)?;
         if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
-            // a shared mapping that may be made writable needs a file
-            // opened for writing, whatever its protection now
-            let maywrite = sm.is_some_and(|s| s.has("mw"));
-            let mode = if m.shared && (m.write || maywrite) {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            } as u32;
-            vma.shmid = u64::from(if memfd {
-                vma.status |= status::MEMFD;
-                files.memfd_vma(pid, m.start, m.end, &m.path, mode)?
-            } else if ghost {
-                // saved as a ghost file, as one deleted while open is
-                let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
-                files.reg_deleted_map(pid, (m.start, m.end), path, mode)?
-            } else {
-                files.reg_path(pid, &m.path, mode)?
-            });
+            vma.shmid = u64::from(mapped_file(pid, m, sm, &mut vma, files)?);
         }
         if policy != PagePolicy::None {
-            let mut words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
-            if vma.status & status::ANON_SHARED != 0 {
-                mark_shmem_data(pid, m, &mut words).at(pid, "find the pages of shared memory")?;
-            }
-            let keep = |b: PagemapBits| match policy {
-                _ if b.guard() => false,
-                PagePolicy::All => b.present() || b.swapped(),
-                PagePolicy::Anon => (b.present() && !b.file_or_shared_anon()) || b.swapped(),
-                PagePolicy::None => false,
-            };
-            for (addr, n) in procfs::runs(&words, m.start, |b: PagemapBits| b.guard()) {
-                guards.extend([addr, n * PAGE]);
-            }
-            // An anonymous page another task maps too (shared copy-on-write
-            // since a fork) is read through /proc/PID/mem: the kernel gives
-            // a task its own copy of a shared page that process_vm_readv
-            // pins, and a dump must not change what it reads.
-            let cow = |b: PagemapBits| b.present() && !b.file_or_shared_anon() && !b.exclusive();
-            let mut mine: Vec<pages::Run> = Vec::new();
-            for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && !cow(b)) {
-                mine.push(pages::Run {
-                    addr,
-                    pages: n,
-                    readable: m.read,
-                });
-            }
-            for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && cow(b)) {
-                mine.push(pages::Run {
-                    addr,
-                    pages: n,
-                    readable: false,
-                });
-            }
-            mine.sort_unstable_by_key(|r| r.addr);
-            runs.extend(mine);
+            let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
+            page_runs(pid, m, &vma, policy, words, (&mut runs, &mut guards))?;
         }
         vmas.push(vma);
     }
@@ -403,7 +296,30 @@ pub fn dump(
         })
         .collect();
 
-    let entry = MmEntry {
+    entry.vmas = vmas;
+    entry.aios = aios;
+    entry.crest_guards = guards;
+    Ok(MmDump {
+        entry,
+        pagemap: pagemap_entries,
+        pages_bytes,
+    })
+}
+
+/// The mm's fields but its mappings: its layout (code, data, stack,
+/// brk, arguments, environment), its executable, auxv, and the settings
+/// that are the whole mm's (dumpable, THP, mlockall, membarrier,
+/// coredump filter, MDWE).
+fn mm_fields(t: &mut Tracee, files: &mut FileTable) -> Result<MmEntry, DumpError> {
+    let pid = t.pid();
+    let stat = procfs::read_stat(pid).at(pid, "read stat")?;
+    let auxv = procfs::read_auxv(pid).at(pid, "read auxv")?;
+    let exe = procfs::read_link(&format!("/proc/{pid}/exe")).at(pid, "read exe link")?;
+    let exe_id = files.reg_path(pid, &exe, libc::O_RDONLY as u32)?;
+    let brk = t.syscall(nr::BRK, &[0]).at(pid, "brk(0)")?;
+    let dumpable = t.prctl(&[libc::PR_GET_DUMPABLE as u64], "prctl(PR_GET_DUMPABLE)")?;
+
+    Ok(MmEntry {
         mm_start_code: stat.start_code,
         mm_end_code: stat.end_code,
         mm_start_data: stat.start_data,
@@ -417,12 +333,9 @@ pub fn dump(
         mm_env_end: stat.env_end,
         exe_file_id: exe_id,
         mm_saved_auxv: auxv.iter().flat_map(|&(k, v)| [k, v]).collect(),
-        vmas,
         dumpable: Some(dumpable as i32),
-        aios,
         thp_disabled: Some(t.prctl(&[PR_GET_THP_DISABLE], "prctl(PR_GET_THP_DISABLE)")? != 0),
         crest_mlockall: Some(mlockall_future(t)?),
-        crest_guards: guards,
         crest_membarrier: membarrier_registrations(t)?,
         crest_coredump_filter: coredump_filter(pid),
         crest_mdwe: {
@@ -432,12 +345,146 @@ pub fn dump(
                 .at(pid, "prctl(PR_GET_MDWE)")?;
             (r > 0).then_some(r as u32)
         },
-    };
-    Ok(MmDump {
-        entry,
-        pagemap: pagemap_entries,
-        pages_bytes,
+        ..MmEntry::default()
     })
+}
+
+/// Refuses mapping `m` where a plain mapping made again would quietly
+/// lose what it is: a hugetlb mapping of a deleted hugetlbfs file, the
+/// mapping of an anonymous inode (an io_uring's rings, a perf buffer), a
+/// mapping of a deleted file that is not a file mapping.
+fn refuse_lossy(
+    pid: i32,
+    m: &MapsEntry,
+    sm: Option<&SmapsEntry>,
+    vma: &VmaEntry,
+) -> Result<(), DumpError> {
+    // (a file on a hugetlbfs mount that is still there, or a hugetlb
+    // memfd, is mapped from it again, and so of huge pages)
+    let memfd_file = crate::files::memfd::name_of(&m.path).is_some();
+    let hugetlbfs_file = m.is_file()
+        && (!m.deleted() || memfd_file)
+        && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
+    // (a SHM_HUGETLB segment: attached again, it is of huge pages)
+    let sysv = vma.status & status::SYSVIPC != 0;
+    let odd = if sm.is_some_and(|s| s.has("ht"))
+        && vma.flags & libc::MAP_HUGETLB as u32 == 0
+        && !hugetlbfs_file
+        && !sysv
+    {
+        Some(format!(
+            "a {} hugetlb mapping of {} (a deleted hugetlbfs file)",
+            if m.shared { "shared" } else { "private" },
+            m.path
+        ))
+    } else {
+        m.path
+            .strip_prefix("anon_inode:")
+            .map(|kind| format!("a mapping of the anonymous inode {kind}"))
+    };
+    if let Some(what) = odd {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("{what} at {:#x}-{:#x}", m.start, m.end),
+        });
+    }
+    if ghost_mapping(m, vma) && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0 {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!(
+                "mapping {:#x}-{:#x} of deleted file {}",
+                m.start, m.end, m.path
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A mapping of a deleted file (not a memfd, not shared memory), saved as
+/// a ghost file.
+fn ghost_mapping(m: &MapsEntry, vma: &VmaEntry) -> bool {
+    let memfd = m.is_file() && crate::files::memfd::name_of(&m.path).is_some();
+    m.deleted()
+        && vma.status & (status::ANON_SHARED | status::SYSVIPC | status::ANON_PRIVATE) == 0
+        && !memfd
+}
+
+/// The file entry id of the file mapping `m` maps (a memfd, a deleted
+/// file saved as a ghost, a file by path), opened for writing where the
+/// mapping is shared and may be made writable.
+fn mapped_file(
+    pid: i32,
+    m: &MapsEntry,
+    sm: Option<&SmapsEntry>,
+    vma: &mut VmaEntry,
+    files: &mut FileTable,
+) -> Result<u32, DumpError> {
+    // a shared mapping that may be made writable needs a file opened for
+    // writing, whatever its protection now
+    let maywrite = sm.is_some_and(|s| s.has("mw"));
+    let mode = if m.shared && (m.write || maywrite) {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    } as u32;
+    if m.is_file() && crate::files::memfd::name_of(&m.path).is_some() {
+        vma.status |= status::MEMFD;
+        files.memfd_vma(pid, m.start, m.end, &m.path, mode)
+    } else if ghost_mapping(m, vma) {
+        // saved as a ghost file, as one deleted while open is
+        let path = m.path.strip_suffix(" (deleted)").unwrap_or(&m.path);
+        files.reg_deleted_map(pid, (m.start, m.end), path, mode)
+    } else {
+        files.reg_path(pid, &m.path, mode)
+    }
+}
+
+/// The runs of pages of mapping `m` to save, by `policy`, from its
+/// pagemap `words`, pushed to `runs`; its guard pages pushed to `guards`
+/// as (start, length).
+fn page_runs(
+    pid: i32,
+    m: &MapsEntry,
+    vma: &VmaEntry,
+    policy: PagePolicy,
+    mut words: Vec<u64>,
+    (runs, guards): (&mut Vec<pages::Run>, &mut Vec<u64>),
+) -> Result<(), DumpError> {
+    if vma.status & status::ANON_SHARED != 0 {
+        mark_shmem_data(pid, m, &mut words).at(pid, "find the pages of shared memory")?;
+    }
+    let keep = |b: PagemapBits| match policy {
+        _ if b.guard() => false,
+        PagePolicy::All => b.present() || b.swapped(),
+        PagePolicy::Anon => (b.present() && !b.file_or_shared_anon()) || b.swapped(),
+        PagePolicy::None => false,
+    };
+    for (addr, n) in procfs::runs(&words, m.start, |b: PagemapBits| b.guard()) {
+        guards.extend([addr, n * PAGE]);
+    }
+    // An anonymous page another task maps too (shared copy-on-write
+    // since a fork) is read through /proc/PID/mem: the kernel gives
+    // a task its own copy of a shared page that process_vm_readv
+    // pins, and a dump must not change what it reads.
+    let cow = |b: PagemapBits| b.present() && !b.file_or_shared_anon() && !b.exclusive();
+    let mut mine: Vec<pages::Run> = Vec::new();
+    for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && !cow(b)) {
+        mine.push(pages::Run {
+            addr,
+            pages: n,
+            readable: m.read,
+        });
+    }
+    for (addr, n) in procfs::runs(&words, m.start, |b| keep(b) && cow(b)) {
+        mine.push(pages::Run {
+            addr,
+            pages: n,
+            readable: false,
+        });
+    }
+    mine.sort_unstable_by_key(|r| r.addr);
+    runs.extend(mine);
+    Ok(())
 }
 
 /// `struct aio_ring`'s magic and feature words, as the kernel writes them.

@@ -57,47 +57,14 @@ pub fn fork_init_in_userns(
     })
 }
 
-/// One try of [`fork_init_in_userns`]: a helper in the owner of the new
-/// pid namespace forks the init; None if the init did not get its ids
-/// (it and the helper are gone again).
-fn init_attempt(
-    mut parent: Option<&mut Tracee>,
-    child: &PstreeEntry,
-    want: &[i32],
-    (middle, crest_level): (Option<i32>, bool),
-    (userns_holder, joins): (i32, &[(String, u32)]),
-    sibling: bool,
-) -> Result<Option<Tracee>, RestoreError> {
-    let who = child.pid as i32;
-    // the helper itself keeps off the ids the init wants: past them in
-    // the parent's pid namespace and in crest's
-    if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
-        crate::ns::user::write_in_task(
-            p,
-            "/proc/sys/kernel/ns_last_pid",
-            m.to_string().as_bytes(),
-        )?;
-    }
-    if let (true, Some(last)) = (crest_level, want.last()) {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", last.to_string())
-            .rat(who, "write ns_last_pid")?;
-    }
-    let mut h = match parent.as_deref_mut() {
-        Some(p) => {
-            p.syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
-                .rat(p.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
-            clone_plain(p)?
-        }
-        // (a sibling root: the helper and the init it forks are children
-        // of crest's parent, CRIU's --restore-sibling)
-        None if sibling => crate::ns::pid::spawn_sibling_helper()?,
-        None => crate::ns::pid::spawn_helper(&[])?,
-    };
-    let flags = if sibling && parent.is_none() {
-        libc::CLONE_PARENT as u64
-    } else {
-        0
-    };
+/// Moves pid namespace helper `h` where the init is to be made: into
+/// the init's namespaces `joins` (paths and types), into the user
+/// namespace `userns_holder` is in, and unshares a new pid namespace.
+fn helper_into_place(
+    h: &mut Tracee,
+    joins: &[(String, u32)],
+    userns_holder: i32,
+) -> Result<(), RestoreError> {
     let hp = h.pid();
     // the init's namespaces an outer user namespace may own, joined while
     // the helper still has rights over them; those it has no rights over
@@ -119,7 +86,7 @@ fn init_attempt(
             }
         }
     }
-    crate::ns::user::enter(&mut h, userns_holder)?;
+    crate::ns::user::enter(h, userns_holder)?;
     for (fd, path, nstype) in later {
         h.with_fd(fd, |h, fd| {
             h.setns(
@@ -131,6 +98,71 @@ fn init_attempt(
     }
     h.syscall(nr::UNSHARE, &[libc::CLONE_NEWPID as u64])
         .rat(hp, "unshare(CLONE_NEWPID) in the helper")?;
+    Ok(())
+}
+
+/// The helper that makes an init (task `who`, with ids `want`): forked by
+/// the init's `parent` (made a subreaper meanwhile) or spawned by crest (a
+/// child of crest's parent for a `sibling` root). It keeps off the ids
+/// the init wants: `ns_last_pid` is set past them in the parent's pid
+/// namespace (`middle`) and in crest's (`crest_level`).
+fn spawn_init_helper(
+    mut parent: Option<&mut Tracee>,
+    who: i32,
+    want: &[i32],
+    (middle, crest_level): (Option<i32>, bool),
+    sibling: bool,
+) -> Result<Tracee, RestoreError> {
+    if let (Some(m), Some(p)) = (middle, parent.as_deref_mut()) {
+        crate::ns::user::write_in_task(
+            p,
+            "/proc/sys/kernel/ns_last_pid",
+            m.to_string().as_bytes(),
+        )?;
+    }
+    if let (true, Some(last)) = (crest_level, want.last()) {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", last.to_string())
+            .rat(who, "write ns_last_pid")?;
+    }
+    Ok(match parent {
+        Some(p) => {
+            p.syscall(nr::PRCTL, &[36, 1]) // PR_SET_CHILD_SUBREAPER, restored later
+                .rat(p.pid(), "prctl(PR_SET_CHILD_SUBREAPER)")?;
+            clone_plain(p)?
+        }
+        // (a sibling root: the helper and the init it forks are children
+        // of crest's parent, CRIU's --restore-sibling)
+        None if sibling => crate::ns::pid::spawn_sibling_helper()?,
+        None => crate::ns::pid::spawn_helper(&[])?,
+    })
+}
+
+/// One try of [`fork_init_in_userns`]: a helper in the owner of the new
+/// pid namespace forks the init; None if the init did not get its ids
+/// (it and the helper are gone again).
+fn init_attempt(
+    mut parent: Option<&mut Tracee>,
+    child: &PstreeEntry,
+    want: &[i32],
+    (middle, crest_level): (Option<i32>, bool),
+    (userns_holder, joins): (i32, &[(String, u32)]),
+    sibling: bool,
+) -> Result<Option<Tracee>, RestoreError> {
+    let who = child.pid as i32;
+    let mut h = spawn_init_helper(
+        parent.as_deref_mut(),
+        who,
+        want,
+        (middle, crest_level),
+        sibling,
+    )?;
+    let flags = if sibling && parent.is_none() {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
+    let hp = h.pid();
+    helper_into_place(&mut h, joins, userns_holder)?;
     // The helper has rights over the new namespace only.
     let ids = Ids {
         want,

@@ -68,7 +68,8 @@ pub struct Stat {
 }
 
 /// Parses `/proc/PID/stat` text. The comm is split off at the last ')', so
-/// a comm like "a) b (c" is read whole. Fields 3–44 are required.
+/// a comm like "a) b (c" is read whole. Fields 3–44 are required. Long
+/// because it names the line's 52 fields in their order, one per line.
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     if let Some(n) = text.find('\n') {

@@ -76,23 +76,10 @@ impl Seized {
                     s.stopped.entry(pid).or_insert(libc::SIGSTOP);
                 }
                 changed |= s.seize_threads(pid)?;
-                for tid in procfs::list_tids(pid).at(pid, "list threads")? {
-                    let kids = match procfs::read_children(pid, tid) {
-                        Ok(k) => k,
-                        Err(e) if e.is_not_found() => continue,
-                        Err(e) => {
-                            return Err(DumpError::Proc {
-                                pid,
-                                step: "read children",
-                                source: e,
-                            })
-                        }
-                    };
-                    for k in kids {
-                        if !order.contains(&k) {
-                            order.push(k);
-                            changed = true;
-                        }
+                for k in children_of(pid)? {
+                    if !order.contains(&k) {
+                        order.push(k);
+                        changed = true;
                     }
                 }
             }
@@ -101,32 +88,41 @@ impl Seized {
             }
         }
         for pid in order {
-            let Ok(stat) = procfs::read_stat(pid) else {
-                continue; // gone (reaped) before we stopped its parent
-            };
-            let zombie = zombies.iter().find(|z| z.0 == pid).map(|z| z.1);
-            let threads = if zombie.is_some() {
-                vec![pid]
-            } else {
-                let mut th: Vec<i32> = procfs::list_tids(pid)
-                    .at(pid, "list threads")?
-                    .into_iter()
-                    .filter(|t| s.attached.contains(t))
-                    .collect();
-                th.sort_unstable_by_key(|t| (*t != pid, *t));
-                th
-            };
-            s.tasks.push(Task {
-                pid,
-                ppid: stat.ppid,
-                pgid: stat.pgrp,
-                sid: stat.session,
-                threads,
-                zombie,
-                stopped: s.stopped.get(&pid).copied().filter(|_| zombie.is_none()),
-            });
+            if let Some(t) = s.task_of(pid, &zombies)? {
+                s.tasks.push(t);
+            }
         }
         Ok(s)
+    }
+
+    /// Task `pid` of the tree, seized (its threads, those seized), or a
+    /// zombie (of `zombies`: pid and exit code); none if it is gone
+    /// (reaped before its parent was stopped).
+    fn task_of(&self, pid: i32, zombies: &[(i32, i32)]) -> Result<Option<Task>, DumpError> {
+        let Ok(stat) = procfs::read_stat(pid) else {
+            return Ok(None);
+        };
+        let zombie = zombies.iter().find(|z| z.0 == pid).map(|z| z.1);
+        let threads = if zombie.is_some() {
+            vec![pid]
+        } else {
+            let mut th: Vec<i32> = procfs::list_tids(pid)
+                .at(pid, "list threads")?
+                .into_iter()
+                .filter(|t| self.attached.contains(t))
+                .collect();
+            th.sort_unstable_by_key(|t| (*t != pid, *t));
+            th
+        };
+        Ok(Some(Task {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            threads,
+            zombie,
+            stopped: self.stopped.get(&pid).copied().filter(|_| zombie.is_none()),
+        }))
     }
 
     /// Seizes every thread of `pid` not seized yet; true if any was new.
@@ -261,4 +257,24 @@ impl Drop for Seized {
             let _ = ptrace::detach(tid, 0);
         }
     }
+}
+
+/// The children of every thread of `pid` (those of a thread that is gone
+/// meanwhile left out).
+fn children_of(pid: i32) -> Result<Vec<i32>, DumpError> {
+    let mut out = Vec::new();
+    for tid in procfs::list_tids(pid).at(pid, "list threads")? {
+        match procfs::read_children(pid, tid) {
+            Ok(k) => out.extend(k),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => {
+                return Err(DumpError::Proc {
+                    pid,
+                    step: "read children",
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(out)
 }

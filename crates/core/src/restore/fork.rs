@@ -58,45 +58,156 @@ pub(super) fn fork_tree(
     (sibling, ext_pidns): (bool, Option<&std::os::fd::OwnedFd>),
     cgroups: &[ns::cgroup::Place],
 ) -> Result<Forked, RestoreError> {
-    let (imgs, users, others, pidns) = (&ti.imgs, &ti.users, &ti.others, &ti.pidns);
-    let entries: Vec<&PstreeEntry> = imgs.iter().map(|i| &i.entry).collect();
-    let mut tasks: Vec<Option<Tracee>> = Vec::with_capacity(imgs.len());
-    let mut cur_userns: Vec<u32> = vec![1; imgs.len()];
-    let mut made_time = std::collections::HashSet::new();
-    let mut helpers = pstree::LeaderHelpers::default();
-    let mut sharing = Sharing::new(imgs, dir);
-    let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
-    let root_owner = pidns_owner(&imgs[0], pidns);
-    let root = if root_new_pidns && root_owner != 1 {
+    let imgs = &ti.imgs;
+    let mut f = Forking {
+        ti,
+        userns,
+        others_h,
+        entries: imgs.iter().map(|i| &i.entry).collect(),
+        tasks: Vec::with_capacity(imgs.len()),
+        actual: Vec::with_capacity(imgs.len()),
+        cur_userns: vec![1; imgs.len()],
+        made_time: std::collections::HashSet::new(),
+        helpers: pstree::LeaderHelpers::default(),
+        sharing: Sharing::new(imgs, dir),
+    };
+    let root = f.root(sibling, ext_pidns)?;
+    ns::cgroup::place(root.pid(), cgroups)?;
+    f.sharing.held.push(Vec::new());
+    f.actual.push(root.pid());
+    f.tasks.push(Some(root));
+    for k in 1..imgs.len() {
+        let p = parent_index(imgs, k)?;
+        f.enter_time_owner(k, p)?;
+        f.cur_userns[k] = f.cur_userns[p];
+        make_time_for_children(&imgs[p], &ti.others, f.tasks[p].as_mut(), &mut f.made_time)?;
+        let fresh = new_pidns(imgs, &ti.pidns, k, Some(p))?;
+        let owner = pidns_owner(&imgs[k], &ti.pidns);
+        let child = if fresh && owner != f.cur_userns[p] {
+            // A pid namespace owned by another user namespace than the
+            // parent is in: made by a helper inside the owner.
+            let child = f.init_in_owner(k, p, owner)?;
+            // (forked by a helper: it has none of its parent's memory)
+            f.sharing.held.push(Vec::new());
+            child
+        } else {
+            f.fork_child(k, p, fresh, writers)?
+        };
+        f.actual.push(child.pid());
+        f.tasks.push(Some(child));
+    }
+    f.finish(writers)
+}
+
+/// The tree while it is forked, in image order.
+struct Forking<'a> {
+    ti: &'a TreeImages,
+    userns: &'a ns::user::UsernsHelpers,
+    others_h: &'a ns::other::NsHelpers,
+    entries: Vec<&'a PstreeEntry>,
+    tasks: Vec<Option<Tracee>>,
+    actual: Vec<i32>,
+    cur_userns: Vec<u32>,
+    made_time: std::collections::HashSet<u32>,
+    helpers: pstree::LeaderHelpers,
+    sharing: Sharing<'a>,
+}
+
+impl Forking<'_> {
+    /// The root, from crest (or from a helper inside the nested user
+    /// namespace owning its fresh pid namespace).
+    fn root(
+        &mut self,
+        sibling: bool,
+        ext_pidns: Option<&std::os::fd::OwnedFd>,
+    ) -> Result<Tracee, RestoreError> {
+        let (imgs, pidns) = (&self.ti.imgs, &self.ti.pidns);
+        let root_new_pidns = new_pidns(imgs, pidns, 0, None)?;
+        let root_owner = pidns_owner(&imgs[0], pidns);
+        if !root_new_pidns || root_owner == 1 {
+            return spawn_root(&imgs[0], root_new_pidns, sibling, ext_pidns);
+        }
         // a fresh pid namespace owned by a nested user namespace: made
         // from inside it
-        let holder = userns.pid_of(root_owner).ok_or_else(|| {
+        let holder = self.userns.pid_of(root_owner).ok_or_else(|| {
             imgs[0].bad("the init of a pid namespace owned by a user namespace crest did not make")
         })?;
         let set_tid = imgs[0].set_tid(0);
+        let joins = self.others_h.early_joins(&self.ti.others, imgs[0].pid());
         let t = crate::ns::pidinit::fork_init_in_userns(
             None,
             &imgs[0].entry,
             &set_tid,
             false,
-            (holder, &others_h.early_joins(others, imgs[0].pid())),
+            (holder, &joins),
             sibling,
         )?;
-        cur_userns[0] = root_owner;
-        t
-    } else {
-        spawn_root(&imgs[0], root_new_pidns, sibling, ext_pidns)?
-    };
-    ns::cgroup::place(root.pid(), cgroups)?;
-    sharing.held.push(Vec::new());
-    let mut actual = vec![root.pid()];
-    tasks.push(Some(root));
-    for k in 1..imgs.len() {
-        let p = parent_index(imgs, k)?;
-        let share = (
-            imgs[k].ids.files_id == imgs[p].ids.files_id,
-            imgs[k].ids.fs_id == imgs[p].ids.fs_id,
-        );
+        self.cur_userns[0] = root_owner;
+        Ok(t)
+    }
+
+    /// Parent `p` of task `k` moves into the user namespace owning the
+    /// time namespace it made for its children, if it has not yet: its
+    /// unshare then makes the namespace owned by it.
+    fn enter_time_owner(&mut self, k: usize, p: usize) -> Result<(), RestoreError> {
+        let (imgs, users) = (&self.ti.imgs, &self.ti.users);
+        let Some(owner) = time_owner(&imgs[p], &self.ti.others, &self.made_time) else {
+            return Ok(());
+        };
+        if owner == self.cur_userns[p] {
+            return Ok(());
+        }
+        let u = imgs[p].ids.user_ns_id.unwrap_or(1);
+        if !users.is_within(owner, self.cur_userns[p]) || !users.is_within(u, owner) {
+            return Err(imgs[p].bad(
+                "a time namespace for its children owned by a user namespace it is not on its way to",
+            ));
+        }
+        let holder = self.userns.pid_of(owner).ok_or_else(|| {
+            imgs[p].bad("a time namespace owned by a user namespace crest did not make")
+        })?;
+        let t = self.tasks[p]
+            .as_mut()
+            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+        ns::user::enter(t, holder)?;
+        self.cur_userns[p] = owner;
+        Ok(())
+    }
+
+    /// Task `k`, the init of a fresh pid namespace owned by user namespace
+    /// `owner` (not the one its parent `p` is in), forked by a helper
+    /// inside the owner.
+    fn init_in_owner(&mut self, k: usize, p: usize, owner: u32) -> Result<Tracee, RestoreError> {
+        let imgs = &self.ti.imgs;
+        let holder = self.userns.pid_of(owner).ok_or_else(|| {
+            imgs[k].bad("the init of a pid namespace owned by a user namespace crest did not make")
+        })?;
+        let joins = self.others_h.early_joins(&self.ti.others, imgs[k].pid());
+        let parent = self.tasks[p]
+            .as_mut()
+            .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
+        let child = crate::ns::pidinit::fork_init_in_userns(
+            Some(parent),
+            &imgs[k].entry,
+            &imgs[k].set_tid(0),
+            self.ti.cut == 0,
+            (holder, &joins),
+            false,
+        )?;
+        self.cur_userns[k] = owner;
+        Ok(child)
+    }
+
+    /// Task `k` forked by its parent `p` (or by a session or group helper)
+    /// with its ids, `fresh` if it is the init of a new pid namespace.
+    fn fork_child(
+        &mut self,
+        k: usize,
+        p: usize,
+        fresh: bool,
+        writers: &mut ns::pid::Writers,
+    ) -> Result<Tracee, RestoreError> {
+        let imgs = &self.ti.imgs;
         // (orphans go to a child subreaper, or to the init of the pid
         // namespace)
         let subreaper = imgs[p].cores[0]
@@ -106,59 +217,9 @@ pub(super) fn fork_tree(
             .and_then(|tc| tc.child_subreaper)
             .unwrap_or(false)
             || imgs[p].set_tid(0).first() == Some(&1);
-        let fresh = new_pidns(imgs, pidns, k, Some(p))?;
         let set_tid = imgs[k].set_tid(0);
         let sid_ids = imgs[k].sid_ids();
-        if let Some(owner) = time_owner(&imgs[p], others, &made_time) {
-            // The time namespace it made for its children is owned by a
-            // user namespace it has still to enter: it moves there now, so
-            // that its unshare makes the namespace owned by it.
-            if owner != cur_userns[p] {
-                let u = imgs[p].ids.user_ns_id.unwrap_or(1);
-                if !users.is_within(owner, cur_userns[p]) || !users.is_within(u, owner) {
-                    return Err(imgs[p].bad(
-                        "a time namespace for its children owned by a user namespace it is not on its way to",
-                    ));
-                }
-                let holder = userns.pid_of(owner).ok_or_else(|| {
-                    imgs[p].bad("a time namespace owned by a user namespace crest did not make")
-                })?;
-                let t = tasks[p]
-                    .as_mut()
-                    .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-                ns::user::enter(t, holder)?;
-                cur_userns[p] = owner;
-            }
-        }
-        cur_userns[k] = cur_userns[p];
-        make_time_for_children(&imgs[p], others, tasks[p].as_mut(), &mut made_time)?;
-        let owner = pidns_owner(&imgs[k], pidns);
-        if fresh && owner != cur_userns[p] {
-            // A pid namespace owned by another user namespace than the
-            // parent is in: made by a helper inside the owner.
-            let holder = userns.pid_of(owner).ok_or_else(|| {
-                imgs[k]
-                    .bad("the init of a pid namespace owned by a user namespace crest did not make")
-            })?;
-            let parent = tasks[p]
-                .as_mut()
-                .ok_or_else(|| imgs[k].bad("parent is a zombie"))?;
-            let child = crate::ns::pidinit::fork_init_in_userns(
-                Some(parent),
-                &imgs[k].entry,
-                &set_tid,
-                ti.cut == 0,
-                (holder, &others_h.early_joins(others, imgs[k].pid())),
-                false,
-            )?;
-            cur_userns[k] = owner;
-            actual.push(child.pid());
-            tasks.push(Some(child));
-            // (forked by a helper: it has none of its parent's memory)
-            sharing.held.push(Vec::new());
-            continue;
-        }
-        let levels = levels_of(ti, &actual, k, cur_userns[p])?;
+        let levels = levels_of(self.ti, &self.actual, k, self.cur_userns[p])?;
         let how = pstree::ForkHow {
             ids: crate::clone::Ids {
                 want: &set_tid,
@@ -166,8 +227,8 @@ pub(super) fn fork_tree(
                 crest_last: levels.crest_last,
             },
             sid_ids: &sid_ids,
-            share_files: share.0,
-            share_fs: share.1,
+            share_files: imgs[k].ids.files_id == imgs[p].ids.files_id,
+            share_fs: imgs[k].ids.fs_id == imgs[p].ids.fs_id,
             new_pidns: fresh,
             parent_is_subreaper: subreaper,
         };
@@ -177,40 +238,52 @@ pub(super) fn fork_tree(
             }
             Ok(())
         };
-        let direct = pstree::forks_directly(&entries, k, p);
+        let direct = pstree::forks_directly(&self.entries, k, p);
         if direct {
-            sharing.prepare(&mut tasks, p)?;
+            self.sharing.prepare(&mut self.tasks, p)?;
         }
-        let child =
-            pstree::fork_in_session(&mut tasks, &mut helpers, &entries, k, p, &how, &mut before)?;
-        actual.push(child.pid());
-        tasks.push(Some(child));
-        sharing.forked(p, direct);
+        let child = pstree::fork_in_session(
+            &mut self.tasks,
+            &mut self.helpers,
+            &self.entries,
+            k,
+            p,
+            &how,
+            &mut before,
+        )?;
+        self.sharing.forked(p, direct);
+        Ok(child)
     }
-    let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
-    // a group helper is forked by a member, in the member's user namespace
-    let group_levels = (0..imgs.len())
-        .map(|k| levels_of(ti, &actual, k, cur_userns[k]))
-        .collect::<Result<Vec<_>, _>>()?;
-    pstree::set_groups(
-        &mut tasks,
-        &mut helpers,
-        &entries,
-        &pgid_ids,
-        ti.cut > 0,
-        (&group_levels, writers),
-    )?;
-    let later_pid_for_children = set_pid_for_children(imgs, &actual, &mut tasks)?;
-    helpers.finish(&mut tasks)?;
-    end_zombies(imgs, &mut tasks, userns, &cur_userns)?;
-    Ok(Forked {
-        tasks,
-        actual,
-        cur_userns,
-        made_time,
-        held: sharing.held,
-        later_pid_for_children,
-    })
+
+    /// Every task forked: the process groups set (a group helper is forked
+    /// by a member, in the member's user namespace), `pid_for_children`
+    /// pointed, the helpers gone, the zombies ended.
+    fn finish(mut self, writers: &mut ns::pid::Writers) -> Result<Forked, RestoreError> {
+        let (ti, imgs) = (self.ti, &self.ti.imgs);
+        let pgid_ids: Vec<Vec<i32>> = imgs.iter().map(TaskImage::pgid_ids).collect();
+        let group_levels = (0..imgs.len())
+            .map(|k| levels_of(ti, &self.actual, k, self.cur_userns[k]))
+            .collect::<Result<Vec<_>, _>>()?;
+        pstree::set_groups(
+            &mut self.tasks,
+            &mut self.helpers,
+            &self.entries,
+            &pgid_ids,
+            ti.cut > 0,
+            (&group_levels, writers),
+        )?;
+        let later_pid_for_children = set_pid_for_children(imgs, &self.actual, &mut self.tasks)?;
+        self.helpers.finish(&mut self.tasks)?;
+        end_zombies(imgs, &mut self.tasks, self.userns, &self.cur_userns)?;
+        Ok(Forked {
+            tasks: self.tasks,
+            actual: self.actual,
+            cur_userns: self.cur_userns,
+            made_time: self.made_time,
+            held: self.sharing.held,
+            later_pid_for_children,
+        })
+    }
 }
 
 /// What the rest of the restore learns once the tree is forked: the pid
@@ -220,7 +293,7 @@ pub(super) fn fork_tree(
 pub(super) fn note_forked(
     ti: &TreeImages,
     actual: &[i32],
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut crate::files::context::RestoreFiles,
 ) -> Result<Vec<ns::pid::Levels>, RestoreError> {
     let imgs = &ti.imgs;
     for n in &ti.pidns.list {
@@ -380,8 +453,8 @@ fn zombie_creds(
             let groups = inside(&gmap, &extra.outer_groups).unwrap_or_default();
             let allow = map("setgroups").is_ok_and(|s| s.trim() == "allow");
             let ids = crate::creds::Ids {
-                uids: super::task::to_array(uids),
-                gids: super::task::to_array(gids),
+                uids: super::images::to_array(uids),
+                gids: super::images::to_array(gids),
                 groups,
             };
             crate::creds::set_ids(t, &ids, allow)?;
@@ -537,6 +610,11 @@ pub(super) fn spawn_root(
 ) -> Result<Tracee, RestoreError> {
     let pid = img.pid();
     let set_tid = img.set_tid(0);
+    if let (false, None, Some(&mine)) = (new_pidns, join, set_tid.last()) {
+        // (the dumped root, killed since, may still hold its pid: a zombie
+        // pid 1 reaps late)
+        crate::clone::wait_for_leaving(&[mine], std::time::Duration::from_secs(10));
+    }
     let flags = if new_pidns {
         libc::CLONE_NEWPID as u64
     } else {
@@ -567,7 +645,7 @@ pub(super) fn spawn_root(
         }
     }
     let child = spawned.map_err(|e| match e.raw_os_error() {
-        Some(libc::EEXIST) => RestoreError::PidTaken { pid },
+        Some(libc::EEXIST) => crate::clone::pid_taken(pid, &set_tid),
         _ => RestoreError::Io {
             pid,
             step: format!("clone3 with set_tid {set_tid:?}"),

@@ -394,3 +394,13 @@ pub(super) fn check_privilege(
     }
     Ok(())
 }
+
+/// The first four ids of `v` (real, effective, saved, fs), zeros for
+/// those it lacks.
+pub(super) fn to_array(v: Vec<u32>) -> [u32; 4] {
+    let mut a = [0u32; 4];
+    for (i, x) in v.into_iter().take(4).enumerate() {
+        a[i] = x;
+    }
+    a
+}

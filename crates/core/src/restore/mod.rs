@@ -10,6 +10,7 @@ mod fork;
 mod images;
 mod namespaces;
 mod places;
+mod plan;
 mod prepare;
 mod resume;
 mod task;
@@ -20,9 +21,8 @@ use crate::opts::{Action, Options};
 use crate::{mm, ns};
 use crest_sys::fault;
 use crest_sys::ptrace::{self, WaitStatus};
-use fork::{fork_tree, Forked};
+use fork::fork_tree;
 pub use images::check_inventory;
-use images::parent_index;
 use prepare::Prepared;
 use task::{transform, TreeCtx};
 
@@ -96,6 +96,9 @@ fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreErro
     })
 }
 
+/// The restore, step by step: images, namespaces, the fork, places, the
+/// transforms, the release. Long because it is the order itself, each
+/// step one call into its room.
 fn restore_tree(
     opts: &Options,
     caller: &crate::privilege::Caller,
@@ -122,14 +125,7 @@ fn restore_tree(
     let mut writers = ns::pid::Writers::new(spare);
     let cg_dirs = places::cgroup_dirs(opts)?;
     let forking = std::time::Instant::now();
-    let Forked {
-        mut tasks,
-        actual,
-        cur_userns,
-        made_time,
-        held,
-        later_pid_for_children,
-    } = fork_tree(
+    let mut forked = fork_tree(
         &ti,
         dir,
         (&userns, &others_h),
@@ -138,11 +134,13 @@ fn restore_tree(
         &cg_dirs,
     )?;
     let forking = forking.elapsed();
-    let thread_levels = fork::note_forked(&ti, &actual, &mut files)?;
+    let thread_levels = fork::note_forked(&ti, &forked.actual, &mut files)?;
+    let made_time = std::mem::take(&mut forked.made_time);
+    let mut tree = plan::tasks(&ti, forked, thread_levels)?;
     fault::point("restore: tree forked")?;
 
     // Cgroups, crest's files within reach, the mounts of mount namespaces.
-    places::before_transform(opts, &ti, &actual, &mut tasks, &userns, &mut others_h)?;
+    places::before_transform(opts, &ti, &mut tree, &userns, &mut others_h)?;
     fault::point("restore: mounts replayed")?;
 
     // Transform every live task, make its threads, set its threads' state.
@@ -160,27 +158,15 @@ fn restore_tree(
         userns_first: caller.enters_userns_first(),
         seccomp: filters,
     };
-    for k in 0..imgs.len() {
-        let Some(t) = tasks[k].as_mut() else { continue };
-        let shares_files =
-            k > 0 && imgs[k].ids.files_id == imgs[parent_index(imgs, k)?].ids.files_id;
-        let shares_fs = k > 0 && imgs[k].ids.fs_id == imgs[parent_index(imgs, k)?].ids.fs_id;
-        transform(
-            t,
-            &imgs[k],
-            &mut ctx,
-            (shares_files, shares_fs),
-            cur_userns[k],
-            thread_levels[k],
-            (&held[k], later_pid_for_children[k]),
-        )?;
+    for task in tree.iter_mut().filter(|t| t.tracee.is_some()) {
+        transform(task, &mut ctx)?;
         fault::point("restore: task transformed")?;
     }
 
-    let root_pid = actual[0];
+    let root_pid = tree[0].pid_now;
     let has_netns = ti.others.has_kind(libc::CLONE_NEWNET as u32);
     resume::hand_over(n, ctx.files, has_netns, root_pid)?;
-    resume::let_go(opts, imgs, ctx.threads, tasks)?;
+    resume::let_go(opts, ctx.threads, tree)?;
     if root_pid != imgs[0].pid() {
         crate::info!(
             "the root (pid {} in the images) is pid {root_pid} now",

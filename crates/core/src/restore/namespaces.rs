@@ -4,7 +4,7 @@
 
 use super::images::TreeImages;
 use crate::error::RestoreError;
-use crate::files::restore::RestoreFiles;
+use crate::files::context::RestoreFiles;
 use crate::ns;
 use crate::opts::Options;
 use crest_sys::fault;

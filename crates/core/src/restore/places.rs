@@ -3,11 +3,11 @@
 //! their mount namespaces, replayed before any task reopens a file.
 
 use super::images::{init_of, TaskImage, TreeImages};
+use super::plan::RestoreTask;
 use crate::error::RestoreError;
 use crate::ns;
 use crate::opts::Options;
 use crate::remote::Remote;
-use crest_inject::Tracee;
 
 /// The cgroups the root is forked into (its children follow): its own,
 /// or `--cgroup-root`'s; made, with their settings, before it moves in.
@@ -92,12 +92,12 @@ fn place_tasks(
 pub(super) fn before_transform(
     opts: &Options,
     ti: &TreeImages,
-    actual: &[i32],
-    tasks: &mut [Option<Tracee>],
+    tree: &mut [RestoreTask<'_>],
     userns: &ns::user::UsernsHelpers,
     others_h: &mut ns::other::NsHelpers,
 ) -> Result<(), RestoreError> {
     let imgs = &ti.imgs;
+    let actual = &super::plan::pids_now(tree);
     // (threads made later follow their leader)
     let cg = ns::cgroup::read_members(&opts.dir)?;
     if opts.manage_cgroups != crate::opts::CgMode::Ignore && !cg.placed.is_empty() {
@@ -110,8 +110,8 @@ pub(super) fn before_transform(
     }
     // crest's /proc and the images stay within reach while a task is in
     // other mount namespaces: an fd numbered above its future fds
-    for (k, t) in tasks.iter_mut().enumerate() {
-        let (Some(t), Some(live)) = (t.as_mut(), imgs[k].live.as_ref()) else {
+    for task in tree.iter_mut() {
+        let (Some(t), Some(live)) = (task.tracee.as_mut(), task.img.live.as_ref()) else {
             continue;
         };
         t.open_crest_root(live.crest_root_fd())?;

@@ -5,7 +5,7 @@
 
 use super::images::{check_inventory, check_privilege, read_tree_images, TreeImages};
 use crate::error::{RestoreCtx, RestoreError};
-use crate::files::restore::RestoreFiles;
+use crate::files::context::RestoreFiles;
 use crate::opts::Options;
 use crest_images::pb::SeccompFilter;
 use std::os::fd::OwnedFd;

@@ -1,10 +1,10 @@
 //! The end of a restore: SIGIO owners set once every task exists, the
 //! caller's notifications, and every thread let go at once.
 
-use super::images::TaskImage;
+use super::plan::RestoreTask;
 use super::tell;
 use crate::error::{RestoreCtx, RestoreError};
-use crate::files::restore::RestoreFiles;
+use crate::files::context::RestoreFiles;
 use crate::notify::{hook, Notify};
 use crate::opts::Options;
 use crest_inject::Tracee;
@@ -53,9 +53,8 @@ pub(super) fn hand_over(
 /// Lets every task and thread go.
 pub(super) fn let_go(
     opts: &Options,
-    imgs: &[TaskImage],
     threads: Vec<Tracee>,
-    tasks: Vec<Option<Tracee>>,
+    tree: Vec<RestoreTask<'_>>,
 ) -> Result<(), RestoreError> {
     // Let everyone go, threads before their leaders (the leader's release
     // unmaps the work area they were injected through).
@@ -68,17 +67,15 @@ pub(super) fn let_go(
     // (a task stopped by job control at dump goes with its stop signal:
     // its whole group stops)
     let mut stops = std::collections::HashMap::new();
-    for img in imgs.iter() {
+    for img in tree.iter().map(|t| t.img) {
         if let Some(s) = img.stop_signal()? {
             stops.insert(img.pid(), s);
         }
     }
     let mut all: Vec<(i32, crest_inject::Tracee)> = threads.into_iter().map(|t| (0, t)).collect();
     all.extend(
-        tasks
-            .into_iter()
-            .enumerate()
-            .filter_map(|(k, t)| t.map(|t| (imgs[k].pid(), t))),
+        tree.into_iter()
+            .filter_map(|task| task.tracee.map(|t| (task.img.pid(), t))),
     );
     for (pid, t) in all.iter_mut() {
         t.put_back().rat(*pid, "put the task back")?;

@@ -1,9 +1,11 @@
 //! Turning a stopped fork of crest into the dumped task: its namespaces,
 //! memory, files, task-wide state, threads and credentials.
 
-use super::images::TaskImage;
+use super::images::{to_array, TaskImage};
+use super::plan::RestoreTask;
 use crate::error::{RestoreCtx, RestoreError};
-use crate::files::restore::{restore_fds, RestoreFiles};
+use crate::files::context::RestoreFiles;
+use crate::files::restore::restore_fds;
 use crate::ns::user::{to_outer_view, UsernsGraph};
 use crate::remote::Remote;
 use crate::{coreimg, creds, mm, ns, signals, task};
@@ -37,15 +39,18 @@ pub(super) struct TreeCtx<'a> {
 /// Turns a stopped fork of crest into the dumped task, and makes its
 /// threads (pushed to `ctx.threads`, ready to be let go).
 pub(super) fn transform(
-    t: &mut Tracee,
-    img: &TaskImage,
+    task: &mut RestoreTask<'_>,
     ctx: &mut TreeCtx<'_>,
-    (shares_files, shares_fs): (bool, bool),
-    cur_userns: u32,
-    tl: ns::pid::Levels,
-    (held, pid_for_children): (&[mm::cow::Held], Option<i32>),
 ) -> Result<(), RestoreError> {
+    let img = task.img;
     let pid = img.pid();
+    let (shares_files, shares_fs) = (task.shares_files, task.shares_fs);
+    let (cur_userns, tl) = (task.userns_now, task.thread_levels);
+    let (held, pid_for_children) = (&task.held[..], task.later_pid_for_children);
+    let t = task
+        .tracee
+        .as_mut()
+        .ok_or_else(|| img.bad("a zombie has nothing to transform"))?;
     let live = img.live_image()?;
     let core = &img.cores[0].1;
     let tc = img.task_core()?;
@@ -61,18 +66,7 @@ pub(super) fn transform(
     let work = restore_memory(t, img, ctx, shares_files, held)?;
     restore_task_wide(t, img, &mut *ctx.files, shares_fs)?;
 
-    // The vdso last among mappings: from here on injection goes through it
-    // and the work area can go when the leader is let go.
-    mm::restore::place_vdso(t, &live.mm)?;
-    // memory-deny-write-execute last among memory settings: it forbids
-    // what the restore did to the mappings
-    if let Some(flags) = live.mm.crest_mdwe {
-        t.prctl(
-            &[mm::PR_SET_MDWE, u64::from(flags), 0, 0, 0],
-            &format!("prctl(PR_SET_MDWE, {flags:#x})"),
-        )?;
-    }
-    t.adopt_scratch(work.addr, work.len as usize);
+    settle_memory(t, &live.mm, &work)?;
 
     // The leader's state, then its credentials around the move into its
     // user namespace (which needs a single thread), then the threads.
@@ -99,6 +93,46 @@ pub(super) fn transform(
     let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
     crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
     make_threads(t, img, ctx, (tl, &work), early, leader_ids.as_ref())?;
+    finish_task(t, img, ctx, pid_for_children)?;
+    t.close_crest_root()?;
+    Ok(())
+}
+
+/// The last steps on the task's memory: the vdso placed (from here on
+/// injection goes through it, and the work area can go when the leader
+/// is let go), memory-deny-write-execute set.
+fn settle_memory(
+    t: &mut Tracee,
+    mm: &crest_images::pb::MmEntry,
+    work: &mm::restore::WorkArea,
+) -> Result<(), RestoreError> {
+    // The vdso last among mappings: from here on injection goes through it
+    // and the work area can go when the leader is let go.
+    mm::restore::place_vdso(t, mm)?;
+    // memory-deny-write-execute last among memory settings: it forbids
+    // what the restore did to the mappings
+    if let Some(flags) = mm.crest_mdwe {
+        t.prctl(
+            &[mm::PR_SET_MDWE, u64::from(flags), 0, 0, 0],
+            &format!("prctl(PR_SET_MDWE, {flags:#x})"),
+        )?;
+    }
+    t.adopt_scratch(work.addr, work.len as usize);
+    Ok(())
+}
+
+/// What is set once every thread of the task exists: POSIX timers,
+/// `pid_for_children`, seccomp, capabilities, dumpable, pending signals.
+fn finish_task(
+    t: &mut Tracee,
+    img: &TaskImage,
+    ctx: &TreeCtx<'_>,
+    pid_for_children: Option<i32>,
+) -> Result<(), RestoreError> {
+    let pid = img.pid();
+    let live = img.live_image()?;
+    let core = &img.cores[0].1;
+    let tc = img.task_core()?;
     // POSIX timers once every thread they may signal exists.
     if let Some(tm) = tc.timers.as_ref() {
         crate::timers::restore(t, &tm.posix)?;
@@ -128,7 +162,6 @@ pub(super) fn transform(
     }
     let inner_pid = img.inner_tid(0).unwrap_or(pid);
     signals::restore_pending(t, (inner_pid, inner_pid), tc.signals_s.as_ref(), true)?;
-    t.close_crest_root()?;
     Ok(())
 }
 
@@ -405,14 +438,6 @@ pub(super) struct UserStep<'a> {
     pub(super) helper: Option<i32>,
     /// It is in its user namespace already.
     pub(super) early: bool,
-}
-
-pub(super) fn to_array(v: Vec<u32>) -> [u32; 4] {
-    let mut a = [0u32; 4];
-    for (i, x) in v.into_iter().take(4).enumerate() {
-        a[i] = x;
-    }
-    a
 }
 
 /// Thread `i`'s own state (see [`coreimg::restore_thread`]).

@@ -123,48 +123,15 @@ impl FileTable {
         let (mpid, mfd) = seen.master.expect("a pair with a master");
         let slave_held = seen.slave_held;
         let index = key.1;
-        let pidfd = crest_sys::misc::pidfd_open(mpid).at(mpid, "pidfd_open")?;
-        let master =
-            crest_sys::misc::pidfd_getfd(&pidfd, mfd).at(mpid, "pidfd_getfd of a pty master")?;
-        let link = crate::procfs::read_link(&format!("/proc/{mpid}/fd/{mfd}"))
-            .at(mpid, "read an fd link")?;
-        let mrdev = std::fs::metadata(format!("/proc/{mpid}/fd/{mfd}"))
-            .at(mpid, "stat a pty master")?
-            .rdev();
+        let (master, link, mrdev) = master_of_task(mpid, mfd)?;
         let get = |req| crest_sys::misc::ioctl_get_int(&master, req);
         let locked = get(libc::TIOCGPTLCK).at(mpid, "TIOCGPTLCK of a pty pair")? != 0;
         let packet = get(libc::TIOCGPKT).at(mpid, "TIOCGPKT of a pty pair")? != 0;
         let excl = get(libc::TIOCGEXCL).at(mpid, "TIOCGEXCL of a pty pair")? != 0;
-        let t = crest_sys::misc::tcgets(&master).at(mpid, "TCGETS of a pty pair")?;
-        let tl =
-            crest_sys::misc::tcgets_locked(&master).at(mpid, "TIOCGLCKTRMIOS of a pty pair")?;
-        let w = crest_sys::misc::get_winsize(&master).at(mpid, "TIOCGWINSZ of a pty pair")?;
+        let (base, t) = self.pair_settings(&master, mpid, key)?;
         let ev =
             crest_sys::misc::poll_one(&master, libc::POLLIN, 0).at(mpid, "poll of a pty pair")?;
         let hup = ev & libc::POLLHUP != 0 && !slave_held;
-        let (sid, pgrp) = crate::files::tty::controlled(&self.tree, slave_rdev(index));
-        let winsize = crest_images::pb::WinsizeEntry {
-            ws_row: u32::from(w.ws_row),
-            ws_col: u32::from(w.ws_col),
-            ws_xpixel: u32::from(w.ws_xpixel),
-            ws_ypixel: u32::from(w.ws_ypixel),
-        };
-        let base = TtyInfoEntry {
-            id: 0,
-            r#type: TtyType::Pty as i32,
-            locked: false,
-            exclusive: false,
-            packet_mode: false,
-            sid,
-            pgrp,
-            rdev: 0,
-            termios: Some(termios_entry(&t)),
-            termios_locked: Some(termios_entry(&tl)),
-            winsize: Some(winsize),
-            pty: Some(TtyPtyEntry { index }),
-            dev: Some(key.0 as u32),
-            ..TtyInfoEntry::default()
-        };
         // the queued bytes, read out and put back at once; the input only
         // goes back with TIOCSTI, so a crest that cannot use it leaves
         // the pair alone
@@ -182,22 +149,12 @@ impl FileTable {
         } else {
             None
         };
-        let (output, status) =
-            read_output(&master, packet, index).at(mpid, "read the output of a pty pair")?;
-        let input = match &peer {
-            Some(p) if slave_held => read_input(p, &t).at(mpid, "read the input of a pty pair")?,
-            _ => Vec::new(),
-        };
-        put_status(&master, status).at(mpid, "put a pty pair's packet status back")?;
-        if let Some(p) = &peer {
-            put_output(p, &output).at(mpid, "put the output back of a pty pair")?;
-            put_input(p, &input).at(mpid, "put the input back (TIOCSTI) of a pty pair")?;
-        } else if !output.is_empty() {
-            return Err(DumpError::Unsupported {
-                pid: mpid,
-                what: format!("output queued in pty {index}, whose slave was never opened"),
-            });
-        }
+        let (output, input, status) = take_queues(
+            &master,
+            peer.as_ref(),
+            (packet, slave_held, &t),
+            (mpid, index),
+        )?;
         let mid = self.tty.next_info_id();
         self.tty.infos.push(TtyInfoEntry {
             id: mid,
@@ -211,25 +168,7 @@ impl FileTable {
             ..base.clone()
         });
         let sid_info = match &peer {
-            Some(p) if slave_held => {
-                let m = std::fs::File::from(p.try_clone().at(mpid, "dup")?)
-                    .metadata()
-                    .at(mpid, "stat the slave of a pty pair")?;
-                let sexcl = crest_sys::misc::ioctl_get_int(p, libc::TIOCGEXCL)
-                    .at(mpid, "TIOCGEXCL of the slave of a pty pair")?
-                    != 0;
-                let id = self.tty.next_info_id();
-                self.tty.infos.push(TtyInfoEntry {
-                    id,
-                    exclusive: sexcl,
-                    rdev: m.rdev() as u32,
-                    crest_uid: Some(m.uid()),
-                    crest_gid: Some(m.gid()),
-                    crest_mode: Some(m.mode() & 0o777),
-                    ..base
-                });
-                Some(id)
-            }
+            Some(p) if slave_held => Some(self.slave_info(p, mpid, base)?),
             _ => None,
         };
         if !output.is_empty() {
@@ -250,4 +189,107 @@ impl FileTable {
         }
         Ok(ids)
     }
+
+    /// What the infos of both ends of pair `key` share: its settings
+    /// (termios, locked termios, window size) and the session and group
+    /// it controls; and its termios.
+    fn pair_settings(
+        &self,
+        master: &OwnedFd,
+        mpid: i32,
+        key: PairKey,
+    ) -> Result<(TtyInfoEntry, libc::termios), DumpError> {
+        let t = crest_sys::misc::tcgets(master).at(mpid, "TCGETS of a pty pair")?;
+        let tl = crest_sys::misc::tcgets_locked(master).at(mpid, "TIOCGLCKTRMIOS of a pty pair")?;
+        let w = crest_sys::misc::get_winsize(master).at(mpid, "TIOCGWINSZ of a pty pair")?;
+        let (sid, pgrp) = crate::files::tty::controlled(&self.tree, slave_rdev(key.1));
+        let winsize = crest_images::pb::WinsizeEntry {
+            ws_row: u32::from(w.ws_row),
+            ws_col: u32::from(w.ws_col),
+            ws_xpixel: u32::from(w.ws_xpixel),
+            ws_ypixel: u32::from(w.ws_ypixel),
+        };
+        let base = TtyInfoEntry {
+            id: 0,
+            r#type: TtyType::Pty as i32,
+            locked: false,
+            exclusive: false,
+            packet_mode: false,
+            sid,
+            pgrp,
+            rdev: 0,
+            termios: Some(termios_entry(&t)),
+            termios_locked: Some(termios_entry(&tl)),
+            winsize: Some(winsize),
+            pty: Some(TtyPtyEntry { index: key.1 }),
+            dev: Some(key.0 as u32),
+            ..TtyInfoEntry::default()
+        };
+        Ok((base, t))
+    }
+
+    /// The info of the open slave `p` of a pair (its exclusive mode, its
+    /// device file's owner and mode), pushed; returns its id.
+    fn slave_info(&mut self, p: &OwnedFd, mpid: i32, base: TtyInfoEntry) -> Result<u32, DumpError> {
+        let m = std::fs::File::from(p.try_clone().at(mpid, "dup")?)
+            .metadata()
+            .at(mpid, "stat the slave of a pty pair")?;
+        let sexcl = crest_sys::misc::ioctl_get_int(p, libc::TIOCGEXCL)
+            .at(mpid, "TIOCGEXCL of the slave of a pty pair")?
+            != 0;
+        let id = self.tty.next_info_id();
+        self.tty.infos.push(TtyInfoEntry {
+            id,
+            exclusive: sexcl,
+            rdev: m.rdev() as u32,
+            crest_uid: Some(m.uid()),
+            crest_gid: Some(m.gid()),
+            crest_mode: Some(m.mode() & 0o777),
+            ..base
+        });
+        Ok(id)
+    }
+}
+
+/// The bytes queued in a pty pair, read out and put back at once: its
+/// output (and packet status) through the `master`, its input through the
+/// slave `peer` where it is held (`slave_held`; `t`: its termios).
+/// Output queued in a pair whose slave was never opened is refused.
+fn take_queues(
+    master: &OwnedFd,
+    peer: Option<&OwnedFd>,
+    (packet, slave_held, t): (bool, bool, &libc::termios),
+    (mpid, index): (i32, u32),
+) -> Result<(Vec<u8>, Vec<u8>, u8), DumpError> {
+    let (output, status) =
+        read_output(master, packet, index).at(mpid, "read the output of a pty pair")?;
+    let input = match peer {
+        Some(p) if slave_held => read_input(p, t).at(mpid, "read the input of a pty pair")?,
+        _ => Vec::new(),
+    };
+    put_status(master, status).at(mpid, "put a pty pair's packet status back")?;
+    if let Some(p) = peer {
+        put_output(p, &output).at(mpid, "put the output back of a pty pair")?;
+        put_input(p, &input).at(mpid, "put the input back (TIOCSTI) of a pty pair")?;
+    } else if !output.is_empty() {
+        return Err(DumpError::Unsupported {
+            pid: mpid,
+            what: format!("output queued in pty {index}, whose slave was never opened"),
+        });
+    }
+    Ok((output, input, status))
+}
+
+/// crest's copy of pty master `mfd` of `mpid`, the path it was opened by
+/// (the `ptmx` of its devpts) and its device number.
+fn master_of_task(mpid: i32, mfd: i32) -> Result<(OwnedFd, String, u64), DumpError> {
+    let pidfd = crest_sys::misc::pidfd_open(mpid).at(mpid, "pidfd_open")?;
+    let master =
+        crest_sys::misc::pidfd_getfd(&pidfd, mfd).at(mpid, "pidfd_getfd of a pty master")?;
+    let path = format!("/proc/{mpid}/fd/{mfd}");
+    let link = crate::procfs::read_link(&path).at(mpid, "read an fd link")?;
+    let rdev = std::fs::metadata(&path)
+        .at(mpid, "stat a pty master")?
+        .rdev();
+    Ok((master, link, rdev))
 }

@@ -47,8 +47,9 @@
 mod dump;
 mod restore;
 
-pub use restore::{master_of, open, take_ctty, MadePair, PtyRestore};
+pub use restore::{master_of, open, take_ctty};
 
+use super::context::terminals::MadePair;
 use super::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;

@@ -4,25 +4,6 @@
 
 use super::*;
 
-/// A pair made again, held by crest until the restore ends.
-pub struct MadePair {
-    pub master: OwnedFd,
-    /// crest's open file of the slave (kept so the slave does not close
-    /// before the tasks that hold it are restored).
-    pub peer: Option<OwnedFd>,
-}
-
-/// Pty pairs at restore.
-#[derive(Default)]
-pub struct PtyRestore {
-    /// By the master's info id.
-    pub made: HashMap<u32, MadePair>,
-    /// `tty-data.img`, by info id.
-    pub data: HashMap<u32, Vec<u8>>,
-    /// Tasks that took their controlling terminal back.
-    pub ctty_taken: std::collections::HashSet<i32>,
-}
-
 /// The master info of the in-tree pair `info` belongs to, if it does.
 pub fn master_of<'a>(
     infos: &'a HashMap<u32, TtyInfoEntry>,
@@ -54,12 +35,73 @@ pub(super) fn slave_of<'a>(
     })
 }
 
+/// Opens the master of pty `index` from `ptmx` (at `path`, as crest
+/// reaches it): the devpts gives the lowest free index, so masters are
+/// opened, and held, until one is of that index.
+fn open_at_index(
+    pid: i32,
+    path: &str,
+    (ptmx, index): (&str, u32),
+) -> Result<OwnedFd, RestoreError> {
+    // the devpts gives the lowest free index: open until it is ours
+    let mut spare = Vec::new();
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .rat(pid, format!("open {path}"))?;
+        let f = OwnedFd::from(f);
+        let got = crest_sys::misc::pty_index(&f)
+            .rat(pid, format!("TIOCGPTN of a pty opened at {path}"))?;
+        if got == index {
+            return Ok(f);
+        }
+        if got > index || spare.len() > 4096 {
+            return Err(RestoreError::Unsupported {
+                pid,
+                what: format!(
+                    "pty {index} of {ptmx}: that index is taken in its devpts (the next free \
+                     one is {got})"
+                ),
+            });
+        }
+        spare.push(f);
+    }
+}
+
+/// The slave end `p` of a pair made again: its device file's owner and
+/// mode and its exclusive mode as `slave` had them, the queued `output`
+/// and `input` put back.
+fn set_slave(
+    p: &OwnedFd,
+    slave: Option<&TtyInfoEntry>,
+    (output, input): (&[u8], &[u8]),
+) -> std::io::Result<()> {
+    if let Some(s) = slave {
+        if let (Some(uid), Some(gid)) = (s.crest_uid, s.crest_gid) {
+            std::os::unix::fs::fchown(p, Some(uid), Some(gid))?;
+        }
+        if let Some(mode) = s.crest_mode {
+            std::fs::File::from(p.try_clone()?)
+                .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+        }
+    }
+    put_output(p, output)?;
+    put_input(p, input)?;
+    if slave.is_some_and(|s| s.exclusive) {
+        crest_sys::misc::tty_set_excl(p, true)?;
+    }
+    Ok(())
+}
+
 /// Makes the pair of master info `m` in `t`'s mount namespace, unless it
 /// is made.
 pub(super) fn make_pair(
     t: &Tracee,
     m: &TtyInfoEntry,
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut crate::files::context::RestoreFiles,
 ) -> Result<(), RestoreError> {
     if files.ttys.pty.made.contains_key(&m.id) {
         return Ok(());
@@ -89,32 +131,7 @@ pub(super) fn make_pair(
             what: format!("pty index {index}"),
         });
     }
-    // the devpts gives the lowest free index: open until it is ours
-    let mut spare = Vec::new();
-    let master = loop {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-            .rat(pid, ctx("open"))?;
-        let f = OwnedFd::from(f);
-        let got = crest_sys::misc::pty_index(&f).rat(pid, ctx("TIOCGPTN"))?;
-        if got == index {
-            break f;
-        }
-        if got > index || spare.len() > 4096 {
-            return Err(RestoreError::Unsupported {
-                pid,
-                what: format!(
-                    "pty {index} of {ptmx}: that index is taken in its devpts (the next free \
-                     one is {got})"
-                ),
-            });
-        }
-        spare.push(f);
-    };
-    drop(spare);
+    let master = open_at_index(pid, &path, (ptmx, index))?;
     crest_sys::misc::pty_unlock(&master).rat(pid, ctx("unlock"))?;
     let slave = slave_of(&files.ttys.infos, m).cloned();
     let settings = slave.as_ref().unwrap_or(m);
@@ -139,22 +156,7 @@ pub(super) fn make_pair(
     let want_peer = slave.is_some() || m.crest_slave_closed == Some(true) || !output.is_empty();
     let peer = if want_peer {
         let p = peer(&master).rat(pid, ctx("TIOCGPTPEER"))?;
-        if let Some(s) = &slave {
-            if let (Some(uid), Some(gid)) = (s.crest_uid, s.crest_gid) {
-                std::os::unix::fs::fchown(&p, Some(uid), Some(gid))
-                    .rat(pid, ctx("chown the slave"))?;
-            }
-            if let Some(mode) = s.crest_mode {
-                std::fs::File::from(p.try_clone().rat(pid, "dup")?)
-                    .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
-                    .rat(pid, ctx("chmod the slave"))?;
-            }
-        }
-        put_output(&p, &output).rat(pid, ctx("put the queued output back"))?;
-        put_input(&p, &input).rat(pid, ctx("put the queued input back (TIOCSTI)"))?;
-        if slave.as_ref().is_some_and(|s| s.exclusive) {
-            crest_sys::misc::tty_set_excl(&p, true).rat(pid, ctx("TIOCEXCL of the slave"))?;
-        }
+        set_slave(&p, slave.as_ref(), (&output, &input)).rat(pid, ctx("set the slave"))?;
         Some(p)
     } else {
         None
@@ -177,7 +179,7 @@ pub fn open(
     e: &FileEntry,
     info: &TtyInfoEntry,
     m: &TtyInfoEntry,
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut crate::files::context::RestoreFiles,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     make_pair(t, m, files)?;
@@ -211,7 +213,7 @@ pub fn open(
 /// terminal was the slave of an in-tree pair, with the foreground group.
 pub fn take_ctty(
     t: &mut Tracee,
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut crate::files::context::RestoreFiles,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     let masters: Vec<TtyInfoEntry> = files

@@ -23,25 +23,17 @@ impl FileTable {
             v.insert(sockdiag::unix_sockets_of(ctx).at(pid, "sock_diag of unix sockets")?);
         }
         let diag = &self.unix.diags[&netns];
-        let d = diag
-            .get(&ino)
-            .ok_or_else(|| {
-                unsupported(format!(
-                    "a unix socket (inode {ino}) sock_diag does not list"
-                ))
-            })?
-            .clone();
+        let d = diag.get(&ino).cloned().ok_or_else(|| {
+            unsupported(format!(
+                "a unix socket (inode {ino}) sock_diag does not list"
+            ))
+        })?;
         let ty = i32::from(d.ty);
         if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&ty) {
             return Err(unsupported(format!("a unix socket of type {ty}")));
         }
         let name = d.name.clone().unwrap_or_default();
-        let Named {
-            perms,
-            deleted,
-            name_dir,
-            crest_root,
-        } = named(pid, ctx, &d, &name, &unsupported)?;
+        let named = named(pid, ctx, &d, &name, &unsupported)?;
         let (peer, pending) = peer_of(diag, &d, (ino, ty), &unsupported)?;
         let packets = if u32::from(d.state) == TCP_LISTEN {
             Vec::new()
@@ -51,71 +43,15 @@ impl FileTable {
                 .map_err(unsupported)?
         };
         let opts = skopts::dump(copy).at(pid, "read socket options")?;
-        // the receiver reads who sent each message (SO_PASSCRED): a sender
-        // of the tree is named again at restore; a message sent with no
-        // credentials (neither end had SO_PASSCRED then: it reads as pid 0
-        // and the overflow ids) is refilled so too
-        let none = (
-            crate::ns::user::overflow_uid(),
-            crate::ns::user::overflow_gid(),
-        );
-        for (_, _, c) in &packets {
-            match *c {
-                None => {}
-                Some((0, uid, gid)) if (uid, gid) == none => {}
-                Some((p, _, _)) if p != 0 && self.tree.contains(&p) => {}
-                Some((p, uid, gid)) => {
-                    return Err(unsupported(format!(
-                        "a unix socket with SO_PASSCRED holding a message from pid {p} (uid \
-                         {uid}, gid {gid}), which is not in the dumped tree"
-                    )))
-                }
-            }
-        }
-        let backlog = if u32::from(d.state) == TCP_LISTEN {
-            d.rqlen.1
-        } else {
-            0
-        };
-        let usk = UnixSkEntry {
-            id: 0,
-            ino,
-            r#type: ty as u32,
-            state: u32::from(d.state),
-            flags,
-            uflags: 0,
-            backlog,
-            peer,
-            fown: FownEntry::default(),
-            opts,
-            name,
-            shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
-            file_perms: perms,
-            name_dir,
-            crest_root,
-            deleted,
-        };
+        self.check_senders(&packets).map_err(unsupported)?;
+        let usk = entry_of(ino, &d, (flags, peer), opts, (name, named));
         let id = self.push(FileEntry {
             r#type: FdTypes::Unixsk as i32,
             id: 0,
-            usk: Some(UnixSkEntry { id: 0, ..usk }),
+            usk: Some(usk),
             ..FileEntry::default()
         });
-        if !packets.is_empty() {
-            let q = self.unix.queues.len();
-            let mut list = Vec::with_capacity(packets.len());
-            for (i, (data, fds, creds)) in packets.into_iter().enumerate() {
-                if !fds.is_empty() {
-                    self.unix.flight.push((q, i, fds, ctx));
-                }
-                list.push(Queued {
-                    data,
-                    rights: Vec::new(),
-                    creds: creds.filter(|c| c.0 != 0),
-                });
-            }
-            self.unix.queues.push((id, list));
-        }
+        self.keep_queue(id, packets, ctx);
         self.unix.socks.insert(
             ino,
             Held {
@@ -128,6 +64,54 @@ impl FileTable {
             },
         );
         Ok(id)
+    }
+
+    /// Refuses a queue holding a message whose sender (read by a receiver
+    /// with `SO_PASSCRED`) is not in the tree: a sender of the tree is
+    /// named again at restore; a message sent with no credentials (neither
+    /// end had `SO_PASSCRED` then: it reads as pid 0 and the overflow ids)
+    /// is refilled so too.
+    fn check_senders(&self, packets: &Peeked) -> Result<(), String> {
+        let none = (
+            crate::ns::user::overflow_uid(),
+            crate::ns::user::overflow_gid(),
+        );
+        for (_, _, c) in packets {
+            match *c {
+                None => {}
+                Some((0, uid, gid)) if (uid, gid) == none => {}
+                Some((p, _, _)) if p != 0 && self.tree.contains(&p) => {}
+                Some((p, uid, gid)) => {
+                    return Err(format!(
+                        "a unix socket with SO_PASSCRED holding a message from pid {p} (uid \
+                     {uid}, gid {gid}), which is not in the dumped tree"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the queue of socket file `id` (peeked through a task of
+    /// `ctx`'s) for `sk-queues.img`; the files its messages pass are
+    /// dumped later, from `ctx`.
+    fn keep_queue(&mut self, id: u32, packets: Peeked, ctx: i32) {
+        if packets.is_empty() {
+            return;
+        }
+        let q = self.unix.queues.len();
+        let mut list = Vec::with_capacity(packets.len());
+        for (i, (data, fds, creds)) in packets.into_iter().enumerate() {
+            if !fds.is_empty() {
+                self.unix.flight.push((q, i, fds, ctx));
+            }
+            list.push(Queued {
+                data,
+                rights: Vec::new(),
+                creds: creds.filter(|c| c.0 != 0),
+            });
+        }
+        self.unix.queues.push((id, list));
     }
 
     /// After every task: each connected unix socket's peer must be in the
@@ -143,64 +127,13 @@ impl FileTable {
             if h.peer == 0 {
                 continue;
             }
-            let err = |kind: String| DumpError::UnsupportedFd {
-                pid: h.pid,
-                fd: h.fd,
-                kind,
-            };
             let Some(p) = self.unix.socks.get(&h.peer) else {
-                let peer_name = self
-                    .unix
-                    .diags
-                    .get(&h.netns)
-                    .and_then(|d| d.get(&h.peer))
-                    .and_then(|p| p.name.clone());
-                let name = peer_name
-                    .as_deref()
-                    .map_or("an unnamed socket".to_string(), show_name);
-                // --ext-unix-sk=INO: the caller gives a socket to stand
-                // for this one at restore, whatever its type
-                if self.ext_unix_sk_ids.contains(&ino) {
-                    crate::info!(
-                        "fd {} of pid {}: unix socket {ino} is connected to {name} (inode {}) \
-                         outside the tree; restore it with --inherit-fd fd[N]:socket:[{ino}]",
-                        h.fd,
-                        h.pid,
-                        h.peer
-                    );
-                    if !outside.iter().any(|(i, _, _)| *i == h.peer) {
-                        outside.push((h.peer, peer_name.unwrap_or_default(), h.ty));
-                    }
-                    continue;
+                // (connected to a socket outside the tree)
+                let o = self.outside_peer(ino, h)?;
+                if !outside.iter().any(|(i, _, _)| *i == o.0) {
+                    outside.push(o);
                 }
-                // --ext-unix-sk: a datagram socket connected to a named
-                // socket outside (a host's /dev/log) connects to the name
-                // again at restore
-                if let Some(n) = peer_name.filter(|n| {
-                    self.ext_unix_sk
-                        && h.ty == libc::SOCK_DGRAM
-                        && n.first().is_some_and(|c| *c != 0)
-                }) {
-                    if !outside.iter().any(|(i, _, _)| *i == h.peer) {
-                        outside.push((h.peer, n, libc::SOCK_DGRAM));
-                    }
-                    continue;
-                }
-                let hint = if self.ext_unix_sk {
-                    format!(
-                        " (--ext-unix-sk carries datagram sockets connected to a path; \
-                         --ext-unix-sk={ino} lets the restore's caller give a socket for it)"
-                    )
-                } else {
-                    format!(
-                        "; dump with --ext-unix-sk to reconnect a datagram socket to its path, \
-                         or --ext-unix-sk={ino} to have the restore's caller give a socket for it"
-                    )
-                };
-                return Err(err(format!(
-                    "a unix socket connected to {name} (inode {}) outside the dumped tree{hint}",
-                    h.peer
-                )));
+                continue;
             };
             let holders = self.sock_holders.get(&ino);
             let peer_holders = self.sock_holders.get(&h.peer);
@@ -220,31 +153,125 @@ impl FileTable {
         // the outside peers, as CRIU writes them: entries no fd uses,
         // marked external
         for (ino, name, ty) in outside {
-            self.push(FileEntry {
-                r#type: FdTypes::Unixsk as i32,
-                id: 0,
-                usk: Some(UnixSkEntry {
-                    id: 0,
-                    ino,
-                    r#type: ty as u32,
-                    state: TCP_CLOSE,
-                    flags: 0,
-                    uflags: USK_EXTERN,
-                    backlog: 0,
-                    peer: 0,
-                    fown: FownEntry::default(),
-                    opts: crest_images::pb::SkOptsEntry::default(),
-                    name,
-                    shutdown: None,
-                    file_perms: None,
-                    name_dir: None,
-                    crest_root: None,
-                    deleted: None,
-                }),
-                ..FileEntry::default()
-            });
+            self.push_outside(ino, name, ty);
         }
         Ok(())
+    }
+
+    /// The socket outside the tree that socket `ino` (held as `h`) is
+    /// connected to, as (inode, name, type), where the dump may carry it:
+    /// `--ext-unix-sk=INO` (the restore's caller gives a socket for it), or
+    /// `--ext-unix-sk` for a datagram socket connected to a path (connected
+    /// to the name again at restore). Refused otherwise, naming it.
+    fn outside_peer(&self, ino: u32, h: &Held) -> Result<(u32, Vec<u8>, i32), DumpError> {
+        let err = |kind: String| DumpError::UnsupportedFd {
+            pid: h.pid,
+            fd: h.fd,
+            kind,
+        };
+        let peer_name = self
+            .unix
+            .diags
+            .get(&h.netns)
+            .and_then(|d| d.get(&h.peer))
+            .and_then(|p| p.name.clone());
+        let name = peer_name
+            .as_deref()
+            .map_or("an unnamed socket".to_string(), show_name);
+        // --ext-unix-sk=INO: the caller gives a socket to stand
+        // for this one at restore, whatever its type
+        if self.ext_unix_sk_ids.contains(&ino) {
+            crate::info!(
+                "fd {} of pid {}: unix socket {ino} is connected to {name} (inode {}) \
+                     outside the tree; restore it with --inherit-fd fd[N]:socket:[{ino}]",
+                h.fd,
+                h.pid,
+                h.peer
+            );
+            return Ok((h.peer, peer_name.unwrap_or_default(), h.ty));
+        }
+        // --ext-unix-sk: a datagram socket connected to a named
+        // socket outside (a host's /dev/log) connects to the name
+        // again at restore
+        if let Some(n) = peer_name.filter(|n| {
+            self.ext_unix_sk && h.ty == libc::SOCK_DGRAM && n.first().is_some_and(|c| *c != 0)
+        }) {
+            return Ok((h.peer, n, libc::SOCK_DGRAM));
+        }
+        let hint = if self.ext_unix_sk {
+            format!(
+                " (--ext-unix-sk carries datagram sockets connected to a path; \
+                     --ext-unix-sk={ino} lets the restore's caller give a socket for it)"
+            )
+        } else {
+            format!(
+                "; dump with --ext-unix-sk to reconnect a datagram socket to its path, \
+                     or --ext-unix-sk={ino} to have the restore's caller give a socket for it"
+            )
+        };
+        Err(err(format!(
+            "a unix socket connected to {name} (inode {}) outside the dumped tree{hint}",
+            h.peer
+        )))
+    }
+
+    /// The entry of socket `ino` outside the tree (named `name`, of type
+    /// `ty`), as CRIU writes it: used by no fd, marked external.
+    fn push_outside(&mut self, ino: u32, name: Vec<u8>, ty: i32) {
+        self.push(FileEntry {
+            r#type: FdTypes::Unixsk as i32,
+            id: 0,
+            usk: Some(UnixSkEntry {
+                id: 0,
+                ino,
+                r#type: ty as u32,
+                state: TCP_CLOSE,
+                flags: 0,
+                uflags: USK_EXTERN,
+                backlog: 0,
+                peer: 0,
+                fown: FownEntry::default(),
+                opts: crest_images::pb::SkOptsEntry::default(),
+                name,
+                shutdown: None,
+                file_perms: None,
+                name_dir: None,
+                crest_root: None,
+                deleted: None,
+            }),
+            ..FileEntry::default()
+        });
+    }
+}
+
+/// The image entry of unix socket `ino` (sock_diag's `d`), with its fd
+/// flags, its peer's inode, its options, and its name with what the name
+/// says beyond itself.
+fn entry_of(
+    ino: u32,
+    d: &UnixDiag,
+    (flags, peer): (u32, u32),
+    opts: crest_images::pb::SkOptsEntry,
+    (name, named): (Vec<u8>, Named),
+) -> UnixSkEntry {
+    let listening = u32::from(d.state) == TCP_LISTEN;
+    UnixSkEntry {
+        id: 0,
+        ino,
+        r#type: u32::from(d.ty),
+        state: u32::from(d.state),
+        flags,
+        uflags: 0,
+        backlog: if listening { d.rqlen.1 } else { 0 },
+        peer,
+        fown: FownEntry::default(),
+        opts,
+        name,
+        shutdown: (d.shutdown != 0).then_some(i32::from(d.shutdown & 3)),
+        file_perms: named.perms,
+        name_dir: named.name_dir,
+        crest_root: named.crest_root,
+        deleted: named.deleted,
     }
 }
 

@@ -23,8 +23,10 @@ mod dump;
 mod restore;
 
 pub use dump::write_queues;
-pub use restore::{open, SockImages};
+pub use restore::open;
 
+use super::context::sockets::Queued;
+use super::context::{FlightCopy, RestoreFiles};
 use super::kept::{self, Kept};
 use super::sockdiag::{self, UnixDiag};
 use super::{skopts, FileTable};
@@ -32,7 +34,7 @@ use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, FilePermsEntry, FownEntry, SkPacketEntry, UnixSkEntry};
 use crest_images::MAX_QUEUE;
-use crest_images::{magic, names, ImageReader};
+use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -68,17 +70,6 @@ pub struct UnixDump {
     /// While a file in flight is dumped: the task whose namespaces stand
     /// for crest's (the socket's net namespace, its cwd).
     pub(crate) ctx: Option<i32>,
-}
-
-/// A packet queued on a socket: its bytes, and the files passed with it
-/// (file ids).
-#[derive(Debug, Clone, Default)]
-pub struct Queued {
-    pub data: Vec<u8>,
-    pub rights: Vec<u32>,
-    /// The sender's pid (crest's view at dump), uid and gid, kept where
-    /// the receiver reads them (`SO_PASSCRED`).
-    pub creds: Option<(i32, u32, u32)>,
 }
 
 struct Held {

@@ -4,84 +4,6 @@
 
 use super::*;
 
-/// `sk-queues.img`, indexed by file id; which task made each socket.
-#[derive(Default)]
-pub struct SockImages {
-    pub queues: HashMap<u32, Vec<Queued>>,
-    /// file id → pid of the task that made the socket.
-    pub made_by: HashMap<u32, i32>,
-    /// Queued UDP datagrams by file id: (sender, data).
-    pub udp: crate::files::inet::UdpQueues,
-    /// The images directory (TCP streams are read when needed).
-    pub dir: std::path::PathBuf,
-    /// `--shell-job` at restore.
-    pub shell_job: bool,
-    /// `--tcp-close` at restore: a connected TCP socket comes back closed.
-    pub tcp_close: bool,
-    /// crest's own copies of sockets a task made for another task (the
-    /// other end of a pair, a listener to connect to), handed over when
-    /// that task's fds are made.
-    pub spare: HashMap<u32, OwnedFd>,
-    /// A task's pid in the images → its pid now (crest's view), where
-    /// they differ: the senders queued messages name.
-    pub pid_map: HashMap<i32, i32>,
-}
-
-impl SockImages {
-    pub fn read(dir: &Path) -> Result<SockImages, RestoreError> {
-        let mut queues: HashMap<u32, Vec<Queued>> = HashMap::new();
-        if dir.join(names::SK_QUEUES).exists() {
-            let mut r = ImageReader::open(dir, names::SK_QUEUES, magic::SK_QUEUES)?;
-            let mut total = 0usize;
-            while let Some(e) = r.next_entry::<SkPacketEntry>()? {
-                total += e.length as usize;
-                if e.length as usize > MAX_QUEUE || total > 16 * MAX_QUEUE {
-                    return Err(RestoreError::BadImage {
-                        pid: 0,
-                        file: names::SK_QUEUES.into(),
-                        what: format!("socket {} claims {} bytes", e.id_for, e.length),
-                    });
-                }
-                let mut rights = Vec::new();
-                for scm in &e.scm {
-                    if scm.r#type != libc::SCM_RIGHTS as u32
-                        || rights.len() + scm.rights.len() > 253
-                    {
-                        return Err(RestoreError::BadImage {
-                            pid: 0,
-                            file: names::SK_QUEUES.into(),
-                            what: format!(
-                                "socket {}: a message with control data of type {} ({} files)",
-                                e.id_for,
-                                scm.r#type,
-                                scm.rights.len()
-                            ),
-                        });
-                    }
-                    rights.extend_from_slice(&scm.rights);
-                }
-                let data = r.read_payload(u64::from(e.length))?;
-                let creds = e.ucred.as_ref().map(|u| (u.pid as i32, u.uid, u.gid));
-                queues.entry(e.id_for).or_default().push(Queued {
-                    data,
-                    rights,
-                    creds,
-                });
-            }
-        }
-        Ok(SockImages {
-            queues,
-            made_by: HashMap::new(),
-            udp: crate::files::inet::read_udp(dir)?,
-            dir: dir.to_path_buf(),
-            shell_job: false,
-            tcp_close: false,
-            spare: HashMap::new(),
-            pid_map: HashMap::new(),
-        })
-    }
-}
-
 pub(super) fn bad(pid: i32, what: String) -> RestoreError {
     RestoreError::BadImage {
         pid,
@@ -90,11 +12,7 @@ pub(super) fn bad(pid: i32, what: String) -> RestoreError {
     }
 }
 
-pub(super) fn usk_of(
-    files: &crate::files::restore::RestoreFiles,
-    pid: i32,
-    id: u32,
-) -> Result<UnixSkEntry, RestoreError> {
+pub(super) fn usk_of(files: &RestoreFiles, pid: i32, id: u32) -> Result<UnixSkEntry, RestoreError> {
     files
         .entries
         .get(&id)
@@ -102,7 +20,7 @@ pub(super) fn usk_of(
         .ok_or_else(|| bad(pid, format!("file {id} has no unix socket entry")))
 }
 
-pub(super) fn by_ino(files: &crate::files::restore::RestoreFiles, ino: u32) -> Option<UnixSkEntry> {
+pub(super) fn by_ino(files: &RestoreFiles, ino: u32) -> Option<UnixSkEntry> {
     files
         .entries
         .values()
@@ -115,8 +33,9 @@ pub(super) fn by_ino(files: &crate::files::restore::RestoreFiles, ino: u32) -> O
 pub fn open(
     t: &mut Tracee,
     e: &FileEntry,
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut RestoreFiles,
     kept: &mut Kept,
+    flight: FlightCopy,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if kept.get(e.id).is_none() {
@@ -142,8 +61,8 @@ pub fn open(
                 });
             }
         }
-        let made = make(t, e.id, files, kept)?;
-        finish(t, &made, files, kept)?;
+        let made = make(t, e.id, files, kept, flight)?;
+        finish(t, &made, files, kept, flight)?;
         // what was made for others stays reachable through crest
         for x in made.iter().filter(|x| x.id != e.id) {
             if let Some(slot) = kept.get(x.id) {
@@ -178,7 +97,7 @@ pub(super) fn new_socket(t: &mut Tracee, ty: u32) -> Result<u64, RestoreError> {
 /// Whether the entry's name belongs to another socket that comes back
 /// bound (an accepted socket shares its listener's name): a name belongs
 /// to its listener, else to the first socket that has it.
-pub(super) fn name_taken(files: &crate::files::restore::RestoreFiles, u: &UnixSkEntry) -> bool {
+pub(super) fn name_taken(files: &RestoreFiles, u: &UnixSkEntry) -> bool {
     let same: Vec<&UnixSkEntry> = files
         .entries
         .values()
@@ -389,8 +308,9 @@ pub(super) fn connect(t: &mut Tracee, fd: u64, name: &[u8]) -> Result<(), Restor
 pub(super) fn make(
     t: &mut Tracee,
     id: u32,
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut RestoreFiles,
     kept: &mut Kept,
+    flight: FlightCopy,
 ) -> Result<Vec<UnixSkEntry>, RestoreError> {
     let pid = t.pid();
     let u = usk_of(files, pid, id)?;
@@ -424,60 +344,11 @@ pub(super) fn make(
             made.push(p);
         }
         Some(p) => {
-            // A client of a listener, or a datagram socket connected to
-            // another that is not connected back.
-            let outside = p.uflags & USK_EXTERN != 0;
-            if outside && (p.name.is_empty() || u.r#type != libc::SOCK_DGRAM as u32) {
-                return Err(RestoreError::Unsupported {
-                    pid,
-                    what: format!(
-                        "unix socket {}: its peer was outside the dumped tree; give crest a \
-                         socket to stand for it with --inherit-fd fd[N]:socket:[{}]",
-                        u.ino, u.ino
-                    ),
-                });
-            }
-            if p.name.is_empty() {
-                return Err(bad(
-                    pid,
-                    format!("unix socket {id} is connected to an unnamed socket"),
-                ));
-            }
-            let elsewhere = files.socks.made_by.get(&p.id).is_some_and(|o| *o != pid);
-            if kept.get(p.id).is_none() && !elsewhere && !outside {
-                let before = make(t, p.id, files, kept)?;
-                finish(t, &before, files, kept)?;
-                for x in &before {
-                    if let Some(slot) = kept.get(x.id) {
-                        let copy = kept.copy(t, slot)?;
-                        files.socks.spare.insert(x.id, copy);
-                    }
-                }
-            }
-            let fd = new_socket(t, u.r#type)?;
-            if named && !name_taken(files, &u) {
-                bind(t, fd, &u)?;
-            }
-            // (a name in a chroot is reached from inside it)
-            in_root(t, chroot_of(&p), |t| connect(t, fd, &p.name))?;
-            kept.keep(t, u.id, fd)?;
+            client(t, &u, &p, (files, kept, flight))?;
             made.push(u);
         }
         None if u.state == TCP_ESTABLISHED && u.r#type != libc::SOCK_DGRAM as u32 => {
-            // Its peer was closed: one end of a pair whose other end sends
-            // the queued data and is closed.
-            let (a, b) = pair(t, u.r#type)?;
-            if named && !name_taken(files, &u) {
-                bind(t, a, &u)?;
-            }
-            if let Some(packets) = files.socks.queues.get(&u.id).cloned() {
-                let sender = kept.copy(t, b)?;
-                let rights = rights_of(t, &packets, files, kept)?;
-                let map = &files.socks.pid_map;
-                send_all(pid, &sender, &[], (&packets, &rights, map), u.id)?;
-            }
-            t.close(b)?;
-            kept.keep(t, u.id, a)?;
+            closed_peer(t, &u, (files, kept, flight))?;
             made.push(u);
         }
         None => {
@@ -499,6 +370,81 @@ pub(super) fn make(
     Ok(made)
 }
 
+/// What the making of one socket uses: the restore's files, the fds kept
+/// in the task, and how a file passed in a queue is made.
+type Making<'a> = (&'a mut RestoreFiles, &'a mut Kept, FlightCopy);
+
+/// Makes `u`, a client of listener `p` or a datagram socket connected to
+/// `p` (not connected back): `p` made first where this task makes it,
+/// then `u` bound to its name and connected to `p`'s.
+fn client(
+    t: &mut Tracee,
+    u: &UnixSkEntry,
+    p: &UnixSkEntry,
+    (files, kept, flight): Making<'_>,
+) -> Result<(), RestoreError> {
+    let (pid, id) = (t.pid(), u.id);
+    let outside = p.uflags & USK_EXTERN != 0;
+    if outside && (p.name.is_empty() || u.r#type != libc::SOCK_DGRAM as u32) {
+        return Err(RestoreError::Unsupported {
+            pid,
+            what: format!(
+                "unix socket {}: its peer was outside the dumped tree; give crest a \
+                 socket to stand for it with --inherit-fd fd[N]:socket:[{}]",
+                u.ino, u.ino
+            ),
+        });
+    }
+    if p.name.is_empty() {
+        return Err(bad(
+            pid,
+            format!("unix socket {id} is connected to an unnamed socket"),
+        ));
+    }
+    let elsewhere = files.socks.made_by.get(&p.id).is_some_and(|o| *o != pid);
+    if kept.get(p.id).is_none() && !elsewhere && !outside {
+        let before = make(t, p.id, files, kept, flight)?;
+        finish(t, &before, files, kept, flight)?;
+        for x in &before {
+            if let Some(slot) = kept.get(x.id) {
+                let copy = kept.copy(t, slot)?;
+                files.socks.spare.insert(x.id, copy);
+            }
+        }
+    }
+    let fd = new_socket(t, u.r#type)?;
+    if !u.name.is_empty() && !name_taken(files, u) {
+        bind(t, fd, u)?;
+    }
+    // (a name in a chroot is reached from inside it)
+    in_root(t, chroot_of(p), |t| connect(t, fd, &p.name))?;
+    kept.keep(t, u.id, fd)?;
+    Ok(())
+}
+
+/// Makes `u`, whose peer was closed: one end of a pair whose other end
+/// sends the queued data and is closed.
+fn closed_peer(
+    t: &mut Tracee,
+    u: &UnixSkEntry,
+    (files, kept, flight): Making<'_>,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let (a, b) = pair(t, u.r#type)?;
+    if !u.name.is_empty() && !name_taken(files, u) {
+        bind(t, a, u)?;
+    }
+    if let Some(packets) = files.socks.queues.get(&u.id).cloned() {
+        let sender = kept.copy(t, b)?;
+        let rights = rights_of(t, &packets, files, kept, flight)?;
+        let map = &files.socks.pid_map;
+        send_all(pid, &sender, &[], (&packets, &rights, map), u.id)?;
+    }
+    t.close(b)?;
+    kept.keep(t, u.id, a)?;
+    Ok(())
+}
+
 /// `socketpair(AF_UNIX, ty)` in the task.
 pub(super) fn pair(t: &mut Tracee, ty: u32) -> Result<(u64, u64), RestoreError> {
     let pid = t.pid();
@@ -518,8 +464,9 @@ pub(super) fn pair(t: &mut Tracee, ty: u32) -> Result<(u64, u64), RestoreError> 
 pub(super) fn finish(
     t: &mut Tracee,
     made: &[UnixSkEntry],
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut RestoreFiles,
     kept: &mut Kept,
+    flight: FlightCopy,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     let mut copies = Vec::with_capacity(made.len());
@@ -536,7 +483,7 @@ pub(super) fn finish(
         if u.peer == 0 && u.state == TCP_ESTABLISHED && u.r#type != libc::SOCK_DGRAM as u32 {
             continue; // refilled by its closed peer in make
         }
-        fill(t, u, copy, &packets, files, kept)?;
+        fill(t, u, copy, &packets, files, kept, flight)?;
     }
     for (u, copy) in made.iter().zip(&copies) {
         skopts::restore(copy, &u.opts).rat(pid, format!("options of unix socket {}", u.id))?;
@@ -557,12 +504,13 @@ pub(super) fn fill(
     u: &UnixSkEntry,
     _own: &OwnedFd,
     packets: &[Queued],
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut RestoreFiles,
     kept: &mut Kept,
+    flight: FlightCopy,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     // the files passed in them first: making one may make sockets here
-    let rights = rights_of(t, packets, files, kept)?;
+    let rights = rights_of(t, packets, files, kept, flight)?;
     let peer = by_ino(files, u.peer).filter(|p| p.state != TCP_LISTEN);
     let (sender, to, temp) = match peer.as_ref().and_then(|p| kept.get(p.id).map(|s| (p, s))) {
         Some((p, slot)) => {
@@ -655,15 +603,16 @@ pub(super) fn send_all(
 pub(super) fn rights_of(
     t: &mut Tracee,
     packets: &[Queued],
-    files: &mut crate::files::restore::RestoreFiles,
+    files: &mut RestoreFiles,
     kept: &mut Kept,
+    flight: FlightCopy,
 ) -> Result<Vec<Vec<OwnedFd>>, RestoreError> {
     packets
         .iter()
         .map(|p| {
             p.rights
                 .iter()
-                .map(|&id| crate::files::restore::flight_copy(t, id, files, kept))
+                .map(|&id| flight(t, id, files, kept))
                 .collect()
         })
         .collect()

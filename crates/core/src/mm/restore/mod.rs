@@ -14,7 +14,7 @@ pub use settle::{place_vdso, protect, restore_aios, set_mm_fields};
 
 use super::{status, PAGE};
 use crate::error::{RestoreCtx, RestoreError};
-use crate::files::restore::RestoreFiles;
+use crate::files::context::RestoreFiles;
 use crate::remote::Remote;
 use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
 use crest_inject::{nr, Tracee};
@@ -207,77 +207,104 @@ fn map_each(
         let prot = if shared_file { u64::from(v.prot) } else { prot };
         if file_backed {
             flags &= !(libc::MAP_ANONYMOUS as u64);
-            let id = v.shmid as u32;
-            // a shared mapping whose file was open for writing (it could be
-            // made writable, smaps `mw`) gets a file open for writing
-            let entry_rw = files
-                .entries
-                .get(&id)
-                .and_then(|e| e.reg.as_ref())
-                .is_some_and(|r| r.flags as i32 & libc::O_ACCMODE == libc::O_RDWR);
-            let oflags = if shared_file && (v.prot & libc::PROT_WRITE as u32 != 0 || entry_rw) {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            };
-            let path = match files.reg_path(id) {
-                Some(p) => p.to_string(),
-                None if v.status & status::MEMFD != 0 => format!("memfd entry {id}"),
-                None => return Err(bad_vma(pid, v, "names a file that is not in files.img")),
-            };
-            let key = (path.clone(), oflags);
-            let fd = match open.get(&key) {
-                Some(fd) => *fd,
-                None => {
-                    let range = (v.start, v.end);
-                    let ghost = files.remaps.get(&id).copied();
-                    let reg = files.entries.get(&id).and_then(|e| e.reg.clone());
-                    let fd = match crate::files::memfd::open_for_map(t, files, id, oflags, range) {
-                        Some(fd) => fd?,
-                        // a file deleted while mapped: made again (once)
-                        None => match (ghost, reg) {
-                            (Some(g), Some(reg)) => {
-                                crate::files::ghost::open(t, &reg, oflags, g, files)?
-                            }
-                            _ => t.open(&path, oflags)?,
-                        },
-                    };
-                    open.insert(key, fd);
-                    fd
-                }
-            };
+            let (fd, path) = file_for(t, v, files, open)?;
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff])
                 .rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
         } else if v.status & status::SYSVIPC != 0 {
             attach_sysv(t, v)?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
-            if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
-                // crest opens the mapping (map_files wants rights in
-                // crest's user namespace, which a task inside a nested one
-                // has not) and hands the task the fd.
-                let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .rat(pid, format!("open {path}"))?;
-                let fd = t.give_fd(&std::os::fd::OwnedFd::from(file))?;
-                let flags = flags & !(libc::MAP_ANONYMOUS as u64);
-                let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
-                t.close(fd)?;
-                r.rat(
-                    pid,
-                    format!("mmap {:#x}-{:#x} shared with pid {holder}", v.start, v.end),
-                )?;
-            } else {
-                t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
-                    .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
-                shared.insert(v.shmid, (pid, v.start, v.end));
-            }
+            map_shared_anon(t, v, (prot, flags), shared)?;
         } else {
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
                 .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
         }
+    }
+    Ok(())
+}
+
+/// The fd in `t` of the file VMA `v` maps, and its path for messages:
+/// one per file and mode in `open`; a memfd, or a file deleted while
+/// mapped, made again once.
+fn file_for(
+    t: &mut Tracee,
+    v: &VmaEntry,
+    files: &mut RestoreFiles,
+    open: &mut std::collections::HashMap<(String, i32), u64>,
+) -> Result<(u64, String), RestoreError> {
+    let pid = t.pid();
+    let id = v.shmid as u32;
+    let shared_file = v.status & status::FILE_SHARED != 0;
+    // a shared mapping whose file was open for writing (it could be
+    // made writable, smaps `mw`) gets a file open for writing
+    let entry_rw = files
+        .entries
+        .get(&id)
+        .and_then(|e| e.reg.as_ref())
+        .is_some_and(|r| r.flags as i32 & libc::O_ACCMODE == libc::O_RDWR);
+    let oflags = if shared_file && (v.prot & libc::PROT_WRITE as u32 != 0 || entry_rw) {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    };
+    let path = match files.reg_path(id) {
+        Some(p) => p.to_string(),
+        None if v.status & status::MEMFD != 0 => format!("memfd entry {id}"),
+        None => return Err(bad_vma(pid, v, "names a file that is not in files.img")),
+    };
+    let key = (path.clone(), oflags);
+    let fd = match open.get(&key) {
+        Some(fd) => *fd,
+        None => {
+            let range = (v.start, v.end);
+            let ghost = files.remaps.get(&id).copied();
+            let reg = files.entries.get(&id).and_then(|e| e.reg.clone());
+            let fd = match crate::files::memfd::open_for_map(t, files, id, oflags, range) {
+                Some(fd) => fd?,
+                // a file deleted while mapped: made again (once)
+                None => match (ghost, reg) {
+                    (Some(g), Some(reg)) => crate::files::ghost::open(t, &reg, oflags, g, files)?,
+                    _ => t.open(&path, oflags)?,
+                },
+            };
+            open.insert(key, fd);
+            fd
+        }
+    };
+    Ok((fd, path))
+}
+
+/// Maps shared anonymous VMA `v`: the first task to map it makes it, the
+/// others map the same memory through its `map_files` entry.
+fn map_shared_anon(
+    t: &mut Tracee,
+    v: &VmaEntry,
+    (prot, flags): (u64, u64),
+    shared: &mut SharedAnon,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let len = v.end - v.start;
+    if let Some(&(holder, hs, he)) = shared.get(&v.shmid) {
+        // crest opens the mapping (map_files wants rights in
+        // crest's user namespace, which a task inside a nested one
+        // has not) and hands the task the fd.
+        let path = format!("/proc/{holder}/map_files/{hs:x}-{he:x}");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .rat(pid, format!("open {path}"))?;
+        let fd = t.give_fd(&std::os::fd::OwnedFd::from(file))?;
+        let flags = flags & !(libc::MAP_ANONYMOUS as u64);
+        let r = t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+        t.close(fd)?;
+        r.rat(
+            pid,
+            format!("mmap {:#x}-{:#x} shared with pid {holder}", v.start, v.end),
+        )?;
+    } else {
+        t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
+            .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+        shared.insert(v.shmid, (pid, v.start, v.end));
     }
     Ok(())
 }

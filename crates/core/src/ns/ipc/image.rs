@@ -47,8 +47,7 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
 pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
     let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let mut var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
-    let mut pmq_file = names::ipcns_var(id);
-    let mut pmqs = std::mem::take(&mut var.crest_pmqs);
+    let pmqs = std::mem::take(&mut var.crest_pmqs);
     if var.sem_ctls.len() != 4 {
         return Err(bad(
             names::ipcns_var(id),
@@ -59,6 +58,16 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
         var,
         ..IpcDump::default()
     };
+    read_shms(dir, id, &mut d)?;
+    read_sems(dir, id, &mut d)?;
+    read_msgs(dir, id, &mut d)?;
+    d.pmqs = read_pmqs(dir, id, pmqs)?;
+    Ok(d)
+}
+
+/// The SysV shared memory segments with their data (`ipcns-shm-ID.img`).
+fn read_shms(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let name = names::ipcns_shm(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_SHM)?;
     while let Some(e) = r.next_entry::<IpcShmEntry>()? {
@@ -83,6 +92,12 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
         r.read_payload(pad(e.size as usize, 4) as u64)?;
         d.shms.push((e, data));
     }
+    Ok(())
+}
+
+/// The SysV semaphore sets with their values (`ipcns-sem-ID.img`).
+fn read_sems(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let name = names::ipcns_sem(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_SEM)?;
     while let Some(e) = r.next_entry::<IpcSemEntry>()? {
@@ -101,6 +116,12 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
             .collect();
         d.sems.push((e, vals));
     }
+    Ok(())
+}
+
+/// The SysV message queues with their messages (`ipcns-msg-ID.img`).
+fn read_msgs(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let name = names::ipcns_msg(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_MSG)?;
     while let Some(e) = r.next_entry::<IpcMsgEntry>()? {
@@ -129,6 +150,18 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
         }
         d.msgs.push((e, msgs));
     }
+    Ok(())
+}
+
+/// The POSIX message queues: `pmqs` from `ipcns-var-ID.img`, or an older
+/// crest's file of its own.
+fn read_pmqs(
+    dir: &Path,
+    id: u32,
+    mut pmqs: Vec<CrestPmqEntry>,
+) -> Result<Vec<CrestPmqEntry>, RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let mut pmq_file = names::ipcns_var(id);
     if pmqs.is_empty() && dir.join(names::crest_pmq(id)).exists() {
         // an older crest's file of its own
         pmq_file = names::crest_pmq(id);
@@ -144,6 +177,5 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
             ));
         }
     }
-    d.pmqs = pmqs;
-    Ok(d)
+    Ok(pmqs)
 }

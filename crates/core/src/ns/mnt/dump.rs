@@ -6,7 +6,8 @@ use super::*;
 
 /// Reads the mounts of `pid`'s mount namespace against those of the
 /// namespace it was copied from: `base`'s (a task in the tree's mount
-/// namespace `base.1`), or crest's.
+/// namespace `base.1`), or crest's. Long because a mount's kind is one
+/// ordered chain of rules (the first that fits decides), best read whole.
 pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs, DumpError> {
     let (externals, describe) = (&o.externals, o.describe);
     let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
@@ -18,15 +19,7 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
         Some((b, _)) => read(format!("/proc/{b}/mountinfo"))?,
         None => read("/proc/self/mountinfo".into())?,
     };
-    let root = procfs_link(pid, "root")?;
-    if root != "/" {
-        return Err(refuse(
-            pid,
-            format!(
-                "a task whose root is {root} (chroot or pivot_root; --root is not supported yet)"
-            ),
-        ));
-    }
+    refuse_chroot(pid)?;
     let mut used = vec![false; mine.len()];
     let mut out = MntNs {
         as_pid: pid,
@@ -44,23 +37,7 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
                 && c.mountpoint == m.mountpoint
                 && c.fstype == m.fstype
         });
-        let mut e = CrestMountEntry {
-            mnt_id: m.id,
-            parent_id: m.parent,
-            mountpoint: m.mountpoint.clone(),
-            root: m.root.clone(),
-            fstype: m.fstype.clone(),
-            source: m.source.clone(),
-            mnt_opts: m.mnt_opts.clone(),
-            super_opts: m.super_opts.clone(),
-            shared: m.shared,
-            master: m.master,
-            unbindable: Some(m.unbindable),
-            kind: KEPT,
-            bind_source: None,
-            has_contents: None,
-            external_key: None,
-        };
+        let mut e = entry_of(m);
         let external = externals
             .iter()
             .find(|(mp, _)| *mp == m.mountpoint)
@@ -105,21 +82,7 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
             ));
         } else if o.fresh(&m.fstype) {
             e.kind = NEW;
-            if m.fstype == "tmpfs" || m.fstype == "ramfs" {
-                let items = tmpfs::read_tree(pid, &m.mountpoint, m.dev)?;
-                out.contents.insert(m.id, items);
-                e.has_contents = Some(true);
-            }
-            if m.fstype == "proc" {
-                let ns = proc_pidns(pid, &m.mountpoint)?;
-                if out.proc_pidns_ino.is_some_and(|p| p != ns) {
-                    return Err(refuse(
-                        pid,
-                        "proc mounts of two pid namespaces in one mount namespace".into(),
-                    ));
-                }
-                out.proc_pidns_ino = Some(ns);
-            }
+            e.has_contents = fresh_contents(pid, m, &mut out)?;
         } else {
             return Err(refuse(
                 pid,
@@ -132,6 +95,66 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
         out.mounts.push(e);
     }
     Ok(out)
+}
+
+/// The mount entry of `m` as mountinfo shows it, of kind `KEPT` until
+/// classified.
+fn entry_of(m: &MountInfo) -> CrestMountEntry {
+    CrestMountEntry {
+        mnt_id: m.id,
+        parent_id: m.parent,
+        mountpoint: m.mountpoint.clone(),
+        root: m.root.clone(),
+        fstype: m.fstype.clone(),
+        source: m.source.clone(),
+        mnt_opts: m.mnt_opts.clone(),
+        super_opts: m.super_opts.clone(),
+        shared: m.shared,
+        master: m.master,
+        unbindable: Some(m.unbindable),
+        kind: KEPT,
+        bind_source: None,
+        has_contents: None,
+        external_key: None,
+    }
+}
+
+/// What a new mount `m` of the tree holds beyond its options: a tmpfs's
+/// (or ramfs's) files, read into `out` (true then), a proc mount's pid
+/// namespace (one per mount namespace).
+fn fresh_contents(pid: i32, m: &MountInfo, out: &mut MntNs) -> Result<Option<bool>, DumpError> {
+    let mut has = None;
+    if m.fstype == "tmpfs" || m.fstype == "ramfs" {
+        let items = tmpfs::read_tree(pid, &m.mountpoint, m.dev)?;
+        out.contents.insert(m.id, items);
+        has = Some(true);
+    }
+    if m.fstype == "proc" {
+        let ns = proc_pidns(pid, &m.mountpoint)?;
+        if out.proc_pidns_ino.is_some_and(|p| p != ns) {
+            return Err(refuse(
+                pid,
+                "proc mounts of two pid namespaces in one mount namespace".into(),
+            ));
+        }
+        out.proc_pidns_ino = Some(ns);
+    }
+    Ok(has)
+}
+
+/// Refuses a task whose root is not its mount namespace's root (a chroot,
+/// or a pivot_root crest does not follow).
+fn refuse_chroot(pid: i32) -> Result<(), DumpError> {
+    let root = procfs_link(pid, "root")?;
+    if root != "/" {
+        return Err(refuse(
+            pid,
+            format!(
+                "a task whose root is {root} (chroot or pivot_root; --root is not supported yet)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn procfs_link(pid: i32, what: &str) -> Result<String, DumpError> {

@@ -261,19 +261,17 @@ pub(super) fn seal(t: &mut Tracee, m: &CrestMountEntry, target: &str) -> Result<
     Ok(())
 }
 
-/// Makes mount `m` at `prefix` + its mountpoint; one crest fills next
-/// (`to_fill`) stays writable until [`seal`].
-pub(super) fn mount_one(
-    t: &mut Tracee,
+/// Where mount `m` (made at `prefix`) is bound from, if it is a bind:
+/// another of the tree's mounts, crest's own mount at the same place, a
+/// cgroup v1 hierarchy, an external mount (named by `--external`, or
+/// found by `--ext-mount-map auto`).
+fn bound_from(
+    pid: i32,
     m: &CrestMountEntry,
     prefix: &str,
     how: &Replay<'_>,
-    to_fill: bool,
-) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    let flags = mount_flags(&m.mnt_opts);
-    let target = format!("{prefix}{}", m.mountpoint);
-    let bind_from = match m.kind {
+) -> Result<Option<String>, RestoreError> {
+    Ok(match m.kind {
         BIND => Some(format!(
             "{prefix}{}",
             m.bind_source.as_deref().unwrap_or("/")
@@ -325,7 +323,22 @@ pub(super) fn mount_one(
             })?)
         }
         _ => None,
-    };
+    })
+}
+
+/// Makes mount `m` at `prefix` + its mountpoint; one crest fills next
+/// (`to_fill`) stays writable until [`seal`].
+pub(super) fn mount_one(
+    t: &mut Tracee,
+    m: &CrestMountEntry,
+    prefix: &str,
+    how: &Replay<'_>,
+    to_fill: bool,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let flags = mount_flags(&m.mnt_opts);
+    let target = format!("{prefix}{}", m.mountpoint);
+    let bind_from = bound_from(pid, m, prefix, how)?;
     if let Some(src) = bind_from {
         if m.kind == BIND {
             // a console's slave bound elsewhere: the pty must exist first

@@ -12,6 +12,8 @@ use crest_images::carry::{CarriedReader, Carrier};
 use crest_images::pb::crest::CrestFsEntry;
 use crest_images::pb::PipeDataEntry;
 use crest_images::{magic, names, ImageWriter};
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -24,6 +26,44 @@ pub const MAX_TMPFS_FILES: usize = 1 << 20;
 pub struct FsItem {
     pub entry: CrestFsEntry,
     pub data: Vec<u8>,
+}
+
+/// The entry of file `rel` of a tmpfs, from its metadata: mode, owner,
+/// modification time (size, target, device filled by kind).
+fn entry_of(rel: &str, meta: &std::fs::Metadata) -> CrestFsEntry {
+    CrestFsEntry {
+        path: rel.to_string(),
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: None,
+        target: None,
+        mtime_sec: Some(meta.mtime()),
+        mtime_nsec: Some(meta.mtime_nsec() as u32),
+        rdev: None,
+    }
+}
+
+/// The paths (relative to the tmpfs) of directory `rel`'s entries (at
+/// `path`), in reverse name order: popped from a stack, they come in
+/// name order.
+fn dir_entries(pid: i32, path: &str, rel: &str) -> Result<Vec<String>, DumpError> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .at(pid, "list a tmpfs directory")?
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            if rel.is_empty() {
+                n
+            } else {
+                format!("{rel}/{n}")
+            }
+        })
+        .collect())
 }
 
 /// The files of the filesystem mounted at `mountpoint` in `pid`'s
@@ -50,33 +90,11 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
         };
         let meta = std::fs::symlink_metadata(&path).at(pid, "stat a file on a tmpfs")?;
         let ft = meta.file_type();
-        let mut e = CrestFsEntry {
-            path: rel.clone(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            size: None,
-            target: None,
-            mtime_sec: Some(meta.mtime()),
-            mtime_nsec: Some(meta.mtime_nsec() as u32),
-            rdev: None,
-        };
+        let mut e = entry_of(&rel, &meta);
         let mut data = Vec::new();
         if ft.is_dir() {
             if meta.dev() == top.dev() {
-                let mut names: Vec<String> = std::fs::read_dir(&path)
-                    .at(pid, "list a tmpfs directory")?
-                    .filter_map(|d| d.ok())
-                    .map(|d| d.file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort_unstable_by(|a, b| b.cmp(a));
-                for n in names {
-                    stack.push(if rel.is_empty() {
-                        n
-                    } else {
-                        format!("{rel}/{n}")
-                    });
-                }
+                stack.extend(dir_entries(pid, &path, &rel)?);
             }
         } else if ft.is_file() {
             total += meta.len();
@@ -160,7 +178,6 @@ pub fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, Resto
 /// Recreates the files of a tmpfs mounted at `mountpoint` in `pid`'s
 /// namespace, every path resolved beneath the mount's root.
 pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), RestoreError> {
-    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
     let base = format!("/proc/{pid}/root{mountpoint}");
     let io = |what: String| {
         move |e: std::io::Error| RestoreError::Unsupported {
@@ -174,7 +191,6 @@ pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), Res
         Mode::empty(),
     )
     .map_err(|e| io(format!("open {base}"))(e.into()))?;
-    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS;
     // Directories' times last, after their files are in.
     let mut dir_times = Vec::new();
     for it in items {
@@ -183,136 +199,132 @@ pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), Res
             Some((p, n)) => (p, n),
             None => ("", e.path.as_str()),
         };
-        let parent = if parent_path.is_empty() {
-            rfs::openat2(
-                &root,
-                ".",
-                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                beneath,
-            )
-        } else {
-            rfs::openat2(
-                &root,
-                parent_path,
-                OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                beneath,
-            )
-        }
+        let parent = rfs::openat2(
+            &root,
+            if parent_path.is_empty() {
+                "."
+            } else {
+                parent_path
+            },
+            OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        )
         .map_err(|er| io(format!("open {mountpoint}/{parent_path}"))(er.into()))?;
-        let perm = Mode::from_raw_mode(e.mode & 0o7777);
-        let fmt = e.mode & libc::S_IFMT;
         let here = format!("{mountpoint}/{}", e.path);
-        if e.path.is_empty() {
-            // The mount's root: only owner, mode and times.
-        } else if fmt == libc::S_IFDIR {
-            rfs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))
-                .or_else(|er| {
-                    if er == rustix::io::Errno::EXIST {
-                        Ok(())
-                    } else {
-                        Err(er)
-                    }
-                })
-                .map_err(|er| io(format!("mkdir {here}"))(er.into()))?;
-        } else if fmt == libc::S_IFREG {
-            let fd = rfs::openat(
-                &parent,
-                name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(|er| io(format!("create {here}"))(er.into()))?;
+        // (the mount's root: only owner, mode and times)
+        let (at, nm) = if e.path.is_empty() {
+            (&root, ".")
+        } else {
+            match make_node(&parent, name, it) {
+                Ok(true) => (&parent, name),
+                Ok(false) => {
+                    return Err(RestoreError::BadImage {
+                        pid,
+                        file: format!("crest-tmpfs image of {mountpoint}"),
+                        what: format!("{:?} of mode {:o}", e.path, e.mode),
+                    })
+                }
+                Err((verb, er)) => return Err(io(format!("{verb} {here}"))(er)),
+            }
+        };
+        let times = set_attrs(at, nm, e).map_err(|(verb, er)| io(format!("{verb} {here}"))(er))?;
+        if let Some(ts) = times {
+            dir_times.push((e.path.clone(), ts));
+        }
+    }
+    for (path, ts) in dir_times.into_iter().rev() {
+        let p = if path.is_empty() { "." } else { &path };
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        if let Ok(d) = rfs::openat2(&root, p, flags, Mode::empty(), BENEATH) {
+            let _ = rfs::utimensat(&d, ".", &ts, rfs::AtFlags::empty());
+        }
+    }
+    Ok(())
+}
+
+/// How every path of a tmpfs image is resolved: beneath the mount's
+/// root, through no link.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_SYMLINKS);
+
+/// A failed step on a file of the tree: its verb and the error.
+type StepError = (&'static str, std::io::Error);
+
+/// Makes the node of `it` (a directory, a file with its data, a symlink,
+/// a FIFO, a device) as `name` in `parent`, owned by crest and private
+/// until [`set_attrs`]; false for a kind a tmpfs image cannot hold.
+fn make_node(parent: &OwnedFd, name: &str, it: &FsItem) -> Result<bool, StepError> {
+    let e = &it.entry;
+    let private = Mode::from_raw_mode(0o600);
+    let step = |verb: &'static str| move |er: rustix::io::Errno| (verb, std::io::Error::from(er));
+    match e.mode & libc::S_IFMT {
+        libc::S_IFDIR => match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Err(er) if er != rustix::io::Errno::EXIST => return Err(step("mkdir")(er)),
+            _ => {}
+        },
+        libc::S_IFREG => {
+            let flags =
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rfs::openat(parent, name, flags, private).map_err(step("create"))?;
             let mut f = std::fs::File::from(fd);
-            use std::io::Write;
-            f.write_all(&it.data).map_err(io(format!("write {here}")))?;
-        } else if fmt == libc::S_IFLNK {
+            std::io::Write::write_all(&mut f, &it.data).map_err(|er| ("write", er))?;
+        }
+        libc::S_IFLNK => {
             let target = e.target.as_deref().unwrap_or("");
-            rfs::symlinkat(target, &parent, name)
-                .map_err(|er| io(format!("symlink {here}"))(er.into()))?;
-        } else if fmt == libc::S_IFIFO {
-            rfs::mknodat(
-                &parent,
-                name,
-                rfs::FileType::Fifo,
-                Mode::from_raw_mode(0o600),
-                0,
-            )
-            .map_err(|er| io(format!("mkfifo {here}"))(er.into()))?;
-        } else if fmt == libc::S_IFCHR || fmt == libc::S_IFBLK {
+            rfs::symlinkat(target, parent, name).map_err(step("symlink"))?;
+        }
+        libc::S_IFIFO => {
+            rfs::mknodat(parent, name, rfs::FileType::Fifo, private, 0).map_err(step("mkfifo"))?;
+        }
+        fmt @ (libc::S_IFCHR | libc::S_IFBLK) => {
             let kind = if fmt == libc::S_IFCHR {
                 rfs::FileType::CharacterDevice
             } else {
                 rfs::FileType::BlockDevice
             };
-            rfs::mknodat(
-                &parent,
-                name,
-                kind,
-                Mode::from_raw_mode(0o600),
-                e.rdev.unwrap_or(0),
-            )
-            .map_err(|er| io(format!("mknod {here}"))(er.into()))?;
-        } else {
-            return Err(RestoreError::BadImage {
-                pid,
-                file: format!("crest-tmpfs image of {mountpoint}"),
-                what: format!("{:?} of mode {:o}", e.path, e.mode),
-            });
+            rfs::mknodat(parent, name, kind, private, e.rdev.unwrap_or(0))
+                .map_err(step("mknod"))?;
         }
-        let (at, nm) = if e.path.is_empty() {
-            (&root, ".")
-        } else {
-            (&parent, name)
-        };
-        rfs::chownat(
-            at,
-            nm,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            rfs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|er| io(format!("chown {here}"))(er.into()))?;
-        if fmt != libc::S_IFLNK {
-            rfs::chmodat(at, nm, perm, rfs::AtFlags::empty())
-                .map_err(|er| io(format!("chmod {here}"))(er.into()))?;
-        }
-        if let (Some(s), Some(n)) = (e.mtime_sec, e.mtime_nsec) {
-            let ts = rfs::Timestamps {
-                last_access: rfs::Timespec {
-                    tv_sec: s,
-                    tv_nsec: n.into(),
-                },
-                last_modification: rfs::Timespec {
-                    tv_sec: s,
-                    tv_nsec: n.into(),
-                },
-            };
-            if fmt == libc::S_IFDIR {
-                dir_times.push((e.path.clone(), ts));
-            } else {
-                let _ = rfs::utimensat(at, nm, &ts, rfs::AtFlags::SYMLINK_NOFOLLOW);
-            }
-        }
+        _ => return Ok(false),
     }
-    for (path, ts) in dir_times.into_iter().rev() {
-        let p = if path.is_empty() {
-            ".".to_string()
-        } else {
-            path
-        };
-        if let Ok(d) = rfs::openat2(
-            &root,
-            &p,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            beneath,
-        ) {
-            let _ = rfs::utimensat(&d, ".", &ts, rfs::AtFlags::empty());
-        }
+    Ok(true)
+}
+
+/// Gives node `nm` in `at` the owner, mode and times of `e`; a
+/// directory's times are returned instead, to be set once its files are
+/// in.
+fn set_attrs(
+    at: &OwnedFd,
+    nm: &str,
+    e: &CrestFsEntry,
+) -> Result<Option<rfs::Timestamps>, StepError> {
+    let step = |verb: &'static str| move |er: rustix::io::Errno| (verb, std::io::Error::from(er));
+    let fmt = e.mode & libc::S_IFMT;
+    let uid = Some(rustix::fs::Uid::from_raw(e.uid));
+    let gid = Some(rustix::fs::Gid::from_raw(e.gid));
+    rfs::chownat(at, nm, uid, gid, rfs::AtFlags::SYMLINK_NOFOLLOW).map_err(step("chown"))?;
+    if fmt != libc::S_IFLNK {
+        let perm = Mode::from_raw_mode(e.mode & 0o7777);
+        rfs::chmodat(at, nm, perm, rfs::AtFlags::empty()).map_err(step("chmod"))?;
     }
-    Ok(())
+    let (Some(s), Some(n)) = (e.mtime_sec, e.mtime_nsec) else {
+        return Ok(None);
+    };
+    let when = rfs::Timespec {
+        tv_sec: s,
+        tv_nsec: n.into(),
+    };
+    let ts = rfs::Timestamps {
+        last_access: when,
+        last_modification: when,
+    };
+    if fmt == libc::S_IFDIR {
+        return Ok(Some(ts));
+    }
+    let _ = rfs::utimensat(at, nm, &ts, rfs::AtFlags::SYMLINK_NOFOLLOW);
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -116,6 +116,9 @@ pub(super) fn check_netfilter() -> Result<(), Fail> {
     )))
 }
 
+/// The state of the network namespace the calling thread is in: its
+/// devices, addresses, routes, rules, neighbours, conf lists and sysctls;
+/// netfilter tables are refused.
 pub(super) fn read_inside() -> Result<NetNs, Fail> {
     check_netfilter()?;
     let mut nl = Rtnl::open().map_err(io_at("open an rtnetlink socket"))?;
@@ -123,32 +126,10 @@ pub(super) fn read_inside() -> Result<NetNs, Fail> {
     if links.len() > MAX_ITEMS {
         return Err(Fail::Refuse(format!("{} network devices", links.len())));
     }
-    let mut n = NetNs::default();
-    for l in links {
-        let known = l.kind.as_deref().is_some_and(|k| KINDS.contains(&k));
-        if !is_lo(&l) && !known {
-            return Err(Fail::Refuse(format!(
-                "network device {} ({}) in a net namespace of the tree's own (crest rebuilds \
-                 loopback, {} devices)",
-                l.name,
-                l.kind.as_deref().map_or(
-                    "no rtnetlink kind: a physical or moved-in device".into(),
-                    |k| { format!("kind {k}") }
-                ),
-                KINDS.join(", ")
-            )));
-        }
-        let conf4 = read_conf("ipv4", &l.name, &CONF4);
-        let conf6 = read_conf("ipv6", &l.name, &CONF6);
-        n.devs.push(Dev {
-            link: l,
-            conf4,
-            conf6,
-            peer_ns: None,
-            external: false,
-            outside_name: None,
-        });
-    }
+    let mut n = NetNs {
+        devs: links.into_iter().map(device).collect::<Result<_, _>>()?,
+        ..NetNs::default()
+    };
     let lo = n.devs.iter().find(|d| is_lo(&d.link)).map(|d| d.link.index);
     for p in nl
         .dump(rtnl::RTM_GETADDR, libc::AF_UNSPEC)
@@ -160,23 +141,67 @@ pub(super) fn read_inside() -> Result<NetNs, Fail> {
             n.addrs.push(p);
         }
     }
+    read_routing(&mut nl, &mut n)?;
+    n.neighs.truncate(MAX_ITEMS);
+    n.all4 = read_conf("ipv4", "all", &CONF4);
+    n.def4 = read_conf("ipv4", "default", &CONF4);
+    n.all6 = read_conf("ipv6", "all", &CONF6);
+    n.def6 = read_conf("ipv6", "default", &CONF6);
+    n.extra = EXTRA
+        .iter()
+        .filter_map(|p| Some((p.to_string(), sysctl::read_sysctl(p)?)))
+        .collect();
+    Ok(n)
+}
+
+/// Network device `l` of the namespace with its conf lists; a device
+/// crest cannot make again is refused.
+fn device(l: rtnl::Link) -> Result<Dev, Fail> {
+    let known = l.kind.as_deref().is_some_and(|k| KINDS.contains(&k));
+    if !is_lo(&l) && !known {
+        return Err(Fail::Refuse(format!(
+            "network device {} ({}) in a net namespace of the tree's own (crest rebuilds \
+             loopback, {} devices)",
+            l.name,
+            l.kind.as_deref().map_or(
+                "no rtnetlink kind: a physical or moved-in device".into(),
+                |k| { format!("kind {k}") }
+            ),
+            KINDS.join(", ")
+        )));
+    }
+    let conf4 = read_conf("ipv4", &l.name, &CONF4);
+    let conf6 = read_conf("ipv6", &l.name, &CONF6);
+    Ok(Dev {
+        link: l,
+        conf4,
+        conf6,
+        peer_ns: None,
+        external: false,
+        outside_name: None,
+    })
+}
+
+/// The routes, rules and neighbours of both families crest keeps (those
+/// the kernel does not make by itself).
+fn read_routing(nl: &mut Rtnl, n: &mut NetNs) -> Result<(), Fail> {
     for (family, v4) in [(libc::AF_INET, true), (libc::AF_INET6, false)] {
         let routes = dump_kept(
-            &mut nl,
+            nl,
             rtnl::RTM_GETROUTE,
             family,
             ("list routes", "parse a route"),
             |p| rtnl::parse_route(p).map(|r| r.kept()),
         )?;
         let rules = dump_kept(
-            &mut nl,
+            nl,
             policy::RTM_GETRULE,
             family,
             ("list rules", "parse a rule"),
             |p| policy::parse_rule(p).map(|r| r.kept()),
         )?;
         let neighs = dump_kept(
-            &mut nl,
+            nl,
             policy::RTM_GETNEIGH,
             family,
             ("list neighbours", "parse a neighbour"),
@@ -191,16 +216,7 @@ pub(super) fn read_inside() -> Result<NetNs, Fail> {
         *u = rules;
         n.neighs.extend(neighs);
     }
-    n.neighs.truncate(MAX_ITEMS);
-    n.all4 = read_conf("ipv4", "all", &CONF4);
-    n.def4 = read_conf("ipv4", "default", &CONF4);
-    n.all6 = read_conf("ipv6", "all", &CONF6);
-    n.def6 = read_conf("ipv6", "default", &CONF6);
-    n.extra = EXTRA
-        .iter()
-        .filter_map(|p| Some((p.to_string(), sysctl::read_sysctl(p)?)))
-        .collect();
-    Ok(n)
+    Ok(())
 }
 
 /// Finds where the peer of every veth lives: another namespace of the

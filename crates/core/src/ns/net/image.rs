@@ -69,6 +69,18 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
     if !dir.join(names::netdev(id)).exists() {
         return Ok(None);
     }
+    let mut n = NetNs {
+        devs: read_devices(dir, id)?,
+        ..NetNs::default()
+    };
+    read_netns(dir, id, &mut n)?;
+    read_raw_lists(dir, id, &mut n)?;
+    Ok(Some(n))
+}
+
+/// The devices of namespace `id` (`netdev-ID.img`, with crest's part of
+/// each), checked.
+fn read_devices(dir: &Path, id: u32) -> Result<Vec<Dev>, RestoreError> {
     let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let mut devs: Vec<NetDeviceEntry> =
         crest_images::read_image(dir, &names::netdev(id), magic::NETDEV)?;
@@ -102,65 +114,83 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
             ),
         ));
     }
-    let mut n = NetNs::default();
-    for (d, x) in devs.into_iter().zip(extra) {
-        let conf_ok = d.conf4.len() <= CONF4.len() && d.conf6.len() <= CONF6.len();
-        let name_ok = !d.name.is_empty() && d.name.len() < 16 && !d.name.contains(['/', '\0']);
-        if x.ifindex != d.ifindex || !conf_ok || !name_ok || d.ifindex == 0 {
-            return Err(bad(
-                names::netdev(id),
-                format!("a bad device entry {:?}", d.name),
-            ));
-        }
-        let lo = d.r#type == NdType::Loopback as i32;
-        if !lo && !x.kind.as_deref().is_some_and(|k| KINDS.contains(&k)) {
-            return Err(bad(
-                extra_file,
-                format!(
-                    "device {} of kind {:?}, which crest does not make",
-                    d.name, x.kind
-                ),
-            ));
-        }
-        let bridge = match x.bridge_options {
-            Some(b) if x.kind.as_deref() == Some("bridge") => rtnl::bridge_options(&b)
-                .ok()
-                .filter(|k| *k == b)
-                .ok_or_else(|| {
-                    bad(
-                        extra_file.clone(),
-                        format!("bad bridge options of {}", d.name),
-                    )
-                })?,
-            Some(_) => {
-                return Err(bad(
-                    extra_file,
-                    format!("bridge options of {}, which is no bridge", d.name),
-                ))
-            }
-            None => Vec::new(),
-        };
-        n.devs.push(Dev {
-            link: Link {
-                index: d.ifindex,
-                hw_type: if lo { libc::ARPHRD_LOOPBACK } else { 0 },
-                flags: d.flags,
-                name: d.name,
-                mtu: d.mtu,
-                address: d.address,
-                kind: x.kind,
-                master: d.master,
-                link: d.peer_ifindex,
-                link_netnsid: None,
-                bridge,
-            },
-            conf4: d.conf4,
-            conf6: d.conf6,
-            peer_ns: d.peer_nsid,
-            external: x.external.unwrap_or(false),
-            outside_name: x.outside_name,
-        });
+    devs.into_iter()
+        .zip(extra)
+        .map(|(d, x)| device(d, x, &extra_file, id))
+        .collect()
+}
+
+/// Device `d` with crest's part `x` (from `extra_file`), checked: a name
+/// and settings crest knows, a kind crest makes.
+fn device(
+    d: NetDeviceEntry,
+    x: CrestNetdevExtra,
+    extra_file: &str,
+    id: u32,
+) -> Result<Dev, RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let conf_ok = d.conf4.len() <= CONF4.len() && d.conf6.len() <= CONF6.len();
+    let name_ok = !d.name.is_empty() && d.name.len() < 16 && !d.name.contains(['/', '\0']);
+    if x.ifindex != d.ifindex || !conf_ok || !name_ok || d.ifindex == 0 {
+        return Err(bad(
+            names::netdev(id),
+            format!("a bad device entry {:?}", d.name),
+        ));
     }
+    let lo = d.r#type == NdType::Loopback as i32;
+    if !lo && !x.kind.as_deref().is_some_and(|k| KINDS.contains(&k)) {
+        return Err(bad(
+            extra_file.to_string(),
+            format!(
+                "device {} of kind {:?}, which crest does not make",
+                d.name, x.kind
+            ),
+        ));
+    }
+    let bridge = match x.bridge_options {
+        Some(b) if x.kind.as_deref() == Some("bridge") => rtnl::bridge_options(&b)
+            .ok()
+            .filter(|k| *k == b)
+            .ok_or_else(|| {
+                bad(
+                    extra_file.to_string(),
+                    format!("bad bridge options of {}", d.name),
+                )
+            })?,
+        Some(_) => {
+            return Err(bad(
+                extra_file.to_string(),
+                format!("bridge options of {}, which is no bridge", d.name),
+            ))
+        }
+        None => Vec::new(),
+    };
+    Ok(Dev {
+        link: Link {
+            index: d.ifindex,
+            hw_type: if lo { libc::ARPHRD_LOOPBACK } else { 0 },
+            flags: d.flags,
+            name: d.name,
+            mtu: d.mtu,
+            address: d.address,
+            kind: x.kind,
+            master: d.master,
+            link: d.peer_ifindex,
+            link_netnsid: None,
+            bridge,
+        },
+        conf4: d.conf4,
+        conf6: d.conf6,
+        peer_ns: d.peer_nsid,
+        external: x.external.unwrap_or(false),
+        outside_name: x.outside_name,
+    })
+}
+
+/// The namespace-wide settings of namespace `id` (`netns-ID.img`):
+/// default and all conf lists, sysctls, IPv6 rules and neighbours.
+fn read_netns(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     let mut e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
     if [&e.def_conf4, &e.all_conf4]
         .iter()
@@ -195,6 +225,13 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         check_payloads(&names::netns(id), ty, list)?;
     }
     (n.rules6, n.neighs) = (e.crest_rules6, e.crest_neighs);
+    Ok(())
+}
+
+/// The raw rtnetlink lists of namespace `id` (addresses, routes, rules
+/// ...), each from its file where it was written.
+fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
+    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
     for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
         if !path.exists() {
@@ -214,7 +251,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
         check_payloads(&name, ty, &list)?;
         *slot = list;
     }
-    Ok(Some(n))
+    Ok(())
 }
 
 /// Refuses rtnetlink payloads of type `ty` (from image `file`) that crest

@@ -46,70 +46,14 @@ impl NsHelpers {
                 h.joined.push(n.id);
             }
             let mut t = crate::ns::pid::spawn_helper(&[])?;
-            let pid = t.pid();
             if n.external_key.is_some() || join_file.is_some() {
-                // the caller's namespace: --inherit-fd fd[N]:KEY for an
-                // external one, a file for --join-ns
-                let opened;
-                let fd = match (&n.external_key, join_file) {
-                    (_, Some(f)) => {
-                        opened = OwnedFd::from(File::open(f).rat(pid, format!("open {f}"))?);
-                        &opened
-                    }
-                    (Some(key), None) => {
-                        inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
-                            pid,
-                            what: format!(
-                                "the external namespace {key} without --inherit-fd fd[N]:{key}"
-                            ),
-                        })?
-                    }
-                    (None, None) => continue,
-                };
-                let key = join_file
-                    .cloned()
-                    .or(n.external_key.clone())
-                    .unwrap_or_default();
-                let there = t.give_fd(fd)?;
-                t.with_fd(there, |t, fd| {
-                    t.setns(
-                        fd,
-                        u64::from(n.nstype),
-                        &format!("setns into the caller's namespace {key}"),
-                    )
-                })?;
-                h.by_id.push((n.id, t));
+                // the caller's namespace
+                if join_callers(&mut t, n, join_file, inherit)? {
+                    h.by_id.push((n.id, t));
+                }
                 continue;
             }
-            if let Some(root) = &n.cgroup_root {
-                // A cgroup namespace is rooted where its creator is.
-                crate::ns::cgroup::move_to(pid, root)?;
-            }
-            if let Some(owner) = users_h.pid_of(n.owner_userns) {
-                crate::ns::user::enter(&mut t, owner)?;
-            }
-            t.syscall(nr::UNSHARE, &[u64::from(n.nstype)])
-                .rat(pid, format!("unshare({:#x})", n.nstype))?;
-            if let Some((host, dom)) = &n.uts {
-                for (call, v) in [(nr::SETHOSTNAME, host), (nr::SETDOMAINNAME, dom)] {
-                    let addr = t.put(v.as_bytes()).rat(pid, "write a name")?;
-                    t.syscall(call, &[addr, v.len() as u64])
-                        .rat(pid, format!("set host/domain name {v:?}"))?;
-                }
-            }
-            if let Some(d) = &n.ipc {
-                crate::ns::ipc::restore(&mut t, d)?;
-            }
-            if let Some([(ms, mn), (bs, bn)]) = n.offsets {
-                let path = format!("/proc/{pid}/timens_offsets");
-                std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
-                    .rat(pid, format!("write {path}"))?;
-            }
-            if n.nstype == libc::CLONE_NEWNS as u32 && n.mnt_private {
-                let root = t.put(b"/\0").rat(pid, "write a path")?;
-                t.syscall(nr::MOUNT, &[0, root, 0, libc::MS_REC | libc::MS_PRIVATE, 0])
-                    .rat(pid, "make the mount namespace private")?;
-            }
+            make_own(&mut t, n, users_h)?;
             h.by_id.push((n.id, t));
         }
         let nets: Vec<(u32, &crate::ns::net::NetNs, i32)> = g
@@ -353,4 +297,85 @@ pub(super) fn join_files(
         }
     }
     Ok(out)
+}
+
+/// Helper `t` joins the caller's namespace standing for `n`: the file
+/// `join_file` (`--join-ns`), or the fd `--inherit-fd fd[N]:KEY` gave for
+/// an external one. False if `n` is neither.
+fn join_callers(
+    t: &mut Tracee,
+    n: &OtherNs,
+    join_file: Option<&String>,
+    inherit: &std::collections::HashMap<String, OwnedFd>,
+) -> Result<bool, RestoreError> {
+    let pid = t.pid();
+    // the caller's namespace: --inherit-fd fd[N]:KEY for an
+    // external one, a file for --join-ns
+    let opened;
+    let fd = match (&n.external_key, join_file) {
+        (_, Some(f)) => {
+            opened = OwnedFd::from(File::open(f).rat(pid, format!("open {f}"))?);
+            &opened
+        }
+        (Some(key), None) => inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
+            pid,
+            what: format!("the external namespace {key} without --inherit-fd fd[N]:{key}"),
+        })?,
+        (None, None) => return Ok(false),
+    };
+    let key = join_file
+        .cloned()
+        .or(n.external_key.clone())
+        .unwrap_or_default();
+    let there = t.give_fd(fd)?;
+    t.with_fd(there, |t, fd| {
+        t.setns(
+            fd,
+            u64::from(n.nstype),
+            &format!("setns into the caller's namespace {key}"),
+        )
+    })?;
+    Ok(true)
+}
+
+/// Helper `t` makes namespace `n` of the tree: in its cgroup (a cgroup
+/// namespace), inside its owning user namespace (held by `users_h`),
+/// with its state (names, ipc objects, clock offsets, mount
+/// propagation).
+fn make_own(
+    t: &mut Tracee,
+    n: &OtherNs,
+    users_h: &crate::ns::user::UsernsHelpers,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if let Some(root) = &n.cgroup_root {
+        // A cgroup namespace is rooted where its creator is.
+        crate::ns::cgroup::move_to(pid, root)?;
+    }
+    if let Some(owner) = users_h.pid_of(n.owner_userns) {
+        crate::ns::user::enter(t, owner)?;
+    }
+    t.syscall(nr::UNSHARE, &[u64::from(n.nstype)])
+        .rat(pid, format!("unshare({:#x})", n.nstype))?;
+    if let Some((host, dom)) = &n.uts {
+        for (call, v) in [(nr::SETHOSTNAME, host), (nr::SETDOMAINNAME, dom)] {
+            let addr = t.put(v.as_bytes()).rat(pid, "write a name")?;
+            t.syscall(call, &[addr, v.len() as u64])
+                .rat(pid, format!("set host/domain name {v:?}"))?;
+        }
+    }
+    if let Some(d) = &n.ipc {
+        crate::ns::ipc::restore(t, d)?;
+    }
+    if let Some([(ms, mn), (bs, bn)]) = n.offsets {
+        let path = format!("/proc/{pid}/timens_offsets");
+        std::fs::write(&path, format!("monotonic {ms} {mn}\nboottime {bs} {bn}\n"))
+            .rat(pid, format!("write {path}"))?;
+    }
+    if n.nstype == libc::CLONE_NEWNS as u32 && n.mnt_private {
+        let root = t.put(b"/\0").rat(pid, "write a path")?;
+        t.syscall(nr::MOUNT, &[0, root, 0, libc::MS_REC | libc::MS_PRIVATE, 0])
+            .rat(pid, "make the mount namespace private")?;
+    }
+    Ok(())
 }

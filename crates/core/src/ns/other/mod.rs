@@ -133,6 +133,81 @@ pub struct OtherGraph {
     mnt_opts: super::mnt::MntOpts,
 }
 
+/// Namespace `e` of the images with its state read (names, clock
+/// offsets, ipc objects, mounts, network); a kind crest cannot restore is
+/// refused.
+fn read_one(dir: &Path, e: CrestNsEntry) -> Result<OtherNs, RestoreError> {
+    let bad = |what: String| RestoreError::BadImage {
+        pid: 0,
+        file: names::CREST_NS.into(),
+        what,
+    };
+    let kind = kind_of_flag(e.nstype).ok_or_else(|| {
+        bad(format!(
+            "namespace {} of unknown type {:#x}",
+            e.id, e.nstype
+        ))
+    })?;
+    if !kind.supported {
+        return Err(RestoreError::Unsupported {
+            pid: 0,
+            what: format!("restoring a {} namespace", kind.name),
+        });
+    }
+    let uts = if kind.flag == libc::CLONE_NEWUTS as u32 {
+        let u: UtsnsEntry = crest_images::read_one(dir, &names::utsns(e.id), magic::UTSNS)?;
+        if u.nodename.len() > 64 || u.domainname.len() > 64 {
+            return Err(RestoreError::BadImage {
+                pid: 0,
+                file: names::utsns(e.id),
+                what: "a host or domain name longer than 64 bytes".into(),
+            });
+        }
+        Some((u.nodename, u.domainname))
+    } else {
+        None
+    };
+    let offsets = (kind.name == "time").then(|| {
+        [
+            (e.monotonic_sec.unwrap_or(0), e.monotonic_nsec.unwrap_or(0)),
+            (e.boottime_sec.unwrap_or(0), e.boottime_nsec.unwrap_or(0)),
+        ]
+    });
+    let ipc = if kind.name == "ipc" && dir.join(names::ipcns_var(e.id)).exists() {
+        Some(super::ipc::read(dir, e.id)?)
+    } else {
+        None
+    };
+    let mnt = if kind.name == "mnt" && MountsReader::exists(dir, e.id) {
+        Some(super::mnt::read(dir, e.id)?)
+    } else {
+        None
+    };
+    let net = if kind.name == "net" && e.external_key.is_none() {
+        Some(
+            super::net::read(dir, e.id)?
+                .unwrap_or_else(|| super::net::NetNs::bare(e.lo_up.unwrap_or(false))),
+        )
+    } else {
+        None
+    };
+    Ok(OtherNs {
+        id: e.id,
+        nstype: e.nstype,
+        owner_userns: e.owner_userns,
+        uts,
+        lo_up: e.lo_up.unwrap_or(false),
+        offsets,
+        mnt_private: e.mnt_private.unwrap_or(false),
+        ipc,
+        mnt,
+        cgroup_root: e.cgroup_root.clone(),
+        net,
+        external_key: e.external_key.clone(),
+        ino: 0,
+    })
+}
+
 impl OtherGraph {
     /// (nsfs inode, id, `CLONE_NEW*` type) of every namespace of the tree's
     /// own.
@@ -479,70 +554,7 @@ impl OtherGraph {
             .into_iter()
             .filter(|e| e.nstype != libc::CLONE_NEWPID as u32)
         {
-            let kind = kind_of_flag(e.nstype).ok_or_else(|| {
-                bad(format!(
-                    "namespace {} of unknown type {:#x}",
-                    e.id, e.nstype
-                ))
-            })?;
-            if !kind.supported {
-                return Err(RestoreError::Unsupported {
-                    pid: 0,
-                    what: format!("restoring a {} namespace", kind.name),
-                });
-            }
-            let uts = if kind.flag == libc::CLONE_NEWUTS as u32 {
-                let u: UtsnsEntry = crest_images::read_one(dir, &names::utsns(e.id), magic::UTSNS)?;
-                if u.nodename.len() > 64 || u.domainname.len() > 64 {
-                    return Err(RestoreError::BadImage {
-                        pid: 0,
-                        file: names::utsns(e.id),
-                        what: "a host or domain name longer than 64 bytes".into(),
-                    });
-                }
-                Some((u.nodename, u.domainname))
-            } else {
-                None
-            };
-            let offsets = (kind.name == "time").then(|| {
-                [
-                    (e.monotonic_sec.unwrap_or(0), e.monotonic_nsec.unwrap_or(0)),
-                    (e.boottime_sec.unwrap_or(0), e.boottime_nsec.unwrap_or(0)),
-                ]
-            });
-            let ipc = if kind.name == "ipc" && dir.join(names::ipcns_var(e.id)).exists() {
-                Some(super::ipc::read(dir, e.id)?)
-            } else {
-                None
-            };
-            let mnt = if kind.name == "mnt" && MountsReader::exists(dir, e.id) {
-                Some(super::mnt::read(dir, e.id)?)
-            } else {
-                None
-            };
-            let net = if kind.name == "net" && e.external_key.is_none() {
-                Some(
-                    super::net::read(dir, e.id)?
-                        .unwrap_or_else(|| super::net::NetNs::bare(e.lo_up.unwrap_or(false))),
-                )
-            } else {
-                None
-            };
-            g.list.push(OtherNs {
-                id: e.id,
-                nstype: e.nstype,
-                owner_userns: e.owner_userns,
-                uts,
-                lo_up: e.lo_up.unwrap_or(false),
-                offsets,
-                mnt_private: e.mnt_private.unwrap_or(false),
-                ipc,
-                mnt,
-                cgroup_root: e.cgroup_root.clone(),
-                net,
-                external_key: e.external_key.clone(),
-                ino: 0,
-            });
+            g.list.push(read_one(dir, e)?);
         }
         Ok(g)
     }

@@ -61,59 +61,84 @@ impl UsernsHelpers {
                     })?;
                 crate::clone::clone_plain(ph)?
             };
-            let pid = t.pid();
-            // The namespace's owner is the euid of its creator; its egid
-            // must be mapped in the parent namespace too (crest's namespace
-            // maps every gid: crest's own will do). Below crest's
-            // namespace, an owner the helper is already (its status shows
-            // crest's view, then the parent's) is not set again: an
-            // unprivileged crest could not.
-            let now = procfs::read_status(pid).ok().filter(|_| parent_is_root);
-            let egid = g
-                .node(parent)
-                .and_then(|p| p.gid_map.first())
-                .map_or(0, |e| e.first);
-            if !parent_is_root {
-                t.syscall(nr::SETRESGID, &[u64::MAX, u64::from(egid), u64::MAX])
-                    .rat(pid, format!("setegid({egid}) of a user namespace helper"))?;
-            }
-            if now.as_ref().is_none_or(|s| s.uid[1] != n.owner_uid) {
-                t.syscall(nr::SETRESUID, &[u64::MAX, u64::from(n.owner_uid), u64::MAX])
-                    .rat(
-                        pid,
-                        format!("seteuid({}) of a user namespace helper", n.owner_uid),
-                    )?;
-            }
-            t.prctl(&[libc::PR_SET_DUMPABLE as u64, 1], "prctl(PR_SET_DUMPABLE)")?;
-            t.syscall(nr::UNSHARE, &[libc::CLONE_NEWUSER as u64])
-                .rat(pid, "unshare(CLONE_NEWUSER)")?;
-            let writes = [
-                (
-                    "setgroups",
-                    if n.setgroups_allow {
-                        String::new()
-                    } else {
-                        "deny".to_string()
-                    },
-                ),
-                ("uid_map", idmap::to_text(&n.uid_map)),
-                ("gid_map", idmap::to_text(&n.gid_map)),
-            ];
-            for (file, text) in writes {
-                if text.is_empty() {
-                    continue;
-                }
-                let path = format!("/proc/{pid}/{file}");
-                if parent_is_root {
-                    std::fs::write(&path, &text).rat(pid, format!("write {path}"))?;
-                } else if let Some(ph) = h.by_ns.get_mut(&parent) {
-                    write_in_task(ph, &path, text.as_bytes())?;
-                }
-            }
+            unshare_as_owner(&mut t, g, n, parent_is_root)?;
+            h.write_maps(t.pid(), n, parent_is_root)?;
             h.by_ns.insert(n.id, t);
         }
         Ok(h)
     }
+
+    /// Writes the id maps (and `setgroups`) of namespace `n`, just made
+    /// by helper `pid`: from crest where its parent is crest's namespace,
+    /// else from the parent's helper.
+    fn write_maps(
+        &mut self,
+        pid: i32,
+        n: &Userns,
+        parent_is_root: bool,
+    ) -> Result<(), RestoreError> {
+        let parent = n.parent.unwrap_or(1);
+        let writes = [
+            (
+                "setgroups",
+                if n.setgroups_allow {
+                    String::new()
+                } else {
+                    "deny".to_string()
+                },
+            ),
+            ("uid_map", idmap::to_text(&n.uid_map)),
+            ("gid_map", idmap::to_text(&n.gid_map)),
+        ];
+        for (file, text) in writes {
+            if text.is_empty() {
+                continue;
+            }
+            let path = format!("/proc/{pid}/{file}");
+            if parent_is_root {
+                std::fs::write(&path, &text).rat(pid, format!("write {path}"))?;
+            } else if let Some(ph) = self.by_ns.get_mut(&parent) {
+                write_in_task(ph, &path, text.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Helper `t` becomes the owner of namespace `n` (of `g`) and unshares
+/// it. The namespace's owner is the euid of its creator; its egid must be
+/// mapped in the parent namespace too (crest's namespace maps every gid:
+/// crest's own will do). Below crest's namespace, an owner the helper is
+/// already (its status shows crest's view, then the parent's) is not set
+/// again: an unprivileged crest could not.
+fn unshare_as_owner(
+    t: &mut Tracee,
+    g: &UsernsGraph,
+    n: &Userns,
+    parent_is_root: bool,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let parent = n.parent.unwrap_or(1);
+    let now = procfs::read_status(pid).ok().filter(|_| parent_is_root);
+    let egid = g
+        .node(parent)
+        .and_then(|p| p.gid_map.first())
+        .map_or(0, |e| e.first);
+    if !parent_is_root {
+        t.syscall(nr::SETRESGID, &[u64::MAX, u64::from(egid), u64::MAX])
+            .rat(pid, format!("setegid({egid}) of a user namespace helper"))?;
+    }
+    if now.as_ref().is_none_or(|s| s.uid[1] != n.owner_uid) {
+        t.syscall(nr::SETRESUID, &[u64::MAX, u64::from(n.owner_uid), u64::MAX])
+            .rat(
+                pid,
+                format!("seteuid({}) of a user namespace helper", n.owner_uid),
+            )?;
+    }
+    t.prctl(&[libc::PR_SET_DUMPABLE as u64, 1], "prctl(PR_SET_DUMPABLE)")?;
+    t.syscall(nr::UNSHARE, &[libc::CLONE_NEWUSER as u64])
+        .rat(pid, "unshare(CLONE_NEWUSER)")?;
+    Ok(())
 }
 
 /// The namespace `--join-ns user:...` stands for: the tree's one user
