@@ -7,7 +7,7 @@
 //! answer each before crest goes on.
 
 use crate::criu_args;
-use crest_core::notify::{hook, Notify, Silent};
+use crest_core::notify::{hook, Notify, NotifyError, Silent};
 use crest_core::opts::{CgMode, JoinNs, NetworkLock, Options};
 use crest_images::pb::rpc::{
     CriuDumpResp, CriuFeatures, CriuNotify, CriuOpts, CriuReq, CriuReqType, CriuResp,
@@ -235,7 +235,7 @@ impl Notify for RpcNotify<'_> {
         script: &str,
         pid: Option<i32>,
         fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotifyError> {
         // CRIU sends the pid with these two only
         let pid = pid.filter(|_| script == hook::SETUP_NAMESPACES || script == hook::POST_RESTORE);
         let msg = CriuResp {
@@ -245,13 +245,13 @@ impl Notify for RpcNotify<'_> {
             }),
             ..answer(CriuReqType::Notify, true)
         };
-        self.peer.send(&msg, fd)?;
-        match self.peer.recv()? {
+        self.peer.send(&msg, fd).map_err(NotifyError::Channel)?;
+        match self.peer.recv().map_err(NotifyError::Channel)? {
             Some(r) if r.r#type == CriuReqType::Notify as i32 && r.notify_success == Some(true) => {
                 Ok(())
             }
-            Some(_) => Err(format!("the caller refused {script}")),
-            None => Err(format!("the caller went away at {script}")),
+            Some(_) => Err(NotifyError::Refused(script.to_string())),
+            None => Err(NotifyError::Gone(script.to_string())),
         }
     }
 }
@@ -460,7 +460,7 @@ impl Notify for Notifier<'_> {
         hook: &str,
         pid: Option<i32>,
         fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotifyError> {
         match &mut self.rpc {
             Some(r) => r.notify(hook, pid, fd),
             None => Silent.notify(hook, pid, fd),

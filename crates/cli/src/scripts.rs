@@ -3,7 +3,7 @@
 //! (`CRTOOLS_SCRIPT_ACTION`, `CRTOOLS_IMAGE_DIR`, `CRTOOLS_INIT_PID`); a
 //! script that fails aborts the action, as with CRIU.
 
-use crest_core::notify::Notify;
+use crest_core::notify::{Notify, NotifyError};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +19,7 @@ impl Notify for Scripts {
         hook: &str,
         pid: Option<i32>,
         fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotifyError> {
         for s in &self.scripts {
             let mut cmd = Command::new(s);
             cmd.env("CRTOOLS_SCRIPT_ACTION", hook)
@@ -31,11 +31,16 @@ impl Notify for Scripts {
                 cmd.env("CRTOOLS_PTY_MASTER_FD", fd.as_raw_fd().to_string());
             }
             crest_core::debug!("running action script {s} for {hook}");
-            let st = cmd
-                .status()
-                .map_err(|e| format!("action script {s}: {e}"))?;
+            let st = cmd.status().map_err(|source| NotifyError::Spawn {
+                script: s.clone(),
+                source,
+            })?;
             if !st.success() {
-                return Err(format!("action script {s} for {hook} failed ({st})"));
+                return Err(NotifyError::Script {
+                    script: s.clone(),
+                    hook: hook.to_string(),
+                    status: st,
+                });
             }
         }
         Ok(())

@@ -37,6 +37,9 @@ pub enum DumpError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("dump pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    /// Something of the whole tree (not of one task) crest cannot dump.
+    #[error("dump: {what} is not supported yet")]
+    UnsupportedTree { what: String },
     #[error("dump pid {pid}: fd {fd} {what}; dump with {option} to take it")]
     NeedsOption {
         pid: i32,
@@ -49,7 +52,11 @@ pub enum DumpError {
     #[error("dump: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
     Refused { refused: Vec<Refused> },
     #[error("dump: the {hook} notification failed: {why}")]
-    Notify { hook: String, why: String },
+    Notify {
+        hook: String,
+        #[source]
+        why: crate::notify::NotifyError,
+    },
     #[error(
         "dump pid {pid}: refused: {what}, and crest acts for uid {uid}, which may not trace it"
     )]
@@ -84,6 +91,9 @@ pub enum RestoreError {
     },
     #[error("restore pid {pid}: pid is already in use by another process ({holder})")]
     PidTaken { pid: i32, holder: String },
+    /// An image of the whole tree (not of one task) that crest refuses.
+    #[error("restore: {file}: {what}")]
+    BadTreeImage { file: String, what: String },
     #[error("restore pid {pid}: {file}: {what}")]
     BadImage {
         pid: i32,
@@ -92,10 +102,17 @@ pub enum RestoreError {
     },
     #[error("restore pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    /// Something of the whole tree (not of one task) crest cannot restore.
+    #[error("restore: {what} is not supported yet")]
+    UnsupportedTree { what: String },
     #[error("restore: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
     Refused { refused: Vec<Refused> },
     #[error("restore: the {hook} notification failed: {why}")]
-    Notify { hook: String, why: String },
+    Notify {
+        hook: String,
+        #[source]
+        why: crate::notify::NotifyError,
+    },
     #[error(
         "restore pid {pid}: {file} claims {what}, which the caller (uid {uid}) does not hold: \
          refused"

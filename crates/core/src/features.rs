@@ -1,5 +1,5 @@
-//! What this kernel offers crest, probed once (CRIU's kerndat): `crest
-//! check` prints it, and steps that need a feature consult it.
+//! What this kernel offers crest, probed on demand (CRIU's kerndat):
+//! `crest check` prints it, and the RPC's FEATURE_CHECK answers from it.
 
 use crest_sys::{misc, ns, proc as sproc, ptrace};
 use std::fs::File;
@@ -11,6 +11,20 @@ pub struct Feature {
     pub ok: bool,
     pub detail: String,
 }
+
+/// Why a probed feature is not there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Lacking(pub String);
+
+impl From<String> for Lacking {
+    fn from(s: String) -> Lacking {
+        Lacking(s)
+    }
+}
+
+/// What a probe found: the feature works (and how it showed), or why not.
+type Probed = Result<String, Lacking>;
 
 /// Every feature crest relies on, probed now.
 pub fn probe() -> Vec<Feature> {
@@ -46,10 +60,10 @@ pub fn probe() -> Vec<Feature> {
     ]
 }
 
-fn f(name: &'static str, required: bool, r: Result<String, String>) -> Feature {
+fn f(name: &'static str, required: bool, r: Probed) -> Feature {
     let (ok, detail) = match r {
         Ok(d) => (true, d),
-        Err(d) => (false, d),
+        Err(d) => (false, d.0),
     };
     Feature {
         name,
@@ -59,15 +73,15 @@ fn f(name: &'static str, required: bool, r: Result<String, String>) -> Feature {
     }
 }
 
-fn ok_if(ok: bool, what: &str) -> Result<String, String> {
+fn ok_if(ok: bool, what: &str) -> Probed {
     if ok {
         Ok(format!("{what} works"))
     } else {
-        Err(format!("{what} failed"))
+        Err(format!("{what} failed").into())
     }
 }
 
-fn exists(path: &str) -> Result<String, String> {
+fn exists(path: &str) -> Probed {
     ok_if(std::path::Path::new(path).exists(), path)
 }
 
@@ -75,13 +89,13 @@ fn exists(path: &str) -> Result<String, String> {
 struct Child(i32);
 
 impl Child {
-    fn spawn() -> Result<Child, String> {
+    fn spawn() -> Result<Child, Lacking> {
         let pid = sproc::spawn_stopped(&[], sproc::SessionSetup::Inherit)
             .map_err(|e| format!("clone3: {e}"))?;
         let c = Child(pid);
         match ptrace::wait(pid) {
             Ok(ptrace::WaitStatus::Stopped { .. }) => Ok(c),
-            other => Err(format!("child did not stop: {other:?}")),
+            other => Err(format!("child did not stop: {other:?}").into()),
         }
     }
 }
@@ -93,7 +107,7 @@ impl Drop for Child {
     }
 }
 
-fn probe_inject() -> Result<String, String> {
+fn probe_inject() -> Probed {
     let pid = sproc::spawn_stopped(&[], sproc::SessionSetup::Inherit)
         .map_err(|e| format!("clone3: {e}"))?;
     // The tracee kills the child when dropped.
@@ -105,11 +119,11 @@ fn probe_inject() -> Result<String, String> {
     if got == pid as u64 {
         Ok(format!("injected getpid() returned {got}"))
     } else {
-        Err(format!("injected getpid() returned {got}, expected {pid}"))
+        Err(format!("injected getpid() returned {got}, expected {pid}").into())
     }
 }
 
-fn probe_clone3() -> Result<String, String> {
+fn probe_clone3() -> Probed {
     // Pick a pid that is free now and ask for it.
     let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
@@ -132,11 +146,11 @@ fn probe_clone3() -> Result<String, String> {
     if c.0 == want {
         Ok(format!("got the asked pid {want}"))
     } else {
-        Err(format!("asked for pid {want}, got {}", c.0))
+        Err(format!("asked for pid {want}, got {}", c.0).into())
     }
 }
 
-fn probe_pidfd() -> Result<String, String> {
+fn probe_pidfd() -> Probed {
     let me = std::process::id() as i32;
     let pidfd = misc::pidfd_open(me).map_err(|e| format!("pidfd_open: {e}"))?;
     misc::pidfd_getfd(&pidfd, 0)
@@ -150,45 +164,45 @@ fn pidfd_raw(fd: &std::os::fd::OwnedFd) -> i32 {
     fd.as_raw_fd()
 }
 
-fn probe_rseq() -> Result<String, String> {
+fn probe_rseq() -> Probed {
     let c = Child::spawn()?;
     ptrace::get_rseq_config(c.0)
         .map(|r| format!("rseq size {} signature {:#x}", r.rseq_abi_size, r.signature))
-        .map_err(|e| e.to_string())
+        .map_err(|e| Lacking(e.to_string()))
 }
 
-fn probe_vm_readv() -> Result<String, String> {
+fn probe_vm_readv() -> Probed {
     let c = Child::spawn()?;
     let regs = ptrace::get_regs(c.0).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 8];
     crest_sys::mem::read_remote(c.0, &[(regs.rsp, 8)], &mut buf)
         .map(|_| "read a traced child's stack".to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| Lacking(e.to_string()))
 }
 
-fn probe_ns_parent() -> Result<String, String> {
+fn probe_ns_parent() -> Probed {
     let f = File::open("/proc/self/ns/user").map_err(|e| e.to_string())?;
     match ns::get_parent(&f) {
         Ok(_) => Ok("answers (crest is in a nested user namespace)".into()),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             Ok("answers (EPERM at the top namespace, as expected)".into())
         }
-        Err(e) => Err(format!("NS_GET_PARENT: {e}")),
+        Err(e) => Err(format!("NS_GET_PARENT: {e}").into()),
     }
 }
 
-fn probe_ns_userns() -> Result<String, String> {
+fn probe_ns_userns() -> Probed {
     let f = File::open("/proc/self/ns/uts").map_err(|e| e.to_string())?;
     let u = ns::get_userns(&f).map_err(|e| format!("NS_GET_USERNS: {e}"))?;
     let uid = ns::get_owner_uid(&u).map_err(|e| format!("NS_GET_OWNER_UID: {e}"))?;
     Ok(format!("owner uid {uid}"))
 }
 
-fn probe_mm_map() -> Result<String, String> {
+fn probe_mm_map() -> Probed {
     Ok("used for mm fields (the single PR_SET_MM_* calls are not needed)".into())
 }
 
-fn probe_sys_resource() -> Result<String, String> {
+fn probe_sys_resource() -> Probed {
     let s = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     let bnd = s
         .lines()
@@ -198,6 +212,6 @@ fn probe_sys_resource() -> Result<String, String> {
     if bnd & (1u64 << 24) != 0 {
         Ok("present".into())
     } else {
-        Err("absent: crest uses only PR_SET_MM_MAP".into())
+        Err(Lacking("absent: crest uses only PR_SET_MM_MAP".into()))
     }
 }

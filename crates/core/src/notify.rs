@@ -20,6 +20,30 @@ pub mod hook {
     pub const ORPHAN_PTS_MASTER: &str = "orphan-pts-master";
 }
 
+/// Why a notification stopped the action.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("the caller refused {0}")]
+    Refused(String),
+    #[error("the caller went away at {0}")]
+    Gone(String),
+    /// The RPC channel to the caller failed.
+    #[error("{0}")]
+    Channel(String),
+    #[error("action script {script}: {source}")]
+    Spawn {
+        script: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("action script {script} for {hook} failed ({status})")]
+    Script {
+        script: String,
+        hook: String,
+        status: std::process::ExitStatus,
+    },
+}
+
 /// Receives the notifications of one action.
 pub trait Notify {
     /// Tells the caller that `hook` is reached, with the tree's root pid
@@ -31,14 +55,19 @@ pub trait Notify {
         hook: &str,
         pid: Option<i32>,
         fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(), String>;
+    ) -> Result<(), NotifyError>;
 }
 
 /// No one to tell.
 pub struct Silent;
 
 impl Notify for Silent {
-    fn notify(&mut self, _: &str, _: Option<i32>, _: Option<BorrowedFd<'_>>) -> Result<(), String> {
+    fn notify(
+        &mut self,
+        _: &str,
+        _: Option<i32>,
+        _: Option<BorrowedFd<'_>>,
+    ) -> Result<(), NotifyError> {
         Ok(())
     }
 }

@@ -230,8 +230,7 @@ impl Caller {
         if self.can_restore_pids() {
             return Ok(());
         }
-        Err(RestoreError::Unsupported {
-            pid: 0,
+        Err(RestoreError::UnsupportedTree {
             what: format!(
                 "restoring as uid {} without CAP_CHECKPOINT_RESTORE, which giving tasks their \
                  pids needs (run crest as root, or give it the capability: setcap \

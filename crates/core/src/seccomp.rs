@@ -229,8 +229,7 @@ pub fn read(dir: &Path) -> Result<Vec<SeccompFilter>, RestoreError> {
         return Ok(Vec::new());
     }
     let entries: Vec<SeccompEntry> = crest_images::read_image(dir, names::SECCOMP, magic::SECCOMP)?;
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::SECCOMP.into(),
         what,
     };
@@ -259,20 +258,25 @@ pub fn read(dir: &Path) -> Result<Vec<SeccompFilter>, RestoreError> {
     Ok(filters)
 }
 
+/// A chain of filters in the images crest will not install.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("seccomp filter {0} is not in {file}", file = names::SECCOMP)]
+    Missing(u32),
+    #[error("a seccomp chain of more than {MAX_PATH_INSNS} instructions")]
+    TooLong,
+}
+
 /// The chain ending at filter `last`, oldest first.
-fn chain(filters: &[SeccompFilter], last: u32) -> Result<Vec<&SeccompFilter>, String> {
+fn chain(filters: &[SeccompFilter], last: u32) -> Result<Vec<&SeccompFilter>, ChainError> {
     let mut out = Vec::new();
     let mut insns = 0;
     let mut cur = Some(last);
     while let Some(i) = cur {
-        let f = filters
-            .get(i as usize)
-            .ok_or_else(|| format!("seccomp filter {i} is not in {}", names::SECCOMP))?;
+        let f = filters.get(i as usize).ok_or(ChainError::Missing(i))?;
         insns += f.filter.len() / 8 + 4;
         if insns > MAX_PATH_INSNS {
-            return Err(format!(
-                "a seccomp chain of more than {MAX_PATH_INSNS} instructions"
-            ));
+            return Err(ChainError::TooLong);
         }
         out.push(f);
         cur = f.prev;
@@ -318,7 +322,7 @@ pub fn restore(
             let list = chain(filters, last).map_err(|what| RestoreError::BadImage {
                 pid,
                 file: names::core(tid as u32),
-                what,
+                what: what.to_string(),
             })?;
             for (k, f) in list.iter().enumerate() {
                 // struct sock_fprog { unsigned short len; struct sock_filter

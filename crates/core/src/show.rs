@@ -183,10 +183,9 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
     let others = crate::ns::other::OtherGraph::read(dir, &others)?;
     let pidns =
         crate::ns::pid::PidnsGraph::from_entries(&crate::ns::other::read_entries(dir)?, &pids)
-            .map_err(|what| crate::RestoreError::BadImage {
-                pid: 0,
+            .map_err(|what| crate::RestoreError::BadTreeImage {
                 file: names::CREST_NS.into(),
-                what,
+                what: what.to_string(),
             })?;
     Ok(users.render() + &others.render(&users) + &pidns.render(&users))
 }

@@ -54,7 +54,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     let _yard = crate::ns::cgyard::Guard;
     // a paused container: thawed to be seized, frozen again after
     let _refreeze = match &opts.freeze_cgroup {
-        Some(p) => crate::ns::cgroup::thaw(p)?,
+        Some(p) => crate::ns::cgroup::thaw(opts.pid, p)?,
         None => None,
     };
     if caller.restricted {

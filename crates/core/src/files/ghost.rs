@@ -206,8 +206,7 @@ pub fn read_remaps(dir: &Path) -> Result<HashMap<u32, u32>, RestoreError> {
     let mut out = HashMap::with_capacity(list.len());
     for r in list {
         if r.remap_type != Some(RemapType::Ghost as i32) {
-            return Err(RestoreError::BadImage {
-                pid: 0,
+            return Err(RestoreError::BadTreeImage {
                 file: names::REMAP_FPATH.into(),
                 what: format!("file {} has a remap other than a ghost file", r.orig_id),
             });

@@ -105,14 +105,40 @@ impl LockLine {
     }
 }
 
+/// A lock line crest cannot take (`parse_line`), or a lock entry of the
+/// images it will not restore (`check`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    #[error("an unreadable lock line {0:?}")]
+    Unreadable(String),
+    #[error("a lease being broken ({0})")]
+    LeaseBroken(String),
+    #[error("a delegation ({0})")]
+    Delegation(String),
+    #[error("a lock of a kind crest does not know ({0:?})")]
+    UnknownKind(String),
+    /// A mandatory (or other non-advisory) lock: its mode, the line.
+    #[error("a {mode} lock ({line})")]
+    NotAdvisory { mode: String, line: String },
+    #[error("a lock of type {ty} ({line:?})")]
+    UnknownType { ty: String, line: String },
+    #[error("unknown lock kind {0}")]
+    EntryKind(u32),
+    #[error("unknown lock type {0}")]
+    EntryType(u32),
+    #[error("bad fd or range ({start} +{len})")]
+    EntryRange { start: i64, len: i64 },
+}
+
 /// Parses the value of a "lock:" line, e.g.
 /// `1: POSIX  ADVISORY  WRITE 20310 fe:00:10010934 5 14`. A lock crest
 /// cannot take again (a lease, a mandatory or unknown lock) is an error
 /// that says what it is.
-pub fn parse_line(v: &str) -> Result<LockLine, String> {
+pub fn parse_line(v: &str) -> Result<LockLine, LockError> {
     let w: Vec<&str> = v.split_whitespace().collect();
+    let unreadable = || LockError::Unreadable(v.to_string());
     let Some(kind) = w.get(1) else {
-        return Err(format!("an unreadable lock line {v:?}"));
+        return Err(unreadable());
     };
     let kind = match *kind {
         "POSIX" => Kind::Posix,
@@ -121,33 +147,36 @@ pub fn parse_line(v: &str) -> Result<LockLine, String> {
         // (an active one: a lease being broken has a break in progress
         // crest cannot set up again)
         "LEASE" if w.get(2) == Some(&"ACTIVE") => Kind::Lease,
-        "LEASE" => return Err(format!("a lease being broken ({})", w[1..].join(" "))),
-        "DELEG" => return Err(format!("a delegation ({})", w[1..].join(" "))),
-        _ => return Err(format!("a lock of a kind crest does not know ({v:?})")),
+        "LEASE" => return Err(LockError::LeaseBroken(w[1..].join(" "))),
+        "DELEG" => return Err(LockError::Delegation(w[1..].join(" "))),
+        _ => return Err(LockError::UnknownKind(v.to_string())),
     };
     if w.len() != 8 {
-        return Err(format!("an unreadable lock line {v:?}"));
+        return Err(unreadable());
     }
     if w[2] != "ADVISORY" && kind != Kind::Lease {
-        return Err(format!(
-            "a {} lock ({})",
-            w[2].to_lowercase(),
-            w[1..].join(" ")
-        ));
+        return Err(LockError::NotAdvisory {
+            mode: w[2].to_lowercase(),
+            line: w[1..].join(" "),
+        });
     }
     let write = match w[3] {
         "WRITE" => true,
         "READ" => false,
-        _ => return Err(format!("a lock of type {} ({v:?})", w[3])),
+        _ => {
+            return Err(LockError::UnknownType {
+                ty: w[3].to_string(),
+                line: v.to_string(),
+            })
+        }
     };
-    let bad = || format!("an unreadable lock line {v:?}");
-    let start: i64 = w[6].parse().map_err(|_| bad())?;
+    let start: i64 = w[6].parse().map_err(|_| unreadable())?;
     let end = match w[7] {
         "EOF" => None,
-        e => Some(e.parse::<i64>().map_err(|_| bad())?),
+        e => Some(e.parse::<i64>().map_err(|_| unreadable())?),
     };
     if start < 0 || end.is_some_and(|e| e < start) {
-        return Err(bad());
+        return Err(unreadable());
     }
     Ok(LockLine {
         kind,
@@ -239,8 +268,7 @@ pub fn read(dir: &Path) -> Result<Vec<FileLockEntry>, RestoreError> {
     }
     let list: Vec<FileLockEntry> =
         crest_images::read_image(dir, names::FILE_LOCKS, magic::FILE_LOCKS)?;
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::FILE_LOCKS.into(),
         what,
     };
@@ -253,15 +281,18 @@ pub fn read(dir: &Path) -> Result<Vec<FileLockEntry>, RestoreError> {
     Ok(list)
 }
 
-fn check(e: &FileLockEntry) -> Result<(), String> {
+fn check(e: &FileLockEntry) -> Result<(), LockError> {
     if ![FL_POSIX, FL_OFD, FL_FLOCK, FL_LEASE].contains(&e.flag) {
-        return Err(format!("unknown lock kind {}", e.flag));
+        return Err(LockError::EntryKind(e.flag));
     }
     if e.r#type != libc::F_RDLCK as u32 && e.r#type != libc::F_WRLCK as u32 {
-        return Err(format!("unknown lock type {}", e.r#type));
+        return Err(LockError::EntryType(e.r#type));
     }
     if e.fd < 0 || e.start < 0 || e.len < 0 || e.start.checked_add(e.len).is_none() {
-        return Err(format!("bad fd or range ({} +{})", e.start, e.len));
+        return Err(LockError::EntryRange {
+            start: e.start,
+            len: e.len,
+        });
     }
     Ok(())
 }
@@ -367,9 +398,9 @@ mod tests {
         assert!(!lease.write);
         let broken =
             parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap_err();
-        assert!(broken.contains("being broken"), "{broken}");
+        assert!(broken.to_string().contains("being broken"), "{broken}");
         let mand = parse_line("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF").unwrap_err();
-        assert!(mand.contains("mandatory"), "{mand}");
+        assert!(mand.to_string().contains("mandatory"), "{mand}");
         assert!(parse_line("1: ACCESS ADVISORY  READ 1 fe:00:1 0 EOF").is_err());
         assert!(parse_line("1: POSIX  ADVISORY  WRITE 1 fe:00:1 9 3").is_err());
         assert!(parse_line("1: POSIX  ADVISORY  WRITE 1 fe:00:1 x EOF").is_err());

@@ -17,17 +17,21 @@ const MBIND: u64 = 237;
 /// Most node mask words kept (4096 nodes).
 const MAX_WORDS: usize = 64;
 
+/// A `numa_maps` line crest cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("numa_maps line {0:?}")]
+pub struct BadLine(pub String);
+
 /// The VMAs (by start) whose line in `numa_maps` names a policy other than
 /// "default": those with a policy of their own, and every VMA when the
 /// task has one (the kernel shows the task's for a VMA without its own).
-pub fn maybe_own(text: &str) -> Result<Vec<u64>, String> {
+pub fn maybe_own(text: &str) -> Result<Vec<u64>, BadLine> {
     let mut out = Vec::new();
     for line in text.lines() {
         let Some((addr, rest)) = line.split_once(' ') else {
             continue;
         };
-        let start =
-            u64::from_str_radix(addr, 16).map_err(|_| format!("numa_maps line {line:?}"))?;
+        let start = u64::from_str_radix(addr, 16).map_err(|_| BadLine(line.to_string()))?;
         if rest.split(' ').next() != Some("default") {
             out.push(start);
         }

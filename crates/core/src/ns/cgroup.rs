@@ -77,8 +77,7 @@ fn mount_point() -> Result<PathBuf, RestoreError> {
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
         .map(|m| PathBuf::from(m.mountpoint))
-        .ok_or_else(|| RestoreError::Unsupported {
-            pid: 0,
+        .ok_or_else(|| RestoreError::UnsupportedTree {
             what: "a cgroup namespace without a cgroup v2 hierarchy mounted here".into(),
         })
 }
@@ -152,8 +151,7 @@ pub fn read_members(dir: &Path) -> Result<CgroupImages, RestoreError> {
     let list =
         crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
     let mut out = CgroupImages::default();
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::CREST_CGROUPS.into(),
         what,
     };
@@ -316,8 +314,7 @@ fn placement_in(
     let mut out = Vec::new();
     for (ctrls, dumped, want) in moves(lines, roots) {
         if want.split('/').any(|c| c == "..") {
-            return Err(RestoreError::BadImage {
-                pid: 0,
+            return Err(RestoreError::BadTreeImage {
                 file: names::CREST_CGROUPS.into(),
                 what: format!("cgroup path {want:?}"),
             });
@@ -331,8 +328,7 @@ fn placement_in(
         let base = match hierarchy_mount(&mounts, &ctrls) {
             Some(m) => PathBuf::from(&m.mountpoint),
             None if !moves => continue,
-            None => yard(&ctrls).map_err(|e| RestoreError::Unsupported {
-                pid: 0,
+            None => yard(&ctrls).map_err(|e| RestoreError::UnsupportedTree {
                 what: format!(
                     "the cgroup hierarchy {ctrls:?} of the dumped tree, not mounted here ({e})"
                 ),
@@ -513,11 +509,12 @@ pub struct Thawed {
 /// Thaws the freezer cgroup `path` (a v1 freezer directory with
 /// `freezer.state`, or a v2 cgroup with `cgroup.freeze`) if it is frozen:
 /// a task stopped by a v1 freezer does not reach a ptrace stop until it
-/// is thawed. None when it was not frozen.
-pub fn thaw(path: &Path) -> Result<Option<Thawed>, DumpError> {
+/// is thawed. None when it was not frozen. `root`: the dumped root, for
+/// messages.
+pub fn thaw(root: i32, path: &Path) -> Result<Option<Thawed>, DumpError> {
     let io = |step: &'static str| {
         move |source| DumpError::Io {
-            pid: 0,
+            pid: root,
             step,
             source,
         }
@@ -529,8 +526,7 @@ pub fn thaw(path: &Path) -> Result<Option<Thawed>, DumpError> {
     } else if v2.exists() {
         (v2, "1", "0")
     } else {
-        return Err(DumpError::Unsupported {
-            pid: 0,
+        return Err(DumpError::UnsupportedTree {
             what: format!("--freeze-cgroup {}: no freezer there", path.display()),
         });
     };

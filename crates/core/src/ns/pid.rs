@@ -48,6 +48,24 @@ pub struct PidnsGraph {
     pub tasks: Vec<(i32, u32)>,
 }
 
+/// Pid namespaces in the images crest cannot restore, or ids a task
+/// cannot be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PidnsError {
+    #[error("pid namespace {id} comes before its parent {parent}")]
+    Order { id: u32, parent: u32 },
+    #[error("pid namespace {id} nested {depth} deep")]
+    TooDeep { id: u32, depth: u32 },
+    #[error("task {pid} is in unknown pid namespace {id}")]
+    Unknown { pid: i32, id: u32 },
+    #[error("a task above the tree's pid namespace")]
+    AboveTree,
+    #[error("a pid namespace without its init")]
+    NoInit,
+    #[error("pids at more than one pid namespace level its user namespace does not own")]
+    Unowned,
+}
+
 impl PidnsGraph {
     /// (nsfs inode, id) of every pid namespace below crest's.
     pub fn ns_inos(&self) -> Vec<(u64, u32)> {
@@ -234,7 +252,7 @@ impl PidnsGraph {
     pub fn from_entries(
         entries: &[crest_images::pb::crest::CrestNsEntry],
         tasks: &[(i32, u32)],
-    ) -> Result<PidnsGraph, String> {
+    ) -> Result<PidnsGraph, PidnsError> {
         let mut g = PidnsGraph {
             list: Vec::new(),
             tasks: tasks.to_vec(),
@@ -245,13 +263,13 @@ impl PidnsGraph {
         {
             let depth = match e.parent {
                 None => 1,
-                Some(p) => g
-                    .node(p)
-                    .map(|n| n.depth + 1)
-                    .ok_or_else(|| format!("pid namespace {} comes before its parent {p}", e.id))?,
+                Some(p) => g.node(p).map(|n| n.depth + 1).ok_or(PidnsError::Order {
+                    id: e.id,
+                    parent: p,
+                })?,
             };
             if depth > 32 {
-                return Err(format!("pid namespace {} nested {depth} deep", e.id));
+                return Err(PidnsError::TooDeep { id: e.id, depth });
             }
             g.list.push(Pidns {
                 id: e.id,
@@ -264,7 +282,7 @@ impl PidnsGraph {
         }
         for (pid, id) in tasks {
             if g.node(*id).is_none() {
-                return Err(format!("task {pid} is in unknown pid namespace {id}"));
+                return Err(PidnsError::Unknown { pid: *pid, id: *id });
             }
         }
         Ok(g)
@@ -502,13 +520,13 @@ impl PidnsGraph {
         users: &UsernsGraph,
         init_of: &dyn Fn(u32) -> Option<i32>,
         cut: usize,
-    ) -> Result<Levels, String> {
+    ) -> Result<Levels, PidnsError> {
         let mut chain = self.chain(own);
         // levels: chain.len() namespaces, then crest's
         let keep = (chain.len() + 1)
             .checked_sub(cut)
             .filter(|k| *k > 0)
-            .ok_or("a task above the tree's pid namespace")?;
+            .ok_or(PidnsError::AboveTree)?;
         let crest_level = cut == 0;
         chain.truncate(keep);
         if userns == 1 {
@@ -528,14 +546,9 @@ impl PidnsGraph {
             0 => None,
             1 => {
                 let n = chain[settable];
-                Some((n, init_of(n).ok_or("a pid namespace without its init")?))
+                Some((n, init_of(n).ok_or(PidnsError::NoInit)?))
             }
-            _ => {
-                return Err(
-                    "pids at more than one pid namespace level its user namespace does not own"
-                        .into(),
-                )
-            }
+            _ => return Err(PidnsError::Unowned),
         };
         Ok(Levels {
             settable,
@@ -573,7 +586,7 @@ mod tests {
         (pidns, users)
     }
 
-    fn levels(own: u32, userns: u32, cut: usize) -> Result<Levels, String> {
+    fn levels(own: u32, userns: u32, cut: usize) -> Result<Levels, PidnsError> {
         let (pidns, users) = graphs();
         let init = |n: u32| Some(100 + n as i32);
         pidns.levels(Some(own), userns, &users, &init, cut)

@@ -37,17 +37,30 @@ impl Task {
     }
 }
 
+/// A process tree in the images that cannot be forked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("no tasks")]
+    Empty,
+    #[error("pid {0} appears twice")]
+    Twice(u32),
+    #[error("tasks {lost:?} have no parent in the tree rooted at {root}")]
+    Orphans { lost: Vec<u32>, root: u32 },
+    #[error("sessions whose leaders and members wait on each other")]
+    SessionLoop,
+}
+
 /// Orders pstree entries so that every parent comes before its children,
 /// the root first; entries whose parent is missing (other than the root)
 /// are an error in the image.
-pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
+pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, TreeError> {
     let Some(root) = entries.first() else {
-        return Err("no tasks".into());
+        return Err(TreeError::Empty);
     };
     let mut seen = std::collections::HashSet::new();
     for e in entries {
         if !seen.insert(e.pid) {
-            return Err(format!("pid {} appears twice", e.pid));
+            return Err(TreeError::Twice(e.pid));
         }
     }
     let mut kids: std::collections::HashMap<u32, Vec<usize>> = std::collections::HashMap::new();
@@ -79,10 +92,10 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
             .map(|(_, e)| e.pid)
             .take(16)
             .collect();
-        return Err(format!(
-            "tasks {lost:?} have no parent in the tree rooted at {}",
-            root.pid
-        ));
+        return Err(TreeError::Orphans {
+            lost,
+            root: root.pid,
+        });
     }
     Ok(order)
 }
@@ -91,7 +104,7 @@ pub fn tree_order(entries: &[PstreeEntry]) -> Result<Vec<usize>, String> {
 /// in the tree but is not its ancestor comes after that leader (it is
 /// forked from the leader's side): the first task whose parent and leader
 /// are placed goes next.
-fn after_leaders(entries: &[PstreeEntry], order: &[usize]) -> Result<Vec<usize>, String> {
+fn after_leaders(entries: &[PstreeEntry], order: &[usize]) -> Result<Vec<usize>, TreeError> {
     let index: std::collections::HashMap<u32, usize> = entries
         .iter()
         .enumerate()
@@ -128,7 +141,7 @@ fn after_leaders(entries: &[PstreeEntry], order: &[usize]) -> Result<Vec<usize>,
             .copied()
             .find(|&j| !placed[j] && needs(j).iter().all(|&d| placed[d] || d == j));
         let Some(j) = next else {
-            return Err("sessions whose leaders and members wait on each other".into());
+            return Err(TreeError::SessionLoop);
         };
         placed[j] = true;
         out.push(j);
@@ -176,6 +189,7 @@ mod tests {
     fn orphans_and_duplicates_are_refused() {
         assert!(tree_order(&[e(10, 1), e(30, 20)])
             .unwrap_err()
+            .to_string()
             .contains("[30]"));
         assert!(tree_order(&[e(10, 1), e(11, 10), e(11, 10)]).is_err());
         assert!(tree_order(&[]).is_err());

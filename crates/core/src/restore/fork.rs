@@ -23,7 +23,7 @@ pub(super) fn levels_of(
         .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init, ti.cut)
         .map_err(|what| RestoreError::Unsupported {
             pid: ti.imgs[k].pid(),
-            what,
+            what: what.to_string(),
         })
 }
 

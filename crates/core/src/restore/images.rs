@@ -210,8 +210,7 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let threads: usize = tree.iter().map(|e| e.threads.len().max(1)).sum();
     if tree.len() > MAX_TASKS || threads > MAX_TASKS {
-        return Err(RestoreError::BadImage {
-            pid: 0,
+        return Err(RestoreError::BadTreeImage {
             file: names::PSTREE.into(),
             what: format!(
                 "{} tasks with {threads} threads, more than {MAX_TASKS}",
@@ -219,10 +218,9 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
             ),
         });
     }
-    let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadImage {
-        pid: 0,
+    let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadTreeImage {
         file: names::PSTREE.into(),
-        what,
+        what: what.to_string(),
     })?;
     let mut imgs = order
         .iter()
@@ -233,10 +231,9 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
         .collect();
     let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
-        .map_err(|what| RestoreError::BadImage {
-            pid: 0,
+        .map_err(|what| RestoreError::BadTreeImage {
             file: names::CREST_NS.into(),
-            what,
+            what: what.to_string(),
         })?;
     let cut = fresh_levels(&imgs, &pidns)?;
     for img in &mut imgs {
@@ -323,14 +320,12 @@ pub fn check_inventory(dir: &Path, tcp_close: bool) -> Result<(), RestoreError> 
         crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
     if inv.tcp_close == Some(true) && !tcp_close {
         // (CRIU's rule: the images lack the connections)
-        return Err(RestoreError::Unsupported {
-            pid: 0,
+        return Err(RestoreError::UnsupportedTree {
             what: "images dumped with --tcp-close, restored without --tcp-close".into(),
         });
     }
     if inv.img_version != crest_images::INVENTORY_IMG_VERSION {
-        return Err(RestoreError::BadImage {
-            pid: 0,
+        return Err(RestoreError::BadTreeImage {
             file: names::INVENTORY.into(),
             what: format!(
                 "image version {}, crest reads version {}",

@@ -89,8 +89,7 @@ fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, Restor
     }
     let mut r = ImageReader::open(dir, name, magic)?;
     while let Some(e) = r.next_entry::<PipeDataEntry>()? {
-        let bad = |what: String| RestoreError::BadImage {
-            pid: 0,
+        let bad = |what: String| RestoreError::BadTreeImage {
             file: name.into(),
             what,
         };

@@ -57,8 +57,7 @@ impl SockImages {
             while let Some(e) = r.next_entry::<SkPacketEntry>()? {
                 total += e.length as usize;
                 if e.length as usize > MAX_QUEUE || total > 16 * MAX_QUEUE {
-                    return Err(RestoreError::BadImage {
-                        pid: 0,
+                    return Err(RestoreError::BadTreeImage {
                         file: names::SK_QUEUES.into(),
                         what: format!("socket {} claims {} bytes", e.id_for, e.length),
                     });
@@ -68,8 +67,7 @@ impl SockImages {
                     if scm.r#type != libc::SCM_RIGHTS as u32
                         || rights.len() + scm.rights.len() > 253
                     {
-                        return Err(RestoreError::BadImage {
-                            pid: 0,
+                        return Err(RestoreError::BadTreeImage {
                             file: names::SK_QUEUES.into(),
                             what: format!(
                                 "socket {}: a message with control data of type {} ({} files)",
@@ -121,8 +119,7 @@ pub fn read_udp(dir: &Path) -> Result<UdpQueues, RestoreError> {
     while let Some(e) = r.next_entry()? {
         n += 1;
         if e.length > 1 << 16 || n > 16 * MAX_PACKETS {
-            return Err(RestoreError::BadImage {
-                pid: 0,
+            return Err(RestoreError::BadTreeImage {
                 file: names::CREST_UDP_QUEUES.into(),
                 what: format!("a datagram of {} bytes (entry {n})", e.length),
             });

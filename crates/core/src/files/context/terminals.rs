@@ -37,8 +37,7 @@ impl TtyRestore {
         let mut pty = PtyRestore::default();
         for d in data {
             if !infos.contains_key(&d.tty_id) {
-                return Err(RestoreError::BadImage {
-                    pid: 0,
+                return Err(RestoreError::BadTreeImage {
                     file: names::TTY_DATA.into(),
                     what: format!(
                         "data of terminal {}, which {} lacks",

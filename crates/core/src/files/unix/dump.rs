@@ -40,10 +40,11 @@ impl FileTable {
         } else {
             peek_queue(copy, ty, d.rqlen.0 as usize)
                 .at(pid, "peek at a unix socket's queue")?
-                .map_err(unsupported)?
+                .map_err(|r| unsupported(r.to_string()))?
         };
         let opts = skopts::dump(copy).at(pid, "read socket options")?;
-        self.check_senders(&packets).map_err(unsupported)?;
+        self.check_senders(&packets)
+            .map_err(|r| unsupported(r.to_string()))?;
         let usk = entry_of(ino, &d, (flags, peer), opts, (name, named));
         let id = self.push(FileEntry {
             r#type: FdTypes::Unixsk as i32,
@@ -71,7 +72,7 @@ impl FileTable {
     /// named again at restore; a message sent with no credentials (neither
     /// end had `SO_PASSCRED` then: it reads as pid 0 and the overflow ids)
     /// is refilled so too.
-    fn check_senders(&self, packets: &Peeked) -> Result<(), String> {
+    fn check_senders(&self, packets: &Peeked) -> Result<(), QueueRefusal> {
         let none = (
             crate::ns::user::overflow_uid(),
             crate::ns::user::overflow_gid(),
@@ -81,12 +82,7 @@ impl FileTable {
                 None => {}
                 Some((0, uid, gid)) if (uid, gid) == none => {}
                 Some((p, _, _)) if p != 0 && self.tree.contains(&p) => {}
-                Some((p, uid, gid)) => {
-                    return Err(format!(
-                        "a unix socket with SO_PASSCRED holding a message from pid {p} (uid \
-                     {uid}, gid {gid}), which is not in the dumped tree"
-                    ))
-                }
+                Some((p, uid, gid)) => return Err(QueueRefusal::Sender { pid: p, uid, gid }),
             }
         }
         Ok(())
@@ -429,13 +425,36 @@ pub(super) fn peek_queue(
 }
 
 pub(super) type Peeked = Vec<(Vec<u8>, Vec<OwnedFd>, Option<(i32, u32, u32)>)>;
-pub(super) type PeekResult = Result<Peeked, String>;
+pub(super) type PeekResult = Result<Peeked, QueueRefusal>;
+
+/// What a unix socket holds that crest cannot carry (the fd is refused,
+/// named by it); a sender outside the tree too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum QueueRefusal {
+    #[error("a unix socket with {0} bytes queued")]
+    StreamTooLong(usize),
+    #[error("a unix socket whose {len} queued bytes could not all be read ({read})")]
+    ShortRead { len: usize, read: usize },
+    #[error("a unix socket with more files in a message than crest reads")]
+    TooManyFiles,
+    #[error("a unix socket with more than {MAX_PACKETS} messages queued")]
+    TooManyMessages,
+    #[error("a unix socket with a {0}-byte datagram queued")]
+    Datagram(usize),
+    #[error("a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued")]
+    TooMuch,
+    #[error(
+        "a unix socket with SO_PASSCRED holding a message from pid {pid} (uid {uid}, gid \
+         {gid}), which is not in the dumped tree"
+    )]
+    Sender { pid: i32, uid: u32, gid: u32 },
+}
 
 pub(super) fn peek_stream(copy: &OwnedFd, stream_len: usize) -> std::io::Result<PeekResult> {
     use crest_sys::net::{recvmsg, setsockopt_int};
     let mut out = Vec::new();
     if stream_len > MAX_QUEUE {
-        return Ok(Err(format!("a unix socket with {stream_len} bytes queued")));
+        return Ok(Err(QueueRefusal::StreamTooLong(stream_len)));
     }
     let mut off = 0;
     while off < stream_len {
@@ -443,22 +462,19 @@ pub(super) fn peek_stream(copy: &OwnedFd, stream_len: usize) -> std::io::Result<
         let mut data = vec![0u8; stream_len - off];
         let r = recvmsg(copy, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
         if r.len == 0 {
-            return Ok(Err(format!(
-                "a unix socket whose {stream_len} queued bytes could not all be read ({off})"
-            )));
+            return Ok(Err(QueueRefusal::ShortRead {
+                len: stream_len,
+                read: off,
+            }));
         }
         if r.flags & libc::MSG_CTRUNC != 0 {
-            return Ok(Err(
-                "a unix socket with more files in a message than crest reads".into(),
-            ));
+            return Ok(Err(QueueRefusal::TooManyFiles));
         }
         data.truncate(r.len);
         off += r.len;
         out.push((data, r.fds, r.creds));
         if out.len() > MAX_PACKETS {
-            return Ok(Err(format!(
-                "a unix socket with more than {MAX_PACKETS} messages queued"
-            )));
+            return Ok(Err(QueueRefusal::TooManyMessages));
         }
     }
     Ok(Ok(out))
@@ -477,22 +493,15 @@ pub(super) fn peek_packets(copy: &OwnedFd) -> std::io::Result<PeekResult> {
             Err(e) => return Err(e),
         };
         if r.flags & libc::MSG_CTRUNC != 0 {
-            return Ok(Err(
-                "a unix socket with more files in a message than crest reads".into(),
-            ));
+            return Ok(Err(QueueRefusal::TooManyFiles));
         }
         if r.len > buf.len() {
-            return Ok(Err(format!(
-                "a unix socket with a {}-byte datagram queued",
-                r.len
-            )));
+            return Ok(Err(QueueRefusal::Datagram(r.len)));
         }
         total += r.len;
         out.push((buf[..r.len].to_vec(), r.fds, r.creds));
         if out.len() > MAX_PACKETS || total > MAX_QUEUE {
-            return Ok(Err(format!(
-                "a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued"
-            )));
+            return Ok(Err(QueueRefusal::TooMuch));
         }
     }
     Ok(Ok(out))

@@ -20,8 +20,7 @@ pub fn read(dir: &Path) -> Result<Option<CgroupEntry>, RestoreError> {
     }
     let mut all: Vec<CgroupEntry> =
         crest_images::read_image(dir, names::CGROUP, crest_images::magic::CGROUP)?;
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::CGROUP.into(),
         what,
     };
@@ -34,7 +33,7 @@ pub fn read(dir: &Path) -> Result<Option<CgroupEntry>, RestoreError> {
     let mut count = 0;
     for c in &entry.controllers {
         for d in &c.dirs {
-            check_dir(d, 0, &mut count, true).map_err(&bad)?;
+            check_dir(d, 0, &mut count, true).map_err(|e| bad(e.to_string()))?;
         }
     }
     Ok(Some(entry))
@@ -46,16 +45,17 @@ pub(super) fn check_dir(
     depth: usize,
     count: &mut usize,
     top: bool,
-) -> Result<(), String> {
+) -> Result<(), PropsError> {
     *count += 1;
     if *count > MAX_DIRS || depth > MAX_DEPTH {
-        return Err(format!(
-            "more than {MAX_DIRS} cgroup directories or {MAX_DEPTH} levels"
-        ));
+        return Err(PropsError::TooMany {
+            dirs: MAX_DIRS,
+            depth: MAX_DEPTH,
+        });
     }
     if top {
         if !d.dir_name.starts_with('/') || d.dir_name.split('/').any(|c| c == "..") {
-            return Err(format!("cgroup path {:?}", d.dir_name));
+            return Err(PropsError::Path(d.dir_name.clone()));
         }
     } else {
         check_name(&d.dir_name)?;
@@ -63,7 +63,10 @@ pub(super) fn check_dir(
     for p in &d.properties {
         check_name(&p.name)?;
         if p.value.len() > MAX_VALUE {
-            return Err(format!("a value of {} bytes for {}", p.value.len(), p.name));
+            return Err(PropsError::Value {
+                len: p.value.len(),
+                name: p.name.clone(),
+            });
         }
     }
     for c in &d.children {

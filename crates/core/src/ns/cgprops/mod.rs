@@ -147,7 +147,7 @@ impl PropList {
         if let Some(s) = stream {
             list.apply(s).map_err(|why| Refused {
                 option: "--cgroup-props".into(),
-                why,
+                why: why.to_string(),
             })?;
         }
         if let Some(f) = file {
@@ -160,7 +160,7 @@ impl PropList {
                 return Err(refused(format!("larger than {MAX_PROPS_FILE} bytes")));
             }
             let text = std::fs::read_to_string(f).map_err(|e| refused(e.to_string()))?;
-            list.apply(&text).map_err(refused)?;
+            list.apply(&text).map_err(|e| refused(e.to_string()))?;
         }
         Ok(list)
     }
@@ -183,7 +183,7 @@ impl PropList {
     ///
     /// `replace` gives the controller these properties only, `merge` adds
     /// them to those it has.
-    pub fn apply(&mut self, text: &str) -> Result<(), String> {
+    pub fn apply(&mut self, text: &str) -> Result<(), PropsError> {
         let toks = tokens(text)?;
         let mut it = toks.iter().peekable();
         while it.peek().is_some() {
@@ -207,10 +207,16 @@ impl PropList {
                         match it.next() {
                             Some(Tok::Comma) => {}
                             Some(Tok::Close) => break,
-                            _ => return Err(format!("expected ',' or ']' after {p:?}")),
+                            _ => {
+                                return Err(PropsError::Expected(format!("',' or ']' after {p:?}")))
+                            }
                         }
                     }
-                    _ => return Err(format!("expected a property of {ctrl:?} or ']'")),
+                    _ => {
+                        return Err(PropsError::Expected(format!(
+                            "a property of {ctrl:?} or ']'"
+                        )))
+                    }
                 }
             }
             let slot = match self.0.iter().position(|(c, _)| *c == ctrl) {
@@ -223,11 +229,40 @@ impl PropList {
             match strategy.as_str() {
                 "replace" => self.0[slot].1 = props,
                 "merge" => self.0[slot].1.extend(props),
-                other => return Err(format!("unknown strategy {other:?} for {ctrl:?}")),
+                other => {
+                    return Err(PropsError::Strategy {
+                        strategy: other.to_string(),
+                        ctrl,
+                    })
+                }
             }
         }
         Ok(())
     }
+}
+
+/// A `--cgroup-props` text, or a recorded tree of cgroup directories,
+/// crest cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PropsError {
+    #[error("expected {0}")]
+    Expected(String),
+    #[error("a quoted name is not closed")]
+    Unclosed,
+    #[error("an empty quoted name")]
+    EmptyName,
+    #[error("unexpected {0:?}")]
+    Unexpected(char),
+    #[error("{0:?} is not a file name")]
+    NotAName(String),
+    #[error("unknown strategy {strategy:?} for {ctrl:?}")]
+    Strategy { strategy: String, ctrl: String },
+    #[error("more than {dirs} cgroup directories or {depth} levels")]
+    TooMany { dirs: usize, depth: usize },
+    #[error("cgroup path {0:?}")]
+    Path(String),
+    #[error("a value of {len} bytes for {name}")]
+    Value { len: usize, name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +275,7 @@ enum Tok {
     Comma,
 }
 
-fn tokens(text: &str) -> Result<Vec<Tok>, String> {
+fn tokens(text: &str) -> Result<Vec<Tok>, PropsError> {
     let mut out = Vec::new();
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -250,12 +285,12 @@ fn tokens(text: &str) -> Result<Vec<Tok>, String> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\n') | None => return Err("a quoted name is not closed".into()),
+                        Some('\n') | None => return Err(PropsError::Unclosed),
                         Some(ch) => s.push(ch),
                     }
                 }
                 if s.is_empty() {
-                    return Err("an empty quoted name".into());
+                    return Err(PropsError::EmptyName);
                 }
                 out.push(Tok::Str(s));
             }
@@ -265,7 +300,7 @@ fn tokens(text: &str) -> Result<Vec<Tok>, String> {
             ']' => out.push(Tok::Close),
             ',' => out.push(Tok::Comma),
             c if c.is_whitespace() => {}
-            c => return Err(format!("unexpected {c:?}")),
+            c => return Err(PropsError::Unexpected(c)),
         }
     }
     Ok(out)
@@ -273,31 +308,31 @@ fn tokens(text: &str) -> Result<Vec<Tok>, String> {
 
 type Toks<'a> = std::iter::Peekable<std::slice::Iter<'a, Tok>>;
 
-fn expect(it: &mut Toks, want: &Tok, what: &str) -> Result<(), String> {
+fn expect(it: &mut Toks, want: &Tok, what: &str) -> Result<(), PropsError> {
     match it.next() {
         Some(t) if t == want => Ok(()),
-        _ => Err(format!("expected {what}")),
+        _ => Err(PropsError::Expected(what.to_string())),
     }
 }
 
-fn expect_str(it: &mut Toks, what: &str) -> Result<String, String> {
+fn expect_str(it: &mut Toks, what: &str) -> Result<String, PropsError> {
     match it.next() {
         Some(Tok::Str(s)) => Ok(s.clone()),
-        _ => Err(format!("expected {what}")),
+        _ => Err(PropsError::Expected(what.to_string())),
     }
 }
 
-fn expect_word(it: &mut Toks, word: &str) -> Result<(), String> {
+fn expect_word(it: &mut Toks, word: &str) -> Result<(), PropsError> {
     match it.next() {
         Some(Tok::Str(s)) if s == word => Ok(()),
-        _ => Err(format!("expected \"{word}\"")),
+        _ => Err(PropsError::Expected(format!("\"{word}\""))),
     }
 }
 
 /// A property or directory name: one plain path component.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), PropsError> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(format!("{name:?} is not a file name"));
+        return Err(PropsError::NotAName(name.to_string()));
     }
     Ok(())
 }

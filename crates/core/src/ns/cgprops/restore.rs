@@ -136,8 +136,7 @@ pub(super) fn write_prop(dir: &Path, p: &CgroupPropEntry) -> Result<(), RestoreE
     }
     let path = dir.join(&p.name);
     if !path.exists() {
-        return Err(RestoreError::Unsupported {
-            pid: 0,
+        return Err(RestoreError::UnsupportedTree {
             what: format!(
                 "the cgroup setting {} (no such file here; {} was {:?} at dump)",
                 path.display(),

@@ -22,8 +22,7 @@ pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
 /// Reads a mount namespace's images back (`mountpoints-<id>.img`, or an
 /// older crest's `crest-mnt-<id>.img`), bounding every count and size.
 pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
-    let bad = |file: &str, what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |file: &str, what: String| RestoreError::BadTreeImage {
         file: file.to_string(),
         what,
     };

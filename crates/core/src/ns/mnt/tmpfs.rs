@@ -149,8 +149,7 @@ fn safe_component(c: &str) -> bool {
 
 pub fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreError> {
     let name = names::crest_tmpfs(id, mnt);
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: name.clone(),
         what,
     };

@@ -11,7 +11,7 @@ pub(super) fn dump_kept(
     ty: u16,
     family: i32,
     steps: (&'static str, &'static str),
-    keep: impl Fn(&[u8]) -> Result<bool, String>,
+    keep: impl Fn(&[u8]) -> Result<bool, rtnl::Malformed>,
 ) -> Result<Vec<Vec<u8>>, Fail> {
     let mut out = Vec::new();
     for p in nl.dump(ty, family).map_err(io_at(steps.0))? {

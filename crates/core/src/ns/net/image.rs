@@ -81,7 +81,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
 /// The devices of namespace `id` (`netdev-ID.img`, with crest's part of
 /// each), checked.
 fn read_devices(dir: &Path, id: u32) -> Result<Vec<Dev>, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
     let mut devs: Vec<NetDeviceEntry> =
         crest_images::read_image(dir, &names::netdev(id), magic::NETDEV)?;
     // crest's part of each device: in the entry, or in an older crest's
@@ -128,7 +128,7 @@ fn device(
     extra_file: &str,
     id: u32,
 ) -> Result<Dev, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
     let conf_ok = d.conf4.len() <= CONF4.len() && d.conf6.len() <= CONF6.len();
     let name_ok = !d.name.is_empty() && d.name.len() < 16 && !d.name.contains(['/', '\0']);
     if x.ifindex != d.ifindex || !conf_ok || !name_ok || d.ifindex == 0 {
@@ -190,7 +190,7 @@ fn device(
 /// The namespace-wide settings of namespace `id` (`netns-ID.img`):
 /// default and all conf lists, sysctls, IPv6 rules and neighbours.
 fn read_netns(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
     let mut e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
     if [&e.def_conf4, &e.all_conf4]
         .iter()
@@ -231,7 +231,7 @@ fn read_netns(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
 /// The raw rtnetlink lists of namespace `id` (addresses, routes, rules
 /// ...), each from its file where it was written.
 fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
     for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
         if !path.exists() {
@@ -247,7 +247,7 @@ fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError
             return Err(bad(name, format!("{len} bytes")));
         }
         let buf = std::fs::read(&path).map_err(|e| bad(name.clone(), e.to_string()))?;
-        let list = rtnl::load_file(&buf, m, ty).map_err(|w| bad(name.clone(), w))?;
+        let list = rtnl::load_file(&buf, m, ty).map_err(|w| bad(name.clone(), w.to_string()))?;
         check_payloads(&name, ty, &list)?;
         *slot = list;
     }
@@ -257,8 +257,7 @@ fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError
 /// Refuses rtnetlink payloads of type `ty` (from image `file`) that crest
 /// cannot parse, or too many of them.
 pub(super) fn check_payloads(file: &str, ty: u16, list: &[Vec<u8>]) -> Result<(), RestoreError> {
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: file.to_string(),
         what,
     };
@@ -272,7 +271,7 @@ pub(super) fn check_payloads(file: &str, ty: u16, list: &[Vec<u8>]) -> Result<()
             policy::RTM_NEWRULE => policy::parse_rule(p).map(drop),
             _ => policy::parse_neigh(p).map(drop),
         };
-        ok.map_err(bad)?;
+        ok.map_err(|w| bad(w.to_string()))?;
     }
     Ok(())
 }

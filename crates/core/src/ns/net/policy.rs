@@ -5,7 +5,7 @@
 //! `rule-<id>.img`, IPv6 rules and neighbours in crest's own files — and
 //! sent back as they are, less what only the kernel reports.
 
-use super::rtnl::{attr_u32, attrs, find, ip_text, put};
+use super::rtnl::{attr_u32, attrs, find, ip_text, put, Malformed};
 use std::fmt::Write;
 
 pub const RTM_NEWNEIGH: u16 = 28;
@@ -39,9 +39,12 @@ pub struct Rule {
     pub action: u8,
 }
 
-pub fn parse_rule(p: &[u8]) -> Result<Rule, String> {
+pub fn parse_rule(p: &[u8]) -> Result<Rule, Malformed> {
     if p.len() < HDR_LEN {
-        return Err(format!("a rule message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a rule",
+            len: p.len(),
+        });
     }
     let list = attrs(&p[HDR_LEN..])?;
     Ok(Rule {
@@ -89,9 +92,12 @@ pub struct Neigh {
     pub lladdr: Option<Vec<u8>>,
 }
 
-pub fn parse_neigh(p: &[u8]) -> Result<Neigh, String> {
+pub fn parse_neigh(p: &[u8]) -> Result<Neigh, Malformed> {
     if p.len() < HDR_LEN {
-        return Err(format!("a neighbour message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a neighbour",
+            len: p.len(),
+        });
     }
     let list = attrs(&p[HDR_LEN..])?;
     Ok(Neigh {
@@ -127,9 +133,12 @@ impl Neigh {
 
 /// The payload that adds a saved neighbour again: the header as it was,
 /// without what only the kernel reports (cache times, probes).
-pub fn replay_neigh(p: &[u8]) -> Result<Vec<u8>, String> {
+pub fn replay_neigh(p: &[u8]) -> Result<Vec<u8>, Malformed> {
     if p.len() < HDR_LEN {
-        return Err(format!("a neighbour message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a neighbour",
+            len: p.len(),
+        });
     }
     let mut out = p[..HDR_LEN].to_vec();
     for at in attrs(&p[HDR_LEN..])? {

@@ -126,8 +126,7 @@ pub(super) fn peer_of(
     if d.link.kind.as_deref() != Some("veth") {
         return Ok(None);
     }
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::netdev(id),
         what,
     };
@@ -137,8 +136,7 @@ pub(super) fn peer_of(
             .find(|e| e.0 == d.link.name)
             .and_then(|e| e.1.clone());
         let Some(outside) = given.or_else(|| d.outside_name.clone()) else {
-            return Err(RestoreError::Unsupported {
-                pid: 0,
+            return Err(RestoreError::UnsupportedTree {
                 what: format!(
                     "restoring the veth {} of net namespace {id}, whose peer is outside the \
                      tree (an external device), without --external veth[{}]:OUTSIDE_NAME (the \

@@ -99,8 +99,7 @@ impl NsHelpers {
                 .iter()
                 .find(|(i, _)| *i == b)
                 .map(|(_, h)| h.pid())
-                .ok_or_else(|| RestoreError::BadImage {
-                    pid: 0,
+                .ok_or_else(|| RestoreError::BadTreeImage {
                     file: names::mountpoints(id),
                     what: format!("a copy of mount namespace {b}, which is not made"),
                 })?;
@@ -125,8 +124,7 @@ impl NsHelpers {
         }
         let mut e = match m.proc_pidns {
             Some(p) => {
-                let init = init_of(p).ok_or_else(|| RestoreError::BadImage {
-                    pid: 0,
+                let init = init_of(p).ok_or_else(|| RestoreError::BadTreeImage {
                     file: names::mountpoints(id),
                     what: format!("proc mounts of pid namespace {p}, which has no init"),
                 })?;
@@ -263,8 +261,7 @@ pub(super) fn join_files(
     let mut out = Vec::new();
     // (a user namespace is joined by the user namespace helpers)
     for j in join.iter().filter(|j| j.ns != "user") {
-        let refuse = |what: String| RestoreError::Unsupported {
-            pid: 0,
+        let refuse = |what: String| RestoreError::UnsupportedTree {
             what: format!("--join-ns {}:{}: {what}", j.ns, j.file),
         };
         let kind = KINDS

@@ -137,8 +137,7 @@ pub struct OtherGraph {
 /// offsets, ipc objects, mounts, network); a kind crest cannot restore is
 /// refused.
 fn read_one(dir: &Path, e: CrestNsEntry) -> Result<OtherNs, RestoreError> {
-    let bad = |what: String| RestoreError::BadImage {
-        pid: 0,
+    let bad = |what: String| RestoreError::BadTreeImage {
         file: names::CREST_NS.into(),
         what,
     };
@@ -149,16 +148,14 @@ fn read_one(dir: &Path, e: CrestNsEntry) -> Result<OtherNs, RestoreError> {
         ))
     })?;
     if !kind.supported {
-        return Err(RestoreError::Unsupported {
-            pid: 0,
+        return Err(RestoreError::UnsupportedTree {
             what: format!("restoring a {} namespace", kind.name),
         });
     }
     let uts = if kind.flag == libc::CLONE_NEWUTS as u32 {
         let u: UtsnsEntry = crest_images::read_one(dir, &names::utsns(e.id), magic::UTSNS)?;
         if u.nodename.len() > 64 || u.domainname.len() > 64 {
-            return Err(RestoreError::BadImage {
-                pid: 0,
+            return Err(RestoreError::BadTreeImage {
                 file: names::utsns(e.id),
                 what: "a host or domain name longer than 64 bytes".into(),
             });
@@ -535,8 +532,7 @@ impl OtherGraph {
     /// entry's namespace ids.
     pub fn read(dir: &Path, tasks: &[(i32, u32)]) -> Result<OtherGraph, RestoreError> {
         let entries = read_entries(dir)?;
-        let bad = |what: String| RestoreError::BadImage {
-            pid: 0,
+        let bad = |what: String| RestoreError::BadTreeImage {
             file: names::CREST_NS.into(),
             what,
         };
@@ -655,8 +651,7 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
     }
     let entries = crest_images::carry::read::<NsFileEntry>(dir, names::CREST_NS, magic::CREST_NS)?;
     if entries.len() > 4096 {
-        return Err(RestoreError::BadImage {
-            pid: 0,
+        return Err(RestoreError::BadTreeImage {
             file: names::CREST_NS.into(),
             what: format!("{} namespaces", entries.len()),
         });

@@ -54,8 +54,7 @@ impl UsernsHelpers {
                 let ph = h
                     .by_ns
                     .get_mut(&parent)
-                    .ok_or_else(|| RestoreError::BadImage {
-                        pid: 0,
+                    .ok_or_else(|| RestoreError::BadTreeImage {
                         file: names::userns(n.id),
                         what: format!("namespace {} comes before its parent {parent}", n.id),
                     })?;
@@ -144,8 +143,7 @@ fn unshare_as_owner(
 /// The namespace `--join-ns user:...` stands for: the tree's one user
 /// namespace directly below crest's.
 pub(super) fn join_target(g: &UsernsGraph, j: &crate::opts::JoinNs) -> Result<u32, RestoreError> {
-    let refuse = |what: &str| RestoreError::Unsupported {
-        pid: 0,
+    let refuse = |what: &str| RestoreError::UnsupportedTree {
         what: format!("--join-ns user:{}: {what}", j.file),
     };
     let top: Vec<u32> = g
@@ -176,8 +174,7 @@ pub(super) fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee,
     } else {
         j.file.clone()
     };
-    let refuse = |what: String| RestoreError::Unsupported {
-        pid: 0,
+    let refuse = |what: String| RestoreError::UnsupportedTree {
         what: format!("--join-ns user:{}: {what}", j.file),
     };
     let fd = OwnedFd::from(File::open(&file).rat(0, format!("open {file}"))?);

@@ -298,7 +298,7 @@ impl UsernsGraph {
     fn read_entries(
         dir: &Path,
     ) -> Result<Option<Vec<(CrestUsernsEntry, UsernsEntry)>>, RestoreError> {
-        let bad = |file: String, what: String| RestoreError::BadImage { pid: 0, file, what };
+        let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
         if dir.join(names::CREST_USERNS).exists() {
             let hier: Vec<CrestUsernsEntry> =
                 crest_images::read_image(dir, names::CREST_USERNS, magic::CREST_USERNS)?;
@@ -349,8 +349,7 @@ impl UsernsGraph {
             });
         };
         let legacy = dir.join(names::CREST_USERNS).exists();
-        let bad = |id: u32, what: String| RestoreError::BadImage {
-            pid: 0,
+        let bad = |id: u32, what: String| RestoreError::BadTreeImage {
             file: if legacy {
                 names::CREST_USERNS.into()
             } else {

@@ -54,6 +54,32 @@ pub const IFADDR_SAVE_MAGIC: u32 = 0x4736_1222;
 /// `ip route save` writes this word before the messages.
 pub const ROUTE_SAVE_MAGIC: u32 = 0x4531_1224;
 
+/// An rtnetlink message (from the kernel or an image) crest cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("{0} stray bytes after the last message")]
+    Stray(usize),
+    #[error("a message of length {len} at offset {at}")]
+    Message { len: usize, at: usize },
+    #[error("more than {0} messages")]
+    TooMany(usize),
+    #[error("an attribute of length {len} at offset {at}")]
+    Attribute { len: usize, at: usize },
+    #[error("bridge option {ty} of {len} bytes")]
+    BridgeOption { ty: u16, len: usize },
+    /// A payload shorter than its fixed header (`what`: its kind).
+    #[error("{what} message of {len} bytes")]
+    Short { what: &'static str, len: usize },
+    #[error("{0}")]
+    Missing(&'static str),
+    #[error("magic {got:#x}, expected {want:#x}")]
+    Magic { got: u32, want: u32 },
+    #[error("no magic")]
+    NoMagic,
+    #[error("a message of type {got}, expected {want}")]
+    Type { got: u16, want: u16 },
+}
+
 const HDR: usize = 16;
 /// Most messages crest takes from one buffer (kernel replies or an image).
 const MAX_MSGS: usize = 1 << 16;
@@ -95,22 +121,19 @@ pub fn encode(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
 
 /// The messages of a buffer (a datagram from the kernel, or a saved file
 /// without its magic).
-pub fn split(buf: &[u8]) -> Result<Vec<Msg>, String> {
+pub fn split(buf: &[u8]) -> Result<Vec<Msg>, Malformed> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < buf.len() {
         if buf.len() - at < HDR {
-            return Err(format!(
-                "{} stray bytes after the last message",
-                buf.len() - at
-            ));
+            return Err(Malformed::Stray(buf.len() - at));
         }
         let len = u32_at(buf, at).unwrap_or(0) as usize;
         if len < HDR || len > buf.len() - at {
-            return Err(format!("a message of length {len} at offset {at}"));
+            return Err(Malformed::Message { len, at });
         }
         if out.len() >= MAX_MSGS {
-            return Err(format!("more than {MAX_MSGS} messages"));
+            return Err(Malformed::TooMany(MAX_MSGS));
         }
         out.push(Msg {
             ty: u16_at(buf, at + 4).unwrap_or(0),
@@ -136,13 +159,13 @@ pub struct Attr<'a> {
 }
 
 /// The attributes of a buffer.
-pub fn attrs(buf: &[u8]) -> Result<Vec<Attr<'_>>, String> {
+pub fn attrs(buf: &[u8]) -> Result<Vec<Attr<'_>>, Malformed> {
     let mut out = Vec::new();
     let mut at = 0;
     while at + 4 <= buf.len() {
         let len = u16_at(buf, at).unwrap_or(0) as usize;
         if len < 4 || len > buf.len() - at {
-            return Err(format!("an attribute of length {len} at offset {at}"));
+            return Err(Malformed::Attribute { len, at });
         }
         out.push(Attr {
             ty: u16_at(buf, at + 2).unwrap_or(0) & 0x3fff,
@@ -253,14 +276,17 @@ fn option_value(data: &[u8]) -> u32 {
 
 /// The bridge options of `data` (an `IFLA_INFO_DATA` body) crest keeps, in
 /// the same encoding; an error for a malformed body or option.
-pub fn bridge_options(data: &[u8]) -> Result<Vec<u8>, String> {
+pub fn bridge_options(data: &[u8]) -> Result<Vec<u8>, Malformed> {
     let mut out = Vec::new();
     for a in attrs(data)? {
         let Some((_, _, default)) = BRIDGE_OPTIONS.iter().find(|(t, ..)| *t == a.ty) else {
             continue;
         };
         if a.data.is_empty() || a.data.len() > 4 {
-            return Err(format!("bridge option {} of {} bytes", a.ty, a.data.len()));
+            return Err(Malformed::BridgeOption {
+                ty: a.ty,
+                len: a.data.len(),
+            });
         }
         if option_value(a.data) != *default {
             put(&mut out, a.ty, a.data);
@@ -287,9 +313,12 @@ pub fn bridge_text(opts: &[u8]) -> String {
 }
 
 /// Parses an `RTM_NEWLINK` payload.
-pub fn parse_link(p: &[u8]) -> Result<Link, String> {
+pub fn parse_link(p: &[u8]) -> Result<Link, Malformed> {
     if p.len() < 16 {
-        return Err(format!("a link message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a link",
+            len: p.len(),
+        });
     }
     let list = attrs(&p[16..])?;
     let info = find(&list, IFLA_LINKINFO).map(attrs).transpose()?;
@@ -298,7 +327,7 @@ pub fn parse_link(p: &[u8]) -> Result<Link, String> {
         index: u32_at(p, 4).unwrap_or(0),
         hw_type: u16_at(p, 2).unwrap_or(0),
         flags: u32_at(p, 8).unwrap_or(0),
-        name: attr_str(&list, IFLA_IFNAME).ok_or("a link without a name")?,
+        name: attr_str(&list, IFLA_IFNAME).ok_or(Malformed::Missing("a link without a name"))?,
         mtu: attr_u32(&list, IFLA_MTU).unwrap_or(0),
         address: find(&list, IFLA_ADDRESS).map(<[u8]>::to_vec),
         kind: kind.clone(),
@@ -416,14 +445,17 @@ pub struct Addr {
     pub proto: Option<u8>,
 }
 
-pub fn parse_addr(p: &[u8]) -> Result<Addr, String> {
+pub fn parse_addr(p: &[u8]) -> Result<Addr, Malformed> {
     if p.len() < 8 {
-        return Err(format!("an address message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "an address",
+            len: p.len(),
+        });
     }
     let list = attrs(&p[8..])?;
     let address = find(&list, IFA_LOCAL)
         .or_else(|| find(&list, IFA_ADDRESS))
-        .ok_or("an address message without an address")?
+        .ok_or(Malformed::Missing("an address message without an address"))?
         .to_vec();
     Ok(Addr {
         family: p[0],
@@ -477,7 +509,7 @@ pub fn ip_text(family: u8, a: &[u8]) -> String {
 /// of devices other than `lo_index` (where there is none) skip duplicate
 /// address detection: they passed it before the dump, and a tentative
 /// address could not be bound by the sockets restored next.
-pub fn replay_addr(p: &[u8], lo_index: Option<u32>) -> Result<Vec<u8>, String> {
+pub fn replay_addr(p: &[u8], lo_index: Option<u32>) -> Result<Vec<u8>, Malformed> {
     let a = parse_addr(p)?;
     if a.family as i32 != libc::AF_INET6 || Some(a.index) == lo_index {
         return Ok(p.to_vec());
@@ -509,9 +541,12 @@ pub struct Route {
     pub oif: Option<u32>,
 }
 
-pub fn parse_route(p: &[u8]) -> Result<Route, String> {
+pub fn parse_route(p: &[u8]) -> Result<Route, Malformed> {
     if p.len() < 12 {
-        return Err(format!("a route message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a route",
+            len: p.len(),
+        });
     }
     let list = attrs(&p[12..])?;
     Ok(Route {
@@ -562,9 +597,12 @@ impl Route {
 
 /// The `RTM_NEWROUTE` payload that adds a saved route again: flags the
 /// kernel only reports are cleared, cache information left out.
-pub fn replay_route(p: &[u8]) -> Result<Vec<u8>, String> {
+pub fn replay_route(p: &[u8]) -> Result<Vec<u8>, Malformed> {
     if p.len() < 12 {
-        return Err(format!("a route message of {} bytes", p.len()));
+        return Err(Malformed::Short {
+            what: "a route",
+            len: p.len(),
+        });
     }
     let mut out = p[..12].to_vec();
     let flags = u32_at(p, 8).unwrap_or(0) & RTNH_F_ONLINK;
@@ -588,11 +626,16 @@ pub fn save_file(magic: u32, ty: u16, payloads: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The payloads of a saved file whose messages must all be of type `ty`.
-pub fn load_file(buf: &[u8], magic: u32, ty: u16) -> Result<Vec<Vec<u8>>, String> {
+pub fn load_file(buf: &[u8], magic: u32, ty: u16) -> Result<Vec<Vec<u8>>, Malformed> {
     match u32_at(buf, 0) {
         Some(m) if m == magic => {}
-        Some(m) => return Err(format!("magic {m:#x}, expected {magic:#x}")),
-        None => return Err("no magic".into()),
+        Some(m) => {
+            return Err(Malformed::Magic {
+                got: m,
+                want: magic,
+            })
+        }
+        None => return Err(Malformed::NoMagic),
     }
     split(&buf[4..])?
         .into_iter()
@@ -600,200 +643,14 @@ pub fn load_file(buf: &[u8], magic: u32, ty: u16) -> Result<Vec<Vec<u8>>, String
             if m.ty == ty {
                 Ok(m.payload)
             } else {
-                Err(format!("a message of type {}, expected {ty}", m.ty))
+                Err(Malformed::Type {
+                    got: m.ty,
+                    want: ty,
+                })
             }
         })
         .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn link_msg() -> Vec<u8> {
-        let mut b = ifinfomsg(3, 0x1003, 0);
-        b[2..4].copy_from_slice(&1u16.to_ne_bytes());
-        put_str(&mut b, IFLA_IFNAME, "v0");
-        put(&mut b, IFLA_MTU, &1400u32.to_ne_bytes());
-        put(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]);
-        put(&mut b, IFLA_LINK, &4u32.to_ne_bytes());
-        nest(&mut b, IFLA_LINKINFO, |b| {
-            put_str(b, IFLA_INFO_KIND, "veth")
-        });
-        b
-    }
-
-    #[test]
-    fn link_round_trip() {
-        let l = parse_link(&link_msg()).expect("parse");
-        assert_eq!(l.index, 3);
-        assert_eq!(l.name, "v0");
-        assert_eq!(l.mtu, 1400);
-        assert_eq!(l.kind.as_deref(), Some("veth"));
-        assert_eq!(l.link, Some(4));
-        assert_eq!(l.link_netnsid, None);
-        assert_eq!(l.address.as_deref(), Some(&[2u8, 0, 0, 0, 0, 1][..]));
-        let peer = Peer {
-            index: 4,
-            name: "v1".into(),
-            ns_fd: Some(9),
-        };
-        let made = new_link(&l, Some(&peer));
-        let back = parse_link(&made).expect("parse new_link");
-        assert_eq!((back.index, back.name.as_str(), back.mtu), (3, "v0", 1400));
-        assert_eq!(back.kind.as_deref(), Some("veth"));
-        // the peer sits in IFLA_LINKINFO / IFLA_INFO_DATA / VETH_INFO_PEER
-        let top = attrs(&made[16..]).expect("attrs");
-        let info = attrs(find(&top, IFLA_LINKINFO).expect("linkinfo")).expect("info");
-        let data = attrs(find(&info, IFLA_INFO_DATA).expect("data")).expect("data");
-        let p = find(&data, VETH_INFO_PEER).expect("peer");
-        let pl = parse_link(p).expect("peer link");
-        assert_eq!((pl.index, pl.name.as_str()), (4, "v1"));
-        let pattrs = attrs(&p[16..]).expect("peer attrs");
-        assert_eq!(attr_u32(&pattrs, IFLA_NET_NS_FD), Some(9));
-    }
-
-    #[test]
-    fn split_messages_and_bad_lengths() {
-        let mut buf = encode(RTM_NEWLINK, 2, 7, &link_msg());
-        buf.extend(encode(NLMSG_DONE, 2, 7, &0u32.to_ne_bytes()));
-        let msgs = split(&buf).expect("split");
-        assert_eq!(msgs.len(), 2);
-        assert_eq!((msgs[0].ty, msgs[0].seq), (RTM_NEWLINK, 7));
-        assert_eq!(msgs[1].ty, NLMSG_DONE);
-        // a length past the end, a length below the header, stray bytes
-        let mut bad = buf.clone();
-        bad[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
-        assert!(split(&bad).is_err());
-        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
-        assert!(split(&bad).is_err());
-        assert!(split(&buf[..buf.len() - 2]).is_err());
-        // attributes that overrun their buffer
-        let mut b = link_msg();
-        b[16..18].copy_from_slice(&200u16.to_ne_bytes());
-        assert!(parse_link(&b).is_err());
-        assert!(parse_link(&[0u8; 8]).is_err());
-        assert_eq!(error_code(&(-17i32).to_ne_bytes()), -17);
-    }
-
-    fn addr_msg(family: u8, prefix: u8, index: u32, a: &[u8], proto: Option<u8>) -> Vec<u8> {
-        let mut b = vec![family, prefix, 0x80, 0, 0, 0, 0, 0];
-        b[4..8].copy_from_slice(&index.to_ne_bytes());
-        put(&mut b, IFA_ADDRESS, a);
-        put(&mut b, IFA_FLAGS, &0x80u32.to_ne_bytes());
-        if let Some(p) = proto {
-            put(&mut b, IFA_PROTO, &[p]);
-        }
-        b
-    }
-
-    #[test]
-    fn addresses_the_kernel_makes() {
-        let v4 = libc::AF_INET as u8;
-        let v6 = libc::AF_INET6 as u8;
-        let lo1 = parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 1], None)).expect("p");
-        assert!(lo1.kernel_made(Some(1)));
-        assert_eq!(lo1.text(), "127.0.0.1/8");
-        let lo2 = parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 2], None)).expect("p");
-        assert!(!lo2.kernel_made(Some(1)));
-        let mut one = [0u8; 16];
-        one[15] = 1;
-        assert!(parse_addr(&addr_msg(v6, 128, 1, &one, None))
-            .expect("p")
-            .kernel_made(Some(1)));
-        let mut ll = [0u8; 16];
-        ll[0] = 0xfe;
-        ll[1] = 0x80;
-        ll[15] = 7;
-        assert!(parse_addr(&addr_msg(v6, 64, 2, &ll, None))
-            .expect("p")
-            .kernel_made(Some(1)));
-        // IFA_PROTO decides when the kernel gives it
-        assert!(!parse_addr(&addr_msg(v6, 64, 2, &ll, Some(0)))
-            .expect("p")
-            .kernel_made(Some(1)));
-        assert!(parse_addr(&addr_msg(v4, 8, 1, &[127, 0, 0, 1], Some(1)))
-            .expect("p")
-            .kernel_made(Some(1)));
-        // replay: IPv6 gets NODAD in both places, IPv4 is untouched
-        let m = addr_msg(v6, 64, 2, &ll, Some(0));
-        assert_eq!(replay_addr(&m, Some(2)).expect("replay"), m);
-        let r = replay_addr(&m, Some(1)).expect("replay");
-        assert_eq!(r[2] & IFA_F_NODAD as u8, IFA_F_NODAD as u8);
-        let list = attrs(&r[8..]).expect("attrs");
-        assert_eq!(attr_u32(&list, IFA_FLAGS), Some(0x80 | IFA_F_NODAD));
-        assert_eq!(find(&list, IFA_ADDRESS), Some(&ll[..]));
-        let m4 = addr_msg(v4, 8, 1, &[127, 0, 0, 2], None);
-        assert_eq!(replay_addr(&m4, Some(1)).expect("replay"), m4);
-    }
-
-    #[test]
-    fn routes_kept_and_replayed() {
-        let mut b = vec![libc::AF_INET as u8, 16, 0, 0, 254, 3, 0, 1];
-        b.extend_from_slice(&(0x10u32 | RTNH_F_ONLINK).to_ne_bytes()); // linkdown|onlink
-        put(&mut b, RTA_TABLE, &254u32.to_ne_bytes());
-        put(&mut b, RTA_DST, &[10, 10, 0, 0]);
-        put(&mut b, RTA_GATEWAY, &[10, 9, 0, 2]);
-        put(&mut b, RTA_OIF, &2u32.to_ne_bytes());
-        put(&mut b, RTA_CACHEINFO, &[0u8; 32]);
-        let r = parse_route(&b).expect("parse");
-        assert!(r.kept());
-        assert_eq!(
-            r.text(|i| format!("if{i}")),
-            "10.10.0.0/16 via 10.9.0.2 dev if2"
-        );
-        let again = replay_route(&b).expect("replay");
-        assert_eq!(u32_at(&again, 8), Some(RTNH_F_ONLINK));
-        let list = attrs(&again[12..]).expect("attrs");
-        assert!(find(&list, RTA_CACHEINFO).is_none());
-        assert_eq!(parse_route(&again).expect("parse"), r);
-        // kernel routes and the local table are left to the kernel
-        let mut k = b.clone();
-        k[5] = 2;
-        assert!(!parse_route(&k).expect("parse").kept());
-        let at = 12 + 4; // RTA_TABLE's data
-        let mut local = b.clone();
-        local[4] = 255;
-        local[at..at + 4].copy_from_slice(&255u32.to_ne_bytes());
-        assert!(!parse_route(&local).expect("parse").kept());
-        // a table of policy routing is kept, and named
-        let mut other = b.clone();
-        other[4] = 100;
-        other[at..at + 4].copy_from_slice(&100u32.to_ne_bytes());
-        let o = parse_route(&other).expect("parse");
-        assert!(o.kept());
-        assert!(o.text(|i| format!("if{i}")).ends_with(" table 100"));
-    }
-
-    #[test]
-    fn bridge_options_changed_from_a_new_bridge() {
-        let mut data = Vec::new();
-        put(&mut data, 1, &500u32.to_ne_bytes()); // forward_delay, changed
-        put(&mut data, 2, &200u32.to_ne_bytes()); // hello_time, default
-        put(&mut data, 5, &1u32.to_ne_bytes()); // stp_state
-        put(&mut data, 7, &[0]); // vlan_filtering off: left out
-        put(&mut data, 8, &[0x81, 0x00]); // 802.1Q: left out
-        put(&mut data, 13, &[0u8; 8]); // a timer, read-only: left out
-        let kept = bridge_options(&data).expect("options");
-        assert_eq!(bridge_text(&kept), "forward_delay 500 stp_state 1");
-        assert_eq!(bridge_options(&kept).expect("again"), kept);
-        let mut bad = Vec::new();
-        put(&mut bad, 6, &[0u8; 8]);
-        assert!(bridge_options(&bad).is_err());
-    }
-
-    #[test]
-    fn saved_files() {
-        let m = addr_msg(libc::AF_INET as u8, 8, 1, &[127, 0, 0, 2], None);
-        let f = save_file(IFADDR_SAVE_MAGIC, RTM_NEWADDR, std::slice::from_ref(&m));
-        assert_eq!(&f[..4], &0x4736_1222u32.to_ne_bytes());
-        assert_eq!(
-            load_file(&f, IFADDR_SAVE_MAGIC, RTM_NEWADDR).expect("load"),
-            vec![m]
-        );
-        assert!(load_file(&f, ROUTE_SAVE_MAGIC, RTM_NEWADDR).is_err());
-        assert!(load_file(&f, IFADDR_SAVE_MAGIC, RTM_NEWROUTE).is_err());
-        assert!(load_file(&f[..2], IFADDR_SAVE_MAGIC, RTM_NEWADDR).is_err());
-        assert!(load_file(&f[..f.len() - 3], IFADDR_SAVE_MAGIC, RTM_NEWADDR).is_err());
-    }
-}
+mod tests;
