@@ -147,42 +147,39 @@ const NET_LINES: [&str; 13] = [
     "sysctl net.ipv4.ip_local_port_range 20000 30000",
 ];
 
+/// What most shapes share: one level, no mount namespace or network of
+/// their own, the sessions workload in a session of its own.
+const BASE: Shape = Shape {
+    name: "",
+    depth: 1,
+    hostname: "",
+    own_mnt: false,
+    tmpfs_file: None,
+    refusal: None,
+    workload: "tree_sessions",
+    setsid: true,
+    net: false,
+    external_veth: false,
+};
+
 const SHAPES: [Shape; 10] = [
     Shape {
         name: "container_user_pid_net",
-        depth: 1,
         hostname: "c1",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_with_mnt",
-        depth: 1,
         hostname: "c2",
         own_mnt: true,
         tmpfs_file: Some(("/mnt/f", "data\n")),
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_in_container",
         depth: 2,
         hostname: "c3",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_in_container_mnt",
@@ -190,59 +187,33 @@ const SHAPES: [Shape; 10] = [
         hostname: "c5",
         own_mnt: true,
         tmpfs_file: Some(("/mnt/f", "data\n")),
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_no_setsid",
-        depth: 1,
         hostname: "c4",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
         workload: "fds_fork",
         setsid: false,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_net",
-        depth: 1,
         hostname: "c6",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
         net: true,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_pivot_root",
-        depth: 1,
         hostname: "c8",
         own_mnt: true,
         tmpfs_file: Some(("/tmp/crest-pivot-f", "pivoted\n")),
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     Shape {
         name: "container_veth_external",
-        depth: 1,
         hostname: "c7",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
         external_veth: true,
+        ..BASE
     },
     // the outer init execs `unshare -U -r -p -f`: it lives in the inner
     // user namespace while its pid namespace is the outer one's, and the
@@ -251,29 +222,17 @@ const SHAPES: [Shape; 10] = [
         name: "container_userns_init",
         depth: 2,
         hostname: "c8",
-        own_mnt: false,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        setsid: true,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
     // as CRIU's suite makes its uns flavor's tests (`nsinit -Z`): a user
     // namespace whose root is uid 100000 outside owns new pid, mount, net,
     // ipc and uts namespaces; no time namespace
     Shape {
         name: "container_zdtm_uns",
-        depth: 1,
         hostname: "c9",
         own_mnt: true,
-        tmpfs_file: None,
-        refusal: None,
-        workload: "tree_sessions",
-        // (nsinit makes its child a session leader itself)
         setsid: false,
-        net: false,
-        external_veth: false,
+        ..BASE
     },
 ];
 

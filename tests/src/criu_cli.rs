@@ -215,6 +215,37 @@ pub(crate) fn restore_ok(
     Ok(ran)
 }
 
+/// `crest dump -t PID -D IMAGES -o dump.log` and `extra`, which must
+/// succeed and end the tree of `pid`.
+fn dump_with(
+    cfg: &Config,
+    dir: &CaseDir,
+    extra: &[&str],
+    pid: Pid,
+    tree: &Tree,
+    procs: &mut Procs,
+) -> Result<Ran> {
+    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let mut args = vec!["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"];
+    args.extend_from_slice(extra);
+    dump_ok(cfg, dir, &args, pid, tree, procs)
+}
+
+/// `crest restore -D IMAGES -d -o restore.log` and `extra`, which must
+/// succeed and bring `pid` back.
+fn restore_with(
+    cfg: &Config,
+    dir: &CaseDir,
+    extra: &[&str],
+    pid: Pid,
+    procs: &mut Procs,
+) -> Result<Ran> {
+    let images = s(&dir.images);
+    let mut args = vec!["restore", "-D", &images, "-d", "-o", "restore.log"];
+    args.extend_from_slice(extra);
+    restore_ok(cfg, dir, "restore", &args, pid, procs)
+}
+
 pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().to_string()
 }
@@ -279,37 +310,9 @@ fn log_lines(p: &Path) -> usize {
 
 fn short_forms(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let images = s(&dir.images);
-    let pid_s = pid.to_string();
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump", "-t", &pid_s, "-D", &images, "-o", "dump.log", "-vvvv",
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &["-vvvv"], pid, &before, procs)?;
     let pidfile = s(&dir.root.join("restore.pid"));
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "-v4",
-            "--pidfile",
-            &pidfile,
-        ],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["-v4", "--pidfile", &pidfile], pid, procs)?;
     check_pidfile(&dir.root.join("restore.pid"), pid)?;
     // -vvvv and -v4 are verbose: more than a line or two each
     for f in ["dump.log", "restore.log"] {
@@ -436,15 +439,8 @@ fn read_hooks(log: &Path) -> Result<Vec<Hook>> {
 
 fn restore_sibling(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
-        pid,
-        &before,
-        procs,
-    )?;
+    let images = s(&dir.images);
+    dump_with(cfg, dir, &[], pid, &before, procs)?;
     let log = dir.root.join("hooks.log");
     let script = write_script(dir, &log)?;
     restore_ok(
@@ -578,18 +574,10 @@ fn leave_stopped(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
 
 fn options_taken(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
+    dump_with(
         cfg,
         dir,
         &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
             "--timeout",
             "10",
             "--link-remap",
@@ -607,17 +595,10 @@ fn options_taken(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         &before,
         procs,
     )?;
-    restore_ok(
+    restore_with(
         cfg,
         dir,
-        "restore",
         &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
             "--timeout",
             "10",
             "--link-remap",
@@ -656,42 +637,8 @@ fn empty_ns_net(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     if ifs != ["lo"] {
         bail!("the workload's net namespace has {ifs:?} before the dump, expected lo only");
     }
-    let (images, pid_s) = (s(&dir.images), root.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--empty-ns",
-            "net",
-        ],
-        root,
-        &before,
-        procs,
-    )?;
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--empty-ns",
-            "net",
-        ],
-        root,
-        procs,
-    )?;
+    dump_with(cfg, dir, &["--empty-ns", "net"], root, &before, procs)?;
+    restore_with(cfg, dir, &["--empty-ns", "net"], root, procs)?;
     let ours = fs::read_link("/proc/self/ns/net")?;
     let theirs = fs::read_link(format!("/proc/{main}/ns/net"))?;
     if ours == theirs {
@@ -740,33 +687,9 @@ fn join_ns(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     }) {
         bail!("the holder did not get a uts namespace of its own");
     }
-    let (images, pid_s) = (s(&dir.images), root.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
-        root,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &[], root, &before, procs)?;
     let join = format!("uts:{hpid}");
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--join-ns",
-            &join,
-        ],
-        root,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["--join-ns", &join], root, procs)?;
     let (theirs, held) = (uts_of(main)?, uts_of(hpid)?);
     if theirs != held {
         bail!("the restored workload is in {theirs:?}, not the joined {held:?}");
@@ -818,33 +741,9 @@ fn join_ns_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     }) {
         bail!("the holder did not mount its tmpfs");
     }
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
-        pid,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &[], pid, &before, procs)?;
     let join = format!("mnt:{hpid}");
-    let r = restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--join-ns",
-            &join,
-        ],
-        pid,
-        procs,
-    );
+    let r = restore_with(cfg, dir, &["--join-ns", &join], pid, procs);
     let mnt_of = |p: Pid| fs::read_link(format!("/proc/{p}/ns/mnt"));
     let check = r.and_then(|_| {
         let (theirs, held_ns) = (mnt_of(pid)?, mnt_of(hpid)?);
@@ -910,37 +809,14 @@ fn ext_unix_sk(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     if refused.success() || !refused.stderr.contains("--ext-unix-sk") {
         bail!(refused.failure("a dump without --ext-unix-sk (expected a refusal naming it)"));
     }
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--ext-unix-sk",
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &["--ext-unix-sk"], pid, &before, procs)?;
     // what it sent before it was dumped
     rx.set_nonblocking(true)?;
     while let Ok(n) = tick(&rx) {
         last = n;
     }
     rx.set_nonblocking(false)?;
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &["restore", "-D", &images, "-d", "-o", "restore.log"],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &[], pid, procs)?;
     let next = tick(&rx)?;
     if next != last + 1 {
         bail!("after the restore the datagrams went on at {next}, the last before was {last}");
@@ -979,24 +855,8 @@ fn tcp_close(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     std::io::Read::read_exact(&mut conn, &mut b).context("the first byte")?;
     wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
     let before = procs::tree_snapshot(pid)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--tcp-close",
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    let images = s(&dir.images);
+    dump_with(cfg, dir, &["--tcp-close"], pid, &before, procs)?;
     let refused = crest_run(
         cfg,
         dir,
@@ -1007,22 +867,7 @@ fn tcp_close(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     if refused.success() || !refused.stderr.contains("--tcp-close") {
         bail!(refused.failure("a restore without --tcp-close (expected a refusal naming it)"));
     }
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--tcp-close",
-        ],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["--tcp-close"], pid, procs)?;
     if !wait_until(Duration::from_secs(5), || said.exists()) {
         bail!("the restored process did not find its connection closed");
     }
@@ -1065,44 +910,10 @@ fn external_mnt(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     if seen(pid) != ["before"] {
         bail!("the bind mount shows {:?} before the dump", seen(pid));
     }
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
     let ext_dump = format!("mnt[{}]:shared", dst.display());
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--external",
-            &ext_dump,
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &["--external", &ext_dump], pid, &before, procs)?;
     let ext_restore = format!("mnt[shared]:{}", src2.display());
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--external",
-            &ext_restore,
-        ],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["--external", &ext_restore], pid, procs)?;
     if seen(pid) != ["after"] {
         bail!(
             "the restored mount on {} shows {:?}, expected src2's file (--external {ext_restore})",
@@ -1213,19 +1024,11 @@ fn mount_options(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     if !m.contains_key(&s(&dst)) || !m.contains_key(&s(&skip)) {
         bail!("the tree's mounts before the dump: {m:?}");
     }
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
     let skip_s = s(&skip);
-    dump_ok(
+    dump_with(
         cfg,
         dir,
         &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
             "--ext-mount-map",
             "auto",
             "--enable-fs",
@@ -1239,23 +1042,7 @@ fn mount_options(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
         &before,
         procs,
     )?;
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--ext-mount-map",
-            "auto",
-        ],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["--ext-mount-map", "auto"], pid, procs)?;
     let m = mounts(pid);
     let mut problems = Vec::new();
     if fs::read_to_string(format!("/proc/{pid}/root{}/bound", dst.display()))
@@ -1307,15 +1094,8 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
     let key = fs::read_link(format!("/proc/{pid}/fd/1"))?
         .to_string_lossy()
         .to_string();
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
-        pid,
-        &before,
-        procs,
-    )?;
+    let images = s(&dir.images);
+    dump_with(cfg, dir, &[], pid, &before, procs)?;
     let mut restore = Command::new("sh");
     restore
         .arg("-c")
@@ -1343,15 +1123,8 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
 
 fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    dump_ok(
-        cfg,
-        dir,
-        &["dump", "-t", &pid_s, "-D", &images, "-o", "dump.log"],
-        pid,
-        &before,
-        procs,
-    )?;
+    let images = s(&dir.images);
+    dump_with(cfg, dir, &[], pid, &before, procs)?;
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
     let mut restore = Command::new("sh");
     restore
@@ -1392,46 +1165,13 @@ fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
 
 fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
+    let images = s(&dir.images);
     let log = dir.root.join("hooks.log");
     let script = write_script(dir, &log)?;
-    dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--action-script",
-            &script,
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    dump_with(cfg, dir, &["--action-script", &script], pid, &before, procs)?;
     let dumped = read_hooks(&log)?;
     let _ = fs::remove_file(&log);
-    restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--action-script",
-            &script,
-        ],
-        pid,
-        procs,
-    )?;
+    restore_with(cfg, dir, &["--action-script", &script], pid, procs)?;
     let restored = read_hooks(&log)?;
     let check = |hooks: &[Hook], want: &[&str], with_pid: &[&str]| -> Result<()> {
         let names: Vec<&str> = hooks.iter().map(|h| h.action.as_str()).collect();
@@ -1481,43 +1221,11 @@ fn action_script(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
 
 fn display_stats(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let (images, pid_s) = (s(&dir.images), pid.to_string());
-    let ran = dump_ok(
-        cfg,
-        dir,
-        &[
-            "dump",
-            "-t",
-            &pid_s,
-            "-D",
-            &images,
-            "-o",
-            "dump.log",
-            "--display-stats",
-        ],
-        pid,
-        &before,
-        procs,
-    )?;
+    let ran = dump_with(cfg, dir, &["--display-stats"], pid, &before, procs)?;
     if !ran.stdout.contains("Displaying dump stats") {
         bail!("dump --display-stats printed {:?}", ran.stdout);
     }
-    let ran = restore_ok(
-        cfg,
-        dir,
-        "restore",
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--display-stats",
-        ],
-        pid,
-        procs,
-    )?;
+    let ran = restore_with(cfg, dir, &["--display-stats"], pid, procs)?;
     if !ran.stdout.contains("Displaying restore stats") {
         bail!("restore --display-stats printed {:?}", ran.stdout);
     }
