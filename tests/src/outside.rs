@@ -286,7 +286,8 @@ fn fds(v: &mut View, pid: i32) {
 
 /// What only `fcntl` shows: the SIGIO owner and signal, a pipe's capacity.
 fn fcntls(pidfd: &OwnedFd, fd: i32, target: &str) -> Vec<(String, String)> {
-    let Ok(f) = crest_sys::misc::pidfd_getfd(pidfd, fd) else {
+    let Ok(f) = rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+    else {
         return vec![("fcntl".into(), "pidfd_getfd failed".into())];
     };
     let mut out = Vec::new();
@@ -532,7 +533,8 @@ const IPV6_OPTS: &[(&str, i32, Kind)] = &[
 /// A socket's options, by level. Buffer sizes a TCP socket tunes itself
 /// (no `SO_BUF_LOCK`) are left out.
 fn sockopts(pidfd: &OwnedFd, fd: i32) -> Vec<(String, String)> {
-    let Ok(s) = crest_sys::misc::pidfd_getfd(pidfd, fd) else {
+    let Ok(s) = rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+    else {
         return vec![("pidfd_getfd".into(), "failed".into())];
     };
     let int = |level, opt| show_opt(&s, level, opt, Kind::Int);

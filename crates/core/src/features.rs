@@ -153,8 +153,14 @@ fn probe_clone3() -> Probed {
 fn probe_pidfd() -> Probed {
     let me = std::process::id() as i32;
     let pidfd = misc::pidfd_open(me).map_err(|e| format!("pidfd_open: {e}"))?;
-    misc::pidfd_getfd(&pidfd, 0)
-        .or_else(|_| misc::pidfd_getfd(&pidfd, pidfd_raw(&pidfd)))
+    rustix::process::pidfd_getfd(&pidfd, 0, rustix::process::PidfdGetfdFlags::empty())
+        .or_else(|_| {
+            rustix::process::pidfd_getfd(
+                &pidfd,
+                pidfd_raw(&pidfd),
+                rustix::process::PidfdGetfdFlags::empty(),
+            )
+        })
         .map_err(|e| format!("pidfd_getfd: {e}"))?;
     Ok("pidfd_getfd copied an fd".into())
 }

@@ -45,7 +45,12 @@ const AREA_LEN: usize = 1 + 4 + 8 + 8;
 fn send(msg: &[u8], fd: Option<i32>) -> io::Result<()> {
     let mut g = GUARD.lock().unwrap_or_else(|p| p.into_inner());
     if g.is_none() {
-        let (mine, theirs) = crest_sys::misc::seqpacket_pair()?;
+        let (mine, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
         let inherit = crest_sys::misc::dup_inheritable(&theirs)?;
         let child = std::process::Command::new("/proc/self/exe")
             .arg(COMMAND)

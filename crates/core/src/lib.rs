@@ -1,5 +1,12 @@
-//! crest-core: one module per kind of kernel object, each with its dump and
-//! restore side; `dump` and `restore` only put them in order.
+//! crest-core: one module (a room) per kind of kernel object, each with
+//! its dump and restore side; `dump` and `restore` only put them in order.
+//!
+//! A room uses only rooms before it in this order (lowest first):
+//! `procfs`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`, the
+//! per-task state (`signals`, `timers`, `seccomp`, `task`, `creds`,
+//! `coreimg`), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
+//! `dump`, `restore`, `show`. `tools/rooms.py --strict` fails on any
+//! import circle, between rooms or between the files of one room.
 
 pub mod log;
 

@@ -299,7 +299,9 @@ impl Remote for Tracee {
 pub fn take_fd(pid: i32, fd: u32) -> Result<OwnedFd> {
     let io = |step: String| move |source| RemoteError::Io { pid, step, source };
     let pidfd = crest_sys::misc::pidfd_open(pid).map_err(io("pidfd_open".into()))?;
-    crest_sys::misc::pidfd_getfd(&pidfd, fd as i32).map_err(io(format!("pidfd_getfd of fd {fd}")))
+    rustix::process::pidfd_getfd(&pidfd, fd as i32, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(std::io::Error::from)
+        .map_err(io(format!("pidfd_getfd of fd {fd}")))
 }
 
 /// Layout of the `recvmsg` arguments in the task's scratch memory.

@@ -65,34 +65,6 @@ pub fn pidfd_exited(pidfd: &impl AsRawFd) -> bool {
     ret != 0
 }
 
-/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: messages keep
-/// their bounds, and a reader sees the end when the other side's last
-/// copy is closed.
-pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid out-array of two ints.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    cvt(ret as libc::c_long)?;
-    // SAFETY: on success the kernel returned two new fds that we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// `pidfd_getfd(pidfd, targetfd, 0)` — a copy of another process's fd.
-pub fn pidfd_getfd(pidfd: &impl AsRawFd, target_fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
-    let fd = cvt(ret)?;
-    // SAFETY: on success the kernel returned a new fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// A close-on-exec copy of crest's own fd `fd` (one its caller handed
 /// it, e.g. for `--inherit-fd`).
 pub fn dup_own(fd: i32) -> io::Result<OwnedFd> {

@@ -148,12 +148,6 @@ pub fn connect(fd: &impl AsRawFd, addr: &[u8]) -> io::Result<()> {
     ret(r).map(drop)
 }
 
-/// `listen(fd, backlog)`.
-pub fn listen(fd: &impl AsRawFd, backlog: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    ret(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
-}
-
 /// `sendto(fd, data, flags, addr)`; no address when `addr` is empty.
 pub fn sendto(fd: &impl AsRawFd, data: &[u8], flags: i32, addr: &[u8]) -> io::Result<usize> {
     let (p, l) = if addr.is_empty() {
@@ -403,12 +397,6 @@ pub fn terminal_of(fd: i32) -> Option<String> {
 pub fn set_status_flags(fd: &impl AsRawFd, flags: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.
     ret(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
-}
-
-/// `shutdown(fd, how)`.
-pub fn shutdown(fd: &impl AsRawFd, how: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    ret(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
 
 /// A socket's classic BPF filter (`SO_GET_FILTER`), each instruction as

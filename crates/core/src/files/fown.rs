@@ -64,7 +64,9 @@ impl FileTable {
     /// `id`, if it has any.
     pub(crate) fn dump_fown(&mut self, pid: i32, fd: i32, id: u32) -> Result<(), DumpError> {
         let pidfd = misc::pidfd_open(pid).at(pid, "pidfd_open")?;
-        let copy = misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd")?;
+        let copy =
+            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .at(pid, "pidfd_getfd")?;
         let (kind, owner) = misc::get_owner(&copy).at(pid, "F_GETOWN_EX")?;
         let sig = misc::get_sig(&copy).at(pid, "F_GETSIG")?;
         if owner == 0 && sig == 0 {

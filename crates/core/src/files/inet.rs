@@ -525,7 +525,7 @@ pub(crate) fn make(
         crest_sys::net::bind(&c, &local).rat(pid, at("bind"))?;
     }
     if s.state == LISTEN {
-        crest_sys::net::listen(&c, s.backlog as i32).rat(pid, at("listen"))?;
+        rustix::net::listen(&c, s.backlog as i32).rat(pid, at("listen"))?;
     }
     if s.state == ESTABLISHED {
         let remote = make_addr(s.family, &s.dst_addr, s.dst_port);

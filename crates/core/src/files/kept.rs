@@ -87,7 +87,9 @@ impl Kept {
             Some(p) => p,
             None => crest_sys::misc::pidfd_open(pid).rat(pid, "pidfd_open")?,
         };
-        let r = crest_sys::misc::pidfd_getfd(&p, fd as i32).rat(pid, "pidfd_getfd of a new socket");
+        let r =
+            rustix::process::pidfd_getfd(&p, fd as i32, rustix::process::PidfdGetfdFlags::empty())
+                .rat(pid, "pidfd_getfd of a new socket");
         self.pidfd = Some(p);
         r
     }

@@ -105,7 +105,8 @@ impl FileTable {
     ) -> Result<u32, DumpError> {
         let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
         let file: OwnedFd =
-            crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a memfd")?;
+            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .at(pid, "pidfd_getfd of a memfd")?;
         let inode_id = self.memfd_inode(pid, link, file.into())?;
         Ok(self.push(entry(flags, info.pos, inode_id)))
     }

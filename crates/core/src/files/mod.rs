@@ -530,7 +530,9 @@ impl FileTable {
             return Ok(*known);
         }
         let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
-        let copy = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a socket")?;
+        let copy =
+            rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .at(pid, "pidfd_getfd of a socket")?;
         let domain = crest_sys::net::getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_DOMAIN)
             .at(pid, "SO_DOMAIN")?;
         let known = match domain {

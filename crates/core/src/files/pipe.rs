@@ -148,7 +148,9 @@ pub(crate) const DEFAULT_PIPE_SIZE: u32 = 16 * 4096;
 /// The capacity of the pipe behind `fd` of `pid`.
 fn pipe_size(pid: i32, fd: i32) -> Result<u32, DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
-    let theirs = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a pipe")?;
+    let theirs =
+        rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+            .at(pid, "pidfd_getfd of a pipe")?;
     let size = rustix::pipe::fcntl_getpipe_size(&theirs).at(pid, "F_GETPIPE_SZ")?;
     Ok(size as u32)
 }
@@ -157,7 +159,9 @@ fn pipe_size(pid: i32, fd: i32) -> Result<u32, DumpError> {
 /// consuming them.
 fn peek_pipe(pid: i32, fd: i32) -> Result<Vec<u8>, DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
-    let theirs = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a pipe")?;
+    let theirs =
+        rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+            .at(pid, "pidfd_getfd of a pipe")?;
     peek(pid, fd, &theirs)
 }
 

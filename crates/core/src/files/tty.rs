@@ -183,7 +183,8 @@ impl TtyDump {
 /// The settings and window size of the terminal behind `pid`'s `fd`.
 fn settings(pid: i32, fd: i32) -> Result<(Option<TermiosEntry>, Option<WinsizeEntry>), DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(pid).at(pid, "pidfd_open")?;
-    let copy = crest_sys::misc::pidfd_getfd(&pidfd, fd).at(pid, "pidfd_getfd of a terminal")?;
+    let copy = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .at(pid, "pidfd_getfd of a terminal")?;
     let t = crest_sys::misc::tcgets(&copy).at(pid, "TCGETS")?;
     let w = crest_sys::misc::get_winsize(&copy).at(pid, "TIOCGWINSZ")?;
     Ok((
@@ -380,8 +381,12 @@ fn open_orphan_slave(
                 .syscall(nr::IOCTL, &[m, libc::TIOCGPTPEER, flags as u64])
                 .rat(pid, "open a new pty's slave")?;
             let pidfd = crest_sys::misc::pidfd_open(pid).rat(pid, "pidfd_open")?;
-            let master = crest_sys::misc::pidfd_getfd(&pidfd, m as i32)
-                .rat(pid, "take a new pty's master")?;
+            let master = rustix::process::pidfd_getfd(
+                &pidfd,
+                m as i32,
+                rustix::process::PidfdGetfdFlags::empty(),
+            )
+            .rat(pid, "take a new pty's master")?;
             t.close(m)?;
             let index = crest_sys::misc::pty_index(&master).rat(pid, "TIOCGPTN")?;
             set_settings(&master, info).rat(pid, "set a terminal's settings")?;

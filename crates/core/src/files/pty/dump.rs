@@ -285,7 +285,8 @@ fn take_queues(
 fn master_of_task(mpid: i32, mfd: i32) -> Result<(OwnedFd, String, u64), DumpError> {
     let pidfd = crest_sys::misc::pidfd_open(mpid).at(mpid, "pidfd_open")?;
     let master =
-        crest_sys::misc::pidfd_getfd(&pidfd, mfd).at(mpid, "pidfd_getfd of a pty master")?;
+        rustix::process::pidfd_getfd(&pidfd, mfd, rustix::process::PidfdGetfdFlags::empty())
+            .at(mpid, "pidfd_getfd of a pty master")?;
     let path = format!("/proc/{mpid}/fd/{mfd}");
     let link = crate::procfs::read_link(&path).at(mpid, "read an fd link")?;
     let rdev = std::fs::metadata(&path)

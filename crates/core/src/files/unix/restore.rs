@@ -491,7 +491,12 @@ pub(super) fn finish(
         crest_sys::net::set_status_flags(copy, u.flags as i32 & status)
             .rat(pid, "set socket flags")?;
         if let Some(how) = u.shutdown.filter(|s| (1..=3).contains(s)) {
-            crest_sys::net::shutdown(copy, how - 1).rat(pid, "shutdown")?;
+            let how = match how {
+                1 => rustix::net::Shutdown::Read,
+                2 => rustix::net::Shutdown::Write,
+                _ => rustix::net::Shutdown::Both,
+            };
+            rustix::net::shutdown(copy, how).rat(pid, "shutdown")?;
         }
     }
     Ok(())
