@@ -18,6 +18,7 @@
 //! their user namespace: crest's level of their pids is set through
 //! `ns_last_pid`.
 
+use super::graph;
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError};
 use crate::remote::Remote;
@@ -39,6 +40,8 @@ pub struct Pidns {
     /// given with `--inherit-fd fd[N]:KEY`.
     pub external_key: Option<String>,
 }
+
+graph::impl_node!(Pidns);
 
 /// The tree's pid namespaces and which task is in which.
 #[derive(Debug, Default, Clone)]
@@ -150,12 +153,12 @@ impl PidnsGraph {
     }
 
     pub fn node(&self, id: u32) -> Option<&Pidns> {
-        self.list.iter().find(|n| n.id == id)
+        graph::node(&self.list, id)
     }
 
     /// The id of the pid namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
-        self.list.iter().find(|n| n.ino == ino).map(|n| n.id)
+        graph::by_ino(&self.list, ino)
     }
 
     /// The pid namespace of `pid`, None for crest's own.
@@ -294,15 +297,8 @@ impl PidnsGraph {
             .list
             .iter()
             .map(|n| {
-                let mut pids: Vec<i32> = self.tasks.iter().filter(|t| t.1 == n.id).map(|t| t.0).collect();
-                pids.sort_unstable();
-                let mut owner: Vec<i32> = users
-                    .tasks
-                    .iter()
-                    .filter(|t| t.1 == n.owner_userns)
-                    .map(|t| t.0)
-                    .collect();
-                owner.sort_unstable();
+                let pids = graph::tasks_in(&self.tasks, n.id);
+                let owner = graph::tasks_in(&users.tasks, n.owner_userns);
                 format!(
                     "pid ns depth {} owned by the userns of tasks {owner:?} (depth {}) tasks {pids:?}\n",
                     n.depth,

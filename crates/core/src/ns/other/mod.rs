@@ -21,6 +21,7 @@ mod inside;
 pub use helpers::{own_net_ns, NsHelpers};
 use inside::{read_time_offsets, read_uts, reader};
 
+use super::graph;
 use super::user::{fd_ino, ino_of, UsernsGraph};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
@@ -116,6 +117,8 @@ pub struct OtherNs {
     #[serde(skip)]
     ino: u64,
 }
+
+graph::impl_node!(OtherNs);
 
 /// The tree's own namespaces and which task is in which.
 #[derive(Debug, Default, Clone)]
@@ -472,7 +475,7 @@ impl OtherGraph {
 
     /// The id of the namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
-        self.list.iter().find(|n| n.ino == ino).map(|n| n.id)
+        graph::by_ino(&self.list, ino)
     }
 
     /// The id of `pid`'s namespace of type `flag`, if it has its own.
@@ -564,18 +567,8 @@ impl OtherGraph {
             .list
             .iter()
             .map(|n| {
-                let mut pids: Vec<i32> = self.tasks.iter().filter(|t| t.1 == n.id).map(|t| t.0).collect();
-                pids.sort_unstable();
-                let owner_pids: Vec<i32> = {
-                    let mut p: Vec<i32> = users
-                        .tasks
-                        .iter()
-                        .filter(|t| t.1 == n.owner_userns)
-                        .map(|t| t.0)
-                        .collect();
-                    p.sort_unstable();
-                    p
-                };
+                let pids = graph::tasks_in(&self.tasks, n.id);
+                let owner_pids = graph::tasks_in(&users.tasks, n.owner_userns);
                 let kind = kind_of_flag(n.nstype).map_or("?", |k| k.name);
                 let state = match kind {
                     "uts" => n

@@ -14,6 +14,7 @@ mod helpers;
 
 pub use helpers::{enter, write_in_task, UsernsHelpers};
 
+use super::graph;
 use super::idmap;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::procfs::{self, IdExtent};
@@ -49,6 +50,8 @@ pub struct Userns {
     #[serde(skip)]
     ino: u64,
 }
+
+graph::impl_node!(Userns);
 
 /// The user namespaces of a tree; id 1 is crest's own.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -92,7 +95,7 @@ impl UsernsGraph {
     }
 
     pub fn node(&self, id: u32) -> Option<&Userns> {
-        self.nodes.iter().find(|n| n.id == id)
+        graph::node(&self.nodes, id)
     }
 
     /// Whether namespace `id` is `ancestor` or below it.
@@ -155,7 +158,7 @@ impl UsernsGraph {
 
     /// The id of the user namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
-        self.nodes.iter().find(|n| n.ino == ino).map(|n| n.id)
+        graph::by_ino(&self.nodes, ino)
     }
 
     fn add_task_ns(&mut self, pid: i32) -> Result<u32, DumpError> {
@@ -446,13 +449,7 @@ impl UsernsGraph {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut pids: Vec<i32> = self
-            .tasks
-            .iter()
-            .filter(|t| t.1 == n.id)
-            .map(|t| t.0)
-            .collect();
-        pids.sort_unstable();
+        let pids = graph::tasks_in(&self.tasks, n.id);
         if n.parent.is_none() {
             let _ = writeln!(s, "{pad}userns (crest's own) tasks {pids:?}");
         } else {
