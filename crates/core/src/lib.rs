@@ -2,7 +2,7 @@
 //! its dump and restore side; `dump` and `restore` only put them in order.
 //!
 //! A room uses only rooms before it in this order (lowest first):
-//! `procfs`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`, the
+//! `procfs`, `netlink`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`, the
 //! per-task state (`signals`, `timers`, `seccomp`, `task`, `creds`,
 //! `coreimg`), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
 //! `dump`, `restore`, `show`. `tools/rooms.py --strict` fails on any
@@ -20,6 +20,7 @@ pub mod files;
 pub mod fs;
 pub mod guard;
 pub mod mm;
+pub mod netlink;
 pub mod notify;
 pub mod ns;
 pub mod opts;

@@ -5,15 +5,14 @@
 //! is built and the answer parsed here as plain bytes, so a short or odd
 //! message is an error, never a panic.
 
+#[cfg(test)]
+use crate::netlink::{self, NLMSG_DONE, NLMSG_ERROR};
+use crate::netlink::{u16_at, u32_at, Netlink, NLM_F_DUMP};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 const NETLINK_SOCK_DIAG: i32 = 4;
 
 const UDIAG_SHOW_NAME: u32 = 0x01;
@@ -75,16 +74,10 @@ fn diag_socket_in(pid: i32) -> io::Result<OwnedFd> {
     .map_err(|_| io::Error::other("sock_diag thread panicked"))?
 }
 
-/// A dump request of every socket of `family`: the netlink header, the
-/// family, then `rest` of the family's request (after its padding).
+/// The payload of a dump request of every socket of `family`: the family,
+/// then `rest` of the family's request (after its padding).
 fn dump_request(family: i32, rest: &[u32]) -> Vec<u8> {
-    let len = 16 + 4 + 4 * rest.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    m.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    let mut m = Vec::with_capacity(4 + 4 * rest.len());
     m.push(family as u8);
     m.push(0); // protocol
     m.extend_from_slice(&0u16.to_ne_bytes());
@@ -135,20 +128,14 @@ pub fn unix_sockets_of(pid: i32) -> io::Result<HashMap<u32, UnixDiag>> {
 /// Sends `req` to sock_diag in the network namespace of `pid` and hands
 /// every answer's body to `on_msg` until the dump ends.
 fn ask(pid: i32, req: &[u8], on_msg: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-    let sk = diag_socket_in(pid)?;
-    let mut kernel = vec![0u8; 12];
-    kernel[0..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-    crest_sys::net::sendto(&sk.as_fd(), req, 0, &kernel)?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = crest_sys::net::recv(&sk.as_fd(), &mut buf, 0)?;
-        if n == 0 {
-            return Err(io::Error::other("sock_diag: the answer ended early"));
-        }
-        if walk(&buf[..n], on_msg)? {
-            return Ok(());
+    let mut nl = Netlink::from_fd(diag_socket_in(pid)?);
+    let seq = nl.send(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, req)?;
+    for m in nl.answer(seq, MAX_SOCKETS)? {
+        if m.ty == SOCK_DIAG_BY_FAMILY {
+            on_msg(&m.payload)?;
         }
     }
+    Ok(())
 }
 
 /// A packet socket's memberships and rings, as sock_diag reports them.
@@ -212,49 +199,28 @@ fn parse_packet(body: &[u8]) -> io::Result<PacketDiag> {
     Ok(d)
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"))
 }
 
-/// Parses one datagram of netlink messages into `out`; true at the end of
-/// the dump.
-pub fn parse_batch(b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result<bool> {
-    walk(b, &mut |body| {
-        let d = parse_msg(body)?;
-        out.insert(d.ino, d);
-        Ok(())
-    })
-}
-
-/// Hands the body of every sock_diag answer in one datagram to `on_msg`;
-/// true at the end of the dump.
-fn walk(mut b: &[u8], on_msg: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<bool> {
-    while b.len() >= 16 {
-        let len = u32_at(b, 0).ok_or_else(|| bad("short header"))? as usize;
-        let ty = u16_at(b, 4).ok_or_else(|| bad("short header"))?;
-        if len < 16 || len > b.len() {
-            return Err(bad("a message longer than its datagram"));
-        }
-        let body = &b[16..len];
-        match ty {
+/// Parses one datagram of sock_diag answers into `out`; true at the end
+/// of the dump (the form of [`ask`]'s answers, for the tests).
+#[cfg(test)]
+fn parse_batch(b: &[u8], out: &mut HashMap<u32, UnixDiag>) -> io::Result<bool> {
+    for m in netlink::split(b).map_err(|e| bad(&e.to_string()))? {
+        match m.ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
-                let err = u32_at(body, 0).ok_or_else(|| bad("short error"))? as i32;
-                return Err(io::Error::from_raw_os_error(-err));
+                return Err(io::Error::from_raw_os_error(-netlink::error_code(
+                    &m.payload,
+                )))
             }
-            SOCK_DIAG_BY_FAMILY => on_msg(body)?,
+            SOCK_DIAG_BY_FAMILY => {
+                let d = parse_msg(&m.payload)?;
+                out.insert(d.ino, d);
+            }
             _ => {}
         }
-        let next = (len + 3) & !3;
-        b = b.get(next..).unwrap_or(&[]);
     }
     Ok(false)
 }

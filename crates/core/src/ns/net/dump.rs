@@ -87,9 +87,9 @@ pub(super) fn check_netfilter() -> Result<(), Fail> {
     if let Ok(mut nl) = Rtnl::open_proto(libc::NETLINK_NETFILTER) {
         let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
         // struct nfgenmsg: family (all), version, resource id
-        let seq = nl
-            .send(ty, rtnl::NLM_F_DUMP, &[libc::AF_UNSPEC as u8, 0, 0, 0])
-            .map_err(io_at("ask for nftables tables"))?;
+        let seq =
+            nl.0.send(ty, rtnl::NLM_F_DUMP, &[libc::AF_UNSPEC as u8, 0, 0, 0])
+                .map_err(io_at("ask for nftables tables"))?;
         for p in nl.answer(seq).map_err(io_at("list nftables tables"))? {
             let name = p
                 .get(4..)

@@ -296,10 +296,7 @@ fn is_lo(l: &Link) -> bool {
 // ---- rtnetlink over a socket --------------------------------------------
 
 /// An rtnetlink socket in the namespace of the thread that opened it.
-struct Rtnl {
-    fd: OwnedFd,
-    seq: u32,
-}
+struct Rtnl(crate::netlink::Netlink);
 
 impl Rtnl {
     fn open() -> io::Result<Rtnl> {
@@ -309,61 +306,24 @@ impl Rtnl {
     /// A netlink socket of another protocol (`NETLINK_NETFILTER`), spoken
     /// the same way.
     fn open_proto(proto: i32) -> io::Result<Rtnl> {
-        let fd = crest_sys::net::socket(libc::AF_NETLINK, libc::SOCK_RAW, proto)?;
-        Ok(Rtnl { fd, seq: 0 })
+        Ok(Rtnl(crate::netlink::Netlink::open(proto)?))
     }
 
-    fn send(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<u32> {
-        self.seq += 1;
-        let msg = rtnl::encode(ty, flags | rtnl::NLM_F_REQUEST, self.seq, payload);
-        let mut kernel = [0u8; 12];
-        kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-        crest_sys::net::sendto(&self.fd, &msg, 0, &kernel)?;
-        Ok(self.seq)
-    }
-
-    /// The messages of the answer to request `seq`, up to its end (the
-    /// ack, or NLMSG_DONE of a dump).
+    /// The payloads of the answer to request `seq`.
     fn answer(&mut self, seq: u32) -> io::Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = crest_sys::net::recv(&self.fd, &mut buf, libc::MSG_TRUNC)?;
-            if n > buf.len() {
-                return Err(io::Error::other(format!("a netlink answer of {n} bytes")));
-            }
-            let msgs = rtnl::split(&buf[..n]).map_err(io::Error::other)?;
-            for m in msgs.into_iter().filter(|m| m.seq == seq) {
-                match m.ty {
-                    rtnl::NLMSG_ERROR | rtnl::NLMSG_DONE => {
-                        let code = if m.payload.len() >= 4 {
-                            rtnl::error_code(&m.payload)
-                        } else {
-                            0
-                        };
-                        if code < 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        return Ok(out);
-                    }
-                    _ => {
-                        if out.len() >= 4 * MAX_ITEMS {
-                            return Err(io::Error::other("too many netlink messages"));
-                        }
-                        out.push(m.payload);
-                    }
-                }
-            }
-        }
+        let msgs = self.0.answer(seq, 4 * MAX_ITEMS)?;
+        Ok(msgs.into_iter().map(|m| m.payload).collect())
     }
 
     fn dump(&mut self, ty: u16, family: i32) -> io::Result<Vec<Vec<u8>>> {
-        let seq = self.send(ty, rtnl::NLM_F_DUMP, &rtnl::dump_request(ty, family as u8))?;
+        let seq = self
+            .0
+            .send(ty, rtnl::NLM_F_DUMP, &rtnl::dump_request(ty, family as u8))?;
         self.answer(seq)
     }
 
     fn call(&mut self, ty: u16, flags: u16, payload: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let seq = self.send(ty, flags | rtnl::NLM_F_ACK, payload)?;
+        let seq = self.0.send(ty, flags | rtnl::NLM_F_ACK, payload)?;
         self.answer(seq)
     }
 

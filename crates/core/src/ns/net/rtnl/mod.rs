@@ -1,11 +1,13 @@
 //! rtnetlink messages: building requests and parsing what the kernel (or
 //! an image) holds, with every length checked. No syscalls here; the
-//! socket side is in [`super::Rtnl`].
+//! socket side is in [`super::Rtnl`], the framing in [`crate::netlink`].
+
+pub use crate::netlink::split;
+use crate::netlink::{align4, encode, u16_at, u32_at, Framing};
+pub use crate::netlink::{NLM_F_ACK, NLM_F_DUMP};
 
 use std::fmt::Write as _;
 
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
@@ -14,11 +16,8 @@ pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_GETNSID: u16 = 90;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_DUMP: u16 = 0x300;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
@@ -57,12 +56,8 @@ pub const ROUTE_SAVE_MAGIC: u32 = 0x4531_1224;
 /// An rtnetlink message (from the kernel or an image) crest cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
-    #[error("{0} stray bytes after the last message")]
-    Stray(usize),
-    #[error("a message of length {len} at offset {at}")]
-    Message { len: usize, at: usize },
-    #[error("more than {0} messages")]
-    TooMany(usize),
+    #[error(transparent)]
+    Framing(#[from] Framing),
     #[error("an attribute of length {len} at offset {at}")]
     Attribute { len: usize, at: usize },
     #[error("bridge option {ty} of {len} bytes")]
@@ -78,77 +73,6 @@ pub enum Malformed {
     NoMagic,
     #[error("a message of type {got}, expected {want}")]
     Type { got: u16, want: u16 },
-}
-
-const HDR: usize = 16;
-/// Most messages crest takes from one buffer (kernel replies or an image).
-const MAX_MSGS: usize = 1 << 16;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// One netlink message: its type, flags, sequence number and payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Msg {
-    pub ty: u16,
-    pub flags: u16,
-    pub seq: u32,
-    pub payload: Vec<u8>,
-}
-
-/// A whole message: header then payload (padded).
-pub fn encode(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let len = HDR + payload.len();
-    let mut out = Vec::with_capacity(align4(len));
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(align4(len), 0);
-    out
-}
-
-/// The messages of a buffer (a datagram from the kernel, or a saved file
-/// without its magic).
-pub fn split(buf: &[u8]) -> Result<Vec<Msg>, Malformed> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        if buf.len() - at < HDR {
-            return Err(Malformed::Stray(buf.len() - at));
-        }
-        let len = u32_at(buf, at).unwrap_or(0) as usize;
-        if len < HDR || len > buf.len() - at {
-            return Err(Malformed::Message { len, at });
-        }
-        if out.len() >= MAX_MSGS {
-            return Err(Malformed::TooMany(MAX_MSGS));
-        }
-        out.push(Msg {
-            ty: u16_at(buf, at + 4).unwrap_or(0),
-            flags: u16_at(buf, at + 6).unwrap_or(0),
-            seq: u32_at(buf, at + 8).unwrap_or(0),
-            payload: buf[at + HDR..at + len].to_vec(),
-        });
-        at = (at + align4(len)).min(buf.len());
-    }
-    Ok(out)
-}
-
-/// The error code of an `NLMSG_ERROR` payload (0 for an ack).
-pub fn error_code(payload: &[u8]) -> i32 {
-    u32_at(payload, 0).map_or(-libc::EPROTO, |v| v as i32)
 }
 
 /// One attribute: its type (without the nested/byte-order bits) and data.

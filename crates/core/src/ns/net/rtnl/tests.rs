@@ -1,6 +1,7 @@
 //! Tests of `rtnl`.
 
 use super::*;
+use crate::netlink::{error_code, NLMSG_DONE};
 
 fn link_msg() -> Vec<u8> {
     let mut b = ifinfomsg(3, 0x1003, 0);
