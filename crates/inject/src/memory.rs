@@ -7,49 +7,40 @@ impl Tracee {
     /// Reads the task's memory at `addr`.
     pub fn read_mem(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len();
-        let n = crest_sys::mem::read_remote(self.pid, &[(addr, len)], buf).map_err(|e| {
-            InjectError::Mem {
-                pid: self.pid,
-                op: "process_vm_readv",
-                addr,
-                len,
-                source: e,
-            }
-        })?;
-        if n != len {
-            return Err(InjectError::Mem {
-                pid: self.pid,
-                op: "process_vm_readv (short)",
-                addr,
-                len,
-                source: io::Error::from_raw_os_error(libc::EFAULT),
-            });
-        }
-        Ok(())
+        let r = crest_sys::mem::read_remote(self.pid, &[(addr, len)], buf);
+        let ops = ("process_vm_readv", "process_vm_readv (short)");
+        self.whole(ops, addr, len, r)
     }
 
     /// Writes the task's memory at `addr` (the pages must be writable).
     pub fn write_mem(&self, addr: u64, buf: &[u8]) -> Result<()> {
         let len = buf.len();
-        let n = crest_sys::mem::write_remote(self.pid, &[(addr, len)], buf).map_err(|e| {
-            InjectError::Mem {
-                pid: self.pid,
-                op: "process_vm_writev",
-                addr,
-                len,
-                source: e,
-            }
-        })?;
-        if n != len {
-            return Err(InjectError::Mem {
-                pid: self.pid,
-                op: "process_vm_writev (short)",
-                addr,
-                len,
-                source: io::Error::from_raw_os_error(libc::EFAULT),
-            });
+        let r = crest_sys::mem::write_remote(self.pid, &[(addr, len)], buf);
+        let ops = ("process_vm_writev", "process_vm_writev (short)");
+        self.whole(ops, addr, len, r)
+    }
+
+    /// The outcome `r` of moving `len` bytes at `addr` with `op`: a short
+    /// move is `EFAULT` (named `short`).
+    fn whole(
+        &self,
+        (op, short): (&'static str, &'static str),
+        addr: u64,
+        len: usize,
+        r: io::Result<usize>,
+    ) -> Result<()> {
+        let mem = |op, source| InjectError::Mem {
+            pid: self.pid,
+            op,
+            addr,
+            len,
+            source,
+        };
+        match r {
+            Err(e) => Err(mem(op, e)),
+            Ok(n) if n != len => Err(mem(short, io::Error::from_raw_os_error(libc::EFAULT))),
+            Ok(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// A private read-write scratch area of at least `len` bytes in the

@@ -9,54 +9,49 @@ pub const IOV_MAX: usize = 1024;
 /// which must add up to `local.len()`. Returns the bytes read; a short read
 /// means a remote range was not readable.
 pub fn read_remote(pid: i32, ranges: &[(u64, usize)], local: &mut [u8]) -> io::Result<usize> {
-    let total: usize = ranges.iter().map(|r| r.1).sum();
-    if total != local.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "remote ranges do not match the local buffer",
-        ));
-    }
-    let mut done = 0usize;
-    for chunk in ranges.chunks(IOV_MAX) {
-        let want: usize = chunk.iter().map(|r| r.1).sum();
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&(addr, len)| libc::iovec {
-                iov_base: addr as *mut libc::c_void,
-                iov_len: len,
-            })
-            .collect();
-        let mut got = 0usize;
-        while got < want {
-            // Skip the remote iovecs already fully read in a short read.
-            let rem = trim_iovecs(&remote, got);
-            let dst = &mut local[done + got..done + want];
-            let liov = libc::iovec {
-                iov_base: dst.as_mut_ptr().cast(),
-                iov_len: dst.len(),
-            };
-            // SAFETY: `liov` covers the live, writable slice `dst`; the
-            // remote iovecs only name addresses in the other process.
-            let n = unsafe {
-                libc::process_vm_readv(pid, &liov, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if n == 0 {
-                return Ok(done + got);
-            }
-            got += n as usize;
+    let base = local.as_mut_ptr();
+    transfer(ranges, local.len(), |at, len, rem| {
+        let liov = libc::iovec {
+            // SAFETY: `transfer` keeps `at + len` within `local`.
+            iov_base: unsafe { base.add(at) }.cast(),
+            iov_len: len,
+        };
+        // SAFETY: `liov` covers a live, writable part of `local`; the
+        // remote iovecs only name addresses in the other process.
+        unsafe {
+            libc::process_vm_readv(pid, &liov, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
         }
-        done += want;
-    }
-    Ok(done)
+    })
 }
 
 /// `process_vm_writev` — writes `local` to the remote ranges.
 pub fn write_remote(pid: i32, ranges: &[(u64, usize)], local: &[u8]) -> io::Result<usize> {
-    let total: usize = ranges.iter().map(|r| r.1).sum();
-    if total != local.len() {
+    let base = local.as_ptr();
+    transfer(ranges, local.len(), |at, len, rem| {
+        let liov = libc::iovec {
+            // SAFETY: `transfer` keeps `at + len` within `local`.
+            iov_base: unsafe { base.add(at) } as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: `liov` covers a live part of `local`, which the kernel
+        // only reads; the remote iovecs name the other process's memory.
+        unsafe {
+            libc::process_vm_writev(pid, &liov, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
+        }
+    })
+}
+
+/// Moves `total` bytes between a local buffer and the remote `ranges`
+/// (which must add up to it), at most `IOV_MAX` ranges a call: `call(at,
+/// len, remote)` moves the local bytes `at..at + len` from or to the
+/// remote iovecs and returns what the syscall did. Returns the bytes
+/// moved; it stops short where a remote range could not be reached.
+fn transfer(
+    ranges: &[(u64, usize)],
+    total: usize,
+    mut call: impl FnMut(usize, usize, &[libc::iovec]) -> isize,
+) -> io::Result<usize> {
+    if ranges.iter().map(|r| r.1).sum::<usize>() != total {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "remote ranges do not match the local buffer",
@@ -74,17 +69,10 @@ pub fn write_remote(pid: i32, ranges: &[(u64, usize)], local: &[u8]) -> io::Resu
             .collect();
         let mut got = 0usize;
         while got < want {
+            // (the remote iovecs already moved whole in a short call are
+            // skipped)
             let rem = trim_iovecs(&remote, got);
-            let src = &local[done + got..done + want];
-            let liov = libc::iovec {
-                iov_base: src.as_ptr() as *mut libc::c_void,
-                iov_len: src.len(),
-            };
-            // SAFETY: `liov` covers the live slice `src`, which the kernel
-            // only reads; the remote iovecs name the other process's memory.
-            let n = unsafe {
-                libc::process_vm_writev(pid, &liov, 1, rem.as_ptr(), rem.len() as libc::c_ulong, 0)
-            };
+            let n = call(done + got, want - got, &rem);
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
