@@ -2,17 +2,15 @@
 //! its dump and restore side; `dump` and `restore` only put them in order.
 //!
 //! A room uses only rooms before it in this order (lowest first):
-//! `procfs`, `netlink`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`, the
-//! per-task state (`signals`, `timers`, `seccomp`, `task`, `creds`,
-//! `coreimg`), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
+//! `procfs`, `netlink`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`,
+//! `task` (the per-task state: creds, signals, timers, regs, seccomp, the
+//! core image), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
 //! `dump`, `restore`, `show`. `tools/rooms.py --strict` fails on any
 //! import circle, between rooms or between the files of one room.
 
 pub mod log;
 
 pub mod clone;
-pub mod coreimg;
-pub mod creds;
 pub mod dump;
 pub mod error;
 pub mod features;
@@ -27,15 +25,11 @@ pub mod opts;
 pub mod privilege;
 pub mod procfs;
 pub mod pstree;
-pub mod regs;
 pub mod remote;
 pub mod restore;
-pub mod seccomp;
 pub mod show;
-pub mod signals;
 pub mod stats;
 pub mod task;
-pub mod timers;
 
 pub use dump::{dump, DumpSummary};
 pub use error::{DumpError, RestoreError};

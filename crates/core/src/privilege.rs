@@ -359,7 +359,7 @@ impl Caller {
                 )));
             }
         }
-        use crate::creds::join;
+        use crate::task::creds::join;
         let held = join(&c.cap_prm) | join(&c.cap_eff) | join(&c.cap_inh) | join(&c.cap_amb);
         let extra = held & !self.caps;
         if extra != 0 {

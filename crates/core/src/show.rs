@@ -39,7 +39,7 @@ pub fn summarize(dir: &Path) -> Result<Vec<TaskSummary>, ImageError> {
         if let Some(tc) = core
             .tc
             .as_ref()
-            .filter(|tc| tc.task_state == crate::coreimg::TASK_DEAD)
+            .filter(|tc| tc.task_state == crate::task::coreimg::TASK_DEAD)
         {
             out.push(TaskSummary {
                 pid: p.pid,
@@ -165,7 +165,7 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
         if core
             .tc
             .as_ref()
-            .is_some_and(|tc| tc.task_state == crate::coreimg::TASK_DEAD)
+            .is_some_and(|tc| tc.task_state == crate::task::coreimg::TASK_DEAD)
         {
             continue; // a zombie has no namespaces to show, as in a live tree
         }

@@ -193,7 +193,7 @@ fn collect_and_write(
     namespaces::cgroups(opts, &ns.others, &live)?;
     let mut files = FileTable::for_dump(opts, &live, ns.by_ino());
     let mut summary = DumpSummary::default();
-    let mut filters = crate::seccomp::Table::default();
+    let mut filters = crate::task::seccomp::Table::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     let mut sh = task::Shared {
         dir: &opts.dir,

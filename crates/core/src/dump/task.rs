@@ -10,7 +10,8 @@ use crate::ns::other::OtherGraph;
 use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
 use crate::pstree::Task;
-use crate::{coreimg, fs, mm, procfs};
+use crate::task::coreimg;
+use crate::{fs, mm, procfs};
 use crest_images::pb::TaskKobjIdsEntry;
 use crest_images::{magic, names};
 use crest_inject::Tracee;
@@ -21,7 +22,7 @@ pub(super) struct Shared<'a> {
     pub(super) dir: &'a Path,
     pub(super) ns: &'a Namespaces,
     pub(super) files: &'a mut FileTable,
-    pub(super) filters: &'a mut crate::seccomp::Table,
+    pub(super) filters: &'a mut crate::task::seccomp::Table,
     pub(super) summary: &'a mut DumpSummary,
 }
 
@@ -123,14 +124,14 @@ fn dump_task(
     users: &UsernsGraph,
     for_children: (Option<u32>, Option<u32>),
     dir: &Path,
-    (files, filters): (&mut FileTable, &mut crate::seccomp::Table),
+    (files, filters): (&mut FileTable, &mut crate::task::seccomp::Table),
     summary: &mut DumpSummary,
 ) -> Result<(), DumpError> {
     let pid = task.pid;
     let id = ids.vm_id;
     let status = procfs::read_status(pid).at(pid, "read status")?;
     // (suspended from here on: crest's injected syscalls meet no filter)
-    let sandbox = crate::seccomp::collect(pid, &task.threads)?;
+    let sandbox = crate::task::seccomp::collect(pid, &task.threads)?;
     let sandbox_of = |tid: i32| {
         task.threads
             .iter()
@@ -165,7 +166,7 @@ fn dump_task(
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
     let ns = ids.user_ns_id.unwrap_or(1);
     let (mut core, mut extra) = coreimg::dump_thread(&mut t, users, ns)?;
-    crate::seccomp::set_core(&mut core, &sandbox_of(pid), filters);
+    crate::task::seccomp::set_core(&mut core, &sandbox_of(pid), filters);
     (extra.pid_for_children, extra.time_for_children) = for_children;
     core.tc = Some(tc);
 
@@ -177,7 +178,7 @@ fn dump_task(
         th.set_syscall_ip(ip);
         th.join(&rec, slot).at(pid, "arm a thread")?;
         let (mut core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
-        crate::seccomp::set_core(&mut core, &sandbox_of(tid), filters);
+        crate::task::seccomp::set_core(&mut core, &sandbox_of(tid), filters);
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
         write_core(dir, tid, core, extra)?;

@@ -564,7 +564,7 @@ fn vma_policies(
         if !regular {
             continue;
         }
-        let (mode, nodes) = crate::coreimg::get_mempolicy(t, Some(start))?;
+        let (mode, nodes) = crate::task::coreimg::get_mempolicy(t, Some(start))?;
         if let Some(p) = numa::own(mode, nodes) {
             out.push((start, p));
         }

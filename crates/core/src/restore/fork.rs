@@ -452,12 +452,12 @@ fn zombie_creds(
             };
             let groups = inside(&gmap, &extra.outer_groups).unwrap_or_default();
             let allow = map("setgroups").is_ok_and(|s| s.trim() == "allow");
-            let ids = crate::creds::Ids {
+            let ids = crate::task::creds::Ids {
                 uids: super::images::to_array(uids),
                 gids: super::images::to_array(gids),
                 groups,
             };
-            crate::creds::set_ids(t, &ids, allow)?;
+            crate::task::creds::set_ids(t, &ids, allow)?;
         }
     }
     if ns != cur {

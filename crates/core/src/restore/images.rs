@@ -4,7 +4,8 @@
 
 use crate::error::RestoreError;
 use crate::ns::user::UsernsGraph;
-use crate::{coreimg, ns, pstree};
+use crate::task::coreimg;
+use crate::{ns, pstree};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{
     CoreEntry, FdinfoEntry, FsEntry, MmEntry, PagemapEntry, PstreeEntry, TaskKobjIdsEntry,

@@ -53,11 +53,13 @@ pub(super) fn prepare(
     }
     let ti = ti;
     check_privilege(caller, &ti, &opts.join_ns)?;
-    let filters = crate::seccomp::read(dir)?;
+    let filters = crate::task::seccomp::read(dir)?;
     let sandboxed = ti.imgs.iter().find(|i| {
-        i.cores
-            .iter()
-            .any(|c| c.1.thread_core.as_ref().is_some_and(crate::seccomp::wanted))
+        i.cores.iter().any(|c| {
+            c.1.thread_core
+                .as_ref()
+                .is_some_and(crate::task::seccomp::wanted)
+        })
     });
     if let (true, Some(img)) = (caller.restricted, sandboxed) {
         return Err(RestoreError::Unsupported {

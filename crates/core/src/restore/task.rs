@@ -8,7 +8,8 @@ use crate::files::context::RestoreFiles;
 use crate::files::restore::restore_fds;
 use crate::ns::user::{to_outer_view, UsernsGraph};
 use crate::remote::Remote;
-use crate::{coreimg, creds, mm, ns, signals, task};
+use crate::task::{coreimg, creds, signals};
+use crate::{mm, ns, task};
 use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::CoreEntry;
@@ -135,7 +136,7 @@ fn finish_task(
     let tc = img.task_core()?;
     // POSIX timers once every thread they may signal exists.
     if let Some(tm) = tc.timers.as_ref() {
-        crate::timers::restore(t, &tm.posix)?;
+        crate::task::timers::restore(t, &tm.posix)?;
     }
     if let Some(init) = pid_for_children {
         // (from its own user namespace, its threads made: see
@@ -150,7 +151,7 @@ fn finish_task(
     // while it holds its capabilities (a filter without no_new_privs
     // needs CAP_SYS_ADMIN); suspended for what is injected after
     if let Some(thc) = core.thread_core.as_ref() {
-        crate::seccomp::restore(t, thc, &ctx.seccomp)?;
+        crate::task::seccomp::restore(t, thc, &ctx.seccomp)?;
     }
     set_caps(t, img, core)?;
     if let Some(d) = live.mm.dumpable {
@@ -336,7 +337,7 @@ fn make_threads(
         set_ids(&mut th, img, tcore, extra.as_ref(), &tstep, leader_ids)?;
         // (its own, not the leader's: made before the leader gets its)
         if let Some(thc) = tcore.thread_core.as_ref() {
-            crate::seccomp::restore(&mut th, thc, &ctx.seccomp)?;
+            crate::task::seccomp::restore(&mut th, thc, &ctx.seccomp)?;
         }
         set_caps(&mut th, img, tcore)?;
         th.forget_scratch();

@@ -8,7 +8,8 @@
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::ns::user::UsernsGraph;
 use crate::remote::Remote;
-use crate::{creds, procfs, regs, signals, task};
+use crate::task::{creds, regs, signals};
+use crate::{procfs, task};
 use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{core_entry, CoreEntry, TaskCoreEntry, ThreadCoreEntry, ThreadInfoX86};
@@ -220,7 +221,7 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let sigactions = signals::dump_actions(t)?;
     let mut timers = task::dump_itimers(t)?;
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count());
-    timers.posix = crate::timers::dump(t, threads)?;
+    timers.posix = crate::task::timers::dump(t, threads)?;
     let subreaper = task::dump_child_subreaper(t)?;
     let signals_s = signals::dump_pending(pid, t.tid(), true)?;
     let rlimits = task::dump_rlimits(pid)?;

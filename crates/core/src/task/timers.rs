@@ -122,7 +122,7 @@ pub fn dump(t: &mut Tracee, threads: usize) -> Result<Vec<PosixTimerEntry>, Dump
             .at(pid, "timer_gettime")?;
         let mut raw = [0u8; 32];
         t.read_mem(buf, &mut raw).at(pid, "read itimerspec")?;
-        let w = crate::signals::words::<4>(&raw);
+        let w = crate::task::signals::words::<4>(&raw);
         let overrun = t
             .syscall(nr::TIMER_GETOVERRUN, &[u64::from(l.id)])
             .at(pid, "timer_getoverrun")?;

@@ -1,7 +1,18 @@
-//! Per-task odds and ends that have no room of their own: resource
-//! limits, interval timers, personality, comm, rseq, the robust futex
-//! list, the clear-child-tid address, the parent-death signal and the OOM
-//! score adjustment.
+//! A task's (and each thread's) own state, one kind per file, each with
+//! its dump and its restore: credentials (`creds`), signals, POSIX timers
+//! (`timers`), registers (`regs`), seccomp, and the core image that
+//! carries them (`coreimg`). Here: the odds and ends that have no file of
+//! their own (resource limits, interval timers, personality, comm, rseq,
+//! the robust futex list, the clear-child-tid address, the parent-death
+//! signal, the OOM score adjustment). The room uses only `error`,
+//! `procfs`, `remote` and `ns::user`.
+
+pub mod coreimg;
+pub mod creds;
+pub mod regs;
+pub mod seccomp;
+pub mod signals;
+pub mod timers;
 
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
@@ -58,7 +69,7 @@ pub fn dump_itimers(t: &mut Tracee) -> Result<TaskTimersEntry, DumpError> {
             .at(pid, "getitimer")?;
         let mut raw = [0u8; 32];
         t.read_mem(buf, &mut raw).at(pid, "read itimer")?;
-        let w = crate::signals::words::<4>(&raw);
+        let w = crate::task::signals::words::<4>(&raw);
         Ok(ItimerEntry {
             isec: w[0],
             iusec: w[1],
