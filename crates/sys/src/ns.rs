@@ -40,14 +40,6 @@ pub fn get_owner_uid(fd: &impl AsRawFd) -> io::Result<u32> {
     Ok(uid)
 }
 
-/// `setns(fd, nstype)` — moves the caller (for a pid namespace: its
-/// future children) into the namespace `fd` refers to.
-pub fn setns(fd: &impl AsRawFd, nstype: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments on an fd we hold.
-    let ret = unsafe { libc::setns(fd.as_raw_fd(), nstype) };
-    cvt(ret as libc::c_long).map(drop)
-}
-
 /// `unshare(flags)` for the calling thread (a single-threaded process's
 /// whole self).
 pub fn unshare(flags: i32) -> io::Result<()> {

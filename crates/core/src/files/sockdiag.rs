@@ -67,7 +67,10 @@ fn diag_socket_in(pid: i32) -> io::Result<OwnedFd> {
     // thread that enters the task's namespace first.
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&path)?;
-        crest_sys::ns::setns(&ns, libc::CLONE_NEWNET)?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
         make()
     })
     .join()

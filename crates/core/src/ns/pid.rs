@@ -374,15 +374,21 @@ pub fn spawn_in(
     crate::clone::steer_to_spare();
     let mine = File::open("/proc/self/ns/pid").rat(init, "open crest's pid namespace")?;
     let theirs = File::open(format!("/proc/{init}/ns/pid")).rat(init, "open a pid namespace")?;
-    match crest_sys::ns::setns(&theirs, libc::CLONE_NEWPID) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+    match rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&theirs),
+        Some(rustix::thread::LinkNameSpaceType::ProcessID),
+    ) {
+        Err(rustix::io::Errno::PERM) => {
             return spawn_in_through_owner(init, &theirs, set_tid);
         }
         r => r.rat(init, "setns into a pid namespace")?,
     }
     let child = spawn_helper(set_tid);
-    crest_sys::ns::setns(&mine, libc::CLONE_NEWPID)
-        .rat(init, "setns back to crest's pid namespace")?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&mine),
+        Some(rustix::thread::LinkNameSpaceType::ProcessID),
+    )
+    .rat(init, "setns back to crest's pid namespace")?;
     child
 }
 

@@ -625,8 +625,11 @@ pub(super) fn spawn_root(
         Some(fd) => {
             let mine =
                 std::fs::File::open("/proc/self/ns/pid").rat(pid, "open crest's pid namespace")?;
-            crest_sys::ns::setns(fd, libc::CLONE_NEWPID)
-                .rat(pid, "setns into the external pid namespace")?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(fd),
+                Some(rustix::thread::LinkNameSpaceType::ProcessID),
+            )
+            .rat(pid, "setns into the external pid namespace")?;
             Some(mine)
         }
         None => None,
@@ -637,7 +640,10 @@ pub(super) fn spawn_root(
         spawn_stopped_with(&set_tid, session_of(img), flags)
     };
     if let Some(mine) = back {
-        if let Err(e) = crest_sys::ns::setns(&mine, libc::CLONE_NEWPID) {
+        if let Err(e) = rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&mine),
+            Some(rustix::thread::LinkNameSpaceType::ProcessID),
+        ) {
             if let Ok(child) = spawned {
                 let _ = crest_sys::misc::kill(child, libc::SIGKILL);
             }

@@ -345,7 +345,10 @@ impl Rtnl {
 fn in_ns<R: Send>(ns: &OwnedFd, f: impl FnOnce() -> R + Send) -> io::Result<R> {
     std::thread::scope(|s| {
         s.spawn(|| -> io::Result<R> {
-            crest_sys::ns::setns(ns, libc::CLONE_NEWNET)?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
             Ok(f())
         })
         .join()
