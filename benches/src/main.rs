@@ -202,20 +202,28 @@ fn scale_setup(mode: &str, sizes: &[usize], c: &ScaleOpts) -> Result<(PathBuf, S
     if c.runs == 0 || sizes.is_empty() || sizes.contains(&0) {
         bail!("--runs and every --n must be at least 1");
     }
+    setup(&c.dir, |crest, fs_type| {
+        format!(
+            "crest {}; {mode}; images in {} ({fs_type}); N = {sizes:?}; {} runs each; crest -v {}",
+            crest.display(),
+            c.dir.display(),
+            c.runs,
+            c.verbosity
+        )
+    })
+}
+
+/// What every mode starts with: the crest binary found, the bench made a
+/// child subreaper (restored tasks are children of `crest restore`, which
+/// exits: the bench inherits and reaps them, and the orphans of a killed
+/// tree), the images directory `dir` made; prints `header` (of crest's path
+/// and the directory's file system) and a note when that is not tmpfs.
+fn setup(dir: &Path, header: impl FnOnce(&Path, &str) -> String) -> Result<(PathBuf, String)> {
     let crest = crest_bin()?;
-    // Restored tasks are children of `crest restore`, which exits: as a
-    // subreaper the bench inherits and reaps them (and the orphans of a
-    // killed tree).
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
-    fs::create_dir_all(&c.dir).with_context(|| format!("create {}", c.dir.display()))?;
-    let fs_type = report::fs_type(&c.dir);
-    println!(
-        "crest {}; {mode}; images in {} ({fs_type}); N = {sizes:?}; {} runs each; crest -v {}",
-        crest.display(),
-        c.dir.display(),
-        c.runs,
-        c.verbosity
-    );
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let fs_type = report::fs_type(dir);
+    println!("{}", header(&crest, &fs_type));
     if fs_type != "tmpfs" {
         println!("note: {fs_type} is not tmpfs; --dir /dev/shm/crest-bench measures crest alone");
     }
@@ -298,22 +306,15 @@ fn bench(opts: &Opts) -> Result<()> {
     if opts.mib == 0 || opts.runs == 0 {
         bail!("--mib and --runs must be at least 1");
     }
-    let crest = crest_bin()?;
-    // The restored holder is a child of `crest restore`, which exits: as a
-    // subreaper the bench inherits it and can reap it.
-    nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
-    fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
-    let fs_type = report::fs_type(&opts.dir);
-    println!(
-        "crest {}; images in {} ({fs_type}); {} MiB; {} runs",
-        crest.display(),
-        opts.dir.display(),
-        opts.mib,
-        opts.runs
-    );
-    if fs_type != "tmpfs" {
-        println!("note: {fs_type} is not tmpfs; --dir /dev/shm/crest-bench measures crest alone");
-    }
+    let (crest, fs_type) = setup(&opts.dir, |crest, fs_type| {
+        format!(
+            "crest {}; images in {} ({fs_type}); {} MiB; {} runs",
+            crest.display(),
+            opts.dir.display(),
+            opts.mib,
+            opts.runs
+        )
+    })?;
 
     let mut runs = Vec::with_capacity(opts.runs);
     for k in 1..=opts.runs {
