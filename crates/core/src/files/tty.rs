@@ -75,7 +75,7 @@ impl FileTable {
         };
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
         if ty == TtyType::Pty {
-            if let Some(id) = self.dump_pty(pid, fd, link, flags)? {
+            if let Some(id) = self.dump_pty((pid, fd), link, flags, &meta)? {
                 return Ok(Some(id));
             }
         }

@@ -298,11 +298,10 @@ impl PidnsGraph {
             .iter()
             .map(|n| {
                 let pids = graph::tasks_in(&self.tasks, n.id);
-                let owner = graph::tasks_in(&users.tasks, n.owner_userns);
                 format!(
-                    "pid ns depth {} owned by the userns of tasks {owner:?} (depth {}) tasks {pids:?}\n",
+                    "pid ns depth {} {} tasks {pids:?}\n",
                     n.depth,
-                    users.node(n.owner_userns).map_or(0, |u| u.depth)
+                    users.owner_text(n.owner_userns)
                 )
             })
             .collect();

@@ -4,17 +4,15 @@
 use super::*;
 
 impl FileTable {
-    /// A pty fd of a pair whose master the tree holds: None if `rdev` is
-    /// no such fd.
+    /// A pty fd (`meta`: its device file's metadata) of a pair whose
+    /// master the tree holds: None if it is no such fd.
     pub(crate) fn dump_pty(
         &mut self,
-        pid: i32,
-        fd: i32,
+        (pid, fd): (i32, i32),
         link: &str,
         flags: u32,
+        meta: &std::fs::Metadata,
     ) -> Result<Option<u32>, DumpError> {
-        let meta =
-            std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).at(pid, "stat an open file")?;
         let rdev = meta.rdev();
         let key = if is_ptmx(rdev) {
             master_key(pid, fd, link)

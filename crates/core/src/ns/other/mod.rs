@@ -568,7 +568,6 @@ impl OtherGraph {
             .iter()
             .map(|n| {
                 let pids = graph::tasks_in(&self.tasks, n.id);
-                let owner_pids = graph::tasks_in(&users.tasks, n.owner_userns);
                 let kind = kind_of_flag(n.nstype).map_or("?", |k| k.name);
                 let state = match kind {
                     "uts" => n
@@ -580,15 +579,29 @@ impl OtherGraph {
                     "net" => format!(
                         " lo {}{}",
                         if n.lo_up { "up" } else { "down" },
-                        n.net.as_ref().map_or_else(String::new, |x| format!(" {}", x.render()))
+                        n.net
+                            .as_ref()
+                            .map_or_else(String::new, |x| format!(" {}", x.render()))
                     ),
                     "ipc" => n.ipc.as_ref().map_or_else(String::new, |d| {
                         format!(
                             " shm {:?} sem {:?} msg {:?} posix {:?}",
-                            d.shms.iter().map(|s| (s.0.desc.id, s.0.size)).collect::<Vec<_>>(),
-                            d.sems.iter().map(|s| (s.0.desc.id, s.0.nsems)).collect::<Vec<_>>(),
-                            d.msgs.iter().map(|s| (s.0.desc.id, s.0.qnum)).collect::<Vec<_>>(),
-                            d.pmqs.iter().map(|q| (q.name.as_str(), q.messages.len())).collect::<Vec<_>>()
+                            d.shms
+                                .iter()
+                                .map(|s| (s.0.desc.id, s.0.size))
+                                .collect::<Vec<_>>(),
+                            d.sems
+                                .iter()
+                                .map(|s| (s.0.desc.id, s.0.nsems))
+                                .collect::<Vec<_>>(),
+                            d.msgs
+                                .iter()
+                                .map(|s| (s.0.desc.id, s.0.qnum))
+                                .collect::<Vec<_>>(),
+                            d.pmqs
+                                .iter()
+                                .map(|q| (q.name.as_str(), q.messages.len()))
+                                .collect::<Vec<_>>()
                         )
                     }),
                     "time" => format!(" offsets {:?}", n.offsets.unwrap_or_default()),
@@ -603,13 +616,16 @@ impl OtherGraph {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                        None => format!(" a copy of crest's mounts, {}", if n.mnt_private { "private" } else { "shared" }),
+                        None => format!(
+                            " a copy of crest's mounts, {}",
+                            if n.mnt_private { "private" } else { "shared" }
+                        ),
                     },
                     _ => String::new(),
                 };
                 format!(
-                    "{kind} ns owned by the userns of tasks {owner_pids:?} (depth {}){state} tasks {pids:?}",
-                    users.node(n.owner_userns).map_or(0, |u| u.depth)
+                    "{kind} ns {}{state} tasks {pids:?}",
+                    users.owner_text(n.owner_userns)
                 )
             })
             .collect();

@@ -156,6 +156,16 @@ impl UsernsGraph {
         self.add_task_ns(pid)
     }
 
+    /// How `crest show --ns` names the owner of a namespace, user
+    /// namespace `id`: by its tasks and its depth.
+    pub fn owner_text(&self, id: u32) -> String {
+        format!(
+            "owned by the userns of tasks {:?} (depth {})",
+            graph::tasks_in(&self.tasks, id),
+            self.node(id).map_or(0, |u| u.depth)
+        )
+    }
+
     /// The id of the user namespace whose nsfs inode is `ino`.
     pub fn by_ino(&self, ino: u64) -> Option<u32> {
         graph::by_ino(&self.nodes, ino)
