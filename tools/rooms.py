@@ -16,7 +16,9 @@ import os
 import re
 import sys
 
-USE = re.compile(r"\b(crate|super|self)((?:::\w+)+)(::\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\})?")
+USE = re.compile(
+    r"\b(crate|super|self)((?:::\w+)*)(::\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}|::\*)?"
+)
 TEST_MOD = re.compile(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{")
 
 
@@ -46,13 +48,37 @@ def without_tests(src):
             depth += {"{": 1, "}": -1}.get(src[j], 0)
             j += 1
         src = src[: m.start()] + src[j:]
-    return re.sub(r"//[^\n]*", "", src)
+    src = re.sub(r"//[^\n]*", "", src)
+    # re-exporting a child module's items (`pub use child::x`) makes them
+    # the module's face; it is not a use of the child
+    children = "|".join(re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", src, re.M))
+    if children:
+        face = r"^\s*pub(?:\([^)]*\))?\s+use\s+(?:self::)?(?:" + children + r")::[^;]*;"
+        src = re.sub(face, "", src, flags=re.M)
+    return src
 
 
 def named_paths(src):
-    """Every `crate::`/`super::`/`self::` path, `use` groups expanded."""
+    """Every `crate::`/`super::`/`self::` path, `use` groups expanded, and
+    every bare path through a child module the file declares (`mod x;`
+    then `x::y`, named as `self::x::y`)."""
+    children = re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", src, re.M)
+    for child in children:
+        pattern = r"(?<![\w:])" + child + r"((?:::\w+)*)(::\{([^{}]*)\})?"
+        for m in re.finditer(pattern, src):
+            if not (m.group(1) or m.group(2)):
+                continue
+            base = ["self", child] + [p for p in m.group(1).split("::") if p]
+            yield base
+            if m.group(3):
+                for item in re.sub(r"\{[^{}]*\}", "", m.group(3)).split(","):
+                    item = item.strip().split(" as ")[0]
+                    if item and item != "self":
+                        yield base + item.split("::")
     for m in USE.finditer(src):
-        base = [m.group(1)] + m.group(2).strip(":").split("::")
+        if not (m.group(2) or m.group(3)):
+            continue
+        base = [m.group(1)] + [p for p in m.group(2).split("::") if p]
         yield base
         if m.group(4):
             flat = re.sub(r"\{[^{}]*\}", "", m.group(4))

@@ -5,12 +5,26 @@
 //! uses only the injection layer, `/proc` and the errors; the namespace
 //! rooms and the tree build on it.
 
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::procfs;
 use crate::remote::Remote;
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
 use crest_sys::ptrace;
+
+/// What creating a process or thread refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    /// Something crest cannot carry yet, named.
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    /// An image that contradicts itself or the rest, naming the file.
+    #[error("{file}: {what}")]
+    BadImage { file: String, what: String },
+}
+
+impl RoomError for CloneError {}
 
 /// Size of `struct clone_args` as crest passes it to `clone3`.
 const CLONE_ARGS_SIZE: usize = 88;
@@ -146,10 +160,10 @@ pub(crate) fn clone_with(
 ) -> Result<Tracee, RestoreError> {
     let (ppid, want) = (parent.pid(), ids.want);
     if want.is_empty() || want.len() > 32 {
-        return Err(RestoreError::Unsupported {
-            pid: who,
+        return Err(CloneError::Unsupported {
             what: format!("{} pid namespace levels", want.len()),
-        });
+        }
+        .in_restore(who));
     }
     let inner = &want[..ids.settable.min(want.len())];
     let tries = if inner.len() < want.len() { 64 } else { 1 };
@@ -161,10 +175,10 @@ pub(crate) fn clone_with(
             return Ok(t);
         }
         if tries == 1 {
-            return Err(RestoreError::Unsupported {
-                pid: who,
+            return Err(CloneError::Unsupported {
                 what: format!("clone3 with set_tid {inner:?} did not give the ids {want:?}"),
-            });
+            }
+            .in_restore(who));
         }
         // The pid at crest's level may be held by a task on its way out
         // (a zombie pid 1 reaps late): waited for, within `patience`. One
@@ -181,10 +195,10 @@ pub(crate) fn clone_with(
             return Err(pid_taken(mine, &[mine]));
         }
     }
-    Err(RestoreError::Unsupported {
-        pid: who,
+    Err(CloneError::Unsupported {
         what: format!("other forks kept taking its ids {want:?}"),
-    })
+    }
+    .in_restore(who))
 }
 
 /// One `clone3` of [`clone_with`]: the new task, or None if it did not
@@ -211,9 +225,11 @@ pub(crate) fn clone_attempt(
         .rat(ppid, "clone3")?;
     clone3_result(r, who, inner, ppid)?;
     // The new task's id in crest's namespace.
-    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
-        pid: who,
-        what: "a clone that reported no new task".into(),
+    let got = parent.new_task().ok_or_else(|| {
+        CloneError::Unsupported {
+            what: "a clone that reported no new task".into(),
+        }
+        .in_restore(who)
     })?;
     let pid = if thread { ppid } else { got };
     let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to the new task")?;
@@ -259,9 +275,11 @@ pub fn clone_with_tid(parent: &mut Tracee, set_tid: &[i32]) -> Result<Tracee, Re
             }
         })?;
     // The helper's pid in crest's namespace (the parent may see another).
-    let got = parent.new_task().ok_or_else(|| RestoreError::Unsupported {
-        pid: ppid,
-        what: "a clone that reported no new task".into(),
+    let got = parent.new_task().ok_or_else(|| {
+        CloneError::Unsupported {
+            what: "a clone that reported no new task".into(),
+        }
+        .in_restore(ppid)
     })?;
     let mut t = Tracee::from_new_task(got, got).rat(got, "attach to a helper")?;
     t.set_syscall_ip(parent.syscall_ip());

@@ -33,19 +33,12 @@ pub enum DumpError {
     Image(#[from] ImageError),
     #[error("dump {0}")]
     Remote(#[from] crate::remote::RemoteError),
-    #[error("dump pid {pid}: fd {fd} is {kind}, which crest cannot dump yet")]
-    UnsupportedFd { pid: i32, fd: i32, kind: String },
-    #[error("dump pid {pid}: {what} is not supported yet")]
-    Unsupported { pid: i32, what: String },
-    /// Something of the whole tree (not of one task) crest cannot dump.
-    #[error("dump: {what} is not supported yet")]
-    UnsupportedTree { what: String },
-    #[error("dump pid {pid}: fd {fd} {what}; dump with {option} to take it")]
-    NeedsOption {
-        pid: i32,
-        fd: i32,
-        what: String,
-        option: &'static str,
+    /// A room's own error ([`RoomError`]), of the task `pid` or (`None`)
+    /// of the whole tree.
+    #[error("dump{}: {source}", of_task(*.pid))]
+    Room {
+        pid: Option<i32>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("images directory {dir}: {source}")]
     Dir { dir: String, source: io::Error },
@@ -91,20 +84,13 @@ pub enum RestoreError {
     },
     #[error("restore pid {pid}: pid is already in use by another process ({holder})")]
     PidTaken { pid: i32, holder: String },
-    /// An image of the whole tree (not of one task) that crest refuses.
-    #[error("restore: {file}: {what}")]
-    BadTreeImage { file: String, what: String },
-    #[error("restore pid {pid}: {file}: {what}")]
-    BadImage {
-        pid: i32,
-        file: String,
-        what: String,
+    /// A room's own error ([`RoomError`]), of the task `pid` or (`None`)
+    /// of the whole tree.
+    #[error("restore{}: {source}", of_task(*.pid))]
+    Room {
+        pid: Option<i32>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("restore pid {pid}: {what} is not supported yet")]
-    Unsupported { pid: i32, what: String },
-    /// Something of the whole tree (not of one task) crest cannot restore.
-    #[error("restore: {what} is not supported yet")]
-    UnsupportedTree { what: String },
     #[error("restore: {}", .refused.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
     Refused { refused: Vec<Refused> },
     #[error("restore: the {hook} notification failed: {why}")]
@@ -123,6 +109,50 @@ pub enum RestoreError {
         uid: u32,
         what: String,
     },
+}
+
+/// " pid N" for a task's error, nothing for one of the whole tree.
+fn of_task(pid: Option<i32>) -> String {
+    pid.map(|p| format!(" pid {p}")).unwrap_or_default()
+}
+
+/// The error type of one room (files, mm, ns, task, ...): what that room
+/// refuses or finds wrong, in its own words. Dump and restore carry it as
+/// the source of [`DumpError::Room`] / [`RestoreError::Room`], with the
+/// task it concerns; `error` stays below the rooms because it holds them
+/// boxed.
+pub(crate) trait RoomError: std::error::Error + Send + Sync + Sized + 'static {
+    /// This error, of the task `pid`, as dump reports it.
+    fn in_dump(self, pid: i32) -> DumpError {
+        DumpError::Room {
+            pid: Some(pid),
+            source: Box::new(self),
+        }
+    }
+
+    /// This error, of the whole tree, as dump reports it.
+    fn in_tree_dump(self) -> DumpError {
+        DumpError::Room {
+            pid: None,
+            source: Box::new(self),
+        }
+    }
+
+    /// This error, of the task `pid`, as restore reports it.
+    fn in_restore(self, pid: i32) -> RestoreError {
+        RestoreError::Room {
+            pid: Some(pid),
+            source: Box::new(self),
+        }
+    }
+
+    /// This error, of the whole tree, as restore reports it.
+    fn in_tree_restore(self) -> RestoreError {
+        RestoreError::Room {
+            pid: None,
+            source: Box::new(self),
+        }
+    }
 }
 
 /// Shorthands that attach the pid and the step to a lower error.

@@ -3,8 +3,10 @@
 //! namespace, as are the paths of its files: the restore opens its files
 //! and maps before it chroots the task ([`restore`]).
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::context::RestoreFiles;
+use crate::files::error::FileError;
 use crate::files::FileTable;
 use crate::procfs;
 use crate::remote::Remote;
@@ -15,10 +17,10 @@ pub fn dump(pid: i32, umask: u32, files: &mut FileTable) -> Result<FsEntry, Dump
     let cwd = procfs::read_link(&format!("/proc/{pid}/cwd")).at(pid, "read cwd")?;
     let root = procfs::read_link(&format!("/proc/{pid}/root")).at(pid, "read root")?;
     if root.ends_with(" (deleted)") {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(FileError::Unsupported {
             what: format!("a deleted root ({root})"),
-        });
+        }
+        .in_dump(pid));
     }
     let flags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
     // a cwd removed since: made again (empty) at restore, and removed

@@ -20,6 +20,7 @@
 //!   for the caller may hold any capability there, as the kernel allows a
 //!   namespace's creator.
 
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreError};
 use crate::ns::user::{Userns, UsernsGraph};
 use crate::procfs::{self, IdExtent, Status};
@@ -230,14 +231,7 @@ impl Caller {
         if self.can_restore_pids() {
             return Ok(());
         }
-        Err(RestoreError::UnsupportedTree {
-            what: format!(
-                "restoring as uid {} without CAP_CHECKPOINT_RESTORE, which giving tasks their \
-                 pids needs (run crest as root, or give it the capability: setcap \
-                 cap_checkpoint_restore+ep crest)",
-                self.uid
-            ),
-        })
+        Err(NoPidControl { uid: self.uid }.in_tree_restore())
     }
 
     /// The caller holds gid `g`.
@@ -608,3 +602,16 @@ mod tests {
         );
     }
 }
+
+/// A restore whose caller may not choose pids.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "restoring as uid {uid} without CAP_CHECKPOINT_RESTORE, which giving tasks their pids needs, \
+     is not supported (run crest as root, or give it the capability: setcap \
+     cap_checkpoint_restore+ep crest)"
+)]
+pub struct NoPidControl {
+    uid: u32,
+}
+
+impl RoomError for NoPidControl {}

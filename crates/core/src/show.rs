@@ -1,6 +1,7 @@
 //! `crest show`: what an images directory holds, as a process tree with a
 //! summary per task, for people and (as JSON) for machines.
 
+use crate::error::RoomError;
 use crest_images::pb::{CoreEntry, MmEntry, PagemapEntry, PstreeEntry};
 use crest_images::{magic, names, ImageError, ImageReader};
 use std::path::Path;
@@ -183,9 +184,12 @@ pub fn ns_graph_of_images(dir: &Path) -> Result<String, crate::RestoreError> {
     let others = crate::ns::other::OtherGraph::read(dir, &others)?;
     let pidns =
         crate::ns::pid::PidnsGraph::from_entries(&crate::ns::other::read_entries(dir)?, &pids)
-            .map_err(|what| crate::RestoreError::BadTreeImage {
-                file: names::CREST_NS.into(),
-                what: what.to_string(),
+            .map_err(|why| {
+                crate::ns::error::NsError::Pidns {
+                    file: names::CREST_NS,
+                    why,
+                }
+                .in_tree_restore()
             })?;
     Ok(users.render() + &others.render(&users) + &pidns.render(&users))
 }

@@ -8,6 +8,15 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The times and counts of one dump.
+/// What a dump did: the tasks, the bytes of pages, and what it took.
+#[derive(Debug, Clone, Default)]
+pub struct DumpSummary {
+    pub pids: Vec<i32>,
+    pub pages_bytes: u64,
+    /// What it took (also in `stats-dump` in the work directory).
+    pub stats: DumpStats,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
     /// Seizing the tree.

@@ -9,19 +9,14 @@ use crate::files::{self, FileTable};
 use crate::notify::{hook, Notify, Silent};
 use crate::ns::user::UsernsGraph;
 use crate::opts::{Action, Options};
-use crate::pstree::{Seized, Task};
+use crate::pstree::seize::Seized;
+use crate::pstree::Task;
 use crest_images::pb::{InventoryEntry, TaskKobjIdsEntry};
 use crest_images::{magic, names};
 use std::path::Path;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Default)]
-pub struct DumpSummary {
-    pub pids: Vec<i32>,
-    pub pages_bytes: u64,
-    /// What it took (also in `stats-dump` in the work directory).
-    pub stats: crate::stats::DumpStats,
-}
+pub use crate::stats::DumpSummary;
 
 /// Dumps the tree rooted at `opts.pid` into `opts.dir`. On failure every
 /// task is detached and runs on as before.

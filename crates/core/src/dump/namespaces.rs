@@ -8,7 +8,7 @@ use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
 use crate::opts::Options;
 use crate::procfs;
-use crate::pstree::Seized;
+use crate::pstree::seize::Seized;
 use std::collections::HashMap;
 
 /// The tree's namespaces.

@@ -3,13 +3,14 @@
 //! each into its image.
 
 use super::namespaces::Namespaces;
-use super::DumpSummary;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
 use crate::files::{self, FileTable};
 use crate::ns::other::OtherGraph;
 use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
-use crate::pstree::Task;
+use crate::pstree::{Task, TreeError};
+use crate::stats::DumpSummary;
 use crate::task::coreimg;
 use crate::{fs, mm, procfs};
 use crest_images::pb::TaskKobjIdsEntry;
@@ -99,13 +100,13 @@ fn shared_ids(
     let Some(p) = parent else { return Ok(ids) };
     let same = |kind| crest_sys::misc::kcmp(task.pid, task.ppid, kind).map(|r| r == 0);
     if same(crest_sys::misc::KCMP_VM).at(task.pid, "kcmp vm")? {
-        return Err(DumpError::Unsupported {
-            pid: task.pid,
+        return Err(TreeError::Unsupported {
             what: format!(
                 "a process sharing its memory with its parent {} (CLONE_VM)",
                 task.ppid
             ),
-        });
+        }
+        .in_dump(task.pid));
     }
     if same(crest_sys::misc::KCMP_FILES).at(task.pid, "kcmp files")? {
         ids.files_id = p.files_id;

@@ -10,7 +10,9 @@
 //! put back after.
 
 use super::{need, no_owner};
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FileEntry};
@@ -70,14 +72,14 @@ pub fn check_targets(pid: i32, fd: i32, info: &FdInfo) -> Result<(), DumpError> 
     for t in need(pid, fd, "an epoll instance", parse(info))? {
         let same = crest_sys::misc::kcmp_epoll_tfd(pid, t.tfd as i32, fd, t.tfd as i32);
         if same.ok() != Some(0) {
-            return Err(DumpError::UnsupportedFd {
-                pid,
+            return Err(FileError::UnsupportedFd {
                 fd,
                 kind: format!(
                     "an epoll instance watching a file whose fd {} was closed or replaced since",
                     t.tfd
                 ),
-            });
+            }
+            .in_dump(pid));
         }
     }
     Ok(())
@@ -103,13 +105,15 @@ pub fn dump(
         if crest_sys::misc::kcmp_epoll_tfd(pid, w, fd, w).ok() == Some(0) {
             continue;
         }
-        let found = holder_of(pid, fd, w, tree).ok_or_else(|| DumpError::UnsupportedFd {
-            pid,
-            fd,
-            kind: format!(
-                "an epoll instance watching a file whose fd {w} was closed or replaced since, \
+        let found = holder_of(pid, fd, w, tree).ok_or_else(|| {
+            FileError::UnsupportedFd {
+                fd,
+                kind: format!(
+                    "an epoll instance watching a file whose fd {w} was closed or replaced since, \
                  and which no fd of the tree holds"
-            ),
+                ),
+            }
+            .in_dump(pid)
         })?;
         elsewhere.push((i, found.0, found.1));
     }

@@ -3,7 +3,9 @@
 //! and writes the counter into it.
 
 use super::{need, no_owner};
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crest_images::pb::{EventfdFileEntry, FdTypes, FileEntry};
 use crest_inject::{nr, Tracee};
@@ -27,11 +29,11 @@ pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, D
     if info.get("eventfd-semaphore").is_none() {
         // Without the line the mode cannot be known: refuse rather than
         // turn a semaphore into a counter.
-        return Err(DumpError::UnsupportedFd {
-            pid,
+        return Err(FileError::UnsupportedFd {
             fd,
             kind: "an eventfd whose semaphore mode this kernel does not show".into(),
-        });
+        }
+        .in_dump(pid));
     }
     let mut flags = flags & !(libc::O_ACCMODE as u32);
     if sem {

@@ -13,7 +13,9 @@
 //! filesystem mark (`FAN_MARK_FILESYSTEM`), which fdinfo shows as neither.
 
 use super::{need, no_owner};
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::{
@@ -109,7 +111,7 @@ fn mount_point(pid: i32, id: u32) -> Option<String> {
 }
 
 pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, DumpError> {
-    let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let refuse = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
     let mut lines = info.all("fanotify");
     let head = need(
         pid,
@@ -174,10 +176,12 @@ pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, D
 
 pub fn create(t: &mut Tracee, e: &FanotifyFileEntry) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let bad = |what: String| RestoreError::BadImage {
-        pid,
-        file: crest_images::names::FILES.into(),
-        what,
+    let bad = |what: String| {
+        FileError::BadImage {
+            file: crest_images::names::FILES.into(),
+            what,
+        }
+        .in_restore(pid)
     };
     if e.faflags & FAN_CLASS_PERM != 0 || e.mark.len() > MAX_MARKS {
         return Err(bad(format!(

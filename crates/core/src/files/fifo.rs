@@ -8,7 +8,9 @@
 
 use super::context::RestoreFiles;
 use super::FileTable;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FifoEntry, FileEntry};
 use crest_inject::{nr, Tracee};
@@ -83,10 +85,12 @@ pub fn create(
         .regf_id
         .and_then(|id| files.entries.get(&id))
         .and_then(|f| f.reg.as_ref())
-        .ok_or_else(|| RestoreError::BadImage {
-            pid,
-            file: crest_images::names::FILES.into(),
-            what: format!("fifo {} names no regular-file entry", e.id),
+        .ok_or_else(|| {
+            FileError::BadImage {
+                file: crest_images::names::FILES.into(),
+                what: format!("fifo {} names no regular-file entry", e.id),
+            }
+            .in_restore(pid)
         })?;
     let (path, flags) = (reg.name.clone(), reg.flags);
     if e.crest_deleted == Some(true) {
@@ -198,10 +202,10 @@ pub(super) fn fill_pipe(t: &mut Tracee, w: u64, data: &[u8]) -> Result<(), Resto
             .syscall(nr::WRITE, &[w, addr, chunk.len() as u64])
             .rat(pid, "refill pipe")?;
         if n != chunk.len() as u64 {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!("a pipe that took {n} of {} bytes back", chunk.len()),
-            });
+            }
+            .in_restore(pid));
         }
     }
     Ok(())

@@ -7,7 +7,9 @@
 //! at restore, so such a file is refused.
 
 use super::FileTable;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crest_images::pb::{FileEntry, FownEntry};
 use crest_sys::misc;
 
@@ -79,8 +81,7 @@ impl FileTable {
                 tgid_of(owner).is_some_and(|g| self.tree.contains(&g))
             };
             if !inside {
-                return Err(DumpError::UnsupportedFd {
-                    pid,
+                return Err(FileError::UnsupportedFd {
                     fd,
                     kind: format!(
                         "a file whose SIGIO owner ({} {owner}) is outside the dumped tree",
@@ -90,18 +91,19 @@ impl FileTable {
                             "process"
                         }
                     ),
-                });
+                }
+                .in_dump(pid));
             }
         }
         let Some(e) = self.entries.iter_mut().find(|e| e.id == id) else {
             return Ok(());
         };
         let Some(f) = slot(e) else {
-            return Err(DumpError::UnsupportedFd {
-                pid,
+            return Err(FileError::UnsupportedFd {
                 fd,
                 kind: "a FIFO with a SIGIO owner or signal (F_SETOWN/F_SETSIG)".into(),
-            });
+            }
+            .in_dump(pid));
         };
         f.pid_type = kind as u32;
         f.pid = owner as u32;

@@ -7,7 +7,9 @@
 
 use super::context::RestoreFiles;
 use super::FileTable;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_images::pb::{
     GhostChunkEntry, GhostFileEntry, RegFileEntry, RemapFilePathEntry, RemapType,
@@ -44,7 +46,7 @@ impl FileTable {
         reg_id: u32,
         meta: &std::fs::Metadata,
     ) -> Result<(), DumpError> {
-        let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let refuse = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         self.dump_ghost_at(pid, format!("/proc/{pid}/fd/{fd}"), reg_id, meta, &refuse)
     }
 
@@ -147,10 +149,10 @@ pub fn write(dir: &Path, g: &GhostDump) -> Result<(), DumpError> {
         }
         let data = std::fs::read(path).at(pid, "read a deleted file")?;
         if Some(data.len() as u64) != entry.size {
-            return Err(DumpError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!("a deleted file ({path}) whose size changed while it was dumped"),
-            });
+            }
+            .in_dump(pid));
         }
         let mut w = crest_images::ImageWriter::create(
             dir,
@@ -206,10 +208,11 @@ pub fn read_remaps(dir: &Path) -> Result<HashMap<u32, u32>, RestoreError> {
     let mut out = HashMap::with_capacity(list.len());
     for r in list {
         if r.remap_type != Some(RemapType::Ghost as i32) {
-            return Err(RestoreError::BadTreeImage {
+            return Err(FileError::BadImage {
                 file: names::REMAP_FPATH.into(),
                 what: format!("file {} has a remap other than a ghost file", r.orig_id),
-            });
+            }
+            .in_tree_restore());
         }
         out.insert(r.orig_id, r.remap_id);
     }
@@ -324,21 +327,23 @@ pub fn open(
     let dir = files.dir.clone();
     let name = names::ghost_file(ghost);
     let mut r = ImageReader::open(&dir, &name, magic::GHOST_FILE)?;
-    let entry: GhostFileEntry = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
-        pid,
-        file: name.clone(),
-        what: "no ghost_file_entry".into(),
+    let entry: GhostFileEntry = r.next_entry()?.ok_or_else(|| {
+        FileError::BadImage {
+            file: name.clone(),
+            what: "no ghost_file_entry".into(),
+        }
+        .in_restore(pid)
     })?;
     let kind = entry.mode & libc::S_IFMT;
     if kind == libc::S_IFDIR || kind == libc::S_IFCHR {
         return open_special(t, reg, flags, ghost, &entry, files);
     }
     if kind != libc::S_IFREG {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: name,
             what: format!("a ghost of mode {:#o}", entry.mode),
-        });
+        }
+        .in_restore(pid));
     }
     let size = entry.size.unwrap_or(0);
     let path = &reg.name;
@@ -452,10 +457,10 @@ fn fill(
             .syscall(nr::WRITE, &[fd, addr, n])
             .rat(pid, format!("write ghost file {path}"))?;
         if wrote != n {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!("a ghost file {path} that took {wrote} of {n} bytes"),
-            });
+            }
+            .in_restore(pid));
         }
         left -= n;
     }
@@ -482,10 +487,12 @@ fn fill_chunks(
     path: &str,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let bad = |what: String| RestoreError::BadImage {
-        pid,
-        file: path.to_string(),
-        what,
+    let bad = |what: String| {
+        FileError::BadImage {
+            file: path.to_string(),
+            what,
+        }
+        .in_restore(pid)
     };
     while let Some(c) = r.next_entry::<GhostChunkEntry>()? {
         if c.off.checked_add(c.len).is_none_or(|end| end > size) {
@@ -503,10 +510,10 @@ fn fill_chunks(
                 .syscall(nr::PWRITE64, &[fd, addr, n, c.off + done])
                 .rat(pid, format!("write ghost file {path}"))?;
             if wrote != n {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(FileError::Unsupported {
                     what: format!("a ghost file {path} that took {wrote} of {n} bytes"),
-                });
+                }
+                .in_restore(pid));
             }
             done += n;
         }

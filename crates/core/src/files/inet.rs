@@ -14,7 +14,9 @@
 use super::context::sockets::MAX_PACKETS;
 use super::kept::Kept;
 use super::{skopts, FileTable};
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_images::carry::Carrier;
 use crest_images::pb::crest::CrestUdpPacket;
@@ -170,7 +172,7 @@ impl FileTable {
         flags: u32,
         copy: OwnedFd,
     ) -> Result<u32, DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         let int = |l, n| getsockopt_int(&copy, l, n);
         let family = int(libc::SOL_SOCKET, libc::SO_DOMAIN).at(pid, "SO_DOMAIN")? as u32;
         let ty = int(libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")? as u32;
@@ -251,11 +253,11 @@ impl FileTable {
     ) -> Result<(), DumpError> {
         let packets = peek_udp(copy).at(pid, "peek at a UDP socket's queue")?;
         if packets.len() > MAX_PACKETS {
-            return Err(DumpError::UnsupportedFd {
-                pid,
+            return Err(FileError::UnsupportedFd {
                 fd,
                 kind: "a UDP socket with too many datagrams queued".into(),
-            });
+            }
+            .in_dump(pid));
         }
         self.inet
             .udp
@@ -275,7 +277,7 @@ impl FileTable {
         copy: &OwnedFd,
         (sport, dport): (u32, u32),
     ) -> Result<(u32, u32), DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         let info = tcp_info(copy).at(pid, "TCP_INFO")?;
         let state = u32::from(info.first().copied().unwrap_or(0));
         Ok(match state {
@@ -325,7 +327,7 @@ impl FileTable {
         ino: u32,
         copy: OwnedFd,
     ) -> Result<(), DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         // The guard first (it ends the repair if crest dies), then
         // repair mode: from here on ending it is the drop's job.
         let reuse = getsockopt_int(&copy, libc::SOL_SOCKET, libc::SO_REUSEADDR)
@@ -455,7 +457,7 @@ impl InetDump {
 }
 
 fn bad(pid: i32, file: String, what: String) -> RestoreError {
-    RestoreError::BadImage { pid, file, what }
+    FileError::BadImage { file, what }.in_restore(pid)
 }
 
 /// Puts socket `c` in repair mode and sets the sequence numbers its

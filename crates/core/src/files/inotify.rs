@@ -5,7 +5,9 @@
 //! Events queued at dump time are not kept.
 
 use super::{need, no_owner};
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FhEntry, FileEntry, InotifyFileEntry, InotifyWdEntry};
@@ -100,13 +102,15 @@ pub fn dump(pid: i32, fd: i32, info: &FdInfo, flags: u32) -> Result<FileEntry, D
     let mut wds = Vec::new();
     for line in info.all("inotify") {
         let (mut e, handle) = need(pid, fd, "an inotify instance", parse_wd(line))?;
-        let path = path_of(&e, &handle).ok_or_else(|| DumpError::UnsupportedFd {
-            pid,
-            fd,
-            kind: format!(
-                "an inotify instance watching inode {:#x} (wd {}) whose path crest cannot find",
-                e.i_ino, e.wd
-            ),
+        let path = path_of(&e, &handle).ok_or_else(|| {
+            FileError::UnsupportedFd {
+                fd,
+                kind: format!(
+                    "an inotify instance watching inode {:#x} (wd {}) whose path crest cannot find",
+                    e.i_ino, e.wd
+                ),
+            }
+            .in_dump(pid)
         })?;
         e.f_handle.path = Some(path);
         wds.push(e);
@@ -156,21 +160,19 @@ pub fn create(t: &mut Tracee, e: &InotifyFileEntry) -> Result<u64, RestoreError>
 /// whether watches were removed on the way.
 fn add_watch(t: &mut Tracee, fd: u64, w: &InotifyWdEntry) -> Result<bool, RestoreError> {
     let pid = t.pid();
-    let path = w
-        .f_handle
-        .path
-        .as_deref()
-        .ok_or_else(|| RestoreError::BadImage {
-            pid,
+    let path = w.f_handle.path.as_deref().ok_or_else(|| {
+        FileError::BadImage {
             file: crest_images::names::FILES.into(),
             what: format!("inotify wd {} has no path", w.wd),
-        })?;
+        }
+        .in_restore(pid)
+    })?;
     if w.wd == 0 || w.wd > MAX_WD {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: crest_images::names::FILES.into(),
             what: format!("inotify wd {}", w.wd),
-        });
+        }
+        .in_restore(pid));
     }
     let mask = w.mask & !(libc::IN_MASK_ADD | libc::IN_MASK_CREATE);
     let mut p = path.as_bytes().to_vec();
@@ -185,10 +187,10 @@ fn add_watch(t: &mut Tracee, fd: u64, w: &InotifyWdEntry) -> Result<bool, Restor
             return Ok(removed);
         }
         if got > u64::from(w.wd) {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!("inotify wd {} on {path} (the kernel gave {got})", w.wd),
-            });
+            }
+            .in_restore(pid));
         }
         t.syscall(nr::INOTIFY_RM_WATCH, &[fd, got])
             .rat(pid, "inotify_rm_watch")?;

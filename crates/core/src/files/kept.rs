@@ -3,7 +3,9 @@
 //! dup: fds of one socket come out as one socket, and a socket another
 //! one depends on (a peer, a listener) is made once.
 
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
@@ -43,10 +45,12 @@ impl Kept {
     /// A new fd of the task for the kept file `id`.
     pub fn dup(&self, t: &mut Tracee, id: u32) -> Result<u64, RestoreError> {
         let pid = t.pid();
-        let slot = self.get(id).ok_or_else(|| RestoreError::BadImage {
-            pid,
-            file: crest_images::names::FILES.into(),
-            what: format!("file {id} was not made"),
+        let slot = self.get(id).ok_or_else(|| {
+            FileError::BadImage {
+                file: crest_images::names::FILES.into(),
+                what: format!("file {id} was not made"),
+            }
+            .in_restore(pid)
         })?;
         t.syscall(nr::FCNTL, &[slot, libc::F_DUPFD_CLOEXEC as u64, 0])
             .rat(pid, "dup a kept socket")

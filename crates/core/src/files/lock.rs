@@ -19,7 +19,9 @@
 //! hanging it. POSIX locks go when their owner closes any fd of the file,
 //! so they are taken after the task's fds and mappings are in place.
 
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::{FileError, LockError};
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::FileLockEntry;
@@ -105,31 +107,6 @@ impl LockLine {
     }
 }
 
-/// A lock line crest cannot take (`parse_line`), or a lock entry of the
-/// images it will not restore (`check`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LockError {
-    #[error("an unreadable lock line {0:?}")]
-    Unreadable(String),
-    #[error("a lease being broken ({0})")]
-    LeaseBroken(String),
-    #[error("a delegation ({0})")]
-    Delegation(String),
-    #[error("a lock of a kind crest does not know ({0:?})")]
-    UnknownKind(String),
-    /// A mandatory (or other non-advisory) lock: its mode, the line.
-    #[error("a {mode} lock ({line})")]
-    NotAdvisory { mode: String, line: String },
-    #[error("a lock of type {ty} ({line:?})")]
-    UnknownType { ty: String, line: String },
-    #[error("unknown lock kind {0}")]
-    EntryKind(u32),
-    #[error("unknown lock type {0}")]
-    EntryType(u32),
-    #[error("bad fd or range ({start} +{len})")]
-    EntryRange { start: i64, len: i64 },
-}
-
 /// Parses the value of a "lock:" line, e.g.
 /// `1: POSIX  ADVISORY  WRITE 20310 fe:00:10010934 5 14`. A lock crest
 /// cannot take again (a lease, a mandatory or unknown lock) is an error
@@ -209,18 +186,14 @@ impl LockDump {
         allowed: bool,
     ) -> Result<(), DumpError> {
         for v in info.all("lock") {
-            let l = parse_line(v).map_err(|kind| DumpError::UnsupportedFd {
-                pid,
-                fd,
-                kind: format!("a file with {kind}"),
-            })?;
+            let l = parse_line(v).map_err(|why| FileError::Lock { fd, why }.in_dump(pid))?;
             if !allowed {
-                return Err(DumpError::NeedsOption {
-                    pid,
+                return Err(FileError::NeedsOption {
                     fd,
                     what: format!("holds {}", l.describe()),
                     option: "--file-locks",
-                });
+                }
+                .in_dump(pid));
             }
             let owner = match l.kind {
                 Kind::Posix => i64::from(pid),
@@ -268,15 +241,26 @@ pub fn read(dir: &Path) -> Result<Vec<FileLockEntry>, RestoreError> {
     }
     let list: Vec<FileLockEntry> =
         crest_images::read_image(dir, names::FILE_LOCKS, magic::FILE_LOCKS)?;
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::FILE_LOCKS.into(),
-        what,
+    let bad = |what: String| {
+        FileError::BadImage {
+            file: names::FILE_LOCKS.into(),
+            what,
+        }
+        .in_tree_restore()
     };
     if list.len() > MAX_LOCKS {
         return Err(bad(format!("{} locks, more than {MAX_LOCKS}", list.len())));
     }
     for e in &list {
-        check(e).map_err(|what| bad(format!("lock of pid {} on fd {}: {what}", e.pid, e.fd)))?;
+        check(e).map_err(|why| {
+            FileError::BadLock {
+                file: names::FILE_LOCKS,
+                pid: e.pid,
+                fd: e.fd,
+                why,
+            }
+            .in_tree_restore()
+        })?;
     }
     Ok(list)
 }

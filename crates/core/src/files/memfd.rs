@@ -12,7 +12,9 @@
 
 use super::context::RestoreFiles;
 use super::FileTable;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::{
@@ -54,9 +56,11 @@ impl FileTable {
         if let Some(id) = self.memfds.by_ino.get(&meta.ino()) {
             return Ok(*id);
         }
-        let name = name_of(link).ok_or_else(|| DumpError::Unsupported {
-            pid,
-            what: format!("a memfd with an unexpected name ({link})"),
+        let name = name_of(link).ok_or_else(|| {
+            FileError::Unsupported {
+                what: format!("a memfd with an unexpected name ({link})"),
+            }
+            .in_dump(pid)
         })?;
         let seals = rustix::fs::fcntl_get_seals(&file)
             .at(pid, "F_GET_SEALS of a memfd")?
@@ -68,10 +72,10 @@ impl FileTable {
                 .map(|s| s.f_bsize as u64)
                 .unwrap_or(0);
             if !bsize.is_power_of_two() || bsize < 1 << 16 {
-                return Err(DumpError::Unsupported {
-                    pid,
+                return Err(FileError::Unsupported {
                     what: format!("a hugetlb memfd ({link}) of {bsize}-byte pages"),
-                });
+                }
+                .in_dump(pid));
             }
             Some(MFD_HUGETLB | (bsize.trailing_zeros() << MFD_HUGE_SHIFT))
         } else {
@@ -248,10 +252,12 @@ fn reopen(
 /// Makes the inode in the task: `memfd_create`, size, contents, seals.
 fn make(t: &mut Tracee, files: &RestoreFiles, inode_id: u32) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let bad = |what: String| RestoreError::BadImage {
-        pid,
-        file: names::MEMFD_INODE.into(),
-        what,
+    let bad = |what: String| {
+        FileError::BadImage {
+            file: names::MEMFD_INODE.into(),
+            what,
+        }
+        .in_restore(pid)
     };
     let e = files
         .memfd_inodes
@@ -316,10 +322,12 @@ fn fill(
     let pid = t.pid();
     let map_name = names::pagemap_shmem(e.shmid);
     let mut r = ImageReader::open(&files.dir, &map_name, magic::PAGEMAP)?;
-    let head: PagemapHead = r.next_entry()?.ok_or_else(|| RestoreError::BadImage {
-        pid,
-        file: map_name.clone(),
-        what: "no pagemap head".into(),
+    let head: PagemapHead = r.next_entry()?.ok_or_else(|| {
+        FileError::BadImage {
+            file: map_name.clone(),
+            what: "no pagemap head".into(),
+        }
+        .in_restore(pid)
     })?;
     let pages_path = files.dir.join(names::pages(head.pages_id));
     let pages =
@@ -364,14 +372,14 @@ fn fill_runs(
             .and_then(|l| pe.vaddr.checked_add(l))
             .is_some_and(|end| end <= e.size.div_ceil(PAGE) * PAGE);
         if runs > MAX_RUNS || !inside || pe.vaddr % PAGE != 0 {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(FileError::BadImage {
                 file: map_name.to_string(),
                 what: format!(
                     "{n} pages at offset {:#x} of a {}-byte memfd",
                     pe.vaddr, e.size
                 ),
-            });
+            }
+            .in_restore(pid));
         }
         let mut left = n * PAGE;
         let mut at = pe.vaddr;
@@ -391,10 +399,10 @@ fn fill_runs(
                 )
                 .rat(pid, format!("fill hugetlb memfd {} at {at}", e.name))?;
                 if n != keep as usize {
-                    return Err(RestoreError::Unsupported {
-                        pid,
+                    return Err(FileError::Unsupported {
                         what: format!("hugetlb memfd {}: wrote {n} of {keep} bytes", e.name),
-                    });
+                    }
+                    .in_restore(pid));
                 }
             } else {
                 let addr = t

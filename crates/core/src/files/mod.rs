@@ -12,7 +12,9 @@
 //! pidfd; the file locks held through them (`lock`). Any other kind fails the dump with the pid, the fd number and the
 //! kind.
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
+use crate::files::error::FileError;
 use crate::procfs;
 use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry, FownEntry, RegFileEntry};
 use std::collections::HashMap;
@@ -20,6 +22,7 @@ use std::os::unix::fs::MetadataExt;
 
 pub mod context;
 pub mod epoll;
+pub mod error;
 pub mod eventfd;
 pub mod fanotify;
 pub mod fifo;
@@ -185,9 +188,11 @@ impl FileTable {
             return Ok(*id);
         }
         let id = self.push_reg(path, flags, 0, &meta);
-        let refuse = |why: String| DumpError::Unsupported {
-            pid,
-            what: format!("{what}: {why}"),
+        let refuse = |why: String| {
+            FileError::Unsupported {
+                what: format!("{what}: {why}"),
+            }
+            .in_dump(pid)
         };
         self.dump_ghost_at(pid, source, id, &meta, &refuse)?;
         self.by_deleted.insert(key, id);
@@ -298,14 +303,13 @@ impl FileTable {
     fn name_watched_files(&mut self) -> Result<(), DumpError> {
         for (epoll, i, p, f) in std::mem::take(&mut self.epoll_elsewhere) {
             let key = share::key(p, f)?;
-            let (_, file) = self
-                .seen
-                .find(p, f, key)?
-                .ok_or_else(|| DumpError::UnsupportedFd {
-                    pid: p,
+            let (_, file) = self.seen.find(p, f, key)?.ok_or_else(|| {
+                FileError::UnsupportedFd {
                     fd: f,
                     kind: "the file an epoll watch names, which crest did not dump".into(),
-                })?;
+                }
+                .in_dump(p)
+            })?;
             let watch = self
                 .entries
                 .iter_mut()
@@ -331,9 +335,13 @@ impl FileTable {
                 let saved = self.unix.ctx.replace(ctx);
                 let r = self.dump_crest_fd(me, f.as_raw_fd(), ctx);
                 self.unix.ctx = saved;
-                let (_, id) = r.map_err(|e| DumpError::Unsupported {
-                    pid: ctx,
-                    what: format!("a file passed in a unix socket's queue, not received yet: {e}"),
+                let (_, id) = r.map_err(|e| {
+                    FileError::Unsupported {
+                        what: format!(
+                            "a file passed in a unix socket's queue, not received yet: {e}"
+                        ),
+                    }
+                    .in_dump(ctx)
                 })?;
                 ids.push(id);
                 self.unix.flight_held.push(f);
@@ -360,10 +368,10 @@ impl FileTable {
                 .map(id)
                 .ok();
             if here.is_none() || here != there {
-                return Err(DumpError::Unsupported {
-                    pid: ctx,
+                return Err(FileError::Unsupported {
                     what: format!("{link} in flight, which the task does not see at that path"),
-                });
+                }
+                .in_dump(ctx));
             }
         }
         let info = procfs::read_fdinfo(me, fd).at(me, "read fdinfo")?;
@@ -390,7 +398,7 @@ fn dump_one(
     flags: u32,
     table: &mut FileTable,
 ) -> Result<(FdTypes, u32), DumpError> {
-    let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
     if link.starts_with("pipe:") {
         return Ok((FdTypes::Pipe, table.dump_pipe(pid, fd, link, flags)?));
     }
@@ -457,7 +465,7 @@ fn dump_anon(
     flags: u32,
     table: &mut FileTable,
 ) -> Result<(FdTypes, u32), DumpError> {
-    let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
     let entry = match anon {
         "[eventfd]" => eventfd::dump(pid, fd, info, flags)?,
         "[eventpoll]" => {
@@ -498,10 +506,12 @@ pub(crate) fn no_owner() -> FownEntry {
 /// A value of `info` parsed by `parse`, or an UnsupportedFd naming what
 /// could not be read.
 pub(crate) fn need<T>(pid: i32, fd: i32, what: &str, v: Option<T>) -> Result<T, DumpError> {
-    v.ok_or_else(|| DumpError::UnsupportedFd {
-        pid,
-        fd,
-        kind: format!("{what} whose fdinfo crest cannot read"),
+    v.ok_or_else(|| {
+        FileError::UnsupportedFd {
+            fd,
+            kind: format!("{what} whose fdinfo crest cannot read"),
+        }
+        .in_dump(pid)
     })
 }
 
@@ -549,14 +559,14 @@ impl FileTable {
                 self.dump_packet(pid, fd, ino, flags, &copy)?,
             ),
             _ => {
-                return Err(DumpError::UnsupportedFd {
-                    pid,
+                return Err(FileError::UnsupportedFd {
                     fd,
                     kind: format!(
                         "a socket of address family {domain} ({})",
                         kind_of_link(&format!("socket:[{ino}]"))
                     ),
-                })
+                }
+                .in_dump(pid))
             }
         };
         self.sockets.insert(ino, known);

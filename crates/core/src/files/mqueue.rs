@@ -7,7 +7,9 @@
 //! `crest_mq` beside it.
 
 use super::no_owner;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crest_images::pb::{CrestMqFileEntry, ExtFileEntry, FdTypes, FileEntry};
 use crest_inject::{nr, Tracee};
 
@@ -31,7 +33,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FileEntry, DumpError> {
-    let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
     if link.ends_with(" (deleted)") || !valid_name(link) {
         return Err(unsupported(format!(
             "a descriptor of a removed POSIX message queue ({link})"
@@ -66,14 +68,14 @@ pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FileEntry, Dump
 pub fn open(t: &mut Tracee, e: &CrestMqFileEntry) -> Result<u64, RestoreError> {
     let pid = t.pid();
     if !valid_name(&e.name) || e.flags & !KEPT_FLAGS != 0 {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: crest_images::names::FILES.into(),
             what: format!(
                 "POSIX message queue descriptor {:?} flags {:#o}",
                 e.name, e.flags
             ),
-        });
+        }
+        .in_restore(pid));
     }
     // the syscall takes the name without its leading slash
     let mut name = e.name.as_bytes()[1..].to_vec();

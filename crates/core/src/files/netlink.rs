@@ -14,7 +14,9 @@
 
 use super::kept::Kept;
 use super::skopts;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crest_images::names;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, NetlinkSkEntry, NlSkOptsEntry};
 use crest_inject::Tracee;
@@ -81,7 +83,7 @@ impl super::FileTable {
         flags: u32,
         copy: &OwnedFd,
     ) -> Result<u32, DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         let int = |l, n| getsockopt_int(copy, l, n);
         let ty = int(libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")? as u32;
         let protocol = int(libc::SOL_SOCKET, libc::SO_PROTOCOL).at(pid, "SO_PROTOCOL")? as u32;
@@ -189,11 +191,11 @@ pub(crate) fn make(
     if ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32
         || s.groups.len() > MAX_GROUP_WORDS
     {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: names::FILES.into(),
             what: at(&format!("type {ty} with {} group words", s.groups.len())),
-        });
+        }
+        .in_restore(pid));
     }
     let c = kept.new_socket(t, s.id, (libc::AF_NETLINK as u32, ty, s.protocol))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
@@ -212,10 +214,10 @@ pub(crate) fn make(
             0 => 0,
             g @ 1..=32 => 1u32 << (g - 1),
             g => {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(FileError::Unsupported {
                     what: at(&format!("a connection to group {g} (above 32)")),
-                })
+                }
+                .in_restore(pid))
             }
         };
         crest_sys::net::connect(&c, &sockaddr_nl(s.dst_portid, mask)).rat(pid, at("connect"))?;

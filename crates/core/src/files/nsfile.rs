@@ -8,7 +8,9 @@
 //! then: its helper, the init of a pid namespace, a task already in it. A
 //! namespace neither crest's nor the tree's is refused naming it.
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, NsFileEntry};
 use crest_inject::Tracee;
@@ -58,14 +60,14 @@ pub fn dump(
         match tree.get(&held.ino()) {
             Some(&(ty, id)) if ty == flag as u32 => id,
             _ => {
-                return Err(DumpError::UnsupportedFd {
-                    pid,
+                return Err(FileError::UnsupportedFd {
                     fd,
                     kind: format!(
                         "a file of a {name} namespace neither crest's nor one of the tree's \
                          own ({link})"
                     ),
-                })
+                }
+                .in_dump(pid))
             }
         }
     };
@@ -92,10 +94,12 @@ pub type Holders = std::collections::HashMap<(u32, u32), (i32, bool)>;
 /// Opens the namespace file of `e` again in the task.
 pub fn open(t: &mut Tracee, e: &NsFileEntry, holders: &Holders) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let bad = |what: String| RestoreError::BadImage {
-        pid,
-        file: crest_images::names::FILES.into(),
-        what,
+    let bad = |what: String| {
+        FileError::BadImage {
+            file: crest_images::names::FILES.into(),
+            what,
+        }
+        .in_restore(pid)
     };
     let Some((name, _)) = KINDS.iter().find(|(_, f)| *f as u32 == e.ns_cflag) else {
         return Err(bad(format!("a namespace file of type {:#x}", e.ns_cflag)));
@@ -103,16 +107,16 @@ pub fn open(t: &mut Tracee, e: &NsFileEntry, holders: &Holders) -> Result<u64, R
     let (holder, for_children) = if e.ns_id == 0 {
         (std::process::id() as i32, false)
     } else {
-        *holders
-            .get(&(e.ns_cflag, e.ns_id))
-            .ok_or_else(|| RestoreError::Unsupported {
-                pid,
+        *holders.get(&(e.ns_cflag, e.ns_id)).ok_or_else(|| {
+            FileError::Unsupported {
                 what: format!(
                     "a file of the tree's {name} namespace {}, which nothing holds yet when the \
                  file is made",
                     e.ns_id
                 ),
-            })?
+            }
+            .in_restore(pid)
+        })?
     };
     let suffix = if for_children { "_for_children" } else { "" };
     let path = format!("/proc/{holder}/ns/{name}{suffix}");

@@ -17,7 +17,9 @@
 
 use super::kept::Kept;
 use super::skopts;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crest_images::names;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, PacketMclist, PacketSockEntry};
 use crest_inject::Tracee;
@@ -94,7 +96,7 @@ impl super::FileTable {
         flags: u32,
         copy: &OwnedFd,
     ) -> Result<u32, DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         let int = |n| getsockopt_int(copy, SOL_PACKET, n);
         let ty = getsockopt_int(copy, libc::SOL_SOCKET, libc::SO_TYPE).at(pid, "SO_TYPE")?;
         if ty != libc::SOCK_RAW && ty != libc::SOCK_DGRAM && ty != SOCK_PACKET {
@@ -182,13 +184,15 @@ impl super::FileTable {
         let ifindex = if name.is_empty() {
             0
         } else {
-            crest_sys::net::if_index(copy, name).map_err(|e| DumpError::UnsupportedFd {
-                pid,
-                fd,
-                kind: format!(
-                    "a SOCK_PACKET socket bound to {} ({e})",
-                    String::from_utf8_lossy(name)
-                ),
+            crest_sys::net::if_index(copy, name).map_err(|e| {
+                FileError::UnsupportedFd {
+                    fd,
+                    kind: format!(
+                        "a SOCK_PACKET socket bound to {} ({e})",
+                        String::from_utf8_lossy(name)
+                    ),
+                }
+                .in_dump(pid)
             })?
         };
         let entry = PacketSockEntry {
@@ -291,8 +295,7 @@ pub(crate) fn make(
         || s.rx_ring.is_some()
         || s.tx_ring.is_some()
     {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: names::FILES.into(),
             what: at(&format!(
                 "type {ty}, protocol {:#x}, {} memberships, rings {}",
@@ -300,7 +303,8 @@ pub(crate) fn make(
                 s.mclist.len(),
                 s.rx_ring.is_some() || s.tx_ring.is_some()
             )),
-        });
+        }
+        .in_restore(pid));
     }
     let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, ty, s.protocol))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;

@@ -6,7 +6,9 @@
 //! polls readable, and says pid -1, as the old one did.
 
 use super::no_owner;
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::procfs::FdInfo;
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, PidfdEntry};
@@ -32,7 +34,7 @@ pub fn dump(
     flags: u32,
     tree: &HashSet<i32>,
 ) -> Result<FileEntry, DumpError> {
-    let refuse = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+    let refuse = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
     let target = parse(info).ok_or_else(|| refuse("a pidfd whose fdinfo has no pid".into()))?;
     if target <= 0 {
         // (exited and reaped: nothing of it is left to name)
@@ -82,11 +84,11 @@ pub fn create(t: &mut Tracee, e: &PidfdEntry) -> Result<u64, RestoreError> {
         return of_the_dead(t, e);
     }
     if e.nspid <= 0 {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: crest_images::names::FILES.into(),
             what: format!("pidfd of pid {}", e.nspid),
-        });
+        }
+        .in_restore(pid));
     }
     let flags = u64::from(e.flags & libc::O_NONBLOCK as u32);
     let fd = t

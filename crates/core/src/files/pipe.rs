@@ -4,7 +4,9 @@
 //! gives each fd its end.
 
 use super::FileTable;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
+use crate::files::error::FileError;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, PipeEntry};
 use std::collections::HashMap;
 
@@ -102,10 +104,12 @@ impl FileTable {
         link: &str,
         flags: u32,
     ) -> Result<u32, DumpError> {
-        let ino = pipe_ino(link).ok_or_else(|| DumpError::UnsupportedFd {
-            pid,
-            fd,
-            kind: format!("a pipe with an unreadable link ({link})"),
+        let ino = pipe_ino(link).ok_or_else(|| {
+            FileError::UnsupportedFd {
+                fd,
+                kind: format!("a pipe with an unreadable link ({link})"),
+            }
+            .in_dump(pid)
         })?;
         let e = self
             .pipes
@@ -173,11 +177,11 @@ pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<V
         return Ok(Vec::new());
     }
     if waiting > MAX_PIPE_DATA {
-        return Err(DumpError::UnsupportedFd {
-            pid,
+        return Err(FileError::UnsupportedFd {
             fd,
             kind: format!("a pipe holding {waiting} bytes (more than {MAX_PIPE_DATA})"),
-        });
+        }
+        .in_dump(pid));
     }
     let (rd, wr) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).at(pid, "pipe for tee")?;
@@ -193,11 +197,11 @@ pub(crate) fn peek(pid: i32, fd: i32, theirs: &std::os::fd::OwnedFd) -> Result<V
         .read_to_end(&mut data)
         .at(pid, "read copied pipe data")?;
     if data.len() != waiting {
-        return Err(DumpError::UnsupportedFd {
-            pid,
+        return Err(FileError::UnsupportedFd {
             fd,
             kind: format!("a pipe whose {waiting} bytes could not all be copied"),
-        });
+        }
+        .in_dump(pid));
     }
     Ok(data)
 }

@@ -7,7 +7,9 @@
 
 use super::context::{socket_once, CrestPipe, RestoreFiles};
 use super::{epoll, eventfd, fifo, ghost, inotify, memfd, pidfd, signalfd, timerfd};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::take_fd;
 use crate::remote::Remote;
 use crest_images::names;
@@ -16,11 +18,11 @@ use crest_inject::{nr, Tracee};
 use std::collections::{HashMap, HashSet};
 
 fn bad(pid: i32, files_id: u32, what: String) -> RestoreError {
-    RestoreError::BadImage {
-        pid,
+    FileError::BadImage {
         file: names::fdinfo(files_id),
         what,
     }
+    .in_restore(pid)
 }
 
 /// Closes every inherited fd and rebuilds the dumped fd table.
@@ -204,18 +206,16 @@ fn flight_copy(
     if let Some(c) = files.socks.spare.get(&id) {
         return c.try_clone().rat(pid, "dup a file in flight");
     }
-    let entry = files
-        .entries
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| RestoreError::BadImage {
-            pid,
+    let entry = files.entries.get(&id).cloned().ok_or_else(|| {
+        FileError::BadImage {
             file: names::SK_QUEUES.into(),
             what: format!(
                 "a queued message passes file {id}, which is not in {}",
                 names::FILES
             ),
-        })?;
+        }
+        .in_restore(pid)
+    })?;
     let fi = FdinfoEntry {
         id,
         flags: 0,
@@ -244,10 +244,13 @@ fn make_one(
     kept: &mut super::kept::Kept,
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let missing = |what: &str| RestoreError::BadImage {
-        pid,
-        file: names::FILES.into(),
-        what: format!("file {} has no {what} entry", entry.id),
+    let missing = |part: &str| {
+        FileError::MissingPart {
+            file: names::FILES,
+            id: entry.id,
+            part: part.into(),
+        }
+        .in_restore(pid)
     };
     match FdTypes::try_from(fi.r#type) {
         Ok(FdTypes::Reg) => open_reg(t, entry, files),
@@ -312,19 +315,22 @@ fn make_one(
             let nsf = entry.nsf.as_ref().ok_or_else(|| missing("nsf"))?;
             super::nsfile::open(t, nsf, &files.ns_holders)
         }
-        _ => Err(RestoreError::Unsupported {
-            pid,
+        _ => Err(FileError::Unsupported {
             what: format!("fd {} of type {}", fi.fd, fi.r#type),
-        }),
+        }
+        .in_restore(pid)),
     }
 }
 
 fn open_reg(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let reg = e.reg.as_ref().ok_or_else(|| RestoreError::BadImage {
-        pid,
-        file: names::FILES.into(),
-        what: format!("file {} has no reg entry", e.id),
+    let reg = e.reg.as_ref().ok_or_else(|| {
+        FileError::MissingPart {
+            file: names::FILES,
+            id: e.id,
+            part: "reg".into(),
+        }
+        .in_restore(pid)
     })?;
     let keep = libc::O_ACCMODE
         | libc::O_APPEND
@@ -353,10 +359,13 @@ fn open_reg(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
 /// capacity and data, and gives the task the description it had.
 fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u64, RestoreError> {
     let pid = t.pid();
-    let p = e.pipe.as_ref().ok_or_else(|| RestoreError::BadImage {
-        pid,
-        file: names::FILES.into(),
-        what: format!("file {} has no pipe entry", e.id),
+    let p = e.pipe.as_ref().ok_or_else(|| {
+        FileError::MissingPart {
+            file: names::FILES,
+            id: e.id,
+            part: "pipe".into(),
+        }
+        .in_restore(pid)
     })?;
     if let Some(given) = files.inherit.get(&format!("pipe:[{}]", p.pipe_id)) {
         // the caller's pipe (CRIU's --inherit-fd), as it is
@@ -366,14 +375,14 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
         return Ok(fd);
     }
     if let Some(other) = p.crest_outside_pid {
-        return Err(RestoreError::Unsupported {
-            pid,
+        return Err(FileError::Unsupported {
             what: format!(
                 "pipe:[{}]: pid {other}, outside the dumped tree, held its other end; give \
                  crest an fd to stand for it with --inherit-fd fd[N]:pipe:[{}]",
                 p.pipe_id, p.pipe_id
             ),
-        });
+        }
+        .in_restore(pid));
     }
     let status = u64::from(p.flags) & (libc::O_NONBLOCK | libc::O_ASYNC) as u64;
     let end = usize::from(p.flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
@@ -381,13 +390,12 @@ fn pipe_end(t: &mut Tracee, e: &FileEntry, files: &mut RestoreFiles) -> Result<u
         let made = crest_pipe(pid, p.pipe_id, files)?;
         files.pipes.insert(p.pipe_id, made);
     }
-    let made = files
-        .pipes
-        .get_mut(&p.pipe_id)
-        .ok_or_else(|| RestoreError::Unsupported {
-            pid,
+    let made = files.pipes.get_mut(&p.pipe_id).ok_or_else(|| {
+        FileError::Unsupported {
             what: format!("pipe:[{}] vanished", p.pipe_id),
-        })?;
+        }
+        .in_restore(pid)
+    })?;
     let fd = if p.flags & libc::O_LARGEFILE as u32 == 0 && !made.given[end] {
         // one of the two descriptions pipe2 made
         made.given[end] = true;

@@ -15,7 +15,9 @@ use super::kept::Kept;
 use super::pty::{major, minor};
 use super::FileTable;
 use crate::error::RestoreCtx;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreError};
+use crate::files::error::FileError;
 use crate::remote::Remote;
 use crest_images::pb::{
     FdTypes, FileEntry, FownEntry, TermiosEntry, TtyFileEntry, TtyInfoEntry, TtyType, WinsizeEntry,
@@ -73,7 +75,7 @@ impl FileTable {
         let Some(ty) = tty_type(rdev) else {
             return Ok(None);
         };
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         if ty == TtyType::Pty {
             if let Some(id) = self.dump_pty((pid, fd), link, flags, &meta)? {
                 return Ok(Some(id));
@@ -263,18 +265,15 @@ pub fn open(
             }
             _ => {
                 if !files.socks.shell_job {
-                    return Err(RestoreError::Unsupported {
-                        pid,
+                    return Err(FileError::Unsupported {
                         what: "a terminal of a shell job without --shell-job (-j)".into(),
-                    });
+                    }
+                    .in_restore(pid));
                 }
                 let path = (0..3)
                     .find_map(crest_sys::net::terminal_of)
-                    .ok_or_else(|| RestoreError::Unsupported {
-                        pid,
-                        what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
-                            .into(),
-                    })?;
+                    .ok_or_else(|| FileError::Unsupported { what: "a shell job's terminal when crest itself has no terminal on fds 0-2"
+                            .into() }.in_restore(pid))?;
                 t.open(&path, (flags & keep) | libc::O_NOCTTY)?
             }
         };
@@ -295,13 +294,12 @@ fn open_external(
 ) -> Result<u64, RestoreError> {
     let pid = t.pid();
     let key = format!("tty[{:x}:{:x}]", info.rdev, info.dev.unwrap_or(0));
-    let given = files
-        .inherit
-        .get(&key)
-        .ok_or_else(|| RestoreError::Unsupported {
-            pid,
+    let given = files.inherit.get(&key).ok_or_else(|| {
+        FileError::Unsupported {
             what: format!("the external terminal {key} without --inherit-fd fd[N]:{key}"),
-        })?;
+        }
+        .in_restore(pid)
+    })?;
     set_settings(given, info).rat(pid, format!("set the settings of {key}"))?;
     let fd = t.give_fd(given)?;
     let status = (flags & (libc::O_NONBLOCK | libc::O_APPEND)) as u64;

@@ -12,7 +12,9 @@
 
 use super::restore::{current_ranges, has_pages, overlaps, page_runs, Run};
 use super::{status, PAGE};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::mm::error::MmError;
 use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
 use crest_inject::{nr, Tracee};
 use std::os::unix::fs::FileExt;
@@ -131,9 +133,11 @@ pub fn prepare(
     used.extend(current_ranges(pid)?);
     for v in wanted {
         let len = v.end - v.start;
-        let at = spare(&used, len).ok_or_else(|| RestoreError::Unsupported {
-            pid,
-            what: format!("no spare room for {len} bytes of memory shared with a child"),
+        let at = spare(&used, len).ok_or_else(|| {
+            MmError::Unsupported {
+                what: format!("no spare room for {len} bytes of memory shared with a child"),
+            }
+            .in_restore(pid)
         })?;
         let flags = u64::from(map_flags(v))
             | (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
@@ -142,10 +146,10 @@ pub fn prepare(
             .syscall(nr::MMAP, &[at, len, prot, flags, u64::MAX, 0])
             .rat(pid, format!("map {len} bytes to share with a child"))?;
         if got != at {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(MmError::Unsupported {
                 what: format!("memory to share asked at {at:#x}, got {got:#x}"),
-            });
+            }
+            .in_restore(pid));
         }
         used.push((at, at + len));
         let h = Held {
@@ -322,18 +326,20 @@ pub fn place(
             .syscall(nr::MREMAP, &[h.at, h.len(), h.len(), flags, h.start])
             .rat(pid, format!("mremap {:#x} to {:#x}", h.at, h.start))?;
         if got != h.start {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(MmError::Unsupported {
                 what: format!("mremap to {:#x} gave {got:#x}", h.start),
-            });
+            }
+            .in_restore(pid));
         }
         let v = mm
             .vmas
             .iter()
             .find(|v| same_bounds(v, h.start, h.end))
-            .ok_or_else(|| RestoreError::Unsupported {
-                pid,
-                what: format!("a kept area {:#x} with no vma", h.start),
+            .ok_or_else(|| {
+                MmError::Unsupported {
+                    what: format!("a kept area {:#x} with no vma", h.start),
+                }
+                .in_restore(pid)
             })?;
         let mut prot = u64::from(v.prot);
         if has_pages(v, pagemap) {

@@ -5,15 +5,16 @@
 
 use super::{numa, pages};
 use super::{status, DEFAULT_COREDUMP_FILTER, MADV_BIT_LOCKONFAULT, MEMBARRIER_REGISTER, PAGE};
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
 use crate::files::FileTable;
+use crate::mm::error::MmError;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
 use crate::remote::Remote;
 use crest_images::pb::{AioRingEntry, MmEntry, PagemapEntry, VmaEntry};
 use crest_images::{RawWriter, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use std::io;
-use std::os::unix::fs::FileExt;
 
 /// smaps VmFlags that map to an madvise() advice, stored in
 /// `vma_entry.madv` as `1 << advice` the way CRIU does.
@@ -383,19 +384,19 @@ fn refuse_lossy(
             .map(|kind| format!("a mapping of the anonymous inode {kind}"))
     };
     if let Some(what) = odd {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(MmError::Unsupported {
             what: format!("{what} at {:#x}-{:#x}", m.start, m.end),
-        });
+        }
+        .in_dump(pid));
     }
     if ghost_mapping(m, vma) && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0 {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(MmError::Unsupported {
             what: format!(
                 "mapping {:#x}-{:#x} of deleted file {}",
                 m.start, m.end, m.path
             ),
-        });
+        }
+        .in_dump(pid));
     }
     Ok(())
 }
@@ -513,9 +514,11 @@ fn aio_ring(t: &mut Tracee, start: u64, end: u64) -> Result<AioRingEntry, DumpEr
         .at(pid, "read an AIO ring's header")?;
     let word = |i: usize| u32::from_ne_bytes([h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]]);
     let (head, tail, magic) = (word(2), word(3), word(4));
-    let refuse = |what: String| DumpError::Unsupported {
-        pid,
-        what: format!("the AIO context at {start:#x}-{end:#x}: {what}"),
+    let refuse = |what: String| {
+        MmError::Unsupported {
+            what: format!("the AIO context at {start:#x}-{end:#x}: {what}"),
+        }
+        .in_dump(pid)
     };
     if magic != AIO_RING_MAGIC || word(5) != AIO_RING_COMPAT || word(6) != AIO_RING_INCOMPAT {
         return Err(refuse(format!(
@@ -548,10 +551,9 @@ fn vma_policies(
     let pid = t.pid();
     let path = format!("/proc/{pid}/numa_maps");
     let starts = match std::fs::read_to_string(&path) {
-        Ok(text) => numa::maybe_own(&text).map_err(|what| DumpError::Unsupported {
-            pid,
-            what: format!("{what} in {path}"),
-        })?,
+        Ok(text) => {
+            numa::maybe_own(&text).map_err(|why| MmError::Numa { path, why }.in_dump(pid))?
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).at(pid, "read numa_maps"),
     };
@@ -602,14 +604,6 @@ fn mark_shmem_data(pid: i32, m: &MapsEntry, words: &mut [u64]) -> io::Result<()>
         at = hole.max(data + 1);
     }
     Ok(())
-}
-
-/// Reads pages that `process_vm_readv` cannot (no read permission) or
-/// must not (shared copy-on-write) through `/proc/PID/mem`, which may read
-/// them by force and does not pin them.
-pub(super) fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
-    mem.read_exact_at(buf, addr)
 }
 
 #[cfg(test)]

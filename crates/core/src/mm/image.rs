@@ -4,6 +4,8 @@
 //! restore. The pages themselves are in `pages-<id>.img`.
 
 use crate::error::RestoreError;
+use crate::error::RoomError;
+use crate::mm::error::MmError;
 use crest_images::pb::{MmEntry, PagemapEntry, PagemapHead};
 use crest_images::{magic, names, ImageError, ImageReader, ImageWriter};
 use std::path::Path;
@@ -41,10 +43,12 @@ pub fn write(
 pub fn read(dir: &Path, pid: u32) -> Result<MmImages, RestoreError> {
     let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
     let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
-    let bad = |what: String| RestoreError::BadImage {
-        pid: pid as i32,
-        file: names::pagemap(pid),
-        what,
+    let bad = |what: String| {
+        MmError::BadImage {
+            file: names::pagemap(pid),
+            what,
+        }
+        .in_restore(pid as i32)
     };
     let head: PagemapHead = r
         .next_entry()?

@@ -16,6 +16,7 @@
 
 pub mod cow;
 pub mod dump;
+pub mod error;
 pub mod image;
 pub mod numa;
 mod pages;
@@ -25,6 +26,7 @@ pub const PAGE: u64 = 4096;
 
 /// CRIU's `vma_entry.status` bits.
 pub mod status {
+
     pub const REGULAR: u32 = 1 << 0;
     pub const STACK: u32 = 1 << 1;
     pub const VSYSCALL: u32 = 1 << 2;

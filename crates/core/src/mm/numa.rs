@@ -7,7 +7,9 @@
 //! again with an injected `mbind` once the VMA is mapped and filled. A
 //! thread's own policy is the thread's (`coreimg`).
 
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::mm::error::{BadLine, MmError};
 use crest_images::pb::crest::CrestMempolicy;
 use crest_images::pb::MmEntry;
 use crest_inject::Tracee;
@@ -16,11 +18,6 @@ use crest_inject::Tracee;
 const MBIND: u64 = 237;
 /// Most node mask words kept (4096 nodes).
 const MAX_WORDS: usize = 64;
-
-/// A `numa_maps` line crest cannot read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("numa_maps line {0:?}")]
-pub struct BadLine(pub String);
 
 /// The VMAs (by start) whose line in `numa_maps` names a policy other than
 /// "default": those with a policy of their own, and every VMA when the
@@ -56,11 +53,11 @@ pub fn restore(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
             continue;
         };
         if p.nodes.len() > MAX_WORDS {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(MmError::BadImage {
                 file: crest_images::names::mm(pid as u32),
                 what: format!("a memory policy of {} node mask words", p.nodes.len()),
-            });
+            }
+            .in_restore(pid));
         }
         let raw: Vec<u8> = p.nodes.iter().flat_map(|w| w.to_le_bytes()).collect();
         let mask = if raw.is_empty() {

@@ -134,12 +134,21 @@ fn read_batch(pid: i32, batch: &[Piece], buf: &mut [u8]) -> Result<(), DumpError
             continue;
         }
         let (addr, plen, _) = batch[i];
-        super::dump::read_forced(pid, addr, &mut buf[off..off + plen])
+        read_forced(pid, addr, &mut buf[off..off + plen])
             .at(pid, "read pages through /proc/PID/mem")?;
         off += plen;
         i += 1;
     }
     Ok(())
+}
+
+/// Reads pages that `process_vm_readv` cannot (no read permission) or
+/// must not (shared copy-on-write) through `/proc/PID/mem`, which may read
+/// them by force and does not pin them.
+fn read_forced(pid: i32, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    mem.read_exact_at(buf, addr)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! and every task into its cgroup, so the paths seen inside are the same.
 //! Only the cgroup v2 (unified) hierarchy is handled.
 
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
+use crate::ns::error::NsError;
 use crate::remote::Remote;
 use crest_images::pb::crest::CrestCgroupMember;
 use crest_images::pb::CgroupEntry;
@@ -49,9 +51,11 @@ pub fn path_of(pid: i32) -> Result<String, DumpError> {
             step: "read /proc/PID/cgroup",
             source,
         })?;
-    parse_cgroup(&text).ok_or_else(|| DumpError::Unsupported {
-        pid,
-        what: "a task outside the cgroup v2 hierarchy (cgroup v1 is not supported)".into(),
+    parse_cgroup(&text).ok_or_else(|| {
+        NsError::Unsupported {
+            what: "a task outside the cgroup v2 hierarchy (cgroup v1 is not supported)".into(),
+        }
+        .in_dump(pid)
     })
 }
 
@@ -63,9 +67,11 @@ pub fn dump_root(pid: i32, t: &mut Tracee) -> Result<String, DumpError> {
         .read_file(&format!("/proc/{pid}/cgroup"))
         .map_err(|e| e.for_task(pid))?;
     let inner = parse_cgroup(&text).unwrap_or_default();
-    root_from(&outer, &inner).ok_or_else(|| DumpError::Unsupported {
-        pid,
-        what: format!("a task whose cgroup {outer} is outside its cgroup namespace ({inner})"),
+    root_from(&outer, &inner).ok_or_else(|| {
+        NsError::Unsupported {
+            what: format!("a task whose cgroup {outer} is outside its cgroup namespace ({inner})"),
+        }
+        .in_dump(pid)
     })
 }
 
@@ -77,19 +83,22 @@ fn mount_point() -> Result<PathBuf, RestoreError> {
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
         .map(|m| PathBuf::from(m.mountpoint))
-        .ok_or_else(|| RestoreError::UnsupportedTree {
-            what: "a cgroup namespace without a cgroup v2 hierarchy mounted here".into(),
+        .ok_or_else(|| {
+            NsError::Unsupported {
+                what: "a cgroup namespace without a cgroup v2 hierarchy mounted here".into(),
+            }
+            .in_tree_restore()
         })
 }
 
 /// Moves process `pid` into the cgroup at `path` (made when missing).
 pub fn move_to(pid: i32, path: &str) -> Result<(), RestoreError> {
     if path.split('/').any(|c| c == "..") {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(NsError::BadImage {
             file: names::CREST_CGROUPS.into(),
             what: format!("cgroup path {path:?}"),
-        });
+        }
+        .in_restore(pid));
     }
     let dir = mount_point()?.join(path.trim_start_matches('/'));
     if !dir.is_dir() {
@@ -151,9 +160,12 @@ pub fn read_members(dir: &Path) -> Result<CgroupImages, RestoreError> {
     let list =
         crest_images::carry::read::<CgroupEntry>(dir, names::CREST_CGROUPS, magic::CREST_CGROUPS)?;
     let mut out = CgroupImages::default();
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::CREST_CGROUPS.into(),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: names::CREST_CGROUPS.into(),
+            what,
+        }
+        .in_tree_restore()
     };
     for m in list {
         if m.lines.len() > 64 || m.lines.iter().any(|l| l.len() > 4096) {
@@ -230,14 +242,14 @@ pub fn check_threads(pid: i32, lines: &[String]) -> Result<(), DumpError> {
         };
         let theirs: Vec<String> = text.lines().map(str::to_string).collect();
         if theirs != lines {
-            return Err(DumpError::Unsupported {
-                pid,
+            return Err(NsError::Unsupported {
                 what: format!(
                     "thread {tid} in other cgroups than its process ({} vs {})",
                     theirs.join(" "),
                     lines.join(" ")
                 ),
-            });
+            }
+            .in_dump(pid));
         }
     }
     Ok(())
@@ -314,10 +326,11 @@ fn placement_in(
     let mut out = Vec::new();
     for (ctrls, dumped, want) in moves(lines, roots) {
         if want.split('/').any(|c| c == "..") {
-            return Err(RestoreError::BadTreeImage {
+            return Err(NsError::BadImage {
                 file: names::CREST_CGROUPS.into(),
                 what: format!("cgroup path {want:?}"),
-            });
+            }
+            .in_tree_restore());
         }
         let now = mine.lines().find_map(|l| {
             let mut p = l.splitn(3, ':');
@@ -328,10 +341,13 @@ fn placement_in(
         let base = match hierarchy_mount(&mounts, &ctrls) {
             Some(m) => PathBuf::from(&m.mountpoint),
             None if !moves => continue,
-            None => yard(&ctrls).map_err(|e| RestoreError::UnsupportedTree {
-                what: format!(
-                    "the cgroup hierarchy {ctrls:?} of the dumped tree, not mounted here ({e})"
-                ),
+            None => yard(&ctrls).map_err(|e| {
+                NsError::Unsupported {
+                    what: format!(
+                        "the cgroup hierarchy {ctrls:?} of the dumped tree, not mounted here ({e})"
+                    ),
+                }
+                .in_tree_restore()
             })?,
         };
         out.push(Place {
@@ -366,13 +382,15 @@ pub fn hierarchies(
         let (mountpoint, root) = match hierarchy_mount(&mounts, &ctrls) {
             Some(m) => (PathBuf::from(&m.mountpoint), m.root.clone()),
             None => {
-                let dir = super::cgyard::dir_of(&ctrls).map_err(|e| DumpError::Unsupported {
-                    pid,
-                    what: format!(
+                let dir = super::cgyard::dir_of(&ctrls).map_err(|e| {
+                    NsError::Unsupported {
+                        what: format!(
                         "reading the settings of cgroup {path} of hierarchy {ctrls:?}, which is \
                          not mounted where crest runs ({e}; dump with --manage-cgroups=ignore to \
                          not carry cgroups)"
                     ),
+                    }
+                    .in_dump(pid)
                 })?;
                 (dir, "/".to_string())
             }
@@ -384,12 +402,12 @@ pub fn hierarchies(
                 .filter(|r| r.is_empty() || r.starts_with('/'))
         };
         let Some(rel) = rel.filter(|r| !r.split('/').any(|c| c == "..")) else {
-            return Err(DumpError::Unsupported {
-                pid,
+            return Err(NsError::Unsupported {
                 what: format!(
                     "cgroup {path} of hierarchy {ctrls:?}, outside crest's mount of it ({root})"
                 ),
-            });
+            }
+            .in_dump(pid));
         };
         out.push(super::cgprops::Hierarchy {
             dir: mountpoint.join(rel.trim_start_matches('/')),
@@ -526,9 +544,10 @@ pub fn thaw(root: i32, path: &Path) -> Result<Option<Thawed>, DumpError> {
     } else if v2.exists() {
         (v2, "1", "0")
     } else {
-        return Err(DumpError::UnsupportedTree {
+        return Err(NsError::Unsupported {
             what: format!("--freeze-cgroup {}: no freezer there", path.display()),
-        });
+        }
+        .in_tree_dump());
     };
     let now = std::fs::read_to_string(&file).map_err(io("read the freezer state"))?;
     if now.trim() != frozen && now.trim() != "FREEZING" {

@@ -5,6 +5,7 @@
 pub mod cgprops;
 pub mod cgroup;
 pub mod cgyard;
+pub mod error;
 pub mod graph;
 pub mod idmap;
 pub mod ipc;

@@ -20,7 +20,9 @@
 
 use super::graph;
 use super::user::{fd_ino, ino_of, UsernsGraph};
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
+use crate::ns::error::{NsError, PidnsError};
 use crate::remote::Remote;
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -49,24 +51,6 @@ pub struct PidnsGraph {
     pub list: Vec<Pidns>,
     /// (pid, namespace id) of every task not in crest's pid namespace.
     pub tasks: Vec<(i32, u32)>,
-}
-
-/// Pid namespaces in the images crest cannot restore, or ids a task
-/// cannot be given.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PidnsError {
-    #[error("pid namespace {id} comes before its parent {parent}")]
-    Order { id: u32, parent: u32 },
-    #[error("pid namespace {id} nested {depth} deep")]
-    TooDeep { id: u32, depth: u32 },
-    #[error("task {pid} is in unknown pid namespace {id}")]
-    Unknown { pid: i32, id: u32 },
-    #[error("a task above the tree's pid namespace")]
-    AboveTree,
-    #[error("a pid namespace without its init")]
-    NoInit,
-    #[error("pids at more than one pid namespace level its user namespace does not own")]
-    Unowned,
 }
 
 impl PidnsGraph {
@@ -119,9 +103,11 @@ impl PidnsGraph {
         if let Some(n) = self.list.iter().find(|n| n.ino == ino) {
             return Ok(n.id);
         }
-        let parent_fd = crest_sys::ns::get_parent(&fd).map_err(|e| DumpError::Unsupported {
-            pid,
-            what: format!("a pid namespace that is not below crest's own ({e})"),
+        let parent_fd = crest_sys::ns::get_parent(&fd).map_err(|e| {
+            NsError::Unsupported {
+                what: format!("a pid namespace that is not below crest's own ({e})"),
+            }
+            .in_dump(pid)
         })?;
         let parent_ino = fd_ino(&parent_fd).at(pid, "stat a pid namespace")?;
         let parent = if parent_ino == mine {
@@ -132,12 +118,12 @@ impl PidnsGraph {
         let owner_fd =
             crest_sys::ns::get_userns(&fd).at(pid, "NS_GET_USERNS of a pid namespace")?;
         let owner_ino = fd_ino(&owner_fd).at(pid, "stat the owning user namespace")?;
-        let owner_userns = users
-            .by_ino(owner_ino)
-            .ok_or_else(|| DumpError::Unsupported {
-                pid,
+        let owner_userns = users.by_ino(owner_ino).ok_or_else(|| {
+            NsError::Unsupported {
                 what: "a pid namespace owned by a user namespace outside the tree".into(),
-            })?;
+            }
+            .in_dump(pid)
+        })?;
 
         let depth = parent.and_then(|p| self.node(p)).map_or(1, |p| p.depth + 1);
         let id = first_id + self.list.len() as u32;
@@ -189,9 +175,11 @@ impl PidnsGraph {
                 .iter()
                 .find(|(p, id)| *id == n.id && inner_pid(*p) == Some(1));
             if let Some(key) = &n.external_key {
-                let refuse = |pid: i32, what: &str| DumpError::Unsupported {
-                    pid,
-                    what: format!("--external pid[..]:{key}: {what}"),
+                let refuse = |pid: i32, what: &str| {
+                    NsError::Unsupported {
+                        what: format!("--external pid[..]:{key}: {what}"),
+                    }
+                    .in_dump(pid)
                 };
                 if self.ns_of(root) != Some(n.id) {
                     let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
@@ -216,21 +204,21 @@ impl PidnsGraph {
                     .ns_of(*p)
                     .is_some_and(|u| users.is_within(u, n.owner_userns));
                 if nested_owner && !inside {
-                    return Err(DumpError::Unsupported {
-                        pid: *p,
+                    return Err(NsError::Unsupported {
                         what: "the init of a pid namespace outside the user namespace that owns it"
                             .into(),
-                    });
+                    }
+                    .in_dump(*p));
                 }
             }
             if init.is_none() {
                 let pid = self.tasks.iter().find(|t| t.1 == n.id).map_or(0, |t| t.0);
-                return Err(DumpError::Unsupported {
-                    pid,
+                return Err(NsError::Unsupported {
                     what: "a pid namespace whose init (pid 1) is not in the dumped tree (the \
                            root's may be the caller's: --external pid[INODE]:KEY)"
                         .into(),
-                });
+                }
+                .in_dump(pid));
             }
         }
         Ok(())
@@ -461,17 +449,17 @@ pub fn seize_sibling(pid: i32) -> Result<crest_inject::Tracee, crate::error::Res
         match state {
             Some('S') => break,
             Some('Z' | 'X') | None => {
-                return Err(crate::error::RestoreError::Unsupported {
-                    pid,
+                return Err(NsError::Unsupported {
                     what: "a sibling task that died before it was seized".into(),
-                })
+                }
+                .in_restore(pid))
             }
             _ if std::time::Instant::now() > deadline => {
                 let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
-                return Err(crate::error::RestoreError::Unsupported {
-                    pid,
+                return Err(NsError::Unsupported {
                     what: "a sibling task that did not get ready in 5 s".into(),
-                });
+                }
+                .in_restore(pid));
             }
             _ => std::thread::sleep(std::time::Duration::from_micros(200)),
         }

@@ -3,7 +3,9 @@
 //! to its real parent.
 
 use crate::clone::{clone_attempt, clone_plain, take_sigchld, Ids};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::ns::error::NsError;
 use crate::remote::Remote;
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
@@ -27,10 +29,10 @@ pub fn fork_init_in_userns(
     let who = child.pid as i32;
     let middles = want.len().saturating_sub(1 + usize::from(crest_level));
     if want.first() != Some(&1) || middles > 1 || (middles == 1 && parent.is_none()) {
-        return Err(RestoreError::Unsupported {
-            pid: who,
+        return Err(NsError::Unsupported {
             what: format!("a pid namespace init with pids {want:?} (more than 3 levels)"),
-        });
+        }
+        .in_restore(who));
     }
     let middle = if middles == 1 {
         want.get(1).copied()
@@ -51,10 +53,10 @@ pub fn fork_init_in_userns(
             return Ok(c);
         }
     }
-    Err(RestoreError::Unsupported {
-        pid: who,
+    Err(NsError::Unsupported {
         what: format!("other forks kept taking its ids {want:?}"),
-    })
+    }
+    .in_restore(who))
 }
 
 /// Moves pid namespace helper `h` where the init is to be made: into

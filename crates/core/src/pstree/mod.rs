@@ -2,12 +2,10 @@
 //! stopped, and `pstree.img` (CRIU's `pstree_entry`: pid, ppid, pgid, sid,
 //! threads). Restore forks every task from its real parent, in tree order.
 
-mod seize;
-mod sessions;
+pub mod seize;
+pub mod sessions;
 
-pub use seize::Seized;
-pub use sessions::{fork_in_session, forks_directly, set_groups, ForkHow, LeaderHelpers};
-
+use crate::error::RoomError;
 use crest_images::pb::PstreeEntry;
 
 /// One task of the tree, seized (or a zombie, which cannot be).
@@ -37,7 +35,7 @@ impl Task {
     }
 }
 
-/// A process tree in the images that cannot be forked.
+/// A process tree crest cannot seize, dump or fork, or whose image is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TreeError {
     #[error("no tasks")]
@@ -48,7 +46,15 @@ pub enum TreeError {
     Orphans { lost: Vec<u32>, root: u32 },
     #[error("sessions whose leaders and members wait on each other")]
     SessionLoop,
+    /// Something crest cannot carry yet, named.
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    /// An image that contradicts itself or the rest, naming the file.
+    #[error("{file}: {what}")]
+    BadImage { file: String, what: String },
 }
+
+impl RoomError for TreeError {}
 
 /// Orders pstree entries so that every parent comes before its children,
 /// the root first; entries whose parent is missing (other than the root)

@@ -4,8 +4,10 @@
 //! is dropped.
 
 use super::Task;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs;
+use crate::pstree::TreeError;
 use crest_sys::ptrace;
 
 /// A seized tree. Dropping it detaches every thread: the tree runs on.
@@ -62,10 +64,10 @@ impl Seized {
                     }
                 };
                 if stat.state == 'Z' && pid == root {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(TreeError::Unsupported {
                         what: "dumping a zombie as the root of a tree".into(),
-                    });
+                    }
+                    .in_dump(pid));
                 }
                 if stat.state == 'Z' && !s.attached.contains(&pid) {
                     zombies.push((pid, stat.exit_code));
@@ -139,10 +141,10 @@ impl Seized {
             }
             for tid in new {
                 if self.attached.len() >= MAX_THREADS {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(TreeError::Unsupported {
                         what: format!("a tree of more than {MAX_THREADS} threads"),
-                    });
+                    }
+                    .in_dump(pid));
                 }
                 match crest_inject::seize_thread_reporting(tid, self.deadline) {
                     Ok(sig) => {
@@ -167,12 +169,12 @@ impl Seized {
                         } else {
                             "a process outside the tree"
                         };
-                        return Err(DumpError::Unsupported {
-                            pid,
+                        return Err(TreeError::Unsupported {
                             what: format!(
                                 "thread {tid} traced by pid {tracer} ({inside}): a traced task"
                             ),
-                        });
+                        }
+                        .in_dump(pid));
                     }
                     Err(e) => {
                         return Err(DumpError::Inject {

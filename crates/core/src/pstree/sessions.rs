@@ -4,8 +4,10 @@
 //! exists.
 
 use crate::clone::{clone_plain, clone_with, fork_child, pid_max, take_sigchld, Ids};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::procfs;
+use crate::pstree::TreeError;
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
 
@@ -31,12 +33,12 @@ impl LeaderHelpers {
         for (id, h, parent, seen) in self.made {
             let pid = h.pid();
             h.exit_as(0).rat(pid, "end a session/group helper")?;
-            let p = tasks[parent]
-                .as_mut()
-                .ok_or_else(|| RestoreError::Unsupported {
-                    pid: id,
+            let p = tasks[parent].as_mut().ok_or_else(|| {
+                TreeError::Unsupported {
                     what: "a helper whose parent is a zombie".into(),
-                })?;
+                }
+                .in_restore(id)
+            })?;
             p.syscall(nr::WAIT4, &[seen as u64, 0, 0, 0])
                 .rat(p.pid(), format!("reap helper {pid}"))?;
             take_sigchld(p);
@@ -88,9 +90,11 @@ pub fn fork_in_session(
     if how.new_pidns {
         flags |= libc::CLONE_NEWPID as u64;
     }
-    let parent = tasks[p].as_mut().ok_or_else(|| RestoreError::Unsupported {
-        pid: e.pid as i32,
-        what: "a task whose parent is a zombie".into(),
+    let parent = tasks[p].as_mut().ok_or_else(|| {
+        TreeError::Unsupported {
+            what: "a task whose parent is a zombie".into(),
+        }
+        .in_restore(e.pid as i32)
     })?;
     if forks_directly(entries, k, p) {
         return fork_child(parent, e, &how.ids, flags, before);
@@ -100,19 +104,16 @@ pub fn fork_in_session(
         return fork_from_leader(tasks, helpers, (k, p, l), e, how, before);
     }
     if !how.parent_is_subreaper {
-        return Err(RestoreError::Unsupported {
-            pid: e.pid as i32,
-            what: format!(
+        return Err(TreeError::Unsupported { what: format!(
                 "session {sid} whose leader is gone, in a task whose parent {} is not a child subreaper",
                 e.ppid
-            ),
-        });
+            ) }.in_restore(e.pid as i32));
     }
     if how.new_pidns {
-        return Err(RestoreError::Unsupported {
-            pid: e.pid as i32,
+        return Err(TreeError::Unsupported {
             what: "the init of a pid namespace in a session whose leader is gone".into(),
-        });
+        }
+        .in_restore(e.pid as i32));
     }
     if helpers.get(sid).is_none() {
         // The members must come back to the parent when the helper exits.
@@ -130,9 +131,11 @@ pub fn fork_in_session(
         // (in its parent's pid namespace: the innermost id)
         helpers.made.push((sid, h, p, ids.want[0]));
     }
-    let h = helpers.get(sid).ok_or_else(|| RestoreError::Unsupported {
-        pid: sid,
-        what: "a lost session helper".into(),
+    let h = helpers.get(sid).ok_or_else(|| {
+        TreeError::Unsupported {
+            what: "a lost session helper".into(),
+        }
+        .in_restore(sid)
     })?;
     fork_child(h, e, &how.ids, 0, before)
 }
@@ -152,9 +155,13 @@ fn fork_from_leader(
     before: &mut dyn FnMut(&[i32]) -> Result<(), RestoreError>,
 ) -> Result<Tracee, RestoreError> {
     let sid = e.sid as i32;
-    let refuse = |what: String| RestoreError::Unsupported {
-        pid: e.pid as i32,
-        what: format!("session {sid}, whose leader is in the tree but is not an ancestor, {what}"),
+    let refuse = |what: String| {
+        TreeError::Unsupported {
+            what: format!(
+                "session {sid}, whose leader is in the tree but is not an ancestor, {what}"
+            ),
+        }
+        .in_restore(e.pid as i32)
     };
     if !how.parent_is_subreaper {
         return Err(refuse(format!(
@@ -248,9 +255,11 @@ pub fn set_groups(
             // stays in the restorer's, as --shell-job does
             continue;
         }
-        let t = tasks[i].as_mut().ok_or_else(|| RestoreError::Unsupported {
-            pid,
-            what: "a zombie group member".into(),
+        let t = tasks[i].as_mut().ok_or_else(|| {
+            TreeError::Unsupported {
+                what: "a zombie group member".into(),
+            }
+            .in_restore(pid)
         })?;
         if !exists {
             // at the member's levels, set the way its own were

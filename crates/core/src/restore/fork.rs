@@ -3,8 +3,12 @@
 //! inside their owners, sessions and groups, zombies ended.
 
 use super::images::{init_of, parent_index, TaskImage, TreeImages};
+use crate::clone::CloneError;
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
+use crate::ns::error::NsError;
 use crate::remote::Remote;
+use crate::task::error::TaskError;
 use crate::{mm, ns, pstree};
 use crest_images::pb::PstreeEntry;
 use crest_inject::{nr, Tracee};
@@ -21,9 +25,12 @@ pub(super) fn levels_of(
     let init = |n: u32| init_of(&ti.imgs, actual, n);
     ti.pidns
         .levels(ti.imgs[k].ids.pid_ns_id, userns, &ti.users, &init, ti.cut)
-        .map_err(|what| RestoreError::Unsupported {
-            pid: ti.imgs[k].pid(),
-            what: what.to_string(),
+        .map_err(|why| {
+            NsError::Pidns {
+                file: crest_images::names::CREST_NS,
+                why,
+            }
+            .in_restore(ti.imgs[k].pid())
         })
 }
 
@@ -68,7 +75,7 @@ pub(super) fn fork_tree(
         actual: Vec::with_capacity(imgs.len()),
         cur_userns: vec![1; imgs.len()],
         made_time: std::collections::HashSet::new(),
-        helpers: pstree::LeaderHelpers::default(),
+        helpers: pstree::sessions::LeaderHelpers::default(),
         sharing: Sharing::new(imgs, dir),
     };
     let root = f.root(sibling, ext_pidns)?;
@@ -109,7 +116,7 @@ struct Forking<'a> {
     actual: Vec<i32>,
     cur_userns: Vec<u32>,
     made_time: std::collections::HashSet<u32>,
-    helpers: pstree::LeaderHelpers,
+    helpers: pstree::sessions::LeaderHelpers,
     sharing: Sharing<'a>,
 }
 
@@ -220,7 +227,7 @@ impl Forking<'_> {
         let set_tid = imgs[k].set_tid(0);
         let sid_ids = imgs[k].sid_ids();
         let levels = levels_of(self.ti, &self.actual, k, self.cur_userns[p])?;
-        let how = pstree::ForkHow {
+        let how = pstree::sessions::ForkHow {
             ids: crate::clone::Ids {
                 want: &set_tid,
                 settable: levels.settable,
@@ -238,11 +245,11 @@ impl Forking<'_> {
             }
             Ok(())
         };
-        let direct = pstree::forks_directly(&self.entries, k, p);
+        let direct = pstree::sessions::forks_directly(&self.entries, k, p);
         if direct {
             self.sharing.prepare(&mut self.tasks, p)?;
         }
-        let child = pstree::fork_in_session(
+        let child = pstree::sessions::fork_in_session(
             &mut self.tasks,
             &mut self.helpers,
             &self.entries,
@@ -264,7 +271,7 @@ impl Forking<'_> {
         let group_levels = (0..imgs.len())
             .map(|k| levels_of(ti, &self.actual, k, self.cur_userns[k]))
             .collect::<Result<Vec<_>, _>>()?;
-        pstree::set_groups(
+        pstree::sessions::set_groups(
             &mut self.tasks,
             &mut self.helpers,
             &self.entries,
@@ -445,10 +452,10 @@ fn zombie_creds(
                 inside(&umap, &extra.outer_uids),
                 inside(&gmap, &extra.outer_gids),
             ) else {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(TaskError::Unsupported {
                     what: "a zombie whose ids the user namespace it is made in does not map".into(),
-                });
+                }
+                .in_restore(pid));
             };
             let groups = inside(&gmap, &extra.outer_groups).unwrap_or_default();
             let allow = map("setgroups").is_ok_and(|s| s.trim() == "allow");
@@ -664,10 +671,10 @@ pub(super) fn spawn_root(
         Tracee::from_stopped_child(child).rat(pid, "attach to the new task")?
     };
     if !crate::clone::has_ids(child, &set_tid) {
-        return Err(RestoreError::Unsupported {
-            pid,
+        return Err(CloneError::Unsupported {
             what: format!("clone3 with set_tid {set_tid:?} gave pid {child}"),
-        });
+        }
+        .in_restore(pid));
     }
     t.trace_new_tasks().rat(pid, "trace new tasks")?;
     t.use_vdso_syscall()

@@ -3,8 +3,12 @@
 //! how many outer pid levels the kernel picks (`TreeImages::cut`).
 
 use crate::error::RestoreError;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 use crate::ns::user::UsernsGraph;
+use crate::pstree::TreeError;
 use crate::task::coreimg;
+use crate::task::error::TaskError;
 use crate::{ns, pstree};
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::{
@@ -154,11 +158,11 @@ impl TaskImage {
     }
 
     pub(super) fn bad(&self, what: &str) -> RestoreError {
-        RestoreError::BadImage {
-            pid: self.pid(),
+        TaskError::BadImage {
             file: names::core(self.entry.pid),
             what: what.into(),
         }
+        .in_restore(self.pid())
     }
 }
 
@@ -211,18 +215,16 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
     let tree: Vec<PstreeEntry> = crest_images::read_image(dir, names::PSTREE, magic::PSTREE)?;
     let threads: usize = tree.iter().map(|e| e.threads.len().max(1)).sum();
     if tree.len() > MAX_TASKS || threads > MAX_TASKS {
-        return Err(RestoreError::BadTreeImage {
+        return Err(TreeError::BadImage {
             file: names::PSTREE.into(),
             what: format!(
                 "{} tasks with {threads} threads, more than {MAX_TASKS}",
                 tree.len()
             ),
-        });
+        }
+        .in_tree_restore());
     }
-    let order = pstree::tree_order(&tree).map_err(|what| RestoreError::BadTreeImage {
-        file: names::PSTREE.into(),
-        what: what.to_string(),
-    })?;
+    let order = pstree::tree_order(&tree).map_err(|e| e.in_tree_restore())?;
     let mut imgs = order
         .iter()
         .map(|&i| TaskImage::read(dir, tree[i].clone()))
@@ -232,9 +234,12 @@ pub(super) fn read_tree_images(dir: &Path) -> Result<TreeImages, RestoreError> {
         .filter_map(|i| Some((i.pid(), i.ids.pid_ns_id?)))
         .collect();
     let pidns = ns::pid::PidnsGraph::from_entries(&ns::other::read_entries(dir)?, &pid_of)
-        .map_err(|what| RestoreError::BadTreeImage {
-            file: names::CREST_NS.into(),
-            what: what.to_string(),
+        .map_err(|why| {
+            NsError::Pidns {
+                file: names::CREST_NS,
+                why,
+            }
+            .in_tree_restore()
         })?;
     let cut = fresh_levels(&imgs, &pidns)?;
     for img in &mut imgs {
@@ -321,19 +326,25 @@ pub fn check_inventory(dir: &Path, tcp_close: bool) -> Result<(), RestoreError> 
         crest_images::read_one(dir, names::INVENTORY, magic::INVENTORY)?;
     if inv.tcp_close == Some(true) && !tcp_close {
         // (CRIU's rule: the images lack the connections)
-        return Err(RestoreError::UnsupportedTree {
-            what: "images dumped with --tcp-close, restored without --tcp-close".into(),
+        return Err(RestoreError::Refused {
+            refused: vec![crate::error::Refused {
+                option: "--tcp-close".into(),
+                why: "the images were dumped with it (they hold no connections), so the restore \
+                      needs it too"
+                    .into(),
+            }],
         });
     }
     if inv.img_version != crest_images::INVENTORY_IMG_VERSION {
-        return Err(RestoreError::BadTreeImage {
+        return Err(TreeError::BadImage {
             file: names::INVENTORY.into(),
             what: format!(
                 "image version {}, crest reads version {}",
                 inv.img_version,
                 crest_images::INVENTORY_IMG_VERSION
             ),
-        });
+        }
+        .in_tree_restore());
     }
     Ok(())
 }

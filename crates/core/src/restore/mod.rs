@@ -24,6 +24,7 @@ use crest_sys::ptrace::{self, WaitStatus};
 use fork::fork_tree;
 pub use images::check_inventory;
 use prepare::Prepared;
+use resume::tell;
 use task::{transform, TreeCtx};
 
 /// A restored tree, running.
@@ -87,13 +88,6 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
         crate::warn!("stats-restore not written: {e}");
     });
     Ok(r)
-}
-
-fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreError> {
-    n.notify(h, pid, None).map_err(|why| RestoreError::Notify {
-        hook: h.to_string(),
-        why,
-    })
 }
 
 /// The restore, step by step: images, namespaces, the fork, places, the

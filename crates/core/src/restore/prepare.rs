@@ -4,9 +4,12 @@
 //! namespace the root goes into when it was the caller's.
 
 use super::images::{check_inventory, check_privilege, read_tree_images, TreeImages};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::context::RestoreFiles;
+use crate::ns::error::NsError;
 use crate::opts::Options;
+use crate::task::error::TaskError;
 use crest_images::pb::SeccompFilter;
 use std::os::fd::OwnedFd;
 
@@ -62,12 +65,12 @@ pub(super) fn prepare(
         })
     });
     if let (true, Some(img)) = (caller.restricted, sandboxed) {
-        return Err(RestoreError::Unsupported {
-            pid: img.pid(),
+        return Err(TaskError::Unsupported {
             what: "a seccomp sandbox restored by an unprivileged crest (suspending it while \
                    the restore goes on needs CAP_SYS_ADMIN)"
                 .into(),
-        });
+        }
+        .in_restore(img.pid()));
     }
     // CRIU's --external pid[INO]:KEY at dump: the root goes into the
     // caller's pid namespace, given with --inherit-fd fd[N]:KEY
@@ -78,16 +81,15 @@ pub(super) fn prepare(
         .and_then(|n| n.external_key.as_ref())
     {
         Some(key) => {
-            let fd = files
-                .inherit
-                .get(key)
-                .ok_or_else(|| RestoreError::Unsupported {
-                    pid: ti.imgs[0].pid(),
+            let fd = files.inherit.get(key).ok_or_else(|| {
+                NsError::Unsupported {
                     what: format!(
-                        "the external pid namespace {key}, the caller's: give crest an fd of it \
-                         with --inherit-fd fd[N]:{key}"
+                        "the external pid namespace {key}, the caller's: give crest an fd \
+                             of it with --inherit-fd fd[N]:{key}"
                     ),
-                })?;
+                }
+                .in_restore(ti.imgs[0].pid())
+            })?;
             Some(fd.try_clone().rat(0, format!("dup the fd of {key}"))?)
         }
         None => None,

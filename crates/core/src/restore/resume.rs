@@ -2,7 +2,6 @@
 //! caller's notifications, and every thread let go at once.
 
 use super::plan::RestoreTask;
-use super::tell;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::context::RestoreFiles;
 use crate::notify::{hook, Notify};
@@ -105,4 +104,13 @@ pub(super) fn let_go(
         t.detach_with(0).rat(pid, "let the task go")?;
     }
     Ok(())
+}
+
+/// Runs the notification `h` (of the restore of `pid`), naming the hook
+/// when it fails.
+pub(super) fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreError> {
+    n.notify(h, pid, None).map_err(|why| RestoreError::Notify {
+        hook: h.to_string(),
+        why,
+    })
 }

@@ -5,9 +5,11 @@
 //! task-wide part (`tc`); every thread's core has its registers and
 //! `thread_core`.
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::ns::user::UsernsGraph;
 use crate::remote::Remote;
+use crate::task::error::TaskError;
 use crate::task::{creds, regs, signals};
 use crate::{procfs, task};
 use crest_images::names;
@@ -139,10 +141,10 @@ pub fn dump_thread(
     let robust = misc::get_robust_list(tid).at(pid, "get_robust_list")?;
     let (policy, prio, nice) = misc::get_sched(tid).at(pid, "sched_getscheduler")?;
     if policy & !SCHED_RESET_ON_FORK == SCHED_DEADLINE {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(TaskError::Unsupported {
             what: format!("thread {tid}'s SCHED_DEADLINE scheduling"),
-        });
+        }
+        .in_dump(pid));
     }
     let comm = status.name.clone();
     let core = CoreEntry {
@@ -371,10 +373,12 @@ pub fn restore_thread(
         inner,
     } = *img;
     let tid = t.tid();
-    let bad = |what: &str| RestoreError::BadImage {
-        pid,
-        file: names::core(image_tid as u32),
-        what: what.into(),
+    let bad = |what: &str| {
+        TaskError::BadImage {
+            file: names::core(image_tid as u32),
+            what: what.into(),
+        }
+        .in_restore(pid)
     };
     let th = core
         .thread_core

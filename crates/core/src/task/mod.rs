@@ -9,13 +9,16 @@
 
 pub mod coreimg;
 pub mod creds;
+pub mod error;
 pub mod regs;
 pub mod seccomp;
 pub mod signals;
 pub mod timers;
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
+use crate::task::error::TaskError;
 use crest_images::pb::{ItimerEntry, RlimitEntry, RseqEntry, TaskRlimitsEntry, TaskTimersEntry};
 use crest_inject::{nr, Tracee};
 use crest_sys::{misc, ptrace};
@@ -144,9 +147,11 @@ pub fn dump_child_subreaper(t: &mut Tracee) -> Result<bool, DumpError> {
 pub fn dump_oom_score_adj(pid: i32) -> Result<i32, DumpError> {
     let path = format!("/proc/{pid}/oom_score_adj");
     let text = std::fs::read_to_string(&path).at(pid, "read oom_score_adj")?;
-    text.trim().parse().map_err(|_| DumpError::Unsupported {
-        pid,
-        what: format!("an oom_score_adj of {:?}", text.trim()),
+    text.trim().parse().map_err(|_| {
+        TaskError::Unsupported {
+            what: format!("an oom_score_adj of {:?}", text.trim()),
+        }
+        .in_dump(pid)
     })
 }
 
@@ -156,11 +161,11 @@ pub fn dump_oom_score_adj(pid: i32) -> Result<i32, DumpError> {
 pub fn restore_oom_score_adj(pid: i32, adj: Option<i32>) -> Result<(), RestoreError> {
     let Some(adj) = adj else { return Ok(()) };
     if !(-1000..=1000).contains(&adj) {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(TaskError::BadImage {
             file: format!("core-{pid}.img"),
             what: format!("oom_score_adj {adj} is outside -1000..1000"),
-        });
+        }
+        .in_restore(pid));
     }
     let path = format!("/proc/{pid}/oom_score_adj");
     let now = std::fs::read_to_string(&path).rat(pid, "read oom_score_adj")?;
@@ -273,10 +278,10 @@ pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
             .and_then(|m| inside_id(&m, uid))
     };
     let Some(inside) = inside else {
-        return Err(RestoreError::Unsupported {
-            pid,
+        return Err(TaskError::Unsupported {
             what: format!("an audit login uid ({uid}) its user namespace does not map"),
-        });
+        }
+        .in_restore(pid));
     };
     let fd = t.open_crest_side("/proc/self/loginuid", libc::O_WRONLY)?;
     let text = inside.to_string();

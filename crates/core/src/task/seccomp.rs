@@ -25,8 +25,10 @@
 //! filtered either. Each thread gets its own copy of a shared filter: the
 //! kernel's sharing is not visible from outside, the filters' effect is.
 
+use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
+use crate::task::error::{ChainError, TaskError};
 use crest_images::pb::{SeccompEntry, SeccompFilter};
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
@@ -92,26 +94,26 @@ pub fn collect(pid: i32, tids: &[i32]) -> Result<Vec<ThreadSeccomp>, DumpError> 
             // suspend them; a task with exactly crest's gets them again by
             // inheritance
             if mode != mine.0 || count > mine.1 {
-                return Err(DumpError::Unsupported {
-                    pid,
+                return Err(TaskError::Unsupported {
                     what: format!(
                         "a seccomp sandbox (mode {mode}, {count} filters) beyond crest's own \
                          (mode {}, {}: crest under seccomp cannot read or suspend filters)",
                         mine.0, mine.1
                     ),
-                });
+                }
+                .in_dump(pid));
             }
             out.push(ThreadSeccomp::default());
             continue;
         }
         ptrace::set_options(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).map_err(|e| {
-            DumpError::Unsupported {
-                pid,
+            TaskError::Unsupported {
                 what: format!(
                     "thread {tid}'s seccomp sandbox (mode {mode}): suspending it while crest \
                      works needs CAP_SYS_ADMIN ({e})"
                 ),
             }
+            .in_dump(pid)
         })?;
         let mut chain = Vec::new();
         if mode == MODE_FILTER {
@@ -127,19 +129,19 @@ pub fn collect(pid: i32, tids: &[i32]) -> Result<Vec<ThreadSeccomp>, DumpError> 
                     source: e,
                 })?;
                 if notifies(&prog) {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(TaskError::Unsupported {
                         what: format!(
                             "a seccomp filter on thread {tid} that hands syscalls to a \
                              supervisor (SECCOMP_RET_USER_NOTIF: its listener is not carried)"
                         ),
-                    });
+                    }
+                    .in_dump(pid));
                 }
                 if flags & !RESTORABLE_FLAGS != 0 {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(TaskError::Unsupported {
                         what: format!("a seccomp filter with flags {flags:#x} on thread {tid}"),
-                    });
+                    }
+                    .in_dump(pid));
                 }
                 chain.push((prog, flags));
             }
@@ -229,9 +231,12 @@ pub fn read(dir: &Path) -> Result<Vec<SeccompFilter>, RestoreError> {
         return Ok(Vec::new());
     }
     let entries: Vec<SeccompEntry> = crest_images::read_image(dir, names::SECCOMP, magic::SECCOMP)?;
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::SECCOMP.into(),
-        what,
+    let bad = |what: String| {
+        TaskError::BadImage {
+            file: names::SECCOMP.into(),
+            what,
+        }
+        .in_tree_restore()
     };
     let filters: Vec<SeccompFilter> = entries
         .into_iter()
@@ -258,15 +263,6 @@ pub fn read(dir: &Path) -> Result<Vec<SeccompFilter>, RestoreError> {
     Ok(filters)
 }
 
-/// A chain of filters in the images crest will not install.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("seccomp filter {0} is not in {file}", file = names::SECCOMP)]
-    Missing(u32),
-    #[error("a seccomp chain of more than {MAX_PATH_INSNS} instructions")]
-    TooLong,
-}
-
 /// The chain ending at filter `last`, oldest first.
 fn chain(filters: &[SeccompFilter], last: u32) -> Result<Vec<&SeccompFilter>, ChainError> {
     let mut out = Vec::new();
@@ -276,7 +272,9 @@ fn chain(filters: &[SeccompFilter], last: u32) -> Result<Vec<&SeccompFilter>, Ch
         let f = filters.get(i as usize).ok_or(ChainError::Missing(i))?;
         insns += f.filter.len() / 8 + 4;
         if insns > MAX_PATH_INSNS {
-            return Err(ChainError::TooLong);
+            return Err(ChainError::TooLong {
+                max: MAX_PATH_INSNS,
+            });
         }
         out.push(f);
         cur = f.prev;
@@ -314,15 +312,19 @@ pub fn restore(
             )?;
         }
         MODE_FILTER => {
-            let last = th.seccomp_filter.ok_or_else(|| RestoreError::BadImage {
-                pid,
-                file: names::core(tid as u32),
-                what: "seccomp filter mode without a filter".into(),
+            let last = th.seccomp_filter.ok_or_else(|| {
+                TaskError::BadImage {
+                    file: names::core(tid as u32),
+                    what: "seccomp filter mode without a filter".into(),
+                }
+                .in_restore(pid)
             })?;
-            let list = chain(filters, last).map_err(|what| RestoreError::BadImage {
-                pid,
-                file: names::core(tid as u32),
-                what: what.to_string(),
+            let list = chain(filters, last).map_err(|why| {
+                TaskError::SeccompChain {
+                    file: names::core(tid as u32),
+                    why,
+                }
+                .in_restore(pid)
             })?;
             for (k, f) in list.iter().enumerate() {
                 // struct sock_fprog { unsigned short len; struct sock_filter
@@ -343,11 +345,11 @@ pub fn restore(
             }
         }
         other => {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(TaskError::BadImage {
                 file: names::core(tid as u32),
                 what: format!("seccomp mode {other}"),
-            })
+            }
+            .in_restore(pid))
         }
     }
     Ok(())

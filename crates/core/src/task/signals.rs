@@ -7,7 +7,9 @@
 //! `rt_tgsigqueueinfo`/`rt_sigqueueinfo` while everything is blocked, and
 //! sets the final mask from outside with `PTRACE_SETSIGMASK`.
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::task::error::TaskError;
 use crest_images::pb::{SaEntry, SiginfoEntry, SignalQueueEntry, ThreadSasEntry};
 use crest_inject::{nr, Tracee};
 use crest_sys::ptrace;
@@ -53,11 +55,11 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
     let pid = t.pid();
     let sigs: Vec<u64> = (1..=NSIG).filter(|s| settable(*s)).collect();
     if actions.len() > sigs.len() {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(TaskError::BadImage {
             file: crest_images::names::core(pid as u32),
             what: format!("{} signal actions, at most {}", actions.len(), sigs.len()),
-        });
+        }
+        .in_restore(pid));
     }
     // A fresh task has the default action, with no flags or mask, for every
     // signal that `status` lists neither as ignored nor as caught.
@@ -148,20 +150,20 @@ pub fn restore_pending(
     let Some(q) = queue else { return Ok(()) };
     for si in &q.signals {
         if si.siginfo.len() != ptrace::SIGINFO_SIZE {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(TaskError::BadImage {
                 file: crest_images::names::core(tid as u32),
                 what: format!("siginfo of {} bytes", si.siginfo.len()),
-            });
+            }
+            .in_restore(pid));
         }
         let signo =
             u32::from_le_bytes([si.siginfo[0], si.siginfo[1], si.siginfo[2], si.siginfo[3]]);
         if signo == 0 || u64::from(signo) > NSIG {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(TaskError::BadImage {
                 file: crest_images::names::core(tid as u32),
                 what: format!("pending signal {signo}"),
-            });
+            }
+            .in_restore(pid));
         }
         let addr = t.put(&si.siginfo).rat(pid, "write siginfo")?;
         if shared {

@@ -7,8 +7,10 @@
 //! thread CPU-time clock of a task with several threads (which thread's
 //! clock it is does not show).
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
+use crate::task::error::TaskError;
 use crest_images::pb::PosixTimerEntry;
 use crest_inject::{nr, Tracee};
 
@@ -101,16 +103,20 @@ pub fn dump(t: &mut Tracee, threads: usize) -> Result<Vec<PosixTimerEntry>, Dump
     let pid = t.pid();
     let path = format!("/proc/{pid}/timers");
     let text = std::fs::read_to_string(&path).at(pid, "read /proc/PID/timers")?;
-    let listed = parse(&text).ok_or_else(|| DumpError::Unsupported {
-        pid,
-        what: format!("{path} in a form crest does not know: {text:?}"),
+    let listed = parse(&text).ok_or_else(|| {
+        TaskError::Unsupported {
+            what: format!("{path} in a form crest does not know: {text:?}"),
+        }
+        .in_dump(pid)
     })?;
     let mut out = Vec::with_capacity(listed.len());
     let buf = t.scratch(32).at(pid, "scratch memory")?;
     for l in listed {
-        let refuse = |why: String| DumpError::Unsupported {
-            pid,
-            what: format!("POSIX timer {} ({why})", l.id),
+        let refuse = |why: String| {
+            TaskError::Unsupported {
+                what: format!("POSIX timer {} ({why})", l.id),
+            }
+            .in_dump(pid)
         };
         if l.clock < 0 || (l.clock as u32 == CLOCK_THREAD_CPUTIME_ID && threads > 1) {
             return Err(refuse(format!(

@@ -9,6 +9,8 @@ pub mod terminals;
 use super::share::Holders;
 use super::{ghost, memfd};
 use crate::error::RestoreError;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 use crest_images::pb::{FileEntry, MemfdInodeEntry, PipeDataEntry};
 use crest_images::{magic, names, ImageReader};
 use crest_inject::Tracee;
@@ -89,9 +91,12 @@ fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, Restor
     }
     let mut r = ImageReader::open(dir, name, magic)?;
     while let Some(e) = r.next_entry::<PipeDataEntry>()? {
-        let bad = |what: String| RestoreError::BadTreeImage {
-            file: name.into(),
-            what,
+        let bad = |what: String| {
+            FileError::BadImage {
+                file: name.into(),
+                what,
+            }
+            .in_tree_restore()
         };
         if e.bytes > MAX_PIPE_DATA {
             return Err(bad(format!("pipe {} claims {} bytes", e.pipe_id, e.bytes)));
@@ -174,16 +179,19 @@ pub(crate) fn socket_once<S>(
     if kept.get(e.id).is_none() {
         if let Some(&other) = files.socks.made_by.get(&e.id) {
             if other != pid {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(FileError::Unsupported {
                     what: format!("{kind} socket {} shared with pid {other}", e.id),
-                });
+                }
+                .in_restore(pid));
             }
         }
-        let s = entry(e).ok_or_else(|| RestoreError::BadImage {
-            pid,
-            file: names::FILES.into(),
-            what: format!("file {} has no {kind} socket entry", e.id),
+        let s = entry(e).ok_or_else(|| {
+            FileError::MissingPart {
+                file: names::FILES,
+                id: e.id,
+                part: format!("{kind} socket"),
+            }
+            .in_restore(pid)
         })?;
         make(t, s, files, kept)?;
         files.socks.made_by.insert(e.id, pid);

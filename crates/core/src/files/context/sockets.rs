@@ -3,6 +3,8 @@
 //! task made each socket so far.
 
 use crate::error::RestoreError;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 use crest_images::carry::CarriedReader;
 use crest_images::pb::SkPacketEntry;
 use crest_images::MAX_QUEUE;
@@ -57,17 +59,18 @@ impl SockImages {
             while let Some(e) = r.next_entry::<SkPacketEntry>()? {
                 total += e.length as usize;
                 if e.length as usize > MAX_QUEUE || total > 16 * MAX_QUEUE {
-                    return Err(RestoreError::BadTreeImage {
+                    return Err(FileError::BadImage {
                         file: names::SK_QUEUES.into(),
                         what: format!("socket {} claims {} bytes", e.id_for, e.length),
-                    });
+                    }
+                    .in_tree_restore());
                 }
                 let mut rights = Vec::new();
                 for scm in &e.scm {
                     if scm.r#type != libc::SCM_RIGHTS as u32
                         || rights.len() + scm.rights.len() > 253
                     {
-                        return Err(RestoreError::BadTreeImage {
+                        return Err(FileError::BadImage {
                             file: names::SK_QUEUES.into(),
                             what: format!(
                                 "socket {}: a message with control data of type {} ({} files)",
@@ -75,7 +78,8 @@ impl SockImages {
                                 scm.r#type,
                                 scm.rights.len()
                             ),
-                        });
+                        }
+                        .in_tree_restore());
                     }
                     rights.extend_from_slice(&scm.rights);
                 }
@@ -119,10 +123,11 @@ pub fn read_udp(dir: &Path) -> Result<UdpQueues, RestoreError> {
     while let Some(e) = r.next_entry()? {
         n += 1;
         if e.length > 1 << 16 || n > 16 * MAX_PACKETS {
-            return Err(RestoreError::BadTreeImage {
+            return Err(FileError::BadImage {
                 file: names::CREST_UDP_QUEUES.into(),
                 what: format!("a datagram of {} bytes (entry {n})", e.length),
-            });
+            }
+            .in_tree_restore());
         }
         let data = r.read_payload(u64::from(e.length))?;
         out.entry(e.id_for).or_default().push((e.from, data));

@@ -2,6 +2,8 @@
 //! read, and the pty pairs crest made so far.
 
 use crate::error::RestoreError;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 use crest_images::pb::{TtyDataEntry, TtyInfoEntry};
 use crest_images::{magic, names};
 use std::collections::HashMap;
@@ -37,14 +39,15 @@ impl TtyRestore {
         let mut pty = PtyRestore::default();
         for d in data {
             if !infos.contains_key(&d.tty_id) {
-                return Err(RestoreError::BadTreeImage {
+                return Err(FileError::BadImage {
                     file: names::TTY_DATA.into(),
                     what: format!(
                         "data of terminal {}, which {} lacks",
                         d.tty_id,
                         names::TTY_INFO
                     ),
-                });
+                }
+                .in_tree_restore());
             }
             pty.data.entry(d.tty_id).or_default().extend(d.data);
         }

@@ -2,6 +2,8 @@
 //! bytes queued both ways, read and put back at once.
 
 use super::*;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 
 impl FileTable {
     /// A pty fd (`meta`: its device file's metadata) of a pair whose
@@ -39,10 +41,12 @@ impl FileTable {
         let info = if is_ptmx(rdev) {
             master_info
         } else {
-            slave_info.ok_or_else(|| DumpError::UnsupportedFd {
-                pid,
-                fd,
-                kind: format!("{link}, a pty slave the scan of the tree did not see"),
+            slave_info.ok_or_else(|| {
+                FileError::UnsupportedFd {
+                    fd,
+                    kind: format!("{link}, a pty slave the scan of the tree did not see"),
+                }
+                .in_dump(pid)
             })?
         };
         Ok(Some(self.push(crate::files::tty::file_entry(info, flags))))
@@ -134,13 +138,13 @@ impl FileTable {
         // goes back with TIOCSTI, so a crest that cannot use it leaves
         // the pair alone
         if slave_held && !can_push_input() {
-            return Err(DumpError::Unsupported {
-                pid: mpid,
+            return Err(FileError::Unsupported {
                 what: format!(
                     "pty {index} with its slave open: the input queued in it goes back only \
                      through TIOCSTI, which wants CAP_SYS_ADMIN in the initial user namespace"
                 ),
-            });
+            }
+            .in_dump(mpid));
         }
         let peer = if slave_held || hup {
             Some(peer(&master).at(mpid, "TIOCGPTPEER of a pty pair")?)
@@ -270,10 +274,10 @@ fn take_queues(
         put_output(p, &output).at(mpid, "put the output back of a pty pair")?;
         put_input(p, &input).at(mpid, "put the input back (TIOCSTI) of a pty pair")?;
     } else if !output.is_empty() {
-        return Err(DumpError::Unsupported {
-            pid: mpid,
+        return Err(FileError::Unsupported {
             what: format!("output queued in pty {index}, whose slave was never opened"),
-        });
+        }
+        .in_dump(mpid));
     }
     Ok((output, input, status))
 }

@@ -3,6 +3,8 @@
 //! controlling terminal taken.
 
 use super::*;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 
 /// The master info of the in-tree pair `info` belongs to, if it does.
 pub fn master_of<'a>(
@@ -59,13 +61,13 @@ fn open_at_index(
             return Ok(f);
         }
         if got > index || spare.len() > 4096 {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!(
                     "pty {index} of {ptmx}: that index is taken in its devpts (the next free \
                      one is {got})"
                 ),
-            });
+            }
+            .in_restore(pid));
         }
         spare.push(f);
     }
@@ -110,11 +112,11 @@ pub(super) fn make_pair(
     let index = m.pty.as_ref().map_or(0, |p| p.index);
     let ptmx = m.crest_ptmx.as_deref().unwrap_or("/dev/ptmx");
     if !ptmx.starts_with('/') || ptmx.split('/').any(|c| c == "..") || !ptmx.ends_with("/ptmx") {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: crest_images::names::TTY_INFO.into(),
             what: format!("pty master path {ptmx:?}"),
-        });
+        }
+        .in_restore(pid));
     }
     let path = format!("/proc/{pid}/root{ptmx}");
     // (the steps name the image the pair comes from)
@@ -125,11 +127,11 @@ pub(super) fn make_pair(
         )
     };
     if index >= 1 << 20 {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(FileError::BadImage {
             file: crest_images::names::TTY_INFO.into(),
             what: format!("pty index {index}"),
-        });
+        }
+        .in_restore(pid));
     }
     let master = open_at_index(pid, &path, (ptmx, index))?;
     crest_sys::misc::pty_unlock(&master).rat(pid, ctx("unlock"))?;

@@ -3,6 +3,8 @@
 //! `sk-queues.img`.
 
 use super::*;
+use crate::error::RoomError;
+use crate::files::error::{FileError, QueueRefusal};
 
 impl FileTable {
     /// Dumps the unix socket `ino` behind `fd` of `pid` (`copy` is crest's
@@ -15,7 +17,7 @@ impl FileTable {
         flags: u32,
         copy: &OwnedFd,
     ) -> Result<u32, DumpError> {
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
+        let unsupported = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
         // (a socket in flight: found through the task that holds its queue)
         let ctx = self.unix.ctx.unwrap_or(pid);
         let netns = netns_of(ctx)?;
@@ -40,11 +42,11 @@ impl FileTable {
         } else {
             peek_queue(copy, ty, d.rqlen.0 as usize)
                 .at(pid, "peek at a unix socket's queue")?
-                .map_err(|r| unsupported(r.to_string()))?
+                .map_err(|why| FileError::Queue { fd, why }.in_dump(pid))?
         };
         let opts = skopts::dump(copy).at(pid, "read socket options")?;
         self.check_senders(&packets)
-            .map_err(|r| unsupported(r.to_string()))?;
+            .map_err(|why| FileError::Queue { fd, why }.in_dump(pid))?;
         let usk = entry_of(ino, &d, (flags, peer), opts, (name, named));
         let id = self.push(FileEntry {
             r#type: FdTypes::Unixsk as i32,
@@ -160,11 +162,7 @@ impl FileTable {
     /// `--ext-unix-sk` for a datagram socket connected to a path (connected
     /// to the name again at restore). Refused otherwise, naming it.
     fn outside_peer(&self, ino: u32, h: &Held) -> Result<(u32, Vec<u8>, i32), DumpError> {
-        let err = |kind: String| DumpError::UnsupportedFd {
-            pid: h.pid,
-            fd: h.fd,
-            kind,
-        };
+        let err = |kind: String| FileError::UnsupportedFd { fd: h.fd, kind }.in_dump(h.pid);
         let peer_name = self
             .unix
             .diags
@@ -425,30 +423,7 @@ pub(super) fn peek_queue(
 }
 
 pub(super) type Peeked = Vec<(Vec<u8>, Vec<OwnedFd>, Option<(i32, u32, u32)>)>;
-pub(super) type PeekResult = Result<Peeked, QueueRefusal>;
-
-/// What a unix socket holds that crest cannot carry (the fd is refused,
-/// named by it); a sender outside the tree too.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum QueueRefusal {
-    #[error("a unix socket with {0} bytes queued")]
-    StreamTooLong(usize),
-    #[error("a unix socket whose {len} queued bytes could not all be read ({read})")]
-    ShortRead { len: usize, read: usize },
-    #[error("a unix socket with more files in a message than crest reads")]
-    TooManyFiles,
-    #[error("a unix socket with more than {MAX_PACKETS} messages queued")]
-    TooManyMessages,
-    #[error("a unix socket with a {0}-byte datagram queued")]
-    Datagram(usize),
-    #[error("a unix socket with more than {MAX_PACKETS} packets or {MAX_QUEUE} bytes queued")]
-    TooMuch,
-    #[error(
-        "a unix socket with SO_PASSCRED holding a message from pid {pid} (uid {uid}, gid \
-         {gid}), which is not in the dumped tree"
-    )]
-    Sender { pid: i32, uid: u32, gid: u32 },
-}
+pub(crate) type PeekResult = Result<Peeked, QueueRefusal>;
 
 pub(super) fn peek_stream(copy: &OwnedFd, stream_len: usize) -> std::io::Result<PeekResult> {
     use crest_sys::net::{recvmsg, setsockopt_int};
@@ -474,7 +449,7 @@ pub(super) fn peek_stream(copy: &OwnedFd, stream_len: usize) -> std::io::Result<
         off += r.len;
         out.push((data, r.fds, r.creds));
         if out.len() > MAX_PACKETS {
-            return Ok(Err(QueueRefusal::TooManyMessages));
+            return Ok(Err(QueueRefusal::TooManyMessages { max: MAX_PACKETS }));
         }
     }
     Ok(Ok(out))
@@ -501,7 +476,10 @@ pub(super) fn peek_packets(copy: &OwnedFd) -> std::io::Result<PeekResult> {
         total += r.len;
         out.push((buf[..r.len].to_vec(), r.fds, r.creds));
         if out.len() > MAX_PACKETS || total > MAX_QUEUE {
-            return Ok(Err(QueueRefusal::TooMuch));
+            return Ok(Err(QueueRefusal::TooMuch {
+                packets: MAX_PACKETS,
+                bytes: MAX_QUEUE,
+            }));
         }
     }
     Ok(Ok(out))

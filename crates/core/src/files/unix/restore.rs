@@ -3,13 +3,15 @@
 //! or replaced path; then their queues refilled and their options set.
 
 use super::*;
+use crate::error::RoomError;
+use crate::files::error::FileError;
 
 pub(super) fn bad(pid: i32, what: String) -> RestoreError {
-    RestoreError::BadImage {
-        pid,
+    FileError::BadImage {
         file: names::FILES.into(),
         what,
     }
+    .in_restore(pid)
 }
 
 pub(super) fn usk_of(files: &RestoreFiles, pid: i32, id: u32) -> Result<UnixSkEntry, RestoreError> {
@@ -17,7 +19,14 @@ pub(super) fn usk_of(files: &RestoreFiles, pid: i32, id: u32) -> Result<UnixSkEn
         .entries
         .get(&id)
         .and_then(|e| e.usk.clone())
-        .ok_or_else(|| bad(pid, format!("file {id} has no unix socket entry")))
+        .ok_or_else(|| {
+            FileError::MissingPart {
+                file: names::FILES,
+                id,
+                part: "unix socket".into(),
+            }
+            .in_restore(pid)
+        })
 }
 
 pub(super) fn by_ino(files: &RestoreFiles, ino: u32) -> Option<UnixSkEntry> {
@@ -55,10 +64,10 @@ pub fn open(
         }
         if let Some(&other) = files.socks.made_by.get(&e.id) {
             if other != pid {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(FileError::Unsupported {
                     what: format!("unix socket {} shared with pid {other}", e.id),
-                });
+                }
+                .in_restore(pid));
             }
         }
         let made = make(t, e.id, files, kept, flight)?;
@@ -115,24 +124,24 @@ pub(super) fn bind(t: &mut Tracee, fd: u64, u: &UnixSkEntry) -> Result<(), Resto
     let pid = t.pid();
     if let Some(root) = &u.crest_root {
         if !root.starts_with('/') || root.split('/').any(|c| c == "..") {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(FileError::BadImage {
                 file: crest_images::names::FILES.into(),
                 what: format!("a unix socket's chroot {root:?}"),
-            });
+            }
+            .in_restore(pid));
         }
     }
     let relative = u.name.first().is_some_and(|&c| c != 0 && c != b'/');
     let Some(dir) = u.name_dir.as_deref().filter(|_| relative) else {
         if relative {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(FileError::BadImage {
                 file: crest_images::names::FILES.into(),
                 what: format!(
                     "a unix socket bound to the relative path {} without its directory",
                     show_name(&u.name)
                 ),
-            });
+            }
+            .in_restore(pid));
         }
         return bind_in(t, fd, u, &show_name(&u.name));
     };
@@ -386,14 +395,14 @@ fn client(
     let (pid, id) = (t.pid(), u.id);
     let outside = p.uflags & USK_EXTERN != 0;
     if outside && (p.name.is_empty() || u.r#type != libc::SOCK_DGRAM as u32) {
-        return Err(RestoreError::Unsupported {
-            pid,
+        return Err(FileError::Unsupported {
             what: format!(
                 "unix socket {}: its peer was outside the dumped tree; give crest a \
                  socket to stand for it with --inherit-fd fd[N]:socket:[{}]",
                 u.ino, u.ino
             ),
-        });
+        }
+        .in_restore(pid));
     }
     if p.name.is_empty() {
         return Err(bad(
@@ -532,13 +541,13 @@ pub(super) fn fill(
             (c, sockaddr(&u.name), Some(fd))
         }
         None => {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!(
                     "data queued on unix socket {} whose sender crest cannot make again",
                     u.id
                 ),
-            })
+            }
+            .in_restore(pid))
         }
     };
     let map = &files.socks.pid_map;
@@ -579,13 +588,13 @@ pub(super) fn send_all(
         let n = send_with_fds(sender, &p.data, flags, to, (&fds, creds))
             .rat(pid, format!("refill the queue of socket {id}"))?;
         if n != p.data.len() {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!(
                     "a socket queue that took {n} of {} bytes back",
                     p.data.len()
                 ),
-            });
+            }
+            .in_restore(pid));
         }
     }
     if want > old {
@@ -593,12 +602,12 @@ pub(super) fn send_all(
             crate::files::skopts::set_buf(sender, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, old / 2)
                 .rat(pid, "put SO_SNDBUF back")?;
         if got != old {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(FileError::Unsupported {
                 what: format!(
                     "putting SO_SNDBUF of socket {id} back to {old} (the kernel gave {got})"
                 ),
-            });
+            }
+            .in_restore(pid));
         }
     }
     Ok(())

@@ -13,8 +13,10 @@ pub use pages::{fill_pages, page_runs, Run};
 pub use settle::{place_vdso, protect, restore_aios, set_mm_fields};
 
 use super::{status, PAGE};
+use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
 use crate::files::context::RestoreFiles;
+use crate::mm::error::MmError;
 use crate::remote::Remote;
 use crest_images::pb::{MmEntry, PagemapEntry, VmaEntry};
 use crest_inject::{nr, Tracee};
@@ -68,9 +70,11 @@ pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreEr
         .filter(|a| *a >= 0x10000)
         .map(|a| a & !(PAGE - 1))
         .find(|a| !used.iter().any(|r| overlaps(*r, (*a, *a + WORK_AREA))))
-        .ok_or_else(|| RestoreError::Unsupported {
-            pid,
-            what: "an address space with no room for crest's work area".into(),
+        .ok_or_else(|| {
+            MmError::Unsupported {
+                what: "an address space with no room for crest's work area".into(),
+            }
+            .in_restore(pid)
         })?;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
@@ -78,10 +82,10 @@ pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreEr
         .syscall(nr::MMAP, &[want, WORK_AREA, prot, flags, u64::MAX, 0])
         .rat(pid, "map the work area")?;
     if got != want {
-        return Err(RestoreError::Unsupported {
-            pid,
+        return Err(MmError::Unsupported {
             what: format!("work area asked at {want:#x}, got {got:#x}"),
-        });
+        }
+        .in_restore(pid));
     }
     // syscall; int3
     t.write_mem(got, &[0x0f, 0x05, 0xcc])
@@ -349,11 +353,11 @@ fn attach_sysv(t: &mut Tracee, v: &VmaEntry) -> Result<(), RestoreError> {
 }
 
 fn bad_vma(pid: i32, v: &VmaEntry, what: &str) -> RestoreError {
-    RestoreError::BadImage {
-        pid,
+    MmError::BadImage {
         file: crest_images::names::mm(pid as u32),
         what: format!("vma {:#x}-{:#x}: {what}", v.start, v.end),
     }
+    .in_restore(pid)
 }
 
 /// `madvise` advice that makes pages fault (Linux 6.13).

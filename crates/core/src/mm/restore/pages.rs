@@ -3,6 +3,8 @@
 //! with `process_vm_writev`, on two CPUs at once.
 
 use super::*;
+use crate::error::RoomError;
+use crate::mm::error::MmError;
 
 /// A run of pages: where it goes, its length and where it is in the pages
 /// file.
@@ -64,20 +66,20 @@ pub fn fill_pages(
         .rat(pid, format!("stat {pages_path}"))?
         .len();
     if len < need {
-        return Err(RestoreError::BadImage {
-            pid,
+        return Err(MmError::BadImage {
             file: pages_path.to_string(),
             what: format!("holds {len} bytes, the pagemap needs {need}"),
-        });
+        }
+        .in_restore(pid));
     }
     std::thread::scope(|s| {
         let helper = s.spawn(|| write_runs(pid, &file, &theirs, pages_path));
         let res = read_in_task(t, &mine, pages_path);
         let helped = helper.join().unwrap_or_else(|_| {
-            Err(RestoreError::Unsupported {
-                pid,
+            Err(MmError::Unsupported {
                 what: "a page writer thread that panicked".into(),
-            })
+            }
+            .in_restore(pid))
         });
         res.and(helped)
     })
@@ -227,11 +229,11 @@ pub(super) fn check_pagemap(
                     .any(|v| !is_special(v) && v.start <= e.vaddr && end <= v.end)
         });
         if !inside {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(MmError::BadImage {
                 file: crest_images::names::pagemap(pid as u32),
                 what: format!("{n} pages at {:#x} lie outside every vma", e.vaddr),
-            });
+            }
+            .in_restore(pid));
         }
     }
     Ok(())
@@ -256,11 +258,11 @@ pub(super) fn preadv(
             .syscall(nr::PREADV, &[fd, addr, rest.len() as u64, off])
             .rat(pid, format!("preadv from {path} at offset {off}"))?;
         if n == 0 {
-            return Err(RestoreError::BadImage {
-                pid,
+            return Err(MmError::BadImage {
                 file: path.to_string(),
                 what: format!("ends at offset {off}, before all pages were read"),
-            });
+            }
+            .in_restore(pid));
         }
         off += n;
         let mut done = n;

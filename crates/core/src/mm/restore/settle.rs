@@ -2,6 +2,8 @@
 //! vdso and vvar where they were, the mm fields.
 
 use super::*;
+use crate::error::RoomError;
+use crate::mm::error::MmError;
 
 /// Sets the final protection of the VMAs that were made writable to be
 /// filled, and the madvise advice of every VMA.
@@ -12,10 +14,12 @@ pub fn restore_aios(t: &mut Tracee, mm: &MmEntry, image: &str) -> Result<(), Res
     let pid = t.pid();
     for a in &mm.aios {
         let len = u64::from(a.ring_len);
-        let bad = |what: String| RestoreError::BadImage {
-            pid,
-            file: image.to_string(),
-            what,
+        let bad = |what: String| {
+            MmError::BadImage {
+                file: image.to_string(),
+                what,
+            }
+            .in_restore(pid)
         };
         if a.id % PAGE != 0 || a.id == 0 || len == 0 || len % PAGE != 0 || a.nr_req == 0 {
             return Err(bad(format!(
@@ -137,13 +141,13 @@ pub fn place_vdso(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
     })?;
     for v in &special {
         if !now.iter().any(|m| m.start == v.start && m.end == v.end) {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(MmError::Unsupported {
                 what: format!(
                     "a vdso/vvar layout different from this kernel's ({:#x}-{:#x} not placed)",
                     v.start, v.end
                 ),
-            });
+            }
+            .in_restore(pid));
         }
     }
     t.use_vdso_syscall().rat(pid, "find syscall in the vdso")?;
@@ -162,10 +166,10 @@ pub(super) fn use_dumped_syscall(t: &mut Tracee, mm: &MmEntry) -> Result<(), Res
             }
         }
     }
-    Err(RestoreError::Unsupported {
-        pid,
+    Err(MmError::Unsupported {
         what: "an address space without a vdso or any syscall instruction".into(),
-    })
+    }
+    .in_restore(pid))
 }
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP)` with the dumped mm fields, auxv and

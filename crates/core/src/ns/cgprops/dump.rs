@@ -2,6 +2,8 @@
 //! below, with its owner, mode and the properties CRIU carries.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// One hierarchy of the tree's root, as crest sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,14 +121,14 @@ pub(super) fn dump_dir(
 ) -> Result<CgroupDirEntry, DumpError> {
     *count += 1;
     if *count > MAX_DIRS || depth > MAX_DEPTH {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!(
                 "a cgroup tree of more than {MAX_DIRS} directories or {MAX_DEPTH} levels \
                  ({}; dump with --manage-cgroups=ignore to not carry it)",
                 dir.display()
             ),
-        });
+        }
+        .in_dump(pid));
     }
     let meta = std::fs::metadata(dir).map_err(io_err(pid, dir, "read cgroup"))?;
     let mut entry = CgroupDirEntry {
@@ -149,14 +151,14 @@ pub(super) fn dump_dir(
             }
         };
         if value.len() > MAX_VALUE {
-            return Err(DumpError::Unsupported {
-                pid,
+            return Err(NsError::Unsupported {
                 what: format!(
                     "a cgroup property of {} bytes ({})",
                     value.len(),
                     path.display()
                 ),
-            });
+            }
+            .in_dump(pid));
         }
         entry.properties.push(CgroupPropEntry {
             name: prop,

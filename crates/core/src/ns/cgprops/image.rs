@@ -1,6 +1,8 @@
 //! `cgroup.img`'s settings, written and read with bounds.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Writes `cgroup.img`.
 pub fn write(dir: &Path, entry: &CgroupEntry) -> Result<(), DumpError> {
@@ -20,9 +22,12 @@ pub fn read(dir: &Path) -> Result<Option<CgroupEntry>, RestoreError> {
     }
     let mut all: Vec<CgroupEntry> =
         crest_images::read_image(dir, names::CGROUP, crest_images::magic::CGROUP)?;
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::CGROUP.into(),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: names::CGROUP.into(),
+            what,
+        }
+        .in_tree_restore()
     };
     if all.len() > 1 {
         return Err(bad(format!("{} entries", all.len())));

@@ -2,6 +2,8 @@
 //! as `--manage-cgroups` says.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Makes the cgroup directory `dir` of a hierarchy (`ctrls`, dumped as
 /// `dumped`) ready for the restored root, as `mode` says, with the
@@ -136,14 +138,15 @@ pub(super) fn write_prop(dir: &Path, p: &CgroupPropEntry) -> Result<(), RestoreE
     }
     let path = dir.join(&p.name);
     if !path.exists() {
-        return Err(RestoreError::UnsupportedTree {
+        return Err(NsError::Unsupported {
             what: format!(
                 "the cgroup setting {} (no such file here; {} was {:?} at dump)",
                 path.display(),
                 p.name,
                 p.value
             ),
-        });
+        }
+        .in_tree_restore());
     }
     if let Some(perms) = &p.perms {
         set_perms(&path, perms)?;

@@ -4,6 +4,8 @@
 //! sysctls.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Reads every SysV object of the namespace `t` (a reader inside it) is
 /// in, for the task `pid` that owns it.
@@ -16,9 +18,11 @@ pub fn dump(pid: i32, t: &mut Tracee) -> Result<IpcDump, DumpError> {
         let text = t
             .read_file(&format!("/proc/sysvipc/{kind}"))
             .map_err(|e| e.for_task(pid))?;
-        parse_table(&text).ok_or_else(|| DumpError::Unsupported {
-            pid,
-            what: format!("a /proc/sysvipc/{kind} that crest cannot read: {text:?}"),
+        parse_table(&text).ok_or_else(|| {
+            NsError::Unsupported {
+                what: format!("a /proc/sysvipc/{kind} that crest cannot read: {text:?}"),
+            }
+            .in_dump(pid)
         })
     };
     for row in table(t, "shm")? {
@@ -51,10 +55,10 @@ pub(super) fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, 
         .collect();
     names.sort();
     if names.len() > MAX_PMQS {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!("{} POSIX message queues", names.len()),
-        });
+        }
+        .in_dump(pid));
     }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
@@ -64,12 +68,12 @@ pub(super) fn dump_pmqs(pid: i32, t: &mut Tracee) -> Result<Vec<CrestPmqEntry>, 
             .split_whitespace()
             .any(|f| f.starts_with("NOTIFY_PID:") && f != "NOTIFY_PID:0")
         {
-            return Err(DumpError::Unsupported {
-                pid,
+            return Err(NsError::Unsupported {
                 what: format!(
                     "POSIX message queue /{name} with a notification registered (mq_notify)"
                 ),
-            });
+            }
+            .in_dump(pid));
         }
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&path).at(pid, "stat a POSIX queue")?;
@@ -118,13 +122,13 @@ pub(super) fn copy_queue(
     t.read_mem(attr, &mut raw).at(pid, "read mq_attr")?;
     let [_, maxmsg, msgsize, cur] = mq_attr(&raw);
     if msgsize.saturating_mul(cur) > MAX_PMQ_BYTES || msgsize > MAX_PMQ_BYTES {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!(
                 "POSIX message queue /{} holding {cur} messages of up to {msgsize} bytes",
                 e.name
             ),
-        });
+        }
+        .in_dump(pid));
     }
     (e.maxmsg, e.msgsize) = (maxmsg as u32, msgsize as u32);
     let buf = t.scratch(msgsize as usize + 8).at(pid, "scratch")?;
@@ -153,22 +157,22 @@ pub(super) fn dump_shm(
     let desc = desc_of(row, "shmid");
     let size = col(row, "size") as u64;
     if desc.mode & SHM_DEST != 0 {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!(
                 "SysV segment {} removed (IPC_RMID) while still attached",
                 desc.id
             ),
-        });
+        }
+        .in_dump(pid));
     }
     if size > MAX_SHM {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!(
                 "SysV segment {} of {size} bytes (crest copies at most {MAX_SHM})",
                 desc.id
             ),
-        });
+        }
+        .in_dump(pid));
     }
     let addr = t
         .syscall(nr::SHMAT, &[u64::from(desc.id), 0, SHM_RDONLY])
@@ -184,10 +188,10 @@ pub(super) fn dump_shm(
     let _ = t.syscall(nr::SHMDT, &[addr]);
     let n = r.at(pid, "read a SysV segment")?;
     if n != data.len() {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!("SysV segment {}: read {n} of {size} bytes", desc.id),
-        });
+        }
+        .in_dump(pid));
     }
     let entry = IpcShmEntry {
         desc,
@@ -226,10 +230,10 @@ pub(super) fn dump_msg(pid: i32, t: &mut Tracee, row: &Row) -> Result<Queue, Dum
     let qnum = col(row, "qnum").max(0) as u64;
     let cbytes = col(row, "cbytes").max(0) as u64;
     if cbytes > MAX_QUEUE_BYTES {
-        return Err(DumpError::Unsupported {
-            pid,
+        return Err(NsError::Unsupported {
             what: format!("SysV message queue {} holding {cbytes} bytes", desc.id),
-        });
+        }
+        .in_dump(pid));
     }
     // qbytes is not in /proc/sysvipc/msg: ask the queue.
     let ds = t.scratch(DS_LEN).at(pid, "scratch")?;
@@ -284,9 +288,11 @@ pub(super) fn read_var(pid: i32, t: &mut Tracee) -> Result<IpcVarEntry, DumpErro
         text.split_whitespace()
             .map(|w| w.parse::<u64>())
             .collect::<Result<Vec<u64>, _>>()
-            .map_err(|_| DumpError::Unsupported {
-                pid,
-                what: format!("sysctl {name} that crest cannot read: {text:?}"),
+            .map_err(|_| {
+                NsError::Unsupported {
+                    what: format!("sysctl {name} that crest cannot read: {text:?}"),
+                }
+                .in_dump(pid)
             })
     };
     let one = |v: Vec<u64>| v.first().copied().unwrap_or(0);

@@ -2,6 +2,8 @@
 //! `ipcns-msg`, crest's POSIX queues), written and read with bounds.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Writes the four images of ipc namespace `id`; the POSIX message queues
 /// ride in `ipc_var_entry.crest_pmqs`.
@@ -45,7 +47,7 @@ pub fn write(dir: &Path, id: u32, d: &IpcDump) -> Result<(), DumpError> {
 /// Reads the images of ipc namespace `id` back, bounding every count and
 /// size.
 pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let mut var: IpcVarEntry = crest_images::read_one(dir, &names::ipcns_var(id), magic::IPC_VAR)?;
     let pmqs = std::mem::take(&mut var.crest_pmqs);
     if var.sem_ctls.len() != 4 {
@@ -67,7 +69,7 @@ pub fn read(dir: &Path, id: u32) -> Result<IpcDump, RestoreError> {
 
 /// The SysV shared memory segments with their data (`ipcns-shm-ID.img`).
 fn read_shms(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let name = names::ipcns_shm(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_SHM)?;
     while let Some(e) = r.next_entry::<IpcShmEntry>()? {
@@ -97,7 +99,7 @@ fn read_shms(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
 
 /// The SysV semaphore sets with their values (`ipcns-sem-ID.img`).
 fn read_sems(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let name = names::ipcns_sem(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_SEM)?;
     while let Some(e) = r.next_entry::<IpcSemEntry>()? {
@@ -121,7 +123,7 @@ fn read_sems(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
 
 /// The SysV message queues with their messages (`ipcns-msg-ID.img`).
 fn read_msgs(dir: &Path, id: u32, d: &mut IpcDump) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let name = names::ipcns_msg(id);
     let mut r = ImageReader::open(dir, &name, magic::IPCNS_MSG)?;
     while let Some(e) = r.next_entry::<IpcMsgEntry>()? {
@@ -160,7 +162,7 @@ fn read_pmqs(
     id: u32,
     mut pmqs: Vec<CrestPmqEntry>,
 ) -> Result<Vec<CrestPmqEntry>, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let mut pmq_file = names::ipcns_var(id);
     if pmqs.is_empty() && dir.join(names::crest_pmq(id)).exists() {
         // an older crest's file of its own

@@ -3,6 +3,8 @@
 //! times.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Recreates the objects of `d` in the ipc namespace of helper `t` (which
 /// is inside the namespace's owning user namespace).
@@ -123,10 +125,10 @@ pub(super) fn check_id(t: &Tracee, kind: &str, want: u32, got: u64) -> Result<()
     if got == u64::from(want) {
         return Ok(());
     }
-    Err(RestoreError::Unsupported {
-        pid: t.pid(),
+    Err(NsError::Unsupported {
         what: format!("SysV {kind} {want} came back as id {got}"),
-    })
+    }
+    .in_restore(t.pid()))
 }
 
 /// Sets owner, group and mode (and, for a queue, its byte limit) with an
@@ -190,10 +192,10 @@ pub(super) fn restore_shm(
         t.syscall(nr::SHMDT, &[addr]).rat(pid, "shmdt")?;
         let n = r.rat(pid, format!("fill segment {}", e.desc.id))?;
         if n != data.len() {
-            return Err(RestoreError::Unsupported {
-                pid,
+            return Err(NsError::Unsupported {
                 what: format!("segment {}: wrote {n} of {} bytes", e.desc.id, data.len()),
-            });
+            }
+            .in_restore(pid));
         }
     }
     if e.desc.mode & SHM_LOCKED != 0 {

@@ -12,7 +12,12 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
     let (externals, describe) = (&o.externals, o.describe);
     let read = |path: String| -> Result<Vec<MountInfo>, DumpError> {
         let text = std::fs::read_to_string(&path).at(pid, "read mountinfo")?;
-        parse_mountinfo(&text).ok_or_else(|| refuse(pid, format!("a {path} crest cannot read")))
+        parse_mountinfo(&text).ok_or_else(|| {
+            NsError::Unsupported {
+                what: format!("a {path} crest cannot read"),
+            }
+            .in_dump(pid)
+        })
     };
     let theirs = read(format!("/proc/{pid}/mountinfo"))?;
     let mine = match base {
@@ -73,24 +78,18 @@ pub fn collect(pid: i32, base: Option<(i32, u32)>, o: &MntOpts) -> Result<MntNs,
             e.external_key = Some(AUTO_KEY.into());
             e.bind_source = Some(path);
         } else if mine.iter().any(|c| c.dev == m.dev) {
-            return Err(refuse(
-                pid,
-                format!(
+            return Err(NsError::Unsupported { what: format!(
                     "a bind mount at {} of {} from outside the mount namespace (declare it with --external mnt[{}]:KEY)",
                     m.mountpoint, m.root, m.mountpoint
-                ),
-            ));
+                ) }.in_dump(pid));
         } else if o.fresh(&m.fstype) {
             e.kind = NEW;
             e.has_contents = fresh_contents(pid, m, &mut out)?;
         } else {
-            return Err(refuse(
-                pid,
-                format!(
+            return Err(NsError::Unsupported { what: format!(
                     "a mount of {} ({}) at {} in a mount namespace of the tree's own (declare it with --external mnt[{}]:KEY)",
                     m.fstype, m.source, m.mountpoint, m.mountpoint
-                ),
-            ));
+                ) }.in_dump(pid));
         }
         out.mounts.push(e);
     }
@@ -132,10 +131,10 @@ fn fresh_contents(pid: i32, m: &MountInfo, out: &mut MntNs) -> Result<Option<boo
     if m.fstype == "proc" {
         let ns = proc_pidns(pid, &m.mountpoint)?;
         if out.proc_pidns_ino.is_some_and(|p| p != ns) {
-            return Err(refuse(
-                pid,
-                "proc mounts of two pid namespaces in one mount namespace".into(),
-            ));
+            return Err(NsError::Unsupported {
+                what: "proc mounts of two pid namespaces in one mount namespace".into(),
+            }
+            .in_dump(pid));
         }
         out.proc_pidns_ino = Some(ns);
     }
@@ -147,12 +146,12 @@ fn fresh_contents(pid: i32, m: &MountInfo, out: &mut MntNs) -> Result<Option<boo
 fn refuse_chroot(pid: i32) -> Result<(), DumpError> {
     let root = procfs_link(pid, "root")?;
     if root != "/" {
-        return Err(refuse(
-            pid,
-            format!(
+        return Err(NsError::Unsupported {
+            what: format!(
                 "a task whose root is {root} (chroot or pivot_root; --root is not supported yet)"
             ),
-        ));
+        }
+        .in_dump(pid));
     }
     Ok(())
 }
@@ -167,12 +166,12 @@ pub(super) fn procfs_link(pid: i32, what: &str) -> Result<String, DumpError> {
 pub(super) fn proc_pidns(pid: i32, mountpoint: &str) -> Result<u64, DumpError> {
     let path = format!("/proc/{pid}/root{mountpoint}/1/ns/pid");
     crate::ns::user::ino_of(&path).map_err(|e| {
-        refuse(
-            pid,
-            format!(
+        NsError::Unsupported {
+            what: format!(
                 "a proc mount at {mountpoint} whose pid namespace crest cannot tell ({path}: {e})"
             ),
-        )
+        }
+        .in_dump(pid)
     })
 }
 

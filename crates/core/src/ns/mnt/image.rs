@@ -2,6 +2,8 @@
 //! with bounds.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Writes `mountpoints-<id>.img` (CRIU's `mnt_entry` per mount, carrying
 /// crest's) and the tmpfs images.
@@ -22,9 +24,12 @@ pub fn write(dir: &Path, id: u32, ns: &MntNs) -> Result<(), DumpError> {
 /// Reads a mount namespace's images back (`mountpoints-<id>.img`, or an
 /// older crest's `crest-mnt-<id>.img`), bounding every count and size.
 pub fn read(dir: &Path, id: u32) -> Result<MntNs, RestoreError> {
-    let bad = |file: &str, what: String| RestoreError::BadTreeImage {
-        file: file.to_string(),
-        what,
+    let bad = |file: &str, what: String| {
+        NsError::BadImage {
+            file: file.to_string(),
+            what,
+        }
+        .in_tree_restore()
     };
     let mut r = MountsReader::open(dir, id)?;
     let name = r.name().to_string();

@@ -33,7 +33,9 @@ pub use dump::collect;
 pub use image::{read, write};
 pub use replay::{replay, Replay};
 
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::ns::error::NsError;
 use crate::opts::mnt_externals;
 use crate::procfs::{parse_mountinfo, MountInfo};
 pub mod devpts;
@@ -186,10 +188,6 @@ pub struct MntNs {
     pub proc_pidns: Option<u32>,
     /// The mount namespace this one is a copy of (tree id; None: crest's).
     pub base: Option<u32>,
-}
-
-pub(super) fn refuse(pid: i32, what: String) -> DumpError {
-    DumpError::Unsupported { pid, what }
 }
 
 #[cfg(test)]

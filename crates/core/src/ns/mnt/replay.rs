@@ -3,6 +3,8 @@
 //! where it was.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Replays the mounts of `ns` as task `t`, which is inside the namespace
 /// (and the pid namespace of its proc mounts, and the other namespaces of
@@ -15,9 +17,11 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
     }
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .rat(pid, "read the copy's mountinfo")?;
-    let current = parse_mountinfo(&text).ok_or_else(|| RestoreError::Unsupported {
-        pid,
-        what: "a mountinfo crest cannot read".into(),
+    let current = parse_mountinfo(&text).ok_or_else(|| {
+        NsError::Unsupported {
+            what: "a mountinfo crest cannot read".into(),
+        }
+        .in_restore(pid)
     })?;
     // What the copy has that the namespace had not: gone, deepest first.
     let mut used = vec![false; current.len()];
@@ -28,13 +32,13 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
         match found {
             Some(j) => used[j] = true,
             None => {
-                return Err(RestoreError::Unsupported {
-                    pid,
+                return Err(NsError::Unsupported {
                     what: format!(
                         "the mount of {} ({}) at {} is not here to keep",
                         m.fstype, m.source, m.mountpoint
                     ),
-                })
+                }
+                .in_restore(pid))
             }
         }
     }
@@ -107,9 +111,11 @@ pub(super) fn replay_pivoted(
     how: &Replay<'_>,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let root = how.root.ok_or_else(|| RestoreError::Unsupported {
-        pid,
-        what: "a tree that pivot_root'ed into a root of its own without --root DIR".into(),
+    let root = how.root.ok_or_else(|| {
+        NsError::Unsupported {
+            what: "a tree that pivot_root'ed into a root of its own without --root DIR".into(),
+        }
+        .in_restore(pid)
     })?;
     let root = root.trim_end_matches('/');
     let a = put_strs(t, &["/"])?;
@@ -284,28 +290,28 @@ fn bound_from(
                 .rat(pid, "read crest's mountinfo")?;
             Some(
                 crate::ns::cgroup::v1_bind_source(&m.super_opts, &m.root, how.cgroup_moves, &info)
-                    .ok_or_else(|| RestoreError::Unsupported {
-                        pid,
-                        what: format!(
+                    .ok_or_else(|| {
+                        NsError::Unsupported {
+                            what: format!(
                             "the cgroup mount at {} ({}, cgroup {}) without that hierarchy here",
                             m.mountpoint, m.super_opts, m.root
                         ),
+                        }
+                        .in_restore(pid)
                     })?,
             )
         }
         EXTERNAL if m.external_key.as_deref() == Some(AUTO_KEY) => {
             // found by --ext-mount-map auto: where crest saw its files
-            Some(
-                m.bind_source
-                    .clone()
-                    .ok_or_else(|| RestoreError::Unsupported {
-                        pid,
-                        what: format!(
-                            "the autodetected external mount {} without a path",
-                            m.mountpoint
-                        ),
-                    })?,
-            )
+            Some(m.bind_source.clone().ok_or_else(|| {
+                NsError::Unsupported {
+                    what: format!(
+                        "the autodetected external mount {} without a path",
+                        m.mountpoint
+                    ),
+                }
+                .in_restore(pid)
+            })?)
         }
         EXTERNAL => {
             let key = m.external_key.as_deref().unwrap_or("");
@@ -314,12 +320,14 @@ fn bound_from(
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, p)| p.clone());
-            Some(path.ok_or_else(|| RestoreError::Unsupported {
-                pid,
-                what: format!(
-                    "the external mount {} (key {key:?}) without --external mnt[{key}]:PATH",
-                    m.mountpoint
-                ),
+            Some(path.ok_or_else(|| {
+                NsError::Unsupported {
+                    what: format!(
+                        "the external mount {} (key {key:?}) without --external mnt[{key}]:PATH",
+                        m.mountpoint
+                    ),
+                }
+                .in_restore(pid)
             })?)
         }
         _ => None,

@@ -6,8 +6,9 @@
 //! after the mount at restore, every path resolved beneath the mount's
 //! root (`openat2` with `RESOLVE_BENEATH`), owners as crest sees them.
 
-use super::refuse;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreError};
+use crate::ns::error::NsError;
 use crest_images::carry::{CarriedReader, Carrier};
 use crest_images::pb::crest::CrestFsEntry;
 use crest_images::pb::PipeDataEntry;
@@ -74,10 +75,10 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
     let base = format!("/proc/{pid}/root{mountpoint}");
     let top = std::fs::symlink_metadata(&base).at(pid, "stat a tmpfs")?;
     if top.dev() != libc::makedev(dev.0, dev.1) {
-        return Err(refuse(
-            pid,
-            format!("a tmpfs at {mountpoint} that another mount covers"),
-        ));
+        return Err(NsError::Unsupported {
+            what: format!("a tmpfs at {mountpoint} that another mount covers"),
+        }
+        .in_dump(pid));
     }
     let mut out = Vec::new();
     let mut total = 0u64;
@@ -99,10 +100,12 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
         } else if ft.is_file() {
             total += meta.len();
             if total > MAX_TMPFS_BYTES {
-                return Err(refuse(
-                    pid,
-                    format!("a tmpfs at {mountpoint} holding more than {MAX_TMPFS_BYTES} bytes"),
-                ));
+                return Err(NsError::Unsupported {
+                    what: format!(
+                        "a tmpfs at {mountpoint} holding more than {MAX_TMPFS_BYTES} bytes"
+                    ),
+                }
+                .in_dump(pid));
             }
             data = std::fs::read(&path).at(pid, "read a file on a tmpfs")?;
             e.size = Some(data.len() as u64);
@@ -115,17 +118,17 @@ pub fn read_tree(pid: i32, mountpoint: &str, dev: (u32, u32)) -> Result<Vec<FsIt
             // (a container's /dev: made again with mknod)
             e.rdev = Some(meta.rdev());
         } else if !ft.is_fifo() {
-            return Err(refuse(
-                pid,
-                format!("a file of unknown type {mountpoint}/{rel} on a tmpfs"),
-            ));
+            return Err(NsError::Unsupported {
+                what: format!("a file of unknown type {mountpoint}/{rel} on a tmpfs"),
+            }
+            .in_dump(pid));
         }
         out.push(FsItem { entry: e, data });
         if out.len() > MAX_TMPFS_FILES {
-            return Err(refuse(
-                pid,
-                format!("a tmpfs at {mountpoint} with over {MAX_TMPFS_FILES} files"),
-            ));
+            return Err(NsError::Unsupported {
+                what: format!("a tmpfs at {mountpoint} with over {MAX_TMPFS_FILES} files"),
+            }
+            .in_dump(pid));
         }
     }
     Ok(out)
@@ -149,9 +152,12 @@ fn safe_component(c: &str) -> bool {
 
 pub fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, RestoreError> {
     let name = names::crest_tmpfs(id, mnt);
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: name.clone(),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: name.clone(),
+            what,
+        }
+        .in_tree_restore()
     };
     let mut r = CarriedReader::<PipeDataEntry>::open(dir, &name, magic::CREST_TMPFS)?;
     let mut items = Vec::new();
@@ -179,9 +185,11 @@ pub fn read_contents(dir: &Path, id: u32, mnt: u32) -> Result<Vec<FsItem>, Resto
 pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), RestoreError> {
     let base = format!("/proc/{pid}/root{mountpoint}");
     let io = |what: String| {
-        move |e: std::io::Error| RestoreError::Unsupported {
-            pid,
-            what: format!("{what}: {e}"),
+        move |e: std::io::Error| {
+            NsError::Unsupported {
+                what: format!("{what}: {e}"),
+            }
+            .in_restore(pid)
         }
     };
     let root = rfs::open(
@@ -218,11 +226,11 @@ pub fn fill_tree(pid: i32, mountpoint: &str, items: &[FsItem]) -> Result<(), Res
             match make_node(&parent, name, it) {
                 Ok(true) => (&parent, name),
                 Ok(false) => {
-                    return Err(RestoreError::BadImage {
-                        pid,
+                    return Err(NsError::BadImage {
                         file: format!("crest-tmpfs image of {mountpoint}"),
                         what: format!("{:?} of mode {:o}", e.path, e.mode),
-                    })
+                    }
+                    .in_restore(pid))
                 }
                 Err((verb, er)) => return Err(io(format!("{verb} {here}"))(er)),
             }

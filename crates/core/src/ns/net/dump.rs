@@ -2,7 +2,10 @@
 //! rules, neighbours and sysctls, from a crest thread inside it; veth
 //! peers matched across the tree's namespaces.
 
+use super::sysctl::{read_conf, CONF4, CONF6, EXTRA};
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// The payloads of an rtnetlink dump of `ty` for `family` that `keep`
 /// accepts, at most MAX_ITEMS; `steps` name the listing and the parsing.
@@ -35,9 +38,6 @@ pub fn collect(pid: i32, fd: &OwnedFd) -> Result<NetNs, DumpError> {
     Ok(n)
 }
 
-/// The loopback device of a new namespace's MTU.
-pub(super) const LO_MTU: u32 = 65536;
-
 /// Whether the loopback device of the network namespace `fd` (task
 /// `pid`'s) is up, and its MTU: all crest keeps of a namespace left empty.
 pub fn lo_state_in(pid: i32, fd: &OwnedFd) -> Result<(bool, u32), DumpError> {
@@ -59,12 +59,12 @@ pub fn lo_state_in(pid: i32, fd: &OwnedFd) -> Result<(bool, u32), DumpError> {
 /// unprivileged crest (no CAP_SYS_ADMIN where it runs) never can.
 pub(super) fn enter_failed(pid: i32, source: io::Error) -> DumpError {
     if source.raw_os_error() == Some(libc::EPERM) {
-        DumpError::Unsupported {
-            pid,
+        NsError::Unsupported {
             what: "a net namespace of the tree's own in an unprivileged dump (crest reads one \
                    from inside, which needs CAP_SYS_ADMIN where crest runs)"
                 .into(),
         }
+        .in_dump(pid)
     } else {
         DumpError::Io {
             pid,
@@ -284,8 +284,7 @@ pub fn resolve_peers(
                 (None, _) => {}
                 (Some(_), Some(e)) => d.outside_name = e.1.clone(),
                 (Some(_), None) => {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(NsError::Unsupported {
                         what: format!(
                             "dumping network device {}, a veth whose peer is outside the tree (an \
                              external device), without --external veth[{}]:OUTSIDE_NAME (which \
@@ -293,7 +292,8 @@ pub fn resolve_peers(
                              namespace)",
                             d.link.name, d.link.name
                         ),
-                    })
+                    }
+                    .in_dump(pid))
                 }
             }
         }

@@ -2,7 +2,11 @@
 //! restore (CRIU's `netdev-`, `netns-`, `ifaddr-`, `route-` and `route6-`
 //! images, and an older crest's own).
 
+use super::dump::nd_type;
+use super::sysctl::{CONF4, CONF6, EXTRA};
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Writes the images of namespace `id`: crest's additions ride in
 /// `net_device_entry.crest_netdev` and in `netns_entry` (sysctls, IPv6
@@ -81,7 +85,7 @@ pub fn read(dir: &Path, id: u32) -> Result<Option<NetNs>, RestoreError> {
 /// The devices of namespace `id` (`netdev-ID.img`, with crest's part of
 /// each), checked.
 fn read_devices(dir: &Path, id: u32) -> Result<Vec<Dev>, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let mut devs: Vec<NetDeviceEntry> =
         crest_images::read_image(dir, &names::netdev(id), magic::NETDEV)?;
     // crest's part of each device: in the entry, or in an older crest's
@@ -128,7 +132,7 @@ fn device(
     extra_file: &str,
     id: u32,
 ) -> Result<Dev, RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let conf_ok = d.conf4.len() <= CONF4.len() && d.conf6.len() <= CONF6.len();
     let name_ok = !d.name.is_empty() && d.name.len() < 16 && !d.name.contains(['/', '\0']);
     if x.ifindex != d.ifindex || !conf_ok || !name_ok || d.ifindex == 0 {
@@ -190,7 +194,7 @@ fn device(
 /// The namespace-wide settings of namespace `id` (`netns-ID.img`):
 /// default and all conf lists, sysctls, IPv6 rules and neighbours.
 fn read_netns(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     let mut e: NetnsEntry = crest_images::read_one(dir, &names::netns(id), magic::NETNS)?;
     if [&e.def_conf4, &e.all_conf4]
         .iter()
@@ -231,7 +235,7 @@ fn read_netns(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
 /// The raw rtnetlink lists of namespace `id` (addresses, routes, rules
 /// ...), each from its file where it was written.
 fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError> {
-    let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+    let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
     for ((name, m, ty), slot) in raw_files(id).into_iter().zip(n.raw_lists_mut()) {
         let path = dir.join(&name);
         if !path.exists() {
@@ -257,9 +261,12 @@ fn read_raw_lists(dir: &Path, id: u32, n: &mut NetNs) -> Result<(), RestoreError
 /// Refuses rtnetlink payloads of type `ty` (from image `file`) that crest
 /// cannot parse, or too many of them.
 pub(super) fn check_payloads(file: &str, ty: u16, list: &[Vec<u8>]) -> Result<(), RestoreError> {
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: file.to_string(),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: file.to_string(),
+            what,
+        }
+        .in_tree_restore()
     };
     if list.len() > MAX_ITEMS {
         return Err(bad(format!("{} entries", list.len())));

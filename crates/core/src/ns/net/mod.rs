@@ -33,11 +33,11 @@ mod restore;
 mod rtnl;
 mod sysctl;
 
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 pub use dump::{collect, lo_state_in, resolve_peers};
-use dump::{nd_type, LO_MTU};
 pub use image::{read, write};
 pub use restore::restore;
-use restore::{step, Step};
 
 use crate::error::{DumpError, RestoreError};
 use crate::opts::{veth_bridges, veth_externals};
@@ -49,10 +49,19 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use sysctl::{read_conf, set_sysctls, CONF4, CONF6, EXTRA};
 
 /// Link kinds crest creates again (besides the loopback device).
 const KINDS: [&str; 4] = ["veth", "dummy", "bridge", "ifb"];
+
+/// The loopback device of a new namespace's MTU.
+pub(super) const LO_MTU: u32 = 65536;
+
+/// A failed restore step: what, and the error.
+pub(super) type Step = (String, io::Error);
+
+pub(super) fn step<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, Step> {
+    r.map_err(|e| (what(), e))
+}
 
 /// Most devices, addresses or routes crest takes from one namespace.
 const MAX_ITEMS: usize = 4096;
@@ -372,7 +381,7 @@ impl Fail {
     fn dump(self, pid: i32) -> DumpError {
         match self {
             Fail::Io(step, source) => DumpError::Io { pid, step, source },
-            Fail::Refuse(what) => DumpError::Unsupported { pid, what },
+            Fail::Refuse(what) => NsError::Unsupported { what }.in_dump(pid),
         }
     }
 }
@@ -380,6 +389,7 @@ impl Fail {
 #[cfg(test)]
 mod tests {
     use super::image::*;
+    use super::sysctl::{read_conf, CONF4};
     use super::*;
     use crest_images::pb::SysctlType;
 

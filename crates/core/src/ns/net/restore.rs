@@ -2,14 +2,10 @@
 //! ifindex (veth peers outside the tree in crest's namespace, put in their
 //! bridges), their settings, addresses, rules, neighbours and routes.
 
+use super::sysctl::set_sysctls;
 use super::*;
-
-/// A failed restore step: what, and the error.
-pub(super) type Step = (String, io::Error);
-
-pub(super) fn step<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, Step> {
-    r.map_err(|e| (what(), e))
-}
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Rebuilds the namespaces `nets` (crest id, state, pid of the helper
 /// that holds it): devices first in all of them (a veth pair may span
@@ -126,9 +122,12 @@ pub(super) fn peer_of(
     if d.link.kind.as_deref() != Some("veth") {
         return Ok(None);
     }
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::netdev(id),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: names::netdev(id),
+            what,
+        }
+        .in_tree_restore()
     };
     if d.external {
         let given = ext
@@ -136,14 +135,15 @@ pub(super) fn peer_of(
             .find(|e| e.0 == d.link.name)
             .and_then(|e| e.1.clone());
         let Some(outside) = given.or_else(|| d.outside_name.clone()) else {
-            return Err(RestoreError::UnsupportedTree {
+            return Err(NsError::Unsupported {
                 what: format!(
                     "restoring the veth {} of net namespace {id}, whose peer is outside the \
                      tree (an external device), without --external veth[{}]:OUTSIDE_NAME (the \
                      name of the peer to make in crest's network namespace)",
                     d.link.name, d.link.name
                 ),
-            });
+            }
+            .in_tree_restore());
         };
         return Ok(Some(rtnl::Peer {
             index: 0,

@@ -3,6 +3,8 @@
 //! every task has entered its own.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Helper tasks that hold the restored namespaces until every task has
 /// entered its own. Dropping them kills them.
@@ -99,9 +101,12 @@ impl NsHelpers {
                 .iter()
                 .find(|(i, _)| *i == b)
                 .map(|(_, h)| h.pid())
-                .ok_or_else(|| RestoreError::BadTreeImage {
-                    file: names::mountpoints(id),
-                    what: format!("a copy of mount namespace {b}, which is not made"),
+                .ok_or_else(|| {
+                    NsError::BadImage {
+                        file: names::mountpoints(id),
+                        what: format!("a copy of mount namespace {b}, which is not made"),
+                    }
+                    .in_tree_restore()
                 })?;
             let mut t = crate::ns::pid::spawn_helper(&[])?;
             let pid = t.pid();
@@ -124,9 +129,12 @@ impl NsHelpers {
         }
         let mut e = match m.proc_pidns {
             Some(p) => {
-                let init = init_of(p).ok_or_else(|| RestoreError::BadTreeImage {
-                    file: names::mountpoints(id),
-                    what: format!("proc mounts of pid namespace {p}, which has no init"),
+                let init = init_of(p).ok_or_else(|| {
+                    NsError::BadImage {
+                        file: names::mountpoints(id),
+                        what: format!("proc mounts of pid namespace {p}, which has no init"),
+                    }
+                    .in_tree_restore()
                 })?;
                 // a pid high in that namespace, out of the way of the
                 // tree's threads, which are made after it
@@ -261,8 +269,11 @@ pub(super) fn join_files(
     let mut out = Vec::new();
     // (a user namespace is joined by the user namespace helpers)
     for j in join.iter().filter(|j| j.ns != "user") {
-        let refuse = |what: String| RestoreError::UnsupportedTree {
-            what: format!("--join-ns {}:{}: {what}", j.ns, j.file),
+        let refuse = |what: String| {
+            NsError::Unsupported {
+                what: format!("--join-ns {}:{}: {what}", j.ns, j.file),
+            }
+            .in_tree_restore()
         };
         let kind = KINDS
             .iter()
@@ -314,9 +325,11 @@ fn join_callers(
             opened = OwnedFd::from(File::open(f).rat(pid, format!("open {f}"))?);
             &opened
         }
-        (Some(key), None) => inherit.get(key).ok_or_else(|| RestoreError::Unsupported {
-            pid,
-            what: format!("the external namespace {key} without --inherit-fd fd[N]:{key}"),
+        (Some(key), None) => inherit.get(key).ok_or_else(|| {
+            NsError::Unsupported {
+                what: format!("the external namespace {key} without --inherit-fd fd[N]:{key}"),
+            }
+            .in_restore(pid)
         })?,
         (None, None) => return Ok(false),
     };

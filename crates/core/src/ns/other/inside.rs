@@ -2,7 +2,14 @@
 //! entered it (and its owning user namespace), the uts names and the time
 //! namespace's clock offsets.
 
-use super::*;
+use crate::error::RoomError;
+use crate::error::{DumpCtx, DumpError};
+use crate::ns::error::NsError;
+use crate::ns::user::{fd_ino, ino_of};
+use crate::remote::Remote;
+use crest_inject::{nr, Tracee};
+use crest_sys::proc::{spawn_stopped, SessionSetup};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// A short-lived crest child that has entered the namespace `fd` (it
 /// inherits the fd), after its owning user namespace `owner` when that is
@@ -38,9 +45,11 @@ pub(super) fn reader(
 pub(super) fn read_time_offsets(pid: i32) -> Result<[(i64, i64); 2], DumpError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets"))
         .at(pid, "read timens_offsets")?;
-    parse_time_offsets(&text).ok_or_else(|| DumpError::Unsupported {
-        pid,
-        what: format!("timens_offsets that crest cannot read: {text:?}"),
+    parse_time_offsets(&text).ok_or_else(|| {
+        NsError::Unsupported {
+            what: format!("timens_offsets that crest cannot read: {text:?}"),
+        }
+        .in_dump(pid)
     })
 }
 

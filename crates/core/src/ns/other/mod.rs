@@ -18,6 +18,8 @@
 mod helpers;
 mod inside;
 
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 pub use helpers::{own_net_ns, NsHelpers};
 use inside::{read_time_offsets, read_uts, reader};
 
@@ -30,9 +32,8 @@ use crest_images::pb::crest::CrestNsEntry;
 use crest_images::pb::{NsFileEntry, UtsnsEntry};
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
-use crest_sys::proc::{spawn_stopped, SessionSetup};
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 /// A kind of namespace: its /proc/PID/ns name, its CLONE_NEW* flag and
@@ -140,9 +141,12 @@ pub struct OtherGraph {
 /// offsets, ipc objects, mounts, network); a kind crest cannot restore is
 /// refused.
 fn read_one(dir: &Path, e: CrestNsEntry) -> Result<OtherNs, RestoreError> {
-    let bad = |what: String| RestoreError::BadTreeImage {
-        file: names::CREST_NS.into(),
-        what,
+    let bad = |what: String| {
+        NsError::BadImage {
+            file: names::CREST_NS.into(),
+            what,
+        }
+        .in_tree_restore()
     };
     let kind = kind_of_flag(e.nstype).ok_or_else(|| {
         bad(format!(
@@ -151,17 +155,19 @@ fn read_one(dir: &Path, e: CrestNsEntry) -> Result<OtherNs, RestoreError> {
         ))
     })?;
     if !kind.supported {
-        return Err(RestoreError::UnsupportedTree {
+        return Err(NsError::Unsupported {
             what: format!("restoring a {} namespace", kind.name),
-        });
+        }
+        .in_tree_restore());
     }
     let uts = if kind.flag == libc::CLONE_NEWUTS as u32 {
         let u: UtsnsEntry = crest_images::read_one(dir, &names::utsns(e.id), magic::UTSNS)?;
         if u.nodename.len() > 64 || u.domainname.len() > 64 {
-            return Err(RestoreError::BadTreeImage {
+            return Err(NsError::BadImage {
                 file: names::utsns(e.id),
                 what: "a host or domain name longer than 64 bytes".into(),
-            });
+            }
+            .in_tree_restore());
         }
         Some((u.nodename, u.domainname))
     } else {
@@ -258,10 +264,10 @@ impl OtherGraph {
                     continue;
                 }
                 if !kind.supported {
-                    return Err(DumpError::Unsupported {
-                        pid,
+                    return Err(NsError::Unsupported {
                         what: format!("a task in a {} namespace of its own (issue 6)", kind.name),
-                    });
+                    }
+                    .in_dump(pid));
                 }
                 let id = match g.list.iter().find(|n| n.ino == ino) {
                     Some(n) => n.id,
@@ -333,9 +339,11 @@ impl OtherGraph {
             if ino == mine {
                 continue;
             }
-            m.proc_pidns = Some(pids.by_ino(ino).ok_or_else(|| DumpError::Unsupported {
-                pid: m.as_pid,
-                what: "a proc mount of a pid namespace outside the tree".into(),
+            m.proc_pidns = Some(pids.by_ino(ino).ok_or_else(|| {
+                NsError::Unsupported {
+                    what: "a proc mount of a pid namespace outside the tree".into(),
+                }
+                .in_dump(m.as_pid)
             })?);
         }
         Ok(())
@@ -388,15 +396,15 @@ impl OtherGraph {
         let fd: OwnedFd = File::open(path).at(pid, "open a namespace")?.into();
         let owner_fd = crest_sys::ns::get_userns(&fd).at(pid, "NS_GET_USERNS")?;
         let owner_ino = fd_ino(&owner_fd).at(pid, "stat the owning user namespace")?;
-        let owner_userns = users
-            .by_ino(owner_ino)
-            .ok_or_else(|| DumpError::Unsupported {
-                pid,
+        let owner_userns = users.by_ino(owner_ino).ok_or_else(|| {
+            NsError::Unsupported {
                 what: format!(
                     "a {} namespace owned by a user namespace outside the tree",
                     kind.name
                 ),
-            })?;
+            }
+            .in_dump(pid)
+        })?;
         let mut n = OtherNs {
             id: self.list.len() as u32 + 1,
             nstype: kind.flag,
@@ -535,9 +543,12 @@ impl OtherGraph {
     /// entry's namespace ids.
     pub fn read(dir: &Path, tasks: &[(i32, u32)]) -> Result<OtherGraph, RestoreError> {
         let entries = read_entries(dir)?;
-        let bad = |what: String| RestoreError::BadTreeImage {
-            file: names::CREST_NS.into(),
-            what,
+        let bad = |what: String| {
+            NsError::BadImage {
+                file: names::CREST_NS.into(),
+                what,
+            }
+            .in_tree_restore()
         };
         if entries.len() > 4096 {
             return Err(bad(format!("{} namespaces", entries.len())));
@@ -660,10 +671,11 @@ pub fn read_entries(dir: &Path) -> Result<Vec<CrestNsEntry>, RestoreError> {
     }
     let entries = crest_images::carry::read::<NsFileEntry>(dir, names::CREST_NS, magic::CREST_NS)?;
     if entries.len() > 4096 {
-        return Err(RestoreError::BadTreeImage {
+        return Err(NsError::BadImage {
             file: names::CREST_NS.into(),
             what: format!("{} namespaces", entries.len()),
-        });
+        }
+        .in_tree_restore());
     }
     Ok(entries)
 }

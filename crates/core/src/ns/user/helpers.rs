@@ -3,6 +3,8 @@
 //! the moves of tasks into them.
 
 use super::*;
+use crate::error::RoomError;
+use crate::ns::error::NsError;
 
 /// Helper tasks that hold the restored user namespaces until every task
 /// has entered its own. Dropping them kills them.
@@ -51,13 +53,13 @@ impl UsernsHelpers {
                 t.use_vdso_syscall().rat(pid, "helper syscall")?;
                 t
             } else {
-                let ph = h
-                    .by_ns
-                    .get_mut(&parent)
-                    .ok_or_else(|| RestoreError::BadTreeImage {
+                let ph = h.by_ns.get_mut(&parent).ok_or_else(|| {
+                    NsError::BadImage {
                         file: names::userns(n.id),
                         what: format!("namespace {} comes before its parent {parent}", n.id),
-                    })?;
+                    }
+                    .in_tree_restore()
+                })?;
                 crate::clone::clone_plain(ph)?
             };
             unshare_as_owner(&mut t, g, n, parent_is_root)?;
@@ -143,8 +145,11 @@ fn unshare_as_owner(
 /// The namespace `--join-ns user:...` stands for: the tree's one user
 /// namespace directly below crest's.
 pub(super) fn join_target(g: &UsernsGraph, j: &crate::opts::JoinNs) -> Result<u32, RestoreError> {
-    let refuse = |what: &str| RestoreError::UnsupportedTree {
-        what: format!("--join-ns user:{}: {what}", j.file),
+    let refuse = |what: &str| {
+        NsError::Unsupported {
+            what: format!("--join-ns user:{}: {what}", j.file),
+        }
+        .in_tree_restore()
     };
     let top: Vec<u32> = g
         .nodes
@@ -174,8 +179,11 @@ pub(super) fn join_helper(n: &Userns, j: &crate::opts::JoinNs) -> Result<Tracee,
     } else {
         j.file.clone()
     };
-    let refuse = |what: String| RestoreError::UnsupportedTree {
-        what: format!("--join-ns user:{}: {what}", j.file),
+    let refuse = |what: String| {
+        NsError::Unsupported {
+            what: format!("--join-ns user:{}: {what}", j.file),
+        }
+        .in_tree_restore()
     };
     let fd = OwnedFd::from(File::open(&file).rat(0, format!("open {file}"))?);
     let pid = spawn_stopped(&[], SessionSetup::Inherit).rat(0, "spawn a user namespace helper")?;

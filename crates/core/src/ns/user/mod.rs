@@ -16,7 +16,9 @@ pub use helpers::{enter, write_in_task, UsernsHelpers};
 
 use super::graph;
 use super::idmap;
+use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
+use crate::ns::error::NsError;
 use crate::procfs::{self, IdExtent};
 use crate::remote::Remote;
 use crest_images::pb::crest::CrestUsernsEntry;
@@ -184,15 +186,9 @@ impl UsernsGraph {
             let (last, _) = chain.last().ok_or(DumpError::NoSuchProcess { pid })?;
             let parent = crest_sys::ns::get_parent(last).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EPERM) {
-                    DumpError::Unsupported {
-                        pid,
-                        what: "a user namespace that is not below crest's own".into(),
-                    }
+                    NsError::Unsupported { what: "a user namespace that is not below crest's own".into() }.in_dump(pid)
                 } else if e.raw_os_error() == Some(libc::ENOTTY) {
-                    DumpError::Unsupported {
-                        pid,
-                        what: "nested user namespaces on a kernel whose nsfs does not answer NS_GET_PARENT".into(),
-                    }
+                    NsError::Unsupported { what: "nested user namespaces on a kernel whose nsfs does not answer NS_GET_PARENT".into() }.in_dump(pid)
                 } else {
                     DumpError::Io {
                         pid,
@@ -240,11 +236,13 @@ impl UsernsGraph {
             (uid_outer.clone(), gid_outer.clone())
         } else {
             let conv = |c: &[IdExtent], p: &[IdExtent]| {
-                idmap::to_parent(c, p).map_err(|id| DumpError::Unsupported {
-                    pid,
-                    what: format!(
-                        "a user namespace map naming id {id}, which its parent does not map"
-                    ),
+                idmap::to_parent(c, p).map_err(|id| {
+                    NsError::Unsupported {
+                        what: format!(
+                            "a user namespace map naming id {id}, which its parent does not map"
+                        ),
+                    }
+                    .in_dump(pid)
                 })
             };
             (
@@ -311,7 +309,7 @@ impl UsernsGraph {
     fn read_entries(
         dir: &Path,
     ) -> Result<Option<Vec<(CrestUsernsEntry, UsernsEntry)>>, RestoreError> {
-        let bad = |file: String, what: String| RestoreError::BadTreeImage { file, what };
+        let bad = |file: String, what: String| NsError::BadImage { file, what }.in_tree_restore();
         if dir.join(names::CREST_USERNS).exists() {
             let hier: Vec<CrestUsernsEntry> =
                 crest_images::read_image(dir, names::CREST_USERNS, magic::CREST_USERNS)?;
@@ -362,13 +360,16 @@ impl UsernsGraph {
             });
         };
         let legacy = dir.join(names::CREST_USERNS).exists();
-        let bad = |id: u32, what: String| RestoreError::BadTreeImage {
-            file: if legacy {
-                names::CREST_USERNS.into()
-            } else {
-                names::userns(id)
-            },
-            what,
+        let bad = |id: u32, what: String| {
+            NsError::BadImage {
+                file: if legacy {
+                    names::CREST_USERNS.into()
+                } else {
+                    names::userns(id)
+                },
+                what,
+            }
+            .in_tree_restore()
         };
         let mut g = UsernsGraph {
             nodes: Vec::new(),
@@ -418,11 +419,11 @@ impl UsernsGraph {
         }
         for (pid, ns) in tasks {
             if g.node(*ns).is_none() {
-                return Err(RestoreError::BadImage {
-                    pid: *pid,
+                return Err(NsError::BadImage {
                     file: names::ids(*pid as u32),
                     what: format!("task {pid} is in unknown user namespace {ns}"),
-                });
+                }
+                .in_restore(*pid));
             }
         }
         Ok(g)
