@@ -7,7 +7,7 @@ use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::context::RestoreFiles;
 use crate::files::error::FileError;
-use crate::files::FileTable;
+use crate::files::table::FileTable;
 use crate::procfs;
 use crate::remote::Remote;
 use crest_images::pb::FsEntry;

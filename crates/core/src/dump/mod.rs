@@ -5,7 +5,8 @@ mod namespaces;
 mod task;
 
 use crate::error::DumpError;
-use crate::files::{self, FileTable};
+use crate::files::table::FileTable;
+use crate::files::{self};
 use crate::notify::{hook, Notify, Silent};
 use crate::ns::user::UsernsGraph;
 use crate::opts::{Action, Options};
@@ -213,7 +214,7 @@ fn collect_and_write(
     // (finish adds the entries of sockets outside the tree)
     files.finish(&opts.dir)?;
     crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
-    files::write_images(&opts.dir, &files)?;
+    files::dump::write_images(&opts.dir, &files)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),

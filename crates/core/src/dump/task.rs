@@ -5,7 +5,8 @@
 use super::namespaces::Namespaces;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
-use crate::files::{self, FileTable};
+use crate::files::table::FileTable;
+use crate::files::{self};
 use crate::ns::other::OtherGraph;
 use crate::ns::pid::PidnsGraph;
 use crate::ns::user::UsernsGraph;
@@ -161,7 +162,7 @@ fn dump_task(
         tc.stop_signo = Some(sig as u32);
     }
     if ids.files_id == id {
-        let fdinfo = files::dump_fds(pid, files)?;
+        let fdinfo = files::dump::dump_fds(pid, files)?;
         crest_images::write_image(dir, &names::fdinfo(id), magic::FDINFO, &fdinfo)?;
     }
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;

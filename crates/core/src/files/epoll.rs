@@ -9,7 +9,8 @@
 //! put at its old number for the `epoll_ctl`, and whatever is there now
 //! put back after.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

@@ -1,6 +1,7 @@
 //! The files room's errors: what it refuses in a task's fds or finds
 //! wrong in the images, and the lock and unix-queue refusals they carry.
 
+use crate::error::DumpError;
 use crate::error::RoomError;
 
 /// What the files room refuses or finds wrong.
@@ -102,4 +103,16 @@ pub enum QueueRefusal {
          {gid}), which is not in the dumped tree"
     )]
     Sender { pid: i32, uid: u32, gid: u32 },
+}
+
+/// A value of `info` parsed by `parse`, or an UnsupportedFd naming what
+/// could not be read.
+pub(crate) fn need<T>(pid: i32, fd: i32, what: &str, v: Option<T>) -> Result<T, DumpError> {
+    v.ok_or_else(|| {
+        FileError::UnsupportedFd {
+            fd,
+            kind: format!("{what} whose fdinfo crest cannot read"),
+        }
+        .in_dump(pid)
+    })
 }

@@ -2,7 +2,8 @@
 //! (`eventfd-semaphore`) from fdinfo; restore makes the eventfd in the task
 //! and writes the counter into it.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

@@ -12,7 +12,8 @@
 //! queued events would hold the events' senders, is refused, and so is a
 //! filesystem mark (`FAN_MARK_FILESYSTEM`), which fdinfo shows as neither.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

@@ -7,7 +7,8 @@
 //! reader and a writer there.
 
 use super::context::RestoreFiles;
-use super::FileTable;
+use super::table::FifoDump;
+use super::table::FileTable;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
@@ -16,12 +17,6 @@ use crest_images::pb::{FdTypes, FifoEntry, FileEntry};
 use crest_inject::{nr, Tracee};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-
-/// FIFO data found at dump: inode → bytes in flight.
-#[derive(Default)]
-pub struct FifoDump {
-    pub data: HashMap<u32, Vec<u8>>,
-}
 
 impl FileTable {
     pub(crate) fn dump_fifo(

@@ -6,7 +6,7 @@
 //! it. The owner must be in the tree: a process outside it may not exist
 //! at restore, so such a file is refused.
 
-use super::FileTable;
+use super::table::FileTable;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
@@ -132,4 +132,9 @@ pub fn restore<'a>(
         }
     }
     Ok(())
+}
+
+/// The default `fown_entry` (no F_SETOWN owner).
+pub(crate) fn no_owner() -> FownEntry {
+    FownEntry::default()
 }

@@ -6,7 +6,8 @@
 //! again; other descriptions of the same file reopen it through the first.
 
 use super::context::RestoreFiles;
-use super::FileTable;
+use super::table::FileTable;
+use super::table::GhostDump;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
@@ -22,20 +23,6 @@ use std::path::Path;
 
 /// Largest chunk of contents moved at once.
 const CHUNK: usize = 256 << 10;
-
-/// Ghost files found at dump.
-#[derive(Default)]
-pub struct GhostDump {
-    /// The largest deleted file crest saves (`--ghost-limit`).
-    pub limit: u64,
-    by_inode: HashMap<(u64, u64), u32>,
-    /// Per ghost id: its entry and where its contents are (the pid, and a
-    /// link of its /proc that opens the file).
-    ghosts: Vec<(GhostFileEntry, i32, String)>,
-    /// Per ghost, its data extents when it has holes (written as chunks).
-    extents: Vec<Option<Vec<(u64, u64)>>>,
-    remaps: Vec<RemapFilePathEntry>,
-}
 
 impl FileTable {
     /// Saves the deleted file behind fd `fd` of `pid` (entry `reg_id`).
@@ -538,4 +525,51 @@ pub(crate) fn set_times(
         (times.mtime_sec, times.mtime_nsec),
     )
     .rat(pid, "futimens")
+}
+
+impl FileTable {
+    /// A regular-file entry for the deleted file mapped at
+    /// `[start, end)` of `pid` (its old `path`), opened with `flags`; its
+    /// contents saved as a ghost file, shared with every other user of
+    /// the same file.
+    pub fn reg_deleted_map(
+        &mut self,
+        pid: i32,
+        (start, end): (u64, u64),
+        path: &str,
+        flags: u32,
+    ) -> Result<u32, DumpError> {
+        let source = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let what = format!("mapping {start:#x}-{end:#x} of deleted file {path}");
+        self.reg_deleted(pid, source, path, flags, &what)
+    }
+
+    /// A regular-file entry for the deleted file or directory that
+    /// `source` (a link of `pid`'s /proc) opens, at its old `path`, opened
+    /// with `flags`; saved as a ghost file, shared with every other user of
+    /// the same file. `what` names the user in a refusal.
+    pub fn reg_deleted(
+        &mut self,
+        pid: i32,
+        source: String,
+        path: &str,
+        flags: u32,
+        what: &str,
+    ) -> Result<u32, DumpError> {
+        let meta = std::fs::metadata(&source).at(pid, "stat a deleted file")?;
+        let key = (meta.dev(), meta.ino(), flags);
+        if let Some(id) = self.by_deleted.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.push_reg(path, flags, 0, &meta);
+        let refuse = |why: String| {
+            FileError::Unsupported {
+                what: format!("{what}: {why}"),
+            }
+            .in_dump(pid)
+        };
+        self.dump_ghost_at(pid, source, id, &meta, &refuse)?;
+        self.by_deleted.insert(key, id);
+        Ok(id)
+    }
 }

@@ -13,7 +13,9 @@
 
 use super::context::sockets::MAX_PACKETS;
 use super::kept::Kept;
-use super::{skopts, FileTable};
+use super::skopts;
+use super::table::FileTable;
+use super::table::InetDump;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
@@ -48,20 +50,6 @@ const TCPI_OPT_WSCALE: u32 = 4;
 const ESTABLISHED: u32 = 1;
 const CLOSE: u32 = 7;
 const LISTEN: u32 = 10;
-
-/// What the dump keeps about inet sockets until the images are written.
-#[derive(Default)]
-pub struct InetDump {
-    /// Established connections: inode, state, receive and send queues.
-    streams: Vec<(u32, TcpStreamEntry, Vec<u8>, Vec<u8>)>,
-    /// Queued UDP datagrams: file id, sender, data.
-    udp: Vec<(u32, Vec<u8>, Vec<u8>)>,
-    /// crest's copies of the connections put in repair mode, with their
-    /// `SO_REUSEADDR` (leaving repair mode clears it).
-    repair: Vec<(OwnedFd, bool)>,
-    /// Leave them in repair mode (the dump succeeded and the tree dies).
-    pub keep_repair: bool,
-}
 
 impl Drop for InetDump {
     fn drop(&mut self) {

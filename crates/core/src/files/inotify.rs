@@ -4,7 +4,8 @@
 //! for each wd, in order, until the kernel hands out the dumped wd.
 //! Events queued at dump time are not kept.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

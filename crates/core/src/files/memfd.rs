@@ -11,7 +11,9 @@
 //! `/proc/PID/map_files/` of a mapping of it.
 
 use super::context::RestoreFiles;
-use super::FileTable;
+use super::context::Source;
+use super::table::FileTable;
+use super::table::MemfdDump;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
@@ -34,15 +36,6 @@ const CHUNK: u64 = 256 << 10;
 const PAGES_ID_BASE: u32 = 0x4000_0000;
 /// Most pagemap runs crest reads for one memfd.
 const MAX_RUNS: usize = 1 << 20;
-
-/// memfd inodes found at dump, with a file crest keeps open on each.
-#[derive(Default)]
-pub struct MemfdDump {
-    by_ino: HashMap<u64, u32>,
-    inodes: Vec<(MemfdInodeEntry, std::fs::File)>,
-    /// (inode id, open flags) → entry of a mapping.
-    vma_entries: HashMap<(u32, u32), u32>,
-}
 
 /// "/memfd:NAME (deleted)" → NAME.
 pub fn name_of(link: &str) -> Option<&str> {
@@ -144,7 +137,7 @@ fn entry(flags: u32, pos: u64, inode_id: u32) -> FileEntry {
             id: 0,
             flags,
             pos,
-            fown: super::no_owner(),
+            fown: super::fown::no_owner(),
             inode_id,
         }),
         ..FileEntry::default()
@@ -209,15 +202,6 @@ fn write_contents(dir: &Path, e: &MemfdInodeEntry, file: &std::fs::File) -> Resu
     map.finish()?;
     pages.finish()?;
     Ok(())
-}
-
-/// Where restore finds a memfd inode made already.
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    /// An fd of this file entry.
-    File(u32),
-    /// A mapping of it: (pid, start, end).
-    Map(i32, u64, u64),
 }
 
 /// `memfd.img`, indexed by inode id.

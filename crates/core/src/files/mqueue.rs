@@ -6,7 +6,7 @@
 //! them: the entry is CRIU's `ext` kind (a plugin's) with crest's
 //! `crest_mq` beside it.
 
-use super::no_owner;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

@@ -74,7 +74,7 @@ fn group_numbers(words: &[u32]) -> Vec<u32> {
     out
 }
 
-impl super::FileTable {
+impl super::table::FileTable {
     pub(crate) fn dump_netlink(
         &mut self,
         pid: i32,

@@ -87,7 +87,7 @@ fn packet_mreq(index: u32, ty: u16, addr: &[u8]) -> Vec<u8> {
     m
 }
 
-impl super::FileTable {
+impl super::table::FileTable {
     pub(crate) fn dump_packet(
         &mut self,
         pid: i32,
@@ -165,7 +165,7 @@ impl super::FileTable {
     }
 }
 
-impl super::FileTable {
+impl super::table::FileTable {
     /// An old `SOCK_PACKET` socket: bound by device name (`sockaddr_pkt`,
     /// whose name is kept as the device's index in the socket's network
     /// namespace), its protocol from sock_diag; it has no `SOL_PACKET`

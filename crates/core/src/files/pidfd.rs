@@ -5,7 +5,7 @@
 //! back as a pidfd of a crest child that is killed and reaped at once: it
 //! polls readable, and says pid -1, as the old one did.
 
-use super::no_owner;
+use super::fown::no_owner;
 use crate::error::RoomError;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;

@@ -3,23 +3,13 @@
 //! `pipes-data.img`, and restore creates the pipe once, refills it and
 //! gives each fd its end.
 
-use super::FileTable;
+use super::table::FileTable;
+use super::table::PipeDump;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
 use crate::files::error::FileError;
 use crest_images::pb::{FdTypes, FileEntry, FownEntry, PipeEntry};
 use std::collections::HashMap;
-
-/// Pipe data found at dump: inode → bytes in flight.
-#[derive(Default)]
-pub struct PipeDump {
-    pub data: HashMap<u32, Vec<u8>>,
-    /// inode → its capacity (`F_GETPIPE_SZ`) where it is not the default.
-    pub sizes: HashMap<u32, u32>,
-    /// inode → (the tree holds its read end, its write end, a pid and fd
-    /// of it), to find pipes whose other end is outside the tree.
-    pub ends: HashMap<u32, (bool, bool, i32, i32)>,
-}
 
 impl PipeDump {
     /// The pipes the tree holds only one end of while a process outside

@@ -12,10 +12,11 @@ use crate::error::{RestoreCtx, RestoreError};
 use crate::files::error::FileError;
 use crate::remote::take_fd;
 use crate::remote::Remote;
-use crest_images::names;
 use crest_images::pb::{FdTypes, FdinfoEntry, FileEntry};
+use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 fn bad(pid: i32, files_id: u32, what: String) -> RestoreError {
     FileError::BadImage {
@@ -435,4 +436,32 @@ fn crest_pipe(pid: i32, id: u32, files: &RestoreFiles) -> Result<CrestPipe, Rest
         ends: [r, std::os::fd::OwnedFd::from(file)],
         given: [false; 2],
     })
+}
+
+impl RestoreFiles {
+    /// Reads `files.img` and the images beside it that every kind uses.
+    pub fn read(dir: &Path) -> Result<RestoreFiles, RestoreError> {
+        let list: Vec<FileEntry> = crest_images::read_image(dir, names::FILES, magic::FILES)?;
+        let mut entries = HashMap::with_capacity(list.len());
+        for e in list {
+            entries.insert(e.id, e);
+        }
+        let pipes = super::context::read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?;
+        Ok(RestoreFiles {
+            dir: dir.to_path_buf(),
+            entries,
+            pipe_data: pipes.0,
+            pipe_sizes: pipes.1,
+            fifo_data: super::context::read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?.0,
+            remaps: ghost::read_remaps(dir)?,
+            memfd_inodes: memfd::read_inodes(dir)?,
+            socks: super::context::sockets::SockImages::read(dir)?,
+            locks: super::lock::read(dir)?,
+            inherit: HashMap::new(),
+            flight: HashMap::new(),
+            ns_holders: HashMap::new(),
+            ttys: super::context::terminals::TtyRestore::read(dir)?,
+            ..RestoreFiles::default()
+        })
+    }
 }

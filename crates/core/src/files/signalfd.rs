@@ -1,7 +1,8 @@
 //! signalfd: the mask of signals it takes (`sigmask`, hex, bit N-1 for
 //! signal N); restore makes it in the task with `signalfd4`.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
 use crest_images::pb::{FdTypes, FileEntry, SignalfdEntry};

@@ -2,7 +2,8 @@
 //! fdinfo. Restore arms it relative to now with what was left, and puts
 //! back unread expirations with `TFD_IOC_SET_TICKS`.
 
-use super::{need, no_owner};
+use super::error::need;
+use super::fown::no_owner;
 use crate::error::{DumpError, RestoreCtx, RestoreError};
 use crate::procfs::FdInfo;
 use crest_images::pb::{FdTypes, FileEntry, TimerfdEntry};

@@ -13,7 +13,8 @@
 
 use super::kept::Kept;
 use super::pty::{major, minor};
-use super::FileTable;
+use super::table::FileTable;
+use super::table::TtyDump;
 use crate::error::RestoreCtx;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreError};
@@ -25,20 +26,8 @@ use crest_images::pb::{
 use crest_images::{magic, names};
 use crest_inject::nr;
 use crest_inject::Tracee;
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-/// Terminals seen at dump.
-#[derive(Default)]
-pub struct TtyDump {
-    pub(crate) infos: Vec<TtyInfoEntry>,
-    /// Pty pairs whose master the tree holds.
-    pub(crate) pty: super::pty::PtyDump,
-    /// (rdev, flags) → file id: fds of one terminal with the same flags
-    /// come back as one open file.
-    files: HashMap<(u64, u32), u32>,
-}
 
 /// The kind of terminal behind a character device, if it is one.
 fn tty_type(rdev: u64) -> Option<TtyType> {

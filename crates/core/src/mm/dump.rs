@@ -7,7 +7,7 @@ use super::{numa, pages};
 use super::{status, DEFAULT_COREDUMP_FILTER, MADV_BIT_LOCKONFAULT, MEMBARRIER_REGISTER, PAGE};
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
-use crate::files::FileTable;
+use crate::files::table::FileTable;
 use crate::mm::error::MmError;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
 use crate::remote::Remote;

@@ -7,12 +7,11 @@ pub mod sockets;
 pub mod terminals;
 
 use super::share::Holders;
-use super::{ghost, memfd};
 use crate::error::RestoreError;
 use crate::error::RoomError;
 use crate::files::error::FileError;
 use crest_images::pb::{FileEntry, MemfdInodeEntry, PipeDataEntry};
-use crest_images::{magic, names, ImageReader};
+use crest_images::{names, ImageReader};
 use crest_inject::Tracee;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -49,7 +48,7 @@ pub struct RestoreFiles {
     /// through it.
     pub ghost_held: HashMap<u32, std::os::fd::OwnedFd>,
     pub memfd_inodes: HashMap<u32, MemfdInodeEntry>,
-    pub memfd_src: HashMap<u32, memfd::Source>,
+    pub memfd_src: HashMap<u32, Source>,
     /// Entry id → the task that made its description.
     pub(super) made_by: HashMap<u32, i32>,
     /// Socket queues and which task made each socket or terminal.
@@ -84,7 +83,7 @@ const MAX_PIPE_DATA: u32 = 1 << 20;
 /// Pipe data and capacities of an image (`pipes-data.img`, `fifo-data.img`).
 type PipeData = (HashMap<u32, Vec<u8>>, HashMap<u32, u32>);
 
-fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, RestoreError> {
+pub(crate) fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, RestoreError> {
     let mut out = (HashMap::new(), HashMap::new());
     if !dir.join(name).exists() {
         return Ok(out);
@@ -113,32 +112,16 @@ fn read_pipe_data(dir: &Path, name: &str, magic: u32) -> Result<PipeData, Restor
     Ok(out)
 }
 
-impl RestoreFiles {
-    pub fn read(dir: &Path) -> Result<RestoreFiles, RestoreError> {
-        let list: Vec<FileEntry> = crest_images::read_image(dir, names::FILES, magic::FILES)?;
-        let mut entries = HashMap::with_capacity(list.len());
-        for e in list {
-            entries.insert(e.id, e);
-        }
-        let pipes = read_pipe_data(dir, names::PIPES_DATA, magic::PIPES_DATA)?;
-        Ok(RestoreFiles {
-            dir: dir.to_path_buf(),
-            entries,
-            pipe_data: pipes.0,
-            pipe_sizes: pipes.1,
-            fifo_data: read_pipe_data(dir, names::FIFO_DATA, magic::FIFO_DATA)?.0,
-            remaps: ghost::read_remaps(dir)?,
-            memfd_inodes: memfd::read_inodes(dir)?,
-            socks: sockets::SockImages::read(dir)?,
-            locks: super::lock::read(dir)?,
-            inherit: HashMap::new(),
-            flight: HashMap::new(),
-            ns_holders: HashMap::new(),
-            ttys: terminals::TtyRestore::read(dir)?,
-            ..RestoreFiles::default()
-        })
-    }
+/// Where restore finds a memfd inode made already.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// An fd of this file entry.
+    File(u32),
+    /// A mapping of it: (pid, start, end).
+    Map(i32, u64, u64),
+}
 
+impl RestoreFiles {
     /// The path of a regular-file entry.
     pub fn reg_path(&self, id: u32) -> Option<&str> {
         self.entries

@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::RoomError;
 use crate::files::error::FileError;
+use crate::files::table::PairKey;
 
 impl FileTable {
     /// A pty fd (`meta`: its device file's metadata) of a pair whose

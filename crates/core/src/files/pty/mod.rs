@@ -50,7 +50,8 @@ mod restore;
 pub use restore::{master_of, open, take_ctty};
 
 use super::context::terminals::MadePair;
-use super::FileTable;
+use super::table::FileTable;
+use super::table::{PairKey, PairSeen};
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
 use crest_images::pb::{FileEntry, TtyDataEntry, TtyInfoEntry};
@@ -61,36 +62,12 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 
-/// A pair: the device of the devpts its slave is on, and its index.
-pub type PairKey = (u64, u32);
-
 /// The most bytes crest carries queued in one direction of one pair (the
 /// line discipline holds 4 KiB, the pty's buffers 64 KiB more).
 const MOST_QUEUED: usize = 128 << 10;
 
 /// `O_LARGEFILE` as the kernel has it on x86-64.
 const O_LARGEFILE: i32 = 0o100000;
-
-/// What the scan of the tree's fds found of one pair.
-#[derive(Default)]
-pub struct PairSeen {
-    /// A task and fd of the tree holding the master.
-    master: Option<(i32, i32)>,
-    /// Whether a task of the tree holds the slave.
-    slave_held: bool,
-    /// Its entries once dumped: the master's and the slave's infos.
-    infos: Option<(u32, Option<u32>)>,
-    /// The info of `/dev/tty` opened on its slave.
-    ctty_info: Option<u32>,
-}
-
-/// Pty pairs at dump.
-#[derive(Default)]
-pub struct PtyDump {
-    /// None until the tree's fds are scanned.
-    pairs: Option<HashMap<PairKey, PairSeen>>,
-    pub data: Vec<TtyDataEntry>,
-}
 
 pub fn major(rdev: u64) -> u64 {
     ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)

@@ -5,6 +5,7 @@
 use super::*;
 use crate::error::RoomError;
 use crate::files::error::{FileError, QueueRefusal};
+use crate::files::table::Held;
 
 impl FileTable {
     /// Dumps the unix socket `ino` behind `fd` of `pid` (`copy` is crest's

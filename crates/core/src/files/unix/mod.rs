@@ -28,8 +28,9 @@ pub use restore::open;
 use super::context::sockets::Queued;
 use super::context::{FlightCopy, RestoreFiles};
 use super::kept::{self, Kept};
+use super::skopts;
 use super::sockdiag::{self, UnixDiag};
-use super::{skopts, FileTable};
+use super::table::FileTable;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::remote::Remote;
 use crest_images::pb::{FdTypes, FileEntry, FilePermsEntry, FownEntry, SkPacketEntry, UnixSkEntry};
@@ -51,37 +52,6 @@ const USK_EXTERN: u32 = 1;
 /// Most packets crest keeps from one socket's queue (bytes:
 /// `crest_images::MAX_QUEUE`).
 const MAX_PACKETS: usize = 4096;
-
-/// What the dump learnt about unix sockets so far.
-#[derive(Default)]
-pub struct UnixDump {
-    /// sock_diag of each network namespace, by its inode.
-    diags: HashMap<u64, HashMap<u32, UnixDiag>>,
-    /// Queued packets by file id, in queue order.
-    pub queues: Vec<(u32, Vec<Queued>)>,
-    /// Every dumped socket: inode → who holds it and what it is.
-    socks: HashMap<u32, Held>,
-    /// Files passed in queued packets (`SCM_RIGHTS`), not dumped yet:
-    /// (queue, packet, crest's copies, the pid whose socket holds them).
-    pub(crate) flight: Vec<(usize, usize, Vec<OwnedFd>, i32)>,
-    /// crest's copies of files in flight, open until the dump ends (their
-    /// descriptions are compared with `kcmp`).
-    pub(crate) flight_held: Vec<OwnedFd>,
-    /// While a file in flight is dumped: the task whose namespaces stand
-    /// for crest's (the socket's net namespace, its cwd).
-    pub(crate) ctx: Option<i32>,
-}
-
-struct Held {
-    pid: i32,
-    fd: i32,
-    netns: u64,
-    peer: u32,
-    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
-    ty: i32,
-    /// The peer is a listener and this connection is not accepted yet.
-    pending: bool,
-}
 
 fn netns_of(pid: i32) -> Result<u64, DumpError> {
     let m = std::fs::metadata(format!("/proc/{pid}/ns/net")).at(pid, "stat the net namespace")?;

@@ -24,24 +24,7 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
         .in_restore(pid)
     })?;
     // What the copy has that the namespace had not: gone, deepest first.
-    let mut used = vec![false; current.len()];
-    for m in ns.mounts.iter().filter(|m| m.kind == KEPT) {
-        let found = current.iter().enumerate().position(|(j, c)| {
-            !used[j] && c.mountpoint == m.mountpoint && c.root == m.root && c.fstype == m.fstype
-        });
-        match found {
-            Some(j) => used[j] = true,
-            None => {
-                return Err(NsError::Unsupported {
-                    what: format!(
-                        "the mount of {} ({}) at {} is not here to keep",
-                        m.fstype, m.source, m.mountpoint
-                    ),
-                }
-                .in_restore(pid))
-            }
-        }
-    }
+    let used = kept_in_copy(pid, ns, &current)?;
     // Nothing done here may reach crest's namespace: every mount becomes a
     // slave first, then what the namespace had (private, shared).
     let root = t.put(b"/\0").rat(pid, "write a path")?;
@@ -90,6 +73,30 @@ pub fn replay(t: &mut Tracee, ns: &MntNs, how: &Replay<'_>) -> Result<(), Restor
         set_propagation(t, m, false)?;
     }
     Ok(())
+}
+
+/// Which mounts of the copy (`current`) are the namespace's kept ones
+/// (each found once); a kept mount missing from the copy is refused.
+fn kept_in_copy(pid: i32, ns: &MntNs, current: &[MountInfo]) -> Result<Vec<bool>, RestoreError> {
+    let mut used = vec![false; current.len()];
+    for m in ns.mounts.iter().filter(|m| m.kind == KEPT) {
+        let found = current.iter().enumerate().position(|(j, c)| {
+            !used[j] && c.mountpoint == m.mountpoint && c.root == m.root && c.fstype == m.fstype
+        });
+        match found {
+            Some(j) => used[j] = true,
+            None => {
+                return Err(NsError::Unsupported {
+                    what: format!(
+                        "the mount of {} ({}) at {} is not here to keep",
+                        m.fstype, m.source, m.mountpoint
+                    ),
+                }
+                .in_restore(pid))
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// What a restore was told about mounts: CRIU's `--root` and

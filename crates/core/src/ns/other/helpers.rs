@@ -96,36 +96,7 @@ impl NsHelpers {
             return Ok(());
         };
         if let Some(b) = m.base {
-            let holder = self
-                .by_id
-                .iter()
-                .find(|(i, _)| *i == b)
-                .map(|(_, h)| h.pid())
-                .ok_or_else(|| {
-                    NsError::BadImage {
-                        file: names::mountpoints(id),
-                        what: format!("a copy of mount namespace {b}, which is not made"),
-                    }
-                    .in_tree_restore()
-                })?;
-            let mut t = crate::ns::pid::spawn_helper(&[])?;
-            let pid = t.pid();
-            t.open_crest_root(64)?;
-            let fd = t.open_crest_side(&format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
-            t.with_fd(fd, |t, fd| {
-                t.setns(
-                    fd,
-                    libc::CLONE_NEWNS as u64,
-                    "setns into the mount namespace it is a copy of",
-                )
-            })?;
-            if let Some(owner) = users_h.pid_of(n.owner_userns) {
-                crate::ns::user::enter(&mut t, owner)?;
-            }
-            t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])
-                .rat(pid, "unshare(CLONE_NEWNS)")?;
-            t.close_crest_root()?;
-            self.by_id.push((id, t));
+            self.copy_mount_ns(id, b, users_h.pid_of(n.owner_userns))?;
         }
         let mut e = match m.proc_pidns {
             Some(p) => {
@@ -158,6 +129,43 @@ impl NsHelpers {
         // reaped at once, so its pids are free again
         let epid = e.pid();
         e.exit_as(0).rat(epid, "end the mount helper")
+    }
+
+    /// Makes mount namespace `id`, a copy of the tree's namespace `b`: a
+    /// helper enters that one, then the owning user namespace (whose
+    /// helper is `owner`), and unshares.
+    fn copy_mount_ns(&mut self, id: u32, b: u32, owner: Option<i32>) -> Result<(), RestoreError> {
+        let holder = self
+            .by_id
+            .iter()
+            .find(|(i, _)| *i == b)
+            .map(|(_, h)| h.pid())
+            .ok_or_else(|| {
+                NsError::BadImage {
+                    file: names::mountpoints(id),
+                    what: format!("a copy of mount namespace {b}, which is not made"),
+                }
+                .in_tree_restore()
+            })?;
+        let mut t = crate::ns::pid::spawn_helper(&[])?;
+        let pid = t.pid();
+        t.open_crest_root(64)?;
+        let fd = t.open_crest_side(&format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
+        t.with_fd(fd, |t, fd| {
+            t.setns(
+                fd,
+                libc::CLONE_NEWNS as u64,
+                "setns into the mount namespace it is a copy of",
+            )
+        })?;
+        if let Some(owner) = owner {
+            crate::ns::user::enter(&mut t, owner)?;
+        }
+        t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])
+            .rat(pid, "unshare(CLONE_NEWNS)")?;
+        t.close_crest_root()?;
+        self.by_id.push((id, t));
+        Ok(())
     }
 
     /// Moves task `t` into each of its own namespaces (all but its user
