@@ -234,62 +234,56 @@ fn bench_tree(opts: &TreeOpts) -> Result<()> {
     if opts.depth == 0 {
         bail!("--depth must be at least 1");
     }
-    let c = &opts.common;
     let mode = format!(
         "tree: root + chains of {} under it, {} KiB per task",
         opts.depth, opts.kib
     );
-    let (crest, fs_type) = scale_setup(&mode, &opts.n, c)?;
-    let env = scale::Env {
-        crest: &crest,
-        dir: &c.dir,
-        verbosity: c.verbosity,
-        keep: c.keep,
-    };
-    let mut sizes = Vec::new();
-    for &n in &opts.n {
+    scale_mode(&opts.common, &opts.n, &mode, "task", |env, n, k| {
         let p = scale::TreeParams {
             n,
             depth: opts.depth,
             kib: opts.kib,
         };
-        let mut runs = Vec::with_capacity(c.runs);
-        for k in 1..=c.runs {
-            let run =
-                scale::run_tree(&env, &p, k).with_context(|| format!("tree n={n} run {k}"))?;
-            report::print_scale_run(k, "task", &run);
-            runs.push(run);
-        }
-        sizes.push((n, runs));
-    }
-    let title = format!("{mode}; images on {fs_type}; seconds, ms per task");
-    report::print_scale_summary(&title, "task", &sizes);
-    Ok(())
+        scale::run_tree(env, &p, k)
+    })
 }
 
 fn bench_threads(opts: &ThreadsOpts) -> Result<()> {
-    let c = &opts.common;
     let mode = "threads: one process, N sleeping threads besides main";
-    let (crest, fs_type) = scale_setup(mode, &opts.n, c)?;
+    scale_mode(&opts.common, &opts.n, mode, "thread", |env, n, k| {
+        scale::run_threads(env, n, k)
+    })
+}
+
+/// A scale mode: for each N of `sizes`, `c.runs` runs of `run` (given the
+/// environment, N and the run's number), each printed, then the summary
+/// of each N; `unit` is what N counts ("task", "thread").
+fn scale_mode(
+    c: &ScaleOpts,
+    sizes: &[usize],
+    mode: &str,
+    unit: &str,
+    mut run: impl FnMut(&scale::Env<'_>, usize, usize) -> Result<report::ScaleRun>,
+) -> Result<()> {
+    let (crest, fs_type) = scale_setup(mode, sizes, c)?;
     let env = scale::Env {
         crest: &crest,
         dir: &c.dir,
         verbosity: c.verbosity,
         keep: c.keep,
     };
-    let mut sizes = Vec::new();
-    for &n in &opts.n {
+    let mut all = Vec::new();
+    for &n in sizes {
         let mut runs = Vec::with_capacity(c.runs);
         for k in 1..=c.runs {
-            let run =
-                scale::run_threads(&env, n, k).with_context(|| format!("threads n={n} run {k}"))?;
-            report::print_scale_run(k, "thread", &run);
-            runs.push(run);
+            let r = run(&env, n, k).with_context(|| format!("{unit}s n={n} run {k}"))?;
+            report::print_scale_run(k, unit, &r);
+            runs.push(r);
         }
-        sizes.push((n, runs));
+        all.push((n, runs));
     }
-    let title = format!("{mode}; images on {fs_type}; seconds, ms per thread");
-    report::print_scale_summary(&title, "thread", &sizes);
+    let title = format!("{mode}; images on {fs_type}; seconds, ms per {unit}");
+    report::print_scale_summary(&title, unit, &all);
     Ok(())
 }
 
@@ -344,28 +338,50 @@ fn crest_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Every process a run started; whatever is still here when it drops is
-/// killed and reaped, so an error leaves nothing behind.
+/// Every task a run started; whatever is still here when it drops is
+/// killed, reaped (the bench is the subreaper) and waited for.
 #[derive(Default)]
-struct Started {
-    holder: Option<Child>,
-    restored: Option<i32>,
+pub(crate) struct Started {
+    pub(crate) child: Option<Child>,
+    pub(crate) pids: Vec<i32>,
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Some(mut child) = self.holder.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(pid) = self.restored.take() {
-            let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
-            if waitpid(Pid::from_raw(pid), None).is_err() {
-                // Not our child (not reparented to us): wait for it to go.
-                let _ = wait_gone(pid);
-            }
-        }
+        let pids = std::mem::take(&mut self.pids);
+        kill_all(&pids);
+        let _ = wait_all_gone(&pids);
+    }
+}
+
+pub(crate) fn kill_all(pids: &[i32]) {
+    for &pid in pids {
+        let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Reaps whatever is ours until none of `pids` is in /proc any more.
+pub(crate) fn wait_all_gone(pids: &[i32]) -> Result<()> {
+    let mut left: Vec<i32> = pids.to_vec();
+    let start = Instant::now();
+    loop {
         reap_strays();
+        left.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > GONE_TIMEOUT {
+            bail!(
+                "{} tasks still exist after {GONE_TIMEOUT:?}, e.g. pid {}",
+                left.len(),
+                left[0]
+            );
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -379,7 +395,7 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
 
     let h = holder::start(opts.mib, opts.dir.join(format!("ready-{k}")))?;
     let (pid, addr, len) = (h.pid, h.addr, h.len);
-    started.holder = Some(h.child);
+    started.child = Some(h.child);
     holder::verify_sample(pid, addr, len).context("holder before dump")?;
     let ceiling_gbs = ceiling(pid, addr, len)?;
 
@@ -399,11 +415,11 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
         ],
     )?;
     // crest dump kills the tree; reap our child and wait for /proc to agree.
-    if let Some(child) = started.holder.as_mut() {
+    if let Some(child) = started.child.as_mut() {
         wait_child(child, GONE_TIMEOUT).context("holder after dump")?;
     }
-    started.holder = None;
-    wait_gone(pid)?;
+    started.child = None;
+    wait_all_gone(&[pid])?;
 
     let pidfile = images.join("restore.pid");
     let restore_s = time_crest(
@@ -427,7 +443,7 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
         .trim()
         .parse()
         .context("pid in the pidfile")?;
-    started.restored = Some(restored);
+    started.pids = vec![restored];
     if restored != pid {
         bail!("restored pid {restored}, dumped pid {pid}");
     }
@@ -440,10 +456,10 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
     crest_sys::misc::kill(restored, libc::SIGKILL).context("kill restored holder")?;
     match waitpid(Pid::from_raw(restored), None) {
         Ok(_) => {}
-        Err(Errno::ECHILD) => wait_gone(restored)?,
+        Err(Errno::ECHILD) => wait_all_gone(&[restored])?,
         Err(e) => return Err(e).context("waitpid restored holder"),
     }
-    started.restored = None;
+    started.pids.clear();
     drop(started);
 
     if !opts.keep {
@@ -516,19 +532,6 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Result<()> {
     while child.try_wait().context("wait")?.is_none() {
         if start.elapsed() > timeout {
             bail!("pid {} still running after {timeout:?}", child.id());
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
-}
-
-/// Waits until /proc/PID is gone.
-fn wait_gone(pid: i32) -> Result<()> {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let start = Instant::now();
-    while proc.exists() {
-        if start.elapsed() > GONE_TIMEOUT {
-            bail!("pid {pid} still exists after {GONE_TIMEOUT:?}");
         }
         thread::sleep(Duration::from_millis(1));
     }

@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::holder;
 use crate::report::ScaleRun;
+use crate::{kill_all, wait_all_gone, Started};
 
 /// Stack of each holder thread: they only sleep.
 const THREAD_STACK: usize = 128 << 10;
@@ -242,53 +243,6 @@ fn parse_tree(text: &str) -> Result<Vec<Task>> {
         bail!("empty ready file");
     }
     Ok(tasks)
-}
-
-/// Every task a run started; whatever is still here when it drops is
-/// killed, reaped (the bench is the subreaper) and waited for.
-#[derive(Default)]
-struct Started {
-    child: Option<Child>,
-    pids: Vec<i32>,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let pids = std::mem::take(&mut self.pids);
-        kill_all(&pids);
-        let _ = wait_all_gone(&pids);
-    }
-}
-
-fn kill_all(pids: &[i32]) {
-    for &pid in pids {
-        let _ = crest_sys::misc::kill(pid, libc::SIGKILL);
-    }
-}
-
-/// Reaps whatever is ours until none of `pids` is in /proc any more.
-fn wait_all_gone(pids: &[i32]) -> Result<()> {
-    let mut left: Vec<i32> = pids.to_vec();
-    let start = Instant::now();
-    loop {
-        crate::reap_strays();
-        left.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if left.is_empty() {
-            return Ok(());
-        }
-        if start.elapsed() > GONE_TIMEOUT {
-            bail!(
-                "{} tasks still exist after {GONE_TIMEOUT:?}, e.g. pid {}",
-                left.len(),
-                left[0]
-            );
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The parent pid field of /proc/PID/stat.

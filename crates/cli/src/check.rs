@@ -88,15 +88,26 @@ const FEATURES: &[(&str, Answer)] = &[
     ("mdev", NotCarried("not used")),
 ];
 
+/// Why crest answers no to a CRIU feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Lacks {
+    /// The kernel lacks what crest would use (the path it looks for).
+    #[error("this kernel lacks it ({0})")]
+    Kernel(&'static str),
+    /// crest does not carry it, and why.
+    #[error("{0}")]
+    Crest(&'static str),
+}
+
 /// Whether crest answers yes to a CRIU feature name (None: not a name
 /// CRIU knows).
-pub fn feature(name: &str) -> Option<Result<(), String>> {
+pub fn feature(name: &str) -> Option<Result<(), Lacks>> {
     let (_, a) = FEATURES.iter().find(|(n, _)| *n == name)?;
     Some(match a {
         Carried(None) => Ok(()),
         Carried(Some(p)) if Path::new(p).exists() => Ok(()),
-        Carried(Some(p)) => Err(format!("this kernel lacks it ({p})")),
-        NotCarried(why) => Err(why.to_string()),
+        Carried(Some(p)) => Err(Lacks::Kernel(p)),
+        NotCarried(why) => Err(Lacks::Crest(why)),
     })
 }
 

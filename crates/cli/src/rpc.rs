@@ -35,10 +35,10 @@ struct Peer {
 impl Peer {
     /// Receives one request: Ok(None) at the end of the stream, Err for a
     /// datagram that is not a `criu_req`.
-    fn recv(&self) -> Result<Option<CriuReq>, String> {
+    fn recv(&self) -> Result<Option<CriuReq>, RpcError> {
         let mut probe = [0u8; 1];
         let size = crest_sys::net::recv(&self.sock, &mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)
-            .map_err(|e| format!("receive a request: {e}"))?;
+            .map_err(RpcError::io("receive a request"))?;
         if size == 0 {
             // an empty datagram and the end of the stream look alike: take
             // it off the queue either way
@@ -47,47 +47,86 @@ impl Peer {
         }
         if size > MAX_REQUEST {
             let _ = crest_sys::net::recv(&self.sock, &mut probe, 0);
-            return Err(format!("a request of {size} bytes (at most {MAX_REQUEST})"));
+            return Err(RpcError::TooLarge(size));
         }
         let mut buf = vec![0u8; size];
         let n = crest_sys::net::recv(&self.sock, &mut buf, 0)
-            .map_err(|e| format!("receive a request: {e}"))?;
+            .map_err(RpcError::io("receive a request"))?;
         CriuReq::decode(&buf[..n])
             .map(Some)
-            .map_err(|e| format!("a request that is not a criu_req: {e}"))
+            .map_err(RpcError::NotARequest)
     }
 
-    fn send(&self, resp: &CriuResp, fd: Option<BorrowedFd<'_>>) -> Result<(), String> {
+    fn send(&self, resp: &CriuResp, fd: Option<BorrowedFd<'_>>) -> Result<(), RpcError> {
         let bytes = resp.encode_to_vec();
         crest_sys::misc::send_with_fd(&self.sock, &bytes, fd.map(|f| f.as_raw_fd()))
             .map(drop)
-            .map_err(|e| format!("send an answer: {e}"))
+            .map_err(RpcError::io("send an answer"))
     }
 
     /// The caller's fd `n`, opened anew through /proc.
-    fn open_fd(&self, n: i32, write: bool) -> Result<std::fs::File, String> {
+    fn open_fd(&self, n: i32, write: bool) -> Result<std::fs::File, RpcError> {
         let path = format!("/proc/{}/fd/{n}", self.pid);
         std::fs::OpenOptions::new()
             .read(!write)
             .write(write)
             .open(&path)
-            .map_err(|e| format!("the caller's fd {n} ({path}): {e}"))
+            .map_err(RpcError::io(format!("the caller's fd {n} ({path})")))
     }
 
     /// The directory the caller's fd `n` is open on.
-    fn dir_of_fd(&self, n: i32) -> Result<PathBuf, String> {
+    fn dir_of_fd(&self, n: i32) -> Result<PathBuf, RpcError> {
         let path = format!("/proc/{}/fd/{n}", self.pid);
-        let target = std::fs::read_link(&path).map_err(|e| format!("the caller's fd {n}: {e}"))?;
+        let target =
+            std::fs::read_link(&path).map_err(RpcError::io(format!("the caller's fd {n}")))?;
         if target.is_absolute() && target.is_dir() {
             Ok(target)
         } else {
             // (a directory of another mount namespace: reach it through
             // the caller's fd)
             if !Path::new(&path).is_dir() {
-                return Err(format!("the caller's fd {n} is not a directory"));
+                return Err(RpcError::NotADirectory(n));
             }
             Ok(PathBuf::from(path))
         }
+    }
+}
+
+/// What goes wrong serving a request: the conversation, the request, or
+/// the action it asked for.
+#[derive(Debug, thiserror::Error)]
+enum RpcError {
+    #[error("{step}: {source}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a request of {0} bytes (at most {MAX_REQUEST})")]
+    TooLarge(usize),
+    #[error("a request that is not a criu_req: {0}")]
+    NotARequest(#[source] prost::DecodeError),
+    #[error("a request without options (criu_opts)")]
+    NoOptions,
+    #[error("the caller's fd {0} is not a directory")]
+    NotADirectory(i32),
+    #[error("{field}: {why}")]
+    Refused { field: &'static str, why: String },
+    #[error("{0}: not supported by crest yet")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Args(#[from] criu_args::ArgError),
+    #[error(transparent)]
+    Dump(#[from] crest_core::DumpError),
+    #[error(transparent)]
+    Restore(#[from] crest_core::RestoreError),
+}
+
+impl RpcError {
+    /// Wraps an I/O error of `step`.
+    fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> RpcError {
+        let step = step.into();
+        move |source| RpcError::Io { step, source }
     }
 }
 
@@ -134,7 +173,7 @@ pub fn serve(fd_arg: Option<&String>) -> i32 {
             Ok(Some(r)) => r,
             Ok(None) => return 0,
             Err(e) => {
-                let _ = peer.send(&failed(CriuReqType::Empty, e), None);
+                let _ = peer.send(&failed(CriuReqType::Empty, e.to_string()), None);
                 return 1;
             }
         };
@@ -160,17 +199,16 @@ fn handle(peer: &Peer, t: CriuReqType, req: &CriuReq) -> (CriuResp, bool) {
         CriuReqType::Check => Ok(check()),
         CriuReqType::Dump => dump(peer, req),
         CriuReqType::Restore => restore(peer, req),
-        CriuReqType::PreDump | CriuReqType::SinglePreDump => Err(
-            "pre-dump: not supported by crest yet (iterative migration, FEATURE_CHECK mem_track says so)"
-                .to_string(),
-        ),
+        CriuReqType::PreDump | CriuReqType::SinglePreDump => Err(RpcError::Unsupported(
+            "pre-dump (iterative migration, FEATURE_CHECK mem_track says so)",
+        )),
         CriuReqType::PageServer | CriuReqType::PageServerChld => {
-            Err("the page server is not supported by crest yet".to_string())
+            Err(RpcError::Unsupported("the page server"))
         }
         CriuReqType::CpuinfoDump | CriuReqType::CpuinfoCheck => {
-            Err("cpuinfo images are not supported by crest".to_string())
+            Err(RpcError::Unsupported("cpuinfo images"))
         }
-        CriuReqType::WaitPid => Err("WAIT_PID is not supported by crest".to_string()),
+        CriuReqType::WaitPid => Err(RpcError::Unsupported("WAIT_PID")),
         CriuReqType::Notify | CriuReqType::Empty => {
             let resp = failed(
                 CriuReqType::Empty,
@@ -185,7 +223,7 @@ fn handle(peer: &Peer, t: CriuReqType, req: &CriuReq) -> (CriuResp, bool) {
             let ok = r.success;
             (r, ok)
         }
-        Err(e) => (failed(t, e), false),
+        Err(e) => (failed(t, crate::message(&e.into())), false),
     }
 }
 
@@ -245,8 +283,9 @@ impl Notify for RpcNotify<'_> {
             }),
             ..answer(CriuReqType::Notify, true)
         };
-        self.peer.send(&msg, fd).map_err(NotifyError::Channel)?;
-        match self.peer.recv().map_err(NotifyError::Channel)? {
+        let channel = |e: RpcError| NotifyError::Channel(e.to_string());
+        self.peer.send(&msg, fd).map_err(channel)?;
+        match self.peer.recv().map_err(channel)? {
             Some(r) if r.r#type == CriuReqType::Notify as i32 && r.notify_success == Some(true) => {
                 Ok(())
             }
@@ -257,16 +296,13 @@ impl Notify for RpcNotify<'_> {
 }
 
 /// Options from a request: the RPC's fields, then its `config_file`.
-fn options(peer: &Peer, req: &CriuReq, dump: bool) -> Result<Options, String> {
+fn options(peer: &Peer, req: &CriuReq, dump: bool) -> Result<Options, RpcError> {
     let mut base = criu_args::Parsed::default();
     for f in criu_args::default_configs() {
         criu_args::apply_config(&mut base, &f)?;
     }
     let mut o = base.opts;
-    let r = req
-        .opts
-        .as_ref()
-        .ok_or("a request without options (criu_opts)")?;
+    let r = req.opts.as_ref().ok_or(RpcError::NoOptions)?;
     fill(peer, r, &mut o, dump)?;
     if let Some(cfg) = &r.config_file {
         let mut p = criu_args::Parsed {
@@ -281,7 +317,7 @@ fn options(peer: &Peer, req: &CriuReq, dump: bool) -> Result<Options, String> {
 
 /// Copies the request's options into `o` (each only when the caller set
 /// it: a field left out keeps what the configuration files said).
-fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), String> {
+fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), RpcError> {
     fn set<T: Clone>(to: &mut T, v: Option<T>) {
         if let Some(v) = v {
             *to = v;
@@ -313,9 +349,10 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
     }
     if let Some(f) = &r.log_file {
         if f.contains('/') {
-            return Err(format!(
-                "log_file {f:?}: no directories allowed (use work_dir_fd)"
-            ));
+            return Err(RpcError::Refused {
+                field: "log_file",
+                why: format!("{f:?}: no directories allowed (use work_dir_fd)"),
+            });
         }
         o.log_file = Some(PathBuf::from(f));
     }
@@ -345,7 +382,10 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
         o.manage_cgroups = if m { CgMode::Soft } else { CgMode::Ignore };
     }
     if let Some(m) = r.manage_cgroups_mode {
-        o.manage_cgroups = CgMode::from_rpc(m).ok_or(format!("manage_cgroups_mode {m}"))?;
+        o.manage_cgroups = CgMode::from_rpc(m).ok_or_else(|| RpcError::Refused {
+            field: "manage_cgroups_mode",
+            why: format!("{m} is not a mode crest knows"),
+        })?;
     }
     for c in &r.cg_root {
         // (ctrl "" names the cgroup v2 hierarchy; none: every hierarchy)
@@ -408,7 +448,10 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), St
         o.pre_dump_mode = Some(if m == 2 { "read" } else { "splice" }.to_string());
     }
     if r.pidfd_store_sk.is_some() {
-        return Err("pidfd_store_sk: no pidfd store in crest".into());
+        return Err(RpcError::Refused {
+            field: "pidfd_store_sk",
+            why: "no pidfd store in crest".into(),
+        });
     }
     set(
         &mut o.lsm_mount_context,
@@ -468,14 +511,14 @@ impl Notify for Notifier<'_> {
     }
 }
 
-fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
+fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, RpcError> {
     let o = options(peer, req, true)?;
     crate::init_log(&o);
     crest_core::debug!("dump over RPC for pid {}: {o:?}", peer.pid);
     let mut n = Notifier::of(peer, req);
     // a runtime's SIGTERM: the tree released (see main's dump)
-    let _stop = crest_sys::fault::catch_termination().map_err(|e| e.to_string())?;
-    let s = crest_core::dump::dump_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
+    let _stop = crest_sys::fault::catch_termination().map_err(RpcError::io("catch SIGTERM"))?;
+    let s = crest_core::dump::dump_notified(&o, &mut n)?;
     crest_core::info!("dump of {:?} done over RPC", s.pids);
     crate::after_action(&o, Some(s.stats.render()));
     Ok(CriuResp {
@@ -486,16 +529,15 @@ fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
     })
 }
 
-fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, String> {
+fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, RpcError> {
     let mut o = options(peer, req, false)?;
     // over RPC the caller waits for the tree, not crest
     o.detached = true;
     crate::init_log(&o);
     crest_core::debug!("restore over RPC for pid {}: {o:?}", peer.pid);
     let mut n = Notifier::of(peer, req);
-    let _stop = crest_sys::fault::catch_termination().map_err(|e| e.to_string())?;
-    let r =
-        crest_core::restore::restore_notified(&o, &mut n).map_err(|e| crate::message(&e.into()))?;
+    let _stop = crest_sys::fault::catch_termination().map_err(RpcError::io("catch SIGTERM"))?;
+    let r = crest_core::restore::restore_notified(&o, &mut n)?;
     crate::after_action(&o, Some(r.stats.render()));
     Ok(CriuResp {
         restore: Some(CriuRestoreResp { pid: r.root_pid }),

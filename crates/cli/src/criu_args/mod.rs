@@ -153,9 +153,42 @@ struct Got {
     value: Option<String>,
 }
 
+/// A command line or configuration file crest cannot read, in getopt's
+/// and CRIU's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("option '--{0}' doesn't allow an argument")]
+    NoArgumentAllowed(&'static str),
+    #[error("option '--{0}' requires an argument")]
+    ArgumentRequired(&'static str),
+    #[error("invalid option -- '{0}'")]
+    InvalidShort(char),
+    #[error("option requires an argument -- '{0}'")]
+    ShortArgumentRequired(char),
+    #[error("unrecognized option '--{0}'")]
+    Unrecognized(String),
+    #[error("option '--{0}' is ambiguous")]
+    Ambiguous(String),
+    #[error("invalid argument for --{option}: {value}")]
+    BadValue { option: &'static str, value: String },
+    #[error("unsupported empty namespace: {0}")]
+    EmptyNs(String),
+    #[error("{0:?} is not an option")]
+    NotAnOption(String),
+    #[error("can't open configuration file {0}")]
+    NoConfig(String),
+    /// An error in the configuration file `path`.
+    #[error("{}: {why}", path.display())]
+    InConfig {
+        path: PathBuf,
+        #[source]
+        why: Box<ArgError>,
+    },
+}
+
 /// Splits `args` (without the program name) into options and words by
 /// getopt_long's rules.
-fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
+fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), ArgError> {
     let mut got = Vec::new();
     let mut words = Vec::new();
     let mut i = 0;
@@ -173,16 +206,12 @@ fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
             };
             let (s, negated) = find_long(name)?;
             let value = match (s.arg, inline) {
-                (No, Some(_)) => {
-                    return Err(format!("option '--{}' doesn't allow an argument", s.long))
-                }
+                (No, Some(_)) => return Err(ArgError::NoArgumentAllowed(s.long)),
                 (No, None) => None,
                 (Optional, v) => v,
                 (Required, Some(v)) => Some(v),
                 (Required, None) => {
-                    let v = args
-                        .get(i)
-                        .ok_or_else(|| format!("option '--{}' requires an argument", s.long))?;
+                    let v = args.get(i).ok_or(ArgError::ArgumentRequired(s.long))?;
                     i += 1;
                     Some(v.clone())
                 }
@@ -201,7 +230,7 @@ fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
                 let s = SPECS
                     .iter()
                     .find(|s| s.short == Some(c))
-                    .ok_or_else(|| format!("invalid option -- '{c}'"))?;
+                    .ok_or(ArgError::InvalidShort(c))?;
                 let rest: String = chars[k..].iter().collect();
                 let value = match s.arg {
                     No => None,
@@ -212,9 +241,7 @@ fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
                     Required => {
                         k = chars.len();
                         if rest.is_empty() {
-                            let v = args
-                                .get(i)
-                                .ok_or_else(|| format!("option requires an argument -- '{c}'"))?;
+                            let v = args.get(i).ok_or(ArgError::ShortArgumentRequired(c))?;
                             i += 1;
                             Some(v.clone())
                         } else {
@@ -237,7 +264,7 @@ fn getopt(args: &[String]) -> Result<(Vec<Got>, Vec<String>), String> {
 
 /// The option a long name (or a unique prefix of one, or a `no-` form)
 /// names.
-fn find_long(name: &str) -> Result<(&'static Spec, bool), String> {
+fn find_long(name: &str) -> Result<(&'static Spec, bool), ArgError> {
     let exact = |n: &str| SPECS.iter().find(|s| s.long == n);
     if let Some(s) = exact(name) {
         return Ok((s, false));
@@ -262,23 +289,23 @@ fn find_long(name: &str) -> Result<(&'static Spec, bool), String> {
     }
     match hits.len() {
         1 => Ok(hits[0]),
-        0 => Err(format!("unrecognized option '--{name}'")),
-        _ => Err(format!("option '--{name}' is ambiguous")),
+        0 => Err(ArgError::Unrecognized(name.to_string())),
+        _ => Err(ArgError::Ambiguous(name.to_string())),
     }
 }
 
 /// Applies one option to `p`.
-fn apply(p: &mut Parsed, g: Got) -> Result<(), String> {
+fn apply(p: &mut Parsed, g: Got) -> Result<(), ArgError> {
     match g.name {
         "help" => p.help = true,
         "version" => p.version = true,
         "stream" | "remote" => p.stream = !g.negated,
         "close" => {
             let v = g.value.clone().unwrap_or_default();
-            let fd = v
-                .trim()
-                .parse::<i32>()
-                .map_err(|_| format!("invalid argument for --close: {v}"))?;
+            let fd = v.trim().parse::<i32>().map_err(|_| ArgError::BadValue {
+                option: "close",
+                value: v.clone(),
+            })?;
             p.close.push(fd);
         }
         _ => return apply_opt(&mut p.opts, g),
@@ -286,7 +313,6 @@ fn apply(p: &mut Parsed, g: Got) -> Result<(), String> {
     Ok(())
 }
 
-/// Applies one option of the action to `o`.
 /// C's `atoi`: leading blanks, an optional sign, the digits that follow;
 /// anything else is 0.
 fn atoi(v: &str) -> u32 {
@@ -296,10 +322,14 @@ fn atoi(v: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
-fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
+/// Applies one option of the action to `o`.
+fn apply_opt(o: &mut Options, g: Got) -> Result<(), ArgError> {
     let on = !g.negated;
     let val = || g.value.clone().unwrap_or_default();
-    let bad = |what: &str| format!("invalid argument for --{}: {what}", g.name);
+    let bad = |what: &str| ArgError::BadValue {
+        option: g.name,
+        value: what.to_string(),
+    };
     let int = |v: &str| v.trim().parse::<i64>().map_err(|_| bad(v));
     match g.name {
         "tree" => {
@@ -416,7 +446,7 @@ fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
         "external" => o.external.push(val()),
         "empty-ns" => {
             if val() != "net" {
-                return Err(format!("unsupported empty namespace: {}", val()));
+                return Err(ArgError::EmptyNs(val()));
             }
             o.empty_ns |= libc::CLONE_NEWNET as u32;
         }
@@ -472,7 +502,7 @@ fn apply_opt(o: &mut Options, g: Got) -> Result<(), String> {
         "ghost-fiemap" => o.ghost_fiemap = Some(on),
         "allow-uprobes" => o.allow_uprobes = on,
         "log-to-stderr" => o.log_to_stderr = on,
-        other => return Err(format!("unrecognized option '--{other}'")),
+        other => return Err(ArgError::Unrecognized(other.to_string())),
     }
     Ok(())
 }
@@ -529,16 +559,20 @@ pub fn config_file(path: &Path) -> Option<Vec<String>> {
 }
 
 /// Applies a configuration file's options to `p`.
-pub fn apply_config(p: &mut Parsed, path: &Path) -> Result<(), String> {
+pub fn apply_config(p: &mut Parsed, path: &Path) -> Result<(), ArgError> {
     let Some(args) = config_file(path) else {
         return Ok(());
     };
-    let (got, words) = getopt(&args).map_err(|e| format!("{}: {e}", path.display()))?;
+    let in_file = |e: ArgError| ArgError::InConfig {
+        path: path.to_path_buf(),
+        why: Box::new(e),
+    };
+    let (got, words) = getopt(&args).map_err(in_file)?;
     if let Some(w) = words.first() {
-        return Err(format!("{}: {w:?} is not an option", path.display()));
+        return Err(in_file(ArgError::NotAnOption(w.clone())));
     }
     for g in got {
-        apply(p, g).map_err(|e| format!("{}: {e}", path.display()))?;
+        apply(p, g).map_err(in_file)?;
     }
     Ok(())
 }
@@ -554,7 +588,7 @@ pub fn default_configs() -> Vec<PathBuf> {
 
 /// Reads a CRIU command line (`args` without the program name) with the
 /// configuration files it implies.
-pub fn parse(args: &[String]) -> Result<Parsed, String> {
+pub fn parse(args: &[String]) -> Result<Parsed, ArgError> {
     let mut p = Parsed::default();
     let (got, words) = getopt(args)?;
     let mut cfg: Option<String> = None;
@@ -579,7 +613,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     }
     if let Some(c) = &cfg {
         if config_file(Path::new(c)).is_none() {
-            return Err(format!("can't open configuration file {c}"));
+            return Err(ArgError::NoConfig(c.clone()));
         }
         apply_config(&mut p, Path::new(c))?;
     }

@@ -85,7 +85,7 @@ fn bad_command_lines_are_named() {
         ("restore --network-lock bogus", "bogus"),
     ] {
         let e = parse(&args(&format!("--no-default-config {line}"))).unwrap_err();
-        assert!(e.contains(what), "{line}: {e}");
+        assert!(e.to_string().contains(what), "{line}: {e}");
     }
 }
 
@@ -110,9 +110,9 @@ fn config_files_come_before_the_command_line() {
     assert_eq!(p.opts.external, ["mnt[/a]:b"]);
     std::fs::write(&f, "tcp-established\nsoft\n").unwrap();
     let e = parse(&args(&format!("dump --config={}", f.display()))).unwrap_err();
-    assert!(e.contains("soft"), "{e}");
+    assert!(e.to_string().contains("soft"), "{e}");
     let e = parse(&args("dump --config /nonexistent/criu.conf")).unwrap_err();
-    assert!(e.contains("/nonexistent/criu.conf"), "{e}");
+    assert!(e.to_string().contains("/nonexistent/criu.conf"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
