@@ -58,18 +58,11 @@ pub trait Remote {
     /// close-on-exec.
     fn open(&mut self, path: &str, flags: i32) -> Result<u64>;
 
-    /// Opens a file of crest's (under `/proc`, or an image) in the task:
-    /// through its fd of crest's root when it has one (it may be in
-    /// another mount namespace by now), else by path. Where the task's
-    /// credentials do not reach the file, crest opens it and hands it over.
+    /// Opens a file of crest's (under `/proc`, or an image) for the task:
+    /// crest opens it with `flags` and hands it over ([`Remote::give_fd`]),
+    /// so it is reached whatever mount namespace, root or credentials the
+    /// task has by now. The open file is crest's (its `f_cred`).
     fn open_crest_side(&mut self, path: &str, flags: i32) -> Result<u64>;
-
-    /// Gives the task an fd of crest's root directory, numbered above
-    /// `above` (so the fd table restore can keep it out of its way).
-    fn open_crest_root(&mut self, above: u64) -> Result<()>;
-
-    /// Closes the task's fd of crest's root, if it has one.
-    fn close_crest_root(&mut self) -> Result<()>;
 
     /// Closes the task's `fd`.
     fn close(&mut self, fd: u64) -> Result<()>;
@@ -115,14 +108,6 @@ fn inject_err(pid: i32, step: impl Into<String>) -> impl FnOnce(InjectError) -> 
     move |source| RemoteError::Inject { pid, step, source }
 }
 
-fn errno(pid: i32, step: impl Into<String>, ret: i64) -> RemoteError {
-    RemoteError::Io {
-        pid,
-        step: step.into(),
-        source: io::Error::from_raw_os_error(-ret as i32),
-    }
-}
-
 impl Remote for Tracee {
     fn call(&mut self, nr: u64, args: &[u64], step: &str) -> Result<u64> {
         let pid = self.pid();
@@ -149,67 +134,17 @@ impl Remote for Tracee {
     }
 
     fn open_crest_side(&mut self, path: &str, flags: i32) -> Result<u64> {
-        let Some(root) = self.crest_root() else {
-            return self.open(path, flags);
-        };
-        let pid = self.pid();
-        let mut p = path.trim_start_matches('/').as_bytes().to_vec();
-        if p.is_empty() {
-            p.push(b'.');
-        }
-        p.push(0);
-        let addr = self
-            .put(&p)
-            .map_err(inject_err(pid, format!("write path {path}")))?;
-        let step = format!("open {path} (crest's)");
-        let ret = self
-            .syscall_raw(
-                nr::OPENAT,
-                &[root, addr, (flags | libc::O_CLOEXEC) as u64, 0],
-            )
-            .map_err(inject_err(pid, &step))?;
-        if ret == -i64::from(libc::EACCES) || ret == -i64::from(libc::EPERM) {
-            // The task's credentials do not reach it (crest's root is
-            // unmapped in the task's user namespace, and a runtime makes
-            // its images directory 0600): crest opens it and hands it over.
-            let f = std::fs::OpenOptions::new()
-                .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
-                .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
-                .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|source| RemoteError::Io {
-                    pid,
-                    step: format!("open {path} for the task"),
-                    source,
-                })?;
-            return self.give_fd(&OwnedFd::from(f));
-        }
-        if ret < 0 {
-            return Err(errno(pid, step, ret));
-        }
-        Ok(ret as u64)
-    }
-
-    fn open_crest_root(&mut self, above: u64) -> Result<()> {
-        let fd = self.open("/", libc::O_PATH | libc::O_DIRECTORY)?;
-        let high = self.with_fd(fd, |t, fd| {
-            t.fcntl(
-                fd,
-                libc::F_DUPFD_CLOEXEC,
-                above,
-                &format!("move crest's root fd above {above}"),
-            )
-        })?;
-        self.set_crest_root(Some(high));
-        Ok(())
-    }
-
-    fn close_crest_root(&mut self) -> Result<()> {
-        if let Some(fd) = self.crest_root() {
-            self.set_crest_root(None);
-            self.call(nr::CLOSE, &[fd], "close crest's root fd")?;
-        }
-        Ok(())
+        let f = std::fs::OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .custom_flags((flags & !libc::O_ACCMODE) | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| RemoteError::Io {
+                pid: self.pid(),
+                step: format!("open {path} for the task"),
+                source,
+            })?;
+        self.give_fd(&OwnedFd::from(f))
     }
 
     fn close(&mut self, fd: u64) -> Result<()> {

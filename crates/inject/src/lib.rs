@@ -102,8 +102,6 @@ pub struct Tracee {
     done: bool,
     /// The task or thread the last injected clone created (crest's view).
     new_task: Option<i32>,
-    /// An fd, in the task, of crest's root directory (see [`Tracee::crest_root`]).
-    crest_root: Option<u64>,
     /// All signals are blocked (they are while syscalls are injected).
     blocked: bool,
     /// The thread's slot in the recovery area, once armed.
@@ -284,7 +282,6 @@ impl Tracee {
             scratch: None,
             done: false,
             new_task: None,
-            crest_root: None,
             blocked,
             armed: None,
             area: None,
@@ -293,18 +290,6 @@ impl Tracee {
 
     pub fn pid(&self) -> i32 {
         self.pid
-    }
-
-    /// The fd, in the task, of crest's root directory, through which the
-    /// task still reaches crest's files (`/proc`, the images) after it
-    /// entered another mount namespace.
-    pub fn crest_root(&self) -> Option<u64> {
-        self.crest_root
-    }
-
-    /// Records (or forgets) the task's fd of crest's root directory.
-    pub fn set_crest_root(&mut self, fd: Option<u64>) {
-        self.crest_root = fd;
     }
 
     pub fn tid(&self) -> i32 {

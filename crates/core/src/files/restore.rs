@@ -75,24 +75,11 @@ pub fn restore_fds(
     super::pty::take_ctty(t, files)
 }
 
-/// Closes every inherited fd but the task's way to crest's files, which
-/// is numbered above everything made here.
+/// Closes every inherited fd.
 fn close_inherited(t: &mut Tracee) -> Result<(), RestoreError> {
     let pid = t.pid();
-    match t.crest_root() {
-        Some(keep) => {
-            if keep > 0 {
-                t.syscall(nr::CLOSE_RANGE, &[0, keep - 1, 0])
-                    .rat(pid, "close_range of inherited fds")?;
-            }
-            t.syscall(nr::CLOSE_RANGE, &[keep + 1, u64::from(u32::MAX), 0])
-                .rat(pid, "close_range of inherited fds")?;
-        }
-        None => {
-            t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
-                .rat(pid, "close_range of inherited fds")?;
-        }
-    }
+    t.syscall(nr::CLOSE_RANGE, &[0, u64::from(u32::MAX), 0])
+        .rat(pid, "close_range of inherited fds")?;
     Ok(())
 }
 

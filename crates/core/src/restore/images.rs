@@ -167,13 +167,6 @@ impl TaskImage {
 }
 
 impl LiveImage {
-    /// Where the task keeps its fd of crest's root while it is restored:
-    /// above every fd it will have, and above the fds its restore parks.
-    pub(super) fn crest_root_fd(&self) -> u64 {
-        let max_fd = self.fdinfo.iter().map(|f| u64::from(f.fd)).max();
-        max_fd.unwrap_or(0) + 6 * self.fdinfo.len() as u64 + 64
-    }
-
     pub(super) fn read(
         dir: &Path,
         pid: u32,

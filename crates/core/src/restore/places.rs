@@ -7,7 +7,6 @@ use super::plan::RestoreTask;
 use crate::error::RestoreError;
 use crate::ns;
 use crate::opts::Options;
-use crate::remote::Remote;
 
 /// The cgroups the root is forked into (its children follow): its own,
 /// or `--cgroup-root`'s; made, with their settings, before it moves in.
@@ -107,14 +106,6 @@ pub(super) fn before_transform(
         if let Some(k) = imgs.iter().position(|i| i.pid() == pid && i.live.is_some()) {
             ns::cgroup::move_to(actual[k], &path)?;
         }
-    }
-    // crest's /proc and the images stay within reach while a task is in
-    // other mount namespaces: an fd numbered above its future fds
-    for task in tree.iter_mut() {
-        let (Some(t), Some(live)) = (task.tracee.as_mut(), task.img.live.as_ref()) else {
-            continue;
-        };
-        t.open_crest_root(live.crest_root_fd())?;
     }
     let mnt_externals = crate::opts::mnt_externals(&opts.external);
     let root = opts.root.as_ref().map(|r| r.to_string_lossy().into_owned());

@@ -56,10 +56,6 @@ pub(super) fn transform(
     let core = &img.cores[0].1;
     let tc = img.task_core()?;
     task::unregister_inherited_rseq(t)?;
-    if shares_files {
-        // Its parent's fd table restore closed the fd it had of crest's root.
-        t.open_crest_root(live.crest_root_fd())?;
-    }
     // Its own namespaces (but the user one), its memory, what is the
     // whole task's.
     let ns = img.ids.user_ns_id.unwrap_or(1);
@@ -95,7 +91,6 @@ pub(super) fn transform(
     crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
     make_threads(t, img, ctx, (tl, &work), early, leader_ids.as_ref())?;
     finish_task(t, img, ctx, pid_for_children)?;
-    t.close_crest_root()?;
     Ok(())
 }
 

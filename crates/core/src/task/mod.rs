@@ -268,23 +268,11 @@ pub fn restore_loginuid(t: &mut Tracee, uid: u32) -> Result<(), RestoreError> {
     if now == Some(uid) {
         return Ok(());
     }
-    // the task writes it as its user namespace sees it (crest read it as
-    // crest's sees it; unset stays unset)
-    let inside = if uid == u32::MAX {
-        Some(uid)
-    } else {
-        std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
-            .ok()
-            .and_then(|m| inside_id(&m, uid))
-    };
-    let Some(inside) = inside else {
-        return Err(TaskError::Unsupported {
-            what: format!("an audit login uid ({uid}) its user namespace does not map"),
-        }
-        .in_restore(pid));
-    };
-    let fd = t.open_crest_side("/proc/self/loginuid", libc::O_WRONLY)?;
-    let text = inside.to_string();
+    // crest opens the file (the kernel reads the value in the user
+    // namespace of the file's opener: crest's, as crest read it) and the
+    // task writes it (the kernel lets only the task itself)
+    let fd = t.open_crest_side(&format!("/proc/{pid}/loginuid"), libc::O_WRONLY)?;
+    let text = uid.to_string();
     let addr = t.put(text.as_bytes()).rat(pid, "write loginuid text")?;
     let res = t.syscall(nr::WRITE, &[fd, addr, text.len() as u64]);
     t.close(fd)?;

@@ -114,7 +114,6 @@ impl NsHelpers {
             }
             None => crate::ns::pid::spawn_helper(&[])?,
         };
-        e.open_crest_root(64)?;
         if let Some(owner) = users_h.pid_of(n.owner_userns).filter(|_| self.userns_first) {
             let (here, there) = (
                 crate::ns::user::ino_of(&format!("/proc/{}/ns/user", e.pid())).ok(),
@@ -149,7 +148,6 @@ impl NsHelpers {
             })?;
         let mut t = crate::ns::pid::spawn_helper(&[])?;
         let pid = t.pid();
-        t.open_crest_root(64)?;
         let fd = t.open_crest_side(&format!("/proc/{holder}/ns/mnt"), libc::O_RDONLY)?;
         t.with_fd(fd, |t, fd| {
             t.setns(
@@ -163,7 +161,6 @@ impl NsHelpers {
         }
         t.syscall(nr::UNSHARE, &[libc::CLONE_NEWNS as u64])
             .rat(pid, "unshare(CLONE_NEWNS)")?;
-        t.close_crest_root()?;
         self.by_id.push((id, t));
         Ok(())
     }
