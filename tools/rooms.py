@@ -5,7 +5,8 @@ A room is a top-level module of crates/core/src (`files`, `ns`, `mm`,
 `remote`, ...). Every path a file names (`crate::x::y`, `super::z`,
 `use` groups included; test modules left out) is an edge from the file's
 room to the room of the module it names. The check fails when the rooms
-import each other in a circle, and prints the edges that close it.
+import each other in a circle (and prints the edges that close it), or
+when a room uses one that comes after it in the order lib.rs's doc gives.
 
 Circles between the files of one room are printed too; `--strict` (as
 `.ci/run` uses it) fails on them as well.
@@ -151,6 +152,16 @@ def circles(graph):
     return out
 
 
+def declared_order(root):
+    """The rooms in the order lib.rs's doc gives them (lowest first)."""
+    with open(os.path.join(root, "lib.rs")) as f:
+        doc = "".join(l[3:] for l in f if l.startswith("//!"))
+    m = re.search(r"in this order \(lowest first\):(.*?)`tools/rooms.py", doc, re.S)
+    if not m:
+        return None
+    return [w for w in re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", m.group(1)))]
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     strict = "--strict" in sys.argv
@@ -171,6 +182,22 @@ def main():
             for t in sorted(targets):
                 if room(m) in c and room(t) in c and room(m) != room(t):
                     print(f"  {show(m)} -> {show(t)}")
+    order = declared_order(root)
+    if order is None:
+        failed = True
+        print("lib.rs's doc gives no order of the rooms")
+    else:
+        for m, targets in sorted(edges.items()):
+            for t in sorted(targets):
+                a, b = room(m), room(t)
+                if a == b or "lib" in (a, b):
+                    continue
+                if a not in order or b not in order:
+                    failed = True
+                    print(f"room {a if a not in order else b} is not in lib.rs's order")
+                elif order.index(b) > order.index(a):
+                    failed = True
+                    print(f"{show(m)} -> {show(t)}: a room uses one after it in lib.rs's order")
     inner = [c for c in circles(edges) if len({room(m) for m in c}) == 1]
     for c in inner:
         print(f"files of room {room(c[0])} import each other:", " ".join(show(m) for m in c))

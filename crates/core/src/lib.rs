@@ -2,7 +2,8 @@
 //! its dump and restore side; `dump` and `restore` only put them in order.
 //!
 //! A room uses only rooms before it in this order (lowest first):
-//! `procfs`, `netlink`, `remote`, `notify`, `error`, `opts`, `clone`, `ns`,
+//! `log`, `stats`, `features` (which use none), `procfs`, `netlink`,
+//! `remote`, `notify`, `error`, `opts`, `clone`, `ns`,
 //! `task` (the per-task state: creds, signals, timers, regs, seccomp, the
 //! core image), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
 //! `dump`, `restore`, `show`. `tools/rooms.py --strict` fails on any
