@@ -270,12 +270,12 @@ fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Ve
 
 /// A dumped tree: its root, its tasks, the cgroups' view and the tasks'
 /// cgroups before the dump.
-type Dumped = (
-    Pid,
-    procs::Tree,
-    BTreeMap<String, String>,
-    BTreeMap<i32, String>,
-);
+struct Dumped {
+    pid: Pid,
+    tree: procs::Tree,
+    view: BTreeMap<String, String>,
+    member: BTreeMap<i32, String>,
+}
 
 /// Starts the tree in the case's cgroups; dumps it with `dump_args`.
 fn start_and_dump(
@@ -292,7 +292,12 @@ fn start_and_dump(
     let view = cg.view();
     let member = cgroups_of(&pids);
     dump_with(cfg, dir, (pid, &tree), dump_args, procs)?;
-    Ok((pid, tree, view, member))
+    Ok(Dumped {
+        pid,
+        tree,
+        view,
+        member,
+    })
 }
 
 /// `crest dump` of the tree of `pid` with `extra` options; the tree dies.
@@ -312,16 +317,17 @@ fn dump_with(
 /// A restore with `mode` that must succeed; then the cgroups must show
 /// `want`, the tasks be in them, and the tree pass its check.
 #[allow(clippy::too_many_arguments)]
+/// A restore of `d` with `mode` after which the cgroups read `want` and
+/// every task is back in its cgroups.
 fn restore_checked(
     cfg: &Config,
     dir: &CaseDir,
-    cg: &Cgroups,
-    mode: &str,
-    (pid, tree): (Pid, &procs::Tree),
+    (cg, mode): (&Cgroups, &str),
+    d: &Dumped,
     want: &BTreeMap<String, String>,
-    member: &BTreeMap<i32, String>,
     procs: &mut Procs,
 ) -> Result<()> {
+    let (pid, tree, member) = (d.pid, &d.tree, &d.member);
     let images = s(&dir.images);
     let tag = format!("restore{mode}");
     let args = ["restore", "-D", &images, "-d", "-o", "restore.log", mode];
@@ -378,18 +384,9 @@ fn soft(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let Some(cg) = Cgroups::find("soft") else {
         return Ok(skip());
     };
-    let (pid, tree, view, member) = start_and_dump(cfg, dir, &cg, &["--manage-cgroups"], procs)?;
+    let d = start_and_dump(cfg, dir, &cg, &["--manage-cgroups"], procs)?;
     cg.remove()?;
-    restore_checked(
-        cfg,
-        dir,
-        &cg,
-        "--manage-cgroups",
-        (pid, &tree),
-        &view,
-        &member,
-        procs,
-    )?;
+    restore_checked(cfg, dir, (&cg, "--manage-cgroups"), &d, &d.view, procs)?;
     Ok(Outcome::Pass)
 }
 
@@ -397,8 +394,7 @@ fn full(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let Some(cg) = Cgroups::find("full") else {
         return Ok(skip());
     };
-    let (pid, tree, view, member) =
-        start_and_dump(cfg, dir, &cg, &["--manage-cgroups=full"], procs)?;
+    let d = start_and_dump(cfg, dir, &cg, &["--manage-cgroups=full"], procs)?;
     // other settings meanwhile
     for h in &cg.hiers {
         let top = cg.top(h);
@@ -409,19 +405,10 @@ fn full(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         fs::set_permissions(top.join(k), fs::Permissions::from_mode(0o644))?;
         std::os::unix::fs::chown(top.join("sub"), Some(0), Some(0))?;
     }
-    if differences(&view, &cg.view()).is_empty() {
+    if differences(&d.view, &cg.view()).is_empty() {
         bail!("the harness could not change the cgroups' settings");
     }
-    restore_checked(
-        cfg,
-        dir,
-        &cg,
-        "--manage-cgroups=full",
-        (pid, &tree),
-        &view,
-        &member,
-        procs,
-    )?;
+    restore_checked(cfg, dir, (&cg, "--manage-cgroups=full"), &d, &d.view, procs)?;
     Ok(Outcome::Pass)
 }
 
@@ -430,16 +417,16 @@ fn modes(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         return Ok(skip());
     };
     let no_pids = "\"pids\":\n - \"strategy\": \"replace\"\n - \"properties\": []\n";
-    let (pid, tree, view, member) = start_and_dump(
+    let d = start_and_dump(
         cfg,
         dir,
         &cg,
         &["--manage-cgroups", "--cgroup-props", no_pids],
         procs,
     )?;
-    restore_refused(cfg, dir, "--manage-cgroups=strict", "strict", pid, procs)?;
+    restore_refused(cfg, dir, "--manage-cgroups=strict", "strict", d.pid, procs)?;
     // soft leaves the settings of cgroups that exist alone
-    let mut changed = view.clone();
+    let mut changed = d.view.clone();
     for h in &cg.hiers {
         let (k, _) = h.top[0];
         let Some(v) = other_value(k) else {
@@ -452,19 +439,17 @@ fn modes(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     restore_checked(
         cfg,
         dir,
-        &cg,
-        "--manage-cgroups=soft",
-        (pid, &tree),
+        (&cg, "--manage-cgroups=soft"),
+        &d,
         &changed,
-        &member,
         procs,
     )?;
     cg.remove()?;
     for mode in ["--manage-cgroups=none", "--manage-cgroups=props"] {
-        restore_refused(cfg, dir, mode, "does not exist", pid, procs)?;
+        restore_refused(cfg, dir, mode, "does not exist", d.pid, procs)?;
     }
     // full makes them with what was recorded: not pids.max
-    let mut want = view.clone();
+    let mut want = d.view.clone();
     for h in cg.hiers.iter().filter(|h| h.top[0].0 == "pids.max") {
         want.insert(
             cg.top(h).join("pids.max").display().to_string(),
@@ -479,16 +464,7 @@ fn modes(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
             "644".into(),
         );
     }
-    restore_checked(
-        cfg,
-        dir,
-        &cg,
-        "--manage-cgroups=full",
-        (pid, &tree),
-        &want,
-        &member,
-        procs,
-    )?;
+    restore_checked(cfg, dir, (&cg, "--manage-cgroups=full"), &d, &want, procs)?;
     Ok(Outcome::Pass)
 }
 
@@ -531,18 +507,15 @@ fn tasks_apart(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
         bail!("the harness could not put the tasks apart: {member:?}");
     }
     dump_with(cfg, dir, (pid, &tree), &["--manage-cgroups"], procs)?;
+    let d = Dumped {
+        pid,
+        tree,
+        view,
+        member,
+    };
     cg.remove()?;
     beside.remove()?;
-    restore_checked(
-        cfg,
-        dir,
-        &cg,
-        "--manage-cgroups",
-        (pid, &tree),
-        &view,
-        &member,
-        procs,
-    )?;
+    restore_checked(cfg, dir, (&cg, "--manage-cgroups"), &d, &d.view, procs)?;
     let diff = differences(&view_beside, &beside.view());
     if !diff.is_empty() {
         bail!(
@@ -606,9 +579,19 @@ impl Drop for Named {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = fs::remove_dir(self.at.join("x/sub"));
-        let _ = fs::remove_dir(self.at.join("x"));
+        // a cgroup holding a task not reaped yet (pid 1 reaps orphans
+        // late) cannot go, and the hierarchy, unmounted, would stay in the
+        // kernel for good: wait for it
+        let start = std::time::Instant::now();
+        for d in ["x/sub", "x"] {
+            let dir = self.at.join(d);
+            while dir.exists()
+                && fs::remove_dir(&dir).is_err()
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.umount();
     }
 }

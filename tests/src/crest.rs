@@ -97,6 +97,24 @@ pub fn command(crest: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// A crest command line run through the shell, whose redirections
+/// `redirect` (e.g. `3>/proc/PID/fd/N`, `3<>/dev/pts/5`) give crest fds
+/// first: `sh -c 'exec crest "$@" REDIRECT' crest <args>`.
+pub fn command_with(crest: &Path, redirect: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("exec \"$0\" \"$@\" {redirect}"))
+        .arg(crest)
+        .args(args);
+    cmd
+}
+
+/// The redirection giving crest fd `n` as the harness's fd `fd`, opened
+/// again for writing.
+pub fn writing_to(n: i32, fd: std::os::fd::RawFd) -> String {
+    format!("{n}>/proc/{}/fd/{fd}", std::process::id())
+}
+
 /// The last `n` lines of a text file, each prefixed for a report; None if
 /// the file is missing or empty.
 pub fn tail(path: &Path, n: usize) -> Option<String> {

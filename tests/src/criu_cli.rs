@@ -1096,17 +1096,20 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
         .to_string();
     let images = s(&dir.images);
     dump_with(cfg, dir, &[], pid, &before, procs)?;
-    let mut restore = Command::new("sh");
-    restore
-        .arg("-c")
-        .arg(format!(
-            "exec \"$0\" \"$@\" 3>/proc/{}/fd/{}",
-            std::process::id(),
-            out.as_raw_fd()
-        ))
-        .arg(&cfg.crest)
-        .args(["restore", "-D", &images, "-d", "-o", "restore.log"])
-        .arg(format!("--inherit-fd=fd[3]:{key}"));
+    let inherit = format!("--inherit-fd=fd[3]:{key}");
+    let restore = crest::command_with(
+        &cfg.crest,
+        &crest::writing_to(3, out.as_raw_fd()),
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "-o",
+            "restore.log",
+            &inherit,
+        ],
+    );
     procs.track(pid);
     let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
     if !ran.success() {
@@ -1126,16 +1129,10 @@ fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     let images = s(&dir.images);
     dump_with(cfg, dir, &[], pid, &before, procs)?;
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
-    let mut restore = Command::new("sh");
-    restore
-        .arg("-c")
-        .arg(format!(
-            "exec \"$0\" \"$@\" 5>/proc/{}/fd/{}",
-            std::process::id(),
-            wr.as_raw_fd()
-        ))
-        .arg(&cfg.crest)
-        .args([
+    let restore = crest::command_with(
+        &cfg.crest,
+        &crest::writing_to(5, wr.as_raw_fd()),
+        &[
             "restore",
             "-D",
             &images,
@@ -1144,7 +1141,8 @@ fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
             "restore.log",
             "--status-fd",
             "5",
-        ]);
+        ],
+    );
     procs.track(pid);
     let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
     if !ran.success() {

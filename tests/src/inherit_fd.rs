@@ -104,17 +104,23 @@ fn pipe_inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
     let images = dir.images.to_string_lossy().to_string();
     let pidfile = dir.root.join("restore.pid").to_string_lossy().to_string();
     let inherit = format!("fd[3]:{key}");
-    let mut restore = Command::new("sh");
-    restore
-        .arg("-c")
-        .arg(format!(
-            "exec \"$0\" \"$@\" 3>/proc/{}/fd/{}",
-            std::process::id(),
-            out.as_raw_fd()
-        ))
-        .arg(&cfg.crest)
-        .args(["restore", "-D", &images, "-d", "--pidfile", &pidfile])
-        .args(["-o", "restore-inherit.log", "-v4", "--inherit-fd", &inherit]);
+    let restore = crest::command_with(
+        &cfg.crest,
+        &crest::writing_to(3, out.as_raw_fd()),
+        &[
+            "restore",
+            "-D",
+            &images,
+            "-d",
+            "--pidfile",
+            &pidfile,
+            "-o",
+            "restore-inherit.log",
+            "-v4",
+            "--inherit-fd",
+            &inherit,
+        ],
+    );
     procs.track(pid);
     let ran = crest::run(restore, &dir.root, "restore-inherit", CREST_TIMEOUT, procs)?;
     if !ran.success() {

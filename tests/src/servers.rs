@@ -311,12 +311,10 @@ fn external_tty(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
     }
     let inherit = format!("fd[3]:{key}");
     // (the shell opens the new terminal on fd 3 for crest)
-    let mut restore = Command::new("sh");
-    restore
-        .arg("-c")
-        .arg(format!("exec \"$0\" \"$@\" 3<>{tty2}"))
-        .arg(&cfg.crest)
-        .args([
+    let mut restore = crest::command_with(
+        &cfg.crest,
+        &format!("3<>{tty2}"),
+        &[
             "restore",
             "-D",
             &images,
@@ -326,7 +324,8 @@ fn external_tty(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcom
             "-o",
             "restore.log",
             "-v4",
-        ]);
+        ],
+    );
     restore.current_dir(&dir.root).stdin(Stdio::null());
     procs.track(pid);
     let status = restore.status().context("run crest restore --inherit-fd")?;

@@ -6,7 +6,6 @@ mod task;
 
 use crate::error::DumpError;
 use crate::files::table::FileTable;
-use crate::files::{self};
 use crate::notify::{hook, Notify, Silent};
 use crate::ns::user::UsernsGraph;
 use crate::opts::{Action, Options};
@@ -207,14 +206,7 @@ fn collect_and_write(
     filters.write(&opts.dir)?;
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
-    // (files passed in queued messages first: a pipe end among them is
-    // the tree's)
-    files.dump_in_flight()?;
-    files.mark_outside_pipes();
-    // (finish adds the entries of sockets outside the tree)
     files.finish(&opts.dir)?;
-    crest_images::write_image(&opts.dir, names::FILES, magic::FILES, files.entries())?;
-    files::dump::write_images(&opts.dir, &files)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),

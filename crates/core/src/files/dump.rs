@@ -12,6 +12,7 @@ use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs;
 use crest_images::pb::{FdTypes, FdinfoEntry};
+use crest_images::{magic, names};
 use std::os::unix::fs::MetadataExt;
 
 /// What the link of `/proc/PID/fd/N` says the fd is, for error messages.
@@ -89,7 +90,7 @@ impl FileTable {
     /// The files passed in queued unix messages (`SCM_RIGHTS`), dumped as
     /// files of their own through crest's copies (a description a task
     /// also holds is the same file); a socket among them may carry more.
-    pub(crate) fn dump_in_flight(&mut self) -> Result<(), DumpError> {
+    fn dump_in_flight(&mut self) -> Result<(), DumpError> {
         use std::os::fd::AsRawFd;
         let me = std::process::id() as i32;
         while let Some((q, i, fds, ctx)) = self.unix.flight.pop() {
@@ -252,7 +253,7 @@ fn dump_anon(
 
 /// Writes the images of the files beside `files.img`: pipe and FIFO data,
 /// ghost files, memfd inodes and their contents.
-pub fn write_images(dir: &std::path::Path, table: &FileTable) -> Result<(), DumpError> {
+fn write_images(dir: &std::path::Path, table: &FileTable) -> Result<(), DumpError> {
     pipe::write_data(dir, &table.pipes)?;
     fifo::write_data(dir, &table.fifos)?;
     ghost::write(dir, &table.ghosts)?;
@@ -319,15 +320,20 @@ impl FileTable {
         Ok(known)
     }
 
-    /// After every task's fds: checks what needs the whole tree and writes
-    /// the socket and terminal images.
+    /// After every task's fds: what needs the whole tree (the files in
+    /// flight in unix queues first: a pipe end among them is the tree's;
+    /// the pipes whose other end is outside; epoll watches; unix peers),
+    /// then every image of files.
     pub fn finish(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
         self.dump_in_flight()?;
+        self.mark_outside_pipes();
         self.name_watched_files()?;
+        // (adds the entries of sockets outside the tree)
         self.check_unix()?;
         unix::write_queues(dir, self)?;
         self.inet.write(dir)?;
         self.tty.write(dir)?;
-        Ok(())
+        crest_images::write_image(dir, names::FILES, magic::FILES, self.entries())?;
+        write_images(dir, self)
     }
 }

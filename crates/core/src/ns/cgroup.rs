@@ -19,6 +19,11 @@ use crest_images::{magic, names};
 use crest_inject::Tracee;
 use std::path::{Path, PathBuf};
 
+/// Most lines of a task's `/proc/PID/cgroup` crest reads back from the
+/// images: one per hierarchy (v2's one, v1's controllers and named
+/// hierarchies, which a machine may have many of).
+const MAX_LINES: usize = 1024;
+
 /// The unified-hierarchy path in a `/proc/PID/cgroup` text ("0::/path").
 pub fn parse_cgroup(text: &str) -> Option<String> {
     text.lines()
@@ -168,7 +173,7 @@ pub fn read_members(dir: &Path) -> Result<CgroupImages, RestoreError> {
         .in_tree_restore()
     };
     for m in list {
-        if m.lines.len() > 64 || m.lines.iter().any(|l| l.len() > 4096) {
+        if m.lines.len() > MAX_LINES || m.lines.iter().any(|l| l.len() > 4096) {
             return Err(bad(format!("{} cgroup lines", m.lines.len())));
         }
         match m.tree_root {
