@@ -576,6 +576,9 @@ impl Drop for Named {
             if let Ok(t) = fs::read_to_string(dir.join("cgroup.procs")) {
                 for p in t.lines().filter_map(|l| l.parse::<i32>().ok()) {
                     let _ = nix::sys::signal::kill(Pid::from_raw(p), nix::sys::signal::SIGKILL);
+                    // (the harness reaps its own: not ours, this says so
+                    // at once)
+                    let _ = nix::sys::wait::waitpid(Pid::from_raw(p), None);
                 }
             }
         }
@@ -592,7 +595,20 @@ impl Drop for Named {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let _ = self.umount();
+        // the kernel lets go of an unmounted hierarchy only when it has no
+        // cgroups left, and a removed one goes a little later: mounted and
+        // unmounted again until the hierarchy is gone
+        let known = |name: &str| {
+            fs::read_to_string("/proc/self/cgroup")
+                .is_ok_and(|c| c.contains(&format!("name={name}:")))
+        };
+        for _ in 0..50 {
+            let _ = self.umount();
+            std::thread::sleep(Duration::from_millis(100));
+            if !known(&self.name) || self.mount().is_err() {
+                break;
+            }
+        }
     }
 }
 
