@@ -92,6 +92,15 @@ impl Tracee {
     /// a handler of it to the default.)
     pub fn syscall_raw(&mut self, nr: u64, args: &[u64]) -> Result<i64> {
         let tid = self.tid;
+        if !self.followed && self.attach == Attach::Seized {
+            // Each injected call is two stops, each a wake-up of the other
+            // side: on one CPU about 11 µs, across CPUs 55-90. A thread
+            // that may not run on crest's CPU (a container's cpuset, a
+            // pinned task) draws crest's thread to its own (the caller
+            // keeps crest's own mask and puts it back).
+            self.followed = true;
+            follow_cpu_of(self.pid, tid);
+        }
         let mut regs = self.orig_regs;
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
         regs.rax = nr;
@@ -250,4 +259,40 @@ impl Tracee {
         }
         Ok(ret as u64)
     }
+}
+
+/// Moves the calling thread (crest's) to a CPU thread `tid` of `pid` may
+/// run on, when the one crest is on is not among them: the one it last
+/// ran on (`/proc/PID/task/TID/stat`'s 39th field). A thread free to run
+/// where crest is is woken there by the scheduler anyway; where the move
+/// fails (the CPU is not crest's to use), crest stays.
+fn follow_cpu_of(pid: i32, tid: i32) {
+    let Ok(allowed) = crest_sys::misc::get_affinity(tid) else {
+        return;
+    };
+    let may = |cpu: usize| {
+        allowed
+            .get(cpu / 8)
+            .is_some_and(|b| b & (1 << (cpu % 8)) != 0)
+    };
+    if crest_sys::misc::current_cpu().is_some_and(may) {
+        return;
+    }
+    let last = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // the fields after the command's closing parenthesis start at
+            // the 3rd
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(39 - 3)?.parse::<usize>().ok()
+        });
+    let Some(cpu) = last
+        .filter(|&c| may(c))
+        .or_else(|| (0..allowed.len() * 8).find(|&c| may(c)))
+    else {
+        return;
+    };
+    let mut mask = vec![0u8; cpu / 8 + 1];
+    mask[cpu / 8] |= 1 << (cpu % 8);
+    let _ = crest_sys::misc::set_affinity(0, &mask);
 }

@@ -102,6 +102,9 @@ pub struct Tracee {
     done: bool,
     /// The task or thread the last injected clone created (crest's view).
     new_task: Option<i32>,
+    /// crest's thread was moved to the CPU this thread last ran on (see
+    /// [`Tracee::syscall_raw`]).
+    followed: bool,
     /// All signals are blocked (they are while syscalls are injected).
     blocked: bool,
     /// The thread's slot in the recovery area, once armed.
@@ -282,6 +285,7 @@ impl Tracee {
             scratch: None,
             done: false,
             new_task: None,
+            followed: false,
             blocked,
             armed: None,
             area: None,

@@ -606,6 +606,32 @@ pub fn set_affinity(tid: i32, mask: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPU the calling thread runs on (`sched_getcpu`).
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: no arguments; returns a CPU number or -1.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
+}
+
+/// The calling thread's CPU affinity as it is now, put back when this is
+/// dropped (the dump moves crest's thread after the threads it injects
+/// into).
+pub struct AffinityKept(Option<Vec<u8>>);
+
+impl AffinityKept {
+    pub fn now() -> AffinityKept {
+        AffinityKept(get_affinity(0).ok())
+    }
+}
+
+impl Drop for AffinityKept {
+    fn drop(&mut self) {
+        if let Some(mask) = &self.0 {
+            let _ = set_affinity(0, mask);
+        }
+    }
+}
+
 /// Whether a file lives on hugetlbfs (`fstatfs`).
 pub fn is_hugetlbfs(fd: &impl AsRawFd) -> io::Result<bool> {
     // SAFETY: zeroed statfs is a valid out-buffer.

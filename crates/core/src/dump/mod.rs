@@ -32,6 +32,8 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     if !refused.is_empty() {
         return Err(DumpError::Refused { refused });
     }
+    // (crest's thread follows the CPUs of the threads it injects into)
+    let _cpus = crest_sys::misc::AffinityKept::now();
     // whom crest acts for, and nothing more than they hold from here on
     let caller = crate::privilege::Caller::detect(opts.unprivileged)
         .and_then(|c| c.confine().map(|()| c))
