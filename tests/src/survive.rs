@@ -48,10 +48,12 @@
 //!   loop runs on every CPU: it succeeds, or fails naming the raced ids
 //!   with nothing left behind.
 //!
-//! Points named "unguarded" are the documented windows (the recovery
-//! area's own `mmap` and its final `munmap`, DESIGN.md) and are not walked.
-//! Every other kind of point is walked, and one injected call in
-//! [`CALL_STRIDE`].
+//! The recovery area's own `mmap` and its final `munmap` run with the
+//! thread parked in the vdso loop (points named "parked"): walked like
+//! the others. Points named "unguarded" are those calls where the vdso has
+//! no loop site or the stack no room (README, "How a dump survives
+//! crest's death") and are not walked. Every other kind of point is
+//! walked, and one injected call in [`CALL_STRIDE`].
 
 use std::fs;
 use std::path::Path;

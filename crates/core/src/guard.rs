@@ -9,12 +9,16 @@
 //!   a pidfd of the task): the recovery code returns every thread to its
 //!   seized context by itself but cannot unmap the page it runs from, so
 //!   the guard seizes the task once no thread is on that code any more and
-//!   unmaps the area (`crest_inject::leftover`).
+//!   unmaps the area (`crest_inject::leftover`);
+//! - where the thread that maps it is parked while it does, and while it
+//!   unmaps it at the end (`crest_inject::parking`): the guard returns a
+//!   thread it finds in that loop to its seized state, first.
 //!
 //! The guard learns that crest is gone when its socket ends without the
 //! "done" crest sends when the dump is over (tree killed or released).
 
 use crest_inject::leftover::{self, Removed};
+use crest_inject::parking::{self, Parked};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -34,10 +38,12 @@ static GUARD: std::sync::Mutex<Option<Guard>> = std::sync::Mutex::new(None);
 
 /// Messages: a connection that had `SO_REUSEADDR` (`R`) or not (`r`),
 /// with its fd; an area (`a`, then pid, address and length, with a pidfd
-/// of the task); the end of the dump (`d`).
+/// of the task), followed by where its thread is parked (`p`, then
+/// [`parking::to_bytes`]) when it is; the end of the dump (`d`).
 const CONN_REUSE: u8 = b'R';
 const CONN_PLAIN: u8 = b'r';
 const AREA: u8 = b'a';
+const PARKED: u8 = b'p';
 const DONE: u8 = b'd';
 const AREA_LEN: usize = 1 + 4 + 8 + 8;
 
@@ -79,10 +85,17 @@ pub fn hold_connection(c: &OwnedFd, reuse: bool) -> io::Result<()> {
 }
 
 /// Tells the guard that a recovery area of `len` bytes is about to be
-/// mapped at `addr` in task `pid`.
-pub fn watch_area(pid: i32, addr: u64, len: u64) -> io::Result<()> {
+/// mapped at `addr` in task `pid`, by a thread `parked` in the vdso loop
+/// meanwhile (and while it unmaps it at the end).
+pub fn watch_area(pid: i32, addr: u64, len: u64, parked: Option<&Parked>) -> io::Result<()> {
     let pidfd = crest_sys::misc::pidfd_open(pid)?;
-    send(&area_msg(pid, addr, len), Some(pidfd.as_raw_fd()))
+    send(&area_msg(pid, addr, len), Some(pidfd.as_raw_fd()))?;
+    if let Some(p) = parked {
+        let mut m = vec![PARKED];
+        m.extend_from_slice(&parking::to_bytes(p));
+        send(&m, None)?;
+    }
+    Ok(())
 }
 
 fn area_msg(pid: i32, addr: u64, len: u64) -> Vec<u8> {
@@ -116,12 +129,14 @@ pub fn end() {
     }
 }
 
-/// An area the guard watches.
+/// An area the guard watches, and the thread that maps it when it is
+/// parked meanwhile.
 struct Area {
     pid: i32,
     addr: u64,
     len: u64,
     pidfd: OwnedFd,
+    parked: Option<Parked>,
 }
 
 /// The guard's whole life: returns its exit code.
@@ -138,7 +153,7 @@ pub fn run(fd: i32) -> i32 {
     let mut conns: Vec<(OwnedFd, bool)> = Vec::new();
     let mut areas: Vec<Area> = Vec::new();
     loop {
-        let mut b = [0u8; 64];
+        let mut b = [0u8; 512];
         match crest_sys::misc::recv_with_fd(&sock, &mut b) {
             Ok((1, Some(c))) if b[0] == CONN_REUSE || b[0] == CONN_PLAIN => {
                 conns.push((c, b[0] == CONN_REUSE));
@@ -150,7 +165,13 @@ pub fn run(fd: i32) -> i32 {
                         addr,
                         len,
                         pidfd,
+                        parked: None,
                     });
+                }
+            }
+            Ok((n, None)) if n > 1 && b[0] == PARKED => {
+                if let (Some(a), Some(p)) = (areas.last_mut(), parking::from_bytes(&b[1..n])) {
+                    a.parked = Some(p);
                 }
             }
             Ok((1, _)) if b[0] == DONE => return 0,
@@ -166,6 +187,14 @@ pub fn run(fd: i32) -> i32 {
     let mut failed = 0;
     for a in &areas {
         let exited = || crest_sys::misc::pidfd_exited(&a.pidfd);
+        // a thread in the vdso loop first: it is on no area code, and would
+        // spin there for good
+        if let Some(p) = &a.parked {
+            if let Err(e) = leftover::return_parked(a.pid, p, &exited, deadline) {
+                eprintln!("crest: the dump's guard: pid {}: {e}", a.pid);
+                failed += 1;
+            }
+        }
         match leftover::remove_area(a.pid, a.addr, a.len, &exited, deadline) {
             Ok(Removed::Unmapped | Removed::Absent | Removed::Replaced) => {}
             Err(e) => {

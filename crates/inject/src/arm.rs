@@ -4,21 +4,24 @@
 
 use super::*;
 
+/// What [`Tracee::arm`] tells before it maps the area: its address and
+/// length, and where the thread is parked meanwhile.
+pub type Announce<'a> = dyn FnMut(u64, u64, Option<&parking::Parked>) -> io::Result<()> + 'a;
+
 impl Tracee {
     /// Maps the recovery area (see [`recovery`]) in a seized task, with a
     /// slot for each of its `threads` threads, and arms this thread with
     /// slot 0: from now on, if crest vanishes, the thread finds its way
     /// back to the state it was seized in by itself. The area's one
-    /// `mmap` is the only call injected without that net.
+    /// `mmap` runs without that net, parked (see [`parking`]) where the
+    /// vdso allows.
     ///
-    /// `announce` is told where the area goes (address, length) before it
-    /// is mapped: what the recovery code cannot take away, the area itself,
-    /// is left to whoever `announce` tells ([`leftover::remove_area`]).
-    pub fn arm(
-        &mut self,
-        threads: usize,
-        announce: &mut dyn FnMut(u64, u64) -> io::Result<()>,
-    ) -> Result<Recovery> {
+    /// `announce` is told where the area goes (address, length) and where
+    /// the thread is parked meanwhile, before the area is mapped: what the
+    /// recovery code cannot take away, the area itself and a thread left
+    /// in the vdso loop, is left to whoever `announce` tells
+    /// ([`leftover::remove_area`], [`leftover::return_parked`]).
+    pub fn arm(&mut self, threads: usize, announce: &mut Announce<'_>) -> Result<Recovery> {
         let pid = self.pid;
         let xstate = ptrace::get_xstate(self.tid)
             .map_err(pt(self.tid, "PTRACE_GETREGSET(NT_X86_XSTATE)"))?;
@@ -27,12 +30,28 @@ impl Tracee {
             pid,
             what: format!("no free range of {} bytes", layout.len),
         })?;
-        announce(want, layout.len).map_err(|e| InjectError::Recovery {
+        let parking = self.parking();
+        announce(want, layout.len, parking.as_ref()).map_err(|e| InjectError::Recovery {
             pid,
             what: format!("announce it ({e})"),
         })?;
+        if let Some(p) = &parking {
+            self.park(p)?;
+        }
+        let armed = self.map_area(want, layout, xstate);
+        // armed (or failed, the thread still stopped): the two words go back
+        let back = self.unpark();
+        let rec = armed?;
+        back?;
+        Ok(rec)
+    }
+
+    /// The rest of [`Tracee::arm`]: the area mapped at `want`, its code
+    /// written, this thread joined with slot 0.
+    fn map_area(&mut self, want: u64, layout: Layout, xstate: Vec<u8>) -> Result<Recovery> {
+        let pid = self.pid;
         const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
-        let got = self.syscall(
+        let mapped = self.syscall(
             nr::MMAP,
             &[
                 want,
@@ -42,7 +61,17 @@ impl Tracee {
                 u64::MAX,
                 0,
             ],
-        )?;
+        );
+        let got = match mapped {
+            Ok(got) => got,
+            Err(e) => {
+                // The call may have run before the failure (one at its
+                // entry or exit): the range was free, so unmapping it takes
+                // away what the call made, or nothing.
+                let _ = self.syscall_raw(nr::MUNMAP, &[want, layout.len]);
+                return Err(e);
+            }
+        };
         let rec = Recovery { addr: got, layout };
         if got != want {
             let _ = self.syscall(nr::MUNMAP, &[got, layout.len]);
@@ -53,9 +82,15 @@ impl Tracee {
         }
         self.area = Some(rec);
         let mem = self.open_mem()?;
-        fault::point("recovery area (unguarded): mapped")?;
+        fault::point(self.window(
+            "recovery area (unguarded): mapped",
+            "recovery area (parked): mapped",
+        ))?;
         self.write_area(&mem, got, recovery::STUB)?;
-        fault::point("recovery area (unguarded): code written")?;
+        fault::point(self.window(
+            "recovery area (unguarded): code written",
+            "recovery area (parked): code written",
+        ))?;
         self.join_with(&rec, 0, xstate, mem)?;
         Ok(rec)
     }
@@ -93,7 +128,10 @@ impl Tracee {
         // (the thread that mapped the area is off its own code until it is
         // parked just below; the others are untouched yet)
         fault::point(if self.area.is_some() {
-            "recovery area (unguarded): frame written"
+            self.window(
+                "recovery area (unguarded): frame written",
+                "recovery area (parked): frame written",
+            )
         } else {
             "recovery area: frame written"
         })?;
@@ -120,6 +158,16 @@ impl Tracee {
             self.blocked = true;
         }
         Ok(())
+    }
+
+    /// A fault point's name in a window the recovery code does not cover:
+    /// `parked` when the thread is parked in the vdso loop, else `bare`.
+    pub(crate) fn window(&self, bare: &'static str, parked: &'static str) -> &'static str {
+        if self.parked.is_some() {
+            parked
+        } else {
+            bare
+        }
     }
 
     /// The address range of the recovery area this tracee mapped.

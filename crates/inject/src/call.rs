@@ -137,6 +137,10 @@ impl Tracee {
             });
         } else {
             regs.rip = self.syscall_ip;
+            if let Some(p) = &self.parked {
+                // (see `parking`: the loop's frame pointer)
+                regs.rbp = p.sentinel;
+            }
         }
         ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
         // (after the registers: a thread whose tracer dies between the two
@@ -145,12 +149,23 @@ impl Tracee {
             ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
             self.blocked = true;
         }
-        // A seized thread not armed yet has no way back of its own.
-        let unguarded = self.armed.is_none() && self.attach == Attach::Seized;
-        let at = |guarded: &'static str, not: &'static str| if unguarded { not } else { guarded };
+        // A seized thread not armed has no way back of its own but the
+        // vdso loop it is parked on, if it is.
+        let bare = self.armed.is_none() && self.attach == Attach::Seized;
+        let (unguarded, parked) = (bare && self.parked.is_none(), bare && self.parked.is_some());
+        let at = |guarded: &'static str, not: &'static str, loop_: &'static str| {
+            if unguarded {
+                not
+            } else if parked {
+                loop_
+            } else {
+                guarded
+            }
+        };
         fault::point(at(
             "injected call: registers set",
             "unguarded call: registers set",
+            "parked call: registers set",
         ))?;
         // What the call takes away leaves the list before it runs (the
         // registers tell the recovery code not to take it twice).
@@ -178,6 +193,7 @@ impl Tracee {
                     failed = fault::point(at(
                         "injected call: at its entry",
                         "unguarded call: at its entry",
+                        "parked call: at its entry",
                     ))
                     .err();
                     ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
@@ -242,6 +258,7 @@ impl Tracee {
         fault::point(at(
             "injected call: at its exit",
             "unguarded call: at its exit",
+            "parked call: at its exit",
         ))?;
         Ok(ret)
     }

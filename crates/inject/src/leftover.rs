@@ -6,6 +6,7 @@
 //! The thread stops at that call's exit, before it would fetch the next
 //! instruction from the page just unmapped, and is put back as it was.
 
+use crate::parking::Parked;
 use crate::{nr, recovery, start_seize, wait_seized, InjectError, Tracee};
 use crest_sys::ptrace;
 use std::time::{Duration, Instant};
@@ -131,17 +132,74 @@ fn try_remove(
     let mut t = Tracee::from_seized(pid, first)?;
     let mut code = vec![0u8; recovery::STUB.len()];
     t.read_mem(addr, &mut code)?;
-    if code != recovery::STUB {
+    // (an area crest died before writing is still all zeros)
+    let blank = code.iter().all(|&b| b == 0);
+    if code != recovery::STUB && !blank {
         t.leak();
         return Ok(Some(Removed::Replaced));
     }
-    // `syscall` is the stub's first instruction; the thread stops at the
-    // call's exit and is put back before it runs again.
-    t.set_syscall_ip(addr);
+    if blank {
+        t.use_vdso_syscall()?;
+    } else {
+        // `syscall` is the stub's first instruction; the thread stops at
+        // the call's exit and is put back before it runs again.
+        t.set_syscall_ip(addr);
+    }
     let unmapped = t.syscall(nr::MUNMAP, &[addr, len]);
     seized.0.retain(|&x| x != first);
     t.release()?;
     unmapped.map(|_| Some(Removed::Unmapped))
+}
+
+/// Returns a thread a killed crest left in the vdso loop (see
+/// [`crate::parking`]) to the state crest seized it in: its registers,
+/// mask and the two words under its stack. A thread not in the loop
+/// (crest died before parking it, or after) is left as it is. `exited`
+/// says whether the task it was announced for has ended. Gives up at
+/// `deadline` (a thread crest still holds).
+pub fn return_parked(
+    pid: i32,
+    p: &Parked,
+    exited: &dyn Fn() -> bool,
+    deadline: Instant,
+) -> Result<bool, InjectError> {
+    let tid = p.tid;
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+    loop {
+        if exited() || gone() {
+            return Ok(false);
+        }
+        // (crest's tracees are let go as its exit goes on)
+        let seized = start_seize(tid, 0).and_then(|()| wait_seized(tid, Some(deadline)));
+        match seized {
+            Ok(_) => break,
+            Err(_) if gone() => return Ok(false),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(e),
+        }
+    }
+    let held = Seized(vec![tid]);
+    let pt = |op: &'static str| move |source| InjectError::Ptrace { tid, op, source };
+    let regs = ptrace::get_regs(tid).map_err(pt("PTRACE_GETREGSET"))?;
+    // The pid cannot be reused while its task lives, and it is held now.
+    if exited() || regs.rbp != p.sentinel || !(p.site..=p.ret).contains(&regs.rip) {
+        return Ok(false);
+    }
+    let mut back = p.regs;
+    back.orig_rax = u64::MAX;
+    ptrace::set_regs(tid, &back).map_err(pt("PTRACE_SETREGSET"))?;
+    ptrace::set_sigmask(tid, p.mask).map_err(pt("PTRACE_SETSIGMASK"))?;
+    crest_sys::mem::write_remote(pid, &[(p.sentinel, p.saved.len())], &p.saved).map_err(
+        |source| InjectError::Mem {
+            pid,
+            op: "put the two words back",
+            addr: p.sentinel,
+            len: p.saved.len(),
+            source,
+        },
+    )?;
+    drop(held);
+    Ok(true)
 }
 
 /// The task's threads now.

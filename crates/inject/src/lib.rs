@@ -14,9 +14,11 @@ mod arm;
 mod call;
 pub mod leftover;
 mod memory;
+pub mod parking;
 pub mod recovery;
 mod release;
 mod syscalls;
+pub use arm::Announce;
 pub use syscalls::nr;
 
 use recovery::{Held, Layout, Undo};
@@ -105,6 +107,9 @@ pub struct Tracee {
     /// crest's thread was moved to the CPU this thread last ran on (see
     /// [`Tracee::syscall_raw`]).
     followed: bool,
+    /// Parked in the vdso loop while crest runs the calls the recovery
+    /// code cannot catch (see [`parking`]).
+    parked: Option<parking::Parked>,
     /// All signals are blocked (they are while syscalls are injected).
     blocked: bool,
     /// The thread's slot in the recovery area, once armed.
@@ -286,6 +291,7 @@ impl Tracee {
             done: false,
             new_task: None,
             followed: false,
+            parked: None,
             blocked,
             armed: None,
             area: None,

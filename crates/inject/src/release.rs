@@ -39,20 +39,36 @@ impl Tracee {
         }
         self.armed = None;
         let owner = self.area.is_some();
+        let mut unmapped = Ok(0);
         if let Some(rec) = self.area.take() {
-            // The one window without a net: the thread is off the stub
-            // until its registers are put back just below.
-            self.syscall(nr::MUNMAP, &[rec.addr, rec.layout.len])?;
+            // Off the stub until its registers are put back just below:
+            // parked in the vdso loop where it can be (see `parking`).
+            if let Some(p) = self.parking() {
+                self.park(&p)?;
+            }
+            unmapped = self.syscall(nr::MUNMAP, &[rec.addr, rec.layout.len]);
+            if unmapped.is_err() {
+                // (a failure before the call ran leaves the area: once
+                // more; after it, this finds nothing to unmap)
+                let _ = self.syscall_raw(nr::MUNMAP, &[rec.addr, rec.layout.len]);
+            }
         }
         let tid = self.tid;
         ptrace::set_sigmask(tid, self.orig_sigmask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
         self.blocked = false;
         fault::point(if owner {
-            "put back (unguarded): mask restored"
+            self.window(
+                "put back (unguarded): mask restored",
+                "put back (parked): mask restored",
+            )
         } else {
             "put back: mask restored"
         })?;
-        ptrace::set_regs(tid, &self.orig_regs).map_err(pt(tid, "PTRACE_SETREGSET"))
+        ptrace::set_regs(tid, &self.orig_regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
+        // (back in its own context: the two words below its red zone are
+        // no longer read)
+        self.unpark()?;
+        unmapped.map(drop)
     }
 
     /// Ends a restored task the way a dumped zombie ended: `exit_group`

@@ -147,8 +147,8 @@ fn dump_task(
     // from here on, a crest that vanishes leaves the task as it was seized
     // (the area itself is the dump's guard's to take away)
     let rec = t
-        .arm(task.threads.len(), &mut |addr, len| {
-            crate::guard::watch_area(pid, addr, len)
+        .arm(task.threads.len(), &mut |addr, len, parked| {
+            crate::guard::watch_area(pid, addr, len, parked)
         })
         .at(pid, "map the recovery area")?;
 
