@@ -278,10 +278,12 @@ impl Tracee {
     }
 }
 
-/// Moves the calling thread (crest's) to a CPU thread `tid` of `pid` may
-/// run on, when the one crest is on is not among them: the one it last
-/// ran on (`/proc/PID/task/TID/stat`'s 39th field). A thread free to run
-/// where crest is is woken there by the scheduler anyway; where the move
+/// Pins the calling thread (crest's) to a CPU thread `tid` of `pid` may run
+/// on, when that thread may not run on every CPU crest may: the one crest
+/// is on if it is allowed, else the one the thread last ran on
+/// (`/proc/PID/task/TID/stat`'s 39th field). A thread free to run where
+/// crest does is woken where crest is by the scheduler anyway (crest,
+/// pinned for an earlier thread, gets its own mask back); where the move
 /// fails (the CPU is not crest's to use), crest stays.
 fn follow_cpu_of(pid: i32, tid: i32) {
     let Ok(allowed) = crest_sys::misc::get_affinity(tid) else {
@@ -292,9 +294,20 @@ fn follow_cpu_of(pid: i32, tid: i32) {
             .get(cpu / 8)
             .is_some_and(|b| b & (1 << (cpu % 8)) != 0)
     };
-    if crest_sys::misc::current_cpu().is_some_and(may) {
+    // crest's own mask, before any move, and whether it is moved now
+    static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    static MOVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let own = OWN.get_or_init(|| crest_sys::misc::get_affinity(0).unwrap_or_default());
+    let mine = |cpu: usize| own.get(cpu / 8).is_some_and(|b| b & (1 << (cpu % 8)) != 0);
+    if (0..own.len() * 8).filter(|&c| mine(c)).all(may) {
+        // free wherever crest may run: woken where crest is anyway (crest,
+        // moved for an earlier thread, gets its own mask back)
+        if MOVED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let _ = crest_sys::misc::set_affinity(0, own);
+        }
         return;
     }
+    let here = crest_sys::misc::current_cpu().filter(|&c| may(c));
     let last = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -303,13 +316,15 @@ fn follow_cpu_of(pid: i32, tid: i32) {
             let (_, rest) = stat.rsplit_once(')')?;
             rest.split_whitespace().nth(39 - 3)?.parse::<usize>().ok()
         });
-    let Some(cpu) = last
-        .filter(|&c| may(c))
+    let Some(cpu) = here
+        .or(last.filter(|&c| may(c)))
         .or_else(|| (0..allowed.len() * 8).find(|&c| may(c)))
     else {
         return;
     };
     let mut mask = vec![0u8; cpu / 8 + 1];
     mask[cpu / 8] |= 1 << (cpu % 8);
-    let _ = crest_sys::misc::set_affinity(0, &mask);
+    if crest_sys::misc::set_affinity(0, &mask).is_ok() {
+        MOVED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

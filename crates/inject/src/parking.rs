@@ -89,14 +89,17 @@ impl Tracee {
         let (site, ret) = loop_site(&code)?;
         let rsp = self.orig_regs.rsp;
         let sentinel = rsp.checked_sub(BELOW_RSP)? & !15;
-        // the two words in the writable mapping the stack pointer is in
-        let stack = maps.lines().find(|l| {
+        // the two words in the writable mapping the stack pointer is in (a
+        // thread stack's guard page is a mapping of its own)
+        let room = maps.lines().any(|l| {
             range(l).is_some_and(|(a, b)| a <= sentinel && rsp <= b)
                 && l.split_whitespace()
                     .nth(1)
                     .is_some_and(|p| p.starts_with("rw"))
-        })?;
-        let _ = stack;
+        });
+        if !room {
+            return None;
+        }
         let mut saved = [0u8; 16];
         self.read_mem(sentinel, &mut saved).ok()?;
         Some(Parked {
