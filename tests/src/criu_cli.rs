@@ -37,7 +37,7 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Procs, Tree, Wait
 use crate::suite::Report;
 use crate::{ns, Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 24] = [
+const CASES: [(&str, DirCase); 25] = [
     ("criu_cli_long_forms", long_forms),
     ("criu_cli_short_forms", short_forms),
     ("criu_cli_work_dir", work_dir),
@@ -54,6 +54,7 @@ const CASES: [(&str, DirCase); 24] = [
     ("criu_cli_mount_options", mount_options),
     ("criu_cli_inherit_fd", inherit_fd),
     ("criu_cli_status_fd", status_fd),
+    ("criu_cli_progress_on_terminal", progress_on_terminal),
     ("criu_cli_action_script", action_script),
     ("criu_cli_display_stats", display_stats),
     ("criu_cli_config", config),
@@ -1158,6 +1159,33 @@ fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> 
     if got != [0] {
         bail!("the status fd carried {got:?}, expected one zero byte");
     }
+    check_restored(dir, pid, &before, procs)
+}
+
+/// A dump run on a terminal (`script`) shows its progress line, the delay
+/// before it set to nothing (this tree dumps in less than the second it
+/// waits otherwise), and clears it at the end; the images then restore.
+/// Off a terminal (every other case) nothing of it shows.
+fn progress_on_terminal(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let (pid, before) = start_tree(cfg, dir, procs)?;
+    let images = s(&dir.images);
+    let line = format!(
+        "exec '{}' dump -t {pid} -D '{images}' -o dump.log",
+        cfg.crest.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"])
+        .env("CREST_PROGRESS_AFTER_MS", "0");
+    let ran = crest::run(cmd, &dir.root, "dump-on-a-terminal", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump on a terminal (script)"));
+    }
+    let out = &ran.stdout;
+    if !(out.contains("crest dump: ") && out.contains(" tasks, ") && out.ends_with("\r\x1b[K")) {
+        bail!("crest dump on a terminal printed {out:?}, expected its progress line, cleared");
+    }
+    reap_dumped(pid, &before, procs)?;
+    restore_with(cfg, dir, &[], pid, procs)?;
     check_restored(dir, pid, &before, procs)
 }
 

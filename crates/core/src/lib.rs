@@ -2,7 +2,7 @@
 //! its dump and restore side; `dump` and `restore` only put them in order.
 //!
 //! A room uses only rooms before it in this order (lowest first):
-//! `log`, `stats`, `features` (which use none), `procfs`, `netlink`,
+//! `log`, `stats`, `features`, `progress` (which use none), `procfs`, `netlink`,
 //! `remote`, `notify`, `error`, `opts`, `clone`, `ns`,
 //! `task` (the per-task state: creds, signals, timers, regs, seccomp, the
 //! core image), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
@@ -25,6 +25,7 @@ pub mod ns;
 pub mod opts;
 pub mod privilege;
 pub mod procfs;
+pub mod progress;
 pub mod pstree;
 pub mod remote;
 pub mod restore;

@@ -63,6 +63,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         std::time::Duration::from_secs(opts.timeout.max(1).into()),
     )?;
     crest_sys::fault::point("dump: tree seized")?;
+    crate::progress::begin("dump", tree.tasks.len());
     let frozen = Instant::now();
     crate::info!("seized {} task(s) of tree {}", tree.tasks.len(), opts.pid);
     // The network is the caller's to lock when the tree has a net
@@ -81,6 +82,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Ok(s)
     })
     .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
+    crate::progress::end();
     match res {
         Ok(mut summary) => {
             summary.stats.freezing = frozen - start;
@@ -202,6 +204,7 @@ fn collect_and_write(
     for (i, t) in tree.tasks.iter().enumerate() {
         let parent_ids = all_ids.iter().find(|(p, _)| *p == t.ppid).map(|x| x.1);
         let ids = task::dump(t, i, parent_ids, &mut sh)?;
+        crate::progress::task_done();
         all_ids.push((t.pid, ids));
         sh.summary.pids.push(t.pid);
     }

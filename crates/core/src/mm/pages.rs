@@ -50,6 +50,7 @@ pub fn copy(pid: i32, runs: &[Run], out: &mut RawWriter) -> Result<u64, DumpErro
                         return;
                     }
                     let res = copy_batch(pid, &batches[i], offsets[i], &mut buf, out_ref);
+                    crate::progress::pages(batches[i].iter().map(|p| p.1 as u64).sum());
                     if let Err(e) = res {
                         if let Ok(mut slot) = first_err.lock() {
                             slot.get_or_insert(e);

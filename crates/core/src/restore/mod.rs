@@ -73,6 +73,7 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
     let _yard = crate::ns::cgyard::Guard;
     let start = std::time::Instant::now();
     let res = tell(n, hook::PRE_RESTORE, None).and_then(|()| restore_tree(opts, &caller, n));
+    crate::progress::end();
     if res.is_err() {
         crest_sys::proc::reap_children(std::time::Duration::from_secs(2));
     }
@@ -152,8 +153,10 @@ fn restore_tree(
         userns_first: caller.enters_userns_first(),
         seccomp: filters,
     };
+    crate::progress::begin("restore", tree.len());
     for task in tree.iter_mut().filter(|t| t.tracee.is_some()) {
         transform(task, &mut ctx)?;
+        crate::progress::task_done();
         fault::point("restore: task transformed")?;
     }
 

@@ -265,6 +265,7 @@ pub(super) fn preadv(
             .in_restore(pid));
         }
         off += n;
+        crate::progress::pages(n);
         let mut done = n;
         while let Some(first) = rest.first_mut() {
             if done >= first.1 {
