@@ -89,13 +89,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             summary.stats.memdump = frozen.elapsed();
             finish(tree, opts, n, own_net)?;
             summary.stats.frozen = frozen.elapsed();
-            summary.stats.pages_scanned = summary.pages_bytes / 4096;
-            summary.stats.pages_written = summary.pages_bytes / 4096;
-            summary.stats.shpages_written =
-                crate::stats::pages_in(&opts.dir).saturating_sub(summary.stats.pages_written);
-            summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
-                crate::warn!("stats-dump not written: {e}");
-            });
+            write_stats(&mut summary, opts);
             Ok(summary)
         }
         Err(e) => {
@@ -108,6 +102,17 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             Err(e)
         }
     }
+}
+
+/// The page counts of `summary`'s stats, and `stats-dump` written.
+fn write_stats(summary: &mut DumpSummary, opts: &Options) {
+    summary.stats.pages_scanned = summary.pages_bytes / 4096;
+    summary.stats.pages_written = summary.pages_bytes / 4096;
+    summary.stats.shpages_written =
+        crate::stats::pages_in(&opts.dir).saturating_sub(summary.stats.pages_written);
+    summary.stats.write(opts.work_dir()).unwrap_or_else(|e| {
+        crate::warn!("stats-dump not written: {e}");
+    });
 }
 
 /// For a restricted caller: refuses a tree the caller could not dump
