@@ -247,6 +247,28 @@ fn restore_with(
     restore_ok(cfg, dir, "restore", &args, pid, procs)
 }
 
+/// [`restore_with`] run through the shell, whose `redirect` gives crest
+/// fds first ([`crest::command_with`]).
+fn restore_redirected(
+    cfg: &Config,
+    dir: &CaseDir,
+    redirect: &str,
+    extra: &[&str],
+    pid: Pid,
+    procs: &mut Procs,
+) -> Result<Ran> {
+    let images = s(&dir.images);
+    let mut args = vec!["restore", "-D", &images, "-d", "-o", "restore.log"];
+    args.extend_from_slice(extra);
+    let cmd = crest::command_with(&cfg.crest, redirect, &args);
+    procs.track(pid);
+    let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest {}", args.join(" "))));
+    }
+    Ok(ran)
+}
+
 pub(crate) fn s(p: &Path) -> String {
     p.to_string_lossy().to_string()
 }
@@ -1095,27 +1117,10 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
     let key = fs::read_link(format!("/proc/{pid}/fd/1"))?
         .to_string_lossy()
         .to_string();
-    let images = s(&dir.images);
     dump_with(cfg, dir, &[], pid, &before, procs)?;
     let inherit = format!("--inherit-fd=fd[3]:{key}");
-    let restore = crest::command_with(
-        &cfg.crest,
-        &crest::writing_to(3, out.as_raw_fd()),
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            &inherit,
-        ],
-    );
-    procs.track(pid);
-    let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
-    if !ran.success() {
-        bail!(ran.failure(&format!("crest restore --inherit-fd=fd[3]:{key}")));
-    }
+    let to_pipe = crest::writing_to(3, out.as_raw_fd());
+    restore_redirected(cfg, dir, &to_pipe, &[&inherit], pid, procs)?;
     let verdict = check_restored(dir, pid, &before, procs)?;
     let mut text = String::new();
     out.read_to_string(&mut text)?;
@@ -1127,28 +1132,10 @@ fn inherit_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome>
 
 fn status_fd(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let (pid, before) = start_tree(cfg, dir, procs)?;
-    let images = s(&dir.images);
     dump_with(cfg, dir, &[], pid, &before, procs)?;
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
-    let restore = crest::command_with(
-        &cfg.crest,
-        &crest::writing_to(5, wr.as_raw_fd()),
-        &[
-            "restore",
-            "-D",
-            &images,
-            "-d",
-            "-o",
-            "restore.log",
-            "--status-fd",
-            "5",
-        ],
-    );
-    procs.track(pid);
-    let ran = crest::run(restore, &dir.root, "restore", CREST_TIMEOUT, procs)?;
-    if !ran.success() {
-        bail!(ran.failure("crest restore -d --status-fd 5"));
-    }
+    let to_pipe = crest::writing_to(5, wr.as_raw_fd());
+    restore_redirected(cfg, dir, &to_pipe, &["--status-fd", "5"], pid, procs)?;
     drop(wr);
     nix::fcntl::fcntl(
         &rd,
