@@ -27,6 +27,9 @@
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
+//! - `io_uring_inflight_refused` (`io_uring inflight`): an io_uring with a
+//!   read of an empty pipe in flight; after the refused dump the read
+//!   completes once the pipe has data;
 //! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/`, the
 //!   first task of a mount namespace of its own: the namespace's mounts,
 //!   as its mountinfo shows them, are below its root (a chroot below an
@@ -51,8 +54,9 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 10] = [
+const CASES: [(&str, DirCase); 11] = [
     ("io_uring_map_refused", io_uring_map_refused),
+    ("io_uring_inflight_refused", io_uring_inflight_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_refused", hugetlb_refused),
@@ -147,6 +151,17 @@ fn io_uring_map_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Resul
         (&[], "true"),
         ("kernel_objects", "io_uring"),
         &["anonymous inode [io_uring]"],
+    )
+}
+
+fn io_uring_inflight_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("io_uring", "inflight"),
+        &["io_uring", "in flight"],
     )
 }
 

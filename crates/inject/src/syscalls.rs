@@ -54,6 +54,9 @@ pub mod nr {
     pub const CLOSE_RANGE: u64 = 436;
     pub const MREMAP: u64 = 25;
     pub const IO_SETUP: u64 = 206;
+    pub const IO_URING_SETUP: u64 = 425;
+    pub const IO_URING_ENTER: u64 = 426;
+    pub const IO_URING_REGISTER: u64 = 427;
     pub const SHMGET: u64 = 29;
     pub const SHMAT: u64 = 30;
     pub const SHMCTL: u64 = 31;
@@ -205,6 +208,9 @@ pub fn name(nr: u64) -> &'static str {
         CLOSE_RANGE => "close_range",
         MREMAP => "mremap",
         IO_SETUP => "io_setup",
+        IO_URING_SETUP => "io_uring_setup",
+        IO_URING_ENTER => "io_uring_enter",
+        IO_URING_REGISTER => "io_uring_register",
         CLONE3 => "clone3",
         SETSID => "setsid",
         SETPGID => "setpgid",

@@ -686,3 +686,118 @@ pub fn data_extents(fd: &impl AsRawFd, size: u64) -> io::Result<Vec<(u64, u64)>>
     }
     Ok(out)
 }
+
+/// `io_uring_register(fd, IORING_REGISTER_PROBE, header, 0)` on an
+/// io_uring crest holds: a question that changes nothing, and that the
+/// kernel answers `EEXIST` when another task is the ring's only submitter
+/// (`IORING_SETUP_SINGLE_ISSUER`) and `EACCES` when the ring is
+/// restricted.
+pub fn uring_probe(ring: &impl AsRawFd) -> io::Result<()> {
+    const IORING_REGISTER_PROBE: libc::c_long = 8;
+    // struct io_uring_probe's header, zeroed: room for no op
+    let mut header = [0u8; 16];
+    // SAFETY: with nr_args 0 the kernel reads and writes the 16-byte
+    // header only, which lives for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.as_raw_fd(),
+            IORING_REGISTER_PROBE,
+            header.as_mut_ptr(),
+            0,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
+/// `io_uring_enter(fd, 0, 0, IORING_ENTER_GETEVENTS)`: waits for no
+/// completion and submits nothing; the kernel answers `EEXIST` when the
+/// ring runs its completions only in its submitter
+/// (`IORING_SETUP_DEFER_TASKRUN`) and `EBADFD` when it is still disabled
+/// (`IORING_SETUP_R_DISABLED`).
+pub fn uring_getevents(ring: &impl AsRawFd) -> io::Result<()> {
+    const IORING_ENTER_GETEVENTS: libc::c_long = 1;
+    // SAFETY: no argument pointer (NULL, size 0).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_enter,
+            ring.as_raw_fd(),
+            0,
+            0,
+            IORING_ENTER_GETEVENTS,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    cvt(ret).map(drop)
+}
+
+/// Whether an eventfd is registered with the io_uring crest holds: crest
+/// registers its own `efd` (`EBUSY` when one is there) and unregisters it
+/// again at once.
+pub fn uring_has_eventfd(ring: &impl AsRawFd, efd: &impl AsRawFd) -> io::Result<bool> {
+    const IORING_REGISTER_EVENTFD: libc::c_long = 4;
+    const IORING_UNREGISTER_EVENTFD: libc::c_long = 5;
+    let fd: i32 = efd.as_raw_fd();
+    // SAFETY: the kernel reads one int at the pointer, which lives for the
+    // call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.as_raw_fd(),
+            IORING_REGISTER_EVENTFD,
+            &fd as *const i32,
+            1,
+        )
+    };
+    match cvt(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(true),
+        Err(e) => Err(e),
+        Ok(_) => {
+            // SAFETY: no argument pointer.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_register,
+                    ring.as_raw_fd(),
+                    IORING_UNREGISTER_EVENTFD,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            };
+            cvt(ret).map(|_| false)
+        }
+    }
+}
+
+/// Whether `len` bytes of the io_uring region at `offset` can be mapped
+/// (the kernel refuses a mapping larger than the region): maps them
+/// read-only in crest and unmaps them again.
+pub fn uring_region_fits(ring: &impl AsRawFd, offset: u64, len: usize) -> bool {
+    // SAFETY: a new shared read-only mapping the kernel places; nothing
+    // of crest's is touched, and it is unmapped before returning.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            ring.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: exactly the mapping made above.
+    unsafe { libc::munmap(at, len) };
+    true
+}
+
+/// A new close-on-exec eventfd of crest's, counter 0.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    cvt(libc::c_long::from(ret))?;
+    // SAFETY: on success the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}

@@ -219,8 +219,8 @@ fn dump_one(
 }
 
 /// Dumps a file of anonymous inode kind `anon` (link `link`): eventfd,
-/// epoll, signalfd, timerfd, inotify, fanotify, pidfd; others are
-/// refused.
+/// epoll, signalfd, timerfd, inotify, fanotify, pidfd, io_uring; others
+/// are refused.
 fn dump_anon(
     pid: i32,
     fd: i32,
@@ -245,6 +245,7 @@ fn dump_anon(
         "inotify" => inotify::dump(pid, fd, info, flags)?,
         "[fanotify]" => fanotify::dump(pid, fd, info, flags)?,
         "[pidfd]" => pidfd::dump(pid, fd, info, flags, &table.tree)?,
+        "[io_uring]" => super::uring::dump(pid, fd)?,
         _ => return Err(unsupported(kind_of_link(link))),
     };
     let ty = FdTypes::try_from(entry.r#type).unwrap_or(FdTypes::Und);

@@ -8,9 +8,10 @@
 //!
 //! Kinds handled today: regular files, directories and character devices
 //! (`reg`, with files deleted while open in `ghost`), pipes (`pipe`),
-//! FIFOs (`fifo`), eventfd, epoll, signalfd, timerfd, inotify, memfd and
-//! pidfd; the file locks held through them (`lock`). Any other kind fails
-//! the dump with the pid, the fd number and the kind.
+//! FIFOs (`fifo`), eventfd, epoll, signalfd, timerfd, inotify, memfd,
+//! pidfd and io_uring (`uring`); the file locks held through them
+//! (`lock`). Any other kind fails the dump with the pid, the fd number and
+//! the kind.
 //!
 //! The room: `dump` (the order of a task's fds) fills `table` (the data a
 //! dump collects); `restore` (the order of making) fills `context` (the
@@ -48,3 +49,4 @@ pub mod table;
 pub mod timerfd;
 pub mod tty;
 pub mod unix;
+pub mod uring;

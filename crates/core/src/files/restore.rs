@@ -292,9 +292,17 @@ fn make_one(
             entry.memfd.as_ref().ok_or_else(|| missing("memfd"))?,
             files,
         ),
-        Ok(FdTypes::Ext) => match entry.crest_mq.as_ref() {
-            Some(mq) => super::mqueue::open(t, mq),
-            None => Err(missing("crest_mq (an external file of a CRIU plugin)")),
+        Ok(FdTypes::Ext) => match (entry.crest_mq.as_ref(), entry.crest_io_uring.as_ref()) {
+            (Some(mq), _) => super::mqueue::open(t, mq),
+            (None, Some(ring)) => super::uring::create(t, ring).map(|(fd, array)| {
+                if let Some(array) = array {
+                    files.uring_arrays.insert(entry.id, array);
+                }
+                fd
+            }),
+            (None, None) => Err(missing(
+                "crest_mq or crest_io_uring (an external file of a CRIU plugin)",
+            )),
         },
         Ok(FdTypes::Pidfd) => {
             pidfd::create(t, entry.pidfd.as_ref().ok_or_else(|| missing("pidfd"))?)

@@ -106,6 +106,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         fdflags: None,
         crest_mempolicy: None,
         crest_anon_name: anon_name(&m.path),
+        crest_io_uring_fd: None,
     };
     (vma, policy)
 }
@@ -274,8 +275,10 @@ pub fn dump(
             aios.push(aio_ring(t, m.start, m.end)?);
             continue;
         }
-        refuse_lossy(pid, m, sm, &vma)?;
-        if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+        let policy = ring_or_refused(pid, (m, sm), &mut vma, policy)?;
+        if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
+            && vma.crest_io_uring_fd.is_none()
+        {
             vma.shmid = u64::from(mapped_file(pid, m, sm, &mut vma, files)?);
         }
         if policy != PagePolicy::None {
@@ -348,6 +351,57 @@ fn mm_fields(t: &mut Tracee, files: &mut FileTable) -> Result<MmEntry, DumpError
         },
         ..MmEntry::default()
     })
+}
+
+/// The pages policy of mapping `m`: an io_uring's rings are marked
+/// (mapped again from the ring's fd, with their contents); other
+/// mappings that would come back lossy are refused (`refuse_lossy`).
+fn ring_or_refused(
+    pid: i32,
+    (m, sm): (&MapsEntry, Option<&SmapsEntry>),
+    vma: &mut VmaEntry,
+    policy: PagePolicy,
+) -> Result<PagePolicy, DumpError> {
+    match uring_mapping(pid, m)? {
+        Some(fd) => {
+            vma.crest_io_uring_fd = Some(fd);
+            vma.status = status::REGULAR | status::FILE_SHARED;
+            vma.flags &= !(libc::MAP_ANONYMOUS as u32);
+            Ok(PagePolicy::All)
+        }
+        None => {
+            refuse_lossy(pid, m, sm, vma)?;
+            Ok(policy)
+        }
+    }
+}
+
+/// The task's fd of the io_uring whose region mapping `m` maps, if it is
+/// one; refused where the task holds no fd of it (the ring lives on
+/// through the mapping alone) or the region is not the rings' or the
+/// SQEs' (a provided buffer ring).
+fn uring_mapping(pid: i32, m: &MapsEntry) -> Result<Option<u32>, DumpError> {
+    use crate::files::uring;
+    if m.path != "anon_inode:[io_uring]" {
+        return Ok(None);
+    }
+    let what = if ![uring::OFF_SQ_RING, uring::OFF_CQ_RING, uring::OFF_SQES].contains(&m.offset) {
+        format!(
+            "a mapping of the anonymous inode [io_uring] at offset {:#x} (a provided buffer ring)",
+            m.offset
+        )
+    } else if !m.shared {
+        "a private mapping of the anonymous inode [io_uring]".to_string()
+    } else {
+        match uring::fd_of(pid, m.inode) {
+            Some(fd) => return Ok(Some(fd)),
+            None => "a mapping of the anonymous inode [io_uring] whose fd the task closed".into(),
+        }
+    };
+    Err(MmError::Unsupported {
+        what: format!("{what} at {:#x}-{:#x}", m.start, m.end),
+    }
+    .in_dump(pid))
 }
 
 /// Refuses mapping `m` where a plain mapping made again would quietly

@@ -48,6 +48,11 @@ pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, ProcError> {
     let (mut have_pos, mut have_flags) = (false, false);
     for (i, l) in text.lines().enumerate() {
         let line = i + 1;
+        if l.starts_with([' ', '\t']) {
+            // an item of the section above (an io_uring's entries, its
+            // buffers, its polls): read by its kind
+            continue;
+        }
         let (key, value) =
             split_line(l).ok_or_else(|| perr(path, line, format!("no key in {l:?}")))?;
         let bad = || perr(path, line, format!("bad {key} {value:?}"));

@@ -248,6 +248,7 @@ fn restore_memory(
         started.elapsed().as_secs_f64()
     );
     mm::restore::restore_aios(t, &live.mm, &names::mm(img.entry.pid))?;
+    crate::files::uring::settle_all(t, (&live.fdinfo, &live.mm), files)?;
     mm::numa::restore(t, &live.mm)?;
     mm::restore::protect(t, &live.mm, &live.pagemap)?;
     let exe = files

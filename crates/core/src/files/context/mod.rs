@@ -51,6 +51,9 @@ pub struct RestoreFiles {
     pub memfd_src: HashMap<u32, Source>,
     /// Entry id → the task that made its description.
     pub(super) made_by: HashMap<u32, i32>,
+    /// io_uring entry id → the offset of its SQ array in the rings'
+    /// region, as the ring made again has it.
+    pub(super) uring_arrays: HashMap<u32, u64>,
     /// Socket queues and which task made each socket or terminal.
     pub socks: sockets::SockImages,
     /// `filelocks.img`: the locks to take again.

@@ -204,6 +204,10 @@ fn map_each(
         };
         // (locked later, by protect, once the pages are in)
         let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
+        if let Some(fd) = v.crest_io_uring_fd {
+            map_ring(t, v, prot, fd)?;
+            continue;
+        }
         let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
         let shared_file = v.status & status::FILE_SHARED != 0;
         // A shared file mapping keeps its dumped protection: it cannot be
@@ -222,6 +226,92 @@ fn map_each(
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
                 .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
         }
+    }
+    Ok(())
+}
+
+/// The top of the address space `mmap` places mappings below (47 bits).
+const MMAP_TOP: u64 = (1 << 47) - PAGE;
+
+/// The free ranges of the address space (from `low`) around mappings
+/// `taken` but `keep`.
+fn holes_but(low: u64, taken: &[(u64, u64)], keep: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut taken = taken.to_vec();
+    taken.push(keep);
+    minus((low, MMAP_TOP), &taken)
+}
+
+/// The lowest address a task may map (`vm.mmap_min_addr`).
+fn mmap_min_addr() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65536)
+        .max(PAGE)
+        .div_ceil(PAGE)
+        * PAGE
+}
+
+/// Maps an io_uring's region from the ring made again at `fd`. The kernel
+/// takes no address for an io_uring's mapping (not even to move one there)
+/// and places it in a free range of its choice: every free range of the
+/// address space but the VMA's is taken for the time of the `mmap`, so
+/// the VMA's range is the only one left.
+fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let len = v.end - v.start;
+    let what = |verb: &str| {
+        format!(
+            "{verb} {:#x}-{:#x} of the io_uring at fd {fd}",
+            v.start, v.end
+        )
+    };
+    // (what the task still has there goes, as under MAP_FIXED)
+    t.syscall(nr::MUNMAP, &[v.start, len])
+        .rat(pid, what("clear"))?;
+    let holes = holes_but(mmap_min_addr(), &current_ranges(pid)?, (v.start, v.end));
+    let none = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE) as u64
+        | libc::MAP_FIXED_NOREPLACE as u64;
+    let mut held = Vec::with_capacity(holes.len());
+    let mut res = Ok(0);
+    for &(s, e) in &holes {
+        match t.syscall(nr::MMAP, &[s, e - s, 0, none, u64::MAX, 0]) {
+            Ok(_) => held.push((s, e)),
+            Err(err) => {
+                res = Err(err).rat(pid, what("hold the ranges above"));
+                break;
+            }
+        }
+    }
+    if res.is_ok() {
+        res = t
+            .syscall(
+                nr::MMAP,
+                &[
+                    0,
+                    len,
+                    prot,
+                    libc::MAP_SHARED as u64,
+                    u64::from(fd),
+                    v.pgoff,
+                ],
+            )
+            .rat(pid, what("mmap"));
+    }
+    for (s, e) in held {
+        t.syscall(nr::MUNMAP, &[s, e - s])
+            .rat(pid, what("let go of the ranges above"))?;
+    }
+    let at = res?;
+    if at != v.start {
+        t.syscall(nr::MUNMAP, &[at, len]).rat(pid, what("unmap"))?;
+        return Err(MmError::Unsupported {
+            what: format!(
+                "an io_uring's rings at {:#x}-{:#x}: the kernel placed them at {at:#x}",
+                v.start, v.end
+            ),
+        }
+        .in_restore(pid));
     }
     Ok(())
 }
@@ -380,6 +470,14 @@ mod tests {
         assert_eq!(b, vec![run(0x11000, 0x1000, 0x4000)]);
         let (a, b) = split_runs(&runs, 0x5000);
         assert_eq!((a.len(), b.len()), (2, 0));
+    }
+
+    #[test]
+    fn holes_leave_the_range_kept() {
+        let holes = super::holes_but(0x10000, &[(0x20000, 0x30000)], (0x40000, 0x41000));
+        assert_eq!(holes[0], (0x10000, 0x20000));
+        assert_eq!(holes[1], (0x30000, 0x40000));
+        assert_eq!(holes[2], (0x41000, super::MMAP_TOP));
     }
 
     #[test]
