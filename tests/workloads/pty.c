@@ -11,6 +11,12 @@
  * Pair B: packet mode, its slave held by the root in raw mode, exclusive,
  * with input queued ("rawin") and the master's status byte not read yet
  * (raw mode turned flow control off: TIOCPKT_NOSTOP).
+ * Pair E: packet mode, its slave held by the root with the default
+ * settings, both queues flushed (TIOCPKT_FLUSHREAD|FLUSHWRITE), EXTPROC
+ * switched on and off (TIOCPKT_IOCTL) and ^S typed (TIOCPKT_STOP, the
+ * output stopped): none of it read. After the restore the master reads
+ * those statuses, the slave's output is still stopped, and ^Q typed
+ * starts it (TIOCPKT_START), then it flows.
  * Pair C: a master whose slave was never unlocked (locked).
  * Pair D: a master whose slave was opened and closed (the master polls a
  * hangup).
@@ -211,6 +217,26 @@ int main(int argc, char **argv)
 	if (write(b, "rawin", 5) != 5)
 		wl_fail("write to B's master: %s", strerror(errno));
 
+	int e = ptmx();
+	unlock(e);
+	if (ioctl(e, TIOCPKT, &on) < 0)
+		wl_fail("TIOCPKT: %s", strerror(errno));
+	char name_e[64];
+	ptsname_r(e, name_e, sizeof(name_e));
+	int es = open(name_e, O_RDWR | O_NOCTTY | O_NONBLOCK);
+	if (es < 0)
+		wl_fail("open %s: %s", name_e, strerror(errno));
+	struct termios te;
+	tcgetattr(es, &te);
+	if (tcflush(es, TCIOFLUSH) < 0)
+		wl_fail("tcflush: %s", strerror(errno));
+	te.c_lflag |= EXTPROC;
+	tcsetattr(es, TCSANOW, &te);
+	te.c_lflag &= ~(tcflag_t)EXTPROC;
+	tcsetattr(es, TCSANOW, &te);
+	if (write(e, "\023", 1) != 1) /* ^S typed */
+		wl_fail("write ^S to E's master: %s", strerror(errno));
+
 	int pc = ptmx(); /* locked */
 
 	int d = ptmx();
@@ -262,6 +288,27 @@ int main(int argc, char **argv)
 	if (n != 1 || buf[0] != TIOCPKT_NOSTOP)
 		wl_fail("B's master read %zd bytes (first %#x), not the status TIOCPKT_NOSTOP", n,
 			n > 0 ? buf[0] : 0);
+
+	/* E: the statuses not read, the output stopped until ^Q */
+	n = wl_read_wait(e, buf, sizeof(buf), 5000);
+	if (n != 1 || buf[0] != (TIOCPKT_FLUSHREAD | TIOCPKT_FLUSHWRITE | TIOCPKT_IOCTL | TIOCPKT_STOP))
+		wl_fail("E's master read %zd bytes (first %#x), not the statuses %#x", n,
+			n > 0 ? buf[0] : 0,
+			TIOCPKT_FLUSHREAD | TIOCPKT_FLUSHWRITE | TIOCPKT_IOCTL | TIOCPKT_STOP);
+	if (write(es, "z", 1) >= 0 || errno != EAGAIN)
+		wl_fail("E's slave took output while stopped (%s)", strerror(errno));
+	if (write(e, "\021", 1) != 1) /* ^Q typed */
+		wl_fail("write ^Q to E's master: %s", strerror(errno));
+	n = wl_read_wait(e, buf, sizeof(buf), 5000);
+	if (n != 1 || buf[0] != TIOCPKT_START)
+		wl_fail("E's master read %zd bytes (first %#x) after ^Q, not TIOCPKT_START", n,
+			n > 0 ? buf[0] : 0);
+	if (write(es, "z", 1) != 1)
+		wl_fail("E's slave takes no output after ^Q: %s", strerror(errno));
+	n = wl_read_wait(e, buf, sizeof(buf), 5000);
+	if (n != 2 || buf[0] != TIOCPKT_DATA || buf[1] != 'z')
+		wl_fail("E's master read %zd bytes (%#x %#x), not the data \"z\"", n,
+			n > 0 ? buf[0] : 0, n > 1 ? buf[1] : 0);
 
 	/* C: still locked */
 	int lck = 0;

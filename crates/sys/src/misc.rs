@@ -801,3 +801,12 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: on success the kernel returned a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
+
+/// `ioctl(fd, TCFLSH, what)` (`tcflush`) or `ioctl(fd, TCXONC, what)`
+/// (`tcflow`): a terminal request that takes its int argument by value.
+pub fn tty_request(fd: &impl AsRawFd, req: libc::c_ulong, what: i32) -> io::Result<()> {
+    // SAFETY: both requests take an int by value and touch no memory of
+    // crest's.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, what as libc::c_long) };
+    cvt(ret as libc::c_long).map(drop)
+}

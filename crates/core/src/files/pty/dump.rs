@@ -264,22 +264,19 @@ fn take_queues(
     (packet, slave_held, t): (bool, bool, &libc::termios),
     (mpid, index): (i32, u32),
 ) -> Result<(Vec<u8>, Vec<u8>, u8), DumpError> {
-    let (output, status) =
-        read_output(master, packet, index).at(mpid, "read the output of a pty pair")?;
+    let (output, status) = read_output(master, packet).at(mpid, "read the output of a pty pair")?;
     let input = match peer {
         Some(p) if slave_held => read_input(p, t).at(mpid, "read the input of a pty pair")?,
         _ => Vec::new(),
     };
-    put_status(master, status).at(mpid, "put a pty pair's packet status back")?;
-    if let Some(p) = peer {
-        put_output(p, &output).at(mpid, "put the output back of a pty pair")?;
-        put_input(p, &input).at(mpid, "put the input back (TIOCSTI) of a pty pair")?;
-    } else if !output.is_empty() {
+    if peer.is_none() && !output.is_empty() {
         return Err(FileError::Unsupported {
             what: format!("output queued in pty {index}, whose slave was never opened"),
         }
         .in_dump(mpid));
     }
+    refill(master, peer, packet, (&output, &input, status), index)
+        .at(mpid, "put the queues and status of a pty pair back")?;
     Ok((output, input, status))
 }
 

@@ -35,9 +35,12 @@
 //! whose controlling terminal was the slave takes it with `TIOCSCTTY` and
 //! gets its foreground group back; `/dev/tty` is opened once it has.
 //!
-//! Not carried: a packet-mode status not read yet other than flow control
-//! (`TIOCPKT_NOSTOP`/`DOSTOP`, made again by switching the flow control
-//! the other way and back; the rest is dropped with a warning), a slave's
+//! A packet-mode master's status not read yet is made again the way the
+//! kernel sets it (`put_status`): flushes of an empty queue, a settings
+//! change under `EXTPROC`, flow control switched, the output stopped or
+//! started. Not carried: a flush status over a queue that holds bytes
+//! again, an `EXTPROC` status set before input was queued (both dropped
+//! with a warning), a slave's
 //! input before the slave was ever opened (it cannot be read without
 //! opening it, which the master would see). A crest without CAP_SYS_ADMIN
 //! refuses a pair whose slave is open (`TIOCSTI` wants it). A crest killed
@@ -222,9 +225,9 @@ fn peer(master: &OwnedFd) -> std::io::Result<OwnedFd> {
 
 /// The output queued for `master` (written by the slave, not read): read
 /// while the master polls readable, so a blocking master never waits.
-/// In packet mode each read starts with a status byte; a status that is
-/// not data is dropped with a warning.
-fn read_output(master: &OwnedFd, packet: bool, index: u32) -> std::io::Result<(Vec<u8>, u8)> {
+/// In packet mode each read starts with a status byte: the statuses not
+/// read yet are returned beside the bytes.
+fn read_output(master: &OwnedFd, packet: bool) -> std::io::Result<(Vec<u8>, u8)> {
     let mut out = Vec::new();
     let mut status = 0u8;
     let mut f = std::fs::File::from(master.try_clone()?);
@@ -255,36 +258,149 @@ fn read_output(master: &OwnedFd, packet: bool, index: u32) -> std::io::Result<(V
             )));
         }
     }
-    let lost = status & !FLOW_STATUS;
-    if lost != 0 {
-        crate::warn!("pty {index}: a packet-mode status {lost:#x} not read yet is not carried");
-    }
-    Ok((out, status & FLOW_STATUS))
+    Ok((out, status))
 }
 
-/// The packet-mode statuses crest carries: whether the slave's flow
-/// control by ^S/^Q went on or off.
-const FLOW_STATUS: u8 = TIOCPKT_NOSTOP | TIOCPKT_DOSTOP;
+/// The packet-mode statuses (`TIOCPKT_*`).
+const TIOCPKT_FLUSHREAD: u8 = 0x01;
+const TIOCPKT_FLUSHWRITE: u8 = 0x02;
+const TIOCPKT_STOP: u8 = 0x04;
+const TIOCPKT_START: u8 = 0x08;
 const TIOCPKT_NOSTOP: u8 = 0x10;
 const TIOCPKT_DOSTOP: u8 = 0x20;
+const TIOCPKT_IOCTL: u8 = 0x40;
 
-/// Makes a packet-mode master's pending status `status` again: the
-/// slave's settings are set with flow control the other way, then back.
-fn put_status(master: &OwnedFd, status: u8) -> std::io::Result<()> {
-    if status & FLOW_STATUS == 0 {
-        return Ok(());
-    }
+/// Puts a pair's queues and packet status back, as `take_queues` read
+/// them (or the images hold them): the `output` through crest's open
+/// file `peer` of the slave, the `input` through `TIOCSTI` on it (with
+/// packet mode off where that would give a status), then `status` made
+/// again (`put_status`).
+fn refill(
+    master: &OwnedFd,
+    peer: Option<&OwnedFd>,
+    packet: bool,
+    (output, input, status): (&[u8], &[u8], u8),
+    index: u32,
+) -> std::io::Result<()> {
+    // (the settings changes that put the bytes back would give statuses
+    // of their own where flow control by ^S/^Q or EXTPROC is on; only then
+    // is packet mode switched off for the time: a crest killed meanwhile
+    // would leave it off)
     let t = crest_sys::misc::tcgets(master)?;
-    let mut other = t;
-    if status & TIOCPKT_DOSTOP != 0 {
-        other.c_iflag &= !libc::IXON;
-    } else {
-        other.c_iflag |= libc::IXON;
-        other.c_cc[libc::VSTOP] = 0o23;
-        other.c_cc[libc::VSTART] = 0o21;
+    let flow =
+        t.c_iflag & libc::IXON != 0 && t.c_cc[libc::VSTOP] == 0o23 && t.c_cc[libc::VSTART] == 0o21;
+    let noisy = flow || t.c_lflag & libc::EXTPROC != 0;
+    let quiet = packet && noisy && (!output.is_empty() || !input.is_empty());
+    if quiet {
+        crest_sys::misc::ioctl_set_int(master, libc::TIOCPKT, 0)?;
     }
-    crest_sys::misc::tcsets(master, &other)?;
-    crest_sys::misc::tcsets(master, &t)
+    if let Some(p) = peer {
+        if status & TIOCPKT_STOP != 0 {
+            // (a stopped slave takes no output: started for the time of
+            // the refill, stopped again below)
+            crest_sys::misc::tty_request(p, libc::TCXONC, libc::TCOOFF)?;
+            crest_sys::misc::tty_request(p, libc::TCXONC, libc::TCOON)?;
+        }
+        put_output(p, output)?;
+        put_input(p, input)?;
+    }
+    if packet {
+        // (switched on from off, it starts with no status)
+        crest_sys::misc::ioctl_set_int(master, libc::TIOCPKT, 1)?;
+        let lost = put_status(master, peer, status, (output.is_empty(), input.is_empty()))?;
+        if lost != 0 {
+            crate::warn!("pty {index}: a packet-mode status {lost:#x} not read yet is not carried");
+        }
+    }
+    Ok(())
+}
+
+/// Makes a packet-mode master's pending `status` again, each the way the
+/// kernel sets it: a flush of the slave's input or output (where that
+/// queue is empty: `empty`), a settings change under `EXTPROC`, the flow
+/// control by ^S/^Q switched the other way and back, the output stopped
+/// (and started). Returns the statuses it could not make.
+fn put_status(
+    master: &OwnedFd,
+    peer: Option<&OwnedFd>,
+    status: u8,
+    (output_empty, input_empty): (bool, bool),
+) -> std::io::Result<u8> {
+    let mut lost = 0;
+    let t = crest_sys::misc::tcgets(master)?;
+    let extproc = t.c_lflag & libc::EXTPROC != 0;
+    for (bit, what, empty) in [
+        (TIOCPKT_FLUSHREAD, libc::TCIFLUSH, input_empty),
+        (TIOCPKT_FLUSHWRITE, libc::TCOFLUSH, output_empty),
+    ] {
+        match peer {
+            Some(p) if status & bit != 0 && empty => {
+                crest_sys::misc::tty_request(p, libc::TCFLSH, what)?
+            }
+            _ if status & bit != 0 => lost |= bit,
+            _ => {}
+        }
+    }
+    if status & TIOCPKT_IOCTL != 0 {
+        if extproc {
+            // (a change under EXTPROC, even to the same settings)
+            crest_sys::misc::tcsets(master, &t)?;
+        } else if input_empty {
+            // (switching EXTPROC moves the line discipline's line start:
+            // only with no input queued)
+            let mut on = t;
+            on.c_lflag |= libc::EXTPROC;
+            crest_sys::misc::tcsets(master, &on)?;
+            crest_sys::misc::tcsets(master, &t)?;
+        } else {
+            lost |= TIOCPKT_IOCTL;
+        }
+    }
+    if status & (TIOCPKT_NOSTOP | TIOCPKT_DOSTOP) != 0 {
+        let mut other = t;
+        if status & TIOCPKT_DOSTOP != 0 {
+            other.c_iflag &= !libc::IXON;
+        } else {
+            other.c_iflag |= libc::IXON;
+            other.c_cc[libc::VSTOP] = 0o23;
+            other.c_cc[libc::VSTART] = 0o21;
+        }
+        crest_sys::misc::tcsets(master, &other)?;
+        crest_sys::misc::tcsets(master, &t)?;
+        if extproc && status & TIOCPKT_IOCTL == 0 {
+            lost |= 0x80; // (an IOCTL status came of it)
+        }
+    }
+    if status & (TIOCPKT_STOP | TIOCPKT_START) != 0 {
+        match peer {
+            Some(p) => stop_start(p, &t, status)?,
+            None => lost |= status & (TIOCPKT_STOP | TIOCPKT_START),
+        }
+    }
+    Ok(lost)
+}
+
+/// Stops the slave's output (`TIOCPKT_STOP`), or stops and starts it
+/// again (`TIOCPKT_START`): by its ^S/^Q characters where it takes them
+/// (so a ^Q typed later starts it, as it would have), else by `tcflow`.
+fn stop_start(peer: &OwnedFd, t: &libc::termios, status: u8) -> std::io::Result<()> {
+    let by_chars = t.c_iflag & libc::IXON != 0
+        && t.c_cc[libc::VSTOP] != 0
+        && t.c_cc[libc::VSTART] != 0
+        && can_push_input();
+    let started = status & TIOCPKT_START != 0;
+    if by_chars {
+        crest_sys::misc::tty_push_input(peer, t.c_cc[libc::VSTOP])?;
+        if started {
+            crest_sys::misc::tty_push_input(peer, t.c_cc[libc::VSTART])?;
+        }
+    } else {
+        crest_sys::misc::tty_request(peer, libc::TCXONC, libc::TCOOFF)?;
+        if started {
+            crest_sys::misc::tty_request(peer, libc::TCXONC, libc::TCOON)?;
+        }
+    }
+    Ok(())
 }
 
 /// The input queued for the slave (written into the master, not read),

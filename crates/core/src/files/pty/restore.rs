@@ -74,13 +74,8 @@ fn open_at_index(
 }
 
 /// The slave end `p` of a pair made again: its device file's owner and
-/// mode and its exclusive mode as `slave` had them, the queued `output`
-/// and `input` put back.
-fn set_slave(
-    p: &OwnedFd,
-    slave: Option<&TtyInfoEntry>,
-    (output, input): (&[u8], &[u8]),
-) -> std::io::Result<()> {
+/// mode as `slave` had them.
+fn set_slave(p: &OwnedFd, slave: Option<&TtyInfoEntry>) -> std::io::Result<()> {
     if let Some(s) = slave {
         if let (Some(uid), Some(gid)) = (s.crest_uid, s.crest_gid) {
             std::os::unix::fs::fchown(p, Some(uid), Some(gid))?;
@@ -89,11 +84,6 @@ fn set_slave(
             std::fs::File::from(p.try_clone()?)
                 .set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
         }
-    }
-    put_output(p, output)?;
-    put_input(p, input)?;
-    if slave.is_some_and(|s| s.exclusive) {
-        crest_sys::misc::tty_set_excl(p, true)?;
     }
     Ok(())
 }
@@ -145,11 +135,6 @@ pub(super) fn make_pair(
         }
     }
     crate::files::tty::set_settings(&master, settings).rat(pid, ctx("set the settings"))?;
-    if m.packet_mode {
-        crest_sys::misc::ioctl_set_int(&master, libc::TIOCPKT, 1).rat(pid, ctx("TIOCPKT"))?;
-        let status = m.crest_pkt_status.unwrap_or(0) as u8;
-        put_status(&master, status).rat(pid, ctx("make the packet status"))?;
-    }
     let output = files.ttys.pty.data.remove(&m.id).unwrap_or_default();
     let input = slave
         .as_ref()
@@ -158,11 +143,23 @@ pub(super) fn make_pair(
     let want_peer = slave.is_some() || m.crest_slave_closed == Some(true) || !output.is_empty();
     let peer = if want_peer {
         let p = peer(&master).rat(pid, ctx("TIOCGPTPEER"))?;
-        set_slave(&p, slave.as_ref(), (&output, &input)).rat(pid, ctx("set the slave"))?;
+        set_slave(&p, slave.as_ref()).rat(pid, ctx("set the slave"))?;
         Some(p)
     } else {
         None
     };
+    let status = m.crest_pkt_status.unwrap_or(0) as u8;
+    refill(
+        &master,
+        peer.as_ref(),
+        m.packet_mode,
+        (&output, &input, status),
+        index,
+    )
+    .rat(pid, ctx("put the queues and packet status back"))?;
+    if let (Some(p), true) = (&peer, slave.as_ref().is_some_and(|s| s.exclusive)) {
+        crest_sys::misc::tty_set_excl(p, true).rat(pid, ctx("TIOCEXCL of the slave"))?;
+    }
     if m.exclusive {
         crest_sys::misc::tty_set_excl(&master, true).rat(pid, ctx("TIOCEXCL"))?;
     }
