@@ -265,16 +265,31 @@ fn stat_fields(path: &str) -> Option<(char, i32, i32, i32)> {
     Some((state, ppid, pgid, sid))
 }
 
-/// The thread ids of `pid` (sorted), from `/proc/PID/task`.
+/// The thread ids of `pid` (sorted), from `/proc/PID/task`, but the
+/// kernel's io_uring threads (`PF_IO_WORKER`), which come and go as the
+/// kernel needs them.
 fn tids_of(pid: i32) -> Result<Vec<i32>> {
     let dir = format!("/proc/{pid}/task");
     let mut tids: Vec<i32> = fs::read_dir(&dir)
         .with_context(|| format!("read {dir}"))?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|&tid| tid == pid || !io_worker(pid, tid))
         .collect();
     tids.sort_unstable();
     Ok(tids)
+}
+
+/// Whether thread `tid` of `pid` has `PF_IO_WORKER` (0x10) in its
+/// `stat` flags (the seventh field after the name).
+fn io_worker(pid: i32, tid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(6)?.parse::<u32>().ok()
+        })
+        .is_some_and(|flags| flags & 0x10 != 0)
 }
 
 /// `root` and all its descendants (found through every thread's

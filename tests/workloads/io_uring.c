@@ -2,8 +2,10 @@
  * (issue 16, item 6).
  *
  * One ring, its rings mapped (the SQ ring, the CQ ring apart, the SQEs),
- * two fixed buffers registered with an empty slot between them. Before the dump it runs 21 rounds of
- * a NOP and a READ_FIXED of the data file (reaped), then leaves two NOP
+ * two fixed buffers registered with an empty slot between them. Before
+ * the dump it runs 21 rounds of a NOP and a READ_FIXED of the data file
+ * (reaped) and a READ through an io-wq worker (a kernel thread in the
+ * task), then leaves two NOP
  * completions in the CQ ring unread and one NOP written in the SQ ring,
  * not submitted. After SIGTERM: the counters in the rings are those of
  * before, the two completions are there, the prepared NOP is submitted
@@ -147,6 +149,19 @@ int main(int argc, char **argv)
 		read_fixed(buf0, 0, 200 + i, 8);
 		if (memcmp(buf0, "abcdefgh", 8))
 			wl_fail("READ_FIXED read %.8s", buf0);
+	}
+	/* a read the kernel hands to an io-wq worker (a thread of the task,
+	 * iou-wrk-PID, that stays a while: the dump must leave it be) */
+	{
+		struct io_uring_sqe *s = prep(IORING_OP_READ, 250);
+		s->fd = data;
+		s->addr = (unsigned long)buf0;
+		s->len = 8;
+		s->flags = IOSQE_ASYNC;
+		enter(1, 1);
+		reap(250, 8);
+		if (memcmp(buf0, "01234567", 8))
+			wl_fail("the read through io-wq read %.8s", buf0);
 	}
 	static char inflight_buf[8];
 	if (!strcmp(mode, "inflight")) {

@@ -202,14 +202,28 @@ pub fn return_parked(
     Ok(true)
 }
 
-/// The task's threads now.
+/// The task's threads now, but the kernel's own io_uring threads
+/// (`PF_IO_WORKER`: they never run the task's code).
 fn threads(pid: i32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&tid| tid == pid || !io_worker(pid, tid))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether thread `tid` of `pid` has `PF_IO_WORKER` (0x10) in its flags,
+/// the ninth field of its `stat` (the seventh after the name's `)`).
+fn io_worker(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(6)?.parse::<u32>().ok()
+        })
+        .is_some_and(|flags| flags & 0x10 != 0)
 }
 
 /// Threads seized here and not changed: let go when dropped.

@@ -266,15 +266,7 @@ fn setup_flags(pid: i32, fd: i32, r: &Ring, copy: &std::os::fd::OwnedFd) -> Resu
 
 /// Threads of `pid` but the kernel's own (io-wq workers, `iou-*`).
 fn user_threads(pid: i32) -> usize {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            !comm.starts_with("iou-")
-        })
-        .count()
+    crate::procfs::list_tids(pid).map_or(0, |t| t.len())
 }
 
 /// Dumps io_uring fd `fd` of `pid` (always `O_RDWR`: its own flags say

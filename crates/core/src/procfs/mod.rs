@@ -228,9 +228,27 @@ pub(crate) fn list_numeric_dir(path: &str) -> Result<Vec<i32>, ProcError> {
     Ok(out)
 }
 
-/// `/proc/PID/task` — the thread ids of a process, sorted.
+/// `/proc/PID/task` — the thread ids of a process, sorted, but the
+/// kernel's own threads in it (an io_uring's workers and SQ thread,
+/// `iou-*`: they never run the task's code, and the kernel makes them
+/// again when it needs them).
 pub fn list_tids(pid: i32) -> Result<Vec<i32>, ProcError> {
-    list_numeric_dir(&proc_path(pid, "task"))
+    let mut tids = list_numeric_dir(&proc_path(pid, "task"))?;
+    tids.retain(|&tid| tid == pid || !is_io_worker(pid, tid));
+    Ok(tids)
+}
+
+/// `PF_IO_WORKER` of a task's `flags` (`stat` field 9).
+const PF_IO_WORKER: u32 = 0x10;
+
+/// Whether thread `tid` of `pid` is one of the kernel's io_uring threads
+/// (false for a thread that is gone).
+pub fn is_io_worker(pid: i32, tid: i32) -> bool {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    read_text(&path)
+        .ok()
+        .and_then(|text| parse_stat(&path, &text).ok())
+        .is_some_and(|st| st.flags & PF_IO_WORKER != 0)
 }
 
 /// `/proc/PID/limits` — (soft, hard) of every resource, in resource order

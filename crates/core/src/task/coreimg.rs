@@ -222,7 +222,7 @@ pub fn dump_task(t: &mut Tracee) -> Result<TaskCoreEntry, DumpError> {
     let pid = t.pid();
     let sigactions = signals::dump_actions(t)?;
     let mut timers = task::dump_itimers(t)?;
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count());
+    let threads = procfs::list_tids(pid).map_or(1, |t| t.len());
     timers.posix = crate::task::timers::dump(t, threads)?;
     let subreaper = task::dump_child_subreaper(t)?;
     let signals_s = signals::dump_pending(pid, t.tid(), true)?;
