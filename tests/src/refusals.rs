@@ -12,10 +12,6 @@
 //! - `aio_refused` (`aio pending`): an AIO context with a completion not
 //!   reaped yet (the ring is made again empty), which must still be there
 //!   after the refused dump;
-//! - `hugetlb_refused` (`kernel_objects hugetlbfs_deleted`): a file on a
-//!   hugetlbfs mount (the case's), mapped and deleted, which a plain
-//!   ghost file made again would quietly replace (the case reserves two
-//!   huge pages for itself, and gives them back);
 //! - `hugetlb_private` (`kernel_objects hugetlb` and `hugetlb_shared`,
 //!   host, ns and uns flavors): a private MAP_HUGETLB mapping with a
 //!   pattern per 4 KiB page comes back with its data, still of 2 MiB
@@ -23,7 +19,9 @@
 //!   SHM_HUGETLB segment attached (`shm_hugetlb`) and a MFD_HUGETLB memfd
 //!   mapped (`hugetlb_memfd`); a file on a
 //!   hugetlbfs mount (host flavor), mapped shared and private with a page
-//!   of its own, comes back mapped from the file with that page;
+//!   of its own, comes back mapped from the file with that page; one
+//!   mapped shared and deleted (`hugetlbfs_deleted`) comes back as a
+//!   ghost file made again on the mount, filled through a mapping;
 //! - `io_uring_map_refused` (`kernel_objects io_uring`): an io_uring's
 //!   ring still mapped after its fd was closed (the dump failed on a stat
 //!   before);
@@ -54,12 +52,11 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 11] = [
+const CASES: [(&str, DirCase); 10] = [
     ("io_uring_map_refused", io_uring_map_refused),
     ("io_uring_inflight_refused", io_uring_inflight_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
-    ("hugetlb_refused", hugetlb_refused),
     ("hugetlb_private", hugetlb_private),
     ("tcp_in_flight", tcp_in_flight),
     ("netfilter_refused", netfilter_refused),
@@ -206,27 +203,6 @@ fn with_hugetlbfs<T>(dir: &CaseDir, f: impl FnOnce() -> T) -> Option<T> {
     Some(r)
 }
 
-fn hugetlb_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
-    let r = with_huge_pages(2, || {
-        with_hugetlbfs(dir, || {
-            refused_in(
-                cfg,
-                dir,
-                procs,
-                (&[], "true"),
-                ("kernel_objects", "hugetlbfs_deleted"),
-                &["hugetlb mapping", "deleted hugetlbfs file"],
-            )
-        })
-        .unwrap_or_else(|| Ok(Outcome::Skip("cannot mount hugetlbfs".into())))
-    });
-    r.unwrap_or_else(|| {
-        Ok(Outcome::Skip(format!(
-            "cannot reserve huge pages in {HUGE_POOL}"
-        )))
-    })
-}
-
 /// A private MAP_HUGETLB mapping dumped and restored (pages and page size
 /// kept), in every flavor and with both stdio kinds: the pool holds two
 /// huge pages more meanwhile (the dumped task frees its page before the
@@ -266,33 +242,12 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
             }
         }
         // a file on a hugetlbfs mount, mapped shared and private (its
-        // page, and the private copy; the file keeps its page across)
-        let w = crate::case::Workload {
-            args: vec!["hugetlbfs".into()],
-            ..w.clone()
-        };
-        let name = format!("{}-hugetlbfs", dir.root.display());
-        let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlbfs"))?;
-        let outcome = with_hugetlbfs(&sub, || {
-            with_huge_pages(2, || {
-                let mode = if cfg.checkpoint {
-                    case::Mode::DumpRestore
-                } else {
-                    case::Mode::SelfCheck
-                };
-                case::run_flavor(cfg, &w, &sub, crate::Flavor::Host, StdioKind::DevNull, mode).0
-            })
-        });
-        match outcome {
-            Some(Some(Outcome::Pass | Outcome::PassWith(_))) => sub.remove(),
-            Some(Some(Outcome::Fail(why))) => bail!("[host, hugetlbfs] {why}"),
-            Some(Some(Outcome::Skip(why))) => return Ok(Outcome::Skip(why)),
-            Some(None) => {
-                return Ok(Outcome::Skip(format!(
-                    "cannot reserve huge pages in {HUGE_POOL}"
-                )))
+        // page, and the private copy; the file keeps its page across),
+        // and one mapped shared and deleted (a ghost file on the mount)
+        for kind in ["hugetlbfs", "hugetlbfs_deleted"] {
+            if let Some(why) = hugetlbfs_case(cfg, dir, &w, kind)? {
+                return Ok(Outcome::Skip(why));
             }
-            None => return Ok(Outcome::Skip("cannot mount hugetlbfs".into())),
         }
         Ok(Outcome::Pass)
     });
@@ -301,6 +256,40 @@ fn hugetlb_private(cfg: &Config, dir: &CaseDir, _procs: &mut Procs) -> Result<Ou
             "cannot reserve huge pages in {HUGE_POOL}"
         )))
     })
+}
+
+/// `kernel_objects KIND` with a hugetlbfs mount at STATEDIR/hp, in the host
+/// flavor: Err on a failure, Ok(Some(why)) where it must be skipped.
+fn hugetlbfs_case(
+    cfg: &Config,
+    dir: &CaseDir,
+    w: &crate::case::Workload,
+    kind: &str,
+) -> Result<Option<String>> {
+    let w = crate::case::Workload {
+        args: vec![kind.into()],
+        ..w.clone()
+    };
+    let name = format!("{}-{kind}", dir.root.display());
+    let sub = CaseDir::create(cfg, name.rsplit('/').next().unwrap_or("hugetlbfs"))?;
+    let outcome = with_hugetlbfs(&sub, || {
+        with_huge_pages(2, || {
+            let mode = if cfg.checkpoint {
+                case::Mode::DumpRestore
+            } else {
+                case::Mode::SelfCheck
+            };
+            case::run_flavor(cfg, &w, &sub, crate::Flavor::Host, StdioKind::DevNull, mode).0
+        })
+    });
+    match outcome {
+        Some(Some(Outcome::Pass | Outcome::PassWith(_))) => sub.remove(),
+        Some(Some(Outcome::Fail(why))) => bail!("[host, {kind}] {why}"),
+        Some(Some(Outcome::Skip(why))) => return Ok(Some(why)),
+        Some(None) => return Ok(Some(format!("cannot reserve huge pages in {HUGE_POOL}"))),
+        None => return Ok(Some("cannot mount hugetlbfs".into())),
+    }
+    Ok(None)
 }
 
 fn tcp_in_flight(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

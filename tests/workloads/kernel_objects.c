@@ -8,7 +8,9 @@
  *   shm_hugetlb  a SHM_HUGETLB SysV segment attached (removed at the end);
  *   hugetlb_memfd  a MFD_HUGETLB memfd mapped shared;
  *   hugetlbfs_deleted  a file on the hugetlbfs mount at STATEDIR/hp,
- *            mapped shared and deleted: refused, the task must run on;
+ *            mapped shared and deleted: carried as a ghost file (made
+ *            again on the mount, filled, mapped, deleted again; it asks
+ *            for --ghost-limit 4M in STATEDIR/dump-args);
  *   io_uring an io_uring's submission ring mapped, its fd closed.
  * After SIGTERM it checks that the object is still there and whole. */
 #include "wl.h"
@@ -60,6 +62,10 @@ int main(int argc, char **argv)
 		unlink(path);
 		for (size_t i = 0; i < (2 << 20); i += 4096)
 			memset(huge + i, (int)(0x11 + i / 4096 % 200), 4096);
+		/* its 2 MiB of data are saved as a ghost file */
+		const char *args = "--ghost-limit 4M\n";
+		if (wl_write_file("dump-args", args, strlen(args)) < 0)
+			wl_fail("write dump-args: %s", strerror(errno));
 	} else if (!strcmp(kind, "hugetlbfs")) {
 		/* STATEDIR/hp is a hugetlbfs mount (the case makes it): a file
 		 * there mapped shared (its pages are the file's) and private (a

@@ -432,10 +432,17 @@ fn fill(
     path: &str,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    if entry.chunks == Some(true) {
+    if on_hugetlbfs(pid, fd) {
+        fill_huge(t, fd, r, (size, entry.chunks == Some(true)), path)?;
+    } else if entry.chunks == Some(true) {
         fill_chunks(t, fd, r, size, path)?;
     }
-    let mut left = if entry.chunks == Some(true) { 0 } else { size };
+    let huge = on_hugetlbfs(pid, fd);
+    let mut left = if entry.chunks == Some(true) || huge {
+        0
+    } else {
+        size
+    };
     while left > 0 {
         let n = left.min(CHUNK as u64);
         let data = r.read_payload(n)?;
@@ -460,6 +467,77 @@ fn fill(
         .rat(pid, format!("chmod ghost file {path}"))?;
     if let Some(times) = &entry.crest_times {
         set_times(pid, fd, times)?;
+    }
+    Ok(())
+}
+
+/// Whether fd `fd` of `pid` is a file on a hugetlbfs mount (which takes
+/// no `write`: its pages are filled through a mapping).
+fn on_hugetlbfs(pid: i32, fd: u64) -> bool {
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|f| f.f_type as u64 == HUGETLBFS_MAGIC)
+}
+
+/// Fills a ghost file on a hugetlbfs mount: sized first (a whole number
+/// of its huge pages, as it was), then mapped shared in the task and its
+/// data (whole, or the `chunks` of a sparse one) written through the
+/// mapping.
+fn fill_huge(
+    t: &mut Tracee,
+    fd: u64,
+    r: &mut ImageReader,
+    (size, chunks): (u64, bool),
+    path: &str,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    t.syscall(nr::FTRUNCATE, &[fd, size])
+        .rat(pid, format!("size ghost file {path} (on hugetlbfs)"))?;
+    if size == 0 {
+        return Ok(());
+    }
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let at = t
+        .syscall(nr::MMAP, &[0, size, rw, libc::MAP_SHARED as u64, fd, 0])
+        .rat(pid, format!("map ghost file {path} (on hugetlbfs)"))?;
+    let res = (|| -> Result<(), RestoreError> {
+        if !chunks {
+            return put_mapped(t, r, (at, size), (0, size), path);
+        }
+        while let Some(c) = r.next_entry::<GhostChunkEntry>()? {
+            put_mapped(t, r, (at, size), (c.off, c.len), path)?;
+        }
+        Ok(())
+    })();
+    t.syscall(nr::MUNMAP, &[at, size])
+        .rat(pid, format!("unmap ghost file {path}"))?;
+    res
+}
+
+/// Writes `len` bytes of `r`'s payload at `off` of a ghost file mapped at
+/// `at` (`size` bytes) in the task.
+fn put_mapped(
+    t: &mut Tracee,
+    r: &mut ImageReader,
+    (at, size): (u64, u64),
+    (off, len): (u64, u64),
+    path: &str,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    if off.checked_add(len).is_none_or(|end| end > size) {
+        return Err(FileError::BadImage {
+            file: path.to_string(),
+            what: format!("{len} bytes at {off} past the size {size}"),
+        }
+        .in_restore(pid));
+    }
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64);
+        let data = r.read_payload(n)?;
+        t.write_mem(at + off + done, &data)
+            .rat(pid, format!("write ghost file {path} through its mapping"))?;
+        done += n;
     }
     Ok(())
 }

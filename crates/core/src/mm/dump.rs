@@ -405,7 +405,8 @@ fn uring_mapping(pid: i32, m: &MapsEntry) -> Result<Option<u32>, DumpError> {
 }
 
 /// Refuses mapping `m` where a plain mapping made again would quietly
-/// lose what it is: a hugetlb mapping of a deleted hugetlbfs file, the
+/// lose what it is: a hugetlb mapping that is neither anonymous, SysV nor
+/// of a file, the
 /// mapping of an anonymous inode (an io_uring's rings, a perf buffer), a
 /// mapping of a deleted file that is not a file mapping.
 fn refuse_lossy(
@@ -414,12 +415,11 @@ fn refuse_lossy(
     sm: Option<&SmapsEntry>,
     vma: &VmaEntry,
 ) -> Result<(), DumpError> {
-    // (a file on a hugetlbfs mount that is still there, or a hugetlb
-    // memfd, is mapped from it again, and so of huge pages)
-    let memfd_file = crate::files::memfd::name_of(&m.path).is_some();
-    let hugetlbfs_file = m.is_file()
-        && (!m.deleted() || memfd_file)
-        && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
+    // (a file on a hugetlbfs mount, or a hugetlb memfd, is mapped from
+    // it again, and so of huge pages; a deleted one is made again on its
+    // mount first, as a ghost file)
+    let hugetlbfs_file =
+        m.is_file() && vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
     // (a SHM_HUGETLB segment: attached again, it is of huge pages)
     let sysv = vma.status & status::SYSVIPC != 0;
     let odd = if sm.is_some_and(|s| s.has("ht"))
@@ -428,7 +428,7 @@ fn refuse_lossy(
         && !sysv
     {
         Some(format!(
-            "a {} hugetlb mapping of {} (a deleted hugetlbfs file)",
+            "a {} hugetlb mapping of {} crest cannot make again",
             if m.shared { "shared" } else { "private" },
             m.path
         ))
