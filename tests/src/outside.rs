@@ -186,6 +186,12 @@ fn maps(v: &mut View, pid: i32) {
             continue;
         }
         let name = f.collect::<Vec<_>>().join(" ");
+        // (a socket made again is a new inode, as in the fd links)
+        let name = if name.starts_with("socket:[") {
+            "socket:[]".to_string()
+        } else {
+            name
+        };
         let (start, end) = range.split_once('-').unwrap_or((range, ""));
         let off = if name.is_empty() { "0" } else { off };
         cur = Some((start.into(), end.into(), format!("{perms} {off} {name}")));

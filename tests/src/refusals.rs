@@ -28,6 +28,10 @@
 //! - `io_uring_inflight_refused` (`io_uring inflight`): an io_uring with a
 //!   read of an empty pipe in flight; after the refused dump the read
 //!   completes once the pipe has data;
+//! - `packet_ring_moved_refused` (`packet ring_moved`): a packet socket's
+//!   TPACKET_V2 RX ring the kernel wrote a frame into (a ring made again
+//!   would start at frame 0); after the refused dump the next frame lands
+//!   in frame 1;
 //! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/`, the
 //!   first task of a mount namespace of its own: the namespace's mounts,
 //!   as its mountinfo shows them, are below its root (a chroot below an
@@ -52,9 +56,10 @@ use crate::procs::{self, Procs};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 10] = [
+const CASES: [(&str, DirCase); 11] = [
     ("io_uring_map_refused", io_uring_map_refused),
     ("io_uring_inflight_refused", io_uring_inflight_refused),
+    ("packet_ring_moved_refused", packet_ring_moved_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_private", hugetlb_private),
@@ -159,6 +164,17 @@ fn io_uring_inflight_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> 
         (&[], "true"),
         ("io_uring", "inflight"),
         &["io_uring", "in flight"],
+    )
+}
+
+fn packet_ring_moved_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    refused_in(
+        cfg,
+        dir,
+        procs,
+        (&[], "true"),
+        ("packet", "ring_moved"),
+        &["RX ring", "at frame 1 next"],
     )
 }
 

@@ -1,11 +1,21 @@
-/* packet STATEDIR - packet sockets come back bound, joined and with their
- * options (issue 16, item 4).
+/* packet STATEDIR [ring_moved] - packet sockets come back bound, joined and
+ * with their options and rings (issue 16, item 4).
  *
  *   R: SOCK_RAW, ETH_P_ALL, bound to lo, a multicast membership on lo
  *      (address 01:00:5e:63:72:73, listed in /proc/self/net/dev_mcast),
  *      TPACKET_V2, PACKET_AUXDATA on, in a fanout group of its own (hash);
  *   D: SOCK_DGRAM for protocol 0x88b5, not bound;
- *   SP: the old SOCK_PACKET interface, bound to lo by name.
+ *   SP: the old SOCK_PACKET interface, bound to lo by name;
+ *   V2: SOCK_RAW for protocol 0x88b6 on lo, TPACKET_V2, an RX ring of 16
+ *      frames and a TX ring of 8, both mapped, none used yet;
+ *   V3: SOCK_RAW for protocol 0x88b7 on lo, TPACKET_V3, an RX ring of 4
+ *      blocks (10 ms to close a block), mapped.
+ * After the restore a frame sent on lo lands in V2's RX frame 0, a frame
+ * put in V2's TX frame 0 is sent (and lands in RX frame 1), and a frame
+ * sent to V3 lands in its block 0.
+ * With "ring_moved" a frame reaches V2's RX ring before the dump: the
+ * dump must refuse the ring (a ring made again would start at frame 0),
+ * and after the refused dump the next frame lands in frame 1.
  * After SIGTERM each must show what it had (getsockname, SO_TYPE and the
  * SOL_PACKET options), lo must still list the address, and R must see a UDP
  * datagram the task sends to 127.0.0.1. */
@@ -17,6 +27,56 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#define P_V2 0x88b6
+#define P_V3 0x88b7
+#define BLOCK (16 << 10)
+
+/* Sends an Ethernet frame of protocol `proto` carrying `mark` on lo. */
+static void send_on_lo(int lo, unsigned short proto, const char *mark)
+{
+	int s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	unsigned char f[64] = {0};
+	f[12] = (unsigned char)(proto >> 8);
+	f[13] = (unsigned char)proto;
+	memcpy(f + 14, mark, strlen(mark));
+	struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = lo, .sll_halen = 6};
+	if (s < 0 || sendto(s, f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) != sizeof(f))
+		wl_fail("send a frame on lo: %s", strerror(errno));
+	close(s);
+}
+
+/* Waits until V2 RX frame `i` of `ring` is the user's and holds `mark`. */
+static void v2_frame(char *ring, int i, const char *mark)
+{
+	struct tpacket2_hdr *h = (struct tpacket2_hdr *)(ring + i * 2048);
+	for (int k = 0; k < 500 && !(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER); k++)
+		usleep(2000);
+	if (!(h->tp_status & TP_STATUS_USER))
+		wl_fail("V2's RX frame %d got no frame (status %#x)", i, h->tp_status);
+	if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, mark, strlen(mark)))
+		wl_fail("V2's RX frame %d holds another frame (%u bytes)", i, h->tp_snaplen);
+	h->tp_status = TP_STATUS_KERNEL;
+}
+
+static int ring_socket(int lo, unsigned short proto, int version, void *req, size_t req_len,
+		       int tx, size_t len, char **map)
+{
+	int s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(proto));
+	if (s < 0 || setsockopt(s, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) ||
+	    setsockopt(s, SOL_PACKET, PACKET_RX_RING, req, (socklen_t)req_len) ||
+	    (tx && setsockopt(s, SOL_PACKET, PACKET_TX_RING, req, (socklen_t)req_len)))
+		wl_fail("a packet ring: %s", strerror(errno));
+	*map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
+	if (*map == MAP_FAILED)
+		wl_fail("map a packet ring: %s", strerror(errno));
+	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(proto),
+				.sll_ifindex = lo};
+	if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0)
+		wl_fail("bind a ring socket to lo: %s", strerror(errno));
+	return s;
+}
 
 struct seen {
 	struct sockaddr_ll local;
@@ -95,6 +155,20 @@ int main(int argc, char **argv)
 	strcpy(spa.sa_data, "lo");
 	if (bind(sp, &spa, sizeof(spa)) < 0)
 		wl_fail("bind SOCK_PACKET to lo: %s", strerror(errno));
+	/* V2: RX ring of 2 blocks (16 frames), TX ring of the same */
+	struct tpacket_req q2 = {.tp_block_size = BLOCK, .tp_block_nr = 2, .tp_frame_size = 2048,
+				 .tp_frame_nr = 16};
+	char *m2;
+	int s2 = ring_socket(lo, P_V2, TPACKET_V2, &q2, sizeof(q2), 1, 4 * BLOCK, &m2);
+	struct tpacket_req3 q3 = {.tp_block_size = BLOCK, .tp_block_nr = 4, .tp_frame_size = 2048,
+				  .tp_frame_nr = 32, .tp_retire_blk_tov = 10};
+	char *m3;
+	int s3 = ring_socket(lo, P_V3, TPACKET_V3, &q3, sizeof(q3), 0, 4 * BLOCK, &m3);
+	int moved = argc > 2 && !strcmp(argv[2], "ring_moved");
+	if (moved) {
+		send_on_lo(lo, P_V2, "crest-ring-early");
+		v2_frame(m2, 0, "crest-ring-early");
+	}
 	struct seen sr, sd;
 	look(r, &sr);
 	look(d, &sd);
@@ -103,6 +177,46 @@ int main(int argc, char **argv)
 
 	wl_ready();
 	wl_wait_term();
+
+	if (moved) {
+		send_on_lo(lo, P_V2, "crest-ring-next");
+		v2_frame(m2, 1, "crest-ring-next");
+		wl_pass();
+	}
+	/* V2: a frame in RX frame 0; one put in TX frame 0 goes out and
+	 * comes back in RX frame 1 */
+	send_on_lo(lo, P_V2, "crest-ring-v2");
+	v2_frame(m2, 0, "crest-ring-v2");
+	{
+		struct tpacket2_hdr *t = (struct tpacket2_hdr *)(m2 + 2 * BLOCK);
+		unsigned char *f = (unsigned char *)t + TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
+		memset(f, 0, 64);
+		f[12] = P_V2 >> 8;
+		f[13] = P_V2 & 0xff;
+		memcpy(f + 14, "crest-ring-tx", 13);
+		t->tp_len = 64;
+		t->tp_status = TP_STATUS_SEND_REQUEST;
+		if (send(s2, NULL, 0, 0) < 0)
+			wl_fail("send V2's TX ring: %s", strerror(errno));
+		v2_frame(m2, 1, "crest-ring-tx");
+	}
+	/* V3: a frame in block 0 */
+	send_on_lo(lo, P_V3, "crest-ring-v3");
+	{
+		struct tpacket_block_desc *b = (struct tpacket_block_desc *)m3;
+		for (int k = 0; k < 500 && !(__atomic_load_n(&b->hdr.bh1.block_status, __ATOMIC_ACQUIRE) &
+					     TP_STATUS_USER);
+		     k++)
+			usleep(2000);
+		if (!(b->hdr.bh1.block_status & TP_STATUS_USER) || b->hdr.bh1.num_pkts < 1)
+			wl_fail("V3's block 0 got no frame (status %#x, %u packets)",
+				b->hdr.bh1.block_status, b->hdr.bh1.num_pkts);
+		struct tpacket3_hdr *h =
+			(struct tpacket3_hdr *)((char *)b + b->hdr.bh1.offset_to_first_pkt);
+		if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, "crest-ring-v3", 13))
+			wl_fail("V3's block 0 holds another frame");
+	}
+	(void)s3;
 
 	struct seen nr, nd;
 	look(r, &nr);

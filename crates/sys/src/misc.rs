@@ -810,3 +810,45 @@ pub fn tty_request(fd: &impl AsRawFd, req: libc::c_ulong, what: i32) -> io::Resu
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, what as libc::c_long) };
     cvt(ret as libc::c_long).map(drop)
 }
+
+/// Copies of `each` bytes at each of `offsets` in the first `len` bytes
+/// a socket (a packet socket's rings) maps: crest maps them read-only,
+/// copies and unmaps them.
+pub fn read_socket_map(
+    sock: &impl AsRawFd,
+    len: usize,
+    offsets: &[usize],
+    each: usize,
+) -> io::Result<Vec<u8>> {
+    if offsets
+        .iter()
+        .any(|o| o.checked_add(each).is_none_or(|e| e > len))
+    {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a new shared read-only mapping the kernel places; nothing
+    // of crest's is touched.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            sock.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::with_capacity(offsets.len() * each);
+    for &o in offsets {
+        // SAFETY: `o + each <= len` (checked above): inside the mapping,
+        // which lives until the munmap below.
+        let part = unsafe { std::slice::from_raw_parts((at as *const u8).add(o), each) };
+        out.extend_from_slice(part);
+    }
+    // SAFETY: exactly the mapping made above; `part` borrows ended.
+    unsafe { libc::munmap(at, len) };
+    Ok(out)
+}

@@ -37,6 +37,7 @@ pub mod mqueue;
 pub mod netlink;
 pub mod nsfile;
 pub mod packet;
+pub mod packet_ring;
 pub mod pidfd;
 pub mod pipe;
 pub mod pty;

@@ -5,9 +5,9 @@
 //! (`getsockname`), the `SOL_PACKET` options and its fanout group, and from
 //! sock_diag its multicast memberships (no `getsockopt` shows them). An
 //! old `SOCK_PACKET` socket is bound by device name and has no
-//! `SOL_PACKET` options: its name and protocol are carried. A socket with
-//! a ring mapped (`PACKET_RX_RING`/`TX_RING`) and one crest cannot see in
-//! sock_diag are refused.
+//! `SOL_PACKET` options: its name and protocol are carried. Its rings
+//! (`PACKET_RX_RING`/`TX_RING`) are `packet_ring`'s. One crest cannot see
+//! in sock_diag is refused.
 //! Packets waiting in its queue are frames off the wire: they are left
 //! behind, as CRIU does, and the log says how many bytes.
 //!
@@ -16,12 +16,12 @@
 //! and its fanout group, on crest's copy.
 
 use super::kept::Kept;
-use super::skopts;
+use super::{packet_ring, skopts};
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
 use crest_images::names;
-use crest_images::pb::{FdTypes, FileEntry, FownEntry, PacketMclist, PacketSockEntry};
+use crest_images::pb::{FdTypes, FileEntry, FownEntry, PacketMclist, PacketRing, PacketSockEntry};
 use crest_inject::Tracee;
 use crest_sys::net::{getsockopt_int, setsockopt_bytes, setsockopt_int};
 use std::os::fd::OwnedFd;
@@ -87,6 +87,30 @@ fn packet_mreq(index: u32, ty: u16, addr: &[u8]) -> Vec<u8> {
     m
 }
 
+/// The rings of packet socket `copy` (fd `fd` of `pid`, of TPACKET
+/// `version`), refused where crest cannot make them again where the kernel
+/// stood.
+fn rings(
+    pid: i32,
+    fd: i32,
+    copy: &OwnedFd,
+    version: u32,
+    diag: &super::sockdiag::PacketDiag,
+) -> Result<(Option<PacketRing>, Option<PacketRing>), DumpError> {
+    let (rx, tx) = (
+        diag.rx_ring.map(packet_ring::entry),
+        diag.tx_ring.map(packet_ring::entry),
+    );
+    if rx.is_some() || tx.is_some() {
+        let why = packet_ring::refusal(copy, version, (rx.as_ref(), tx.as_ref()))
+            .at(pid, "read a packet socket's rings")?;
+        if let Some(kind) = why {
+            return Err(FileError::UnsupportedFd { fd, kind }.in_dump(pid));
+        }
+    }
+    Ok((rx, tx))
+}
+
 impl super::table::FileTable {
     pub(crate) fn dump_packet(
         &mut self,
@@ -116,11 +140,8 @@ impl super::table::FileTable {
         }
         let (protocol, ifindex) = parse_ll(&local)
             .ok_or_else(|| unsupported("a packet socket with an odd address".into()))?;
-        if diag.rx_ring || diag.tx_ring {
-            return Err(unsupported(
-                "a packet socket with a ring mapped (PACKET_RX_RING/PACKET_TX_RING)".into(),
-            ));
-        }
+        let version = int(PACKET_VERSION).at(pid, "PACKET_VERSION")? as u32;
+        let (rx, tx) = rings(pid, fd, copy, version, &diag)?;
         let mclist = mclist_of(&diag.mclist);
         let queued = crest_sys::net::ioctl_int(copy, libc::FIONREAD).unwrap_or(0);
         if queued > 0 {
@@ -139,7 +160,7 @@ impl super::table::FileTable {
             ifindex,
             fown: FownEntry::default(),
             opts: skopts::dump(copy).at(pid, "read socket options")?,
-            version: int(PACKET_VERSION).at(pid, "PACKET_VERSION")? as u32,
+            version,
             reserve: int(PACKET_RESERVE).at(pid, "PACKET_RESERVE")? as u32,
             aux_data: flag(PACKET_AUXDATA).at(pid, "PACKET_AUXDATA")?,
             orig_dev: flag(PACKET_ORIGDEV).at(pid, "PACKET_ORIGDEV")?,
@@ -150,8 +171,8 @@ impl super::table::FileTable {
             copy_thresh: 0,
             mclist,
             fanout: (fanout != 0).then_some(fanout),
-            rx_ring: None,
-            tx_ring: None,
+            rx_ring: rx,
+            tx_ring: tx,
             crest_qdisc_bypass: flag(PACKET_QDISC_BYPASS).ok(),
             crest_ignore_outgoing: flag(PACKET_IGNORE_OUTGOING).ok(),
         };
@@ -292,16 +313,20 @@ pub(crate) fn make(
     if (ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32)
         || s.protocol > 0xffff
         || s.mclist.len() > MAX_MEMBERSHIPS
-        || s.rx_ring.is_some()
-        || s.tx_ring.is_some()
+        || !s
+            .rx_ring
+            .iter()
+            .chain(s.tx_ring.iter())
+            .all(packet_ring::sane)
     {
         return Err(FileError::BadImage {
             file: names::FILES.into(),
             what: at(&format!(
-                "type {ty}, protocol {:#x}, {} memberships, rings {}",
+                "type {ty}, protocol {:#x}, {} memberships, rings {:?} and {:?}",
                 s.protocol,
                 s.mclist.len(),
-                s.rx_ring.is_some() || s.tx_ring.is_some()
+                s.rx_ring,
+                s.tx_ring
             )),
         }
         .in_restore(pid));
@@ -313,6 +338,12 @@ pub(crate) fn make(
         step: at(what),
         source: e,
     })?;
+    // (the rings after the version and reserve they are laid out by)
+    for (r, tx) in [(&s.rx_ring, false), (&s.tx_ring, true)] {
+        if let Some(r) = r {
+            packet_ring::set(&c, s.version, r, tx).rat(pid, at("set a ring"))?;
+        }
+    }
     if s.ifindex != 0 {
         crest_sys::net::bind(&c, &sockaddr_ll(s.protocol as u16, s.ifindex))
             .rat(pid, at("bind"))?;

@@ -146,8 +146,11 @@ fn ask(pid: i32, req: &[u8], on_msg: &mut dyn FnMut(&[u8]) -> io::Result<()>) ->
 pub struct PacketDiag {
     /// (ifindex, count, type, address) of each membership.
     pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
-    pub rx_ring: bool,
-    pub tx_ring: bool,
+    /// The rings' settings (`struct packet_diag_ring`: block size and
+    /// count, frame size and count, retire timeout, private size,
+    /// features).
+    pub rx_ring: Option<[u32; 7]>,
+    pub tx_ring: Option<[u32; 7]>,
     /// The protocol it was made for (`pdiag_num`, host order).
     pub num: u16,
 }
@@ -195,11 +198,20 @@ fn parse_packet(body: &[u8]) -> io::Result<PacketDiag> {
                 ));
             }
         }
-        PACKET_DIAG_RX_RING => d.rx_ring = true,
-        PACKET_DIAG_TX_RING => d.tx_ring = true,
+        PACKET_DIAG_RX_RING => d.rx_ring = ring_of(v),
+        PACKET_DIAG_TX_RING => d.tx_ring = ring_of(v),
         _ => {}
     })?;
     Ok(d)
+}
+
+/// A `struct packet_diag_ring` (seven u32).
+fn ring_of(v: &[u8]) -> Option<[u32; 7]> {
+    let mut r = [0u32; 7];
+    for (i, w) in r.iter_mut().enumerate() {
+        *w = u32_at(v, i * 4)?;
+    }
+    Some(r)
 }
 
 fn bad(what: &str) -> io::Error {

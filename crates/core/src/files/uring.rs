@@ -4,7 +4,7 @@
 //! fdinfo does not say (a single submitter, completions run only in it, a
 //! disabled or restricted ring, a registered eventfd, 128-byte SQEs or
 //! 32-byte CQEs where the regions' sizes tell). The rings' memory is the
-//! mappings' (`mm`, `vma_entry.crest_io_uring_fd`).
+//! mappings' (`mm`, `vma_entry.crest_map_fd`).
 //!
 //! Restore makes the ring again in the task with the same sizes and
 //! flags, then brings the kernel's counters where they stood: it submits
@@ -603,7 +603,7 @@ fn mend_array(
     let pid = t.pid();
     let len = u64::from(e.sq_entries) * 4;
     let rings = mm.vmas.iter().find(|v| {
-        v.crest_io_uring_fd == Some(fd)
+        v.crest_map_fd == Some(fd)
             && [OFF_SQ_RING, OFF_CQ_RING].contains(&v.pgoff)
             && v.end - v.start >= array + len
     });

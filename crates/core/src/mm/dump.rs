@@ -106,7 +106,7 @@ fn classify(m: &MapsEntry, smaps: Option<&SmapsEntry>) -> (VmaEntry, PagePolicy)
         fdflags: None,
         crest_mempolicy: None,
         crest_anon_name: anon_name(&m.path),
-        crest_io_uring_fd: None,
+        crest_map_fd: None,
     };
     (vma, policy)
 }
@@ -277,7 +277,7 @@ pub fn dump(
         }
         let policy = ring_or_refused(pid, (m, sm), &mut vma, policy)?;
         if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
-            && vma.crest_io_uring_fd.is_none()
+            && vma.crest_map_fd.is_none()
         {
             vma.shmid = u64::from(mapped_file(pid, m, sm, &mut vma, files)?);
         }
@@ -353,8 +353,9 @@ fn mm_fields(t: &mut Tracee, files: &mut FileTable) -> Result<MmEntry, DumpError
     })
 }
 
-/// The pages policy of mapping `m`: an io_uring's rings are marked
-/// (mapped again from the ring's fd, with their contents); other
+/// The pages policy of mapping `m`: a kernel object's mapping (an
+/// io_uring's, a packet socket's rings) is marked (mapped again from the
+/// object's fd, with its contents); other
 /// mappings that would come back lossy are refused (`refuse_lossy`).
 fn ring_or_refused(
     pid: i32,
@@ -362,9 +363,9 @@ fn ring_or_refused(
     vma: &mut VmaEntry,
     policy: PagePolicy,
 ) -> Result<PagePolicy, DumpError> {
-    match uring_mapping(pid, m)? {
+    match fd_mapping(pid, m)? {
         Some(fd) => {
-            vma.crest_io_uring_fd = Some(fd);
+            vma.crest_map_fd = Some(fd);
             vma.status = status::REGULAR | status::FILE_SHARED;
             vma.flags &= !(libc::MAP_ANONYMOUS as u32);
             Ok(PagePolicy::All)
@@ -376,16 +377,27 @@ fn ring_or_refused(
     }
 }
 
-/// The task's fd of the io_uring whose region mapping `m` maps, if it is
-/// one; refused where the task holds no fd of it (the ring lives on
-/// through the mapping alone) or the region is not the rings' or the
-/// SQEs' (a provided buffer ring).
-fn uring_mapping(pid: i32, m: &MapsEntry) -> Result<Option<u32>, DumpError> {
+/// The task's fd of the kernel object mapping `m` maps, if it is one (an
+/// io_uring's rings or SQEs, a packet socket's rings); refused where the
+/// task holds no fd of it (the object lives on through the mapping alone)
+/// or the mapping is not of what crest makes again (a provided buffer
+/// ring, a private mapping, a part of a packet ring).
+fn fd_mapping(pid: i32, m: &MapsEntry) -> Result<Option<u32>, DumpError> {
     use crate::files::uring;
-    if m.path != "anon_inode:[io_uring]" {
+    let path = m.path.as_str();
+    let what = if path.starts_with("socket:[") {
+        if !m.shared || m.offset != 0 {
+            format!("a mapping of {path} at offset {:#x}", m.offset)
+        } else {
+            let fds = procfs::list_fds(pid).at(pid, "list fds")?;
+            match fds.into_iter().find(|(_, link)| link == path) {
+                Some((fd, _)) => return Ok(Some(fd as u32)),
+                None => format!("a mapping of {path} whose fd the task closed"),
+            }
+        }
+    } else if path != "anon_inode:[io_uring]" {
         return Ok(None);
-    }
-    let what = if ![uring::OFF_SQ_RING, uring::OFF_CQ_RING, uring::OFF_SQES].contains(&m.offset) {
+    } else if ![uring::OFF_SQ_RING, uring::OFF_CQ_RING, uring::OFF_SQES].contains(&m.offset) {
         format!(
             "a mapping of the anonymous inode [io_uring] at offset {:#x} (a provided buffer ring)",
             m.offset

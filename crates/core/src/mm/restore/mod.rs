@@ -204,7 +204,7 @@ fn map_each(
         };
         // (locked later, by protect, once the pages are in)
         let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
-        if let Some(fd) = v.crest_io_uring_fd {
+        if let Some(fd) = v.crest_map_fd {
             map_ring(t, v, prot, fd)?;
             continue;
         }
@@ -252,17 +252,28 @@ fn mmap_min_addr() -> u64 {
         * PAGE
 }
 
-/// Maps an io_uring's region from the ring made again at `fd`. The kernel
-/// takes no address for an io_uring's mapping (not even to move one there)
+/// Maps a kernel object's mapping from the object made again at `fd`
+/// (a packet socket's rings: at the address, as asked). The kernel takes
+/// no address for an io_uring's mapping (not even to move one there)
 /// and places it in a free range of its choice: every free range of the
 /// address space but the VMA's is taken for the time of the `mmap`, so
 /// the VMA's range is the only one left.
 fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), RestoreError> {
     let pid = t.pid();
     let len = v.end - v.start;
+    let fixed = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
+    if t.syscall(
+        nr::MMAP,
+        &[v.start, len, prot, fixed, u64::from(fd), v.pgoff],
+    )
+    .is_ok()
+    {
+        // (a packet socket's rings go where they are asked to)
+        return Ok(());
+    }
     let what = |verb: &str| {
         format!(
-            "{verb} {:#x}-{:#x} of the io_uring at fd {fd}",
+            "{verb} {:#x}-{:#x} of the object at fd {fd}",
             v.start, v.end
         )
     };

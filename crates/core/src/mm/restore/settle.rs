@@ -60,7 +60,7 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
         let widened = v.prot & libc::PROT_WRITE as u32 == 0 && has_pages(v, pagemap);
         // (a shared file mapping was mapped with its protection; an
         // io_uring's rings were widened to be filled)
-        let filled = v.status & status::FILE_SHARED == 0 || v.crest_io_uring_fd.is_some();
+        let filled = v.status & status::FILE_SHARED == 0 || v.crest_map_fd.is_some();
         if filled && widened {
             t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
                 .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
