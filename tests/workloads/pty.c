@@ -30,6 +30,25 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 
+static int ptmx(void);
+static void unlock(int m);
+
+/* A pair in packet mode; its slave opened non-blocking into *slave. */
+static int packet_pair(int *slave)
+{
+	int m = ptmx();
+	unlock(m);
+	int on = 1;
+	if (ioctl(m, TIOCPKT, &on) < 0)
+		wl_fail("TIOCPKT: %s", strerror(errno));
+	char name[64];
+	ptsname_r(m, name, sizeof(name));
+	*slave = open(name, O_RDWR | O_NOCTTY | O_NONBLOCK);
+	if (*slave < 0)
+		wl_fail("open %s: %s", name, strerror(errno));
+	return m;
+}
+
 static int report[2]; /* C and G say what is wrong */
 static int more[2];   /* G asks the root for the rest of its line */
 
@@ -196,16 +215,7 @@ int main(int argc, char **argv)
 	if (write(a, "line1\npart", 10) != 10)
 		wl_fail("write to A's master: %s", strerror(errno));
 
-	int b = ptmx();
-	unlock(b);
-	int on = 1;
-	if (ioctl(b, TIOCPKT, &on) < 0)
-		wl_fail("TIOCPKT: %s", strerror(errno));
-	char name_b[64];
-	ptsname_r(b, name_b, sizeof(name_b));
-	int bs = open(name_b, O_RDWR | O_NOCTTY | O_NONBLOCK);
-	if (bs < 0)
-		wl_fail("open %s: %s", name_b, strerror(errno));
+	int bs, b = packet_pair(&bs);
 	struct termios raw;
 	memset(&raw, 0, sizeof(raw)); /* (memcmp sees the padding) */
 	tcgetattr(bs, &raw);
@@ -217,15 +227,7 @@ int main(int argc, char **argv)
 	if (write(b, "rawin", 5) != 5)
 		wl_fail("write to B's master: %s", strerror(errno));
 
-	int e = ptmx();
-	unlock(e);
-	if (ioctl(e, TIOCPKT, &on) < 0)
-		wl_fail("TIOCPKT: %s", strerror(errno));
-	char name_e[64];
-	ptsname_r(e, name_e, sizeof(name_e));
-	int es = open(name_e, O_RDWR | O_NOCTTY | O_NONBLOCK);
-	if (es < 0)
-		wl_fail("open %s: %s", name_e, strerror(errno));
+	int es, e = packet_pair(&es);
 	struct termios te;
 	tcgetattr(es, &te);
 	if (tcflush(es, TCIOFLUSH) < 0)
