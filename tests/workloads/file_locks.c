@@ -11,7 +11,11 @@
  *   shared     flock LOCK_EX taken before the fork, so the root and its
  *              child share the locked open file description;
  *   lease.dat  a read lease (F_SETLEASE), which F_GETLEASE must report
- *              after the restore.
+ *              after the restore;
+ *   breaking.dat  a write lease being broken: a second child opens the
+ *              file for reading and waits; after the restore the lease is
+ *              still being broken (F_GETLEASE says F_RDLCK), and once the
+ *              root lets it go the child's open goes through.
  * The child blocks on a pipe until the root is done.
  *
  * Before the ready signal and after the restore, a checker forked from the
@@ -23,6 +27,14 @@
 
 #include <sys/file.h>
 #include <sys/wait.h>
+
+static volatile sig_atomic_t sigios;
+
+static void on_sigio(int sig)
+{
+	(void)sig;
+	sigios++;
+}
 
 static int open_file(const char *name, int flags)
 {
@@ -177,6 +189,23 @@ int main(int argc, char **argv)
 	if (fcntl(lease, F_SETLEASE, F_RDLCK) < 0)
 		wl_fail("F_SETLEASE: %s", strerror(errno));
 
+	signal(SIGIO, on_sigio);
+	int blease = open_file("breaking.dat", O_RDWR | O_CREAT);
+	if (fcntl(blease, F_SETLEASE, F_WRLCK) < 0)
+		wl_fail("F_SETLEASE F_WRLCK: %s", strerror(errno));
+	pid_t breaker = wl_fork();
+	if (breaker == 0) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/breaking.dat", wl_dir);
+		int f = open(path, O_RDONLY);
+		_exit(f >= 0 ? 0 : 11);
+	}
+	for (int i = 0; i < 500 && fcntl(blease, F_GETLEASE) != F_RDLCK; i++)
+		usleep(10000);
+	if (fcntl(blease, F_GETLEASE) != F_RDLCK)
+		wl_fail("the write lease on breaking.dat is not being broken (%d)",
+			fcntl(blease, F_GETLEASE));
+
 	pid_t root = getpid();
 	check_from_outside(root, kid, "before");
 	if (wl_mlen)
@@ -191,6 +220,16 @@ int main(int argc, char **argv)
 	int held = fcntl(lease, F_GETLEASE);
 	if (held != F_RDLCK)
 		wl_add("the read lease on lease.dat is %d after the restore; ", held);
+	held = fcntl(blease, F_GETLEASE);
+	if (held != F_RDLCK)
+		wl_add("the lease on breaking.dat is %d after the restore, not being broken to "
+		       "F_RDLCK; ",
+		       held);
+	if (fcntl(blease, F_SETLEASE, F_UNLCK) < 0)
+		wl_add("letting the lease on breaking.dat go: %s; ", strerror(errno));
+	int bst = wl_waitpid(breaker, "waitpid the lease breaker");
+	if (!WIFEXITED(bst) || WEXITSTATUS(bst) != 0)
+		wl_add("the lease breaker ended with status %#x; ", bst);
 	close(go[1]);
 	int st = wl_waitpid(kid, "waitpid child");
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)

@@ -9,9 +9,14 @@
 //! saved once per description (through the first fd seen), a POSIX lock
 //! once per task and range. Without `--file-locks` a held lock fails the
 //! dump naming the option, as CRIU does. File leases (`F_SETLEASE`) go
-//! the same way (CRIU's `FL_LEASE`), taken again by the fd's task; a lease
-//! being broken, a delegation, mandatory and unknown locks fail the dump
-//! always.
+//! the same way (CRIU's `FL_LEASE`), taken again by the fd's task. A lease
+//! being broken is saved as CRIU does (its target type with
+//! `LEASE_BREAKING`), taken again as the lease that breaks to that target
+//! (a write lease for a read target, else as the fd's access mode allows)
+//! and broken again at once: crest opens the file with `O_NONBLOCK` for
+//! the access that breaks it, which starts the break and returns. The
+//! holder is told again (its lease signal), and the break time starts
+//! again. A delegation, mandatory and unknown locks fail the dump always.
 //!
 //! Restore takes each lock again as its owner, through the fd it was
 //! saved with, with the non-blocking calls: a conflicting lock taken
@@ -28,6 +33,7 @@ use crest_images::pb::FileLockEntry;
 use crest_images::{magic, names};
 use crest_inject::{nr, Tracee};
 use std::collections::HashSet;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// `file_lock_entry.flag` of a POSIX lock (CRIU's `FL_POSIX`).
@@ -38,6 +44,10 @@ pub const FL_FLOCK: u32 = 2;
 pub const FL_OFD: u32 = 4;
 /// `file_lock_entry.flag` of a lease (CRIU's `FL_LEASE`).
 pub const FL_LEASE: u32 = 32;
+
+/// Or'ed into a lease's type: the lease is being broken to that type
+/// (CRIU's `LEASE_BREAKING`).
+pub const LEASE_BREAKING: u32 = 4;
 
 /// `F_OFD_SETLK` (not in every libc crate's list).
 const F_OFD_SETLK: u64 = 37;
@@ -79,6 +89,9 @@ pub struct LockLine {
     pub kind: Kind,
     /// A write (exclusive) lock; else a read (shared) one.
     pub write: bool,
+    /// A lease being broken: the type it is broken to (`F_RDLCK` or
+    /// `F_UNLCK`).
+    pub breaking_to: Option<u32>,
     /// The inode, as "MAJ:MIN:INO".
     pub inode: String,
     pub start: i64,
@@ -101,6 +114,9 @@ impl LockLine {
         let ty = if self.write { "write" } else { "read" };
         match self.kind {
             Kind::Flock => format!("a {} flock lock (inode {})", ty, self.inode),
+            Kind::Lease if self.breaking_to.is_some() => {
+                format!("a lease being broken to {ty} (inode {})", self.inode)
+            }
             Kind::Lease => format!("a {ty} lease (inode {})", self.inode),
             k => format!("a {} {ty} lock on {range} (inode {})", k.name(), self.inode),
         }
@@ -121,9 +137,8 @@ pub fn parse_line(v: &str) -> Result<LockLine, LockError> {
         "POSIX" => Kind::Posix,
         "OFDLCK" => Kind::Ofd,
         "FLOCK" => Kind::Flock,
-        // (an active one: a lease being broken has a break in progress
-        // crest cannot set up again)
-        "LEASE" if w.get(2) == Some(&"ACTIVE") => Kind::Lease,
+        // (active, or being broken: a breaker of its own has no file)
+        "LEASE" if matches!(w.get(2), Some(&"ACTIVE" | &"BREAKING")) => Kind::Lease,
         "LEASE" => return Err(LockError::LeaseBroken(w[1..].join(" "))),
         "DELEG" => return Err(LockError::Delegation(w[1..].join(" "))),
         _ => return Err(LockError::UnknownKind(v.to_string())),
@@ -137,9 +152,12 @@ pub fn parse_line(v: &str) -> Result<LockLine, LockError> {
             line: w[1..].join(" "),
         });
     }
+    let breaking = kind == Kind::Lease && w[2] == "BREAKING";
     let write = match w[3] {
         "WRITE" => true,
         "READ" => false,
+        // (the target of a lease being broken to nothing)
+        "UNLCK" if breaking => false,
         _ => {
             return Err(LockError::UnknownType {
                 ty: w[3].to_string(),
@@ -155,9 +173,15 @@ pub fn parse_line(v: &str) -> Result<LockLine, LockError> {
     if start < 0 || end.is_some_and(|e| e < start) {
         return Err(unreadable());
     }
+    let breaking_to = breaking.then_some(if w[3] == "READ" {
+        libc::F_RDLCK as u32
+    } else {
+        libc::F_UNLCK as u32
+    });
     Ok(LockLine {
         kind,
         write,
+        breaking_to,
         inode: w[5].to_string(),
         start,
         end,
@@ -208,13 +232,14 @@ impl LockDump {
                 continue;
             }
             crate::debug!("pid {pid} fd {fd}: {}", l.describe());
+            let ty = match l.breaking_to {
+                Some(to) => to | LEASE_BREAKING,
+                None if l.write => libc::F_WRLCK as u32,
+                None => libc::F_RDLCK as u32,
+            };
             self.entries.push(FileLockEntry {
                 flag: l.kind.flag(),
-                r#type: if l.write {
-                    libc::F_WRLCK as u32
-                } else {
-                    libc::F_RDLCK as u32
-                },
+                r#type: ty,
                 pid,
                 fd,
                 start: l.start,
@@ -269,7 +294,9 @@ fn check(e: &FileLockEntry) -> Result<(), LockError> {
     if ![FL_POSIX, FL_OFD, FL_FLOCK, FL_LEASE].contains(&e.flag) {
         return Err(LockError::EntryKind(e.flag));
     }
-    if e.r#type != libc::F_RDLCK as u32 && e.r#type != libc::F_WRLCK as u32 {
+    let breaking = [libc::F_RDLCK, libc::F_UNLCK].map(|t| t as u32 | LEASE_BREAKING);
+    let lease_breaking = e.flag == FL_LEASE && breaking.contains(&e.r#type);
+    if e.r#type != libc::F_RDLCK as u32 && e.r#type != libc::F_WRLCK as u32 && !lease_breaking {
         return Err(LockError::EntryType(e.r#type));
     }
     if e.fd < 0 || e.start < 0 || e.len < 0 || e.start.checked_add(e.len).is_none() {
@@ -290,6 +317,56 @@ pub fn restore(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), 
         .cloned()
         .collect();
     take(t, pid, &not_leases)
+}
+
+/// Takes lease `e` again as task `t`; one being broken is taken as the
+/// lease that breaks to its target and broken again: crest opens the file
+/// without blocking for the access that breaks it (the kernel starts the
+/// break, tells the holder, and answers `EWOULDBLOCK`).
+fn take_lease(t: &mut Tracee, e: &FileLockEntry, what: &str) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    let fd = e.fd as u64;
+    if e.r#type & LEASE_BREAKING == 0 {
+        t.fcntl(fd, libc::F_SETLEASE, u64::from(e.r#type), what)?;
+        return Ok(());
+    }
+    let to = e.r#type & !LEASE_BREAKING;
+    // (a read target: a write lease was broken; to nothing: the lease the
+    // fd's access mode allows, a read one on a read-only fd)
+    let info = crate::procfs::read_fdinfo(pid, e.fd).map_err(|source| RestoreError::Proc {
+        pid,
+        step: "read the fdinfo of a leased file",
+        source,
+    })?;
+    let read_only = info.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+    let lease = if to == libc::F_RDLCK as u32 || !read_only {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    };
+    t.fcntl(fd, libc::F_SETLEASE, lease as u64, what)?;
+    let access = if to == libc::F_RDLCK as u32 {
+        libc::O_RDONLY
+    } else {
+        libc::O_WRONLY
+    };
+    let path = format!("/proc/{pid}/fd/{}", e.fd);
+    let opened = std::fs::OpenOptions::new()
+        .read(access == libc::O_RDONLY)
+        .write(access == libc::O_WRONLY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path);
+    match opened {
+        Err(err) if err.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(()),
+        Err(err) => Err(err).rat(pid, format!("break the lease on fd {} again", e.fd)),
+        Ok(_) => Err(FileError::Unsupported {
+            what: format!(
+                "a lease being broken on fd {} that opening the file did not break",
+                e.fd
+            ),
+        }
+        .in_restore(pid)),
+    }
 }
 
 /// Takes again the leases task `t` held, once it has its own ids: a lease
@@ -330,7 +407,7 @@ fn take(t: &mut Tracee, pid: i32, locks: &[FileLockEntry]) -> Result<(), Restore
             continue;
         }
         if e.flag == FL_LEASE {
-            t.fcntl(fd, libc::F_SETLEASE, u64::from(e.r#type), &what)?;
+            take_lease(t, e, &what)?;
             continue;
         }
         // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
@@ -380,9 +457,13 @@ mod tests {
         let lease = parse_line("1: LEASE  ACTIVE    READ 20310 fe:00:10010947 0 EOF").unwrap();
         assert_eq!(lease.kind, Kind::Lease);
         assert!(!lease.write);
-        let broken =
-            parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap_err();
-        assert!(broken.to_string().contains("being broken"), "{broken}");
+        let breaking = parse_line("1: LEASE  BREAKING  UNLCK 20310 fe:00:10010947 0 EOF").unwrap();
+        assert_eq!(breaking.breaking_to, Some(libc::F_UNLCK as u32));
+        let to_read = parse_line("1: LEASE  BREAKING  READ 20310 fe:00:10010947 0 EOF").unwrap();
+        assert_eq!(to_read.breaking_to, Some(libc::F_RDLCK as u32));
+        assert!(to_read.describe().contains("being broken"));
+        assert!(parse_line("1: LEASE  BREAKER  UNLCK 20310 fe:00:10010947 0 EOF").is_err());
+        assert!(parse_line("1: POSIX  ADVISORY  UNLCK 1 fe:00:1 0 EOF").is_err());
         let mand = parse_line("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF").unwrap_err();
         assert!(mand.to_string().contains("mandatory"), "{mand}");
         assert!(parse_line("1: ACCESS ADVISORY  READ 1 fe:00:1 0 EOF").is_err());
