@@ -20,6 +20,11 @@
 //! cargo run --release -p crest-bench -- threads --n 100,1000 [--runs R]
 //! ```
 //!
+//! Every run reports crest's peak resident set (`wait4`'s `ru_maxrss`), and
+//! the scale modes tasks (or threads) per second. With `CRIU_BIN` naming a
+//! CRIU binary, each run times crest and then CRIU on the same workload
+//! made again, and the summaries end with crest's medians over CRIU's.
+//!
 //! Prefer `--dir /dev/shm/crest-bench` (tmpfs): on a disk-backed directory
 //! the numbers measure the page cache and the disk as much as crest.
 
@@ -266,24 +271,41 @@ fn scale_mode(
     mut run: impl FnMut(&scale::Env<'_>, usize, usize) -> Result<report::ScaleRun>,
 ) -> Result<()> {
     let (crest, fs_type) = scale_setup(mode, sizes, c)?;
-    let env = scale::Env {
-        crest: &crest,
-        dir: &c.dir,
-        verbosity: c.verbosity,
-        keep: c.keep,
-    };
-    let mut all = Vec::new();
+    let tools = tools(crest);
+    // (per tool: per N, its runs)
+    let mut all: Vec<Vec<(usize, Vec<report::ScaleRun>)>> =
+        tools.iter().map(|_| Vec::new()).collect();
     for &n in sizes {
-        let mut runs = Vec::with_capacity(c.runs);
-        for k in 1..=c.runs {
-            let r = run(&env, n, k).with_context(|| format!("{unit}s n={n} run {k}"))?;
-            report::print_scale_run(k, unit, &r);
-            runs.push(r);
+        for done in all.iter_mut() {
+            done.push((n, Vec::with_capacity(c.runs)));
         }
-        all.push((n, runs));
+        for k in 1..=c.runs {
+            for (tool, done) in tools.iter().zip(all.iter_mut()) {
+                let env = scale::Env {
+                    tool,
+                    dir: &c.dir,
+                    verbosity: c.verbosity,
+                    keep: c.keep,
+                };
+                let r = run(&env, n, k)
+                    .with_context(|| format!("{} {unit}s n={n} run {k}", tool.name))?;
+                report::print_scale_run(tool.name, k, unit, &r);
+                if let Some(last) = done.last_mut() {
+                    last.1.push(r);
+                }
+            }
+        }
     }
-    let title = format!("{mode}; images on {fs_type}; seconds, ms per {unit}");
-    report::print_scale_summary(&title, unit, &all);
+    for (tool, done) in tools.iter().zip(&all) {
+        let title = format!(
+            "{}: {mode}; images on {fs_type}; seconds, ms and {unit}s per second, peak RSS",
+            tool.name
+        );
+        report::print_scale_summary(&title, unit, done);
+    }
+    if let [crest, criu] = &all[..] {
+        report::print_scale_ratio(unit, crest, criu);
+    }
     Ok(())
 }
 
@@ -310,14 +332,44 @@ fn bench(opts: &Opts) -> Result<()> {
         )
     })?;
 
-    let mut runs = Vec::with_capacity(opts.runs);
+    let tools = tools(crest);
+    let mut runs: Vec<Vec<Run>> = tools.iter().map(|_| Vec::new()).collect();
     for k in 1..=opts.runs {
-        let run = run_one(opts, &crest, k).with_context(|| format!("run {k}"))?;
-        report::print_run(k, opts.mib * MIB, &run);
-        runs.push(run);
+        for (tool, done) in tools.iter().zip(runs.iter_mut()) {
+            let run = run_one(opts, tool, k).with_context(|| format!("{} run {k}", tool.name))?;
+            report::print_run(tool.name, k, opts.mib * MIB, &run);
+            done.push(run);
+        }
     }
-    report::print_summary(&fs_type, &opts.dir, opts.mib, &runs);
+    for (tool, done) in tools.iter().zip(&runs) {
+        report::print_summary(tool.name, (&fs_type, &opts.dir), opts.mib, done);
+    }
+    if let [crest, criu] = &runs[..] {
+        report::print_ratio(crest, criu);
+    }
     Ok(())
+}
+
+/// A binary the bench times: crest, and CRIU where `CRIU_BIN` names one.
+pub struct Tool {
+    pub name: &'static str,
+    pub bin: PathBuf,
+}
+
+/// crest, then CRIU if `CRIU_BIN` names a binary: every run times each, in
+/// turn (alternating rounds, on a machine in the same state).
+fn tools(crest: PathBuf) -> Vec<Tool> {
+    let mut v = vec![Tool {
+        name: "crest",
+        bin: crest,
+    }];
+    if let Some(criu) = std::env::var_os("CRIU_BIN").filter(|p| !p.is_empty()) {
+        v.push(Tool {
+            name: "criu",
+            bin: PathBuf::from(criu),
+        });
+    }
+    v
 }
 
 /// `$CREST_BIN`, else `crest` beside this executable.
@@ -385,8 +437,9 @@ pub(crate) fn wait_all_gone(pids: &[i32]) -> Result<()> {
     }
 }
 
-fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
-    let images = opts.dir.join(format!("run-{k}"));
+fn run_one(opts: &Opts, tool: &Tool, k: usize) -> Result<Run> {
+    let crest = tool.bin.as_path();
+    let images = opts.dir.join(format!("{}-run-{k}", tool.name));
     if images.exists() {
         fs::remove_dir_all(&images).with_context(|| format!("remove {}", images.display()))?;
     }
@@ -400,10 +453,10 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
     let ceiling_gbs = ceiling(pid, addr, len)?;
 
     let pid_s = pid.to_string();
-    let dump_s = time_crest(
+    let dump = time_crest(
         crest,
         &opts.dir,
-        &format!("run-{k}.dump"),
+        &format!("{}-run-{k}.dump", tool.name),
         &[
             "dump",
             "-t",
@@ -422,10 +475,10 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
     wait_all_gone(&[pid])?;
 
     let pidfile = images.join("restore.pid");
-    let restore_s = time_crest(
+    let restore = time_crest(
         crest,
         &opts.dir,
-        &format!("run-{k}.restore"),
+        &format!("{}-run-{k}.restore", tool.name),
         &[
             "restore",
             "-D",
@@ -466,8 +519,8 @@ fn run_one(opts: &Opts, crest: &Path, k: usize) -> Result<Run> {
         fs::remove_dir_all(&images).with_context(|| format!("remove {}", images.display()))?;
     }
     Ok(Run {
-        dump_s,
-        restore_s,
+        dump,
+        restore,
         ceiling_gbs,
     })
 }
@@ -495,30 +548,42 @@ fn ceiling(pid: i32, addr: u64, len: usize) -> Result<f64> {
     Ok(report::gbs(len, best))
 }
 
-/// Runs crest with `args`, its stdout and stderr into `<dir>/<name>.out`;
-/// returns the wall-clock seconds it took. Fails unless it exits 0.
-fn time_crest(crest: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<f64> {
+/// What one run of crest (or CRIU) took: wall-clock seconds and its peak
+/// resident set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timed {
+    pub secs: f64,
+    pub peak_kib: u64,
+}
+
+/// Runs `bin` (crest, or CRIU) with `args`, its stdout and stderr into
+/// `<dir>/<name>.out`; returns the wall-clock seconds it took and its peak
+/// resident set (`wait4`'s `ru_maxrss`). Fails unless it exits 0.
+fn time_crest(bin: &Path, dir: &Path, name: &str, args: &[&str]) -> Result<Timed> {
     let out_path = dir.join(format!("{name}.out"));
     let out = File::create(&out_path).with_context(|| format!("create {}", out_path.display()))?;
     let err = out.try_clone().context("dup output file")?;
     let start = Instant::now();
-    let status = Command::new(crest)
+    let child = Command::new(bin)
         .args(args)
         .stdout(out)
         .stderr(err)
-        .status()
-        .with_context(|| format!("run {}", crest.display()))?;
+        .spawn()
+        .with_context(|| format!("run {}", bin.display()))?;
+    let (status, peak_kib) =
+        crest_sys::proc::wait_rusage(child.id() as i32).context("wait4 for it")?;
     let secs = start.elapsed().as_secs_f64();
     let output = fs::read_to_string(&out_path).unwrap_or_default();
     let _ = fs::remove_file(&out_path);
-    if !status.success() {
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!(
-            "crest {} failed ({status}); its log stays in the images dir\n{}",
+            "{} {} failed (wait status {status:#x}); its log stays in the images dir\n{}",
+            bin.display(),
             args.join(" "),
             output.trim_end()
         );
     }
-    Ok(secs)
+    Ok(Timed { secs, peak_kib })
 }
 
 fn path_str(p: &Path) -> Result<&str> {

@@ -4,12 +4,25 @@
 use std::fs;
 use std::path::Path;
 
-/// One run's measurements, in seconds and GB/s.
+use crate::Timed;
+
+/// One run's measurements: dump and restore (seconds, peak RSS), the
+/// copy ceiling in GB/s.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
-    pub dump_s: f64,
-    pub restore_s: f64,
+    pub dump: Timed,
+    pub restore: Timed,
     pub ceiling_gbs: f64,
+}
+
+/// KiB as MiB.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The median of `xs` (not empty).
+fn median(xs: &[f64]) -> f64 {
+    best_median(xs).1
 }
 
 /// GB/s (1 GB = 1e9 bytes) for `bytes` moved in `secs`.
@@ -30,38 +43,46 @@ fn best_median(xs: &[f64]) -> (f64, f64) {
     (v[0], median)
 }
 
-/// Prints one run's line.
-pub fn print_run(k: usize, bytes: usize, r: &Run) {
+/// Prints one run's line of `tool`.
+pub fn print_run(tool: &str, k: usize, bytes: usize, r: &Run) {
     println!(
-        "run {k}: dump {:.3} s ({:.2} GB/s), restore {:.3} s ({:.2} GB/s), \
-         process_vm_readv ceiling {:.2} GB/s",
-        r.dump_s,
-        gbs(bytes, r.dump_s),
-        r.restore_s,
-        gbs(bytes, r.restore_s),
+        "{tool} run {k}: dump {:.3} s ({:.2} GB/s, peak RSS {:.1} MiB), restore {:.3} s \
+         ({:.2} GB/s, peak RSS {:.1} MiB), process_vm_readv ceiling {:.2} GB/s",
+        r.dump.secs,
+        gbs(bytes, r.dump.secs),
+        mib(r.dump.peak_kib),
+        r.restore.secs,
+        gbs(bytes, r.restore.secs),
+        mib(r.restore.peak_kib),
         r.ceiling_gbs
     );
 }
 
-/// Prints the summary table over all runs: best and median of each column.
-pub fn print_summary(fs_type: &str, dir: &Path, mib: usize, runs: &[Run]) {
+/// Prints `tool`'s summary table over all runs: best and median of each
+/// column, and the largest peak RSS.
+pub fn print_summary(tool: &str, (fs_type, dir): (&str, &Path), mib_n: usize, runs: &[Run]) {
     if runs.is_empty() {
         return;
     }
-    let bytes = mib << 20;
-    let dump: Vec<f64> = runs.iter().map(|r| r.dump_s).collect();
-    let restore: Vec<f64> = runs.iter().map(|r| r.restore_s).collect();
+    let bytes = mib_n << 20;
+    let dump: Vec<f64> = runs.iter().map(|r| r.dump.secs).collect();
+    let restore: Vec<f64> = runs.iter().map(|r| r.restore.secs).collect();
     // Best ceiling is the highest rate: sort its negation.
     let ceiling: Vec<f64> = runs.iter().map(|r| -r.ceiling_gbs).collect();
     let (d_best, d_med) = best_median(&dump);
     let (r_best, r_med) = best_median(&restore);
     let (c_best, c_med) = best_median(&ceiling);
+    let d_peak = runs.iter().map(|r| r.dump.peak_kib).max().unwrap_or(0);
+    let r_peak = runs.iter().map(|r| r.restore.peak_kib).max().unwrap_or(0);
 
     println!();
     println!(
-        "images dir {} on {fs_type}, {mib} MiB, {} runs",
+        "{tool}: images dir {} on {fs_type}, {mib_n} MiB, {} runs; peak RSS of dump {:.1} MiB, \
+         of restore {:.1} MiB",
         dir.display(),
-        runs.len()
+        runs.len(),
+        mib(d_peak),
+        mib(r_peak)
     );
     println!(
         "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>12}",
@@ -72,11 +93,30 @@ pub fn print_summary(fs_type: &str, dir: &Path, mib: usize, runs: &[Run]) {
         ("median", d_med, r_med, -c_med),
     ] {
         println!(
-            "{name:<8} {mib:>6} {d:>9.3} {:>9.2} {r:>9.3} {:>9.2} {c:>12.2}",
+            "{name:<8} {mib_n:>6} {d:>9.3} {:>9.2} {r:>9.3} {:>9.2} {c:>12.2}",
             gbs(bytes, d),
             gbs(bytes, r)
         );
     }
+}
+
+/// Prints crest's medians over CRIU's, run for run on the same machine
+/// (below 1: crest is faster).
+pub fn print_ratio(crest: &[Run], criu: &[Run]) {
+    if crest.is_empty() || criu.is_empty() {
+        return;
+    }
+    let med = |runs: &[Run], f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    println!();
+    println!(
+        "crest / criu (medians): dump {:.2}, restore {:.2}; peak RSS of dump {:.2}, of \
+         restore {:.2}",
+        med(crest, |r| r.dump.secs) / med(criu, |r| r.dump.secs),
+        med(crest, |r| r.restore.secs) / med(criu, |r| r.restore.secs),
+        med(crest, |r| r.dump.peak_kib as f64) / med(criu, |r| r.dump.peak_kib as f64).max(1.0),
+        med(crest, |r| r.restore.peak_kib as f64)
+            / med(criu, |r| r.restore.peak_kib as f64).max(1.0)
+    );
 }
 
 /// One run of a scale mode: `n` tasks or threads.
@@ -85,42 +125,49 @@ pub struct ScaleRun {
     pub n: usize,
     /// Seconds from starting the holder to its ready file.
     pub up_s: f64,
-    pub dump_s: f64,
-    pub restore_s: f64,
+    pub dump: Timed,
+    pub restore: Timed,
 }
 
-/// Prints one scale run's line; `unit` is "task" or "thread".
-pub fn print_scale_run(k: usize, unit: &str, r: &ScaleRun) {
+/// Prints one scale run's line of `tool`; `unit` is "task" or "thread".
+pub fn print_scale_run(tool: &str, k: usize, unit: &str, r: &ScaleRun) {
     let n = r.n as f64;
     println!(
-        "n={} run {k}: dump {:.3} s ({:.3} ms/{unit}), restore {:.3} s ({:.3} ms/{unit}), \
-         holder up in {:.3} s",
+        "{tool} n={} run {k}: dump {:.3} s ({:.3} ms/{unit}, peak RSS {:.1} MiB), restore {:.3} \
+         s ({:.3} ms/{unit}, peak RSS {:.1} MiB), holder up in {:.3} s",
         r.n,
-        r.dump_s,
-        r.dump_s * 1e3 / n,
-        r.restore_s,
-        r.restore_s * 1e3 / n,
+        r.dump.secs,
+        r.dump.secs * 1e3 / n,
+        mib(r.dump.peak_kib),
+        r.restore.secs,
+        r.restore.secs * 1e3 / n,
+        mib(r.restore.peak_kib),
         r.up_s
     );
 }
 
 /// Prints the summary of a scale mode: for each N, best and median of dump
-/// and restore seconds, and milliseconds per task (or thread) of each; the
-/// last column pair compares each N's median per-unit cost with the first
-/// N's, so 1.0 means linear.
+/// and restore seconds, milliseconds per task (or thread) and tasks per
+/// second of each median, the largest peak RSS of each; the "x" pair
+/// compares each N's median per-unit cost with the first N's, so 1.0 means
+/// linear.
 pub fn print_scale_summary(title: &str, unit: &str, sizes: &[(usize, Vec<ScaleRun>)]) {
     println!();
     println!("{title}");
     println!(
-        "{:>6} {:>4} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7}",
+        "{:>6} {:>4} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>7}",
         "N",
         "runs",
         "dump best",
         "dump med",
         format!("ms/{unit}"),
+        format!("{unit}s/s"),
         "rest best",
         "rest med",
         format!("ms/{unit}"),
+        format!("{unit}s/s"),
+        "dump MiB",
+        "rest MiB",
         "dump x",
         "rest x"
     );
@@ -129,19 +176,49 @@ pub fn print_scale_summary(title: &str, unit: &str, sizes: &[(usize, Vec<ScaleRu
         if runs.is_empty() {
             continue;
         }
-        let dump: Vec<f64> = runs.iter().map(|r| r.dump_s).collect();
-        let restore: Vec<f64> = runs.iter().map(|r| r.restore_s).collect();
+        let dump: Vec<f64> = runs.iter().map(|r| r.dump.secs).collect();
+        let restore: Vec<f64> = runs.iter().map(|r| r.restore.secs).collect();
         let (d_best, d_med) = best_median(&dump);
         let (r_best, r_med) = best_median(&restore);
         let nf = *n as f64;
         let (d_per, r_per) = (d_med * 1e3 / nf, r_med * 1e3 / nf);
         let (bd, br) = *base.get_or_insert((d_per, r_per));
+        let d_peak = runs.iter().map(|r| r.dump.peak_kib).max().unwrap_or(0);
+        let r_peak = runs.iter().map(|r| r.restore.peak_kib).max().unwrap_or(0);
         println!(
-            "{n:>6} {:>4} {d_best:>9.3} {d_med:>9.3} {d_per:>10.3} {r_best:>9.3} {r_med:>9.3} \
-             {r_per:>10.3} {:>7.2} {:>7.2}",
+            "{n:>6} {:>4} {d_best:>9.3} {d_med:>9.3} {d_per:>9.3} {:>8.0} {r_best:>9.3} \
+             {r_med:>9.3} {r_per:>9.3} {:>8.0} {:>9.1} {:>9.1} {:>7.2} {:>7.2}",
             runs.len(),
+            nf / d_med,
+            nf / r_med,
+            mib(d_peak),
+            mib(r_peak),
             d_per / bd,
             r_per / br
+        );
+    }
+}
+
+/// Prints, for each N, crest's median seconds over CRIU's (below 1: crest
+/// is faster).
+pub fn print_scale_ratio(
+    unit: &str,
+    crest: &[(usize, Vec<ScaleRun>)],
+    criu: &[(usize, Vec<ScaleRun>)],
+) {
+    println!();
+    println!("crest / criu (medians), per N {unit}s:");
+    for ((n, a), (_, b)) in crest.iter().zip(criu) {
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        let med = |runs: &[ScaleRun], f: fn(&ScaleRun) -> f64| {
+            median(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        println!(
+            "{n:>6}: dump {:.2}, restore {:.2}",
+            med(a, |r| r.dump.secs) / med(b, |r| r.dump.secs),
+            med(a, |r| r.restore.secs) / med(b, |r| r.restore.secs)
         );
     }
 }

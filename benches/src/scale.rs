@@ -211,7 +211,7 @@ pub struct TreeParams {
 
 /// What a tree run needs of the common options.
 pub struct Env<'a> {
-    pub crest: &'a Path,
+    pub tool: &'a crate::Tool,
     pub dir: &'a Path,
     pub verbosity: u32,
     pub keep: bool,
@@ -352,7 +352,13 @@ fn fresh_dir(dir: &Path, name: &str) -> Result<PathBuf> {
 
 /// Times `crest dump -t root` into `images`, then waits until the holder
 /// child and every pid of `pids` is gone.
-fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started) -> Result<f64> {
+fn dump(
+    env: &Env,
+    images: &Path,
+    root: i32,
+    pids: &[i32],
+    started: &mut Started,
+) -> Result<crate::Timed> {
     let v = format!("-v{}", env.verbosity);
     let root_s = root.to_string();
     let name = images
@@ -361,7 +367,7 @@ fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started
         .unwrap_or("run")
         .to_string();
     let dump_s = crate::time_crest(
-        env.crest,
+        &env.tool.bin,
         env.dir,
         &format!("{name}.dump"),
         &[
@@ -387,7 +393,7 @@ fn dump(env: &Env, images: &Path, root: i32, pids: &[i32], started: &mut Started
 
 /// Times `crest restore -d` from `images`; returns the seconds and the
 /// restored root pid.
-fn restore(env: &Env, images: &Path) -> Result<(f64, i32)> {
+fn restore(env: &Env, images: &Path) -> Result<(crate::Timed, i32)> {
     let v = format!("-v{}", env.verbosity);
     let pidfile = images.join("restore.pid");
     let name = images
@@ -396,7 +402,7 @@ fn restore(env: &Env, images: &Path) -> Result<(f64, i32)> {
         .unwrap_or("run")
         .to_string();
     let secs = crate::time_crest(
-        env.crest,
+        &env.tool.bin,
         env.dir,
         &format!("{name}.restore"),
         &[
@@ -433,7 +439,7 @@ fn finish(env: &Env, images: &Path, mut started: Started) -> Result<()> {
 
 /// One run of the tree mode.
 pub fn run_tree(env: &Env, p: &TreeParams, k: usize) -> Result<ScaleRun> {
-    let images = fresh_dir(env.dir, &format!("tree-{}-run-{k}", p.n))?;
+    let images = fresh_dir(env.dir, &format!("{}-tree-{}-run-{k}", env.tool.name, p.n))?;
     let ready = env.dir.join(format!("ready-tree-{}-{k}", p.n));
     let mut started = Started::default();
 
@@ -467,8 +473,8 @@ pub fn run_tree(env: &Env, p: &TreeParams, k: usize) -> Result<ScaleRun> {
     Ok(ScaleRun {
         n: p.n,
         up_s,
-        dump_s,
-        restore_s,
+        dump: dump_s,
+        restore: restore_s,
     })
 }
 
@@ -502,7 +508,7 @@ fn check_threads(pid: i32, want: &BTreeSet<i32>, what: &str) -> Result<()> {
 
 /// One run of the threads mode.
 pub fn run_threads(env: &Env, n: usize, k: usize) -> Result<ScaleRun> {
-    let images = fresh_dir(env.dir, &format!("threads-{n}-run-{k}"))?;
+    let images = fresh_dir(env.dir, &format!("{}-threads-{n}-run-{k}", env.tool.name))?;
     let ready = env.dir.join(format!("ready-threads-{n}-{k}"));
     let mut started = Started::default();
 
@@ -548,8 +554,8 @@ pub fn run_threads(env: &Env, n: usize, k: usize) -> Result<ScaleRun> {
     Ok(ScaleRun {
         n,
         up_s,
-        dump_s,
-        restore_s,
+        dump: dump_s,
+        restore: restore_s,
     })
 }
 

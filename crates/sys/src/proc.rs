@@ -157,3 +157,23 @@ pub fn reap_children(timeout: std::time::Duration) -> usize {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// `wait4(pid, &status, 0, &rusage)`: waits for child `pid` to end;
+/// returns its wait status and its peak resident set (`ru_maxrss`, KiB:
+/// the largest of it and the children it waited for).
+pub fn wait_rusage(pid: i32) -> io::Result<(i32, u64)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both pointers are to locals that live for the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r >= 0 {
+            return Ok((status, usage.ru_maxrss.max(0) as u64));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
