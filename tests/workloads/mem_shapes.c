@@ -11,7 +11,11 @@
  *     changed privately and one left to the file;
  *   NUMA policies of ranges (mbind): MPOL_BIND to node 0 on half of an
  *     area, MPOL_INTERLEAVE|MPOL_F_STATIC_NODES on another, where the
- *     kernel has NUMA.
+ *     kernel has NUMA;
+ *   4 MiB (2 MiB aligned) with MADV_HUGEPAGE, written: where it got
+ *     transparent huge pages before the dump it must have them after
+ *     (smaps AnonHugePages), not only small pages a later collapse may
+ *     merge.
  */
 #include "wl.h"
 
@@ -28,6 +32,25 @@ static void fill(char *p, size_t len, int seed)
 {
 	for (size_t i = 0; i < len; i++)
 		p[i] = (char)(seed + i * 7);
+}
+
+/* AnonHugePages (kB) of the mapping that starts at `at`, from smaps. */
+static long anon_huge_kb(const char *at)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	int in = 0;
+	long kb = -1;
+	unsigned long a, b;
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = a == (unsigned long)at;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	if (f)
+		fclose(f);
+	return kb;
 }
 
 static int same(const char *p, size_t len, int seed)
@@ -106,6 +129,19 @@ int main(int argc, char **argv)
 			wl_fail("get_mempolicy: %s", strerror(errno));
 	}
 
+	/* transparent huge pages where asked for */
+	char *thp_raw = mmap(NULL, 6 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			     -1, 0);
+	if (thp_raw == MAP_FAILED)
+		wl_fail("mmap: %s", strerror(errno));
+	char *thp = (char *)(((unsigned long)thp_raw + (2 << 20) - 1) & ~((2UL << 20) - 1));
+	munmap(thp_raw, (size_t)(thp - thp_raw));
+	munmap(thp + (4 << 20), (size_t)(thp_raw + (6 << 20) - (thp + (4 << 20))));
+	if (madvise(thp, 4 << 20, MADV_HUGEPAGE))
+		wl_fail("MADV_HUGEPAGE: %s", strerror(errno));
+	fill(thp, 4 << 20, 9);
+	long thp_before = anon_huge_kb(thp);
+
 	wl_ready();
 	wl_wait_term();
 	wl_after();
@@ -171,6 +207,12 @@ int main(int argc, char **argv)
 		    numa_before[1]);
 	if (!same(numa, 6 * PG, 8))
 		BAD("NUMA area data differs; ");
+	if (!same(thp, 4 << 20, 9))
+		BAD("the MADV_HUGEPAGE area's data differs; ");
+	long thp_after = anon_huge_kb(thp);
+	if (thp_before > 0 && thp_after < thp_before)
+		BAD("the MADV_HUGEPAGE area had %ld kB of huge pages, now %ld kB; ", thp_before,
+		    thp_after);
 	if (m)
 		wl_fail("%s", msg);
 	wl_pass();

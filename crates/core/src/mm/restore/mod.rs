@@ -226,6 +226,25 @@ fn map_each(
             t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
                 .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
         }
+        huge_advice(t, v)?;
+    }
+    Ok(())
+}
+
+/// Gives VMA `v` its transparent huge page advice (`MADV_HUGEPAGE`,
+/// `MADV_NOHUGEPAGE`) as soon as it is mapped, so the pages filled into
+/// it come as huge pages where the task had asked for them (the rest of
+/// its advice waits for `protect`).
+fn huge_advice(t: &mut Tracee, v: &VmaEntry) -> Result<(), RestoreError> {
+    let madv = v.madv.unwrap_or(0);
+    for adv in [libc::MADV_HUGEPAGE, libc::MADV_NOHUGEPAGE] {
+        if madv & (1 << adv) != 0 {
+            t.syscall(nr::MADVISE, &[v.start, v.end - v.start, adv as u64])
+                .rat(
+                    t.pid(),
+                    format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end),
+                )?;
+        }
     }
     Ok(())
 }
