@@ -382,7 +382,10 @@ fn normalise_link(pid: i32, target: &str) -> String {
 /// change by themselves are normalised: `mnt_id` and `ino` (a restore may
 /// make a new mount namespace and new pipes), `eventfd-id` (an address),
 /// the `ino`/`sdev` of an epoll target (a new pipe), a timerfd's
-/// `it_value` (the time left, shown as armed or not).
+/// `it_value` (the time left, shown as armed or not); an io_uring's SQ
+/// thread is a new kernel thread, with its own id and run times
+/// (`SqThread`, `SqThreadCpu`, `SqTotalTime`, `SqWorkTime`: shown as
+/// there or not).
 fn fdinfo(text: &str) -> Vec<(String, String)> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
@@ -392,7 +395,14 @@ fn fdinfo(text: &str) -> Vec<(String, String)> {
         let k = k.trim();
         let val = val.split_whitespace().collect::<Vec<_>>().join(" ");
         let val = match k {
-            "mnt_id" | "ino" | "eventfd-id" => continue,
+            "mnt_id" | "ino" | "eventfd-id" | "SqTotalTime" | "SqWorkTime" => continue,
+            "SqThread" | "SqThreadCpu" => {
+                if val == "-1" {
+                    "none".to_string()
+                } else {
+                    "a thread".to_string()
+                }
+            }
             // a fanotify mount mark: the mount's id is new with its
             // namespace
             "fanotify mnt_id" => val

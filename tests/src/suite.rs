@@ -63,6 +63,12 @@ pub fn workloads() -> Vec<Workload> {
             settle: Settle::Blocked,
         },
         Workload {
+            name: "io_uring_sqpoll",
+            program: Program::C("io_uring"),
+            args: vec!["sqpoll".into()],
+            settle: Settle::Blocked,
+        },
+        Workload {
             name: "io_uring_nosqarray",
             program: Program::C("io_uring"),
             args: vec!["nosqarray".into()],

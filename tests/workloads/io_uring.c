@@ -1,4 +1,4 @@
-/* io_uring STATEDIR [single|nosqarray|inflight] - an io_uring comes back whole
+/* io_uring STATEDIR [single|nosqarray|sqpoll|inflight] - an io_uring comes back whole
  * (issue 16, item 6).
  *
  * One ring, its rings mapped (the SQ ring, the CQ ring apart, the SQEs),
@@ -13,7 +13,10 @@
  * pipe complete with the right bytes, and no other completion shows up.
  * "single" makes the ring IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN with
  * a CQ ring of 64 (IORING_SETUP_CQSIZE); "nosqarray" makes it without an
- * SQ array (IORING_SETUP_NO_SQARRAY).
+ * SQ array (IORING_SETUP_NO_SQARRAY); "sqpoll" with an SQ thread bound to
+ * CPU 0 (IORING_SETUP_SQPOLL|SQ_AFF), which takes the entries itself (no
+ * entry is left unsubmitted then), and which must be there, bound to CPU
+ * 0, after the restore.
  * "inflight" leaves a READ of an empty pipe in flight: the dump must
  * refuse it, and after the refused dump the read completes once the pipe
  * has data. */
@@ -22,6 +25,7 @@
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <dirent.h>
 #include <sys/uio.h>
 
 #ifndef IORING_SETUP_SINGLE_ISSUER
@@ -45,6 +49,42 @@ static char buf1[4096] __attribute__((aligned(4096)));
 #define SQ(f) ((volatile unsigned *)(sq_ring + p.sq_off.f))
 #define CQ(f) ((volatile unsigned *)(cq_ring + p.cq_off.f))
 
+/* Whether the task has an SQ thread (iou-sqp-*) bound to CPU 0 alone. */
+static int sq_thread_on_cpu0(void)
+{
+	char path[300], line[256];
+	for (int tries = 0; tries < 100; tries++) {
+		DIR *d = opendir("/proc/self/task");
+		struct dirent *de;
+		int found = 0;
+		while (d && (de = readdir(d))) {
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+			FILE *c = fopen(path, "r");
+			if (!c)
+				continue;
+			int sqp = fgets(line, sizeof(line), c) && !strncmp(line, "iou-sqp-", 8);
+			fclose(c);
+			if (!sqp)
+				continue;
+			snprintf(path, sizeof(path), "/proc/self/task/%s/status", de->d_name);
+			FILE *st = fopen(path, "r");
+			while (st && fgets(line, sizeof(line), st))
+				if (!strncmp(line, "Cpus_allowed_list:", 18))
+					found = !strcmp(line + 18 + strspn(line + 18, " \t"), "0\n");
+			if (st)
+				fclose(st);
+		}
+		if (d)
+			closedir(d);
+		if (found)
+			return 1;
+		usleep(10000);
+	}
+	return 0;
+}
+
 static struct io_uring_sqe *prep(unsigned char op, unsigned long long tag)
 {
 	unsigned idx = sq_local & *SQ(ring_mask);
@@ -61,8 +101,10 @@ static struct io_uring_sqe *prep(unsigned char op, unsigned long long tag)
 
 static void enter(unsigned submit, unsigned wait)
 {
-	long n = syscall(SYS_io_uring_enter, ring_fd, submit, wait,
-			 wait ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+	unsigned flags = wait ? IORING_ENTER_GETEVENTS : 0;
+	if (p.flags & IORING_SETUP_SQPOLL)
+		flags |= IORING_ENTER_SQ_WAKEUP;
+	long n = syscall(SYS_io_uring_enter, ring_fd, submit, wait, flags, NULL, 0);
 	if (n < 0 || (unsigned)n != submit)
 		wl_fail("io_uring_enter(%u, %u) gave %ld: %s", submit, wait, n, strerror(errno));
 }
@@ -121,7 +163,12 @@ int main(int argc, char **argv)
 		entries = 16;
 	} else if (!strcmp(mode, "nosqarray")) {
 		p.flags = IORING_SETUP_NO_SQARRAY;
+	} else if (!strcmp(mode, "sqpoll")) {
+		p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SQ_AFF;
+		p.sq_thread_cpu = 0;
+		p.sq_thread_idle = 50;
 	}
+	int sqpoll = !strcmp(mode, "sqpoll");
 	ring_fd = (int)syscall(SYS_io_uring_setup, entries, &p);
 	if (ring_fd < 0)
 		wl_skip("io_uring_setup: %s", strerror(errno));
@@ -174,7 +221,8 @@ int main(int argc, char **argv)
 		prep(IORING_OP_NOP, 0xAA);
 		prep(IORING_OP_NOP, 0xBB);
 		enter(2, 2);
-		prep(IORING_OP_NOP, 0xCC); /* written, not submitted */
+		if (!sqpoll)
+			prep(IORING_OP_NOP, 0xCC); /* written, not submitted */
 	}
 	unsigned sq_head = *SQ(head), sq_tail = *SQ(tail);
 	unsigned cq_head = *CQ(head), cq_tail = *CQ(tail);
@@ -200,8 +248,11 @@ int main(int argc, char **argv)
 			*CQ(ring_entries), p.sq_entries, p.cq_entries);
 	reap(0xAA, 0);
 	reap(0xBB, 0);
-	enter(1, 1);
-	reap(0xCC, 0);
+	if (!sqpoll) {
+		enter(1, 1);
+		reap(0xCC, 0);
+	} else if (!sq_thread_on_cpu0())
+		wl_fail("no SQ thread bound to CPU 0 after the restore");
 	memset(buf1, 0, 8);
 	read_fixed(buf1, 2, 300, 16);
 	if (memcmp(buf1, "ABCDEFGH", 8))

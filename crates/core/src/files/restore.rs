@@ -155,6 +155,15 @@ fn make_all(
             let made = match files.holders.get(&fi.id) {
                 // (passed in a queued message, made for that already)
                 _ if files.flight.contains_key(&fi.id) => t.give_fd(&files.flight[&fi.id])?,
+                Some(_) if files.uring_late.contains(&fi.id) => {
+                    return Err(FileError::Unsupported {
+                        what: format!(
+                            "fd {}: an io_uring with an SQ thread that another task holds too",
+                            fi.fd
+                        ),
+                    }
+                    .in_restore(pid))
+                }
                 Some(&(holder, hfd)) => t.give_fd(&take_fd(holder, hfd)?)?,
                 None => {
                     let made = make_one(t, fi, &entry, files, &mut kept)?;
@@ -294,6 +303,9 @@ fn make_one(
         ),
         Ok(FdTypes::Ext) => match (entry.crest_mq.as_ref(), entry.crest_io_uring.as_ref()) {
             (Some(mq), _) => super::mqueue::open(t, mq),
+            (None, Some(ring)) if ring.setup_flags & super::uring::SETUP_SQPOLL != 0 => {
+                super::uring::placeholder(t, entry.id, files)
+            }
             (None, Some(ring)) => super::uring::create(t, ring).map(|(fd, array)| {
                 if let Some(array) = array {
                     files.uring_arrays.insert(entry.id, array);

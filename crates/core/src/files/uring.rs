@@ -16,8 +16,13 @@
 //! (`settle`). CRIU has no image for it: the entry is CRIU's `ext` kind
 //! with crest's `crest_io_uring` beside it.
 //!
-//! Refused, naming them: requests in flight, a ring polled by a kernel
-//! thread (`SQPOLL`), registered files, personalities, a registered
+//! A ring with an SQ thread (`SQPOLL`) submits with the credentials it
+//! was made with: it is made once the task has its own (`placeholder`,
+//! `late_rings`, `finish_late`; `restore::task` moves its mappings in).
+//! Its idle time cannot be seen and comes back as the kernel's default.
+//!
+//! Refused, naming them: requests in flight, an SQ thread with entries
+//! to take yet, registered files, personalities, a registered
 //! eventfd, a disabled or restricted ring, a single-submitter ring in a
 //! task of several threads. `NO_SQARRAY` shows where entries are pending
 //! (fdinfo lists them through the array only); elsewhere the ring is made
@@ -34,13 +39,17 @@ use crest_images::pb::{CrestIoUringEntry, ExtFileEntry, FdTypes, FileEntry};
 use crest_inject::{nr, Tracee};
 
 /// `IORING_SETUP_*` flags crest carries.
+pub const SETUP_SQPOLL: u32 = 1 << 1;
+pub const SETUP_SQ_AFF: u32 = 1 << 2;
 pub const SETUP_CQSIZE: u32 = 1 << 3;
 pub const SETUP_SQE128: u32 = 1 << 10;
 pub const SETUP_CQE32: u32 = 1 << 11;
 pub const SETUP_SINGLE_ISSUER: u32 = 1 << 12;
 pub const SETUP_DEFER_TASKRUN: u32 = 1 << 13;
 pub const SETUP_NO_SQARRAY: u32 = 1 << 16;
-const CARRIED: u32 = SETUP_CQSIZE
+const CARRIED: u32 = SETUP_SQPOLL
+    | SETUP_SQ_AFF
+    | SETUP_CQSIZE
     | SETUP_SQE128
     | SETUP_CQE32
     | SETUP_SINGLE_ISSUER
@@ -66,9 +75,10 @@ const MAX_BATCHES: u64 = 1 << 21;
 pub struct Ring {
     pub sq_entries: u32,
     pub cq_entries: u32,
-    /// the kernel's SQ head and CQ tail
+    /// the kernel's SQ head and CQ tail, and the task's SQ tail
     pub sq_head: u32,
     pub cq_tail: u32,
+    pub sq_tail: u32,
     /// the SQ thread's pid, -1 without one
     pub sq_thread: i32,
     pub user_files: u32,
@@ -107,6 +117,7 @@ pub fn parse(text: &str) -> Option<Ring> {
                     "SqMask" => sq_mask = mask(v),
                     "CqMask" => cq_mask = mask(v),
                     "CachedSqHead" => head = v.trim().parse().ok(),
+                    "SqTail" => r.sq_tail = v.trim().parse().ok()?,
                     "CachedCqTail" => tail = v.trim().parse().ok(),
                     "SqThread" => thread = v.trim().parse().ok(),
                     "UserFiles" => r.user_files = v.trim().parse().ok()?,
@@ -153,8 +164,11 @@ pub fn parse(text: &str) -> Option<Ring> {
 /// What crest refuses in a ring, or None.
 fn refusal(r: &Ring) -> Option<String> {
     let in_flight = r.sq_head.wrapping_sub(r.cq_tail) as i32;
-    if r.sq_thread >= 0 {
-        Some("an io_uring polled by a kernel thread (IORING_SETUP_SQPOLL)".into())
+    if r.sq_thread >= 0 && r.sq_tail != r.sq_head {
+        Some(format!(
+            "an io_uring whose SQ thread (IORING_SETUP_SQPOLL) has {} entries to take yet",
+            r.sq_tail.wrapping_sub(r.sq_head)
+        ))
     } else if r.polls > 0 || in_flight > 0 {
         Some(format!(
             "an io_uring with requests in flight ({} waiting on a poll, {} submitted without \
@@ -264,6 +278,39 @@ fn setup_flags(pid: i32, fd: i32, r: &Ring, copy: &std::os::fd::OwnedFd) -> Resu
     Ok(flags)
 }
 
+/// Whether `pid` has an io_uring SQ thread (`iou-sqp-*`, a kernel thread
+/// of the task).
+fn has_sq_thread(pid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let tid: i32 = e
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        comm.starts_with("iou-sqp-") && crate::procfs::is_io_worker(pid, tid)
+    })
+}
+
+/// The one CPU SQ thread `tid` of `pid` is bound to, where the task's
+/// leader may run on others (`IORING_SETUP_SQ_AFF`); None otherwise, or
+/// where crest cannot see the thread (another pid namespace's numbers).
+fn bound_cpu(pid: i32, tid: i32) -> Option<u32> {
+    let list = |path: String| -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+    };
+    let sq = list(format!("/proc/{pid}/task/{tid}/status"))?;
+    let leader = list(format!("/proc/{pid}/status"))?;
+    let cpu: u32 = sq.parse().ok()?;
+    (sq != leader).then_some(cpu)
+}
+
 /// Threads of `pid` but the kernel's own (io-wq workers, `iou-*`).
 fn user_threads(pid: i32) -> usize {
     crate::procfs::list_tids(pid).map_or(0, |t| t.len())
@@ -273,15 +320,35 @@ fn user_threads(pid: i32) -> usize {
 /// nothing).
 pub fn dump(pid: i32, fd: i32) -> Result<FileEntry, DumpError> {
     let refuse = |kind: String| FileError::UnsupportedFd { fd, kind }.in_dump(pid);
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .at(pid, "read an io_uring's fdinfo")?;
-    let ring =
-        parse(&text).ok_or_else(|| refuse("an io_uring whose fdinfo crest cannot read".into()))?;
+    let read = || -> Result<Ring, DumpError> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .at(pid, "read an io_uring's fdinfo")?;
+        parse(&text).ok_or_else(|| refuse("an io_uring whose fdinfo crest cannot read".into()))
+    };
+    let mut ring = read()?;
+    // (fdinfo names the SQ thread only while it gets the ring's lock,
+    // which that thread takes now and then: a task with one reads again)
+    for _ in 0..20 {
+        if ring.sq_thread >= 0 || !has_sq_thread(pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        ring = read()?;
+    }
     if let Some(why) = refusal(&ring) {
         return Err(refuse(why));
     }
     let copy = crate::remote::take_fd(pid, fd as u32)?;
-    let setup = setup_flags(pid, fd, &ring, &copy)?;
+    let mut setup = setup_flags(pid, fd, &ring, &copy)?;
+    let sq_thread_cpu = if ring.sq_thread >= 0 {
+        setup |= SETUP_SQPOLL;
+        bound_cpu(pid, ring.sq_thread)
+    } else {
+        None
+    };
+    if sq_thread_cpu.is_some() {
+        setup |= SETUP_SQ_AFF;
+    }
     if setup & SETUP_SINGLE_ISSUER != 0 && user_threads(pid) > 1 {
         return Err(refuse(
             "an io_uring with a single submitter (IORING_SETUP_SINGLE_ISSUER) in a task of \
@@ -305,6 +372,7 @@ pub fn dump(pid: i32, fd: i32) -> Result<FileEntry, DumpError> {
             cq_tail: ring.cq_tail,
             buf_addr,
             buf_len,
+            sq_thread_cpu,
         }),
         ..FileEntry::default()
     })
@@ -354,6 +422,9 @@ fn params(e: &CrestIoUringEntry) -> [u8; 120] {
     let mut p = [0u8; 120];
     p[4..8].copy_from_slice(&e.cq_entries.to_le_bytes());
     p[8..12].copy_from_slice(&e.setup_flags.to_le_bytes());
+    // (the SQ thread's CPU; its idle time, which crest cannot see, is the
+    // kernel's default)
+    p[12..16].copy_from_slice(&e.sq_thread_cpu.unwrap_or(0).to_le_bytes());
     p
 }
 
@@ -481,6 +552,61 @@ fn next_batch(ds: u32, dc: u32, sq_entries: u32) -> Option<(u32, u8, u8)> {
     Some((n.min(sq_entries), op, flags))
 }
 
+/// Reads the counter at `at` of a ring mapped at `ring` in the task.
+fn counter(t: &mut Tracee, ring: u64, at: u64) -> Result<u32, RestoreError> {
+    let mut b = [0u8; 4];
+    t.read_mem(ring + at, &mut b)
+        .rat(t.pid(), "read a new io_uring's counters")?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Writes `n` no-op entries of opcode `op` and `flags` from the SQ tail
+/// `tail` on, and the tail after them.
+fn write_batch(
+    t: &mut Tracee,
+    fd: u64,
+    (ring, sqes, l): (u64, u64, &Layout),
+    (tail, mask): (u32, u32),
+    (n, op, flags): (u32, u8, u8),
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for i in 0..n {
+        let slot = tail.wrapping_add(i) & mask;
+        let mut sqe = vec![0u8; l.sqe as usize];
+        sqe[0] = op;
+        sqe[1] = flags;
+        if op == OP_MSG_RING {
+            // fd: the ring itself; addr IORING_MSG_DATA (0), len 0
+            sqe[4..8].copy_from_slice(&(fd as u32).to_le_bytes());
+        }
+        t.write_mem(sqes + u64::from(slot) * l.sqe, &sqe)
+            .rat(pid, "write a no-op entry")?;
+    }
+    t.write_mem(ring + l.sq_tail, &tail.wrapping_add(n).to_le_bytes())
+        .rat(pid, "write a new io_uring's SQ tail")
+}
+
+/// Waits until a ring's SQ thread took the entries up to `want`, and the
+/// completions it posts for them stop coming.
+fn wait_sq_thread(t: &mut Tracee, ring: u64, l: &Layout, want: u32) -> Result<(), RestoreError> {
+    for _ in 0..20_000 {
+        if counter(t, ring, l.sq_head)? == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    let mut last = counter(t, ring, l.cq_tail)?;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        let now = counter(t, ring, l.cq_tail)?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 /// Submits no-op entries until the kernel's SQ head and CQ tail are the
 /// dumped ones, throwing their completions away.
 fn catch_up(
@@ -491,14 +617,9 @@ fn catch_up(
     l: &Layout,
 ) -> Result<(), RestoreError> {
     const ENTER_GETEVENTS: u64 = 1;
+    const ENTER_SQ_WAKEUP: u64 = 2;
     let pid = t.pid();
-    let read = |t: &mut Tracee, at: u64| -> Result<u32, RestoreError> {
-        let mut b = [0u8; 4];
-        t.read_mem(ring + at, &mut b)
-            .rat(pid, "read a new io_uring's counters")?;
-        Ok(u32::from_le_bytes(b))
-    };
-    let mask = e.sq_entries - 1;
+    let sqpoll = e.setup_flags & SETUP_SQPOLL != 0;
     if let Some(array) = l.array {
         // an array that maps each entry to itself
         let identity: Vec<u8> = (0..e.sq_entries).flat_map(|i| i.to_le_bytes()).collect();
@@ -506,60 +627,52 @@ fn catch_up(
             .rat(pid, "write a new io_uring's SQ array")?;
     }
     loop {
-        let (s, c) = (read(t, l.sq_head)?, read(t, l.cq_tail)?);
+        let (s, c) = (counter(t, ring, l.sq_head)?, counter(t, ring, l.cq_tail)?);
         let (ds, dc) = (e.sq_head.wrapping_sub(s), e.cq_tail.wrapping_sub(c));
         if ds == 0 && dc == 0 {
             return Ok(());
         }
+        let unsupported = |what: String| FileError::Unsupported { what }.in_restore(pid);
         if (ds as i32) < 0 || (dc as i32) < 0 {
-            return Err(FileError::Unsupported {
-                what: format!(
-                    "an io_uring made again whose counters went past the dumped ones \
-                     (SQ head {s}, CQ tail {c}; dumped {} and {})",
-                    e.sq_head, e.cq_tail
-                ),
-            }
-            .in_restore(pid));
+            return Err(unsupported(format!(
+                "an io_uring made again whose counters went past the dumped ones (SQ head {s}, \
+                 CQ tail {c}; dumped {} and {})",
+                e.sq_head, e.cq_tail
+            )));
         }
         let Some((n, op, flags)) = next_batch(ds, dc, e.sq_entries) else {
-            return Err(FileError::Unsupported {
-                what: format!(
-                    "an io_uring that gave {} completions for {} entries: {} left that no \
-                     entry gives",
-                    e.cq_tail, e.sq_head, dc
-                ),
-            }
-            .in_restore(pid));
+            return Err(unsupported(format!(
+                "an io_uring that gave {} completions for {} entries: {dc} left that no entry \
+                 gives",
+                e.cq_tail, e.sq_head
+            )));
         };
-        let tail = read(t, l.sq_tail)?;
-        for i in 0..n {
-            let slot = tail.wrapping_add(i) & mask;
-            let mut sqe = vec![0u8; l.sqe as usize];
-            sqe[0] = op;
-            sqe[1] = flags;
-            if op == OP_MSG_RING {
-                // fd: the ring itself; addr IORING_MSG_DATA (0), len 0
-                sqe[4..8].copy_from_slice(&(fd as u32).to_le_bytes());
-            }
-            t.write_mem(sqes + u64::from(slot) * l.sqe, &sqe)
-                .rat(pid, "write a no-op entry")?;
-        }
-        t.write_mem(ring + l.sq_tail, &tail.wrapping_add(n).to_le_bytes())
-            .rat(pid, "write a new io_uring's SQ tail")?;
+        let tail = counter(t, ring, l.sq_tail)?;
+        write_batch(
+            t,
+            fd,
+            (ring, sqes, l),
+            (tail, e.sq_entries - 1),
+            (n, op, flags),
+        )?;
+        let wake = if sqpoll { ENTER_SQ_WAKEUP } else { 0 };
         t.syscall(
             nr::IO_URING_ENTER,
-            &[fd, u64::from(n), 0, ENTER_GETEVENTS, 0, 0],
+            &[fd, u64::from(n), 0, ENTER_GETEVENTS | wake, 0, 0],
         )
         .rat(pid, format!("io_uring_enter({n}) of no-op entries"))?;
+        if sqpoll {
+            // (the SQ thread takes them in its own time)
+            wait_sq_thread(t, ring, l, tail.wrapping_add(n))?;
+        }
         // the completions are thrown away
-        let now = read(t, l.cq_tail)?;
+        let now = counter(t, ring, l.cq_tail)?;
         t.write_mem(ring + l.cq_head, &now.to_le_bytes())
             .rat(pid, "write a new io_uring's CQ head")?;
-        if read(t, l.sq_head)? == s {
-            return Err(FileError::Unsupported {
-                what: format!("an io_uring whose SQ head stays at {s} (no entry taken)"),
-            }
-            .in_restore(pid));
+        if counter(t, ring, l.sq_head)? == s {
+            return Err(unsupported(format!(
+                "an io_uring whose SQ head stays at {s} (no entry taken)"
+            )));
         }
     }
 }
@@ -578,7 +691,8 @@ pub fn settle_all(
             .get(&fi.id)
             .and_then(|e| e.crest_io_uring.as_ref());
         if let Some(ring) = ring {
-            if files.made_by.get(&fi.id) == Some(&t.pid()) && done.insert(fi.id) {
+            let late = files.uring_late.contains(&fi.id);
+            if files.made_by.get(&fi.id) == Some(&t.pid()) && !late && done.insert(fi.id) {
                 if let Some(&array) = files.uring_arrays.get(&fi.id) {
                     mend_array(t, fi.fd, ring, (mm, array))?;
                 }
@@ -586,6 +700,69 @@ pub fn settle_all(
             }
         }
     }
+    Ok(())
+}
+
+/// Whether fd `fd` of `pid` stands for an io_uring made late (one with
+/// an SQ thread: see [`make_late`]).
+pub fn is_late(files: &super::context::RestoreFiles, pid: i32, fd: u32) -> bool {
+    files
+        .uring_late
+        .iter()
+        .any(|id| files.holders.get(id) == Some(&(pid, fd)))
+}
+
+/// The fd that stands for an io_uring with an SQ thread until the task
+/// has its own credentials: the SQ thread submits with those the ring was
+/// made with, so the ring is made once the task has them (`make_late`).
+pub fn placeholder(
+    t: &mut Tracee,
+    id: u32,
+    files: &mut super::context::RestoreFiles,
+) -> Result<u64, RestoreError> {
+    files.uring_late.insert(id);
+    t.syscall(nr::EVENTFD2, &[0, libc::EFD_CLOEXEC as u64])
+        .rat(t.pid(), "an eventfd to stand for an io_uring")
+}
+
+/// The io_uring entries with an SQ thread task `t` made a placeholder
+/// for: (fd, entry), each once.
+pub fn late_rings(
+    t: &Tracee,
+    fdinfo: &[crest_images::pb::FdinfoEntry],
+    files: &super::context::RestoreFiles,
+) -> Vec<(crest_images::pb::FdinfoEntry, CrestIoUringEntry)> {
+    let mut done = std::collections::HashSet::new();
+    fdinfo
+        .iter()
+        .filter(|fi| files.uring_late.contains(&fi.id))
+        .filter(|fi| files.made_by.get(&fi.id) == Some(&t.pid()) && done.insert(fi.id))
+        .filter_map(|fi| {
+            let e = files.entries.get(&fi.id)?.crest_io_uring.clone()?;
+            Some((fi.clone(), e))
+        })
+        .collect()
+}
+
+/// The last steps of a ring made late, its mappings back in place:
+/// its SQ array whole, its buffers registered, its SQ thread woken (its
+/// flags in the ring are the dumped ones: woken, it sets its own).
+pub fn finish_late(
+    t: &mut Tracee,
+    fd: u32,
+    e: &CrestIoUringEntry,
+    (mm, array): (&crest_images::pb::MmEntry, Option<u64>),
+) -> Result<(), RestoreError> {
+    if let Some(array) = array {
+        mend_array(t, fd, e, (mm, array))?;
+    }
+    settle(t, u64::from(fd), e)?;
+    const ENTER_SQ_WAKEUP: u64 = 2;
+    t.syscall(
+        nr::IO_URING_ENTER,
+        &[u64::from(fd), 0, 0, ENTER_SQ_WAKEUP, 0, 0],
+    )
+    .rat(t.pid(), "wake an io_uring's SQ thread")?;
     Ok(())
 }
 

@@ -89,8 +89,58 @@ pub(super) fn transform(
     };
     let leader_ids = set_ids(t, img, core, img.cores[0].2.as_ref(), &step, None)?;
     crate::files::lock::restore_leases(t, pid, &ctx.files.locks)?;
+    make_late_rings(t, (&live.fdinfo, &live.mm), ctx.files)?;
     make_threads(t, img, ctx, (tl, &work), early, leader_ids.as_ref())?;
     finish_task(t, img, ctx, pid_for_children)?;
+    Ok(())
+}
+
+/// The io_uring instances with an SQ thread, made now that the task has
+/// its credentials (the SQ thread submits with the ring's): each replaces
+/// its placeholder fd, and its mappings replace the memory that held
+/// their pages until now, with those pages.
+fn make_late_rings(
+    t: &mut Tracee,
+    (fdinfo, mm): (&[crest_images::pb::FdinfoEntry], &crest_images::pb::MmEntry),
+    files: &mut RestoreFiles,
+) -> Result<(), RestoreError> {
+    let pid = t.pid();
+    for (fi, e) in crate::files::uring::late_rings(t, fdinfo, files) {
+        let mut saved = Vec::new();
+        for v in mm.vmas.iter().filter(|v| v.crest_map_fd == Some(fi.fd)) {
+            let mut bytes = vec![0u8; (v.end - v.start) as usize];
+            t.read_mem(v.start, &mut bytes)
+                .rat(pid, "read an io_uring's pages")?;
+            saved.push((v, bytes));
+        }
+        let (made, array) = crate::files::uring::create(t, &e)?;
+        let cloexec = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        t.dup3(
+            made,
+            u64::from(fi.fd),
+            cloexec,
+            &format!("move an io_uring to fd {}", fi.fd),
+        )?;
+        t.close(made)?;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        for (v, bytes) in saved {
+            mm::restore::map_ring(t, v, rw, fi.fd)?;
+            t.write_mem(v.start, &bytes)
+                .rat(pid, "write an io_uring's pages")?;
+            if u64::from(v.prot) != rw {
+                t.syscall(
+                    crest_inject::nr::MPROTECT,
+                    &[v.start, v.end - v.start, u64::from(v.prot)],
+                )
+                .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
+            }
+        }
+        crate::files::uring::finish_late(t, fi.fd, &e, (mm, array))?;
+    }
     Ok(())
 }
 

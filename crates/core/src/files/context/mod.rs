@@ -54,6 +54,9 @@ pub struct RestoreFiles {
     /// io_uring entry id → the offset of its SQ array in the rings'
     /// region, as the ring made again has it.
     pub(super) uring_arrays: HashMap<u32, u64>,
+    /// io_uring entry ids with an SQ thread: a placeholder fd until the
+    /// task has its own credentials.
+    pub(super) uring_late: HashSet<u32>,
     /// Socket queues and which task made each socket or terminal.
     pub socks: sockets::SockImages,
     /// `filelocks.img`: the locks to take again.

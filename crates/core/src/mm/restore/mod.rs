@@ -205,7 +205,19 @@ fn map_each(
         // (locked later, by protect, once the pages are in)
         let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
         if let Some(fd) = v.crest_map_fd {
-            map_ring(t, v, prot, fd)?;
+            if crate::files::uring::is_late(files, pid, fd) {
+                // (an io_uring made once the task has its credentials:
+                // memory of its own until then, filled like any)
+                let anon = (libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED) as u64;
+                let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+                t.syscall(nr::MMAP, &[v.start, len, rw, anon, u64::MAX, 0])
+                    .rat(
+                        pid,
+                        format!("mmap {:#x}-{:#x} for an io_uring", v.start, v.end),
+                    )?;
+            } else {
+                map_ring(t, v, prot, fd)?;
+            }
             continue;
         }
         let file_backed = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0;
@@ -277,7 +289,7 @@ fn mmap_min_addr() -> u64 {
 /// and places it in a free range of its choice: every free range of the
 /// address space but the VMA's is taken for the time of the `mmap`, so
 /// the VMA's range is the only one left.
-fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), RestoreError> {
+pub fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), RestoreError> {
     let pid = t.pid();
     let len = v.end - v.start;
     let fixed = (libc::MAP_SHARED | libc::MAP_FIXED) as u64;
