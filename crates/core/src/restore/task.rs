@@ -95,6 +95,18 @@ pub(super) fn transform(
     Ok(())
 }
 
+/// Most bytes crest takes from an image for one mapping of an io_uring.
+const MAX_RING_MAP: u64 = 64 << 20;
+
+fn img_bad_ring(pid: i32, v: &crest_images::pb::VmaEntry) -> RestoreError {
+    use crate::error::RoomError;
+    crate::mm::error::MmError::BadImage {
+        file: names::mm(pid as u32),
+        what: format!("an io_uring mapping {:#x}-{:#x}", v.start, v.end),
+    }
+    .in_restore(pid)
+}
+
 /// The io_uring instances with an SQ thread, made now that the task has
 /// its credentials (the SQ thread submits with the ring's): each replaces
 /// its placeholder fd, and its mappings replace the memory that held
@@ -108,6 +120,10 @@ fn make_late_rings(
     for (fi, e) in crate::files::uring::late_rings(t, fdinfo, files) {
         let mut saved = Vec::new();
         for v in mm.vmas.iter().filter(|v| v.crest_map_fd == Some(fi.fd)) {
+            // (an io_uring's regions are a few MiB at most)
+            if v.end <= v.start || v.end - v.start > MAX_RING_MAP {
+                return Err(img_bad_ring(pid, v));
+            }
             let mut bytes = vec![0u8; (v.end - v.start) as usize];
             t.read_mem(v.start, &mut bytes)
                 .rat(pid, "read an io_uring's pages")?;

@@ -320,7 +320,7 @@ pub fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), 
         match t.syscall(nr::MMAP, &[s, e - s, 0, none, u64::MAX, 0]) {
             Ok(_) => held.push((s, e)),
             Err(err) => {
-                res = Err(err).rat(pid, what("hold the ranges above"));
+                res = Err(err).rat(pid, what("hold the other free ranges"));
                 break;
             }
         }
@@ -342,14 +342,14 @@ pub fn map_ring(t: &mut Tracee, v: &VmaEntry, prot: u64, fd: u32) -> Result<(), 
     }
     for (s, e) in held {
         t.syscall(nr::MUNMAP, &[s, e - s])
-            .rat(pid, what("let go of the ranges above"))?;
+            .rat(pid, what("let go of the other free ranges"))?;
     }
     let at = res?;
     if at != v.start {
         t.syscall(nr::MUNMAP, &[at, len]).rat(pid, what("unmap"))?;
         return Err(MmError::Unsupported {
             what: format!(
-                "an io_uring's rings at {:#x}-{:#x}: the kernel placed them at {at:#x}",
+                "a mapping at {:#x}-{:#x} of the object at fd {fd}: the kernel placed it at {at:#x}",
                 v.start, v.end
             ),
         }
