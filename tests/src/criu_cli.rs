@@ -242,9 +242,15 @@ fn restore_with(
     procs: &mut Procs,
 ) -> Result<Ran> {
     let images = s(&dir.images);
-    let mut args = vec!["restore", "-D", &images, "-d", "-o", "restore.log"];
-    args.extend_from_slice(extra);
+    let args = restore_args(&images, extra);
     restore_ok(cfg, dir, "restore", &args, pid, procs)
+}
+
+/// `restore -D IMAGES -d -o restore.log` and `extra`.
+fn restore_args<'a>(images: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["restore", "-D", images, "-d", "-o", "restore.log"];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// [`restore_with`] run through the shell, whose `redirect` gives crest
@@ -258,8 +264,7 @@ fn restore_redirected(
     procs: &mut Procs,
 ) -> Result<Ran> {
     let images = s(&dir.images);
-    let mut args = vec!["restore", "-D", &images, "-d", "-o", "restore.log"];
-    args.extend_from_slice(extra);
+    let args = restore_args(&images, extra);
     let cmd = crest::command_with(&cfg.crest, redirect, &args);
     procs.track(pid);
     let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;

@@ -773,24 +773,53 @@ pub fn uring_has_eventfd(ring: &impl AsRawFd, efd: &impl AsRawFd) -> io::Result<
 /// (the kernel refuses a mapping larger than the region): maps them
 /// read-only in crest and unmaps them again.
 pub fn uring_region_fits(ring: &impl AsRawFd, offset: u64, len: usize) -> bool {
-    // SAFETY: a new shared read-only mapping the kernel places; nothing
-    // of crest's is touched, and it is unmapped before returning.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            ring.as_raw_fd(),
-            offset as libc::off_t,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return false;
+    ReadOnlyMap::new(ring, offset, len).is_ok()
+}
+
+/// A shared read-only mapping crest makes of a kernel object's fd,
+/// unmapped when dropped.
+struct ReadOnlyMap {
+    at: *mut libc::c_void,
+    len: usize,
+}
+
+impl ReadOnlyMap {
+    fn new(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<ReadOnlyMap> {
+        // SAFETY: a new shared read-only mapping the kernel places;
+        // nothing of crest's is touched.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ReadOnlyMap { at, len })
     }
-    // SAFETY: exactly the mapping made above.
-    unsafe { libc::munmap(at, len) };
-    true
+
+    /// `each` bytes at `off`; none past the mapping's end.
+    fn bytes(&self, off: usize, each: usize) -> &[u8] {
+        if off.checked_add(each).is_none_or(|e| e > self.len) {
+            return &[];
+        }
+        // SAFETY: inside the mapping (checked above), which lives as long
+        // as `self`.
+        unsafe { std::slice::from_raw_parts((self.at as *const u8).add(off), each) }
+    }
+}
+
+impl Drop for ReadOnlyMap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping `new` made; no borrow of it
+        // outlives `self`.
+        unsafe { libc::munmap(self.at, self.len) };
+    }
 }
 
 /// A new close-on-exec eventfd of crest's, counter 0.
@@ -826,29 +855,10 @@ pub fn read_socket_map(
     {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    // SAFETY: a new shared read-only mapping the kernel places; nothing
-    // of crest's is touched.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            sock.as_raw_fd(),
-            0,
-        )
-    };
-    if at == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let map = ReadOnlyMap::new(sock, 0, len)?;
     let mut out = Vec::with_capacity(offsets.len() * each);
     for &o in offsets {
-        // SAFETY: `o + each <= len` (checked above): inside the mapping,
-        // which lives until the munmap below.
-        let part = unsafe { std::slice::from_raw_parts((at as *const u8).add(o), each) };
-        out.extend_from_slice(part);
+        out.extend_from_slice(map.bytes(o, each));
     }
-    // SAFETY: exactly the mapping made above; `part` borrows ended.
-    unsafe { libc::munmap(at, len) };
     Ok(out)
 }

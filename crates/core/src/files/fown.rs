@@ -138,3 +138,17 @@ pub fn restore<'a>(
 pub(crate) fn no_owner() -> FownEntry {
     FownEntry::default()
 }
+
+/// CRIU's entry of a file left to a plugin (type EXT, no owner), for
+/// crest's own kinds to ride beside (`crest_mq`, `crest_io_uring`).
+pub(crate) fn ext_entry() -> FileEntry {
+    FileEntry {
+        r#type: crest_images::pb::FdTypes::Ext as i32,
+        id: 0,
+        ext: Some(crest_images::pb::ExtFileEntry {
+            id: 0,
+            fown: no_owner(),
+        }),
+        ..FileEntry::default()
+    }
+}

@@ -432,17 +432,14 @@ fn fill(
     path: &str,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    if on_hugetlbfs(pid, fd) {
-        fill_huge(t, fd, r, (size, entry.chunks == Some(true)), path)?;
-    } else if entry.chunks == Some(true) {
+    let (huge, chunks) = (on_hugetlbfs(pid, fd), entry.chunks == Some(true));
+    if huge {
+        fill_huge(t, fd, r, (size, chunks), path)?;
+    } else if chunks {
         fill_chunks(t, fd, r, size, path)?;
     }
-    let huge = on_hugetlbfs(pid, fd);
-    let mut left = if entry.chunks == Some(true) || huge {
-        0
-    } else {
-        size
-    };
+    // (the rest: a whole file written in order)
+    let mut left = if chunks || huge { 0 } else { size };
     while left > 0 {
         let n = left.min(CHUNK as u64);
         let data = r.read_payload(n)?;

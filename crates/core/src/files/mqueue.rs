@@ -6,11 +6,11 @@
 //! them: the entry is CRIU's `ext` kind (a plugin's) with crest's
 //! `crest_mq` beside it.
 
-use super::fown::no_owner;
+use super::fown::ext_entry;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
-use crest_images::pb::{CrestMqFileEntry, ExtFileEntry, FdTypes, FileEntry};
+use crest_images::pb::{CrestMqFileEntry, FileEntry};
 use crest_inject::{nr, Tracee};
 
 /// The flags of a descriptor that `mq_open` takes again.
@@ -50,17 +50,11 @@ pub fn dump(pid: i32, fd: i32, link: &str, flags: u32) -> Result<FileEntry, Dump
         )));
     }
     Ok(FileEntry {
-        r#type: FdTypes::Ext as i32,
-        id: 0,
-        ext: Some(ExtFileEntry {
-            id: 0,
-            fown: no_owner(),
-        }),
         crest_mq: Some(CrestMqFileEntry {
             name: link.to_string(),
             flags: flags & KEPT_FLAGS,
         }),
-        ..FileEntry::default()
+        ..ext_entry()
     })
 }
 

@@ -49,18 +49,7 @@ pub fn restore_fds(
     // Every fd to its number, then the epoll watches, which name fds by
     // number.
     for fi in fds {
-        let park = local[&fi.id];
-        let flags = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
-        t.dup3(
-            park,
-            u64::from(fi.fd),
-            flags,
-            &format!("move fd to {}", fi.fd),
-        )?;
+        place_fd(t, local[&fi.id], fi)?;
     }
     let mut parks: Vec<u64> = local.values().copied().collect();
     parks.sort_unstable();
@@ -73,6 +62,23 @@ pub fn restore_fds(
     }
     add_epoll_watches(t, fds, files, max_fd)?;
     super::pty::take_ctty(t, files)
+}
+
+/// Puts fd `from` of the task at the number `fi` gives, close-on-exec as
+/// `fi` says (`from` stays open).
+pub fn place_fd(t: &mut Tracee, from: u64, fi: &FdinfoEntry) -> Result<(), RestoreError> {
+    let flags = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
+        libc::O_CLOEXEC as u64
+    } else {
+        0
+    };
+    t.dup3(
+        from,
+        u64::from(fi.fd),
+        flags,
+        &format!("move fd to {}", fi.fd),
+    )?;
+    Ok(())
 }
 
 /// Closes every inherited fd.

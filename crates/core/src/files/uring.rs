@@ -31,11 +31,11 @@
 //! `SUBMIT_ALL`, `IOPOLL`, registered ring fds, the io-wq's limits, and
 //! of a single-submitter ring a registered eventfd or restrictions.
 
-use super::fown::no_owner;
+use super::fown::ext_entry;
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError, RestoreCtx, RestoreError};
 use crate::files::error::FileError;
-use crest_images::pb::{CrestIoUringEntry, ExtFileEntry, FdTypes, FileEntry};
+use crest_images::pb::{CrestIoUringEntry, FileEntry};
 use crest_inject::{nr, Tracee};
 
 /// `IORING_SETUP_*` flags crest carries.
@@ -358,12 +358,6 @@ pub fn dump(pid: i32, fd: i32) -> Result<FileEntry, DumpError> {
     }
     let (buf_addr, buf_len) = ring.bufs.iter().map(|b| b.unwrap_or((0, 0))).unzip();
     Ok(FileEntry {
-        r#type: FdTypes::Ext as i32,
-        id: 0,
-        ext: Some(ExtFileEntry {
-            id: 0,
-            fown: no_owner(),
-        }),
         crest_io_uring: Some(CrestIoUringEntry {
             sq_entries: ring.sq_entries,
             cq_entries: ring.cq_entries,
@@ -374,7 +368,7 @@ pub fn dump(pid: i32, fd: i32) -> Result<FileEntry, DumpError> {
             buf_len,
             sq_thread_cpu,
         }),
-        ..FileEntry::default()
+        ..ext_entry()
     })
 }
 

@@ -130,17 +130,7 @@ fn make_late_rings(
             saved.push((v, bytes));
         }
         let (made, array) = crate::files::uring::create(t, &e)?;
-        let cloexec = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
-        t.dup3(
-            made,
-            u64::from(fi.fd),
-            cloexec,
-            &format!("move an io_uring to fd {}", fi.fd),
-        )?;
+        crate::files::restore::place_fd(t, made, &fi)?;
         t.close(made)?;
         let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         for (v, bytes) in saved {

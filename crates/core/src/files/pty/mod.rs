@@ -307,7 +307,8 @@ fn refill(
     if packet {
         // (switched on from off, it starts with no status)
         crest_sys::misc::ioctl_set_int(master, libc::TIOCPKT, 1)?;
-        let lost = put_status(master, peer, status, (output.is_empty(), input.is_empty()))?;
+        let empty = (output.is_empty(), input.is_empty());
+        let lost = put_status((master, peer), (status, &t), empty)?;
         if lost != 0 {
             crate::warn!("pty {index}: a packet-mode status {lost:#x} not read yet is not carried");
         }
@@ -319,15 +320,15 @@ fn refill(
 /// kernel sets it: a flush of the slave's input or output (where that
 /// queue is empty: `empty`), a settings change under `EXTPROC`, the flow
 /// control by ^S/^Q switched the other way and back, the output stopped
-/// (and started). Returns the statuses it could not make.
+/// (and started); `t` is the slave's settings. Returns the statuses it
+/// could not make.
 fn put_status(
-    master: &OwnedFd,
-    peer: Option<&OwnedFd>,
-    status: u8,
+    (master, peer): (&OwnedFd, Option<&OwnedFd>),
+    (status, t): (u8, &libc::termios),
     (output_empty, input_empty): (bool, bool),
 ) -> std::io::Result<u8> {
     let mut lost = 0;
-    let t = crest_sys::misc::tcgets(master)?;
+    let t = *t;
     let extproc = t.c_lflag & libc::EXTPROC != 0;
     for (bit, what, empty) in [
         (TIOCPKT_FLUSHREAD, libc::TCIFLUSH, input_empty),
