@@ -28,10 +28,10 @@
 //! - `io_uring_inflight_refused` (`io_uring inflight`): an io_uring with a
 //!   read of an empty pipe in flight; after the refused dump the read
 //!   completes once the pipe has data;
-//! - `packet_ring_moved_refused` (`packet ring_moved`): a packet socket's
-//!   TPACKET_V2 RX ring the kernel wrote a frame into (a ring made again
-//!   would start at frame 0); after the refused dump the next frame lands
-//!   in frame 1;
+//! - `packet_tx_used_refused` (`packet tx_used`): a packet socket's
+//!   TPACKET_V2 TX ring a frame went out through (the kernel's next TX
+//!   frame cannot be seen); after the refused dump the next frame lands in
+//!   RX frame 1;
 //! - `chroot_refused`: `small_tree` chrooted into a bind mount of `/`, the
 //!   first task of a mount namespace of its own: the namespace's mounts,
 //!   as its mountinfo shows them, are below its root (a chroot below an
@@ -59,7 +59,7 @@ use crate::{Config, Outcome, StdioKind};
 const CASES: [(&str, DirCase); 11] = [
     ("io_uring_map_refused", io_uring_map_refused),
     ("io_uring_inflight_refused", io_uring_inflight_refused),
-    ("packet_ring_moved_refused", packet_ring_moved_refused),
+    ("packet_tx_used_refused", packet_tx_used_refused),
     ("chroot_refused", chroot_refused),
     ("aio_refused", aio_refused),
     ("hugetlb_private", hugetlb_private),
@@ -167,14 +167,14 @@ fn io_uring_inflight_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> 
     )
 }
 
-fn packet_ring_moved_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+fn packet_tx_used_refused(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     refused_in(
         cfg,
         dir,
         procs,
         (&[], "true"),
-        ("packet", "ring_moved"),
-        &["RX ring", "at frame 1 next"],
+        ("packet", "tx_used"),
+        &["TX ring was used"],
     )
 }
 

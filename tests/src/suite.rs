@@ -51,6 +51,12 @@ pub fn workloads() -> Vec<Workload> {
         c("seccomp", &[], Settle::Blocked),
         c("netlink", &[], Settle::Blocked),
         c("packet", &[], Settle::Blocked),
+        Workload {
+            name: "packet_ring_moved",
+            program: Program::C("packet"),
+            args: vec!["ring_moved".into()],
+            settle: Settle::Blocked,
+        },
         c("fanotify", &[], Settle::Blocked),
         c("pty", &[], Settle::Blocked),
         c("chroot", &[], Settle::Blocked),

@@ -1,5 +1,5 @@
-/* packet STATEDIR [ring_moved] - packet sockets come back bound, joined and
- * with their options and rings (issue 16, item 4).
+/* packet STATEDIR [ring_moved|tx_used] - packet sockets come back bound,
+ * joined and with their options and rings (issue 16, item 4).
  *
  *   R: SOCK_RAW, ETH_P_ALL, bound to lo, a multicast membership on lo
  *      (address 01:00:5e:63:72:73, listed in /proc/self/net/dev_mcast),
@@ -7,15 +7,28 @@
  *   D: SOCK_DGRAM for protocol 0x88b5, not bound;
  *   SP: the old SOCK_PACKET interface, bound to lo by name;
  *   V2: SOCK_RAW for protocol 0x88b6 on lo, TPACKET_V2, an RX ring of 16
- *      frames and a TX ring of 8, both mapped, none used yet;
+ *      frames and a TX ring of 8, both mapped;
  *   V3: SOCK_RAW for protocol 0x88b7 on lo, TPACKET_V3, an RX ring of 4
- *      blocks (10 ms to close a block), mapped.
- * After the restore a frame sent on lo lands in V2's RX frame 0, a frame
- * put in V2's TX frame 0 is sent (and lands in RX frame 1), and a frame
- * sent to V3 lands in its block 0.
- * With "ring_moved" a frame reaches V2's RX ring before the dump: the
- * dump must refuse the ring (a ring made again would start at frame 0),
- * and after the refused dump the next frame lands in frame 1.
+ *      blocks (10 ms to close a block), mapped;
+ *   V1: SOCK_DGRAM for protocol 0x88b8 on lo, TPACKET_V1 (the default),
+ *      an RX ring of 8 frames, mapped.
+ * After the restore a frame sent on lo lands in V2's next RX frame, a
+ * frame put in V2's TX frame 0 is sent (and lands in the RX frame after),
+ * a frame sent to V3 lands in its next block and one sent to V1 in its
+ * next frame.
+ * With "ring_moved" the kernel has moved on in both RX rings before the
+ * dump: V2 got 3 frames (0 and 1 given back, 2 still held), V3 got a frame
+ * in each of blocks 0 and 1 (closed by the timer; 0 given back, 1 held)
+ * and waits in block 2, V1 got 10 frames in two bursts (each given back;
+ * the kernel went round its 8 frames). The held frame and block must come
+ * back with their frames, and the next frames land in V2's frame 3, V3's
+ * block 2 and V1's frame 2. Also with "ring_moved", W (V3 again, protocol
+ * 0x88b9) got a frame in each of its 4 blocks, the task holding block 0:
+ * the kernel went round and waits for block 0. After the restore block 0
+ * holds its frame; given back, the next frame lands in it.
+ * With "tx_used" a frame went out through V2's TX ring before the dump:
+ * the dump must refuse it (the kernel's next TX frame cannot be seen);
+ * after the refused dump the next frame lands in RX frame 1.
  * After SIGTERM each must show what it had (getsockname, SO_TYPE and the
  * SOL_PACKET options), lo must still list the address, and R must see a UDP
  * datagram the task sends to 127.0.0.1. */
@@ -31,6 +44,8 @@
 
 #define P_V2 0x88b6
 #define P_V3 0x88b7
+#define P_V1 0x88b8
+#define P_W 0x88b9
 #define BLOCK (16 << 10)
 
 /* Sends an Ethernet frame of protocol `proto` carrying `mark` on lo. */
@@ -48,7 +63,7 @@ static void send_on_lo(int lo, unsigned short proto, const char *mark)
 }
 
 /* Waits until V2 RX frame `i` of `ring` is the user's and holds `mark`. */
-static void v2_frame(char *ring, int i, const char *mark)
+static void v2_held(char *ring, int i, const char *mark)
 {
 	struct tpacket2_hdr *h = (struct tpacket2_hdr *)(ring + i * 2048);
 	for (int k = 0; k < 500 && !(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER); k++)
@@ -57,7 +72,46 @@ static void v2_frame(char *ring, int i, const char *mark)
 		wl_fail("V2's RX frame %d got no frame (status %#x)", i, h->tp_status);
 	if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, mark, strlen(mark)))
 		wl_fail("V2's RX frame %d holds another frame (%u bytes)", i, h->tp_snaplen);
-	h->tp_status = TP_STATUS_KERNEL;
+}
+
+/* Waits until V2 RX frame `i` of `ring` is the user's and holds `mark`,
+ * then gives it back to the kernel. */
+static void v2_frame(char *ring, int i, const char *mark)
+{
+	v2_held(ring, i, mark);
+	((struct tpacket2_hdr *)(ring + i * 2048))->tp_status = TP_STATUS_KERNEL;
+}
+
+/* Waits until V1 RX frame `i` of `ring` (frames of 1 KiB) is the user's
+ * and holds `mark`, then gives it back. */
+static void v1_frame(char *ring, int i, const char *mark)
+{
+	struct tpacket_hdr *h = (struct tpacket_hdr *)(ring + i * 1024);
+	for (int k = 0; k < 500 && !(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER); k++)
+		usleep(2000);
+	if (!(h->tp_status & TP_STATUS_USER))
+		wl_fail("V1's RX frame %d got no frame (status %#lx)", i, h->tp_status);
+	if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, mark, strlen(mark)))
+		wl_fail("V1's RX frame %d holds another frame (%u bytes)", i, h->tp_snaplen);
+	__atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+}
+
+/* Waits until V3 block `b` of `ring` is the user's and holds `mark` in its
+ * first packet. */
+static struct tpacket_block_desc *v3_block(char *ring, int b, const char *mark)
+{
+	struct tpacket_block_desc *d = (struct tpacket_block_desc *)(ring + b * BLOCK);
+	for (int k = 0; k < 500 && !(__atomic_load_n(&d->hdr.bh1.block_status, __ATOMIC_ACQUIRE) &
+				     TP_STATUS_USER);
+	     k++)
+		usleep(2000);
+	if (!(d->hdr.bh1.block_status & TP_STATUS_USER) || d->hdr.bh1.num_pkts < 1)
+		wl_fail("V3's block %d got no frame (status %#x, %u packets)", b,
+			d->hdr.bh1.block_status, d->hdr.bh1.num_pkts);
+	struct tpacket3_hdr *h = (struct tpacket3_hdr *)((char *)d + d->hdr.bh1.offset_to_first_pkt);
+	if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, mark, strlen(mark)))
+		wl_fail("V3's block %d holds another frame", b);
+	return d;
 }
 
 static int ring_socket(int lo, unsigned short proto, int version, void *req, size_t req_len,
@@ -76,6 +130,22 @@ static int ring_socket(int lo, unsigned short proto, int version, void *req, siz
 	if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0)
 		wl_fail("bind a ring socket to lo: %s", strerror(errno));
 	return s;
+}
+
+/* Sends a frame through V2's TX ring (its frame 0, after the RX ring's
+ * two blocks). */
+static void send_tx(int s2, char *m2)
+{
+	struct tpacket2_hdr *t = (struct tpacket2_hdr *)(m2 + 2 * BLOCK);
+	unsigned char *f = (unsigned char *)t + TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
+	memset(f, 0, 64);
+	f[12] = P_V2 >> 8;
+	f[13] = P_V2 & 0xff;
+	memcpy(f + 14, "crest-ring-tx", 13);
+	t->tp_len = 64;
+	t->tp_status = TP_STATUS_SEND_REQUEST;
+	if (send(s2, NULL, 0, 0) < 0)
+		wl_fail("send V2's TX ring: %s", strerror(errno));
 }
 
 struct seen {
@@ -164,10 +234,62 @@ int main(int argc, char **argv)
 				  .tp_frame_nr = 32, .tp_retire_blk_tov = 10};
 	char *m3;
 	int s3 = ring_socket(lo, P_V3, TPACKET_V3, &q3, sizeof(q3), 0, 4 * BLOCK, &m3);
-	int moved = argc > 2 && !strcmp(argv[2], "ring_moved");
+	/* V1: the default version, SOCK_DGRAM, 8 frames of 1 KiB */
+	struct tpacket_req q1 = {.tp_block_size = 8192, .tp_block_nr = 1, .tp_frame_size = 1024,
+				 .tp_frame_nr = 8};
+	char *m1;
+	int s1 = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(P_V1));
+	if (s1 < 0 || setsockopt(s1, SOL_PACKET, PACKET_RX_RING, &q1, sizeof(q1)))
+		wl_fail("V1's ring: %s", strerror(errno));
+	m1 = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, s1, 0);
+	if (m1 == MAP_FAILED)
+		wl_fail("map V1's ring: %s", strerror(errno));
+	struct sockaddr_ll a1 = {.sll_family = AF_PACKET, .sll_protocol = htons(P_V1),
+				 .sll_ifindex = lo};
+	if (bind(s1, (struct sockaddr *)&a1, sizeof(a1)) < 0)
+		wl_fail("bind V1 to lo: %s", strerror(errno));
+	const char *mode = argc > 2 ? argv[2] : "";
+	int moved = !strcmp(mode, "ring_moved"), tx_used = !strcmp(mode, "tx_used");
+	int next2 = 0, next3 = 0, next1 = 0, mw_sock = -1;
+	char *mw = NULL;
 	if (moved) {
-		send_on_lo(lo, P_V2, "crest-ring-early");
-		v2_frame(m2, 0, "crest-ring-early");
+		send_on_lo(lo, P_V2, "crest-ring-early-0");
+		v2_frame(m2, 0, "crest-ring-early-0");
+		send_on_lo(lo, P_V2, "crest-ring-early-1");
+		v2_frame(m2, 1, "crest-ring-early-1");
+		send_on_lo(lo, P_V2, "crest-ring-early-2");
+		v2_held(m2, 2, "crest-ring-early-2");
+		next2 = 3;
+		send_on_lo(lo, P_V3, "crest-ring-v3-early-0");
+		v3_block(m3, 0, "crest-ring-v3-early-0")->hdr.bh1.block_status = TP_STATUS_KERNEL;
+		send_on_lo(lo, P_V3, "crest-ring-v3-early-1");
+		v3_block(m3, 1, "crest-ring-v3-early-1");
+		next3 = 2;
+		for (int i = 0; i < 10; i += 5) {
+			for (int k = 0; k < 5; k++)
+				send_on_lo(lo, P_V1, "crest-ring-v1-early");
+			for (int k = 0; k < 5; k++)
+				v1_frame(m1, (i + k) % 8, "crest-ring-v1-early");
+		}
+		next1 = 2;
+		mw_sock = ring_socket(lo, P_W, TPACKET_V3, &q3, sizeof(q3), 0, 4 * BLOCK, &mw);
+		for (int b = 0; b < 4; b++) {
+			send_on_lo(lo, P_W, b ? "crest-ring-w-early" : "crest-ring-w-held");
+			struct tpacket_block_desc *d =
+				v3_block(mw, b, b ? "crest-ring-w-early" : "crest-ring-w-held");
+			if (b)
+				d->hdr.bh1.block_status = TP_STATUS_KERNEL;
+		}
+	}
+	/* (read away: after the restore they count nothing crest did) */
+	struct tpacket_stats_v3 st;
+	socklen_t stl = sizeof(st);
+	if (getsockopt(s2, SOL_PACKET, PACKET_STATISTICS, &st, &stl) ||
+	    getsockopt(s3, SOL_PACKET, PACKET_STATISTICS, &st, &stl))
+		wl_fail("PACKET_STATISTICS: %s", strerror(errno));
+	if (tx_used) {
+		send_tx(s2, m2);
+		v2_frame(m2, 0, "crest-ring-tx");
 	}
 	struct seen sr, sd;
 	look(r, &sr);
@@ -178,45 +300,42 @@ int main(int argc, char **argv)
 	wl_ready();
 	wl_wait_term();
 
-	if (moved) {
+	if (tx_used) {
 		send_on_lo(lo, P_V2, "crest-ring-next");
 		v2_frame(m2, 1, "crest-ring-next");
 		wl_pass();
 	}
-	/* V2: a frame in RX frame 0; one put in TX frame 0 goes out and
-	 * comes back in RX frame 1 */
+	for (int i = 0; i < 2; i++) {
+		memset(&st, 0xff, sizeof(st));
+		stl = sizeof(st);
+		if (getsockopt(i ? s3 : s2, SOL_PACKET, PACKET_STATISTICS, &st, &stl))
+			wl_fail("PACKET_STATISTICS: %s", strerror(errno));
+		if (st.tp_packets || st.tp_drops || (i && st.tp_freeze_q_cnt))
+			wl_fail("V%d counted %u packets, %u drops, %u freezes after the restore",
+				i ? 3 : 2, st.tp_packets, st.tp_drops, i ? st.tp_freeze_q_cnt : 0);
+	}
+	if (moved) {
+		/* what the task held came back with its frames */
+		v2_held(m2, 2, "crest-ring-early-2");
+		v3_block(m3, 1, "crest-ring-v3-early-1");
+		struct tpacket_block_desc *d = v3_block(mw, 0, "crest-ring-w-held");
+		__atomic_store_n(&d->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+		send_on_lo(lo, P_W, "crest-ring-w-next");
+		v3_block(mw, 0, "crest-ring-w-next");
+		(void)mw_sock;
+	}
+	/* V2: a frame in the next RX frame; one put in TX frame 0 goes out and
+	 * comes back in the RX frame after */
 	send_on_lo(lo, P_V2, "crest-ring-v2");
-	v2_frame(m2, 0, "crest-ring-v2");
-	{
-		struct tpacket2_hdr *t = (struct tpacket2_hdr *)(m2 + 2 * BLOCK);
-		unsigned char *f = (unsigned char *)t + TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
-		memset(f, 0, 64);
-		f[12] = P_V2 >> 8;
-		f[13] = P_V2 & 0xff;
-		memcpy(f + 14, "crest-ring-tx", 13);
-		t->tp_len = 64;
-		t->tp_status = TP_STATUS_SEND_REQUEST;
-		if (send(s2, NULL, 0, 0) < 0)
-			wl_fail("send V2's TX ring: %s", strerror(errno));
-		v2_frame(m2, 1, "crest-ring-tx");
-	}
-	/* V3: a frame in block 0 */
+	v2_frame(m2, next2, "crest-ring-v2");
+	send_tx(s2, m2);
+	v2_frame(m2, next2 + 1, "crest-ring-tx");
+	/* V3: a frame in the next block */
 	send_on_lo(lo, P_V3, "crest-ring-v3");
-	{
-		struct tpacket_block_desc *b = (struct tpacket_block_desc *)m3;
-		for (int k = 0; k < 500 && !(__atomic_load_n(&b->hdr.bh1.block_status, __ATOMIC_ACQUIRE) &
-					     TP_STATUS_USER);
-		     k++)
-			usleep(2000);
-		if (!(b->hdr.bh1.block_status & TP_STATUS_USER) || b->hdr.bh1.num_pkts < 1)
-			wl_fail("V3's block 0 got no frame (status %#x, %u packets)",
-				b->hdr.bh1.block_status, b->hdr.bh1.num_pkts);
-		struct tpacket3_hdr *h =
-			(struct tpacket3_hdr *)((char *)b + b->hdr.bh1.offset_to_first_pkt);
-		if (!memmem((char *)h + h->tp_mac, h->tp_snaplen, "crest-ring-v3", 13))
-			wl_fail("V3's block 0 holds another frame");
-	}
-	(void)s3;
+	v3_block(m3, next3, "crest-ring-v3");
+	/* V1: a frame in the next frame */
+	send_on_lo(lo, P_V1, "crest-ring-v1");
+	v1_frame(m1, next1, "crest-ring-v1");
 
 	struct seen nr, nd;
 	look(r, &nr);

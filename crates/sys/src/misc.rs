@@ -773,25 +773,39 @@ pub fn uring_has_eventfd(ring: &impl AsRawFd, efd: &impl AsRawFd) -> io::Result<
 /// (the kernel refuses a mapping larger than the region): maps them
 /// read-only in crest and unmaps them again.
 pub fn uring_region_fits(ring: &impl AsRawFd, offset: u64, len: usize) -> bool {
-    ReadOnlyMap::new(ring, offset, len).is_ok()
+    SharedMap::new(ring, offset, len, false).is_ok()
 }
 
-/// A shared read-only mapping crest makes of a kernel object's fd,
-/// unmapped when dropped.
-struct ReadOnlyMap {
+/// A shared mapping crest makes of a kernel object's fd (a packet
+/// socket's rings, an io_uring region), unmapped when dropped. Its bytes
+/// are the kernel's too, so they are read and written one word at a time
+/// (volatile), never borrowed.
+pub struct SharedMap {
     at: *mut libc::c_void,
     len: usize,
+    writable: bool,
 }
 
-impl ReadOnlyMap {
-    fn new(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<ReadOnlyMap> {
-        // SAFETY: a new shared read-only mapping the kernel places;
-        // nothing of crest's is touched.
+impl SharedMap {
+    /// Maps `len` bytes of `fd` at `offset`, writable or not.
+    pub fn new(
+        fd: &impl AsRawFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<SharedMap> {
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a new shared mapping the kernel places; nothing of
+        // crest's is touched.
         let at = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 offset as libc::off_t,
@@ -800,24 +814,51 @@ impl ReadOnlyMap {
         if at == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(ReadOnlyMap { at, len })
+        Ok(SharedMap { at, len, writable })
     }
 
-    /// `each` bytes at `off`; none past the mapping's end.
-    fn bytes(&self, off: usize, each: usize) -> &[u8] {
-        if off.checked_add(each).is_none_or(|e| e > self.len) {
-            return &[];
+    /// The word at `off` (4-byte aligned), None past the end.
+    pub fn u32_at(&self, off: usize) -> Option<u32> {
+        if !off.is_multiple_of(4) || off.checked_add(4).is_none_or(|e| e > self.len) {
+            return None;
         }
-        // SAFETY: inside the mapping (checked above), which lives as long
-        // as `self`.
-        unsafe { std::slice::from_raw_parts((self.at as *const u8).add(off), each) }
+        // SAFETY: an aligned word inside the mapping (checked above),
+        // which lives as long as `self`; volatile as the kernel writes it.
+        Some(unsafe { std::ptr::read_volatile((self.at as *const u8).add(off) as *const u32) })
+    }
+
+    /// Writes word `v` at `off` (4-byte aligned) of a writable mapping;
+    /// false where it cannot.
+    pub fn set_u32(&self, off: usize, v: u32) -> bool {
+        if !self.writable
+            || !off.is_multiple_of(4)
+            || off.checked_add(4).is_none_or(|e| e > self.len)
+        {
+            return false;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: an aligned word inside a writable mapping (checked
+        // above) of the kernel object, not of any Rust value.
+        unsafe { std::ptr::write_volatile((self.at as *mut u8).add(off) as *mut u32, v) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
+    /// A copy of the `each` bytes at `off`; empty past the end.
+    pub fn copy(&self, off: usize, each: usize) -> Vec<u8> {
+        if off.checked_add(each).is_none_or(|e| e > self.len) {
+            return Vec::new();
+        }
+        (0..each)
+            // SAFETY: each byte is inside the mapping (checked above).
+            .map(|i| unsafe { std::ptr::read_volatile((self.at as *const u8).add(off + i)) })
+            .collect()
     }
 }
 
-impl Drop for ReadOnlyMap {
+impl Drop for SharedMap {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping `new` made; no borrow of it
-        // outlives `self`.
+        // SAFETY: exactly the mapping `new` made; nothing refers into it.
         unsafe { libc::munmap(self.at, self.len) };
     }
 }
@@ -855,10 +896,10 @@ pub fn read_socket_map(
     {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let map = ReadOnlyMap::new(sock, 0, len)?;
+    let map = SharedMap::new(sock, 0, len, false)?;
     let mut out = Vec::with_capacity(offsets.len() * each);
     for &o in offsets {
-        out.extend_from_slice(map.bytes(o, each));
+        out.extend_from_slice(&map.copy(o, each));
     }
     Ok(out)
 }

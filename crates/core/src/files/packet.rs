@@ -41,6 +41,7 @@ const PACKET_TIMESTAMP: i32 = 17;
 const PACKET_FANOUT: i32 = 18;
 const PACKET_QDISC_BYPASS: i32 = 20;
 const PACKET_IGNORE_OUTGOING: i32 = 23;
+const TPACKET_V3: u32 = 2;
 /// Most memberships crest takes from an image for one socket.
 const MAX_MEMBERSHIPS: usize = 4096;
 
@@ -88,27 +89,33 @@ fn packet_mreq(index: u32, ty: u16, addr: &[u8]) -> Vec<u8> {
 }
 
 /// The rings of packet socket `copy` (fd `fd` of `pid`, of TPACKET
-/// `version`), refused where crest cannot make them again where the kernel
-/// stood.
+/// `version`) and how far the kernel moved on in the RX one, refused
+/// where crest cannot make them again where the kernel stood.
 fn rings(
     pid: i32,
     fd: i32,
     copy: &OwnedFd,
     version: u32,
     diag: &super::sockdiag::PacketDiag,
-) -> Result<(Option<PacketRing>, Option<PacketRing>), DumpError> {
+) -> Result<(Option<PacketRing>, Option<PacketRing>, u32), DumpError> {
     let (rx, tx) = (
         diag.rx_ring.map(packet_ring::entry),
         diag.tx_ring.map(packet_ring::entry),
     );
-    if rx.is_some() || tx.is_some() {
-        let why = packet_ring::refusal(copy, version, (rx.as_ref(), tx.as_ref()))
-            .at(pid, "read a packet socket's rings")?;
-        if let Some(kind) = why {
-            return Err(FileError::UnsupportedFd { fd, kind }.in_dump(pid));
-        }
+    if rx.is_none() && tx.is_none() {
+        return Ok((rx, tx, 0));
     }
-    Ok((rx, tx))
+    let advance = packet_ring::position(copy, version, (rx.as_ref(), tx.as_ref()))
+        .at(pid, "read a packet socket's rings")?
+        .map_err(|kind| FileError::UnsupportedFd { fd, kind }.in_dump(pid))?;
+    if advance > 0 && diag.num == 0 {
+        return Err(FileError::UnsupportedFd {
+            fd,
+            kind: "a packet socket of protocol 0 whose RX ring the kernel wrote into".into(),
+        }
+        .in_dump(pid));
+    }
+    Ok((rx, tx, advance))
 }
 
 impl super::table::FileTable {
@@ -141,7 +148,7 @@ impl super::table::FileTable {
         let (protocol, ifindex) = parse_ll(&local)
             .ok_or_else(|| unsupported("a packet socket with an odd address".into()))?;
         let version = int(PACKET_VERSION).at(pid, "PACKET_VERSION")? as u32;
-        let (rx, tx) = rings(pid, fd, copy, version, &diag)?;
+        let (rx, tx, advance) = rings(pid, fd, copy, version, &diag)?;
         let mclist = mclist_of(&diag.mclist);
         let queued = crest_sys::net::ioctl_int(copy, libc::FIONREAD).unwrap_or(0);
         if queued > 0 {
@@ -175,6 +182,7 @@ impl super::table::FileTable {
             tx_ring: tx,
             crest_qdisc_bypass: flag(PACKET_QDISC_BYPASS).ok(),
             crest_ignore_outgoing: flag(PACKET_IGNORE_OUTGOING).ok(),
+            crest_rx_advance: (advance > 0).then_some(advance),
         };
         let id = self.push(FileEntry {
             r#type: FdTypes::Packetsk as i32,
@@ -297,6 +305,40 @@ fn set_packet_opts(c: &OwnedFd, s: &PacketSockEntry) -> Result<(), (&'static str
     Ok(())
 }
 
+/// Whether the packet socket of `s` (not `SOCK_PACKET`) is one crest
+/// makes, and its RX ring one to move on: what in the image is not is
+/// named.
+fn checked(s: &PacketSockEntry) -> Result<bool, String> {
+    let ty = s.r#type;
+    if (ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32)
+        || s.protocol > 0xffff
+        || s.mclist.len() > MAX_MEMBERSHIPS
+        || !s
+            .rx_ring
+            .iter()
+            .chain(s.tx_ring.iter())
+            .all(packet_ring::sane)
+    {
+        return Err(format!(
+            "type {ty}, protocol {:#x}, {} memberships, rings {:?} and {:?}",
+            s.protocol,
+            s.mclist.len(),
+            s.rx_ring,
+            s.tx_ring
+        ));
+    }
+    let advance = s.crest_rx_advance.unwrap_or(0);
+    match (&s.rx_ring, s.version == TPACKET_V3) {
+        _ if advance == 0 => Ok(false),
+        (Some(r), true) if advance <= r.block_nr && s.protocol != 0 => Ok(true),
+        (Some(r), false) if advance < r.frame_nr && s.protocol != 0 => Ok(true),
+        _ => Err(format!(
+            "an RX ring moved on by {advance} (protocol {:#x}, ring {:?})",
+            s.protocol, s.rx_ring
+        )),
+    }
+}
+
 /// Makes the packet socket of `s` in task `t` (see [`super::context::socket_once`]).
 pub(crate) fn make(
     t: &mut Tracee,
@@ -310,28 +352,16 @@ pub(crate) fn make(
     if ty == SOCK_PACKET as u32 && s.protocol <= 0xffff && s.mclist.is_empty() {
         return make_spkt(t, s, kept);
     }
-    if (ty != libc::SOCK_RAW as u32 && ty != libc::SOCK_DGRAM as u32)
-        || s.protocol > 0xffff
-        || s.mclist.len() > MAX_MEMBERSHIPS
-        || !s
-            .rx_ring
-            .iter()
-            .chain(s.tx_ring.iter())
-            .all(packet_ring::sane)
-    {
-        return Err(FileError::BadImage {
+    let moved = checked(s).map_err(|what| {
+        FileError::BadImage {
             file: names::FILES.into(),
-            what: at(&format!(
-                "type {ty}, protocol {:#x}, {} memberships, rings {:?} and {:?}",
-                s.protocol,
-                s.mclist.len(),
-                s.rx_ring,
-                s.tx_ring
-            )),
+            what: at(&what),
         }
-        .in_restore(pid));
-    }
-    let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, ty, s.protocol))?;
+        .in_restore(pid)
+    })?;
+    // (a ring to move on gets no frame but crest's until it is bound)
+    let made_for = if moved { 0 } else { s.protocol };
+    let c = kept.new_socket(t, s.id, (libc::AF_PACKET as u32, ty, made_for))?;
     skopts::restore_early(&c, &s.opts).rat(pid, at("options before bind"))?;
     set_packet_opts(&c, s).map_err(|(what, e)| RestoreError::Io {
         pid,
@@ -344,7 +374,11 @@ pub(crate) fn make(
             packet_ring::set(&c, s.version, r, tx).rat(pid, at("set a ring"))?;
         }
     }
-    if s.ifindex != 0 {
+    if let (true, Some(r)) = (moved, &s.rx_ring) {
+        let by = s.crest_rx_advance.unwrap_or(0);
+        move_ring_on(t, kept, &c, s, r).rat(pid, at(&format!("move the RX ring on by {by}")))?;
+    }
+    if s.ifindex != 0 || moved {
         crest_sys::net::bind(&c, &sockaddr_ll(s.protocol as u16, s.ifindex))
             .rat(pid, at("bind"))?;
     }
@@ -367,6 +401,49 @@ pub(crate) fn make(
         setsockopt_int(&c, SOL_PACKET, PACKET_FANOUT, f as i32).rat(pid, at("PACKET_FANOUT"))?;
     }
     skopts::restore_last(&c, &s.opts, s.flags).rat(pid, at("options and flags"))
+}
+
+/// Moves the kernel on in the new RX ring `r` of socket `c` (of `s`) as
+/// far as the image says ([`packet_ring::advance`]): `c` is bound to lo
+/// for crest's ethertype, and a packet socket made in the task (its net
+/// namespace) for crest, closed there at once, sends the frames.
+fn move_ring_on(
+    t: &mut Tracee,
+    kept: &mut Kept,
+    c: &OwnedFd,
+    s: &PacketSockEntry,
+    r: &PacketRing,
+) -> std::io::Result<()> {
+    let sock = t
+        .syscall(
+            crest_inject::nr::SOCKET,
+            &[
+                libc::AF_PACKET as u64,
+                (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
+                0,
+            ],
+        )
+        .map_err(std::io::Error::other)?;
+    let sender = kept.copy(t, sock);
+    let _ = t.syscall(crest_inject::nr::CLOSE, &[sock]);
+    let sender = sender.map_err(std::io::Error::other)?;
+    let lo = crest_sys::net::if_index(&sender, b"lo")?;
+    crest_sys::net::bind(c, &sockaddr_ll(packet_ring::FILL_ETHERTYPE.to_be(), lo)).map_err(
+        |e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("bind to lo (is lo up in the task's namespace?): {e}"),
+            )
+        },
+    )?;
+    let total = (packet_ring::len(r) + s.tx_ring.as_ref().map_or(0, packet_ring::len)) as usize;
+    packet_ring::advance(
+        c,
+        &sender,
+        lo,
+        (s.version, r, total),
+        s.crest_rx_advance.unwrap_or(0),
+    )
 }
 
 #[cfg(test)]

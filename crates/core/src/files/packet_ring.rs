@@ -5,13 +5,16 @@
 //! and filled back like any memory.
 //!
 //! A ring made again starts where a new one does: the kernel's next frame
-//! (TPACKET_V1/V2) or block (TPACKET_V3) is the first, and nothing can
-//! move it. So a ring is carried where the kernel stood there at the dump:
-//! an RX ring it never wrote a frame into (or one whose next frame is the
-//! first again), a TPACKET_V3 RX ring whose open block is the first and
-//! empty (the blocks it opens later are numbered again from 2), a TX ring
-//! never used. Any other is refused, naming where the kernel stood:
-//! made again, it would write frames where the task does not look.
+//! (TPACKET_V1/V2) or block (TPACKET_V3) is the first. Where the kernel
+//! had moved on in the task's RX ring, dump finds how far ([`position`]:
+//! after the frame it wrote last; after the blocks before the one it
+//! opened last, or waits on), and restore moves the new ring on as far by
+//! sending it frames on lo before it is bound ([`advance`]); the task's
+//! memory, filled after, puts every frame back as it was. What cannot be
+//! made again is refused, naming where the kernel stood: a TX ring that
+//! was used (its next frame is not seen), a TPACKET_V3 block its timer
+//! did not close while crest waited. The sequence numbers of the blocks
+//! the kernel opens after a restore go on from the ones crest closed.
 
 use crest_images::pb::PacketRing;
 use std::os::fd::OwnedFd;
@@ -69,8 +72,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// Where the kernel stands in an RX ring of TPACKET_V1/V2 whose frames'
-/// first 32 bytes are `heads` (one after another): the frame after the
-/// last it wrote (by the time it wrote it), 0 for a ring it never wrote.
+/// first 32 bytes are `heads` (one after another): the frame it writes
+/// next, 0 for a ring it never wrote.
+///
+/// It writes the frames in ring order, so their times rise from that
+/// frame round to the one before it: the next frame is where the time
+/// drops, or where a written frame is followed by one never written.
+/// Frames of the same time (a burst within the clock's tick) are no drop.
+/// Where there is no drop (every frame of one time) it is 0; where the
+/// task has rewritten headers and there are several, the frame after the
+/// latest is taken.
 pub fn rx_next_frame(version: u32, heads: &[u8]) -> u32 {
     // (V1: status is a long, then len, snaplen, mac, net, sec, usec;
     // V2: status, len, snaplen, mac, net, sec, nsec)
@@ -79,75 +90,106 @@ pub fn rx_next_frame(version: u32, heads: &[u8]) -> u32 {
     } else {
         (8, 16, 20)
     };
-    let mut last: Option<(u32, u32, u32)> = None;
-    for (i, h) in heads.chunks_exact(32).enumerate() {
-        if u32_at(h, snap) == 0 && u32_at(h, sec) == 0 {
-            continue;
+    let when: Vec<Option<(u32, u32)>> = heads
+        .chunks_exact(32)
+        .map(|h| {
+            (u32_at(h, snap) != 0 || u32_at(h, sec) != 0).then(|| (u32_at(h, sec), u32_at(h, sub)))
+        })
+        .collect();
+    let n = when.len();
+    let drops: Vec<usize> = (0..n)
+        .filter(|&i| {
+            let before = when[(i + n - 1) % n];
+            before.is_some() && (when[i].is_none() || when[i] < before)
+        })
+        .collect();
+    let next = match drops.as_slice() {
+        [] => 0,
+        [one] => *one,
+        _ => {
+            let latest = (0..n)
+                .filter(|&i| when[i].is_some())
+                .max_by_key(|&i| (when[i], i));
+            latest.map_or(0, |l| (l + 1) % n)
         }
-        let when = (u32_at(h, sec), u32_at(h, sub), i as u32);
-        if last.is_none_or(|l| (when.0, when.1) >= (l.0, l.1)) {
-            last = Some(when);
-        }
-    }
-    let n = (heads.len() / 32) as u32;
-    last.map_or(0, |l| (l.2 + 1) % n.max(1))
+    };
+    next as u32
 }
 
-/// The open block of a TPACKET_V3 RX ring whose block headers (48 bytes
-/// each) are `heads`: the one with the highest sequence number, and how
-/// many packets it holds.
-pub fn rx_open_block(heads: &[u8]) -> (u32, u32) {
-    let mut best = (0u64, 0u32, 0u32);
+/// The block of a TPACKET_V3 RX ring whose block headers (48 bytes each)
+/// are `heads` that the kernel opened last (the highest sequence number),
+/// its status and how many packets it holds.
+pub fn rx_last_block(heads: &[u8]) -> (u32, u32, u32) {
+    let mut best = (0u64, 0u32, 0u32, 0u32);
     for (i, h) in heads.chunks_exact(48).enumerate() {
         let seq = u64::from(u32_at(h, 24)) | u64::from(u32_at(h, 28)) << 32;
         if seq > best.0 {
-            best = (seq, i as u32, u32_at(h, 12));
+            best = (seq, i as u32, u32_at(h, 8), u32_at(h, 12));
         }
     }
-    (best.1, best.2)
+    (best.1, best.2, best.3)
 }
 
-/// Why the rings of packet socket `copy` (crest's; `version` its
-/// TPACKET version) cannot be made again where the kernel stood, or None.
-pub fn refusal(
+/// How far the kernel has moved in a TPACKET_V3 RX ring of `n` blocks
+/// whose last opened block is `last` (`closed` or not, and how many
+/// `packets` it holds): the blocks a new ring must close, the kernel then
+/// waiting on the next (or None while that block is open with packets in
+/// it).
+///   - last open and empty: it closed the blocks before it;
+///   - last closed: it waits on the one after (the task holds it, or the
+///     next packet or timer opens it); going round to block 0 is closing
+///     all `n`.
+pub fn v3_advance(n: u32, (last, closed, packets): (u32, bool, u32)) -> Option<u32> {
+    if !closed {
+        return (packets == 0).then_some(last);
+    }
+    let next = (last + 1) % n.max(1);
+    Some(if next == 0 { n } else { next })
+}
+
+/// Whether TPACKET_V3 block `b` (its bytes), holding `packets`, was
+/// closed by the kernel: its status is the task's, or (the task gave it
+/// back) its last packet leads to no next one, which the kernel writes
+/// only when it closes a block.
+pub fn v3_closed(b: &[u8], packets: u32) -> bool {
+    if u32_at(b, 8) & TP_STATUS_USER != 0 {
+        return true;
+    }
+    let mut at = u32_at(b, 16) as usize;
+    for _ in 1..packets {
+        match u32_at(b, at) {
+            0 => return true,
+            next => at = at.saturating_add(next as usize),
+        }
+        if at >= b.len() {
+            return false;
+        }
+    }
+    packets > 0 && u32_at(b, at) == 0
+}
+
+/// Where the kernel stands in the rings of packet socket `copy` (crest's;
+/// `version` its TPACKET version): the frames (TPACKET_V1/V2) or blocks
+/// (TPACKET_V3) it moved on in the RX ring, which the restore moves a
+/// new ring on by; or why it cannot be made again there.
+///
+/// A TPACKET_V3 block open with packets in it is closed by the kernel's
+/// timer even while the task is frozen, so crest waits for that (twice
+/// the timer's period, at most 2 s) rather than make it again half full.
+pub fn position(
     copy: &OwnedFd,
     version: u32,
     (rx, tx): (Option<&PacketRing>, Option<&PacketRing>),
-) -> std::io::Result<Option<String>> {
+) -> std::io::Result<Result<u32, String>> {
     for r in rx.iter().chain(tx.iter()) {
         if !sane(r) {
-            return Ok(Some(format!(
+            return Ok(Err(format!(
                 "a packet ring of {} blocks of {} bytes, {} frames of {}",
                 r.block_nr, r.block_size, r.frame_nr, r.frame_size
             )));
         }
     }
     let total = (rx.map_or(0, len) + tx.map_or(0, len)) as usize;
-    if let Some(r) = rx {
-        if version == TPACKET_V3 {
-            let offs: Vec<usize> = (0..r.block_nr)
-                .map(|b| b as usize * r.block_size as usize)
-                .collect();
-            let heads = crest_sys::misc::read_socket_map(copy, total, &offs, 48)?;
-            let (open, pkts) = rx_open_block(&heads);
-            if open != 0 || pkts != 0 {
-                return Ok(Some(format!(
-                    "a packet socket whose RX ring (TPACKET_V3) has block {open} open with \
-                     {pkts} packets (a ring made again opens block 0, empty)"
-                )));
-            }
-        } else {
-            let offs: Vec<usize> = (0..r.frame_nr).filter_map(|i| frame_at(r, i)).collect();
-            let heads = crest_sys::misc::read_socket_map(copy, total, &offs, 32)?;
-            let next = rx_next_frame(version, &heads);
-            if next != 0 {
-                return Ok(Some(format!(
-                    "a packet socket whose RX ring the kernel writes into at frame {next} next \
-                     (a ring made again starts at frame 0)"
-                )));
-            }
-        }
-    }
     if let Some(r) = tx {
         let base = rx.map_or(0, len) as usize;
         let offs: Vec<usize> = (0..r.frame_nr)
@@ -155,14 +197,136 @@ pub fn refusal(
             .collect();
         let heads = crest_sys::misc::read_socket_map(copy, total, &offs, 32)?;
         if heads.iter().any(|b| *b != 0) {
-            return Ok(Some(
+            return Ok(Err(
                 "a packet socket whose TX ring was used (the kernel's next frame to send \
                  cannot be seen; a ring made again starts at frame 0)"
                     .into(),
             ));
         }
     }
-    Ok(None)
+    let Some(r) = rx else { return Ok(Ok(0)) };
+    if version != TPACKET_V3 {
+        let offs: Vec<usize> = (0..r.frame_nr).filter_map(|i| frame_at(r, i)).collect();
+        let heads = crest_sys::misc::read_socket_map(copy, total, &offs, 32)?;
+        return Ok(Ok(rx_next_frame(version, &heads)));
+    }
+    let offs: Vec<usize> = (0..r.block_nr)
+        .map(|b| b as usize * r.block_size as usize)
+        .collect();
+    let wait = std::time::Duration::from_millis((u64::from(r.retire_tmo) * 2 + 20).min(2000));
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let heads = crest_sys::misc::read_socket_map(copy, total, &offs, 48)?;
+        let (last, status, packets) = rx_last_block(&heads);
+        let closed = status & TP_STATUS_USER != 0
+            || (packets > 0 && {
+                let at = last as usize * r.block_size as usize;
+                let b =
+                    crest_sys::misc::read_socket_map(copy, total, &[at], r.block_size as usize)?;
+                v3_closed(&b, packets)
+            });
+        if let Some(a) = v3_advance(r.block_nr, (last, closed, packets)) {
+            return Ok(Ok(a));
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(Err(format!(
+                "a packet socket whose RX ring (TPACKET_V3) has block {} open with {} packets \
+                 that its timer did not close in {} ms (packets keep arriving)",
+                last,
+                packets,
+                wait.as_millis()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The ethertype of the frames crest sends to a new ring to move the
+/// kernel on (an unassigned one; packet sockets of every protocol in the
+/// namespace see them too).
+pub const FILL_ETHERTYPE: u16 = 0xc2e5;
+const PACKET_STATISTICS: i32 = 6;
+const TP_STATUS_USER: u32 = 1;
+
+/// Moves the kernel on by `advance` frames (TPACKET_V1/V2) or blocks
+/// (TPACKET_V3) in the new RX ring `r` of crest's packet socket `c`,
+/// bound for now to lo for [`FILL_ETHERTYPE`] only, with frames `sender`
+/// (a packet socket of the same namespace) sends on lo (`lo`, its index).
+/// The frames' contents do not matter: the task's memory, filled later,
+/// puts back every frame and status of the ring. The statistics the
+/// frames counted are read away.
+///
+/// TPACKET_V3: the block after the last to close is marked the task's
+/// first, so the kernel stops there (frozen, as one that went round the
+/// ring and found its next block still held); where the task's memory
+/// says it is free, the next packet or the timer opens it.
+pub fn advance(
+    c: &OwnedFd,
+    sender: &OwnedFd,
+    lo: u32,
+    (version, r, total): (u32, &PacketRing, usize),
+    advance: u32,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let map = crest_sys::misc::SharedMap::new(c, 0, total, true)?;
+    let mut to = (libc::AF_PACKET as u16).to_ne_bytes().to_vec();
+    to.extend_from_slice(&FILL_ETHERTYPE.to_be_bytes());
+    to.extend_from_slice(&lo.to_ne_bytes());
+    to.extend_from_slice(&[0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let late = || {
+        Error::new(
+            ErrorKind::TimedOut,
+            "the kernel did not take crest's frames on lo",
+        )
+    };
+    if version != TPACKET_V3 {
+        if advance >= r.frame_nr {
+            return Err(Error::from(ErrorKind::InvalidInput));
+        }
+        let status = |i: u32| frame_at(r, i).and_then(|o| map.u32_at(o)).unwrap_or(0);
+        for _ in 0..advance {
+            crest_sys::net::sendto(sender, b"crest moves a ring", 0, &to)?;
+        }
+        while advance > 0 && status(advance - 1) & TP_STATUS_USER == 0 {
+            if std::time::Instant::now() >= until {
+                return Err(late());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let taken = (0..r.frame_nr).filter(|&i| status(i) != 0).count();
+        if taken != advance as usize {
+            return Err(Error::other(format!(
+                "{taken} frames reached the ring where crest sent {advance}"
+            )));
+        }
+    } else {
+        let n = r.block_nr;
+        if advance > n {
+            return Err(Error::from(ErrorKind::InvalidInput));
+        }
+        let block = |b: u32| b as usize * r.block_size as usize;
+        let status = |b: u32| map.u32_at(block(b) + 8).unwrap_or(0);
+        if advance > 0 && advance < n {
+            map.set_u32(block(advance) + 8, TP_STATUS_USER);
+        }
+        let mut big = vec![0u8; (r.block_size as usize / 2).clamp(64, 32 << 10)];
+        for b in 0..advance {
+            while status(b) & TP_STATUS_USER == 0 {
+                if std::time::Instant::now() >= until {
+                    return Err(late());
+                }
+                match crest_sys::net::sendto(sender, &big, 0, &to) {
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && big.len() > 64 => {
+                        big.truncate(big.len() / 2)
+                    }
+                    r => drop(r?),
+                }
+            }
+        }
+    }
+    crest_sys::net::getsockopt_bytes(c, SOL_PACKET, PACKET_STATISTICS, 12)?;
+    Ok(())
 }
 
 /// Sets ring `r` on crest's packet socket `c` (its version set already):
@@ -213,16 +377,65 @@ mod tests {
         // the whole ring written, the last frame the latest: back at 0
         ring = [v2_head(60, 10, 1), v2_head(60, 10, 2)].concat();
         assert_eq!(rx_next_frame(1, &ring), 0);
+        // a burst within one tick, gone round: frames 0 and 1 as late as 3
+        ring = [
+            v2_head(60, 10, 9),
+            v2_head(60, 10, 9),
+            v2_head(60, 10, 8),
+            v2_head(60, 10, 9),
+        ]
+        .concat();
+        assert_eq!(rx_next_frame(1, &ring), 2);
+        // a burst within one tick, not gone round
+        ring = [v2_head(60, 10, 9), v2_head(60, 10, 9), v2_head(0, 0, 0)].concat();
+        assert_eq!(rx_next_frame(1, &ring), 2);
     }
 
     #[test]
-    fn open_block_has_the_highest_number() {
+    fn last_block_has_the_highest_number() {
         let mut heads = vec![0u8; 48 * 3];
         heads[24] = 1; // block 0: seq 1
-        assert_eq!(rx_open_block(&heads), (0, 0));
+        assert_eq!(rx_last_block(&heads), (0, 0, 0));
         heads[48 + 24] = 2; // block 1: seq 2, 3 packets
         heads[48 + 12] = 3;
-        assert_eq!(rx_open_block(&heads), (1, 3));
+        assert_eq!(rx_last_block(&heads), (1, 0, 3));
+        heads[48 + 8] = 1; // closed
+        assert_eq!(rx_last_block(&heads), (1, 1, 3));
+    }
+
+    #[test]
+    fn v3_advance_closes_the_blocks_before_the_kernel() {
+        // fresh: block 0 open, empty
+        assert_eq!(v3_advance(4, (0, false, 0)), Some(0));
+        // block 2 open, empty: 0 and 1 closed
+        assert_eq!(v3_advance(4, (2, false, 0)), Some(2));
+        // block 2 open with packets: wait for the timer
+        assert_eq!(v3_advance(4, (2, false, 5)), None);
+        // block 2 closed: the kernel waits on 3
+        assert_eq!(v3_advance(4, (2, true, 5)), Some(3));
+        // the last block closed: round to block 0, all 4 closed
+        assert_eq!(v3_advance(4, (3, true, 5)), Some(4));
+    }
+
+    #[test]
+    fn a_closed_block_ends_its_packets() {
+        // header 48 bytes, then packets of 64 and 80 bytes
+        let mut b = vec![0u8; 4096];
+        b[16..20].copy_from_slice(&48u32.to_ne_bytes());
+        b[48..52].copy_from_slice(&64u32.to_ne_bytes());
+        b[112..116].copy_from_slice(&80u32.to_ne_bytes());
+        // open: the last packet leads on
+        assert!(!v3_closed(&b, 2));
+        // closed (and given back): the last leads nowhere
+        b[112..116].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(v3_closed(&b, 2));
+        // the task's: closed
+        b[8] = 1;
+        assert!(v3_closed(&b, 2));
+        // a chain that leaves the block: not closed
+        b[8] = 0;
+        b[48..52].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(!v3_closed(&b, 2));
     }
 
     #[test]
