@@ -233,7 +233,7 @@ pub(crate) fn clone_attempt(
     })?;
     let pid = if thread { ppid } else { got };
     let mut t = Tracee::from_new_task(pid, got).rat(got, "attach to the new task")?;
-    t.set_syscall_ip(parent.syscall_ip());
+    t.inject_like(parent);
     if has_ids(got, want) {
         return Ok(Some(t));
     }
@@ -282,7 +282,7 @@ pub fn clone_with_tid(parent: &mut Tracee, set_tid: &[i32]) -> Result<Tracee, Re
         .in_restore(ppid)
     })?;
     let mut t = Tracee::from_new_task(got, got).rat(got, "attach to a helper")?;
-    t.set_syscall_ip(parent.syscall_ip());
+    t.inject_like(parent);
     Ok(t)
 }
 

@@ -142,12 +142,26 @@ impl Tracee {
                 regs.rbp = p.sentinel;
             }
         }
+        // A restored thread (never armed, parked or seized) at its gadget
+        // stops on the trap after the call: one stop, against two for the
+        // entry and exit stops of PTRACE_SYSCALL.
+        let trap = self.trap_ok
+            && self.trap_at != 0
+            && self.syscall_ip == self.trap_at
+            && self.armed.is_none()
+            && self.parked.is_none()
+            && self.attach != Attach::Seized
+            && !may_touch(nr, args, self.trap_at & !0xfff);
         ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
         // (after the registers: a thread whose tracer dies between the two
         // runs the call and its recovery with its own mask)
-        if !self.blocked {
-            ptrace::set_sigmask(tid, !0u64).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+        if !self.blocked || self.trap_unblocked != trap {
+            // (the trap's SIGTRAP unblocked: a forced signal that is
+            // blocked resets its action to the default)
+            let mask = if trap { !SIGTRAP_BIT } else { !0u64 };
+            ptrace::set_sigmask(tid, mask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
             self.blocked = true;
+            self.trap_unblocked = trap;
         }
         // A seized thread not armed has no way back of its own but the
         // vdso loop it is parked on, if it is.
@@ -175,6 +189,9 @@ impl Tracee {
                 self.forget_held(|h| matches!(h, Held::Map { addr, .. } if addr == a(0)))?
             }
             _ => {}
+        }
+        if trap {
+            return self.trap_call(nr);
         }
         ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
         // the entry stop comes first, then the exit
@@ -263,6 +280,64 @@ impl Tracee {
         Ok(ret)
     }
 
+    /// The rest of [`Tracee::syscall_raw`] for a call at the gadget: the
+    /// thread runs on (`PTRACE_CONT`) through the call to the int3 after
+    /// it, whose SIGTRAP stop is suppressed when the thread is next
+    /// resumed.
+    fn trap_call(&mut self, nr: u64) -> Result<i64> {
+        let tid = self.tid;
+        ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+        loop {
+            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => break,
+                WaitStatus::Stopped { sig, event }
+                    if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
+                {
+                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+                }
+                WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event:
+                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
+                } => {
+                    let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
+                    self.new_task = Some(msg as i32);
+                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
+                }
+                WaitStatus::Stopped { sig, event } => {
+                    return Err(InjectError::UnexpectedStop {
+                        tid,
+                        op: syscalls::name(nr),
+                        sig,
+                        event,
+                    })
+                }
+                other => {
+                    return Err(InjectError::Died {
+                        tid,
+                        op: syscalls::name(nr),
+                        status: other,
+                    })
+                }
+            }
+        }
+        let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
+        if after.rip != self.trap_at + 3 {
+            // (a SIGTRAP of another source: none may be pending here)
+            return Err(InjectError::UnexpectedStop {
+                tid,
+                op: syscalls::name(nr),
+                sig: libc::SIGTRAP,
+                event: 0,
+            });
+        }
+        fault::point("injected call: at its exit")?;
+        Ok(after.rax as i64)
+    }
+
     /// Runs a syscall as the task and turns a negative result into an error
     /// naming the call.
     pub fn syscall(&mut self, nr: u64, args: &[u64]) -> Result<u64> {
@@ -277,6 +352,28 @@ impl Tracee {
         Ok(ret as u64)
     }
 }
+
+/// Whether call `nr` with `args` may unmap, move, protect or overwrite
+/// the page at `page` (a gadget's): such a call stops at its exit, before
+/// the thread would run on into the page.
+fn may_touch(nr: u64, args: &[u64], page: u64) -> bool {
+    let a = |i: usize| args.get(i).copied().unwrap_or(0);
+    let hits = |at: u64, len: u64| at < page + 4096 && page < at.saturating_add(len);
+    match nr as i64 {
+        libc::SYS_munmap | libc::SYS_mprotect | libc::SYS_madvise | libc::SYS_pkey_mprotect => {
+            hits(a(0), a(1))
+        }
+        libc::SYS_mremap => hits(a(0), a(1)) || hits(a(4), a(2)),
+        libc::SYS_mmap => {
+            a(3) & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE) as u64 != 0 && hits(a(0), a(1))
+        }
+        libc::SYS_shmat | libc::SYS_shmdt | libc::SYS_process_madvise | libc::SYS_brk => true,
+        _ => false,
+    }
+}
+
+/// SIGTRAP's bit in a signal mask.
+const SIGTRAP_BIT: u64 = 1 << (libc::SIGTRAP - 1);
 
 /// Pins the calling thread (crest's) to a CPU thread `tid` of `pid` may run
 /// on, when that thread may not run on every CPU crest may: the one crest
@@ -326,5 +423,37 @@ fn follow_cpu_of(pid: i32, tid: i32) {
     mask[cpu / 8] |= 1 << (cpu % 8);
     if crest_sys::misc::set_affinity(0, &mask).is_ok() {
         MOVED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_touch;
+
+    #[test]
+    fn calls_on_the_gadget_page_stop_at_their_exit() {
+        let page = 0x7000_0000;
+        let n = |s: i64| s as u64;
+        // the work area's last munmap covers the gadget's page
+        assert!(may_touch(n(libc::SYS_munmap), &[page, 0x40000], page));
+        assert!(may_touch(n(libc::SYS_mprotect), &[page - 4096, 8192], page));
+        // mappings elsewhere, and mmap without a fixed address
+        assert!(!may_touch(n(libc::SYS_munmap), &[page + 4096, 4096], page));
+        assert!(!may_touch(n(libc::SYS_munmap), &[page - 4096, 4096], page));
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        assert!(!may_touch(n(libc::SYS_mmap), &[page, 4096, 3, anon], page));
+        let fixed = anon | libc::MAP_FIXED as u64;
+        assert!(may_touch(n(libc::SYS_mmap), &[page, 4096, 3, fixed], page));
+        // mremap onto it; calls that touch no mapping
+        assert!(may_touch(
+            n(libc::SYS_mremap),
+            &[0x1000, 4096, 4096, 3, page],
+            page
+        ));
+        assert!(!may_touch(
+            n(libc::SYS_rt_sigaction),
+            &[page, page, 0, 8],
+            page
+        ));
     }
 }

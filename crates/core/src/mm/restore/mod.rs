@@ -90,7 +90,7 @@ pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreEr
     // syscall; int3
     t.write_mem(got, &[0x0f, 0x05, 0xcc])
         .rat(pid, "write the syscall gadget")?;
-    t.set_syscall_ip(got);
+    t.set_trap_gadget(got);
     t.adopt_scratch(got + PAGE, (WORK_AREA - PAGE) as usize);
     Ok(WorkArea {
         addr: got,
@@ -107,18 +107,25 @@ pub fn unmap_inherited(
     keep: &[(u64, u64)],
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
-    let work_range = (work.addr, work.addr + work.len);
-    for (start, end) in current_ranges(pid)? {
-        if overlaps((start, end), work_range) {
-            continue;
-        }
-        if start >= 0xffff_ffff_ff60_0000 {
-            continue; // vsyscall cannot be unmapped
-        }
-        for (s, e) in minus((start, end), keep) {
-            t.syscall(nr::MUNMAP, &[s, e - s])
-                .rat(pid, format!("munmap inherited {s:#x}-{e:#x}"))?;
-        }
+    // One munmap for each stretch between the ranges kept, over every
+    // mapping and hole in it (an injected call each, against one per
+    // mapping before: a fork of crest has about 40), from the first
+    // mapping to the end of the last; vsyscall cannot be unmapped.
+    let ranges: Vec<(u64, u64)> = current_ranges(pid)?
+        .into_iter()
+        .filter(|r| r.0 < 0xffff_ffff_ff60_0000)
+        .collect();
+    let (Some(low), Some(high)) = (
+        ranges.iter().map(|r| r.0).min(),
+        ranges.iter().map(|r| r.1).max(),
+    ) else {
+        return Ok(());
+    };
+    let mut kept = keep.to_vec();
+    kept.push((work.addr, work.addr + work.len));
+    for (s, e) in minus((low, high), &kept) {
+        t.syscall(nr::MUNMAP, &[s, e - s])
+            .rat(pid, format!("munmap inherited {s:#x}-{e:#x}"))?;
     }
     Ok(())
 }
