@@ -124,6 +124,9 @@ __attribute__((target("avx"), noinline)) static void run(void)
 		wl_fail("MXCSR is %#x, expected %#x", mxcsr_out, MXCSR_RZ);
 	if (cw_out != FPUCW_RZ)
 		wl_fail("x87 control word is %#x, expected %#x", cw_out, FPUCW_RZ);
+	struct sigaction trap;
+	if (sigaction(SIGTRAP, NULL, &trap) < 0 || trap.sa_handler != SIG_IGN)
+		wl_fail("SIGTRAP is no longer ignored (%p)", (void *)trap.sa_handler);
 	wl_pass();
 }
 
@@ -139,6 +142,9 @@ int main(int argc, char **argv)
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGTERM, &sa, NULL) < 0)
 		wl_fail("sigaction(SIGTERM): %s", strerror(errno));
+	/* SIGTRAP ignored: still ignored after the restore (an int3's forced
+	 * SIGTRAP would set it back to the default) */
+	signal(SIGTRAP, SIG_IGN);
 	run();
 	return 0;
 }
