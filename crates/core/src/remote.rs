@@ -103,6 +103,66 @@ pub trait Remote {
     fn read_file(&mut self, path: &str) -> Result<String>;
 }
 
+/// Injected calls gathered to run in one batch ([`Tracee::batch`]), each
+/// named for its error: calls that need no answer but success, of plain
+/// values.
+#[derive(Default)]
+pub struct Calls {
+    calls: Vec<(u64, [crest_inject::Arg; 6])>,
+    what: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl Calls {
+    /// Adds `bytes` to the data the calls point into; returns the
+    /// argument that is their address in the task.
+    pub fn data(&mut self, bytes: &[u8]) -> crest_inject::Arg {
+        let at = self.data.len().div_ceil(8) * 8;
+        self.data.resize(at, 0);
+        self.data.extend_from_slice(bytes);
+        crest_inject::Arg::Data(at)
+    }
+
+    /// Adds call `nr` with `args`, values or data ([`Calls::data`]).
+    pub fn push_args(&mut self, nr: u64, args: [crest_inject::Arg; 6], what: String) {
+        self.calls.push((nr, args));
+        self.what.push(what);
+    }
+
+    /// Adds call `nr` with `args` (at most 6), named `what`.
+    pub fn push(&mut self, nr: u64, args: &[u64], what: String) {
+        let a = |i: usize| crest_inject::Arg::Val(args.get(i).copied().unwrap_or(0));
+        self.calls.push((nr, [a(0), a(1), a(2), a(3), a(4), a(5)]));
+        self.what.push(what);
+    }
+
+    /// Runs the calls gathered (in batches of at most
+    /// [`crest_inject::MAX_BATCH`]) and forgets them; the first that fails
+    /// is the error.
+    pub fn run(&mut self, t: &mut Tracee) -> Result<()> {
+        let pid = t.pid();
+        let calls = std::mem::take(&mut self.calls);
+        let what = std::mem::take(&mut self.what);
+        let data = std::mem::take(&mut self.data);
+        for (part, names) in calls
+            .chunks(crest_inject::MAX_BATCH)
+            .zip(what.chunks(crest_inject::MAX_BATCH))
+        {
+            let done = t
+                .batch(&data, part)
+                .map_err(inject_err(pid, names[0].clone()))?;
+            if let Some(&r) = done.last().filter(|r| (-4095..0).contains(*r)) {
+                return Err(RemoteError::Io {
+                    pid,
+                    step: names[done.len() - 1].clone(),
+                    source: io::Error::from_raw_os_error(-r as i32),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 fn inject_err(pid: i32, step: impl Into<String>) -> impl FnOnce(InjectError) -> RemoteError {
     let step = step.into();
     move |source| RemoteError::Inject { pid, step, source }

@@ -145,24 +145,11 @@ impl Tracee {
         // A restored thread (never armed, parked or seized) at its gadget
         // stops on the trap after the call: one stop, against two for the
         // entry and exit stops of PTRACE_SYSCALL.
-        let trap = self.trap_ok
-            && self.trap_at != 0
-            && self.syscall_ip == self.trap_at
-            && self.armed.is_none()
-            && self.parked.is_none()
-            && self.attach != Attach::Seized
-            && !may_touch(nr, args, self.trap_at & !0xfff);
+        let trap = self.traps_now() && !may_touch(nr, args, self.trap_at & !0xfff);
         ptrace::set_regs(tid, &regs).map_err(pt(tid, "PTRACE_SETREGSET"))?;
         // (after the registers: a thread whose tracer dies between the two
         // runs the call and its recovery with its own mask)
-        if !self.blocked || self.trap_unblocked != trap {
-            // (the trap's SIGTRAP unblocked: a forced signal that is
-            // blocked resets its action to the default)
-            let mask = if trap { !SIGTRAP_BIT } else { !0u64 };
-            ptrace::set_sigmask(tid, mask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
-            self.blocked = true;
-            self.trap_unblocked = trap;
-        }
+        self.mask_for(trap)?;
         // A seized thread not armed has no way back of its own but the
         // vdso loop it is parked on, if it is.
         let bare = self.armed.is_none() && self.attach == Attach::Seized;
@@ -285,6 +272,16 @@ impl Tracee {
     /// it, whose SIGTRAP stop is suppressed when the thread is next
     /// resumed.
     fn trap_call(&mut self, nr: u64) -> Result<i64> {
+        let after = self.run_to_trap(syscalls::name(nr), self.trap_at + 3)?;
+        fault::point("injected call: at its exit")?;
+        Ok(after.rax as i64)
+    }
+
+    /// Lets the thread run (`PTRACE_CONT`, its registers set) until it
+    /// stops on an int3 that leaves it at `rip`; returns its registers
+    /// there. Clone events on the way are noted, group stops passed over;
+    /// any other stop is an error.
+    pub(crate) fn run_to_trap(&mut self, op: &'static str, rip: u64) -> Result<UserRegs> {
         let tid = self.tid;
         ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
         loop {
@@ -310,7 +307,7 @@ impl Tracee {
                 WaitStatus::Stopped { sig, event } => {
                     return Err(InjectError::UnexpectedStop {
                         tid,
-                        op: syscalls::name(nr),
+                        op,
                         sig,
                         event,
                     })
@@ -318,24 +315,48 @@ impl Tracee {
                 other => {
                     return Err(InjectError::Died {
                         tid,
-                        op: syscalls::name(nr),
+                        op,
                         status: other,
                     })
                 }
             }
         }
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
-        if after.rip != self.trap_at + 3 {
+        if after.rip != rip {
             // (a SIGTRAP of another source: none may be pending here)
             return Err(InjectError::UnexpectedStop {
                 tid,
-                op: syscalls::name(nr),
+                op,
                 sig: libc::SIGTRAP,
                 event: 0,
             });
         }
-        fault::point("injected call: at its exit")?;
-        Ok(after.rax as i64)
+        Ok(after)
+    }
+
+    /// Sets the thread's mask for injected calls: every signal blocked,
+    /// but SIGTRAP where calls end on a trap (a forced signal that is
+    /// blocked resets its action to the default).
+    pub(crate) fn mask_for(&mut self, trap: bool) -> Result<()> {
+        if !self.blocked || self.trap_unblocked != trap {
+            let tid = self.tid;
+            let mask = if trap { !SIGTRAP_BIT } else { !0u64 };
+            ptrace::set_sigmask(tid, mask).map_err(pt(tid, "PTRACE_SETSIGMASK"))?;
+            self.blocked = true;
+            self.trap_unblocked = trap;
+        }
+        Ok(())
+    }
+
+    /// Whether calls may end on the gadget's trap now (see
+    /// [`Tracee::syscall_raw`]).
+    pub(crate) fn traps_now(&self) -> bool {
+        self.trap_ok
+            && self.trap_at != 0
+            && self.syscall_ip == self.trap_at
+            && self.armed.is_none()
+            && self.parked.is_none()
+            && self.attach != Attach::Seized
     }
 
     /// Runs a syscall as the task and turns a negative result into an error
@@ -356,7 +377,7 @@ impl Tracee {
 /// Whether call `nr` with `args` may unmap, move, protect or overwrite
 /// the page at `page` (a gadget's): such a call stops at its exit, before
 /// the thread would run on into the page.
-fn may_touch(nr: u64, args: &[u64], page: u64) -> bool {
+pub(crate) fn may_touch(nr: u64, args: &[u64], page: u64) -> bool {
     let a = |i: usize| args.get(i).copied().unwrap_or(0);
     let hits = |at: u64, len: u64| at < page + 4096 && page < at.saturating_add(len);
     match nr as i64 {

@@ -11,6 +11,7 @@ use crest_sys::ptrace::{self, UserRegs, WaitStatus};
 use std::io;
 
 mod arm;
+mod batch;
 mod call;
 pub mod leftover;
 mod memory;
@@ -19,6 +20,7 @@ pub mod recovery;
 mod release;
 mod syscalls;
 pub use arm::Announce;
+pub use batch::{Arg, MAX_BATCH};
 pub use syscalls::nr;
 
 use recovery::{Held, Layout, Undo};
@@ -400,10 +402,13 @@ impl Tracee {
     /// Injects through `syscall; int3` at `ip`, the start of a page of
     /// the task's that nothing else uses (the trap ends each call, see
     /// [`Tracee::syscall_raw`]); [`Tracee::put_back`] unmaps the page.
-    pub fn set_trap_gadget(&mut self, ip: u64) {
+    /// The page's bytes after the gadget get the loop of batched calls
+    /// ([`Tracee::batch`]).
+    pub fn set_trap_gadget(&mut self, ip: u64) -> Result<()> {
         self.syscall_ip = ip;
         self.trap_at = ip;
         self.owns_gadget = true;
+        self.write_loop()
     }
 
     /// No more calls end on a trap: the thread's SIGTRAP action ignores it

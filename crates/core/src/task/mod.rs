@@ -227,16 +227,26 @@ pub struct ThreadMisc<'a> {
 }
 
 pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreError> {
-    let pid = t.pid();
+    use crest_inject::Arg::Val;
     let mut name = m.comm.as_bytes().to_vec();
     name.truncate(15);
     name.push(0);
-    let addr = t.put(&name).rat(pid, "write comm")?;
-    t.prctl(&[PR_SET_NAME, addr], "prctl(PR_SET_NAME)")?;
-    t.syscall(nr::PERSONALITY, &[u64::from(m.personality)])
-        .rat(pid, "personality")?;
+    // (in one batch)
+    let mut calls = crate::remote::Calls::default();
+    let comm = calls.data(&name);
+    let none = [Val(0); 4];
+    calls.push_args(
+        nr::PRCTL,
+        [Val(PR_SET_NAME), comm, none[0], none[1], none[2], none[3]],
+        "prctl(PR_SET_NAME)".into(),
+    );
+    calls.push(
+        nr::PERSONALITY,
+        &[u64::from(m.personality)],
+        "personality".into(),
+    );
     if let Some(r) = m.rseq {
-        t.syscall(
+        calls.push(
             nr::RSEQ,
             &[
                 r.rseq_abi_pointer,
@@ -244,16 +254,22 @@ pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreErr
                 0,
                 u64::from(r.signature),
             ],
-        )
-        .rat(pid, "rseq register")?;
+            "rseq register".into(),
+        );
     }
     if m.robust_list.0 != 0 {
-        t.syscall(nr::SET_ROBUST_LIST, &[m.robust_list.0, m.robust_list.1])
-            .rat(pid, "set_robust_list")?;
+        calls.push(
+            nr::SET_ROBUST_LIST,
+            &[m.robust_list.0, m.robust_list.1],
+            "set_robust_list".into(),
+        );
     }
-    t.syscall(nr::SET_TID_ADDRESS, &[m.clear_tid])
-        .rat(pid, "set_tid_address")?;
-    Ok(())
+    calls.push(
+        nr::SET_TID_ADDRESS,
+        &[m.clear_tid],
+        "set_tid_address".into(),
+    );
+    Ok(calls.run(t)?)
 }
 
 /// Sets the audit login uid (the kernel lets a task write only its own,

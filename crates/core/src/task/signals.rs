@@ -69,24 +69,44 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
         source,
     })?;
     let non_default = status.sig_ign | status.sig_cgt;
+    // (all in one batch: their ksigactions one after another)
+    let mut raw = Vec::new();
+    let mut calls = Vec::new();
     for (sig, sa) in sigs.iter().zip(actions) {
         let pristine = sa.sigaction == 0 && sa.flags == 0 && sa.restorer == 0 && sa.mask == 0;
         if pristine && non_default & (1u64 << (sig - 1)) == 0 {
             continue;
         }
         if *sig == libc::SIGTRAP as u64 && sa.sigaction == libc::SIG_IGN as u64 {
-            // (an int3's forced SIGTRAP would reset it to the default)
+            // (an int3's forced SIGTRAP would reset it to the default:
+            // not even the batch's)
             t.forbid_traps();
         }
-        let mut raw = Vec::with_capacity(KSIGACTION_SIZE);
+        let at = raw.len();
         for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
             raw.extend_from_slice(&w.to_le_bytes());
         }
-        let addr = t.put(&raw).rat(pid, "write sigaction")?;
-        t.syscall(nr::RT_SIGACTION, &[*sig, addr, 0, 8])
-            .rat(pid, format!("rt_sigaction({sig})"))?;
+        use crest_inject::Arg::{Data, Val};
+        calls.push((
+            nr::RT_SIGACTION,
+            [Val(*sig), Data(at), Val(0), Val(8), Val(0), Val(0)],
+        ));
     }
-    Ok(())
+    let done = t.batch(&raw, &calls).rat(pid, "rt_sigaction")?;
+    match done.last() {
+        Some(&r) if (-4095..0).contains(&r) => {
+            let sig = match calls[done.len() - 1].1[0] {
+                crest_inject::Arg::Val(v) => v,
+                crest_inject::Arg::Data(_) => 0,
+            };
+            Err(RestoreError::Io {
+                pid,
+                step: format!("rt_sigaction({sig})"),
+                source: std::io::Error::from_raw_os_error(-r as i32),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The alternate signal stack of the thread.

@@ -90,7 +90,8 @@ pub fn map_work_area(t: &mut Tracee, mm: &MmEntry) -> Result<WorkArea, RestoreEr
     // syscall; int3
     t.write_mem(got, &[0x0f, 0x05, 0xcc])
         .rat(pid, "write the syscall gadget")?;
-    t.set_trap_gadget(got);
+    t.set_trap_gadget(got)
+        .rat(pid, "write the loop of batched calls")?;
     t.adopt_scratch(got + PAGE, (WORK_AREA - PAGE) as usize);
     Ok(WorkArea {
         addr: got,
@@ -196,6 +197,9 @@ fn map_each(
     open: &mut std::collections::HashMap<(String, i32), u64>,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
+    // (plain mappings and their huge page advice gathered into batches,
+    // run before a mapping of another kind and at the end)
+    let mut calls = crate::remote::Calls::default();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
         if placed.contains(&(v.start, v.end)) {
             continue;
@@ -211,6 +215,13 @@ fn map_each(
         };
         // (locked later, by protect, once the pages are in)
         let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
+        let plain = v.crest_map_fd.is_none()
+            && (v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
+                || (v.status & status::SYSVIPC == 0
+                    && (v.status & status::ANON_SHARED == 0 || v.shmid == 0)));
+        if !plain {
+            calls.run(t)?;
+        }
         if let Some(fd) = v.crest_map_fd {
             if crate::files::uring::is_late(files, pid, fd) {
                 // (an io_uring made once the task has its credentials:
@@ -235,18 +246,25 @@ fn map_each(
         if file_backed {
             flags &= !(libc::MAP_ANONYMOUS as u64);
             let (fd, path) = file_for(t, v, files, open)?;
-            t.syscall(nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff])
-                .rat(pid, format!("mmap {:#x}-{:#x} of {path}", v.start, v.end))?;
+            calls.push(
+                nr::MMAP,
+                &[v.start, len, prot, flags, fd, v.pgoff],
+                format!("mmap {:#x}-{:#x} of {path}", v.start, v.end),
+            );
         } else if v.status & status::SYSVIPC != 0 {
             attach_sysv(t, v)?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
             map_shared_anon(t, v, (prot, flags), shared)?;
         } else {
-            t.syscall(nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])
-                .rat(pid, format!("mmap {:#x}-{:#x}", v.start, v.end))?;
+            calls.push(
+                nr::MMAP,
+                &[v.start, len, prot, flags, u64::MAX, 0],
+                format!("mmap {:#x}-{:#x}", v.start, v.end),
+            );
         }
-        huge_advice(t, v)?;
+        huge_advice(&mut calls, v);
     }
+    calls.run(t)?;
     Ok(())
 }
 
@@ -254,18 +272,17 @@ fn map_each(
 /// `MADV_NOHUGEPAGE`) as soon as it is mapped, so the pages filled into
 /// it come as huge pages where the task had asked for them (the rest of
 /// its advice waits for `protect`).
-fn huge_advice(t: &mut Tracee, v: &VmaEntry) -> Result<(), RestoreError> {
+fn huge_advice(calls: &mut crate::remote::Calls, v: &VmaEntry) {
     let madv = v.madv.unwrap_or(0);
     for adv in [libc::MADV_HUGEPAGE, libc::MADV_NOHUGEPAGE] {
         if madv & (1 << adv) != 0 {
-            t.syscall(nr::MADVISE, &[v.start, v.end - v.start, adv as u64])
-                .rat(
-                    t.pid(),
-                    format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end),
-                )?;
+            calls.push(
+                nr::MADVISE,
+                &[v.start, v.end - v.start, adv as u64],
+                format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end),
+            );
         }
     }
-    Ok(())
 }
 
 /// The top of the address space `mmap` places mappings below (47 bits).
