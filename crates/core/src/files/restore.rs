@@ -47,16 +47,23 @@ pub fn restore_fds(
     let local = std::mem::take(&mut files.local.1);
     res?;
     // Every fd to its number, then the epoll watches, which name fds by
-    // number.
+    // number (the moves and the closes of the parked fds in one batch).
+    let mut calls = crate::remote::Calls::default();
     for fi in fds {
-        place_fd(t, local[&fi.id], fi)?;
+        let (from, flags) = place_args(local[&fi.id], fi);
+        calls.push(
+            nr::DUP3,
+            &[from, u64::from(fi.fd), flags],
+            format!("move fd to {}", fi.fd),
+        );
     }
     let mut parks: Vec<u64> = local.values().copied().collect();
     parks.sort_unstable();
     parks.dedup();
     for park in parks {
-        t.close(park)?;
+        calls.push(nr::CLOSE, &[park], format!("close fd {park}"));
     }
+    calls.run(t)?;
     for fi in fds {
         files.holders.entry(fi.id).or_insert((pid, fi.fd));
     }
@@ -67,11 +74,7 @@ pub fn restore_fds(
 /// Puts fd `from` of the task at the number `fi` gives, close-on-exec as
 /// `fi` says (`from` stays open).
 pub fn place_fd(t: &mut Tracee, from: u64, fi: &FdinfoEntry) -> Result<(), RestoreError> {
-    let flags = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
-        libc::O_CLOEXEC as u64
-    } else {
-        0
-    };
+    let (from, flags) = place_args(from, fi);
     t.dup3(
         from,
         u64::from(fi.fd),
@@ -79,6 +82,16 @@ pub fn place_fd(t: &mut Tracee, from: u64, fi: &FdinfoEntry) -> Result<(), Resto
         &format!("move fd to {}", fi.fd),
     )?;
     Ok(())
+}
+
+/// `dup3`'s fd and flags that put fd `from` at the number `fi` gives.
+fn place_args(from: u64, fi: &FdinfoEntry) -> (u64, u64) {
+    let flags = if fi.flags & libc::FD_CLOEXEC as u32 != 0 {
+        libc::O_CLOEXEC as u64
+    } else {
+        0
+    };
+    (from, flags)
 }
 
 /// Closes every inherited fd.

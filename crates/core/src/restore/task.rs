@@ -190,8 +190,6 @@ fn settle_memory(
     // area's gadget (its last call, which unmaps it when the leader is let
     // go, stops at its exit).
     mm::restore::place_vdso(t, mm)?;
-    t.set_trap_gadget(work.addr)
-        .rat(t.pid(), "write the loop of batched calls")?;
     // memory-deny-write-execute last among memory settings: it forbids
     // what the restore did to the mappings
     if let Some(flags) = mm.crest_mdwe {

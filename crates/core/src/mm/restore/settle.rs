@@ -123,8 +123,9 @@ pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result
     Ok(())
 }
 
-/// Maps vvar and vdso where the dumped task had them and switches
-/// injection to the vdso's `syscall` instruction.
+/// Maps vvar and vdso where the dumped task had them (injection goes on
+/// through the work area's gadget, which the task's own `syscall`
+/// instructions, or their absence, do not matter to).
 pub fn place_vdso(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
     let pid = t.pid();
     let special: Vec<&VmaEntry> = mm
@@ -133,7 +134,7 @@ pub fn place_vdso(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
         .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
         .collect();
     let Some(start) = special.iter().map(|v| v.start).min() else {
-        return use_dumped_syscall(t, mm);
+        return Ok(());
     };
     t.syscall(nr::ARCH_PRCTL, &[ARCH_MAP_VDSO_64, start])
         .rat(pid, format!("arch_prctl(ARCH_MAP_VDSO_64, {start:#x})"))?;
@@ -153,26 +154,7 @@ pub fn place_vdso(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
             .in_restore(pid));
         }
     }
-    t.use_vdso_syscall().rat(pid, "find syscall in the vdso")?;
     Ok(())
-}
-
-/// Without a vdso, injection goes through a `syscall` instruction in any
-/// dumped executable mapping.
-pub(super) fn use_dumped_syscall(t: &mut Tracee, mm: &MmEntry) -> Result<(), RestoreError> {
-    let pid = t.pid();
-    for v in &mm.vmas {
-        if v.prot & libc::PROT_EXEC as u32 != 0 && v.prot & libc::PROT_READ as u32 != 0 {
-            if let Ok(ip) = t.find_syscall_insn(v.start, v.end) {
-                t.set_syscall_ip(ip);
-                return Ok(());
-            }
-        }
-    }
-    Err(MmError::Unsupported {
-        what: "an address space without a vdso or any syscall instruction".into(),
-    }
-    .in_restore(pid))
 }
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP)` with the dumped mm fields, auxv and
