@@ -606,6 +606,39 @@ pub fn set_affinity(tid: i32, mask: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// crest's mask before [`pin_to_current_cpu`], and the one-CPU mask it
+/// pinned the calling thread to.
+static PINNED: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>> = std::sync::Mutex::new(None);
+
+/// Pins the calling thread to the CPU it runs on, keeping its mask for
+/// [`unpin`] and [`pinned`]; false where nothing was pinned.
+pub fn pin_to_current_cpu() -> bool {
+    let (Ok(before), Some(cpu)) = (get_affinity(0), current_cpu()) else {
+        return false;
+    };
+    let mut one = vec![0u8; cpu / 8 + 1];
+    one[cpu / 8] |= 1 << (cpu % 8);
+    if set_affinity(0, &one).is_err() {
+        return false;
+    }
+    if let Ok(mut p) = PINNED.lock() {
+        *p = Some((before, one));
+    }
+    true
+}
+
+/// Gives the calling thread back the mask it had before it was pinned.
+pub fn unpin() {
+    if let Some((before, _)) = PINNED.lock().ok().and_then(|mut p| p.take()) {
+        let _ = set_affinity(0, &before);
+    }
+}
+
+/// (the mask before the pin, the pin's one-CPU mask), while pinned.
+pub fn pinned() -> Option<(Vec<u8>, Vec<u8>)> {
+    PINNED.lock().ok().and_then(|p| p.clone())
+}
+
 /// The CPU the calling thread runs on (`sched_getcpu`).
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: no arguments; returns a CPU number or -1.

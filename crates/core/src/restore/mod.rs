@@ -189,29 +189,25 @@ fn restore_tree(
 /// injected call wakes the task and crest on one CPU (about 11 µs a round
 /// trip, against 55-90 across CPUs: a tree restores in about two thirds
 /// of the time); each thread is given back crest's mask when crest is done
-/// with it ([`task::TreeCtx::inherited_mask`]). Where crest's mask cannot
-/// be read or set, nothing is pinned.
+/// with it ([`task::TreeCtx::inherited_mask`]), and a large memory fill
+/// runs on every CPU (`mm::restore::pages`). Where crest's mask cannot be
+/// read or set, nothing is pinned.
 struct Pin {
     before: Option<Vec<u8>>,
 }
 
 impl Pin {
     fn here() -> Pin {
-        let before = crest_sys::misc::get_affinity(0).ok().filter(|_| {
-            crest_sys::misc::current_cpu().is_some_and(|cpu| {
-                let mut one = vec![0u8; cpu / 8 + 1];
-                one[cpu / 8] |= 1 << (cpu % 8);
-                crest_sys::misc::set_affinity(0, &one).is_ok()
-            })
-        });
+        let before = crest_sys::misc::pin_to_current_cpu()
+            .then(crest_sys::misc::pinned)
+            .flatten()
+            .map(|p| p.0);
         Pin { before }
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        if let Some(mask) = &self.before {
-            let _ = crest_sys::misc::set_affinity(0, mask);
-        }
+        crest_sys::misc::unpin();
     }
 }

@@ -72,8 +72,19 @@ pub fn fill_pages(
         }
         .in_restore(pid));
     }
-    std::thread::scope(|s| {
-        let helper = s.spawn(|| write_runs(pid, &file, &theirs, pages_path));
+    // (crest and the task pinned to one CPU for the restore: both halves
+    // of a large fill run free, the task pinned again after)
+    let spread = crest_sys::misc::pinned().filter(|_| !theirs.is_empty());
+    if let Some((free, _)) = &spread {
+        let _ = crest_sys::misc::set_affinity(t.tid(), free);
+    }
+    let filled = std::thread::scope(|s| {
+        let helper = s.spawn(|| {
+            if let Some((free, _)) = &spread {
+                let _ = crest_sys::misc::set_affinity(0, free);
+            }
+            write_runs(pid, &file, &theirs, pages_path)
+        });
         let res = read_in_task(t, &mine, pages_path);
         let helped = helper.join().unwrap_or_else(|_| {
             Err(MmError::Unsupported {
@@ -82,7 +93,11 @@ pub fn fill_pages(
             .in_restore(pid))
         });
         res.and(helped)
-    })
+    });
+    if let Some((_, one)) = &spread {
+        let _ = crest_sys::misc::set_affinity(t.tid(), one);
+    }
+    filled
 }
 
 /// Splits runs at byte `at` of their concatenation.
