@@ -4,7 +4,9 @@
  * known values, a non-default x87 control word and MXCSR rounding mode, then
  * spins in asm reading a volatile flag that SIGTERM's handler sets. The
  * kernel saves and restores every register around the handler through the
- * signal frame, so the values must be intact afterwards. */
+ * signal frame, so the values must be intact afterwards. SIGTRAP is
+ * ignored and must still be after the restore (an int3's forced SIGTRAP
+ * would set it back to the default). */
 #include "wl.h"
 
 #define NYMM 16

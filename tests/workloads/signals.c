@@ -3,7 +3,7 @@
  *
  * SIGUSR1: SA_SIGINFO|SA_RESTART|SA_ONSTACK with a nontrivial sa_mask;
  * SIGUSR2: plain handler; SIGRTMIN+1: SA_SIGINFO handler; SIGPIPE ignored;
- * SIGHUP default; a 64 KiB sigaltstack; SIGUSR2 and SIGRTMIN+1 blocked, with
+ * SIGTRAP caught (crest's injected calls end on an int3); SIGHUP default; a 64 KiB sigaltstack; SIGUSR2 and SIGRTMIN+1 blocked, with
  * SIGUSR2 and two SIGRTMIN+1 (values 42, 43) pending. */
 #include "wl.h"
 

@@ -185,64 +185,23 @@ impl Tracee {
         let mut entered = false;
         let mut failed = None;
         loop {
-            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } if !entered => {
-                    entered = true;
-                    // a failure here still lets the call run to its exit
-                    // (a thread left inside it would take the next call's
-                    // entry for this one's exit) and what it made be known
-                    failed = fault::point(at(
-                        "injected call: at its entry",
-                        "unguarded call: at its entry",
-                        "parked call: at its entry",
-                    ))
-                    .err();
-                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
-                }
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => break,
-                // A task in a group stop (job control) reports it again
-                // once resumed: it goes on, and is stopped again when it
-                // is let go (its group still is).
-                WaitStatus::Stopped { sig, event }
-                    if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
-                {
-                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
-                }
-                // An injected clone3/fork reports the new task first; the
-                // call then finishes as usual.
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event:
-                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
-                } => {
-                    // The new task's id, in crest's pid namespace; the next
-                    // stop overwrites the message.
-                    let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
-                    self.new_task = Some(msg as i32);
-                    ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
-                }
-                WaitStatus::Stopped { sig, event } => {
-                    return Err(InjectError::UnexpectedStop {
-                        tid,
-                        op: syscalls::name(nr),
-                        sig,
-                        event,
-                    })
-                }
-                other => {
-                    return Err(InjectError::Died {
-                        tid,
-                        op: syscalls::name(nr),
-                        status: other,
-                    })
-                }
+            if !self.next_trap(syscalls::name(nr), ptrace::syscall)? {
+                continue;
             }
+            if entered {
+                break;
+            }
+            entered = true;
+            // a failure here still lets the call run to its exit (a
+            // thread left inside it would take the next call's entry for
+            // this one's exit) and what it made be known
+            failed = fault::point(at(
+                "injected call: at its entry",
+                "unguarded call: at its entry",
+                "parked call: at its entry",
+            ))
+            .err();
+            ptrace::syscall(tid, 0).map_err(pt(tid, "PTRACE_SYSCALL"))?;
         }
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
         let ret = after.rax as i64;
@@ -284,43 +243,7 @@ impl Tracee {
     pub(crate) fn run_to_trap(&mut self, op: &'static str, rip: u64) -> Result<UserRegs> {
         let tid = self.tid;
         ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
-        loop {
-            match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => break,
-                WaitStatus::Stopped { sig, event }
-                    if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
-                {
-                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
-                }
-                WaitStatus::Stopped {
-                    sig: libc::SIGTRAP,
-                    event:
-                        libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
-                } => {
-                    let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
-                    self.new_task = Some(msg as i32);
-                    ptrace::cont(tid, 0).map_err(pt(tid, "PTRACE_CONT"))?;
-                }
-                WaitStatus::Stopped { sig, event } => {
-                    return Err(InjectError::UnexpectedStop {
-                        tid,
-                        op,
-                        sig,
-                        event,
-                    })
-                }
-                other => {
-                    return Err(InjectError::Died {
-                        tid,
-                        op,
-                        status: other,
-                    })
-                }
-            }
-        }
+        while !self.next_trap(op, ptrace::cont)? {}
         let after = ptrace::get_regs(tid).map_err(pt(tid, "PTRACE_GETREGSET"))?;
         if after.rip != rip {
             // (a SIGTRAP of another source: none may be pending here)
@@ -332,6 +255,54 @@ impl Tracee {
             });
         }
         Ok(after)
+    }
+
+    /// Waits for the thread's next stop in an injected call (`op`): true
+    /// for a SIGTRAP stop (a syscall stop or the trap), false for one
+    /// passed over, the thread resumed with `resume` (a group stop, which
+    /// it reports again once resumed and goes on from, stopped again when
+    /// let go since its group still is; a clone event, whose new task is
+    /// noted). Any other stop, or its end, is an error.
+    fn next_trap(
+        &mut self,
+        op: &'static str,
+        resume: fn(i32, i32) -> io::Result<()>,
+    ) -> Result<bool> {
+        let tid = self.tid;
+        match ptrace::wait(tid).map_err(pt(tid, "waitpid"))? {
+            WaitStatus::Stopped {
+                sig: libc::SIGTRAP,
+                event: 0,
+            } => Ok(true),
+            WaitStatus::Stopped { sig, event }
+                if event == ptrace::PTRACE_EVENT_STOP && is_stop_signal(sig) =>
+            {
+                resume(tid, 0).map_err(pt(tid, "resume"))?;
+                Ok(false)
+            }
+            WaitStatus::Stopped {
+                sig: libc::SIGTRAP,
+                event: libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_VFORK,
+            } => {
+                // the new task's id, in crest's pid namespace (the next
+                // stop overwrites the message)
+                let msg = ptrace::event_msg(tid).map_err(pt(tid, "PTRACE_GETEVENTMSG"))?;
+                self.new_task = Some(msg as i32);
+                resume(tid, 0).map_err(pt(tid, "resume"))?;
+                Ok(false)
+            }
+            WaitStatus::Stopped { sig, event } => Err(InjectError::UnexpectedStop {
+                tid,
+                op,
+                sig,
+                event,
+            }),
+            other => Err(InjectError::Died {
+                tid,
+                op,
+                status: other,
+            }),
+        }
     }
 
     /// Sets the thread's mask for injected calls: every signal blocked,

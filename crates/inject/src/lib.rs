@@ -418,16 +418,15 @@ impl Tracee {
         self.trap_ok = false;
     }
 
-    /// Injects the way `other` does (its parent, or a thread of its own
-    /// task): its syscall instruction or gadget, and, for a thread of the
-    /// same task, whether traps may end calls (they share their actions).
+    /// Injects the way `other` does (the task it was forked from, or a
+    /// thread of its own task): its syscall instruction or gadget, and
+    /// whether traps may end calls (a fork keeps an ignored SIGTRAP, a
+    /// thread shares its task's actions).
     pub fn inject_like(&mut self, other: &Tracee) {
         self.syscall_ip = other.syscall_ip;
         self.trap_at = other.trap_at;
         self.owns_gadget = false;
-        if self.pid == other.pid {
-            self.trap_ok = self.trap_ok && other.trap_ok;
-        }
+        self.trap_ok = self.trap_ok && other.trap_ok;
     }
 
     pub fn set_syscall_ip(&mut self, ip: u64) {

@@ -5,8 +5,64 @@ use super::*;
 use crate::error::RoomError;
 use crate::mm::error::MmError;
 
-/// Sets the final protection of the VMAs that were made writable to be
-/// filled, and the madvise advice of every VMA.
+/// The calls that give the mappings of `mm` their protections, advice,
+/// locks and guards, and register its membarriers.
+fn settle_calls(mm: &MmEntry, pagemap: &[PagemapEntry]) -> crate::remote::Calls {
+    let mut calls = crate::remote::Calls::default();
+    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
+        let widened = v.prot & libc::PROT_WRITE as u32 == 0 && has_pages(v, pagemap);
+        // (a shared file mapping was mapped with its protection; an
+        // io_uring's rings were widened to be filled)
+        let filled = v.status & status::FILE_SHARED == 0 || v.crest_map_fd.is_some();
+        let (at, len) = (v.start, v.end - v.start);
+        if filled && widened {
+            calls.push(
+                nr::MPROTECT,
+                &[at, len, u64::from(v.prot)],
+                format!("mprotect {:#x}-{:#x}", v.start, v.end),
+            );
+        }
+        let madv = v.madv.unwrap_or(0);
+        for adv in 0..u64::from(crate::mm::MADV_BIT_LOCKONFAULT) {
+            if madv & (1 << adv) != 0 {
+                calls.push(
+                    nr::MADVISE,
+                    &[at, len, adv],
+                    format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end),
+                );
+            }
+        }
+        if v.flags & libc::MAP_LOCKED as u32 != 0 {
+            let on_fault = madv & (1 << crate::mm::MADV_BIT_LOCKONFAULT) != 0;
+            calls.push(
+                nr::MLOCK2,
+                &[at, len, u64::from(on_fault)],
+                format!("mlock2 {:#x}-{:#x}", v.start, v.end),
+            );
+        }
+    }
+    for g in mm.crest_guards.chunks_exact(2) {
+        calls.push(
+            nr::MADVISE,
+            &[g[0], g[1], MADV_GUARD_INSTALL],
+            format!("madvise(MADV_GUARD_INSTALL) {:#x}+{:#x}", g[0], g[1]),
+        );
+    }
+    if let Some(mask) = mm.crest_membarrier {
+        for cmd in crate::mm::MEMBARRIER_REGISTER
+            .iter()
+            .filter(|c| mask & **c != 0)
+        {
+            calls.push(
+                nr::MEMBARRIER,
+                &[u64::from(*cmd), 0, 0],
+                format!("membarrier register {cmd:#x}"),
+            );
+        }
+    }
+    calls
+}
+
 /// Makes each AIO context again: `io_setup` with the size that gives a
 /// ring of the dumped length, the ring moved to the dumped address (the
 /// context's id) with `mremap`, which the kernel follows.
@@ -54,46 +110,13 @@ pub fn restore_aios(t: &mut Tracee, mm: &MmEntry, image: &str) -> Result<(), Res
     Ok(())
 }
 
+/// Sets the final protection of the VMAs that were made writable to be
+/// filled, and the madvise advice of every VMA.
 pub fn protect(t: &mut Tracee, mm: &MmEntry, pagemap: &[PagemapEntry]) -> Result<(), RestoreError> {
     let pid = t.pid();
-    for v in mm.vmas.iter().filter(|v| !is_special(v)) {
-        let widened = v.prot & libc::PROT_WRITE as u32 == 0 && has_pages(v, pagemap);
-        // (a shared file mapping was mapped with its protection; an
-        // io_uring's rings were widened to be filled)
-        let filled = v.status & status::FILE_SHARED == 0 || v.crest_map_fd.is_some();
-        if filled && widened {
-            t.syscall(nr::MPROTECT, &[v.start, v.end - v.start, u64::from(v.prot)])
-                .rat(pid, format!("mprotect {:#x}-{:#x}", v.start, v.end))?;
-        }
-        let madv = v.madv.unwrap_or(0);
-        for adv in 0..u64::from(crate::mm::MADV_BIT_LOCKONFAULT) {
-            if madv & (1 << adv) != 0 {
-                t.syscall(nr::MADVISE, &[v.start, v.end - v.start, adv])
-                    .rat(pid, format!("madvise({adv}) {:#x}-{:#x}", v.start, v.end))?;
-            }
-        }
-        if v.flags & libc::MAP_LOCKED as u32 != 0 {
-            let on_fault = madv & (1 << crate::mm::MADV_BIT_LOCKONFAULT) != 0;
-            t.syscall(nr::MLOCK2, &[v.start, v.end - v.start, u64::from(on_fault)])
-                .rat(pid, format!("mlock2 {:#x}-{:#x}", v.start, v.end))?;
-        }
-    }
-    for g in mm.crest_guards.chunks_exact(2) {
-        t.syscall(nr::MADVISE, &[g[0], g[1], MADV_GUARD_INSTALL])
-            .rat(
-                pid,
-                format!("madvise(MADV_GUARD_INSTALL) {:#x}+{:#x}", g[0], g[1]),
-            )?;
-    }
-    if let Some(mask) = mm.crest_membarrier {
-        for cmd in crate::mm::MEMBARRIER_REGISTER
-            .iter()
-            .filter(|c| mask & **c != 0)
-        {
-            t.syscall(nr::MEMBARRIER, &[u64::from(*cmd), 0, 0])
-                .rat(pid, format!("membarrier register {cmd:#x}"))?;
-        }
-    }
+    // (protections, advice, locks, guards and membarrier registrations in
+    // one batch)
+    settle_calls(mm, pagemap).run(t)?;
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
         if let Some(name) = v.crest_anon_name.as_deref() {
             const PR_SET_VMA: u64 = 0x5356_4d41;
