@@ -93,7 +93,9 @@ pub fn restore(t: &mut Tracee, c: &CredsEntry) -> Result<(), RestoreError> {
 /// The thread's status when it is in crest's own user namespace (so the
 /// ids it shows are the ones the thread sees).
 fn status_in_own_userns(tid: i32) -> Option<Status> {
-    let mine = crate::ns::user::ino_of("/proc/self/ns/user").ok()?;
+    // (crest's own is read once: it never changes)
+    static MINE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let mine = (*MINE.get_or_init(|| crate::ns::user::ino_of("/proc/self/ns/user").ok()))?;
     let its = crate::ns::user::ino_of(&format!("/proc/{tid}/ns/user")).ok()?;
     if mine != its {
         return None;
