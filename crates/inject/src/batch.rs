@@ -58,11 +58,14 @@ impl Tracee {
     }
 
     /// Puts `data` in the scratch area and runs `calls` as the task, one
-    /// after another, in one stop where it can ([`batch`](self)). Returns
+    /// after another, in one stop where it can (see the module). Returns
     /// the results of the calls that ran: all of them, or up to and
     /// including the first that failed (a result in -4095..-1).
     pub fn batch(&mut self, data: &[u8], calls: &[(u64, [Arg; 6])]) -> Result<Vec<i64>> {
         let pid = self.pid;
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
         if calls.len() > MAX_BATCH {
             return Err(InjectError::Recovery {
                 pid,

@@ -113,7 +113,7 @@ pub struct Tracee {
     /// code cannot catch (see [`parking`]).
     parked: Option<parking::Parked>,
     /// All signals are blocked (they are while syscalls are injected),
-    /// but SIGTRAP where `trap_unblocked`.
+    /// but SIGTRAP where `trap_unblocked` (calls end on a trap).
     blocked: bool,
     trap_unblocked: bool,
     /// Where the thread has a `syscall; int3` gadget (0: none): an injected
@@ -398,7 +398,6 @@ impl Tracee {
         self.new_task
     }
 
-    /// Uses the `syscall` instruction at `ip` for injection.
     /// Injects through `syscall; int3` at `ip`, the start of a page of
     /// the task's that nothing else uses (the trap ends each call, see
     /// [`Tracee::syscall_raw`]); [`Tracee::put_back`] unmaps the page.
@@ -429,6 +428,7 @@ impl Tracee {
         self.trap_ok = self.trap_ok && other.trap_ok;
     }
 
+    /// Uses the `syscall` instruction at `ip` for injection.
     pub fn set_syscall_ip(&mut self, ip: u64) {
         self.syscall_ip = ip;
     }
