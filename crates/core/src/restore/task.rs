@@ -56,7 +56,11 @@ fn unpin(
     ) else {
         return Ok(());
     };
+    // (none of crest's CPUs in the task's cpuset: every CPU, which the
+    // kernel narrows to the cpuset's, as moving it into its cgroup did
+    // before crest pinned it)
     crest_sys::misc::set_affinity(tid, mask)
+        .or_else(|_| crest_sys::misc::set_affinity(tid, &[0xff; 128]))
         .rat(pid, format!("thread {tid}: give back crest's CPU mask"))
 }
 
