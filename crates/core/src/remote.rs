@@ -136,30 +136,27 @@ impl Calls {
         self.what.push(what);
     }
 
-    /// Runs the calls gathered (in batches of at most
-    /// [`crest_inject::MAX_BATCH`]) and forgets them; the first that fails
-    /// is the error.
+    /// Runs the calls gathered ([`Tracee::batch`]) and forgets them; the
+    /// first that fails is the error.
     pub fn run(&mut self, t: &mut Tracee) -> Result<()> {
         let pid = t.pid();
         let calls = std::mem::take(&mut self.calls);
         let what = std::mem::take(&mut self.what);
         let data = std::mem::take(&mut self.data);
-        for (part, names) in calls
-            .chunks(crest_inject::MAX_BATCH)
-            .zip(what.chunks(crest_inject::MAX_BATCH))
-        {
-            let done = t
-                .batch(&data, part)
-                .map_err(inject_err(pid, names[0].clone()))?;
-            if let Some(&r) = done.last().filter(|r| (-4095..0).contains(*r)) {
-                return Err(RemoteError::Io {
-                    pid,
-                    step: names[done.len() - 1].clone(),
-                    source: io::Error::from_raw_os_error(-r as i32),
-                });
-            }
+        let Some(first) = what.first() else {
+            return Ok(());
+        };
+        let done = t
+            .batch(&data, &calls)
+            .map_err(inject_err(pid, first.clone()))?;
+        match done.last() {
+            Some(&r) if (-4095..0).contains(&r) => Err(RemoteError::Io {
+                pid,
+                step: what[done.len() - 1].clone(),
+                source: io::Error::from_raw_os_error(-r as i32),
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -47,8 +47,8 @@ pub enum Arg {
     Data(usize),
 }
 
-/// Most calls in one batch.
-pub const MAX_BATCH: usize = 256;
+/// Most calls in one stop.
+const BATCH: usize = 256;
 
 impl Tracee {
     /// Writes the loop after the gadget at `trap_at` (see
@@ -58,23 +58,29 @@ impl Tracee {
     }
 
     /// Puts `data` in the scratch area and runs `calls` as the task, one
-    /// after another, in one stop where it can (see the module). Returns
-    /// the results of the calls that ran: all of them, or up to and
-    /// including the first that failed (a result in -4095..-1).
+    /// after another, in one stop for each [`BATCH`] of them where it can
+    /// (see the module). Returns the results of the calls that ran: all
+    /// of them, or up to and including the first that failed (a result in
+    /// -4095..-1).
     pub fn batch(&mut self, data: &[u8], calls: &[(u64, [Arg; 6])]) -> Result<Vec<i64>> {
-        let pid = self.pid;
-        if calls.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(calls.len());
+        for part in calls.chunks(BATCH) {
+            let done = self.batch_one(data, part)?;
+            let failed =
+                done.len() < part.len() || done.last().is_some_and(|r| (-4095..0).contains(r));
+            out.extend(done);
+            if failed {
+                break;
+            }
         }
-        if calls.len() > MAX_BATCH {
-            return Err(InjectError::Recovery {
-                pid,
-                what: format!("a batch of {} calls, at most {MAX_BATCH}", calls.len()),
-            });
-        }
+        Ok(out)
+    }
+
+    /// [`Tracee::batch`] of at most [`BATCH`] calls: `data`, then the
+    /// table, written at the scratch area's start in one go.
+    fn batch_one(&mut self, data: &[u8], calls: &[(u64, [Arg; 6])]) -> Result<Vec<i64>> {
         let table_at = data.len().div_ceil(64) * 64;
         let base = self.scratch(table_at + calls.len() * 64)?;
-        self.write_mem(base, data)?;
         let resolve = |a: &Arg| match *a {
             Arg::Val(v) => v,
             Arg::Data(off) => base + off as u64,
@@ -90,6 +96,9 @@ impl Tracee {
                 .iter()
                 .all(|(nr, args)| !may_touch(*nr, args, page) && !makes_task(*nr));
         if !one_stop {
+            if !data.is_empty() {
+                self.write_mem(base, data)?;
+            }
             let mut out = Vec::with_capacity(resolved.len());
             for (nr, args) in &resolved {
                 let r = self.syscall_raw(*nr, args)?;
@@ -100,17 +109,18 @@ impl Tracee {
             }
             return Ok(out);
         }
-        let table: Vec<u8> = resolved
-            .iter()
-            .flat_map(|(nr, args)| {
-                std::iter::once(*nr)
-                    .chain(args.iter().copied())
-                    .chain(std::iter::once(0))
-                    .flat_map(u64::to_ne_bytes)
-            })
-            .collect();
+        let mut buf = data.to_vec();
+        buf.resize(table_at, 0);
+        for (nr, args) in &resolved {
+            for w in std::iter::once(*nr)
+                .chain(args.iter().copied())
+                .chain(std::iter::once(0))
+            {
+                buf.extend_from_slice(&w.to_ne_bytes());
+            }
+        }
+        self.write_mem(base, &buf)?;
         let table_addr = base + table_at as u64;
-        self.write_mem(table_addr, &table)?;
         let mut regs = self.orig_regs;
         regs.rip = self.trap_at + LOOP_AT;
         regs.rbx = table_addr;
@@ -124,7 +134,7 @@ impl Tracee {
         let op = syscalls::name(resolved[0].0);
         let after = self.run_to_trap(op, self.trap_at + LOOP_AT + LOOP.len() as u64)?;
         let ran = resolved.len() - after.r12 as usize + usize::from(after.r12 != 0);
-        let mut raw = vec![0u8; table.len()];
+        let mut raw = vec![0u8; buf.len() - table_at];
         self.read_mem(table_addr, &mut raw)?;
         fault::point("injected call: at its exit")?;
         Ok(raw

@@ -20,7 +20,7 @@ pub mod recovery;
 mod release;
 mod syscalls;
 pub use arm::Announce;
-pub use batch::{Arg, MAX_BATCH};
+pub use batch::Arg;
 pub use syscalls::nr;
 
 use recovery::{Held, Layout, Undo};

@@ -375,8 +375,7 @@ pub(crate) fn make(
         }
     }
     if let (true, Some(r)) = (moved, &s.rx_ring) {
-        let by = s.crest_rx_advance.unwrap_or(0);
-        move_ring_on(t, kept, &c, s, r).rat(pid, at(&format!("move the RX ring on by {by}")))?;
+        move_ring_on(t, &c, s, r)?;
     }
     if s.ifindex != 0 || moved {
         crest_sys::net::bind(&c, &sockaddr_ll(s.protocol as u16, s.ifindex))
@@ -406,44 +405,34 @@ pub(crate) fn make(
 /// Moves the kernel on in the new RX ring `r` of socket `c` (of `s`) as
 /// far as the image says ([`packet_ring::advance`]): `c` is bound to lo
 /// for crest's ethertype, and a packet socket made in the task (its net
-/// namespace) for crest, closed there at once, sends the frames.
+/// namespace), closed there once crest has its copy, sends the frames.
 fn move_ring_on(
     t: &mut Tracee,
-    kept: &mut Kept,
     c: &OwnedFd,
     s: &PacketSockEntry,
     r: &PacketRing,
-) -> std::io::Result<()> {
-    let sock = t
-        .syscall(
-            crest_inject::nr::SOCKET,
-            &[
-                libc::AF_PACKET as u64,
-                (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64,
-                0,
-            ],
+) -> Result<(), RestoreError> {
+    use crate::remote::{take_fd, Remote};
+    let pid = t.pid();
+    let by = s.crest_rx_advance.unwrap_or(0);
+    let at = |what: &str| {
+        format!(
+            "packet socket {}: move the RX ring on by {by}: {what}",
+            s.id
         )
-        .map_err(std::io::Error::other)?;
-    let sender = kept.copy(t, sock);
-    let _ = t.syscall(crest_inject::nr::CLOSE, &[sock]);
-    let sender = sender.map_err(std::io::Error::other)?;
-    let lo = crest_sys::net::if_index(&sender, b"lo")?;
-    crest_sys::net::bind(c, &sockaddr_ll(packet_ring::FILL_ETHERTYPE.to_be(), lo)).map_err(
-        |e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("bind to lo (is lo up in the task's namespace?): {e}"),
-            )
-        },
+    };
+    let kind = (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u64;
+    let sock = t.call(
+        crest_inject::nr::SOCKET,
+        &[libc::AF_PACKET as u64, kind, 0],
+        &at("a socket to send frames"),
     )?;
+    let sender = t.with_fd(sock, |t, fd| take_fd(t.pid(), fd as u32))?;
+    let lo = crest_sys::net::if_index(&sender, b"lo").rat(pid, at("find lo"))?;
+    crest_sys::net::bind(c, &sockaddr_ll(packet_ring::FILL_ETHERTYPE.to_be(), lo))
+        .rat(pid, at("bind to lo (is lo up in the task's namespace?)"))?;
     let total = (packet_ring::len(r) + s.tx_ring.as_ref().map_or(0, packet_ring::len)) as usize;
-    packet_ring::advance(
-        c,
-        &sender,
-        lo,
-        (s.version, r, total),
-        s.crest_rx_advance.unwrap_or(0),
-    )
+    packet_ring::advance(c, &sender, lo, (s.version, r, total), by).rat(pid, at("send frames"))
 }
 
 #[cfg(test)]

@@ -361,34 +361,31 @@ mod tests {
 
     #[test]
     fn next_frame_follows_the_latest() {
-        let blank = v2_head(0, 0, 0);
-        assert_eq!(rx_next_frame(1, &blank.repeat(4)), 0);
-        let mut ring = [v2_head(60, 10, 5), v2_head(60, 10, 7), blank.clone(), blank].concat();
-        assert_eq!(rx_next_frame(1, &ring), 2);
+        // frames written at (sec, nsec), (0, 0) never written
+        let ring = |t: &[(u32, u32)]| -> Vec<u8> {
+            t.iter()
+                .flat_map(|&(s, n)| v2_head(if s == 0 { 0 } else { 60 }, s, n))
+                .collect()
+        };
+        assert_eq!(rx_next_frame(1, &ring(&[(0, 0); 4])), 0);
+        assert_eq!(
+            rx_next_frame(1, &ring(&[(10, 5), (10, 7), (0, 0), (0, 0)])),
+            2
+        );
         // wrapped: frame 3 then 0 again, 0 the latest
-        ring = [
-            v2_head(60, 11, 1),
-            v2_head(60, 10, 7),
-            v2_head(60, 10, 8),
-            v2_head(60, 10, 9),
-        ]
-        .concat();
-        assert_eq!(rx_next_frame(1, &ring), 1);
+        assert_eq!(
+            rx_next_frame(1, &ring(&[(11, 1), (10, 7), (10, 8), (10, 9)])),
+            1
+        );
         // the whole ring written, the last frame the latest: back at 0
-        ring = [v2_head(60, 10, 1), v2_head(60, 10, 2)].concat();
-        assert_eq!(rx_next_frame(1, &ring), 0);
+        assert_eq!(rx_next_frame(1, &ring(&[(10, 1), (10, 2)])), 0);
         // a burst within one tick, gone round: frames 0 and 1 as late as 3
-        ring = [
-            v2_head(60, 10, 9),
-            v2_head(60, 10, 9),
-            v2_head(60, 10, 8),
-            v2_head(60, 10, 9),
-        ]
-        .concat();
-        assert_eq!(rx_next_frame(1, &ring), 2);
+        assert_eq!(
+            rx_next_frame(1, &ring(&[(10, 9), (10, 9), (10, 8), (10, 9)])),
+            2
+        );
         // a burst within one tick, not gone round
-        ring = [v2_head(60, 10, 9), v2_head(60, 10, 9), v2_head(0, 0, 0)].concat();
-        assert_eq!(rx_next_frame(1, &ring), 2);
+        assert_eq!(rx_next_frame(1, &ring(&[(10, 9), (10, 9), (0, 0)])), 2);
     }
 
     #[test]

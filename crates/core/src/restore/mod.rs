@@ -154,7 +154,7 @@ fn restore_tree(
         writers: &mut writers,
         userns_first: caller.enters_userns_first(),
         seccomp: filters,
-        inherited_mask: pin.before.clone(),
+        inherited_mask: pin.before(),
     };
     crate::progress::begin("restore", tree.len());
     for task in tree.iter_mut().filter(|t| t.tracee.is_some()) {
@@ -192,17 +192,17 @@ fn restore_tree(
 /// with it ([`task::TreeCtx::inherited_mask`]), and a large memory fill
 /// runs on every CPU (`mm::restore::pages`). Where crest's mask cannot be
 /// read or set, nothing is pinned.
-struct Pin {
-    before: Option<Vec<u8>>,
-}
+struct Pin;
 
 impl Pin {
     fn here() -> Pin {
-        let before = crest_sys::misc::pin_to_current_cpu()
-            .then(crest_sys::misc::pinned)
-            .flatten()
-            .map(|p| p.0);
-        Pin { before }
+        crest_sys::misc::pin_to_current_cpu();
+        Pin
+    }
+
+    /// crest's mask before the pin, while pinned.
+    fn before(&self) -> Option<Vec<u8>> {
+        crest_sys::misc::pinned().map(|p| p.0)
     }
 }
 

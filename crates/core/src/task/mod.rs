@@ -234,10 +234,9 @@ pub fn restore_misc(t: &mut Tracee, m: &ThreadMisc<'_>) -> Result<(), RestoreErr
     // (in one batch)
     let mut calls = crate::remote::Calls::default();
     let comm = calls.data(&name);
-    let none = [Val(0); 4];
     calls.push_args(
         nr::PRCTL,
-        [Val(PR_SET_NAME), comm, none[0], none[1], none[2], none[3]],
+        [Val(PR_SET_NAME), comm, Val(0), Val(0), Val(0), Val(0)],
         "prctl(PR_SET_NAME)".into(),
     );
     calls.push(

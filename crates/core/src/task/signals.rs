@@ -70,8 +70,7 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
     })?;
     let non_default = status.sig_ign | status.sig_cgt;
     // (all in one batch: their ksigactions one after another)
-    let mut raw = Vec::new();
-    let mut calls = Vec::new();
+    let mut calls = crate::remote::Calls::default();
     for (sig, sa) in sigs.iter().zip(actions) {
         let pristine = sa.sigaction == 0 && sa.flags == 0 && sa.restorer == 0 && sa.mask == 0;
         if pristine && non_default & (1u64 << (sig - 1)) == 0 {
@@ -82,31 +81,19 @@ pub fn restore_actions(t: &mut Tracee, actions: &[SaEntry]) -> Result<(), Restor
             // not even the batch's)
             t.forbid_traps();
         }
-        let at = raw.len();
-        for w in [sa.sigaction, sa.flags, sa.restorer, sa.mask] {
-            raw.extend_from_slice(&w.to_le_bytes());
-        }
-        use crest_inject::Arg::{Data, Val};
-        calls.push((
+        let raw: Vec<u8> = [sa.sigaction, sa.flags, sa.restorer, sa.mask]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let act = calls.data(&raw);
+        use crest_inject::Arg::Val;
+        calls.push_args(
             nr::RT_SIGACTION,
-            [Val(*sig), Data(at), Val(0), Val(8), Val(0), Val(0)],
-        ));
+            [Val(*sig), act, Val(0), Val(8), Val(0), Val(0)],
+            format!("rt_sigaction({sig})"),
+        );
     }
-    let done = t.batch(&raw, &calls).rat(pid, "rt_sigaction")?;
-    match done.last() {
-        Some(&r) if (-4095..0).contains(&r) => {
-            let sig = match calls[done.len() - 1].1[0] {
-                crest_inject::Arg::Val(v) => v,
-                crest_inject::Arg::Data(_) => 0,
-            };
-            Err(RestoreError::Io {
-                pid,
-                step: format!("rt_sigaction({sig})"),
-                source: std::io::Error::from_raw_os_error(-r as i32),
-            })
-        }
-        _ => Ok(()),
-    }
+    Ok(calls.run(t)?)
 }
 
 /// The alternate signal stack of the thread.

@@ -198,7 +198,7 @@ fn map_each(
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     // (plain mappings and their huge page advice gathered into batches,
-    // run before a mapping of another kind and at the end)
+    // run before a mapping made another way and at the end)
     let mut calls = crate::remote::Calls::default();
     for v in mm.vmas.iter().filter(|v| !is_special(v)) {
         if placed.contains(&(v.start, v.end)) {
@@ -215,14 +215,8 @@ fn map_each(
         };
         // (locked later, by protect, once the pages are in)
         let mut flags = (u64::from(v.flags) & !(libc::MAP_LOCKED as u64)) | libc::MAP_FIXED as u64;
-        let plain = v.crest_map_fd.is_none()
-            && (v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
-                || (v.status & status::SYSVIPC == 0
-                    && (v.status & status::ANON_SHARED == 0 || v.shmid == 0)));
-        if !plain {
-            calls.run(t)?;
-        }
         if let Some(fd) = v.crest_map_fd {
+            calls.run(t)?;
             if crate::files::uring::is_late(files, pid, fd) {
                 // (an io_uring made once the task has its credentials:
                 // memory of its own until then, filled like any)
@@ -252,8 +246,10 @@ fn map_each(
                 format!("mmap {:#x}-{:#x} of {path}", v.start, v.end),
             );
         } else if v.status & status::SYSVIPC != 0 {
+            calls.run(t)?;
             attach_sysv(t, v)?;
         } else if v.status & status::ANON_SHARED != 0 && v.shmid != 0 {
+            calls.run(t)?;
             map_shared_anon(t, v, (prot, flags), shared)?;
         } else {
             calls.push(
