@@ -11,18 +11,24 @@ use std::path::Path;
 enum Answer {
     /// crest uses it; present when the path exists (None: always).
     Carried(Option<&'static str>),
+    /// crest uses it where the probe says the kernel has it (else the
+    /// reason).
+    Probed(fn() -> bool, &'static str),
     /// The kernel may have it, crest does not carry what it is for yet.
     NotCarried(&'static str),
 }
 
-use Answer::{Carried, NotCarried};
+use Answer::{Carried, NotCarried, Probed};
 
 /// CRIU's feature names (criu/cr-check.c), with crest's answer.
 const FEATURES: &[(&str, Answer)] = &[
     ("mnt_id", Carried(None)),
     (
         "mem_dirty_track",
-        NotCarried("no soft-dirty bits here and no pre-dump in crest yet"),
+        Probed(
+            crest_core::features::memory_tracking,
+            "no asynchronous userfaultfd write protection or PAGEMAP_SCAN",
+        ),
     ),
     ("aio_remap", NotCarried("AIO rings are not dumped")),
     ("timerfd", Carried(None)),
@@ -107,6 +113,8 @@ pub fn feature(name: &str) -> Option<Result<(), Lacks>> {
         Carried(None) => Ok(()),
         Carried(Some(p)) if Path::new(p).exists() => Ok(()),
         Carried(Some(p)) => Err(Lacks::Kernel(p)),
+        Probed(has, _) if has() => Ok(()),
+        Probed(_, why) => Err(Lacks::Kernel(why)),
         NotCarried(why) => Err(Lacks::Crest(why)),
     })
 }
@@ -193,7 +201,10 @@ mod tests {
     #[test]
     fn feature_answers() {
         assert_eq!(feature("clone3_set_tid"), Some(Ok(())));
-        assert!(matches!(feature("mem_dirty_track"), Some(Err(_))));
+        assert_eq!(
+            feature("mem_dirty_track").map(|r| r.is_ok()),
+            Some(crest_core::features::memory_tracking())
+        );
         assert!(matches!(feature("uffd"), Some(Err(_))));
         assert_eq!(feature("no_such_thing"), None);
     }

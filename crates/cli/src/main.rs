@@ -90,6 +90,14 @@ fn main() {
     ) {
         std::process::exit(crest_core::guard::run(fd));
     }
+    // the keeper of memory tracking between dumps (crest_core::mm::keeper)
+    if let (Some(crest_core::mm::keeper::COMMAND), Some(fd), Some(name)) = (
+        args.get(1).map(String::as_str),
+        args.get(2).and_then(|f| f.parse().ok()),
+        args.get(3),
+    ) {
+        std::process::exit(crest_core::mm::keeper::run(fd, name));
+    }
     // a helper that mounts a cgroup hierarchy (crest_core::ns::cgyard)
     if let (Some(crest_core::ns::cgyard::COMMAND), Some(ctrls)) =
         (args.get(1).map(String::as_str), args.get(2))
@@ -232,9 +240,7 @@ fn criu_main(args: &[String]) -> i32 {
             return check::run(&p.opts);
         }
         "swrk" => return rpc::serve(p.words.get(1)),
-        "pre-dump" => Err(anyhow::anyhow!(
-            "pre-dump: not supported by crest yet (iterative migration)"
-        )),
+        "pre-dump" => pre_dump(&p.opts),
         "service" => Err(anyhow::anyhow!(
             "service: crest serves CRIU's RPC as `swrk FD` (one caller, one socket) only"
         )),
@@ -264,6 +270,22 @@ fn dump(o: &Options) -> Result<i32> {
     drop(stop);
     crest_core::info!(
         "dump of {:?} done, {} bytes of pages",
+        s.pids,
+        s.pages_bytes
+    );
+    after_action(o, Some(s.stats.render()));
+    Ok(0)
+}
+
+fn pre_dump(o: &Options) -> Result<i32> {
+    std::fs::create_dir_all(&o.dir)
+        .with_context(|| format!("create images directory {}", o.dir.display()))?;
+    init_log(o);
+    let stop = crest_sys::fault::catch_termination().context("catch SIGINT/SIGTERM/SIGHUP")?;
+    let s = crest_core::dump::pre_dump(o)?;
+    drop(stop);
+    crest_core::info!(
+        "pre-dump of {:?} done, {} bytes of pages",
         s.pids,
         s.pages_bytes
     );

@@ -183,8 +183,11 @@ pub fn serve(fd_arg: Option<&String>) -> i32 {
             eprintln!("Error (crest): {e}");
             return 1;
         }
-        let keep = req.keep_open.unwrap_or(false)
-            && matches!(t, CriuReqType::Version | CriuReqType::FeatureCheck);
+        // (a PRE_DUMP is followed by more, or by the DUMP, on the same
+        // socket, as CRIU serves them)
+        let keep = (req.keep_open.unwrap_or(false)
+            && matches!(t, CriuReqType::Version | CriuReqType::FeatureCheck))
+            || (t == CriuReqType::PreDump && ok);
         if !keep {
             return if ok { 0 } else { 1 };
         }
@@ -199,9 +202,7 @@ fn handle(peer: &Peer, t: CriuReqType, req: &CriuReq) -> (CriuResp, bool) {
         CriuReqType::Check => Ok(check()),
         CriuReqType::Dump => dump(peer, req),
         CriuReqType::Restore => restore(peer, req),
-        CriuReqType::PreDump | CriuReqType::SinglePreDump => Err(RpcError::Unsupported(
-            "pre-dump (iterative migration, FEATURE_CHECK mem_track says so)",
-        )),
+        CriuReqType::PreDump | CriuReqType::SinglePreDump => pre_dump(peer, req, t),
         CriuReqType::PageServer | CriuReqType::PageServerChld => {
             Err(RpcError::Unsupported("the page server"))
         }
@@ -241,13 +242,16 @@ fn version() -> CriuResp {
     }
 }
 
-/// Answers only what crest has: no memory tracking (no pre-dump yet), no
-/// lazy pages, no pidfd store.
+/// Answers only what crest has: memory tracking where the kernel has
+/// asynchronous userfaultfd write protection and `PAGEMAP_SCAN`; no lazy
+/// pages, no pidfd store.
 fn features(asked: Option<&CriuFeatures>) -> CriuResp {
     let asked = asked.cloned().unwrap_or_default();
     CriuResp {
         features: Some(CriuFeatures {
-            mem_track: asked.mem_track.map(|_| false),
+            mem_track: asked
+                .mem_track
+                .map(|_| crest_core::features::memory_tracking()),
             lazy_pages: asked.lazy_pages.map(|_| false),
             pidfd_store: asked.pidfd_store.map(|_| false),
         }),
@@ -527,6 +531,18 @@ fn dump(peer: &Peer, req: &CriuReq) -> Result<CriuResp, RpcError> {
         }),
         ..answer(CriuReqType::Dump, true)
     })
+}
+
+/// A PRE_DUMP or SINGLE_PRE_DUMP: the tree runs on.
+fn pre_dump(peer: &Peer, req: &CriuReq, t: CriuReqType) -> Result<CriuResp, RpcError> {
+    let o = options(peer, req, true)?;
+    crate::init_log(&o);
+    crest_core::debug!("pre-dump over RPC for pid {}: {o:?}", peer.pid);
+    let _stop = crest_sys::fault::catch_termination().map_err(RpcError::io("catch SIGTERM"))?;
+    let s = crest_core::dump::pre_dump(&o)?;
+    crest_core::info!("pre-dump of {:?} done over RPC", s.pids);
+    crate::after_action(&o, Some(s.stats.render()));
+    Ok(answer(t, true))
 }
 
 fn restore(peer: &Peer, req: &CriuReq) -> Result<CriuResp, RpcError> {

@@ -49,6 +49,11 @@ pub fn probe() -> Vec<Feature> {
             false,
             ok_if(misc::pagemap_scan_supported(), "ioctl"),
         ),
+        f(
+            "userfaultfd WP_ASYNC (memory tracking)",
+            false,
+            ok_if(misc::uffd_wp_async_supported(), "UFFDIO_API"),
+        ),
         f("PR_SET_MM_MAP", true, probe_mm_map()),
         f(
             "CAP_SYS_RESOURCE in the bounding set",
@@ -58,6 +63,13 @@ pub fn probe() -> Vec<Feature> {
         f("user namespaces", false, exists("/proc/self/ns/user")),
         f("time namespaces", false, exists("/proc/self/ns/time")),
     ]
+}
+
+/// Whether crest can track memory between dumps here (pre-dump,
+/// `--track-mem`): asynchronous userfaultfd write protection and
+/// `PAGEMAP_SCAN`.
+pub fn memory_tracking() -> bool {
+    misc::pagemap_scan_supported() && misc::uffd_wp_async_supported()
 }
 
 fn f(name: &'static str, required: bool, r: Probed) -> Feature {

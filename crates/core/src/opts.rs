@@ -345,14 +345,6 @@ impl Options {
         let mut r = Vec::new();
         let not_yet = "not supported by crest yet";
         let migration = "not supported by crest yet (iterative and lazy migration)";
-        refuse(&mut r, action == Action::PreDump, "pre-dump", migration);
-        refuse(&mut r, self.track_mem, "--track-mem", migration);
-        refuse(
-            &mut r,
-            self.prev_images_dir.is_some(),
-            "--prev-images-dir",
-            migration,
-        );
         refuse(&mut r, self.auto_dedup, "--auto-dedup", migration);
         refuse(&mut r, self.lazy_pages, "--lazy-pages", migration);
         refuse(&mut r, self.page_server, "--page-server", migration);

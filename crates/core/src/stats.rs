@@ -27,6 +27,9 @@ pub struct DumpStats {
     /// one pass: CRIU's memdump time holds both, memwrite is 0).
     pub memdump: Duration,
     pub pages_scanned: u64,
+    /// Pages the parent images hold and the tasks had not written since
+    /// (marked as the parent's, not written).
+    pub pages_skipped_parent: u64,
     pub pages_written: u64,
     /// Pages of shared memory (shared anonymous mappings, SysV segments,
     /// memfds) written beside the tasks' own.
@@ -70,7 +73,7 @@ impl DumpStats {
             memdump_time: us(self.memdump),
             memwrite_time: 0,
             pages_scanned: self.pages_scanned,
-            pages_skipped_parent: 0,
+            pages_skipped_parent: self.pages_skipped_parent,
             pages_written: self.pages_written,
             irmap_resolve: Some(0),
             pages_lazy: 0,
@@ -92,13 +95,15 @@ impl DumpStats {
     pub fn render(&self) -> String {
         let e = self.entry();
         format!(
-            "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\nMemory dump time: {} us\nMemory write time: {} us\nIRMAP resolve time: 0 us\nMemory pages scanned: {} (0x{:x})\nMemory pages skipped from parent: 0 (0x0)\nMemory pages written: {} (0x{:x})\nLazy memory pages: 0 (0x0)\n",
+            "Displaying dump stats:\nFreezing time: {} us\nFrozen time: {} us\nMemory dump time: {} us\nMemory write time: {} us\nIRMAP resolve time: 0 us\nMemory pages scanned: {} (0x{:x})\nMemory pages skipped from parent: {} (0x{:x})\nMemory pages written: {} (0x{:x})\nLazy memory pages: 0 (0x0)\n",
             e.freezing_time,
             e.frozen_time,
             e.memdump_time,
             e.memwrite_time,
             e.pages_scanned,
             e.pages_scanned,
+            e.pages_skipped_parent,
+            e.pages_skipped_parent,
             e.pages_written,
             e.pages_written
         )

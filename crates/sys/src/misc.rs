@@ -153,30 +153,136 @@ pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
     cvt(ret).map(drop)
 }
 
+/// `struct pm_scan_arg` of `PAGEMAP_SCAN`.
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`
+const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
+
+/// `PAGEMAP_SCAN` page categories.
+pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// `PAGEMAP_SCAN` flags: write-protect the pages that match (the
+/// userfaultfd's asynchronous write-protection armed again), and fail
+/// with `EPERM` on a range not registered for it.
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// What a `PAGEMAP_SCAN` asks: pages whose categories hold all of `all`
+/// and (when nonzero) one of `any`, reported by the categories of
+/// `report`; `flags` as [`PM_SCAN_WP_MATCHING`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanQuery {
+    pub flags: u64,
+    pub all: u64,
+    pub any: u64,
+    pub report: u64,
+}
+
+/// `ioctl(PAGEMAP_SCAN)` over `[start, end)` of an open
+/// `/proc/PID/pagemap`: the matching ranges as (start, end, categories),
+/// in address order, the whole range walked (the ioctl is repeated from
+/// where a full result vector stopped it).
+pub fn pagemap_scan(
+    pagemap: &impl AsRawFd,
+    start: u64,
+    end: u64,
+    q: ScanQuery,
+) -> io::Result<Vec<(u64, u64, u64)>> {
+    const VEC: usize = 512;
+    let mut out = Vec::new();
+    let mut regions = vec![[0u64; 3]; VEC];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: q.flags,
+            start: at,
+            end,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: VEC as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: q.all,
+            category_anyof_mask: q.any,
+            return_mask: q.report,
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose vector points to
+        // `VEC` writable `struct page_region`s (three u64 each) that
+        // outlive the call.
+        let ret = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        let n = cvt(ret as i64)? as usize;
+        for r in &regions[..n.min(VEC)] {
+            // adjacent regions of the same categories are one
+            match out.last_mut() {
+                Some((_, e, c)) if *e == r[0] && *c == r[2] => *e = r[1],
+                _ => out.push((r[0], r[1], r[2])),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// Whether the kernel gives a userfaultfd asynchronous write protection
+/// (`UFFD_FEATURE_WP_ASYNC`): one is made here, its API agreed, closed.
+pub fn uffd_wp_async_supported() -> bool {
+    const UFFD_USER_MODE_ONLY: libc::c_long = 1;
+    const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+    const WP_ASYNC: u64 = 1 << 15;
+    // SAFETY: plain integer flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_userfaultfd,
+            libc::O_CLOEXEC as libc::c_long | UFFD_USER_MODE_ONLY,
+        )
+    };
+    let Ok(fd) = cvt(ret) else {
+        return false;
+    };
+    // SAFETY: the kernel returned a new fd that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut api: [u64; 3] = [0xaa, WP_ASYNC, 0];
+    // SAFETY: UFFDIO_API reads and writes one struct uffdio_api (three
+    // u64) at the pointer.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) };
+    ret == 0 && api[1] & WP_ASYNC != 0
+}
+
 /// `ioctl(PAGEMAP_SCAN)` probe: does the kernel know the request? Runs it
 /// over an empty range of the caller's own pagemap.
 pub fn pagemap_scan_supported() -> bool {
-    #[repr(C)]
-    struct PmScanArg {
-        size: u64,
-        flags: u64,
-        start: u64,
-        end: u64,
-        walk_end: u64,
-        vec: u64,
-        vec_len: u64,
-        max_pages: u64,
-        category_inverted: u64,
-        category_mask: u64,
-        category_anyof_mask: u64,
-        return_mask: u64,
-    }
-    // _IOWR('f', 16, struct pm_scan_arg)
-    const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
     let Ok(file) = std::fs::File::open("/proc/self/pagemap") else {
         return false;
     };
     let page = 0x1000_0000u64;
+    let q = ScanQuery {
+        any: PAGE_IS_WPALLOWED,
+        report: PAGE_IS_WPALLOWED,
+        ..ScanQuery::default()
+    };
+    // an empty range: the ioctl runs once and walks nothing
     let arg = PmScanArg {
         size: std::mem::size_of::<PmScanArg>() as u64,
         flags: 0,
@@ -187,9 +293,9 @@ pub fn pagemap_scan_supported() -> bool {
         vec_len: 0,
         max_pages: 0,
         category_inverted: 0,
-        category_mask: 0,
-        category_anyof_mask: 1, // PAGE_IS_WPALLOWED
-        return_mask: 1,
+        category_mask: q.all,
+        category_anyof_mask: q.any,
+        return_mask: q.report,
     };
     // SAFETY: `arg` is a valid pm_scan_arg with no output vector.
     let ret = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN as _, &arg) };

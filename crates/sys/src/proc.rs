@@ -138,6 +138,17 @@ pub fn close_from(first: u32) -> io::Result<()> {
     cvt(ret).map(drop)
 }
 
+/// `close_range(first, last, 0)` — closes the fds from `first` to `last`
+/// (none when `last < first`).
+pub fn close_between(first: u32, last: u32) -> io::Result<()> {
+    if last < first {
+        return Ok(());
+    }
+    // SAFETY: plain integer arguments; the caller uses no fd in the range.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    cvt(ret).map(drop)
+}
+
 /// Reaps every child of the caller that has exited, waiting up to
 /// `timeout` for the rest to exit; returns how many were reaped.
 pub fn reap_children(timeout: std::time::Duration) -> usize {

@@ -2,10 +2,14 @@
 //! the order lives here; every step is in the room of its object.
 
 mod namespaces;
+mod pre;
 mod task;
+
+pub use pre::pre_dump;
 
 use crate::error::DumpError;
 use crate::files::table::FileTable;
+use crate::mm::track::TreeTracking;
 use crate::notify::{hook, Notify, Silent};
 use crate::ns::user::UsernsGraph;
 use crate::opts::{Action, Options};
@@ -106,7 +110,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
 
 /// The page counts of `summary`'s stats, and `stats-dump` written.
 fn write_stats(summary: &mut DumpSummary, opts: &Options) {
-    summary.stats.pages_scanned = summary.pages_bytes / 4096;
+    summary.stats.pages_scanned = summary.pages_bytes / 4096 + summary.stats.pages_skipped_parent;
     summary.stats.pages_written = summary.pages_bytes / 4096;
     summary.stats.shpages_written =
         crate::stats::pages_in(&opts.dir).saturating_sub(summary.stats.pages_written);
@@ -199,12 +203,16 @@ fn collect_and_write(
     let mut summary = DumpSummary::default();
     let mut filters = crate::task::seccomp::Table::default();
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
+    // (memory tracked for a later dump only of a tree that runs on)
+    let keep = opts.track_mem && (opts.leave_running || opts.leave_stopped);
+    let mut track = TreeTracking::begin(&opts.dir, opts.prev_images_dir.as_deref(), keep);
     let mut sh = task::Shared {
         dir: &opts.dir,
         ns: &ns,
         files: &mut files,
         filters: &mut filters,
         summary: &mut summary,
+        track: &mut track,
     };
     for (i, t) in tree.tasks.iter().enumerate() {
         let parent_ids = all_ids.iter().find(|(p, _)| *p == t.ppid).map(|x| x.1);
@@ -217,6 +225,9 @@ fn collect_and_write(
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     files.finish(&opts.dir)?;
+    let keeper = track.finish();
+    summary.stats.pages_skipped_parent = track.from_parent;
+    link_parent(opts)?;
     let inventory = InventoryEntry {
         img_version: crest_images::INVENTORY_IMG_VERSION,
         fdinfo_per_id: Some(true),
@@ -226,12 +237,28 @@ fn collect_and_write(
         dump_uptime: Some(uptime_ticks()),
         // (CRIU's mark: such images are restored with --tcp-close only)
         tcp_close: opts.tcp_close.then_some(true),
+        crest_track_keeper: keeper,
         ..InventoryEntry::default()
     };
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
     // Established connections stay in repair mode only for a tree that dies.
     files.inet.keep_repair = !opts.leave_running;
     Ok(summary)
+}
+
+/// The images' `parent` link to the parent images (`--prev-images-dir`,
+/// relative to the images directory as CRIU takes it), which a restore
+/// follows for the pages marked as the parent's.
+fn link_parent(opts: &Options) -> Result<(), DumpError> {
+    let Some(prev) = &opts.prev_images_dir else {
+        return Ok(());
+    };
+    let link = opts.dir.join("parent");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(prev, &link).map_err(|source| DumpError::Dir {
+        dir: link.display().to_string(),
+        source,
+    })
 }
 
 fn uptime_ticks() -> u64 {

@@ -26,6 +26,7 @@ pub(super) struct Shared<'a> {
     pub(super) files: &'a mut FileTable,
     pub(super) filters: &'a mut crate::task::seccomp::Table,
     pub(super) summary: &'a mut DumpSummary,
+    pub(super) track: &'a mut mm::track::TreeTracking,
 }
 
 /// Dumps `task` (the `index`-th of the tree; `parent_ids` its parent's
@@ -73,7 +74,7 @@ pub(super) fn dump(
                 &ns.users,
                 fc,
                 sh.dir,
-                (sh.files, sh.filters),
+                (sh.files, sh.filters, sh.track),
                 sh.summary,
             )?;
             crest_sys::fault::point("dump: task dumped")?;
@@ -126,7 +127,11 @@ fn dump_task(
     users: &UsernsGraph,
     for_children: (Option<u32>, Option<u32>),
     dir: &Path,
-    (files, filters): (&mut FileTable, &mut crate::task::seccomp::Table),
+    (files, filters, track): (
+        &mut FileTable,
+        &mut crate::task::seccomp::Table,
+        &mut mm::track::TreeTracking,
+    ),
     summary: &mut DumpSummary,
 ) -> Result<(), DumpError> {
     let pid = task.pid;
@@ -153,7 +158,16 @@ fn dump_task(
         .at(pid, "map the recovery area")?;
 
     let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
-    let mm = mm::dump::dump(&mut t, files, &mut pages)?;
+    let start_time = if track.active() {
+        procfs::read_stat(pid).at(pid, "read stat")?.start_time
+    } else {
+        0
+    };
+    let mut tr = track.for_task(pid, start_time);
+    let mm = mm::dump::dump(&mut t, Some(&mut *files), &mut pages, tr.as_mut())?;
+    if let Some(tr) = tr {
+        track.done(pid, start_time, tr);
+    }
     pages.finish()?;
     let mut tc = coreimg::dump_task(&mut t)?;
     if let Some(sig) = task.stopped {

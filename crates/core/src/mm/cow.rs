@@ -10,7 +10,7 @@
 //! are dropped. CRIU keeps the sharing the same way (premapped areas,
 //! pages compared before they are written).
 
-use super::restore::{current_ranges, has_pages, overlaps, page_runs, Run};
+use super::restore::{current_ranges, has_pages, overlaps, Pages, Run};
 use super::{status, PAGE};
 use crate::error::RoomError;
 use crate::error::{RestoreCtx, RestoreError};
@@ -88,19 +88,19 @@ fn is_held(v: &VmaEntry, h: &Held) -> bool {
 /// every VMA of the tree. Returns what it holds now.
 pub fn prepare(
     t: &mut Tracee,
-    (mm, pagemap, pages_path): (&MmEntry, &[PagemapEntry], &str),
+    (mm, pages): (&MmEntry, &Pages),
     handed: &[Held],
     children: &[&MmEntry],
     avoid: &[(u64, u64)],
 ) -> Result<Vec<Held>, RestoreError> {
     let pid = t.pid();
-    let runs = page_runs(pagemap);
-    let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
+    let runs = &pages.runs;
+    let files = pages.open(pid)?;
     let mut held = Vec::new();
     for h in handed {
         if mm.vmas.iter().any(|v| is_held(v, h)) {
             if !h.fixed {
-                correct(t, h, &runs, (&file, pages_path))?;
+                correct(t, h, runs, (&files, pages))?;
             }
             held.push(Held { fixed: true, ..*h });
         } else {
@@ -159,7 +159,7 @@ pub fn prepare(
             fixed: true,
             flags: map_flags(v),
         };
-        write_own(pid, &h, &runs, (&file, pages_path))?;
+        write_own(pid, &h, runs, (&files, pages))?;
         held.push(h);
     }
     Ok(held)
@@ -193,10 +193,11 @@ fn write_own(
     pid: i32,
     h: &Held,
     runs: &[Run],
-    (file, path): (&std::fs::File, &str),
+    (files, pages): (&[std::fs::File], &Pages),
 ) -> Result<(), RestoreError> {
     let mut buf = Vec::new();
     for r in runs_in(h, runs) {
+        let (file, path) = (&files[r.src], &pages.paths[r.src]);
         let mut done = 0;
         while done < r.len {
             let n = (r.len - done).min(CHUNK);
@@ -231,7 +232,7 @@ fn correct(
     t: &mut Tracee,
     h: &Held,
     runs: &[Run],
-    (file, path): (&std::fs::File, &str),
+    (files, pages): (&[std::fs::File], &Pages),
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).rat(pid, "open /proc/PID/mem")?;
@@ -243,6 +244,7 @@ fn correct(
             gaps.push((covered, r.addr));
         }
         covered = r.addr + r.len;
+        let (file, path) = (&files[r.src], &pages.paths[r.src]);
         let mut done = 0;
         while done < r.len {
             let n = (r.len - done).min(CHUNK);
@@ -304,7 +306,7 @@ pub fn kept(held: &[Held], mm: &MmEntry) -> Vec<Held> {
 /// its place, and given the protection `map_vmas` gives a fresh one.
 pub fn place(
     t: &mut Tracee,
-    (mm, pagemap, pages_path): (&MmEntry, &[PagemapEntry], &str),
+    (mm, pagemap, pages): (&MmEntry, &[PagemapEntry], &Pages),
     kept: &[Held],
 ) -> Result<(), RestoreError> {
     if kept.is_empty() {
@@ -315,11 +317,11 @@ pub fn place(
         "pid {pid}: {} area(s) shared with parent or children",
         kept.len()
     );
-    let runs = page_runs(pagemap);
-    let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
+    let runs = &pages.runs;
+    let files = pages.open(pid)?;
     for h in kept {
         if !h.fixed {
-            correct(t, h, &runs, (&file, pages_path))?;
+            correct(t, h, runs, (&files, pages))?;
         }
         let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
         let got = t

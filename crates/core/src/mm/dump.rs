@@ -3,7 +3,7 @@
 //! file), mm fields from `stat`, `auxv` and `exe`, AIO rings, madvise,
 //! mlock, THP and membarrier state.
 
-use super::{numa, pages};
+use super::{numa, pages, track};
 use super::{status, DEFAULT_COREDUMP_FILTER, MADV_BIT_LOCKONFAULT, MEMBARRIER_REGISTER, PAGE};
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
@@ -12,7 +12,7 @@ use crate::mm::error::MmError;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
 use crate::remote::Remote;
 use crest_images::pb::{AioRingEntry, MmEntry, PagemapEntry, VmaEntry};
-use crest_images::{RawWriter, PE_PRESENT};
+use crest_images::{RawWriter, PE_PARENT, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use std::io;
 
@@ -238,11 +238,16 @@ fn mlockall_future(t: &mut Tracee) -> Result<u32, DumpError> {
 }
 
 /// Collects the VMAs, mm fields and present pages of `pid` (stopped and
-/// injected through `t`), streaming the pages into `pages`.
+/// injected through `t`), streaming the pages into `pages`. Without
+/// `files` (a pre-dump) only the pages are collected. With `track`, the
+/// pages the parent images hold and the task has not written since are
+/// marked as the parent's instead of copied, and the tracking is armed
+/// again (and extended to new mappings) when it goes on.
 pub fn dump(
     t: &mut Tracee,
-    files: &mut FileTable,
+    mut files: Option<&mut FileTable>,
     pages: &mut RawWriter,
+    mut track: Option<&mut track::Tracking>,
 ) -> Result<MmDump, DumpError> {
     let pid = t.pid();
     let mut maps = procfs::read_maps(pid).at(pid, "read maps")?;
@@ -251,13 +256,19 @@ pub fn dump(
         maps.retain(|m| m.end <= start || m.start >= end);
     }
     let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
-    let mut entry = mm_fields(t, files)?;
+    let mut entry = match files.as_deref_mut() {
+        Some(f) => mm_fields(t, f)?,
+        None => MmEntry::default(),
+    };
 
     let mut vmas = Vec::with_capacity(maps.len());
     // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
     let mut guards: Vec<u64> = Vec::new();
     let mut runs: Vec<pages::Run> = Vec::new();
     let mut aios = Vec::new();
+    // (pages taken from the parent images; mappings to start tracking)
+    let mut reuse: Vec<(u64, u64)> = Vec::new();
+    let mut untracked: Vec<(u64, u64)> = Vec::new();
     let pagemap = procfs::Pagemap::open(pid).at(pid, "open pagemap")?;
     let mempolicies = vma_policies(t, &maps)?;
     for m in &maps {
@@ -279,7 +290,22 @@ pub fn dump(
         if vma.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0
             && vma.crest_map_fd.is_none()
         {
-            vma.shmid = u64::from(mapped_file(pid, m, sm, &mut vma, files)?);
+            if let Some(f) = files.as_deref_mut() {
+                vma.shmid = u64::from(mapped_file(pid, m, sm, &mut vma, f)?);
+            }
+        }
+        if let Some(tr) = track.as_deref_mut() {
+            let hugetlb = vma.flags & libc::MAP_HUGETLB as u32 != 0;
+            let saved = policy != PagePolicy::None && vma.crest_map_fd.is_none();
+            if track::trackable(m, hugetlb, saved) {
+                let tracked = tr.uffd.is_some() && sm.is_some_and(|s| s.has("uw"));
+                match tracked
+                    .then(|| track::clean_ranges(pagemap.file(), (m.start, m.end), tr.keep))
+                {
+                    Some(Some(clean)) => reuse.extend(track::intersect(&clean, &tr.parent)),
+                    _ => untracked.push((m.start, m.end)),
+                }
+            }
         }
         if policy != PagePolicy::None {
             let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
@@ -288,17 +314,15 @@ pub fn dump(
         vmas.push(vma);
     }
 
-    let pages_bytes = pages::copy(pid, &runs, pages)?;
-    let pagemap_entries = runs
-        .iter()
-        .map(|r| PagemapEntry {
-            vaddr: r.addr,
-            compat_nr_pages: u32::try_from(r.pages).unwrap_or(u32::MAX),
-            in_parent: None,
-            flags: Some(PE_PRESENT),
-            nr_pages: Some(r.pages),
-        })
-        .collect();
+    let (copied, pagemap_entries) = parent_or_copied(&runs, &reuse);
+    let pages_bytes = pages::copy(pid, &copied, pages)?;
+    if let Some(tr) = track {
+        tr.from_parent +=
+            (runs.iter().map(|r| r.pages).sum::<u64>()).saturating_sub(pages_bytes / PAGE);
+        if tr.keep {
+            track::register(t, tr, &untracked)?;
+        }
+    }
 
     entry.vmas = vmas;
     entry.aios = aios;
@@ -308,6 +332,40 @@ pub fn dump(
         pagemap: pagemap_entries,
         pages_bytes,
     })
+}
+
+/// The runs to copy, and the pagemap of every run: the pieces inside
+/// `reuse` (sorted) marked as the parent images' (`PE_PARENT`), the rest
+/// present in this dump's pages file.
+fn parent_or_copied(
+    runs: &[pages::Run],
+    reuse: &[(u64, u64)],
+) -> (Vec<pages::Run>, Vec<PagemapEntry>) {
+    let entry = |addr: u64, n: u64, flags: u32| PagemapEntry {
+        vaddr: addr,
+        compat_nr_pages: u32::try_from(n).unwrap_or(u32::MAX),
+        in_parent: None,
+        flags: Some(flags),
+        nr_pages: Some(n),
+    };
+    let mut copied = Vec::with_capacity(runs.len());
+    let mut entries = Vec::with_capacity(runs.len());
+    for r in runs {
+        for (addr, len, parent) in track::split(r.addr, r.pages * PAGE, reuse) {
+            let n = len / PAGE;
+            if parent {
+                entries.push(entry(addr, n, PE_PARENT));
+            } else {
+                copied.push(pages::Run {
+                    addr,
+                    pages: n,
+                    readable: r.readable,
+                });
+                entries.push(entry(addr, n, PE_PRESENT));
+            }
+        }
+    }
+    (copied, entries)
 }
 
 /// The mm's fields but its mappings: its layout (code, data, stack,

@@ -31,17 +31,22 @@ pub fn write(
     pagemap: &[PagemapEntry],
 ) -> Result<(), ImageError> {
     crest_images::write_image(dir, &names::mm(pid), magic::MM, std::slice::from_ref(mm))?;
-    let mut pm = ImageWriter::create(dir, &names::pagemap(pid), magic::PAGEMAP)?;
-    pm.write_entry(&PagemapHead { pages_id })?;
-    for e in pagemap {
-        pm.write_entry(e)?;
-    }
-    pm.finish()
+    write_pagemap(dir, pid, pages_id, pagemap)
 }
 
 /// Reads the memory images of task `pid`.
 pub fn read(dir: &Path, pid: u32) -> Result<MmImages, RestoreError> {
     let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;
+    let (pages_id, pagemap) = read_pagemap(dir, pid)?;
+    Ok(MmImages {
+        mm,
+        pagemap,
+        pages_id,
+    })
+}
+
+/// Reads `pagemap-<pid>.img`: the id of its pages file and its entries.
+pub fn read_pagemap(dir: &Path, pid: u32) -> Result<(u32, Vec<PagemapEntry>), RestoreError> {
     let mut r = ImageReader::open(dir, &names::pagemap(pid), magic::PAGEMAP)?;
     let bad = |what: String| {
         MmError::BadImage {
@@ -60,9 +65,20 @@ pub fn read(dir: &Path, pid: u32) -> Result<MmImages, RestoreError> {
         }
         pagemap.push(e);
     }
-    Ok(MmImages {
-        mm,
-        pagemap,
-        pages_id: head.pages_id,
-    })
+    Ok((head.pages_id, pagemap))
+}
+
+/// Writes `pagemap-<pid>.img` alone (a pre-dump's).
+pub fn write_pagemap(
+    dir: &Path,
+    pid: u32,
+    pages_id: u32,
+    pagemap: &[PagemapEntry],
+) -> Result<(), ImageError> {
+    let mut pm = ImageWriter::create(dir, &names::pagemap(pid), magic::PAGEMAP)?;
+    pm.write_entry(&PagemapHead { pages_id })?;
+    for e in pagemap {
+        pm.write_entry(e)?;
+    }
+    pm.finish()
 }

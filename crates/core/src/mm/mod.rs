@@ -12,15 +12,19 @@
 //! The room: `dump` (reading an address space), `image` (its images
 //! written and read), `restore` (mapping and filling it again), `cow`
 //! (pages shared copy-on-write between parent and child), `numa` (range
-//! policies), `pages` (reading pages without unsharing them).
+//! policies), `pages` (reading pages without unsharing them), `track`
+//! (which pages a task wrote since the last dump) and `keeper` (the
+//! process that holds that tracking between dumps).
 
 pub mod cow;
 pub mod dump;
 pub mod error;
 pub mod image;
+pub mod keeper;
 pub mod numa;
 mod pages;
 pub mod restore;
+pub mod track;
 
 pub const PAGE: u64 = 4096;
 

@@ -70,6 +70,11 @@ impl Pagemap {
         Ok(Pagemap { path, file })
     }
 
+    /// The open file (for `PAGEMAP_SCAN`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// `pread` — the words for the pages of `start..end` (rounded out to
     /// pages); empty if `end <= start`.
     pub fn read(&self, start: u64, end: u64) -> Result<Vec<u64>, ProcError> {

@@ -59,7 +59,6 @@ pub(super) struct Forked {
 /// puts them in their sessions and groups, and ends the zombies.
 pub(super) fn fork_tree(
     ti: &TreeImages,
-    dir: &std::path::Path,
     (userns, others_h): (&ns::user::UsernsHelpers, &ns::other::NsHelpers),
     writers: &mut ns::pid::Writers,
     (sibling, ext_pidns): (bool, Option<&std::os::fd::OwnedFd>),
@@ -76,7 +75,7 @@ pub(super) fn fork_tree(
         cur_userns: vec![1; imgs.len()],
         made_time: std::collections::HashSet::new(),
         helpers: pstree::sessions::LeaderHelpers::default(),
-        sharing: Sharing::new(imgs, dir),
+        sharing: Sharing::new(imgs),
     };
     let root = f.root(sibling, ext_pidns)?;
     ns::cgroup::place(root.pid(), cgroups)?;
@@ -328,7 +327,6 @@ pub(super) fn note_forked(
 /// held areas (see `mm::cow`), made once before it forks its first child.
 struct Sharing<'a> {
     imgs: &'a [TaskImage],
-    dir: &'a std::path::Path,
     /// Every VMA of the tree: held areas stay clear of them.
     avoid: Vec<(u64, u64)>,
     held: Vec<Vec<mm::cow::Held>>,
@@ -336,7 +334,7 @@ struct Sharing<'a> {
 }
 
 impl<'a> Sharing<'a> {
-    fn new(imgs: &'a [TaskImage], dir: &'a std::path::Path) -> Self {
+    fn new(imgs: &'a [TaskImage]) -> Self {
         let avoid = imgs
             .iter()
             .filter_map(|i| i.live.as_ref())
@@ -344,7 +342,6 @@ impl<'a> Sharing<'a> {
             .collect();
         Sharing {
             imgs,
-            dir,
             avoid,
             held: Vec::with_capacity(imgs.len()),
             prepared: vec![false; imgs.len()],
@@ -364,14 +361,9 @@ impl<'a> Sharing<'a> {
             .filter(|&c| parent_index(self.imgs, c).ok() == Some(p))
             .filter_map(|c| self.imgs[c].live.as_ref().map(|l| &l.mm))
             .collect();
-        let pages = self
-            .dir
-            .join(crest_images::names::pages(live.pages_id))
-            .to_string_lossy()
-            .into_owned();
         self.held[p] = mm::cow::prepare(
             t,
-            (&live.mm, &live.pagemap, &pages),
+            (&live.mm, &live.pages),
             &self.held[p],
             &children,
             &self.avoid,

@@ -35,7 +35,8 @@ pub(super) struct TaskImage {
 pub(super) struct LiveImage {
     pub(super) mm: MmEntry,
     pub(super) pagemap: Vec<PagemapEntry>,
-    pub(super) pages_id: u32,
+    /// Where its pages are (its pages file, its parent images').
+    pub(super) pages: crate::mm::restore::Pages,
     pub(super) fdinfo: Vec<FdinfoEntry>,
     pub(super) fs: FsEntry,
 }
@@ -173,6 +174,12 @@ impl LiveImage {
         ids: &TaskKobjIdsEntry,
     ) -> Result<LiveImage, RestoreError> {
         let mem = crate::mm::image::read(dir, pid)?;
+        let abs = std::path::absolute(dir).map_err(|source| RestoreError::Io {
+            pid: pid as i32,
+            step: "images directory path".into(),
+            source,
+        })?;
+        let pages = crate::mm::restore::Pages::load(&abs, pid, mem.pages_id, &mem.pagemap)?;
         let fdinfo_name = names::fdinfo(ids.files_id);
         let fdinfo = if ids.files_id == ids.vm_id || dir.join(&fdinfo_name).exists() {
             crest_images::read_image(dir, &fdinfo_name, magic::FDINFO)?
@@ -183,7 +190,7 @@ impl LiveImage {
         Ok(LiveImage {
             mm: mem.mm,
             pagemap: mem.pagemap,
-            pages_id: mem.pages_id,
+            pages,
             fdinfo,
             fs,
         })

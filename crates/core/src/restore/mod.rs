@@ -99,7 +99,6 @@ fn restore_tree(
     caller: &crate::privilege::Caller,
     n: &mut dyn Notify,
 ) -> Result<Restored, RestoreError> {
-    let dir = &opts.dir;
     let Prepared {
         mut files,
         ti,
@@ -124,7 +123,6 @@ fn restore_tree(
     let forking = std::time::Instant::now();
     let mut forked = fork_tree(
         &ti,
-        dir,
         (&userns, &others_h),
         &mut writers,
         (opts.restore_sibling, ext_pidns.as_ref()),
@@ -142,7 +140,6 @@ fn restore_tree(
 
     // Transform every live task, make its threads, set its threads' state.
     let mut ctx = TreeCtx {
-        dir,
         users: &ti.users,
         userns: &userns,
         made_time,

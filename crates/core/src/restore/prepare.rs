@@ -23,6 +23,28 @@ pub(super) struct Prepared {
     pub(super) ext_pidns: Option<OwnedFd>,
 }
 
+/// The parent images (a pre-dump's, through each directory's `parent`
+/// link), whose pages the restore may read: each checked against its
+/// manifest too.
+fn verify_parents(dir: &std::path::Path) -> Result<(), RestoreError> {
+    let mut d = dir.join("parent");
+    for _ in 0..256 {
+        if !d.exists() {
+            return Ok(());
+        }
+        if let crest_images::manifest::Verified::Intact { files, .. } =
+            crest_images::manifest::verify(&d)?
+        {
+            crate::info!(
+                "{}: {files} parent image files match their checksums",
+                d.display()
+            );
+        }
+        d = d.join("parent");
+    }
+    Ok(())
+}
+
 /// Reads and checks the images in `opts.dir` for `caller`.
 pub(super) fn prepare(
     opts: &Options,
@@ -40,6 +62,7 @@ pub(super) fn prepare(
             crest_images::manifest::MANIFEST
         ),
     }
+    verify_parents(dir)?;
     check_inventory(dir, opts.tcp_close)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;

@@ -14,11 +14,9 @@ use crest_images::names;
 use crest_images::pb::crest::CrestThreadExtra;
 use crest_images::pb::CoreEntry;
 use crest_inject::Tracee;
-use std::path::{Path, PathBuf};
 
 /// What the transforms of a tree's tasks share.
 pub(super) struct TreeCtx<'a> {
-    pub(super) dir: &'a Path,
     pub(super) users: &'a UsernsGraph,
     pub(super) userns: &'a ns::user::UsernsHelpers,
     pub(super) made_time: std::collections::HashSet<u32>,
@@ -309,16 +307,13 @@ fn restore_memory(
     held: &[mm::cow::Held],
 ) -> Result<mm::restore::WorkArea, RestoreError> {
     let pid = img.pid();
-    let (files, dir) = (&mut *ctx.files, ctx.dir);
+    let files = &mut *ctx.files;
     let live = img.live_image()?;
     let work = mm::restore::map_work_area(t, &live.mm)?;
     if !shares_files {
         restore_fds(t, img.ids.files_id, &live.fdinfo, files)?;
     }
-    let pages = absolute(dir)
-        .rat(pid, "images directory path")?
-        .join(names::pages(live.pages_id));
-    let pages = pages.to_string_lossy();
+    let pages = &live.pages;
     let mem = (&live.mm, &live.pagemap[..]);
     // (areas held since the fork to share pages with the parent or the
     // children move to their place)
@@ -328,11 +323,11 @@ fn restore_memory(
         .map(|h| (h.at, h.at + h.end - h.start))
         .collect();
     mm::restore::unmap_inherited(t, &work, &now)?;
-    mm::cow::place(t, (mem.0, mem.1, &pages), &kept)?;
+    mm::cow::place(t, (mem.0, mem.1, pages), &kept)?;
     let placed: Vec<(u64, u64)> = kept.iter().map(|h| (h.start, h.end)).collect();
     mm::restore::map_vmas(t, mem, &placed, files, &mut ctx.shared)?;
     let started = std::time::Instant::now();
-    mm::restore::fill_pages(t, mem, &placed, &pages)?;
+    mm::restore::fill_pages(t, mem, &placed, pages)?;
     crate::debug!(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()
@@ -552,12 +547,4 @@ pub(super) fn restore_thread(
         ),
     };
     coreimg::restore_thread(t, &th, personality)
-}
-
-fn absolute(p: &Path) -> std::io::Result<PathBuf> {
-    if p.is_absolute() {
-        Ok(p.to_path_buf())
-    } else {
-        Ok(std::env::current_dir()?.join(p))
-    }
 }

@@ -9,7 +9,7 @@
 mod pages;
 mod settle;
 
-pub use pages::{fill_pages, page_runs, Run};
+pub use pages::{fill_pages, Pages, Run};
 pub use settle::{place_vdso, protect, restore_aios, set_mm_fields};
 
 use super::{status, PAGE};
@@ -521,7 +521,12 @@ mod tests {
     use super::{minus, Run};
 
     fn run(addr: u64, len: u64, off: u64) -> Run {
-        Run { addr, len, off }
+        Run {
+            addr,
+            len,
+            off,
+            src: 0,
+        }
     }
 
     #[test]

@@ -5,33 +5,154 @@
 use super::*;
 use crate::error::RoomError;
 use crate::mm::error::MmError;
+use crest_images::{names, PE_PARENT, PE_PRESENT};
+use std::path::Path;
 
-/// A run of pages: where it goes, its length and where it is in the pages
-/// file.
+/// A run of pages: where it goes, its length, which pages file holds it
+/// (an index into [`Pages::paths`]) and where in that file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
     pub addr: u64,
     pub len: u64,
     pub off: u64,
+    pub src: usize,
 }
 
-/// The pagemap's runs with their offsets in the pages file (stored one
-/// after the other, in pagemap order).
-pub fn page_runs(pagemap: &[PagemapEntry]) -> Vec<Run> {
-    let mut off = 0u64;
-    pagemap
-        .iter()
-        .map(|e| {
+/// Most parent images a chain of dumps may have (pre-dumps before a dump).
+const MAX_PARENTS: usize = 256;
+
+/// A task's pages: every run, in pagemap order, and the pages files they
+/// are in: the task's own first, then those of the parent images its
+/// pagemap points into (`PE_PARENT`, found through each images
+/// directory's `parent` link).
+#[derive(Debug, Default)]
+pub struct Pages {
+    pub runs: Vec<Run>,
+    pub paths: Vec<String>,
+}
+
+impl Pages {
+    /// The pages of task `pid` whose pagemap (in `dir`) is `pagemap` and
+    /// whose pages file is `pages_id`.
+    pub fn load(
+        dir: &Path,
+        pid: u32,
+        pages_id: u32,
+        pagemap: &[PagemapEntry],
+    ) -> Result<Pages, RestoreError> {
+        let mut p = Pages::default();
+        p.runs = p.level(dir, pid, (pages_id, pagemap), 0)?;
+        Ok(p)
+    }
+
+    /// The runs of one images directory's pagemap, those marked as the
+    /// parent's resolved in the parent images.
+    fn level(
+        &mut self,
+        dir: &Path,
+        pid: u32,
+        (pages_id, pagemap): (u32, &[PagemapEntry]),
+        depth: usize,
+    ) -> Result<Vec<Run>, RestoreError> {
+        let src = self.paths.len();
+        self.paths.push(
+            dir.join(names::pages(pages_id))
+                .to_string_lossy()
+                .into_owned(),
+        );
+        let bad = |what: String| {
+            MmError::BadImage {
+                file: dir.join(names::pagemap(pid)).display().to_string(),
+                what,
+            }
+            .in_restore(pid as i32)
+        };
+        let mut parent: Option<Vec<Run>> = None;
+        let mut runs = Vec::with_capacity(pagemap.len());
+        let mut off = 0u64;
+        for e in pagemap {
             let len = e.pages().saturating_mul(PAGE);
-            let r = Run {
-                addr: e.vaddr,
-                len,
-                off,
-            };
-            off = off.saturating_add(len);
-            r
-        })
-        .collect()
+            let flags = e.flags.unwrap_or(if e.in_parent == Some(true) {
+                PE_PARENT
+            } else {
+                PE_PRESENT
+            });
+            if flags & PE_PARENT == 0 {
+                runs.push(Run {
+                    addr: e.vaddr,
+                    len,
+                    off,
+                    src,
+                });
+                off = off.saturating_add(len);
+                continue;
+            }
+            if parent.is_none() {
+                if depth >= MAX_PARENTS {
+                    return Err(bad(format!("more than {MAX_PARENTS} parent images")));
+                }
+                let pdir = dir.join("parent");
+                let (pid_pages, pmap) = crate::mm::image::read_pagemap(&pdir, pid)
+                    .map_err(|e| bad(format!("pages in the parent images, which fail: {e}")))?;
+                parent = Some(self.level(&pdir, pid, (pid_pages, &pmap), depth + 1)?);
+            }
+            let from = parent.as_deref().unwrap_or_default();
+            let end = e.vaddr.saturating_add(len);
+            let mut at = e.vaddr;
+            let first = from.partition_point(|r| r.addr + r.len <= at);
+            for r in &from[first..] {
+                if at >= end || r.addr > at {
+                    break;
+                }
+                let take = (r.addr + r.len).min(end) - at;
+                runs.push(Run {
+                    addr: at,
+                    len: take,
+                    off: r.off + (at - r.addr),
+                    src: r.src,
+                });
+                at += take;
+            }
+            if at < end {
+                return Err(bad(format!(
+                    "pages at {at:#x}-{end:#x} marked as the parent images', which lack them"
+                )));
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The runs of pages file `src`.
+    pub fn of(runs: &[Run], src: usize) -> Vec<Run> {
+        runs.iter().filter(|r| r.src == src).copied().collect()
+    }
+
+    /// Opens every pages file, each checked to hold what its runs need.
+    pub fn open(&self, pid: i32) -> Result<Vec<std::fs::File>, RestoreError> {
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let file = std::fs::File::open(path).rat(pid, format!("open {path}"))?;
+                let len = file.metadata().rat(pid, format!("stat {path}"))?.len();
+                let need = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.src == i)
+                    .map(|r| r.off.saturating_add(r.len))
+                    .max()
+                    .unwrap_or(0);
+                if len < need {
+                    return Err(MmError::BadImage {
+                        file: path.clone(),
+                        what: format!("holds {len} bytes, the pagemap needs {need}"),
+                    }
+                    .in_restore(pid));
+                }
+                Ok(file)
+            })
+            .collect()
+    }
 }
 
 /// Fills the pages from the pages file (but those of the areas in
@@ -44,34 +165,23 @@ pub fn fill_pages(
     t: &mut Tracee,
     (mm, pagemap): (&MmEntry, &[PagemapEntry]),
     placed: &[(u64, u64)],
-    pages_path: &str,
+    pages: &Pages,
 ) -> Result<(), RestoreError> {
     let pid = t.pid();
     check_pagemap(pid, mm, pagemap)?;
     if pagemap.is_empty() {
         return Ok(());
     }
-    let all = page_runs(pagemap);
-    let need = all.last().map_or(0, |r| r.off + r.len);
-    let runs: Vec<Run> = all
-        .into_iter()
+    let runs: Vec<Run> = pages
+        .runs
+        .iter()
         .filter(|r| !placed.iter().any(|p| r.addr >= p.0 && r.addr < p.1))
+        .copied()
         .collect();
     let total: u64 = runs.iter().map(|r| r.len).sum();
     let split = if total >= 64 << 20 { total / 2 } else { total };
     let (mine, theirs) = split_runs(&runs, split);
-    let file = std::fs::File::open(pages_path).rat(pid, format!("open {pages_path}"))?;
-    let len = file
-        .metadata()
-        .rat(pid, format!("stat {pages_path}"))?
-        .len();
-    if len < need {
-        return Err(MmError::BadImage {
-            file: pages_path.to_string(),
-            what: format!("holds {len} bytes, the pagemap needs {need}"),
-        }
-        .in_restore(pid));
-    }
+    let files = pages.open(pid)?;
     // (crest and the task pinned to one CPU for the restore: both halves
     // of a large fill run free, the task pinned again after)
     let spread = crest_sys::misc::pinned().filter(|_| !theirs.is_empty());
@@ -83,9 +193,12 @@ pub fn fill_pages(
             if let Some((free, _)) = &spread {
                 let _ = crest_sys::misc::set_affinity(0, free);
             }
-            write_runs(pid, &file, &theirs, pages_path)
+            (0..files.len()).try_for_each(|i| {
+                write_runs(pid, &files[i], &Pages::of(&theirs, i), &pages.paths[i])
+            })
         });
-        let res = read_in_task(t, &mine, pages_path);
+        let res = (0..files.len())
+            .try_for_each(|i| read_in_task(t, &Pages::of(&mine, i), &pages.paths[i]));
         let helped = helper.join().unwrap_or_else(|_| {
             Err(MmError::Unsupported {
                 what: "a page writer thread that panicked".into(),
@@ -116,6 +229,7 @@ pub(super) fn split_runs(runs: &[Run], at: u64) -> (Vec<Run>, Vec<Run>) {
                 addr: r.addr + head,
                 len: r.len - head,
                 off: r.off + head,
+                src: r.src,
             });
         }
         seen += r.len;
@@ -294,4 +408,64 @@ pub(super) fn preadv(
         }
     }
     Ok(off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vaddr: u64, n: u64, flags: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            compat_nr_pages: n as u32,
+            in_parent: None,
+            flags: Some(flags),
+            nr_pages: Some(n),
+        }
+    }
+
+    #[test]
+    fn pages_marked_as_the_parents_are_found_in_the_parent_images() {
+        let root = std::env::temp_dir().join(format!("crest-pages-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (d1, d2) = (root.join("d1"), root.join("d2"));
+        std::fs::create_dir_all(&d1).unwrap();
+        std::fs::create_dir_all(&d2).unwrap();
+        std::os::unix::fs::symlink("../d1", d2.join("parent")).unwrap();
+        // the parent: 0x1000-0x4000 and 0x8000-0x9000, in its pages file 5
+        let older = [entry(0x1000, 3, PE_PRESENT), entry(0x8000, 1, PE_PRESENT)];
+        crate::mm::image::write_pagemap(&d1, 7, 5, &older).unwrap();
+        // the child: its own page at 0x1000, the parent's 0x2000-0x4000
+        let newer = [
+            entry(0x1000, 1, PE_PRESENT),
+            entry(0x2000, 2, PE_PARENT),
+            entry(0x8000, 1, PE_PRESENT),
+        ];
+        let p = Pages::load(&d2, 7, 1, &newer).unwrap();
+        assert_eq!(p.paths.len(), 2);
+        assert!(p.paths[1].ends_with("d2/parent/pages-5.img"));
+        let run = |addr, len, off, src| Run {
+            addr,
+            len,
+            off,
+            src,
+        };
+        assert_eq!(
+            p.runs,
+            vec![
+                run(0x1000, 0x1000, 0, 0),
+                run(0x2000, 0x2000, 0x1000, 1),
+                run(0x8000, 0x1000, 0x1000, 0)
+            ]
+        );
+        // a page the parent does not have is refused, naming the pagemap
+        let missing = [entry(0x4000, 1, PE_PARENT)];
+        let e = Pages::load(&d2, 7, 1, &missing).unwrap_err().to_string();
+        assert!(e.contains("pagemap-7.img") && e.contains("lack"), "{e}");
+        // and so is a parent link to nothing
+        let _ = std::fs::remove_dir_all(&d1);
+        let e = Pages::load(&d2, 7, 1, &newer).unwrap_err().to_string();
+        assert!(e.contains("parent"), "{e}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
