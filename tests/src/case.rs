@@ -632,6 +632,7 @@ pub fn dump_attempt(
         crate::crit::require(dir, procs)?;
         return Ok(None);
     }
+    crate::iterative::check_final(dir)?;
     match wait_exit(pid, Duration::from_secs(10))? {
         Waited::Exited(_) => procs.untrack(pid),
         Waited::TimedOut => {
@@ -682,7 +683,17 @@ pub fn run_dump_env(
     procs: &mut Procs,
     env: &[(&str, &str)],
 ) -> Result<crest::Ran> {
+    // (a workload that asks for pre-dumps gets them first: the dump
+    // then has their images as its parent)
+    let prev = if leave_running {
+        None
+    } else {
+        crate::iterative::pre_dumps(cfg, dir, pid, procs)?
+    };
     let mut cmd = dump_command(&cfg.crest, dir, pid, leave_running);
+    if let Some(p) = prev {
+        cmd.arg("--prev-images-dir").arg(p);
+    }
     cmd.envs(env.iter().copied());
     crest::run(cmd, &dir.root, "dump", CREST_TIMEOUT, procs)
 }

@@ -23,6 +23,7 @@ pub mod dumpchecks;
 pub mod fresh_init;
 pub mod hostile;
 pub mod inherit_fd;
+pub mod iterative;
 pub mod nested;
 pub mod ns;
 pub mod outside;

@@ -27,6 +27,7 @@ pub fn workloads() -> Vec<Workload> {
     };
     vec![
         c("mem_patterns", &["64"], Settle::Blocked),
+        c("mem_iter", &["32"], Settle::Spinning),
         c("sleep_restart", &[], Settle::Blocked),
         c("pipe_read_restart", &[], Settle::Blocked),
         c("futex_restart", &[], Settle::Blocked),

@@ -8,8 +8,8 @@
  * mostly it rewrites a page of a hot set (the first 1/32), sometimes any
  * page; it drops a page (MADV_DONTNEED: it reads as zeros after), reads a
  * dropped page again (the zero page gets mapped), maps fresh memory over
- * a stretch (MAP_FIXED) and fills it, and moves a small region between two
- * addresses (mremap). A dump that takes a page from its parent images
+ * a stretch (MAP_FIXED) and fills it, and moves a small region away,
+ * rewrites it and moves it back (mremap). A dump that takes a page from its parent images
  * although the task wrote it since would bring back an old generation.
  * After SIGTERM every page is checked; the one being changed when the
  * task was frozen may hold old or new words. Writes <statedir>/changes:
@@ -99,16 +99,23 @@ static void remap(size_t i, size_t n)
 	busy_hi = busy_lo = 0;
 }
 
+/* The mover goes to its other home, is rewritten there and comes back:
+ * the kernel moves its pages twice (the maps are as before, but in the
+ * moment it is away). */
 static void move_mover(void)
 {
-	int to = !at;
-	if (mremap(home[at], MOVER_PAGES * PAGE, MOVER_PAGES * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED,
-		   home[to]) == MAP_FAILED)
-		wl_fail("mremap: %s", strerror(errno));
-	at = to;
-	mover_gen++;
-	for (size_t k = 0; k < MOVER_PAGES; k++)
-		fill((uint64_t *)(home[to] + k * PAGE), 1000000 + k, mover_gen);
+	for (int leg = 0; leg < 2; leg++) {
+		int to = !at;
+		if (mremap(home[at], MOVER_PAGES * PAGE, MOVER_PAGES * PAGE,
+			   MREMAP_MAYMOVE | MREMAP_FIXED, home[to]) == MAP_FAILED)
+			wl_fail("mremap: %s", strerror(errno));
+		at = to;
+		if (leg == 0) {
+			mover_gen++;
+			for (size_t k = 0; k < MOVER_PAGES; k++)
+				fill((uint64_t *)(home[to] + k * PAGE), 1000000 + k, mover_gen);
+		}
+	}
 }
 
 static void change(void)
@@ -194,6 +201,9 @@ int main(int argc, char **argv)
 		gen[i] = 1;
 		fill(page_at(i), i, 1);
 	}
+	/* the harness pre-dumps this many times before the dump */
+	if (wl_write_file("pre-dumps", "2\n", 2) < 0)
+		wl_fail("write pre-dumps: %s", strerror(errno));
 	wl_ready();
 	unsigned long changes = 0;
 	while (!wl_term) {

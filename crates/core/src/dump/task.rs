@@ -119,6 +119,14 @@ fn shared_ids(
     Ok(ids)
 }
 
+/// The tables every task's dump adds to: files, seccomp filters, memory
+/// tracking.
+type Tables<'a> = (
+    &'a mut FileTable,
+    &'a mut crate::task::seccomp::Table,
+    &'a mut mm::track::TreeTracking,
+);
+
 /// Dumps one live task and its threads into their images.
 #[allow(clippy::too_many_arguments)]
 fn dump_task(
@@ -127,11 +135,7 @@ fn dump_task(
     users: &UsernsGraph,
     for_children: (Option<u32>, Option<u32>),
     dir: &Path,
-    (files, filters, track): (
-        &mut FileTable,
-        &mut crate::task::seccomp::Table,
-        &mut mm::track::TreeTracking,
-    ),
+    (files, filters, track): Tables<'_>,
     summary: &mut DumpSummary,
 ) -> Result<(), DumpError> {
     let pid = task.pid;
@@ -157,18 +161,7 @@ fn dump_task(
         })
         .at(pid, "map the recovery area")?;
 
-    let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
-    let start_time = if track.active() {
-        procfs::read_stat(pid).at(pid, "read stat")?.start_time
-    } else {
-        0
-    };
-    let mut tr = track.for_task(pid, start_time);
-    let mm = mm::dump::dump(&mut t, Some(&mut *files), &mut pages, tr.as_mut())?;
-    if let Some(tr) = tr {
-        track.done(pid, start_time, tr);
-    }
-    pages.finish()?;
+    let mm = dump_memory(&mut t, (dir, id), files, track)?;
     let mut tc = coreimg::dump_task(&mut t)?;
     if let Some(sig) = task.stopped {
         // comes back stopped by the same signal
@@ -213,6 +206,31 @@ fn dump_task(
         mm.pages_bytes
     );
     Ok(())
+}
+
+/// The task's memory (its pages into its `id`-th pages file in `dir`),
+/// with its tracking when memory is tracked.
+fn dump_memory(
+    t: &mut Tracee,
+    (dir, id): (&Path, u32),
+    files: &mut FileTable,
+    track: &mut mm::track::TreeTracking,
+) -> Result<mm::dump::MmDump, DumpError> {
+    let pid = t.pid();
+    let mut out = crest_images::create_raw(dir, &names::pages(id))?;
+    let start_time = if track.active() {
+        procfs::read_stat(pid).at(pid, "read stat")?.start_time
+    } else {
+        0
+    };
+    let mut tr = track.for_task(pid, start_time);
+    let mm = mm::dump::dump(t, Some(files), &mut out, tr.as_mut());
+    if let Some(tr) = tr {
+        track.done(pid, start_time, tr);
+    }
+    let mm = mm?;
+    out.finish()?;
+    Ok(mm)
 }
 
 /// The pid and time namespaces `pid`'s next children go to, where they

@@ -256,10 +256,9 @@ pub fn dump(
         maps.retain(|m| m.end <= start || m.start >= end);
     }
     let smaps = procfs::read_smaps(pid).at(pid, "read smaps")?;
-    let mut entry = match files.as_deref_mut() {
-        Some(f) => mm_fields(t, f)?,
-        None => MmEntry::default(),
-    };
+    let mut entry = files
+        .as_deref_mut()
+        .map_or(Ok(MmEntry::default()), |f| mm_fields(t, f))?;
 
     let mut vmas = Vec::with_capacity(maps.len());
     // guard pages (MADV_GUARD_INSTALL): (start, length) pairs
@@ -295,17 +294,14 @@ pub fn dump(
             }
         }
         if let Some(tr) = track.as_deref_mut() {
-            let hugetlb = vma.flags & libc::MAP_HUGETLB as u32 != 0;
             let saved = policy != PagePolicy::None && vma.crest_map_fd.is_none();
-            if track::trackable(m, hugetlb, saved) {
-                let tracked = tr.uffd.is_some() && sm.is_some_and(|s| s.has("uw"));
-                match tracked
-                    .then(|| track::clean_ranges(pagemap.file(), (m.start, m.end), tr.keep))
-                {
-                    Some(Some(clean)) => reuse.extend(track::intersect(&clean, &tr.parent)),
-                    _ => untracked.push((m.start, m.end)),
-                }
-            }
+            tracked(
+                tr,
+                (m, sm, &vma),
+                saved,
+                &pagemap,
+                (&mut reuse, &mut untracked),
+            );
         }
         if policy != PagePolicy::None {
             let words = pagemap.read(m.start, m.end).at(pid, "read pagemap")?;
@@ -314,15 +310,7 @@ pub fn dump(
         vmas.push(vma);
     }
 
-    let (copied, pagemap_entries) = parent_or_copied(&runs, &reuse);
-    let pages_bytes = pages::copy(pid, &copied, pages)?;
-    if let Some(tr) = track {
-        tr.from_parent +=
-            (runs.iter().map(|r| r.pages).sum::<u64>()).saturating_sub(pages_bytes / PAGE);
-        if tr.keep {
-            track::register(t, tr, &untracked)?;
-        }
-    }
+    let (pagemap_entries, pages_bytes) = save(t, &runs, (&reuse, &untracked), pages, track)?;
 
     entry.vmas = vmas;
     entry.aios = aios;
@@ -332,6 +320,50 @@ pub fn dump(
         pagemap: pagemap_entries,
         pages_bytes,
     })
+}
+
+/// Copies the pages of `runs` but those in `reuse` (the parent images'),
+/// then extends the tracking to the mappings `untracked` when it goes on:
+/// the pagemap and the bytes copied.
+fn save(
+    t: &mut Tracee,
+    runs: &[pages::Run],
+    (reuse, untracked): (&[(u64, u64)], &[(u64, u64)]),
+    out: &mut RawWriter,
+    track: Option<&mut track::Tracking>,
+) -> Result<(Vec<PagemapEntry>, u64), DumpError> {
+    let (copied, entries) = parent_or_copied(runs, reuse);
+    let bytes = pages::copy(t.pid(), &copied, out)?;
+    if let Some(tr) = track {
+        let all: u64 = runs.iter().map(|r| r.pages).sum();
+        tr.from_parent += all.saturating_sub(bytes / PAGE);
+        if tr.keep {
+            track::register(t, tr, untracked)?;
+        }
+    }
+    Ok((entries, bytes))
+}
+
+/// For mapping `m` (its smaps `sm`, its entry `vma`, its pages `saved`
+/// or not) of a tracked task: the pages it may take from the parent
+/// images pushed to `reuse`; the mapping pushed to `untracked` when the
+/// tracking does not cover it yet.
+fn tracked(
+    tr: &track::Tracking,
+    (m, sm, vma): (&MapsEntry, Option<&SmapsEntry>, &VmaEntry),
+    saved: bool,
+    pagemap: &procfs::Pagemap,
+    (reuse, untracked): (&mut Vec<(u64, u64)>, &mut Vec<(u64, u64)>),
+) {
+    let hugetlb = vma.flags & libc::MAP_HUGETLB as u32 != 0;
+    if !track::trackable(m, hugetlb, saved) {
+        return;
+    }
+    let covered = tr.uffd.is_some() && sm.is_some_and(|s| s.has("uw"));
+    match covered.then(|| track::clean_ranges(pagemap.file(), (m.start, m.end), tr.keep)) {
+        Some(Some(clean)) => reuse.extend(track::intersect(&clean, &tr.parent)),
+        _ => untracked.push((m.start, m.end)),
+    }
 }
 
 /// The runs to copy, and the pagemap of every run: the pieces inside

@@ -216,10 +216,14 @@ pub fn clean_ranges(
     (start, end): (u64, u64),
     rearm: bool,
 ) -> Option<Vec<(u64, u64)>> {
+    // Only pages that are there (present or swapped) are asked for: a
+    // query of "written" alone takes every empty entry of a page table
+    // for written, and arming it leaves a marker there that the pagemap
+    // shows as a swapped page.
     let q = ScanQuery {
         flags: misc::PM_SCAN_CHECK_WPASYNC | if rearm { misc::PM_SCAN_WP_MATCHING } else { 0 },
         all: misc::PAGE_IS_WRITTEN,
-        any: 0,
+        any: misc::PAGE_IS_PRESENT | misc::PAGE_IS_SWAPPED,
         report: misc::PAGE_IS_WRITTEN,
     };
     let written = misc::pagemap_scan(pagemap, start, end, q).ok()?;
