@@ -10,6 +10,17 @@
 //! - a later round and the dump take pages from their parent images
 //!   (`pages_skipped_parent` of `stats-dump`, `PE_PARENT` entries);
 //! - after the dump (the tree killed), no keeper is left.
+//!
+//! Cases of their own (`iter_*[host]`, `mem_iter` each):
+//! - `iter_tracking_lost`: the keeper killed between rounds: the task's
+//!   memory is no longer tracked (no `uw` in its smaps), the dump says the
+//!   tracking is lost and saves every page; the restore passes.
+//! - `iter_leave_running`: a `dump -R --track-mem` as a middle round
+//!   keeps the tracking; the dump after it takes pages from it.
+//! - `iter_parent_missing`: a parent's pages file gone: the restore fails
+//!   naming it and leaves no task behind.
+//! - `iter_crest_killed`: crest killed at every fault point of a pre-dump:
+//!   the task runs on, its fds as before, its memory no longer tracked.
 
 use std::fs;
 use std::path::Path;
@@ -20,10 +31,23 @@ use crest_images::pb::{PagemapEntry, PagemapHead, StatsEntry};
 use crest_images::{magic, names, ImageReader, PE_PARENT};
 use nix::unistd::Pid;
 
-use crate::case::CaseDir;
-use crate::crest::{self, CREST_TIMEOUT};
-use crate::procs::{self, Procs};
-use crate::Config;
+use crate::case::{self, CaseDir, DirCase};
+use crate::crest::{self, Ran, CREST_TIMEOUT};
+use crate::procs::{self, wait_exit, Procs, Waited};
+use crate::suite::Report;
+use crate::{Config, Outcome, StdioKind};
+
+const CASES: [(&str, DirCase); 4] = [
+    ("iter_tracking_lost", iter_tracking_lost),
+    ("iter_leave_running", iter_leave_running),
+    ("iter_parent_missing", iter_parent_missing),
+    ("iter_crest_killed", iter_crest_killed),
+];
+
+/// Runs the cases whose names pass `selected`.
+pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
+    case::run_root_cases(cfg, report, selected, &CASES);
+}
 
 /// Time the workload runs between two rounds.
 const BETWEEN: Duration = Duration::from_millis(300);
@@ -178,4 +202,267 @@ fn keepers() -> Vec<i32> {
                 .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__track-keeper"))
         })
         .collect()
+}
+
+/// Starts `mem_iter` (32 MiB) in `dir`, ready.
+fn start_iter(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Pid> {
+    let w = crate::suite::workload("mem_iter").context("no mem_iter workload")?;
+    let pid = case::start(cfg, &w, dir, StdioKind::DevNull, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    Ok(pid)
+}
+
+/// Runs `crest <args>` in the case directory (its output as `<tag>.*`),
+/// with `env` set.
+fn crest_run(
+    cfg: &Config,
+    dir: &CaseDir,
+    args: &[&str],
+    tag: &str,
+    env: &[(&str, &str)],
+    procs: &mut Procs,
+) -> Result<Ran> {
+    let mut cmd = crest::command(&cfg.crest, args);
+    cmd.envs(env.iter().copied());
+    crest::run(cmd, &dir.root, tag, CREST_TIMEOUT, procs)
+}
+
+/// `crest pre-dump` of `pid` into `<case>/<name>`, after `prev` if given.
+fn pre_dump(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    (name, prev): (&str, Option<&str>),
+    procs: &mut Procs,
+) -> Result<()> {
+    let images = dir.root.join(name).to_string_lossy().into_owned();
+    let pid_s = pid.to_string();
+    let mut args = vec![
+        "pre-dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "-o",
+        "pre-dump.log",
+        "-v4",
+    ];
+    let prev = prev.map(|p| format!("../{p}"));
+    if let Some(p) = &prev {
+        args.extend(["--prev-images-dir", p.as_str()]);
+    }
+    let ran = crest_run(cfg, dir, &args, name, &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest pre-dump into {name}")));
+    }
+    Ok(())
+}
+
+/// The final dump of `pid` into the images directory after `prev`; the
+/// dumped task reaped.
+fn final_dump(cfg: &Config, dir: &CaseDir, pid: Pid, prev: &str, procs: &mut Procs) -> Result<()> {
+    let images = dir.images.to_string_lossy().into_owned();
+    let pid_s = pid.to_string();
+    let prev = format!("../{prev}");
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "-o",
+        "dump.log",
+        "-v4",
+        "--prev-images-dir",
+        &prev,
+    ];
+    let ran = crest_run(cfg, dir, &args, "dump", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump"));
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
+    }
+    Ok(())
+}
+
+/// Kills every keeper and waits until `pid`'s memory is tracked no more.
+fn end_keepers(pid: Pid) -> Result<()> {
+    for k in keepers() {
+        let _ = nix::sys::signal::kill(Pid::from_raw(k), nix::sys::signal::Signal::SIGKILL);
+    }
+    if !procs::wait_until(Duration::from_secs(3), || !tracked(pid)) {
+        bail!("the keepers killed, pid {pid}'s memory is still tracked");
+    }
+    Ok(())
+}
+
+/// Whether `pid`'s memory is tracked (a mapping registered).
+fn tracked(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/smaps")).is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("VmFlags:") && l.contains(" uw"))
+    })
+}
+
+fn iter_tracking_lost(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let pid = start_iter(cfg, dir, procs)?;
+    pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+    if !tracked(pid) {
+        bail!("after the pre-dump no mapping of pid {pid} is tracked (no uw in its smaps)");
+    }
+    end_keepers(pid)?;
+    std::thread::sleep(BETWEEN);
+    final_dump(cfg, dir, pid, "pre-1", procs)?;
+    if skipped_parent(&dir.images)? != 0 {
+        bail!("the tracking was lost, yet the dump took pages from its parent images");
+    }
+    let log = fs::read_to_string(dir.images.join("dump.log")).unwrap_or_default();
+    if !log.contains("tracking") || !log.contains("lost") {
+        bail!("dump.log does not say the memory tracking was lost");
+    }
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+}
+
+fn iter_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let pid = start_iter(cfg, dir, procs)?;
+    pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+    std::thread::sleep(BETWEEN);
+    let mid = dir.root.join("mid").to_string_lossy().into_owned();
+    let pid_s = pid.to_string();
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &mid,
+        "-o",
+        "dump.log",
+        "-v4",
+        "-R",
+        "--track-mem",
+        "--prev-images-dir",
+        "../pre-1",
+    ];
+    let ran = crest_run(cfg, dir, &args, "mid", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump -R --track-mem"));
+    }
+    if !procs::alive(pid) || !tracked(pid) || keepers().is_empty() {
+        bail!("after dump -R --track-mem pid {pid} is not running tracked with a keeper");
+    }
+    if skipped_parent(&dir.root.join("mid"))? == 0 {
+        bail!("dump -R --track-mem took no page from its parent images");
+    }
+    std::thread::sleep(BETWEEN);
+    final_dump(cfg, dir, pid, "mid", procs)?;
+    if skipped_parent(&dir.images)? == 0 {
+        bail!("the dump after dump -R --track-mem took no page from it");
+    }
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+}
+
+fn iter_parent_missing(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let pid = start_iter(cfg, dir, procs)?;
+    pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+    std::thread::sleep(BETWEEN);
+    final_dump(cfg, dir, pid, "pre-1", procs)?;
+    let pages = dir.root.join("pre-1/pages-1.img");
+    fs::remove_file(&pages).with_context(|| format!("remove {}", pages.display()))?;
+    let images = dir.images.to_string_lossy().into_owned();
+    let args = ["restore", "-D", &images, "-d", "-o", "restore.log", "-v4"];
+    procs.track(pid);
+    let ran = crest_run(cfg, dir, &args, "restore", &[], procs)?;
+    if ran.success() {
+        bail!("the restore succeeded without its parent's pages file");
+    }
+    if !ran.stderr.contains("pages-1.img") {
+        bail!(
+            "the restore's error does not name the missing pages file: {}",
+            ran.stderr.trim()
+        );
+    }
+    if procs::exists(pid) {
+        bail!("the failed restore left pid {pid} behind");
+    }
+    procs.untrack(pid);
+    Ok(Outcome::Pass)
+}
+
+fn iter_crest_killed(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let pid = start_iter(cfg, dir, procs)?;
+    let fds_before = fd_links(pid);
+    // the points a pre-dump passes (one that goes on from a parent)
+    pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+    let images = dir.root.join("list").to_string_lossy().into_owned();
+    let pid_s = pid.to_string();
+    let args = [
+        "pre-dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "--prev-images-dir",
+        "../pre-1",
+    ];
+    let ran = crest_run(cfg, dir, &args, "list", &[("CREST_FAULT", "list")], procs)?;
+    let points = ran
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("crest fault point "))
+        .count();
+    if !ran.success() || points == 0 {
+        bail!(
+            "a pre-dump with CREST_FAULT=list: {}",
+            ran.failure("crest pre-dump")
+        );
+    }
+    for n in 1..=points {
+        // (each round from a task tracked afresh, its keeper the only one)
+        end_keepers(pid)?;
+        pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+        let images = dir.root.join(format!("killed-{n}"));
+        let images = images.to_string_lossy().into_owned();
+        let args = [
+            "pre-dump",
+            "-t",
+            &pid_s,
+            "-D",
+            &images,
+            "--prev-images-dir",
+            "../pre-1",
+        ];
+        let spec = format!("{n}:kill");
+        let tag = format!("killed-{n}");
+        let ran = crest_run(cfg, dir, &args, &tag, &[("CREST_FAULT", &spec)], procs)?;
+        if ran.success() {
+            continue;
+        }
+        // running, and tracked only while a keeper still holds it
+        let settled = procs::wait_until(Duration::from_secs(5), || {
+            procs::tree_problems(pid).is_empty() && (!tracked(pid) || !keepers().is_empty())
+        });
+        if !settled {
+            let problems = procs::tree_problems(pid);
+            bail!(
+                "crest killed at fault point {n} of a pre-dump: pid {pid} {}",
+                if problems.is_empty() {
+                    "is tracked with no keeper left".to_string()
+                } else {
+                    problems.join("; ")
+                }
+            );
+        }
+        let fds = fd_links(pid);
+        if fds != fds_before {
+            bail!(
+                "crest killed at fault point {n} of a pre-dump: fds {fds_before:?} became {fds:?}"
+            );
+        }
+    }
+    end_keepers(pid)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
 }

@@ -6,9 +6,12 @@
 //!
 //! Cases (`rpc_*[host]`):
 //! - `rpc_version`: VERSION (≥ 3.17, named crest) with keep_open, a second
-//!   request on the same socket, then FEATURE_CHECK (every feature false),
+//!   request on the same socket, then FEATURE_CHECK (mem_track as the kernel
+//!   allows, the others false),
 //!   and closing the socket ends crest with 0.
 //! - `rpc_check`: CHECK succeeds.
+//! - `rpc_pre_dump`: PRE_DUMP twice and DUMP on one socket, each with its
+//!   parent images; the restored `mem_iter` passes its check of every page.
 //! - `rpc_dump_restore`: `small_tree` dumped with `images_dir_fd` (a
 //!   directory fd of the test), `log_file`, `notify_scripts` (pre-dump,
 //!   post-dump answered in order), restored with every restore notification
@@ -50,7 +53,8 @@ use crate::procs::{self, alive, exists, wait_exit, wait_until, Exit, Procs, Wait
 use crate::suite::Report;
 use crate::{Config, Outcome};
 
-const CASES: [(&str, DirCase); 10] = [
+const CASES: [(&str, DirCase); 11] = [
+    ("rpc_pre_dump", rpc_pre_dump),
     ("rpc_version", rpc_version),
     ("rpc_check", rpc_check),
     ("rpc_dump_restore", rpc_dump_restore),
@@ -290,7 +294,7 @@ fn rpc_version(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
             bail!("VERSION's name is {name:?}, not crest's");
         }
     }
-    // FEATURE_CHECK on the same socket: crest has none of the three yet
+    // FEATURE_CHECK on the same socket
     let mut f = req(CriuReqType::FeatureCheck, None);
     f.keep_open = Some(true);
     f.features = Some(CriuFeatures {
@@ -303,11 +307,15 @@ fn rpc_version(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     let got = resp
         .features
         .context("FEATURE_CHECK answered without features")?;
-    if got.mem_track != Some(false)
+    // (memory tracking as the kernel allows it: asynchronous userfaultfd
+    // write protection and PAGEMAP_SCAN)
+    let track =
+        crest_sys::misc::uffd_wp_async_supported() && crest_sys::misc::pagemap_scan_supported();
+    if got.mem_track != Some(track)
         || got.lazy_pages != Some(false)
         || got.pidfd_store != Some(false)
     {
-        bail!("FEATURE_CHECK answered {got:?}, expected all three Some(false)");
+        bail!("FEATURE_CHECK answered {got:?}, expected mem_track {track}, the others false");
     }
     s.close_expect_zero(procs)?;
     Ok(Outcome::Pass)
@@ -433,6 +441,52 @@ fn rpc_dump_restore(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         bail!("no restore.log or stats-restore in the images directory after the RESTORE");
     }
     check_restored(dir, pid, &before, procs)
+}
+
+/// PRE_DUMP twice, then DUMP, on one socket (CRIU's pre-dump loop), each
+/// round with its own images directory and the one before as `parent_img`;
+/// the restored `mem_iter` checks every page, and the dump took pages from
+/// its parents.
+fn rpc_pre_dump(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let w = crate::suite::workload("mem_iter").context("no mem_iter workload")?;
+    let pid = case::start(cfg, &w, dir, crate::StdioKind::DevNull, procs)?;
+    case::wait_ready(dir, pid, procs)?;
+    let s = Swrk::start(cfg, dir, "swrk", procs)?;
+    for k in 1..=2 {
+        let d = dir.root.join(format!("pre-{k}"));
+        fs::create_dir_all(&d)?;
+        let f = open_dir(&d)?;
+        let mut o = opts(&f, "pre-dump.log");
+        o.pid = Some(pid.as_raw());
+        o.track_mem = Some(true);
+        if k > 1 {
+            o.parent_img = Some("../pre-1".into());
+        }
+        let (resp, _) = s.call(&req(CriuReqType::PreDump, Some(o)), |_, _| true)?;
+        expect_ok(&resp, CriuReqType::PreDump, &format!("PRE_DUMP #{k}"))?;
+        if !alive(pid) {
+            bail!("pid {pid} is not running after PRE_DUMP #{k}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let images = open_dir(&dir.images)?;
+    let mut o = opts(&images, "dump.log");
+    o.pid = Some(pid.as_raw());
+    o.parent_img = Some("../pre-2".into());
+    o.track_mem = Some(true);
+    let (resp, _) = s.call(&req(CriuReqType::Dump, Some(o)), |_, _| true)?;
+    expect_ok(&resp, CriuReqType::Dump, "DUMP after the PRE_DUMPs")?;
+    let exit = s.wait(procs)?;
+    if exit != Exit::Code(0) {
+        bail!("crest swrk ended with {exit} after the DUMP");
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        other => bail!("the dumped pid {pid}: {other:?} 10 s after the DUMP"),
+    }
+    crate::iterative::check_final(dir)?;
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish_tree(dir, pid, pid, crate::StdioKind::DevNull, procs)
 }
 
 fn rpc_work_dir(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -616,7 +670,6 @@ fn rpc_bad_input(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
 
     let images = open_dir(&dir.images)?;
     for t in [
-        CriuReqType::PreDump,
         CriuReqType::PageServer,
         CriuReqType::WaitPid,
         CriuReqType::CpuinfoDump,

@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    cgroups, containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, nested, procs,
-    refusals, rpc, runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome, StdioKind,
+    cgroups, containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, iterative, nested,
+    procs, refusals, rpc, runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome,
+    StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -259,6 +260,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     containers::run(cfg, &mut report, &|n| filter.selects(n));
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
     rpc::run(cfg, &mut report, &|n| filter.selects(n));
+    iterative::run(cfg, &mut report, &|n| filter.selects(n));
     criu_cli::run(cfg, &mut report, &|n| filter.selects(n));
     cgroups::run(cfg, &mut report, &|n| filter.selects(n));
     runtimes::run(cfg, &mut report, &|n| filter.selects(n));

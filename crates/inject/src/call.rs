@@ -115,8 +115,12 @@ impl Tracee {
         regs.eflags &= !(0x100 | 0x10000);
         let (undo, maplen) = recovery::undo_of(nr, args);
         if let Some(armed) = &self.armed {
-            if matches!(undo, Undo::NewFd | Undo::NewMap) && armed.held.len() >= recovery::LIST_CAP
-            {
+            let adds = match undo {
+                Undo::NewFd | Undo::NewMap => 1,
+                Undo::NewFdPair => 2,
+                _ => 0,
+            };
+            if armed.held.len() + adds > recovery::LIST_CAP {
                 return Err(InjectError::Recovery {
                     pid: self.pid,
                     what: format!(
@@ -212,6 +216,15 @@ impl Tracee {
                     addr: ret as u64,
                     len: maplen,
                 })?,
+                // (the two fds a socketpair writes into the task's memory)
+                Undo::NewFdPair if ret == 0 => {
+                    let mut fds = [0u8; 8];
+                    self.read_mem(a(3), &mut fds)?;
+                    for fd in fds.chunks_exact(4) {
+                        let fd = u32::from_le_bytes([fd[0], fd[1], fd[2], fd[3]]);
+                        self.add_held(Held::Fd(u64::from(fd)))?;
+                    }
+                }
                 _ => {}
             }
         }

@@ -53,7 +53,9 @@ pub fn pre_dump(opts: &Options) -> Result<DumpSummary, DumpError> {
     )?;
     let frozen = Instant::now();
     crate::progress::begin("pre-dump", tree.tasks.len());
-    let res = write_all(&tree, opts);
+    let res = crest_sys::fault::point("pre-dump: tree seized")
+        .map_err(DumpError::from)
+        .and_then(|()| write_all(&tree, opts));
     crate::progress::end();
     // (running on, with or without its images)
     tree.release();
@@ -79,6 +81,7 @@ fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
         crate::progress::task_done();
     }
     let keeper = track.finish();
+    crest_sys::fault::point("pre-dump: tracking handed to its keeper")?;
     summary.stats.pages_skipped_parent = track.from_parent;
     link_parent(opts)?;
     let inventory = InventoryEntry {
@@ -120,6 +123,7 @@ fn pages_of(task: &Task, id: u32, dir: &Path, track: &mut TreeTracking) -> Resul
     }
     let mm = res?;
     pages.finish()?;
+    crest_sys::fault::point("pre-dump: a task's pages copied")?;
     t.put_back().at(pid, "put the task back")?;
     t.leak();
     mm::image::write_pagemap(dir, pid as u32, id, &mm.pagemap)?;

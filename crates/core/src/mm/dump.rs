@@ -359,7 +359,7 @@ fn tracked(
     if !track::trackable(m, hugetlb, saved) {
         return;
     }
-    let covered = tr.uffd.is_some() && sm.is_some_and(|s| s.has("uw"));
+    let covered = !tr.uffds.is_empty() && sm.is_some_and(|s| s.has("uw"));
     match covered.then(|| track::clean_ranges(pagemap.file(), (m.start, m.end), tr.keep)) {
         Some(Some(clean)) => reuse.extend(track::intersect(&clean, &tr.parent)),
         _ => untracked.push((m.start, m.end)),

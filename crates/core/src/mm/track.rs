@@ -44,8 +44,10 @@ const UFFD_USER_MODE_ONLY: u64 = 1;
 
 /// The tracking of one task during a dump.
 pub struct Tracking {
-    /// The task's userfaultfd (from the keeper, or made at this dump).
-    pub uffd: Option<OwnedFd>,
+    /// The task's userfaultfds (from the keeper, and one made at this
+    /// dump for the mappings new since): each registers some of its
+    /// mappings.
+    pub uffds: Vec<OwnedFd>,
     /// The page ranges the parent images hold for this task, in address
     /// order (empty without parent images).
     pub parent: Vec<(u64, u64)>,
@@ -118,15 +120,22 @@ impl TreeTracking {
         if !self.active {
             return None;
         }
-        let i = self.held.iter().position(|h| h.pid == pid);
-        let held = i.map(|i| self.held.swap_remove(i));
+        let (held, others): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.pid == pid);
+        self.held = others;
         if has_own_userfaultfd(pid) {
             crate::info!("pid {pid} has a userfaultfd of its own: its memory is not tracked");
             return None;
         }
-        let uffd = held.filter(|h| h.start_time == start_time).map(|h| h.uffd);
-        let parent = match (&uffd, &self.parent_dir) {
-            (Some(_), Some(dir)) => match super::image::read_pagemap(dir, pid as u32) {
+        // (a pid used again by another process: its tracking was not this)
+        let uffds: Vec<OwnedFd> = held
+            .into_iter()
+            .filter(|h| h.start_time == start_time)
+            .map(|h| h.uffd)
+            .collect();
+        let parent = match (uffds.is_empty(), &self.parent_dir) {
+            (false, Some(dir)) => match super::image::read_pagemap(dir, pid as u32) {
                 Ok((_, entries)) => held_ranges(&entries),
                 Err(e) => {
                     crate::info!("pid {pid}: no pages of the parent images used ({e})");
@@ -136,7 +145,7 @@ impl TreeTracking {
             _ => Vec::new(),
         };
         Some(Tracking {
-            uffd,
+            uffds,
             parent,
             keep: self.keep,
             from_parent: 0,
@@ -147,12 +156,12 @@ impl TreeTracking {
     /// when the tracking goes on.
     pub fn done(&mut self, pid: i32, start_time: u64, tr: Tracking) {
         self.from_parent += tr.from_parent;
-        if let (true, Some(uffd)) = (self.keep, tr.uffd) {
-            self.kept.push(Held {
+        if self.keep {
+            self.kept.extend(tr.uffds.into_iter().map(|uffd| Held {
                 pid,
                 start_time,
                 uffd,
-            });
+            }));
         }
     }
 
@@ -294,21 +303,19 @@ pub fn split(addr: u64, len: u64, reuse: &[(u64, u64)]) -> Vec<(u64, u64, bool)>
     out
 }
 
-/// Registers `ranges` of the task for tracking and arms them: through
-/// `tr.uffd` when there is one (handed into the task for the while), else
-/// through a userfaultfd the task makes, which crest then keeps. A range
-/// the kernel will not register stays untracked (its pages are saved
-/// whole at every dump).
+/// Registers `ranges` of the task for tracking and arms them, through a
+/// userfaultfd the task makes, which crest then keeps beside the ones it
+/// has (the task's fd closed: a crest that dies meanwhile leaves it to the
+/// recovery code, which closes it). A range the kernel will not register
+/// stays untracked (its pages are saved whole at every dump).
 pub fn register(t: &mut Tracee, tr: &mut Tracking, ranges: &[(u64, u64)]) -> Result<(), DumpError> {
     if ranges.is_empty() {
         return Ok(());
     }
     let pid = t.pid();
-    let fd = match &tr.uffd {
-        Some(u) => t.give_fd(u)?,
-        None => made_in_task(t)?,
-    };
-    let registered = t.with_fd(fd, |t, fd| -> Result<_, DumpError> {
+    let fd = made_in_task(t)?;
+    let (uffd, registered) = t.with_fd(fd, |t, fd| -> Result<_, DumpError> {
+        crest_sys::fault::point("track: a userfaultfd in the task")?;
         let buf = t.scratch(32).at(pid, "scratch for UFFDIO_REGISTER")?;
         let mut done = Vec::new();
         for &(start, end) in ranges {
@@ -324,10 +331,13 @@ pub fn register(t: &mut Tracee, tr: &mut Tracking, ranges: &[(u64, u64)]) -> Res
                 ),
             }
         }
-        if tr.uffd.is_none() {
-            tr.uffd = Some(crate::remote::take_fd(pid, fd as u32)?);
-        }
-        Ok(done)
+        crest_sys::fault::point("track: mappings registered")?;
+        let uffd = if done.is_empty() {
+            None
+        } else {
+            Some(crate::remote::take_fd(pid, fd as u32)?)
+        };
+        Ok((uffd, done))
     })?;
     let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).at(pid, "open pagemap")?;
     for r in registered {
@@ -340,6 +350,7 @@ pub fn register(t: &mut Tracee, tr: &mut Tracking, ranges: &[(u64, u64)]) -> Res
             );
         }
     }
+    tr.uffds.extend(uffd);
     Ok(())
 }
 
