@@ -27,6 +27,9 @@ const MADV_FLAGS: [(&str, u32); 6] = [
     ("mg", libc::MADV_MERGEABLE as u32),
 ];
 
+/// A range of addresses, [start, end).
+type Range = (u64, u64);
+
 /// What the dump of one address space produced.
 pub struct MmDump {
     pub entry: MmEntry,
@@ -328,7 +331,7 @@ pub fn dump(
 fn save(
     t: &mut Tracee,
     runs: &[pages::Run],
-    (reuse, untracked): (&[(u64, u64)], &[(u64, u64)]),
+    (reuse, untracked): (&[Range], &[Range]),
     out: &mut RawWriter,
     track: Option<&mut track::Tracking>,
 ) -> Result<(Vec<PagemapEntry>, u64), DumpError> {
@@ -353,7 +356,7 @@ fn tracked(
     (m, sm, vma): (&MapsEntry, Option<&SmapsEntry>, &VmaEntry),
     saved: bool,
     pagemap: &procfs::Pagemap,
-    (reuse, untracked): (&mut Vec<(u64, u64)>, &mut Vec<(u64, u64)>),
+    (reuse, untracked): (&mut Vec<Range>, &mut Vec<Range>),
 ) {
     let hugetlb = vma.flags & libc::MAP_HUGETLB as u32 != 0;
     if !track::trackable(m, hugetlb, saved) {
