@@ -16,7 +16,7 @@
 //! namespace, started by `nsinit`), `--inherit-fd=`, `--status-fd`,
 //! `--action-script`, `--display-stats`, `--config`/`--no-default-config`,
 //! `check` (with `--feature`, `--all`), `--version`, the name `criu`
-//! (a symlink), and refusals (`--lazy-pages`, `--tcp-close`, `pre-dump`,
+//! (a symlink), and refusals (`--lazy-pages`, `--tcp-close`, `--auto-dedup` at restore,
 //! an unknown option, CRIU's exit code 1 and `Error (` in the log).
 
 use std::fs;
@@ -1308,6 +1308,14 @@ fn config(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
 }
 
 fn check(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    // (memory tracking as the kernel allows it)
+    let dirty = if crest_sys::misc::uffd_wp_async_supported()
+        && crest_sys::misc::pagemap_scan_supported()
+    {
+        0
+    } else {
+        1
+    };
     for (tag, args, code) in [
         ("check", &["check"][..], 0),
         (
@@ -1318,7 +1326,7 @@ fn check(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
         (
             "check-dirty",
             &["check", "--feature", "mem_dirty_track"][..],
-            1,
+            dirty,
         ),
         ("check-all", &["check", "--all"][..], 0),
     ] {
@@ -1396,9 +1404,9 @@ fn refusals(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
             "--lazy-pages",
         ),
         (
-            "predump",
-            vec!["pre-dump", "-t", &pid_s, "-D", &images],
-            "pre-dump",
+            "dedup",
+            vec!["restore", "-D", &images, "--auto-dedup"],
+            "--auto-dedup",
         ),
         (
             "unknown",

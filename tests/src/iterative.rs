@@ -17,6 +17,9 @@
 //!   tracking is lost and saves every page; the restore passes.
 //! - `iter_leave_running`: a `dump -R --track-mem` as a middle round
 //!   keeps the tracking; the dump after it takes pages from it.
+//! - `iter_auto_dedup`: a dump with `--auto-dedup` punches the pages it
+//!   saves again out of its parent's pages file (fewer blocks, the same
+//!   size), whose manifest still holds; the restore passes.
 //! - `iter_parent_missing`: a parent's pages file gone: the restore fails
 //!   naming it and leaves no task behind.
 //! - `iter_crest_killed`: crest killed at every fault point of a pre-dump:
@@ -37,7 +40,8 @@ use crate::procs::{self, wait_exit, Procs, Waited};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 4] = [
+const CASES: [(&str, DirCase); 5] = [
+    ("iter_auto_dedup", iter_auto_dedup),
     ("iter_tracking_lost", iter_tracking_lost),
     ("iter_leave_running", iter_leave_running),
     ("iter_parent_missing", iter_parent_missing),
@@ -365,6 +369,51 @@ fn iter_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
 }
 
+fn iter_auto_dedup(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = start_iter(cfg, dir, procs)?;
+    pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
+    let pages = dir.root.join("pre-1/pages-1.img");
+    let before = fs::metadata(&pages)?;
+    std::thread::sleep(BETWEEN);
+    let images = dir.images.to_string_lossy().into_owned();
+    let pid_s = pid.to_string();
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &images,
+        "-o",
+        "dump.log",
+        "-v4",
+        "--prev-images-dir",
+        "../pre-1",
+        "--auto-dedup",
+    ];
+    let ran = crest_run(cfg, dir, &args, "dump", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump --auto-dedup"));
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
+    }
+    let after = fs::metadata(&pages)?;
+    if after.len() != before.len() || after.blocks() >= before.blocks() {
+        bail!(
+            "--auto-dedup: the parent's pages file went from {} bytes in {} blocks to {} bytes in \
+             {} blocks",
+            before.len(),
+            before.blocks(),
+            after.len(),
+            after.blocks()
+        );
+    }
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+}
+
 fn iter_parent_missing(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let pid = start_iter(cfg, dir, procs)?;
     pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
@@ -442,8 +491,12 @@ fn iter_crest_killed(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
             continue;
         }
         // running, and tracked only while a keeper still holds it
-        let settled = procs::wait_until(Duration::from_secs(5), || {
-            procs::tree_problems(pid).is_empty() && (!tracked(pid) || !keepers().is_empty())
+        // (and no longer traced: the dump's guard may take a moment to
+        // take the recovery area away)
+        let settled = procs::wait_until(Duration::from_secs(10), || {
+            procs::tree_problems(pid).is_empty()
+                && procs::proc_status_field(pid, "TracerPid").as_deref() == Some("0")
+                && (!tracked(pid) || !keepers().is_empty())
         });
         if !settled {
             let problems = procs::tree_problems(pid);

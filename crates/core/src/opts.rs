@@ -345,7 +345,14 @@ impl Options {
         let mut r = Vec::new();
         let not_yet = "not supported by crest yet";
         let migration = "not supported by crest yet (iterative and lazy migration)";
-        refuse(&mut r, self.auto_dedup, "--auto-dedup", migration);
+        // (at dump: the parent images' pages saved again are punched out;
+        // without parent images there is nothing to do, as for CRIU)
+        refuse(
+            &mut r,
+            self.auto_dedup && action == Action::Restore,
+            "--auto-dedup",
+            "at restore (restored pages punched out of the images) not supported by crest yet",
+        );
         refuse(&mut r, self.lazy_pages, "--lazy-pages", migration);
         refuse(&mut r, self.page_server, "--page-server", migration);
         refuse(&mut r, self.ps_socket.is_some(), "--ps-socket", migration);

@@ -9,7 +9,7 @@ pub use pre::pre_dump;
 
 use crate::error::DumpError;
 use crate::files::table::FileTable;
-use crate::mm::track::TreeTracking;
+use crate::mm::track::{Dedup, TreeTracking};
 use crate::notify::{hook, Notify, Silent};
 use crate::ns::user::UsernsGraph;
 use crate::opts::{Action, Options};
@@ -85,7 +85,12 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         crest_sys::fault::point("dump: images written")?;
         Ok(s)
     })
-    .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s));
+    .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s))
+    .map(|(s, dedup)| {
+        // (the parent images punched only once this dump is whole)
+        dedup.run();
+        s
+    });
     crate::progress::end();
     match res {
         Ok(mut summary) => {
@@ -178,7 +183,7 @@ fn collect_and_write(
     tree: &Seized,
     opts: &Options,
     caller: &crate::privilege::Caller,
-) -> Result<DumpSummary, DumpError> {
+) -> Result<(DumpSummary, Dedup), DumpError> {
     let root = &tree.tasks[0];
     if root.sid != root.pid && !opts.shell_job {
         // A job of a shell, or a container whose init was started without
@@ -205,7 +210,12 @@ fn collect_and_write(
     let mut all_ids: Vec<(i32, TaskKobjIdsEntry)> = Vec::with_capacity(tree.tasks.len());
     // (memory tracked for a later dump only of a tree that runs on)
     let keep = opts.track_mem && (opts.leave_running || opts.leave_stopped);
-    let mut track = TreeTracking::begin(&opts.dir, opts.prev_images_dir.as_deref(), keep);
+    let mut track = TreeTracking::begin(
+        &opts.dir,
+        opts.prev_images_dir.as_deref(),
+        keep,
+        opts.auto_dedup,
+    );
     let mut sh = task::Shared {
         dir: &opts.dir,
         ns: &ns,
@@ -243,7 +253,7 @@ fn collect_and_write(
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
     // Established connections stay in repair mode only for a tree that dies.
     files.inet.keep_repair = !opts.leave_running;
-    Ok(summary)
+    Ok((summary, track.take_dedup()))
 }
 
 /// The images' `parent` link to the parent images (`--prev-images-dir`,

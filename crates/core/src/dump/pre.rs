@@ -71,7 +71,12 @@ pub fn pre_dump(opts: &Options) -> Result<DumpSummary, DumpError> {
 /// The pages of every live task, the tracking handed to a keeper, the
 /// inventory and the checksums.
 fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
-    let mut track = TreeTracking::begin(&opts.dir, opts.prev_images_dir.as_deref(), true);
+    let mut track = TreeTracking::begin(
+        &opts.dir,
+        opts.prev_images_dir.as_deref(),
+        true,
+        opts.auto_dedup,
+    );
     let mut summary = DumpSummary::default();
     for (i, task) in tree.tasks.iter().enumerate() {
         if task.zombie.is_none() {
@@ -101,6 +106,8 @@ fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
     };
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
     crest_images::manifest::write(&opts.dir)?;
+    // (the parent images punched only once these are whole)
+    track.take_dedup().run();
     Ok(summary)
 }
 

@@ -338,6 +338,9 @@ fn save(
     let (copied, entries) = parent_or_copied(runs, reuse);
     let bytes = pages::copy(t.pid(), &copied, out)?;
     if let Some(tr) = track {
+        if tr.dedup.is_some() {
+            tr.saved = copied.iter().map(|r| (r.addr, r.pages * PAGE)).collect();
+        }
         let all: u64 = runs.iter().map(|r| r.pages).sum();
         tr.from_parent += all.saturating_sub(bytes / PAGE);
         if tr.keep {

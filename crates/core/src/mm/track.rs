@@ -22,6 +22,7 @@
 //! and the parent images hold it at the same address.
 
 use super::keeper::{self, Held};
+use super::restore::Pages;
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs::MapsEntry;
 use crate::remote::Remote;
@@ -56,6 +57,10 @@ pub struct Tracking {
     pub keep: bool,
     /// Pages taken from the parent images, counted.
     pub from_parent: u64,
+    /// With `--auto-dedup`: where the parent images hold each page, to
+    /// punch out of them the pages this dump saves again (`saved`).
+    pub dedup: Option<Pages>,
+    pub saved: Vec<(u64, u64)>,
 }
 
 /// The tracking of a whole dump: what the parent's keeper handed over,
@@ -71,6 +76,49 @@ pub struct TreeTracking {
     kept: Vec<Held>,
     /// Pages taken from the parent images, over the whole tree.
     pub from_parent: u64,
+    /// `--auto-dedup`: the parent images' pages saved again are punched
+    /// out of their files; the directories so changed.
+    auto_dedup: bool,
+    dedup: Dedup,
+}
+
+/// `--auto-dedup`'s work, done once the dump is complete: each task's
+/// pages saved again, punched out of the parent images that held them.
+#[derive(Default)]
+pub struct Dedup(Vec<(Pages, Vec<(u64, u64)>)>);
+
+impl Dedup {
+    /// Punches the parent images, then writes their manifests again (their
+    /// checksums follow the punched files). A failure is told: the dump
+    /// itself is whole, the parents hold more than they need.
+    pub fn run(self) {
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut bytes = 0;
+        for (parent, saved) in &self.0 {
+            match punch(parent, saved) {
+                Ok(n) => bytes += n,
+                Err(e) => crate::warn!("--auto-dedup: a parent pages file not punched: {e}"),
+            }
+            dirs.extend(
+                parent
+                    .paths
+                    .iter()
+                    .filter_map(|p| Path::new(p).parent())
+                    .map(Path::to_path_buf),
+            );
+        }
+        for dir in dirs {
+            if let Err(e) = crest_images::manifest::write(&dir) {
+                crate::warn!(
+                    "{}: manifest not written again after --auto-dedup: {e}",
+                    dir.display()
+                );
+            }
+        }
+        if bytes > 0 {
+            crate::info!("--auto-dedup: {bytes} bytes punched out of the parent images");
+        }
+    }
 }
 
 impl TreeTracking {
@@ -78,7 +126,7 @@ impl TreeTracking {
     /// `parent` (relative to `dir`, as CRIU takes `--prev-images-dir`),
     /// whose keeper hands its trackings over; going on after the dump
     /// when `keep`.
-    pub fn begin(dir: &Path, parent: Option<&Path>, keep: bool) -> TreeTracking {
+    pub fn begin(dir: &Path, parent: Option<&Path>, keep: bool, auto_dedup: bool) -> TreeTracking {
         let parent_dir = parent.map(|p| dir.join(p));
         let held = parent_dir.as_deref().map_or_else(Vec::new, |p| {
             let inv: Result<InventoryEntry, _> =
@@ -105,6 +153,7 @@ impl TreeTracking {
             held,
             parent_dir,
             keep,
+            auto_dedup,
             ..TreeTracking::default()
         }
     }
@@ -134,21 +183,30 @@ impl TreeTracking {
             .filter(|h| h.start_time == start_time)
             .map(|h| h.uffd)
             .collect();
-        let parent = match (uffds.is_empty(), &self.parent_dir) {
-            (false, Some(dir)) => match super::image::read_pagemap(dir, pid as u32) {
-                Ok((_, entries)) => held_ranges(&entries),
-                Err(e) => {
-                    crate::info!("pid {pid}: no pages of the parent images used ({e})");
-                    Vec::new()
-                }
-            },
+        let parent_map = self.parent_dir.as_deref().and_then(|dir| {
+            super::image::read_pagemap(dir, pid as u32)
+                .map_err(|e| crate::info!("pid {pid}: no pages of the parent images used ({e})"))
+                .ok()
+                .map(|m| (dir, m))
+        });
+        let parent = match (&parent_map, uffds.is_empty()) {
+            (Some((_, (_, entries))), false) => held_ranges(entries),
             _ => Vec::new(),
         };
+        let dedup = parent_map
+            .filter(|_| self.auto_dedup)
+            .and_then(|(dir, (id, m))| {
+                Pages::load(dir, pid as u32, id, &m)
+                    .map_err(|e| crate::info!("pid {pid}: parent images not deduplicated ({e})"))
+                    .ok()
+            });
         Some(Tracking {
             uffds,
             parent,
             keep: self.keep,
             from_parent: 0,
+            dedup,
+            saved: Vec::new(),
         })
     }
 
@@ -156,6 +214,9 @@ impl TreeTracking {
     /// when the tracking goes on.
     pub fn done(&mut self, pid: i32, start_time: u64, tr: Tracking) {
         self.from_parent += tr.from_parent;
+        if let Some(p) = tr.dedup {
+            self.dedup.0.push((p, tr.saved));
+        }
         if self.keep {
             self.kept.extend(tr.uffds.into_iter().map(|uffd| Held {
                 pid,
@@ -163,6 +224,11 @@ impl TreeTracking {
                 uffd,
             }));
         }
+    }
+
+    /// `--auto-dedup`'s work, for when the dump is complete.
+    pub fn take_dedup(&mut self) -> Dedup {
+        std::mem::take(&mut self.dedup)
     }
 
     /// After the dump: a keeper holding the trackings that go on, and its
@@ -181,6 +247,35 @@ impl TreeTracking {
             }
         }
     }
+}
+
+/// Punches out of the parent images' pages files (`parent`) the pages of
+/// `saved` (address, length), which this dump saved again (CRIU's
+/// `--auto-dedup`): the parent images then hold them no more, as their
+/// child replaces them.
+pub fn punch(parent: &Pages, saved: &[(u64, u64)]) -> std::io::Result<u64> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let files: Vec<std::fs::File> = parent
+        .paths
+        .iter()
+        .map(|p| std::fs::OpenOptions::new().write(true).open(p))
+        .collect::<Result<_, _>>()?;
+    let mut punched = 0;
+    let runs = &parent.runs;
+    for &(addr, len) in saved {
+        let end = addr + len;
+        let first = runs.partition_point(|r| r.addr + r.len <= addr);
+        for r in runs[first..].iter().take_while(|r| r.addr < end) {
+            let (s, e) = (r.addr.max(addr), (r.addr + r.len).min(end));
+            if s >= e {
+                continue;
+            }
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            fallocate(&files[r.src], flags, r.off + (s - r.addr), e - s)?;
+            punched += e - s;
+        }
+    }
+    Ok(punched)
 }
 
 /// The page ranges a pagemap holds (its own or its parents'), sorted and
