@@ -86,11 +86,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Ok(s)
     })
     .and_then(|s| tell(n, hook::POST_DUMP, opts.pid).map(|()| s))
-    .map(|(s, dedup)| {
-        // (the parent images punched only once this dump is whole)
-        dedup.run();
-        s
-    });
+    .map(deduplicated);
     crate::progress::end();
     match res {
         Ok(mut summary) => {
@@ -111,6 +107,13 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
             Err(e)
         }
     }
+}
+
+/// `--auto-dedup`'s work done, once the dump is whole: the parent images
+/// punched.
+fn deduplicated((summary, dedup): (DumpSummary, Dedup)) -> DumpSummary {
+    dedup.run();
+    summary
 }
 
 /// The page counts of `summary`'s stats, and `stats-dump` written.
