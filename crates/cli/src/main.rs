@@ -244,7 +244,8 @@ fn criu_main(args: &[String]) -> i32 {
         "service" => Err(anyhow::anyhow!(
             "service: crest serves CRIU's RPC as `swrk FD` (one caller, one socket) only"
         )),
-        "page-server" | "lazy-pages" | "dedup" | "cpuinfo" | "exec" | "image-streamer" => {
+        "page-server" => page_server(&p.opts),
+        "lazy-pages" | "dedup" | "cpuinfo" | "exec" | "image-streamer" => {
             Err(anyhow::anyhow!("{action}: not supported by crest yet"))
         }
         other => Err(anyhow::anyhow!("unknown action {other:?}")),
@@ -290,6 +291,62 @@ fn pre_dump(o: &Options) -> Result<i32> {
         s.pages_bytes
     );
     after_action(o, Some(s.stats.render()));
+    Ok(0)
+}
+
+/// The environment variable that hands a daemonized page server its
+/// listening socket.
+const PS_LISTEN_FD: &str = "CREST_PS_LISTEN_FD";
+
+/// `page-server`: listens on `--address` (every address without) and
+/// `--port`, serves one dump's session into the images directory, and
+/// exits; with `-d` a copy of it does so in the background once it
+/// listens. `--status-fd` is told once it listens.
+fn page_server(o: &Options) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(&o.dir)
+        .with_context(|| format!("create images directory {}", o.dir.display()))?;
+    init_log(o);
+    let inherited = std::env::var(PS_LISTEN_FD).ok().and_then(|f| f.parse().ok());
+    let listener = match inherited {
+        Some(fd) => std::net::TcpListener::from(
+            crest_sys::misc::own_fd(fd).context("the page server's listening socket")?,
+        ),
+        None => {
+            let port = o.port.context("page-server: --port is needed")?;
+            let address = o.address.as_deref().unwrap_or("0.0.0.0");
+            std::net::TcpListener::bind((address, port))
+                .with_context(|| format!("page-server: listen on {address}:{port}"))?
+        }
+    };
+    if o.detached && inherited.is_none() {
+        let keep = crest_sys::misc::dup_inheritable(&listener).context("pass the socket on")?;
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "-d" && a != "--daemon")
+            .collect();
+        let child = std::process::Command::new("/proc/self/exe")
+            .args(&args)
+            .env(PS_LISTEN_FD, keep.as_raw_fd().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start the page server in the background")?;
+        crest_core::info!("page server {} listens", child.id());
+        after_action(o, None);
+        return Ok(0);
+    }
+    if let Some(prev) = &o.prev_images_dir {
+        let link = o.dir.join("parent");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(prev, &link)
+            .with_context(|| format!("link {} to {}", link.display(), prev.display()))?;
+    }
+    // (listening: the caller may start the dump)
+    after_action(o, None);
+    let written = crest_core::mm::server::serve(&listener, &o.dir).context("page-server")?;
+    crest_core::info!("page server: {} image files written", written.len());
     Ok(0)
 }
 

@@ -354,8 +354,13 @@ impl Options {
             "at restore (restored pages punched out of the images) not supported by crest yet",
         );
         refuse(&mut r, self.lazy_pages, "--lazy-pages", migration);
-        refuse(&mut r, self.page_server, "--page-server", migration);
-        refuse(&mut r, self.ps_socket.is_some(), "--ps-socket", migration);
+        // (the page server's own action is `page-server`; a dump sends to it)
+        refuse(
+            &mut r,
+            (self.page_server || self.ps_socket.is_some()) && action == Action::Restore,
+            "--page-server",
+            "at restore (pages fetched from a page server) not supported by crest yet",
+        );
         refuse(&mut r, self.tls, "--tls", migration);
         refuse(
             &mut r,

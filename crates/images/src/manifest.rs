@@ -32,7 +32,7 @@ const MAX_MANIFEST: u64 = 64 << 20;
 /// Files of an images directory that are no images: logs, statistics and
 /// the manifest itself (CRIU writes `stats-restore` beside the images).
 fn not_an_image(name: &str) -> bool {
-    name == MANIFEST || name.ends_with(".log") || name.starts_with("stats-")
+    name.starts_with(MANIFEST) || name.ends_with(".log") || name.starts_with("stats-")
 }
 
 fn err(path: &Path, what: impl Into<String>) -> ImageError {
@@ -170,6 +170,23 @@ pub fn write(dir: &Path) -> Result<(), ImageError> {
     crate::framing::write_private(&path, text.as_bytes())
 }
 
+/// Writes a manifest part, `crest-manifest.<part>`, of `files` of `dir`
+/// alone: images written there by another process than the dump (the
+/// page server's pagemaps and pages), which [`verify`] checks with the
+/// dump's own.
+pub fn write_part(dir: &Path, part: &str, files: &[String]) -> Result<(), ImageError> {
+    let mut files = files.to_vec();
+    files.sort();
+    files.dedup();
+    let sums = sums(dir, &files)?;
+    let mut text = format!("{HEADER}\n");
+    for (name, (size, sum)) in files.iter().zip(sums) {
+        text.push_str(&format!("{sum:032x} {size} {name}\n"));
+    }
+    let path = dir.join(format!("{MANIFEST}.{part}"));
+    crate::framing::write_private(&path, text.as_bytes())
+}
+
 /// What [`verify`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {
@@ -207,30 +224,52 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, (u64, u128)>, I
     Ok(out)
 }
 
+/// A manifest read and parsed, None when there is none.
+fn read_manifest(path: &Path) -> Result<Option<BTreeMap<String, (u64, u128)>>, ImageError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut text = String::new();
+    file.take(MAX_MANIFEST + 1)
+        .read_to_string(&mut text)
+        .map_err(io(path))?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(err(path, "larger than any manifest crest writes"));
+    }
+    parse(path, &text).map(Some)
+}
+
 /// Checks every image file of `dir` against the manifest: a file whose
 /// size or sum differs, one listed but missing and one not listed are
 /// refused, naming the file.
 pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
     let path: PathBuf = dir.join(MANIFEST);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verified::NoManifest),
-        Err(e) => return Err(io(&path)(e)),
-    };
-    let mut text = String::new();
-    file.take(MAX_MANIFEST + 1)
-        .read_to_string(&mut text)
-        .map_err(io(&path))?;
-    if text.len() as u64 > MAX_MANIFEST {
-        return Err(err(&path, "larger than any manifest crest writes"));
+    let main = read_manifest(&path)?;
+    let mut listed = main.clone().unwrap_or_default();
+    let mut parts = 0;
+    for name in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = name.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{MANIFEST}.")) {
+            if let Some(more) = read_manifest(&dir.join(&name))? {
+                listed.extend(more);
+                parts += 1;
+            }
+        }
     }
-    let listed = parse(&path, &text)?;
+    if main.is_none() && parts == 0 {
+        return Ok(Verified::NoManifest);
+    }
     let present = image_files(dir)?;
-    if let Some(extra) = present.iter().find(|n| !listed.contains_key(*n)) {
-        return Err(err(
-            &dir.join(extra),
-            format!("not in {MANIFEST}: the directory changed since the dump"),
-        ));
+    // (with no manifest of the dump's own, only the parts' files are known)
+    if main.is_some() {
+        if let Some(extra) = present.iter().find(|n| !listed.contains_key(*n)) {
+            return Err(err(
+                &dir.join(extra),
+                format!("not in {MANIFEST}: the directory changed since the dump"),
+            ));
+        }
     }
     let names: Vec<String> = listed.keys().cloned().collect();
     if let Some(missing) = names.iter().find(|n| !present.contains(n)) {

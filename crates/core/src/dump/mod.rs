@@ -219,6 +219,7 @@ fn collect_and_write(
         keep,
         opts.auto_dedup,
     );
+    let mut sink = page_sink(opts)?;
     let mut sh = task::Shared {
         dir: &opts.dir,
         ns: &ns,
@@ -226,6 +227,7 @@ fn collect_and_write(
         filters: &mut filters,
         summary: &mut summary,
         track: &mut track,
+        sink: &mut sink,
     };
     for (i, t) in tree.tasks.iter().enumerate() {
         let parent_ids = all_ids.iter().find(|(p, _)| *p == t.ppid).map(|x| x.1);
@@ -238,6 +240,11 @@ fn collect_and_write(
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     files.finish(&opts.dir)?;
+    sink.finish().map_err(|source| DumpError::Io {
+        pid: opts.pid,
+        step: "close the page server session",
+        source,
+    })?;
     let keeper = track.finish();
     summary.stats.pages_skipped_parent = track.from_parent;
     link_parent(opts)?;
@@ -257,6 +264,35 @@ fn collect_and_write(
     // Established connections stay in repair mode only for a tree that dies.
     files.inet.keep_repair = !opts.leave_running;
     Ok((summary, track.take_dedup()))
+}
+
+/// Where the pages go: the images directory, or the page server the
+/// options name (`--page-server --address A --port N`, or the connected
+/// socket `--ps-socket FD`).
+fn page_sink(opts: &Options) -> Result<crate::mm::dump::PageSink, DumpError> {
+    use crate::mm::{dump::PageSink, server::Client};
+    let io = |step: &'static str| move |source| DumpError::Io {
+        pid: opts.pid,
+        step,
+        source,
+    };
+    if let Some(fd) = opts.ps_socket {
+        let own = crest_sys::misc::own_fd(fd).map_err(io("take --ps-socket"))?;
+        return Ok(PageSink::Server(Client::from_socket(own)));
+    }
+    if !opts.page_server {
+        return Ok(PageSink::Local);
+    }
+    let address = opts.address.as_deref().unwrap_or("127.0.0.1");
+    let port = opts.port.ok_or_else(|| DumpError::Refused {
+        refused: vec![crate::opts::Refused {
+            option: "--page-server".into(),
+            why: "needs --port".into(),
+        }],
+    })?;
+    let c = Client::connect(address, port).map_err(io("connect to the page server"))?;
+    crate::info!("pages go to the page server at {address}:{port}");
+    Ok(PageSink::Server(c))
 }
 
 /// The images' `parent` link to the parent images (`--prev-images-dir`,

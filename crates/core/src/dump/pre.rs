@@ -7,11 +7,12 @@
 
 use super::{link_parent, uptime_ticks};
 use crate::error::{DumpCtx, DumpError};
+use crate::mm::dump::PageSink;
 use crate::mm::track::TreeTracking;
 use crate::opts::{Action, Options};
 use crate::pstree::seize::Seized;
 use crate::pstree::Task;
-use crate::{mm, procfs};
+use crate::mm;
 use crest_images::pb::InventoryEntry;
 use crest_images::{magic, names};
 use crest_inject::Tracee;
@@ -78,13 +79,20 @@ fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
         opts.auto_dedup,
     );
     let mut summary = DumpSummary::default();
+    let mut sink = super::page_sink(opts)?;
     for (i, task) in tree.tasks.iter().enumerate() {
         if task.zombie.is_none() {
-            summary.pages_bytes += pages_of(task, i as u32 + 1, &opts.dir, &mut track)?;
+            let at = (opts.dir.as_path(), i as u32 + 1);
+            summary.pages_bytes += pages_of(task, at, &mut track, &mut sink)?;
             summary.pids.push(task.pid);
         }
         crate::progress::task_done();
     }
+    sink.finish().map_err(|source| DumpError::Io {
+        pid: opts.pid,
+        step: "close the page server session",
+        source,
+    })?;
     let keeper = track.finish();
     crest_sys::fault::point("pre-dump: tracking handed to its keeper")?;
     summary.stats.pages_skipped_parent = track.from_parent;
@@ -111,29 +119,28 @@ fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
     Ok(summary)
 }
 
-/// Copies the pages of `task` (its `id`-th pages file) and tracks its
-/// memory on: the bytes written.
-fn pages_of(task: &Task, id: u32, dir: &Path, track: &mut TreeTracking) -> Result<u64, DumpError> {
+/// Copies the pages of `task` (its `id`-th pages file in `dir`, or to the
+/// page server) and tracks its memory on: the bytes written.
+fn pages_of(
+    task: &Task,
+    (dir, id): (&Path, u32),
+    track: &mut TreeTracking,
+    sink: &mut PageSink,
+) -> Result<u64, DumpError> {
     let pid = task.pid;
-    let start_time = procfs::read_stat(pid).at(pid, "read stat")?.start_time;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     t.use_any_syscall().at(pid, "find a syscall instruction")?;
     t.arm(1, &mut |addr, len, parked| {
         crate::guard::watch_area(pid, addr, len, parked)
     })
     .at(pid, "map the recovery area")?;
-    let mut tr = track.for_task(pid, start_time);
-    let mut pages = crest_images::create_raw(dir, &names::pages(id))?;
-    let res = mm::dump::dump(&mut t, None, &mut pages, tr.as_mut());
-    if let Some(tr) = tr {
-        track.done(pid, start_time, tr);
-    }
-    let mm = res?;
-    pages.finish()?;
+    let mm = mm::dump::dump_with_pages(&mut t, (dir, id), None, track, sink)?;
     crest_sys::fault::point("pre-dump: a task's pages copied")?;
     t.put_back().at(pid, "put the task back")?;
     t.leak();
-    mm::image::write_pagemap(dir, pid as u32, id, &mm.pagemap)?;
+    if sink.local() {
+        mm::image::write_pagemap(dir, pid as u32, id, &mm.pagemap)?;
+    }
     crate::info!("pre-dumped pid {pid}: {} bytes of pages", mm.pages_bytes);
     Ok(mm.pages_bytes)
 }

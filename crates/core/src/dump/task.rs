@@ -27,6 +27,7 @@ pub(super) struct Shared<'a> {
     pub(super) filters: &'a mut crate::task::seccomp::Table,
     pub(super) summary: &'a mut DumpSummary,
     pub(super) track: &'a mut mm::track::TreeTracking,
+    pub(super) sink: &'a mut mm::dump::PageSink,
 }
 
 /// Dumps `task` (the `index`-th of the tree; `parent_ids` its parent's
@@ -74,7 +75,7 @@ pub(super) fn dump(
                 &ns.users,
                 fc,
                 sh.dir,
-                (sh.files, sh.filters, sh.track),
+                (sh.files, sh.filters, sh.track, sh.sink),
                 sh.summary,
             )?;
             crest_sys::fault::point("dump: task dumped")?;
@@ -125,6 +126,7 @@ type Tables<'a> = (
     &'a mut FileTable,
     &'a mut crate::task::seccomp::Table,
     &'a mut mm::track::TreeTracking,
+    &'a mut mm::dump::PageSink,
 );
 
 /// Dumps one live task and its threads into their images.
@@ -135,7 +137,7 @@ fn dump_task(
     users: &UsernsGraph,
     for_children: (Option<u32>, Option<u32>),
     dir: &Path,
-    (files, filters, track): Tables<'_>,
+    (files, filters, track, sink): Tables<'_>,
     summary: &mut DumpSummary,
 ) -> Result<(), DumpError> {
     let pid = task.pid;
@@ -161,7 +163,7 @@ fn dump_task(
         })
         .at(pid, "map the recovery area")?;
 
-    let mm = dump_memory(&mut t, (dir, id), files, track)?;
+    let mm = mm::dump::dump_with_pages(&mut t, (dir, id), Some(&mut *files), track, sink)?;
     let mut tc = coreimg::dump_task(&mut t)?;
     if let Some(sig) = task.stopped {
         // comes back stopped by the same signal
@@ -197,7 +199,11 @@ fn dump_task(
     write_core(dir, pid, core, extra)?;
 
     let upid = pid as u32;
-    mm::image::write(dir, upid, id, &mm.entry, &mm.pagemap)?;
+    if sink.local() {
+        mm::image::write(dir, upid, id, &mm.entry, &mm.pagemap)?;
+    } else {
+        mm::image::write_mm(dir, upid, &mm.entry)?;
+    }
     crest_images::write_image(dir, &names::fs(upid), magic::FS, &[fs])?;
     summary.pages_bytes += mm.pages_bytes;
     crate::info!(
@@ -206,31 +212,6 @@ fn dump_task(
         mm.pages_bytes
     );
     Ok(())
-}
-
-/// The task's memory (its pages into its `id`-th pages file in `dir`),
-/// with its tracking when memory is tracked.
-fn dump_memory(
-    t: &mut Tracee,
-    (dir, id): (&Path, u32),
-    files: &mut FileTable,
-    track: &mut mm::track::TreeTracking,
-) -> Result<mm::dump::MmDump, DumpError> {
-    let pid = t.pid();
-    let mut out = crest_images::create_raw(dir, &names::pages(id))?;
-    let start_time = if track.active() {
-        procfs::read_stat(pid).at(pid, "read stat")?.start_time
-    } else {
-        0
-    };
-    let mut tr = track.for_task(pid, start_time);
-    let mm = mm::dump::dump(t, Some(files), &mut out, tr.as_mut());
-    if let Some(tr) = tr {
-        track.done(pid, start_time, tr);
-    }
-    let mm = mm?;
-    out.finish()?;
-    Ok(mm)
 }
 
 /// The pid and time namespaces `pid`'s next children go to, where they

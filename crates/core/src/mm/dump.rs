@@ -3,7 +3,7 @@
 //! file), mm fields from `stat`, `auxv` and `exe`, AIO rings, madvise,
 //! mlock, THP and membarrier state.
 
-use super::{numa, pages, track};
+use super::{numa, pages, server, track};
 use super::{status, DEFAULT_COREDUMP_FILTER, MADV_BIT_LOCKONFAULT, MEMBARRIER_REGISTER, PAGE};
 use crate::error::RoomError;
 use crate::error::{DumpCtx, DumpError};
@@ -12,7 +12,7 @@ use crate::mm::error::MmError;
 use crate::procfs::{self, MapsEntry, PagemapBits, SmapsEntry};
 use crate::remote::Remote;
 use crest_images::pb::{AioRingEntry, MmEntry, PagemapEntry, VmaEntry};
-use crest_images::{RawWriter, PE_PARENT, PE_PRESENT};
+use crest_images::{names, RawWriter, PE_PARENT, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use std::io;
 
@@ -240,16 +240,82 @@ fn mlockall_future(t: &mut Tracee) -> Result<u32, DumpError> {
         })
 }
 
+/// Where a dump's pages go: the images directory, or a page server.
+pub enum PageSink {
+    Local,
+    Server(server::Client),
+}
+
+impl PageSink {
+    /// Whether the pagemap and pages images are written here.
+    pub fn local(&self) -> bool {
+        matches!(self, PageSink::Local)
+    }
+
+    /// Ends the page server session (the server has everything once it
+    /// answers).
+    pub fn finish(self) -> std::io::Result<()> {
+        match self {
+            PageSink::Local => Ok(()),
+            PageSink::Server(c) => c.close(),
+        }
+    }
+}
+
+/// Where one task's pages go during its dump.
+enum Out<'a> {
+    File(RawWriter),
+    Server(&'a mut server::Client),
+}
+
+/// The memory of the task `t` injects into (its pages into its `id`-th
+/// pages file in `dir`, or to the page server), with its tracking when
+/// memory is tracked; without `files`, the pages alone (a pre-dump).
+pub fn dump_with_pages(
+    t: &mut Tracee,
+    (dir, id): (&std::path::Path, u32),
+    files: Option<&mut FileTable>,
+    track: &mut track::TreeTracking,
+    sink: &mut PageSink,
+) -> Result<MmDump, DumpError> {
+    let pid = t.pid();
+    let start_time = if track.active() {
+        procfs::read_stat(pid).at(pid, "read stat")?.start_time
+    } else {
+        0
+    };
+    let (mut out, has_parent) = match sink {
+        PageSink::Local => (Out::File(crest_images::create_raw(dir, &names::pages(id))?), None),
+        PageSink::Server(c) => {
+            let has = c.open(pid as u32).at(pid, "open the task's pages on the page server")?;
+            (Out::Server(c), Some(has))
+        }
+    };
+    let mut tr = track.for_task(pid, start_time);
+    if let (Some(tr), Some(has)) = (tr.as_mut(), has_parent) {
+        tr.remote_parent(has);
+    }
+    let mm = dump(t, files, &mut out, tr.as_mut());
+    if let Some(tr) = tr {
+        track.done(pid, start_time, tr);
+    }
+    let mm = mm?;
+    if let Out::File(w) = out {
+        w.finish()?;
+    }
+    Ok(mm)
+}
+
 /// Collects the VMAs, mm fields and present pages of `pid` (stopped and
 /// injected through `t`), streaming the pages into `pages`. Without
 /// `files` (a pre-dump) only the pages are collected. With `track`, the
 /// pages the parent images hold and the task has not written since are
 /// marked as the parent's instead of copied, and the tracking is armed
 /// again (and extended to new mappings) when it goes on.
-pub fn dump(
+fn dump(
     t: &mut Tracee,
     mut files: Option<&mut FileTable>,
-    pages: &mut RawWriter,
+    pages: &mut Out<'_>,
     mut track: Option<&mut track::Tracking>,
 ) -> Result<MmDump, DumpError> {
     let pid = t.pid();
@@ -332,11 +398,15 @@ fn save(
     t: &mut Tracee,
     runs: &[pages::Run],
     (reuse, untracked): (&[Range], &[Range]),
-    out: &mut RawWriter,
+    out: &mut Out<'_>,
     track: Option<&mut track::Tracking>,
 ) -> Result<(Vec<PagemapEntry>, u64), DumpError> {
     let (copied, entries) = parent_or_copied(runs, reuse);
-    let bytes = pages::copy(t.pid(), &copied, out)?;
+    let pid = t.pid();
+    let bytes = match out {
+        Out::File(w) => pages::copy(pid, &copied, w)?,
+        Out::Server(c) => c.send((pid, pid as u32), &entries, &copied)?,
+    };
     if let Some(tr) = track {
         if tr.dedup.is_some() {
             tr.saved = copied.iter().map(|r| (r.addr, r.pages * PAGE)).collect();

@@ -34,6 +34,11 @@ pub fn write(
     write_pagemap(dir, pid, pages_id, pagemap)
 }
 
+/// Writes `mm-<pid>.img` alone (its pages went to a page server).
+pub fn write_mm(dir: &Path, pid: u32, mm: &MmEntry) -> Result<(), ImageError> {
+    crest_images::write_image(dir, &names::mm(pid), magic::MM, std::slice::from_ref(mm))
+}
+
 /// Reads the memory images of task `pid`.
 pub fn read(dir: &Path, pid: u32) -> Result<MmImages, RestoreError> {
     let mm: MmEntry = crest_images::read_one(dir, &names::mm(pid), magic::MM)?;

@@ -24,6 +24,7 @@ pub mod keeper;
 pub mod numa;
 mod pages;
 pub mod restore;
+pub mod server;
 pub mod track;
 
 pub const PAGE: u64 = 4096;

@@ -108,6 +108,11 @@ fn plan(runs: &[Run]) -> Vec<Vec<Piece>> {
     batches
 }
 
+/// Reads `buf.len()` bytes of run `r` from byte `at` of it.
+pub fn read_part(pid: i32, r: &Run, at: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+    read_batch(pid, &[(r.addr + at, buf.len(), r.readable)], buf)
+}
+
 fn read_batch(pid: i32, batch: &[Piece], buf: &mut [u8]) -> Result<(), DumpError> {
     let mut off = 0usize;
     let mut i = 0;

@@ -63,6 +63,21 @@ pub struct Tracking {
     pub saved: Vec<(u64, u64)>,
 }
 
+impl Tracking {
+    /// With a page server, whose images directory holds the parent images
+    /// (`has`) or not: the pages the tracking says are unchanged are then
+    /// the parent's, as CRIU takes them (this side has no parent pagemap to
+    /// check them against); none without parent. No deduplication there.
+    pub fn remote_parent(&mut self, has: bool) {
+        self.parent = if has && !self.uffds.is_empty() {
+            vec![(0, u64::MAX)]
+        } else {
+            Vec::new()
+        };
+        self.dedup = None;
+    }
+}
+
 /// The tracking of a whole dump: what the parent's keeper handed over,
 /// where the parent images are, and what goes to the next keeper.
 #[derive(Default)]
