@@ -17,6 +17,13 @@
 //!   tracking is lost and saves every page; the restore passes.
 //! - `iter_leave_running`: a `dump -R --track-mem` as a middle round
 //!   keeps the tracking; the dump after it takes pages from it.
+//! - `iter_page_server`: a migration between two network namespaces joined
+//!   by a veth pair: a page server in the other namespace for each round,
+//!   a pre-dump and a dump (`--page-server --address --port`) sending
+//!   their pages there; the dump's other images copied over, the restore
+//!   from the server's directory (through its parent) passes, the pages
+//!   never written on the source side, the dump's pages marked as the
+//!   parent's where unchanged.
 //! - `iter_auto_dedup`: a dump with `--auto-dedup` punches the pages it
 //!   saves again out of its parent's pages file (fewer blocks, the same
 //!   size), whose manifest still holds; the restore passes.
@@ -40,7 +47,8 @@ use crate::procs::{self, wait_exit, Procs, Waited};
 use crate::suite::Report;
 use crate::{Config, Outcome, StdioKind};
 
-const CASES: [(&str, DirCase); 5] = [
+const CASES: [(&str, DirCase); 6] = [
+    ("iter_page_server", iter_page_server),
     ("iter_auto_dedup", iter_auto_dedup),
     ("iter_tracking_lost", iter_tracking_lost),
     ("iter_leave_running", iter_leave_running),
@@ -517,5 +525,248 @@ fn iter_crest_killed(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
         }
     }
     end_keepers(pid)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+}
+
+/// A second network namespace joined to this one by a veth pair:
+/// (namespace name, this side's address, the other side's); removed when
+/// dropped.
+struct OtherHost {
+    name: String,
+}
+
+impl OtherHost {
+    const HERE: &'static str = "10.77.0.1";
+    const THERE: &'static str = "10.77.0.2";
+
+    fn make() -> Result<OtherHost> {
+        let name = format!("crest-dst-{}", std::process::id());
+        let h = OtherHost { name };
+        let veth = format!("cv{}", std::process::id() % 100_000);
+        let peer = format!("{veth}p");
+        let cmds: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), h.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                veth.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer.clone(),
+                "netns".into(),
+                h.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/24", Self::HERE),
+                "dev".into(),
+                veth.clone(),
+            ],
+            vec!["link".into(), "set".into(), veth.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                h.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{}/24", Self::THERE),
+                "dev".into(),
+                peer.clone(),
+            ],
+            vec![
+                "-n".into(),
+                h.name.clone(),
+                "link".into(),
+                "set".into(),
+                peer,
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                h.name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        for c in cmds {
+            let out = std::process::Command::new("ip")
+                .args(&c)
+                .output()
+                .context("run ip")?;
+            if !out.status.success() {
+                bail!(
+                    "ip {}: {}",
+                    c.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(h)
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        // (the veth pair goes with the namespace)
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Starts a page server in `host` for `<case>/dst/<name>` (after `prev`),
+/// in the background once it listens.
+fn page_server(
+    cfg: &Config,
+    dir: &CaseDir,
+    host: &OtherHost,
+    (name, prev): (&str, Option<&str>),
+    procs: &mut Procs,
+) -> Result<()> {
+    let images = dir
+        .root
+        .join("dst")
+        .join(name)
+        .to_string_lossy()
+        .into_owned();
+    let crest_path = cfg.crest.to_string_lossy().into_owned();
+    let mut args = vec![
+        "netns",
+        "exec",
+        &host.name,
+        &crest_path,
+        "page-server",
+        "-D",
+        &images,
+        "--address",
+        OtherHost::THERE,
+        "--port",
+        "27031",
+        "-d",
+        "-o",
+        "page-server.log",
+        "-v4",
+    ];
+    let prev = prev.map(|p| format!("../{p}"));
+    if let Some(p) = &prev {
+        args.extend(["--prev-images-dir", p.as_str()]);
+    }
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(&args);
+    let ran = crest::run(
+        cmd,
+        &dir.root,
+        &format!("page-server-{name}"),
+        CREST_TIMEOUT,
+        procs,
+    )?;
+    if !ran.success() {
+        bail!(ran.failure("crest page-server"));
+    }
+    Ok(())
+}
+
+fn iter_page_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        return Ok(Outcome::Skip(
+            "no ip(8) to make a second network namespace".into(),
+        ));
+    }
+    let host = OtherHost::make()?;
+    let pid = start_iter(cfg, dir, procs)?;
+    let pid_s = pid.to_string();
+    let src = |n: &str| dir.root.join("src").join(n).to_string_lossy().into_owned();
+    page_server(cfg, dir, &host, ("1", None), procs)?;
+    let s1 = src("1");
+    let args = [
+        "pre-dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &s1,
+        "-o",
+        "pre-dump.log",
+        "-v4",
+        "--page-server",
+        "--address",
+        OtherHost::THERE,
+        "--port",
+        "27031",
+    ];
+    let ran = crest_run(cfg, dir, &args, "pre-dump", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest pre-dump --page-server"));
+    }
+    std::thread::sleep(BETWEEN);
+    page_server(cfg, dir, &host, ("2", Some("1")), procs)?;
+    let s2 = src("2");
+    let args = [
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &s2,
+        "-o",
+        "dump.log",
+        "-v4",
+        "--prev-images-dir",
+        "../1",
+        "--page-server",
+        "--address",
+        OtherHost::THERE,
+        "--port",
+        "27031",
+    ];
+    let ran = crest_run(cfg, dir, &args, "dump", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest dump --page-server"));
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
+    }
+    for d in [src("1"), src("2")] {
+        let pages = fs::read_dir(&d)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("pages-"));
+        if pages {
+            bail!("{d} holds pages: the dump was to send them to the page server");
+        }
+    }
+    if skipped_parent(Path::new(&s2))? == 0 {
+        bail!("the dump through the page server took no page from its parent images");
+    }
+    // the rest of the images go over, as a user copies them
+    let dst = dir.root.join("dst/2");
+    for e in fs::read_dir(&s2)?.flatten() {
+        if e.file_type()?.is_file() {
+            fs::copy(e.path(), dst.join(e.file_name()))?;
+        }
+    }
+    if parent_entries(&dst)? == 0 {
+        bail!("the page server's pagemaps mark no page as the parent images'");
+    }
+    let images = dst.to_string_lossy().into_owned();
+    let args = [
+        "restore",
+        "-D",
+        &images,
+        "-d",
+        "--pidfile",
+        "restore.pid",
+        "-o",
+        "restore.log",
+        "-v4",
+    ];
+    procs.track(pid);
+    let ran = crest_run(cfg, dir, &args, "restore", &[], procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore from the page server's images"));
+    }
+    drop(host);
     case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
 }

@@ -307,7 +307,9 @@ fn page_server(o: &Options) -> Result<i32> {
     std::fs::create_dir_all(&o.dir)
         .with_context(|| format!("create images directory {}", o.dir.display()))?;
     init_log(o);
-    let inherited = std::env::var(PS_LISTEN_FD).ok().and_then(|f| f.parse().ok());
+    let inherited = std::env::var(PS_LISTEN_FD)
+        .ok()
+        .and_then(|f| f.parse().ok());
     let listener = match inherited {
         Some(fd) => std::net::TcpListener::from(
             crest_sys::misc::own_fd(fd).context("the page server's listening socket")?,

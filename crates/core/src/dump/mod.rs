@@ -271,10 +271,12 @@ fn collect_and_write(
 /// socket `--ps-socket FD`).
 fn page_sink(opts: &Options) -> Result<crate::mm::dump::PageSink, DumpError> {
     use crate::mm::{dump::PageSink, server::Client};
-    let io = |step: &'static str| move |source| DumpError::Io {
-        pid: opts.pid,
-        step,
-        source,
+    let io = |step: &'static str| {
+        move |source| DumpError::Io {
+            pid: opts.pid,
+            step,
+            source,
+        }
     };
     if let Some(fd) = opts.ps_socket {
         let own = crest_sys::misc::own_fd(fd).map_err(io("take --ps-socket"))?;

@@ -7,12 +7,12 @@
 
 use super::{link_parent, uptime_ticks};
 use crate::error::{DumpCtx, DumpError};
+use crate::mm;
 use crate::mm::dump::PageSink;
 use crate::mm::track::TreeTracking;
 use crate::opts::{Action, Options};
 use crate::pstree::seize::Seized;
 use crate::pstree::Task;
-use crate::mm;
 use crest_images::pb::InventoryEntry;
 use crest_images::{magic, names};
 use crest_inject::Tracee;

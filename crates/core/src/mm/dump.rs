@@ -285,9 +285,14 @@ pub fn dump_with_pages(
         0
     };
     let (mut out, has_parent) = match sink {
-        PageSink::Local => (Out::File(crest_images::create_raw(dir, &names::pages(id))?), None),
+        PageSink::Local => (
+            Out::File(crest_images::create_raw(dir, &names::pages(id))?),
+            None,
+        ),
         PageSink::Server(c) => {
-            let has = c.open(pid as u32).at(pid, "open the task's pages on the page server")?;
+            let has = c
+                .open(pid as u32)
+                .at(pid, "open the task's pages on the page server")?;
             (Out::Server(c), Some(has))
         }
     };

@@ -121,7 +121,13 @@ impl Client {
         entries: &[PagemapEntry],
         copied: &[pages::Run],
     ) -> Result<u64, DumpError> {
-        let io = |step: &'static str| move |e: io::Error| DumpError::Io { pid, step, source: e };
+        let io = |step: &'static str| {
+            move |e: io::Error| DumpError::Io {
+                pid,
+                step,
+                source: e,
+            }
+        };
         let mut runs = copied.iter();
         let mut buf = Vec::new();
         let mut sent = 0u64;
@@ -174,7 +180,9 @@ impl Client {
         self.sock.read_exact(&mut status)?;
         match i32::from_ne_bytes(status) {
             0 => Ok(()),
-            s => Err(io::Error::other(format!("the page server answered status {s}"))),
+            s => Err(io::Error::other(format!(
+                "the page server answered status {s}"
+            ))),
         }
     }
 }
@@ -234,7 +242,11 @@ impl Session<'_> {
         let id = task_id(iov.dst_id)?;
         let o = match &mut self.open {
             Some(o) if o.id == id => o,
-            _ => return Err(bad(format!("pages for task {id}, whose pagemap is not open"))),
+            _ => {
+                return Err(bad(format!(
+                    "pages for task {id}, whose pagemap is not open"
+                )))
+            }
         };
         if iov.nr_pages == 0 || iov.nr_pages > MAX_ENTRY_PAGES || iov.vaddr % super::PAGE != 0 {
             return Err(bad(format!(
@@ -349,7 +361,10 @@ mod tests {
             dst_id: task_dst(42),
         };
         let b = i.bytes();
-        assert_eq!(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), PE_PRESENT << 16 | 6);
+        assert_eq!(
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            PE_PRESENT << 16 | 6
+        );
         assert_eq!(Iov::parse(&b), i);
         assert_eq!(task_id(i.dst_id).unwrap(), 42);
         assert!(task_id(42 << 8 | 2).is_err());
