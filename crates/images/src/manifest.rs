@@ -224,8 +224,11 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, (u64, u128)>, I
     Ok(out)
 }
 
+/// A manifest's files: name, then size and sum.
+type Listing = BTreeMap<String, (u64, u128)>;
+
 /// A manifest read and parsed, None when there is none.
-fn read_manifest(path: &Path) -> Result<Option<BTreeMap<String, (u64, u128)>>, ImageError> {
+fn read_manifest(path: &Path) -> Result<Option<Listing>, ImageError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

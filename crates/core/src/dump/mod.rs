@@ -109,6 +109,27 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
     }
 }
 
+/// The inventory of a dump: the root's ids, the keeper of its memory
+/// tracking.
+fn inventory(
+    opts: &Options,
+    root_ids: Option<TaskKobjIdsEntry>,
+    keeper: Option<String>,
+) -> InventoryEntry {
+    InventoryEntry {
+        img_version: crest_images::INVENTORY_IMG_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids,
+        ns_per_id: Some(true),
+        lsmtype: Some(0),
+        dump_uptime: Some(uptime_ticks()),
+        // (CRIU's mark: such images are restored with --tcp-close only)
+        tcp_close: opts.tcp_close.then_some(true),
+        crest_track_keeper: keeper,
+        ..InventoryEntry::default()
+    }
+}
+
 /// `--auto-dedup`'s work done, once the dump is whole: the parent images
 /// punched.
 fn deduplicated((summary, dedup): (DumpSummary, Dedup)) -> DumpSummary {
@@ -248,18 +269,7 @@ fn collect_and_write(
     let keeper = track.finish();
     summary.stats.pages_skipped_parent = track.from_parent;
     link_parent(opts)?;
-    let inventory = InventoryEntry {
-        img_version: crest_images::INVENTORY_IMG_VERSION,
-        fdinfo_per_id: Some(true),
-        root_ids: all_ids.first().map(|x| x.1),
-        ns_per_id: Some(true),
-        lsmtype: Some(0),
-        dump_uptime: Some(uptime_ticks()),
-        // (CRIU's mark: such images are restored with --tcp-close only)
-        tcp_close: opts.tcp_close.then_some(true),
-        crest_track_keeper: keeper,
-        ..InventoryEntry::default()
-    };
+    let inventory = inventory(opts, all_ids.first().map(|x| x.1), keeper);
     crest_images::write_image(&opts.dir, names::INVENTORY, magic::INVENTORY, &[inventory])?;
     // Established connections stay in repair mode only for a tree that dies.
     files.inet.keep_repair = !opts.leave_running;

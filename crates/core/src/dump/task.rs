@@ -199,11 +199,8 @@ fn dump_task(
     write_core(dir, pid, core, extra)?;
 
     let upid = pid as u32;
-    if sink.local() {
-        mm::image::write(dir, upid, id, &mm.entry, &mm.pagemap)?;
-    } else {
-        mm::image::write_mm(dir, upid, &mm.entry)?;
-    }
+    let pagemap = sink.local().then_some(&mm.pagemap[..]);
+    mm::image::write(dir, upid, id, &mm.entry, pagemap)?;
     crest_images::write_image(dir, &names::fs(upid), magic::FS, &[fs])?;
     summary.pages_bytes += mm.pages_bytes;
     crate::info!(

@@ -22,21 +22,20 @@ pub struct MmImages {
 }
 
 /// Writes the memory images of task `pid`, whose pages are in the pages
-/// file `pages_id`.
+/// file `pages_id`; without `pagemap`, `mm-<pid>.img` alone (its pages
+/// went to a page server, which writes the pagemap).
 pub fn write(
     dir: &Path,
     pid: u32,
     pages_id: u32,
     mm: &MmEntry,
-    pagemap: &[PagemapEntry],
+    pagemap: Option<&[PagemapEntry]>,
 ) -> Result<(), ImageError> {
     crest_images::write_image(dir, &names::mm(pid), magic::MM, std::slice::from_ref(mm))?;
-    write_pagemap(dir, pid, pages_id, pagemap)
-}
-
-/// Writes `mm-<pid>.img` alone (its pages went to a page server).
-pub fn write_mm(dir: &Path, pid: u32, mm: &MmEntry) -> Result<(), ImageError> {
-    crest_images::write_image(dir, &names::mm(pid), magic::MM, std::slice::from_ref(mm))
+    match pagemap {
+        Some(p) => write_pagemap(dir, pid, pages_id, p),
+        None => Ok(()),
+    }
 }
 
 /// Reads the memory images of task `pid`.

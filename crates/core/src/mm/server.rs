@@ -248,7 +248,10 @@ impl Session<'_> {
                 )))
             }
         };
-        if iov.nr_pages == 0 || iov.nr_pages > MAX_ENTRY_PAGES || iov.vaddr % super::PAGE != 0 {
+        if iov.nr_pages == 0
+            || iov.nr_pages > MAX_ENTRY_PAGES
+            || !iov.vaddr.is_multiple_of(super::PAGE)
+        {
             return Err(bad(format!(
                 "an entry of {} pages at {:#x}",
                 iov.nr_pages, iov.vaddr
