@@ -166,6 +166,32 @@ pub fn verify_sample(pid: i32, addr: u64, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// The holder's ready file `ready`, read: its pid, the buffer's address
+/// and length.
+pub fn parse_ready_file(ready: &Path) -> Result<(i32, u64, usize)> {
+    let text = fs::read_to_string(ready).with_context(|| format!("read {}", ready.display()))?;
+    parse_ready(&text).with_context(|| format!("ready file {}", ready.display()))
+}
+
+/// Checks every word of the buffer at `addr` from byte `from` (a multiple
+/// of 8) to byte `len`.
+pub fn verify_from(pid: i32, addr: u64, from: usize, len: usize) -> Result<()> {
+    const PIECE: usize = 16 << 20;
+    let mut local = vec![0u8; PIECE.min(len.saturating_sub(from))];
+    let mut off = from;
+    while off < len {
+        let n = PIECE.min(len - off);
+        let got = crest_sys::mem::read_remote(pid, &[(addr + off as u64, n)], &mut local[..n])
+            .with_context(|| format!("process_vm_readv pid {pid}"))?;
+        if got != n {
+            bail!("pid {pid}: short read at offset {off:#x}: {got} of {n} bytes");
+        }
+        check(pid, &local[..n], off)?;
+        off += n;
+    }
+    Ok(())
+}
+
 /// Reads the whole buffer in `chunk`-sized pieces and checks every word.
 pub fn verify_full(pid: i32, addr: u64, len: usize, chunk: usize) -> Result<()> {
     let mut local = vec![0u8; chunk.min(len)];

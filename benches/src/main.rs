@@ -29,6 +29,7 @@
 //! the numbers measure the page cache and the disk as much as crest.
 
 mod holder;
+mod migrate;
 mod report;
 mod scale;
 
@@ -74,6 +75,30 @@ enum Mode {
     Tree(TreeOpts),
     /// One process with N threads
     Threads(ThreadsOpts),
+    /// The downtime of migrating a process with a hot working set
+    Migrate(MigrateOpts),
+}
+
+#[derive(Args, Debug)]
+struct MigrateOpts {
+    /// MiB the process holds
+    #[arg(long, default_value_t = 1024)]
+    mib: usize,
+    /// MiB of it the process keeps writing
+    #[arg(long, default_value_t = 64)]
+    hot: usize,
+    /// Pre-dumps before the dump
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Send the pages to a page server on this machine (ports from 27100)
+    #[arg(long)]
+    page_server: bool,
+    /// Directory for the images
+    #[arg(long, default_value = "/tmp/crest-bench")]
+    dir: PathBuf,
+    /// Number of runs
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +172,7 @@ fn main() -> ExitCode {
         Some("hold-tree") => hold_tree_main(&args[2..]),
         Some("hold-node") => hold_node_main(&args[2..]),
         Some("hold-threads") => hold_threads_main(&args[2..]),
+        Some("hold-hot") => hold_hot_main(&args[2..]),
         _ => {
             let cli = Cli::parse();
             match &cli.mode {
@@ -154,6 +180,7 @@ fn main() -> ExitCode {
                 Some(Mode::Mem(opts)) => bench(opts),
                 Some(Mode::Tree(opts)) => bench_tree(opts),
                 Some(Mode::Threads(opts)) => bench_threads(opts),
+                Some(Mode::Migrate(opts)) => bench_migrate(opts),
             }
         }
     };
@@ -188,6 +215,90 @@ fn hold_node_main(args: &[String]) -> Result<()> {
         kib.parse().context("KIB")?,
         bench.parse().context("BENCH_PID")?,
     )
+}
+
+fn hold_hot_main(args: &[String]) -> Result<()> {
+    let [mib, hot, ready, bench] = args else {
+        bail!("usage: crest-bench hold-hot MIB HOT READY BENCH_PID");
+    };
+    migrate::hold_hot(
+        mib.parse().context("MIB")?,
+        hot.parse().context("HOT")?,
+        Path::new(ready),
+        bench.parse().context("BENCH_PID")?,
+    )
+}
+
+/// `migrate`: plain dump and restore against pre-dumps then the dump,
+/// alternating, the downtime of each.
+fn bench_migrate(o: &MigrateOpts) -> Result<()> {
+    let crest = crest_bin()?;
+    let server = o.page_server.then_some(27100u16);
+    println!(
+        "crest {}; migrate: {} MiB, {} MiB hot; {} pre-dumps{}; images in {}; {} runs",
+        crest.display(),
+        o.mib,
+        o.hot,
+        o.rounds,
+        if o.page_server {
+            ", through page servers on 127.0.0.1"
+        } else {
+            ""
+        },
+        o.dir.display(),
+        o.runs
+    );
+    let (mut plain, mut iter) = (Vec::new(), Vec::new());
+    for run in 1..=o.runs {
+        let p = migrate::migrate(&crest, &o.dir.join("plain"), (o.mib, o.hot), 0, server)?;
+        let i = migrate::migrate(
+            &crest,
+            &o.dir.join("iter"),
+            (o.mib, o.hot),
+            o.rounds,
+            server,
+        )?;
+        let pre: Vec<String> = i
+            .pre
+            .iter()
+            .map(|(s, b)| format!("{s:.3} s/{:.1} MiB", *b as f64 / MIB as f64))
+            .collect();
+        println!(
+            "run {run}: plain: dump {:.3} s ({:.1} MiB, frozen {:.3} s) + restore {:.3} s = downtime {:.3} s | \
+             iterative: pre-dumps [{}], dump {:.3} s ({:.1} MiB, frozen {:.3} s) + restore {:.3} s = downtime {:.3} s",
+            p.dump_s,
+            p.dump_bytes as f64 / MIB as f64,
+            p.frozen_s,
+            p.restore_s,
+            p.downtime(),
+            pre.join(", "),
+            i.dump_s,
+            i.dump_bytes as f64 / MIB as f64,
+            i.frozen_s,
+            i.restore_s,
+            i.downtime()
+        );
+        plain.push(p);
+        iter.push(i);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (pd, id) = (
+        median(plain.iter().map(migrate::Migration::downtime).collect()),
+        median(iter.iter().map(migrate::Migration::downtime).collect()),
+    );
+    let (pf, ifr) = (
+        median(plain.iter().map(|m| m.frozen_s).collect()),
+        median(iter.iter().map(|m| m.frozen_s).collect()),
+    );
+    println!(
+        "medians: downtime plain {pd:.3} s, iterative {id:.3} s ({:.1}x shorter); final dump frozen {pf:.3} s against {ifr:.3} s",
+        pd / id.max(1e-9)
+    );
+    let _ = std::fs::remove_dir_all(&o.dir);
+    Ok(())
 }
 
 fn hold_threads_main(args: &[String]) -> Result<()> {

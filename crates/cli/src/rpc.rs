@@ -360,8 +360,16 @@ fn fill(peer: &Peer, r: &CriuOpts, o: &mut Options, dump: bool) -> Result<(), Rp
         }
         o.log_file = Some(PathBuf::from(f));
     }
-    if r.ps.is_some() {
+    if let Some(ps) = &r.ps {
+        // (runc's --page-server: the pages go to a page server there)
         o.page_server = true;
+        o.address = ps.address.clone().or(o.address.take());
+        if let Some(port) = ps.port {
+            o.port = Some(u16::try_from(port).map_err(|_| RpcError::Refused {
+                field: "ps.port",
+                why: format!("{port} is no TCP port"),
+            })?);
+        }
     }
     set(&mut o.root, r.root.as_ref().map(|p| Some(PathBuf::from(p))));
     set(
