@@ -31,16 +31,29 @@ pub fn word(i: usize) -> u64 {
 /// No parent-death signal for that: crest restores it, and the restored
 /// holder's parent at restore is `crest restore`, which exits at once.
 pub fn hold(mib: usize, ready: &Path, bench: u32) -> Result<()> {
+    let buf = fill_and_announce(mib, ready)?;
+
+    let bench = PathBuf::from(format!("/proc/{bench}"));
+    while bench.exists() {
+        thread::sleep(Duration::from_secs(1));
+    }
+    // Keep the buffer alive (and observably used) for the whole sleep.
+    std::hint::black_box(&buf);
+    Ok(())
+}
+
+/// The holder's start: a session of its own, no inherited fds, `mib` MiB
+/// filled with the pattern (every page present), the ready file written
+/// ("PID ADDR WORDS"). Returns the buffer.
+pub fn fill_and_announce(mib: usize, ready: &Path) -> Result<Vec<u64>> {
     rustix::process::setsid().context("setsid")?;
     crest_sys::proc::close_from(3).context("close_range")?;
-
     let words = mib * MIB / 8;
     let mut buf: Vec<u64> = vec![0; words];
     // Writing every word faults in every page, so all of them are present.
     for (i, w) in buf.iter_mut().enumerate() {
         *w = word(i);
     }
-
     let tmp = ready.with_extension("tmp");
     let line = format!(
         "{} {:#x} {}\n",
@@ -50,14 +63,7 @@ pub fn hold(mib: usize, ready: &Path, bench: u32) -> Result<()> {
     );
     fs::write(&tmp, line).with_context(|| format!("write {}", tmp.display()))?;
     fs::rename(&tmp, ready).with_context(|| format!("rename to {}", ready.display()))?;
-
-    let bench = PathBuf::from(format!("/proc/{bench}"));
-    while bench.exists() {
-        thread::sleep(Duration::from_secs(1));
-    }
-    // Keep the buffer alive (and observably used) for the whole sleep.
-    std::hint::black_box(&buf);
-    Ok(())
+    Ok(buf)
 }
 
 /// A started holder, as its ready file describes it.
@@ -174,13 +180,12 @@ pub fn parse_ready_file(ready: &Path) -> Result<(i32, u64, usize)> {
 }
 
 /// Checks every word of the buffer at `addr` from byte `from` (a multiple
-/// of 8) to byte `len`.
-pub fn verify_from(pid: i32, addr: u64, from: usize, len: usize) -> Result<()> {
-    const PIECE: usize = 16 << 20;
-    let mut local = vec![0u8; PIECE.min(len.saturating_sub(from))];
+/// of 8) to byte `len`, reading `chunk` bytes at a time.
+pub fn verify_from(pid: i32, addr: u64, (from, len): (usize, usize), chunk: usize) -> Result<()> {
+    let mut local = vec![0u8; chunk.min(len.saturating_sub(from))];
     let mut off = from;
     while off < len {
-        let n = PIECE.min(len - off);
+        let n = chunk.min(len - off);
         let got = crest_sys::mem::read_remote(pid, &[(addr + off as u64, n)], &mut local[..n])
             .with_context(|| format!("process_vm_readv pid {pid}"))?;
         if got != n {
@@ -194,19 +199,7 @@ pub fn verify_from(pid: i32, addr: u64, from: usize, len: usize) -> Result<()> {
 
 /// Reads the whole buffer in `chunk`-sized pieces and checks every word.
 pub fn verify_full(pid: i32, addr: u64, len: usize, chunk: usize) -> Result<()> {
-    let mut local = vec![0u8; chunk.min(len)];
-    let mut off = 0usize;
-    while off < len {
-        let n = chunk.min(len - off);
-        let got = crest_sys::mem::read_remote(pid, &[(addr + off as u64, n)], &mut local[..n])
-            .with_context(|| format!("process_vm_readv pid {pid}"))?;
-        if got != n {
-            bail!("pid {pid}: short read at offset {off:#x}: {got} of {n} bytes");
-        }
-        check(pid, &local[..n], off)?;
-        off += n;
-    }
-    Ok(())
+    verify_from(pid, addr, (0, len), chunk)
 }
 
 /// Checks that `bytes`, read from buffer offset `off` (a multiple of 8), hold

@@ -26,24 +26,8 @@ const PAGES_PER_MS: usize = 50;
 /// rewrite the first HOT MiB page by page until the bench is gone. A hot
 /// page holds the pattern of `holder::word` xor its pass number.
 pub fn hold_hot(mib: usize, hot: usize, ready: &Path, bench: u32) -> Result<()> {
-    rustix::process::setsid().context("setsid")?;
-    crest_sys::proc::close_from(3).context("close_range")?;
-    let words = mib * MIB / 8;
-    let mut buf: Vec<u64> = vec![0; words];
-    for (i, w) in buf.iter_mut().enumerate() {
-        *w = holder::word(i);
-    }
-    let tmp = ready.with_extension("tmp");
-    fs::write(
-        &tmp,
-        format!(
-            "{} {:#x} {}\n",
-            std::process::id(),
-            buf.as_ptr() as usize,
-            words
-        ),
-    )?;
-    fs::rename(&tmp, ready)?;
+    let mut buf = holder::fill_and_announce(mib, ready)?;
+    let words = buf.len();
     let hot_pages = (hot * MIB / 4096).min(words / 512);
     let bench = PathBuf::from(format!("/proc/{bench}"));
     let mut pass = 0u64;
@@ -149,6 +133,34 @@ fn run_crest(crest: &Path, args: &[&str]) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Round `k` of the migration of `pid` (`action`: pre-dump or dump), into
+/// `<base>/r<k>` after `r<k-1>`, its pages there or to a page server for
+/// `<base>/dst<k>` after `dst<k-1>`: its seconds and the two directories.
+fn round(
+    crest: &Path,
+    base: &Path,
+    (pid, k): (i32, usize),
+    action: &str,
+    server: Option<u16>,
+) -> Result<(f64, PathBuf, PathBuf)> {
+    let d = base.join(format!("r{k}"));
+    let dst = base.join(format!("dst{k}"));
+    let (ds, pid_s) = (d.to_string_lossy().into_owned(), pid.to_string());
+    let prev = format!("../r{}", k - 1);
+    let mut args = vec![action, "-t", &pid_s, "-D", &ds];
+    if k > 1 {
+        args.extend(["--prev-images-dir", prev.as_str()]);
+    }
+    let port = server.map(|p| p + k as u16);
+    let port_s = port.map(|p| p.to_string()).unwrap_or_default();
+    let dst_prev = format!("../dst{}", k - 1);
+    if let Some(p) = port {
+        page_server(crest, &dst, (k > 1).then_some(dst_prev.as_str()), p)?;
+        args.extend(["--page-server", "--address", "127.0.0.1", "--port", &port_s]);
+    }
+    Ok((run_crest(crest, &args)?, d, dst))
+}
+
 /// One migration of a fresh holder: `rounds` pre-dumps (0: a plain dump
 /// and restore), then the dump, then the restore, all in `base`.
 pub fn migrate(
@@ -163,53 +175,17 @@ pub fn migrate(
     let ready = base.join("ready");
     let mut child = start_hot(mib, hot, &ready)?;
     let (pid, addr, len) = holder::parse_ready_file(&ready)?;
-    let pid_s = pid.to_string();
     let mut m = Migration::default();
     // (the hot set written a while before the first round)
     thread::sleep(Duration::from_millis(300));
-    let dir_of = |k: usize| base.join(format!("r{k}"));
     for k in 1..=rounds {
-        let d = dir_of(k);
-        let ds = d.to_string_lossy().into_owned();
-        let prev = format!("../r{}", k - 1);
-        let mut args = vec!["pre-dump", "-t", &pid_s, "-D", &ds];
-        if k > 1 {
-            args.extend(["--prev-images-dir", prev.as_str()]);
-        }
-        let port = server.map(|p| p + k as u16);
-        let port_s = port.map(|p| p.to_string()).unwrap_or_default();
-        let dst = base.join(format!("dst{k}"));
-        let dst_prev = format!("../dst{}", k - 1);
-        if let Some(p) = port {
-            page_server(crest, &dst, (k > 1).then_some(dst_prev.as_str()), p)?;
-            args.extend(["--page-server", "--address", "127.0.0.1", "--port", &port_s]);
-        }
-        let s = run_crest(crest, &args)?;
-        let bytes = if server.is_some() {
-            pages_bytes(&dst)
-        } else {
-            pages_bytes(&d)
-        };
+        let (s, d, dst) = round(crest, base, (pid, k), "pre-dump", server)?;
+        let bytes = pages_bytes(if server.is_some() { &dst } else { &d });
         m.pre.push((s, bytes));
         thread::sleep(Duration::from_millis(300));
     }
-    let k = rounds + 1;
-    let d = dir_of(k);
-    let ds = d.to_string_lossy().into_owned();
-    let prev = format!("../r{}", k - 1);
-    let mut args = vec!["dump", "-t", &pid_s, "-D", &ds];
-    if rounds > 0 {
-        args.extend(["--prev-images-dir", prev.as_str()]);
-    }
-    let port = server.map(|p| p + k as u16);
-    let port_s = port.map(|p| p.to_string()).unwrap_or_default();
-    let dst = base.join(format!("dst{k}"));
-    let dst_prev = format!("../dst{}", k - 1);
-    if let Some(p) = port {
-        page_server(crest, &dst, (rounds > 0).then_some(dst_prev.as_str()), p)?;
-        args.extend(["--page-server", "--address", "127.0.0.1", "--port", &port_s]);
-    }
-    m.dump_s = run_crest(crest, &args)?;
+    let (s, d, dst) = round(crest, base, (pid, rounds + 1), "dump", server)?;
+    m.dump_s = s;
     let _ = child.wait();
     m.frozen_s = frozen(&d);
     let restore_dir = if server.is_some() {
@@ -229,7 +205,7 @@ pub fn migrate(
     m.restore_s = run_crest(crest, &["restore", "-D", &rs, "-d"])?;
     // the cold part (past the hot set) is as it was, every word
     let cold = hot.min(mib) * MIB;
-    let check = holder::verify_from(pid, addr, cold, len);
+    let check = holder::verify_from(pid, addr, (cold, len), 16 * MIB);
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid).context("pid")?,
         rustix::process::Signal::KILL,

@@ -204,6 +204,11 @@ fn fd_links(pid: Pid) -> Vec<String> {
 
 /// The keepers of memory tracking that run (their pids).
 fn keepers() -> Vec<i32> {
+    running_of("__track-keeper")
+}
+
+/// The processes running crest's hidden command `command` (their pids).
+fn running_of(command: &str) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -211,7 +216,7 @@ fn keepers() -> Vec<i32> {
         .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
         .filter(|p| {
             fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__track-keeper"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == command.as_bytes()))
         })
         .collect()
 }
@@ -292,10 +297,7 @@ fn final_dump(cfg: &Config, dir: &CaseDir, pid: Pid, prev: &str, procs: &mut Pro
     if !ran.success() {
         bail!(ran.failure("crest dump"));
     }
-    match wait_exit(pid, Duration::from_secs(10))? {
-        Waited::Exited(_) => procs.untrack(pid),
-        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
-    }
+    reap_dumped(pid, procs)?;
     Ok(())
 }
 
@@ -306,6 +308,15 @@ fn end_keepers(pid: Pid) -> Result<()> {
     }
     if !procs::wait_until(Duration::from_secs(3), || !tracked(pid)) {
         bail!("the keepers killed, pid {pid}'s memory is still tracked");
+    }
+    Ok(())
+}
+
+/// Reaps the task the dump killed.
+fn reap_dumped(pid: Pid, procs: &mut Procs) -> Result<()> {
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(_) => procs.untrack(pid),
+        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
     }
     Ok(())
 }
@@ -403,10 +414,7 @@ fn iter_auto_dedup(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
     if !ran.success() {
         bail!(ran.failure("crest dump --auto-dedup"));
     }
-    match wait_exit(pid, Duration::from_secs(10))? {
-        Waited::Exited(_) => procs.untrack(pid),
-        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
-    }
+    reap_dumped(pid, procs)?;
     let after = fs::metadata(&pages)?;
     if after.len() != before.len() || after.blocks() >= before.blocks() {
         bail!(
@@ -499,10 +507,11 @@ fn iter_crest_killed(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<O
             continue;
         }
         // running, and tracked only while a keeper still holds it
-        // (and no longer traced: the dump's guard may take a moment to
-        // take the recovery area away)
-        let settled = procs::wait_until(Duration::from_secs(10), || {
-            procs::tree_problems(pid).is_empty()
+        // (and let go by the dump's guard, which takes the recovery area
+        // away once crest is gone)
+        let settled = procs::wait_until(Duration::from_secs(15), || {
+            running_of("__dump-guard").is_empty()
+                && procs::tree_problems(pid).is_empty()
                 && procs::proc_status_field(pid, "TracerPid").as_deref() == Some("0")
                 && (!tracked(pid) || !keepers().is_empty())
         });
@@ -725,10 +734,7 @@ fn iter_page_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     if !ran.success() {
         bail!(ran.failure("crest dump --page-server"));
     }
-    match wait_exit(pid, Duration::from_secs(10))? {
-        Waited::Exited(_) => procs.untrack(pid),
-        other => bail!("the dumped pid {pid}: {other:?} 10 s after the dump"),
-    }
+    reap_dumped(pid, procs)?;
     for d in [src("1"), src("2")] {
         let pages = fs::read_dir(&d)?
             .flatten()

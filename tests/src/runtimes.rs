@@ -26,6 +26,9 @@
 //!   runs on without a gap, the container stays `running` with the same
 //!   processes; then it is killed and deleted and restored from the images
 //!   (the counter goes on from the value it had during the dump);
+//! - `runc_pre_dump`: `runc checkpoint --pre-dump` (the container runs
+//!   on), then `runc checkpoint --parent-path ../pre` and the restore, as
+//!   `runc_plain`;
 //! - `runc_terminal`: `process.terminal` with `--console-socket` at run
 //!   and at restore: the pty master arrives over the socket (SCM_RIGHTS,
 //!   received by a small python3 helper that copies the master to the
@@ -78,9 +81,10 @@ use crate::procs::{self, exists, wait_exit, wait_until, Procs, Waited};
 use crate::suite::Report;
 use crate::{crit, nested, Config, Outcome};
 
-const CASES: [(&str, DirCase); 6] = [
+const CASES: [(&str, DirCase); 7] = [
     ("runc_plain", runc_plain),
     ("runc_leave_running", runc_leave_running),
+    ("runc_pre_dump", runc_pre_dump),
     ("runc_terminal", runc_terminal),
     ("runc_userns", runc_userns),
     ("runc_nested_userns", runc_nested_userns),
@@ -141,6 +145,14 @@ fn runc_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     runc_case(cfg, dir, shape, procs)
 }
 
+fn runc_pre_dump(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let shape = Shape {
+        pre_dump: true,
+        ..Shape::default()
+    };
+    runc_case(cfg, dir, shape, procs)
+}
+
 fn runc_terminal(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let shape = Shape {
         terminal: true,
@@ -177,6 +189,9 @@ struct Shape {
     nested: bool,
     /// `runc checkpoint --leave-running`.
     leave_running: bool,
+    /// `runc checkpoint --pre-dump` first, then the checkpoint with
+    /// `--parent-path`.
+    pre_dump: bool,
 }
 
 // ---------------------------------------------------------------- prerequisites
@@ -939,6 +954,49 @@ fn runc_start(
     Ok(Stdio3::Console(master))
 }
 
+/// `runc checkpoint --pre-dump` of container `id` into `<case>/pre`: the
+/// container runs on, its pages saved there (crest's FEATURE_CHECK says
+/// it tracks memory, which runc asks first).
+fn pre_dump(dir: &CaseDir, (crest_bin, id): (&str, &str), procs: &mut Procs) -> Result<()> {
+    let pre = dir.root.join("pre");
+    let work = dir.root.join("work-pre");
+    let (p, w) = (pre.to_string_lossy(), work.to_string_lossy());
+    let args = [
+        "--criu",
+        crest_bin,
+        "checkpoint",
+        "--pre-dump",
+        "--image-path",
+        &p,
+        "--work-path",
+        &w,
+        id,
+    ];
+    let ran = runc(dir, "pre-dump", &args, procs)?;
+    if !ran.success() {
+        bail!(
+            "{}\n{}",
+            ran.failure("runc checkpoint --pre-dump"),
+            crest::tail(&work.join("dump.log"), 15).unwrap_or_default()
+        );
+    }
+    let pages = fs::read_dir(&pre)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        })
+        .unwrap_or(false);
+    if !pages {
+        bail!(
+            "runc checkpoint --pre-dump wrote no pages in {}",
+            pre.display()
+        );
+    }
+    // (the container runs on a moment)
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
 /// The runc cases: run, checkpoint (with or without --leave-running),
 /// restore, compare.
 fn runc_case(cfg: &Config, dir: &CaseDir, shape: Shape, procs: &mut Procs) -> Result<Outcome> {
@@ -1042,6 +1100,10 @@ fn runc_steps(
     if shape.leave_running {
         ck.push("--leave-running");
     }
+    if shape.pre_dump {
+        pre_dump(dir, (&crest_bin, id), procs)?;
+        ck.extend(["--parent-path", "../pre"]);
+    }
     ck.push(id);
     let ck_start = Instant::now();
     let ran = runc(dir, "checkpoint", &ck, procs)?;
@@ -1056,6 +1118,20 @@ fn runc_steps(
     for f in ["inventory.img", "pstree.img", "descriptors.json"] {
         if !dir.images.join(f).exists() {
             bail!("runc checkpoint succeeded but wrote no {f}");
+        }
+    }
+    if shape.pre_dump {
+        let stats: Result<crest_images::pb::StatsEntry, _> = crest_images::read_one(
+            &work_dir,
+            crest_images::names::STATS_DUMP,
+            crest_images::magic::STATS,
+        );
+        let skipped = stats
+            .ok()
+            .and_then(|s| s.dump)
+            .map_or(0, |d| d.pages_skipped_parent);
+        if skipped == 0 {
+            problems.push("the checkpoint after the pre-dump took no page from it".into());
         }
     }
     if !work_dir.join("stats-dump").is_file() {

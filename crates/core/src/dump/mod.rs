@@ -32,24 +32,9 @@ pub fn dump(opts: &Options) -> Result<DumpSummary, DumpError> {
 /// network-lock, post-dump, network-unlock); a refused notification fails
 /// the dump, the tree released.
 pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, DumpError> {
-    let refused = opts.refusals(Action::Dump);
-    if !refused.is_empty() {
-        return Err(DumpError::Refused { refused });
-    }
     // (crest's thread follows the CPUs of the threads it injects into)
     let _cpus = crest_sys::misc::AffinityKept::now();
-    // whom crest acts for, and nothing more than they hold from here on
-    let caller = crate::privilege::Caller::detect(opts.unprivileged)
-        .and_then(|c| c.confine().map(|()| c))
-        .map_err(|source| DumpError::Io {
-            pid: opts.pid,
-            step: "take the caller's credentials",
-            source,
-        })?;
-    std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
-        dir: opts.dir.display().to_string(),
-        source,
-    })?;
+    let caller = begin(opts, Action::Dump)?;
     tell(n, hook::PRE_DUMP, opts.pid)?;
     // cgroup hierarchies crest mounts itself, until the dump ends
     let _yard = crate::ns::cgyard::Guard;
@@ -135,6 +120,37 @@ fn inventory(
 fn deduplicated((summary, dedup): (DumpSummary, Dedup)) -> DumpSummary {
     dedup.run();
     summary
+}
+
+/// What a dump and a pre-dump do first: the options refused that crest
+/// cannot honour, whom crest acts for found (and nothing more than they
+/// hold from here on), the images directory made.
+fn begin(opts: &Options, action: Action) -> Result<crate::privilege::Caller, DumpError> {
+    let refused = opts.refusals(action);
+    if !refused.is_empty() {
+        return Err(DumpError::Refused { refused });
+    }
+    let caller = crate::privilege::Caller::detect(opts.unprivileged)
+        .and_then(|c| c.confine().map(|()| c))
+        .map_err(|source| DumpError::Io {
+            pid: opts.pid,
+            step: "take the caller's credentials",
+            source,
+        })?;
+    std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
+        dir: opts.dir.display().to_string(),
+        source,
+    })?;
+    Ok(caller)
+}
+
+/// Ends the page server session of a dump (nothing for a local one).
+fn finish_sink(opts: &Options, sink: crate::mm::dump::PageSink) -> Result<(), DumpError> {
+    sink.finish().map_err(|source| DumpError::Io {
+        pid: opts.pid,
+        step: "close the page server session",
+        source,
+    })
 }
 
 /// The page counts of `summary`'s stats, and `stats-dump` written.
@@ -261,11 +277,7 @@ fn collect_and_write(
     let pstree: Vec<_> = tree.tasks.iter().map(Task::entry).collect();
     crest_images::write_image(&opts.dir, names::PSTREE, magic::PSTREE, &pstree)?;
     files.finish(&opts.dir)?;
-    sink.finish().map_err(|source| DumpError::Io {
-        pid: opts.pid,
-        step: "close the page server session",
-        source,
-    })?;
+    finish_sink(opts, sink)?;
     let keeper = track.finish();
     summary.stats.pages_skipped_parent = track.from_parent;
     link_parent(opts)?;

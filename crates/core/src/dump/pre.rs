@@ -24,22 +24,8 @@ pub use crate::stats::DumpSummary;
 /// Pre-dumps the tree rooted at `opts.pid` into `opts.dir`; the tree runs
 /// on whatever happens.
 pub fn pre_dump(opts: &Options) -> Result<DumpSummary, DumpError> {
-    let refused = opts.refusals(Action::PreDump);
-    if !refused.is_empty() {
-        return Err(DumpError::Refused { refused });
-    }
     let _cpus = crest_sys::misc::AffinityKept::now();
-    let caller = crate::privilege::Caller::detect(opts.unprivileged)
-        .and_then(|c| c.confine().map(|()| c))
-        .map_err(|source| DumpError::Io {
-            pid: opts.pid,
-            step: "take the caller's credentials",
-            source,
-        })?;
-    std::fs::create_dir_all(&opts.dir).map_err(|source| DumpError::Dir {
-        dir: opts.dir.display().to_string(),
-        source,
-    })?;
+    let caller = super::begin(opts, Action::PreDump)?;
     let _refreeze = match &opts.freeze_cgroup {
         Some(p) => crate::ns::cgroup::thaw(opts.pid, p)?,
         None => None,
@@ -88,11 +74,7 @@ fn write_all(tree: &Seized, opts: &Options) -> Result<DumpSummary, DumpError> {
         }
         crate::progress::task_done();
     }
-    sink.finish().map_err(|source| DumpError::Io {
-        pid: opts.pid,
-        step: "close the page server session",
-        source,
-    })?;
+    super::finish_sink(opts, sink)?;
     let keeper = track.finish();
     crest_sys::fault::point("pre-dump: tracking handed to its keeper")?;
     summary.stats.pages_skipped_parent = track.from_parent;
