@@ -64,13 +64,20 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
 /// Time the workload runs between two rounds.
 const BETWEEN: Duration = Duration::from_millis(300);
 
-/// The rounds of pre-dumps the workload asks for (0: none).
+/// The rounds of pre-dumps the workload asks for (0: none), or
+/// `CREST_E2E_PRE_DUMPS` asks for every workload (a run of the whole
+/// suite through iterative dumps).
 pub fn rounds(dir: &CaseDir) -> usize {
-    fs::read_to_string(dir.state.join("pre-dumps"))
+    let asked = |s: &str| s.trim().parse::<usize>().ok();
+    let own = fs::read_to_string(dir.state.join("pre-dumps"))
         .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-        .min(8)
+        .and_then(|s| asked(&s))
+        .unwrap_or(0);
+    let all = std::env::var("CREST_E2E_PRE_DUMPS")
+        .ok()
+        .and_then(|s| asked(&s))
+        .unwrap_or(0);
+    own.max(all).min(8)
 }
 
 /// Runs the pre-dumps the workload asks for; returns the final dump's

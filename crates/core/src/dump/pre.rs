@@ -110,6 +110,8 @@ fn pages_of(
     sink: &mut PageSink,
 ) -> Result<u64, DumpError> {
     let pid = task.pid;
+    // (a sandboxed task's filters suspended: the injected calls meet none)
+    crate::task::seccomp::collect(pid, &task.threads)?;
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     t.use_any_syscall().at(pid, "find a syscall instruction")?;
     t.arm(1, &mut |addr, len, parked| {
