@@ -93,6 +93,12 @@ pub fn pre_dumps(
         return Ok(None);
     }
     let fds_before = fd_links(pid);
+    let stopped_before: Vec<i32> = procs::tree_snapshot(pid)
+        .map(|t| t.into_keys().collect::<Vec<i32>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| procs::proc_state(Pid::from_raw(*p)) == Some('T'))
+        .collect();
     for k in 1..=n {
         let images = dir.root.join(format!("pre-{k}"));
         let images_s = images.to_string_lossy().into_owned();
@@ -116,14 +122,23 @@ pub fn pre_dumps(
         if !procs::exists(pid) {
             bail!("pid {pid} is gone after pre-dump round {k}");
         }
-        let stuck = procs::tree_problems(pid);
+        // (a task stopped before stays so)
+        let mut stuck = procs::tree_problems(pid);
+        stuck.retain(|p| {
+            !(p.contains("is stopped")
+                && stopped_before
+                    .iter()
+                    .any(|s| p.starts_with(&format!("pid {s} "))))
+        });
         if !stuck.is_empty() {
             bail!(
                 "after pre-dump round {k} the tree is not running: {}",
                 stuck.join("; ")
             );
         }
+        // (the fds of the processes there before and still there)
         let fds_now = fd_links(pid);
+        let (fds_before, fds_now) = common_pids(&fds_before, &fds_now);
         if fds_now != fds_before {
             bail!("pre-dump round {k} changed the tree's fds: {fds_before:?} became {fds_now:?}");
         }
@@ -186,6 +201,20 @@ fn parent_entries(images: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The lines of two fd listings ("pid fd link") of the pids both have.
+fn common_pids(a: &[String], b: &[String]) -> (Vec<String>, Vec<String>) {
+    let pid = |l: &String| l.split(' ').next().map(str::to_string);
+    let pa: std::collections::HashSet<_> = a.iter().filter_map(pid).collect();
+    let pb: std::collections::HashSet<_> = b.iter().filter_map(pid).collect();
+    let keep = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|l| pid(l).is_some_and(|p| pa.contains(&p) && pb.contains(&p)))
+            .cloned()
+            .collect()
+    };
+    (keep(a), keep(b))
 }
 
 /// The fd links of every process of the tree of `pid`.

@@ -153,6 +153,8 @@ pub fn take(name: &str) -> io::Result<Vec<Held>> {
 /// The keeper's whole life: returns its exit code.
 pub fn run(fd: i32, name: &str) -> i32 {
     let _ = rustix::process::setsid();
+    // (seen as such in ps, rather than as "exe")
+    let _ = rustix::thread::set_name(c"crest-keeper");
     let Ok(sock) = crest_sys::misc::own_fd(fd) else {
         return 1;
     };
