@@ -30,6 +30,12 @@ pub fn workloads() -> Vec<Workload> {
         c("mem_patterns", &["64"], Settle::Blocked),
         c("mem_iter", &["32"], Settle::Spinning),
         c("sleep_restart", &[], Settle::Blocked),
+        Workload {
+            name: "sleep_restart_iter",
+            program: Program::C("sleep_restart"),
+            args: vec!["iter".into()],
+            settle: Settle::Blocked,
+        },
         c("pipe_read_restart", &[], Settle::Blocked),
         c("futex_restart", &[], Settle::Blocked),
         c("signals", &[], Settle::Blocked),

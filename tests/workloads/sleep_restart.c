@@ -1,4 +1,6 @@
-/* sleep_restart STATEDIR - a clock_nanosleep interrupted by the dump restarts.
+/* sleep_restart STATEDIR [iter] - a clock_nanosleep interrupted by the dump
+ * restarts (with "iter", after two pre-dumps that left it in
+ * restart_syscall).
  *
  * The main thread sleeps 1000 s in clock_nanosleep(CLOCK_MONOTONIC). Only
  * the SIGTERM handler may end the call, with EINTR; a zero return, any other
@@ -11,6 +13,10 @@
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
+	/* "iter": the harness pre-dumps twice first, each round restarting the
+	 * sleep through restart_syscall */
+	if (argc > 2 && strcmp(argv[2], "iter") == 0 && wl_write_file("pre-dumps", "2\n", 2) < 0)
+		wl_fail("write pre-dumps: %s", strerror(errno));
 	wl_ready();
 	const struct timespec req = { .tv_sec = 1000, .tv_nsec = 0 };
 	struct timespec rem = { 0, 0 };

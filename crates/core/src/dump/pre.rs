@@ -112,6 +112,7 @@ fn pages_of(
     let pid = task.pid;
     // (a sandboxed task's filters suspended: the injected calls meet none)
     crate::task::seccomp::collect(pid, &task.threads)?;
+    super::task::note_restarts(task, track);
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     t.use_any_syscall().at(pid, "find a syscall instruction")?;
     t.arm(1, &mut |addr, len, parked| {
@@ -119,6 +120,7 @@ fn pages_of(
     })
     .at(pid, "map the recovery area")?;
     let mm = mm::dump::dump_with_pages(&mut t, (dir, id), None, track, sink)?;
+
     crest_sys::fault::point("pre-dump: a task's pages copied")?;
     t.put_back().at(pid, "put the task back")?;
     t.leak();

@@ -153,6 +153,7 @@ fn dump_task(
             .cloned()
             .unwrap_or_default()
     };
+    note_restarts(task, track);
     let mut t = Tracee::from_seized(pid, pid).at(pid, "prepare injection")?;
     let ip = t.use_any_syscall().at(pid, "find a syscall instruction")?;
     // from here on, a crest that vanishes leaves the task as it was seized
@@ -176,7 +177,7 @@ fn dump_task(
     }
     let fs = fs::dump(pid, status.umask.unwrap_or(0o022), files)?;
     let ns = ids.user_ns_id.unwrap_or(1);
-    let (mut core, mut extra) = coreimg::dump_thread(&mut t, users, ns)?;
+    let (mut core, mut extra) = thread_core(&mut t, users, ns, track)?;
     crate::task::seccomp::set_core(&mut core, &sandbox_of(pid), filters);
     (extra.pid_for_children, extra.time_for_children) = for_children;
     core.tc = Some(tc);
@@ -188,7 +189,7 @@ fn dump_task(
         let mut th = Tracee::from_seized(pid, tid).at(pid, "prepare injection into a thread")?;
         th.set_syscall_ip(ip);
         th.join(&rec, slot).at(pid, "arm a thread")?;
-        let (mut core, extra) = coreimg::dump_thread(&mut th, users, ns)?;
+        let (mut core, extra) = thread_core(&mut th, users, ns, track)?;
         crate::task::seccomp::set_core(&mut core, &sandbox_of(tid), filters);
         th.put_back().at(pid, "put the thread back")?;
         th.leak();
@@ -209,6 +210,39 @@ fn dump_task(
         mm.pages_bytes
     );
     Ok(())
+}
+
+/// A thread's core; dumped in `restart_syscall` where an earlier round of
+/// the tracking left it, its core names the call it restarts.
+fn thread_core(
+    t: &mut Tracee,
+    users: &UsernsGraph,
+    ns: u32,
+    track: &mm::track::TreeTracking,
+) -> Result<
+    (
+        crest_images::pb::CoreEntry,
+        crest_images::pb::crest::CrestThreadExtra,
+    ),
+    DumpError,
+> {
+    let (mut core, extra) = coreimg::dump_thread(t, users, ns)?;
+    let call = track.original_call((t.pid(), t.tid()), t.orig_regs());
+    if let (Some(nr), Some(ti)) = (call, core.thread_info.as_mut()) {
+        ti.gpregs.orig_ax = nr;
+    }
+    Ok((core, extra))
+}
+
+/// The task's threads (as seized) that this round leaves in a call
+/// restarted through `restart_syscall`, noted for the next round.
+pub(super) fn note_restarts(task: &Task, track: &mut mm::track::TreeTracking) {
+    let seized: Vec<_> = task
+        .threads
+        .iter()
+        .filter_map(|&tid| crest_sys::ptrace::get_regs(tid).ok().map(|r| (tid, r)))
+        .collect();
+    track.note_restarts(task.pid, &seized);
 }
 
 /// The pid and time namespaces `pid`'s next children go to, where they

@@ -25,6 +25,9 @@ const END: u8 = b'e';
 const READY: u8 = b'r';
 const GIVE: u8 = b'g';
 const HELD_LEN: usize = 1 + 4 + 8;
+/// A restart record (`x`, then pid, tid, call, rip and six arguments).
+const RESTART: u8 = b'x';
+const RESTART_LEN: usize = 1 + 4 + 4 + 8 + 8 + 6 * 8;
 /// Most trackings one keeper holds (one per process of a tree).
 const MAX_HELD: usize = 1 << 16;
 
@@ -35,6 +38,60 @@ pub struct Held {
     /// another process.
     pub start_time: u64,
     pub uffd: OwnedFd,
+}
+
+/// A thread that a round left in a call the kernel restarts through
+/// `restart_syscall` (which hides the call's number from the next round):
+/// the call, where it was made and its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub pid: i32,
+    pub tid: i32,
+    pub nr: u64,
+    pub rip: u64,
+    pub args: [u64; 6],
+}
+
+fn restart_msg(r: &Restart) -> Vec<u8> {
+    let mut m = Vec::with_capacity(RESTART_LEN);
+    m.push(RESTART);
+    m.extend_from_slice(&r.pid.to_le_bytes());
+    m.extend_from_slice(&r.tid.to_le_bytes());
+    m.extend_from_slice(&r.nr.to_le_bytes());
+    m.extend_from_slice(&r.rip.to_le_bytes());
+    for a in r.args {
+        m.extend_from_slice(&a.to_le_bytes());
+    }
+    m
+}
+
+fn parse_restart(m: &[u8]) -> Option<Restart> {
+    if m.len() != RESTART_LEN || m[0] != RESTART {
+        return None;
+    }
+    let u64_at = |o: usize| {
+        m.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let mut args = [0u64; 6];
+    for (i, a) in args.iter_mut().enumerate() {
+        *a = u64_at(25 + 8 * i)?;
+    }
+    Some(Restart {
+        pid: i32::from_le_bytes(m[1..5].try_into().ok()?),
+        tid: i32::from_le_bytes(m[5..9].try_into().ok()?),
+        nr: u64_at(9)?,
+        rip: u64_at(17)?,
+        args,
+    })
+}
+
+/// What a keeper holds: the trackings and the restart records.
+#[derive(Default)]
+pub struct Kept {
+    pub held: Vec<Held>,
+    pub restarts: Vec<Restart>,
 }
 
 fn held_msg(h: &Held) -> Vec<u8> {
@@ -56,24 +113,32 @@ fn parse_held(m: &[u8], uffd: OwnedFd) -> Option<Held> {
     })
 }
 
-/// Sends `held` and the end mark over `sock`.
-fn send_all(sock: &impl AsRawFd, held: &[Held]) -> io::Result<()> {
-    for h in held {
+/// Sends what is kept and the end mark over `sock`.
+fn send_all(sock: &impl AsRawFd, kept: &Kept) -> io::Result<()> {
+    for h in &kept.held {
         crest_sys::misc::send_with_fd(sock, &held_msg(h), Some(h.uffd.as_raw_fd()))?;
+    }
+    for r in &kept.restarts {
+        crest_sys::misc::send_with_fd(sock, &restart_msg(r), None)?;
     }
     crest_sys::misc::send_with_fd(sock, &[END], None).map(drop)
 }
 
-/// Receives trackings over `sock` up to the end mark.
-fn recv_all(sock: &impl AsRawFd) -> io::Result<Vec<Held>> {
-    let mut out = Vec::new();
+/// Receives what is kept over `sock`, up to the end mark.
+fn recv_all(sock: &impl AsRawFd) -> io::Result<Kept> {
+    let mut out = Kept::default();
     loop {
-        let mut b = [0u8; 64];
+        let mut b = [0u8; 128];
+        let full = out.held.len() + out.restarts.len() >= MAX_HELD;
         match crest_sys::misc::recv_with_fd(sock, &mut b)? {
             (1, None) if b[0] == END => return Ok(out),
-            (n, Some(fd)) if out.len() < MAX_HELD => match parse_held(&b[..n], fd) {
-                Some(h) => out.push(h),
+            (n, Some(fd)) if !full => match parse_held(&b[..n], fd) {
+                Some(h) => out.held.push(h),
                 None => return Err(bad("a malformed tracking message")),
+            },
+            (n, None) if !full && n > 0 && b[0] == RESTART => match parse_restart(&b[..n]) {
+                Some(r) => out.restarts.push(r),
+                None => return Err(bad("a malformed restart record")),
             },
             (0, _) => return Err(bad("the keeper's socket closed before the end")),
             _ => return Err(bad("an unexpected message")),
@@ -88,9 +153,9 @@ fn bad(what: &str) -> io::Error {
     )
 }
 
-/// Starts a keeper holding `held`; returns the name it listens on once it
+/// Starts a keeper holding `kept`; returns the name it listens on once it
 /// does.
-pub fn start(held: &[Held]) -> io::Result<String> {
+pub fn start(kept: &Kept) -> io::Result<String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -113,7 +178,7 @@ pub fn start(held: &[Held]) -> io::Result<String> {
         .spawn()?;
     drop(inherit);
     drop(theirs);
-    let answer = send_all(&mine, held).and_then(|()| {
+    let answer = send_all(&mine, kept).and_then(|()| {
         let mut b = [0u8; 256];
         match crest_sys::misc::recv_with_fd(&mine, &mut b)? {
             (1, None) if b[0] == READY => Ok(()),
@@ -130,9 +195,9 @@ pub fn start(held: &[Held]) -> io::Result<String> {
     Ok(name)
 }
 
-/// Takes the trackings from the keeper listening on `name` (which then
-/// exits). A keeper of another user is not asked.
-pub fn take(name: &str) -> io::Result<Vec<Held>> {
+/// Takes the trackings and restart records from the keeper listening on
+/// `name` (which then exits). A keeper of another user is not asked.
+pub fn take(name: &str) -> io::Result<Kept> {
     use rustix::net::{self, AddressFamily, SocketFlags, SocketType};
     let sock = net::socket_with(
         AddressFamily::UNIX,
@@ -168,10 +233,11 @@ pub fn run(fd: i32, name: &str) -> i32 {
             return 1;
         }
     };
-    let Ok(held) = recv_all(&sock) else {
+    let Ok(kept) = recv_all(&sock) else {
         return 1;
     };
-    let pidfds: Vec<OwnedFd> = held
+    let pidfds: Vec<OwnedFd> = kept
+        .held
         .iter()
         .filter_map(|h| crest_sys::misc::pidfd_open(h.pid).ok())
         .collect();
@@ -187,7 +253,7 @@ pub fn run(fd: i32, name: &str) -> i32 {
                 }
             }
             Ok(_) => {
-                if serve(&listener, &held) {
+                if serve(&listener, &kept) {
                     return 0;
                 }
             }
@@ -214,7 +280,7 @@ fn listen(name: &str) -> io::Result<OwnedFd> {
 }
 
 /// Answers one connection: true once the trackings are handed over.
-fn serve(listener: &OwnedFd, held: &[Held]) -> bool {
+fn serve(listener: &OwnedFd, kept: &Kept) -> bool {
     let Ok(c) = rustix::net::accept_with(listener, rustix::net::SocketFlags::CLOEXEC) else {
         return false;
     };
@@ -228,7 +294,7 @@ fn serve(listener: &OwnedFd, held: &[Held]) -> bool {
         _ => return false,
     }
     match crest_sys::misc::recv_with_fd(&c, &mut b) {
-        Ok((1, None)) if b[0] == GIVE => send_all(&c, held).is_ok(),
+        Ok((1, None)) if b[0] == GIVE => send_all(&c, kept).is_ok(),
         _ => false,
     }
 }
@@ -251,5 +317,14 @@ mod tests {
         assert_eq!((back.pid, back.start_time), (4242, 1 << 40));
         let fd3 = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         assert!(parse_held(&m[..5], fd3).is_none());
+        let r = Restart {
+            pid: 7,
+            tid: 8,
+            nr: 230,
+            rip: 0x7f00_0000_1234,
+            args: [1, 0, 0x7ffd_0000, 0x7ffd_0010, 5, 6],
+        };
+        assert_eq!(parse_restart(&restart_msg(&r)), Some(r));
+        assert!(parse_restart(&restart_msg(&r)[..40]).is_none());
     }
 }

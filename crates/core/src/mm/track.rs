@@ -21,7 +21,7 @@
 //! the tracking covers (smaps `uw` at this dump), was not written since,
 //! and the parent images hold it at the same address.
 
-use super::keeper::{self, Held};
+use super::keeper::{self, Held, Kept, Restart};
 use super::restore::Pages;
 use crate::error::{DumpCtx, DumpError};
 use crate::procfs::MapsEntry;
@@ -30,6 +30,7 @@ use crest_images::pb::{InventoryEntry, PagemapEntry};
 use crest_images::{magic, names, PE_PARENT, PE_PRESENT};
 use crest_inject::{nr, Tracee};
 use crest_sys::misc::{self, ScanQuery};
+use crest_sys::ptrace::UserRegs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,9 @@ const UFFD_API: u64 = 0xaa;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFD_USER_MODE_ONLY: u64 = 1;
+/// `restart_syscall` and the error that sends a thread there.
+const NR_RESTART_SYSCALL: u64 = 219;
+const ERESTART_RESTARTBLOCK: i64 = 516;
 
 /// The tracking of one task during a dump.
 pub struct Tracking {
@@ -89,6 +93,9 @@ pub struct TreeTracking {
     parent_dir: Option<PathBuf>,
     keep: bool,
     kept: Vec<Held>,
+    /// Restart records: from the parent's keeper, for the next.
+    restarts_in: Vec<Restart>,
+    restarts_out: Vec<Restart>,
     /// Pages taken from the parent images, over the whole tree.
     pub from_parent: u64,
     /// `--auto-dedup`: the parent images' pages saved again are punched
@@ -143,7 +150,7 @@ impl TreeTracking {
     /// when `keep`.
     pub fn begin(dir: &Path, parent: Option<&Path>, keep: bool, auto_dedup: bool) -> TreeTracking {
         let parent_dir = parent.map(|p| dir.join(p));
-        let held = parent_dir.as_deref().map_or_else(Vec::new, |p| {
+        let kept = parent_dir.as_deref().map_or_else(Kept::default, |p| {
             let inv: Result<InventoryEntry, _> =
                 crest_images::read_one(p, names::INVENTORY, magic::INVENTORY);
             match inv.ok().and_then(|i| i.crest_track_keeper) {
@@ -152,20 +159,21 @@ impl TreeTracking {
                         "the memory tracking since {} is lost ({e}): every page is saved again",
                         p.display()
                     );
-                    Vec::new()
+                    Kept::default()
                 }),
                 None => {
                     crate::info!(
                         "{} has no memory tracking of crest's: every page is saved again",
                         p.display()
                     );
-                    Vec::new()
+                    Kept::default()
                 }
             }
         });
         TreeTracking {
             active: parent_dir.is_some() || keep,
-            held,
+            held: kept.held,
+            restarts_in: kept.restarts,
             parent_dir,
             keep,
             auto_dedup,
@@ -241,6 +249,57 @@ impl TreeTracking {
         }
     }
 
+    /// The call thread `tid` of `pid` was in when a round left it to
+    /// `restart_syscall` (found at the same place with the same arguments).
+    fn restarted(&self, (pid, tid): (i32, i32), r: &UserRegs) -> Option<u64> {
+        let in_restart = r.orig_rax == NR_RESTART_SYSCALL && r.rax as i64 == -ERESTART_RESTARTBLOCK;
+        let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
+        in_restart.then_some(())?;
+        self.restarts_in
+            .iter()
+            .find(|x| x.pid == pid && x.tid == tid && x.rip == r.rip && x.args == args)
+            .map(|x| x.nr)
+    }
+
+    /// Notes the threads of `pid` (their seized registers) that this
+    /// round leaves in a call the kernel restarts through
+    /// `restart_syscall`, for the next round (when the tracking goes on).
+    pub fn note_restarts(&mut self, pid: i32, threads: &[(i32, UserRegs)]) {
+        if !self.keep {
+            return;
+        }
+        for (tid, r) in threads {
+            if (r.orig_rax as i64) < 0 || r.rax as i64 != -ERESTART_RESTARTBLOCK {
+                continue;
+            }
+            let nr = if r.orig_rax == NR_RESTART_SYSCALL {
+                match self.restarted((pid, *tid), r) {
+                    Some(nr) => nr,
+                    None => continue,
+                }
+            } else {
+                r.orig_rax
+            };
+            self.restarts_out.push(Restart {
+                pid,
+                tid: *tid,
+                nr,
+                rip: r.rip,
+                args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9],
+            });
+        }
+    }
+
+    /// A thread dumped in `restart_syscall` that an earlier round left
+    /// there: the call it restarts, as if dumped in it (the restore then
+    /// makes that call again from its arguments, where `restart_syscall`
+    /// would give EINTR in the new task).
+    pub fn original_call(&self, (pid, tid): (i32, i32), r: &UserRegs) -> Option<u64> {
+        let nr = self.restarted((pid, tid), r)?;
+        crate::info!("thread {tid} of pid {pid}: in restart_syscall for call {nr}");
+        Some(nr)
+    }
+
     /// `--auto-dedup`'s work, for when the dump is complete.
     pub fn take_dedup(&mut self) -> Dedup {
         std::mem::take(&mut self.dedup)
@@ -250,8 +309,11 @@ impl TreeTracking {
     /// name for the images. The trackings that do not go on end here.
     pub fn finish(&mut self) -> Option<String> {
         self.held.clear();
-        let kept = std::mem::take(&mut self.kept);
-        if kept.is_empty() {
+        let kept = Kept {
+            held: std::mem::take(&mut self.kept),
+            restarts: std::mem::take(&mut self.restarts_out),
+        };
+        if kept.held.is_empty() {
             return None;
         }
         match keeper::start(&kept) {
