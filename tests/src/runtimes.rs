@@ -43,6 +43,9 @@
 //!   before, `crest show --ns IMAGES`, `crest show --ns --tree` after) are
 //!   compared with the pids in their task lists read as the pids inside the
 //!   container;
+//! - `podman_pre_checkpoint`: as `podman_export_import`, but `podman
+//!   container checkpoint --pre-checkpoint` first, then the checkpoint
+//!   `--with-previous`, restored in place;
 //! - `podman_export_import`: an image imported offline (`podman import` of
 //!   the rootfs as a tarball), `podman run -d --runtime runc`,
 //!   `podman container checkpoint --export F --print-stats` (the stats are
@@ -81,7 +84,7 @@ use crate::procs::{self, exists, wait_exit, wait_until, Procs, Waited};
 use crate::suite::Report;
 use crate::{crit, nested, Config, Outcome};
 
-const CASES: [(&str, DirCase); 7] = [
+const CASES: [(&str, DirCase); 8] = [
     ("runc_plain", runc_plain),
     ("runc_leave_running", runc_leave_running),
     ("runc_pre_dump", runc_pre_dump),
@@ -89,6 +92,7 @@ const CASES: [(&str, DirCase); 7] = [
     ("runc_userns", runc_userns),
     ("runc_nested_userns", runc_nested_userns),
     ("podman_export_import", podman_export_import),
+    ("podman_pre_checkpoint", podman_pre_checkpoint),
 ];
 
 /// Where busybox-static puts its binary.
@@ -1535,18 +1539,28 @@ fn check_stats(text: &str, what: &str, fields: &[&str]) -> Result<()> {
 }
 
 fn podman_export_import(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    podman_case(cfg, dir, false, procs)
+}
+
+fn podman_pre_checkpoint(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    podman_case(cfg, dir, true, procs)
+}
+
+/// The podman cases: run, checkpoint (exported, or after a pre-checkpoint
+/// and restored in place), restore, compare.
+fn podman_case(cfg: &Config, dir: &CaseDir, pre: bool, procs: &mut Procs) -> Result<Outcome> {
     if let Some(why) = missing(&[("podman", "podman"), ("runc", "runc"), ("conmon", "conmon")]) {
         return Ok(Outcome::Skip(why));
     }
     case::check_crest(cfg)?;
     let pm = Podman::new(cfg)?;
-    let result = podman_steps(dir, &pm, procs);
+    let result = podman_steps(dir, &pm, pre, procs);
     let crest_logs = pm.logs_of_crest();
     pm.cleanup(dir, procs);
     result.map_err(|e| anyhow::anyhow!("{e:#}\n{crest_logs}"))
 }
 
-fn podman_steps(dir: &CaseDir, pm: &Podman, procs: &mut Procs) -> Result<Outcome> {
+fn podman_steps(dir: &CaseDir, pm: &Podman, pre: bool, procs: &mut Procs) -> Result<Outcome> {
     let rootfs = dir.root.join("rootfs");
     make_rootfs(&rootfs, false, dir, procs)?;
     let tarball = dir.root.join("rootfs.tar").to_string_lossy().to_string();
@@ -1614,19 +1628,23 @@ fn podman_steps(dir: &CaseDir, pm: &Podman, procs: &mut Procs) -> Result<Outcome
         .join("checkpoint.tar.gz")
         .to_string_lossy()
         .to_string();
-    let ran = pm.ok(
-        dir,
-        "checkpoint",
-        &[
-            "container",
-            "checkpoint",
-            "--export",
-            &export,
-            "--print-stats",
-            PODMAN_NAME,
-        ],
-        procs,
-    )?;
+    let mut ck = vec!["container", "checkpoint"];
+    if pre {
+        // (podman's iterative checkpoint: runc's --pre-dump, then the
+        // checkpoint with the pre-dump as its parent, restored in place)
+        pm.ok(
+            dir,
+            "pre-checkpoint",
+            &["container", "checkpoint", "--pre-checkpoint", PODMAN_NAME],
+            procs,
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        ck.extend(["--with-previous", "--keep"]);
+    } else {
+        ck.extend(["--export", &export]);
+    }
+    ck.extend(["--print-stats", PODMAN_NAME]);
+    let ran = pm.ok(dir, "checkpoint", &ck, procs)?;
     check_stats(
         &ran.stdout,
         "podman container checkpoint",
@@ -1649,14 +1667,22 @@ fn podman_steps(dir: &CaseDir, pm: &Podman, procs: &mut Procs) -> Result<Outcome
     let old = pm.logs(dir, "logs-before", procs)?;
     check_consecutive(&old, 1, "the counter before the checkpoint (podman logs)")?;
     let last = old.last().copied().unwrap_or(0);
-    pm.ok(dir, "rm", &["rm", "-f", "-t", "0", PODMAN_NAME], procs)?;
-
-    let ran = pm.ok(
-        dir,
-        "restore",
-        &["container", "restore", "--import", &export, "--print-stats"],
-        procs,
-    )?;
+    let ran = if pre {
+        pm.ok(
+            dir,
+            "restore",
+            &["container", "restore", "--print-stats", PODMAN_NAME],
+            procs,
+        )?
+    } else {
+        pm.ok(dir, "rm", &["rm", "-f", "-t", "0", PODMAN_NAME], procs)?;
+        pm.ok(
+            dir,
+            "restore",
+            &["container", "restore", "--import", &export, "--print-stats"],
+            procs,
+        )?
+    };
     check_stats(&ran.stdout, "podman container restore", &["restore_time"])?;
     let init2 = pm.init(dir, procs)?;
     procs.track(init2);
