@@ -1,6 +1,6 @@
 //! `crest-bench`: dump and restore cost of the real `crest` binary.
 //!
-//! Three modes:
+//! Four modes:
 //!
 //! - `mem` (also the default with no subcommand): each run starts a holder
 //!   process owning N MiB of present, patterned memory, measures how fast
@@ -12,12 +12,18 @@
 //!   after restore.
 //! - `threads`: one process with N sleeping threads; checks the tids after
 //!   restore.
+//! - `migrate`: a process holding N MiB that keeps rewriting H MiB, moved
+//!   by a plain dump and restore and by pre-dumps then the dump (optionally
+//!   through page servers); prints each round and the downtime (see
+//!   `migrate.rs`). It does not compare with CRIU (which has no dirty
+//!   tracking here).
 //!
 //! ```text
 //! cargo build --release
 //! cargo run --release -p crest-bench -- [--mib N] [--dir DIR] [--runs R] [--keep] [--verify]
 //! cargo run --release -p crest-bench -- tree --n 50,1000 [--depth 2] [--kib 64] [--runs R]
 //! cargo run --release -p crest-bench -- threads --n 100,1000 [--runs R]
+//! cargo run --release -p crest-bench -- migrate [--mib 1024] [--hot 64] [--rounds 2] [--page-server]
 //! ```
 //!
 //! Every run reports crest's peak resident set (`wait4`'s `ru_maxrss`), and
