@@ -311,13 +311,19 @@ fn pre_dump(
     Ok(())
 }
 
-/// The final dump of `pid` into the images directory after `prev`; the
-/// dumped task reaped.
-fn final_dump(cfg: &Config, dir: &CaseDir, pid: Pid, prev: &str, procs: &mut Procs) -> Result<()> {
+/// The final dump of `pid` into the images directory after `prev` (with
+/// the options `extra`); the dumped task reaped.
+fn final_dump(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    (prev, extra): (&str, &[&str]),
+    procs: &mut Procs,
+) -> Result<()> {
     let images = dir.images.to_string_lossy().into_owned();
     let pid_s = pid.to_string();
     let prev = format!("../{prev}");
-    let args = [
+    let mut args = vec![
         "dump",
         "-t",
         &pid_s,
@@ -329,6 +335,7 @@ fn final_dump(cfg: &Config, dir: &CaseDir, pid: Pid, prev: &str, procs: &mut Pro
         "--prev-images-dir",
         &prev,
     ];
+    args.extend_from_slice(extra);
     let ran = crest_run(cfg, dir, &args, "dump", &[], procs)?;
     if !ran.success() {
         bail!(ran.failure("crest dump"));
@@ -373,7 +380,7 @@ fn iter_tracking_lost(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     }
     end_keepers(pid)?;
     std::thread::sleep(BETWEEN);
-    final_dump(cfg, dir, pid, "pre-1", procs)?;
+    final_dump(cfg, dir, pid, ("pre-1", &[]), procs)?;
     if skipped_parent(&dir.images)? != 0 {
         bail!("the tracking was lost, yet the dump took pages from its parent images");
     }
@@ -416,7 +423,7 @@ fn iter_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
         bail!("dump -R --track-mem took no page from its parent images");
     }
     std::thread::sleep(BETWEEN);
-    final_dump(cfg, dir, pid, "mid", procs)?;
+    final_dump(cfg, dir, pid, ("mid", &[]), procs)?;
     if skipped_parent(&dir.images)? == 0 {
         bail!("the dump after dump -R --track-mem took no page from it");
     }
@@ -431,26 +438,7 @@ fn iter_auto_dedup(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
     let pages = dir.root.join("pre-1/pages-1.img");
     let before = fs::metadata(&pages)?;
     std::thread::sleep(BETWEEN);
-    let images = dir.images.to_string_lossy().into_owned();
-    let pid_s = pid.to_string();
-    let args = [
-        "dump",
-        "-t",
-        &pid_s,
-        "-D",
-        &images,
-        "-o",
-        "dump.log",
-        "-v4",
-        "--prev-images-dir",
-        "../pre-1",
-        "--auto-dedup",
-    ];
-    let ran = crest_run(cfg, dir, &args, "dump", &[], procs)?;
-    if !ran.success() {
-        bail!(ran.failure("crest dump --auto-dedup"));
-    }
-    reap_dumped(pid, procs)?;
+    final_dump(cfg, dir, pid, ("pre-1", &["--auto-dedup"]), procs)?;
     let after = fs::metadata(&pages)?;
     if after.len() != before.len() || after.blocks() >= before.blocks() {
         bail!(
@@ -470,7 +458,7 @@ fn iter_parent_missing(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result
     let pid = start_iter(cfg, dir, procs)?;
     pre_dump(cfg, dir, pid, ("pre-1", None), procs)?;
     std::thread::sleep(BETWEEN);
-    final_dump(cfg, dir, pid, "pre-1", procs)?;
+    final_dump(cfg, dir, pid, ("pre-1", &[]), procs)?;
     let pages = dir.root.join("pre-1/pages-1.img");
     fs::remove_file(&pages).with_context(|| format!("remove {}", pages.display()))?;
     let images = dir.images.to_string_lossy().into_owned();
