@@ -49,10 +49,19 @@ const FEATURES: &[(&str, Answer)] = &[
         NotCarried("closing TCP states are refused"),
     ),
     ("compat_cr", NotCarried("32-bit tasks are not supported")),
-    ("uffd", NotCarried("lazy pages are not supported yet")),
+    (
+        "uffd",
+        Probed(
+            crest_core::features::lazy_pages,
+            "no userfaultfd with the fork event (lazy pages need CAP_SYS_PTRACE)",
+        ),
+    ),
     (
         "uffd-noncoop",
-        NotCarried("lazy pages are not supported yet"),
+        Probed(
+            crest_core::features::lazy_pages,
+            "no userfaultfd with the fork, remap, remove and unmap events",
+        ),
     ),
     ("can_map_vdso", Carried(None)),
     ("sk_ns", Carried(None)),

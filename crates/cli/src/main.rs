@@ -245,7 +245,8 @@ fn criu_main(args: &[String]) -> i32 {
             "service: crest serves CRIU's RPC as `swrk FD` (one caller, one socket) only"
         )),
         "page-server" => page_server(&p.opts),
-        "lazy-pages" | "dedup" | "cpuinfo" | "exec" | "image-streamer" => {
+        "lazy-pages" => lazy_pages(&p.opts),
+        "dedup" | "cpuinfo" | "exec" | "image-streamer" => {
             Err(anyhow::anyhow!("{action}: not supported by crest yet"))
         }
         other => Err(anyhow::anyhow!("unknown action {other:?}")),
@@ -349,6 +350,89 @@ fn page_server(o: &Options) -> Result<i32> {
     after_action(o, None);
     let written = crest_core::mm::server::serve(&listener, &o.dir).context("page-server")?;
     crest_core::info!("page server: {} image files written", written.len());
+    Ok(0)
+}
+
+/// The environment variable that hands a daemonized lazy-pages daemon
+/// its listening socket.
+const LP_LISTEN_FD: &str = "CREST_LP_LISTEN_FD";
+
+/// `lazy-pages`: listens on `lazy-pages.socket` in the work directory,
+/// fills one `restore --lazy-pages` from the images directory until every
+/// page is in, and exits; with `-d` a copy of it does so in the
+/// background once it listens. `--status-fd` is told once it listens.
+fn lazy_pages(o: &Options) -> Result<i32> {
+    use std::os::fd::AsRawFd;
+    init_log(o);
+    if o.page_server || o.address.is_some() || o.port.is_some() || o.ps_socket.is_some() {
+        anyhow::bail!(
+            "lazy-pages: pages fetched from a page server (--page-server, --address, --port) are \
+             not supported by crest yet: copy the images over and serve them from a directory"
+        );
+    }
+    let path = o.work_dir().join(crest_core::mm::lazy::SOCKET);
+    let inherited = std::env::var(LP_LISTEN_FD)
+        .ok()
+        .and_then(|f| f.parse().ok());
+    let listener = match inherited {
+        Some(fd) => crest_sys::misc::own_fd(fd).context("the lazy-pages daemon's socket")?,
+        None => {
+            let _ = std::fs::remove_file(&path);
+            let sock = rustix::net::socket_with(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .context("lazy-pages: make a socket")?;
+            let addr = rustix::net::SocketAddrUnix::new(&path)
+                .with_context(|| format!("lazy-pages: the socket {}", path.display()))?;
+            rustix::net::bind(&sock, &addr)
+                .with_context(|| format!("lazy-pages: bind {}", path.display()))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("lazy-pages: chmod {}", path.display()))?;
+            rustix::net::listen(&sock, 1).context("lazy-pages: listen")?;
+            sock
+        }
+    };
+    if o.detached && inherited.is_none() {
+        let keep = crest_sys::misc::dup_inheritable(&listener).context("pass the socket on")?;
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| a != "-d" && a != "--daemon")
+            .collect();
+        let child = std::process::Command::new("/proc/self/exe")
+            .args(&args)
+            .env(LP_LISTEN_FD, keep.as_raw_fd().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start the lazy-pages daemon in the background")?;
+        crest_core::info!("lazy-pages daemon {} listens", child.id());
+        if let Some(p) = &o.pidfile {
+            let p = o.in_work_dir(p);
+            std::fs::write(&p, child.id().to_string())
+                .with_context(|| format!("write pidfile {}", p.display()))?;
+        }
+        after_action(o, None);
+        return Ok(0);
+    }
+    // (listening: the caller may start the restore)
+    after_action(o, None);
+    let served = crest_core::mm::lazy::daemon::serve(&listener, &o.dir);
+    let _ = std::fs::remove_file(&path);
+    let s = served.context("lazy-pages")?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    crest_core::info!(
+        "lazy-pages: every page in {:.3} s after the tree ran: {} faults ({:.1} MiB, {} zero \
+         pages), {:.1} MiB pushed",
+        s.lazy_secs,
+        s.faults,
+        mib(s.bytes_on_fault),
+        s.zero_pages,
+        mib(s.bytes_pushed)
+    );
     Ok(0)
 }
 

@@ -243,8 +243,8 @@ fn version() -> CriuResp {
 }
 
 /// Answers only what crest has: memory tracking where the kernel has
-/// asynchronous userfaultfd write protection and `PAGEMAP_SCAN`; no lazy
-/// pages, no pidfd store.
+/// asynchronous userfaultfd write protection and `PAGEMAP_SCAN`, lazy
+/// pages where a userfaultfd has the events they need; no pidfd store.
 fn features(asked: Option<&CriuFeatures>) -> CriuResp {
     let asked = asked.cloned().unwrap_or_default();
     CriuResp {
@@ -252,7 +252,7 @@ fn features(asked: Option<&CriuFeatures>) -> CriuResp {
             mem_track: asked
                 .mem_track
                 .map(|_| crest_core::features::memory_tracking()),
-            lazy_pages: asked.lazy_pages.map(|_| false),
+            lazy_pages: asked.lazy_pages.map(|_| crest_core::features::lazy_pages()),
             pidfd_store: asked.pidfd_store.map(|_| false),
         }),
         ..answer(CriuReqType::FeatureCheck, true)

@@ -72,6 +72,13 @@ pub fn memory_tracking() -> bool {
     misc::pagemap_scan_supported() && misc::uffd_wp_async_supported()
 }
 
+/// Whether crest can restore lazily here (`--lazy-pages`): a userfaultfd
+/// for kernel faults too, with the fork, remap, remove and unmap events
+/// (the fork event needs CAP_SYS_PTRACE).
+pub fn lazy_pages() -> bool {
+    crest_sys::uffd::lazy_supported()
+}
+
 fn f(name: &'static str, required: bool, r: Probed) -> Feature {
     let (ok, detail) = match r {
         Ok(d) => (true, d),

@@ -344,7 +344,7 @@ impl Options {
     pub fn refusals(&self, action: Action) -> Vec<Refused> {
         let mut r = Vec::new();
         let not_yet = "not supported by crest yet";
-        let migration = "not supported by crest yet (iterative and lazy migration)";
+        let migration = "not supported by crest yet (pages over TLS)";
         // (at dump: the parent images' pages saved again are punched out;
         // without parent images there is nothing to do, as for CRIU)
         refuse(
@@ -353,7 +353,15 @@ impl Options {
             "--auto-dedup",
             "at restore (restored pages punched out of the images) not supported by crest yet",
         );
-        refuse(&mut r, self.lazy_pages, "--lazy-pages", migration);
+        // (a restore takes them from a `lazy-pages` daemon; a dump that
+        // serves them from the frozen tree is not built)
+        refuse(
+            &mut r,
+            self.lazy_pages && action != Action::Restore,
+            "--lazy-pages",
+            "at dump (pages served to a lazy restore from the frozen tree) not supported by crest \
+             yet: dump, then restore with --lazy-pages and `crest lazy-pages`",
+        );
         // (the page server's own action is `page-server`; a dump sends to it)
         refuse(
             &mut r,

@@ -45,6 +45,8 @@ pub struct RestoreStats {
     pub restore: Duration,
     /// Not counted yet (the field is optional in CRIU's message).
     pub pages_restored: Option<u64>,
+    /// `--lazy-pages`: bytes of pages left to the lazy-pages daemon.
+    pub lazy_bytes: Option<u64>,
 }
 
 fn us(d: Duration) -> u32 {
@@ -133,9 +135,14 @@ impl RestoreStats {
     /// CRIU's `--display-stats` text.
     pub fn render(&self) -> String {
         let e = self.entry();
-        format!(
+        let mut s = format!(
             "Displaying restore stats:\nPages compared: 0 (0x0)\nPages skipped COW: 0 (0x0)\nRestore time: {} us\nForking time: {} us\n",
             e.restore_time, e.forking_time
-        )
+        );
+        if let Some(b) = self.lazy_bytes {
+            // (with --lazy-pages the restore time is the time to resume)
+            s.push_str(&format!("Lazy pages: {} (0x{:x})\n", b / 4096, b / 4096));
+        }
+        s
     }
 }

@@ -21,6 +21,7 @@ pub mod net;
 pub mod ns;
 pub mod proc;
 pub mod ptrace;
+pub mod uffd;
 
 /// Page size on x86-64.
 pub const PAGE_SIZE: u64 = 4096;

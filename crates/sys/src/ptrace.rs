@@ -121,6 +121,12 @@ pub fn interrupt(tid: i32) -> io::Result<()> {
     req(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
 }
 
+/// `PTRACE_LISTEN` — lets a tracee in a group stop stay stopped, and
+/// report the next event (a `SIGCONT`, a signal) when it comes.
+pub fn listen(tid: i32) -> io::Result<()> {
+    req(libc::PTRACE_LISTEN, tid, 0, 0).map(drop)
+}
+
 /// `PTRACE_SETOPTIONS`.
 pub fn set_options(tid: i32, options: u32) -> io::Result<()> {
     req(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
@@ -343,8 +349,23 @@ pub fn try_wait(tid: i32) -> io::Result<Option<WaitStatus>> {
 }
 
 fn wait_flags(tid: i32, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
+    wait_who(tid, flags).map(|w| w.map(|(_, s)| s))
+}
+
+/// `waitpid(-1, __WALL)` (with `WNOHANG` when `nohang`): the thread that
+/// changed state and how; `None` when nothing did yet.
+pub fn wait_any(nohang: bool) -> io::Result<Option<(i32, WaitStatus)>> {
+    let flags = if nohang {
+        libc::__WALL | libc::WNOHANG
+    } else {
+        libc::__WALL
+    };
+    wait_who(-1, flags)
+}
+
+fn wait_who(tid: i32, flags: libc::c_int) -> io::Result<Option<(i32, WaitStatus)>> {
     let mut status: libc::c_int = 0;
-    loop {
+    let who = loop {
         // SAFETY: `status` is a valid out-pointer for the duration of the call.
         let ret = unsafe { libc::waitpid(tid, &mut status, flags) };
         if ret < 0 {
@@ -357,8 +378,8 @@ fn wait_flags(tid: i32, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
         if ret == 0 {
             return Ok(None);
         }
-        break;
-    }
+        break ret;
+    };
     let ws = if libc::WIFEXITED(status) {
         WaitStatus::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
@@ -371,7 +392,7 @@ fn wait_flags(tid: i32, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
     } else {
         WaitStatus::Other(status)
     };
-    Ok(Some(ws))
+    Ok(Some((who, ws)))
 }
 
 /// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters (and strict

@@ -21,6 +21,7 @@ pub mod dump;
 pub mod error;
 pub mod image;
 pub mod keeper;
+pub mod lazy;
 pub mod numa;
 mod pages;
 pub mod restore;

@@ -152,7 +152,11 @@ fn restore_tree(
         userns_first: caller.enters_userns_first(),
         seccomp: filters,
         inherited_mask: pin.before(),
+        lazy: None,
     };
+    if opts.lazy_pages {
+        ctx.lazy = Some(mm::lazy::link::Link::connect(opts.work_dir())?);
+    }
     crate::progress::begin("restore", tree.len());
     for task in tree.iter_mut().filter(|t| t.tracee.is_some()) {
         transform(task, &mut ctx)?;
@@ -164,7 +168,17 @@ fn restore_tree(
     let root_pid = tree[0].pid_now;
     let has_netns = ti.others.has_kind(libc::CLONE_NEWNET as u32);
     resume::hand_over(n, ctx.files, has_netns, root_pid)?;
+    let leaders: Vec<i32> = tree
+        .iter()
+        .filter(|t| t.tracee.is_some())
+        .map(|t| t.pid_now)
+        .collect();
     resume::let_go(opts, ctx.threads, tree)?;
+    let mut lazy_bytes = None;
+    if let Some(link) = ctx.lazy.take() {
+        lazy_bytes = Some(link.bytes);
+        resume::lazy_go(link, &leaders)?;
+    }
     if root_pid != imgs[0].pid() {
         crate::info!(
             "the root (pid {} in the images) is pid {root_pid} now",
@@ -172,10 +186,17 @@ fn restore_tree(
         );
     }
     crate::info!("tree of {root_pid} restored and running");
+    if let Some(b) = lazy_bytes {
+        crate::info!(
+            "lazy restore: the tree runs; {:.1} MiB of its pages come from the lazy-pages daemon",
+            b as f64 / (1 << 20) as f64
+        );
+    }
     Ok(Restored {
         root_pid,
         stats: crate::stats::RestoreStats {
             forking,
+            lazy_bytes,
             ..Default::default()
         },
     })

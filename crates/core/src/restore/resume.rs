@@ -106,6 +106,20 @@ pub(super) fn let_go(
     Ok(())
 }
 
+/// `--lazy-pages`: the daemon takes hold of the running tree. When it
+/// cannot (or is gone), the tree is killed: it would read zeros where its
+/// pages were.
+pub(super) fn lazy_go(
+    link: crate::mm::lazy::link::Link,
+    leaders: &[i32],
+) -> Result<(), RestoreError> {
+    link.resumed(leaders).inspect_err(|_| {
+        for &p in leaders {
+            let _ = crest_sys::misc::kill(p, libc::SIGKILL);
+        }
+    })
+}
+
 /// Runs the notification `h` (of the restore of `pid`), naming the hook
 /// when it fails.
 pub(super) fn tell(n: &mut dyn Notify, h: &str, pid: Option<i32>) -> Result<(), RestoreError> {

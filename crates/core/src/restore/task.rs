@@ -38,6 +38,8 @@ pub(super) struct TreeCtx<'a> {
     /// no mask of its own in the images gets it back when crest is done
     /// with it, as if it had inherited it.
     pub(super) inherited_mask: Option<Vec<u8>>,
+    /// `--lazy-pages`: the daemon each task's lazy mappings go to.
+    pub(super) lazy: Option<mm::lazy::link::Link>,
 }
 
 /// Gives thread `tid` (of image `pid`) the mask it would have inherited
@@ -326,8 +328,15 @@ fn restore_memory(
     mm::cow::place(t, (mem.0, mem.1, pages), &kept)?;
     let placed: Vec<(u64, u64)> = kept.iter().map(|h| (h.start, h.end)).collect();
     mm::restore::map_vmas(t, mem, &placed, files, &mut ctx.shared)?;
+    // (--lazy-pages: the lazy mappings registered and handed to the
+    // daemon, filled by it from now on, not here)
+    let mut skip = placed;
+    if let Some(link) = ctx.lazy.as_mut() {
+        let ranges = mm::lazy::lazy_ranges(&live.mm, &skip);
+        skip.extend(link.hand(t, img.entry.pid, &ranges, &pages.runs)?);
+    }
     let started = std::time::Instant::now();
-    mm::restore::fill_pages(t, mem, &placed, pages)?;
+    mm::restore::fill_pages(t, mem, &skip, pages)?;
     crate::debug!(
         "pid {pid}: pages filled in {:.3} s",
         started.elapsed().as_secs_f64()

@@ -156,7 +156,7 @@ impl Pages {
 }
 
 /// Fills the pages from the pages file (but those of the areas in
-/// `placed`, which have theirs), on two CPUs at once: the task reads the
+/// `placed`, which have theirs or get them lazily), on two CPUs at once: the task reads the
 /// first part itself with injected `preadv` calls (one copy, at most 1024
 /// runs each), while a crest thread writes the rest with
 /// `process_vm_writev`. The page faults in the fresh memory, the slow part,
@@ -172,12 +172,7 @@ pub fn fill_pages(
     if pagemap.is_empty() {
         return Ok(());
     }
-    let runs: Vec<Run> = pages
-        .runs
-        .iter()
-        .filter(|r| !placed.iter().any(|p| r.addr >= p.0 && r.addr < p.1))
-        .copied()
-        .collect();
+    let (_, runs) = crate::mm::lazy::split_by(&pages.runs, placed);
     let total: u64 = runs.iter().map(|r| r.len).sum();
     let split = if total >= 64 << 20 { total / 2 } else { total };
     let (mine, theirs) = split_runs(&runs, split);
