@@ -730,7 +730,19 @@ pub fn run_restore_detached_env(
     procs: &mut Procs,
     env: &[(&str, &str)],
 ) -> Result<(crest::Ran, std::path::PathBuf)> {
+    run_restore_detached_with(cfg, dir, procs, env, &[])
+}
+
+/// [`run_restore_detached_env`] with the options `extra` too.
+pub fn run_restore_detached_with(
+    cfg: &Config,
+    dir: &CaseDir,
+    procs: &mut Procs,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Result<(crest::Ran, std::path::PathBuf)> {
     let (mut cmd, pidfile) = restore_command(&cfg.crest, dir);
+    cmd.args(extra);
     cmd.envs(env.iter().copied());
     let ran = crest::run(cmd, &dir.root, "restore", CREST_TIMEOUT, procs)?;
     Ok((ran, pidfile))
@@ -775,9 +787,23 @@ pub fn check_left_running(pid: Pid) -> Result<()> {
 pub fn restore_detached(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
     // whatever happens, the pid may be ours to kill from now on
     procs.track(pid);
-    let (ran, pidfile) = run_restore_detached(cfg, dir, procs)?;
+    // (the workload asks for a lazy restore, or CREST_E2E_LAZY does)
+    let daemon = if crate::lazy::asked(dir) {
+        Some(crate::lazy::start_daemon(cfg, dir, &[], procs)?)
+    } else {
+        None
+    };
+    let extra: &[&str] = if daemon.is_some() {
+        &["--lazy-pages"]
+    } else {
+        &[]
+    };
+    let (ran, pidfile) = run_restore_detached_with(cfg, dir, procs, &[], extra)?;
     if !ran.success() {
         bail!(ran.failure("crest restore"));
+    }
+    if let Some(d) = daemon {
+        crate::lazy::wait_done(dir, d, procs)?;
     }
     if !alive(pid) {
         bail!(

@@ -24,6 +24,7 @@ pub mod fresh_init;
 pub mod hostile;
 pub mod inherit_fd;
 pub mod iterative;
+pub mod lazy;
 pub mod nested;
 pub mod ns;
 pub mod outside;

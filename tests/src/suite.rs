@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 
 use crate::case::{self, Mode, Program, Settle, Workload};
 use crate::{
-    cgroups, containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, iterative, nested,
-    procs, refusals, rpc, runtimes, servers, survive, trees, unpriv, Config, Flavor, Outcome,
-    StdioKind,
+    cgroups, containers, criu_cli, daemons, dumpchecks, hostile, inherit_fd, iterative, lazy,
+    nested, procs, refusals, rpc, runtimes, servers, survive, trees, unpriv, Config, Flavor,
+    Outcome, StdioKind,
 };
 
 /// Every protocol workload, in the order the suite runs them.
@@ -29,6 +29,7 @@ pub fn workloads() -> Vec<Workload> {
     vec![
         c("mem_patterns", &["64"], Settle::Blocked),
         c("mem_iter", &["32"], Settle::Spinning),
+        c("lazy_fork", &["64"], Settle::Spinning),
         c("sleep_restart", &[], Settle::Blocked),
         Workload {
             name: "sleep_restart_iter",
@@ -267,6 +268,7 @@ pub fn run(cfg: &Config, filter: &Filter) -> bool {
     hostile::run(cfg, &mut report, &|n| filter.selects(n));
     rpc::run(cfg, &mut report, &|n| filter.selects(n));
     iterative::run(cfg, &mut report, &|n| filter.selects(n));
+    lazy::run(cfg, &mut report, &|n| filter.selects(n));
     criu_cli::run(cfg, &mut report, &|n| filter.selects(n));
     cgroups::run(cfg, &mut report, &|n| filter.selects(n));
     runtimes::run(cfg, &mut report, &|n| filter.selects(n));

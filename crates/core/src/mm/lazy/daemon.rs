@@ -168,6 +168,9 @@ impl Daemon {
             }
             if pushing && !rev.iter().any(|r| *r != 0) {
                 self.push();
+                if going.is_some() {
+                    crest_sys::fault::point("lazy-pages: a stretch pushed to the running tree")?;
+                }
             }
             if let Some(why) = self.broken.take() {
                 return Err(fail(why));

@@ -10,6 +10,7 @@ use crate::remote::Remote;
 use crest_inject::{nr, Tracee};
 use crest_sys::uffd;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The events a lazy userfaultfd reports: the daemon follows the address
@@ -25,6 +26,41 @@ pub struct Link {
     path: String,
     /// Bytes of pages left to the daemon.
     pub bytes: u64,
+}
+
+/// `USERFAULTFD_IOC_NEW` (`_IO(0xAA, 0x00)`) on `/dev/userfaultfd`.
+const USERFAULTFD_IOC_NEW: u64 = 0xaa00;
+
+/// A userfaultfd for the task's memory that takes faults of the kernel
+/// too: its fd in the task. The task makes it itself if it may (it holds
+/// CAP_SYS_PTRACE, or `vm.unprivileged_userfaultfd` is 1); a task forked
+/// inside a user namespace may not, and makes it from crest's
+/// `/dev/userfaultfd` instead (whose access is its file mode).
+fn made_in_task(t: &mut Tracee) -> Result<u64, RestoreError> {
+    let pid = t.pid();
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    match t.syscall(nr::USERFAULTFD, &[flags]) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => crate::debug!("pid {pid}: userfaultfd: {e}; through /dev/userfaultfd"),
+    }
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/userfaultfd")
+        .rat(
+            pid,
+            "--lazy-pages: the task may not make a userfaultfd that takes the kernel's faults, \
+             and open /dev/userfaultfd",
+        )?;
+    let dfd = t.give_fd(&dev.into())?;
+    let made = t.call(
+        nr::IOCTL,
+        &[dfd, USERFAULTFD_IOC_NEW, flags],
+        "USERFAULTFD_IOC_NEW",
+    );
+    t.close_quietly(dfd);
+    Ok(made?)
 }
 
 impl Link {
@@ -71,10 +107,7 @@ impl Link {
             return Ok(Vec::new());
         }
         let pid = t.pid();
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-        let fd = t
-            .syscall(nr::USERFAULTFD, &[flags])
-            .rat(pid, "userfaultfd for the lazy pages")?;
+        let fd = made_in_task(t)?;
         let taken = crate::remote::take_fd(pid, fd as u32);
         t.close(fd)?;
         let ufd = taken?;
