@@ -14,8 +14,8 @@
 //!   restore.
 //! - `migrate`: a process holding N MiB that keeps rewriting H MiB, moved
 //!   by a plain dump and restore and by pre-dumps then the dump (optionally
-//!   through page servers); prints each round and the downtime (see
-//!   `migrate.rs`). It does not compare with CRIU (which has no dirty
+//!   through page servers, the latter restored lazily with `--lazy`);
+//!   prints each round and the downtime (see `migrate.rs`). It does not compare with CRIU (which has no dirty
 //!   tracking here).
 //!
 //! ```text
@@ -23,7 +23,7 @@
 //! cargo run --release -p crest-bench -- [--mib N] [--dir DIR] [--runs R] [--keep] [--verify]
 //! cargo run --release -p crest-bench -- tree --n 50,1000 [--depth 2] [--kib 64] [--runs R]
 //! cargo run --release -p crest-bench -- threads --n 100,1000 [--runs R]
-//! cargo run --release -p crest-bench -- migrate [--mib 1024] [--hot 64] [--rounds 2] [--page-server]
+//! cargo run --release -p crest-bench -- migrate [--mib 1024] [--hot 64] [--rounds 2] [--page-server] [--lazy]
 //! ```
 //!
 //! Every run reports crest's peak resident set (`wait4`'s `ru_maxrss`), and
@@ -99,6 +99,9 @@ struct MigrateOpts {
     /// Send the pages to a page server on this machine (ports from 27100)
     #[arg(long)]
     page_server: bool,
+    /// Restore the iterative migration lazily (`crest lazy-pages`)
+    #[arg(long)]
+    lazy: bool,
     /// Directory for the images
     #[arg(long, default_value = "/tmp/crest-bench")]
     dir: PathBuf,
@@ -241,7 +244,7 @@ fn bench_migrate(o: &MigrateOpts) -> Result<()> {
     let crest = crest_bin()?;
     let server = o.page_server.then_some(27100u16);
     println!(
-        "crest {}; migrate: {} MiB, {} MiB hot; {} pre-dumps{}; images in {}; {} runs",
+        "crest {}; migrate: {} MiB, {} MiB hot; {} pre-dumps{}{}; images in {}; {} runs",
         crest.display(),
         o.mib,
         o.hot,
@@ -251,17 +254,24 @@ fn bench_migrate(o: &MigrateOpts) -> Result<()> {
         } else {
             ""
         },
+        if o.lazy { ", restored lazily" } else { "" },
         o.dir.display(),
         o.runs
     );
     let (mut plain, mut iter) = (Vec::new(), Vec::new());
     for run in 1..=o.runs {
-        let p = migrate::migrate(&crest, &o.dir.join("plain"), (o.mib, o.hot), 0, server)?;
+        let p = migrate::migrate(
+            &crest,
+            &o.dir.join("plain"),
+            (o.mib, o.hot),
+            (0, false),
+            server,
+        )?;
         let i = migrate::migrate(
             &crest,
             &o.dir.join("iter"),
             (o.mib, o.hot),
-            o.rounds,
+            (o.rounds, o.lazy),
             server,
         )?;
         let pre: Vec<String> = i
@@ -284,6 +294,12 @@ fn bench_migrate(o: &MigrateOpts) -> Result<()> {
             i.restore_s,
             i.downtime()
         );
+        if let Some(l) = i.lazy_s {
+            println!(
+                "  (iterative restore lazy: resumed after {:.3} s, every page in after {l:.3} s)",
+                i.restore_s
+            );
+        }
         plain.push(p);
         iter.push(i);
     }

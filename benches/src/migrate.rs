@@ -6,7 +6,10 @@
 //! sends its pages to a page server on this machine (the restore reads
 //! them from the server's directory). Reports each round's seconds and
 //! bytes, the final dump's frozen time (its `stats-dump`) and the
-//! downtime; the restored process's cold memory is checked.
+//! downtime; the restored process's cold memory is checked. With `--lazy`
+//! the restore of the iterative migration is lazy (`crest lazy-pages`
+//! then `restore --lazy-pages`): its time is the time to resume, and the
+//! time until the daemon has every page in is reported beside it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,8 @@ pub struct Migration {
     /// The final dump's frozen time (stats-dump), seconds.
     pub frozen_s: f64,
     pub restore_s: f64,
+    /// A lazy restore: from its start until every page was in, seconds.
+    pub lazy_s: Option<f64>,
 }
 
 impl Migration {
@@ -162,12 +167,13 @@ fn round(
 }
 
 /// One migration of a fresh holder: `rounds` pre-dumps (0: a plain dump
-/// and restore), then the dump, then the restore, all in `base`.
+/// and restore), then the dump, then the restore (`lazy`: with a
+/// lazy-pages daemon), all in `base`.
 pub fn migrate(
     crest: &Path,
     base: &Path,
     (mib, hot): (usize, usize),
-    rounds: usize,
+    (rounds, lazy): (usize, bool),
     server: Option<u16>,
 ) -> Result<Migration> {
     let _ = fs::remove_dir_all(base);
@@ -202,7 +208,25 @@ pub fn migrate(
         d
     };
     let rs = restore_dir.to_string_lossy().into_owned();
-    m.restore_s = run_crest(crest, &["restore", "-D", &rs, "-d"])?;
+    if lazy {
+        let pidfile = base.join("lazy.pid");
+        let pf = pidfile.to_string_lossy().into_owned();
+        run_crest(crest, &["lazy-pages", "-D", &rs, "-d", "--pidfile", &pf])?;
+        let daemon: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+        let t = Instant::now();
+        m.restore_s = run_crest(crest, &["restore", "-D", &rs, "-d", "--lazy-pages"])?;
+        // (the daemon exits once every page is in; init reaps it)
+        let stat = format!("/proc/{daemon}/stat");
+        while fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z ")) {
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("the lazy-pages daemon {daemon} still runs after 120 s");
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        m.lazy_s = Some(t.elapsed().as_secs_f64());
+    } else {
+        m.restore_s = run_crest(crest, &["restore", "-D", &rs, "-d"])?;
+    }
     // the cold part (past the hot set) is as it was, every word
     let cold = hot.min(mib) * MIB;
     let check = holder::verify_from(pid, addr, (cold, len), 16 * MIB);

@@ -6,8 +6,8 @@
 //!
 //! Cases (`rpc_*[host]`):
 //! - `rpc_version`: VERSION (≥ 3.17, named crest) with keep_open, a second
-//!   request on the same socket, then FEATURE_CHECK (mem_track as the kernel
-//!   allows, the others false),
+//!   request on the same socket, then FEATURE_CHECK (mem_track and
+//!   lazy_pages as the kernel allows, pidfd_store false),
 //!   and closing the socket ends crest with 0.
 //! - `rpc_check`: CHECK succeeds.
 //! - `rpc_pre_dump`: PRE_DUMP twice and DUMP on one socket, each with its
@@ -311,11 +311,17 @@ fn rpc_version(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome
     // write protection and PAGEMAP_SCAN)
     let track =
         crest_sys::misc::uffd_wp_async_supported() && crest_sys::misc::pagemap_scan_supported();
+    // (lazy pages where a userfaultfd has the fork, remap, remove and
+    // unmap events)
+    let lazy = crest_sys::uffd::lazy_supported();
     if got.mem_track != Some(track)
-        || got.lazy_pages != Some(false)
+        || got.lazy_pages != Some(lazy)
         || got.pidfd_store != Some(false)
     {
-        bail!("FEATURE_CHECK answered {got:?}, expected mem_track {track}, the others false");
+        bail!(
+            "FEATURE_CHECK answered {got:?}, expected mem_track {track}, lazy_pages {lazy}, \
+             pidfd_store false"
+        );
     }
     s.close_expect_zero(procs)?;
     Ok(Outcome::Pass)

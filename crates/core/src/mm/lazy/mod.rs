@@ -15,10 +15,12 @@
 //!   dies, the kernel kills the tasks rather than let them read zeros
 //!   where their pages were. Signals and stops pass through it.
 //!
-//! Which mappings are lazy: private anonymous ones (heap, stack, plain
-//! `mmap`) but those locked, of huge pages, AIO rings and those shared
-//! with a parent or child since the fork (the latter are in place before
-//! the task's own mappings are made).
+//! Which mappings are lazy: private anonymous writable ones (heap, stack,
+//! plain `mmap`) but those locked, of huge pages or advised to have them
+//! (`MADV_HUGEPAGE`), AIO rings and those shared with a parent or child
+//! since the fork (the latter are in place before the task's own mappings
+//! are made). A read-only or inaccessible one is filled at restore: made
+//! so while empty, it would lose its memory accounting (`ac` in smaps).
 
 pub mod daemon;
 pub mod link;
@@ -67,6 +69,13 @@ pub fn lazy_ranges(mm: &MmEntry, placed: &[(u64, u64)]) -> Vec<(u64, u64)> {
                 == 0
         })
         .filter(|v| v.flags & (libc::MAP_LOCKED | libc::MAP_HUGETLB) as u32 == 0)
+        // (made read-only before its first page is in, a mapping would
+        // lose its accounting, VM_ACCOUNT: the kernel drops it from a
+        // private mapping that has no page yet)
+        .filter(|v| v.prot & libc::PROT_WRITE as u32 != 0)
+        // (UFFDIO_COPY puts small pages: an area advised to have huge
+        // ones is filled now, and has them)
+        .filter(|v| v.madv.unwrap_or(0) & (1 << libc::MADV_HUGEPAGE) == 0)
         .filter(|v| v.crest_map_fd.is_none() && v.end > v.start)
         .filter(|v| !aio(v.start, v.end))
         .filter(|v| !placed.iter().any(|p| p.0 < v.end && v.start < p.1))
