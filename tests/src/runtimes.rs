@@ -29,6 +29,10 @@
 //! - `runc_pre_dump`: `runc checkpoint --pre-dump` (the container runs
 //!   on), then `runc checkpoint --parent-path ../pre` and the restore, as
 //!   `runc_plain`;
+//! - `runc_lazy_restore`: the checkpoint as `runc_plain`, then `crest
+//!   lazy-pages` for its images and work directory and `runc restore
+//!   --lazy-pages` (the RPC's lazy_pages): the daemon fills the running
+//!   container and exits saying every page is in; then as `runc_plain`;
 //! - `runc_terminal`: `process.terminal` with `--console-socket` at run
 //!   and at restore: the pty master arrives over the socket (SCM_RIGHTS,
 //!   received by a small python3 helper that copies the master to the
@@ -84,10 +88,11 @@ use crate::procs::{self, exists, wait_exit, wait_until, Procs, Waited};
 use crate::suite::Report;
 use crate::{crit, nested, Config, Outcome};
 
-const CASES: [(&str, DirCase); 8] = [
+const CASES: [(&str, DirCase); 9] = [
     ("runc_plain", runc_plain),
     ("runc_leave_running", runc_leave_running),
     ("runc_pre_dump", runc_pre_dump),
+    ("runc_lazy_restore", runc_lazy_restore),
     ("runc_terminal", runc_terminal),
     ("runc_userns", runc_userns),
     ("runc_nested_userns", runc_nested_userns),
@@ -157,6 +162,14 @@ fn runc_pre_dump(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outco
     runc_case(cfg, dir, shape, procs)
 }
 
+fn runc_lazy_restore(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let shape = Shape {
+        lazy: true,
+        ..Shape::default()
+    };
+    runc_case(cfg, dir, shape, procs)
+}
+
 fn runc_terminal(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
     let shape = Shape {
         terminal: true,
@@ -196,6 +209,63 @@ struct Shape {
     /// `runc checkpoint --pre-dump` first, then the checkpoint with
     /// `--parent-path`.
     pre_dump: bool,
+    /// `runc restore --lazy-pages` with a `crest lazy-pages` daemon.
+    lazy: bool,
+}
+
+/// `crest lazy-pages -d` for a runc restore's images and work directory:
+/// the daemon's pid, tracked.
+fn lazy_daemon(
+    dir: &CaseDir,
+    (crest_bin, images, work): (&str, &str, &str),
+    procs: &mut Procs,
+) -> Result<Pid> {
+    let pidfile = dir.root.join("lazy.pid");
+    let pf = pidfile.to_string_lossy().into_owned();
+    let args = [
+        "lazy-pages",
+        "-D",
+        images,
+        "-W",
+        work,
+        "-d",
+        "--pidfile",
+        &pf,
+        "-o",
+        "lazy.log",
+        "-v4",
+    ];
+    let cmd = crest::command(Path::new(crest_bin), &args);
+    let ran = crest::run(cmd, &dir.root, "lazy-pages", crest::CREST_TIMEOUT, procs)?;
+    if !ran.success() {
+        bail!(ran.failure("crest lazy-pages -d"));
+    }
+    let pid = crate::procs::read_pid_file(&pidfile).context("crest lazy-pages --pidfile")?;
+    procs.track(pid);
+    Ok(pid)
+}
+
+/// The lazy-pages daemon `d` has every page in and exits (its log in the
+/// work directory says so).
+fn lazy_done(d: Pid, work_dir: &Path, procs: &mut Procs) -> Result<()> {
+    let log = work_dir.join("lazy.log");
+    match crate::procs::wait_exit(d, Duration::from_secs(30))? {
+        crate::procs::Waited::Exited(crate::procs::Exit::Code(0)) => procs.untrack(d),
+        other => bail!(
+            "the lazy-pages daemon {d}: {other:?}; its log ends: {}",
+            crest::tail(&log, 5).unwrap_or_default()
+        ),
+    }
+    if !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("every page in")
+    {
+        bail!(
+            "the lazy-pages daemon exited without saying every page is in: {}",
+            crest::tail(&log, 5).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- prerequisites
@@ -1175,7 +1245,7 @@ fn runc_steps(
 
     // restore
     let console = shape.terminal.then_some("console2.sock");
-    let rs = [
+    let mut rs = vec![
         "--criu",
         &crest_bin,
         "restore",
@@ -1186,8 +1256,14 @@ fn runc_steps(
         &images,
         "--work-path",
         &work,
-        id,
     ];
+    let daemon = if shape.lazy {
+        rs.push("--lazy-pages");
+        Some(lazy_daemon(dir, (&crest_bin, &images, &work), procs)?)
+    } else {
+        None
+    };
+    rs.push(id);
     let io = match runc_start(dir, "restore", &rs, console, procs) {
         Ok(io) => io,
         Err(e) => bail!(
@@ -1195,6 +1271,9 @@ fn runc_steps(
             crest::tail(&work_dir.join("restore.log"), 15).unwrap_or_default()
         ),
     };
+    if let Some(d) = daemon {
+        lazy_done(d, &work_dir, procs)?;
+    }
     let init2 = running_init(dir, id, "state-restored", procs)?;
     procs.track(init2);
     if inner_pid(init2) != Some(1) {
