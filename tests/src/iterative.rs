@@ -20,10 +20,11 @@
 //! - `iter_page_server`: a migration between two network namespaces joined
 //!   by a veth pair: a page server in the other namespace for each round,
 //!   a pre-dump and a dump (`--page-server --address --port`) sending
-//!   their pages there; the dump's other images copied over, the restore
-//!   from the server's directory (through its parent) passes, the pages
-//!   never written on the source side, the dump's pages marked as the
-//!   parent's where unchanged.
+//!   their pages there; the dump's other images copied over, the lazy
+//!   restore from the server's directory (through its parent; `crest
+//!   lazy-pages` serves them) passes, the pages never written on the
+//!   source side, the dump's pages marked as the parent's where
+//!   unchanged.
 //! - `iter_auto_dedup`: a dump with `--auto-dedup` punches the pages it
 //!   saves again out of its parent's pages file (fewer blocks, the same
 //!   size), whose manifest still holds; the restore passes.
@@ -793,10 +794,15 @@ fn iter_page_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         "-v4",
     ];
     procs.track(pid);
+    // (lazily: the pages come from the daemon as the task runs)
+    let daemon = crate::lazy::start_daemon_for(cfg, dir, &dst, &[], procs)?;
+    let mut args = args.to_vec();
+    args.push("--lazy-pages");
     let ran = crest_run(cfg, dir, &args, "restore", &[], procs)?;
     if !ran.success() {
-        bail!(ran.failure("crest restore from the page server's images"));
+        bail!(ran.failure("crest restore --lazy-pages from the page server's images"));
     }
+    crate::lazy::wait_done_for(dir, &dst, daemon, procs)?;
     drop(host);
     case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
 }

@@ -56,11 +56,22 @@ pub fn start_daemon(
     env: &[(&str, &str)],
     procs: &mut Procs,
 ) -> Result<Pid> {
+    start_daemon_for(cfg, dir, &dir.images, env, procs)
+}
+
+/// [`start_daemon`] for the images in `images`.
+pub fn start_daemon_for(
+    cfg: &Config,
+    dir: &CaseDir,
+    images: &std::path::Path,
+    env: &[(&str, &str)],
+    procs: &mut Procs,
+) -> Result<Pid> {
     let pidfile = dir.root.join("lazy.pid");
     let _ = fs::remove_file(&pidfile);
     // (said again after this restore)
     let _ = fs::remove_file(dir.state.join("burst"));
-    let images = dir.images.to_string_lossy().into_owned();
+    let images = images.to_string_lossy().into_owned();
     let pidfile_s = pidfile.to_string_lossy().into_owned();
     let args = [
         "lazy-pages",
@@ -87,7 +98,17 @@ pub fn start_daemon(
 /// Waits for the daemon to put every page in and exit, and checks that
 /// it said so.
 pub fn wait_done(dir: &CaseDir, daemon: Pid, procs: &mut Procs) -> Result<()> {
-    let log = dir.images.join("lazy.log");
+    wait_done_for(dir, &dir.images, daemon, procs)
+}
+
+/// [`wait_done`] of a daemon for the images in `images`.
+pub fn wait_done_for(
+    dir: &CaseDir,
+    images: &std::path::Path,
+    daemon: Pid,
+    procs: &mut Procs,
+) -> Result<()> {
+    let log = images.join("lazy.log");
     match wait_exit(daemon, Duration::from_secs(60))? {
         Waited::Exited(Exit::Code(0)) => procs.untrack(daemon),
         other => bail!(
