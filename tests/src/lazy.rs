@@ -15,8 +15,11 @@
 //! - `lazy_source_dies`: the daemon killed (`CREST_FAULT=2:kill`, at its
 //!   second stretch pushed after the tree ran), then failing there
 //!   (`2:fail`): each time the restored task is killed by SIGKILL, never
-//!   left to read zeros or to wait on a fault; then a third restore with a
-//!   daemon that lives passes the workload's check.
+//!   left to read zeros or to wait on a fault; then a byte of the pages
+//!   file flipped where only the daemon reads (the restore leaves the
+//!   check of those chunks to it): the daemon kills the tree and exits
+//!   naming the file; then, the byte put back, a restore with a daemon
+//!   that lives passes the workload's check.
 //! - `lazy_no_daemon`: `restore --lazy-pages` with no daemon fails naming
 //!   its socket and leaves no task behind.
 
@@ -196,6 +199,46 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
             bail!("the task killed with its daemon ({fault}) wrote a verdict");
         }
     }
+    // a byte of the pages file flipped where only the daemon reads: the
+    // restore (which leaves those chunks' checks to the daemon) passes,
+    // the daemon finds the chunk changed, kills the tree and says why
+    let pages = pages_file(dir)?;
+    let mut bytes = fs::read(&pages)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&pages, &bytes)?;
+    let daemon = start_daemon(cfg, dir, &[], procs)?;
+    procs.track(pid);
+    let (ran, _) = case::run_restore_detached_with(cfg, dir, procs, &[], &["--lazy-pages"])?;
+    if !ran.success() {
+        bail!(ran.failure("crest restore --lazy-pages (a lazy page flipped)"));
+    }
+    match wait_exit(pid, Duration::from_secs(10))? {
+        Waited::Exited(Exit::Signal(Signal::SIGKILL)) => procs.untrack(pid),
+        other => bail!(
+            "a page flipped in the pages file: the restored pid {pid}: {other:?}, not killed by \
+             its lazy-pages daemon"
+        ),
+    }
+    match wait_exit(daemon, Duration::from_secs(10))? {
+        Waited::Exited(Exit::Code(1)) => procs.untrack(daemon),
+        other => bail!("the lazy-pages daemon with a page flipped: {other:?}, not exit code 1"),
+    }
+    let log = fs::read_to_string(dir.images.join("lazy.log")).unwrap_or_default();
+    let name = pages.file_name().map(|n| n.to_string_lossy().into_owned());
+    if !name.is_some_and(|n| log.contains(&n)) {
+        bail!(
+            "the lazy-pages daemon killed the tree without naming {}: {}",
+            pages.display(),
+            crest::tail(&dir.images.join("lazy.log"), 3).unwrap_or_default()
+        );
+    }
+    procs::wait_until(Duration::from_secs(5), || {
+        procs::reap_zombie_children();
+        group_members(pid).is_empty()
+    });
+    bytes[at] ^= 0x40;
+    fs::write(&pages, &bytes)?;
     // and with a daemon that lives, the task runs on and passes
     let daemon = start_daemon(cfg, dir, &[], procs)?;
     procs.track(pid);
@@ -205,6 +248,18 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     }
     wait_done(dir, daemon, procs)?;
     case::finish(dir, pid, StdioKind::DevNull, procs)
+}
+
+/// The images' pages file (the one of the task's pagemap: the only one).
+fn pages_file(dir: &CaseDir) -> Result<std::path::PathBuf> {
+    fs::read_dir(&dir.images)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+        })
+        .context("no pages file in the images")
 }
 
 /// The processes whose process group is `pgid` (zombies too).

@@ -214,7 +214,11 @@ mod tests {
             feature("mem_dirty_track").map(|r| r.is_ok()),
             Some(crest_core::features::memory_tracking())
         );
-        assert!(matches!(feature("uffd"), Some(Err(_))));
+        assert_eq!(
+            feature("uffd").map(|r| r.is_ok()),
+            Some(crest_core::features::lazy_pages())
+        );
+        assert!(matches!(feature("tun"), Some(Err(_))));
         assert_eq!(feature("no_such_thing"), None);
     }
 }

@@ -6,26 +6,32 @@
 //! The format is text, one file a line after a header:
 //!
 //! ```text
-//! crest-manifest 1 xxh3-128/64M
+//! crest-manifest 2 xxh3-128/1M
 //! <32 hex digits> <size> <name>
+//! chunks <32 hex digits per chunk> <name>
 //! ```
 //!
-//! A file's sum is the XXH3-128 of the XXH3-128 sums of its 64 MiB chunks
+//! A file's sum is the XXH3-128 of the XXH3-128 sums of its 1 MiB chunks
 //! (so that big pages files are hashed on every CPU); it guards against
 //! bits flipped or files cut short, not against someone who rewrites the
-//! manifest too.
+//! manifest too. A pages file's chunk sums are listed too (`chunks`, after
+//! its line, bound to its sum): a lazy restore checks a chunk only when it
+//! first reads from it ([`verify_deferring`], [`check_chunk`]). Version 1
+//! manifests (64 MiB chunks, no chunk lists) are still read.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::ImageError;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "crest-manifest";
-const HEADER: &str = "crest-manifest 1 xxh3-128/64M";
-const CHUNK: u64 = 64 << 20;
+const HEADER: &str = "crest-manifest 2 xxh3-128/1M";
+const CHUNK: u64 = 1 << 20;
+const HEADER_V1: &str = "crest-manifest 1 xxh3-128/64M";
+const CHUNK_V1: u64 = 64 << 20;
 /// Largest manifest read (a line is under 300 bytes).
 const MAX_MANIFEST: u64 = 64 << 20;
 
@@ -74,18 +80,21 @@ struct Chunk {
     len: u64,
 }
 
-/// The sums of `files` (size, XXH3-128 of the chunks' sums), hashed on
-/// every CPU.
-fn sums(dir: &Path, files: &[String]) -> Result<Vec<(u64, u128)>, ImageError> {
+/// A file's size, sum and the sums of its chunks.
+type Summed = (u64, u128, Vec<u128>);
+
+/// The sums of `files` (each with its chunk size): size, XXH3-128 of the
+/// chunks' sums and those, hashed on every CPU.
+fn sums(dir: &Path, files: &[(String, u64)]) -> Result<Vec<Summed>, ImageError> {
     let mut sizes = Vec::with_capacity(files.len());
     let mut chunks = Vec::new();
-    for (i, name) in files.iter().enumerate() {
+    for (i, (name, chunk)) in files.iter().enumerate() {
         let path = dir.join(name);
         let size = std::fs::metadata(&path).map_err(io(&path))?.len();
         sizes.push(size);
         let mut off = 0;
         loop {
-            let len = (size - off).min(CHUNK);
+            let len = (size - off).min(*chunk);
             chunks.push(Chunk { file: i, off, len });
             off += len;
             if off >= size {
@@ -109,7 +118,7 @@ fn sums(dir: &Path, files: &[String]) -> Result<Vec<(u64, u128)>, ImageError> {
                         let Some(c) = chunks.get(k) else {
                             return Ok(mine);
                         };
-                        let path = dir.join(&files[c.file]);
+                        let path = dir.join(&files[c.file].0);
                         mine.push((k, chunk_sum(&path, c, &mut buf)?));
                     }
                 })
@@ -129,15 +138,24 @@ fn sums(dir: &Path, files: &[String]) -> Result<Vec<(u64, u128)>, ImageError> {
             by_chunk[k] = sum;
         }
     }
-    let mut per_file: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
+    let mut per_file: Vec<Vec<u128>> = vec![Vec::new(); files.len()];
     for (c, sum) in chunks.iter().zip(by_chunk) {
-        per_file[c.file].extend_from_slice(&sum.to_le_bytes());
+        per_file[c.file].push(sum);
     }
     Ok(sizes
         .into_iter()
         .zip(per_file)
-        .map(|(size, sums)| (size, xxhash_rust::xxh3::xxh3_128(&sums)))
+        .map(|(size, sums)| (size, sum_of(&sums), sums))
         .collect())
+}
+
+/// A file's sum from its chunks' sums.
+fn sum_of(chunks: &[u128]) -> u128 {
+    let mut b = Vec::with_capacity(chunks.len() * 16);
+    for c in chunks {
+        b.extend_from_slice(&c.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_128(&b)
 }
 
 fn chunk_sum(path: &Path, c: &Chunk, buf: &mut [u8]) -> Result<u128, ImageError> {
@@ -158,14 +176,29 @@ fn chunk_sum(path: &Path, c: &Chunk, buf: &mut [u8]) -> Result<u128, ImageError>
     Ok(h.digest128())
 }
 
+/// The manifest text of `files` of `dir`: a pages file's chunk sums are
+/// listed after its line.
+fn render(dir: &Path, files: &[String]) -> Result<String, ImageError> {
+    let with_chunk: Vec<(String, u64)> = files.iter().map(|n| (n.clone(), CHUNK)).collect();
+    let sums = sums(dir, &with_chunk)?;
+    let mut text = format!("{HEADER}\n");
+    for (name, (size, sum, chunks)) in files.iter().zip(sums) {
+        text.push_str(&format!("{sum:032x} {size} {name}\n"));
+        if name.starts_with("pages-") {
+            text.push_str("chunks ");
+            for c in chunks {
+                text.push_str(&format!("{c:032x}"));
+            }
+            text.push_str(&format!(" {name}\n"));
+        }
+    }
+    Ok(text)
+}
+
 /// Writes the manifest of every image file in `dir` (mode 0600).
 pub fn write(dir: &Path) -> Result<(), ImageError> {
     let files = image_files(dir)?;
-    let sums = sums(dir, &files)?;
-    let mut text = format!("{HEADER}\n");
-    for (name, (size, sum)) in files.iter().zip(sums) {
-        text.push_str(&format!("{sum:032x} {size} {name}\n"));
-    }
+    let text = render(dir, &files)?;
     let path = dir.join(MANIFEST);
     crate::framing::write_private(&path, text.as_bytes())
 }
@@ -178,13 +211,47 @@ pub fn write_part(dir: &Path, part: &str, files: &[String]) -> Result<(), ImageE
     let mut files = files.to_vec();
     files.sort();
     files.dedup();
-    let sums = sums(dir, &files)?;
-    let mut text = format!("{HEADER}\n");
-    for (name, (size, sum)) in files.iter().zip(sums) {
-        text.push_str(&format!("{sum:032x} {size} {name}\n"));
-    }
+    let text = render(dir, &files)?;
     let path = dir.join(format!("{MANIFEST}.{part}"));
     crate::framing::write_private(&path, text.as_bytes())
+}
+
+/// A file whose content is checked a chunk at a time as it is read: its
+/// chunk size and the chunks' sums (bound to the file's sum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub size: u64,
+    pub chunk: u64,
+    pub sums: Vec<u128>,
+}
+
+/// Reads chunk `idx` of the file at `path` into `buf` and checks it
+/// against `d`; `buf` holds the chunk after.
+pub fn check_chunk(
+    path: &Path,
+    d: &Deferred,
+    idx: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), ImageError> {
+    use std::os::unix::fs::FileExt;
+    let Some(want) = d.sums.get(idx) else {
+        return Err(err(path, format!("no chunk {idx} in its manifest")));
+    };
+    let off = idx as u64 * d.chunk;
+    let len = d.size.saturating_sub(off).min(d.chunk) as usize;
+    buf.resize(len, 0);
+    let f = File::open(path).map_err(io(path))?;
+    f.read_exact_at(buf, off).map_err(io(path))?;
+    if xxhash_rust::xxh3::xxh3_128(buf) != *want {
+        return Err(err(
+            path,
+            format!(
+                "bytes {off}..{} differ from {MANIFEST}: the file changed since the dump",
+                off + len as u64
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What [`verify`] found.
@@ -196,18 +263,53 @@ pub enum Verified {
     NoManifest,
 }
 
-/// Parses a manifest: name to (size, sum).
-pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, (u64, u128)>, ImageError> {
+/// One file of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub size: u64,
+    pub sum: u128,
+    /// Its chunk size.
+    pub chunk: u64,
+    /// Its chunks' sums, when listed.
+    pub chunks: Option<Vec<u128>>,
+}
+
+/// Parses a manifest: name to its entry.
+pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, Entry>, ImageError> {
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(err(
-            path,
-            format!("not a manifest (first line is not {HEADER:?})"),
-        ));
-    }
-    let mut out = BTreeMap::new();
+    let chunk = match lines.next() {
+        Some(HEADER) => CHUNK,
+        Some(HEADER_V1) => CHUNK_V1,
+        _ => {
+            return Err(err(
+                path,
+                format!("not a manifest (first line is not {HEADER:?})"),
+            ))
+        }
+    };
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
     for (i, line) in lines.enumerate() {
-        let bad = || err(path, format!("line {}: {line:?}", i + 2));
+        let bad = || err(path, format!("line {}: {:.200?}", i + 2, line));
+        if let Some(rest) = line.strip_prefix("chunks ") {
+            let (hex, name) = rest.split_once(' ').ok_or_else(bad)?;
+            let e = out.get_mut(name).ok_or_else(bad)?;
+            let n = e.size.div_ceil(chunk).max(1) as usize;
+            if e.chunks.is_some() || hex.len() != 32 * n || !hex.is_ascii() {
+                return Err(bad());
+            }
+            let sums = (0..n)
+                .map(|k| u128::from_str_radix(&hex[32 * k..32 * k + 32], 16))
+                .collect::<Result<Vec<u128>, _>>()
+                .map_err(|_| bad())?;
+            if sum_of(&sums) != e.sum {
+                return Err(err(
+                    path,
+                    format!("the chunk sums of {name} do not make its sum"),
+                ));
+            }
+            e.chunks = Some(sums);
+            continue;
+        }
         let mut f = line.splitn(3, ' ');
         let (Some(sum), Some(size), Some(name)) = (f.next(), f.next(), f.next()) else {
             return Err(bad());
@@ -217,15 +319,21 @@ pub fn parse(path: &Path, text: &str) -> Result<BTreeMap<String, (u64, u128)>, I
         }
         let sum = u128::from_str_radix(sum, 16).map_err(|_| bad())?;
         let size: u64 = size.parse().map_err(|_| bad())?;
-        if out.insert(name.to_string(), (size, sum)).is_some() {
+        let e = Entry {
+            size,
+            sum,
+            chunk,
+            chunks: None,
+        };
+        if out.insert(name.to_string(), e).is_some() {
             return Err(err(path, format!("{name} listed twice")));
         }
     }
     Ok(out)
 }
 
-/// A manifest's files: name, then size and sum.
-type Listing = BTreeMap<String, (u64, u128)>;
+/// A manifest's files: name, then its entry.
+type Listing = BTreeMap<String, Entry>;
 
 /// A manifest read and parsed, None when there is none.
 fn read_manifest(path: &Path) -> Result<Option<Listing>, ImageError> {
@@ -244,13 +352,11 @@ fn read_manifest(path: &Path) -> Result<Option<Listing>, ImageError> {
     parse(path, &text).map(Some)
 }
 
-/// Checks every image file of `dir` against the manifest: a file whose
-/// size or sum differs, one listed but missing and one not listed are
-/// refused, naming the file.
-pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
-    let path: PathBuf = dir.join(MANIFEST);
-    let main = read_manifest(&path)?;
-    let mut listed = main.clone().unwrap_or_default();
+/// The manifest of `dir` with its parts; None when there is none.
+fn listing(dir: &Path) -> Result<Option<(Listing, bool)>, ImageError> {
+    let main = read_manifest(&dir.join(MANIFEST))?;
+    let has_main = main.is_some();
+    let mut listed = main.unwrap_or_default();
     let mut parts = 0;
     for name in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
         let name = name.file_name().to_string_lossy().into_owned();
@@ -261,12 +367,55 @@ pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
             }
         }
     }
-    if main.is_none() && parts == 0 {
-        return Ok(Verified::NoManifest);
+    if !has_main && parts == 0 {
+        return Ok(None);
     }
+    Ok(Some((listed, has_main)))
+}
+
+/// The files of `dir`'s manifest whose chunk sums are listed.
+pub fn deferred(dir: &Path) -> Result<BTreeMap<String, Deferred>, ImageError> {
+    let Some((listed, _)) = listing(dir)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(listed
+        .into_iter()
+        .filter_map(|(name, e)| {
+            let sums = e.chunks?;
+            Some((
+                name,
+                Deferred {
+                    size: e.size,
+                    chunk: e.chunk,
+                    sums,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Checks every image file of `dir` against the manifest: a file whose
+/// size or sum differs, one listed but missing and one not listed are
+/// refused, naming the file.
+pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
+    verify_deferring(dir, &|_| false).map(|(v, _)| v)
+}
+
+/// [`verify`], but the files `defer` names whose chunk sums the manifest
+/// lists are only checked for their size: their content is for the reader
+/// to check a chunk at a time ([`check_chunk`]); they are returned.
+/// Long because it is one pass of checks in order: listed, present, sizes,
+/// contents.
+pub fn verify_deferring(
+    dir: &Path,
+    defer: &dyn Fn(&str) -> bool,
+) -> Result<(Verified, BTreeMap<String, Deferred>), ImageError> {
+    let Some((listed, has_main)) = listing(dir)? else {
+        return Ok((Verified::NoManifest, BTreeMap::new()));
+    };
     let present = image_files(dir)?;
     // (with no manifest of the dump's own, only the parts' files are known)
-    if main.is_some() {
+    if has_main {
         if let Some(extra) = present.iter().find(|n| !listed.contains_key(*n)) {
             return Err(err(
                 &dir.join(extra),
@@ -285,20 +434,38 @@ pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
     for name in &names {
         let p = dir.join(name);
         let size = std::fs::metadata(&p).map_err(io(&p))?.len();
-        if size != listed[name].0 {
+        if size != listed[name].size {
             return Err(err(
                 &p,
                 format!(
                     "{size} bytes, {} when dumped (see {MANIFEST})",
-                    listed[name].0
+                    listed[name].size
                 ),
             ));
         }
     }
-    let got = sums(dir, &names)?;
-    let mut bytes = 0;
-    for (name, (size, sum)) in names.iter().zip(got) {
-        if sum != listed[name].1 {
+    let mut later = BTreeMap::new();
+    let mut now = Vec::new();
+    for name in &names {
+        let e = &listed[name];
+        match &e.chunks {
+            Some(sums) if defer(name) => {
+                later.insert(
+                    name.clone(),
+                    Deferred {
+                        size: e.size,
+                        chunk: e.chunk,
+                        sums: sums.clone(),
+                    },
+                );
+            }
+            _ => now.push((name.clone(), e.chunk)),
+        }
+    }
+    let got = sums(dir, &now)?;
+    let mut bytes = later.values().map(|d| d.size).sum::<u64>();
+    for ((name, _), (size, sum, _)) in now.iter().zip(got) {
+        if sum != listed[name].sum {
             return Err(err(
                 &dir.join(name),
                 format!("its checksum differs from {MANIFEST}: the file changed since the dump"),
@@ -306,15 +473,19 @@ pub fn verify(dir: &Path) -> Result<Verified, ImageError> {
         }
         bytes += size;
     }
-    Ok(Verified::Intact {
-        files: names.len(),
-        bytes,
-    })
+    Ok((
+        Verified::Intact {
+            files: names.len(),
+            bytes,
+        },
+        later,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("crest-manifest-{tag}-{}", std::process::id()));
@@ -364,6 +535,40 @@ mod tests {
     }
 
     #[test]
+    fn deferred_pages_are_checked_a_chunk_at_a_time() {
+        let d = tmpdir("chunks");
+        std::fs::write(d.join("core-1.img"), b"abc").unwrap();
+        let mut pages = vec![3u8; (2 * CHUNK + 100) as usize];
+        std::fs::write(d.join("pages-1.img"), &pages).unwrap();
+        write(&d).unwrap();
+        // a chunk changed: the deferring check passes, the chunk's fails
+        pages[(CHUNK + 5) as usize] ^= 1;
+        std::fs::write(d.join("pages-1.img"), &pages).unwrap();
+        assert!(verify(&d).is_err());
+        let (v, later) = verify_deferring(&d, &|n| n.starts_with("pages-")).unwrap();
+        assert_eq!(
+            v,
+            Verified::Intact {
+                files: 2,
+                bytes: 2 * CHUNK + 103
+            }
+        );
+        let p = &later["pages-1.img"];
+        assert_eq!(p.sums.len(), 3);
+        assert_eq!(deferred(&d).unwrap()["pages-1.img"], *p);
+        let mut buf = Vec::new();
+        let path = d.join("pages-1.img");
+        check_chunk(&path, p, 0, &mut buf).unwrap();
+        assert_eq!(buf.len(), CHUNK as usize);
+        let e = check_chunk(&path, p, 1, &mut buf).unwrap_err().to_string();
+        assert!(e.contains("pages-1.img") && e.contains("differ"), "{e}");
+        check_chunk(&path, p, 2, &mut buf).unwrap();
+        assert_eq!(buf.len(), 100);
+        assert!(check_chunk(&path, p, 3, &mut buf).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn bad_manifests_are_refused() {
         let p = Path::new("m");
         assert!(parse(p, "").is_err());
@@ -374,6 +579,18 @@ mod tests {
         assert!(parse(p, &format!("{h}{:032x} 1 ../a.img\n", 1)).is_err());
         assert!(parse(p, &format!("{h}{:032x} 1 a.img\n{:032x} 1 a.img\n", 1, 2)).is_err());
         let ok = parse(p, &format!("{h}{:032x} 12 a b.img\n", 5)).unwrap();
-        assert_eq!(ok["a b.img"], (12, 5));
+        assert_eq!((ok["a b.img"].size, ok["a b.img"].sum), (12, 5));
+        // chunk sums that do not make the file's sum
+        let two = format!(
+            "{h}{:032x} {} pages-1.img\nchunks {}{} pages-1.img\n",
+            5,
+            CHUNK + 1,
+            "0".repeat(32),
+            "1".repeat(32)
+        );
+        assert!(parse(p, &two).is_err());
+        // a version 1 manifest
+        let v1 = parse(p, &format!("{HEADER_V1}\n{:032x} 12 a.img\n", 5)).unwrap();
+        assert_eq!(v1["a.img"].chunk, CHUNK_V1);
     }
 }

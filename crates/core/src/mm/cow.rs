@@ -96,6 +96,7 @@ pub fn prepare(
     let pid = t.pid();
     let runs = &pages.runs;
     let files = pages.open(pid)?;
+    check_held(pages, handed)?;
     let mut held = Vec::new();
     for h in handed {
         if mm.vmas.iter().any(|v| is_held(v, h)) {
@@ -302,6 +303,14 @@ pub fn kept(held: &[Held], mm: &MmEntry) -> Vec<Held> {
 }
 
 /// In the transform, once what the task inherited otherwise is gone: each
+/// Checks the pages of the held areas `held` where their pages files'
+/// checks were deferred (a lazy restore).
+fn check_held(pages: &Pages, held: &[Held]) -> Result<(), RestoreError> {
+    let areas: Vec<(u64, u64)> = held.iter().map(|h| (h.start, h.end)).collect();
+    let (inside, _) = crate::mm::lazy::split_by(&pages.runs, &areas);
+    pages.check(&inside)
+}
+
 /// kept area corrected to the task's pages if only handed down, moved to
 /// its place, and given the protection `map_vmas` gives a fresh one.
 pub fn place(
@@ -319,6 +328,7 @@ pub fn place(
     );
     let runs = &pages.runs;
     let files = pages.open(pid)?;
+    check_held(pages, kept)?;
     for h in kept {
         if !h.fixed {
             correct(t, h, runs, (&files, pages))?;

@@ -26,15 +26,13 @@ pub(super) struct Prepared {
 /// The parent images (a pre-dump's, through each directory's `parent`
 /// link), whose pages the restore may read: each checked against its
 /// manifest too.
-fn verify_parents(dir: &std::path::Path) -> Result<(), RestoreError> {
+fn verify_parents(dir: &std::path::Path, lazy: bool) -> Result<(), RestoreError> {
     let mut d = dir.join("parent");
     for _ in 0..256 {
         if !d.exists() {
             return Ok(());
         }
-        if let crest_images::manifest::Verified::Intact { files, .. } =
-            crest_images::manifest::verify(&d)?
-        {
+        if let crest_images::manifest::Verified::Intact { files, .. } = verify(&d, lazy)? {
             crate::info!(
                 "{}: {files} parent image files match their checksums",
                 d.display()
@@ -45,6 +43,45 @@ fn verify_parents(dir: &std::path::Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Checks `dir` against its manifest. With `lazy` (`--lazy-pages`) the
+/// tasks' pages files are checked a chunk at a time as they are read
+/// instead (their manifest lists the chunks' sums): the restore checks the
+/// chunks it fills from, the lazy-pages daemon those it serves; the tree
+/// resumes without reading every page first.
+fn verify(
+    dir: &std::path::Path,
+    lazy: bool,
+) -> Result<crest_images::manifest::Verified, RestoreError> {
+    if !lazy {
+        return Ok(crest_images::manifest::verify(dir)?);
+    }
+    let tasks_pages = tasks_pages_files(dir);
+    let (v, later) = crest_images::manifest::verify_deferring(dir, &|n| tasks_pages.contains(n))?;
+    crate::mm::restore::defer_checks(dir, later);
+    Ok(v)
+}
+
+/// The pages files the tasks' pagemaps (`pagemap-<pid>.img`) of `dir`
+/// name (not those of shared memory).
+fn tasks_pages_files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: u32 = name
+                .strip_prefix("pagemap-")?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()?;
+            let (id, _) = crate::mm::image::read_pagemap(dir, pid).ok()?;
+            Some(crest_images::names::pages(id))
+        })
+        .collect()
+}
+
 /// Reads and checks the images in `opts.dir` for `caller`.
 pub(super) fn prepare(
     opts: &Options,
@@ -52,7 +89,7 @@ pub(super) fn prepare(
 ) -> Result<Prepared, RestoreError> {
     let dir = &opts.dir;
     // every file as the dump wrote it, before anything is made
-    match crest_images::manifest::verify(dir)? {
+    match verify(dir, opts.lazy_pages)? {
         crest_images::manifest::Verified::Intact { files, bytes } => {
             crate::info!("{files} image files ({bytes} bytes) match their checksums")
         }
@@ -62,7 +99,7 @@ pub(super) fn prepare(
             crest_images::manifest::MANIFEST
         ),
     }
-    verify_parents(dir)?;
+    verify_parents(dir, opts.lazy_pages)?;
     check_inventory(dir, opts.tcp_close)?;
     let mut files = RestoreFiles::read(dir)?;
     files.socks.shell_job = opts.shell_job;

@@ -17,8 +17,9 @@ use super::*;
 use crate::error::RestoreError;
 use crate::error::RoomError;
 use crate::mm::error::MmError;
+use crest_images::manifest::Deferred;
 use crest_sys::{ptrace, uffd};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -65,6 +66,14 @@ struct Daemon {
     retry: Vec<(usize, u64)>,
     /// A pages file that failed: the daemon stops.
     broken: Option<String>,
+    /// The pages files whose chunks are checked here as they are first
+    /// read (the restore deferred them: their manifest lists the chunks'
+    /// sums), by path.
+    checks: HashMap<String, Deferred>,
+    /// The chunk read and checked last: its file, index and bytes.
+    cache: Option<(String, usize, Vec<u8>)>,
+    /// The chunk lists of each images directory seen.
+    manifests: HashMap<PathBuf, std::collections::BTreeMap<String, Deferred>>,
 }
 
 /// Serves one lazy restore on `listener` (bound to the work directory's
@@ -103,6 +112,9 @@ pub fn serve(listener: &OwnedFd, dir: &Path) -> Result<Served, RestoreError> {
         served: Served::default(),
         retry: Vec::new(),
         broken: None,
+        checks: HashMap::new(),
+        cache: None,
+        manifests: HashMap::new(),
     };
     let res = d.run(&conn, &sigchld);
     if res.is_err() {
@@ -229,6 +241,21 @@ impl Daemon {
         let pages = crate::mm::restore::Pages::load(&self.dir, img_pid, pages_id, &pagemap)
             .map_err(|e| e.to_string())?;
         let files = pages.open(img_pid as i32).map_err(|e| e.to_string())?;
+        // (a pages file whose chunks' sums are listed: the restore left
+        // its content to be checked here, a chunk as it is first read)
+        for path in &pages.paths {
+            let p = Path::new(path);
+            let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+                continue;
+            };
+            if !self.manifests.contains_key(dir) {
+                let listed = crest_images::manifest::deferred(dir).map_err(|e| e.to_string())?;
+                self.manifests.insert(dir.to_path_buf(), listed);
+            }
+            if let Some(d) = self.manifests[dir].get(name.to_string_lossy().as_ref()) {
+                self.checks.insert(path.clone(), d.clone());
+            }
+        }
         let (lazy, _) = split_by(&pages.runs, ranges);
         self.spaces.push(Space {
             uffd,
@@ -279,13 +306,10 @@ impl Daemon {
         self.served.faults += 1;
         let page = addr & !(PAGE - 1);
         match self.spaces[i].pending.take_at(page, CLUSTER) {
-            Some(r) => {
-                if self.fill(i, r) {
-                    self.served.bytes_on_fault += r.len;
-                } else {
-                    self.retry.push((i, addr));
-                }
-            }
+            Some(r) => match self.fill(i, r) {
+                Some(n) => self.served.bytes_on_fault += n,
+                None => self.retry.push((i, addr)),
+            },
             None => {
                 // (never saved, or dropped since: zeros)
                 let s = &self.spaces[i];
@@ -302,54 +326,69 @@ impl Daemon {
         }
     }
 
-    /// Copies run `r` into space `i`; false when the address space is
+    /// Copies run `r` into space `i` (the part of it in one chunk of its
+    /// pages file, when that file's chunks are checked here; the rest is
+    /// put back): the bytes done, or None when the address space is
     /// changing (the run is put back to be copied after the event).
-    fn fill(&mut self, i: usize, r: Run) -> bool {
-        let s = &mut self.spaces[i];
-        let buf = &mut self.buf[..r.len as usize];
-        if let Err(e) = s.files[r.src].read_exact_at(buf, r.off) {
-            // (the restore checked the files; one that fails since ends
-            // the daemon, and the tree with it, rather than feed zeros)
-            self.broken = Some(format!(
-                "read {} bytes at {} of {}: {e}",
-                r.len, r.off, s.paths[r.src]
-            ));
-            return true;
-        }
-        let mut at = 0u64;
-        while at < r.len {
-            match uffd::copy(&s.uffd, r.addr + at, &buf[at as usize..]) {
-                Ok(n) => at += n.max(PAGE),
-                Err((e, n)) => {
-                    at += n;
-                    match e.raw_os_error() {
-                        Some(libc::EAGAIN) => {
-                            s.pending.put_back(Run {
-                                addr: r.addr + at,
-                                len: r.len - at,
-                                off: r.off + at,
-                                src: r.src,
-                            });
-                            return false;
-                        }
-                        // (a page there already: the next one)
-                        Some(libc::EEXIST) => {
-                            let _ = uffd::wake(&s.uffd, r.addr + at, PAGE);
-                            at += PAGE;
-                        }
-                        // (the address space is gone)
-                        Some(libc::ESRCH) => {
-                            s.gone = true;
-                            s.pending = Pending::default();
-                            return true;
-                        }
-                        // (unmapped meanwhile: the event drops the rest)
-                        _ => return true,
+    fn fill(&mut self, i: usize, mut r: Run) -> Option<u64> {
+        let Daemon {
+            spaces,
+            buf,
+            checks,
+            cache,
+            broken,
+            ..
+        } = self;
+        let s = &mut spaces[i];
+        let path = &s.paths[r.src];
+        let data: &[u8] = match checks.get_mut(path.as_str()) {
+            Some(c) => {
+                let k = r.off / c.chunk;
+                let end = (k + 1) * c.chunk;
+                if r.off + r.len > end {
+                    s.pending.put_back(Run {
+                        addr: r.addr + (end - r.off),
+                        len: r.off + r.len - end,
+                        off: end,
+                        src: r.src,
+                    });
+                    r.len = end - r.off;
+                }
+                let k = k as usize;
+                let hit = matches!(cache, Some((p, n, _)) if p == path && *n == k);
+                if !hit {
+                    let mut b = cache.take().map(|c| c.2).unwrap_or_default();
+                    if let Err(e) =
+                        crest_images::manifest::check_chunk(Path::new(path), c, k, &mut b)
+                    {
+                        *broken = Some(e.to_string());
+                        return Some(r.len);
+                    }
+                    *cache = Some((path.clone(), k, b));
+                }
+                let b = &cache.as_ref().map_or(&[][..], |c| &c.2[..]);
+                let from = (r.off - k as u64 * c.chunk) as usize;
+                match b.get(from..from + r.len as usize) {
+                    Some(d) => d,
+                    None => {
+                        *broken = Some(format!("{path}: a run past the end of its chunk {k}"));
+                        return Some(r.len);
                     }
                 }
             }
-        }
-        true
+            None => {
+                let b = &mut buf[..r.len as usize];
+                if let Err(e) = s.files[r.src].read_exact_at(b, r.off) {
+                    // (the restore checked the file; one that fails since
+                    // ends the daemon, and the tree with it, rather than
+                    // feed zeros)
+                    *broken = Some(format!("read {} bytes at {} of {path}: {e}", r.len, r.off));
+                    return Some(r.len);
+                }
+                b
+            }
+        };
+        copy_in(s, r, data)
     }
 
     /// Pushes the next stretch still to come, of the spaces in turn.
@@ -362,8 +401,8 @@ impl Daemon {
             return;
         };
         if let Some(r) = self.spaces[i].pending.take_first(PUSH) {
-            if self.fill(i, r) {
-                self.served.bytes_pushed += r.len;
+            if let Some(n) = self.fill(i, r) {
+                self.served.bytes_pushed += n;
             }
         }
     }
@@ -425,6 +464,44 @@ impl Daemon {
             self.traced.remove(&tid);
         }
     }
+}
+
+/// Copies `data` to run `r` of space `s` (see [`Daemon::fill`]).
+fn copy_in(s: &mut Space, r: Run, data: &[u8]) -> Option<u64> {
+    let mut at = 0u64;
+    while at < r.len {
+        match uffd::copy(&s.uffd, r.addr + at, &data[at as usize..]) {
+            Ok(n) => at += n.max(PAGE),
+            Err((e, n)) => {
+                at += n;
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        s.pending.put_back(Run {
+                            addr: r.addr + at,
+                            len: r.len - at,
+                            off: r.off + at,
+                            src: r.src,
+                        });
+                        return None;
+                    }
+                    // (a page there already: the next one)
+                    Some(libc::EEXIST) => {
+                        let _ = uffd::wake(&s.uffd, r.addr + at, PAGE);
+                        at += PAGE;
+                    }
+                    // (the address space is gone)
+                    Some(libc::ESRCH) => {
+                        s.gone = true;
+                        s.pending = Pending::default();
+                        return Some(r.len);
+                    }
+                    // (unmapped meanwhile: the event drops the rest)
+                    _ => return Some(r.len),
+                }
+            }
+        }
+    }
+    Some(r.len)
 }
 
 fn le64(b: &[u8]) -> u64 {

@@ -18,6 +18,28 @@ pub struct Run {
     pub src: usize,
 }
 
+/// Pages files whose content is checked a chunk at a time as the restore
+/// reads from them (`--lazy-pages`: most of their pages are the daemon's
+/// to read and check), by canonical path: the chunks' sums and which are
+/// checked already.
+static DEFERRED: std::sync::Mutex<
+    std::collections::BTreeMap<std::path::PathBuf, (crest_images::manifest::Deferred, Vec<bool>)>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Registers the files of `dir` whose checks were deferred.
+pub fn defer_checks(
+    dir: &Path,
+    files: std::collections::BTreeMap<String, crest_images::manifest::Deferred>,
+) {
+    let mut reg = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, d) in files {
+        let path = dir.join(&name);
+        let key = std::fs::canonicalize(&path).unwrap_or(path);
+        let n = d.sums.len();
+        reg.insert(key, (d, vec![false; n]));
+    }
+}
+
 /// Most parent images a chain of dumps may have (pre-dumps before a dump).
 const MAX_PARENTS: usize = 256;
 
@@ -127,6 +149,34 @@ impl Pages {
         runs.iter().filter(|r| r.src == src).copied().collect()
     }
 
+    /// Checks the chunks `runs` read of the pages files whose checks were
+    /// deferred ([`defer_checks`]), those not checked yet.
+    pub fn check(&self, runs: &[Run]) -> Result<(), RestoreError> {
+        let mut reg = DEFERRED.lock().unwrap_or_else(|e| e.into_inner());
+        if reg.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for (i, path) in self.paths.iter().enumerate() {
+            let p = Path::new(path);
+            let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let Some((d, done)) = reg.get_mut(&key) else {
+                continue;
+            };
+            for r in runs.iter().filter(|r| r.src == i && r.len > 0) {
+                let (first, last) = (r.off / d.chunk, (r.off + r.len - 1) / d.chunk);
+                for k in first..=last {
+                    let k = k as usize;
+                    if done.get(k) == Some(&false) {
+                        crest_images::manifest::check_chunk(p, d, k, &mut buf)?;
+                        done[k] = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Opens every pages file, each checked to hold what its runs need.
     pub fn open(&self, pid: i32) -> Result<Vec<std::fs::File>, RestoreError> {
         self.paths
@@ -173,6 +223,7 @@ pub fn fill_pages(
         return Ok(());
     }
     let (_, runs) = crate::mm::lazy::split_by(&pages.runs, placed);
+    pages.check(&runs)?;
     let total: u64 = runs.iter().map(|r| r.len).sum();
     let split = if total >= 64 << 20 { total / 2 } else { total };
     let (mine, theirs) = split_runs(&runs, split);
