@@ -178,7 +178,9 @@ impl Daemon {
             for (i, addr) in std::mem::take(&mut self.retry) {
                 self.fault(i, addr);
             }
-            if pushing && !rev.iter().any(|r| *r != 0) {
+            // (a push each round, faults served first: a fault waits at
+            // most for one push)
+            if pushing {
                 self.push();
                 if going.is_some() {
                     crest_sys::fault::point("lazy-pages: a stretch pushed to the running tree")?;
