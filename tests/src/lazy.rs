@@ -15,7 +15,8 @@
 //! - `lazy_source_dies`: the daemon killed (`CREST_FAULT=2:kill`, at its
 //!   second stretch pushed after the tree ran), then failing there
 //!   (`2:fail`): each time the restored task is killed by SIGKILL, never
-//!   left to read zeros or to wait on a fault; then a byte of the pages
+//!   left to read zeros or to wait on a fault, and the holder of the
+//!   userfaultfds' second copies gone; then a byte of the pages
 //!   file flipped where only the daemon reads (the restore leaves the
 //!   check of those chunks to it): the daemon kills the tree and exits
 //!   naming the file; then, the byte put back, a restore with a daemon
@@ -198,6 +199,17 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         if dir.state.join("verdict").exists() {
             bail!("the task killed with its daemon ({fault}) wrote a verdict");
         }
+        // (the holder of the userfaultfds' second copies lets go too)
+        let holders = || procs_named("crest-lazy-hold");
+        if !procs::wait_until(Duration::from_secs(3), || {
+            procs::reap_zombie_children();
+            holders().is_empty()
+        }) {
+            bail!(
+                "the userfaultfd holder still runs after its daemon ended ({fault}): {:?}",
+                holders()
+            );
+        }
     }
     // a byte of the pages file flipped where only the daemon reads: the
     // restore (which leaves those chunks' checks to the daemon) passes,
@@ -260,6 +272,20 @@ fn pages_file(dir: &CaseDir) -> Result<std::path::PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
         })
         .context("no pages file in the images")
+}
+
+/// The live processes whose name is `comm`.
+fn procs_named(comm: &str) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            procs::proc_comm(Pid::from_raw(*p)).is_some_and(|c| c == comm)
+                && procs::proc_state(Pid::from_raw(*p)) != Some('Z')
+        })
+        .collect()
 }
 
 /// The processes whose process group is `pgid` (zombies too).

@@ -98,6 +98,14 @@ fn main() {
     ) {
         std::process::exit(crest_core::mm::keeper::run(fd, name));
     }
+    // the holder of a lazy-pages daemon's userfaultfds
+    // (crest_core::mm::lazy::holder)
+    if let (Some(crest_core::mm::lazy::holder::COMMAND), Some(fd)) = (
+        args.get(1).map(String::as_str),
+        args.get(2).and_then(|f| f.parse().ok()),
+    ) {
+        std::process::exit(crest_core::mm::lazy::holder::run(fd));
+    }
     // a helper that mounts a cgroup hierarchy (crest_core::ns::cgyard)
     if let (Some(crest_core::ns::cgyard::COMMAND), Some(ctrls)) =
         (args.get(1).map(String::as_str), args.get(2))

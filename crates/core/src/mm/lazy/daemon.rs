@@ -74,6 +74,8 @@ struct Daemon {
     cache: Option<(String, usize, Vec<u8>)>,
     /// The chunk lists of each images directory seen.
     manifests: HashMap<PathBuf, std::collections::BTreeMap<String, Deferred>>,
+    /// The holder of second copies of the userfaultfds.
+    holder: Option<super::holder::Holder>,
 }
 
 /// Serves one lazy restore on `listener` (bound to the work directory's
@@ -104,6 +106,11 @@ pub fn serve(listener: &OwnedFd, dir: &Path) -> Result<Served, RestoreError> {
         }
         Err(e) => return Err(fail(format!("the restore's credentials: {e}"))),
     }
+    // (a second copy of every userfaultfd, held until the tree is killed
+    // should the daemon die)
+    let holder = super::holder::Holder::start()
+        .inspect_err(|e| crate::warn!("no holder for the userfaultfds: {e}"))
+        .ok();
     let mut d = Daemon {
         dir: dir.to_path_buf(),
         spaces: Vec::new(),
@@ -115,6 +122,7 @@ pub fn serve(listener: &OwnedFd, dir: &Path) -> Result<Served, RestoreError> {
         checks: HashMap::new(),
         cache: None,
         manifests: HashMap::new(),
+        holder,
     };
     let res = d.run(&conn, &sigchld);
     if res.is_err() {
@@ -126,8 +134,11 @@ pub fn serve(listener: &OwnedFd, dir: &Path) -> Result<Served, RestoreError> {
         }
         return res.map(|()| Served::default());
     }
-    // (closing the userfaultfds first: no thread waits on a fault while
-    // the tasks are let go)
+    // (closing the userfaultfds first, the holder's then the daemon's: no
+    // thread waits on a fault while the tasks are let go)
+    if let Some(h) = d.holder.take() {
+        h.release();
+    }
     d.spaces.clear();
     d.release();
     Ok(d.served)
@@ -259,6 +270,7 @@ impl Daemon {
             }
         }
         let (lazy, _) = split_by(&pages.runs, ranges);
+        self.hold(&uffd);
         self.spaces.push(Space {
             uffd,
             pending: Pending::new(lazy),
@@ -267,6 +279,13 @@ impl Daemon {
             gone: false,
         });
         Ok(())
+    }
+
+    /// Gives the holder a copy of `uffd`.
+    fn hold(&self, uffd: &OwnedFd) {
+        if let Some(Err(e)) = self.holder.as_ref().map(|h| h.hold(uffd)) {
+            crate::warn!("the holder did not take a userfaultfd: {e}");
+        }
     }
 
     /// Every message waiting on space `i`'s userfaultfd.
@@ -282,6 +301,7 @@ impl Daemon {
                 uffd::Msg::Fault { addr } => self.fault(i, addr),
                 uffd::Msg::Fork { ufd } => match crest_sys::misc::own_fd(ufd) {
                     Ok(fd) => {
+                        self.hold(&fd);
                         let s = &self.spaces[i];
                         let child = Space {
                             uffd: fd,

@@ -13,7 +13,9 @@
 //!   fork, mremap, madvise and munmap events, and keeps every task seized
 //!   (`PTRACE_O_EXITKILL`, forks followed) until all pages are in: if it
 //!   dies, the kernel kills the tasks rather than let them read zeros
-//!   where their pages were. Signals and stops pass through it.
+//!   where their pages were. Signals and stops pass through it. A holder
+//!   ([`holder`]) keeps a second copy of every userfaultfd, so that the
+//!   daemon's own exit does not release them before the kill.
 //!
 //! Which mappings are lazy: private anonymous writable ones (heap, stack,
 //! plain `mmap`) but those locked, of huge pages or advised to have them
@@ -23,6 +25,7 @@
 //! so while empty, it would lose its memory accounting (`ac` in smaps).
 
 pub mod daemon;
+pub mod holder;
 pub mod link;
 
 use crate::mm::restore::Run;
