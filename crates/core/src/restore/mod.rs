@@ -80,6 +80,14 @@ pub fn restore_notified(opts: &Options, n: &mut dyn Notify) -> Result<Restored, 
     let _ = rustix::process::set_child_subreaper(None);
     let mut r = res?;
     r.stats.restore = start.elapsed();
+    if let Some(b) = r.stats.lazy_bytes {
+        crate::info!(
+            "lazy restore: the tree runs {:.3} s after the restore began; {:.1} MiB of its pages \
+             come from the lazy-pages daemon",
+            r.stats.restore.as_secs_f64(),
+            b as f64 / (1 << 20) as f64
+        );
+    }
     // the tree runs by now: a refusal here is reported, not undone (CRIU
     // does the same)
     if let Err(e) = tell(n, hook::POST_RESUME, Some(r.root_pid)) {
@@ -186,12 +194,6 @@ fn restore_tree(
         );
     }
     crate::info!("tree of {root_pid} restored and running");
-    if let Some(b) = lazy_bytes {
-        crate::info!(
-            "lazy restore: the tree runs; {:.1} MiB of its pages come from the lazy-pages daemon",
-            b as f64 / (1 << 20) as f64
-        );
-    }
     Ok(Restored {
         root_pid,
         stats: crate::stats::RestoreStats {
