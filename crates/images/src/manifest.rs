@@ -414,9 +414,14 @@ pub fn verify_deferring(
         return Ok((Verified::NoManifest, BTreeMap::new()));
     };
     let present = image_files(dir)?;
-    // (with no manifest of the dump's own, only the parts' files are known)
+    // (with no manifest of the dump's own, only the parts' files are known;
+    // a file added that crest would not read as an image, such as a
+    // pidfile written into the directory, is no change of the dump)
     if has_main {
-        if let Some(extra) = present.iter().find(|n| !listed.contains_key(*n)) {
+        if let Some(extra) = present
+            .iter()
+            .find(|n| !listed.contains_key(*n) && n.ends_with(".img"))
+        {
             return Err(err(
                 &dir.join(extra),
                 format!("not in {MANIFEST}: the directory changed since the dump"),
@@ -509,9 +514,10 @@ mod tests {
                 bytes: 100_003
             }
         );
-        // logs and stats may come and go
+        // logs, stats and pidfiles may come and go
         std::fs::write(d.join("restore.log"), b"x").unwrap();
         std::fs::write(d.join("stats-restore"), b"x").unwrap();
+        std::fs::write(d.join("restore.pid"), b"42").unwrap();
         assert!(verify(&d).is_ok());
         // a flipped bit
         let mut p = std::fs::read(d.join("pages-1.img")).unwrap();
