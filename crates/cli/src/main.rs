@@ -303,6 +303,26 @@ fn pre_dump(o: &Options) -> Result<i32> {
     Ok(0)
 }
 
+/// Runs this crest's command again in the background, without `-d`, handing
+/// it `listener` through the environment variable `var`: its pid.
+fn in_background(listener: &impl std::os::fd::AsRawFd, var: &str) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    let keep = crest_sys::misc::dup_inheritable(listener).context("pass the socket on")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "-d" && a != "--daemon")
+        .collect();
+    let child = std::process::Command::new("/proc/self/exe")
+        .args(&args)
+        .env(var, keep.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("run in the background")?;
+    Ok(child.id())
+}
+
 /// The environment variable that hands a daemonized page server its
 /// listening socket.
 const PS_LISTEN_FD: &str = "CREST_PS_LISTEN_FD";
@@ -312,7 +332,6 @@ const PS_LISTEN_FD: &str = "CREST_PS_LISTEN_FD";
 /// exits; with `-d` a copy of it does so in the background once it
 /// listens. `--status-fd` is told once it listens.
 fn page_server(o: &Options) -> Result<i32> {
-    use std::os::fd::AsRawFd;
     std::fs::create_dir_all(&o.dir)
         .with_context(|| format!("create images directory {}", o.dir.display()))?;
     init_log(o);
@@ -331,20 +350,8 @@ fn page_server(o: &Options) -> Result<i32> {
         }
     };
     if o.detached && inherited.is_none() {
-        let keep = crest_sys::misc::dup_inheritable(&listener).context("pass the socket on")?;
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| a != "-d" && a != "--daemon")
-            .collect();
-        let child = std::process::Command::new("/proc/self/exe")
-            .args(&args)
-            .env(PS_LISTEN_FD, keep.as_raw_fd().to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("start the page server in the background")?;
-        crest_core::info!("page server {} listens", child.id());
+        let pid = in_background(&listener, PS_LISTEN_FD).context("start the page server")?;
+        crest_core::info!("page server {pid} listens");
         after_action(o, None);
         return Ok(0);
     }
@@ -370,7 +377,6 @@ const LP_LISTEN_FD: &str = "CREST_LP_LISTEN_FD";
 /// page is in, and exits; with `-d` a copy of it does so in the
 /// background once it listens. `--status-fd` is told once it listens.
 fn lazy_pages(o: &Options) -> Result<i32> {
-    use std::os::fd::AsRawFd;
     init_log(o);
     if o.page_server || o.address.is_some() || o.port.is_some() || o.ps_socket.is_some() {
         anyhow::bail!(
@@ -404,23 +410,11 @@ fn lazy_pages(o: &Options) -> Result<i32> {
         }
     };
     if o.detached && inherited.is_none() {
-        let keep = crest_sys::misc::dup_inheritable(&listener).context("pass the socket on")?;
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| a != "-d" && a != "--daemon")
-            .collect();
-        let child = std::process::Command::new("/proc/self/exe")
-            .args(&args)
-            .env(LP_LISTEN_FD, keep.as_raw_fd().to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("start the lazy-pages daemon in the background")?;
-        crest_core::info!("lazy-pages daemon {} listens", child.id());
+        let pid = in_background(&listener, LP_LISTEN_FD).context("start the lazy-pages daemon")?;
+        crest_core::info!("lazy-pages daemon {pid} listens");
         if let Some(p) = &o.pidfile {
             let p = o.in_work_dir(p);
-            std::fs::write(&p, child.id().to_string())
+            std::fs::write(&p, pid.to_string())
                 .with_context(|| format!("write pidfile {}", p.display()))?;
         }
         after_action(o, None);

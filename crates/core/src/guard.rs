@@ -51,24 +51,7 @@ const AREA_LEN: usize = 1 + 4 + 8 + 8;
 fn send(msg: &[u8], fd: Option<i32>) -> io::Result<()> {
     let mut g = GUARD.lock().unwrap_or_else(|p| p.into_inner());
     if g.is_none() {
-        let (mine, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )?;
-        let inherit = crest_sys::misc::dup_inheritable(&theirs)?;
-        let child = std::process::Command::new("/proc/self/exe")
-            .arg(COMMAND)
-            .arg(inherit.as_raw_fd().to_string())
-            // the fault points are crest's, not the guard's
-            .env_remove(crest_sys::fault::ENV)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        drop(inherit);
-        drop(theirs);
+        let (mine, child) = crate::helper::spawn(COMMAND, &[])?;
         *g = Some(Guard { sock: mine, child });
     }
     let Some(g) = g.as_ref() else {

@@ -3,7 +3,7 @@
 //!
 //! A room uses only rooms before it in this order (lowest first):
 //! `log`, `stats`, `features`, `progress` (which use none), `procfs`, `netlink`,
-//! `remote`, `notify`, `error`, `opts`, `clone`, `ns`,
+//! `remote`, `helper`, `notify`, `error`, `opts`, `clone`, `ns`,
 //! `task` (the per-task state: creds, signals, timers, regs, seccomp, the
 //! core image), `privilege`, `guard`, `files`, `fs`, `mm`, `pstree`,
 //! `dump`, `restore`, `show`. `tools/rooms.py --strict` fails on any
@@ -18,6 +18,7 @@ pub mod features;
 pub mod files;
 pub mod fs;
 pub mod guard;
+pub mod helper;
 pub mod mm;
 pub mod netlink;
 pub mod notify;

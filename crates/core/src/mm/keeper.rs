@@ -160,24 +160,7 @@ pub fn start(kept: &Kept) -> io::Result<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let name = format!("crest-track-{}-{nanos:x}", std::process::id());
-    let (mine, theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let inherit = crest_sys::misc::dup_inheritable(&theirs)?;
-    let mut child = std::process::Command::new("/proc/self/exe")
-        .arg(COMMAND)
-        .arg(inherit.as_raw_fd().to_string())
-        .arg(&name)
-        .env_remove(crest_sys::fault::ENV)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    drop(inherit);
-    drop(theirs);
+    let (mine, mut child) = crate::helper::spawn(COMMAND, &[&name])?;
     let answer = send_all(&mine, kept).and_then(|()| {
         let mut b = [0u8; 256];
         match crest_sys::misc::recv_with_fd(&mine, &mut b)? {
@@ -217,15 +200,10 @@ pub fn take(name: &str) -> io::Result<Kept> {
 
 /// The keeper's whole life: returns its exit code.
 pub fn run(fd: i32, name: &str) -> i32 {
-    let _ = rustix::process::setsid();
     // (seen as such in ps, rather than as "exe")
-    let _ = rustix::thread::set_name(c"crest-keeper");
-    let Ok(sock) = crest_sys::misc::own_fd(fd) else {
+    let Ok(sock) = crate::helper::become_helper(fd, Some(c"crest-keeper")) else {
         return 1;
     };
-    // nothing of crest's caller (its RPC socket, its pipes) is kept open
-    let _ = crest_sys::proc::close_between(3, (fd as u32).saturating_sub(1));
-    let _ = crest_sys::proc::close_from(fd as u32 + 1);
     let listener = match listen(name) {
         Ok(l) => l,
         Err(e) => {

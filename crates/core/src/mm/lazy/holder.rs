@@ -36,21 +36,7 @@ pub struct Holder {
 impl Holder {
     /// Starts a holder.
     pub fn start() -> io::Result<Holder> {
-        let (mine, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )?;
-        let inherit = crest_sys::misc::dup_inheritable(&theirs)?;
-        let child = std::process::Command::new("/proc/self/exe")
-            .arg(COMMAND)
-            .arg(inherit.as_raw_fd().to_string())
-            .env_remove(crest_sys::fault::ENV)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
+        let (mine, child) = crate::helper::spawn(COMMAND, &[])?;
         // (it outlives the daemon when the daemon is killed: pid 1 reaps
         // it then)
         std::mem::forget(child);
@@ -73,14 +59,9 @@ impl Holder {
 
 /// The holder's whole life: returns its exit code.
 pub fn run(fd: i32) -> i32 {
-    let _ = rustix::process::setsid();
-    let _ = rustix::thread::set_name(c"crest-lazy-hold");
-    let Ok(sock) = crest_sys::misc::own_fd(fd) else {
+    let Ok(sock) = crate::helper::become_helper(fd, Some(c"crest-lazy-hold")) else {
         return 1;
     };
-    // nothing of the daemon's caller is kept open
-    let _ = crest_sys::proc::close_between(3, (fd as u32).saturating_sub(1));
-    let _ = crest_sys::proc::close_from(fd as u32 + 1);
     let mut held: Vec<OwnedFd> = Vec::new();
     loop {
         let mut b = [0u8; 8];
