@@ -153,6 +153,24 @@ fn start_lazy_fork(cfg: &Config, dir: &CaseDir, mib: &str, procs: &mut Procs) ->
     Ok(pid)
 }
 
+/// A daemon (with `env`) and `restore --lazy-pages` of `pid`, which must
+/// succeed: the daemon's pid.
+fn lazy_restore(
+    cfg: &Config,
+    dir: &CaseDir,
+    pid: Pid,
+    env: &[(&str, &str)],
+    procs: &mut Procs,
+) -> Result<Pid> {
+    let daemon = start_daemon(cfg, dir, env, procs)?;
+    procs.track(pid);
+    let (ran, _) = case::run_restore_detached_with(cfg, dir, procs, &[], &["--lazy-pages"])?;
+    if !ran.success() {
+        bail!(ran.failure(&format!("crest restore --lazy-pages (daemon with {env:?})")));
+    }
+    Ok(daemon)
+}
+
 /// Dumps `pid` (which dies, reaped).
 fn dump_it(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<()> {
     case::dump(cfg, dir, pid, false, procs)
@@ -165,12 +183,7 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
         ("2:kill", Exit::Signal(Signal::SIGKILL)),
         ("2:fail", Exit::Code(1)),
     ] {
-        let daemon = start_daemon(cfg, dir, &[("CREST_FAULT", fault)], procs)?;
-        procs.track(pid);
-        let (ran, _) = case::run_restore_detached_with(cfg, dir, procs, &[], &["--lazy-pages"])?;
-        if !ran.success() {
-            bail!(ran.failure(&format!("crest restore --lazy-pages (daemon with {fault})")));
-        }
+        let daemon = lazy_restore(cfg, dir, pid, &[("CREST_FAULT", fault)], procs)?;
         match wait_exit(pid, Duration::from_secs(10))? {
             Waited::Exited(Exit::Signal(Signal::SIGKILL)) => procs.untrack(pid),
             other => bail!(
@@ -219,12 +232,7 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     fs::write(&pages, &bytes)?;
-    let daemon = start_daemon(cfg, dir, &[], procs)?;
-    procs.track(pid);
-    let (ran, _) = case::run_restore_detached_with(cfg, dir, procs, &[], &["--lazy-pages"])?;
-    if !ran.success() {
-        bail!(ran.failure("crest restore --lazy-pages (a lazy page flipped)"));
-    }
+    let daemon = lazy_restore(cfg, dir, pid, &[], procs)?;
     match wait_exit(pid, Duration::from_secs(10))? {
         Waited::Exited(Exit::Signal(Signal::SIGKILL)) => procs.untrack(pid),
         other => bail!(
@@ -252,12 +260,7 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     bytes[at] ^= 0x40;
     fs::write(&pages, &bytes)?;
     // and with a daemon that lives, the task runs on and passes
-    let daemon = start_daemon(cfg, dir, &[], procs)?;
-    procs.track(pid);
-    let (ran, _) = case::run_restore_detached_with(cfg, dir, procs, &[], &["--lazy-pages"])?;
-    if !ran.success() {
-        bail!(ran.failure("crest restore --lazy-pages"));
-    }
+    let daemon = lazy_restore(cfg, dir, pid, &[], procs)?;
     wait_done(dir, daemon, procs)?;
     case::finish(dir, pid, StdioKind::DevNull, procs)
 }
