@@ -77,7 +77,9 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Ok(mut summary) => {
             summary.stats.freezing = frozen - start;
             summary.stats.memdump = frozen.elapsed();
-            finish(tree, opts, n, own_net)?;
+            let done = finish(tree, opts, n, own_net);
+            crate::mm::track::close_retired();
+            done?;
             summary.stats.frozen = frozen.elapsed();
             write_stats(&mut summary, opts);
             Ok(summary)
@@ -85,6 +87,7 @@ pub fn dump_notified(opts: &Options, n: &mut dyn Notify) -> Result<DumpSummary, 
         Err(e) => {
             crate::warn!("dump failed: {e}; releasing the tree");
             tree.release();
+            crate::mm::track::close_retired();
             crate::guard::end();
             if own_net {
                 let _ = tell(n, hook::NETWORK_UNLOCK, opts.pid);

@@ -246,6 +246,8 @@ impl TreeTracking {
                 start_time,
                 uffd,
             }));
+        } else {
+            retire(tr.uffds);
         }
     }
 
@@ -324,6 +326,26 @@ impl TreeTracking {
             }
         }
     }
+}
+
+/// Userfaultfds of trackings that end with this dump, closed once the tree
+/// is killed or let go ([`close_retired`]): the last close clears the
+/// protection of every page, which for a large task takes a while, and
+/// need not be done while the tree is frozen.
+static RETIRED: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+
+fn retire(uffds: Vec<OwnedFd>) {
+    RETIRED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(uffds);
+}
+
+/// Closes the userfaultfds of the trackings that ended with the dump.
+pub fn close_retired() {
+    drop(std::mem::take(
+        &mut *RETIRED.lock().unwrap_or_else(|e| e.into_inner()),
+    ));
 }
 
 /// Punches out of the parent images' pages files (`parent`) the pages of
