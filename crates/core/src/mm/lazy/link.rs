@@ -66,6 +66,14 @@ fn made_in_task(t: &mut Tracee) -> Result<u64, RestoreError> {
 impl Link {
     /// Connects to the daemon listening in `work_dir`.
     pub fn connect(work_dir: &Path) -> Result<Link, RestoreError> {
+        if !crest_sys::uffd::lazy_supported() {
+            return Err(MmError::Unsupported {
+                what: "--lazy-pages: no userfaultfd with the fork, remap, remove and unmap events \
+                       here (the fork event needs CAP_SYS_PTRACE, which crest does not hold)"
+                    .into(),
+            }
+            .in_restore(0));
+        }
         let path = work_dir.join(SOCKET).to_string_lossy().into_owned();
         let sock = rustix::net::socket_with(
             rustix::net::AddressFamily::UNIX,
