@@ -302,7 +302,6 @@ pub fn kept(held: &[Held], mm: &MmEntry) -> Vec<Held> {
         .collect()
 }
 
-/// In the transform, once what the task inherited otherwise is gone: each
 /// Checks the pages of the held areas `held` where their pages files'
 /// checks were deferred (a lazy restore).
 fn check_held(pages: &Pages, held: &[Held]) -> Result<(), RestoreError> {
@@ -311,6 +310,7 @@ fn check_held(pages: &Pages, held: &[Held]) -> Result<(), RestoreError> {
     pages.check(&inside)
 }
 
+/// In the transform, once what the task inherited otherwise is gone: each
 /// kept area corrected to the task's pages if only handed down, moved to
 /// its place, and given the protection `map_vmas` gives a fresh one.
 pub fn place(

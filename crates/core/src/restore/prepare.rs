@@ -88,6 +88,7 @@ pub(super) fn prepare(
     caller: &crate::privilege::Caller,
 ) -> Result<Prepared, RestoreError> {
     let dir = &opts.dir;
+    crate::mm::restore::reset_deferred();
     // every file as the dump wrote it, before anything is made
     match verify(dir, opts.lazy_pages)? {
         crest_images::manifest::Verified::Intact { files, bytes } => {

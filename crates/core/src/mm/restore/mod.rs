@@ -9,7 +9,7 @@
 mod pages;
 mod settle;
 
-pub use pages::{defer_checks, fill_pages, Pages, Run};
+pub use pages::{defer_checks, fill_pages, reset_deferred, Pages, Run};
 pub use settle::{place_vdso, protect, restore_aios, set_mm_fields};
 
 use super::{status, PAGE};

@@ -26,6 +26,12 @@ static DEFERRED: std::sync::Mutex<
     std::collections::BTreeMap<std::path::PathBuf, (crest_images::manifest::Deferred, Vec<bool>)>,
 > = std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// Forgets the files registered by an earlier restore of this process (a
+/// `swrk` serves several).
+pub fn reset_deferred() {
+    DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Registers the files of `dir` whose checks were deferred.
 pub fn defer_checks(
     dir: &Path,
@@ -206,10 +212,10 @@ impl Pages {
 }
 
 /// Fills the pages from the pages file (but those of the areas in
-/// `placed`, which have theirs or get them lazily), on two CPUs at once: the task reads the
-/// first part itself with injected `preadv` calls (one copy, at most 1024
-/// runs each), while a crest thread writes the rest with
-/// `process_vm_writev`. The page faults in the fresh memory, the slow part,
+/// `placed`, which have theirs or get them lazily), on two CPUs at once:
+/// the task reads the first part itself with injected `preadv` calls (one
+/// copy, at most 1024 runs each), while a crest thread writes the rest
+/// with `process_vm_writev`. The page faults in the fresh memory, the slow part,
 /// are thus taken in parallel.
 pub fn fill_pages(
     t: &mut Tracee,
