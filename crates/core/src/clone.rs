@@ -98,11 +98,36 @@ pub(crate) fn pid_taken(pid: i32, set_tid: &[i32]) -> RestoreError {
                 "pid {mine} here is {:?}, state {}, child of {}",
                 s.comm, s.state, s.ppid
             ),
-            Err(_) => format!("pid {mine} here was free again when looked at"),
+            Err(_) => group_holder(mine)
+                .unwrap_or_else(|| format!("pid {mine} here was free again when looked at")),
         },
         None => "no ids to set".to_string(),
     };
     RestoreError::PidTaken { pid, holder }
+}
+
+/// A process whose process group or session is `pid` (which keeps the
+/// number taken with no task of it left: a killed leader's children, or
+/// their zombies), named.
+fn group_holder(pid: i32) -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find_map(|p| {
+            let s = procfs::read_stat(p).ok()?;
+            let what = if s.pgrp == pid {
+                "process group"
+            } else if s.session == pid {
+                "session"
+            } else {
+                return None;
+            };
+            Some(format!(
+                "pid {pid} here is still the {what} of pid {p} ({:?}, state {}, child of {})",
+                s.comm, s.state, s.ppid
+            ))
+        })
 }
 
 /// The error of an injected `clone3` that returned `r` for task `pid`: a
