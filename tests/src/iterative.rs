@@ -163,9 +163,10 @@ pub fn check_final(dir: &CaseDir) -> Result<()> {
     if rounds(dir) == 0 {
         return Ok(());
     }
-    if skipped_parent(&dir.images)? == 0 {
-        bail!("the dump after the pre-dumps took no page from its parent images");
-    }
+    took_from_parent(
+        &dir.images,
+        "the dump after the pre-dumps took no page from its parent images",
+    )?;
     let marked = parent_entries(&dir.images)?;
     if marked == 0 {
         bail!("the dump's pagemaps mark no page as the parent images'");
@@ -245,7 +246,7 @@ fn keepers() -> Vec<i32> {
 }
 
 /// The processes running crest's hidden command `command` (their pids).
-fn running_of(command: &str) -> Vec<i32> {
+pub fn running_of(command: &str) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -356,6 +357,21 @@ fn end_keepers(pid: Pid) -> Result<()> {
     Ok(())
 }
 
+/// The restore of `pid` and its own check.
+fn land(cfg: &Config, dir: &CaseDir, pid: Pid, procs: &mut Procs) -> Result<Outcome> {
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+}
+
+/// Fails, saying `what`, unless the dump in `images` took pages from its
+/// parent images.
+fn took_from_parent(images: &Path, what: &str) -> Result<()> {
+    if skipped_parent(images)? == 0 {
+        bail!("{what}");
+    }
+    Ok(())
+}
+
 /// Reaps the task the dump killed.
 fn reap_dumped(pid: Pid, procs: &mut Procs) -> Result<()> {
     match wait_exit(pid, Duration::from_secs(10))? {
@@ -389,8 +405,7 @@ fn iter_tracking_lost(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     if !log.contains("tracking") || !log.contains("lost") {
         bail!("dump.log does not say the memory tracking was lost");
     }
-    case::restore_detached(cfg, dir, pid, procs)?;
-    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+    land(cfg, dir, pid, procs)
 }
 
 fn iter_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -420,16 +435,17 @@ fn iter_leave_running(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<
     if !procs::alive(pid) || !tracked(pid) || keepers().is_empty() {
         bail!("after dump -R --track-mem pid {pid} is not running tracked with a keeper");
     }
-    if skipped_parent(&dir.root.join("mid"))? == 0 {
-        bail!("dump -R --track-mem took no page from its parent images");
-    }
+    took_from_parent(
+        &dir.root.join("mid"),
+        "dump -R --track-mem took no page from its parent images",
+    )?;
     std::thread::sleep(BETWEEN);
     final_dump(cfg, dir, pid, ("mid", &[]), procs)?;
-    if skipped_parent(&dir.images)? == 0 {
-        bail!("the dump after dump -R --track-mem took no page from it");
-    }
-    case::restore_detached(cfg, dir, pid, procs)?;
-    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+    took_from_parent(
+        &dir.images,
+        "the dump after dump -R --track-mem took no page from it",
+    )?;
+    land(cfg, dir, pid, procs)
 }
 
 fn iter_auto_dedup(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -451,8 +467,7 @@ fn iter_auto_dedup(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Out
             after.blocks()
         );
     }
-    case::restore_detached(cfg, dir, pid, procs)?;
-    case::finish_tree(dir, pid, pid, StdioKind::DevNull, procs)
+    land(cfg, dir, pid, procs)
 }
 
 fn iter_parent_missing(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
@@ -768,9 +783,10 @@ fn iter_page_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
             bail!("{d} holds pages: the dump was to send them to the page server");
         }
     }
-    if skipped_parent(Path::new(&s2))? == 0 {
-        bail!("the dump through the page server took no page from its parent images");
-    }
+    took_from_parent(
+        Path::new(&s2),
+        "the dump through the page server took no page from its parent images",
+    )?;
     // the rest of the images go over, as a user copies them
     let dst = dir.root.join("dst/2");
     for e in fs::read_dir(&s2)?.flatten() {
@@ -795,7 +811,7 @@ fn iter_page_server(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
     ];
     procs.track(pid);
     // (lazily: the pages come from the daemon as the task runs)
-    let daemon = crate::lazy::start_daemon_for(cfg, dir, &dst, &[], procs)?;
+    let daemon = crate::lazy::start_daemon_for(cfg, dir, (&dst, None), &[], procs)?;
     let mut args = args.to_vec();
     args.push("--lazy-pages");
     let ran = crest_run(cfg, dir, &args, "restore", &[], procs)?;

@@ -60,14 +60,15 @@ pub fn start_daemon(
     env: &[(&str, &str)],
     procs: &mut Procs,
 ) -> Result<Pid> {
-    start_daemon_for(cfg, dir, &dir.images, env, procs)
+    start_daemon_for(cfg, dir, (&dir.images, None), env, procs)
 }
 
-/// [`start_daemon`] for the images in `images`.
+/// [`start_daemon`] for the images in `images` (and the work directory
+/// `work`, where its log goes, when given).
 pub fn start_daemon_for(
     cfg: &Config,
     dir: &CaseDir,
-    images: &std::path::Path,
+    (images, work): (&std::path::Path, Option<&std::path::Path>),
     env: &[(&str, &str)],
     procs: &mut Procs,
 ) -> Result<Pid> {
@@ -77,7 +78,8 @@ pub fn start_daemon_for(
     let _ = fs::remove_file(dir.state.join("burst"));
     let images = images.to_string_lossy().into_owned();
     let pidfile_s = pidfile.to_string_lossy().into_owned();
-    let args = [
+    let work = work.map(|w| w.to_string_lossy().into_owned());
+    let mut args = vec![
         "lazy-pages",
         "-D",
         &images,
@@ -88,6 +90,9 @@ pub fn start_daemon_for(
         "lazy.log",
         "-v4",
     ];
+    if let Some(w) = &work {
+        args.extend(["-W", w.as_str()]);
+    }
     let mut cmd = crest::command(&cfg.crest, &args);
     cmd.envs(env.iter().copied());
     let ran = crest::run(cmd, &dir.root, "lazy-pages", CREST_TIMEOUT, procs)?;
@@ -105,14 +110,14 @@ pub fn wait_done(dir: &CaseDir, daemon: Pid, procs: &mut Procs) -> Result<()> {
     wait_done_for(dir, &dir.images, daemon, procs)
 }
 
-/// [`wait_done`] of a daemon for the images in `images`.
+/// [`wait_done`] of a daemon whose log is in `work` (its work directory).
 pub fn wait_done_for(
     dir: &CaseDir,
-    images: &std::path::Path,
+    work: &std::path::Path,
     daemon: Pid,
     procs: &mut Procs,
 ) -> Result<()> {
-    let log = images.join("lazy.log");
+    let log = work.join("lazy.log");
     match wait_exit(daemon, Duration::from_secs(60))? {
         Waited::Exited(Exit::Code(0)) => procs.untrack(daemon),
         other => bail!(
@@ -213,7 +218,7 @@ fn lazy_source_dies(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Ou
             bail!("the task killed with its daemon ({fault}) wrote a verdict");
         }
         // (the holder of the userfaultfds' second copies lets go too)
-        let holders = || procs_named("crest-lazy-hold");
+        let holders = || crate::iterative::running_of("__lazy-holder");
         if !procs::wait_until(Duration::from_secs(3), || {
             procs::reap_zombie_children();
             holders().is_empty()
@@ -275,20 +280,6 @@ fn pages_file(dir: &CaseDir) -> Result<std::path::PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
         })
         .context("no pages file in the images")
-}
-
-/// The live processes whose name is `comm`.
-fn procs_named(comm: &str) -> Vec<i32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            procs::proc_comm(Pid::from_raw(*p)).is_some_and(|c| c == comm)
-                && procs::proc_state(Pid::from_raw(*p)) != Some('Z')
-        })
-        .collect()
 }
 
 /// The processes whose process group is `pgid` (zombies too).

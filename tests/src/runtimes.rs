@@ -213,61 +213,6 @@ struct Shape {
     lazy: bool,
 }
 
-/// `crest lazy-pages -d` for a runc restore's images and work directory:
-/// the daemon's pid, tracked.
-fn lazy_daemon(
-    dir: &CaseDir,
-    (crest_bin, images, work): (&str, &str, &str),
-    procs: &mut Procs,
-) -> Result<Pid> {
-    let pidfile = dir.root.join("lazy.pid");
-    let pf = pidfile.to_string_lossy().into_owned();
-    let args = [
-        "lazy-pages",
-        "-D",
-        images,
-        "-W",
-        work,
-        "-d",
-        "--pidfile",
-        &pf,
-        "-o",
-        "lazy.log",
-        "-v4",
-    ];
-    let cmd = crest::command(Path::new(crest_bin), &args);
-    let ran = crest::run(cmd, &dir.root, "lazy-pages", crest::CREST_TIMEOUT, procs)?;
-    if !ran.success() {
-        bail!(ran.failure("crest lazy-pages -d"));
-    }
-    let pid = crate::procs::read_pid_file(&pidfile).context("crest lazy-pages --pidfile")?;
-    procs.track(pid);
-    Ok(pid)
-}
-
-/// The lazy-pages daemon `d` has every page in and exits (its log in the
-/// work directory says so).
-fn lazy_done(d: Pid, work_dir: &Path, procs: &mut Procs) -> Result<()> {
-    let log = work_dir.join("lazy.log");
-    match crate::procs::wait_exit(d, Duration::from_secs(30))? {
-        crate::procs::Waited::Exited(crate::procs::Exit::Code(0)) => procs.untrack(d),
-        other => bail!(
-            "the lazy-pages daemon {d}: {other:?}; its log ends: {}",
-            crest::tail(&log, 5).unwrap_or_default()
-        ),
-    }
-    if !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("every page in")
-    {
-        bail!(
-            "the lazy-pages daemon exited without saying every page is in: {}",
-            crest::tail(&log, 5).unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------- prerequisites
 
 /// Whether `name` is on PATH.
@@ -1259,7 +1204,8 @@ fn runc_steps(
     ];
     let daemon = if shape.lazy {
         rs.push("--lazy-pages");
-        Some(lazy_daemon(dir, (&crest_bin, &images, &work), procs)?)
+        let w = (Path::new(images.as_str()), Some(Path::new(work.as_str())));
+        Some(crate::lazy::start_daemon_for(cfg, dir, w, &[], procs)?)
     } else {
         None
     };
@@ -1272,7 +1218,7 @@ fn runc_steps(
         ),
     };
     if let Some(d) = daemon {
-        lazy_done(d, &work_dir, procs)?;
+        crate::lazy::wait_done_for(dir, &work_dir, d, procs)?;
     }
     let init2 = running_init(dir, id, "state-restored", procs)?;
     procs.track(init2);

@@ -40,6 +40,10 @@
 //!   are each refused by `crest check-images` and by the restore, naming
 //!   the file, with no task left; the intact images then restore and the
 //!   workload passes its own check.
+//! - `mapped_file_changed`: a workload run from a copy of its executable,
+//!   dumped; the copy grown by a byte: the restore refuses naming it and
+//!   that it changed since the dump (CRIU's default file validation), no
+//!   task left; the copy put back, the restore passes.
 //!
 //! - `concurrent_dumps_restores`: two trees dumped at the same time, then
 //!   restored at the same time: both come back and pass their checks;
@@ -102,6 +106,7 @@ pub fn run(cfg: &Config, report: &mut Report, selected: &dyn Fn(&str) -> bool) {
             ("survive_restore_walk_uns", restore_walk_uns),
             ("survive_restore_walk_threads", restore_walk_threads),
             ("images_checksums", images_checksums),
+            ("mapped_file_changed", mapped_file_changed),
             ("concurrent_dumps_restores", concurrent),
             ("restore_under_fork_load", under_fork_load),
         ],
@@ -636,6 +641,44 @@ fn restore(
     procs: &mut Procs,
 ) -> Result<(crest::Ran, std::path::PathBuf)> {
     case::run_restore_detached_env(cfg, dir, procs, &[("CREST_FAULT", fault)])
+}
+
+fn mapped_file_changed(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {
+    let exe = dir.root.join("mem_patterns");
+    fs::copy(cfg.workload("mem_patterns"), &exe)?;
+    let mut cmd = std::process::Command::new(cfg.workload("launch"));
+    cmd.arg(&exe)
+        .arg(&dir.state)
+        .arg("8")
+        .current_dir(&dir.root)
+        .stdin(std::process::Stdio::null());
+    case::set_stdio(&mut cmd, dir, StdioKind::DevNull)?;
+    let pid = Pid::from_raw(cmd.spawn()?.id() as i32);
+    procs.track(pid);
+    case::wait_ready(dir, pid, procs)?;
+    procs::wait_until(Duration::from_secs(5), || procs::tree_settled(pid));
+    case::dump(cfg, dir, pid, false, procs)?;
+    let original = fs::read(&exe)?;
+    let mut grown = original.clone();
+    grown.push(0);
+    fs::write(&exe, &grown)?;
+    procs.track(pid);
+    let (ran, _) = case::run_restore_detached(cfg, dir, procs)?;
+    if ran.success() {
+        bail!("crest restore succeeded though the mapped executable changed since the dump");
+    }
+    if !ran.stderr.contains(&*exe.to_string_lossy()) || !ran.stderr.contains("changed") {
+        bail!(
+            "the restore with a changed executable failed without naming it: {}",
+            ran.stderr.trim()
+        );
+    }
+    if procs::proc_state(pid).is_some_and(|s| s != 'Z') {
+        bail!("the refused restore left pid {pid} behind");
+    }
+    fs::write(&exe, &original)?;
+    case::restore_detached(cfg, dir, pid, procs)?;
+    case::finish(dir, pid, StdioKind::DevNull, procs)
 }
 
 fn images_checksums(cfg: &Config, dir: &CaseDir, procs: &mut Procs) -> Result<Outcome> {

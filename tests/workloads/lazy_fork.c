@@ -36,18 +36,8 @@ static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static volatile int stop_reader;
 static volatile unsigned long reader_bad, reader_rounds;
 
-static uint64_t next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
-static inline uint64_t word(size_t page, size_t w, uint64_t g)
-{
-	return g ? wl_mix(page * 1000003ULL + w * 7 + g * 0x9e3779b97f4a7c15ULL) : 0;
-}
+#define next wl_xorshift
+#define word wl_page_word
 
 static uint64_t now_ms(void)
 {
@@ -124,11 +114,8 @@ int main(int argc, char **argv)
 	wl_init(argc, argv);
 	size_t mib = argc > 2 ? (size_t)atol(argv[2]) : 64;
 	npages = mib * 256;
-	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		      -1, 0);
-	gen = mmap(NULL, npages * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (region == MAP_FAILED || gen == MAP_FAILED)
-		wl_fail("mmap: %s", strerror(errno));
+	region = wl_anon(npages * PAGE);
+	gen = wl_anon(npages * 8);
 	for (size_t i = 0; i < npages; i++) {
 		gen[i] = 1;
 		fill(i, 1);

@@ -41,16 +41,10 @@ static uint64_t rng = 0x2545f4914f6cdd1dULL;
 
 static uint64_t next(void)
 {
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
+	return wl_xorshift(&rng);
 }
 
-static inline uint64_t word(size_t page, size_t w, uint64_t g)
-{
-	return g ? wl_mix(page * 1000003ULL + w * 7 + g * 0x9e3779b97f4a7c15ULL) : 0;
-}
+#define word wl_page_word
 
 static void fill(uint64_t *p, size_t page, uint64_t g)
 {
@@ -188,12 +182,11 @@ int main(int argc, char **argv)
 	wl_init(argc, argv);
 	size_t mib = argc > 2 ? (size_t)atol(argv[2]) : 64;
 	npages = mib * 256;
-	region = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		      -1, 0);
-	gen = mmap(NULL, npages * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	region = wl_anon(npages * PAGE);
+	gen = wl_anon(npages * 8);
 	char *homes = mmap(NULL, 2 * MOVER_PAGES * PAGE + PAGE, PROT_NONE,
 			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (region == MAP_FAILED || gen == MAP_FAILED || homes == MAP_FAILED)
+	if (homes == MAP_FAILED)
 		wl_fail("mmap: %s", strerror(errno));
 	/* two homes a page apart, both mapped */
 	home[0] = homes;

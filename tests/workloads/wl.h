@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -243,6 +244,32 @@ __attribute__((unused)) static inline uint64_t wl_mix(uint64_t x)
 	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
 	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
 	return x ^ (x >> 31);
+}
+
+/* A private anonymous read-write mapping of `len` bytes (the workload
+ * fails if it cannot be made). */
+__attribute__((unused)) static void *wl_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		wl_fail("mmap of %zu bytes: %s", len, strerror(errno));
+	return p;
+}
+
+/* One xorshift64 step of *s. */
+__attribute__((unused)) static inline uint64_t wl_xorshift(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Word `w` of page `page` at generation `g` (0: the page reads as zeros):
+ * the pattern the memory workloads write and check. */
+__attribute__((unused)) static inline uint64_t wl_page_word(size_t page, size_t w, uint64_t g)
+{
+	return g ? wl_mix(page * 1000003ULL + w * 7 + g * 0x9e3779b97f4a7c15ULL) : 0;
 }
 
 #endif

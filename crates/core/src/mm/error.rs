@@ -8,6 +8,10 @@ pub enum MmError {
     /// Something crest cannot carry yet, named.
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
+    /// A step that cannot go on (a file changed since the dump, the
+    /// lazy-pages daemon gone), said whole.
+    #[error("{what}")]
+    Failed { what: String },
     /// An image that contradicts itself or the rest, naming the file.
     #[error("{file}: {what}")]
     BadImage { file: String, what: String },

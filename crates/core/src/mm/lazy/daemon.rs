@@ -533,5 +533,5 @@ fn le64(b: &[u8]) -> u64 {
 }
 
 fn fail(what: String) -> RestoreError {
-    MmError::Unsupported { what }.in_restore(0)
+    MmError::Failed { what }.in_restore(0)
 }

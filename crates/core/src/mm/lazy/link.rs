@@ -67,7 +67,7 @@ impl Link {
     /// Connects to the daemon listening in `work_dir`.
     pub fn connect(work_dir: &Path) -> Result<Link, RestoreError> {
         if !crest_sys::uffd::lazy_supported() {
-            return Err(MmError::Unsupported {
+            return Err(MmError::Failed {
                 what: "--lazy-pages: no userfaultfd with the fork, remap, remove and unmap events \
                        here (the fork event needs CAP_SYS_PTRACE, which crest does not hold)"
                     .into(),
@@ -85,7 +85,7 @@ impl Link {
         let addr = rustix::net::SocketAddrUnix::new(path.as_str())
             .rat(0, format!("the lazy-pages socket {path}"))?;
         rustix::net::connect(&sock, &addr).map_err(|e| {
-            MmError::Unsupported {
+            MmError::Failed {
                 what: format!(
                     "--lazy-pages without a lazy-pages daemon at {path} ({e}): start `crest \
                      lazy-pages -D DIR` with the same work directory first"
@@ -121,7 +121,7 @@ impl Link {
         let ufd = taken?;
         let got = uffd::api(&ufd, FEATURES).rat(pid, "UFFDIO_API for the lazy pages")?;
         if got & FEATURES != FEATURES {
-            return Err(MmError::Unsupported {
+            return Err(MmError::Failed {
                 what: "--lazy-pages: this kernel's userfaultfd lacks the fork, remap, remove or \
                        unmap event"
                     .into(),
@@ -181,14 +181,14 @@ impl Link {
             .0;
         match buf.get(..n) {
             Some([OK]) => Ok(()),
-            Some([FAILED, why @ ..]) => Err(MmError::Unsupported {
+            Some([FAILED, why @ ..]) => Err(MmError::Failed {
                 what: format!(
                     "the lazy-pages daemon refused: {}",
                     String::from_utf8_lossy(why)
                 ),
             }
             .in_restore(pid)),
-            _ => Err(MmError::Unsupported {
+            _ => Err(MmError::Failed {
                 what: format!("the lazy-pages daemon at {} is gone", self.path),
             }
             .in_restore(pid)),

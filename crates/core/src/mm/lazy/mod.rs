@@ -236,56 +236,62 @@ impl Pending {
 mod tests {
     use super::*;
 
-    fn run(addr: u64, len: u64, off: u64) -> Run {
-        Run {
-            addr,
-            len,
-            off,
-            src: 0,
-        }
-    }
-
     #[test]
     fn pages_are_taken_where_asked_and_once() {
-        let mut p = Pending::new(vec![run(0x10000, 0x4000, 0), run(0x20000, 0x2000, 0x4000)]);
+        let mut p = Pending::new(vec![
+            Run::at(0x10000, 0x4000, 0),
+            Run::at(0x20000, 0x2000, 0x4000),
+        ]);
         assert_eq!(
             p.take_at(0x11234, 0x1000),
-            Some(run(0x11000, 0x1000, 0x1000))
+            Some(Run::at(0x11000, 0x1000, 0x1000))
         );
         assert_eq!(p.take_at(0x11000, 0x1000), None);
         assert_eq!(
             p.take_at(0x13000, 0x4000),
-            Some(run(0x13000, 0x1000, 0x3000))
+            Some(Run::at(0x13000, 0x1000, 0x3000))
         );
-        assert_eq!(p.take_first(0x8000), Some(run(0x10000, 0x1000, 0)));
-        assert_eq!(p.take_first(0x8000), Some(run(0x12000, 0x1000, 0x2000)));
+        assert_eq!(p.take_first(0x8000), Some(Run::at(0x10000, 0x1000, 0)));
+        assert_eq!(p.take_first(0x8000), Some(Run::at(0x12000, 0x1000, 0x2000)));
         assert_eq!(p.bytes(), 0x2000);
         assert_eq!(p.take_at(0x30000, 0x1000), None);
     }
 
     #[test]
     fn a_move_carries_what_is_to_come() {
-        let mut p = Pending::new(vec![run(0x10000, 0x4000, 0), run(0x40000, 0x1000, 0x9000)]);
+        let mut p = Pending::new(vec![
+            Run::at(0x10000, 0x4000, 0),
+            Run::at(0x40000, 0x1000, 0x9000),
+        ]);
         p.moved(0x12000, 0x40000, 0x2000);
         assert_eq!(
             p.0,
-            vec![run(0x10000, 0x2000, 0), run(0x40000, 0x2000, 0x2000)]
+            vec![
+                Run::at(0x10000, 0x2000, 0),
+                Run::at(0x40000, 0x2000, 0x2000)
+            ]
         );
         p.remove(0x11000, 0x41000);
         assert_eq!(
             p.0,
-            vec![run(0x10000, 0x1000, 0), run(0x41000, 0x1000, 0x3000)]
+            vec![
+                Run::at(0x10000, 0x1000, 0),
+                Run::at(0x41000, 0x1000, 0x3000)
+            ]
         );
     }
 
     #[test]
     fn runs_split_at_the_lazy_ranges() {
-        let runs = [run(0x10000, 0x6000, 0)];
+        let runs = [Run::at(0x10000, 0x6000, 0)];
         let (i, o) = split_by(&runs, &[(0x12000, 0x14000)]);
-        assert_eq!(i, vec![run(0x12000, 0x2000, 0x2000)]);
+        assert_eq!(i, vec![Run::at(0x12000, 0x2000, 0x2000)]);
         assert_eq!(
             o,
-            vec![run(0x10000, 0x2000, 0), run(0x14000, 0x2000, 0x4000)]
+            vec![
+                Run::at(0x10000, 0x2000, 0),
+                Run::at(0x14000, 0x2000, 0x4000)
+            ]
         );
     }
 }

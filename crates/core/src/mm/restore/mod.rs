@@ -419,7 +419,14 @@ fn file_for(
                 // a file deleted while mapped: made again (once)
                 None => match (ghost, reg) {
                     (Some(g), Some(reg)) => crate::files::ghost::open(t, &reg, oflags, g, files)?,
-                    _ => t.open(&path, oflags)?,
+                    (_, reg) => {
+                        let fd = t.open(&path, oflags)?;
+                        if let Err(e) = same_size(pid, fd, &path, reg.and_then(|r| r.size)) {
+                            t.close_quietly(fd);
+                            return Err(e);
+                        }
+                        fd
+                    }
                 },
             };
             open.insert(key, fd);
@@ -427,6 +434,28 @@ fn file_for(
         }
     };
     Ok((fd, path))
+}
+
+/// Refuses a mapped file whose size is not the one it had at the dump
+/// (`dumped`; CRIU's default file validation): its pages would be other
+/// code or data than the task's, or a fault past its end.
+fn same_size(pid: i32, fd: u64, path: &str, dumped: Option<u64>) -> Result<(), RestoreError> {
+    let Some(want) = dumped else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+        .rat(pid, format!("stat the mapped file {path}"))?;
+    if meta.is_file() && meta.len() != want {
+        return Err(MmError::Failed {
+            what: format!(
+                "the mapped file {path} holds {} bytes, {want} when dumped: it changed since the \
+                 dump",
+                meta.len()
+            ),
+        }
+        .in_restore(pid));
+    }
+    Ok(())
 }
 
 /// Maps shared anonymous VMA `v`: the first task to map it makes it, the
@@ -520,21 +549,12 @@ mod tests {
     use super::pages::split_runs;
     use super::{minus, Run};
 
-    fn run(addr: u64, len: u64, off: u64) -> Run {
-        Run {
-            addr,
-            len,
-            off,
-            src: 0,
-        }
-    }
-
     #[test]
     fn split_runs_cuts_inside_a_run() {
-        let runs = [run(0x1000, 0x3000, 0), run(0x10000, 0x2000, 0x3000)];
+        let runs = [Run::at(0x1000, 0x3000, 0), Run::at(0x10000, 0x2000, 0x3000)];
         let (a, b) = split_runs(&runs, 0x4000);
-        assert_eq!(a, vec![runs[0], run(0x10000, 0x1000, 0x3000)]);
-        assert_eq!(b, vec![run(0x11000, 0x1000, 0x4000)]);
+        assert_eq!(a, vec![runs[0], Run::at(0x10000, 0x1000, 0x3000)]);
+        assert_eq!(b, vec![Run::at(0x11000, 0x1000, 0x4000)]);
         let (a, b) = split_runs(&runs, 0x5000);
         assert_eq!((a.len(), b.len()), (2, 0));
     }

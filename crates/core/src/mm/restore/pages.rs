@@ -18,6 +18,19 @@ pub struct Run {
     pub src: usize,
 }
 
+#[cfg(test)]
+impl Run {
+    /// A run of the first pages file (for tests).
+    pub(crate) fn at(addr: u64, len: u64, off: u64) -> Run {
+        Run {
+            addr,
+            len,
+            off,
+            src: 0,
+        }
+    }
+}
+
 /// Pages files whose content is checked a chunk at a time as the restore
 /// reads from them (`--lazy-pages`: most of their pages are the daemon's
 /// to read and check), by canonical path: the chunks' sums and which are
